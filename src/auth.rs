@@ -1,0 +1,171 @@
+//! Who is calling: the credential, the caller's identity and tier, and the upstream key.
+//!
+//! The identity is what rate limits are kept per. It is never the credential itself: client
+//! keys map to their configured `id`, passthrough keys to a fingerprint of the key.
+
+use crate::config::{Config, DEFAULT_TIER};
+use crate::error::ProxyError;
+use crate::secret::{fingerprint, Secret};
+
+/// Which upstream key a caller's requests are forwarded with.
+#[derive(Debug, Clone)]
+pub enum UpstreamKey {
+    /// The deployment's `ANTHROPIC_API_KEY`.
+    Managed,
+    /// The caller's own `sk-ant-…` key (with `ALLOW_PASSTHROUGH_KEYS`).
+    Passthrough(Secret),
+}
+
+/// An authenticated caller.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// Stable identity rate limits are kept per (never a raw key).
+    pub identity: String,
+    pub tier: String,
+    pub upstream_key: UpstreamKey,
+}
+
+impl Caller {
+    /// The name of the caller's Durable Object and its log field: a fingerprint of the identity.
+    pub fn identity_hash(&self) -> String {
+        fingerprint("identity", &self.identity)
+    }
+}
+
+/// The credential a request presents, read from `x-api-key` or `Authorization: Bearer`.
+/// Sending both is accepted only when they agree.
+pub fn credential<'a>(
+    x_api_key: Option<&'a str>,
+    authorization: Option<&'a str>,
+) -> Result<&'a str, ProxyError> {
+    let from_key = x_api_key.map(str::trim).filter(|k| !k.is_empty());
+    let from_bearer = match authorization.map(str::trim).filter(|a| !a.is_empty()) {
+        None => None,
+        Some(value) => {
+            let (scheme, token) = value.split_once(' ').unwrap_or((value, ""));
+            if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
+                return Err(ProxyError::Unauthenticated(
+                    "the Authorization header must be \"Bearer <key or token>\"".to_string(),
+                ));
+            }
+            Some(token.trim())
+        }
+    };
+    match (from_key, from_bearer) {
+        (Some(k), Some(b)) if k != b => Err(ProxyError::Unauthenticated(
+            "x-api-key and Authorization carry different credentials; send one".to_string(),
+        )),
+        (Some(k), _) => Ok(k),
+        (None, Some(b)) => Ok(b),
+        (None, None) => Err(ProxyError::Unauthenticated(
+            "missing credential: send x-api-key or Authorization: Bearer".to_string(),
+        )),
+    }
+}
+
+/// Longest credential looked at; anything longer is refused before any hashing.
+const MAX_CREDENTIAL_LEN: usize = 8192;
+
+/// Decides who the caller is, following the contract's order.
+pub fn authenticate(config: &Config, presented: &str) -> Result<Caller, ProxyError> {
+    if presented.len() > MAX_CREDENTIAL_LEN {
+        return Err(ProxyError::Unauthenticated("credential is too long".to_string()));
+    }
+    // Every configured key is compared, so the time taken does not tell which one matched.
+    let mut matched = None;
+    for (key, entry) in &config.client_keys {
+        if key.matches(presented) && matched.is_none() {
+            matched = Some(entry);
+        }
+    }
+    if let Some(entry) = matched {
+        return Ok(Caller {
+            identity: entry.id.clone(),
+            tier: entry.tier.clone(),
+            upstream_key: UpstreamKey::Managed,
+        });
+    }
+    if config.allow_passthrough_keys && looks_like_anthropic_key(presented) {
+        return Ok(Caller {
+            identity: format!("passthrough:{}", fingerprint("passthrough", presented)),
+            tier: DEFAULT_TIER.to_string(),
+            upstream_key: UpstreamKey::Passthrough(Secret::new(presented)),
+        });
+    }
+    Err(ProxyError::Unauthenticated("invalid credential".to_string()))
+}
+
+fn looks_like_anthropic_key(value: &str) -> bool {
+    value.starts_with("sk-ant-")
+        && value.len() >= 20
+        && value.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn config(vars: &[(&str, &str)]) -> Config {
+        let map: HashMap<String, String> =
+            vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Config::from_lookup(|name| map.get(name).cloned()).unwrap()
+    }
+
+    const KEYS: &str = r#"{"ck_alice_0123456789": {"id": "alice"}, "ck_bob_0123456789ab": {"id": "bob", "tier": "pro"}}"#;
+    const TIERS: &str = r#"{"default": {"rpm": 5}, "pro": {"rpm": 50}}"#;
+
+    #[test]
+    fn credential_comes_from_either_header() {
+        assert_eq!(credential(Some("k"), None).unwrap(), "k");
+        assert_eq!(credential(None, Some("Bearer t")).unwrap(), "t");
+        assert_eq!(credential(None, Some("bearer   t ")).unwrap(), "t");
+        assert_eq!(credential(Some("t"), Some("Bearer t")).unwrap(), "t");
+    }
+
+    #[test]
+    fn bad_or_conflicting_credentials_are_401() {
+        for (k, a) in [
+            (None, None),
+            (Some(""), None),
+            (None, Some("Basic dXNlcjpwYXNz")),
+            (None, Some("Bearer")),
+            (None, Some("Bearer ")),
+            (Some("a"), Some("Bearer b")),
+        ] {
+            let err = credential(k, a).unwrap_err();
+            assert_eq!(err.status(), 401, "{k:?} {a:?}");
+        }
+    }
+
+    #[test]
+    fn client_keys_map_to_their_id_and_tier() {
+        let c = config(&[("CLIENT_KEYS", KEYS), ("RATE_LIMITS", TIERS)]);
+        let alice = authenticate(&c, "ck_alice_0123456789").unwrap();
+        assert_eq!(alice.identity, "alice");
+        assert_eq!(alice.tier, "default");
+        assert!(matches!(alice.upstream_key, UpstreamKey::Managed));
+        let bob = authenticate(&c, "ck_bob_0123456789ab").unwrap();
+        assert_eq!(bob.tier, "pro");
+        assert!(authenticate(&c, "ck_alice_012345678").is_err());
+    }
+
+    #[test]
+    fn passthrough_keys_need_the_switch_and_hide_the_key() {
+        let key = "sk-ant-api03-abcdefghijklmnop";
+        assert!(authenticate(&config(&[]), key).is_err());
+        let c = config(&[("ALLOW_PASSTHROUGH_KEYS", "true")]);
+        let caller = authenticate(&c, key).unwrap();
+        assert!(!caller.identity.contains("abcdefghijklmnop"));
+        assert!(!caller.identity_hash().contains("abcdefghijklmnop"));
+        assert!(matches!(caller.upstream_key, UpstreamKey::Passthrough(ref s) if s.expose() == key));
+        assert!(authenticate(&c, "sk-other-abcdefghijklmnopqrst").is_err());
+        assert!(authenticate(&c, "sk-ant-short").is_err());
+    }
+
+    #[test]
+    fn huge_credentials_are_refused() {
+        let c = config(&[("CLIENT_KEYS", KEYS), ("RATE_LIMITS", TIERS)]);
+        assert!(authenticate(&c, &"x".repeat(100_000)).is_err());
+    }
+}

@@ -1,0 +1,160 @@
+//! What the proxy needs to know of a request body, read without changing a byte of it.
+//!
+//! The body goes upstream exactly as the client sent it. The proxy only looks: is it a JSON
+//! object, which model, how many output tokens it may cost, whether it streams, and a safe
+//! estimate of its input tokens for the caller's limits.
+
+use serde::Deserialize;
+
+use crate::error::ProxyError;
+use crate::route::Route;
+
+/// The facts about a request body that admission and forwarding need.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct BodyFacts {
+    pub model: Option<String>,
+    pub max_tokens: Option<u64>,
+    pub stream: bool,
+    /// Upper estimate of the input tokens (see [`estimate_input_tokens`]).
+    pub input_tokens_estimate: u64,
+}
+
+#[derive(Deserialize)]
+struct Peek {
+    model: Option<serde_json::Value>,
+    max_tokens: Option<serde_json::Value>,
+    stream: Option<serde_json::Value>,
+    // Every other field is skipped without being built, but still checked to be valid JSON.
+}
+
+/// Checks a body for a route that takes one and returns what the proxy needs of it.
+pub fn inspect(route: &Route, body: &[u8]) -> Result<BodyFacts, ProxyError> {
+    let text = std::str::from_utf8(body)
+        .map_err(|_| ProxyError::InvalidRequest("request body is not valid UTF-8".to_string()))?;
+    let trimmed = text.trim_start_matches([' ', '\t', '\r', '\n', '\u{feff}']);
+    if !trimmed.starts_with('{') {
+        return Err(ProxyError::InvalidRequest("request body must be a JSON object".to_string()));
+    }
+    let peek: Peek = serde_json::from_str(trimmed).map_err(|e| {
+        ProxyError::InvalidRequest(format!(
+            "request body is not valid JSON: {} at line {}, column {}",
+            classify_json_error(&e),
+            e.line(),
+            e.column()
+        ))
+    })?;
+    let model = match peek.model {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::String(s)) if !s.is_empty() => Some(s),
+        Some(_) => return Err(ProxyError::InvalidRequest("model: expected a non-empty string".to_string())),
+    };
+    let max_tokens = match peek.max_tokens {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::Number(n)) => match n.as_u64() {
+            Some(v) if v >= 1 => Some(v),
+            _ => {
+                return Err(ProxyError::InvalidRequest(
+                    "max_tokens: expected a positive integer".to_string(),
+                ))
+            }
+        },
+        Some(_) => {
+            return Err(ProxyError::InvalidRequest("max_tokens: expected a positive integer".to_string()))
+        }
+    };
+    let stream = match peek.stream {
+        None | Some(serde_json::Value::Null) => false,
+        Some(serde_json::Value::Bool(b)) => b,
+        Some(_) => return Err(ProxyError::InvalidRequest("stream: expected a boolean".to_string())),
+    };
+    if *route == Route::Messages {
+        if model.is_none() {
+            return Err(ProxyError::InvalidRequest("model: field required".to_string()));
+        }
+        if max_tokens.is_none() {
+            return Err(ProxyError::InvalidRequest("max_tokens: field required".to_string()));
+        }
+    }
+    Ok(BodyFacts { model, max_tokens, stream, input_tokens_estimate: estimate_input_tokens(body.len()) })
+}
+
+/// An estimate of a body's input tokens made before the upstream counts them: one token per
+/// three bytes of the whole JSON body, plus one. Tokenizers average about four bytes per token
+/// for English and code, more for UTF-8 scripts, and the JSON around the text adds bytes but
+/// few tokens, so this nearly always over-reserves; settlement returns the difference. When it
+/// under-reserves, settlement charges the real count, so the limit still holds over time.
+pub fn estimate_input_tokens(body_len: usize) -> u64 {
+    (body_len as u64) / 3 + 1
+}
+
+fn classify_json_error(e: &serde_json::Error) -> &'static str {
+    match e.classify() {
+        serde_json::error::Category::Eof => "unexpected end of input",
+        serde_json::error::Category::Syntax => "syntax error",
+        serde_json::error::Category::Data => "unexpected data",
+        serde_json::error::Category::Io => "read error",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok(body: &str) -> BodyFacts {
+        inspect(&Route::Messages, body.as_bytes()).unwrap()
+    }
+
+    fn bad(body: &[u8]) -> String {
+        let e = inspect(&Route::Messages, body).unwrap_err();
+        assert_eq!(e.status(), 400);
+        e.message()
+    }
+
+    #[test]
+    fn reads_model_max_tokens_and_stream() {
+        let f = ok(r#"{"model":"claude-x","max_tokens":64,"stream":true,"messages":[{"role":"user","content":"hi"}]}"#);
+        assert_eq!(f.model.as_deref(), Some("claude-x"));
+        assert_eq!(f.max_tokens, Some(64));
+        assert!(f.stream);
+        assert!(f.input_tokens_estimate > 10);
+    }
+
+    #[test]
+    fn every_bad_body_is_a_400_with_a_clear_message() {
+        assert!(bad(b"").contains("JSON object"));
+        assert!(bad(b"[1,2]").contains("JSON object"));
+        assert!(bad(b"\"str\"").contains("JSON object"));
+        assert!(bad(b"{\"model\": ").contains("end of input"));
+        assert!(bad(b"\xff\xfe{}").contains("UTF-8"));
+        assert!(bad(br#"{"max_tokens": 5}"#).contains("model"));
+        assert!(bad(br#"{"model": "m"}"#).contains("max_tokens"));
+        assert!(bad(br#"{"model": "m", "max_tokens": -1}"#).contains("max_tokens"));
+        assert!(bad(br#"{"model": "m", "max_tokens": 1.5}"#).contains("max_tokens"));
+        assert!(bad(br#"{"model": 7, "max_tokens": 1}"#).contains("model"));
+        assert!(bad(br#"{"model": "m", "max_tokens": 1, "stream": "yes"}"#).contains("stream"));
+    }
+
+    #[test]
+    fn deep_nesting_never_overflows_the_stack() {
+        // Fields the proxy does not read are skipped iteratively and left to the upstream.
+        let deep = format!("{{\"model\":\"m\",\"max_tokens\":1,\"x\":{}{}}}", "[".repeat(100_000), "]".repeat(100_000));
+        assert!(inspect(&Route::Messages, deep.as_bytes()).is_ok());
+        // Fields it reads hit serde_json's recursion limit: a 400, not a crash.
+        let deep_model = format!("{{\"model\":{}{},\"max_tokens\":1}}", "[".repeat(100_000), "]".repeat(100_000));
+        assert_eq!(inspect(&Route::Messages, deep_model.as_bytes()).unwrap_err().status(), 400);
+    }
+
+    #[test]
+    fn count_tokens_needs_only_an_object() {
+        assert!(inspect(&Route::CountTokens, br#"{"model":"m","messages":[]}"#).is_ok());
+        assert!(inspect(&Route::CountTokens, b"[]").is_err());
+    }
+
+    #[test]
+    fn estimate_never_undercounts_plain_text() {
+        // Four bytes of English per token is the usual average; the estimate assumes three.
+        let body = format!(r#"{{"model":"m","max_tokens":1,"messages":[{{"role":"user","content":"{}"}}]}}"#, "word ".repeat(1000));
+        let f = ok(&body);
+        assert!(f.input_tokens_estimate >= 5000 / 4);
+    }
+}

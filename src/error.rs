@@ -1,0 +1,337 @@
+//! One error type for everything the proxy answers itself, mapped to HTTP in one place.
+//!
+//! Each variant knows its status, its Anthropic `error.type`, who caused it and whether a
+//! retry can help, so the official SDKs parse our answers exactly like the API's own errors.
+//! Denials carry their retry-after as data; [`ProxyError::answer`] turns them into the
+//! structured response of the contract.
+
+use serde::Serialize;
+
+use crate::config::ConfigError;
+
+/// Who an error came from: tells logs apart and decides `x-should-retry` defaults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    Client,
+    Upstream,
+    Proxy,
+}
+
+/// Whose limit a rate-limit answer is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    Key,
+    Upstream,
+}
+
+/// The limit named in a structured retry-after answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LimitInfo {
+    pub scope: Scope,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dimension: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub remaining: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProxyError {
+    /// The body or a parameter is unusable.
+    InvalidRequest(String),
+    /// A request that can never fit the caller's limits (e.g. `max_tokens` above `output_tpm`).
+    NeverFits(String),
+    /// No credential, or one the proxy does not accept.
+    Unauthenticated(String),
+    /// A browser origin that is not in `ALLOWED_ORIGINS`.
+    OriginNotAllowed,
+    /// A route the proxy does not serve.
+    NotFound,
+    /// A known route with the wrong method; carries the methods that are allowed.
+    MethodNotAllowed(&'static str),
+    /// A body above `MAX_BODY_BYTES`.
+    TooLarge { limit: u64 },
+    /// A rate limit, the caller's own or the upstream's, that outlasts the request's budget.
+    RateLimited { retry_after_ms: u64, message: String, limit: LimitInfo },
+    /// The upstream stayed overloaded until attempts or budget ran out.
+    Overloaded { retry_after_ms: u64 },
+    /// Every attempt timed out.
+    UpstreamTimeout { retry_after_ms: u64 },
+    /// The upstream could not be reached.
+    UpstreamUnreachable { retry_after_ms: u64 },
+    /// The deployment's configuration is unusable.
+    Misconfigured(ConfigError),
+    /// A variable that this kind of caller needs is missing.
+    MissingSecret(&'static str),
+    /// Something inside the proxy failed.
+    Internal(String),
+}
+
+/// A finished error answer: what the shell turns into a `Response`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ErrorAnswer {
+    pub status: u16,
+    pub headers: Vec<(&'static str, String)>,
+    pub body: String,
+}
+
+#[derive(Serialize)]
+struct Envelope<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    error: EnvelopeError<'a>,
+    request_id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    retry_after_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    limit: Option<&'a LimitInfo>,
+}
+
+#[derive(Serialize)]
+struct EnvelopeError<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    message: &'a str,
+}
+
+impl ProxyError {
+    pub fn status(&self) -> u16 {
+        match self {
+            ProxyError::InvalidRequest(_) | ProxyError::NeverFits(_) => 400,
+            ProxyError::Unauthenticated(_) => 401,
+            ProxyError::OriginNotAllowed => 403,
+            ProxyError::NotFound => 404,
+            ProxyError::MethodNotAllowed(_) => 405,
+            ProxyError::TooLarge { .. } => 413,
+            ProxyError::RateLimited { .. } => 429,
+            ProxyError::Misconfigured(_) | ProxyError::MissingSecret(_) | ProxyError::Internal(_) => 500,
+            ProxyError::UpstreamUnreachable { .. } => 502,
+            ProxyError::Overloaded { .. } => 503,
+            ProxyError::UpstreamTimeout { .. } => 504,
+        }
+    }
+
+    /// The Anthropic `error.type`.
+    pub fn error_type(&self) -> &'static str {
+        match self {
+            ProxyError::InvalidRequest(_) | ProxyError::NeverFits(_) => "invalid_request_error",
+            ProxyError::MethodNotAllowed(_) => "invalid_request_error",
+            ProxyError::Unauthenticated(_) => "authentication_error",
+            ProxyError::OriginNotAllowed => "permission_error",
+            ProxyError::NotFound => "not_found_error",
+            ProxyError::TooLarge { .. } => "request_too_large",
+            ProxyError::RateLimited { .. } => "rate_limit_error",
+            ProxyError::Overloaded { .. } => "overloaded_error",
+            ProxyError::UpstreamTimeout { .. } => "timeout_error",
+            ProxyError::UpstreamUnreachable { .. }
+            | ProxyError::Misconfigured(_)
+            | ProxyError::MissingSecret(_)
+            | ProxyError::Internal(_) => "api_error",
+        }
+    }
+
+    pub fn source(&self) -> Source {
+        match self {
+            ProxyError::InvalidRequest(_)
+            | ProxyError::NeverFits(_)
+            | ProxyError::Unauthenticated(_)
+            | ProxyError::OriginNotAllowed
+            | ProxyError::NotFound
+            | ProxyError::MethodNotAllowed(_)
+            | ProxyError::TooLarge { .. } => Source::Client,
+            ProxyError::RateLimited { limit, .. } => match limit.scope {
+                Scope::Key => Source::Client,
+                Scope::Upstream => Source::Upstream,
+            },
+            ProxyError::Overloaded { .. }
+            | ProxyError::UpstreamTimeout { .. }
+            | ProxyError::UpstreamUnreachable { .. } => Source::Upstream,
+            ProxyError::Misconfigured(_) | ProxyError::MissingSecret(_) | ProxyError::Internal(_) => {
+                Source::Proxy
+            }
+        }
+    }
+
+    /// When the caller may try again, for the answers where waiting helps.
+    pub fn retry_after_ms(&self) -> Option<u64> {
+        match self {
+            ProxyError::RateLimited { retry_after_ms, .. }
+            | ProxyError::Overloaded { retry_after_ms }
+            | ProxyError::UpstreamTimeout { retry_after_ms }
+            | ProxyError::UpstreamUnreachable { retry_after_ms } => Some(*retry_after_ms),
+            _ => None,
+        }
+    }
+
+    /// The `x-should-retry` the SDKs obey: true exactly when waiting can change the answer.
+    pub fn should_retry(&self) -> bool {
+        self.retry_after_ms().is_some()
+    }
+
+    pub fn message(&self) -> String {
+        match self {
+            ProxyError::InvalidRequest(m) | ProxyError::NeverFits(m) | ProxyError::Unauthenticated(m) => {
+                m.clone()
+            }
+            ProxyError::OriginNotAllowed => {
+                "this origin is not allowed to call the proxy (see ALLOWED_ORIGINS)".to_string()
+            }
+            ProxyError::NotFound => "not found: this proxy serves /v1/messages, \
+                /v1/messages/count_tokens, /v1/models and /healthz"
+                .to_string(),
+            ProxyError::MethodNotAllowed(allowed) => {
+                format!("method not allowed on this route; use {allowed}")
+            }
+            ProxyError::TooLarge { limit } => {
+                format!("request body is larger than the proxy's limit of {limit} bytes")
+            }
+            ProxyError::RateLimited { message, .. } => message.clone(),
+            ProxyError::Overloaded { retry_after_ms } => format!(
+                "the upstream is overloaded; retry in {} s",
+                whole_seconds(*retry_after_ms)
+            ),
+            ProxyError::UpstreamTimeout { retry_after_ms } => format!(
+                "the upstream did not answer in time; retry in {} s",
+                whole_seconds(*retry_after_ms)
+            ),
+            ProxyError::UpstreamUnreachable { retry_after_ms } => format!(
+                "the upstream could not be reached; retry in {} s",
+                whole_seconds(*retry_after_ms)
+            ),
+            ProxyError::Misconfigured(e) => format!("the proxy is misconfigured: {e}"),
+            ProxyError::MissingSecret(name) => {
+                format!("the proxy is misconfigured: {name} is not set")
+            }
+            ProxyError::Internal(m) => format!("internal proxy error: {m}"),
+        }
+    }
+
+    /// The complete answer: status, headers and the Anthropic envelope.
+    pub fn answer(&self, request_id: &str) -> ErrorAnswer {
+        let message = self.message();
+        let retry_after_ms = self.retry_after_ms();
+        let limit = match self {
+            ProxyError::RateLimited { limit, .. } => Some(limit),
+            _ => None,
+        };
+        let envelope = Envelope {
+            kind: "error",
+            error: EnvelopeError { kind: self.error_type(), message: &message },
+            request_id,
+            retry_after_ms,
+            limit,
+        };
+        // Serializing plain strings and integers cannot fail; keep a fixed answer regardless.
+        let body = serde_json::to_string(&envelope).unwrap_or_else(|_| {
+            r#"{"type":"error","error":{"type":"api_error","message":"internal proxy error"}}"#
+                .to_string()
+        });
+        let mut headers = vec![
+            ("content-type", "application/json".to_string()),
+            ("request-id", request_id.to_string()),
+            ("x-should-retry", self.should_retry().to_string()),
+        ];
+        if let Some(ms) = retry_after_ms {
+            headers.push(("retry-after", whole_seconds(ms).to_string()));
+            headers.push(("retry-after-ms", ms.to_string()));
+        }
+        if let ProxyError::MethodNotAllowed(allowed) = self {
+            headers.push(("allow", (*allowed).to_string()));
+        }
+        ErrorAnswer { status: self.status(), headers, body }
+    }
+}
+
+/// `Retry-After` in whole seconds: rounded up, at least 1, so a client that waits exactly
+/// that long never comes back early.
+pub fn whole_seconds(ms: u64) -> u64 {
+    ms.div_ceil(1000).max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(e: &ProxyError) -> serde_json::Value {
+        serde_json::from_str(&e.answer("req_test").body).unwrap()
+    }
+
+    #[test]
+    fn every_variant_has_an_envelope_the_sdks_parse() {
+        let all = [
+            ProxyError::InvalidRequest("x".into()),
+            ProxyError::NeverFits("x".into()),
+            ProxyError::Unauthenticated("x".into()),
+            ProxyError::OriginNotAllowed,
+            ProxyError::NotFound,
+            ProxyError::MethodNotAllowed("POST"),
+            ProxyError::TooLarge { limit: 10 },
+            ProxyError::RateLimited {
+                retry_after_ms: 11_734,
+                message: "m".into(),
+                limit: LimitInfo { scope: Scope::Key, dimension: Some("rpm".into()), limit: Some(50), remaining: Some(0) },
+            },
+            ProxyError::Overloaded { retry_after_ms: 1 },
+            ProxyError::UpstreamTimeout { retry_after_ms: 1 },
+            ProxyError::UpstreamUnreachable { retry_after_ms: 1 },
+            ProxyError::MissingSecret("ANTHROPIC_API_KEY"),
+            ProxyError::Internal("x".into()),
+        ];
+        for e in &all {
+            let v = body(e);
+            assert_eq!(v["type"], "error");
+            assert_eq!(v["error"]["type"], e.error_type());
+            assert!(v["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
+            assert_eq!(v["request_id"], "req_test");
+            let a = e.answer("req_test");
+            assert_eq!(a.status, e.status());
+            assert!(a.headers.iter().any(|(k, v)| *k == "request-id" && v == "req_test"));
+        }
+    }
+
+    #[test]
+    fn structured_retry_after_matches_the_contract() {
+        let e = ProxyError::RateLimited {
+            retry_after_ms: 11_734,
+            message: "rpm limit of 50 reached for this key; retry in 12 s".into(),
+            limit: LimitInfo { scope: Scope::Key, dimension: Some("rpm".into()), limit: Some(50), remaining: Some(0) },
+        };
+        let a = e.answer("req_1");
+        assert_eq!(a.status, 429);
+        let header = |name: &str| a.headers.iter().find(|(k, _)| *k == name).map(|(_, v)| v.as_str());
+        assert_eq!(header("retry-after"), Some("12"));
+        assert_eq!(header("retry-after-ms"), Some("11734"));
+        assert_eq!(header("x-should-retry"), Some("true"));
+        let v = body(&e);
+        assert_eq!(v["retry_after_ms"], 11_734);
+        assert_eq!(v["limit"]["scope"], "key");
+        assert_eq!(v["limit"]["dimension"], "rpm");
+        assert_eq!(v["limit"]["remaining"], 0);
+    }
+
+    #[test]
+    fn never_fits_says_do_not_retry() {
+        let a = ProxyError::NeverFits("too big".into()).answer("r");
+        assert!(a.headers.contains(&("x-should-retry", "false".to_string())));
+        assert!(!a.headers.iter().any(|(k, _)| *k == "retry-after"));
+    }
+
+    #[test]
+    fn whole_seconds_round_up_and_never_reach_zero() {
+        assert_eq!(whole_seconds(0), 1);
+        assert_eq!(whole_seconds(1), 1);
+        assert_eq!(whole_seconds(1000), 1);
+        assert_eq!(whole_seconds(1001), 2);
+        assert_eq!(whole_seconds(u64::MAX), u64::MAX / 1000 + 1);
+    }
+
+    #[test]
+    fn misconfiguration_names_the_variable() {
+        let e = ProxyError::Misconfigured(ConfigError { variable: "RATE_LIMITS", problem: "bad".into() });
+        assert_eq!(e.status(), 500);
+        assert!(e.message().contains("RATE_LIMITS"));
+    }
+}

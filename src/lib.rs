@@ -1,0 +1,19 @@
+//! breakwater: an edge proxy for the Anthropic Messages API.
+//!
+//! The crate is a pure core (configuration, errors, authentication, routing, body and stream
+//! inspection, retries) that builds and tests on the host, and a thin WebAssembly shell
+//! (`shell`) that is the only code touching the Workers runtime.
+#![forbid(unsafe_code)]
+
+pub mod auth;
+pub mod body;
+pub mod config;
+pub mod error;
+pub mod headers;
+pub mod retry;
+pub mod route;
+pub mod secret;
+pub mod sse;
+
+#[cfg(target_arch = "wasm32")]
+mod shell;

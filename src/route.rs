@@ -1,0 +1,131 @@
+//! Which route a request is for, decided from its method and path alone.
+//!
+//! The proxy forwards a fixed set of Anthropic routes and nothing else: it must never become
+//! an open proxy to arbitrary upstream paths.
+
+use crate::error::ProxyError;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// `POST /v1/messages`
+    Messages,
+    /// `POST /v1/messages/count_tokens`
+    CountTokens,
+    /// `GET /v1/models`
+    Models,
+    /// `GET /v1/models/{id}`
+    Model(String),
+    /// `GET /healthz`
+    Health,
+    /// `OPTIONS` on any path: a CORS preflight, answered by the proxy itself.
+    Preflight,
+}
+
+impl Route {
+    /// Routes whose answer comes from the upstream (and so carry `x-proxy-attempts`).
+    pub fn is_proxied(&self) -> bool {
+        matches!(self, Route::Messages | Route::CountTokens | Route::Models | Route::Model(_))
+    }
+
+    /// The upstream path, without the query.
+    pub fn upstream_path(&self) -> Option<String> {
+        match self {
+            Route::Messages => Some("/v1/messages".to_string()),
+            Route::CountTokens => Some("/v1/messages/count_tokens".to_string()),
+            Route::Models => Some("/v1/models".to_string()),
+            Route::Model(id) => Some(format!("/v1/models/{id}")),
+            Route::Health | Route::Preflight => None,
+        }
+    }
+
+    /// A name for log lines.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Route::Messages => "messages",
+            Route::CountTokens => "count_tokens",
+            Route::Models => "models",
+            Route::Model(_) => "model",
+            Route::Health => "healthz",
+            Route::Preflight => "preflight",
+        }
+    }
+}
+
+/// Routes a request. Unknown paths are 404; known paths with the wrong method are 405.
+pub fn route(method: &str, path: &str) -> Result<Route, ProxyError> {
+    if method.eq_ignore_ascii_case("OPTIONS") {
+        return Ok(Route::Preflight);
+    }
+    let (route, allowed) = match path {
+        "/v1/messages" => (Route::Messages, "POST"),
+        "/v1/messages/count_tokens" => (Route::CountTokens, "POST"),
+        "/v1/models" => (Route::Models, "GET"),
+        "/healthz" => (Route::Health, "GET"),
+        _ => match path.strip_prefix("/v1/models/") {
+            Some(id) if is_model_id(id) => (Route::Model(id.to_string()), "GET"),
+            _ => return Err(ProxyError::NotFound),
+        },
+    };
+    let method_ok = method == allowed || (allowed == "GET" && method == "HEAD");
+    if method_ok {
+        Ok(route)
+    } else {
+        Err(ProxyError::MethodNotAllowed(allowed))
+    }
+}
+
+/// Model ids are short tokens like `claude-sonnet-4-5-20250929`; anything else (slashes,
+/// dots that could climb paths, escapes) is not a model route.
+fn is_model_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 128
+        && !id.starts_with('.')
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':' | b'@'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn contract_routes() {
+        assert_eq!(route("POST", "/v1/messages").unwrap(), Route::Messages);
+        assert_eq!(route("POST", "/v1/messages/count_tokens").unwrap(), Route::CountTokens);
+        assert_eq!(route("GET", "/v1/models").unwrap(), Route::Models);
+        assert_eq!(
+            route("GET", "/v1/models/claude-sonnet-4-5").unwrap(),
+            Route::Model("claude-sonnet-4-5".into())
+        );
+        assert_eq!(route("GET", "/healthz").unwrap(), Route::Health);
+        assert_eq!(route("OPTIONS", "/anything").unwrap(), Route::Preflight);
+    }
+
+    #[test]
+    fn wrong_method_is_405_and_names_the_right_one() {
+        let err = route("GET", "/v1/messages").unwrap_err();
+        assert_eq!(err.status(), 405);
+        assert_eq!(err, ProxyError::MethodNotAllowed("POST"));
+        assert_eq!(route("POST", "/v1/models").unwrap_err().status(), 405);
+        assert_eq!(route("DELETE", "/healthz").unwrap_err().status(), 405);
+    }
+
+    #[test]
+    fn never_an_open_proxy() {
+        for path in [
+            "/",
+            "/v1",
+            "/v1/messages/",
+            "/v1/complete",
+            "/v1/messages/batches",
+            "/v1/models/",
+            "/v1/models/a/b",
+            "/v1/models/..",
+            "/v1/models/%2e%2e",
+            "/v2/messages",
+            "//v1/messages",
+        ] {
+            assert_eq!(route("POST", path).unwrap_err().status(), 404, "{path}");
+            assert_eq!(route("GET", path).unwrap_err().status(), 404, "{path}");
+        }
+    }
+}

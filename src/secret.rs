@@ -1,0 +1,90 @@
+//! Secrets that cannot leak by accident.
+//!
+//! Keys, tokens and signing secrets live in [`Secret`], whose `Debug` prints nothing of the
+//! value, whose comparison takes the same time whatever the input, and whose only printable
+//! form is a one-way fingerprint. Logs, errors and Durable Object names use fingerprints.
+
+use std::fmt;
+
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+#[derive(Clone)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Secret {
+        Secret(value.into())
+    }
+
+    /// The value itself, for the one place that needs it (the upstream request header).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// Compares with a presented credential in constant time. Both sides are hashed first so
+    /// that neither the content nor the length of the secret shows in the timing.
+    pub fn matches(&self, presented: &str) -> bool {
+        let a = Sha256::digest(self.0.as_bytes());
+        let b = Sha256::digest(presented.as_bytes());
+        a.ct_eq(&b).into()
+    }
+
+    /// A stable, one-way fingerprint: `label` keeps fingerprints of different kinds apart.
+    pub fn fingerprint(&self, label: &str) -> String {
+        fingerprint(label, &self.0)
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+/// Hex SHA-256 of `label ‖ 0 ‖ value`, truncated to 32 hex digits (128 bits): enough to never
+/// collide between callers, short enough for Durable Object names and log lines.
+pub fn fingerprint(label: &str, value: &str) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(label.as_bytes());
+    hasher.update([0u8]);
+    hasher.update(value.as_bytes());
+    let digest = hasher.finalize();
+    let mut out = String::with_capacity(32);
+    for byte in digest.iter().take(16) {
+        out.push(char::from(HEX[usize::from(byte >> 4)]));
+        out.push(char::from(HEX[usize::from(byte & 0x0f)]));
+    }
+    out
+}
+
+const HEX: [u8; 16] = *b"0123456789abcdef";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_never_shows_the_value() {
+        let s = Secret::new("sk-ant-very-secret");
+        assert!(!format!("{s:?}").contains("very-secret"));
+    }
+
+    #[test]
+    fn matches_only_the_same_value() {
+        let s = Secret::new("ck_live_0123456789");
+        assert!(s.matches("ck_live_0123456789"));
+        assert!(!s.matches("ck_live_012345678"));
+        assert!(!s.matches(""));
+    }
+
+    #[test]
+    fn fingerprints_are_stable_labelled_and_opaque() {
+        let a = fingerprint("identity", "alice");
+        assert_eq!(a, fingerprint("identity", "alice"));
+        assert_ne!(a, fingerprint("upstream", "alice"));
+        assert_eq!(a.len(), 32);
+        assert!(a.bytes().all(|b| b.is_ascii_hexdigit()));
+        assert!(!Secret::new("sk-ant-x").fingerprint("k").contains("sk-ant"));
+    }
+}

@@ -1,0 +1,273 @@
+//! Reading Server-Sent Events as they pass through, without holding the stream.
+//!
+//! The proxy must look at a stream twice: its first event decides whether the attempt is
+//! retried (an `overloaded_error` in a `200`), and its `message_start` / `message_delta`
+//! usage settles the caller's token limits. [`EventScanner`] finds event boundaries across
+//! chunk boundaries while keeping at most one partial event in memory, so memory does not
+//! grow with the length of the stream.
+
+use serde::Deserialize;
+
+/// One parsed event: its `event:` name (or `message` when absent) and its joined `data:`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SseEvent {
+    pub name: String,
+    pub data: String,
+}
+
+impl SseEvent {
+    /// The `error.type` of an `error` event, e.g. `overloaded_error`.
+    pub fn error_type(&self) -> Option<String> {
+        #[derive(Deserialize)]
+        struct ErrorData {
+            error: Option<ErrorInner>,
+        }
+        #[derive(Deserialize)]
+        struct ErrorInner {
+            #[serde(rename = "type")]
+            kind: Option<String>,
+        }
+        if self.name != "error" {
+            return None;
+        }
+        let kind = serde_json::from_str::<ErrorData>(&self.data)
+            .ok()
+            .and_then(|d| d.error)
+            .and_then(|e| e.kind);
+        Some(kind.unwrap_or_else(|| "api_error".to_string()))
+    }
+}
+
+/// Largest partial event kept while looking for its end. Events of the Messages API are a few
+/// hundred bytes; a longer run without a blank line is not looked into, only passed through.
+pub const MAX_EVENT_BYTES: usize = 1 << 20;
+
+/// Finds complete events in a byte stream fed chunk by chunk.
+#[derive(Debug)]
+pub struct EventScanner {
+    partial: Vec<u8>,
+    /// The current event overflowed [`MAX_EVENT_BYTES`]: skip to its end.
+    skipping: bool,
+    /// No byte of the current line seen yet (so a line terminator now ends the event).
+    at_line_start: bool,
+    /// The last byte was `\r`: a following `\n` belongs to the same terminator.
+    pending_cr: bool,
+}
+
+impl Default for EventScanner {
+    fn default() -> Self {
+        EventScanner { partial: Vec::new(), skipping: false, at_line_start: true, pending_cr: false }
+    }
+}
+
+impl EventScanner {
+    pub fn new() -> EventScanner {
+        EventScanner::default()
+    }
+
+    /// Feeds one chunk and calls `on_event` for every event completed by it. Lines may end in
+    /// `\n`, `\r\n` or `\r`; an empty line ends an event.
+    pub fn push(&mut self, chunk: &[u8], mut on_event: impl FnMut(SseEvent)) {
+        let mut start = 0usize;
+        for (i, &b) in chunk.iter().enumerate() {
+            if self.pending_cr && b == b'\n' {
+                self.pending_cr = false;
+                continue;
+            }
+            self.pending_cr = b == b'\r';
+            if b == b'\r' || b == b'\n' {
+                if self.at_line_start {
+                    let end = i.saturating_add(1);
+                    self.hold(chunk.get(start..end).unwrap_or_default());
+                    if !self.skipping {
+                        if let Some(event) = parse_event(&self.partial) {
+                            on_event(event);
+                        }
+                    }
+                    self.partial.clear();
+                    self.skipping = false;
+                    start = end;
+                } else {
+                    self.at_line_start = true;
+                }
+            } else {
+                self.at_line_start = false;
+            }
+        }
+        self.hold(chunk.get(start..).unwrap_or_default());
+    }
+
+    fn hold(&mut self, bytes: &[u8]) {
+        if self.skipping {
+            return;
+        }
+        if self.partial.len().saturating_add(bytes.len()) > MAX_EVENT_BYTES {
+            self.partial.clear();
+            self.skipping = true;
+        } else {
+            self.partial.extend_from_slice(bytes);
+        }
+    }
+
+    /// Bytes held for an incomplete event.
+    pub fn buffered(&self) -> usize {
+        self.partial.len()
+    }
+}
+
+fn parse_event(raw: &[u8]) -> Option<SseEvent> {
+    let text = String::from_utf8_lossy(raw);
+    let mut name: Option<String> = None;
+    let mut data: Option<String> = None;
+    for line in text.split(['\n', '\r']) {
+        if line.is_empty() || line.starts_with(':') {
+            continue;
+        }
+        let (field, value) = match line.split_once(':') {
+            Some((f, v)) => (f, v.strip_prefix(' ').unwrap_or(v)),
+            None => (line, ""),
+        };
+        match field {
+            "event" => name = Some(value.to_string()),
+            "data" => match data.as_mut() {
+                Some(d) => {
+                    d.push('\n');
+                    d.push_str(value);
+                }
+                None => data = Some(value.to_string()),
+            },
+            _ => {}
+        }
+    }
+    if name.is_none() && data.is_none() {
+        return None;
+    }
+    Some(SseEvent { name: name.unwrap_or_else(|| "message".to_string()), data: data.unwrap_or_default() })
+}
+
+/// Token usage as a stream reports it: input tokens in `message_start`, the running output
+/// count in `message_delta` (the last one is the total).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub input_tokens: Option<u64>,
+    pub output_tokens: Option<u64>,
+}
+
+impl Usage {
+    /// Updates the tally from one event of a Messages stream.
+    pub fn observe(&mut self, event: &SseEvent) {
+        #[derive(Deserialize)]
+        struct Start {
+            message: Option<Body>,
+        }
+        #[derive(Deserialize)]
+        struct Body {
+            usage: Option<Counts>,
+        }
+        #[derive(Deserialize)]
+        struct Counts {
+            input_tokens: Option<u64>,
+            output_tokens: Option<u64>,
+            cache_creation_input_tokens: Option<u64>,
+            cache_read_input_tokens: Option<u64>,
+        }
+        match event.name.as_str() {
+            "message_start" => {
+                if let Some(c) = serde_json::from_str::<Start>(&event.data)
+                    .ok()
+                    .and_then(|s| s.message)
+                    .and_then(|m| m.usage)
+                {
+                    self.input_tokens = Some(
+                        c.input_tokens
+                            .unwrap_or(0)
+                            .saturating_add(c.cache_creation_input_tokens.unwrap_or(0))
+                            .saturating_add(c.cache_read_input_tokens.unwrap_or(0)),
+                    );
+                    if c.output_tokens.is_some() {
+                        self.output_tokens = c.output_tokens;
+                    }
+                }
+            }
+            "message_delta" => {
+                if let Some(c) = serde_json::from_str::<Body>(&event.data).ok().and_then(|b| b.usage) {
+                    if c.output_tokens.is_some() {
+                        self.output_tokens = c.output_tokens;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scan(chunks: &[&[u8]]) -> Vec<SseEvent> {
+        let mut scanner = EventScanner::new();
+        let mut events = Vec::new();
+        for c in chunks {
+            scanner.push(c, |e| events.push(e));
+        }
+        events
+    }
+
+    const STREAM: &str = "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":25,\"output_tokens\":1}}}\n\n\
+        event: ping\ndata: {\"type\":\"ping\"}\n\n\
+        event: message_delta\ndata: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":15}}\n\n";
+
+    #[test]
+    fn events_are_found_whatever_the_chunking() {
+        let whole = scan(&[STREAM.as_bytes()]);
+        assert_eq!(whole.len(), 3);
+        assert_eq!(whole[0].name, "message_start");
+        assert_eq!(whole[1].data, "{\"type\":\"ping\"}");
+        for size in 1..20 {
+            let chunks: Vec<&[u8]> = STREAM.as_bytes().chunks(size).collect();
+            assert_eq!(scan(&chunks), whole, "chunk size {size}");
+        }
+    }
+
+    #[test]
+    fn crlf_and_multiline_data() {
+        let events = scan(&[b"event: a\r\ndata: 1\r\ndata: 2\r\n\r\n", b": comment\n\ndata: x\n\n"]);
+        assert_eq!(events.len(), 2);
+        assert_eq!(events[0].data, "1\n2");
+        assert_eq!(events[1].name, "message");
+    }
+
+    #[test]
+    fn error_events_give_their_type() {
+        let events = scan(&[b"event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"Overloaded\"}}\n\n"]);
+        assert_eq!(events[0].error_type().as_deref(), Some("overloaded_error"));
+        let garbled = SseEvent { name: "error".into(), data: "{{{".into() };
+        assert_eq!(garbled.error_type().as_deref(), Some("api_error"));
+        let normal = SseEvent { name: "ping".into(), data: "{}".into() };
+        assert_eq!(normal.error_type(), None);
+    }
+
+    #[test]
+    fn usage_is_tallied() {
+        let mut usage = Usage::default();
+        for e in scan(&[STREAM.as_bytes()]) {
+            usage.observe(&e);
+        }
+        assert_eq!(usage, Usage { input_tokens: Some(25), output_tokens: Some(15) });
+    }
+
+    #[test]
+    fn memory_stays_bounded_on_an_endless_event() {
+        let mut scanner = EventScanner::new();
+        let chunk = vec![b'a'; 64 * 1024];
+        for _ in 0..64 {
+            scanner.push(&chunk, |_| panic!("no event expected"));
+            assert!(scanner.buffered() <= MAX_EVENT_BYTES);
+        }
+        let mut after = Vec::new();
+        scanner.push(b"\n\ndata: next\n\n", |e| after.push(e));
+        assert_eq!(after.len(), 1);
+        assert_eq!(after[0].data, "next");
+    }
+}
