@@ -1,0 +1,383 @@
+//! Deciding, from one attempt's outcome alone, whether the request is worth another attempt.
+//!
+//! This is the product's retry table in one pure function, so that every row can be tested
+//! without a network and the shell cannot drift from it.
+
+use std::fmt;
+
+/// HTTP statuses retried when the upstream does not say otherwise with `x-should-retry`.
+pub const RETRYABLE_STATUSES: [u16; 8] = [529, 429, 408, 409, 500, 502, 503, 504];
+
+/// Anthropic error types that make a stream whose first SSE event is an `error` retryable.
+pub const RETRYABLE_STREAM_ERRORS: [&str; 2] = ["overloaded_error", "api_error"];
+
+/// What one attempt against the upstream produced, as far as retrying is concerned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Response headers arrived (for a stream: and its first SSE event was not an `error`).
+    Response {
+        /// The upstream's HTTP status.
+        status: u16,
+        /// The upstream's `x-should-retry` header, see [`super::should_retry_header`].
+        should_retry: Option<bool>,
+        /// The upstream's `retry-after-ms` / `retry-after`, see [`super::upstream_wait_ms`].
+        wait_floor_ms: Option<u64>,
+    },
+    /// A successful streaming response whose first SSE event is an `error` event.
+    StreamError {
+        /// The event's `error.type`, e.g. `overloaded_error`.
+        error_type: String,
+        /// The response's `x-should-retry` header.
+        should_retry: Option<bool>,
+        /// The response's `retry-after-ms` / `retry-after`.
+        wait_floor_ms: Option<u64>,
+    },
+    /// The upstream could not be reached (DNS, connect, TLS, reset before headers).
+    ConnectFailure,
+    /// No response headers (streaming: no first event) within the attempt timeout.
+    AttemptTimeout,
+}
+
+/// Why an attempt is retried; the last cause decides the answer when retries stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Cause {
+    /// The upstream is overloaded: a `529`, or a stream opening with `overloaded_error`.
+    Overloaded,
+    /// The upstream rate-limited us: a `429`.
+    RateLimited,
+    /// The attempt timed out before response headers (or the first stream event).
+    Timeout,
+    /// The upstream could not be reached.
+    Unreachable,
+    /// Any other retryable status (`500`, `502`, `503`, `504`, `408`, `409`, or any status
+    /// the upstream marked `x-should-retry: true`). Its answer is passed through when
+    /// retries stop.
+    Transient(u16),
+    /// A stream opening with a retryable error event other than `overloaded_error` (e.g.
+    /// `api_error`). Its answer is passed through when retries stop.
+    StreamError,
+}
+
+impl Cause {
+    /// Whether a give-up with this cause hands the upstream's last answer to the client as is
+    /// (rather than a structured answer built by the proxy).
+    #[must_use]
+    pub fn passes_through(self) -> bool {
+        matches!(self, Cause::Transient(_) | Cause::StreamError)
+    }
+}
+
+impl fmt::Display for Cause {
+    /// A short `snake_case` label for log lines, e.g. `overloaded` or `status_503`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Cause::Overloaded => f.write_str("overloaded"),
+            Cause::RateLimited => f.write_str("rate_limited"),
+            Cause::Timeout => f.write_str("timeout"),
+            Cause::Unreachable => f.write_str("unreachable"),
+            Cause::Transient(status) => write!(f, "status_{status}"),
+            Cause::StreamError => f.write_str("stream_error"),
+        }
+    }
+}
+
+/// What to do with one attempt's outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Not retryable: hand the answer to the client as is.
+    Deliver,
+    /// Retryable, for `cause`; the upstream asked to wait at least `floor_ms`.
+    Retry {
+        /// Why the attempt failed.
+        cause: Cause,
+        /// The upstream's retry-after hint, a floor for the wait.
+        floor_ms: Option<u64>,
+    },
+}
+
+impl Verdict {
+    /// Whether the verdict asks for another attempt.
+    #[must_use]
+    pub fn is_retry(&self) -> bool {
+        matches!(self, Verdict::Retry { .. })
+    }
+}
+
+/// Classifies one attempt's outcome.
+///
+/// `x-should-retry` overrides the status table both ways, except that a `2xx` response is
+/// always delivered: a success that already reached us (and was billed) is never thrown away.
+/// For a stream whose first event is an error, `x-should-retry` likewise overrides the error
+/// type table.
+#[must_use]
+pub fn classify(outcome: &Outcome) -> Verdict {
+    match outcome {
+        Outcome::Response {
+            status,
+            should_retry,
+            wait_floor_ms,
+        } => {
+            let status = *status;
+            if (200..300).contains(&status) {
+                return Verdict::Deliver;
+            }
+            let retryable = should_retry.unwrap_or_else(|| RETRYABLE_STATUSES.contains(&status));
+            if !retryable {
+                return Verdict::Deliver;
+            }
+            let cause = match status {
+                529 => Cause::Overloaded,
+                429 => Cause::RateLimited,
+                other => Cause::Transient(other),
+            };
+            Verdict::Retry {
+                cause,
+                floor_ms: *wait_floor_ms,
+            }
+        }
+        Outcome::StreamError {
+            error_type,
+            should_retry,
+            wait_floor_ms,
+        } => {
+            let error_type = error_type.as_str();
+            let retryable =
+                should_retry.unwrap_or_else(|| RETRYABLE_STREAM_ERRORS.contains(&error_type));
+            if !retryable {
+                return Verdict::Deliver;
+            }
+            let cause = if error_type == "overloaded_error" {
+                Cause::Overloaded
+            } else {
+                Cause::StreamError
+            };
+            Verdict::Retry {
+                cause,
+                floor_ms: *wait_floor_ms,
+            }
+        }
+        Outcome::ConnectFailure => Verdict::Retry {
+            cause: Cause::Unreachable,
+            floor_ms: None,
+        },
+        Outcome::AttemptTimeout => Verdict::Retry {
+            cause: Cause::Timeout,
+            floor_ms: None,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn response(status: u16, should_retry: Option<bool>) -> Outcome {
+        Outcome::Response {
+            status,
+            should_retry,
+            wait_floor_ms: None,
+        }
+    }
+
+    fn stream(error_type: &str, should_retry: Option<bool>) -> Outcome {
+        Outcome::StreamError {
+            error_type: error_type.to_string(),
+            should_retry,
+            wait_floor_ms: None,
+        }
+    }
+
+    fn retry(cause: Cause) -> Verdict {
+        Verdict::Retry {
+            cause,
+            floor_ms: None,
+        }
+    }
+
+    #[test]
+    fn status_table_without_should_retry() {
+        let table: &[(u16, Verdict)] = &[
+            (529, retry(Cause::Overloaded)),
+            (429, retry(Cause::RateLimited)),
+            (408, retry(Cause::Transient(408))),
+            (409, retry(Cause::Transient(409))),
+            (500, retry(Cause::Transient(500))),
+            (502, retry(Cause::Transient(502))),
+            (503, retry(Cause::Transient(503))),
+            (504, retry(Cause::Transient(504))),
+            (200, Verdict::Deliver),
+            (201, Verdict::Deliver),
+            (204, Verdict::Deliver),
+            (301, Verdict::Deliver),
+            (400, Verdict::Deliver),
+            (401, Verdict::Deliver),
+            (403, Verdict::Deliver),
+            (404, Verdict::Deliver),
+            (413, Verdict::Deliver),
+            (501, Verdict::Deliver),
+            (505, Verdict::Deliver),
+            (530, Verdict::Deliver),
+        ];
+        for &(status, expected) in table {
+            assert_eq!(
+                classify(&response(status, None)),
+                expected,
+                "status {status}"
+            );
+        }
+    }
+
+    #[test]
+    fn should_retry_true_makes_any_error_status_retryable() {
+        let table: &[(u16, Verdict)] = &[
+            (529, retry(Cause::Overloaded)),
+            (429, retry(Cause::RateLimited)),
+            (500, retry(Cause::Transient(500))),
+            (400, retry(Cause::Transient(400))),
+            (401, retry(Cause::Transient(401))),
+            (404, retry(Cause::Transient(404))),
+            (501, retry(Cause::Transient(501))),
+            (302, retry(Cause::Transient(302))),
+        ];
+        for &(status, expected) in table {
+            assert_eq!(
+                classify(&response(status, Some(true))),
+                expected,
+                "status {status}"
+            );
+        }
+    }
+
+    #[test]
+    fn should_retry_true_never_retries_a_success() {
+        for status in [200, 201, 204, 299] {
+            assert_eq!(
+                classify(&response(status, Some(true))),
+                Verdict::Deliver,
+                "{status}"
+            );
+        }
+    }
+
+    #[test]
+    fn should_retry_false_makes_no_status_retryable() {
+        for status in [529, 429, 408, 409, 500, 502, 503, 504, 200, 400] {
+            assert_eq!(
+                classify(&response(status, Some(false))),
+                Verdict::Deliver,
+                "{status}"
+            );
+        }
+    }
+
+    #[test]
+    fn stream_error_table() {
+        let table: &[(&str, Option<bool>, Verdict)] = &[
+            ("overloaded_error", None, retry(Cause::Overloaded)),
+            ("api_error", None, retry(Cause::StreamError)),
+            ("rate_limit_error", None, Verdict::Deliver),
+            ("invalid_request_error", None, Verdict::Deliver),
+            ("authentication_error", None, Verdict::Deliver),
+            ("", None, Verdict::Deliver),
+            ("Overloaded_Error", None, Verdict::Deliver),
+            ("overloaded_error", Some(false), Verdict::Deliver),
+            ("api_error", Some(false), Verdict::Deliver),
+            ("overloaded_error", Some(true), retry(Cause::Overloaded)),
+            (
+                "invalid_request_error",
+                Some(true),
+                retry(Cause::StreamError),
+            ),
+        ];
+        for (error_type, should_retry, expected) in table {
+            assert_eq!(
+                classify(&stream(error_type, *should_retry)),
+                *expected,
+                "{error_type:?} x-should-retry {should_retry:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn connect_failure_and_timeout_are_retried() {
+        assert_eq!(
+            classify(&Outcome::ConnectFailure),
+            retry(Cause::Unreachable)
+        );
+        assert_eq!(classify(&Outcome::AttemptTimeout), retry(Cause::Timeout));
+    }
+
+    #[test]
+    fn retry_carries_the_upstream_floor() {
+        let outcome = Outcome::Response {
+            status: 429,
+            should_retry: None,
+            wait_floor_ms: Some(2500),
+        };
+        assert_eq!(
+            classify(&outcome),
+            Verdict::Retry {
+                cause: Cause::RateLimited,
+                floor_ms: Some(2500)
+            }
+        );
+        let outcome = Outcome::StreamError {
+            error_type: "overloaded_error".into(),
+            should_retry: None,
+            wait_floor_ms: Some(700),
+        };
+        assert_eq!(
+            classify(&outcome),
+            Verdict::Retry {
+                cause: Cause::Overloaded,
+                floor_ms: Some(700)
+            }
+        );
+    }
+
+    #[test]
+    fn pass_through_causes() {
+        assert!(Cause::Transient(500).passes_through());
+        assert!(Cause::StreamError.passes_through());
+        for cause in [
+            Cause::Overloaded,
+            Cause::RateLimited,
+            Cause::Timeout,
+            Cause::Unreachable,
+        ] {
+            assert!(!cause.passes_through(), "{cause}");
+        }
+    }
+
+    #[test]
+    fn cause_labels() {
+        assert_eq!(Cause::Overloaded.to_string(), "overloaded");
+        assert_eq!(Cause::RateLimited.to_string(), "rate_limited");
+        assert_eq!(Cause::Timeout.to_string(), "timeout");
+        assert_eq!(Cause::Unreachable.to_string(), "unreachable");
+        assert_eq!(Cause::Transient(503).to_string(), "status_503");
+        assert_eq!(Cause::StreamError.to_string(), "stream_error");
+    }
+
+    proptest! {
+        #[test]
+        fn should_retry_false_always_delivers(
+            status in any::<u16>(),
+            floor in proptest::option::of(any::<u64>()),
+        ) {
+            let outcome = Outcome::Response { status, should_retry: Some(false), wait_floor_ms: floor };
+            prop_assert_eq!(classify(&outcome), Verdict::Deliver);
+        }
+
+        #[test]
+        fn classify_is_total(
+            status in any::<u16>(),
+            should_retry in proptest::option::of(any::<bool>()),
+            error_type in ".{0,20}",
+        ) {
+            let _ = classify(&Outcome::Response { status, should_retry, wait_floor_ms: None });
+            let _ = classify(&Outcome::StreamError { error_type, should_retry, wait_floor_ms: None });
+        }
+    }
+}

@@ -1,0 +1,38 @@
+//! Retrying the upstream inside a per-request time budget.
+//!
+//! The Anthropic API sheds load with `529`/`429` and fails transiently with `5xx`, timeouts and
+//! dropped connections; most of these succeed on a later attempt. This module holds every
+//! retry decision as pure code with the clock (`u64` milliseconds since the Unix epoch) and the
+//! randomness (a seed) passed in, so it runs and is tested on the host; the Worker shell only
+//! performs the attempts and the sleeps.
+//!
+//! - [`classify`](fn@classify) turns one attempt's [`Outcome`] into a [`Verdict`]: deliver, or retry for a
+//!   [`Cause`] with the upstream's retry-after as a floor ([`upstream_wait_ms`],
+//!   [`should_retry_header`]).
+//! - [`Retrier`] counts attempts, draws full-jitter waits ([`Backoff`]) and answers with a
+//!   [`Step`]: deliver, wait, or give up when the attempts are used up or the next wait would
+//!   end past the budget deadline. A wait that does not fit is never slept: the client gets
+//!   an answer at once.
+//!
+//! When retries stop, [`GiveUp::answer`] tells the shell to pass the upstream's last answer
+//! through or to build a structured error (503 `overloaded_error`, 429 `rate_limit_error`,
+//! 504 `timeout_error`, 502 `api_error`). Its `retry_after_ms` is at least a second. For a
+//! 429 it is the upstream's own wait. Otherwise it is the wait the proxy would have slept
+//! next — a fresh full-jitter draw floored by the upstream's hint — rather than a fixed
+//! value: clients that honour `Retry-After` then come back spread out over the jitter window
+//! instead of all at once, so the fleet's retries stay as decorrelated as the proxy's own.
+
+mod backoff;
+mod classify;
+mod policy;
+mod retry_after;
+
+pub use backoff::{ceiling_ms, Backoff};
+pub use classify::{
+    classify, Cause, Outcome, Verdict, RETRYABLE_STATUSES, RETRYABLE_STREAM_ERRORS,
+};
+pub use policy::{
+    Answer, AttemptTicket, GiveUp, Retrier, RetryPolicy, Step, StopReason, WaitRecord,
+    MIN_RETRY_AFTER_MS,
+};
+pub use retry_after::{should_retry_header, upstream_wait_ms, MAX_UPSTREAM_WAIT_MS};

@@ -1,0 +1,274 @@
+//! Forwarding to the upstream: the attempts, their timeouts, and the sleeps between them.
+//!
+//! The pure [`Retrier`] decides; this module only performs. A streaming answer is held until
+//! its first SSE event has been read, so an `overloaded_error` in a `200` can still be retried;
+//! once the first byte is handed to the client, nothing is retried.
+
+use std::pin::pin;
+use std::time::Duration;
+
+use futures_util::future::{select, Either};
+use futures_util::{stream, StreamExt};
+use worker::{
+    AbortController, ByteStream, Delay, Fetch, Headers, Method, Request, RequestInit, Response,
+    ResponseBuilder,
+};
+
+use super::respond::{Exchange, LoggedWait};
+use super::runtime::{now_ms, random_u64, sleep_ms};
+use crate::body::BodyFacts;
+use crate::config::Config;
+use crate::error::{LimitInfo, ProxyError, Scope};
+use crate::headers::{forward_downstream, forward_upstream};
+use crate::retry::{
+    classify, should_retry_header, upstream_wait_ms, Answer, Cause, GiveUp, Outcome, Retrier,
+    RetryPolicy, Step,
+};
+use crate::route::Route;
+use crate::secret::Secret;
+use crate::sse::{EventScanner, SseEvent};
+
+pub struct Forward<'a> {
+    pub config: &'a Config,
+    pub route: &'a Route,
+    pub query: Option<&'a str>,
+    pub method: &'a str,
+    pub client_headers: &'a Headers,
+    pub body: Option<&'a [u8]>,
+    pub facts: &'a BodyFacts,
+    pub upstream_key: &'a Secret,
+    pub budget_header: Option<&'a str>,
+    pub exchange: &'a mut Exchange,
+}
+
+/// What one attempt brought back, kept until the retrier decides whether to deliver it.
+struct UpstreamAnswer {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: UpstreamBody,
+}
+
+enum UpstreamBody {
+    /// Not looked into: handed to the client as the runtime's own stream.
+    Untouched(Option<worker::web_sys::ReadableStream>),
+    /// An SSE stream whose first event was read: those bytes, then the rest as it comes.
+    Sse { head: Vec<u8>, rest: ByteStream },
+}
+
+pub async fn forward(f: Forward<'_>) -> Result<Response, ProxyError> {
+    let config = f.config;
+    let policy = RetryPolicy {
+        max_attempts: config.max_attempts.get(),
+        backoff_base_ms: config.backoff_base_ms,
+        backoff_max_ms: config.backoff_max_ms,
+        budget_ms: config.request_budget_ms,
+        attempt_timeout_ms: config.attempt_timeout_ms,
+    }
+    .with_client_budget(f.budget_header);
+    let mut retrier = Retrier::new(policy, f.exchange.started_ms, random_u64());
+
+    let path = f.route.upstream_path().ok_or(ProxyError::NotFound)?;
+    let url = match f.query {
+        Some(q) if !q.is_empty() => format!("{}{}?{}", config.upstream_url, path, q),
+        _ => format!("{}{}", config.upstream_url, path),
+    };
+    let mut headers: Vec<(String, String)> =
+        f.client_headers.entries().filter(|(name, _)| forward_upstream(name)).collect();
+    headers.push(("x-api-key".to_string(), f.upstream_key.expose().to_string()));
+    let method = Method::from(f.method.to_string());
+
+    loop {
+        let ticket = retrier.attempt_started(now_ms());
+        f.exchange.attempts = ticket.number;
+        let (outcome, answer) =
+            attempt(&url, method.clone(), &headers, f.body, ticket.timeout_ms, f.facts.stream).await;
+        if let Some(id) = answer.as_ref().and_then(|a| header(&a.headers, "request-id")) {
+            f.exchange.upstream_request_id = Some(id.to_string());
+        }
+        match retrier.after_attempt(now_ms(), classify(&outcome)) {
+            Step::Deliver => return deliver(answer),
+            Step::Wait { ms, cause } => {
+                f.exchange.waits.push(LoggedWait { ms, cause: cause.to_string() });
+                drop(answer);
+                sleep_ms(ms).await;
+            }
+            Step::GiveUp(give_up) => {
+                f.exchange.stopped = Some(give_up.reason.to_string());
+                return match give_up.answer() {
+                    Answer::PassThrough => deliver(answer),
+                    Answer::Structured { .. } => Err(structured(&give_up)),
+                };
+            }
+        }
+    }
+}
+
+/// The contract's structured answer for retries that ran out.
+fn structured(give_up: &GiveUp) -> ProxyError {
+    let retry_after_ms = give_up.retry_after_ms;
+    match give_up.cause {
+        Cause::RateLimited => ProxyError::RateLimited {
+            retry_after_ms,
+            message: format!(
+                "the upstream rate limit outlasts this request's time budget; retry in {} s",
+                crate::error::whole_seconds(retry_after_ms)
+            ),
+            limit: LimitInfo { scope: Scope::Upstream, dimension: None, limit: None, remaining: None },
+        },
+        Cause::Timeout => ProxyError::UpstreamTimeout { retry_after_ms },
+        Cause::Unreachable => ProxyError::UpstreamUnreachable { retry_after_ms },
+        Cause::Overloaded | Cause::Transient(_) | Cause::StreamError => ProxyError::Overloaded { retry_after_ms },
+    }
+}
+
+fn header<'h>(headers: &'h [(String, String)], name: &str) -> Option<&'h str> {
+    headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+}
+
+/// Hands an upstream answer to the client.
+fn deliver(answer: Option<UpstreamAnswer>) -> Result<Response, ProxyError> {
+    let answer = answer.ok_or_else(|| ProxyError::Internal("no upstream answer to deliver".to_string()))?;
+    let headers = Headers::new();
+    for (name, value) in answer.headers.iter().filter(|(name, _)| forward_downstream(name)) {
+        let _ = headers.append(name, value);
+    }
+    let builder = ResponseBuilder::new().with_status(answer.status).with_headers(headers);
+    match answer.body {
+        UpstreamBody::Untouched(Some(body)) => Ok(builder.stream(body)),
+        UpstreamBody::Untouched(None) => Ok(builder.empty()),
+        UpstreamBody::Sse { head, rest } => {
+            let body = stream::once(async move { Ok::<Vec<u8>, worker::Error>(head) }).chain(rest);
+            builder
+                .from_stream(body)
+                .map_err(|_| ProxyError::Internal("could not build the stream".to_string()))
+        }
+    }
+}
+
+/// One attempt: the request, its timeout, and for a stream the wait for its first event.
+async fn attempt(
+    url: &str,
+    method: Method,
+    headers: &[(String, String)],
+    body: Option<&[u8]>,
+    timeout_ms: u64,
+    streaming: bool,
+) -> (Outcome, Option<UpstreamAnswer>) {
+    let deadline = now_ms().saturating_add(timeout_ms);
+    let Ok(request) = build_request(url, method, headers, body) else {
+        return (Outcome::ConnectFailure, None);
+    };
+    let controller = AbortController::default();
+    let signal = controller.signal();
+    let fetch = Fetch::Request(request);
+    let response = {
+        let send = pin!(fetch.send_with_signal(&signal));
+        let timer = pin!(Delay::from(Duration::from_millis(timeout_ms)));
+        match select(send, timer).await {
+            Either::Left((Ok(response), _)) => response,
+            Either::Left((Err(_), _)) => return (Outcome::ConnectFailure, None),
+            Either::Right(_) => {
+                controller.abort();
+                return (Outcome::AttemptTimeout, None);
+            }
+        }
+    };
+    let mut response = response;
+    let status = response.status_code();
+    let upstream_headers: Vec<(String, String)> = response.headers().entries().collect();
+    let should_retry = should_retry_header(header(&upstream_headers, "x-should-retry"));
+    let wait_floor_ms = upstream_wait_ms(
+        header(&upstream_headers, "retry-after-ms"),
+        header(&upstream_headers, "retry-after"),
+        now_ms(),
+    );
+    let is_sse = header(&upstream_headers, "content-type")
+        .is_some_and(|t| t.trim_start().to_ascii_lowercase().starts_with("text/event-stream"));
+
+    if !(streaming && status == 200 && is_sse) {
+        let body = match response.body() {
+            worker::ResponseBody::Stream(s) => Some(s.clone()),
+            _ => None,
+        };
+        let answer = UpstreamAnswer { status, headers: upstream_headers, body: UpstreamBody::Untouched(body) };
+        return (Outcome::Response { status, should_retry, wait_floor_ms }, Some(answer));
+    }
+
+    let Ok(mut rest) = response.stream() else {
+        return (Outcome::ConnectFailure, None);
+    };
+    match first_event(&mut rest, deadline).await {
+        FirstEvent::Event { head, event } => {
+            let outcome = match event.error_type() {
+                Some(error_type) => Outcome::StreamError { error_type, should_retry, wait_floor_ms },
+                None => Outcome::Response { status, should_retry, wait_floor_ms },
+            };
+            let answer = UpstreamAnswer { status, headers: upstream_headers, body: UpstreamBody::Sse { head, rest } };
+            (outcome, Some(answer))
+        }
+        FirstEvent::TimedOut => {
+            controller.abort();
+            (Outcome::AttemptTimeout, None)
+        }
+        FirstEvent::Broken => (Outcome::ConnectFailure, None),
+    }
+}
+
+enum FirstEvent {
+    Event { head: Vec<u8>, event: SseEvent },
+    TimedOut,
+    /// The stream failed or ended before a complete event: nothing reached the client yet,
+    /// so this is retried like a connection failure.
+    Broken,
+}
+
+/// Reads until the first complete SSE event, or the attempt's deadline.
+async fn first_event(stream: &mut ByteStream, deadline_ms: u64) -> FirstEvent {
+    let mut scanner = EventScanner::new();
+    let mut head = Vec::new();
+    loop {
+        let remaining = deadline_ms.saturating_sub(now_ms());
+        if remaining == 0 {
+            return FirstEvent::TimedOut;
+        }
+        let next = pin!(stream.next());
+        let timer = pin!(Delay::from(Duration::from_millis(remaining)));
+        let chunk = match select(next, timer).await {
+            Either::Left((Some(Ok(chunk)), _)) => chunk,
+            Either::Left((Some(Err(_)) | None, _)) => return FirstEvent::Broken,
+            Either::Right(_) => return FirstEvent::TimedOut,
+        };
+        let mut found = None;
+        scanner.push(&chunk, |event| {
+            if found.is_none() {
+                found = Some(event);
+            }
+        });
+        head.extend_from_slice(&chunk);
+        if let Some(event) = found {
+            return FirstEvent::Event { head, event };
+        }
+        if head.len() > crate::sse::MAX_EVENT_BYTES {
+            // Not an event stream the proxy can read; treat it as delivered content.
+            return FirstEvent::Event { head, event: SseEvent { name: "message".to_string(), data: String::new() } };
+        }
+    }
+}
+
+fn build_request(
+    url: &str,
+    method: Method,
+    headers: &[(String, String)],
+    body: Option<&[u8]>,
+) -> worker::Result<Request> {
+    let h = Headers::new();
+    for (name, value) in headers {
+        h.append(name, value)?;
+    }
+    let mut init = RequestInit::new();
+    init.with_method(method).with_headers(h);
+    if let Some(body) = body {
+        init.with_body(Some(js_sys::Uint8Array::from(body).into()));
+    }
+    Request::new_with_init(url, &init)
+}

@@ -1,0 +1,94 @@
+//! The WebAssembly shell: the only code that touches the Workers runtime.
+//!
+//! It reads the request, asks the pure core what to do (route, credential, body, retries),
+//! performs the I/O (upstream fetches, sleeps, streams) and writes the answer. It never
+//! panics on input: every failure becomes the core's error envelope.
+
+mod forward;
+mod respond;
+mod runtime;
+
+use worker::{event, Context, Env, Request, Response};
+
+use crate::auth::{authenticate, credential, Caller, UpstreamKey};
+use crate::body::{inspect, BodyFacts};
+use crate::config::Config;
+use crate::error::ProxyError;
+use crate::route::{route, Route};
+
+use respond::{Cors, Exchange};
+
+/// The version reported by `/healthz`.
+const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+#[event(fetch)]
+async fn fetch(req: Request, env: Env, _ctx: Context) -> worker::Result<Response> {
+    let mut exchange = Exchange::begin(&req);
+    let outcome = handle(req, &env, &mut exchange).await;
+    Ok(exchange.finish(outcome))
+}
+
+/// Runs one request; every error is an answer, never a panic or an `Err` to the runtime.
+async fn handle(mut req: Request, env: &Env, exchange: &mut Exchange) -> Result<Response, ProxyError> {
+    let config = Config::from_lookup(|name| runtime::variable(env, name)).map_err(|e| {
+        worker::console_error!("{}", respond::config_log_line(&e));
+        ProxyError::Misconfigured(e)
+    })?;
+
+    exchange.cors = Cors::decide(&config.allowed_origins, exchange.origin.as_deref());
+    let method = req.method().to_string();
+    let url = req.url().map_err(|_| ProxyError::InvalidRequest("unreadable URL".to_string()))?;
+    let route = route(&method, url.path())?;
+    exchange.route = Some(route.clone());
+    if matches!(exchange.cors, Cors::Denied) {
+        return Err(ProxyError::OriginNotAllowed);
+    }
+
+    match route {
+        Route::Preflight => return respond::preflight(&req, &exchange.cors),
+        Route::Health => return respond::health(VERSION),
+        _ => {}
+    }
+
+    let caller = authenticate_request(&req, &config)?;
+    exchange.identity_hash = Some(caller.identity_hash());
+    let upstream_key = match &caller.upstream_key {
+        UpstreamKey::Passthrough(key) => key.clone(),
+        UpstreamKey::Managed => config
+            .upstream_key
+            .clone()
+            .ok_or(ProxyError::MissingSecret("ANTHROPIC_API_KEY"))?,
+    };
+
+    let (body, facts) = match route {
+        Route::Messages | Route::CountTokens => {
+            let body = runtime::read_body(&mut req, config.max_body_bytes).await?;
+            let facts = inspect(&route, &body)?;
+            (Some(body), facts)
+        }
+        _ => (None, BodyFacts::default()),
+    };
+    exchange.stream = facts.stream;
+
+    let budget_header = req.headers().get("x-proxy-budget-ms").ok().flatten();
+    forward::forward(forward::Forward {
+        config: &config,
+        route: &route,
+        query: url.query(),
+        method: &method,
+        client_headers: req.headers(),
+        body: body.as_deref(),
+        facts: &facts,
+        upstream_key: &upstream_key,
+        budget_header: budget_header.as_deref(),
+        exchange,
+    })
+    .await
+}
+
+fn authenticate_request(req: &Request, config: &Config) -> Result<Caller, ProxyError> {
+    let x_api_key = req.headers().get("x-api-key").ok().flatten();
+    let authorization = req.headers().get("authorization").ok().flatten();
+    let presented = credential(x_api_key.as_deref(), authorization.as_deref())?;
+    authenticate(config, presented)
+}

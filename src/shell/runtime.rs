@@ -1,0 +1,68 @@
+//! The runtime's clock, randomness, sleep, configuration and request body, behind small
+//! functions so the rest of the shell reads like the core it drives.
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use worker::{Delay, Env, Request};
+
+use crate::error::ProxyError;
+
+/// Milliseconds since the Unix epoch. In Workers the clock advances on I/O, which is what the
+/// budget arithmetic needs: time spent waiting on the upstream or sleeping.
+pub fn now_ms() -> u64 {
+    worker::Date::now().as_millis()
+}
+
+pub async fn sleep_ms(ms: u64) {
+    if ms > 0 {
+        Delay::from(Duration::from_millis(ms)).await;
+    }
+}
+
+/// A random 64-bit seed from the platform's CSPRNG (for backoff jitter and request ids).
+pub fn random_u64() -> u64 {
+    let mut bytes = [0u8; 8];
+    if getrandom::fill(&mut bytes).is_err() {
+        // No randomness: fall back to the clock so jitter still differs between requests.
+        return now_ms().wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+    u64::from_le_bytes(bytes)
+}
+
+/// A fresh request id for answers the proxy makes itself, shaped like the API's own.
+pub fn new_request_id() -> String {
+    format!("req_bw_{:016x}{:08x}", random_u64(), random_u64() as u32)
+}
+
+/// A configuration variable: a `[vars]` entry or a secret, whichever is set.
+pub fn variable(env: &Env, name: &str) -> Option<String> {
+    if let Ok(secret) = env.secret(name) {
+        return Some(secret.to_string());
+    }
+    env.var(name).ok().map(|v| v.to_string())
+}
+
+/// Reads the request body, refusing it as soon as it passes `limit` bytes.
+pub async fn read_body(req: &mut Request, limit: u64) -> Result<Vec<u8>, ProxyError> {
+    let too_large = ProxyError::TooLarge { limit };
+    if let Ok(Some(length)) = req.headers().get("content-length") {
+        if length.trim().parse::<u64>().map_or(false, |n| n > limit) {
+            return Err(too_large);
+        }
+    }
+    let mut stream = match req.stream() {
+        Ok(stream) => stream,
+        // No body at all.
+        Err(_) => return Ok(Vec::new()),
+    };
+    let mut body = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|_| ProxyError::InvalidRequest("the request body could not be read".to_string()))?;
+        if (body.len() as u64).saturating_add(chunk.len() as u64) > limit {
+            return Err(too_large);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
