@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Runs every test: host unit and property tests of the pure core and the simulator, lints,
+# then the end-to-end suite (the real Worker in workerd against the simulator on loopback).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./scripts/setup.sh
+
+echo "== host tests (pure core, simulator)"
+cargo test --workspace --quiet
+
+echo "== lints"
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+cargo clippy --lib --target wasm32-unknown-unknown --quiet -- -D warnings
+
+echo "== build"
+cargo build --release -p breakwater-sim --quiet
+./scripts/build.sh
+
+echo "== end-to-end (workerd + simulator)"
+node --test --test-concurrency=1 tests/e2e/

@@ -1,0 +1,237 @@
+// The retry engine end to end: one test per row of the contract's retry table, against the
+// real Worker and a simulator scripted with 529s, 429s, hangs, resets and in-stream errors.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import Anthropic from '@anthropic-ai/sdk';
+import {
+  startSim, startWorker, workerVars, postMessage, messageBody, readEvents, sleep, CLIENT_KEY,
+} from './harness.mjs';
+
+let sim;
+let worker;
+const BASE = 50;
+const MAX = 400;
+
+before(async () => {
+  sim = await startSim();
+  worker = await startWorker(workerVars(sim, {
+    BACKOFF_BASE_MS: String(BASE),
+    BACKOFF_MAX_MS: String(MAX),
+    ATTEMPT_TIMEOUT_MS: '400',
+    MAX_ATTEMPTS: '4',
+  }));
+});
+
+after(async () => {
+  await worker?.stop();
+  await sim?.stop();
+});
+
+async function scripted(faults) {
+  await sim.reset();
+  await sim.script(faults);
+}
+
+const upstreamCalls = async () => (await sim.log()).filter((r) => r.path.startsWith('/v1/messages')).length;
+
+/** The worker's log line for the request that answered with `requestId`. */
+async function logLine(res) {
+  await sleep(50);
+  const id = res.headers.get('request-id');
+  const lines = worker.logs.filter((l) => l.startsWith('{')).map((l) => JSON.parse(l));
+  return lines.reverse().find((l) => l.upstream_request_id === id || l.request_id === id);
+}
+
+test('529 then success: the client sees only the success', async () => {
+  await scripted([{ status: 529 }]);
+  const res = await postMessage(worker);
+  assert.equal(res.status, 200);
+  assert.equal((await res.json()).type, 'message');
+  assert.equal(res.headers.get('x-proxy-attempts'), '2');
+  assert.equal(await upstreamCalls(), 2);
+});
+
+test('529 forever: a structured 503 inside the budget, attempts capped', async () => {
+  await scripted([{ status: 529, times: 100 }]);
+  const t0 = performance.now();
+  const res = await postMessage(worker);
+  const elapsed = performance.now() - t0;
+  assert.equal(res.status, 503);
+  assert.equal(res.headers.get('x-proxy-attempts'), '4');
+  assert.equal(await upstreamCalls(), 4);
+  const retryAfter = Number(res.headers.get('retry-after'));
+  const retryAfterMs = Number(res.headers.get('retry-after-ms'));
+  assert.ok(retryAfter >= 1 && retryAfter === Math.max(1, Math.ceil(retryAfterMs / 1000)));
+  assert.equal(res.headers.get('x-should-retry'), 'true');
+  const body = await res.json();
+  assert.equal(body.type, 'error');
+  assert.equal(body.error.type, 'overloaded_error');
+  assert.equal(body.retry_after_ms, retryAfterMs);
+  assert.match(body.request_id, /^req_/);
+  // Three waits of at most 50, 100 and 200 ms.
+  assert.ok(elapsed < 2000, `took ${elapsed} ms`);
+});
+
+test('429 with a retry-after beyond the budget: answered at once, upstream asked once', async () => {
+  await scripted([{ status: 429, headers: { 'retry-after': '60' }, times: 10 }]);
+  const t0 = performance.now();
+  const res = await postMessage(worker);
+  assert.ok(performance.now() - t0 < 1000);
+  assert.equal(res.status, 429);
+  assert.equal(await upstreamCalls(), 1);
+  const body = await res.json();
+  assert.equal(body.error.type, 'rate_limit_error');
+  assert.equal(body.limit.scope, 'upstream');
+  assert.ok(body.retry_after_ms >= 59_000 && body.retry_after_ms <= 60_000, String(body.retry_after_ms));
+  assert.equal(res.headers.get('retry-after'), '60');
+});
+
+test('429 with a short retry-after: the wait is honoured, then success', async () => {
+  await scripted([{ status: 429, headers: { 'retry-after-ms': '600' } }]);
+  const res = await postMessage(worker);
+  assert.equal(res.status, 200);
+  const log = await sim.log();
+  assert.equal(log.length, 2);
+  const gap = log[1].received_at_ms - log[0].received_at_ms;
+  assert.ok(gap >= 600, `retried after ${gap} ms, before the upstream's retry-after`);
+});
+
+test('a 200 stream opening with overloaded_error is retried transparently', async () => {
+  await scripted([{ error_event_after: 0, error_type: 'overloaded_error' }]);
+  const res = await postMessage(worker, messageBody({ stream: true }));
+  assert.equal(res.status, 200);
+  assert.equal(res.headers.get('x-proxy-attempts'), '2');
+  const events = await readEvents(res);
+  assert.equal(events[0].name, 'message_start');
+  assert.ok(!events.some((e) => e.name === 'error'));
+  assert.equal(events.at(-1).name, 'message_stop');
+  assert.equal(await upstreamCalls(), 2);
+});
+
+test('an error after several events is passed through, never retried', async () => {
+  await scripted([{ error_event_after: 5, error_type: 'overloaded_error' }]);
+  const res = await postMessage(worker, messageBody({ stream: true }));
+  assert.equal(res.status, 200);
+  const events = await readEvents(res);
+  assert.equal(events.length, 6);
+  assert.equal(events[0].name, 'message_start');
+  assert.equal(events.at(-1).name, 'error');
+  assert.equal(JSON.parse(events.at(-1).data).error.type, 'overloaded_error');
+  assert.equal(await upstreamCalls(), 1);
+});
+
+test('x-should-retry: false is obeyed', async () => {
+  await scripted([{ status: 529, headers: { 'x-should-retry': 'false' } }]);
+  const res = await postMessage(worker);
+  assert.equal(res.status, 529);
+  assert.equal((await res.json()).error.type, 'overloaded_error');
+  assert.equal(res.headers.get('x-proxy-attempts'), '1');
+  assert.equal(await upstreamCalls(), 1);
+});
+
+test('x-should-retry: true makes a 400 retryable', async () => {
+  await scripted([{ status: 400, headers: { 'x-should-retry': 'true' } }]);
+  const res = await postMessage(worker);
+  assert.equal(res.status, 200);
+  assert.equal(await upstreamCalls(), 2);
+});
+
+test('a hang times out the attempt, and the retry succeeds', async () => {
+  await scripted([{ hang: true }]);
+  const t0 = performance.now();
+  const res = await postMessage(worker);
+  assert.equal(res.status, 200);
+  assert.ok(performance.now() - t0 >= 400);
+  assert.equal(res.headers.get('x-proxy-attempts'), '2');
+});
+
+test('a stream that stalls before its first event times out and is retried', async () => {
+  await scripted([{ stall_after_events: 0 }]);
+  const res = await postMessage(worker, messageBody({ stream: true }));
+  assert.equal(res.status, 200);
+  const events = await readEvents(res);
+  assert.equal(events.at(-1).name, 'message_stop');
+  assert.equal(res.headers.get('x-proxy-attempts'), '2');
+});
+
+test('every attempt timing out is a 504 timeout_error', async () => {
+  await scripted([{ hang: true, times: 10 }]);
+  const res = await postMessage(worker);
+  assert.equal(res.status, 504);
+  assert.equal((await res.json()).error.type, 'timeout_error');
+  assert.ok(Number(res.headers.get('retry-after')) >= 1);
+});
+
+test('a connection reset before headers is retried', async () => {
+  await scripted([{ reset: 'before_headers' }]);
+  const res = await postMessage(worker);
+  assert.equal(res.status, 200);
+  assert.equal(res.headers.get('x-proxy-attempts'), '2');
+});
+
+test('an unreachable upstream is a 502 api_error', async () => {
+  const w = await startWorker(workerVars(sim, { UPSTREAM_URL: 'http://127.0.0.1:9', MAX_ATTEMPTS: '2', BACKOFF_BASE_MS: '10' }));
+  try {
+    const res = await postMessage(w);
+    assert.equal(res.status, 502);
+    assert.equal((await res.json()).error.type, 'api_error');
+    assert.equal(res.headers.get('x-proxy-attempts'), '2');
+  } finally {
+    await w.stop();
+  }
+});
+
+test('x-proxy-budget-ms shortens the budget: no sleep ends past it', async () => {
+  await scripted([{ status: 529, times: 100 }]);
+  const w = await startWorker(workerVars(sim, { BACKOFF_BASE_MS: '400', BACKOFF_MAX_MS: '400', MAX_ATTEMPTS: '10' }));
+  try {
+    const t0 = performance.now();
+    const res = await postMessage(w, messageBody(), { 'x-proxy-budget-ms': '500' });
+    const elapsed = performance.now() - t0;
+    assert.equal(res.status, 503);
+    assert.ok(elapsed < 900, `answered after ${elapsed} ms with a 500 ms budget`);
+    const attempts = Number(res.headers.get('x-proxy-attempts'));
+    assert.ok(attempts >= 1 && attempts < 10);
+    // A client cannot lengthen the budget past the configured one.
+    const log = await sim.log();
+    assert.equal(log.length, attempts);
+    assert.equal(log[0].headers['x-proxy-budget-ms'], undefined, 'proxy control header leaked upstream');
+  } finally {
+    await w.stop();
+  }
+});
+
+test('waits are jittered and capped across requests', async () => {
+  await sim.reset();
+  const before = worker.logs.length;
+  const N = 24;
+  await sim.script(Array.from({ length: N }, () => [{ status: 529, times: 2 }, {}]).flat());
+  // Sequential requests, so each takes two 529s and one success from the queue.
+  for (let i = 0; i < N; i++) {
+    const res = await postMessage(worker);
+    assert.equal(res.status, 200);
+    await res.arrayBuffer();
+  }
+  await sleep(50);
+  const lines = worker.logs.slice(before).filter((l) => l.startsWith('{')).map((l) => JSON.parse(l));
+  const first = lines.map((l) => l.waits[0].ms);
+  const second = lines.map((l) => l.waits[1].ms);
+  assert.equal(first.length, N);
+  assert.ok(first.every((w) => w >= 0 && w <= BASE), `first waits above ${BASE}: ${first}`);
+  assert.ok(second.every((w) => w >= 0 && w <= 2 * BASE), `second waits above ${2 * BASE}: ${second}`);
+  assert.ok(new Set(first).size >= N / 3, `first waits not spread: ${first}`);
+  assert.ok(new Set(second).size >= N / 3, `second waits not spread: ${second}`);
+  console.log(`# waits before retry 1 (cap ${BASE} ms): ${first.join(' ')}`);
+  console.log(`# waits before retry 2 (cap ${2 * BASE} ms): ${second.join(' ')}`);
+});
+
+test('the official SDK with retries off gets a clean answer through two 529s', async () => {
+  await scripted([{ status: 529, times: 2 }]);
+  const client = new Anthropic({ apiKey: CLIENT_KEY, baseURL: worker.url, maxRetries: 0 });
+  const message = await client.messages.create(messageBody());
+  assert.equal(message.type, 'message');
+  assert.equal(await upstreamCalls(), 3);
+  // And the SDK reads our structured 503 as the typed error it knows.
+  await scripted([{ status: 529, times: 100 }]);
+  await assert.rejects(client.messages.create(messageBody()), (e) => e instanceof Anthropic.InternalServerError && e.status === 503);
+});
