@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::num::NonZeroU32;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::secret::Secret;
 
@@ -68,6 +68,13 @@ pub enum AllowedOrigins {
     List(Vec<String>),
 }
 
+impl TierLimits {
+    /// No dimension is limited: the caller's object need not be asked.
+    pub fn is_unlimited(&self) -> bool {
+        self.rpm.is_none() && self.input_tpm.is_none() && self.output_tpm.is_none() && self.concurrency.is_none()
+    }
+}
+
 impl AllowedOrigins {
     pub fn allows(&self, origin: &str) -> bool {
         match self {
@@ -79,7 +86,7 @@ impl AllowedOrigins {
 }
 
 /// The limits of one tier. `None` means unlimited in that dimension.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TierLimits {
     pub rpm: Option<NonZeroU32>,

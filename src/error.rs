@@ -66,6 +66,8 @@ pub enum ProxyError {
     Misconfigured(ConfigError),
     /// A variable that this kind of caller needs is missing.
     MissingSecret(&'static str),
+    /// A part of the proxy (e.g. the rate limiter) did not answer; worth retrying shortly.
+    Unavailable(String),
     /// Something inside the proxy failed.
     Internal(String),
 }
@@ -109,6 +111,7 @@ impl ProxyError {
             ProxyError::RateLimited { .. } => 429,
             ProxyError::Misconfigured(_) | ProxyError::MissingSecret(_) | ProxyError::Internal(_) => 500,
             ProxyError::UpstreamUnreachable { .. } => 502,
+            ProxyError::Unavailable(_) => 503,
             ProxyError::Overloaded { .. } => 503,
             ProxyError::UpstreamTimeout { .. } => 504,
         }
@@ -127,6 +130,7 @@ impl ProxyError {
             ProxyError::Overloaded { .. } => "overloaded_error",
             ProxyError::UpstreamTimeout { .. } => "timeout_error",
             ProxyError::UpstreamUnreachable { .. }
+            | ProxyError::Unavailable(_)
             | ProxyError::Misconfigured(_)
             | ProxyError::MissingSecret(_)
             | ProxyError::Internal(_) => "api_error",
@@ -149,9 +153,10 @@ impl ProxyError {
             ProxyError::Overloaded { .. }
             | ProxyError::UpstreamTimeout { .. }
             | ProxyError::UpstreamUnreachable { .. } => Source::Upstream,
-            ProxyError::Misconfigured(_) | ProxyError::MissingSecret(_) | ProxyError::Internal(_) => {
-                Source::Proxy
-            }
+            ProxyError::Misconfigured(_)
+            | ProxyError::MissingSecret(_)
+            | ProxyError::Unavailable(_)
+            | ProxyError::Internal(_) => Source::Proxy,
         }
     }
 
@@ -162,6 +167,7 @@ impl ProxyError {
             | ProxyError::Overloaded { retry_after_ms }
             | ProxyError::UpstreamTimeout { retry_after_ms }
             | ProxyError::UpstreamUnreachable { retry_after_ms } => Some(*retry_after_ms),
+            ProxyError::Unavailable(_) => Some(1000),
             _ => None,
         }
     }
@@ -205,6 +211,7 @@ impl ProxyError {
             ProxyError::MissingSecret(name) => {
                 format!("the proxy is misconfigured: {name} is not set")
             }
+            ProxyError::Unavailable(m) => format!("{m}; retry in 1 s"),
             ProxyError::Internal(m) => format!("internal proxy error: {m}"),
         }
     }
@@ -278,6 +285,7 @@ mod tests {
             ProxyError::UpstreamTimeout { retry_after_ms: 1 },
             ProxyError::UpstreamUnreachable { retry_after_ms: 1 },
             ProxyError::MissingSecret("ANTHROPIC_API_KEY"),
+            ProxyError::Unavailable("x".into()),
             ProxyError::Internal("x".into()),
         ];
         for e in &all {

@@ -10,10 +10,13 @@ pub mod body;
 pub mod config;
 pub mod error;
 pub mod headers;
+pub mod limits;
 pub mod retry;
 pub mod route;
 pub mod secret;
 pub mod sse;
+pub mod tap;
+pub mod token;
 
 #[cfg(target_arch = "wasm32")]
 mod shell;

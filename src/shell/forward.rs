@@ -7,7 +7,7 @@
 use std::pin::pin;
 use std::time::Duration;
 
-use futures_util::future::{select, Either};
+use futures_util::future::{ready, select, Either};
 use futures_util::{stream, StreamExt};
 use worker::{
     AbortController, ByteStream, Delay, Fetch, Headers, Method, Request, RequestInit, Response,
@@ -27,6 +27,8 @@ use crate::retry::{
 use crate::route::Route;
 use crate::secret::Secret;
 use crate::sse::{EventScanner, SseEvent};
+use crate::tap::{Seen, Tap};
+use futures_channel::oneshot;
 
 pub struct Forward<'a> {
     pub config: &'a Config,
@@ -38,7 +40,16 @@ pub struct Forward<'a> {
     pub facts: &'a BodyFacts,
     pub upstream_key: &'a Secret,
     pub budget_header: Option<&'a str>,
+    /// Watch the delivered body for its token usage (for settlement).
+    pub tap: bool,
     pub exchange: &'a mut Exchange,
+}
+
+/// A delivered upstream answer, and (when tapped) where its usage will be reported.
+pub struct Delivered {
+    pub response: Response,
+    pub status: u16,
+    pub seen: Option<oneshot::Receiver<Seen>>,
 }
 
 /// What one attempt brought back, kept until the retrier decides whether to deliver it.
@@ -55,7 +66,7 @@ enum UpstreamBody {
     Sse { head: Vec<u8>, rest: ByteStream },
 }
 
-pub async fn forward(f: Forward<'_>) -> Result<Response, ProxyError> {
+pub async fn forward(f: Forward<'_>) -> Result<Delivered, ProxyError> {
     let config = f.config;
     let policy = RetryPolicy {
         max_attempts: config.max_attempts.get(),
@@ -86,7 +97,7 @@ pub async fn forward(f: Forward<'_>) -> Result<Response, ProxyError> {
             f.exchange.upstream_request_id = Some(id.to_string());
         }
         match retrier.after_attempt(now_ms(), classify(&outcome)) {
-            Step::Deliver => return deliver(answer),
+            Step::Deliver => return deliver(answer, f.tap),
             Step::Wait { ms, cause } => {
                 f.exchange.waits.push(LoggedWait { ms, cause: cause.to_string() });
                 drop(answer);
@@ -95,7 +106,7 @@ pub async fn forward(f: Forward<'_>) -> Result<Response, ProxyError> {
             Step::GiveUp(give_up) => {
                 f.exchange.stopped = Some(give_up.reason.to_string());
                 return match give_up.answer() {
-                    Answer::PassThrough => deliver(answer),
+                    Answer::PassThrough => deliver(answer, f.tap),
                     Answer::Structured { .. } => Err(structured(&give_up)),
                 };
             }
@@ -125,24 +136,36 @@ fn header<'h>(headers: &'h [(String, String)], name: &str) -> Option<&'h str> {
     headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
 }
 
-/// Hands an upstream answer to the client.
-fn deliver(answer: Option<UpstreamAnswer>) -> Result<Response, ProxyError> {
+/// Hands an upstream answer to the client. A successful answer's body is tapped when asked,
+/// so its real usage can settle the caller's reservation once it has passed through.
+fn deliver(answer: Option<UpstreamAnswer>, tap: bool) -> Result<Delivered, ProxyError> {
     let answer = answer.ok_or_else(|| ProxyError::Internal("no upstream answer to deliver".to_string()))?;
+    let status = answer.status;
     let headers = Headers::new();
     for (name, value) in answer.headers.iter().filter(|(name, _)| forward_downstream(name)) {
         let _ = headers.append(name, value);
     }
-    let builder = ResponseBuilder::new().with_status(answer.status).with_headers(headers);
-    match answer.body {
-        UpstreamBody::Untouched(Some(body)) => Ok(builder.stream(body)),
-        UpstreamBody::Untouched(None) => Ok(builder.empty()),
-        UpstreamBody::Sse { head, rest } => {
-            let body = stream::once(async move { Ok::<Vec<u8>, worker::Error>(head) }).chain(rest);
-            builder
-                .from_stream(body)
-                .map_err(|_| ProxyError::Internal("could not build the stream".to_string()))
+    let builder = ResponseBuilder::new().with_status(status).with_headers(headers);
+    let stream_failed = |_| ProxyError::Internal("could not build the stream".to_string());
+    let tap = tap && (200..300).contains(&status);
+    let (response, seen) = match answer.body {
+        UpstreamBody::Untouched(None) => (builder.empty(), None),
+        UpstreamBody::Untouched(Some(body)) if !tap => (builder.stream(body), None),
+        UpstreamBody::Untouched(Some(body)) => {
+            let (tapped, seen) = Tap::new(ByteStream::from(body), false);
+            (builder.from_stream(tapped).map_err(stream_failed)?, Some(seen))
         }
-    }
+        UpstreamBody::Sse { head, rest } => {
+            let body = stream::once(ready(Ok::<Vec<u8>, worker::Error>(head))).chain(rest);
+            if tap {
+                let (tapped, seen) = Tap::new(body, true);
+                (builder.from_stream(tapped).map_err(stream_failed)?, Some(seen))
+            } else {
+                (builder.from_stream(body).map_err(stream_failed)?, None)
+            }
+        }
+    };
+    Ok(Delivered { response, status, seen })
 }
 
 /// One attempt: the request, its timeout, and for a stream the wait for its first event.

@@ -4,7 +4,9 @@
 //! performs the I/O (upstream fetches, sleeps, streams) and writes the answer. It never
 //! panics on input: every failure becomes the core's error envelope.
 
+mod admission;
 mod forward;
+mod limiter;
 mod respond;
 mod runtime;
 
@@ -22,14 +24,19 @@ use respond::{Cors, Exchange};
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 #[event(fetch)]
-async fn fetch(req: Request, env: Env, _ctx: Context) -> worker::Result<Response> {
+async fn fetch(req: Request, env: Env, ctx: Context) -> worker::Result<Response> {
     let mut exchange = Exchange::begin(&req);
-    let outcome = handle(req, &env, &mut exchange).await;
+    let outcome = handle(req, &env, &ctx, &mut exchange).await;
     Ok(exchange.finish(outcome))
 }
 
 /// Runs one request; every error is an answer, never a panic or an `Err` to the runtime.
-async fn handle(mut req: Request, env: &Env, exchange: &mut Exchange) -> Result<Response, ProxyError> {
+async fn handle(
+    mut req: Request,
+    env: &Env,
+    ctx: &Context,
+    exchange: &mut Exchange,
+) -> Result<Response, ProxyError> {
     let config = Config::from_lookup(|name| runtime::variable(env, name)).map_err(|e| {
         worker::console_error!("{}", respond::config_log_line(&e));
         ProxyError::Misconfigured(e)
@@ -70,8 +77,16 @@ async fn handle(mut req: Request, env: &Env, exchange: &mut Exchange) -> Result<
     };
     exchange.stream = facts.stream;
 
+    // The caller's own limits: one round trip to its object before anything goes upstream.
+    let limits = config.tier_limits(&caller.tier);
+    let reservation = if route == Route::Messages && !limits.is_unlimited() {
+        Some(admission::admit(env, &caller, limits, &facts, exchange).await?)
+    } else {
+        None
+    };
+
     let budget_header = req.headers().get("x-proxy-budget-ms").ok().flatten();
-    forward::forward(forward::Forward {
+    let mut delivered = forward::forward(forward::Forward {
         config: &config,
         route: &route,
         query: url.query(),
@@ -81,9 +96,17 @@ async fn handle(mut req: Request, env: &Env, exchange: &mut Exchange) -> Result<
         facts: &facts,
         upstream_key: &upstream_key,
         budget_header: budget_header.as_deref(),
-        exchange,
+        tap: reservation.is_some(),
+        exchange: &mut *exchange,
     })
-    .await
+    .await;
+
+    if let Some(reservation) = reservation {
+        let seen = delivered.as_mut().ok().and_then(|d| d.seen.take());
+        let delivered_ok = delivered.as_ref().is_ok_and(|d| (200..300).contains(&d.status));
+        admission::settle_later(env, ctx, &caller, limits, reservation, seen, delivered_ok);
+    }
+    delivered.map(|d| d.response)
 }
 
 fn authenticate_request(req: &Request, config: &Config) -> Result<Caller, ProxyError> {

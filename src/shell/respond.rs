@@ -64,6 +64,8 @@ pub struct Exchange {
     pub upstream_request_id: Option<String>,
     /// Why retries stopped, when they did.
     pub stopped: Option<String>,
+    /// Headers every answer gets, e.g. the caller's own rate-limit figures.
+    pub extra_headers: Vec<(&'static str, String)>,
 }
 
 impl Exchange {
@@ -80,6 +82,7 @@ impl Exchange {
             waits: Vec::new(),
             upstream_request_id: None,
             stopped: None,
+            extra_headers: Vec::new(),
         }
     }
 
@@ -98,6 +101,9 @@ impl Exchange {
         let headers = response.headers_mut();
         if self.route.as_ref().is_some_and(Route::is_proxied) {
             let _ = headers.set("x-proxy-attempts", &self.attempts.to_string());
+        }
+        for (name, value) in &self.extra_headers {
+            let _ = headers.set(name, value);
         }
         self.cors.apply(headers);
         let status = response.status_code();

@@ -67,6 +67,7 @@ export async function startWorker(vars = {}, { persistDir } = {}) {
     bindings: vars,
     host: '127.0.0.1',
     port: 0,
+    durableObjects: { LIMITER: { className: 'Limiter', useSQLite: true } },
     durableObjectsPersist: persistDir ?? false,
     handleRuntimeStdio(stdout, stderr) {
       collect(stdout);

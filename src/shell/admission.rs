@@ -1,0 +1,81 @@
+//! Admission before forwarding and settlement after the answer, against the caller's object.
+//!
+//! Admission is on the request's path (one Durable Object round trip); settlement is not: it
+//! runs under `wait_until` once the answer's body has passed through, so the client never
+//! waits for it, and exactly once whether the body ended, failed or the client went away.
+
+use futures_channel::oneshot;
+use worker::{Context, Env};
+
+use super::limiter;
+use super::respond::Exchange;
+use crate::auth::Caller;
+use crate::body::BodyFacts;
+use crate::config::TierLimits;
+use crate::error::ProxyError;
+use crate::limits::{limit_headers, Admission, AdmissionRequest, Reservation, Usage};
+use crate::tap::Seen;
+
+/// How long a concurrency slot stays held if its settlement never comes (an isolate that
+/// died mid-stream). Long enough for the longest streams; settlement frees it much sooner.
+const LEASE_MS: u64 = 15 * 60 * 1000;
+
+/// Asks the caller's object to admit the request. The caller's own limits go into the
+/// answer's headers whatever the decision.
+pub async fn admit(
+    env: &Env,
+    caller: &Caller,
+    limits: TierLimits,
+    facts: &BodyFacts,
+    exchange: &mut Exchange,
+) -> Result<Reservation, ProxyError> {
+    let request = AdmissionRequest {
+        input_tokens: facts.input_tokens_estimate,
+        output_tokens: facts.max_tokens.unwrap_or(0),
+        lease_ms: LEASE_MS,
+    };
+    let reply = limiter::admit(env, &caller.identity_hash(), limits, request).await?;
+    let denial = match &reply.admission {
+        Admission::Denied(denial) => Some(denial),
+        _ => None,
+    };
+    exchange.extra_headers.extend(limit_headers(&reply.status, denial, reply.now_ms));
+    match reply.admission {
+        Admission::Admitted(reservation) => Ok(reservation),
+        Admission::Denied(denial) => Err(ProxyError::from(&denial)),
+        Admission::NeverFits(never) => Err(ProxyError::from(&never)),
+    }
+}
+
+/// Settles the reservation once the answer is over, off the client's path.
+pub fn settle_later(
+    env: &Env,
+    ctx: &Context,
+    caller: &Caller,
+    limits: TierLimits,
+    reservation: Reservation,
+    seen: Option<oneshot::Receiver<Seen>>,
+    delivered_ok: bool,
+) {
+    let env = env.clone();
+    let identity_hash = caller.identity_hash();
+    ctx.wait_until(async move {
+        let usage = match seen {
+            // A tapped answer reports what it saw when its body ends or is dropped.
+            Some(seen) => match seen.await {
+                Ok(seen) => Usage { input_tokens: seen.usage.input_tokens, output_tokens: seen.usage.output_tokens },
+                Err(_) => Usage::UNKNOWN,
+            },
+            // A successful answer that could not be watched: keep the reservation.
+            None if delivered_ok => Usage::UNKNOWN,
+            // No answer came from the upstream, or an error did: no tokens were used.
+            None => Usage { input_tokens: Some(0), output_tokens: Some(0) },
+        };
+        if let Err(e) = limiter::settle(&env, &identity_hash, limits, reservation, usage).await {
+            worker::console_error!(
+                "{}",
+                serde_json::json!({"event": "settle_failed", "identity": identity_hash, "error": e.message()})
+            );
+        }
+    });
+}

@@ -1,0 +1,200 @@
+//! Watching an answer's body on its way to the client, to learn its real token usage.
+//!
+//! The caller's reservation is settled when the answer ends: from the JSON `usage` of a
+//! message, or the `message_start` / `message_delta` usage of a stream. [`Tap`] passes every
+//! chunk through unchanged and unbuffered; it keeps only one partial SSE event (or, for JSON,
+//! at most [`MAX_JSON_BYTES`]). When the body ends, fails, or is dropped because the client
+//! went away, it reports what it saw exactly once.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use futures_channel::oneshot;
+use futures_util::Stream;
+use serde::Deserialize;
+
+use crate::sse::{EventScanner, Usage};
+
+/// JSON answers larger than this are not parsed for usage; the reservation then stands.
+pub const MAX_JSON_BYTES: usize = 1 << 20;
+
+/// How the answer ended, for settlement.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Seen {
+    pub usage: Usage,
+    /// The body reached its end (not cut by an error or a client disconnect).
+    pub complete: bool,
+}
+
+pub enum BodyKind {
+    Sse(Box<EventScanner>),
+    Json(Vec<u8>),
+}
+
+pub struct Tap<S> {
+    inner: S,
+    kind: BodyKind,
+    usage: Usage,
+    report: Option<oneshot::Sender<Seen>>,
+}
+
+impl<S> Tap<S> {
+    pub fn new(inner: S, sse: bool) -> (Tap<S>, oneshot::Receiver<Seen>) {
+        let (tx, rx) = oneshot::channel();
+        let kind = if sse { BodyKind::Sse(Box::default()) } else { BodyKind::Json(Vec::new()) };
+        (Tap { inner, kind, usage: Usage::default(), report: Some(tx) }, rx)
+    }
+
+    fn observe(&mut self, chunk: &[u8]) {
+        match &mut self.kind {
+            BodyKind::Sse(scanner) => {
+                let usage = &mut self.usage;
+                scanner.push(chunk, |event| usage.observe(&event));
+            }
+            BodyKind::Json(buf) => {
+                if buf.len().saturating_add(chunk.len()) <= MAX_JSON_BYTES {
+                    buf.extend_from_slice(chunk);
+                } else {
+                    buf.clear();
+                    buf.shrink_to_fit();
+                    self.kind = BodyKind::Json(Vec::new());
+                    // Too large to parse: leave the reservation as charged.
+                    self.report_now(false);
+                }
+            }
+        }
+    }
+
+    fn finish(&mut self, complete: bool) {
+        if let BodyKind::Json(buf) = &self.kind {
+            self.usage = json_usage(buf);
+        }
+        self.report_now(complete);
+    }
+
+    fn report_now(&mut self, complete: bool) {
+        if let Some(tx) = self.report.take() {
+            let _ = tx.send(Seen { usage: self.usage, complete });
+        }
+    }
+}
+
+impl<S, E> Stream for Tap<S>
+where
+    S: Stream<Item = Result<Vec<u8>, E>> + Unpin,
+{
+    type Item = Result<Vec<u8>, E>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let polled = Pin::new(&mut self.inner).poll_next(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(chunk))) => {
+                let chunk = chunk.clone();
+                self.observe(&chunk);
+            }
+            Poll::Ready(Some(Err(_))) => self.finish(false),
+            Poll::Ready(None) => self.finish(true),
+            Poll::Pending => {}
+        }
+        polled
+    }
+}
+
+impl<S> Drop for Tap<S> {
+    fn drop(&mut self) {
+        // The client went away mid-answer: report what was seen so far.
+        if self.report.is_some() {
+            if let BodyKind::Sse(_) = self.kind {
+                self.report_now(false);
+            } else {
+                self.finish(false);
+            }
+        }
+    }
+}
+
+/// The `usage` of a Messages API JSON answer (input includes cache reads and writes).
+pub fn json_usage(body: &[u8]) -> Usage {
+    #[derive(Deserialize)]
+    struct Answer {
+        usage: Option<Counts>,
+    }
+    #[derive(Deserialize)]
+    struct Counts {
+        input_tokens: Option<u64>,
+        output_tokens: Option<u64>,
+        cache_creation_input_tokens: Option<u64>,
+        cache_read_input_tokens: Option<u64>,
+    }
+    match serde_json::from_slice::<Answer>(body).ok().and_then(|a| a.usage) {
+        Some(c) => Usage {
+            input_tokens: c.input_tokens.map(|i| {
+                i.saturating_add(c.cache_creation_input_tokens.unwrap_or(0))
+                    .saturating_add(c.cache_read_input_tokens.unwrap_or(0))
+            }),
+            output_tokens: c.output_tokens,
+        },
+        None => Usage::default(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::{stream, StreamExt};
+
+    type Chunk = Result<Vec<u8>, ()>;
+
+    fn run(chunks: Vec<Chunk>, sse: bool) -> (Vec<Chunk>, Option<Seen>) {
+        let (tap, mut rx) = Tap::new(stream::iter(chunks), sse);
+        let out: Vec<Chunk> = futures_executor::block_on(tap.collect());
+        (out, rx.try_recv().ok().flatten())
+    }
+
+    const STREAM: &str = "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":30,\"output_tokens\":1}}}\n\n\
+        event: message_delta\ndata: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":7}}\n\n";
+
+    #[test]
+    fn a_stream_passes_unchanged_and_reports_its_usage_once() {
+        let chunks: Vec<Chunk> = STREAM.as_bytes().chunks(7).map(|c| Ok(c.to_vec())).collect();
+        let (out, seen) = run(chunks.clone(), true);
+        assert_eq!(out, chunks);
+        let seen = seen.unwrap();
+        assert!(seen.complete);
+        assert_eq!(seen.usage, Usage { input_tokens: Some(30), output_tokens: Some(7) });
+    }
+
+    #[test]
+    fn a_json_answer_reports_usage_with_cache_tokens() {
+        let body = br#"{"type":"message","usage":{"input_tokens":10,"cache_read_input_tokens":5,"output_tokens":3}}"#;
+        let (_, seen) = run(vec![Ok(body[..20].to_vec()), Ok(body[20..].to_vec())], false);
+        assert_eq!(seen.unwrap().usage, Usage { input_tokens: Some(15), output_tokens: Some(3) });
+    }
+
+    #[test]
+    fn a_client_that_goes_away_still_settles() {
+        let chunks: Vec<Chunk> = vec![Ok(STREAM.as_bytes()[..120].to_vec()), Ok(b"more".to_vec())];
+        let (tap, mut rx) = Tap::new(stream::iter(chunks), true);
+        let mut tap = tap;
+        let first = futures_executor::block_on(tap.next());
+        assert!(first.is_some());
+        drop(tap);
+        let seen = rx.try_recv().unwrap().unwrap();
+        assert!(!seen.complete);
+        assert_eq!(seen.usage.input_tokens, Some(30));
+    }
+
+    #[test]
+    fn an_upstream_error_mid_body_reports_incomplete() {
+        let (_, seen) = run(vec![Ok(STREAM.as_bytes().to_vec()), Err(())], true);
+        let seen = seen.unwrap();
+        assert!(!seen.complete);
+        assert_eq!(seen.usage.output_tokens, Some(7));
+    }
+
+    #[test]
+    fn garbage_json_reports_no_usage() {
+        let (_, seen) = run(vec![Ok(b"{not json".to_vec())], false);
+        assert_eq!(seen.unwrap().usage, Usage::default());
+    }
+}

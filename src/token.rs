@@ -1,0 +1,589 @@
+//! Signed browser tokens: short-lived HS256 JWTs minted by a site's backend.
+//!
+//! A browser cannot hold a client key safely, so a site's backend mints a token for its user
+//! with the shared `JWT_SECRET`, and the browser presents it as its credential. This module
+//! only verifies such a token: structure, algorithm (HS256 and nothing else), signature in
+//! constant time, and the `exp`/`nbf`/`iat` claims against a time passed in by the caller (no
+//! clock is read here, so it runs the same on the host and in the Worker). The crypto is the
+//! RustCrypto `hmac` and `sha2` crates; the few lines of JWT framing are here.
+//!
+//! Errors name a short reason and never carry the token, its claims or the secret.
+
+use std::fmt;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use hmac::{Hmac, Mac};
+use serde::Deserialize;
+use serde_json::Value;
+use sha2::Sha256;
+
+/// Longest token looked at; anything longer is refused before decoding or hashing.
+pub const MAX_TOKEN_LEN: usize = 8192;
+
+/// Clock skew tolerated between the minting backend and the edge, for `exp`, `nbf` and `iat`.
+pub const LEEWAY_MS: u64 = 30_000;
+
+/// Longest `sub`, in characters.
+pub const MAX_SUB_CHARS: usize = 256;
+
+/// Longest `tier`, in characters.
+pub const MAX_TIER_CHARS: usize = 64;
+
+/// What a verified token says about its caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenClaims {
+    /// The caller's identity (the `sub` claim), 1 to 256 characters.
+    pub sub: String,
+    /// The `tier` claim, if the token has one; the caller falls back to the default tier.
+    pub tier: Option<String>,
+    /// The `exp` claim, in milliseconds since the Unix epoch.
+    pub exp_ms: u64,
+}
+
+/// Why a token was refused. Every variant becomes `401 authentication_error`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenError {
+    /// The verifying secret is empty: nothing can be verified with it.
+    NoSecret,
+    /// Longer than [`MAX_TOKEN_LEN`].
+    TooLong,
+    /// Not three base64url segments, or a header or payload that is not a JSON object.
+    Malformed,
+    /// The header names an algorithm other than HS256 (`none`, RS256, HS512, …), has none, or
+    /// lists critical extensions.
+    UnsupportedAlgorithm,
+    /// The signature does not match the header and payload under the secret.
+    BadSignature,
+    /// No `exp` claim.
+    MissingExp,
+    /// No `sub` claim.
+    MissingSub,
+    /// A claim of the wrong type or out of range; the field is the claim's name.
+    InvalidClaim(&'static str),
+    /// `exp` is past, beyond the leeway.
+    Expired,
+    /// `nbf` is in the future, beyond the leeway.
+    NotYetValid,
+    /// `iat` is in the future, beyond the leeway.
+    IssuedInFuture,
+}
+
+impl fmt::Display for TokenError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TokenError::NoSecret => f.write_str("token verification is not configured"),
+            TokenError::TooLong => f.write_str("token too long"),
+            TokenError::Malformed => f.write_str("malformed token"),
+            TokenError::UnsupportedAlgorithm => f.write_str("unsupported algorithm"),
+            TokenError::BadSignature => f.write_str("bad signature"),
+            TokenError::MissingExp => f.write_str("missing exp claim"),
+            TokenError::MissingSub => f.write_str("missing sub claim"),
+            TokenError::InvalidClaim(name) => write!(f, "invalid {name} claim"),
+            TokenError::Expired => f.write_str("token expired"),
+            TokenError::NotYetValid => f.write_str("token not yet valid"),
+            TokenError::IssuedInFuture => f.write_str("token issued in the future"),
+        }
+    }
+}
+
+impl std::error::Error for TokenError {}
+
+/// A cheap test of whether a credential is meant as a JWT rather than a key: three dot-separated
+/// base64url segments whose first decodes to a JSON object. Client keys (`ck_…`) and Anthropic
+/// keys (`sk-ant-…`) have no dots and never pass. No signature is checked here.
+pub fn looks_like_jwt(credential: &str) -> bool {
+    let mut parts = credential.split('.');
+    let (Some(header), Some(payload), Some(signature), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return false;
+    };
+    if header.is_empty()
+        || header.len() > MAX_TOKEN_LEN
+        || payload.is_empty()
+        || ![header, payload, signature].iter().all(|s| is_base64url(s))
+    {
+        return false;
+    }
+    decode_segment(header).is_ok_and(|bytes| parse_object::<Header>(&bytes).is_ok())
+}
+
+/// Verifies an HS256 JWT with `secret` at time `now_ms` (milliseconds since the Unix epoch) and
+/// returns its claims.
+///
+/// The signature is checked (in constant time) before the payload is read. `exp` and `sub` are
+/// required; `nbf` and `iat` are checked when present; [`LEEWAY_MS`] of clock skew is allowed.
+pub fn verify(token: &str, secret: &[u8], now_ms: u64) -> Result<TokenClaims, TokenError> {
+    if secret.is_empty() {
+        return Err(TokenError::NoSecret);
+    }
+    if token.len() > MAX_TOKEN_LEN {
+        return Err(TokenError::TooLong);
+    }
+    let (signing_input, signature) = token.rsplit_once('.').ok_or(TokenError::Malformed)?;
+    let (header, payload) = signing_input.split_once('.').ok_or(TokenError::Malformed)?;
+    if payload.contains('.') {
+        return Err(TokenError::Malformed);
+    }
+
+    check_header(&decode_segment(header)?)?;
+
+    let signature = decode_segment(signature)?;
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret).map_err(|_| TokenError::NoSecret)?;
+    mac.update(signing_input.as_bytes());
+    mac.verify_slice(&signature).map_err(|_| TokenError::BadSignature)?;
+
+    check_claims(&decode_segment(payload)?, now_ms)
+}
+
+/// The header fields looked at. Duplicate fields are refused (by serde) as malformed.
+#[derive(Deserialize)]
+struct Header {
+    alg: Option<Value>,
+    crit: Option<Value>,
+}
+
+fn check_header(bytes: &[u8]) -> Result<(), TokenError> {
+    let header: Header = parse_object(bytes)?;
+    // Critical extensions (RFC 7515 §4.1.11) would change how the token must be read; none is
+    // understood here, so a header that lists any is refused.
+    if header.crit.is_some() {
+        return Err(TokenError::UnsupportedAlgorithm);
+    }
+    match header.alg {
+        Some(Value::String(alg)) if alg == "HS256" => Ok(()),
+        _ => Err(TokenError::UnsupportedAlgorithm),
+    }
+}
+
+/// The registered claims looked at, plus `tier`. Other claims are ignored; duplicates of these
+/// are refused (by serde) as malformed, so two readers cannot disagree on which one counts.
+#[derive(Deserialize)]
+struct RawClaims {
+    sub: Option<Value>,
+    exp: Option<Value>,
+    nbf: Option<Value>,
+    iat: Option<Value>,
+    tier: Option<Value>,
+}
+
+fn check_claims(bytes: &[u8], now_ms: u64) -> Result<TokenClaims, TokenError> {
+    let claims: RawClaims = parse_object(bytes)?;
+
+    let exp_ms = match &claims.exp {
+        None => return Err(TokenError::MissingExp),
+        Some(value) => numeric_date_ms(value).ok_or(TokenError::InvalidClaim("exp"))?,
+    };
+    let nbf_ms = match &claims.nbf {
+        None => None,
+        Some(value) => Some(numeric_date_ms(value).ok_or(TokenError::InvalidClaim("nbf"))?),
+    };
+    let iat_ms = match &claims.iat {
+        None => None,
+        Some(value) => Some(numeric_date_ms(value).ok_or(TokenError::InvalidClaim("iat"))?),
+    };
+    let sub = match claims.sub {
+        None => return Err(TokenError::MissingSub),
+        Some(Value::String(sub)) if valid_sub(&sub) => sub,
+        Some(_) => return Err(TokenError::InvalidClaim("sub")),
+    };
+    let tier = match claims.tier {
+        None => None,
+        Some(Value::String(tier)) if valid_tier(&tier) => Some(tier),
+        Some(_) => return Err(TokenError::InvalidClaim("tier")),
+    };
+
+    // Valid while now < exp (RFC 7519 §4.1.4), give or take the leeway.
+    if now_ms >= exp_ms.saturating_add(LEEWAY_MS) {
+        return Err(TokenError::Expired);
+    }
+    if nbf_ms.is_some_and(|nbf| nbf > now_ms.saturating_add(LEEWAY_MS)) {
+        return Err(TokenError::NotYetValid);
+    }
+    if iat_ms.is_some_and(|iat| iat > now_ms.saturating_add(LEEWAY_MS)) {
+        return Err(TokenError::IssuedInFuture);
+    }
+    Ok(TokenClaims { sub, tier, exp_ms })
+}
+
+/// A JWT NumericDate (seconds since the epoch, possibly fractional) in milliseconds; `None` for
+/// anything that is not a non-negative finite number. Far-future dates saturate.
+fn numeric_date_ms(value: &Value) -> Option<u64> {
+    let Value::Number(number) = value else {
+        return None;
+    };
+    if let Some(seconds) = number.as_u64() {
+        return Some(seconds.saturating_mul(1000));
+    }
+    match number.as_f64() {
+        // `as` saturates for values beyond u64, and the range check keeps out NaN and negatives.
+        Some(seconds) if seconds.is_finite() && seconds >= 0.0 => Some((seconds * 1000.0) as u64),
+        _ => None,
+    }
+}
+
+fn valid_sub(sub: &str) -> bool {
+    let chars = sub.chars().count();
+    (1..=MAX_SUB_CHARS).contains(&chars) && !sub.chars().any(char::is_control)
+}
+
+fn valid_tier(tier: &str) -> bool {
+    (1..=MAX_TIER_CHARS).contains(&tier.len())
+        && tier.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+fn is_base64url(segment: &str) -> bool {
+    segment.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// Decodes one unpadded base64url segment. Padding, other alphabets and non-canonical trailing
+/// bits are refused, so each token has exactly one spelling.
+fn decode_segment(segment: &str) -> Result<Vec<u8>, TokenError> {
+    URL_SAFE_NO_PAD.decode(segment).map_err(|_| TokenError::Malformed)
+}
+
+/// Parses a JSON object (and only an object: serde would also read a struct from an array).
+/// Going through `&str` shares the JSON reader the rest of the crate already uses.
+fn parse_object<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, TokenError> {
+    let text = std::str::from_utf8(bytes).map_err(|_| TokenError::Malformed)?;
+    if !text.trim_start().starts_with('{') {
+        return Err(TokenError::Malformed);
+    }
+    serde_json::from_str(text).map_err(|_| TokenError::Malformed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const SECRET: &[u8] = b"test-secret-0123456789-abcdefghij";
+    /// 2026-01-01T00:00:00Z.
+    const NOW_S: u64 = 1_767_225_600;
+    const NOW_MS: u64 = NOW_S * 1000;
+
+    fn b64(bytes: &[u8]) -> String {
+        URL_SAFE_NO_PAD.encode(bytes)
+    }
+
+    fn sign(signing_input: &str, secret: &[u8]) -> String {
+        let mut mac = Hmac::<Sha256>::new_from_slice(secret).unwrap();
+        mac.update(signing_input.as_bytes());
+        b64(&mac.finalize().into_bytes())
+    }
+
+    /// Mints a token by hand: any header, any payload, signed HS256 with `secret`.
+    fn mint_raw(header: &str, payload: &str, secret: &[u8]) -> String {
+        let input = format!("{}.{}", b64(header.as_bytes()), b64(payload.as_bytes()));
+        let signature = sign(&input, secret);
+        format!("{input}.{signature}")
+    }
+
+    fn mint(payload: &str) -> String {
+        mint_raw(r#"{"alg":"HS256","typ":"JWT"}"#, payload, SECRET)
+    }
+
+    fn exp_in(seconds: i64) -> u64 {
+        NOW_S.checked_add_signed(seconds).unwrap()
+    }
+
+    #[test]
+    fn valid_token() {
+        let token = mint(&format!(r#"{{"sub":"user-42","exp":{}}}"#, exp_in(300)));
+        assert!(looks_like_jwt(&token));
+        let claims = verify(&token, SECRET, NOW_MS).unwrap();
+        assert_eq!(
+            claims,
+            TokenClaims { sub: "user-42".into(), tier: None, exp_ms: exp_in(300) * 1000 }
+        );
+    }
+
+    #[test]
+    fn valid_token_with_tier_and_other_claims() {
+        let token = mint(&format!(
+            r#"{{"sub":"alice@example.com","tier":"pro_2-x","exp":{},"nbf":{},"iat":{},"aud":"x","extra":[1,2]}}"#,
+            exp_in(300),
+            NOW_S,
+            NOW_S
+        ));
+        let claims = verify(&token, SECRET, NOW_MS).unwrap();
+        assert_eq!(claims.sub, "alice@example.com");
+        assert_eq!(claims.tier.as_deref(), Some("pro_2-x"));
+    }
+
+    #[test]
+    fn header_without_typ_and_fractional_dates_are_fine() {
+        let token = mint_raw(
+            r#"{"alg":"HS256"}"#,
+            &format!(r#"{{"sub":"u","exp":{}.5,"iat":{}.25}}"#, exp_in(60), NOW_S),
+            SECRET,
+        );
+        let claims = verify(&token, SECRET, NOW_MS).unwrap();
+        assert_eq!(claims.exp_ms, exp_in(60) * 1000 + 500);
+    }
+
+    #[test]
+    fn expiry_with_leeway() {
+        // Expired 10 s ago: within the 30 s leeway.
+        let token = mint(&format!(r#"{{"sub":"u","exp":{}}}"#, exp_in(-10)));
+        assert!(verify(&token, SECRET, NOW_MS).is_ok());
+        // Expired 31 s ago, or exactly at the edge of the leeway: refused.
+        for ago in [-31, -30, -3600] {
+            let token = mint(&format!(r#"{{"sub":"u","exp":{}}}"#, exp_in(ago)));
+            assert_eq!(verify(&token, SECRET, NOW_MS), Err(TokenError::Expired), "{ago}");
+        }
+        let token = mint(r#"{"sub":"u","exp":0}"#);
+        assert_eq!(verify(&token, SECRET, NOW_MS), Err(TokenError::Expired));
+    }
+
+    #[test]
+    fn not_before_and_issued_at_in_the_future() {
+        let token = mint(&format!(r#"{{"sub":"u","exp":{},"nbf":{}}}"#, exp_in(600), exp_in(20)));
+        assert!(verify(&token, SECRET, NOW_MS).is_ok());
+        let token = mint(&format!(r#"{{"sub":"u","exp":{},"nbf":{}}}"#, exp_in(600), exp_in(120)));
+        assert_eq!(verify(&token, SECRET, NOW_MS), Err(TokenError::NotYetValid));
+        let token = mint(&format!(r#"{{"sub":"u","exp":{},"iat":{}}}"#, exp_in(600), exp_in(20)));
+        assert!(verify(&token, SECRET, NOW_MS).is_ok());
+        let token = mint(&format!(r#"{{"sub":"u","exp":{},"iat":{}}}"#, exp_in(600), exp_in(3600)));
+        assert_eq!(verify(&token, SECRET, NOW_MS), Err(TokenError::IssuedInFuture));
+    }
+
+    #[test]
+    fn forged_signature_is_refused() {
+        let payload = format!(r#"{{"sub":"u","exp":{}}}"#, exp_in(300));
+        let token = mint_raw(r#"{"alg":"HS256","typ":"JWT"}"#, &payload, b"some-other-secret");
+        assert_eq!(verify(&token, SECRET, NOW_MS), Err(TokenError::BadSignature));
+        // A truncated or extended signature is refused too.
+        let good = mint(&payload);
+        let (input, sig) = good.rsplit_once('.').unwrap();
+        let short = format!("{input}.{}", &sig[..sig.len() - 4]);
+        assert!(verify(&short, SECRET, NOW_MS).is_err());
+        let long = format!("{input}.{sig}AAAA");
+        assert!(verify(&long, SECRET, NOW_MS).is_err());
+        let empty = format!("{input}.");
+        assert_eq!(verify(&empty, SECRET, NOW_MS), Err(TokenError::BadSignature));
+    }
+
+    #[test]
+    fn tampered_payload_is_refused() {
+        let token = mint(&format!(r#"{{"sub":"user","exp":{}}}"#, exp_in(300)));
+        let mut parts: Vec<String> = token.split('.').map(String::from).collect();
+        parts[1] = b64(format!(r#"{{"sub":"admin","exp":{}}}"#, exp_in(300)).as_bytes());
+        let tampered = parts.join(".");
+        assert_eq!(verify(&tampered, SECRET, NOW_MS), Err(TokenError::BadSignature));
+        // Tampered header (still HS256, so the signature is what refuses it).
+        let mut parts: Vec<String> = token.split('.').map(String::from).collect();
+        parts[0] = b64(br#"{"alg":"HS256","typ":"JWT","kid":"x"}"#);
+        assert_eq!(verify(&parts.join("."), SECRET, NOW_MS), Err(TokenError::BadSignature));
+    }
+
+    #[test]
+    fn alg_none_is_refused() {
+        let payload = b64(format!(r#"{{"sub":"u","exp":{}}}"#, exp_in(300)).as_bytes());
+        for header in [r#"{"alg":"none","typ":"JWT"}"#, r#"{"alg":"None"}"#, r#"{"alg":"NONE"}"#] {
+            let unsigned = format!("{}.{payload}.", b64(header.as_bytes()));
+            assert!(looks_like_jwt(&unsigned));
+            assert_eq!(verify(&unsigned, SECRET, NOW_MS), Err(TokenError::UnsupportedAlgorithm));
+            // Even with a valid HS256 signature attached, the header decides.
+            let input = format!("{}.{payload}", b64(header.as_bytes()));
+            let signed = format!("{input}.{}", sign(&input, SECRET));
+            assert_eq!(verify(&signed, SECRET, NOW_MS), Err(TokenError::UnsupportedAlgorithm));
+        }
+    }
+
+    #[test]
+    fn other_algorithms_are_refused() {
+        let payload = format!(r#"{{"sub":"u","exp":{}}}"#, exp_in(300));
+        for header in [
+            r#"{"alg":"HS512","typ":"JWT"}"#,
+            r#"{"alg":"HS384"}"#,
+            r#"{"alg":"RS256","typ":"JWT"}"#,
+            r#"{"alg":"ES256"}"#,
+            r#"{"alg":"EdDSA"}"#,
+            r#"{"alg":"hs256"}"#,
+            r#"{"alg":"HS256 "}"#,
+            r#"{"alg":256}"#,
+            r#"{"alg":null}"#,
+            r#"{"typ":"JWT"}"#,
+            r#"{"alg":"HS256","crit":["b64"],"b64":false}"#,
+        ] {
+            let token = mint_raw(header, &payload, SECRET);
+            assert_eq!(
+                verify(&token, SECRET, NOW_MS),
+                Err(TokenError::UnsupportedAlgorithm),
+                "{header}"
+            );
+        }
+        // Two `alg` fields: refused rather than picking one.
+        let token = mint_raw(r#"{"alg":"none","alg":"HS256"}"#, &payload, SECRET);
+        assert_eq!(verify(&token, SECRET, NOW_MS), Err(TokenError::Malformed));
+    }
+
+    #[test]
+    fn missing_or_bad_claims_are_refused() {
+        let exp = exp_in(300);
+        let cases: Vec<(String, TokenError)> = vec![
+            (r#"{"sub":"u"}"#.into(), TokenError::MissingExp),
+            (r#"{"sub":"u","exp":null}"#.into(), TokenError::MissingExp),
+            (format!(r#"{{"exp":{exp}}}"#), TokenError::MissingSub),
+            (r#"{"sub":"u","exp":"soon"}"#.into(), TokenError::InvalidClaim("exp")),
+            (format!(r#"{{"sub":"u","exp":"{exp}"}}"#), TokenError::InvalidClaim("exp")),
+            (r#"{"sub":"u","exp":-5}"#.into(), TokenError::InvalidClaim("exp")),
+            (r#"{"sub":"u","exp":true}"#.into(), TokenError::InvalidClaim("exp")),
+            (format!(r#"{{"sub":"u","exp":{exp},"nbf":"x"}}"#), TokenError::InvalidClaim("nbf")),
+            (format!(r#"{{"sub":"u","exp":{exp},"iat":[]}}"#), TokenError::InvalidClaim("iat")),
+            (format!(r#"{{"sub":"","exp":{exp}}}"#), TokenError::InvalidClaim("sub")),
+            (format!(r#"{{"sub":42,"exp":{exp}}}"#), TokenError::InvalidClaim("sub")),
+            (format!(r#"{{"sub":"a\nb","exp":{exp}}}"#), TokenError::InvalidClaim("sub")),
+            (
+                format!(r#"{{"sub":"{}","exp":{exp}}}"#, "x".repeat(257)),
+                TokenError::InvalidClaim("sub"),
+            ),
+            (format!(r#"{{"sub":"u","exp":{exp},"tier":""}}"#), TokenError::InvalidClaim("tier")),
+            (
+                format!(r#"{{"sub":"u","exp":{exp},"tier":"pro plus"}}"#),
+                TokenError::InvalidClaim("tier"),
+            ),
+            (
+                format!(r#"{{"sub":"u","exp":{exp},"tier":"pró"}}"#),
+                TokenError::InvalidClaim("tier"),
+            ),
+            (format!(r#"{{"sub":"u","exp":{exp},"tier":7}}"#), TokenError::InvalidClaim("tier")),
+            (
+                format!(r#"{{"sub":"u","exp":{exp},"tier":"{}"}}"#, "t".repeat(65)),
+                TokenError::InvalidClaim("tier"),
+            ),
+            (format!(r#"{{"sub":"u","sub":"admin","exp":{exp}}}"#), TokenError::Malformed),
+            (format!(r#"["u",{exp}]"#), TokenError::Malformed),
+            ("not json".into(), TokenError::Malformed),
+        ];
+        for (payload, expected) in cases {
+            assert_eq!(verify(&mint(&payload), SECRET, NOW_MS), Err(expected), "{payload}");
+        }
+        // The limits themselves are accepted.
+        let sub = "é".repeat(256);
+        let tier = "t".repeat(64);
+        let token = mint(&format!(r#"{{"sub":"{sub}","exp":{exp},"tier":"{tier}"}}"#));
+        assert!(verify(&token, SECRET, NOW_MS).is_ok());
+    }
+
+    #[test]
+    fn malformed_and_oversize_tokens_are_refused() {
+        let good = mint(&format!(r#"{{"sub":"u","exp":{}}}"#, exp_in(300)));
+        for bad in ["", ".", "..", "...", "a.b", "a.b.c.d", "ck_live_abc", "sk-ant-api03-abc"] {
+            assert_eq!(verify(bad, SECRET, NOW_MS), Err(TokenError::Malformed), "{bad:?}");
+        }
+        assert_eq!(verify(&format!("{good}.x"), SECRET, NOW_MS), Err(TokenError::Malformed));
+        assert_eq!(verify(&format!(" {good}"), SECRET, NOW_MS), Err(TokenError::Malformed));
+        // Standard base64 or padding instead of unpadded base64url.
+        let padded = good.replacen('.', "=.", 1);
+        assert_eq!(verify(&padded, SECRET, NOW_MS), Err(TokenError::Malformed));
+        let huge = format!("{good}{}", "A".repeat(MAX_TOKEN_LEN));
+        assert_eq!(verify(&huge, SECRET, NOW_MS), Err(TokenError::TooLong));
+        let big_payload =
+            format!(r#"{{"sub":"u","exp":{},"pad":"{}"}}"#, exp_in(300), "p".repeat(7000));
+        assert_eq!(verify(&mint(&big_payload), SECRET, NOW_MS), Err(TokenError::TooLong));
+        assert_eq!(verify(&good, b"", NOW_MS), Err(TokenError::NoSecret));
+    }
+
+    #[test]
+    fn looks_like_jwt_tells_tokens_from_keys() {
+        let token = mint(&format!(r#"{{"sub":"u","exp":{}}}"#, exp_in(300)));
+        assert!(looks_like_jwt(&token));
+        // Signature is not checked here: a forged token still looks like one.
+        assert!(looks_like_jwt(&mint_raw(r#"{"alg":"RS256"}"#, "{}", b"x")));
+        for not_jwt in [
+            "",
+            "ck_live_abc",
+            "ck_alice_0123456789",
+            "sk-ant-api03-abcdefghijklmnopqrstuvwxyz_0123456789-ABCDEFG",
+            "a.b.c",
+            "...",
+            "eyJhbGciOiJIUzI1NiJ9..sig",
+            "eyJhbGciOiJIUzI1NiJ9.e30",
+            "eyJhbGciOiJIUzI1NiJ9.e30.sig.more",
+            "eyJhbGciOiJIUzI1NiJ9=.e30.sig",
+            "eyJhbGciOiJIUzI1NiJ9.e30.si+g",
+            "bm90IGpzb24.e30.c2ln", // header "not json"
+            "WzFd.e30.c2ln",        // header "[1]"
+        ] {
+            assert!(!looks_like_jwt(not_jwt), "{not_jwt:?}");
+        }
+    }
+
+    #[test]
+    fn errors_never_contain_the_token_or_the_secret() {
+        let exp = exp_in(300);
+        let tokens = [
+            mint_raw(r#"{"alg":"HS256"}"#, &format!(r#"{{"sub":"u","exp":{exp}}}"#), b"wrong"),
+            mint(&format!(r#"{{"sub":"u","exp":{}}}"#, exp_in(-3600))),
+            mint(r#"{"sub":"u"}"#),
+            mint(r#"{"sub":"u","exp":"later"}"#),
+            mint_raw(r#"{"alg":"none"}"#, "{}", SECRET),
+            "garbage.garbage.garbage".to_string(),
+            "x".repeat(10_000),
+        ];
+        let secret_text = std::str::from_utf8(SECRET).unwrap();
+        for token in &tokens {
+            let err = verify(token, SECRET, NOW_MS).unwrap_err();
+            for text in [err.to_string(), format!("{err:?}")] {
+                assert!(!text.contains(secret_text), "{text}");
+                assert!(!text.contains(token.as_str()), "{text}");
+                for segment in token.split('.').filter(|s| s.len() >= 8) {
+                    assert!(!text.contains(segment), "{text}");
+                }
+                assert!(text.len() < 64, "{text}");
+            }
+        }
+    }
+
+    #[test]
+    fn error_messages() {
+        assert_eq!(TokenError::Expired.to_string(), "token expired");
+        assert_eq!(TokenError::BadSignature.to_string(), "bad signature");
+        assert_eq!(TokenError::Malformed.to_string(), "malformed token");
+        assert_eq!(TokenError::UnsupportedAlgorithm.to_string(), "unsupported algorithm");
+        assert_eq!(TokenError::MissingExp.to_string(), "missing exp claim");
+        assert_eq!(TokenError::InvalidClaim("tier").to_string(), "invalid tier claim");
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_strings_never_panic(s in any::<String>()) {
+            let _ = looks_like_jwt(&s);
+            let _ = verify(&s, SECRET, NOW_MS);
+            let _ = verify(&s, SECRET, u64::MAX);
+        }
+
+        #[test]
+        fn jwt_shaped_strings_never_panic(
+            h in "[A-Za-z0-9_-]{0,40}",
+            p in "[A-Za-z0-9_-]{0,80}",
+            s in "[A-Za-z0-9_=+/.-]{0,60}",
+            now in any::<u64>(),
+        ) {
+            let token = format!("{h}.{p}.{s}");
+            let _ = looks_like_jwt(&token);
+            prop_assert!(verify(&token, SECRET, now).is_err());
+        }
+
+        #[test]
+        fn arbitrary_signed_payloads_never_panic(payload in any::<String>(), now in any::<u64>()) {
+            let token = mint(&payload);
+            let _ = verify(&token, SECRET, now);
+        }
+
+        #[test]
+        fn any_numeric_dates_never_panic(
+            exp in any::<u64>(),
+            nbf in any::<i64>(),
+            frac in any::<f64>(),
+            now in any::<u64>(),
+        ) {
+            let frac = if frac.is_finite() { frac } else { 1.5 };
+            let token = mint(&format!(r#"{{"sub":"u","exp":{exp},"nbf":{nbf},"iat":{frac}}}"#));
+            let _ = verify(&token, SECRET, now);
+        }
+    }
+}
