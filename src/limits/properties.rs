@@ -101,10 +101,13 @@ struct Record {
     /// Usage counted at admission in the reference ledger: rpm, input, output.
     actual: [u64; 3],
     usage: Usage,
+    /// Usage beyond the reservation, charged to the ledger at the first settlement: nobody
+    /// can know it before.
+    extra: Option<[u64; 3]>,
 }
 
 /// Drives a state and a reference ledger that charges every admitted request its actual
-/// usage at admission, without any check.
+/// usage at admission (up to its reservation, the rest when it settles), without any check.
 struct Sim {
     limits: TierLimits,
     state: LimiterState,
@@ -134,6 +137,10 @@ impl Sim {
 
     fn step(&mut self, gap: i64, event: &Event) -> Result<(), TestCaseError> {
         self.now = self.now.saturating_add_signed(gap);
+        // The same clock rule as the state: a clock far behind is taken for a jump.
+        if self.ledger_clock > self.now.saturating_add(MAX_CLOCK_LEAD_MS) {
+            self.ledger_clock = self.now;
+        }
         let elapsed = self.now.saturating_sub(self.ledger_clock);
         self.ledger_clock = self.ledger_clock.max(self.now);
         let quotas = self.quotas();
@@ -154,23 +161,29 @@ impl Sim {
                         used(reservation.input_tokens, used_permille[0]),
                         used(reservation.output_tokens, used_permille[1]),
                     ];
-                    for (level, cost) in self.ledger.iter_mut().zip(actual) {
-                        *level = level.charged(cost);
+                    let reserved = [actual[0], reservation.input_tokens, reservation.output_tokens];
+                    for ((level, cost), reserved) in self.ledger.iter_mut().zip(actual).zip(reserved) {
+                        *level = level.charged(cost.min(reserved));
                     }
+                    let extra = [0, actual[1].saturating_sub(reserved[1]), actual[2].saturating_sub(reserved[2])];
                     let usage = if known {
                         Usage { input_tokens: Some(actual[1]), output_tokens: Some(actual[2]) }
                     } else {
                         Usage::UNKNOWN
                     };
-                    self.admitted.push(Record { at: self.now, reservation, actual, usage });
+                    self.admitted.push(Record { at: self.now, reservation, actual, usage, extra: Some(extra) });
                     self.check_concurrency()?;
                 }
             }
             Event::Settle(pick) => {
                 if !self.admitted.is_empty() {
-                    let record = &self.admitted[pick.index(self.admitted.len())];
+                    let index = pick.index(self.admitted.len());
+                    let record = &mut self.admitted[index];
                     self.state.settle(&self.limits, self.now, &record.reservation, record.usage);
                     self.settled.insert(record.reservation.lease_id);
+                    for (level, cost) in self.ledger.iter_mut().zip(record.extra.take().unwrap_or_default()) {
+                        *level = level.charged(cost);
+                    }
                 }
             }
         }

@@ -1,0 +1,171 @@
+// Per-caller rate limits end to end: the real Durable Object in workerd, exact under
+// concurrency, settled from the answer's usage, honest about when to come back, durable.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import {
+  startSim, startWorker, workerVars, postMessage, messageBody, readEvents, sleep, CLIENT_KEY,
+} from './harness.mjs';
+
+const BOB = 'ck_test_bob_a81f2c93d4e5';
+
+let sim;
+before(async () => { sim = await startSim(); });
+after(async () => { await sim?.stop(); });
+
+function limitedWorker(limits, extra = {}, options = {}) {
+  return startWorker(workerVars(sim, {
+    RATE_LIMITS: JSON.stringify({ default: limits }),
+    CLIENT_KEYS: JSON.stringify({ [CLIENT_KEY]: { id: 'alice' }, [BOB]: { id: 'bob' } }),
+    ...extra,
+  }), options);
+}
+
+async function settleSoon() {
+  // Settlement runs under waitUntil once the body has been read; give it a moment.
+  await sleep(150);
+}
+
+test('parallel requests on one key: exactly the quota is admitted, the rest get an honest 429', async () => {
+  const w = await limitedWorker({ rpm: 30 });
+  try {
+    await sim.reset();
+    const results = await Promise.all(Array.from({ length: 45 }, () => postMessage(w)));
+    const admitted = results.filter((r) => r.status === 200);
+    const denied = results.filter((r) => r.status === 429);
+    assert.equal(admitted.length, 30);
+    assert.equal(denied.length, 15);
+    assert.equal((await sim.log()).length, 30, 'a denied request reached the upstream');
+
+    const res = denied[0];
+    const body = await res.json();
+    assert.equal(body.error.type, 'rate_limit_error');
+    assert.deepEqual({ ...body.limit }, { scope: 'key', dimension: 'rpm', limit: 30, remaining: 0 });
+    const ms = Number(res.headers.get('retry-after-ms'));
+    assert.equal(body.retry_after_ms, ms);
+    assert.ok(ms > 0 && ms <= 2000, `one request refills every 2 s, got ${ms}`);
+    assert.equal(Number(res.headers.get('retry-after')), Math.max(1, Math.ceil(ms / 1000)));
+    assert.equal(res.headers.get('x-should-retry'), 'true');
+    assert.match(res.headers.get('ratelimit-policy'), /"rpm";q=30;w=60/);
+    assert.match(res.headers.get('ratelimit'), /"rpm";r=0;t=\d+/);
+    await Promise.all(results.map((r) => r.bodyUsed ? null : r.arrayBuffer()));
+
+    // Honest: come back when it says, and get in.
+    const retryAfters = await Promise.all(denied.slice(1).map(async (r) => Number(r.headers.get('retry-after-ms'))));
+    const wait = Math.min(ms, ...retryAfters);
+    await sleep(wait + 20);
+    const again = await postMessage(w);
+    assert.equal(again.status, 200, `denied again after waiting the ${wait} ms it was told`);
+  } finally {
+    await w.stop();
+  }
+});
+
+test('keys have their own limits, and see their own limit headers', async () => {
+  const w = await limitedWorker({ rpm: 2, output_tpm: 5000 });
+  try {
+    for (let i = 0; i < 2; i++) assert.equal((await postMessage(w)).status, 200);
+    assert.equal((await postMessage(w)).status, 429);
+    const bob = await postMessage(w, messageBody(), { 'x-api-key': BOB });
+    assert.equal(bob.status, 200);
+    assert.equal(bob.headers.get('anthropic-ratelimit-requests-limit'), '2');
+    assert.equal(bob.headers.get('anthropic-ratelimit-requests-remaining'), '1');
+    assert.equal(bob.headers.get('anthropic-ratelimit-output-tokens-limit'), '5000');
+    assert.match(bob.headers.get('anthropic-ratelimit-requests-reset'), /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$/);
+  } finally {
+    await w.stop();
+  }
+});
+
+test('max_tokens above output_tpm can never fit: 400 with x-should-retry false', async () => {
+  const w = await limitedWorker({ output_tpm: 1000 });
+  try {
+    const res = await postMessage(w, messageBody({ max_tokens: 1001 }));
+    assert.equal(res.status, 400);
+    assert.equal(res.headers.get('x-should-retry'), 'false');
+    const body = await res.json();
+    assert.equal(body.error.type, 'invalid_request_error');
+    assert.match(body.error.message, /output_tpm/);
+  } finally {
+    await w.stop();
+  }
+});
+
+test('settlement gives unused output tokens back (JSON and stream)', async () => {
+  const w = await limitedWorker({ output_tpm: 1000 });
+  try {
+    // Each request reserves 600 of 1000 output tokens but the answer uses 12.
+    for (const stream of [false, true, false, true]) {
+      const res = await postMessage(w, messageBody({ max_tokens: 600, stream }));
+      assert.equal(res.status, 200, `request ${stream ? 'stream' : 'json'} denied: settlement did not return tokens`);
+      await res.arrayBuffer();
+      await settleSoon();
+    }
+    // Without settlement the second reservation would already be denied.
+    const hold = await postMessage(w, messageBody({ max_tokens: 600 }), { 'x-sim-fault': JSON.stringify({ tokens: 590 }) });
+    assert.equal(hold.status, 200);
+    await hold.arrayBuffer();
+    await settleSoon();
+    const denied = await postMessage(w, messageBody({ max_tokens: 600 }));
+    assert.equal(denied.status, 429, 'a used-up answer must keep its tokens charged');
+    assert.equal((await denied.json()).limit.dimension, 'output_tpm');
+  } finally {
+    await w.stop();
+  }
+});
+
+test('concurrency slots are held while streaming and freed at the end or on disconnect', async () => {
+  const w = await limitedWorker({ concurrency: 2 });
+  try {
+    const slow = { 'x-sim-fault': JSON.stringify({ tokens: 10, token_delay_ms: 80 }) };
+    const a = await postMessage(w, messageBody({ stream: true }), slow);
+    const b = await postMessage(w, messageBody({ stream: true }), slow);
+    assert.equal(a.status, 200);
+    assert.equal(b.status, 200);
+    const third = await postMessage(w);
+    assert.equal(third.status, 429);
+    assert.equal((await third.json()).limit.dimension, 'concurrency');
+    await Promise.all([readEvents(a), readEvents(b)]);
+    await settleSoon();
+    assert.equal((await postMessage(w)).status, 200);
+
+    // A client that walks away mid-stream gives its slot back too.
+    const c = await postMessage(w, messageBody({ stream: true }), { ...slow, 'x-sim-fault': JSON.stringify({ tokens: 200, token_delay_ms: 50 }) });
+    const d = await postMessage(w, messageBody({ stream: true }), { 'x-sim-fault': JSON.stringify({ tokens: 200, token_delay_ms: 50 }) });
+    assert.equal(c.status, 200);
+    assert.equal(d.status, 200);
+    await c.body.cancel();
+    await d.body.cancel();
+    let admitted = false;
+    for (let i = 0; i < 20 && !admitted; i++) {
+      await sleep(100);
+      const e = await postMessage(w);
+      admitted = e.status === 200;
+      await e.arrayBuffer();
+    }
+    assert.ok(admitted, 'slots of disconnected clients never came back');
+  } finally {
+    await w.stop();
+  }
+});
+
+test('limits survive a restart of the Worker and its objects', async () => {
+  const dir = mkdtempSync(path.join(tmpdir(), 'breakwater-do-'));
+  try {
+    let w = await limitedWorker({ rpm: 3 }, {}, { persistDir: dir });
+    for (let i = 0; i < 3; i++) assert.equal((await postMessage(w)).status, 200);
+    await w.stop();
+    w = await limitedWorker({ rpm: 3 }, {}, { persistDir: dir });
+    try {
+      const res = await postMessage(w);
+      assert.equal(res.status, 429, 'the restarted object forgot the requests already made');
+      assert.ok(Number(res.headers.get('retry-after-ms')) > 15_000);
+    } finally {
+      await w.stop();
+    }
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
