@@ -6,6 +6,7 @@
 use crate::config::{Config, DEFAULT_TIER};
 use crate::error::ProxyError;
 use crate::secret::{fingerprint, Secret};
+use crate::token;
 
 /// Which upstream key a caller's requests are forwarded with.
 #[derive(Debug, Clone)]
@@ -66,10 +67,30 @@ pub fn credential<'a>(
 /// Longest credential looked at; anything longer is refused before any hashing.
 const MAX_CREDENTIAL_LEN: usize = 8192;
 
-/// Decides who the caller is, following the contract's order.
-pub fn authenticate(config: &Config, presented: &str) -> Result<Caller, ProxyError> {
+/// Decides who the caller is, following the contract's order: a signed token, a client
+/// key, a passthrough key. `now_ms` checks a token's expiry.
+pub fn authenticate(config: &Config, presented: &str, now_ms: u64) -> Result<Caller, ProxyError> {
     if presented.len() > MAX_CREDENTIAL_LEN {
         return Err(ProxyError::Unauthenticated("credential is too long".to_string()));
+    }
+    if let Some(secret) = &config.jwt_secret {
+        if token::looks_like_jwt(presented) {
+            let claims = token::verify(presented, secret.expose().as_bytes(), now_ms)
+                .map_err(|e| ProxyError::Unauthenticated(format!("invalid token: {e}")))?;
+            let tier = claims.tier.unwrap_or_else(|| DEFAULT_TIER.to_string());
+            if tier != DEFAULT_TIER && !config.rate_limits.contains_key(&tier) {
+                return Err(ProxyError::Unauthenticated(format!(
+                    "invalid token: tier {tier:?} is not defined in RATE_LIMITS"
+                )));
+            }
+            // Token subjects are named by the site's backend, possibly after its users; keep
+            // them apart from client key ids so a user named like a key cannot share its limits.
+            return Ok(Caller {
+                identity: format!("token:{}", claims.sub),
+                tier,
+                upstream_key: UpstreamKey::Managed,
+            });
+        }
     }
     // Every configured key is compared, so the time taken does not tell which one matched.
     let mut matched = None;
@@ -112,6 +133,8 @@ mod tests {
         Config::from_lookup(|name| map.get(name).cloned()).unwrap()
     }
 
+    const NOW: u64 = 1_800_000_000_000;
+
     const KEYS: &str = r#"{"ck_alice_0123456789": {"id": "alice"}, "ck_bob_0123456789ab": {"id": "bob", "tier": "pro"}}"#;
     const TIERS: &str = r#"{"default": {"rpm": 5}, "pro": {"rpm": 50}}"#;
 
@@ -141,31 +164,75 @@ mod tests {
     #[test]
     fn client_keys_map_to_their_id_and_tier() {
         let c = config(&[("CLIENT_KEYS", KEYS), ("RATE_LIMITS", TIERS)]);
-        let alice = authenticate(&c, "ck_alice_0123456789").unwrap();
+        let alice = authenticate(&c, "ck_alice_0123456789", NOW).unwrap();
         assert_eq!(alice.identity, "alice");
         assert_eq!(alice.tier, "default");
         assert!(matches!(alice.upstream_key, UpstreamKey::Managed));
-        let bob = authenticate(&c, "ck_bob_0123456789ab").unwrap();
+        let bob = authenticate(&c, "ck_bob_0123456789ab", NOW).unwrap();
         assert_eq!(bob.tier, "pro");
-        assert!(authenticate(&c, "ck_alice_012345678").is_err());
+        assert!(authenticate(&c, "ck_alice_012345678", NOW).is_err());
     }
 
     #[test]
     fn passthrough_keys_need_the_switch_and_hide_the_key() {
         let key = "sk-ant-api03-abcdefghijklmnop";
-        assert!(authenticate(&config(&[]), key).is_err());
+        assert!(authenticate(&config(&[]), key, NOW).is_err());
         let c = config(&[("ALLOW_PASSTHROUGH_KEYS", "true")]);
-        let caller = authenticate(&c, key).unwrap();
+        let caller = authenticate(&c, key, NOW).unwrap();
         assert!(!caller.identity.contains("abcdefghijklmnop"));
         assert!(!caller.identity_hash().contains("abcdefghijklmnop"));
         assert!(matches!(caller.upstream_key, UpstreamKey::Passthrough(ref s) if s.expose() == key));
-        assert!(authenticate(&c, "sk-other-abcdefghijklmnopqrst").is_err());
-        assert!(authenticate(&c, "sk-ant-short").is_err());
+        assert!(authenticate(&c, "sk-other-abcdefghijklmnopqrst", NOW).is_err());
+        assert!(authenticate(&c, "sk-ant-short", NOW).is_err());
+    }
+
+    fn mint(secret: &str, claims: &str) -> String {
+        use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        use base64::Engine;
+        use hmac::{Hmac, Mac};
+        let header = URL_SAFE_NO_PAD.encode(r#"{"alg":"HS256","typ":"JWT"}"#);
+        let payload = URL_SAFE_NO_PAD.encode(claims);
+        let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+        mac.update(format!("{header}.{payload}").as_bytes());
+        let signature = URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes());
+        format!("{header}.{payload}.{signature}")
+    }
+
+    #[test]
+    fn signed_tokens_come_first_and_carry_sub_and_tier() {
+        let secret = "jwt-secret-for-tests-0123456789";
+        let c = config(&[("JWT_SECRET", secret), ("CLIENT_KEYS", KEYS), ("RATE_LIMITS", TIERS)]);
+        let exp = NOW / 1000 + 300;
+        let token = mint(secret, &format!(r#"{{"sub":"alice","tier":"pro","exp":{exp}}}"#));
+        let caller = authenticate(&c, &token, NOW).unwrap();
+        assert_eq!(caller.identity, "token:alice");
+        assert_eq!(caller.tier, "pro");
+        assert!(matches!(caller.upstream_key, UpstreamKey::Managed));
+        let plain = mint(secret, &format!(r#"{{"sub":"bob","exp":{exp}}}"#));
+        assert_eq!(authenticate(&c, &plain, NOW).unwrap().tier, "default");
+
+        let expired = mint(secret, &format!(r#"{{"sub":"alice","exp":{}}}"#, NOW / 1000 - 3600));
+        let forged = mint("another-secret-entirely-000000", &format!(r#"{{"sub":"alice","exp":{exp}}}"#));
+        let unknown_tier = mint(secret, &format!(r#"{{"sub":"alice","tier":"gold","exp":{exp}}}"#));
+        for bad in [expired, forged, unknown_tier] {
+            let err = authenticate(&c, &bad, NOW).unwrap_err();
+            assert_eq!(err.status(), 401);
+            assert!(!err.message().contains(&bad));
+        }
+        // Client keys still work next to tokens.
+        assert_eq!(authenticate(&c, "ck_alice_0123456789", NOW).unwrap().identity, "alice");
+    }
+
+    #[test]
+    fn tokens_are_refused_without_a_jwt_secret() {
+        let c = config(&[("CLIENT_KEYS", KEYS), ("RATE_LIMITS", TIERS)]);
+        let token = mint("whatever-secret-0000000000", &format!(r#"{{"sub":"a","exp":{}}}"#, NOW / 1000 + 60));
+        assert_eq!(authenticate(&c, &token, NOW).unwrap_err().status(), 401);
     }
 
     #[test]
     fn huge_credentials_are_refused() {
         let c = config(&[("CLIENT_KEYS", KEYS), ("RATE_LIMITS", TIERS)]);
-        assert!(authenticate(&c, &"x".repeat(100_000)).is_err());
+        assert!(authenticate(&c, &"x".repeat(100_000), NOW).is_err());
     }
 }

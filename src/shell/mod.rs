@@ -113,5 +113,5 @@ fn authenticate_request(req: &Request, config: &Config) -> Result<Caller, ProxyE
     let x_api_key = req.headers().get("x-api-key").ok().flatten();
     let authorization = req.headers().get("authorization").ok().flatten();
     let presented = credential(x_api_key.as_deref(), authorization.as_deref())?;
-    authenticate(config, presented)
+    authenticate(config, presented, runtime::now_ms())
 }

@@ -135,3 +135,11 @@ export async function readEvents(res, t0 = performance.now()) {
 }
 
 export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+/** Mints an HS256 token the way a site's backend would (node:crypto only). */
+export async function mintToken(secret, claims) {
+  const { createHmac } = await import('node:crypto');
+  const b64 = (v) => Buffer.from(typeof v === 'string' ? v : JSON.stringify(v)).toString('base64url');
+  const head = `${b64({ alg: 'HS256', typ: 'JWT' })}.${b64(claims)}`;
+  return `${head}.${createHmac('sha256', secret).update(head).digest('base64url')}`;
+}

@@ -5,8 +5,9 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
+import Anthropic from '@anthropic-ai/sdk';
 import {
-  startSim, startWorker, workerVars, postMessage, messageBody, readEvents, sleep, CLIENT_KEY,
+  startSim, startWorker, workerVars, postMessage, messageBody, readEvents, sleep, mintToken, CLIENT_KEY,
 } from './harness.mjs';
 
 const BOB = 'ck_test_bob_a81f2c93d4e5';
@@ -167,5 +168,39 @@ test('limits survive a restart of the Worker and its objects', async () => {
     }
   } finally {
     rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('signed browser tokens: valid ones get their tier, expired and forged ones a 401', async () => {
+  const secret = 'jwt-secret-for-the-e2e-suite-0001';
+  const w = await startWorker(workerVars(sim, {
+    JWT_SECRET: secret,
+    RATE_LIMITS: JSON.stringify({ default: { rpm: 1 }, pro: { rpm: 3 } }),
+  }));
+  try {
+    const now = Math.floor(Date.now() / 1000);
+    const pro = await mintToken(secret, { sub: 'user-42', tier: 'pro', exp: now + 300 });
+    const client = new Anthropic({ apiKey: null, authToken: pro, baseURL: w.url, maxRetries: 0 });
+    for (let i = 0; i < 3; i++) assert.equal((await client.messages.create(messageBody())).type, 'message');
+    await assert.rejects(client.messages.create(messageBody()), Anthropic.RateLimitError);
+    await sim.reset();
+    const seen = await postMessage(w, messageBody(), { 'x-api-key': await mintToken(secret, { sub: 'user-43', exp: now + 300 }) });
+    assert.equal(seen.status, 200);
+    const upstream = (await sim.log()).at(-1);
+    assert.equal(upstream.headers.authorization, undefined);
+    assert.ok(!JSON.stringify(upstream.headers).includes('eyJ'), 'the token reached the upstream');
+
+    const expired = await mintToken(secret, { sub: 'user-42', exp: now - 600 });
+    const forged = await mintToken('not-the-secret-0000000000000000', { sub: 'user-42', exp: now + 300 });
+    const none = `${Buffer.from('{"alg":"none"}').toString('base64url')}.${Buffer.from(JSON.stringify({ sub: 'x', exp: now + 300 })).toString('base64url')}.`;
+    for (const [name, token] of [['expired', expired], ['forged', forged], ['alg none', none]]) {
+      const res = await postMessage(w, messageBody(), { 'x-api-key': token });
+      assert.equal(res.status, 401, name);
+      const body = await res.json();
+      assert.equal(body.error.type, 'authentication_error', name);
+      assert.ok(!JSON.stringify(body).includes(token), `${name}: token echoed`);
+    }
+  } finally {
+    await w.stop();
   }
 });
