@@ -47,7 +47,7 @@ pub fn variable(env: &Env, name: &str) -> Option<String> {
 pub async fn read_body(req: &mut Request, limit: u64) -> Result<Vec<u8>, ProxyError> {
     let too_large = ProxyError::TooLarge { limit };
     if let Ok(Some(length)) = req.headers().get("content-length") {
-        if length.trim().parse::<u64>().map_or(false, |n| n > limit) {
+        if length.trim().parse::<u64>().is_ok_and(|n| n > limit) {
             return Err(too_large);
         }
     }
