@@ -4,6 +4,8 @@
 //! inspection, retries) that builds and tests on the host, and a thin WebAssembly shell
 //! (`shell`) that is the only code touching the Workers runtime.
 #![forbid(unsafe_code)]
+// Tests may unwrap and index: a failing test should stop loudly.
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing))]
 
 pub mod auth;
 pub mod body;
@@ -11,6 +13,7 @@ pub mod config;
 pub mod error;
 pub mod headers;
 pub mod limits;
+pub mod outage;
 pub mod retry;
 pub mod route;
 pub mod secret;

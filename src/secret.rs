@@ -4,7 +4,7 @@
 //! value, whose comparison takes the same time whatever the input, and whose only printable
 //! form is a one-way fingerprint. Logs, errors and Durable Object names use fingerprints.
 
-use std::fmt;
+use std::fmt::{self, Write as _};
 
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -50,15 +50,11 @@ pub fn fingerprint(label: &str, value: &str) -> String {
     hasher.update([0u8]);
     hasher.update(value.as_bytes());
     let digest = hasher.finalize();
-    let mut out = String::with_capacity(32);
-    for byte in digest.iter().take(16) {
-        out.push(char::from(HEX[usize::from(byte >> 4)]));
-        out.push(char::from(HEX[usize::from(byte & 0x0f)]));
-    }
-    out
+    digest.iter().take(16).fold(String::with_capacity(32), |mut out, byte| {
+        let _ = write!(out, "{byte:02x}");
+        out
+    })
 }
-
-const HEX: [u8; 16] = *b"0123456789abcdef";
 
 #[cfg(test)]
 mod tests {
