@@ -23,6 +23,7 @@ use crate::error::whole_seconds;
 
 /// `ratelimit-policy` and `ratelimit` for these statuses (none when nothing is limited).
 /// Pass the denial when answering one, so its dimension's `t` equals the `Retry-After`.
+#[must_use]
 pub fn rate_limit_headers(
     statuses: &[DimensionStatus],
     denial: Option<&Denial>,
@@ -60,6 +61,7 @@ pub fn rate_limit_headers(
 
 /// `anthropic-ratelimit-{requests,input-tokens,output-tokens}-{limit,remaining,reset}` for
 /// the configured bucket dimensions.
+#[must_use]
 pub fn anthropic_headers(statuses: &[DimensionStatus], now_ms: u64) -> Vec<(&'static str, String)> {
     let mut headers = Vec::with_capacity(9);
     for status in statuses {
@@ -90,6 +92,7 @@ pub fn anthropic_headers(statuses: &[DimensionStatus], now_ms: u64) -> Vec<(&'st
 }
 
 /// Every limit header of an answer: [`rate_limit_headers`] then [`anthropic_headers`].
+#[must_use]
 pub fn limit_headers(
     statuses: &[DimensionStatus],
     denial: Option<&Denial>,
@@ -105,6 +108,7 @@ const LAST_RFC3339_SECOND: u64 = 253_402_300_799;
 
 /// Seconds since the Unix epoch as an RFC 3339 UTC timestamp, e.g. `2026-11-27T21:03:12Z`.
 /// Times after the year 9999 are written as its last second.
+#[must_use]
 pub fn rfc3339_utc(epoch_secs: u64) -> String {
     let secs = epoch_secs.min(LAST_RFC3339_SECOND);
     let (days, of_day) = (secs / 86_400, secs % 86_400);
@@ -177,11 +181,16 @@ mod tests {
 
     #[test]
     fn the_binding_dimension_carries_the_retry_after() {
-        let denial =
-            Denial { retry_after_ms: 1_000, dimension: Dimension::Concurrency, limit: 4, remaining: 0 };
+        let denial = Denial {
+            retry_after_ms: 1_000,
+            dimension: Dimension::Concurrency,
+            limit: 4,
+            remaining: 0,
+        };
         let headers = rate_limit_headers(&all(), Some(&denial));
         assert!(headers[1].1.ends_with("\"concurrency\";r=3;t=1"), "{}", headers[1].1);
-        let denial = Denial { retry_after_ms: 1_200, dimension: Dimension::Rpm, limit: 50, remaining: 0 };
+        let denial =
+            Denial { retry_after_ms: 1_200, dimension: Dimension::Rpm, limit: 50, remaining: 0 };
         let statuses = [status(Dimension::Rpm, 50, 0, 60_000)];
         assert_eq!(rate_limit_headers(&statuses, Some(&denial))[1].1, "\"rpm\";r=0;t=2");
     }
@@ -216,7 +225,8 @@ mod tests {
     fn via_httpdate(secs: u64) -> String {
         let text = httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_secs(secs));
         let parts: Vec<&str> = text.split([' ', ',']).filter(|p| !p.is_empty()).collect();
-        let months = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+        let months =
+            ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
         let month = months.iter().position(|m| *m == parts[2]).unwrap() + 1;
         format!("{}-{month:02}-{}T{}Z", parts[3], parts[1], parts[4])
     }

@@ -15,7 +15,8 @@
 //! - [`LimiterState::settle`] returns what was reserved and not used, charges what was used
 //!   beyond it, and frees the slot — and never creates capacity.
 //! - [`LimiterState::snapshot`] and the [`headers`](rate_limit_headers) functions tell the
-//!   caller where it stands.
+//!   caller where it stands; [`LimiterState::idle_in_ms`] says when a quiet caller's state is
+//!   as good as a fresh one ([`LimiterState::is_idle`]), so the shell can delete it.
 
 mod bucket;
 mod headers;
@@ -27,8 +28,8 @@ mod properties;
 pub use headers::{anthropic_headers, limit_headers, rate_limit_headers, rfc3339_utc};
 pub use state::{
     Admission, AdmissionRequest, Denial, Dimension, DimensionStatus, LimiterState, NeverFits,
-    Reservation, Settlement, Usage, CONCURRENCY_RETRY_CAP_MS, LEASE_MEMORY_MS,
-    MAX_CLOCK_LEAD_MS, MAX_LEASE_MS, MIN_LEASE_RECORDS,
+    Reservation, Settlement, Usage, CONCURRENCY_RETRY_CAP_MS, LEASE_MEMORY_MS, MAX_CLOCK_LEAD_MS,
+    MAX_LEASE_MS, MIN_LEASE_RECORDS,
 };
 
 use crate::error::{whole_seconds, LimitInfo, ProxyError, Scope};
@@ -36,6 +37,7 @@ use crate::error::{whole_seconds, LimitInfo, ProxyError, Scope};
 impl Denial {
     /// The message of the 429, e.g. `rpm limit of 50 reached for this key; retry in 12 s`.
     /// The seconds are the `Retry-After` the answer carries (rounded up).
+    #[must_use]
     pub fn message(&self) -> String {
         format!(
             "{} limit of {} reached for this key; retry in {} s",
@@ -49,6 +51,7 @@ impl Denial {
 impl NeverFits {
     /// The message of the 400, e.g. `max_tokens of 9000 exceeds this key's output_tpm limit
     /// of 8000 per minute; lower max_tokens`.
+    #[must_use]
     pub fn message(&self) -> String {
         match self.dimension {
             Dimension::OutputTpm => format!(
@@ -92,7 +95,8 @@ mod tests {
 
     #[test]
     fn denial_messages_name_the_limit_and_the_wait() {
-        let denial = Denial { retry_after_ms: 11_734, dimension: Dimension::Rpm, limit: 50, remaining: 0 };
+        let denial =
+            Denial { retry_after_ms: 11_734, dimension: Dimension::Rpm, limit: 50, remaining: 0 };
         assert_eq!(denial.message(), "rpm limit of 50 reached for this key; retry in 12 s");
         let error = ProxyError::from(&denial);
         assert_eq!(error.status(), 429);

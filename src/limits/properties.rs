@@ -47,7 +47,7 @@ fn gap() -> impl Strategy<Value = u64> {
 /// tolerates).
 fn wobbly_gap() -> impl Strategy<Value = i64> {
     prop_oneof![
-        6 => gap().prop_map(|g| g as i64),
+        6 => gap().prop_map(|g| i64::try_from(g).unwrap()),
         1 => (1..5_000_i64).prop_map(|g| -g),
         1 => (60_000..200_000_i64).prop_map(|g| -g),
     ]
@@ -89,9 +89,12 @@ fn event(max_used_permille: u64) -> impl Strategy<Value = Event> {
 }
 
 fn events(max_used_permille: u64, settlements: bool) -> impl Strategy<Value = Vec<(i64, Event)>> {
-    let one = (gap().prop_map(|g| g as i64), event(max_used_permille));
+    let one = (gap().prop_map(|g| i64::try_from(g).unwrap()), event(max_used_permille));
     prop::collection::vec(one, 1..150).prop_map(move |events| {
-        events.into_iter().filter(|(_, e)| settlements || matches!(e, Event::Admit { .. })).collect()
+        events
+            .into_iter()
+            .filter(|(_, e)| settlements || matches!(e, Event::Admit { .. }))
+            .collect()
     })
 }
 
@@ -125,7 +128,7 @@ impl Sim {
             state: LimiterState::new(),
             now: T0,
             ledger: [Level::EMPTY; 3],
-            ledger_clock: T0,
+            ledger_clock: 0,
             admitted: Vec::new(),
             settled: HashSet::new(),
         }
@@ -151,10 +154,17 @@ impl Sim {
         }
         match *event {
             Event::Admit { input, output, lease_ms, used_permille, known } => {
-                let request = AdmissionRequest { input_tokens: input, output_tokens: output, lease_ms };
-                if let Admission::Admitted(reservation) = self.state.admit(&self.limits, self.now, &request) {
+                let request =
+                    AdmissionRequest { input_tokens: input, output_tokens: output, lease_ms };
+                if let Admission::Admitted(reservation) =
+                    self.state.admit(&self.limits, self.now, &request)
+                {
                     let used = |charged: u64, permille: u64| {
-                        if known { charged * permille / 1000 } else { charged }
+                        if known {
+                            charged * permille / 1000
+                        } else {
+                            charged
+                        }
                     };
                     let actual = [
                         u64::from(self.limits.rpm.is_some()),
@@ -162,28 +172,52 @@ impl Sim {
                         used(reservation.output_tokens, used_permille[1]),
                     ];
                     let reserved = [actual[0], reservation.input_tokens, reservation.output_tokens];
-                    for ((level, cost), reserved) in self.ledger.iter_mut().zip(actual).zip(reserved) {
+                    for ((level, cost), reserved) in
+                        self.ledger.iter_mut().zip(actual).zip(reserved)
+                    {
                         *level = level.charged(cost.min(reserved));
                     }
-                    let extra = [0, actual[1].saturating_sub(reserved[1]), actual[2].saturating_sub(reserved[2])];
+                    let extra = [
+                        0,
+                        actual[1].saturating_sub(reserved[1]),
+                        actual[2].saturating_sub(reserved[2]),
+                    ];
                     let usage = if known {
                         Usage { input_tokens: Some(actual[1]), output_tokens: Some(actual[2]) }
                     } else {
                         Usage::UNKNOWN
                     };
-                    self.admitted.push(Record { at: self.now, reservation, actual, usage, extra: Some(extra) });
+                    self.admitted.push(Record {
+                        at: self.now,
+                        reservation,
+                        actual,
+                        usage,
+                        extra: Some(extra),
+                    });
                     self.check_concurrency()?;
                 }
             }
+            Event::Settle(_) if self.admitted.is_empty() => {
+                // A reservation the state never made: only moves its clock.
+                let unknown = Reservation {
+                    lease_id: 7,
+                    input_tokens: 0,
+                    output_tokens: 0,
+                    lease_expires_ms: 0,
+                };
+                let settlement =
+                    self.state.settle(&self.limits, self.now, &unknown, Usage::UNKNOWN);
+                prop_assert_eq!(settlement, Settlement::default());
+            }
             Event::Settle(pick) => {
-                if !self.admitted.is_empty() {
-                    let index = pick.index(self.admitted.len());
-                    let record = &mut self.admitted[index];
-                    self.state.settle(&self.limits, self.now, &record.reservation, record.usage);
-                    self.settled.insert(record.reservation.lease_id);
-                    for (level, cost) in self.ledger.iter_mut().zip(record.extra.take().unwrap_or_default()) {
-                        *level = level.charged(cost);
-                    }
+                let index = pick.index(self.admitted.len());
+                let record = &mut self.admitted[index];
+                self.state.settle(&self.limits, self.now, &record.reservation, record.usage);
+                self.settled.insert(record.reservation.lease_id);
+                for (level, cost) in
+                    self.ledger.iter_mut().zip(record.extra.take().unwrap_or_default())
+                {
+                    *level = level.charged(cost);
                 }
             }
         }
@@ -209,7 +243,8 @@ impl Sim {
             let held = self
                 .admitted
                 .iter()
-                .filter(|r| r.reservation.lease_expires_ms > self.now)
+                // Leases expire on the state's clock, which never runs backwards.
+                .filter(|r| r.reservation.lease_expires_ms > self.ledger_clock)
                 .filter(|r| !self.settled.contains(&r.reservation.lease_id))
                 .count();
             prop_assert!(held as u64 <= u64::from(slots.get()), "{held} leases held");
@@ -251,12 +286,16 @@ fn replay_is_exact(
     let early = state.clone().admit(limits, at - 1, request);
     prop_assert!(matches!(early, Admission::Denied(_)), "1 ms early: {early:?} after {denial:?}");
     let on_time = state.clone().admit(limits, at, request);
-    prop_assert!(matches!(on_time, Admission::Admitted(_)), "on time: {on_time:?} after {denial:?}");
+    prop_assert!(
+        matches!(on_time, Admission::Admitted(_)),
+        "on time: {on_time:?} after {denial:?}"
+    );
     Ok(())
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(512))]
+    // Failures become named regression tests, not files outside the module.
+    #![proptest_config(ProptestConfig { cases: 512, failure_persistence: None, ..ProptestConfig::default() })]
 
     /// Without settlements, no window admits more than its quota allows (reserved costs).
     #[test]
@@ -341,7 +380,10 @@ proptest! {
                         sim.state.clone().settle(&limits, now, &reservation, usage)
                     );
                 }
-                Event::Settle(_) => {}
+                Event::Settle(_) => {
+                    let unknown = Reservation { lease_id: 7, input_tokens: 0, output_tokens: 0, lease_expires_ms: 0 };
+                    stored.settle(&limits, now, &unknown, Usage::UNKNOWN);
+                }
             }
             sim.step(*gap, event)?;
             prop_assert_eq!(&stored, &sim.state);
@@ -383,6 +425,10 @@ proptest! {
                     prop_assert!(matches!(more, Admission::Denied(_)));
                 }
             }
+            let idle_in = sim.state.idle_in_ms(&limits, sim.now);
+            prop_assert!(idle_in >= status.reset_ms);
+            prop_assert!(sim.state.is_idle(&limits, sim.now + idle_in));
+            prop_assert!(idle_in == 0 || !sim.state.is_idle(&limits, sim.now + idle_in - 1));
             let full = sim.state.snapshot(&l, sim.now + status.reset_ms);
             prop_assert_eq!(full[0].remaining, status.limit);
             if status.reset_ms > 0 {

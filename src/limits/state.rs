@@ -67,6 +67,7 @@ impl Dimension {
         [Dimension::Rpm, Dimension::InputTpm, Dimension::OutputTpm, Dimension::Concurrency];
 
     /// The name used in `RATE_LIMITS`, headers and messages.
+    #[must_use]
     pub fn as_str(self) -> &'static str {
         match self {
             Dimension::Rpm => "rpm",
@@ -77,6 +78,7 @@ impl Dimension {
     }
 
     /// This dimension's limit in a tier; `None` is unlimited.
+    #[must_use]
     pub fn limit(self, limits: &TierLimits) -> Option<NonZeroU32> {
         match self {
             Dimension::Rpm => limits.rpm,
@@ -171,6 +173,7 @@ pub enum Admission {
 
 impl Admission {
     /// The reservation, when admitted.
+    #[must_use]
     pub fn reservation(&self) -> Option<&Reservation> {
         match self {
             Admission::Admitted(reservation) => Some(reservation),
@@ -252,10 +255,12 @@ fn bind(binding: &mut Option<Denial>, candidate: Denial) {
     }
 }
 
-/// Applies one token dimension of a settlement; returns (returned, extra).
+/// Applies one token dimension of a settlement; returns (returned, extra). `leases` are the
+/// other records, of which the first `earlier` were admitted before this reservation.
 fn settle_dimension(
     level: &mut Level,
-    earlier: &mut [Lease],
+    leases: &mut [Lease],
+    earlier: usize,
     floor_of: fn(&mut Lease) -> &mut Level,
     record_floor: Option<Level>,
     charged: u64,
@@ -263,20 +268,20 @@ fn settle_dimension(
 ) -> (u64, u64) {
     let actual = actual.unwrap_or(charged);
     if let Some(extra) = actual.checked_sub(charged).filter(|extra| *extra > 0) {
-        // Charged now rather than at admission: later, so never more generous. Leases
-        // admitted before this one count it among the charges made after them.
+        // Charged now, as a new charge (later than at admission, so never more generous):
+        // every other lease counts it among the charges made after it.
         *level = level.charged(extra);
-        for lease in earlier {
+        for lease in leases {
             let floor = floor_of(lease);
             *floor = floor.charged(extra).at_most(*level);
         }
         (0, extra)
     } else if let (Some(record_floor), Some(refund)) = (record_floor, charged.checked_sub(actual)) {
         // The level is max(chains through this reservation, chains after it); taking the
-        // refund off the first kind only is max(level − refund, record_floor). Earlier
-        // leases' floors contain this reservation the same way.
+        // refund off the first kind only is max(level − refund, record_floor). The floors of
+        // leases admitted before it contain this reservation the same way; later ones don't.
         *level = level.refunded(refund, record_floor);
-        for lease in earlier {
+        for lease in leases.iter_mut().take(earlier) {
             let floor = floor_of(lease);
             *floor = floor.refunded(refund, record_floor).at_most(*level);
         }
@@ -286,8 +291,15 @@ fn settle_dimension(
     }
 }
 
+/// Removes and returns the lease at `index`, if there is one.
+fn take(leases: &mut Vec<Lease>, index: Option<usize>) -> Option<Lease> {
+    let index = index.filter(|index| *index < leases.len())?;
+    Some(leases.remove(index))
+}
+
 impl LimiterState {
     /// A fresh caller: every bucket full, nothing in flight.
+    #[must_use]
     pub fn new() -> LimiterState {
         LimiterState::default()
     }
@@ -340,6 +352,7 @@ impl LimiterState {
     /// `input_tpm`, `max_tokens` against `output_tpm` and one slot against `concurrency`.
     /// `max_tokens` above `output_tpm` is [`Admission::NeverFits`]. Otherwise, if any
     /// dimension lacks room, nothing is charged and the [`Denial`] names the longest wait.
+    #[must_use]
     pub fn admit(
         &mut self,
         limits: &TierLimits,
@@ -415,7 +428,7 @@ impl LimiterState {
     /// Drops lease records until one more fits: expired ones first (earliest expiry first),
     /// active ones only when concurrency is unlimited.
     fn make_room_for_a_lease(&mut self, limits: &TierLimits, now: u64) {
-        let slots = limits.concurrency.map_or(0, |slots| slots.get());
+        let slots = limits.concurrency.map_or(0, NonZeroU32::get);
         let cap = usize::try_from(slots).unwrap_or(usize::MAX).max(MIN_LEASE_RECORDS);
         while self.leases.len() >= cap {
             let victim = self
@@ -424,11 +437,8 @@ impl LimiterState {
                 .enumerate()
                 .min_by_key(|(_, lease)| (lease.expires_ms > now, lease.expires_ms))
                 .map(|(index, _)| index);
-            match victim {
-                Some(index) => {
-                    self.leases.remove(index);
-                }
-                None => break,
+            if take(&mut self.leases, victim).is_none() {
+                break;
             }
         }
     }
@@ -449,14 +459,14 @@ impl LimiterState {
     ) -> Settlement {
         self.advance(limits, now_ms);
         let found = self.leases.iter().position(|lease| lease.id == reservation.lease_id);
-        let record = found.map(|index| self.leases.remove(index));
-        // Leases admitted before this one; all of them when the record is gone.
-        let earlier = found.unwrap_or(self.leases.len());
-        let earlier = self.leases.get_mut(..earlier).unwrap_or_default();
+        let record = take(&mut self.leases, found);
+        // Leases admitted before this one (refunds need the record, so the rest is moot).
+        let earlier = found.unwrap_or(0);
         let mut settlement = Settlement { lease_found: record.is_some(), ..Settlement::default() };
         if limits.input_tpm.is_some() {
             (settlement.returned_input_tokens, settlement.extra_input_tokens) = settle_dimension(
                 &mut self.input,
+                &mut self.leases,
                 earlier,
                 |lease| &mut lease.input_after,
                 record.map(|lease| lease.input_after),
@@ -465,21 +475,22 @@ impl LimiterState {
             );
         }
         if limits.output_tpm.is_some() {
-            (settlement.returned_output_tokens, settlement.extra_output_tokens) =
-                settle_dimension(
-                    &mut self.output,
-                    earlier,
-                    |lease| &mut lease.output_after,
-                    record.map(|lease| lease.output_after),
-                    reservation.output_tokens,
-                    actual.output_tokens,
-                );
+            (settlement.returned_output_tokens, settlement.extra_output_tokens) = settle_dimension(
+                &mut self.output,
+                &mut self.leases,
+                earlier,
+                |lease| &mut lease.output_after,
+                record.map(|lease| lease.output_after),
+                reservation.output_tokens,
+                actual.output_tokens,
+            );
         }
         settlement
     }
 
     /// Every configured dimension as of `now_ms`, in the order of [`Dimension::ALL`];
     /// unlimited dimensions are left out. Does not change the state.
+    #[must_use]
     pub fn snapshot(&self, limits: &TierLimits, now_ms: u64) -> Vec<DimensionStatus> {
         let mut state = self.clone();
         let now = state.advance(limits, now_ms);
@@ -514,6 +525,7 @@ impl LimiterState {
 
     /// Whether the state is, as of `now_ms`, as good as a fresh one (every bucket full, no
     /// lease records): the shell may then delete it instead of storing it.
+    #[must_use]
     pub fn is_idle(&self, limits: &TierLimits, now_ms: u64) -> bool {
         let mut state = self.clone();
         state.advance(limits, now_ms);
@@ -521,6 +533,32 @@ impl LimiterState {
             && state.input == Level::EMPTY
             && state.output == Level::EMPTY
             && state.leases.is_empty()
+    }
+
+    /// Milliseconds from `now_ms` until [`is_idle`](Self::is_idle) becomes true if nothing
+    /// else happens: every bucket full and every lease record forgotten (records outlive
+    /// their lease by [`LEASE_MEMORY_MS`]). The time for an alarm that deletes an idle state.
+    #[must_use]
+    pub fn idle_in_ms(&self, limits: &TierLimits, now_ms: u64) -> u64 {
+        let mut state = self.clone();
+        let now = state.advance(limits, now_ms);
+        let buckets = [
+            (limits.rpm, state.requests),
+            (limits.input_tpm, state.input),
+            (limits.output_tpm, state.output),
+        ];
+        let full_in = buckets
+            .into_iter()
+            .filter_map(|(quota, level)| quota.map(|quota| level.full_in_ms(quota)))
+            .max()
+            .unwrap_or(0);
+        let forgotten_at = state
+            .leases
+            .iter()
+            .map(|lease| lease.expires_ms.saturating_add(LEASE_MEMORY_MS))
+            .max()
+            .unwrap_or(now);
+        now.saturating_add(full_in).max(forgotten_at).saturating_sub(now_ms)
     }
 
     /// The levels of (rpm, input, output), for the tests' reference ledgers.
@@ -580,7 +618,10 @@ mod tests {
             admitted(state.admit(&l, T0, &request(0, 0)));
         }
         let denial = denied(state.admit(&l, T0, &request(0, 0)));
-        assert_eq!(denial, Denial { retry_after_ms: 1200, dimension: Dimension::Rpm, limit: 50, remaining: 0 });
+        assert_eq!(
+            denial,
+            Denial { retry_after_ms: 1200, dimension: Dimension::Rpm, limit: 50, remaining: 0 }
+        );
         // One request every 1.2 s from then on.
         for k in 1..=10 {
             let at = T0 + 1200 * k;
@@ -654,7 +695,8 @@ mod tests {
         let mut state = LimiterState::new();
         let fresh = state.clone();
         let answer = state.admit(&l, T0, &request(10, 8_001));
-        let expected = NeverFits { dimension: Dimension::OutputTpm, limit: 8_000, requested: 8_001 };
+        let expected =
+            NeverFits { dimension: Dimension::OutputTpm, limit: 8_000, requested: 8_001 };
         assert_eq!(answer, Admission::NeverFits(expected));
         assert_eq!(state.levels(), fresh.levels());
         // It wins over a denial: waiting would not help.
@@ -692,7 +734,15 @@ mod tests {
         admitted(state.admit(&l, T0 + 100, &request(0, 0)));
         let denial = denied(state.admit(&l, T0 + 100, &request(0, 0)));
         // The first lease expires in 200 ms.
-        assert_eq!(denial, Denial { retry_after_ms: 200, dimension: Dimension::Concurrency, limit: 2, remaining: 0 });
+        assert_eq!(
+            denial,
+            Denial {
+                retry_after_ms: 200,
+                dimension: Dimension::Concurrency,
+                limit: 2,
+                remaining: 0
+            }
+        );
         // Settling frees the slot at once.
         let mut settled = state.clone();
         settled.settle(&l, T0 + 150, &first, Usage::UNKNOWN);
@@ -798,6 +848,25 @@ mod tests {
         denied(state.admit(&l, T0 + 60_000, &request(0, 1)));
     }
 
+    /// Found by `extra_usage_is_never_forgiven`: extra usage charged at settlement only raised
+    /// the refund floors of leases admitted *before* the settled one, so a later lease's
+    /// refund could take the extra back out.
+    #[test]
+    fn regression_extra_usage_was_refunded_away_by_a_later_lease() {
+        let l = limits(0, 100, 0, 0);
+        let mut state = LimiterState::new();
+        let first = admitted(state.admit(&l, T0, &request(10, 0)));
+        let second = admitted(state.admit(&l, T0, &request(10, 0)));
+        // 12 s later both charges have refilled; the first turns out to have used 30.
+        let t1 = T0 + 12_000;
+        let used = |n| Usage { input_tokens: Some(n), output_tokens: None };
+        assert_eq!(state.settle(&l, t1, &first, used(30)).extra_input_tokens, 20);
+        assert_eq!(status(&state, &l, t1, Dimension::InputTpm).remaining, 80);
+        // The second used nothing: its 10 tokens had already refilled, the 20 extra stay.
+        assert_eq!(state.settle(&l, t1, &second, used(0)).returned_input_tokens, 10);
+        assert_eq!(status(&state, &l, t1, Dimension::InputTpm).remaining, 80);
+    }
+
     #[test]
     fn a_refund_right_after_admission_is_exactly_a_smaller_reservation() {
         let l = limits(0, 1_000, 1_000, 0);
@@ -879,6 +948,8 @@ mod tests {
         let later = T0 + 1_000 + 600_000 + LEASE_MEMORY_MS;
         assert!(state.is_idle(&l, later));
         assert!(!state.is_idle(&l, later - 1));
+        assert_eq!(state.idle_in_ms(&l, T0 + 2_000), later - (T0 + 2_000));
+        assert_eq!(state.idle_in_ms(&l, later), 0);
     }
 
     #[test]
@@ -914,11 +985,17 @@ mod tests {
         let mut restored: LimiterState = serde_json::from_str(&json).unwrap();
         assert_eq!(restored, state);
         let actual = Usage { input_tokens: Some(1), output_tokens: Some(1) };
-        assert_eq!(restored.settle(&l, T0 + 2, &reservation, actual), state.settle(&l, T0 + 2, &reservation, actual));
+        assert_eq!(
+            restored.settle(&l, T0 + 2, &reservation, actual),
+            state.settle(&l, T0 + 2, &reservation, actual)
+        );
         assert_eq!(restored, state);
         // A missing or partial state is a fresh one.
         assert_eq!(serde_json::from_str::<LimiterState>("{}").unwrap(), LimiterState::new());
-        let admission: Admission = serde_json::from_str(&serde_json::to_string(&Admission::Admitted(reservation)).unwrap()).unwrap();
+        let admission: Admission = serde_json::from_str(
+            &serde_json::to_string(&Admission::Admitted(reservation)).unwrap(),
+        )
+        .unwrap();
         assert_eq!(admission, Admission::Admitted(reservation));
     }
 

@@ -75,7 +75,7 @@ impl DurableObject for Limiter {
                     stored.limits = limits;
                     let admission = limiter.admit(&limits, now, &request);
                     let status = limiter.snapshot(&limits, now);
-                    let idle_at = status.iter().map(|s| s.reset_ms).max().unwrap_or(0);
+                    let idle_at = limiter.idle_in_ms(&limits, now);
                     (serde_json::to_value(AdmitReply { admission, status, now_ms: now }), Some(idle_at))
                 }
                 LimiterCall::Settle { limits, reservation, usage } => {
@@ -88,8 +88,8 @@ impl DurableObject for Limiter {
         let reply = reply.map_err(|e| worker::Error::RustError(e.to_string()))?;
         self.state.storage().put(STATE_KEY, &snapshot).await?;
         if let Some(idle_in) = idle_at {
-            // Wake up when every bucket is full again, to forget an idle caller.
-            let at = now.saturating_add(idle_in).saturating_add(60_000);
+            // Wake up when the caller is idle (buckets full, no leases remembered), to forget it.
+            let at = now.saturating_add(idle_in).saturating_add(1_000);
             let _ = self.state.storage().set_alarm(at as i64).await;
         }
         Response::from_json(&reply)
@@ -97,10 +97,14 @@ impl DurableObject for Limiter {
 
     async fn alarm(&self) -> worker::Result<Response> {
         self.load().await?;
-        let idle = self.stored.borrow().as_ref().is_none_or(|s| s.limiter.is_idle(&s.limits, now_ms()));
-        if idle {
+        let now = now_ms();
+        let idle_in = self.stored.borrow().as_ref().map_or(0, |s| s.limiter.idle_in_ms(&s.limits, now));
+        if idle_in == 0 {
             self.state.storage().delete_all().await?;
             *self.stored.borrow_mut() = None;
+        } else {
+            // Still busy (new traffic since the alarm was set): look again when it can be idle.
+            let _ = self.state.storage().set_alarm(now.saturating_add(idle_in).saturating_add(1_000) as i64).await;
         }
         Response::ok("")
     }
