@@ -1,0 +1,428 @@
+//! One model's overload state: the streak that marks it, the probes while it is marked, and
+//! the paced release when a probe gets through.
+
+use serde::{Deserialize, Serialize};
+
+use super::draw::{self, Purpose};
+use super::policy::OutagePolicy;
+use super::state::stored;
+use crate::retry::{ceiling_ms, MIN_RETRY_AFTER_MS};
+
+/// Model names longer than this are cut (at a character boundary) before being remembered.
+pub const MAX_MODEL_NAME_BYTES: usize = 128;
+
+/// What the object knows of one model.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(super) struct ModelHealth {
+    pub(super) model: String,
+    /// The last call about this model, for least-recently-used eviction.
+    pub(super) last_used_ms: u64,
+    /// Overloaded answers since the last success, counted within the overload window.
+    pub(super) streak: u32,
+    /// When the streak's first overloaded answer came.
+    pub(super) streak_started_ms: u64,
+    /// Probes that failed since the model was marked: the probe spacing grows with it.
+    pub(super) failed_probes: u32,
+    pub(super) phase: Phase,
+    pub(super) waits: WaitTally,
+}
+
+/// Where a model stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "phase", rename_all = "snake_case")]
+pub(super) enum Phase {
+    /// Requests go out.
+    Healthy,
+    /// Only probes go out; everyone else waits.
+    Overloaded {
+        since_ms: u64,
+        /// No probe starts before then.
+        next_probe_ms: u64,
+        /// The probe in flight, if any.
+        probe: Option<ProbeLease>,
+    },
+    /// A probe got through at `since_ms`: requests go out at their release slots, spread
+    /// over `window_ms`.
+    Recovering { since_ms: u64, window_ms: u64 },
+}
+
+/// The probe in flight: its ticket, and when it started (its lease ends a lease later).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(super) struct ProbeLease {
+    pub(super) id: u64,
+    pub(super) started_ms: u64,
+}
+
+/// Wait answers given for an overloaded model, per poll period. A waiter calls again after
+/// a draw from `[period/2, period]`, 4/3 times a period on average, so three quarters of the
+/// busier of the current and the last period estimates the waiters without knowing who they
+/// are. A waiter that goes away simply stops being counted a period or two later.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub(super) struct WaitTally {
+    period_started_ms: u64,
+    this_period: u32,
+    last_period: u32,
+}
+
+impl WaitTally {
+    fn starting(now_ms: u64) -> Self {
+        Self {
+            period_started_ms: now_ms,
+            this_period: 0,
+            last_period: 0,
+        }
+    }
+
+    fn rolled(self, now_ms: u64, period_ms: u64) -> Self {
+        let period = period_ms.max(1);
+        let elapsed = now_ms.saturating_sub(self.period_started_ms);
+        if elapsed >= period.saturating_mul(2) {
+            Self::starting(now_ms)
+        } else if elapsed >= period {
+            Self {
+                period_started_ms: stored(self.period_started_ms.saturating_add(period)),
+                this_period: 0,
+                last_period: self.this_period,
+            }
+        } else {
+            self
+        }
+    }
+
+    fn count(&mut self, now_ms: u64, period_ms: u64) {
+        *self = self.rolled(now_ms, period_ms);
+        self.this_period = self.this_period.saturating_add(1);
+    }
+
+    /// The estimated number of requests waiting.
+    pub(super) fn estimate(&self, now_ms: u64, period_ms: u64) -> u32 {
+        let rolled = self.rolled(now_ms, period_ms);
+        let busier = u64::from(rolled.this_period.max(rolled.last_period));
+        u32::try_from(busier.saturating_mul(3).div_ceil(4)).unwrap_or(u32::MAX)
+    }
+}
+
+/// The model's answer to one request, before the key-wide checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum ModelGate {
+    /// Nothing holds the request back.
+    Open,
+    /// The request may go as the model's probe.
+    ProbeDue,
+    /// Come back at `until_ms`.
+    Wait { until_ms: u64, recovering: bool },
+    /// The model cannot let the request out before its deadline.
+    Refuse { retry_after_ms: u64 },
+}
+
+/// What a report did to the model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum ModelChange {
+    None,
+    Marked { next_probe_ms: u64 },
+    ProbeFailed { next_probe_ms: u64 },
+    Recovering { window_ms: u64 },
+}
+
+/// `model` cut to [`MAX_MODEL_NAME_BYTES`] at a character boundary.
+pub(super) fn model_key(model: &str) -> &str {
+    if model.len() <= MAX_MODEL_NAME_BYTES {
+        return model;
+    }
+    let end = model
+        .char_indices()
+        .map(|(i, _)| i)
+        .take_while(|&i| i <= MAX_MODEL_NAME_BYTES)
+        .last()
+        .unwrap_or(0);
+    model.get(..end).unwrap_or("")
+}
+
+/// The spacing before the next probe after `failed_probes` failures.
+fn probe_spacing_ms(policy: &OutagePolicy, failed_probes: u32, rng: &mut fastrand::Rng) -> u64 {
+    let ceiling = ceiling_ms(
+        policy.probe_interval_base_ms,
+        policy.probe_interval_cap_ms,
+        failed_probes,
+    );
+    draw::half_jitter(rng, ceiling)
+}
+
+impl ModelHealth {
+    pub(super) fn new(model: &str, now_ms: u64) -> Self {
+        Self {
+            model: model.to_string(),
+            last_used_ms: now_ms,
+            streak: 0,
+            streak_started_ms: now_ms,
+            failed_probes: 0,
+            phase: Phase::Healthy,
+            waits: WaitTally::starting(now_ms),
+        }
+    }
+
+    /// Applies what time alone changes: a release window that ended, a probe lease that
+    /// expired, a streak that aged out.
+    pub(super) fn settle(&mut self, policy: &OutagePolicy, now_ms: u64) {
+        match &mut self.phase {
+            Phase::Recovering {
+                since_ms,
+                window_ms,
+            } => {
+                if now_ms >= since_ms.saturating_add(*window_ms) {
+                    self.phase = Phase::Healthy;
+                    self.failed_probes = 0;
+                }
+            }
+            Phase::Overloaded { probe, .. } => {
+                if probe.is_some_and(|lease| {
+                    now_ms >= lease.started_ms.saturating_add(policy.probe_lease_ms)
+                }) {
+                    *probe = None;
+                }
+            }
+            Phase::Healthy => {}
+        }
+        if now_ms
+            >= self
+                .streak_started_ms
+                .saturating_add(policy.overload_window_ms)
+        {
+            self.streak = 0;
+        }
+    }
+
+    /// Moves every stored time back by `back` ms, after the clock jumped back that far.
+    pub(super) fn shift_back(&mut self, back: u64) {
+        let shift = |t: &mut u64| *t = t.saturating_sub(back);
+        shift(&mut self.last_used_ms);
+        shift(&mut self.streak_started_ms);
+        shift(&mut self.waits.period_started_ms);
+        match &mut self.phase {
+            Phase::Healthy => {}
+            Phase::Overloaded {
+                since_ms,
+                next_probe_ms,
+                probe,
+            } => {
+                shift(since_ms);
+                shift(next_probe_ms);
+                if let Some(lease) = probe {
+                    shift(&mut lease.started_ms);
+                }
+            }
+            Phase::Recovering { since_ms, .. } => shift(since_ms),
+        }
+    }
+
+    /// Nothing worth remembering: the entry can go.
+    pub(super) fn is_idle(&self) -> bool {
+        self.phase == Phase::Healthy && self.streak == 0
+    }
+
+    /// The model's answer to a request with `deadline_ms`, at `now_ms` (after
+    /// [`ModelHealth::settle`]). Counts a wait answer for the waiter estimate.
+    pub(super) fn gate(
+        &mut self,
+        policy: &OutagePolicy,
+        now_ms: u64,
+        deadline_ms: u64,
+        seed: u64,
+    ) -> ModelGate {
+        match self.phase {
+            Phase::Healthy => ModelGate::Open,
+            Phase::Recovering {
+                since_ms,
+                window_ms,
+            } => {
+                let slot =
+                    since_ms.saturating_add(draw::release_offset_ms(window_ms, seed, since_ms));
+                // Pacing never costs a request its chance: at its deadline it goes anyway.
+                let release = slot.min(deadline_ms);
+                if now_ms >= release {
+                    ModelGate::Open
+                } else {
+                    ModelGate::Wait {
+                        until_ms: release,
+                        recovering: true,
+                    }
+                }
+            }
+            Phase::Overloaded {
+                next_probe_ms,
+                probe,
+                ..
+            } => {
+                let slot_free = probe.is_none();
+                if slot_free && now_ms >= next_probe_ms {
+                    return ModelGate::ProbeDue;
+                }
+                // Released only after a probe succeeds, which cannot happen before the next
+                // probe when none is in flight.
+                if now_ms >= deadline_ms || (slot_free && next_probe_ms > deadline_ms) {
+                    let mut rng = draw::rng(seed, now_ms, Purpose::RetryAfter);
+                    let spacing = ceiling_ms(
+                        policy.probe_interval_base_ms,
+                        policy.probe_interval_cap_ms,
+                        self.failed_probes,
+                    );
+                    let retry_after = next_probe_ms
+                        .saturating_sub(now_ms)
+                        .saturating_add(rng.u64(0..=spacing));
+                    return ModelGate::Refuse {
+                        retry_after_ms: retry_after.max(MIN_RETRY_AFTER_MS),
+                    };
+                }
+                let mut rng = draw::rng(seed, now_ms, Purpose::WaitPoll);
+                let poll = policy.wait_poll_ms.max(1);
+                let mut until = now_ms.saturating_add(draw::half_jitter(&mut rng, poll).max(1));
+                if slot_free {
+                    // Be there when the next probe is due, spread a little.
+                    until = until.min(next_probe_ms.saturating_add(rng.u64(0..=poll / 4)));
+                }
+                self.waits.count(now_ms, poll);
+                ModelGate::Wait {
+                    until_ms: until.min(deadline_ms),
+                    recovering: false,
+                }
+            }
+        }
+    }
+
+    /// Hands the probe slot to the probe with ticket `id`, starting at `now_ms`.
+    pub(super) fn start_probe(&mut self, id: u64, now_ms: u64) {
+        if let Phase::Overloaded { probe, .. } = &mut self.phase {
+            *probe = Some(ProbeLease {
+                id,
+                started_ms: now_ms,
+            });
+        }
+    }
+
+    /// Frees the probe slot if `ticket` is the probe in flight; whether it was.
+    fn end_probe(&mut self, ticket: Option<u64>) -> bool {
+        match (&mut self.phase, ticket) {
+            (Phase::Overloaded { probe, .. }, Some(id))
+                if probe.is_some_and(|lease| lease.id == id) =>
+            {
+                *probe = None;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Reschedules the next probe after the current spacing.
+    fn schedule_probe(&mut self, policy: &OutagePolicy, now_ms: u64, seed: u64) -> u64 {
+        let mut rng = draw::rng(seed, now_ms, Purpose::NextProbe);
+        let next =
+            stored(now_ms.saturating_add(probe_spacing_ms(policy, self.failed_probes, &mut rng)));
+        if let Phase::Overloaded { next_probe_ms, .. } = &mut self.phase {
+            *next_probe_ms = next;
+        }
+        next
+    }
+
+    /// The upstream answered a request for this model without shedding load.
+    pub(super) fn served(
+        &mut self,
+        policy: &OutagePolicy,
+        now_ms: u64,
+        ticket: Option<u64>,
+    ) -> ModelChange {
+        self.end_probe(ticket);
+        self.streak = 0;
+        if let Phase::Overloaded { .. } = self.phase {
+            // Any success is proof, the probe's or a straggler's from before the marking.
+            let waiters = self.waits.estimate(now_ms, policy.wait_poll_ms);
+            let window_ms = stored(policy.release_window_ms(waiters));
+            self.phase = Phase::Recovering {
+                since_ms: now_ms,
+                window_ms,
+            };
+            return ModelChange::Recovering { window_ms };
+        }
+        ModelChange::None
+    }
+
+    /// The upstream shed load for this model (`529` or an overloaded stream).
+    pub(super) fn overloaded(
+        &mut self,
+        policy: &OutagePolicy,
+        now_ms: u64,
+        ticket: Option<u64>,
+        seed: u64,
+    ) -> ModelChange {
+        if self.end_probe(ticket) {
+            self.failed_probes = self.failed_probes.saturating_add(1);
+            let next_probe_ms = self.schedule_probe(policy, now_ms, seed);
+            return ModelChange::ProbeFailed { next_probe_ms };
+        }
+        if let Phase::Overloaded { .. } = self.phase {
+            // Already known: a straggler from before the marking, or a late probe.
+            return ModelChange::None;
+        }
+        if self.streak == 0 {
+            self.streak_started_ms = now_ms;
+        }
+        self.streak = self.streak.saturating_add(1);
+        if self.streak < policy.overload_threshold.max(1) {
+            return ModelChange::None;
+        }
+        self.streak = 0;
+        self.waits = WaitTally::starting(now_ms);
+        self.phase = Phase::Overloaded {
+            since_ms: now_ms,
+            next_probe_ms: now_ms,
+            probe: None,
+        };
+        let next_probe_ms = self.schedule_probe(policy, now_ms, seed);
+        ModelChange::Marked { next_probe_ms }
+    }
+
+    /// Any other answer: says nothing about overload, but a probe's frees the slot and the
+    /// next probe waits the current spacing.
+    pub(super) fn other(
+        &mut self,
+        policy: &OutagePolicy,
+        now_ms: u64,
+        ticket: Option<u64>,
+        seed: u64,
+    ) {
+        if self.end_probe(ticket) {
+            self.schedule_probe(policy, now_ms, seed);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_model_names_are_cut_at_a_character_boundary() {
+        assert_eq!(model_key("claude-sonnet-4-5"), "claude-sonnet-4-5");
+        let long = "é".repeat(100);
+        let key = model_key(&long);
+        assert!(key.len() <= MAX_MODEL_NAME_BYTES && key.len() >= MAX_MODEL_NAME_BYTES - 1);
+        assert!(long.starts_with(key));
+        let ascii = "a".repeat(500);
+        assert_eq!(model_key(&ascii).len(), MAX_MODEL_NAME_BYTES);
+    }
+
+    #[test]
+    fn tally_estimates_from_the_busier_recent_period() {
+        let mut tally = WaitTally::starting(0);
+        for t in 0..50 {
+            tally.count(t * 10, 1_000);
+        }
+        // 50 calls in a period: about 38 waiters calling 4/3 times each.
+        assert_eq!(tally.estimate(600, 1_000), 38);
+        assert_eq!(tally.estimate(1_500, 1_000), 38);
+        tally.count(1_500, 1_000);
+        assert_eq!(tally.estimate(1_500, 1_000), 38);
+        assert_eq!(tally.estimate(2_500, 1_000), 1);
+        // Nobody called for two periods: nobody is waiting.
+        assert_eq!(tally.estimate(3_100, 1_000), 0);
+    }
+}

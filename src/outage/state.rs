@@ -1,0 +1,515 @@
+//! The shared state of one upstream key and the calls that change it.
+
+use std::cmp::Reverse;
+
+use serde::{Deserialize, Serialize};
+
+use super::budget::{BudgetWindow, RetryBudget};
+use super::draw::{self, Purpose};
+use super::health::{model_key, ModelChange, ModelGate, ModelHealth, Phase};
+use super::policy::OutagePolicy;
+use crate::retry::{Outcome, MAX_UPSTREAM_WAIT_MS, MIN_RETRY_AFTER_MS};
+
+/// The largest time or count ever stored: 2^53 − 1, so a state survives a round trip through
+/// a JavaScript number. As a time it is the year 287 396.
+pub const MAX_STORED_MS: u64 = (1 << 53) - 1;
+
+/// How far ahead of `now_ms` the stored clock may be before it is taken for a clock jump:
+/// every stored time then moves back with the clock (so waits keep their length) and the
+/// retry budget starts over.
+pub const MAX_CLOCK_LEAD_MS: u64 = 60_000;
+
+/// `t` capped at [`MAX_STORED_MS`].
+pub(super) fn stored(t: u64) -> u64 {
+    t.min(MAX_STORED_MS)
+}
+
+/// Identifies a probe; hand it back in the attempt's [`AttemptReport`]. Only the probe in
+/// flight frees the probe slot, so a late report of an expired probe cannot free its
+/// successor's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ProbeTicket(pub(super) u64);
+
+impl ProbeTicket {
+    /// The probe's number, unique within the key's state.
+    #[must_use]
+    pub fn id(self) -> u64 {
+        self.0
+    }
+}
+
+/// Why a request is told to wait.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WaitReason {
+    /// The key is rate-limited upstream until the cooldown ends.
+    Cooldown,
+    /// The model is overloaded: only its probe goes out.
+    Overloaded,
+    /// A probe got through: the request goes out at its release slot.
+    Recovering,
+}
+
+/// Why a request is answered at once instead of reaching the upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RefuseReason {
+    /// The key's cooldown outlasts the request's deadline: 429, scope upstream.
+    Cooldown,
+    /// The model stays overloaded past the request's deadline: 503 `overloaded_error`.
+    Overloaded,
+    /// The key's retries are used up: give the structured answer for the last failure.
+    RetryBudget,
+}
+
+/// The object's answer before an attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "gate", rename_all = "snake_case")]
+pub enum Gate {
+    /// Send the attempt. With a ticket it is the model's probe: report it with the ticket.
+    Go { probe: Option<ProbeTicket> },
+    /// Sleep until `until_ms` (never past the deadline given, always after now) and ask
+    /// again. Waiting is not an attempt.
+    Wait { until_ms: u64, reason: WaitReason },
+    /// Answer the client now, with `Retry-After` from `retry_after_ms` (at least
+    /// [`MIN_RETRY_AFTER_MS`]).
+    Refuse {
+        retry_after_ms: u64,
+        reason: RefuseReason,
+    },
+}
+
+/// What the upstream answered, as far as the shared state cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "reply", rename_all = "snake_case")]
+pub enum Reply {
+    /// A `2xx`: the model serves.
+    Success,
+    /// A `529`, or a stream opening with `overloaded_error`.
+    Overloaded,
+    /// A `429`, with the upstream's retry-after if it sent one.
+    RateLimited { retry_after_ms: Option<u64> },
+    /// Anything else (another status, a timeout, no connection): says nothing about
+    /// overload.
+    OtherFailure,
+}
+
+impl Reply {
+    /// The reply for one attempt's [`Outcome`]. Overload and rate limits are read from the
+    /// status alone, whatever `x-should-retry` says: they are facts about the upstream, not
+    /// advice about this request.
+    #[must_use]
+    pub fn of(outcome: &Outcome) -> Reply {
+        match outcome {
+            Outcome::Response { status, .. } if (200..300).contains(status) => Reply::Success,
+            Outcome::Response { status: 529, .. } => Reply::Overloaded,
+            Outcome::Response {
+                status: 429,
+                wait_floor_ms,
+                ..
+            } => Reply::RateLimited {
+                retry_after_ms: *wait_floor_ms,
+            },
+            Outcome::StreamError { error_type, .. } if error_type == "overloaded_error" => {
+                Reply::Overloaded
+            }
+            _ => Reply::OtherFailure,
+        }
+    }
+}
+
+/// One finished attempt: what came back, and the probe ticket if it was the probe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttemptReport {
+    pub reply: Reply,
+    pub probe: Option<ProbeTicket>,
+}
+
+/// What a report changed, for the log line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "change", rename_all = "snake_case")]
+pub enum Change {
+    /// Nothing the other requests will notice.
+    Nothing,
+    /// The key is in cooldown until `until_ms`.
+    Cooldown { until_ms: u64 },
+    /// The model was just marked overloaded; the first probe may start at `next_probe_ms`.
+    MarkedOverloaded { next_probe_ms: u64 },
+    /// The probe failed; the next one may start at `next_probe_ms`.
+    ProbeFailed { next_probe_ms: u64 },
+    /// A request got through: waiters are released over `window_ms`.
+    Recovering { window_ms: u64 },
+}
+
+/// Where one model stands, for the snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ModelPhase {
+    Healthy,
+    Overloaded,
+    Recovering,
+}
+
+/// One model in the snapshot. Times are relative to the snapshot's `at_ms`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ModelSnapshot {
+    pub model: String,
+    pub phase: ModelPhase,
+    /// Overloaded answers since the last success (while not yet marked).
+    pub overload_streak: u32,
+    /// Failed probes since the model was marked.
+    pub failed_probes: u32,
+    /// The probe in flight.
+    pub probe: Option<ProbeTicket>,
+    /// Overloaded without a probe in flight: until the next probe may start.
+    pub next_probe_in_ms: Option<u64>,
+    /// Recovering: until every request is released.
+    pub release_ends_in_ms: Option<u64>,
+    /// Overloaded: the estimated number of requests waiting.
+    pub waiters: u32,
+}
+
+/// The state as of one instant, for debugging and metrics.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Snapshot {
+    pub at_ms: u64,
+    pub cooldown_remaining_ms: u64,
+    pub retry_budget: BudgetWindow,
+    /// Models with something to remember, most recently used first.
+    pub models: Vec<ModelSnapshot>,
+}
+
+/// Everything one upstream key's object knows about trouble upstream. `Default` is a key
+/// with no trouble. Its size is bounded: a few numbers, ten budget buckets, and at most
+/// [`OutagePolicy::max_models`] model entries of a few numbers each.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct UpstreamState {
+    /// Time of the last call; never moves backwards (see [`MAX_CLOCK_LEAD_MS`]).
+    clock_ms: u64,
+    cooldown_until_ms: u64,
+    /// Probes handed out so far: the next ticket.
+    probes_started: u64,
+    retry_budget: RetryBudget,
+    /// Only models with something to remember.
+    models: Vec<ModelHealth>,
+}
+
+impl UpstreamState {
+    /// A key with no trouble.
+    #[must_use]
+    pub fn new() -> UpstreamState {
+        UpstreamState::default()
+    }
+
+    /// Decides whether an attempt for `model` may go now.
+    ///
+    /// `is_retry`: whether the request already made an attempt. A first attempt that goes
+    /// counts as a request for the retry budget; a retry that goes takes a retry token, or is
+    /// refused ([`RefuseReason::RetryBudget`]) when none is left. Wait and refuse answers
+    /// count nothing, so asking again after a wait is free.
+    ///
+    /// `deadline_ms`: the last instant the request may start an attempt; no wait ends after
+    /// it, and a wait that cannot lead anywhere before it is refused at once.
+    ///
+    /// `request_seed`: a random number drawn once per request and passed on every call for
+    /// it. It jitters the request's waits and places its release slot when the model
+    /// recovers (so it can be told to come back at that slot and find it open); a fresh
+    /// seed per call still works, the release slot is then re-drawn on every call.
+    pub fn before_attempt(
+        &mut self,
+        policy: &OutagePolicy,
+        now_ms: u64,
+        model: &str,
+        is_retry: bool,
+        deadline_ms: u64,
+        request_seed: u64,
+    ) -> Gate {
+        let now = self.advance(now_ms);
+        if now < self.cooldown_until_ms {
+            let until = self.cooldown_until_ms;
+            if until <= deadline_ms {
+                let mut rng = draw::rng(request_seed, now, Purpose::CooldownSpread);
+                let spread = rng.u64(0..=policy.cooldown_spread_ms);
+                let until_ms = until.saturating_add(spread).min(deadline_ms);
+                return Gate::Wait {
+                    until_ms,
+                    reason: WaitReason::Cooldown,
+                };
+            }
+            let retry_after_ms = until.saturating_sub(now).max(MIN_RETRY_AFTER_MS);
+            return Gate::Refuse {
+                retry_after_ms,
+                reason: RefuseReason::Cooldown,
+            };
+        }
+
+        let gate = match self.entry(policy, model, now, false) {
+            Some(health) => health.gate(policy, now, deadline_ms, request_seed),
+            None => ModelGate::Open,
+        };
+        let gate = match gate {
+            ModelGate::Wait {
+                until_ms,
+                recovering,
+            } => {
+                let reason = if recovering {
+                    WaitReason::Recovering
+                } else {
+                    WaitReason::Overloaded
+                };
+                Gate::Wait { until_ms, reason }
+            }
+            ModelGate::Refuse { retry_after_ms } => Gate::Refuse {
+                retry_after_ms,
+                reason: RefuseReason::Overloaded,
+            },
+            ModelGate::Open | ModelGate::ProbeDue => {
+                self.go(policy, now, model, is_retry, gate == ModelGate::ProbeDue)
+            }
+        };
+        self.forget_idle(policy, now);
+        gate
+    }
+
+    /// Counts first attempts that went upstream without asking the object: an edge that has
+    /// seen no trouble lately skips it on the happy path and reports those requests in bulk
+    /// with its next call, so the retry budget still knows how many requests there were.
+    pub fn record_requests(&mut self, policy: &OutagePolicy, now_ms: u64, count: u32) {
+        let now = self.advance(now_ms);
+        for _ in 0..count.min(100_000) {
+            self.retry_budget.record_request(policy, now);
+        }
+    }
+
+    /// Records how an attempt for `model` ended at `now_ms`. `rng_seed` jitters the next
+    /// probe's time when this report schedules one.
+    ///
+    /// A `429` sets the key's cooldown to its retry-after (or
+    /// [`OutagePolicy::default_cooldown_ms`]), never shortening one already set. An
+    /// overloaded reply extends the model's streak and marks it overloaded at the threshold;
+    /// the probe's overloaded reply pushes the next probe further out. A success (the probe's,
+    /// or any other request's) ends an overload and starts the paced release.
+    pub fn after_attempt(
+        &mut self,
+        policy: &OutagePolicy,
+        now_ms: u64,
+        model: &str,
+        report: AttemptReport,
+        rng_seed: u64,
+    ) -> Change {
+        let now = self.advance(now_ms);
+        let ticket = report.probe.map(ProbeTicket::id);
+        let change = match report.reply {
+            Reply::Success => match self.entry(policy, model, now, false) {
+                Some(health) => change_of(health.served(policy, now, ticket)),
+                None => Change::Nothing,
+            },
+            Reply::Overloaded => match self.entry(policy, model, now, true) {
+                Some(health) => change_of(health.overloaded(policy, now, ticket, rng_seed)),
+                None => Change::Nothing,
+            },
+            Reply::RateLimited { retry_after_ms } => {
+                if let Some(health) = self.entry(policy, model, now, false) {
+                    health.other(policy, now, ticket, rng_seed);
+                }
+                let wait = retry_after_ms
+                    .unwrap_or(policy.default_cooldown_ms)
+                    .min(MAX_UPSTREAM_WAIT_MS);
+                let until = stored(now.saturating_add(wait));
+                self.cooldown_until_ms = self.cooldown_until_ms.max(until);
+                if self.cooldown_until_ms > now {
+                    Change::Cooldown {
+                        until_ms: self.cooldown_until_ms,
+                    }
+                } else {
+                    Change::Nothing
+                }
+            }
+            Reply::OtherFailure => {
+                if let Some(health) = self.entry(policy, model, now, false) {
+                    health.other(policy, now, ticket, rng_seed);
+                }
+                Change::Nothing
+            }
+        };
+        self.forget_idle(policy, now);
+        change
+    }
+
+    /// The state as of `now_ms`, without changing it.
+    #[must_use]
+    pub fn snapshot(&self, policy: &OutagePolicy, now_ms: u64) -> Snapshot {
+        let now = stored(now_ms).max(self.clock_ms);
+        let mut models: Vec<&ModelHealth> = self.models.iter().collect();
+        models.sort_by_key(|health| Reverse(health.last_used_ms));
+        let models = models
+            .into_iter()
+            .map(|health| {
+                let mut health = health.clone();
+                health.settle(policy, now);
+                model_snapshot(&health, policy, now)
+            })
+            .filter(|snapshot| {
+                snapshot.phase != ModelPhase::Healthy || snapshot.overload_streak > 0
+            })
+            .collect();
+        Snapshot {
+            at_ms: now,
+            cooldown_remaining_ms: self.cooldown_until_ms.saturating_sub(now),
+            retry_budget: self.retry_budget.window(policy, now),
+            models,
+        }
+    }
+
+    /// Whether the state holds nothing worth keeping at `now_ms`: no cooldown, no model in
+    /// trouble, an empty retry budget window. The object may then drop its storage.
+    #[must_use]
+    pub fn is_idle(&self, policy: &OutagePolicy, now_ms: u64) -> bool {
+        let snapshot = self.snapshot(policy, now_ms);
+        snapshot.cooldown_remaining_ms == 0
+            && snapshot.models.is_empty()
+            && self.retry_budget.is_empty(policy, snapshot.at_ms)
+    }
+
+    /// Moves the clock to `now_ms` (never backwards, unless the stored clock is more than
+    /// [`MAX_CLOCK_LEAD_MS`] ahead) and returns the state's time.
+    fn advance(&mut self, now_ms: u64) -> u64 {
+        let now = stored(now_ms);
+        if self.clock_ms > now.saturating_add(MAX_CLOCK_LEAD_MS) {
+            let back = self.clock_ms.saturating_sub(now);
+            let shift = |t: &mut u64| *t = t.saturating_sub(back);
+            shift(&mut self.cooldown_until_ms);
+            for health in &mut self.models {
+                health.shift_back(back);
+            }
+            self.retry_budget = RetryBudget::default();
+            self.clock_ms = now;
+        }
+        self.clock_ms = self.clock_ms.max(now);
+        self.clock_ms
+    }
+
+    /// The entry of `model` (settled to `now`, marked as used), created if `create` (the
+    /// least recently used entry makes room). `None` when the model has nothing to remember
+    /// and `create` is false.
+    fn entry(
+        &mut self,
+        policy: &OutagePolicy,
+        model: &str,
+        now: u64,
+        create: bool,
+    ) -> Option<&mut ModelHealth> {
+        let key = model_key(model);
+        let index = match self.models.iter().position(|health| health.model == key) {
+            Some(index) => index,
+            None if create => {
+                let room = policy.max_models.max(1).saturating_sub(1);
+                if self.models.len() > room {
+                    self.models
+                        .sort_by_key(|health| Reverse(health.last_used_ms));
+                    self.models.truncate(room);
+                }
+                self.models.push(ModelHealth::new(key, now));
+                self.models.len().saturating_sub(1)
+            }
+            None => return None,
+        };
+        let health = self.models.get_mut(index)?;
+        health.last_used_ms = now;
+        health.settle(policy, now);
+        Some(health)
+    }
+
+    /// Lets an attempt go: counts it against the retry budget, and hands out the probe slot
+    /// if `probe`.
+    fn go(
+        &mut self,
+        policy: &OutagePolicy,
+        now: u64,
+        model: &str,
+        is_retry: bool,
+        probe: bool,
+    ) -> Gate {
+        if is_retry {
+            if let Err(wait_ms) = self.retry_budget.take_retry(policy, now) {
+                let retry_after_ms = wait_ms.max(MIN_RETRY_AFTER_MS);
+                return Gate::Refuse {
+                    retry_after_ms,
+                    reason: RefuseReason::RetryBudget,
+                };
+            }
+        } else {
+            self.retry_budget.record_request(policy, now);
+        }
+        if !probe {
+            return Gate::Go { probe: None };
+        }
+        let id = stored(self.probes_started.saturating_add(1));
+        self.probes_started = id;
+        match self.entry(policy, model, now, false) {
+            Some(health) => {
+                health.start_probe(id, now);
+                Gate::Go {
+                    probe: Some(ProbeTicket(id)),
+                }
+            }
+            None => Gate::Go { probe: None },
+        }
+    }
+
+    /// Settles every model to `now` and drops those with nothing left to remember.
+    fn forget_idle(&mut self, policy: &OutagePolicy, now: u64) {
+        for health in &mut self.models {
+            health.settle(policy, now);
+        }
+        self.models.retain(|health| !health.is_idle());
+    }
+}
+
+fn change_of(change: ModelChange) -> Change {
+    match change {
+        ModelChange::None => Change::Nothing,
+        ModelChange::Marked { next_probe_ms } => Change::MarkedOverloaded { next_probe_ms },
+        ModelChange::ProbeFailed { next_probe_ms } => Change::ProbeFailed { next_probe_ms },
+        ModelChange::Recovering { window_ms } => Change::Recovering { window_ms },
+    }
+}
+
+fn model_snapshot(health: &ModelHealth, policy: &OutagePolicy, now: u64) -> ModelSnapshot {
+    let mut snapshot = ModelSnapshot {
+        model: health.model.clone(),
+        phase: ModelPhase::Healthy,
+        overload_streak: health.streak,
+        failed_probes: health.failed_probes,
+        probe: None,
+        next_probe_in_ms: None,
+        release_ends_in_ms: None,
+        waiters: 0,
+    };
+    match health.phase {
+        Phase::Healthy => {}
+        Phase::Overloaded {
+            next_probe_ms,
+            probe,
+            ..
+        } => {
+            snapshot.phase = ModelPhase::Overloaded;
+            snapshot.probe = probe.map(|lease| ProbeTicket(lease.id));
+            if probe.is_none() {
+                snapshot.next_probe_in_ms = Some(next_probe_ms.saturating_sub(now));
+            }
+            snapshot.waiters = health.waits.estimate(now, policy.wait_poll_ms);
+        }
+        Phase::Recovering {
+            since_ms,
+            window_ms,
+        } => {
+            snapshot.phase = ModelPhase::Recovering;
+            snapshot.release_ends_in_ms =
+                Some(since_ms.saturating_add(window_ms).saturating_sub(now));
+        }
+    }
+    snapshot
+}
