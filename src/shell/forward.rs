@@ -15,6 +15,7 @@ use worker::{
 };
 
 use super::respond::{Exchange, LoggedWait};
+use super::upstream::Guard;
 use super::runtime::{now_ms, random_u64, sleep_ms};
 use crate::body::BodyFacts;
 use crate::config::Config;
@@ -42,6 +43,8 @@ pub struct Forward<'a> {
     pub budget_header: Option<&'a str>,
     /// Watch the delivered body for its token usage (for settlement).
     pub tap: bool,
+    /// The shared upstream state, consulted around attempts (not for model listings).
+    pub guard: Option<Guard<'a>>,
     pub exchange: &'a mut Exchange,
 }
 
@@ -88,7 +91,16 @@ pub async fn forward(f: Forward<'_>) -> Result<Delivered, ProxyError> {
     headers.push(("x-api-key".to_string(), f.upstream_key.expose().to_string()));
     let method = Method::from(f.method.to_string());
 
+    let mut guard = f.guard;
+    let mut last_cause = None;
     loop {
+        let probe = match guard.as_mut() {
+            Some(guard) => {
+                let is_retry = retrier.attempts() > 0;
+                guard.before(is_retry, retrier.deadline_ms(), last_cause, f.exchange).await?
+            }
+            None => None,
+        };
         let ticket = retrier.attempt_started(now_ms());
         f.exchange.attempts = ticket.number;
         let (outcome, answer) =
@@ -96,9 +108,13 @@ pub async fn forward(f: Forward<'_>) -> Result<Delivered, ProxyError> {
         if let Some(id) = answer.as_ref().and_then(|a| header(&a.headers, "request-id")) {
             f.exchange.upstream_request_id = Some(id.to_string());
         }
+        if let Some(guard) = guard.as_ref() {
+            guard.after(&outcome, probe).await;
+        }
         match retrier.after_attempt(now_ms(), classify(&outcome)) {
             Step::Deliver => return deliver(answer, f.tap),
             Step::Wait { ms, cause } => {
+                last_cause = Some(cause);
                 f.exchange.waits.push(LoggedWait { ms, cause: cause.to_string() });
                 drop(answer);
                 sleep_ms(ms).await;

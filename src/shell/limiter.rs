@@ -59,7 +59,9 @@ impl DurableObject for Limiter {
     }
 
     async fn fetch(&self, mut req: Request) -> worker::Result<Response> {
-        let call: LimiterCall = match req.json().await {
+        // Parsed by serde_json, not JSON.parse: seeds are full 64-bit integers.
+        let text = req.text().await.unwrap_or_default();
+        let call: LimiterCall = match serde_json::from_str(&text) {
             Ok(call) => call,
             Err(_) => return Response::error("unreadable limiter call", 400),
         };

@@ -9,6 +9,7 @@ mod forward;
 mod limiter;
 mod respond;
 mod runtime;
+mod upstream;
 
 use worker::{event, Context, Env, Request, Response};
 
@@ -97,6 +98,12 @@ async fn handle(
         upstream_key: &upstream_key,
         budget_header: budget_header.as_deref(),
         tap: reservation.is_some(),
+        guard: match route {
+            Route::Messages | Route::CountTokens => {
+                Some(upstream::Guard::new(env, &upstream_key, facts.model.as_deref()))
+            }
+            _ => None,
+        },
         exchange: &mut *exchange,
     })
     .await;

@@ -67,7 +67,10 @@ export async function startWorker(vars = {}, { persistDir } = {}) {
     bindings: vars,
     host: '127.0.0.1',
     port: 0,
-    durableObjects: { LIMITER: { className: 'Limiter', useSQLite: true } },
+    durableObjects: {
+      LIMITER: { className: 'Limiter', useSQLite: true },
+      UPSTREAM: { className: 'Upstream', useSQLite: true },
+    },
     durableObjectsPersist: persistDir ?? false,
     handleRuntimeStdio(stdout, stderr) {
       collect(stdout);

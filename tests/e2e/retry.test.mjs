@@ -1,6 +1,6 @@
 // The retry engine end to end: one test per row of the contract's retry table, against the
 // real Worker and a simulator scripted with 529s, 429s, hangs, resets and in-stream errors.
-import { test, before, after } from 'node:test';
+import { test, before, after, beforeEach, afterEach } from 'node:test';
 import assert from 'node:assert/strict';
 import Anthropic from '@anthropic-ai/sdk';
 import {
@@ -14,6 +14,11 @@ const MAX = 400;
 
 before(async () => {
   sim = await startSim();
+});
+
+// A fresh Worker per test: the shared upstream state (cooldowns, overload) of one row must
+// not leak into the next.
+beforeEach(async () => {
   worker = await startWorker(workerVars(sim, {
     BACKOFF_BASE_MS: String(BASE),
     BACKOFF_MAX_MS: String(MAX),
@@ -22,8 +27,11 @@ before(async () => {
   }));
 });
 
-after(async () => {
+afterEach(async () => {
   await worker?.stop();
+});
+
+after(async () => {
   await sim?.stop();
 });
 
@@ -204,7 +212,8 @@ test('x-proxy-budget-ms shortens the budget: no sleep ends past it', async () =>
 test('waits are jittered and capped across requests', async () => {
   await sim.reset();
   const before = worker.logs.length;
-  const N = 24;
+  // 14 requests, 28 retries: inside the retry budget's floor of 30 per 10 s.
+  const N = 14;
   await sim.script(Array.from({ length: N }, () => [{ status: 529, times: 2 }, {}]).flat());
   // Sequential requests, so each takes two 529s and one success from the queue.
   for (let i = 0; i < N; i++) {

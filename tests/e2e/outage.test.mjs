@@ -1,0 +1,92 @@
+// Upstream trouble as shared knowledge: a 429's cooldown shared by every request on the key,
+// an outage during which the upstream sees almost nothing but probes while the requests
+// caught in it still complete, and the retry budget bounding what an outage longer than the
+// budget costs the upstream.
+import { test, before, after, beforeEach, afterEach } from 'node:test';
+import assert from 'node:assert/strict';
+import { startSim, startWorker, workerVars, postMessage, messageBody, sleep } from './harness.mjs';
+
+let sim;
+let worker;
+
+before(async () => { sim = await startSim(); });
+after(async () => { await sim?.stop(); });
+beforeEach(async () => {
+  await sim.reset();
+  worker = await startWorker(workerVars(sim));
+});
+afterEach(async () => { await worker?.stop(); });
+
+const messageCalls = async () => (await sim.log()).filter((r) => r.path.startsWith('/v1/messages'));
+
+test('an upstream 429 becomes a cooldown every request on the key waits out', async () => {
+  await sim.script([{ status: 429, headers: { 'retry-after': '2' } }]);
+  const t0 = Date.now();
+  const first = postMessage(worker);
+  await sleep(300);
+  // Arrives during the cooldown: must wait it out without touching the upstream.
+  const others = await Promise.all([postMessage(worker), postMessage(worker), postMessage(worker)]);
+  const firstRes = await first;
+  assert.equal(firstRes.status, 200);
+  for (const r of others) assert.equal(r.status, 200);
+  const calls = await messageCalls();
+  assert.equal(calls.length, 5, 'one 429, then one call per request');
+  const during = calls.filter((c) => c.received_at_ms > t0 + 100 && c.received_at_ms < calls[0].received_at_ms + 2000);
+  assert.equal(during.length, 0, `the upstream was called during its cooldown: ${during.map((c) => c.received_at_ms - t0)}`);
+
+  // A request whose budget cannot hold the cooldown is answered at once, scope upstream.
+  await sim.reset();
+  await sim.script([{ status: 429, headers: { 'retry-after': '20' } }]);
+  assert.equal((await postMessage(worker, messageBody(), { 'x-proxy-budget-ms': '1000' })).status, 429);
+  const t1 = performance.now();
+  const refused = await postMessage(worker, messageBody(), { 'x-proxy-budget-ms': '1000' });
+  assert.ok(performance.now() - t1 < 500);
+  assert.equal(refused.status, 429);
+  assert.equal(refused.headers.get('x-proxy-attempts'), '0');
+  const body = await refused.json();
+  assert.equal(body.limit.scope, 'upstream');
+  assert.ok(body.retry_after_ms > 15_000);
+  assert.equal((await messageCalls()).length, 1);
+});
+
+test('a 5 s outage: the upstream sees almost only probes, and the caught requests complete after it', async () => {
+  const OUTAGE = 5000;
+  await sim.mode({ capacity: { rps: 1000, outages: [{ start_ms: 0, duration_ms: OUTAGE }], origin: 'now' } });
+  const t0 = Date.now();
+  const N = 40;
+  const pending = [];
+  for (let i = 0; i < N; i++) {
+    pending.push(postMessage(worker).then(async (r) => ({ status: r.status, at: Date.now() - t0, body: await r.text() })));
+    await sleep(OUTAGE / N);
+  }
+  const results = await Promise.all(pending);
+  const ok = results.filter((r) => r.status === 200);
+  assert.equal(ok.length, N, `failed: ${results.filter((r) => r.status !== 200).map((r) => `${r.status}@${r.at}`)}`);
+  assert.ok(results.every((r) => r.at >= OUTAGE - 200), 'a request succeeded during the outage');
+  const calls = await messageCalls();
+  const duringOutage = calls.filter((c) => c.received_at_ms - t0 < OUTAGE);
+  const last = Math.max(...results.map((r) => r.at));
+  console.log(`# ${N} requests, ${calls.length} upstream calls (${duringOutage.length} during the ${OUTAGE} ms outage), last answer ${last - OUTAGE} ms after it ended`);
+  assert.ok(duringOutage.length <= 20, `${duringOutage.length} upstream calls during the outage`);
+  assert.ok(calls.length / N <= 1.5, `${calls.length / N} upstream calls per request`);
+});
+
+test('an outage longer than the budget: structured 503s, and the upstream is spared', async () => {
+  await sim.mode({ capacity: { rps: 1000, outages: [{ start_ms: 0, duration_ms: 120_000 }], origin: 'now' } });
+  const N = 30;
+  const pending = [];
+  for (let i = 0; i < N; i++) {
+    pending.push(postMessage(worker, messageBody(), { 'x-proxy-budget-ms': '3000' }));
+    await sleep(100);
+  }
+  const results = await Promise.all(pending);
+  for (const r of results) {
+    assert.equal(r.status, 503);
+    const body = await r.json();
+    assert.equal(body.error.type, 'overloaded_error');
+    assert.ok(Number(r.headers.get('retry-after')) >= 1);
+  }
+  const calls = (await messageCalls()).length;
+  console.log(`# ${N} requests in a long outage: ${calls} upstream calls (${(calls / N).toFixed(2)} per request)`);
+  assert.ok(calls / N <= 1.25, `${calls / N} upstream calls per request`);
+});
