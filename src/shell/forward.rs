@@ -112,7 +112,7 @@ pub async fn forward(f: Forward<'_>) -> Result<Delivered, ProxyError> {
             guard.after(&outcome, probe).await;
         }
         match retrier.after_attempt(now_ms(), classify(&outcome)) {
-            Step::Deliver => return deliver(answer, f.tap),
+            Step::Deliver => return deliver(answer, f.tap, policy.attempt_timeout_ms),
             Step::Wait { ms, cause } => {
                 last_cause = Some(cause);
                 f.exchange.waits.push(LoggedWait { ms, cause: cause.to_string() });
@@ -122,7 +122,7 @@ pub async fn forward(f: Forward<'_>) -> Result<Delivered, ProxyError> {
             Step::GiveUp(give_up) => {
                 f.exchange.stopped = Some(give_up.reason.to_string());
                 return match give_up.answer() {
-                    Answer::PassThrough => deliver(answer, f.tap),
+                    Answer::PassThrough => deliver(answer, f.tap, policy.attempt_timeout_ms),
                     Answer::Structured { .. } => Err(structured(&give_up)),
                 };
             }
@@ -154,7 +154,7 @@ fn header<'h>(headers: &'h [(String, String)], name: &str) -> Option<&'h str> {
 
 /// Hands an upstream answer to the client. A successful answer's body is tapped when asked,
 /// so its real usage can settle the caller's reservation once it has passed through.
-fn deliver(answer: Option<UpstreamAnswer>, tap: bool) -> Result<Delivered, ProxyError> {
+fn deliver(answer: Option<UpstreamAnswer>, tap: bool, idle_ms: u64) -> Result<Delivered, ProxyError> {
     let answer = answer.ok_or_else(|| ProxyError::Internal("no upstream answer to deliver".to_string()))?;
     let status = answer.status;
     let headers = Headers::new();
@@ -172,7 +172,7 @@ fn deliver(answer: Option<UpstreamAnswer>, tap: bool) -> Result<Delivered, Proxy
             (builder.from_stream(tapped).map_err(stream_failed)?, Some(seen))
         }
         UpstreamBody::Sse { head, rest } => {
-            let body = stream::once(ready(Ok::<Vec<u8>, worker::Error>(head))).chain(rest);
+            let body = stream::once(ready(Ok::<Vec<u8>, worker::Error>(head))).chain(idle_guard(rest, idle_ms));
             if tap {
                 let (tapped, seen) = Tap::new(body, true);
                 (builder.from_stream(tapped).map_err(stream_failed)?, Some(seen))
@@ -182,6 +182,31 @@ fn deliver(answer: Option<UpstreamAnswer>, tap: bool) -> Result<Delivered, Proxy
         }
     };
     Ok(Delivered { response, status, seen })
+}
+
+/// What a client receives when the upstream goes silent mid-stream: the stream ends with an
+/// `error` event it can read, instead of hanging until the runtime gives up.
+const STALLED_EVENT: &str = "\n\nevent: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"api_error\",\
+    \"message\":\"the upstream stream went silent; the answer is incomplete\"}}\n\n";
+
+/// Ends a stream whose upstream sends nothing for `idle_ms` (the attempt timeout) with
+/// [`STALLED_EVENT`]. Nothing is retried: bytes have already reached the client.
+fn idle_guard(
+    rest: ByteStream,
+    idle_ms: u64,
+) -> std::pin::Pin<Box<dyn futures_util::Stream<Item = worker::Result<Vec<u8>>>>> {
+    Box::pin(stream::unfold((rest, false), move |(mut rest, stalled)| async move {
+        if stalled {
+            return None;
+        }
+        let next = pin!(rest.next());
+        let timer = pin!(Delay::from(Duration::from_millis(idle_ms)));
+        match select(next, timer).await {
+            Either::Left((Some(item), _)) => Some((item, (rest, false))),
+            Either::Left((None, _)) => None,
+            Either::Right(_) => Some((Ok(STALLED_EVENT.as_bytes().to_vec()), (rest, true))),
+        }
+    }))
 }
 
 /// One attempt: the request, its timeout, and for a stream the wait for its first event.
