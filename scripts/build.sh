@@ -5,6 +5,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
+# One build at a time: wrangler dev's watcher may start several.
+mkdir -p target
+exec 9>target/.build.lock
+flock 9
 if [ -f build/index.js ] && [ -f build/index_bg.wasm ] && \
    [ -z "$(find src Cargo.toml Cargo.lock wrangler.toml -newer build/index_bg.wasm -print -quit)" ]; then
   echo "build: build/ is up to date"

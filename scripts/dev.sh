@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # Runs the proxy locally under wrangler dev (real workerd, Durable Objects persisted under
-# .wrangler/state). Without ANTHROPIC_API_KEY (in the environment or .dev.vars) it starts the
-# built-in simulated upstream and points the Worker at it.
+# .wrangler/state), and the demo chat page (web/) on its own origin. Without ANTHROPIC_API_KEY
+# (in the environment or .dev.vars) it starts the built-in simulated upstream and points the
+# Worker at it; the page then shows controls that make the simulator misbehave.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PORT="${PORT:-8787}"
 SIM_PORT="${SIM_PORT:-8788}"
+WEB_PORT="${WEB_PORT:-8789}"
+MODEL="${MODEL:-claude-sonnet-4-6}"
 DEV_KEY="${DEV_CLIENT_KEY:-ck_local_dev_key_0001}"
 
 ./scripts/setup.sh
@@ -19,9 +22,18 @@ if [ -z "$real_key" ] && [ -f .dev.vars ] && grep -q '^ANTHROPIC_API_KEY=' .dev.
   real_key=configured
 fi
 
+# Children (and theirs: wrangler runs workerd and build steps) are stopped on any exit.
 pids=()
-cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; }
-trap cleanup EXIT INT TERM
+tree() { local child; for child in $(pgrep -P "$1" 2>/dev/null); do tree "$child"; done; echo "$1"; }
+cleanup() {
+  trap - EXIT INT TERM
+  local all=() pid
+  for pid in "${pids[@]}"; do all+=($(tree "$pid")); done
+  if [ ${#all[@]} -gt 0 ]; then kill "${all[@]}" 2>/dev/null || true; fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
 
 if [ -z "$real_key" ]; then
   cargo build --release -p breakwater-sim --quiet
@@ -33,10 +45,33 @@ else
   if [ -n "${ANTHROPIC_API_KEY:-}" ]; then args+=(--var "ANTHROPIC_API_KEY:$ANTHROPIC_API_KEY"); fi
   upstream="https://api.anthropic.com"
 fi
+page_key="${DEV_CLIENT_KEY:-}"
 if [ -z "${CLIENT_KEYS:-}" ] && ! { [ -f .dev.vars ] && grep -q '^CLIENT_KEYS=' .dev.vars; }; then
   args+=(--var "CLIENT_KEYS:{\"$DEV_KEY\": {\"id\": \"local-dev\"}}")
+  page_key="$DEV_KEY"
 fi
-args+=(--var "ALLOWED_ORIGINS:${ALLOWED_ORIGINS:-*}")
+
+# The demo page lives on its own origin, which the Worker must allow.
+page_url="http://127.0.0.1:$WEB_PORT"
+origins="${ALLOWED_ORIGINS:-*}"
+if [ "$origins" != "*" ]; then
+  for origin in "$page_url" "http://localhost:$WEB_PORT"; do
+    case ",${origins// /}," in *",$origin,"*) ;; *) origins="$origins,$origin" ;; esac
+  done
+fi
+args+=(--var "ALLOWED_ORIGINS:$origins")
+
+if [ -z "$real_key" ]; then sim_url="http://127.0.0.1:$SIM_PORT"; else sim_url=""; fi
+MODEL="$MODEL" PROXY_URL="http://127.0.0.1:$PORT" PAGE_KEY="$page_key" SIM_URL="$sim_url" UPSTREAM="$upstream" \
+  node --input-type=module -e '
+    import { writeFileSync } from "node:fs";
+    import { configModule } from "./web/serve.mjs";
+    const e = process.env;
+    writeFileSync("web/config.js", configModule({
+      proxyURL: e.PROXY_URL, apiKey: e.PAGE_KEY, simURL: e.SIM_URL || null, model: e.MODEL, upstream: e.UPSTREAM,
+    }));'
+node web/serve.mjs --host 127.0.0.1 --port "$WEB_PORT" > /dev/null &
+pids+=($!)
 
 cat <<MSG
 breakwater on http://127.0.0.1:$PORT  ->  $upstream
@@ -44,7 +79,8 @@ try:
   curl http://127.0.0.1:$PORT/v1/messages -H 'x-api-key: $DEV_KEY' -H 'anthropic-version: 2023-06-01' \\
        -H 'content-type: application/json' \\
        -d '{"model":"claude-sonnet-4-6","max_tokens":64,"messages":[{"role":"user","content":"Hello"}]}'
+demo chat page: $page_url/
 MSG
-npx wrangler dev "${args[@]}" &
+node_modules/.bin/wrangler dev "${args[@]}" &
 pids+=($!)
 wait "${pids[-1]}"

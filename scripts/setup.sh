@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building, running and testing need, at pinned versions, only when missing:
-# the wasm target, worker-build, wasm-bindgen-cli matching Cargo.lock, and the npm packages.
+# the wasm target, worker-build, wasm-bindgen-cli matching Cargo.lock, the npm packages, and
+# Chromium for the browser tests (Debian's package, driven by the pinned playwright-core).
 # worker-build would otherwise download wasm-bindgen, wasm-opt and esbuild from GitHub; the
 # build script points it at these local copies instead.
 set -euo pipefail
@@ -28,4 +29,13 @@ fi
 # npm packages: reinstall only when the lock file changed since the last install.
 if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
   npm ci --no-audit --no-fund
+fi
+
+# Chromium for tests/browser (the system's: playwright-core never downloads a browser here).
+if [ -z "${CHROMIUM_PATH:-}" ] && ! command -v chromium > /dev/null && ! command -v chromium-browser > /dev/null; then
+  if command -v apt-get > /dev/null && [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium > /dev/null
+  else
+    echo "setup: Chromium not found; the browser tests need it (install it, or set CHROMIUM_PATH)" >&2
+  fi
 fi

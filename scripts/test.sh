@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test: host unit and property tests of the pure core and the simulator, lints,
-# then the end-to-end suite (the real Worker in workerd against the simulator on loopback).
+# the end-to-end suite (the real Worker in workerd against the simulator on loopback), then
+# the browser suite (the demo page in headless Chromium, on another origin than the Worker).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
@@ -18,3 +19,6 @@ cargo build --release -p breakwater-sim --quiet
 
 echo "== end-to-end (workerd + simulator)"
 node --test --test-concurrency=1 tests/e2e/
+
+echo "== browser (headless Chromium + workerd + simulator)"
+node --test --test-concurrency=1 tests/browser/

@@ -35,10 +35,12 @@ impl Cors {
     }
 
     fn apply(&self, headers: &Headers) {
+        // Every answer depends on the Origin it was asked with (granted, refused or not a
+        // browser), so a cache must never hand one origin's answer to another.
+        let _ = headers.append("vary", "Origin");
         if let Cors::Allowed(origin) = self {
             let _ = headers.set("access-control-allow-origin", origin);
             let _ = headers.set("access-control-expose-headers", EXPOSED_HEADERS);
-            let _ = headers.append("vary", "Origin");
         }
     }
 }
