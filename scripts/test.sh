@@ -9,6 +9,9 @@ cd "$(dirname "$0")/.."
 echo "== host tests (pure core, simulator)"
 cargo test --workspace --quiet
 
+echo "== wasm tests (JS interop, in Node)"
+cargo test --target wasm32-unknown-unknown --test wasm_storage --quiet
+
 echo "== lints"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 cargo clippy --lib --target wasm32-unknown-unknown --quiet -- -D warnings

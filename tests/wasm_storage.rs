@@ -1,0 +1,76 @@
+//! What crosses the JS boundary in the Durable Objects: their state is stored through
+//! `serde_wasm_bindgen` (JS numbers, so integers must stay at or below 2^53), and their calls
+//! carry full 64-bit seeds, which only `serde_json` reads exactly. Runs in Node under
+//! `wasm-bindgen-test-runner` (`cargo test --target wasm32-unknown-unknown --test wasm_storage`).
+#![cfg(target_arch = "wasm32")]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+use std::num::NonZeroU32;
+
+use breakwater::config::TierLimits;
+use breakwater::limits::{AdmissionRequest, LimiterState, Usage};
+use breakwater::outage::{AttemptReport, OutagePolicy, Reply, UpstreamState};
+use wasm_bindgen_test::wasm_bindgen_test;
+
+/// A far-future clock: 2100-01-01.
+const FAR: u64 = 4_102_444_800_000;
+
+fn busy_limiter() -> (LimiterState, TierLimits) {
+    let limits = TierLimits {
+        rpm: NonZeroU32::new(u32::MAX),
+        input_tpm: NonZeroU32::new(u32::MAX),
+        output_tpm: NonZeroU32::new(1_000_000),
+        concurrency: NonZeroU32::new(64),
+    };
+    let mut state = LimiterState::new();
+    for i in 0..200u64 {
+        let request = AdmissionRequest { input_tokens: u64::from(u32::MAX), output_tokens: 900, lease_ms: 3_600_000 };
+        if let breakwater::limits::Admission::Admitted(r) = state.admit(&limits, FAR + i * 7, &request) {
+            if i % 3 == 0 {
+                state.settle(&limits, FAR + i * 7 + 5, &r, Usage { input_tokens: Some(12), output_tokens: Some(7_000) });
+            }
+        }
+    }
+    (state, limits)
+}
+
+#[wasm_bindgen_test]
+fn limiter_state_survives_durable_object_storage() {
+    let (state, limits) = busy_limiter();
+    let stored = serde_wasm_bindgen::to_value(&state).expect("storable as JS values");
+    let loaded: LimiterState = serde_wasm_bindgen::from_value(stored).expect("loadable");
+    assert_eq!(loaded, state);
+    let request = AdmissionRequest { input_tokens: 10, output_tokens: 10, lease_ms: 1000 };
+    let (mut a, mut b) = (state.clone(), loaded);
+    assert_eq!(a.admit(&limits, FAR + 10_000, &request), b.admit(&limits, FAR + 10_000, &request));
+}
+
+#[wasm_bindgen_test]
+fn upstream_state_survives_durable_object_storage() {
+    let policy = OutagePolicy::default();
+    let mut state = UpstreamState::new();
+    for i in 0..50u64 {
+        let seed = u64::MAX - i;
+        let _ = state.before_attempt(&policy, FAR + i * 100, "claude-x", i % 2 == 1, FAR + 30_000, seed);
+        let reply = if i % 5 == 0 { Reply::RateLimited { retry_after_ms: Some(1500) } } else { Reply::Overloaded };
+        let _ = state.after_attempt(&policy, FAR + i * 100 + 40, "claude-x", AttemptReport { reply, probe: None }, seed);
+    }
+    let stored = serde_wasm_bindgen::to_value(&state).expect("storable as JS values");
+    let loaded: UpstreamState = serde_wasm_bindgen::from_value(stored).expect("loadable");
+    assert_eq!(serde_json::to_value(&loaded).unwrap(), serde_json::to_value(&state).unwrap());
+}
+
+#[wasm_bindgen_test]
+fn full_width_seeds_need_serde_json_not_json_parse() {
+    // JSON.parse turns 2^64 - 1 into a float; the objects therefore parse call bodies with
+    // serde_json. This pins the reason.
+    let seed = u64::MAX - 1;
+    let text = format!("{{\"seed\":{seed}}}");
+    let parsed = js_sys::JSON::parse(&text).unwrap();
+    #[derive(serde::Deserialize)]
+    struct Call {
+        seed: u64,
+    }
+    assert!(serde_wasm_bindgen::from_value::<Call>(parsed).is_err());
+    assert_eq!(serde_json::from_str::<Call>(&text).unwrap().seed, seed);
+}
