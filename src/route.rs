@@ -74,6 +74,13 @@ pub fn route(method: &str, path: &str) -> Result<Route, ProxyError> {
     }
 }
 
+/// The query of a serialized URL (as the runtime hands it over), forwarded as is; the rest of
+/// the URL is not parsed (a URL parser would be the largest thing in the bundle).
+pub fn query_of(url: &str) -> Option<&str> {
+    let (_, rest) = url.split_once('?')?;
+    Some(rest.split('#').next().unwrap_or(rest))
+}
+
 /// Model ids are short tokens like `claude-sonnet-4-5-20250929`; anything else (slashes,
 /// dots that could climb paths, escapes) is not a model route.
 fn is_model_id(id: &str) -> bool {
@@ -107,6 +114,14 @@ mod tests {
         assert_eq!(err, ProxyError::MethodNotAllowed("POST"));
         assert_eq!(route("POST", "/v1/models").unwrap_err().status(), 405);
         assert_eq!(route("DELETE", "/healthz").unwrap_err().status(), 405);
+    }
+
+    #[test]
+    fn queries_are_kept_as_sent() {
+        assert_eq!(query_of("https://p.example/v1/messages?beta=true"), Some("beta=true"));
+        assert_eq!(query_of("https://p.example/v1/messages?a=1&b=%20#frag"), Some("a=1&b=%20"));
+        assert_eq!(query_of("https://p.example/v1/messages"), None);
+        assert_eq!(query_of("https://p.example/v1/messages?"), Some(""));
     }
 
     #[test]

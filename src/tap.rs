@@ -6,7 +6,9 @@
 //! at most [`MAX_JSON_BYTES`]). When the body ends, fails, or is dropped because the client
 //! went away, it reports what it saw exactly once.
 
+use std::cell::Cell;
 use std::pin::Pin;
+use std::rc::Rc;
 use std::task::{Context, Poll};
 
 use futures_channel::oneshot;
@@ -31,21 +33,51 @@ pub enum BodyKind {
     Json(Vec<u8>),
 }
 
+/// What a tap has seen so far, readable while the body is still flowing: the number of chunks
+/// passed and the usage read from them. A settlement that waits for the body can tell from it
+/// that the body stopped moving (a client gone without the runtime dropping the stream).
+#[derive(Debug, Clone, Default)]
+pub struct Progress(Rc<Cell<(u64, Usage)>>);
+
+impl Progress {
+    pub fn chunks(&self) -> u64 {
+        self.0.get().0
+    }
+
+    pub fn usage(&self) -> Usage {
+        self.0.get().1
+    }
+}
+
 pub struct Tap<S> {
     inner: S,
     kind: BodyKind,
     usage: Usage,
     report: Option<oneshot::Sender<Seen>>,
+    progress: Progress,
 }
 
 impl<S> Tap<S> {
     pub fn new(inner: S, sse: bool) -> (Tap<S>, oneshot::Receiver<Seen>) {
+        let (tap, rx, _) = Tap::watched(inner, sse);
+        (tap, rx)
+    }
+
+    /// Like [`Tap::new`], with a [`Progress`] handle to watch the body while it flows.
+    pub fn watched(inner: S, sse: bool) -> (Tap<S>, oneshot::Receiver<Seen>, Progress) {
         let (tx, rx) = oneshot::channel();
         let kind = if sse { BodyKind::Sse(Box::default()) } else { BodyKind::Json(Vec::new()) };
-        (Tap { inner, kind, usage: Usage::default(), report: Some(tx) }, rx)
+        let progress = Progress::default();
+        (Tap { inner, kind, usage: Usage::default(), report: Some(tx), progress: progress.clone() }, rx, progress)
     }
 
     fn observe(&mut self, chunk: &[u8]) {
+        let (chunks, _) = self.progress.0.get();
+        self.observe_usage(chunk);
+        self.progress.0.set((chunks.saturating_add(1), self.usage));
+    }
+
+    fn observe_usage(&mut self, chunk: &[u8]) {
         match &mut self.kind {
             BodyKind::Sse(scanner) => {
                 let usage = &mut self.usage;
@@ -190,6 +222,19 @@ mod tests {
         let seen = seen.unwrap();
         assert!(!seen.complete);
         assert_eq!(seen.usage.output_tokens, Some(7));
+    }
+
+    #[test]
+    fn progress_is_visible_while_the_body_flows() {
+        let chunks: Vec<Chunk> = STREAM.as_bytes().chunks(40).map(|c| Ok(c.to_vec())).collect();
+        let n = chunks.len() as u64;
+        let (mut tap, _rx, progress) = Tap::watched(stream::iter(chunks), true);
+        assert_eq!(progress.chunks(), 0);
+        futures_executor::block_on(tap.next());
+        assert_eq!(progress.chunks(), 1);
+        while futures_executor::block_on(tap.next()).is_some() {}
+        assert_eq!(progress.chunks(), n);
+        assert_eq!(progress.usage().output_tokens, Some(7));
     }
 
     #[test]

@@ -1,6 +1,7 @@
-//! What crosses the JS boundary in the Durable Objects: their state is stored through
-//! `serde_wasm_bindgen` (JS numbers, so integers must stay at or below 2^53), and their calls
-//! carry full 64-bit seeds, which only `serde_json` reads exactly. Runs in Node under
+//! What crosses the JS boundary in the Durable Objects: their state is stored as JSON text in
+//! a JS string, and their calls carry full 64-bit seeds, which only `serde_json` reads exactly
+//! (`JSON.parse` would round them). The states also stay within JS-safe integers, so a
+//! generic JS conversion would keep them too. Runs in Node under
 //! `wasm-bindgen-test-runner` (`cargo test --target wasm32-unknown-unknown --test wasm_storage`).
 #![cfg(target_arch = "wasm32")]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
@@ -37,9 +38,12 @@ fn busy_limiter() -> (LimiterState, TierLimits) {
 #[wasm_bindgen_test]
 fn limiter_state_survives_durable_object_storage() {
     let (state, limits) = busy_limiter();
-    let stored = serde_wasm_bindgen::to_value(&state).expect("storable as JS values");
-    let loaded: LimiterState = serde_wasm_bindgen::from_value(stored).expect("loadable");
+    let stored = wasm_bindgen::JsValue::from_str(&serde_json::to_string(&state).unwrap());
+    let loaded: LimiterState = serde_json::from_str(&stored.as_string().unwrap()).expect("loadable");
     assert_eq!(loaded, state);
+    let generic: LimiterState =
+        serde_wasm_bindgen::from_value(serde_wasm_bindgen::to_value(&state).unwrap()).expect("JS-safe");
+    assert_eq!(generic, state);
     let request = AdmissionRequest { input_tokens: 10, output_tokens: 10, lease_ms: 1000 };
     let (mut a, mut b) = (state.clone(), loaded);
     assert_eq!(a.admit(&limits, FAR + 10_000, &request), b.admit(&limits, FAR + 10_000, &request));
@@ -55,9 +59,12 @@ fn upstream_state_survives_durable_object_storage() {
         let reply = if i % 5 == 0 { Reply::RateLimited { retry_after_ms: Some(1500) } } else { Reply::Overloaded };
         let _ = state.after_attempt(&policy, FAR + i * 100 + 40, "claude-x", AttemptReport { reply, probe: None }, seed);
     }
-    let stored = serde_wasm_bindgen::to_value(&state).expect("storable as JS values");
-    let loaded: UpstreamState = serde_wasm_bindgen::from_value(stored).expect("loadable");
+    let stored = wasm_bindgen::JsValue::from_str(&serde_json::to_string(&state).unwrap());
+    let loaded: UpstreamState = serde_json::from_str(&stored.as_string().unwrap()).expect("loadable");
     assert_eq!(serde_json::to_value(&loaded).unwrap(), serde_json::to_value(&state).unwrap());
+    let generic: UpstreamState =
+        serde_wasm_bindgen::from_value(serde_wasm_bindgen::to_value(&state).unwrap()).expect("JS-safe");
+    assert_eq!(serde_json::to_value(&generic).unwrap(), serde_json::to_value(&state).unwrap());
 }
 
 #[wasm_bindgen_test]

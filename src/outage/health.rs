@@ -29,7 +29,7 @@ pub(super) struct ModelHealth {
 
 /// Where a model stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "phase", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
 pub(super) enum Phase {
     /// Requests go out.
     Healthy,

@@ -65,7 +65,7 @@ pub enum RefuseReason {
 
 /// The object's answer before an attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "gate", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
 pub enum Gate {
     /// Send the attempt. With a ticket it is the model's probe: report it with the ticket.
     Go { probe: Option<ProbeTicket> },
@@ -82,7 +82,7 @@ pub enum Gate {
 
 /// What the upstream answered, as far as the shared state cares.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "reply", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
 pub enum Reply {
     /// A `2xx`: the model serves.
     Success,
@@ -128,7 +128,7 @@ pub struct AttemptReport {
 
 /// What a report changed, for the log line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "change", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
 pub enum Change {
     /// Nothing the other requests will notice.
     Nothing,

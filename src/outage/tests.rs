@@ -626,11 +626,12 @@ fn the_state_round_trips_through_json() {
 
 #[test]
 fn gates_and_reports_travel_as_json() {
+    // Externally tagged: internally tagged enums cost the wasm bundle serde's content buffer.
     let gate = Gate::Go {
         probe: Some(ProbeTicket(7)),
     };
     let json = serde_json::to_value(gate).unwrap_or_default();
-    assert_eq!(json, serde_json::json!({"gate": "go", "probe": 7}));
+    assert_eq!(json, serde_json::json!({"go": {"probe": 7}}));
     let wait = Gate::Wait {
         until_ms: 5,
         reason: WaitReason::Recovering,
@@ -638,7 +639,7 @@ fn gates_and_reports_travel_as_json() {
     let json = serde_json::to_value(wait).unwrap_or_default();
     assert_eq!(
         json,
-        serde_json::json!({"gate": "wait", "until_ms": 5, "reason": "recovering"})
+        serde_json::json!({"wait": {"until_ms": 5, "reason": "recovering"}})
     );
     let report = AttemptReport {
         reply: Reply::RateLimited {
@@ -649,7 +650,7 @@ fn gates_and_reports_travel_as_json() {
     let json = serde_json::to_value(report).unwrap_or_default();
     assert_eq!(
         json,
-        serde_json::json!({"reply": {"reply": "rate_limited", "retry_after_ms": 9}, "probe": null})
+        serde_json::json!({"reply": {"rate_limited": {"retry_after_ms": 9}}, "probe": null})
     );
     let back: AttemptReport = serde_json::from_value(json).unwrap_or_else(|_| panic!("parses"));
     assert_eq!(back, report);

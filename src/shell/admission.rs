@@ -14,11 +14,16 @@ use crate::body::BodyFacts;
 use crate::config::TierLimits;
 use crate::error::ProxyError;
 use crate::limits::{limit_headers, Admission, AdmissionRequest, Reservation, Usage};
-use crate::tap::Seen;
+use crate::tap::{Progress, Seen};
+use std::pin::pin;
+use futures_util::future::{select, Either};
+use super::runtime::sleep_ms;
 
-/// How long a concurrency slot stays held if its settlement never comes (an isolate that
-/// died mid-stream). Long enough for the longest streams; settlement frees it much sooner.
-const LEASE_MS: u64 = 15 * 60 * 1000;
+/// How long a concurrency slot stays held if its settlement never comes: an isolate that died
+/// mid-stream, or a client that went away while the runtime dropped the whole request with
+/// its settlement. A stream longer than this frees its slot early (the key may briefly run one
+/// more stream than its limit); its settlement still returns unused tokens afterwards.
+const LEASE_MS: u64 = 5 * 60 * 1000;
 
 /// Asks the caller's object to admit the request. The caller's own limits go into the
 /// answer's headers whatever the decision.
@@ -47,6 +52,33 @@ pub async fn admit(
     }
 }
 
+/// How long a tapped body may stand still before its settlement stops waiting for it. A
+/// client that goes away mid-stream does not always get its stream dropped by the runtime (a
+/// read from the upstream can be left pending forever); the slot must come back anyway.
+const STALLED_BODY_MS: u64 = 20_000;
+
+/// Waits for the tap's report, or until the body has not moved for [`STALLED_BODY_MS`].
+async fn watch(mut seen: oneshot::Receiver<Seen>, progress: &Progress) -> Option<Seen> {
+    let mut chunks = progress.chunks();
+    loop {
+        let tick = pin!(sleep_ms(STALLED_BODY_MS));
+        match select(&mut seen, tick).await {
+            Either::Left((report, _)) => return report.ok(),
+            Either::Right(_) => {
+                let now = progress.chunks();
+                if now == chunks {
+                    return None;
+                }
+                chunks = now;
+            }
+        }
+    }
+}
+
+fn to_usage(seen: crate::sse::Usage) -> Usage {
+    Usage { input_tokens: seen.input_tokens, output_tokens: seen.output_tokens }
+}
+
 /// Settles the reservation once the answer is over, off the client's path.
 pub fn settle_later(
     env: &Env,
@@ -54,7 +86,7 @@ pub fn settle_later(
     caller: &Caller,
     limits: TierLimits,
     reservation: Reservation,
-    seen: Option<oneshot::Receiver<Seen>>,
+    seen: Option<(oneshot::Receiver<Seen>, Progress)>,
     delivered_ok: bool,
 ) {
     let env = env.clone();
@@ -62,9 +94,11 @@ pub fn settle_later(
     ctx.wait_until(async move {
         let usage = match seen {
             // A tapped answer reports what it saw when its body ends or is dropped.
-            Some(seen) => match seen.await {
-                Ok(seen) => Usage { input_tokens: seen.usage.input_tokens, output_tokens: seen.usage.output_tokens },
-                Err(_) => Usage::UNKNOWN,
+            Some((seen, progress)) => match watch(seen, &progress).await {
+                Some(seen) if seen.complete => to_usage(seen.usage),
+                // Cut short: the input was used, the output so far is not known for sure.
+                Some(seen) => Usage { input_tokens: seen.usage.input_tokens, output_tokens: None },
+                None => Usage { input_tokens: progress.usage().input_tokens, output_tokens: None },
             },
             // A successful answer that could not be watched: keep the reservation.
             None if delivered_ok => Usage::UNKNOWN,

@@ -28,7 +28,7 @@ use crate::retry::{
 use crate::route::Route;
 use crate::secret::Secret;
 use crate::sse::{EventScanner, SseEvent};
-use crate::tap::{Seen, Tap};
+use crate::tap::{Progress, Seen, Tap};
 use futures_channel::oneshot;
 
 pub struct Forward<'a> {
@@ -52,7 +52,7 @@ pub struct Forward<'a> {
 pub struct Delivered {
     pub response: Response,
     pub status: u16,
-    pub seen: Option<oneshot::Receiver<Seen>>,
+    pub seen: Option<(oneshot::Receiver<Seen>, Progress)>,
 }
 
 /// What one attempt brought back, kept until the retrier decides whether to deliver it.
@@ -168,13 +168,17 @@ fn deliver(answer: Option<UpstreamAnswer>, tap: bool, idle_ms: u64) -> Result<De
         UpstreamBody::Untouched(None) => (builder.empty(), None),
         UpstreamBody::Untouched(Some(body)) if !tap => (builder.stream(body), None),
         UpstreamBody::Untouched(Some(body)) => {
-            let (tapped, seen) = Tap::new(ByteStream::from(body), false);
-            (builder.from_stream(tapped).map_err(stream_failed)?, Some(seen))
+            let length = exact_length(&answer.headers);
+            let (tapped, seen, progress) = Tap::watched(ByteStream::from(body), false);
+            let seen = (seen, progress);
+            let response = builder.from_stream(tapped).map_err(stream_failed)?;
+            (length.and_then(|length| fixed_length(&response, length)).unwrap_or(response), Some(seen))
         }
         UpstreamBody::Sse { head, rest } => {
             let body = stream::once(ready(Ok::<Vec<u8>, worker::Error>(head))).chain(idle_guard(rest, idle_ms));
             if tap {
-                let (tapped, seen) = Tap::new(body, true);
+                let (tapped, seen, progress) = Tap::watched(body, true);
+                let seen = (seen, progress);
                 (builder.from_stream(tapped).map_err(stream_failed)?, Some(seen))
             } else {
                 (builder.from_stream(body).map_err(stream_failed)?, None)
@@ -184,27 +188,61 @@ fn deliver(answer: Option<UpstreamAnswer>, tap: bool, idle_ms: u64) -> Result<De
     Ok(Delivered { response, status, seen })
 }
 
-/// What a client receives when the upstream goes silent mid-stream: the stream ends with an
-/// `error` event it can read, instead of hanging until the runtime gives up.
-const STALLED_EVENT: &str = "\n\nevent: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"api_error\",\
-    \"message\":\"the upstream stream went silent; the answer is incomplete\"}}\n\n";
+/// The body's length when the upstream announced it for the bytes as they arrive (no
+/// content encoding for the runtime to undo).
+fn exact_length(headers: &[(String, String)]) -> Option<u64> {
+    let identity = header(headers, "content-encoding").is_none_or(|e| e.trim().eq_ignore_ascii_case("identity"));
+    header(headers, "content-length").filter(|_| identity).and_then(|l| l.trim().parse().ok())
+}
 
-/// Ends a stream whose upstream sends nothing for `idle_ms` (the attempt timeout) with
-/// [`STALLED_EVENT`]. Nothing is retried: bytes have already reached the client.
+/// A tapped answer's body as a `FixedLengthStream` of the upstream's length, so the client is
+/// told the length up front, as it is when the body is not tapped. A body cut short then
+/// reaches the client as a broken connection, which it can tell from a complete answer; as
+/// a stream of unknown length it would end as cleanly as a complete one (the runtime closes
+/// a chunked answer normally when its source fails). `None` keeps the answer as it is.
+fn fixed_length(response: &Response, length: u64) -> Option<Response> {
+    let worker::ResponseBody::Stream(source) = response.body() else { return None };
+    let fixed = worker::worker_sys::FixedLengthStream::new(u32::try_from(length).ok()?).ok()?;
+    let piping = source.pipe_to(&fixed.writable());
+    // The pipe's outcome reaches the client through the stream itself.
+    worker::wasm_bindgen_futures::spawn_local(async move {
+        let _ = worker::wasm_bindgen_futures::JsFuture::from(piping).await;
+    });
+    let headers = response.headers().clone();
+    Some(ResponseBuilder::new().with_status(response.status_code()).with_headers(headers).stream(fixed.readable()))
+}
+
+/// The event that ends a stream the proxy has to cut: the client reads an `error` event
+/// (the SDKs raise it) instead of a stream that hangs or just stops.
+fn incomplete_event(why: &str) -> Vec<u8> {
+    format!(
+        "\n\nevent: error\ndata: {{\"type\":\"error\",\"error\":{{\"type\":\"api_error\",\
+         \"message\":\"{why}; the answer is incomplete\"}}}}\n\n"
+    )
+    .into_bytes()
+}
+
+/// Passes a stream's rest through, ending it with [`incomplete_event`] when the upstream sends
+/// nothing for `idle_ms` (the attempt timeout) or its connection fails. Nothing is retried:
+/// bytes have already reached the client. (A failing source would otherwise end the client's
+/// stream as cleanly as a complete one.)
 fn idle_guard(
     rest: ByteStream,
     idle_ms: u64,
 ) -> std::pin::Pin<Box<dyn futures_util::Stream<Item = worker::Result<Vec<u8>>>>> {
-    Box::pin(stream::unfold((rest, false), move |(mut rest, stalled)| async move {
-        if stalled {
+    Box::pin(stream::unfold((rest, false), move |(mut rest, ended)| async move {
+        if ended {
             return None;
         }
         let next = pin!(rest.next());
         let timer = pin!(Delay::from(Duration::from_millis(idle_ms)));
         match select(next, timer).await {
-            Either::Left((Some(item), _)) => Some((item, (rest, false))),
+            Either::Left((Some(Ok(chunk)), _)) => Some((Ok(chunk), (rest, false))),
+            Either::Left((Some(Err(_)), _)) => {
+                Some((Ok(incomplete_event("the upstream connection was lost mid-stream")), (rest, true)))
+            }
             Either::Left((None, _)) => None,
-            Either::Right(_) => Some((Ok(STALLED_EVENT.as_bytes().to_vec()), (rest, true))),
+            Either::Right(_) => Some((Ok(incomplete_event("the upstream stream went silent")), (rest, true))),
         }
     }))
 }

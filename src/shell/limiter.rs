@@ -24,7 +24,7 @@ const STATE_KEY: &str = "limiter";
 
 /// One call from the Worker to a caller's object.
 #[derive(Debug, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
 pub enum LimiterCall {
     Admit { limits: TierLimits, request: AdmissionRequest },
     Settle { limits: TierLimits, reservation: Reservation, usage: Usage },
@@ -88,7 +88,8 @@ impl DurableObject for Limiter {
             (reply.0, stored.clone(), reply.1)
         };
         let reply = reply.map_err(|e| worker::Error::RustError(e.to_string()))?;
-        self.state.storage().put(STATE_KEY, &snapshot).await?;
+        let text = serde_json::to_string(&snapshot).map_err(|e| worker::Error::RustError(e.to_string()))?;
+        self.state.storage().put(STATE_KEY, text).await?;
         if let Some(idle_in) = idle_at {
             // Wake up when the caller is idle (buckets full, no leases remembered), to forget it.
             let at = now.saturating_add(idle_in).saturating_add(1_000);
@@ -118,7 +119,16 @@ impl Limiter {
         if self.stored.borrow().is_some() {
             return Ok(());
         }
-        let stored: Option<Stored> = self.state.storage().get(STATE_KEY).await.ok().flatten();
+        // Stored as JSON text: one string through the JS boundary instead of a generic
+        // conversion of every field (smaller bundle, and 64-bit numbers stay exact).
+        let stored: Option<Stored> = self
+            .state
+            .storage()
+            .get::<String>(STATE_KEY)
+            .await
+            .ok()
+            .flatten()
+            .and_then(|text| serde_json::from_str(&text).ok());
         let mut slot = self.stored.borrow_mut();
         // Another event may have loaded it while this one awaited storage.
         if slot.is_none() {

@@ -17,7 +17,7 @@ use crate::auth::{authenticate, credential, Caller, UpstreamKey};
 use crate::body::{inspect, BodyFacts};
 use crate::config::Config;
 use crate::error::ProxyError;
-use crate::route::{route, Route};
+use crate::route::{query_of, route, Route};
 
 use respond::{Cors, Exchange};
 
@@ -45,8 +45,9 @@ async fn handle(
 
     exchange.cors = Cors::decide(&config.allowed_origins, exchange.origin.as_deref());
     let method = req.method().to_string();
-    let url = req.url().map_err(|_| ProxyError::InvalidRequest("unreadable URL".to_string()))?;
-    let route = route(&method, url.path())?;
+    let path = req.path();
+    let raw_url = req.inner().url();
+    let route = route(&method, &path)?;
     exchange.route = Some(route.clone());
     if matches!(exchange.cors, Cors::Denied) {
         return Err(ProxyError::OriginNotAllowed);
@@ -90,7 +91,7 @@ async fn handle(
     let mut delivered = forward::forward(forward::Forward {
         config: &config,
         route: &route,
-        query: url.query(),
+        query: query_of(&raw_url),
         method: &method,
         client_headers: req.headers(),
         body: body.as_deref(),

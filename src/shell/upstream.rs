@@ -50,7 +50,7 @@ fn take_unreported() -> u32 {
 }
 
 #[derive(Debug, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
 enum UpstreamCall {
     Before { model: String, is_retry: bool, deadline_ms: u64, request_seed: u64, unreported: u32 },
     After { model: String, report: AttemptReport, rng_seed: u64, unreported: u32 },
@@ -93,7 +93,8 @@ impl DurableObject for Upstream {
             (reply, upstream.clone())
         };
         let reply = reply.map_err(|e| worker::Error::RustError(e.to_string()))?;
-        self.state.storage().put(STATE_KEY, &snapshot).await?;
+        let text = serde_json::to_string(&snapshot).map_err(|e| worker::Error::RustError(e.to_string()))?;
+        self.state.storage().put(STATE_KEY, text).await?;
         if self.state.storage().get_alarm().await.ok().flatten().is_none() {
             let _ = self.state.storage().set_alarm(now.saturating_add(60_000) as i64).await;
         }
@@ -119,7 +120,16 @@ impl Upstream {
         if self.upstream.borrow().is_some() {
             return Ok(());
         }
-        let stored: Option<UpstreamState> = self.state.storage().get(STATE_KEY).await.ok().flatten();
+        // Stored as JSON text: one string through the JS boundary instead of a generic
+        // conversion of every field (smaller bundle, and 64-bit numbers stay exact).
+        let stored: Option<UpstreamState> = self
+            .state
+            .storage()
+            .get::<String>(STATE_KEY)
+            .await
+            .ok()
+            .flatten()
+            .and_then(|text| serde_json::from_str(&text).ok());
         let mut slot = self.upstream.borrow_mut();
         if slot.is_none() {
             *slot = Some(stored.unwrap_or_default());
