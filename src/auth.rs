@@ -94,8 +94,9 @@ pub fn authenticate(config: &Config, presented: &str, now_ms: u64) -> Result<Cal
     }
     // Every configured key is compared, so the time taken does not tell which one matched.
     let mut matched = None;
+    let presented_digest = crate::secret::digest(presented);
     for (key, entry) in &config.client_keys {
-        if key.matches(presented) && matched.is_none() {
+        if key.matches_digest(&presented_digest) && matched.is_none() {
             matched = Some(entry);
         }
     }

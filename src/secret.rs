@@ -10,29 +10,44 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 #[derive(Clone)]
-pub struct Secret(String);
+pub struct Secret {
+    value: String,
+    /// SHA-256 of the value, computed once: comparisons hash only the presented side.
+    digest: [u8; 32],
+}
+
+/// The digest a presented credential is compared by.
+pub fn digest(value: &str) -> [u8; 32] {
+    Sha256::digest(value.as_bytes()).into()
+}
 
 impl Secret {
     pub fn new(value: impl Into<String>) -> Secret {
-        Secret(value.into())
+        let value = value.into();
+        let digest = digest(&value);
+        Secret { value, digest }
     }
 
     /// The value itself, for the one place that needs it (the upstream request header).
     pub fn expose(&self) -> &str {
-        &self.0
+        &self.value
     }
 
     /// Compares with a presented credential in constant time. Both sides are hashed first so
     /// that neither the content nor the length of the secret shows in the timing.
     pub fn matches(&self, presented: &str) -> bool {
-        let a = Sha256::digest(self.0.as_bytes());
-        let b = Sha256::digest(presented.as_bytes());
-        a.ct_eq(&b).into()
+        self.matches_digest(&digest(presented))
+    }
+
+    /// [`Secret::matches`] for a credential already hashed with [`digest`] (hash it once when
+    /// comparing with many secrets).
+    pub fn matches_digest(&self, presented: &[u8; 32]) -> bool {
+        self.digest.ct_eq(presented).into()
     }
 
     /// A stable, one-way fingerprint: `label` keeps fingerprints of different kinds apart.
     pub fn fingerprint(&self, label: &str) -> String {
-        fingerprint(label, &self.0)
+        fingerprint(label, &self.value)
     }
 }
 

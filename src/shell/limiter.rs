@@ -6,7 +6,7 @@
 //! write to its SQLite-backed storage (the runtime holds the reply until the write is durable).
 //! The object is named by a fingerprint of the identity, never by a key.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 
 use serde::{Deserialize, Serialize};
 use worker::{
@@ -51,11 +51,13 @@ struct Stored {
 pub struct Limiter {
     state: State,
     stored: RefCell<Option<Stored>>,
+    /// An alarm is scheduled (so admissions need not write one each time).
+    alarm_set: Cell<bool>,
 }
 
 impl DurableObject for Limiter {
     fn new(state: State, _env: Env) -> Self {
-        Limiter { state, stored: RefCell::new(None) }
+        Limiter { state, stored: RefCell::new(None), alarm_set: Cell::new(false) }
     }
 
     async fn fetch(&self, mut req: Request) -> worker::Result<Response> {
@@ -90,15 +92,19 @@ impl DurableObject for Limiter {
         let reply = reply.map_err(|e| worker::Error::RustError(e.to_string()))?;
         let text = serde_json::to_string(&snapshot).map_err(|e| worker::Error::RustError(e.to_string()))?;
         self.state.storage().put(STATE_KEY, text).await?;
-        if let Some(idle_in) = idle_at {
-            // Wake up when the caller is idle (buckets full, no leases remembered), to forget it.
+        if let Some(idle_in) = idle_at.filter(|_| !self.alarm_set.get()) {
+            // Wake up when the caller may be idle (buckets full, no leases remembered), to
+            // forget it; the alarm looks again later if new traffic came.
             let at = now.saturating_add(idle_in).saturating_add(1_000);
-            let _ = self.state.storage().set_alarm(at as i64).await;
+            if self.state.storage().set_alarm(at as i64).await.is_ok() {
+                self.alarm_set.set(true);
+            }
         }
         Response::from_json(&reply)
     }
 
     async fn alarm(&self) -> worker::Result<Response> {
+        self.alarm_set.set(false);
         self.load().await?;
         let now = now_ms();
         let idle_in = self.stored.borrow().as_ref().map_or(0, |s| s.limiter.idle_in_ms(&s.limits, now));
@@ -107,7 +113,10 @@ impl DurableObject for Limiter {
             *self.stored.borrow_mut() = None;
         } else {
             // Still busy (new traffic since the alarm was set): look again when it can be idle.
-            let _ = self.state.storage().set_alarm(now.saturating_add(idle_in).saturating_add(1_000) as i64).await;
+            let at = now.saturating_add(idle_in).saturating_add(1_000);
+            if self.state.storage().set_alarm(at as i64).await.is_ok() {
+                self.alarm_set.set(true);
+            }
         }
         Response::ok("")
     }

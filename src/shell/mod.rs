@@ -38,7 +38,7 @@ async fn handle(
     ctx: &Context,
     exchange: &mut Exchange,
 ) -> Result<Response, ProxyError> {
-    let config = Config::from_lookup(|name| runtime::variable(env, name)).map_err(|e| {
+    let config = runtime::config(env).map_err(|e| {
         worker::console_error!("{}", respond::config_log_line(&e));
         ProxyError::Misconfigured(e)
     })?;

@@ -6,6 +6,12 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use worker::{Delay, Env, Request};
 
+use std::cell::RefCell;
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+use std::rc::Rc;
+
+use crate::config::{Config, ConfigError, VARIABLES};
 use crate::error::ProxyError;
 
 /// Milliseconds since the Unix epoch. In Workers the clock advances on I/O, which is what the
@@ -33,6 +39,28 @@ pub fn random_u64() -> u64 {
 /// A fresh request id for answers the proxy makes itself, shaped like the API's own.
 pub fn new_request_id() -> String {
     format!("req_bw_{:016x}{:08x}", random_u64(), random_u64() as u32)
+}
+
+thread_local! {
+    /// The configuration parsed last, and a hash of the raw values it was parsed from.
+    static CONFIG: RefCell<Option<(u64, Rc<Config>)>> = const { RefCell::new(None) };
+}
+
+/// The validated configuration. Parsed once per isolate and reused while the raw values stay
+/// the same (they are read on every request, so a changed secret takes effect at once).
+pub fn config(env: &Env) -> Result<Rc<Config>, ConfigError> {
+    let raw: Vec<Option<String>> = VARIABLES.iter().map(|name| variable(env, name)).collect();
+    let mut hasher = DefaultHasher::new();
+    raw.hash(&mut hasher);
+    let key = hasher.finish();
+    if let Some(config) = CONFIG.with(|c| c.borrow().as_ref().filter(|(k, _)| *k == key).map(|(_, c)| c.clone())) {
+        return Ok(config);
+    }
+    let config = Rc::new(Config::from_lookup(|name| {
+        VARIABLES.iter().position(|v| *v == name).and_then(|i| raw.get(i).cloned().flatten())
+    })?);
+    CONFIG.with(|c| *c.borrow_mut() = Some((key, config.clone())));
+    Ok(config)
 }
 
 /// A configuration variable: a `[vars]` entry or a secret, whichever is set.

@@ -60,11 +60,13 @@ enum UpstreamCall {
 pub struct Upstream {
     state: State,
     upstream: RefCell<Option<UpstreamState>>,
+    /// An alarm is scheduled (so calls need not look for one each time).
+    alarm_set: Cell<bool>,
 }
 
 impl DurableObject for Upstream {
     fn new(state: State, _env: Env) -> Self {
-        Upstream { state, upstream: RefCell::new(None) }
+        Upstream { state, upstream: RefCell::new(None), alarm_set: Cell::new(false) }
     }
 
     async fn fetch(&self, mut req: Request) -> worker::Result<Response> {
@@ -95,21 +97,22 @@ impl DurableObject for Upstream {
         let reply = reply.map_err(|e| worker::Error::RustError(e.to_string()))?;
         let text = serde_json::to_string(&snapshot).map_err(|e| worker::Error::RustError(e.to_string()))?;
         self.state.storage().put(STATE_KEY, text).await?;
-        if self.state.storage().get_alarm().await.ok().flatten().is_none() {
-            let _ = self.state.storage().set_alarm(now.saturating_add(60_000) as i64).await;
+        if !self.alarm_set.get() && self.state.storage().set_alarm(now.saturating_add(60_000) as i64).await.is_ok() {
+            self.alarm_set.set(true);
         }
         Response::from_json(&reply)
     }
 
     async fn alarm(&self) -> worker::Result<Response> {
+        self.alarm_set.set(false);
         self.load().await?;
         let now = now_ms();
         let idle = self.upstream.borrow().as_ref().is_none_or(|u| u.is_idle(&OutagePolicy::default(), now));
         if idle {
             self.state.storage().delete_all().await?;
             *self.upstream.borrow_mut() = None;
-        } else {
-            let _ = self.state.storage().set_alarm(now.saturating_add(60_000) as i64).await;
+        } else if self.state.storage().set_alarm(now.saturating_add(60_000) as i64).await.is_ok() {
+            self.alarm_set.set(true);
         }
         Response::ok("")
     }
