@@ -366,7 +366,8 @@ impl ModelHealth {
             self.streak_started_ms = now_ms;
         }
         self.streak = self.streak.saturating_add(1);
-        if self.streak < policy.overload_threshold.max(1) {
+        let span = now_ms.saturating_sub(self.streak_started_ms);
+        if self.streak < policy.overload_threshold.max(1) || span < policy.overload_min_span_ms {
             return ModelChange::None;
         }
         self.streak = 0;

@@ -9,6 +9,12 @@ pub struct OutagePolicy {
     /// Overloaded answers (`529`, or a stream opening with `overloaded_error`) for one model,
     /// with no success in between, that mark the model overloaded.
     pub overload_threshold: u32,
+    /// ... and that lasted at least this long from its first overloaded answer. Under a total
+    /// outage no success ever interrupts a streak; an upstream that is merely at capacity
+    /// still serves a request every so often, so a streak rarely lasts this long. Without it,
+    /// an upstream at twice its capacity would be taken for a dead one and left idle while
+    /// every request waits for probes.
+    pub overload_min_span_ms: u64,
     /// A streak of overloaded answers counts only within this long of its first answer;
     /// past it, the next overloaded answer starts a new streak.
     pub overload_window_ms: u64,
@@ -46,21 +52,24 @@ pub struct OutagePolicy {
 }
 
 impl Default for OutagePolicy {
-    /// The product defaults: 3 overloads within 10 s mark a model; probes every 0.5–1 s at
-    /// first, up to 2–4 s; a 60 s probe lease; waiters poll every 0.5–1 s and are released
-    /// over 10 ms per waiter (0.25–5 s); a 1 s default cooldown with a 0.5 s spread; retries
-    /// within 20 % of requests over 10 s with a floor of 30; 64 models.
+    /// The product defaults: 5 overloads within 10 s, with no success between them over at
+    /// least 0.5 s, mark a model; probes every 0.5–1 s at first, up to 2–4 s; a 60 s probe
+    /// lease; waiters poll every 0.5–1 s and are released over 50 ms per waiter (1–15 s, at
+    /// most about 20 released requests per second: a recovering upstream may have less
+    /// capacity than before); a 1 s default cooldown with a 0.5 s spread; retries within 20 %
+    /// of requests over 10 s with a floor of 30; 64 models.
     fn default() -> Self {
         Self {
-            overload_threshold: 3,
+            overload_threshold: 5,
+            overload_min_span_ms: 500,
             overload_window_ms: 10_000,
             probe_interval_base_ms: 1_000,
             probe_interval_cap_ms: 4_000,
             probe_lease_ms: 60_000,
             wait_poll_ms: 1_000,
-            release_per_waiter_ms: 10,
-            release_min_ms: 250,
-            release_max_ms: 5_000,
+            release_per_waiter_ms: 50,
+            release_min_ms: 1_000,
+            release_max_ms: 15_000,
             default_cooldown_ms: 1_000,
             cooldown_spread_ms: 500,
             retry_budget_percent: 20,
@@ -95,10 +104,10 @@ mod tests {
     #[test]
     fn release_window_scales_with_waiters_within_bounds() {
         let policy = OutagePolicy::default();
-        assert_eq!(policy.release_window_ms(0), 250);
-        assert_eq!(policy.release_window_ms(100), 1_000);
-        assert_eq!(policy.release_window_ms(10_000), 5_000);
-        assert_eq!(policy.release_window_ms(u32::MAX), 5_000);
+        assert_eq!(policy.release_window_ms(0), 1_000);
+        assert_eq!(policy.release_window_ms(100), 5_000);
+        assert_eq!(policy.release_window_ms(10_000), 15_000);
+        assert_eq!(policy.release_window_ms(u32::MAX), 15_000);
         let inverted = OutagePolicy {
             release_min_ms: 9_000,
             release_max_ms: 10,

