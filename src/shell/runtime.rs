@@ -75,8 +75,17 @@ pub fn variable(env: &Env, name: &str) -> Option<String> {
 pub async fn read_body(req: &mut Request, limit: u64) -> Result<Vec<u8>, ProxyError> {
     let too_large = ProxyError::TooLarge { limit };
     if let Ok(Some(length)) = req.headers().get("content-length") {
-        if length.trim().parse::<u64>().is_ok_and(|n| n > limit) {
-            return Err(too_large);
+        match length.trim().parse::<u64>() {
+            Ok(n) if n > limit => return Err(too_large),
+            // A declared length within the limit (the runtime holds the body to it): read it in
+            // one call rather than chunk by chunk across the JS boundary.
+            Ok(_) => {
+                return req
+                    .bytes()
+                    .await
+                    .map_err(|_| ProxyError::InvalidRequest("the request body could not be read".to_string()))
+            }
+            Err(_) => {}
         }
     }
     let mut stream = match req.stream() {
