@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Runs every test: host unit and property tests of the pure core and the simulator, lints,
-# the end-to-end suite (the real Worker in workerd against the simulator on loopback), then
-# the browser suite (the demo page in headless Chromium, on another origin than the Worker).
+# Runs every test: host unit and property tests of the pure core and the simulator, lints, a
+# brief fuzz run of the parsers, the end-to-end suite (the real Worker in workerd against the
+# simulator on loopback), then the browser suite (the demo page in headless Chromium, on
+# another origin than the Worker).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
@@ -15,6 +16,9 @@ cargo test --target wasm32-unknown-unknown --test wasm_storage --quiet
 echo "== lints"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 cargo clippy --lib --target wasm32-unknown-unknown --quiet -- -D warnings
+
+echo "== fuzz smoke (parsers of untrusted input, 3 s per target; ./scripts/fuzz.sh runs libFuzzer)"
+./scripts/fuzz.sh --smoke 3
 
 echo "== build"
 cargo build --release -p breakwater-sim --quiet

@@ -88,6 +88,14 @@ pub fn estimate_input_tokens(body_len: usize) -> u64 {
 }
 
 fn classify_json_error(e: &serde_json::Error) -> &'static str {
+    // serde_json files these under syntax and data; they deserve their own words.
+    let shown = e.to_string();
+    if shown.starts_with("recursion limit exceeded") {
+        return "nested too deeply";
+    }
+    if shown.starts_with("duplicate field") {
+        return "a duplicate model, max_tokens or stream field";
+    }
     match e.classify() {
         serde_json::error::Category::Eof => "unexpected end of input",
         serde_json::error::Category::Syntax => "syntax error",
@@ -142,6 +150,21 @@ mod tests {
         // Fields it reads hit serde_json's recursion limit: a 400, not a crash.
         let deep_model = format!("{{\"model\":{}{},\"max_tokens\":1}}", "[".repeat(100_000), "]".repeat(100_000));
         assert_eq!(inspect(&Route::Messages, deep_model.as_bytes()).unwrap_err().status(), 400);
+    }
+
+    #[test]
+    fn regression_deep_nesting_was_called_a_syntax_error() {
+        let deep = format!("{{\"model\":{}{},\"max_tokens\":1}}", "[".repeat(1000), "]".repeat(1000));
+        let message = bad(deep.as_bytes());
+        assert!(message.contains("nested too deeply"), "{message}");
+        assert!(!message.contains("syntax error"), "{message}");
+    }
+
+    #[test]
+    fn regression_duplicate_fields_were_called_unexpected_data() {
+        // The proxy and the upstream could read different values from such a body.
+        let message = bad(br#"{"model":"a","model":"b","max_tokens":1}"#);
+        assert!(message.contains("duplicate"), "{message}");
     }
 
     #[test]

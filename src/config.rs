@@ -263,6 +263,15 @@ fn parse_origins(raw: Option<String>) -> Result<AllowedOrigins, ConfigError> {
                 "expected * or comma-separated origins like https://chat.example.com",
             ));
         }
+        // Browsers send an internationalized host in its ASCII (punycode) form, so a Unicode
+        // origin here could never match one.
+        if !origin.is_ascii() {
+            return Err(invalid(
+                "ALLOWED_ORIGINS",
+                "origins must be ASCII: write an internationalized host in its punycode form \
+                 (https://xn--…), as browsers send it",
+            ));
+        }
         list.push(origin.to_string());
     }
     Ok(if list.is_empty() { AllowedOrigins::None } else { AllowedOrigins::List(list) })
@@ -405,6 +414,15 @@ mod tests {
         assert!(c.allowed_origins.allows("http://localhost:8080"));
         assert!(!c.allowed_origins.allows("https://b.example"));
         assert_eq!(config(&[("ALLOWED_ORIGINS", "*")]).unwrap().allowed_origins, AllowedOrigins::Any);
+    }
+
+    #[test]
+    fn regression_unicode_origin_could_never_match() {
+        let err = config(&[("ALLOWED_ORIGINS", "https://chat.example, https://exämple.com")]).unwrap_err();
+        assert_eq!(err.variable, "ALLOWED_ORIGINS");
+        assert!(err.problem.contains("punycode"), "{}", err.problem);
+        let c = config(&[("ALLOWED_ORIGINS", "https://xn--exmple-cua.com")]).unwrap();
+        assert!(c.allowed_origins.allows("https://xn--exmple-cua.com"));
     }
 
     #[test]

@@ -175,13 +175,15 @@ fn deliver(answer: Option<UpstreamAnswer>, tap: bool, idle_ms: u64) -> Result<De
             (length.and_then(|length| fixed_length(&response, length)).unwrap_or(response), Some(seen))
         }
         UpstreamBody::Sse { head, rest } => {
-            let body = stream::once(ready(Ok::<Vec<u8>, worker::Error>(head))).chain(idle_guard(rest, idle_ms));
+            let body: BoxedBytes = Box::pin(stream::once(ready(Ok::<Vec<u8>, worker::Error>(head))).chain(rest));
             if tap {
+                // The guard outside the tap: a stream it has to cut reaches the tap as a
+                // failure or an early end, so settlement knows the answer is incomplete.
                 let (tapped, seen, progress) = Tap::watched(body, true);
                 let seen = (seen, progress);
-                (builder.from_stream(tapped).map_err(stream_failed)?, Some(seen))
+                (builder.from_stream(idle_guard(tapped, idle_ms)).map_err(stream_failed)?, Some(seen))
             } else {
-                (builder.from_stream(body).map_err(stream_failed)?, None)
+                (builder.from_stream(idle_guard(body, idle_ms)).map_err(stream_failed)?, None)
             }
         }
     };
@@ -222,14 +224,16 @@ fn incomplete_event(why: &str) -> Vec<u8> {
     .into_bytes()
 }
 
+type BoxedBytes = std::pin::Pin<Box<dyn futures_util::Stream<Item = worker::Result<Vec<u8>>>>>;
+
 /// Passes a stream's rest through, ending it with [`incomplete_event`] when the upstream sends
 /// nothing for `idle_ms` (the attempt timeout) or its connection fails. Nothing is retried:
 /// bytes have already reached the client. (A failing source would otherwise end the client's
 /// stream as cleanly as a complete one.)
-fn idle_guard(
-    rest: ByteStream,
-    idle_ms: u64,
-) -> std::pin::Pin<Box<dyn futures_util::Stream<Item = worker::Result<Vec<u8>>>>> {
+fn idle_guard<S>(rest: S, idle_ms: u64) -> BoxedBytes
+where
+    S: futures_util::Stream<Item = worker::Result<Vec<u8>>> + Unpin + 'static,
+{
     Box::pin(stream::unfold((rest, false), move |(mut rest, ended)| async move {
         if ended {
             return None;

@@ -1,0 +1,70 @@
+//! The rest of what a request's head brings: `route::route` (method and path),
+//! `RetryPolicy::effective_budget_ms` (`x-proxy-budget-ms`) and the header filters.
+//!
+//! Input: `method \0 path \0 budget header \0 header name`.
+//!
+//! Holds for every input:
+//! - a routed path is one of the fixed routes; a model id never climbs (`/`, `.`, `%`, `\`);
+//!   only `OPTIONS` is a preflight, and a wrong method is a 405 naming the allowed one;
+//! - the client's budget header never lengthens the budget;
+//! - credentials and `x-proxy-*` never go upstream, in any case of the name.
+
+use breakwater::headers::{forward_downstream, forward_upstream};
+use breakwater::retry::RetryPolicy;
+use breakwater::route::{route, Route};
+
+use crate::{split_at_byte, text};
+
+pub fn check(data: &[u8]) {
+    let (method, rest) = split_at_byte(data, 0);
+    let (path, rest) = split_at_byte(rest.unwrap_or_default(), 0);
+    let (budget, rest) = split_at_byte(rest.unwrap_or_default(), 0);
+    let header = rest.unwrap_or_default();
+    let (method, path, budget, header) = (text(method), text(path), text(budget), text(header));
+
+    match route(&method, &path) {
+        Ok(Route::Preflight) => assert!(method.eq_ignore_ascii_case("OPTIONS")),
+        Ok(Route::Model(id)) => {
+            assert_eq!(path, format!("/v1/models/{id}"));
+            assert!(!id.is_empty());
+            assert!(!id.contains(['/', '\\', '%', '?', '#']) && !id.starts_with('.'), "model id {id:?}");
+            assert!(method == "GET" || method == "HEAD");
+        }
+        Ok(r) => {
+            let expected = match r {
+                Route::Messages => "/v1/messages",
+                Route::CountTokens => "/v1/messages/count_tokens",
+                Route::Models => "/v1/models",
+                Route::Health => "/healthz",
+                Route::Preflight | Route::Model(_) => unreachable!(),
+            };
+            assert_eq!(path, expected);
+        }
+        Err(e) => {
+            assert!(matches!(e.status(), 404 | 405), "route error {}", e.status());
+            if e.status() == 405 {
+                assert!(!method.eq_ignore_ascii_case("OPTIONS"));
+            }
+        }
+    }
+
+    let policy = RetryPolicy::default();
+    let budget_ms = policy.effective_budget_ms(Some(&budget));
+    assert!(budget_ms <= policy.budget_ms, "the client lengthened its budget");
+    if let Ok(n) = budget.trim().parse::<u64>() {
+        if budget.trim().bytes().all(|b| b.is_ascii_digit()) {
+            assert_eq!(budget_ms, n.min(policy.budget_ms));
+        }
+    }
+
+    let lower = header.to_ascii_lowercase();
+    let secret_bearing = ["x-api-key", "authorization", "cookie"].contains(&lower.as_str())
+        || lower.starts_with("x-proxy-");
+    if secret_bearing {
+        assert!(!forward_upstream(&header), "{header:?} would go upstream");
+    }
+    assert_eq!(forward_upstream(&header), forward_upstream(&lower), "case matters for {header:?}");
+    if lower.starts_with("anthropic-ratelimit-") {
+        assert!(!forward_downstream(&header), "{header:?} would reach the client");
+    }
+}
