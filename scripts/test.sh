@@ -11,7 +11,7 @@ echo "== host tests (pure core, simulator)"
 cargo test --workspace --quiet
 
 echo "== wasm tests (JS interop, in Node)"
-cargo test --target wasm32-unknown-unknown --test wasm_storage --quiet
+cargo test --target wasm32-unknown-unknown --test wasm_storage
 
 echo "== lints"
 cargo clippy --workspace --all-targets --quiet -- -D warnings

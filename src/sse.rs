@@ -153,6 +153,29 @@ pub struct Usage {
     pub output_tokens: Option<u64>,
 }
 
+/// A `usage` object of the Messages API, in a JSON answer, `message_start` or `message_delta`.
+#[derive(Deserialize)]
+pub(crate) struct Counts {
+    input_tokens: Option<u64>,
+    output_tokens: Option<u64>,
+    cache_creation_input_tokens: Option<u64>,
+    cache_read_input_tokens: Option<u64>,
+}
+
+impl Counts {
+    /// Input tokens in all: cache writes and reads count against the input limit too.
+    pub(crate) fn input(&self) -> Option<u64> {
+        self.input_tokens.map(|i| {
+            i.saturating_add(self.cache_creation_input_tokens.unwrap_or(0))
+                .saturating_add(self.cache_read_input_tokens.unwrap_or(0))
+        })
+    }
+
+    pub(crate) fn output(&self) -> Option<u64> {
+        self.output_tokens
+    }
+}
+
 impl Usage {
     /// Updates the tally from one event of a Messages stream.
     pub fn observe(&mut self, event: &SseEvent) {
@@ -164,13 +187,6 @@ impl Usage {
         struct Body {
             usage: Option<Counts>,
         }
-        #[derive(Deserialize)]
-        struct Counts {
-            input_tokens: Option<u64>,
-            output_tokens: Option<u64>,
-            cache_creation_input_tokens: Option<u64>,
-            cache_read_input_tokens: Option<u64>,
-        }
         match event.name.as_str() {
             "message_start" => {
                 if let Some(c) = serde_json::from_str::<Start>(&event.data)
@@ -178,21 +194,16 @@ impl Usage {
                     .and_then(|s| s.message)
                     .and_then(|m| m.usage)
                 {
-                    self.input_tokens = Some(
-                        c.input_tokens
-                            .unwrap_or(0)
-                            .saturating_add(c.cache_creation_input_tokens.unwrap_or(0))
-                            .saturating_add(c.cache_read_input_tokens.unwrap_or(0)),
-                    );
-                    if c.output_tokens.is_some() {
-                        self.output_tokens = c.output_tokens;
+                    self.input_tokens = Some(c.input().unwrap_or(0));
+                    if c.output().is_some() {
+                        self.output_tokens = c.output();
                     }
                 }
             }
             "message_delta" => {
                 if let Some(c) = serde_json::from_str::<Body>(&event.data).ok().and_then(|b| b.usage) {
-                    if c.output_tokens.is_some() {
-                        self.output_tokens = c.output_tokens;
+                    if c.output().is_some() {
+                        self.output_tokens = c.output();
                     }
                 }
             }

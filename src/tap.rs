@@ -15,7 +15,7 @@ use futures_channel::oneshot;
 use futures_util::Stream;
 use serde::Deserialize;
 
-use crate::sse::{EventScanner, Usage};
+use crate::sse::{Counts, EventScanner, Usage};
 
 /// JSON answers larger than this are not parsed for usage; the reservation then stands.
 pub const MAX_JSON_BYTES: usize = 1 << 20;
@@ -151,21 +151,8 @@ pub fn json_usage(body: &[u8]) -> Usage {
     struct Answer {
         usage: Option<Counts>,
     }
-    #[derive(Deserialize)]
-    struct Counts {
-        input_tokens: Option<u64>,
-        output_tokens: Option<u64>,
-        cache_creation_input_tokens: Option<u64>,
-        cache_read_input_tokens: Option<u64>,
-    }
     match serde_json::from_slice::<Answer>(body).ok().and_then(|a| a.usage) {
-        Some(c) => Usage {
-            input_tokens: c.input_tokens.map(|i| {
-                i.saturating_add(c.cache_creation_input_tokens.unwrap_or(0))
-                    .saturating_add(c.cache_read_input_tokens.unwrap_or(0))
-            }),
-            output_tokens: c.output_tokens,
-        },
+        Some(c) => Usage { input_tokens: c.input(), output_tokens: c.output() },
         None => Usage::default(),
     }
 }

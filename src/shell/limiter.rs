@@ -10,9 +10,10 @@ use std::cell::{Cell, RefCell};
 
 use serde::{Deserialize, Serialize};
 use worker::{
-    durable_object, DurableObject, Env, Method, Request, RequestInit, Response, State,
+    durable_object, DurableObject, Env, Request, Response, State,
 };
 
+use super::object;
 use super::runtime::now_ms;
 use crate::config::TierLimits;
 use crate::error::ProxyError;
@@ -61,11 +62,8 @@ impl DurableObject for Limiter {
     }
 
     async fn fetch(&self, mut req: Request) -> worker::Result<Response> {
-        // Parsed by serde_json, not JSON.parse: seeds are full 64-bit integers.
-        let text = req.text().await.unwrap_or_default();
-        let call: LimiterCall = match serde_json::from_str(&text) {
-            Ok(call) => call,
-            Err(_) => return Response::error("unreadable limiter call", 400),
+        let Some(call) = object::read_call::<LimiterCall>(&mut req).await else {
+            return Response::error("unreadable limiter call", 400);
         };
         self.load().await?;
         let now = now_ms();
@@ -90,8 +88,7 @@ impl DurableObject for Limiter {
             (reply.0, stored.clone(), reply.1)
         };
         let reply = reply.map_err(|e| worker::Error::RustError(e.to_string()))?;
-        let text = serde_json::to_string(&snapshot).map_err(|e| worker::Error::RustError(e.to_string()))?;
-        self.state.storage().put(STATE_KEY, text).await?;
+        object::store(&self.state, STATE_KEY, &snapshot).await?;
         if let Some(idle_in) = idle_at.filter(|_| !self.alarm_set.get()) {
             // Wake up when the caller may be idle (buckets full, no leases remembered), to
             // forget it; the alarm looks again later if new traffic came.
@@ -125,49 +122,9 @@ impl DurableObject for Limiter {
 impl Limiter {
     /// Loads the state once per object lifetime; it stays in memory afterwards.
     async fn load(&self) -> worker::Result<()> {
-        if self.stored.borrow().is_some() {
-            return Ok(());
-        }
-        // Stored as JSON text: one string through the JS boundary instead of a generic
-        // conversion of every field (smaller bundle, and 64-bit numbers stay exact).
-        let stored: Option<Stored> = self
-            .state
-            .storage()
-            .get::<String>(STATE_KEY)
-            .await
-            .ok()
-            .flatten()
-            .and_then(|text| serde_json::from_str(&text).ok());
-        let mut slot = self.stored.borrow_mut();
-        // Another event may have loaded it while this one awaited storage.
-        if slot.is_none() {
-            *slot = Some(stored.unwrap_or_default());
-        }
+        object::load_once(&self.stored, &self.state, STATE_KEY).await;
         Ok(())
     }
-}
-
-/// Sends one call to the caller's object and reads its JSON answer.
-async fn call<T: for<'de> Deserialize<'de>>(
-    env: &Env,
-    identity_hash: &str,
-    call: &LimiterCall,
-) -> Result<T, ProxyError> {
-    let unavailable = |what: &str| ProxyError::Unavailable(format!("rate limiter {what}"));
-    let namespace = env.durable_object(BINDING).map_err(|_| ProxyError::MissingSecret("LIMITER binding"))?;
-    let stub = namespace
-        .id_from_name(identity_hash)
-        .and_then(|id| id.get_stub())
-        .map_err(|_| unavailable("not reachable"))?;
-    let body = serde_json::to_string(call).map_err(|_| unavailable("call not encodable"))?;
-    let mut init = RequestInit::new();
-    init.with_method(Method::Post).with_body(Some(body.into()));
-    let request = Request::new_with_init("https://limiter/call", &init).map_err(|_| unavailable("call not built"))?;
-    let mut response = stub.fetch_with_request(request).await.map_err(|_| unavailable("did not answer"))?;
-    if response.status_code() != 200 {
-        return Err(unavailable("refused the call"));
-    }
-    response.json::<T>().await.map_err(|_| unavailable("answer unreadable"))
 }
 
 pub async fn admit(
@@ -176,7 +133,7 @@ pub async fn admit(
     limits: TierLimits,
     request: AdmissionRequest,
 ) -> Result<AdmitReply, ProxyError> {
-    call(env, identity_hash, &LimiterCall::Admit { limits, request }).await
+    object::call(env, BINDING, identity_hash, &LimiterCall::Admit { limits, request }, "rate limiter").await
 }
 
 pub async fn settle(
@@ -187,6 +144,7 @@ pub async fn settle(
     usage: Usage,
 ) -> Result<(), ProxyError> {
     let _: serde_json::Value =
-        call(env, identity_hash, &LimiterCall::Settle { limits, reservation, usage }).await?;
+        object::call(env, BINDING, identity_hash, &LimiterCall::Settle { limits, reservation, usage }, "rate limiter")
+            .await?;
     Ok(())
 }

@@ -7,6 +7,7 @@
 mod admission;
 mod forward;
 mod limiter;
+mod object;
 mod respond;
 mod runtime;
 mod upstream;

@@ -10,8 +10,9 @@
 use std::cell::{Cell, RefCell};
 
 use serde::{Deserialize, Serialize};
-use worker::{durable_object, DurableObject, Env, Method, Request, RequestInit, Response, State};
+use worker::{durable_object, DurableObject, Env, Request, Response, State};
 
+use super::object;
 use super::respond::{Exchange, LoggedWait};
 use super::runtime::{now_ms, random_u64, sleep_ms};
 use crate::error::{LimitInfo, ProxyError, Scope};
@@ -70,11 +71,8 @@ impl DurableObject for Upstream {
     }
 
     async fn fetch(&self, mut req: Request) -> worker::Result<Response> {
-        // Parsed by serde_json, not JSON.parse: seeds are full 64-bit integers.
-        let text = req.text().await.unwrap_or_default();
-        let call: UpstreamCall = match serde_json::from_str(&text) {
-            Ok(call) => call,
-            Err(_) => return Response::error("unreadable upstream call", 400),
+        let Some(call) = object::read_call::<UpstreamCall>(&mut req).await else {
+            return Response::error("unreadable upstream call", 400);
         };
         self.load().await?;
         let policy = OutagePolicy::default();
@@ -95,8 +93,7 @@ impl DurableObject for Upstream {
             (reply, upstream.clone())
         };
         let reply = reply.map_err(|e| worker::Error::RustError(e.to_string()))?;
-        let text = serde_json::to_string(&snapshot).map_err(|e| worker::Error::RustError(e.to_string()))?;
-        self.state.storage().put(STATE_KEY, text).await?;
+        object::store(&self.state, STATE_KEY, &snapshot).await?;
         if !self.alarm_set.get() && self.state.storage().set_alarm(now.saturating_add(60_000) as i64).await.is_ok() {
             self.alarm_set.set(true);
         }
@@ -120,23 +117,7 @@ impl DurableObject for Upstream {
 
 impl Upstream {
     async fn load(&self) -> worker::Result<()> {
-        if self.upstream.borrow().is_some() {
-            return Ok(());
-        }
-        // Stored as JSON text: one string through the JS boundary instead of a generic
-        // conversion of every field (smaller bundle, and 64-bit numbers stay exact).
-        let stored: Option<UpstreamState> = self
-            .state
-            .storage()
-            .get::<String>(STATE_KEY)
-            .await
-            .ok()
-            .flatten()
-            .and_then(|text| serde_json::from_str(&text).ok());
-        let mut slot = self.upstream.borrow_mut();
-        if slot.is_none() {
-            *slot = Some(stored.unwrap_or_default());
-        }
+        object::load_once(&self.upstream, &self.state, STATE_KEY).await;
         Ok(())
     }
 }
@@ -249,24 +230,8 @@ impl<'a> Guard<'a> {
         }
     }
 
-    async fn call<T: for<'de> Deserialize<'de>>(&self, call: &UpstreamCall) -> Result<T, ProxyError> {
-        let unavailable = |what: &str| ProxyError::Unavailable(format!("upstream state {what}"));
-        let namespace = self.env.durable_object(BINDING).map_err(|_| unavailable("not bound"))?;
-        let stub = namespace
-            .id_from_name(&self.object)
-            .and_then(|id| id.get_stub())
-            .map_err(|_| unavailable("not reachable"))?;
-        let body = serde_json::to_string(call).map_err(|_| unavailable("call not encodable"))?;
-        let mut init = RequestInit::new();
-        init.with_method(Method::Post).with_body(Some(body.into()));
-        let request = Request::new_with_init("https://upstream/call", &init).map_err(|_| unavailable("call not built"))?;
-        let mut response = stub.fetch_with_request(request).await.map_err(|_| unavailable("did not answer"))?;
-        if response.status_code() != 200 {
-            let status = response.status_code();
-            let text = response.text().await.unwrap_or_default();
-            return Err(unavailable(&format!("refused the call ({status}: {})", text.chars().take(200).collect::<String>())));
-        }
-        response.json::<T>().await.map_err(|_| unavailable("answer unreadable"))
+    async fn call<T: serde::de::DeserializeOwned>(&self, call: &UpstreamCall) -> Result<T, ProxyError> {
+        object::call(self.env, BINDING, &self.object, call, "upstream state").await
     }
 }
 
