@@ -3,8 +3,12 @@
 // (per-caller limits: concurrency 2, output_tpm 100000, rpm 1000), so after the row the
 // caller's own figures show that the request was settled (its unused output tokens came back,
 // or were kept when the answer was cut short) and that both concurrency slots are free again.
+// Last, the upstream key's cooldown is shown to survive a restart.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
 import {
   startSim, startWorker, workerVars, messageBody, readEvents, sleep,
 } from './harness.mjs';
@@ -390,5 +394,38 @@ test('after the matrix: every caller has both slots, and the table', async () =>
   console.log('|---|---|---|---|---|');
   for (const r of matrix) {
     console.log(`| ${r.name} | ${r.upstream} | ${r.client} | ${r.retried} | ${r.settled} |`);
+  }
+});
+
+test('durability: the upstream key\'s cooldown survives a restart of the Worker and its objects', async () => {
+  const dir = mkdtempSync(path.join(tmpdir(), 'breakwater-upstream-'));
+  const key = keyOf(39);
+  const fast = { 'x-proxy-budget-ms': '1000' };
+  try {
+    let w = await startWorker(workerVars(sim, { CLIENT_KEYS: JSON.stringify({ [key]: { id: 'durable' } }) }), { persistDir: dir });
+    await sim.reset();
+    await sim.script([{ status: 429, headers: { 'retry-after': '30' } }]);
+    const first = await fetch(`${w.url}/v1/messages`, { method: 'POST', headers: { 'x-api-key': key, 'content-type': 'application/json', ...fast }, body: JSON.stringify(messageBody()) });
+    assert.equal(first.status, 429);
+    await first.arrayBuffer();
+    await w.stop();
+
+    w = await startWorker(workerVars(sim, { CLIENT_KEYS: JSON.stringify({ [key]: { id: 'durable' } }) }), { persistDir: dir });
+    try {
+      await sim.reset();
+      // A fresh isolate sends its first attempt without asking (the happy path); the 529 it
+      // gets makes it consult the key's object, which still holds the cooldown.
+      await sim.script([{ status: 529 }]);
+      const res = await fetch(`${w.url}/v1/messages`, { method: 'POST', headers: { 'x-api-key': key, 'content-type': 'application/json', ...fast }, body: JSON.stringify(messageBody()) });
+      const body = await res.json();
+      assert.equal(res.status, 429, `the restarted object forgot the cooldown: ${JSON.stringify(body)}`);
+      assert.equal(body.limit.scope, 'upstream');
+      assert.ok(body.retry_after_ms > 20_000, `cooldown of ${body.retry_after_ms} ms left`);
+      assert.equal((await sim.log()).length, 1, 'the retry reached the upstream during the cooldown');
+    } finally {
+      await w.stop();
+    }
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
   }
 });

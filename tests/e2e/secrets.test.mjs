@@ -220,6 +220,7 @@ test('an unreachable upstream and bad configuration', async () => {
 test('none of it appears anywhere', async () => {
   await sleep(300); // settlements and their log lines
   assert.ok(received.length > 100, `only ${received.length} answers recorded`);
+  console.log(`# ${received.length} answers, ${workers.length} Workers' logs, ${(await sim.log()).length} upstream requests checked`);
   for (const answer of received) assertNowhere(`an answer:\n${answer.slice(0, 300)}`, answer);
   for (const w of workers) {
     assert.ok(w.logs.length > 0);
