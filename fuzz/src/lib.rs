@@ -14,8 +14,11 @@ pub mod retry_after;
 pub mod sse;
 pub mod token;
 
+/// One target's check: panics when a property does not hold for the input.
+pub type Check = fn(&[u8]);
+
 /// Every target, by the name of its binary and seed directory.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Check)] = &[
     ("retry_after", retry_after::check),
     ("sse", sse::check),
     ("config", config::check),

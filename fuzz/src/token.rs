@@ -149,7 +149,7 @@ fn check_signed(u: &mut Unstructured<'_>) -> Result<()> {
     // One character changed: refused.
     if !token.is_empty() {
         let at = u.int_in_range(0..=token.len() - 1)?;
-        let replacement = *u.choose(&[b'A', b'B', b'_', b'-', b'.', b'=', b'0', b'z', b' '])?;
+        let replacement = *u.choose(b"AB_-.=0z ")?;
         let mut altered = token.clone().into_bytes();
         altered[at] = replacement;
         let altered = String::from_utf8(altered).expect("ASCII in, ASCII out");
