@@ -7,6 +7,7 @@ import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import fs from 'node:fs';
 import path from 'node:path';
+import { startSim as startHarnessSim } from '../tests/e2e/harness.mjs';
 
 Object.assign(process.env, {
   WRANGLER_SEND_METRICS: 'false',
@@ -173,43 +174,12 @@ export function cleanup() {
 process.on('exit', cleanup);
 for (const sig of ['SIGINT', 'SIGTERM']) process.on(sig, () => process.exit(130));
 
+/** The test harness's simulator, seeded, and tracked so an interrupted run stops it. */
 export async function startSim(args = []) {
-  const child = spawn(SIM_BIN, ['--port', '0', '--seed', String(SEED), ...args], { stdio: ['ignore', 'pipe', 'inherit'] });
-  children.add(child);
-  child.once('exit', () => children.delete(child));
-  const url = await new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error('simulator did not start')), 10_000);
-    child.once('exit', (code) => reject(new Error(`simulator exited with ${code}`)));
-    createInterface({ input: child.stdout }).on('line', (line) => {
-      const m = line.match(/listening on (http:\/\/\S+)/);
-      if (m) {
-        clearTimeout(timer);
-        resolve(m[1]);
-      }
-    });
-  });
-  const control = async (route, body) => {
-    const res = await fetch(`${url}/_sim/${route}`, {
-      method: body === undefined ? 'GET' : 'POST',
-      headers: { 'content-type': 'application/json' },
-      body: body === undefined ? undefined : JSON.stringify(body),
-    });
-    if (!res.ok) throw new Error(`sim ${route}: ${res.status} ${await res.text()}`);
-    return res.json();
-  };
-  return {
-    url,
-    pid: child.pid,
-    mode: (m) => control('mode', m),
-    reset: () => control('reset', {}),
-    stats: () => control('stats'),
-    stop: () =>
-      new Promise((resolve) => {
-        if (child.exitCode !== null) return resolve();
-        child.once('exit', resolve);
-        child.kill('SIGTERM');
-      }),
-  };
+  const sim = await startHarnessSim(['--seed', String(SEED), ...args]);
+  children.add(sim.child);
+  sim.child.once('exit', () => children.delete(sim.child));
+  return { ...sim, pid: sim.child.pid };
 }
 
 /** What wrangler.toml declares (Durable Object classes, compatibility date, vars), so that
