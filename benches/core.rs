@@ -2,7 +2,12 @@
 //! chunk, without any I/O. Run with `cargo bench --bench core` (or `./scripts/bench.sh`,
 //! which also puts the medians into `bench/results/RESULTS.md`).
 // Benchmark fixtures may index and unwrap: a broken fixture should stop loudly.
-#![allow(clippy::indexing_slicing, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::indexing_slicing,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic
+)]
 
 #[cfg(target_arch = "wasm32")]
 fn main() {}
@@ -29,7 +34,9 @@ mod fixtures {
              \"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n",
         );
         s.push_str("event: ping\ndata: {\"type\": \"ping\"}\n\n");
-        let words = ["The ", "quick ", "brown ", "fox ", "jumps ", "over ", "the ", "lazy ", "dog. "];
+        let words = [
+            "The ", "quick ", "brown ", "fox ", "jumps ", "over ", "the ", "lazy ", "dog. ",
+        ];
         for i in 0..deltas {
             let _ = write!(
                 s,
@@ -38,7 +45,9 @@ mod fixtures {
                 words[i % words.len()]
             );
         }
-        s.push_str("event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":0}\n\n");
+        s.push_str(
+            "event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":0}\n\n",
+        );
         let _ = write!(
             s,
             "event: message_delta\ndata: {{\"type\":\"message_delta\",\"delta\":{{\"stop_reason\":\"end_turn\",\
@@ -89,9 +98,30 @@ mod retry {
 
     fn outcomes() -> Vec<(&'static str, Outcome)> {
         vec![
-            ("200", Outcome::Response { status: 200, should_retry: None, wait_floor_ms: None }),
-            ("529", Outcome::Response { status: 529, should_retry: None, wait_floor_ms: Some(2000) }),
-            ("503_no_retry", Outcome::Response { status: 503, should_retry: Some(false), wait_floor_ms: None }),
+            (
+                "200",
+                Outcome::Response {
+                    status: 200,
+                    should_retry: None,
+                    wait_floor_ms: None,
+                },
+            ),
+            (
+                "529",
+                Outcome::Response {
+                    status: 529,
+                    should_retry: None,
+                    wait_floor_ms: Some(2000),
+                },
+            ),
+            (
+                "503_no_retry",
+                Outcome::Response {
+                    status: 503,
+                    should_retry: Some(false),
+                    wait_floor_ms: None,
+                },
+            ),
             (
                 "stream_overloaded",
                 Outcome::StreamError {
@@ -106,7 +136,10 @@ mod retry {
 
     #[divan::bench(args = ["200", "529", "503_no_retry", "stream_overloaded", "connect_failure"])]
     fn classify_outcome(bencher: divan::Bencher, name: &str) {
-        let outcome = outcomes().into_iter().find(|(n, _)| *n == name).map(|(_, o)| o);
+        let outcome = outcomes()
+            .into_iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, o)| o);
         let outcome = outcome.unwrap_or(Outcome::ConnectFailure);
         bencher.bench(|| classify(black_box(&outcome)));
     }
@@ -124,7 +157,9 @@ mod retry {
         let mut seed = 0u64;
         bencher.bench_local(|| {
             seed = seed.wrapping_add(1);
-            Backoff::new(500, 8000, black_box(seed)).take(3).sum::<u64>()
+            Backoff::new(500, 8000, black_box(seed))
+                .take(3)
+                .sum::<u64>()
         });
     }
 
@@ -139,16 +174,20 @@ mod retry {
     ])]
     fn upstream_wait(bencher: divan::Bencher, header: (&str, &str)) {
         let (name, value) = header;
-        let (ms, secs) = if name == "retry-after-ms" { (Some(value), None) } else { (None, Some(value)) };
+        let (ms, secs) = if name == "retry-after-ms" {
+            (Some(value), None)
+        } else {
+            (None, Some(value))
+        };
         bencher.bench(|| upstream_wait_ms(black_box(ms), black_box(secs), black_box(NOW_MS)));
     }
 }
 
 #[cfg(not(target_arch = "wasm32"))]
 mod sse {
-    use breakwater::sse::{EventScanner, Usage};
-    use divan::counter::BytesCount;
+    use breakwater::stream::sse::{EventScanner, Usage};
     use divan::black_box;
+    use divan::counter::BytesCount;
 
     /// A 500-delta stream (~64 KB) fed in network-sized chunks; every event is parsed, as the
     /// usage tap does.
@@ -182,15 +221,17 @@ mod sse {
 
 #[cfg(not(target_arch = "wasm32"))]
 mod body {
-    use breakwater::body::inspect;
-    use breakwater::route::Route;
-    use divan::counter::BytesCount;
+    use breakwater::request::body::inspect;
+    use breakwater::request::route::Route;
     use divan::black_box;
+    use divan::counter::BytesCount;
 
     #[divan::bench(args = [1_000, 10_000, 100_000])]
     fn inspect_body(bencher: divan::Bencher, bytes: usize) {
         let body = super::fixtures::message_body(bytes);
-        bencher.counter(BytesCount::new(body.len())).bench(|| inspect(&Route::Messages, black_box(&body)));
+        bencher
+            .counter(BytesCount::new(body.len()))
+            .bench(|| inspect(&Route::Messages, black_box(&body)));
     }
 }
 
@@ -205,13 +246,25 @@ mod limits {
     fn limits(all: bool) -> TierLimits {
         let n = |v: u32| NonZeroU32::new(v);
         if all {
-            TierLimits { rpm: n(1_000_000), input_tpm: n(4_000_000_000), output_tpm: n(4_000_000_000), concurrency: n(100_000) }
+            TierLimits {
+                rpm: n(1_000_000),
+                input_tpm: n(4_000_000_000),
+                output_tpm: n(4_000_000_000),
+                concurrency: n(100_000),
+            }
         } else {
-            TierLimits { rpm: n(1_000_000), ..TierLimits::default() }
+            TierLimits {
+                rpm: n(1_000_000),
+                ..TierLimits::default()
+            }
         }
     }
 
-    const REQUEST: AdmissionRequest = AdmissionRequest { input_tokens: 300, output_tokens: 1024, lease_ms: 900_000 };
+    const REQUEST: AdmissionRequest = AdmissionRequest {
+        input_tokens: 300,
+        output_tokens: 1024,
+        lease_ms: 900_000,
+    };
 
     /// One admission decision and its settlement (a request every millisecond) with `in_flight`
     /// other requests admitted and not yet settled, as one Durable Object call pair does.
@@ -237,7 +290,10 @@ mod limits {
             now += 1;
             let admission = state.admit(&limits, black_box(now), &REQUEST);
             if let Admission::Admitted(reservation) = admission {
-                let usage = Usage { input_tokens: Some(250), output_tokens: Some(100) };
+                let usage = Usage {
+                    input_tokens: Some(250),
+                    output_tokens: Some(100),
+                };
                 let _ = state.settle(&limits, now, &reservation, usage);
             }
         });

@@ -10,7 +10,7 @@ use std::num::NonZeroU32;
 
 use serde::{Deserialize, Serialize};
 
-use crate::secret::Secret;
+use crate::identity::Secret;
 
 /// Every variable the proxy reads, as wrangler.toml and `wrangler secret put` name them.
 pub const VARIABLES: &[&str] = &[
@@ -47,14 +47,21 @@ pub struct ConfigError {
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "configuration variable {} is invalid: {}", self.variable, self.problem)
+        write!(
+            f,
+            "configuration variable {} is invalid: {}",
+            self.variable, self.problem
+        )
     }
 }
 
 impl std::error::Error for ConfigError {}
 
 fn invalid(variable: &'static str, problem: impl Into<String>) -> ConfigError {
-    ConfigError { variable, problem: problem.into() }
+    ConfigError {
+        variable,
+        problem: problem.into(),
+    }
 }
 
 /// Which browser origins may call the proxy.
@@ -71,7 +78,10 @@ pub enum AllowedOrigins {
 impl TierLimits {
     /// No dimension is limited: the caller's object need not be asked.
     pub fn is_unlimited(&self) -> bool {
-        self.rpm.is_none() && self.input_tpm.is_none() && self.output_tpm.is_none() && self.concurrency.is_none()
+        self.rpm.is_none()
+            && self.input_tpm.is_none()
+            && self.output_tpm.is_none()
+            && self.concurrency.is_none()
     }
 }
 
@@ -156,13 +166,16 @@ impl Config {
     /// Reads and validates every variable through `lookup`, which returns the raw value of a
     /// variable or secret (or `None` when unset). Empty strings count as unset.
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
-        let get = |name: &str| lookup(name).map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
+        let get = |name: &str| {
+            lookup(name)
+                .map(|v| v.trim().to_string())
+                .filter(|v| !v.is_empty())
+        };
 
         let upstream_url = parse_upstream_url(get("UPSTREAM_URL"))?;
         let upstream_key = get("ANTHROPIC_API_KEY").map(Secret::new);
         let request_budget_ms = parse_ms("REQUEST_BUDGET_MS", get("REQUEST_BUDGET_MS"), 30_000)?;
-        let attempt_timeout_ms =
-            parse_ms("ATTEMPT_TIMEOUT_MS", get("ATTEMPT_TIMEOUT_MS"), 60_000)?;
+        let attempt_timeout_ms = parse_ms("ATTEMPT_TIMEOUT_MS", get("ATTEMPT_TIMEOUT_MS"), 60_000)?;
         let max_attempts = match get("MAX_ATTEMPTS") {
             None => NonZeroU32::MIN.saturating_add(3),
             Some(raw) => raw
@@ -175,7 +188,10 @@ impl Config {
         let backoff_base_ms = parse_ms("BACKOFF_BASE_MS", get("BACKOFF_BASE_MS"), 500)?;
         let backoff_max_ms = parse_ms("BACKOFF_MAX_MS", get("BACKOFF_MAX_MS"), 8_000)?;
         if backoff_max_ms < backoff_base_ms {
-            return Err(invalid("BACKOFF_MAX_MS", "must not be smaller than BACKOFF_BASE_MS"));
+            return Err(invalid(
+                "BACKOFF_MAX_MS",
+                "must not be smaller than BACKOFF_BASE_MS",
+            ));
         }
         let allowed_origins = parse_origins(get("ALLOWED_ORIGINS"))?;
         let rate_limits = parse_rate_limits(get("RATE_LIMITS"))?;
@@ -227,7 +243,10 @@ fn parse_upstream_url(raw: Option<String>) -> Result<String, ConfigError> {
         .ok_or_else(|| invalid("UPSTREAM_URL", "must start with https:// or http://"))?;
     let host = rest.split('/').next().unwrap_or("");
     if host.is_empty() || rest.contains(['?', '#', ' ']) || host.contains('@') {
-        return Err(invalid("UPSTREAM_URL", "expected a base URL like https://api.anthropic.com"));
+        return Err(invalid(
+            "UPSTREAM_URL",
+            "expected a base URL like https://api.anthropic.com",
+        ));
     }
     Ok(url.trim_end_matches('/').to_string())
 }
@@ -240,13 +259,18 @@ fn parse_ms(variable: &'static str, raw: Option<String>, default: u64) -> Result
             .ok()
             .filter(|n| *n > 0 && *n <= MAX_DURATION_MS)
             .ok_or_else(|| {
-                invalid(variable, format!("expected milliseconds from 1 to {MAX_DURATION_MS}"))
+                invalid(
+                    variable,
+                    format!("expected milliseconds from 1 to {MAX_DURATION_MS}"),
+                )
             }),
     }
 }
 
 fn parse_origins(raw: Option<String>) -> Result<AllowedOrigins, ConfigError> {
-    let Some(raw) = raw else { return Ok(AllowedOrigins::None) };
+    let Some(raw) = raw else {
+        return Ok(AllowedOrigins::None);
+    };
     if raw == "*" {
         return Ok(AllowedOrigins::Any);
     }
@@ -274,7 +298,11 @@ fn parse_origins(raw: Option<String>) -> Result<AllowedOrigins, ConfigError> {
         }
         list.push(origin.to_string());
     }
-    Ok(if list.is_empty() { AllowedOrigins::None } else { AllowedOrigins::List(list) })
+    Ok(if list.is_empty() {
+        AllowedOrigins::None
+    } else {
+        AllowedOrigins::List(list)
+    })
 }
 
 fn parse_rate_limits(raw: Option<String>) -> Result<BTreeMap<String, TierLimits>, ConfigError> {
@@ -295,7 +323,9 @@ fn parse_client_keys(
     raw: Option<String>,
     tiers: &BTreeMap<String, TierLimits>,
 ) -> Result<Vec<(Secret, ClientEntry)>, ConfigError> {
-    let Some(raw) = raw else { return Ok(Vec::new()) };
+    let Some(raw) = raw else {
+        return Ok(Vec::new());
+    };
     // The error from serde_json would quote the offending input, which may be a key.
     let map: BTreeMap<String, ClientEntry> = serde_json::from_str(&raw).map_err(|e| {
         invalid(
@@ -311,15 +341,24 @@ fn parse_client_keys(
     let mut keys = Vec::with_capacity(map.len());
     for (key, entry) in map {
         if key.len() < 16 {
-            return Err(invalid("CLIENT_KEYS", "every client key must be at least 16 characters"));
+            return Err(invalid(
+                "CLIENT_KEYS",
+                "every client key must be at least 16 characters",
+            ));
         }
         if entry.id.is_empty() || entry.id.len() > 256 {
-            return Err(invalid("CLIENT_KEYS", "every id must be 1 to 256 characters"));
+            return Err(invalid(
+                "CLIENT_KEYS",
+                "every id must be 1 to 256 characters",
+            ));
         }
         if entry.tier != DEFAULT_TIER && !tiers.contains_key(&entry.tier) {
             return Err(invalid(
                 "CLIENT_KEYS",
-                format!("tier {:?} of client {:?} is not defined in RATE_LIMITS", entry.tier, entry.id),
+                format!(
+                    "tier {:?} of client {:?} is not defined in RATE_LIMITS",
+                    entry.tier, entry.id
+                ),
             ));
         }
         keys.push((Secret::new(key), entry));
@@ -333,8 +372,10 @@ mod tests {
     use std::collections::HashMap;
 
     fn config(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
-        let map: HashMap<String, String> =
-            vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         Config::from_lookup(|name| map.get(name).cloned())
     }
 
@@ -388,13 +429,19 @@ mod tests {
 
     #[test]
     fn client_keys_must_name_defined_tiers() {
-        let err = config(&[("CLIENT_KEYS", r#"{"ck_0123456789abcdef": {"id": "a", "tier": "gold"}}"#)])
-            .unwrap_err();
+        let err = config(&[(
+            "CLIENT_KEYS",
+            r#"{"ck_0123456789abcdef": {"id": "a", "tier": "gold"}}"#,
+        )])
+        .unwrap_err();
         assert_eq!(err.variable, "CLIENT_KEYS");
         assert!(!err.problem.contains("ck_0123456789abcdef"));
         let ok = config(&[
             ("RATE_LIMITS", r#"{"gold": {"rpm": 5}}"#),
-            ("CLIENT_KEYS", r#"{"ck_0123456789abcdef": {"id": "a", "tier": "gold"}}"#),
+            (
+                "CLIENT_KEYS",
+                r#"{"ck_0123456789abcdef": {"id": "a", "tier": "gold"}}"#,
+            ),
         ])
         .unwrap();
         assert_eq!(ok.client_keys.len(), 1);
@@ -409,16 +456,27 @@ mod tests {
 
     #[test]
     fn origins_parse() {
-        let c = config(&[("ALLOWED_ORIGINS", "https://a.example, http://localhost:8080/")]).unwrap();
+        let c = config(&[(
+            "ALLOWED_ORIGINS",
+            "https://a.example, http://localhost:8080/",
+        )])
+        .unwrap();
         assert!(c.allowed_origins.allows("https://a.example"));
         assert!(c.allowed_origins.allows("http://localhost:8080"));
         assert!(!c.allowed_origins.allows("https://b.example"));
-        assert_eq!(config(&[("ALLOWED_ORIGINS", "*")]).unwrap().allowed_origins, AllowedOrigins::Any);
+        assert_eq!(
+            config(&[("ALLOWED_ORIGINS", "*")]).unwrap().allowed_origins,
+            AllowedOrigins::Any
+        );
     }
 
     #[test]
     fn regression_unicode_origin_could_never_match() {
-        let err = config(&[("ALLOWED_ORIGINS", "https://chat.example, https://exämple.com")]).unwrap_err();
+        let err = config(&[(
+            "ALLOWED_ORIGINS",
+            "https://chat.example, https://exämple.com",
+        )])
+        .unwrap_err();
         assert_eq!(err.variable, "ALLOWED_ORIGINS");
         assert!(err.problem.contains("punycode"), "{}", err.problem);
         let c = config(&[("ALLOWED_ORIGINS", "https://xn--exmple-cua.com")]).unwrap();

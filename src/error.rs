@@ -55,7 +55,11 @@ pub enum ProxyError {
     /// A body above `MAX_BODY_BYTES`.
     TooLarge { limit: u64 },
     /// A rate limit, the caller's own or the upstream's, that outlasts the request's budget.
-    RateLimited { retry_after_ms: u64, message: String, limit: LimitInfo },
+    RateLimited {
+        retry_after_ms: u64,
+        message: String,
+        limit: LimitInfo,
+    },
     /// The upstream stayed overloaded until attempts or budget ran out.
     Overloaded { retry_after_ms: u64 },
     /// Every attempt timed out.
@@ -109,7 +113,9 @@ impl ProxyError {
             ProxyError::MethodNotAllowed(_) => 405,
             ProxyError::TooLarge { .. } => 413,
             ProxyError::RateLimited { .. } => 429,
-            ProxyError::Misconfigured(_) | ProxyError::MissingSecret(_) | ProxyError::Internal(_) => 500,
+            ProxyError::Misconfigured(_)
+            | ProxyError::MissingSecret(_)
+            | ProxyError::Internal(_) => 500,
             ProxyError::UpstreamUnreachable { .. } => 502,
             ProxyError::Unavailable(_) => 503,
             ProxyError::Overloaded { .. } => 503,
@@ -179,9 +185,9 @@ impl ProxyError {
 
     pub fn message(&self) -> String {
         match self {
-            ProxyError::InvalidRequest(m) | ProxyError::NeverFits(m) | ProxyError::Unauthenticated(m) => {
-                m.clone()
-            }
+            ProxyError::InvalidRequest(m)
+            | ProxyError::NeverFits(m)
+            | ProxyError::Unauthenticated(m) => m.clone(),
             ProxyError::OriginNotAllowed => {
                 "this origin is not allowed to call the proxy (see ALLOWED_ORIGINS)".to_string()
             }
@@ -226,7 +232,10 @@ impl ProxyError {
         };
         let envelope = Envelope {
             kind: "error",
-            error: EnvelopeError { kind: self.error_type(), message: &message },
+            error: EnvelopeError {
+                kind: self.error_type(),
+                message: &message,
+            },
             request_id,
             retry_after_ms,
             limit,
@@ -248,7 +257,11 @@ impl ProxyError {
         if let ProxyError::MethodNotAllowed(allowed) = self {
             headers.push(("allow", (*allowed).to_string()));
         }
-        ErrorAnswer { status: self.status(), headers, body }
+        ErrorAnswer {
+            status: self.status(),
+            headers,
+            body,
+        }
     }
 }
 
@@ -279,7 +292,12 @@ mod tests {
             ProxyError::RateLimited {
                 retry_after_ms: 11_734,
                 message: "m".into(),
-                limit: LimitInfo { scope: Scope::Key, dimension: Some("rpm".into()), limit: Some(50), remaining: Some(0) },
+                limit: LimitInfo {
+                    scope: Scope::Key,
+                    dimension: Some("rpm".into()),
+                    limit: Some(50),
+                    remaining: Some(0),
+                },
             },
             ProxyError::Overloaded { retry_after_ms: 1 },
             ProxyError::UpstreamTimeout { retry_after_ms: 1 },
@@ -292,11 +310,16 @@ mod tests {
             let v = body(e);
             assert_eq!(v["type"], "error");
             assert_eq!(v["error"]["type"], e.error_type());
-            assert!(v["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
+            assert!(v["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()));
             assert_eq!(v["request_id"], "req_test");
             let a = e.answer("req_test");
             assert_eq!(a.status, e.status());
-            assert!(a.headers.iter().any(|(k, v)| *k == "request-id" && v == "req_test"));
+            assert!(a
+                .headers
+                .iter()
+                .any(|(k, v)| *k == "request-id" && v == "req_test"));
         }
     }
 
@@ -305,11 +328,21 @@ mod tests {
         let e = ProxyError::RateLimited {
             retry_after_ms: 11_734,
             message: "rpm limit of 50 reached for this key; retry in 12 s".into(),
-            limit: LimitInfo { scope: Scope::Key, dimension: Some("rpm".into()), limit: Some(50), remaining: Some(0) },
+            limit: LimitInfo {
+                scope: Scope::Key,
+                dimension: Some("rpm".into()),
+                limit: Some(50),
+                remaining: Some(0),
+            },
         };
         let a = e.answer("req_1");
         assert_eq!(a.status, 429);
-        let header = |name: &str| a.headers.iter().find(|(k, _)| *k == name).map(|(_, v)| v.as_str());
+        let header = |name: &str| {
+            a.headers
+                .iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| v.as_str())
+        };
         assert_eq!(header("retry-after"), Some("12"));
         assert_eq!(header("retry-after-ms"), Some("11734"));
         assert_eq!(header("x-should-retry"), Some("true"));
@@ -338,7 +371,10 @@ mod tests {
 
     #[test]
     fn misconfiguration_names_the_variable() {
-        let e = ProxyError::Misconfigured(ConfigError { variable: "RATE_LIMITS", problem: "bad".into() });
+        let e = ProxyError::Misconfigured(ConfigError {
+            variable: "RATE_LIMITS",
+            problem: "bad".into(),
+        });
         assert_eq!(e.status(), 500);
         assert!(e.message().contains("RATE_LIMITS"));
     }

@@ -5,21 +5,24 @@
 //! (`shell`) that is the only code touching the Workers runtime.
 #![forbid(unsafe_code)]
 // Tests may unwrap and index: a failing test should stop loudly.
-#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing))]
+#![cfg_attr(
+    test,
+    allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing
+    )
+)]
 
-pub mod auth;
-pub mod body;
 pub mod config;
 pub mod error;
-pub mod headers;
+pub mod identity;
 pub mod limits;
-pub mod outage;
+pub mod request;
 pub mod retry;
-pub mod route;
-pub mod secret;
-pub mod sse;
-pub mod tap;
-pub mod token;
+pub mod stream;
+pub mod upstream;
 
 #[cfg(target_arch = "wasm32")]
 mod shell;

@@ -4,13 +4,18 @@
 //! generic JS conversion would keep them too. Runs in Node under
 //! `wasm-bindgen-test-runner` (`cargo test --target wasm32-unknown-unknown --test wasm_storage`).
 #![cfg(target_arch = "wasm32")]
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 use std::num::NonZeroU32;
 
 use breakwater::config::TierLimits;
 use breakwater::limits::{AdmissionRequest, LimiterState, Usage};
-use breakwater::outage::{AttemptReport, OutagePolicy, Reply, UpstreamState};
+use breakwater::upstream::{AttemptReport, OutagePolicy, Reply, UpstreamState};
 use wasm_bindgen_test::wasm_bindgen_test;
 
 /// A far-future clock: 2100-01-01.
@@ -25,10 +30,24 @@ fn busy_limiter() -> (LimiterState, TierLimits) {
     };
     let mut state = LimiterState::new();
     for i in 0..200u64 {
-        let request = AdmissionRequest { input_tokens: u64::from(u32::MAX), output_tokens: 900, lease_ms: 3_600_000 };
-        if let breakwater::limits::Admission::Admitted(r) = state.admit(&limits, FAR + i * 7, &request) {
+        let request = AdmissionRequest {
+            input_tokens: u64::from(u32::MAX),
+            output_tokens: 900,
+            lease_ms: 3_600_000,
+        };
+        if let breakwater::limits::Admission::Admitted(r) =
+            state.admit(&limits, FAR + i * 7, &request)
+        {
             if i % 3 == 0 {
-                state.settle(&limits, FAR + i * 7 + 5, &r, Usage { input_tokens: Some(12), output_tokens: Some(7_000) });
+                state.settle(
+                    &limits,
+                    FAR + i * 7 + 5,
+                    &r,
+                    Usage {
+                        input_tokens: Some(12),
+                        output_tokens: Some(7_000),
+                    },
+                );
             }
         }
     }
@@ -39,14 +58,23 @@ fn busy_limiter() -> (LimiterState, TierLimits) {
 fn limiter_state_survives_durable_object_storage() {
     let (state, limits) = busy_limiter();
     let stored = wasm_bindgen::JsValue::from_str(&serde_json::to_string(&state).unwrap());
-    let loaded: LimiterState = serde_json::from_str(&stored.as_string().unwrap()).expect("loadable");
+    let loaded: LimiterState =
+        serde_json::from_str(&stored.as_string().unwrap()).expect("loadable");
     assert_eq!(loaded, state);
     let generic: LimiterState =
-        serde_wasm_bindgen::from_value(serde_wasm_bindgen::to_value(&state).unwrap()).expect("JS-safe");
+        serde_wasm_bindgen::from_value(serde_wasm_bindgen::to_value(&state).unwrap())
+            .expect("JS-safe");
     assert_eq!(generic, state);
-    let request = AdmissionRequest { input_tokens: 10, output_tokens: 10, lease_ms: 1000 };
+    let request = AdmissionRequest {
+        input_tokens: 10,
+        output_tokens: 10,
+        lease_ms: 1000,
+    };
     let (mut a, mut b) = (state.clone(), loaded);
-    assert_eq!(a.admit(&limits, FAR + 10_000, &request), b.admit(&limits, FAR + 10_000, &request));
+    assert_eq!(
+        a.admit(&limits, FAR + 10_000, &request),
+        b.admit(&limits, FAR + 10_000, &request)
+    );
 }
 
 #[wasm_bindgen_test]
@@ -55,16 +83,43 @@ fn upstream_state_survives_durable_object_storage() {
     let mut state = UpstreamState::new();
     for i in 0..50u64 {
         let seed = u64::MAX - i;
-        let _ = state.before_attempt(&policy, FAR + i * 100, "claude-x", i % 2 == 1, FAR + 30_000, seed);
-        let reply = if i % 5 == 0 { Reply::RateLimited { retry_after_ms: Some(1500) } } else { Reply::Overloaded };
-        let _ = state.after_attempt(&policy, FAR + i * 100 + 40, "claude-x", AttemptReport { reply, probe: None }, seed);
+        let _ = state.before_attempt(
+            &policy,
+            FAR + i * 100,
+            "claude-x",
+            i % 2 == 1,
+            FAR + 30_000,
+            seed,
+        );
+        let reply = if i % 5 == 0 {
+            Reply::RateLimited {
+                retry_after_ms: Some(1500),
+            }
+        } else {
+            Reply::Overloaded
+        };
+        let _ = state.after_attempt(
+            &policy,
+            FAR + i * 100 + 40,
+            "claude-x",
+            AttemptReport { reply, probe: None },
+            seed,
+        );
     }
     let stored = wasm_bindgen::JsValue::from_str(&serde_json::to_string(&state).unwrap());
-    let loaded: UpstreamState = serde_json::from_str(&stored.as_string().unwrap()).expect("loadable");
-    assert_eq!(serde_json::to_value(&loaded).unwrap(), serde_json::to_value(&state).unwrap());
+    let loaded: UpstreamState =
+        serde_json::from_str(&stored.as_string().unwrap()).expect("loadable");
+    assert_eq!(
+        serde_json::to_value(&loaded).unwrap(),
+        serde_json::to_value(&state).unwrap()
+    );
     let generic: UpstreamState =
-        serde_wasm_bindgen::from_value(serde_wasm_bindgen::to_value(&state).unwrap()).expect("JS-safe");
-    assert_eq!(serde_json::to_value(&generic).unwrap(), serde_json::to_value(&state).unwrap());
+        serde_wasm_bindgen::from_value(serde_wasm_bindgen::to_value(&state).unwrap())
+            .expect("JS-safe");
+    assert_eq!(
+        serde_json::to_value(&generic).unwrap(),
+        serde_json::to_value(&state).unwrap()
+    );
 }
 
 #[wasm_bindgen_test]

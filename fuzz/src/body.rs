@@ -11,8 +11,8 @@
 //! - the input estimate is `len / 3 + 1`;
 //! - a refusal is a 400 `invalid_request_error` with a message.
 
-use breakwater::body::{estimate_input_tokens, inspect};
-use breakwater::route::Route;
+use breakwater::request::body::{estimate_input_tokens, inspect};
+use breakwater::request::route::Route;
 
 pub fn check(data: &[u8]) {
     let Some((&selector, body)) = data.split_first() else { return };

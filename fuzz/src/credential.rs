@@ -16,7 +16,7 @@
 use std::collections::HashMap;
 use std::sync::OnceLock;
 
-use breakwater::auth::{authenticate, credential, UpstreamKey};
+use breakwater::identity::{authenticate, credential, UpstreamKey};
 use breakwater::config::Config;
 
 use crate::{split_at_byte, text};

@@ -9,9 +9,9 @@
 //! - the client's budget header never lengthens the budget;
 //! - credentials and `x-proxy-*` never go upstream, in any case of the name.
 
-use breakwater::headers::{forward_downstream, forward_upstream};
+use breakwater::request::headers::{forward_downstream, forward_upstream};
 use breakwater::retry::RetryPolicy;
-use breakwater::route::{route, Route};
+use breakwater::request::route::{route, Route};
 
 use crate::{split_at_byte, text};
 

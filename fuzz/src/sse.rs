@@ -11,8 +11,8 @@
 //! - the tap passes every chunk through unchanged, reports exactly once, and reports the
 //!   same usage as tallying the scanner's events.
 
-use breakwater::sse::{EventScanner, SseEvent, Usage, MAX_EVENT_BYTES};
-use breakwater::tap::{json_usage, Tap};
+use breakwater::stream::sse::{EventScanner, SseEvent, Usage, MAX_EVENT_BYTES};
+use breakwater::stream::tap::{json_usage, Tap};
 use futures_util::{stream, StreamExt};
 
 pub fn check(data: &[u8]) {

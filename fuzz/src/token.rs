@@ -16,7 +16,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use std::sync::OnceLock;
 
-use breakwater::token::{looks_like_jwt, verify, TokenClaims, TokenError, LEEWAY_MS, MAX_SUB_CHARS, MAX_TOKEN_LEN};
+use breakwater::identity::token::{looks_like_jwt, verify, TokenClaims, TokenError, LEEWAY_MS, MAX_SUB_CHARS, MAX_TOKEN_LEN};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 

@@ -51,7 +51,10 @@ impl Level {
     /// bucket stays full.
     #[must_use]
     pub(crate) fn drained(self, quota: NonZeroU32, elapsed_ms: u64) -> Level {
-        Level(self.0.saturating_sub(elapsed_ms.saturating_mul(u64::from(quota.get()))))
+        Level(
+            self.0
+                .saturating_sub(elapsed_ms.saturating_mul(u64::from(quota.get()))),
+        )
     }
 
     /// The level after charging `tokens`, which may go past capacity (a debt that delays the
@@ -131,8 +134,14 @@ mod tests {
     fn waits_are_exact_to_the_millisecond() {
         let level = Level::EMPTY.charged(40_000);
         let wait = level.wait_ms(q(40_000), 1234).unwrap();
-        assert_eq!(level.drained(q(40_000), wait).wait_ms(q(40_000), 1234), Some(0));
-        assert_eq!(level.drained(q(40_000), wait - 1).wait_ms(q(40_000), 1234), Some(1));
+        assert_eq!(
+            level.drained(q(40_000), wait).wait_ms(q(40_000), 1234),
+            Some(0)
+        );
+        assert_eq!(
+            level.drained(q(40_000), wait - 1).wait_ms(q(40_000), 1234),
+            Some(1)
+        );
     }
 
     #[test]
@@ -140,10 +149,22 @@ mod tests {
         let max = q(u32::MAX);
         assert_eq!(Level::EMPTY.remaining(max), u64::from(u32::MAX));
         assert_eq!(Level::EMPTY.charged(u64::MAX).units(), MAX_LEVEL);
-        assert_eq!(Level::EMPTY.charged(u64::MAX).drained(max, u64::MAX), Level::EMPTY);
+        assert_eq!(
+            Level::EMPTY.charged(u64::MAX).drained(max, u64::MAX),
+            Level::EMPTY
+        );
         assert_eq!(Level::EMPTY.wait_ms(max, u64::MAX), None);
         assert!(Level::EMPTY.charged(u64::MAX).wait_ms(q(1), 1).is_some());
-        assert_eq!(Level::EMPTY.charged(5).refunded(u64::MAX, Level::EMPTY), Level::EMPTY);
-        assert_eq!(Level::EMPTY.charged(5).refunded(9, Level::EMPTY.charged(2)).units(), 120_000);
+        assert_eq!(
+            Level::EMPTY.charged(5).refunded(u64::MAX, Level::EMPTY),
+            Level::EMPTY
+        );
+        assert_eq!(
+            Level::EMPTY
+                .charged(5)
+                .refunded(9, Level::EMPTY.charged(2))
+                .units(),
+            120_000
+        );
     }
 }

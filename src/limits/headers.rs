@@ -132,7 +132,11 @@ fn civil_from_days(days: u64) -> (u64, u64, u64) {
     let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
     let shifted_month = (5 * day_of_year + 2) / 153; // March is 0
     let day = day_of_year - (153 * shifted_month + 2) / 5 + 1;
-    let month = if shifted_month < 10 { shifted_month + 3 } else { shifted_month - 9 };
+    let month = if shifted_month < 10 {
+        shifted_month + 3
+    } else {
+        shifted_month - 9
+    };
     let year = era * 400 + year_of_era + u64::from(month <= 2);
     (year, month, day)
 }
@@ -144,7 +148,12 @@ mod tests {
     use std::time::{Duration, UNIX_EPOCH};
 
     fn status(dimension: Dimension, limit: u64, remaining: u64, reset_ms: u64) -> DimensionStatus {
-        DimensionStatus { dimension, limit, remaining, reset_ms }
+        DimensionStatus {
+            dimension,
+            limit,
+            remaining,
+            reset_ms,
+        }
     }
 
     fn all() -> Vec<DimensionStatus> {
@@ -188,11 +197,22 @@ mod tests {
             remaining: 0,
         };
         let headers = rate_limit_headers(&all(), Some(&denial));
-        assert!(headers[1].1.ends_with("\"concurrency\";r=3;t=1"), "{}", headers[1].1);
-        let denial =
-            Denial { retry_after_ms: 1_200, dimension: Dimension::Rpm, limit: 50, remaining: 0 };
+        assert!(
+            headers[1].1.ends_with("\"concurrency\";r=3;t=1"),
+            "{}",
+            headers[1].1
+        );
+        let denial = Denial {
+            retry_after_ms: 1_200,
+            dimension: Dimension::Rpm,
+            limit: 50,
+            remaining: 0,
+        };
         let statuses = [status(Dimension::Rpm, 50, 0, 60_000)];
-        assert_eq!(rate_limit_headers(&statuses, Some(&denial))[1].1, "\"rpm\";r=0;t=2");
+        assert_eq!(
+            rate_limit_headers(&statuses, Some(&denial))[1].1,
+            "\"rpm\";r=0;t=2"
+        );
     }
 
     #[test]
@@ -200,15 +220,32 @@ mod tests {
         // 2026-11-27T21:03:00.250Z
         let now_ms = 1_795_813_380_250;
         let headers = anthropic_headers(&all(), now_ms);
-        let get = |name: &str| headers.iter().find(|(k, _)| *k == name).map(|(_, v)| v.as_str());
+        let get = |name: &str| {
+            headers
+                .iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| v.as_str())
+        };
         assert_eq!(headers.len(), 9);
         assert_eq!(get("anthropic-ratelimit-requests-limit"), Some("50"));
         assert_eq!(get("anthropic-ratelimit-requests-remaining"), Some("0"));
         // 11.734 s later is 21:03:11.984, rounded up to the second.
-        assert_eq!(get("anthropic-ratelimit-requests-reset"), Some("2026-11-27T21:03:12Z"));
-        assert_eq!(get("anthropic-ratelimit-input-tokens-reset"), Some("2026-11-27T21:03:02Z"));
-        assert_eq!(get("anthropic-ratelimit-output-tokens-reset"), Some("2026-11-27T21:03:01Z"));
-        assert_eq!(get("anthropic-ratelimit-output-tokens-remaining"), Some("8000"));
+        assert_eq!(
+            get("anthropic-ratelimit-requests-reset"),
+            Some("2026-11-27T21:03:12Z")
+        );
+        assert_eq!(
+            get("anthropic-ratelimit-input-tokens-reset"),
+            Some("2026-11-27T21:03:02Z")
+        );
+        assert_eq!(
+            get("anthropic-ratelimit-output-tokens-reset"),
+            Some("2026-11-27T21:03:01Z")
+        );
+        assert_eq!(
+            get("anthropic-ratelimit-output-tokens-remaining"),
+            Some("8000")
+        );
         assert_eq!(limit_headers(&all(), None, now_ms).len(), 11);
     }
 
@@ -225,8 +262,9 @@ mod tests {
     fn via_httpdate(secs: u64) -> String {
         let text = httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_secs(secs));
         let parts: Vec<&str> = text.split([' ', ',']).filter(|p| !p.is_empty()).collect();
-        let months =
-            ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+        let months = [
+            "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+        ];
         let month = months.iter().position(|m| *m == parts[2]).unwrap() + 1;
         format!("{}-{month:02}-{}T{}Z", parts[3], parts[1], parts[4])
     }

@@ -95,20 +95,35 @@ mod tests {
 
     #[test]
     fn denial_messages_name_the_limit_and_the_wait() {
-        let denial =
-            Denial { retry_after_ms: 11_734, dimension: Dimension::Rpm, limit: 50, remaining: 0 };
-        assert_eq!(denial.message(), "rpm limit of 50 reached for this key; retry in 12 s");
+        let denial = Denial {
+            retry_after_ms: 11_734,
+            dimension: Dimension::Rpm,
+            limit: 50,
+            remaining: 0,
+        };
+        assert_eq!(
+            denial.message(),
+            "rpm limit of 50 reached for this key; retry in 12 s"
+        );
         let error = ProxyError::from(&denial);
         assert_eq!(error.status(), 429);
         assert_eq!(error.retry_after_ms(), Some(11_734));
         let answer = error.answer("req_1");
         assert!(answer.headers.contains(&("retry-after", "12".to_string())));
-        assert!(answer.body.contains(r#""dimension":"rpm""#), "{}", answer.body);
+        assert!(
+            answer.body.contains(r#""dimension":"rpm""#),
+            "{}",
+            answer.body
+        );
     }
 
     #[test]
     fn never_fits_is_a_400_that_says_do_not_retry() {
-        let never = NeverFits { dimension: Dimension::OutputTpm, limit: 8_000, requested: 9_000 };
+        let never = NeverFits {
+            dimension: Dimension::OutputTpm,
+            limit: 8_000,
+            requested: 9_000,
+        };
         assert_eq!(
             never.message(),
             "max_tokens of 9000 exceeds this key's output_tpm limit of 8000 per minute; lower max_tokens"

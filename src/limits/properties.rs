@@ -27,7 +27,11 @@ fn quota(max: u32) -> impl Strategy<Value = Option<NonZeroU32>> {
 }
 
 fn tier(with_concurrency: bool) -> impl Strategy<Value = TierLimits> {
-    let concurrency = if with_concurrency { quota(5).boxed() } else { Just(None).boxed() };
+    let concurrency = if with_concurrency {
+        quota(5).boxed()
+    } else {
+        Just(None).boxed()
+    };
     (quota(20), quota(3_000), quota(3_000), concurrency).prop_map(
         |(rpm, input_tpm, output_tpm, concurrency)| TierLimits {
             rpm,
@@ -89,7 +93,10 @@ fn event(max_used_permille: u64) -> impl Strategy<Value = Event> {
 }
 
 fn events(max_used_permille: u64, settlements: bool) -> impl Strategy<Value = Vec<(i64, Event)>> {
-    let one = (gap().prop_map(|g| i64::try_from(g).unwrap()), event(max_used_permille));
+    let one = (
+        gap().prop_map(|g| i64::try_from(g).unwrap()),
+        event(max_used_permille),
+    );
     prop::collection::vec(one, 1..150).prop_map(move |events| {
         events
             .into_iter()
@@ -135,7 +142,11 @@ impl Sim {
     }
 
     fn quotas(&self) -> [Option<NonZeroU32>; 3] {
-        [self.limits.rpm, self.limits.input_tpm, self.limits.output_tpm]
+        [
+            self.limits.rpm,
+            self.limits.input_tpm,
+            self.limits.output_tpm,
+        ]
     }
 
     fn step(&mut self, gap: i64, event: &Event) -> Result<(), TestCaseError> {
@@ -153,9 +164,18 @@ impl Sim {
             }
         }
         match *event {
-            Event::Admit { input, output, lease_ms, used_permille, known } => {
-                let request =
-                    AdmissionRequest { input_tokens: input, output_tokens: output, lease_ms };
+            Event::Admit {
+                input,
+                output,
+                lease_ms,
+                used_permille,
+                known,
+            } => {
+                let request = AdmissionRequest {
+                    input_tokens: input,
+                    output_tokens: output,
+                    lease_ms,
+                };
                 if let Admission::Admitted(reservation) =
                     self.state.admit(&self.limits, self.now, &request)
                 {
@@ -171,7 +191,11 @@ impl Sim {
                         used(reservation.input_tokens, used_permille[0]),
                         used(reservation.output_tokens, used_permille[1]),
                     ];
-                    let reserved = [actual[0], reservation.input_tokens, reservation.output_tokens];
+                    let reserved = [
+                        actual[0],
+                        reservation.input_tokens,
+                        reservation.output_tokens,
+                    ];
                     for ((level, cost), reserved) in
                         self.ledger.iter_mut().zip(actual).zip(reserved)
                     {
@@ -183,7 +207,10 @@ impl Sim {
                         actual[2].saturating_sub(reserved[2]),
                     ];
                     let usage = if known {
-                        Usage { input_tokens: Some(actual[1]), output_tokens: Some(actual[2]) }
+                        Usage {
+                            input_tokens: Some(actual[1]),
+                            output_tokens: Some(actual[2]),
+                        }
                     } else {
                         Usage::UNKNOWN
                     };
@@ -206,16 +233,20 @@ impl Sim {
                     lease_expires_ms: 0,
                 };
                 let settlement =
-                    self.state.settle(&self.limits, self.now, &unknown, Usage::UNKNOWN);
+                    self.state
+                        .settle(&self.limits, self.now, &unknown, Usage::UNKNOWN);
                 prop_assert_eq!(settlement, Settlement::default());
             }
             Event::Settle(pick) => {
                 let index = pick.index(self.admitted.len());
                 let record = &mut self.admitted[index];
-                self.state.settle(&self.limits, self.now, &record.reservation, record.usage);
+                self.state
+                    .settle(&self.limits, self.now, &record.reservation, record.usage);
                 self.settled.insert(record.reservation.lease_id);
-                for (level, cost) in
-                    self.ledger.iter_mut().zip(record.extra.take().unwrap_or_default())
+                for (level, cost) in self
+                    .ledger
+                    .iter_mut()
+                    .zip(record.extra.take().unwrap_or_default())
                 {
                     *level = level.charged(cost);
                 }
@@ -284,7 +315,10 @@ fn replay_is_exact(
     prop_assert!(denial.retry_after_ms >= 1);
     let at = now + denial.retry_after_ms;
     let early = state.clone().admit(limits, at - 1, request);
-    prop_assert!(matches!(early, Admission::Denied(_)), "1 ms early: {early:?} after {denial:?}");
+    prop_assert!(
+        matches!(early, Admission::Denied(_)),
+        "1 ms early: {early:?} after {denial:?}"
+    );
     let on_time = state.clone().admit(limits, at, request);
     prop_assert!(
         matches!(on_time, Admission::Admitted(_)),

@@ -63,8 +63,12 @@ pub enum Dimension {
 
 impl Dimension {
     /// Every dimension, in the order of headers and snapshots.
-    pub const ALL: [Dimension; 4] =
-        [Dimension::Rpm, Dimension::InputTpm, Dimension::OutputTpm, Dimension::Concurrency];
+    pub const ALL: [Dimension; 4] = [
+        Dimension::Rpm,
+        Dimension::InputTpm,
+        Dimension::OutputTpm,
+        Dimension::Concurrency,
+    ];
 
     /// The name used in `RATE_LIMITS`, headers and messages.
     #[must_use]
@@ -132,7 +136,10 @@ pub struct Usage {
 
 impl Usage {
     /// Nothing known: keep the reservation as charged.
-    pub const UNKNOWN: Usage = Usage { input_tokens: None, output_tokens: None };
+    pub const UNKNOWN: Usage = Usage {
+        input_tokens: None,
+        output_tokens: None,
+    };
 }
 
 /// A request that must wait. This is data, not an error: the shell answers 429 with it.
@@ -328,7 +335,8 @@ impl LimiterState {
             lease.output_after =
                 refilled(lease.output_after, limits.output_tpm, elapsed).at_most(self.output);
         }
-        self.leases.retain(|lease| lease.expires_ms.saturating_add(LEASE_MEMORY_MS) > now);
+        self.leases
+            .retain(|lease| lease.expires_ms.saturating_add(LEASE_MEMORY_MS) > now);
         now
     }
 
@@ -360,13 +368,24 @@ impl LimiterState {
         request: &AdmissionRequest,
     ) -> Admission {
         let now = self.advance(limits, now_ms);
-        let input_cost =
-            limits.input_tpm.map_or(0, |quota| request.input_tokens.min(u64::from(quota.get())));
+        let input_cost = limits
+            .input_tpm
+            .map_or(0, |quota| request.input_tokens.min(u64::from(quota.get())));
         let output_cost = limits.output_tpm.map_or(0, |_| request.output_tokens);
         let buckets = [
             (Dimension::Rpm, limits.rpm, self.requests, 1),
-            (Dimension::InputTpm, limits.input_tpm, self.input, input_cost),
-            (Dimension::OutputTpm, limits.output_tpm, self.output, output_cost),
+            (
+                Dimension::InputTpm,
+                limits.input_tpm,
+                self.input,
+                input_cost,
+            ),
+            (
+                Dimension::OutputTpm,
+                limits.output_tpm,
+                self.output,
+                output_cost,
+            ),
         ];
 
         let mut binding = None;
@@ -374,10 +393,22 @@ impl LimiterState {
             let Some(quota) = quota else { continue };
             let limit = u64::from(quota.get());
             let Some(wait) = level.wait_ms(quota, cost) else {
-                return Admission::NeverFits(NeverFits { dimension, limit, requested: cost });
+                return Admission::NeverFits(NeverFits {
+                    dimension,
+                    limit,
+                    requested: cost,
+                });
             };
             let remaining = level.remaining(quota);
-            bind(&mut binding, Denial { retry_after_ms: wait, dimension, limit, remaining });
+            bind(
+                &mut binding,
+                Denial {
+                    retry_after_ms: wait,
+                    dimension,
+                    limit,
+                    remaining,
+                },
+            );
         }
         if let Some(slots) = limits.concurrency {
             let limit = u64::from(slots.get());
@@ -386,13 +417,22 @@ impl LimiterState {
                 let wait = earliest.saturating_sub(now).min(CONCURRENCY_RETRY_CAP_MS);
                 let remaining = limit.saturating_sub(held);
                 let dimension = Dimension::Concurrency;
-                bind(&mut binding, Denial { retry_after_ms: wait, dimension, limit, remaining });
+                bind(
+                    &mut binding,
+                    Denial {
+                        retry_after_ms: wait,
+                        dimension,
+                        limit,
+                        remaining,
+                    },
+                );
             }
         }
         if let Some(mut denial) = binding {
             // The state's clock may be ahead of the caller's; the wait counts from the latter.
-            denial.retry_after_ms =
-                denial.retry_after_ms.saturating_add(now.saturating_sub(now_ms));
+            denial.retry_after_ms = denial
+                .retry_after_ms
+                .saturating_add(now.saturating_sub(now_ms));
             return Admission::Denied(denial);
         }
 
@@ -429,7 +469,9 @@ impl LimiterState {
     /// active ones only when concurrency is unlimited.
     fn make_room_for_a_lease(&mut self, limits: &TierLimits, now: u64) {
         let slots = limits.concurrency.map_or(0, NonZeroU32::get);
-        let cap = usize::try_from(slots).unwrap_or(usize::MAX).max(MIN_LEASE_RECORDS);
+        let cap = usize::try_from(slots)
+            .unwrap_or(usize::MAX)
+            .max(MIN_LEASE_RECORDS);
         while self.leases.len() >= cap {
             let victim = self
                 .leases
@@ -458,13 +500,22 @@ impl LimiterState {
         actual: Usage,
     ) -> Settlement {
         self.advance(limits, now_ms);
-        let found = self.leases.iter().position(|lease| lease.id == reservation.lease_id);
+        let found = self
+            .leases
+            .iter()
+            .position(|lease| lease.id == reservation.lease_id);
         let record = take(&mut self.leases, found);
         // Leases admitted before this one (refunds need the record, so the rest is moot).
         let earlier = found.unwrap_or(0);
-        let mut settlement = Settlement { lease_found: record.is_some(), ..Settlement::default() };
+        let mut settlement = Settlement {
+            lease_found: record.is_some(),
+            ..Settlement::default()
+        };
         if limits.input_tpm.is_some() {
-            (settlement.returned_input_tokens, settlement.extra_input_tokens) = settle_dimension(
+            (
+                settlement.returned_input_tokens,
+                settlement.extra_input_tokens,
+            ) = settle_dimension(
                 &mut self.input,
                 &mut self.leases,
                 earlier,
@@ -475,7 +526,10 @@ impl LimiterState {
             );
         }
         if limits.output_tpm.is_some() {
-            (settlement.returned_output_tokens, settlement.extra_output_tokens) = settle_dimension(
+            (
+                settlement.returned_output_tokens,
+                settlement.extra_output_tokens,
+            ) = settle_dimension(
                 &mut self.output,
                 &mut self.leases,
                 earlier,
@@ -558,7 +612,9 @@ impl LimiterState {
             .map(|lease| lease.expires_ms.saturating_add(LEASE_MEMORY_MS))
             .max()
             .unwrap_or(now);
-        now.saturating_add(full_in).max(forgotten_at).saturating_sub(now_ms)
+        now.saturating_add(full_in)
+            .max(forgotten_at)
+            .saturating_sub(now_ms)
     }
 
     /// The levels of (rpm, input, output), for the tests' reference ledgers.
@@ -589,7 +645,11 @@ mod tests {
     }
 
     fn request(input_tokens: u64, output_tokens: u64) -> AdmissionRequest {
-        AdmissionRequest { input_tokens, output_tokens, lease_ms: 600_000 }
+        AdmissionRequest {
+            input_tokens,
+            output_tokens,
+            lease_ms: 600_000,
+        }
     }
 
     fn admitted(admission: Admission) -> Reservation {
@@ -607,7 +667,11 @@ mod tests {
     }
 
     fn status(state: &LimiterState, l: &TierLimits, now: u64, d: Dimension) -> DimensionStatus {
-        *state.snapshot(l, now).iter().find(|s| s.dimension == d).unwrap()
+        *state
+            .snapshot(l, now)
+            .iter()
+            .find(|s| s.dimension == d)
+            .unwrap()
     }
 
     #[test]
@@ -620,7 +684,12 @@ mod tests {
         let denial = denied(state.admit(&l, T0, &request(0, 0)));
         assert_eq!(
             denial,
-            Denial { retry_after_ms: 1200, dimension: Dimension::Rpm, limit: 50, remaining: 0 }
+            Denial {
+                retry_after_ms: 1200,
+                dimension: Dimension::Rpm,
+                limit: 50,
+                remaining: 0
+            }
         );
         // One request every 1.2 s from then on.
         for k in 1..=10 {
@@ -639,8 +708,14 @@ mod tests {
         // 40 000 / min refills 1 token in 1.5 ms; 8 000 / min in 7.5 ms: output binds.
         assert_eq!(denial.dimension, Dimension::OutputTpm);
         assert_eq!(denial.retry_after_ms, 8);
-        assert_eq!(status(&state, &l, T0 + 30_000, Dimension::InputTpm).remaining, 20_000);
-        assert_eq!(status(&state, &l, T0 + 30_000, Dimension::OutputTpm).remaining, 4_000);
+        assert_eq!(
+            status(&state, &l, T0 + 30_000, Dimension::InputTpm).remaining,
+            20_000
+        );
+        assert_eq!(
+            status(&state, &l, T0 + 30_000, Dimension::OutputTpm).remaining,
+            4_000
+        );
         assert_eq!(status(&state, &l, T0, Dimension::InputTpm).reset_ms, 60_000);
     }
 
@@ -665,14 +740,23 @@ mod tests {
         admitted(state.admit(&l, T0, &request(10, 200)));
         // rpm needs 60 s, output 50 tokens 15 s: rpm binds.
         let denial = denied(state.admit(&l, T0, &request(10, 50)));
-        assert_eq!((denial.dimension, denial.retry_after_ms), (Dimension::Rpm, 60_000));
+        assert_eq!(
+            (denial.dimension, denial.retry_after_ms),
+            (Dimension::Rpm, 60_000)
+        );
         // rpm needs 60 s, output 200 tokens 60 s too: a tie goes to the first, rpm.
         let denial = denied(state.admit(&l, T0, &request(10, 200)));
-        assert_eq!((denial.dimension, denial.retry_after_ms), (Dimension::Rpm, 60_000));
+        assert_eq!(
+            (denial.dimension, denial.retry_after_ms),
+            (Dimension::Rpm, 60_000)
+        );
         // With room for a second request, output binds alone.
         let l = limits(2, 100, 200, 0);
         let denial = denied(state.admit(&l, T0, &request(10, 50)));
-        assert_eq!((denial.dimension, denial.retry_after_ms), (Dimension::OutputTpm, 15_000));
+        assert_eq!(
+            (denial.dimension, denial.retry_after_ms),
+            (Dimension::OutputTpm, 15_000)
+        );
         assert_eq!((denial.limit, denial.remaining), (200, 0));
     }
 
@@ -695,13 +779,19 @@ mod tests {
         let mut state = LimiterState::new();
         let fresh = state.clone();
         let answer = state.admit(&l, T0, &request(10, 8_001));
-        let expected =
-            NeverFits { dimension: Dimension::OutputTpm, limit: 8_000, requested: 8_001 };
+        let expected = NeverFits {
+            dimension: Dimension::OutputTpm,
+            limit: 8_000,
+            requested: 8_001,
+        };
         assert_eq!(answer, Admission::NeverFits(expected));
         assert_eq!(state.levels(), fresh.levels());
         // It wins over a denial: waiting would not help.
         admitted(state.admit(&l, T0, &request(10, 8_000)));
-        assert_eq!(state.admit(&l, T0, &request(10, 8_001)), Admission::NeverFits(expected));
+        assert_eq!(
+            state.admit(&l, T0, &request(10, 8_001)),
+            Admission::NeverFits(expected)
+        );
     }
 
     #[test]
@@ -714,13 +804,22 @@ mod tests {
         let mut state = LimiterState::new();
         admitted(state.admit(&l, T0, &request(1, 0)));
         let denial = denied(state.admit(&l, T0, &request(100_000, 0)));
-        assert_eq!((denial.dimension, denial.retry_after_ms), (Dimension::InputTpm, 2));
+        assert_eq!(
+            (denial.dimension, denial.retry_after_ms),
+            (Dimension::InputTpm, 2)
+        );
         let reservation = admitted(state.admit(&l, T0 + 2, &request(100_000, 0)));
         // Settlement charges the real count: 70 000 tokens is 30 000 of debt, 45 s more.
-        let actual = Usage { input_tokens: Some(70_000), output_tokens: None };
+        let actual = Usage {
+            input_tokens: Some(70_000),
+            output_tokens: None,
+        };
         let settlement = state.settle(&l, T0 + 2, &reservation, actual);
         assert_eq!(settlement.extra_input_tokens, 30_000);
-        assert_eq!(status(&state, &l, T0 + 2, Dimension::InputTpm).reset_ms, 105_000);
+        assert_eq!(
+            status(&state, &l, T0 + 2, Dimension::InputTpm).reset_ms,
+            105_000
+        );
         let denial = denied(state.admit(&l, T0 + 2, &request(40_000, 0)));
         assert_eq!(denial.retry_after_ms, 105_000);
     }
@@ -729,7 +828,11 @@ mod tests {
     fn concurrency_leases_hold_slots_until_settled_or_expired() {
         let l = limits(0, 0, 0, 2);
         let mut state = LimiterState::new();
-        let short = AdmissionRequest { input_tokens: 0, output_tokens: 0, lease_ms: 300 };
+        let short = AdmissionRequest {
+            input_tokens: 0,
+            output_tokens: 0,
+            lease_ms: 300,
+        };
         let first = admitted(state.admit(&l, T0, &short));
         admitted(state.admit(&l, T0 + 100, &request(0, 0)));
         let denial = denied(state.admit(&l, T0 + 100, &request(0, 0)));
@@ -753,7 +856,10 @@ mod tests {
         // With only long leases in flight the wait is capped at a second.
         let denial = denied(state.admit(&l, T0 + 300, &request(0, 0)));
         assert_eq!(denial.retry_after_ms, CONCURRENCY_RETRY_CAP_MS);
-        assert_eq!(status(&state, &l, T0 + 300, Dimension::Concurrency).reset_ms, 600_000);
+        assert_eq!(
+            status(&state, &l, T0 + 300, Dimension::Concurrency).reset_ms,
+            600_000
+        );
     }
 
     #[test]
@@ -761,7 +867,10 @@ mod tests {
         let l = limits(0, 1_000, 1_000, 1);
         let mut state = LimiterState::new();
         let reservation = admitted(state.admit(&l, T0, &request(800, 900)));
-        let actual = Usage { input_tokens: Some(100), output_tokens: Some(100) };
+        let actual = Usage {
+            input_tokens: Some(100),
+            output_tokens: Some(100),
+        };
         let first = state.settle(&l, T0, &reservation, actual);
         assert_eq!(
             first,
@@ -789,30 +898,58 @@ mod tests {
         let before = state.levels();
         let settlement = state.settle(&l, T0 + 1, &reservation, Usage::UNKNOWN);
         assert!(settlement.lease_found);
-        assert_eq!((settlement.returned_input_tokens, settlement.returned_output_tokens), (0, 0));
-        assert_eq!(state.levels()[1], before[1].drained(NonZeroU32::new(1_000).unwrap(), 1));
-        assert_eq!(status(&state, &l, T0 + 1, Dimension::Concurrency).remaining, 1);
+        assert_eq!(
+            (
+                settlement.returned_input_tokens,
+                settlement.returned_output_tokens
+            ),
+            (0, 0)
+        );
+        assert_eq!(
+            state.levels()[1],
+            before[1].drained(NonZeroU32::new(1_000).unwrap(), 1)
+        );
+        assert_eq!(
+            status(&state, &l, T0 + 1, Dimension::Concurrency).remaining,
+            1
+        );
     }
 
     #[test]
     fn a_late_settlement_after_the_lease_expired_still_refunds_once() {
         let l = limits(0, 0, 1_000, 1);
         let mut state = LimiterState::new();
-        let short = AdmissionRequest { input_tokens: 0, output_tokens: 1_000, lease_ms: 1_000 };
+        let short = AdmissionRequest {
+            input_tokens: 0,
+            output_tokens: 1_000,
+            lease_ms: 1_000,
+        };
         let reservation = admitted(state.admit(&l, T0, &short));
         // The lease expired (the slot is free again) but the record remains.
-        assert_eq!(status(&state, &l, T0 + 1_000, Dimension::Concurrency).remaining, 1);
-        let actual = Usage { input_tokens: None, output_tokens: Some(100) };
+        assert_eq!(
+            status(&state, &l, T0 + 1_000, Dimension::Concurrency).remaining,
+            1
+        );
+        let actual = Usage {
+            input_tokens: None,
+            output_tokens: Some(100),
+        };
         let settlement = state.settle(&l, T0 + 1_000, &reservation, actual);
         assert!(settlement.lease_found);
         assert_eq!(settlement.returned_output_tokens, 900);
         // 1 000 used minus 1 s of refill (16.7) minus 900 returned: 83.3 used, 916 left.
-        assert_eq!(status(&state, &l, T0 + 1_000, Dimension::OutputTpm).remaining, 916);
+        assert_eq!(
+            status(&state, &l, T0 + 1_000, Dimension::OutputTpm).remaining,
+            916
+        );
         // Once forgotten, a settlement returns nothing.
         let mut state = LimiterState::new();
         let reservation = admitted(state.admit(&l, T0, &short));
         let at = T0 + 1_000 + LEASE_MEMORY_MS;
-        assert_eq!(state.settle(&l, at, &reservation, actual), Settlement::default());
+        assert_eq!(
+            state.settle(&l, at, &reservation, actual),
+            Settlement::default()
+        );
     }
 
     #[test]
@@ -820,7 +957,10 @@ mod tests {
         let l = limits(0, 1_000, 0, 0);
         let mut state = LimiterState::new();
         let reservation = admitted(state.admit(&l, T0, &request(100, 0)));
-        let actual = Usage { input_tokens: Some(400), output_tokens: None };
+        let actual = Usage {
+            input_tokens: Some(400),
+            output_tokens: None,
+        };
         state.settle(&l, T0, &reservation, actual);
         assert_eq!(status(&state, &l, T0, Dimension::InputTpm).remaining, 600);
         // A repeated settlement charges the extra again: wrong, but on the safe side.
@@ -839,11 +979,17 @@ mod tests {
         // A minute later the bucket is full again; a new request takes 1 token.
         admitted(state.admit(&l, T0 + 60_000, &request(0, 1)));
         // The long request used 1 of its 10: the 9 returned had already refilled.
-        let actual = Usage { input_tokens: None, output_tokens: Some(1) };
+        let actual = Usage {
+            input_tokens: None,
+            output_tokens: Some(1),
+        };
         let settlement = state.settle(&l, T0 + 60_000, &long, actual);
         assert_eq!(settlement.returned_output_tokens, 9);
         // Still 1 token used: the new request's.
-        assert_eq!(status(&state, &l, T0 + 60_000, Dimension::OutputTpm).remaining, 9);
+        assert_eq!(
+            status(&state, &l, T0 + 60_000, Dimension::OutputTpm).remaining,
+            9
+        );
         admitted(state.admit(&l, T0 + 60_000, &request(0, 9)));
         denied(state.admit(&l, T0 + 60_000, &request(0, 1)));
     }
@@ -859,11 +1005,20 @@ mod tests {
         let second = admitted(state.admit(&l, T0, &request(10, 0)));
         // 12 s later both charges have refilled; the first turns out to have used 30.
         let t1 = T0 + 12_000;
-        let used = |n| Usage { input_tokens: Some(n), output_tokens: None };
-        assert_eq!(state.settle(&l, t1, &first, used(30)).extra_input_tokens, 20);
+        let used = |n| Usage {
+            input_tokens: Some(n),
+            output_tokens: None,
+        };
+        assert_eq!(
+            state.settle(&l, t1, &first, used(30)).extra_input_tokens,
+            20
+        );
         assert_eq!(status(&state, &l, t1, Dimension::InputTpm).remaining, 80);
         // The second used nothing: its 10 tokens had already refilled, the 20 extra stay.
-        assert_eq!(state.settle(&l, t1, &second, used(0)).returned_input_tokens, 10);
+        assert_eq!(
+            state.settle(&l, t1, &second, used(0)).returned_input_tokens,
+            10
+        );
         assert_eq!(status(&state, &l, t1, Dimension::InputTpm).remaining, 80);
     }
 
@@ -876,9 +1031,15 @@ mod tests {
         admitted(reserved_actual.admit(&l, T0, &request(100, 100)));
         let big = admitted(reserved_more.admit(&l, T0 + 10, &request(700, 800)));
         admitted(reserved_actual.admit(&l, T0 + 10, &request(300, 250)));
-        let actual = Usage { input_tokens: Some(300), output_tokens: Some(250) };
+        let actual = Usage {
+            input_tokens: Some(300),
+            output_tokens: Some(250),
+        };
         reserved_more.settle(&l, T0 + 500, &big, actual);
-        assert_eq!(reserved_more.snapshot(&l, T0 + 500), reserved_actual.snapshot(&l, T0 + 500));
+        assert_eq!(
+            reserved_more.snapshot(&l, T0 + 500),
+            reserved_actual.snapshot(&l, T0 + 500)
+        );
         // Bring the reference's clock to the same time with an empty request.
         admitted(reserved_actual.admit(&l, T0 + 500, &request(0, 0)));
         assert_eq!(reserved_more.levels(), reserved_actual.levels());
@@ -889,10 +1050,16 @@ mod tests {
         let before = limits(10, 1_000, 0, 2);
         let mut state = LimiterState::new();
         let reservation = admitted(state.admit(&before, T0, &request(900, 500)));
-        assert_eq!((reservation.input_tokens, reservation.output_tokens), (900, 0));
+        assert_eq!(
+            (reservation.input_tokens, reservation.output_tokens),
+            (900, 0)
+        );
         // Now input is unlimited, output newly limited and smaller quotas elsewhere.
         let after = limits(1, 0, 100, 1);
-        let actual = Usage { input_tokens: Some(10), output_tokens: Some(300) };
+        let actual = Usage {
+            input_tokens: Some(10),
+            output_tokens: Some(300),
+        };
         let settlement = state.settle(&after, T0 + 1, &reservation, actual);
         // Output was not charged at admission; the real usage is charged now.
         assert_eq!(settlement.extra_output_tokens, 300);
@@ -923,14 +1090,21 @@ mod tests {
         admitted(state.admit(&l, T0 + 6_000, &request(0, 0)));
         // A stored clock more than a minute ahead is taken for a jump and reset.
         let far = T0 + 6_000 - MAX_CLOCK_LEAD_MS - 1;
-        assert_eq!(denied(state.admit(&l, far, &request(0, 0))).retry_after_ms, 1_000);
+        assert_eq!(
+            denied(state.admit(&l, far, &request(0, 0))).retry_after_ms,
+            1_000
+        );
     }
 
     #[test]
     fn lease_records_stay_bounded() {
         let l = limits(0, 0, 0, 3);
         let mut state = LimiterState::new();
-        let short = AdmissionRequest { input_tokens: 0, output_tokens: 0, lease_ms: 1 };
+        let short = AdmissionRequest {
+            input_tokens: 0,
+            output_tokens: 0,
+            lease_ms: 1,
+        };
         for i in 0..1_000 {
             admitted(state.admit(&l, T0 + i, &short));
         }
@@ -943,7 +1117,10 @@ mod tests {
         for i in 0..100 {
             denied(state.admit(&l, T0 + 1_000 + i, &long));
         }
-        assert_eq!(status(&state, &l, T0 + 2_000, Dimension::Concurrency).remaining, 0);
+        assert_eq!(
+            status(&state, &l, T0 + 2_000, Dimension::Concurrency).remaining,
+            0
+        );
         // Forgotten after their memory runs out.
         let later = T0 + 1_000 + 600_000 + LEASE_MEMORY_MS;
         assert!(state.is_idle(&l, later));
@@ -956,11 +1133,19 @@ mod tests {
     fn lease_ms_is_clamped() {
         let l = limits(0, 0, 0, 1);
         let mut state = LimiterState::new();
-        let zero = AdmissionRequest { input_tokens: 0, output_tokens: 0, lease_ms: 0 };
+        let zero = AdmissionRequest {
+            input_tokens: 0,
+            output_tokens: 0,
+            lease_ms: 0,
+        };
         let reservation = admitted(state.admit(&l, T0, &zero));
         assert_eq!(reservation.lease_expires_ms, T0 + 1);
         let mut state = LimiterState::new();
-        let huge = AdmissionRequest { input_tokens: 0, output_tokens: 0, lease_ms: u64::MAX };
+        let huge = AdmissionRequest {
+            input_tokens: 0,
+            output_tokens: 0,
+            lease_ms: u64::MAX,
+        };
         let reservation = admitted(state.admit(&l, T0, &huge));
         assert_eq!(reservation.lease_expires_ms, T0 + MAX_LEASE_MS);
     }
@@ -984,14 +1169,20 @@ mod tests {
         let json = serde_json::to_string(&state).unwrap();
         let mut restored: LimiterState = serde_json::from_str(&json).unwrap();
         assert_eq!(restored, state);
-        let actual = Usage { input_tokens: Some(1), output_tokens: Some(1) };
+        let actual = Usage {
+            input_tokens: Some(1),
+            output_tokens: Some(1),
+        };
         assert_eq!(
             restored.settle(&l, T0 + 2, &reservation, actual),
             state.settle(&l, T0 + 2, &reservation, actual)
         );
         assert_eq!(restored, state);
         // A missing or partial state is a fresh one.
-        assert_eq!(serde_json::from_str::<LimiterState>("{}").unwrap(), LimiterState::new());
+        assert_eq!(
+            serde_json::from_str::<LimiterState>("{}").unwrap(),
+            LimiterState::new()
+        );
         let admission: Admission = serde_json::from_str(
             &serde_json::to_string(&Admission::Admitted(reservation)).unwrap(),
         )
@@ -1012,6 +1203,9 @@ mod tests {
         for _ in 0..5 {
             admitted(state.admit(&only_rpm, T0, &request(u64::MAX, u64::MAX)));
         }
-        assert_eq!(denied(state.admit(&only_rpm, T0, &request(0, 0))).dimension, Dimension::Rpm);
+        assert_eq!(
+            denied(state.admit(&only_rpm, T0, &request(0, 0))).dimension,
+            Dimension::Rpm
+        );
     }
 }

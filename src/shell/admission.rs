@@ -7,17 +7,17 @@
 use futures_channel::oneshot;
 use worker::{Context, Env};
 
-use super::limiter;
+use super::objects::limiter;
 use super::respond::Exchange;
-use crate::auth::Caller;
-use crate::body::BodyFacts;
+use super::runtime::sleep_ms;
 use crate::config::TierLimits;
 use crate::error::ProxyError;
+use crate::identity::Caller;
 use crate::limits::{limit_headers, Admission, AdmissionRequest, Reservation, Usage};
-use crate::tap::{Progress, Seen};
-use std::pin::pin;
+use crate::request::body::BodyFacts;
+use crate::stream::tap::{Progress, Seen};
 use futures_util::future::{select, Either};
-use super::runtime::sleep_ms;
+use std::pin::pin;
 
 /// How long a concurrency slot stays held if its settlement never comes: an isolate that died
 /// mid-stream, or a client that went away while the runtime dropped the whole request with
@@ -44,7 +44,9 @@ pub async fn admit(
         Admission::Denied(denial) => Some(denial),
         _ => None,
     };
-    exchange.extra_headers.extend(limit_headers(&reply.status, denial, reply.now_ms));
+    exchange
+        .extra_headers
+        .extend(limit_headers(&reply.status, denial, reply.now_ms));
     match reply.admission {
         Admission::Admitted(reservation) => Ok(reservation),
         Admission::Denied(denial) => Err(ProxyError::from(&denial)),
@@ -75,8 +77,11 @@ async fn watch(mut seen: oneshot::Receiver<Seen>, progress: &Progress) -> Option
     }
 }
 
-fn to_usage(seen: crate::sse::Usage) -> Usage {
-    Usage { input_tokens: seen.input_tokens, output_tokens: seen.output_tokens }
+fn to_usage(seen: crate::stream::sse::Usage) -> Usage {
+    Usage {
+        input_tokens: seen.input_tokens,
+        output_tokens: seen.output_tokens,
+    }
 }
 
 /// Settles the reservation once the answer is over, off the client's path.

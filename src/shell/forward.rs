@@ -14,21 +14,21 @@ use worker::{
     ResponseBuilder,
 };
 
+use super::objects::upstream::Guard;
 use super::respond::{Exchange, LoggedWait};
-use super::upstream::Guard;
 use super::runtime::{now_ms, random_u64, sleep_ms};
-use crate::body::BodyFacts;
 use crate::config::Config;
 use crate::error::{LimitInfo, ProxyError, Scope};
-use crate::headers::{forward_downstream, forward_upstream};
+use crate::identity::Secret;
+use crate::request::body::BodyFacts;
+use crate::request::headers::{forward_downstream, forward_upstream};
+use crate::request::route::Route;
 use crate::retry::{
     classify, should_retry_header, upstream_wait_ms, Answer, Cause, GiveUp, Outcome, Retrier,
     RetryPolicy, Step,
 };
-use crate::route::Route;
-use crate::secret::Secret;
-use crate::sse::{EventScanner, SseEvent};
-use crate::tap::{Progress, Seen, Tap};
+use crate::stream::sse::{EventScanner, SseEvent};
+use crate::stream::tap::{Progress, Seen, Tap};
 use futures_channel::oneshot;
 
 pub struct Forward<'a> {
@@ -86,8 +86,11 @@ pub async fn forward(f: Forward<'_>) -> Result<Delivered, ProxyError> {
         Some(q) if !q.is_empty() => format!("{}{}?{}", config.upstream_url, path, q),
         _ => format!("{}{}", config.upstream_url, path),
     };
-    let mut headers: Vec<(String, String)> =
-        f.client_headers.entries().filter(|(name, _)| forward_upstream(name)).collect();
+    let mut headers: Vec<(String, String)> = f
+        .client_headers
+        .entries()
+        .filter(|(name, _)| forward_upstream(name))
+        .collect();
     headers.push(("x-api-key".to_string(), f.upstream_key.expose().to_string()));
     let method = Method::from(f.method.to_string());
 
@@ -97,15 +100,27 @@ pub async fn forward(f: Forward<'_>) -> Result<Delivered, ProxyError> {
         let probe = match guard.as_mut() {
             Some(guard) => {
                 let is_retry = retrier.attempts() > 0;
-                guard.before(is_retry, retrier.deadline_ms(), last_cause, f.exchange).await?
+                guard
+                    .before(is_retry, retrier.deadline_ms(), last_cause, f.exchange)
+                    .await?
             }
             None => None,
         };
         let ticket = retrier.attempt_started(now_ms());
         f.exchange.attempts = ticket.number;
-        let (outcome, answer) =
-            attempt(&url, method.clone(), &headers, f.body, ticket.timeout_ms, f.facts.stream).await;
-        if let Some(id) = answer.as_ref().and_then(|a| header(&a.headers, "request-id")) {
+        let (outcome, answer) = attempt(
+            &url,
+            method.clone(),
+            &headers,
+            f.body,
+            ticket.timeout_ms,
+            f.facts.stream,
+        )
+        .await;
+        if let Some(id) = answer
+            .as_ref()
+            .and_then(|a| header(&a.headers, "request-id"))
+        {
             f.exchange.upstream_request_id = Some(id.to_string());
         }
         if let Some(guard) = guard.as_ref() {
@@ -115,7 +130,10 @@ pub async fn forward(f: Forward<'_>) -> Result<Delivered, ProxyError> {
             Step::Deliver => return deliver(answer, f.tap, policy.attempt_timeout_ms),
             Step::Wait { ms, cause } => {
                 last_cause = Some(cause);
-                f.exchange.waits.push(LoggedWait { ms, cause: cause.to_string() });
+                f.exchange.waits.push(LoggedWait {
+                    ms,
+                    cause: cause.to_string(),
+                });
                 drop(answer);
                 sleep_ms(ms).await;
             }
@@ -140,28 +158,49 @@ fn structured(give_up: &GiveUp) -> ProxyError {
                 "the upstream rate limit outlasts this request's time budget; retry in {} s",
                 crate::error::whole_seconds(retry_after_ms)
             ),
-            limit: LimitInfo { scope: Scope::Upstream, dimension: None, limit: None, remaining: None },
+            limit: LimitInfo {
+                scope: Scope::Upstream,
+                dimension: None,
+                limit: None,
+                remaining: None,
+            },
         },
         Cause::Timeout => ProxyError::UpstreamTimeout { retry_after_ms },
         Cause::Unreachable => ProxyError::UpstreamUnreachable { retry_after_ms },
-        Cause::Overloaded | Cause::Transient(_) | Cause::StreamError => ProxyError::Overloaded { retry_after_ms },
+        Cause::Overloaded | Cause::Transient(_) | Cause::StreamError => {
+            ProxyError::Overloaded { retry_after_ms }
+        }
     }
 }
 
 fn header<'h>(headers: &'h [(String, String)], name: &str) -> Option<&'h str> {
-    headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
 }
 
 /// Hands an upstream answer to the client. A successful answer's body is tapped when asked,
 /// so its real usage can settle the caller's reservation once it has passed through.
-fn deliver(answer: Option<UpstreamAnswer>, tap: bool, idle_ms: u64) -> Result<Delivered, ProxyError> {
-    let answer = answer.ok_or_else(|| ProxyError::Internal("no upstream answer to deliver".to_string()))?;
+fn deliver(
+    answer: Option<UpstreamAnswer>,
+    tap: bool,
+    idle_ms: u64,
+) -> Result<Delivered, ProxyError> {
+    let answer =
+        answer.ok_or_else(|| ProxyError::Internal("no upstream answer to deliver".to_string()))?;
     let status = answer.status;
     let headers = Headers::new();
-    for (name, value) in answer.headers.iter().filter(|(name, _)| forward_downstream(name)) {
+    for (name, value) in answer
+        .headers
+        .iter()
+        .filter(|(name, _)| forward_downstream(name))
+    {
         let _ = headers.append(name, value);
     }
-    let builder = ResponseBuilder::new().with_status(status).with_headers(headers);
+    let builder = ResponseBuilder::new()
+        .with_status(status)
+        .with_headers(headers);
     let stream_failed = |_| ProxyError::Internal("could not build the stream".to_string());
     let tap = tap && (200..300).contains(&status);
     let (response, seen) = match answer.body {
@@ -172,29 +211,52 @@ fn deliver(answer: Option<UpstreamAnswer>, tap: bool, idle_ms: u64) -> Result<De
             let (tapped, seen, progress) = Tap::watched(ByteStream::from(body), false);
             let seen = (seen, progress);
             let response = builder.from_stream(tapped).map_err(stream_failed)?;
-            (length.and_then(|length| fixed_length(&response, length)).unwrap_or(response), Some(seen))
+            (
+                length
+                    .and_then(|length| fixed_length(&response, length))
+                    .unwrap_or(response),
+                Some(seen),
+            )
         }
         UpstreamBody::Sse { head, rest } => {
-            let body: BoxedBytes = Box::pin(stream::once(ready(Ok::<Vec<u8>, worker::Error>(head))).chain(rest));
+            let body: BoxedBytes =
+                Box::pin(stream::once(ready(Ok::<Vec<u8>, worker::Error>(head))).chain(rest));
             if tap {
                 // The guard outside the tap: a stream it has to cut reaches the tap as a
                 // failure or an early end, so settlement knows the answer is incomplete.
                 let (tapped, seen, progress) = Tap::watched(body, true);
                 let seen = (seen, progress);
-                (builder.from_stream(idle_guard(tapped, idle_ms)).map_err(stream_failed)?, Some(seen))
+                (
+                    builder
+                        .from_stream(idle_guard(tapped, idle_ms))
+                        .map_err(stream_failed)?,
+                    Some(seen),
+                )
             } else {
-                (builder.from_stream(idle_guard(body, idle_ms)).map_err(stream_failed)?, None)
+                (
+                    builder
+                        .from_stream(idle_guard(body, idle_ms))
+                        .map_err(stream_failed)?,
+                    None,
+                )
             }
         }
     };
-    Ok(Delivered { response, status, seen })
+    Ok(Delivered {
+        response,
+        status,
+        seen,
+    })
 }
 
 /// The body's length when the upstream announced it for the bytes as they arrive (no
 /// content encoding for the runtime to undo).
 fn exact_length(headers: &[(String, String)]) -> Option<u64> {
-    let identity = header(headers, "content-encoding").is_none_or(|e| e.trim().eq_ignore_ascii_case("identity"));
-    header(headers, "content-length").filter(|_| identity).and_then(|l| l.trim().parse().ok())
+    let identity = header(headers, "content-encoding")
+        .is_none_or(|e| e.trim().eq_ignore_ascii_case("identity"));
+    header(headers, "content-length")
+        .filter(|_| identity)
+        .and_then(|l| l.trim().parse().ok())
 }
 
 /// A tapped answer's body as a `FixedLengthStream` of the upstream's length, so the client is
@@ -203,7 +265,9 @@ fn exact_length(headers: &[(String, String)]) -> Option<u64> {
 /// a stream of unknown length it would end as cleanly as a complete one (the runtime closes
 /// a chunked answer normally when its source fails). `None` keeps the answer as it is.
 fn fixed_length(response: &Response, length: u64) -> Option<Response> {
-    let worker::ResponseBody::Stream(source) = response.body() else { return None };
+    let worker::ResponseBody::Stream(source) = response.body() else {
+        return None;
+    };
     let fixed = worker::worker_sys::FixedLengthStream::new(u32::try_from(length).ok()?).ok()?;
     let piping = source.pipe_to(&fixed.writable());
     // The pipe's outcome reaches the client through the stream itself.
@@ -211,7 +275,12 @@ fn fixed_length(response: &Response, length: u64) -> Option<Response> {
         let _ = worker::wasm_bindgen_futures::JsFuture::from(piping).await;
     });
     let headers = response.headers().clone();
-    Some(ResponseBuilder::new().with_status(response.status_code()).with_headers(headers).stream(fixed.readable()))
+    Some(
+        ResponseBuilder::new()
+            .with_status(response.status_code())
+            .with_headers(headers)
+            .stream(fixed.readable()),
+    )
 }
 
 /// The event that ends a stream the proxy has to cut: the client reads an `error` event
@@ -234,21 +303,30 @@ fn idle_guard<S>(rest: S, idle_ms: u64) -> BoxedBytes
 where
     S: futures_util::Stream<Item = worker::Result<Vec<u8>>> + Unpin + 'static,
 {
-    Box::pin(stream::unfold((rest, false), move |(mut rest, ended)| async move {
-        if ended {
-            return None;
-        }
-        let next = pin!(rest.next());
-        let timer = pin!(Delay::from(Duration::from_millis(idle_ms)));
-        match select(next, timer).await {
-            Either::Left((Some(Ok(chunk)), _)) => Some((Ok(chunk), (rest, false))),
-            Either::Left((Some(Err(_)), _)) => {
-                Some((Ok(incomplete_event("the upstream connection was lost mid-stream")), (rest, true)))
+    Box::pin(stream::unfold(
+        (rest, false),
+        move |(mut rest, ended)| async move {
+            if ended {
+                return None;
             }
-            Either::Left((None, _)) => None,
-            Either::Right(_) => Some((Ok(incomplete_event("the upstream stream went silent")), (rest, true))),
-        }
-    }))
+            let next = pin!(rest.next());
+            let timer = pin!(Delay::from(Duration::from_millis(idle_ms)));
+            match select(next, timer).await {
+                Either::Left((Some(Ok(chunk)), _)) => Some((Ok(chunk), (rest, false))),
+                Either::Left((Some(Err(_)), _)) => Some((
+                    Ok(incomplete_event(
+                        "the upstream connection was lost mid-stream",
+                    )),
+                    (rest, true),
+                )),
+                Either::Left((None, _)) => None,
+                Either::Right(_) => Some((
+                    Ok(incomplete_event("the upstream stream went silent")),
+                    (rest, true),
+                )),
+            }
+        },
+    ))
 }
 
 /// One attempt: the request, its timeout, and for a stream the wait for its first event.
@@ -288,16 +366,30 @@ async fn attempt(
         header(&upstream_headers, "retry-after"),
         now_ms(),
     );
-    let is_sse = header(&upstream_headers, "content-type")
-        .is_some_and(|t| t.trim_start().to_ascii_lowercase().starts_with("text/event-stream"));
+    let is_sse = header(&upstream_headers, "content-type").is_some_and(|t| {
+        t.trim_start()
+            .to_ascii_lowercase()
+            .starts_with("text/event-stream")
+    });
 
     if !(streaming && status == 200 && is_sse) {
         let body = match response.body() {
             worker::ResponseBody::Stream(s) => Some(s.clone()),
             _ => None,
         };
-        let answer = UpstreamAnswer { status, headers: upstream_headers, body: UpstreamBody::Untouched(body) };
-        return (Outcome::Response { status, should_retry, wait_floor_ms }, Some(answer));
+        let answer = UpstreamAnswer {
+            status,
+            headers: upstream_headers,
+            body: UpstreamBody::Untouched(body),
+        };
+        return (
+            Outcome::Response {
+                status,
+                should_retry,
+                wait_floor_ms,
+            },
+            Some(answer),
+        );
     }
 
     let Ok(mut rest) = response.stream() else {
@@ -306,10 +398,22 @@ async fn attempt(
     match first_event(&mut rest, deadline).await {
         FirstEvent::Event { head, event } => {
             let outcome = match event.error_type() {
-                Some(error_type) => Outcome::StreamError { error_type, should_retry, wait_floor_ms },
-                None => Outcome::Response { status, should_retry, wait_floor_ms },
+                Some(error_type) => Outcome::StreamError {
+                    error_type,
+                    should_retry,
+                    wait_floor_ms,
+                },
+                None => Outcome::Response {
+                    status,
+                    should_retry,
+                    wait_floor_ms,
+                },
             };
-            let answer = UpstreamAnswer { status, headers: upstream_headers, body: UpstreamBody::Sse { head, rest } };
+            let answer = UpstreamAnswer {
+                status,
+                headers: upstream_headers,
+                body: UpstreamBody::Sse { head, rest },
+            };
             (outcome, Some(answer))
         }
         FirstEvent::TimedOut => {
@@ -321,7 +425,10 @@ async fn attempt(
 }
 
 enum FirstEvent {
-    Event { head: Vec<u8>, event: SseEvent },
+    Event {
+        head: Vec<u8>,
+        event: SseEvent,
+    },
     TimedOut,
     /// The stream failed or ended before a complete event: nothing reached the client yet,
     /// so this is retried like a connection failure.
@@ -354,9 +461,15 @@ async fn first_event(stream: &mut ByteStream, deadline_ms: u64) -> FirstEvent {
         if let Some(event) = found {
             return FirstEvent::Event { head, event };
         }
-        if head.len() > crate::sse::MAX_EVENT_BYTES {
+        if head.len() > crate::stream::sse::MAX_EVENT_BYTES {
             // Not an event stream the proxy can read; treat it as delivered content.
-            return FirstEvent::Event { head, event: SseEvent { name: "message".to_string(), data: String::new() } };
+            return FirstEvent::Event {
+                head,
+                event: SseEvent {
+                    name: "message".to_string(),
+                    data: String::new(),
+                },
+            };
         }
     }
 }

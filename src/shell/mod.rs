@@ -6,19 +6,17 @@
 
 mod admission;
 mod forward;
-mod limiter;
-mod object;
+mod objects;
 mod respond;
 mod runtime;
-mod upstream;
 
 use worker::{event, Context, Env, Request, Response};
 
-use crate::auth::{authenticate, credential, Caller, UpstreamKey};
-use crate::body::{inspect, BodyFacts};
 use crate::config::Config;
 use crate::error::ProxyError;
-use crate::route::{query_of, route, Route};
+use crate::identity::{authenticate, credential, Caller, UpstreamKey};
+use crate::request::body::{inspect, BodyFacts};
+use crate::request::route::{query_of, route, Route};
 
 use respond::{Cors, Exchange};
 
@@ -101,9 +99,11 @@ async fn handle(
         budget_header: budget_header.as_deref(),
         tap: reservation.is_some(),
         guard: match route {
-            Route::Messages | Route::CountTokens => {
-                Some(upstream::Guard::new(env, &upstream_key, facts.model.as_deref()))
-            }
+            Route::Messages | Route::CountTokens => Some(objects::upstream::Guard::new(
+                env,
+                &upstream_key,
+                facts.model.as_deref(),
+            )),
             _ => None,
         },
         exchange: &mut *exchange,
@@ -112,7 +112,9 @@ async fn handle(
 
     if let Some(reservation) = reservation {
         let seen = delivered.as_mut().ok().and_then(|d| d.seen.take());
-        let delivered_ok = delivered.as_ref().is_ok_and(|d| (200..300).contains(&d.status));
+        let delivered_ok = delivered
+            .as_ref()
+            .is_ok_and(|d| (200..300).contains(&d.status));
         admission::settle_later(env, ctx, &caller, limits, reservation, seen, delivered_ok);
     }
     delivered.map(|d| d.response)

@@ -9,8 +9,8 @@ use worker::{Headers, Request, Response, ResponseBuilder};
 use super::runtime;
 use crate::config::{AllowedOrigins, ConfigError};
 use crate::error::ProxyError;
-use crate::headers::EXPOSED_HEADERS;
-use crate::route::Route;
+use crate::request::headers::EXPOSED_HEADERS;
+use crate::request::route::Route;
 
 /// What CORS grants this request's answers.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,14 +91,19 @@ impl Exchange {
     /// The id an answer made by the proxy carries: the upstream's, when there was one, so
     /// that an error can be traced on both sides.
     pub fn answer_request_id(&self) -> &str {
-        self.upstream_request_id.as_deref().unwrap_or(&self.request_id)
+        self.upstream_request_id
+            .as_deref()
+            .unwrap_or(&self.request_id)
     }
 
     /// Turns the outcome into the final answer and logs the request.
     pub fn finish(self, outcome: Result<Response, ProxyError>) -> Response {
         let (mut response, error) = match outcome {
             Ok(response) => (response, None),
-            Err(error) => (error_response(&error, self.answer_request_id()), Some(error)),
+            Err(error) => (
+                error_response(&error, self.answer_request_id()),
+                Some(error),
+            ),
         };
         let headers = response.headers_mut();
         if self.route.as_ref().is_some_and(Route::is_proxied) {
@@ -151,7 +156,8 @@ impl Exchange {
 
 /// The log line for a configuration error: names the variable, never its value.
 pub fn config_log_line(e: &ConfigError) -> String {
-    serde_json::json!({"event": "config_error", "variable": e.variable, "problem": e.problem}).to_string()
+    serde_json::json!({"event": "config_error", "variable": e.variable, "problem": e.problem})
+        .to_string()
 }
 
 /// An error as a `Response` with the Anthropic envelope and the contract's headers.
@@ -169,7 +175,10 @@ pub fn error_response(error: &ProxyError, request_id: &str) -> Response {
 
 /// `GET /healthz`.
 pub fn health(version: &str) -> Result<Response, ProxyError> {
-    json_response(200, &serde_json::json!({"status": "ok", "version": version}))
+    json_response(
+        200,
+        &serde_json::json!({"status": "ok", "version": version}),
+    )
 }
 
 pub fn json_response(status: u16, value: &serde_json::Value) -> Result<Response, ProxyError> {
@@ -203,9 +212,15 @@ pub fn preflight(req: &Request, cors: &Cors) -> Result<Response, ProxyError> {
             let _ = headers.set("access-control-allow-headers", &requested);
         }
         let _ = headers.set("access-control-max-age", "86400");
-        let _ = headers.append("vary", "Access-Control-Request-Method, Access-Control-Request-Headers");
+        let _ = headers.append(
+            "vary",
+            "Access-Control-Request-Method, Access-Control-Request-Headers",
+        );
     }
-    Ok(ResponseBuilder::new().with_status(204).with_headers(headers).empty())
+    Ok(ResponseBuilder::new()
+        .with_status(204)
+        .with_headers(headers)
+        .empty())
 }
 
 /// A comma-separated list of HTTP tokens (method or header names): safe to echo back.
@@ -213,7 +228,9 @@ fn is_token_list(value: &str) -> bool {
     value.len() <= 2048
         && value.split(',').all(|t| {
             let t = t.trim();
-            !t.is_empty() && t.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+            !t.is_empty()
+                && t.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
         })
 }
 

@@ -53,11 +53,19 @@ pub fn config(env: &Env) -> Result<Rc<Config>, ConfigError> {
     let mut hasher = DefaultHasher::new();
     raw.hash(&mut hasher);
     let key = hasher.finish();
-    if let Some(config) = CONFIG.with(|c| c.borrow().as_ref().filter(|(k, _)| *k == key).map(|(_, c)| c.clone())) {
+    if let Some(config) = CONFIG.with(|c| {
+        c.borrow()
+            .as_ref()
+            .filter(|(k, _)| *k == key)
+            .map(|(_, c)| c.clone())
+    }) {
         return Ok(config);
     }
     let config = Rc::new(Config::from_lookup(|name| {
-        VARIABLES.iter().position(|v| *v == name).and_then(|i| raw.get(i).cloned().flatten())
+        VARIABLES
+            .iter()
+            .position(|v| *v == name)
+            .and_then(|i| raw.get(i).cloned().flatten())
     })?);
     CONFIG.with(|c| *c.borrow_mut() = Some((key, config.clone())));
     Ok(config)
@@ -80,10 +88,9 @@ pub async fn read_body(req: &mut Request, limit: u64) -> Result<Vec<u8>, ProxyEr
             // A declared length within the limit (the runtime holds the body to it): read it in
             // one call rather than chunk by chunk across the JS boundary.
             Ok(_) => {
-                return req
-                    .bytes()
-                    .await
-                    .map_err(|_| ProxyError::InvalidRequest("the request body could not be read".to_string()))
+                return req.bytes().await.map_err(|_| {
+                    ProxyError::InvalidRequest("the request body could not be read".to_string())
+                })
             }
             Err(_) => {}
         }
@@ -95,7 +102,9 @@ pub async fn read_body(req: &mut Request, limit: u64) -> Result<Vec<u8>, ProxyEr
     };
     let mut body = Vec::new();
     while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|_| ProxyError::InvalidRequest("the request body could not be read".to_string()))?;
+        let chunk = chunk.map_err(|_| {
+            ProxyError::InvalidRequest("the request body could not be read".to_string())
+        })?;
         if (body.len() as u64).saturating_add(chunk.len() as u64) > limit {
             return Err(too_large);
         }

@@ -58,15 +58,22 @@ impl Args {
         let mut map: BTreeMap<String, Vec<String>> = BTreeMap::new();
         let mut it = items.iter();
         while let Some(name) = it.next() {
-            let Some(name) = name.strip_prefix("--") else { fail(&format!("unexpected argument {name}")) };
-            let Some(value) = it.next() else { fail(&format!("--{name} needs a value")) };
+            let Some(name) = name.strip_prefix("--") else {
+                fail(&format!("unexpected argument {name}"))
+            };
+            let Some(value) = it.next() else {
+                fail(&format!("--{name} needs a value"))
+            };
             map.entry(name.to_string()).or_default().push(value.clone());
         }
         Args { map }
     }
 
     fn get(&self, name: &str) -> Option<&str> {
-        self.map.get(name).and_then(|v| v.last()).map(String::as_str)
+        self.map
+            .get(name)
+            .and_then(|v| v.last())
+            .map(String::as_str)
     }
 
     fn string(&self, name: &str, default: &str) -> String {
@@ -76,7 +83,9 @@ impl Args {
     fn num<T: FromStr>(&self, name: &str, default: T) -> T {
         match self.get(name) {
             None => default,
-            Some(v) => v.parse().unwrap_or_else(|_| fail(&format!("--{name}: cannot parse {v:?}"))),
+            Some(v) => v
+                .parse()
+                .unwrap_or_else(|_| fail(&format!("--{name}: cannot parse {v:?}"))),
         }
     }
 
@@ -91,7 +100,9 @@ fn fail(message: &str) -> ! {
 }
 
 fn unix_ms() -> f64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
 }
 
 fn ms(d: Duration) -> f64 {
@@ -107,36 +118,60 @@ struct Target {
 
 impl Target {
     fn from_args(args: &Args) -> Target {
-        let url = format!("{}{}", args.string("url", "http://127.0.0.1:8787"), args.string("path", "/v1/messages"));
-        let uri: Uri = url.parse().unwrap_or_else(|_| fail(&format!("bad url {url}")));
+        let url = format!(
+            "{}{}",
+            args.string("url", "http://127.0.0.1:8787"),
+            args.string("path", "/v1/messages")
+        );
+        let uri: Uri = url
+            .parse()
+            .unwrap_or_else(|_| fail(&format!("bad url {url}")));
         let mut body: Value = serde_json::from_str(&args.string("body", DEFAULT_BODY))
             .unwrap_or_else(|_| fail("--body is not JSON"));
         if let Some(stream) = args.get("stream") {
             body["stream"] = Value::Bool(stream == "true");
         }
         let mut headers = vec![
-            (HeaderName::from_static("content-type"), HeaderValue::from_static("application/json")),
-            (HeaderName::from_static("anthropic-version"), HeaderValue::from_static("2023-06-01")),
+            (
+                HeaderName::from_static("content-type"),
+                HeaderValue::from_static("application/json"),
+            ),
+            (
+                HeaderName::from_static("anthropic-version"),
+                HeaderValue::from_static("2023-06-01"),
+            ),
         ];
         if let Some(key) = args.get("key") {
             let value = HeaderValue::from_str(key).unwrap_or_else(|_| fail("bad --key"));
             headers.push((HeaderName::from_static("x-api-key"), value));
         }
         for line in args.all("header") {
-            let Some((name, value)) = line.split_once(':') else { fail(&format!("bad --header {line:?}")) };
-            let name = HeaderName::from_str(name.trim()).unwrap_or_else(|_| fail(&format!("bad header name in {line:?}")));
-            let value = HeaderValue::from_str(value.trim()).unwrap_or_else(|_| fail(&format!("bad header value in {line:?}")));
+            let Some((name, value)) = line.split_once(':') else {
+                fail(&format!("bad --header {line:?}"))
+            };
+            let name = HeaderName::from_str(name.trim())
+                .unwrap_or_else(|_| fail(&format!("bad header name in {line:?}")));
+            let value = HeaderValue::from_str(value.trim())
+                .unwrap_or_else(|_| fail(&format!("bad header value in {line:?}")));
             headers.push((name, value));
         }
-        Target { uri, headers, body: Bytes::from(body.to_string()) }
+        Target {
+            uri,
+            headers,
+            body: Bytes::from(body.to_string()),
+        }
     }
 
     fn request(&self) -> Request<Full<Bytes>> {
-        let mut builder = Request::builder().method(Method::POST).uri(self.uri.clone());
+        let mut builder = Request::builder()
+            .method(Method::POST)
+            .uri(self.uri.clone());
         for (name, value) in &self.headers {
             builder = builder.header(name, value);
         }
-        builder.body(Full::new(self.body.clone())).unwrap_or_else(|_| fail("cannot build the request"))
+        builder
+            .body(Full::new(self.body.clone()))
+            .unwrap_or_else(|_| fail("cannot build the request"))
     }
 }
 
@@ -163,7 +198,10 @@ struct Answer {
 /// Sends one request and reads its body to the end.
 async fn exchange(client: &HttpClient, target: &Target) -> Result<Answer, String> {
     let started = Instant::now();
-    let response = client.request(target.request()).await.map_err(|e| format!("{e:?}"))?;
+    let response = client
+        .request(target.request())
+        .await
+        .map_err(|e| format!("{e:?}"))?;
     let headers_at = started.elapsed();
     let status = response.status().as_u16();
     let (parts, mut body) = response.into_parts();
@@ -263,7 +301,9 @@ async fn closed(args: &Args) -> Value {
     let mut errors = Vec::new();
     let mut all_requests = 0u64;
     for task in tasks {
-        let Ok((l, s, e, all)) = task.await else { continue };
+        let Ok((l, s, e, all)) = task.await else {
+            continue;
+        };
         all_requests += all;
         latencies.extend(l);
         for (status, n) in s {
@@ -272,8 +312,16 @@ async fn closed(args: &Args) -> Value {
         errors.extend(e);
     }
     let elapsed = measure_from.elapsed().as_secs_f64();
-    let raw = if args.get("raw") == Some("true") { json!(latencies) } else { Value::Null };
-    let ok: u64 = statuses.iter().filter(|(s, _)| (200..300).contains(*s)).map(|(_, n)| n).sum();
+    let raw = if args.get("raw") == Some("true") {
+        json!(latencies)
+    } else {
+        Value::Null
+    };
+    let ok: u64 = statuses
+        .iter()
+        .filter(|(s, _)| (200..300).contains(*s))
+        .map(|(_, n)| n)
+        .sum();
     json!({
         "mode": "closed",
         "concurrency": concurrency,
@@ -336,7 +384,9 @@ async fn ttfb(args: &Args) -> Value {
 fn rss_kib(pids: &[u32]) -> Option<u64> {
     let mut total = None;
     for pid in pids {
-        let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else { continue };
+        let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+            continue;
+        };
         let kib = status
             .lines()
             .find_map(|l| l.strip_prefix("VmRSS:"))
@@ -385,7 +435,9 @@ async fn stream(args: &Args) -> Value {
                 break;
             }
         };
-        let Some(data) = frame.data_ref() else { continue };
+        let Some(data) = frame.data_ref() else {
+            continue;
+        };
         if first_byte_ms.is_none() && !data.is_empty() {
             first_byte_ms = Some(ms(started.elapsed()));
         }
@@ -404,7 +456,11 @@ async fn stream(args: &Args) -> Value {
         }
         if last_sample.elapsed() >= sample_every {
             last_sample = Instant::now();
-            samples.push((ms(started.elapsed()), bytes, sampled.or_else(|| rss_kib(&pids))));
+            samples.push((
+                ms(started.elapsed()),
+                bytes,
+                sampled.or_else(|| rss_kib(&pids)),
+            ));
         }
         if read_mbps > 0.0 {
             let due = Duration::from_secs_f64(bytes as f64 / (read_mbps * 1_000_000.0));
@@ -480,10 +536,17 @@ fn sdk_should_retry(status: u16, headers: &HeaderMap) -> bool {
 /// The SDKs' wait before retry number `retries_done + 1`: the upstream's `retry-after-ms` /
 /// `retry-after` when it is in (0, 60 s), else `min(0.5·2^n, 8) s · (1 − 0.25·U)`.
 fn sdk_wait(headers: Option<&HeaderMap>, retries_done: u32, rng: &mut fastrand::Rng) -> Duration {
-    let header = |name: &str| headers.and_then(|h| h.get(name)).and_then(|v| v.to_str().ok());
-    let mut hinted: Option<f64> = header("retry-after-ms").and_then(|v| v.trim().parse::<f64>().ok());
+    let header = |name: &str| {
+        headers
+            .and_then(|h| h.get(name))
+            .and_then(|v| v.to_str().ok())
+    };
+    let mut hinted: Option<f64> =
+        header("retry-after-ms").and_then(|v| v.trim().parse::<f64>().ok());
     if hinted.is_none() {
-        hinted = header("retry-after").and_then(|v| v.trim().parse::<f64>().ok()).map(|s| s * 1000.0);
+        hinted = header("retry-after")
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .map(|s| s * 1000.0);
     }
     if let Some(ms) = hinted.filter(|ms| *ms > 0.0 && *ms < 60_000.0) {
         return Duration::from_secs_f64(ms / 1000.0);
@@ -514,46 +577,51 @@ async fn one_request(
             break;
         }
         attempts += 1;
-        let answer = match tokio::time::timeout(hard_deadline - now, exchange(&client, &target)).await {
-            Err(_) => {
-                status = 1;
-                break;
-            }
-            Ok(Err(_)) => {
-                status = 0;
-                None
-            }
-            Ok(Ok(answer)) => {
-                status = i64::from(answer.status);
-                if policy == Policy::Ours {
-                    if let Some(n) = answer
-                        .headers
-                        .get("x-proxy-attempts")
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(|v| v.parse::<u32>().ok())
-                    {
-                        attempts = n;
+        let answer =
+            match tokio::time::timeout(hard_deadline - now, exchange(&client, &target)).await {
+                Err(_) => {
+                    status = 1;
+                    break;
+                }
+                Ok(Err(_)) => {
+                    status = 0;
+                    None
+                }
+                Ok(Ok(answer)) => {
+                    status = i64::from(answer.status);
+                    if policy == Policy::Ours {
+                        if let Some(n) = answer
+                            .headers
+                            .get("x-proxy-attempts")
+                            .and_then(|v| v.to_str().ok())
+                            .and_then(|v| v.parse::<u32>().ok())
+                        {
+                            attempts = n;
+                        }
                     }
+                    if (200..300).contains(&answer.status) {
+                        let end = Instant::now();
+                        return (end, status, attempts, end <= deadline);
+                    }
+                    Some(answer)
                 }
-                if (200..300).contains(&answer.status) {
-                    let end = Instant::now();
-                    return (end, status, attempts, end <= deadline);
-                }
-                Some(answer)
-            }
-        };
+            };
         let retries_done = attempts - 1;
         let wait = match policy {
             Policy::Ours | Policy::None => break,
             Policy::Sdk => {
-                let retry = answer.as_ref().is_none_or(|a| sdk_should_retry(a.status, &a.headers));
+                let retry = answer
+                    .as_ref()
+                    .is_none_or(|a| sdk_should_retry(a.status, &a.headers));
                 if !retry || retries_done >= 2 {
                     break;
                 }
                 sdk_wait(answer.as_ref().map(|a| &a.headers), retries_done, &mut rng)
             }
             Policy::Fixed => {
-                let retry = answer.as_ref().is_none_or(|a| matches!(a.status, 408 | 429) || a.status >= 500);
+                let retry = answer
+                    .as_ref()
+                    .is_none_or(|a| matches!(a.status, 408 | 429) || a.status >= 500);
                 if !retry || retries_done >= 5 {
                     break;
                 }
@@ -570,7 +638,10 @@ async fn one_request(
 }
 
 async fn open(args: &Args) -> Value {
-    let policy: Policy = args.string("policy", "none").parse().unwrap_or_else(|()| fail("bad --policy"));
+    let policy: Policy = args
+        .string("policy", "none")
+        .parse()
+        .unwrap_or_else(|()| fail("bad --policy"));
     let rate: f64 = args.num("rate", 10.0);
     let duration = Duration::from_millis(args.num("duration-ms", 20_000));
     let budget = Duration::from_millis(args.num("budget-ms", 30_000));
@@ -589,7 +660,11 @@ async fn open(args: &Args) -> Value {
     let mut t = 0.0f64;
     while t < duration.as_secs_f64() {
         offsets.push(t);
-        t += if poisson { -(1.0 - rng.f64()).ln() / rate } else { 1.0 / rate };
+        t += if poisson {
+            -(1.0 - rng.f64()).ln() / rate
+        } else {
+            1.0 / rate
+        };
     }
 
     let mut tasks = Vec::with_capacity(offsets.len());
@@ -600,17 +675,33 @@ async fn open(args: &Args) -> Value {
         let request_seed = seed.wrapping_mul(1_000_003).wrapping_add(i as u64);
         tasks.push(tokio::spawn(async move {
             let late = Instant::now().saturating_duration_since(arrival);
-            let result = one_request(client, target, policy, arrival, (budget, grace), request_seed).await;
+            let result = one_request(
+                client,
+                target,
+                policy,
+                arrival,
+                (budget, grace),
+                request_seed,
+            )
+            .await;
             (arrival, late, result)
         }));
     }
     let mut requests = Vec::with_capacity(tasks.len());
     let mut max_late = Duration::ZERO;
     for task in tasks {
-        let Ok((arrival, late, (end, status, attempts, ok))) = task.await else { continue };
+        let Ok((arrival, late, (end, status, attempts, ok))) = task.await else {
+            continue;
+        };
         max_late = max_late.max(late);
         let rel = |t: Instant| (ms(t.saturating_duration_since(start)) * 10.0).round() / 10.0;
-        requests.push(json!([rel(arrival), rel(end), status, attempts, u8::from(ok)]));
+        requests.push(json!([
+            rel(arrival),
+            rel(end),
+            status,
+            attempts,
+            u8::from(ok)
+        ]));
     }
     json!({
         "mode": "open",
@@ -630,13 +721,20 @@ async fn open(args: &Args) -> Value {
 
 fn main() {
     let argv: Vec<String> = std::env::args().skip(1).collect();
-    let Some(mode) = argv.first().cloned() else { fail("missing mode") };
+    let Some(mode) = argv.first().cloned() else {
+        fail("missing mode")
+    };
     let args = Args::parse(&argv[1..]);
     let threads: usize = args.num("threads", 1);
     let runtime = if threads <= 1 {
-        tokio::runtime::Builder::new_current_thread().enable_all().build()
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
     } else {
-        tokio::runtime::Builder::new_multi_thread().worker_threads(threads).enable_all().build()
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .enable_all()
+            .build()
     };
     let runtime = runtime.unwrap_or_else(|e| fail(&format!("runtime: {e}")));
     let out = runtime.block_on(async {

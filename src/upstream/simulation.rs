@@ -278,11 +278,17 @@ fn short_outage_the_upstream_sees_only_probes_and_every_request_completes_after_
             .iter()
             .filter(|call| !call.probe && call.at >= marked)
             .count();
-        assert!(marked < policy.overload_min_span_ms + 200, "marked {marked} ms into the outage");
+        assert!(
+            marked < policy.overload_min_span_ms + 200,
+            "marked {marked} ms into the outage"
+        );
         // Once marked, only probes reach the upstream, but for the few attempts let through
         // just before the marking and still on their way.
         assert!(after_mark <= 10, "{after_mark} calls after the marking");
-        assert!(probes <= 1 + outage / policy.min_probe_interval_ms(), "{during:?}");
+        assert!(
+            probes <= 1 + outage / policy.min_probe_interval_ms(),
+            "{during:?}"
+        );
 
         let mut finish = Vec::new();
         let mut spent = 0usize;
@@ -295,7 +301,11 @@ fn short_outage_the_upstream_sees_only_probes_and_every_request_completes_after_
                 }
                 // The retries of the second before the marking may spend the retry budget;
                 // a request that already retried several times is then answered, not retried.
-                Some(End::Refused { reason: RefuseReason::RetryBudget, retry_after_ms, .. }) => {
+                Some(End::Refused {
+                    reason: RefuseReason::RetryBudget,
+                    retry_after_ms,
+                    ..
+                }) => {
                     assert!(retry_after_ms >= 1_000);
                     spent += 1;
                 }
@@ -310,7 +320,10 @@ fn short_outage_the_upstream_sees_only_probes_and_every_request_completes_after_
                 ),
             }
         }
-        assert!(spent * 100 <= run.clients.len() * 3, "seed {seed}: {spent} answered before the outage ended");
+        assert!(
+            spent * 100 <= run.clients.len() * 3,
+            "seed {seed}: {spent} answered before the outage ended"
+        );
         let last = finish.iter().max().copied().unwrap_or(0);
         let first = finish.iter().min().copied().unwrap_or(0);
         let mean = finish.iter().sum::<u64>() / finish.len() as u64;

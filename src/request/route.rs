@@ -24,7 +24,10 @@ pub enum Route {
 impl Route {
     /// Routes whose answer comes from the upstream (and so carry `x-proxy-attempts`).
     pub fn is_proxied(&self) -> bool {
-        matches!(self, Route::Messages | Route::CountTokens | Route::Models | Route::Model(_))
+        matches!(
+            self,
+            Route::Messages | Route::CountTokens | Route::Models | Route::Model(_)
+        )
     }
 
     /// The upstream path, without the query.
@@ -87,7 +90,9 @@ fn is_model_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= 128
         && !id.starts_with('.')
-        && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':' | b'@'))
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':' | b'@'))
 }
 
 #[cfg(test)]
@@ -97,7 +102,10 @@ mod tests {
     #[test]
     fn contract_routes() {
         assert_eq!(route("POST", "/v1/messages").unwrap(), Route::Messages);
-        assert_eq!(route("POST", "/v1/messages/count_tokens").unwrap(), Route::CountTokens);
+        assert_eq!(
+            route("POST", "/v1/messages/count_tokens").unwrap(),
+            Route::CountTokens
+        );
         assert_eq!(route("GET", "/v1/models").unwrap(), Route::Models);
         assert_eq!(
             route("GET", "/v1/models/claude-sonnet-4-5").unwrap(),
@@ -118,8 +126,14 @@ mod tests {
 
     #[test]
     fn queries_are_kept_as_sent() {
-        assert_eq!(query_of("https://p.example/v1/messages?beta=true"), Some("beta=true"));
-        assert_eq!(query_of("https://p.example/v1/messages?a=1&b=%20#frag"), Some("a=1&b=%20"));
+        assert_eq!(
+            query_of("https://p.example/v1/messages?beta=true"),
+            Some("beta=true")
+        );
+        assert_eq!(
+            query_of("https://p.example/v1/messages?a=1&b=%20#frag"),
+            Some("a=1&b=%20")
+        );
         assert_eq!(query_of("https://p.example/v1/messages"), None);
         assert_eq!(query_of("https://p.example/v1/messages?"), Some(""));
     }

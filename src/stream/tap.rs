@@ -15,7 +15,7 @@ use futures_channel::oneshot;
 use futures_util::Stream;
 use serde::Deserialize;
 
-use crate::sse::{Counts, EventScanner, Usage};
+use crate::stream::sse::{Counts, EventScanner, Usage};
 
 /// JSON answers larger than this are not parsed for usage; the reservation then stands.
 pub const MAX_JSON_BYTES: usize = 1 << 20;
@@ -66,9 +66,23 @@ impl<S> Tap<S> {
     /// Like [`Tap::new`], with a [`Progress`] handle to watch the body while it flows.
     pub fn watched(inner: S, sse: bool) -> (Tap<S>, oneshot::Receiver<Seen>, Progress) {
         let (tx, rx) = oneshot::channel();
-        let kind = if sse { BodyKind::Sse(Box::default()) } else { BodyKind::Json(Vec::new()) };
+        let kind = if sse {
+            BodyKind::Sse(Box::default())
+        } else {
+            BodyKind::Json(Vec::new())
+        };
         let progress = Progress::default();
-        (Tap { inner, kind, usage: Usage::default(), report: Some(tx), progress: progress.clone() }, rx, progress)
+        (
+            Tap {
+                inner,
+                kind,
+                usage: Usage::default(),
+                report: Some(tx),
+                progress: progress.clone(),
+            },
+            rx,
+            progress,
+        )
     }
 
     fn observe(&mut self, chunk: &[u8]) {
@@ -106,7 +120,10 @@ impl<S> Tap<S> {
 
     fn report_now(&mut self, complete: bool) {
         if let Some(tx) = self.report.take() {
-            let _ = tx.send(Seen { usage: self.usage, complete });
+            let _ = tx.send(Seen {
+                usage: self.usage,
+                complete,
+            });
         }
     }
 }
@@ -151,8 +168,14 @@ pub fn json_usage(body: &[u8]) -> Usage {
     struct Answer {
         usage: Option<Counts>,
     }
-    match serde_json::from_slice::<Answer>(body).ok().and_then(|a| a.usage) {
-        Some(c) => Usage { input_tokens: c.input(), output_tokens: c.output() },
+    match serde_json::from_slice::<Answer>(body)
+        .ok()
+        .and_then(|a| a.usage)
+    {
+        Some(c) => Usage {
+            input_tokens: c.input(),
+            output_tokens: c.output(),
+        },
         None => Usage::default(),
     }
 }
@@ -175,19 +198,38 @@ mod tests {
 
     #[test]
     fn a_stream_passes_unchanged_and_reports_its_usage_once() {
-        let chunks: Vec<Chunk> = STREAM.as_bytes().chunks(7).map(|c| Ok(c.to_vec())).collect();
+        let chunks: Vec<Chunk> = STREAM
+            .as_bytes()
+            .chunks(7)
+            .map(|c| Ok(c.to_vec()))
+            .collect();
         let (out, seen) = run(chunks.clone(), true);
         assert_eq!(out, chunks);
         let seen = seen.unwrap();
         assert!(seen.complete);
-        assert_eq!(seen.usage, Usage { input_tokens: Some(30), output_tokens: Some(7) });
+        assert_eq!(
+            seen.usage,
+            Usage {
+                input_tokens: Some(30),
+                output_tokens: Some(7)
+            }
+        );
     }
 
     #[test]
     fn a_json_answer_reports_usage_with_cache_tokens() {
         let body = br#"{"type":"message","usage":{"input_tokens":10,"cache_read_input_tokens":5,"output_tokens":3}}"#;
-        let (_, seen) = run(vec![Ok(body[..20].to_vec()), Ok(body[20..].to_vec())], false);
-        assert_eq!(seen.unwrap().usage, Usage { input_tokens: Some(15), output_tokens: Some(3) });
+        let (_, seen) = run(
+            vec![Ok(body[..20].to_vec()), Ok(body[20..].to_vec())],
+            false,
+        );
+        assert_eq!(
+            seen.unwrap().usage,
+            Usage {
+                input_tokens: Some(15),
+                output_tokens: Some(3)
+            }
+        );
     }
 
     #[test]
@@ -213,7 +255,11 @@ mod tests {
 
     #[test]
     fn progress_is_visible_while_the_body_flows() {
-        let chunks: Vec<Chunk> = STREAM.as_bytes().chunks(40).map(|c| Ok(c.to_vec())).collect();
+        let chunks: Vec<Chunk> = STREAM
+            .as_bytes()
+            .chunks(40)
+            .map(|c| Ok(c.to_vec()))
+            .collect();
         let n = chunks.len() as u64;
         let (mut tap, _rx, progress) = Tap::watched(stream::iter(chunks), true);
         assert_eq!(progress.chunks(), 0);

@@ -13,6 +13,9 @@ use worker::{Env, Method, Request, RequestInit, State};
 
 use crate::error::ProxyError;
 
+pub mod limiter;
+pub mod upstream;
+
 /// Sends one call to the object named `name` under `binding` and reads its JSON answer.
 /// `what` names the object in errors ("rate limiter", "upstream state").
 pub async fn call<C: Serialize, T: DeserializeOwned>(
@@ -23,7 +26,9 @@ pub async fn call<C: Serialize, T: DeserializeOwned>(
     what: &str,
 ) -> Result<T, ProxyError> {
     let unavailable = |why: &str| ProxyError::Unavailable(format!("{what} {why}"));
-    let namespace = env.durable_object(binding).map_err(|_| unavailable("not bound"))?;
+    let namespace = env
+        .durable_object(binding)
+        .map_err(|_| unavailable("not bound"))?;
     let stub = namespace
         .id_from_name(name)
         .and_then(|id| id.get_stub())
@@ -31,14 +36,20 @@ pub async fn call<C: Serialize, T: DeserializeOwned>(
     let body = serde_json::to_string(call).map_err(|_| unavailable("call not encodable"))?;
     let mut init = RequestInit::new();
     init.with_method(Method::Post).with_body(Some(body.into()));
-    let request =
-        Request::new_with_init("https://object/call", &init).map_err(|_| unavailable("call not built"))?;
-    let mut response = stub.fetch_with_request(request).await.map_err(|_| unavailable("did not answer"))?;
+    let request = Request::new_with_init("https://object/call", &init)
+        .map_err(|_| unavailable("call not built"))?;
+    let mut response = stub
+        .fetch_with_request(request)
+        .await
+        .map_err(|_| unavailable("did not answer"))?;
     if response.status_code() != 200 {
         let status = response.status_code();
         return Err(unavailable(&format!("refused the call ({status})")));
     }
-    response.json::<T>().await.map_err(|_| unavailable("answer unreadable"))
+    response
+        .json::<T>()
+        .await
+        .map_err(|_| unavailable("answer unreadable"))
 }
 
 /// Reads a call sent with [`call`]; `None` when it is not one.
@@ -61,7 +72,11 @@ pub async fn store<T: Serialize>(state: &State, key: &str, value: &T) -> worker:
 
 /// Loads the object's state into `slot` once per object lifetime (fresh state when nothing is
 /// stored); it stays in memory afterwards, so every later event decides without a read.
-pub async fn load_once<T: DeserializeOwned + Default>(slot: &RefCell<Option<T>>, state: &State, key: &str) {
+pub async fn load_once<T: DeserializeOwned + Default>(
+    slot: &RefCell<Option<T>>,
+    state: &State,
+    key: &str,
+) {
     if slot.borrow().is_some() {
         return;
     }

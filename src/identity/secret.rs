@@ -65,10 +65,13 @@ pub fn fingerprint(label: &str, value: &str) -> String {
     hasher.update([0u8]);
     hasher.update(value.as_bytes());
     let digest = hasher.finalize();
-    digest.iter().take(16).fold(String::with_capacity(32), |mut out, byte| {
-        let _ = write!(out, "{byte:02x}");
-        out
-    })
+    digest
+        .iter()
+        .take(16)
+        .fold(String::with_capacity(32), |mut out, byte| {
+            let _ = write!(out, "{byte:02x}");
+            out
+        })
 }
 
 #[cfg(test)]

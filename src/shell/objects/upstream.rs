@@ -12,16 +12,15 @@ use std::cell::{Cell, RefCell};
 use serde::{Deserialize, Serialize};
 use worker::{durable_object, DurableObject, Env, Request, Response, State};
 
-use super::object;
-use super::respond::{Exchange, LoggedWait};
-use super::runtime::{now_ms, random_u64, sleep_ms};
 use crate::error::{LimitInfo, ProxyError, Scope};
-use crate::outage::{
+use crate::identity::Secret;
+use crate::retry::{classify, Cause, Outcome};
+use crate::shell::respond::{Exchange, LoggedWait};
+use crate::shell::runtime::{now_ms, random_u64, sleep_ms};
+use crate::upstream::{
     AttemptReport, Change, Gate, OutagePolicy, ProbeTicket, RefuseReason, Reply, UpstreamState,
     WaitReason,
 };
-use crate::retry::{classify, Cause, Outcome};
-use crate::secret::Secret;
 
 pub const BINDING: &str = "UPSTREAM";
 const STATE_KEY: &str = "upstream";
@@ -53,8 +52,19 @@ fn take_unreported() -> u32 {
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 enum UpstreamCall {
-    Before { model: String, is_retry: bool, deadline_ms: u64, request_seed: u64, unreported: u32 },
-    After { model: String, report: AttemptReport, rng_seed: u64, unreported: u32 },
+    Before {
+        model: String,
+        is_retry: bool,
+        deadline_ms: u64,
+        request_seed: u64,
+        unreported: u32,
+    },
+    After {
+        model: String,
+        report: AttemptReport,
+        rng_seed: u64,
+        unreported: u32,
+    },
 }
 
 #[durable_object]
@@ -67,11 +77,15 @@ pub struct Upstream {
 
 impl DurableObject for Upstream {
     fn new(state: State, _env: Env) -> Self {
-        Upstream { state, upstream: RefCell::new(None), alarm_set: Cell::new(false) }
+        Upstream {
+            state,
+            upstream: RefCell::new(None),
+            alarm_set: Cell::new(false),
+        }
     }
 
     async fn fetch(&self, mut req: Request) -> worker::Result<Response> {
-        let Some(call) = object::read_call::<UpstreamCall>(&mut req).await else {
+        let Some(call) = super::read_call::<UpstreamCall>(&mut req).await else {
             return Response::error("unreadable upstream call", 400);
         };
         self.load().await?;
@@ -81,20 +95,47 @@ impl DurableObject for Upstream {
             let mut slot = self.upstream.borrow_mut();
             let upstream = slot.get_or_insert_with(UpstreamState::new);
             let reply = match call {
-                UpstreamCall::Before { model, is_retry, deadline_ms, request_seed, unreported } => {
+                UpstreamCall::Before {
+                    model,
+                    is_retry,
+                    deadline_ms,
+                    request_seed,
+                    unreported,
+                } => {
                     upstream.record_requests(&policy, now, unreported);
-                    serde_json::to_value(upstream.before_attempt(&policy, now, &model, is_retry, deadline_ms, request_seed))
+                    serde_json::to_value(upstream.before_attempt(
+                        &policy,
+                        now,
+                        &model,
+                        is_retry,
+                        deadline_ms,
+                        request_seed,
+                    ))
                 }
-                UpstreamCall::After { model, report, rng_seed, unreported } => {
+                UpstreamCall::After {
+                    model,
+                    report,
+                    rng_seed,
+                    unreported,
+                } => {
                     upstream.record_requests(&policy, now, unreported);
-                    serde_json::to_value(upstream.after_attempt(&policy, now, &model, report, rng_seed))
+                    serde_json::to_value(
+                        upstream.after_attempt(&policy, now, &model, report, rng_seed),
+                    )
                 }
             };
             (reply, upstream.clone())
         };
         let reply = reply.map_err(|e| worker::Error::RustError(e.to_string()))?;
-        object::store(&self.state, STATE_KEY, &snapshot).await?;
-        if !self.alarm_set.get() && self.state.storage().set_alarm(now.saturating_add(60_000) as i64).await.is_ok() {
+        super::store(&self.state, STATE_KEY, &snapshot).await?;
+        if !self.alarm_set.get()
+            && self
+                .state
+                .storage()
+                .set_alarm(now.saturating_add(60_000) as i64)
+                .await
+                .is_ok()
+        {
             self.alarm_set.set(true);
         }
         Response::from_json(&reply)
@@ -104,11 +145,21 @@ impl DurableObject for Upstream {
         self.alarm_set.set(false);
         self.load().await?;
         let now = now_ms();
-        let idle = self.upstream.borrow().as_ref().is_none_or(|u| u.is_idle(&OutagePolicy::default(), now));
+        let idle = self
+            .upstream
+            .borrow()
+            .as_ref()
+            .is_none_or(|u| u.is_idle(&OutagePolicy::default(), now));
         if idle {
             self.state.storage().delete_all().await?;
             *self.upstream.borrow_mut() = None;
-        } else if self.state.storage().set_alarm(now.saturating_add(60_000) as i64).await.is_ok() {
+        } else if self
+            .state
+            .storage()
+            .set_alarm(now.saturating_add(60_000) as i64)
+            .await
+            .is_ok()
+        {
             self.alarm_set.set(true);
         }
         Response::ok("")
@@ -117,7 +168,7 @@ impl DurableObject for Upstream {
 
 impl Upstream {
     async fn load(&self) -> worker::Result<()> {
-        object::load_once(&self.upstream, &self.state, STATE_KEY).await;
+        super::load_once(&self.upstream, &self.state, STATE_KEY).await;
         Ok(())
     }
 }
@@ -191,17 +242,25 @@ impl<'a> Guard<'a> {
                         WaitReason::Overloaded => "model_overloaded",
                         WaitReason::Recovering => "model_recovering",
                     };
-                    exchange.waits.push(LoggedWait { ms, cause: cause.to_string() });
+                    exchange.waits.push(LoggedWait {
+                        ms,
+                        cause: cause.to_string(),
+                    });
                     sleep_ms(ms).await;
                 }
-                Gate::Refuse { retry_after_ms, reason } => {
+                Gate::Refuse {
+                    retry_after_ms,
+                    reason,
+                } => {
                     mark_trouble(now_ms());
                     exchange.stopped = Some(format!("refused_{}", refuse_name(reason)));
                     return Err(refusal(reason, retry_after_ms, last_cause));
                 }
             }
         }
-        Err(ProxyError::Overloaded { retry_after_ms: 1000 })
+        Err(ProxyError::Overloaded {
+            retry_after_ms: 1000,
+        })
     }
 
     /// After an attempt: tells the object how it ended, when that is news to it.
@@ -230,8 +289,11 @@ impl<'a> Guard<'a> {
         }
     }
 
-    async fn call<T: serde::de::DeserializeOwned>(&self, call: &UpstreamCall) -> Result<T, ProxyError> {
-        object::call(self.env, BINDING, &self.object, call, "upstream state").await
+    async fn call<T: serde::de::DeserializeOwned>(
+        &self,
+        call: &UpstreamCall,
+    ) -> Result<T, ProxyError> {
+        super::call(self.env, BINDING, &self.object, call, "upstream state").await
     }
 }
 
@@ -253,12 +315,23 @@ fn refusal(reason: RefuseReason, retry_after_ms: u64, last_cause: Option<Cause>)
             "the upstream key is rate limited; retry in {} s",
             crate::error::whole_seconds(retry_after_ms)
         ),
-        limit: LimitInfo { scope: Scope::Upstream, dimension: None, limit: None, remaining: None },
+        limit: LimitInfo {
+            scope: Scope::Upstream,
+            dimension: None,
+            limit: None,
+            remaining: None,
+        },
     };
     match (reason, last_cause) {
-        (RefuseReason::Cooldown, _) | (RefuseReason::RetryBudget, Some(Cause::RateLimited)) => rate_limited(),
-        (RefuseReason::RetryBudget, Some(Cause::Timeout)) => ProxyError::UpstreamTimeout { retry_after_ms },
-        (RefuseReason::RetryBudget, Some(Cause::Unreachable)) => ProxyError::UpstreamUnreachable { retry_after_ms },
+        (RefuseReason::Cooldown, _) | (RefuseReason::RetryBudget, Some(Cause::RateLimited)) => {
+            rate_limited()
+        }
+        (RefuseReason::RetryBudget, Some(Cause::Timeout)) => {
+            ProxyError::UpstreamTimeout { retry_after_ms }
+        }
+        (RefuseReason::RetryBudget, Some(Cause::Unreachable)) => {
+            ProxyError::UpstreamUnreachable { retry_after_ms }
+        }
         _ => ProxyError::Overloaded { retry_after_ms },
     }
 }

@@ -5,8 +5,8 @@
 
 use crate::config::{Config, DEFAULT_TIER};
 use crate::error::ProxyError;
-use crate::secret::{fingerprint, Secret};
-use crate::token;
+use crate::identity::token;
+use crate::identity::{fingerprint, Secret};
 
 /// Which upstream key a caller's requests are forwarded with.
 #[derive(Debug, Clone)]
@@ -71,7 +71,9 @@ const MAX_CREDENTIAL_LEN: usize = 8192;
 /// key, a passthrough key. `now_ms` checks a token's expiry.
 pub fn authenticate(config: &Config, presented: &str, now_ms: u64) -> Result<Caller, ProxyError> {
     if presented.len() > MAX_CREDENTIAL_LEN {
-        return Err(ProxyError::Unauthenticated("credential is too long".to_string()));
+        return Err(ProxyError::Unauthenticated(
+            "credential is too long".to_string(),
+        ));
     }
     if let Some(secret) = &config.jwt_secret {
         if token::looks_like_jwt(presented) {
@@ -94,7 +96,7 @@ pub fn authenticate(config: &Config, presented: &str, now_ms: u64) -> Result<Cal
     }
     // Every configured key is compared, so the time taken does not tell which one matched.
     let mut matched = None;
-    let presented_digest = crate::secret::digest(presented);
+    let presented_digest = crate::identity::secret::digest(presented);
     for (key, entry) in &config.client_keys {
         if key.matches_digest(&presented_digest) && matched.is_none() {
             matched = Some(entry);
@@ -114,13 +116,17 @@ pub fn authenticate(config: &Config, presented: &str, now_ms: u64) -> Result<Cal
             upstream_key: UpstreamKey::Passthrough(Secret::new(presented)),
         });
     }
-    Err(ProxyError::Unauthenticated("invalid credential".to_string()))
+    Err(ProxyError::Unauthenticated(
+        "invalid credential".to_string(),
+    ))
 }
 
 fn looks_like_anthropic_key(value: &str) -> bool {
     value.starts_with("sk-ant-")
         && value.len() >= 20
-        && value.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 #[cfg(test)]
@@ -129,8 +135,10 @@ mod tests {
     use std::collections::HashMap;
 
     fn config(vars: &[(&str, &str)]) -> Config {
-        let map: HashMap<String, String> =
-            vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         Config::from_lookup(|name| map.get(name).cloned()).unwrap()
     }
 
@@ -182,7 +190,9 @@ mod tests {
         let caller = authenticate(&c, key, NOW).unwrap();
         assert!(!caller.identity.contains("abcdefghijklmnop"));
         assert!(!caller.identity_hash().contains("abcdefghijklmnop"));
-        assert!(matches!(caller.upstream_key, UpstreamKey::Passthrough(ref s) if s.expose() == key));
+        assert!(
+            matches!(caller.upstream_key, UpstreamKey::Passthrough(ref s) if s.expose() == key)
+        );
         assert!(authenticate(&c, "sk-other-abcdefghijklmnopqrst", NOW).is_err());
         assert!(authenticate(&c, "sk-ant-short", NOW).is_err());
     }
@@ -202,9 +212,16 @@ mod tests {
     #[test]
     fn signed_tokens_come_first_and_carry_sub_and_tier() {
         let secret = "jwt-secret-for-tests-0123456789";
-        let c = config(&[("JWT_SECRET", secret), ("CLIENT_KEYS", KEYS), ("RATE_LIMITS", TIERS)]);
+        let c = config(&[
+            ("JWT_SECRET", secret),
+            ("CLIENT_KEYS", KEYS),
+            ("RATE_LIMITS", TIERS),
+        ]);
         let exp = NOW / 1000 + 300;
-        let token = mint(secret, &format!(r#"{{"sub":"alice","tier":"pro","exp":{exp}}}"#));
+        let token = mint(
+            secret,
+            &format!(r#"{{"sub":"alice","tier":"pro","exp":{exp}}}"#),
+        );
         let caller = authenticate(&c, &token, NOW).unwrap();
         assert_eq!(caller.identity, "token:alice");
         assert_eq!(caller.tier, "pro");
@@ -212,22 +229,39 @@ mod tests {
         let plain = mint(secret, &format!(r#"{{"sub":"bob","exp":{exp}}}"#));
         assert_eq!(authenticate(&c, &plain, NOW).unwrap().tier, "default");
 
-        let expired = mint(secret, &format!(r#"{{"sub":"alice","exp":{}}}"#, NOW / 1000 - 3600));
-        let forged = mint("another-secret-entirely-000000", &format!(r#"{{"sub":"alice","exp":{exp}}}"#));
-        let unknown_tier = mint(secret, &format!(r#"{{"sub":"alice","tier":"gold","exp":{exp}}}"#));
+        let expired = mint(
+            secret,
+            &format!(r#"{{"sub":"alice","exp":{}}}"#, NOW / 1000 - 3600),
+        );
+        let forged = mint(
+            "another-secret-entirely-000000",
+            &format!(r#"{{"sub":"alice","exp":{exp}}}"#),
+        );
+        let unknown_tier = mint(
+            secret,
+            &format!(r#"{{"sub":"alice","tier":"gold","exp":{exp}}}"#),
+        );
         for bad in [expired, forged, unknown_tier] {
             let err = authenticate(&c, &bad, NOW).unwrap_err();
             assert_eq!(err.status(), 401);
             assert!(!err.message().contains(&bad));
         }
         // Client keys still work next to tokens.
-        assert_eq!(authenticate(&c, "ck_alice_0123456789", NOW).unwrap().identity, "alice");
+        assert_eq!(
+            authenticate(&c, "ck_alice_0123456789", NOW)
+                .unwrap()
+                .identity,
+            "alice"
+        );
     }
 
     #[test]
     fn tokens_are_refused_without_a_jwt_secret() {
         let c = config(&[("CLIENT_KEYS", KEYS), ("RATE_LIMITS", TIERS)]);
-        let token = mint("whatever-secret-0000000000", &format!(r#"{{"sub":"a","exp":{}}}"#, NOW / 1000 + 60));
+        let token = mint(
+            "whatever-secret-0000000000",
+            &format!(r#"{{"sub":"a","exp":{}}}"#, NOW / 1000 + 60),
+        );
         assert_eq!(authenticate(&c, &token, NOW).unwrap_err().status(), 401);
     }
 

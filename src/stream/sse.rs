@@ -56,7 +56,12 @@ pub struct EventScanner {
 
 impl Default for EventScanner {
     fn default() -> Self {
-        EventScanner { partial: Vec::new(), skipping: false, at_line_start: true, pending_cr: false }
+        EventScanner {
+            partial: Vec::new(),
+            skipping: false,
+            at_line_start: true,
+            pending_cr: false,
+        }
     }
 }
 
@@ -142,7 +147,10 @@ fn parse_event(raw: &[u8]) -> Option<SseEvent> {
     if name.is_none() && data.is_none() {
         return None;
     }
-    Some(SseEvent { name: name.unwrap_or_else(|| "message".to_string()), data: data.unwrap_or_default() })
+    Some(SseEvent {
+        name: name.unwrap_or_else(|| "message".to_string()),
+        data: data.unwrap_or_default(),
+    })
 }
 
 /// Token usage as a stream reports it: input tokens in `message_start`, the running output
@@ -201,7 +209,10 @@ impl Usage {
                 }
             }
             "message_delta" => {
-                if let Some(c) = serde_json::from_str::<Body>(&event.data).ok().and_then(|b| b.usage) {
+                if let Some(c) = serde_json::from_str::<Body>(&event.data)
+                    .ok()
+                    .and_then(|b| b.usage)
+                {
                     if c.output().is_some() {
                         self.output_tokens = c.output();
                     }
@@ -243,7 +254,10 @@ mod tests {
 
     #[test]
     fn crlf_and_multiline_data() {
-        let events = scan(&[b"event: a\r\ndata: 1\r\ndata: 2\r\n\r\n", b": comment\n\ndata: x\n\n"]);
+        let events = scan(&[
+            b"event: a\r\ndata: 1\r\ndata: 2\r\n\r\n",
+            b": comment\n\ndata: x\n\n",
+        ]);
         assert_eq!(events.len(), 2);
         assert_eq!(events[0].data, "1\n2");
         assert_eq!(events[1].name, "message");
@@ -253,9 +267,15 @@ mod tests {
     fn error_events_give_their_type() {
         let events = scan(&[b"event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"Overloaded\"}}\n\n"]);
         assert_eq!(events[0].error_type().as_deref(), Some("overloaded_error"));
-        let garbled = SseEvent { name: "error".into(), data: "{{{".into() };
+        let garbled = SseEvent {
+            name: "error".into(),
+            data: "{{{".into(),
+        };
         assert_eq!(garbled.error_type().as_deref(), Some("api_error"));
-        let normal = SseEvent { name: "ping".into(), data: "{}".into() };
+        let normal = SseEvent {
+            name: "ping".into(),
+            data: "{}".into(),
+        };
         assert_eq!(normal.error_type(), None);
     }
 
@@ -265,7 +285,13 @@ mod tests {
         for e in scan(&[STREAM.as_bytes()]) {
             usage.observe(&e);
         }
-        assert_eq!(usage, Usage { input_tokens: Some(25), output_tokens: Some(15) });
+        assert_eq!(
+            usage,
+            Usage {
+                input_tokens: Some(25),
+                output_tokens: Some(15)
+            }
+        );
     }
 
     #[test]

@@ -64,7 +64,9 @@ const RESPONSE_DROPPED_PREFIXES: &[&str] = &["anthropic-ratelimit-", "cf-", "acc
 pub fn forward_downstream(name: &str) -> bool {
     let name = name.to_ascii_lowercase();
     !RESPONSE_DROPPED.contains(&name.as_str())
-        && !RESPONSE_DROPPED_PREFIXES.iter().any(|p| name.starts_with(p))
+        && !RESPONSE_DROPPED_PREFIXES
+            .iter()
+            .any(|p| name.starts_with(p))
 }
 
 /// Headers every answer for an allowed browser origin exposes to page code.

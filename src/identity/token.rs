@@ -132,7 +132,8 @@ pub fn verify(token: &str, secret: &[u8], now_ms: u64) -> Result<TokenClaims, To
     let signature = decode_segment(signature)?;
     let mut mac = Hmac::<Sha256>::new_from_slice(secret).map_err(|_| TokenError::NoSecret)?;
     mac.update(signing_input.as_bytes());
-    mac.verify_slice(&signature).map_err(|_| TokenError::BadSignature)?;
+    mac.verify_slice(&signature)
+        .map_err(|_| TokenError::BadSignature)?;
 
     check_claims(&decode_segment(payload)?, now_ms)
 }
@@ -230,17 +231,23 @@ fn valid_sub(sub: &str) -> bool {
 
 fn valid_tier(tier: &str) -> bool {
     (1..=MAX_TIER_CHARS).contains(&tier.len())
-        && tier.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        && tier
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 fn is_base64url(segment: &str) -> bool {
-    segment.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    segment
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 /// Decodes one unpadded base64url segment. Padding, other alphabets and non-canonical trailing
 /// bits are refused, so each token has exactly one spelling.
 fn decode_segment(segment: &str) -> Result<Vec<u8>, TokenError> {
-    URL_SAFE_NO_PAD.decode(segment).map_err(|_| TokenError::Malformed)
+    URL_SAFE_NO_PAD
+        .decode(segment)
+        .map_err(|_| TokenError::Malformed)
 }
 
 /// Parses a JSON object (and only an object: serde would also read a struct from an array).
@@ -295,7 +302,11 @@ mod tests {
         let claims = verify(&token, SECRET, NOW_MS).unwrap();
         assert_eq!(
             claims,
-            TokenClaims { sub: "user-42".into(), tier: None, exp_ms: exp_in(300) * 1000 }
+            TokenClaims {
+                sub: "user-42".into(),
+                tier: None,
+                exp_ms: exp_in(300) * 1000
+            }
         );
     }
 
@@ -331,7 +342,11 @@ mod tests {
         // Expired 31 s ago, or exactly at the edge of the leeway: refused.
         for ago in [-31, -30, -3600] {
             let token = mint(&format!(r#"{{"sub":"u","exp":{}}}"#, exp_in(ago)));
-            assert_eq!(verify(&token, SECRET, NOW_MS), Err(TokenError::Expired), "{ago}");
+            assert_eq!(
+                verify(&token, SECRET, NOW_MS),
+                Err(TokenError::Expired),
+                "{ago}"
+            );
         }
         let token = mint(r#"{"sub":"u","exp":0}"#);
         assert_eq!(verify(&token, SECRET, NOW_MS), Err(TokenError::Expired));
@@ -339,21 +354,47 @@ mod tests {
 
     #[test]
     fn not_before_and_issued_at_in_the_future() {
-        let token = mint(&format!(r#"{{"sub":"u","exp":{},"nbf":{}}}"#, exp_in(600), exp_in(20)));
+        let token = mint(&format!(
+            r#"{{"sub":"u","exp":{},"nbf":{}}}"#,
+            exp_in(600),
+            exp_in(20)
+        ));
         assert!(verify(&token, SECRET, NOW_MS).is_ok());
-        let token = mint(&format!(r#"{{"sub":"u","exp":{},"nbf":{}}}"#, exp_in(600), exp_in(120)));
+        let token = mint(&format!(
+            r#"{{"sub":"u","exp":{},"nbf":{}}}"#,
+            exp_in(600),
+            exp_in(120)
+        ));
         assert_eq!(verify(&token, SECRET, NOW_MS), Err(TokenError::NotYetValid));
-        let token = mint(&format!(r#"{{"sub":"u","exp":{},"iat":{}}}"#, exp_in(600), exp_in(20)));
+        let token = mint(&format!(
+            r#"{{"sub":"u","exp":{},"iat":{}}}"#,
+            exp_in(600),
+            exp_in(20)
+        ));
         assert!(verify(&token, SECRET, NOW_MS).is_ok());
-        let token = mint(&format!(r#"{{"sub":"u","exp":{},"iat":{}}}"#, exp_in(600), exp_in(3600)));
-        assert_eq!(verify(&token, SECRET, NOW_MS), Err(TokenError::IssuedInFuture));
+        let token = mint(&format!(
+            r#"{{"sub":"u","exp":{},"iat":{}}}"#,
+            exp_in(600),
+            exp_in(3600)
+        ));
+        assert_eq!(
+            verify(&token, SECRET, NOW_MS),
+            Err(TokenError::IssuedInFuture)
+        );
     }
 
     #[test]
     fn forged_signature_is_refused() {
         let payload = format!(r#"{{"sub":"u","exp":{}}}"#, exp_in(300));
-        let token = mint_raw(r#"{"alg":"HS256","typ":"JWT"}"#, &payload, b"some-other-secret");
-        assert_eq!(verify(&token, SECRET, NOW_MS), Err(TokenError::BadSignature));
+        let token = mint_raw(
+            r#"{"alg":"HS256","typ":"JWT"}"#,
+            &payload,
+            b"some-other-secret",
+        );
+        assert_eq!(
+            verify(&token, SECRET, NOW_MS),
+            Err(TokenError::BadSignature)
+        );
         // A truncated or extended signature is refused too.
         let good = mint(&payload);
         let (input, sig) = good.rsplit_once('.').unwrap();
@@ -362,7 +403,10 @@ mod tests {
         let long = format!("{input}.{sig}AAAA");
         assert!(verify(&long, SECRET, NOW_MS).is_err());
         let empty = format!("{input}.");
-        assert_eq!(verify(&empty, SECRET, NOW_MS), Err(TokenError::BadSignature));
+        assert_eq!(
+            verify(&empty, SECRET, NOW_MS),
+            Err(TokenError::BadSignature)
+        );
     }
 
     #[test]
@@ -371,24 +415,40 @@ mod tests {
         let mut parts: Vec<String> = token.split('.').map(String::from).collect();
         parts[1] = b64(format!(r#"{{"sub":"admin","exp":{}}}"#, exp_in(300)).as_bytes());
         let tampered = parts.join(".");
-        assert_eq!(verify(&tampered, SECRET, NOW_MS), Err(TokenError::BadSignature));
+        assert_eq!(
+            verify(&tampered, SECRET, NOW_MS),
+            Err(TokenError::BadSignature)
+        );
         // Tampered header (still HS256, so the signature is what refuses it).
         let mut parts: Vec<String> = token.split('.').map(String::from).collect();
         parts[0] = b64(br#"{"alg":"HS256","typ":"JWT","kid":"x"}"#);
-        assert_eq!(verify(&parts.join("."), SECRET, NOW_MS), Err(TokenError::BadSignature));
+        assert_eq!(
+            verify(&parts.join("."), SECRET, NOW_MS),
+            Err(TokenError::BadSignature)
+        );
     }
 
     #[test]
     fn alg_none_is_refused() {
         let payload = b64(format!(r#"{{"sub":"u","exp":{}}}"#, exp_in(300)).as_bytes());
-        for header in [r#"{"alg":"none","typ":"JWT"}"#, r#"{"alg":"None"}"#, r#"{"alg":"NONE"}"#] {
+        for header in [
+            r#"{"alg":"none","typ":"JWT"}"#,
+            r#"{"alg":"None"}"#,
+            r#"{"alg":"NONE"}"#,
+        ] {
             let unsigned = format!("{}.{payload}.", b64(header.as_bytes()));
             assert!(looks_like_jwt(&unsigned));
-            assert_eq!(verify(&unsigned, SECRET, NOW_MS), Err(TokenError::UnsupportedAlgorithm));
+            assert_eq!(
+                verify(&unsigned, SECRET, NOW_MS),
+                Err(TokenError::UnsupportedAlgorithm)
+            );
             // Even with a valid HS256 signature attached, the header decides.
             let input = format!("{}.{payload}", b64(header.as_bytes()));
             let signed = format!("{input}.{}", sign(&input, SECRET));
-            assert_eq!(verify(&signed, SECRET, NOW_MS), Err(TokenError::UnsupportedAlgorithm));
+            assert_eq!(
+                verify(&signed, SECRET, NOW_MS),
+                Err(TokenError::UnsupportedAlgorithm)
+            );
         }
     }
 
@@ -427,20 +487,50 @@ mod tests {
             (r#"{"sub":"u"}"#.into(), TokenError::MissingExp),
             (r#"{"sub":"u","exp":null}"#.into(), TokenError::MissingExp),
             (format!(r#"{{"exp":{exp}}}"#), TokenError::MissingSub),
-            (r#"{"sub":"u","exp":"soon"}"#.into(), TokenError::InvalidClaim("exp")),
-            (format!(r#"{{"sub":"u","exp":"{exp}"}}"#), TokenError::InvalidClaim("exp")),
-            (r#"{"sub":"u","exp":-5}"#.into(), TokenError::InvalidClaim("exp")),
-            (r#"{"sub":"u","exp":true}"#.into(), TokenError::InvalidClaim("exp")),
-            (format!(r#"{{"sub":"u","exp":{exp},"nbf":"x"}}"#), TokenError::InvalidClaim("nbf")),
-            (format!(r#"{{"sub":"u","exp":{exp},"iat":[]}}"#), TokenError::InvalidClaim("iat")),
-            (format!(r#"{{"sub":"","exp":{exp}}}"#), TokenError::InvalidClaim("sub")),
-            (format!(r#"{{"sub":42,"exp":{exp}}}"#), TokenError::InvalidClaim("sub")),
-            (format!(r#"{{"sub":"a\nb","exp":{exp}}}"#), TokenError::InvalidClaim("sub")),
+            (
+                r#"{"sub":"u","exp":"soon"}"#.into(),
+                TokenError::InvalidClaim("exp"),
+            ),
+            (
+                format!(r#"{{"sub":"u","exp":"{exp}"}}"#),
+                TokenError::InvalidClaim("exp"),
+            ),
+            (
+                r#"{"sub":"u","exp":-5}"#.into(),
+                TokenError::InvalidClaim("exp"),
+            ),
+            (
+                r#"{"sub":"u","exp":true}"#.into(),
+                TokenError::InvalidClaim("exp"),
+            ),
+            (
+                format!(r#"{{"sub":"u","exp":{exp},"nbf":"x"}}"#),
+                TokenError::InvalidClaim("nbf"),
+            ),
+            (
+                format!(r#"{{"sub":"u","exp":{exp},"iat":[]}}"#),
+                TokenError::InvalidClaim("iat"),
+            ),
+            (
+                format!(r#"{{"sub":"","exp":{exp}}}"#),
+                TokenError::InvalidClaim("sub"),
+            ),
+            (
+                format!(r#"{{"sub":42,"exp":{exp}}}"#),
+                TokenError::InvalidClaim("sub"),
+            ),
+            (
+                format!(r#"{{"sub":"a\nb","exp":{exp}}}"#),
+                TokenError::InvalidClaim("sub"),
+            ),
             (
                 format!(r#"{{"sub":"{}","exp":{exp}}}"#, "x".repeat(257)),
                 TokenError::InvalidClaim("sub"),
             ),
-            (format!(r#"{{"sub":"u","exp":{exp},"tier":""}}"#), TokenError::InvalidClaim("tier")),
+            (
+                format!(r#"{{"sub":"u","exp":{exp},"tier":""}}"#),
+                TokenError::InvalidClaim("tier"),
+            ),
             (
                 format!(r#"{{"sub":"u","exp":{exp},"tier":"pro plus"}}"#),
                 TokenError::InvalidClaim("tier"),
@@ -449,17 +539,27 @@ mod tests {
                 format!(r#"{{"sub":"u","exp":{exp},"tier":"pró"}}"#),
                 TokenError::InvalidClaim("tier"),
             ),
-            (format!(r#"{{"sub":"u","exp":{exp},"tier":7}}"#), TokenError::InvalidClaim("tier")),
+            (
+                format!(r#"{{"sub":"u","exp":{exp},"tier":7}}"#),
+                TokenError::InvalidClaim("tier"),
+            ),
             (
                 format!(r#"{{"sub":"u","exp":{exp},"tier":"{}"}}"#, "t".repeat(65)),
                 TokenError::InvalidClaim("tier"),
             ),
-            (format!(r#"{{"sub":"u","sub":"admin","exp":{exp}}}"#), TokenError::Malformed),
+            (
+                format!(r#"{{"sub":"u","sub":"admin","exp":{exp}}}"#),
+                TokenError::Malformed,
+            ),
             (format!(r#"["u",{exp}]"#), TokenError::Malformed),
             ("not json".into(), TokenError::Malformed),
         ];
         for (payload, expected) in cases {
-            assert_eq!(verify(&mint(&payload), SECRET, NOW_MS), Err(expected), "{payload}");
+            assert_eq!(
+                verify(&mint(&payload), SECRET, NOW_MS),
+                Err(expected),
+                "{payload}"
+            );
         }
         // The limits themselves are accepted.
         let sub = "é".repeat(256);
@@ -471,19 +571,44 @@ mod tests {
     #[test]
     fn malformed_and_oversize_tokens_are_refused() {
         let good = mint(&format!(r#"{{"sub":"u","exp":{}}}"#, exp_in(300)));
-        for bad in ["", ".", "..", "...", "a.b", "a.b.c.d", "ck_live_abc", "sk-ant-api03-abc"] {
-            assert_eq!(verify(bad, SECRET, NOW_MS), Err(TokenError::Malformed), "{bad:?}");
+        for bad in [
+            "",
+            ".",
+            "..",
+            "...",
+            "a.b",
+            "a.b.c.d",
+            "ck_live_abc",
+            "sk-ant-api03-abc",
+        ] {
+            assert_eq!(
+                verify(bad, SECRET, NOW_MS),
+                Err(TokenError::Malformed),
+                "{bad:?}"
+            );
         }
-        assert_eq!(verify(&format!("{good}.x"), SECRET, NOW_MS), Err(TokenError::Malformed));
-        assert_eq!(verify(&format!(" {good}"), SECRET, NOW_MS), Err(TokenError::Malformed));
+        assert_eq!(
+            verify(&format!("{good}.x"), SECRET, NOW_MS),
+            Err(TokenError::Malformed)
+        );
+        assert_eq!(
+            verify(&format!(" {good}"), SECRET, NOW_MS),
+            Err(TokenError::Malformed)
+        );
         // Standard base64 or padding instead of unpadded base64url.
         let padded = good.replacen('.', "=.", 1);
         assert_eq!(verify(&padded, SECRET, NOW_MS), Err(TokenError::Malformed));
         let huge = format!("{good}{}", "A".repeat(MAX_TOKEN_LEN));
         assert_eq!(verify(&huge, SECRET, NOW_MS), Err(TokenError::TooLong));
-        let big_payload =
-            format!(r#"{{"sub":"u","exp":{},"pad":"{}"}}"#, exp_in(300), "p".repeat(7000));
-        assert_eq!(verify(&mint(&big_payload), SECRET, NOW_MS), Err(TokenError::TooLong));
+        let big_payload = format!(
+            r#"{{"sub":"u","exp":{},"pad":"{}"}}"#,
+            exp_in(300),
+            "p".repeat(7000)
+        );
+        assert_eq!(
+            verify(&mint(&big_payload), SECRET, NOW_MS),
+            Err(TokenError::TooLong)
+        );
         assert_eq!(verify(&good, b"", NOW_MS), Err(TokenError::NoSecret));
     }
 
@@ -516,7 +641,11 @@ mod tests {
     fn errors_never_contain_the_token_or_the_secret() {
         let exp = exp_in(300);
         let tokens = [
-            mint_raw(r#"{"alg":"HS256"}"#, &format!(r#"{{"sub":"u","exp":{exp}}}"#), b"wrong"),
+            mint_raw(
+                r#"{"alg":"HS256"}"#,
+                &format!(r#"{{"sub":"u","exp":{exp}}}"#),
+                b"wrong",
+            ),
             mint(&format!(r#"{{"sub":"u","exp":{}}}"#, exp_in(-3600))),
             mint(r#"{"sub":"u"}"#),
             mint(r#"{"sub":"u","exp":"later"}"#),
@@ -543,9 +672,15 @@ mod tests {
         assert_eq!(TokenError::Expired.to_string(), "token expired");
         assert_eq!(TokenError::BadSignature.to_string(), "bad signature");
         assert_eq!(TokenError::Malformed.to_string(), "malformed token");
-        assert_eq!(TokenError::UnsupportedAlgorithm.to_string(), "unsupported algorithm");
+        assert_eq!(
+            TokenError::UnsupportedAlgorithm.to_string(),
+            "unsupported algorithm"
+        );
         assert_eq!(TokenError::MissingExp.to_string(), "missing exp claim");
-        assert_eq!(TokenError::InvalidClaim("tier").to_string(), "invalid tier claim");
+        assert_eq!(
+            TokenError::InvalidClaim("tier").to_string(),
+            "invalid tier claim"
+        );
     }
 
     proptest! {

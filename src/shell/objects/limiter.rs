@@ -9,15 +9,14 @@
 use std::cell::{Cell, RefCell};
 
 use serde::{Deserialize, Serialize};
-use worker::{
-    durable_object, DurableObject, Env, Request, Response, State,
-};
+use worker::{durable_object, DurableObject, Env, Request, Response, State};
 
-use super::object;
-use super::runtime::now_ms;
 use crate::config::TierLimits;
 use crate::error::ProxyError;
-use crate::limits::{Admission, AdmissionRequest, DimensionStatus, LimiterState, Reservation, Usage};
+use crate::limits::{
+    Admission, AdmissionRequest, DimensionStatus, LimiterState, Reservation, Usage,
+};
+use crate::shell::runtime::now_ms;
 
 /// The binding name in wrangler.toml.
 pub const BINDING: &str = "LIMITER";
@@ -27,8 +26,15 @@ const STATE_KEY: &str = "limiter";
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LimiterCall {
-    Admit { limits: TierLimits, request: AdmissionRequest },
-    Settle { limits: TierLimits, reservation: Reservation, usage: Usage },
+    Admit {
+        limits: TierLimits,
+        request: AdmissionRequest,
+    },
+    Settle {
+        limits: TierLimits,
+        reservation: Reservation,
+        usage: Usage,
+    },
 }
 
 /// The object's answer to an admission: the decision and the caller's limits as of now.
@@ -58,11 +64,15 @@ pub struct Limiter {
 
 impl DurableObject for Limiter {
     fn new(state: State, _env: Env) -> Self {
-        Limiter { state, stored: RefCell::new(None), alarm_set: Cell::new(false) }
+        Limiter {
+            state,
+            stored: RefCell::new(None),
+            alarm_set: Cell::new(false),
+        }
     }
 
     async fn fetch(&self, mut req: Request) -> worker::Result<Response> {
-        let Some(call) = object::read_call::<LimiterCall>(&mut req).await else {
+        let Some(call) = super::read_call::<LimiterCall>(&mut req).await else {
             return Response::error("unreadable limiter call", 400);
         };
         self.load().await?;
@@ -78,9 +88,20 @@ impl DurableObject for Limiter {
                     let admission = limiter.admit(&limits, now, &request);
                     let status = limiter.snapshot(&limits, now);
                     let idle_at = limiter.idle_in_ms(&limits, now);
-                    (serde_json::to_value(AdmitReply { admission, status, now_ms: now }), Some(idle_at))
+                    (
+                        serde_json::to_value(AdmitReply {
+                            admission,
+                            status,
+                            now_ms: now,
+                        }),
+                        Some(idle_at),
+                    )
                 }
-                LimiterCall::Settle { limits, reservation, usage } => {
+                LimiterCall::Settle {
+                    limits,
+                    reservation,
+                    usage,
+                } => {
                     let settlement = limiter.settle(&limits, now, &reservation, usage);
                     (serde_json::to_value(settlement), None)
                 }
@@ -88,7 +109,7 @@ impl DurableObject for Limiter {
             (reply.0, stored.clone(), reply.1)
         };
         let reply = reply.map_err(|e| worker::Error::RustError(e.to_string()))?;
-        object::store(&self.state, STATE_KEY, &snapshot).await?;
+        super::store(&self.state, STATE_KEY, &snapshot).await?;
         if let Some(idle_in) = idle_at.filter(|_| !self.alarm_set.get()) {
             // Wake up when the caller may be idle (buckets full, no leases remembered), to
             // forget it; the alarm looks again later if new traffic came.
@@ -104,7 +125,11 @@ impl DurableObject for Limiter {
         self.alarm_set.set(false);
         self.load().await?;
         let now = now_ms();
-        let idle_in = self.stored.borrow().as_ref().map_or(0, |s| s.limiter.idle_in_ms(&s.limits, now));
+        let idle_in = self
+            .stored
+            .borrow()
+            .as_ref()
+            .map_or(0, |s| s.limiter.idle_in_ms(&s.limits, now));
         if idle_in == 0 {
             self.state.storage().delete_all().await?;
             *self.stored.borrow_mut() = None;
@@ -122,7 +147,7 @@ impl DurableObject for Limiter {
 impl Limiter {
     /// Loads the state once per object lifetime; it stays in memory afterwards.
     async fn load(&self) -> worker::Result<()> {
-        object::load_once(&self.stored, &self.state, STATE_KEY).await;
+        super::load_once(&self.stored, &self.state, STATE_KEY).await;
         Ok(())
     }
 }
@@ -133,7 +158,14 @@ pub async fn admit(
     limits: TierLimits,
     request: AdmissionRequest,
 ) -> Result<AdmitReply, ProxyError> {
-    object::call(env, BINDING, identity_hash, &LimiterCall::Admit { limits, request }, "rate limiter").await
+    super::call(
+        env,
+        BINDING,
+        identity_hash,
+        &LimiterCall::Admit { limits, request },
+        "rate limiter",
+    )
+    .await
 }
 
 pub async fn settle(
@@ -143,8 +175,17 @@ pub async fn settle(
     reservation: Reservation,
     usage: Usage,
 ) -> Result<(), ProxyError> {
-    let _: serde_json::Value =
-        object::call(env, BINDING, identity_hash, &LimiterCall::Settle { limits, reservation, usage }, "rate limiter")
-            .await?;
+    let _: serde_json::Value = super::call(
+        env,
+        BINDING,
+        identity_hash,
+        &LimiterCall::Settle {
+            limits,
+            reservation,
+            usage,
+        },
+        "rate limiter",
+    )
+    .await?;
     Ok(())
 }

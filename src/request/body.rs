@@ -7,7 +7,7 @@
 use serde::Deserialize;
 
 use crate::error::ProxyError;
-use crate::route::Route;
+use crate::request::route::Route;
 
 /// The facts about a request body that admission and forwarding need.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -33,7 +33,9 @@ pub fn inspect(route: &Route, body: &[u8]) -> Result<BodyFacts, ProxyError> {
         .map_err(|_| ProxyError::InvalidRequest("request body is not valid UTF-8".to_string()))?;
     let trimmed = text.trim_start_matches([' ', '\t', '\r', '\n', '\u{feff}']);
     if !trimmed.starts_with('{') {
-        return Err(ProxyError::InvalidRequest("request body must be a JSON object".to_string()));
+        return Err(ProxyError::InvalidRequest(
+            "request body must be a JSON object".to_string(),
+        ));
     }
     let peek: Peek = serde_json::from_str(trimmed).map_err(|e| {
         ProxyError::InvalidRequest(format!(
@@ -46,7 +48,11 @@ pub fn inspect(route: &Route, body: &[u8]) -> Result<BodyFacts, ProxyError> {
     let model = match peek.model {
         None | Some(serde_json::Value::Null) => None,
         Some(serde_json::Value::String(s)) if !s.is_empty() => Some(s),
-        Some(_) => return Err(ProxyError::InvalidRequest("model: expected a non-empty string".to_string())),
+        Some(_) => {
+            return Err(ProxyError::InvalidRequest(
+                "model: expected a non-empty string".to_string(),
+            ))
+        }
     };
     let max_tokens = match peek.max_tokens {
         None | Some(serde_json::Value::Null) => None,
@@ -59,23 +65,38 @@ pub fn inspect(route: &Route, body: &[u8]) -> Result<BodyFacts, ProxyError> {
             }
         },
         Some(_) => {
-            return Err(ProxyError::InvalidRequest("max_tokens: expected a positive integer".to_string()))
+            return Err(ProxyError::InvalidRequest(
+                "max_tokens: expected a positive integer".to_string(),
+            ))
         }
     };
     let stream = match peek.stream {
         None | Some(serde_json::Value::Null) => false,
         Some(serde_json::Value::Bool(b)) => b,
-        Some(_) => return Err(ProxyError::InvalidRequest("stream: expected a boolean".to_string())),
+        Some(_) => {
+            return Err(ProxyError::InvalidRequest(
+                "stream: expected a boolean".to_string(),
+            ))
+        }
     };
     if *route == Route::Messages {
         if model.is_none() {
-            return Err(ProxyError::InvalidRequest("model: field required".to_string()));
+            return Err(ProxyError::InvalidRequest(
+                "model: field required".to_string(),
+            ));
         }
         if max_tokens.is_none() {
-            return Err(ProxyError::InvalidRequest("max_tokens: field required".to_string()));
+            return Err(ProxyError::InvalidRequest(
+                "max_tokens: field required".to_string(),
+            ));
         }
     }
-    Ok(BodyFacts { model, max_tokens, stream, input_tokens_estimate: estimate_input_tokens(body.len()) })
+    Ok(BodyFacts {
+        model,
+        max_tokens,
+        stream,
+        input_tokens_estimate: estimate_input_tokens(body.len()),
+    })
 }
 
 /// An estimate of a body's input tokens made before the upstream counts them: one token per
@@ -120,7 +141,9 @@ mod tests {
 
     #[test]
     fn reads_model_max_tokens_and_stream() {
-        let f = ok(r#"{"model":"claude-x","max_tokens":64,"stream":true,"messages":[{"role":"user","content":"hi"}]}"#);
+        let f = ok(
+            r#"{"model":"claude-x","max_tokens":64,"stream":true,"messages":[{"role":"user","content":"hi"}]}"#,
+        );
         assert_eq!(f.model.as_deref(), Some("claude-x"));
         assert_eq!(f.max_tokens, Some(64));
         assert!(f.stream);
@@ -145,16 +168,33 @@ mod tests {
     #[test]
     fn deep_nesting_never_overflows_the_stack() {
         // Fields the proxy does not read are skipped iteratively and left to the upstream.
-        let deep = format!("{{\"model\":\"m\",\"max_tokens\":1,\"x\":{}{}}}", "[".repeat(100_000), "]".repeat(100_000));
+        let deep = format!(
+            "{{\"model\":\"m\",\"max_tokens\":1,\"x\":{}{}}}",
+            "[".repeat(100_000),
+            "]".repeat(100_000)
+        );
         assert!(inspect(&Route::Messages, deep.as_bytes()).is_ok());
         // Fields it reads hit serde_json's recursion limit: a 400, not a crash.
-        let deep_model = format!("{{\"model\":{}{},\"max_tokens\":1}}", "[".repeat(100_000), "]".repeat(100_000));
-        assert_eq!(inspect(&Route::Messages, deep_model.as_bytes()).unwrap_err().status(), 400);
+        let deep_model = format!(
+            "{{\"model\":{}{},\"max_tokens\":1}}",
+            "[".repeat(100_000),
+            "]".repeat(100_000)
+        );
+        assert_eq!(
+            inspect(&Route::Messages, deep_model.as_bytes())
+                .unwrap_err()
+                .status(),
+            400
+        );
     }
 
     #[test]
     fn regression_deep_nesting_was_called_a_syntax_error() {
-        let deep = format!("{{\"model\":{}{},\"max_tokens\":1}}", "[".repeat(1000), "]".repeat(1000));
+        let deep = format!(
+            "{{\"model\":{}{},\"max_tokens\":1}}",
+            "[".repeat(1000),
+            "]".repeat(1000)
+        );
         let message = bad(deep.as_bytes());
         assert!(message.contains("nested too deeply"), "{message}");
         assert!(!message.contains("syntax error"), "{message}");
@@ -176,7 +216,10 @@ mod tests {
     #[test]
     fn estimate_never_undercounts_plain_text() {
         // Four bytes of English per token is the usual average; the estimate assumes three.
-        let body = format!(r#"{{"model":"m","max_tokens":1,"messages":[{{"role":"user","content":"{}"}}]}}"#, "word ".repeat(1000));
+        let body = format!(
+            r#"{{"model":"m","max_tokens":1,"messages":[{{"role":"user","content":"{}"}}]}}"#,
+            "word ".repeat(1000)
+        );
         let f = ok(&body);
         assert!(f.input_tokens_estimate >= 5000 / 4);
     }

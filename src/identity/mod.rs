@@ -1,0 +1,9 @@
+//! Who is calling: credentials (client keys, signed browser tokens, passthrough keys), the
+//! identity and tier that limits are kept per, and the secrets that must never leak.
+
+mod auth;
+pub mod secret;
+pub mod token;
+
+pub use auth::{authenticate, credential, Caller, UpstreamKey};
+pub use secret::{fingerprint, Secret};
