@@ -38,6 +38,24 @@ pub struct LimitInfo {
     pub remaining: Option<u64>,
 }
 
+impl LimitInfo {
+    /// A limit of the upstream key, whose figures the proxy does not pass on.
+    #[must_use]
+    pub fn upstream() -> LimitInfo {
+        LimitInfo {
+            scope: Scope::Upstream,
+            dimension: None,
+            limit: None,
+            remaining: None,
+        }
+    }
+}
+
+/// Everything the proxy answers itself, from a bad request to an upstream that stayed
+/// overloaded. The core's give-ups, refusals and denials convert into it (`From`), and
+/// [`ProxyError::answer`] is the one place that turns it into a status, an Anthropic error
+/// type, headers and the envelope. Where a failure has a cause (a configuration error, an
+/// unreachable object), the variant keeps it for the log line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ProxyError {
     /// The body or a parameter is unusable.
@@ -102,6 +120,15 @@ struct EnvelopeError<'a> {
     kind: &'static str,
     message: &'a str,
 }
+
+impl std::fmt::Display for ProxyError {
+    /// The message of the envelope.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message())
+    }
+}
+
+impl std::error::Error for ProxyError {}
 
 impl ProxyError {
     pub fn status(&self) -> u16 {

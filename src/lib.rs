@@ -24,5 +24,8 @@ pub mod retry;
 pub mod stream;
 pub mod upstream;
 
+#[cfg(test)]
+mod testing;
+
 #[cfg(target_arch = "wasm32")]
 mod shell;

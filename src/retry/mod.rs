@@ -14,9 +14,9 @@
 //!   end past the budget deadline. A wait that does not fit is never slept: the client gets
 //!   an answer at once.
 //!
-//! When retries stop, [`GiveUp::answer`] tells the shell to pass the upstream's last answer
-//! through or to build a structured error (503 `overloaded_error`, 429 `rate_limit_error`,
-//! 504 `timeout_error`, 502 `api_error`). Its `retry_after_ms` is at least a second. For a
+//! When retries stop, [`GiveUp::passes_through`] says whether the upstream's last answer goes
+//! to the client as is; otherwise `ProxyError::from(&give_up)` is the structured error (503
+//! `overloaded_error`, 429 `rate_limit_error`, 504 `timeout_error`, 502 `api_error`). Its `retry_after_ms` is at least a second. For a
 //! 429 it is the upstream's own wait. Otherwise it is the wait the proxy would have slept
 //! next — a fresh full-jitter draw floored by the upstream's hint — rather than a fixed
 //! value: clients that honour `Retry-After` then come back spread out over the jitter window
@@ -26,13 +26,13 @@ mod backoff;
 mod classify;
 mod policy;
 mod retry_after;
+pub mod runner;
 
 pub use backoff::{ceiling_ms, Backoff};
 pub use classify::{
     classify, Cause, Outcome, Verdict, RETRYABLE_STATUSES, RETRYABLE_STREAM_ERRORS,
 };
 pub use policy::{
-    Answer, AttemptTicket, GiveUp, Retrier, RetryPolicy, Step, StopReason, WaitRecord,
-    MIN_RETRY_AFTER_MS,
+    AttemptTicket, GiveUp, Retrier, RetryPolicy, Step, StopReason, WaitRecord, MIN_RETRY_AFTER_MS,
 };
 pub use retry_after::{should_retry_header, upstream_wait_ms, MAX_UPSTREAM_WAIT_MS};

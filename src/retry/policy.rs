@@ -5,9 +5,12 @@
 //! be replayed on a fake clock with seeded jitter.
 
 use std::fmt;
+use std::num::NonZeroU32;
 
 use super::backoff::Backoff;
 use super::classify::{Cause, Verdict};
+use crate::config::Config;
+use crate::error::{LimitInfo, ProxyError};
 
 /// The shortest `retry_after_ms` a structured answer carries: `Retry-After` is whole seconds,
 /// at least 1.
@@ -17,8 +20,8 @@ pub const MIN_RETRY_AFTER_MS: u64 = 1000;
 /// client's `x-proxy-budget-ms`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RetryPolicy {
-    /// Attempts per request, the first included. `0` is treated as `1`.
-    pub max_attempts: u32,
+    /// Attempts per request, the first included.
+    pub max_attempts: NonZeroU32,
     /// Full-jitter base: the first retry waits up to this long.
     pub backoff_base_ms: u64,
     /// Full-jitter cap: no drawn wait exceeds this.
@@ -33,7 +36,7 @@ impl Default for RetryPolicy {
     /// The product defaults: 4 attempts, 500/8000 ms backoff, 30 s budget, 60 s per attempt.
     fn default() -> Self {
         Self {
-            max_attempts: 4,
+            max_attempts: NonZeroU32::MIN.saturating_add(3),
             backoff_base_ms: 500,
             backoff_max_ms: 8000,
             budget_ms: 30_000,
@@ -43,6 +46,20 @@ impl Default for RetryPolicy {
 }
 
 impl RetryPolicy {
+    /// The policy of the validated configuration, with the budget shortened by the client's
+    /// `x-proxy-budget-ms` header.
+    #[must_use]
+    pub fn from_config(config: &Config, client_budget_header: Option<&str>) -> Self {
+        Self {
+            max_attempts: config.max_attempts,
+            backoff_base_ms: config.backoff_base_ms,
+            backoff_max_ms: config.backoff_max_ms,
+            budget_ms: config.request_budget_ms,
+            attempt_timeout_ms: config.attempt_timeout_ms,
+        }
+        .with_client_budget(client_budget_header)
+    }
+
     /// The budget after the client's `x-proxy-budget-ms` header: a non-negative integer
     /// (surrounding whitespace allowed) shortens the budget, never lengthens it; anything
     /// else is ignored.
@@ -97,21 +114,6 @@ impl fmt::Display for StopReason {
     }
 }
 
-/// How to answer the client when retries stop.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Answer {
-    /// Send the upstream's last answer as is.
-    PassThrough,
-    /// Build an Anthropic-style error with this status and `error.type`, and `Retry-After`
-    /// from [`GiveUp::retry_after_secs`]. A `429` here is always scoped to the upstream.
-    Structured {
-        /// HTTP status: 503, 429, 504 or 502.
-        status: u16,
-        /// Anthropic error type, e.g. `overloaded_error`.
-        error_type: &'static str,
-    },
-}
-
 /// Retries stopped on a retryable failure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GiveUp {
@@ -128,23 +130,40 @@ pub struct GiveUp {
 }
 
 impl GiveUp {
-    /// Whether to pass the upstream's last answer through or build a structured one.
+    /// Whether the client gets the upstream's last answer as is (a transient status or a
+    /// stream error); otherwise it gets the structured answer, `ProxyError::from(&give_up)`.
     #[must_use]
-    pub fn answer(&self) -> Answer {
-        let (status, error_type) = match self.cause {
-            Cause::Overloaded => (503, "overloaded_error"),
-            Cause::RateLimited => (429, "rate_limit_error"),
-            Cause::Timeout => (504, "timeout_error"),
-            Cause::Unreachable => (502, "api_error"),
-            Cause::Transient(_) | Cause::StreamError => return Answer::PassThrough,
-        };
-        Answer::Structured { status, error_type }
+    pub fn passes_through(&self) -> bool {
+        self.cause.passes_through()
     }
 
     /// [`GiveUp::retry_after_ms`] rounded up to whole seconds (at least 1), for `Retry-After`.
     #[must_use]
     pub fn retry_after_secs(&self) -> u64 {
         self.retry_after_ms.div_ceil(1000).max(1)
+    }
+}
+
+/// The contract's structured answer for retries that ran out on `cause` (for the causes
+/// that do not pass the upstream's answer through; those map to an overload).
+impl From<&GiveUp> for ProxyError {
+    fn from(give_up: &GiveUp) -> Self {
+        let retry_after_ms = give_up.retry_after_ms;
+        match give_up.cause {
+            Cause::RateLimited => ProxyError::RateLimited {
+                retry_after_ms,
+                message: format!(
+                    "the upstream rate limit outlasts this request's time budget; retry in {} s",
+                    crate::error::whole_seconds(retry_after_ms)
+                ),
+                limit: LimitInfo::upstream(),
+            },
+            Cause::Timeout => ProxyError::UpstreamTimeout { retry_after_ms },
+            Cause::Unreachable => ProxyError::UpstreamUnreachable { retry_after_ms },
+            Cause::Overloaded | Cause::Transient(_) | Cause::StreamError => {
+                ProxyError::Overloaded { retry_after_ms }
+            }
+        }
     }
 }
 
@@ -160,7 +179,7 @@ pub enum Step {
         /// The failure being retried.
         cause: Cause,
     },
-    /// Stop retrying; see [`GiveUp::answer`].
+    /// Stop retrying; see [`GiveUp::passes_through`].
     GiveUp(GiveUp),
 }
 
@@ -299,7 +318,7 @@ impl Retrier {
     }
 
     fn max_attempts(&self) -> u32 {
-        self.policy.max_attempts.max(1)
+        self.policy.max_attempts.get()
     }
 }
 
@@ -404,13 +423,10 @@ mod tests {
         assert_eq!(stop.reason, StopReason::AttemptsExhausted);
         assert_eq!(stop.attempts, 4);
         assert_eq!(stop.cause, Cause::Overloaded);
-        assert_eq!(
-            stop.answer(),
-            Answer::Structured {
-                status: 503,
-                error_type: "overloaded_error"
-            }
-        );
+        {
+            let e = ProxyError::from(&stop);
+            assert_eq!((e.status(), e.error_type()), (503, "overloaded_error"));
+        }
         assert!(stop.retry_after_ms >= MIN_RETRY_AFTER_MS);
         assert_eq!(retrier.attempts(), 4);
         assert_eq!(retrier.waits().len(), 3);
@@ -443,20 +459,17 @@ mod tests {
         assert_eq!(stop.attempts, 1);
         assert_eq!(stop.retry_after_ms, 40_000);
         assert_eq!(stop.retry_after_secs(), 40);
-        assert_eq!(
-            stop.answer(),
-            Answer::Structured {
-                status: 429,
-                error_type: "rate_limit_error"
-            }
-        );
+        {
+            let e = ProxyError::from(&stop);
+            assert_eq!((e.status(), e.error_type()), (429, "rate_limit_error"));
+        }
         assert!(retrier.waits().is_empty());
     }
 
     #[test]
     fn rate_limit_retry_after_is_at_least_one_second() {
         let policy = RetryPolicy {
-            max_attempts: 1,
+            max_attempts: NonZeroU32::MIN,
             ..RetryPolicy::default()
         };
         let mut retrier = Retrier::new(policy, T0, 1);
@@ -498,13 +511,10 @@ mod tests {
         // One 60 s attempt timeout already overshoots the 30 s budget.
         let stop = give_up(run(&mut retrier, 60_000, &[retry(Cause::Timeout, None)]));
         assert_eq!(stop.reason, StopReason::BudgetExhausted);
-        assert_eq!(
-            stop.answer(),
-            Answer::Structured {
-                status: 504,
-                error_type: "timeout_error"
-            }
-        );
+        {
+            let e = ProxyError::from(&stop);
+            assert_eq!((e.status(), e.error_type()), (504, "timeout_error"));
+        }
     }
 
     #[test]
@@ -512,13 +522,10 @@ mod tests {
         let mut retrier = Retrier::new(RetryPolicy::default(), T0, 1);
         let stop = give_up(run(&mut retrier, 5, &[retry(Cause::Unreachable, None); 4]));
         assert_eq!(stop.reason, StopReason::AttemptsExhausted);
-        assert_eq!(
-            stop.answer(),
-            Answer::Structured {
-                status: 502,
-                error_type: "api_error"
-            }
-        );
+        {
+            let e = ProxyError::from(&stop);
+            assert_eq!((e.status(), e.error_type()), (502, "api_error"));
+        }
     }
 
     #[test]
@@ -532,7 +539,7 @@ mod tests {
         ];
         let stop = give_up(run(&mut retrier, 5, &verdicts));
         assert_eq!(stop.cause, Cause::Transient(500));
-        assert_eq!(stop.answer(), Answer::PassThrough);
+        assert!(stop.passes_through());
         let causes: Vec<Cause> = retrier.waits().iter().map(|w| w.cause).collect();
         assert_eq!(
             causes,
@@ -553,7 +560,7 @@ mod tests {
         ] {
             let mut retrier = Retrier::new(RetryPolicy::default(), T0, 1);
             let stop = give_up(run(&mut retrier, 5, &[retry(cause, None); 4]));
-            assert_eq!(stop.answer(), Answer::PassThrough, "{cause}");
+            assert!(stop.passes_through(), "{cause}");
         }
     }
 
@@ -596,22 +603,10 @@ mod tests {
     }
 
     #[test]
-    fn zero_max_attempts_means_one() {
-        let policy = RetryPolicy {
-            max_attempts: 0,
-            ..RetryPolicy::default()
-        };
-        let mut retrier = Retrier::new(policy, T0, 1);
-        let stop = give_up(run(&mut retrier, 5, &[retry(Cause::Overloaded, None)]));
-        assert_eq!(stop.reason, StopReason::AttemptsExhausted);
-        assert_eq!(stop.attempts, 1);
-    }
-
-    #[test]
     fn attempts_checked_before_budget() {
         // Both limits hit at once: the attempts limit is the one reported.
         let policy = RetryPolicy {
-            max_attempts: 1,
+            max_attempts: NonZeroU32::MIN,
             ..RetryPolicy::default()
         };
         let mut retrier = Retrier::new(policy, T0, 1);
@@ -685,7 +680,7 @@ mod tests {
 
     fn any_policy() -> impl Strategy<Value = RetryPolicy> {
         (
-            0u32..8,
+            1u32..8,
             0u64..2_000,
             0u64..20_000,
             0u64..60_000,
@@ -694,7 +689,7 @@ mod tests {
             .prop_map(
                 |(max_attempts, backoff_base_ms, backoff_max_ms, budget_ms, attempt_timeout_ms)| {
                     RetryPolicy {
-                        max_attempts,
+                        max_attempts: NonZeroU32::new(max_attempts).unwrap(),
                         backoff_base_ms,
                         backoff_max_ms,
                         budget_ms,
@@ -716,7 +711,7 @@ mod tests {
             let mut retrier = Retrier::new(policy, started, seed);
             let mut shadow = Backoff::new(policy.backoff_base_ms, policy.backoff_max_ms, seed);
             let deadline = started + policy.budget_ms;
-            let max_attempts = policy.max_attempts.max(1);
+            let max_attempts = policy.max_attempts.get();
             let mut now = started;
             let mut retry_index = 0u32;
             let mut script = script.into_iter();
@@ -787,7 +782,7 @@ mod tests {
         #[test]
         fn same_seed_same_waits_different_seed_different_waits(a in any::<u64>(), b in any::<u64>()) {
             prop_assume!(a != b);
-            let policy = RetryPolicy { max_attempts: 30, budget_ms: u64::MAX / 2, ..RetryPolicy::default() };
+            let policy = RetryPolicy { max_attempts: NonZeroU32::new(30).unwrap(), budget_ms: u64::MAX / 2, ..RetryPolicy::default() };
             let waits = |seed: u64| {
                 let mut retrier = Retrier::new(policy, T0, seed);
                 run(&mut retrier, 1, &[retry(Cause::Overloaded, None); 20]);

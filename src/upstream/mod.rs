@@ -36,6 +36,7 @@
 
 mod budget;
 mod draw;
+mod edge;
 mod health;
 mod policy;
 mod state;
@@ -48,6 +49,7 @@ mod simulation;
 mod tests;
 
 pub use budget::BudgetWindow;
+pub use edge::{EdgeMemories, EdgeMemory, Refusal};
 pub use health::MAX_MODEL_NAME_BYTES;
 pub use policy::OutagePolicy;
 pub use state::{

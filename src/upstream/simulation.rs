@@ -1,11 +1,19 @@
-//! Fleet simulations: many requests, each driven by its own [`Retrier`], sharing one
-//! [`UpstreamState`] in front of a simulated upstream that answers `529` during an outage.
+//! Fleet simulations: many requests, each run by the production request runner
+//! ([`crate::retry::runner::run`]) on a virtual clock, spread over edges that each keep their
+//! own [`EdgeMemory`], sharing one [`UpstreamState`] in front of a simulated upstream that
+//! answers `529` during an outage.
 
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::cell::RefCell;
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
 
 use super::*;
-use crate::retry::{classify, Outcome, Retrier, RetryPolicy, Step, MIN_RETRY_AFTER_MS};
+use crate::retry::runner::{
+    self, Ask, Clock, Journal, SharedState, Sleep, Stop, Tell, Transport, Unreachable, WaitCause,
+};
+use crate::retry::{Outcome, RetryPolicy, MIN_RETRY_AFTER_MS};
+use crate::testing::VirtualTime;
 
 const MODEL: &str = "claude-opus-4-1";
 /// How long the upstream takes to shed a request, and to answer one (headers).
@@ -15,8 +23,9 @@ const SERVE_MS: u64 = 300;
 #[derive(Debug, Clone, Copy)]
 struct Scenario {
     clients: u64,
-    /// Client `i` arrives at `i · spacing_ms`.
+    /// Client `i` arrives at `i · spacing_ms`, on edge `i mod edges`.
     spacing_ms: u64,
+    edges: u64,
     /// Every attempt sent in `[0, outage_ms)` is shed.
     outage_ms: u64,
     budget_ms: u64,
@@ -41,18 +50,6 @@ enum End {
     },
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-enum Event {
-    Ask {
-        client: usize,
-    },
-    Reply {
-        client: usize,
-        sent_at: u64,
-        probe: Option<u64>,
-    },
-}
-
 #[derive(Debug, Clone, Copy)]
 struct Call {
     at: u64,
@@ -62,163 +59,240 @@ struct Call {
 struct Client {
     arrival: u64,
     deadline: u64,
-    seed: u64,
-    retrier: Retrier,
     end: Option<End>,
+    journal: Journal,
+    /// The shared state was asked before the first attempt.
+    asked_first: bool,
+}
+
+/// What the whole fleet saw.
+#[derive(Default)]
+struct Log {
+    calls: Vec<Call>,
+    /// Calls to the shared state (before and after attempts).
+    shared_calls: usize,
+    /// When the model was marked overloaded, if it was.
+    marked_at: Option<u64>,
+    /// When it started to recover, and the release window.
+    recovered: Option<(u64, u64)>,
 }
 
 struct Run {
     calls: Vec<Call>,
     clients: Vec<Client>,
-    /// When the model was marked overloaded, if it was.
+    shared_calls: usize,
     marked_at: Option<u64>,
-    /// When it started to recover, and the release window.
     recovered: Option<(u64, u64)>,
     max_wait_answers: usize,
 }
 
+/// The simulated upstream: sheds every attempt sent during the outage.
+struct SimUpstream {
+    time: Rc<VirtualTime>,
+    outage_ms: u64,
+    log: Rc<RefCell<Log>>,
+    /// The shared state just handed this request the probe ticket.
+    probe: Rc<RefCell<bool>>,
+}
+
+impl Transport for SimUpstream {
+    type Answer = ();
+
+    async fn attempt(&mut self, _number: u32, _timeout_ms: u64) -> (Outcome, Option<()>) {
+        let sent_at = self.time.now_ms();
+        let probe = std::mem::take(&mut *self.probe.borrow_mut());
+        self.log
+            .borrow_mut()
+            .calls
+            .push(Call { at: sent_at, probe });
+        let shed = sent_at < self.outage_ms;
+        self.time.sleep(if shed { SHED_MS } else { SERVE_MS }).await;
+        let status = if shed { 529 } else { 200 };
+        (
+            Outcome::Response {
+                status,
+                should_retry: None,
+                wait_floor_ms: None,
+            },
+            Some(()),
+        )
+    }
+}
+
+/// The key's shared state in memory, called at virtual time.
+struct SimShared {
+    time: Rc<VirtualTime>,
+    state: Rc<RefCell<UpstreamState>>,
+    enabled: bool,
+    seed: u64,
+    log: Rc<RefCell<Log>>,
+    probe: Rc<RefCell<bool>>,
+    asked_first: Rc<RefCell<bool>>,
+}
+
+impl SharedState for SimShared {
+    async fn before(&mut self, ask: Ask) -> Result<Gate, Unreachable> {
+        if !self.enabled {
+            return Ok(Gate::Go { probe: None });
+        }
+        let now = self.time.now_ms();
+        self.log.borrow_mut().shared_calls += 1;
+        if !ask.is_retry {
+            *self.asked_first.borrow_mut() = true;
+        }
+        let mut state = self.state.borrow_mut();
+        state.record_requests(&OutagePolicy::default(), now, ask.unreported);
+        let gate = state.before_attempt(
+            &OutagePolicy::default(),
+            now,
+            MODEL,
+            ask.is_retry,
+            ask.deadline_ms,
+            ask.request_seed,
+        );
+        if let Gate::Wait { until_ms, .. } = gate {
+            assert!(
+                until_ms > now && until_ms <= ask.deadline_ms,
+                "waits fit the budget"
+            );
+        }
+        *self.probe.borrow_mut() = matches!(gate, Gate::Go { probe: Some(_) });
+        Ok(gate)
+    }
+
+    async fn after(&mut self, tell: Tell) {
+        if !self.enabled {
+            return;
+        }
+        let now = self.time.now_ms();
+        let mut log = self.log.borrow_mut();
+        log.shared_calls += 1;
+        let mut state = self.state.borrow_mut();
+        state.record_requests(&OutagePolicy::default(), now, tell.unreported);
+        match state.after_attempt(
+            &OutagePolicy::default(),
+            now,
+            MODEL,
+            tell.report,
+            self.seed ^ now,
+        ) {
+            Change::MarkedOverloaded { .. } => {
+                log.marked_at.get_or_insert(now);
+            }
+            Change::Recovering { window_ms } => {
+                log.recovered.get_or_insert((now, window_ms));
+            }
+            _ => {}
+        }
+    }
+}
+
 fn simulate(scenario: Scenario) -> Run {
-    let policy = OutagePolicy::default();
     let retry = RetryPolicy {
         budget_ms: scenario.budget_ms,
         ..RetryPolicy::default()
     };
+    let time = VirtualTime::starting_at(0);
+    let state = Rc::new(RefCell::new(UpstreamState::new()));
+    let log = Rc::new(RefCell::new(Log::default()));
+    let edges: Vec<Rc<RefCell<EdgeMemory>>> = (0..scenario.edges.max(1))
+        .map(|_| Rc::new(RefCell::new(EdgeMemory::default())))
+        .collect();
     let mut seeds = fastrand::Rng::with_seed(scenario.seed);
-    let mut state = UpstreamState::new();
-    let mut queue: BinaryHeap<Reverse<(u64, u64, Event)>> = BinaryHeap::new();
-    let mut order = 0u64;
-    let mut push = |queue: &mut BinaryHeap<Reverse<(u64, u64, Event)>>, at: u64, event: Event| {
-        order += 1;
-        queue.push(Reverse((at, order, event)));
-    };
-    let mut clients = Vec::new();
-    for i in 0..scenario.clients {
-        let arrival = i * scenario.spacing_ms;
+    let clients: Vec<Rc<RefCell<Client>>> = (0..scenario.clients)
+        .map(|i| {
+            let arrival = i * scenario.spacing_ms;
+            Rc::new(RefCell::new(Client {
+                arrival,
+                deadline: arrival + scenario.budget_ms,
+                end: None,
+                journal: Journal::default(),
+                asked_first: false,
+            }))
+        })
+        .collect();
+    let mut tasks: Vec<Pin<Box<dyn Future<Output = ()>>>> = Vec::new();
+    for (i, client) in clients.iter().enumerate() {
         let seed = seeds.u64(..);
-        clients.push(Client {
-            arrival,
-            deadline: arrival + scenario.budget_ms,
+        let (time, client) = (time.clone(), client.clone());
+        let memory = edges[i % edges.len()].clone();
+        let probe = Rc::new(RefCell::new(false));
+        let asked_first = Rc::new(RefCell::new(false));
+        let shared = SimShared {
+            asked_first: asked_first.clone(),
+            time: time.clone(),
+            state: state.clone(),
+            enabled: scenario.shared,
             seed,
-            retrier: Retrier::new(retry, arrival, seed),
-            end: None,
-        });
-        push(
-            &mut queue,
-            arrival,
-            Event::Ask {
-                client: clients.len() - 1,
-            },
-        );
+            log: log.clone(),
+            probe: probe.clone(),
+        };
+        let mut upstream = SimUpstream {
+            time: time.clone(),
+            outage_ms: scenario.outage_ms,
+            log: log.clone(),
+            probe,
+        };
+        tasks.push(Box::pin(async move {
+            let arrival = client.borrow().arrival;
+            time.until(arrival).await;
+            let run = runner::Run {
+                clock: &time,
+                sleep: &time,
+                policy: retry,
+                started_ms: arrival,
+                seed,
+                shared,
+                memory,
+            };
+            let mut journal = Journal::default();
+            let result = runner::run(run, &mut upstream, &mut journal).await;
+            let at = time.now_ms();
+            let mut client = client.borrow_mut();
+            client.end = Some(match (result, journal.stopped) {
+                (Ok(()), _) => End::Served { at },
+                (Err(e), Some(Stop::Refused(reason))) => End::Refused {
+                    at,
+                    retry_after_ms: e.retry_after_ms().unwrap_or(0),
+                    reason,
+                },
+                (Err(e), _) => End::GaveUp {
+                    at,
+                    retry_after_ms: e.retry_after_ms().unwrap_or(0),
+                },
+            });
+            client.journal = journal;
+            client.asked_first = *asked_first.borrow();
+        }));
     }
-    let mut run = Run {
-        calls: Vec::new(),
-        clients: Vec::new(),
-        marked_at: None,
-        recovered: None,
-        max_wait_answers: 0,
-    };
-    let mut waits_per_client = vec![0usize; clients.len()];
-
-    while let Some(Reverse((now, _, event))) = queue.pop() {
-        match event {
-            Event::Ask { client } => {
-                let c = &mut clients[client];
-                assert!(c.end.is_none());
-                let is_retry = c.retrier.attempts() > 0;
-                let gate = if scenario.shared {
-                    state.before_attempt(&policy, now, MODEL, is_retry, c.deadline, c.seed)
-                } else {
-                    Gate::Go { probe: None }
-                };
-                match gate {
-                    Gate::Go { probe } => {
-                        c.retrier.attempt_started(now);
-                        run.calls.push(Call {
-                            at: now,
-                            probe: probe.is_some(),
-                        });
-                        let latency = if now < scenario.outage_ms {
-                            SHED_MS
-                        } else {
-                            SERVE_MS
-                        };
-                        let probe = probe.map(ProbeTicket::id);
-                        push(
-                            &mut queue,
-                            now + latency,
-                            Event::Reply {
-                                client,
-                                sent_at: now,
-                                probe,
-                            },
-                        );
-                    }
-                    Gate::Wait { until_ms, .. } => {
-                        assert!(
-                            until_ms > now && until_ms <= c.deadline,
-                            "waits fit the budget"
-                        );
-                        waits_per_client[client] += 1;
-                        push(&mut queue, until_ms, Event::Ask { client });
-                    }
-                    Gate::Refuse {
-                        retry_after_ms,
-                        reason,
-                    } => {
-                        c.end = Some(End::Refused {
-                            at: now,
-                            retry_after_ms,
-                            reason,
-                        });
-                    }
-                }
-            }
-            Event::Reply {
-                client,
-                sent_at,
-                probe,
-            } => {
-                let status = if sent_at < scenario.outage_ms {
-                    529
-                } else {
-                    200
-                };
-                let outcome = Outcome::Response {
-                    status,
-                    should_retry: None,
-                    wait_floor_ms: None,
-                };
-                let c = &mut clients[client];
-                let report = AttemptReport {
-                    reply: Reply::of(&outcome),
-                    probe: probe.map(ProbeTicket),
-                };
-                let change = state.after_attempt(&policy, now, MODEL, report, c.seed ^ now);
-                match change {
-                    Change::MarkedOverloaded { .. } => {
-                        run.marked_at.get_or_insert(now);
-                    }
-                    Change::Recovering { window_ms } => {
-                        run.recovered.get_or_insert((now, window_ms));
-                    }
-                    _ => {}
-                }
-                match c.retrier.after_attempt(now, classify(&outcome)) {
-                    Step::Deliver => c.end = Some(End::Served { at: now }),
-                    Step::Wait { ms, .. } => push(&mut queue, now + ms, Event::Ask { client }),
-                    Step::GiveUp(give_up) => {
-                        c.end = Some(End::GaveUp {
-                            at: now,
-                            retry_after_ms: give_up.retry_after_ms,
-                        });
-                    }
-                }
-            }
-        }
+    time.run(tasks);
+    let log = Rc::try_unwrap(log)
+        .ok()
+        .map(RefCell::into_inner)
+        .unwrap_or_default();
+    let clients: Vec<Client> = clients
+        .into_iter()
+        .filter_map(|c| Rc::try_unwrap(c).ok().map(RefCell::into_inner))
+        .collect();
+    let max_wait_answers = clients
+        .iter()
+        .map(|c| {
+            c.journal
+                .waits
+                .iter()
+                .filter(|w| matches!(w.cause, WaitCause::Shared(_)))
+                .count()
+        })
+        .max()
+        .unwrap_or(0);
+    Run {
+        calls: log.calls,
+        clients,
+        shared_calls: log.shared_calls,
+        marked_at: log.marked_at,
+        recovered: log.recovered,
+        max_wait_answers,
     }
-    run.max_wait_answers = waits_per_client.into_iter().max().unwrap_or(0);
-    run.clients = clients;
-    run
 }
 
 impl Run {
@@ -240,6 +314,7 @@ fn short_outage(seed: u64, shared: bool) -> Scenario {
     Scenario {
         clients: 200,
         spacing_ms: 25,
+        edges: 8,
         outage_ms: 5_000,
         budget_ms: 30_000,
         seed,
@@ -252,6 +327,7 @@ fn long_outage(seed: u64, shared: bool) -> Scenario {
     Scenario {
         clients: 200,
         spacing_ms: 300,
+        edges: 8,
         outage_ms: 120_000,
         budget_ms: 30_000,
         seed,
@@ -402,4 +478,45 @@ fn without_the_shared_state_the_same_outages_cost_far_more() {
     // (so an upstream merely at capacity is not taken for a dead one); the calls of that
     // half second are most of what it lets through.
     assert!(alone.calls_before(outage).len() > 5 * shared.calls_before(outage).len());
+}
+
+#[test]
+fn a_healthy_fleet_never_calls_the_shared_state() {
+    // The runner's happy-path rule, as production runs it: a first attempt with no trouble
+    // seen lately goes without asking, and a success is news to nobody.
+    for seed in 0..5 {
+        let run = simulate(Scenario {
+            outage_ms: 0,
+            ..short_outage(seed, true)
+        });
+        assert!(run
+            .clients
+            .iter()
+            .all(|c| matches!(c.end, Some(End::Served { .. }))));
+        assert_eq!(run.shared_calls, 0, "seed {seed}");
+        assert_eq!(run.calls.len(), run.clients.len());
+        assert!(run
+            .clients
+            .iter()
+            .all(|c| !c.journal.consulted && c.journal.attempts == 1));
+    }
+}
+
+#[test]
+fn an_edge_asks_before_first_attempts_only_after_it_saw_trouble() {
+    // One edge: its requests before the first 529 came back went unasked, every later one
+    // asked the shared state first.
+    let run = simulate(Scenario {
+        edges: 1,
+        ..short_outage(3, true)
+    });
+    let first_shed = SHED_MS;
+    for client in &run.clients {
+        assert_eq!(
+            client.asked_first,
+            client.arrival >= first_shed,
+            "client from {}",
+            client.arrival
+        );
+    }
 }

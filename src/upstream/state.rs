@@ -29,7 +29,7 @@ pub(super) fn stored(t: u64) -> u64 {
 /// successor's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(transparent)]
-pub struct ProbeTicket(pub(super) u64);
+pub struct ProbeTicket(pub(crate) u64);
 
 impl ProbeTicket {
     /// The probe's number, unique within the key's state.
