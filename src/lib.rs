@@ -16,6 +16,7 @@
 )]
 
 pub mod config;
+pub mod durable;
 pub mod error;
 pub mod identity;
 pub mod limits;

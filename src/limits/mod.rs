@@ -20,12 +20,16 @@
 
 mod bucket;
 mod headers;
+mod object;
+mod settle;
 mod state;
 
 #[cfg(test)]
 mod properties;
 
 pub use headers::{anthropic_headers, limit_headers, rate_limit_headers, rfc3339_utc};
+pub use object::{AdmitReply, LimiterCall, LimiterObject, LimiterReply};
+pub use settle::{settlement_usage, Answered};
 pub use state::{
     Admission, AdmissionRequest, Denial, Dimension, DimensionStatus, LimiterState, NeverFits,
     Reservation, Settlement, Usage, CONCURRENCY_RETRY_CAP_MS, LEASE_MEMORY_MS, MAX_CLOCK_LEAD_MS,

@@ -3,5 +3,6 @@
 //! upstream.
 
 pub mod body;
+pub mod cors;
 pub mod headers;
 pub mod route;

@@ -38,6 +38,7 @@ mod budget;
 mod draw;
 mod edge;
 mod health;
+mod object;
 mod policy;
 mod state;
 
@@ -51,6 +52,7 @@ mod tests;
 pub use budget::BudgetWindow;
 pub use edge::{EdgeMemories, EdgeMemory, Refusal};
 pub use health::MAX_MODEL_NAME_BYTES;
+pub use object::{UpstreamCall, UpstreamReply};
 pub use policy::OutagePolicy;
 pub use state::{
     AttemptReport, Change, Gate, ModelPhase, ModelSnapshot, ProbeTicket, RefuseReason, Reply,

@@ -1,0 +1,130 @@
+//! Which usage a request settles its reservation with, from how its answer ended.
+//!
+//! Where an answer was cut short the proxy cannot know how much the upstream generated, so it
+//! keeps the output reservation (the input is settled); it never refunds on a guess.
+
+use super::state::Usage;
+use crate::stream::sse;
+use crate::stream::tap::Seen;
+
+/// How the answer a reservation was made for ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answered {
+    /// The body was watched: what the tap reported when it ended, failed or was dropped
+    /// (`None` when the body stopped moving and the report never came), and the usage it had
+    /// read so far.
+    Watched {
+        seen: Option<Seen>,
+        so_far: sse::Usage,
+    },
+    /// The body was not watched (no answer, or one the tap could not be put on); whether it
+    /// was a successful answer that reached the client.
+    Unwatched { delivered_ok: bool },
+}
+
+impl From<sse::Usage> for Usage {
+    fn from(seen: sse::Usage) -> Self {
+        Usage {
+            input_tokens: seen.input_tokens,
+            output_tokens: seen.output_tokens,
+        }
+    }
+}
+
+/// The usage to settle with.
+#[must_use]
+pub fn settlement_usage(answered: Answered) -> Usage {
+    match answered {
+        Answered::Watched {
+            seen: Some(seen), ..
+        } if seen.complete => Usage::from(seen.usage),
+        // Cut short: the input was used, the output so far is not known for sure.
+        Answered::Watched {
+            seen: Some(seen), ..
+        } => Usage {
+            input_tokens: seen.usage.input_tokens,
+            output_tokens: None,
+        },
+        Answered::Watched { seen: None, so_far } => Usage {
+            input_tokens: so_far.input_tokens,
+            output_tokens: None,
+        },
+        // A successful answer that could not be watched: keep the reservation.
+        Answered::Unwatched { delivered_ok: true } => Usage::UNKNOWN,
+        // No answer came from the upstream, or an error did: no tokens were used.
+        Answered::Unwatched {
+            delivered_ok: false,
+        } => Usage {
+            input_tokens: Some(0),
+            output_tokens: Some(0),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seen(input: u64, output: u64) -> sse::Usage {
+        sse::Usage {
+            input_tokens: Some(input),
+            output_tokens: Some(output),
+        }
+    }
+
+    #[test]
+    fn each_ending_settles_as_documented() {
+        let complete = Answered::Watched {
+            seen: Some(Seen {
+                usage: seen(10, 20),
+                complete: true,
+            }),
+            so_far: seen(10, 20),
+        };
+        assert_eq!(
+            settlement_usage(complete),
+            Usage {
+                input_tokens: Some(10),
+                output_tokens: Some(20)
+            }
+        );
+        let cut = Answered::Watched {
+            seen: Some(Seen {
+                usage: seen(10, 5),
+                complete: false,
+            }),
+            so_far: seen(10, 5),
+        };
+        assert_eq!(
+            settlement_usage(cut),
+            Usage {
+                input_tokens: Some(10),
+                output_tokens: None
+            }
+        );
+        let stalled = Answered::Watched {
+            seen: None,
+            so_far: seen(7, 3),
+        };
+        assert_eq!(
+            settlement_usage(stalled),
+            Usage {
+                input_tokens: Some(7),
+                output_tokens: None
+            }
+        );
+        assert_eq!(
+            settlement_usage(Answered::Unwatched { delivered_ok: true }),
+            Usage::UNKNOWN
+        );
+        assert_eq!(
+            settlement_usage(Answered::Unwatched {
+                delivered_ok: false
+            }),
+            Usage {
+                input_tokens: Some(0),
+                output_tokens: Some(0)
+            }
+        );
+    }
+}

@@ -1,0 +1,138 @@
+//! The upstream key's Durable Object: its calls, replies and idle rule.
+
+use serde::{Deserialize, Serialize};
+
+use super::policy::OutagePolicy;
+use super::state::{AttemptReport, Change, Gate, UpstreamState};
+use crate::durable::ObjectState;
+
+/// The alarm looks again this often whether the key's state can be forgotten.
+const IDLE_CHECK_MS: u64 = 60_000;
+
+/// One call from the Worker to the upstream key's object. Each carries the first attempts
+/// the edge sent unasked since its last call (for the retry budget).
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UpstreamCall {
+    Before {
+        model: String,
+        is_retry: bool,
+        deadline_ms: u64,
+        request_seed: u64,
+        unreported: u32,
+    },
+    After {
+        model: String,
+        report: AttemptReport,
+        rng_seed: u64,
+        unreported: u32,
+    },
+}
+
+/// The object's answer to a call.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+pub enum UpstreamReply {
+    Gate(Gate),
+    Change(Change),
+}
+
+impl ObjectState for UpstreamState {
+    type Call = UpstreamCall;
+    type Reply = UpstreamReply;
+    const STORAGE_KEY: &'static str = "upstream";
+
+    fn decide(&mut self, now_ms: u64, call: UpstreamCall) -> UpstreamReply {
+        let policy = OutagePolicy::default();
+        match call {
+            UpstreamCall::Before {
+                model,
+                is_retry,
+                deadline_ms,
+                request_seed,
+                unreported,
+            } => {
+                self.record_requests(&policy, now_ms, unreported);
+                UpstreamReply::Gate(self.before_attempt(
+                    &policy,
+                    now_ms,
+                    &model,
+                    is_retry,
+                    deadline_ms,
+                    request_seed,
+                ))
+            }
+            UpstreamCall::After {
+                model,
+                report,
+                rng_seed,
+                unreported,
+            } => {
+                self.record_requests(&policy, now_ms, unreported);
+                UpstreamReply::Change(self.after_attempt(&policy, now_ms, &model, report, rng_seed))
+            }
+        }
+    }
+
+    fn is_idle(&self, now_ms: u64) -> bool {
+        UpstreamState::is_idle(self, &OutagePolicy::default(), now_ms)
+    }
+
+    fn check_idle_in_ms(&self, _now_ms: u64) -> u64 {
+        IDLE_CHECK_MS
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::upstream::Reply;
+
+    #[test]
+    fn calls_decide_on_the_state_and_replies_are_the_core_values() {
+        let t0 = 1_764_000_000_000;
+        let mut state = UpstreamState::new();
+        let before = |seed| UpstreamCall::Before {
+            model: "m".to_string(),
+            is_retry: false,
+            deadline_ms: t0 + 30_000,
+            request_seed: seed,
+            unreported: 0,
+        };
+        let reply = serde_json::to_value(state.decide(t0, before(1))).unwrap();
+        assert_eq!(
+            reply,
+            serde_json::to_value(Gate::Go { probe: None }).unwrap()
+        );
+        let after = UpstreamCall::After {
+            model: "m".to_string(),
+            report: AttemptReport {
+                reply: Reply::RateLimited {
+                    retry_after_ms: Some(5_000),
+                },
+                probe: None,
+            },
+            rng_seed: 2,
+            unreported: 3,
+        };
+        let UpstreamReply::Change(change) = state.decide(t0 + 100, after) else {
+            panic!("a change")
+        };
+        assert!(matches!(change, Change::Cooldown { .. }));
+        assert!(!ObjectState::is_idle(&state, t0 + 100));
+        let UpstreamReply::Gate(gate) = state.decide(t0 + 200, before(3)) else {
+            panic!("a gate")
+        };
+        assert!(matches!(gate, Gate::Wait { .. }), "{gate:?}");
+        // Calls read back from their JSON as the Worker sends them.
+        let call: UpstreamCall =
+            serde_json::from_str(&serde_json::to_string(&before(4)).unwrap()).unwrap();
+        assert!(matches!(
+            call,
+            UpstreamCall::Before {
+                request_seed: 4,
+                ..
+            }
+        ));
+    }
+}
