@@ -84,6 +84,16 @@ pub fn query_of(url: &str) -> Option<&str> {
     Some(rest.split('#').next().unwrap_or(rest))
 }
 
+/// The upstream URL for a request: the route's upstream `path` on `upstream_url`, with the
+/// client's query (such as the SDK's `?beta=true`) kept.
+#[must_use]
+pub fn upstream_url(upstream_url: &str, path: &str, query: Option<&str>) -> String {
+    match query {
+        Some(q) if !q.is_empty() => format!("{upstream_url}{path}?{q}"),
+        _ => format!("{upstream_url}{path}"),
+    }
+}
+
 /// Model ids are short tokens like `claude-sonnet-4-5-20250929`; anything else (slashes,
 /// dots that could climb paths, escapes) is not a model route.
 fn is_model_id(id: &str) -> bool {
@@ -98,6 +108,27 @@ fn is_model_id(id: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn upstream_urls_keep_the_query() {
+        let base = "https://api.anthropic.com";
+        assert_eq!(
+            upstream_url(base, "/v1/messages", None),
+            "https://api.anthropic.com/v1/messages"
+        );
+        assert_eq!(
+            upstream_url(base, "/v1/messages", Some("")),
+            "https://api.anthropic.com/v1/messages"
+        );
+        assert_eq!(
+            upstream_url(
+                base,
+                "/v1/messages",
+                query_of("https://proxy/v1/messages?beta=true#x")
+            ),
+            "https://api.anthropic.com/v1/messages?beta=true"
+        );
+    }
 
     #[test]
     fn contract_routes() {

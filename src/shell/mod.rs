@@ -4,11 +4,10 @@
 //! performs the I/O (upstream fetches, sleeps, streams) and writes the answer. It never
 //! panics on input: every failure becomes the core's error envelope.
 
-mod admission;
-mod forward;
 mod objects;
 mod respond;
 mod runtime;
+mod transport;
 
 use worker::{event, Context, Env, Request, Response};
 
@@ -16,9 +15,15 @@ use crate::config::Config;
 use crate::error::ProxyError;
 use crate::identity::{authenticate, credential, Caller, UpstreamKey};
 use crate::request::body::{inspect, BodyFacts};
-use crate::request::route::{query_of, route, Route};
+use crate::request::route::{query_of, route, upstream_url, Route};
 
-use respond::{Cors, Exchange};
+use crate::request::cors::Cors;
+use crate::retry::runner::{self, Run, Unguarded};
+use crate::retry::RetryPolicy;
+use objects::{limiter, upstream::KeyState};
+use respond::Exchange;
+use runtime::Platform;
+use transport::{Delivered, Upstream};
 
 /// The version reported by `/healthz`.
 const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -80,44 +85,116 @@ async fn handle(
 
     // The caller's own limits: one round trip to its object before anything goes upstream.
     let limits = config.tier_limits(&caller.tier);
+    let identity_hash = caller.identity_hash();
     let reservation = if route == Route::Messages && !limits.is_unlimited() {
-        Some(admission::admit(env, &caller, limits, &facts, exchange).await?)
+        Some(
+            limiter::admit(
+                env,
+                &identity_hash,
+                limits,
+                &facts,
+                &mut exchange.extra_headers,
+            )
+            .await?,
+        )
     } else {
         None
     };
 
     let budget_header = req.headers().get("x-proxy-budget-ms").ok().flatten();
-    let mut delivered = forward::forward(forward::Forward {
-        config: &config,
-        route: &route,
-        query: query_of(&raw_url),
-        method: &method,
-        client_headers: req.headers(),
-        body: body.as_deref(),
-        facts: &facts,
-        upstream_key: &upstream_key,
-        budget_header: budget_header.as_deref(),
-        tap: reservation.is_some(),
-        guard: match route {
-            Route::Messages | Route::CountTokens => Some(objects::upstream::Guard::new(
-                env,
-                &upstream_key,
-                facts.model.as_deref(),
-            )),
-            _ => None,
-        },
-        exchange: &mut *exchange,
-    })
-    .await;
+    let policy = RetryPolicy::from_config(&config, budget_header.as_deref());
+    let path = route.upstream_path().ok_or(ProxyError::NotFound)?;
+    let mut upstream = Upstream::new(
+        upstream_url(&config.upstream_url, &path, query_of(&raw_url)),
+        &method,
+        req.headers(),
+        &upstream_key,
+        body.as_deref(),
+        facts.stream,
+    );
+    let tap = reservation.is_some();
+    let delivered = forward(
+        env,
+        &route,
+        &upstream_key,
+        facts.model.as_deref(),
+        policy,
+        &mut upstream,
+        exchange,
+    )
+    .await
+    .and_then(|answer| transport::deliver(answer, tap, policy.attempt_timeout_ms));
+    exchange.upstream_request_id = upstream.request_id.take();
 
-    if let Some(reservation) = reservation {
-        let seen = delivered.as_mut().ok().and_then(|d| d.seen.take());
-        let delivered_ok = delivered
-            .as_ref()
-            .is_ok_and(|d| (200..300).contains(&d.status));
-        admission::settle_later(env, ctx, &caller, limits, reservation, seen, delivered_ok);
+    match (reservation, delivered) {
+        (
+            Some(reservation),
+            Ok(Delivered {
+                response,
+                status,
+                seen,
+            }),
+        ) => {
+            limiter::settle_later(
+                env,
+                ctx,
+                identity_hash,
+                limits,
+                reservation,
+                seen,
+                (200..300).contains(&status),
+            );
+            Ok(response)
+        }
+        (Some(reservation), Err(e)) => {
+            limiter::settle_later(env, ctx, identity_hash, limits, reservation, None, false);
+            Err(e)
+        }
+        (None, delivered) => delivered.map(|d| d.response),
     }
-    delivered.map(|d| d.response)
+}
+
+/// Runs the request's attempts through the core's runner; messages and token counts answer to
+/// the upstream key's shared state, model listings to none.
+async fn forward(
+    env: &Env,
+    route: &Route,
+    upstream_key: &crate::identity::Secret,
+    model: Option<&str>,
+    policy: RetryPolicy,
+    upstream: &mut Upstream<'_>,
+    exchange: &mut Exchange,
+) -> Result<transport::UpstreamAnswer, ProxyError> {
+    let (started_ms, seed) = (exchange.started_ms, runtime::random_u64());
+    let journal = &mut exchange.journal;
+    match route {
+        Route::Messages | Route::CountTokens => {
+            let (shared, memory) = KeyState::new(env, upstream_key, model);
+            let run = Run {
+                clock: &Platform,
+                sleep: &Platform,
+                policy,
+                started_ms,
+                seed,
+                shared,
+                memory,
+            };
+            runner::run(run, upstream, journal).await
+        }
+        _ => {
+            let memory = std::rc::Rc::default();
+            let run = Run {
+                clock: &Platform,
+                sleep: &Platform,
+                policy,
+                started_ms,
+                seed,
+                shared: Unguarded,
+                memory,
+            };
+            runner::run(run, upstream, journal).await
+        }
+    }
 }
 
 fn authenticate_request(req: &Request, config: &Config) -> Result<Caller, ProxyError> {

@@ -7,49 +7,17 @@ use serde::Serialize;
 use worker::{Headers, Request, Response, ResponseBuilder};
 
 use super::runtime;
-use crate::config::{AllowedOrigins, ConfigError};
+use crate::config::ConfigError;
 use crate::error::ProxyError;
-use crate::request::headers::EXPOSED_HEADERS;
+use crate::request::cors::Cors;
 use crate::request::route::Route;
-
-/// What CORS grants this request's answers.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Cors {
-    /// No `Origin` header: a server or a CLI, not subject to CORS.
-    NotBrowser,
-    /// An allowed origin, echoed back in `Access-Control-Allow-Origin`.
-    Allowed(String),
-    /// An origin that `ALLOWED_ORIGINS` does not list.
-    Denied,
-}
-
-impl Cors {
-    pub fn decide(allowed: &AllowedOrigins, origin: Option<&str>) -> Cors {
-        match origin {
-            None => Cors::NotBrowser,
-            Some(origin) if allowed.allows(origin) && is_header_safe(origin) => {
-                Cors::Allowed(origin.to_string())
-            }
-            Some(_) => Cors::Denied,
-        }
-    }
-
-    fn apply(&self, headers: &Headers) {
-        // Every answer depends on the Origin it was asked with (granted, refused or not a
-        // browser), so a cache must never hand one origin's answer to another.
-        let _ = headers.append("vary", "Origin");
-        if let Cors::Allowed(origin) = self {
-            let _ = headers.set("access-control-allow-origin", origin);
-            let _ = headers.set("access-control-expose-headers", EXPOSED_HEADERS);
-        }
-    }
-}
+use crate::retry::runner::Journal;
 
 /// A wait between attempts, for the log line.
 #[derive(Debug, Clone, Serialize)]
-pub struct LoggedWait {
-    pub ms: u64,
-    pub cause: String,
+struct LoggedWait {
+    ms: u64,
+    cause: String,
 }
 
 /// One request's journey through the proxy: what the log line and the final headers need.
@@ -61,11 +29,9 @@ pub struct Exchange {
     pub route: Option<Route>,
     pub identity_hash: Option<String>,
     pub stream: bool,
-    pub attempts: u32,
-    pub waits: Vec<LoggedWait>,
+    /// Attempts, waits and why retries stopped, as the request runner recorded them.
+    pub journal: Journal,
     pub upstream_request_id: Option<String>,
-    /// Why retries stopped, when they did.
-    pub stopped: Option<String>,
     /// Headers every answer gets, e.g. the caller's own rate-limit figures.
     pub extra_headers: Vec<(&'static str, String)>,
 }
@@ -80,10 +46,8 @@ impl Exchange {
             route: None,
             identity_hash: None,
             stream: false,
-            attempts: 0,
-            waits: Vec::new(),
+            journal: Journal::default(),
             upstream_request_id: None,
-            stopped: None,
             extra_headers: Vec::new(),
         }
     }
@@ -107,12 +71,18 @@ impl Exchange {
         };
         let headers = response.headers_mut();
         if self.route.as_ref().is_some_and(Route::is_proxied) {
-            let _ = headers.set("x-proxy-attempts", &self.attempts.to_string());
+            let _ = headers.set("x-proxy-attempts", &self.journal.attempts.to_string());
         }
         for (name, value) in &self.extra_headers {
             let _ = headers.set(name, value);
         }
-        self.cors.apply(headers);
+        for (name, value) in self.cors.answer_headers() {
+            let _ = if name == "vary" {
+                headers.append(name, &value)
+            } else {
+                headers.set(name, &value)
+            };
+        }
         let status = response.status_code();
         worker::console_log!("{}", self.log_line(status, error.as_ref()));
         response
@@ -132,9 +102,9 @@ impl Exchange {
             error_type: Option<&'static str>,
             stream: bool,
             attempts: u32,
-            waits: &'a [LoggedWait],
+            waits: Vec<LoggedWait>,
             #[serde(skip_serializing_if = "Option::is_none")]
-            stopped: Option<&'a str>,
+            stopped: Option<String>,
             total_ms: u64,
         }
         let line = Line {
@@ -145,9 +115,17 @@ impl Exchange {
             status,
             error_type: error.map(ProxyError::error_type),
             stream: self.stream,
-            attempts: self.attempts,
-            waits: &self.waits,
-            stopped: self.stopped.as_deref(),
+            attempts: self.journal.attempts,
+            waits: self
+                .journal
+                .waits
+                .iter()
+                .map(|w| LoggedWait {
+                    ms: w.ms,
+                    cause: w.cause.to_string(),
+                })
+                .collect(),
+            stopped: self.journal.stopped.map(|s| s.to_string()),
             total_ms: runtime::now_ms().saturating_sub(self.started_ms),
         };
         serde_json::to_string(&line).unwrap_or_default()
@@ -192,49 +170,19 @@ pub fn json_response(status: u16, value: &serde_json::Value) -> Result<Response,
 
 /// A CORS preflight: `204`, granting the requested method and headers to an allowed origin.
 pub fn preflight(req: &Request, cors: &Cors) -> Result<Response, ProxyError> {
+    let requested = |name: &str| req.headers().get(name).ok().flatten();
     let headers = Headers::new();
-    if let Cors::Allowed(_) = cors {
-        let method = req
-            .headers()
-            .get("access-control-request-method")
-            .ok()
-            .flatten()
-            .filter(|m| is_token_list(m))
-            .unwrap_or_else(|| "GET, POST".to_string());
-        let _ = headers.set("access-control-allow-methods", &method);
-        if let Some(requested) = req
-            .headers()
-            .get("access-control-request-headers")
-            .ok()
-            .flatten()
-            .filter(|h| is_token_list(h))
-        {
-            let _ = headers.set("access-control-allow-headers", &requested);
-        }
-        let _ = headers.set("access-control-max-age", "86400");
-        let _ = headers.append(
-            "vary",
-            "Access-Control-Request-Method, Access-Control-Request-Headers",
-        );
+    let method = requested("access-control-request-method");
+    let wanted = requested("access-control-request-headers");
+    for (name, value) in cors.preflight_headers(method.as_deref(), wanted.as_deref()) {
+        let _ = if name == "vary" {
+            headers.append(name, &value)
+        } else {
+            headers.set(name, &value)
+        };
     }
     Ok(ResponseBuilder::new()
         .with_status(204)
         .with_headers(headers)
         .empty())
-}
-
-/// A comma-separated list of HTTP tokens (method or header names): safe to echo back.
-fn is_token_list(value: &str) -> bool {
-    value.len() <= 2048
-        && value.split(',').all(|t| {
-            let t = t.trim();
-            !t.is_empty()
-                && t.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
-        })
-}
-
-/// Printable ASCII without control characters: safe to echo in a header.
-fn is_header_safe(value: &str) -> bool {
-    value.len() <= 1024 && value.bytes().all(|b| (0x20..0x7f).contains(&b))
 }

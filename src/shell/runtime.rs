@@ -20,6 +20,21 @@ pub fn now_ms() -> u64 {
     worker::Date::now().as_millis()
 }
 
+/// The runtime's clock and sleep, as the request runner takes them.
+pub struct Platform;
+
+impl crate::retry::runner::Clock for Platform {
+    fn now_ms(&self) -> u64 {
+        now_ms()
+    }
+}
+
+impl crate::retry::runner::Sleep for Platform {
+    fn sleep(&self, ms: u64) -> impl std::future::Future<Output = ()> {
+        sleep_ms(ms)
+    }
+}
+
 pub async fn sleep_ms(ms: u64) {
     if ms > 0 {
         Delay::from(Duration::from_millis(ms)).await;

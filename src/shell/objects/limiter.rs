@@ -1,191 +1,137 @@
-//! The caller's rate limits, kept in one Durable Object per identity.
+//! The caller's rate limits: its Durable Object (one per identity, named by a fingerprint of
+//! the identity, never by a key), admission before forwarding and settlement after the answer.
 //!
-//! A Durable Object runs one event at a time per key and keeps its state in memory between
-//! events, so admission is exact under any concurrency: the object loads its
-//! [`LimiterState`] once, then each call is `decide(state, now, call)` in memory followed by a
-//! write to its SQLite-backed storage (the runtime holds the reply until the write is durable).
-//! The object is named by a fingerprint of the identity, never by a key.
+//! Admission is on the request's path (one round trip); settlement is not: it runs under
+//! `wait_until` once the answer's body has passed through, so the client never waits for it,
+//! and exactly once whether the body ended, failed or the client went away.
 
-use std::cell::{Cell, RefCell};
+use std::pin::pin;
 
-use serde::{Deserialize, Serialize};
-use worker::{durable_object, DurableObject, Env, Request, Response, State};
+use futures_channel::oneshot;
+use futures_util::future::{select, Either};
+use worker::{durable_object, Context, DurableObject, Env, Request, Response, State};
 
+use super::Object;
 use crate::config::TierLimits;
 use crate::error::ProxyError;
 use crate::limits::{
-    Admission, AdmissionRequest, DimensionStatus, LimiterState, Reservation, Usage,
+    limit_headers, settlement_usage, Admission, AdmissionRequest, AdmitReply, Answered,
+    LimiterCall, LimiterObject, Reservation, Usage,
 };
-use crate::shell::runtime::now_ms;
+use crate::request::body::BodyFacts;
+use crate::shell::runtime::sleep_ms;
+use crate::stream::tap::{Progress, Seen};
 
 /// The binding name in wrangler.toml.
 pub const BINDING: &str = "LIMITER";
-const STATE_KEY: &str = "limiter";
 
-/// One call from the Worker to a caller's object.
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum LimiterCall {
-    Admit {
-        limits: TierLimits,
-        request: AdmissionRequest,
-    },
-    Settle {
-        limits: TierLimits,
-        reservation: Reservation,
-        usage: Usage,
-    },
-}
+/// How long a concurrency slot stays held if its settlement never comes: an isolate that died
+/// mid-stream, or a client that went away while the runtime dropped the whole request with
+/// its settlement. A stream longer than this frees its slot early (the key may briefly run one
+/// more stream than its limit); its settlement still returns unused tokens afterwards.
+const LEASE_MS: u64 = 5 * 60 * 1000;
 
-/// The object's answer to an admission: the decision and the caller's limits as of now.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct AdmitReply {
-    pub admission: Admission,
-    pub status: Vec<DimensionStatus>,
-    /// The object's clock when it decided, so headers are computed on the same clock.
-    pub now_ms: u64,
-}
-
-/// What the object stores: the state and the limits it was last used with (the alarm needs
-/// them to tell an idle caller from a busy one).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-struct Stored {
-    limiter: LimiterState,
-    limits: TierLimits,
-}
+/// How long a tapped body may stand still before its settlement stops waiting for it. A
+/// client that goes away mid-stream does not always get its stream dropped by the runtime (a
+/// read from the upstream can be left pending forever); the slot must come back anyway.
+const STALLED_BODY_MS: u64 = 20_000;
 
 #[durable_object]
 pub struct Limiter {
-    state: State,
-    stored: RefCell<Option<Stored>>,
-    /// An alarm is scheduled (so admissions need not write one each time).
-    alarm_set: Cell<bool>,
+    object: Object<LimiterObject>,
 }
 
 impl DurableObject for Limiter {
     fn new(state: State, _env: Env) -> Self {
         Limiter {
-            state,
-            stored: RefCell::new(None),
-            alarm_set: Cell::new(false),
+            object: Object::new(state),
         }
     }
 
-    async fn fetch(&self, mut req: Request) -> worker::Result<Response> {
-        let Some(call) = super::read_call::<LimiterCall>(&mut req).await else {
-            return Response::error("unreadable limiter call", 400);
-        };
-        self.load().await?;
-        let now = now_ms();
-        // Decide synchronously: no other event can interleave between reading and updating.
-        let (reply, snapshot, idle_at) = {
-            let mut slot = self.stored.borrow_mut();
-            let stored = slot.get_or_insert_with(Stored::default);
-            let limiter = &mut stored.limiter;
-            let reply = match call {
-                LimiterCall::Admit { limits, request } => {
-                    stored.limits = limits;
-                    let admission = limiter.admit(&limits, now, &request);
-                    let status = limiter.snapshot(&limits, now);
-                    let idle_at = limiter.idle_in_ms(&limits, now);
-                    (
-                        serde_json::to_value(AdmitReply {
-                            admission,
-                            status,
-                            now_ms: now,
-                        }),
-                        Some(idle_at),
-                    )
-                }
-                LimiterCall::Settle {
-                    limits,
-                    reservation,
-                    usage,
-                } => {
-                    let settlement = limiter.settle(&limits, now, &reservation, usage);
-                    (serde_json::to_value(settlement), None)
-                }
-            };
-            (reply.0, stored.clone(), reply.1)
-        };
-        let reply = reply.map_err(|e| worker::Error::RustError(e.to_string()))?;
-        super::store(&self.state, STATE_KEY, &snapshot).await?;
-        if let Some(idle_in) = idle_at.filter(|_| !self.alarm_set.get()) {
-            // Wake up when the caller may be idle (buckets full, no leases remembered), to
-            // forget it; the alarm looks again later if new traffic came.
-            let at = now.saturating_add(idle_in).saturating_add(1_000);
-            if self.state.storage().set_alarm(at as i64).await.is_ok() {
-                self.alarm_set.set(true);
-            }
-        }
-        Response::from_json(&reply)
+    async fn fetch(&self, req: Request) -> worker::Result<Response> {
+        self.object.fetch(req).await
     }
 
     async fn alarm(&self) -> worker::Result<Response> {
-        self.alarm_set.set(false);
-        self.load().await?;
-        let now = now_ms();
-        let idle_in = self
-            .stored
-            .borrow()
-            .as_ref()
-            .map_or(0, |s| s.limiter.idle_in_ms(&s.limits, now));
-        if idle_in == 0 {
-            self.state.storage().delete_all().await?;
-            *self.stored.borrow_mut() = None;
-        } else {
-            // Still busy (new traffic since the alarm was set): look again when it can be idle.
-            let at = now.saturating_add(idle_in).saturating_add(1_000);
-            if self.state.storage().set_alarm(at as i64).await.is_ok() {
-                self.alarm_set.set(true);
-            }
-        }
-        Response::ok("")
+        self.object.alarm().await
     }
 }
 
-impl Limiter {
-    /// Loads the state once per object lifetime; it stays in memory afterwards.
-    async fn load(&self) -> worker::Result<()> {
-        super::load_once(&self.stored, &self.state, STATE_KEY).await;
-        Ok(())
-    }
-}
-
+/// Asks the caller's object to admit the request. The caller's own limits go into
+/// `headers` (for the answer) whatever the decision.
 pub async fn admit(
     env: &Env,
     identity_hash: &str,
     limits: TierLimits,
-    request: AdmissionRequest,
-) -> Result<AdmitReply, ProxyError> {
-    super::call(
-        env,
-        BINDING,
-        identity_hash,
-        &LimiterCall::Admit { limits, request },
-        "rate limiter",
-    )
-    .await
+    facts: &BodyFacts,
+    headers: &mut Vec<(&'static str, String)>,
+) -> Result<Reservation, ProxyError> {
+    let request = AdmissionRequest {
+        input_tokens: facts.input_tokens_estimate,
+        output_tokens: facts.max_tokens.unwrap_or(0),
+        lease_ms: LEASE_MS,
+    };
+    let call = LimiterCall::Admit { limits, request };
+    let reply: AdmitReply = super::call(env, BINDING, identity_hash, &call, "rate limiter").await?;
+    let denial = match &reply.admission {
+        Admission::Denied(denial) => Some(denial),
+        _ => None,
+    };
+    headers.extend(limit_headers(&reply.status, denial, reply.now_ms));
+    match reply.admission {
+        Admission::Admitted(reservation) => Ok(reservation),
+        Admission::Denied(denial) => Err(ProxyError::from(&denial)),
+        Admission::NeverFits(never) => Err(ProxyError::from(&never)),
+    }
 }
 
-pub async fn settle(
+/// Waits for the tap's report, or until the body has not moved for [`STALLED_BODY_MS`].
+async fn watch(mut seen: oneshot::Receiver<Seen>, progress: &Progress) -> Option<Seen> {
+    let mut chunks = progress.chunks();
+    loop {
+        let tick = pin!(sleep_ms(STALLED_BODY_MS));
+        match select(&mut seen, tick).await {
+            Either::Left((report, _)) => return report.ok(),
+            Either::Right(_) => {
+                let now = progress.chunks();
+                if now == chunks {
+                    return None;
+                }
+                chunks = now;
+            }
+        }
+    }
+}
+
+/// Settles the reservation once the answer is over, off the client's path.
+pub fn settle_later(
     env: &Env,
-    identity_hash: &str,
+    ctx: &Context,
+    identity_hash: String,
     limits: TierLimits,
     reservation: Reservation,
-    usage: Usage,
-) -> Result<(), ProxyError> {
-    let _: serde_json::Value = super::call(
-        env,
-        BINDING,
-        identity_hash,
-        &LimiterCall::Settle {
-            limits,
-            reservation,
-            usage,
-        },
-        "rate limiter",
-    )
-    .await?;
-    Ok(())
+    watched: Option<(oneshot::Receiver<Seen>, Progress)>,
+    delivered_ok: bool,
+) {
+    let env = env.clone();
+    ctx.wait_until(async move {
+        let answered = match watched {
+            // A tapped answer reports what it saw when its body ends or is dropped.
+            Some((seen, progress)) => {
+                let seen = watch(seen, &progress).await;
+                Answered::Watched { seen, so_far: progress.usage() }
+            }
+            None => Answered::Unwatched { delivered_ok },
+        };
+        let usage: Usage = settlement_usage(answered);
+        let call = LimiterCall::Settle { limits, reservation, usage };
+        let settled: Result<serde_json::Value, ProxyError> =
+            super::call(&env, BINDING, &identity_hash, &call, "rate limiter").await;
+        if let Err(e) = settled {
+            worker::console_error!(
+                "{}",
+                serde_json::json!({"event": "settle_failed", "identity": identity_hash, "error": e.message()})
+            );
+        }
+    });
 }

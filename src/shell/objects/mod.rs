@@ -1,20 +1,145 @@
-//! Talking to a Durable Object and keeping its state: JSON calls in, JSON answers out, state
-//! stored as JSON text.
+//! The Durable Object shell, one for both objects: load → `decide` → store, an alarm that
+//! forgets an idle state, and the JSON calls in between.
 //!
 //! Calls are read with `serde_json` rather than `JSON.parse` (seeds are full 64-bit integers
 //! that a JS number would round), and state goes through the JS boundary as one string rather
-//! than a field-by-field conversion (smaller bundle, exact numbers).
+//! than a field-by-field conversion (smaller bundle, exact numbers). Trouble in storage fails
+//! closed: a read that fails or a stored state that does not decode answers `503` and never
+//! lets a default state overwrite the real one.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use worker::{Env, Method, Request, RequestInit, State};
+use worker::{Env, Method, Request, RequestInit, Response, ResponseBuilder, State};
 
+use super::runtime::now_ms;
+use crate::durable::ObjectState;
 use crate::error::ProxyError;
 
 pub mod limiter;
 pub mod upstream;
+
+/// One object's state in memory, loaded once per object lifetime.
+pub struct Object<S> {
+    state: State,
+    slot: RefCell<Option<S>>,
+    /// An alarm is scheduled (so calls need not look for one each time).
+    alarm_set: Cell<bool>,
+}
+
+impl<S: ObjectState> Object<S> {
+    pub fn new(state: State) -> Self {
+        Object {
+            state,
+            slot: RefCell::new(None),
+            alarm_set: Cell::new(false),
+        }
+    }
+
+    /// One call: decided synchronously on the loaded state (no other event can interleave
+    /// between reading and updating), stored, answered.
+    pub async fn fetch(&self, mut req: Request) -> worker::Result<Response> {
+        let Some(call) = read_call::<S::Call>(&mut req).await else {
+            return Response::error("unreadable call", 400);
+        };
+        if let Err(why) = self.load().await {
+            return unavailable(S::STORAGE_KEY, &why);
+        }
+        let now = now_ms();
+        let decided = {
+            let mut slot = self.slot.borrow_mut();
+            let Some(state) = slot.as_mut() else {
+                return unavailable(S::STORAGE_KEY, "state not loaded");
+            };
+            let reply = state.decide(now, call);
+            (
+                serde_json::to_string(&reply),
+                serde_json::to_string(&*state),
+                state.check_idle_in_ms(now),
+            )
+        };
+        let (Ok(reply), Ok(stored), check_in) = decided else {
+            return unavailable(S::STORAGE_KEY, "state not encodable");
+        };
+        self.state.storage().put(S::STORAGE_KEY, stored).await?;
+        if !self.alarm_set.get() {
+            self.arm(now.saturating_add(check_in)).await;
+        }
+        let headers = worker::Headers::new();
+        let _ = headers.set("content-type", "application/json");
+        Ok(ResponseBuilder::new()
+            .with_headers(headers)
+            .fixed(reply.into_bytes()))
+    }
+
+    /// Forgets the state once it is idle; otherwise looks again later.
+    pub async fn alarm(&self) -> worker::Result<Response> {
+        self.alarm_set.set(false);
+        if let Err(why) = self.load().await {
+            // Nothing is deleted or overwritten; the next call answers 503 the same way.
+            log_unreadable(S::STORAGE_KEY, &why);
+            return Response::ok("");
+        }
+        let now = now_ms();
+        let (idle, check_in) = match self.slot.borrow().as_ref() {
+            Some(state) => (state.is_idle(now), state.check_idle_in_ms(now)),
+            None => (true, 0),
+        };
+        if idle {
+            self.state.storage().delete_all().await?;
+            *self.slot.borrow_mut() = None;
+        } else {
+            self.arm(now.saturating_add(check_in)).await;
+        }
+        Response::ok("")
+    }
+
+    async fn arm(&self, at_ms: u64) {
+        // Times stay below 2^53 (the clock), so the cast is exact.
+        if self.state.storage().set_alarm(at_ms as i64).await.is_ok() {
+            self.alarm_set.set(true);
+        }
+    }
+
+    /// Loads the state once per object lifetime (a fresh one when nothing is stored); it
+    /// stays in memory afterwards, so every later event decides without a read.
+    async fn load(&self) -> Result<(), String> {
+        if self.slot.borrow().is_some() {
+            return Ok(());
+        }
+        let stored = self
+            .state
+            .storage()
+            .get::<String>(S::STORAGE_KEY)
+            .await
+            .map_err(|e| format!("storage read failed: {e}"))?;
+        let state = match stored {
+            Some(text) => serde_json::from_str::<S>(&text)
+                .map_err(|e| format!("stored state does not decode: {e}"))?,
+            None => S::default(),
+        };
+        let mut slot = self.slot.borrow_mut();
+        // Another event may have loaded it while this one awaited storage.
+        if slot.is_none() {
+            *slot = Some(state);
+        }
+        Ok(())
+    }
+}
+
+fn log_unreadable(object: &str, why: &str) {
+    worker::console_error!(
+        "{}",
+        serde_json::json!({"event": "object_state_unreadable", "object": object, "error": why})
+    );
+}
+
+/// The object's answer when its state cannot be read: `503`, nothing stored.
+fn unavailable(object: &str, why: &str) -> worker::Result<Response> {
+    log_unreadable(object, why);
+    Response::error("object state unreadable", 503)
+}
 
 /// Sends one call to the object named `name` under `binding` and reads its JSON answer.
 /// `what` names the object in errors ("rate limiter", "upstream state").
@@ -25,65 +150,45 @@ pub async fn call<C: Serialize, T: DeserializeOwned>(
     call: &C,
     what: &str,
 ) -> Result<T, ProxyError> {
-    let unavailable = |why: &str| ProxyError::Unavailable(format!("{what} {why}"));
+    // The answer names what failed; the cause (the runtime's words) goes to the log line.
+    let unavailable = |why: &str, cause: &dyn std::fmt::Display| {
+        worker::console_error!(
+            "{}",
+            serde_json::json!({"event": "object_call_failed", "object": what, "error": why, "cause": cause.to_string()})
+        );
+        ProxyError::Unavailable(format!("{what} {why}"))
+    };
     let namespace = env
         .durable_object(binding)
-        .map_err(|_| unavailable("not bound"))?;
+        .map_err(|e| unavailable("not bound", &e))?;
     let stub = namespace
         .id_from_name(name)
         .and_then(|id| id.get_stub())
-        .map_err(|_| unavailable("not reachable"))?;
-    let body = serde_json::to_string(call).map_err(|_| unavailable("call not encodable"))?;
+        .map_err(|e| unavailable("not reachable", &e))?;
+    let body = serde_json::to_string(call).map_err(|e| unavailable("call not encodable", &e))?;
     let mut init = RequestInit::new();
     init.with_method(Method::Post).with_body(Some(body.into()));
     let request = Request::new_with_init("https://object/call", &init)
-        .map_err(|_| unavailable("call not built"))?;
+        .map_err(|e| unavailable("call not built", &e))?;
     let mut response = stub
         .fetch_with_request(request)
         .await
-        .map_err(|_| unavailable("did not answer"))?;
+        .map_err(|e| unavailable("did not answer", &e))?;
     if response.status_code() != 200 {
         let status = response.status_code();
-        return Err(unavailable(&format!("refused the call ({status})")));
+        return Err(unavailable(
+            &format!("refused the call ({status})"),
+            &status,
+        ));
     }
     response
         .json::<T>()
         .await
-        .map_err(|_| unavailable("answer unreadable"))
+        .map_err(|e| unavailable("answer unreadable", &e))
 }
 
 /// Reads a call sent with [`call`]; `None` when it is not one.
-pub async fn read_call<C: DeserializeOwned>(req: &mut Request) -> Option<C> {
+async fn read_call<C: DeserializeOwned>(req: &mut Request) -> Option<C> {
     let text = req.text().await.ok()?;
     serde_json::from_str(&text).ok()
-}
-
-/// The object's stored state under `key`, if any (and readable).
-pub async fn load<T: DeserializeOwned>(state: &State, key: &str) -> Option<T> {
-    let text = state.storage().get::<String>(key).await.ok().flatten()?;
-    serde_json::from_str(&text).ok()
-}
-
-/// Stores the object's state under `key`.
-pub async fn store<T: Serialize>(state: &State, key: &str, value: &T) -> worker::Result<()> {
-    let text = serde_json::to_string(value).map_err(|e| worker::Error::RustError(e.to_string()))?;
-    state.storage().put(key, text).await
-}
-
-/// Loads the object's state into `slot` once per object lifetime (fresh state when nothing is
-/// stored); it stays in memory afterwards, so every later event decides without a read.
-pub async fn load_once<T: DeserializeOwned + Default>(
-    slot: &RefCell<Option<T>>,
-    state: &State,
-    key: &str,
-) {
-    if slot.borrow().is_some() {
-        return;
-    }
-    let stored = load(state, key).await;
-    let mut slot = slot.borrow_mut();
-    // Another event may have loaded it while this one awaited storage.
-    if slot.is_none() {
-        *slot = Some(stored.unwrap_or_default());
-    }
 }

@@ -1,12 +1,14 @@
-//! Forwarding to the upstream: the attempts, their timeouts, and the sleeps between them.
+//! The upstream as the request runner's transport: one attempt under an `AbortController`
+//! and a timer, and delivering the answer the runner settled on.
 //!
-//! The pure [`Retrier`] decides; this module only performs. A streaming answer is held until
-//! its first SSE event has been read, so an `overloaded_error` in a `200` can still be retried;
-//! once the first byte is handed to the client, nothing is retried.
+//! A streaming answer is held until its first SSE event has been read, so an
+//! `overloaded_error` in a `200` can still be retried; once the first byte is handed to the
+//! client, nothing is retried.
 
 use std::pin::pin;
 use std::time::Duration;
 
+use futures_channel::oneshot;
 use futures_util::future::{ready, select, Either};
 use futures_util::{stream, StreamExt};
 use worker::{
@@ -14,39 +16,14 @@ use worker::{
     ResponseBuilder,
 };
 
-use super::objects::upstream::Guard;
-use super::respond::{Exchange, LoggedWait};
-use super::runtime::{now_ms, random_u64, sleep_ms};
-use crate::config::Config;
-use crate::error::{LimitInfo, ProxyError, Scope};
-use crate::identity::Secret;
-use crate::request::body::BodyFacts;
+use super::runtime::now_ms;
+use crate::error::ProxyError;
 use crate::request::headers::{forward_downstream, forward_upstream};
-use crate::request::route::Route;
-use crate::retry::{
-    classify, should_retry_header, upstream_wait_ms, Answer, Cause, GiveUp, Outcome, Retrier,
-    RetryPolicy, Step,
-};
+use crate::retry::runner::Transport;
+use crate::retry::{should_retry_header, upstream_wait_ms, Outcome};
 use crate::stream::sse::{EventScanner, SseEvent};
 use crate::stream::tap::{Progress, Seen, Tap};
-use futures_channel::oneshot;
-
-pub struct Forward<'a> {
-    pub config: &'a Config,
-    pub route: &'a Route,
-    pub query: Option<&'a str>,
-    pub method: &'a str,
-    pub client_headers: &'a Headers,
-    pub body: Option<&'a [u8]>,
-    pub facts: &'a BodyFacts,
-    pub upstream_key: &'a Secret,
-    pub budget_header: Option<&'a str>,
-    /// Watch the delivered body for its token usage (for settlement).
-    pub tap: bool,
-    /// The shared upstream state, consulted around attempts (not for model listings).
-    pub guard: Option<Guard<'a>>,
-    pub exchange: &'a mut Exchange,
-}
+use crate::stream::{exact_length, header, is_event_stream};
 
 /// A delivered upstream answer, and (when tapped) where its usage will be reported.
 pub struct Delivered {
@@ -55,8 +32,8 @@ pub struct Delivered {
     pub seen: Option<(oneshot::Receiver<Seen>, Progress)>,
 }
 
-/// What one attempt brought back, kept until the retrier decides whether to deliver it.
-struct UpstreamAnswer {
+/// What one attempt brought back, kept until the runner decides whether to deliver it.
+pub struct UpstreamAnswer {
     status: u16,
     headers: Vec<(String, String)>,
     body: UpstreamBody,
@@ -69,126 +46,75 @@ enum UpstreamBody {
     Sse { head: Vec<u8>, rest: ByteStream },
 }
 
-pub async fn forward(f: Forward<'_>) -> Result<Delivered, ProxyError> {
-    let config = f.config;
-    let policy = RetryPolicy {
-        max_attempts: config.max_attempts.get(),
-        backoff_base_ms: config.backoff_base_ms,
-        backoff_max_ms: config.backoff_max_ms,
-        budget_ms: config.request_budget_ms,
-        attempt_timeout_ms: config.attempt_timeout_ms,
+/// One request's way to the upstream: the same URL, headers and body for every attempt.
+pub struct Upstream<'a> {
+    url: String,
+    method: Method,
+    headers: Vec<(String, String)>,
+    body: Option<&'a [u8]>,
+    streaming: bool,
+    /// The upstream's `request-id` of the last attempt that had one.
+    pub request_id: Option<String>,
+}
+
+impl<'a> Upstream<'a> {
+    /// The request to send to `url`: the client's headers that may cross (never its
+    /// credential), the upstream key, and the body byte for byte.
+    pub fn new(
+        url: String,
+        method: &str,
+        client_headers: &Headers,
+        upstream_key: &crate::identity::Secret,
+        body: Option<&'a [u8]>,
+        streaming: bool,
+    ) -> Upstream<'a> {
+        let mut headers: Vec<(String, String)> = client_headers
+            .entries()
+            .filter(|(name, _)| forward_upstream(name))
+            .collect();
+        headers.push(("x-api-key".to_string(), upstream_key.expose().to_string()));
+        Upstream {
+            url,
+            method: Method::from(method.to_string()),
+            headers,
+            body,
+            streaming,
+            request_id: None,
+        }
     }
-    .with_client_budget(f.budget_header);
-    let mut retrier = Retrier::new(policy, f.exchange.started_ms, random_u64());
+}
 
-    let path = f.route.upstream_path().ok_or(ProxyError::NotFound)?;
-    let url = match f.query {
-        Some(q) if !q.is_empty() => format!("{}{}?{}", config.upstream_url, path, q),
-        _ => format!("{}{}", config.upstream_url, path),
-    };
-    let mut headers: Vec<(String, String)> = f
-        .client_headers
-        .entries()
-        .filter(|(name, _)| forward_upstream(name))
-        .collect();
-    headers.push(("x-api-key".to_string(), f.upstream_key.expose().to_string()));
-    let method = Method::from(f.method.to_string());
+impl Transport for Upstream<'_> {
+    type Answer = UpstreamAnswer;
 
-    let mut guard = f.guard;
-    let mut last_cause = None;
-    loop {
-        let probe = match guard.as_mut() {
-            Some(guard) => {
-                let is_retry = retrier.attempts() > 0;
-                guard
-                    .before(is_retry, retrier.deadline_ms(), last_cause, f.exchange)
-                    .await?
-            }
-            None => None,
-        };
-        let ticket = retrier.attempt_started(now_ms());
-        f.exchange.attempts = ticket.number;
+    async fn attempt(
+        &mut self,
+        _number: u32,
+        timeout_ms: u64,
+    ) -> (Outcome, Option<UpstreamAnswer>) {
         let (outcome, answer) = attempt(
-            &url,
-            method.clone(),
-            &headers,
-            f.body,
-            ticket.timeout_ms,
-            f.facts.stream,
+            &self.url,
+            self.method.clone(),
+            &self.headers,
+            self.body,
+            timeout_ms,
+            self.streaming,
         )
         .await;
         if let Some(id) = answer
             .as_ref()
             .and_then(|a| header(&a.headers, "request-id"))
         {
-            f.exchange.upstream_request_id = Some(id.to_string());
+            self.request_id = Some(id.to_string());
         }
-        if let Some(guard) = guard.as_ref() {
-            guard.after(&outcome, probe).await;
-        }
-        match retrier.after_attempt(now_ms(), classify(&outcome)) {
-            Step::Deliver => return deliver(answer, f.tap, policy.attempt_timeout_ms),
-            Step::Wait { ms, cause } => {
-                last_cause = Some(cause);
-                f.exchange.waits.push(LoggedWait {
-                    ms,
-                    cause: cause.to_string(),
-                });
-                drop(answer);
-                sleep_ms(ms).await;
-            }
-            Step::GiveUp(give_up) => {
-                f.exchange.stopped = Some(give_up.reason.to_string());
-                return match give_up.answer() {
-                    Answer::PassThrough => deliver(answer, f.tap, policy.attempt_timeout_ms),
-                    Answer::Structured { .. } => Err(structured(&give_up)),
-                };
-            }
-        }
+        (outcome, answer)
     }
 }
 
-/// The contract's structured answer for retries that ran out.
-fn structured(give_up: &GiveUp) -> ProxyError {
-    let retry_after_ms = give_up.retry_after_ms;
-    match give_up.cause {
-        Cause::RateLimited => ProxyError::RateLimited {
-            retry_after_ms,
-            message: format!(
-                "the upstream rate limit outlasts this request's time budget; retry in {} s",
-                crate::error::whole_seconds(retry_after_ms)
-            ),
-            limit: LimitInfo {
-                scope: Scope::Upstream,
-                dimension: None,
-                limit: None,
-                remaining: None,
-            },
-        },
-        Cause::Timeout => ProxyError::UpstreamTimeout { retry_after_ms },
-        Cause::Unreachable => ProxyError::UpstreamUnreachable { retry_after_ms },
-        Cause::Overloaded | Cause::Transient(_) | Cause::StreamError => {
-            ProxyError::Overloaded { retry_after_ms }
-        }
-    }
-}
-
-fn header<'h>(headers: &'h [(String, String)], name: &str) -> Option<&'h str> {
-    headers
-        .iter()
-        .find(|(k, _)| k.eq_ignore_ascii_case(name))
-        .map(|(_, v)| v.as_str())
-}
-
-/// Hands an upstream answer to the client. A successful answer's body is tapped when asked,
-/// so its real usage can settle the caller's reservation once it has passed through.
-fn deliver(
-    answer: Option<UpstreamAnswer>,
-    tap: bool,
-    idle_ms: u64,
-) -> Result<Delivered, ProxyError> {
-    let answer =
-        answer.ok_or_else(|| ProxyError::Internal("no upstream answer to deliver".to_string()))?;
+/// Hands an answer the runner settled on to the client. A successful answer's body is
+/// tapped when asked, so its real usage can settle the caller's reservation once it has
+/// passed through.
+pub fn deliver(answer: UpstreamAnswer, tap: bool, idle_ms: u64) -> Result<Delivered, ProxyError> {
     let status = answer.status;
     let headers = Headers::new();
     for (name, value) in answer
@@ -247,16 +173,6 @@ fn deliver(
         status,
         seen,
     })
-}
-
-/// The body's length when the upstream announced it for the bytes as they arrive (no
-/// content encoding for the runtime to undo).
-fn exact_length(headers: &[(String, String)]) -> Option<u64> {
-    let identity = header(headers, "content-encoding")
-        .is_none_or(|e| e.trim().eq_ignore_ascii_case("identity"));
-    header(headers, "content-length")
-        .filter(|_| identity)
-        .and_then(|l| l.trim().parse().ok())
 }
 
 /// A tapped answer's body as a `FixedLengthStream` of the upstream's length, so the client is
@@ -366,11 +282,7 @@ async fn attempt(
         header(&upstream_headers, "retry-after"),
         now_ms(),
     );
-    let is_sse = header(&upstream_headers, "content-type").is_some_and(|t| {
-        t.trim_start()
-            .to_ascii_lowercase()
-            .starts_with("text/event-stream")
-    });
+    let is_sse = is_event_stream(&upstream_headers);
 
     if !(streaming && status == 200 && is_sse) {
         let body = match response.body() {
