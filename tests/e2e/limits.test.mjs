@@ -2,7 +2,8 @@
 // concurrency, settled from the answer's usage, honest about when to come back, durable.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import Anthropic from '@anthropic-ai/sdk';
@@ -181,6 +182,56 @@ test('limits survive a restart of the Worker and its objects', async () => {
     }
   } finally {
     rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+/** Reads (and with `replacement`, first overwrites) the stored limiter state of every caller
+ * object under `dir`: the raw bytes of the value, hex. SQLite through Python's standard library. */
+function storedLimiterState(dir, replacement) {
+  const objects = path.join(dir, '-Limiter');
+  const files = readdirSync(objects).filter((f) => /^[0-9a-f]{64}\.sqlite$/.test(f));
+  assert.ok(files.length > 0, 'no stored caller object');
+  const script = `
+import sqlite3, sys
+db = sqlite3.connect(sys.argv[1])
+if len(sys.argv) > 2:
+    db.execute("update _cf_KV set value = ? where key = 'limiter'", (bytes.fromhex(sys.argv[2]),))
+    db.commit()
+print(db.execute("select hex(value) from _cf_KV where key = 'limiter'").fetchone()[0])
+`;
+  return files.map((f) => execFileSync('python3', ['-c', script, path.join(objects, f), ...(replacement ? [replacement] : [])])
+    .toString().trim());
+}
+
+// A value as the runtime stores it (V8's serialization of a one-byte string).
+const v8String = (text) => Buffer.concat([Buffer.from([0xff, 0x0f, 0x22, text.length]), Buffer.from(text)]).toString('hex').toUpperCase();
+
+test('a stored state that cannot be read fails closed: 503, never reset to full buckets', async () => {
+  for (const [kind, corrupt] of [['undecodable JSON', v8String('{"limiter": not json')], ['unreadable value', 'DEADBEEF']]) {
+    const dir = mkdtempSync(path.join(tmpdir(), 'breakwater-do-'));
+    try {
+      let w = await limitedWorker({ rpm: 2 }, {}, { persistDir: dir });
+      for (let i = 0; i < 2; i++) assert.equal((await postMessage(w)).status, 200);
+      await w.stop();
+      const [written] = storedLimiterState(dir, corrupt);
+      assert.equal(written, corrupt);
+      w = await limitedWorker({ rpm: 2 }, {}, { persistDir: dir });
+      try {
+        for (let i = 0; i < 3; i++) {
+          const res = await postMessage(w);
+          assert.equal(res.status, 503, `${kind}: a caller whose state is unreadable was let through`);
+          assert.equal(res.headers.get('retry-after'), '1');
+          const body = await res.json();
+          assert.equal(body.error.type, 'api_error');
+        }
+        assert.ok(w.logs.some((l) => l.includes('object_state_unreadable')), `${kind}: no log line says why`);
+      } finally {
+        await w.stop();
+      }
+      assert.deepEqual(storedLimiterState(dir), [corrupt], `${kind}: the stored state was overwritten`);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   }
 });
 
