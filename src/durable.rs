@@ -26,3 +26,45 @@ pub trait ObjectState: Default + Serialize + DeserializeOwned {
     /// How long after `now_ms` the alarm should look again whether the state is idle.
     fn check_idle_in_ms(&self, now_ms: u64) -> u64;
 }
+
+/// The largest time or count a stored state holds: 2^53 − 1, so a state survives a round trip
+/// through a JavaScript number. As a time it is the year 287 396.
+pub const MAX_EXACT: u64 = (1 << 53) - 1;
+
+/// How far ahead of `now_ms` a stored clock may be before it is taken for a clock jump
+/// (otherwise a state would not move until the clock caught up with it).
+pub const MAX_CLOCK_LEAD_MS: u64 = 60_000;
+
+/// Moves a state's own clock to `now_ms`, never backwards, except when the stored clock is
+/// more than [`MAX_CLOCK_LEAD_MS`] ahead: then it starts over from `now_ms`, and the answer
+/// is how far it jumped back (the state decides what that means for what it holds).
+pub fn advance_clock(clock_ms: &mut u64, now_ms: u64) -> Option<u64> {
+    let jumped = (*clock_ms > now_ms.saturating_add(MAX_CLOCK_LEAD_MS)).then(|| *clock_ms - now_ms);
+    if jumped.is_some() {
+        *clock_ms = now_ms;
+    }
+    *clock_ms = (*clock_ms).max(now_ms);
+    jumped
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_clock_never_goes_back_unless_it_jumped() {
+        let mut clock = 1_000;
+        assert_eq!(advance_clock(&mut clock, 2_000), None);
+        assert_eq!(clock, 2_000);
+        // A little behind: the state keeps its own time.
+        assert_eq!(advance_clock(&mut clock, 1_500), None);
+        assert_eq!(clock, 2_000);
+        // Far behind: a jump, by how much.
+        let mut clock = 200_000;
+        assert_eq!(advance_clock(&mut clock, 200_000 - MAX_CLOCK_LEAD_MS), None);
+        assert_eq!(advance_clock(&mut clock, 100_000), Some(100_000));
+        assert_eq!(clock, 100_000);
+        let mut clock = u64::MAX;
+        assert_eq!(advance_clock(&mut clock, 0), Some(u64::MAX));
+    }
+}

@@ -22,7 +22,7 @@ pub(crate) const UNITS_PER_TOKEN: u64 = 60_000;
 /// The largest level ever stored: 2^53 − 1, so a state survives a round trip through a
 /// JavaScript number. It is above every capacity (`u32::MAX · 60 000` < 2^48); only a debt of
 /// more than 150 billion tokens could be cut short by it.
-pub(crate) const MAX_LEVEL: u64 = (1 << 53) - 1;
+pub(crate) const MAX_LEVEL: u64 = crate::durable::MAX_EXACT;
 
 /// The used part of one bucket, in units of 1/60 000 token. Zero is a full bucket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default, Serialize, Deserialize)]

@@ -21,6 +21,8 @@ use std::num::NonZeroU32;
 
 use serde::{Deserialize, Serialize};
 
+use crate::durable::advance_clock;
+
 use super::bucket::Level;
 use crate::config::TierLimits;
 
@@ -43,9 +45,7 @@ pub const LEASE_MEMORY_MS: u64 = 15 * 60_000;
 /// caller never loses an active lease; a dropped record's settlement only charges extra usage.
 pub const MIN_LEASE_RECORDS: usize = 64;
 
-/// How far ahead of `now_ms` a stored clock may be before it is taken for a clock jump and
-/// reset to `now_ms` (otherwise the buckets would not refill until the clock caught up).
-pub const MAX_CLOCK_LEAD_MS: u64 = 60_000;
+pub use crate::durable::MAX_CLOCK_LEAD_MS;
 
 /// One limited quantity of a tier.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -314,18 +314,18 @@ impl LimiterState {
     /// Moves the state's clock to `now_ms` (never backwards), refills every bucket and
     /// forgets old lease records. Returns the state's time, which is `now_ms` or later.
     fn advance(&mut self, limits: &TierLimits, now_ms: u64) -> u64 {
-        if self.clock_ms > now_ms.saturating_add(MAX_CLOCK_LEAD_MS) {
+        let mut before = self.clock_ms;
+        if advance_clock(&mut self.clock_ms, now_ms).is_some() {
             // The clock jumped back, or the state came from a clock far ahead: start over
             // from now, without refilling the gap, and keep leases from living too long.
-            self.clock_ms = now_ms;
+            before = self.clock_ms;
             let latest = now_ms.saturating_add(MAX_LEASE_MS);
             for lease in &mut self.leases {
                 lease.expires_ms = lease.expires_ms.min(latest);
             }
         }
-        let now = self.clock_ms.max(now_ms);
-        let elapsed = now.saturating_sub(self.clock_ms);
-        self.clock_ms = now;
+        let now = self.clock_ms;
+        let elapsed = now.saturating_sub(before);
         self.requests = refilled(self.requests, limits.rpm, elapsed);
         self.input = refilled(self.input, limits.input_tpm, elapsed);
         self.output = refilled(self.output, limits.output_tpm, elapsed);

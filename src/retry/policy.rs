@@ -140,7 +140,7 @@ impl GiveUp {
     /// [`GiveUp::retry_after_ms`] rounded up to whole seconds (at least 1), for `Retry-After`.
     #[must_use]
     pub fn retry_after_secs(&self) -> u64 {
-        self.retry_after_ms.div_ceil(1000).max(1)
+        crate::error::whole_seconds(self.retry_after_ms)
     }
 }
 

@@ -274,7 +274,7 @@ impl ModelHealth {
                     };
                 }
                 let mut rng = draw::rng(seed, now_ms, Purpose::WaitPoll);
-                let poll = policy.wait_poll_ms.max(1);
+                let poll = policy.wait_poll_ms.get();
                 let mut until = now_ms.saturating_add(draw::half_jitter(&mut rng, poll).max(1));
                 if slot_free {
                     // Be there when the next probe is due, spread a little.
@@ -334,7 +334,7 @@ impl ModelHealth {
         self.streak = 0;
         if let Phase::Overloaded { .. } = self.phase {
             // Any success is proof, the probe's or a straggler's from before the marking.
-            let waiters = self.waits.estimate(now_ms, policy.wait_poll_ms);
+            let waiters = self.waits.estimate(now_ms, policy.wait_poll_ms.get());
             let window_ms = stored(policy.release_window_ms(waiters));
             self.phase = Phase::Recovering {
                 since_ms: now_ms,
@@ -367,7 +367,7 @@ impl ModelHealth {
         }
         self.streak = self.streak.saturating_add(1);
         let span = now_ms.saturating_sub(self.streak_started_ms);
-        if self.streak < policy.overload_threshold.max(1) || span < policy.overload_min_span_ms {
+        if self.streak < policy.overload_threshold.get() || span < policy.overload_min_span_ms {
             return ModelChange::None;
         }
         self.streak = 0;

@@ -1,14 +1,17 @@
 //! The knobs of the shared upstream state, with the product defaults.
 
+use std::num::{NonZeroU32, NonZeroU64, NonZeroUsize};
+
 /// How one upstream key's shared state reacts to trouble. Durations are in milliseconds.
 ///
-/// Any value is accepted: zero or inverted bounds never panic (a zero threshold or count is
-/// read as one, a release window whose minimum exceeds its maximum takes the maximum).
+/// Counts and periods that must be at least one are typed so; any other value is accepted:
+/// zero or inverted bounds never panic (a release window whose minimum exceeds its maximum
+/// takes the maximum).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OutagePolicy {
     /// Overloaded answers (`529`, or a stream opening with `overloaded_error`) for one model,
     /// with no success in between, that mark the model overloaded.
-    pub overload_threshold: u32,
+    pub overload_threshold: NonZeroU32,
     /// ... and that lasted at least this long from its first overloaded answer. Under a total
     /// outage no success ever interrupts a streak; an upstream that is merely at capacity
     /// still serves a request every so often, so a streak rarely lasts this long. Without it,
@@ -29,7 +32,7 @@ pub struct OutagePolicy {
     /// Requests waiting on an overloaded model call again after a draw from
     /// `[poll/2, poll]`: how soon they notice a successful probe, and how often the object
     /// hears from each of them (which is how it estimates how many there are).
-    pub wait_poll_ms: u64,
+    pub wait_poll_ms: NonZeroU64,
     /// Release window per estimated waiter: after a successful probe, waiting requests go
     /// out spread over `estimate × this`, bounded by the two values below.
     pub release_per_waiter_ms: u64,
@@ -48,7 +51,7 @@ pub struct OutagePolicy {
     /// The retry budget's window, counted in ten equal buckets.
     pub retry_budget_window_ms: u64,
     /// Models remembered at most; the least recently used is forgotten first.
-    pub max_models: usize,
+    pub max_models: NonZeroUsize,
 }
 
 impl Default for OutagePolicy {
@@ -60,13 +63,13 @@ impl Default for OutagePolicy {
     /// of requests over 10 s with a floor of 30; 64 models.
     fn default() -> Self {
         Self {
-            overload_threshold: 5,
+            overload_threshold: NonZeroU32::MIN.saturating_add(4),
             overload_min_span_ms: 500,
             overload_window_ms: 10_000,
             probe_interval_base_ms: 1_000,
             probe_interval_cap_ms: 4_000,
             probe_lease_ms: 60_000,
-            wait_poll_ms: 1_000,
+            wait_poll_ms: NonZeroU64::MIN.saturating_add(999),
             release_per_waiter_ms: 50,
             release_min_ms: 1_000,
             release_max_ms: 15_000,
@@ -75,7 +78,7 @@ impl Default for OutagePolicy {
             retry_budget_percent: 20,
             retry_budget_floor: 30,
             retry_budget_window_ms: 10_000,
-            max_models: 64,
+            max_models: NonZeroUsize::MIN.saturating_add(63),
         }
     }
 }

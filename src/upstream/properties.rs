@@ -15,7 +15,7 @@ fn any_policy() -> impl Strategy<Value = OutagePolicy> {
     let duration = || prop_oneof![Just(0u64), 0..5_000u64, any::<u64>()];
     (
         (
-            0u32..6,
+            1u32..6,
             duration(),
             duration(),
             duration(),
@@ -44,14 +44,15 @@ fn any_policy() -> impl Strategy<Value = OutagePolicy> {
                 ),
                 (retry_budget_percent, retry_budget_floor, retry_budget_window_ms, max_models),
             )| OutagePolicy {
-                overload_threshold,
+                overload_threshold: std::num::NonZeroU32::new(overload_threshold).unwrap(),
                 // Any span: the properties must hold for every trigger.
                 overload_min_span_ms: overload_window_ms / 4,
                 overload_window_ms,
                 probe_interval_base_ms,
                 probe_interval_cap_ms,
                 probe_lease_ms,
-                wait_poll_ms,
+                wait_poll_ms: std::num::NonZeroU64::new(wait_poll_ms)
+                    .unwrap_or(std::num::NonZeroU64::MIN),
                 release_per_waiter_ms,
                 release_min_ms,
                 release_max_ms,
@@ -60,7 +61,8 @@ fn any_policy() -> impl Strategy<Value = OutagePolicy> {
                 retry_budget_percent,
                 retry_budget_floor,
                 retry_budget_window_ms,
-                max_models,
+                max_models: std::num::NonZeroUsize::new(max_models)
+                    .unwrap_or(std::num::NonZeroUsize::MIN),
             },
         )
 }
@@ -223,7 +225,7 @@ proptest! {
             let back: UpstreamState = serde_json::from_value(json).unwrap_or_default();
             prop_assert_eq!(&back, &state);
             let snapshot = state.snapshot(&policy, at_of(&state));
-            prop_assert!(snapshot.models.len() <= policy.max_models.max(1));
+            prop_assert!(snapshot.models.len() <= policy.max_models.get());
             let _ = state.is_idle(&policy, u64::MAX);
         }
         // Tickets are unique.
@@ -383,6 +385,6 @@ fn probes_do_happen_in_the_fleet_traffic() {
             );
         }
     }
-    assert_eq!(tally.get(&false), Some(&policy.overload_threshold));
+    assert_eq!(tally.get(&false), Some(&policy.overload_threshold.get()));
     assert!(probes > 10, "{probes}");
 }

@@ -10,14 +10,10 @@ use super::health::{model_key, ModelChange, ModelGate, ModelHealth, Phase};
 use super::policy::OutagePolicy;
 use crate::retry::{Outcome, MAX_UPSTREAM_WAIT_MS, MIN_RETRY_AFTER_MS};
 
-/// The largest time or count ever stored: 2^53 − 1, so a state survives a round trip through
-/// a JavaScript number. As a time it is the year 287 396.
-pub const MAX_STORED_MS: u64 = (1 << 53) - 1;
+/// The largest time or count ever stored (a JavaScript number holds it exactly).
+pub const MAX_STORED_MS: u64 = crate::durable::MAX_EXACT;
 
-/// How far ahead of `now_ms` the stored clock may be before it is taken for a clock jump:
-/// every stored time then moves back with the clock (so waits keep their length) and the
-/// retry budget starts over.
-pub const MAX_CLOCK_LEAD_MS: u64 = 60_000;
+pub use crate::durable::MAX_CLOCK_LEAD_MS;
 
 /// `t` capped at [`MAX_STORED_MS`].
 pub(super) fn stored(t: u64) -> u64 {
@@ -375,19 +371,16 @@ impl UpstreamState {
 
     /// Moves the clock to `now_ms` (never backwards, unless the stored clock is more than
     /// [`MAX_CLOCK_LEAD_MS`] ahead) and returns the state's time.
+    /// On a clock jump every stored time moves back with the clock (so waits keep their
+    /// length) and the retry budget starts over.
     fn advance(&mut self, now_ms: u64) -> u64 {
-        let now = stored(now_ms);
-        if self.clock_ms > now.saturating_add(MAX_CLOCK_LEAD_MS) {
-            let back = self.clock_ms.saturating_sub(now);
-            let shift = |t: &mut u64| *t = t.saturating_sub(back);
-            shift(&mut self.cooldown_until_ms);
+        if let Some(back) = crate::durable::advance_clock(&mut self.clock_ms, stored(now_ms)) {
+            self.cooldown_until_ms = self.cooldown_until_ms.saturating_sub(back);
             for health in &mut self.models {
                 health.shift_back(back);
             }
             self.retry_budget = RetryBudget::default();
-            self.clock_ms = now;
         }
-        self.clock_ms = self.clock_ms.max(now);
         self.clock_ms
     }
 
@@ -405,7 +398,7 @@ impl UpstreamState {
         let index = match self.models.iter().position(|health| health.model == key) {
             Some(index) => index,
             None if create => {
-                let room = policy.max_models.max(1).saturating_sub(1);
+                let room = policy.max_models.get().saturating_sub(1);
                 if self.models.len() > room {
                     self.models
                         .sort_by_key(|health| Reverse(health.last_used_ms));
@@ -500,7 +493,7 @@ fn model_snapshot(health: &ModelHealth, policy: &OutagePolicy, now: u64) -> Mode
             if probe.is_none() {
                 snapshot.next_probe_in_ms = Some(next_probe_ms.saturating_sub(now));
             }
-            snapshot.waiters = health.waits.estimate(now, policy.wait_poll_ms);
+            snapshot.waiters = health.waits.estimate(now, policy.wait_poll_ms.get());
         }
         Phase::Recovering {
             since_ms,

@@ -12,7 +12,7 @@ const LONG: u64 = T0 + 600_000;
 /// waiters are released over 10 ms each (0.25–5 s).
 fn policy() -> OutagePolicy {
     OutagePolicy {
-        overload_threshold: 3,
+        overload_threshold: std::num::NonZeroU32::new(3).unwrap(),
         overload_min_span_ms: 0,
         release_per_waiter_ms: 10,
         release_min_ms: 250,
