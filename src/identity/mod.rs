@@ -7,3 +7,20 @@ pub mod token;
 
 pub use auth::{authenticate, credential, Caller, UpstreamKey};
 pub use secret::{fingerprint, Secret};
+
+impl Caller {
+    /// The key the caller's requests go upstream with: its own (passthrough), or the
+    /// deployment's `ANTHROPIC_API_KEY`, which must then be set.
+    pub fn upstream_key(
+        &self,
+        config: &crate::config::Config,
+    ) -> Result<Secret, crate::error::ProxyError> {
+        match &self.upstream_key {
+            UpstreamKey::Passthrough(key) => Ok(key.clone()),
+            UpstreamKey::Managed => config
+                .upstream_key
+                .clone()
+                .ok_or(crate::error::ProxyError::MissingSecret("ANTHROPIC_API_KEY")),
+        }
+    }
+}

@@ -22,6 +22,19 @@ pub enum Route {
 }
 
 impl Route {
+    /// Routes with a JSON body the proxy reads (and forwards byte for byte), and whose
+    /// attempts answer to the upstream key's shared state.
+    #[must_use]
+    pub fn carries_body(&self) -> bool {
+        matches!(self, Route::Messages | Route::CountTokens)
+    }
+
+    /// Routes admitted against the caller's limits (when its tier has any).
+    #[must_use]
+    pub fn is_metered(&self) -> bool {
+        matches!(self, Route::Messages)
+    }
+
     /// Routes whose answer comes from the upstream (and so carry `x-proxy-attempts`).
     pub fn is_proxied(&self) -> bool {
         matches!(

@@ -225,10 +225,10 @@ impl Retrier {
         }
     }
 
-    /// Records the start of the next attempt and returns its number and timeout. `now_ms` is
-    /// taken for symmetry with [`Retrier::after_attempt`]; the attempt timeout does not depend
-    /// on the budget (an attempt may outlast it; the retry after it then will not start).
-    pub fn attempt_started(&mut self, _now_ms: u64) -> AttemptTicket {
+    /// Records the start of the next attempt and returns its number and timeout. The attempt
+    /// timeout does not depend on the budget (an attempt may outlast it; the retry after it
+    /// then will not start).
+    pub fn attempt_started(&mut self) -> AttemptTicket {
         self.attempts = self.attempts.saturating_add(1);
         AttemptTicket {
             number: self.attempts,
@@ -355,7 +355,7 @@ mod tests {
         let mut now = retrier.started_at_ms();
         let mut step = Step::Deliver;
         for verdict in verdicts {
-            retrier.attempt_started(now);
+            retrier.attempt_started();
             now += attempt_ms;
             step = retrier.after_attempt(now, *verdict);
             match step {
@@ -394,20 +394,20 @@ mod tests {
     fn attempt_tickets_count_from_one() {
         let mut retrier = Retrier::new(RetryPolicy::default(), T0, 1);
         assert_eq!(
-            retrier.attempt_started(T0),
+            retrier.attempt_started(),
             AttemptTicket {
                 number: 1,
                 timeout_ms: 60_000
             }
         );
-        assert_eq!(retrier.attempt_started(T0).number, 2);
+        assert_eq!(retrier.attempt_started().number, 2);
         assert_eq!(retrier.attempts(), 2);
     }
 
     #[test]
     fn success_is_delivered_without_drawing() {
         let mut retrier = Retrier::new(RetryPolicy::default(), T0, 1);
-        retrier.attempt_started(T0);
+        retrier.attempt_started();
         assert_eq!(
             retrier.after_attempt(T0 + 100, Verdict::Deliver),
             Step::Deliver
@@ -452,7 +452,7 @@ mod tests {
     #[test]
     fn rate_limit_that_outlasts_the_budget_gives_429_at_once() {
         let mut retrier = Retrier::new(RetryPolicy::default(), T0, 1);
-        retrier.attempt_started(T0);
+        retrier.attempt_started();
         let stop =
             give_up(retrier.after_attempt(T0 + 200, retry(Cause::RateLimited, Some(40_000))));
         assert_eq!(stop.reason, StopReason::BudgetExhausted);
@@ -473,7 +473,7 @@ mod tests {
             ..RetryPolicy::default()
         };
         let mut retrier = Retrier::new(policy, T0, 1);
-        retrier.attempt_started(T0);
+        retrier.attempt_started();
         let stop = give_up(retrier.after_attempt(T0, retry(Cause::RateLimited, Some(200))));
         assert_eq!(stop.reason, StopReason::AttemptsExhausted);
         assert_eq!(stop.retry_after_ms, 1000);
@@ -483,7 +483,7 @@ mod tests {
     #[test]
     fn rate_limit_floor_is_honoured_when_it_fits() {
         let mut retrier = Retrier::new(RetryPolicy::default(), T0, 1);
-        retrier.attempt_started(T0);
+        retrier.attempt_started();
         // The first draw is at most 500 ms; the upstream asks for 2 s.
         let step = retrier.after_attempt(T0 + 100, retry(Cause::RateLimited, Some(2000)));
         assert_eq!(
@@ -581,12 +581,12 @@ mod tests {
             ..RetryPolicy::default()
         };
         let mut retrier = Retrier::new(policy, T0, 1);
-        retrier.attempt_started(T0);
+        retrier.attempt_started();
         let step = retrier.after_attempt(T0 + 7000, retry(Cause::Overloaded, Some(3000)));
         assert_eq!(wait_ms(step), 3000);
 
         let mut retrier = Retrier::new(policy, T0, 1);
-        retrier.attempt_started(T0);
+        retrier.attempt_started();
         let stop = give_up(retrier.after_attempt(T0 + 7000, retry(Cause::Overloaded, Some(3001))));
         assert_eq!(stop.reason, StopReason::BudgetExhausted);
         assert_eq!(stop.retry_after_ms, 3001);
@@ -597,7 +597,7 @@ mod tests {
     fn zero_budget_allows_no_sleep() {
         let policy = RetryPolicy::default().with_client_budget(Some("0"));
         let mut retrier = Retrier::new(policy, T0, 1);
-        retrier.attempt_started(T0);
+        retrier.attempt_started();
         let stop = give_up(retrier.after_attempt(T0 + 1, retry(Cause::Overloaded, None)));
         assert_eq!(stop.reason, StopReason::BudgetExhausted);
     }
@@ -624,7 +624,7 @@ mod tests {
         };
         let mut retrier = Retrier::new(policy, u64::MAX - 5, 1);
         assert_eq!(retrier.deadline_ms(), u64::MAX);
-        retrier.attempt_started(u64::MAX - 5);
+        retrier.attempt_started();
         let step = retrier.after_attempt(u64::MAX, retry(Cause::Overloaded, Some(u64::MAX)));
         // u64::MAX + anything saturates to exactly the deadline, which is allowed.
         assert_eq!(wait_ms(step), u64::MAX);
@@ -716,7 +716,7 @@ mod tests {
             let mut retry_index = 0u32;
             let mut script = script.into_iter();
             loop {
-                let ticket = retrier.attempt_started(now);
+                let ticket = retrier.attempt_started();
                 prop_assert!(ticket.number <= max_attempts);
                 prop_assert_eq!(ticket.timeout_ms, policy.attempt_timeout_ms);
                 let (took, outcome) = script.next().unwrap_or((1, Outcome::AttemptTimeout));

@@ -34,13 +34,10 @@ pub trait Sleep {
 pub trait Transport {
     /// What an attempt brings back that can be delivered to the client.
     type Answer;
-    /// Sends attempt `number`, allowing it `timeout_ms` until response headers (streaming:
-    /// the first SSE event). The answer comes with the outcome when there is one.
-    fn attempt(
-        &mut self,
-        number: u32,
-        timeout_ms: u64,
-    ) -> impl Future<Output = (Outcome, Option<Self::Answer>)>;
+    /// Sends one attempt, allowing it `timeout_ms` until response headers (streaming: the
+    /// first SSE event). The answer comes with the outcome when there is one.
+    fn attempt(&mut self, timeout_ms: u64)
+        -> impl Future<Output = (Outcome, Option<Self::Answer>)>;
 }
 
 /// The shared upstream state could not be asked (it is a guard, not a gate: the request
@@ -195,9 +192,9 @@ where
         let probe = gate
             .before(&mut shared, is_retry, last_cause, journal)
             .await?;
-        let ticket = retrier.attempt_started(clock.now_ms());
+        let ticket = retrier.attempt_started();
         journal.attempts = ticket.number;
-        let (outcome, answer) = transport.attempt(ticket.number, ticket.timeout_ms).await;
+        let (outcome, answer) = transport.attempt(ticket.timeout_ms).await;
         gate.after(&mut shared, &outcome, probe, journal.consulted)
             .await;
         match retrier.after_attempt(clock.now_ms(), classify(&outcome)) {
@@ -355,12 +352,16 @@ mod tests {
         time: &'t FakeTime,
         took_ms: u64,
         script: VecDeque<Outcome>,
+        /// Attempts sent so far; an answer is the number of its attempt.
+        sent: u32,
     }
 
     impl Transport for Scripted<'_> {
         type Answer = u32;
-        async fn attempt(&mut self, number: u32, _timeout_ms: u64) -> (Outcome, Option<u32>) {
+        async fn attempt(&mut self, _timeout_ms: u64) -> (Outcome, Option<u32>) {
             self.time.0.set(self.time.0.get() + self.took_ms);
+            self.sent += 1;
+            let number = self.sent;
             let outcome = self.script.pop_front().unwrap_or(Outcome::AttemptTimeout);
             let answer = matches!(outcome, Outcome::Response { .. }).then_some(number);
             (outcome, answer)
@@ -409,6 +410,7 @@ mod tests {
             time,
             took_ms: 50,
             script: script.into(),
+            sent: 0,
         };
         let mut journal = Journal::default();
         let run = Run {

@@ -13,7 +13,7 @@ use worker::{event, Context, Env, Request, Response};
 
 use crate::config::Config;
 use crate::error::ProxyError;
-use crate::identity::{authenticate, credential, Caller, UpstreamKey};
+use crate::identity::{authenticate, credential, Caller};
 use crate::request::body::{inspect, BodyFacts};
 use crate::request::route::{query_of, route, upstream_url, Route};
 
@@ -65,28 +65,21 @@ async fn handle(
 
     let caller = authenticate_request(&req, &config)?;
     exchange.identity_hash = Some(caller.identity_hash());
-    let upstream_key = match &caller.upstream_key {
-        UpstreamKey::Passthrough(key) => key.clone(),
-        UpstreamKey::Managed => config
-            .upstream_key
-            .clone()
-            .ok_or(ProxyError::MissingSecret("ANTHROPIC_API_KEY"))?,
-    };
+    let upstream_key = caller.upstream_key(&config)?;
 
-    let (body, facts) = match route {
-        Route::Messages | Route::CountTokens => {
-            let body = runtime::read_body(&mut req, config.max_body_bytes).await?;
-            let facts = inspect(&route, &body)?;
-            (Some(body), facts)
-        }
-        _ => (None, BodyFacts::default()),
+    let (body, facts) = if route.carries_body() {
+        let body = runtime::read_body(&mut req, config.max_body_bytes).await?;
+        let facts = inspect(&route, &body)?;
+        (Some(body), facts)
+    } else {
+        (None, BodyFacts::default())
     };
     exchange.stream = facts.stream;
 
     // The caller's own limits: one round trip to its object before anything goes upstream.
     let limits = config.tier_limits(&caller.tier);
     let identity_hash = caller.identity_hash();
-    let reservation = if route == Route::Messages && !limits.is_unlimited() {
+    let reservation = if route.is_metered() && !limits.is_unlimited() {
         Some(
             limiter::admit(
                 env,
@@ -167,8 +160,8 @@ async fn forward(
 ) -> Result<transport::UpstreamAnswer, ProxyError> {
     let (started_ms, seed) = (exchange.started_ms, runtime::random_u64());
     let journal = &mut exchange.journal;
-    match route {
-        Route::Messages | Route::CountTokens => {
+    match route.carries_body() {
+        true => {
             let (shared, memory) = KeyState::new(env, upstream_key, model);
             let run = Run {
                 clock: &Platform,
@@ -181,7 +174,7 @@ async fn forward(
             };
             runner::run(run, upstream, journal).await
         }
-        _ => {
+        false => {
             let memory = std::rc::Rc::default();
             let run = Run {
                 clock: &Platform,

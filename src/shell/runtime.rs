@@ -13,6 +13,7 @@ use std::rc::Rc;
 
 use crate::config::{Config, ConfigError, VARIABLES};
 use crate::error::ProxyError;
+use crate::request::{declared_body_length, over_limit};
 
 /// Milliseconds since the Unix epoch. In Workers the clock advances on I/O, which is what the
 /// budget arithmetic needs: time spent waiting on the upstream or sleeping.
@@ -96,19 +97,13 @@ pub fn variable(env: &Env, name: &str) -> Option<String> {
 
 /// Reads the request body, refusing it as soon as it passes `limit` bytes.
 pub async fn read_body(req: &mut Request, limit: u64) -> Result<Vec<u8>, ProxyError> {
-    let too_large = ProxyError::TooLarge { limit };
-    if let Ok(Some(length)) = req.headers().get("content-length") {
-        match length.trim().parse::<u64>() {
-            Ok(n) if n > limit => return Err(too_large),
-            // A declared length within the limit (the runtime holds the body to it): read it in
-            // one call rather than chunk by chunk across the JS boundary.
-            Ok(_) => {
-                return req.bytes().await.map_err(|_| {
-                    ProxyError::InvalidRequest("the request body could not be read".to_string())
-                })
-            }
-            Err(_) => {}
-        }
+    let unreadable =
+        || ProxyError::InvalidRequest("the request body could not be read".to_string());
+    let declared = req.headers().get("content-length").ok().flatten();
+    if declared_body_length(declared.as_deref(), limit)?.is_some() {
+        // A declared length within the limit (the runtime holds the body to it): read it in
+        // one call rather than chunk by chunk across the JS boundary.
+        return req.bytes().await.map_err(|_| unreadable());
     }
     let mut stream = match req.stream() {
         Ok(stream) => stream,
@@ -117,11 +112,9 @@ pub async fn read_body(req: &mut Request, limit: u64) -> Result<Vec<u8>, ProxyEr
     };
     let mut body = Vec::new();
     while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|_| {
-            ProxyError::InvalidRequest("the request body could not be read".to_string())
-        })?;
-        if (body.len() as u64).saturating_add(chunk.len() as u64) > limit {
-            return Err(too_large);
+        let chunk = chunk.map_err(|_| unreadable())?;
+        if over_limit(body.len(), chunk.len(), limit) {
+            return Err(ProxyError::TooLarge { limit });
         }
         body.extend_from_slice(&chunk);
     }

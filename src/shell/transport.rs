@@ -87,11 +87,7 @@ impl<'a> Upstream<'a> {
 impl Transport for Upstream<'_> {
     type Answer = UpstreamAnswer;
 
-    async fn attempt(
-        &mut self,
-        _number: u32,
-        timeout_ms: u64,
-    ) -> (Outcome, Option<UpstreamAnswer>) {
+    async fn attempt(&mut self, timeout_ms: u64) -> (Outcome, Option<UpstreamAnswer>) {
         let (outcome, answer) = attempt(
             &self.url,
             self.method.clone(),

@@ -98,7 +98,7 @@ struct SimUpstream {
 impl Transport for SimUpstream {
     type Answer = ();
 
-    async fn attempt(&mut self, _number: u32, _timeout_ms: u64) -> (Outcome, Option<()>) {
+    async fn attempt(&mut self, _timeout_ms: u64) -> (Outcome, Option<()>) {
         let sent_at = self.time.now_ms();
         let probe = std::mem::take(&mut *self.probe.borrow_mut());
         self.log
