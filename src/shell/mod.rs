@@ -78,18 +78,15 @@ async fn handle(
 
     // The caller's own limits: one round trip to its object before anything goes upstream.
     let limits = config.tier_limits(&caller.tier);
-    let identity_hash = caller.identity_hash();
-    let reservation = if route.is_metered() && !limits.is_unlimited() {
-        Some(
-            limiter::admit(
-                env,
-                &identity_hash,
-                limits,
-                &facts,
-                &mut exchange.extra_headers,
-            )
-            .await?,
-        )
+    let admitted = if route.is_metered() && !limits.is_unlimited() {
+        let identity_hash = caller.identity_hash();
+        let headers = &mut exchange.extra_headers;
+        let reservation = limiter::admit(env, &identity_hash, limits, &facts, headers).await?;
+        Some(Admitted {
+            identity_hash,
+            limits,
+            reservation,
+        })
     } else {
         None
     };
@@ -105,45 +102,53 @@ async fn handle(
         body.as_deref(),
         facts.stream,
     );
-    let tap = reservation.is_some();
-    let delivered = forward(
+    let model = facts.model.as_deref();
+    let answer = forward(
         env,
         &route,
         &upstream_key,
-        facts.model.as_deref(),
+        model,
         policy,
         &mut upstream,
         exchange,
     )
-    .await
-    .and_then(|answer| transport::deliver(answer, tap, policy.attempt_timeout_ms));
+    .await;
     exchange.upstream_request_id = upstream.request_id.take();
+    let tap = admitted.is_some();
+    let mut delivered = answer.and_then(|a| transport::deliver(a, tap, policy.attempt_timeout_ms));
+    if let Some(admitted) = admitted {
+        admitted.settle_later(env, ctx, delivered.as_mut().ok());
+    }
+    delivered.map(|d| d.response)
+}
 
-    match (reservation, delivered) {
-        (
-            Some(reservation),
-            Ok(Delivered {
-                response,
-                status,
-                seen,
-            }),
-        ) => {
-            limiter::settle_later(
-                env,
-                ctx,
-                identity_hash,
-                limits,
-                reservation,
-                seen,
-                (200..300).contains(&status),
-            );
-            Ok(response)
-        }
-        (Some(reservation), Err(e)) => {
-            limiter::settle_later(env, ctx, identity_hash, limits, reservation, None, false);
-            Err(e)
-        }
-        (None, delivered) => delivered.map(|d| d.response),
+/// A request admitted against the caller's limits, to settle once its answer is over.
+struct Admitted {
+    identity_hash: String,
+    limits: crate::config::TierLimits,
+    reservation: crate::limits::Reservation,
+}
+
+impl Admitted {
+    fn settle_later(self, env: &Env, ctx: &Context, delivered: Option<&mut Delivered>) {
+        let (watched, delivered_ok) = match delivered {
+            Some(d) => (d.seen.take(), (200..300).contains(&d.status)),
+            None => (None, false),
+        };
+        let Admitted {
+            identity_hash,
+            limits,
+            reservation,
+        } = self;
+        limiter::settle_later(
+            env,
+            ctx,
+            identity_hash,
+            limits,
+            reservation,
+            watched,
+            delivered_ok,
+        );
     }
 }
 
@@ -160,33 +165,31 @@ async fn forward(
 ) -> Result<transport::UpstreamAnswer, ProxyError> {
     let (started_ms, seed) = (exchange.started_ms, runtime::random_u64());
     let journal = &mut exchange.journal;
-    match route.carries_body() {
-        true => {
-            let (shared, memory) = KeyState::new(env, upstream_key, model);
-            let run = Run {
-                clock: &Platform,
-                sleep: &Platform,
-                policy,
-                started_ms,
-                seed,
-                shared,
-                memory,
-            };
-            runner::run(run, upstream, journal).await
-        }
-        false => {
-            let memory = std::rc::Rc::default();
-            let run = Run {
-                clock: &Platform,
-                sleep: &Platform,
-                policy,
-                started_ms,
-                seed,
-                shared: Unguarded,
-                memory,
-            };
-            runner::run(run, upstream, journal).await
-        }
+    if route.carries_body() {
+        let (shared, memory) = KeyState::new(env, upstream_key, model);
+        let run = Run {
+            clock: &Platform,
+            sleep: &Platform,
+            policy,
+            started_ms,
+            seed,
+            shared,
+            memory,
+        };
+        runner::run(run, upstream, journal).await
+    } else {
+        let memory = std::rc::Rc::default();
+        let shared = Unguarded;
+        let run = Run {
+            clock: &Platform,
+            sleep: &Platform,
+            policy,
+            started_ms,
+            seed,
+            shared,
+            memory,
+        };
+        runner::run(run, upstream, journal).await
     }
 }
 
