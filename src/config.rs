@@ -10,7 +10,7 @@ use std::num::NonZeroU32;
 
 use serde::{Deserialize, Serialize};
 
-use crate::identity::Secret;
+use crate::identity::{Secret, RESERVED_ID_PREFIXES};
 
 /// Every variable the proxy reads, as wrangler.toml and `wrangler secret put` name them.
 pub const VARIABLES: &[&str] = &[
@@ -25,6 +25,9 @@ pub const VARIABLES: &[&str] = &[
     "RATE_LIMITS",
     "CLIENT_KEYS",
     "JWT_SECRET",
+    "JWT_AUDIENCE",
+    "JWT_ISSUER",
+    "JWT_MAX_LIFETIME_S",
     "ALLOW_PASSTHROUGH_KEYS",
     "MAX_BODY_BYTES",
 ];
@@ -56,6 +59,20 @@ impl fmt::Display for ConfigError {
 }
 
 impl std::error::Error for ConfigError {}
+
+impl ConfigError {
+    /// What the public may be told: the variable, nothing of what is wrong with it. Callers
+    /// of a misconfigured deployment cannot fix it, and the problem text can describe the
+    /// deployment's secrets (their length, their shape) to anyone who asks.
+    pub fn public_message(&self) -> String {
+        format!("the proxy is misconfigured: {}", self.variable)
+    }
+
+    /// The whole problem, for the operator's log line.
+    pub fn detail(&self) -> String {
+        self.to_string()
+    }
+}
 
 fn invalid(variable: &'static str, problem: impl Into<String>) -> ConfigError {
     ConfigError {
@@ -134,6 +151,12 @@ pub struct Config {
     /// Client keys (as secrets) and what they stand for.
     pub client_keys: Vec<(Secret, ClientEntry)>,
     pub jwt_secret: Option<Secret>,
+    /// `JWT_AUDIENCE`: when set, a token's `aud` must contain it.
+    pub jwt_audience: Option<String>,
+    /// `JWT_ISSUER`: when set, a token's `iss` must equal it.
+    pub jwt_issuer: Option<String>,
+    /// `JWT_MAX_LIFETIME_S` in milliseconds: the furthest a token's `exp` may lie ahead.
+    pub jwt_max_lifetime_ms: u64,
     pub allow_passthrough_keys: bool,
     pub max_body_bytes: u64,
 }
@@ -152,6 +175,9 @@ impl fmt::Debug for Config {
             .field("rate_limits", &self.rate_limits)
             .field("client_keys", &self.client_keys.len())
             .field("jwt_secret", &self.jwt_secret.as_ref().map(|_| "<set>"))
+            .field("jwt_audience", &self.jwt_audience)
+            .field("jwt_issuer", &self.jwt_issuer)
+            .field("jwt_max_lifetime_ms", &self.jwt_max_lifetime_ms)
             .field("allow_passthrough_keys", &self.allow_passthrough_keys)
             .field("max_body_bytes", &self.max_body_bytes)
             .finish()
@@ -161,6 +187,19 @@ impl fmt::Debug for Config {
 /// Longest budget or timeout accepted: one hour. Anything longer is almost certainly a unit
 /// mistake (seconds written as milliseconds would be the other way round).
 const MAX_DURATION_MS: u64 = 3_600_000;
+
+/// Shortest `JWT_SECRET`, in bytes: RFC 7518 §3.2 requires an HS256 key at least as long as
+/// the hash output (256 bits).
+pub const MIN_JWT_SECRET_BYTES: usize = 32;
+
+/// `JWT_MAX_LIFETIME_S` when unset: one day.
+pub const DEFAULT_JWT_MAX_LIFETIME_S: u64 = 86_400;
+
+/// Longest `JWT_MAX_LIFETIME_S` accepted: one year.
+const MAX_JWT_LIFETIME_S: u64 = 31_536_000;
+
+/// Longest `JWT_AUDIENCE` or `JWT_ISSUER`, in bytes.
+const MAX_JWT_NAME_BYTES: usize = 1024;
 
 impl Config {
     /// Reads and validates every variable through `lookup`, which returns the raw value of a
@@ -196,7 +235,36 @@ impl Config {
         let allowed_origins = parse_origins(get("ALLOWED_ORIGINS"))?;
         let rate_limits = parse_rate_limits(get("RATE_LIMITS"))?;
         let client_keys = parse_client_keys(get("CLIENT_KEYS"), &rate_limits)?;
-        let jwt_secret = get("JWT_SECRET").map(Secret::new);
+        let jwt_secret = match get("JWT_SECRET") {
+            None => None,
+            // Only the length is named: the value is a secret.
+            Some(raw) if raw.len() < MIN_JWT_SECRET_BYTES => {
+                return Err(invalid(
+                    "JWT_SECRET",
+                    format!(
+                        "must be at least {MIN_JWT_SECRET_BYTES} bytes (RFC 7518 section 3.2: an \
+                         HS256 key is at least as long as its 256-bit hash)"
+                    ),
+                ))
+            }
+            Some(raw) => Some(Secret::new(raw)),
+        };
+        let jwt_audience = parse_jwt_name("JWT_AUDIENCE", get("JWT_AUDIENCE"))?;
+        let jwt_issuer = parse_jwt_name("JWT_ISSUER", get("JWT_ISSUER"))?;
+        let jwt_max_lifetime_ms = match get("JWT_MAX_LIFETIME_S") {
+            None => DEFAULT_JWT_MAX_LIFETIME_S,
+            Some(raw) => raw
+                .parse::<u64>()
+                .ok()
+                .filter(|n| (1..=MAX_JWT_LIFETIME_S).contains(n))
+                .ok_or_else(|| {
+                    invalid(
+                        "JWT_MAX_LIFETIME_S",
+                        format!("expected seconds from 1 to {MAX_JWT_LIFETIME_S}"),
+                    )
+                })?,
+        }
+        .saturating_mul(1000);
         let allow_passthrough_keys = match get("ALLOW_PASSTHROUGH_KEYS").as_deref() {
             None => false,
             Some(v) if v.eq_ignore_ascii_case("true") || v == "1" => true,
@@ -224,14 +292,33 @@ impl Config {
             rate_limits,
             client_keys,
             jwt_secret,
+            jwt_audience,
+            jwt_issuer,
+            jwt_max_lifetime_ms,
             allow_passthrough_keys,
             max_body_bytes,
         })
     }
 
-    /// The limits of a tier; a tier missing from `RATE_LIMITS` is unlimited.
+    /// The limits of a tier. Every tier a caller can carry is checked against `RATE_LIMITS`
+    /// (when the configuration is read, or when a token is verified), so a tier missing here
+    /// is a mistake: it gets the default tier's limits (which `RATE_LIMITS` must define),
+    /// never none at all.
     pub fn tier_limits(&self, tier: &str) -> TierLimits {
-        self.rate_limits.get(tier).copied().unwrap_or_default()
+        self.rate_limits
+            .get(tier)
+            .or_else(|| self.rate_limits.get(DEFAULT_TIER))
+            .copied()
+            .unwrap_or_default()
+    }
+
+    /// A variable that some callers need and that is not set: `ANTHROPIC_API_KEY` when
+    /// client keys or signed tokens are configured (their callers are forwarded with it).
+    /// Not a configuration error, since passthrough callers still work, but worth reporting
+    /// on a health check.
+    pub fn missing_for_managed_callers(&self) -> Option<&'static str> {
+        let has_managed_callers = !self.client_keys.is_empty() || self.jwt_secret.is_some();
+        (has_managed_callers && self.upstream_key.is_none()).then_some("ANTHROPIC_API_KEY")
     }
 }
 
@@ -241,14 +328,73 @@ fn parse_upstream_url(raw: Option<String>) -> Result<String, ConfigError> {
         .strip_prefix("https://")
         .or_else(|| url.strip_prefix("http://"))
         .ok_or_else(|| invalid("UPSTREAM_URL", "must start with https:// or http://"))?;
-    let host = rest.split('/').next().unwrap_or("");
-    if host.is_empty() || rest.contains(['?', '#', ' ']) || host.contains('@') {
+    let authority = rest.split('/').next().unwrap_or("");
+    if authority.is_empty() || rest.contains(['?', '#', ' ', '\\']) || authority.contains('@') {
         return Err(invalid(
             "UPSTREAM_URL",
             "expected a base URL like https://api.anthropic.com",
         ));
     }
+    let Some(host) = host_of(authority) else {
+        return Err(invalid(
+            "UPSTREAM_URL",
+            "expected a host with an optional numeric port, like https://api.anthropic.com:443",
+        ));
+    };
+    // Plain HTTP would carry the upstream key in the clear; it is only for a local upstream
+    // (the simulator, a test double) on the loopback interface.
+    if url.starts_with("http://") && !is_loopback(host) {
+        return Err(invalid(
+            "UPSTREAM_URL",
+            "plain http:// is only allowed for a loopback host (127.0.0.1, [::1], localhost); \
+             use https://",
+        ));
+    }
     Ok(url.trim_end_matches('/').to_string())
+}
+
+/// The host of a URL's authority (`host`, `host:port`, `[v6]`, `[v6]:port`), or `None` when
+/// the port is not a number or a bracketed address is not closed.
+fn host_of(authority: &str) -> Option<&str> {
+    let (host, port) = if authority.starts_with('[') {
+        let end = authority.find(']')?;
+        let (host, rest) = authority.split_at(end.checked_add(1)?);
+        let port = match rest {
+            "" => None,
+            _ => Some(rest.strip_prefix(':')?),
+        };
+        (host, port)
+    } else {
+        match authority.split_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (authority, None),
+        }
+    };
+    let port_ok =
+        port.is_none_or(|p| (1..=5).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_digit()));
+    (!host.is_empty() && port_ok).then_some(host)
+}
+
+fn is_loopback(host: &str) -> bool {
+    ["127.0.0.1", "[::1]", "localhost"]
+        .iter()
+        .any(|h| host.eq_ignore_ascii_case(h))
+}
+
+fn parse_jwt_name(
+    variable: &'static str,
+    raw: Option<String>,
+) -> Result<Option<String>, ConfigError> {
+    match raw {
+        None => Ok(None),
+        Some(raw) if raw.len() > MAX_JWT_NAME_BYTES || raw.chars().any(char::is_control) => {
+            Err(invalid(
+                variable,
+                format!("expected at most {MAX_JWT_NAME_BYTES} bytes without control characters"),
+            ))
+        }
+        Some(raw) => Ok(Some(raw)),
+    }
 }
 
 fn parse_ms(variable: &'static str, raw: Option<String>, default: u64) -> Result<u64, ConfigError> {
@@ -316,6 +462,14 @@ fn parse_rate_limits(raw: Option<String>) -> Result<BTreeMap<String, TierLimits>
             ),
         )
     })?;
+    // Every caller without a tier of its own is a default caller: without this tier they
+    // would be unlimited by omission. `{"default": {}}` says "unlimited" on purpose.
+    if !tiers.contains_key(DEFAULT_TIER) {
+        return Err(invalid(
+            "RATE_LIMITS",
+            "must define the \"default\" tier (write {\"default\": {}} for unlimited default callers)",
+        ));
+    }
     Ok(tiers)
 }
 
@@ -350,6 +504,23 @@ fn parse_client_keys(
             return Err(invalid(
                 "CLIENT_KEYS",
                 "every id must be 1 to 256 characters",
+            ));
+        }
+        // Token and passthrough identities carry these prefixes; an id with one could share
+        // (or take) such a caller's limits.
+        if RESERVED_ID_PREFIXES.iter().any(|prefix| {
+            entry
+                .id
+                .get(..prefix.len())
+                .is_some_and(|head| head.eq_ignore_ascii_case(prefix))
+        }) {
+            return Err(invalid(
+                "CLIENT_KEYS",
+                format!(
+                    "id {:?} starts with a prefix reserved for other kinds of callers ({})",
+                    entry.id,
+                    RESERVED_ID_PREFIXES.join(", ")
+                ),
             ));
         }
         if entry.tier != DEFAULT_TIER && !tiers.contains_key(&entry.tier) {
@@ -414,11 +585,189 @@ mod tests {
             ("CLIENT_KEYS", "not json"),
             ("ALLOW_PASSTHROUGH_KEYS", "yes please"),
             ("MAX_BODY_BYTES", "0"),
+            ("RATE_LIMITS", "{}"),
+            ("RATE_LIMITS", r#"{"pro": {"rpm": 5}}"#),
+            ("JWT_SECRET", "too-short"),
+            ("JWT_AUDIENCE", "a\u{7}b"),
+            ("JWT_ISSUER", &"i".repeat(2000)),
+            ("JWT_MAX_LIFETIME_S", "0"),
+            ("JWT_MAX_LIFETIME_S", "1.5"),
+            ("JWT_MAX_LIFETIME_S", "99999999999"),
+            ("UPSTREAM_URL", "http://api.anthropic.com"),
+            ("UPSTREAM_URL", "http://127.0.0.1:port"),
+            (
+                "CLIENT_KEYS",
+                r#"{"ck_0123456789abcdef": {"id": "token:alice"}}"#,
+            ),
         ];
         for (variable, value) in cases {
             let err = config(&[(variable, value)]).unwrap_err();
             assert_eq!(err.variable, variable, "{variable}={value}");
         }
+    }
+
+    #[test]
+    fn regression_rate_limits_without_default_left_default_callers_unlimited() {
+        // Before, a RATE_LIMITS naming only other tiers parsed, and every caller without a
+        // tier of its own (most of them) was admitted without any limit.
+        for raw in [
+            "{}",
+            r#"{"pro": {"rpm": 50}}"#,
+            r#"{"Default": {"rpm": 5}}"#,
+        ] {
+            let err = config(&[("RATE_LIMITS", raw)]).unwrap_err();
+            assert_eq!(err.variable, "RATE_LIMITS", "{raw}");
+            assert!(err.problem.contains("default"), "{}", err.problem);
+        }
+        // Saying "unlimited" stays possible, explicitly.
+        let c = config(&[("RATE_LIMITS", r#"{"default": {}, "pro": {"rpm": 50}}"#)]).unwrap();
+        assert!(c.tier_limits(DEFAULT_TIER).is_unlimited());
+        assert_eq!(c.tier_limits("pro").rpm.map(|n| n.get()), Some(50));
+    }
+
+    #[test]
+    fn unknown_tier_gets_the_default_limits() {
+        let c = config(&[("RATE_LIMITS", r#"{"default": {"rpm": 7}}"#)]).unwrap();
+        assert_eq!(c.tier_limits("nope").rpm.map(|n| n.get()), Some(7));
+    }
+
+    #[test]
+    fn jwt_secret_is_at_least_32_bytes() {
+        let err = config(&[("JWT_SECRET", "SEKRIT-0123456789-abcdefghijkl")]).unwrap_err();
+        assert_eq!(err.variable, "JWT_SECRET");
+        assert!(err.problem.contains("32 bytes"), "{}", err.problem);
+        assert!(!err.to_string().contains("SEKRIT"), "{err}");
+        // 32 bytes, counted in bytes: 16 two-byte characters are enough.
+        assert!(config(&[("JWT_SECRET", &"s".repeat(32))]).is_ok());
+        assert!(config(&[("JWT_SECRET", &"é".repeat(16))]).is_ok());
+        assert!(config(&[("JWT_SECRET", &"s".repeat(31))]).is_err());
+        // Surrounding whitespace does not count.
+        assert!(config(&[("JWT_SECRET", &format!(" {} ", "s".repeat(31)))]).is_err());
+    }
+
+    #[test]
+    fn jwt_audience_issuer_and_lifetime() {
+        let c = config(&[]).unwrap();
+        assert_eq!(
+            (c.jwt_audience.as_deref(), c.jwt_issuer.as_deref()),
+            (None, None)
+        );
+        assert_eq!(c.jwt_max_lifetime_ms, 86_400_000);
+        let c = config(&[
+            ("JWT_AUDIENCE", " https://chat.example "),
+            ("JWT_ISSUER", "https://auth.example"),
+            ("JWT_MAX_LIFETIME_S", "600"),
+        ])
+        .unwrap();
+        assert_eq!(c.jwt_audience.as_deref(), Some("https://chat.example"));
+        assert_eq!(c.jwt_issuer.as_deref(), Some("https://auth.example"));
+        assert_eq!(c.jwt_max_lifetime_ms, 600_000);
+    }
+
+    #[test]
+    fn plain_http_upstream_only_on_loopback() {
+        for ok in [
+            "http://127.0.0.1:8788",
+            "http://127.0.0.1",
+            "http://[::1]:8788/",
+            "http://localhost:8788",
+            "http://LOCALHOST",
+            "https://api.anthropic.com",
+            "https://api.anthropic.com:443/",
+            "https://gateway.example/anthropic",
+            "https://[2001:db8::1]:8443",
+        ] {
+            assert!(config(&[("UPSTREAM_URL", ok)]).is_ok(), "{ok}");
+        }
+        for bad in [
+            "http://api.anthropic.com",
+            "http://10.0.0.5:8080",
+            "http://127.0.0.2",
+            "http://localhost.evil.example",
+            "http://127.0.0.1.nip.io",
+            "http://[::2]",
+            "http://[::1",
+            "http://127.0.0.1:",
+            "http://127.0.0.1:80x",
+            "http://127.0.0.1:123456",
+            "https://api.anthropic.com:https",
+            "http://evil.example\\@127.0.0.1",
+        ] {
+            let err = config(&[("UPSTREAM_URL", bad)]).unwrap_err();
+            assert_eq!(err.variable, "UPSTREAM_URL", "{bad}");
+        }
+        let err = config(&[("UPSTREAM_URL", "http://api.anthropic.com")]).unwrap_err();
+        assert!(err.problem.contains("loopback"), "{}", err.problem);
+    }
+
+    #[test]
+    fn regression_client_ids_could_collide_with_token_subjects() {
+        // A client id "token:alice" was the identity of a token with sub "alice": the two
+        // callers shared one limiter.
+        for id in [
+            "token:alice",
+            "passthrough:0123abcd",
+            "TOKEN:alice",
+            "Passthrough:x",
+        ] {
+            let keys = format!(r#"{{"ck_0123456789abcdef": {{"id": "{id}"}}}}"#);
+            let err = config(&[("CLIENT_KEYS", &keys)]).unwrap_err();
+            assert_eq!(err.variable, "CLIENT_KEYS", "{id}");
+            assert!(err.problem.contains("reserved"), "{}", err.problem);
+            assert!(!err.problem.contains("ck_0123456789abcdef"));
+        }
+        // The prefixes only matter at the start.
+        let ok = config(&[(
+            "CLIENT_KEYS",
+            r#"{"ck_0123456789abcdef": {"id": "my-token:alice"}, "ck_0123456789abcdeg": {"id": "token"}}"#,
+        )]);
+        assert!(ok.is_ok());
+    }
+
+    #[test]
+    fn the_public_hears_only_the_variable() {
+        let err = config(&[("RATE_LIMITS", r#"{"default": {"rpm": "fifty"}}"#)]).unwrap_err();
+        assert_eq!(
+            err.public_message(),
+            "the proxy is misconfigured: RATE_LIMITS"
+        );
+        assert!(
+            err.detail().contains("positive integers"),
+            "{}",
+            err.detail()
+        );
+        let answer = crate::error::ProxyError::Misconfigured(err.clone());
+        assert_eq!(answer.status(), 500);
+        assert_eq!(answer.message(), err.public_message());
+        assert!(!answer.answer("req_x").body.contains("positive integers"));
+    }
+
+    #[test]
+    fn a_missing_upstream_key_is_reported_when_managed_callers_need_it() {
+        let keys = ("CLIENT_KEYS", r#"{"ck_0123456789abcdef": {"id": "a"}}"#);
+        assert_eq!(
+            config(&[keys]).unwrap().missing_for_managed_callers(),
+            Some("ANTHROPIC_API_KEY")
+        );
+        assert_eq!(
+            config(&[("JWT_SECRET", &"s".repeat(32))])
+                .unwrap()
+                .missing_for_managed_callers(),
+            Some("ANTHROPIC_API_KEY")
+        );
+        assert_eq!(
+            config(&[keys, ("ANTHROPIC_API_KEY", "sk-ant-x")])
+                .unwrap()
+                .missing_for_managed_callers(),
+            None
+        );
+        // Passthrough only: nobody needs it.
+        assert_eq!(
+            config(&[("ALLOW_PASSTHROUGH_KEYS", "true")])
+                .unwrap()
+                .missing_for_managed_callers(),
+            None
+        );
     }
 
     #[test]
@@ -437,7 +786,7 @@ mod tests {
         assert_eq!(err.variable, "CLIENT_KEYS");
         assert!(!err.problem.contains("ck_0123456789abcdef"));
         let ok = config(&[
-            ("RATE_LIMITS", r#"{"gold": {"rpm": 5}}"#),
+            ("RATE_LIMITS", r#"{"default": {}, "gold": {"rpm": 5}}"#),
             (
                 "CLIENT_KEYS",
                 r#"{"ck_0123456789abcdef": {"id": "a", "tier": "gold"}}"#,
@@ -490,7 +839,7 @@ mod tests {
     }
 
     #[test]
-    fn unknown_tier_is_unlimited() {
+    fn explicit_empty_default_is_unlimited() {
         let c = config(&[("RATE_LIMITS", r#"{"default": {}}"#)]).unwrap();
         assert_eq!(c.tier_limits("nope"), TierLimits::default());
         assert_eq!(c.tier_limits(DEFAULT_TIER), TierLimits::default());

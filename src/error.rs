@@ -240,7 +240,7 @@ impl ProxyError {
                 "the upstream could not be reached; retry in {} s",
                 whole_seconds(*retry_after_ms)
             ),
-            ProxyError::Misconfigured(e) => format!("the proxy is misconfigured: {e}"),
+            ProxyError::Misconfigured(e) => e.public_message(),
             ProxyError::MissingSecret(name) => {
                 format!("the proxy is misconfigured: {name} is not set")
             }

@@ -6,8 +6,8 @@
 //!
 //! Holds for every input:
 //! - a body is accepted only if it is UTF-8 and one JSON object (after whitespace or a BOM);
-//! - an accepted `/v1/messages` body has a non-empty `model` and `max_tokens` ≥ 1, agreeing
-//!   with what a full JSON parse of those fields reads;
+//! - an accepted `/v1/messages` body has a non-empty `model` of at most 256 bytes and
+//!   `max_tokens` ≥ 1, agreeing with what a full JSON parse of those fields reads;
 //! - the input estimate is `len / 3 + 1`;
 //! - a refusal is a 400 `invalid_request_error` with a message.
 
@@ -42,6 +42,7 @@ pub fn check(data: &[u8]) {
             );
             assert_eq!(facts.input_tokens_estimate, estimate_input_tokens(body.len()));
             assert_eq!(estimate_input_tokens(body.len()), body.len() as u64 / 3 + 1);
+            assert!(facts.model.as_ref().is_none_or(|m| m.len() <= 256), "accepted a model over 256 bytes");
             if route == Route::Messages {
                 let model = facts.model.as_deref().expect("accepted a message without model");
                 assert!(!model.is_empty());

@@ -6,8 +6,10 @@
 //! - an error names one of the contract's variables, and neither it nor a valid config's
 //!   `Debug` ever contains a secret (client keys, `ANTHROPIC_API_KEY`, `JWT_SECRET`);
 //! - a valid config is within the documented ranges: budgets and timeouts 1 ms..1 h,
-//!   `MAX_ATTEMPTS` 1..=100, backoff max ≥ base, keys of 16+ characters whose tiers exist,
-//!   an `http(s)://` upstream without a trailing slash;
+//!   `MAX_ATTEMPTS` 1..=100, backoff max ≥ base, keys of 16+ characters whose tiers exist and
+//!   whose ids carry no reserved prefix, a `default` tier, a `JWT_SECRET` of 32+ bytes, a
+//!   token lifetime of 1 s..1 year, an `https://` upstream (or `http://` on loopback) without
+//!   a trailing slash;
 //! - parsing is deterministic.
 
 use std::collections::BTreeMap;
@@ -52,6 +54,16 @@ pub fn check(data: &[u8]) {
             }
             assert!(c.upstream_url.starts_with("https://") || c.upstream_url.starts_with("http://"));
             assert!(!c.upstream_url.ends_with('/'));
+            if let Some(rest) = c.upstream_url.strip_prefix("http://") {
+                let host = rest.split('/').next().unwrap_or_default().to_ascii_lowercase();
+                assert!(
+                    ["127.0.0.1", "[::1]", "localhost"].iter().any(|h| host == *h || host.starts_with(&format!("{h}:"))),
+                    "plain http to {host}"
+                );
+            }
+            assert!(c.rate_limits.contains_key("default"), "no default tier");
+            assert!(c.jwt_secret.as_ref().is_none_or(|s| s.expose().len() >= 32), "a short JWT_SECRET");
+            assert!((1_000..=31_536_000_000).contains(&c.jwt_max_lifetime_ms));
             for ms in [c.request_budget_ms, c.attempt_timeout_ms, c.backoff_base_ms, c.backoff_max_ms] {
                 assert!((1..=3_600_000).contains(&ms), "{ms} ms out of range");
             }
@@ -62,6 +74,8 @@ pub fn check(data: &[u8]) {
                 assert!(key.expose().len() >= 16);
                 assert!(!entry.id.is_empty() && entry.id.len() <= 256);
                 assert!(entry.tier == "default" || c.rate_limits.contains_key(&entry.tier));
+                let id = entry.id.to_ascii_lowercase();
+                assert!(!id.starts_with("token:") && !id.starts_with("passthrough:"), "reserved id {:?}", entry.id);
             }
         }
     }
@@ -96,11 +110,32 @@ fn plausible(name: &str, u: &mut Unstructured<'_>) -> Result<String> {
     Ok(match name {
         "UPSTREAM_URL" => {
             let scheme = *u.choose(&["https://", "http://", "ftp://", ""])?;
-            let host = *u.choose(&["api.anthropic.com", "127.0.0.1:8788", "user@host", "", "h/x?y", "a b"])?;
+            let host = *u.choose(&[
+                "api.anthropic.com",
+                "127.0.0.1:8788",
+                "[::1]:8788",
+                "localhost",
+                "localhost.evil.example",
+                "127.0.0.1:x",
+                "[::1",
+                "user@host",
+                "",
+                "h/x?y",
+                "a b",
+            ])?;
             let slash = if u.arbitrary()? { "/" } else { "" };
             format!("{scheme}{host}{slash}")
         }
         "ANTHROPIC_API_KEY" | "JWT_SECRET" => format!("{MARKER}{}", u.arbitrary::<String>()?),
+        "JWT_AUDIENCE" | "JWT_ISSUER" => (*u.choose(&["chat", "https://auth.example", "a\u{7}b", ""])?).to_string(),
+        "JWT_MAX_LIFETIME_S" => {
+            let n: u64 = match u.int_in_range(0u8..=2)? {
+                0 => u.int_in_range(0..=100_000)?,
+                1 => u.int_in_range(31_535_000..=31_537_000)?,
+                _ => u.arbitrary()?,
+            };
+            n.to_string()
+        }
         "ALLOWED_ORIGINS" => {
             if u.ratio(1u8, 8)? {
                 "*".to_string()
@@ -118,7 +153,7 @@ fn plausible(name: &str, u: &mut Unstructured<'_>) -> Result<String> {
         "RATE_LIMITS" => {
             let mut tiers = serde_json::Map::new();
             for _ in 0..u.int_in_range(0..=3)? {
-                let tier = u.choose(&["default", "pro", "free", ""])?.to_string();
+                let tier = u.choose(&["default", "default", "pro", "free", ""])?.to_string();
                 let mut limits = serde_json::Map::new();
                 for dim in ["rpm", "input_tpm", "output_tpm", "concurrency", "rpn"] {
                     if u.ratio(1u8, 2)? {
@@ -136,7 +171,8 @@ fn plausible(name: &str, u: &mut Unstructured<'_>) -> Result<String> {
                 let mut entry = serde_json::Map::new();
                 if u.ratio(7u8, 8)? {
                     let id: String = u.arbitrary()?;
-                    entry.insert("id".to_string(), id.replace(MARKER, "").into());
+                    let prefix = *u.choose(&["", "", "", "token:", "passthrough:", "Token:"])?;
+                    entry.insert("id".to_string(), format!("{prefix}{}", id.replace(MARKER, "")).into());
                 }
                 if u.arbitrary()? {
                     entry.insert("tier".to_string(), u.choose(&["default", "pro", "gold"])?.to_string().into());

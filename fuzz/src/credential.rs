@@ -30,7 +30,7 @@ fn config() -> &'static Config {
         let vars: HashMap<&str, String> = HashMap::from([
             ("CLIENT_KEYS", format!(r#"{{"{CLIENT_KEY}": {{"id": "alice", "tier": "pro"}}}}"#)),
             ("RATE_LIMITS", r#"{"default": {"rpm": 5}, "pro": {"rpm": 50}}"#.to_string()),
-            ("JWT_SECRET", "fuzz-secret-0123456789abcdef".to_string()),
+            ("JWT_SECRET", "fuzz-secret-0123456789abcdef-0123".to_string()),
             ("ALLOW_PASSTHROUGH_KEYS", "true".to_string()),
         ]);
         Config::from_lookup(|name| vars.get(name).cloned()).expect("the fuzz configuration is valid")

@@ -7,7 +7,10 @@
 //! - a routed path is one of the fixed routes; a model id never climbs (`/`, `.`, `%`, `\`);
 //!   only `OPTIONS` is a preflight, and a wrong method is a 405 naming the allowed one;
 //! - the client's budget header never lengthens the budget;
-//! - credentials and `x-proxy-*` never go upstream, in any case of the name.
+//! - credentials and `x-proxy-*` never go upstream, in any case of the name;
+//! - only allow-listed headers come back downstream: a fixed set and `anthropic-*`, never
+//!   the upstream key's `anthropic-ratelimit-*` / `anthropic-priority-*` or the
+//!   organization's id.
 
 use breakwater::request::headers::{forward_downstream, forward_upstream};
 use breakwater::retry::RetryPolicy;
@@ -64,7 +67,18 @@ pub fn check(data: &[u8]) {
         assert!(!forward_upstream(&header), "{header:?} would go upstream");
     }
     assert_eq!(forward_upstream(&header), forward_upstream(&lower), "case matters for {header:?}");
-    if lower.starts_with("anthropic-ratelimit-") {
+    if lower.starts_with("anthropic-ratelimit-")
+        || lower.starts_with("anthropic-priority-")
+        || lower == "anthropic-organization-id"
+    {
         assert!(!forward_downstream(&header), "{header:?} would reach the client");
     }
+    if forward_downstream(&header) {
+        let allowed = ["content-type", "request-id", "retry-after", "retry-after-ms", "x-should-retry", "cache-control"];
+        assert!(
+            allowed.contains(&lower.as_str()) || lower.starts_with("anthropic-"),
+            "{header:?} is not on the allow-list"
+        );
+    }
+    assert_eq!(forward_downstream(&header), forward_downstream(&lower), "case matters downstream for {header:?}");
 }

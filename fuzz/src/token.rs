@@ -5,7 +5,8 @@
 //!
 //! Holds for every input:
 //! - anything `verify` accepts also `looks_like_jwt`, and its claims are in range (`sub` of
-//!   1 to 256 characters without control characters, a well-formed `tier`, not expired);
+//!   1 to 256 characters without control characters, a well-formed `tier`, not expired, and
+//!   expiring within the default lifetime of a day);
 //! - a well-formed HS256 token of at most 8 KiB with valid claims, signed with the secret, is
 //!   accepted and gives back its `sub` and `tier`;
 //! - a token altered in any character, or checked with another secret, is refused;
@@ -16,14 +17,16 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use std::sync::OnceLock;
 
-use breakwater::identity::token::{looks_like_jwt, verify, TokenClaims, TokenError, LEEWAY_MS, MAX_SUB_CHARS, MAX_TOKEN_LEN};
+use breakwater::identity::token::{
+    looks_like_jwt, verify, TokenClaims, TokenError, DEFAULT_MAX_LIFETIME_MS, LEEWAY_MS, MAX_SUB_CHARS, MAX_TOKEN_LEN,
+};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
 use crate::{split_at_byte, text};
 
 const NOW_MS: u64 = 1_800_000_000_000;
-const DEFAULT_SECRET: &str = "fuzz-secret-0123456789abcdef";
+const DEFAULT_SECRET: &str = "fuzz-secret-0123456789abcdef-0123";
 
 pub fn check(data: &[u8]) {
     let Some((&mode, rest)) = data.split_first() else { return };
@@ -49,6 +52,10 @@ fn check_raw(token: &str, secret: &[u8]) -> Option<TokenClaims> {
                 assert!(!tier.is_empty() && tier.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-'));
             }
             assert!(NOW_MS < claims.exp_ms.saturating_add(LEEWAY_MS), "an expired token was accepted");
+            assert!(
+                claims.exp_ms <= NOW_MS + DEFAULT_MAX_LIFETIME_MS + LEEWAY_MS,
+                "a token living longer than a day was accepted"
+            );
             Some(claims)
         }
         Err(e) => {
@@ -164,8 +171,22 @@ pub(crate) fn fixed_messages() -> &'static [String] {
     static MESSAGES: OnceLock<Vec<String>> = OnceLock::new();
     MESSAGES.get_or_init(|| {
         use TokenError::*;
-        let claims = ["exp", "nbf", "iat", "sub", "tier"].map(InvalidClaim);
-        [NoSecret, TooLong, Malformed, UnsupportedAlgorithm, BadSignature, MissingExp, MissingSub, Expired, NotYetValid, IssuedInFuture]
+        let claims = ["exp", "nbf", "iat", "sub", "tier", "aud", "iss"].map(InvalidClaim);
+        [
+            NoSecret,
+            TooLong,
+            Malformed,
+            UnsupportedAlgorithm,
+            BadSignature,
+            MissingExp,
+            MissingSub,
+            Expired,
+            NotYetValid,
+            IssuedInFuture,
+            LifetimeTooLong,
+            WrongAudience,
+            WrongIssuer,
+        ]
             .into_iter()
             .chain(claims)
             .map(|e| e.to_string())

@@ -1,12 +1,32 @@
 //! Who is calling: the credential, the caller's identity and tier, and the upstream key.
 //!
 //! The identity is what rate limits are kept per. It is never the credential itself: client
-//! keys map to their configured `id`, passthrough keys to a fingerprint of the key.
+//! keys map to their configured `id`, tokens to `token:<sub>`, passthrough keys to
+//! `passthrough:<fingerprint of the key>`. Configuration refuses client ids with those
+//! prefixes, so the three kinds can never name the same identity.
 
 use crate::config::{Config, DEFAULT_TIER};
 use crate::error::ProxyError;
 use crate::identity::token;
 use crate::identity::{fingerprint, Secret};
+
+/// The prefix of a signed token's identity (`token:<sub>`).
+pub const TOKEN_PREFIX: &str = "token:";
+
+/// The prefix of a passthrough caller's identity (`passthrough:<fingerprint>`).
+pub const PASSTHROUGH_PREFIX: &str = "passthrough:";
+
+/// Prefixes no client id in `CLIENT_KEYS` may start with (compared without regard to case).
+pub const RESERVED_ID_PREFIXES: &[&str] = &[TOKEN_PREFIX, PASSTHROUGH_PREFIX];
+
+/// What token verification requires beyond a good signature, from the configuration.
+fn token_requirements(config: &Config) -> token::Requirements<'_> {
+    token::Requirements {
+        audience: config.jwt_audience.as_deref(),
+        issuer: config.jwt_issuer.as_deref(),
+        max_lifetime_ms: config.jwt_max_lifetime_ms,
+    }
+}
 
 /// Which upstream key a caller's requests are forwarded with.
 #[derive(Debug, Clone)]
@@ -77,8 +97,13 @@ pub fn authenticate(config: &Config, presented: &str, now_ms: u64) -> Result<Cal
     }
     if let Some(secret) = &config.jwt_secret {
         if token::looks_like_jwt(presented) {
-            let claims = token::verify(presented, secret.expose().as_bytes(), now_ms)
-                .map_err(|e| ProxyError::Unauthenticated(format!("invalid token: {e}")))?;
+            let claims = token::verify_with(
+                presented,
+                secret.expose().as_bytes(),
+                now_ms,
+                &token_requirements(config),
+            )
+            .map_err(|e| ProxyError::Unauthenticated(format!("invalid token: {e}")))?;
             let tier = claims.tier.unwrap_or_else(|| DEFAULT_TIER.to_string());
             if tier != DEFAULT_TIER && !config.rate_limits.contains_key(&tier) {
                 return Err(ProxyError::Unauthenticated(format!(
@@ -88,7 +113,7 @@ pub fn authenticate(config: &Config, presented: &str, now_ms: u64) -> Result<Cal
             // Token subjects are named by the site's backend, possibly after its users; keep
             // them apart from client key ids so a user named like a key cannot share its limits.
             return Ok(Caller {
-                identity: format!("token:{}", claims.sub),
+                identity: format!("{TOKEN_PREFIX}{}", claims.sub),
                 tier,
                 upstream_key: UpstreamKey::Managed,
             });
@@ -111,7 +136,10 @@ pub fn authenticate(config: &Config, presented: &str, now_ms: u64) -> Result<Cal
     }
     if config.allow_passthrough_keys && looks_like_anthropic_key(presented) {
         return Ok(Caller {
-            identity: format!("passthrough:{}", fingerprint("passthrough", presented)),
+            identity: format!(
+                "{PASSTHROUGH_PREFIX}{}",
+                fingerprint("passthrough", presented)
+            ),
             tier: DEFAULT_TIER.to_string(),
             upstream_key: UpstreamKey::Passthrough(Secret::new(presented)),
         });
@@ -211,7 +239,7 @@ mod tests {
 
     #[test]
     fn signed_tokens_come_first_and_carry_sub_and_tier() {
-        let secret = "jwt-secret-for-tests-0123456789";
+        let secret = "jwt-secret-for-tests-0123456789-abcdef";
         let c = config(&[
             ("JWT_SECRET", secret),
             ("CLIENT_KEYS", KEYS),
@@ -234,7 +262,7 @@ mod tests {
             &format!(r#"{{"sub":"alice","exp":{}}}"#, NOW / 1000 - 3600),
         );
         let forged = mint(
-            "another-secret-entirely-000000",
+            "another-secret-entirely-0000000000000000",
             &format!(r#"{{"sub":"alice","exp":{exp}}}"#),
         );
         let unknown_tier = mint(
@@ -256,10 +284,75 @@ mod tests {
     }
 
     #[test]
+    fn configured_audience_issuer_and_lifetime_are_enforced() {
+        let secret = "jwt-secret-for-tests-0123456789-abcdef";
+        let c = config(&[
+            ("JWT_SECRET", secret),
+            ("JWT_AUDIENCE", "chat"),
+            ("JWT_ISSUER", "https://auth.example"),
+            ("JWT_MAX_LIFETIME_S", "600"),
+        ]);
+        let exp = NOW / 1000 + 300;
+        let good = mint(
+            secret,
+            &format!(r#"{{"sub":"a","exp":{exp},"aud":["chat"],"iss":"https://auth.example"}}"#),
+        );
+        assert_eq!(authenticate(&c, &good, NOW).unwrap().identity, "token:a");
+        let cases = [
+            (
+                format!(r#"{{"sub":"a","exp":{exp},"iss":"https://auth.example"}}"#),
+                "audience",
+            ),
+            (
+                format!(r#"{{"sub":"a","exp":{exp},"aud":"chat","iss":"https://other.example"}}"#),
+                "issuer",
+            ),
+            (
+                format!(
+                    r#"{{"sub":"a","exp":{},"aud":"chat","iss":"https://auth.example"}}"#,
+                    NOW / 1000 + 3600
+                ),
+                "lifetime too long",
+            ),
+        ];
+        for (claims, why) in cases {
+            let err = authenticate(&c, &mint(secret, &claims), NOW).unwrap_err();
+            assert_eq!(err.status(), 401, "{claims}");
+            assert_eq!(err.error_type(), "authentication_error");
+            assert!(err.message().contains(why), "{}", err.message());
+        }
+    }
+
+    #[test]
+    fn token_and_client_identities_never_meet() {
+        // The id a token for sub "alice" gets cannot be configured for a client key.
+        let secret = "jwt-secret-for-tests-0123456789-abcdef";
+        let c = config(&[
+            ("JWT_SECRET", secret),
+            ("CLIENT_KEYS", KEYS),
+            ("RATE_LIMITS", TIERS),
+        ]);
+        let token = mint(
+            secret,
+            &format!(r#"{{"sub":"alice","exp":{}}}"#, NOW / 1000 + 60),
+        );
+        let from_token = authenticate(&c, &token, NOW).unwrap().identity;
+        let from_key = authenticate(&c, "ck_alice_0123456789", NOW)
+            .unwrap()
+            .identity;
+        assert_ne!(from_token, from_key);
+        assert!(from_token.starts_with(TOKEN_PREFIX));
+        let colliding = format!(r#"{{"ck_alice_0123456789": {{"id": "{from_token}"}}}}"#);
+        let map: HashMap<String, String> = [("CLIENT_KEYS".to_string(), colliding)].into();
+        let err = Config::from_lookup(|name| map.get(name).cloned()).unwrap_err();
+        assert_eq!(err.variable, "CLIENT_KEYS");
+    }
+
+    #[test]
     fn tokens_are_refused_without_a_jwt_secret() {
         let c = config(&[("CLIENT_KEYS", KEYS), ("RATE_LIMITS", TIERS)]);
         let token = mint(
-            "whatever-secret-0000000000",
+            "whatever-secret-00000000000000000000",
             &format!(r#"{{"sub":"a","exp":{}}}"#, NOW / 1000 + 60),
         );
         assert_eq!(authenticate(&c, &token, NOW).unwrap_err().status(), 401);

@@ -5,7 +5,10 @@ mod auth;
 pub mod secret;
 pub mod token;
 
-pub use auth::{authenticate, credential, Caller, UpstreamKey};
+pub use auth::{
+    authenticate, credential, Caller, UpstreamKey, PASSTHROUGH_PREFIX, RESERVED_ID_PREFIXES,
+    TOKEN_PREFIX,
+};
 pub use secret::{fingerprint, Secret};
 
 impl Caller {

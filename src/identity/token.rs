@@ -3,8 +3,9 @@
 //! A browser cannot hold a client key safely, so a site's backend mints a token for its user
 //! with the shared `JWT_SECRET`, and the browser presents it as its credential. This module
 //! only verifies such a token: structure, algorithm (HS256 and nothing else), signature in
-//! constant time, and the `exp`/`nbf`/`iat` claims against a time passed in by the caller (no
-//! clock is read here, so it runs the same on the host and in the Worker). The crypto is the
+//! constant time, the `exp`/`nbf`/`iat` claims against a time passed in by the caller (no
+//! clock is read here, so it runs the same on the host and in the Worker), the token's
+//! lifetime, and, when the deployment asks for them, `aud` and `iss`. The crypto is the
 //! RustCrypto `hmac` and `sha2` crates; the few lines of JWT framing are here.
 //!
 //! Errors name a short reason and never carry the token, its claims or the secret.
@@ -29,6 +30,31 @@ pub const MAX_SUB_CHARS: usize = 256;
 
 /// Longest `tier`, in characters.
 pub const MAX_TIER_CHARS: usize = 64;
+
+/// The longest lifetime accepted when nothing else is asked: one day (`JWT_MAX_LIFETIME_S`).
+pub const DEFAULT_MAX_LIFETIME_MS: u64 = 86_400_000;
+
+/// What a token must satisfy beyond its signature and its time claims.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Requirements<'a> {
+    /// When set, `aud` (a string or an array of strings) must contain it.
+    pub audience: Option<&'a str>,
+    /// When set, `iss` must equal it.
+    pub issuer: Option<&'a str>,
+    /// `exp` may lie at most this far after now (plus [`LEEWAY_MS`]): a token minted for a
+    /// year cannot be revoked short of rotating the secret.
+    pub max_lifetime_ms: u64,
+}
+
+impl Default for Requirements<'_> {
+    fn default() -> Self {
+        Requirements {
+            audience: None,
+            issuer: None,
+            max_lifetime_ms: DEFAULT_MAX_LIFETIME_MS,
+        }
+    }
+}
 
 /// What a verified token says about its caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,6 +93,12 @@ pub enum TokenError {
     NotYetValid,
     /// `iat` is in the future, beyond the leeway.
     IssuedInFuture,
+    /// `exp` lies further ahead than the longest lifetime allowed.
+    LifetimeTooLong,
+    /// An audience is required and `aud` is missing or does not contain it.
+    WrongAudience,
+    /// An issuer is required and `iss` is missing or another.
+    WrongIssuer,
 }
 
 impl fmt::Display for TokenError {
@@ -83,6 +115,9 @@ impl fmt::Display for TokenError {
             TokenError::Expired => f.write_str("token expired"),
             TokenError::NotYetValid => f.write_str("token not yet valid"),
             TokenError::IssuedInFuture => f.write_str("token issued in the future"),
+            TokenError::LifetimeTooLong => f.write_str("token lifetime too long"),
+            TokenError::WrongAudience => f.write_str("token not meant for this audience"),
+            TokenError::WrongIssuer => f.write_str("token from another issuer"),
         }
     }
 }
@@ -110,11 +145,24 @@ pub fn looks_like_jwt(credential: &str) -> bool {
 }
 
 /// Verifies an HS256 JWT with `secret` at time `now_ms` (milliseconds since the Unix epoch) and
-/// returns its claims.
+/// returns its claims, with the default [`Requirements`] (no audience or issuer, a lifetime
+/// of at most a day).
+pub fn verify(token: &str, secret: &[u8], now_ms: u64) -> Result<TokenClaims, TokenError> {
+    verify_with(token, secret, now_ms, &Requirements::default())
+}
+
+/// Verifies an HS256 JWT with `secret` at time `now_ms` (milliseconds since the Unix epoch)
+/// against `required`, and returns its claims.
 ///
 /// The signature is checked (in constant time) before the payload is read. `exp` and `sub` are
-/// required; `nbf` and `iat` are checked when present; [`LEEWAY_MS`] of clock skew is allowed.
-pub fn verify(token: &str, secret: &[u8], now_ms: u64) -> Result<TokenClaims, TokenError> {
+/// required; `nbf` and `iat` are checked when present; [`LEEWAY_MS`] of clock skew is allowed;
+/// `aud` and `iss` are checked when `required` names them.
+pub fn verify_with(
+    token: &str,
+    secret: &[u8],
+    now_ms: u64,
+    required: &Requirements<'_>,
+) -> Result<TokenClaims, TokenError> {
     if secret.is_empty() {
         return Err(TokenError::NoSecret);
     }
@@ -135,7 +183,7 @@ pub fn verify(token: &str, secret: &[u8], now_ms: u64) -> Result<TokenClaims, To
     mac.verify_slice(&signature)
         .map_err(|_| TokenError::BadSignature)?;
 
-    check_claims(&decode_segment(payload)?, now_ms)
+    check_claims(&decode_segment(payload)?, now_ms, required)
 }
 
 /// The header fields looked at. Duplicate fields are refused (by serde) as malformed.
@@ -167,9 +215,15 @@ struct RawClaims {
     nbf: Option<Value>,
     iat: Option<Value>,
     tier: Option<Value>,
+    aud: Option<Value>,
+    iss: Option<Value>,
 }
 
-fn check_claims(bytes: &[u8], now_ms: u64) -> Result<TokenClaims, TokenError> {
+fn check_claims(
+    bytes: &[u8],
+    now_ms: u64,
+    required: &Requirements<'_>,
+) -> Result<TokenClaims, TokenError> {
     let claims: RawClaims = parse_object(bytes)?;
 
     let exp_ms = match &claims.exp {
@@ -204,6 +258,37 @@ fn check_claims(bytes: &[u8], now_ms: u64) -> Result<TokenClaims, TokenError> {
     }
     if iat_ms.is_some_and(|iat| iat > now_ms.saturating_add(LEEWAY_MS)) {
         return Err(TokenError::IssuedInFuture);
+    }
+    if exp_ms
+        > now_ms
+            .saturating_add(required.max_lifetime_ms)
+            .saturating_add(LEEWAY_MS)
+    {
+        return Err(TokenError::LifetimeTooLong);
+    }
+    if let Some(audience) = required.audience {
+        // RFC 7519 §4.1.3: a single string, or an array of strings one of which must match.
+        let matches = match &claims.aud {
+            None => false,
+            Some(Value::String(aud)) => aud == audience,
+            Some(Value::Array(list)) => {
+                if !list.iter().all(Value::is_string) {
+                    return Err(TokenError::InvalidClaim("aud"));
+                }
+                list.iter().any(|aud| aud.as_str() == Some(audience))
+            }
+            Some(_) => return Err(TokenError::InvalidClaim("aud")),
+        };
+        if !matches {
+            return Err(TokenError::WrongAudience);
+        }
+    }
+    if let Some(issuer) = required.issuer {
+        match &claims.iss {
+            Some(Value::String(iss)) if iss == issuer => {}
+            None | Some(Value::String(_)) => return Err(TokenError::WrongIssuer),
+            Some(_) => return Err(TokenError::InvalidClaim("iss")),
+        }
     }
     Ok(TokenClaims { sub, tier, exp_ms })
 }
@@ -680,6 +765,149 @@ mod tests {
         assert_eq!(
             TokenError::InvalidClaim("tier").to_string(),
             "invalid tier claim"
+        );
+    }
+
+    fn required<'a>(audience: Option<&'a str>, issuer: Option<&'a str>) -> Requirements<'a> {
+        Requirements {
+            audience,
+            issuer,
+            ..Requirements::default()
+        }
+    }
+
+    #[test]
+    fn audience_is_checked_when_required() {
+        let exp = exp_in(300);
+        let want = required(Some("https://chat.example"), None);
+        for ok in [
+            format!(r#"{{"sub":"u","exp":{exp},"aud":"https://chat.example"}}"#),
+            format!(r#"{{"sub":"u","exp":{exp},"aud":["other","https://chat.example"]}}"#),
+        ] {
+            assert!(
+                verify_with(&mint(&ok), SECRET, NOW_MS, &want).is_ok(),
+                "{ok}"
+            );
+        }
+        for (payload, expected) in [
+            (
+                format!(r#"{{"sub":"u","exp":{exp}}}"#),
+                TokenError::WrongAudience,
+            ),
+            (
+                format!(r#"{{"sub":"u","exp":{exp},"aud":"https://evil.example"}}"#),
+                TokenError::WrongAudience,
+            ),
+            (
+                format!(r#"{{"sub":"u","exp":{exp},"aud":["a","b"]}}"#),
+                TokenError::WrongAudience,
+            ),
+            (
+                format!(r#"{{"sub":"u","exp":{exp},"aud":[]}}"#),
+                TokenError::WrongAudience,
+            ),
+            (
+                format!(r#"{{"sub":"u","exp":{exp},"aud":"HTTPS://CHAT.EXAMPLE"}}"#),
+                TokenError::WrongAudience,
+            ),
+            (
+                format!(r#"{{"sub":"u","exp":{exp},"aud":7}}"#),
+                TokenError::InvalidClaim("aud"),
+            ),
+            (
+                format!(r#"{{"sub":"u","exp":{exp},"aud":["https://chat.example",7]}}"#),
+                TokenError::InvalidClaim("aud"),
+            ),
+            (
+                format!(r#"{{"sub":"u","exp":{exp},"aud":"a","aud":"https://chat.example"}}"#),
+                TokenError::Malformed,
+            ),
+        ] {
+            assert_eq!(
+                verify_with(&mint(&payload), SECRET, NOW_MS, &want),
+                Err(expected),
+                "{payload}"
+            );
+        }
+        // Without a required audience, `aud` is not looked at.
+        let odd = mint(&format!(r#"{{"sub":"u","exp":{exp},"aud":7}}"#));
+        assert!(verify(&odd, SECRET, NOW_MS).is_ok());
+    }
+
+    #[test]
+    fn issuer_is_checked_when_required() {
+        let exp = exp_in(300);
+        let want = required(None, Some("https://auth.example"));
+        let good = mint(&format!(
+            r#"{{"sub":"u","exp":{exp},"iss":"https://auth.example"}}"#
+        ));
+        assert!(verify_with(&good, SECRET, NOW_MS, &want).is_ok());
+        for (payload, expected) in [
+            (
+                format!(r#"{{"sub":"u","exp":{exp}}}"#),
+                TokenError::WrongIssuer,
+            ),
+            (
+                format!(r#"{{"sub":"u","exp":{exp},"iss":"https://auth.example/"}}"#),
+                TokenError::WrongIssuer,
+            ),
+            (
+                format!(r#"{{"sub":"u","exp":{exp},"iss":["https://auth.example"]}}"#),
+                TokenError::InvalidClaim("iss"),
+            ),
+        ] {
+            assert_eq!(
+                verify_with(&mint(&payload), SECRET, NOW_MS, &want),
+                Err(expected),
+                "{payload}"
+            );
+        }
+        // Both at once.
+        let both = required(Some("chat"), Some("https://auth.example"));
+        let token = mint(&format!(
+            r#"{{"sub":"u","exp":{exp},"iss":"https://auth.example","aud":"chat"}}"#
+        ));
+        assert!(verify_with(&token, SECRET, NOW_MS, &both).is_ok());
+        assert_eq!(
+            verify_with(&good, SECRET, NOW_MS, &both),
+            Err(TokenError::WrongAudience)
+        );
+    }
+
+    #[test]
+    fn lifetime_is_capped() {
+        // The default cap is a day, give or take the leeway.
+        let day = 86_400;
+        let within = mint(&format!(r#"{{"sub":"u","exp":{}}}"#, exp_in(day + 20)));
+        assert!(verify(&within, SECRET, NOW_MS).is_ok());
+        for seconds in [day + 31, 2 * day, 365 * day] {
+            let token = mint(&format!(r#"{{"sub":"u","exp":{}}}"#, exp_in(seconds)));
+            assert_eq!(
+                verify(&token, SECRET, NOW_MS),
+                Err(TokenError::LifetimeTooLong),
+                "{seconds}"
+            );
+        }
+        let far = mint(&format!(r#"{{"sub":"u","exp":{}}}"#, u64::MAX));
+        assert_eq!(
+            verify(&far, SECRET, NOW_MS),
+            Err(TokenError::LifetimeTooLong)
+        );
+        // A shorter cap, as JWT_MAX_LIFETIME_S sets it.
+        let short = Requirements {
+            max_lifetime_ms: 600_000,
+            ..Requirements::default()
+        };
+        let ten_minutes = mint(&format!(r#"{{"sub":"u","exp":{}}}"#, exp_in(600)));
+        assert!(verify_with(&ten_minutes, SECRET, NOW_MS, &short).is_ok());
+        let hour = mint(&format!(r#"{{"sub":"u","exp":{}}}"#, exp_in(3600)));
+        assert_eq!(
+            verify_with(&hour, SECRET, NOW_MS, &short),
+            Err(TokenError::LifetimeTooLong)
+        );
+        assert_eq!(
+            TokenError::LifetimeTooLong.to_string(),
+            "token lifetime too long"
         );
     }
 

@@ -9,6 +9,10 @@ use serde::Deserialize;
 use crate::error::ProxyError;
 use crate::request::route::Route;
 
+/// Longest `model` accepted, in bytes. Model ids are a few dozen characters; the model names
+/// Durable Object state, log lines and fallback lookups, so an unbounded one is refused here.
+pub const MAX_MODEL_BYTES: usize = 256;
+
 /// The facts about a request body that admission and forwarding need.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct BodyFacts {
@@ -47,6 +51,11 @@ pub fn inspect(route: &Route, body: &[u8]) -> Result<BodyFacts, ProxyError> {
     })?;
     let model = match peek.model {
         None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::String(s)) if s.len() > MAX_MODEL_BYTES => {
+            return Err(ProxyError::InvalidRequest(format!(
+                "model: longer than {MAX_MODEL_BYTES} bytes"
+            )))
+        }
         Some(serde_json::Value::String(s)) if !s.is_empty() => Some(s),
         Some(_) => {
             return Err(ProxyError::InvalidRequest(
@@ -163,6 +172,25 @@ mod tests {
         assert!(bad(br#"{"model": "m", "max_tokens": 1.5}"#).contains("max_tokens"));
         assert!(bad(br#"{"model": 7, "max_tokens": 1}"#).contains("model"));
         assert!(bad(br#"{"model": "m", "max_tokens": 1, "stream": "yes"}"#).contains("stream"));
+    }
+
+    #[test]
+    fn model_is_at_most_256_bytes() {
+        let body = |model: &str| format!(r#"{{"model":"{model}","max_tokens":1}}"#);
+        let longest = "m".repeat(MAX_MODEL_BYTES);
+        assert_eq!(ok(&body(&longest)).model.as_deref(), Some(longest.as_str()));
+        let message = bad(body(&"m".repeat(MAX_MODEL_BYTES + 1)).as_bytes());
+        assert!(message.contains("256 bytes"), "{message}");
+        // Bytes, not characters: 129 two-byte characters are 258 bytes.
+        assert!(bad(body(&"é".repeat(129)).as_bytes()).contains("256 bytes"));
+        // count_tokens reads the model too.
+        let long = body(&"m".repeat(1000));
+        assert_eq!(
+            inspect(&Route::CountTokens, long.as_bytes())
+                .unwrap_err()
+                .status(),
+            400
+        );
     }
 
     #[test]

@@ -3,9 +3,12 @@
 //! Upstream: everything the client sends that the API understands (`anthropic-version`,
 //! `anthropic-beta`, content type, SDK telemetry) goes through unchanged; the caller's
 //! credential, hop-by-hop headers, cookies and the edge's own headers never do.
-//! Downstream: the upstream's answer comes back with its `request-id`, minus hop-by-hop and
-//! encoding headers (the runtime re-frames the body) and minus the upstream key's own
-//! `anthropic-ratelimit-*` figures, which describe a key the caller does not own.
+//! Downstream: an allow-list. The upstream's answer comes back with what clients and the SDKs
+//! read (`content-type`, `request-id`, the retry hints, `cache-control`) and the API's own
+//! `anthropic-*` headers, minus those that describe the upstream key and its organization
+//! (`anthropic-ratelimit-*`, `anthropic-priority-*`, `anthropic-organization-id`). Anything
+//! else (cookies, `server`, `via`, the upstream's CDN headers, whatever it adds tomorrow)
+//! stays behind; framing headers are the runtime's to set.
 
 /// Headers that never go upstream (lowercase). Credentials are replaced, hop-by-hop headers
 /// belong to one connection, and the rest would tell the upstream about the caller's browser.
@@ -44,27 +47,32 @@ pub fn forward_upstream(name: &str) -> bool {
         && !REQUEST_DROPPED_PREFIXES.iter().any(|p| name.starts_with(p))
 }
 
-const RESPONSE_DROPPED: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "transfer-encoding",
-    "content-length",
-    "content-encoding",
-    "trailer",
-    "upgrade",
-    "set-cookie",
-    "alt-svc",
-    "server",
-    "via",
+/// Upstream response headers passed back to the client (lowercase).
+const RESPONSE_ALLOWED: &[&str] = &[
+    "content-type",
+    "request-id",
+    "retry-after",
+    "retry-after-ms",
+    "x-should-retry",
+    "cache-control",
 ];
 
-const RESPONSE_DROPPED_PREFIXES: &[&str] = &["anthropic-ratelimit-", "cf-", "access-control-"];
+/// The API's own headers are passed back, except these prefixes and names: they describe the
+/// upstream key's limits and its organization, which the caller does not own.
+const RESPONSE_ANTHROPIC_PREFIX: &str = "anthropic-";
+const RESPONSE_ANTHROPIC_DROPPED_PREFIXES: &[&str] =
+    &["anthropic-ratelimit-", "anthropic-priority-"];
+const RESPONSE_ANTHROPIC_DROPPED: &[&str] = &["anthropic-organization-id"];
 
 /// Whether an upstream response header is passed back to the client.
 pub fn forward_downstream(name: &str) -> bool {
     let name = name.to_ascii_lowercase();
-    !RESPONSE_DROPPED.contains(&name.as_str())
-        && !RESPONSE_DROPPED_PREFIXES
+    if RESPONSE_ALLOWED.contains(&name.as_str()) {
+        return true;
+    }
+    name.starts_with(RESPONSE_ANTHROPIC_PREFIX)
+        && !RESPONSE_ANTHROPIC_DROPPED.contains(&name.as_str())
+        && !RESPONSE_ANTHROPIC_DROPPED_PREFIXES
             .iter()
             .any(|p| name.starts_with(p))
 }
@@ -117,11 +125,50 @@ mod tests {
 
     #[test]
     fn downstream_keeps_request_id_and_drops_the_upstream_keys_limits() {
-        assert!(forward_downstream("request-id"));
-        assert!(forward_downstream("content-type"));
-        assert!(forward_downstream("retry-after"));
-        assert!(!forward_downstream("anthropic-ratelimit-tokens-remaining"));
-        assert!(!forward_downstream("content-encoding"));
-        assert!(!forward_downstream("Set-Cookie"));
+        for name in [
+            "request-id",
+            "Request-Id",
+            "content-type",
+            "retry-after",
+            "retry-after-ms",
+            "x-should-retry",
+            "cache-control",
+            "anthropic-beta-something",
+        ] {
+            assert!(forward_downstream(name), "{name}");
+        }
+        for name in [
+            "anthropic-ratelimit-tokens-remaining",
+            "Anthropic-RateLimit-Requests-Limit",
+            "anthropic-priority-input-tokens-limit",
+            "content-encoding",
+            "content-length",
+            "transfer-encoding",
+            "connection",
+            "Set-Cookie",
+            "server",
+            "via",
+            "alt-svc",
+            "cf-ray",
+            "access-control-allow-origin",
+        ] {
+            assert!(!forward_downstream(name), "{name}");
+        }
+    }
+
+    #[test]
+    fn regression_the_organization_id_reached_callers() {
+        // The deny list let through anything it did not name, the upstream organization's id
+        // and headers the upstream may add in the future alike.
+        for name in [
+            "anthropic-organization-id",
+            "Anthropic-Organization-Id",
+            "x-envoy-upstream-service-time",
+            "x-internal-debug",
+            "strict-transport-security",
+            "x-robots-tag",
+        ] {
+            assert!(!forward_downstream(name), "{name}");
+        }
     }
 }
