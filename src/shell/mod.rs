@@ -59,7 +59,13 @@ async fn handle(
 
     match route {
         Route::Preflight => return respond::preflight(&req, &exchange.cors),
-        Route::Health => return respond::health(VERSION),
+        Route::Health => {
+            // A deployment whose managed callers cannot be served is not healthy.
+            if let Some(name) = config.missing_for_managed_callers() {
+                return Err(ProxyError::MissingSecret(name));
+            }
+            return respond::health(VERSION);
+        }
         _ => {}
     }
 

@@ -73,6 +73,31 @@ test('bad configuration: a generic 500 naming the variable, the detail only in t
   }
 });
 
+test('healthz reports a missing upstream key when managed callers are configured', async () => {
+  const vars = workerVars(sim);
+  delete vars.ANTHROPIC_API_KEY;
+  const w = await startWorker(vars);
+  try {
+    const res = await fetch(`${w.url}/healthz`);
+    assert.equal(res.status, 500);
+    const body = await res.json();
+    assert.equal(body.error.type, 'api_error');
+    assert.match(body.error.message, /ANTHROPIC_API_KEY/);
+  } finally {
+    await w.stop();
+  }
+  // Passthrough only: nothing is missing.
+  const passthrough = workerVars(sim, { ALLOW_PASSTHROUGH_KEYS: 'true' });
+  delete passthrough.ANTHROPIC_API_KEY;
+  delete passthrough.CLIENT_KEYS;
+  const p = await startWorker(passthrough);
+  try {
+    assert.equal((await fetch(`${p.url}/healthz`)).status, 200);
+  } finally {
+    await p.stop();
+  }
+});
+
 test('an explicit {"default": {}} is still unlimited', async () => {
   const w = await startWorker(workerVars(sim, { RATE_LIMITS: '{"default": {}, "pro": {"rpm": 1}}' }));
   try {
