@@ -103,6 +103,34 @@ impl Verdict {
     }
 }
 
+/// The longest `429` body read for its error code; the API's error bodies are a few hundred
+/// bytes.
+pub const MAX_ERROR_BODY_BYTES: usize = 64 * 1024;
+
+/// Whether a `429` body is the API's spend-limit refusal (`error.details.error_code:
+/// enforced_spend_limit_reached`): a spend cap, with no retry-after, that nothing will change
+/// for hours. Such an answer is never retried and reaches the client unchanged with
+/// `x-should-retry: false`. Anything unreadable is not one.
+#[must_use]
+pub fn is_spend_limit(body: &[u8]) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Body {
+        error: Error,
+    }
+    #[derive(serde::Deserialize)]
+    struct Error {
+        details: Option<Details>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Details {
+        error_code: Option<String>,
+    }
+    serde_json::from_slice::<Body>(body).is_ok_and(|b| {
+        b.error.details.and_then(|d| d.error_code).as_deref()
+            == Some("enforced_spend_limit_reached")
+    })
+}
+
 /// Classifies one attempt's outcome.
 ///
 /// `x-should-retry` overrides the status table both ways, except that a `2xx` response is
@@ -164,6 +192,34 @@ pub fn classify(outcome: &Outcome) -> Verdict {
             cause: Cause::Timeout,
             floor_ms: None,
         },
+    }
+}
+
+#[cfg(test)]
+mod spend_limit_tests {
+    use super::*;
+
+    #[test]
+    fn spend_limit_bodies_are_recognised_and_nothing_else() {
+        let spend = br#"{"type":"error","error":{"type":"rate_limit_error","message":"spend limit","details":{"error_code":"enforced_spend_limit_reached"}}}"#;
+        assert!(is_spend_limit(spend));
+        for other in [
+            &br#"{"type":"error","error":{"type":"rate_limit_error","message":"rpm"}}"#[..],
+            br#"{"type":"error","error":{"type":"rate_limit_error","details":{"error_code":"other"}}}"#,
+            br#"{"type":"error","error":{"details":null}}"#,
+            br#"{"error_code":"enforced_spend_limit_reached"}"#,
+            b"enforced_spend_limit_reached",
+            b"",
+        ] {
+            assert!(!is_spend_limit(other), "{}", String::from_utf8_lossy(other));
+        }
+        // Not retried: the transport reports it as `x-should-retry: false`.
+        let outcome = Outcome::Response {
+            status: 429,
+            should_retry: Some(false),
+            wait_floor_ms: None,
+        };
+        assert_eq!(classify(&outcome), Verdict::Deliver);
     }
 }
 

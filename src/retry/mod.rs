@@ -30,7 +30,8 @@ pub mod runner;
 
 pub use backoff::{ceiling_ms, Backoff};
 pub use classify::{
-    classify, Cause, Outcome, Verdict, RETRYABLE_STATUSES, RETRYABLE_STREAM_ERRORS,
+    classify, is_spend_limit, Cause, Outcome, Verdict, MAX_ERROR_BODY_BYTES, RETRYABLE_STATUSES,
+    RETRYABLE_STREAM_ERRORS,
 };
 pub use policy::{
     AttemptTicket, GiveUp, Retrier, RetryPolicy, Step, StopReason, WaitRecord, MIN_RETRY_AFTER_MS,

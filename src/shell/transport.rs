@@ -20,7 +20,9 @@ use super::runtime::now_ms;
 use crate::error::ProxyError;
 use crate::request::headers::{forward_downstream, forward_upstream};
 use crate::retry::runner::Transport;
-use crate::retry::{should_retry_header, upstream_wait_ms, Outcome};
+use crate::retry::{
+    is_spend_limit, should_retry_header, upstream_wait_ms, Outcome, MAX_ERROR_BODY_BYTES,
+};
 use crate::stream::sse::{EventScanner, SseEvent};
 use crate::stream::tap::{Progress, Seen, Tap};
 use crate::stream::{exact_length, header, is_event_stream};
@@ -44,6 +46,8 @@ enum UpstreamBody {
     Untouched(Option<worker::web_sys::ReadableStream>),
     /// An SSE stream whose first event was read: those bytes, then the rest as it comes.
     Sse { head: Vec<u8>, rest: ByteStream },
+    /// A small error body read whole (a `429`, to tell a spend limit), as it came.
+    Read(Vec<u8>),
 }
 
 /// One request's way to the upstream: the same URL, headers and body for every attempt.
@@ -127,6 +131,7 @@ pub fn deliver(answer: UpstreamAnswer, tap: bool, idle_ms: u64) -> Result<Delive
     let tap = tap && (200..300).contains(&status);
     let (response, seen) = match answer.body {
         UpstreamBody::Untouched(None) => (builder.empty(), None),
+        UpstreamBody::Read(bytes) => (builder.fixed(bytes), None),
         UpstreamBody::Untouched(Some(body)) if !tap => (builder.stream(body), None),
         UpstreamBody::Untouched(Some(body)) => {
             let length = exact_length(&answer.headers);
@@ -271,14 +276,39 @@ async fn attempt(
     };
     let mut response = response;
     let status = response.status_code();
-    let upstream_headers: Vec<(String, String)> = response.headers().entries().collect();
-    let should_retry = should_retry_header(header(&upstream_headers, "x-should-retry"));
+    let mut upstream_headers: Vec<(String, String)> = response.headers().entries().collect();
+    let mut should_retry = should_retry_header(header(&upstream_headers, "x-should-retry"));
     let wait_floor_ms = upstream_wait_ms(
         header(&upstream_headers, "retry-after-ms"),
         header(&upstream_headers, "retry-after"),
         now_ms(),
     );
     let is_sse = is_event_stream(&upstream_headers);
+
+    if status == 429 && !is_sse {
+        // A spend limit is never retried: read the (small) body to tell it from a rate limit.
+        let Some(bytes) = read_error_body(&mut response).await else {
+            return (Outcome::ConnectFailure, None);
+        };
+        if is_spend_limit(&bytes) {
+            should_retry = Some(false);
+            upstream_headers.retain(|(name, _)| !name.eq_ignore_ascii_case("x-should-retry"));
+            upstream_headers.push(("x-should-retry".to_string(), "false".to_string()));
+        }
+        let answer = UpstreamAnswer {
+            status,
+            headers: upstream_headers,
+            body: UpstreamBody::Read(bytes),
+        };
+        return (
+            Outcome::Response {
+                status,
+                should_retry,
+                wait_floor_ms,
+            },
+            Some(answer),
+        );
+    }
 
     if !(streaming && status == 200 && is_sse) {
         let body = match response.body() {
@@ -330,6 +360,23 @@ async fn attempt(
         }
         FirstEvent::Broken => (Outcome::ConnectFailure, None),
     }
+}
+
+/// Reads an error body up to [`MAX_ERROR_BODY_BYTES`] (the rest, if any, is dropped: the API's
+/// error bodies are far smaller). `None` when the body fails mid-way.
+async fn read_error_body(response: &mut Response) -> Option<Vec<u8>> {
+    let Ok(mut stream) = response.stream() else {
+        return Some(Vec::new());
+    };
+    let mut bytes = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        bytes.extend_from_slice(&chunk.ok()?);
+        if bytes.len() > MAX_ERROR_BODY_BYTES {
+            bytes.truncate(MAX_ERROR_BODY_BYTES);
+            break;
+        }
+    }
+    Some(bytes)
 }
 
 enum FirstEvent {

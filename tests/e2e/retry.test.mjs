@@ -244,3 +244,28 @@ test('the official SDK with retries off gets a clean answer through two 529s', a
   await scripted([{ status: 529, times: 100 }]);
   await assert.rejects(client.messages.create(messageBody()), (e) => e instanceof Anthropic.InternalServerError && e.status === 503);
 });
+
+test('a spend-limit 429 is never retried and reaches the client unchanged with x-should-retry: false', async () => {
+  const spend = {
+    type: 'error',
+    error: { type: 'rate_limit_error', message: 'You have reached your specified API usage limits.', details: { error_code: 'enforced_spend_limit_reached' } },
+  };
+  await scripted([{ status: 429, body: spend, times: 5 }]);
+  const res = await postMessage(worker);
+  assert.equal(res.status, 429);
+  assert.equal(res.headers.get('x-should-retry'), 'false');
+  assert.equal(res.headers.get('x-proxy-attempts'), '1');
+  assert.deepEqual(await res.json(), spend, 'the body reached the client changed');
+  assert.equal(await upstreamCalls(), 1);
+  // The SDK, told not to retry, raises the API's own error at once.
+  const client = new Anthropic({ apiKey: CLIENT_KEY, baseURL: worker.url, maxRetries: 2 });
+  const t0 = performance.now();
+  await assert.rejects(client.messages.create(messageBody()), Anthropic.RateLimitError);
+  assert.ok(performance.now() - t0 < 1500, 'the SDK retried a spend limit');
+  assert.equal(await upstreamCalls(), 2);
+  // An ordinary 429 is still retried.
+  await scripted([{ status: 429, headers: { 'retry-after-ms': '100' } }]);
+  const retried = await postMessage(worker);
+  assert.equal(retried.status, 200);
+  assert.equal(retried.headers.get('x-proxy-attempts'), '2');
+});
