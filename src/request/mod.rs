@@ -3,5 +3,6 @@
 //! upstream.
 
 pub mod body;
+pub mod estimate;
 pub mod headers;
 pub mod route;
