@@ -8,11 +8,50 @@
 //! - a body is accepted only if it is UTF-8 and one JSON object (after whitespace or a BOM);
 //! - an accepted `/v1/messages` body has a non-empty `model` of at most 256 bytes and
 //!   `max_tokens` ≥ 1, agreeing with what a full JSON parse of those fields reads;
-//! - the input estimate is `len / 3 + 1`;
+//! - the input estimate is at least a third of the text it reads (strings of `system`,
+//!   message `content`, `text` fields) and at most a third of the body plus the fixed
+//!   figures of its image and document blocks, messages and tools: base64 data is never
+//!   what makes it large;
 //! - a refusal is a 400 `invalid_request_error` with a message.
 
-use breakwater::request::body::{estimate_input_tokens, inspect};
+use breakwater::request::body::inspect;
+use breakwater::request::estimate::{
+    IMAGE_TOKENS, MESSAGE_TOKENS, PDF_MAX_PAGES, PDF_PAGE_TOKENS, TOOLS_PROMPT_TOKENS,
+    UNSEEN_DOCUMENT_TOKENS,
+};
 use breakwater::request::route::Route;
+use serde_json::Value;
+
+/// Bytes of text the estimate must count: `system`, message contents, and the `text` and
+/// `content` of their blocks (decoded, as a full parse reads them).
+fn text_bytes(v: &Value, depth: u32) -> u64 {
+    match v {
+        Value::String(s) => s.len() as u64,
+        Value::Array(items) if depth < 3 => items.iter().map(|i| text_bytes(i, depth)).sum(),
+        Value::Object(o) if depth < 3 => {
+            let text = o.get("text").and_then(Value::as_str).map_or(0, |t| t.len() as u64);
+            text + o.get("content").map_or(0, |c| text_bytes(c, depth + 1))
+        }
+        _ => 0,
+    }
+}
+
+/// Image and document blocks anywhere in a value.
+fn blocks(v: &Value) -> (u64, u64) {
+    let sum = |a: (u64, u64), b: (u64, u64)| (a.0 + b.0, a.1 + b.1);
+    match v {
+        Value::Array(items) => items.iter().map(blocks).fold((0, 0), sum),
+        Value::Object(o) => {
+            let own = match o.get("type").and_then(Value::as_str) {
+                Some("image") => (1, 0),
+                Some("document") => (0, 1),
+                _ => (0, 0),
+            };
+            o.values().map(blocks).fold(own, sum)
+        }
+        _ => (0, 0),
+    }
+}
 
 pub fn check(data: &[u8]) {
     let Some((&selector, body)) = data.split_first() else { return };
@@ -40,8 +79,9 @@ pub fn check(data: &[u8]) {
                 serde_json::from_str::<serde::de::IgnoredAny>(trimmed).is_ok(),
                 "accepted a body that is not JSON"
             );
-            assert_eq!(facts.input_tokens_estimate, estimate_input_tokens(body.len()));
-            assert_eq!(estimate_input_tokens(body.len()), body.len() as u64 / 3 + 1);
+            let estimate = facts.input_tokens_estimate;
+            assert!(estimate >= 1);
+            assert_eq!(inspect(&route, body).map(|f| f.input_tokens_estimate).ok(), Some(estimate));
             assert!(facts.model.as_ref().is_none_or(|m| m.len() <= 256), "accepted a model over 256 bytes");
             if route == Route::Messages {
                 let model = facts.model.as_deref().expect("accepted a message without model");
@@ -53,6 +93,22 @@ pub fn check(data: &[u8]) {
                 assert_eq!(facts.model.as_deref(), map.get("model").and_then(|m| m.as_str()));
                 assert_eq!(facts.max_tokens, map.get("max_tokens").and_then(serde_json::Value::as_u64));
                 assert_eq!(facts.stream, map.get("stream").and_then(serde_json::Value::as_bool).unwrap_or(false));
+                let messages = match map.get("messages") {
+                    Some(Value::Array(items)) => &items[..],
+                    _ => &[],
+                };
+                let text = messages.iter().map(|m| m.get("content").map_or(0, |c| text_bytes(c, 0))).sum::<u64>()
+                    + map.get("system").map_or(0, |s| text_bytes(s, 0));
+                assert!(estimate >= text / 3, "estimate {estimate} below a third of {text} text bytes");
+                let (images, documents) = blocks(&Value::Object(map.clone()));
+                let per_document = (PDF_MAX_PAGES * PDF_PAGE_TOKENS).max(UNSEEN_DOCUMENT_TOKENS);
+                let ceiling = body.len() as u64 / 3
+                    + 1
+                    + messages.len() as u64 * MESSAGE_TOKENS
+                    + TOOLS_PROMPT_TOKENS
+                    + images * IMAGE_TOKENS
+                    + documents * per_document;
+                assert!(estimate <= ceiling, "estimate {estimate} above {ceiling}");
             }
         }
         Err(e) => {

@@ -504,7 +504,7 @@ fn parse_request(body: &[u8], needs_max_tokens: bool) -> Result<Parsed, ApiError
         model,
         max_tokens,
         stream,
-        input_tokens: input_tokens(system, messages),
+        input_tokens: input_tokens(system, messages, obj.get("tools")),
         prompt: last_user_text(messages),
     })
 }

@@ -76,16 +76,11 @@ struct StopDelta<'a> {
 }
 
 #[derive(Serialize)]
-struct OutputUsage {
-    output_tokens: Value,
-}
-
-#[derive(Serialize)]
 struct MessageDelta<'a> {
     #[serde(rename = "type")]
     kind: &'static str,
     delta: StopDelta<'a>,
-    usage: OutputUsage,
+    usage: &'a Map<String, Value>,
 }
 
 #[derive(Serialize)]
@@ -123,6 +118,8 @@ impl StreamPlan {
     fn start_usage(&self) -> Map<String, Value> {
         let mut usage = Map::new();
         usage.insert("input_tokens".into(), json!(self.input_tokens));
+        usage.insert("cache_creation_input_tokens".into(), json!(0));
+        usage.insert("cache_read_input_tokens".into(), json!(0));
         usage.insert("output_tokens".into(), json!(1));
         if let Some(over) = &self.usage {
             for (k, v) in over {
@@ -138,6 +135,8 @@ impl StreamPlan {
     pub fn full_usage(&self) -> Map<String, Value> {
         let mut usage = Map::new();
         usage.insert("input_tokens".into(), json!(self.input_tokens));
+        usage.insert("cache_creation_input_tokens".into(), json!(0));
+        usage.insert("cache_read_input_tokens".into(), json!(0));
         usage.insert("output_tokens".into(), json!(self.output_tokens));
         if let Some(over) = &self.usage {
             for (k, v) in over {
@@ -147,11 +146,22 @@ impl StreamPlan {
         usage
     }
 
-    fn final_output_tokens(&self) -> Value {
-        self.usage
+    /// The usage of `message_delta`: cumulative, as current API versions send it (the input
+    /// and cache fields of `message_start` again, and the final output count).
+    fn delta_usage(&self) -> Map<String, Value> {
+        let mut usage = Map::new();
+        for (k, v) in self.start_usage() {
+            if k.ends_with("input_tokens") {
+                usage.insert(k, v);
+            }
+        }
+        let output = self
+            .usage
             .as_ref()
             .and_then(|u| u.get("output_tokens").cloned())
-            .unwrap_or_else(|| json!(self.output_tokens))
+            .unwrap_or_else(|| json!(self.output_tokens));
+        usage.insert("output_tokens".into(), output);
+        usage
     }
 
     /// The `i`-th event of the complete stream.
@@ -192,9 +202,7 @@ impl StreamPlan {
                         stop_reason: self.stop_reason,
                         stop_sequence: None,
                     },
-                    usage: OutputUsage {
-                        output_tokens: self.final_output_tokens(),
-                    },
+                    usage: &self.delta_usage(),
                 },
             ),
             _ => event_bytes("message_stop", r#"{"type":"message_stop"}"#),

@@ -87,6 +87,17 @@ impl From<&Denial> for ProxyError {
     }
 }
 
+/// What an answer's usage settles: the input as the limits count it (cache writes in, cache
+/// reads out, see [`crate::stream::sse::Usage`]) and the output.
+impl From<&crate::stream::sse::Usage> for Usage {
+    fn from(seen: &crate::stream::sse::Usage) -> Usage {
+        Usage {
+            input_tokens: seen.input_tokens,
+            output_tokens: seen.output_tokens,
+        }
+    }
+}
+
 impl From<&NeverFits> for ProxyError {
     fn from(never: &NeverFits) -> ProxyError {
         ProxyError::NeverFits(never.message())
@@ -135,5 +146,65 @@ mod tests {
         let error = ProxyError::from(&never);
         assert_eq!(error.status(), 400);
         assert!(!error.should_retry());
+    }
+
+    fn tier(input_tpm: u32) -> crate::config::TierLimits {
+        crate::config::TierLimits {
+            rpm: None,
+            input_tpm: std::num::NonZeroU32::new(input_tpm),
+            output_tpm: None,
+            concurrency: None,
+        }
+    }
+
+    fn settle_with_answer(answer: &[u8], input_tpm: u32) -> (LimiterState, u64) {
+        let limits = tier(input_tpm);
+        let mut state = LimiterState::new();
+        let now = 1_764_000_000_000;
+        let request = AdmissionRequest {
+            input_tokens: 30,
+            output_tokens: 0,
+            lease_ms: 60_000,
+        };
+        let Admission::Admitted(reservation) = state.admit(&limits, now, &request) else {
+            panic!("a fresh key is admitted");
+        };
+        let seen = crate::stream::tap::json_usage(answer);
+        state.settle(&limits, now, &reservation, Usage::from(&seen));
+        (state, now)
+    }
+
+    #[test]
+    fn regression_prompt_caching_locked_a_caller_out() {
+        // 20 000 tokens read from the cache against an input_tpm of 2 000 used to put the key
+        // 18 000 tokens in debt (nine minutes). Cache reads are free: the next request goes.
+        let answer = br#"{"usage":{"input_tokens":25,"cache_read_input_tokens":20000,"cache_creation_input_tokens":0,"output_tokens":5}}"#;
+        let (mut state, now) = settle_with_answer(answer, 2_000);
+        let next = AdmissionRequest {
+            input_tokens: 30,
+            output_tokens: 0,
+            lease_ms: 60_000,
+        };
+        assert!(matches!(
+            state.admit(&tier(2_000), now, &next),
+            Admission::Admitted(_)
+        ));
+    }
+
+    #[test]
+    fn cache_writes_are_charged() {
+        let answer = br#"{"usage":{"input_tokens":25,"cache_creation_input_tokens":5000,"cache_read_input_tokens":0,"output_tokens":5}}"#;
+        let (mut state, now) = settle_with_answer(answer, 2_000);
+        let next = AdmissionRequest {
+            input_tokens: 30,
+            output_tokens: 0,
+            lease_ms: 60_000,
+        };
+        let Admission::Denied(denial) = state.admit(&tier(2_000), now, &next) else {
+            panic!("5 025 input tokens on a 2 000 bucket must be waited for");
+        };
+        assert_eq!(denial.dimension, Dimension::InputTpm);
+        // 3 025 tokens of debt plus the 30 asked: 3 055 / (2 000 per minute) ≈ 91.65 s.
+        assert_eq!(denial.retry_after_ms, 91_650);
     }
 }

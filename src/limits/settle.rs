@@ -22,22 +22,13 @@ pub enum Answered {
     Unwatched { delivered_ok: bool },
 }
 
-impl From<sse::Usage> for Usage {
-    fn from(seen: sse::Usage) -> Self {
-        Usage {
-            input_tokens: seen.input_tokens,
-            output_tokens: seen.output_tokens,
-        }
-    }
-}
-
 /// The usage to settle with.
 #[must_use]
 pub fn settlement_usage(answered: Answered) -> Usage {
     match answered {
         Answered::Watched {
             seen: Some(seen), ..
-        } if seen.complete => Usage::from(seen.usage),
+        } if seen.complete => Usage::from(&seen.usage),
         // Cut short: the input was used, the output so far is not known for sure.
         Answered::Watched {
             seen: Some(seen), ..
@@ -69,6 +60,7 @@ mod tests {
         sse::Usage {
             input_tokens: Some(input),
             output_tokens: Some(output),
+            ..sse::Usage::default()
         }
     }
 

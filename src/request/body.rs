@@ -7,6 +7,7 @@
 use serde::Deserialize;
 
 use crate::error::ProxyError;
+use crate::request::estimate::{Messages, System, Tally, Tools};
 use crate::request::route::Route;
 
 /// Longest `model` accepted, in bytes. Model ids are a few dozen characters; the model names
@@ -28,6 +29,13 @@ struct Peek {
     model: Option<serde_json::Value>,
     max_tokens: Option<serde_json::Value>,
     stream: Option<serde_json::Value>,
+    // What the input estimate reads, measured in the same pass (see `request::estimate`).
+    #[serde(default)]
+    system: System,
+    #[serde(default)]
+    messages: Messages,
+    #[serde(default)]
+    tools: Tools,
     // Every other field is skipped without being built, but still checked to be valid JSON.
 }
 
@@ -104,17 +112,24 @@ pub fn inspect(route: &Route, body: &[u8]) -> Result<BodyFacts, ProxyError> {
         model,
         max_tokens,
         stream,
-        input_tokens_estimate: estimate_input_tokens(body.len()),
+        input_tokens_estimate: estimate_input_tokens(&peek.system, &peek.messages, &peek.tools),
     })
 }
 
-/// An estimate of a body's input tokens made before the upstream counts them: one token per
-/// three bytes of the whole JSON body, plus one. Tokenizers average about four bytes per token
-/// for English and code, more for UTF-8 scripts, and the JSON around the text adds bytes but
-/// few tokens, so this nearly always over-reserves; settlement returns the difference. When it
-/// under-reserves, settlement charges the real count, so the limit still holds over time.
-pub fn estimate_input_tokens(body_len: usize) -> u64 {
-    (body_len as u64) / 3 + 1
+/// An estimate of a body's input tokens made before the upstream counts them, from its
+/// `system`, `messages` and `tools`: text at one token per three bytes, an image block at
+/// 1,600, a PDF by its pages, plus a few tokens per message and the tool prompt (the figures
+/// are in [`crate::request::estimate`]). Tokenizers average about four bytes per token for
+/// English and code, more for other scripts, so on text this over-reserves; settlement
+/// returns the difference. When it under-reserves, settlement charges the real count, so the
+/// limit still holds over time.
+pub fn estimate_input_tokens(system: &System, messages: &Messages, tools: &Tools) -> u64 {
+    let mut all = Tally::default();
+    for part in [system.0, messages.0, tools.0] {
+        all.text_bytes = all.text_bytes.saturating_add(part.text_bytes);
+        all.block_tokens = all.block_tokens.saturating_add(part.block_tokens);
+    }
+    all.estimate()
 }
 
 fn classify_json_error(e: &serde_json::Error) -> &'static str {
@@ -124,7 +139,7 @@ fn classify_json_error(e: &serde_json::Error) -> &'static str {
         return "nested too deeply";
     }
     if shown.starts_with("duplicate field") {
-        return "a duplicate model, max_tokens or stream field";
+        return "a duplicate model, max_tokens, stream, system, messages or tools field";
     }
     match e.classify() {
         serde_json::error::Category::Eof => "unexpected end of input",
@@ -156,7 +171,7 @@ mod tests {
         assert_eq!(f.model.as_deref(), Some("claude-x"));
         assert_eq!(f.max_tokens, Some(64));
         assert!(f.stream);
-        assert!(f.input_tokens_estimate > 10);
+        assert!(f.input_tokens_estimate >= 1);
     }
 
     #[test]
@@ -239,6 +254,163 @@ mod tests {
     fn count_tokens_needs_only_an_object() {
         assert!(inspect(&Route::CountTokens, br#"{"model":"m","messages":[]}"#).is_ok());
         assert!(inspect(&Route::CountTokens, b"[]").is_err());
+    }
+
+    fn estimate(body: serde_json::Value) -> u64 {
+        ok(&body.to_string()).input_tokens_estimate
+    }
+
+    fn with_content(content: serde_json::Value) -> serde_json::Value {
+        serde_json::json!({"model": "m", "max_tokens": 1, "messages": [{"role": "user", "content": content}]})
+    }
+
+    fn base64_image(file_bytes: usize, source_first: bool) -> serde_json::Value {
+        let source = serde_json::json!({"type": "base64", "media_type": "image/png", "data": "iVBO".repeat(file_bytes / 3)});
+        if source_first {
+            serde_json::json!({"source": source, "type": "image"})
+        } else {
+            serde_json::json!({"type": "image", "source": source})
+        }
+    }
+
+    #[test]
+    fn regression_a_base64_image_was_estimated_per_byte() {
+        // A 1 MB image used to be estimated at 444 445 tokens (one per three body bytes).
+        let body = with_content(
+            serde_json::json!([base64_image(1_000_000, false), {"type": "text", "text": "What is this?"}]),
+        );
+        let e = estimate(body.clone());
+        assert!((1_600..1_620).contains(&e), "{e}");
+        // The same whatever the order of the block's fields, and for a URL source.
+        let body = with_content(
+            serde_json::json!([base64_image(1_000_000, true), {"type": "text", "text": "What is this?"}]),
+        );
+        assert_eq!(estimate(body), e);
+        let url = serde_json::json!({"type": "image", "source": {"type": "url", "url": "https://example.com/a.png"}});
+        assert!((1_600..1_620).contains(&estimate(with_content(serde_json::json!([url])))));
+    }
+
+    #[test]
+    fn images_inside_tool_results_are_found() {
+        let result = serde_json::json!({"type": "tool_result", "tool_use_id": "t1", "content": [base64_image(600_000, false), {"type": "text", "text": "a screenshot"}]});
+        let e = estimate(with_content(serde_json::json!([result])));
+        assert!((1_600..1_640).contains(&e), "{e}");
+    }
+
+    #[test]
+    fn documents_by_pages_text_documents_by_text() {
+        use crate::request::estimate::{PDF_MAX_PAGES, PDF_PAGE_TOKENS, UNSEEN_DOCUMENT_TOKENS};
+        // 160 KiB of PDF: ten pages at 16 KiB a page.
+        let pdf = serde_json::json!({"type": "document", "source": {"type": "base64", "media_type": "application/pdf", "data": "JVBE".repeat(160 * 1024 / 3)}});
+        let e = estimate(with_content(serde_json::json!([pdf])));
+        assert!(
+            (10 * PDF_PAGE_TOKENS..10 * PDF_PAGE_TOKENS + 30).contains(&e),
+            "{e}"
+        );
+        // 30 MB of PDF is capped at the pages one request may carry.
+        let big = serde_json::json!({"type": "document", "source": {"type": "base64", "media_type": "application/pdf", "data": "JVBE".repeat(10_000_000)}});
+        let e = estimate(with_content(serde_json::json!([big])));
+        assert!(
+            (PDF_MAX_PAGES * PDF_PAGE_TOKENS..PDF_MAX_PAGES * PDF_PAGE_TOKENS + 30).contains(&e),
+            "{e}"
+        );
+        // A plain-text document is text.
+        let text = serde_json::json!({"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": "x".repeat(30_000)}});
+        let e = estimate(with_content(serde_json::json!([text])));
+        assert!((10_000..10_040).contains(&e), "{e}");
+        // A document the proxy cannot see.
+        let url = serde_json::json!({"type": "document", "source": {"type": "url", "url": "https://example.com/a.pdf"}});
+        let e = estimate(with_content(serde_json::json!([url])));
+        assert!(
+            (UNSEEN_DOCUMENT_TOKENS..UNSEEN_DOCUMENT_TOKENS + 30).contains(&e),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn system_tools_and_tool_inputs_count_as_text() {
+        use crate::request::estimate::TOOLS_PROMPT_TOKENS;
+        let base = estimate(with_content(serde_json::json!("hi")));
+        let mut body = with_content(serde_json::json!("hi"));
+        body["system"] = serde_json::json!([{"type": "text", "text": "s".repeat(3000)}]);
+        assert!(estimate(body.clone()) >= base + 1000);
+        body["system"] = serde_json::json!("s".repeat(3000));
+        assert!(estimate(body) >= base + 1000);
+        let mut body = with_content(serde_json::json!("hi"));
+        body["tools"] = serde_json::json!([{"name": "get_weather", "description": "d".repeat(3000), "input_schema": {"type": "object"}}]);
+        assert!(estimate(body) >= base + 1000 + TOOLS_PROMPT_TOKENS);
+        let tool_use = serde_json::json!({"type": "tool_use", "id": "t", "name": "n", "input": {"q": "q".repeat(3000)}});
+        assert!(estimate(with_content(serde_json::json!([tool_use]))) >= base + 1000);
+    }
+
+    #[test]
+    fn odd_shapes_are_estimated_and_left_to_the_upstream() {
+        // Whatever stands where the estimate looks, the body is forwarded and the upstream
+        // judges it; the estimate counts what it cannot read as text.
+        for body in [
+            r#"{"model":"m","max_tokens":1,"messages":"hello"}"#,
+            r#"{"model":"m","max_tokens":1,"messages":{"role":"user"}}"#,
+            r#"{"model":"m","max_tokens":1,"messages":[1,true,null,"x",[{"type":"image"}]]}"#,
+            r#"{"model":"m","max_tokens":1,"messages":[{"content":7},{"content":{"type":"image"}}]}"#,
+            r#"{"model":"m","max_tokens":1,"messages":[{"content":[{"type":["image"],"source":"s"}]}]}"#,
+            r#"{"model":"m","max_tokens":1,"system":7,"tools":{"a":1},"messages":null}"#,
+            r#"{"model":"m","max_tokens":1,"messages":[{"content":[{"type":"document","source":{"type":5,"data":[1]}}]}]}"#,
+        ] {
+            assert!(ok(body).input_tokens_estimate >= 1, "{body}");
+        }
+    }
+
+    #[test]
+    fn deep_nesting_where_the_estimate_reads_never_overflows_the_stack() {
+        let deep =
+            |open: &str, close: &str| format!("{}1{}", open.repeat(100_000), close.repeat(100_000));
+        let bodies = [
+            format!(
+                r#"{{"model":"m","max_tokens":1,"messages":{}}}"#,
+                deep("[", "]")
+            ),
+            format!(
+                r#"{{"model":"m","max_tokens":1,"system":{}}}"#,
+                deep("[", "]")
+            ),
+            format!(
+                r#"{{"model":"m","max_tokens":1,"tools":{}}}"#,
+                deep("[", "]")
+            ),
+            format!(
+                r#"{{"model":"m","max_tokens":1,"messages":[{{"content":{}}}]}}"#,
+                deep("[", "]")
+            ),
+            format!(
+                r#"{{"model":"m","max_tokens":1,"messages":[{{"content":[{{"type":{},"source":{}}}]}}]}}"#,
+                deep("[", "]"),
+                deep("[", "]")
+            ),
+            format!(
+                r#"{{"model":"m","max_tokens":1,"messages":[{{"content":[{{"type":"image","input":{}}}]}}]}}"#,
+                deep(r#"{"a":"#, "}")
+            ),
+            format!(
+                r#"{{"model":"m","max_tokens":1,"messages":[{{"content":[{{"type":"document","source":{{"content":{}}}}}]}}]}}"#,
+                deep("[", "]")
+            ),
+            // Tool results inside tool results: followed a few levels, then counted as text.
+            format!(
+                r#"{{"model":"m","max_tokens":1,"messages":[{{"content":{}"x"{}}}]}}"#,
+                r#"[{"type":"tool_result","content":"#.repeat(20_000),
+                "}]".repeat(20_000)
+            ),
+        ];
+        for body in &bodies {
+            let facts = inspect(&Route::Messages, body.as_bytes());
+            assert!(facts.is_ok(), "{:?}", facts.map_err(|e| e.message()));
+        }
+    }
+
+    #[test]
+    fn a_duplicate_messages_field_is_refused_like_a_duplicate_model() {
+        let message = bad(br#"{"model":"m","max_tokens":1,"messages":[],"messages":[]}"#);
+        assert!(message.contains("duplicate"), "{message}");
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 pub mod body;
 pub mod cors;
+pub mod estimate;
 pub mod headers;
 pub mod route;
 

@@ -153,12 +153,40 @@ fn parse_event(raw: &[u8]) -> Option<SseEvent> {
     })
 }
 
-/// Token usage as a stream reports it: input tokens in `message_start`, the running output
-/// count in `message_delta` (the last one is the total).
+/// Token usage as an answer reports it, counted as Anthropic counts it against its own
+/// per-minute limits: input is `input_tokens + cache_creation_input_tokens`, and
+/// `cache_read_input_tokens` are free. A stream reports usage in `message_start` and again in
+/// `message_delta`, whose figures are cumulative (current API versions repeat the input and
+/// cache fields there): the last value reported of each field is the one that counts, nothing
+/// is summed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Usage {
+    /// Input tokens as the caller's limits count them (cache writes in, cache reads out);
+    /// `None` until a usage object said anything about input.
     pub input_tokens: Option<u64>,
+    /// Output tokens: the last running count reported.
     pub output_tokens: Option<u64>,
+    /// The last value reported of each input field, from which `input_tokens` is made.
+    pub reported: Reported,
+}
+
+/// The input fields of the usage objects seen so far, each as last reported.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Reported {
+    pub input_tokens: Option<u64>,
+    pub cache_creation_input_tokens: Option<u64>,
+    pub cache_read_input_tokens: Option<u64>,
+}
+
+impl Reported {
+    /// Anthropic's rule: uncached input plus cache writes; cache reads are not counted.
+    #[must_use]
+    pub fn counted_input(&self) -> Option<u64> {
+        match (self.input_tokens, self.cache_creation_input_tokens) {
+            (None, None) => None,
+            (input, creation) => Some(input.unwrap_or(0).saturating_add(creation.unwrap_or(0))),
+        }
+    }
 }
 
 /// A `usage` object of the Messages API, in a JSON answer, `message_start` or `message_delta`.
@@ -170,21 +198,19 @@ pub(crate) struct Counts {
     cache_read_input_tokens: Option<u64>,
 }
 
-impl Counts {
-    /// Input tokens in all: cache writes and reads count against the input limit too.
-    pub(crate) fn input(&self) -> Option<u64> {
-        self.input_tokens.map(|i| {
-            i.saturating_add(self.cache_creation_input_tokens.unwrap_or(0))
-                .saturating_add(self.cache_read_input_tokens.unwrap_or(0))
-        })
-    }
-
-    pub(crate) fn output(&self) -> Option<u64> {
-        self.output_tokens
-    }
-}
-
 impl Usage {
+    /// Takes in one `usage` object: every field it carries replaces the value reported before.
+    pub(crate) fn apply(&mut self, counts: &Counts) {
+        let r = &mut self.reported;
+        r.input_tokens = counts.input_tokens.or(r.input_tokens);
+        r.cache_creation_input_tokens = counts
+            .cache_creation_input_tokens
+            .or(r.cache_creation_input_tokens);
+        r.cache_read_input_tokens = counts.cache_read_input_tokens.or(r.cache_read_input_tokens);
+        self.input_tokens = r.counted_input().or(self.input_tokens);
+        self.output_tokens = counts.output_tokens.or(self.output_tokens);
+    }
+
     /// Updates the tally from one event of a Messages stream.
     pub fn observe(&mut self, event: &SseEvent) {
         #[derive(Deserialize)]
@@ -202,10 +228,9 @@ impl Usage {
                     .and_then(|s| s.message)
                     .and_then(|m| m.usage)
                 {
-                    self.input_tokens = Some(c.input().unwrap_or(0));
-                    if c.output().is_some() {
-                        self.output_tokens = c.output();
-                    }
+                    self.apply(&c);
+                    // A stream that opened with a usage object has told its input, if only 0.
+                    self.input_tokens = self.input_tokens.or(Some(0));
                 }
             }
             "message_delta" => {
@@ -213,9 +238,7 @@ impl Usage {
                     .ok()
                     .and_then(|b| b.usage)
                 {
-                    if c.output().is_some() {
-                        self.output_tokens = c.output();
-                    }
+                    self.apply(&c);
                 }
             }
             _ => {}
@@ -289,9 +312,76 @@ mod tests {
             usage,
             Usage {
                 input_tokens: Some(25),
-                output_tokens: Some(15)
+                output_tokens: Some(15),
+                reported: Reported {
+                    input_tokens: Some(25),
+                    ..Reported::default()
+                },
             }
         );
+    }
+
+    fn tally(events: &[(&str, &str)]) -> Usage {
+        let mut usage = Usage::default();
+        for (name, data) in events {
+            usage.observe(&SseEvent {
+                name: (*name).to_string(),
+                data: (*data).to_string(),
+            });
+        }
+        usage
+    }
+
+    #[test]
+    fn regression_cache_reads_counted_against_the_input_limit() {
+        // 20 000 tokens read from the cache cost nothing against Anthropic's input limit.
+        let usage = tally(&[(
+            "message_start",
+            r#"{"message":{"usage":{"input_tokens":12,"cache_read_input_tokens":20000,"cache_creation_input_tokens":0,"output_tokens":1}}}"#,
+        )]);
+        assert_eq!(usage.input_tokens, Some(12));
+        assert_eq!(usage.reported.cache_read_input_tokens, Some(20000));
+    }
+
+    #[test]
+    fn cache_writes_count_as_input() {
+        let usage = tally(&[(
+            "message_start",
+            r#"{"message":{"usage":{"input_tokens":12,"cache_creation_input_tokens":3000,"output_tokens":1}}}"#,
+        )]);
+        assert_eq!(usage.input_tokens, Some(3012));
+    }
+
+    #[test]
+    fn cumulative_delta_figures_replace_the_start_ones_and_are_not_summed() {
+        let start = r#"{"message":{"usage":{"input_tokens":12,"cache_creation_input_tokens":3000,"cache_read_input_tokens":500,"output_tokens":1}}}"#;
+        // Current API versions repeat the (cumulative) input and cache fields in message_delta.
+        let delta = r#"{"usage":{"input_tokens":12,"cache_creation_input_tokens":3000,"cache_read_input_tokens":500,"output_tokens":40}}"#;
+        let usage = tally(&[("message_start", start), ("message_delta", delta)]);
+        assert_eq!(usage.input_tokens, Some(3012));
+        assert_eq!(usage.output_tokens, Some(40));
+        // A later report of a field wins; a field a delta leaves out keeps its last value.
+        let changed = r#"{"usage":{"cache_creation_input_tokens":100,"output_tokens":41}}"#;
+        let usage = tally(&[("message_start", start), ("message_delta", changed)]);
+        assert_eq!(usage.input_tokens, Some(112));
+        assert_eq!(usage.output_tokens, Some(41));
+        // Older API versions: the delta has output only.
+        let old = r#"{"usage":{"output_tokens":9}}"#;
+        let usage = tally(&[("message_start", start), ("message_delta", old)]);
+        assert_eq!(usage.input_tokens, Some(3012));
+        assert_eq!(usage.output_tokens, Some(9));
+    }
+
+    #[test]
+    fn a_start_without_input_fields_means_no_input() {
+        let usage = tally(&[(
+            "message_start",
+            r#"{"message":{"usage":{"output_tokens":1}}}"#,
+        )]);
+        assert_eq!(usage.input_tokens, Some(0));
+        let usage = tally(&[("message_delta", r#"{"usage":{"output_tokens":5}}"#)]);
+        assert_eq!(usage.input_tokens, None);
+        assert_eq!(usage.output_tokens, Some(5));
     }
 
     #[test]

@@ -162,22 +162,21 @@ impl<S> Drop for Tap<S> {
     }
 }
 
-/// The `usage` of a Messages API JSON answer (input includes cache reads and writes).
+/// The `usage` of a Messages API JSON answer, counted as [`Usage`] says (cache writes are
+/// input, cache reads are not).
 pub fn json_usage(body: &[u8]) -> Usage {
     #[derive(Deserialize)]
     struct Answer {
         usage: Option<Counts>,
     }
-    match serde_json::from_slice::<Answer>(body)
+    let mut usage = Usage::default();
+    if let Some(c) = serde_json::from_slice::<Answer>(body)
         .ok()
         .and_then(|a| a.usage)
     {
-        Some(c) => Usage {
-            input_tokens: c.input(),
-            output_tokens: c.output(),
-        },
-        None => Usage::default(),
+        usage.apply(&c);
     }
+    usage
 }
 
 #[cfg(test)]
@@ -207,29 +206,29 @@ mod tests {
         assert_eq!(out, chunks);
         let seen = seen.unwrap();
         assert!(seen.complete);
-        assert_eq!(
-            seen.usage,
-            Usage {
-                input_tokens: Some(30),
-                output_tokens: Some(7)
-            }
-        );
+        assert_eq!(seen.usage.input_tokens, Some(30));
+        assert_eq!(seen.usage.output_tokens, Some(7));
     }
 
     #[test]
-    fn a_json_answer_reports_usage_with_cache_tokens() {
-        let body = br#"{"type":"message","usage":{"input_tokens":10,"cache_read_input_tokens":5,"output_tokens":3}}"#;
+    fn a_json_answer_counts_cache_writes_but_not_cache_reads() {
+        let body = br#"{"type":"message","usage":{"input_tokens":10,"cache_read_input_tokens":5,"cache_creation_input_tokens":7,"output_tokens":3}}"#;
         let (_, seen) = run(
             vec![Ok(body[..20].to_vec()), Ok(body[20..].to_vec())],
             false,
         );
-        assert_eq!(
-            seen.unwrap().usage,
-            Usage {
-                input_tokens: Some(15),
-                output_tokens: Some(3)
-            }
-        );
+        let usage = seen.unwrap().usage;
+        assert_eq!(usage.input_tokens, Some(17));
+        assert_eq!(usage.output_tokens, Some(3));
+        assert_eq!(usage.reported.cache_read_input_tokens, Some(5));
+    }
+
+    #[test]
+    fn regression_a_json_answer_read_from_the_cache_charged_the_reads() {
+        let body = br#"{"type":"message","usage":{"input_tokens":4,"cache_read_input_tokens":20000,"cache_creation_input_tokens":0,"output_tokens":3}}"#;
+        assert_eq!(json_usage(body).input_tokens, Some(4));
+        // No usage at all: nothing known.
+        assert_eq!(json_usage(br#"{"type":"message"}"#), Usage::default());
     }
 
     #[test]

@@ -118,6 +118,62 @@ test('settlement gives unused output tokens back (JSON and stream)', async () =>
   }
 });
 
+test('prompt caching: cache reads are free against input_tpm, cache writes are charged (JSON and stream)', async () => {
+  const w = await limitedWorker({ input_tpm: 2000 });
+  try {
+    // 20 000 tokens read from the cache, ten times the tier's minute: the next request goes at once.
+    const reads = { 'x-sim-fault': JSON.stringify({ usage: { cache_read_input_tokens: 20_000 } }) };
+    for (const stream of [false, true, false]) {
+      const res = await postMessage(w, messageBody({ stream }), reads);
+      assert.equal(res.status, 200, `${stream ? 'stream' : 'json'}: locked out by an earlier cache read`);
+      const text = await res.text();
+      assert.match(text, /"cache_read_input_tokens":20000/);
+      await settleSoon();
+    }
+    const next = await postMessage(w);
+    assert.equal(next.status, 200, 'cache reads were charged against input_tpm');
+    const remaining = Number(next.headers.get('anthropic-ratelimit-input-tokens-remaining'));
+    assert.ok(remaining > 1900, `only ${remaining} of 2000 input tokens left after cache reads`);
+    await next.arrayBuffer();
+
+    // 5 000 tokens written to the cache count as input: the tier is in debt and says for how long.
+    for (const stream of [false, true]) {
+      const key = stream ? BOB : CLIENT_KEY;
+      const writes = { 'x-api-key': key, 'x-sim-fault': JSON.stringify({ usage: { cache_creation_input_tokens: 5000 } }) };
+      const res = await postMessage(w, messageBody({ stream }), writes);
+      assert.equal(res.status, 200);
+      await res.arrayBuffer();
+      await settleSoon();
+      const denied = await postMessage(w, messageBody(), { 'x-api-key': key });
+      assert.equal(denied.status, 429, `${stream ? 'stream' : 'json'}: cache writes were not charged`);
+      const body = await denied.json();
+      assert.equal(body.limit.dimension, 'input_tpm');
+      // About 3 000 tokens of debt at 2 000 a minute: some 90 s.
+      const ms = Number(denied.headers.get('retry-after-ms'));
+      assert.ok(ms > 80_000 && ms < 100_000, `retry after ${ms} ms`);
+    }
+  } finally {
+    await w.stop();
+  }
+});
+
+test('a 1 MB image is estimated at about 1 600 input tokens, not by its bytes', async () => {
+  const w = await limitedWorker({ input_tpm: 2000 });
+  try {
+    const image = { type: 'image', source: { type: 'base64', media_type: 'image/jpeg', data: '/9j/'.repeat(333_334) } };
+    const body = messageBody({ messages: [{ role: 'user', content: [image, { type: 'text', text: 'What is in this picture?' }] }] });
+    const res = await postMessage(w, body);
+    assert.equal(res.status, 200);
+    // Reserved before the answer: one token per three bytes would have taken the whole bucket.
+    const remaining = Number(res.headers.get('anthropic-ratelimit-input-tokens-remaining'));
+    assert.ok(remaining >= 380 && remaining <= 400, `${remaining} of 2000 input tokens left after the reservation`);
+    const answer = await res.json();
+    assert.equal(answer.usage.input_tokens, 1600 + 6);
+  } finally {
+    await w.stop();
+  }
+});
+
 test('concurrency slots are held while streaming and freed at the end', async () => {
   const w = await limitedWorker({ concurrency: 2 });
   try {

@@ -49,10 +49,24 @@ async fn json_message_has_the_api_shape() {
     let text = v["content"][0]["text"].as_str().unwrap();
     assert_eq!(text.split_whitespace().count(), 12);
     // "Hello there, simulator!" is 23 characters: ceil(23 / 4) = 6.
-    assert_eq!(v["usage"], json!({"input_tokens": 6, "output_tokens": 12}));
+    assert_eq!(
+        v["usage"],
+        json!({"input_tokens": 6, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0, "output_tokens": 12})
+    );
     // Field order follows the real API.
     let raw = r.text();
     assert!(raw.starts_with(r#"{"id":"msg_"#), "{raw}");
+}
+
+#[tokio::test]
+async fn images_count_a_fixed_figure_not_their_bytes() {
+    let sim = Sim::start().await;
+    let image = json!({"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "QUFB".repeat(250_000)}});
+    let body = msg(json!({
+        "messages": [{"role": "user", "content": [image, {"type": "text", "text": "abcdefgh"}]}],
+    }));
+    let v = sim.messages(&body).await.json();
+    assert_eq!(v["usage"]["input_tokens"], 1_600 + 2);
 }
 
 #[tokio::test]
@@ -69,7 +83,10 @@ async fn max_tokens_caps_the_answer_and_system_counts() {
     }));
     let v = sim.messages(&body).await.json();
     assert_eq!(v["stop_reason"], "max_tokens");
-    assert_eq!(v["usage"], json!({"input_tokens": 4, "output_tokens": 5}));
+    assert_eq!(
+        v["usage"],
+        json!({"input_tokens": 4, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0, "output_tokens": 5})
+    );
     let count = sim.post("/v1/messages/count_tokens", &[], &body).await;
     assert_eq!(count.status, 200);
     assert_eq!(count.json(), json!({"input_tokens": 4}));
@@ -222,7 +239,7 @@ async fn sse_event_sequence_is_exact() {
     assert_eq!(start["message"]["stop_reason"], Value::Null);
     assert_eq!(
         start["message"]["usage"],
-        json!({"input_tokens": 6, "output_tokens": 1})
+        json!({"input_tokens": 6, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0, "output_tokens": 1})
     );
     assert_eq!(
         events[1].1,
@@ -241,7 +258,7 @@ async fn sse_event_sequence_is_exact() {
     );
     assert_eq!(
         events[7].1,
-        json!({"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": null}, "usage": {"output_tokens": 3}})
+        json!({"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": null}, "usage": {"input_tokens": 6, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0, "output_tokens": 3}})
     );
     assert_eq!(events[8].1, json!({"type": "message_stop"}));
 }

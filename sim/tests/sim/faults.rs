@@ -145,7 +145,7 @@ async fn verbatim_body_and_usage_override() {
         .await;
     assert_eq!(
         r.json()["usage"],
-        json!({"input_tokens": 1000, "output_tokens": 7})
+        json!({"input_tokens": 1000, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0, "output_tokens": 7})
     );
     let r = sim
         .messages_with_fault(
@@ -157,6 +157,27 @@ async fn verbatim_body_and_usage_override() {
     assert_eq!(events[0].1["message"]["usage"]["input_tokens"], 1000);
     let last_delta = events.iter().find(|(n, _)| n == "message_delta").unwrap();
     assert_eq!(last_delta.1["usage"]["output_tokens"], 7);
+}
+
+#[tokio::test]
+async fn cache_reads_and_writes_are_reported_at_start_and_again_in_the_delta() {
+    let sim = Sim::start().await;
+    let fault =
+        json!({"usage": {"cache_read_input_tokens": 20000, "cache_creation_input_tokens": 300}});
+    let r = sim
+        .messages_with_fault(&msg(json!({"stream": true})), &fault)
+        .await;
+    let events = parse_sse(&r.text());
+    let start = &events[0].1["message"]["usage"];
+    assert_eq!(start["cache_read_input_tokens"], 20000);
+    assert_eq!(start["cache_creation_input_tokens"], 300);
+    // Cumulative, as current API versions send it: the input fields again, not a difference.
+    let delta = &events.iter().find(|(n, _)| n == "message_delta").unwrap().1["usage"];
+    assert_eq!(delta["cache_read_input_tokens"], 20000);
+    assert_eq!(delta["cache_creation_input_tokens"], 300);
+    assert_eq!(delta["input_tokens"], start["input_tokens"]);
+    let r = sim.messages_with_fault(&msg(json!({})), &fault).await;
+    assert_eq!(r.json()["usage"]["cache_read_input_tokens"], 20000);
 }
 
 #[tokio::test]
