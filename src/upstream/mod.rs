@@ -39,6 +39,7 @@ mod draw;
 mod edge;
 mod health;
 mod object;
+mod pace;
 mod policy;
 mod state;
 
@@ -53,6 +54,9 @@ pub use budget::BudgetWindow;
 pub use edge::{EdgeMemories, EdgeMemory, Refusal};
 pub use health::MAX_MODEL_NAME_BYTES;
 pub use object::{UpstreamCall, UpstreamReply};
+pub use pace::{
+    Cost, KeyLimits, LimitDimension, Observed, Pace, PacePolicy, PaceReason, SendTime, NEAR_PERCENT,
+};
 pub use policy::OutagePolicy;
 pub use state::{
     AttemptReport, Change, Gate, ModelPhase, ModelSnapshot, ProbeTicket, RefuseReason, Reply,

@@ -1,0 +1,689 @@
+//! Pacing one pool of the upstream key: the key's own Anthropic limits, learned from the
+//! `anthropic-ratelimit-*` headers, and the upstream's sustainable rate, learned from how
+//! attempts end. A request that must be paced gets a send time in one call ("not until T",
+//! as in GCRA) at which the key's buckets hold its cost and the upstream can take it.
+//!
+//! - **Known limits.** Each dimension (requests, input tokens, output tokens per minute) is a
+//!   GCRA lane: a theoretical arrival time that every reservation pushes on by its cost times
+//!   the emission interval (one minute / limit), with a burst tolerance of one minute (a full
+//!   bucket). An observation of `remaining` at time t implies the lane's time; the lane takes
+//!   the later of its own and the observed one, so traffic the proxy did not pace (other
+//!   edges before they were near, other users of the key) is accounted for, and reservations
+//!   not yet seen by the upstream are not forgotten.
+//! - **Sustainable rate.** When the upstream sheds (`529`, overloaded streams) while it still
+//!   serves, the pool's rate is set to what it served over the last second (a delivery-rate
+//!   estimate, as in BBR), a little below; every success then raises it additively, every
+//!   further overload lowers it again. Requests go out at that rate (a lane of one request per
+//!   interval, a small burst) until the pool has been quiet for a while.
+//!
+//! All times are ms since the Unix epoch, lanes count in microseconds, and every stored number
+//! stays below 2^53.
+
+use serde::{Deserialize, Serialize};
+
+use super::state::stored;
+
+/// One minute, in microseconds: the window of Anthropic's per-minute limits.
+const MINUTE_US: u64 = 60_000_000;
+
+/// What one request costs the key's buckets, as Anthropic charges at its start: one request,
+/// its input (the proxy's estimate), and its `max_tokens` of output.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Cost {
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+}
+
+/// A dimension of the key's own limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LimitDimension {
+    Requests,
+    InputTokens,
+    OutputTokens,
+}
+
+impl LimitDimension {
+    pub const ALL: [LimitDimension; 3] = [
+        LimitDimension::Requests,
+        LimitDimension::InputTokens,
+        LimitDimension::OutputTokens,
+    ];
+
+    /// The name in the `anthropic-ratelimit-<name>-*` headers.
+    #[must_use]
+    pub fn header_name(self) -> &'static str {
+        match self {
+            LimitDimension::Requests => "requests",
+            LimitDimension::InputTokens => "input-tokens",
+            LimitDimension::OutputTokens => "output-tokens",
+        }
+    }
+
+    /// The contract's name for the dimension in a structured answer.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LimitDimension::Requests => "rpm",
+            LimitDimension::InputTokens => "input_tpm",
+            LimitDimension::OutputTokens => "output_tpm",
+        }
+    }
+
+    fn units(self, cost: Cost) -> u64 {
+        match self {
+            LimitDimension::Requests => 1,
+            LimitDimension::InputTokens => cost.input_tokens,
+            LimitDimension::OutputTokens => cost.output_tokens,
+        }
+    }
+
+    fn index(self) -> usize {
+        match self {
+            LimitDimension::Requests => 0,
+            LimitDimension::InputTokens => 1,
+            LimitDimension::OutputTokens => 2,
+        }
+    }
+}
+
+/// One dimension as the upstream reported it on an answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Observed {
+    pub limit: u64,
+    pub remaining: u64,
+}
+
+/// The key's limits as one answer reported them (`None`: the answer did not say).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct KeyLimits {
+    pub requests: Option<Observed>,
+    pub input_tokens: Option<Observed>,
+    pub output_tokens: Option<Observed>,
+}
+
+impl KeyLimits {
+    #[must_use]
+    pub fn get(&self, dimension: LimitDimension) -> Option<Observed> {
+        match dimension {
+            LimitDimension::Requests => self.requests,
+            LimitDimension::InputTokens => self.input_tokens,
+            LimitDimension::OutputTokens => self.output_tokens,
+        }
+    }
+
+    /// Whether any dimension has less than `NEAR_PERCENT` of its limit left: from then on an
+    /// edge asks the key's object before sending, so the requests are paced.
+    #[must_use]
+    pub fn near(&self) -> bool {
+        LimitDimension::ALL
+            .iter()
+            .filter_map(|d| self.get(*d))
+            .any(|o| {
+                o.limit > 0
+                    && o.remaining.saturating_mul(100) < o.limit.saturating_mul(NEAR_PERCENT)
+            })
+    }
+
+    /// Reads the `anthropic-ratelimit-*` headers of an answer. A dimension counts only with a
+    /// parseable limit and remaining.
+    pub fn from_headers<'h>(
+        headers: impl Iterator<Item = (&'h str, &'h str)> + Clone,
+    ) -> KeyLimits {
+        let read = |dimension: LimitDimension| {
+            let value = |suffix: &str| {
+                let name = format!("anthropic-ratelimit-{}-{suffix}", dimension.header_name());
+                headers
+                    .clone()
+                    .find(|(k, _)| k.eq_ignore_ascii_case(&name))
+                    .and_then(|(_, v)| v.trim().parse::<u64>().ok())
+            };
+            Some(Observed {
+                limit: value("limit")?,
+                remaining: value("remaining")?,
+            })
+        };
+        KeyLimits {
+            requests: read(LimitDimension::Requests),
+            input_tokens: read(LimitDimension::InputTokens),
+            output_tokens: read(LimitDimension::OutputTokens),
+        }
+    }
+
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.requests.is_none() && self.input_tokens.is_none() && self.output_tokens.is_none()
+    }
+}
+
+/// Below this share of a limit left (in percent), an edge asks before sending.
+pub const NEAR_PERCENT: u64 = 25;
+
+/// One GCRA lane: `tat_us` is when the lane would be empty of reservations (its bucket full).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct Lane {
+    /// Units per minute.
+    limit: u64,
+    tat_us: u64,
+}
+
+impl Lane {
+    /// Microseconds of lane time one unit takes (rounded up: never faster than the limit).
+    fn interval_us(&self) -> u64 {
+        MINUTE_US.div_ceil(self.limit.max(1))
+    }
+
+    /// The lane time a cost takes; a cost above a whole minute's quota takes a whole minute
+    /// (it can only go with a full bucket, which the upstream then refuses or accepts itself).
+    fn span_us(&self, units: u64) -> u64 {
+        units.saturating_mul(self.interval_us()).min(MINUTE_US)
+    }
+
+    /// The earliest time (µs) at which `units` fit.
+    fn earliest_us(&self, now_us: u64, units: u64) -> u64 {
+        let new_tat = self.tat_us.max(now_us).saturating_add(self.span_us(units));
+        new_tat.saturating_sub(MINUTE_US).max(now_us)
+    }
+
+    fn reserve(&mut self, at_us: u64, units: u64) {
+        self.tat_us = stored(self.tat_us.max(at_us).saturating_add(self.span_us(units)));
+    }
+
+    fn observe(&mut self, now_us: u64, observed: Observed) {
+        self.limit = observed.limit;
+        let used = observed.limit.saturating_sub(observed.remaining);
+        let implied = now_us.saturating_add(self.span_us(used));
+        // `implied` is when the bucket would be full again given what the upstream counts.
+        self.tat_us = stored(self.tat_us.max(implied));
+    }
+}
+
+/// Why a request is paced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PaceReason {
+    /// The key's own limit in this dimension.
+    KeyLimit(LimitDimension),
+    /// The upstream's sustainable rate.
+    Capacity,
+}
+
+/// The upstream's sustainable rate for the pool, while it sheds load.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct Rate {
+    /// Requests per second × 1000; 0 when not pacing.
+    mrps: u64,
+    /// The lane of the rate (µs).
+    tat_us: u64,
+    /// Pacing ends when nothing was shed until then.
+    until_ms: u64,
+    /// Below this rate a success raises it quickly (slow start).
+    threshold_mrps: u64,
+}
+
+impl Rate {
+    fn interval_us(&self) -> u64 {
+        1_000_000_000u64.div_ceil(self.mrps.max(1))
+    }
+
+    /// GCRA with a tolerance of `burst − 1` intervals: the earliest send time (µs).
+    fn earliest_us(&self, now_us: u64, burst: u64) -> u64 {
+        let tolerance = self.interval_us().saturating_mul(burst.max(1) - 1);
+        self.tat_us.saturating_sub(tolerance).max(now_us)
+    }
+
+    fn reserve(&mut self, at_us: u64) {
+        self.tat_us = stored(self.tat_us.max(at_us).saturating_add(self.interval_us()));
+    }
+}
+
+/// Successes per whole second: the current second and the last one.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct Served {
+    second: u64,
+    this_second: u64,
+    last_second: u64,
+}
+
+impl Served {
+    fn roll(&mut self, now_ms: u64) {
+        let second = now_ms / 1000;
+        if second == self.second {
+            return;
+        }
+        self.last_second = if second == self.second.saturating_add(1) {
+            self.this_second
+        } else {
+            0
+        };
+        self.this_second = 0;
+        self.second = second;
+    }
+
+    fn count(&mut self, now_ms: u64) {
+        self.roll(now_ms);
+        self.this_second = self.this_second.saturating_add(1);
+    }
+
+    /// Successes over the last full second, or the current one if it is busier.
+    fn rate_per_s(&mut self, now_ms: u64) -> u64 {
+        self.roll(now_ms);
+        self.last_second.max(self.this_second)
+    }
+}
+
+/// The knobs of pacing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PacePolicy {
+    /// The rate set on shedding is this share (percent) of the served rate.
+    pub shed_percent: u64,
+    /// Each success raises the rate by this much (milli-requests per second).
+    pub increase_mrps: u64,
+    /// The rate never goes below this (milli-requests per second).
+    pub min_mrps: u64,
+    /// Pacing at the rate ends this long after the last shed answer.
+    pub quiet_ms: u64,
+    /// Requests the rate lets out at once (its burst).
+    pub burst: u64,
+}
+
+impl Default for PacePolicy {
+    /// Shed to 90 % of the served rate, +0.05 req/s per success, at least 0.5 req/s,
+    /// pacing for 10 s after the last shed answer, a burst of 2.
+    fn default() -> Self {
+        PacePolicy {
+            shed_percent: 90,
+            increase_mrps: 50,
+            min_mrps: 500,
+            quiet_ms: 10_000,
+            burst: 2,
+        }
+    }
+}
+
+/// When a request may go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SendTime {
+    /// Now: nothing holds it back.
+    Now,
+    /// At this time (ms), for this reason.
+    At { at_ms: u64, reason: PaceReason },
+}
+
+/// Pacing state of one pool.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Pace {
+    lanes: [Option<Lane>; 3],
+    rate: Rate,
+    served: Served,
+}
+
+impl Pace {
+    /// When a request of `cost` could go, without reserving.
+    #[must_use]
+    pub fn send_time(&self, policy: &PacePolicy, now_ms: u64, cost: Cost) -> SendTime {
+        let now_us = now_ms.saturating_mul(1000);
+        let mut latest = (now_us, None);
+        for dimension in LimitDimension::ALL {
+            if let Some(lane) = self.lanes.get(dimension.index()).copied().flatten() {
+                let at = lane.earliest_us(now_us, dimension.units(cost));
+                if at > latest.0 {
+                    latest = (at, Some(PaceReason::KeyLimit(dimension)));
+                }
+            }
+        }
+        if self.rate_mrps(now_ms) > 0 {
+            let at = self.rate.earliest_us(now_us, policy.burst);
+            if at > latest.0 {
+                latest = (at, Some(PaceReason::Capacity));
+            }
+        }
+        match latest {
+            (at_us, Some(reason)) => SendTime::At {
+                at_ms: at_us.div_ceil(1000),
+                reason,
+            },
+            (_, None) => SendTime::Now,
+        }
+    }
+
+    /// Reserves `cost` for a request that goes at `at_ms`.
+    pub fn reserve(&mut self, at_ms: u64, cost: Cost) {
+        let at_us = at_ms.saturating_mul(1000);
+        for dimension in LimitDimension::ALL {
+            if let Some(Some(lane)) = self.lanes.get_mut(dimension.index()) {
+                lane.reserve(at_us, dimension.units(cost));
+            }
+        }
+        if self.rate_mrps(at_ms) > 0 {
+            self.rate.reserve(at_us);
+        }
+    }
+
+    /// Learns the key's limits from an answer's headers at `now_ms`.
+    pub fn observe(&mut self, now_ms: u64, limits: &KeyLimits) {
+        let now_us = now_ms.saturating_mul(1000);
+        for dimension in LimitDimension::ALL {
+            if let (Some(observed), Some(slot)) =
+                (limits.get(dimension), self.lanes.get_mut(dimension.index()))
+            {
+                if observed.limit == 0 {
+                    continue;
+                }
+                slot.get_or_insert(Lane {
+                    limit: observed.limit,
+                    tat_us: 0,
+                })
+                .observe(now_us, observed);
+            }
+        }
+    }
+
+    /// A success: counts towards the served rate and raises the pacing rate: by a whole
+    /// request per second while below the rate the last shedding set (slow start: the rate
+    /// doubles every second), additively above it.
+    pub fn served(&mut self, policy: &PacePolicy, now_ms: u64) {
+        self.served.count(now_ms);
+        if self.rate_mrps(now_ms) > 0 {
+            let step = if self.rate.mrps < self.rate.threshold_mrps {
+                1000
+            } else {
+                policy.increase_mrps
+            };
+            self.rate.mrps = stored(self.rate.mrps.saturating_add(step));
+        }
+    }
+
+    /// The upstream shed an attempt: pace at a little below what it served over the last
+    /// second. Repeated shedding never compounds: the rate only comes down to that figure.
+    pub fn shed(&mut self, policy: &PacePolicy, now_ms: u64) {
+        let served_mrps = self.served.rate_per_s(now_ms).saturating_mul(1000);
+        let target = (served_mrps.saturating_mul(policy.shed_percent) / 100).max(policy.min_mrps);
+        if self.rate_mrps(now_ms) > 0 {
+            self.rate.mrps = self.rate.mrps.min(target);
+        } else {
+            self.rate.mrps = target;
+            self.rate.tat_us = stored(now_ms.saturating_mul(1000));
+        }
+        self.rate.threshold_mrps = self.rate.threshold_mrps.max(target);
+        self.rate.until_ms = stored(now_ms.saturating_add(policy.quiet_ms));
+    }
+
+    /// Stops pacing at a rate: an outage was detected, and its probes and paced release take
+    /// over. The rate the last shedding set stays as the slow-start threshold.
+    pub fn outage(&mut self) {
+        self.rate.mrps = 0;
+        self.rate.until_ms = 0;
+    }
+
+    /// The pacing rate in force at `now_ms`, in requests per second × 1000 (0 when none).
+    #[must_use]
+    pub fn rate_mrps(&self, now_ms: u64) -> u64 {
+        if now_ms < self.rate.until_ms {
+            self.rate.mrps
+        } else {
+            0
+        }
+    }
+
+    /// The known limit of a dimension, if any answer reported it.
+    #[must_use]
+    pub fn known_limit(&self, dimension: LimitDimension) -> Option<u64> {
+        self.lanes
+            .get(dimension.index())
+            .copied()
+            .flatten()
+            .map(|lane| lane.limit)
+    }
+
+    /// Nothing worth remembering at `now_ms`: no lane holds a reservation, no rate in force.
+    #[must_use]
+    pub fn is_idle(&self, now_ms: u64) -> bool {
+        let now_us = now_ms.saturating_mul(1000);
+        self.rate_mrps(now_ms) == 0
+            && self
+                .lanes
+                .iter()
+                .flatten()
+                .all(|lane| lane.tat_us <= now_us)
+    }
+
+    /// Moves every stored time back by `back` ms (a clock jump).
+    pub fn shift_back(&mut self, back: u64) {
+        let back_us = back.saturating_mul(1000);
+        for lane in self.lanes.iter_mut().flatten() {
+            lane.tat_us = lane.tat_us.saturating_sub(back_us);
+        }
+        self.rate.tat_us = self.rate.tat_us.saturating_sub(back_us);
+        self.rate.until_ms = self.rate.until_ms.saturating_sub(back);
+        self.served = Served::default();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const T0: u64 = 1_764_000_000_000;
+
+    fn observed(limit: u64, remaining: u64) -> Observed {
+        Observed { limit, remaining }
+    }
+
+    fn requests_only(limit: u64, remaining: u64) -> KeyLimits {
+        KeyLimits {
+            requests: Some(observed(limit, remaining)),
+            ..KeyLimits::default()
+        }
+    }
+
+    /// Sends `n` requests of `cost` as early as the pace allows, from `now`; their send times.
+    fn send_all(pace: &mut Pace, now: u64, n: usize, cost: Cost) -> Vec<u64> {
+        let policy = PacePolicy::default();
+        (0..n)
+            .map(|_| {
+                let at = match pace.send_time(&policy, now, cost) {
+                    SendTime::Now => now,
+                    SendTime::At { at_ms, .. } => at_ms,
+                };
+                pace.reserve(at, cost);
+                at
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_full_key_bursts_its_minute_then_goes_at_the_limit() {
+        let mut pace = Pace::default();
+        pace.observe(T0, &requests_only(60, 60));
+        let times = send_all(&mut pace, T0, 63, Cost::default());
+        assert!(times[..60].iter().all(|&t| t == T0), "{:?}", &times[..60]);
+        assert_eq!(&times[60..], [T0 + 1_000, T0 + 2_000, T0 + 3_000]);
+    }
+
+    #[test]
+    fn an_observed_remaining_is_honoured_and_never_forgotten() {
+        let mut pace = Pace::default();
+        // The upstream says 2 of 60 are left: two go now, the next one a second later.
+        pace.observe(T0, &requests_only(60, 2));
+        let times = send_all(&mut pace, T0, 3, Cost::default());
+        assert_eq!(times, [T0, T0, T0 + 1_000]);
+        // A later answer that reports more left than the proxy reserved does not free its
+        // reservations (they may not have reached the upstream yet)...
+        pace.observe(T0 + 10, &requests_only(60, 50));
+        assert_eq!(
+            pace.send_time(&PacePolicy::default(), T0 + 10, Cost::default()),
+            SendTime::At {
+                at_ms: T0 + 2_000,
+                reason: PaceReason::KeyLimit(LimitDimension::Requests)
+            }
+        );
+        // ...and one that reports less pushes the lane on.
+        pace.observe(T0 + 20, &requests_only(60, 0));
+        match pace.send_time(&PacePolicy::default(), T0 + 20, Cost::default()) {
+            SendTime::At { at_ms, .. } => assert!(at_ms >= T0 + 20 + 1_000),
+            SendTime::Now => panic!("an empty bucket let a request through"),
+        }
+    }
+
+    #[test]
+    fn token_costs_pace_by_the_binding_dimension() {
+        let mut pace = Pace::default();
+        let limits = KeyLimits {
+            requests: Some(observed(1_000, 1_000)),
+            input_tokens: Some(observed(60_000, 60_000)),
+            output_tokens: Some(observed(8_000, 8_000)),
+        };
+        pace.observe(T0, &limits);
+        // 3,000-token prompts: 20 fit the minute, then one every 3 s.
+        let big = Cost {
+            input_tokens: 3_000,
+            output_tokens: 100,
+        };
+        let times = send_all(&mut pace, T0, 22, big);
+        assert!(times[..20].iter().all(|&t| t == T0));
+        assert_eq!(&times[20..], [T0 + 3_000, T0 + 6_000]);
+        assert_eq!(
+            pace.send_time(&PacePolicy::default(), T0, big),
+            SendTime::At {
+                at_ms: T0 + 9_000,
+                reason: PaceReason::KeyLimit(LimitDimension::InputTokens)
+            }
+        );
+        // A cost above the whole minute waits for a full bucket, never for ever.
+        let huge = Cost {
+            input_tokens: 10_000_000,
+            output_tokens: 0,
+        };
+        let at = match pace.send_time(&PacePolicy::default(), T0, huge) {
+            SendTime::At { at_ms, .. } => at_ms,
+            SendTime::Now => T0,
+        };
+        assert!(at <= T0 + 9_000 + 60_000);
+    }
+
+    #[test]
+    fn shedding_paces_just_below_the_served_rate_and_successes_raise_it() {
+        let policy = PacePolicy::default();
+        let mut pace = Pace::default();
+        // 20 successes a second, then a 529.
+        for i in 0..40 {
+            pace.served(&policy, T0 + i * 50);
+        }
+        assert_eq!(pace.rate_mrps(T0 + 2_000), 0, "no pacing before shedding");
+        pace.shed(&policy, T0 + 2_000);
+        assert_eq!(pace.rate_mrps(T0 + 2_000), 18_000);
+        // More 529s from requests already on their way do not compound.
+        pace.shed(&policy, T0 + 2_010);
+        pace.shed(&policy, T0 + 2_020);
+        assert_eq!(pace.rate_mrps(T0 + 2_020), 18_000);
+        // Paced at 18/s with a burst of 2: the third request waits one interval.
+        let times = send_all(&mut pace, T0 + 2_020, 4, Cost::default());
+        assert_eq!(times[0], T0 + 2_020);
+        assert!(
+            times[3] >= T0 + 2_020 + 2 * 55 && times[3] <= T0 + 2_020 + 3 * 56,
+            "{times:?}"
+        );
+        // Successes raise it by 0.05/s each above the threshold.
+        pace.served(&policy, T0 + 2_100);
+        assert_eq!(pace.rate_mrps(T0 + 2_100), 18_050);
+        // Quiet for 10 s: pacing ends.
+        assert_eq!(pace.rate_mrps(T0 + 2_020 + 10_000), 0);
+        assert!(pace.is_idle(T0 + 2_020 + 10_000 + 1_000));
+    }
+
+    #[test]
+    fn after_an_outage_the_rate_starts_slow_and_doubles() {
+        let policy = PacePolicy::default();
+        let mut pace = Pace::default();
+        for i in 0..20 {
+            pace.served(&policy, T0 + i * 50);
+        }
+        pace.shed(&policy, T0 + 1_000);
+        let threshold = pace.rate_mrps(T0 + 1_000);
+        pace.outage();
+        assert_eq!(pace.rate_mrps(T0 + 1_001), 0);
+        // The upstream comes back: nothing served in the last second, so the floor...
+        pace.shed(&policy, T0 + 20_000);
+        assert_eq!(pace.rate_mrps(T0 + 20_000), policy.min_mrps);
+        // ...and each success adds a request per second until the old threshold.
+        for i in 0..10 {
+            pace.served(&policy, T0 + 20_000 + i);
+        }
+        assert_eq!(pace.rate_mrps(T0 + 20_010), policy.min_mrps + 10_000);
+        assert!(threshold >= policy.min_mrps + 10_000);
+    }
+
+    #[test]
+    fn headers_are_read_and_near_is_a_quarter_left() {
+        let headers = [
+            ("anthropic-ratelimit-requests-limit", "50"),
+            ("Anthropic-Ratelimit-Requests-Remaining", " 12 "),
+            ("anthropic-ratelimit-requests-reset", "2026-12-01T21:00:00Z"),
+            ("anthropic-ratelimit-input-tokens-limit", "40000"),
+            ("anthropic-ratelimit-input-tokens-remaining", "39000"),
+            ("anthropic-ratelimit-output-tokens-limit", "8000"),
+            ("anthropic-ratelimit-output-tokens-remaining", "lots"),
+        ];
+        let limits = KeyLimits::from_headers(headers.iter().copied());
+        assert_eq!(limits.requests, Some(observed(50, 12)));
+        assert_eq!(limits.input_tokens, Some(observed(40_000, 39_000)));
+        assert_eq!(limits.output_tokens, None);
+        assert!(limits.near(), "12 of 50 is under a quarter");
+        assert!(!requests_only(50, 13).near());
+        assert!(KeyLimits::from_headers([("content-type", "x")].iter().copied()).is_empty());
+    }
+
+    proptest! {
+        /// Whatever the arrivals and costs, the requests a lane lets go within any window of
+        /// w ms cost at most the limit's share of (w + one minute): the key's bucket never
+        /// runs dry from the proxy's own sending.
+        #[test]
+        fn a_lane_never_lets_a_window_exceed_the_limit(
+            limit in 1u64..500,
+            remaining in 0u64..500,
+            arrivals in prop::collection::vec((0u64..120_000, 0u64..50), 1..200),
+        ) {
+            let remaining = remaining.min(limit);
+            let mut pace = Pace::default();
+            pace.observe(T0, &KeyLimits { input_tokens: Some(observed(limit, remaining)), ..KeyLimits::default() });
+            let policy = PacePolicy::default();
+            let mut arrivals = arrivals;
+            arrivals.sort_unstable();
+            let mut sent: Vec<(u64, u64)> = Vec::new();
+            for (offset, tokens) in arrivals {
+                let tokens = tokens.min(limit);
+                let cost = Cost { input_tokens: tokens, output_tokens: 0 };
+                let now = T0 + offset;
+                let at = match pace.send_time(&policy, now, cost) {
+                    SendTime::Now => now,
+                    SendTime::At { at_ms, .. } => { prop_assert!(at_ms >= now); at_ms }
+                };
+                pace.reserve(at, cost);
+                sent.push((at, tokens));
+            }
+            sent.sort_unstable();
+            let used = limit - remaining;
+            let slack = sent.len() as u64;
+            for (i, &(start, _)) in sent.iter().enumerate() {
+                for &(end, _) in &sent[i..] {
+                    let w = end - start;
+                    let total: u64 = sent.iter().filter(|(t, _)| *t >= start && *t <= end).map(|(_, c)| c).sum();
+                    // One minute's quota plus the refill over w (a microsecond of rounding
+                    // per send at most).
+                    prop_assert!(total <= limit + (limit * (w + slack)).div_ceil(60_000),
+                        "{total} sent in {w} ms, limit {limit}/min");
+                }
+                // From the observation on, what the upstream had already counted is taken off.
+                let total: u64 = sent.iter().filter(|(t, _)| *t <= start).map(|(_, c)| c).sum();
+                prop_assert!(total + used <= limit + (limit * (start - T0 + slack)).div_ceil(60_000),
+                    "{total} sent by {start} with {used} already used, limit {limit}/min");
+            }
+        }
+    }
+}
