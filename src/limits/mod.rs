@@ -38,6 +38,26 @@ pub use state::{
 
 use crate::error::{whole_seconds, LimitInfo, ProxyError, Scope};
 
+/// While an answer's body moves, its slot is renewed for this long, every
+/// [`RENEW_EVERY_MS`]: a client that goes away (a closed tab) gets its slot back within
+/// `RENEW_EVERY_MS + STREAM_LEASE_MS` (6.5 s) whatever the runtime does with the abandoned
+/// request, settlement included.
+pub const STREAM_LEASE_MS: u64 = 5_000;
+
+/// How often a moving answer renews its slot.
+pub const RENEW_EVERY_MS: u64 = 1_500;
+
+/// The lease taken at admission: the request's whole time to its first byte (its budget and
+/// one attempt's timeout past it) and a little more; from the first byte on, the answer
+/// renews it in short steps.
+#[must_use]
+pub fn admission_lease_ms(budget_ms: u64, attempt_timeout_ms: u64) -> u64 {
+    budget_ms
+        .saturating_add(attempt_timeout_ms)
+        .saturating_add(10_000)
+        .min(MAX_LEASE_MS)
+}
+
 impl Denial {
     /// The message of the 429, e.g. `rpm limit of 50 reached for this key; retry in 12 s`.
     /// The seconds are the `Retry-After` the answer carries (rounded up).

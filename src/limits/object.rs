@@ -28,6 +28,12 @@ pub enum LimiterCall {
         reservation: Reservation,
         usage: Usage,
     },
+    /// The answer is still moving: hold its slot for another `lease_ms`.
+    Renew {
+        limits: TierLimits,
+        lease_id: u64,
+        lease_ms: u64,
+    },
 }
 
 /// The object's answer to an admission: the decision and the caller's limits as of now.
@@ -45,6 +51,7 @@ pub struct AdmitReply {
 pub enum LimiterReply {
     Admitted(AdmitReply),
     Settled(Settlement),
+    Renewed(bool),
 }
 
 /// What a caller's object stores: its buckets and leases, and the limits it was last used
@@ -77,6 +84,11 @@ impl ObjectState for LimiterObject {
                 reservation,
                 usage,
             } => LimiterReply::Settled(self.limiter.settle(&limits, now_ms, &reservation, usage)),
+            LimiterCall::Renew {
+                limits,
+                lease_id,
+                lease_ms,
+            } => LimiterReply::Renewed(self.limiter.renew(&limits, now_ms, lease_id, lease_ms)),
         }
     }
 

@@ -542,6 +542,32 @@ impl LimiterState {
         settlement
     }
 
+    /// Holds the lease `lease_id` for another `lease_ms` from `now_ms` (clamped as at
+    /// admission): a streaming answer still moving renews its slot, so a request the runtime
+    /// drops, settlement and all, frees its slot a short lease after it stopped moving.
+    /// Renewing may shorten a lease. Whether the lease was still held.
+    pub fn renew(
+        &mut self,
+        limits: &TierLimits,
+        now_ms: u64,
+        lease_id: u64,
+        lease_ms: u64,
+    ) -> bool {
+        let now = self.advance(limits, now_ms);
+        let until = now.saturating_add(lease_ms.clamp(1, MAX_LEASE_MS));
+        match self
+            .leases
+            .iter_mut()
+            .find(|lease| lease.id == lease_id && lease.expires_ms > now)
+        {
+            Some(lease) => {
+                lease.expires_ms = until;
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Every configured dimension as of `now_ms`, in the order of [`Dimension::ALL`];
     /// unlimited dimensions are left out. Does not change the state.
     #[must_use]
@@ -626,6 +652,51 @@ impl LimiterState {
     #[cfg(test)]
     pub(crate) fn lease_records(&self) -> usize {
         self.leases.len()
+    }
+}
+
+#[cfg(test)]
+mod renew_tests {
+    use std::num::NonZeroU32;
+
+    use super::*;
+
+    #[test]
+    fn a_renewed_lease_holds_its_slot_and_an_unrenewed_one_frees_it() {
+        let limits = TierLimits {
+            concurrency: NonZeroU32::new(1),
+            ..TierLimits::default()
+        };
+        let t0 = 1_764_000_000_000;
+        let mut state = LimiterState::new();
+        let ask = AdmissionRequest {
+            input_tokens: 0,
+            output_tokens: 0,
+            lease_ms: 100_000,
+        };
+        let Admission::Admitted(held) = state.admit(&limits, t0, &ask) else {
+            panic!("admitted")
+        };
+        // Renewed to a short lease, again and again while the answer moves...
+        for i in 1..=5 {
+            assert!(state.renew(&limits, t0 + i * 2_000, held.lease_id, 7_000));
+            assert!(matches!(
+                state.admit(&limits, t0 + i * 2_000, &ask),
+                Admission::Denied(_)
+            ));
+        }
+        // ...then no more renewals: the slot is free 7 s after the last one, not 100 s.
+        assert!(matches!(
+            state.admit(&limits, t0 + 10_000 + 6_999, &ask),
+            Admission::Denied(_)
+        ));
+        assert!(matches!(
+            state.admit(&limits, t0 + 10_000 + 7_000, &ask),
+            Admission::Admitted(_)
+        ));
+        // An expired lease is not brought back.
+        assert!(!state.renew(&limits, t0 + 20_000, held.lease_id, 7_000));
+        assert!(!state.renew(&limits, t0 + 20_000, 999, 7_000));
     }
 }
 

@@ -17,7 +17,8 @@ use super::classify::{classify, Cause, Outcome};
 use super::policy::{Retrier, RetryPolicy, Step, StopReason};
 use crate::error::ProxyError;
 use crate::upstream::{
-    AttemptReport, EdgeMemory, Gate, ProbeTicket, Refusal, RefuseReason, Reply, WaitReason,
+    AttemptReport, Cost, EdgeMemory, Gate, KeyLimits, PaceReason, ProbeTicket, Refusal,
+    RefuseReason, Reply, WaitReason,
 };
 
 /// Milliseconds since the Unix epoch, as the platform sees them.
@@ -38,6 +39,12 @@ pub trait Transport {
     /// first SSE event). The answer comes with the outcome when there is one.
     fn attempt(&mut self, timeout_ms: u64)
         -> impl Future<Output = (Outcome, Option<Self::Answer>)>;
+
+    /// What the last attempt's answer said of the key's own limits (its
+    /// `anthropic-ratelimit-*` headers); nothing by default.
+    fn key_limits(&self) -> KeyLimits {
+        KeyLimits::default()
+    }
 }
 
 /// The shared upstream state could not be asked (it is a guard, not a gate: the request
@@ -54,6 +61,10 @@ pub struct Ask {
     pub request_seed: u64,
     /// First attempts this edge sent without asking since it last called.
     pub unreported: u32,
+    /// Successes this edge did not tell since it last called.
+    pub unreported_served: u32,
+    /// What the request costs the key's buckets.
+    pub cost: Cost,
 }
 
 /// What the shared state is told after an attempt.
@@ -61,6 +72,9 @@ pub struct Ask {
 pub struct Tell {
     pub report: AttemptReport,
     pub unreported: u32,
+    pub unreported_served: u32,
+    /// The key's limits as the answer reported them.
+    pub limits: KeyLimits,
 }
 
 /// The upstream key's shared state, as one request sees it (for one model).
@@ -86,6 +100,8 @@ pub enum WaitCause {
     Backoff(Cause),
     /// The shared state said wait.
     Shared(WaitReason),
+    /// The shared state gave the request a later send time.
+    Paced(PaceReason),
 }
 
 impl fmt::Display for WaitCause {
@@ -95,6 +111,10 @@ impl fmt::Display for WaitCause {
             WaitCause::Shared(WaitReason::Cooldown) => f.write_str("upstream_cooldown"),
             WaitCause::Shared(WaitReason::Overloaded) => f.write_str("model_overloaded"),
             WaitCause::Shared(WaitReason::Recovering) => f.write_str("model_recovering"),
+            WaitCause::Paced(PaceReason::KeyLimit(dimension)) => {
+                write!(f, "paced_{}", dimension.as_str())
+            }
+            WaitCause::Paced(PaceReason::Capacity) => f.write_str("paced_capacity"),
         }
     }
 }
@@ -122,6 +142,12 @@ impl fmt::Display for Stop {
             Stop::Refused(RefuseReason::Cooldown) => f.write_str("refused_cooldown"),
             Stop::Refused(RefuseReason::Overloaded) => f.write_str("refused_overloaded"),
             Stop::Refused(RefuseReason::RetryBudget) => f.write_str("refused_retry_budget"),
+            Stop::Refused(RefuseReason::Paced(PaceReason::KeyLimit(dimension))) => {
+                write!(f, "refused_paced_{}", dimension.as_str())
+            }
+            Stop::Refused(RefuseReason::Paced(PaceReason::Capacity)) => {
+                f.write_str("refused_paced_capacity")
+            }
         }
     }
 }
@@ -150,6 +176,8 @@ pub struct Run<'a, C, S, G> {
     pub policy: RetryPolicy,
     pub started_ms: u64,
     pub seed: u64,
+    /// What the request costs the key's buckets (for pacing).
+    pub cost: Cost,
     pub shared: G,
     pub memory: Rc<RefCell<EdgeMemory>>,
 }
@@ -174,6 +202,7 @@ where
         policy,
         started_ms,
         seed,
+        cost,
         mut shared,
         memory,
     } = run;
@@ -188,6 +217,7 @@ where
             memory: &memory,
             seed,
             deadline_ms,
+            cost,
         };
         let probe = gate
             .before(&mut shared, is_retry, last_cause, journal)
@@ -195,7 +225,8 @@ where
         let ticket = retrier.attempt_started();
         journal.attempts = ticket.number;
         let (outcome, answer) = transport.attempt(ticket.timeout_ms).await;
-        gate.after(&mut shared, &outcome, probe, journal.consulted)
+        let limits = transport.key_limits();
+        gate.after(&mut shared, &outcome, probe, journal.consulted, limits)
             .await;
         match retrier.after_attempt(clock.now_ms(), classify(&outcome)) {
             Step::Deliver => return answer.ok_or_else(no_answer),
@@ -231,6 +262,7 @@ struct Gatekeeper<'r, C, S> {
     memory: &'r Rc<RefCell<EdgeMemory>>,
     seed: u64,
     deadline_ms: u64,
+    cost: Cost,
 }
 
 impl<C: Clock, S: Sleep> Gatekeeper<'_, C, S> {
@@ -249,12 +281,17 @@ impl<C: Clock, S: Sleep> Gatekeeper<'_, C, S> {
         }
         journal.consulted = true;
         for _ in 0..MAX_GATE_CALLS {
-            let unreported = self.memory.borrow_mut().take_unreported();
+            let (unreported, unreported_served) = {
+                let mut memory = self.memory.borrow_mut();
+                (memory.take_unreported(), memory.take_unreported_served())
+            };
             let ask = Ask {
                 is_retry,
                 deadline_ms: self.deadline_ms,
                 request_seed: self.seed,
                 unreported,
+                unreported_served,
+                cost: self.cost,
             };
             let Ok(gate) = shared.before(ask).await else {
                 return Ok(None);
@@ -270,6 +307,21 @@ impl<C: Clock, S: Sleep> Gatekeeper<'_, C, S> {
                         cause: WaitCause::Shared(reason),
                     });
                     self.sleep.sleep(ms).await;
+                }
+                Gate::Scheduled { at_ms, reason } => {
+                    // Paced: the place is reserved, so the request goes at its time without
+                    // asking again.
+                    let now = self.clock.now_ms();
+                    self.memory.borrow_mut().mark_trouble(now);
+                    let ms = at_ms.min(self.deadline_ms).saturating_sub(now);
+                    if ms > 0 {
+                        journal.waits.push(Wait {
+                            ms,
+                            cause: WaitCause::Paced(reason),
+                        });
+                        self.sleep.sleep(ms).await;
+                    }
+                    return Ok(None);
                 }
                 Gate::Refuse {
                     retry_after_ms,
@@ -297,25 +349,33 @@ impl<C: Clock, S: Sleep> Gatekeeper<'_, C, S> {
         outcome: &Outcome,
         probe: Option<ProbeTicket>,
         consulted: bool,
+        limits: KeyLimits,
     ) {
         let reply = Reply::of(outcome);
+        // Near the key's own limits is trouble too: from now on this edge asks, and is paced.
         let trouble = classify(outcome).is_retry()
-            || matches!(reply, Reply::Overloaded | Reply::RateLimited { .. });
-        let unreported = {
+            || matches!(reply, Reply::Overloaded | Reply::RateLimited { .. })
+            || limits.near();
+        let (unreported, unreported_served) = {
             let mut memory = self.memory.borrow_mut();
             let now = self.clock.now_ms();
             if trouble {
                 memory.mark_trouble(now);
             }
             if !(trouble || probe.is_some() || consulted || memory.troubled(now)) {
+                if reply == Reply::Success {
+                    memory.count_served();
+                }
                 return;
             }
-            memory.take_unreported()
+            (memory.take_unreported(), memory.take_unreported_served())
         };
         shared
             .after(Tell {
                 report: AttemptReport { reply, probe },
                 unreported,
+                unreported_served,
+                limits,
             })
             .await;
     }
@@ -419,6 +479,7 @@ mod tests {
             policy,
             started_ms: time.now_ms(),
             seed: 7,
+            cost: Cost::default(),
             shared,
             memory: memory.clone(),
         };

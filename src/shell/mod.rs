@@ -17,9 +17,11 @@ use crate::identity::{authenticate, credential, Caller};
 use crate::request::body::{inspect, BodyFacts};
 use crate::request::route::{query_of, route, upstream_url, Route};
 
+use crate::limits::admission_lease_ms;
 use crate::request::cors::Cors;
 use crate::retry::runner::{self, Run, Unguarded};
 use crate::retry::RetryPolicy;
+use crate::upstream::{pool_of, Cost};
 use objects::{limiter, upstream::KeyState};
 use respond::Exchange;
 use runtime::Platform;
@@ -87,7 +89,9 @@ async fn handle(
     let admitted = if route.is_metered() && !limits.is_unlimited() {
         let identity_hash = caller.identity_hash();
         let headers = &mut exchange.extra_headers;
-        let reservation = limiter::admit(env, &identity_hash, limits, &facts, headers).await?;
+        let lease_ms = admission_lease_ms(config.request_budget_ms, config.attempt_timeout_ms);
+        let reservation =
+            limiter::admit(env, &identity_hash, limits, &facts, lease_ms, headers).await?;
         Some(Admitted {
             identity_hash,
             limits,
@@ -108,12 +112,11 @@ async fn handle(
         body.as_deref(),
         facts.stream,
     );
-    let model = facts.model.as_deref();
     let answer = forward(
         env,
         &route,
         &upstream_key,
-        model,
+        &facts,
         policy,
         &mut upstream,
         exchange,
@@ -159,26 +162,33 @@ impl Admitted {
 }
 
 /// Runs the request's attempts through the core's runner; messages and token counts answer to
-/// the upstream key's shared state, model listings to none.
+/// the upstream key's shared state for their pool (paced by what it costs), model listings to
+/// none.
 async fn forward(
     env: &Env,
     route: &Route,
     upstream_key: &crate::identity::Secret,
-    model: Option<&str>,
+    facts: &BodyFacts,
     policy: RetryPolicy,
     upstream: &mut Upstream<'_>,
     exchange: &mut Exchange,
 ) -> Result<transport::UpstreamAnswer, ProxyError> {
     let (started_ms, seed) = (exchange.started_ms, runtime::random_u64());
+    let cost = Cost {
+        input_tokens: facts.input_tokens_estimate,
+        output_tokens: facts.max_tokens.unwrap_or(0),
+    };
     let journal = &mut exchange.journal;
     if route.carries_body() {
-        let (shared, memory) = KeyState::new(env, upstream_key, model);
+        let (shared, memory) =
+            KeyState::new(env, upstream_key, pool_of(route, facts.model.as_deref()));
         let run = Run {
             clock: &Platform,
             sleep: &Platform,
             policy,
             started_ms,
             seed,
+            cost,
             shared,
             memory,
         };
@@ -192,6 +202,7 @@ async fn forward(
             policy,
             started_ms,
             seed,
+            cost,
             shared,
             memory,
         };

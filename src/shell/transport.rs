@@ -26,6 +26,7 @@ use crate::retry::{
 use crate::stream::sse::{EventScanner, SseEvent};
 use crate::stream::tap::{Progress, Seen, Tap};
 use crate::stream::{exact_length, header, is_event_stream};
+use crate::upstream::KeyLimits;
 
 /// A delivered upstream answer, and (when tapped) where its usage will be reported.
 pub struct Delivered {
@@ -59,6 +60,8 @@ pub struct Upstream<'a> {
     streaming: bool,
     /// The upstream's `request-id` of the last attempt that had one.
     pub request_id: Option<String>,
+    /// The key's limits as the last answer's `anthropic-ratelimit-*` headers reported them.
+    key_limits: KeyLimits,
 }
 
 impl<'a> Upstream<'a> {
@@ -84,6 +87,7 @@ impl<'a> Upstream<'a> {
             body,
             streaming,
             request_id: None,
+            key_limits: KeyLimits::default(),
         }
     }
 }
@@ -107,7 +111,14 @@ impl Transport for Upstream<'_> {
         {
             self.request_id = Some(id.to_string());
         }
+        self.key_limits = answer.as_ref().map_or_else(KeyLimits::default, |a| {
+            KeyLimits::from_headers(a.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        });
         (outcome, answer)
+    }
+
+    fn key_limits(&self) -> KeyLimits {
+        self.key_limits
     }
 }
 

@@ -10,6 +10,7 @@
 use std::cell::RefCell;
 use std::rc::Rc;
 
+use super::pace::PaceReason;
 use super::state::RefuseReason;
 use crate::error::{LimitInfo, ProxyError};
 use crate::retry::Cause;
@@ -21,6 +22,9 @@ pub struct EdgeMemory {
     trouble_until_ms: u64,
     /// First attempts sent without asking, not yet reported.
     unreported: u32,
+    /// Successes not told to the shared state, not yet reported (how much the upstream
+    /// serves, for pacing at its rate once it sheds).
+    unreported_served: u32,
 }
 
 impl EdgeMemory {
@@ -57,6 +61,16 @@ impl EdgeMemory {
     pub fn unreported(&self) -> u32 {
         self.unreported
     }
+
+    /// A success the shared state was not told of.
+    pub fn count_served(&mut self) {
+        self.unreported_served = self.unreported_served.saturating_add(1);
+    }
+
+    /// The untold successes to report with the next call; the count starts over.
+    pub fn take_unreported_served(&mut self) -> u32 {
+        std::mem::take(&mut self.unreported_served)
+    }
 }
 
 /// An isolate's memories, one per upstream key (by fingerprint), at most
@@ -79,7 +93,7 @@ impl EdgeMemories {
         if self.keys.len() >= Self::MAX_KEYS {
             let quiet = self.keys.iter().position(|(_, m)| {
                 let m = m.borrow();
-                !m.troubled(now_ms) && m.unreported() == 0
+                !m.troubled(now_ms) && m.unreported() == 0 && m.unreported_served == 0
             });
             self.keys.remove(quiet.unwrap_or(0));
         }
@@ -130,6 +144,15 @@ impl From<&Refusal> for ProxyError {
             (RefuseReason::RetryBudget, Some(Cause::Unreachable)) => {
                 ProxyError::UpstreamUnreachable { retry_after_ms }
             }
+            (RefuseReason::Paced(PaceReason::KeyLimit(dimension)), _) => ProxyError::RateLimited {
+                retry_after_ms,
+                message: format!(
+                    "the upstream key's {} limit is reached for this request's time budget; retry in {} s",
+                    dimension.as_str(),
+                    crate::error::whole_seconds(retry_after_ms)
+                ),
+                limit: LimitInfo { dimension: Some(dimension.as_str().to_string()), ..LimitInfo::upstream() },
+            },
             _ => ProxyError::Overloaded { retry_after_ms },
         }
     }

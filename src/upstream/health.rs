@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::draw::{self, Purpose};
+use super::pace::Pace;
 use super::policy::OutagePolicy;
 use super::state::stored;
 use crate::retry::{ceiling_ms, MIN_RETRY_AFTER_MS};
@@ -25,6 +26,12 @@ pub(super) struct ModelHealth {
     pub(super) failed_probes: u32,
     pub(super) phase: Phase,
     pub(super) waits: WaitTally,
+    /// The pool is rate-limited upstream until then (a `429`'s retry-after).
+    #[serde(default)]
+    pub(super) cooldown_until_ms: u64,
+    /// The key's known limits and the upstream's sustainable rate for this pool.
+    #[serde(default)]
+    pub(super) pace: Pace,
 }
 
 /// Where a model stands.
@@ -158,6 +165,8 @@ impl ModelHealth {
             failed_probes: 0,
             phase: Phase::Healthy,
             waits: WaitTally::starting(now_ms),
+            cooldown_until_ms: 0,
+            pace: Pace::default(),
         }
     }
 
@@ -195,6 +204,8 @@ impl ModelHealth {
     /// Moves every stored time back by `back` ms, after the clock jumped back that far.
     pub(super) fn shift_back(&mut self, back: u64) {
         let shift = |t: &mut u64| *t = t.saturating_sub(back);
+        shift(&mut self.cooldown_until_ms);
+        self.pace.shift_back(back);
         shift(&mut self.last_used_ms);
         shift(&mut self.streak_started_ms);
         shift(&mut self.waits.period_started_ms);
@@ -215,9 +226,12 @@ impl ModelHealth {
         }
     }
 
-    /// Nothing worth remembering: the entry can go.
-    pub(super) fn is_idle(&self) -> bool {
-        self.phase == Phase::Healthy && self.streak == 0
+    /// Nothing worth remembering at `now_ms`: the entry can go.
+    pub(super) fn is_idle(&self, now_ms: u64) -> bool {
+        self.phase == Phase::Healthy
+            && self.streak == 0
+            && self.cooldown_until_ms <= now_ms
+            && self.pace.is_idle(now_ms)
     }
 
     /// The model's answer to a request with `deadline_ms`, at `now_ms` (after
@@ -332,6 +346,7 @@ impl ModelHealth {
     ) -> ModelChange {
         self.end_probe(ticket);
         self.streak = 0;
+        self.pace.served(&policy.pace, now_ms);
         if let Phase::Overloaded { .. } = self.phase {
             // Any success is proof, the probe's or a straggler's from before the marking.
             let waiters = self.waits.estimate(now_ms, policy.wait_poll_ms.get());
@@ -362,6 +377,13 @@ impl ModelHealth {
             // Already known: a straggler from before the marking, or a late probe.
             return ModelChange::None;
         }
+        // Shedding while serving: pace at what the upstream can take. While it still serves
+        // above the floor rate this is an upstream at capacity, not an outage: the streak
+        // that marks one starts only once the rate has come down to the floor.
+        self.pace.shed(&policy.pace, now_ms);
+        if self.pace.rate_mrps(now_ms) > policy.pace.min_mrps {
+            return ModelChange::None;
+        }
         if self.streak == 0 {
             self.streak_started_ms = now_ms;
         }
@@ -372,6 +394,8 @@ impl ModelHealth {
         }
         self.streak = 0;
         self.waits = WaitTally::starting(now_ms);
+        // An outage: probes and the paced release take over from the rate.
+        self.pace.outage();
         self.phase = Phase::Overloaded {
             since_ms: now_ms,
             next_probe_ms: now_ms,

@@ -41,6 +41,7 @@ mod health;
 mod object;
 mod pace;
 mod policy;
+mod pool;
 mod state;
 
 #[cfg(test)]
@@ -58,6 +59,7 @@ pub use pace::{
     Cost, KeyLimits, LimitDimension, Observed, Pace, PacePolicy, PaceReason, SendTime, NEAR_PERCENT,
 };
 pub use policy::OutagePolicy;
+pub use pool::{family, pool_of};
 pub use state::{
     AttemptReport, Change, Gate, ModelPhase, ModelSnapshot, ProbeTicket, RefuseReason, Reply,
     Snapshot, UpstreamState, WaitReason, MAX_CLOCK_LEAD_MS, MAX_STORED_MS,

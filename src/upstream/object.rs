@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::pace::{Cost, KeyLimits};
 use super::policy::OutagePolicy;
 use super::state::{AttemptReport, Change, Gate, UpstreamState};
 use crate::durable::ObjectState;
@@ -9,8 +10,9 @@ use crate::durable::ObjectState;
 /// The alarm looks again this often whether the key's state can be forgotten.
 const IDLE_CHECK_MS: u64 = 60_000;
 
-/// One call from the Worker to the upstream key's object. Each carries the first attempts
-/// the edge sent unasked since its last call (for the retry budget).
+/// One call from the Worker to the upstream key's object, about one pool (`model`: a route,
+/// or a model family of `/v1/messages`, as Anthropic pools its limits). Each carries the first
+/// attempts the edge sent unasked since its last call (for the retry budget).
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum UpstreamCall {
@@ -20,12 +22,23 @@ pub enum UpstreamCall {
         deadline_ms: u64,
         request_seed: u64,
         unreported: u32,
+        /// Successes the edge did not tell since its last call.
+        #[serde(default)]
+        served: u32,
+        /// What the request costs the key's buckets.
+        #[serde(default)]
+        cost: Cost,
     },
     After {
         model: String,
         report: AttemptReport,
         rng_seed: u64,
         unreported: u32,
+        #[serde(default)]
+        served: u32,
+        /// The key's limits as the answer's headers reported them.
+        #[serde(default)]
+        limits: KeyLimits,
     },
 }
 
@@ -51,15 +64,19 @@ impl ObjectState for UpstreamState {
                 deadline_ms,
                 request_seed,
                 unreported,
+                served,
+                cost,
             } => {
                 self.record_requests(&policy, now_ms, unreported);
-                UpstreamReply::Gate(self.before_attempt(
+                self.record_served(&policy, now_ms, &model, served);
+                UpstreamReply::Gate(self.before_paced_attempt(
                     &policy,
                     now_ms,
                     &model,
                     is_retry,
                     deadline_ms,
                     request_seed,
+                    cost,
                 ))
             }
             UpstreamCall::After {
@@ -67,8 +84,12 @@ impl ObjectState for UpstreamState {
                 report,
                 rng_seed,
                 unreported,
+                served,
+                limits,
             } => {
                 self.record_requests(&policy, now_ms, unreported);
+                self.record_served(&policy, now_ms, &model, served);
+                self.observe_limits(&policy, now_ms, &model, &limits);
                 UpstreamReply::Change(self.after_attempt(&policy, now_ms, &model, report, rng_seed))
             }
         }
@@ -98,6 +119,8 @@ mod tests {
             deadline_ms: t0 + 30_000,
             request_seed: seed,
             unreported: 0,
+            served: 0,
+            cost: Cost::default(),
         };
         let reply = serde_json::to_value(state.decide(t0, before(1))).unwrap();
         assert_eq!(
@@ -114,6 +137,8 @@ mod tests {
             },
             rng_seed: 2,
             unreported: 3,
+            served: 0,
+            limits: KeyLimits::default(),
         };
         let UpstreamReply::Change(change) = state.decide(t0 + 100, after) else {
             panic!("a change")

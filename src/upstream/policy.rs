@@ -2,6 +2,8 @@
 
 use std::num::{NonZeroU32, NonZeroU64, NonZeroUsize};
 
+use super::pace::PacePolicy;
+
 /// How one upstream key's shared state reacts to trouble. Durations are in milliseconds.
 ///
 /// Counts and periods that must be at least one are typed so; any other value is accepted:
@@ -52,6 +54,8 @@ pub struct OutagePolicy {
     pub retry_budget_window_ms: u64,
     /// Models remembered at most; the least recently used is forgotten first.
     pub max_models: NonZeroUsize,
+    /// How requests are paced at the upstream's sustainable rate.
+    pub pace: PacePolicy,
 }
 
 impl Default for OutagePolicy {
@@ -79,6 +83,7 @@ impl Default for OutagePolicy {
             retry_budget_floor: 30,
             retry_budget_window_ms: 10_000,
             max_models: NonZeroUsize::MIN.saturating_add(63),
+            pace: PacePolicy::default(),
         }
     }
 }

@@ -63,6 +63,7 @@ fn any_policy() -> impl Strategy<Value = OutagePolicy> {
                 retry_budget_window_ms,
                 max_models: std::num::NonZeroUsize::new(max_models)
                     .unwrap_or(std::num::NonZeroUsize::MIN),
+                pace: PacePolicy::default(),
             },
         )
 }
@@ -212,6 +213,10 @@ proptest! {
                             prop_assert!(until_ms > at.min(MAX_STORED_MS), "a wait ends after now");
                             prop_assert!(until_ms <= deadline, "a wait ends by the deadline");
                         }
+                        Gate::Scheduled { at_ms, .. } => {
+                            prop_assert!(at_ms >= at.min(MAX_STORED_MS), "a send time is not in the past");
+                            prop_assert!(at_ms <= deadline, "a send time is by the deadline");
+                        }
                         Gate::Refuse { retry_after_ms, .. } => prop_assert!(retry_after_ms >= MIN_RETRY_AFTER_MS),
                     }
                 }
@@ -314,7 +319,7 @@ proptest! {
                     prop_assert!(retries_before >= allowance, "refused with {} of {} used", retries_before, allowance);
                     prop_assert!((MIN_RETRY_AFTER_MS..=10_000).contains(&retry_after_ms));
                 }
-                Gate::Wait { .. } => prop_assert!(false, "nothing to wait for"),
+                Gate::Wait { .. } | Gate::Scheduled { .. } => prop_assert!(false, "nothing to wait for"),
             }
         }
     }
@@ -347,6 +352,12 @@ proptest! {
                     now += 300;
                 }
                 Gate::Wait { until_ms, .. } => now = until_ms,
+                Gate::Scheduled { at_ms, .. } => {
+                    state.after_attempt(&policy, at_ms + 300, MODELS[1], AttemptReport { reply: Reply::Success, probe: None }, seed);
+                    now = at_ms;
+                    served = true;
+                    break;
+                }
                 Gate::Refuse { .. } => break,
             }
         }

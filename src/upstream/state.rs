@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use super::budget::{BudgetWindow, RetryBudget};
 use super::draw::{self, Purpose};
 use super::health::{model_key, ModelChange, ModelGate, ModelHealth, Phase};
+use super::pace::{Cost, KeyLimits, PaceReason, SendTime};
 use super::policy::OutagePolicy;
 use crate::retry::{Outcome, MAX_UPSTREAM_WAIT_MS, MIN_RETRY_AFTER_MS};
 
@@ -57,6 +58,9 @@ pub enum RefuseReason {
     Overloaded,
     /// The key's retries are used up: give the structured answer for the last failure.
     RetryBudget,
+    /// Its send time falls after its deadline: the key's own limit (429, scope upstream) or
+    /// the upstream's capacity (503), with that time as the retry-after.
+    Paced(PaceReason),
 }
 
 /// The object's answer before an attempt.
@@ -68,6 +72,9 @@ pub enum Gate {
     /// Sleep until `until_ms` (never past the deadline given, always after now) and ask
     /// again. Waiting is not an attempt.
     Wait { until_ms: u64, reason: WaitReason },
+    /// Paced: sleep until `at_ms` (never past the deadline given), then send. The request's
+    /// place is reserved: it does not ask again. Waiting is not an attempt.
+    Scheduled { at_ms: u64, reason: PaceReason },
     /// Answer the client now, with `Retry-After` from `retry_after_ms` (at least
     /// [`MIN_RETRY_AFTER_MS`]).
     Refuse {
@@ -164,6 +171,10 @@ pub struct ModelSnapshot {
     pub release_ends_in_ms: Option<u64>,
     /// Overloaded: the estimated number of requests waiting.
     pub waiters: u32,
+    /// The pool is rate-limited upstream for this long.
+    pub cooldown_remaining_ms: u64,
+    /// Requests are paced at this rate (requests per second × 1000; 0: not paced by rate).
+    pub paced_rate_mrps: u64,
 }
 
 /// The state as of one instant, for debugging and metrics.
@@ -184,7 +195,6 @@ pub struct Snapshot {
 pub struct UpstreamState {
     /// Time of the last call; never moves backwards (see [`MAX_CLOCK_LEAD_MS`]).
     clock_ms: u64,
-    cooldown_until_ms: u64,
     /// Probes handed out so far: the next ticket.
     probes_started: u64,
     retry_budget: RetryBudget,
@@ -222,29 +232,63 @@ impl UpstreamState {
         deadline_ms: u64,
         request_seed: u64,
     ) -> Gate {
+        self.before_paced_attempt(
+            policy,
+            now_ms,
+            model,
+            is_retry,
+            deadline_ms,
+            request_seed,
+            Cost::default(),
+        )
+    }
+
+    /// [`UpstreamState::before_attempt`] for a request of `cost`, paced by what the pool knows
+    /// of the key's own limits and of the upstream's sustainable rate: when it cannot go now,
+    /// it is told when ([`Gate::Scheduled`], reserved at once: one call, no polling), or, when
+    /// that is past its deadline, refused with that time as its retry-after.
+    #[allow(clippy::too_many_arguments)]
+    pub fn before_paced_attempt(
+        &mut self,
+        policy: &OutagePolicy,
+        now_ms: u64,
+        pool: &str,
+        is_retry: bool,
+        deadline_ms: u64,
+        request_seed: u64,
+        cost: Cost,
+    ) -> Gate {
         let now = self.advance(now_ms);
-        if now < self.cooldown_until_ms {
-            let until = self.cooldown_until_ms;
-            if until <= deadline_ms {
+        let (cooldown_until, gate, send_time, rate_paced) =
+            match self.entry(policy, pool, now, false) {
+                Some(health) => (
+                    health.cooldown_until_ms,
+                    health.gate(policy, now, deadline_ms, request_seed),
+                    health.pace.send_time(&policy.pace, now, cost),
+                    health.pace.rate_mrps(now) > 0,
+                ),
+                None => (0, ModelGate::Open, SendTime::Now, false),
+            };
+        // A retry paced at the upstream's sustainable rate adds nothing beyond what the
+        // upstream takes: the retry budget, a guard against retry storms, does not hold it.
+        let budgeted = is_retry && !rate_paced;
+        if now < cooldown_until {
+            if cooldown_until <= deadline_ms {
                 let mut rng = draw::rng(request_seed, now, Purpose::CooldownSpread);
                 let spread = rng.u64(0..=policy.cooldown_spread_ms);
-                let until_ms = until.saturating_add(spread).min(deadline_ms);
+                let until_ms = cooldown_until.saturating_add(spread).min(deadline_ms);
                 return Gate::Wait {
                     until_ms,
                     reason: WaitReason::Cooldown,
                 };
             }
-            let retry_after_ms = until.saturating_sub(now).max(MIN_RETRY_AFTER_MS);
+            let retry_after_ms = cooldown_until.saturating_sub(now).max(MIN_RETRY_AFTER_MS);
             return Gate::Refuse {
                 retry_after_ms,
                 reason: RefuseReason::Cooldown,
             };
         }
 
-        let gate = match self.entry(policy, model, now, false) {
-            Some(health) => health.gate(policy, now, deadline_ms, request_seed),
-            None => ModelGate::Open,
-        };
         let gate = match gate {
             ModelGate::Wait {
                 until_ms,
@@ -261,12 +305,74 @@ impl UpstreamState {
                 retry_after_ms,
                 reason: RefuseReason::Overloaded,
             },
-            ModelGate::Open | ModelGate::ProbeDue => {
-                self.go(policy, now, model, is_retry, gate == ModelGate::ProbeDue)
-            }
+            ModelGate::ProbeDue => self.go(policy, now, pool, is_retry, true),
+            ModelGate::Open => match send_time {
+                SendTime::At { at_ms, reason } if at_ms > deadline_ms => Gate::Refuse {
+                    retry_after_ms: at_ms.saturating_sub(now).max(MIN_RETRY_AFTER_MS),
+                    reason: RefuseReason::Paced(reason),
+                },
+                SendTime::At { at_ms, reason } => match self.go(policy, now, pool, budgeted, false)
+                {
+                    Gate::Go { .. } => {
+                        self.reserve(policy, pool, now, at_ms, cost);
+                        Gate::Scheduled { at_ms, reason }
+                    }
+                    refused => refused,
+                },
+                SendTime::Now => {
+                    let gate = self.go(policy, now, pool, budgeted, false);
+                    if let Gate::Go { .. } = gate {
+                        self.reserve(policy, pool, now, now, cost);
+                    }
+                    gate
+                }
+            },
         };
         self.forget_idle(policy, now);
         gate
+    }
+
+    /// Reserves `cost` in the pool's lanes for a request that goes at `at_ms`.
+    fn reserve(&mut self, policy: &OutagePolicy, pool: &str, now: u64, at_ms: u64, cost: Cost) {
+        if let Some(health) = self.entry(policy, pool, now, false) {
+            health.pace.reserve(at_ms, cost);
+        }
+    }
+
+    /// Counts `count` successes for `pool` that an edge did not report one by one (its happy
+    /// path), into what the pool served this second.
+    pub fn record_served(&mut self, policy: &OutagePolicy, now_ms: u64, pool: &str, count: u32) {
+        if count == 0 {
+            return;
+        }
+        let now = self.advance(now_ms);
+        if let Some(health) = self.entry(policy, pool, now, true) {
+            health.pace.count_served(now, count.min(100_000));
+            // The upstream serves: not an outage (an edge reports its successes with its
+            // first call after trouble, so a real outage is marked a call later per edge).
+            if health.phase == Phase::Healthy {
+                health.streak = 0;
+            }
+        }
+        self.forget_idle(policy, now);
+    }
+
+    /// Learns the key's limits for `pool` from an answer's `anthropic-ratelimit-*` headers.
+    pub fn observe_limits(
+        &mut self,
+        policy: &OutagePolicy,
+        now_ms: u64,
+        pool: &str,
+        limits: &KeyLimits,
+    ) {
+        if limits.is_empty() {
+            return;
+        }
+        let now = self.advance(now_ms);
+        if let Some(health) = self.entry(policy, pool, now, true) {
+            health.pace.observe(now, limits);
+        }
+        self.forget_idle(policy, now);
     }
 
     /// Counts first attempts that went upstream without asking the object: an edge that has
@@ -307,20 +413,23 @@ impl UpstreamState {
                 None => Change::Nothing,
             },
             Reply::RateLimited { retry_after_ms } => {
-                if let Some(health) = self.entry(policy, model, now, false) {
-                    health.other(policy, now, ticket, rng_seed);
-                }
                 let wait = retry_after_ms
                     .unwrap_or(policy.default_cooldown_ms)
                     .min(MAX_UPSTREAM_WAIT_MS);
                 let until = stored(now.saturating_add(wait));
-                self.cooldown_until_ms = self.cooldown_until_ms.max(until);
-                if self.cooldown_until_ms > now {
-                    Change::Cooldown {
-                        until_ms: self.cooldown_until_ms,
+                match self.entry(policy, model, now, true) {
+                    Some(health) => {
+                        health.other(policy, now, ticket, rng_seed);
+                        health.cooldown_until_ms = health.cooldown_until_ms.max(until);
+                        if health.cooldown_until_ms > now {
+                            Change::Cooldown {
+                                until_ms: health.cooldown_until_ms,
+                            }
+                        } else {
+                            Change::Nothing
+                        }
                     }
-                } else {
-                    Change::Nothing
+                    None => Change::Nothing,
                 }
             }
             Reply::OtherFailure => {
@@ -348,12 +457,19 @@ impl UpstreamState {
                 model_snapshot(&health, policy, now)
             })
             .filter(|snapshot| {
-                snapshot.phase != ModelPhase::Healthy || snapshot.overload_streak > 0
+                snapshot.phase != ModelPhase::Healthy
+                    || snapshot.overload_streak > 0
+                    || snapshot.cooldown_remaining_ms > 0
+                    || snapshot.paced_rate_mrps > 0
             })
-            .collect();
+            .collect::<Vec<_>>();
         Snapshot {
             at_ms: now,
-            cooldown_remaining_ms: self.cooldown_until_ms.saturating_sub(now),
+            cooldown_remaining_ms: models
+                .iter()
+                .map(|m| m.cooldown_remaining_ms)
+                .max()
+                .unwrap_or(0),
             retry_budget: self.retry_budget.window(policy, now),
             models,
         }
@@ -364,8 +480,12 @@ impl UpstreamState {
     #[must_use]
     pub fn is_idle(&self, policy: &OutagePolicy, now_ms: u64) -> bool {
         let snapshot = self.snapshot(policy, now_ms);
-        snapshot.cooldown_remaining_ms == 0
-            && snapshot.models.is_empty()
+        snapshot.models.is_empty()
+            && self.models.iter().all(|health| {
+                let mut health = health.clone();
+                health.settle(policy, snapshot.at_ms);
+                health.is_idle(snapshot.at_ms)
+            })
             && self.retry_budget.is_empty(policy, snapshot.at_ms)
     }
 
@@ -375,7 +495,6 @@ impl UpstreamState {
     /// length) and the retry budget starts over.
     fn advance(&mut self, now_ms: u64) -> u64 {
         if let Some(back) = crate::durable::advance_clock(&mut self.clock_ms, stored(now_ms)) {
-            self.cooldown_until_ms = self.cooldown_until_ms.saturating_sub(back);
             for health in &mut self.models {
                 health.shift_back(back);
             }
@@ -457,7 +576,7 @@ impl UpstreamState {
         for health in &mut self.models {
             health.settle(policy, now);
         }
-        self.models.retain(|health| !health.is_idle());
+        self.models.retain(|health| !health.is_idle(now));
     }
 }
 
@@ -480,6 +599,8 @@ fn model_snapshot(health: &ModelHealth, policy: &OutagePolicy, now: u64) -> Mode
         next_probe_in_ms: None,
         release_ends_in_ms: None,
         waiters: 0,
+        cooldown_remaining_ms: health.cooldown_until_ms.saturating_sub(now),
+        paced_rate_mrps: health.pace.rate_mrps(now),
     };
     match health.phase {
         Phase::Healthy => {}

@@ -107,11 +107,14 @@ fn cooldown_waits_when_it_fits_the_deadline_and_refuses_when_it_does_not() {
     // Fits only just: the spread is cut at the deadline.
     let (until, _) = wait(ask(&mut state, T0 + 100, MODEL, T0 + 5_000, 7));
     assert_eq!(until, T0 + 5_000);
-    // Does not fit: refused at once with the time left, for any model of the key.
+    // Does not fit: refused at once with the time left.
     assert_eq!(
-        refuse(ask(&mut state, T0 + 100, OTHER, T0 + 4_999, 7)),
+        refuse(ask(&mut state, T0 + 100, MODEL, T0 + 4_999, 7)),
         (4_900, RefuseReason::Cooldown)
     );
+    // A cooldown holds its own pool only (Anthropic limits each route and model family on
+    // its own): another pool of the key goes.
+    assert_eq!(go(ask(&mut state, T0 + 100, OTHER, T0 + 4_999, 7)), None);
     // The spread differs between requests.
     let wakes: std::collections::HashSet<u64> = (0..50)
         .map(|seed| wait(ask(&mut state, T0 + 100, MODEL, LONG, seed)).0)

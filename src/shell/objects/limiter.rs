@@ -16,7 +16,7 @@ use crate::config::TierLimits;
 use crate::error::ProxyError;
 use crate::limits::{
     limit_headers, settlement_usage, Admission, AdmissionRequest, AdmitReply, Answered,
-    LimiterCall, LimiterObject, Reservation, Usage,
+    LimiterCall, LimiterObject, Reservation, Usage, RENEW_EVERY_MS, STREAM_LEASE_MS,
 };
 use crate::request::body::BodyFacts;
 use crate::shell::runtime::sleep_ms;
@@ -24,12 +24,6 @@ use crate::stream::tap::{Progress, Seen};
 
 /// The binding name in wrangler.toml.
 pub const BINDING: &str = "LIMITER";
-
-/// How long a concurrency slot stays held if its settlement never comes: an isolate that died
-/// mid-stream, or a client that went away while the runtime dropped the whole request with
-/// its settlement. A stream longer than this frees its slot early (the key may briefly run one
-/// more stream than its limit); its settlement still returns unused tokens afterwards.
-const LEASE_MS: u64 = 5 * 60 * 1000;
 
 /// How long a tapped body may stand still before its settlement stops waiting for it. A
 /// client that goes away mid-stream does not always get its stream dropped by the runtime (a
@@ -64,12 +58,13 @@ pub async fn admit(
     identity_hash: &str,
     limits: TierLimits,
     facts: &BodyFacts,
+    lease_ms: u64,
     headers: &mut Vec<(&'static str, String)>,
 ) -> Result<Reservation, ProxyError> {
     let request = AdmissionRequest {
         input_tokens: facts.input_tokens_estimate,
         output_tokens: facts.max_tokens.unwrap_or(0),
-        lease_ms: LEASE_MS,
+        lease_ms,
     };
     let call = LimiterCall::Admit { limits, request };
     let reply: AdmitReply = super::call(env, BINDING, identity_hash, &call, "rate limiter").await?;
@@ -85,22 +80,51 @@ pub async fn admit(
     }
 }
 
-/// Waits for the tap's report, or until the body has not moved for [`STALLED_BODY_MS`].
-async fn watch(mut seen: oneshot::Receiver<Seen>, progress: &Progress) -> Option<Seen> {
+/// Waits for the tap's report, or until the body has not moved for [`STALLED_BODY_MS`]. While
+/// it moves, the slot is renewed for [`STREAM_LEASE_MS`] every [`RENEW_EVERY_MS`]; once it
+/// stops, the renewals stop too, so the slot frees itself even if this never returns.
+async fn watch(
+    env: &Env,
+    identity_hash: &str,
+    limits: TierLimits,
+    lease_id: u64,
+    mut seen: oneshot::Receiver<Seen>,
+    progress: &Progress,
+) -> Option<Seen> {
     let mut chunks = progress.chunks();
+    let mut still_ms = 0;
+    renew(env, identity_hash, limits, lease_id).await;
     loop {
-        let tick = pin!(sleep_ms(STALLED_BODY_MS));
+        let tick = pin!(sleep_ms(RENEW_EVERY_MS));
         match select(&mut seen, tick).await {
             Either::Left((report, _)) => return report.ok(),
             Either::Right(_) => {
                 let now = progress.chunks();
                 if now == chunks {
-                    return None;
+                    still_ms += RENEW_EVERY_MS;
+                    if still_ms >= STALLED_BODY_MS {
+                        return None;
+                    }
+                } else {
+                    still_ms = 0;
+                    chunks = now;
+                    renew(env, identity_hash, limits, lease_id).await;
                 }
-                chunks = now;
             }
         }
     }
+}
+
+/// Holds a moving answer's slot for another [`STREAM_LEASE_MS`].
+async fn renew(env: &Env, identity_hash: &str, limits: TierLimits, lease_id: u64) {
+    let call = LimiterCall::Renew {
+        limits,
+        lease_id,
+        lease_ms: STREAM_LEASE_MS,
+    };
+    // A renewal that fails is logged by the call; the lease then ends on its own.
+    let _: Result<serde_json::Value, ProxyError> =
+        super::call(env, BINDING, identity_hash, &call, "rate limiter").await;
 }
 
 /// Settles the reservation once the answer is over, off the client's path.
@@ -118,7 +142,7 @@ pub fn settle_later(
         let answered = match watched {
             // A tapped answer reports what it saw when its body ends or is dropped.
             Some((seen, progress)) => {
-                let seen = watch(seen, &progress).await;
+                let seen = watch(&env, &identity_hash, limits, reservation.lease_id, seen, &progress).await;
                 Answered::Watched { seen, so_far: progress.usage() }
             }
             None => Answered::Unwatched { delivered_ok },

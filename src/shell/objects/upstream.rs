@@ -52,19 +52,20 @@ pub struct KeyState<'a> {
 }
 
 impl<'a> KeyState<'a> {
-    /// The shared state of `upstream_key` for `model`, and this isolate's memory of the key.
+    /// The shared state of `upstream_key` for one `pool` (see [`crate::upstream::pool_of`]),
+    /// and this isolate's memory of that pool of the key.
     pub fn new(
         env: &'a Env,
         upstream_key: &Secret,
-        model: Option<&str>,
+        pool: String,
     ) -> (KeyState<'a>, Rc<RefCell<EdgeMemory>>) {
         let object = upstream_key.fingerprint("upstream");
-        let memory = EDGE.with(|edge| edge.borrow_mut().of(&object, now_ms()));
+        let memory = EDGE.with(|edge| edge.borrow_mut().of(&format!("{object}/{pool}"), now_ms()));
         (
             KeyState {
                 env,
                 object,
-                model: model.unwrap_or("").to_string(),
+                model: pool,
             },
             memory,
         )
@@ -88,6 +89,8 @@ impl SharedState for KeyState<'_> {
             deadline_ms: ask.deadline_ms,
             request_seed: ask.request_seed,
             unreported: ask.unreported,
+            served: ask.unreported_served,
+            cost: ask.cost,
         };
         self.call(&call).await
     }
@@ -98,6 +101,8 @@ impl SharedState for KeyState<'_> {
             report: tell.report,
             rng_seed: random_u64(),
             unreported: tell.unreported,
+            served: tell.unreported_served,
+            limits: tell.limits,
         };
         // A report that cannot be delivered is logged by the call; the request goes on.
         let _: Result<Change, Unreachable> = self.call(&call).await;
