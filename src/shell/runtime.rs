@@ -13,7 +13,10 @@ use std::rc::Rc;
 
 use crate::config::{Config, ConfigError, VARIABLES};
 use crate::error::ProxyError;
-use crate::request::{declared_body_length, over_limit};
+use crate::request::body::{inspect, BodyFacts};
+use crate::request::route::Route;
+use crate::request::{declared_body_length, over_limit, BodyGuard, InflightBodies};
+use worker::wasm_bindgen_futures::JsFuture;
 
 /// Milliseconds since the Unix epoch. In Workers the clock advances on I/O, which is what the
 /// budget arithmetic needs: time spent waiting on the upstream or sleeping.
@@ -95,28 +98,115 @@ pub fn variable(env: &Env, name: &str) -> Option<String> {
     env.var(name).ok().map(|v| v.to_string())
 }
 
-/// Reads the request body, refusing it as soon as it passes `limit` bytes.
-pub async fn read_body(req: &mut Request, limit: u64) -> Result<Vec<u8>, ProxyError> {
+thread_local! {
+    /// The request bodies this isolate holds at once (see `MAX_INFLIGHT_BODY_BYTES`).
+    static BODIES: InflightBodies = InflightBodies::default();
+}
+
+/// A request body as read, in one JavaScript buffer, and its hold on the isolate's budget
+/// for bodies in flight.
+pub struct Body {
+    bytes: js_sys::Uint8Array,
+    held: BodyGuard,
+}
+
+/// A body ready to go upstream: a `Blob`, which every attempt sends as it is. The runtime
+/// copies a `Uint8Array` body into each request it builds, but a `Blob` body is only
+/// referenced, so retries cost no copy. Released from the isolate's budget when dropped.
+pub struct Upload {
+    pub blob: worker::web_sys::Blob,
+    _held: BodyGuard,
+}
+
+impl Body {
+    /// Checks the body for `route`, reads what the proxy needs of it, and turns it into the
+    /// upload every attempt sends. The bytes are copied into Wasm memory only for this
+    /// synchronous call and freed before it returns, so an isolate's Wasm memory holds at
+    /// most one body at a time, however many requests are in flight (Wasm memory never
+    /// shrinks once grown).
+    pub fn inspect(self, route: &Route) -> Result<(Upload, BodyFacts), ProxyError> {
+        let facts = {
+            let copy = self.bytes.to_vec();
+            inspect(route, &copy)?
+        };
+        let parts = js_sys::Array::of1(&self.bytes);
+        let blob = worker::web_sys::Blob::new_with_u8_array_sequence(&parts)
+            .map_err(|_| ProxyError::Internal("could not hold the request body".to_string()))?;
+        Ok((
+            Upload {
+                blob,
+                _held: self.held,
+            },
+            facts,
+        ))
+    }
+}
+
+/// Reads the request body into one JavaScript buffer, refusing it as soon as it passes
+/// `limit` bytes, and holding its size against the isolate's `cap` for bodies in flight.
+pub async fn read_body(req: &mut Request, limit: u64, cap: u64) -> Result<Body, ProxyError> {
     let unreadable =
         || ProxyError::InvalidRequest("the request body could not be read".to_string());
     let declared = req.headers().get("content-length").ok().flatten();
-    if declared_body_length(declared.as_deref(), limit)?.is_some() {
-        // A declared length within the limit (the runtime holds the body to it): read it in
-        // one call rather than chunk by chunk across the JS boundary.
-        return req.bytes().await.map_err(|_| unreadable());
-    }
-    let mut stream = match req.stream() {
-        Ok(stream) => stream,
-        // No body at all.
-        Err(_) => return Ok(Vec::new()),
-    };
-    let mut body = Vec::new();
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|_| unreadable())?;
-        if over_limit(body.len(), chunk.len(), limit) {
+    if let Some(length) = declared_body_length(declared.as_deref(), limit)? {
+        // A declared length within the limit (the runtime holds the body to it): held before
+        // a byte is read, then read in one call, staying on the JavaScript side.
+        let held = match BODIES.with(|b| b.try_reserve(length, cap)) {
+            Ok(held) => held,
+            Err(busy) => {
+                drain(req).await;
+                return Err(busy);
+            }
+        };
+        let promise = req.inner().array_buffer().map_err(|_| unreadable())?;
+        let buffer = JsFuture::from(promise).await.map_err(|_| unreadable())?;
+        let bytes = js_sys::Uint8Array::new(&buffer);
+        if u64::from(bytes.length()) > length {
             return Err(ProxyError::TooLarge { limit });
         }
-        body.extend_from_slice(&chunk);
+        return Ok(Body { bytes, held });
     }
-    Ok(body)
+    let mut held = BODIES.with(|b| b.try_reserve(0, cap))?;
+    let chunks = js_sys::Array::new();
+    let mut total: u32 = 0;
+    if let Ok(mut stream) = req.stream() {
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|_| unreadable())?;
+            if over_limit(total as usize, chunk.len(), limit) {
+                return Err(ProxyError::TooLarge { limit });
+            }
+            if let Err(busy) = held.try_grow(chunk.len() as u64) {
+                drop(chunks);
+                drain_stream(&mut stream).await;
+                return Err(busy);
+            }
+            let length = u32::try_from(chunk.len()).map_err(|_| ProxyError::TooLarge { limit })?;
+            total = total
+                .checked_add(length)
+                .ok_or(ProxyError::TooLarge { limit })?;
+            // Each chunk leaves Wasm memory as soon as it arrives.
+            chunks.push(&js_sys::Uint8Array::from(chunk.as_slice()));
+        }
+    }
+    // One buffer of the whole body, so every attempt sends the same one.
+    let bytes = js_sys::Uint8Array::new_with_length(total);
+    let mut offset = 0;
+    for chunk in chunks.iter() {
+        let chunk = js_sys::Uint8Array::from(chunk);
+        bytes.set(&chunk, offset);
+        offset = offset.saturating_add(chunk.length());
+    }
+    Ok(Body { bytes, held })
+}
+
+/// Reads a refused body to its end without keeping it, so the client (still sending) gets
+/// the answer instead of a reset connection. Chunks pass through Wasm memory one at a time.
+async fn drain(req: &mut Request) {
+    if let Ok(mut stream) = req.stream() {
+        drain_stream(&mut stream).await;
+    }
+}
+
+async fn drain_stream(stream: &mut worker::ByteStream) {
+    while let Some(Ok(_)) = stream.next().await {}
 }
