@@ -103,10 +103,11 @@ thread_local! {
     static BODIES: InflightBodies = InflightBodies::default();
 }
 
-/// A request body as read, in one JavaScript buffer, and its hold on the isolate's budget
-/// for bodies in flight.
+/// A request body as read, in JavaScript buffers (one when its length was declared, else the
+/// chunks as they came), and its hold on the isolate's budget for bodies in flight.
 pub struct Body {
-    bytes: js_sys::Uint8Array,
+    parts: js_sys::Array,
+    length: usize,
     held: BodyGuard,
 }
 
@@ -126,11 +127,19 @@ impl Body {
     /// shrinks once grown).
     pub fn inspect(self, route: &Route) -> Result<(Upload, BodyFacts), ProxyError> {
         let facts = {
-            let copy = self.bytes.to_vec();
+            let unreadable = || ProxyError::Internal("could not read the request body".to_string());
+            let mut copy = vec![0u8; self.length];
+            let mut offset: usize = 0;
+            for part in self.parts.iter() {
+                let part = js_sys::Uint8Array::from(part);
+                let end = offset.saturating_add(part.length() as usize);
+                // Straight into place: one copy in Wasm memory, never a second.
+                part.copy_to(copy.get_mut(offset..end).ok_or_else(unreadable)?);
+                offset = end;
+            }
             inspect(route, &copy)?
         };
-        let parts = js_sys::Array::of1(&self.bytes);
-        let blob = worker::web_sys::Blob::new_with_u8_array_sequence(&parts)
+        let blob = worker::web_sys::Blob::new_with_u8_array_sequence(&self.parts)
             .map_err(|_| ProxyError::Internal("could not hold the request body".to_string()))?;
         Ok((
             Upload {
@@ -164,39 +173,38 @@ pub async fn read_body(req: &mut Request, limit: u64, cap: u64) -> Result<Body, 
         if u64::from(bytes.length()) > length {
             return Err(ProxyError::TooLarge { limit });
         }
-        return Ok(Body { bytes, held });
+        let length = bytes.length() as usize;
+        let parts = js_sys::Array::of1(&bytes);
+        return Ok(Body {
+            parts,
+            length,
+            held,
+        });
     }
     let mut held = BODIES.with(|b| b.try_reserve(0, cap))?;
-    let chunks = js_sys::Array::new();
-    let mut total: u32 = 0;
+    let parts = js_sys::Array::new();
+    let mut length: usize = 0;
     if let Ok(mut stream) = req.stream() {
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(|_| unreadable())?;
-            if over_limit(total as usize, chunk.len(), limit) {
+            if over_limit(length, chunk.len(), limit) {
                 return Err(ProxyError::TooLarge { limit });
             }
             if let Err(busy) = held.try_grow(chunk.len() as u64) {
-                drop(chunks);
                 drain_stream(&mut stream).await;
                 return Err(busy);
             }
-            let length = u32::try_from(chunk.len()).map_err(|_| ProxyError::TooLarge { limit })?;
-            total = total
-                .checked_add(length)
-                .ok_or(ProxyError::TooLarge { limit })?;
-            // Each chunk leaves Wasm memory as soon as it arrives.
-            chunks.push(&js_sys::Uint8Array::from(chunk.as_slice()));
+            length = length.saturating_add(chunk.len());
+            // Each chunk leaves Wasm memory as soon as it arrives; the upload's `Blob` is made
+            // of these parts, so they are never joined into one more copy.
+            parts.push(&js_sys::Uint8Array::from(chunk.as_slice()));
         }
     }
-    // One buffer of the whole body, so every attempt sends the same one.
-    let bytes = js_sys::Uint8Array::new_with_length(total);
-    let mut offset = 0;
-    for chunk in chunks.iter() {
-        let chunk = js_sys::Uint8Array::from(chunk);
-        bytes.set(&chunk, offset);
-        offset = offset.saturating_add(chunk.length());
-    }
-    Ok(Body { bytes, held })
+    Ok(Body {
+        parts,
+        length,
+        held,
+    })
 }
 
 /// Reads a refused body to its end without keeping it, so the client (still sending) gets

@@ -229,6 +229,37 @@ test('request bodies held at once are capped per isolate: 503 with Retry-After, 
     const bodies = log.filter((e) => e.body_len === Buffer.byteLength(big));
     assert.equal(bodies.length, 3, 'one upstream request for the first, two for the third');
     for (const entry of bodies.slice(1)) assert.equal(entry.body, big.slice(0, entry.body.length));
+
+    // A body without a declared length (chunked) is held as it arrives, in the same budget.
+    const chunked = (text, headers = {}) => {
+      const bytes = Buffer.from(text);
+      const stream = new ReadableStream({
+        start(controller) {
+          for (let i = 0; i < bytes.length; i += 64 * 1024) controller.enqueue(bytes.subarray(i, i + 64 * 1024));
+          controller.close();
+        },
+      });
+      return fetch(`${w.url}/v1/messages`, {
+        method: 'POST',
+        duplex: 'half',
+        headers: { 'content-type': 'application/json', 'x-api-key': CLIENT_KEY, 'anthropic-version': '2023-06-01', ...headers },
+        body: stream,
+      });
+    };
+    await sim.reset();
+    const small = JSON.stringify(messageBody({ messages: [{ role: 'user', content: 'y'.repeat(300_000) }] }));
+    const whole = await chunked(small);
+    assert.equal(whole.status, 200);
+    const [sent] = await sim.log();
+    assert.equal(sent.body_len, Buffer.byteLength(small));
+    assert.equal(sent.body, small.slice(0, sent.body.length));
+    await sim.script([{ delay_ms: 800 }]);
+    const held = postMessage(w, big);
+    await sleep(300);
+    const over = await chunked(big);
+    assert.equal(over.status, 503, 'a chunked body did not count against the isolate\'s budget');
+    assert.equal((await over.json()).error.type, 'overloaded_error');
+    assert.equal((await held).status, 200);
   } finally {
     await w.stop();
   }
