@@ -30,6 +30,7 @@ pub const VARIABLES: &[&str] = &[
     "JWT_MAX_LIFETIME_S",
     "ALLOW_PASSTHROUGH_KEYS",
     "MAX_BODY_BYTES",
+    "MAX_INFLIGHT_BODY_BYTES",
 ];
 
 /// The tier every caller falls into unless a key or token names another.
@@ -122,6 +123,25 @@ pub struct TierLimits {
     pub concurrency: Option<NonZeroU32>,
 }
 
+/// A tier as `RATE_LIMITS` writes it: its limits, and optionally the `anthropic-beta` values
+/// its callers may send.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TierSpec {
+    rpm: Option<NonZeroU32>,
+    input_tpm: Option<NonZeroU32>,
+    output_tpm: Option<NonZeroU32>,
+    concurrency: Option<NonZeroU32>,
+    betas: Option<Vec<String>>,
+}
+
+/// `MAX_INFLIGHT_BODY_BYTES` when unset: 64 MiB, or `MAX_BODY_BYTES` if that is larger (one
+/// body of the largest size always fits).
+pub const DEFAULT_MAX_INFLIGHT_BODY_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Longest beta name accepted in a tier's `betas`.
+const MAX_BETA_BYTES: usize = 128;
+
 /// What a key listed in `CLIENT_KEYS` stands for.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -148,6 +168,8 @@ pub struct Config {
     pub backoff_max_ms: u64,
     pub allowed_origins: AllowedOrigins,
     pub rate_limits: BTreeMap<String, TierLimits>,
+    /// Tiers whose `betas` list restricts `anthropic-beta`; a tier not here allows every beta.
+    pub tier_betas: BTreeMap<String, Vec<String>>,
     /// Client keys (as secrets) and what they stand for.
     pub client_keys: Vec<(Secret, ClientEntry)>,
     pub jwt_secret: Option<Secret>,
@@ -159,6 +181,8 @@ pub struct Config {
     pub jwt_max_lifetime_ms: u64,
     pub allow_passthrough_keys: bool,
     pub max_body_bytes: u64,
+    /// Request bodies one isolate holds at once, in bytes; never below `max_body_bytes`.
+    pub max_inflight_body_bytes: u64,
 }
 
 impl fmt::Debug for Config {
@@ -173,6 +197,7 @@ impl fmt::Debug for Config {
             .field("backoff_max_ms", &self.backoff_max_ms)
             .field("allowed_origins", &self.allowed_origins)
             .field("rate_limits", &self.rate_limits)
+            .field("tier_betas", &self.tier_betas)
             .field("client_keys", &self.client_keys.len())
             .field("jwt_secret", &self.jwt_secret.as_ref().map(|_| "<set>"))
             .field("jwt_audience", &self.jwt_audience)
@@ -180,6 +205,7 @@ impl fmt::Debug for Config {
             .field("jwt_max_lifetime_ms", &self.jwt_max_lifetime_ms)
             .field("allow_passthrough_keys", &self.allow_passthrough_keys)
             .field("max_body_bytes", &self.max_body_bytes)
+            .field("max_inflight_body_bytes", &self.max_inflight_body_bytes)
             .finish()
     }
 }
@@ -233,7 +259,7 @@ impl Config {
             ));
         }
         let allowed_origins = parse_origins(get("ALLOWED_ORIGINS"))?;
-        let rate_limits = parse_rate_limits(get("RATE_LIMITS"))?;
+        let (rate_limits, tier_betas) = parse_rate_limits(get("RATE_LIMITS"))?;
         let client_keys = parse_client_keys(get("CLIENT_KEYS"), &rate_limits)?;
         let jwt_secret = match get("JWT_SECRET") {
             None => None,
@@ -279,6 +305,19 @@ impl Config {
                 .filter(|n| *n > 0)
                 .ok_or_else(|| invalid("MAX_BODY_BYTES", "expected a positive integer"))?,
         };
+        let max_inflight_body_bytes = match get("MAX_INFLIGHT_BODY_BYTES") {
+            None => DEFAULT_MAX_INFLIGHT_BODY_BYTES.max(max_body_bytes),
+            Some(raw) => raw
+                .parse::<u64>()
+                .ok()
+                .filter(|n| *n >= max_body_bytes)
+                .ok_or_else(|| {
+                    invalid(
+                        "MAX_INFLIGHT_BODY_BYTES",
+                        "expected an integer no smaller than MAX_BODY_BYTES",
+                    )
+                })?,
+        };
 
         Ok(Config {
             upstream_url,
@@ -290,6 +329,7 @@ impl Config {
             backoff_max_ms,
             allowed_origins,
             rate_limits,
+            tier_betas,
             client_keys,
             jwt_secret,
             jwt_audience,
@@ -297,6 +337,7 @@ impl Config {
             jwt_max_lifetime_ms,
             allow_passthrough_keys,
             max_body_bytes,
+            max_inflight_body_bytes,
         })
     }
 
@@ -310,6 +351,17 @@ impl Config {
             .or_else(|| self.rate_limits.get(DEFAULT_TIER))
             .copied()
             .unwrap_or_default()
+    }
+
+    /// The `anthropic-beta` values a tier's callers may send; `None` allows every beta. An
+    /// unknown tier falls back to the default tier's list, as its limits do.
+    pub fn allowed_betas(&self, tier: &str) -> Option<&[String]> {
+        let tier = if self.rate_limits.contains_key(tier) {
+            tier
+        } else {
+            DEFAULT_TIER
+        };
+        self.tier_betas.get(tier).map(Vec::as_slice)
     }
 
     /// A variable that some callers need and that is not set: `ANTHROPIC_API_KEY` when
@@ -451,17 +503,49 @@ fn parse_origins(raw: Option<String>) -> Result<AllowedOrigins, ConfigError> {
     })
 }
 
-fn parse_rate_limits(raw: Option<String>) -> Result<BTreeMap<String, TierLimits>, ConfigError> {
+/// Tier name → limits, and tier name → allowed betas (only tiers that list them).
+type Tiers = (BTreeMap<String, TierLimits>, BTreeMap<String, Vec<String>>);
+
+fn parse_rate_limits(raw: Option<String>) -> Result<Tiers, ConfigError> {
     let raw = raw.unwrap_or_else(|| DEFAULT_RATE_LIMITS.to_string());
-    let tiers: BTreeMap<String, TierLimits> = serde_json::from_str(&raw).map_err(|e| {
+    let specs: BTreeMap<String, TierSpec> = serde_json::from_str(&raw).map_err(|e| {
         invalid(
             "RATE_LIMITS",
             format!(
                 "expected JSON like {{\"default\": {{\"rpm\": 50, \"input_tpm\": 40000}}}} \
-                 with positive integers for rpm, input_tpm, output_tpm, concurrency ({e})"
+                 with positive integers for rpm, input_tpm, output_tpm, concurrency and an \
+                 optional list of beta names for betas ({e})"
             ),
         )
     })?;
+    let mut tiers = BTreeMap::new();
+    let mut betas = BTreeMap::new();
+    for (name, spec) in specs {
+        if let Some(list) = spec.betas {
+            if let Some(bad) = list
+                .iter()
+                .find(|b| b.is_empty() || b.len() > MAX_BETA_BYTES || !is_beta_name(b))
+            {
+                let shown: String = bad.chars().take(MAX_BETA_BYTES).collect();
+                return Err(invalid(
+                    "RATE_LIMITS",
+                    format!(
+                        "tier {name:?}: betas must be names like \"prompt-caching-2024-07-31\" \
+                         (letters, digits, '-', '_', '.'; at most {MAX_BETA_BYTES} bytes), \
+                         not {shown:?}"
+                    ),
+                ));
+            }
+            betas.insert(name.clone(), list);
+        }
+        let limits = TierLimits {
+            rpm: spec.rpm,
+            input_tpm: spec.input_tpm,
+            output_tpm: spec.output_tpm,
+            concurrency: spec.concurrency,
+        };
+        tiers.insert(name, limits);
+    }
     // Every caller without a tier of its own is a default caller: without this tier they
     // would be unlimited by omission. `{"default": {}}` says "unlimited" on purpose.
     if !tiers.contains_key(DEFAULT_TIER) {
@@ -470,7 +554,12 @@ fn parse_rate_limits(raw: Option<String>) -> Result<BTreeMap<String, TierLimits>
             "must define the \"default\" tier (write {\"default\": {}} for unlimited default callers)",
         ));
     }
-    Ok(tiers)
+    Ok((tiers, betas))
+}
+
+fn is_beta_name(beta: &str) -> bool {
+    beta.bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
 fn parse_client_keys(
@@ -836,6 +925,50 @@ mod tests {
     fn upstream_url_loses_its_trailing_slash() {
         let c = config(&[("UPSTREAM_URL", "http://127.0.0.1:8080/")]).unwrap();
         assert_eq!(c.upstream_url, "http://127.0.0.1:8080");
+    }
+
+    #[test]
+    fn tiers_may_list_the_betas_their_callers_may_send() {
+        let c = config(&[(
+            "RATE_LIMITS",
+            r#"{"default": {"rpm": 5, "betas": ["prompt-caching-2024-07-31"]},
+                "open": {"rpm": 9}, "none": {"betas": []}}"#,
+        )])
+        .unwrap();
+        assert_eq!(
+            c.allowed_betas(DEFAULT_TIER),
+            Some(&["prompt-caching-2024-07-31".to_string()][..])
+        );
+        assert_eq!(c.tier_limits(DEFAULT_TIER).rpm, NonZeroU32::new(5));
+        assert_eq!(c.allowed_betas("open"), None);
+        assert_eq!(c.allowed_betas("none"), Some(&[][..]));
+        // An unknown tier gets the default tier's list, as it gets its limits.
+        assert_eq!(c.allowed_betas("nope"), c.allowed_betas(DEFAULT_TIER));
+        // Without lists, everything is allowed (as before).
+        assert_eq!(config(&[]).unwrap().allowed_betas(DEFAULT_TIER), None);
+        for bad in [
+            r#"{"default": {"betas": "prompt-caching-2024-07-31"}}"#,
+            r#"{"default": {"betas": [""]}}"#,
+            r#"{"default": {"betas": ["a b"]}}"#,
+            r#"{"default": {"betas": [7]}}"#,
+        ] {
+            let e = config(&[("RATE_LIMITS", bad)]).unwrap_err();
+            assert_eq!(e.variable, "RATE_LIMITS", "{bad}");
+        }
+    }
+
+    #[test]
+    fn inflight_body_bytes_default_and_floor() {
+        let c = config(&[]).unwrap();
+        assert_eq!(c.max_inflight_body_bytes, 64 * 1024 * 1024);
+        let c = config(&[("MAX_BODY_BYTES", "100000000")]).unwrap();
+        assert_eq!(c.max_inflight_body_bytes, 100_000_000);
+        let c = config(&[("MAX_INFLIGHT_BODY_BYTES", "40000000")]).unwrap();
+        assert_eq!(c.max_inflight_body_bytes, 40_000_000);
+        for bad in ["1000", "0", "-5", "lots"] {
+            let e = config(&[("MAX_INFLIGHT_BODY_BYTES", bad)]).unwrap_err();
+            assert_eq!(e.variable, "MAX_INFLIGHT_BODY_BYTES", "{bad}");
+        }
     }
 
     #[test]

@@ -25,6 +25,12 @@ pub trait ObjectState: Default + Serialize + DeserializeOwned {
 
     /// How long after `now_ms` the alarm should look again whether the state is idle.
     fn check_idle_in_ms(&self, now_ms: u64) -> u64;
+
+    /// Whether the state may be written to storage after a call. A state that may not is
+    /// kept in memory only (and so is forgotten when the object is evicted).
+    fn should_store(&self) -> bool {
+        true
+    }
 }
 
 /// The largest time or count a stored state holds: 2^53 − 1, so a state survives a round trip

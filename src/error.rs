@@ -84,6 +84,11 @@ pub enum ProxyError {
     UpstreamTimeout { retry_after_ms: u64 },
     /// The upstream could not be reached.
     UpstreamUnreachable { retry_after_ms: u64 },
+    /// The upstream answered with a redirect (its status), which the proxy never follows:
+    /// the upstream key would go along to wherever `Location` points.
+    UpstreamRedirected(u16),
+    /// This isolate already holds as many request bodies as `MAX_INFLIGHT_BODY_BYTES` allows.
+    Busy { retry_after_ms: u64 },
     /// The deployment's configuration is unusable.
     Misconfigured(ConfigError),
     /// A variable that this kind of caller needs is missing.
@@ -143,9 +148,9 @@ impl ProxyError {
             ProxyError::Misconfigured(_)
             | ProxyError::MissingSecret(_)
             | ProxyError::Internal(_) => 500,
-            ProxyError::UpstreamUnreachable { .. } => 502,
+            ProxyError::UpstreamUnreachable { .. } | ProxyError::UpstreamRedirected(_) => 502,
             ProxyError::Unavailable(_) => 503,
-            ProxyError::Overloaded { .. } => 503,
+            ProxyError::Overloaded { .. } | ProxyError::Busy { .. } => 503,
             ProxyError::UpstreamTimeout { .. } => 504,
         }
     }
@@ -160,9 +165,10 @@ impl ProxyError {
             ProxyError::NotFound => "not_found_error",
             ProxyError::TooLarge { .. } => "request_too_large",
             ProxyError::RateLimited { .. } => "rate_limit_error",
-            ProxyError::Overloaded { .. } => "overloaded_error",
+            ProxyError::Overloaded { .. } | ProxyError::Busy { .. } => "overloaded_error",
             ProxyError::UpstreamTimeout { .. } => "timeout_error",
             ProxyError::UpstreamUnreachable { .. }
+            | ProxyError::UpstreamRedirected(_)
             | ProxyError::Unavailable(_)
             | ProxyError::Misconfigured(_)
             | ProxyError::MissingSecret(_)
@@ -185,8 +191,10 @@ impl ProxyError {
             },
             ProxyError::Overloaded { .. }
             | ProxyError::UpstreamTimeout { .. }
-            | ProxyError::UpstreamUnreachable { .. } => Source::Upstream,
-            ProxyError::Misconfigured(_)
+            | ProxyError::UpstreamUnreachable { .. }
+            | ProxyError::UpstreamRedirected(_) => Source::Upstream,
+            ProxyError::Busy { .. }
+            | ProxyError::Misconfigured(_)
             | ProxyError::MissingSecret(_)
             | ProxyError::Unavailable(_)
             | ProxyError::Internal(_) => Source::Proxy,
@@ -199,7 +207,8 @@ impl ProxyError {
             ProxyError::RateLimited { retry_after_ms, .. }
             | ProxyError::Overloaded { retry_after_ms }
             | ProxyError::UpstreamTimeout { retry_after_ms }
-            | ProxyError::UpstreamUnreachable { retry_after_ms } => Some(*retry_after_ms),
+            | ProxyError::UpstreamUnreachable { retry_after_ms }
+            | ProxyError::Busy { retry_after_ms } => Some(*retry_after_ms),
             ProxyError::Unavailable(_) => Some(1000),
             _ => None,
         }
@@ -238,6 +247,13 @@ impl ProxyError {
             ),
             ProxyError::UpstreamUnreachable { retry_after_ms } => format!(
                 "the upstream could not be reached; retry in {} s",
+                whole_seconds(*retry_after_ms)
+            ),
+            ProxyError::UpstreamRedirected(status) => format!(
+                "the upstream answered with a redirect ({status}), which the proxy does not follow"
+            ),
+            ProxyError::Busy { retry_after_ms } => format!(
+                "the proxy is holding too many request bodies at once; retry in {} s",
                 whole_seconds(*retry_after_ms)
             ),
             ProxyError::Misconfigured(e) => e.public_message(),
@@ -329,6 +345,8 @@ mod tests {
             ProxyError::Overloaded { retry_after_ms: 1 },
             ProxyError::UpstreamTimeout { retry_after_ms: 1 },
             ProxyError::UpstreamUnreachable { retry_after_ms: 1 },
+            ProxyError::UpstreamRedirected(307),
+            ProxyError::Busy { retry_after_ms: 1 },
             ProxyError::MissingSecret("ANTHROPIC_API_KEY"),
             ProxyError::Unavailable("x".into()),
             ProxyError::Internal("x".into()),
@@ -385,6 +403,31 @@ mod tests {
         let a = ProxyError::NeverFits("too big".into()).answer("r");
         assert!(a.headers.contains(&("x-should-retry", "false".to_string())));
         assert!(!a.headers.iter().any(|(k, _)| *k == "retry-after"));
+    }
+
+    #[test]
+    fn a_redirect_is_a_502_not_worth_retrying_and_a_full_isolate_a_503_that_is() {
+        let redirect = ProxyError::UpstreamRedirected(307).answer("r");
+        assert_eq!(redirect.status, 502);
+        assert!(redirect
+            .headers
+            .contains(&("x-should-retry", "false".to_string())));
+        assert!(
+            redirect.body.contains("redirect (307)"),
+            "{}",
+            redirect.body
+        );
+        let busy = ProxyError::Busy {
+            retry_after_ms: 1_000,
+        };
+        assert_eq!(busy.source(), Source::Proxy);
+        let answer = busy.answer("r");
+        assert_eq!(answer.status, 503);
+        assert!(answer.body.contains("overloaded_error"));
+        assert!(answer.headers.contains(&("retry-after", "1".to_string())));
+        assert!(answer
+            .headers
+            .contains(&("x-should-retry", "true".to_string())));
     }
 
     #[test]

@@ -70,6 +70,11 @@ pub fn check(data: &[u8]) {
             assert!(c.backoff_max_ms >= c.backoff_base_ms);
             assert!((1..=100).contains(&c.max_attempts.get()));
             assert!(c.max_body_bytes > 0);
+            assert!(c.max_inflight_body_bytes >= c.max_body_bytes, "a body of the largest size could never fit");
+            for (tier, betas) in &c.tier_betas {
+                assert!(c.rate_limits.contains_key(tier));
+                assert!(betas.iter().all(|b| breakwater::request::headers::is_quotable_beta(b)), "{betas:?}");
+            }
             for (key, entry) in &c.client_keys {
                 assert!(key.expose().len() >= 16);
                 assert!(!entry.id.is_empty() && entry.id.len() <= 256);

@@ -10,9 +10,11 @@
 //! - credentials and `x-proxy-*` never go upstream, in any case of the name;
 //! - only allow-listed headers come back downstream: a fixed set and `anthropic-*`, never
 //!   the upstream key's `anthropic-ratelimit-*` / `anthropic-priority-*` or the
-//!   organization's id.
+//!   organization's id;
+//! - a beta check (the last field as an `anthropic-beta` header against a fixed list) refuses
+//!   exactly when a listed value is not on the list, and quotes only well-formed names.
 
-use breakwater::request::headers::{forward_downstream, forward_upstream};
+use breakwater::request::headers::{check_betas, forward_downstream, forward_upstream, is_quotable_beta};
 use breakwater::retry::RetryPolicy;
 use breakwater::request::route::{route, Route};
 
@@ -81,4 +83,24 @@ pub fn check(data: &[u8]) {
         );
     }
     assert_eq!(forward_downstream(&header), forward_downstream(&lower), "case matters downstream for {header:?}");
+
+    let list = ["prompt-caching-2024-07-31".to_string(), "token-counting-2024-11-01".to_string()];
+    let refused = header
+        .split(',')
+        .map(str::trim)
+        .find(|b| !b.is_empty() && !list.iter().any(|a| a == b));
+    assert_eq!(check_betas(None, Some(&header)), Ok(()));
+    match (check_betas(Some(&list), Some(&header)), refused) {
+        (Ok(()), None) => {}
+        (Err(e), Some(beta)) => {
+            assert_eq!(e.status(), 400);
+            let message = e.message();
+            if is_quotable_beta(beta) {
+                assert_eq!(message, format!("anthropic-beta: \"{beta}\" is not enabled for this key"));
+            } else {
+                assert_eq!(message, "anthropic-beta: a value is not enabled for this key");
+            }
+        }
+        (answer, refused) => panic!("beta check {answer:?} for {header:?}, expected refusal of {refused:?}"),
+    }
 }

@@ -16,17 +16,34 @@ use crate::durable::ObjectState;
 const IDLE_SLACK_MS: u64 = 1_000;
 
 /// One call from the Worker to a caller's object.
+///
+/// `provisional` marks a caller the upstream has not yet accepted (a passthrough key): its
+/// object keeps its state in memory only, and writes it to storage once a settlement says
+/// the upstream accepted the key (`confirms`). Anyone can make up an `sk-ant-…` string; none
+/// of them should leave a stored object behind.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LimiterCall {
     Admit {
         limits: TierLimits,
         request: AdmissionRequest,
+        #[serde(default)]
+        provisional: bool,
+    },
+    /// One request against `rpm` only, nothing to settle (`count_tokens`, model listings).
+    AdmitRequestOnly {
+        limits: TierLimits,
+        #[serde(default)]
+        provisional: bool,
     },
     Settle {
         limits: TierLimits,
         reservation: Reservation,
         usage: Usage,
+        /// The caller is known to the upstream: a managed caller, or a passthrough caller
+        /// whose request the upstream answered with a 2xx.
+        #[serde(default = "yes")]
+        confirms: bool,
     },
     /// The answer is still moving: hold its slot for another `lease_ms`.
     Renew {
@@ -34,6 +51,10 @@ pub enum LimiterCall {
         lease_id: u64,
         lease_ms: u64,
     },
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// The object's answer to an admission: the decision and the caller's limits as of now.
@@ -60,6 +81,11 @@ pub enum LimiterReply {
 pub struct LimiterObject {
     limiter: LimiterState,
     limits: TierLimits,
+    /// Whether the state may be stored: false for a fresh object until a call that is not
+    /// provisional (or a confirming settlement) arrives. A stored state was confirmed (and
+    /// one stored before this field existed reads as such).
+    #[serde(default = "yes")]
+    confirmed: bool,
 }
 
 impl ObjectState for LimiterObject {
@@ -69,9 +95,31 @@ impl ObjectState for LimiterObject {
 
     fn decide(&mut self, now_ms: u64, call: LimiterCall) -> LimiterReply {
         match call {
-            LimiterCall::Admit { limits, request } => {
+            LimiterCall::Admit {
+                limits,
+                request,
+                provisional,
+            } => {
+                self.confirmed |= !provisional;
                 self.limits = limits;
                 let admission = self.limiter.admit(&limits, now_ms, &request);
+                let status = self.limiter.snapshot(&limits, now_ms);
+                LimiterReply::Admitted(AdmitReply {
+                    admission,
+                    status,
+                    now_ms,
+                })
+            }
+            LimiterCall::AdmitRequestOnly {
+                limits,
+                provisional,
+            } => {
+                self.confirmed |= !provisional;
+                self.limits = limits;
+                let admission = match self.limiter.admit_request_only(&limits, now_ms) {
+                    None => Admission::Admitted(Reservation::NOTHING),
+                    Some(denial) => Admission::Denied(denial),
+                };
                 let status = self.limiter.snapshot(&limits, now_ms);
                 LimiterReply::Admitted(AdmitReply {
                     admission,
@@ -83,13 +131,21 @@ impl ObjectState for LimiterObject {
                 limits,
                 reservation,
                 usage,
-            } => LimiterReply::Settled(self.limiter.settle(&limits, now_ms, &reservation, usage)),
+                confirms,
+            } => {
+                self.confirmed |= confirms;
+                LimiterReply::Settled(self.limiter.settle(&limits, now_ms, &reservation, usage))
+            }
             LimiterCall::Renew {
                 limits,
                 lease_id,
                 lease_ms,
             } => LimiterReply::Renewed(self.limiter.renew(&limits, now_ms, lease_id, lease_ms)),
         }
+    }
+
+    fn should_store(&self) -> bool {
+        self.confirmed
     }
 
     fn is_idle(&self, now_ms: u64) -> bool {
@@ -109,6 +165,113 @@ mod tests {
 
     use super::*;
 
+    fn admit_call(limits: TierLimits, provisional: bool) -> LimiterCall {
+        let request = AdmissionRequest {
+            input_tokens: 10,
+            output_tokens: 10,
+            lease_ms: 60_000,
+        };
+        LimiterCall::Admit {
+            limits,
+            request,
+            provisional,
+        }
+    }
+
+    fn reservation_of(reply: LimiterReply) -> Reservation {
+        match reply {
+            LimiterReply::Admitted(AdmitReply {
+                admission: Admission::Admitted(reservation),
+                ..
+            }) => reservation,
+            other => panic!("expected an admission, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_passthrough_caller_is_stored_only_once_the_upstream_accepted_it() {
+        let limits = TierLimits {
+            rpm: NonZeroU32::new(2),
+            ..TierLimits::default()
+        };
+        let t0 = 1_764_000_000_000;
+        let settle = |reservation, confirms| LimiterCall::Settle {
+            limits,
+            reservation,
+            usage: Usage::UNKNOWN,
+            confirms,
+        };
+        // A made-up key: admitted, limited in memory, refused upstream, never stored.
+        let mut object = LimiterObject::default();
+        let reservation = reservation_of(object.decide(t0, admit_call(limits, true)));
+        assert!(!object.should_store());
+        let only = LimiterCall::AdmitRequestOnly {
+            limits,
+            provisional: true,
+        };
+        let LimiterReply::Admitted(reply) = object.decide(t0, only) else {
+            panic!("an admission answers with an admission");
+        };
+        assert!(matches!(reply.admission, Admission::Admitted(_)));
+        assert!(!object.should_store());
+        object.decide(t0 + 1, settle(reservation, false));
+        assert!(!object.should_store());
+        // The limits still hold while the object lives.
+        let LimiterReply::Admitted(reply) = object.decide(t0 + 2, admit_call(limits, true)) else {
+            panic!("an admission answers with an admission");
+        };
+        assert!(matches!(reply.admission, Admission::Denied(_)));
+        // A real key: stored from the settlement that reports a 2xx on.
+        let mut object = LimiterObject::default();
+        let reservation = reservation_of(object.decide(t0, admit_call(limits, true)));
+        object.decide(t0 + 1, settle(reservation, true));
+        assert!(object.should_store());
+        reservation_of(object.decide(t0 + 2, admit_call(limits, true)));
+        assert!(object.should_store());
+        // Managed callers are stored from their first admission, as before.
+        let mut object = LimiterObject::default();
+        reservation_of(object.decide(t0, admit_call(limits, false)));
+        assert!(object.should_store());
+        // A state stored before the flag existed reads as confirmed.
+        let stored: LimiterObject =
+            serde_json::from_str(r#"{"limiter": {}, "limits": {"rpm": 2}}"#).unwrap();
+        assert!(stored.should_store());
+        // And a settlement call without the flag (from an older Worker) confirms.
+        let old: LimiterCall = serde_json::from_str(&format!(
+            r#"{{"settle": {{"limits": {{}}, "reservation": {}, "usage": {{}}}}}}"#,
+            serde_json::to_string(&reservation).unwrap()
+        ))
+        .unwrap();
+        assert!(matches!(old, LimiterCall::Settle { confirms: true, .. }));
+    }
+
+    #[test]
+    fn a_request_only_admission_holds_no_slot_and_leaves_nothing_to_settle() {
+        let limits = TierLimits {
+            rpm: NonZeroU32::new(2),
+            concurrency: NonZeroU32::new(1),
+            ..TierLimits::default()
+        };
+        let t0 = 1_764_000_000_000;
+        let mut object = LimiterObject::default();
+        reservation_of(object.decide(t0, admit_call(limits, false)));
+        let only = || LimiterCall::AdmitRequestOnly {
+            limits,
+            provisional: false,
+        };
+        assert_eq!(
+            reservation_of(object.decide(t0, only())),
+            Reservation::NOTHING
+        );
+        let LimiterReply::Admitted(reply) = object.decide(t0, only()) else {
+            panic!("an admission answers with an admission");
+        };
+        let Admission::Denied(denial) = reply.admission else {
+            panic!("the third request of an rpm of 2 is denied");
+        };
+        assert_eq!(denial.dimension, crate::limits::Dimension::Rpm);
+    }
+
     #[test]
     fn a_caller_is_admitted_settled_and_then_idle() {
         let limits = TierLimits {
@@ -123,9 +286,14 @@ mod tests {
             output_tokens: 0,
             lease_ms: 60_000,
         };
-        let LimiterReply::Admitted(reply) =
-            object.decide(t0, LimiterCall::Admit { limits, request })
-        else {
+        let LimiterReply::Admitted(reply) = object.decide(
+            t0,
+            LimiterCall::Admit {
+                limits,
+                request,
+                provisional: false,
+            },
+        ) else {
             panic!("an admission answers with an admission");
         };
         let Admission::Admitted(reservation) = reply.admission else {
@@ -141,6 +309,7 @@ mod tests {
                 limits,
                 reservation,
                 usage: Usage::UNKNOWN,
+                confirms: true,
             },
         );
         assert!(matches!(settled, LimiterReply::Settled(_)));

@@ -126,6 +126,16 @@ pub struct Reservation {
     pub lease_expires_ms: u64,
 }
 
+impl Reservation {
+    /// What a request-only admission reserves: nothing (its lease id matches no record).
+    pub const NOTHING: Reservation = Reservation {
+        lease_id: 0,
+        input_tokens: 0,
+        output_tokens: 0,
+        lease_expires_ms: 0,
+    };
+}
+
 /// The real usage of a finished request. `None` is unknown (the stream broke before the
 /// usage arrived): the reservation is kept as charged, which is the safe side.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -463,6 +473,29 @@ impl LimiterState {
             output_tokens: output_cost,
             lease_expires_ms,
         })
+    }
+
+    /// Charges one request against `rpm` and nothing else: no tokens, no concurrency slot,
+    /// so nothing to settle afterwards (`count_tokens` and the model listings, which are cheap
+    /// and short but must not be free to flood). `Some(denial)` when `rpm` has no room; then
+    /// nothing is charged.
+    #[must_use]
+    pub fn admit_request_only(&mut self, limits: &TierLimits, now_ms: u64) -> Option<Denial> {
+        let now = self.advance(limits, now_ms);
+        let quota = limits.rpm?;
+        // One request always fits a full bucket (a quota is at least 1).
+        let wait = self.requests.wait_ms(quota, 1).unwrap_or(0);
+        if wait > 0 {
+            return Some(Denial {
+                // The state's clock may be ahead of the caller's; the wait counts from the latter.
+                retry_after_ms: wait.saturating_add(now.saturating_sub(now_ms)),
+                dimension: Dimension::Rpm,
+                limit: u64::from(quota.get()),
+                remaining: self.requests.remaining(quota),
+            });
+        }
+        self.requests = self.requests.charged(1);
+        None
     }
 
     /// Drops lease records until one more fits: expired ones first (earliest expiry first),
@@ -1259,6 +1292,47 @@ mod tests {
         )
         .unwrap();
         assert_eq!(admission, Admission::Admitted(reservation));
+    }
+
+    #[test]
+    fn a_request_only_admission_counts_against_rpm_and_nothing_else() {
+        let l = limits(3, 1_000, 1_000, 1);
+        let mut state = LimiterState::new();
+        // The one concurrency slot is held by a message in flight.
+        admitted(state.admit(&l, T0, &request(500, 500)));
+        let levels = state.levels();
+        // Token counts and model listings still go: no slot, no tokens...
+        assert_eq!(state.admit_request_only(&l, T0), None);
+        assert_eq!(state.admit_request_only(&l, T0), None);
+        assert_eq!(state.levels()[1..], levels[1..]);
+        assert_eq!(state.lease_records(), 1);
+        // ...but each is one request of the rpm the messages share.
+        let denial = state.admit_request_only(&l, T0).unwrap();
+        assert_eq!(
+            denial,
+            Denial {
+                retry_after_ms: 20_000,
+                dimension: Dimension::Rpm,
+                limit: 3,
+                remaining: 0
+            }
+        );
+        let denial = denied(state.admit(&l, T0, &request(0, 0)));
+        assert_eq!(denial.dimension, Dimension::Rpm);
+        assert_eq!(
+            state
+                .admit_request_only(&l, T0 + 19_999)
+                .map(|d| d.retry_after_ms),
+            Some(1)
+        );
+        assert_eq!(state.admit_request_only(&l, T0 + 20_000), None);
+        // Without an rpm limit it is always admitted and charges nothing.
+        let no_rpm = limits(0, 1_000, 1_000, 1);
+        let before = state.clone();
+        for _ in 0..100 {
+            assert_eq!(state.admit_request_only(&no_rpm, T0 + 20_000), None);
+        }
+        assert_eq!(state.lease_records(), before.lease_records());
     }
 
     #[test]

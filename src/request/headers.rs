@@ -10,6 +10,8 @@
 //! else (cookies, `server`, `via`, the upstream's CDN headers, whatever it adds tomorrow)
 //! stays behind; framing headers are the runtime's to set.
 
+use crate::error::ProxyError;
+
 /// Headers that never go upstream (lowercase). Credentials are replaced, hop-by-hop headers
 /// belong to one connection, and the rest would tell the upstream about the caller's browser.
 const REQUEST_DROPPED: &[&str] = &[
@@ -85,9 +87,91 @@ pub const EXPOSED_HEADERS: &str = "Retry-After, retry-after-ms, RateLimit, RateL
     anthropic-ratelimit-input-tokens-reset, anthropic-ratelimit-output-tokens-limit, \
     anthropic-ratelimit-output-tokens-remaining, anthropic-ratelimit-output-tokens-reset";
 
+/// Longest beta name quoted back in an error; longer or odd ones are not echoed.
+const MAX_QUOTED_BETA: usize = 128;
+
+/// Checks a request's `anthropic-beta` header (a comma-separated list, as the SDKs send it;
+/// repeated headers arrive joined the same way) against its tier's allow-list. `None` allows
+/// every beta. A beta not on the list is a `400 invalid_request_error` naming it, so the
+/// client can tell which one to drop.
+pub fn check_betas(allowed: Option<&[String]>, header: Option<&str>) -> Result<(), ProxyError> {
+    let (Some(allowed), Some(header)) = (allowed, header) else {
+        return Ok(());
+    };
+    let refused = header
+        .split(',')
+        .map(str::trim)
+        .filter(|beta| !beta.is_empty())
+        .find(|beta| !allowed.iter().any(|a| a == beta));
+    match refused {
+        None => Ok(()),
+        Some(beta) if is_quotable_beta(beta) => Err(ProxyError::InvalidRequest(format!(
+            "anthropic-beta: \"{beta}\" is not enabled for this key"
+        ))),
+        Some(_) => Err(ProxyError::InvalidRequest(
+            "anthropic-beta: a value is not enabled for this key".to_string(),
+        )),
+    }
+}
+
+/// Whether a beta name looks like one (`prompt-caching-2024-07-31`), and so may be quoted.
+#[must_use]
+pub fn is_quotable_beta(beta: &str) -> bool {
+    !beta.is_empty()
+        && beta.len() <= MAX_QUOTED_BETA
+        && beta
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn betas_outside_the_tier_list_are_refused_by_name() {
+        let list = vec![
+            "prompt-caching-2024-07-31".to_string(),
+            "token-counting-2024-11-01".to_string(),
+        ];
+        let allowed = Some(list.as_slice());
+        assert_eq!(check_betas(None, Some("files-api-2025-04-14")), Ok(()));
+        assert_eq!(check_betas(allowed, None), Ok(()));
+        assert_eq!(check_betas(allowed, Some("")), Ok(()));
+        assert_eq!(
+            check_betas(
+                allowed,
+                Some(" prompt-caching-2024-07-31 ,token-counting-2024-11-01,")
+            ),
+            Ok(())
+        );
+        let refused = check_betas(
+            allowed,
+            Some("prompt-caching-2024-07-31, files-api-2025-04-14"),
+        )
+        .unwrap_err();
+        assert_eq!(refused.status(), 400);
+        assert_eq!(refused.error_type(), "invalid_request_error");
+        assert_eq!(
+            refused.message(),
+            "anthropic-beta: \"files-api-2025-04-14\" is not enabled for this key"
+        );
+        // Only exact names: no prefixes, no case folding.
+        assert!(check_betas(allowed, Some("prompt-caching")).is_err());
+        assert!(check_betas(allowed, Some("PROMPT-CACHING-2024-07-31")).is_err());
+        // An empty list allows none; odd values are refused without being echoed.
+        assert!(check_betas(Some(&[]), Some("prompt-caching-2024-07-31")).is_err());
+        let odd = check_betas(allowed, Some("<script>")).unwrap_err();
+        assert_eq!(
+            odd.message(),
+            "anthropic-beta: a value is not enabled for this key"
+        );
+        let long = "a".repeat(129);
+        assert!(!check_betas(allowed, Some(&long))
+            .unwrap_err()
+            .message()
+            .contains(&long));
+    }
 
     #[test]
     fn api_headers_reach_the_upstream() {

@@ -3,7 +3,19 @@
 //! The proxy forwards a fixed set of Anthropic routes and nothing else: it must never become
 //! an open proxy to arbitrary upstream paths.
 
+use crate::config::TierLimits;
 use crate::error::ProxyError;
+
+/// What a request is charged against its caller's limits (see [`Route::metering`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Metering {
+    /// Not admitted: the route is not metered, or the tier limits nothing it would charge.
+    None,
+    /// One request against `rpm`, nothing reserved, nothing to settle.
+    RequestOnly,
+    /// A request, its input estimate, `max_tokens` and a concurrency slot; settled afterwards.
+    Full,
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route {
@@ -29,10 +41,21 @@ impl Route {
         matches!(self, Route::Messages | Route::CountTokens)
     }
 
-    /// Routes admitted against the caller's limits (when its tier has any).
+    /// How a request on this route is admitted against the caller's limits, given its tier's
+    /// limits: a message reserves in every dimension (and settles afterwards); a token count
+    /// or a model listing is one request against `rpm` (no tokens, no concurrency slot,
+    /// nothing to settle: they are cheap and short, but one caller must not be able to flood
+    /// them). `Metering::None` when nothing would be charged, so the caller's object is not
+    /// asked at all.
     #[must_use]
-    pub fn is_metered(&self) -> bool {
-        matches!(self, Route::Messages)
+    pub fn metering(&self, limits: &TierLimits) -> Metering {
+        match self {
+            Route::Messages if !limits.is_unlimited() => Metering::Full,
+            Route::CountTokens | Route::Models | Route::Model(_) if limits.rpm.is_some() => {
+                Metering::RequestOnly
+            }
+            _ => Metering::None,
+        }
     }
 
     /// Routes whose answer comes from the upstream (and so carry `x-proxy-attempts`).
@@ -180,6 +203,31 @@ mod tests {
         );
         assert_eq!(query_of("https://p.example/v1/messages"), None);
         assert_eq!(query_of("https://p.example/v1/messages?"), Some(""));
+    }
+
+    #[test]
+    fn count_tokens_and_models_count_against_rpm() {
+        use std::num::NonZeroU32;
+        let all = TierLimits {
+            rpm: NonZeroU32::new(5),
+            input_tpm: NonZeroU32::new(1_000),
+            output_tpm: NonZeroU32::new(1_000),
+            concurrency: NonZeroU32::new(1),
+        };
+        let tokens_only = TierLimits { rpm: None, ..all };
+        let unlimited = TierLimits::default();
+        let model = Route::Model("claude-sonnet-4-5".into());
+        assert_eq!(Route::Messages.metering(&all), Metering::Full);
+        assert_eq!(Route::Messages.metering(&tokens_only), Metering::Full);
+        assert_eq!(Route::Messages.metering(&unlimited), Metering::None);
+        for route in [Route::CountTokens, Route::Models, model] {
+            assert_eq!(route.metering(&all), Metering::RequestOnly, "{route:?}");
+            // Nothing to charge without an rpm limit: the object is not asked.
+            assert_eq!(route.metering(&tokens_only), Metering::None, "{route:?}");
+            assert_eq!(route.metering(&unlimited), Metering::None, "{route:?}");
+        }
+        assert_eq!(Route::Health.metering(&all), Metering::None);
+        assert_eq!(Route::Preflight.metering(&all), Metering::None);
     }
 
     #[test]

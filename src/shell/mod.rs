@@ -13,9 +13,10 @@ use worker::{event, Context, Env, Request, Response};
 
 use crate::config::Config;
 use crate::error::ProxyError;
-use crate::identity::{authenticate, credential, Caller};
-use crate::request::body::{inspect, BodyFacts};
-use crate::request::route::{query_of, route, upstream_url, Route};
+use crate::identity::{authenticate, credential, Caller, UpstreamKey};
+use crate::request::body::BodyFacts;
+use crate::request::headers::check_betas;
+use crate::request::route::{query_of, route, upstream_url, Metering, Route};
 
 use crate::limits::admission_lease_ms;
 use crate::request::cors::Cors;
@@ -74,10 +75,14 @@ async fn handle(
     let caller = authenticate_request(&req, &config)?;
     exchange.identity_hash = Some(caller.identity_hash());
     let upstream_key = caller.upstream_key(&config)?;
+    let betas = req.headers().get("anthropic-beta").ok().flatten();
+    check_betas(config.allowed_betas(&caller.tier), betas.as_deref())?;
 
     let (body, facts) = if route.carries_body() {
-        let body = runtime::read_body(&mut req, config.max_body_bytes).await?;
-        let facts = inspect(&route, &body)?;
+        let (limit, cap) = (config.max_body_bytes, config.max_inflight_body_bytes);
+        let (body, facts) = runtime::read_body(&mut req, limit, cap)
+            .await?
+            .inspect(&route)?;
         (Some(body), facts)
     } else {
         (None, BodyFacts::default())
@@ -85,20 +90,36 @@ async fn handle(
     exchange.stream = facts.stream;
 
     // The caller's own limits: one round trip to its object before anything goes upstream.
+    // A passthrough caller is provisional until the upstream accepts its key.
     let limits = config.tier_limits(&caller.tier);
-    let admitted = if route.is_metered() && !limits.is_unlimited() {
-        let identity_hash = caller.identity_hash();
-        let headers = &mut exchange.extra_headers;
-        let lease_ms = admission_lease_ms(config.request_budget_ms, config.attempt_timeout_ms);
-        let reservation =
-            limiter::admit(env, &identity_hash, limits, &facts, lease_ms, headers).await?;
-        Some(Admitted {
-            identity_hash,
-            limits,
-            reservation,
-        })
-    } else {
-        None
+    let provisional = matches!(caller.upstream_key, UpstreamKey::Passthrough(_));
+    let identity_hash = caller.identity_hash();
+    let headers = &mut exchange.extra_headers;
+    let admitted = match route.metering(&limits) {
+        Metering::Full => {
+            let lease_ms = admission_lease_ms(config.request_budget_ms, config.attempt_timeout_ms);
+            let reservation = limiter::admit(
+                env,
+                &identity_hash,
+                limits,
+                &facts,
+                lease_ms,
+                provisional,
+                headers,
+            )
+            .await?;
+            Some(Admitted {
+                identity_hash,
+                limits,
+                reservation,
+                provisional,
+            })
+        }
+        Metering::RequestOnly => {
+            limiter::admit_request_only(env, &identity_hash, limits, provisional, headers).await?;
+            None
+        }
+        Metering::None => None,
     };
 
     let budget_header = req.headers().get("x-proxy-budget-ms").ok().flatten();
@@ -109,7 +130,7 @@ async fn handle(
         &method,
         req.headers(),
         &upstream_key,
-        body.as_deref(),
+        body.as_ref().map(|b| &b.blob),
         facts.stream,
     );
     let answer = forward(
@@ -136,6 +157,8 @@ struct Admitted {
     identity_hash: String,
     limits: crate::config::TierLimits,
     reservation: crate::limits::Reservation,
+    /// A passthrough caller: its object stores nothing until the upstream accepts the key.
+    provisional: bool,
 }
 
 impl Admitted {
@@ -148,6 +171,7 @@ impl Admitted {
             identity_hash,
             limits,
             reservation,
+            provisional,
         } = self;
         limiter::settle_later(
             env,
@@ -157,6 +181,7 @@ impl Admitted {
             reservation,
             watched,
             delivered_ok,
+            !provisional || delivered_ok,
         );
     }
 }

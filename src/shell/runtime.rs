@@ -13,7 +13,10 @@ use std::rc::Rc;
 
 use crate::config::{Config, ConfigError, VARIABLES};
 use crate::error::ProxyError;
-use crate::request::{declared_body_length, over_limit};
+use crate::request::body::{inspect, BodyFacts};
+use crate::request::route::Route;
+use crate::request::{declared_body_length, over_limit, BodyGuard, InflightBodies};
+use worker::wasm_bindgen_futures::JsFuture;
 
 /// Milliseconds since the Unix epoch. In Workers the clock advances on I/O, which is what the
 /// budget arithmetic needs: time spent waiting on the upstream or sleeping.
@@ -95,28 +98,123 @@ pub fn variable(env: &Env, name: &str) -> Option<String> {
     env.var(name).ok().map(|v| v.to_string())
 }
 
-/// Reads the request body, refusing it as soon as it passes `limit` bytes.
-pub async fn read_body(req: &mut Request, limit: u64) -> Result<Vec<u8>, ProxyError> {
+thread_local! {
+    /// The request bodies this isolate holds at once (see `MAX_INFLIGHT_BODY_BYTES`).
+    static BODIES: InflightBodies = InflightBodies::default();
+}
+
+/// A request body as read, in JavaScript buffers (one when its length was declared, else the
+/// chunks as they came), and its hold on the isolate's budget for bodies in flight.
+pub struct Body {
+    parts: js_sys::Array,
+    length: usize,
+    held: BodyGuard,
+}
+
+/// A body ready to go upstream: a `Blob`, which every attempt sends as it is. The runtime
+/// copies a `Uint8Array` body into each request it builds, but a `Blob` body is only
+/// referenced, so retries cost no copy. Released from the isolate's budget when dropped.
+pub struct Upload {
+    pub blob: worker::web_sys::Blob,
+    _held: BodyGuard,
+}
+
+impl Body {
+    /// Checks the body for `route`, reads what the proxy needs of it, and turns it into the
+    /// upload every attempt sends. The bytes are copied into Wasm memory only for this
+    /// synchronous call and freed before it returns, so an isolate's Wasm memory holds at
+    /// most one body at a time, however many requests are in flight (Wasm memory never
+    /// shrinks once grown).
+    pub fn inspect(self, route: &Route) -> Result<(Upload, BodyFacts), ProxyError> {
+        let facts = {
+            let unreadable = || ProxyError::Internal("could not read the request body".to_string());
+            let mut copy = vec![0u8; self.length];
+            let mut offset: usize = 0;
+            for part in self.parts.iter() {
+                let part = js_sys::Uint8Array::from(part);
+                let end = offset.saturating_add(part.length() as usize);
+                // Straight into place: one copy in Wasm memory, never a second.
+                part.copy_to(copy.get_mut(offset..end).ok_or_else(unreadable)?);
+                offset = end;
+            }
+            inspect(route, &copy)?
+        };
+        let blob = worker::web_sys::Blob::new_with_u8_array_sequence(&self.parts)
+            .map_err(|_| ProxyError::Internal("could not hold the request body".to_string()))?;
+        Ok((
+            Upload {
+                blob,
+                _held: self.held,
+            },
+            facts,
+        ))
+    }
+}
+
+/// Reads the request body into one JavaScript buffer, refusing it as soon as it passes
+/// `limit` bytes, and holding its size against the isolate's `cap` for bodies in flight.
+pub async fn read_body(req: &mut Request, limit: u64, cap: u64) -> Result<Body, ProxyError> {
     let unreadable =
         || ProxyError::InvalidRequest("the request body could not be read".to_string());
     let declared = req.headers().get("content-length").ok().flatten();
-    if declared_body_length(declared.as_deref(), limit)?.is_some() {
-        // A declared length within the limit (the runtime holds the body to it): read it in
-        // one call rather than chunk by chunk across the JS boundary.
-        return req.bytes().await.map_err(|_| unreadable());
-    }
-    let mut stream = match req.stream() {
-        Ok(stream) => stream,
-        // No body at all.
-        Err(_) => return Ok(Vec::new()),
-    };
-    let mut body = Vec::new();
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|_| unreadable())?;
-        if over_limit(body.len(), chunk.len(), limit) {
+    if let Some(length) = declared_body_length(declared.as_deref(), limit)? {
+        // A declared length within the limit (the runtime holds the body to it): held before
+        // a byte is read, then read in one call, staying on the JavaScript side.
+        let held = match BODIES.with(|b| b.try_reserve(length, cap)) {
+            Ok(held) => held,
+            Err(busy) => {
+                drain(req).await;
+                return Err(busy);
+            }
+        };
+        let promise = req.inner().array_buffer().map_err(|_| unreadable())?;
+        let buffer = JsFuture::from(promise).await.map_err(|_| unreadable())?;
+        let bytes = js_sys::Uint8Array::new(&buffer);
+        if u64::from(bytes.length()) > length {
             return Err(ProxyError::TooLarge { limit });
         }
-        body.extend_from_slice(&chunk);
+        let length = bytes.length() as usize;
+        let parts = js_sys::Array::of1(&bytes);
+        return Ok(Body {
+            parts,
+            length,
+            held,
+        });
     }
-    Ok(body)
+    let mut held = BODIES.with(|b| b.try_reserve(0, cap))?;
+    let parts = js_sys::Array::new();
+    let mut length: usize = 0;
+    if let Ok(mut stream) = req.stream() {
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|_| unreadable())?;
+            if over_limit(length, chunk.len(), limit) {
+                return Err(ProxyError::TooLarge { limit });
+            }
+            if let Err(busy) = held.try_grow(chunk.len() as u64) {
+                drain_stream(&mut stream).await;
+                return Err(busy);
+            }
+            length = length.saturating_add(chunk.len());
+            // Each chunk leaves Wasm memory as soon as it arrives; the upload's `Blob` is made
+            // of these parts, so they are never joined into one more copy.
+            parts.push(&js_sys::Uint8Array::from(chunk.as_slice()));
+        }
+    }
+    Ok(Body {
+        parts,
+        length,
+        held,
+    })
+}
+
+/// Reads a refused body to its end without keeping it, so the client (still sending) gets
+/// the answer instead of a reset connection. Chunks pass through Wasm memory one at a time.
+async fn drain(req: &mut Request) {
+    if let Ok(mut stream) = req.stream() {
+        drain_stream(&mut stream).await;
+    }
+}
+
+async fn drain_stream(stream: &mut worker::ByteStream) {
+    while let Some(Ok(_)) = stream.next().await {}
 }

@@ -12,8 +12,8 @@ use futures_channel::oneshot;
 use futures_util::future::{ready, select, Either};
 use futures_util::{stream, StreamExt};
 use worker::{
-    AbortController, ByteStream, Delay, Fetch, Headers, Method, Request, RequestInit, Response,
-    ResponseBuilder,
+    AbortController, ByteStream, Delay, Fetch, Headers, Method, Request, RequestInit,
+    RequestRedirect, Response, ResponseBuilder,
 };
 
 use super::runtime::now_ms;
@@ -56,7 +56,8 @@ pub struct Upstream<'a> {
     url: String,
     method: Method,
     headers: Vec<(String, String)>,
-    body: Option<&'a [u8]>,
+    /// The body as one `Blob`, handed to every attempt as it is (no copy per attempt).
+    body: Option<&'a worker::web_sys::Blob>,
     streaming: bool,
     /// The upstream's `request-id` of the last attempt that had one.
     pub request_id: Option<String>,
@@ -72,7 +73,7 @@ impl<'a> Upstream<'a> {
         method: &str,
         client_headers: &Headers,
         upstream_key: &crate::identity::Secret,
-        body: Option<&'a [u8]>,
+        body: Option<&'a worker::web_sys::Blob>,
         streaming: bool,
     ) -> Upstream<'a> {
         let mut headers: Vec<(String, String)> = client_headers
@@ -127,6 +128,9 @@ impl Transport for Upstream<'_> {
 /// passed through.
 pub fn deliver(answer: UpstreamAnswer, tap: bool, idle_ms: u64) -> Result<Delivered, ProxyError> {
     let status = answer.status;
+    if let Some(refused) = crate::stream::refused_answer(status) {
+        return Err(refused);
+    }
     let headers = Headers::new();
     for (name, value) in answer
         .headers
@@ -262,7 +266,7 @@ async fn attempt(
     url: &str,
     method: Method,
     headers: &[(String, String)],
-    body: Option<&[u8]>,
+    body: Option<&worker::web_sys::Blob>,
     timeout_ms: u64,
     streaming: bool,
 ) -> (Outcome, Option<UpstreamAnswer>) {
@@ -440,20 +444,26 @@ async fn first_event(stream: &mut ByteStream, deadline_ms: u64) -> FirstEvent {
     }
 }
 
+/// One attempt's request. Redirects are never followed: a `3xx` comes back as the answer
+/// (and is refused, see `stream::refused_answer`), so the upstream key never travels to
+/// whatever host a `Location` names.
 fn build_request(
     url: &str,
     method: Method,
     headers: &[(String, String)],
-    body: Option<&[u8]>,
+    body: Option<&worker::web_sys::Blob>,
 ) -> worker::Result<Request> {
     let h = Headers::new();
     for (name, value) in headers {
         h.append(name, value)?;
     }
     let mut init = RequestInit::new();
-    init.with_method(method).with_headers(h);
+    init.with_method(method)
+        .with_headers(h)
+        .with_redirect(RequestRedirect::Manual);
     if let Some(body) = body {
-        init.with_body(Some(js_sys::Uint8Array::from(body).into()));
+        // The same `Blob` for every attempt: the runtime references it rather than copying.
+        init.with_body(Some(body.clone().into()));
     }
     Request::new_with_init(url, &init)
 }

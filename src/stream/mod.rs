@@ -35,9 +35,31 @@ pub fn exact_length(headers: &[(String, String)]) -> Option<u64> {
         .and_then(|l| l.trim().parse().ok())
 }
 
+/// An upstream answer the proxy does not hand on, by its status: a redirect. Upstream
+/// fetches never follow one (the upstream key would travel to the `Location` host), and
+/// passing it on would send the client to a host the operator did not choose, so it is a
+/// `502` (not retried: the same request gets the same redirect). `304 Not Modified` is not a
+/// redirect and passes.
+#[must_use]
+pub fn refused_answer(status: u16) -> Option<crate::error::ProxyError> {
+    ((300..400).contains(&status) && status != 304)
+        .then_some(crate::error::ProxyError::UpstreamRedirected(status))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn redirects_are_refused_and_nothing_else() {
+        for status in [300, 301, 302, 303, 305, 307, 308, 399] {
+            let refused = refused_answer(status).map(|e| (e.status(), e.should_retry()));
+            assert_eq!(refused, Some((502, false)), "{status}");
+        }
+        for status in [200, 204, 299, 304, 400, 429, 500, 529] {
+            assert_eq!(refused_answer(status), None, "{status}");
+        }
+    }
 
     fn h(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
         pairs

@@ -52,13 +52,15 @@ impl DurableObject for Limiter {
 }
 
 /// Asks the caller's object to admit the request. The caller's own limits go into
-/// `headers` (for the answer) whatever the decision.
+/// `headers` (for the answer) whatever the decision. `provisional`: a caller the upstream
+/// has not accepted yet (a passthrough key), whose object must not store anything yet.
 pub async fn admit(
     env: &Env,
     identity_hash: &str,
     limits: TierLimits,
     facts: &BodyFacts,
     lease_ms: u64,
+    provisional: bool,
     headers: &mut Vec<(&'static str, String)>,
 ) -> Result<Reservation, ProxyError> {
     let request = AdmissionRequest {
@@ -66,8 +68,37 @@ pub async fn admit(
         output_tokens: facts.max_tokens.unwrap_or(0),
         lease_ms,
     };
-    let call = LimiterCall::Admit { limits, request };
-    let reply: AdmitReply = super::call(env, BINDING, identity_hash, &call, "rate limiter").await?;
+    let call = LimiterCall::Admit {
+        limits,
+        request,
+        provisional,
+    };
+    ask(env, identity_hash, &call, headers).await
+}
+
+/// Asks the caller's object to count one request against `rpm` only (token counts, model
+/// listings): nothing is reserved, so nothing is settled afterwards.
+pub async fn admit_request_only(
+    env: &Env,
+    identity_hash: &str,
+    limits: TierLimits,
+    provisional: bool,
+    headers: &mut Vec<(&'static str, String)>,
+) -> Result<(), ProxyError> {
+    let call = LimiterCall::AdmitRequestOnly {
+        limits,
+        provisional,
+    };
+    ask(env, identity_hash, &call, headers).await.map(|_| ())
+}
+
+async fn ask(
+    env: &Env,
+    identity_hash: &str,
+    call: &LimiterCall,
+    headers: &mut Vec<(&'static str, String)>,
+) -> Result<Reservation, ProxyError> {
+    let reply: AdmitReply = super::call(env, BINDING, identity_hash, call, "rate limiter").await?;
     let denial = match &reply.admission {
         Admission::Denied(denial) => Some(denial),
         _ => None,
@@ -127,7 +158,10 @@ async fn renew(env: &Env, identity_hash: &str, limits: TierLimits, lease_id: u64
         super::call(env, BINDING, identity_hash, &call, "rate limiter").await;
 }
 
-/// Settles the reservation once the answer is over, off the client's path.
+/// Settles the reservation once the answer is over, off the client's path. `confirms`: the
+/// caller is known to the upstream (managed, or its key was just accepted), so its object
+/// may store its state.
+#[allow(clippy::too_many_arguments)]
 pub fn settle_later(
     env: &Env,
     ctx: &Context,
@@ -136,6 +170,7 @@ pub fn settle_later(
     reservation: Reservation,
     watched: Option<(oneshot::Receiver<Seen>, Progress)>,
     delivered_ok: bool,
+    confirms: bool,
 ) {
     let env = env.clone();
     ctx.wait_until(async move {
@@ -148,7 +183,7 @@ pub fn settle_later(
             None => Answered::Unwatched { delivered_ok },
         };
         let usage: Usage = settlement_usage(answered);
-        let call = LimiterCall::Settle { limits, reservation, usage };
+        let call = LimiterCall::Settle { limits, reservation, usage, confirms };
         let settled: Result<serde_json::Value, ProxyError> =
             super::call(&env, BINDING, &identity_hash, &call, "rate limiter").await;
         if let Err(e) = settled {

@@ -53,18 +53,22 @@ impl<S: ObjectState> Object<S> {
                 return unavailable(S::STORAGE_KEY, "state not loaded");
             };
             let reply = state.decide(now, call);
+            // A state that may not be stored yet stays in memory only: no write, no alarm.
+            let stored = state.should_store().then(|| serde_json::to_string(&*state));
             (
                 serde_json::to_string(&reply),
-                serde_json::to_string(&*state),
+                stored.transpose(),
                 state.check_idle_in_ms(now),
             )
         };
         let (Ok(reply), Ok(stored), check_in) = decided else {
             return unavailable(S::STORAGE_KEY, "state not encodable");
         };
-        self.state.storage().put(S::STORAGE_KEY, stored).await?;
-        if !self.alarm_set.get() {
-            self.arm(now.saturating_add(check_in)).await;
+        if let Some(stored) = stored {
+            self.state.storage().put(S::STORAGE_KEY, stored).await?;
+            if !self.alarm_set.get() {
+                self.arm(now.saturating_add(check_in)).await;
+            }
         }
         let headers = worker::Headers::new();
         let _ = headers.set("content-type", "application/json");
