@@ -20,6 +20,7 @@ pub mod api;
 pub mod capacity;
 pub mod conn;
 pub mod control;
+pub mod keylimits;
 pub mod log;
 pub mod respond;
 pub mod script;
