@@ -271,7 +271,8 @@ def overload_md(sec, plots):
             lo, la = p.get("latency_ok_ms") or {}, p.get("latency_all_ms") or {}
             finals = ", ".join(f"{k}: {v}" for k, v in sorted(p["final_answers"].items(), key=lambda kv: -kv[1]))
             rows.append([p["policy"], p["requests"], pct(p["success_rate"]), p["upstream_calls"], fmt(p["calls_per_request"], 2),
-                         fmt(p["successes_per_call"], 3), share_429(p), fmt(p.get("success_vs_oracle"), 2),
+                         fmt(p["successes_per_call"], 3), share_429(p),
+                         "–" if p.get("success_vs_oracle") is None else f"{p['success_vs_oracle']:.2f}",
                          fmt(lo.get("p50")), fmt(lo.get("p99")), fmt(la.get("p99")), finals])
         out.append(table(["policy", "requests", "success", "upstream calls", "calls / request", "successes / call",
                           "upstream 429 share", "success vs oracle", "p50 ms (successes)", "p99 ms (successes)",
@@ -326,7 +327,7 @@ def overload_summary_md(sec):
                 cells.append("–")
                 continue
             ratio = p.get("success_vs_oracle")
-            cells.append(f"{pct(p['success_rate'], 0)} ({fmt(ratio, 2)}×), {p['calls_per_request']:.2f} calls/req"
+            cells.append(f"{pct(p['success_rate'], 0)} ({'–' if ratio is None else f'{ratio:.2f}'}×), {p['calls_per_request']:.2f} calls/req"
                          + (f", {share_429(p)} 429" if (p.get("upstream_by_status") or {}).get("429") else ""))
         rows.append(cells)
     return table(["scenario", "oracle success"] + [f"{n}: success (vs oracle), calls/request" for n in policies], rows)
