@@ -243,20 +243,40 @@ def overload_md(sec, plots):
         "",
         "Policies: " + "; ".join(f"**{p['policy']}**: {p['label']}" for p in sec["scenarios"][0]["policies"]) + ".",
     ]
+    out += ["", "Scenarios (d) and (e) have no capacity limit: the simulator plays one API key's own Anthropic limits "
+            "(its `key_limits` mode: continuous token buckets for requests, input and output tokens, each holding a "
+            "minute's quota and refilling at quota/60 per second, charged at arrival with `max_tokens` against output, "
+            "`429 rate_limit_error` with an honest `retry-after` when a bucket cannot hold a request), the buckets empty "
+            "at the start (the key has been busy), and demand twice what they refill.",
+            "", ORACLE_TEXT]
     for sc in sec["scenarios"]:
+        kl = sc.get("keyLimits")
+        limits = ""
+        if kl:
+            limits = (" Key limits: " + ", ".join(f"{k} {v:,}" for k, v in kl.items() if k in ("rpm", "input_tpm", "output_tpm"))
+                      + f", buckets {100 * kl.get('initial_fill', 1):.0f} % full at the start; each request "
+                      + f"{sc.get('request_cost', {}).get('inputTokens', '?'):,} input tokens, max_tokens "
+                      + f"{sc.get('request_cost', {}).get('maxTokens', '?')}; the key sustains {fmt(sc.get('sustainable_rps'), 2)} requests/s.")
         out += ["", f"#### ({sc['id']}) {sc['title']}", "",
                 f"{sc['rate']} requests/s for {sc['durationMs'] / 1000:g} s"
                 + (", outage " + ", ".join(f"{o['start_ms'] / 1000:g}–{(o['start_ms'] + o['duration_ms']) / 1000:g} s" for o in sc["outages"]) if sc["outages"] else "")
-                + "." + (f" Other processes on the machine used {sc['foreign_load_cores']:.2f} cores on average meanwhile."
-                         if sc.get("foreign_load_cores") is not None else ""), ""]
+                + "." + limits + (f" Other processes on the machine used {sc['foreign_load_cores']:.2f} cores on average meanwhile."
+                                  if sc.get("foreign_load_cores") is not None else ""), ""]
         rows = []
+        o = sc.get("oracle")
+        if o:
+            rows.append(["**oracle**", o["requests"], pct(o["success_rate"]), o["upstream_calls"], fmt(o["calls_per_request"], 2),
+                         fmt(1.0, 3) if o["successes"] else "–", "0 %", "1.00", "–", "–", "–", "computed, not measured"])
         for p in sc["policies"]:
             lo, la = p.get("latency_ok_ms") or {}, p.get("latency_all_ms") or {}
             finals = ", ".join(f"{k}: {v}" for k, v in sorted(p["final_answers"].items(), key=lambda kv: -kv[1]))
             rows.append([p["policy"], p["requests"], pct(p["success_rate"]), p["upstream_calls"], fmt(p["calls_per_request"], 2),
-                         fmt(p["successes_per_call"], 3), fmt(lo.get("p50")), fmt(lo.get("p99")), fmt(la.get("p99")), finals])
+                         fmt(p["successes_per_call"], 3), share_429(p),
+                         "–" if p.get("success_vs_oracle") is None else f"{p['success_vs_oracle']:.2f}",
+                         fmt(lo.get("p50")), fmt(lo.get("p99")), fmt(la.get("p99")), finals])
         out.append(table(["policy", "requests", "success", "upstream calls", "calls / request", "successes / call",
-                          "p50 ms (successes)", "p99 ms (successes)", "p99 ms (all answers)", "final answers"], rows))
+                          "upstream 429 share", "success vs oracle", "p50 ms (successes)", "p99 ms (successes)",
+                          "p99 ms (all answers)", "final answers"], rows))
         ours = next((p for p in sc["policies"] if p["policy"] == "ours"), None)
         wl = ours and ours.get("worker_log")
         if wl and wl.get("requests"):
@@ -268,6 +288,49 @@ def overload_md(sec, plots):
         if sc["id"] in plots:
             out += ["", f"![({sc['id']}) successes and upstream calls per second]({plots[sc['id']]})"]
     return "\n".join(out)
+
+
+ORACLE_TEXT = (
+    "The **oracle** row is computed, not measured: the best any policy could do knowing the capacity, the key's "
+    "limits and when each outage ends. It serves the scenario's exact arrival schedule in order (FIFO, which for "
+    "equal budgets is earliest deadline first), each request at the earliest moment the simulator would admit it "
+    "(every bucket holds it, no outage in force), and drops, without an upstream call, a request that cannot start "
+    "before its deadline; so one upstream call per success and no 429 or 529 (`bench/oracle.mjs`). *Success vs "
+    "oracle* is a policy's success rate divided by the oracle's.")
+
+
+def share_429(p):
+    v = p.get("upstream_429_share")
+    if v is None and p.get("upstream_calls"):
+        v = (p.get("upstream_by_status") or {}).get("429", 0) / p["upstream_calls"]
+    return pct(v)
+
+
+def overload_summary_md(sec):
+    """The compact table for the README: per scenario, the oracle and every policy's success as a
+    ratio of it, with calls per request and the upstream 429 share."""
+    if not sec or sec.get("error"):
+        return None
+    policies = []
+    for sc in sec["scenarios"]:
+        for p in sc["policies"]:
+            if p["policy"] not in policies:
+                policies.append(p["policy"])
+    rows = []
+    for sc in sec["scenarios"]:
+        o = sc.get("oracle") or {}
+        pols = {p["policy"]: p for p in sc["policies"]}
+        cells = [f"({sc['id']}) {sc['title']}", pct(o.get("success_rate"), 0) if o else "–"]
+        for name in policies:
+            p = pols.get(name)
+            if not p:
+                cells.append("–")
+                continue
+            ratio = p.get("success_vs_oracle")
+            cells.append(f"{pct(p['success_rate'], 0)} ({'–' if ratio is None else f'{ratio:.2f}'}×), {p['calls_per_request']:.2f} calls/req"
+                         + (f", {share_429(p)} 429" if (p.get("upstream_by_status") or {}).get("429") else ""))
+        rows.append(cells)
+    return table(["scenario", "oracle success"] + [f"{n}: success (vs oracle), calls/request" for n in policies], rows)
 
 
 def micro_md(sec):
@@ -344,14 +407,16 @@ def plot_overload(sc, path):
         ax.step(t, p["series"]["upstream_calls"], where="post", color="#444444", lw=1.2, label="upstream calls/s")
         ax.step(t, p["series"]["successes"], where="post", color=POLICY_COLORS.get(p["policy"], "C0"), lw=2, label="successes/s (client)")
         ax.step(t, p["series"]["arrivals"], where="post", color="#2ca02c", lw=0.8, ls=":", label="arrivals/s")
-        ax.axhline(sc["capacity"], color="#999999", lw=0.8, ls="--", label="capacity")
+        cap = sc.get("capacity") or sc.get("sustainable_rps") or 0
+        ax.axhline(cap, color="#999999", lw=0.8, ls="--", label="capacity" if sc.get("capacity") else "key's sustainable rate")
         ax.set_title(f"{p['policy']}: success {100 * p['success_rate']:.1f} %, {p['calls_per_request']:.2f} calls/request, "
                      f"{p['successes_per_call']:.3f} successes/call", fontsize=9, loc="left")
-        ax.set_ylim(0, min(ymax * 1.08 + 1, max(sc["capacity"] * 4, sc["rate"] * 3)))
+        ax.set_ylim(0, min(ymax * 1.08 + 1, max(cap * 4, sc["rate"] * 3)))
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7, ncol=4, loc="upper right")
     axes[-1].set_xlabel("seconds since the start of traffic (red: outage, blue: arrivals)")
-    fig.suptitle(f"({sc['id']}) {sc['title']}: capacity {sc['capacity']} req/s, budget {sc['budget_ms'] / 1000:g} s", fontsize=10)
+    what = f"capacity {sc['capacity']} req/s" if sc.get("capacity") else f"key sustains {sc.get('sustainable_rps')} req/s"
+    fig.suptitle(f"({sc['id']}) {sc['title']}: {what}, budget {sc['budget_ms'] / 1000:g} s", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -476,6 +541,11 @@ def main():
         "",
         "## Goodput under overload",
         "",
+    ]
+    summary = overload_summary_md(s.get("overload"))
+    if summary:
+        md += ["Summary (the table for the README; details per scenario below):", "", summary, "", ORACLE_TEXT, ""]
+    md += [
         overload_md(s.get("overload"), plots),
         "",
         "## Micro-benchmarks of the pure core",
@@ -486,6 +556,8 @@ def main():
     md += notes
     with open(os.path.join(outdir, "RESULTS.md"), "w") as f:
         f.write("\n".join(md).rstrip() + "\n")
+    if summary:
+        print(summary)
     print(f"wrote {os.path.relpath(os.path.join(outdir, 'RESULTS.md'))}" + (f" and {len(plots)} plot(s)" if plots else ""), file=sys.stderr)
 
 

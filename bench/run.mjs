@@ -3,6 +3,7 @@
 // bench/results/results.json. bench/report.py turns that into RESULTS.md and the plots.
 //
 //   node bench/run.mjs [--quick] [--only size,overhead,streaming,overload,micro] [--out DIR]
+//   node bench/run.mjs --quick --only d,e       # some overload scenarios (a–e) only
 //
 // ./scripts/bench.sh installs and builds what this needs, then runs it and the report.
 import { spawn, execFileSync } from 'node:child_process';
@@ -16,6 +17,7 @@ import {
   benchVars, loadgen, post, summarize, median, round, sleep, PASS_THROUGH_WORKER, accountForeignLoad,
   machineBusySeconds,
 } from './lib.mjs';
+import { oracle, uniformArrivalsMs, capacityBucket, keyBuckets } from './oracle.mjs';
 
 const SECTIONS = ['size', 'overhead', 'streaming', 'overload', 'micro'];
 
@@ -29,8 +31,24 @@ const option = (name, fallback) => {
   return i >= 0 && i + 1 < argv.length ? argv[i + 1] : fallback;
 };
 const QUICK = flag('--quick');
-const ONLY = option('--only', SECTIONS.join(',')).split(',').map((s) => s.trim()).filter(Boolean);
-for (const s of ONLY) if (!SECTIONS.includes(s)) throw new Error(`unknown section ${s}; one of ${SECTIONS}`);
+const SCENARIO_IDS = ['a', 'b', 'c', 'd', 'e'];
+// `--only` takes sections and overload scenarios (`d`, or `overload:d`): naming scenarios runs
+// the overload section with those only, and keeps the other scenarios of results.json.
+const ONLY_ITEMS = option('--only', SECTIONS.join(',')).split(',').map((s) => s.trim()).filter(Boolean);
+const ONLY_SCENARIOS = [];
+const ONLY = [];
+for (const item of ONLY_ITEMS) {
+  const id = item.replace(/^overload:/, '');
+  if (SCENARIO_IDS.includes(id)) {
+    ONLY_SCENARIOS.push(id);
+    if (!ONLY.includes('overload')) ONLY.push('overload');
+  } else if (SECTIONS.includes(item)) {
+    if (!ONLY.includes(item)) ONLY.push(item);
+  } else {
+    throw new Error(`unknown section or scenario ${item}; one of ${SECTIONS} or scenarios ${SCENARIO_IDS}`);
+  }
+}
+if (ONLY_ITEMS.includes('overload')) ONLY_SCENARIOS.length = 0;
 const OUT = path.resolve(option('--out', path.join(ROOT, 'bench/results')));
 
 /** How long and how much, for a full run and for --quick. */
@@ -47,6 +65,12 @@ const PLAN = QUICK
           { id: 'a', title: '5 s total outage in 12 s of traffic at half capacity', rate: 10, durationMs: 12_000, outages: [{ start_ms: 4000, duration_ms: 5000 }] },
           { id: 'b', title: 'demand at twice capacity for 10 s', rate: 40, durationMs: 10_000, outages: [] },
           { id: 'c', title: '32 s total outage (longer than the 30 s budget) in 36 s of traffic', rate: 10, durationMs: 36_000, outages: [{ start_ms: 2000, duration_ms: 32_000 }] },
+          // The key's own limits bind: its buckets start empty (it has been busy), and demand is
+          // twice what they refill. No capacity limit beyond the key's.
+          { id: 'd', title: "demand at twice the key's request limit (120 rpm) for 30 s", rate: 4, durationMs: 30_000, outages: [], capacity: null,
+            keyLimits: { rpm: 120, input_tpm: 400_000, output_tpm: 80_000, initial_fill: 0 } },
+          { id: 'e', title: "~3,000-token prompts at twice the key's input-token limit (360,000 per minute) for 30 s", rate: 4, durationMs: 30_000, outages: [], capacity: null,
+            keyLimits: { rpm: 4_000, input_tpm: 360_000, output_tpm: 80_000, initial_fill: 0 }, promptTokens: 3_000 },
         ],
       },
       micro: ['--max-time', '0.3'],
@@ -63,6 +87,12 @@ const PLAN = QUICK
           { id: 'a', title: '5 s total outage in the middle of 20 s of traffic at half capacity', rate: 10, durationMs: 20_000, outages: [{ start_ms: 7500, duration_ms: 5000 }] },
           { id: 'b', title: 'demand at twice capacity for 20 s', rate: 40, durationMs: 20_000, outages: [] },
           { id: 'c', title: '40 s total outage (longer than the 30 s budget) in 50 s of traffic', rate: 10, durationMs: 50_000, outages: [{ start_ms: 5000, duration_ms: 40_000 }] },
+          // The key's own limits bind: its buckets start empty (it has been busy), and demand is
+          // twice what they refill. No capacity limit beyond the key's.
+          { id: 'd', title: "demand at twice the key's request limit (120 rpm) for 30 s", rate: 4, durationMs: 30_000, outages: [], capacity: null,
+            keyLimits: { rpm: 120, input_tpm: 400_000, output_tpm: 80_000, initial_fill: 0 } },
+          { id: 'e', title: "~3,000-token prompts at twice the key's input-token limit (360,000 per minute) for 30 s", rate: 4, durationMs: 30_000, outages: [], capacity: null,
+            keyLimits: { rpm: 4_000, input_tpm: 360_000, output_tpm: 80_000, initial_fill: 0 }, promptTokens: 3_000 },
         ],
       },
       micro: [],
@@ -595,12 +625,54 @@ const POLICIES = [
   { id: 'fixed', label: 'fixed doubling without jitter (direct: 1, 2, 4, 8, 16 s)' },
 ];
 
+/** A prompt of `tokens` tokens as the simulator counts them (4 characters a token). */
+function promptOf(tokens) {
+  const sentence = 'The quick brown fox jumps over the lazy dog while the river hums. ';
+  return sentence.repeat(Math.ceil((4 * tokens) / sentence.length)).slice(0, 4 * tokens);
+}
+
+/** The request body a scenario sends (the load generator's default unless it has large prompts). */
+function scenarioBody(scenario) {
+  if (!scenario.promptTokens) return MESSAGE;
+  return { ...MESSAGE, messages: [{ role: 'user', content: promptOf(scenario.promptTokens) }] };
+}
+
+/** The scenario's oracle, from its arrival schedule, budget, capacity, outages and key limits. */
+function scenarioOracle(scenario, plan, request) {
+  const capacity = scenario.capacity === undefined ? plan.capacity : scenario.capacity;
+  const buckets = [];
+  if (capacity) buckets.push(capacityBucket(capacity));
+  if (scenario.keyLimits) buckets.push(...keyBuckets(scenario.keyLimits, request));
+  const r = oracle({ arrivalsMs: uniformArrivalsMs(scenario.rate, scenario.durationMs), budgetMs: plan.budgetMs, buckets, outages: scenario.outages });
+  delete r.starts;
+  return { ...r, success_rate: round(r.success_rate, 4), calls_per_request: round(r.calls_per_request, 3) };
+}
+
 async function sectionOverload() {
   const plan = PLAN.overload;
-  log(`overload: capacity ${plan.capacity} req/s, scenarios ${plan.scenarios.map((s) => s.id).join(', ')}, policies side by side`);
+  const chosen = plan.scenarios.filter((s) => !ONLY_SCENARIOS.length || ONLY_SCENARIOS.includes(s.id));
+  log(`overload: capacity ${plan.capacity} req/s, scenarios ${chosen.map((s) => s.id).join(', ')}, policies side by side`);
   const sims = Object.fromEntries(await Promise.all(POLICIES.map(async (p) => [p.id, await startSim()])));
   const scenarios = [];
-  for (const scenario of plan.scenarios) {
+  for (const scenario of chosen) {
+    const capacity = scenario.capacity === undefined ? plan.capacity : scenario.capacity;
+    const body = scenarioBody(scenario);
+    // What one request costs the key, as the simulator counts it (count_tokens is not charged).
+    const counted = await fetch(`${sims.none.url}/v1/messages/count_tokens`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', 'x-api-key': 'sk-ant-direct-bench-key', 'anthropic-version': '2023-06-01' },
+      body: JSON.stringify(body),
+    }).then((r) => r.json());
+    const request = { inputTokens: counted.input_tokens, maxTokens: body.max_tokens, outputTokens: Math.min(12, body.max_tokens) };
+    const best = scenarioOracle(scenario, plan, request);
+    // The rate the upstream sustains for this traffic: its capacity, or the key's refill.
+    const kl = scenario.keyLimits;
+    const sustainable = Math.min(
+      capacity || Infinity,
+      kl?.rpm ? kl.rpm / 60 : Infinity,
+      kl?.input_tpm ? kl.input_tpm / 60 / Math.max(1, request.inputTokens) : Infinity,
+      kl?.output_tpm ? kl.output_tpm / 60 / Math.max(1, request.outputTokens) : Infinity,
+    );
     // A fresh Worker per scenario: whatever it learns about the upstream stays in the scenario.
     const workerLog = { requests: 0, by_outcome: {}, waits: {}, wait_ms: {}, attempts: 0 };
     let counting = false;
@@ -632,7 +704,10 @@ async function sectionOverload() {
     const origin = Math.ceil(Date.now() / 1000) * 1000 + 2000;
     for (const p of POLICIES) {
       await sims[p.id].reset();
-      await sims[p.id].mode({ capacity: { rps: plan.capacity, outages: scenario.outages, origin } });
+      await sims[p.id].mode({
+        capacity: capacity ? { rps: capacity, outages: scenario.outages, origin } : null,
+        key_limits: scenario.keyLimits ? { ...scenario.keyLimits, origin } : null,
+      });
     }
     log(`overload (${scenario.id}): ${scenario.title}; ${scenario.rate} req/s for ${scenario.durationMs / 1000} s`);
     const simPids = Object.values(sims).map((x) => x.pid);
@@ -647,6 +722,7 @@ async function sectionOverload() {
         'grace-ms': 5000,
         seed: SEED,
         'start-unix-ms': origin,
+        body: scenario.promptTokens ? JSON.stringify(body) : undefined,
       });
     const accounted = await accountForeignLoad(
       () => [...worker.pids, ...simPids],
@@ -661,15 +737,28 @@ async function sectionOverload() {
     for (const [i, p] of POLICIES.entries()) {
       const run = runs[i];
       const stats = await sims[p.id].stats();
-      policies.push(summarizePolicy(p, run, stats, origin, scenario, plan));
+      const summary = summarizePolicy(p, run, stats, origin, scenario, plan);
+      summary.success_vs_oracle = best.success_rate ? round(summary.success_rate / best.success_rate, 3) : null;
+      policies.push(summary);
     }
     await sleep(200);
     await worker.stop();
     policies[0].worker_log = workerLog;
+    log(`overload (${scenario.id}) oracle success ${(100 * best.success_rate).toFixed(1)} %  calls/request ${best.calls_per_request}`);
     for (const p of policies) {
-      log(`overload (${scenario.id}) ${p.policy.padEnd(5)} success ${(100 * p.success_rate).toFixed(1)} %  calls/request ${p.calls_per_request}  successes/call ${p.successes_per_call}  p50 ${p.latency_ok_ms?.p50} ms  p99 ${p.latency_ok_ms?.p99} ms`);
+      log(`overload (${scenario.id}) ${p.policy.padEnd(5)} success ${(100 * p.success_rate).toFixed(1)} % (${p.success_vs_oracle} of the oracle)  calls/request ${p.calls_per_request}  429 share ${p.upstream_429_share}  successes/call ${p.successes_per_call}  p50 ${p.latency_ok_ms?.p50} ms  p99 ${p.latency_ok_ms?.p99} ms`);
     }
-    scenarios.push({ ...scenario, capacity: plan.capacity, budget_ms: plan.budgetMs, origin_unix_ms: origin, foreign_load_cores: foreignLoad, policies });
+    scenarios.push({
+      ...scenario,
+      capacity: capacity || null,
+      sustainable_rps: round(sustainable, 3),
+      request_cost: request,
+      budget_ms: plan.budgetMs,
+      origin_unix_ms: origin,
+      foreign_load_cores: foreignLoad,
+      oracle: best,
+      policies,
+    });
   }
   await Promise.all(Object.values(sims).map((s) => s.stop()));
   return { capacity: plan.capacity, budget_ms: plan.budgetMs, seed: SEED, arrivals: 'uniform (fixed interval)', scenarios };
@@ -728,6 +817,9 @@ function summarizePolicy(policy, run, stats, origin, scenario, plan) {
     upstream_calls: upstream,
     upstream_by_status: stats.by_status,
     calls_per_request: round(upstream / Math.max(1, n), 3),
+    upstream_429_share: round((stats.by_status?.['429'] ?? 0) / Math.max(1, upstream), 3),
+    upstream_529_share: round((stats.by_status?.['529'] ?? 0) / Math.max(1, upstream), 3),
+    key_limits: stats.key_limits ?? null,
     successes_per_call: round(ok.length / Math.max(1, upstream), 3),
     latency_ok_ms: lat(ok),
     latency_all_ms: lat(rows),
@@ -825,6 +917,21 @@ async function main() {
     try {
       const value = await run();
       const seconds = (Date.now() - started) / 1000;
+      // Some scenarios only: keep the others from the previous results.
+      const previous = results.sections[name];
+      if (name === 'overload' && ONLY_SCENARIOS.length && previous?.scenarios) {
+        const fresh = new Map(value.scenarios.map((x) => [x.id, x]));
+        const kept = previous.scenarios.filter((x) => !fresh.has(x.id));
+        // The oracle is a pure function of a scenario's parameters: fill it in where an older
+        // run did not compute it.
+        for (const sc of kept) {
+          if (sc.oracle) continue;
+          sc.oracle = scenarioOracle(sc, { capacity: sc.capacity, budgetMs: sc.budget_ms }, { inputTokens: 3, maxTokens: MESSAGE.max_tokens, outputTokens: 12 });
+          for (const p of sc.policies) p.success_vs_oracle = sc.oracle.success_rate ? round(p.success_rate / sc.oracle.success_rate, 3) : null;
+        }
+        value.scenarios = [...kept, ...value.scenarios].sort((x, y) => x.id.localeCompare(y.id));
+        value.partial_rerun = { scenarios: ONLY_SCENARIOS, seconds: round(seconds, 1) };
+      }
       results.sections[name] = {
         ...value,
         measured_at: new Date().toISOString(),

@@ -4,8 +4,9 @@
 # same run; then writes bench/results/RESULTS.md and the PNG plots. See bench/README.md.
 #
 #   ./scripts/bench.sh                 # everything, several minutes
-#   ./scripts/bench.sh --quick         # shorter points and scenarios, ~4 minutes
+#   ./scripts/bench.sh --quick         # shorter points and scenarios, ~6 minutes
 #   ./scripts/bench.sh --only overload # some of: size, overhead, streaming, overload, micro
+#   ./scripts/bench.sh --quick --only d,e  # some overload scenarios only (a–e)
 #   ./scripts/bench.sh --out DIR       # write results.json, RESULTS.md and the plots to DIR
 #
 # Installs what it needs on first run: the project's toolchain (scripts/setup.sh), a Node 24 used

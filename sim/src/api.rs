@@ -15,6 +15,7 @@ use serde_json::{json, Map, Value};
 
 use crate::capacity::Refusal;
 use crate::conn::ConnCtl;
+use crate::keylimits::Cost;
 use crate::log::logged_body;
 use crate::respond::{
     default_error, default_error_message, default_error_type, error_envelope, error_response,
@@ -25,7 +26,7 @@ use crate::sse::{
     event_stream, malformed_stream, stream_body, truncate_then_reset, MessageOut, StreamPlan,
     TextBlock,
 };
-use crate::state::{request_id, Arrival, State, Ticket};
+use crate::state::{request_id, Arrival, Settlement, State, Ticket};
 use crate::text::{delta_text, input_tokens, last_user_text, Words};
 
 /// Largest request body read (the real API's limit is 32 MB).
@@ -69,6 +70,8 @@ struct Ctx {
     mode: Option<&'static str>,
     input_tokens: u64,
     output_tokens: u64,
+    /// The key's output reservation (`key_limits`), if the request was charged.
+    settlement: Option<Settlement>,
 }
 
 impl Ctx {
@@ -193,6 +196,7 @@ pub async fn handle(
         mode: None,
         input_tokens: 0,
         output_tokens: 0,
+        settlement: None,
     };
 
     // Authentication comes before anything else, like the real API.
@@ -245,15 +249,32 @@ pub async fn handle(
         }
     }
 
+    // A Messages request is validated before the modes run, so the key's
+    // buckets can be charged what it costs; a validation error is still
+    // answered after them, as before.
+    let parsed =
+        (parts.method == Method::POST && path == MESSAGES_PATH).then(|| parse_request(&body, true));
     if post_work && !ctx.fault.as_ref().is_some_and(|f| f.is_decisive()) {
-        if let Err(refusal) = state.admit_work(unix_ms()) {
-            ctx.mode = Some(refusal.name());
-            return refused(&ctx, &refusal);
+        let cost = match &parsed {
+            Some(Ok(p)) => Some(charged_cost(p, ctx.fault.as_deref())),
+            _ => None,
+        };
+        match state.admit_work(unix_ms(), cost.as_ref()) {
+            Ok(charge) => ctx.settlement = charge.map(|c| Settlement::new(state.clone(), c)),
+            Err(refusal) => {
+                ctx.mode = Some(refusal.name());
+                return refused(&ctx, &refusal);
+            }
         }
     }
 
     let answer = match (parts.method.clone(), path.as_str()) {
-        (Method::POST, MESSAGES_PATH) => messages(&mut ctx, &body).await,
+        (Method::POST, MESSAGES_PATH) => {
+            match parsed.unwrap_or_else(|| parse_request(&body, true)) {
+                Ok(p) => messages(&mut ctx, p).await,
+                Err(e) => Err(e),
+            }
+        }
         (Method::POST, COUNT_TOKENS_PATH) => count_tokens(&mut ctx, &body),
         (_, MESSAGES_PATH) | (_, COUNT_TOKENS_PATH) => {
             return ctx.error(405, "invalid_request_error", "Method not allowed: use POST");
@@ -327,7 +348,47 @@ fn refused(ctx: &Ctx, refusal: &Refusal) -> Response<Body> {
             );
             resp
         }
+        Refusal::KeyLimited(limited) => {
+            let mut resp = ctx.error(429, "rate_limit_error", &limited.message);
+            match limited.retry_after_ms {
+                Some(ms) => {
+                    let secs = ms.div_ceil(1000).max(1);
+                    set_header(
+                        &mut resp,
+                        HeaderName::from_static("retry-after"),
+                        &secs.to_string(),
+                    );
+                    set_header(
+                        &mut resp,
+                        HeaderName::from_static("retry-after-ms"),
+                        &ms.to_string(),
+                    );
+                }
+                // Larger than the bucket: waiting will not help.
+                None => set_header(
+                    &mut resp,
+                    HeaderName::from_static("x-should-retry"),
+                    "false",
+                ),
+            }
+            resp
+        }
         _ => ctx.error(529, "overloaded_error", "Overloaded"),
+    }
+}
+
+/// What a valid Messages request costs the key at arrival: its input tokens
+/// (a fault's `usage.input_tokens` replaces the count, and its
+/// `cache_creation_input_tokens` add to it; cache reads are free, as at
+/// Anthropic) and its `max_tokens` against output.
+fn charged_cost(p: &Parsed, fault: Option<&Fault>) -> Cost {
+    let usage = fault.and_then(|f| f.spec.usage.as_ref());
+    let field = |name: &str| usage.and_then(|u| u.get(name)).and_then(Value::as_u64);
+    Cost {
+        input_tokens: field("input_tokens")
+            .unwrap_or(p.input_tokens)
+            .saturating_add(field("cache_creation_input_tokens").unwrap_or(0)),
+        max_tokens: p.max_tokens,
     }
 }
 
@@ -524,8 +585,7 @@ fn count_tokens(ctx: &mut Ctx, body: &[u8]) -> Result<Answer, ApiError> {
     ))
 }
 
-async fn messages(ctx: &mut Ctx, body: &[u8]) -> Result<Answer, ApiError> {
-    let parsed = parse_request(body, true)?;
+async fn messages(ctx: &mut Ctx, parsed: Parsed) -> Result<Answer, ApiError> {
     let (mode_delay, mode_tokens, mode_pad) = ctx.state.answer_defaults();
     let spec = ctx
         .fault
@@ -569,6 +629,7 @@ async fn messages(ctx: &mut Ctx, body: &[u8]) -> Result<Answer, ApiError> {
         error_message: spec.message.clone().unwrap_or_else(|| "Overloaded".into()),
         stall_after: spec.stall_after_events,
         reset_after: None,
+        settlement: None,
     };
     match spec.malformed {
         Some(Malformed::Sse) => {
@@ -587,7 +648,10 @@ async fn messages(ctx: &mut Ctx, body: &[u8]) -> Result<Answer, ApiError> {
         }
         None => {}
     }
+    let mut settlement = ctx.settlement.take();
     if parsed.stream {
+        let mut plan = plan;
+        plan.settlement = settlement;
         return Ok(Answer::Sse(plan));
     }
     // A non-streaming answer takes as long as streaming it would.
@@ -595,9 +659,15 @@ async fn messages(ctx: &mut Ctx, body: &[u8]) -> Result<Answer, ApiError> {
     if total_ms > 0 {
         tokio::time::sleep(Duration::from_millis(total_ms)).await;
     }
+    let bytes = full_message(&plan)?;
+    // Complete: the reservation is settled with the reported output.
+    if let Some(s) = settlement.as_mut() {
+        s.produced(plan.reported_output());
+    }
+    drop(settlement);
     Ok(Answer::Json {
         status: StatusCode::OK,
-        bytes: full_message(&plan)?,
+        bytes,
     })
 }
 

@@ -19,7 +19,11 @@ pub struct Outage {
 pub enum Refusal {
     Outage,
     OverCapacity,
-    RateLimited { retry_after_ms: u64 },
+    RateLimited {
+        retry_after_ms: u64,
+    },
+    /// The `key_limits` buckets cannot hold the request.
+    KeyLimited(crate::keylimits::Limited),
     Overloaded,
 }
 
@@ -30,6 +34,7 @@ impl Refusal {
             Refusal::Outage => "outage",
             Refusal::OverCapacity => "capacity",
             Refusal::RateLimited { .. } => "rate_limit",
+            Refusal::KeyLimited(_) => "key_limits",
             Refusal::Overloaded => "overload_probability",
         }
     }

@@ -4,9 +4,9 @@
 //! `/v1/models` the way the real API does, and lets a control API under
 //! `/_sim/` script faults (error statuses, delays, hangs, TCP resets,
 //! mid-stream errors, stalls, malformed bodies) and global modes (seeded
-//! overload, finite capacity with outages, per-minute limits). It is the test
-//! double for end-to-end tests, the upstream for local demos and the upstream
-//! for benchmarks.
+//! overload, finite capacity with outages, per-minute limits, one key's
+//! Anthropic token buckets). It is the test double for end-to-end tests, the
+//! upstream for local demos and the upstream for benchmarks.
 //!
 //! ```no_run
 //! # async fn demo() -> std::io::Result<()> {
@@ -20,6 +20,7 @@ pub mod api;
 pub mod capacity;
 pub mod conn;
 pub mod control;
+pub mod keylimits;
 pub mod log;
 pub mod respond;
 pub mod script;

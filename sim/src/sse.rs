@@ -17,6 +17,7 @@ use serde_json::{json, Map, Value};
 
 use crate::conn::{reset_and_hang, ConnCtl};
 use crate::respond::{Body, ErrorBody};
+use crate::state::Settlement;
 use crate::text::Words;
 
 /// Everything needed to generate one streamed answer.
@@ -39,6 +40,9 @@ pub struct StreamPlan {
     pub stall_after: Option<u64>,
     /// Reset the connection after this many events.
     pub reset_after: Option<u64>,
+    /// The key's output reservation, settled by what the stream produced
+    /// when it ends (or is dropped).
+    pub settlement: Option<Settlement>,
 }
 
 /// A message object, fields in the order the API sends them.
@@ -144,6 +148,15 @@ impl StreamPlan {
             }
         }
         usage
+    }
+
+    /// The output tokens the answer reports at its end.
+    pub fn reported_output(&self) -> u64 {
+        self.usage
+            .as_ref()
+            .and_then(|u| u.get("output_tokens"))
+            .and_then(Value::as_u64)
+            .unwrap_or(self.output_tokens)
     }
 
     /// The usage of `message_delta`: cumulative, as current API versions send it (the input
@@ -272,6 +285,11 @@ pub fn event_stream(plan: StreamPlan, ctl: Arc<ConnCtl>) -> impl Stream<Item = B
             match reset_and_hang(&g.ctl).await {}
         }
         if i >= g.plan.total_events() {
+            // Complete: the reservation is settled with the reported output.
+            let output = g.plan.reported_output();
+            if let Some(s) = g.plan.settlement.as_mut() {
+                s.produced(output);
+            }
             return None;
         }
         if g.plan.is_delta(i) && !g.plan.token_delay.is_zero() {
@@ -279,6 +297,11 @@ pub fn event_stream(plan: StreamPlan, ctl: Arc<ConnCtl>) -> impl Stream<Item = B
         }
         let ev = g.plan.event(i);
         g.next += 1;
+        if g.plan.is_delta(i) {
+            if let Some(s) = g.plan.settlement.as_mut() {
+                s.produced(i - 2);
+            }
+        }
         Some((ev, g))
     })
 }
@@ -347,6 +370,7 @@ mod tests {
             error_message: "Overloaded".into(),
             stall_after: None,
             reset_after: None,
+            settlement: None,
         }
     }
 

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use serde_json::{json, Map, Value};
 
 use crate::capacity::{overload_roll, Capacity, RateLimit, Refusal, Window};
+use crate::keylimits::{Charge, Cost, Dimension, KeyLimits};
 use crate::log::{LogEntry, RequestLog, Stats};
 use crate::respond::rfc3339;
 use crate::script::{Fault, FaultQueue, MAX_PAD_BYTES};
@@ -36,6 +37,7 @@ pub struct Mode {
     pub overloaded: u64,
     pub capacity: Option<Capacity>,
     pub rate_limit: Option<RateLimit>,
+    pub key_limits: Option<KeyLimits>,
 }
 
 const MODE_FIELDS: &[&str] = &[
@@ -46,6 +48,7 @@ const MODE_FIELDS: &[&str] = &[
     "seed",
     "capacity",
     "rate_limit",
+    "key_limits",
 ];
 
 fn opt_u64(key: &str, v: &Value) -> Result<Option<u64>, String> {
@@ -103,6 +106,12 @@ impl Mode {
                         _ => Some(RateLimit::from_json(v, now_unix_ms)?),
                     }
                 }
+                "key_limits" => {
+                    next.key_limits = match v {
+                        Value::Null => None,
+                        _ => Some(KeyLimits::from_json(v, now_unix_ms)?),
+                    }
+                }
                 other => {
                     return Err(format!(
                         "unknown mode field {other:?} (known: {})",
@@ -124,6 +133,7 @@ impl Mode {
             "seed": self.seed,
             "capacity": self.capacity.as_ref().map(Capacity::settings_json),
             "rate_limit": self.rate_limit.as_ref().map(|r| json!({"rpm": r.window.limit})),
+            "key_limits": self.key_limits.as_ref().map(KeyLimits::settings_json),
         })
     }
 }
@@ -254,9 +264,16 @@ impl State {
         self.lock().queue.pop_for(path)
     }
 
-    /// Runs the global modes for one Messages request: outage and capacity,
-    /// then the per-minute limit, then the seeded overload roll.
-    pub fn admit_work(&self, now_unix_ms: f64) -> Result<(), Refusal> {
+    /// Runs the global modes for one request: outage and capacity, then the
+    /// per-minute limit, then the key's token buckets (only for a `cost`: a
+    /// valid Messages request), then the seeded overload roll. A request the
+    /// overload roll refuses gets its key charge back. Returns what the key
+    /// buckets were charged, if anything.
+    pub fn admit_work(
+        &self,
+        now_unix_ms: f64,
+        cost: Option<&Cost>,
+    ) -> Result<Option<Charge>, Refusal> {
         let mut inner = self.lock();
         inner.default_window.count(now_unix_ms);
         let mode = &mut inner.mode;
@@ -266,15 +283,36 @@ impl State {
         if let Some(rl) = mode.rate_limit.as_mut() {
             rl.admit(now_unix_ms)?;
         }
+        let mut charge = None;
+        if let (Some(kl), Some(cost)) = (mode.key_limits.as_mut(), cost) {
+            charge = Some(kl.admit(now_unix_ms, cost).map_err(Refusal::KeyLimited)?);
+        }
         if let Some(p) = mode.overload_probability {
             let n = mode.overload_counter;
             mode.overload_counter += 1;
             if overload_roll(mode.seed.unwrap_or(self.seed), n, p) {
                 mode.overloaded += 1;
+                if let (Some(kl), Some(cost)) = (mode.key_limits.as_mut(), cost) {
+                    kl.undo(now_unix_ms, cost);
+                }
                 return Err(Refusal::Overloaded);
             }
         }
-        Ok(())
+        Ok(charge)
+    }
+
+    /// Gives back output tokens reserved by `charge` but not produced, if the
+    /// same `key_limits` setting is still in force.
+    pub fn refund_output(&self, charge: &Charge, unused: u64, now_unix_ms: f64) {
+        if unused == 0 {
+            return;
+        }
+        let mut inner = self.lock();
+        if let Some(kl) = inner.mode.key_limits.as_mut() {
+            if kl.generation == charge.generation {
+                kl.refund_output(now_unix_ms, unused);
+            }
+        }
     }
 
     /// `(token_delay_ms, tokens, pad_bytes)` defaults from the mode.
@@ -295,6 +333,9 @@ impl State {
         output_tokens: u64,
     ) -> Vec<(&'static str, String)> {
         let inner = self.lock();
+        if let Some(kl) = &inner.mode.key_limits {
+            return key_limit_headers(kl, now_unix_ms, input_tokens, output_tokens);
+        }
         let window = inner
             .mode
             .rate_limit
@@ -377,6 +418,15 @@ impl State {
                     .unwrap_or(Value::Null),
             );
             obj.insert(
+                "key_limits".into(),
+                inner
+                    .mode
+                    .key_limits
+                    .as_ref()
+                    .map(|k| k.stats_json(now_unix_ms))
+                    .unwrap_or(Value::Null),
+            );
+            obj.insert(
                 "overload".into(),
                 match inner.mode.overload_probability {
                     Some(p) => json!({
@@ -398,5 +448,105 @@ impl State {
             );
         }
         v
+    }
+}
+
+/// The `anthropic-ratelimit-*` headers under `key_limits`: the buckets' true
+/// state; a dimension left out of the mode shows the usual fixed figures.
+fn key_limit_headers(
+    kl: &KeyLimits,
+    now_unix_ms: f64,
+    input_tokens: u64,
+    output_tokens: u64,
+) -> Vec<(&'static str, String)> {
+    let fallback_reset = ((now_unix_ms / 1000.0).ceil().max(0.0) as u64) + 60;
+    let mut out = Vec::with_capacity(12);
+    let mut tokens: Option<(u64, u64, u64)> = None;
+    for d in Dimension::ALL {
+        let (limit, remaining, reset) = kl.header_values(d, now_unix_ms).unwrap_or(match d {
+            Dimension::Requests => (
+                DEFAULT_REQUESTS_LIMIT,
+                DEFAULT_REQUESTS_LIMIT,
+                fallback_reset,
+            ),
+            Dimension::InputTokens => (
+                INPUT_TOKENS_LIMIT,
+                INPUT_TOKENS_LIMIT.saturating_sub(input_tokens),
+                fallback_reset,
+            ),
+            Dimension::OutputTokens => (
+                OUTPUT_TOKENS_LIMIT,
+                OUTPUT_TOKENS_LIMIT.saturating_sub(output_tokens),
+                fallback_reset,
+            ),
+        });
+        let (l, r, t) = match d {
+            Dimension::Requests => (
+                "anthropic-ratelimit-requests-limit",
+                "anthropic-ratelimit-requests-remaining",
+                "anthropic-ratelimit-requests-reset",
+            ),
+            Dimension::InputTokens => (
+                "anthropic-ratelimit-input-tokens-limit",
+                "anthropic-ratelimit-input-tokens-remaining",
+                "anthropic-ratelimit-input-tokens-reset",
+            ),
+            Dimension::OutputTokens => (
+                "anthropic-ratelimit-output-tokens-limit",
+                "anthropic-ratelimit-output-tokens-remaining",
+                "anthropic-ratelimit-output-tokens-reset",
+            ),
+        };
+        out.push((l, limit.to_string()));
+        out.push((r, remaining.to_string()));
+        out.push((t, rfc3339(reset)));
+        // `tokens-*`: the most restrictive token limit in effect (least remaining).
+        if d != Dimension::Requests
+            && kl.limit(d).is_some()
+            && tokens.is_none_or(|(_, rem, _)| remaining < rem)
+        {
+            tokens = Some((limit, remaining, reset));
+        }
+    }
+    if let Some((limit, remaining, reset)) = tokens {
+        out.push(("anthropic-ratelimit-tokens-limit", limit.to_string()));
+        out.push((
+            "anthropic-ratelimit-tokens-remaining",
+            remaining.to_string(),
+        ));
+        out.push(("anthropic-ratelimit-tokens-reset", rfc3339(reset)));
+    }
+    out
+}
+
+/// The output tokens a charged request reserved, settled once: whatever was
+/// not produced goes back to the key's output bucket when this is dropped
+/// (the answer completed, or the client went away mid-stream).
+pub struct Settlement {
+    state: Arc<State>,
+    charge: Charge,
+    produced: u64,
+}
+
+impl Settlement {
+    pub fn new(state: Arc<State>, charge: Charge) -> Settlement {
+        Settlement {
+            state,
+            charge,
+            produced: 0,
+        }
+    }
+
+    /// Records the output produced so far (the final count at completion).
+    pub fn produced(&mut self, tokens: u64) {
+        self.produced = tokens;
+    }
+}
+
+impl Drop for Settlement {
+    fn drop(&mut self) {
+        let unused = self.charge.output_reserved.saturating_sub(self.produced);
+        self.state
+            .refund_output(&self.charge, unused, crate::respond::unix_ms());
     }
 }

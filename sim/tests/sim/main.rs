@@ -4,4 +4,5 @@
 mod api;
 mod common;
 mod faults;
+mod key_limits;
 mod modes;
