@@ -358,9 +358,12 @@ impl State {
                 "anthropic-ratelimit-input-tokens-limit",
                 INPUT_TOKENS_LIMIT.to_string(),
             ),
+            // Without `key_limits` nothing charges tokens: the key is as far from its token
+            // limits as it can be (an honest figure, so a proxy that paces by these headers
+            // sees an idle key).
             (
                 "anthropic-ratelimit-input-tokens-remaining",
-                INPUT_TOKENS_LIMIT.saturating_sub(input_tokens).to_string(),
+                INPUT_TOKENS_LIMIT.to_string(),
             ),
             ("anthropic-ratelimit-input-tokens-reset", tok_reset.clone()),
             (
@@ -369,9 +372,7 @@ impl State {
             ),
             (
                 "anthropic-ratelimit-output-tokens-remaining",
-                OUTPUT_TOKENS_LIMIT
-                    .saturating_sub(output_tokens)
-                    .to_string(),
+                OUTPUT_TOKENS_LIMIT.to_string(),
             ),
             ("anthropic-ratelimit-output-tokens-reset", tok_reset),
         ]
