@@ -15,6 +15,7 @@ use crate::retry::runner::{
 };
 use crate::retry::{Outcome, RetryPolicy, MIN_RETRY_AFTER_MS};
 use crate::testing::VirtualTime;
+use crate::upstream::{KeyLimits, Observed};
 
 const MODEL: &str = "claude-opus-4-1";
 /// How long the upstream takes to shed a request, and to answer one (headers).
@@ -32,6 +33,10 @@ struct Scenario {
     /// The upstream serves at most this many requests a second (a token bucket with a burst
     /// of a tenth of a second) and sheds the rest; `None`: no limit.
     capacity_rps: Option<u64>,
+    /// The key's own request limit per minute (a continuous bucket, as Anthropic's, that
+    /// starts full): a request it cannot hold gets `429` with an honest `retry-after`, and
+    /// every answer reports the bucket in `anthropic-ratelimit-requests-*`.
+    key_rpm: Option<u64>,
     budget_ms: u64,
     seed: u64,
     /// Without the shared state: every attempt goes (the per-request retrier alone).
@@ -80,6 +85,8 @@ struct Log {
     shared_calls: usize,
     /// Send times handed out (paced requests).
     scheduled: usize,
+    /// Answers the key's own limit refused (`429`).
+    limited: usize,
     /// When the model was marked overloaded, if it was.
     marked_at: Option<u64>,
     /// When it started to recover, and the release window.
@@ -91,6 +98,7 @@ struct Run {
     clients: Vec<Client>,
     shared_calls: usize,
     scheduled: usize,
+    limited: usize,
     marked_at: Option<u64>,
     recovered: Option<(u64, u64)>,
     max_wait_answers: usize,
@@ -101,6 +109,9 @@ struct SimUpstream {
     time: Rc<VirtualTime>,
     outage_ms: u64,
     capacity: Rc<RefCell<Option<Capacity>>>,
+    key: Rc<RefCell<Option<KeyBucket>>>,
+    /// What the last answer reported of the key's limits.
+    limits: KeyLimits,
     log: Rc<RefCell<Log>>,
     /// The shared state just handed this request the probe ticket.
     probe: Rc<RefCell<bool>>,
@@ -122,16 +133,41 @@ impl Transport for SimUpstream {
             .as_mut()
             .is_some_and(|c| !c.admit(sent_at));
         let shed = sent_at < self.outage_ms || over;
-        self.time.sleep(if shed { SHED_MS } else { SERVE_MS }).await;
-        let status = if shed { 529 } else { 200 };
+        let limited = match self.key.borrow_mut().as_mut() {
+            Some(key) if !shed => {
+                let wait = key.admit(sent_at);
+                self.limits = key.limits();
+                wait
+            }
+            _ => None,
+        };
+        if limited.is_some() {
+            self.log.borrow_mut().limited += 1;
+        }
+        self.time
+            .sleep(if shed || limited.is_some() {
+                SHED_MS
+            } else {
+                SERVE_MS
+            })
+            .await;
+        let status = match (shed, limited) {
+            (true, _) => 529,
+            (false, Some(_)) => 429,
+            (false, None) => 200,
+        };
         (
             Outcome::Response {
                 status,
                 should_retry: None,
-                wait_floor_ms: None,
+                wait_floor_ms: limited,
             },
             Some(()),
         )
+    }
+
+    fn key_limits(&self) -> KeyLimits {
+        self.limits
     }
 }
 
@@ -165,6 +201,53 @@ impl Capacity {
             true
         } else {
             false
+        }
+    }
+}
+
+/// The key's own request limit: a continuous bucket of `rpm` that starts full.
+struct KeyBucket {
+    rpm: u64,
+    /// Requests × 60 000 (one request refills in 60 000 / rpm ms).
+    level: u64,
+    at_ms: u64,
+}
+
+impl KeyBucket {
+    const UNIT: u64 = 60_000;
+
+    fn new(rpm: u64) -> KeyBucket {
+        KeyBucket {
+            rpm,
+            level: rpm * Self::UNIT,
+            at_ms: 0,
+        }
+    }
+
+    fn refill(&mut self, now_ms: u64) {
+        let elapsed = now_ms.saturating_sub(self.at_ms);
+        self.at_ms = self.at_ms.max(now_ms);
+        self.level = (self.level + elapsed * self.rpm).min(self.rpm * Self::UNIT);
+    }
+
+    /// Charges one request, or says how long until the bucket holds one.
+    fn admit(&mut self, now_ms: u64) -> Option<u64> {
+        self.refill(now_ms);
+        if self.level >= Self::UNIT {
+            self.level -= Self::UNIT;
+            None
+        } else {
+            Some((Self::UNIT - self.level).div_ceil(self.rpm))
+        }
+    }
+
+    fn limits(&self) -> KeyLimits {
+        KeyLimits {
+            requests: Some(Observed {
+                limit: self.rpm,
+                remaining: self.level / Self::UNIT,
+            }),
+            ..KeyLimits::default()
         }
     }
 }
@@ -259,6 +342,7 @@ fn simulate(scenario: Scenario) -> Run {
     let state = Rc::new(RefCell::new(UpstreamState::new()));
     let log = Rc::new(RefCell::new(Log::default()));
     let capacity = Rc::new(RefCell::new(scenario.capacity_rps.map(Capacity::new)));
+    let key = Rc::new(RefCell::new(scenario.key_rpm.map(KeyBucket::new)));
     let edges: Vec<Rc<RefCell<EdgeMemory>>> = (0..scenario.edges.max(1))
         .map(|_| Rc::new(RefCell::new(EdgeMemory::default())))
         .collect();
@@ -303,6 +387,8 @@ fn simulate(scenario: Scenario) -> Run {
             time: time.clone(),
             outage_ms: scenario.outage_ms,
             capacity: capacity.clone(),
+            key: key.clone(),
+            limits: KeyLimits::default(),
             log: log.clone(),
             probe,
         };
@@ -364,6 +450,7 @@ fn simulate(scenario: Scenario) -> Run {
         clients,
         shared_calls: log.shared_calls,
         scheduled: log.scheduled,
+        limited: log.limited,
         marked_at: log.marked_at,
         recovered: log.recovered,
         max_wait_answers,
@@ -392,6 +479,7 @@ fn short_outage(seed: u64, shared: bool) -> Scenario {
         edges: 8,
         outage_ms: 5_000,
         capacity_rps: None,
+        key_rpm: None,
         budget_ms: 30_000,
         seed,
         shared,
@@ -407,6 +495,7 @@ fn long_outage(seed: u64, shared: bool) -> Scenario {
         edges: 8,
         outage_ms: 120_000,
         capacity_rps: None,
+        key_rpm: None,
         budget_ms: 30_000,
         seed,
         shared,
@@ -609,6 +698,7 @@ fn twice_capacity(seed: u64) -> Scenario {
         edges: 8,
         outage_ms: 0,
         capacity_rps: Some(20),
+        key_rpm: None,
         budget_ms: 30_000,
         seed,
         shared: true,
@@ -679,5 +769,116 @@ fn twice_the_capacity_keeps_deadlines_and_holds_the_retries() {
             run.calls_per_request()
         );
         assert_eq!(run.scheduled, 0, "capacity pacing is off by default");
+    }
+}
+
+/// Demand at twice the key's own request limit for 90 s: 360 requests at 4 a second on 8
+/// edges, a key of 120 requests a minute (its bucket full at first: it runs dry after a
+/// minute, then the last third of the requests must wait up to their whole budget), 30 s
+/// budgets.
+fn twice_the_key_limit(seed: u64) -> Scenario {
+    Scenario {
+        clients: 360,
+        spacing_ms: 250,
+        edges: 8,
+        outage_ms: 0,
+        capacity_rps: None,
+        key_rpm: Some(120),
+        budget_ms: 30_000,
+        seed,
+        shared: true,
+        random_arrivals: true,
+    }
+}
+
+/// The oracle for a key limit: FIFO, each request at the earliest time the key's bucket holds
+/// it, dropped if that is past its deadline.
+fn oracle_key_limit(scenario: &Scenario, run: &Run) -> u64 {
+    let mut bucket = KeyBucket::new(scenario.key_rpm.unwrap_or(1));
+    let mut arrivals: Vec<u64> = run.clients.iter().map(|c| c.arrival).collect();
+    arrivals.sort_unstable();
+    let mut free_at = 0;
+    let mut served = 0;
+    for arrival in arrivals {
+        let mut at = free_at.max(arrival);
+        while let Some(wait) = bucket.admit(at) {
+            at += wait;
+        }
+        if at <= arrival + scenario.budget_ms {
+            served += 1;
+            free_at = at;
+        } else {
+            // Not served: give the token back.
+            bucket.level += KeyBucket::UNIT;
+        }
+    }
+    served
+}
+
+#[test]
+fn twice_the_key_limit_is_paced_to_it_with_almost_no_429() {
+    for seed in 0..10 {
+        let scenario = twice_the_key_limit(seed);
+        let run = simulate(scenario);
+        let oracle = oracle_key_limit(&scenario, &run);
+        let served = run.served();
+        let calls = run.calls.len() as u64;
+        eprintln!(
+            "seed {seed}: {served}/{} served (oracle {oracle}, {:.3} of it), {:.3} calls/request, \
+             {} upstream 429s ({:.1} % of calls), {} send times",
+            scenario.clients,
+            served as f64 / oracle as f64,
+            run.calls_per_request(),
+            run.limited,
+            100.0 * run.limited as f64 / calls as f64,
+            run.scheduled,
+        );
+        assert!(
+            served * 100 >= oracle * 99,
+            "seed {seed}: {served} of {oracle}"
+        );
+        assert!(
+            run.calls_per_request() <= 1.05,
+            "seed {seed}: {:.3} calls/request",
+            run.calls_per_request()
+        );
+        assert!(
+            run.limited as u64 * 100 <= calls,
+            "seed {seed}: {} of {calls} calls got 429",
+            run.limited
+        );
+    }
+}
+
+#[test]
+fn goodput_at_the_key_limit_holds_as_edges_are_added() {
+    for edges in [1, 4, 16, 64] {
+        for seed in 0..3 {
+            let scenario = Scenario {
+                edges,
+                ..twice_the_key_limit(seed)
+            };
+            let run = simulate(scenario);
+            let oracle = oracle_key_limit(&scenario, &run);
+            let served = run.served();
+            eprintln!(
+                "{edges} edges, seed {seed}: {served} of oracle {oracle}, {} upstream 429s",
+                run.limited
+            );
+            assert!(
+                served * 100 >= oracle * 99,
+                "{edges} edges, seed {seed}: {served} of {oracle}"
+            );
+            // Each edge learns the key is near its limit from its own answers: with more
+            // edges than requests a minute's tail can teach them, some first attempts meet
+            // an empty bucket (64 edges for 360 requests: about 6 % of calls).
+            if edges <= 16 {
+                assert!(
+                    run.limited as u64 * 100 <= run.calls.len() as u64,
+                    "{edges} edges: {} 429s",
+                    run.limited
+                );
+            }
+        }
     }
 }
