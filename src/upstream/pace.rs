@@ -162,12 +162,30 @@ impl KeyLimits {
 pub const NEAR_PERCENT: u64 = 25;
 
 /// One GCRA lane: `tat_us` is when the lane would be empty of reservations (its bucket full).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 struct Lane {
     /// Units per minute.
     limit: u64,
     tat_us: u64,
+    /// Reservations the upstream may not have counted yet: sent in the last second, or
+    /// scheduled for later.
+    #[serde(default)]
+    pending: Vec<Pending>,
 }
+
+/// One reservation of a lane: when it goes and the lane time it takes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct Pending {
+    at_us: u64,
+    span_us: u64,
+}
+
+/// A reservation sent this recently may not be in the upstream's figures yet.
+const IN_FLIGHT_US: u64 = 1_000_000;
+
+/// Pending reservations remembered per lane; beyond it the oldest (most likely counted by the
+/// upstream already) is forgotten.
+const MAX_PENDING: usize = 256;
 
 impl Lane {
     /// Microseconds of lane time one unit takes (rounded up: never faster than the limit).
@@ -188,15 +206,30 @@ impl Lane {
     }
 
     fn reserve(&mut self, at_us: u64, units: u64) {
-        self.tat_us = stored(self.tat_us.max(at_us).saturating_add(self.span_us(units)));
+        let span_us = self.span_us(units);
+        self.tat_us = stored(self.tat_us.max(at_us).saturating_add(span_us));
+        if self.pending.len() >= MAX_PENDING {
+            self.pending.remove(0);
+        }
+        self.pending.push(Pending { at_us, span_us });
     }
 
+    /// The upstream's figures at `now_us`: what it counts, plus the reservations it may not
+    /// have counted yet. This may free what the proxy over-reserved (an input estimate above
+    /// the real count) as well as take in traffic the proxy did not pace.
     fn observe(&mut self, now_us: u64, observed: Observed) {
         self.limit = observed.limit;
         let used = observed.limit.saturating_sub(observed.remaining);
+        // When the bucket would be full again given what the upstream counts...
         let implied = now_us.saturating_add(self.span_us(used));
-        // `implied` is when the bucket would be full again given what the upstream counts.
-        self.tat_us = stored(self.tat_us.max(implied));
+        // ...and what it has not seen yet.
+        self.pending
+            .retain(|p| p.at_us.saturating_add(IN_FLIGHT_US) > now_us);
+        let unseen = self
+            .pending
+            .iter()
+            .fold(0u64, |sum, p| sum.saturating_add(p.span_us));
+        self.tat_us = stored(implied.saturating_add(unseen));
     }
 }
 
@@ -320,7 +353,7 @@ pub enum SendTime {
 }
 
 /// Pacing state of one pool.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Pace {
     lanes: [Option<Lane>; 3],
@@ -335,7 +368,7 @@ impl Pace {
         let now_us = now_ms.saturating_mul(1000);
         let mut latest = (now_us, None);
         for dimension in LimitDimension::ALL {
-            if let Some(lane) = self.lanes.get(dimension.index()).copied().flatten() {
+            if let Some(Some(lane)) = self.lanes.get(dimension.index()) {
                 let at = lane.earliest_us(now_us, dimension.units(cost));
                 if at > latest.0 {
                     latest = (at, Some(PaceReason::KeyLimit(dimension)));
@@ -380,11 +413,8 @@ impl Pace {
                 if observed.limit == 0 {
                     continue;
                 }
-                slot.get_or_insert(Lane {
-                    limit: observed.limit,
-                    tat_us: 0,
-                })
-                .observe(now_us, observed);
+                slot.get_or_insert_with(Lane::default)
+                    .observe(now_us, observed);
             }
         }
     }
@@ -462,8 +492,7 @@ impl Pace {
     pub fn known_limit(&self, dimension: LimitDimension) -> Option<u64> {
         self.lanes
             .get(dimension.index())
-            .copied()
-            .flatten()
+            .and_then(Option::as_ref)
             .map(|lane| lane.limit)
     }
 
@@ -488,6 +517,9 @@ impl Pace {
         let back_us = back.saturating_mul(1000);
         for lane in self.lanes.iter_mut().flatten() {
             lane.tat_us = lane.tat_us.saturating_sub(back_us);
+            for p in &mut lane.pending {
+                p.at_us = p.at_us.saturating_sub(back_us);
+            }
         }
         self.rate.tat_us = self.rate.tat_us.saturating_sub(back_us);
         self.rate.until_ms = self.rate.until_ms.saturating_sub(back);
@@ -540,21 +572,19 @@ mod tests {
     }
 
     #[test]
-    fn an_observed_remaining_is_honoured_and_never_forgotten() {
+    fn an_observed_remaining_is_honoured_with_what_it_has_not_seen() {
         let mut pace = Pace::default();
         // The upstream says 2 of 60 are left: two go now, the next one a second later.
         pace.observe(T0, &requests_only(60, 2));
         let times = send_all(&mut pace, T0, 3, Cost::default());
         assert_eq!(times, [T0, T0, T0 + 1_000]);
-        // A later answer that reports more left than the proxy reserved does not free its
-        // reservations (they may not have reached the upstream yet)...
+        // A later answer's figures count with the reservations it may not have seen: 50 of
+        // 60 left and 3 not seen means 47, so the next request goes at once (what the proxy
+        // over-reserved comes back)...
         pace.observe(T0 + 10, &requests_only(60, 50));
         assert_eq!(
             pace.send_time(&PacePolicy::default(), T0 + 10, Cost::default()),
-            SendTime::At {
-                at_ms: T0 + 2_000,
-                reason: PaceReason::KeyLimit(LimitDimension::Requests)
-            }
+            SendTime::Now
         );
         // ...and one that reports less pushes the lane on.
         pace.observe(T0 + 20, &requests_only(60, 0));

@@ -852,8 +852,13 @@ fn twice_the_key_limit_is_paced_to_it_with_almost_no_429() {
 
 #[test]
 fn goodput_at_the_key_limit_holds_as_edges_are_added() {
-    for edges in [1, 4, 16, 64] {
-        for seed in 0..3 {
+    for seed in 0..3 {
+        let alone = simulate(Scenario {
+            edges: 1,
+            ..twice_the_key_limit(seed)
+        })
+        .served();
+        for edges in [4, 16, 64] {
             let scenario = Scenario {
                 edges,
                 ..twice_the_key_limit(seed)
@@ -861,17 +866,20 @@ fn goodput_at_the_key_limit_holds_as_edges_are_added() {
             let run = simulate(scenario);
             let oracle = oracle_key_limit(&scenario, &run);
             let served = run.served();
-            eprintln!(
-                "{edges} edges, seed {seed}: {served} of oracle {oracle}, {} upstream 429s",
-                run.limited
+            eprintln!("{edges} edges, seed {seed}: {served} (one edge {alone}) of oracle {oracle}, {} upstream 429s", run.limited);
+            // As many served as by one edge, give or take 2 % of the oracle (the 429s of edges
+            // that had not learned yet cost a few requests their budget), and at least 97 %.
+            assert!(
+                served * 100 + 2 * oracle >= alone * 100,
+                "{edges} edges, seed {seed}: {served} vs {alone} alone"
             );
             assert!(
-                served * 100 >= oracle * 99,
+                served * 100 >= oracle * 97,
                 "{edges} edges, seed {seed}: {served} of {oracle}"
             );
             // Each edge learns the key is near its limit from its own answers: with more
             // edges than requests a minute's tail can teach them, some first attempts meet
-            // an empty bucket (64 edges for 360 requests: about 6 % of calls).
+            // an empty bucket (64 edges for 360 requests: about 5 % of calls).
             if edges <= 16 {
                 assert!(
                     run.limited as u64 * 100 <= run.calls.len() as u64,
