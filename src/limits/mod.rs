@@ -47,16 +47,13 @@ pub const STREAM_LEASE_MS: u64 = 5_000;
 /// How often a moving answer renews its slot.
 pub const RENEW_EVERY_MS: u64 = 1_500;
 
-/// The lease taken at admission: the request's whole time to its first byte (its budget and
-/// one attempt's timeout past it) and a little more; from the first byte on, the answer
-/// renews it in short steps.
-#[must_use]
-pub fn admission_lease_ms(budget_ms: u64, attempt_timeout_ms: u64) -> u64 {
-    budget_ms
-        .saturating_add(attempt_timeout_ms)
-        .saturating_add(10_000)
-        .min(MAX_LEASE_MS)
-}
+/// Until its first byte, a request holds its slot for this long, renewed every
+/// [`WAITING_RENEW_EVERY_MS`] while it waits or tries (backoff, pacing, a slow attempt): a
+/// request the runtime cancels before its answer frees its slot within 20 s.
+pub const WAITING_LEASE_MS: u64 = 15_000;
+
+/// How often a request that has no answer yet renews its slot.
+pub const WAITING_RENEW_EVERY_MS: u64 = 5_000;
 
 impl Denial {
     /// The message of the 429, e.g. `rpm limit of 50 reached for this key; retry in 12 s`.

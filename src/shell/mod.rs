@@ -9,6 +9,9 @@ mod respond;
 mod runtime;
 mod transport;
 
+use std::pin::pin;
+
+use futures_util::future::{select, Either};
 use worker::{event, Context, Env, Request, Response};
 
 use crate::config::Config;
@@ -18,7 +21,7 @@ use crate::request::body::BodyFacts;
 use crate::request::headers::check_betas;
 use crate::request::route::{query_of, route, upstream_url, Metering, Route};
 
-use crate::limits::admission_lease_ms;
+use crate::limits::WAITING_LEASE_MS;
 use crate::request::cors::Cors;
 use crate::retry::runner::{self, Run, Unguarded};
 use crate::retry::RetryPolicy;
@@ -89,21 +92,61 @@ async fn handle(
     };
     exchange.stream = facts.stream;
 
-    // The caller's own limits: one round trip to its object before anything goes upstream.
-    // A passthrough caller is provisional until the upstream accepts its key.
+    let admitted = admit(env, &config, &route, &caller, &facts, exchange).await?;
+
+    let budget_header = req.headers().get("x-proxy-budget-ms").ok().flatten();
+    let policy = RetryPolicy::from_config(&config, budget_header.as_deref());
+    let path = route.upstream_path().ok_or(ProxyError::NotFound)?;
+    let mut upstream = Upstream::new(
+        upstream_url(&config.upstream_url, &path, query_of(&raw_url)),
+        &method,
+        req.headers(),
+        &upstream_key,
+        body.as_ref().map(|b| &b.blob),
+        facts.stream,
+    );
+    let answer = forward_holding(
+        env,
+        &route,
+        &upstream_key,
+        &facts,
+        policy,
+        &mut upstream,
+        admitted.as_ref(),
+        exchange,
+    )
+    .await;
+    exchange.upstream_request_id = upstream.request_id.take();
+    let tap = admitted.is_some();
+    let mut delivered = answer.and_then(|a| transport::deliver(a, tap, policy.attempt_timeout_ms));
+    if let Some(admitted) = admitted {
+        admitted.settle_later(env, ctx, delivered.as_mut().ok());
+    }
+    delivered.map(|d| d.response)
+}
+
+/// The caller's own limits: one round trip to its object before anything goes upstream. A
+/// passthrough caller is provisional until the upstream accepts its key.
+async fn admit(
+    env: &Env,
+    config: &Config,
+    route: &Route,
+    caller: &Caller,
+    facts: &BodyFacts,
+    exchange: &mut Exchange,
+) -> Result<Option<Admitted>, ProxyError> {
     let limits = config.tier_limits(&caller.tier);
     let provisional = matches!(caller.upstream_key, UpstreamKey::Passthrough(_));
     let identity_hash = caller.identity_hash();
     let headers = &mut exchange.extra_headers;
-    let admitted = match route.metering(&limits) {
+    Ok(match route.metering(&limits) {
         Metering::Full => {
-            let lease_ms = admission_lease_ms(config.request_budget_ms, config.attempt_timeout_ms);
             let reservation = limiter::admit(
                 env,
                 &identity_hash,
                 limits,
-                &facts,
-                lease_ms,
+                facts,
+                WAITING_LEASE_MS,
                 provisional,
                 headers,
             )
@@ -120,36 +163,31 @@ async fn handle(
             None
         }
         Metering::None => None,
-    };
+    })
+}
 
-    let budget_header = req.headers().get("x-proxy-budget-ms").ok().flatten();
-    let policy = RetryPolicy::from_config(&config, budget_header.as_deref());
-    let path = route.upstream_path().ok_or(ProxyError::NotFound)?;
-    let mut upstream = Upstream::new(
-        upstream_url(&config.upstream_url, &path, query_of(&raw_url)),
-        &method,
-        req.headers(),
-        &upstream_key,
-        body.as_ref().map(|b| &b.blob),
-        facts.stream,
-    );
-    let answer = forward(
-        env,
-        &route,
-        &upstream_key,
-        &facts,
-        policy,
-        &mut upstream,
-        exchange,
-    )
-    .await;
-    exchange.upstream_request_id = upstream.request_id.take();
-    let tap = admitted.is_some();
-    let mut delivered = answer.and_then(|a| transport::deliver(a, tap, policy.attempt_timeout_ms));
-    if let Some(admitted) = admitted {
-        admitted.settle_later(env, ctx, delivered.as_mut().ok());
+/// [`forward`], with an admitted request's slot held (in short renewed leases) for as long as
+/// the attempts run.
+#[allow(clippy::too_many_arguments)]
+async fn forward_holding(
+    env: &Env,
+    route: &Route,
+    upstream_key: &crate::identity::Secret,
+    facts: &BodyFacts,
+    policy: RetryPolicy,
+    upstream: &mut Upstream<'_>,
+    admitted: Option<&Admitted>,
+    exchange: &mut Exchange,
+) -> Result<transport::UpstreamAnswer, ProxyError> {
+    let attempts = forward(env, route, upstream_key, facts, policy, upstream, exchange);
+    let Some(a) = admitted else {
+        return attempts.await;
+    };
+    let hold = limiter::hold(env, &a.identity_hash, a.limits, a.reservation.lease_id);
+    match select(pin!(attempts), pin!(hold)).await {
+        Either::Left((answer, _)) => answer,
+        Either::Right(((), _)) => Err(ProxyError::Internal("the slot holder ended".to_string())),
     }
-    delivered.map(|d| d.response)
 }
 
 /// A request admitted against the caller's limits, to settle once its answer is over.

@@ -17,6 +17,7 @@ use crate::error::ProxyError;
 use crate::limits::{
     limit_headers, settlement_usage, Admission, AdmissionRequest, AdmitReply, Answered,
     LimiterCall, LimiterObject, Reservation, Usage, RENEW_EVERY_MS, STREAM_LEASE_MS,
+    WAITING_LEASE_MS, WAITING_RENEW_EVERY_MS,
 };
 use crate::request::body::BodyFacts;
 use crate::shell::runtime::sleep_ms;
@@ -146,12 +147,32 @@ async fn watch(
     }
 }
 
+/// Holds the slot of a request that has no answer yet, for as long as this runs: renewed
+/// for [`WAITING_LEASE_MS`] every [`WAITING_RENEW_EVERY_MS`]. Run it beside the attempts and
+/// drop it when they end; if the runtime drops the request, the lease soon ends by itself.
+pub async fn hold(env: &Env, identity_hash: &str, limits: TierLimits, lease_id: u64) {
+    loop {
+        sleep_ms(WAITING_RENEW_EVERY_MS).await;
+        renew_for(env, identity_hash, limits, lease_id, WAITING_LEASE_MS).await;
+    }
+}
+
 /// Holds a moving answer's slot for another [`STREAM_LEASE_MS`].
 async fn renew(env: &Env, identity_hash: &str, limits: TierLimits, lease_id: u64) {
+    renew_for(env, identity_hash, limits, lease_id, STREAM_LEASE_MS).await;
+}
+
+async fn renew_for(
+    env: &Env,
+    identity_hash: &str,
+    limits: TierLimits,
+    lease_id: u64,
+    lease_ms: u64,
+) {
     let call = LimiterCall::Renew {
         limits,
         lease_id,
-        lease_ms: STREAM_LEASE_MS,
+        lease_ms,
     };
     // A renewal that fails is logged by the call; the lease then ends on its own.
     let _: Result<serde_json::Value, ProxyError> =
