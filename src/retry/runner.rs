@@ -83,14 +83,21 @@ pub trait SharedState {
     fn after(&mut self, tell: Tell) -> impl Future<Output = ()>;
 }
 
-/// No shared state (routes that are not guarded, e.g. model listings).
-pub struct Unguarded;
-
-impl SharedState for Unguarded {
-    async fn before(&mut self, _ask: Ask) -> Result<Gate, Unreachable> {
-        Ok(Gate::Go { probe: None })
+/// A shared state or none (routes that are not guarded, e.g. model listings): without one,
+/// every attempt goes and nothing is told.
+impl<G: SharedState> SharedState for Option<G> {
+    async fn before(&mut self, ask: Ask) -> Result<Gate, Unreachable> {
+        match self {
+            Some(shared) => shared.before(ask).await,
+            None => Ok(Gate::Go { probe: None }),
+        }
     }
-    async fn after(&mut self, _tell: Tell) {}
+
+    async fn after(&mut self, tell: Tell) {
+        if let Some(shared) = self {
+            shared.after(tell).await;
+        }
+    }
 }
 
 /// Why a request waited, for its log line.
@@ -602,6 +609,36 @@ mod tests {
             shared.tells.last().map(|t| t.report.probe),
             Some(Some(ProbeTicket(9)))
         );
+    }
+
+    #[test]
+    fn without_a_shared_state_every_attempt_goes_and_retries_still_run() {
+        let time = FakeTime(Cell::new(T0));
+        let memory = Rc::new(RefCell::new(EdgeMemory::default()));
+        memory.borrow_mut().mark_trouble(T0);
+        let mut transport = Scripted {
+            time: &time,
+            took_ms: 50,
+            script: vec![status(529), status(200)].into(),
+            sent: 0,
+        };
+        let mut journal = Journal::default();
+        let run = Run {
+            clock: &time,
+            sleep: &time,
+            policy: RetryPolicy::default(),
+            started_ms: T0,
+            seed: 7,
+            cost: Cost::default(),
+            shared: None::<&mut Recorder>,
+            memory,
+        };
+        assert_eq!(
+            block_on(super::run(run, &mut transport, &mut journal)),
+            Ok(2)
+        );
+        assert_eq!(journal.attempts, 2);
+        assert_eq!(journal.waits.len(), 1);
     }
 
     #[test]

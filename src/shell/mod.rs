@@ -23,7 +23,7 @@ use crate::request::route::{query_of, route, upstream_url, Metering, Route};
 
 use crate::limits::WAITING_LEASE_MS;
 use crate::request::cors::Cors;
-use crate::retry::runner::{self, Run, Unguarded};
+use crate::retry::runner::{self, Run};
 use crate::retry::RetryPolicy;
 use crate::upstream::{pool_of, Cost};
 use objects::{limiter, upstream::KeyState};
@@ -241,36 +241,24 @@ async fn forward(
         input_tokens: facts.input_tokens_estimate,
         output_tokens: facts.max_tokens.unwrap_or(0),
     };
-    let journal = &mut exchange.journal;
-    if route.carries_body() {
-        let (shared, memory) =
-            KeyState::new(env, upstream_key, pool_of(route, facts.model.as_deref()));
-        let run = Run {
-            clock: &Platform,
-            sleep: &Platform,
-            policy,
-            started_ms,
-            seed,
-            cost,
-            shared,
-            memory,
-        };
-        runner::run(run, upstream, journal).await
+    let (shared, memory) = if route.carries_body() {
+        let pool = pool_of(route, facts.model.as_deref());
+        let (shared, memory) = KeyState::new(env, upstream_key, pool);
+        (Some(shared), memory)
     } else {
-        let memory = std::rc::Rc::default();
-        let shared = Unguarded;
-        let run = Run {
-            clock: &Platform,
-            sleep: &Platform,
-            policy,
-            started_ms,
-            seed,
-            cost,
-            shared,
-            memory,
-        };
-        runner::run(run, upstream, journal).await
-    }
+        (None, std::rc::Rc::default())
+    };
+    let run = Run {
+        clock: &Platform,
+        sleep: &Platform,
+        policy,
+        started_ms,
+        seed,
+        cost,
+        shared,
+        memory,
+    };
+    runner::run(run, upstream, &mut exchange.journal).await
 }
 
 fn authenticate_request(req: &Request, config: &Config) -> Result<Caller, ProxyError> {
