@@ -234,6 +234,42 @@ test('every client that walks away mid-stream gets its slot back within 10 s', a
 });
 
 
+// A client that gives up before the answer's first byte (the upstream hangs): whether the
+// runtime cancels the request or lets it run to its budget, the slot comes back: settled when
+// the attempts end, or freed by the short lease the waiting request renews while it runs.
+test('a client that gives up before the first byte gets its slot back', async () => {
+  const w = await limitedWorker({ concurrency: 1 }, { ATTEMPT_TIMEOUT_MS: '2000', MAX_ATTEMPTS: '2' });
+  try {
+    await sim.reset();
+    await sim.script([{ hang: true, times: 2 }]);
+    const controller = new AbortController();
+    const gone = fetch(`${w.url}/v1/messages`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', 'x-api-key': CLIENT_KEY, 'anthropic-version': '2023-06-01' },
+      body: JSON.stringify(messageBody()),
+      signal: controller.signal,
+    }).catch(() => null);
+    await sleep(300);
+    controller.abort();
+    await gone;
+    const leftAt = performance.now();
+    let back = Infinity;
+    while (performance.now() - leftAt < 25_000) {
+      const res = await postMessage(w);
+      await res.arrayBuffer();
+      if (res.status === 200) {
+        back = performance.now() - leftAt;
+        break;
+      }
+      await sleep(250);
+    }
+    console.log(`# slot back ${Math.round(back)} ms after the client gave up`);
+    assert.ok(back <= 20_000, `the slot was not back within 20 s (${back} ms)`);
+  } finally {
+    await w.stop();
+  }
+});
+
 test('limits survive a restart of the Worker and its objects', async () => {
   const dir = mkdtempSync(path.join(tmpdir(), 'breakwater-do-'));
   try {
