@@ -11,10 +11,11 @@
 //!   edges before they were near, other users of the key) is accounted for, and reservations
 //!   not yet seen by the upstream are not forgotten.
 //! - **Sustainable rate.** When the upstream sheds (`529`, overloaded streams) while it still
-//!   serves, the pool's rate is set to what it served over the last second (a delivery-rate
-//!   estimate, as in BBR), a little below; every success then raises it additively, every
-//!   further overload lowers it again. Requests go out at that rate (a lane of one request per
-//!   interval, a small burst) until the pool has been quiet for a while.
+//!   serves, the shedding is watched for half a second (by then every edge that saw it reports
+//!   each answer), then the pool's rate is set a little below what the upstream served over
+//!   the last second (a delivery-rate estimate, as in BBR); every success raises it
+//!   additively, shedding lowers it again at most once a second. Requests go out at that rate
+//!   (one per interval, a small burst) until none has had to wait or been shed for a while.
 //!
 //! All times are ms since the Unix epoch, lanes count in microseconds, and every stored number
 //! stays below 2^53.
@@ -256,7 +257,13 @@ struct Rate {
     threshold_mrps: u64,
     /// When the rate last came down.
     decreased_ms: u64,
+    /// Shedding began here (0: not measuring): pacing starts a second later.
+    #[serde(default)]
+    measure_from_ms: u64,
 }
+
+/// How long shedding is watched before the first pacing rate is set.
+const MEASURE_MS: u64 = 500;
 
 impl Rate {
     fn interval_us(&self) -> u64 {
@@ -312,9 +319,8 @@ impl Served {
 /// The knobs of pacing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PacePolicy {
-    /// Pace at the upstream's sustainable rate once it sheds. Off by default: the fleet
-    /// simulation at twice the capacity does not yet converge on the rate reliably (see
-    /// `twice_the_capacity` in the simulation); the key's own limits are always paced.
+    /// Pace at the upstream's sustainable rate once it sheds (the key's own limits are
+    /// always paced).
     pub capacity: bool,
     /// The rate set on shedding is this share (percent) of the served rate.
     pub shed_percent: u64,
@@ -329,13 +335,14 @@ pub struct PacePolicy {
 }
 
 impl Default for PacePolicy {
-    /// Capacity pacing off; when on: shed to 90 % of the served rate, +0.05 req/s per
-    /// success, at least 0.5 req/s, pacing for 10 s after the last shed answer, a burst of 2.
+    /// Capacity pacing on: half a second of shedding is measured, then requests go at 90 % of
+    /// what the upstream served in the last second, +0.2 req/s per success, at least
+    /// 0.5 req/s, a burst of 2, until nothing has waited or been shed for 10 s.
     fn default() -> Self {
         PacePolicy {
-            capacity: false,
+            capacity: true,
             shed_percent: 90,
-            increase_mrps: 50,
+            increase_mrps: 200,
             min_mrps: 500,
             quiet_ms: 10_000,
             burst: 2,
@@ -390,16 +397,24 @@ impl Pace {
         }
     }
 
-    /// Reserves `cost` for a request that goes at `at_ms`.
-    pub fn reserve(&mut self, at_ms: u64, cost: Cost) {
+    /// Reserves `cost` for a request that goes at `at_ms` (decided at `now_ms`). A request that had to wait for the rate keeps the pacing in
+    /// force: pacing that works sheds nothing, and must not end for want of shedding while
+    /// requests still queue.
+    pub fn reserve(&mut self, policy: &PacePolicy, now_ms: u64, at_ms: u64, cost: Cost) {
         let at_us = at_ms.saturating_mul(1000);
         for dimension in LimitDimension::ALL {
             if let Some(Some(lane)) = self.lanes.get_mut(dimension.index()) {
                 lane.reserve(at_us, dimension.units(cost));
             }
         }
-        if self.rate_mrps(at_ms) > 0 {
+        if self.rate_mrps(now_ms) > 0 {
             self.rate.reserve(at_us);
+            if at_ms > now_ms {
+                self.rate.until_ms = self
+                    .rate
+                    .until_ms
+                    .max(stored(at_ms.saturating_add(policy.quiet_ms)));
+            }
         }
     }
 
@@ -459,12 +474,26 @@ impl Pace {
                 self.rate.threshold_mrps = target;
                 self.rate.decreased_ms = now_ms;
             }
+        } else if now_ms < self.rate.measure_from_ms.saturating_add(MEASURE_MS)
+            || self.rate.measure_from_ms == 0
+        {
+            // First shedding: measure what it serves for a second before pacing to it. By
+            // then the edges that saw the shedding report every answer, so the served rate
+            // is the upstream's, not the few successes heard of so far (send times promised
+            // at too low a rate would hold the queue back long after the rate rose).
+            if self.rate.measure_from_ms == 0
+                || now_ms >= self.rate.measure_from_ms.saturating_add(10 * MEASURE_MS)
+            {
+                self.rate.measure_from_ms = now_ms.max(1);
+            }
+            return;
         } else {
-            // First shedding: start from what it served, and find its rate by doubling
-            // (slow start) until it sheds again.
+            // Then pace at what it served (measured, so near the upstream's rate: grow from
+            // it additively, no slow start).
+            self.rate.measure_from_ms = 0;
             self.rate.mrps = target;
             self.rate.tat_us = stored(now_ms.saturating_mul(1000));
-            self.rate.threshold_mrps = crate::durable::MAX_EXACT;
+            self.rate.threshold_mrps = target;
             self.rate.decreased_ms = now_ms;
         }
         self.rate.until_ms = stored(now_ms.saturating_add(policy.quiet_ms));
@@ -556,7 +585,7 @@ mod tests {
                     SendTime::Now => now,
                     SendTime::At { at_ms, .. } => at_ms,
                 };
-                pace.reserve(at, cost);
+                pace.reserve(&policy, now, at, cost);
                 at
             })
             .collect()
@@ -631,47 +660,52 @@ mod tests {
     }
 
     #[test]
-    fn shedding_paces_just_below_the_served_rate_and_successes_raise_it() {
+    fn shedding_is_measured_then_paced_just_below_the_served_rate() {
         let policy = PacePolicy {
             capacity: true,
             ..PacePolicy::default()
         };
         let mut pace = Pace::default();
-        // 20 successes a second, then a 529.
+        // 20 successes a second, then a 529: half a second of measuring first...
         for i in 0..40 {
             pace.served(&policy, T0 + i * 50);
         }
-        assert_eq!(pace.rate_mrps(T0 + 2_000), 0, "no pacing before shedding");
         pace.shed(&policy, T0 + 2_000);
-        assert_eq!(pace.rate_mrps(T0 + 2_000), 18_000);
+        assert_eq!(
+            pace.rate_mrps(T0 + 2_000),
+            0,
+            "no rate before it was measured"
+        );
+        for i in 0..10 {
+            pace.served(&policy, T0 + 2_000 + i * 50);
+        }
+        // ...then pacing at 90 % of what it served.
+        pace.shed(&policy, T0 + 2_600);
+        let rate = pace.rate_mrps(T0 + 2_600);
+        assert_eq!(rate, 18_000);
         // More 529s from requests already on their way do not compound.
-        pace.shed(&policy, T0 + 2_010);
-        pace.shed(&policy, T0 + 2_020);
-        assert_eq!(pace.rate_mrps(T0 + 2_020), 18_000);
-        // Paced at 18/s with a burst of 2: the third request waits one interval.
-        let times = send_all(&mut pace, T0 + 2_020, 4, Cost::default());
-        assert_eq!(times[0], T0 + 2_020);
+        pace.shed(&policy, T0 + 2_610);
+        pace.shed(&policy, T0 + 2_620);
+        assert_eq!(pace.rate_mrps(T0 + 2_620), 18_000);
+        // Paced at 18/s with a burst of 2: the third request waits one interval, the fourth two.
+        let times = send_all(&mut pace, T0 + 2_620, 4, Cost::default());
+        assert_eq!(times[0], T0 + 2_620);
         assert!(
-            times[3] >= T0 + 2_020 + 2 * 55 && times[3] <= T0 + 2_020 + 3 * 56,
+            times[3] >= T0 + 2_620 + 2 * 55 && times[3] <= T0 + 2_620 + 3 * 56,
             "{times:?}"
         );
-        // Still in slow start: a success adds a whole request per second...
-        pace.served(&policy, T0 + 2_100);
-        assert_eq!(pace.rate_mrps(T0 + 2_100), 19_000);
-        // ...until it sheds at the rate (a second after the last decrease): 90 % of what
-        // was served, and from then on 0.05/s per success.
-        pace.shed(&policy, T0 + 3_100);
-        let at_shed = pace.rate_mrps(T0 + 3_100);
-        assert!(at_shed < 19_000, "{at_shed}");
-        pace.served(&policy, T0 + 3_200);
-        assert_eq!(pace.rate_mrps(T0 + 3_200), at_shed + 50);
-        // Quiet for 10 s: pacing ends.
-        assert_eq!(pace.rate_mrps(T0 + 3_100 + 10_000), 0);
-        assert!(pace.is_idle(T0 + 3_100 + 10_000 + 1_000));
+        // Each success raises the rate by 0.2 requests a second (10-20 % a second).
+        pace.served(&policy, T0 + 2_700);
+        assert_eq!(pace.rate_mrps(T0 + 2_700), 18_200);
+        // A request that waits keeps the pacing on; with no wait and no shedding for 10 s
+        // it ends.
+        assert!(pace.rate_mrps(T0 + 2_620 + 10_000) > 0);
+        assert_eq!(pace.rate_mrps(T0 + 2_620 + 56 * 3 + 10_000), 0);
+        assert!(pace.is_idle(T0 + 2_620 + 56 * 3 + 10_000 + 2_000));
     }
 
     #[test]
-    fn after_an_outage_the_rate_starts_slow_and_doubles() {
+    fn an_outage_stops_the_rate_and_shedding_with_nothing_served_is_not_one() {
         let policy = PacePolicy {
             capacity: true,
             ..PacePolicy::default()
@@ -681,20 +715,41 @@ mod tests {
             pace.served(&policy, T0 + i * 50);
         }
         pace.shed(&policy, T0 + 1_000);
+        pace.shed(&policy, T0 + 1_600);
+        assert!(pace.rate_mrps(T0 + 1_600) > 0);
         pace.outage();
-        assert_eq!(pace.rate_mrps(T0 + 1_001), 0);
+        assert_eq!(pace.rate_mrps(T0 + 1_601), 0);
         // Shedding with nothing served is an outage, not a rate.
         pace.shed(&policy, T0 + 20_000);
-        assert_eq!(pace.rate_mrps(T0 + 20_000), 0);
-        // The upstream comes back: one served, then shedding: 90 % of one a second...
+        pace.shed(&policy, T0 + 21_000);
+        assert_eq!(pace.rate_mrps(T0 + 21_000), 0);
+        // The upstream comes back and serves one a second, then sheds: measured, then 90 %
+        // of it (the floor is half a request a second).
         pace.served(&policy, T0 + 32_000);
-        pace.shed(&policy, T0 + 32_500);
-        assert_eq!(pace.rate_mrps(T0 + 32_500), 900);
-        // ...and each success adds a request per second until the old threshold.
-        for i in 0..10 {
-            pace.served(&policy, T0 + 32_500 + i);
+        pace.shed(&policy, T0 + 32_100);
+        pace.served(&policy, T0 + 32_200);
+        pace.shed(&policy, T0 + 32_700);
+        assert_eq!(pace.rate_mrps(T0 + 32_700), 1_800);
+        // Capacity pacing off: shedding never sets a rate.
+        let mut off = Pace::default();
+        for i in 0..20 {
+            off.served(&PacePolicy::default(), T0 + i * 50);
         }
-        assert_eq!(pace.rate_mrps(T0 + 32_510), 900 + 10_000);
+        off.shed(
+            &PacePolicy {
+                capacity: false,
+                ..PacePolicy::default()
+            },
+            T0 + 1_000,
+        );
+        off.shed(
+            &PacePolicy {
+                capacity: false,
+                ..PacePolicy::default()
+            },
+            T0 + 2_000,
+        );
+        assert_eq!(off.rate_mrps(T0 + 2_000), 0);
     }
 
     #[test]
@@ -742,7 +797,7 @@ mod tests {
                     SendTime::Now => now,
                     SendTime::At { at_ms, .. } => { prop_assert!(at_ms >= now); at_ms }
                 };
-                pace.reserve(at, cost);
+                pace.reserve(&policy, now, at, cost);
                 sent.push((at, tokens));
             }
             sent.sort_unstable();

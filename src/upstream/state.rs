@@ -335,7 +335,7 @@ impl UpstreamState {
     /// Reserves `cost` in the pool's lanes for a request that goes at `at_ms`.
     fn reserve(&mut self, policy: &OutagePolicy, pool: &str, now: u64, at_ms: u64, cost: Cost) {
         if let Some(health) = self.entry(policy, pool, now, false) {
-            health.pace.reserve(at_ms, cost);
+            health.pace.reserve(&policy.pace, now, at_ms, cost);
         }
     }
 
