@@ -257,10 +257,16 @@ struct Rate {
     threshold_mrps: u64,
     /// When the rate last came down.
     decreased_ms: u64,
-    /// Shedding began here (0: not measuring): pacing starts a second later.
+    /// Shedding began here (0: not measuring): pacing may start [`MEASURE_MS`] later.
     #[serde(default)]
     measure_from_ms: u64,
+    /// Shed answers since then.
+    #[serde(default)]
+    measure_sheds: u32,
 }
+
+/// Shed answers within the measuring window that make a capacity to pace to (10 a second).
+const MIN_SHEDS: u32 = 5;
 
 /// How long shedding is watched before the first pacing rate is set.
 const MEASURE_MS: u64 = 500;
@@ -287,7 +293,16 @@ struct Served {
     second: u64,
     this_second: u64,
     last_second: u64,
+    /// The busiest whole second of the last [`PEAK_SECONDS`], and when it was.
+    #[serde(default)]
+    peak: u64,
+    #[serde(default)]
+    peak_second: u64,
 }
+
+/// How long the busiest second served is remembered: pacing slows what is served, so the
+/// last second alone would spiral down (a delivery-rate estimate takes a windowed maximum).
+const PEAK_SECONDS: u64 = 10;
 
 impl Served {
     fn roll(&mut self, now_ms: u64) {
@@ -300,6 +315,10 @@ impl Served {
         } else {
             0
         };
+        if self.last_second >= self.peak || second > self.peak_second.saturating_add(PEAK_SECONDS) {
+            self.peak = self.last_second;
+            self.peak_second = second.saturating_sub(1);
+        }
         self.this_second = 0;
         self.second = second;
     }
@@ -313,6 +332,12 @@ impl Served {
     fn rate_per_s(&mut self, now_ms: u64) -> u64 {
         self.roll(now_ms);
         self.last_second.max(self.this_second)
+    }
+
+    /// The busiest second served lately (see [`PEAK_SECONDS`]).
+    fn peak_per_s(&mut self, now_ms: u64) -> u64 {
+        self.roll(now_ms);
+        self.peak.max(self.rate_per_s(now_ms))
     }
 }
 
@@ -458,7 +483,7 @@ impl Pace {
     /// The upstream shed an attempt: pace at a little below what it served over the last
     /// second. Repeated shedding never compounds: the rate only comes down to that figure.
     pub fn shed(&mut self, policy: &PacePolicy, now_ms: u64) {
-        let served_mrps = self.served.rate_per_s(now_ms).saturating_mul(1000);
+        let served_mrps = self.served.peak_per_s(now_ms).saturating_mul(1000);
         let pacing = self.rate_mrps(now_ms) > 0;
         if !policy.capacity || (served_mrps == 0 && !pacing) {
             // Nothing served lately: not a rate to learn but an outage (or its start), which
@@ -474,18 +499,7 @@ impl Pace {
                 self.rate.threshold_mrps = target;
                 self.rate.decreased_ms = now_ms;
             }
-        } else if now_ms < self.rate.measure_from_ms.saturating_add(MEASURE_MS)
-            || self.rate.measure_from_ms == 0
-        {
-            // First shedding: measure what it serves for a second before pacing to it. By
-            // then the edges that saw the shedding report every answer, so the served rate
-            // is the upstream's, not the few successes heard of so far (send times promised
-            // at too low a rate would hold the queue back long after the rate rose).
-            if self.rate.measure_from_ms == 0
-                || now_ms >= self.rate.measure_from_ms.saturating_add(10 * MEASURE_MS)
-            {
-                self.rate.measure_from_ms = now_ms.max(1);
-            }
+        } else if !self.measured(now_ms) {
             return;
         } else {
             // Then pace at what it served (measured, so near the upstream's rate: grow from
@@ -497,6 +511,31 @@ impl Pace {
             self.rate.decreased_ms = now_ms;
         }
         self.rate.until_ms = stored(now_ms.saturating_add(policy.quiet_ms));
+    }
+
+    /// Before the first rate: watches the shedding for [`MEASURE_MS`] (by then the edges that
+    /// saw it report every answer, so the served rate is the upstream's, not the few
+    /// successes heard of so far; send times promised at too low a rate would hold the queue
+    /// back long after the rate rose). Whether the window is over with shedding dense enough
+    /// ([`MIN_SHEDS`]) to be a capacity rather than the odd `529` of a quiet key.
+    fn measured(&mut self, now_ms: u64) -> bool {
+        let from = self.rate.measure_from_ms;
+        let elapsed = now_ms.saturating_sub(from);
+        if from == 0 || elapsed >= 4 * MEASURE_MS {
+            self.rate.measure_from_ms = now_ms.max(1);
+            self.rate.measure_sheds = 1;
+            return false;
+        }
+        self.rate.measure_sheds = self.rate.measure_sheds.saturating_add(1);
+        if elapsed < MEASURE_MS {
+            return false;
+        }
+        if self.rate.measure_sheds < MIN_SHEDS {
+            self.rate.measure_from_ms = now_ms.max(1);
+            self.rate.measure_sheds = 1;
+            return false;
+        }
+        true
     }
 
     /// Stops pacing at a rate: an outage was detected, and its probes and paced release take
@@ -670,9 +709,11 @@ mod tests {
         for i in 0..40 {
             pace.served(&policy, T0 + i * 50);
         }
-        pace.shed(&policy, T0 + 2_000);
+        for i in 0..5 {
+            pace.shed(&policy, T0 + 2_000 + i * 100);
+        }
         assert_eq!(
-            pace.rate_mrps(T0 + 2_000),
+            pace.rate_mrps(T0 + 2_400),
             0,
             "no rate before it was measured"
         );
@@ -714,8 +755,9 @@ mod tests {
         for i in 0..20 {
             pace.served(&policy, T0 + i * 50);
         }
-        pace.shed(&policy, T0 + 1_000);
-        pace.shed(&policy, T0 + 1_600);
+        for i in 0..6 {
+            pace.shed(&policy, T0 + 1_000 + i * 120);
+        }
         assert!(pace.rate_mrps(T0 + 1_600) > 0);
         pace.outage();
         assert_eq!(pace.rate_mrps(T0 + 1_601), 0);
@@ -726,10 +768,21 @@ mod tests {
         // The upstream comes back and serves one a second, then sheds: measured, then 90 %
         // of it (the floor is half a request a second).
         pace.served(&policy, T0 + 32_000);
-        pace.shed(&policy, T0 + 32_100);
-        pace.served(&policy, T0 + 32_200);
+        for i in 0..5 {
+            pace.shed(&policy, T0 + 32_100 + i * 50);
+        }
+        pace.served(&policy, T0 + 32_400);
         pace.shed(&policy, T0 + 32_700);
         assert_eq!(pace.rate_mrps(T0 + 32_700), 1_800);
+        // A quiet key's odd 529 (fewer than five in half a second) sets no rate.
+        let mut quiet = Pace::default();
+        for i in 0..20 {
+            quiet.served(&policy, T0 + i * 50);
+        }
+        for i in 0..4 {
+            quiet.shed(&policy, T0 + 1_000 + i * 200);
+        }
+        assert_eq!(quiet.rate_mrps(T0 + 1_600), 0);
         // Capacity pacing off: shedding never sets a rate.
         let mut off = Pace::default();
         for i in 0..20 {
