@@ -377,11 +377,11 @@ impl ModelHealth {
             // Already known: a straggler from before the marking, or a late probe.
             return ModelChange::None;
         }
-        // Shedding while serving: pace at what the upstream can take. While it still serves
-        // above the floor rate this is an upstream at capacity, not an outage: the streak
-        // that marks one starts only once the rate has come down to the floor.
+        // Shedding while serving: pace at what the upstream can take. While paced and still
+        // serving (something in the last second) this is an upstream at capacity, not an
+        // outage; the streak that marks one counts only once nothing is served.
         self.pace.shed(&policy.pace, now_ms);
-        if self.pace.rate_mrps(now_ms) > policy.pace.min_mrps {
+        if self.pace.serving(now_ms) {
             return ModelChange::None;
         }
         if self.streak == 0 {

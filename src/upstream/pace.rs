@@ -263,6 +263,9 @@ struct Rate {
     /// Shed answers since then.
     #[serde(default)]
     measure_sheds: u32,
+    /// Successes since then: without any, the shedding is an outage, not a capacity.
+    #[serde(default)]
+    measure_served: u32,
 }
 
 /// Shed answers within the measuring window that make a capacity to pace to (10 a second).
@@ -464,6 +467,9 @@ impl Pace {
     /// doubles every second), additively above it.
     pub fn served(&mut self, policy: &PacePolicy, now_ms: u64) {
         self.served.count(now_ms, 1);
+        if self.rate.measure_from_ms != 0 {
+            self.rate.measure_served = self.rate.measure_served.saturating_add(1);
+        }
         if self.rate_mrps(now_ms) > 0 {
             let step = if self.rate.mrps < self.rate.threshold_mrps {
                 1000
@@ -478,6 +484,9 @@ impl Pace {
     /// for the pacing rate).
     pub fn count_served(&mut self, now_ms: u64, n: u32) {
         self.served.count(now_ms, u64::from(n));
+        if self.rate.measure_from_ms != 0 {
+            self.rate.measure_served = self.rate.measure_served.saturating_add(n);
+        }
     }
 
     /// The upstream shed an attempt: pace at a little below what it served over the last
@@ -505,6 +514,7 @@ impl Pace {
             // Then pace at what it served (measured, so near the upstream's rate: grow from
             // it additively, no slow start).
             self.rate.measure_from_ms = 0;
+            self.rate.measure_served = 0;
             self.rate.mrps = target;
             self.rate.tat_us = stored(now_ms.saturating_mul(1000));
             self.rate.threshold_mrps = target;
@@ -522,20 +532,24 @@ impl Pace {
         let from = self.rate.measure_from_ms;
         let elapsed = now_ms.saturating_sub(from);
         if from == 0 || elapsed >= 4 * MEASURE_MS {
-            self.rate.measure_from_ms = now_ms.max(1);
-            self.rate.measure_sheds = 1;
+            self.restart_measuring(now_ms);
             return false;
         }
         self.rate.measure_sheds = self.rate.measure_sheds.saturating_add(1);
         if elapsed < MEASURE_MS {
             return false;
         }
-        if self.rate.measure_sheds < MIN_SHEDS {
-            self.rate.measure_from_ms = now_ms.max(1);
-            self.rate.measure_sheds = 1;
+        if self.rate.measure_sheds < MIN_SHEDS || self.rate.measure_served == 0 {
+            self.restart_measuring(now_ms);
             return false;
         }
         true
+    }
+
+    fn restart_measuring(&mut self, now_ms: u64) {
+        self.rate.measure_from_ms = now_ms.max(1);
+        self.rate.measure_sheds = 1;
+        self.rate.measure_served = 0;
     }
 
     /// Stops pacing at a rate: an outage was detected, and its probes and paced release take
@@ -543,6 +557,11 @@ impl Pace {
     pub fn outage(&mut self) {
         self.rate.mrps = 0;
         self.rate.until_ms = 0;
+    }
+
+    /// Paced at a rate, and the upstream served something in the last second.
+    pub fn serving(&mut self, now_ms: u64) -> bool {
+        self.rate_mrps(now_ms) > 0 && self.served.rate_per_s(now_ms) > 0
     }
 
     /// The pacing rate in force at `now_ms`, in requests per second × 1000 (0 when none).
@@ -757,23 +776,34 @@ mod tests {
         }
         for i in 0..6 {
             pace.shed(&policy, T0 + 1_000 + i * 120);
+            pace.served(&policy, T0 + 1_010 + i * 120);
         }
         assert!(pace.rate_mrps(T0 + 1_600) > 0);
+        // Shedding with nothing served while it was watched is the start of an outage.
+        let mut dark = Pace::default();
+        for i in 0..20 {
+            dark.served(&policy, T0 + i * 50);
+        }
+        for i in 0..10 {
+            dark.shed(&policy, T0 + 1_000 + i * 100);
+        }
+        assert_eq!(dark.rate_mrps(T0 + 2_000), 0);
         pace.outage();
         assert_eq!(pace.rate_mrps(T0 + 1_601), 0);
         // Shedding with nothing served is an outage, not a rate.
         pace.shed(&policy, T0 + 20_000);
         pace.shed(&policy, T0 + 21_000);
         assert_eq!(pace.rate_mrps(T0 + 21_000), 0);
-        // The upstream comes back and serves one a second, then sheds: measured, then 90 %
-        // of it (the floor is half a request a second).
+        // The upstream comes back, serves three in a second and sheds: measured, then 90 %
+        // of it.
         pace.served(&policy, T0 + 32_000);
         for i in 0..5 {
             pace.shed(&policy, T0 + 32_100 + i * 50);
         }
         pace.served(&policy, T0 + 32_400);
+        pace.served(&policy, T0 + 32_450);
         pace.shed(&policy, T0 + 32_700);
-        assert_eq!(pace.rate_mrps(T0 + 32_700), 1_800);
+        assert_eq!(pace.rate_mrps(T0 + 32_700), 2_700);
         // A quiet key's odd 529 (fewer than five in half a second) sets no rate.
         let mut quiet = Pace::default();
         for i in 0..20 {
