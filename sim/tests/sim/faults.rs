@@ -470,6 +470,10 @@ async fn the_log_records_the_usage_each_answer_reported() {
     assert_eq!(usage[1]["input_tokens"], input);
     assert_eq!(usage[1]["output_tokens"], 3);
     assert_eq!(usage[1]["cache_creation_input_tokens"], 9);
-    assert_eq!(*usage[2], Value::Null, "a malformed answer reports no usage");
+    assert_eq!(
+        *usage[2],
+        Value::Null,
+        "a malformed answer reports no usage"
+    );
     assert_eq!(*usage[3], Value::Null, "an error reports no usage");
 }
