@@ -631,6 +631,9 @@ async fn messages(ctx: &mut Ctx, parsed: Parsed) -> Result<Answer, ApiError> {
         reset_after: None,
         settlement: None,
     };
+    if spec.malformed.is_none() {
+        ctx.state.record_usage(ctx.ticket, plan.full_usage());
+    }
     match spec.malformed {
         Some(Malformed::Sse) => {
             return Ok(Answer::Raw(sse_response(

@@ -31,6 +31,10 @@ pub struct LogEntry {
     pub status: Option<u16>,
     pub fault: Option<Arc<Fault>>,
     pub mode: Option<&'static str>,
+    /// The usage a complete answer reports (the JSON `usage`, a stream's final
+    /// `message_delta` usage; `message_start` carries the same input and cache
+    /// fields), `None` when the answer carries none (errors, malformed bodies).
+    pub usage: Option<Map<String, Value>>,
 }
 
 impl LogEntry {
@@ -47,6 +51,7 @@ impl LogEntry {
             "status": self.status,
             "fault": self.fault.as_ref().map(|f| f.raw.clone()),
             "mode": self.mode,
+            "usage": self.usage,
         })
     }
 }
@@ -173,6 +178,7 @@ mod tests {
             status: None,
             fault: None,
             mode: None,
+            usage: None,
         }
     }
 

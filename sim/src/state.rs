@@ -231,6 +231,7 @@ impl State {
             status: None,
             fault: None,
             mode: None,
+            usage: None,
         });
         Ticket {
             epoch: inner.epoch,
@@ -260,6 +261,17 @@ impl State {
             entry.status = status;
             entry.fault = fault.cloned();
             entry.mode = mode;
+        }
+    }
+
+    /// Records the usage a request's answer reports (see [`LogEntry::usage`]).
+    pub fn record_usage(&self, ticket: Ticket, usage: Map<String, Value>) {
+        let mut inner = self.lock();
+        if inner.epoch != ticket.epoch {
+            return;
+        }
+        if let Some(entry) = inner.log.get_mut(ticket.seq) {
+            entry.usage = Some(usage);
         }
     }
 

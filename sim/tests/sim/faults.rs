@@ -447,3 +447,33 @@ async fn bad_scripts_are_rejected() {
     assert_eq!(r.status, 400);
     assert_eq!(sim.get("/_sim/script").await.json(), json!([]));
 }
+
+#[tokio::test]
+async fn the_log_records_the_usage_each_answer_reported() {
+    let sim = Sim::start().await;
+    sim.messages(&msg(json!({}))).await;
+    sim.messages_with_fault(
+        &msg(json!({"stream": true})),
+        &json!({"tokens": 3, "usage": {"cache_creation_input_tokens": 9}}),
+    )
+    .await;
+    sim.messages_with_fault(&msg(json!({})), &json!({"malformed": "json"}))
+        .await;
+    sim.messages_with_fault(&msg(json!({})), &json!({"status": 529}))
+        .await;
+    let log = sim.log().await;
+    let usage: Vec<&Value> = log.iter().map(|e| &e["usage"]).collect();
+    let input = usage[0]["input_tokens"].as_u64().unwrap();
+    assert!(input > 0);
+    assert_eq!(usage[0]["output_tokens"], 12);
+    assert_eq!(usage[0]["cache_read_input_tokens"], 0);
+    assert_eq!(usage[1]["input_tokens"], input);
+    assert_eq!(usage[1]["output_tokens"], 3);
+    assert_eq!(usage[1]["cache_creation_input_tokens"], 9);
+    assert_eq!(
+        *usage[2],
+        Value::Null,
+        "a malformed answer reports no usage"
+    );
+    assert_eq!(*usage[3], Value::Null, "an error reports no usage");
+}

@@ -1,0 +1,578 @@
+// Soak and chaos run with a ledger check: six callers at and above their limits send JSON and
+// SSE messages and token counts through the real Worker (workerd via Miniflare) while the
+// simulator injects every kind of upstream fault, clients go away before and during answers,
+// and the Worker is restarted in the middle on the same Durable Object storage. Afterwards:
+// - the ledger: each caller's buckets (rpm, input_tpm, output_tpm) as its object reports them
+//   equal a replay of what it should have charged, computed from the simulator's log;
+// - every concurrency slot came back; no settlement failed; workerd's memory stayed flat.
+//
+// Usage: node tests/soak/soak.mjs [seconds]   (default 600; scripts/soak.sh wraps it)
+//
+// The replay (see README, Hardening → Soak): a bucket of quota Q drains Q units per ms (a
+// unit is 1/60 000 token) and never below empty; every admitted request is charged, at its
+// admission, what it settles to (capped at its reservation: a refund is retroactive), and any
+// usage beyond the reservation at its settlement. With every charge positive, the level at
+// time T is monotone in each charge's time and amount, so bounding each admission time
+// (between the client's send and the first upstream attempt or the answer's headers) and each
+// amount (exact, or, for an answer whose fate the client cannot know, between "settled" and
+// "reservation kept") bounds the level. The check is that the object's figure lies inside.
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { startSim, startWorker, workerVars, ROOT } from '../e2e/harness.mjs';
+
+const SECONDS = Number(process.argv[2] ?? process.env.SOAK_SECONDS ?? 600);
+const QUIET_MS = 22_000; // longer than a waiting request's 15 s lease and a stream's 5 s one
+const UNITS = 60_000; // the limiter counts 1/60 000 of a token
+const ATTEMPT_TIMEOUT_MS = 800;
+const MAX_ATTEMPTS = 3;
+const MODEL = 'claude-sonnet-4-5';
+
+const TIERS = {
+  default: {},
+  small: { rpm: 40, input_tpm: 4_000, output_tpm: 1_500, concurrency: 2 },
+  medium: { rpm: 80, input_tpm: 9_000, output_tpm: 3_000, concurrency: 3 },
+  large: { rpm: 140, input_tpm: 20_000, output_tpm: 6_000, concurrency: 4 },
+  calibrate: { input_tpm: 1_000_000 },
+};
+// Callers: two per tier; the "pushy" ones retry a denial after 200 ms whatever it said.
+const CALLERS = [
+  { id: 'soak-small-a', tier: 'small', pushy: false },
+  { id: 'soak-small-b', tier: 'small', pushy: true },
+  { id: 'soak-medium-a', tier: 'medium', pushy: false },
+  { id: 'soak-medium-b', tier: 'medium', pushy: true },
+  { id: 'soak-large-a', tier: 'large', pushy: false },
+  { id: 'soak-large-b', tier: 'large', pushy: true },
+].map((c) => ({ ...c, key: `ck_${c.id.replace(/-/g, '_')}_9d2f61`, limits: TIERS[c.tier] }));
+
+const WORDS = 'the proxy keeps every caller inside its limits while the upstream fails in every way it can'.split(' ');
+const prompt = (n) => Array.from({ length: n }, (_, i) => WORDS[(i * 7 + n) % WORDS.length]).join(' ');
+const PROMPTS = [prompt(30), prompt(110), prompt(260)];
+const CALIBRATE_KEYS = PROMPTS.map((_, i) => `ck_soak_calibrate_${i}_44e0b7`);
+
+// Faults sent with a request (every attempt of it gets the same one), by kind.
+const STREAM_FAULTS = {
+  'none': [null, 30],
+  '529 every attempt': [{ status: 529 }, 3],
+  '429 retry-after-ms every attempt': [{ status: 429, headers: { 'retry-after-ms': '300' } }, 2],
+  'hang every attempt': [{ hang: true }, 2],
+  'reset before headers every attempt': [{ reset: 'before_headers' }, 2],
+  'overloaded in a 200 every attempt': [{ error_event_after: 0 }, 2],
+  'error event mid-stream': [{ error_event_after: 5 }, 4],
+  'stall mid-stream': [{ stall_after_events: 4 }, 3],
+  'reset mid-stream': [{ reset: 'after_headers', after_events: 3 }, 4],
+  'malformed SSE': [{ malformed: 'sse' }, 3],
+  'slow stream': [{ tokens: 40, token_delay_ms: 25 }, 6],
+  'cache read': [{ usage: { cache_read_input_tokens: 20_000 } }, 4],
+  'cache creation': [{ usage: { cache_creation_input_tokens: 6 } }, 4],
+};
+const JSON_FAULTS = {
+  'none': [null, 30],
+  '529 every attempt': [{ status: 529 }, 3],
+  '429 retry-after-ms every attempt': [{ status: 429, headers: { 'retry-after-ms': '300' } }, 2],
+  'hang every attempt': [{ hang: true }, 2],
+  'reset before headers every attempt': [{ reset: 'before_headers' }, 2],
+  'reset mid-JSON': [{ reset: 'after_headers' }, 4],
+  'truncated JSON': [{ malformed: 'json' }, 4],
+  'slow answer': [{ tokens: 30, token_delay_ms: 20 }, 5],
+  'cache read': [{ usage: { cache_read_input_tokens: 20_000 } }, 4],
+  'cache creation': [{ usage: { cache_creation_input_tokens: 6 } }, 4],
+};
+// Faults put in the simulator's queue now and then: taken by whichever requests come next
+// without a fault of their own, so a retry meets a normal answer after them.
+const QUEUE_FAULTS = {
+  '529 burst (queue)': { path: '/v1/messages', status: 529, times: 3 },
+  '429 retry-after 1 s (queue)': { path: '/v1/messages', status: 429, headers: { 'retry-after': '1' } },
+  'hang, then an answer (queue)': { path: '/v1/messages', hang: true, times: 2 },
+  'reset before headers (queue)': { path: '/v1/messages', reset: 'before_headers', times: 2 },
+  '500 on count_tokens (queue)': { path: '/v1/messages/count_tokens', status: 500, times: 2 },
+};
+
+// Seeded randomness, so a run can be replayed in spirit (timing still varies).
+let seed = Number(process.env.SOAK_SEED ?? 20261201) >>> 0;
+const rand = () => {
+  seed = (seed + 0x6d2b79f5) >>> 0;
+  let t = seed;
+  t = Math.imul(t ^ (t >>> 15), t | 1);
+  t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+  return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+};
+const pick = (table) => {
+  const entries = Object.entries(table);
+  let r = rand() * entries.reduce((s, [, [, w]]) => s + w, 0);
+  for (const [name, [fault, w]] of entries) {
+    if ((r -= w) < 0) return [name, fault];
+  }
+  return entries[0].slice(0, 1).concat([entries[0][1][0]]);
+};
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+const say = (...a) => console.error(`[soak ${new Date().toISOString().slice(11, 19)}]`, ...a);
+
+// ------------------------------------------------------------------ processes and memory
+
+function workerdPids() {
+  const table = new Map();
+  for (const d of fs.readdirSync('/proc')) {
+    if (!/^\d+$/.test(d)) continue;
+    try {
+      const m = fs.readFileSync(`/proc/${d}/stat`, 'utf8').match(/^\d+ \((.*)\) \S (\d+)/s);
+      if (m) table.set(Number(d), { ppid: Number(m[2]), comm: m[1] });
+    } catch {
+      // gone
+    }
+  }
+  const below = (pid) => {
+    for (let p = table.get(pid)?.ppid; p; p = table.get(p)?.ppid) if (p === process.pid) return true;
+    return false;
+  };
+  return [...table.entries()].filter(([pid, p]) => p.comm.startsWith('workerd') && below(pid)).map(([pid]) => pid);
+}
+function rssKib(pids) {
+  let total = 0;
+  for (const pid of pids) {
+    try {
+      total += Number(fs.readFileSync(`/proc/${pid}/status`, 'utf8').match(/VmRSS:\s+(\d+)/)?.[1] ?? 0);
+    } catch {
+      // gone
+    }
+  }
+  return total;
+}
+
+// ------------------------------------------------------------------ the run
+
+const persistDir = fs.mkdtempSync(path.join(os.tmpdir(), 'breakwater-soak-'));
+const sim = await startSim(['--seed', '7']);
+const clientKeys = {};
+for (const c of CALLERS) clientKeys[c.key] = { id: c.id, tier: c.tier };
+CALIBRATE_KEYS.forEach((k, i) => { clientKeys[k] = { id: `soak-calibrate-${i}`, tier: 'calibrate' }; });
+const vars = workerVars(sim, {
+  CLIENT_KEYS: JSON.stringify(clientKeys),
+  RATE_LIMITS: JSON.stringify(TIERS),
+  ATTEMPT_TIMEOUT_MS: String(ATTEMPT_TIMEOUT_MS),
+  MAX_ATTEMPTS: String(MAX_ATTEMPTS),
+  REQUEST_BUDGET_MS: '6000',
+  BACKOFF_BASE_MS: '50',
+  BACKOFF_MAX_MS: '400',
+});
+
+const workerLogs = [];
+let worker;
+let instance = 0;
+async function launchWorker() {
+  worker = await startWorker(vars, { persistDir });
+  instance += 1;
+  worker.instance = instance;
+  worker.pids = workerdPids();
+}
+await launchWorker();
+
+// The simulator's log, gathered as the run goes (it keeps the last 10 000 entries). Entries
+// are re-read for 40 s after they arrive, so that each one's answer (status, usage) is final.
+const simLog = new Map();
+let settledSeq = 0;
+async function pollLog() {
+  const res = await fetch(`${sim.url}/_sim/log?after=${settledSeq}`);
+  const entries = await res.json();
+  const now = Date.now();
+  for (const e of entries) {
+    simLog.set(e.seq, e);
+    if (e.seq === settledSeq + 1 && now - e.received_at_ms > 40_000) settledSeq = e.seq;
+  }
+}
+
+const records = [];
+let nextId = 0;
+let paused = null; // a promise while the Worker restarts
+const inflight = new Set();
+
+function headersFor(caller, id, fault) {
+  return {
+    'content-type': 'application/json',
+    'x-api-key': caller.key,
+    'anthropic-version': '2023-06-01',
+    'x-soak-id': String(id),
+    ...(fault ? { 'x-sim-fault': JSON.stringify(fault) } : {}),
+  };
+}
+
+/** One request, recorded with what the ledger needs. */
+async function one(caller) {
+  while (paused) await paused;
+  const id = ++nextId;
+  const r = { id, caller: caller.id, instance: worker.instance };
+  records.push(r);
+  const count = rand() < 0.12;
+  r.route = count ? 'count' : 'messages';
+  r.prompt = Math.floor(rand() * PROMPTS.length);
+  const body = { model: MODEL, messages: [{ role: 'user', content: PROMPTS[r.prompt] }] };
+  let fault = null;
+  let abort = null;
+  if (!count) {
+    r.stream = rand() < 0.5;
+    r.maxTokens = [16, 64, 200, 400][Math.floor(rand() * 4)];
+    body.max_tokens = r.maxTokens;
+    if (r.stream) body.stream = true;
+    [r.fault, fault] = pick(r.stream ? STREAM_FAULTS : JSON_FAULTS);
+    const roll = rand();
+    if (roll < 0.04) {
+      // The client gives up while the request waits for its first byte.
+      r.fault = 'client leaves before headers';
+      fault = { hang: true };
+      abort = 'before';
+    } else if (r.stream && roll < 0.09) {
+      r.fault = 'client leaves mid-stream';
+      fault = { tokens: 80, token_delay_ms: 30 };
+      abort = 'mid';
+    }
+  } else {
+    r.fault = 'count_tokens';
+  }
+  const ctl = new AbortController();
+  const url = `${worker.url}/v1/messages${count ? '/count_tokens' : ''}`;
+  r.sentAt = Date.now();
+  const done = (async () => {
+    let timer;
+    if (abort === 'before') timer = setTimeout(() => ctl.abort(), 500);
+    // Nothing the proxy does should take 30 s here (6 s budgets, 0.8 s attempt timeouts).
+    const watchdog = setTimeout(() => { r.hung = true; ctl.abort(); }, 30_000);
+    try {
+      const res = await fetch(url, { method: 'POST', headers: headersFor(caller, id, fault), body: JSON.stringify(body), signal: ctl.signal });
+      r.headersAt = Date.now();
+      r.status = res.status;
+      if (res.status !== 200) {
+        const text = await res.text();
+        try {
+          r.scope = JSON.parse(text).limit?.scope;
+          r.retryAfterMs = JSON.parse(text).retry_after_ms;
+        } catch {
+          // not JSON
+        }
+      } else if (abort === 'mid') {
+        const reader = res.body.getReader();
+        let bytes = 0;
+        while (bytes < 600) {
+          const { value, done: end } = await reader.read();
+          if (end) break;
+          bytes += value.length;
+        }
+        await reader.cancel();
+        r.outcome = 'left mid-stream';
+      } else {
+        await res.arrayBuffer().catch(() => { r.bodyBroke = true; });
+      }
+      r.outcome ??= 'answered';
+    } catch (e) {
+      r.outcome = r.hung ? 'hung' : ctl.signal.aborted ? 'left before headers' : `network error: ${e.cause?.code ?? e.message}`;
+    } finally {
+      if (r.hung) r.outcome = 'hung';
+      clearTimeout(timer);
+      clearTimeout(watchdog);
+      r.endedAt = Date.now();
+    }
+  })();
+  inflight.add(done);
+  await done;
+  inflight.delete(done);
+  return r;
+}
+
+/** A caller's workers: one more than its concurrency, back to back. */
+async function drive(caller, until) {
+  const lanes = Array.from({ length: caller.limits.concurrency + 1 }, async () => {
+    while (Date.now() < until) {
+      const r = await one(caller);
+      if (r.status === 429 && r.scope === 'key') {
+        await sleep(caller.pushy ? 200 : Math.min(r.retryAfterMs ?? 1000, 3000));
+      } else {
+        await sleep(rand() * 150);
+      }
+    }
+  });
+  await Promise.all(lanes);
+}
+
+// Calibration: the proxy's input estimate for each prompt (a fresh bucket, charged once).
+const estimates = [];
+for (let i = 0; i < PROMPTS.length; i++) {
+  const body = { model: MODEL, max_tokens: 1, messages: [{ role: 'user', content: PROMPTS[i] }] };
+  const res = await fetch(`${worker.url}/v1/messages`, { method: 'POST', headers: { ...headersFor({ key: CALIBRATE_KEYS[i] }, 0, { tokens: 1 }) }, body: JSON.stringify(body) });
+  await res.arrayBuffer();
+  estimates.push(TIERS.calibrate.input_tpm - Number(res.headers.get('anthropic-ratelimit-input-tokens-remaining')));
+}
+say(`input estimates of the prompts: ${estimates.join(', ')}; run of ${SECONDS} s`);
+
+const t0 = Date.now();
+const until = t0 + SECONDS * 1000;
+const memory = [];
+const sampler = setInterval(() => {
+  memory.push({ t: Date.now() - t0, instance: worker.instance, kib: rssKib(worker.pids) });
+}, 1000);
+const poller = setInterval(() => { pollLog().catch((e) => say(`log poll: ${e.message}`)); }, 3000);
+const queued = {};
+const chaos = (async () => {
+  const names = Object.keys(QUEUE_FAULTS);
+  while (Date.now() < until - 2000) {
+    await sleep(2000 + rand() * 4000);
+    const name = names[Math.floor(rand() * names.length)];
+    queued[name] = (queued[name] ?? 0) + 1;
+    await sim.script([QUEUE_FAULTS[name]]).catch(() => {});
+  }
+})();
+let restartedAt = null;
+let killedInFlight = 0;
+const restart = (async () => {
+  await sleep(SECONDS * 1000 * 0.45);
+  let release;
+  paused = new Promise((r) => { release = r; });
+  killedInFlight = inflight.size;
+  say(`restarting the Worker with ${killedInFlight} requests in flight`);
+  const old = worker;
+  workerLogs.push(...old.logs);
+  await old.stop();
+  await launchWorker();
+  restartedAt = Date.now() - t0;
+  paused = null;
+  release();
+})();
+
+await Promise.all([...CALLERS.map((c) => drive(c, until)), chaos, restart]);
+await Promise.all([...inflight]);
+const stoppedAt = Date.now();
+say(`traffic over after ${((stoppedAt - t0) / 1000).toFixed(0)} s: ${records.length} requests`);
+clearInterval(poller);
+
+/** Reads the log's tail again (answers are over, so every entry is final). */
+async function finalLog() {
+  const entries = await (await fetch(`${sim.url}/_sim/log?after=${settledSeq}`)).json();
+  for (const e of entries) simLog.set(e.seq, e);
+}
+
+// ------------------------------------------------------------------ the ledger
+
+const attemptsOf = new Map();
+function indexLog() {
+  attemptsOf.clear();
+  for (const e of [...simLog.values()].sort((a, b) => a.seq - b.seq)) {
+    const id = Number(e.headers['x-soak-id']);
+    if (!id) continue;
+    if (!attemptsOf.has(id)) attemptsOf.set(id, []);
+    attemptsOf.get(id).push(e);
+  }
+}
+
+/** What a request should have been charged: per dimension, {lo, hi} admission times and amount ranges. */
+function charges(r, limits) {
+  const out = [];
+  if (r.status === 429 && r.scope === 'key') return out; // denied: nothing charged
+  const attempts = attemptsOf.get(r.id) ?? [];
+  const reached = attempts.length > 0;
+  const known = r.status !== undefined; // the client got an answer (not a caller denial)
+  const admitted = known || reached ? 1 : 0; // else it may have gone before its admission
+  const admitLo = r.sentAt;
+  const admitHi = Math.min(reached ? attempts[0].received_at_ms : Infinity, r.headersAt ?? Infinity, r.endedAt);
+  const at = { lo: admitLo, hi: admitHi };
+  out.push({ dim: 'rpm', ...at, a: [admitted, 1] });
+  if (r.route === 'count') return out;
+  const resIn = Math.min(estimates[r.prompt], limits.input_tpm);
+  const resOut = r.maxTokens;
+  const final = attempts.at(-1);
+  const u = final?.usage;
+  const usedIn = u ? u.input_tokens + u.cache_creation_input_tokens : null;
+  const f = final?.fault ?? {};
+  let settled; // [[inLo, inHi], [outLo, outHi]]
+  let extraAt = null;
+  if (!known || r.outcome !== 'answered') {
+    // The client went away, or lost the Worker: settled as cut short (or as no answer), or
+    // dropped by the runtime with the reservation kept. Either is allowed.
+    const cut = r.outcome === 'left mid-stream' && usedIn !== null;
+    settled = [[cut ? usedIn : 0, resIn], [cut ? resOut : 0, resOut]];
+    if (!admitted) settled = [[0, resIn], [0, resOut]];
+  } else if (r.status !== 200) {
+    settled = [[0, 0], [0, 0]];
+  } else if (u === null || u === undefined || (f.reset === 'after_headers' && !r.stream)) {
+    settled = [[resIn, resIn], [resOut, resOut]]; // usage unreadable: the reservation stands
+  } else if (f.reset === 'after_headers' || f.stall_after_events !== undefined) {
+    settled = [[usedIn, usedIn], [resOut, resOut]]; // cut short: input settled, output kept
+  } else if (f.error_event_after !== undefined) {
+    settled = [[usedIn, usedIn], [1, 1]]; // ended by the upstream's error: the output so far
+  } else {
+    settled = [[usedIn, usedIn], [u.output_tokens, u.output_tokens]];
+    extraAt = { lo: final.received_at_ms, hi: r.endedAt + 250 };
+  }
+  for (const [dim, [lo, hi], res] of [['input_tpm', settled[0], resIn], ['output_tpm', settled[1], resOut]]) {
+    const adm = admitted ? 1 : 0;
+    out.push({ dim, ...at, a: [Math.min(lo, res) * adm, Math.min(hi, res)] });
+    if (hi > res) out.push({ dim, ...(extraAt ?? at), a: [Math.max(0, lo - res), hi - res], extra: true });
+  }
+  return out;
+}
+
+/** The bucket's used level (units) at `t` after these charges (time ms, amount tokens). */
+function level(events, quota, t) {
+  let used = 0;
+  let last = -Infinity;
+  for (const e of [...events].sort((a, b) => a.t - b.t)) {
+    if (e.t > t) break;
+    used = Math.max(0, used - (e.t - last) * quota) + e.a * UNITS;
+    last = e.t;
+  }
+  return Math.max(0, used - (t - last) * quota);
+}
+
+const probeBody = (limits) => ({ model: MODEL, max_tokens: limits.output_tpm + 1, messages: [{ role: 'user', content: 'x' }] });
+const failures = [];
+/** Probes every caller's figures and compares them with the replay. */
+async function checkLedger(when) {
+const ledger = [];
+for (const c of CALLERS) {
+  const evs = records.filter((r) => r.caller === c.id).flatMap((r) => charges(r, c.limits));
+  // The probe asks for more output than a whole bucket: refused with 400 before anything is
+  // charged, carrying the caller's figures as of the object's decision.
+  const sent = Date.now();
+  const res = await fetch(`${worker.url}/v1/messages`, { method: 'POST', headers: headersFor(c, 0, null), body: JSON.stringify(probeBody(c.limits)) });
+  await res.arrayBuffer();
+  const back = Date.now();
+  if (res.status !== 400) failures.push(`${c.id}: the probe got ${res.status}, not 400`);
+  const row = { caller: c.id, tier: c.tier };
+  for (const [dim, header] of [['rpm', 'requests'], ['input_tpm', 'input-tokens'], ['output_tpm', 'output-tokens']]) {
+    const quota = c.limits[dim];
+    const mine = evs.filter((e) => e.dim === dim);
+    const usedMin = level(mine.map((e) => ({ t: e.lo, a: e.a[0] })), quota, back);
+    const usedMax = level(mine.map((e) => ({ t: e.hi, a: e.a[1] })), quota, sent);
+    const cap = quota * UNITS;
+    const hi = Math.floor(Math.max(0, cap - usedMin) / UNITS) + 1; // +1: whole-ms clocks
+    const lo = Math.max(0, Math.floor(Math.max(0, cap - usedMax) / UNITS) - 1);
+    const seen = Number(res.headers.get(`anthropic-ratelimit-${header}-remaining`));
+    const diff = seen < lo ? seen - lo : seen > hi ? seen - hi : 0;
+    row[dim] = { seen, lo, hi, diff, charged: mine.reduce((s, e) => s + e.a[1], 0) };
+    if (diff !== 0) failures.push(`${when}: ${c.id} ${dim}: the object shows ${seen} remaining, the replay ${lo}..${hi}`);
+  }
+  ledger.push(row);
+}
+return ledger;
+}
+
+// First 3 s after the traffic (every complete answer has settled by then; an answer whose
+// fate is unknown is allowed either state), then after the quiet period the slots need.
+await sleep(3000);
+await finalLog();
+indexLog();
+const ledgerEarly = await checkLedger('3 s after');
+say(`quiet for ${QUIET_MS / 1000} s`);
+await sleep(QUIET_MS);
+await finalLog();
+indexLog();
+const ledger = await checkLedger(`${QUIET_MS / 1000 + 3} s after`);
+
+// Slots: every caller runs `concurrency` overlapping requests.
+const slotResults = await Promise.all(CALLERS.flatMap((c) => Array.from({ length: c.limits.concurrency }, async () => {
+  const body = { model: MODEL, max_tokens: 1, stream: true, messages: [{ role: 'user', content: 'slot' }] };
+  const res = await fetch(`${worker.url}/v1/messages`, { method: 'POST', headers: headersFor(c, 0, { tokens: 1, token_delay_ms: 300 }), body: JSON.stringify(body) });
+  const text = await res.text();
+  return { caller: c.id, status: res.status, text: res.status === 200 ? '' : text };
+})));
+for (const s of slotResults.filter((s) => s.status !== 200)) failures.push(`${s.caller}: a slot was still held (${s.status} ${s.text.slice(0, 160)})`);
+
+const hung = records.filter((r) => r.outcome === 'hung');
+if (hung.length) {
+  failures.push(`${hung.length} requests had no complete answer after 30 s: ${hung.map((r) => `#${r.id} ${r.fault} (${r.stream ? 'SSE' : 'JSON'}, status ${r.status ?? 'none'}, ${attemptsOf.get(r.id)?.length ?? 0} upstream attempts)`).join('; ')}`);
+}
+workerLogs.push(...worker.logs);
+const settleFailed = workerLogs.filter((l) => l.includes('settle_failed'));
+if (settleFailed.length) failures.push(`${settleFailed.length} settle_failed log lines, e.g. ${settleFailed[0]}`);
+clearInterval(sampler);
+
+// Memory: per Worker instance, the peak of its first and of its last third (from 5 s on).
+const mem = [];
+for (const i of [1, 2]) {
+  const s = memory.filter((m) => m.instance === i && m.kib > 0);
+  if (!s.length) continue;
+  const start = s[0].t;
+  const span = s.at(-1).t - start;
+  const warm = s.filter((m) => m.t - start >= 5000 && m.t - start <= 5000 + span / 3);
+  const late = s.filter((m) => m.t - start >= (2 * span) / 3);
+  const mib = (k) => Math.round(k / 102.4) / 10;
+  const peakOf = (xs) => Math.max(...xs.map((m) => m.kib));
+  const row = {
+    instance: i,
+    first: mib(s[0].kib),
+    warm: mib(peakOf(warm.length ? warm : s)),
+    peak: mib(peakOf(s)),
+    end: mib(s.at(-1).kib),
+    late: mib(peakOf(late.length ? late : s)),
+  };
+  row.growth = Math.round((row.late - row.warm) * 10) / 10;
+  mem.push(row);
+  if (row.growth > 64) failures.push(`workerd instance ${i} grew ${row.growth} MiB from its first third to its last`);
+}
+
+await worker.stop();
+await sim.stop();
+fs.rmSync(persistDir, { recursive: true, force: true });
+
+// ------------------------------------------------------------------ the report
+
+const byKind = {};
+for (const r of records) byKind[r.fault] = (byKind[r.fault] ?? 0) + 1;
+for (const [k, n] of Object.entries(queued)) byKind[k] = n;
+const statuses = {};
+for (const r of records) {
+  const k = r.status === 429 && r.scope === 'key' ? '429 (caller limit)' : r.status ?? r.outcome;
+  statuses[k] = (statuses[k] ?? 0) + 1;
+}
+const summary = {
+  seconds: SECONDS,
+  wall_s: Math.round((Date.now() - t0) / 1000),
+  requests: records.length,
+  upstream_attempts: [...attemptsOf.values()].reduce((s, a) => s + a.length, 0),
+  left_before_headers: records.filter((r) => r.outcome === 'left before headers').length,
+  left_before_headers_by_attempts_seen: records.filter((r) => r.outcome === 'left before headers')
+    .reduce((m, r) => { const n = attemptsOf.get(r.id)?.length ?? 0; m[n] = (m[n] ?? 0) + 1; return m; }, {}),
+  left_mid_stream: records.filter((r) => r.outcome === 'left mid-stream').length,
+  hung: records.filter((r) => r.outcome === 'hung').length,
+  killed_by_restart: records.filter((r) => r.outcome?.startsWith('network error')).length,
+  restarts: 1,
+  restarted_at_s: Math.round(restartedAt / 1000),
+  in_flight_at_restart: killedInFlight,
+  statuses,
+  faults: byKind,
+  ledger_3s_after: ledgerEarly,
+  ledger_after_quiet: ledger,
+  memory_mib: mem,
+  settle_failed: settleFailed.length,
+  failures,
+};
+const outDir = path.join(ROOT, 'artifacts/soak');
+fs.mkdirSync(outDir, { recursive: true });
+if (process.env.SOAK_DEBUG) {
+  const dump = records.map((r) => ({ ...r, attempts: (attemptsOf.get(r.id) ?? []).map((e) => ({ at: e.received_at_ms, status: e.status, fault: e.fault, usage: e.usage })), charges: charges(r, CALLERS.find((c) => c.id === r.caller).limits) }));
+  fs.writeFileSync(path.join(outDir, 'records.json'), JSON.stringify({ estimates, dump }));
+}
+fs.writeFileSync(path.join(outDir, 'summary.json'), `${JSON.stringify(summary, null, 2)}\n`);
+
+console.log(`soak: ${summary.requests} requests in ${SECONDS} s (${summary.upstream_attempts} upstream attempts), ` +
+  `${summary.left_before_headers} clients left before headers, ${summary.left_mid_stream} mid-stream, ` +
+  `1 restart at ${summary.restarted_at_s} s with ${killedInFlight} in flight`);
+console.log(`statuses: ${Object.entries(statuses).map(([k, n]) => `${k}: ${n}`).join(', ')}`);
+console.log(`faults: ${Object.entries(byKind).map(([k, n]) => `${k}: ${n}`).join(', ')}`);
+console.log(`ledger, 3 s after the traffic | after ${QUIET_MS / 1000 + 3} s: remaining as the object reports it, the replay's range, difference`);
+console.log('| caller | dimension | charged (replay, at most) | remaining | replay | difference | remaining later | replay | difference |');
+console.log('|---|---|---|---|---|---|---|---|---|');
+ledgerEarly.forEach((row, i) => {
+  for (const dim of ['rpm', 'input_tpm', 'output_tpm']) {
+    const d = row[dim];
+    const l = ledger[i][dim];
+    console.log(`| ${row.caller} | ${dim} | ${d.charged} | ${d.seen} | ${d.lo}..${d.hi} | ${d.diff} | ${l.seen} | ${l.lo}..${l.hi} | ${l.diff} |`);
+  }
+});
+console.log('| workerd instance | at start | warm (first third) | peak | last third | at end | growth |');
+console.log('|---|---|---|---|---|---|---|');
+for (const m of mem) console.log(`| ${m.instance} | ${m.first} MiB | ${m.warm} MiB | ${m.peak} MiB | ${m.late} MiB | ${m.end} MiB | ${m.growth} MiB |`);
+console.log(`settle_failed lines: ${settleFailed.length}; slots held at the end: ${slotResults.filter((s) => s.status !== 200).length}`);
+if (failures.length) {
+  console.log(`FAILED:\n  ${failures.join('\n  ')}`);
+  process.exit(1);
+}
+console.log('soak: ledger, slots, settlements and memory all hold');
+process.exit(0);
