@@ -300,40 +300,29 @@ async fn attempt(
     );
     let is_sse = is_event_stream(&upstream_headers);
 
-    if status == 429 && !is_sse {
-        // A spend limit is never retried: read the (small) body to tell it from a rate limit.
-        let Some(bytes) = read_error_body(&mut response).await else {
-            return (Outcome::ConnectFailure, None);
-        };
-        if is_spend_limit(&bytes) {
-            should_retry = Some(false);
-            upstream_headers.retain(|(name, _)| !name.eq_ignore_ascii_case("x-should-retry"));
-            upstream_headers.push(("x-should-retry".to_string(), "false".to_string()));
-        }
-        let answer = UpstreamAnswer {
-            status,
-            headers: upstream_headers,
-            body: UpstreamBody::Read(bytes),
-        };
-        return (
-            Outcome::Response {
-                status,
-                should_retry,
-                wait_floor_ms,
-            },
-            Some(answer),
-        );
-    }
-
     if !(streaming && status == 200 && is_sse) {
-        let body = match response.body() {
-            worker::ResponseBody::Stream(s) => Some(s.clone()),
-            _ => None,
+        let body = if status == 429 && !is_sse {
+            // A spend limit is never retried: read the (small) body to tell it from a rate
+            // limit.
+            let Some(bytes) = read_error_body(&mut response).await else {
+                return (Outcome::ConnectFailure, None);
+            };
+            if is_spend_limit(&bytes) {
+                should_retry = Some(false);
+                upstream_headers.retain(|(name, _)| !name.eq_ignore_ascii_case("x-should-retry"));
+                upstream_headers.push(("x-should-retry".to_string(), "false".to_string()));
+            }
+            UpstreamBody::Read(bytes)
+        } else {
+            UpstreamBody::Untouched(match response.body() {
+                worker::ResponseBody::Stream(s) => Some(s.clone()),
+                _ => None,
+            })
         };
         let answer = UpstreamAnswer {
             status,
             headers: upstream_headers,
-            body: UpstreamBody::Untouched(body),
+            body,
         };
         return (
             Outcome::Response {
