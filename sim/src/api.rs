@@ -335,35 +335,13 @@ fn refused(ctx: &Ctx, refusal: &Refusal) -> Response<Body> {
                 "This request would exceed your organization's rate limit of requests per minute. \
                  Please try again later.",
             );
-            let secs = retry_after_ms.div_ceil(1000).max(1);
-            set_header(
-                &mut resp,
-                HeaderName::from_static("retry-after"),
-                &secs.to_string(),
-            );
-            set_header(
-                &mut resp,
-                HeaderName::from_static("retry-after-ms"),
-                &retry_after_ms.to_string(),
-            );
+            set_retry_after(&mut resp, *retry_after_ms);
             resp
         }
         Refusal::KeyLimited(limited) => {
             let mut resp = ctx.error(429, "rate_limit_error", &limited.message);
             match limited.retry_after_ms {
-                Some(ms) => {
-                    let secs = ms.div_ceil(1000).max(1);
-                    set_header(
-                        &mut resp,
-                        HeaderName::from_static("retry-after"),
-                        &secs.to_string(),
-                    );
-                    set_header(
-                        &mut resp,
-                        HeaderName::from_static("retry-after-ms"),
-                        &ms.to_string(),
-                    );
-                }
+                Some(ms) => set_retry_after(&mut resp, ms),
                 // Larger than the bucket: waiting will not help.
                 None => set_header(
                     &mut resp,
@@ -725,4 +703,19 @@ pub fn not_found(state: &State, path: &str) -> Response<Body> {
         &request_id,
     );
     resp
+}
+
+/// `retry-after` (whole seconds, rounded up, at least 1) and `retry-after-ms`.
+fn set_retry_after<B>(resp: &mut hyper::Response<B>, ms: u64) {
+    let secs = ms.div_ceil(1000).max(1);
+    set_header(
+        resp,
+        HeaderName::from_static("retry-after"),
+        &secs.to_string(),
+    );
+    set_header(
+        resp,
+        HeaderName::from_static("retry-after-ms"),
+        &ms.to_string(),
+    );
 }

@@ -6,6 +6,7 @@ use super::pace::{Cost, KeyLimits};
 use super::policy::OutagePolicy;
 use super::state::{AttemptReport, Change, Gate, UpstreamState};
 use crate::durable::ObjectState;
+use crate::retry::runner::{Ask, Tell};
 
 /// The alarm looks again this often whether the key's state can be forgotten.
 const IDLE_CHECK_MS: u64 = 60_000;
@@ -40,6 +41,36 @@ pub enum UpstreamCall {
         #[serde(default)]
         limits: KeyLimits,
     },
+}
+
+impl UpstreamCall {
+    /// The call for the runner's question before an attempt, about `pool`.
+    #[must_use]
+    pub fn before(pool: &str, ask: Ask) -> UpstreamCall {
+        UpstreamCall::Before {
+            model: pool.to_string(),
+            is_retry: ask.is_retry,
+            deadline_ms: ask.deadline_ms,
+            request_seed: ask.request_seed,
+            unreported: ask.unreported,
+            served: ask.unreported_served,
+            cost: ask.cost,
+        }
+    }
+
+    /// The call for what the runner tells after an attempt, about `pool`; `rng_seed` jitters
+    /// a probe this report schedules.
+    #[must_use]
+    pub fn after(pool: &str, tell: Tell, rng_seed: u64) -> UpstreamCall {
+        UpstreamCall::After {
+            model: pool.to_string(),
+            report: tell.report,
+            rng_seed,
+            unreported: tell.unreported,
+            served: tell.unreported_served,
+            limits: tell.limits,
+        }
+    }
 }
 
 /// The object's answer to a call.

@@ -273,15 +273,7 @@ impl SharedState for SimShared {
         if !ask.is_retry {
             *self.asked_first.borrow_mut() = true;
         }
-        let call = UpstreamCall::Before {
-            model: MODEL.to_string(),
-            is_retry: ask.is_retry,
-            deadline_ms: ask.deadline_ms,
-            request_seed: ask.request_seed,
-            unreported: ask.unreported,
-            served: ask.unreported_served,
-            cost: ask.cost,
-        };
+        let call = UpstreamCall::before(MODEL, ask);
         // The object's own decision, as the Durable Object makes it.
         let UpstreamReply::Gate(gate) = self.state.borrow_mut().decide(now, call) else {
             panic!("a gate answers a before-call");
@@ -310,14 +302,7 @@ impl SharedState for SimShared {
         let now = self.time.now_ms();
         let mut log = self.log.borrow_mut();
         log.shared_calls += 1;
-        let call = UpstreamCall::After {
-            model: MODEL.to_string(),
-            report: tell.report,
-            rng_seed: self.seed ^ now,
-            unreported: tell.unreported,
-            served: tell.unreported_served,
-            limits: tell.limits,
-        };
+        let call = UpstreamCall::after(MODEL, tell, self.seed ^ now);
         let UpstreamReply::Change(change) = self.state.borrow_mut().decide(now, call) else {
             panic!("a change answers an after-call");
         };

@@ -83,27 +83,12 @@ impl<'a> KeyState<'a> {
 
 impl SharedState for KeyState<'_> {
     async fn before(&mut self, ask: Ask) -> Result<Gate, Unreachable> {
-        let call = UpstreamCall::Before {
-            model: self.model.clone(),
-            is_retry: ask.is_retry,
-            deadline_ms: ask.deadline_ms,
-            request_seed: ask.request_seed,
-            unreported: ask.unreported,
-            served: ask.unreported_served,
-            cost: ask.cost,
-        };
+        let call = UpstreamCall::before(&self.model, ask);
         self.call(&call).await
     }
 
     async fn after(&mut self, tell: Tell) {
-        let call = UpstreamCall::After {
-            model: self.model.clone(),
-            report: tell.report,
-            rng_seed: random_u64(),
-            unreported: tell.unreported,
-            served: tell.unreported_served,
-            limits: tell.limits,
-        };
+        let call = UpstreamCall::after(&self.model, tell, random_u64());
         // A report that cannot be delivered is logged by the call; the request goes on.
         let _: Result<Change, Unreachable> = self.call(&call).await;
     }
