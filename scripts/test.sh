@@ -2,8 +2,8 @@
 # Runs every test: host unit and property tests of the pure core and the simulator, lints, a
 # brief fuzz run of the parsers, the end-to-end suite (the real Worker in workerd against the
 # simulator on loopback), then the browser suite (the demo page in headless Chromium, on
-# another origin than the Worker). The soak run (./scripts/soak.sh) is not part of it yet: it
-# found requests that never end (see README, Hardening → Soak).
+# another origin than the Worker), then a one-minute soak run (./scripts/soak.sh runs the
+# long one).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
@@ -31,3 +31,6 @@ node --test --test-concurrency=1 tests/e2e/
 
 echo "== browser (headless Chromium + workerd + simulator)"
 node --test --test-concurrency=1 tests/browser/
+
+echo "== soak, 60 s (chaos, ledger, slots, memory; ./scripts/soak.sh for the long run)"
+node tests/soak/soak.mjs 60

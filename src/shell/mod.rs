@@ -5,8 +5,10 @@
 //! panics on input: every failure becomes the core's error envelope.
 
 mod objects;
+mod reader;
 mod respond;
 mod runtime;
+mod timer;
 mod transport;
 
 use std::pin::pin;

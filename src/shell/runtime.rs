@@ -1,10 +1,8 @@
 //! The runtime's clock, randomness, sleep, configuration and request body, behind small
 //! functions so the rest of the shell reads like the core it drives.
 
-use std::time::Duration;
-
 use futures_util::StreamExt;
-use worker::{Delay, Env, Request};
+use worker::{Env, Request};
 
 use std::cell::RefCell;
 use std::collections::hash_map::DefaultHasher;
@@ -41,7 +39,7 @@ impl crate::retry::runner::Sleep for Platform {
 
 pub async fn sleep_ms(ms: u64) {
     if ms > 0 {
-        Delay::from(Duration::from_millis(ms)).await;
+        super::timer::Timer::after_ms(ms).await;
     }
 }
 

@@ -6,17 +6,17 @@
 //! client, nothing is retried.
 
 use std::pin::pin;
-use std::time::Duration;
 
-use futures_channel::oneshot;
 use futures_util::future::{ready, select, Either};
 use futures_util::{stream, StreamExt};
 use worker::{
-    AbortController, ByteStream, Delay, Fetch, Headers, Method, Request, RequestInit,
-    RequestRedirect, Response, ResponseBuilder,
+    AbortController, Fetch, Headers, Method, Request, RequestInit, RequestRedirect, Response,
+    ResponseBuilder,
 };
 
+use super::reader::BodyReader;
 use super::runtime::now_ms;
+use super::timer::Timer;
 use crate::error::ProxyError;
 use crate::request::headers::{forward_downstream, forward_upstream};
 use crate::retry::runner::Transport;
@@ -24,7 +24,7 @@ use crate::retry::{
     is_spend_limit, should_retry_header, upstream_wait_ms, Outcome, MAX_ERROR_BODY_BYTES,
 };
 use crate::stream::sse::{EventScanner, SseEvent};
-use crate::stream::tap::{Progress, Seen, Tap};
+use crate::stream::tap::{Progress, Report, Tap};
 use crate::stream::{exact_length, header, is_event_stream};
 use crate::upstream::KeyLimits;
 
@@ -32,7 +32,7 @@ use crate::upstream::KeyLimits;
 pub struct Delivered {
     pub response: Response,
     pub status: u16,
-    pub seen: Option<(oneshot::Receiver<Seen>, Progress)>,
+    pub seen: Option<(Report, Progress)>,
 }
 
 /// What one attempt brought back, kept until the runner decides whether to deliver it.
@@ -46,7 +46,7 @@ enum UpstreamBody {
     /// Not looked into: handed to the client as the runtime's own stream.
     Untouched(Option<worker::web_sys::ReadableStream>),
     /// An SSE stream whose first event was read: those bytes, then the rest as it comes.
-    Sse { head: Vec<u8>, rest: ByteStream },
+    Sse { head: Vec<u8>, rest: BodyReader },
     /// A small error body read whole (a `429`, to tell a spend limit), as it came.
     Read(Vec<u8>),
 }
@@ -150,7 +150,12 @@ pub fn deliver(answer: UpstreamAnswer, tap: bool, idle_ms: u64) -> Result<Delive
         UpstreamBody::Untouched(Some(body)) if !tap => (builder.stream(body), None),
         UpstreamBody::Untouched(Some(body)) => {
             let length = exact_length(&answer.headers);
-            let (tapped, seen, progress) = Tap::watched(ByteStream::from(body), false);
+            let Some(reader) = BodyReader::new(&body) else {
+                return Err(ProxyError::Internal(
+                    "the answer's body was not readable".to_string(),
+                ));
+            };
+            let (tapped, seen, progress) = Tap::watched(reader, false);
             let seen = (seen, progress);
             let response = builder.from_stream(tapped).map_err(stream_failed)?;
             (
@@ -242,7 +247,7 @@ where
                 return None;
             }
             let next = pin!(rest.next());
-            let timer = pin!(Delay::from(Duration::from_millis(idle_ms)));
+            let timer = pin!(Timer::after_ms(idle_ms));
             match select(next, timer).await {
                 Either::Left((Some(Ok(chunk)), _)) => Some((Ok(chunk), (rest, false))),
                 Either::Left((Some(Err(_)), _)) => Some((
@@ -279,7 +284,7 @@ async fn attempt(
     let fetch = Fetch::Request(request);
     let response = {
         let send = pin!(fetch.send_with_signal(&signal));
-        let timer = pin!(Delay::from(Duration::from_millis(timeout_ms)));
+        let timer = pin!(Timer::after_ms(timeout_ms));
         match select(send, timer).await {
             Either::Left((Ok(response), _)) => response,
             Either::Left((Err(_), _)) => return (Outcome::ConnectFailure, None),
@@ -334,7 +339,7 @@ async fn attempt(
         );
     }
 
-    let Ok(mut rest) = response.stream() else {
+    let Some(mut rest) = body_of(&response) else {
         return (Outcome::ConnectFailure, None);
     };
     match first_event(&mut rest, deadline).await {
@@ -366,10 +371,18 @@ async fn attempt(
     }
 }
 
+/// A reader of the answer's body; `None` when it has none.
+fn body_of(response: &Response) -> Option<BodyReader> {
+    match response.body() {
+        worker::ResponseBody::Stream(stream) => BodyReader::new(stream),
+        _ => None,
+    }
+}
+
 /// Reads an error body up to [`MAX_ERROR_BODY_BYTES`] (the rest, if any, is dropped: the API's
 /// error bodies are far smaller). `None` when the body fails mid-way.
 async fn read_error_body(response: &mut Response) -> Option<Vec<u8>> {
-    let Ok(mut stream) = response.stream() else {
+    let Some(mut stream) = body_of(response) else {
         return Some(Vec::new());
     };
     let mut bytes = Vec::new();
@@ -395,7 +408,7 @@ enum FirstEvent {
 }
 
 /// Reads until the first complete SSE event, or the attempt's deadline.
-async fn first_event(stream: &mut ByteStream, deadline_ms: u64) -> FirstEvent {
+async fn first_event(stream: &mut BodyReader, deadline_ms: u64) -> FirstEvent {
     let mut scanner = EventScanner::new();
     let mut head = Vec::new();
     loop {
@@ -404,7 +417,7 @@ async fn first_event(stream: &mut ByteStream, deadline_ms: u64) -> FirstEvent {
             return FirstEvent::TimedOut;
         }
         let next = pin!(stream.next());
-        let timer = pin!(Delay::from(Duration::from_millis(remaining)));
+        let timer = pin!(Timer::after_ms(remaining));
         let chunk = match select(next, timer).await {
             Either::Left((Some(Ok(chunk)), _)) => chunk,
             Either::Left((Some(Err(_)) | None, _)) => return FirstEvent::Broken,

@@ -5,13 +5,17 @@
 //! chunk through unchanged and unbuffered; it keeps only one partial SSE event (or, for JSON,
 //! at most [`MAX_JSON_BYTES`]). When the body ends, fails, or is dropped because the client
 //! went away, it reports what it saw exactly once.
+//!
+//! A report from a drop wakes nobody: the runtime may drop an abandoned body from outside
+//! any request (when it collects it), and a future woken there is polled there, where
+//! nothing it does is allowed. The settlement finds such a report on its next tick instead.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 
-use futures_channel::oneshot;
 use futures_util::Stream;
 use serde::Deserialize;
 
@@ -49,23 +53,75 @@ impl Progress {
     }
 }
 
+/// Where a tap's one report goes.
+#[derive(Debug, Clone, Default)]
+pub struct Report(Rc<RefCell<ReportState>>);
+
+#[derive(Debug, Default)]
+struct ReportState {
+    seen: Option<Seen>,
+    waker: Option<Waker>,
+}
+
+impl Report {
+    /// The report, once made.
+    pub fn seen(&self) -> Option<Seen> {
+        self.0.borrow().seen
+    }
+
+    /// Completes when a report is made by the body ending while it was read; one made by a
+    /// drop is only found by [`Report::seen`].
+    pub fn ended(&self) -> Ended<'_> {
+        Ended(self)
+    }
+
+    fn make(&self, seen: Seen, wake: bool) {
+        let waker = {
+            let mut state = self.0.borrow_mut();
+            state.seen = Some(seen);
+            state.waker.take()
+        };
+        if let Some(waker) = waker.filter(|_| wake) {
+            waker.wake();
+        }
+    }
+}
+
+/// See [`Report::ended`].
+pub struct Ended<'a>(&'a Report);
+
+impl Future for Ended<'_> {
+    type Output = Seen;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Seen> {
+        let mut state = (self.0).0.borrow_mut();
+        match state.seen {
+            Some(seen) => Poll::Ready(seen),
+            None => {
+                state.waker = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        }
+    }
+}
+
 pub struct Tap<S> {
     inner: S,
     kind: BodyKind,
     usage: Usage,
-    report: Option<oneshot::Sender<Seen>>,
+    report: Option<Report>,
     progress: Progress,
 }
 
 impl<S> Tap<S> {
-    pub fn new(inner: S, sse: bool) -> (Tap<S>, oneshot::Receiver<Seen>) {
-        let (tap, rx, _) = Tap::watched(inner, sse);
-        (tap, rx)
+    pub fn new(inner: S, sse: bool) -> (Tap<S>, Report) {
+        let (tap, report, _) = Tap::watched(inner, sse);
+        (tap, report)
     }
 
     /// Like [`Tap::new`], with a [`Progress`] handle to watch the body while it flows.
-    pub fn watched(inner: S, sse: bool) -> (Tap<S>, oneshot::Receiver<Seen>, Progress) {
-        let (tx, rx) = oneshot::channel();
+    pub fn watched(inner: S, sse: bool) -> (Tap<S>, Report, Progress) {
+        let report = Report::default();
         let kind = if sse {
             BodyKind::Sse(Box::default())
         } else {
@@ -77,10 +133,10 @@ impl<S> Tap<S> {
                 inner,
                 kind,
                 usage: Usage::default(),
-                report: Some(tx),
+                report: Some(report.clone()),
                 progress: progress.clone(),
             },
-            rx,
+            report,
             progress,
         )
     }
@@ -105,25 +161,26 @@ impl<S> Tap<S> {
                     buf.shrink_to_fit();
                     self.kind = BodyKind::Json(Vec::new());
                     // Too large to parse: leave the reservation as charged.
-                    self.report_now(false);
+                    self.report_now(false, true);
                 }
             }
         }
     }
 
-    fn finish(&mut self, complete: bool) {
+    fn finish(&mut self, complete: bool, wake: bool) {
         if let BodyKind::Json(buf) = &self.kind {
             self.usage = json_usage(buf);
         }
-        self.report_now(complete);
+        self.report_now(complete, wake);
     }
 
-    fn report_now(&mut self, complete: bool) {
-        if let Some(tx) = self.report.take() {
-            let _ = tx.send(Seen {
+    fn report_now(&mut self, complete: bool, wake: bool) {
+        if let Some(report) = self.report.take() {
+            let seen = Seen {
                 usage: self.usage,
                 complete,
-            });
+            };
+            report.make(seen, wake);
         }
     }
 }
@@ -141,8 +198,8 @@ where
                 let chunk = chunk.clone();
                 self.observe(&chunk);
             }
-            Poll::Ready(Some(Err(_))) => self.finish(false),
-            Poll::Ready(None) => self.finish(true),
+            Poll::Ready(Some(Err(_))) => self.finish(false, true),
+            Poll::Ready(None) => self.finish(true, true),
             Poll::Pending => {}
         }
         polled
@@ -154,9 +211,9 @@ impl<S> Drop for Tap<S> {
         // The client went away mid-answer: report what was seen so far.
         if self.report.is_some() {
             if let BodyKind::Sse(_) = self.kind {
-                self.report_now(false);
+                self.report_now(false, false);
             } else {
-                self.finish(false);
+                self.finish(false, false);
             }
         }
     }
@@ -187,9 +244,9 @@ mod tests {
     type Chunk = Result<Vec<u8>, ()>;
 
     fn run(chunks: Vec<Chunk>, sse: bool) -> (Vec<Chunk>, Option<Seen>) {
-        let (tap, mut rx) = Tap::new(stream::iter(chunks), sse);
+        let (tap, report) = Tap::new(stream::iter(chunks), sse);
         let out: Vec<Chunk> = futures_executor::block_on(tap.collect());
-        (out, rx.try_recv().ok().flatten())
+        (out, report.seen())
     }
 
     const STREAM: &str = "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":30,\"output_tokens\":1}}}\n\n\
@@ -234,14 +291,58 @@ mod tests {
     #[test]
     fn a_client_that_goes_away_still_settles() {
         let chunks: Vec<Chunk> = vec![Ok(STREAM.as_bytes()[..120].to_vec()), Ok(b"more".to_vec())];
-        let (tap, mut rx) = Tap::new(stream::iter(chunks), true);
+        let (tap, report) = Tap::new(stream::iter(chunks), true);
         let mut tap = tap;
         let first = futures_executor::block_on(tap.next());
         assert!(first.is_some());
+        assert_eq!(report.seen(), None);
         drop(tap);
-        let seen = rx.try_recv().unwrap().unwrap();
+        let seen = report.seen().unwrap();
         assert!(!seen.complete);
         assert_eq!(seen.usage.input_tokens, Some(30));
+    }
+
+    /// Counts how often it is woken.
+    struct Wakes(std::sync::atomic::AtomicUsize);
+    impl std::task::Wake for Wakes {
+        fn wake(self: std::sync::Arc<Self>) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    fn waiting_on(report: &Report) -> std::sync::Arc<Wakes> {
+        let wakes = std::sync::Arc::new(Wakes(Default::default()));
+        let waker = Waker::from(wakes.clone());
+        let mut ended = report.ended();
+        let polled = Pin::new(&mut ended).poll(&mut Context::from_waker(&waker));
+        assert!(polled.is_pending());
+        wakes
+    }
+
+    #[test]
+    fn a_body_that_ends_wakes_its_settlement_but_a_dropped_one_does_not() {
+        let (mut tap, report) = Tap::new(
+            stream::iter(vec![Chunk::Ok(STREAM.as_bytes().to_vec())]),
+            true,
+        );
+        let wakes = waiting_on(&report);
+        while futures_executor::block_on(tap.next()).is_some() {}
+        assert_eq!(wakes.0.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert!(report.seen().is_some_and(|s| s.complete));
+
+        let chunks: Vec<Chunk> = vec![Ok(STREAM.as_bytes()[..120].to_vec()), Ok(b"more".to_vec())];
+        let (mut tap, report) = Tap::new(stream::iter(chunks), true);
+        let wakes = waiting_on(&report);
+        futures_executor::block_on(tap.next());
+        drop(tap);
+        // The drop may happen outside any request: it leaves the report and wakes nobody.
+        assert_eq!(wakes.0.load(std::sync::atomic::Ordering::SeqCst), 0);
+        assert!(report.seen().is_some_and(|s| !s.complete));
+        let mut ended = report.ended();
+        let waker = Waker::from(wakes);
+        assert!(Pin::new(&mut ended)
+            .poll(&mut Context::from_waker(&waker))
+            .is_ready());
     }
 
     #[test]

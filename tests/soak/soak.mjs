@@ -476,9 +476,15 @@ for (const s of slotResults.filter((s) => s.status !== 200)) failures.push(`${s.
 
 const hung = records.filter((r) => r.outcome === 'hung');
 if (hung.length) {
-  failures.push(`${hung.length} requests had no complete answer after 30 s: ${hung.map((r) => `#${r.id} ${r.fault} (${r.stream ? 'SSE' : 'JSON'}, status ${r.status ?? 'none'}, ${attemptsOf.get(r.id)?.length ?? 0} upstream attempts)`).join('; ')}`);
+  failures.push(`${hung.length} requests had no complete answer after 30 s: ${hung.map((r) => `#${r.id} ${r.fault} (${r.stream ? 'SSE' : 'JSON'}, status ${r.status ?? 'none'}, ${attemptsOf.get(r.id)?.length ?? 0} upstream attempts, sent at ${Math.round((r.sentAt - t0) / 1000)} s, headers after ${r.headersAt ? `${r.headersAt - r.sentAt} ms` : 'none'})`).join('; ')}`);
 }
 workerLogs.push(...worker.logs);
+fs.mkdirSync(path.join(ROOT, 'artifacts/soak'), { recursive: true });
+fs.writeFileSync(path.join(ROOT, 'artifacts/soak/worker.log'), workerLogs.join('\n'));
+// An exception the WebAssembly side did not catch restarts its instance and strands every
+// request in flight in it: not one is allowed.
+const critical = workerLogs.filter((l) => l.includes('Critical error') || l.includes('panicked'));
+if (critical.length) failures.push(`${critical.length} critical errors in the Worker (instance restarts), e.g. ${critical[0]}`);
 const settleFailed = workerLogs.filter((l) => l.includes('settle_failed'));
 if (settleFailed.length) failures.push(`${settleFailed.length} settle_failed log lines, e.g. ${settleFailed[0]}`);
 clearInterval(sampler);
@@ -541,6 +547,7 @@ const summary = {
   ledger_after_quiet: ledger,
   memory_mib: mem,
   settle_failed: settleFailed.length,
+  critical_errors: critical.length,
   failures,
 };
 const outDir = path.join(ROOT, 'artifacts/soak');

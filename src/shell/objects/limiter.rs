@@ -7,7 +7,6 @@
 
 use std::pin::pin;
 
-use futures_channel::oneshot;
 use futures_util::future::{select, Either};
 use worker::{durable_object, Context, DurableObject, Env, Request, Response, State};
 
@@ -21,7 +20,7 @@ use crate::limits::{
 };
 use crate::request::body::BodyFacts;
 use crate::shell::runtime::sleep_ms;
-use crate::stream::tap::{Progress, Seen};
+use crate::stream::tap::{Progress, Report, Seen};
 
 /// The binding name in wrangler.toml.
 pub const BINDING: &str = "LIMITER";
@@ -114,13 +113,14 @@ async fn ask(
 
 /// Waits for the tap's report, or until the body has not moved for [`STALLED_BODY_MS`]. While
 /// it moves, the slot is renewed for [`STREAM_LEASE_MS`] every [`RENEW_EVERY_MS`]; once it
-/// stops, the renewals stop too, so the slot frees itself even if this never returns.
+/// stops, the renewals stop too, so the slot frees itself even if this never returns. A
+/// report left by a dropped body wakes nothing (see `stream::tap`); each tick looks for one.
 async fn watch(
     env: &Env,
     identity_hash: &str,
     limits: TierLimits,
     lease_id: u64,
-    mut seen: oneshot::Receiver<Seen>,
+    report: &Report,
     progress: &Progress,
 ) -> Option<Seen> {
     let mut chunks = progress.chunks();
@@ -128,8 +128,9 @@ async fn watch(
     renew(env, identity_hash, limits, lease_id).await;
     loop {
         let tick = pin!(sleep_ms(RENEW_EVERY_MS));
-        match select(&mut seen, tick).await {
-            Either::Left((report, _)) => return report.ok(),
+        match select(pin!(report.ended()), tick).await {
+            Either::Left((seen, _)) => return Some(seen),
+            Either::Right(_) if report.seen().is_some() => return report.seen(),
             Either::Right(_) => {
                 let now = progress.chunks();
                 if now == chunks {
@@ -189,7 +190,7 @@ pub fn settle_later(
     identity_hash: String,
     limits: TierLimits,
     reservation: Reservation,
-    watched: Option<(oneshot::Receiver<Seen>, Progress)>,
+    watched: Option<(Report, Progress)>,
     delivered_ok: bool,
     confirms: bool,
 ) {
@@ -198,7 +199,7 @@ pub fn settle_later(
         let answered = match watched {
             // A tapped answer reports what it saw when its body ends or is dropped.
             Some((seen, progress)) => {
-                let seen = watch(&env, &identity_hash, limits, reservation.lease_id, seen, &progress).await;
+                let seen = watch(&env, &identity_hash, limits, reservation.lease_id, &seen, &progress).await;
                 Answered::Watched { seen, so_far: progress.usage() }
             }
             None => Answered::Unwatched { delivered_ok },

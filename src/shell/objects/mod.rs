@@ -8,17 +8,25 @@
 //! lets a default state overwrite the real one.
 
 use std::cell::{Cell, RefCell};
+use std::pin::pin;
+
+use futures_util::future::{select, Either};
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use worker::{Env, Method, Request, RequestInit, Response, ResponseBuilder, State};
 
 use super::runtime::now_ms;
+use super::timer::Timer;
 use crate::durable::ObjectState;
 use crate::error::ProxyError;
 
 pub mod limiter;
 pub mod upstream;
+
+/// How long a call to an object may take before the request gives up on it (`503`). Calls
+/// decide in memory and answer in milliseconds; this only bounds one the runtime lost.
+const OBJECT_CALL_TIMEOUT_MS: u64 = 10_000;
 
 /// One object's state in memory, loaded once per object lifetime.
 pub struct Object<S> {
@@ -174,21 +182,33 @@ pub async fn call<C: Serialize, T: DeserializeOwned>(
     init.with_method(Method::Post).with_body(Some(body.into()));
     let request = Request::new_with_init("https://object/call", &init)
         .map_err(|e| unavailable("call not built", &e))?;
-    let mut response = stub
-        .fetch_with_request(request)
-        .await
-        .map_err(|e| unavailable("did not answer", &e))?;
-    if response.status_code() != 200 {
-        let status = response.status_code();
-        return Err(unavailable(
-            &format!("refused the call ({status})"),
-            &status,
-        ));
-    }
-    response
-        .json::<T>()
-        .await
-        .map_err(|e| unavailable("answer unreadable", &e))
+    let answer = async {
+        let mut response = stub
+            .fetch_with_request(request)
+            .await
+            .map_err(|e| unavailable("did not answer", &e))?;
+        if response.status_code() != 200 {
+            let status = response.status_code();
+            return Err(unavailable(
+                &format!("refused the call ({status})"),
+                &status,
+            ));
+        }
+        response
+            .json::<T>()
+            .await
+            .map_err(|e| unavailable("answer unreadable", &e))
+    };
+    // A call the runtime lost must not hold the request forever.
+    let timer = Timer::after_ms(OBJECT_CALL_TIMEOUT_MS);
+    let outcome = match select(pin!(answer), pin!(timer)).await {
+        Either::Left((answer, _)) => answer,
+        Either::Right(((), _)) => Err(unavailable(
+            "did not answer in time",
+            &OBJECT_CALL_TIMEOUT_MS,
+        )),
+    };
+    outcome
 }
 
 /// Reads a call sent with [`call`]; `None` when it is not one.

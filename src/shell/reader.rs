@@ -1,0 +1,117 @@
+//! Reading an upstream body as a stream of byte chunks, in a way that is safe to drop anywhere.
+//!
+//! The runtime may drop an abandoned answer's body (a client that went away) when it collects
+//! it, outside any request. `worker::ByteStream` releases its reader's lock on drop, and the
+//! runtime refuses that call there; an exception the WebAssembly side does not catch is a
+//! critical error, which restarts the instance and strands every request in flight in it (the
+//! soak run found this). [`BodyReader`] cancels its reader on drop, through a call that
+//! catches, so a refused cancel is simply ignored: the runtime frees the body with the request.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use futures_util::Stream;
+use js_sys::{Reflect, Uint8Array};
+use wasm_bindgen::prelude::*;
+use wasm_bindgen::JsCast;
+use worker::wasm_bindgen_futures::JsFuture;
+use worker::web_sys::{ReadableStream, ReadableStreamDefaultReader};
+
+#[wasm_bindgen]
+extern "C" {
+    /// A `ReadableStreamDefaultReader`, with the calls this module makes, each one catching.
+    #[wasm_bindgen(js_name = ReadableStreamDefaultReader)]
+    type Reader;
+
+    #[wasm_bindgen(method, catch)]
+    fn read(this: &Reader) -> Result<js_sys::Promise, JsValue>;
+
+    #[wasm_bindgen(method, catch)]
+    fn cancel(this: &Reader) -> Result<js_sys::Promise, JsValue>;
+}
+
+/// An upstream body, chunk by chunk.
+pub struct BodyReader {
+    reader: Option<Reader>,
+    pending: Option<JsFuture>,
+}
+
+impl BodyReader {
+    /// Locks `stream` for reading; `None` when it cannot be read (already locked).
+    pub fn new(stream: &ReadableStream) -> Option<BodyReader> {
+        let reader = stream
+            .get_reader()
+            .dyn_into::<ReadableStreamDefaultReader>()
+            .ok()?;
+        Some(BodyReader {
+            reader: Some(reader.unchecked_into()),
+            pending: None,
+        })
+    }
+}
+
+fn failed(why: &str) -> worker::Error {
+    worker::Error::RustError(why.to_string())
+}
+
+impl Stream for BodyReader {
+    type Item = worker::Result<Vec<u8>>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        let Some(reader) = this.reader.as_ref() else {
+            return Poll::Ready(None);
+        };
+        if this.pending.is_none() {
+            match reader.read() {
+                Ok(promise) => this.pending = Some(JsFuture::from(promise)),
+                Err(_) => {
+                    this.reader = None;
+                    return Poll::Ready(Some(Err(failed("the body could not be read"))));
+                }
+            }
+        }
+        let Some(pending) = this.pending.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let result = match Pin::new(pending).poll(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(result) => result,
+        };
+        this.pending = None;
+        let chunk = result.map_err(worker::Error::from).and_then(|r| {
+            let done = Reflect::get(&r, &JsValue::from_str("done"))
+                .map_err(|_| failed("unreadable chunk"))?;
+            if done.is_truthy() {
+                return Ok(None);
+            }
+            let value = Reflect::get(&r, &JsValue::from_str("value"))
+                .map_err(|_| failed("unreadable chunk"))?;
+            let bytes = value
+                .dyn_into::<Uint8Array>()
+                .map_err(|_| failed("a chunk that is not bytes"))?;
+            Ok(Some(bytes.to_vec()))
+        });
+        match chunk {
+            Ok(Some(bytes)) => Poll::Ready(Some(Ok(bytes))),
+            Ok(None) => {
+                this.reader = None;
+                Poll::Ready(None)
+            }
+            Err(e) => {
+                this.reader = None;
+                Poll::Ready(Some(Err(e)))
+            }
+        }
+    }
+}
+
+impl Drop for BodyReader {
+    fn drop(&mut self) {
+        // Stops the upstream body the client no longer reads; refused outside a request.
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.cancel();
+        }
+    }
+}
