@@ -573,7 +573,9 @@ fn parse_rate_limits(raw: Option<String>) -> Result<Tiers, ConfigError> {
 /// Every list is non-empty, names each model once and never the model itself, and no model
 /// leads back to itself through the lists (a cycle would make "the model that answered" and
 /// "the model that was asked for" trade places depending on which one the client named).
-fn parse_model_fallbacks(raw: Option<String>) -> Result<BTreeMap<String, Vec<String>>, ConfigError> {
+fn parse_model_fallbacks(
+    raw: Option<String>,
+) -> Result<BTreeMap<String, Vec<String>>, ConfigError> {
     const VARIABLE: &str = "MODEL_FALLBACKS";
     let Some(raw) = raw else {
         return Ok(BTreeMap::new());
@@ -599,14 +601,20 @@ fn parse_model_fallbacks(raw: Option<String>) -> Result<BTreeMap<String, Vec<Str
         if list.is_empty() {
             return Err(invalid(
                 VARIABLE,
-                format!("the list of {:?} is empty (leave the model out instead)", shown(model)),
+                format!(
+                    "the list of {:?} is empty (leave the model out instead)",
+                    shown(model)
+                ),
             ));
         }
         for (i, fallback) in list.iter().enumerate() {
             if fallback.is_empty() || fallback.len() > max {
                 return Err(invalid(
                     VARIABLE,
-                    format!("model names must be 1 to {max} bytes (in the list of {:?})", shown(model)),
+                    format!(
+                        "model names must be 1 to {max} bytes (in the list of {:?})",
+                        shown(model)
+                    ),
                 ));
             }
             if fallback == model {
@@ -618,7 +626,11 @@ fn parse_model_fallbacks(raw: Option<String>) -> Result<BTreeMap<String, Vec<Str
             if list.iter().take(i).any(|earlier| earlier == fallback) {
                 return Err(invalid(
                     VARIABLE,
-                    format!("{:?} is listed twice for {:?}", shown(fallback), shown(model)),
+                    format!(
+                        "{:?} is listed twice for {:?}",
+                        shown(fallback),
+                        shown(model)
+                    ),
                 ));
             }
         }
@@ -663,8 +675,11 @@ fn fallback_cycle(map: &BTreeMap<String, Vec<String>>) -> Option<Vec<String>> {
             match marks.get(fallback.as_str()) {
                 Some(Mark::Open) => {
                     let from = path.iter().position(|(m, _)| *m == fallback.as_str())?;
-                    let mut cycle: Vec<String> =
-                        path.iter().skip(from).map(|(m, _)| (*m).to_string()).collect();
+                    let mut cycle: Vec<String> = path
+                        .iter()
+                        .skip(from)
+                        .map(|(m, _)| (*m).to_string())
+                        .collect();
                     cycle.push(fallback.clone());
                     return Some(cycle);
                 }

@@ -67,9 +67,11 @@ pub fn inspect(route: &Route, body: &[u8]) -> Result<BodyFacts, ProxyError> {
     })?;
     let model_value = match peek.model {
         None => None,
-        Some(raw) => Some(serde_json::from_str::<serde_json::Value>(raw.get()).map_err(|e| {
-            ProxyError::InvalidRequest(format!("model: {}", classify_json_error(&e)))
-        })?),
+        Some(raw) => Some(
+            serde_json::from_str::<serde_json::Value>(raw.get()).map_err(|e| {
+                ProxyError::InvalidRequest(format!("model: {}", classify_json_error(&e)))
+            })?,
+        ),
     };
     let model_span = peek.model.and_then(|raw| span_in(text, raw.get()));
     let model = match model_value {
@@ -348,9 +350,13 @@ mod tests {
         // A model needing escapes is written as valid JSON.
         let odd = ModelRewrite::new(&span, body.len(), "a\"b\\c").unwrap();
         let out = odd.apply(body.as_bytes()).unwrap();
-        assert_eq!(ok(std::str::from_utf8(&out).unwrap()).model.as_deref(), Some("a\"b\\c"));
+        assert_eq!(
+            ok(std::str::from_utf8(&out).unwrap()).model.as_deref(),
+            Some("a\"b\\c")
+        );
         // A span that does not fit the body is no rewrite.
-        assert!(ModelRewrite::new(&(5..3), body.len(), "m").is_none());
+        let reversed = std::ops::Range { start: 5, end: 3 };
+        assert!(ModelRewrite::new(&reversed, body.len(), "m").is_none());
         assert!(ModelRewrite::new(&(0..body.len() + 1), body.len(), "m").is_none());
     }
 

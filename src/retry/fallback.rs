@@ -179,22 +179,70 @@ mod tests {
     fn only_an_overload_that_outlasts_the_request_leaves_the_model() {
         use RefuseReason as R;
         let cases = [
-            (Stop::Retries(StopReason::AttemptsExhausted), Some(Cause::Overloaded), Some(Why::Overloaded)),
-            (Stop::Retries(StopReason::BudgetExhausted), Some(Cause::Overloaded), Some(Why::Overloaded)),
-            (Stop::Refused(R::RetryBudget), Some(Cause::Overloaded), Some(Why::Overloaded)),
+            (
+                Stop::Retries(StopReason::AttemptsExhausted),
+                Some(Cause::Overloaded),
+                Some(Why::Overloaded),
+            ),
+            (
+                Stop::Retries(StopReason::BudgetExhausted),
+                Some(Cause::Overloaded),
+                Some(Why::Overloaded),
+            ),
+            (
+                Stop::Refused(R::RetryBudget),
+                Some(Cause::Overloaded),
+                Some(Why::Overloaded),
+            ),
             (Stop::Refused(R::Overloaded), None, Some(Why::Outage)),
-            (Stop::Refused(R::Overloaded), Some(Cause::Overloaded), Some(Why::Outage)),
-            (Stop::Refused(R::Paced(PaceReason::Capacity)), None, Some(Why::PacedPastDeadline)),
+            (
+                Stop::Refused(R::Overloaded),
+                Some(Cause::Overloaded),
+                Some(Why::Outage),
+            ),
+            (
+                Stop::Refused(R::Paced(PaceReason::Capacity)),
+                None,
+                Some(Why::PacedPastDeadline),
+            ),
             // The key's own limits and cooldowns are the key's, not the model's.
-            (Stop::Refused(R::Paced(PaceReason::KeyLimit(LimitDimension::Requests))), None, None),
+            (
+                Stop::Refused(R::Paced(PaceReason::KeyLimit(LimitDimension::Requests))),
+                None,
+                None,
+            ),
             (Stop::Refused(R::Cooldown), Some(Cause::RateLimited), None),
-            (Stop::Refused(R::RetryBudget), Some(Cause::RateLimited), None),
-            (Stop::Retries(StopReason::AttemptsExhausted), Some(Cause::RateLimited), None),
+            (
+                Stop::Refused(R::RetryBudget),
+                Some(Cause::RateLimited),
+                None,
+            ),
+            (
+                Stop::Retries(StopReason::AttemptsExhausted),
+                Some(Cause::RateLimited),
+                None,
+            ),
             // Timeouts, unreachable upstreams and transient statuses are not overloads.
-            (Stop::Retries(StopReason::AttemptsExhausted), Some(Cause::Timeout), None),
-            (Stop::Retries(StopReason::AttemptsExhausted), Some(Cause::Unreachable), None),
-            (Stop::Retries(StopReason::AttemptsExhausted), Some(Cause::Transient(503)), None),
-            (Stop::Retries(StopReason::AttemptsExhausted), Some(Cause::StreamError), None),
+            (
+                Stop::Retries(StopReason::AttemptsExhausted),
+                Some(Cause::Timeout),
+                None,
+            ),
+            (
+                Stop::Retries(StopReason::AttemptsExhausted),
+                Some(Cause::Unreachable),
+                None,
+            ),
+            (
+                Stop::Retries(StopReason::AttemptsExhausted),
+                Some(Cause::Transient(503)),
+                None,
+            ),
+            (
+                Stop::Retries(StopReason::AttemptsExhausted),
+                Some(Cause::StreamError),
+                None,
+            ),
         ];
         for (stop, cause, expected) in cases {
             assert_eq!(why_leave(stop, cause), expected, "{stop:?} {cause:?}");
@@ -209,22 +257,54 @@ mod tests {
         let deadline = 10_000;
         let serves = [
             Gate::Go { probe: None },
-            Gate::Go { probe: Some(ProbeTicket(3)) },
-            Gate::Scheduled { at_ms: 9_000, reason: PaceReason::Capacity },
-            Gate::Scheduled { at_ms: deadline, reason: PaceReason::KeyLimit(LimitDimension::InputTokens) },
-            Gate::Wait { until_ms: 2_000, reason: WaitReason::Cooldown },
-            Gate::Wait { until_ms: 4_000, reason: WaitReason::Recovering },
+            Gate::Go {
+                probe: Some(ProbeTicket(3)),
+            },
+            Gate::Scheduled {
+                at_ms: 9_000,
+                reason: PaceReason::Capacity,
+            },
+            Gate::Scheduled {
+                at_ms: deadline,
+                reason: PaceReason::KeyLimit(LimitDimension::InputTokens),
+            },
+            Gate::Wait {
+                until_ms: 2_000,
+                reason: WaitReason::Cooldown,
+            },
+            Gate::Wait {
+                until_ms: 4_000,
+                reason: WaitReason::Recovering,
+            },
         ];
         for gate in serves {
             assert!(can_serve(&gate, deadline), "{gate:?}");
         }
         let cannot = [
-            Gate::Scheduled { at_ms: deadline + 1, reason: PaceReason::Capacity },
-            Gate::Wait { until_ms: 1_000, reason: WaitReason::Overloaded },
-            Gate::Wait { until_ms: deadline + 1, reason: WaitReason::Cooldown },
-            Gate::Refuse { retry_after_ms: 1_000, reason: RefuseReason::Overloaded },
-            Gate::Refuse { retry_after_ms: 1_000, reason: RefuseReason::Paced(PaceReason::Capacity) },
-            Gate::Refuse { retry_after_ms: 1_000, reason: RefuseReason::Cooldown },
+            Gate::Scheduled {
+                at_ms: deadline + 1,
+                reason: PaceReason::Capacity,
+            },
+            Gate::Wait {
+                until_ms: 1_000,
+                reason: WaitReason::Overloaded,
+            },
+            Gate::Wait {
+                until_ms: deadline + 1,
+                reason: WaitReason::Cooldown,
+            },
+            Gate::Refuse {
+                retry_after_ms: 1_000,
+                reason: RefuseReason::Overloaded,
+            },
+            Gate::Refuse {
+                retry_after_ms: 1_000,
+                reason: RefuseReason::Paced(PaceReason::Capacity),
+            },
+            Gate::Refuse {
+                retry_after_ms: 1_000,
+                reason: RefuseReason::Cooldown,
+            },
         ];
         for gate in cannot {
             assert!(!can_serve(&gate, deadline), "{gate:?}");
@@ -233,7 +313,11 @@ mod tests {
 
     #[test]
     fn only_a_fallbacks_success_is_delivered() {
-        let response = |status| Outcome::Response { status, should_retry: None, wait_floor_ms: None };
+        let response = |status| Outcome::Response {
+            status,
+            should_retry: None,
+            wait_floor_ms: None,
+        };
         assert!(delivers(&response(200)));
         for status in [400, 404, 413, 422, 500, 529] {
             assert!(!delivers(&response(status)), "{status}");

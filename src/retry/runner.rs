@@ -339,7 +339,8 @@ where
                                 Err(ProxyError::from(&give_up))
                             };
                         }
-                        let ended = why.map_or_else(|| give_up.reason.to_string(), |w| w.to_string());
+                        let ended =
+                            why.map_or_else(|| give_up.reason.to_string(), |w| w.to_string());
                         (
                             Some(ProxyError::from(&give_up)),
                             Some(stop),
@@ -365,7 +366,11 @@ where
                 Some(Stop::Refused(RefuseReason::Overloaded)),
                 Ended::Left(why),
             ),
-            Cleared::CannotServe => (None, None, Ended::Refused("cannot_serve_in_time".to_string())),
+            Cleared::CannotServe => (
+                None,
+                None,
+                Ended::Refused("cannot_serve_in_time".to_string()),
+            ),
         };
 
         // This model did not answer: on to the next fallback, or the requested model's answer.
@@ -416,7 +421,11 @@ where
         shared = next_shared;
         memory = next_memory;
         earlier_attempts = journal.attempts;
-        retrier = Retrier::new(policy, started_ms, seed.rotate_left(17) ^ u64::from(earlier_attempts));
+        retrier = Retrier::new(
+            policy,
+            started_ms,
+            seed.rotate_left(17) ^ u64::from(earlier_attempts),
+        );
         last_cause = None;
         consulted = false;
     }
@@ -520,7 +529,9 @@ impl<C: Clock, S: Sleep> Gatekeeper<'_, C, S> {
                 Gate::Wait { until_ms, reason } => {
                     let now = self.clock.now_ms();
                     self.memory.borrow_mut().mark_trouble(now);
-                    if let Some(why) = fallback::why_leave_wait(reason).filter(|_| rules.leave_outage) {
+                    if let Some(why) =
+                        fallback::why_leave_wait(reason).filter(|_| rules.leave_outage)
+                    {
                         let refusal = Refusal {
                             reason: RefuseReason::Overloaded,
                             retry_after_ms: until_ms.saturating_sub(now),
@@ -925,8 +936,11 @@ mod tests {
                 .get_mut(&self.model)
                 .and_then(VecDeque::pop_front)
                 .unwrap_or(status(200));
-            let answer = matches!(outcome, Outcome::Response { .. } | Outcome::StreamError { .. })
-                .then(|| self.model.clone());
+            let answer = matches!(
+                outcome,
+                Outcome::Response { .. } | Outcome::StreamError { .. }
+            )
+            .then(|| self.model.clone());
             (outcome, answer)
         }
         fn switch_model(&mut self, model: &str) -> bool {
@@ -962,7 +976,13 @@ mod tests {
         }
         async fn after(&mut self, _tell: Tell) {}
         fn for_model(&self, model: &str) -> Option<(Self, Rc<RefCell<EdgeMemory>>)> {
-            let memory = self.book.borrow_mut().memories.entry(model.to_string()).or_default().clone();
+            let memory = self
+                .book
+                .borrow_mut()
+                .memories
+                .entry(model.to_string())
+                .or_default()
+                .clone();
             Some((
                 ModelState {
                     model: model.to_string(),
@@ -990,7 +1010,11 @@ mod tests {
         fn gates(&self, model: &str, gates: Vec<Gate>) {
             let mut book = self.book.borrow_mut();
             book.gates.insert(model.to_string(), gates.into());
-            book.memories.entry(model.to_string()).or_default().borrow_mut().mark_trouble(T0);
+            book.memories
+                .entry(model.to_string())
+                .or_default()
+                .borrow_mut()
+                .mark_trouble(T0);
         }
 
         fn go(
@@ -1031,7 +1055,12 @@ mod tests {
                 memory,
             };
             let mut journal = Journal::default();
-            let result = block_on(run_with_fallbacks(run, fallbacks, &mut transport, &mut journal));
+            let result = block_on(run_with_fallbacks(
+                run,
+                fallbacks,
+                &mut transport,
+                &mut journal,
+            ));
             (result, journal, transport.sent)
         }
     }
@@ -1060,7 +1089,10 @@ mod tests {
             assert_eq!(journal.attempts, 5, "every attempt counts, on any model");
             assert_eq!(journal.answered_by_fallback(), Some("sonnet"));
             let record = journal.fallback.unwrap();
-            assert_eq!((record.from.as_str(), record.why), ("opus", Why::Overloaded));
+            assert_eq!(
+                (record.from.as_str(), record.why),
+                ("opus", Why::Overloaded)
+            );
             assert!(record.tried.is_empty());
             assert_eq!(
                 journal.stopped,
@@ -1079,7 +1111,10 @@ mod tests {
             let fleet = Fleet::new();
             let (result, journal, sent) = fleet.go(fallbacks, &[("opus", vec![status(529); 4])]);
             let error = result.unwrap_err();
-            assert_eq!((error.status(), error.error_type()), (503, "overloaded_error"));
+            assert_eq!(
+                (error.status(), error.error_type()),
+                (503, "overloaded_error")
+            );
             assert_eq!(sent.len(), 4);
             assert!(journal.fallback.is_none());
         }
@@ -1092,10 +1127,16 @@ mod tests {
             let fallbacks = Fallbacks::new("opus", &list(&["sonnet"]), true);
             let (result, journal, sent) = fleet.go(
                 fallbacks,
-                &[("opus", vec![status(529); 4]), ("sonnet", vec![status(refusal)])],
+                &[
+                    ("opus", vec![status(529); 4]),
+                    ("sonnet", vec![status(refusal)]),
+                ],
             );
             let error = result.unwrap_err();
-            assert_eq!((error.status(), error.error_type()), (503, "overloaded_error"));
+            assert_eq!(
+                (error.status(), error.error_type()),
+                (503, "overloaded_error")
+            );
             assert_eq!(sent, ["opus", "opus", "opus", "opus", "sonnet"]);
             let record = journal.fallback.unwrap();
             assert_eq!(record.to, None);
@@ -1112,7 +1153,10 @@ mod tests {
         let fallbacks = Fallbacks::new("opus", &list(&["sonnet", "haiku"]), true);
         let (result, journal, _) = fleet.go(
             fallbacks,
-            &[("opus", vec![status(529); 4]), ("sonnet", vec![status(400)])],
+            &[
+                ("opus", vec![status(529); 4]),
+                ("sonnet", vec![status(400)]),
+            ],
         );
         assert_eq!(result.as_deref(), Ok("haiku"));
         assert_eq!(journal.fallback.unwrap().tried.len(), 1);
@@ -1193,9 +1237,15 @@ mod tests {
             .collect();
         assert_eq!(
             tried,
-            [("sonnet", "cannot_serve_in_time"), ("haiku", "cannot_serve_in_time")]
+            [
+                ("sonnet", "cannot_serve_in_time"),
+                ("haiku", "cannot_serve_in_time")
+            ]
         );
-        assert_eq!(fleet.book.borrow().asked, ["opus", "sonnet", "haiku", "claude-x"]);
+        assert_eq!(
+            fleet.book.borrow().asked,
+            ["opus", "sonnet", "haiku", "claude-x"]
+        );
         // The paced send time was slept: a wait, not an attempt.
         assert_eq!(journal.waits.len(), 1);
         assert_eq!(journal.attempts, 1);
@@ -1241,7 +1291,9 @@ mod tests {
             "opus",
             vec![Gate::Refuse {
                 retry_after_ms: 9_000,
-                reason: RefuseReason::Paced(PaceReason::KeyLimit(crate::upstream::LimitDimension::Requests)),
+                reason: RefuseReason::Paced(PaceReason::KeyLimit(
+                    crate::upstream::LimitDimension::Requests,
+                )),
             }],
         );
         let fallbacks = Fallbacks::new("opus", &list(&["sonnet"]), true);
@@ -1284,7 +1336,12 @@ mod tests {
         };
         let mut journal = Journal::default();
         let fallbacks = Fallbacks::new("opus", &list(&["sonnet"]), true);
-        let result = block_on(run_with_fallbacks(run, fallbacks, &mut transport, &mut journal));
+        let result = block_on(run_with_fallbacks(
+            run,
+            fallbacks,
+            &mut transport,
+            &mut journal,
+        ));
         assert_eq!(result.unwrap_err().status(), 503);
         assert_eq!(transport.sent.len(), 4);
     }
