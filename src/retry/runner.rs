@@ -519,9 +519,8 @@ impl<C: Clock, S: Sleep> Gatekeeper<'_, C, S> {
                 return Cleared::Go(None);
             };
             if call == 0 && rules.judge_first && !fallback::can_serve(&gate, self.deadline_ms) {
-                if !matches!(gate, Gate::Go { .. } | Gate::Scheduled { .. }) {
-                    self.memory.borrow_mut().mark_trouble(self.clock.now_ms());
-                }
+                // An outage or a refusal: this edge asks before that model's next requests.
+                self.memory.borrow_mut().mark_trouble(self.clock.now_ms());
                 return Cleared::CannotServe;
             }
             match gate {
