@@ -8,6 +8,7 @@
 #   ./scripts/bench.sh --only overload # some of: size, overhead, streaming, overload, micro
 #   ./scripts/bench.sh --quick --only d,e  # some overload scenarios only (a–e)
 #   ./scripts/bench.sh --out DIR       # write results.json, RESULTS.md and the plots to DIR
+#   ./scripts/bench.sh --fallback [--quick]  # only the model-fallback scenario (bench/fallback.mjs)
 #
 # Installs what it needs on first run: the project's toolchain (scripts/setup.sh), a Node 24 used
 # only to time the Wasm module's compilation (the project's Node 20 cannot load it), matplotlib.
@@ -42,8 +43,18 @@ for i in "${!args[@]}"; do
   if [ "${args[$i]}" = "--out" ] && [ $((i + 1)) -lt ${#args[@]} ]; then out="${args[$((i + 1))]}"; fi
 done
 
+if [[ " $* " == *" --fallback "* ]]; then
+  echo "== benchmarks (model fallback only)"
+  rest=()
+  for a in "$@"; do [ "$a" = "--fallback" ] || rest+=("$a"); done
+  exec node bench/fallback.mjs "${rest[@]}"
+fi
+
 echo "== benchmarks"
 status=0
 node bench/run.mjs "$@" || status=$?
+if [[ " $* " != *" --only "* ]]; then
+  node bench/fallback.mjs "$@" > /dev/null || status=$?
+fi
 python3 bench/report.py --results "$out/results.json"
 exit "$status"

@@ -40,6 +40,13 @@ if [ -z "$real_key" ]; then
   ./target/release/breakwater-sim --port "$SIM_PORT" > /dev/null &
   pids+=($!)
   args+=(--var "UPSTREAM_URL:http://127.0.0.1:$SIM_PORT" --var "ANTHROPIC_API_KEY:sim-upstream-key")
+  # On the simulator the page's model falls back to another, so "Overload only this model"
+  # shows an answer from a fallback model.
+  if [ -z "${MODEL_FALLBACKS:-}" ] && ! { [ -f .dev.vars ] && grep -q '^MODEL_FALLBACKS=' .dev.vars; }; then
+    fallback_model=claude-haiku-4-5
+    [ "$MODEL" = "$fallback_model" ] && fallback_model=claude-sonnet-4-5
+    args+=(--var "MODEL_FALLBACKS:{\"$MODEL\": [\"$fallback_model\"]}")
+  fi
   upstream="the simulated upstream on http://127.0.0.1:$SIM_PORT"
 else
   if [ -n "${ANTHROPIC_API_KEY:-}" ]; then args+=(--var "ANTHROPIC_API_KEY:$ANTHROPIC_API_KEY"); fi

@@ -31,6 +31,7 @@ pub const VARIABLES: &[&str] = &[
     "ALLOW_PASSTHROUGH_KEYS",
     "MAX_BODY_BYTES",
     "MAX_INFLIGHT_BODY_BYTES",
+    "MODEL_FALLBACKS",
 ];
 
 /// The tier every caller falls into unless a key or token names another.
@@ -183,6 +184,8 @@ pub struct Config {
     pub max_body_bytes: u64,
     /// Request bodies one isolate holds at once, in bytes; never below `max_body_bytes`.
     pub max_inflight_body_bytes: u64,
+    /// `MODEL_FALLBACKS`: model → the models to answer with, in order, when it is overloaded.
+    pub model_fallbacks: BTreeMap<String, Vec<String>>,
 }
 
 impl fmt::Debug for Config {
@@ -206,6 +209,7 @@ impl fmt::Debug for Config {
             .field("allow_passthrough_keys", &self.allow_passthrough_keys)
             .field("max_body_bytes", &self.max_body_bytes)
             .field("max_inflight_body_bytes", &self.max_inflight_body_bytes)
+            .field("model_fallbacks", &self.model_fallbacks)
             .finish()
     }
 }
@@ -318,6 +322,7 @@ impl Config {
                     )
                 })?,
         };
+        let model_fallbacks = parse_model_fallbacks(get("MODEL_FALLBACKS"))?;
 
         Ok(Config {
             upstream_url,
@@ -338,7 +343,14 @@ impl Config {
             allow_passthrough_keys,
             max_body_bytes,
             max_inflight_body_bytes,
+            model_fallbacks,
         })
+    }
+
+    /// The models a request for `model` may be answered with when `model` is overloaded, in
+    /// order; empty when none are configured.
+    pub fn fallbacks_of(&self, model: &str) -> &[String] {
+        self.model_fallbacks.get(model).map_or(&[], Vec::as_slice)
     }
 
     /// The limits of a tier. Every tier a caller can carry is checked against `RATE_LIMITS`
@@ -555,6 +567,131 @@ fn parse_rate_limits(raw: Option<String>) -> Result<Tiers, ConfigError> {
         ));
     }
     Ok((tiers, betas))
+}
+
+/// Parses `MODEL_FALLBACKS`: `{"claude-opus-4-5": ["claude-sonnet-4-5", "claude-haiku-4-5"]}`.
+/// Every list is non-empty, names each model once and never the model itself, and no model
+/// leads back to itself through the lists (a cycle would make "the model that answered" and
+/// "the model that was asked for" trade places depending on which one the client named).
+fn parse_model_fallbacks(
+    raw: Option<String>,
+) -> Result<BTreeMap<String, Vec<String>>, ConfigError> {
+    const VARIABLE: &str = "MODEL_FALLBACKS";
+    let Some(raw) = raw else {
+        return Ok(BTreeMap::new());
+    };
+    let map: BTreeMap<String, Vec<String>> = serde_json::from_str(&raw).map_err(|e| {
+        invalid(
+            VARIABLE,
+            format!(
+                "expected JSON like {{\"claude-opus-4-5\": [\"claude-sonnet-4-5\", \"claude-haiku-4-5\"]}}: \
+                 a model and the list of models to fall back to, in order ({e})"
+            ),
+        )
+    })?;
+    let max = crate::request::body::MAX_MODEL_BYTES;
+    let shown = |m: &str| m.chars().take(max).collect::<String>();
+    for (model, list) in &map {
+        if model.is_empty() || model.len() > max {
+            return Err(invalid(
+                VARIABLE,
+                format!("model names must be 1 to {max} bytes"),
+            ));
+        }
+        if list.is_empty() {
+            return Err(invalid(
+                VARIABLE,
+                format!(
+                    "the list of {:?} is empty (leave the model out instead)",
+                    shown(model)
+                ),
+            ));
+        }
+        for (i, fallback) in list.iter().enumerate() {
+            if fallback.is_empty() || fallback.len() > max {
+                return Err(invalid(
+                    VARIABLE,
+                    format!(
+                        "model names must be 1 to {max} bytes (in the list of {:?})",
+                        shown(model)
+                    ),
+                ));
+            }
+            if fallback == model {
+                return Err(invalid(
+                    VARIABLE,
+                    format!("{:?} is listed as its own fallback", shown(model)),
+                ));
+            }
+            if list.iter().take(i).any(|earlier| earlier == fallback) {
+                return Err(invalid(
+                    VARIABLE,
+                    format!(
+                        "{:?} is listed twice for {:?}",
+                        shown(fallback),
+                        shown(model)
+                    ),
+                ));
+            }
+        }
+    }
+    if let Some(cycle) = fallback_cycle(&map) {
+        let shown: Vec<String> = cycle.iter().map(|m| format!("{:?}", shown(m))).collect();
+        return Err(invalid(
+            VARIABLE,
+            format!("the fallbacks form a cycle: {}", shown.join(" -> ")),
+        ));
+    }
+    Ok(map)
+}
+
+/// A cycle through the fallback lists, as the models along it (the first repeated at the
+/// end), if there is one. Depth-first with an explicit stack: the configuration is small,
+/// but its shape is the operator's.
+fn fallback_cycle(map: &BTreeMap<String, Vec<String>>) -> Option<Vec<String>> {
+    #[derive(Clone, Copy, PartialEq, Eq)]
+    enum Mark {
+        Open,
+        Done,
+    }
+    let mut marks: BTreeMap<&str, Mark> = BTreeMap::new();
+    for start in map.keys() {
+        if marks.contains_key(start.as_str()) {
+            continue;
+        }
+        // (model, index of the next fallback to visit)
+        let mut path: Vec<(&str, usize)> = vec![(start.as_str(), 0)];
+        marks.insert(start.as_str(), Mark::Open);
+        while let Some((model, next)) = path.last().copied() {
+            let list = map.get(model).map_or(&[][..], Vec::as_slice);
+            let Some(fallback) = list.get(next) else {
+                marks.insert(model, Mark::Done);
+                path.pop();
+                continue;
+            };
+            if let Some(top) = path.last_mut() {
+                top.1 = next.saturating_add(1);
+            }
+            match marks.get(fallback.as_str()) {
+                Some(Mark::Open) => {
+                    let from = path.iter().position(|(m, _)| *m == fallback.as_str())?;
+                    let mut cycle: Vec<String> = path
+                        .iter()
+                        .skip(from)
+                        .map(|(m, _)| (*m).to_string())
+                        .collect();
+                    cycle.push(fallback.clone());
+                    return Some(cycle);
+                }
+                Some(Mark::Done) => {}
+                None => {
+                    marks.insert(fallback.as_str(), Mark::Open);
+                    path.push((fallback.as_str(), 0));
+                }
+            }
+        }
+    }
+    None
 }
 
 fn is_beta_name(beta: &str) -> bool {
@@ -969,6 +1106,68 @@ mod tests {
             let e = config(&[("MAX_INFLIGHT_BODY_BYTES", bad)]).unwrap_err();
             assert_eq!(e.variable, "MAX_INFLIGHT_BODY_BYTES", "{bad}");
         }
+    }
+
+    #[test]
+    fn model_fallbacks_parse_in_order() {
+        let c = config(&[]).unwrap();
+        assert!(c.model_fallbacks.is_empty());
+        assert!(c.fallbacks_of("claude-opus-4-5").is_empty());
+        let c = config(&[(
+            "MODEL_FALLBACKS",
+            r#"{"claude-opus-4-5": ["claude-sonnet-4-5", "claude-haiku-4-5"],
+                "claude-sonnet-4-5": ["claude-haiku-4-5"]}"#,
+        )])
+        .unwrap();
+        assert_eq!(
+            c.fallbacks_of("claude-opus-4-5"),
+            ["claude-sonnet-4-5", "claude-haiku-4-5"]
+        );
+        assert_eq!(c.fallbacks_of("claude-sonnet-4-5"), ["claude-haiku-4-5"]);
+        assert!(c.fallbacks_of("claude-haiku-4-5").is_empty());
+        // A chain that meets itself again further down is fine, as long as it never loops.
+        assert!(config(&[(
+            "MODEL_FALLBACKS",
+            r#"{"a": ["b", "c"], "b": ["c"], "c": ["d"]}"#
+        )])
+        .is_ok());
+    }
+
+    #[test]
+    fn bad_model_fallbacks_are_one_error_naming_the_variable() {
+        let long = format!(r#"{{"a": ["{}"]}}"#, "m".repeat(300));
+        for (raw, problem) in [
+            ("[]", "expected JSON"),
+            (r#"{"a": "b"}"#, "expected JSON"),
+            (r#"{"a": [1]}"#, "expected JSON"),
+            (r#"{"a": {"b": 1}}"#, "expected JSON"),
+            ("not json", "expected JSON"),
+            (r#"{"a": []}"#, "empty"),
+            (r#"{"a": [""]}"#, "1 to 256 bytes"),
+            (long.as_str(), "1 to 256 bytes"),
+            (r#"{"a": ["b", "a"]}"#, "its own fallback"),
+            (r#"{"a": ["b", "b"]}"#, "listed twice"),
+            (r#"{"a": ["b"], "b": ["a"]}"#, "cycle"),
+            (r#"{"a": ["x", "b"], "b": ["c"], "c": ["a"]}"#, "cycle"),
+        ] {
+            let err = config(&[("MODEL_FALLBACKS", raw)]).unwrap_err();
+            assert_eq!(err.variable, "MODEL_FALLBACKS", "{raw}");
+            assert!(err.problem.contains(problem), "{raw}: {}", err.problem);
+            assert_eq!(
+                err.public_message(),
+                "the proxy is misconfigured: MODEL_FALLBACKS"
+            );
+        }
+        let err = config(&[(
+            "MODEL_FALLBACKS",
+            r#"{"a": ["x", "b"], "b": ["c"], "c": ["a"]}"#,
+        )])
+        .unwrap_err();
+        assert!(
+            err.problem.contains(r#""a" -> "b" -> "c" -> "a""#),
+            "{}",
+            err.problem
+        );
     }
 
     #[test]

@@ -140,9 +140,19 @@ async function send(text) {
     stopCountdown();
     history.push(userTurn, { role: 'assistant', content: result.text });
     const waits = result.waits.length;
+    if (result.model) answer.turn.dataset.model = result.model;
+    if (result.fallback) {
+      // The model asked for was overloaded: the proxy answered with its fallback.
+      answer.turn.classList.add('fallback');
+      const note = document.createElement('p');
+      note.className = 'fallback-note';
+      note.textContent = `answered by ${result.model}: ${config.model} was overloaded`;
+      answer.turn.append(note);
+    }
+    const by = result.fallback ? ` by ${result.model} (fallback for ${config.model})` : '';
     setStatus(
       'done',
-      waits ? `Answered after ${waits} ${waits === 1 ? 'wait' : 'waits'} (${Math.ceil(waitedMs / 1000)} s)` : 'Answered',
+      (waits ? `Answered after ${waits} ${waits === 1 ? 'wait' : 'waits'} (${Math.ceil(waitedMs / 1000)} s)` : 'Answered') + by,
       result.requestId ? `request ${result.requestId}` : '',
     );
   } catch (error) {
@@ -187,6 +197,18 @@ const SIM_ACTIONS = {
     label: `overloaded (every request 529) for ${config.overloadSeconds} s`,
     restoreAfterMs: config.overloadSeconds * 1000,
     restore: { overload_probability: null },
+  },
+  overloadModel: {
+    // Only the page's model is overloaded; with MODEL_FALLBACKS the proxy answers with the next.
+    get mode() {
+      const outages = [{ start_ms: 0, duration_ms: config.overloadSeconds * 1000 }];
+      return { capacity: { rps: 100000, models: [config.model], outages, origin: 'now' } };
+    },
+    get label() {
+      return `${config.model} overloaded for ${config.overloadSeconds} s (other models serve)`;
+    },
+    restoreAfterMs: config.overloadSeconds * 1000,
+    restore: { capacity: null },
   },
   ratelimit: { mode: { rate_limit: { rpm: 3 } }, label: 'rate-limited upstream: 3 requests/min' },
   slow: { mode: { token_delay_ms: 80, tokens: 60 }, label: 'slow: 60 tokens, 80 ms apart' },

@@ -150,9 +150,15 @@ export function waitReason(status, type) {
  * @param {number} [options.budgetMs] sent as `x-proxy-budget-ms`: shortens the proxy's own
  *   retry budget for this request
  * @param {Record<string,string>} [options.headers] extra request headers (`anthropic-beta`, …)
+ * @param {boolean} [options.fallback=true] `false` sends `x-proxy-fallback: off`: the answer
+ *   comes from the model asked for or not at all
  * @param {typeof fetch} [options.fetch] a `fetch` to use instead of the global one
  * @returns {Promise<{message: object, text: string, requestId: string|null, attempts: number,
- *   waits: Array<object>}>} the assembled message (content, stop_reason, usage)
+ *   waits: Array<object>, model: string|null, fallback: boolean}>} the assembled message
+ *   (content, stop_reason, usage); `model` is the model that answered (the proxy's
+ *   `x-proxy-model`), and `fallback` is true when that is not the model asked for (the proxy
+ *   answered with a model of its `MODEL_FALLBACKS` list because the one asked for was
+ *   overloaded)
  * @throws {BreakwaterError} for an answer that is not retried (or retries given up), a stream
  *   error event, a refused origin (`type: "cors_error"`) or an unreachable proxy
  *   (`type: "network_error"`); the signal's reason (an `AbortError`) when `signal` aborts
@@ -169,6 +175,7 @@ export async function streamChat(options) {
     maxWaits = DEFAULT_MAX_WAITS,
     maxWaitMs = DEFAULT_MAX_WAIT_MS,
     budgetMs,
+    fallback = true,
     headers: extraHeaders = {},
     fetch: fetchImpl = globalThis.fetch.bind(globalThis),
   } = options;
@@ -190,6 +197,7 @@ export async function streamChat(options) {
     };
     if (key) headers.authorization = `Bearer ${key}`;
     if (budgetMs != null) headers['x-proxy-budget-ms'] = String(budgetMs);
+    if (fallback === false) headers['x-proxy-fallback'] = 'off';
 
     let res;
     try {
@@ -200,7 +208,12 @@ export async function streamChat(options) {
     }
 
     const requestId = res.headers.get('request-id');
-    if (res.ok) return readStream(res, { requestId, attempts: attempt, waits, onText, onEvent, signal });
+    if (res.ok) {
+      const model = res.headers.get('x-proxy-model');
+      const answered = { model, fallback: model !== null && model !== body.model };
+      const result = await readStream(res, { requestId, attempts: attempt, waits, onText, onEvent, signal });
+      return { ...result, ...answered, model: model ?? result.message.model ?? null };
+    }
 
     const error = await errorFromResponse(res);
     const retry =

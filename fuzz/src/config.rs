@@ -9,7 +9,8 @@
 //!   `MAX_ATTEMPTS` 1..=100, backoff max ≥ base, keys of 16+ characters whose tiers exist and
 //!   whose ids carry no reserved prefix, a `default` tier, a `JWT_SECRET` of 32+ bytes, a
 //!   token lifetime of 1 s..1 year, an `https://` upstream (or `http://` on loopback) without
-//!   a trailing slash;
+//!   a trailing slash; `MODEL_FALLBACKS` lists that are non-empty, never name their own model
+//!   or a model twice, and form no cycle;
 //! - parsing is deterministic.
 
 use std::collections::BTreeMap;
@@ -74,6 +75,23 @@ pub fn check(data: &[u8]) {
             for (tier, betas) in &c.tier_betas {
                 assert!(c.rate_limits.contains_key(tier));
                 assert!(betas.iter().all(|b| breakwater::request::headers::is_quotable_beta(b)), "{betas:?}");
+            }
+            for (model, list) in &c.model_fallbacks {
+                assert!(!model.is_empty() && !list.is_empty(), "an empty fallback entry");
+                assert!(!list.contains(model), "{model:?} falls back to itself");
+                for (i, m) in list.iter().enumerate() {
+                    assert!(!m.is_empty() && !list[..i].contains(m), "{list:?}");
+                }
+                // No chain of fallbacks leads back to the model.
+                let mut seen = vec![model.as_str()];
+                let mut next: Vec<&str> = list.iter().map(String::as_str).collect();
+                while let Some(m) = next.pop() {
+                    assert_ne!(m, model.as_str(), "a cycle through {model:?}");
+                    if !seen.contains(&m) {
+                        seen.push(m);
+                        next.extend(c.fallbacks_of(m).iter().map(String::as_str));
+                    }
+                }
             }
             for (key, entry) in &c.client_keys {
                 assert!(key.expose().len() >= 16);
@@ -188,6 +206,18 @@ fn plausible(name: &str, u: &mut Unstructured<'_>) -> Result<String> {
                 keys.insert(key, serde_json::Value::Object(entry));
             }
             cut(serde_json::Value::Object(keys).to_string(), u)?
+        }
+        "MODEL_FALLBACKS" => {
+            const MODELS: [&str; 5] = ["a", "b", "c", "claude-opus-4-5", ""];
+            let mut map = serde_json::Map::new();
+            for _ in 0..u.int_in_range(0..=3)? {
+                let model = u.choose(&MODELS)?.to_string();
+                let list: Vec<serde_json::Value> = (0..u.int_in_range(0..=3)?)
+                    .map(|_| u.choose(&MODELS).map(|m| serde_json::Value::from(*m)))
+                    .collect::<Result<_>>()?;
+                map.insert(model, serde_json::Value::Array(list));
+            }
+            cut(serde_json::Value::Object(map).to_string(), u)?
         }
         "ALLOW_PASSTHROUGH_KEYS" => u.choose(&["true", "false", "1", "0", "TRUE", "False", "yes"])?.to_string(),
         _ => {

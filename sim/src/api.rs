@@ -218,6 +218,8 @@ pub async fn handle(
     }
 
     let post_work = parts.method == Method::POST && is_work_path(&path);
+    // The model the body names, for faults and capacities that apply to one model only.
+    let body_model = if post_work { model_of(&body) } else { None };
     ctx.fault = match parts.headers.get("x-sim-fault") {
         Some(raw) => {
             let parsed = serde_json::from_slice::<Value>(raw.as_bytes())
@@ -228,7 +230,7 @@ pub async fn handle(
                 Err(msg) => return ctx.error(400, "invalid_request_error", &msg),
             }
         }
-        None if post_work => state.pop_fault(&path),
+        None if post_work => state.pop_fault(&path, body_model.as_deref()),
         None => None,
     };
 
@@ -259,7 +261,7 @@ pub async fn handle(
             Some(Ok(p)) => Some(charged_cost(p, ctx.fault.as_deref())),
             _ => None,
         };
-        match state.admit_work(unix_ms(), cost.as_ref()) {
+        match state.admit_work(unix_ms(), cost.as_ref(), body_model.as_deref()) {
             Ok(charge) => ctx.settlement = charge.map(|c| Settlement::new(state.clone(), c)),
             Err(refusal) => {
                 ctx.mode = Some(refusal.name());
@@ -295,6 +297,18 @@ pub async fn handle(
     match answer {
         Ok(answer) => deliver(&ctx, answer),
         Err((status, error_type, message)) => ctx.error(status, error_type, &message),
+    }
+}
+
+/// The top-level `model` a JSON body names, if it names one.
+fn model_of(body: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Named {
+        model: Option<Value>,
+    }
+    match serde_json::from_slice::<Named>(body).ok()?.model? {
+        Value::String(model) => Some(model),
+        _ => None,
     }
 }
 

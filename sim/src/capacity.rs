@@ -51,6 +51,8 @@ pub struct Capacity {
     pub origin_unix_ms: f64,
     /// The `origin` as given, echoed back by `GET /_sim/mode`.
     pub origin_raw: Value,
+    /// Only requests for these models meet this capacity; `None`: every request does.
+    pub models: Option<Vec<String>>,
     tokens: f64,
     last_unix_ms: f64,
     pub admitted: u64,
@@ -64,7 +66,7 @@ impl Capacity {
     pub fn from_json(v: &Value, now_unix_ms: f64) -> Result<Capacity, String> {
         let obj = v.as_object().ok_or("capacity must be an object")?;
         for key in obj.keys() {
-            if !matches!(key.as_str(), "rps" | "outages" | "origin") {
+            if !matches!(key.as_str(), "rps" | "outages" | "origin" | "models") {
                 return Err(format!("capacity: unknown field {key:?}"));
             }
         }
@@ -109,8 +111,20 @@ impl Capacity {
                 .ok_or("capacity.origin must be \"now\" or unix ms")?,
             _ => return Err("capacity.origin must be \"now\" or a Unix time in ms".into()),
         };
+        let models = match obj.get("models") {
+            None | Some(Value::Null) => None,
+            Some(Value::Array(items)) => Some(
+                items
+                    .iter()
+                    .map(|m| m.as_str().map(str::to_string))
+                    .collect::<Option<Vec<String>>>()
+                    .ok_or("capacity.models must be an array of model names")?,
+            ),
+            Some(_) => return Err("capacity.models must be an array of model names".into()),
+        };
         let burst = (rps / 10.0).max(1.0);
         Ok(Capacity {
+            models,
             rps,
             burst,
             outages,
@@ -122,6 +136,15 @@ impl Capacity {
             rejected_capacity: 0,
             rejected_outage: 0,
         })
+    }
+
+    /// Whether a request for `model` meets this capacity (with `models` set, only requests
+    /// naming one of them do: one model overloaded while the others serve).
+    pub fn applies_to(&self, model: Option<&str>) -> bool {
+        match &self.models {
+            None => true,
+            Some(models) => model.is_some_and(|m| models.iter().any(|x| x == m)),
+        }
     }
 
     pub fn in_outage(&self, now_unix_ms: f64) -> bool {
@@ -158,6 +181,7 @@ impl Capacity {
                 .map(|o| json!({"start_ms": o.start_ms, "duration_ms": o.duration_ms}))
                 .collect::<Vec<_>>(),
             "origin": self.origin_raw,
+            "models": self.models,
         })
     }
 

@@ -39,6 +39,8 @@ pub enum Malformed {
 #[serde(deny_unknown_fields)]
 pub struct FaultSpec {
     pub path: Option<String>,
+    /// Only requests whose body names this `model` take the fault.
+    pub model: Option<String>,
     pub times: Option<u64>,
     pub status: Option<u16>,
     pub body: Option<Value>,
@@ -183,13 +185,18 @@ impl FaultQueue {
         self.items.clear();
     }
 
-    /// Takes one use of the first fault that applies to `path` (faults with
-    /// no `path` apply everywhere), removing it once its `times` are used up.
-    pub fn pop_for(&mut self, path: &str) -> Option<Arc<Fault>> {
-        let idx = self
-            .items
-            .iter()
-            .position(|q| q.fault.spec.path.as_deref().is_none_or(|p| p == path))?;
+    /// Takes one use of the first fault that applies to `path` and to the
+    /// body's `model` (faults without a `path` or a `model` apply to any),
+    /// removing it once its `times` are used up.
+    pub fn pop_for(&mut self, path: &str, model: Option<&str>) -> Option<Arc<Fault>> {
+        let idx = self.items.iter().position(|q| {
+            q.fault.spec.path.as_deref().is_none_or(|p| p == path)
+                && q.fault
+                    .spec
+                    .model
+                    .as_deref()
+                    .is_none_or(|m| Some(m) == model)
+        })?;
         let item = self.items.get_mut(idx)?;
         let fault = item.fault.clone();
         item.remaining = item.remaining.saturating_sub(1);
@@ -224,14 +231,26 @@ mod tests {
         );
         q.push(Fault::from_value(json!({"status": 429})).unwrap());
         assert_eq!(
-            q.pop_for("/v1/messages/count_tokens").unwrap().spec.status,
+            q.pop_for("/v1/messages/count_tokens", None)
+                .unwrap()
+                .spec
+                .status,
             Some(529)
         );
-        assert_eq!(q.pop_for("/v1/messages").unwrap().spec.status, Some(529));
-        assert_eq!(q.pop_for("/v1/messages").unwrap().spec.status, Some(429));
-        assert!(q.pop_for("/v1/messages").is_none());
         assert_eq!(
-            q.pop_for("/v1/messages/count_tokens").unwrap().spec.status,
+            q.pop_for("/v1/messages", None).unwrap().spec.status,
+            Some(529)
+        );
+        assert_eq!(
+            q.pop_for("/v1/messages", None).unwrap().spec.status,
+            Some(429)
+        );
+        assert!(q.pop_for("/v1/messages", None).is_none());
+        assert_eq!(
+            q.pop_for("/v1/messages/count_tokens", None)
+                .unwrap()
+                .spec
+                .status,
             Some(500)
         );
         assert_eq!(q.len(), 0);

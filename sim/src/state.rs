@@ -275,8 +275,8 @@ impl State {
         }
     }
 
-    pub fn pop_fault(&self, path: &str) -> Option<Arc<Fault>> {
-        self.lock().queue.pop_for(path)
+    pub fn pop_fault(&self, path: &str, model: Option<&str>) -> Option<Arc<Fault>> {
+        self.lock().queue.pop_for(path, model)
     }
 
     /// Runs the global modes for one request: outage and capacity, then the
@@ -288,11 +288,12 @@ impl State {
         &self,
         now_unix_ms: f64,
         cost: Option<&Cost>,
+        model: Option<&str>,
     ) -> Result<Option<Charge>, Refusal> {
         let mut inner = self.lock();
         inner.default_window.count(now_unix_ms);
         let mode = &mut inner.mode;
-        if let Some(cap) = mode.capacity.as_mut() {
+        if let Some(cap) = mode.capacity.as_mut().filter(|c| c.applies_to(model)) {
             cap.admit(now_unix_ms)?;
         }
         if let Some(rl) = mode.rate_limit.as_mut() {

@@ -4,7 +4,10 @@
 //! object, which model, how many output tokens it may cost, whether it streams, and a safe
 //! estimate of its input tokens for the caller's limits.
 
+use std::ops::Range;
+
 use serde::Deserialize;
+use serde_json::value::RawValue;
 
 use crate::error::ProxyError;
 use crate::request::estimate::{Messages, System, Tally, Tools};
@@ -22,11 +25,16 @@ pub struct BodyFacts {
     pub stream: bool,
     /// Upper estimate of the input tokens (see [`estimate_input_tokens`]).
     pub input_tokens_estimate: u64,
+    /// Where the top-level `model` value (its JSON string, quotes included) lies in the body,
+    /// in bytes: the one part of a body the proxy may rewrite (see [`ModelRewrite`]).
+    pub model_span: Option<Range<usize>>,
 }
 
 #[derive(Deserialize)]
-struct Peek {
-    model: Option<serde_json::Value>,
+struct Peek<'a> {
+    // Borrowed as it stands in the body, so its place is known to the byte.
+    #[serde(borrow)]
+    model: Option<&'a RawValue>,
     max_tokens: Option<serde_json::Value>,
     stream: Option<serde_json::Value>,
     // What the input estimate reads, measured in the same pass (see `request::estimate`).
@@ -49,7 +57,7 @@ pub fn inspect(route: &Route, body: &[u8]) -> Result<BodyFacts, ProxyError> {
             "request body must be a JSON object".to_string(),
         ));
     }
-    let peek: Peek = serde_json::from_str(trimmed).map_err(|e| {
+    let peek: Peek<'_> = serde_json::from_str(trimmed).map_err(|e| {
         ProxyError::InvalidRequest(format!(
             "request body is not valid JSON: {} at line {}, column {}",
             classify_json_error(&e),
@@ -57,7 +65,16 @@ pub fn inspect(route: &Route, body: &[u8]) -> Result<BodyFacts, ProxyError> {
             e.column()
         ))
     })?;
-    let model = match peek.model {
+    let model_value = match peek.model {
+        None => None,
+        Some(raw) => Some(
+            serde_json::from_str::<serde_json::Value>(raw.get()).map_err(|e| {
+                ProxyError::InvalidRequest(format!("model: {}", classify_json_error(&e)))
+            })?,
+        ),
+    };
+    let model_span = peek.model.and_then(|raw| span_in(text, raw.get()));
+    let model = match model_value {
         None | Some(serde_json::Value::Null) => None,
         Some(serde_json::Value::String(s)) if s.len() > MAX_MODEL_BYTES => {
             return Err(ProxyError::InvalidRequest(format!(
@@ -109,11 +126,59 @@ pub fn inspect(route: &Route, body: &[u8]) -> Result<BodyFacts, ProxyError> {
         }
     }
     Ok(BodyFacts {
-        model,
         max_tokens,
         stream,
         input_tokens_estimate: estimate_input_tokens(&peek.system, &peek.messages, &peek.tools),
+        model_span: model.as_ref().and(model_span),
+        model,
     })
+}
+
+/// Where `part`, a slice borrowed from `whole`, lies in it.
+fn span_in(whole: &str, part: &str) -> Option<Range<usize>> {
+    let start = (part.as_ptr() as usize).checked_sub(whole.as_ptr() as usize)?;
+    let end = start.checked_add(part.len())?;
+    (end <= whole.len() && whole.get(start..end) == Some(part)).then_some(start..end)
+}
+
+/// A body with its top-level `model` replaced and every other byte as the client sent it:
+/// the bytes before the model's value, the new value (a JSON string), the bytes after it.
+/// The shell builds the upload from these three parts without copying the body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelRewrite {
+    /// The body's bytes before the value.
+    pub head: Range<usize>,
+    /// The new value, as JSON.
+    pub value: String,
+    /// The body's bytes after the value, to its end.
+    pub tail: Range<usize>,
+}
+
+impl ModelRewrite {
+    /// The rewrite of a body of `length` bytes whose model lies at `span` to `model`.
+    #[must_use]
+    pub fn new(span: &Range<usize>, length: usize, model: &str) -> Option<ModelRewrite> {
+        if span.start > span.end || span.end > length {
+            return None;
+        }
+        Some(ModelRewrite {
+            head: 0..span.start,
+            value: serde_json::to_string(model).ok()?,
+            tail: span.end..length,
+        })
+    }
+
+    /// The rewritten body, from the original's bytes.
+    #[must_use]
+    pub fn apply(&self, body: &[u8]) -> Option<Vec<u8>> {
+        let head = body.get(self.head.clone())?;
+        let tail = body.get(self.tail.clone())?;
+        let mut out = Vec::with_capacity(head.len() + self.value.len() + tail.len());
+        out.extend_from_slice(head);
+        out.extend_from_slice(self.value.as_bytes());
+        out.extend_from_slice(tail);
+        Some(out)
+    }
 }
 
 /// An estimate of a body's input tokens made before the upstream counts them, from its
@@ -248,6 +313,51 @@ mod tests {
         // The proxy and the upstream could read different values from such a body.
         let message = bad(br#"{"model":"a","model":"b","max_tokens":1}"#);
         assert!(message.contains("duplicate"), "{message}");
+    }
+
+    #[test]
+    fn only_the_top_level_model_is_rewritten_and_every_other_byte_stays() {
+        // Odd spacing, a BOM, escapes, nested "model" keys and the name inside strings: a
+        // string search would find the wrong one.
+        let body = "\u{feff} {\"system\":\"say \\\"model\\\": \\\"claude-opus-4-5\\\"\",\r\n\
+                    \"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"text\",\"text\":\"hi\",\
+                    \"model\":\"claude-opus-4-5\"}]}],\"metadata\":{\"model\":\"claude-opus-4-5\"},\
+                    \"model\" :\t\"claude-opus\\u002d4-5\" , \"max_tokens\":64, \"é\":\"ü\"}";
+        let facts = ok(body);
+        assert_eq!(facts.model.as_deref(), Some("claude-opus-4-5"));
+        let span = facts.model_span.clone().unwrap();
+        assert_eq!(&body[span.clone()], "\"claude-opus\\u002d4-5\"");
+        let rewrite = ModelRewrite::new(&span, body.len(), "claude-sonnet-4-5").unwrap();
+        let out = rewrite.apply(body.as_bytes()).unwrap();
+        let expected = body.replace(
+            "\"model\" :\t\"claude-opus\\u002d4-5\"",
+            "\"model\" :\t\"claude-sonnet-4-5\"",
+        );
+        assert_eq!(out, expected.as_bytes());
+        // Everything but the value, byte for byte.
+        assert_eq!(&out[..span.start], &body.as_bytes()[..span.start]);
+        assert_eq!(
+            &out[out.len() - (body.len() - span.end)..],
+            &body.as_bytes()[span.end..]
+        );
+        // The result reads as the same request for another model.
+        let again = ok(std::str::from_utf8(&out).unwrap());
+        assert_eq!(again.model.as_deref(), Some("claude-sonnet-4-5"));
+        assert_eq!(
+            (again.max_tokens, again.input_tokens_estimate),
+            (facts.max_tokens, facts.input_tokens_estimate)
+        );
+        // A model needing escapes is written as valid JSON.
+        let odd = ModelRewrite::new(&span, body.len(), "a\"b\\c").unwrap();
+        let out = odd.apply(body.as_bytes()).unwrap();
+        assert_eq!(
+            ok(std::str::from_utf8(&out).unwrap()).model.as_deref(),
+            Some("a\"b\\c")
+        );
+        // A span that does not fit the body is no rewrite.
+        let reversed = std::ops::Range { start: 5, end: 3 };
+        assert!(ModelRewrite::new(&reversed, body.len(), "m").is_none());
+        assert!(ModelRewrite::new(&(0..body.len() + 1), body.len(), "m").is_none());
     }
 
     #[test]

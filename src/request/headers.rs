@@ -81,7 +81,8 @@ pub fn forward_downstream(name: &str) -> bool {
 
 /// Headers every answer for an allowed browser origin exposes to page code.
 pub const EXPOSED_HEADERS: &str = "Retry-After, retry-after-ms, RateLimit, RateLimit-Policy, \
-    request-id, x-proxy-attempts, x-should-retry, anthropic-ratelimit-requests-limit, \
+    request-id, x-proxy-attempts, x-proxy-model, x-should-retry, \
+    anthropic-ratelimit-requests-limit, \
     anthropic-ratelimit-requests-remaining, anthropic-ratelimit-requests-reset, \
     anthropic-ratelimit-input-tokens-limit, anthropic-ratelimit-input-tokens-remaining, \
     anthropic-ratelimit-input-tokens-reset, anthropic-ratelimit-output-tokens-limit, \
@@ -202,6 +203,7 @@ mod tests {
             "x-forwarded-for",
             "sec-fetch-mode",
             "x-proxy-budget-ms",
+            "x-proxy-fallback",
         ] {
             assert!(!forward_upstream(name), "{name}");
         }

@@ -24,6 +24,7 @@
 
 mod backoff;
 mod classify;
+pub mod fallback;
 mod policy;
 mod retry_after;
 pub mod runner;

@@ -6,7 +6,9 @@
 //! simulation (a virtual clock, a simulated upstream, an in-memory shared state) run this very
 //! code. Every decision it acts on is made elsewhere in the core: [`classify`] and the
 //! [`Retrier`] decide retries, the shared state decides go / wait / refuse, the
-//! [`EdgeMemory`] decides when the shared state is worth asking.
+//! [`EdgeMemory`] decides when the shared state is worth asking, and [`super::fallback`]
+//! decides when a request leaves an overloaded model for the next of its fallbacks (the same
+//! loop then goes on for that model, before any byte has reached the client).
 
 use std::cell::RefCell;
 use std::fmt;
@@ -14,6 +16,7 @@ use std::future::Future;
 use std::rc::Rc;
 
 use super::classify::{classify, Cause, Outcome};
+use super::fallback::{self, FallbackRecord, Fallbacks, Tried, Why};
 use super::policy::{Retrier, RetryPolicy, Step, StopReason};
 use crate::error::ProxyError;
 use crate::upstream::{
@@ -44,6 +47,13 @@ pub trait Transport {
     /// `anthropic-ratelimit-*` headers); nothing by default.
     fn key_limits(&self) -> KeyLimits {
         KeyLimits::default()
+    }
+
+    /// Sends the following attempts for `model` instead, with only the body's top-level
+    /// `model` rewritten; `false` when this transport cannot (the request then does not fall
+    /// back).
+    fn switch_model(&mut self, _model: &str) -> bool {
+        false
     }
 }
 
@@ -78,9 +88,15 @@ pub struct Tell {
 }
 
 /// The upstream key's shared state, as one request sees it (for one model).
-pub trait SharedState {
+pub trait SharedState: Sized {
     fn before(&mut self, ask: Ask) -> impl Future<Output = Result<Gate, Unreachable>>;
     fn after(&mut self, tell: Tell) -> impl Future<Output = ()>;
+
+    /// The same key's state for another model (a fallback), with this edge's memory of it;
+    /// `None` when it cannot be had (the request then does not fall back).
+    fn for_model(&self, _model: &str) -> Option<(Self, Rc<RefCell<EdgeMemory>>)> {
+        None
+    }
 }
 
 /// A shared state or none (routes that are not guarded, e.g. model listings): without one,
@@ -97,6 +113,11 @@ impl<G: SharedState> SharedState for Option<G> {
         if let Some(shared) = self {
             shared.after(tell).await;
         }
+    }
+
+    fn for_model(&self, model: &str) -> Option<(Self, Rc<RefCell<EdgeMemory>>)> {
+        let (shared, memory) = self.as_ref()?.for_model(model)?;
+        Some((Some(shared), memory))
     }
 }
 
@@ -167,6 +188,16 @@ pub struct Journal {
     pub stopped: Option<Stop>,
     /// The shared state was asked at least once.
     pub consulted: bool,
+    /// What fallback did, when the request left the model it named.
+    pub fallback: Option<FallbackRecord>,
+}
+
+impl Journal {
+    /// The model that answered when it is not the one the request named.
+    #[must_use]
+    pub fn answered_by_fallback(&self) -> Option<&str> {
+        self.fallback.as_ref().and_then(|f| f.to.as_deref())
+    }
 }
 
 /// Most gate calls one request makes while waiting (a guard against a runaway loop).
@@ -203,6 +234,25 @@ where
     G: SharedState,
     T: Transport,
 {
+    run_with_fallbacks(run, Fallbacks::none(), transport, journal).await
+}
+
+/// [`run`], for a request that may fall back to other models when its own is overloaded past
+/// its deadline ([`super::fallback`]). Each model gets its own attempts (`MAX_ATTEMPTS`)
+/// within the request's one deadline; when no fallback answers, the client gets the
+/// requested model's answer.
+pub async fn run_with_fallbacks<C, S, G, T>(
+    run: Run<'_, C, S, G>,
+    mut fallbacks: Fallbacks,
+    transport: &mut T,
+    journal: &mut Journal,
+) -> Result<T::Answer, ProxyError>
+where
+    C: Clock,
+    S: Sleep,
+    G: SharedState,
+    T: Transport,
+{
     let Run {
         clock,
         sleep,
@@ -211,11 +261,17 @@ where
         seed,
         cost,
         mut shared,
-        memory,
+        mut memory,
     } = run;
     let mut retrier = Retrier::new(policy, started_ms, seed);
     let deadline_ms = retrier.deadline_ms();
     let mut last_cause = None;
+    // Attempts made on models left behind.
+    let mut earlier_attempts: u32 = 0;
+    // The shared state was asked for the model the request is on now.
+    let mut consulted = false;
+    // Once on a fallback: the requested model's own answer, for when no fallback answers.
+    let mut requested_answer: Option<ProxyError> = None;
     loop {
         let is_retry = retrier.attempts() > 0;
         let gate = Gatekeeper {
@@ -226,36 +282,192 @@ where
             deadline_ms,
             cost,
         };
-        let probe = gate
-            .before(&mut shared, is_retry, last_cause, journal)
-            .await?;
-        let ticket = retrier.attempt_started();
-        journal.attempts = ticket.number;
-        let (outcome, answer) = transport.attempt(ticket.timeout_ms).await;
-        let limits = transport.key_limits();
-        gate.after(&mut shared, &outcome, probe, journal.consulted, limits)
+        let on_fallback = requested_answer.is_some();
+        let cleared = gate
+            .before(
+                &mut shared,
+                is_retry,
+                last_cause,
+                GateRules {
+                    leave_outage: fallbacks.has_next(),
+                    judge_first: on_fallback && !is_retry,
+                },
+                &mut consulted,
+                journal,
+            )
             .await;
-        match retrier.after_attempt(clock.now_ms(), classify(&outcome)) {
-            Step::Deliver => return answer.ok_or_else(no_answer),
-            Step::Wait { ms, cause } => {
-                last_cause = Some(cause);
-                journal.waits.push(Wait {
-                    ms,
-                    cause: WaitCause::Backoff(cause),
-                });
-                drop(answer);
-                sleep.sleep(ms).await;
+        journal.consulted |= consulted;
+        // Where this model's way ended, when it did not answer.
+        let (error, stop, why) = match cleared {
+            Cleared::Go(probe) => {
+                let ticket = retrier.attempt_started();
+                journal.attempts = earlier_attempts.saturating_add(ticket.number);
+                let (outcome, answer) = transport.attempt(ticket.timeout_ms).await;
+                let limits = transport.key_limits();
+                gate.after(&mut shared, &outcome, probe, consulted, limits)
+                    .await;
+                match retrier.after_attempt(clock.now_ms(), classify(&outcome)) {
+                    Step::Deliver if !on_fallback || fallback::delivers(&outcome) => {
+                        return answer.ok_or_else(no_answer);
+                    }
+                    Step::Deliver => {
+                        let ended = match outcome {
+                            Outcome::Response { status, .. } => format!("status_{status}"),
+                            _ => "refused".to_string(),
+                        };
+                        (None, None, Ended::Refused(ended))
+                    }
+                    Step::Wait { ms, cause } => {
+                        last_cause = Some(cause);
+                        journal.waits.push(Wait {
+                            ms,
+                            cause: WaitCause::Backoff(cause),
+                        });
+                        drop(answer);
+                        sleep.sleep(ms).await;
+                        continue;
+                    }
+                    Step::GiveUp(give_up) => {
+                        let stop = Stop::Retries(give_up.reason);
+                        let why = fallback::why_leave(stop, Some(give_up.cause));
+                        let leave = why.is_some() && (on_fallback || fallbacks.has_next());
+                        if !leave && !on_fallback {
+                            journal.stopped = Some(stop);
+                            return if give_up.passes_through() {
+                                answer.ok_or_else(no_answer)
+                            } else {
+                                Err(ProxyError::from(&give_up))
+                            };
+                        }
+                        let ended =
+                            why.map_or_else(|| give_up.reason.to_string(), |w| w.to_string());
+                        (
+                            Some(ProxyError::from(&give_up)),
+                            Some(stop),
+                            why.map_or(Ended::Refused(ended), Ended::Left),
+                        )
+                    }
+                }
             }
-            Step::GiveUp(give_up) => {
-                journal.stopped = Some(Stop::Retries(give_up.reason));
-                return if give_up.passes_through() {
-                    answer.ok_or_else(no_answer)
-                } else {
-                    Err(ProxyError::from(&give_up))
+            Cleared::Stopped { error, stop } => {
+                let why = fallback::why_leave(stop, last_cause);
+                let ended = match why {
+                    Some(why) if on_fallback || fallbacks.has_next() => Ended::Left(why),
+                    _ if on_fallback => Ended::Refused(stop.to_string()),
+                    _ => {
+                        journal.stopped = Some(stop);
+                        return Err(error);
+                    }
                 };
+                (Some(error), Some(stop), ended)
+            }
+            Cleared::Leave { error, why } => (
+                Some(error),
+                Some(Stop::Refused(RefuseReason::Overloaded)),
+                Ended::Left(why),
+            ),
+            Cleared::CannotServe => (
+                None,
+                None,
+                Ended::Refused("cannot_serve_in_time".to_string()),
+            ),
+        };
+
+        // This model did not answer: on to the next fallback, or the requested model's answer.
+        match (&mut journal.fallback, requested_answer.is_some()) {
+            (Some(record), true) => {
+                let model = record.to.take().unwrap_or_default();
+                record.tried.push(Tried {
+                    model,
+                    ended: why.ended(),
+                });
+            }
+            _ => {
+                let Ended::Left(leave) = why else {
+                    // The requested model refused for its own reasons (not reached: those
+                    // return above); answer for it.
+                    return Err(error.unwrap_or_else(no_answer));
+                };
+                journal.stopped = stop;
+                journal.fallback = Some(FallbackRecord {
+                    from: fallbacks.requested().to_string(),
+                    why: leave,
+                    to: None,
+                    tried: Vec::new(),
+                });
+                requested_answer = Some(error.unwrap_or_else(no_answer));
             }
         }
+        let Some(record) = journal.fallback.as_mut() else {
+            return Err(requested_answer.unwrap_or_else(no_answer));
+        };
+        let mut switched = None;
+        while let Some(model) = fallbacks.take_next() {
+            match shared.for_model(&model) {
+                Some(next) if clock.now_ms() < deadline_ms && transport.switch_model(&model) => {
+                    switched = Some((model, next));
+                    break;
+                }
+                _ => record.tried.push(Tried {
+                    model,
+                    ended: "cannot_serve_in_time".to_string(),
+                }),
+            }
+        }
+        let Some((model, (next_shared, next_memory))) = switched else {
+            return Err(requested_answer.unwrap_or_else(no_answer));
+        };
+        record.to = Some(model);
+        shared = next_shared;
+        memory = next_memory;
+        earlier_attempts = journal.attempts;
+        retrier = Retrier::new(
+            policy,
+            started_ms,
+            seed.rotate_left(17) ^ u64::from(earlier_attempts),
+        );
+        last_cause = None;
+        consulted = false;
     }
+}
+
+/// How a model's way ended when it did not answer.
+enum Ended {
+    /// It is overloaded past the deadline: fall back.
+    Left(Why),
+    /// A fallback that refused the request or could not serve it, for the log line.
+    Refused(String),
+}
+
+impl Ended {
+    fn ended(&self) -> String {
+        match self {
+            Ended::Left(why) => why.to_string(),
+            Ended::Refused(ended) => ended.clone(),
+        }
+    }
+}
+
+/// What the gatekeeper does beyond the plain rules, when fallbacks are in play.
+#[derive(Debug, Clone, Copy, Default)]
+struct GateRules {
+    /// A model to fall back to is left: an outage is left rather than waited out.
+    leave_outage: bool,
+    /// This is a fallback model's first attempt: go only if its state says it can be served
+    /// before the deadline.
+    judge_first: bool,
+}
+
+/// What the gatekeeper cleared before an attempt.
+enum Cleared {
+    /// Send the attempt (with the probe ticket when it is the model's probe).
+    Go(Option<ProbeTicket>),
+    /// The shared state answered for the upstream.
+    Stopped { error: ProxyError, stop: Stop },
+    /// The model is in an outage and there is somewhere else to go.
+    Leave { error: ProxyError, why: Why },
+    /// A fallback that cannot be served before the deadline.
+    CannotServe,
 }
 
 fn no_answer() -> ProxyError {
@@ -275,19 +487,22 @@ struct Gatekeeper<'r, C, S> {
 impl<C: Clock, S: Sleep> Gatekeeper<'_, C, S> {
     /// Before an attempt: on the happy path (a first attempt, no trouble seen lately) nothing
     /// is asked. Otherwise the shared state is asked, and waited on as long as it says (never
-    /// past the deadline); returns the probe ticket when this attempt is the model's probe.
+    /// past the deadline); clears the attempt with the probe ticket when it is the model's
+    /// probe.
     async fn before<G: SharedState>(
         &self,
         shared: &mut G,
         is_retry: bool,
         last_cause: Option<Cause>,
+        rules: GateRules,
+        consulted: &mut bool,
         journal: &mut Journal,
-    ) -> Result<Option<ProbeTicket>, ProxyError> {
+    ) -> Cleared {
         if !is_retry && self.memory.borrow_mut().send_unasked(self.clock.now_ms()) {
-            return Ok(None);
+            return Cleared::Go(None);
         }
-        journal.consulted = true;
-        for _ in 0..MAX_GATE_CALLS {
+        *consulted = true;
+        for call in 0..MAX_GATE_CALLS {
             let (unreported, unreported_served) = {
                 let mut memory = self.memory.borrow_mut();
                 (memory.take_unreported(), memory.take_unreported_served())
@@ -301,13 +516,31 @@ impl<C: Clock, S: Sleep> Gatekeeper<'_, C, S> {
                 cost: self.cost,
             };
             let Ok(gate) = shared.before(ask).await else {
-                return Ok(None);
+                return Cleared::Go(None);
             };
+            if call == 0 && rules.judge_first && !fallback::can_serve(&gate, self.deadline_ms) {
+                // An outage or a refusal: this edge asks before that model's next requests.
+                self.memory.borrow_mut().mark_trouble(self.clock.now_ms());
+                return Cleared::CannotServe;
+            }
             match gate {
-                Gate::Go { probe } => return Ok(probe),
+                Gate::Go { probe } => return Cleared::Go(probe),
                 Gate::Wait { until_ms, reason } => {
                     let now = self.clock.now_ms();
                     self.memory.borrow_mut().mark_trouble(now);
+                    if let Some(why) =
+                        fallback::why_leave_wait(reason).filter(|_| rules.leave_outage)
+                    {
+                        let refusal = Refusal {
+                            reason: RefuseReason::Overloaded,
+                            retry_after_ms: until_ms.saturating_sub(now),
+                            last_cause,
+                        };
+                        return Cleared::Leave {
+                            error: ProxyError::from(&refusal),
+                            why,
+                        };
+                    }
                     let ms = until_ms.min(self.deadline_ms).saturating_sub(now).max(1);
                     journal.waits.push(Wait {
                         ms,
@@ -328,25 +561,30 @@ impl<C: Clock, S: Sleep> Gatekeeper<'_, C, S> {
                         });
                         self.sleep.sleep(ms).await;
                     }
-                    return Ok(None);
+                    return Cleared::Go(None);
                 }
                 Gate::Refuse {
                     retry_after_ms,
                     reason,
                 } => {
                     self.memory.borrow_mut().mark_trouble(self.clock.now_ms());
-                    journal.stopped = Some(Stop::Refused(reason));
-                    return Err(ProxyError::from(&Refusal {
-                        reason,
-                        retry_after_ms,
-                        last_cause,
-                    }));
+                    return Cleared::Stopped {
+                        error: ProxyError::from(&Refusal {
+                            reason,
+                            retry_after_ms,
+                            last_cause,
+                        }),
+                        stop: Stop::Refused(reason),
+                    };
                 }
             }
         }
-        Err(ProxyError::Overloaded {
-            retry_after_ms: RUNAWAY_RETRY_AFTER_MS,
-        })
+        Cleared::Stopped {
+            error: ProxyError::Overloaded {
+                retry_after_ms: RUNAWAY_RETRY_AFTER_MS,
+            },
+            stop: Stop::Retries(StopReason::BudgetExhausted),
+        }
     }
 
     /// After an attempt: tells the shared state how it ended, when that is news to it.
@@ -395,6 +633,7 @@ mod tests {
     use std::num::NonZeroU32;
 
     use super::*;
+    use crate::upstream::PaceReason;
     use futures_executor::block_on;
 
     const T0: u64 = 1_764_000_000_000;
@@ -675,5 +914,434 @@ mod tests {
             Ok(4),
             "a transient status passes the last answer through"
         );
+    }
+
+    /// A transport whose answers are scripted per model; it records the model of each attempt.
+    struct PerModel<'t> {
+        time: &'t FakeTime,
+        model: String,
+        scripts: std::collections::HashMap<String, VecDeque<Outcome>>,
+        sent: Vec<String>,
+        switchable: bool,
+    }
+
+    impl Transport for PerModel<'_> {
+        type Answer = String;
+        async fn attempt(&mut self, _timeout_ms: u64) -> (Outcome, Option<String>) {
+            self.time.0.set(self.time.0.get() + 50);
+            self.sent.push(self.model.clone());
+            let outcome = self
+                .scripts
+                .get_mut(&self.model)
+                .and_then(VecDeque::pop_front)
+                .unwrap_or(status(200));
+            let answer = matches!(
+                outcome,
+                Outcome::Response { .. } | Outcome::StreamError { .. }
+            )
+            .then(|| self.model.clone());
+            (outcome, answer)
+        }
+        fn switch_model(&mut self, model: &str) -> bool {
+            if self.switchable {
+                self.model = model.to_string();
+            }
+            self.switchable
+        }
+    }
+
+    /// The key's state per model: scripted gates, and each model's edge memory.
+    #[derive(Default)]
+    struct Book {
+        gates: std::collections::HashMap<String, VecDeque<Gate>>,
+        memories: std::collections::HashMap<String, Rc<RefCell<EdgeMemory>>>,
+        asked: Vec<String>,
+    }
+
+    struct ModelState {
+        model: String,
+        book: Rc<RefCell<Book>>,
+    }
+
+    impl SharedState for ModelState {
+        async fn before(&mut self, _ask: Ask) -> Result<Gate, Unreachable> {
+            let mut book = self.book.borrow_mut();
+            book.asked.push(self.model.clone());
+            Ok(book
+                .gates
+                .get_mut(&self.model)
+                .and_then(VecDeque::pop_front)
+                .unwrap_or(Gate::Go { probe: None }))
+        }
+        async fn after(&mut self, _tell: Tell) {}
+        fn for_model(&self, model: &str) -> Option<(Self, Rc<RefCell<EdgeMemory>>)> {
+            let memory = self
+                .book
+                .borrow_mut()
+                .memories
+                .entry(model.to_string())
+                .or_default()
+                .clone();
+            Some((
+                ModelState {
+                    model: model.to_string(),
+                    book: self.book.clone(),
+                },
+                memory,
+            ))
+        }
+    }
+
+    struct Fleet {
+        time: FakeTime,
+        book: Rc<RefCell<Book>>,
+    }
+
+    impl Fleet {
+        fn new() -> Fleet {
+            Fleet {
+                time: FakeTime(Cell::new(T0)),
+                book: Rc::default(),
+            }
+        }
+
+        /// The model's state answers these gates first (its edge has seen trouble, so it asks).
+        fn gates(&self, model: &str, gates: Vec<Gate>) {
+            let mut book = self.book.borrow_mut();
+            book.gates.insert(model.to_string(), gates.into());
+            book.memories
+                .entry(model.to_string())
+                .or_default()
+                .borrow_mut()
+                .mark_trouble(T0);
+        }
+
+        fn go(
+            &self,
+            fallbacks: Fallbacks,
+            scripts: &[(&str, Vec<Outcome>)],
+        ) -> (Result<String, ProxyError>, Journal, Vec<String>) {
+            // The test's requests are all for "opus".
+            let requested = "opus".to_string();
+            let (shared, memory) = ModelState {
+                model: String::new(),
+                book: self.book.clone(),
+            }
+            .for_model(&requested)
+            .unwrap();
+            let mut transport = PerModel {
+                time: &self.time,
+                model: requested,
+                scripts: scripts
+                    .iter()
+                    .map(|(m, s)| (m.to_string(), s.clone().into()))
+                    .collect(),
+                sent: Vec::new(),
+                switchable: true,
+            };
+            let policy = RetryPolicy {
+                max_attempts: NonZeroU32::new(4).unwrap(),
+                ..RetryPolicy::default()
+            };
+            let run = Run {
+                clock: &self.time,
+                sleep: &self.time,
+                policy,
+                started_ms: self.time.now_ms(),
+                seed: 7,
+                cost: Cost::default(),
+                shared,
+                memory,
+            };
+            let mut journal = Journal::default();
+            let result = block_on(run_with_fallbacks(
+                run,
+                fallbacks,
+                &mut transport,
+                &mut journal,
+            ));
+            (result, journal, transport.sent)
+        }
+    }
+
+    fn list(models: &[&str]) -> Vec<String> {
+        models.iter().map(|m| m.to_string()).collect()
+    }
+
+    fn overloaded_stream() -> Outcome {
+        Outcome::StreamError {
+            error_type: "overloaded_error".to_string(),
+            should_retry: None,
+            wait_floor_ms: None,
+        }
+    }
+
+    #[test]
+    fn attempts_that_run_out_on_overload_fall_back_to_the_next_model() {
+        for overload in [status(529), overloaded_stream()] {
+            let fleet = Fleet::new();
+            let fallbacks = Fallbacks::new("opus", &list(&["sonnet", "haiku"]), true);
+            let (result, journal, sent) =
+                fleet.go(fallbacks, &[("opus", vec![overload.clone(); 4])]);
+            assert_eq!(result.as_deref(), Ok("sonnet"));
+            assert_eq!(sent, ["opus", "opus", "opus", "opus", "sonnet"]);
+            assert_eq!(journal.attempts, 5, "every attempt counts, on any model");
+            assert_eq!(journal.answered_by_fallback(), Some("sonnet"));
+            let record = journal.fallback.unwrap();
+            assert_eq!(
+                (record.from.as_str(), record.why),
+                ("opus", Why::Overloaded)
+            );
+            assert!(record.tried.is_empty());
+            assert_eq!(
+                journal.stopped,
+                Some(Stop::Retries(StopReason::AttemptsExhausted))
+            );
+        }
+    }
+
+    #[test]
+    fn opted_out_or_without_a_list_the_request_gets_its_own_models_answer() {
+        for fallbacks in [
+            Fallbacks::new("opus", &list(&["sonnet"]), false),
+            Fallbacks::new("opus", &[], true),
+            Fallbacks::none(),
+        ] {
+            let fleet = Fleet::new();
+            let (result, journal, sent) = fleet.go(fallbacks, &[("opus", vec![status(529); 4])]);
+            let error = result.unwrap_err();
+            assert_eq!(
+                (error.status(), error.error_type()),
+                (503, "overloaded_error")
+            );
+            assert_eq!(sent.len(), 4);
+            assert!(journal.fallback.is_none());
+        }
+    }
+
+    #[test]
+    fn a_fallback_that_refuses_the_request_gives_the_requested_models_overloaded_answer() {
+        for refusal in [400, 404, 422] {
+            let fleet = Fleet::new();
+            let fallbacks = Fallbacks::new("opus", &list(&["sonnet"]), true);
+            let (result, journal, sent) = fleet.go(
+                fallbacks,
+                &[
+                    ("opus", vec![status(529); 4]),
+                    ("sonnet", vec![status(refusal)]),
+                ],
+            );
+            let error = result.unwrap_err();
+            assert_eq!(
+                (error.status(), error.error_type()),
+                (503, "overloaded_error")
+            );
+            assert_eq!(sent, ["opus", "opus", "opus", "opus", "sonnet"]);
+            let record = journal.fallback.unwrap();
+            assert_eq!(record.to, None);
+            assert_eq!(
+                record.tried,
+                [Tried {
+                    model: "sonnet".to_string(),
+                    ended: format!("status_{refusal}")
+                }]
+            );
+        }
+        // With a second fallback, the next one is tried and answers.
+        let fleet = Fleet::new();
+        let fallbacks = Fallbacks::new("opus", &list(&["sonnet", "haiku"]), true);
+        let (result, journal, _) = fleet.go(
+            fallbacks,
+            &[
+                ("opus", vec![status(529); 4]),
+                ("sonnet", vec![status(400)]),
+            ],
+        );
+        assert_eq!(result.as_deref(), Ok("haiku"));
+        assert_eq!(journal.fallback.unwrap().tried.len(), 1);
+    }
+
+    #[test]
+    fn a_model_in_an_outage_is_left_at_once_for_one_that_serves() {
+        let fleet = Fleet::new();
+        fleet.gates(
+            "opus",
+            vec![Gate::Wait {
+                until_ms: T0 + 2_000,
+                reason: WaitReason::Overloaded,
+            }],
+        );
+        let fallbacks = Fallbacks::new("opus", &list(&["sonnet"]), true);
+        let (result, journal, sent) = fleet.go(fallbacks, &[]);
+        assert_eq!(result.as_deref(), Ok("sonnet"));
+        assert_eq!(sent, ["sonnet"], "no attempt on the model in an outage");
+        assert!(journal.waits.is_empty(), "no wait for its probe");
+        assert_eq!(journal.fallback.unwrap().why, Why::Outage);
+        // Without a fallback the outage is waited out as before.
+        let fleet = Fleet::new();
+        fleet.gates(
+            "opus",
+            vec![Gate::Wait {
+                until_ms: T0 + 2_000,
+                reason: WaitReason::Overloaded,
+            }],
+        );
+        let (result, journal, _) = fleet.go(Fallbacks::none(), &[]);
+        assert_eq!(result.as_deref(), Ok("opus"));
+        assert_eq!(journal.waits.len(), 1);
+    }
+
+    #[test]
+    fn the_first_listed_model_that_can_be_served_in_time_answers() {
+        let fleet = Fleet::new();
+        fleet.gates(
+            "opus",
+            vec![Gate::Refuse {
+                retry_after_ms: 40_000,
+                reason: RefuseReason::Paced(PaceReason::Capacity),
+            }],
+        );
+        // Sonnet is in an outage, haiku's send time is past the deadline, claude-x serves.
+        fleet.gates(
+            "sonnet",
+            vec![Gate::Wait {
+                until_ms: T0 + 1_000,
+                reason: WaitReason::Overloaded,
+            }],
+        );
+        fleet.gates(
+            "haiku",
+            vec![Gate::Refuse {
+                retry_after_ms: 60_000,
+                reason: RefuseReason::Paced(PaceReason::Capacity),
+            }],
+        );
+        fleet.gates(
+            "claude-x",
+            vec![Gate::Scheduled {
+                at_ms: T0 + 3_000,
+                reason: PaceReason::Capacity,
+            }],
+        );
+        let fallbacks = Fallbacks::new("opus", &list(&["sonnet", "haiku", "claude-x"]), true);
+        let (result, journal, sent) = fleet.go(fallbacks, &[]);
+        assert_eq!(result.as_deref(), Ok("claude-x"));
+        assert_eq!(sent, ["claude-x"]);
+        let record = journal.fallback.unwrap();
+        assert_eq!(record.why, Why::PacedPastDeadline);
+        let tried: Vec<(&str, &str)> = record
+            .tried
+            .iter()
+            .map(|t| (t.model.as_str(), t.ended.as_str()))
+            .collect();
+        assert_eq!(
+            tried,
+            [
+                ("sonnet", "cannot_serve_in_time"),
+                ("haiku", "cannot_serve_in_time")
+            ]
+        );
+        assert_eq!(
+            fleet.book.borrow().asked,
+            ["opus", "sonnet", "haiku", "claude-x"]
+        );
+        // The paced send time was slept: a wait, not an attempt.
+        assert_eq!(journal.waits.len(), 1);
+        assert_eq!(journal.attempts, 1);
+    }
+
+    #[test]
+    fn when_no_fallback_can_serve_the_requested_models_answer_comes_at_once() {
+        let fleet = Fleet::new();
+        fleet.gates(
+            "opus",
+            vec![Gate::Refuse {
+                retry_after_ms: 12_000,
+                reason: RefuseReason::Overloaded,
+            }],
+        );
+        fleet.gates(
+            "sonnet",
+            vec![Gate::Refuse {
+                retry_after_ms: 5_000,
+                reason: RefuseReason::Overloaded,
+            }],
+        );
+        let fallbacks = Fallbacks::new("opus", &list(&["sonnet"]), true);
+        let (result, journal, sent) = fleet.go(fallbacks, &[]);
+        assert_eq!(
+            result,
+            Err(ProxyError::Overloaded {
+                retry_after_ms: 12_000
+            })
+        );
+        assert!(sent.is_empty());
+        assert_eq!(fleet.time.now_ms(), T0, "answered without waiting");
+        assert_eq!(
+            journal.stopped,
+            Some(Stop::Refused(RefuseReason::Overloaded))
+        );
+    }
+
+    #[test]
+    fn the_keys_own_limits_never_send_a_request_to_another_model() {
+        let fleet = Fleet::new();
+        fleet.gates(
+            "opus",
+            vec![Gate::Refuse {
+                retry_after_ms: 9_000,
+                reason: RefuseReason::Paced(PaceReason::KeyLimit(
+                    crate::upstream::LimitDimension::Requests,
+                )),
+            }],
+        );
+        let fallbacks = Fallbacks::new("opus", &list(&["sonnet"]), true);
+        let (result, journal, sent) = fleet.go(fallbacks, &[]);
+        assert_eq!(result.unwrap_err().status(), 429);
+        assert!(sent.is_empty());
+        assert!(journal.fallback.is_none());
+        // Nor do timeouts or transient statuses: those pass through or answer as before.
+        let fallbacks = Fallbacks::new("opus", &list(&["sonnet"]), true);
+        let (result, journal, _) = fleet.go(fallbacks, &[("opus", vec![status(500); 4])]);
+        assert_eq!(result.as_deref(), Ok("opus"));
+        assert!(journal.fallback.is_none());
+    }
+
+    #[test]
+    fn a_transport_that_cannot_switch_models_keeps_the_requested_answer() {
+        let fleet = Fleet::new();
+        let (shared, memory) = ModelState {
+            model: String::new(),
+            book: fleet.book.clone(),
+        }
+        .for_model("opus")
+        .unwrap();
+        let mut transport = PerModel {
+            time: &fleet.time,
+            model: "opus".to_string(),
+            scripts: [("opus".to_string(), vec![status(529); 4].into())].into(),
+            sent: Vec::new(),
+            switchable: false,
+        };
+        let run = Run {
+            clock: &fleet.time,
+            sleep: &fleet.time,
+            policy: RetryPolicy::default(),
+            started_ms: T0,
+            seed: 1,
+            cost: Cost::default(),
+            shared,
+            memory,
+        };
+        let mut journal = Journal::default();
+        let fallbacks = Fallbacks::new("opus", &list(&["sonnet"]), true);
+        let result = block_on(run_with_fallbacks(
+            run,
+            fallbacks,
+            &mut transport,
+            &mut journal,
+        ));
+        assert_eq!(result.unwrap_err().status(), 503);
+        assert_eq!(transport.sent.len(), 4);
     }
 }

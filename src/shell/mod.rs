@@ -25,6 +25,7 @@ use crate::request::route::{query_of, route, upstream_url, Metering, Route};
 
 use crate::limits::WAITING_LEASE_MS;
 use crate::request::cors::Cors;
+use crate::retry::fallback::{self, Fallbacks, OPT_OUT_HEADER};
 use crate::retry::runner::{self, Run};
 use crate::retry::RetryPolicy;
 use crate::upstream::{pool_of, Cost};
@@ -93,6 +94,9 @@ async fn handle(
         (None, BodyFacts::default())
     };
     exchange.stream = facts.stream;
+    if route == Route::Messages {
+        exchange.model.clone_from(&facts.model);
+    }
 
     let admitted = admit(env, &config, &route, &caller, &facts, exchange).await?;
 
@@ -106,10 +110,21 @@ async fn handle(
         &upstream_key,
         body.as_ref().map(|b| &b.blob),
         facts.stream,
-    );
+    )
+    .with_model_span(facts.model_span.clone());
+    let fallback_header = req.headers().get(OPT_OUT_HEADER).ok().flatten();
+    let fallbacks = match (&route, facts.model.as_deref()) {
+        (Route::Messages, Some(model)) => Fallbacks::new(
+            model,
+            config.fallbacks_of(model),
+            fallback::allowed_by_header(fallback_header.as_deref()),
+        ),
+        _ => Fallbacks::none(),
+    };
     let answer = forward_holding(
         env,
         &route,
+        fallbacks,
         &upstream_key,
         &facts,
         policy,
@@ -174,6 +189,7 @@ async fn admit(
 async fn forward_holding(
     env: &Env,
     route: &Route,
+    fallbacks: Fallbacks,
     upstream_key: &crate::identity::Secret,
     facts: &BodyFacts,
     policy: RetryPolicy,
@@ -181,7 +197,16 @@ async fn forward_holding(
     admitted: Option<&Admitted>,
     exchange: &mut Exchange,
 ) -> Result<transport::UpstreamAnswer, ProxyError> {
-    let attempts = forward(env, route, upstream_key, facts, policy, upstream, exchange);
+    let attempts = forward(
+        env,
+        route,
+        fallbacks,
+        upstream_key,
+        facts,
+        policy,
+        upstream,
+        exchange,
+    );
     let Some(a) = admitted else {
         return attempts.await;
     };
@@ -228,10 +253,12 @@ impl Admitted {
 
 /// Runs the request's attempts through the core's runner; messages and token counts answer to
 /// the upstream key's shared state for their pool (paced by what it costs), model listings to
-/// none.
+/// none. A message may fall back to other models (see [`crate::retry::fallback`]).
+#[allow(clippy::too_many_arguments)]
 async fn forward(
     env: &Env,
     route: &Route,
+    fallbacks: Fallbacks,
     upstream_key: &crate::identity::Secret,
     facts: &BodyFacts,
     policy: RetryPolicy,
@@ -260,7 +287,7 @@ async fn forward(
         shared,
         memory,
     };
-    runner::run(run, upstream, &mut exchange.journal).await
+    runner::run_with_fallbacks(run, fallbacks, upstream, &mut exchange.journal).await
 }
 
 fn authenticate_request(req: &Request, config: &Config) -> Result<Caller, ProxyError> {

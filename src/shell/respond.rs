@@ -29,6 +29,8 @@ pub struct Exchange {
     pub route: Option<Route>,
     pub identity_hash: Option<String>,
     pub stream: bool,
+    /// The model the body names (`/v1/messages`).
+    pub model: Option<String>,
     /// Attempts, waits and why retries stopped, as the request runner recorded them.
     pub journal: Journal,
     pub upstream_request_id: Option<String>,
@@ -46,6 +48,7 @@ impl Exchange {
             route: None,
             identity_hash: None,
             stream: false,
+            model: None,
             journal: Journal::default(),
             upstream_request_id: None,
             extra_headers: Vec::new(),
@@ -73,6 +76,9 @@ impl Exchange {
         if self.route.as_ref().is_some_and(Route::is_proxied) {
             let _ = headers.set("x-proxy-attempts", &self.journal.attempts.to_string());
         }
+        if let Some(model) = self.answering_model() {
+            let _ = headers.set("x-proxy-model", model);
+        }
         for (name, value) in &self.extra_headers {
             let _ = headers.set(name, value);
         }
@@ -86,6 +92,14 @@ impl Exchange {
         let status = response.status_code();
         worker::console_log!("{}", self.log_line(status, error.as_ref()));
         response
+    }
+
+    /// The model that answered a `/v1/messages` request: a fallback's when one answered,
+    /// otherwise the one the body names (its own answer, or the proxy's answer for it).
+    fn answering_model(&self) -> Option<&str> {
+        self.journal
+            .answered_by_fallback()
+            .or(self.model.as_deref())
     }
 
     fn log_line(&self, status: u16, error: Option<&ProxyError>) -> String {
@@ -105,7 +119,25 @@ impl Exchange {
             waits: Vec<LoggedWait>,
             #[serde(skip_serializing_if = "Option::is_none")]
             stopped: Option<String>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            model: Option<&'a str>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            fallback: Option<LoggedFallback<'a>>,
             total_ms: u64,
+        }
+        /// Both models and why: `{"from": "claude-opus-4-5", "to": "claude-sonnet-4-5",
+        /// "why": "overloaded", "tried": []}` (`to` is null when no fallback answered).
+        #[derive(Serialize)]
+        struct LoggedFallback<'a> {
+            from: &'a str,
+            to: Option<&'a str>,
+            why: String,
+            tried: Vec<LoggedTry<'a>>,
+        }
+        #[derive(Serialize)]
+        struct LoggedTry<'a> {
+            model: &'a str,
+            ended: &'a str,
         }
         let line = Line {
             request_id: &self.request_id,
@@ -126,6 +158,20 @@ impl Exchange {
                 })
                 .collect(),
             stopped: self.journal.stopped.map(|s| s.to_string()),
+            model: self.answering_model(),
+            fallback: self.journal.fallback.as_ref().map(|f| LoggedFallback {
+                from: &f.from,
+                to: f.to.as_deref(),
+                why: f.why.to_string(),
+                tried: f
+                    .tried
+                    .iter()
+                    .map(|t| LoggedTry {
+                        model: &t.model,
+                        ended: &t.ended,
+                    })
+                    .collect(),
+            }),
             total_ms: runtime::now_ms().saturating_sub(self.started_ms),
         };
         serde_json::to_string(&line).unwrap_or_default()

@@ -9,6 +9,7 @@ use std::pin::pin;
 
 use futures_util::future::{ready, select, Either};
 use futures_util::{stream, StreamExt};
+use worker::wasm_bindgen::JsValue;
 use worker::{
     AbortController, Fetch, Headers, Method, Request, RequestInit, RequestRedirect, Response,
     ResponseBuilder,
@@ -18,6 +19,7 @@ use super::reader::BodyReader;
 use super::runtime::now_ms;
 use super::timer::Timer;
 use crate::error::ProxyError;
+use crate::request::body::ModelRewrite;
 use crate::request::headers::{forward_downstream, forward_upstream};
 use crate::retry::runner::Transport;
 use crate::retry::{
@@ -58,6 +60,10 @@ pub struct Upstream<'a> {
     headers: Vec<(String, String)>,
     /// The body as one `Blob`, handed to every attempt as it is (no copy per attempt).
     body: Option<&'a worker::web_sys::Blob>,
+    /// The body for a fallback model, built from the client's `Blob` without copying it.
+    fallback_body: Option<worker::web_sys::Blob>,
+    /// Where the body's top-level `model` value lies, for a fallback to rewrite it.
+    model_span: Option<std::ops::Range<usize>>,
     streaming: bool,
     /// The upstream's `request-id` of the last attempt that had one.
     pub request_id: Option<String>,
@@ -86,11 +92,40 @@ impl<'a> Upstream<'a> {
             method: Method::from(method.to_string()),
             headers,
             body,
+            fallback_body: None,
+            model_span: None,
             streaming,
             request_id: None,
             key_limits: KeyLimits::default(),
         }
     }
+
+    /// Lets a fallback rewrite the body's `model`, which lies at `span`.
+    pub fn with_model_span(mut self, span: Option<std::ops::Range<usize>>) -> Upstream<'a> {
+        self.model_span = span;
+        self
+    }
+}
+
+/// The client's body with its top-level `model` value replaced: a `Blob` made of the
+/// original's bytes before the value, the new value, and its bytes after, so the body is
+/// neither copied into Wasm memory nor changed anywhere else.
+fn body_for_model(
+    body: &worker::web_sys::Blob,
+    span: &std::ops::Range<usize>,
+    model: &str,
+) -> Option<worker::web_sys::Blob> {
+    let length = usize::try_from(body.size() as u64).ok()?;
+    let rewrite = ModelRewrite::new(span, length, model)?;
+    let at = |n: usize| u32::try_from(n).ok().map(f64::from);
+    let head = body
+        .slice_with_f64_and_f64(at(rewrite.head.start)?, at(rewrite.head.end)?)
+        .ok()?;
+    let tail = body
+        .slice_with_f64_and_f64(at(rewrite.tail.start)?, at(rewrite.tail.end)?)
+        .ok()?;
+    let parts = js_sys::Array::of3(&head, &JsValue::from_str(&rewrite.value), &tail);
+    worker::web_sys::Blob::new_with_blob_sequence(&parts).ok()
 }
 
 impl Transport for Upstream<'_> {
@@ -101,7 +136,7 @@ impl Transport for Upstream<'_> {
             &self.url,
             self.method.clone(),
             &self.headers,
-            self.body,
+            self.fallback_body.as_ref().or(self.body),
             timeout_ms,
             self.streaming,
         )
@@ -120,6 +155,19 @@ impl Transport for Upstream<'_> {
 
     fn key_limits(&self) -> KeyLimits {
         self.key_limits
+    }
+
+    fn switch_model(&mut self, model: &str) -> bool {
+        let (Some(body), Some(span)) = (self.body, self.model_span.as_ref()) else {
+            return false;
+        };
+        match body_for_model(body, span, model) {
+            Some(rewritten) => {
+                self.fallback_body = Some(rewritten);
+                true
+            }
+            None => false,
+        }
     }
 }
 

@@ -10,6 +10,7 @@ use std::rc::Rc;
 
 use super::*;
 use crate::durable::ObjectState;
+use crate::retry::fallback::Fallbacks;
 use crate::retry::runner::{
     self, Ask, Clock, Journal, SharedState, Sleep, Stop, Tell, Transport, Unreachable, WaitCause,
 };
@@ -18,6 +19,8 @@ use crate::testing::VirtualTime;
 use crate::upstream::{KeyLimits, Observed};
 
 const MODEL: &str = "claude-opus-4-1";
+/// The model requests fall back to, in scenarios with a fallback.
+const FALLBACK_MODEL: &str = "claude-sonnet-4-5";
 /// How long the upstream takes to shed a request, and to answer one (headers).
 const SHED_MS: u64 = 40;
 const SERVE_MS: u64 = 300;
@@ -66,6 +69,7 @@ enum End {
 struct Call {
     at: u64,
     probe: bool,
+    model: &'static str,
 }
 
 struct Client {
@@ -115,6 +119,10 @@ struct SimUpstream {
     log: Rc<RefCell<Log>>,
     /// The shared state just handed this request the probe ticket.
     probe: Rc<RefCell<bool>>,
+    /// The model this request's attempts name now, and the one the outage is of (`None`: an
+    /// outage of every model).
+    model: &'static str,
+    outage_model: Option<&'static str>,
 }
 
 impl Transport for SimUpstream {
@@ -123,16 +131,19 @@ impl Transport for SimUpstream {
     async fn attempt(&mut self, _timeout_ms: u64) -> (Outcome, Option<()>) {
         let sent_at = self.time.now_ms();
         let probe = std::mem::take(&mut *self.probe.borrow_mut());
-        self.log
-            .borrow_mut()
-            .calls
-            .push(Call { at: sent_at, probe });
+        self.log.borrow_mut().calls.push(Call {
+            at: sent_at,
+            probe,
+            model: self.model,
+        });
         let over = self
             .capacity
             .borrow_mut()
             .as_mut()
             .is_some_and(|c| !c.admit(sent_at));
-        let shed = sent_at < self.outage_ms || over;
+        let in_outage = self.outage_model.is_none_or(|m| m == self.model);
+        let shed = (sent_at < self.outage_ms && in_outage) || over;
+
         let limited = match self.key.borrow_mut().as_mut() {
             Some(key) if !shed => {
                 let wait = key.admit(sent_at);
@@ -168,6 +179,16 @@ impl Transport for SimUpstream {
 
     fn key_limits(&self) -> KeyLimits {
         self.limits
+    }
+
+    fn switch_model(&mut self, model: &str) -> bool {
+        match [MODEL, FALLBACK_MODEL].into_iter().find(|m| *m == model) {
+            Some(known) => {
+                self.model = known;
+                true
+            }
+            None => false,
+        }
     }
 }
 
@@ -254,6 +275,8 @@ impl KeyBucket {
 
 /// The key's shared state in memory, called at virtual time.
 struct SimShared {
+    /// The pool this view asks for.
+    model: &'static str,
     time: Rc<VirtualTime>,
     state: Rc<RefCell<UpstreamState>>,
     enabled: bool,
@@ -261,6 +284,8 @@ struct SimShared {
     log: Rc<RefCell<Log>>,
     probe: Rc<RefCell<bool>>,
     asked_first: Rc<RefCell<bool>>,
+    /// With a fallback: its model and this edge's memory of its pool.
+    fallback_memory: Option<(&'static str, Rc<RefCell<EdgeMemory>>)>,
 }
 
 impl SharedState for SimShared {
@@ -273,7 +298,7 @@ impl SharedState for SimShared {
         if !ask.is_retry {
             *self.asked_first.borrow_mut() = true;
         }
-        let call = UpstreamCall::before(MODEL, ask);
+        let call = UpstreamCall::before(self.model, ask);
         // The object's own decision, as the Durable Object makes it.
         let UpstreamReply::Gate(gate) = self.state.borrow_mut().decide(now, call) else {
             panic!("a gate answers a before-call");
@@ -302,23 +327,51 @@ impl SharedState for SimShared {
         let now = self.time.now_ms();
         let mut log = self.log.borrow_mut();
         log.shared_calls += 1;
-        let call = UpstreamCall::after(MODEL, tell, self.seed ^ now);
+        let call = UpstreamCall::after(self.model, tell, self.seed ^ now);
         let UpstreamReply::Change(change) = self.state.borrow_mut().decide(now, call) else {
             panic!("a change answers an after-call");
         };
         match change {
-            Change::MarkedOverloaded { .. } => {
+            Change::MarkedOverloaded { .. } if self.model == MODEL => {
                 log.marked_at.get_or_insert(now);
             }
-            Change::Recovering { window_ms } => {
+            Change::Recovering { window_ms } if self.model == MODEL => {
                 log.recovered.get_or_insert((now, window_ms));
             }
             _ => {}
         }
     }
+
+    /// The fallback model's pool of the same key, with the edge's memory of it.
+    fn for_model(&self, model: &str) -> Option<(Self, Rc<RefCell<EdgeMemory>>)> {
+        let (model, memory) = self
+            .fallback_memory
+            .as_ref()
+            .filter(|_| model == FALLBACK_MODEL)?;
+        Some((
+            SimShared {
+                model,
+                time: self.time.clone(),
+                state: self.state.clone(),
+                enabled: self.enabled,
+                seed: self.seed,
+                log: self.log.clone(),
+                probe: self.probe.clone(),
+                asked_first: Rc::new(RefCell::new(false)),
+                fallback_memory: None,
+            },
+            memory.clone(),
+        ))
+    }
 }
 
 fn simulate(scenario: Scenario) -> Run {
+    simulate_with(scenario, false)
+}
+
+/// [`simulate`]; with `fallback`, the outage is of [`MODEL`] only and its requests may fall
+/// back to [`FALLBACK_MODEL`], which serves.
+fn simulate_with(scenario: Scenario, fallback: bool) -> Run {
     let retry = RetryPolicy {
         budget_ms: scenario.budget_ms,
         ..RetryPolicy::default()
@@ -329,6 +382,9 @@ fn simulate(scenario: Scenario) -> Run {
     let capacity = Rc::new(RefCell::new(scenario.capacity_rps.map(Capacity::new)));
     let key = Rc::new(RefCell::new(scenario.key_rpm.map(KeyBucket::new)));
     let edges: Vec<Rc<RefCell<EdgeMemory>>> = (0..scenario.edges.max(1))
+        .map(|_| Rc::new(RefCell::new(EdgeMemory::default())))
+        .collect();
+    let fallback_edges: Vec<Rc<RefCell<EdgeMemory>>> = (0..scenario.edges.max(1))
         .map(|_| Rc::new(RefCell::new(EdgeMemory::default())))
         .collect();
     let mut seeds = fastrand::Rng::with_seed(scenario.seed);
@@ -360,6 +416,8 @@ fn simulate(scenario: Scenario) -> Run {
         let probe = Rc::new(RefCell::new(false));
         let asked_first = Rc::new(RefCell::new(false));
         let shared = SimShared {
+            model: MODEL,
+            fallback_memory: fallback.then(|| (FALLBACK_MODEL, fallback_edges[edge_of[i]].clone())),
             asked_first: asked_first.clone(),
             time: time.clone(),
             state: state.clone(),
@@ -376,6 +434,8 @@ fn simulate(scenario: Scenario) -> Run {
             limits: KeyLimits::default(),
             log: log.clone(),
             probe,
+            model: MODEL,
+            outage_model: fallback.then_some(MODEL),
         };
         tasks.push(Box::pin(async move {
             let arrival = client.borrow().arrival;
@@ -391,7 +451,13 @@ fn simulate(scenario: Scenario) -> Run {
                 memory,
             };
             let mut journal = Journal::default();
-            let result = runner::run(run, &mut upstream, &mut journal).await;
+            let fallbacks = if fallback {
+                Fallbacks::new(MODEL, &[FALLBACK_MODEL.to_string()], true)
+            } else {
+                Fallbacks::none()
+            };
+            let result =
+                runner::run_with_fallbacks(run, fallbacks, &mut upstream, &mut journal).await;
             let at = time.now_ms();
             let mut client = client.borrow_mut();
             client.end = Some(match (result, journal.stopped) {
@@ -885,5 +951,100 @@ fn goodput_at_the_key_limit_holds_as_edges_are_added() {
                 );
             }
         }
+    }
+}
+
+/// A 20 s outage of one model, 400 requests for it arriving over 40 s, 10 s budgets.
+fn one_model_outage(seed: u64) -> Scenario {
+    Scenario {
+        clients: 400,
+        spacing_ms: 100,
+        edges: 8,
+        outage_ms: 20_000,
+        capacity_rps: None,
+        key_rpm: None,
+        budget_ms: 10_000,
+        seed,
+        shared: true,
+        random_arrivals: true,
+    }
+}
+
+#[test]
+fn an_outage_of_one_model_is_answered_by_its_fallback_in_time() {
+    for seed in 0..10 {
+        let scenario = one_model_outage(seed);
+        let with = simulate_with(scenario, true);
+        let without = simulate(scenario);
+        let served = |run: &Run| {
+            run.clients
+                .iter()
+                .filter(
+                    |c| matches!(c.end, Some(End::Served { at }) if at <= c.deadline + SERVE_MS),
+                )
+                .count()
+        };
+        // Without a fallback, requests whose budget ends inside the outage cannot be served.
+        let arriving_late = without
+            .clients
+            .iter()
+            .filter(|c| c.deadline > scenario.outage_ms)
+            .count();
+        assert!(served(&without) <= arriving_late, "seed {seed}");
+        // With one, every request is served, within its budget (plus the answer's own time).
+        assert_eq!(served(&with), with.clients.len(), "seed {seed}");
+        let fell_back: Vec<&Client> = with
+            .clients
+            .iter()
+            .filter(|c| c.journal.answered_by_fallback() == Some(FALLBACK_MODEL))
+            .collect();
+        let during = with
+            .clients
+            .iter()
+            .filter(|c| c.arrival + 2_000 < scenario.outage_ms)
+            .count();
+        assert!(
+            fell_back.len() >= during,
+            "seed {seed}: {} fell back",
+            fell_back.len()
+        );
+        // After the outage the model serves its own requests again (once it has recovered).
+        let own_after = with
+            .clients
+            .iter()
+            .filter(|c| c.arrival > scenario.outage_ms + 5_000)
+            .filter(|c| c.journal.answered_by_fallback().is_none())
+            .count();
+        assert!(own_after > 0, "seed {seed}");
+        // Once the model is known to be in an outage, its requests leave it without an
+        // attempt: the overloaded model sees little more than probes.
+        let shed_calls = with
+            .calls_before(scenario.outage_ms)
+            .iter()
+            .filter(|call| call.model == MODEL)
+            .count();
+        let without_calls = without.calls_before(scenario.outage_ms).len();
+        assert!(
+            shed_calls * 4 < during,
+            "seed {seed}: {shed_calls} calls to the overloaded model for {during} requests"
+        );
+        if seed == 0 {
+            println!(
+                "one model's outage: served {} of {} with a fallback ({} by it), {} without; \
+                 calls to the model in its outage {shed_calls} with, {without_calls} without",
+                served(&with),
+                with.clients.len(),
+                fell_back.len(),
+                served(&without)
+            );
+        }
+        let why: Vec<_> = fell_back
+            .iter()
+            .filter_map(|c| c.journal.fallback.as_ref().map(|f| f.why))
+            .collect();
+        assert!(
+            why.contains(&crate::retry::fallback::Why::Outage),
+            "seed {seed}"
+        );
     }
 }

@@ -216,3 +216,23 @@ test('createChatClient binds the proxy and credential', async () => {
   assert.equal(result.text, 'Héllo wörld');
   assert.equal(calls[0].init.headers.authorization, 'Bearer k');
 });
+
+test('the answering model comes from x-proxy-model; a fallback is flagged; opting out is a header', async () => {
+  const answeredBy = (model) => new Response(STREAM, {
+    status: 200, headers: { 'content-type': 'text/event-stream', 'x-proxy-model': model },
+  });
+  const { fetch, calls } = scripted([answeredBy('claude-sonnet-4-5'), answeredBy('m'), sse()]);
+  const asked = { ...body, model: 'claude-opus-4-5' };
+  const fellBack = await streamChat({ baseURL: 'http://p', apiKey: 'k', body: asked, fetch });
+  assert.equal(fellBack.model, 'claude-sonnet-4-5');
+  assert.equal(fellBack.fallback, true);
+  assert.equal(calls[0].init.headers['x-proxy-fallback'], undefined);
+  const own = await streamChat({ baseURL: 'http://p', apiKey: 'k', body, fetch, fallback: false });
+  assert.equal(own.model, 'm');
+  assert.equal(own.fallback, false);
+  assert.equal(calls[1].init.headers['x-proxy-fallback'], 'off');
+  // Without the header (another proxy, an older one): the stream's own model, no fallback claimed.
+  const plain = await streamChat({ baseURL: 'http://p', apiKey: 'k', body, fetch });
+  assert.equal(plain.model, 'm');
+  assert.equal(plain.fallback, false);
+});

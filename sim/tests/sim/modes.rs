@@ -123,6 +123,32 @@ async fn capacity_refuses_above_the_rate_and_during_outages() {
 }
 
 #[tokio::test]
+async fn a_capacity_or_a_fault_may_overload_one_model_only() {
+    let sim = Sim::start().await;
+    let opus = msg(json!({"model": "claude-opus-4-5"}));
+    let sonnet = msg(json!({"model": "claude-sonnet-4-5"}));
+    sim.mode(
+        json!({"capacity": {"rps": 1000, "models": ["claude-opus-4-5"],
+                                  "outages": [{"start_ms": 0, "duration_ms": 60000}]}}),
+    )
+    .await;
+    for _ in 0..3 {
+        assert_eq!(sim.messages(&opus).await.status, 529);
+        assert_eq!(sim.messages(&sonnet).await.status, 200);
+    }
+    assert_eq!(sim.stats().await["capacity"]["rejected_outage"], 3);
+    sim.mode(json!({"capacity": null})).await;
+    // A queued fault with a model is taken only by requests for that model.
+    sim.script(json!([{"model": "claude-opus-4-5", "status": 529, "times": 2}]))
+        .await;
+    assert_eq!(sim.messages(&sonnet).await.status, 200);
+    assert_eq!(sim.messages(&opus).await.status, 529);
+    assert_eq!(sim.messages(&sonnet).await.status, 200);
+    assert_eq!(sim.messages(&opus).await.status, 529);
+    assert_eq!(sim.messages(&opus).await.status, 200);
+}
+
+#[tokio::test]
 async fn rate_limit_answers_429_with_retry_after() {
     let sim = Sim::start().await;
     sim.mode(json!({"rate_limit": {"rpm": 2}})).await;

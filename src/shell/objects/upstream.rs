@@ -11,9 +11,12 @@ use worker::{durable_object, DurableObject, Env, Request, Response, State};
 
 use super::Object;
 use crate::identity::Secret;
+use crate::request::route::Route;
 use crate::retry::runner::{Ask, SharedState, Tell, Unreachable};
 use crate::shell::runtime::{now_ms, random_u64};
-use crate::upstream::{Change, EdgeMemories, EdgeMemory, Gate, UpstreamCall, UpstreamState};
+use crate::upstream::{
+    pool_of, Change, EdgeMemories, EdgeMemory, Gate, UpstreamCall, UpstreamState,
+};
 
 pub const BINDING: &str = "UPSTREAM";
 
@@ -91,5 +94,22 @@ impl SharedState for KeyState<'_> {
         let call = UpstreamCall::after(&self.model, tell, random_u64());
         // A report that cannot be delivered is logged by the call; the request goes on.
         let _: Result<Change, Unreachable> = self.call(&call).await;
+    }
+
+    /// The same key's object for a fallback model's pool, and this isolate's memory of it.
+    fn for_model(&self, model: &str) -> Option<(Self, Rc<RefCell<EdgeMemory>>)> {
+        let pool = pool_of(&Route::Messages, Some(model));
+        let memory = EDGE.with(|edge| {
+            edge.borrow_mut()
+                .of(&format!("{}/{pool}", self.object), now_ms())
+        });
+        Some((
+            KeyState {
+                env: self.env,
+                object: self.object.clone(),
+                model: pool,
+            },
+            memory,
+        ))
     }
 }
