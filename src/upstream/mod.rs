@@ -43,6 +43,7 @@ mod pace;
 mod policy;
 mod pool;
 mod state;
+mod status;
 
 #[cfg(test)]
 mod properties;
@@ -56,9 +57,11 @@ pub use edge::{EdgeMemories, EdgeMemory, Refusal};
 pub use health::MAX_MODEL_NAME_BYTES;
 pub use object::{UpstreamCall, UpstreamReply};
 pub use pace::{
-    Cost, KeyLimits, LimitDimension, Observed, Pace, PacePolicy, PaceReason, SendTime, NEAR_PERCENT,
+    Cost, KeyLimits, LimitDimension, LimitOutlook, Observed, Pace, PaceOutlook, PacePolicy,
+    PaceReason, SendTime, NEAR_PERCENT,
 };
 pub use policy::OutagePolicy;
+pub use status::{KeyStatus, PoolStatus, ProbeStatus, Waiting};
 pub use pool::{family, pool_of};
 pub use state::{
     AttemptReport, Change, Gate, ModelPhase, ModelSnapshot, ProbeTicket, RefuseReason, Reply,
