@@ -90,19 +90,19 @@ impl AnswerKind {
 
 /// Everything a metric says about one request, once its answer is known.
 #[derive(Debug, Clone, PartialEq)]
-pub struct RequestFacts<'a> {
+pub struct RequestFacts {
     /// The route's name (`messages`, `count_tokens`, `models`, …; `unrouted` before routing).
-    pub route: &'a str,
-    pub model_asked: Option<&'a str>,
+    pub route: &'static str,
+    pub model_asked: Option<String>,
     /// The model that answered (the one asked, unless a fallback served it).
-    pub model_served: Option<&'a str>,
+    pub model_served: Option<String>,
     pub status: u16,
     pub kind: AnswerKind,
     /// The envelope's `error.type` of an answer the proxy made.
-    pub error_type: Option<&'a str>,
-    pub tier: Option<&'a str>,
+    pub error_type: Option<&'static str>,
+    pub tier: Option<String>,
     /// The caller's fingerprint (never its key or token).
-    pub caller: Option<&'a str>,
+    pub caller: Option<String>,
     pub stream: bool,
     pub attempts: u32,
     pub wait_ms: u64,
@@ -139,19 +139,19 @@ fn blob(value: Option<&str>) -> String {
 
 /// The data point for one request. Unknown token counts are 0, so sums stay sums.
 #[must_use]
-pub fn data_point(facts: &RequestFacts<'_>) -> DataPoint {
+pub fn data_point(facts: &RequestFacts) -> DataPoint {
     // Whole numbers far below 2^53: exact as doubles.
     let n = |v: u64| v as f64;
     DataPoint {
-        index: blob(facts.caller),
+        index: blob(facts.caller.as_deref()),
         blobs: vec![
             blob(Some(facts.route)),
-            blob(facts.model_asked),
-            blob(facts.model_served),
+            blob(facts.model_asked.as_deref()),
+            blob(facts.model_served.as_deref()),
             facts.kind.as_str().to_string(),
             blob(facts.error_type),
-            blob(facts.tier),
-            blob(facts.caller),
+            blob(facts.tier.as_deref()),
+            blob(facts.caller.as_deref()),
         ],
         doubles: vec![
             f64::from(facts.status),
@@ -235,8 +235,13 @@ impl EdgeTally {
         self.in_flight = self.in_flight.saturating_add(1);
     }
 
+    /// A request that began ended without counting as traffic (the operator's own polling).
+    pub fn end_uncounted(&mut self) {
+        self.in_flight = self.in_flight.saturating_sub(1);
+    }
+
     /// A request that began was answered.
-    pub fn record(&mut self, facts: &RequestFacts<'_>) {
+    pub fn record(&mut self, facts: &RequestFacts) {
         self.in_flight = self.in_flight.saturating_sub(1);
         self.requests = self.requests.saturating_add(1);
         self.answers.count(facts.kind);
@@ -259,16 +264,16 @@ mod tests {
     use super::*;
     use crate::error::LimitInfo;
 
-    fn facts() -> RequestFacts<'static> {
+    fn facts() -> RequestFacts {
         RequestFacts {
             route: "messages",
-            model_asked: Some("claude-sonnet-4-5"),
-            model_served: Some("claude-sonnet-4-5"),
+            model_asked: Some("claude-sonnet-4-5".into()),
+            model_served: Some("claude-sonnet-4-5".into()),
             status: 200,
             kind: AnswerKind::Success,
             error_type: None,
-            tier: Some("default"),
-            caller: Some("0123456789abcdef0123456789abcdef"),
+            tier: Some("default".into()),
+            caller: Some("0123456789abcdef0123456789abcdef".into()),
             stream: true,
             attempts: 2,
             wait_ms: 340,
@@ -307,7 +312,7 @@ mod tests {
         let long = format!("{}é", "m".repeat(MAX_BLOB_BYTES - 1));
         let point = data_point(&RequestFacts {
             route: "unrouted",
-            model_asked: Some(&long),
+            model_asked: Some(long),
             model_served: None,
             status: 404,
             kind: AnswerKind::ClientError,
@@ -392,5 +397,8 @@ mod tests {
         // Never below zero, whatever the order.
         tally.record(&refused);
         assert_eq!(tally.in_flight, 0);
+        tally.begin();
+        tally.end_uncounted();
+        assert_eq!((tally.in_flight, tally.requests), (0, 3));
     }
 }

@@ -17,7 +17,10 @@ use crate::metrics::EdgeTally;
 /// Checks the `Authorization: Bearer <ADMIN_KEY>` of a status request, in constant time.
 /// Without a configured `ADMIN_KEY` the route does not exist (`404`, so a deployment without
 /// one does not even tell that it has an operator's view).
-pub fn authorize(admin_key: Option<&Secret>, authorization: Option<&str>) -> Result<(), ProxyError> {
+pub fn authorize(
+    admin_key: Option<&Secret>,
+    authorization: Option<&str>,
+) -> Result<(), ProxyError> {
     let Some(admin_key) = admin_key else {
         return Err(ProxyError::NotFound);
     };
@@ -325,7 +328,10 @@ mod tests {
         let c = config();
         let keys = upstream_keys(&c);
         assert_eq!(keys.len(), 1);
-        assert_eq!(keys[0].1, c.upstream_key.as_ref().unwrap().fingerprint("upstream"));
+        assert_eq!(
+            keys[0].1,
+            c.upstream_key.as_ref().unwrap().fingerprint("upstream")
+        );
         let query = caller_query(&c, "alice");
         let usage = CallerUsage {
             limits: c.tier_limits("pro"),
@@ -365,10 +371,15 @@ mod tests {
         let failed = UpstreamKeyStatus::of(
             KeySource::AnthropicApiKey,
             "k".into(),
-            Err(ProxyError::Unavailable("upstream state did not answer".into())),
+            Err(ProxyError::Unavailable(
+                "upstream state did not answer".into(),
+            )),
         );
         let v = serde_json::to_value(failed).unwrap();
-        assert!(v["error"].as_str().unwrap().starts_with("upstream state did not answer"));
+        assert!(v["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("upstream state did not answer"));
         assert!(v.get("state").is_none());
     }
 }

@@ -366,7 +366,12 @@ mod tests {
         let status = LimiterCall::Status { limits: None };
         assert!(LimiterObject::reads_only(&status));
         assert!(!LimiterObject::reads_only(&admit_call(limits, false)));
-        let LimiterReply::Status(fresh) = object.decide(t0, LimiterCall::Status { limits: Some(limits) }) else {
+        let LimiterReply::Status(fresh) = object.decide(
+            t0,
+            LimiterCall::Status {
+                limits: Some(limits),
+            },
+        ) else {
             panic!("a status answers with a status");
         };
         assert!(fresh.idle);
@@ -382,7 +387,11 @@ mod tests {
         assert_eq!(serde_json::to_string(&object).unwrap(), before);
         assert_eq!(usage.limits, limits);
         assert!(!usage.idle);
-        let rpm = usage.dimensions.iter().find(|d| d.dimension == crate::limits::Dimension::Rpm).unwrap();
+        let rpm = usage
+            .dimensions
+            .iter()
+            .find(|d| d.dimension == crate::limits::Dimension::Rpm)
+            .unwrap();
         assert_eq!((rpm.limit, rpm.remaining), (10, 8));
         let slots = usage
             .dimensions

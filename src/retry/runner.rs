@@ -177,7 +177,9 @@ impl Journal {
     /// Counts an attempt's reply among the upstream's overloads and rate limits.
     pub fn count_reply(&mut self, reply: Reply) {
         match reply {
-            Reply::Overloaded => self.upstream_overloaded = self.upstream_overloaded.saturating_add(1),
+            Reply::Overloaded => {
+                self.upstream_overloaded = self.upstream_overloaded.saturating_add(1)
+            }
             Reply::RateLimited { .. } => {
                 self.upstream_rate_limited = self.upstream_rate_limited.saturating_add(1);
             }

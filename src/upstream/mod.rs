@@ -61,9 +61,9 @@ pub use pace::{
     PaceReason, SendTime, NEAR_PERCENT,
 };
 pub use policy::OutagePolicy;
-pub use status::{KeyStatus, PoolStatus, ProbeStatus, Waiting};
 pub use pool::{family, pool_of};
 pub use state::{
     AttemptReport, Change, Gate, ModelPhase, ModelSnapshot, ProbeTicket, RefuseReason, Reply,
     Snapshot, UpstreamState, WaitReason, MAX_CLOCK_LEAD_MS, MAX_STORED_MS,
 };
+pub use status::{KeyStatus, PoolStatus, ProbeStatus, Waiting};

@@ -488,7 +488,10 @@ impl UpstreamState {
             .map(|health| {
                 let mut health = health.clone();
                 health.settle(policy, now);
-                (model_snapshot(&health, policy, now), health.pace.outlook(now))
+                (
+                    model_snapshot(&health, policy, now),
+                    health.pace.outlook(now),
+                )
             })
             .collect()
     }

@@ -166,9 +166,13 @@ mod tests {
         assert_eq!(pool.limits[0].full_in_ms, 57_000);
         assert_eq!(pool.waiting.scheduled, 0);
         // Three go at once, the next five get send times one second apart.
-        let gates: Vec<Gate> = (0..8).map(|_| go(&mut state, T0, Cost::default())).collect();
+        let gates: Vec<Gate> = (0..8)
+            .map(|_| go(&mut state, T0, Cost::default()))
+            .collect();
         assert!(gates[..3].iter().all(|g| matches!(g, Gate::Go { .. })));
-        assert!(gates[3..].iter().all(|g| matches!(g, Gate::Scheduled { .. })));
+        assert!(gates[3..]
+            .iter()
+            .all(|g| matches!(g, Gate::Scheduled { .. })));
         let before = state.clone();
         let status = state.status(&policy, T0);
         assert_eq!(state, before, "looking changes nothing");
@@ -197,7 +201,8 @@ mod tests {
             state.after_attempt(&policy, T0 + u64::from(i), "claude-sonnet", overloaded, 1);
         }
         for seed in 0..6 {
-            let gate = state.before_attempt(&policy, T0 + 10, "claude-sonnet", false, T0 + 30_000, seed);
+            let gate =
+                state.before_attempt(&policy, T0 + 10, "claude-sonnet", false, T0 + 30_000, seed);
             assert!(matches!(gate, Gate::Wait { .. }), "{gate:?}");
         }
         let status = state.status(&policy, T0 + 10);

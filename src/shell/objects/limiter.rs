@@ -181,7 +181,7 @@ async fn renew_for(
 
 /// Settles the reservation once the answer is over, off the client's path. `confirms`: the
 /// caller is known to the upstream (managed, or its key was just accepted), so its object
-/// may store its state.
+/// may store its state. The usage settled with also goes to `usage_to`.
 #[allow(clippy::too_many_arguments)]
 pub fn settle_later(
     env: &Env,
@@ -192,6 +192,7 @@ pub fn settle_later(
     watched: Option<(oneshot::Receiver<Seen>, Progress)>,
     delivered_ok: bool,
     confirms: bool,
+    usage_to: oneshot::Sender<Usage>,
 ) {
     let env = env.clone();
     ctx.wait_until(async move {
@@ -204,6 +205,8 @@ pub fn settle_later(
             None => Answered::Unwatched { delivered_ok },
         };
         let usage: Usage = settlement_usage(answered);
+        // Metrics hear the usage too (nobody listens when they are not kept).
+        let _ = usage_to.send(usage);
         let call = LimiterCall::Settle { limits, reservation, usage, confirms };
         let settled: Result<serde_json::Value, ProxyError> =
             super::call(&env, BINDING, &identity_hash, &call, "rate limiter").await;

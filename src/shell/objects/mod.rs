@@ -56,7 +56,8 @@ impl<S: ObjectState> Object<S> {
             let reply = state.decide(now, call);
             // A state that may not be stored yet stays in memory only: no write, no alarm;
             // nor after a call that only read it.
-            let stored = (state.should_store() && !reads_only).then(|| serde_json::to_string(&*state));
+            let stored =
+                (state.should_store() && !reads_only).then(|| serde_json::to_string(&*state));
             (
                 serde_json::to_string(&reply),
                 stored.transpose(),
