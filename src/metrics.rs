@@ -12,6 +12,7 @@
 use serde::Serialize;
 
 use crate::error::{ProxyError, Scope};
+use crate::upstream::Reply;
 
 /// How a request was answered, in the words an operator counts by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -212,11 +213,14 @@ pub struct EdgeTally {
     pub answers: AnswerCounts,
     /// Attempts sent upstream.
     pub attempts: u64,
-    /// Attempts the upstream answered overloaded (`529`) and rate-limited (`429`).
+    /// Attempts the upstream answered overloaded (`529`) and rate-limited (`429`), counted
+    /// as they come.
     pub upstream_overloaded: u64,
     pub upstream_rate_limited: u64,
-    /// Requests that waited at least once (backoff, a cooldown, an overload, pacing), and
-    /// the time they waited in all.
+    /// Waits begun (a backoff, a cooldown, an overload, a send time), and those going on now.
+    pub waits: u64,
+    pub waiting: u64,
+    /// Answered requests that waited at least once, and the time they waited in all.
     pub waited: u64,
     pub wait_ms: u64,
 }
@@ -235,6 +239,28 @@ impl EdgeTally {
         self.in_flight = self.in_flight.saturating_add(1);
     }
 
+    pub fn wait_started(&mut self) {
+        self.waits = self.waits.saturating_add(1);
+        self.waiting = self.waiting.saturating_add(1);
+    }
+
+    pub fn wait_ended(&mut self) {
+        self.waiting = self.waiting.saturating_sub(1);
+    }
+
+    /// An attempt's answer, as it comes: overloads and rate limits are counted.
+    pub fn count_reply(&mut self, reply: Reply) {
+        match reply {
+            Reply::Overloaded => {
+                self.upstream_overloaded = self.upstream_overloaded.saturating_add(1);
+            }
+            Reply::RateLimited { .. } => {
+                self.upstream_rate_limited = self.upstream_rate_limited.saturating_add(1);
+            }
+            Reply::Success | Reply::OtherFailure => {}
+        }
+    }
+
     /// A request that began ended without counting as traffic (the operator's own polling).
     pub fn end_uncounted(&mut self) {
         self.in_flight = self.in_flight.saturating_sub(1);
@@ -246,12 +272,6 @@ impl EdgeTally {
         self.requests = self.requests.saturating_add(1);
         self.answers.count(facts.kind);
         self.attempts = self.attempts.saturating_add(u64::from(facts.attempts));
-        self.upstream_overloaded = self
-            .upstream_overloaded
-            .saturating_add(u64::from(facts.upstream_overloaded));
-        self.upstream_rate_limited = self
-            .upstream_rate_limited
-            .saturating_add(u64::from(facts.upstream_rate_limited));
         if facts.wait_ms > 0 {
             self.waited = self.waited.saturating_add(1);
             self.wait_ms = self.wait_ms.saturating_add(facts.wait_ms);
@@ -391,7 +411,19 @@ mod tests {
         assert_eq!(tally.answers.success, 1);
         assert_eq!(tally.answers.caller_limit, 1);
         assert_eq!(tally.attempts, 2);
-        assert_eq!(tally.upstream_overloaded, 1);
+        tally.count_reply(Reply::Overloaded);
+        tally.count_reply(Reply::RateLimited {
+            retry_after_ms: None,
+        });
+        tally.count_reply(Reply::Success);
+        assert_eq!(
+            (tally.upstream_overloaded, tally.upstream_rate_limited),
+            (1, 1)
+        );
+        tally.wait_started();
+        tally.wait_started();
+        tally.wait_ended();
+        assert_eq!((tally.waits, tally.waiting), (2, 1));
         assert_eq!((tally.waited, tally.wait_ms), (1, 340));
         assert_eq!(tally.since_ms, 5);
         // Never below zero, whatever the order.

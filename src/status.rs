@@ -200,7 +200,10 @@ impl UpstreamKeyStatus {
 /// The caller asked about with `?caller=`.
 #[derive(Debug, Clone, Serialize)]
 pub struct CallerStatus {
-    pub id: String,
+    /// The id asked about, unless it is of no known kind (it might be a key pasted by mistake,
+    /// and the answer never repeats one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
     pub kind: CallerKind,
     /// The identity's fingerprint: its object's name and the `identity` of its log lines.
     pub identity: String,
@@ -220,7 +223,7 @@ impl CallerStatus {
             Err(e) => (None, Some(e.message())),
         };
         CallerStatus {
-            id: query.id,
+            id: (query.kind != CallerKind::Unknown).then_some(query.id),
             kind: query.kind,
             identity: query.identity,
             tier: query.tier,
@@ -364,6 +367,7 @@ mod tests {
         assert_eq!(v["upstream_keys"][0]["source"], "ANTHROPIC_API_KEY");
         assert_eq!(v["upstream_keys"][0]["key"].as_str().unwrap().len(), 32);
         assert_eq!(v["caller"]["kind"], "client_key");
+        assert_eq!(v["caller"]["id"], "alice");
         assert_eq!(v["caller"]["tier"], "pro");
         assert_eq!(v["caller"]["usage"]["dimensions"][0]["remaining"], 49);
         assert_eq!(v["edge"]["answers"]["success"], 0);
@@ -381,5 +385,9 @@ mod tests {
             .unwrap()
             .starts_with("upstream state did not answer"));
         assert!(v.get("state").is_none());
+        // An id of no known kind (say, a key pasted instead of an id) is never repeated.
+        let pasted = CallerStatus::of(caller_query(&c, CLIENT), Err(ProxyError::NotFound));
+        let text = serde_json::to_string(&pasted).unwrap();
+        assert!(!text.contains(CLIENT), "{text}");
     }
 }

@@ -10,6 +10,7 @@ use worker::{AnalyticsEngineDataPointBuilder, Context, Env};
 use super::runtime::now_ms;
 use crate::limits::Usage;
 use crate::metrics::{data_point, EdgeTally, RequestFacts};
+use crate::upstream::Reply;
 
 /// The binding name in wrangler.toml (`[[analytics_engine_datasets]]`).
 pub const BINDING: &str = "METRICS";
@@ -34,6 +35,26 @@ pub fn begin() {
 /// A request ended that is not traffic (the operator's view polling itself).
 pub fn end_uncounted() {
     with_tally(EdgeTally::end_uncounted);
+}
+
+/// A wait begins; it is counted as waiting until the value is dropped (the wait ended, or
+/// the request was dropped during it).
+pub fn waiting() -> Waiting {
+    with_tally(EdgeTally::wait_started);
+    Waiting
+}
+
+pub struct Waiting;
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        with_tally(EdgeTally::wait_ended);
+    }
+}
+
+/// An attempt's answer as the upstream key's state is told it, counted when it comes.
+pub fn upstream_reply(reply: Reply) {
+    with_tally(|tally| tally.count_reply(reply));
 }
 
 /// This isolate's tally as of now.

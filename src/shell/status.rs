@@ -57,11 +57,14 @@ pub async fn handle_status(
             Some(CallerStatus::of(query, usage))
         }
     };
+    // This request is not traffic: it is no longer counted in flight.
+    let mut edge = metrics::tally();
+    edge.end_uncounted();
     let document = StatusDocument {
         version,
         at_ms: runtime::now_ms(),
         upstream_keys: keys,
-        edge: metrics::tally(),
+        edge,
         caller,
     };
     let body = serde_json::to_vec(&document)
