@@ -4,8 +4,10 @@
 // Engine data point per request.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
+import path from 'node:path';
+import { Miniflare } from 'miniflare';
 import {
-  startSim, startWorker, workerVars, postMessage, messageBody, mintToken, sleep, CLIENT_KEY, UPSTREAM_KEY,
+  startSim, startWorker, workerVars, postMessage, messageBody, mintToken, readEvents, sleep, ROOT, CLIENT_KEY, UPSTREAM_KEY,
 } from './harness.mjs';
 
 const ADMIN_KEY = 'adm_status_e2e_4c1d9e7f2a';
@@ -285,5 +287,113 @@ test('CORS: only an allowed origin is granted, as on every route', async () => {
     assert.equal(res.headers.get('access-control-allow-origin'), null);
   } finally {
     await closed.stop();
+  }
+});
+
+/**
+ * The Worker with a METRICS binding that records what it is given. Miniflare's own Analytics
+ * Engine binding accepts data points and drops them, so the test binds a wrapped binding of
+ * the same shape (`writeDataPoint`) that hands each point to this process.
+ */
+async function startWorkerWithMetrics(vars) {
+  const points = [];
+  const mf = new Miniflare({
+    host: '127.0.0.1',
+    port: 0,
+    workers: [
+      {
+        name: 'breakwater',
+        scriptPath: path.join(ROOT, 'build/index.js'),
+        modules: true,
+        modulesRules: [{ type: 'CompiledWasm', include: ['**/*.wasm'], fallthrough: true }],
+        compatibilityDate: '2026-04-20',
+        bindings: vars,
+        durableObjects: {
+          LIMITER: { className: 'Limiter', useSQLite: true },
+          UPSTREAM: { className: 'Upstream', useSQLite: true },
+        },
+        wrappedBindings: { METRICS: { scriptName: 'metrics-sink' } },
+      },
+      {
+        name: 'metrics-sink',
+        modules: true,
+        script: `export default function (env) {
+          return { writeDataPoint(point) { env.SINK.fetch('http://sink/', { method: 'POST', body: JSON.stringify(point) }); } };
+        }`,
+        serviceBindings: { SINK: async (req) => { points.push(await req.json()); return new Response('ok'); } },
+      },
+    ],
+    handleRuntimeStdio() {},
+  });
+  const url = (await mf.ready).toString().replace(/\/$/, '');
+  return { url, points, stop: () => mf.dispose() };
+}
+
+test('METRICS: one data point per request, in the documented layout, tokens included', { timeout: 60_000 }, async () => {
+  await sim.reset();
+  const worker = await startWorkerWithMetrics(workerVars(sim, {
+    ADMIN_KEY,
+    CLIENT_KEYS: JSON.stringify({ [CLIENT_KEY]: { id: 'alice', tier: 'pro' } }),
+    RATE_LIMITS: JSON.stringify({ default: { rpm: 50 }, pro: { rpm: 3, output_tpm: 10000 } }),
+    MAX_ATTEMPTS: '2',
+    BACKOFF_BASE_MS: '20',
+    BACKOFF_MAX_MS: '40',
+  }));
+  const until = async (n) => {
+    for (let i = 0; i < 100 && worker.points.length < n; i++) await sleep(50);
+    return worker.points;
+  };
+  try {
+    const plain = await postMessage(worker);
+    assert.equal(plain.status, 200);
+    await plain.arrayBuffer();
+    const streamed = await postMessage(worker, messageBody({ stream: true, model: 'claude-haiku-4-5' }));
+    await readEvents(streamed);
+    await sim.script([{ status: 529 }, { status: 529 }]);
+    const overloaded = await postMessage(worker);
+    assert.equal(overloaded.status, 503);
+    await overloaded.arrayBuffer();
+    const limited = await postMessage(worker);
+    assert.equal(limited.status, 429);
+    await limited.arrayBuffer();
+    // The operator's own polling is not traffic: no point for it.
+    assert.equal((await getStatus(worker)).status, 200);
+    const points = await until(4);
+    await sleep(200);
+    assert.equal(points.length, 4, JSON.stringify(points));
+    const byKind = Object.fromEntries(points.map((p) => [`${p.blobs[1]}:${p.blobs[3]}`, p]));
+    const alice = points[0].indexes[0];
+    assert.match(alice, /^[0-9a-f]{32}$/);
+    for (const p of points) {
+      assert.deepEqual(p.indexes, [alice]);
+      assert.equal(p.blobs.length, 7);
+      assert.equal(p.doubles.length, 9);
+      assert.equal(p.blobs[0], 'messages');
+      assert.equal(p.blobs[5], 'pro');
+      assert.equal(p.blobs[6], alice);
+      assert.ok(p.doubles[3] >= 0, 'total ms');
+    }
+    const ok = byKind['claude-sonnet-5:success'];
+    assert.ok(ok, JSON.stringify(points.map((p) => p.blobs)));
+    assert.equal(ok.blobs[2], 'claude-sonnet-5', 'served by the model asked');
+    assert.deepEqual(ok.doubles.slice(0, 2), [200, 1]);
+    assert.equal(ok.doubles[5], 12, 'the output tokens the upstream reported');
+    assert.ok(ok.doubles[4] > 0, 'input tokens');
+    assert.equal(ok.doubles[8], 0);
+    const sse = byKind['claude-haiku-4-5:success'];
+    assert.equal(sse.doubles[8], 1, 'a stream');
+    assert.equal(sse.doubles[5], 12, 'output tokens read from the stream');
+    const shed = byKind['claude-sonnet-5:overloaded'];
+    assert.equal(shed.blobs[4], 'overloaded_error');
+    assert.deepEqual([shed.doubles[0], shed.doubles[1], shed.doubles[6]], [503, 2, 2], 'two attempts, two 529s');
+    assert.ok(shed.doubles[2] > 0, 'it waited between them');
+    assert.equal(shed.doubles[5], 0, 'no tokens');
+    const refused = byKind['claude-sonnet-5:caller_limit'];
+    assert.equal(refused.blobs[4], 'rate_limit_error');
+    assert.deepEqual([refused.doubles[0], refused.doubles[1]], [429, 0]);
+    const text = JSON.stringify(points);
+    for (const secret of [ADMIN_KEY, UPSTREAM_KEY, CLIENT_KEY]) assert.ok(!text.includes(secret));
+  } finally {
+    await worker.stop();
   }
 });
