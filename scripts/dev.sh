@@ -53,13 +53,14 @@ if [ -z "${CLIENT_KEYS:-}" ] && ! { [ -f .dev.vars ] && grep -q '^CLIENT_KEYS=' 
 fi
 
 # The operator's view (/proxy/status) for the page's fleet panel: a local ADMIN_KEY, unless
-# one is set already (then the panel needs it as ?admin=… or DEV_ADMIN_KEY).
+# one is set already (one in .dev.vars reaches the panel through DEV_ADMIN_KEY or ?admin=…).
 page_admin="${DEV_ADMIN_KEY:-}"
 if [ -z "${ADMIN_KEY:-}" ] && ! { [ -f .dev.vars ] && grep -q '^ADMIN_KEY=' .dev.vars; }; then
   args+=(--var "ADMIN_KEY:$DEV_ADMIN")
   page_admin="$DEV_ADMIN"
 elif [ -n "${ADMIN_KEY:-}" ]; then
   args+=(--var "ADMIN_KEY:$ADMIN_KEY")
+  page_admin="${DEV_ADMIN_KEY:-$ADMIN_KEY}"
 fi
 
 # The demo page lives on its own origin, which the Worker must allow.
