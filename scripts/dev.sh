@@ -10,6 +10,7 @@ SIM_PORT="${SIM_PORT:-8788}"
 WEB_PORT="${WEB_PORT:-8789}"
 MODEL="${MODEL:-claude-sonnet-4-6}"
 DEV_KEY="${DEV_CLIENT_KEY:-ck_local_dev_key_0001}"
+DEV_ADMIN="${DEV_ADMIN_KEY:-adm_local_dev_key_0001}"
 
 ./scripts/setup.sh
 ./scripts/build.sh
@@ -58,6 +59,17 @@ if [ -z "${CLIENT_KEYS:-}" ] && ! { [ -f .dev.vars ] && grep -q '^CLIENT_KEYS=' 
   page_key="$DEV_KEY"
 fi
 
+# The operator's view (/proxy/status) for the page's fleet panel: a local ADMIN_KEY, unless
+# one is set already (one in .dev.vars reaches the panel through DEV_ADMIN_KEY or ?admin=…).
+page_admin="${DEV_ADMIN_KEY:-}"
+if [ -z "${ADMIN_KEY:-}" ] && ! { [ -f .dev.vars ] && grep -q '^ADMIN_KEY=' .dev.vars; }; then
+  args+=(--var "ADMIN_KEY:$DEV_ADMIN")
+  page_admin="$DEV_ADMIN"
+elif [ -n "${ADMIN_KEY:-}" ]; then
+  args+=(--var "ADMIN_KEY:$ADMIN_KEY")
+  page_admin="${DEV_ADMIN_KEY:-$ADMIN_KEY}"
+fi
+
 # The demo page lives on its own origin, which the Worker must allow.
 page_url="http://127.0.0.1:$WEB_PORT"
 origins="${ALLOWED_ORIGINS:-*}"
@@ -70,12 +82,14 @@ args+=(--var "ALLOWED_ORIGINS:$origins")
 
 if [ -z "$real_key" ]; then sim_url="http://127.0.0.1:$SIM_PORT"; else sim_url=""; fi
 MODEL="$MODEL" PROXY_URL="http://127.0.0.1:$PORT" PAGE_KEY="$page_key" SIM_URL="$sim_url" UPSTREAM="$upstream" \
+  PAGE_ADMIN="$page_admin" \
   node --input-type=module -e '
     import { writeFileSync } from "node:fs";
     import { configModule } from "./web/serve.mjs";
     const e = process.env;
     writeFileSync("web/config.js", configModule({
       proxyURL: e.PROXY_URL, apiKey: e.PAGE_KEY, simURL: e.SIM_URL || null, model: e.MODEL, upstream: e.UPSTREAM,
+      adminKey: e.PAGE_ADMIN || "",
     }));'
 node web/serve.mjs --host 127.0.0.1 --port "$WEB_PORT" > /dev/null &
 pids+=($!)
@@ -87,6 +101,7 @@ try:
        -H 'content-type: application/json' \\
        -d '{"model":"claude-sonnet-4-6","max_tokens":64,"messages":[{"role":"user","content":"Hello"}]}'
 demo chat page: $page_url/
+operator's view: curl http://127.0.0.1:$PORT/proxy/status -H 'authorization: Bearer ${page_admin:-<ADMIN_KEY>}'
 MSG
 node_modules/.bin/wrangler dev "${args[@]}" &
 pids+=($!)

@@ -32,6 +32,7 @@ pub const VARIABLES: &[&str] = &[
     "MAX_BODY_BYTES",
     "MAX_INFLIGHT_BODY_BYTES",
     "MODEL_FALLBACKS",
+    "ADMIN_KEY",
 ];
 
 /// The tier every caller falls into unless a key or token names another.
@@ -186,6 +187,8 @@ pub struct Config {
     pub max_inflight_body_bytes: u64,
     /// `MODEL_FALLBACKS`: model → the models to answer with, in order, when it is overloaded.
     pub model_fallbacks: BTreeMap<String, Vec<String>>,
+    /// `ADMIN_KEY`: whoever presents it may read `GET /proxy/status`; unset, the route is a 404.
+    pub admin_key: Option<Secret>,
 }
 
 impl fmt::Debug for Config {
@@ -210,6 +213,7 @@ impl fmt::Debug for Config {
             .field("max_body_bytes", &self.max_body_bytes)
             .field("max_inflight_body_bytes", &self.max_inflight_body_bytes)
             .field("model_fallbacks", &self.model_fallbacks)
+            .field("admin_key", &self.admin_key.as_ref().map(|_| "<set>"))
             .finish()
     }
 }
@@ -221,6 +225,10 @@ const MAX_DURATION_MS: u64 = 3_600_000;
 /// Shortest `JWT_SECRET`, in bytes: RFC 7518 §3.2 requires an HS256 key at least as long as
 /// the hash output (256 bits).
 pub const MIN_JWT_SECRET_BYTES: usize = 32;
+
+/// Shortest `ADMIN_KEY`: it opens the operator's view, so it is at least as long as a client
+/// key must be.
+pub const MIN_ADMIN_KEY_BYTES: usize = 16;
 
 /// `JWT_MAX_LIFETIME_S` when unset: one day.
 pub const DEFAULT_JWT_MAX_LIFETIME_S: u64 = 86_400;
@@ -323,6 +331,17 @@ impl Config {
                 })?,
         };
         let model_fallbacks = parse_model_fallbacks(get("MODEL_FALLBACKS"))?;
+        let admin_key = match get("ADMIN_KEY") {
+            None => None,
+            // Only the length is named: the value is a secret.
+            Some(raw) if raw.len() < MIN_ADMIN_KEY_BYTES => {
+                return Err(invalid(
+                    "ADMIN_KEY",
+                    format!("must be at least {MIN_ADMIN_KEY_BYTES} characters"),
+                ))
+            }
+            Some(raw) => Some(Secret::new(raw)),
+        };
 
         Ok(Config {
             upstream_url,
@@ -344,6 +363,7 @@ impl Config {
             max_body_bytes,
             max_inflight_body_bytes,
             model_fallbacks,
+            admin_key,
         })
     }
 
@@ -1175,5 +1195,17 @@ mod tests {
         let c = config(&[("RATE_LIMITS", r#"{"default": {}}"#)]).unwrap();
         assert_eq!(c.tier_limits("nope"), TierLimits::default());
         assert_eq!(c.tier_limits(DEFAULT_TIER), TierLimits::default());
+    }
+
+    #[test]
+    fn an_admin_key_is_optional_long_and_never_printed() {
+        assert!(config(&[]).unwrap().admin_key.is_none());
+        let key = "adm_0123456789abcdef";
+        let c = config(&[("ADMIN_KEY", key)]).unwrap();
+        assert!(c.admin_key.as_ref().is_some_and(|k| k.matches(key)));
+        assert!(!format!("{c:?}").contains(key));
+        let e = config(&[("ADMIN_KEY", "short-key")]).unwrap_err();
+        assert_eq!(e.variable, "ADMIN_KEY");
+        assert!(!e.detail().contains("short-key"));
     }
 }

@@ -26,6 +26,12 @@ pub trait ObjectState: Default + Serialize + DeserializeOwned {
     /// How long after `now_ms` the alarm should look again whether the state is idle.
     fn check_idle_in_ms(&self, now_ms: u64) -> u64;
 
+    /// Whether `call` only reads the state (the operator's view): then nothing is stored or
+    /// scheduled after it, and `decide` must leave the state as it was.
+    fn reads_only(_call: &Self::Call) -> bool {
+        false
+    }
+
     /// Whether the state may be written to storage after a call. A state that may not is
     /// kept in memory only (and so is forgotten when the object is evicted).
     fn should_store(&self) -> bool {

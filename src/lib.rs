@@ -20,8 +20,10 @@ pub mod durable;
 pub mod error;
 pub mod identity;
 pub mod limits;
+pub mod metrics;
 pub mod request;
 pub mod retry;
+pub mod status;
 pub mod stream;
 pub mod upstream;
 

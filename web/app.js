@@ -3,7 +3,8 @@
 //
 // Configuration: `config.js` (written by scripts/dev.sh), overridden by query parameters:
 //   ?proxy=http://127.0.0.1:8787&key=ck_…&sim=http://127.0.0.1:8788&model=claude-sonnet-4-6
-// `sim=` (empty) hides the simulator controls.
+// `sim=` (empty) hides the simulator controls. `admin=<ADMIN_KEY>` shows the fleet panel, which
+// polls the proxy's /proxy/status (scripts/dev.sh sets a local ADMIN_KEY and passes it on).
 import { streamChat } from './breakwater-client.js';
 
 const params = new URLSearchParams(location.search);
@@ -15,6 +16,7 @@ const config = {
   model: params.get('model') ?? fileConfig.model ?? 'claude-sonnet-4-6',
   maxTokens: Number(params.get('max_tokens') ?? fileConfig.maxTokens ?? 1024),
   upstream: fileConfig.upstream ?? null,
+  adminKey: params.get('admin') ?? fileConfig.adminKey ?? '',
   /** How long the "Overload" button keeps the simulator overloaded. */
   overloadSeconds: Number(params.get('overload_s') ?? fileConfig.overloadSeconds ?? 6),
 };
@@ -251,6 +253,97 @@ if (config.simURL) {
       }
     });
   }
+}
+
+// ---- fleet panel -----------------------------------------------------------------------------
+// Polls the operator's view once a second and draws, per second, what this proxy answered and
+// waited (differences of its counters), the upstream's 529s and 429s, and the requests waiting
+// now, over the last 30 s; beneath, the busiest pool's phase, learned rate and key limits.
+const FLEET_SECONDS = 30;
+const REFUSALS = ['caller_limit', 'upstream_rate_limit', 'overloaded', 'timeout', 'unreachable'];
+const fleet = { history: [], last: null };
+window.__fleet = fleet.history;
+
+function fleetSample(doc) {
+  const e = doc.edge;
+  const prev = fleet.last;
+  fleet.last = { at: performance.now(), e };
+  if (!prev || e.since_ms !== prev.e.since_ms) return null;
+  const dt = Math.max(0.2, (fleet.last.at - prev.at) / 1000);
+  const rate = (now, then) => Math.max(0, now - then) / dt;
+  const refusals = Object.fromEntries(REFUSALS.map((k) => [k, rate(e.answers[k], prev.e.answers[k])]));
+  const pools = doc.upstream_keys.flatMap((k) => k.state?.pools ?? []);
+  const troubled = (p) => (p.phase === 'overloaded' ? 3 : p.phase === 'recovering' ? 2 : 0)
+    + (p.learned_rate_rps ? 1 : 0) + p.waiting.overloaded + p.waiting.scheduled;
+  const pool = pools.slice().sort((a, b) => troubled(b) - troubled(a))[0] ?? null;
+  const queued = pools.reduce((n, p) => n + p.waiting.overloaded + p.waiting.scheduled, 0);
+  const tightest = pool?.limits?.slice().sort((a, b) => a.remaining / a.limit - b.remaining / b.limit)[0] ?? null;
+  return {
+    success: rate(e.answers.success, prev.e.answers.success),
+    waits: rate(e.waits, prev.e.waits),
+    refused: Object.values(refusals).reduce((a, b) => a + b, 0),
+    refusals,
+    u529: rate(e.upstream_overloaded, prev.e.upstream_overloaded),
+    u429: rate(e.upstream_rate_limited, prev.e.upstream_rate_limited),
+    queue: Math.max(e.waiting, queued),
+    pool: pool?.pool ?? null,
+    phase: pool?.phase ?? 'healthy',
+    rate: pool?.learned_rate_rps ?? null,
+    limit: tightest,
+  };
+}
+
+function drawFleet() {
+  const h = fleet.history.slice(-FLEET_SECONDS);
+  const top = Math.max(4, ...h.flatMap((s) => [s.success, s.waits, s.refused, s.u529 + s.u429, s.queue]));
+  const x = (i) => (240 * (i + FLEET_SECONDS - h.length)) / (FLEET_SECONDS - 1);
+  const y = (v) => 100 - (96 * v) / top;
+  const line = (f) => h.map((s, i) => `${x(i).toFixed(1)},${y(f(s)).toFixed(1)}`).join(' ');
+  const chart = $('fleet-chart');
+  chart.querySelector('.success').setAttribute('points', line((s) => s.success));
+  chart.querySelector('.waits').setAttribute('points', line((s) => s.waits));
+  chart.querySelector('.refused').setAttribute('points', line((s) => s.refused));
+  chart.querySelector('.shed').setAttribute('points', line((s) => s.u529 + s.u429));
+  chart.querySelector('.queue').setAttribute('points', line((s) => s.queue));
+  chart.querySelector('.top').textContent = `${Math.round(top)}/s`;
+  const now = h.at(-1);
+  if (!now) return;
+  const panel = $('fleet');
+  const show = (k, v) => { panel.querySelector(`[data-k="${k}"]`).textContent = v; };
+  const r = (v) => (v >= 10 ? v.toFixed(0) : v.toFixed(1).replace(/\.0$/, ''));
+  for (const k of ['success', 'waits', 'refused', 'u529', 'u429']) show(k, r(now[k]));
+  show('queue', String(now.queue));
+  show('refusals', Object.entries(now.refusals).filter(([, v]) => v > 0).map(([k, v]) => `${k.replace(/_/g, ' ')} ${r(v)}`).join(', '));
+  show('pool', now.pool ?? '–');
+  show('phase', now.phase);
+  show('rate', now.rate === null ? 'not paced' : `${r(now.rate)} req/s`);
+  show('limit', now.limit ? `${now.limit.remaining}/${now.limit.limit} ${now.limit.dimension}` : '–');
+  panel.dataset.phase = now.phase;
+  panel.dataset.queue = String(now.queue);
+}
+
+async function pollFleet() {
+  const error = $('fleet-error');
+  try {
+    const res = await fetch(`${config.proxyURL}/proxy/status`, { headers: { authorization: `Bearer ${config.adminKey}` } });
+    if (!res.ok) throw new Error(`the proxy answered ${res.status}${res.status === 401 ? ' (wrong admin key)' : ''}`);
+    const sample = fleetSample(await res.json());
+    error.hidden = true;
+    if (sample) {
+      fleet.history.push({ t: Date.now(), ...sample });
+      if (fleet.history.length > 5 * FLEET_SECONDS) fleet.history.splice(0, fleet.history.length - FLEET_SECONDS);
+      drawFleet();
+    }
+  } catch (e) {
+    error.hidden = false;
+    error.textContent = `status: ${e.message}`;
+  }
+}
+
+if (config.adminKey) {
+  $('fleet').hidden = false;
+  pollFleet();
+  setInterval(pollFleet, 1000);
 }
 
 document.body.dataset.ready = 'true';

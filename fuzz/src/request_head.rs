@@ -41,6 +41,7 @@ pub fn check(data: &[u8]) {
                 Route::CountTokens => "/v1/messages/count_tokens",
                 Route::Models => "/v1/models",
                 Route::Health => "/healthz",
+                Route::Status => "/proxy/status",
                 Route::Preflight | Route::Model(_) => unreachable!(),
             };
             assert_eq!(path, expected);

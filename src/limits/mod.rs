@@ -28,7 +28,7 @@ mod state;
 mod properties;
 
 pub use headers::{anthropic_headers, limit_headers, rate_limit_headers, rfc3339_utc};
-pub use object::{AdmitReply, LimiterCall, LimiterObject, LimiterReply};
+pub use object::{AdmitReply, CallerUsage, LimiterCall, LimiterObject, LimiterReply};
 pub use settle::{settlement_usage, Answered};
 pub use state::{
     Admission, AdmissionRequest, Denial, Dimension, DimensionStatus, LimiterState, NeverFits,

@@ -51,6 +51,12 @@ pub enum LimiterCall {
         lease_id: u64,
         lease_ms: u64,
     },
+    /// The caller's usage against `limits` (or, without them, the limits its object was last
+    /// used with), for the operator's view: read only, nothing is charged or stored.
+    Status {
+        #[serde(default)]
+        limits: Option<TierLimits>,
+    },
 }
 
 fn yes() -> bool {
@@ -73,6 +79,19 @@ pub enum LimiterReply {
     Admitted(AdmitReply),
     Settled(Settlement),
     Renewed(bool),
+    Status(CallerUsage),
+}
+
+/// A caller's usage as its object knows it, for the operator's view.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CallerUsage {
+    /// The limits the usage is measured against.
+    pub limits: TierLimits,
+    /// Every limited dimension: its limit, what remains now and when it is full again.
+    pub dimensions: Vec<DimensionStatus>,
+    /// Every bucket is full and no slot is held: the caller has not been seen lately.
+    pub idle: bool,
+    pub now_ms: u64,
 }
 
 /// What a caller's object stores: its buckets and leases, and the limits it was last used
@@ -141,7 +160,20 @@ impl ObjectState for LimiterObject {
                 lease_id,
                 lease_ms,
             } => LimiterReply::Renewed(self.limiter.renew(&limits, now_ms, lease_id, lease_ms)),
+            LimiterCall::Status { limits } => {
+                let limits = limits.unwrap_or(self.limits);
+                LimiterReply::Status(CallerUsage {
+                    limits,
+                    dimensions: self.limiter.snapshot(&limits, now_ms),
+                    idle: self.limiter.is_idle(&limits, now_ms),
+                    now_ms,
+                })
+            }
         }
+    }
+
+    fn reads_only(call: &LimiterCall) -> bool {
+        matches!(call, LimiterCall::Status { .. })
     }
 
     fn should_store(&self) -> bool {
@@ -320,5 +352,52 @@ mod tests {
         let text = serde_json::to_string(&object).unwrap();
         let back: LimiterObject = serde_json::from_str(&text).unwrap();
         assert_eq!(serde_json::to_string(&back).unwrap(), text);
+    }
+
+    #[test]
+    fn the_status_call_shows_usage_and_changes_nothing() {
+        let limits = TierLimits {
+            rpm: NonZeroU32::new(10),
+            concurrency: NonZeroU32::new(2),
+            ..TierLimits::default()
+        };
+        let t0 = 1_764_000_000_000;
+        let mut object = LimiterObject::default();
+        let status = LimiterCall::Status { limits: None };
+        assert!(LimiterObject::reads_only(&status));
+        assert!(!LimiterObject::reads_only(&admit_call(limits, false)));
+        let LimiterReply::Status(fresh) = object.decide(
+            t0,
+            LimiterCall::Status {
+                limits: Some(limits),
+            },
+        ) else {
+            panic!("a status answers with a status");
+        };
+        assert!(fresh.idle);
+        assert_eq!(fresh.dimensions.len(), 2);
+        assert_eq!(fresh.dimensions[0].remaining, 10);
+        reservation_of(object.decide(t0, admit_call(limits, false)));
+        reservation_of(object.decide(t0, admit_call(limits, false)));
+        let before = serde_json::to_string(&object).unwrap();
+        // Without limits given, the ones the object was last used with.
+        let LimiterReply::Status(usage) = object.decide(t0 + 10, status) else {
+            panic!("a status answers with a status");
+        };
+        assert_eq!(serde_json::to_string(&object).unwrap(), before);
+        assert_eq!(usage.limits, limits);
+        assert!(!usage.idle);
+        let rpm = usage
+            .dimensions
+            .iter()
+            .find(|d| d.dimension == crate::limits::Dimension::Rpm)
+            .unwrap();
+        assert_eq!((rpm.limit, rpm.remaining), (10, 8));
+        let slots = usage
+            .dimensions
+            .iter()
+            .find(|d| d.dimension == crate::limits::Dimension::Concurrency)
+            .unwrap();
+        assert_eq!(slots.remaining, 0);
     }
 }

@@ -31,6 +31,8 @@ pub enum Route {
     Health,
     /// `OPTIONS` on any path: a CORS preflight, answered by the proxy itself.
     Preflight,
+    /// `GET /proxy/status`: the operator's view, for whoever presents `ADMIN_KEY`.
+    Status,
 }
 
 impl Route {
@@ -73,7 +75,7 @@ impl Route {
             Route::CountTokens => Some("/v1/messages/count_tokens".to_string()),
             Route::Models => Some("/v1/models".to_string()),
             Route::Model(id) => Some(format!("/v1/models/{id}")),
-            Route::Health | Route::Preflight => None,
+            Route::Health | Route::Preflight | Route::Status => None,
         }
     }
 
@@ -86,6 +88,7 @@ impl Route {
             Route::Model(_) => "model",
             Route::Health => "healthz",
             Route::Preflight => "preflight",
+            Route::Status => "status",
         }
     }
 }
@@ -100,6 +103,7 @@ pub fn route(method: &str, path: &str) -> Result<Route, ProxyError> {
         "/v1/messages/count_tokens" => (Route::CountTokens, "POST"),
         "/v1/models" => (Route::Models, "GET"),
         "/healthz" => (Route::Health, "GET"),
+        "/proxy/status" => (Route::Status, "GET"),
         _ => match path.strip_prefix("/v1/models/") {
             Some(id) if is_model_id(id) => (Route::Model(id.to_string()), "GET"),
             _ => return Err(ProxyError::NotFound),
@@ -180,6 +184,10 @@ mod tests {
         );
         assert_eq!(route("GET", "/healthz").unwrap(), Route::Health);
         assert_eq!(route("OPTIONS", "/anything").unwrap(), Route::Preflight);
+        assert_eq!(route("GET", "/proxy/status").unwrap(), Route::Status);
+        assert_eq!(route("POST", "/proxy/status").unwrap_err().status(), 405);
+        assert_eq!(route("GET", "/proxy/status/x").unwrap_err().status(), 404);
+        assert!(!Route::Status.is_proxied() && !Route::Status.carries_body());
     }
 
     #[test]

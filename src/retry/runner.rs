@@ -190,6 +190,10 @@ pub struct Journal {
     pub consulted: bool,
     /// What fallback did, when the request left the model it named.
     pub fallback: Option<FallbackRecord>,
+    /// Attempts the upstream answered overloaded (`529`, or a stream opening with
+    /// `overloaded_error`), and those it answered `429`: for metrics.
+    pub upstream_overloaded: u32,
+    pub upstream_rate_limited: u32,
 }
 
 impl Journal {
@@ -197,6 +201,25 @@ impl Journal {
     #[must_use]
     pub fn answered_by_fallback(&self) -> Option<&str> {
         self.fallback.as_ref().and_then(|f| f.to.as_deref())
+    }
+
+    /// Counts an attempt's reply among the upstream's overloads and rate limits.
+    pub fn count_reply(&mut self, reply: Reply) {
+        match reply {
+            Reply::Overloaded => {
+                self.upstream_overloaded = self.upstream_overloaded.saturating_add(1)
+            }
+            Reply::RateLimited { .. } => {
+                self.upstream_rate_limited = self.upstream_rate_limited.saturating_add(1);
+            }
+            Reply::Success | Reply::OtherFailure => {}
+        }
+    }
+
+    /// Time spent waiting between and before attempts.
+    #[must_use]
+    pub fn wait_ms(&self) -> u64 {
+        self.waits.iter().fold(0, |sum, w| sum.saturating_add(w.ms))
     }
 }
 
@@ -303,6 +326,7 @@ where
                 let ticket = retrier.attempt_started();
                 journal.attempts = earlier_attempts.saturating_add(ticket.number);
                 let (outcome, answer) = transport.attempt(ticket.timeout_ms).await;
+                journal.count_reply(Reply::of(&outcome));
                 let limits = transport.key_limits();
                 gate.after(&mut shared, &outcome, probe, consulted, limits)
                     .await;

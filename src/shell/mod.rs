@@ -4,15 +4,18 @@
 //! performs the I/O (upstream fetches, sleeps, streams) and writes the answer. It never
 //! panics on input: every failure becomes the core's error envelope.
 
+mod metrics;
 mod objects;
 mod reader;
 mod respond;
 mod runtime;
+mod status;
 mod timer;
 mod transport;
 
 use std::pin::pin;
 
+use futures_channel::oneshot;
 use futures_util::future::{select, Either};
 use worker::{event, Context, Env, Request, Response};
 
@@ -23,7 +26,7 @@ use crate::request::body::BodyFacts;
 use crate::request::headers::check_betas;
 use crate::request::route::{query_of, route, upstream_url, Metering, Route};
 
-use crate::limits::WAITING_LEASE_MS;
+use crate::limits::{settlement_usage, Answered, Usage, WAITING_LEASE_MS};
 use crate::request::cors::Cors;
 use crate::retry::fallback::{self, Fallbacks, OPT_OUT_HEADER};
 use crate::retry::runner::{self, Run};
@@ -40,8 +43,9 @@ const VERSION: &str = env!("CARGO_PKG_VERSION");
 #[event(fetch)]
 async fn fetch(req: Request, env: Env, ctx: Context) -> worker::Result<Response> {
     let mut exchange = Exchange::begin(&req);
+    metrics::begin();
     let outcome = handle(req, &env, &ctx, &mut exchange).await;
-    Ok(exchange.finish(outcome))
+    Ok(exchange.finish(outcome, &env, &ctx))
 }
 
 /// Runs one request; every error is an answer, never a panic or an `Err` to the runtime.
@@ -75,11 +79,13 @@ async fn handle(
             }
             return respond::health(VERSION);
         }
+        Route::Status => return status::handle_status(&req, env, &config, VERSION).await,
         _ => {}
     }
 
     let caller = authenticate_request(&req, &config)?;
     exchange.identity_hash = Some(caller.identity_hash());
+    exchange.tier = Some(caller.tier.clone());
     let upstream_key = caller.upstream_key(&config)?;
     let betas = req.headers().get("anthropic-beta").ok().flatten();
     check_betas(config.allowed_betas(&caller.tier), betas.as_deref())?;
@@ -94,9 +100,7 @@ async fn handle(
         (None, BodyFacts::default())
     };
     exchange.stream = facts.stream;
-    if route == Route::Messages {
-        exchange.model.clone_from(&facts.model);
-    }
+    exchange.model.clone_from(&facts.model);
 
     let admitted = admit(env, &config, &route, &caller, &facts, exchange).await?;
 
@@ -134,10 +138,23 @@ async fn handle(
     )
     .await;
     exchange.upstream_request_id = upstream.request_id.take();
-    let tap = admitted.is_some();
+    // The answer's usage is watched for the settlement, and for metrics when they are kept.
+    let tap = admitted.is_some() || metrics::bound(env);
     let mut delivered = answer.and_then(|a| transport::deliver(a, tap, policy.attempt_timeout_ms));
     if let Some(admitted) = admitted {
-        admitted.settle_later(env, ctx, delivered.as_mut().ok());
+        let (usage_to, usage) = oneshot::channel();
+        exchange.usage = Some(Box::pin(
+            async move { usage.await.unwrap_or(Usage::UNKNOWN) },
+        ));
+        admitted.settle_later(env, ctx, delivered.as_mut().ok(), usage_to);
+    } else if let Some((seen, progress)) = delivered.as_mut().ok().and_then(|d| d.seen.take()) {
+        exchange.usage = Some(Box::pin(async move {
+            let seen = Some(limiter::reported(&seen).await);
+            settlement_usage(Answered::Watched {
+                seen,
+                so_far: progress.usage(),
+            })
+        }));
     }
     delivered.map(|d| d.response)
 }
@@ -227,7 +244,13 @@ struct Admitted {
 }
 
 impl Admitted {
-    fn settle_later(self, env: &Env, ctx: &Context, delivered: Option<&mut Delivered>) {
+    fn settle_later(
+        self,
+        env: &Env,
+        ctx: &Context,
+        delivered: Option<&mut Delivered>,
+        usage_to: oneshot::Sender<Usage>,
+    ) {
         let (watched, delivered_ok) = match delivered {
             Some(d) => (d.seen.take(), (200..300).contains(&d.status)),
             None => (None, false),
@@ -247,6 +270,7 @@ impl Admitted {
             watched,
             delivered_ok,
             !provisional || delivered_ok,
+            usage_to,
         );
     }
 }

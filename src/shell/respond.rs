@@ -3,12 +3,15 @@
 //! Every answer, success or error, passes through [`Exchange::finish`], so no path can forget
 //! the CORS grant browsers need to read a 429, or the one log line per request.
 
+use futures_util::future::LocalBoxFuture;
 use serde::Serialize;
-use worker::{Headers, Request, Response, ResponseBuilder};
+use worker::{Context, Env, Headers, Request, Response, ResponseBuilder};
 
-use super::runtime;
+use super::{metrics, runtime};
 use crate::config::ConfigError;
 use crate::error::ProxyError;
+use crate::limits::Usage;
+use crate::metrics::{AnswerKind, RequestFacts};
 use crate::request::cors::Cors;
 use crate::request::route::Route;
 use crate::retry::runner::Journal;
@@ -36,6 +39,10 @@ pub struct Exchange {
     pub upstream_request_id: Option<String>,
     /// Headers every answer gets, e.g. the caller's own rate-limit figures.
     pub extra_headers: Vec<(&'static str, String)>,
+    /// The caller's tier, for metrics.
+    pub tier: Option<String>,
+    /// The tokens the answer reports, known once its body has passed (for metrics).
+    pub usage: Option<LocalBoxFuture<'static, Usage>>,
 }
 
 impl Exchange {
@@ -52,6 +59,8 @@ impl Exchange {
             journal: Journal::default(),
             upstream_request_id: None,
             extra_headers: Vec::new(),
+            tier: None,
+            usage: None,
         }
     }
 
@@ -63,8 +72,13 @@ impl Exchange {
             .unwrap_or(&self.request_id)
     }
 
-    /// Turns the outcome into the final answer and logs the request.
-    pub fn finish(self, outcome: Result<Response, ProxyError>) -> Response {
+    /// Turns the outcome into the final answer, logs the request and records its metrics.
+    pub fn finish(
+        mut self,
+        outcome: Result<Response, ProxyError>,
+        env: &Env,
+        ctx: &Context,
+    ) -> Response {
         let (mut response, error) = match outcome {
             Ok(response) => (response, None),
             Err(error) => (
@@ -76,7 +90,10 @@ impl Exchange {
         if self.route.as_ref().is_some_and(Route::is_proxied) {
             let _ = headers.set("x-proxy-attempts", &self.journal.attempts.to_string());
         }
-        if let Some(model) = self.answering_model() {
+        if let Some(model) = self
+            .answering_model()
+            .filter(|_| self.route == Some(Route::Messages))
+        {
             let _ = headers.set("x-proxy-model", model);
         }
         for (name, value) in &self.extra_headers {
@@ -91,6 +108,12 @@ impl Exchange {
         }
         let status = response.status_code();
         worker::console_log!("{}", self.log_line(status, error.as_ref()));
+        if self.route == Some(Route::Status) {
+            metrics::end_uncounted();
+        } else {
+            let usage = self.usage.take();
+            metrics::record(env, ctx, self.facts(status, error.as_ref()), usage);
+        }
         response
     }
 
@@ -100,6 +123,28 @@ impl Exchange {
         self.journal
             .answered_by_fallback()
             .or(self.model.as_deref())
+    }
+
+    /// What the request was, for metrics (tokens come later, with the usage).
+    fn facts(&self, status: u16, error: Option<&ProxyError>) -> RequestFacts {
+        RequestFacts {
+            route: self.route.as_ref().map_or("unrouted", Route::name),
+            model_asked: self.model.clone(),
+            model_served: self.answering_model().map(str::to_string),
+            status,
+            kind: AnswerKind::of(status, error),
+            error_type: error.map(ProxyError::error_type),
+            tier: self.tier.clone(),
+            caller: self.identity_hash.clone(),
+            stream: self.stream,
+            attempts: self.journal.attempts,
+            wait_ms: self.journal.wait_ms(),
+            total_ms: runtime::now_ms().saturating_sub(self.started_ms),
+            input_tokens: None,
+            output_tokens: None,
+            upstream_overloaded: self.journal.upstream_overloaded,
+            upstream_rate_limited: self.journal.upstream_rate_limited,
+        }
     }
 
     fn log_line(&self, status: u16, error: Option<&ProxyError>) -> String {

@@ -32,8 +32,11 @@ impl crate::retry::runner::Clock for Platform {
 }
 
 impl crate::retry::runner::Sleep for Platform {
-    fn sleep(&self, ms: u64) -> impl std::future::Future<Output = ()> {
-        sleep_ms(ms)
+    /// A request's wait (a backoff, a cooldown, an overload, its send time), counted in this
+    /// isolate's tally while it lasts.
+    async fn sleep(&self, ms: u64) {
+        let _waiting = super::metrics::waiting();
+        sleep_ms(ms).await;
     }
 }
 

@@ -43,6 +43,7 @@ mod pace;
 mod policy;
 mod pool;
 mod state;
+mod status;
 
 #[cfg(test)]
 mod properties;
@@ -56,7 +57,8 @@ pub use edge::{EdgeMemories, EdgeMemory, Refusal};
 pub use health::MAX_MODEL_NAME_BYTES;
 pub use object::{UpstreamCall, UpstreamReply};
 pub use pace::{
-    Cost, KeyLimits, LimitDimension, Observed, Pace, PacePolicy, PaceReason, SendTime, NEAR_PERCENT,
+    Cost, KeyLimits, LimitDimension, LimitOutlook, Observed, Pace, PaceOutlook, PacePolicy,
+    PaceReason, SendTime, NEAR_PERCENT,
 };
 pub use policy::OutagePolicy;
 pub use pool::{family, pool_of};
@@ -64,3 +66,4 @@ pub use state::{
     AttemptReport, Change, Gate, ModelPhase, ModelSnapshot, ProbeTicket, RefuseReason, Reply,
     Snapshot, UpstreamState, WaitReason, MAX_CLOCK_LEAD_MS, MAX_STORED_MS,
 };
+pub use status::{KeyStatus, PoolStatus, ProbeStatus, Waiting};

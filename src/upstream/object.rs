@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 use super::pace::{Cost, KeyLimits};
 use super::policy::OutagePolicy;
 use super::state::{AttemptReport, Change, Gate, UpstreamState};
+use super::status::KeyStatus;
 use crate::durable::ObjectState;
 use crate::retry::runner::{Ask, Tell};
 
@@ -41,6 +42,9 @@ pub enum UpstreamCall {
         #[serde(default)]
         limits: KeyLimits,
     },
+    /// The operator's view of the key ([`UpstreamState::status`]): read only, nothing is
+    /// counted, reserved or stored.
+    Status {},
 }
 
 impl UpstreamCall {
@@ -79,6 +83,7 @@ impl UpstreamCall {
 pub enum UpstreamReply {
     Gate(Gate),
     Change(Change),
+    Status(KeyStatus),
 }
 
 impl ObjectState for UpstreamState {
@@ -123,7 +128,12 @@ impl ObjectState for UpstreamState {
                 self.observe_limits(&policy, now_ms, &model, &limits);
                 UpstreamReply::Change(self.after_attempt(&policy, now_ms, &model, report, rng_seed))
             }
+            UpstreamCall::Status {} => UpstreamReply::Status(self.status(&policy, now_ms)),
         }
+    }
+
+    fn reads_only(call: &UpstreamCall) -> bool {
+        matches!(call, UpstreamCall::Status {})
     }
 
     fn is_idle(&self, now_ms: u64) -> bool {
@@ -190,5 +200,37 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn the_status_call_reads_without_changing_anything() {
+        let t0 = 1_764_000_000_000;
+        let mut state = UpstreamState::new();
+        let limits = KeyLimits {
+            requests: Some(crate::upstream::Observed {
+                limit: 50,
+                remaining: 10,
+            }),
+            ..KeyLimits::default()
+        };
+        state.observe_limits(&OutagePolicy::default(), t0, "claude-sonnet", &limits);
+        let before = state.clone();
+        let call: UpstreamCall = serde_json::from_str(r#"{"status": {}}"#).unwrap();
+        assert!(<UpstreamState as ObjectState>::reads_only(&call));
+        let reply = serde_json::to_value(state.decide(t0 + 1_000, call)).unwrap();
+        assert_eq!(state, before);
+        assert_eq!(reply["pools"][0]["pool"], "claude-sonnet");
+        assert_eq!(reply["pools"][0]["limits"][0]["dimension"], "requests");
+        assert_eq!(reply["pools"][0]["limits"][0]["limit"], 50);
+        let before_call = UpstreamCall::Before {
+            model: "m".to_string(),
+            is_retry: false,
+            deadline_ms: t0,
+            request_seed: 1,
+            unreported: 0,
+            served: 0,
+            cost: Cost::default(),
+        };
+        assert!(!<UpstreamState as ObjectState>::reads_only(&before_call));
     }
 }

@@ -378,6 +378,31 @@ impl Default for PacePolicy {
     }
 }
 
+/// One dimension of the key's own limits as the pool knows it at one instant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct LimitOutlook {
+    pub dimension: LimitDimension,
+    /// The limit per minute the upstream last reported.
+    pub limit: u64,
+    /// What the key's bucket holds now, counting the reservations the upstream has not seen.
+    pub remaining: u64,
+    /// Until the bucket is full again if nothing else is sent.
+    pub full_in_ms: u64,
+}
+
+/// What one pool's pacing holds at one instant ([`Pace::outlook`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct PaceOutlook {
+    /// The pacing rate in force, requests per second × 1000 (0: not paced at a rate).
+    pub rate_mrps: u64,
+    /// Successes served in the last whole second (or in this one, if busier).
+    pub served_per_s: u64,
+    /// The key's limits the upstream has reported, in the order of [`LimitDimension::ALL`].
+    pub limits: Vec<LimitOutlook>,
+    /// Requests holding a send time that has not come yet.
+    pub scheduled: u64,
+}
+
 /// When a request may go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SendTime {
@@ -597,6 +622,41 @@ impl Pace {
                 .iter()
                 .flatten()
                 .all(|lane| lane.tat_us <= now_us)
+    }
+
+    /// What the pool's pacing holds at `now_ms`, without changing it (the operator's view).
+    #[must_use]
+    pub fn outlook(&self, now_ms: u64) -> PaceOutlook {
+        let now_us = now_ms.saturating_mul(1000);
+        let mut served = self.served;
+        let mut limits = Vec::new();
+        let mut scheduled = 0;
+        for dimension in LimitDimension::ALL {
+            let Some(Some(lane)) = self.lanes.get(dimension.index()) else {
+                continue;
+            };
+            let outstanding_us = lane.tat_us.saturating_sub(now_us);
+            let used = outstanding_us.div_ceil(lane.interval_us()).min(lane.limit);
+            limits.push(LimitOutlook {
+                dimension,
+                limit: lane.limit,
+                remaining: lane.limit.saturating_sub(used),
+                full_in_ms: outstanding_us.div_ceil(1000),
+            });
+            let ahead = lane.pending.iter().filter(|p| p.at_us > now_us).count();
+            scheduled = scheduled.max(u64::try_from(ahead).unwrap_or(u64::MAX));
+        }
+        let rate_mrps = self.rate_mrps(now_ms);
+        if rate_mrps > 0 {
+            let queued = self.rate.tat_us.saturating_sub(now_us) / self.rate.interval_us();
+            scheduled = scheduled.max(queued);
+        }
+        PaceOutlook {
+            rate_mrps,
+            served_per_s: served.rate_per_s(now_ms),
+            limits,
+            scheduled,
+        }
     }
 
     /// Moves every stored time back by `back` ms (a clock jump).

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use super::budget::{BudgetWindow, RetryBudget};
 use super::draw::{self, Purpose};
 use super::health::{model_key, ModelChange, ModelGate, ModelHealth, Phase};
-use super::pace::{Cost, KeyLimits, PaceReason, SendTime};
+use super::pace::{Cost, KeyLimits, PaceOutlook, PaceReason, SendTime};
 use super::policy::OutagePolicy;
 use crate::retry::{Outcome, MAX_UPSTREAM_WAIT_MS, MIN_RETRY_AFTER_MS};
 
@@ -473,6 +473,27 @@ impl UpstreamState {
             retry_budget: self.retry_budget.window(policy, now),
             models,
         }
+    }
+
+    /// Every pool the state remembers, settled to `now_ms` and most recently used first, with
+    /// what its pacing holds; unlike [`UpstreamState::snapshot`] it keeps healthy pools (their
+    /// known limits are news to an operator). Does not change the state.
+    #[must_use]
+    pub fn pools(&self, policy: &OutagePolicy, now_ms: u64) -> Vec<(ModelSnapshot, PaceOutlook)> {
+        let now = stored(now_ms).max(self.clock_ms);
+        let mut models: Vec<&ModelHealth> = self.models.iter().collect();
+        models.sort_by_key(|health| Reverse(health.last_used_ms));
+        models
+            .into_iter()
+            .map(|health| {
+                let mut health = health.clone();
+                health.settle(policy, now);
+                (
+                    model_snapshot(&health, policy, now),
+                    health.pace.outlook(now),
+                )
+            })
+            .collect()
     }
 
     /// Whether the state holds nothing worth keeping at `now_ms`: no cooldown, no model in

@@ -7,6 +7,8 @@
 
 use std::pin::pin;
 
+use futures_channel::oneshot;
+
 use futures_util::future::{select, Either};
 use worker::{durable_object, Context, DurableObject, Env, Request, Response, State};
 
@@ -148,6 +150,22 @@ async fn watch(
     }
 }
 
+/// The tap's report, whenever it is made: at once when the body ends as it is read, or by the
+/// next tick when a drop made it (see `stream::tap`).
+pub async fn reported(report: &Report) -> Seen {
+    loop {
+        let tick = pin!(sleep_ms(RENEW_EVERY_MS));
+        match select(pin!(report.ended()), tick).await {
+            Either::Left((seen, _)) => return seen,
+            Either::Right(_) => {
+                if let Some(seen) = report.seen() {
+                    return seen;
+                }
+            }
+        }
+    }
+}
+
 /// Holds the slot of a request that has no answer yet, for as long as this runs: renewed
 /// for [`WAITING_LEASE_MS`] every [`WAITING_RENEW_EVERY_MS`]. Run it beside the attempts and
 /// drop it when they end; if the runtime drops the request, the lease soon ends by itself.
@@ -182,7 +200,7 @@ async fn renew_for(
 
 /// Settles the reservation once the answer is over, off the client's path. `confirms`: the
 /// caller is known to the upstream (managed, or its key was just accepted), so its object
-/// may store its state.
+/// may store its state. The usage settled with also goes to `usage_to`.
 #[allow(clippy::too_many_arguments)]
 pub fn settle_later(
     env: &Env,
@@ -193,6 +211,7 @@ pub fn settle_later(
     watched: Option<(Report, Progress)>,
     delivered_ok: bool,
     confirms: bool,
+    usage_to: oneshot::Sender<Usage>,
 ) {
     let env = env.clone();
     ctx.wait_until(async move {
@@ -205,6 +224,8 @@ pub fn settle_later(
             None => Answered::Unwatched { delivered_ok },
         };
         let usage: Usage = settlement_usage(answered);
+        // Metrics hear the usage too (nobody listens when they are not kept).
+        let _ = usage_to.send(usage);
         let call = LimiterCall::Settle { limits, reservation, usage, confirms };
         let settled: Result<serde_json::Value, ProxyError> =
             super::call(&env, BINDING, &identity_hash, &call, "rate limiter").await;

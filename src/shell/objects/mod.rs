@@ -55,14 +55,17 @@ impl<S: ObjectState> Object<S> {
             return unavailable(S::STORAGE_KEY, &why);
         }
         let now = now_ms();
+        let reads_only = S::reads_only(&call);
         let decided = {
             let mut slot = self.slot.borrow_mut();
             let Some(state) = slot.as_mut() else {
                 return unavailable(S::STORAGE_KEY, "state not loaded");
             };
             let reply = state.decide(now, call);
-            // A state that may not be stored yet stays in memory only: no write, no alarm.
-            let stored = state.should_store().then(|| serde_json::to_string(&*state));
+            // A state that may not be stored yet stays in memory only: no write, no alarm;
+            // nor after a call that only read it.
+            let stored =
+                (state.should_store() && !reads_only).then(|| serde_json::to_string(&*state));
             (
                 serde_json::to_string(&reply),
                 stored.transpose(),

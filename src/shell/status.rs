@@ -1,0 +1,77 @@
+//! `GET /proxy/status`: asks each configured upstream key's object, and the caller's object
+//! when `?caller=` names one, with their read-only status calls, and answers the core's
+//! [`StatusDocument`]. Who may read it and what it says are the core's ([`crate::status`]).
+
+use worker::{Env, Headers, Request, Response, ResponseBuilder};
+
+use super::objects::{self, limiter, upstream};
+use super::{metrics, runtime};
+use crate::config::Config;
+use crate::error::ProxyError;
+use crate::limits::{CallerUsage, LimiterCall};
+use crate::request::route::query_of;
+use crate::status::{
+    authorize, caller_param, caller_query, upstream_keys, CallerStatus, StatusDocument,
+    UpstreamKeyStatus,
+};
+use crate::upstream::UpstreamCall;
+
+pub async fn handle_status(
+    req: &Request,
+    env: &Env,
+    config: &Config,
+    version: &'static str,
+) -> Result<Response, ProxyError> {
+    let authorization = req.headers().get("authorization").ok().flatten();
+    authorize(config.admin_key.as_ref(), authorization.as_deref())?;
+    let url = req.inner().url();
+    let caller = caller_param(query_of(&url))?;
+
+    let mut keys = Vec::new();
+    for (source, key) in upstream_keys(config) {
+        let answer: Result<serde_json::Value, ProxyError> = objects::call(
+            env,
+            upstream::BINDING,
+            &key,
+            &UpstreamCall::Status {},
+            "upstream state",
+        )
+        .await;
+        keys.push(UpstreamKeyStatus::of(source, key, answer));
+    }
+    let caller = match caller {
+        None => None,
+        Some(id) => {
+            let query = caller_query(config, &id);
+            let call = LimiterCall::Status {
+                limits: query.limits,
+            };
+            let usage: Result<CallerUsage, ProxyError> = objects::call(
+                env,
+                limiter::BINDING,
+                &query.identity,
+                &call,
+                "rate limiter",
+            )
+            .await;
+            Some(CallerStatus::of(query, usage))
+        }
+    };
+    // This request is not traffic: it is no longer counted in flight.
+    let mut edge = metrics::tally();
+    edge.end_uncounted();
+    let document = StatusDocument {
+        version,
+        at_ms: runtime::now_ms(),
+        upstream_keys: keys,
+        edge,
+        caller,
+    };
+    let body = serde_json::to_vec(&document)
+        .map_err(|e| ProxyError::Internal(format!("status not encodable: {e}")))?;
+    let headers = Headers::new();
+    let _ = headers.set("content-type", "application/json");
+    // What it says is of this instant, and for the operator only.
+    let _ = headers.set("cache-control", "no-store");
+    Ok(ResponseBuilder::new().with_headers(headers).fixed(body))
+}

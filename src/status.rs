@@ -1,0 +1,393 @@
+//! The operator's view, `GET /proxy/status`: who may read it, which objects it asks, and the
+//! one JSON document it answers with.
+//!
+//! It is meant for a person at 2 AM: is the upstream overloaded, which key is near its
+//! Anthropic limits, how many requests wait, who is refused and why. So it reads what the
+//! objects know (read-only calls), adds this isolate's tally of answers, and never shows a
+//! secret: upstream keys and callers appear by fingerprint only.
+
+use serde::Serialize;
+
+use crate::config::{Config, TierLimits, DEFAULT_TIER};
+use crate::error::ProxyError;
+use crate::identity::{fingerprint, Secret, PASSTHROUGH_PREFIX, TOKEN_PREFIX};
+use crate::limits::CallerUsage;
+use crate::metrics::EdgeTally;
+
+/// Checks the `Authorization: Bearer <ADMIN_KEY>` of a status request, in constant time.
+/// Without a configured `ADMIN_KEY` the route does not exist (`404`, so a deployment without
+/// one does not even tell that it has an operator's view).
+pub fn authorize(
+    admin_key: Option<&Secret>,
+    authorization: Option<&str>,
+) -> Result<(), ProxyError> {
+    let Some(admin_key) = admin_key else {
+        return Err(ProxyError::NotFound);
+    };
+    let presented = authorization.map(str::trim).and_then(|value| {
+        let (scheme, rest) = value.split_once(' ')?;
+        scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
+    });
+    match presented {
+        Some(key) if admin_key.matches(key) => Ok(()),
+        Some(_) => Err(ProxyError::Unauthenticated(
+            "this key does not open the operator's view".to_string(),
+        )),
+        None => Err(ProxyError::Unauthenticated(
+            "the operator's view needs Authorization: Bearer <ADMIN_KEY>".to_string(),
+        )),
+    }
+}
+
+/// Longest `caller` accepted, in bytes (client ids are at most 256 characters).
+const MAX_CALLER_BYTES: usize = 1024;
+
+/// The `caller` of the query string, percent-decoded; `None` when absent or empty.
+pub fn caller_param(query: Option<&str>) -> Result<Option<String>, ProxyError> {
+    let Some(query) = query else { return Ok(None) };
+    let Some(raw) = query
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("caller="))
+    else {
+        return Ok(None);
+    };
+    let bad = || ProxyError::InvalidRequest("caller: not a valid percent-encoded id".to_string());
+    if raw.len() > MAX_CALLER_BYTES * 3 {
+        return Err(bad());
+    }
+    let bytes = raw.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        match b {
+            b'%' => {
+                let hex = bytes.get(i + 1..i + 3).ok_or_else(bad)?;
+                let hex = std::str::from_utf8(hex).map_err(|_| bad())?;
+                out.push(u8::from_str_radix(hex, 16).map_err(|_| bad())?);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            _ => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    let id = String::from_utf8(out).map_err(|_| bad())?;
+    if id.len() > MAX_CALLER_BYTES {
+        return Err(bad());
+    }
+    Ok((!id.is_empty()).then_some(id))
+}
+
+/// What kind of identity a caller id is, as the proxy derives identities for requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CallerKind {
+    /// An `id` of `CLIENT_KEYS`.
+    ClientKey,
+    /// `token:<sub>`: a signed token's subject (its tier is in each token, not in the config).
+    Token,
+    /// `passthrough:<fingerprint>`: a caller's own upstream key.
+    Passthrough,
+    /// No configured client has this id: its object, if any, is read with its last limits.
+    Unknown,
+}
+
+/// The caller a status request asks about: its object's name and the limits to read it by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallerQuery {
+    pub id: String,
+    pub kind: CallerKind,
+    /// The name of its Durable Object (the identity's fingerprint, as for its requests).
+    pub identity: String,
+    /// Its tier, when the configuration says it.
+    pub tier: Option<String>,
+    /// The limits to measure by; `None`: those its object was last used with.
+    pub limits: Option<TierLimits>,
+}
+
+/// The caller `id` (`alice`, `token:<sub>`, `passthrough:<fingerprint>`) as its requests
+/// would be identified.
+#[must_use]
+pub fn caller_query(config: &Config, id: &str) -> CallerQuery {
+    let (kind, tier) = if id.starts_with(TOKEN_PREFIX) {
+        (CallerKind::Token, None)
+    } else if id.starts_with(PASSTHROUGH_PREFIX) {
+        (CallerKind::Passthrough, Some(DEFAULT_TIER.to_string()))
+    } else {
+        match config.client_keys.iter().find(|(_, entry)| entry.id == id) {
+            Some((_, entry)) => (CallerKind::ClientKey, Some(entry.tier.clone())),
+            None => (CallerKind::Unknown, None),
+        }
+    };
+    CallerQuery {
+        id: id.to_string(),
+        kind,
+        identity: fingerprint("identity", id),
+        limits: tier.as_deref().map(|tier| config.tier_limits(tier)),
+        tier,
+    }
+}
+
+/// Which configured variable an upstream key comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum KeySource {
+    #[serde(rename = "ANTHROPIC_API_KEY")]
+    AnthropicApiKey,
+}
+
+/// The upstream keys the Worker is configured with (passthrough keys are the callers' and
+/// not known to it), with the name of each key's object.
+#[must_use]
+pub fn upstream_keys(config: &Config) -> Vec<(KeySource, String)> {
+    config
+        .upstream_key
+        .iter()
+        .map(|key| (KeySource::AnthropicApiKey, key.fingerprint("upstream")))
+        .collect()
+}
+
+/// The whole answer of `GET /proxy/status`. Its shape is documented in the README
+/// ("Operating it") and kept stable: fields are added, never renamed or removed.
+#[derive(Debug, Clone, Serialize)]
+pub struct StatusDocument {
+    pub version: &'static str,
+    pub at_ms: u64,
+    pub upstream_keys: Vec<UpstreamKeyStatus>,
+    /// This isolate's answers since it started.
+    pub edge: EdgeTally,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub caller: Option<CallerStatus>,
+}
+
+/// One configured upstream key: its object's view, or why it could not be read.
+#[derive(Debug, Clone, Serialize)]
+pub struct UpstreamKeyStatus {
+    /// A one-way fingerprint of the key (its object's name), never the key.
+    pub key: String,
+    pub source: KeySource,
+    /// The object's [`crate::upstream::KeyStatus`], as it answered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state: Option<serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl UpstreamKeyStatus {
+    #[must_use]
+    pub fn of(
+        source: KeySource,
+        key: String,
+        answer: Result<serde_json::Value, ProxyError>,
+    ) -> UpstreamKeyStatus {
+        let (state, error) = match answer {
+            Ok(state) => (Some(state), None),
+            Err(e) => (None, Some(e.message())),
+        };
+        UpstreamKeyStatus {
+            key,
+            source,
+            state,
+            error,
+        }
+    }
+}
+
+/// The caller asked about with `?caller=`.
+#[derive(Debug, Clone, Serialize)]
+pub struct CallerStatus {
+    /// The id asked about, unless it is of no known kind (it might be a key pasted by mistake,
+    /// and the answer never repeats one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    pub kind: CallerKind,
+    /// The identity's fingerprint: its object's name and the `identity` of its log lines.
+    pub identity: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tier: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub usage: Option<CallerUsage>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl CallerStatus {
+    #[must_use]
+    pub fn of(query: CallerQuery, usage: Result<CallerUsage, ProxyError>) -> CallerStatus {
+        let (usage, error) = match usage {
+            Ok(usage) => (Some(usage), None),
+            Err(e) => (None, Some(e.message())),
+        };
+        CallerStatus {
+            id: (query.kind != CallerKind::Unknown).then_some(query.id),
+            kind: query.kind,
+            identity: query.identity,
+            tier: query.tier,
+            usage,
+            error,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+    use crate::limits::{Dimension, DimensionStatus};
+
+    const ADMIN: &str = "adm_0123456789abcdef";
+    const UPSTREAM: &str = "sk-ant-upstream-secret-value-1";
+    const CLIENT: &str = "ck_client_secret_value_0001";
+    const JWT: &str = "jwt-secret-that-is-long-enough-for-hs256!!";
+
+    fn config() -> Config {
+        let vars: HashMap<&str, String> = [
+            ("ADMIN_KEY", ADMIN.to_string()),
+            ("ANTHROPIC_API_KEY", UPSTREAM.to_string()),
+            ("JWT_SECRET", JWT.to_string()),
+            (
+                "CLIENT_KEYS",
+                format!(r#"{{"{CLIENT}": {{"id": "alice", "tier": "pro"}}}}"#),
+            ),
+            (
+                "RATE_LIMITS",
+                r#"{"default": {"rpm": 5}, "pro": {"rpm": 50, "concurrency": 2}}"#.to_string(),
+            ),
+        ]
+        .into_iter()
+        .collect();
+        Config::from_lookup(|name| vars.get(name).cloned()).unwrap()
+    }
+
+    #[test]
+    fn only_the_admin_key_opens_it_and_without_one_there_is_nothing() {
+        let c = config();
+        let key = c.admin_key.as_ref();
+        assert_eq!(authorize(key, Some(&format!("Bearer {ADMIN}"))), Ok(()));
+        assert_eq!(authorize(key, Some(&format!("bearer  {ADMIN} "))), Ok(()));
+        for wrong in [
+            None,
+            Some(String::new()),
+            Some(ADMIN.to_string()),
+            Some(format!("Basic {ADMIN}")),
+            Some(format!("Bearer {ADMIN}x")),
+            Some(format!("Bearer {CLIENT}")),
+        ] {
+            let e = authorize(key, wrong.as_deref()).unwrap_err();
+            assert_eq!(e.status(), 401, "{wrong:?}");
+            assert!(!e.message().contains(ADMIN));
+        }
+        assert_eq!(
+            authorize(None, Some(&format!("Bearer {ADMIN}"))),
+            Err(ProxyError::NotFound)
+        );
+    }
+
+    #[test]
+    fn the_caller_parameter_is_percent_decoded() {
+        assert_eq!(caller_param(None), Ok(None));
+        assert_eq!(caller_param(Some("x=1")), Ok(None));
+        assert_eq!(caller_param(Some("caller=")), Ok(None));
+        assert_eq!(caller_param(Some("caller=alice")), Ok(Some("alice".into())));
+        assert_eq!(
+            caller_param(Some("a=b&caller=token%3Abob+smith")),
+            Ok(Some("token:bob smith".into()))
+        );
+        assert_eq!(caller_param(Some("caller=%C3%A9")), Ok(Some("é".into())));
+        for bad in ["caller=%", "caller=%4", "caller=%zz", "caller=%FF"] {
+            assert_eq!(caller_param(Some(bad)).unwrap_err().status(), 400, "{bad}");
+        }
+        let long = format!("caller={}", "a".repeat(MAX_CALLER_BYTES + 1));
+        assert_eq!(caller_param(Some(&long)).unwrap_err().status(), 400);
+    }
+
+    #[test]
+    fn callers_are_identified_as_their_requests_are() {
+        let c = config();
+        let alice = caller_query(&c, "alice");
+        assert_eq!(alice.kind, CallerKind::ClientKey);
+        assert_eq!(alice.tier.as_deref(), Some("pro"));
+        assert_eq!(alice.limits, Some(c.tier_limits("pro")));
+        // The same object the requests of alice's key use.
+        let presented = crate::identity::authenticate(&c, CLIENT, 0).unwrap();
+        assert_eq!(alice.identity, presented.identity_hash());
+        let token = caller_query(&c, "token:bob");
+        assert_eq!(token.kind, CallerKind::Token);
+        assert_eq!((token.tier, token.limits), (None, None));
+        assert_eq!(token.identity, fingerprint("identity", "token:bob"));
+        let pass = caller_query(&c, "passthrough:0123");
+        assert_eq!(pass.kind, CallerKind::Passthrough);
+        assert_eq!(pass.limits, Some(c.tier_limits(DEFAULT_TIER)));
+        assert_eq!(caller_query(&c, "mallory").kind, CallerKind::Unknown);
+    }
+
+    #[test]
+    fn the_document_names_keys_and_callers_by_fingerprint_only() {
+        let c = config();
+        let keys = upstream_keys(&c);
+        assert_eq!(keys.len(), 1);
+        assert_eq!(
+            keys[0].1,
+            c.upstream_key.as_ref().unwrap().fingerprint("upstream")
+        );
+        let query = caller_query(&c, "alice");
+        let usage = CallerUsage {
+            limits: c.tier_limits("pro"),
+            dimensions: vec![DimensionStatus {
+                dimension: Dimension::Rpm,
+                limit: 50,
+                remaining: 49,
+                reset_ms: 1_200,
+            }],
+            idle: false,
+            now_ms: 7,
+        };
+        let doc = StatusDocument {
+            version: "0.0.0",
+            at_ms: 7,
+            upstream_keys: keys
+                .into_iter()
+                .map(|(source, key)| {
+                    UpstreamKeyStatus::of(source, key, Ok(serde_json::json!({"pools": []})))
+                })
+                .collect(),
+            edge: EdgeTally::starting(1),
+            caller: Some(CallerStatus::of(query, Ok(usage))),
+        };
+        let text = serde_json::to_string(&doc).unwrap();
+        for secret in [ADMIN, UPSTREAM, CLIENT, JWT] {
+            assert!(!text.contains(secret), "{text}");
+        }
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["upstream_keys"][0]["source"], "ANTHROPIC_API_KEY");
+        assert_eq!(v["upstream_keys"][0]["key"].as_str().unwrap().len(), 32);
+        assert_eq!(v["caller"]["kind"], "client_key");
+        assert_eq!(v["caller"]["id"], "alice");
+        assert_eq!(v["caller"]["tier"], "pro");
+        assert_eq!(v["caller"]["usage"]["dimensions"][0]["remaining"], 49);
+        assert_eq!(v["edge"]["answers"]["success"], 0);
+        // An object that did not answer is said so, by name.
+        let failed = UpstreamKeyStatus::of(
+            KeySource::AnthropicApiKey,
+            "k".into(),
+            Err(ProxyError::Unavailable(
+                "upstream state did not answer".into(),
+            )),
+        );
+        let v = serde_json::to_value(failed).unwrap();
+        assert!(v["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("upstream state did not answer"));
+        assert!(v.get("state").is_none());
+        // An id of no known kind (say, a key pasted instead of an id) is never repeated.
+        let pasted = CallerStatus::of(caller_query(&c, CLIENT), Err(ProxyError::NotFound));
+        let text = serde_json::to_string(&pasted).unwrap();
+        assert!(!text.contains(CLIENT), "{text}");
+    }
+}
