@@ -162,6 +162,54 @@ pub struct StatusDocument {
     pub edge: EdgeTally,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub caller: Option<CallerStatus>,
+    /// Every model `MODEL_FALLBACKS` names, and whether requests leave it now.
+    pub fallbacks: Vec<FallbackStatus>,
+}
+
+/// A model with fallbacks, as the upstream keys' objects see it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FallbackStatus {
+    pub model: String,
+    /// The models its requests go to, in order.
+    pub to: Vec<String>,
+    /// Its pool is overloaded or recovering on some upstream key: a request that cannot be
+    /// served there before its deadline goes to `to` (unless it opted out).
+    pub in_force: bool,
+    /// The least healthy phase of its pool over the keys (`healthy` when no key knows it).
+    pub phase: String,
+}
+
+/// The fallbacks of `config`, in force where a key's object reports the model's pool
+/// overloaded or recovering.
+#[must_use]
+pub fn fallbacks(config: &Config, keys: &[UpstreamKeyStatus]) -> Vec<FallbackStatus> {
+    let rank = |phase: &str| match phase {
+        "overloaded" => 2,
+        "recovering" => 1,
+        _ => 0,
+    };
+    config
+        .model_fallbacks
+        .iter()
+        .map(|(model, to)| {
+            let pool =
+                crate::upstream::pool_of(&crate::request::route::Route::Messages, Some(model));
+            let phase = keys
+                .iter()
+                .filter_map(|k| k.state.as_ref()?.get("pools")?.as_array())
+                .flatten()
+                .filter(|p| p.get("pool").and_then(serde_json::Value::as_str) == Some(&pool))
+                .filter_map(|p| p.get("phase").and_then(serde_json::Value::as_str))
+                .max_by_key(|phase| rank(phase))
+                .unwrap_or("healthy");
+            FallbackStatus {
+                model: model.clone(),
+                to: to.clone(),
+                in_force: rank(phase) > 0,
+                phase: phase.to_string(),
+            }
+        })
+        .collect()
 }
 
 /// One configured upstream key: its object's view, or why it could not be read.
@@ -236,6 +284,51 @@ impl CallerStatus {
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;
+
+    #[test]
+    fn a_fallback_is_in_force_while_its_model_is_overloaded_on_a_key() {
+        let mut vars: HashMap<&str, String> = HashMap::new();
+        vars.insert(
+            "MODEL_FALLBACKS",
+            r#"{"claude-opus-4-5": ["claude-sonnet-4-5"], "claude-haiku-4-5": ["claude-sonnet-4-5"]}"#
+                .to_string(),
+        );
+        let config = Config::from_lookup(|name| vars.get(name).cloned()).unwrap();
+        let key = |phase: &str| UpstreamKeyStatus {
+            key: "k".to_string(),
+            source: KeySource::AnthropicApiKey,
+            state: Some(serde_json::json!({"pools": [
+                {"pool": "messages:claude-opus-4", "phase": phase},
+                {"pool": "messages:claude-sonnet-4", "phase": "overloaded"},
+            ]})),
+            error: None,
+        };
+        let unread = UpstreamKeyStatus {
+            key: "u".to_string(),
+            source: KeySource::AnthropicApiKey,
+            state: None,
+            error: Some("unreachable".to_string()),
+        };
+        let listed = fallbacks(&config, &[key("healthy"), key("recovering"), unread]);
+        let opus = listed
+            .iter()
+            .find(|f| f.model == "claude-opus-4-5")
+            .unwrap();
+        assert!(opus.in_force);
+        assert_eq!(opus.phase, "recovering");
+        assert_eq!(opus.to, vec!["claude-sonnet-4-5".to_string()]);
+        // Haiku's pool is known to no key; the overloaded sonnet is nobody's source.
+        let haiku = listed
+            .iter()
+            .find(|f| f.model == "claude-haiku-4-5")
+            .unwrap();
+        assert!(!haiku.in_force);
+        assert_eq!(haiku.phase, "healthy");
+        assert_eq!(listed.len(), 2);
+        assert!(fallbacks(&config, &[key("healthy")])
+            .iter()
+            .all(|f| !f.in_force));
+    }
 
     use super::*;
     use crate::limits::{Dimension, DimensionStatus};
@@ -358,6 +451,7 @@ mod tests {
                 .collect(),
             edge: EdgeTally::starting(1),
             caller: Some(CallerStatus::of(query, Ok(usage))),
+            fallbacks: Vec::new(),
         };
         let text = serde_json::to_string(&doc).unwrap();
         for secret in [ADMIN, UPSTREAM, CLIENT, JWT] {

@@ -60,12 +60,14 @@ pub async fn handle_status(
     // This request is not traffic: it is no longer counted in flight.
     let mut edge = metrics::tally();
     edge.end_uncounted();
+    let fallbacks = crate::status::fallbacks(config, &keys);
     let document = StatusDocument {
         version,
         at_ms: runtime::now_ms(),
         upstream_keys: keys,
         edge,
         caller,
+        fallbacks,
     };
     let body = serde_json::to_vec(&document)
         .map_err(|e| ProxyError::Internal(format!("status not encodable: {e}")))?;

@@ -92,6 +92,7 @@ test('the shape: each configured upstream key by fingerprint, its pools, and thi
     const doc = await status(worker);
     assert.equal(typeof doc.version, 'string');
     assert.ok(Math.abs(doc.at_ms - Date.now()) < 5000);
+    assert.deepEqual(doc.fallbacks, [], 'no MODEL_FALLBACKS, none listed');
     assert.equal(doc.upstream_keys.length, 1);
     const key = doc.upstream_keys[0];
     assert.match(key.key, /^[0-9a-f]{32}$/);
@@ -136,8 +137,11 @@ test('the shape: each configured upstream key by fingerprint, its pools, and thi
 test('after a scripted overload the status shows it, and then the recovery', { timeout: 60_000 }, async () => {
   await sim.reset();
   // Attempts spread over more than half a second, so the streak of 529s marks the model.
+  // A fallback configured for another model of the same pool (the requests name
+  // claude-sonnet-5 and never fall back), to see it in force while the pool is overloaded.
   const worker = await startWorker(workerVars(sim, {
     ADMIN_KEY, MAX_ATTEMPTS: '6', REQUEST_BUDGET_MS: '6000', BACKOFF_BASE_MS: '200', BACKOFF_MAX_MS: '1000',
+    MODEL_FALLBACKS: JSON.stringify({ 'claude-sonnet-5-1': ['claude-haiku-4-5'] }),
   }));
   try {
     await sim.mode({ overload_probability: 1, seed: 3 });
@@ -154,6 +158,9 @@ test('after a scripted overload the status shows it, and then the recovery', { t
       }
     }
     assert.ok(during, 'the status never showed the overload');
+    assert.deepEqual(during.fallbacks, [
+      { model: 'claude-sonnet-5-1', to: ['claude-haiku-4-5'], in_force: true, phase: 'overloaded' },
+    ]);
     const pool = poolOf(during);
     assert.equal(pool.overload_streak, 0, 'marked: the streak is spent');
     assert.ok(pool.probe.in_flight || pool.probe.next_in_ms !== null, JSON.stringify(pool.probe));
