@@ -223,6 +223,9 @@ pub struct EdgeTally {
     /// Answered requests that waited at least once, and the time they waited in all.
     pub waited: u64,
     pub wait_ms: u64,
+    /// The isolate's WebAssembly memory, in bytes, when the status was read (it only grows:
+    /// its high-water mark).
+    pub wasm_memory_bytes: u64,
 }
 
 impl EdgeTally {

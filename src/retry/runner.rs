@@ -2,7 +2,7 @@
 //! them, and the answer when they stop.
 //!
 //! It is generic over the clock, sleeping, the transport and the shared state, so the Worker
-//! (`Date.now()`, `Delay`, `Fetch`, the upstream key's Durable Object) and the host fleet
+//! (`Date.now()`, a timer, `Fetch`, the upstream key's Durable Object) and the host fleet
 //! simulation (a virtual clock, a simulated upstream, an in-memory shared state) run this very
 //! code. Every decision it acts on is made elsewhere in the core: [`classify`] and the
 //! [`Retrier`] decide retries, the shared state decides go / wait / refuse, the

@@ -60,6 +60,7 @@ pub async fn handle_status(
     // This request is not traffic: it is no longer counted in flight.
     let mut edge = metrics::tally();
     edge.end_uncounted();
+    edge.wasm_memory_bytes = (core::arch::wasm32::memory_size(0) as u64).saturating_mul(65_536);
     let fallbacks = crate::status::fallbacks(config, &keys);
     let document = StatusDocument {
         version,

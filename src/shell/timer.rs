@@ -2,16 +2,17 @@
 //!
 //! The Rust futures of all requests in an isolate share one executor, so a request's future
 //! is sometimes polled while another request's code runs, and workerd ties a `setTimeout` to
-//! the request that was running when it was set. `worker::Delay` then goes wrong twice: its
-//! `clearTimeout` on drop cannot reach a timer of another request, and when that timer fires
-//! later it calls a closure the drop already freed. The runtime treats that as a critical
-//! error and restarts the WebAssembly instance, and every request in flight in it never ends
-//! (the soak run found such requests).
+//! the request that was running when it was set, and refuses one set outside any request.
+//! `worker::Delay` unwraps that refusal (a panic), and on drop it clears its timeout and frees
+//! its callback, though a timeout set under another request is out of the drop's reach and
+//! its callback may still run. A panic or an uncaught exception there is a critical error: the
+//! WebAssembly instance restarts, and every request in flight in it never ends (the soak run
+//! found such requests).
 //!
-//! [`Timer`] never clears its timeout and never frees the callback early: the callback is
-//! owned by JavaScript (freed after its one call, or when collected) and holds only a weak
-//! reference to the timer, so a timer that is gone, or a callback that never comes, is
-//! harmless. A poll also completes the timer once its deadline has passed on the clock.
+//! [`Timer`] ignores a refused timeout, never clears one and never frees the callback early:
+//! the callback is owned by JavaScript (freed after its one call, or when collected) and holds
+//! only a weak reference to the timer, so a timer that is gone, or a callback that never
+//! comes, is harmless. A poll also completes the timer once its deadline has passed.
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;

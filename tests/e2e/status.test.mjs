@@ -103,8 +103,9 @@ test('the shape: each configured upstream key by fingerprint, its pools, and thi
     // The happy path never asks the object, so it knows nothing yet: but the edge counted.
     assert.deepEqual(Object.keys(doc.edge).sort(), [
       'answers', 'attempts', 'in_flight', 'requests', 'since_ms', 'upstream_overloaded', 'upstream_rate_limited',
-      'wait_ms', 'waited', 'waiting', 'waits',
+      'wait_ms', 'waited', 'waiting', 'waits', 'wasm_memory_bytes',
     ]);
+    assert.ok(doc.edge.wasm_memory_bytes >= 65_536 && doc.edge.wasm_memory_bytes % 65_536 === 0, String(doc.edge.wasm_memory_bytes));
     assert.equal(doc.edge.answers.success, 3);
     assert.equal(doc.edge.requests, 3, 'the status requests themselves are not traffic');
     assert.equal(doc.edge.in_flight, 0);
