@@ -172,9 +172,47 @@ struct Lane {
     /// scheduled for later.
     #[serde(default)]
     pending: Vec<Pending>,
+    /// What the upstream charges per unit the proxy reserves, in per mille (0: not learned,
+    /// taken as 1000). Learned for input tokens only (see [`Charge`]).
+    #[serde(default)]
+    charge_pm: u64,
+    #[serde(default)]
+    charge: Charge,
 }
 
-/// One reservation of a lane: when it goes and the lane time it takes.
+/// Learning what the upstream really charges for what the proxy reserved. The input estimate
+/// is made before the answer and meant never to undercount (a token per three bytes of text),
+/// so a queue reserved at the estimate would hold back a quarter or more of the key's input
+/// tokens for ever. Between two observations of a bucket that never filled up, the upstream
+/// charged what its level says (`level₂ − level₁ + elapsed`, in lane time), and the proxy sent
+/// the reservations whose send times fell between them; over a window of at least
+/// [`CHARGE_WINDOW_US`] of reserved lane time (or [`CHARGE_WINDOW_UNITS`]) the ratio of the two is one sample, and the
+/// ratio in force moves a quarter of the way towards each sample. Traffic the proxy did not
+/// send only raises the ratio (it never goes above one: what others send is taken in by the
+/// observations themselves), so the learning can only give back what the estimate took.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+struct Charge {
+    /// The last observation: when, and the lane time until the upstream's bucket is full.
+    seen_at_us: u64,
+    seen_level_us: u64,
+    /// Over the current window: the lane time the proxy sent and what the upstream charged.
+    sent_us: u64,
+    charged_us: u64,
+}
+
+/// A sample of [`Charge`] needs this much lane time sent: a twelfth of a minute's quota...
+const CHARGE_WINDOW_US: u64 = MINUTE_US / 12;
+
+/// ...and at least this many units, so that the upstream's rounding of what remains (to the
+/// nearest thousand tokens, at each end of the window) stays within 5 % of a sample.
+const CHARGE_WINDOW_UNITS: u64 = 20_000;
+
+/// The learned charge never goes below this share (per mille) of the estimate.
+const MIN_CHARGE_PM: u64 = 250;
+
+/// One reservation of a lane: when it goes and the lane time it takes at the proxy's
+/// estimate (before the learned charge).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 struct Pending {
     at_us: u64,
@@ -194,21 +232,31 @@ impl Lane {
         MINUTE_US.div_ceil(self.limit.max(1))
     }
 
-    /// The lane time a cost takes; a cost above a whole minute's quota takes a whole minute
-    /// (it can only go with a full bucket, which the upstream then refuses or accepts itself).
+    /// The lane time a cost takes at the estimate; a cost above a whole minute's quota takes
+    /// a whole minute (it can only go with a full bucket, which the upstream then refuses or
+    /// accepts itself).
     fn span_us(&self, units: u64) -> u64 {
         units.saturating_mul(self.interval_us()).min(MINUTE_US)
     }
 
+    /// Lane time at the estimate, as the upstream is expected to charge it.
+    fn charged(&self, span_us: u64) -> u64 {
+        match self.charge_pm {
+            0 => span_us,
+            pm => span_us.saturating_mul(pm).div_ceil(1000),
+        }
+    }
+
     /// The earliest time (µs) at which `units` fit.
     fn earliest_us(&self, now_us: u64, units: u64) -> u64 {
-        let new_tat = self.tat_us.max(now_us).saturating_add(self.span_us(units));
+        let span = self.charged(self.span_us(units));
+        let new_tat = self.tat_us.max(now_us).saturating_add(span);
         new_tat.saturating_sub(MINUTE_US).max(now_us)
     }
 
     fn reserve(&mut self, at_us: u64, units: u64) {
         let span_us = self.span_us(units);
-        self.tat_us = stored(self.tat_us.max(at_us).saturating_add(span_us));
+        self.tat_us = stored(self.tat_us.max(at_us).saturating_add(self.charged(span_us)));
         if self.pending.len() >= MAX_PENDING {
             self.pending.remove(0);
         }
@@ -217,12 +265,17 @@ impl Lane {
 
     /// The upstream's figures at `now_us`: what it counts, plus the reservations it may not
     /// have counted yet. This may free what the proxy over-reserved (an input estimate above
-    /// the real count) as well as take in traffic the proxy did not pace.
-    fn observe(&mut self, now_us: u64, observed: Observed) {
+    /// the real count) as well as take in traffic the proxy did not pace. With `learn`, the
+    /// figures also teach what the upstream charges for what the proxy reserves.
+    fn observe(&mut self, now_us: u64, observed: Observed, learn: bool) {
         self.limit = observed.limit;
         let used = observed.limit.saturating_sub(observed.remaining);
+        let level_us = self.span_us(used);
+        if learn {
+            self.learn_charge(now_us, level_us);
+        }
         // When the bucket would be full again given what the upstream counts...
-        let implied = now_us.saturating_add(self.span_us(used));
+        let implied = now_us.saturating_add(level_us);
         // ...and what it has not seen yet.
         self.pending
             .retain(|p| p.at_us.saturating_add(IN_FLIGHT_US) > now_us);
@@ -230,7 +283,49 @@ impl Lane {
             .pending
             .iter()
             .fold(0u64, |sum, p| sum.saturating_add(p.span_us));
-        self.tat_us = stored(implied.saturating_add(unseen));
+        self.tat_us = stored(implied.saturating_add(self.charged(unseen)));
+    }
+
+    /// See [`Charge`].
+    fn learn_charge(&mut self, now_us: u64, level_us: u64) {
+        let c = self.charge;
+        if now_us <= c.seen_at_us {
+            // Another answer of the same instant: nothing elapsed to learn from.
+            return;
+        }
+        let mut next = Charge {
+            seen_at_us: now_us,
+            seen_level_us: level_us,
+            ..c
+        };
+        if c.seen_at_us == 0 || c.seen_level_us == 0 || level_us == 0 {
+            // First sight, or a full bucket between (its refill beyond full is lost): start
+            // a new window.
+            next.sent_us = 0;
+            next.charged_us = 0;
+        } else {
+            let sent = self
+                .pending
+                .iter()
+                .filter(|p| p.at_us > c.seen_at_us && p.at_us <= now_us)
+                .fold(0u64, |sum, p| sum.saturating_add(p.span_us));
+            let charged = level_us
+                .saturating_add(now_us - c.seen_at_us)
+                .saturating_sub(c.seen_level_us);
+            next.sent_us = stored(c.sent_us.saturating_add(sent));
+            next.charged_us = stored(c.charged_us.saturating_add(charged));
+            if next.sent_us >= CHARGE_WINDOW_US.max(self.span_us(CHARGE_WINDOW_UNITS)) {
+                let sample = (u128::from(next.charged_us) * 1000 / u128::from(next.sent_us))
+                    .clamp(u128::from(MIN_CHARGE_PM), 1000) as u64;
+                self.charge_pm = match self.charge_pm {
+                    0 => sample,
+                    pm => (pm + sample).div_ceil(2),
+                };
+                next.sent_us = 0;
+                next.charged_us = 0;
+            }
+        }
+        self.charge = next;
     }
 }
 
@@ -456,8 +551,13 @@ impl Pace {
                 if observed.limit == 0 {
                     continue;
                 }
+                // Anthropic charges input tokens as counted at the start and never gives
+                // them back: the lane learns what its estimate overstates. Requests are
+                // exact, and output is charged at `max_tokens` up front, so those lanes
+                // reserve what the upstream needs free at arrival.
+                let learn = dimension == LimitDimension::InputTokens;
                 slot.get_or_insert_with(Lane::default)
-                    .observe(now_us, observed);
+                    .observe(now_us, observed, learn);
             }
         }
     }
@@ -715,6 +815,83 @@ mod tests {
             SendTime::Now => T0,
         };
         assert!(at <= T0 + 9_000 + 60_000);
+    }
+
+    /// Sends a request of `estimate` input tokens every `every_ms` for `seconds` as early as
+    /// the pace allows, to an upstream whose bucket of `limit` a minute starts empty and
+    /// charges `charged_percent` of the estimate (plus `others` tokens a second of traffic the
+    /// proxy does not send); the pace observes the bucket after each send. What was sent in
+    /// the last `tail_s` seconds, and the pace.
+    fn learn(
+        estimate: u64,
+        charged_percent: u64,
+        others: u64,
+        seconds: u64,
+        tail_s: u64,
+    ) -> (u64, Pace) {
+        let (limit, policy) = (60_000u64, PacePolicy::default());
+        let mut pace = Pace::default();
+        let tokens = |level: f64| KeyLimits {
+            input_tokens: Some(observed(limit, (level.max(0.0) as u64 + 500) / 1000 * 1000)),
+            ..KeyLimits::default()
+        };
+        pace.observe(T0, &tokens(0.0));
+        let cost = Cost {
+            input_tokens: estimate,
+            output_tokens: 0,
+        };
+        // Send times handed out, in order; the upstream's level and when it was last moved.
+        let mut queue = std::collections::VecDeque::new();
+        let (mut level, mut at, mut sent_tail) = (0.0f64, T0, 0);
+        for now in (T0..T0 + seconds * 1000).step_by(50) {
+            let refill = |level: f64, from: u64, to: u64| {
+                (level + (to - from) as f64 * (limit as f64 / 60_000.0 - others as f64 / 1000.0))
+                    .min(limit as f64)
+            };
+            if (now - T0).is_multiple_of(1000) {
+                let send = match pace.send_time(&policy, now, cost) {
+                    SendTime::Now => now,
+                    SendTime::At { at_ms, .. } => at_ms,
+                };
+                pace.reserve(&policy, now, send, cost);
+                queue.push_back(send);
+            }
+            while queue.front().is_some_and(|&t| t <= now) {
+                level = refill(level, at, now);
+                at = now;
+                level -= (estimate * charged_percent / 100) as f64;
+                queue.pop_front();
+                if now >= T0 + (seconds - tail_s) * 1000 {
+                    sent_tail += 1;
+                }
+                pace.observe(now, &tokens(level));
+            }
+        }
+        (sent_tail, pace)
+    }
+
+    #[test]
+    fn what_the_input_estimate_overstates_is_learned_and_given_back() {
+        // A request a second estimated at 1,333 tokens where the upstream charges 1,000, to
+        // a key of 60,000 a minute (1,000 a second): paced at the estimate only 3 of 4 go.
+        let (sent, pace) = learn(1_333, 75, 0, 90, 30);
+        let pm = pace.lanes[1].as_ref().map_or(0, |lane| lane.charge_pm);
+        assert!((700..=800).contains(&pm), "learned {pm} per mille");
+        assert!(
+            sent >= 28,
+            "{sent} sent in the last 30 s at 1,000 tokens a second"
+        );
+        // Charged as estimated: nothing to give back, and the key's bucket is not overdrawn.
+        let (sent, pace) = learn(1_000, 100, 0, 90, 30);
+        assert!(pace.lanes[1]
+            .as_ref()
+            .is_some_and(|lane| lane.charge_pm >= 950));
+        assert!(sent <= 31, "{sent}");
+        // Traffic the proxy does not send never makes it reserve less than its estimate.
+        let (_, pace) = learn(1_000, 100, 300, 90, 30);
+        assert!(pace.lanes[1]
+            .as_ref()
+            .is_some_and(|lane| lane.charge_pm == 1_000));
     }
 
     #[test]

@@ -37,6 +37,11 @@ struct Scenario {
     /// starts full): a request it cannot hold gets `429` with an honest `retry-after`, and
     /// every answer reports the bucket in `anthropic-ratelimit-requests-*`.
     key_rpm: Option<u64>,
+    /// The key's own input-token limit per minute, charged what each request really counts;
+    /// answers report it rounded to the nearest thousand, as Anthropic does.
+    key_input: Option<InputLimit>,
+    /// The key's buckets start empty (it has been busy), not full.
+    key_empty: bool,
     budget_ms: u64,
     seed: u64,
     /// Without the shared state: every attempt goes (the per-request retrier alone).
@@ -44,6 +49,15 @@ struct Scenario {
     /// Arrivals at a random point of their slot, on a random edge (as a fleet sees them);
     /// otherwise client `i` arrives at the start of its slot on edge `i mod edges`.
     random_arrivals: bool,
+}
+
+/// An input-token limit and what each request costs it: the upstream charges `tokens`, the
+/// proxy's estimate (made before the answer, meant never to undercount) says `estimate`.
+#[derive(Debug, Clone, Copy)]
+struct InputLimit {
+    tpm: u64,
+    tokens: u64,
+    estimate: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,7 +123,7 @@ struct SimUpstream {
     time: Rc<VirtualTime>,
     outage_ms: u64,
     capacity: Rc<RefCell<Option<Capacity>>>,
-    key: Rc<RefCell<Option<KeyBucket>>>,
+    key: Rc<RefCell<Option<Key>>>,
     /// What the last answer reported of the key's limits.
     limits: KeyLimits,
     log: Rc<RefCell<Log>>,
@@ -205,10 +219,10 @@ impl Capacity {
     }
 }
 
-/// The key's own request limit: a continuous bucket of `rpm` that starts full.
+/// One of the key's own limits: a continuous bucket of `per_minute` units (as Anthropic's).
 struct KeyBucket {
-    rpm: u64,
-    /// Requests × 60 000 (one request refills in 60 000 / rpm ms).
+    per_minute: u64,
+    /// Units × 60 000 (one unit refills in 60 000 / per_minute ms).
     level: u64,
     at_ms: u64,
 }
@@ -216,10 +230,10 @@ struct KeyBucket {
 impl KeyBucket {
     const UNIT: u64 = 60_000;
 
-    fn new(rpm: u64) -> KeyBucket {
+    fn new(per_minute: u64, full: bool) -> KeyBucket {
         KeyBucket {
-            rpm,
-            level: rpm * Self::UNIT,
+            per_minute,
+            level: if full { per_minute * Self::UNIT } else { 0 },
             at_ms: 0,
         }
     }
@@ -227,25 +241,77 @@ impl KeyBucket {
     fn refill(&mut self, now_ms: u64) {
         let elapsed = now_ms.saturating_sub(self.at_ms);
         self.at_ms = self.at_ms.max(now_ms);
-        self.level = (self.level + elapsed * self.rpm).min(self.rpm * Self::UNIT);
+        self.level = (self.level + elapsed * self.per_minute).min(self.per_minute * Self::UNIT);
     }
 
-    /// Charges one request, or says how long until the bucket holds one.
-    fn admit(&mut self, now_ms: u64) -> Option<u64> {
+    /// How long until the bucket holds `units` (`None`: it does now).
+    fn wait(&mut self, now_ms: u64, units: u64) -> Option<u64> {
         self.refill(now_ms);
-        if self.level >= Self::UNIT {
-            self.level -= Self::UNIT;
-            None
-        } else {
-            Some((Self::UNIT - self.level).div_ceil(self.rpm))
+        let need = units * Self::UNIT;
+        (self.level < need).then(|| (need - self.level).div_ceil(self.per_minute))
+    }
+
+    fn remaining(&self) -> u64 {
+        self.level / Self::UNIT
+    }
+}
+
+/// The key's own limits: requests and input tokens per minute.
+struct Key {
+    requests: Option<KeyBucket>,
+    input: Option<KeyBucket>,
+    /// What one request charges the input bucket.
+    input_tokens: u64,
+}
+
+impl Key {
+    fn new(scenario: &Scenario) -> Option<Key> {
+        let full = !scenario.key_empty;
+        let key = Key {
+            requests: scenario.key_rpm.map(|rpm| KeyBucket::new(rpm, full)),
+            input: scenario.key_input.map(|i| KeyBucket::new(i.tpm, full)),
+            input_tokens: scenario.key_input.map_or(0, |i| i.tokens),
+        };
+        (key.requests.is_some() || key.input.is_some()).then_some(key)
+    }
+
+    /// How long until every bucket holds the request (`None`: they do now).
+    fn wait(&mut self, now_ms: u64) -> Option<u64> {
+        let tokens = self.input_tokens;
+        let requests = self.requests.as_mut().and_then(|b| b.wait(now_ms, 1));
+        let input = self.input.as_mut().and_then(|b| b.wait(now_ms, tokens));
+        requests.max(input)
+    }
+
+    fn take(&mut self) {
+        if let Some(b) = self.requests.as_mut() {
+            b.level -= KeyBucket::UNIT;
+        }
+        if let Some(b) = self.input.as_mut() {
+            b.level -= self.input_tokens * KeyBucket::UNIT;
         }
     }
 
+    /// Charges one request, or says how long until the buckets hold one.
+    fn admit(&mut self, now_ms: u64) -> Option<u64> {
+        let wait = self.wait(now_ms);
+        if wait.is_none() {
+            self.take();
+        }
+        wait
+    }
+
+    /// The `anthropic-ratelimit-*` figures: requests exact, tokens rounded to the nearest
+    /// thousand (never above the limit).
     fn limits(&self) -> KeyLimits {
         KeyLimits {
-            requests: Some(Observed {
-                limit: self.rpm,
-                remaining: self.level / Self::UNIT,
+            requests: self.requests.as_ref().map(|b| Observed {
+                limit: b.per_minute,
+                remaining: b.remaining(),
+            }),
+            input_tokens: self.input.as_ref().map(|b| Observed {
+                limit: b.per_minute,
+                remaining: (b.remaining().saturating_add(500) / 1000 * 1000).min(b.per_minute),
             }),
             ..KeyLimits::default()
         }
@@ -327,7 +393,7 @@ fn simulate(scenario: Scenario) -> Run {
     let state = Rc::new(RefCell::new(UpstreamState::new()));
     let log = Rc::new(RefCell::new(Log::default()));
     let capacity = Rc::new(RefCell::new(scenario.capacity_rps.map(Capacity::new)));
-    let key = Rc::new(RefCell::new(scenario.key_rpm.map(KeyBucket::new)));
+    let key = Rc::new(RefCell::new(Key::new(&scenario)));
     let edges: Vec<Rc<RefCell<EdgeMemory>>> = (0..scenario.edges.max(1))
         .map(|_| Rc::new(RefCell::new(EdgeMemory::default())))
         .collect();
@@ -386,7 +452,10 @@ fn simulate(scenario: Scenario) -> Run {
                 policy: retry,
                 started_ms: arrival,
                 seed,
-                cost: Cost::default(),
+                cost: Cost {
+                    input_tokens: scenario.key_input.map_or(0, |i| i.estimate),
+                    output_tokens: 0,
+                },
                 shared,
                 memory,
             };
@@ -465,6 +534,8 @@ fn short_outage(seed: u64, shared: bool) -> Scenario {
         outage_ms: 5_000,
         capacity_rps: None,
         key_rpm: None,
+        key_input: None,
+        key_empty: false,
         budget_ms: 30_000,
         seed,
         shared,
@@ -481,6 +552,8 @@ fn long_outage(seed: u64, shared: bool) -> Scenario {
         outage_ms: 120_000,
         capacity_rps: None,
         key_rpm: None,
+        key_input: None,
+        key_empty: false,
         budget_ms: 30_000,
         seed,
         shared,
@@ -684,6 +757,8 @@ fn twice_capacity(seed: u64) -> Scenario {
         outage_ms: 0,
         capacity_rps: Some(20),
         key_rpm: None,
+        key_input: None,
+        key_empty: false,
         budget_ms: 30_000,
         seed,
         shared: true,
@@ -781,6 +856,8 @@ fn twice_the_key_limit(seed: u64) -> Scenario {
         outage_ms: 0,
         capacity_rps: None,
         key_rpm: Some(120),
+        key_input: None,
+        key_empty: false,
         budget_ms: 30_000,
         seed,
         shared: true,
@@ -791,22 +868,22 @@ fn twice_the_key_limit(seed: u64) -> Scenario {
 /// The oracle for a key limit: FIFO, each request at the earliest time the key's bucket holds
 /// it, dropped if that is past its deadline.
 fn oracle_key_limit(scenario: &Scenario, run: &Run) -> u64 {
-    let mut bucket = KeyBucket::new(scenario.key_rpm.unwrap_or(1));
+    let Some(mut key) = Key::new(scenario) else {
+        return run.clients.len() as u64;
+    };
     let mut arrivals: Vec<u64> = run.clients.iter().map(|c| c.arrival).collect();
     arrivals.sort_unstable();
     let mut free_at = 0;
     let mut served = 0;
     for arrival in arrivals {
         let mut at = free_at.max(arrival);
-        while let Some(wait) = bucket.admit(at) {
+        while let Some(wait) = key.wait(at) {
             at += wait;
         }
         if at <= arrival + scenario.budget_ms {
+            key.take();
             served += 1;
             free_at = at;
-        } else {
-            // Not served: give the token back.
-            bucket.level += KeyBucket::UNIT;
         }
     }
     served
@@ -886,4 +963,65 @@ fn goodput_at_the_key_limit_holds_as_edges_are_added() {
             }
         }
     }
+}
+
+/// Prompts of 3,000 tokens (estimated at 4,000: a token per three bytes, as the proxy's
+/// estimate counts text) at twice the key's input-token limit for 30 s: 120 requests at 4 a
+/// second on 8 edges, a key of 360,000 input tokens a minute whose bucket starts empty (it
+/// refills two such requests a second), 30 s budgets.
+fn twice_the_input_limit(seed: u64) -> Scenario {
+    Scenario {
+        clients: 120,
+        spacing_ms: 250,
+        edges: 8,
+        outage_ms: 0,
+        capacity_rps: None,
+        key_rpm: None,
+        key_input: Some(InputLimit {
+            tpm: 360_000,
+            tokens: 3_000,
+            estimate: 4_000,
+        }),
+        key_empty: true,
+        budget_ms: 30_000,
+        seed,
+        shared: true,
+        random_arrivals: true,
+    }
+}
+
+#[test]
+fn an_input_estimate_above_the_real_count_is_learned_not_kept_in_reserve() {
+    let seeds = 10;
+    let (mut share, mut per_request) = (0.0, 0.0);
+    for seed in 0..seeds {
+        let scenario = twice_the_input_limit(seed);
+        let run = simulate(scenario);
+        let oracle = oracle_key_limit(&scenario, &run);
+        let served = run.served();
+        let calls = run.calls.len() as u64;
+        eprintln!(
+            "seed {seed}: {served}/{} served (oracle {oracle}, {:.3} of it), {:.3} calls/request, \
+             {} upstream 429s ({:.1} % of calls), {} send times",
+            scenario.clients,
+            served as f64 / oracle as f64,
+            run.calls_per_request(),
+            run.limited,
+            100.0 * run.limited as f64 / calls as f64,
+            run.scheduled,
+        );
+        // Each edge learns from its own answers that the key is near its limits: the first
+        // request of each may meet the empty bucket; beyond that, at most 1 % of calls.
+        assert!(
+            run.limited as u64 <= scenario.edges + calls / 100,
+            "seed {seed}: {} of {calls} calls got 429",
+            run.limited
+        );
+        share += served as f64 / oracle as f64;
+        per_request += run.calls_per_request();
+    }
+    let (share, per_request) = (share / seeds as f64, per_request / seeds as f64);
+    eprintln!("mean over {seeds} seeds: {share:.3} of the oracle, {per_request:.3} calls/request");
+    assert!(share >= 0.95, "{share:.3} of the oracle");
+    assert!(per_request <= 1.10, "{per_request:.3} calls/request");
 }
