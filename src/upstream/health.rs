@@ -226,6 +226,19 @@ impl ModelHealth {
         }
     }
 
+    /// While the object finds out what dense shedding is (an outage, marked once it lasts
+    /// [`OutagePolicy::overload_min_span_ms`] with nothing served, or a capacity, measured for
+    /// half a second): when it will know. A retry waits until then rather than be shed again.
+    pub(super) fn finding_out_until(&self, policy: &OutagePolicy, now_ms: u64) -> Option<u64> {
+        let confirming = (self.phase == Phase::Healthy && self.streak >= 2)
+            .then(|| {
+                self.streak_started_ms
+                    .saturating_add(policy.overload_min_span_ms)
+            })
+            .filter(|&end| end > now_ms);
+        confirming.max(self.pace.measuring_until(now_ms))
+    }
+
     /// Nothing worth remembering at `now_ms`: the entry can go.
     pub(super) fn is_idle(&self, now_ms: u64) -> bool {
         self.phase == Phase::Healthy

@@ -465,7 +465,7 @@ impl Default for PacePolicy {
         PacePolicy {
             capacity: true,
             shed_percent: 90,
-            increase_mrps: 200,
+            increase_mrps: 100,
             min_mrps: 500,
             quiet_ms: 10_000,
             burst: 2,
@@ -608,17 +608,20 @@ impl Pace {
                 self.rate.threshold_mrps = target;
                 self.rate.decreased_ms = now_ms;
             }
-        } else if !self.measured(now_ms) {
-            return;
-        } else {
+        } else if let Some(window_mrps) = self.measured(now_ms) {
             // Then pace at what it served (measured, so near the upstream's rate: grow from
-            // it additively, no slow start).
+            // it additively, no slow start): over the window, or its busiest whole second (a
+            // window that began within a second holds only part of it, and shedding that
+            // starts with the traffic has no whole second behind it).
+            let target = target.max(window_mrps.saturating_mul(policy.shed_percent) / 100);
             self.rate.measure_from_ms = 0;
             self.rate.measure_served = 0;
             self.rate.mrps = target;
             self.rate.tat_us = stored(now_ms.saturating_mul(1000));
             self.rate.threshold_mrps = target;
             self.rate.decreased_ms = now_ms;
+        } else {
+            return;
         }
         self.rate.until_ms = stored(now_ms.saturating_add(policy.quiet_ms));
     }
@@ -626,24 +629,39 @@ impl Pace {
     /// Before the first rate: watches the shedding for [`MEASURE_MS`] (by then the edges that
     /// saw it report every answer, so the served rate is the upstream's, not the few
     /// successes heard of so far; send times promised at too low a rate would hold the queue
-    /// back long after the rate rose). Whether the window is over with shedding dense enough
-    /// ([`MIN_SHEDS`]) to be a capacity rather than the odd `529` of a quiet key.
-    fn measured(&mut self, now_ms: u64) -> bool {
+    /// back long after the rate rose). When the window is over with shedding dense enough
+    /// ([`MIN_SHEDS`]) to be a capacity rather than the odd `529` of a quiet key: the rate
+    /// served over the window (requests per second × 1000).
+    fn measured(&mut self, now_ms: u64) -> Option<u64> {
         let from = self.rate.measure_from_ms;
         let elapsed = now_ms.saturating_sub(from);
         if from == 0 || elapsed >= 4 * MEASURE_MS {
             self.restart_measuring(now_ms);
-            return false;
+            return None;
         }
         self.rate.measure_sheds = self.rate.measure_sheds.saturating_add(1);
         if elapsed < MEASURE_MS {
-            return false;
+            return None;
         }
         if self.rate.measure_sheds < MIN_SHEDS || self.rate.measure_served == 0 {
             self.restart_measuring(now_ms);
-            return false;
+            return None;
         }
-        true
+        // What the upstream served over the window, per second × 1000.
+        Some(u64::from(self.rate.measure_served).saturating_mul(1_000_000) / elapsed.max(1))
+    }
+
+    /// While dense shedding is being measured (two or more shed answers in the window, no
+    /// rate yet): when the window ends. A retry waits for it (a wait, not an attempt) rather
+    /// than meet the same shedding again: by then the request is paced at the measured rate.
+    #[must_use]
+    pub fn measuring_until(&self, now_ms: u64) -> Option<u64> {
+        let end = self.rate.measure_from_ms.saturating_add(MEASURE_MS);
+        (self.rate.measure_from_ms != 0
+            && self.rate.measure_sheds >= 2
+            && now_ms < end
+            && self.rate_mrps(now_ms) == 0)
+            .then_some(end)
     }
 
     fn restart_measuring(&mut self, now_ms: u64) {
@@ -972,7 +990,7 @@ mod tests {
         pace.shed(&policy, T0 + 21_000);
         assert_eq!(pace.rate_mrps(T0 + 21_000), 0);
         // The upstream comes back, serves three in a second and sheds: measured, then 90 %
-        // of it.
+        // of what it served over the window (two in 0.6 s).
         pace.served(&policy, T0 + 32_000);
         for i in 0..5 {
             pace.shed(&policy, T0 + 32_100 + i * 50);
@@ -980,7 +998,7 @@ mod tests {
         pace.served(&policy, T0 + 32_400);
         pace.served(&policy, T0 + 32_450);
         pace.shed(&policy, T0 + 32_700);
-        assert_eq!(pace.rate_mrps(T0 + 32_700), 2_700);
+        assert_eq!(pace.rate_mrps(T0 + 32_700), 3_000);
         // A quiet key's odd 529 (fewer than five in half a second) sets no rate.
         let mut quiet = Pace::default();
         for i in 0..20 {

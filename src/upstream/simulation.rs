@@ -30,6 +30,8 @@ struct Scenario {
     edges: u64,
     /// Every attempt sent in `[0, outage_ms)` is shed.
     outage_ms: u64,
+    /// The first client arrives this late (the traffic need not start on a whole second).
+    offset_ms: u64,
     /// The upstream serves at most this many requests a second (a token bucket with a burst
     /// of a tenth of a second) and sheds the rest; `None`: no limit.
     capacity_rps: Option<u64>,
@@ -402,7 +404,7 @@ fn simulate(scenario: Scenario) -> Run {
     let mut edge_of = Vec::new();
     let clients: Vec<Rc<RefCell<Client>>> = (0..scenario.clients)
         .map(|i| {
-            let mut arrival = i * scenario.spacing_ms;
+            let mut arrival = scenario.offset_ms + i * scenario.spacing_ms;
             let mut edge = i as usize % edges.len();
             if scenario.random_arrivals {
                 arrival += placement.u64(0..scenario.spacing_ms.max(1));
@@ -532,6 +534,7 @@ fn short_outage(seed: u64, shared: bool) -> Scenario {
         spacing_ms: 25,
         edges: 8,
         outage_ms: 5_000,
+        offset_ms: 0,
         capacity_rps: None,
         key_rpm: None,
         key_input: None,
@@ -550,6 +553,7 @@ fn long_outage(seed: u64, shared: bool) -> Scenario {
         spacing_ms: 300,
         edges: 8,
         outage_ms: 120_000,
+        offset_ms: 0,
         capacity_rps: None,
         key_rpm: None,
         key_input: None,
@@ -755,6 +759,7 @@ fn twice_capacity(seed: u64) -> Scenario {
         spacing_ms: 25,
         edges: 8,
         outage_ms: 0,
+        offset_ms: 0,
         capacity_rps: Some(20),
         key_rpm: None,
         key_input: None,
@@ -854,6 +859,7 @@ fn twice_the_key_limit(seed: u64) -> Scenario {
         spacing_ms: 250,
         edges: 8,
         outage_ms: 0,
+        offset_ms: 0,
         capacity_rps: None,
         key_rpm: Some(120),
         key_input: None,
@@ -975,6 +981,7 @@ fn twice_the_input_limit(seed: u64) -> Scenario {
         spacing_ms: 250,
         edges: 8,
         outage_ms: 0,
+        offset_ms: 0,
         capacity_rps: None,
         key_rpm: None,
         key_input: Some(InputLimit {
@@ -1024,4 +1031,56 @@ fn an_input_estimate_above_the_real_count_is_learned_not_kept_in_reserve() {
     eprintln!("mean over {seeds} seeds: {share:.3} of the oracle, {per_request:.3} calls/request");
     assert!(share >= 0.95, "{share:.3} of the oracle");
     assert!(per_request <= 1.10, "{per_request:.3} calls/request");
+}
+
+#[test]
+fn twice_a_small_capacity_is_paced_to_it_whenever_the_traffic_starts() {
+    // 80 requests at 20 a second against an upstream serving 10 (a burst of one), 15 s
+    // budgets: all fit at capacity. Traffic that starts within a second (its first whole
+    // second served holds only part of the rate) is measured over the shedding's window.
+    for edges in [1, 8] {
+        for offset_ms in [0, 300, 600, 900] {
+            let (mut share, mut calls) = (0.0, 0.0);
+            let seeds: u32 = 10;
+            for seed in 0..u64::from(seeds) {
+                let scenario = Scenario {
+                    clients: 80,
+                    spacing_ms: 50,
+                    edges,
+                    offset_ms,
+                    capacity_rps: Some(10),
+                    budget_ms: 15_000,
+                    ..twice_capacity(seed)
+                };
+                let run = simulate(scenario);
+                if seed == 0 && std::env::var("NOASSERT").is_ok() {
+                    let mut per = vec![(0, 0); 20];
+                    for c in &run.calls {
+                        per[(c.at / 1000) as usize].0 += 1;
+                    }
+                    for c in &run.clients {
+                        if let Some(End::Served { at }) = c.end {
+                            per[((at - 300) / 1000) as usize].1 += 1;
+                        }
+                    }
+                    eprintln!("  calls/served per s: {per:?}");
+                }
+                let oracle = oracle_successes(&scenario, &run);
+                share += run.served() as f64 / oracle as f64;
+                calls += run.calls_per_request();
+            }
+            let (share, calls) = (share / f64::from(seeds), calls / f64::from(seeds));
+            eprintln!("{edges} edges, from {offset_ms} ms: {share:.3} of the oracle, {calls:.3} calls/request");
+            if std::env::var("NOASSERT").is_err() {
+                assert!(
+                    share >= 0.97,
+                    "{edges} edges, from {offset_ms} ms: {share:.3} of the oracle"
+                );
+                assert!(
+                    calls <= 1.3,
+                    "{edges} edges, from {offset_ms} ms: {calls:.3} calls/request"
+                );
+            }
+        }
+    }
 }
