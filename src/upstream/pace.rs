@@ -455,12 +455,15 @@ pub struct PacePolicy {
     pub quiet_ms: u64,
     /// Requests the rate lets out at once (its burst).
     pub burst: u64,
+    /// The rate grows to at most this share (percent) of the busiest second served lately.
+    pub probe_percent: u64,
 }
 
 impl Default for PacePolicy {
     /// Capacity pacing on: half a second of shedding is measured, then requests go at 90 % of
-    /// what the upstream served in the last second, +0.2 req/s per success, at least
-    /// 0.5 req/s, a burst of 2, until nothing has waited or been shed for 10 s.
+    /// what the upstream served, +0.1 req/s per success up to 110 % of the busiest second
+    /// served lately, at least 0.5 req/s, a burst of 2, until nothing has waited or been shed
+    /// for 10 s.
     fn default() -> Self {
         PacePolicy {
             capacity: true,
@@ -469,6 +472,7 @@ impl Default for PacePolicy {
             min_mrps: 500,
             quiet_ms: 10_000,
             burst: 2,
+            probe_percent: 110,
         }
     }
 }
@@ -576,7 +580,17 @@ impl Pace {
             } else {
                 policy.increase_mrps
             };
-            self.rate.mrps = stored(self.rate.mrps.saturating_add(step));
+            // Probing upwards goes at most a little beyond what the upstream has been seen
+            // to serve: a success is news of a send booked when the queue was shorter, so
+            // growing on every one would book the whole queue above the capacity before the
+            // first shed answer came back.
+            let ceiling = (self
+                .served
+                .peak_per_s(now_ms)
+                .saturating_mul(10 * policy.probe_percent))
+            .max(self.rate.threshold_mrps);
+            let grown = self.rate.mrps.saturating_add(step).min(ceiling);
+            self.rate.mrps = stored(grown.max(self.rate.mrps));
         }
     }
 
@@ -949,9 +963,14 @@ mod tests {
             times[3] >= T0 + 2_620 + 2 * 55 && times[3] <= T0 + 2_620 + 3 * 56,
             "{times:?}"
         );
-        // Each success raises the rate by 0.2 requests a second (10-20 % a second).
+        // Each success raises the rate by 0.1 requests a second (5-10 % a second)...
         pace.served(&policy, T0 + 2_700);
-        assert_eq!(pace.rate_mrps(T0 + 2_700), 18_200);
+        assert_eq!(pace.rate_mrps(T0 + 2_700), 18_100);
+        // ...up to a tenth above the busiest second served (20 a second here).
+        for i in 1..60 {
+            pace.served(&policy, T0 + 2_700 + i * 50);
+        }
+        assert_eq!(pace.rate_mrps(T0 + 5_650), 22_000);
         // A request that waits keeps the pacing on; with no wait and no shedding for 10 s
         // it ends.
         assert!(pace.rate_mrps(T0 + 2_620 + 10_000) > 0);
@@ -998,7 +1017,7 @@ mod tests {
         pace.served(&policy, T0 + 32_400);
         pace.served(&policy, T0 + 32_450);
         pace.shed(&policy, T0 + 32_700);
-        assert_eq!(pace.rate_mrps(T0 + 32_700), 3_000);
+        assert_eq!(pace.rate_mrps(T0 + 32_700), 2_999);
         // A quiet key's odd 529 (fewer than five in half a second) sets no rate.
         let mut quiet = Pace::default();
         for i in 0..20 {

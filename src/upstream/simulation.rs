@@ -844,7 +844,7 @@ fn twice_the_capacity_is_paced_to_it_not_refused() {
     let (share, calls) = (share / f64::from(seeds), calls / f64::from(seeds));
     eprintln!("mean over {seeds} seeds: {share:.3} of the oracle, {calls:.3} calls/request");
     assert!(
-        share >= 0.99 && calls <= 1.2,
+        share >= 0.99 && calls <= 1.15,
         "{share:.3} of the oracle, {calls:.3} calls/request"
     );
 }
