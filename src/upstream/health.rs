@@ -264,8 +264,12 @@ impl ModelHealth {
             } => {
                 let slot =
                     since_ms.saturating_add(draw::release_offset_ms(window_ms, seed, since_ms));
-                // Pacing never costs a request its chance: at its deadline it goes anyway.
-                let release = slot.min(deadline_ms);
+                // Pacing never costs a request its chance: one whose slot falls late goes
+                // halfway from the recovery to its deadline, so the most urgent go first
+                // (earliest deadline first, as a queue served at capacity would) and each
+                // keeps time for its answer, and a retry.
+                let halfway = since_ms.saturating_add(deadline_ms.saturating_sub(since_ms) / 2);
+                let release = slot.min(halfway);
                 if now_ms >= release {
                     ModelGate::Open
                 } else {
