@@ -52,7 +52,6 @@ function panel(spec, x0) {
   parts.push(`<text x="${x0 + 12}" y="${yMid}" text-anchor="middle" transform="rotate(-90 ${x0 + 12} ${yMid})">requests per second</text>`);
   if (limit) {
     parts.push(`<line x1="${px(0)}" x2="${px(tMax)}" y1="${py(limit)}" y2="${py(limit)}" stroke="#d93025" stroke-dasharray="5 4"/>`);
-    parts.push(`<text x="${px(tMax) - 4}" y="${py(limit) - 5}" text-anchor="end" fill="#d93025">what the upstream takes (${limit}/s)</text>`);
   }
   for (const k of SERIES) {
     // A step line: each second's count held over that second.
@@ -68,7 +67,10 @@ function panel(spec, x0) {
   return parts.join('\n');
 }
 
-const legend = SERIES.map((k, i) => `<line x1="${60 + i * 190}" x2="${84 + i * 190}" y1="${H + 14}" y2="${H + 14}" stroke="${k.color}" stroke-width="2"/><text x="${90 + i * 190}" y="${H + 18}">${esc(k.label)}</text>`).join('\n');
+const legend = [
+  ...SERIES.map((k, i) => `<line x1="${40 + i * 190}" x2="${64 + i * 190}" y1="${H + 14}" y2="${H + 14}" stroke="${k.color}" stroke-width="2"/><text x="${70 + i * 190}" y="${H + 18}">${esc(k.label)}</text>`),
+  `<line x1="${40 + 3 * 190}" x2="${64 + 3 * 190}" y1="${H + 14}" y2="${H + 14}" stroke="#d93025" stroke-dasharray="5 4"/><text x="${70 + 3 * 190}" y="${H + 18}">what the upstream takes (capacity, or the key's refill)</text>`,
+].join('\n');
 const svg = `<svg xmlns="http://www.w3.org/2000/svg" width="${2 * W}" height="${H + 28}" viewBox="0 0 ${2 * W} ${H + 28}" font-family="sans-serif" font-size="11">
 <rect width="100%" height="100%" fill="white"/>
 ${PANELS.map((p, i) => panel(p, i * W)).join('\n')}
