@@ -28,8 +28,9 @@ struct Scenario {
     /// Client `i` arrives at `i · spacing_ms`, on edge `i mod edges`.
     spacing_ms: u64,
     edges: u64,
-    /// Every attempt sent in `[0, outage_ms)` is shed.
+    /// Every attempt sent in `[outage_from_ms, outage_ms)` is shed.
     outage_ms: u64,
+    outage_from_ms: u64,
     /// The first client arrives this late (the traffic need not start on a whole second).
     offset_ms: u64,
     /// The upstream serves at most this many requests a second (a token bucket with a burst
@@ -124,6 +125,7 @@ struct Run {
 struct SimUpstream {
     time: Rc<VirtualTime>,
     outage_ms: u64,
+    outage_from_ms: u64,
     capacity: Rc<RefCell<Option<Capacity>>>,
     key: Rc<RefCell<Option<Key>>>,
     /// What the last answer reported of the key's limits.
@@ -148,7 +150,7 @@ impl Transport for SimUpstream {
             .borrow_mut()
             .as_mut()
             .is_some_and(|c| !c.admit(sent_at));
-        let shed = sent_at < self.outage_ms || over;
+        let shed = (self.outage_from_ms..self.outage_ms).contains(&sent_at) || over;
         let limited = match self.key.borrow_mut().as_mut() {
             Some(key) if !shed => {
                 let wait = key.admit(sent_at);
@@ -439,6 +441,7 @@ fn simulate(scenario: Scenario) -> Run {
         let mut upstream = SimUpstream {
             time: time.clone(),
             outage_ms: scenario.outage_ms,
+            outage_from_ms: scenario.outage_from_ms,
             capacity: capacity.clone(),
             key: key.clone(),
             limits: KeyLimits::default(),
@@ -535,6 +538,7 @@ fn short_outage(seed: u64, shared: bool) -> Scenario {
         edges: 8,
         outage_ms: 5_000,
         offset_ms: 0,
+        outage_from_ms: 0,
         capacity_rps: None,
         key_rpm: None,
         key_input: None,
@@ -554,6 +558,7 @@ fn long_outage(seed: u64, shared: bool) -> Scenario {
         edges: 8,
         outage_ms: 120_000,
         offset_ms: 0,
+        outage_from_ms: 0,
         capacity_rps: None,
         key_rpm: None,
         key_input: None,
@@ -760,6 +765,7 @@ fn twice_capacity(seed: u64) -> Scenario {
         edges: 8,
         outage_ms: 0,
         offset_ms: 0,
+        outage_from_ms: 0,
         capacity_rps: Some(20),
         key_rpm: None,
         key_input: None,
@@ -778,10 +784,17 @@ fn oracle_successes(scenario: &Scenario, run: &Run) -> u64 {
     let interval = scenario.capacity_rps.map_or(0, |c| 1_000 / c.max(1));
     let mut arrivals: Vec<u64> = run.clients.iter().map(|c| c.arrival).collect();
     arrivals.sort_unstable();
-    let mut free_at = scenario.outage_ms;
+    let mut free_at = if scenario.outage_from_ms == 0 {
+        scenario.outage_ms
+    } else {
+        0
+    };
     let mut served = 0;
     for arrival in arrivals {
-        let start = free_at.max(arrival);
+        let mut start = free_at.max(arrival);
+        if (scenario.outage_from_ms..scenario.outage_ms).contains(&start) {
+            start = scenario.outage_ms;
+        }
         if start <= arrival + scenario.budget_ms {
             served += 1;
             free_at = start + interval;
@@ -860,6 +873,7 @@ fn twice_the_key_limit(seed: u64) -> Scenario {
         edges: 8,
         outage_ms: 0,
         offset_ms: 0,
+        outage_from_ms: 0,
         capacity_rps: None,
         key_rpm: Some(120),
         key_input: None,
@@ -982,6 +996,7 @@ fn twice_the_input_limit(seed: u64) -> Scenario {
         edges: 8,
         outage_ms: 0,
         offset_ms: 0,
+        outage_from_ms: 0,
         capacity_rps: None,
         key_rpm: None,
         key_input: Some(InputLimit {
@@ -1096,6 +1111,7 @@ fn outage_beyond_the_budget(seed: u64) -> Scenario {
         edges: 8,
         outage_ms: 32_000,
         offset_ms: 0,
+        outage_from_ms: 0,
         capacity_rps: Some(20),
         key_rpm: None,
         key_input: None,
@@ -1136,4 +1152,40 @@ fn an_outage_beyond_the_budget_serves_what_can_wait_for_its_end() {
     // after the end) costs the oracle's share of those arriving a little later.
     assert!(share >= 0.85, "{share:.3} of the oracle");
     assert!(per_request <= 1.15, "{per_request:.3} calls/request");
+}
+
+/// A 5 s total outage at half capacity: 10 requests a second for 12 s on 8 edges against an
+/// upstream that serves 20, every attempt shed from 4 s to 9 s, 30 s budgets.
+fn outage_at_half_capacity(seed: u64) -> Scenario {
+    Scenario {
+        clients: 120,
+        spacing_ms: 100,
+        edges: 8,
+        outage_ms: 9_000,
+        outage_from_ms: 4_000,
+        capacity_rps: Some(20),
+        ..twice_capacity(seed)
+    }
+}
+
+#[test]
+fn a_short_outage_at_half_capacity_is_released_at_what_the_upstream_can_take() {
+    let seeds: u32 = 20;
+    let (mut share, mut per_request) = (0.0, 0.0);
+    for seed in 0..u64::from(seeds) {
+        let scenario = outage_at_half_capacity(seed);
+        let run = simulate(scenario);
+        let oracle = oracle_successes(&scenario, &run);
+        share += run.served() as f64 / oracle as f64;
+        per_request += run.calls_per_request();
+    }
+    let (share, per_request) = (share / f64::from(seeds), per_request / f64::from(seeds));
+    eprintln!("mean over {seeds} seeds: {share:.3} of the oracle, {per_request:.3} calls/request");
+    // Eight edges learn of the outage one by one, and the upstream serves nothing while the
+    // rate set from the shedding's first half second still holds: about two seconds of
+    // calls before the model is marked, and a release that meets the capacity at once (0.87
+    // of the oracle at 1.93 calls per request while edges reported every old success as
+    // news; the benchmark's single isolate spends 1.12-1.20).
+    assert!(share >= 0.97, "{share:.3} of the oracle");
+    assert!(per_request <= 1.6, "{per_request:.3} calls/request");
 }
