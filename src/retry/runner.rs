@@ -529,7 +529,8 @@ impl<C: Clock, S: Sleep> Gatekeeper<'_, C, S> {
         for call in 0..MAX_GATE_CALLS {
             let (unreported, unreported_served) = {
                 let mut memory = self.memory.borrow_mut();
-                (memory.take_unreported(), memory.take_unreported_served())
+                let now = self.clock.now_ms();
+                (memory.take_unreported(), memory.take_unreported_served(now))
             };
             let ask = Ask {
                 is_retry,
@@ -633,11 +634,11 @@ impl<C: Clock, S: Sleep> Gatekeeper<'_, C, S> {
             }
             if !(trouble || probe.is_some() || consulted || memory.troubled(now)) {
                 if reply == Reply::Success {
-                    memory.count_served();
+                    memory.count_served(now);
                 }
                 return;
             }
-            (memory.take_unreported(), memory.take_unreported_served())
+            (memory.take_unreported(), memory.take_unreported_served(now))
         };
         shared
             .after(Tell {

@@ -23,8 +23,11 @@ pub struct EdgeMemory {
     /// First attempts sent without asking, not yet reported.
     unreported: u32,
     /// Successes not told to the shared state, not yet reported (how much the upstream
-    /// serves, for pacing at its rate once it sheds).
+    /// serves, for pacing at its rate once it sheds), all within the whole second
+    /// `served_second`: the object counts them into the second it hears of them, so older
+    /// ones would inflate what it thinks the upstream serves now.
     unreported_served: u32,
+    served_second: u64,
 }
 
 impl EdgeMemory {
@@ -62,14 +65,25 @@ impl EdgeMemory {
         self.unreported
     }
 
-    /// A success the shared state was not told of.
-    pub fn count_served(&mut self) {
+    /// A success at `now_ms` the shared state was not told of.
+    pub fn count_served(&mut self, now_ms: u64) {
+        let second = now_ms / 1000;
+        if second != self.served_second {
+            self.served_second = second;
+            self.unreported_served = 0;
+        }
         self.unreported_served = self.unreported_served.saturating_add(1);
     }
 
-    /// The untold successes to report with the next call; the count starts over.
-    pub fn take_unreported_served(&mut self) -> u32 {
-        std::mem::take(&mut self.unreported_served)
+    /// The untold successes to report with a call at `now_ms` (those of the last second or
+    /// this one); the count starts over.
+    pub fn take_unreported_served(&mut self, now_ms: u64) -> u32 {
+        let served = std::mem::take(&mut self.unreported_served);
+        if self.served_second.saturating_add(1) >= now_ms / 1000 {
+            served
+        } else {
+            0
+        }
     }
 }
 
@@ -176,6 +190,26 @@ mod tests {
         memory.mark_trouble(10_000);
         memory.mark_trouble(5_000);
         assert!(memory.troubled(10_000 + EdgeMemory::TROUBLE_MEMORY_MS - 1));
+    }
+
+    #[test]
+    fn untold_successes_are_reported_only_while_they_are_news() {
+        let t0 = 1_764_000_000_000;
+        let mut m = EdgeMemory::default();
+        for i in 0..5 {
+            m.count_served(t0 + i * 100);
+        }
+        // Within the next second: what this edge served lately.
+        assert_eq!(m.take_unreported_served(t0 + 1_200), 5);
+        assert_eq!(m.take_unreported_served(t0 + 1_300), 0);
+        // Only the latest second's successes are kept, and none that are older than a second
+        // by the time they would be reported (they would count as served now).
+        m.count_served(t0 + 3_100);
+        m.count_served(t0 + 4_100);
+        m.count_served(t0 + 4_200);
+        assert_eq!(m.take_unreported_served(t0 + 5_999), 2);
+        m.count_served(t0 + 6_000);
+        assert_eq!(m.take_unreported_served(t0 + 8_000), 0);
     }
 
     #[test]

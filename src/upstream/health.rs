@@ -226,6 +226,19 @@ impl ModelHealth {
         }
     }
 
+    /// While the object finds out what dense shedding is (an outage, marked once it lasts
+    /// [`OutagePolicy::overload_min_span_ms`] with nothing served, or a capacity, measured for
+    /// half a second): when it will know. A retry waits until then rather than be shed again.
+    pub(super) fn finding_out_until(&self, policy: &OutagePolicy, now_ms: u64) -> Option<u64> {
+        let confirming = (self.phase == Phase::Healthy && self.streak >= 2)
+            .then(|| {
+                self.streak_started_ms
+                    .saturating_add(policy.overload_min_span_ms)
+            })
+            .filter(|&end| end > now_ms);
+        confirming.max(self.pace.measuring_until(now_ms))
+    }
+
     /// Nothing worth remembering at `now_ms`: the entry can go.
     pub(super) fn is_idle(&self, now_ms: u64) -> bool {
         self.phase == Phase::Healthy
@@ -251,8 +264,12 @@ impl ModelHealth {
             } => {
                 let slot =
                     since_ms.saturating_add(draw::release_offset_ms(window_ms, seed, since_ms));
-                // Pacing never costs a request its chance: at its deadline it goes anyway.
-                let release = slot.min(deadline_ms);
+                // Pacing never costs a request its chance: one whose slot falls late goes
+                // halfway from the recovery to its deadline, so the most urgent go first
+                // (earliest deadline first, as a queue served at capacity would) and each
+                // keeps time for its answer, and a retry.
+                let halfway = since_ms.saturating_add(deadline_ms.saturating_sub(since_ms) / 2);
+                let release = slot.min(halfway);
                 if now_ms >= release {
                     ModelGate::Open
                 } else {

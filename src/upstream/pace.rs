@@ -172,9 +172,47 @@ struct Lane {
     /// scheduled for later.
     #[serde(default)]
     pending: Vec<Pending>,
+    /// What the upstream charges per unit the proxy reserves, in per mille (0: not learned,
+    /// taken as 1000). Learned for input tokens only (see [`Charge`]).
+    #[serde(default)]
+    charge_pm: u64,
+    #[serde(default)]
+    charge: Charge,
 }
 
-/// One reservation of a lane: when it goes and the lane time it takes.
+/// Learning what the upstream really charges for what the proxy reserved. The input estimate
+/// is made before the answer and meant never to undercount (a token per three bytes of text),
+/// so a queue reserved at the estimate would hold back a quarter or more of the key's input
+/// tokens for ever. Between two observations of a bucket that never filled up, the upstream
+/// charged what its level says (`level₂ − level₁ + elapsed`, in lane time), and the proxy sent
+/// the reservations whose send times fell between them; over a window of at least
+/// [`CHARGE_WINDOW_US`] of reserved lane time (or [`CHARGE_WINDOW_UNITS`]) the ratio of the two is one sample, and the
+/// ratio in force moves a quarter of the way towards each sample. Traffic the proxy did not
+/// send only raises the ratio (it never goes above one: what others send is taken in by the
+/// observations themselves), so the learning can only give back what the estimate took.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+struct Charge {
+    /// The last observation: when, and the lane time until the upstream's bucket is full.
+    seen_at_us: u64,
+    seen_level_us: u64,
+    /// Over the current window: the lane time the proxy sent and what the upstream charged.
+    sent_us: u64,
+    charged_us: u64,
+}
+
+/// A sample of [`Charge`] needs this much lane time sent: a twelfth of a minute's quota...
+const CHARGE_WINDOW_US: u64 = MINUTE_US / 12;
+
+/// ...and at least this many units, so that the upstream's rounding of what remains (to the
+/// nearest thousand tokens, at each end of the window) stays within 5 % of a sample.
+const CHARGE_WINDOW_UNITS: u64 = 20_000;
+
+/// The learned charge never goes below this share (per mille) of the estimate.
+const MIN_CHARGE_PM: u64 = 250;
+
+/// One reservation of a lane: when it goes and the lane time it takes at the proxy's
+/// estimate (before the learned charge).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 struct Pending {
     at_us: u64,
@@ -194,21 +232,31 @@ impl Lane {
         MINUTE_US.div_ceil(self.limit.max(1))
     }
 
-    /// The lane time a cost takes; a cost above a whole minute's quota takes a whole minute
-    /// (it can only go with a full bucket, which the upstream then refuses or accepts itself).
+    /// The lane time a cost takes at the estimate; a cost above a whole minute's quota takes
+    /// a whole minute (it can only go with a full bucket, which the upstream then refuses or
+    /// accepts itself).
     fn span_us(&self, units: u64) -> u64 {
         units.saturating_mul(self.interval_us()).min(MINUTE_US)
     }
 
+    /// Lane time at the estimate, as the upstream is expected to charge it.
+    fn charged(&self, span_us: u64) -> u64 {
+        match self.charge_pm {
+            0 => span_us,
+            pm => span_us.saturating_mul(pm).div_ceil(1000),
+        }
+    }
+
     /// The earliest time (µs) at which `units` fit.
     fn earliest_us(&self, now_us: u64, units: u64) -> u64 {
-        let new_tat = self.tat_us.max(now_us).saturating_add(self.span_us(units));
+        let span = self.charged(self.span_us(units));
+        let new_tat = self.tat_us.max(now_us).saturating_add(span);
         new_tat.saturating_sub(MINUTE_US).max(now_us)
     }
 
     fn reserve(&mut self, at_us: u64, units: u64) {
         let span_us = self.span_us(units);
-        self.tat_us = stored(self.tat_us.max(at_us).saturating_add(span_us));
+        self.tat_us = stored(self.tat_us.max(at_us).saturating_add(self.charged(span_us)));
         if self.pending.len() >= MAX_PENDING {
             self.pending.remove(0);
         }
@@ -217,12 +265,17 @@ impl Lane {
 
     /// The upstream's figures at `now_us`: what it counts, plus the reservations it may not
     /// have counted yet. This may free what the proxy over-reserved (an input estimate above
-    /// the real count) as well as take in traffic the proxy did not pace.
-    fn observe(&mut self, now_us: u64, observed: Observed) {
+    /// the real count) as well as take in traffic the proxy did not pace. With `learn`, the
+    /// figures also teach what the upstream charges for what the proxy reserves.
+    fn observe(&mut self, now_us: u64, observed: Observed, learn: bool) {
         self.limit = observed.limit;
         let used = observed.limit.saturating_sub(observed.remaining);
+        let level_us = self.span_us(used);
+        if learn {
+            self.learn_charge(now_us, level_us);
+        }
         // When the bucket would be full again given what the upstream counts...
-        let implied = now_us.saturating_add(self.span_us(used));
+        let implied = now_us.saturating_add(level_us);
         // ...and what it has not seen yet.
         self.pending
             .retain(|p| p.at_us.saturating_add(IN_FLIGHT_US) > now_us);
@@ -230,7 +283,49 @@ impl Lane {
             .pending
             .iter()
             .fold(0u64, |sum, p| sum.saturating_add(p.span_us));
-        self.tat_us = stored(implied.saturating_add(unseen));
+        self.tat_us = stored(implied.saturating_add(self.charged(unseen)));
+    }
+
+    /// See [`Charge`].
+    fn learn_charge(&mut self, now_us: u64, level_us: u64) {
+        let c = self.charge;
+        if now_us <= c.seen_at_us {
+            // Another answer of the same instant: nothing elapsed to learn from.
+            return;
+        }
+        let mut next = Charge {
+            seen_at_us: now_us,
+            seen_level_us: level_us,
+            ..c
+        };
+        if c.seen_at_us == 0 || c.seen_level_us == 0 || level_us == 0 {
+            // First sight, or a full bucket between (its refill beyond full is lost): start
+            // a new window.
+            next.sent_us = 0;
+            next.charged_us = 0;
+        } else {
+            let sent = self
+                .pending
+                .iter()
+                .filter(|p| p.at_us > c.seen_at_us && p.at_us <= now_us)
+                .fold(0u64, |sum, p| sum.saturating_add(p.span_us));
+            let charged = level_us
+                .saturating_add(now_us - c.seen_at_us)
+                .saturating_sub(c.seen_level_us);
+            next.sent_us = stored(c.sent_us.saturating_add(sent));
+            next.charged_us = stored(c.charged_us.saturating_add(charged));
+            if next.sent_us >= CHARGE_WINDOW_US.max(self.span_us(CHARGE_WINDOW_UNITS)) {
+                let sample = (u128::from(next.charged_us) * 1000 / u128::from(next.sent_us))
+                    .clamp(u128::from(MIN_CHARGE_PM), 1000) as u64;
+                self.charge_pm = match self.charge_pm {
+                    0 => sample,
+                    pm => (pm + sample).div_ceil(2),
+                };
+                next.sent_us = 0;
+                next.charged_us = 0;
+            }
+        }
+        self.charge = next;
     }
 }
 
@@ -360,20 +455,24 @@ pub struct PacePolicy {
     pub quiet_ms: u64,
     /// Requests the rate lets out at once (its burst).
     pub burst: u64,
+    /// The rate grows to at most this share (percent) of the busiest second served lately.
+    pub probe_percent: u64,
 }
 
 impl Default for PacePolicy {
     /// Capacity pacing on: half a second of shedding is measured, then requests go at 90 % of
-    /// what the upstream served in the last second, +0.2 req/s per success, at least
-    /// 0.5 req/s, a burst of 2, until nothing has waited or been shed for 10 s.
+    /// what the upstream served, +0.1 req/s per success up to 110 % of the busiest second
+    /// served lately, at least 0.5 req/s, a burst of 2, until nothing has waited or been shed
+    /// for 10 s.
     fn default() -> Self {
         PacePolicy {
             capacity: true,
             shed_percent: 90,
-            increase_mrps: 200,
+            increase_mrps: 100,
             min_mrps: 500,
             quiet_ms: 10_000,
             burst: 2,
+            probe_percent: 110,
         }
     }
 }
@@ -481,8 +580,13 @@ impl Pace {
                 if observed.limit == 0 {
                     continue;
                 }
+                // Anthropic charges input tokens as counted at the start and never gives
+                // them back: the lane learns what its estimate overstates. Requests are
+                // exact, and output is charged at `max_tokens` up front, so those lanes
+                // reserve what the upstream needs free at arrival.
+                let learn = dimension == LimitDimension::InputTokens;
                 slot.get_or_insert_with(Lane::default)
-                    .observe(now_us, observed);
+                    .observe(now_us, observed, learn);
             }
         }
     }
@@ -501,7 +605,17 @@ impl Pace {
             } else {
                 policy.increase_mrps
             };
-            self.rate.mrps = stored(self.rate.mrps.saturating_add(step));
+            // Probing upwards goes at most a little beyond what the upstream has been seen
+            // to serve: a success is news of a send booked when the queue was shorter, so
+            // growing on every one would book the whole queue above the capacity before the
+            // first shed answer came back.
+            let ceiling = (self
+                .served
+                .peak_per_s(now_ms)
+                .saturating_mul(10 * policy.probe_percent))
+            .max(self.rate.threshold_mrps);
+            let grown = self.rate.mrps.saturating_add(step).min(ceiling);
+            self.rate.mrps = stored(grown.max(self.rate.mrps));
         }
     }
 
@@ -533,17 +647,20 @@ impl Pace {
                 self.rate.threshold_mrps = target;
                 self.rate.decreased_ms = now_ms;
             }
-        } else if !self.measured(now_ms) {
-            return;
-        } else {
+        } else if let Some(window_mrps) = self.measured(now_ms) {
             // Then pace at what it served (measured, so near the upstream's rate: grow from
-            // it additively, no slow start).
+            // it additively, no slow start): over the window, or its busiest whole second (a
+            // window that began within a second holds only part of it, and shedding that
+            // starts with the traffic has no whole second behind it).
+            let target = target.max(window_mrps.saturating_mul(policy.shed_percent) / 100);
             self.rate.measure_from_ms = 0;
             self.rate.measure_served = 0;
             self.rate.mrps = target;
             self.rate.tat_us = stored(now_ms.saturating_mul(1000));
             self.rate.threshold_mrps = target;
             self.rate.decreased_ms = now_ms;
+        } else {
+            return;
         }
         self.rate.until_ms = stored(now_ms.saturating_add(policy.quiet_ms));
     }
@@ -551,24 +668,39 @@ impl Pace {
     /// Before the first rate: watches the shedding for [`MEASURE_MS`] (by then the edges that
     /// saw it report every answer, so the served rate is the upstream's, not the few
     /// successes heard of so far; send times promised at too low a rate would hold the queue
-    /// back long after the rate rose). Whether the window is over with shedding dense enough
-    /// ([`MIN_SHEDS`]) to be a capacity rather than the odd `529` of a quiet key.
-    fn measured(&mut self, now_ms: u64) -> bool {
+    /// back long after the rate rose). When the window is over with shedding dense enough
+    /// ([`MIN_SHEDS`]) to be a capacity rather than the odd `529` of a quiet key: the rate
+    /// served over the window (requests per second × 1000).
+    fn measured(&mut self, now_ms: u64) -> Option<u64> {
         let from = self.rate.measure_from_ms;
         let elapsed = now_ms.saturating_sub(from);
         if from == 0 || elapsed >= 4 * MEASURE_MS {
             self.restart_measuring(now_ms);
-            return false;
+            return None;
         }
         self.rate.measure_sheds = self.rate.measure_sheds.saturating_add(1);
         if elapsed < MEASURE_MS {
-            return false;
+            return None;
         }
         if self.rate.measure_sheds < MIN_SHEDS || self.rate.measure_served == 0 {
             self.restart_measuring(now_ms);
-            return false;
+            return None;
         }
-        true
+        // What the upstream served over the window, per second × 1000.
+        Some(u64::from(self.rate.measure_served).saturating_mul(1_000_000) / elapsed.max(1))
+    }
+
+    /// While dense shedding is being measured (two or more shed answers in the window, no
+    /// rate yet): when the window ends. A retry waits for it (a wait, not an attempt) rather
+    /// than meet the same shedding again: by then the request is paced at the measured rate.
+    #[must_use]
+    pub fn measuring_until(&self, now_ms: u64) -> Option<u64> {
+        let end = self.rate.measure_from_ms.saturating_add(MEASURE_MS);
+        (self.rate.measure_from_ms != 0
+            && self.rate.measure_sheds >= 2
+            && now_ms < end
+            && self.rate_mrps(now_ms) == 0)
+            .then_some(end)
     }
 
     fn restart_measuring(&mut self, now_ms: u64) {
@@ -777,6 +909,83 @@ mod tests {
         assert!(at <= T0 + 9_000 + 60_000);
     }
 
+    /// Sends a request of `estimate` input tokens every `every_ms` for `seconds` as early as
+    /// the pace allows, to an upstream whose bucket of `limit` a minute starts empty and
+    /// charges `charged_percent` of the estimate (plus `others` tokens a second of traffic the
+    /// proxy does not send); the pace observes the bucket after each send. What was sent in
+    /// the last `tail_s` seconds, and the pace.
+    fn learn(
+        estimate: u64,
+        charged_percent: u64,
+        others: u64,
+        seconds: u64,
+        tail_s: u64,
+    ) -> (u64, Pace) {
+        let (limit, policy) = (60_000u64, PacePolicy::default());
+        let mut pace = Pace::default();
+        let tokens = |level: f64| KeyLimits {
+            input_tokens: Some(observed(limit, (level.max(0.0) as u64 + 500) / 1000 * 1000)),
+            ..KeyLimits::default()
+        };
+        pace.observe(T0, &tokens(0.0));
+        let cost = Cost {
+            input_tokens: estimate,
+            output_tokens: 0,
+        };
+        // Send times handed out, in order; the upstream's level and when it was last moved.
+        let mut queue = std::collections::VecDeque::new();
+        let (mut level, mut at, mut sent_tail) = (0.0f64, T0, 0);
+        for now in (T0..T0 + seconds * 1000).step_by(50) {
+            let refill = |level: f64, from: u64, to: u64| {
+                (level + (to - from) as f64 * (limit as f64 / 60_000.0 - others as f64 / 1000.0))
+                    .min(limit as f64)
+            };
+            if (now - T0).is_multiple_of(1000) {
+                let send = match pace.send_time(&policy, now, cost) {
+                    SendTime::Now => now,
+                    SendTime::At { at_ms, .. } => at_ms,
+                };
+                pace.reserve(&policy, now, send, cost);
+                queue.push_back(send);
+            }
+            while queue.front().is_some_and(|&t| t <= now) {
+                level = refill(level, at, now);
+                at = now;
+                level -= (estimate * charged_percent / 100) as f64;
+                queue.pop_front();
+                if now >= T0 + (seconds - tail_s) * 1000 {
+                    sent_tail += 1;
+                }
+                pace.observe(now, &tokens(level));
+            }
+        }
+        (sent_tail, pace)
+    }
+
+    #[test]
+    fn what_the_input_estimate_overstates_is_learned_and_given_back() {
+        // A request a second estimated at 1,333 tokens where the upstream charges 1,000, to
+        // a key of 60,000 a minute (1,000 a second): paced at the estimate only 3 of 4 go.
+        let (sent, pace) = learn(1_333, 75, 0, 90, 30);
+        let pm = pace.lanes[1].as_ref().map_or(0, |lane| lane.charge_pm);
+        assert!((700..=800).contains(&pm), "learned {pm} per mille");
+        assert!(
+            sent >= 28,
+            "{sent} sent in the last 30 s at 1,000 tokens a second"
+        );
+        // Charged as estimated: nothing to give back, and the key's bucket is not overdrawn.
+        let (sent, pace) = learn(1_000, 100, 0, 90, 30);
+        assert!(pace.lanes[1]
+            .as_ref()
+            .is_some_and(|lane| lane.charge_pm >= 950));
+        assert!(sent <= 31, "{sent}");
+        // Traffic the proxy does not send never makes it reserve less than its estimate.
+        let (_, pace) = learn(1_000, 100, 300, 90, 30);
+        assert!(pace.lanes[1]
+            .as_ref()
+            .is_some_and(|lane| lane.charge_pm == 1_000));
+    }
+
     #[test]
     fn shedding_is_measured_then_paced_just_below_the_served_rate() {
         let policy = PacePolicy {
@@ -814,9 +1023,14 @@ mod tests {
             times[3] >= T0 + 2_620 + 2 * 55 && times[3] <= T0 + 2_620 + 3 * 56,
             "{times:?}"
         );
-        // Each success raises the rate by 0.2 requests a second (10-20 % a second).
+        // Each success raises the rate by 0.1 requests a second (5-10 % a second)...
         pace.served(&policy, T0 + 2_700);
-        assert_eq!(pace.rate_mrps(T0 + 2_700), 18_200);
+        assert_eq!(pace.rate_mrps(T0 + 2_700), 18_100);
+        // ...up to a tenth above the busiest second served (20 a second here).
+        for i in 1..60 {
+            pace.served(&policy, T0 + 2_700 + i * 50);
+        }
+        assert_eq!(pace.rate_mrps(T0 + 5_650), 22_000);
         // A request that waits keeps the pacing on; with no wait and no shedding for 10 s
         // it ends.
         assert!(pace.rate_mrps(T0 + 2_620 + 10_000) > 0);
@@ -855,7 +1069,7 @@ mod tests {
         pace.shed(&policy, T0 + 21_000);
         assert_eq!(pace.rate_mrps(T0 + 21_000), 0);
         // The upstream comes back, serves three in a second and sheds: measured, then 90 %
-        // of it.
+        // of what it served over the window (two in 0.6 s).
         pace.served(&policy, T0 + 32_000);
         for i in 0..5 {
             pace.shed(&policy, T0 + 32_100 + i * 50);
@@ -863,7 +1077,7 @@ mod tests {
         pace.served(&policy, T0 + 32_400);
         pace.served(&policy, T0 + 32_450);
         pace.shed(&policy, T0 + 32_700);
-        assert_eq!(pace.rate_mrps(T0 + 32_700), 2_700);
+        assert_eq!(pace.rate_mrps(T0 + 32_700), 2_999);
         // A quiet key's odd 529 (fewer than five in half a second) sets no rate.
         let mut quiet = Pace::default();
         for i in 0..20 {

@@ -14,6 +14,10 @@ use crate::retry::{Outcome, MAX_UPSTREAM_WAIT_MS, MIN_RETRY_AFTER_MS};
 /// The largest time or count ever stored (a JavaScript number holds it exactly).
 pub const MAX_STORED_MS: u64 = crate::durable::MAX_EXACT;
 
+/// Retries held while the object finds out what shedding is go again spread over this much
+/// after it knows.
+const MEASURE_SPREAD_MS: u64 = 250;
+
 pub use crate::durable::MAX_CLOCK_LEAD_MS;
 
 /// `t` capped at [`MAX_STORED_MS`].
@@ -259,19 +263,21 @@ impl UpstreamState {
         cost: Cost,
     ) -> Gate {
         let now = self.advance(now_ms);
-        let (cooldown_until, gate, send_time, rate_paced) =
+        let (cooldown_until, gate, send_time, rate_paced, measuring_until) =
             match self.entry(policy, pool, now, false) {
                 Some(health) => (
                     health.cooldown_until_ms,
                     health.gate(policy, now, deadline_ms, request_seed),
                     health.pace.send_time(&policy.pace, now, cost),
                     health.pace.rate_mrps(now) > 0,
+                    health.finding_out_until(policy, now),
                 ),
-                None => (0, ModelGate::Open, SendTime::Now, false),
+                None => (0, ModelGate::Open, SendTime::Now, false, None),
             };
         // A retry paced at the upstream's sustainable rate adds nothing beyond what the
         // upstream takes: the retry budget, a guard against retry storms, does not hold it.
         let budgeted = is_retry && !rate_paced;
+        let hold_until = measuring_until.filter(|&end| is_retry && end <= deadline_ms);
         if now < cooldown_until {
             if cooldown_until <= deadline_ms {
                 let mut rng = draw::rng(request_seed, now, Purpose::CooldownSpread);
@@ -306,6 +312,20 @@ impl UpstreamState {
                 reason: RefuseReason::Overloaded,
             },
             ModelGate::ProbeDue => self.go(policy, now, pool, is_retry, true),
+            // The upstream sheds densely and the object is finding out whether it is at
+            // capacity or out: a retry waits for the answer (and a little after, so that the
+            // rate or the marking is in force when it asks again) instead of being shed once
+            // more.
+            ModelGate::Open if hold_until.is_some() => {
+                let end = hold_until.unwrap_or(now);
+                let mut rng = draw::rng(request_seed, now, Purpose::CooldownSpread);
+                Gate::Wait {
+                    until_ms: end
+                        .saturating_add(rng.u64(0..=MEASURE_SPREAD_MS))
+                        .min(deadline_ms),
+                    reason: WaitReason::Overloaded,
+                }
+            }
             ModelGate::Open => match send_time {
                 SendTime::At { at_ms, reason } if at_ms > deadline_ms => Gate::Refuse {
                     retry_after_ms: at_ms.saturating_sub(now).max(MIN_RETRY_AFTER_MS),

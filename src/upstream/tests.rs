@@ -399,21 +399,25 @@ fn waiters_are_released_spread_over_the_window_after_a_successful_probe() {
 }
 
 #[test]
-fn a_release_slot_past_the_deadline_goes_at_the_deadline() {
+fn a_release_slot_late_for_the_deadline_goes_halfway_to_it() {
     let p = policy();
     let mut state = UpstreamState::new();
     let due = mark(&mut state, MODEL, T0);
     let ticket = probe(ask(&mut state, due, MODEL, LONG, 0));
-    state.after_attempt(&p, due + 10, MODEL, report(Reply::Success, Some(ticket)), 0);
+    let since = due + 10;
+    state.after_attempt(&p, since, MODEL, report(Reply::Success, Some(ticket)), 0);
     // Window of 250 ms (no waiters). Find a request whose slot is late in it.
     let seed = (0..1_000)
         .find(|&seed| wait(ask(&mut state, due + 11, MODEL, LONG, seed)).0 > due + 200)
         .unwrap_or(0);
+    // With its deadline 90 ms after the recovery began, it goes 45 ms in: the most urgent
+    // first, each with time left for its answer.
+    let deadline = since + 90;
     assert_eq!(
-        wait(ask(&mut state, due + 11, MODEL, due + 100, seed)).0,
-        due + 100
+        wait(ask(&mut state, due + 11, MODEL, deadline, seed)).0,
+        since + 45
     );
-    assert_eq!(go(ask(&mut state, due + 100, MODEL, due + 100, seed)), None);
+    assert_eq!(go(ask(&mut state, since + 45, MODEL, deadline, seed)), None);
 }
 
 #[test]
