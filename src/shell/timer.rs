@@ -9,19 +9,21 @@
 //! WebAssembly instance restarts, and every request in flight in it never ends (the soak run
 //! found such requests).
 //!
-//! [`Timer`] ignores a refused timeout, never clears one and never frees the callback early:
-//! the callback is owned by JavaScript (freed after its one call, or when collected) and holds
-//! only a weak reference to the timer, so a timer that is gone, or a callback that never
-//! comes, is harmless. A poll also completes the timer once its deadline has passed.
+//! [`Timer`] ignores a refused timeout and never clears one. Every timeout calls the same
+//! callback, made once per isolate and never freed, with the timer's number; a timer enters
+//! itself in a table under that number and leaves it when dropped, so a callback for a timer
+//! that is gone finds nothing and does nothing, and a timeout that never comes leaves
+//! nothing behind. A poll also completes the timer once its deadline has passed.
 
 use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::{Rc, Weak};
 use std::task::{Context, Poll, Waker};
 
 use wasm_bindgen::closure::Closure;
-use wasm_bindgen::JsCast;
+use wasm_bindgen::{JsCast, JsValue};
 
 use super::runtime::now_ms;
 
@@ -31,12 +33,20 @@ struct Shared {
     waker: RefCell<Option<Waker>>,
 }
 
+thread_local! {
+    /// The timers waiting for their timeout, by number.
+    static WAITING: RefCell<HashMap<u32, Weak<Shared>>> = RefCell::new(HashMap::new());
+    static NEXT: Cell<u32> = const { Cell::new(0) };
+    /// The one callback of every timeout: told the timer's number.
+    static CALLBACK: Closure<dyn FnMut(JsValue)> = Closure::new(fire);
+}
+
 /// Completes once `ms` have passed on the runtime's clock.
 pub struct Timer {
     ms: u64,
     deadline_ms: u64,
     /// Set once the timeout is set (at the first poll).
-    shared: Option<Rc<Shared>>,
+    set: Option<(u32, Rc<Shared>)>,
 }
 
 impl Timer {
@@ -44,7 +54,7 @@ impl Timer {
         Timer {
             ms,
             deadline_ms: now_ms().saturating_add(ms),
-            shared: None,
+            set: None,
         }
     }
 }
@@ -53,12 +63,12 @@ impl Future for Timer {
     type Output = ();
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        let shared = match &self.shared {
-            Some(shared) => shared.clone(),
+        let shared = match &self.set {
+            Some((_, shared)) => shared.clone(),
             None => {
                 let shared = Rc::new(Shared::default());
-                set_timeout(Rc::downgrade(&shared), self.ms);
-                self.shared = Some(shared.clone());
+                let number = set_timeout(Rc::downgrade(&shared), self.ms);
+                self.set = Some((number, shared.clone()));
                 shared
             }
         };
@@ -70,19 +80,49 @@ impl Future for Timer {
     }
 }
 
-/// Sets the timeout whose callback wakes `timer`, if it still exists when the callback runs.
-fn set_timeout(timer: Weak<Shared>, ms: u64) {
-    let callback = Closure::once_into_js(move || {
-        if let Some(timer) = timer.upgrade() {
-            timer.fired.set(true);
-            if let Some(waker) = timer.waker.borrow_mut().take() {
-                waker.wake();
-            }
+impl Drop for Timer {
+    fn drop(&mut self) {
+        if let Some((number, _)) = self.set.take() {
+            // `try_with`: the table may be gone already when the isolate shuts down.
+            let _ = WAITING.try_with(|w| w.borrow_mut().remove(&number));
         }
+    }
+}
+
+/// Enters `timer` in the table and sets its timeout; returns its number.
+fn set_timeout(timer: Weak<Shared>, ms: u64) -> u32 {
+    let number = NEXT.with(|n| {
+        let number = n.get();
+        n.set(number.wrapping_add(1));
+        number
     });
+    WAITING.with(|w| w.borrow_mut().insert(number, timer));
     let global: worker::web_sys::WorkerGlobalScope = js_sys::global().unchecked_into();
     // Timeouts beyond i32 are days away; no timer here waits that long.
     let ms = i32::try_from(ms).unwrap_or(i32::MAX);
-    let _ =
-        global.set_timeout_with_callback_and_timeout_and_arguments_0(callback.unchecked_ref(), ms);
+    CALLBACK.with(|callback| {
+        let _ = global.set_timeout_with_callback_and_timeout_and_arguments_1(
+            callback.as_ref().unchecked_ref(),
+            ms,
+            &JsValue::from(number),
+        );
+    });
+    number
+}
+
+/// A timeout came: wakes its timer, if it is still there.
+fn fire(number: JsValue) {
+    let Some(number) = number.as_f64().and_then(|n| u32::try_from(n as u64).ok()) else {
+        return;
+    };
+    let Some(timer) = WAITING.with(|w| w.borrow_mut().remove(&number)) else {
+        return;
+    };
+    if let Some(timer) = timer.upgrade() {
+        timer.fired.set(true);
+        let waker = timer.waker.borrow_mut().take();
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
 }

@@ -530,7 +530,7 @@ for (const i of [1, 2]) {
   // The WebAssembly memory is the proxy's own heap, where a leak of its state would show: it
   // must stay flat. workerd's RSS also holds the JavaScript heap, which the runtime collects
   // when it sees fit; it only has to stay within a generous bound.
-  if (row.wasm_warm !== undefined && row.wasm_end - row.wasm_warm > 4) failures.push(`instance ${i}: WebAssembly memory grew from ${row.wasm_warm} to ${row.wasm_end} MiB`);
+  if (row.wasm_warm !== undefined && row.wasm_end - row.wasm_warm > 2) failures.push(`instance ${i}: WebAssembly memory grew from ${row.wasm_warm} to ${row.wasm_end} MiB`);
   if (row.growth > 192) failures.push(`workerd instance ${i} grew ${row.growth} MiB from its first third to its last`);
 }
 
