@@ -35,7 +35,7 @@ pub fn check(data: &[u8]) {
     let (tap, mut seen) = Tap::new(stream::iter(items.clone()), true);
     let out: Vec<Result<Vec<u8>, ()>> = futures_executor::block_on(tap.collect());
     assert_eq!(out, items, "the tap changed the stream");
-    let report = seen.try_recv().ok().flatten().expect("the tap did not report");
+    let report = seen.seen().expect("the tap did not report");
     assert!(report.complete);
     assert_eq!(report.usage, usage, "the tap's usage differs from the events'");
 
@@ -43,7 +43,7 @@ pub fn check(data: &[u8]) {
         let (tap, mut seen) = Tap::new(stream::iter(items.clone()), false);
         let out: Vec<Result<Vec<u8>, ()>> = futures_executor::block_on(tap.collect());
         assert_eq!(out, items, "the JSON tap changed the body");
-        let report = seen.try_recv().ok().flatten().expect("the JSON tap did not report");
+        let report = seen.seen().expect("the JSON tap did not report");
         assert_eq!(report.usage, json_usage(body));
     }
 
@@ -51,7 +51,7 @@ pub fn check(data: &[u8]) {
     let (mut tap, mut seen) = Tap::new(stream::iter(items), true);
     let _ = futures_executor::block_on(tap.next());
     drop(tap);
-    let report = seen.try_recv().ok().flatten().expect("a dropped tap did not report");
+    let report = seen.seen().expect("a dropped tap did not report");
     assert!(!report.complete || chunks.len() <= 1);
 }
 
