@@ -191,7 +191,8 @@ pub fn deliver(answer: UpstreamAnswer, tap: bool, idle_ms: u64) -> Result<Delive
     let builder = ResponseBuilder::new()
         .with_status(status)
         .with_headers(headers);
-    let not_passed = || ProxyError::Internal("the answer's body could not be passed on".to_string());
+    let not_passed =
+        || ProxyError::Internal("the answer's body could not be passed on".to_string());
     let tap = tap && (200..300).contains(&status);
     let (response, seen) = match answer.body {
         UpstreamBody::Untouched(None) => (builder.empty(), None),
