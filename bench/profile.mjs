@@ -3,7 +3,11 @@
 // function (Wasm functions by their Rust names), and time inside a few groups.
 //
 //   node bench/profile.mjs [--key free|rpm|all] [--concurrency 8] [--seconds 5] [--stream]
-//                          [--top 25] [--out target/bench-profile.cpuprofile]
+//                          [--tokens N --pad-bytes B] [--top 25]
+//                          [--out target/bench-profile.cpuprofile]
+//
+// --tokens / --pad-bytes make every answer that long (the simulator's defaults), e.g.
+// `--stream --tokens 1000 --pad-bytes 10000` for ~10 MB streams.
 //
 // The .cpuprofile it writes opens in Chrome DevTools (Performance → Load profile). What the
 // profiler cannot see: workerd's own C++ (HTTP, sockets, Durable Object storage) outside any
@@ -58,6 +62,14 @@ async function devtools(url) {
 async function main() {
   snapshotBuild();
   const sim = await startSim();
+  // A key limit far above the load, so the Worker never paces the key (see run.mjs).
+  const tokens = option('--tokens', undefined);
+  const padBytes = option('--pad-bytes', undefined);
+  await sim.mode({
+    key_limits: { rpm: 1_000_000_000 },
+    ...(tokens ? { tokens: Number(tokens) } : {}),
+    ...(padBytes ? { pad_bytes: Number(padBytes) } : {}),
+  });
   const worker = await startWorker(benchVars(sim), { miniflare: { inspectorPort: 0 } });
   const key = KEYS[keyName];
   if (!key) throw new Error(`--key is one of ${Object.keys(KEYS)}`);

@@ -12,7 +12,7 @@
 //!   same usage as tallying the scanner's events.
 
 use breakwater::stream::sse::{EventScanner, SseEvent, Usage, MAX_EVENT_BYTES};
-use breakwater::stream::tap::{json_usage, Tap};
+use breakwater::stream::tap::{json_usage, Tap, Watcher};
 use futures_util::{stream, StreamExt};
 
 pub fn check(data: &[u8]) {
@@ -32,15 +32,24 @@ pub fn check(data: &[u8]) {
 
     // The tap: unchanged bytes, one report, the same usage.
     let items: Vec<Result<Vec<u8>, ()>> = chunks.iter().map(|c| Ok(c.to_vec())).collect();
-    let (tap, mut seen) = Tap::new(stream::iter(items.clone()), true);
+    let (tap, seen) = Tap::new(stream::iter(items.clone()), true);
     let out: Vec<Result<Vec<u8>, ()>> = futures_executor::block_on(tap.collect());
     assert_eq!(out, items, "the tap changed the stream");
     let report = seen.seen().expect("the tap did not report");
     assert!(report.complete);
     assert_eq!(report.usage, usage, "the tap's usage differs from the events'");
 
+    // The watcher the shell drives from piped chunks: the same one report.
+    let (mut watcher, watched, progress) = Watcher::new(true);
+    for chunk in &chunks {
+        watcher.observe(chunk);
+    }
+    watcher.finish(true, true);
+    assert_eq!(watched.seen(), Some(report), "the watcher and the tap disagree");
+    assert_eq!(progress.chunks(), chunks.len() as u64);
+
     if mode & 1 != 0 {
-        let (tap, mut seen) = Tap::new(stream::iter(items.clone()), false);
+        let (tap, seen) = Tap::new(stream::iter(items.clone()), false);
         let out: Vec<Result<Vec<u8>, ()>> = futures_executor::block_on(tap.collect());
         assert_eq!(out, items, "the JSON tap changed the body");
         let report = seen.seen().expect("the JSON tap did not report");
@@ -48,7 +57,7 @@ pub fn check(data: &[u8]) {
     }
 
     // A client that goes away after the first chunk: still exactly one report.
-    let (mut tap, mut seen) = Tap::new(stream::iter(items), true);
+    let (mut tap, seen) = Tap::new(stream::iter(items), true);
     let _ = futures_executor::block_on(tap.next());
     drop(tap);
     let report = seen.seen().expect("a dropped tap did not report");

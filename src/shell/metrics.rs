@@ -65,7 +65,33 @@ pub fn tally() -> EdgeTally {
 /// Whether the deployment has a `METRICS` dataset (then answers are watched for their usage
 /// even when no limit needs it).
 pub fn bound(env: &Env) -> bool {
-    env.analytics_engine(BINDING).is_ok()
+    dataset(env).is_some()
+}
+
+thread_local! {
+    /// The `env` object found without a `METRICS` binding: the same object has none later
+    /// either, so a request does not look it up (twice) again.
+    static UNBOUND_IN: std::cell::RefCell<Option<worker::wasm_bindgen::JsValue>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+fn dataset(env: &Env) -> Option<worker::AnalyticsEngineDataset> {
+    let env_object: &worker::wasm_bindgen::JsValue = env.as_ref();
+    let known_unbound = UNBOUND_IN.with(|u| {
+        u.borrow()
+            .as_ref()
+            .is_some_and(|seen| js_sys::Object::is(seen, env_object))
+    });
+    if known_unbound {
+        return None;
+    }
+    match env.analytics_engine(BINDING) {
+        Ok(dataset) => Some(dataset),
+        Err(_) => {
+            UNBOUND_IN.with(|u| *u.borrow_mut() = Some(env_object.clone()));
+            None
+        }
+    }
 }
 
 /// Counts the answered request in the tally, and writes its data point when `METRICS` is
@@ -78,7 +104,7 @@ pub fn record(
     usage: Option<LocalBoxFuture<'static, Usage>>,
 ) {
     with_tally(|tally| tally.record(&facts));
-    let Ok(dataset) = env.analytics_engine(BINDING) else {
+    let Some(dataset) = dataset(env) else {
         return;
     };
     let write = move |facts: &RequestFacts| {

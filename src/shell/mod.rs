@@ -6,6 +6,7 @@
 
 mod metrics;
 mod objects;
+mod pass;
 mod reader;
 mod respond;
 mod runtime;

@@ -22,7 +22,7 @@ use worker::web_sys::{ReadableStream, ReadableStreamDefaultReader};
 extern "C" {
     /// A `ReadableStreamDefaultReader`, with the calls this module makes, each one catching.
     #[wasm_bindgen(js_name = ReadableStreamDefaultReader)]
-    type Reader;
+    pub type Reader;
 
     #[wasm_bindgen(method, catch)]
     fn read(this: &Reader) -> Result<js_sys::Promise, JsValue>;
@@ -48,6 +48,17 @@ impl BodyReader {
             reader: Some(reader.unchecked_into()),
             pending: None,
         })
+    }
+}
+
+impl BodyReader {
+    /// The reader itself, for the runtime to read the rest (see `shell::pass`); `None` while
+    /// a read is still pending or once the body has ended.
+    pub fn into_reader(mut self) -> Option<Reader> {
+        if self.pending.is_some() {
+            return None;
+        }
+        self.reader.take()
     }
 }
 

@@ -64,11 +64,33 @@ pub fn new_request_id() -> String {
 thread_local! {
     /// The configuration parsed last, and a hash of the raw values it was parsed from.
     static CONFIG: RefCell<Option<(u64, Rc<Config>)>> = const { RefCell::new(None) };
+    /// The `env` object that configuration was read from. The runtime hands every request of
+    /// an isolate the same object, so the same object means the same values (a new secret
+    /// or variable comes with a new version, hence a new isolate and a new `env`).
+    static CONFIG_ENV: RefCell<Option<worker::wasm_bindgen::JsValue>> = const { RefCell::new(None) };
 }
 
-/// The validated configuration. Parsed once per isolate and reused while the raw values stay
-/// the same (they are read on every request, so a changed secret takes effect at once).
+/// The validated configuration. Parsed once per isolate: while the runtime hands the same
+/// `env` object, nothing is read again; a different `env` has its raw values read and
+/// hashed, and they are parsed again only when they changed.
 pub fn config(env: &Env) -> Result<Rc<Config>, ConfigError> {
+    let env_object: &worker::wasm_bindgen::JsValue = env.as_ref();
+    let same_env = CONFIG_ENV.with(|e| {
+        e.borrow()
+            .as_ref()
+            .is_some_and(|seen| js_sys::Object::is(seen, env_object))
+    });
+    if same_env {
+        if let Some(config) = CONFIG.with(|c| c.borrow().as_ref().map(|(_, c)| c.clone())) {
+            return Ok(config);
+        }
+    }
+    let config = config_from_values(env)?;
+    CONFIG_ENV.with(|e| *e.borrow_mut() = Some(env_object.clone()));
+    Ok(config)
+}
+
+fn config_from_values(env: &Env) -> Result<Rc<Config>, ConfigError> {
     let raw: Vec<Option<String>> = VARIABLES.iter().map(|name| variable(env, name)).collect();
     let mut hasher = DefaultHasher::new();
     raw.hash(&mut hasher);

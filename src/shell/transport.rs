@@ -7,14 +7,15 @@
 
 use std::pin::pin;
 
-use futures_util::future::{ready, select, Either};
-use futures_util::{stream, StreamExt};
+use futures_util::future::{select, Either};
+use futures_util::StreamExt;
 use worker::wasm_bindgen::JsValue;
 use worker::{
     AbortController, Fetch, Headers, Method, Request, RequestInit, RequestRedirect, Response,
     ResponseBuilder,
 };
 
+use super::pass::pass;
 use super::reader::BodyReader;
 use super::runtime::now_ms;
 use super::timer::Timer;
@@ -26,7 +27,7 @@ use crate::retry::{
     is_spend_limit, should_retry_header, upstream_wait_ms, Outcome, MAX_ERROR_BODY_BYTES,
 };
 use crate::stream::sse::{EventScanner, SseEvent};
-use crate::stream::tap::{Progress, Report, Tap};
+use crate::stream::tap::{Progress, Report};
 use crate::stream::{exact_length, header, is_event_stream};
 use crate::upstream::KeyLimits;
 
@@ -190,7 +191,8 @@ pub fn deliver(answer: UpstreamAnswer, tap: bool, idle_ms: u64) -> Result<Delive
     let builder = ResponseBuilder::new()
         .with_status(status)
         .with_headers(headers);
-    let stream_failed = |_| ProxyError::Internal("could not build the stream".to_string());
+    let not_passed =
+        || ProxyError::Internal("the answer's body could not be passed on".to_string());
     let tap = tap && (200..300).contains(&status);
     let (response, seen) = match answer.body {
         UpstreamBody::Untouched(None) => (builder.empty(), None),
@@ -198,43 +200,33 @@ pub fn deliver(answer: UpstreamAnswer, tap: bool, idle_ms: u64) -> Result<Delive
         UpstreamBody::Untouched(Some(body)) if !tap => (builder.stream(body), None),
         UpstreamBody::Untouched(Some(body)) => {
             let length = exact_length(&answer.headers);
-            let Some(reader) = BodyReader::new(&body) else {
-                return Err(ProxyError::Internal(
-                    "the answer's body was not readable".to_string(),
-                ));
-            };
-            let (tapped, seen, progress) = Tap::watched(reader, false);
-            let seen = (seen, progress);
-            let response = builder.from_stream(tapped).map_err(stream_failed)?;
+            let reader = BodyReader::new(&body)
+                .and_then(BodyReader::into_reader)
+                .ok_or_else(not_passed)?;
+            let passed = pass(None, &reader, 0, false, &[], &[], true).ok_or_else(not_passed)?;
+            let response = builder.stream(passed.stream);
             (
                 length
                     .and_then(|length| fixed_length(&response, length))
                     .unwrap_or(response),
-                Some(seen),
+                passed.seen,
             )
         }
         UpstreamBody::Sse { head, rest } => {
-            let body: BoxedBytes =
-                Box::pin(stream::once(ready(Ok::<Vec<u8>, worker::Error>(head))).chain(rest));
-            if tap {
-                // The guard outside the tap: a stream it has to cut reaches the tap as a
-                // failure or an early end, so settlement knows the answer is incomplete.
-                let (tapped, seen, progress) = Tap::watched(body, true);
-                let seen = (seen, progress);
-                (
-                    builder
-                        .from_stream(idle_guard(tapped, idle_ms))
-                        .map_err(stream_failed)?,
-                    Some(seen),
-                )
-            } else {
-                (
-                    builder
-                        .from_stream(idle_guard(body, idle_ms))
-                        .map_err(stream_failed)?,
-                    None,
-                )
-            }
+            // The runtime pipes the rest; a cut stream ends with the incomplete event, which
+            // the watcher (when there is one) sees as an incomplete answer.
+            let reader = rest.into_reader().ok_or_else(not_passed)?;
+            let passed = pass(
+                Some(&head),
+                &reader,
+                idle_ms,
+                true,
+                &incomplete_event("the upstream stream went silent"),
+                &incomplete_event("the upstream connection was lost mid-stream"),
+                tap,
+            )
+            .ok_or_else(not_passed)?;
+            (builder.stream(passed.stream), passed.seen)
         }
     };
     Ok(Delivered {
@@ -276,42 +268,6 @@ fn incomplete_event(why: &str) -> Vec<u8> {
          \"message\":\"{why}; the answer is incomplete\"}}}}\n\n"
     )
     .into_bytes()
-}
-
-type BoxedBytes = std::pin::Pin<Box<dyn futures_util::Stream<Item = worker::Result<Vec<u8>>>>>;
-
-/// Passes a stream's rest through, ending it with [`incomplete_event`] when the upstream sends
-/// nothing for `idle_ms` (the attempt timeout) or its connection fails. Nothing is retried:
-/// bytes have already reached the client. (A failing source would otherwise end the client's
-/// stream as cleanly as a complete one.)
-fn idle_guard<S>(rest: S, idle_ms: u64) -> BoxedBytes
-where
-    S: futures_util::Stream<Item = worker::Result<Vec<u8>>> + Unpin + 'static,
-{
-    Box::pin(stream::unfold(
-        (rest, false),
-        move |(mut rest, ended)| async move {
-            if ended {
-                return None;
-            }
-            let next = pin!(rest.next());
-            let timer = pin!(Timer::after_ms(idle_ms));
-            match select(next, timer).await {
-                Either::Left((Some(Ok(chunk)), _)) => Some((Ok(chunk), (rest, false))),
-                Either::Left((Some(Err(_)), _)) => Some((
-                    Ok(incomplete_event(
-                        "the upstream connection was lost mid-stream",
-                    )),
-                    (rest, true),
-                )),
-                Either::Left((None, _)) => None,
-                Either::Right(_) => Some((
-                    Ok(incomplete_event("the upstream stream went silent")),
-                    (rest, true),
-                )),
-            }
-        },
-    ))
 }
 
 /// One attempt: the request, its timeout, and for a stream the wait for its first event.

@@ -105,22 +105,19 @@ impl Future for Ended<'_> {
     }
 }
 
-pub struct Tap<S> {
-    inner: S,
+/// What watches one body: its usage so far, its one report, and its progress. [`Tap`] drives
+/// it from a Rust stream; the shell drives it from chunks the runtime pipes (see
+/// `shell::pass`), so the bytes need not cross into Rust and back.
+pub struct Watcher {
     kind: BodyKind,
     usage: Usage,
     report: Option<Report>,
     progress: Progress,
 }
 
-impl<S> Tap<S> {
-    pub fn new(inner: S, sse: bool) -> (Tap<S>, Report) {
-        let (tap, report, _) = Tap::watched(inner, sse);
-        (tap, report)
-    }
-
-    /// Like [`Tap::new`], with a [`Progress`] handle to watch the body while it flows.
-    pub fn watched(inner: S, sse: bool) -> (Tap<S>, Report, Progress) {
+impl Watcher {
+    /// A watcher of an SSE (`sse`) or JSON body, with where it reports and its progress.
+    pub fn new(sse: bool) -> (Watcher, Report, Progress) {
         let report = Report::default();
         let kind = if sse {
             BodyKind::Sse(Box::default())
@@ -129,8 +126,7 @@ impl<S> Tap<S> {
         };
         let progress = Progress::default();
         (
-            Tap {
-                inner,
+            Watcher {
                 kind,
                 usage: Usage::default(),
                 report: Some(report.clone()),
@@ -141,7 +137,8 @@ impl<S> Tap<S> {
         )
     }
 
-    fn observe(&mut self, chunk: &[u8]) {
+    /// One chunk of the body, as it passes.
+    pub fn observe(&mut self, chunk: &[u8]) {
         let (chunks, _) = self.progress.0.get();
         self.observe_usage(chunk);
         self.progress.0.set((chunks.saturating_add(1), self.usage));
@@ -154,6 +151,9 @@ impl<S> Tap<S> {
                 scanner.push(chunk, |event| usage.observe(&event));
             }
             BodyKind::Json(buf) => {
+                if self.report.is_none() {
+                    return;
+                }
                 if buf.len().saturating_add(chunk.len()) <= MAX_JSON_BYTES {
                     buf.extend_from_slice(chunk);
                 } else {
@@ -167,11 +167,27 @@ impl<S> Tap<S> {
         }
     }
 
-    fn finish(&mut self, complete: bool, wake: bool) {
+    /// The body ended (`complete`) or failed. `wake` wakes the settlement waiting on the
+    /// report; pass `false` where the runtime may be outside any request.
+    pub fn finish(&mut self, complete: bool, wake: bool) {
+        if self.report.is_none() {
+            return;
+        }
         if let BodyKind::Json(buf) = &self.kind {
             self.usage = json_usage(buf);
         }
         self.report_now(complete, wake);
+    }
+
+    /// The client went away mid-answer: report what was seen so far, waking nobody.
+    pub fn abandon(&mut self) {
+        if self.report.is_some() {
+            if let BodyKind::Sse(_) = self.kind {
+                self.report_now(false, false);
+            } else {
+                self.finish(false, false);
+            }
+        }
     }
 
     fn report_now(&mut self, complete: bool, wake: bool) {
@@ -185,6 +201,32 @@ impl<S> Tap<S> {
     }
 }
 
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        // Dropped unreported (a body abandoned or collected): report without waking anyone.
+        self.abandon();
+    }
+}
+
+/// A Rust stream of chunks, passed through unchanged while a [`Watcher`] reads them.
+pub struct Tap<S> {
+    inner: S,
+    watcher: Watcher,
+}
+
+impl<S> Tap<S> {
+    pub fn new(inner: S, sse: bool) -> (Tap<S>, Report) {
+        let (tap, report, _) = Tap::watched(inner, sse);
+        (tap, report)
+    }
+
+    /// Like [`Tap::new`], with a [`Progress`] handle to watch the body while it flows.
+    pub fn watched(inner: S, sse: bool) -> (Tap<S>, Report, Progress) {
+        let (watcher, report, progress) = Watcher::new(sse);
+        (Tap { inner, watcher }, report, progress)
+    }
+}
+
 impl<S, E> Stream for Tap<S>
 where
     S: Stream<Item = Result<Vec<u8>, E>> + Unpin,
@@ -192,30 +234,15 @@ where
     type Item = Result<Vec<u8>, E>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let polled = Pin::new(&mut self.inner).poll_next(cx);
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_next(cx);
         match &polled {
-            Poll::Ready(Some(Ok(chunk))) => {
-                let chunk = chunk.clone();
-                self.observe(&chunk);
-            }
-            Poll::Ready(Some(Err(_))) => self.finish(false, true),
-            Poll::Ready(None) => self.finish(true, true),
+            Poll::Ready(Some(Ok(chunk))) => this.watcher.observe(chunk),
+            Poll::Ready(Some(Err(_))) => this.watcher.finish(false, true),
+            Poll::Ready(None) => this.watcher.finish(true, true),
             Poll::Pending => {}
         }
         polled
-    }
-}
-
-impl<S> Drop for Tap<S> {
-    fn drop(&mut self) {
-        // The client went away mid-answer: report what was seen so far.
-        if self.report.is_some() {
-            if let BodyKind::Sse(_) = self.kind {
-                self.report_now(false, false);
-            } else {
-                self.finish(false, false);
-            }
-        }
     }
 }
 

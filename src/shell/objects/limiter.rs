@@ -113,6 +113,13 @@ async fn ask(
     }
 }
 
+// `watch` relies on it: the lease a request holds when its answer starts outlasts the
+// first renewal tick.
+const _: () = assert!(
+    crate::limits::WAITING_LEASE_MS - crate::limits::WAITING_RENEW_EVERY_MS
+        > 2 * crate::limits::RENEW_EVERY_MS
+);
+
 /// Waits for the tap's report, or until the body has not moved for [`STALLED_BODY_MS`]. While
 /// it moves, the slot is renewed for [`STREAM_LEASE_MS`] every [`RENEW_EVERY_MS`]; once it
 /// stops, the renewals stop too, so the slot frees itself even if this never returns. A
@@ -127,7 +134,9 @@ async fn watch(
 ) -> Option<Seen> {
     let mut chunks = progress.chunks();
     let mut still_ms = 0;
-    renew(env, identity_hash, limits, lease_id).await;
+    // No renewal up front: the lease the request holds (renewed every
+    // `WAITING_RENEW_EVERY_MS` for `WAITING_LEASE_MS` while the attempts ran) outlasts the
+    // first tick by far, and most answers end before it, so they cost no call here.
     loop {
         let tick = pin!(sleep_ms(RENEW_EVERY_MS));
         match select(pin!(report.ended()), tick).await {

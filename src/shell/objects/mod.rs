@@ -186,7 +186,7 @@ pub async fn call<C: Serialize, T: DeserializeOwned>(
     let request = Request::new_with_init("https://object/call", &init)
         .map_err(|e| unavailable("call not built", &e))?;
     let answer = async {
-        let mut response = stub
+        let response = stub
             .fetch_with_request(request)
             .await
             .map_err(|e| unavailable("did not answer", &e))?;
@@ -197,10 +197,10 @@ pub async fn call<C: Serialize, T: DeserializeOwned>(
                 &status,
             ));
         }
-        response
-            .json::<T>()
+        let text = answer_text(&response)
             .await
-            .map_err(|e| unavailable("answer unreadable", &e))
+            .ok_or_else(|| unavailable("answer unreadable", &"no text"))?;
+        serde_json::from_str::<T>(&text).map_err(|e| unavailable("answer unreadable", &e))
     };
     // A call the runtime lost must not hold the request forever.
     let timer = Timer::after_ms(OBJECT_CALL_TIMEOUT_MS);
@@ -212,6 +212,21 @@ pub async fn call<C: Serialize, T: DeserializeOwned>(
         )),
     };
     outcome
+}
+
+/// An object's answer as text, read by the runtime in one call (reading it chunk by chunk
+/// through a Rust stream cost more than the object's decision).
+async fn answer_text(response: &Response) -> Option<String> {
+    let stream = match response.body() {
+        worker::ResponseBody::Stream(stream) => stream,
+        worker::ResponseBody::Body(bytes) => return String::from_utf8(bytes.clone()).ok(),
+        worker::ResponseBody::Empty => return Some(String::new()),
+    };
+    let whole = worker::web_sys::Response::new_with_opt_readable_stream(Some(stream)).ok()?;
+    let text = worker::wasm_bindgen_futures::JsFuture::from(whole.text().ok()?)
+        .await
+        .ok()?;
+    text.as_string()
 }
 
 /// Reads a call sent with [`call`]; `None` when it is not one.
