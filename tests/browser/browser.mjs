@@ -5,7 +5,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { execFileSync } from 'node:child_process';
 import { chromium } from 'playwright-core';
-import { ROOT } from '../e2e/harness.mjs';
+import { ROOT, startSim } from '../e2e/harness.mjs';
 import { startStaticServer } from '../../web/serve.mjs';
 
 export const ARTIFACTS = path.join(ROOT, 'artifacts/browser');
@@ -129,4 +129,17 @@ export async function eventually(predicate, { timeout = 3000, interval = 50, mes
     if (Date.now() > end) throw new Error(message);
     await new Promise((r) => setTimeout(r, interval));
   }
+}
+
+/** The simulator, the demo page's site and a browser, started together for a test file. */
+export async function startAll() {
+  const [sim, site, browser] = await Promise.all([startSim(), servePage(), launchBrowser()]);
+  return { sim, site, browser };
+}
+
+/** Stops what [`startAll`] started (any part of it may be missing after a failed start). */
+export async function stopAll({ sim, site, browser }) {
+  await browser?.close();
+  await site?.close();
+  await sim?.stop();
 }

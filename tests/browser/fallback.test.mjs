@@ -3,10 +3,9 @@
 // which model answered.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { startSim, startWorker, workerVars, CLIENT_KEY } from '../e2e/harness.mjs';
+import { startWorker, workerVars, CLIENT_KEY } from '../e2e/harness.mjs';
 import {
-  launchBrowser, servePage, pageURL, openPage, sendMessage, waitForState, lastAnswer, screenshot,
-} from './browser.mjs';
+  pageURL, openPage, sendMessage, waitForState, lastAnswer, screenshot, startAll, stopAll } from './browser.mjs';
 
 const OPUS = 'claude-opus-4-5';
 const SONNET = 'claude-sonnet-4-5';
@@ -15,15 +14,8 @@ let sim;
 let site;
 let browser;
 
-before(async () => {
-  [sim, site, browser] = await Promise.all([startSim(), servePage(), launchBrowser()]);
-});
-
-after(async () => {
-  await browser?.close();
-  await site?.close();
-  await sim?.stop();
-});
+before(async () => { ({ sim, site, browser } = await startAll()); });
+after(() => stopAll({ sim, site, browser }));
 
 test('an answer from a fallback model is marked as such on the page', { timeout: 60_000 }, async () => {
   const worker = await startWorker(workerVars(sim, {

@@ -6,8 +6,8 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { copyFileSync, mkdirSync } from 'node:fs';
 import path from 'node:path';
-import { startSim, startWorker, workerVars, postMessage, sleep, ROOT, CLIENT_KEY } from '../e2e/harness.mjs';
-import { launchBrowser, servePage, pageURL, openPage, screenshot, eventually } from './browser.mjs';
+import { startWorker, workerVars, postMessage, sleep, ROOT, CLIENT_KEY } from '../e2e/harness.mjs';
+import { pageURL, openPage, screenshot, eventually, startAll, stopAll } from './browser.mjs';
 
 const ADMIN_KEY = 'adm_fleet_panel_test_8e2b41';
 
@@ -15,15 +15,8 @@ let sim;
 let site;
 let browser;
 
-before(async () => {
-  [sim, site, browser] = await Promise.all([startSim(), servePage(), launchBrowser()]);
-});
-
-after(async () => {
-  await browser?.close();
-  await site?.close();
-  await sim?.stop();
-});
+before(async () => { ({ sim, site, browser } = await startAll()); });
+after(() => stopAll({ sim, site, browser }));
 
 const history = (page) => page.evaluate(() => window.__fleet.map((s) => ({ ...s })));
 

@@ -3,24 +3,16 @@
 // themselves.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { startSim, startWorker, workerVars, postMessage, messageBody, CLIENT_KEY } from '../e2e/harness.mjs';
+import { startWorker, workerVars, postMessage, messageBody, CLIENT_KEY } from '../e2e/harness.mjs';
 import {
-  launchBrowser, servePage, pageURL, openPage, sendMessage, waitForState, lastAnswer, screenshot, statusLog, eventually,
-} from './browser.mjs';
+  pageURL, openPage, sendMessage, waitForState, lastAnswer, screenshot, statusLog, eventually, startAll, stopAll } from './browser.mjs';
 
 let sim;
 let site;
 let browser;
 
-before(async () => {
-  [sim, site, browser] = await Promise.all([startSim(), servePage(), launchBrowser()]);
-});
-
-after(async () => {
-  await browser?.close();
-  await site?.close();
-  await sim?.stop();
-});
+before(async () => { ({ sim, site, browser } = await startAll()); });
+after(() => stopAll({ sim, site, browser }));
 
 const posts = (record) => record.responses.filter((r) => r.method === 'POST');
 const seconds = (text, lead) => {
