@@ -15,7 +15,7 @@ use worker::{
     ResponseBuilder,
 };
 
-use super::pass::pass;
+use super::pass::{pass, CutEvents, Passing};
 use super::reader::BodyReader;
 use super::runtime::now_ms;
 use super::timer::Timer;
@@ -199,33 +199,29 @@ pub fn deliver(answer: UpstreamAnswer, tap: bool, idle_ms: u64) -> Result<Delive
         UpstreamBody::Read(bytes) => (builder.fixed(bytes), None),
         UpstreamBody::Untouched(Some(body)) if !tap => (builder.stream(body), None),
         UpstreamBody::Untouched(Some(body)) => {
-            let length = exact_length(&answer.headers);
-            let reader = BodyReader::new(&body)
-                .and_then(BodyReader::into_reader)
-                .ok_or_else(not_passed)?;
-            let passed = pass(None, &reader, 0, false, &[], &[], true).ok_or_else(not_passed)?;
-            let response = builder.stream(passed.stream);
-            (
-                length
-                    .and_then(|length| fixed_length(&response, length))
-                    .unwrap_or(response),
-                passed.seen,
-            )
+            let how = Passing {
+                idle_ms: 0,
+                cut: None,
+                length: exact_length(&answer.headers),
+                watch: true,
+            };
+            let passed = pass(None, &body, None, how).ok_or_else(not_passed)?;
+            (builder.stream(passed.stream), passed.seen)
         }
         UpstreamBody::Sse { head, rest } => {
             // The runtime pipes the rest; a cut stream ends with the incomplete event, which
             // the watcher (when there is one) sees as an incomplete answer.
-            let reader = rest.into_reader().ok_or_else(not_passed)?;
-            let passed = pass(
-                Some(&head),
-                &reader,
+            let (body, reader) = rest.into_parts().ok_or_else(not_passed)?;
+            let how = Passing {
                 idle_ms,
-                true,
-                &incomplete_event("the upstream stream went silent"),
-                &incomplete_event("the upstream connection was lost mid-stream"),
-                tap,
-            )
-            .ok_or_else(not_passed)?;
+                cut: Some(CutEvents {
+                    silent: &incomplete_event("the upstream stream went silent"),
+                    lost: &incomplete_event("the upstream connection was lost mid-stream"),
+                }),
+                length: None,
+                watch: tap,
+            };
+            let passed = pass(Some(&head), &body, Some(reader), how).ok_or_else(not_passed)?;
             (builder.stream(passed.stream), passed.seen)
         }
     };
@@ -234,30 +230,6 @@ pub fn deliver(answer: UpstreamAnswer, tap: bool, idle_ms: u64) -> Result<Delive
         status,
         seen,
     })
-}
-
-/// A tapped answer's body as a `FixedLengthStream` of the upstream's length, so the client is
-/// told the length up front, as it is when the body is not tapped. A body cut short then
-/// reaches the client as a broken connection, which it can tell from a complete answer; as
-/// a stream of unknown length it would end as cleanly as a complete one (the runtime closes
-/// a chunked answer normally when its source fails). `None` keeps the answer as it is.
-fn fixed_length(response: &Response, length: u64) -> Option<Response> {
-    let worker::ResponseBody::Stream(source) = response.body() else {
-        return None;
-    };
-    let fixed = worker::worker_sys::FixedLengthStream::new(u32::try_from(length).ok()?).ok()?;
-    let piping = source.pipe_to(&fixed.writable());
-    // The pipe's outcome reaches the client through the stream itself.
-    worker::wasm_bindgen_futures::spawn_local(async move {
-        let _ = worker::wasm_bindgen_futures::JsFuture::from(piping).await;
-    });
-    let headers = response.headers().clone();
-    Some(
-        ResponseBuilder::new()
-            .with_status(response.status_code())
-            .with_headers(headers)
-            .stream(fixed.readable()),
-    )
 }
 
 /// The event that ends a stream the proxy has to cut: the client reads an `error` event
