@@ -208,8 +208,9 @@ export async function workerOptionsFromConfig() {
   return wranglerOptions;
 }
 
-/** Starts the built Worker in workerd. `script` replaces it with a trivial one (cold start). */
-export async function startWorker(vars = {}, { script, miniflare = {}, onLine } = {}) {
+/** Starts the built Worker in workerd. `script` replaces it with a trivial one (cold start);
+ * `build` names another build directory (to compare two builds in one run). */
+export async function startWorker(vars = {}, { script, build, miniflare = {}, onLine } = {}) {
   const config = await workerOptionsFromConfig();
   const before = new Set(workerdPids());
   let lines = 0;
@@ -241,7 +242,7 @@ export async function startWorker(vars = {}, { script, miniflare = {}, onLine } 
     ? new Miniflare({ ...common, modules: true, script, bindings: vars })
     : new Miniflare({
         ...common,
-        scriptPath: buildPath('index.js'),
+        scriptPath: build ? path.join(build, 'index.js') : buildPath('index.js'),
         modules: true,
         modulesRules: [{ type: 'CompiledWasm', include: ['**/*.wasm'], fallthrough: true }],
         bindings: { ...config.vars, ...vars },

@@ -33,6 +33,7 @@ pub const VARIABLES: &[&str] = &[
     "MAX_INFLIGHT_BODY_BYTES",
     "MODEL_FALLBACKS",
     "ADMIN_KEY",
+    "REQUEST_LOG",
 ];
 
 /// The tier every caller falls into unless a key or token names another.
@@ -189,6 +190,36 @@ pub struct Config {
     pub model_fallbacks: BTreeMap<String, Vec<String>>,
     /// `ADMIN_KEY`: whoever presents it may read `GET /proxy/status`; unset, the route is a 404.
     pub admin_key: Option<Secret>,
+    /// `REQUEST_LOG`: which requests write their log line.
+    pub request_log: RequestLog,
+}
+
+/// `REQUEST_LOG`: which requests write their one log line. Every line is a log event that
+/// Workers Logs keeps (and bills past its free allowance) and that costs the isolate CPU, so a
+/// busy deployment may keep only the lines that tell something beyond "it worked".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RequestLog {
+    /// Every request (the default).
+    #[default]
+    All,
+    /// Every answer except a success at the first attempt that waited for nothing and came
+    /// from the model asked for.
+    Problems,
+    /// None (configuration errors and the objects' own failures are still logged).
+    Off,
+}
+
+impl RequestLog {
+    /// Whether a request that ended so writes its line.
+    pub fn wants(self, status: u16, attempts: u32, waited: bool, fell_back: bool) -> bool {
+        match self {
+            RequestLog::All => true,
+            RequestLog::Off => false,
+            RequestLog::Problems => {
+                !(200..300).contains(&status) || attempts > 1 || waited || fell_back
+            }
+        }
+    }
 }
 
 impl fmt::Debug for Config {
@@ -214,6 +245,7 @@ impl fmt::Debug for Config {
             .field("max_inflight_body_bytes", &self.max_inflight_body_bytes)
             .field("model_fallbacks", &self.model_fallbacks)
             .field("admin_key", &self.admin_key.as_ref().map(|_| "<set>"))
+            .field("request_log", &self.request_log)
             .finish()
     }
 }
@@ -342,6 +374,13 @@ impl Config {
             }
             Some(raw) => Some(Secret::new(raw)),
         };
+        let request_log = match get("REQUEST_LOG").as_deref().map(str::to_ascii_lowercase) {
+            None => RequestLog::All,
+            Some(v) if v == "all" => RequestLog::All,
+            Some(v) if v == "problems" => RequestLog::Problems,
+            Some(v) if v == "off" => RequestLog::Off,
+            Some(_) => return Err(invalid("REQUEST_LOG", "expected all, problems or off")),
+        };
 
         Ok(Config {
             upstream_url,
@@ -364,6 +403,7 @@ impl Config {
             max_inflight_body_bytes,
             model_fallbacks,
             admin_key,
+            request_log,
         })
     }
 
@@ -1207,5 +1247,30 @@ mod tests {
         let e = config(&[("ADMIN_KEY", "short-key")]).unwrap_err();
         assert_eq!(e.variable, "ADMIN_KEY");
         assert!(!e.detail().contains("short-key"));
+    }
+
+    #[test]
+    fn request_log_keeps_all_lines_unless_told() {
+        assert_eq!(config(&[]).unwrap().request_log, RequestLog::All);
+        assert_eq!(
+            config(&[("REQUEST_LOG", "Problems")]).unwrap().request_log,
+            RequestLog::Problems
+        );
+        assert_eq!(
+            config(&[("REQUEST_LOG", "off")]).unwrap().request_log,
+            RequestLog::Off
+        );
+        let e = config(&[("REQUEST_LOG", "some")]).unwrap_err();
+        assert_eq!(e.variable, "REQUEST_LOG");
+        // `problems` drops only a clean first-attempt success.
+        let p = RequestLog::Problems;
+        assert!(!p.wants(200, 1, false, false));
+        assert!(p.wants(200, 2, false, false));
+        assert!(p.wants(200, 1, true, false));
+        assert!(p.wants(200, 1, false, true));
+        assert!(p.wants(429, 1, false, false));
+        assert!(p.wants(503, 0, false, false));
+        assert!(RequestLog::All.wants(200, 1, false, false));
+        assert!(!RequestLog::Off.wants(500, 4, true, true));
     }
 }

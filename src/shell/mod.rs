@@ -4,6 +4,7 @@
 //! performs the I/O (upstream fetches, sleeps, streams) and writes the answer. It never
 //! panics on input: every failure becomes the core's error envelope.
 
+mod headers;
 mod metrics;
 mod objects;
 mod pass;
@@ -62,6 +63,7 @@ async fn handle(
     })?;
 
     exchange.cors = Cors::decide(&config.allowed_origins, exchange.origin.as_deref());
+    exchange.log = config.request_log;
     let method = req.method().to_string();
     let path = req.path();
     let raw_url = req.inner().url();

@@ -3,11 +3,15 @@
 //!
 //! Re-streaming every chunk through Rust cost a copy in, a copy out, a future and a timer per
 //! chunk, which held a stream to a few percent of what the runtime pipes. Here a small
-//! JavaScript source reads the upstream, enqueues each chunk as it is, and keeps the idle
-//! guard with one timer per stream (re-armed only when it fires early). A watched body's
-//! chunks are copied once into a reused Wasm buffer and scanned there. How the stream ended
-//! is told to Rust once: complete, the connection lost, silent for the idle time (both end
-//! an SSE stream with the incomplete event), or cancelled by the client.
+//! JavaScript loop reads the upstream and writes each chunk into an `IdentityTransformStream`
+//! whose readable side is the client's body, and keeps the idle guard with one timer per
+//! stream (re-armed only when it fires early). The upstream is read with a BYOB reader into
+//! one 64 KiB buffer, reused once the client's side has taken a chunk: a default reader
+//! hands the runtime's bytes over in 4 KiB pieces, which cost a JavaScript turn each, so a
+//! read as large as what has arrived halves the turns, and no buffer is allocated per chunk.
+//! A watched body's chunks are copied once into a reused Wasm buffer and scanned there. How
+//! the stream ended is told to Rust once: complete, the connection lost, silent for the idle
+//! time (both end an SSE stream with the incomplete event), or cancelled by the client.
 //!
 //! Everything that can fail runs in JavaScript and is caught there: nothing here throws into
 //! WebAssembly, and a cancel that comes from outside any request only records the report,
@@ -25,85 +29,102 @@ use super::reader::Reader;
 use crate::stream::tap::{Progress, Report, Watcher};
 
 #[wasm_bindgen(inline_js = r#"
-export function pass_on(head, reader, idleMs, sse, silent, lost, watch, end) {
-  let timer = 0;
-  let waitingSince = 0;
-  let wake = null;
+const CHUNK = 65536;
+export function pass_on(head, stream, locked, length, idleMs, sse, silent, lost, watch, end) {
+  let source = null;
+  let byob = false;
+  if (locked) {
+    try { locked.releaseLock(); } catch (_) { source = locked; }
+  }
+  if (source === null) {
+    try { source = stream.getReader({ mode: 'byob' }); byob = true; }
+    catch (_) { source = stream.getReader(); }
+  }
+  let pipe = null;
+  // A known length is told to the client up front; a body cut short then reaches it as a
+  // broken connection, not as a clean end.
+  if (length !== undefined) {
+    try { pipe = new FixedLengthStream(length); } catch (_) {}
+  }
+  if (pipe === null) pipe = new IdentityTransformStream();
+  const writer = pipe.writable.getWriter();
   let ended = false;
+  let reading = false;
+  let since = 0;
+  let timer = 0;
+  let idled = false;
+  let gone = false;
+  const cancelSource = () => {
+    try { source.cancel().catch(() => {}); } catch (_) {}
+  };
   const stopTimer = () => {
     if (timer !== 0) {
       try { clearTimeout(timer); } catch (_) {}
       timer = 0;
     }
   };
+  const arm = (ms) => {
+    try { timer = setTimeout(check, ms); } catch (_) { timer = 0; }
+  };
   const check = () => {
     timer = 0;
-    if (ended || wake === null) return;
-    const quiet = Date.now() - waitingSince;
-    if (quiet >= idleMs) wake();
-    else timer = setTimeout(check, idleMs - quiet);
+    if (ended) return;
+    // Only a wait for the upstream counts: a client that reads slowly is not a silent upstream.
+    const quiet = reading ? Date.now() - since : 0;
+    if (quiet >= idleMs) {
+      idled = true;
+      cancelSource();
+    } else arm(idleMs - quiet);
   };
-  const finish = (controller, how, error) => {
+  writer.closed.then(() => {}, () => {
+    if (ended) return;
+    gone = true;
+    cancelSource();
+  });
+  const finish = (how, error) => {
     ended = true;
     stopTimer();
     try {
-      if (how === 0) controller.close();
-      else if (!sse) controller.error(error);
-      else {
-        controller.enqueue(how === 1 ? lost : silent);
-        controller.close();
-      }
+      if (how === 3) cancelSource();
+      else if (how === 0) writer.close().catch(() => {});
+      else if (!sse) writer.abort(error).catch(() => {});
+      else writer.write(how === 1 ? lost : silent).then(() => writer.close()).catch(() => {});
     } catch (_) {}
-    if (how === 2) {
-      try { reader.cancel().catch(() => {}); } catch (_) {}
+    if (end) {
+      try { end(how); } catch (_) {}
     }
-    if (end) end(how);
   };
-  return new ReadableStream({
-    start(controller) {
-      if (head !== undefined && head.byteLength > 0) controller.enqueue(head);
-    },
-    pull(controller) {
-      if (ended) return;
-      return new Promise((resolve) => {
-        let settled = false;
-        const settle = () => { settled = true; wake = null; };
-        wake = () => {
-          if (settled) return;
-          settle();
-          finish(controller, 2);
-          resolve();
-        };
-        waitingSince = Date.now();
-        if (idleMs > 0 && timer === 0) timer = setTimeout(check, idleMs);
-        let read;
-        try { read = reader.read(); } catch (e) { read = Promise.reject(e); }
-        read.then((r) => {
-          if (settled) return;
-          settle();
-          if (r.done) finish(controller, 0);
-          else {
-            if (watch) watch(r.value);
-            controller.enqueue(r.value);
-          }
-          resolve();
-        }, (e) => {
-          if (settled) return;
-          settle();
-          finish(controller, 1, e);
-          resolve();
-        });
-      });
-    },
-    cancel(reason) {
-      if (ended) return;
-      ended = true;
-      wake = null;
-      stopTimer();
-      if (end) end(3);
-      try { return reader.cancel(reason).catch(() => {}); } catch (_) {}
-    },
-  });
+  const run = async () => {
+    let buffer = byob ? new ArrayBuffer(CHUNK) : null;
+    if (head !== undefined && head.byteLength > 0) {
+      try { await writer.write(head); } catch (_) { return finish(3); }
+    }
+    for (;;) {
+      let read;
+      reading = true;
+      since = Date.now();
+      if (idleMs > 0 && timer === 0) arm(idleMs);
+      try {
+        read = await (byob ? source.read(new Uint8Array(buffer)) : source.read());
+      } catch (e) {
+        reading = false;
+        return finish(gone ? 3 : idled ? 2 : 1, e);
+      }
+      reading = false;
+      if (gone) return finish(3);
+      if (idled) return finish(2);
+      if (read.done) return finish(0);
+      const chunk = read.value;
+      if (watch) {
+        try { watch(chunk); } catch (_) {}
+      }
+      try { await writer.write(chunk); } catch (_) { return finish(3); }
+      // The write resolved once the bytes were taken, so the buffer can be read into again.
+      if (byob) buffer = chunk.buffer.byteLength > 0 ? chunk.buffer : new ArrayBuffer(CHUNK);
+    }
+  };
+  run().catch(() => {});
+  return pipe.readable;
 }
 "#)]
 extern "C" {
@@ -111,7 +132,9 @@ extern "C" {
     #[allow(clippy::too_many_arguments)]
     fn pass_on(
         head: &JsValue,
-        reader: &Reader,
+        stream: &ReadableStream,
+        locked: &JsValue,
+        length: &JsValue,
         idle_ms: f64,
         sse: bool,
         silent: &Uint8Array,
@@ -132,18 +155,41 @@ pub struct Passed {
     pub seen: Option<(Report, Progress)>,
 }
 
-/// The body's rest, piped by the runtime. `idle_ms` > 0 guards against an upstream that goes
-/// silent; `sse` ends a cut stream with `silent` / `lost` events (a JSON body is errored
-/// instead); `watch` reads the chunks for usage (SSE or JSON as `sse` says).
+/// How an SSE stream the proxy has to cut ends: the event for an upstream gone silent, and
+/// the one for a lost connection.
+pub struct CutEvents<'a> {
+    pub silent: &'a [u8],
+    pub lost: &'a [u8],
+}
+
+/// How a body's rest is passed on.
+pub struct Passing<'a> {
+    /// More than 0: the longest the upstream may stay silent.
+    pub idle_ms: u64,
+    /// An SSE stream: how it ends when cut (a JSON body is errored instead).
+    pub cut: Option<CutEvents<'a>>,
+    /// The body's length, when the upstream told it: the client is told it too.
+    pub length: Option<u64>,
+    /// The chunks are read for usage (SSE or JSON as `cut` says).
+    pub watch: bool,
+}
+
+/// The body's rest, piped by the runtime: `body`, locked by `locked` when its first bytes were
+/// read already (the lock is handed over), after `head`.
 pub fn pass(
     head: Option<&[u8]>,
-    reader: &Reader,
-    idle_ms: u64,
-    sse: bool,
-    silent: &[u8],
-    lost: &[u8],
-    watch: bool,
+    body: &ReadableStream,
+    locked: Option<Reader>,
+    how: Passing<'_>,
 ) -> Option<Passed> {
+    let Passing {
+        idle_ms,
+        cut,
+        length,
+        watch,
+    } = how;
+    let sse = cut.is_some();
+    let (silent, lost) = cut.map_or((&[][..], &[][..]), |c| (c.silent, c.lost));
     let head_bytes = head.filter(|h| !h.is_empty());
     let head: JsValue = head_bytes.map_or(JsValue::UNDEFINED, |h| Uint8Array::from(h).into());
     let (watch_fn, end_fn, seen) = if watch {
@@ -185,9 +231,12 @@ pub fn pass(
     } else {
         (JsValue::UNDEFINED, JsValue::UNDEFINED, None)
     };
+    let locked: JsValue = locked.map_or(JsValue::UNDEFINED, Into::into);
     let stream = pass_on(
         &head,
-        reader,
+        body,
+        &locked,
+        &length.map_or(JsValue::UNDEFINED, |l| JsValue::from_f64(l as f64)),
         idle_ms as f64,
         sse,
         &Uint8Array::from(silent),

@@ -33,6 +33,7 @@ extern "C" {
 
 /// An upstream body, chunk by chunk.
 pub struct BodyReader {
+    stream: ReadableStream,
     reader: Option<Reader>,
     pending: Option<JsFuture>,
 }
@@ -45,6 +46,7 @@ impl BodyReader {
             .dyn_into::<ReadableStreamDefaultReader>()
             .ok()?;
         Some(BodyReader {
+            stream: stream.clone(),
             reader: Some(reader.unchecked_into()),
             pending: None,
         })
@@ -52,13 +54,14 @@ impl BodyReader {
 }
 
 impl BodyReader {
-    /// The reader itself, for the runtime to read the rest (see `shell::pass`); `None` while
-    /// a read is still pending or once the body has ended.
-    pub fn into_reader(mut self) -> Option<Reader> {
+    /// The body and its reader, for the runtime to read the rest (see `shell::pass`); `None`
+    /// while a read is still pending or once the body has ended.
+    pub fn into_parts(mut self) -> Option<(ReadableStream, Reader)> {
         if self.pending.is_some() {
             return None;
         }
-        self.reader.take()
+        let reader = self.reader.take()?;
+        Some((self.stream.clone(), reader))
     }
 }
 

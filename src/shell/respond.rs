@@ -8,7 +8,7 @@ use serde::Serialize;
 use worker::{Context, Env, Headers, Request, Response, ResponseBuilder};
 
 use super::{metrics, runtime};
-use crate::config::ConfigError;
+use crate::config::{ConfigError, RequestLog};
 use crate::error::ProxyError;
 use crate::limits::Usage;
 use crate::metrics::{AnswerKind, RequestFacts};
@@ -43,6 +43,8 @@ pub struct Exchange {
     pub tier: Option<String>,
     /// The tokens the answer reports, known once its body has passed (for metrics).
     pub usage: Option<LocalBoxFuture<'static, Usage>>,
+    /// Which requests write their log line (`REQUEST_LOG`; every one until it is read).
+    pub log: RequestLog,
 }
 
 impl Exchange {
@@ -58,6 +60,7 @@ impl Exchange {
             model: None,
             journal: Journal::default(),
             upstream_request_id: None,
+            log: RequestLog::All,
             extra_headers: Vec::new(),
             tier: None,
             usage: None,
@@ -107,7 +110,14 @@ impl Exchange {
             };
         }
         let status = response.status_code();
-        worker::console_log!("{}", self.log_line(status, error.as_ref()));
+        let waited = !self.journal.waits.is_empty();
+        let fell_back = self.journal.fallback.is_some();
+        if self
+            .log
+            .wants(status, self.journal.attempts, waited, fell_back)
+        {
+            worker::console_log!("{}", self.log_line(status, error.as_ref()));
+        }
         if self.route == Some(Route::Status) {
             metrics::end_uncounted();
         } else {

@@ -9,13 +9,13 @@ use std::pin::pin;
 
 use futures_util::future::{select, Either};
 use futures_util::StreamExt;
-use worker::wasm_bindgen::JsValue;
-use worker::{
-    AbortController, Fetch, Headers, Method, Request, RequestInit, RequestRedirect, Response,
-    ResponseBuilder,
-};
+use wasm_bindgen::prelude::*;
+use wasm_bindgen::JsCast;
+use worker::wasm_bindgen_futures::JsFuture;
+use worker::web_sys;
+use worker::{AbortController, Headers, Method, Response, ResponseBuilder};
 
-use super::pass::pass;
+use super::pass::{pass, CutEvents, Passing};
 use super::reader::BodyReader;
 use super::runtime::now_ms;
 use super::timer::Timer;
@@ -83,8 +83,8 @@ impl<'a> Upstream<'a> {
         body: Option<&'a worker::web_sys::Blob>,
         streaming: bool,
     ) -> Upstream<'a> {
-        let mut headers: Vec<(String, String)> = client_headers
-            .entries()
+        let mut headers: Vec<(String, String)> = super::headers::pairs(client_headers)
+            .into_iter()
             .filter(|(name, _)| forward_upstream(name))
             .collect();
         headers.push(("x-api-key".to_string(), upstream_key.expose().to_string()));
@@ -180,14 +180,13 @@ pub fn deliver(answer: UpstreamAnswer, tap: bool, idle_ms: u64) -> Result<Delive
     if let Some(refused) = crate::stream::refused_answer(status) {
         return Err(refused);
     }
-    let headers = Headers::new();
-    for (name, value) in answer
-        .headers
-        .iter()
-        .filter(|(name, _)| forward_downstream(name))
-    {
-        let _ = headers.append(name, value);
-    }
+    let headers = super::headers::headers(
+        answer
+            .headers
+            .iter()
+            .filter(|(name, _)| forward_downstream(name))
+            .map(|(name, value)| (name.as_str(), value.as_str())),
+    );
     let builder = ResponseBuilder::new()
         .with_status(status)
         .with_headers(headers);
@@ -199,33 +198,29 @@ pub fn deliver(answer: UpstreamAnswer, tap: bool, idle_ms: u64) -> Result<Delive
         UpstreamBody::Read(bytes) => (builder.fixed(bytes), None),
         UpstreamBody::Untouched(Some(body)) if !tap => (builder.stream(body), None),
         UpstreamBody::Untouched(Some(body)) => {
-            let length = exact_length(&answer.headers);
-            let reader = BodyReader::new(&body)
-                .and_then(BodyReader::into_reader)
-                .ok_or_else(not_passed)?;
-            let passed = pass(None, &reader, 0, false, &[], &[], true).ok_or_else(not_passed)?;
-            let response = builder.stream(passed.stream);
-            (
-                length
-                    .and_then(|length| fixed_length(&response, length))
-                    .unwrap_or(response),
-                passed.seen,
-            )
+            let how = Passing {
+                idle_ms: 0,
+                cut: None,
+                length: exact_length(&answer.headers),
+                watch: true,
+            };
+            let passed = pass(None, &body, None, how).ok_or_else(not_passed)?;
+            (builder.stream(passed.stream), passed.seen)
         }
         UpstreamBody::Sse { head, rest } => {
             // The runtime pipes the rest; a cut stream ends with the incomplete event, which
             // the watcher (when there is one) sees as an incomplete answer.
-            let reader = rest.into_reader().ok_or_else(not_passed)?;
-            let passed = pass(
-                Some(&head),
-                &reader,
+            let (body, reader) = rest.into_parts().ok_or_else(not_passed)?;
+            let how = Passing {
                 idle_ms,
-                true,
-                &incomplete_event("the upstream stream went silent"),
-                &incomplete_event("the upstream connection was lost mid-stream"),
-                tap,
-            )
-            .ok_or_else(not_passed)?;
+                cut: Some(CutEvents {
+                    silent: &incomplete_event("the upstream stream went silent"),
+                    lost: &incomplete_event("the upstream connection was lost mid-stream"),
+                }),
+                length: None,
+                watch: tap,
+            };
+            let passed = pass(Some(&head), &body, Some(reader), how).ok_or_else(not_passed)?;
             (builder.stream(passed.stream), passed.seen)
         }
     };
@@ -234,30 +229,6 @@ pub fn deliver(answer: UpstreamAnswer, tap: bool, idle_ms: u64) -> Result<Delive
         status,
         seen,
     })
-}
-
-/// A tapped answer's body as a `FixedLengthStream` of the upstream's length, so the client is
-/// told the length up front, as it is when the body is not tapped. A body cut short then
-/// reaches the client as a broken connection, which it can tell from a complete answer; as
-/// a stream of unknown length it would end as cleanly as a complete one (the runtime closes
-/// a chunked answer normally when its source fails). `None` keeps the answer as it is.
-fn fixed_length(response: &Response, length: u64) -> Option<Response> {
-    let worker::ResponseBody::Stream(source) = response.body() else {
-        return None;
-    };
-    let fixed = worker::worker_sys::FixedLengthStream::new(u32::try_from(length).ok()?).ok()?;
-    let piping = source.pipe_to(&fixed.writable());
-    // The pipe's outcome reaches the client through the stream itself.
-    worker::wasm_bindgen_futures::spawn_local(async move {
-        let _ = worker::wasm_bindgen_futures::JsFuture::from(piping).await;
-    });
-    let headers = response.headers().clone();
-    Some(
-        ResponseBuilder::new()
-            .with_status(response.status_code())
-            .with_headers(headers)
-            .stream(fixed.readable()),
-    )
 }
 
 /// The event that ends a stream the proxy has to cut: the client reads an `error` event
@@ -280,18 +251,14 @@ async fn attempt(
     streaming: bool,
 ) -> (Outcome, Option<UpstreamAnswer>) {
     let deadline = now_ms().saturating_add(timeout_ms);
-    let Ok(request) = build_request(url, method, headers, body) else {
-        return (Outcome::ConnectFailure, None);
-    };
     let controller = AbortController::default();
-    let signal = controller.signal();
-    let fetch = Fetch::Request(request);
+    let init = request_init(&method, headers, body, &controller);
     let response = {
-        let send = pin!(fetch.send_with_signal(&signal));
+        let send = pin!(send(url, &init));
         let timer = pin!(Timer::after_ms(timeout_ms));
         match select(send, timer).await {
-            Either::Left((Ok(response), _)) => response,
-            Either::Left((Err(_), _)) => return (Outcome::ConnectFailure, None),
+            Either::Left((Some(response), _)) => response,
+            Either::Left((None, _)) => return (Outcome::ConnectFailure, None),
             Either::Right(_) => {
                 controller.abort();
                 return (Outcome::AttemptTimeout, None);
@@ -300,7 +267,7 @@ async fn attempt(
     };
     let mut response = response;
     let status = response.status_code();
-    let mut upstream_headers: Vec<(String, String)> = response.headers().entries().collect();
+    let mut upstream_headers = super::headers::pairs(response.headers());
     let mut should_retry = should_retry_header(header(&upstream_headers, "x-should-retry"));
     let wait_floor_ms = upstream_wait_ms(
         header(&upstream_headers, "retry-after-ms"),
@@ -450,26 +417,40 @@ async fn first_event(stream: &mut BodyReader, deadline_ms: u64) -> FirstEvent {
     }
 }
 
+#[wasm_bindgen]
+extern "C" {
+    /// The runtime's `fetch(url, init)`, catching: a request built without a `Request` object
+    /// (which the runtime would only take apart again).
+    #[wasm_bindgen(js_name = fetch, catch)]
+    fn fetch_with_init(url: &str, init: &web_sys::RequestInit) -> Result<js_sys::Promise, JsValue>;
+}
+
+/// Sends one attempt; `None` when it failed before an answer.
+async fn send(url: &str, init: &web_sys::RequestInit) -> Option<Response> {
+    let promise = fetch_with_init(url, init).ok()?;
+    let answer = JsFuture::from(promise).await.ok()?;
+    let answer: web_sys::Response = answer.dyn_into().ok()?;
+    Some(Response::from(answer))
+}
+
 /// One attempt's request. Redirects are never followed: a `3xx` comes back as the answer
 /// (and is refused, see `stream::refused_answer`), so the upstream key never travels to
 /// whatever host a `Location` names.
-fn build_request(
-    url: &str,
-    method: Method,
+fn request_init(
+    method: &Method,
     headers: &[(String, String)],
-    body: Option<&worker::web_sys::Blob>,
-) -> worker::Result<Request> {
-    let h = Headers::new();
-    for (name, value) in headers {
-        h.append(name, value)?;
-    }
-    let mut init = RequestInit::new();
-    init.with_method(method)
-        .with_headers(h)
-        .with_redirect(RequestRedirect::Manual);
+    body: Option<&web_sys::Blob>,
+    controller: &AbortController,
+) -> web_sys::RequestInit {
+    let init = web_sys::RequestInit::new();
+    init.set_method(method.as_ref());
+    let h = super::headers::headers(headers.iter().map(|(n, v)| (n.as_str(), v.as_str())));
+    init.set_headers(&h.0);
+    init.set_redirect(web_sys::RequestRedirect::Manual);
     if let Some(body) = body {
         // The same `Blob` for every attempt: the runtime references it rather than copying.
-        init.with_body(Some(body.clone().into()));
+        init.set_body(body);
     }
-    Request::new_with_init(url, &init)
+    init.set_signal(Some(&controller.signal()));
+    init
 }

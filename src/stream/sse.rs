@@ -8,6 +8,9 @@
 
 use serde::Deserialize;
 
+/// The events of a Messages stream that carry its usage.
+pub const USAGE_EVENTS: &[&str] = &["message_start", "message_delta"];
+
 /// One parsed event: its `event:` name (or `message` when absent) and its joined `data:`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SseEvent {
@@ -46,12 +49,18 @@ pub const MAX_EVENT_BYTES: usize = 1 << 20;
 #[derive(Debug)]
 pub struct EventScanner {
     partial: Vec<u8>,
-    /// The current event overflowed [`MAX_EVENT_BYTES`]: skip to its end.
+    /// The current event overflowed [`MAX_EVENT_BYTES`], or is not wanted: skip to its end.
     skipping: bool,
     /// No byte of the current line seen yet (so a line terminator now ends the event).
     at_line_start: bool,
     /// The last byte was `\r`: a following `\n` belongs to the same terminator.
     pending_cr: bool,
+    /// The current event's `event:` line was seen (the first one decides).
+    named: bool,
+    /// Where the current line starts in `partial`.
+    line_start: usize,
+    /// Only events of these names are held and parsed; `None`: every event.
+    wanted: Option<&'static [&'static str]>,
 }
 
 impl Default for EventScanner {
@@ -61,6 +70,9 @@ impl Default for EventScanner {
             skipping: false,
             at_line_start: true,
             pending_cr: false,
+            named: false,
+            line_start: 0,
+            wanted: None,
         }
     }
 }
@@ -70,36 +82,82 @@ impl EventScanner {
         EventScanner::default()
     }
 
+    /// A scanner that yields only the events named in `wanted`: any other event is skipped
+    /// from its `event:` line on, neither held nor parsed. A usage tap wants two events of a
+    /// stream whose bulk is `content_block_delta`.
+    pub fn only(wanted: &'static [&'static str]) -> EventScanner {
+        EventScanner {
+            wanted: Some(wanted),
+            ..EventScanner::default()
+        }
+    }
+
     /// Feeds one chunk and calls `on_event` for every event completed by it. Lines may end in
     /// `\n`, `\r\n` or `\r`; an empty line ends an event.
     pub fn push(&mut self, chunk: &[u8], mut on_event: impl FnMut(SseEvent)) {
-        let mut start = 0usize;
-        for (i, &b) in chunk.iter().enumerate() {
-            if self.pending_cr && b == b'\n' {
-                self.pending_cr = false;
-                continue;
-            }
-            self.pending_cr = b == b'\r';
-            if b == b'\r' || b == b'\n' {
-                if self.at_line_start {
-                    let end = i.saturating_add(1);
-                    self.hold(chunk.get(start..end).unwrap_or_default());
-                    if !self.skipping {
-                        if let Some(event) = parse_event(&self.partial) {
-                            on_event(event);
-                        }
-                    }
-                    self.partial.clear();
-                    self.skipping = false;
-                    start = end;
-                } else {
-                    self.at_line_start = true;
+        let mut rest = chunk;
+        loop {
+            if self.pending_cr {
+                if let Some(after) = rest.strip_prefix(b"\n") {
+                    self.pending_cr = false;
+                    rest = after;
                 }
-            } else {
+            }
+            let Some(end) = memchr::memchr2(b'\n', b'\r', rest) else {
+                if !rest.is_empty() {
+                    self.pending_cr = false;
+                    self.at_line_start = false;
+                    self.hold(rest);
+                }
+                return;
+            };
+            let (line, after) = rest.split_at(end.saturating_add(1));
+            rest = after;
+            self.pending_cr = line.last() == Some(&b'\r');
+            if end > 0 {
                 self.at_line_start = false;
             }
+            self.hold(line);
+            if self.at_line_start {
+                // A blank line: the event is complete.
+                if !self.skipping {
+                    if let Some(event) = parse_event(&self.partial) {
+                        on_event(event);
+                    }
+                }
+                self.partial.clear();
+                self.skipping = false;
+                self.named = false;
+                self.line_start = 0;
+            } else {
+                self.at_line_start = true;
+                self.decide();
+                self.line_start = self.partial.len();
+            }
         }
-        self.hold(chunk.get(start..).unwrap_or_default());
+    }
+
+    /// Skips the current event when its (first) `event:` line, just completed, names one
+    /// nobody wants.
+    fn decide(&mut self) {
+        let Some(wanted) = self.wanted else {
+            return;
+        };
+        if self.named || self.skipping {
+            return;
+        }
+        let line = self.partial.get(self.line_start..).unwrap_or_default();
+        let Some(name) = line.strip_prefix(b"event:") else {
+            return;
+        };
+        self.named = true;
+        let name = name.strip_prefix(b" ").unwrap_or(name);
+        let name = name.strip_suffix(b"\n").unwrap_or(name);
+        let name = name.strip_suffix(b"\r").unwrap_or(name);
+        if !wanted.iter().any(|w| w.as_bytes() == name) {
+            self.partial.clear();
+            self.skipping = true;
+        }
     }
 
     fn hold(&mut self, bytes: &[u8]) {
@@ -211,7 +269,7 @@ impl Usage {
         self.output_tokens = counts.output_tokens.or(self.output_tokens);
     }
 
-    /// Updates the tally from one event of a Messages stream.
+    /// Updates the tally from one event of a Messages stream (only [`USAGE_EVENTS`] count).
     pub fn observe(&mut self, event: &SseEvent) {
         #[derive(Deserialize)]
         struct Start {
@@ -396,5 +454,79 @@ mod tests {
         scanner.push(b"\n\ndata: next\n\n", |e| after.push(e));
         assert_eq!(after.len(), 1);
         assert_eq!(after[0].data, "next");
+    }
+
+    #[test]
+    fn a_scanner_for_some_names_skips_the_rest() {
+        let mut scanner = EventScanner::only(USAGE_EVENTS);
+        let mut events = Vec::new();
+        scanner.push(STREAM.as_bytes(), |e| events.push(e));
+        let names: Vec<&str> = events.iter().map(|e| e.name.as_str()).collect();
+        assert_eq!(names, ["message_start", "message_delta"]);
+        // A skipped event is not held, however long.
+        let long = format!("event: content_block_delta\ndata: {}", "x".repeat(100_000));
+        scanner.push(long.as_bytes(), |_| panic!("not wanted"));
+        assert_eq!(scanner.buffered(), 0);
+    }
+
+    mod properties {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        const NAMES: [&str; 5] = [
+            "message_start",
+            "message_delta",
+            "content_block_delta",
+            "ping",
+            "error",
+        ];
+
+        fn events() -> impl Strategy<Value = Vec<(usize, String, usize)>> {
+            prop::collection::vec((0..NAMES.len(), "[a-z{}\":, ]{0,24}", 0..3usize), 0..12)
+        }
+
+        fn wire(events: &[(usize, String, usize)]) -> Vec<u8> {
+            let mut out = String::new();
+            for (name, data, ending) in events {
+                let end = ["\n", "\r\n", "\r"][*ending];
+                out.push_str(&format!(
+                    "event: {}{end}data: {data}{end}{end}",
+                    NAMES[*name]
+                ));
+            }
+            out.into_bytes()
+        }
+
+        fn scan_in(mut scanner: EventScanner, bytes: &[u8], cuts: &[usize]) -> Vec<SseEvent> {
+            let mut found = Vec::new();
+            let mut at = 0;
+            for cut in cuts.iter().chain(std::iter::once(&bytes.len())) {
+                let cut = (*cut).clamp(at, bytes.len());
+                scanner.push(&bytes[at..cut], |e| found.push(e));
+                at = cut;
+            }
+            found
+        }
+
+        proptest! {
+            #[test]
+            fn every_event_is_found_whatever_the_chunking_and_line_ends(
+                events in events(),
+                mut cuts in prop::collection::vec(0..400usize, 0..16),
+            ) {
+                cuts.sort_unstable();
+                let bytes = wire(&events);
+                let expected: Vec<SseEvent> = events
+                    .iter()
+                    .map(|(name, data, _)| SseEvent { name: NAMES[*name].to_string(), data: data.clone() })
+                    .collect();
+                prop_assert_eq!(&scan_in(EventScanner::new(), &bytes, &cuts), &expected);
+                let wanted: Vec<SseEvent> = expected
+                    .into_iter()
+                    .filter(|e| USAGE_EVENTS.contains(&e.name.as_str()))
+                    .collect();
+                prop_assert_eq!(scan_in(EventScanner::only(USAGE_EVENTS), &bytes, &cuts), wanted);
+            }
+        }
     }
 }

@@ -19,7 +19,7 @@ use std::task::{Context, Poll, Waker};
 use futures_util::Stream;
 use serde::Deserialize;
 
-use crate::stream::sse::{Counts, EventScanner, Usage};
+use crate::stream::sse::{Counts, EventScanner, Usage, USAGE_EVENTS};
 
 /// JSON answers larger than this are not parsed for usage; the reservation then stands.
 pub const MAX_JSON_BYTES: usize = 1 << 20;
@@ -120,7 +120,7 @@ impl Watcher {
     pub fn new(sse: bool) -> (Watcher, Report, Progress) {
         let report = Report::default();
         let kind = if sse {
-            BodyKind::Sse(Box::default())
+            BodyKind::Sse(Box::new(EventScanner::only(USAGE_EVENTS)))
         } else {
             BodyKind::Json(Vec::new())
         };

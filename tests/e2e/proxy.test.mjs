@@ -234,3 +234,21 @@ test('one log line per request, with the identity hashed', async () => {
   assert.match(line.identity, /^[0-9a-f]{32}$/);
   assert.ok(!lines[0].includes(CLIENT_KEY) && !lines[0].includes(UPSTREAM_KEY) && !lines[0].includes('alice'));
 });
+
+test('REQUEST_LOG=problems keeps the lines of retried and failed requests only', async () => {
+  const w = await startWorker(workerVars(sim, { REQUEST_LOG: 'problems', MAX_ATTEMPTS: '2' }));
+  const requestLines = () => w.logs.filter((l) => l.startsWith('{"request_id"')).map((l) => JSON.parse(l));
+  try {
+    await sim.reset();
+    assert.equal((await postMessage(w)).status, 200);
+    await sim.script([{ status: 529, times: 1 }]);
+    assert.equal((await postMessage(w)).status, 200);
+    await sim.script([{ status: 400, times: 1 }]);
+    assert.equal((await postMessage(w)).status, 400);
+    await new Promise((r) => setTimeout(r, 50));
+    const lines = requestLines();
+    assert.deepEqual(lines.map((l) => [l.status, l.attempts]), [[200, 2], [400, 1]]);
+  } finally {
+    await w.stop();
+  }
+});
