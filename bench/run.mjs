@@ -419,6 +419,9 @@ async function sectionOverhead() {
   await sim.mode(UNTOUCHED_KEY);
   const worker = await startWorker(benchVars(sim));
   const floor = await startWorker(benchVars(sim), { script: PASS_THROUGH_WORKER });
+  // The same Worker logging only problems (`REQUEST_LOG=problems`): what the log line costs.
+  const quiet = await startWorker(benchVars(sim, { REQUEST_LOG: 'problems' }));
+  await post(quiet.url, KEYS.free);
   // Warm every path once (isolate, Durable Objects).
   for (const key of Object.values(KEYS)) {
     const r = await post(worker.url, key);
@@ -428,6 +431,7 @@ async function sectionOverhead() {
     { id: 'direct', label: 'direct to the simulator', url: sim.url, key: 'sk-ant-direct-bench-key', pids: [] },
     { id: 'js_floor', label: 'minimal JavaScript pass-through Worker (platform floor)', url: floor.url, key: 'ck_any', pids: floor.pids },
     { id: 'proxy', label: 'breakwater, no limits', url: worker.url, key: KEYS.free, pids: worker.pids },
+    { id: 'proxy_quiet', label: 'breakwater, no limits, REQUEST_LOG=problems (no line for a clean success)', url: quiet.url, key: KEYS.free, pids: quiet.pids },
     { id: 'proxy_entry', label: "breakwater, no limits, through Miniflare's entry worker (as in dev and tests)", url: worker.entryUrl, key: KEYS.free, pids: worker.pids },
     { id: 'proxy_rpm', label: 'breakwater, admission on one hot key (rpm)', url: worker.url, key: KEYS.rpm, pids: worker.pids },
     { id: 'proxy_all', label: 'breakwater, admission on one hot key (all 4 limits)', url: worker.url, key: KEYS.all, pids: worker.pids },
@@ -446,7 +450,7 @@ async function sectionOverhead() {
         const cpu0 = cpuSeconds(t.pids);
         const sim0 = cpuSeconds([sim.pid]);
         const r = await accountForeignLoad(
-          () => [...worker.pids, ...floor.pids, sim.pid],
+          () => [...worker.pids, ...floor.pids, ...quiet.pids, sim.pid],
           async () => {
             const out = await loadgen('closed', {
               url: t.url,
@@ -503,13 +507,14 @@ async function sectionOverhead() {
   const logLines = worker.lines();
   await worker.stop();
   await floor.stop();
+  await quiet.stop();
   await sim.stop();
   // Added latency: the proxy's percentiles minus the direct ones at the same concurrency.
   const find = (id, c) => points.find((p) => p.target === id && p.concurrency === c);
   const added = [];
   for (const c of plan.concurrency) {
     const direct = find('direct', c);
-    for (const id of ['js_floor', 'proxy', 'proxy_entry', 'proxy_rpm', 'proxy_all']) {
+    for (const id of ['js_floor', 'proxy', 'proxy_quiet', 'proxy_entry', 'proxy_rpm', 'proxy_all']) {
       const p = find(id, c);
       if (!p?.latency_ms || !direct?.latency_ms) continue;
       added.push({

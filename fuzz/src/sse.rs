@@ -7,11 +7,11 @@
 //!
 //! Holds for every input:
 //! - the events found do not depend on how the stream is cut into chunks (whole, random
-//!   chunks, byte by byte);
+//!   chunks, byte by byte), and a scanner for the usage events finds exactly those;
 //! - the tap passes every chunk through unchanged, reports exactly once, and reports the
 //!   same usage as tallying the scanner's events.
 
-use breakwater::stream::sse::{EventScanner, SseEvent, Usage, MAX_EVENT_BYTES};
+use breakwater::stream::sse::{EventScanner, SseEvent, Usage, MAX_EVENT_BYTES, USAGE_EVENTS};
 use breakwater::stream::tap::{json_usage, Tap, Watcher};
 use futures_util::{stream, StreamExt};
 
@@ -22,6 +22,14 @@ pub fn check(data: &[u8]) {
     assert_eq!(scan(&chunks), whole, "events depend on the chunking");
     let bytes: Vec<&[u8]> = body.chunks(1).collect();
     assert_eq!(scan(&bytes), whole, "events differ when fed byte by byte");
+    // A scanner for the usage events finds exactly those among all the events.
+    let mut usage_events = Vec::new();
+    let mut only = EventScanner::only(USAGE_EVENTS);
+    for chunk in &chunks {
+        only.push(chunk, |e| usage_events.push(e));
+    }
+    let wanted: Vec<SseEvent> = whole.iter().filter(|e| USAGE_EVENTS.contains(&e.name.as_str())).cloned().collect();
+    assert_eq!(usage_events, wanted, "the usage scanner missed or added an event");
 
     let mut usage = Usage::default();
     for event in &whole {

@@ -49,16 +49,12 @@ pub const MAX_EVENT_BYTES: usize = 1 << 20;
 #[derive(Debug)]
 pub struct EventScanner {
     partial: Vec<u8>,
-    /// The current event overflowed [`MAX_EVENT_BYTES`], or is not wanted: skip to its end.
+    /// The current event overflowed [`MAX_EVENT_BYTES`]: skip to its end.
     skipping: bool,
     /// No byte of the current line seen yet (so a line terminator now ends the event).
     at_line_start: bool,
     /// The last byte was `\r`: a following `\n` belongs to the same terminator.
     pending_cr: bool,
-    /// The current event's `event:` line was seen (the first one decides).
-    named: bool,
-    /// Where the current line starts in `partial`.
-    line_start: usize,
     /// Only events of these names are held and parsed; `None`: every event.
     wanted: Option<&'static [&'static str]>,
 }
@@ -70,8 +66,6 @@ impl Default for EventScanner {
             skipping: false,
             at_line_start: true,
             pending_cr: false,
-            named: false,
-            line_start: 0,
             wanted: None,
         }
     }
@@ -82,9 +76,9 @@ impl EventScanner {
         EventScanner::default()
     }
 
-    /// A scanner that yields only the events named in `wanted`: any other event is skipped
-    /// from its `event:` line on, neither held nor parsed. A usage tap wants two events of a
-    /// stream whose bulk is `content_block_delta`.
+    /// A scanner that yields only the events named in `wanted`: any other event is not
+    /// parsed, only its name looked up. A usage tap wants two events of a stream whose bulk
+    /// is `content_block_delta`.
     pub fn only(wanted: &'static [&'static str]) -> EventScanner {
         EventScanner {
             wanted: Some(wanted),
@@ -120,43 +114,21 @@ impl EventScanner {
             self.hold(line);
             if self.at_line_start {
                 // A blank line: the event is complete.
-                if !self.skipping {
+                let wanted = self.wanted.is_none_or(|names| {
+                    names
+                        .iter()
+                        .any(|n| n.as_bytes() == event_name(&self.partial))
+                });
+                if !self.skipping && wanted {
                     if let Some(event) = parse_event(&self.partial) {
                         on_event(event);
                     }
                 }
                 self.partial.clear();
                 self.skipping = false;
-                self.named = false;
-                self.line_start = 0;
             } else {
                 self.at_line_start = true;
-                self.decide();
-                self.line_start = self.partial.len();
             }
-        }
-    }
-
-    /// Skips the current event when its (first) `event:` line, just completed, names one
-    /// nobody wants.
-    fn decide(&mut self) {
-        let Some(wanted) = self.wanted else {
-            return;
-        };
-        if self.named || self.skipping {
-            return;
-        }
-        let line = self.partial.get(self.line_start..).unwrap_or_default();
-        let Some(name) = line.strip_prefix(b"event:") else {
-            return;
-        };
-        self.named = true;
-        let name = name.strip_prefix(b" ").unwrap_or(name);
-        let name = name.strip_suffix(b"\n").unwrap_or(name);
-        let name = name.strip_suffix(b"\r").unwrap_or(name);
-        if !wanted.iter().any(|w| w.as_bytes() == name) {
-            self.partial.clear();
-            self.skipping = true;
         }
     }
 
@@ -176,6 +148,25 @@ impl EventScanner {
     pub fn buffered(&self) -> usize {
         self.partial.len()
     }
+}
+
+/// The name an event's raw lines give it, as [`parse_event`] reads them (the last `event`
+/// field; `message` when there is none), without decoding the rest.
+fn event_name(raw: &[u8]) -> &[u8] {
+    let mut name: &[u8] = b"message";
+    for line in raw.split(|&b| b == b'\n' || b == b'\r') {
+        if let Some(value) = line.strip_prefix(b"event") {
+            match value.first() {
+                None => name = value,
+                Some(b':') => {
+                    let value = value.get(1..).unwrap_or_default();
+                    name = value.strip_prefix(b" ").unwrap_or(value);
+                }
+                Some(_) => {}
+            }
+        }
+    }
+    name
 }
 
 fn parse_event(raw: &[u8]) -> Option<SseEvent> {
@@ -463,10 +454,13 @@ mod tests {
         scanner.push(STREAM.as_bytes(), |e| events.push(e));
         let names: Vec<&str> = events.iter().map(|e| e.name.as_str()).collect();
         assert_eq!(names, ["message_start", "message_delta"]);
-        // A skipped event is not held, however long.
-        let long = format!("event: content_block_delta\ndata: {}", "x".repeat(100_000));
-        scanner.push(long.as_bytes(), |_| panic!("not wanted"));
-        assert_eq!(scanner.buffered(), 0);
+        // The last `event` field names the event, as the SSE format says.
+        let renamed =
+            b"event: ping\ndata: {}\nevent: message_delta\n\nevent: message_delta\nevent:ping\n\n";
+        let mut events = Vec::new();
+        scanner.push(renamed, |e| events.push(e));
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].data, "{}");
     }
 
     mod properties {
