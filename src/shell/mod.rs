@@ -103,7 +103,7 @@ async fn handle(
     exchange.stream = facts.stream;
     exchange.model.clone_from(&facts.model);
 
-    let admitted = admit(env, &config, &route, &caller, &facts, exchange).await?;
+    let admitted = admit(env, ctx, &config, &route, &caller, &facts, exchange).await?;
 
     let budget_header = req.headers().get("x-proxy-budget-ms").ok().flatten();
     let policy = RetryPolicy::from_config(&config, budget_header.as_deref());
@@ -160,10 +160,12 @@ async fn handle(
     delivered.map(|d| d.response)
 }
 
-/// The caller's own limits: one round trip to its object before anything goes upstream. A
+/// The caller's own limits: at most one round trip to its object before anything goes upstream
+/// (none when the isolate holds credit for the caller, see `limits::credit`). A
 /// passthrough caller is provisional until the upstream accepts its key.
 async fn admit(
     env: &Env,
+    ctx: &Context,
     config: &Config,
     route: &Route,
     caller: &Caller,
@@ -176,8 +178,9 @@ async fn admit(
     let headers = &mut exchange.extra_headers;
     Ok(match route.metering(&limits) {
         Metering::Full => {
-            let reservation = limiter::admit(
+            let (reservation, on_credit) = limiter::admit(
                 env,
+                ctx,
                 &identity_hash,
                 limits,
                 facts,
@@ -191,6 +194,7 @@ async fn admit(
                 limits,
                 reservation,
                 provisional,
+                on_credit,
             })
         }
         Metering::RequestOnly => {
@@ -242,6 +246,8 @@ struct Admitted {
     reservation: crate::limits::Reservation,
     /// A passthrough caller: its object stores nothing until the upstream accepts the key.
     provisional: bool,
+    /// Admitted from the isolate's credit, or with a grant of it: the settlement may wait.
+    on_credit: bool,
 }
 
 impl Admitted {
@@ -261,6 +267,7 @@ impl Admitted {
             limits,
             reservation,
             provisional,
+            on_credit,
         } = self;
         limiter::settle_later(
             env,
@@ -271,6 +278,7 @@ impl Admitted {
             watched,
             delivered_ok,
             !provisional || delivered_ok,
+            on_credit,
             usage_to,
         );
     }

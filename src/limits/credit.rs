@@ -1,0 +1,551 @@
+//! Local credit: a hot caller admitted in its isolate, without a call to its object per request.
+//!
+//! A call to the caller's object costs far more than the decision it carries, so a caller far
+//! from its limits is granted a few *tickets* with an admission: each ticket is an admission
+//! made in advance by the object (one request, a token reservation, a concurrency slot, under
+//! its own lease), so the object's ledger counts it from the grant on, whatever the isolate
+//! does with it. The isolate hands a ticket to a request that fits it, within
+//! [`CREDIT_VALID_MS`] of the grant; the request then settles, renews and holds its slot by the
+//! ticket's lease, exactly as a request the object admitted itself. What goes back to the
+//! object — the settlements of requests admitted on credit, the tickets left unused when their
+//! time is up (returned whole: the request, the tokens and the slot, as if never granted) —
+//! waits in the isolate's [`Outbox`] and rides on the next call to the object, or is sent by
+//! its owner once its short wait ([`SETTLE_DELAY_MS`]) is over.
+//!
+//! Near a limit nothing is granted (a grant takes at most 1/[`CREDIT_SHARE`] of what remains in
+//! any dimension), so there every request asks its object and settles at once, as without
+//! credit. A ticket is an admission at the instant of its grant, as a request waiting in its
+//! backoff or pacing was admitted before it goes: the window bound holds for admissions, and
+//! a ticket is used at most [`CREDIT_VALID_MS`] after its grant. An isolate that dies loses its
+//! tickets: their slots end with their leases and their charges stay, which never admits more.
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::state::{
+    Admission, AdmissionRequest, Dimension, DimensionStatus, LimiterState, Reservation, Usage,
+};
+use crate::config::TierLimits;
+
+/// How long after its grant a ticket may admit a request in the isolate.
+pub const CREDIT_VALID_MS: u64 = 1_000;
+
+/// The most tickets one grant holds.
+pub const MAX_CREDIT_TICKETS: u32 = 16;
+
+/// Below this many requests expected within [`CREDIT_VALID_MS`], an isolate asks for no
+/// credit: every request asks its object, as without credit.
+pub const MIN_CREDIT_TICKETS: u32 = 3;
+
+/// A grant takes at most one part in this many of what remains, in every dimension.
+pub const CREDIT_SHARE: u64 = 8;
+
+/// How long the settlement of a request admitted on credit waits for another call to carry
+/// it before its owner sends it.
+pub const SETTLE_DELAY_MS: u64 = 250;
+
+/// A call that carried returns and has not come back after this long is taken for lost: its
+/// returns are sent again (the object's call timeout is 10 s).
+pub const CARRY_TIMEOUT_MS: u64 = 12_000;
+
+/// Callers with credit state kept at most per isolate; idle ones are forgotten first.
+pub const MAX_CREDIT_CALLERS: usize = 1_024;
+
+/// One ticket: an admission made in advance, and whether it charged a request against `rpm`
+/// (so that returning it unused gives the request back only if it took one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ticket {
+    pub reservation: Reservation,
+    #[serde(default)]
+    pub requests: u64,
+}
+
+/// The settlement of a request admitted on credit, waiting to be carried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Settled {
+    pub reservation: Reservation,
+    pub usage: Usage,
+    /// As in `LimiterCall::Settle`: the caller is known to the upstream.
+    #[serde(default = "yes")]
+    pub confirms: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// What a call hands back to the object on its way: settlements, then unused tickets.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Returns {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub settle: Vec<Settled>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub release: Vec<Ticket>,
+}
+
+impl Returns {
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.settle.is_empty() && self.release.is_empty()
+    }
+}
+
+/// What one ticket costs per dimension, as the state charges an admission of `request`.
+fn ticket_cost(limits: &TierLimits, request: &AdmissionRequest, dimension: Dimension) -> u64 {
+    match dimension {
+        Dimension::Rpm | Dimension::Concurrency => 1,
+        Dimension::InputTpm => limits
+            .input_tpm
+            .map_or(0, |quota| request.input_tokens.min(u64::from(quota.get()))),
+        Dimension::OutputTpm => limits.output_tpm.map_or(0, |_| request.output_tokens),
+    }
+}
+
+impl LimiterState {
+    /// Hands back what the isolate returns: settles each settlement, then gives back each
+    /// unused ticket whole. Whether any settlement confirms the caller.
+    pub fn take_back(&mut self, limits: &TierLimits, now_ms: u64, returns: &Returns) -> bool {
+        let mut confirms = false;
+        for settled in &returns.settle {
+            confirms |= settled.confirms;
+            self.settle(limits, now_ms, &settled.reservation, settled.usage);
+        }
+        for ticket in &returns.release {
+            self.release(limits, now_ms, ticket);
+        }
+        confirms
+    }
+
+    /// Grants up to `wanted` tickets the size of `ticket` (at most [`MAX_CREDIT_TICKETS`]),
+    /// none when the caller is near a limit: each takes at most 1/[`CREDIT_SHARE`] of what
+    /// remains in every dimension, and of the room for lease records. Every ticket is an
+    /// admission of the state, so nothing here can admit more than `admit` does.
+    pub fn grant(
+        &mut self,
+        limits: &TierLimits,
+        now_ms: u64,
+        ticket: &AdmissionRequest,
+        wanted: u32,
+    ) -> Vec<Ticket> {
+        if wanted == 0 {
+            return Vec::new();
+        }
+        let mut count = u64::from(wanted.min(MAX_CREDIT_TICKETS));
+        for status in self.snapshot(limits, now_ms) {
+            let cost = ticket_cost(limits, ticket, status.dimension);
+            if cost > 0 {
+                count = count.min(status.remaining / cost.saturating_mul(CREDIT_SHARE));
+            }
+        }
+        let room = u64::try_from(self.lease_room(limits)).unwrap_or(u64::MAX);
+        count = count.min(room / 2);
+        let requests = u64::from(limits.rpm.is_some());
+        let mut tickets = Vec::new();
+        for _ in 0..count {
+            match self.admit(limits, now_ms, ticket) {
+                Admission::Admitted(reservation) => tickets.push(Ticket {
+                    reservation,
+                    requests,
+                }),
+                Admission::Denied(_) | Admission::NeverFits(_) => break,
+            }
+        }
+        tickets
+    }
+}
+
+/// Requests seen in the last windows of [`CREDIT_VALID_MS`], to size a credit.
+#[derive(Debug, Clone, Copy, Default)]
+struct Arrivals {
+    window_start_ms: u64,
+    current: u32,
+    previous: u32,
+}
+
+impl Arrivals {
+    fn roll(&mut self, now_ms: u64) {
+        let age = now_ms.saturating_sub(self.window_start_ms);
+        if age >= 2 * CREDIT_VALID_MS {
+            (self.previous, self.current) = (0, 0);
+            self.window_start_ms = now_ms;
+        } else if age >= CREDIT_VALID_MS {
+            (self.previous, self.current) = (self.current, 0);
+            self.window_start_ms = self.window_start_ms.saturating_add(CREDIT_VALID_MS);
+        }
+    }
+
+    fn count(&mut self, now_ms: u64) {
+        self.roll(now_ms);
+        self.current = self.current.saturating_add(1);
+    }
+
+    /// Requests expected within the next [`CREDIT_VALID_MS`]: those of the last one, the
+    /// previous window weighted by how much of it that still covers.
+    fn expected(&self, now_ms: u64) -> u32 {
+        let mut view = *self;
+        view.roll(now_ms);
+        let into = now_ms.saturating_sub(view.window_start_ms).min(CREDIT_VALID_MS);
+        let carried = u64::from(view.previous) * (CREDIT_VALID_MS - into) / CREDIT_VALID_MS;
+        u32::try_from(carried)
+            .unwrap_or(u32::MAX)
+            .saturating_add(view.current)
+    }
+}
+
+/// Where a returned item stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sending {
+    /// Waiting for a call to carry it.
+    Waiting,
+    /// On its way in call `call`, sent at `since_ms`.
+    Carried { call: u64, since_ms: u64 },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Item {
+    Settle(Settled),
+    Release(Ticket),
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    id: u64,
+    item: Item,
+    sending: Sending,
+}
+
+/// What goes back to the object, until a call has carried it there. Every item has one
+/// owner (the settlement that put it, or the grant whose tickets expired), which sends it if
+/// no other call took it in time; a call that fails or is dropped puts its items back.
+#[derive(Debug, Default)]
+pub struct Outbox {
+    entries: Vec<Entry>,
+    next_id: u64,
+    next_call: u64,
+}
+
+/// What the owner of some items does next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OwnerStep {
+    /// All delivered.
+    Done,
+    /// Some are on their way in another call: look again later.
+    Wait,
+    /// Send this (every waiting item, the owner's among them) in one call.
+    Send(Carry),
+}
+
+/// Returns taken for one call, under the number to report its outcome with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Carry {
+    pub call: u64,
+    pub returns: Returns,
+}
+
+impl Outbox {
+    fn put(&mut self, item: Item) -> u64 {
+        let id = self.next_id;
+        self.next_id = self.next_id.wrapping_add(1);
+        self.entries.push(Entry {
+            id,
+            item,
+            sending: Sending::Waiting,
+        });
+        id
+    }
+
+    /// Takes every waiting item for one call; `None` when nothing waits.
+    pub fn take(&mut self, now_ms: u64) -> Option<Carry> {
+        let call = self.next_call;
+        let mut returns = Returns::default();
+        for entry in &mut self.entries {
+            if entry.sending != Sending::Waiting {
+                continue;
+            }
+            entry.sending = Sending::Carried {
+                call,
+                since_ms: now_ms,
+            };
+            match entry.item {
+                Item::Settle(settled) => returns.settle.push(settled),
+                Item::Release(ticket) => returns.release.push(ticket),
+            }
+        }
+        if returns.is_empty() {
+            return None;
+        }
+        self.next_call = self.next_call.wrapping_add(1);
+        Some(Carry { call, returns })
+    }
+
+    /// The object took call `call`'s returns.
+    pub fn delivered(&mut self, call: u64) {
+        self.entries
+            .retain(|e| !matches!(e.sending, Sending::Carried { call: c, .. } if c == call));
+    }
+
+    /// Call `call` failed or was dropped: its items wait again.
+    pub fn failed(&mut self, call: u64) {
+        for entry in &mut self.entries {
+            if matches!(entry.sending, Sending::Carried { call: c, .. } if c == call) {
+                entry.sending = Sending::Waiting;
+            }
+        }
+    }
+
+    /// What the owner of `ids` does at `now_ms`. A call that has carried items for longer
+    /// than [`CARRY_TIMEOUT_MS`] is taken for lost first.
+    pub fn owner_step(&mut self, ids: &[u64], now_ms: u64) -> OwnerStep {
+        for entry in &mut self.entries {
+            if let Sending::Carried { since_ms, .. } = entry.sending {
+                if now_ms.saturating_sub(since_ms) >= CARRY_TIMEOUT_MS {
+                    entry.sending = Sending::Waiting;
+                }
+            }
+        }
+        let mine = self.entries.iter().filter(|e| ids.contains(&e.id));
+        let mut any = false;
+        let mut waiting = false;
+        for entry in mine {
+            any = true;
+            waiting |= entry.sending == Sending::Waiting;
+        }
+        match (any, waiting) {
+            (false, _) => OwnerStep::Done,
+            (true, false) => OwnerStep::Wait,
+            (true, true) => self.take(now_ms).map_or(OwnerStep::Wait, OwnerStep::Send),
+        }
+    }
+
+    /// The owner gives up on `ids`; how many were still there.
+    pub fn abandon(&mut self, ids: &[u64]) -> usize {
+        let before = self.entries.len();
+        self.entries.retain(|e| !ids.contains(&e.id));
+        before - self.entries.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Held {
+    ticket: Ticket,
+    grant: u64,
+    usable_until_ms: u64,
+}
+
+/// One caller's credit in one isolate: its tickets, the limits they were granted under, the
+/// snapshot that came with them (for the answers' headers), how busy the caller is here, and
+/// what waits to go back.
+#[derive(Debug)]
+pub struct Credit {
+    limits: TierLimits,
+    held: Vec<Held>,
+    status: Vec<DimensionStatus>,
+    status_ms: u64,
+    arrivals: Arrivals,
+    /// The size of the tickets asked for: the last request that asked its object.
+    size: Option<AdmissionRequest>,
+    /// A call that may bring tickets is on its way: no other asks for more meanwhile.
+    asking: bool,
+    next_grant: u64,
+    last_seen_ms: u64,
+    pub outbox: Outbox,
+}
+
+/// A request admitted from the isolate's credit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalAdmission {
+    pub reservation: Reservation,
+    /// The caller's limits as of the grant the ticket came with, and that grant's time.
+    pub status: Vec<DimensionStatus>,
+    pub status_ms: u64,
+    /// Ask the object for this many more tickets now, off the request's path.
+    pub refill: Option<u32>,
+}
+
+impl Credit {
+    #[must_use]
+    pub fn new(limits: TierLimits) -> Credit {
+        Credit {
+            limits,
+            held: Vec::new(),
+            status: Vec::new(),
+            status_ms: 0,
+            arrivals: Arrivals::default(),
+            size: None,
+            asking: false,
+            next_grant: 0,
+            last_seen_ms: 0,
+            outbox: Outbox::default(),
+        }
+    }
+
+    /// A request arrives at `now_ms` with `limits`: counted, and tickets granted under other
+    /// limits become unusable (they go back when their grant's time is up).
+    pub fn arrive(&mut self, limits: TierLimits, now_ms: u64) {
+        if limits != self.limits {
+            self.limits = limits;
+            for held in &mut self.held {
+                held.usable_until_ms = 0;
+            }
+        }
+        self.arrivals.count(now_ms);
+        self.last_seen_ms = self.last_seen_ms.max(now_ms);
+    }
+
+    /// Tickets to ask for with an admission at `now_ms`: about as many requests as are
+    /// expected here within [`CREDIT_VALID_MS`], none for a quiet caller or while another
+    /// call may bring some.
+    #[must_use]
+    pub fn wanted(&self, now_ms: u64) -> u32 {
+        let expected = self.arrivals.expected(now_ms).min(MAX_CREDIT_TICKETS);
+        if self.asking || expected < MIN_CREDIT_TICKETS {
+            0
+        } else {
+            expected
+        }
+    }
+
+    /// Admits `request` from a ticket that covers it, if one is usable at `now_ms`. When few
+    /// tickets are left, the answer asks for a refill (and counts it as on its way).
+    pub fn take(&mut self, request: &AdmissionRequest, now_ms: u64) -> Option<LocalAdmission> {
+        let input = ticket_cost(&self.limits, request, Dimension::InputTpm);
+        let output = ticket_cost(&self.limits, request, Dimension::OutputTpm);
+        let index = self.held.iter().position(|held| {
+            held.usable_until_ms > now_ms
+                && held.ticket.reservation.input_tokens >= input
+                && held.ticket.reservation.output_tokens >= output
+        })?;
+        let held = self.held.remove(index);
+        let wanted = self.wanted(now_ms);
+        let usable = self
+            .held
+            .iter()
+            .filter(|h| h.usable_until_ms > now_ms)
+            .count();
+        let refill = (wanted > 0 && usable <= (wanted / 2) as usize).then_some(wanted);
+        if refill.is_some() {
+            self.asking = true;
+        }
+        Some(LocalAdmission {
+            reservation: held.ticket.reservation,
+            status: self.status.clone(),
+            status_ms: self.status_ms,
+            refill,
+        })
+    }
+
+    /// The request that asks its object at `now_ms`: how many tickets to ask for with it (the
+    /// call is then counted as on its way), and the returns it carries.
+    pub fn ask(&mut self, request: &AdmissionRequest, now_ms: u64) -> (u32, Option<Carry>) {
+        let wanted = self.wanted(now_ms);
+        if wanted > 0 {
+            self.asking = true;
+            self.size = Some(*request);
+        }
+        (wanted, self.outbox.take(now_ms))
+    }
+
+    /// The size of the tickets a refill asks for.
+    #[must_use]
+    pub fn ticket_size(&self) -> Option<AdmissionRequest> {
+        self.size
+    }
+
+    /// The call counted as on its way has come back (or failed).
+    pub fn answered(&mut self) {
+        self.asking = false;
+    }
+
+    /// Keeps the tickets of a grant received at `now_ms`, with the caller's limits as the
+    /// object saw them (`status` at `status_ms`). The grant's number, for [`Credit::expire`].
+    pub fn granted(
+        &mut self,
+        tickets: &[Ticket],
+        status: Vec<DimensionStatus>,
+        status_ms: u64,
+        now_ms: u64,
+    ) -> u64 {
+        let grant = self.next_grant;
+        self.next_grant = self.next_grant.wrapping_add(1);
+        let usable_until_ms = now_ms.saturating_add(CREDIT_VALID_MS);
+        self.held.extend(tickets.iter().map(|&ticket| Held {
+            ticket,
+            grant,
+            usable_until_ms,
+        }));
+        self.status = status;
+        self.status_ms = status_ms;
+        grant
+    }
+
+    /// Grant `grant`'s time is up: its unused tickets go to the outbox, to be given back.
+    /// Their ids, owned by the caller of this.
+    pub fn expire(&mut self, grant: u64) -> Vec<u64> {
+        let (expired, kept): (Vec<Held>, Vec<Held>) =
+            self.held.drain(..).partition(|held| held.grant == grant);
+        self.held = kept;
+        expired
+            .into_iter()
+            .map(|held| self.outbox.put(Item::Release(held.ticket)))
+            .collect()
+    }
+
+    /// Puts the settlement of a request admitted on credit in the outbox; its id.
+    pub fn defer(&mut self, settled: Settled) -> u64 {
+        self.outbox.put(Item::Settle(settled))
+    }
+
+    /// Nothing held, nothing to send, and not seen for a minute.
+    #[must_use]
+    pub fn is_idle(&self, now_ms: u64) -> bool {
+        self.held.is_empty()
+            && self.outbox.is_empty()
+            && !self.asking
+            && now_ms.saturating_sub(self.last_seen_ms) >= 60_000
+    }
+
+    /// Unused tickets held, usable or not.
+    #[must_use]
+    pub fn tickets_held(&self) -> usize {
+        self.held.len()
+    }
+}
+
+/// Every caller's credit in one isolate, by identity fingerprint.
+#[derive(Debug, Default)]
+pub struct Credits {
+    by_caller: HashMap<String, Credit>,
+}
+
+impl Credits {
+    /// The credit of `identity`, made when missing. Past [`MAX_CREDIT_CALLERS`], idle callers
+    /// are forgotten first.
+    pub fn of(&mut self, identity: &str, limits: TierLimits, now_ms: u64) -> &mut Credit {
+        if !self.by_caller.contains_key(identity) && self.by_caller.len() >= MAX_CREDIT_CALLERS {
+            self.by_caller.retain(|_, credit| !credit.is_idle(now_ms));
+        }
+        self.by_caller
+            .entry(identity.to_string())
+            .or_insert_with(|| Credit::new(limits))
+    }
+
+    /// The credit of `identity`, if any.
+    pub fn get(&mut self, identity: &str) -> Option<&mut Credit> {
+        self.by_caller.get_mut(identity)
+    }
+
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.by_caller.len()
+    }
+
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.by_caller.is_empty()
+    }
+}
