@@ -25,6 +25,7 @@ use serde::{Deserialize, Serialize};
 
 use super::state::{
     Admission, AdmissionRequest, Dimension, DimensionStatus, LimiterState, Reservation, Usage,
+    MIN_LEASE_RECORDS,
 };
 use crate::config::TierLimits;
 
@@ -118,8 +119,8 @@ impl LimiterState {
     }
 
     /// Grants up to `wanted` tickets the size of `ticket` (at most [`MAX_CREDIT_TICKETS`]),
-    /// none when the caller is near a limit: each takes at most 1/[`CREDIT_SHARE`] of what
-    /// remains in every dimension, and of the room for lease records. Every ticket is an
+    /// none when the caller is near a limit: they take at most 1/[`CREDIT_SHARE`] of what
+    /// remains in every dimension, and half the room for lease records. Every ticket is an
     /// admission of the state, so nothing here can admit more than `admit` does.
     pub fn grant(
         &mut self,
@@ -138,8 +139,13 @@ impl LimiterState {
                 count = count.min(status.remaining / cost.saturating_mul(CREDIT_SHARE));
             }
         }
-        let room = u64::try_from(self.lease_room(limits)).unwrap_or(u64::MAX);
-        count = count.min(room / 2);
+        // Tickets leave half the room for lease records, and never its last
+        // `MIN_LEASE_RECORDS / 2`, to the requests admitted one by one: an admission that
+        // finds the records full drops one, whose refund is then lost.
+        let room = self
+            .lease_room(limits)
+            .saturating_sub(MIN_LEASE_RECORDS / 2);
+        count = count.min(u64::try_from(room / 2).unwrap_or(u64::MAX));
         let requests = u64::from(limits.rpm.is_some());
         let mut tickets = Vec::new();
         for _ in 0..count {
@@ -185,7 +191,9 @@ impl Arrivals {
     fn expected(&self, now_ms: u64) -> u32 {
         let mut view = *self;
         view.roll(now_ms);
-        let into = now_ms.saturating_sub(view.window_start_ms).min(CREDIT_VALID_MS);
+        let into = now_ms
+            .saturating_sub(view.window_start_ms)
+            .min(CREDIT_VALID_MS);
         let carried = u64::from(view.previous) * (CREDIT_VALID_MS - into) / CREDIT_VALID_MS;
         u32::try_from(carried)
             .unwrap_or(u32::MAX)
@@ -461,18 +469,21 @@ impl Credit {
         self.asking = false;
     }
 
-    /// Keeps the tickets of a grant received at `now_ms`, with the caller's limits as the
-    /// object saw them (`status` at `status_ms`). The grant's number, for [`Credit::expire`].
+    /// Keeps the tickets of a grant asked for at `asked_ms` (when the call that brought them
+    /// left, on the isolate's clock), with the caller's limits as the object saw them
+    /// (`status` at `status_ms`). They are usable until [`CREDIT_VALID_MS`] after `asked_ms`,
+    /// so within that long of their grant however late the answer came, and so well inside
+    /// their leases. The grant's number, for [`Credit::expire`].
     pub fn granted(
         &mut self,
         tickets: &[Ticket],
         status: Vec<DimensionStatus>,
         status_ms: u64,
-        now_ms: u64,
+        asked_ms: u64,
     ) -> u64 {
         let grant = self.next_grant;
         self.next_grant = self.next_grant.wrapping_add(1);
-        let usable_until_ms = now_ms.saturating_add(CREDIT_VALID_MS);
+        let usable_until_ms = asked_ms.saturating_add(CREDIT_VALID_MS);
         self.held.extend(tickets.iter().map(|&ticket| Held {
             ticket,
             grant,

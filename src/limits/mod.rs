@@ -26,16 +26,16 @@ mod settle;
 mod state;
 
 #[cfg(test)]
+mod credit_properties;
+#[cfg(test)]
 mod properties;
 
-pub use headers::{anthropic_headers, limit_headers, rate_limit_headers, rfc3339_utc};
 pub use credit::{
-    Carry, Credit, Credits, LocalAdmission, OwnerStep, Returns, Settled, Ticket,
-    CREDIT_VALID_MS, MAX_CREDIT_TICKETS, SETTLE_DELAY_MS,
+    Carry, Credit, Credits, LocalAdmission, OwnerStep, Returns, Settled, Ticket, CREDIT_VALID_MS,
+    MAX_CREDIT_TICKETS, SETTLE_DELAY_MS,
 };
-pub use object::{
-    AdmitReply, CallerUsage, LimiterCall, LimiterObject, LimiterReply, RefillReply,
-};
+pub use headers::{anthropic_headers, limit_headers, rate_limit_headers, rfc3339_utc};
+pub use object::{AdmitReply, CallerUsage, LimiterCall, LimiterObject, LimiterReply, RefillReply};
 pub use settle::{settlement_usage, Answered};
 pub use state::{
     Admission, AdmissionRequest, Denial, Dimension, DimensionStatus, LimiterState, NeverFits,

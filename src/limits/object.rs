@@ -142,6 +142,14 @@ pub struct LimiterObject {
     confirmed: bool,
 }
 
+impl LimiterObject {
+    /// The caller's limiter state, for the tests' ledgers.
+    #[cfg(test)]
+    pub(crate) fn limiter(&self) -> &LimiterState {
+        &self.limiter
+    }
+}
+
 impl ObjectState for LimiterObject {
     type Call = LimiterCall;
     type Reply = LimiterReply;

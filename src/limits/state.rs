@@ -758,6 +758,14 @@ impl LimiterState {
         [self.requests, self.input, self.output]
     }
 
+    /// The levels as of `now_ms`, refilled as a decision then would.
+    #[cfg(test)]
+    pub(crate) fn levels_at(&self, limits: &TierLimits, now_ms: u64) -> [Level; 3] {
+        let mut state = self.clone();
+        state.advance(limits, now_ms);
+        state.levels()
+    }
+
     #[cfg(test)]
     pub(crate) fn lease_records(&self) -> usize {
         self.leases.len()

@@ -22,8 +22,8 @@ use crate::limits::{
     Usage, CREDIT_VALID_MS, RENEW_EVERY_MS, SETTLE_DELAY_MS, STREAM_LEASE_MS, WAITING_LEASE_MS,
     WAITING_RENEW_EVERY_MS,
 };
-use crate::shell::runtime::now_ms;
 use crate::request::body::BodyFacts;
+use crate::shell::runtime::now_ms;
 use crate::shell::runtime::sleep_ms;
 use crate::stream::tap::{Progress, Report, Seen};
 
@@ -110,7 +110,7 @@ pub async fn admit(
     if on_credit {
         let status = reply.status.clone();
         let granted = with_credit(identity_hash, limits, |c| {
-            c.granted(&reply.tickets, status, reply.now_ms, now_ms())
+            c.granted(&reply.tickets, status, reply.now_ms, now)
         });
         if let Some(grant) = granted {
             let identity = identity_hash.to_string();
@@ -127,7 +127,11 @@ thread_local! {
 
 /// Runs `f` on the credit of `identity` (made when missing); `None` when the isolate's table
 /// is out of reach (torn down).
-fn with_credit<R>(identity: &str, limits: TierLimits, f: impl FnOnce(&mut Credit) -> R) -> Option<R> {
+fn with_credit<R>(
+    identity: &str,
+    limits: TierLimits,
+    f: impl FnOnce(&mut Credit) -> R,
+) -> Option<R> {
     CREDITS
         .try_with(|credits| {
             let mut credits = credits.try_borrow_mut().ok()?;
@@ -198,7 +202,8 @@ impl Drop for OnItsWay {
 /// what waits in the outbox; the tickets are given back when their time is up.
 async fn refill(env: Env, identity: String, limits: TierLimits, wanted: u32) {
     let now = now_ms();
-    let Some((size, carry)) = with_credit(&identity, limits, |c| (c.ticket_size(), c.outbox.take(now)))
+    let Some((size, carry)) =
+        with_credit(&identity, limits, |c| (c.ticket_size(), c.outbox.take(now)))
     else {
         return;
     };
@@ -219,7 +224,7 @@ async fn refill(env: Env, identity: String, limits: TierLimits, wanted: u32) {
         return;
     }
     let granted = with_credit(&identity, limits, |c| {
-        c.granted(&reply.tickets, reply.status, reply.now_ms, now_ms())
+        c.granted(&reply.tickets, reply.status, reply.now_ms, now)
     });
     if let Some(grant) = granted {
         expire_later(env, identity, limits, grant).await;
