@@ -43,8 +43,12 @@ pub const MIN_CREDIT_TICKETS: u32 = 3;
 pub const CREDIT_SHARE: u64 = 8;
 
 /// How long the settlement of a request admitted on credit waits for another call to carry
-/// it before its owner sends it.
+/// it before the caller's flusher sends it.
 pub const SETTLE_DELAY_MS: u64 = 250;
+
+/// How long one flusher keeps the settlements of a caller moving before it hands over to the
+/// next settlement that waits (a `wait_until` is not meant to last).
+pub const FLUSHER_LIFE_MS: u64 = 10_000;
 
 /// A call that carried returns and has not come back after this long is taken for lost: its
 /// returns are sent again (the object's call timeout is 10 s).
@@ -223,9 +227,10 @@ struct Entry {
     sending: Sending,
 }
 
-/// What goes back to the object, until a call has carried it there. Every item has one
-/// owner (the settlement that put it, or the grant whose tickets expired), which sends it if
-/// no other call took it in time; a call that fails or is dropped puts its items back.
+/// What goes back to the object, until a call has carried it there. Every item has an owner
+/// that sends it if no other call took it in time: the grant whose tickets expired owns their
+/// return, and the caller's one flusher owns every settlement. A call that fails or is
+/// dropped puts its items back.
 #[derive(Debug, Default)]
 pub struct Outbox {
     entries: Vec<Entry>,
@@ -326,6 +331,17 @@ impl Outbox {
         }
     }
 
+    /// What the flusher does at `now_ms`: as [`Outbox::owner_step`], for every settlement.
+    fn flush_step(&mut self, now_ms: u64) -> OwnerStep {
+        let ids: Vec<u64> = self
+            .entries
+            .iter()
+            .filter(|e| matches!(e.item, Item::Settle(_)))
+            .map(|e| e.id)
+            .collect();
+        self.owner_step(&ids, now_ms)
+    }
+
     /// The owner gives up on `ids`; how many were still there.
     pub fn abandon(&mut self, ids: &[u64]) -> usize {
         let before = self.entries.len();
@@ -359,6 +375,8 @@ pub struct Credit {
     size: Option<AdmissionRequest>,
     /// A call that may bring tickets is on its way: no other asks for more meanwhile.
     asking: bool,
+    /// A flusher sees the settlements delivered.
+    flusher: bool,
     next_grant: u64,
     last_seen_ms: u64,
     pub outbox: Outbox,
@@ -386,6 +404,7 @@ impl Credit {
             arrivals: Arrivals::default(),
             size: None,
             asking: false,
+            flusher: false,
             next_grant: 0,
             last_seen_ms: 0,
             outbox: Outbox::default(),
@@ -506,9 +525,28 @@ impl Credit {
             .collect()
     }
 
-    /// Puts the settlement of a request admitted on credit in the outbox; its id.
-    pub fn defer(&mut self, settled: Settled) -> u64 {
-        self.outbox.put(Item::Settle(settled))
+    /// Puts the settlement of a request admitted on credit in the outbox. Whether the caller
+    /// of this becomes the flusher (there was none): it then calls [`Credit::flush_step`]
+    /// after [`SETTLE_DELAY_MS`], and on until it is told it is done.
+    pub fn defer(&mut self, settled: Settled) -> bool {
+        self.outbox.put(Item::Settle(settled));
+        !std::mem::replace(&mut self.flusher, true)
+    }
+
+    /// The flusher's next step at `now_ms`; when it is [`OwnerStep::Done`] (no settlement
+    /// left) there is no flusher any more.
+    pub fn flush_step(&mut self, now_ms: u64) -> OwnerStep {
+        let step = self.outbox.flush_step(now_ms);
+        if step == OwnerStep::Done {
+            self.flusher = false;
+        }
+        step
+    }
+
+    /// The flusher stopped (it gave up, handed over or was dropped): the next settlement
+    /// deferred becomes the flusher.
+    pub fn flusher_gone(&mut self) {
+        self.flusher = false;
     }
 
     /// Nothing held, nothing to send, and not seen for a minute.
@@ -517,6 +555,7 @@ impl Credit {
         self.held.is_empty()
             && self.outbox.is_empty()
             && !self.asking
+            && !self.flusher
             && now_ms.saturating_sub(self.last_seen_ms) >= 60_000
     }
 

@@ -150,7 +150,8 @@ struct Request {
 
 struct Owner {
     isolate: usize,
-    ids: Vec<u64>,
+    /// The returns it owns; `None`: the caller's flusher (every settlement).
+    ids: Option<Vec<u64>>,
     at_ms: u64,
 }
 
@@ -544,12 +545,13 @@ impl World {
             confirms: true,
         };
         if request.on_credit {
-            let id = self.credit(request.isolate).defer(settled);
-            self.owners.push(Owner {
-                isolate: request.isolate,
-                ids: vec![id],
-                at_ms: self.now + SETTLE_DELAY_MS,
-            });
+            if self.credit(request.isolate).defer(settled) {
+                self.owners.push(Owner {
+                    isolate: request.isolate,
+                    ids: None,
+                    at_ms: self.now + SETTLE_DELAY_MS,
+                });
+            }
         } else {
             let call = LimiterCall::Settle {
                 limits: self.limits,
@@ -571,7 +573,7 @@ impl World {
             if !ids.is_empty() {
                 self.owners.push(Owner {
                     isolate: expiry.isolate,
-                    ids,
+                    ids: Some(ids),
                     at_ms: now,
                 });
             }
@@ -582,11 +584,12 @@ impl World {
                 self.owners.push(owner);
                 continue;
             }
-            match self
-                .credit(owner.isolate)
-                .outbox
-                .owner_step(&owner.ids, now)
-            {
+            let credit = self.credit(owner.isolate);
+            let step = match &owner.ids {
+                Some(ids) => credit.outbox.owner_step(ids, now),
+                None => credit.flush_step(now),
+            };
+            match step {
                 OwnerStep::Done => continue,
                 OwnerStep::Wait => {}
                 OwnerStep::Send(Carry { call, returns }) => {

@@ -139,8 +139,12 @@ async fn handle(
     )
     .await;
     exchange.upstream_request_id = upstream.request_id.take();
-    // The answer's usage is watched for the settlement, and for metrics when they are kept.
-    let tap = admitted.is_some() || metrics::bound(env);
+    // The answer's usage is watched for the settlement (unless nothing it settles depends on
+    // the answer), and for metrics when they are kept.
+    let tap = admitted
+        .as_ref()
+        .is_some_and(|a| a.limits.settles_on_the_answer())
+        || metrics::bound(env);
     let mut delivered = answer.and_then(|a| transport::deliver(a, tap, policy.attempt_timeout_ms));
     if let Some(admitted) = admitted {
         let (usage_to, usage) = oneshot::channel();

@@ -19,8 +19,8 @@ use crate::error::ProxyError;
 use crate::limits::{
     limit_headers, settlement_usage, Admission, AdmissionRequest, AdmitReply, Answered, Carry,
     Credit, Credits, LimiterCall, LimiterObject, OwnerStep, RefillReply, Reservation, Settled,
-    Usage, CREDIT_VALID_MS, RENEW_EVERY_MS, SETTLE_DELAY_MS, STREAM_LEASE_MS, WAITING_LEASE_MS,
-    WAITING_RENEW_EVERY_MS,
+    Usage, CREDIT_VALID_MS, FLUSHER_LIFE_MS, RENEW_EVERY_MS, SETTLE_DELAY_MS, STREAM_LEASE_MS,
+    WAITING_LEASE_MS, WAITING_RENEW_EVERY_MS,
 };
 use crate::request::body::BodyFacts;
 use crate::shell::runtime::now_ms;
@@ -281,6 +281,45 @@ async fn deliver(env: &Env, identity: &str, limits: TierLimits, ids: &[u64], wai
     }
 }
 
+/// The caller's flusher: after [`SETTLE_DELAY_MS`], and then every [`OWNER_TICK_MS`], sends
+/// the settlements that no other call has carried, until none is left. It hands over after
+/// [`FLUSHER_LIFE_MS`] (or three failed calls): the next settlement deferred becomes the
+/// flusher, and finds what is left.
+async fn flush(env: &Env, identity: &str, limits: TierLimits) {
+    struct Flusher<'a>(&'a str);
+    impl Drop for Flusher<'_> {
+        fn drop(&mut self) {
+            with_existing(self.0, Credit::flusher_gone);
+        }
+    }
+    let _flusher = Flusher(identity);
+    sleep_ms(SETTLE_DELAY_MS).await;
+    let started = now_ms();
+    let mut failures = 0;
+    loop {
+        match with_existing(identity, |c| c.flush_step(now_ms())) {
+            None | Some(OwnerStep::Done) => return,
+            Some(OwnerStep::Wait) => {}
+            Some(OwnerStep::Send(carry)) => {
+                if send_returns(env, identity, limits, carry).await {
+                    continue;
+                }
+                failures += 1;
+            }
+        }
+        if failures >= 3 || now_ms().saturating_sub(started) >= FLUSHER_LIFE_MS {
+            if failures >= 3 {
+                worker::console_error!(
+                    "{}",
+                    serde_json::json!({"event": "settle_failed", "identity": identity, "error": "settlements not delivered; left for the next flusher"})
+                );
+            }
+            return;
+        }
+        sleep_ms(OWNER_TICK_MS).await;
+    }
+}
+
 /// One call that hands back `carry`; whether the object took it.
 async fn send_returns(env: &Env, identity: &str, limits: TierLimits, carry: Carry) -> bool {
     let on_its_way = OnItsWay::new(identity, Some(carry.call), false);
@@ -437,7 +476,8 @@ async fn renew_for(
 /// Settles the reservation once the answer is over, off the client's path. `confirms`: the
 /// caller is known to the upstream (managed, or its key was just accepted), so its object
 /// may store its state. A request admitted `on_credit` leaves its settlement for the next
-/// call to the object to carry, and sends it itself after [`SETTLE_DELAY_MS`] if none did.
+/// call to the object to carry; the caller's flusher (see [`flush`]) sends it after
+/// [`SETTLE_DELAY_MS`] if none did.
 /// The usage settled with also goes to `usage_to`.
 #[allow(clippy::too_many_arguments)]
 pub fn settle_later(
@@ -467,9 +507,11 @@ pub fn settle_later(
         let _ = usage_to.send(usage);
         if on_credit {
             let settled = Settled { reservation, usage, confirms };
-            if let Some(id) = with_credit(&identity_hash, limits, |c| c.defer(settled)) {
-                deliver(&env, &identity_hash, limits, &[id], SETTLE_DELAY_MS).await;
-                return;
+            match with_credit(&identity_hash, limits, |c| c.defer(settled)) {
+                Some(true) => return flush(&env, &identity_hash, limits).await,
+                // The caller's flusher will see to it.
+                Some(false) => return,
+                None => {}
             }
         }
         let call = LimiterCall::Settle { limits, reservation, usage, confirms };
