@@ -32,7 +32,7 @@ mod properties;
 
 pub use credit::{
     Carry, Credit, Credits, LocalAdmission, OwnerStep, Returns, Settled, Ticket, CREDIT_VALID_MS,
-    MAX_CREDIT_TICKETS, SETTLE_DELAY_MS,
+    FLUSHER_LIFE_MS, MAX_CREDIT_TICKETS, SETTLE_DELAY_MS,
 };
 pub use headers::{anthropic_headers, limit_headers, rate_limit_headers, rfc3339_utc};
 pub use object::{AdmitReply, CallerUsage, LimiterCall, LimiterObject, LimiterReply, RefillReply};
