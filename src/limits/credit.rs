@@ -14,7 +14,8 @@
 //!
 //! Near a limit nothing is granted (a grant takes at most 1/[`CREDIT_SHARE`] of what remains in
 //! any dimension), so there every request asks its object and settles at once, as without
-//! credit. A ticket is an admission at the instant of its grant, as a request waiting in its
+//! credit. A settlement that charges more than was reserved (a prompt written to the cache)
+//! goes at once too, and the isolate stops admitting on the tickets it holds. A ticket is an admission at the instant of its grant, as a request waiting in its
 //! backoff or pacing was admitted before it goes: the window bound holds for admissions, and
 //! a ticket is used at most [`CREDIT_VALID_MS`] after its grant. An isolate that dies loses its
 //! tickets: their slots end with their leases and their charges stay, which never admits more.
@@ -78,6 +79,20 @@ pub struct Settled {
 
 fn yes() -> bool {
     true
+}
+
+impl Settled {
+    /// Whether the request used more than it reserved in a dimension `limits` count (a
+    /// prompt written to the cache, say): the caller may now be in debt, which tickets granted
+    /// before could not know, so the settlement goes at once and the isolate stops admitting
+    /// on credit (see [`Credit::stop_admitting`]).
+    #[must_use]
+    pub fn charges_extra(&self, limits: &TierLimits) -> bool {
+        let over = |used: Option<u64>, reserved: u64| used.is_some_and(|used| used > reserved);
+        (limits.input_tpm.is_some() && over(self.usage.input_tokens, self.reservation.input_tokens))
+            || (limits.output_tpm.is_some()
+                && over(self.usage.output_tokens, self.reservation.output_tokens))
+    }
 }
 
 /// What a call hands back to the object on its way: settlements, then unused tickets.
@@ -549,6 +564,13 @@ impl Credit {
         self.flusher = false;
     }
 
+    /// No ticket held admits anything any more (they go back when their grant's time is up).
+    pub fn stop_admitting(&mut self) {
+        for held in &mut self.held {
+            held.usable_until_ms = 0;
+        }
+    }
+
     /// Nothing held, nothing to send, and not seen for a minute.
     #[must_use]
     pub fn is_idle(&self, now_ms: u64) -> bool {
@@ -597,5 +619,291 @@ impl Credits {
     #[must_use]
     pub fn is_empty(&self) -> bool {
         self.by_caller.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::num::NonZeroU32;
+
+    use super::*;
+
+    const T0: u64 = 1_764_000_000_000;
+
+    fn request(input: u64, output: u64) -> AdmissionRequest {
+        AdmissionRequest {
+            input_tokens: input,
+            output_tokens: output,
+            lease_ms: 15_000,
+        }
+    }
+
+    fn roomy() -> TierLimits {
+        TierLimits {
+            rpm: NonZeroU32::new(10_000),
+            input_tpm: NonZeroU32::new(1_000_000),
+            output_tpm: NonZeroU32::new(1_000_000),
+            concurrency: NonZeroU32::new(1_000),
+        }
+    }
+
+    #[test]
+    fn a_quiet_caller_asks_for_no_credit_and_a_busy_one_for_its_next_second() {
+        let mut credit = Credit::new(roomy());
+        credit.arrive(roomy(), T0);
+        credit.arrive(roomy(), T0 + 10);
+        assert_eq!(credit.wanted(T0 + 10), 0);
+        for i in 0..8 {
+            credit.arrive(roomy(), T0 + 20 + i);
+        }
+        assert_eq!(credit.wanted(T0 + 30), 10);
+        // Half a second into the next window, half of the last one still counts.
+        assert_eq!(credit.wanted(T0 + 1_500), 5);
+        assert_eq!(credit.wanted(T0 + 2_000), 0);
+        for i in 0..100 {
+            credit.arrive(roomy(), T0 + 3_000 + i);
+        }
+        assert_eq!(credit.wanted(T0 + 3_100), MAX_CREDIT_TICKETS);
+        // While a call that may bring tickets is on its way, no other asks.
+        let (wanted, carry) = credit.ask(&request(10, 10), T0 + 3_100);
+        assert_eq!((wanted, carry), (MAX_CREDIT_TICKETS, None));
+        assert_eq!(credit.wanted(T0 + 3_100), 0);
+        credit.answered();
+        assert_eq!(credit.wanted(T0 + 3_100), MAX_CREDIT_TICKETS);
+    }
+
+    #[test]
+    fn a_grant_is_admissions_made_in_advance_and_given_back_whole() {
+        let limits = roomy();
+        let mut state = LimiterState::new();
+        let mut never_granted = LimiterState::new();
+        let first = state.admit(&limits, T0, &request(100, 200));
+        assert_eq!(never_granted.admit(&limits, T0, &request(100, 200)), first);
+        let tickets = state.grant(&limits, T0, &request(100, 200), 12);
+        assert_eq!(tickets.len(), 12);
+        let slots = |state: &LimiterState, at| {
+            state
+                .snapshot(&limits, at)
+                .into_iter()
+                .find(|s| s.dimension == Dimension::Concurrency)
+                .map(|s| s.remaining)
+        };
+        assert_eq!(slots(&state, T0), Some(1_000 - 13));
+        for ticket in &tickets {
+            assert_eq!(ticket.requests, 1);
+            assert_eq!(
+                (
+                    ticket.reservation.input_tokens,
+                    ticket.reservation.output_tokens
+                ),
+                (100, 200)
+            );
+        }
+        // Given back unused a little later: as if they had never been granted.
+        let returns = Returns {
+            settle: Vec::new(),
+            release: tickets.clone(),
+        };
+        state.take_back(&limits, T0 + 300, &returns);
+        assert_eq!(
+            state.levels_at(&limits, T0 + 300),
+            never_granted.levels_at(&limits, T0 + 300)
+        );
+        assert_eq!(
+            state.snapshot(&limits, T0 + 300),
+            never_granted.snapshot(&limits, T0 + 300)
+        );
+        // A second return of the same tickets finds nothing and changes nothing.
+        let before = state.clone();
+        state.take_back(&limits, T0 + 300, &returns);
+        assert_eq!(state, before);
+    }
+
+    #[test]
+    fn near_a_limit_no_ticket_is_granted() {
+        // An eighth of what remains is the most a grant takes, in every dimension.
+        let limits = TierLimits {
+            rpm: NonZeroU32::new(100),
+            concurrency: NonZeroU32::new(16),
+            ..TierLimits::default()
+        };
+        let mut state = LimiterState::new();
+        assert_eq!(state.grant(&limits, T0, &request(0, 0), 16).len(), 2);
+        let tight = TierLimits {
+            rpm: NonZeroU32::new(7),
+            ..TierLimits::default()
+        };
+        assert!(LimiterState::new()
+            .grant(&tight, T0, &request(0, 0), 16)
+            .is_empty());
+        let tokens = TierLimits {
+            output_tpm: NonZeroU32::new(10_000),
+            ..TierLimits::default()
+        };
+        // 1 000 tokens a ticket: one eighth of 10 000 holds one.
+        assert_eq!(
+            LimiterState::new()
+                .grant(&tokens, T0, &request(0, 1_000), 16)
+                .len(),
+            1
+        );
+        assert!(LimiterState::new()
+            .grant(&tokens, T0, &request(0, 1_300), 16)
+            .is_empty());
+    }
+
+    #[test]
+    fn a_ticket_admits_one_request_it_covers_within_its_time() {
+        let limits = roomy();
+        let mut state = LimiterState::new();
+        let tickets = state.grant(&limits, T0, &request(100, 200), 4);
+        let mut credit = Credit::new(limits);
+        credit.arrive(limits, T0);
+        credit.granted(&tickets, state.snapshot(&limits, T0), T0, T0);
+        assert!(
+            credit.take(&request(101, 10), T0).is_none(),
+            "too big for a ticket"
+        );
+        assert!(
+            credit.take(&request(100, 201), T0).is_none(),
+            "too big for a ticket"
+        );
+        let local = credit.take(&request(100, 200), T0 + 1).unwrap();
+        assert_eq!(local.reservation, tickets[0].reservation);
+        assert_eq!(local.status_ms, T0);
+        assert_eq!(
+            credit.take(&request(0, 0), T0 + 2).unwrap().reservation,
+            tickets[1].reservation
+        );
+        assert!(
+            credit.take(&request(0, 0), T0 + CREDIT_VALID_MS).is_none(),
+            "expired"
+        );
+        assert_eq!(credit.tickets_held(), 2);
+        // Other limits: the tickets no longer admit anything.
+        let mut other = Credit::new(limits);
+        other.granted(&tickets, Vec::new(), T0, T0);
+        other.arrive(TierLimits::default(), T0);
+        assert!(other.take(&request(0, 0), T0).is_none());
+        // A settlement that charges more than was reserved stops the rest.
+        let mut spent = Credit::new(limits);
+        spent.granted(&tickets, Vec::new(), T0, T0);
+        let extra = Settled {
+            reservation: tickets[0].reservation,
+            usage: Usage {
+                input_tokens: Some(5_000),
+                output_tokens: Some(1),
+            },
+            confirms: true,
+        };
+        assert!(extra.charges_extra(&limits));
+        assert!(!extra.charges_extra(&TierLimits {
+            input_tpm: None,
+            ..limits
+        }));
+        spent.stop_admitting();
+        assert!(spent.take(&request(0, 0), T0).is_none());
+    }
+
+    #[test]
+    fn when_few_tickets_are_left_one_refill_is_asked_for() {
+        let limits = roomy();
+        let mut state = LimiterState::new();
+        let mut credit = Credit::new(limits);
+        for i in 0..8 {
+            credit.arrive(limits, T0 + i);
+        }
+        let (wanted, _) = credit.ask(&request(1, 1), T0 + 8);
+        assert_eq!(wanted, 8);
+        let tickets = state.grant(&limits, T0 + 8, &request(1, 1), wanted);
+        credit.answered();
+        credit.granted(&tickets, Vec::new(), T0 + 8, T0 + 8);
+        let refills: Vec<Option<u32>> = (0..8)
+            .map(|i| {
+                credit
+                    .take(&request(1, 1), T0 + 9 + i)
+                    .map(|l| l.refill)
+                    .unwrap()
+            })
+            .collect();
+        // Four left after the fourth: one refill, then none while it is on its way.
+        assert_eq!(refills[..3], [None, None, None]);
+        assert!(refills[3].is_some());
+        assert!(refills[4..].iter().all(Option::is_none));
+        assert_eq!(credit.ticket_size(), Some(request(1, 1)));
+    }
+
+    #[test]
+    fn the_outbox_delivers_each_return_once_and_retries_what_was_lost() {
+        let limits = roomy();
+        let mut credit = Credit::new(limits);
+        let settled = |id| Settled {
+            reservation: Reservation {
+                lease_id: id,
+                ..Reservation::NOTHING
+            },
+            usage: Usage::UNKNOWN,
+            confirms: true,
+        };
+        assert!(credit.defer(settled(1)), "the first becomes the flusher");
+        assert!(!credit.defer(settled(2)));
+        // Another call carries both; while it is out, the flusher waits.
+        let carry = credit.outbox.take(T0).unwrap();
+        assert_eq!(carry.returns.settle.len(), 2);
+        assert_eq!(credit.flush_step(T0), OwnerStep::Wait);
+        // It failed: the flusher sends them itself.
+        credit.outbox.failed(carry.call);
+        let OwnerStep::Send(again) = credit.flush_step(T0 + 1) else {
+            panic!("the flusher sends what waits");
+        };
+        assert_eq!(again.returns, carry.returns);
+        credit.outbox.delivered(again.call);
+        assert_eq!(credit.flush_step(T0 + 2), OwnerStep::Done);
+        // Done: the next settlement becomes the flusher again.
+        assert!(credit.defer(settled(3)));
+        // A call that never comes back is taken for lost after a while.
+        let lost = credit.outbox.take(T0 + 3).unwrap();
+        assert_eq!(
+            credit.flush_step(T0 + 3 + CARRY_TIMEOUT_MS - 1),
+            OwnerStep::Wait
+        );
+        let OwnerStep::Send(resent) = credit.flush_step(T0 + 3 + CARRY_TIMEOUT_MS) else {
+            panic!("a lost call's returns are sent again");
+        };
+        assert_eq!(resent.returns, lost.returns);
+        // Its late answer no longer touches the resent ones.
+        credit.outbox.delivered(lost.call);
+        assert_eq!(
+            credit.flush_step(T0 + 4 + CARRY_TIMEOUT_MS),
+            OwnerStep::Wait
+        );
+        credit.outbox.delivered(resent.call);
+        assert_eq!(
+            credit.flush_step(T0 + 5 + CARRY_TIMEOUT_MS),
+            OwnerStep::Done
+        );
+        assert_eq!(credit.outbox.take(T0), None);
+    }
+
+    #[test]
+    fn unused_tickets_go_back_with_their_grant() {
+        let limits = roomy();
+        let mut state = LimiterState::new();
+        let first = state.grant(&limits, T0, &request(1, 1), 3);
+        let second = state.grant(&limits, T0 + 500, &request(1, 1), 2);
+        let mut credit = Credit::new(limits);
+        let a = credit.granted(&first, Vec::new(), T0, T0);
+        let b = credit.granted(&second, Vec::new(), T0, T0 + 500);
+        credit.arrive(limits, T0 + 600);
+        credit.take(&request(1, 1), T0 + 600).unwrap();
+        let ids = credit.expire(a);
+        assert_eq!(ids.len(), 2);
+        assert_eq!(credit.tickets_held(), 2);
+        let OwnerStep::Send(carry) = credit.outbox.owner_step(&ids, T0 + 1_000) else {
+            panic!("expired tickets are sent back");
+        };
+        assert_eq!(carry.returns.release, first[1..].to_vec());
+        assert_eq!(credit.expire(b).len(), 2);
+        assert!(!credit.is_idle(T0 + 100_000));
     }
 }

@@ -544,7 +544,10 @@ impl World {
             usage: request.used,
             confirms: true,
         };
-        if request.on_credit {
+        if settled.charges_extra(&self.limits) {
+            self.credit(request.isolate).stop_admitting();
+        }
+        if request.on_credit && !settled.charges_extra(&self.limits) {
             if self.credit(request.isolate).defer(settled) {
                 self.owners.push(Owner {
                     isolate: request.isolate,

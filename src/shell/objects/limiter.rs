@@ -505,8 +505,11 @@ pub fn settle_later(
         let usage: Usage = settlement_usage(answered);
         // Metrics hear the usage too (nobody listens when they are not kept).
         let _ = usage_to.send(usage);
-        if on_credit {
-            let settled = Settled { reservation, usage, confirms };
+        let settled = Settled { reservation, usage, confirms };
+        if settled.charges_extra(&limits) {
+            // The caller may be in debt now: no more admissions here on what was granted.
+            with_existing(&identity_hash, Credit::stop_admitting);
+        } else if on_credit {
             match with_credit(&identity_hash, limits, |c| c.defer(settled)) {
                 Some(true) => return flush(&env, &identity_hash, limits).await,
                 // The caller's flusher will see to it.
