@@ -595,15 +595,17 @@ pub struct Credits {
 }
 
 impl Credits {
-    /// The credit of `identity`, made when missing. Past [`MAX_CREDIT_CALLERS`], idle callers
-    /// are forgotten first.
-    pub fn of(&mut self, identity: &str, limits: TierLimits, now_ms: u64) -> &mut Credit {
-        if !self.by_caller.contains_key(identity) && self.by_caller.len() >= MAX_CREDIT_CALLERS {
-            self.by_caller.retain(|_, credit| !credit.is_idle(now_ms));
+    /// The credit of `identity`, made when missing (always `Some`). Past
+    /// [`MAX_CREDIT_CALLERS`], idle callers are forgotten first.
+    pub fn of(&mut self, identity: &str, limits: TierLimits, now_ms: u64) -> Option<&mut Credit> {
+        if !self.by_caller.contains_key(identity) {
+            if self.by_caller.len() >= MAX_CREDIT_CALLERS {
+                self.by_caller.retain(|_, credit| !credit.is_idle(now_ms));
+            }
+            self.by_caller
+                .insert(identity.to_string(), Credit::new(limits));
         }
-        self.by_caller
-            .entry(identity.to_string())
-            .or_insert_with(|| Credit::new(limits))
+        self.by_caller.get_mut(identity)
     }
 
     /// The credit of `identity`, if any.

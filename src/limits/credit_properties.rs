@@ -220,7 +220,7 @@ impl World {
 
     fn credit(&mut self, isolate: usize) -> &mut Credit {
         let (limits, now) = (self.limits, self.now);
-        self.isolates[isolate].1.of(CALLER, limits, now)
+        self.isolates[isolate].1.of(CALLER, limits, now).unwrap()
     }
 
     fn send(

@@ -135,7 +135,7 @@ fn with_credit<R>(
     CREDITS
         .try_with(|credits| {
             let mut credits = credits.try_borrow_mut().ok()?;
-            Some(f(credits.of(identity, limits, now_ms())))
+            credits.of(identity, limits, now_ms()).map(f)
         })
         .ok()
         .flatten()
@@ -380,9 +380,12 @@ fn answer(
 }
 
 // `watch` relies on it: the lease a request holds when its answer starts outlasts the
-// first renewal tick.
+// first renewal tick, also when the lease is a ticket's, granted up to `CREDIT_VALID_MS`
+// before the request began.
 const _: () = assert!(
-    crate::limits::WAITING_LEASE_MS - crate::limits::WAITING_RENEW_EVERY_MS
+    crate::limits::WAITING_LEASE_MS
+        - crate::limits::WAITING_RENEW_EVERY_MS
+        - crate::limits::CREDIT_VALID_MS
         > 2 * crate::limits::RENEW_EVERY_MS
 );
 
