@@ -159,11 +159,11 @@ impl LimiterState {
             }
         }
         // Tickets leave half the room for lease records, and never its last
-        // `MIN_LEASE_RECORDS / 2`, to the requests admitted one by one: an admission that
+        // `MIN_LEASE_RECORDS / 8`, to the requests admitted one by one: an admission that
         // finds the records full drops one, whose refund is then lost.
         let room = self
             .lease_room(limits)
-            .saturating_sub(MIN_LEASE_RECORDS / 2);
+            .saturating_sub(MIN_LEASE_RECORDS / 8);
         count = count.min(u64::try_from(room / 2).unwrap_or(u64::MAX));
         let requests = u64::from(limits.rpm.is_some());
         let mut tickets = Vec::new();

@@ -42,9 +42,11 @@ pub const CONCURRENCY_RETRY_CAP_MS: u64 = 1_000;
 pub const LEASE_MEMORY_MS: u64 = 15 * 60_000;
 
 /// Lease records kept at least, whatever the concurrency limit (more when the limit is
-/// higher). When full, the record dropped first is the earliest expired one, so a limited
+/// higher): room for a hot caller's requests in flight, the settlements on their way and the
+/// tickets its isolates hold (`limits::credit`), at some 100 bytes each of a state rewritten on
+/// every call. When full, the record dropped first is the earliest expired one, so a limited
 /// caller never loses an active lease; a dropped record's settlement only charges extra usage.
-pub const MIN_LEASE_RECORDS: usize = 64;
+pub const MIN_LEASE_RECORDS: usize = 256;
 
 pub use crate::durable::MAX_CLOCK_LEAD_MS;
 
