@@ -10,15 +10,16 @@
 //! object — the settlements of requests admitted on credit, the tickets left unused when their
 //! time is up (returned whole: the request, the tokens and the slot, as if never granted) —
 //! waits in the isolate's [`Outbox`] and rides on the next call to the object, or is sent by
-//! its owner once its short wait ([`SETTLE_DELAY_MS`]) is over.
+//! its owner (the caller's flusher, after [`SETTLE_DELAY_MS`]; the grant, for its tickets).
 //!
 //! Near a limit nothing is granted (a grant takes at most 1/[`CREDIT_SHARE`] of what remains in
 //! any dimension), so there every request asks its object and settles at once, as without
 //! credit. A settlement that charges more than was reserved (a prompt written to the cache)
-//! goes at once too, and the isolate stops admitting on the tickets it holds. A ticket is an admission at the instant of its grant, as a request waiting in its
-//! backoff or pacing was admitted before it goes: the window bound holds for admissions, and
-//! a ticket is used at most [`CREDIT_VALID_MS`] after its grant. An isolate that dies loses its
-//! tickets: their slots end with their leases and their charges stay, which never admits more.
+//! goes at once too, and the isolate stops admitting on the tickets it holds. A ticket is an
+//! admission at the instant of its grant, as a request waiting in its backoff or pacing was
+//! admitted before it goes: the window bound holds for admissions, and a ticket is used at
+//! most [`CREDIT_VALID_MS`] after its grant. An isolate that dies loses its tickets: their
+//! slots end with their leases and their charges stay, which never admits more.
 
 use std::collections::HashMap;
 

@@ -1,9 +1,12 @@
 //! The caller's rate limits: its Durable Object (one per identity, named by a fingerprint of
 //! the identity, never by a key), admission before forwarding and settlement after the answer.
 //!
-//! Admission is on the request's path (one round trip); settlement is not: it runs under
-//! `wait_until` once the answer's body has passed through, so the client never waits for it,
-//! and exactly once whether the body ended, failed or the client went away.
+//! Admission is on the request's path (one round trip, or none when the isolate holds credit
+//! for the caller: `limits::credit`); settlement is not: it runs under `wait_until` once the
+//! answer's body has passed through, so the client never waits for it, and exactly once
+//! whether the body ended, failed or the client went away. On credit, the settlement and the
+//! unused tickets wait for the next call to carry them; every call here is made by the request
+//! (or its `wait_until`) that needs it, and nothing is ever woken from another request's call.
 
 use std::cell::RefCell;
 use std::pin::pin;
