@@ -104,6 +104,12 @@ impl TierLimits {
             && self.output_tpm.is_none()
             && self.concurrency.is_none()
     }
+
+    /// Whether a settlement needs to see the answer: its usage (token limits) or its end
+    /// (a concurrency slot is held until the body has passed). With `rpm` alone, neither.
+    pub fn settles_on_the_answer(&self) -> bool {
+        self.input_tpm.is_some() || self.output_tpm.is_some() || self.concurrency.is_some()
+    }
 }
 
 impl AllowedOrigins {

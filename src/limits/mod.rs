@@ -19,16 +19,23 @@
 //!   as good as a fresh one ([`LimiterState::is_idle`]), so the shell can delete it.
 
 mod bucket;
+mod credit;
 mod headers;
 mod object;
 mod settle;
 mod state;
 
 #[cfg(test)]
+mod credit_properties;
+#[cfg(test)]
 mod properties;
 
+pub use credit::{
+    Carry, Credit, Credits, LocalAdmission, OwnerStep, Returns, Settled, Ticket, CREDIT_VALID_MS,
+    FLUSHER_LIFE_MS, MAX_CREDIT_TICKETS, SETTLE_DELAY_MS,
+};
 pub use headers::{anthropic_headers, limit_headers, rate_limit_headers, rfc3339_utc};
-pub use object::{AdmitReply, CallerUsage, LimiterCall, LimiterObject, LimiterReply};
+pub use object::{AdmitReply, CallerUsage, LimiterCall, LimiterObject, LimiterReply, RefillReply};
 pub use settle::{settlement_usage, Answered};
 pub use state::{
     Admission, AdmissionRequest, Denial, Dimension, DimensionStatus, LimiterState, NeverFits,

@@ -6,6 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::credit::{Returns, Ticket};
 use super::state::{
     Admission, AdmissionRequest, DimensionStatus, LimiterState, Reservation, Settlement, Usage,
 };
@@ -29,6 +30,24 @@ pub enum LimiterCall {
         request: AdmissionRequest,
         #[serde(default)]
         provisional: bool,
+        /// Tickets the isolate asks for, the size of `request` (see `limits::credit`); a
+        /// provisional caller is granted none.
+        #[serde(default, skip_serializing_if = "is_zero")]
+        credit: u32,
+        /// Settlements and unused tickets handed back on the way, taken before the decision.
+        #[serde(default, skip_serializing_if = "Returns::is_empty")]
+        returns: Returns,
+    },
+    /// No request of its own: hands back `returns`, then grants up to `credit` tickets the
+    /// size of `ticket`.
+    Refill {
+        limits: TierLimits,
+        #[serde(default)]
+        ticket: Option<AdmissionRequest>,
+        #[serde(default)]
+        credit: u32,
+        #[serde(default)]
+        returns: Returns,
     },
     /// One request against `rpm` only, nothing to settle (`count_tokens`, model listings).
     AdmitRequestOnly {
@@ -63,12 +82,27 @@ fn yes() -> bool {
     true
 }
 
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
 /// The object's answer to an admission: the decision and the caller's limits as of now.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct AdmitReply {
     pub admission: Admission,
     pub status: Vec<DimensionStatus>,
     /// The object's clock when it decided, so headers are computed on the same clock.
+    pub now_ms: u64,
+    /// The tickets granted with the admission (the status counts them as used).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tickets: Vec<Ticket>,
+}
+
+/// The object's answer to a refill.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RefillReply {
+    pub tickets: Vec<Ticket>,
+    pub status: Vec<DimensionStatus>,
     pub now_ms: u64,
 }
 
@@ -77,6 +111,7 @@ pub struct AdmitReply {
 #[serde(untagged)]
 pub enum LimiterReply {
     Admitted(AdmitReply),
+    Refilled(RefillReply),
     Settled(Settlement),
     Renewed(bool),
     Status(CallerUsage),
@@ -107,6 +142,14 @@ pub struct LimiterObject {
     confirmed: bool,
 }
 
+impl LimiterObject {
+    /// The caller's limiter state, for the tests' ledgers.
+    #[cfg(test)]
+    pub(crate) fn limiter(&self) -> &LimiterState {
+        &self.limiter
+    }
+}
+
 impl ObjectState for LimiterObject {
     type Call = LimiterCall;
     type Reply = LimiterReply;
@@ -118,13 +161,42 @@ impl ObjectState for LimiterObject {
                 limits,
                 request,
                 provisional,
+                credit,
+                returns,
             } => {
+                self.confirmed |= self.limiter.take_back(&limits, now_ms, &returns);
                 self.confirmed |= !provisional;
                 self.limits = limits;
                 let admission = self.limiter.admit(&limits, now_ms, &request);
+                let tickets = match admission {
+                    Admission::Admitted(_) if !provisional => {
+                        self.limiter.grant(&limits, now_ms, &request, credit)
+                    }
+                    _ => Vec::new(),
+                };
                 let status = self.limiter.snapshot(&limits, now_ms);
                 LimiterReply::Admitted(AdmitReply {
                     admission,
+                    status,
+                    now_ms,
+                    tickets,
+                })
+            }
+            LimiterCall::Refill {
+                limits,
+                ticket,
+                credit,
+                returns,
+            } => {
+                self.confirmed |= self.limiter.take_back(&limits, now_ms, &returns);
+                self.limits = limits;
+                let tickets = match (ticket, self.confirmed) {
+                    (Some(ticket), true) => self.limiter.grant(&limits, now_ms, &ticket, credit),
+                    _ => Vec::new(),
+                };
+                let status = self.limiter.snapshot(&limits, now_ms);
+                LimiterReply::Refilled(RefillReply {
+                    tickets,
                     status,
                     now_ms,
                 })
@@ -144,6 +216,7 @@ impl ObjectState for LimiterObject {
                     admission,
                     status,
                     now_ms,
+                    tickets: Vec::new(),
                 })
             }
             LimiterCall::Settle {
@@ -207,6 +280,8 @@ mod tests {
             limits,
             request,
             provisional,
+            credit: 0,
+            returns: Returns::default(),
         }
     }
 
@@ -324,6 +399,8 @@ mod tests {
                 limits,
                 request,
                 provisional: false,
+                credit: 0,
+                returns: Returns::default(),
             },
         ) else {
             panic!("an admission answers with an admission");

@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 use crate::durable::advance_clock;
 
 use super::bucket::Level;
+use super::credit::Ticket;
 use crate::config::TierLimits;
 
 /// The longest lease a request can hold: one hour. Longer `lease_ms` values are cut to this,
@@ -41,9 +42,11 @@ pub const CONCURRENCY_RETRY_CAP_MS: u64 = 1_000;
 pub const LEASE_MEMORY_MS: u64 = 15 * 60_000;
 
 /// Lease records kept at least, whatever the concurrency limit (more when the limit is
-/// higher). When full, the record dropped first is the earliest expired one, so a limited
+/// higher): room for a hot caller's requests in flight, the settlements on their way and the
+/// tickets its isolates hold (`limits::credit`), at some 100 bytes each of a state rewritten on
+/// every call. When full, the record dropped first is the earliest expired one, so a limited
 /// caller never loses an active lease; a dropped record's settlement only charges extra usage.
-pub const MIN_LEASE_RECORDS: usize = 64;
+pub const MIN_LEASE_RECORDS: usize = 256;
 
 pub use crate::durable::MAX_CLOCK_LEAD_MS;
 
@@ -239,6 +242,10 @@ struct Lease {
     /// The same for output tokens.
     #[serde(default)]
     output_after: Level,
+    /// The same for requests: a ticket given back unused returns its request, never below
+    /// this.
+    #[serde(default)]
+    requests_after: Level,
 }
 
 /// One caller's limits in use. `Default` is a fresh caller: every bucket full.
@@ -344,6 +351,8 @@ impl LimiterState {
                 refilled(lease.input_after, limits.input_tpm, elapsed).at_most(self.input);
             lease.output_after =
                 refilled(lease.output_after, limits.output_tpm, elapsed).at_most(self.output);
+            lease.requests_after =
+                refilled(lease.requests_after, limits.rpm, elapsed).at_most(self.requests);
         }
         self.leases
             .retain(|lease| lease.expires_ms.saturating_add(LEASE_MEMORY_MS) > now);
@@ -446,14 +455,17 @@ impl LimiterState {
             return Admission::Denied(denial);
         }
 
-        if limits.rpm.is_some() {
-            self.requests = self.requests.charged(1);
-        }
+        let request_cost = u64::from(limits.rpm.is_some());
+        self.requests = self.requests.charged(request_cost);
         self.input = self.input.charged(input_cost);
         self.output = self.output.charged(output_cost);
         for lease in &mut self.leases {
             lease.input_after = lease.input_after.charged(input_cost).at_most(self.input);
             lease.output_after = lease.output_after.charged(output_cost).at_most(self.output);
+            lease.requests_after = lease
+                .requests_after
+                .charged(request_cost)
+                .at_most(self.requests);
         }
         self.make_room_for_a_lease(limits, now);
         // Ids grow with time, so a state that is lost and started over does not reuse the
@@ -466,6 +478,7 @@ impl LimiterState {
             expires_ms: lease_expires_ms,
             input_after: Level::EMPTY,
             output_after: Level::EMPTY,
+            requests_after: Level::EMPTY,
         });
         Admission::Admitted(Reservation {
             lease_id,
@@ -495,16 +508,81 @@ impl LimiterState {
             });
         }
         self.requests = self.requests.charged(1);
+        for lease in &mut self.leases {
+            lease.requests_after = lease.requests_after.charged(1).at_most(self.requests);
+        }
         None
+    }
+
+    /// The most lease records kept for these limits.
+    fn lease_cap(limits: &TierLimits) -> usize {
+        let slots = limits.concurrency.map_or(0, NonZeroU32::get);
+        usize::try_from(slots)
+            .unwrap_or(usize::MAX)
+            .max(MIN_LEASE_RECORDS)
+    }
+
+    /// Lease records that can be added before one must be dropped.
+    pub(crate) fn lease_room(&self, limits: &TierLimits) -> usize {
+        LimiterState::lease_cap(limits).saturating_sub(self.leases.len())
+    }
+
+    /// Gives back a ticket that admitted nothing: its request (when it took one), its tokens
+    /// and its slot, as if it had never been granted (never below what later charges hold,
+    /// as for any refund). Needs the lease record, so it happens at most once; whether it
+    /// was found.
+    pub fn release(&mut self, limits: &TierLimits, now_ms: u64, ticket: &Ticket) -> bool {
+        self.advance(limits, now_ms);
+        let found = self
+            .leases
+            .iter()
+            .position(|lease| lease.id == ticket.reservation.lease_id);
+        let Some(record) = take(&mut self.leases, found) else {
+            return false;
+        };
+        let earlier = found.unwrap_or(0);
+        let unused = Some(0);
+        let reservation = &ticket.reservation;
+        if limits.rpm.is_some() {
+            settle_dimension(
+                &mut self.requests,
+                &mut self.leases,
+                earlier,
+                |lease| &mut lease.requests_after,
+                Some(record.requests_after),
+                ticket.requests,
+                unused,
+            );
+        }
+        if limits.input_tpm.is_some() {
+            settle_dimension(
+                &mut self.input,
+                &mut self.leases,
+                earlier,
+                |lease| &mut lease.input_after,
+                Some(record.input_after),
+                reservation.input_tokens,
+                unused,
+            );
+        }
+        if limits.output_tpm.is_some() {
+            settle_dimension(
+                &mut self.output,
+                &mut self.leases,
+                earlier,
+                |lease| &mut lease.output_after,
+                Some(record.output_after),
+                reservation.output_tokens,
+                unused,
+            );
+        }
+        true
     }
 
     /// Drops lease records until one more fits: expired ones first (earliest expiry first),
     /// active ones only when concurrency is unlimited.
     fn make_room_for_a_lease(&mut self, limits: &TierLimits, now: u64) {
-        let slots = limits.concurrency.map_or(0, NonZeroU32::get);
-        let cap = usize::try_from(slots)
-            .unwrap_or(usize::MAX)
-            .max(MIN_LEASE_RECORDS);
+        let cap = LimiterState::lease_cap(limits);
         while self.leases.len() >= cap {
             let victim = self
                 .leases
@@ -680,6 +758,14 @@ impl LimiterState {
     #[cfg(test)]
     pub(crate) fn levels(&self) -> [Level; 3] {
         [self.requests, self.input, self.output]
+    }
+
+    /// The levels as of `now_ms`, refilled as a decision then would.
+    #[cfg(test)]
+    pub(crate) fn levels_at(&self, limits: &TierLimits, now_ms: u64) -> [Level; 3] {
+        let mut state = self.clone();
+        state.advance(limits, now_ms);
+        state.levels()
     }
 
     #[cfg(test)]

@@ -105,7 +105,7 @@ async fn handle(
     exchange.stream = facts.stream;
     exchange.model.clone_from(&facts.model);
 
-    let admitted = admit(env, &config, &route, &caller, &facts, exchange).await?;
+    let admitted = admit(env, ctx, &config, &route, &caller, &facts, exchange).await?;
 
     let budget_header = req.headers().get("x-proxy-budget-ms").ok().flatten();
     let policy = RetryPolicy::from_config(&config, budget_header.as_deref());
@@ -141,8 +141,12 @@ async fn handle(
     )
     .await;
     exchange.upstream_request_id = upstream.request_id.take();
-    // The answer's usage is watched for the settlement, and for metrics when they are kept.
-    let tap = admitted.is_some() || metrics::bound(env);
+    // The answer's usage is watched for the settlement (unless nothing it settles depends on
+    // the answer), and for metrics when they are kept.
+    let tap = admitted
+        .as_ref()
+        .is_some_and(|a| a.limits.settles_on_the_answer())
+        || metrics::bound(env);
     let mut delivered = answer.and_then(|a| transport::deliver(a, tap, policy.attempt_timeout_ms));
     if let Some(admitted) = admitted {
         let (usage_to, usage) = oneshot::channel();
@@ -162,10 +166,12 @@ async fn handle(
     delivered.map(|d| d.response)
 }
 
-/// The caller's own limits: one round trip to its object before anything goes upstream. A
+/// The caller's own limits: at most one round trip to its object before anything goes upstream
+/// (none when the isolate holds credit for the caller, see `limits::credit`). A
 /// passthrough caller is provisional until the upstream accepts its key.
 async fn admit(
     env: &Env,
+    ctx: &Context,
     config: &Config,
     route: &Route,
     caller: &Caller,
@@ -178,8 +184,9 @@ async fn admit(
     let headers = &mut exchange.extra_headers;
     Ok(match route.metering(&limits) {
         Metering::Full => {
-            let reservation = limiter::admit(
+            let (reservation, on_credit) = limiter::admit(
                 env,
+                ctx,
                 &identity_hash,
                 limits,
                 facts,
@@ -193,6 +200,7 @@ async fn admit(
                 limits,
                 reservation,
                 provisional,
+                on_credit,
             })
         }
         Metering::RequestOnly => {
@@ -244,6 +252,8 @@ struct Admitted {
     reservation: crate::limits::Reservation,
     /// A passthrough caller: its object stores nothing until the upstream accepts the key.
     provisional: bool,
+    /// Admitted from the isolate's credit, or with a grant of it: the settlement may wait.
+    on_credit: bool,
 }
 
 impl Admitted {
@@ -263,6 +273,7 @@ impl Admitted {
             limits,
             reservation,
             provisional,
+            on_credit,
         } = self;
         limiter::settle_later(
             env,
@@ -273,6 +284,7 @@ impl Admitted {
             watched,
             delivered_ok,
             !provisional || delivered_ok,
+            on_credit,
             usage_to,
         );
     }

@@ -118,6 +118,58 @@ test('settlement gives unused output tokens back (JSON and stream)', async () =>
   }
 });
 
+// A hot caller far from its limits is admitted mostly from local credit: tickets its object
+// granted in advance, so answers of one grant carry the same limit figures. Once the tickets'
+// second is up and the settlements are in, the object holds exactly what went: every slot is
+// back, and `rpm` shows the requests made and nothing for the tickets left unused.
+test('a hot caller is admitted on credit, and the ledger is exact once the returns are in', async () => {
+  const rpm = 3000;
+  const w = await limitedWorker({ rpm, output_tpm: 600_000, concurrency: 64 });
+  try {
+    await sim.reset();
+    const remaining = [];
+    const firstAt = performance.now();
+    const lane = async () => {
+      for (let i = 0; i < 40; i += 1) {
+        const res = await postMessage(w);
+        assert.equal(res.status, 200);
+        remaining.push(res.headers.get('anthropic-ratelimit-requests-remaining'));
+        assert.match(res.headers.get('ratelimit'), /"rpm";r=\d+;t=\d+, "output_tpm";r=\d+;t=\d+, "concurrency";r=\d+/);
+        await res.arrayBuffer();
+      }
+    };
+    await Promise.all(Array.from({ length: 8 }, lane));
+    assert.equal((await sim.log()).length, 320);
+    // Asked of the object, each answer shows its own figure; on credit, a grant's answers share one.
+    const seen = {};
+    for (const r of remaining) seen[r] = (seen[r] ?? 0) + 1;
+    const shared = remaining.filter((r) => seen[r] > 1).length;
+    console.log(`# ${shared} of 320 answers share their figures with another (admitted on credit)`);
+    assert.ok(shared > 160, `only ${shared} of 320 answers were admitted on credit`);
+
+    await sleep(2500);
+    // Refused before anything is charged (max_tokens above output_tpm), the probe shows the ledger.
+    const probe = await postMessage(w, messageBody({ max_tokens: 600_001 }));
+    const probeAt = performance.now();
+    assert.equal(probe.status, 400);
+    await probe.arrayBuffer();
+    assert.match(probe.headers.get('ratelimit'), /"concurrency";r=64\b/, 'a slot was not given back');
+    assert.match(probe.headers.get('ratelimit'), /"output_tpm";r=600000;t=0/, 'output tokens were not given back');
+    // 320 requests charged, the bucket refilling at rpm/60 a second from the first charge on (it
+    // never ran dry): what is left is known to the time between the first charge (just after the
+    // first send) and the probe's (just before its answer). Tickets left unused and not given
+    // back would fall below this.
+    const left = Number(probe.headers.get('anthropic-ratelimit-requests-remaining'));
+    const refill = (ms) => (rpm / 60_000) * ms;
+    const low = Math.floor(rpm - 320 + refill(probeAt - 150 - (firstAt + 150)));
+    const high = Math.ceil(rpm - 320 + refill(probeAt - firstAt));
+    console.log(`# rpm remaining ${left}, expected ${low}..${high}`);
+    assert.ok(left >= low && left <= high, `rpm remaining ${left} outside ${low}..${high}`);
+  } finally {
+    await w.stop();
+  }
+});
+
 test('prompt caching: cache reads are free against input_tpm, cache writes are charged (JSON and stream)', async () => {
   const w = await limitedWorker({ input_tpm: 2000 });
   try {

@@ -1,10 +1,14 @@
 //! The caller's rate limits: its Durable Object (one per identity, named by a fingerprint of
 //! the identity, never by a key), admission before forwarding and settlement after the answer.
 //!
-//! Admission is on the request's path (one round trip); settlement is not: it runs under
-//! `wait_until` once the answer's body has passed through, so the client never waits for it,
-//! and exactly once whether the body ended, failed or the client went away.
+//! Admission is on the request's path (one round trip, or none when the isolate holds credit
+//! for the caller: `limits::credit`); settlement is not: it runs under `wait_until` once the
+//! answer's body has passed through, so the client never waits for it, and exactly once
+//! whether the body ended, failed or the client went away. On credit, the settlement and the
+//! unused tickets wait for the next call to carry them; every call here is made by the request
+//! (or its `wait_until`) that needs it, and nothing is ever woken from another request's call.
 
+use std::cell::RefCell;
 use std::pin::pin;
 
 use futures_channel::oneshot;
@@ -16,11 +20,13 @@ use super::Object;
 use crate::config::TierLimits;
 use crate::error::ProxyError;
 use crate::limits::{
-    limit_headers, settlement_usage, Admission, AdmissionRequest, AdmitReply, Answered,
-    LimiterCall, LimiterObject, Reservation, Usage, RENEW_EVERY_MS, STREAM_LEASE_MS,
+    limit_headers, settlement_usage, Admission, AdmissionRequest, AdmitReply, Answered, Carry,
+    Credit, Credits, LimiterCall, LimiterObject, OwnerStep, RefillReply, Reservation, Settled,
+    Usage, CREDIT_VALID_MS, FLUSHER_LIFE_MS, RENEW_EVERY_MS, SETTLE_DELAY_MS, STREAM_LEASE_MS,
     WAITING_LEASE_MS, WAITING_RENEW_EVERY_MS,
 };
 use crate::request::body::BodyFacts;
+use crate::shell::runtime::now_ms;
 use crate::shell::runtime::sleep_ms;
 use crate::stream::tap::{Progress, Report, Seen};
 
@@ -53,29 +59,284 @@ impl DurableObject for Limiter {
     }
 }
 
-/// Asks the caller's object to admit the request. The caller's own limits go into
-/// `headers` (for the answer) whatever the decision. `provisional`: a caller the upstream
-/// has not accepted yet (a passthrough key), whose object must not store anything yet.
+/// Admits the request: from the isolate's credit when a ticket covers it (no call), else by
+/// asking the caller's object, which may grant tickets with the answer (see
+/// `limits::credit`). The caller's own limits go into `headers` (for the answer) whatever the
+/// decision: on credit, as of the grant. `provisional`: a caller the upstream has not accepted
+/// yet (a passthrough key), whose object must not store anything yet; it gets no credit.
+/// Whether the request was admitted on credit (its settlement may then wait for a ride).
+#[allow(clippy::too_many_arguments)]
 pub async fn admit(
     env: &Env,
+    ctx: &Context,
     identity_hash: &str,
     limits: TierLimits,
     facts: &BodyFacts,
     lease_ms: u64,
     provisional: bool,
     headers: &mut Vec<(&'static str, String)>,
-) -> Result<Reservation, ProxyError> {
+) -> Result<(Reservation, bool), ProxyError> {
     let request = AdmissionRequest {
         input_tokens: facts.input_tokens_estimate,
         output_tokens: facts.max_tokens.unwrap_or(0),
         lease_ms,
     };
+    let now = now_ms();
+    let (credit, carry) = if provisional {
+        (0, None)
+    } else {
+        let local = with_credit(identity_hash, limits, |c| {
+            c.arrive(limits, now);
+            c.take(&request, now)
+        });
+        if let Some(Some(local)) = local {
+            headers.extend(limit_headers(&local.status, None, local.status_ms));
+            if let Some(wanted) = local.refill {
+                let identity = identity_hash.to_string();
+                ctx.wait_until(refill(env.clone(), identity, limits, wanted));
+            }
+            return Ok((local.reservation, true));
+        }
+        with_credit(identity_hash, limits, |c| c.ask(&request, now)).unwrap_or((0, None))
+    };
+    let on_its_way = OnItsWay::new(identity_hash, carry.as_ref().map(|c| c.call), credit > 0);
     let call = LimiterCall::Admit {
         limits,
         request,
         provisional,
+        credit,
+        returns: carry.map(|c| c.returns).unwrap_or_default(),
     };
-    ask(env, identity_hash, &call, headers).await
+    let reply: AdmitReply = super::call(env, BINDING, identity_hash, &call, "rate limiter").await?;
+    on_its_way.arrived();
+    let on_credit = !reply.tickets.is_empty();
+    if on_credit {
+        let status = reply.status.clone();
+        let granted = with_credit(identity_hash, limits, |c| {
+            c.granted(&reply.tickets, status, reply.now_ms, now)
+        });
+        if let Some(grant) = granted {
+            let identity = identity_hash.to_string();
+            ctx.wait_until(expire_later(env.clone(), identity, limits, grant));
+        }
+    }
+    Ok((answer(reply, headers)?, on_credit))
+}
+
+thread_local! {
+    /// Every caller's credit in this isolate.
+    static CREDITS: RefCell<Credits> = RefCell::new(Credits::default());
+}
+
+/// Runs `f` on the credit of `identity` (made when missing); `None` when the isolate's table
+/// is out of reach (torn down).
+fn with_credit<R>(
+    identity: &str,
+    limits: TierLimits,
+    f: impl FnOnce(&mut Credit) -> R,
+) -> Option<R> {
+    CREDITS
+        .try_with(|credits| {
+            let mut credits = credits.try_borrow_mut().ok()?;
+            credits.of(identity, limits, now_ms()).map(f)
+        })
+        .ok()
+        .flatten()
+}
+
+/// Runs `f` on the credit of `identity`, if there is one.
+fn with_existing<R>(identity: &str, f: impl FnOnce(&mut Credit) -> R) -> Option<R> {
+    CREDITS
+        .try_with(|credits| credits.try_borrow_mut().ok()?.get(identity).map(f))
+        .ok()
+        .flatten()
+}
+
+/// A call to the object that carries returns, or may bring tickets: when it is dropped
+/// before it arrived (failed, or the request went away), its returns wait again for another
+/// call and others may ask for tickets again. Nothing is woken: the owners of the returns
+/// look on their own ticks.
+struct OnItsWay {
+    identity: String,
+    call: Option<u64>,
+    asking: bool,
+}
+
+impl OnItsWay {
+    fn new(identity: &str, call: Option<u64>, asking: bool) -> OnItsWay {
+        OnItsWay {
+            identity: identity.to_string(),
+            call,
+            asking,
+        }
+    }
+
+    fn arrived(mut self) {
+        self.finish(true);
+    }
+
+    fn finish(&mut self, delivered: bool) {
+        let (call, asking) = (self.call.take(), std::mem::take(&mut self.asking));
+        if call.is_none() && !asking {
+            return;
+        }
+        with_existing(&self.identity, |credit| {
+            if let Some(call) = call {
+                if delivered {
+                    credit.outbox.delivered(call);
+                } else {
+                    credit.outbox.failed(call);
+                }
+            }
+            if asking {
+                credit.answered();
+            }
+        });
+    }
+}
+
+impl Drop for OnItsWay {
+    fn drop(&mut self) {
+        self.finish(false);
+    }
+}
+
+/// Asks for more tickets off the request's path (under the request's `wait_until`), carrying
+/// what waits in the outbox; the tickets are given back when their time is up.
+async fn refill(env: Env, identity: String, limits: TierLimits, wanted: u32) {
+    let now = now_ms();
+    let Some((size, carry)) =
+        with_credit(&identity, limits, |c| (c.ticket_size(), c.outbox.take(now)))
+    else {
+        return;
+    };
+    let on_its_way = OnItsWay::new(&identity, carry.as_ref().map(|c| c.call), true);
+    let call = LimiterCall::Refill {
+        limits,
+        ticket: size,
+        credit: wanted,
+        returns: carry.map(|c| c.returns).unwrap_or_default(),
+    };
+    let Ok(reply) =
+        super::call::<_, RefillReply>(&env, BINDING, &identity, &call, "rate limiter").await
+    else {
+        return;
+    };
+    on_its_way.arrived();
+    if reply.tickets.is_empty() {
+        return;
+    }
+    let granted = with_credit(&identity, limits, |c| {
+        c.granted(&reply.tickets, reply.status, reply.now_ms, now)
+    });
+    if let Some(grant) = granted {
+        expire_later(env, identity, limits, grant).await;
+    }
+}
+
+/// Once a grant's time is up, gives back its unused tickets.
+async fn expire_later(env: Env, identity: String, limits: TierLimits, grant: u64) {
+    sleep_ms(CREDIT_VALID_MS).await;
+    let Some(ids) = with_existing(&identity, |c| c.expire(grant)) else {
+        return;
+    };
+    if !ids.is_empty() {
+        deliver(&env, &identity, limits, &ids, 0).await;
+    }
+}
+
+/// How often the owner of returns looks whether they are delivered.
+const OWNER_TICK_MS: u64 = 250;
+
+/// How long the owner of returns tries before it gives up on them (the lease of a slot ends
+/// by itself; a settlement given up keeps its reservation).
+const OWNER_GIVES_UP_MS: u64 = 30_000;
+
+/// Sees the returns `ids` delivered: after `wait_ms`, and then every [`OWNER_TICK_MS`], sends
+/// whatever waits in the outbox if they are still waiting (another call may have carried
+/// them meanwhile).
+async fn deliver(env: &Env, identity: &str, limits: TierLimits, ids: &[u64], wait_ms: u64) {
+    sleep_ms(wait_ms).await;
+    let started = now_ms();
+    let mut failures = 0;
+    loop {
+        match with_existing(identity, |c| c.outbox.owner_step(ids, now_ms())) {
+            None | Some(OwnerStep::Done) => return,
+            Some(OwnerStep::Wait) => {}
+            Some(OwnerStep::Send(carry)) => {
+                if send_returns(env, identity, limits, carry).await {
+                    continue;
+                }
+                failures += 1;
+            }
+        }
+        if failures >= 3 || now_ms().saturating_sub(started) >= OWNER_GIVES_UP_MS {
+            let lost = with_existing(identity, |c| c.outbox.abandon(ids)).unwrap_or(0);
+            if lost > 0 {
+                worker::console_error!(
+                    "{}",
+                    serde_json::json!({"event": "settle_failed", "identity": identity, "error": "returns not delivered", "items": lost})
+                );
+            }
+            return;
+        }
+        sleep_ms(OWNER_TICK_MS).await;
+    }
+}
+
+/// The caller's flusher: after [`SETTLE_DELAY_MS`], and then every [`OWNER_TICK_MS`], sends
+/// the settlements that no other call has carried, until none is left. It hands over after
+/// [`FLUSHER_LIFE_MS`] (or three failed calls): the next settlement deferred becomes the
+/// flusher, and finds what is left.
+async fn flush(env: &Env, identity: &str, limits: TierLimits) {
+    struct Flusher<'a>(&'a str);
+    impl Drop for Flusher<'_> {
+        fn drop(&mut self) {
+            with_existing(self.0, Credit::flusher_gone);
+        }
+    }
+    let _flusher = Flusher(identity);
+    sleep_ms(SETTLE_DELAY_MS).await;
+    let started = now_ms();
+    let mut failures = 0;
+    loop {
+        match with_existing(identity, |c| c.flush_step(now_ms())) {
+            None | Some(OwnerStep::Done) => return,
+            Some(OwnerStep::Wait) => {}
+            Some(OwnerStep::Send(carry)) => {
+                if send_returns(env, identity, limits, carry).await {
+                    continue;
+                }
+                failures += 1;
+            }
+        }
+        if failures >= 3 || now_ms().saturating_sub(started) >= FLUSHER_LIFE_MS {
+            if failures >= 3 {
+                worker::console_error!(
+                    "{}",
+                    serde_json::json!({"event": "settle_failed", "identity": identity, "error": "settlements not delivered; left for the next flusher"})
+                );
+            }
+            return;
+        }
+        sleep_ms(OWNER_TICK_MS).await;
+    }
+}
+
+/// One call that hands back `carry`; whether the object took it.
+async fn send_returns(env: &Env, identity: &str, limits: TierLimits, carry: Carry) -> bool {
+    let on_its_way = OnItsWay::new(identity, Some(carry.call), false);
+    let call = LimiterCall::Refill {
+        limits,
+        ticket: None,
+        credit: 0,
+        returns: carry.returns,
+    };
+    let sent = super::call::<_, RefillReply>(env, BINDING, identity, &call, "rate limiter").await;
+    if sent.is_ok() {
+        on_its_way.arrived();
+    }
+    sent.is_ok()
 }
 
 /// Asks the caller's object to count one request against `rpm` only (token counts, model
@@ -101,6 +362,14 @@ async fn ask(
     headers: &mut Vec<(&'static str, String)>,
 ) -> Result<Reservation, ProxyError> {
     let reply: AdmitReply = super::call(env, BINDING, identity_hash, call, "rate limiter").await?;
+    answer(reply, headers)
+}
+
+/// The object's answer to an admission: the headers, then the reservation or the error.
+fn answer(
+    reply: AdmitReply,
+    headers: &mut Vec<(&'static str, String)>,
+) -> Result<Reservation, ProxyError> {
     let denial = match &reply.admission {
         Admission::Denied(denial) => Some(denial),
         _ => None,
@@ -114,9 +383,12 @@ async fn ask(
 }
 
 // `watch` relies on it: the lease a request holds when its answer starts outlasts the
-// first renewal tick.
+// first renewal tick, also when the lease is a ticket's, granted up to `CREDIT_VALID_MS`
+// before the request began.
 const _: () = assert!(
-    crate::limits::WAITING_LEASE_MS - crate::limits::WAITING_RENEW_EVERY_MS
+    crate::limits::WAITING_LEASE_MS
+        - crate::limits::WAITING_RENEW_EVERY_MS
+        - crate::limits::CREDIT_VALID_MS
         > 2 * crate::limits::RENEW_EVERY_MS
 );
 
@@ -209,7 +481,10 @@ async fn renew_for(
 
 /// Settles the reservation once the answer is over, off the client's path. `confirms`: the
 /// caller is known to the upstream (managed, or its key was just accepted), so its object
-/// may store its state. The usage settled with also goes to `usage_to`.
+/// may store its state. A request admitted `on_credit` leaves its settlement for the next
+/// call to the object to carry; the caller's flusher (see [`flush`]) sends it after
+/// [`SETTLE_DELAY_MS`] if none did.
+/// The usage settled with also goes to `usage_to`.
 #[allow(clippy::too_many_arguments)]
 pub fn settle_later(
     env: &Env,
@@ -220,6 +495,7 @@ pub fn settle_later(
     watched: Option<(Report, Progress)>,
     delivered_ok: bool,
     confirms: bool,
+    on_credit: bool,
     usage_to: oneshot::Sender<Usage>,
 ) {
     let env = env.clone();
@@ -235,6 +511,18 @@ pub fn settle_later(
         let usage: Usage = settlement_usage(answered);
         // Metrics hear the usage too (nobody listens when they are not kept).
         let _ = usage_to.send(usage);
+        let settled = Settled { reservation, usage, confirms };
+        if settled.charges_extra(&limits) {
+            // The caller may be in debt now: no more admissions here on what was granted.
+            with_existing(&identity_hash, Credit::stop_admitting);
+        } else if on_credit {
+            match with_credit(&identity_hash, limits, |c| c.defer(settled)) {
+                Some(true) => return flush(&env, &identity_hash, limits).await,
+                // The caller's flusher will see to it.
+                Some(false) => return,
+                None => {}
+            }
+        }
         let call = LimiterCall::Settle { limits, reservation, usage, confirms };
         let settled: Result<serde_json::Value, ProxyError> =
             super::call(&env, BINDING, &identity_hash, &call, "rate limiter").await;
