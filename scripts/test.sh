@@ -16,6 +16,7 @@ cargo test --target wasm32-unknown-unknown --test wasm_storage
 
 echo "== lints"
 cargo fmt --all --check
+(cd fuzz && cargo fmt --all --check)
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 cargo clippy --lib --target wasm32-unknown-unknown --quiet -- -D warnings
 

@@ -29,7 +29,10 @@ fn text_bytes(v: &Value, depth: u32) -> u64 {
         Value::String(s) => s.len() as u64,
         Value::Array(items) if depth < 3 => items.iter().map(|i| text_bytes(i, depth)).sum(),
         Value::Object(o) if depth < 3 => {
-            let text = o.get("text").and_then(Value::as_str).map_or(0, |t| t.len() as u64);
+            let text = o
+                .get("text")
+                .and_then(Value::as_str)
+                .map_or(0, |t| t.len() as u64);
             text + o.get("content").map_or(0, |c| text_bytes(c, depth + 1))
         }
         _ => 0,
@@ -54,8 +57,14 @@ fn blocks(v: &Value) -> (u64, u64) {
 }
 
 pub fn check(data: &[u8]) {
-    let Some((&selector, body)) = data.split_first() else { return };
-    let route = if selector & 1 == 0 { Route::Messages } else { Route::CountTokens };
+    let Some((&selector, body)) = data.split_first() else {
+        return;
+    };
+    let route = if selector & 1 == 0 {
+        Route::Messages
+    } else {
+        Route::CountTokens
+    };
     let owned;
     let body = if selector & 2 != 0 {
         let depth = 1 + usize::from(selector >> 2) * 1000;
@@ -74,32 +83,63 @@ pub fn check(data: &[u8]) {
         Ok(facts) => {
             let text = std::str::from_utf8(body).expect("accepted a body that is not UTF-8");
             let trimmed = text.trim_start_matches([' ', '\t', '\r', '\n', '\u{feff}']);
-            assert!(trimmed.starts_with('{'), "accepted a body that is not an object");
+            assert!(
+                trimmed.starts_with('{'),
+                "accepted a body that is not an object"
+            );
             assert!(
                 serde_json::from_str::<serde::de::IgnoredAny>(trimmed).is_ok(),
                 "accepted a body that is not JSON"
             );
             let estimate = facts.input_tokens_estimate;
             assert!(estimate >= 1);
-            assert_eq!(inspect(&route, body).map(|f| f.input_tokens_estimate).ok(), Some(estimate));
-            assert!(facts.model.as_ref().is_none_or(|m| m.len() <= 256), "accepted a model over 256 bytes");
+            assert_eq!(
+                inspect(&route, body).map(|f| f.input_tokens_estimate).ok(),
+                Some(estimate)
+            );
+            assert!(
+                facts.model.as_ref().is_none_or(|m| m.len() <= 256),
+                "accepted a model over 256 bytes"
+            );
             if route == Route::Messages {
-                let model = facts.model.as_deref().expect("accepted a message without model");
+                let model = facts
+                    .model
+                    .as_deref()
+                    .expect("accepted a message without model");
                 assert!(!model.is_empty());
                 assert!(facts.max_tokens.is_some_and(|n| n >= 1));
             }
             // Where a full parse succeeds it must read the same fields.
-            if let Ok(serde_json::Value::Object(map)) = serde_json::from_str::<serde_json::Value>(trimmed) {
-                assert_eq!(facts.model.as_deref(), map.get("model").and_then(|m| m.as_str()));
-                assert_eq!(facts.max_tokens, map.get("max_tokens").and_then(serde_json::Value::as_u64));
-                assert_eq!(facts.stream, map.get("stream").and_then(serde_json::Value::as_bool).unwrap_or(false));
+            if let Ok(serde_json::Value::Object(map)) =
+                serde_json::from_str::<serde_json::Value>(trimmed)
+            {
+                assert_eq!(
+                    facts.model.as_deref(),
+                    map.get("model").and_then(|m| m.as_str())
+                );
+                assert_eq!(
+                    facts.max_tokens,
+                    map.get("max_tokens").and_then(serde_json::Value::as_u64)
+                );
+                assert_eq!(
+                    facts.stream,
+                    map.get("stream")
+                        .and_then(serde_json::Value::as_bool)
+                        .unwrap_or(false)
+                );
                 let messages = match map.get("messages") {
                     Some(Value::Array(items)) => &items[..],
                     _ => &[],
                 };
-                let text = messages.iter().map(|m| m.get("content").map_or(0, |c| text_bytes(c, 0))).sum::<u64>()
+                let text = messages
+                    .iter()
+                    .map(|m| m.get("content").map_or(0, |c| text_bytes(c, 0)))
+                    .sum::<u64>()
                     + map.get("system").map_or(0, |s| text_bytes(s, 0));
-                assert!(estimate >= text / 3, "estimate {estimate} below a third of {text} text bytes");
+                assert!(
+                    estimate >= text / 3,
+                    "estimate {estimate} below a third of {text} text bytes"
+                );
                 let (images, documents) = blocks(&Value::Object(map.clone()));
                 let per_document = (PDF_MAX_PAGES * PDF_PAGE_TOKENS).max(UNSEEN_DOCUMENT_TOKENS);
                 let ceiling = body.len() as u64 / 3

@@ -27,7 +27,9 @@ pub fn check(data: &[u8]) {
     // The leak check is only meaningful when the marker appears in secrets alone.
     let marker_only_in_secrets = vars
         .iter()
-        .filter(|(name, _)| !["ANTHROPIC_API_KEY", "JWT_SECRET", "CLIENT_KEYS"].contains(&name.as_str()))
+        .filter(|(name, _)| {
+            !["ANTHROPIC_API_KEY", "JWT_SECRET", "CLIENT_KEYS"].contains(&name.as_str())
+        })
         .all(|(_, v)| !v.contains(MARKER))
         && client_ids_clean(&vars);
 
@@ -41,43 +43,80 @@ pub fn check(data: &[u8]) {
     }
     match first {
         Err(e) => {
-            assert!(VARIABLES.contains(&e.variable), "unknown variable {}", e.variable);
+            assert!(
+                VARIABLES.contains(&e.variable),
+                "unknown variable {}",
+                e.variable
+            );
             let shown = e.to_string();
             assert!(shown.contains(e.variable));
             if marker_only_in_secrets {
-                assert!(!shown.contains(MARKER), "a secret in a config error: {shown}");
+                assert!(
+                    !shown.contains(MARKER),
+                    "a secret in a config error: {shown}"
+                );
             }
         }
         Ok(c) => {
             let shown = format!("{c:?}");
             if marker_only_in_secrets {
-                assert!(!shown.contains(MARKER), "a secret in the config's Debug: {shown}");
+                assert!(
+                    !shown.contains(MARKER),
+                    "a secret in the config's Debug: {shown}"
+                );
             }
-            assert!(c.upstream_url.starts_with("https://") || c.upstream_url.starts_with("http://"));
+            assert!(
+                c.upstream_url.starts_with("https://") || c.upstream_url.starts_with("http://")
+            );
             assert!(!c.upstream_url.ends_with('/'));
             if let Some(rest) = c.upstream_url.strip_prefix("http://") {
-                let host = rest.split('/').next().unwrap_or_default().to_ascii_lowercase();
+                let host = rest
+                    .split('/')
+                    .next()
+                    .unwrap_or_default()
+                    .to_ascii_lowercase();
                 assert!(
-                    ["127.0.0.1", "[::1]", "localhost"].iter().any(|h| host == *h || host.starts_with(&format!("{h}:"))),
+                    ["127.0.0.1", "[::1]", "localhost"]
+                        .iter()
+                        .any(|h| host == *h || host.starts_with(&format!("{h}:"))),
                     "plain http to {host}"
                 );
             }
             assert!(c.rate_limits.contains_key("default"), "no default tier");
-            assert!(c.jwt_secret.as_ref().is_none_or(|s| s.expose().len() >= 32), "a short JWT_SECRET");
+            assert!(
+                c.jwt_secret.as_ref().is_none_or(|s| s.expose().len() >= 32),
+                "a short JWT_SECRET"
+            );
             assert!((1_000..=31_536_000_000).contains(&c.jwt_max_lifetime_ms));
-            for ms in [c.request_budget_ms, c.attempt_timeout_ms, c.backoff_base_ms, c.backoff_max_ms] {
+            for ms in [
+                c.request_budget_ms,
+                c.attempt_timeout_ms,
+                c.backoff_base_ms,
+                c.backoff_max_ms,
+            ] {
                 assert!((1..=3_600_000).contains(&ms), "{ms} ms out of range");
             }
             assert!(c.backoff_max_ms >= c.backoff_base_ms);
             assert!((1..=100).contains(&c.max_attempts.get()));
             assert!(c.max_body_bytes > 0);
-            assert!(c.max_inflight_body_bytes >= c.max_body_bytes, "a body of the largest size could never fit");
+            assert!(
+                c.max_inflight_body_bytes >= c.max_body_bytes,
+                "a body of the largest size could never fit"
+            );
             for (tier, betas) in &c.tier_betas {
                 assert!(c.rate_limits.contains_key(tier));
-                assert!(betas.iter().all(|b| breakwater::request::headers::is_quotable_beta(b)), "{betas:?}");
+                assert!(
+                    betas
+                        .iter()
+                        .all(|b| breakwater::request::headers::is_quotable_beta(b)),
+                    "{betas:?}"
+                );
             }
             for (model, list) in &c.model_fallbacks {
-                assert!(!model.is_empty() && !list.is_empty(), "an empty fallback entry");
+                assert!(
+                    !model.is_empty() && !list.is_empty(),
+                    "an empty fallback entry"
+                );
                 assert!(!list.contains(model), "{model:?} falls back to itself");
                 for (i, m) in list.iter().enumerate() {
                     assert!(!m.is_empty() && !list[..i].contains(m), "{list:?}");
@@ -98,7 +137,11 @@ pub fn check(data: &[u8]) {
                 assert!(!entry.id.is_empty() && entry.id.len() <= 256);
                 assert!(entry.tier == "default" || c.rate_limits.contains_key(&entry.tier));
                 let id = entry.id.to_ascii_lowercase();
-                assert!(!id.starts_with("token:") && !id.starts_with("passthrough:"), "reserved id {:?}", entry.id);
+                assert!(
+                    !id.starts_with("token:") && !id.starts_with("passthrough:"),
+                    "reserved id {:?}",
+                    entry.id
+                );
             }
         }
     }
@@ -106,7 +149,9 @@ pub fn check(data: &[u8]) {
 
 /// Client ids and tiers are shown in errors on purpose; they must not carry the marker.
 fn client_ids_clean(vars: &BTreeMap<String, String>) -> bool {
-    let Some(raw) = vars.get("CLIENT_KEYS") else { return true };
+    let Some(raw) = vars.get("CLIENT_KEYS") else {
+        return true;
+    };
     match serde_json::from_str::<serde_json::Value>(raw) {
         Ok(serde_json::Value::Object(map)) => map.values().all(|v| !v.to_string().contains(MARKER)),
         // Unparseable: the error quotes nothing of it anyway.
@@ -150,7 +195,9 @@ fn plausible(name: &str, u: &mut Unstructured<'_>) -> Result<String> {
             format!("{scheme}{host}{slash}")
         }
         "ANTHROPIC_API_KEY" | "JWT_SECRET" => format!("{MARKER}{}", u.arbitrary::<String>()?),
-        "JWT_AUDIENCE" | "JWT_ISSUER" => (*u.choose(&["chat", "https://auth.example", "a\u{7}b", ""])?).to_string(),
+        "JWT_AUDIENCE" | "JWT_ISSUER" => {
+            (*u.choose(&["chat", "https://auth.example", "a\u{7}b", ""])?).to_string()
+        }
         "JWT_MAX_LIFETIME_S" => {
             let n: u64 = match u.int_in_range(0u8..=2)? {
                 0 => u.int_in_range(0..=100_000)?,
@@ -167,7 +214,8 @@ fn plausible(name: &str, u: &mut Unstructured<'_>) -> Result<String> {
                 let mut origins = Vec::new();
                 for _ in 0..n {
                     let scheme = *u.choose(&["https://", "http://", ""])?;
-                    let host = *u.choose(&["chat.example", "localhost:8080", "exämple.com", "a/b", ""])?;
+                    let host =
+                        *u.choose(&["chat.example", "localhost:8080", "exämple.com", "a/b", ""])?;
                     origins.push(format!("{scheme}{host}"));
                 }
                 origins.join(*u.choose(&[",", ", ", " ,"])?)
@@ -176,7 +224,9 @@ fn plausible(name: &str, u: &mut Unstructured<'_>) -> Result<String> {
         "RATE_LIMITS" => {
             let mut tiers = serde_json::Map::new();
             for _ in 0..u.int_in_range(0..=3)? {
-                let tier = u.choose(&["default", "default", "pro", "free", ""])?.to_string();
+                let tier = u
+                    .choose(&["default", "default", "pro", "free", ""])?
+                    .to_string();
                 let mut limits = serde_json::Map::new();
                 for dim in ["rpm", "input_tpm", "output_tpm", "concurrency", "rpn"] {
                     if u.ratio(1u8, 2)? {
@@ -195,10 +245,16 @@ fn plausible(name: &str, u: &mut Unstructured<'_>) -> Result<String> {
                 if u.ratio(7u8, 8)? {
                     let id: String = u.arbitrary()?;
                     let prefix = *u.choose(&["", "", "", "token:", "passthrough:", "Token:"])?;
-                    entry.insert("id".to_string(), format!("{prefix}{}", id.replace(MARKER, "")).into());
+                    entry.insert(
+                        "id".to_string(),
+                        format!("{prefix}{}", id.replace(MARKER, "")).into(),
+                    );
                 }
                 if u.arbitrary()? {
-                    entry.insert("tier".to_string(), u.choose(&["default", "pro", "gold"])?.to_string().into());
+                    entry.insert(
+                        "tier".to_string(),
+                        u.choose(&["default", "pro", "gold"])?.to_string().into(),
+                    );
                 }
                 if u.ratio(1u8, 8)? {
                     entry.insert("extra".to_string(), true.into());
@@ -219,7 +275,9 @@ fn plausible(name: &str, u: &mut Unstructured<'_>) -> Result<String> {
             }
             cut(serde_json::Value::Object(map).to_string(), u)?
         }
-        "ALLOW_PASSTHROUGH_KEYS" => u.choose(&["true", "false", "1", "0", "TRUE", "False", "yes"])?.to_string(),
+        "ALLOW_PASSTHROUGH_KEYS" => u
+            .choose(&["true", "false", "1", "0", "TRUE", "False", "yes"])?
+            .to_string(),
         _ => {
             // Milliseconds, attempts, body bytes.
             let n: u64 = match u.int_in_range(0u8..=2)? {
@@ -246,7 +304,10 @@ fn json_number(u: &mut Unstructured<'_>) -> Result<serde_json::Value> {
 fn cut(json: String, u: &mut Unstructured<'_>) -> Result<String> {
     if u.ratio(1u8, 4)? {
         let at = u.int_in_range(0..=json.len())?;
-        let at = (0..=at).rev().find(|&i| json.is_char_boundary(i)).unwrap_or(0);
+        let at = (0..=at)
+            .rev()
+            .find(|&i| json.is_char_boundary(i))
+            .unwrap_or(0);
         Ok(json[..at].to_string())
     } else {
         Ok(json)

@@ -16,8 +16,8 @@
 use std::collections::HashMap;
 use std::sync::OnceLock;
 
-use breakwater::identity::{authenticate, credential, UpstreamKey};
 use breakwater::config::Config;
+use breakwater::identity::{authenticate, credential, UpstreamKey};
 
 use crate::{split_at_byte, text};
 
@@ -28,17 +28,29 @@ fn config() -> &'static Config {
     static CONFIG: OnceLock<Config> = OnceLock::new();
     CONFIG.get_or_init(|| {
         let vars: HashMap<&str, String> = HashMap::from([
-            ("CLIENT_KEYS", format!(r#"{{"{CLIENT_KEY}": {{"id": "alice", "tier": "pro"}}}}"#)),
-            ("RATE_LIMITS", r#"{"default": {"rpm": 5}, "pro": {"rpm": 50}}"#.to_string()),
-            ("JWT_SECRET", "fuzz-secret-0123456789abcdef-0123".to_string()),
+            (
+                "CLIENT_KEYS",
+                format!(r#"{{"{CLIENT_KEY}": {{"id": "alice", "tier": "pro"}}}}"#),
+            ),
+            (
+                "RATE_LIMITS",
+                r#"{"default": {"rpm": 5}, "pro": {"rpm": 50}}"#.to_string(),
+            ),
+            (
+                "JWT_SECRET",
+                "fuzz-secret-0123456789abcdef-0123".to_string(),
+            ),
             ("ALLOW_PASSTHROUGH_KEYS", "true".to_string()),
         ]);
-        Config::from_lookup(|name| vars.get(name).cloned()).expect("the fuzz configuration is valid")
+        Config::from_lookup(|name| vars.get(name).cloned())
+            .expect("the fuzz configuration is valid")
     })
 }
 
 pub fn check(data: &[u8]) {
-    let Some((&flags, rest)) = data.split_first() else { return };
+    let Some((&flags, rest)) = data.split_first() else {
+        return;
+    };
     let (a, b) = split_at_byte(rest, 0);
     let key = text(a);
     let auth = text(b.unwrap_or_default());
@@ -51,7 +63,10 @@ pub fn check(data: &[u8]) {
             assert_eq!(presented, presented.trim());
             let from_key = key.is_some_and(|k| k.trim() == presented);
             let from_auth = auth.is_some_and(|a| a.contains(presented));
-            assert!(from_key || from_auth, "{presented:?} came from neither header");
+            assert!(
+                from_key || from_auth,
+                "{presented:?} came from neither header"
+            );
             if let (Some(k), Some(_)) = (key.map(str::trim).filter(|k| !k.is_empty()), auth) {
                 assert_eq!(k, presented, "two headers that disagree were accepted");
             }
@@ -94,6 +109,9 @@ fn refused(e: &breakwater::error::ProxyError) {
     );
     if let Some(reason) = message.strip_prefix("invalid token: ") {
         // A tier is only read from a token whose signature holds: none can be forged here.
-        assert!(crate::token::fixed_messages().iter().any(|m| m == reason), "{message:?}");
+        assert!(
+            crate::token::fixed_messages().iter().any(|m| m == reason),
+            "{message:?}"
+        );
     }
 }

@@ -14,9 +14,11 @@
 //! - a beta check (the last field as an `anthropic-beta` header against a fixed list) refuses
 //!   exactly when a listed value is not on the list, and quotes only well-formed names.
 
-use breakwater::request::headers::{check_betas, forward_downstream, forward_upstream, is_quotable_beta};
-use breakwater::retry::RetryPolicy;
+use breakwater::request::headers::{
+    check_betas, forward_downstream, forward_upstream, is_quotable_beta,
+};
 use breakwater::request::route::{route, Route};
+use breakwater::retry::RetryPolicy;
 
 use crate::{split_at_byte, text};
 
@@ -32,7 +34,10 @@ pub fn check(data: &[u8]) {
         Ok(Route::Model(id)) => {
             assert_eq!(path, format!("/v1/models/{id}"));
             assert!(!id.is_empty());
-            assert!(!id.contains(['/', '\\', '%', '?', '#']) && !id.starts_with('.'), "model id {id:?}");
+            assert!(
+                !id.contains(['/', '\\', '%', '?', '#']) && !id.starts_with('.'),
+                "model id {id:?}"
+            );
             assert!(method == "GET" || method == "HEAD");
         }
         Ok(r) => {
@@ -47,7 +52,11 @@ pub fn check(data: &[u8]) {
             assert_eq!(path, expected);
         }
         Err(e) => {
-            assert!(matches!(e.status(), 404 | 405), "route error {}", e.status());
+            assert!(
+                matches!(e.status(), 404 | 405),
+                "route error {}",
+                e.status()
+            );
             if e.status() == 405 {
                 assert!(!method.eq_ignore_ascii_case("OPTIONS"));
             }
@@ -56,7 +65,10 @@ pub fn check(data: &[u8]) {
 
     let policy = RetryPolicy::default();
     let budget_ms = policy.effective_budget_ms(Some(&budget));
-    assert!(budget_ms <= policy.budget_ms, "the client lengthened its budget");
+    assert!(
+        budget_ms <= policy.budget_ms,
+        "the client lengthened its budget"
+    );
     if let Ok(n) = budget.trim().parse::<u64>() {
         if budget.trim().bytes().all(|b| b.is_ascii_digit()) {
             assert_eq!(budget_ms, n.min(policy.budget_ms));
@@ -69,23 +81,44 @@ pub fn check(data: &[u8]) {
     if secret_bearing {
         assert!(!forward_upstream(&header), "{header:?} would go upstream");
     }
-    assert_eq!(forward_upstream(&header), forward_upstream(&lower), "case matters for {header:?}");
+    assert_eq!(
+        forward_upstream(&header),
+        forward_upstream(&lower),
+        "case matters for {header:?}"
+    );
     if lower.starts_with("anthropic-ratelimit-")
         || lower.starts_with("anthropic-priority-")
         || lower == "anthropic-organization-id"
     {
-        assert!(!forward_downstream(&header), "{header:?} would reach the client");
+        assert!(
+            !forward_downstream(&header),
+            "{header:?} would reach the client"
+        );
     }
     if forward_downstream(&header) {
-        let allowed = ["content-type", "request-id", "retry-after", "retry-after-ms", "x-should-retry", "cache-control"];
+        let allowed = [
+            "content-type",
+            "request-id",
+            "retry-after",
+            "retry-after-ms",
+            "x-should-retry",
+            "cache-control",
+        ];
         assert!(
             allowed.contains(&lower.as_str()) || lower.starts_with("anthropic-"),
             "{header:?} is not on the allow-list"
         );
     }
-    assert_eq!(forward_downstream(&header), forward_downstream(&lower), "case matters downstream for {header:?}");
+    assert_eq!(
+        forward_downstream(&header),
+        forward_downstream(&lower),
+        "case matters downstream for {header:?}"
+    );
 
-    let list = ["prompt-caching-2024-07-31".to_string(), "token-counting-2024-11-01".to_string()];
+    let list = [
+        "prompt-caching-2024-07-31".to_string(),
+        "token-counting-2024-11-01".to_string(),
+    ];
     let refused = header
         .split(',')
         .map(str::trim)
@@ -97,11 +130,19 @@ pub fn check(data: &[u8]) {
             assert_eq!(e.status(), 400);
             let message = e.message();
             if is_quotable_beta(beta) {
-                assert_eq!(message, format!("anthropic-beta: \"{beta}\" is not enabled for this key"));
+                assert_eq!(
+                    message,
+                    format!("anthropic-beta: \"{beta}\" is not enabled for this key")
+                );
             } else {
-                assert_eq!(message, "anthropic-beta: a value is not enabled for this key");
+                assert_eq!(
+                    message,
+                    "anthropic-beta: a value is not enabled for this key"
+                );
             }
         }
-        (answer, refused) => panic!("beta check {answer:?} for {header:?}, expected refusal of {refused:?}"),
+        (answer, refused) => {
+            panic!("beta check {answer:?} for {header:?}, expected refusal of {refused:?}")
+        }
     }
 }

@@ -18,7 +18,9 @@ use crate::{split_at_byte, text};
 const DEFAULT_NOW_MS: u64 = 784_111_770_000;
 
 pub fn check(data: &[u8]) {
-    let Some((&flags, rest)) = data.split_first() else { return };
+    let Some((&flags, rest)) = data.split_first() else {
+        return;
+    };
     let (a, rest) = split_at_byte(rest, 0);
     let (b, rest) = split_at_byte(rest.unwrap_or_default(), 0);
     let now = match rest {
@@ -42,7 +44,10 @@ pub fn check(data: &[u8]) {
     }
     match ms_only {
         Some(ms) => assert_eq!(both, Some(ms), "a valid retry-after-ms must win"),
-        None => assert_eq!(both, seconds_only, "an invalid retry-after-ms must fall back"),
+        None => assert_eq!(
+            both, seconds_only,
+            "an invalid retry-after-ms must fall back"
+        ),
     }
 
     // Decimal values against exact integer arithmetic.
@@ -55,10 +60,14 @@ pub fn check(data: &[u8]) {
 
     // An HTTP-date is an instant: the wait until it shrinks as time passes.
     let step = u64::from(flags >> 2) * 997;
-    if let (Some(earlier), Some(later)) =
-        (seconds_only, upstream_wait_ms(None, seconds_header, now.saturating_add(step)))
-    {
-        assert!(later <= earlier, "the wait grew from {earlier} to {later} as time passed");
+    if let (Some(earlier), Some(later)) = (
+        seconds_only,
+        upstream_wait_ms(None, seconds_header, now.saturating_add(step)),
+    ) {
+        assert!(
+            later <= earlier,
+            "the wait grew from {earlier} to {later} as time passed"
+        );
     }
 
     let verdict = should_retry_header(Some(&a));
@@ -99,7 +108,11 @@ fn exact_ms(value: &str, shift: u32) -> Option<u64> {
     let mut ms: u64 = if int.is_empty() { 0 } else { int.parse().ok()? };
     ms = ms.checked_mul(10u64.pow(shift))?;
     let shift = shift as usize;
-    let (kept, dropped) = if frac.len() > shift { frac.split_at(shift) } else { (frac, "") };
+    let (kept, dropped) = if frac.len() > shift {
+        frac.split_at(shift)
+    } else {
+        (frac, "")
+    };
     let mut kept_value: u64 = 0;
     for i in 0..shift {
         let digit = kept.as_bytes().get(i).map_or(0, |b| u64::from(b - b'0'));

@@ -16,7 +16,9 @@ use breakwater::stream::tap::{json_usage, Tap, Watcher};
 use futures_util::{stream, StreamExt};
 
 pub fn check(data: &[u8]) {
-    let [mode, seed, body @ ..] = data else { return };
+    let [mode, seed, body @ ..] = data else {
+        return;
+    };
     let whole = scan(&[body]);
     let chunks = cut(body, *seed);
     assert_eq!(scan(&chunks), whole, "events depend on the chunking");
@@ -28,8 +30,15 @@ pub fn check(data: &[u8]) {
     for chunk in &chunks {
         only.push(chunk, |e| usage_events.push(e));
     }
-    let wanted: Vec<SseEvent> = whole.iter().filter(|e| USAGE_EVENTS.contains(&e.name.as_str())).cloned().collect();
-    assert_eq!(usage_events, wanted, "the usage scanner missed or added an event");
+    let wanted: Vec<SseEvent> = whole
+        .iter()
+        .filter(|e| USAGE_EVENTS.contains(&e.name.as_str()))
+        .cloned()
+        .collect();
+    assert_eq!(
+        usage_events, wanted,
+        "the usage scanner missed or added an event"
+    );
 
     let mut usage = Usage::default();
     for event in &whole {
@@ -45,7 +54,10 @@ pub fn check(data: &[u8]) {
     assert_eq!(out, items, "the tap changed the stream");
     let report = seen.seen().expect("the tap did not report");
     assert!(report.complete);
-    assert_eq!(report.usage, usage, "the tap's usage differs from the events'");
+    assert_eq!(
+        report.usage, usage,
+        "the tap's usage differs from the events'"
+    );
 
     // The watcher the shell drives from piped chunks: the same one report.
     let (mut watcher, watched, progress) = Watcher::new(true);
@@ -53,7 +65,11 @@ pub fn check(data: &[u8]) {
         watcher.observe(chunk);
     }
     watcher.finish(true, true);
-    assert_eq!(watched.seen(), Some(report), "the watcher and the tap disagree");
+    assert_eq!(
+        watched.seen(),
+        Some(report),
+        "the watcher and the tap disagree"
+    );
     assert_eq!(progress.chunks(), chunks.len() as u64);
 
     if mode & 1 != 0 {
@@ -77,7 +93,11 @@ fn scan(chunks: &[&[u8]]) -> Vec<SseEvent> {
     let mut events = Vec::new();
     for chunk in chunks {
         scanner.push(chunk, |e| events.push(e));
-        assert!(scanner.buffered() <= MAX_EVENT_BYTES, "the scanner holds {} bytes", scanner.buffered());
+        assert!(
+            scanner.buffered() <= MAX_EVENT_BYTES,
+            "the scanner holds {} bytes",
+            scanner.buffered()
+        );
     }
     events
 }
@@ -88,7 +108,11 @@ fn cut(body: &[u8], seed: u8) -> Vec<&[u8]> {
     let mut chunks = Vec::new();
     let mut rest = body;
     while !rest.is_empty() {
-        let size = if rng.u8(..) < 8 { 0 } else { rng.usize(1..=64).min(rest.len()) };
+        let size = if rng.u8(..) < 8 {
+            0
+        } else {
+            rng.usize(1..=64).min(rest.len())
+        };
         let (chunk, tail) = rest.split_at(size);
         chunks.push(chunk);
         rest = tail;

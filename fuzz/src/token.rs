@@ -18,7 +18,8 @@ use base64::Engine as _;
 use std::sync::OnceLock;
 
 use breakwater::identity::token::{
-    looks_like_jwt, verify, TokenClaims, TokenError, DEFAULT_MAX_LIFETIME_MS, LEEWAY_MS, MAX_SUB_CHARS, MAX_TOKEN_LEN,
+    looks_like_jwt, verify, TokenClaims, TokenError, DEFAULT_MAX_LIFETIME_MS, LEEWAY_MS,
+    MAX_SUB_CHARS, MAX_TOKEN_LEN,
 };
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
@@ -29,7 +30,9 @@ const NOW_MS: u64 = 1_800_000_000_000;
 const DEFAULT_SECRET: &str = "fuzz-secret-0123456789abcdef-0123";
 
 pub fn check(data: &[u8]) {
-    let Some((&mode, rest)) = data.split_first() else { return };
+    let Some((&mode, rest)) = data.split_first() else {
+        return;
+    };
     if mode & 1 == 0 {
         let (token, secret) = split_at_byte(rest, 0);
         let token = text(token);
@@ -44,14 +47,25 @@ fn check_raw(token: &str, secret: &[u8]) -> Option<TokenClaims> {
     let looks = looks_like_jwt(token);
     match verify(token, secret, NOW_MS) {
         Ok(claims) => {
-            assert!(looks, "verify accepted what looks_like_jwt refuses: {token:?}");
+            assert!(
+                looks,
+                "verify accepted what looks_like_jwt refuses: {token:?}"
+            );
             let chars = claims.sub.chars().count();
             assert!((1..=MAX_SUB_CHARS).contains(&chars));
             assert!(!claims.sub.chars().any(char::is_control));
             if let Some(tier) = &claims.tier {
-                assert!(!tier.is_empty() && tier.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-'));
+                assert!(
+                    !tier.is_empty()
+                        && tier
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+                );
             }
-            assert!(NOW_MS < claims.exp_ms.saturating_add(LEEWAY_MS), "an expired token was accepted");
+            assert!(
+                NOW_MS < claims.exp_ms.saturating_add(LEEWAY_MS),
+                "an expired token was accepted"
+            );
             assert!(
                 claims.exp_ms <= NOW_MS + DEFAULT_MAX_LIFETIME_MS + LEEWAY_MS,
                 "a token living longer than a day was accepted"
@@ -61,7 +75,10 @@ fn check_raw(token: &str, secret: &[u8]) -> Option<TokenClaims> {
         Err(e) => {
             // Every message is one of a fixed set: nothing of the token or the secret is in it.
             let shown = e.to_string();
-            assert!(fixed_messages().contains(&shown), "an error message that varies: {shown:?}");
+            assert!(
+                fixed_messages().contains(&shown),
+                "an error message that varies: {shown:?}"
+            );
             None
         }
     }
@@ -70,7 +87,12 @@ fn check_raw(token: &str, secret: &[u8]) -> Option<TokenClaims> {
 fn check_signed(u: &mut Unstructured<'_>) -> Result<()> {
     let canonical_header = u.ratio(3u8, 4)?;
     let header = if canonical_header {
-        (*u.choose(&[r#"{"alg":"HS256","typ":"JWT"}"#, r#"{"alg":"HS256"}"#, r#" {"typ":"JWT","alg":"HS256"}"#])?).to_string()
+        (*u.choose(&[
+            r#"{"alg":"HS256","typ":"JWT"}"#,
+            r#"{"alg":"HS256"}"#,
+            r#" {"typ":"JWT","alg":"HS256"}"#,
+        ])?)
+        .to_string()
     } else {
         match u.int_in_range(0u8..=6)? {
             0 => r#"{"alg":"none"}"#.to_string(),
@@ -86,8 +108,16 @@ fn check_signed(u: &mut Unstructured<'_>) -> Result<()> {
     // Claims: each either a valid value, absent, or something odd.
     let valid_sub: String = {
         let s: String = u.arbitrary()?;
-        let s: String = s.chars().filter(|c| !c.is_control()).take(MAX_SUB_CHARS).collect();
-        if s.is_empty() { "user-1".to_string() } else { s }
+        let s: String = s
+            .chars()
+            .filter(|c| !c.is_control())
+            .take(MAX_SUB_CHARS)
+            .collect();
+        if s.is_empty() {
+            "user-1".to_string()
+        } else {
+            s
+        }
     };
     let valid_tier = (*u.choose(&["pro", "free_2", "team-a"])?).to_string();
     let mut claims = serde_json::Map::new();
@@ -135,15 +165,23 @@ fn check_signed(u: &mut Unstructured<'_>) -> Result<()> {
     if secret.is_empty() {
         secret = DEFAULT_SECRET.as_bytes().to_vec();
     }
-    let signing_input = format!("{}.{}", URL_SAFE_NO_PAD.encode(&header), URL_SAFE_NO_PAD.encode(&payload));
+    let signing_input = format!(
+        "{}.{}",
+        URL_SAFE_NO_PAD.encode(&header),
+        URL_SAFE_NO_PAD.encode(&payload)
+    );
     let mut mac = Hmac::<Sha256>::new_from_slice(&secret).expect("HMAC takes any key");
     mac.update(signing_input.as_bytes());
-    let token = format!("{signing_input}.{}", URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes()));
+    let token = format!(
+        "{signing_input}.{}",
+        URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes())
+    );
 
     let verdict = check_raw(&token, &secret);
     // Tokens above MAX_TOKEN_LEN are refused before anything else, by design.
     if canonical_header && claims_valid && token.len() <= MAX_TOKEN_LEN {
-        let claims = verdict.unwrap_or_else(|| panic!("a valid token was refused: {token} ({payload})"));
+        let claims =
+            verdict.unwrap_or_else(|| panic!("a valid token was refused: {token} ({payload})"));
         assert_eq!(claims.sub, valid_sub);
         assert_eq!(claims.tier, with_tier.then_some(valid_tier));
     }
@@ -151,7 +189,10 @@ fn check_signed(u: &mut Unstructured<'_>) -> Result<()> {
     // Another secret never verifies it (HMAC pads keys with zero bytes, so append a non-zero one).
     let mut other = secret.clone();
     other.push(b'x');
-    assert!(verify(&token, &other, NOW_MS).is_err(), "verified with another secret");
+    assert!(
+        verify(&token, &other, NOW_MS).is_err(),
+        "verified with another secret"
+    );
 
     // One character changed: refused.
     if !token.is_empty() {
@@ -161,7 +202,10 @@ fn check_signed(u: &mut Unstructured<'_>) -> Result<()> {
         altered[at] = replacement;
         let altered = String::from_utf8(altered).expect("ASCII in, ASCII out");
         if altered != token {
-            assert!(check_raw(&altered, &secret).is_none(), "an altered token verified: {altered}");
+            assert!(
+                check_raw(&altered, &secret).is_none(),
+                "an altered token verified: {altered}"
+            );
         }
     }
     Ok(())
@@ -187,10 +231,10 @@ pub(crate) fn fixed_messages() -> &'static [String] {
             WrongAudience,
             WrongIssuer,
         ]
-            .into_iter()
-            .chain(claims)
-            .map(|e| e.to_string())
-            .collect()
+        .into_iter()
+        .chain(claims)
+        .map(|e| e.to_string())
+        .collect()
     })
 }
 

@@ -24,9 +24,14 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let seconds: f64 = args.first().and_then(|s| s.parse().ok()).unwrap_or(3.0);
     let wanted: Vec<&str> = args.iter().skip(1).map(String::as_str).collect();
-    let seed = std::env::var("SMOKE_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64)
-    });
+    let seed = std::env::var("SMOKE_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_nanos() as u64)
+        });
     println!("smoke fuzzing, {seconds} s per target, SMOKE_SEED={seed}");
     // Failed checks are reported once, with their input, below.
     panic::set_hook(Box::new(|_| {}));
@@ -82,7 +87,9 @@ fn main() -> ExitCode {
 fn load(target: &str) -> Vec<Vec<u8>> {
     let mut inputs = Vec::new();
     for dir in ["seeds", "regressions", "corpus"] {
-        let Ok(entries) = fs::read_dir(Path::new(dir).join(target)) else { continue };
+        let Ok(entries) = fs::read_dir(Path::new(dir).join(target)) else {
+            continue;
+        };
         let mut paths: Vec<_> = entries.flatten().map(|e| e.path()).collect();
         paths.sort();
         // A local corpus can be large: a sample is enough here.
@@ -103,7 +110,11 @@ fn run(target: &str, check: fn(&[u8]), input: &[u8]) -> bool {
         let dir = Path::new("artifacts").join(target);
         let path = dir.join(format!("smoke-{:016x}", hash(input)));
         let _ = fs::create_dir_all(&dir).and_then(|()| fs::write(&path, input));
-        println!("{target}: check failed: {message}\n  input {:?}\n  written to fuzz/{}", String::from_utf8_lossy(input), path.display());
+        println!(
+            "{target}: check failed: {message}\n  input {:?}\n  written to fuzz/{}",
+            String::from_utf8_lossy(input),
+            path.display()
+        );
         return false;
     }
     true
