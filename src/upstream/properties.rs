@@ -51,6 +51,9 @@ fn any_policy() -> impl Strategy<Value = OutagePolicy> {
                 probe_interval_base_ms,
                 probe_interval_cap_ms,
                 probe_lease_ms,
+                // Eager probing with few or many waiters.
+                probe_eager_waiters: std::num::NonZeroU32::new(max_models as u32 % 64 + 1)
+                    .unwrap_or(std::num::NonZeroU32::MIN),
                 wait_poll_ms: std::num::NonZeroU64::new(wait_poll_ms)
                     .unwrap_or(std::num::NonZeroU64::MIN),
                 release_per_waiter_ms,

@@ -660,6 +660,7 @@ fn model_snapshot(health: &ModelHealth, policy: &OutagePolicy, now: u64) -> Mode
         Phase::Recovering {
             since_ms,
             window_ms,
+            ..
         } => {
             snapshot.phase = ModelPhase::Recovering;
             snapshot.release_ends_in_ms =
