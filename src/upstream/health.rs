@@ -51,7 +51,8 @@ pub(super) enum Phase {
     /// A probe got through at `since_ms`: requests go out at their release slots, spread
     /// over `window_ms`: in the order of their deadlines, mapped from
     /// `[first_deadline_ms, first_deadline_ms + deadline_span_ms]` onto the window, when the
-    /// waiters' deadlines were spread (`deadline_span_ms > 0`); at seeded slots otherwise.
+    /// waiters' deadlines were spread (`deadline_span_ms > 0`), after a lead of `lead_ms`;
+    /// at seeded slots otherwise.
     Recovering {
         since_ms: u64,
         window_ms: u64,
@@ -59,6 +60,8 @@ pub(super) enum Phase {
         first_deadline_ms: u64,
         #[serde(default)]
         deadline_span_ms: u64,
+        #[serde(default)]
+        lead_ms: u64,
     },
 }
 
@@ -313,15 +316,16 @@ impl ModelHealth {
                 window_ms,
                 first_deadline_ms,
                 deadline_span_ms,
+                lead_ms,
             } => {
                 let offset = if deadline_span_ms == 0 {
                     draw::release_offset_ms(window_ms, seed, since_ms)
                 } else {
-                    draw::deadline_offset_ms(
-                        window_ms,
+                    lead_ms.saturating_add(draw::deadline_offset_ms(
+                        window_ms.saturating_sub(lead_ms),
                         deadline_ms.saturating_sub(first_deadline_ms),
                         deadline_span_ms,
-                    )
+                    ))
                 };
                 let slot = since_ms.saturating_add(offset);
                 // Pacing never costs a request its chance: one whose slot falls late goes
@@ -435,11 +439,34 @@ impl ModelHealth {
             } else {
                 0
             };
+            // Waiters hear of the recovery when they next call, within a poll period: slots
+            // in that period would go as they call, bunched. When even the most urgent has
+            // time to spare, the release starts a poll period later (at most a quarter of
+            // that time), so each is told its slot first and the upstream sees them evenly.
+            let spare = first_deadline_ms.saturating_sub(now_ms) / 4;
+            let lead_ms = if deadline_span_ms == 0 {
+                0
+            } else {
+                spare.min(policy.wait_poll_ms.get())
+            };
+            // The rate the window releases the waiters at paces them as they go: the busiest
+            // part of it (the end of a slow start, twice its mean; the front of a deadline
+            // order bound by the halfway rule, twice the waiters' deadline density).
+            let per_s = |n: u64, ms: u64| n.saturating_mul(1_000_000) / ms.max(1);
+            let waiting = u64::from(waiters);
+            let release_mrps = if deadline_span_ms == 0 {
+                per_s(waiting.saturating_mul(2), window_ms)
+            } else {
+                per_s(waiting, window_ms).max(per_s(waiting.saturating_mul(2), deadline_span_ms))
+            };
+            self.pace.recovered(&policy.pace, now_ms, release_mrps);
+            let window_ms = stored(window_ms.saturating_add(lead_ms));
             self.phase = Phase::Recovering {
                 since_ms: now_ms,
                 window_ms,
                 first_deadline_ms,
                 deadline_span_ms,
+                lead_ms,
             };
             return ModelChange::Recovering { window_ms };
         }
@@ -467,7 +494,10 @@ impl ModelHealth {
         // serving (something in the last second) this is an upstream at capacity, not an
         // outage; the streak that marks one counts only once nothing is served.
         self.pace.shed(&policy.pace, now_ms);
-        if self.pace.serving(now_ms) {
+        // While recovering the rate is the release's, not a capacity measured: shedding with
+        // nothing served in between is a relapse, marked as an outage is.
+        let recovering = matches!(self.phase, Phase::Recovering { .. });
+        if self.pace.serving(now_ms) && !recovering {
             return ModelChange::None;
         }
         if self.streak == 0 {

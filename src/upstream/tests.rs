@@ -37,6 +37,18 @@ fn go(gate: Gate) -> Option<ProbeTicket> {
     }
 }
 
+/// When a released request goes: now, or at the send time the release's pace gives it.
+fn released(gate: Gate, now: u64) -> Option<u64> {
+    match gate {
+        Gate::Go { probe: None } => Some(now),
+        Gate::Scheduled {
+            at_ms,
+            reason: PaceReason::Capacity,
+        } => Some(at_ms),
+        _ => None,
+    }
+}
+
 fn probe(gate: Gate) -> ProbeTicket {
     go(gate).unwrap_or_else(|| panic!("expected a probe"))
 }
@@ -346,13 +358,14 @@ fn waiters_are_released_spread_over_the_window_after_a_successful_probe() {
     assert_eq!(window, u64::from(waiters) * 10);
 
     // Each waiter calls right after the success and is told its slot, then comes back then.
-    let mut released = Vec::new();
+    let mut released_at = Vec::new();
     let mut pending = Vec::new();
     for &seed in &seeds {
         let at = success + 1;
-        match ask(&mut state, at, MODEL, LONG, seed) {
-            Gate::Go { probe: None } => released.push(at),
-            gate => {
+        let gate = ask(&mut state, at, MODEL, LONG, seed);
+        match released(gate, at) {
+            Some(t) => released_at.push(t),
+            None => {
                 let (until, reason) = wait(gate);
                 assert_eq!(reason, WaitReason::Recovering);
                 assert!(until > at && until <= success + window);
@@ -368,10 +381,16 @@ fn waiters_are_released_spread_over_the_window_after_a_successful_probe() {
             // Early is still early.
             assert_eq!(wait(ask(&mut state, until - 1, MODEL, LONG, seed)).0, until);
         }
-        assert_eq!(go(ask(&mut state, until, MODEL, LONG, seed)), None);
-        released.push(until);
+        let at = released(ask(&mut state, until, MODEL, LONG, seed), until);
+        // Let go at its slot, spaced at the release's pace if others went just before.
+        assert!(
+            at.is_some_and(|t| t >= until && t <= until + window / 10),
+            "{at:?}"
+        );
+        released_at.push(at.unwrap_or(until));
         clock = until;
     }
+    let mut released = released_at;
     released.sort_unstable();
     let first = released[0];
     let last = released[released.len() - 1];
@@ -390,12 +409,28 @@ fn waiters_are_released_spread_over_the_window_after_a_successful_probe() {
         .filter(|&&t| t < success + window / 10)
         .count();
     assert!(first_tenth <= 10, "{first_tenth}");
-    // After the window the model is healthy and forgotten.
+    // After the window the model is healthy; it is forgotten once the release's pace has
+    // seen nothing wait for a while.
+    let after = released[released.len() - 1].max(success + window);
+    assert!(released_or_go(ask(&mut state, after, MODEL, LONG, 999)));
     assert_eq!(
-        go(ask(&mut state, success + window, MODEL, LONG, 999)),
-        None
+        state.snapshot(&p, after).models[0].phase,
+        ModelPhase::Healthy
     );
-    assert!(state.snapshot(&p, success + window).models.is_empty());
+    let quiet = after + p.pace.quiet_ms + 1_000;
+    assert_eq!(go(ask(&mut state, quiet, MODEL, LONG, 999)), None);
+    assert!(state.snapshot(&p, quiet + 1_000).models.is_empty());
+}
+
+fn released_or_go(gate: Gate) -> bool {
+    matches!(
+        gate,
+        Gate::Go { probe: None }
+            | Gate::Scheduled {
+                reason: PaceReason::Capacity,
+                ..
+            }
+    )
 }
 
 #[test]
@@ -726,10 +761,12 @@ fn idle_once_everything_is_over() {
     assert!(!state.is_idle(&p, T0));
     let t = probe(ask(&mut state, due, MODEL, LONG, 1));
     state.after_attempt(&p, due + 100, MODEL, report(Reply::Success, Some(t)), 1);
-    // Recovering for 250 ms, and the probe's first attempt is in the budget for 10 s.
+    // Recovering for 250 ms, the probe's first attempt is in the budget for 10 s, and the
+    // release is paced for 10 s.
     assert!(!state.is_idle(&p, due + 349));
     assert!(!state.is_idle(&p, due + 350));
-    assert!(state.is_idle(&p, due + 10_000));
+    assert!(!state.is_idle(&p, due + 10_099));
+    assert!(state.is_idle(&p, due + 10_100));
 }
 
 #[test]
@@ -742,4 +779,134 @@ fn snapshot_is_serializable_and_relative() {
     let json = serde_json::to_value(&snapshot).unwrap_or_default();
     assert_eq!(json["models"][0]["phase"], "overloaded");
     assert_eq!(json["retry_budget"]["allowance"], 30);
+}
+
+/// Marks `MODEL`, has `waiters` requests arriving every `spacing` ms from `T0` (deadline 30 s
+/// after arrival) poll while the first probe is out, and lets the probe succeed at
+/// `success`. The window, and each waiter's deadline and seed.
+fn recover_with_spread_deadlines(
+    state: &mut UpstreamState,
+    waiters: u64,
+    spacing: u64,
+    success: u64,
+) -> (u64, Vec<(u64, u64)>) {
+    let p = policy();
+    let due = mark(state, MODEL, T0);
+    let ticket = probe(ask(state, due, MODEL, LONG, 0));
+    let clients: Vec<(u64, u64)> = (1..=waiters)
+        .map(|i| (T0 + i * spacing + 30_000, i))
+        .collect();
+    let mut next_call: Vec<(u64, usize)> = (0..clients.len())
+        .map(|i| (T0 + (i as u64 + 1) * spacing, i))
+        .collect();
+    loop {
+        next_call.sort_unstable();
+        let (at, i) = next_call[0];
+        if at >= success {
+            break;
+        }
+        let (deadline, seed) = clients[i];
+        match ask(state, at, MODEL, deadline, seed) {
+            Gate::Wait { until_ms, .. } => next_call[0] = (until_ms, i),
+            // Its deadline came: it is answered and stops calling.
+            gate => {
+                refuse(gate);
+                next_call[0] = (u64::MAX, i);
+            }
+        }
+    }
+    let change = state.after_attempt(&p, success, MODEL, report(Reply::Success, Some(ticket)), 0);
+    let window = match change {
+        Change::Recovering { window_ms } => window_ms,
+        other => panic!("{other:?}"),
+    };
+    (window, clients)
+}
+
+#[test]
+fn waiters_are_released_earliest_deadline_first() {
+    let p = policy();
+    // 100 requests arriving 50 ms apart over an outage of 5 s, 30 s budgets: every one has
+    // 25 s to spare when the probe gets through, so the release waits a poll period for all
+    // of them to hear of it, then goes in deadline order, evenly.
+    let mut state = UpstreamState::new();
+    let success = T0 + 5_100;
+    let (window, clients) = recover_with_spread_deadlines(&mut state, 100, 50, success);
+    let mut slots = Vec::new();
+    for &(deadline, seed) in &clients {
+        let (until, reason) = wait(ask(&mut state, success + 1, MODEL, deadline, seed));
+        assert_eq!(reason, WaitReason::Recovering);
+        assert!(until <= success + window, "within the window");
+        slots.push(until);
+    }
+    assert!(slots.windows(2).all(|w| w[0] <= w[1]), "in deadline order");
+    assert!(
+        slots[0] >= success + p.wait_poll_ms.get(),
+        "after a poll period"
+    );
+    let gaps: Vec<u64> = slots.windows(2).map(|w| w[1] - w[0]).collect();
+    assert!(
+        gaps.iter().all(|&g| g <= 3 * window / 100),
+        "evenly: {gaps:?}"
+    );
+    // A request that came during the release goes after every waiter.
+    let late = ask(&mut state, success + 1, MODEL, success + 30_000, 7);
+    assert!(wait(late).0 > slots[99]);
+    // Each is let go at its slot.
+    assert_eq!(go(ask(&mut state, slots[0], MODEL, clients[0].0, 1)), None);
+
+    // When the oldest waiter has no time to spare, the release starts at once, and nobody
+    // goes later than halfway from the recovery to its deadline.
+    let mut state = UpstreamState::new();
+    let success = T0 + 30_060;
+    let (_, clients) = recover_with_spread_deadlines(&mut state, 600, 50, success);
+    let (deadline, seed) = clients
+        .iter()
+        .copied()
+        .find(|&(deadline, _)| deadline > success + 100)
+        .unwrap_or_else(|| panic!("a waiter with a deadline ahead"));
+    let gate = ask(&mut state, success + 1, MODEL, deadline, seed);
+    assert!(
+        matches!(gate, Gate::Go { probe: None })
+            || wait(gate).0 <= success + (deadline - success) / 2 + 1,
+        "{gate:?}"
+    );
+    for &(deadline, seed) in clients.iter().filter(|(d, _)| *d > success + 1) {
+        if let Gate::Wait { until_ms, .. } = ask(&mut state, success + 1, MODEL, deadline, seed) {
+            assert!(until_ms <= success + (deadline - success) / 2 + 1);
+        }
+    }
+}
+
+#[test]
+fn probes_stay_close_while_many_wait() {
+    let p = policy();
+    let mut state = UpstreamState::new();
+    let due = mark(&mut state, MODEL, T0);
+    let mut ticket = probe(ask(&mut state, due, MODEL, LONG, 0));
+    let mut at = due + 100;
+    // Few waiters: the spacing grows with each failed probe; many: it stays at the base.
+    for (round, waiters) in [(0, 0u64), (1, 0), (2, 0), (3, 200), (4, 200)] {
+        for seed in 0..waiters {
+            wait(ask(&mut state, at + seed, MODEL, LONG, 100 + seed));
+        }
+        at += waiters;
+        let change =
+            state.after_attempt(&p, at, MODEL, report(Reply::Overloaded, Some(ticket)), at);
+        let Change::ProbeFailed { next_probe_ms } = change else {
+            panic!("{change:?}");
+        };
+        let ceiling = if waiters >= u64::from(p.probe_eager_waiters.get()) {
+            p.probe_interval_base_ms
+        } else {
+            (p.probe_interval_base_ms << (round + 1)).min(p.probe_interval_cap_ms)
+        };
+        assert!(
+            (at + ceiling / 2..=at + ceiling).contains(&next_probe_ms),
+            "round {round}: {}",
+            next_probe_ms - at
+        );
+        ticket = probe(ask(&mut state, next_probe_ms, MODEL, LONG, 1_000 + round));
+        at = next_probe_ms + 100;
+    }
 }
