@@ -463,6 +463,15 @@ impl UpstreamState {
         change
     }
 
+    /// Where `model` stands (healthy when not remembered).
+    #[cfg(test)]
+    pub(super) fn phase_of(&self, model: &str) -> super::health::Phase {
+        self.models
+            .iter()
+            .find(|health| health.model == model)
+            .map_or(super::health::Phase::Healthy, |health| health.phase)
+    }
+
     /// The state as of `now_ms`, without changing it.
     #[must_use]
     pub fn snapshot(&self, policy: &OutagePolicy, now_ms: u64) -> Snapshot {
