@@ -449,17 +449,6 @@ impl ModelHealth {
             } else {
                 spare.min(policy.wait_poll_ms.get())
             };
-            // The rate the window releases the waiters at paces them as they go: the busiest
-            // part of it (the end of a slow start, twice its mean; the front of a deadline
-            // order bound by the halfway rule, twice the waiters' deadline density).
-            let per_s = |n: u64, ms: u64| n.saturating_mul(1_000_000) / ms.max(1);
-            let waiting = u64::from(waiters);
-            let release_mrps = if deadline_span_ms == 0 {
-                per_s(waiting.saturating_mul(2), window_ms)
-            } else {
-                per_s(waiting, window_ms).max(per_s(waiting.saturating_mul(2), deadline_span_ms))
-            };
-            self.pace.recovered(&policy.pace, now_ms, release_mrps);
             let window_ms = stored(window_ms.saturating_add(lead_ms));
             self.phase = Phase::Recovering {
                 since_ms: now_ms,
@@ -494,10 +483,7 @@ impl ModelHealth {
         // serving (something in the last second) this is an upstream at capacity, not an
         // outage; the streak that marks one counts only once nothing is served.
         self.pace.shed(&policy.pace, now_ms);
-        // While recovering the rate is the release's, not a capacity measured: shedding with
-        // nothing served in between is a relapse, marked as an outage is.
-        let recovering = matches!(self.phase, Phase::Recovering { .. });
-        if self.pace.serving(now_ms) && !recovering {
+        if self.pace.serving(now_ms) {
             return ModelChange::None;
         }
         if self.streak == 0 {

@@ -757,27 +757,6 @@ impl Pace {
         self.rate.until_ms = 0;
     }
 
-    /// A probe got through after an outage and the waiters are released at about
-    /// `release_mrps`: pace at that rate (or at the busiest second served before the outage,
-    /// if that is still remembered and higher) from `now_ms`, growing additively. Released
-    /// requests that come together (each hears of the recovery when it next calls) are
-    /// spaced out rather than sent in a bunch the recovering upstream would shed.
-    pub fn recovered(&mut self, policy: &PacePolicy, now_ms: u64, release_mrps: u64) {
-        if !policy.capacity {
-            return;
-        }
-        let before = self.served.peak_per_s(now_ms).saturating_mul(1000);
-        let mrps = stored(release_mrps.max(before).max(policy.min_mrps));
-        self.rate.mrps = mrps;
-        self.rate.threshold_mrps = mrps;
-        self.rate.tat_us = stored(now_ms.saturating_mul(1000));
-        self.rate.decreased_ms = now_ms;
-        self.rate.measure_from_ms = 0;
-        self.rate.measure_sheds = 0;
-        self.rate.measure_served = 0;
-        self.rate.until_ms = stored(now_ms.saturating_add(policy.quiet_ms));
-    }
-
     /// Paced at a rate, and the upstream served something in the last second.
     pub fn serving(&mut self, now_ms: u64) -> bool {
         self.rate_mrps(now_ms) > 0 && self.served.rate_per_s(now_ms) > 0

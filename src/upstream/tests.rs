@@ -37,18 +37,6 @@ fn go(gate: Gate) -> Option<ProbeTicket> {
     }
 }
 
-/// When a released request goes: now, or at the send time the release's pace gives it.
-fn released(gate: Gate, now: u64) -> Option<u64> {
-    match gate {
-        Gate::Go { probe: None } => Some(now),
-        Gate::Scheduled {
-            at_ms,
-            reason: PaceReason::Capacity,
-        } => Some(at_ms),
-        _ => None,
-    }
-}
-
 fn probe(gate: Gate) -> ProbeTicket {
     go(gate).unwrap_or_else(|| panic!("expected a probe"))
 }
@@ -358,14 +346,13 @@ fn waiters_are_released_spread_over_the_window_after_a_successful_probe() {
     assert_eq!(window, u64::from(waiters) * 10);
 
     // Each waiter calls right after the success and is told its slot, then comes back then.
-    let mut released_at = Vec::new();
+    let mut released = Vec::new();
     let mut pending = Vec::new();
     for &seed in &seeds {
         let at = success + 1;
-        let gate = ask(&mut state, at, MODEL, LONG, seed);
-        match released(gate, at) {
-            Some(t) => released_at.push(t),
-            None => {
+        match ask(&mut state, at, MODEL, LONG, seed) {
+            Gate::Go { probe: None } => released.push(at),
+            gate => {
                 let (until, reason) = wait(gate);
                 assert_eq!(reason, WaitReason::Recovering);
                 assert!(until > at && until <= success + window);
@@ -381,16 +368,10 @@ fn waiters_are_released_spread_over_the_window_after_a_successful_probe() {
             // Early is still early.
             assert_eq!(wait(ask(&mut state, until - 1, MODEL, LONG, seed)).0, until);
         }
-        let at = released(ask(&mut state, until, MODEL, LONG, seed), until);
-        // Let go at its slot, spaced at the release's pace if others went just before.
-        assert!(
-            at.is_some_and(|t| t >= until && t <= until + window / 10),
-            "{at:?}"
-        );
-        released_at.push(at.unwrap_or(until));
+        assert_eq!(go(ask(&mut state, until, MODEL, LONG, seed)), None);
+        released.push(until);
         clock = until;
     }
-    let mut released = released_at;
     released.sort_unstable();
     let first = released[0];
     let last = released[released.len() - 1];
@@ -409,28 +390,12 @@ fn waiters_are_released_spread_over_the_window_after_a_successful_probe() {
         .filter(|&&t| t < success + window / 10)
         .count();
     assert!(first_tenth <= 10, "{first_tenth}");
-    // After the window the model is healthy; it is forgotten once the release's pace has
-    // seen nothing wait for a while.
-    let after = released[released.len() - 1].max(success + window);
-    assert!(released_or_go(ask(&mut state, after, MODEL, LONG, 999)));
+    // After the window the model is healthy and forgotten.
     assert_eq!(
-        state.snapshot(&p, after).models[0].phase,
-        ModelPhase::Healthy
+        go(ask(&mut state, success + window, MODEL, LONG, 999)),
+        None
     );
-    let quiet = after + p.pace.quiet_ms + 1_000;
-    assert_eq!(go(ask(&mut state, quiet, MODEL, LONG, 999)), None);
-    assert!(state.snapshot(&p, quiet + 1_000).models.is_empty());
-}
-
-fn released_or_go(gate: Gate) -> bool {
-    matches!(
-        gate,
-        Gate::Go { probe: None }
-            | Gate::Scheduled {
-                reason: PaceReason::Capacity,
-                ..
-            }
-    )
+    assert!(state.snapshot(&p, success + window).models.is_empty());
 }
 
 #[test]
@@ -761,12 +726,10 @@ fn idle_once_everything_is_over() {
     assert!(!state.is_idle(&p, T0));
     let t = probe(ask(&mut state, due, MODEL, LONG, 1));
     state.after_attempt(&p, due + 100, MODEL, report(Reply::Success, Some(t)), 1);
-    // Recovering for 250 ms, the probe's first attempt is in the budget for 10 s, and the
-    // release is paced for 10 s.
+    // Recovering for 250 ms, and the probe's first attempt is in the budget for 10 s.
     assert!(!state.is_idle(&p, due + 349));
     assert!(!state.is_idle(&p, due + 350));
-    assert!(!state.is_idle(&p, due + 10_099));
-    assert!(state.is_idle(&p, due + 10_100));
+    assert!(state.is_idle(&p, due + 10_000));
 }
 
 #[test]
