@@ -325,9 +325,13 @@ where
             Cleared::Go(probe) => {
                 let ticket = retrier.attempt_started();
                 journal.attempts = earlier_attempts.saturating_add(ticket.number);
+                let sent_ms = clock.now_ms();
                 let (outcome, answer) = transport.attempt(ticket.timeout_ms).await;
                 journal.count_reply(Reply::of(&outcome));
-                let limits = transport.key_limits();
+                let mut limits = transport.key_limits();
+                if !limits.is_empty() {
+                    limits.age_ms = Some(clock.now_ms().saturating_sub(sent_ms));
+                }
                 gate.after(&mut shared, &outcome, probe, consulted, limits)
                     .await;
                 match retrier.after_attempt(clock.now_ms(), classify(&outcome)) {

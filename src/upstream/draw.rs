@@ -47,6 +47,16 @@ pub(super) fn release_offset_ms(window_ms: u64, seed: u64, since_ms: u64) -> u64
     u64::try_from(scaled).unwrap_or(window_ms).min(window_ms)
 }
 
+/// Where in a release window of `window_ms` a request goes out whose deadline is
+/// `from_first_ms` after the earliest of the waiters', their deadlines spanning `span_ms`:
+/// in deadline order, the span mapped linearly onto the window. A request whose deadline is
+/// later than every waiter's (it came during the release) goes after them at the same pace.
+pub(super) fn deadline_offset_ms(window_ms: u64, from_first_ms: u64, span_ms: u64) -> u64 {
+    let scaled = u128::from(window_ms).saturating_mul(u128::from(from_first_ms))
+        / u128::from(span_ms.max(1));
+    u64::try_from(scaled).unwrap_or(u64::MAX)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -49,8 +49,20 @@ pub(super) enum Phase {
         probe: Option<ProbeLease>,
     },
     /// A probe got through at `since_ms`: requests go out at their release slots, spread
-    /// over `window_ms`.
-    Recovering { since_ms: u64, window_ms: u64 },
+    /// over `window_ms`: in the order of their deadlines, mapped from
+    /// `[first_deadline_ms, first_deadline_ms + deadline_span_ms]` onto the window, when the
+    /// waiters' deadlines were spread (`deadline_span_ms > 0`), after a lead of `lead_ms`;
+    /// at seeded slots otherwise.
+    Recovering {
+        since_ms: u64,
+        window_ms: u64,
+        #[serde(default)]
+        first_deadline_ms: u64,
+        #[serde(default)]
+        deadline_span_ms: u64,
+        #[serde(default)]
+        lead_ms: u64,
+    },
 }
 
 /// The probe in flight: its ticket, and when it started (its lease ends a lease later).
@@ -64,11 +76,19 @@ pub(super) struct ProbeLease {
 /// a draw from `[period/2, period]`, 4/3 times a period on average, so three quarters of the
 /// busier of the current and the last period estimates the waiters without knowing who they
 /// are. A waiter that goes away simply stops being counted a period or two later.
+///
+/// The earliest and latest deadline the waiters named since the marking say how their
+/// deadlines spread, which orders the release: earliest deadline first, as a queue served
+/// at capacity would, so the requests that can wait least are not the ones left to expire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub(super) struct WaitTally {
     period_started_ms: u64,
     this_period: u32,
     last_period: u32,
+    #[serde(default)]
+    earliest_deadline_ms: u64,
+    #[serde(default)]
+    latest_deadline_ms: u64,
 }
 
 impl WaitTally {
@@ -77,6 +97,8 @@ impl WaitTally {
             period_started_ms: now_ms,
             this_period: 0,
             last_period: 0,
+            earliest_deadline_ms: 0,
+            latest_deadline_ms: 0,
         }
     }
 
@@ -90,15 +112,28 @@ impl WaitTally {
                 period_started_ms: stored(self.period_started_ms.saturating_add(period)),
                 this_period: 0,
                 last_period: self.this_period,
+                ..self
             }
         } else {
             self
         }
     }
 
-    fn count(&mut self, now_ms: u64, period_ms: u64) {
+    fn count(&mut self, now_ms: u64, period_ms: u64, deadline_ms: u64) {
         *self = self.rolled(now_ms, period_ms);
         self.this_period = self.this_period.saturating_add(1);
+        let deadline = stored(deadline_ms);
+        if self.earliest_deadline_ms == 0 || deadline < self.earliest_deadline_ms {
+            self.earliest_deadline_ms = deadline;
+        }
+        self.latest_deadline_ms = self.latest_deadline_ms.max(deadline);
+    }
+
+    /// The deadlines of the requests still waiting at `now_ms`: the earliest (none before
+    /// `now_ms`: those have gone) and how far the latest is from it.
+    fn deadlines(&self, now_ms: u64) -> (u64, u64) {
+        let first = self.earliest_deadline_ms.max(now_ms);
+        (first, self.latest_deadline_ms.saturating_sub(first))
     }
 
     /// The estimated number of requests waiting.
@@ -145,14 +180,22 @@ pub(super) fn model_key(model: &str) -> &str {
     model.get(..end).unwrap_or("")
 }
 
-/// The spacing before the next probe after `failed_probes` failures.
-fn probe_spacing_ms(policy: &OutagePolicy, failed_probes: u32, rng: &mut fastrand::Rng) -> u64 {
+/// The ceiling of the spacing before the next probe after `failed_probes` failures, with
+/// `waiters` requests waiting: it grows with each failure, but never beyond the base while
+/// [`OutagePolicy::probe_eager_waiters`] or more wait. Every second the end of an outage goes
+/// unnoticed costs a second of the upstream's capacity to a queue whose oldest requests are
+/// running out of budget; a probe costs one call.
+fn probe_ceiling_ms(policy: &OutagePolicy, failed_probes: u32, waiters: u32) -> u64 {
     let ceiling = ceiling_ms(
         policy.probe_interval_base_ms,
         policy.probe_interval_cap_ms,
         failed_probes,
     );
-    draw::half_jitter(rng, ceiling)
+    if waiters >= policy.probe_eager_waiters.get() {
+        ceiling.min(policy.probe_interval_base_ms)
+    } else {
+        ceiling
+    }
 }
 
 impl ModelHealth {
@@ -177,6 +220,7 @@ impl ModelHealth {
             Phase::Recovering {
                 since_ms,
                 window_ms,
+                ..
             } => {
                 if now_ms >= since_ms.saturating_add(*window_ms) {
                     self.phase = Phase::Healthy;
@@ -209,6 +253,8 @@ impl ModelHealth {
         shift(&mut self.last_used_ms);
         shift(&mut self.streak_started_ms);
         shift(&mut self.waits.period_started_ms);
+        shift(&mut self.waits.earliest_deadline_ms);
+        shift(&mut self.waits.latest_deadline_ms);
         match &mut self.phase {
             Phase::Healthy => {}
             Phase::Overloaded {
@@ -222,7 +268,14 @@ impl ModelHealth {
                     shift(&mut lease.started_ms);
                 }
             }
-            Phase::Recovering { since_ms, .. } => shift(since_ms),
+            Phase::Recovering {
+                since_ms,
+                first_deadline_ms,
+                ..
+            } => {
+                shift(since_ms);
+                shift(first_deadline_ms);
+            }
         }
     }
 
@@ -261,13 +314,23 @@ impl ModelHealth {
             Phase::Recovering {
                 since_ms,
                 window_ms,
+                first_deadline_ms,
+                deadline_span_ms,
+                lead_ms,
             } => {
-                let slot =
-                    since_ms.saturating_add(draw::release_offset_ms(window_ms, seed, since_ms));
+                let offset = if deadline_span_ms == 0 {
+                    draw::release_offset_ms(window_ms, seed, since_ms)
+                } else {
+                    lead_ms.saturating_add(draw::deadline_offset_ms(
+                        window_ms.saturating_sub(lead_ms),
+                        deadline_ms.saturating_sub(first_deadline_ms),
+                        deadline_span_ms,
+                    ))
+                };
+                let slot = since_ms.saturating_add(offset);
                 // Pacing never costs a request its chance: one whose slot falls late goes
                 // halfway from the recovery to its deadline, so the most urgent go first
-                // (earliest deadline first, as a queue served at capacity would) and each
-                // keeps time for its answer, and a retry.
+                // and each keeps time for its answer, and a retry.
                 let halfway = since_ms.saturating_add(deadline_ms.saturating_sub(since_ms) / 2);
                 let release = slot.min(halfway);
                 if now_ms >= release {
@@ -311,7 +374,7 @@ impl ModelHealth {
                     // Be there when the next probe is due, spread a little.
                     until = until.min(next_probe_ms.saturating_add(rng.u64(0..=poll / 4)));
                 }
-                self.waits.count(now_ms, poll);
+                self.waits.count(now_ms, poll, deadline_ms);
                 ModelGate::Wait {
                     until_ms: until.min(deadline_ms),
                     recovering: false,
@@ -346,8 +409,9 @@ impl ModelHealth {
     /// Reschedules the next probe after the current spacing.
     fn schedule_probe(&mut self, policy: &OutagePolicy, now_ms: u64, seed: u64) -> u64 {
         let mut rng = draw::rng(seed, now_ms, Purpose::NextProbe);
-        let next =
-            stored(now_ms.saturating_add(probe_spacing_ms(policy, self.failed_probes, &mut rng)));
+        let waiters = self.waits.estimate(now_ms, policy.wait_poll_ms.get());
+        let ceiling = probe_ceiling_ms(policy, self.failed_probes, waiters);
+        let next = stored(now_ms.saturating_add(draw::half_jitter(&mut rng, ceiling)));
         if let Phase::Overloaded { next_probe_ms, .. } = &mut self.phase {
             *next_probe_ms = next;
         }
@@ -368,9 +432,30 @@ impl ModelHealth {
             // Any success is proof, the probe's or a straggler's from before the marking.
             let waiters = self.waits.estimate(now_ms, policy.wait_poll_ms.get());
             let window_ms = stored(policy.release_window_ms(waiters));
+            let (first_deadline_ms, span_ms) = self.waits.deadlines(now_ms);
+            // Deadlines closer together than the shortest window say nothing of an order.
+            let deadline_span_ms = if span_ms >= policy.release_min_ms.max(1) {
+                span_ms
+            } else {
+                0
+            };
+            // Waiters hear of the recovery when they next call, within a poll period: slots
+            // in that period would go as they call, bunched. When even the most urgent has
+            // time to spare, the release starts a poll period later (at most a quarter of
+            // that time), so each is told its slot first and the upstream sees them evenly.
+            let spare = first_deadline_ms.saturating_sub(now_ms) / 4;
+            let lead_ms = if deadline_span_ms == 0 {
+                0
+            } else {
+                spare.min(policy.wait_poll_ms.get())
+            };
+            let window_ms = stored(window_ms.saturating_add(lead_ms));
             self.phase = Phase::Recovering {
                 since_ms: now_ms,
                 window_ms,
+                first_deadline_ms,
+                deadline_span_ms,
+                lead_ms,
             };
             return ModelChange::Recovering { window_ms };
         }
@@ -456,12 +541,12 @@ mod tests {
     fn tally_estimates_from_the_busier_recent_period() {
         let mut tally = WaitTally::starting(0);
         for t in 0..50 {
-            tally.count(t * 10, 1_000);
+            tally.count(t * 10, 1_000, 40_000 + t);
         }
         // 50 calls in a period: about 38 waiters calling 4/3 times each.
         assert_eq!(tally.estimate(600, 1_000), 38);
         assert_eq!(tally.estimate(1_500, 1_000), 38);
-        tally.count(1_500, 1_000);
+        tally.count(1_500, 1_000, 40_000);
         assert_eq!(tally.estimate(1_500, 1_000), 38);
         assert_eq!(tally.estimate(2_500, 1_000), 1);
         // Nobody called for two periods: nobody is waiting.

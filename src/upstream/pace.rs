@@ -103,6 +103,11 @@ pub struct KeyLimits {
     pub requests: Option<Observed>,
     pub input_tokens: Option<Observed>,
     pub output_tokens: Option<Observed>,
+    /// How long before the figures were reported the answered attempt was sent: the upstream
+    /// counted what it admitted before that attempt, not what the proxy sent since (`None`:
+    /// not known; a second is assumed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub age_ms: Option<u64>,
 }
 
 impl KeyLimits {
@@ -150,6 +155,7 @@ impl KeyLimits {
             requests: read(LimitDimension::Requests),
             input_tokens: read(LimitDimension::InputTokens),
             output_tokens: read(LimitDimension::OutputTokens),
+            age_ms: None,
         }
     }
 
@@ -211,6 +217,9 @@ const CHARGE_WINDOW_UNITS: u64 = 20_000;
 /// The learned charge never goes below this share (per mille) of the estimate.
 const MIN_CHARGE_PM: u64 = 250;
 
+/// The upstream reports tokens remaining rounded to this many.
+const TOKEN_ROUNDING: u64 = 1_000;
+
 /// One reservation of a lane: when it goes and the lane time it takes at the proxy's
 /// estimate (before the learned charge).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -219,7 +228,8 @@ struct Pending {
     span_us: u64,
 }
 
-/// A reservation sent this recently may not be in the upstream's figures yet.
+/// A reservation sent this recently may not be in the upstream's figures yet, when the
+/// figures do not say when the attempt they answered was sent.
 const IN_FLIGHT_US: u64 = 1_000_000;
 
 /// Pending reservations remembered per lane; beyond it the oldest (most likely counted by the
@@ -267,7 +277,16 @@ impl Lane {
     /// have counted yet. This may free what the proxy over-reserved (an input estimate above
     /// the real count) as well as take in traffic the proxy did not pace. With `learn`, the
     /// figures also teach what the upstream charges for what the proxy reserves.
-    fn observe(&mut self, now_us: u64, observed: Observed, learn: bool) {
+    /// Reservations after `counted_until_us` are taken as not counted in the figures, and
+    /// the bucket as holding `rounding` units less than it says.
+    fn observe(
+        &mut self,
+        now_us: u64,
+        observed: Observed,
+        counted_until_us: u64,
+        rounding: u64,
+        learn: bool,
+    ) {
         self.limit = observed.limit;
         let used = observed.limit.saturating_sub(observed.remaining);
         let level_us = self.span_us(used);
@@ -275,13 +294,17 @@ impl Lane {
             self.learn_charge(now_us, level_us);
         }
         // When the bucket would be full again given what the upstream counts...
-        let implied = now_us.saturating_add(level_us);
+        let implied = now_us
+            .saturating_add(level_us)
+            .saturating_add(self.span_us(rounding));
         // ...and what it has not seen yet.
-        self.pending
-            .retain(|p| p.at_us.saturating_add(IN_FLIGHT_US) > now_us);
+        self.pending.retain(|p| {
+            p.at_us.saturating_add(IN_FLIGHT_US) > now_us || p.at_us > counted_until_us
+        });
         let unseen = self
             .pending
             .iter()
+            .filter(|p| p.at_us > counted_until_us)
             .fold(0u64, |sum, p| sum.saturating_add(p.span_us));
         self.tat_us = stored(implied.saturating_add(self.charged(unseen)));
     }
@@ -573,6 +596,13 @@ impl Pace {
     /// Learns the key's limits from an answer's headers at `now_ms`.
     pub fn observe(&mut self, now_ms: u64, limits: &KeyLimits) {
         let now_us = now_ms.saturating_mul(1000);
+        // The figures count what the upstream admitted before the attempt they answer (sent
+        // `age_ms` ago, its own reservation included: the proxy reserves a request at the
+        // send time it then waits for).
+        let counted_until_us = match limits.age_ms {
+            Some(age) => now_us.saturating_sub(age.saturating_mul(1000)),
+            None => now_us.saturating_sub(IN_FLIGHT_US),
+        };
         for dimension in LimitDimension::ALL {
             if let (Some(observed), Some(slot)) =
                 (limits.get(dimension), self.lanes.get_mut(dimension.index()))
@@ -585,8 +615,19 @@ impl Pace {
                 // exact, and output is charged at `max_tokens` up front, so those lanes
                 // reserve what the upstream needs free at arrival.
                 let learn = dimension == LimitDimension::InputTokens;
-                slot.get_or_insert_with(Lane::default)
-                    .observe(now_us, observed, learn);
+                // Tokens remaining are rounded to the nearest thousand: up to half of one
+                // may already be gone.
+                let rounding = match dimension {
+                    LimitDimension::Requests => 0,
+                    _ => TOKEN_ROUNDING / 2,
+                };
+                slot.get_or_insert_with(Lane::default).observe(
+                    now_us,
+                    observed,
+                    counted_until_us,
+                    rounding,
+                    learn,
+                );
             }
         }
     }
@@ -874,26 +915,71 @@ mod tests {
     }
 
     #[test]
+    fn figures_that_say_when_their_attempt_went_count_it_once() {
+        let policy = PacePolicy::default();
+        let at = |pace: &Pace, now: u64| match pace.send_time(&policy, now, Cost::default()) {
+            SendTime::At { at_ms, .. } => at_ms,
+            SendTime::Now => now,
+        };
+        // One request of 60 a minute left: it goes at once, and its answer 300 ms later says
+        // none is left, the upstream having counted it.
+        let answered = |age_ms| {
+            let mut pace = Pace::default();
+            pace.observe(T0, &requests_only(60, 1));
+            pace.reserve(&policy, T0, T0, Cost::default());
+            pace.observe(
+                T0 + 300,
+                &KeyLimits {
+                    age_ms,
+                    ..requests_only(60, 0)
+                },
+            );
+            pace
+        };
+        // Sent 300 ms before: it is in the figures, and the next goes when one unit is back.
+        assert_eq!(at(&answered(Some(300)), T0 + 300), T0 + 1_300);
+        // Not said: a reservation of the last second may not be in them, and counts again.
+        assert_eq!(at(&answered(None), T0 + 300), T0 + 2_300);
+        // What was sent after the answered attempt is not in its figures: of two sent with
+        // two left, the answer to the first says one is left, which the second has taken.
+        let mut pace = Pace::default();
+        pace.observe(T0, &requests_only(60, 2));
+        pace.reserve(&policy, T0, T0, Cost::default());
+        pace.reserve(&policy, T0 + 100, T0 + 100, Cost::default());
+        pace.observe(
+            T0 + 300,
+            &KeyLimits {
+                age_ms: Some(300),
+                ..requests_only(60, 1)
+            },
+        );
+        assert_eq!(at(&pace, T0 + 300), T0 + 1_300);
+    }
+
+    #[test]
     fn token_costs_pace_by_the_binding_dimension() {
         let mut pace = Pace::default();
         let limits = KeyLimits {
             requests: Some(observed(1_000, 1_000)),
             input_tokens: Some(observed(60_000, 60_000)),
             output_tokens: Some(observed(8_000, 8_000)),
+            age_ms: None,
         };
         pace.observe(T0, &limits);
-        // 3,000-token prompts: 20 fit the minute, then one every 3 s.
+        // 3,000-token prompts: of the 60,000 the bucket says it holds, up to 500 may be gone
+        // (the figure is rounded to the thousand), so 19 fit at once, the 20th half a second
+        // later, then one every 3 s.
         let big = Cost {
             input_tokens: 3_000,
             output_tokens: 100,
         };
         let times = send_all(&mut pace, T0, 22, big);
-        assert!(times[..20].iter().all(|&t| t == T0));
-        assert_eq!(&times[20..], [T0 + 3_000, T0 + 6_000]);
+        assert!(times[..19].iter().all(|&t| t == T0));
+        assert_eq!(&times[19..], [T0 + 500, T0 + 3_500, T0 + 6_500]);
         assert_eq!(
             pace.send_time(&PacePolicy::default(), T0, big),
             SendTime::At {
-                at_ms: T0 + 9_000,
+                at_ms: T0 + 9_500,
                 reason: PaceReason::KeyLimit(LimitDimension::InputTokens)
             }
         );
@@ -906,7 +992,7 @@ mod tests {
             SendTime::At { at_ms, .. } => at_ms,
             SendTime::Now => T0,
         };
-        assert!(at <= T0 + 9_000 + 60_000);
+        assert!(at <= T0 + 9_500 + 60_000);
     }
 
     /// Sends a request of `estimate` input tokens every `every_ms` for `seconds` as early as

@@ -28,6 +28,9 @@ pub struct OutagePolicy {
     pub probe_interval_base_ms: u64,
     /// The cap of the probe spacing ceiling `c`.
     pub probe_interval_cap_ms: u64,
+    /// While at least this many requests wait, the probe spacing ceiling stays at the base:
+    /// the sooner the end of an outage is seen, the fewer of them run out of budget.
+    pub probe_eager_waiters: NonZeroU32,
     /// A probe whose report never comes frees the probe slot after this long (the attempt
     /// timeout: by then its caller has either reported or gone).
     pub probe_lease_ms: u64,
@@ -60,11 +63,12 @@ pub struct OutagePolicy {
 
 impl Default for OutagePolicy {
     /// The product defaults: 5 overloads within 10 s, with no success between them over at
-    /// least 0.5 s, mark a model; probes every 0.5–1 s at first, up to 2–4 s; a 60 s probe
-    /// lease; waiters poll every 0.5–1 s and are released over 50 ms per waiter (1–15 s, at
-    /// most about 20 released requests per second: a recovering upstream may have less
-    /// capacity than before); a 1 s default cooldown with a 0.5 s spread; retries within 20 %
-    /// of requests over 10 s with a floor of 30; 64 models.
+    /// least 0.5 s, mark a model; probes every 0.5–1 s at first, up to 2–4 s (0.5–1 s again
+    /// while 50 or more requests wait); a 60 s probe lease; waiters poll every 0.5–1 s and are
+    /// released over 60 ms per waiter (1–15 s, at most about 17 released requests per second:
+    /// a recovering upstream may have less capacity than before, and requests it sheds come
+    /// back as retries); a 1 s default cooldown with a 0.5 s spread; retries within 20 % of
+    /// requests over 10 s with a floor of 30; 64 models.
     fn default() -> Self {
         Self {
             overload_threshold: NonZeroU32::MIN.saturating_add(4),
@@ -72,9 +76,10 @@ impl Default for OutagePolicy {
             overload_window_ms: 10_000,
             probe_interval_base_ms: 1_000,
             probe_interval_cap_ms: 4_000,
+            probe_eager_waiters: NonZeroU32::MIN.saturating_add(49),
             probe_lease_ms: 60_000,
             wait_poll_ms: NonZeroU64::MIN.saturating_add(999),
-            release_per_waiter_ms: 50,
+            release_per_waiter_ms: 60,
             release_min_ms: 1_000,
             release_max_ms: 15_000,
             default_cooldown_ms: 1_000,
@@ -113,7 +118,7 @@ mod tests {
     fn release_window_scales_with_waiters_within_bounds() {
         let policy = OutagePolicy::default();
         assert_eq!(policy.release_window_ms(0), 1_000);
-        assert_eq!(policy.release_window_ms(100), 5_000);
+        assert_eq!(policy.release_window_ms(100), 6_000);
         assert_eq!(policy.release_window_ms(10_000), 15_000);
         assert_eq!(policy.release_window_ms(u32::MAX), 15_000);
         let inverted = OutagePolicy {

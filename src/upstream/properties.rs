@@ -51,6 +51,9 @@ fn any_policy() -> impl Strategy<Value = OutagePolicy> {
                 probe_interval_base_ms,
                 probe_interval_cap_ms,
                 probe_lease_ms,
+                // Eager probing with few or many waiters.
+                probe_eager_waiters: std::num::NonZeroU32::new(max_models as u32 % 64 + 1)
+                    .unwrap_or(std::num::NonZeroU32::MIN),
                 wait_poll_ms: std::num::NonZeroU64::new(wait_poll_ms)
                     .unwrap_or(std::num::NonZeroU64::MIN),
                 release_per_waiter_ms,
@@ -363,6 +366,96 @@ proptest! {
         }
         prop_assert!(served, "the lone waiter probed, then went");
         prop_assert!(now <= deadline);
+    }
+}
+
+proptest! {
+    /// Whatever the waiters' deadlines and the outage's length, the release after it lets
+    /// the earlier deadline go no later than the later one (earliest deadline first), and
+    /// lets each go no later than halfway from the recovery to its deadline, so that it keeps
+    /// time for its answer.
+    #[test]
+    fn the_release_goes_earliest_deadline_first_and_halfway_at_the_latest(
+        seed in any::<u64>(),
+        budgets in prop::collection::vec(1_000u64..120_000, 2..120),
+        spacing in 1u64..200,
+        outage in 600u64..30_000,
+    ) {
+        let policy = OutagePolicy::default();
+        let mut state = UpstreamState::new();
+        let opus = MODELS[0];
+        let shed = |state: &mut UpstreamState, at: u64| {
+            state.after_attempt(&policy, at, opus, AttemptReport { reply: Reply::Overloaded, probe: None }, seed)
+        };
+        for i in 0..policy.overload_threshold.get() {
+            shed(&mut state, T0 + u64::from(i) * policy.overload_min_span_ms);
+        }
+        // Every request arrives during the outage and waits, polling, until it ends; the
+        // probes fail until then, and the first one after it succeeds.
+        let start = T0 + policy.overload_min_span_ms * u64::from(policy.overload_threshold.get());
+        let end = start + outage;
+        let mut calls: Vec<(u64, usize)> = (0..budgets.len()).map(|i| (start + i as u64 * spacing, i)).collect();
+        let deadline = |i: usize| start + i as u64 * spacing + budgets[i];
+        let mut recovered = None;
+        let mut rounds = 0;
+        while let Some(&(at, i)) = calls.iter().min() {
+            rounds += 1;
+            prop_assert!(rounds < 200_000);
+            calls.retain(|&(t, j)| (t, j) != (at, i));
+            if at >= deadline(i) {
+                // Out of budget: its caller answers it and stops calling.
+                continue;
+            }
+            if let Some(since) = recovered {
+                // Released (or told its slot): record when it may go.
+                let gate = state.before_attempt(&policy, at, opus, false, deadline(i), seed ^ i as u64);
+                let halfway = since + deadline(i).saturating_sub(since) / 2;
+                let go_at = match gate {
+                    Gate::Go { .. } => at,
+                    Gate::Scheduled { at_ms, .. } => at_ms,
+                    Gate::Wait { until_ms, reason } => {
+                        if reason == WaitReason::Recovering {
+                            prop_assert!(until_ms <= halfway, "slot {until_ms} after halfway {halfway}");
+                        }
+                        calls.push((until_ms, i));
+                        continue;
+                    }
+                    Gate::Refuse { .. } => continue,
+                };
+                prop_assert!(go_at <= deadline(i));
+                continue;
+            }
+            match state.before_attempt(&policy, at, opus, false, deadline(i), seed ^ i as u64) {
+                Gate::Go { probe: Some(ticket) } => {
+                    let reply = if at >= end { Reply::Success } else { Reply::Overloaded };
+                    let change = state.after_attempt(&policy, at + 40, opus, AttemptReport { reply, probe: Some(ticket) }, seed);
+                    if let Change::Recovering { .. } = change {
+                        recovered = Some(at + 40);
+                    }
+                    calls.push((at + 41, i));
+                }
+                Gate::Wait { until_ms, .. } => calls.push((until_ms, i)),
+                _ => {}
+            }
+        }
+        // Earliest deadline first: the slots told after the recovery never invert two
+        // deadlines (checked on a fresh set of asks at one instant).
+        if let Some(since) = recovered {
+            let at = since + 1;
+            let mut slots: Vec<(u64, u64)> = (0..budgets.len())
+                .filter(|&i| deadline(i) > at)
+                .filter_map(|i| match state.before_attempt(&policy, at, opus, false, deadline(i), seed) {
+                    Gate::Wait { until_ms, .. } => Some((deadline(i), until_ms)),
+                    _ => None,
+                })
+                .collect();
+            slots.sort_unstable();
+            if let super::health::Phase::Recovering { deadline_span_ms, .. } = state.phase_of(opus) {
+                if deadline_span_ms > 0 {
+                    prop_assert!(slots.windows(2).all(|w| w[0].1 <= w[1].1), "{slots:?}");
+                }
+            }
+        }
     }
 }
 

@@ -1312,9 +1312,11 @@ fn an_outage_beyond_the_budget_serves_what_can_wait_for_its_end() {
     }
     let (share, per_request) = (share / f64::from(seeds), per_request / f64::from(seeds));
     eprintln!("mean over {seeds} seeds: {share:.3} of the oracle, {per_request:.3} calls/request");
-    // Those arriving in the outage's first 2 s cannot be served; the next probe (up to 4 s
-    // after the end) costs the oracle's share of those arriving a little later.
-    assert!(share >= 0.85, "{share:.3} of the oracle");
+    // Those arriving in the outage's first 2 s cannot be served; the next probe after the
+    // end (0.5-1 s apart while so many wait) and the release in deadline order lose a few of
+    // those arriving a little later (0.92 with probes up to 4 s apart and the release at
+    // seeded slots).
+    assert!(share >= 0.92, "{share:.3} of the oracle");
     assert!(per_request <= 1.15, "{per_request:.3} calls/request");
 }
 
@@ -1347,9 +1349,9 @@ fn a_short_outage_at_half_capacity_is_released_at_what_the_upstream_can_take() {
     eprintln!("mean over {seeds} seeds: {share:.3} of the oracle, {per_request:.3} calls/request");
     // Eight edges learn of the outage one by one, and the upstream serves nothing while the
     // rate set from the shedding's first half second still holds: about two seconds of
-    // calls before the model is marked, and a release that meets the capacity at once (0.87
-    // of the oracle at 1.93 calls per request while edges reported every old success as
-    // news; the benchmark's single isolate spends 1.12-1.20).
+    // calls before the model is marked (0.87 of the oracle at 1.93 calls per request while
+    // edges reported every old success as news, 1.49 with the release at seeded slots; the
+    // benchmark's single isolate spends 1.07).
     assert!(share >= 0.97, "{share:.3} of the oracle");
-    assert!(per_request <= 1.6, "{per_request:.3} calls/request");
+    assert!(per_request <= 1.45, "{per_request:.3} calls/request");
 }

@@ -463,6 +463,15 @@ impl UpstreamState {
         change
     }
 
+    /// Where `model` stands (healthy when not remembered).
+    #[cfg(test)]
+    pub(super) fn phase_of(&self, model: &str) -> super::health::Phase {
+        self.models
+            .iter()
+            .find(|health| health.model == model)
+            .map_or(super::health::Phase::Healthy, |health| health.phase)
+    }
+
     /// The state as of `now_ms`, without changing it.
     #[must_use]
     pub fn snapshot(&self, policy: &OutagePolicy, now_ms: u64) -> Snapshot {
@@ -660,6 +669,7 @@ fn model_snapshot(health: &ModelHealth, policy: &OutagePolicy, now: u64) -> Mode
         Phase::Recovering {
             since_ms,
             window_ms,
+            ..
         } => {
             snapshot.phase = ModelPhase::Recovering;
             snapshot.release_ends_in_ms =

@@ -743,3 +743,133 @@ fn snapshot_is_serializable_and_relative() {
     assert_eq!(json["models"][0]["phase"], "overloaded");
     assert_eq!(json["retry_budget"]["allowance"], 30);
 }
+
+/// Marks `MODEL`, has `waiters` requests arriving every `spacing` ms from `T0` (deadline 30 s
+/// after arrival) poll while the first probe is out, and lets the probe succeed at
+/// `success`. The window, and each waiter's deadline and seed.
+fn recover_with_spread_deadlines(
+    state: &mut UpstreamState,
+    waiters: u64,
+    spacing: u64,
+    success: u64,
+) -> (u64, Vec<(u64, u64)>) {
+    let p = policy();
+    let due = mark(state, MODEL, T0);
+    let ticket = probe(ask(state, due, MODEL, LONG, 0));
+    let clients: Vec<(u64, u64)> = (1..=waiters)
+        .map(|i| (T0 + i * spacing + 30_000, i))
+        .collect();
+    let mut next_call: Vec<(u64, usize)> = (0..clients.len())
+        .map(|i| (T0 + (i as u64 + 1) * spacing, i))
+        .collect();
+    loop {
+        next_call.sort_unstable();
+        let (at, i) = next_call[0];
+        if at >= success {
+            break;
+        }
+        let (deadline, seed) = clients[i];
+        match ask(state, at, MODEL, deadline, seed) {
+            Gate::Wait { until_ms, .. } => next_call[0] = (until_ms, i),
+            // Its deadline came: it is answered and stops calling.
+            gate => {
+                refuse(gate);
+                next_call[0] = (u64::MAX, i);
+            }
+        }
+    }
+    let change = state.after_attempt(&p, success, MODEL, report(Reply::Success, Some(ticket)), 0);
+    let window = match change {
+        Change::Recovering { window_ms } => window_ms,
+        other => panic!("{other:?}"),
+    };
+    (window, clients)
+}
+
+#[test]
+fn waiters_are_released_earliest_deadline_first() {
+    let p = policy();
+    // 100 requests arriving 50 ms apart over an outage of 5 s, 30 s budgets: every one has
+    // 25 s to spare when the probe gets through, so the release waits a poll period for all
+    // of them to hear of it, then goes in deadline order, evenly.
+    let mut state = UpstreamState::new();
+    let success = T0 + 5_100;
+    let (window, clients) = recover_with_spread_deadlines(&mut state, 100, 50, success);
+    let mut slots = Vec::new();
+    for &(deadline, seed) in &clients {
+        let (until, reason) = wait(ask(&mut state, success + 1, MODEL, deadline, seed));
+        assert_eq!(reason, WaitReason::Recovering);
+        assert!(until <= success + window, "within the window");
+        slots.push(until);
+    }
+    assert!(slots.windows(2).all(|w| w[0] <= w[1]), "in deadline order");
+    assert!(
+        slots[0] >= success + p.wait_poll_ms.get(),
+        "after a poll period"
+    );
+    let gaps: Vec<u64> = slots.windows(2).map(|w| w[1] - w[0]).collect();
+    assert!(
+        gaps.iter().all(|&g| g <= 3 * window / 100),
+        "evenly: {gaps:?}"
+    );
+    // A request that came during the release goes after every waiter.
+    let late = ask(&mut state, success + 1, MODEL, success + 30_000, 7);
+    assert!(wait(late).0 > slots[99]);
+    // Each is let go at its slot.
+    assert_eq!(go(ask(&mut state, slots[0], MODEL, clients[0].0, 1)), None);
+
+    // When the oldest waiter has no time to spare, the release starts at once, and nobody
+    // goes later than halfway from the recovery to its deadline.
+    let mut state = UpstreamState::new();
+    let success = T0 + 30_060;
+    let (_, clients) = recover_with_spread_deadlines(&mut state, 600, 50, success);
+    let (deadline, seed) = clients
+        .iter()
+        .copied()
+        .find(|&(deadline, _)| deadline > success + 100)
+        .unwrap_or_else(|| panic!("a waiter with a deadline ahead"));
+    let gate = ask(&mut state, success + 1, MODEL, deadline, seed);
+    assert!(
+        matches!(gate, Gate::Go { probe: None })
+            || wait(gate).0 <= success + (deadline - success) / 2 + 1,
+        "{gate:?}"
+    );
+    for &(deadline, seed) in clients.iter().filter(|(d, _)| *d > success + 1) {
+        if let Gate::Wait { until_ms, .. } = ask(&mut state, success + 1, MODEL, deadline, seed) {
+            assert!(until_ms <= success + (deadline - success) / 2 + 1);
+        }
+    }
+}
+
+#[test]
+fn probes_stay_close_while_many_wait() {
+    let p = policy();
+    let mut state = UpstreamState::new();
+    let due = mark(&mut state, MODEL, T0);
+    let mut ticket = probe(ask(&mut state, due, MODEL, LONG, 0));
+    let mut at = due + 100;
+    // Few waiters: the spacing grows with each failed probe; many: it stays at the base.
+    for (round, waiters) in [(0, 0u64), (1, 0), (2, 0), (3, 200), (4, 200)] {
+        for seed in 0..waiters {
+            wait(ask(&mut state, at + seed, MODEL, LONG, 100 + seed));
+        }
+        at += waiters;
+        let change =
+            state.after_attempt(&p, at, MODEL, report(Reply::Overloaded, Some(ticket)), at);
+        let Change::ProbeFailed { next_probe_ms } = change else {
+            panic!("{change:?}");
+        };
+        let ceiling = if waiters >= u64::from(p.probe_eager_waiters.get()) {
+            p.probe_interval_base_ms
+        } else {
+            (p.probe_interval_base_ms << (round + 1)).min(p.probe_interval_cap_ms)
+        };
+        assert!(
+            (at + ceiling / 2..=at + ceiling).contains(&next_probe_ms),
+            "round {round}: {}",
+            next_probe_ms - at
+        );
+        ticket = probe(ask(&mut state, next_probe_ms, MODEL, LONG, 1_000 + round));
+        at = next_probe_ms + 100;
+    }
+}
