@@ -357,7 +357,8 @@ test('METRICS: one data point per request, in the documented layout, tokens incl
     await plain.arrayBuffer();
     const streamed = await postMessage(worker, messageBody({ stream: true, model: 'claude-haiku-4-5' }));
     await readEvents(streamed);
-    await sim.script([{ status: 529 }, { status: 529 }]);
+    // The first 529 asks for 25 ms, so the wait between the attempts is never a jitter of 0.
+    await sim.script([{ status: 529, headers: { 'retry-after-ms': '25' } }, { status: 529 }]);
     const overloaded = await postMessage(worker);
     assert.equal(overloaded.status, 503);
     await overloaded.arrayBuffer();
