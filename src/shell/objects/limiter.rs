@@ -257,11 +257,43 @@ const OWNER_GIVES_UP_MS: u64 = 30_000;
 /// them meanwhile).
 async fn deliver(env: &Env, identity: &str, limits: TierLimits, ids: &[u64], wait_ms: u64) {
     sleep_ms(wait_ms).await;
+    let step = |now| with_existing(identity, |c| c.outbox.owner_step(ids, now));
+    if send_until_done(env, identity, limits, OWNER_GIVES_UP_MS, step).await != Sent::Done {
+        let lost = with_existing(identity, |c| c.outbox.abandon(ids)).unwrap_or(0);
+        if lost > 0 {
+            worker::console_error!(
+                "{}",
+                serde_json::json!({"event": "settle_failed", "identity": identity, "error": "returns not delivered", "items": lost})
+            );
+        }
+    }
+}
+
+/// How [`send_until_done`] ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Sent {
+    /// Nothing is left to send.
+    Done,
+    /// Time ran out while something was left to send.
+    TimeUp,
+    /// Three calls failed.
+    GaveUp,
+}
+
+/// Sends what `step` says, every [`OWNER_TICK_MS`] while it says to wait, for at most
+/// `life_ms` or until three calls failed.
+async fn send_until_done(
+    env: &Env,
+    identity: &str,
+    limits: TierLimits,
+    life_ms: u64,
+    step: impl Fn(u64) -> Option<OwnerStep>,
+) -> Sent {
     let started = now_ms();
     let mut failures = 0;
     loop {
-        match with_existing(identity, |c| c.outbox.owner_step(ids, now_ms())) {
-            None | Some(OwnerStep::Done) => return,
+        match step(now_ms()) {
+            None | Some(OwnerStep::Done) => return Sent::Done,
             Some(OwnerStep::Wait) => {}
             Some(OwnerStep::Send(carry)) => {
                 if send_returns(env, identity, limits, carry).await {
@@ -270,15 +302,11 @@ async fn deliver(env: &Env, identity: &str, limits: TierLimits, ids: &[u64], wai
                 failures += 1;
             }
         }
-        if failures >= 3 || now_ms().saturating_sub(started) >= OWNER_GIVES_UP_MS {
-            let lost = with_existing(identity, |c| c.outbox.abandon(ids)).unwrap_or(0);
-            if lost > 0 {
-                worker::console_error!(
-                    "{}",
-                    serde_json::json!({"event": "settle_failed", "identity": identity, "error": "returns not delivered", "items": lost})
-                );
-            }
-            return;
+        if failures >= 3 {
+            return Sent::GaveUp;
+        }
+        if now_ms().saturating_sub(started) >= life_ms {
+            return Sent::TimeUp;
         }
         sleep_ms(OWNER_TICK_MS).await;
     }
@@ -297,29 +325,12 @@ async fn flush(env: &Env, identity: &str, limits: TierLimits) {
     }
     let _flusher = Flusher(identity);
     sleep_ms(SETTLE_DELAY_MS).await;
-    let started = now_ms();
-    let mut failures = 0;
-    loop {
-        match with_existing(identity, |c| c.flush_step(now_ms())) {
-            None | Some(OwnerStep::Done) => return,
-            Some(OwnerStep::Wait) => {}
-            Some(OwnerStep::Send(carry)) => {
-                if send_returns(env, identity, limits, carry).await {
-                    continue;
-                }
-                failures += 1;
-            }
-        }
-        if failures >= 3 || now_ms().saturating_sub(started) >= FLUSHER_LIFE_MS {
-            if failures >= 3 {
-                worker::console_error!(
-                    "{}",
-                    serde_json::json!({"event": "settle_failed", "identity": identity, "error": "settlements not delivered; left for the next flusher"})
-                );
-            }
-            return;
-        }
-        sleep_ms(OWNER_TICK_MS).await;
+    let step = |now| with_existing(identity, |c| c.flush_step(now));
+    if send_until_done(env, identity, limits, FLUSHER_LIFE_MS, step).await == Sent::GaveUp {
+        worker::console_error!(
+            "{}",
+            serde_json::json!({"event": "settle_failed", "identity": identity, "error": "settlements not delivered; left for the next flusher"})
+        );
     }
 }
 
