@@ -29,6 +29,37 @@ extern "C" {
     fn headers_of(lines: &str) -> worker::web_sys::Headers;
 }
 
+/// A request's headers, read once: looked up in Rust without another call each. They hold the
+/// caller's credential, so `Debug` shows the names only.
+#[derive(Default)]
+pub struct HeaderList(Vec<(String, String)>);
+
+impl std::fmt::Debug for HeaderList {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.0.iter().map(|(n, _)| n))
+            .finish()
+    }
+}
+
+impl HeaderList {
+    pub fn of(headers: &Headers) -> HeaderList {
+        HeaderList(pairs(headers))
+    }
+
+    /// The value of `name` (lower case), as `Headers.get` gives it (repeats joined).
+    pub fn get(&self, name: &str) -> Option<String> {
+        self.0
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.clone())
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &(String, String)> {
+        self.0.iter()
+    }
+}
+
 /// Every header of `headers`, names in lower case, in the runtime's order.
 pub fn pairs(headers: &Headers) -> Vec<(String, String)> {
     let lines = header_lines(&headers.0);

@@ -5,6 +5,7 @@
 //! panics on input: every failure becomes the core's error envelope.
 
 mod headers;
+use headers::HeaderList;
 mod metrics;
 mod objects;
 mod pass;
@@ -86,11 +87,11 @@ async fn handle(
         _ => {}
     }
 
-    let caller = authenticate_request(&req, &config)?;
+    let caller = authenticate_request(&exchange.headers, &config)?;
     exchange.identity_hash = Some(caller.identity_hash());
     exchange.tier = Some(caller.tier.clone());
     let upstream_key = caller.upstream_key(&config)?;
-    let betas = req.headers().get("anthropic-beta").ok().flatten();
+    let betas = exchange.headers.get("anthropic-beta");
     check_betas(config.allowed_betas(&caller.tier), betas.as_deref())?;
 
     let (body, facts) = if route.carries_body() {
@@ -107,19 +108,19 @@ async fn handle(
 
     let admitted = admit(env, ctx, &config, &route, &caller, &facts, exchange).await?;
 
-    let budget_header = req.headers().get("x-proxy-budget-ms").ok().flatten();
+    let budget_header = exchange.headers.get("x-proxy-budget-ms");
     let policy = RetryPolicy::from_config(&config, budget_header.as_deref());
     let path = route.upstream_path().ok_or(ProxyError::NotFound)?;
     let mut upstream = Upstream::new(
         upstream_url(&config.upstream_url, &path, query_of(&raw_url)),
         &method,
-        req.headers(),
+        &exchange.headers,
         &upstream_key,
         body.as_ref().map(|b| &b.blob),
         facts.stream,
     )
     .with_model_span(facts.model_span.clone());
-    let fallback_header = req.headers().get(OPT_OUT_HEADER).ok().flatten();
+    let fallback_header = exchange.headers.get(OPT_OUT_HEADER);
     let fallbacks = match (&route, facts.model.as_deref()) {
         (Route::Messages, Some(model)) => Fallbacks::new(
             model,
@@ -180,7 +181,11 @@ async fn admit(
 ) -> Result<Option<Admitted>, ProxyError> {
     let limits = config.tier_limits(&caller.tier);
     let provisional = matches!(caller.upstream_key, UpstreamKey::Passthrough(_));
-    let identity_hash = caller.identity_hash();
+    // Fingerprinted once per request, when the caller was authenticated.
+    let identity_hash = exchange
+        .identity_hash
+        .clone()
+        .unwrap_or_else(|| caller.identity_hash());
     let headers = &mut exchange.extra_headers;
     Ok(match route.metering(&limits) {
         Metering::Full => {
@@ -329,9 +334,9 @@ async fn forward(
     runner::run_with_fallbacks(run, fallbacks, upstream, &mut exchange.journal).await
 }
 
-fn authenticate_request(req: &Request, config: &Config) -> Result<Caller, ProxyError> {
-    let x_api_key = req.headers().get("x-api-key").ok().flatten();
-    let authorization = req.headers().get("authorization").ok().flatten();
+fn authenticate_request(headers: &HeaderList, config: &Config) -> Result<Caller, ProxyError> {
+    let x_api_key = headers.get("x-api-key");
+    let authorization = headers.get("authorization");
     let presented = credential(x_api_key.as_deref(), authorization.as_deref())?;
     authenticate(config, presented, runtime::now_ms())
 }

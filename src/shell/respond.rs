@@ -7,6 +7,7 @@ use futures_util::future::LocalBoxFuture;
 use serde::Serialize;
 use worker::{Context, Env, Headers, Request, Response, ResponseBuilder};
 
+use super::headers::HeaderList;
 use super::{metrics, runtime};
 use crate::config::{ConfigError, RequestLog};
 use crate::error::ProxyError;
@@ -45,14 +46,18 @@ pub struct Exchange {
     pub usage: Option<LocalBoxFuture<'static, Usage>>,
     /// Which requests write their log line (`REQUEST_LOG`; every one until it is read).
     pub log: RequestLog,
+    /// The request's headers, read once.
+    pub headers: HeaderList,
 }
 
 impl Exchange {
     pub fn begin(req: &Request) -> Exchange {
+        let headers = HeaderList::of(req.headers());
         Exchange {
             request_id: runtime::new_request_id(),
             started_ms: runtime::now_ms(),
-            origin: req.headers().get("origin").ok().flatten(),
+            origin: headers.get("origin"),
+            headers,
             cors: Cors::NotBrowser,
             route: None,
             identity_hash: None,

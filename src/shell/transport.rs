@@ -13,7 +13,7 @@ use wasm_bindgen::prelude::*;
 use wasm_bindgen::JsCast;
 use worker::wasm_bindgen_futures::JsFuture;
 use worker::web_sys;
-use worker::{AbortController, Headers, Method, Response, ResponseBuilder};
+use worker::{AbortController, Method, Response, ResponseBuilder};
 
 use super::pass::{pass, CutEvents, Passing};
 use super::reader::BodyReader;
@@ -78,14 +78,15 @@ impl<'a> Upstream<'a> {
     pub fn new(
         url: String,
         method: &str,
-        client_headers: &Headers,
+        client_headers: &super::headers::HeaderList,
         upstream_key: &crate::identity::Secret,
         body: Option<&'a worker::web_sys::Blob>,
         streaming: bool,
     ) -> Upstream<'a> {
-        let mut headers: Vec<(String, String)> = super::headers::pairs(client_headers)
-            .into_iter()
+        let mut headers: Vec<(String, String)> = client_headers
+            .iter()
             .filter(|(name, _)| forward_upstream(name))
+            .cloned()
             .collect();
         headers.push(("x-api-key".to_string(), upstream_key.expose().to_string()));
         Upstream {
