@@ -44,6 +44,14 @@ pub const MIN_CREDIT_TICKETS: u32 = 3;
 /// A grant takes at most one part in this many of what remains, in every dimension.
 pub const CREDIT_SHARE: u64 = 8;
 
+/// No grant while any dimension holds less than this many tickets' worth. A ticket is charged
+/// when granted; when a burst takes the rest of a quota within the ticket's second, a ticket
+/// left unused there means a request refused while it waits to be returned. A small quota
+/// (30 rpm, 4 slots) therefore never gets credit and is admitted exactly as without it; a
+/// larger one can refuse at most an eighth of what remained at the last grant, and only for
+/// the second or so until the unused tickets are back.
+pub const MIN_CREDIT_ROOM: u64 = 64;
+
 /// How long the settlement of a request admitted on credit waits for another call to carry
 /// it before the caller's flusher sends it.
 pub const SETTLE_DELAY_MS: u64 = 250;
@@ -139,8 +147,9 @@ impl LimiterState {
     }
 
     /// Grants up to `wanted` tickets the size of `ticket` (at most [`MAX_CREDIT_TICKETS`]),
-    /// none when the caller is near a limit: they take at most 1/[`CREDIT_SHARE`] of what
-    /// remains in every dimension, and half the room for lease records. Every ticket is an
+    /// none when the caller is near a limit (less than [`MIN_CREDIT_ROOM`] tickets' worth
+    /// left in a dimension): they take at most 1/[`CREDIT_SHARE`] of what remains in every
+    /// dimension, and half the room for lease records. Every ticket is an
     /// admission of the state, so nothing here can admit more than `admit` does.
     pub fn grant(
         &mut self,
@@ -156,6 +165,9 @@ impl LimiterState {
         for status in self.snapshot(limits, now_ms) {
             let cost = ticket_cost(limits, ticket, status.dimension);
             if cost > 0 {
+                if status.remaining < cost.saturating_mul(MIN_CREDIT_ROOM) {
+                    return Vec::new();
+                }
                 count = count.min(status.remaining / cost.saturating_mul(CREDIT_SHARE));
             }
         }
@@ -727,11 +739,27 @@ mod tests {
         // An eighth of what remains is the most a grant takes, in every dimension.
         let limits = TierLimits {
             rpm: NonZeroU32::new(100),
-            concurrency: NonZeroU32::new(16),
+            concurrency: NonZeroU32::new(128),
             ..TierLimits::default()
         };
         let mut state = LimiterState::new();
-        assert_eq!(state.grant(&limits, T0, &request(0, 0), 16).len(), 2);
+        assert_eq!(state.grant(&limits, T0, &request(0, 0), 16).len(), 12);
+        // Below 64 tickets' worth in any dimension, none: a small quota is admitted one by one.
+        for small in [
+            TierLimits {
+                rpm: NonZeroU32::new(63),
+                ..TierLimits::default()
+            },
+            TierLimits {
+                rpm: NonZeroU32::new(10_000),
+                concurrency: NonZeroU32::new(16),
+                ..TierLimits::default()
+            },
+        ] {
+            assert!(LimiterState::new()
+                .grant(&small, T0, &request(0, 0), 16)
+                .is_empty());
+        }
         let tight = TierLimits {
             rpm: NonZeroU32::new(7),
             ..TierLimits::default()
@@ -740,18 +768,19 @@ mod tests {
             .grant(&tight, T0, &request(0, 0), 16)
             .is_empty());
         let tokens = TierLimits {
-            output_tpm: NonZeroU32::new(10_000),
+            output_tpm: NonZeroU32::new(64_000),
             ..TierLimits::default()
         };
-        // 1 000 tokens a ticket: one eighth of 10 000 holds one.
+        // 1 000 tokens a ticket: 64 tickets' worth, and one eighth of 64 000 holds eight.
         assert_eq!(
             LimiterState::new()
                 .grant(&tokens, T0, &request(0, 1_000), 16)
                 .len(),
-            1
+            8
         );
+        // 1 001 tokens a ticket: less than 64 tickets' worth, none.
         assert!(LimiterState::new()
-            .grant(&tokens, T0, &request(0, 1_300), 16)
+            .grant(&tokens, T0, &request(0, 1_001), 16)
             .is_empty());
     }
 
