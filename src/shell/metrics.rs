@@ -7,7 +7,7 @@ use std::cell::RefCell;
 use futures_util::future::LocalBoxFuture;
 use worker::{AnalyticsEngineDataPointBuilder, Context, Env};
 
-use super::runtime::now_ms;
+use super::runtime::{now_ms, SeenEnv};
 use crate::limits::Usage;
 use crate::metrics::{data_point, EdgeTally, RequestFacts};
 use crate::upstream::Reply;
@@ -71,24 +71,17 @@ pub fn bound(env: &Env) -> bool {
 thread_local! {
     /// The `env` object found without a `METRICS` binding: the same object has none later
     /// either, so a request does not look it up (twice) again.
-    static UNBOUND_IN: std::cell::RefCell<Option<worker::wasm_bindgen::JsValue>> =
-        const { std::cell::RefCell::new(None) };
+    static UNBOUND_IN: SeenEnv = const { SeenEnv::new() };
 }
 
 fn dataset(env: &Env) -> Option<worker::AnalyticsEngineDataset> {
-    let env_object: &worker::wasm_bindgen::JsValue = env.as_ref();
-    let known_unbound = UNBOUND_IN.with(|u| {
-        u.borrow()
-            .as_ref()
-            .is_some_and(|seen| js_sys::Object::is(seen, env_object))
-    });
-    if known_unbound {
+    if UNBOUND_IN.with(|u| u.is(env)) {
         return None;
     }
     match env.analytics_engine(BINDING) {
         Ok(dataset) => Some(dataset),
         Err(_) => {
-            UNBOUND_IN.with(|u| *u.borrow_mut() = Some(env_object.clone()));
+            UNBOUND_IN.with(|u| u.remember(env));
             None
         }
     }

@@ -61,32 +61,49 @@ pub fn new_request_id() -> String {
     format!("req_bw_{:016x}{:08x}", random_u64(), random_u64() as u32)
 }
 
+/// One `env` object remembered, to tell whether the runtime hands the same one again: it hands
+/// every request of an isolate the same object, so the same object means the same bindings and
+/// values (a new secret or variable comes with a new version, hence a new isolate).
+pub struct SeenEnv(RefCell<Option<worker::wasm_bindgen::JsValue>>);
+
+impl SeenEnv {
+    pub const fn new() -> SeenEnv {
+        SeenEnv(RefCell::new(None))
+    }
+
+    /// Whether `env` is the object remembered last.
+    pub fn is(&self, env: &Env) -> bool {
+        let env_object: &worker::wasm_bindgen::JsValue = env.as_ref();
+        self.0
+            .borrow()
+            .as_ref()
+            .is_some_and(|seen| js_sys::Object::is(seen, env_object))
+    }
+
+    pub fn remember(&self, env: &Env) {
+        let env_object: &worker::wasm_bindgen::JsValue = env.as_ref();
+        *self.0.borrow_mut() = Some(env_object.clone());
+    }
+}
+
 thread_local! {
     /// The configuration parsed last, and a hash of the raw values it was parsed from.
     static CONFIG: RefCell<Option<(u64, Rc<Config>)>> = const { RefCell::new(None) };
-    /// The `env` object that configuration was read from. The runtime hands every request of
-    /// an isolate the same object, so the same object means the same values (a new secret
-    /// or variable comes with a new version, hence a new isolate and a new `env`).
-    static CONFIG_ENV: RefCell<Option<worker::wasm_bindgen::JsValue>> = const { RefCell::new(None) };
+    /// The `env` object that configuration was read from.
+    static CONFIG_ENV: SeenEnv = const { SeenEnv::new() };
 }
 
 /// The validated configuration. Parsed once per isolate: while the runtime hands the same
 /// `env` object, nothing is read again; a different `env` has its raw values read and
 /// hashed, and they are parsed again only when they changed.
 pub fn config(env: &Env) -> Result<Rc<Config>, ConfigError> {
-    let env_object: &worker::wasm_bindgen::JsValue = env.as_ref();
-    let same_env = CONFIG_ENV.with(|e| {
-        e.borrow()
-            .as_ref()
-            .is_some_and(|seen| js_sys::Object::is(seen, env_object))
-    });
-    if same_env {
+    if CONFIG_ENV.with(|e| e.is(env)) {
         if let Some(config) = CONFIG.with(|c| c.borrow().as_ref().map(|(_, c)| c.clone())) {
             return Ok(config);
         }
     }
     let config = config_from_values(env)?;
-    CONFIG_ENV.with(|e| *e.borrow_mut() = Some(env_object.clone()));
+    CONFIG_ENV.with(|e| e.remember(env));
     Ok(config)
 }
 
