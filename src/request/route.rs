@@ -117,6 +117,17 @@ pub fn route(method: &str, path: &str) -> Result<Route, ProxyError> {
     }
 }
 
+/// The path of a serialized URL (as the runtime hands it over): from the first `/` after the
+/// host to the query or the fragment. A serialized `http(s)` URL always has one; `/` otherwise.
+pub fn path_of(url: &str) -> &str {
+    let after_scheme = url.find("://").map_or(0, |i| i.saturating_add(3));
+    let rest = url.get(after_scheme..).unwrap_or_default();
+    let Some(path) = rest.find('/').and_then(|i| rest.get(i..)) else {
+        return "/";
+    };
+    path.split(['?', '#']).next().unwrap_or(path)
+}
+
 /// The query of a serialized URL (as the runtime hands it over), forwarded as is; the rest of
 /// the URL is not parsed (a URL parser would be the largest thing in the bundle).
 pub fn query_of(url: &str) -> Option<&str> {
@@ -211,6 +222,20 @@ mod tests {
         );
         assert_eq!(query_of("https://p.example/v1/messages"), None);
         assert_eq!(query_of("https://p.example/v1/messages?"), Some(""));
+    }
+
+    #[test]
+    fn paths_are_read_from_the_serialized_url() {
+        assert_eq!(path_of("https://p.example/v1/messages"), "/v1/messages");
+        assert_eq!(
+            path_of("http://127.0.0.1:8787/v1/messages?beta=true#x"),
+            "/v1/messages"
+        );
+        assert_eq!(path_of("https://p.example/v1/models#top"), "/v1/models");
+        assert_eq!(path_of("https://p.example/"), "/");
+        assert_eq!(path_of("https://p.example"), "/");
+        assert_eq!(path_of("https://p.example/a%2Fb/c"), "/a%2Fb/c");
+        assert_eq!(path_of(""), "/");
     }
 
     #[test]

@@ -4,8 +4,8 @@
 //! performs the I/O (upstream fetches, sleeps, streams) and writes the answer. It never
 //! panics on input: every failure becomes the core's error envelope.
 
-mod headers;
-use headers::HeaderList;
+mod boundary;
+use boundary::{Answer, HeaderList, Incoming};
 mod metrics;
 mod objects;
 mod pass;
@@ -20,14 +20,14 @@ use std::pin::pin;
 
 use futures_channel::oneshot;
 use futures_util::future::{select, Either};
-use worker::{event, Context, Env, Request, Response};
+use worker::{event, web_sys, Context, Env};
 
 use crate::config::Config;
 use crate::error::ProxyError;
 use crate::identity::{authenticate, credential, Caller, UpstreamKey};
 use crate::request::body::BodyFacts;
 use crate::request::headers::check_betas;
-use crate::request::route::{query_of, route, upstream_url, Metering, Route};
+use crate::request::route::{path_of, query_of, route, upstream_url, Metering, Route};
 
 use crate::limits::{settlement_usage, Answered, Usage, WAITING_LEASE_MS};
 use crate::request::cors::Cors;
@@ -44,20 +44,22 @@ use transport::{Delivered, Upstream};
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 #[event(fetch)]
-async fn fetch(req: Request, env: Env, ctx: Context) -> worker::Result<Response> {
-    let mut exchange = Exchange::begin(&req);
+async fn fetch(req: web_sys::Request, env: Env, ctx: Context) -> worker::Result<web_sys::Response> {
+    let incoming = Incoming::read(req);
+    let mut exchange = Exchange::begin(&incoming);
     metrics::begin();
-    let outcome = handle(req, &env, &ctx, &mut exchange).await;
-    Ok(exchange.finish(outcome, &env, &ctx))
+    let outcome = handle(&incoming, &env, &ctx, &mut exchange).await;
+    let answer = exchange.finish(outcome, &env, &ctx);
+    answer.into_response().map_err(worker::Error::from)
 }
 
 /// Runs one request; every error is an answer, never a panic or an `Err` to the runtime.
 async fn handle(
-    mut req: Request,
+    incoming: &Incoming,
     env: &Env,
     ctx: &Context,
     exchange: &mut Exchange,
-) -> Result<Response, ProxyError> {
+) -> Result<Answer, ProxyError> {
     let config = runtime::config(env).map_err(|e| {
         worker::console_error!("{}", respond::config_log_line(&e));
         ProxyError::Misconfigured(e)
@@ -65,17 +67,15 @@ async fn handle(
 
     exchange.cors = Cors::decide(&config.allowed_origins, exchange.origin.as_deref());
     exchange.log = config.request_log;
-    let method = req.method().to_string();
-    let path = req.path();
-    let raw_url = req.inner().url();
-    let route = route(&method, &path)?;
+    let (method, raw_url, headers) = (&incoming.method, &incoming.url, &incoming.headers);
+    let route = route(method, path_of(raw_url))?;
     exchange.route = Some(route.clone());
     if matches!(exchange.cors, Cors::Denied) {
         return Err(ProxyError::OriginNotAllowed);
     }
 
     match route {
-        Route::Preflight => return respond::preflight(&req, &exchange.cors),
+        Route::Preflight => return respond::preflight(headers, &exchange.cors),
         Route::Health => {
             // A deployment whose managed callers cannot be served is not healthy.
             if let Some(name) = config.missing_for_managed_callers() {
@@ -83,20 +83,20 @@ async fn handle(
             }
             return respond::health(VERSION);
         }
-        Route::Status => return status::handle_status(&req, env, &config, VERSION).await,
+        Route::Status => return status::handle_status(incoming, env, &config, VERSION).await,
         _ => {}
     }
 
-    let caller = authenticate_request(&exchange.headers, &config)?;
+    let caller = authenticate_request(headers, &config)?;
     exchange.identity_hash = Some(caller.identity_hash());
     exchange.tier = Some(caller.tier.clone());
     let upstream_key = caller.upstream_key(&config)?;
-    let betas = exchange.headers.get("anthropic-beta");
-    check_betas(config.allowed_betas(&caller.tier), betas.as_deref())?;
+    let betas = headers.value("anthropic-beta");
+    check_betas(config.allowed_betas(&caller.tier), betas)?;
 
     let (body, facts) = if route.carries_body() {
         let (limit, cap) = (config.max_body_bytes, config.max_inflight_body_bytes);
-        let (body, facts) = runtime::read_body(&mut req, limit, cap)
+        let (body, facts) = runtime::read_body(incoming, limit, cap)
             .await?
             .inspect(&route)?;
         (Some(body), facts)
@@ -108,24 +108,22 @@ async fn handle(
 
     let admitted = admit(env, ctx, &config, &route, &caller, &facts, exchange).await?;
 
-    let budget_header = exchange.headers.get("x-proxy-budget-ms");
-    let policy = RetryPolicy::from_config(&config, budget_header.as_deref());
+    let policy = RetryPolicy::from_config(&config, headers.value("x-proxy-budget-ms"));
     let path = route.upstream_path().ok_or(ProxyError::NotFound)?;
     let mut upstream = Upstream::new(
-        upstream_url(&config.upstream_url, &path, query_of(&raw_url)),
-        &method,
-        &exchange.headers,
+        upstream_url(&config.upstream_url, &path, query_of(raw_url)),
+        method,
+        headers,
         &upstream_key,
-        body.as_ref().map(|b| &b.blob),
+        body.as_ref(),
         facts.stream,
     )
     .with_model_span(facts.model_span.clone());
-    let fallback_header = exchange.headers.get(OPT_OUT_HEADER);
     let fallbacks = match (&route, facts.model.as_deref()) {
         (Route::Messages, Some(model)) => Fallbacks::new(
             model,
             config.fallbacks_of(model),
-            fallback::allowed_by_header(fallback_header.as_deref()),
+            fallback::allowed_by_header(headers.value(OPT_OUT_HEADER)),
         ),
         _ => Fallbacks::none(),
     };
@@ -335,8 +333,6 @@ async fn forward(
 }
 
 fn authenticate_request(headers: &HeaderList, config: &Config) -> Result<Caller, ProxyError> {
-    let x_api_key = headers.get("x-api-key");
-    let authorization = headers.get("authorization");
-    let presented = credential(x_api_key.as_deref(), authorization.as_deref())?;
+    let presented = credential(headers.value("x-api-key"), headers.value("authorization"))?;
     authenticate(config, presented, runtime::now_ms())
 }

@@ -5,9 +5,9 @@
 
 use futures_util::future::LocalBoxFuture;
 use serde::Serialize;
-use worker::{Context, Env, Headers, Request, Response, ResponseBuilder};
+use worker::{Context, Env};
 
-use super::headers::HeaderList;
+use super::boundary::{Answer, AnswerBody, HeaderList, Incoming};
 use super::{metrics, runtime};
 use crate::config::{ConfigError, RequestLog};
 use crate::error::ProxyError;
@@ -46,18 +46,14 @@ pub struct Exchange {
     pub usage: Option<LocalBoxFuture<'static, Usage>>,
     /// Which requests write their log line (`REQUEST_LOG`; every one until it is read).
     pub log: RequestLog,
-    /// The request's headers, read once.
-    pub headers: HeaderList,
 }
 
 impl Exchange {
-    pub fn begin(req: &Request) -> Exchange {
-        let headers = HeaderList::of(req.headers());
+    pub fn begin(incoming: &Incoming) -> Exchange {
         Exchange {
             request_id: runtime::new_request_id(),
             started_ms: runtime::now_ms(),
-            origin: headers.get("origin"),
-            headers,
+            origin: incoming.headers.get("origin"),
             cors: Cors::NotBrowser,
             route: None,
             identity_hash: None,
@@ -83,38 +79,29 @@ impl Exchange {
     /// Turns the outcome into the final answer, logs the request and records its metrics.
     pub fn finish(
         mut self,
-        outcome: Result<Response, ProxyError>,
+        outcome: Result<Answer, ProxyError>,
         env: &Env,
         ctx: &Context,
-    ) -> Response {
-        let (mut response, error) = match outcome {
-            Ok(response) => (response, None),
-            Err(error) => (
-                error_response(&error, self.answer_request_id()),
-                Some(error),
-            ),
+    ) -> Answer {
+        let (mut answer, error) = match outcome {
+            Ok(answer) => (answer, None),
+            Err(error) => (error_answer(&error, self.answer_request_id()), Some(error)),
         };
-        let headers = response.headers_mut();
+        let headers = &mut answer.headers;
         if self.route.as_ref().is_some_and(Route::is_proxied) {
-            let _ = headers.set("x-proxy-attempts", &self.journal.attempts.to_string());
+            headers.set("x-proxy-attempts", &self.journal.attempts.to_string());
         }
         if let Some(model) = self
             .answering_model()
             .filter(|_| self.route == Some(Route::Messages))
         {
-            let _ = headers.set("x-proxy-model", model);
+            headers.set("x-proxy-model", model);
         }
         for (name, value) in &self.extra_headers {
-            let _ = headers.set(name, value);
+            headers.set(name, value);
         }
-        for (name, value) in self.cors.answer_headers() {
-            let _ = if name == "vary" {
-                headers.append(name, &value)
-            } else {
-                headers.set(name, &value)
-            };
-        }
-        let status = response.status_code();
+        add_cors(headers, self.cors.answer_headers());
+        let status = answer.status;
         let waited = !self.journal.waits.is_empty();
         let fell_back = self.journal.fallback.is_some();
         if self
@@ -129,7 +116,7 @@ impl Exchange {
             let usage = self.usage.take();
             metrics::record(env, ctx, self.facts(status, error.as_ref()), usage);
         }
-        response
+        answer
     }
 
     /// The model that answered a `/v1/messages` request: a fallback's when one answered,
@@ -244,51 +231,48 @@ pub fn config_log_line(e: &ConfigError) -> String {
         .to_string()
 }
 
-/// An error as a `Response` with the Anthropic envelope and the contract's headers.
-pub fn error_response(error: &ProxyError, request_id: &str) -> Response {
-    let answer = error.answer(request_id);
-    let headers = Headers::new();
-    for (name, value) in &answer.headers {
-        let _ = headers.set(name, value);
+/// CORS headers, `vary` added to what the answer varies on already.
+fn add_cors(headers: &mut HeaderList, cors: impl IntoIterator<Item = (&'static str, String)>) {
+    for (name, value) in cors {
+        if name == "vary" {
+            headers.append(name, &value);
+        } else {
+            headers.set(name, &value);
+        }
     }
-    ResponseBuilder::new()
-        .with_status(answer.status)
-        .with_headers(headers)
-        .fixed(answer.body.into_bytes())
+}
+
+/// An error as an answer with the Anthropic envelope and the contract's headers.
+pub fn error_answer(error: &ProxyError, request_id: &str) -> Answer {
+    let answer = error.answer(request_id);
+    let mut headers = HeaderList::default();
+    for (name, value) in &answer.headers {
+        headers.set(name, value);
+    }
+    Answer::new(
+        answer.status,
+        headers,
+        AnswerBody::Bytes(answer.body.into_bytes()),
+    )
 }
 
 /// `GET /healthz`.
-pub fn health(version: &str) -> Result<Response, ProxyError> {
+pub fn health(version: &str) -> Result<Answer, ProxyError> {
     json_response(
         200,
         &serde_json::json!({"status": "ok", "version": version}),
     )
 }
 
-pub fn json_response(status: u16, value: &serde_json::Value) -> Result<Response, ProxyError> {
-    let headers = Headers::new();
-    let _ = headers.set("content-type", "application/json");
-    Ok(ResponseBuilder::new()
-        .with_status(status)
-        .with_headers(headers)
-        .fixed(value.to_string().into_bytes()))
+pub fn json_response(status: u16, value: &serde_json::Value) -> Result<Answer, ProxyError> {
+    Ok(Answer::json(status, value.to_string().into_bytes()))
 }
 
 /// A CORS preflight: `204`, granting the requested method and headers to an allowed origin.
-pub fn preflight(req: &Request, cors: &Cors) -> Result<Response, ProxyError> {
-    let requested = |name: &str| req.headers().get(name).ok().flatten();
-    let headers = Headers::new();
-    let method = requested("access-control-request-method");
-    let wanted = requested("access-control-request-headers");
-    for (name, value) in cors.preflight_headers(method.as_deref(), wanted.as_deref()) {
-        let _ = if name == "vary" {
-            headers.append(name, &value)
-        } else {
-            headers.set(name, &value)
-        };
-    }
-    Ok(ResponseBuilder::new()
-        .with_status(204)
-        .with_headers(headers)
-        .empty())
+pub fn preflight(request: &HeaderList, cors: &Cors) -> Result<Answer, ProxyError> {
+    let method = request.value("access-control-request-method");
+    let wanted = request.value("access-control-request-headers");
+    let mut headers = HeaderList::default();
+    add_cors(&mut headers, cors.preflight_headers(method, wanted));
+    Ok(Answer::new(204, headers, AnswerBody::Empty))
 }

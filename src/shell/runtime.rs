@@ -2,24 +2,28 @@
 //! functions so the rest of the shell reads like the core it drives.
 
 use futures_util::StreamExt;
-use worker::{Env, Request};
+use worker::Env;
 
 use std::cell::RefCell;
 use std::collections::hash_map::DefaultHasher;
+use std::fmt::Write;
 use std::hash::{Hash, Hasher};
 use std::rc::Rc;
 
+use super::reader::BodyReader;
 use crate::config::{Config, ConfigError, VARIABLES};
 use crate::error::ProxyError;
 use crate::request::body::{inspect, BodyFacts};
 use crate::request::route::Route;
 use crate::request::{declared_body_length, over_limit, BodyGuard, InflightBodies};
+use wasm_bindgen::{JsCast, JsValue};
 use worker::wasm_bindgen_futures::JsFuture;
 
 /// Milliseconds since the Unix epoch. In Workers the clock advances on I/O, which is what the
 /// budget arithmetic needs: time spent waiting on the upstream or sleeping.
 pub fn now_ms() -> u64 {
-    worker::Date::now().as_millis()
+    // The static `Date.now()`: no `Date` object is made for it.
+    js_sys::Date::now() as u64
 }
 
 /// The runtime's clock and sleep, as the request runner takes them.
@@ -58,7 +62,20 @@ pub fn random_u64() -> u64 {
 
 /// A fresh request id for answers the proxy makes itself, shaped like the API's own.
 pub fn new_request_id() -> String {
-    format!("req_bw_{:016x}{:08x}", random_u64(), random_u64() as u32)
+    let mut bytes = [0u8; 12];
+    if getrandom::fill(&mut bytes).is_err() {
+        let fallback = random_u64().to_le_bytes();
+        bytes
+            .iter_mut()
+            .zip(fallback.iter().cycle())
+            .for_each(|(b, f)| *b = *f);
+    }
+    let mut id = String::with_capacity(31);
+    id.push_str("req_bw_");
+    for byte in bytes {
+        let _ = write!(id, "{byte:02x}");
+    }
+    id
 }
 
 /// One `env` object remembered, to tell whether the runtime hands the same one again: it hands
@@ -143,20 +160,43 @@ thread_local! {
     static BODIES: InflightBodies = InflightBodies::default();
 }
 
-/// A request body as read, in JavaScript buffers (one when its length was declared, else the
-/// chunks as they came), and its hold on the isolate's budget for bodies in flight.
+/// A request body as read, in JavaScript buffers, and its hold on the isolate's budget for
+/// bodies in flight.
 pub struct Body {
-    parts: js_sys::Array,
+    read: Read,
     length: usize,
     held: BodyGuard,
 }
 
-/// A body ready to go upstream: a `Blob`, which every attempt sends as it is. The runtime
-/// copies a `Uint8Array` body into each request it builds, but a `Blob` body is only
-/// referenced, so retries cost no copy. Released from the isolate's budget when dropped.
+enum Read {
+    /// A declared length, read in one call.
+    Whole(js_sys::ArrayBuffer),
+    /// The chunks as they came.
+    Chunks(js_sys::Array),
+}
+
+/// A body ready to go upstream, which every attempt sends as it is: the one buffer a body of
+/// declared length was read into (the runtime copies it into each attempt; a body is sent
+/// again only on a retry), or a `Blob` of the chunks of one without (never joined into one
+/// more copy). Released from the isolate's budget when dropped.
 pub struct Upload {
-    pub blob: worker::web_sys::Blob,
+    body: JsValue,
     _held: BodyGuard,
+}
+
+impl Upload {
+    /// What an attempt sends.
+    pub fn body(&self) -> &JsValue {
+        &self.body
+    }
+
+    /// The body as a `Blob`, to be cut where a fallback rewrites its `model`.
+    pub fn blob(&self) -> Option<worker::web_sys::Blob> {
+        if let Some(blob) = self.body.dyn_ref::<worker::web_sys::Blob>() {
+            return Some(blob.clone());
+        }
+        worker::web_sys::Blob::new_with_buffer_source_sequence(&js_sys::Array::of1(&self.body)).ok()
+    }
 }
 
 impl Body {
@@ -166,24 +206,31 @@ impl Body {
     /// most one body at a time, however many requests are in flight (Wasm memory never
     /// shrinks once grown).
     pub fn inspect(self, route: &Route) -> Result<(Upload, BodyFacts), ProxyError> {
-        let facts = {
-            let unreadable = || ProxyError::Internal("could not read the request body".to_string());
-            let mut copy = vec![0u8; self.length];
-            let mut offset: usize = 0;
-            for part in self.parts.iter() {
-                let part = js_sys::Uint8Array::from(part);
-                let end = offset.saturating_add(part.length() as usize);
-                // Straight into place: one copy in Wasm memory, never a second.
-                part.copy_to(copy.get_mut(offset..end).ok_or_else(unreadable)?);
-                offset = end;
+        let unreadable = || ProxyError::Internal("could not read the request body".to_string());
+        let mut copy = vec![0u8; self.length];
+        let body: JsValue = match self.read {
+            Read::Whole(buffer) => {
+                js_sys::Uint8Array::new(&buffer).copy_to(copy.as_mut_slice());
+                buffer.into()
             }
-            inspect(route, &copy)?
+            Read::Chunks(parts) => {
+                let mut offset: usize = 0;
+                for part in parts.iter() {
+                    let part = js_sys::Uint8Array::from(part);
+                    let end = offset.saturating_add(part.length() as usize);
+                    // Straight into place: one copy in Wasm memory, never a second.
+                    part.copy_to(copy.get_mut(offset..end).ok_or_else(unreadable)?);
+                    offset = end;
+                }
+                worker::web_sys::Blob::new_with_u8_array_sequence(&parts)
+                    .map_err(|_| ProxyError::Internal("could not hold the request body".into()))?
+                    .into()
+            }
         };
-        let blob = worker::web_sys::Blob::new_with_u8_array_sequence(&self.parts)
-            .map_err(|_| ProxyError::Internal("could not hold the request body".to_string()))?;
+        let facts = inspect(route, &copy)?;
         Ok((
             Upload {
-                blob,
+                body,
                 _held: self.held,
             },
             facts,
@@ -193,11 +240,16 @@ impl Body {
 
 /// Reads the request body into one JavaScript buffer, refusing it as soon as it passes
 /// `limit` bytes, and holding its size against the isolate's `cap` for bodies in flight.
-pub async fn read_body(req: &mut Request, limit: u64, cap: u64) -> Result<Body, ProxyError> {
+pub async fn read_body(
+    incoming: &super::boundary::Incoming,
+    limit: u64,
+    cap: u64,
+) -> Result<Body, ProxyError> {
     let unreadable =
         || ProxyError::InvalidRequest("the request body could not be read".to_string());
-    let declared = req.headers().get("content-length").ok().flatten();
-    if let Some(length) = declared_body_length(declared.as_deref(), limit)? {
+    let req = &incoming.request;
+    let declared = incoming.headers.value("content-length");
+    if let Some(length) = declared_body_length(declared, limit)? {
         // A declared length within the limit (the runtime holds the body to it): held before
         // a byte is read, then read in one call, staying on the JavaScript side.
         let held = match BODIES.with(|b| b.try_reserve(length, cap)) {
@@ -207,24 +259,25 @@ pub async fn read_body(req: &mut Request, limit: u64, cap: u64) -> Result<Body, 
                 return Err(busy);
             }
         };
-        let promise = req.inner().array_buffer().map_err(|_| unreadable())?;
-        let buffer = JsFuture::from(promise).await.map_err(|_| unreadable())?;
-        let bytes = js_sys::Uint8Array::new(&buffer);
-        if u64::from(bytes.length()) > length {
+        let promise = req.array_buffer().map_err(|_| unreadable())?;
+        let buffer: js_sys::ArrayBuffer = JsFuture::from(promise)
+            .await
+            .map_err(|_| unreadable())?
+            .dyn_into()
+            .map_err(|_| unreadable())?;
+        if u64::from(buffer.byte_length()) > length {
             return Err(ProxyError::TooLarge { limit });
         }
-        let length = bytes.length() as usize;
-        let parts = js_sys::Array::of1(&bytes);
         return Ok(Body {
-            parts,
-            length,
+            length: buffer.byte_length() as usize,
+            read: Read::Whole(buffer),
             held,
         });
     }
     let mut held = BODIES.with(|b| b.try_reserve(0, cap))?;
     let parts = js_sys::Array::new();
     let mut length: usize = 0;
-    if let Ok(mut stream) = req.stream() {
+    if let Some(mut stream) = req.body().as_ref().and_then(BodyReader::new) {
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(|_| unreadable())?;
             if over_limit(length, chunk.len(), limit) {
@@ -241,7 +294,7 @@ pub async fn read_body(req: &mut Request, limit: u64, cap: u64) -> Result<Body, 
         }
     }
     Ok(Body {
-        parts,
+        read: Read::Chunks(parts),
         length,
         held,
     })
@@ -249,12 +302,12 @@ pub async fn read_body(req: &mut Request, limit: u64, cap: u64) -> Result<Body, 
 
 /// Reads a refused body to its end without keeping it, so the client (still sending) gets
 /// the answer instead of a reset connection. Chunks pass through Wasm memory one at a time.
-async fn drain(req: &mut Request) {
-    if let Ok(mut stream) = req.stream() {
+async fn drain(req: &worker::web_sys::Request) {
+    if let Some(mut stream) = req.body().as_ref().and_then(BodyReader::new) {
         drain_stream(&mut stream).await;
     }
 }
 
-async fn drain_stream(stream: &mut worker::ByteStream) {
+async fn drain_stream(stream: &mut BodyReader) {
     while let Some(Ok(_)) = stream.next().await {}
 }

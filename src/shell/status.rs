@@ -2,8 +2,9 @@
 //! when `?caller=` names one, with their read-only status calls, and answers the core's
 //! [`StatusDocument`]. Who may read it and what it says are the core's ([`crate::status`]).
 
-use worker::{Env, Headers, Request, Response, ResponseBuilder};
+use worker::Env;
 
+use super::boundary::{Answer, Incoming};
 use super::objects::{self, limiter, upstream};
 use super::{metrics, runtime};
 use crate::config::Config;
@@ -17,15 +18,14 @@ use crate::status::{
 use crate::upstream::UpstreamCall;
 
 pub async fn handle_status(
-    req: &Request,
+    incoming: &Incoming,
     env: &Env,
     config: &Config,
     version: &'static str,
-) -> Result<Response, ProxyError> {
-    let authorization = req.headers().get("authorization").ok().flatten();
-    authorize(config.admin_key.as_ref(), authorization.as_deref())?;
-    let url = req.inner().url();
-    let caller = caller_param(query_of(&url))?;
+) -> Result<Answer, ProxyError> {
+    let authorization = incoming.headers.value("authorization");
+    authorize(config.admin_key.as_ref(), authorization)?;
+    let caller = caller_param(query_of(&incoming.url))?;
 
     let mut keys = Vec::new();
     for (source, key) in upstream_keys(config) {
@@ -72,9 +72,8 @@ pub async fn handle_status(
     };
     let body = serde_json::to_vec(&document)
         .map_err(|e| ProxyError::Internal(format!("status not encodable: {e}")))?;
-    let headers = Headers::new();
-    let _ = headers.set("content-type", "application/json");
+    let mut answer = Answer::json(200, body);
     // What it says is of this instant, and for the operator only.
-    let _ = headers.set("cache-control", "no-store");
-    Ok(ResponseBuilder::new().with_headers(headers).fixed(body))
+    answer.headers.set("cache-control", "no-store");
+    Ok(answer)
 }

@@ -13,11 +13,12 @@ use wasm_bindgen::prelude::*;
 use wasm_bindgen::JsCast;
 use worker::wasm_bindgen_futures::JsFuture;
 use worker::web_sys;
-use worker::{AbortController, Method, Response, ResponseBuilder};
 
+use super::boundary::{self, Answer, AnswerBody, HeaderList};
 use super::pass::{pass, CutEvents, Passing};
 use super::reader::BodyReader;
 use super::runtime::now_ms;
+use super::runtime::Upload;
 use super::timer::Timer;
 use crate::error::ProxyError;
 use crate::request::body::ModelRewrite;
@@ -28,12 +29,12 @@ use crate::retry::{
 };
 use crate::stream::sse::{EventScanner, SseEvent};
 use crate::stream::tap::{Progress, Report};
-use crate::stream::{exact_length, header, is_event_stream};
+use crate::stream::{exact_length, is_event_stream};
 use crate::upstream::KeyLimits;
 
 /// A delivered upstream answer, and (when tapped) where its usage will be reported.
 pub struct Delivered {
-    pub response: Response,
+    pub response: Answer,
     pub status: u16,
     pub seen: Option<(Report, Progress)>,
 }
@@ -41,7 +42,7 @@ pub struct Delivered {
 /// What one attempt brought back, kept until the runner decides whether to deliver it.
 pub struct UpstreamAnswer {
     status: u16,
-    headers: Vec<(String, String)>,
+    headers: HeaderList,
     body: UpstreamBody,
 }
 
@@ -57,10 +58,11 @@ enum UpstreamBody {
 /// One request's way to the upstream: the same URL, headers and body for every attempt.
 pub struct Upstream<'a> {
     url: String,
-    method: Method,
-    headers: Vec<(String, String)>,
-    /// The body as one `Blob`, handed to every attempt as it is (no copy per attempt).
-    body: Option<&'a worker::web_sys::Blob>,
+    method: String,
+    /// The headers every attempt sends, as the lines they cross the boundary in.
+    headers: String,
+    /// The body every attempt sends.
+    body: Option<&'a Upload>,
     /// The body for a fallback model, built from the client's `Blob` without copying it.
     fallback_body: Option<worker::web_sys::Blob>,
     /// Where the body's top-level `model` value lies, for a fallback to rewrite it.
@@ -78,20 +80,21 @@ impl<'a> Upstream<'a> {
     pub fn new(
         url: String,
         method: &str,
-        client_headers: &super::headers::HeaderList,
+        client_headers: &HeaderList,
         upstream_key: &crate::identity::Secret,
-        body: Option<&'a worker::web_sys::Blob>,
+        body: Option<&'a Upload>,
         streaming: bool,
     ) -> Upstream<'a> {
-        let mut headers: Vec<(String, String)> = client_headers
-            .iter()
-            .filter(|(name, _)| forward_upstream(name))
-            .cloned()
-            .collect();
-        headers.push(("x-api-key".to_string(), upstream_key.expose().to_string()));
+        let headers = boundary::lines_of(
+            client_headers
+                .iter()
+                .filter(|(name, _)| forward_upstream(name))
+                .map(|(name, value)| (name.as_str(), value.as_str()))
+                .chain(std::iter::once(("x-api-key", upstream_key.expose()))),
+        );
         Upstream {
             url,
-            method: Method::from(method.to_string()),
+            method: method.to_string(),
             headers,
             body,
             fallback_body: None,
@@ -136,17 +139,17 @@ impl Transport for Upstream<'_> {
     async fn attempt(&mut self, timeout_ms: u64) -> (Outcome, Option<UpstreamAnswer>) {
         let (outcome, answer) = attempt(
             &self.url,
-            self.method.clone(),
+            &self.method,
             &self.headers,
-            self.fallback_body.as_ref().or(self.body),
+            self.fallback_body
+                .as_ref()
+                .map(AsRef::as_ref)
+                .or(self.body.map(Upload::body)),
             timeout_ms,
             self.streaming,
         )
         .await;
-        if let Some(id) = answer
-            .as_ref()
-            .and_then(|a| header(&a.headers, "request-id"))
-        {
+        if let Some(id) = answer.as_ref().and_then(|a| a.headers.value("request-id")) {
             self.request_id = Some(id.to_string());
         }
         self.key_limits = answer.as_ref().map_or_else(KeyLimits::default, |a| {
@@ -160,10 +163,11 @@ impl Transport for Upstream<'_> {
     }
 
     fn switch_model(&mut self, model: &str) -> bool {
-        let (Some(body), Some(span)) = (self.body, self.model_span.as_ref()) else {
+        let (Some(body), Some(span)) = (self.body.and_then(Upload::blob), self.model_span.as_ref())
+        else {
             return false;
         };
-        match body_for_model(body, span, model) {
+        match body_for_model(&body, span, model) {
             Some(rewritten) => {
                 self.fallback_body = Some(rewritten);
                 true
@@ -181,32 +185,28 @@ pub fn deliver(answer: UpstreamAnswer, tap: bool, idle_ms: u64) -> Result<Delive
     if let Some(refused) = crate::stream::refused_answer(status) {
         return Err(refused);
     }
-    let headers = super::headers::headers(
-        answer
-            .headers
-            .iter()
-            .filter(|(name, _)| forward_downstream(name))
-            .map(|(name, value)| (name.as_str(), value.as_str())),
-    );
-    let builder = ResponseBuilder::new()
-        .with_status(status)
-        .with_headers(headers);
+    let headers: HeaderList = answer
+        .headers
+        .iter()
+        .filter(|(name, _)| forward_downstream(name))
+        .cloned()
+        .collect();
     let not_passed =
         || ProxyError::Internal("the answer's body could not be passed on".to_string());
     let tap = tap && (200..300).contains(&status);
-    let (response, seen) = match answer.body {
-        UpstreamBody::Untouched(None) => (builder.empty(), None),
-        UpstreamBody::Read(bytes) => (builder.fixed(bytes), None),
-        UpstreamBody::Untouched(Some(body)) if !tap => (builder.stream(body), None),
+    let (body, seen) = match answer.body {
+        UpstreamBody::Untouched(None) => (AnswerBody::Empty, None),
+        UpstreamBody::Read(bytes) => (AnswerBody::Bytes(bytes), None),
+        UpstreamBody::Untouched(Some(body)) if !tap => (AnswerBody::Stream(body), None),
         UpstreamBody::Untouched(Some(body)) => {
             let how = Passing {
                 idle_ms: 0,
                 cut: None,
-                length: exact_length(&answer.headers),
+                length: exact_length(answer.headers.pairs()),
                 watch: true,
             };
             let passed = pass(None, &body, None, how).ok_or_else(not_passed)?;
-            (builder.stream(passed.stream), passed.seen)
+            (AnswerBody::Stream(passed.stream), passed.seen)
         }
         UpstreamBody::Sse { head, rest } => {
             // The runtime pipes the rest; a cut stream ends with the incomplete event, which
@@ -222,11 +222,11 @@ pub fn deliver(answer: UpstreamAnswer, tap: bool, idle_ms: u64) -> Result<Delive
                 watch: tap,
             };
             let passed = pass(Some(&head), &body, Some(reader), how).ok_or_else(not_passed)?;
-            (builder.stream(passed.stream), passed.seen)
+            (AnswerBody::Stream(passed.stream), passed.seen)
         }
     };
     Ok(Delivered {
-        response,
+        response: Answer::new(status, headers, body),
         status,
         seen,
     })
@@ -245,56 +245,55 @@ fn incomplete_event(why: &str) -> Vec<u8> {
 /// One attempt: the request, its timeout, and for a stream the wait for its first event.
 async fn attempt(
     url: &str,
-    method: Method,
-    headers: &[(String, String)],
-    body: Option<&worker::web_sys::Blob>,
+    method: &str,
+    headers: &str,
+    body: Option<&JsValue>,
     timeout_ms: u64,
     streaming: bool,
 ) -> (Outcome, Option<UpstreamAnswer>) {
     let deadline = now_ms().saturating_add(timeout_ms);
-    let controller = AbortController::default();
-    let init = request_init(&method, headers, body, &controller);
+    let controller = web_sys::AbortController::new().ok();
+    let abort = || {
+        if let Some(controller) = &controller {
+            controller.abort();
+        }
+    };
+    let signal = controller.as_ref().map(web_sys::AbortController::signal);
     let response = {
-        let send = pin!(send(url, &init));
+        let send = pin!(send(url, method, headers, body, signal.as_ref()));
         let timer = pin!(Timer::after_ms(timeout_ms));
         match select(send, timer).await {
             Either::Left((Some(response), _)) => response,
             Either::Left((None, _)) => return (Outcome::ConnectFailure, None),
             Either::Right(_) => {
-                controller.abort();
+                abort();
                 return (Outcome::AttemptTimeout, None);
             }
         }
     };
-    let mut response = response;
-    let status = response.status_code();
-    let mut upstream_headers = super::headers::pairs(response.headers());
-    let mut should_retry = should_retry_header(header(&upstream_headers, "x-should-retry"));
+    let (status, mut upstream_headers) = boundary::head_of(&response);
+    let mut should_retry = should_retry_header(upstream_headers.value("x-should-retry"));
     let wait_floor_ms = upstream_wait_ms(
-        header(&upstream_headers, "retry-after-ms"),
-        header(&upstream_headers, "retry-after"),
+        upstream_headers.value("retry-after-ms"),
+        upstream_headers.value("retry-after"),
         now_ms(),
     );
-    let is_sse = is_event_stream(&upstream_headers);
+    let is_sse = is_event_stream(upstream_headers.pairs());
 
     if !(streaming && status == 200 && is_sse) {
         let body = if status == 429 && !is_sse {
             // A spend limit is never retried: read the (small) body to tell it from a rate
             // limit.
-            let Some(bytes) = read_error_body(&mut response).await else {
+            let Some(bytes) = read_error_body(&response).await else {
                 return (Outcome::ConnectFailure, None);
             };
             if is_spend_limit(&bytes) {
                 should_retry = Some(false);
-                upstream_headers.retain(|(name, _)| !name.eq_ignore_ascii_case("x-should-retry"));
-                upstream_headers.push(("x-should-retry".to_string(), "false".to_string()));
+                upstream_headers.set("x-should-retry", "false");
             }
             UpstreamBody::Read(bytes)
         } else {
-            UpstreamBody::Untouched(match response.body() {
-                worker::ResponseBody::Stream(s) => Some(s.clone()),
-                _ => None,
-            })
+            UpstreamBody::Untouched(response.body())
         };
         let answer = UpstreamAnswer {
             status,
@@ -336,7 +335,7 @@ async fn attempt(
             (outcome, Some(answer))
         }
         FirstEvent::TimedOut => {
-            controller.abort();
+            abort();
             (Outcome::AttemptTimeout, None)
         }
         FirstEvent::Broken => (Outcome::ConnectFailure, None),
@@ -344,16 +343,13 @@ async fn attempt(
 }
 
 /// A reader of the answer's body; `None` when it has none.
-fn body_of(response: &Response) -> Option<BodyReader> {
-    match response.body() {
-        worker::ResponseBody::Stream(stream) => BodyReader::new(stream),
-        _ => None,
-    }
+fn body_of(response: &web_sys::Response) -> Option<BodyReader> {
+    BodyReader::new(&response.body()?)
 }
 
 /// Reads an error body up to [`MAX_ERROR_BODY_BYTES`] (the rest, if any, is dropped: the API's
 /// error bodies are far smaller). `None` when the body fails mid-way.
-async fn read_error_body(response: &mut Response) -> Option<Vec<u8>> {
+async fn read_error_body(response: &web_sys::Response) -> Option<Vec<u8>> {
     let Some(mut stream) = body_of(response) else {
         return Some(Vec::new());
     };
@@ -418,40 +414,17 @@ async fn first_event(stream: &mut BodyReader, deadline_ms: u64) -> FirstEvent {
     }
 }
 
-#[wasm_bindgen]
-extern "C" {
-    /// The runtime's `fetch(url, init)`, catching: a request built without a `Request` object
-    /// (which the runtime would only take apart again).
-    #[wasm_bindgen(js_name = fetch, catch)]
-    fn fetch_with_init(url: &str, init: &web_sys::RequestInit) -> Result<js_sys::Promise, JsValue>;
-}
-
-/// Sends one attempt; `None` when it failed before an answer.
-async fn send(url: &str, init: &web_sys::RequestInit) -> Option<Response> {
-    let promise = fetch_with_init(url, init).ok()?;
+/// Sends one attempt; `None` when it failed before an answer. Redirects are never followed:
+/// a `3xx` comes back as the answer (and is refused, see `stream::refused_answer`), so the
+/// upstream key never travels to whatever host a `Location` names.
+async fn send(
+    url: &str,
+    method: &str,
+    headers: &str,
+    body: Option<&JsValue>,
+    signal: Option<&web_sys::AbortSignal>,
+) -> Option<web_sys::Response> {
+    let promise = boundary::fetch(url, method, headers, body, signal)?;
     let answer = JsFuture::from(promise).await.ok()?;
-    let answer: web_sys::Response = answer.dyn_into().ok()?;
-    Some(Response::from(answer))
-}
-
-/// One attempt's request. Redirects are never followed: a `3xx` comes back as the answer
-/// (and is refused, see `stream::refused_answer`), so the upstream key never travels to
-/// whatever host a `Location` names.
-fn request_init(
-    method: &Method,
-    headers: &[(String, String)],
-    body: Option<&web_sys::Blob>,
-    controller: &AbortController,
-) -> web_sys::RequestInit {
-    let init = web_sys::RequestInit::new();
-    init.set_method(method.as_ref());
-    let h = super::headers::headers(headers.iter().map(|(n, v)| (n.as_str(), v.as_str())));
-    init.set_headers(&h.0);
-    init.set_redirect(web_sys::RequestRedirect::Manual);
-    if let Some(body) = body {
-        // The same `Blob` for every attempt: the runtime references it rather than copying.
-        init.set_body(body);
-    }
-    init.set_signal(Some(&controller.signal()));
-    init
+    answer.dyn_into().ok()
 }

@@ -1,0 +1,235 @@
+//! The request, each attempt and the answer cross the JavaScript boundary in one call each.
+//!
+//! Every call from WebAssembly into the runtime is a crossing, and reading a `Headers` through
+//! `entries()` costs three per header; an Anthropic answer carries some twenty headers (the
+//! `anthropic-ratelimit-*` family). Here the request's method, URL and headers come over as
+//! one string; an attempt goes out as one call that builds its headers and init and calls
+//! `fetch`; its answer's status and headers come back as one string; and the final answer is
+//! built in one call. A header name or value cannot hold a line break (the runtime refuses
+//! them), so the lines are unambiguous. What to send and what to answer is decided in Rust;
+//! only the building happens here.
+
+use wasm_bindgen::prelude::*;
+use worker::web_sys;
+
+#[wasm_bindgen(inline_js = r#"
+function linesOf(headers) {
+  let lines = '';
+  for (const [name, value] of headers) lines += name + '\n' + value + '\n';
+  return lines;
+}
+function headersOf(lines) {
+  const headers = new Headers();
+  const parts = lines.split('\n');
+  for (let i = 0; i + 1 < parts.length; i += 2) {
+    try { headers.append(parts[i], parts[i + 1]); } catch (_) {}
+  }
+  return headers;
+}
+export function request_head(request) {
+  return request.method + '\n' + request.url + '\n' + linesOf(request.headers);
+}
+export function send(url, method, lines, body, signal) {
+  return fetch(url, { method, headers: headersOf(lines), body, redirect: 'manual', signal });
+}
+export function answer_head(response) {
+  return response.status + '\n' + linesOf(response.headers);
+}
+export function answer(status, lines, body) {
+  return new Response(body, { status, headers: headersOf(lines) });
+}
+"#)]
+extern "C" {
+    fn request_head(request: &web_sys::Request) -> String;
+    #[wasm_bindgen(catch)]
+    fn send(
+        url: &str,
+        method: &str,
+        lines: &str,
+        body: &JsValue,
+        signal: Option<&web_sys::AbortSignal>,
+    ) -> Result<js_sys::Promise, JsValue>;
+    fn answer_head(response: &web_sys::Response) -> String;
+    #[wasm_bindgen(catch)]
+    fn answer(status: u16, lines: &str, body: &JsValue) -> Result<web_sys::Response, JsValue>;
+}
+
+/// A header list, names in lower case, in the runtime's order. A request's holds the caller's
+/// credential, so `Debug` shows the names only.
+#[derive(Default, Clone)]
+pub struct HeaderList(Vec<(String, String)>);
+
+impl std::fmt::Debug for HeaderList {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.0.iter().map(|(n, _)| n))
+            .finish()
+    }
+}
+
+impl HeaderList {
+    /// The list `lines` holds: a name and a value per line.
+    fn of_lines(lines: &str) -> HeaderList {
+        let mut parts = lines.split('\n');
+        let mut out = Vec::new();
+        while let (Some(name), Some(value)) = (parts.next(), parts.next()) {
+            out.push((name.to_string(), value.to_string()));
+        }
+        HeaderList(out)
+    }
+
+    /// The value of `name` (lower case), as `Headers.get` gives it (repeats joined).
+    pub fn get(&self, name: &str) -> Option<String> {
+        self.value(name).map(str::to_string)
+    }
+
+    pub fn value(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn iter(&self) -> std::slice::Iter<'_, (String, String)> {
+        self.0.iter()
+    }
+
+    pub fn pairs(&self) -> &[(String, String)] {
+        &self.0
+    }
+
+    /// Replaces every value of `name` with `value`, as `Headers.set` does.
+    pub fn set(&mut self, name: &str, value: &str) {
+        self.0.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
+        self.append(name, value);
+    }
+
+    pub fn append(&mut self, name: &str, value: &str) {
+        self.0.push((name.to_string(), value.to_string()));
+    }
+
+    /// The list as lines; a pair the runtime would refuse (a line break) is left out.
+    fn lines(&self) -> String {
+        let mut lines = String::new();
+        for (name, value) in &self.0 {
+            if name.contains('\n') || value.contains('\n') {
+                continue;
+            }
+            lines.push_str(name);
+            lines.push('\n');
+            lines.push_str(value);
+            lines.push('\n');
+        }
+        lines
+    }
+}
+
+impl FromIterator<(String, String)> for HeaderList {
+    fn from_iter<I: IntoIterator<Item = (String, String)>>(pairs: I) -> HeaderList {
+        HeaderList(pairs.into_iter().collect())
+    }
+}
+
+/// A client's request as the runtime handed it over, its head read in one call.
+pub struct Incoming {
+    pub method: String,
+    /// The serialized URL.
+    pub url: String,
+    pub headers: HeaderList,
+    pub request: web_sys::Request,
+}
+
+impl Incoming {
+    pub fn read(request: web_sys::Request) -> Incoming {
+        let head = request_head(&request);
+        let mut lines = head.splitn(3, '\n');
+        let method = lines.next().unwrap_or_default().to_string();
+        let url = lines.next().unwrap_or_default().to_string();
+        let headers = HeaderList::of_lines(lines.next().unwrap_or_default());
+        Incoming {
+            method,
+            url,
+            headers,
+            request,
+        }
+    }
+}
+
+/// The status and headers of an upstream answer, read in one call.
+pub fn head_of(response: &web_sys::Response) -> (u16, HeaderList) {
+    let head = answer_head(response);
+    let (status, lines) = head.split_once('\n').unwrap_or((&head, ""));
+    (status.parse().unwrap_or(0), HeaderList::of_lines(lines))
+}
+
+/// Sends one attempt: `fetch` with `headers`, never following a redirect, under `signal`.
+/// `None` when the runtime refused it at once.
+pub fn fetch(
+    url: &str,
+    method: &str,
+    headers: &str,
+    body: Option<&JsValue>,
+    signal: Option<&web_sys::AbortSignal>,
+) -> Option<js_sys::Promise> {
+    send(
+        url,
+        method,
+        headers,
+        body.unwrap_or(&JsValue::UNDEFINED),
+        signal,
+    )
+    .ok()
+}
+
+/// Attempt headers, made into lines once for every attempt of a request.
+pub fn lines_of<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> String {
+    let list: HeaderList = pairs
+        .into_iter()
+        .map(|(n, v)| (n.to_string(), v.to_string()))
+        .collect();
+    list.lines()
+}
+
+/// What an answer's body is.
+pub enum AnswerBody {
+    Empty,
+    Bytes(Vec<u8>),
+    /// Handed to the client as the runtime's own stream.
+    Stream(web_sys::ReadableStream),
+}
+
+/// An answer to the client, built into the runtime's `Response` once it is complete.
+pub struct Answer {
+    pub status: u16,
+    pub headers: HeaderList,
+    pub body: AnswerBody,
+}
+
+impl Answer {
+    pub fn new(status: u16, headers: HeaderList, body: AnswerBody) -> Answer {
+        Answer {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    /// A JSON answer.
+    pub fn json(status: u16, body: Vec<u8>) -> Answer {
+        let mut headers = HeaderList::default();
+        headers.set("content-type", "application/json");
+        Answer::new(status, headers, AnswerBody::Bytes(body))
+    }
+
+    /// The runtime's `Response`. A status that may not carry a body (`204`, `304`) is
+    /// answered without one; `Err` only when the runtime refuses even that.
+    pub fn into_response(self) -> Result<web_sys::Response, JsValue> {
+        let lines = self.headers.lines();
+        let body = match &self.body {
+            AnswerBody::Empty => JsValue::NULL,
+            AnswerBody::Bytes(bytes) => js_sys::Uint8Array::from(bytes.as_slice()).into(),
+            AnswerBody::Stream(stream) => stream.into(),
+        };
+        answer(self.status, &lines, &body).or_else(|_| answer(self.status, &lines, &JsValue::NULL))
+    }
+}
