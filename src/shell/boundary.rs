@@ -5,11 +5,13 @@
 //! `anthropic-ratelimit-*` family). Here the request's method, URL and headers come over as
 //! one string; an attempt goes out as one call that builds its headers and init and calls
 //! `fetch`; its answer's status and headers come back as one string; and the final answer is
-//! built in one call. A header name or value cannot hold a line break (the runtime refuses
+//! built in one call. The attempt's timeout is set in that call too, and cleared as soon as
+//! the answer's head is in, so it can never cut an answer already being passed on. A header name or value cannot hold a line break (the runtime refuses
 //! them), so the lines are unambiguous. What to send and what to answer is decided in Rust;
 //! only the building happens here.
 
 use wasm_bindgen::prelude::*;
+use wasm_bindgen::JsCast;
 use worker::web_sys;
 
 #[wasm_bindgen(inline_js = r#"
@@ -29,8 +31,25 @@ function headersOf(lines) {
 export function request_head(request) {
   return request.method + '\n' + request.url + '\n' + linesOf(request.headers);
 }
-export function send(url, method, lines, body, signal) {
-  return fetch(url, { method, headers: headersOf(lines), body, redirect: 'manual', signal });
+export function send(url, method, lines, body, timeoutMs) {
+  const controller = new AbortController();
+  let timer;
+  try {
+    timer = setTimeout(() => controller.abort(new DOMException('the attempt timed out', 'TimeoutError')), timeoutMs);
+  } catch (_) {}
+  const sent = fetch(url, { method, headers: headersOf(lines), body, redirect: 'manual', signal: controller.signal });
+  const answered = sent.then(
+    (response) => { clearTimeout(timer); return response; },
+    (error) => { clearTimeout(timer); throw error; },
+  );
+  answered.abort = () => controller.abort();
+  return answered;
+}
+export function abort(sent) {
+  try { sent.abort(); } catch (_) {}
+}
+export function timed_out(error) {
+  return error instanceof DOMException && error.name === 'TimeoutError';
 }
 export function answer_head(response) {
   return response.status + '\n' + linesOf(response.headers);
@@ -47,8 +66,10 @@ extern "C" {
         method: &str,
         lines: &str,
         body: &JsValue,
-        signal: Option<&web_sys::AbortSignal>,
+        timeout_ms: f64,
     ) -> Result<js_sys::Promise, JsValue>;
+    fn abort(sent: &js_sys::Promise);
+    fn timed_out(error: &JsValue) -> bool;
     fn answer_head(response: &web_sys::Response) -> String;
     #[wasm_bindgen(catch)]
     fn answer(status: u16, lines: &str, body: &JsValue) -> Result<web_sys::Response, JsValue>;
@@ -162,23 +183,57 @@ pub fn head_of(response: &web_sys::Response) -> (u16, HeaderList) {
     (status.parse().unwrap_or(0), HeaderList::of_lines(lines))
 }
 
-/// Sends one attempt: `fetch` with `headers`, never following a redirect, under `signal`.
-/// `None` when the runtime refused it at once.
-pub fn fetch(
-    url: &str,
-    method: &str,
-    headers: &str,
-    body: Option<&JsValue>,
-    signal: Option<&web_sys::AbortSignal>,
-) -> Option<js_sys::Promise> {
-    send(
-        url,
-        method,
-        headers,
-        body.unwrap_or(&JsValue::UNDEFINED),
-        signal,
-    )
-    .ok()
+/// One attempt on its way: `fetch` under the attempt's timeout.
+pub struct Sent(js_sys::Promise);
+
+/// How an attempt's wait for its answer's head ended.
+pub enum Sending {
+    Answered(web_sys::Response),
+    TimedOut,
+    /// No answer: the connection failed, or the runtime refused the request.
+    Failed,
+}
+
+impl Sent {
+    /// Sends one attempt with `headers` (lines), never following a redirect: a `3xx` comes
+    /// back as the answer (and is refused, see `stream::refused_answer`), so the upstream key
+    /// never travels to whatever host a `Location` names. Aborted if its answer's head has
+    /// not come within `timeout_ms`. `None` when the runtime refused it at once.
+    pub fn new(
+        url: &str,
+        method: &str,
+        headers: &str,
+        body: Option<&JsValue>,
+        timeout_ms: u64,
+    ) -> Option<Sent> {
+        let none = JsValue::UNDEFINED;
+        // Milliseconds as a JavaScript number; no timeout here is near 2^53.
+        send(
+            url,
+            method,
+            headers,
+            body.unwrap_or(&none),
+            timeout_ms as f64,
+        )
+        .ok()
+        .map(Sent)
+    }
+
+    pub async fn answer(&self) -> Sending {
+        match worker::wasm_bindgen_futures::JsFuture::from(self.0.clone()).await {
+            Ok(response) => match response.dyn_into() {
+                Ok(response) => Sending::Answered(response),
+                Err(_) => Sending::Failed,
+            },
+            Err(error) if timed_out(&error) => Sending::TimedOut,
+            Err(_) => Sending::Failed,
+        }
+    }
+
+    /// Stops the attempt, its answer's body included.
+    pub fn abort(&self) {
+        abort(&self.0);
+    }
 }
 
 /// Attempt headers, made into lines once for every attempt of a request.

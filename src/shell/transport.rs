@@ -10,11 +10,9 @@ use std::pin::pin;
 use futures_util::future::{select, Either};
 use futures_util::StreamExt;
 use wasm_bindgen::prelude::*;
-use wasm_bindgen::JsCast;
-use worker::wasm_bindgen_futures::JsFuture;
 use worker::web_sys;
 
-use super::boundary::{self, Answer, AnswerBody, HeaderList};
+use super::boundary::{self, Answer, AnswerBody, HeaderList, Sending, Sent};
 use super::pass::{pass, CutEvents, Passing};
 use super::reader::BodyReader;
 use super::runtime::now_ms;
@@ -252,24 +250,13 @@ async fn attempt(
     streaming: bool,
 ) -> (Outcome, Option<UpstreamAnswer>) {
     let deadline = now_ms().saturating_add(timeout_ms);
-    let controller = web_sys::AbortController::new().ok();
-    let abort = || {
-        if let Some(controller) = &controller {
-            controller.abort();
-        }
+    let Some(sent) = Sent::new(url, method, headers, body, timeout_ms) else {
+        return (Outcome::ConnectFailure, None);
     };
-    let signal = controller.as_ref().map(web_sys::AbortController::signal);
-    let response = {
-        let send = pin!(send(url, method, headers, body, signal.as_ref()));
-        let timer = pin!(Timer::after_ms(timeout_ms));
-        match select(send, timer).await {
-            Either::Left((Some(response), _)) => response,
-            Either::Left((None, _)) => return (Outcome::ConnectFailure, None),
-            Either::Right(_) => {
-                abort();
-                return (Outcome::AttemptTimeout, None);
-            }
-        }
+    let response = match sent.answer().await {
+        Sending::Answered(response) => response,
+        Sending::TimedOut => return (Outcome::AttemptTimeout, None),
+        Sending::Failed => return (Outcome::ConnectFailure, None),
     };
     let (status, mut upstream_headers) = boundary::head_of(&response);
     let mut should_retry = should_retry_header(upstream_headers.value("x-should-retry"));
@@ -335,7 +322,7 @@ async fn attempt(
             (outcome, Some(answer))
         }
         FirstEvent::TimedOut => {
-            abort();
+            sent.abort();
             (Outcome::AttemptTimeout, None)
         }
         FirstEvent::Broken => (Outcome::ConnectFailure, None),
@@ -412,19 +399,4 @@ async fn first_event(stream: &mut BodyReader, deadline_ms: u64) -> FirstEvent {
             };
         }
     }
-}
-
-/// Sends one attempt; `None` when it failed before an answer. Redirects are never followed:
-/// a `3xx` comes back as the answer (and is refused, see `stream::refused_answer`), so the
-/// upstream key never travels to whatever host a `Location` names.
-async fn send(
-    url: &str,
-    method: &str,
-    headers: &str,
-    body: Option<&JsValue>,
-    signal: Option<&web_sys::AbortSignal>,
-) -> Option<web_sys::Response> {
-    let promise = boundary::fetch(url, method, headers, body, signal)?;
-    let answer = JsFuture::from(promise).await.ok()?;
-    answer.dyn_into().ok()
 }
