@@ -38,9 +38,10 @@ export function send(url, method, lines, body, timeoutMs) {
     timer = setTimeout(() => controller.abort(new DOMException('the attempt timed out', 'TimeoutError')), timeoutMs);
   } catch (_) {}
   const sent = fetch(url, { method, headers: headersOf(lines), body, redirect: 'manual', signal: controller.signal });
+  const done = () => { try { clearTimeout(timer); } catch (_) {} };
   const answered = sent.then(
-    (response) => { clearTimeout(timer); return response; },
-    (error) => { clearTimeout(timer); throw error; },
+    (response) => { done(); return response; },
+    (error) => { done(); throw error; },
   );
   answered.abort = () => controller.abort();
   return answered;
