@@ -185,10 +185,19 @@ def floors_md(sec, concurrency=1):
         f"**Against the floors, {concurrency} client{'' if concurrency == 1 else 's'}** (same runs): each path's workerd CPU "
         f"per request as a multiple of {names}, and its p50 minus the floor's. The JS floor is what any proxy "
         "on this runtime pays; the Rust floor is what any Rust Worker built with the same `worker` crate and "
-        "`worker-build` pays, so the proxy's own cost is what it adds over the Rust floor.",
+        "`worker-build` pays, so the proxy's own cost is what it adds over the Rust floor."
+        + rust_floor_size(sec),
         "",
         table(headers, out),
     ])
+
+
+def rust_floor_size(sec):
+    b = sec.get("rust_floor")
+    if not b:
+        return ""
+    return (f" The Rust floor's module (`bench/rust-floor/`): {kib(b['wasm_bytes'])} raw, {kib(b['wasm_gzip_bytes'])} gzip, "
+            f"sha256 {b['wasm_sha256'][:16]}….")
 
 
 def admission_md(sec):
@@ -232,7 +241,7 @@ def streaming_md(sec):
             f"(`x-sim-fault: {{\"tokens\": {sec['tokens']}, \"pad_bytes\": {sec['pad_bytes']}}}`): resident memory "
             "(VmRSS) of the workerd process, read by the client when 10 %, 50 % and 90 % of the bytes had "
             f"arrived, and sampled every 10 ms for the maximum. The Worker's workerd idled at "
-            f"{sec['idle_rss_mib']} MiB before the first stream. Runs in this order, one Worker.", ""]
+            f"{sec['idle_rss_mib']} MiB before the first stream. Runs in this order, one Worker (each floor in its own workerd).", ""]
     rows = []
     for m in sec["memory"]:
         r = m.get("rss_mib") or {}
