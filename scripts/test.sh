@@ -18,7 +18,8 @@ echo "== lints"
 cargo fmt --all --check
 (cd fuzz && cargo fmt --all --check)
 cargo clippy --workspace --all-targets --quiet -- -D warnings
-cargo clippy --lib --target wasm32-unknown-unknown --quiet -- -D warnings
+# The Worker, and the benchmarks' Rust floor (bench/rust-floor/, WebAssembly-only code).
+cargo clippy --lib --target wasm32-unknown-unknown -p breakwater -p breakwater-rust-floor --quiet -- -D warnings
 
 echo "== fuzz smoke (parsers of untrusted input, 3 s per target; ./scripts/fuzz.sh runs libFuzzer)"
 ./scripts/fuzz.sh --smoke 3
