@@ -252,6 +252,8 @@ pub enum AnswerBody {
     Bytes(Vec<u8>),
     /// Handed to the client as the runtime's own stream.
     Stream(web_sys::ReadableStream),
+    /// Bytes already in a runtime buffer.
+    Buffer(js_sys::ArrayBuffer),
 }
 
 /// An answer to the client, built into the runtime's `Response` once it is complete.
@@ -285,6 +287,7 @@ impl Answer {
             AnswerBody::Empty => JsValue::NULL,
             AnswerBody::Bytes(bytes) => js_sys::Uint8Array::from(bytes.as_slice()).into(),
             AnswerBody::Stream(stream) => stream.into(),
+            AnswerBody::Buffer(buffer) => buffer.into(),
         };
         answer(self.status, &lines, &body).or_else(|_| answer(self.status, &lines, &JsValue::NULL))
     }

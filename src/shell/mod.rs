@@ -107,6 +107,12 @@ async fn handle(
     exchange.model.clone_from(&facts.model);
 
     let admitted = admit(env, ctx, &config, &route, &caller, &facts, exchange).await?;
+    // The answer's usage is watched for the settlement (unless nothing it settles depends on
+    // the answer), and for metrics when they are kept.
+    let tap = admitted
+        .as_ref()
+        .is_some_and(|a| a.limits.settles_on_the_answer())
+        || metrics::bound(env);
 
     let policy = RetryPolicy::from_config(&config, headers.value("x-proxy-budget-ms"));
     let path = route.upstream_path().ok_or(ProxyError::NotFound)?;
@@ -118,7 +124,8 @@ async fn handle(
         body.as_ref(),
         facts.stream,
     )
-    .with_model_span(facts.model_span.clone());
+    .with_model_span(facts.model_span.clone())
+    .reading_json_whole(tap);
     let fallbacks = match (&route, facts.model.as_deref()) {
         (Route::Messages, Some(model)) => Fallbacks::new(
             model,
@@ -140,12 +147,6 @@ async fn handle(
     )
     .await;
     exchange.upstream_request_id = upstream.request_id.take();
-    // The answer's usage is watched for the settlement (unless nothing it settles depends on
-    // the answer), and for metrics when they are kept.
-    let tap = admitted
-        .as_ref()
-        .is_some_and(|a| a.limits.settles_on_the_answer())
-        || metrics::bound(env);
     let mut delivered = answer.and_then(|a| transport::deliver(a, tap, policy.attempt_timeout_ms));
     if let Some(admitted) = admitted {
         let (usage_to, usage) = oneshot::channel();

@@ -10,6 +10,7 @@ use std::pin::pin;
 use futures_util::future::{select, Either};
 use futures_util::StreamExt;
 use wasm_bindgen::prelude::*;
+use wasm_bindgen::JsCast;
 use worker::web_sys;
 
 use super::boundary::{self, Answer, AnswerBody, HeaderList, Sending, Sent};
@@ -26,7 +27,7 @@ use crate::retry::{
     is_spend_limit, should_retry_header, upstream_wait_ms, Outcome, MAX_ERROR_BODY_BYTES,
 };
 use crate::stream::sse::{EventScanner, SseEvent};
-use crate::stream::tap::{Progress, Report};
+use crate::stream::tap::{Progress, Report, Watcher, MAX_JSON_BYTES};
 use crate::stream::{exact_length, is_event_stream};
 use crate::upstream::KeyLimits;
 
@@ -51,6 +52,8 @@ enum UpstreamBody {
     Sse { head: Vec<u8>, rest: BodyReader },
     /// A small error body read whole (a `429`, to tell a spend limit), as it came.
     Read(Vec<u8>),
+    /// A JSON answer of known length read whole in its attempt, in the runtime's buffer.
+    Whole(js_sys::ArrayBuffer),
 }
 
 /// One request's way to the upstream: the same URL, headers and body for every attempt.
@@ -66,6 +69,9 @@ pub struct Upstream<'a> {
     /// Where the body's top-level `model` value lies, for a fallback to rewrite it.
     model_span: Option<std::ops::Range<usize>>,
     streaming: bool,
+    /// A successful JSON answer of known length (at most [`MAX_JSON_BYTES`]) is read whole in
+    /// its attempt, for its usage.
+    read_json_whole: bool,
     /// The upstream's `request-id` of the last attempt that had one.
     pub request_id: Option<String>,
     /// The key's limits as the last answer's `anthropic-ratelimit-*` headers reported them.
@@ -98,9 +104,18 @@ impl<'a> Upstream<'a> {
             fallback_body: None,
             model_span: None,
             streaming,
+            read_json_whole: false,
             request_id: None,
             key_limits: KeyLimits::default(),
         }
+    }
+
+    /// Reads a successful JSON answer of known length whole in its attempt (when its usage is
+    /// watched): its usage is then read without a pipe, and a body cut before its end is
+    /// retried like a lost connection, since nothing of it has reached the client.
+    pub fn reading_json_whole(mut self, whole: bool) -> Upstream<'a> {
+        self.read_json_whole = whole;
+        self
     }
 
     /// Lets a fallback rewrite the body's `model`, which lies at `span`.
@@ -145,6 +160,7 @@ impl Transport for Upstream<'_> {
                 .or(self.body.map(Upload::body)),
             timeout_ms,
             self.streaming,
+            self.read_json_whole,
         )
         .await;
         if let Some(id) = answer.as_ref().and_then(|a| a.headers.value("request-id")) {
@@ -195,6 +211,13 @@ pub fn deliver(answer: UpstreamAnswer, tap: bool, idle_ms: u64) -> Result<Delive
     let (body, seen) = match answer.body {
         UpstreamBody::Untouched(None) => (AnswerBody::Empty, None),
         UpstreamBody::Read(bytes) => (AnswerBody::Bytes(bytes), None),
+        UpstreamBody::Whole(buffer) if !tap => (AnswerBody::Buffer(buffer), None),
+        UpstreamBody::Whole(buffer) => {
+            let (mut watcher, report, progress) = Watcher::new(false);
+            watcher.observe(&js_sys::Uint8Array::new(&buffer).to_vec());
+            watcher.finish(true, true);
+            (AnswerBody::Buffer(buffer), Some((report, progress)))
+        }
         UpstreamBody::Untouched(Some(body)) if !tap => (AnswerBody::Stream(body), None),
         UpstreamBody::Untouched(Some(body)) => {
             let how = Passing {
@@ -248,6 +271,7 @@ async fn attempt(
     body: Option<&JsValue>,
     timeout_ms: u64,
     streaming: bool,
+    read_json_whole: bool,
 ) -> (Outcome, Option<UpstreamAnswer>) {
     let deadline = now_ms().saturating_add(timeout_ms);
     let Some(sent) = Sent::new(url, method, headers, body, timeout_ms) else {
@@ -279,6 +303,15 @@ async fn attempt(
                 upstream_headers.set("x-should-retry", "false");
             }
             UpstreamBody::Read(bytes)
+        } else if read_json_whole
+            && (200..300).contains(&status)
+            && exact_length(upstream_headers.pairs())
+                .is_some_and(|length| length <= MAX_JSON_BYTES as u64)
+        {
+            let Some(buffer) = read_whole(&response).await else {
+                return (Outcome::ConnectFailure, None);
+            };
+            UpstreamBody::Whole(buffer)
         } else {
             UpstreamBody::Untouched(response.body())
         };
@@ -332,6 +365,15 @@ async fn attempt(
 /// A reader of the answer's body; `None` when it has none.
 fn body_of(response: &web_sys::Response) -> Option<BodyReader> {
     BodyReader::new(&response.body()?)
+}
+
+/// Reads a body of known, small length whole; `None` when it fails before its end.
+async fn read_whole(response: &web_sys::Response) -> Option<js_sys::ArrayBuffer> {
+    let promise = response.array_buffer().ok()?;
+    let buffer = worker::wasm_bindgen_futures::JsFuture::from(promise)
+        .await
+        .ok()?;
+    buffer.dyn_into().ok()
 }
 
 /// Reads an error body up to [`MAX_ERROR_BODY_BYTES`] (the rest, if any, is dropped: the API's
