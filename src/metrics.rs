@@ -11,7 +11,7 @@
 
 use serde::Serialize;
 
-use crate::error::{ProxyError, Scope};
+use crate::error::{ProxyError, Scope, Source};
 use crate::upstream::Reply;
 
 /// How a request was answered, in the words an operator counts by.
@@ -59,17 +59,12 @@ impl AnswerKind {
             ProxyError::UpstreamUnreachable { .. } | ProxyError::UpstreamRedirected(_) => {
                 AnswerKind::Unreachable
             }
-            ProxyError::InvalidRequest(_)
-            | ProxyError::NeverFits(_)
-            | ProxyError::Unauthenticated(_)
-            | ProxyError::OriginNotAllowed
-            | ProxyError::NotFound
-            | ProxyError::MethodNotAllowed(_)
-            | ProxyError::TooLarge { .. } => AnswerKind::ClientError,
-            ProxyError::Misconfigured(_)
-            | ProxyError::MissingSecret(_)
-            | ProxyError::Unavailable(_)
-            | ProxyError::Internal(_) => AnswerKind::ProxyError,
+            // The rest is the client's or the proxy's, as the error says of itself.
+            other => match other.source() {
+                Source::Client => AnswerKind::ClientError,
+                Source::Upstream => AnswerKind::UpstreamError,
+                Source::Proxy => AnswerKind::ProxyError,
+            },
         }
     }
 
