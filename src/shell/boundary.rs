@@ -130,19 +130,8 @@ impl HeaderList {
         self.0.push((name.to_string(), value.to_string()));
     }
 
-    /// The list as lines; a pair the runtime would refuse (a line break) is left out.
     fn lines(&self) -> String {
-        let mut lines = String::new();
-        for (name, value) in &self.0 {
-            if name.contains('\n') || value.contains('\n') {
-                continue;
-            }
-            lines.push_str(name);
-            lines.push('\n');
-            lines.push_str(value);
-            lines.push('\n');
-        }
-        lines
+        lines_of(self.0.iter().map(|(n, v)| (n.as_str(), v.as_str())))
     }
 }
 
@@ -237,13 +226,20 @@ impl Sent {
     }
 }
 
-/// Attempt headers, made into lines once for every attempt of a request.
+/// Headers as the lines they cross the boundary in (an attempt's are made once for all its
+/// attempts); a pair the runtime would refuse (a line break) is left out.
 pub fn lines_of<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> String {
-    let list: HeaderList = pairs
-        .into_iter()
-        .map(|(n, v)| (n.to_string(), v.to_string()))
-        .collect();
-    list.lines()
+    let mut lines = String::new();
+    for (name, value) in pairs {
+        if name.contains('\n') || value.contains('\n') {
+            continue;
+        }
+        lines.push_str(name);
+        lines.push('\n');
+        lines.push_str(value);
+        lines.push('\n');
+    }
+    lines
 }
 
 /// What an answer's body is.

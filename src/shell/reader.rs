@@ -53,6 +53,11 @@ impl BodyReader {
     }
 }
 
+/// A body read whole in one call (`arrayBuffer()`); `None` when it fails before its end.
+pub async fn whole(array_buffer: js_sys::Promise) -> Option<js_sys::ArrayBuffer> {
+    JsFuture::from(array_buffer).await.ok()?.dyn_into().ok()
+}
+
 impl BodyReader {
     /// The body and its reader, for the runtime to read the rest (see `shell::pass`); `None`
     /// while a read is still pending or once the body has ended.

@@ -10,14 +10,13 @@ use std::fmt::Write;
 use std::hash::{Hash, Hasher};
 use std::rc::Rc;
 
-use super::reader::BodyReader;
+use super::reader::{whole, BodyReader};
 use crate::config::{Config, ConfigError, VARIABLES};
 use crate::error::ProxyError;
 use crate::request::body::{inspect, BodyFacts};
 use crate::request::route::Route;
 use crate::request::{declared_body_length, over_limit, BodyGuard, InflightBodies};
 use wasm_bindgen::{JsCast, JsValue};
-use worker::wasm_bindgen_futures::JsFuture;
 
 /// Milliseconds since the Unix epoch. In Workers the clock advances on I/O, which is what the
 /// budget arithmetic needs: time spent waiting on the upstream or sleeping.
@@ -50,29 +49,30 @@ pub async fn sleep_ms(ms: u64) {
     }
 }
 
-/// A random 64-bit seed from the platform's CSPRNG (for backoff jitter and request ids).
+/// A random 64-bit seed from the platform's CSPRNG (for backoff jitter).
 pub fn random_u64() -> u64 {
-    let mut bytes = [0u8; 8];
+    u64::from_le_bytes(random_bytes())
+}
+
+/// `N` bytes from the platform's CSPRNG, in one call.
+fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut bytes = [0u8; N];
     if getrandom::fill(&mut bytes).is_err() {
-        // No randomness: fall back to the clock so jitter still differs between requests.
-        return now_ms().wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        // No randomness: fall back to the clock so jitter and ids still differ between
+        // requests.
+        let clock = now_ms().wrapping_mul(0x9E37_79B9_7F4A_7C15).to_le_bytes();
+        for (byte, from) in bytes.iter_mut().zip(clock.iter().cycle()) {
+            *byte = *from;
+        }
     }
-    u64::from_le_bytes(bytes)
+    bytes
 }
 
 /// A fresh request id for answers the proxy makes itself, shaped like the API's own.
 pub fn new_request_id() -> String {
-    let mut bytes = [0u8; 12];
-    if getrandom::fill(&mut bytes).is_err() {
-        let fallback = random_u64().to_le_bytes();
-        bytes
-            .iter_mut()
-            .zip(fallback.iter().cycle())
-            .for_each(|(b, f)| *b = *f);
-    }
     let mut id = String::with_capacity(31);
     id.push_str("req_bw_");
-    for byte in bytes {
+    for byte in random_bytes::<12>() {
         let _ = write!(id, "{byte:02x}");
     }
     id
@@ -260,11 +260,7 @@ pub async fn read_body(
             }
         };
         let promise = req.array_buffer().map_err(|_| unreadable())?;
-        let buffer: js_sys::ArrayBuffer = JsFuture::from(promise)
-            .await
-            .map_err(|_| unreadable())?
-            .dyn_into()
-            .map_err(|_| unreadable())?;
+        let buffer = whole(promise).await.ok_or_else(unreadable)?;
         if u64::from(buffer.byte_length()) > length {
             return Err(ProxyError::TooLarge { limit });
         }

@@ -10,12 +10,11 @@ use std::pin::pin;
 use futures_util::future::{select, Either};
 use futures_util::StreamExt;
 use wasm_bindgen::prelude::*;
-use wasm_bindgen::JsCast;
 use worker::web_sys;
 
 use super::boundary::{self, Answer, AnswerBody, HeaderList, Sending, Sent};
 use super::pass::{pass, CutEvents, Passing};
-use super::reader::BodyReader;
+use super::reader::{whole, BodyReader};
 use super::runtime::now_ms;
 use super::runtime::Upload;
 use super::timer::Timer;
@@ -308,7 +307,10 @@ async fn attempt(
             && exact_length(upstream_headers.pairs())
                 .is_some_and(|length| length <= MAX_JSON_BYTES as u64)
         {
-            let Some(buffer) = read_whole(&response).await else {
+            let Ok(read) = response.array_buffer() else {
+                return (Outcome::ConnectFailure, None);
+            };
+            let Some(buffer) = whole(read).await else {
                 return (Outcome::ConnectFailure, None);
             };
             UpstreamBody::Whole(buffer)
@@ -365,15 +367,6 @@ async fn attempt(
 /// A reader of the answer's body; `None` when it has none.
 fn body_of(response: &web_sys::Response) -> Option<BodyReader> {
     BodyReader::new(&response.body()?)
-}
-
-/// Reads a body of known, small length whole; `None` when it fails before its end.
-async fn read_whole(response: &web_sys::Response) -> Option<js_sys::ArrayBuffer> {
-    let promise = response.array_buffer().ok()?;
-    let buffer = worker::wasm_bindgen_futures::JsFuture::from(promise)
-        .await
-        .ok()?;
-    buffer.dyn_into().ok()
 }
 
 /// Reads an error body up to [`MAX_ERROR_BODY_BYTES`] (the rest, if any, is dropped: the API's
