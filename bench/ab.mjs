@@ -502,7 +502,7 @@ async function main() {
         node: process.version,
         clk_tck: CLK_TCK,
       },
-      proxy_build: snapshot,
+      proxy_build: snapshot && { ...snapshot, dir: path.relative(ROOT, snapshot.dir) },
       reference_build: refBuild,
       paths: paths.map((p) => ({ id: p.id, label: p.label, key: p.key, pids: p.pids, build: p.build ?? null })),
       summary,

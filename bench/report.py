@@ -192,6 +192,47 @@ def floors_md(sec, concurrency=1):
     ])
 
 
+AB_PATHS = [
+    ("js-at-once", "a JS Worker answering at once"),
+    ("js-floor", "JS floor"),
+    ("js-same-io", "same-I/O floor (JS)"),
+    ("rust-floor", "Rust floor"),
+    ("proxy", "breakwater"),
+]
+
+
+def ab_cell(v, digits=2, unit=""):
+    if not v or v.get("median") is None:
+        return "–"
+    return f"{v['median']:.{digits}f}{unit} ({v['min']:.{digits}f}–{v['max']:.{digits}f})"
+
+
+def floors_ab_md(sec):
+    """The interleaved run (bench/ab.mjs): every path's CPU per request and its ratios, each
+    taken within a round, median (range) over the rounds."""
+    if not sec or sec.get("error") or not sec.get("summary"):
+        return "_Not measured in this run._" if not sec or not sec.get("error") else f"_Failed: {sec['error']}_"
+    summ, opts = sec["summary"], sec.get("options", {})
+    rows = []
+    for pid, name in AB_PATHS:
+        x = summ.get(pid)
+        if not x:
+            continue
+        rows.append([name, ab_cell(x.get("cpu_us_per_req"), 0), ab_cell(x.get("x_js_floor")),
+                     ab_cell(x.get("own_x_js_floor")), ab_cell(x.get("x_js_same_io")), ab_cell(x.get("x_rust_floor")),
+                     ab_cell(x.get("p50_added_ms"), 3)])
+    return "\n".join([
+        f"One client sends each request to every path in turn ({opts.get('rounds')} rounds × {opts.get('requests')} "
+        "requests per path, `bench/ab.mjs`), each path in its own workerd, so drift hits all alike; ratios are taken "
+        "within each round, median (range over rounds). *Own* is a path's CPU above the Worker that answers at once "
+        "(what the runtime alone costs), as a multiple of the JS floor's own. The *same-I/O floor* does the proxy's "
+        "I/O in plain JavaScript with no decisions.",
+        "",
+        table(["path", "workerd CPU µs/req", "/ JS floor", "own / JS floor's own", "/ same-I/O floor", "/ Rust floor",
+               "p50 over the JS floor, ms"], rows),
+    ])
+
+
 def rust_floor_size(sec):
     b = sec.get("rust_floor")
     if not b:
@@ -421,7 +462,18 @@ def targets_md(res):
             rows.append([f"added latency, {a['concurrency']} client(s), no limits", "≤ 1 ms p50, ≤ 3 ms p99",
                          f"{a['added_p50_ms']:.3f} ms p50, {a['added_p99_ms']:.3f} ms p99",
                          verdict(a["added_p50_ms"] <= 1 and a["added_p99_ms"] <= 3)])
-    _, frows = floor_ratios(oh) if oh.get("points") else ([], [])
+    ab = (s.get("floors") or {}).get("summary") or {}
+    abp = ab.get("proxy")
+    if abp and abp.get("x_js_floor"):
+        rows.append(["workerd CPU per request / JS floor, 1 client, no limits (interleaved)", "≤ 1.5×",
+                     f"{abp['x_js_floor']['median']:.2f}× ({abp['x_js_floor']['min']:.2f}–{abp['x_js_floor']['max']:.2f}); "
+                     + (f"/ same-I/O floor {abp['x_js_same_io']['median']:.2f}×" if abp.get("x_js_same_io") else "")
+                     + (f", / Rust floor {abp['x_rust_floor']['median']:.2f}×" if abp.get("x_rust_floor") else ""),
+                     verdict(abp["x_js_floor"]["median"] <= 1.5)])
+        rows.append(["added p50 over the JS floor, 1 client, no limits (interleaved)", "≤ +0.3 ms",
+                     f"{abp['p50_added_ms']['median']:+.3f} ms",
+                     verdict(abp["p50_added_ms"]["median"] <= 0.3)])
+    _, frows = floor_ratios(oh) if oh.get("points") and not abp else ([], [])
     proxy = next((r for r in frows if r["target"] == "proxy"), None)
     js = proxy and proxy["over"].get("js_floor")
     rust = proxy and proxy["over"].get("rust_floor")
@@ -604,6 +656,10 @@ def main():
     if "overhead" in plots:
         md += ["", f"![latency per path]({plots['overhead']})"]
     md += [
+        "",
+        "## Against the floors, interleaved",
+        "",
+        floors_ab_md(s.get("floors")),
         "",
         "## Admission: Durable Object decisions on one hot key",
         "",

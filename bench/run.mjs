@@ -2,7 +2,7 @@
 // Miniflare) on loopback, drives them with the load generator, and writes every figure to
 // bench/results/results.json. bench/report.py turns that into RESULTS.md and the plots.
 //
-//   node bench/run.mjs [--quick] [--only size,overhead,streaming,overload,micro] [--out DIR]
+//   node bench/run.mjs [--quick] [--only size,overhead,floors,streaming,overload,micro] [--out DIR]
 //   node bench/run.mjs --quick --only d,e       # some overload scenarios (a–e) only
 //
 // ./scripts/bench.sh installs and builds what this needs, then runs it and the report.
@@ -20,7 +20,7 @@ import {
 } from './lib.mjs';
 import { oracle, uniformArrivalsMs, capacityBucket, keyBuckets } from './oracle.mjs';
 
-const SECTIONS = ['size', 'overhead', 'streaming', 'overload', 'micro'];
+const SECTIONS = ['size', 'overhead', 'floors', 'streaming', 'overload', 'micro'];
 
 
 // ------------------------------------------------------------------ options
@@ -569,6 +569,27 @@ function rustFloorBuild() {
   };
 }
 
+// ------------------------------------------------------------------ floors, interleaved
+
+/** The proxy against four floors in one interleaved run (`bench/ab.mjs`, its own process):
+ * the ratios that separate runs of one path are too noisy to give. */
+async function sectionFloors() {
+  const out = path.join(ROOT, 'target/bench-ab-section.json');
+  const args = [path.join(ROOT, 'bench/ab.mjs'), '--out', out, ...(QUICK ? ['--rounds', '3', '--requests', '200'] : [])];
+  log(`floors: node ${args.map((a) => path.relative(ROOT, a) || a).join(' ')}`);
+  await new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, args, { cwd: ROOT, stdio: ['ignore', 'ignore', 'inherit'] });
+    children.add(child);
+    child.once('exit', (code) => {
+      children.delete(child);
+      if (code === 0) resolve();
+      else reject(new Error(`bench/ab.mjs exited with ${code}`));
+    });
+  });
+  const ab = JSON.parse(fs.readFileSync(out, 'utf8'));
+  return { method: ab.method, options: ab.options, proxy_build: ab.proxy_build, paths: ab.paths, summary: ab.summary };
+}
+
 // ------------------------------------------------------------------ streaming
 
 async function sectionStreaming() {
@@ -951,7 +972,7 @@ async function main() {
   for (const name of ONLY) {
     const started = Date.now();
     const busy0 = machineBusySeconds();
-    const run = { size: sectionSize, overhead: sectionOverhead, streaming: sectionStreaming, overload: sectionOverload, micro: sectionMicro }[name];
+    const run = { size: sectionSize, overhead: sectionOverhead, floors: sectionFloors, streaming: sectionStreaming, overload: sectionOverload, micro: sectionMicro }[name];
     try {
       const value = await run();
       const seconds = (Date.now() - started) / 1000;

@@ -5,7 +5,7 @@
 #
 #   ./scripts/bench.sh                 # everything, several minutes
 #   ./scripts/bench.sh --quick         # shorter points and scenarios, ~6 minutes
-#   ./scripts/bench.sh --only overload # some of: size, overhead, streaming, overload, micro
+#   ./scripts/bench.sh --only overload # some of: size, overhead, floors, streaming, overload, micro
 #   ./scripts/bench.sh --quick --only d,e  # some overload scenarios only (a–e)
 #   ./scripts/bench.sh --out DIR       # write results.json, RESULTS.md and the plots to DIR
 #   ./scripts/bench.sh --fallback [--quick]  # only the model-fallback scenario (bench/fallback.mjs)
