@@ -15,7 +15,7 @@ import path from 'node:path';
 import { createHash } from 'node:crypto';
 import {
   ROOT, KEYS, MESSAGE, PASS_THROUGH_WORKER, RUST_FLOOR_BUILD, CLK_TCK, startSim, startWorker, startRustFloor,
-  benchVars, cpuSeconds, machineBusySeconds, snapshotBuild, median, round, log, cleanup,
+  benchVars, cpuSeconds, machineBusySeconds, snapshotBuild, median, percentile, round, log, cleanup,
 } from './lib.mjs';
 
 const USAGE = `usage: node bench/ab.mjs [options]
@@ -28,14 +28,27 @@ const USAGE = `usage: node bench/ab.mjs [options]
                       alone costs); repeatable
   --key free|rpm|all  the client key the proxy paths use (default free: no admission)
   --no-proxy          leave out the project's build/ (path "proxy")
+  --proxy-dir DIR     run path "proxy" from DIR in place instead of a fresh copy of build/
+                      (bench/run.mjs passes the copy its other sections run)
   --clock sched|stat  workerd CPU from the threads' schedstat (ns; the default where the kernel
                       has it) or from /proc/<pid>/stat (user+sys, in clock ticks)
   --out FILE          where the JSON goes (default target/bench-ab.json)`;
 
 // ------------------------------------------------------------------ options
 
+/** A build's directory, checked: inside the project (Miniflare loads a Worker's modules from
+ * there only), with the module and its glue. */
+function builtDir(flag, name, dir) {
+  const resolved = path.resolve(dir);
+  if (!resolved.startsWith(ROOT + path.sep)) throw new Error(`${flag} ${name}: ${resolved} is outside ${ROOT}; copy it under target/`);
+  for (const f of ['index.js', 'index_bg.wasm']) {
+    if (!fs.existsSync(path.join(resolved, f))) throw new Error(`${flag} ${name}: no ${f} in ${resolved}`);
+  }
+  return resolved;
+}
+
 function parseArgs(argv) {
-  const opts = { rounds: 7, requests: 400, warmup: 300, builds: [], scripts: [], key: 'free', proxy: true, out: 'target/bench-ab.json', clock: null };
+  const opts = { rounds: 7, requests: 400, warmup: 300, builds: [], scripts: [], key: 'free', proxy: true, proxyDir: null, out: 'target/bench-ab.json', clock: null };
   const value = (i, name) => {
     if (i + 1 >= argv.length) throw new Error(`${name} needs a value`);
     return argv[i + 1];
@@ -47,8 +60,15 @@ function parseArgs(argv) {
   };
   for (let i = 0; i < argv.length; i += 1) {
     const a = argv[i];
-    const [flag, inline] = a.startsWith('--') && a.includes('=') && !a.startsWith('--build=') && !a.startsWith('--script=') ? [a.slice(0, a.indexOf('=')), a.slice(a.indexOf('=') + 1)] : [a, undefined];
+    const [flag, inline] = a.startsWith('--') && a.includes('=') ? [a.slice(0, a.indexOf('=')), a.slice(a.indexOf('=') + 1)] : [a, undefined];
     const take = () => (inline !== undefined ? inline : value(i++, flag));
+    // `--build NAME=DIR`, `--script NAME=FILE` (or `--build=NAME=DIR`).
+    const named = (what) => {
+      const spec = take();
+      const eq = spec.indexOf('=');
+      if (eq <= 0 || eq === spec.length - 1) throw new Error(`${flag} wants NAME=${what}, not ${spec}`);
+      return [spec.slice(0, eq), spec.slice(eq + 1)];
+    };
     switch (flag) {
       case '--rounds': opts.rounds = count(take(), flag, 1); break;
       case '--requests': opts.requests = count(take(), flag, 1); break;
@@ -59,6 +79,7 @@ function parseArgs(argv) {
         break;
       }
       case '--no-proxy': opts.proxy = false; break;
+      case '--proxy-dir': opts.proxyDir = builtDir('--proxy-dir', 'proxy', take()); break;
       case '--out': opts.out = take(); break;
       case '--clock': {
         opts.clock = take();
@@ -66,30 +87,17 @@ function parseArgs(argv) {
         break;
       }
       case '--help': case '-h': console.log(USAGE); process.exit(0); break;
-      default: {
-        if (a === '--script' || a.startsWith('--script=')) {
-          const spec = a === '--script' ? value(i++, '--script') : a.slice('--script='.length);
-          const eq = spec.indexOf('=');
-          if (eq <= 0 || eq === spec.length - 1) throw new Error(`--script wants NAME=FILE, not ${spec}`);
-          opts.scripts.push({ name: spec.slice(0, eq), source: fs.readFileSync(spec.slice(eq + 1), 'utf8') });
-          break;
-        }
-        if (a === '--build' || a.startsWith('--build=')) {
-          const spec = a === '--build' ? value(i++, '--build') : a.slice('--build='.length);
-          const eq = spec.indexOf('=');
-          if (eq <= 0 || eq === spec.length - 1) throw new Error(`--build wants NAME=DIR, not ${spec}`);
-          const name = spec.slice(0, eq);
-          const dir = path.resolve(spec.slice(eq + 1));
-          // Miniflare loads a Worker's modules from inside the project only.
-          if (!dir.startsWith(ROOT + path.sep)) throw new Error(`--build ${name}: ${dir} is outside ${ROOT}; copy it under target/`);
-          for (const f of ['index.js', 'index_bg.wasm']) {
-            if (!fs.existsSync(path.join(dir, f))) throw new Error(`--build ${name}: no ${f} in ${dir}`);
-          }
-          opts.builds.push({ name, dir });
-          break;
-        }
-        throw new Error(`unknown option ${a}\n${USAGE}`);
+      case '--script': {
+        const [name, file] = named('FILE');
+        opts.scripts.push({ name, source: fs.readFileSync(file, 'utf8') });
+        break;
       }
+      case '--build': {
+        const [name, dir] = named('DIR');
+        opts.builds.push({ name, dir: builtDir(flag, name, dir) });
+        break;
+      }
+      default: throw new Error(`unknown option ${a}\n${USAGE}`);
     }
   }
   const names = ['js-at-once', 'js-floor', 'js-same-io', 'rust-floor', 'proxy', ...opts.builds.map((b) => b.name), ...opts.scripts.map((s) => s.name)];
@@ -275,7 +283,6 @@ const schedstatWorks = (() => {
   }
 })();
 
-const pct = (sorted, q) => sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil(q * sorted.length) - 1))];
 const spread = (xs) => ({ median: median(xs), min: Math.min(...xs), max: Math.max(...xs) });
 const sha256 = (file) => createHash('sha256').update(fs.readFileSync(file)).digest('hex');
 
@@ -319,8 +326,8 @@ async function measureRound(paths, n, r, sim, allPids, clock) {
       cpu_us_per_req: cpuS * 1e6 / n,
       stat_cpu_s: round(tickS, 3),
       ...(schedstatWorks ? { sched_cpu_s: round(th.s, 6), threads_ended: th.ended } : {}),
-      p50_ms: pct(s, 0.5),
-      p90_ms: pct(s, 0.9),
+      p50_ms: percentile(s, 0.5),
+      p90_ms: percentile(s, 0.9),
       max_ms: s[s.length - 1],
     };
   }
@@ -350,7 +357,14 @@ async function main() {
   await sim.mode({ key_limits: { rpm: 1_000_000_000 } });
   const vars = benchVars(sim);
   const floorVars = { UPSTREAM_URL: vars.UPSTREAM_URL, ANTHROPIC_API_KEY: vars.ANTHROPIC_API_KEY };
-  const snapshot = opts.proxy ? snapshotBuild() : null;
+  // The proxy's build: a fresh copy of build/, or a copy already made (`--proxy-dir`).
+  const snapshot = !opts.proxy ? null : opts.proxyDir
+    ? {
+        dir: opts.proxyDir,
+        wasm_sha256: sha256(path.join(opts.proxyDir, 'index_bg.wasm')),
+        built_at: fs.statSync(path.join(opts.proxyDir, 'index_bg.wasm')).mtime.toISOString(),
+      }
+    : snapshotBuild();
 
   const workers = [];
   const paths = [];
@@ -375,7 +389,7 @@ async function main() {
       });
     }
     if (opts.proxy) {
-      add('proxy', `breakwater, build/ (key ${opts.key})`, await startWorker(vars, { build: snapshot.dir }), clientKey, {
+      add('proxy', `breakwater, ${opts.proxyDir ? path.relative(ROOT, opts.proxyDir) : 'build/'} (key ${opts.key})`, await startWorker(vars, { build: snapshot.dir }), clientKey, {
         build: { dir: path.relative(ROOT, snapshot.dir), wasm_sha256: snapshot.wasm_sha256, built_at: snapshot.built_at },
       });
     }

@@ -201,17 +201,19 @@ AB_PATHS = [
 ]
 
 
-def ab_cell(v, digits=2, unit=""):
+def ab_cell(v, digits=2):
     if not v or v.get("median") is None:
         return "–"
-    return f"{v['median']:.{digits}f}{unit} ({v['min']:.{digits}f}–{v['max']:.{digits}f})"
+    return f"{v['median']:.{digits}f} ({v['min']:.{digits}f}–{v['max']:.{digits}f})"
 
 
 def floors_ab_md(sec):
     """The interleaved run (bench/ab.mjs): every path's CPU per request and its ratios, each
     taken within a round, median (range) over the rounds."""
-    if not sec or sec.get("error") or not sec.get("summary"):
-        return "_Not measured in this run._" if not sec or not sec.get("error") else f"_Failed: {sec['error']}_"
+    if sec and sec.get("error"):
+        return f"_Failed: {sec['error']}_"
+    if not sec or not sec.get("summary"):
+        return "_Not measured in this run._"
     summ, opts = sec["summary"], sec.get("options", {})
     rows = []
     for pid, name in AB_PATHS:
@@ -465,10 +467,11 @@ def targets_md(res):
     ab = (s.get("floors") or {}).get("summary") or {}
     abp = ab.get("proxy")
     if abp and abp.get("x_js_floor"):
+        others = [f"/ {name} {abp[key]['median']:.2f}×" for key, name in
+                  (("x_js_same_io", "same-I/O floor"), ("x_rust_floor", "Rust floor")) if abp.get(key)]
         rows.append(["workerd CPU per request / JS floor, 1 client, no limits (interleaved)", "≤ 1.5×",
-                     f"{abp['x_js_floor']['median']:.2f}× ({abp['x_js_floor']['min']:.2f}–{abp['x_js_floor']['max']:.2f}); "
-                     + (f"/ same-I/O floor {abp['x_js_same_io']['median']:.2f}×" if abp.get("x_js_same_io") else "")
-                     + (f", / Rust floor {abp['x_rust_floor']['median']:.2f}×" if abp.get("x_rust_floor") else ""),
+                     "; ".join([f"{abp['x_js_floor']['median']:.2f}× ({abp['x_js_floor']['min']:.2f}–{abp['x_js_floor']['max']:.2f})"]
+                               + ([", ".join(others)] if others else [])),
                      verdict(abp["x_js_floor"]["median"] <= 1.5)])
         rows.append(["added p50 over the JS floor, 1 client, no limits (interleaved)", "≤ +0.3 ms",
                      f"{abp['p50_added_ms']['median']:+.3f} ms",

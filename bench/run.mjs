@@ -575,7 +575,8 @@ function rustFloorBuild() {
  * the ratios that separate runs of one path are too noisy to give. */
 async function sectionFloors() {
   const out = path.join(ROOT, 'target/bench-ab-section.json');
-  const args = [path.join(ROOT, 'bench/ab.mjs'), '--out', out, ...(QUICK ? ['--rounds', '3', '--requests', '200'] : [])];
+  // The same copy of the build as the other sections, not a second one.
+  const args = [path.join(ROOT, 'bench/ab.mjs'), '--out', out, '--proxy-dir', buildPath(), ...(QUICK ? ['--rounds', '3', '--requests', '200'] : [])];
   log(`floors: node ${args.map((a) => path.relative(ROOT, a) || a).join(' ')}`);
   await new Promise((resolve, reject) => {
     const child = spawn(process.execPath, args, { cwd: ROOT, stdio: ['ignore', 'ignore', 'inherit'] });
