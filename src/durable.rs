@@ -11,7 +11,7 @@ use serde::Serialize;
 /// The state of one kind of Durable Object.
 pub trait ObjectState: Default + Serialize + DeserializeOwned {
     /// A call from the Worker.
-    type Call: DeserializeOwned;
+    type Call: DeserializeOwned + Clone;
     /// The object's answer.
     type Reply: Serialize;
     /// The key the state is stored under.
@@ -31,6 +31,21 @@ pub trait ObjectState: Default + Serialize + DeserializeOwned {
     fn reads_only(_call: &Self::Call) -> bool {
         false
     }
+
+    /// Whether the shell holds the call instead of answering `reply` now: then it looks again
+    /// at the returned time with [`ObjectState::poll`], until that answers.
+    fn hold_until(_reply: &Self::Reply) -> Option<u64> {
+        None
+    }
+
+    /// The reply at `now_ms` to a call that was held: again one to hold, or the answer
+    /// (`None`: the call is not one that is held).
+    fn poll(&mut self, _now_ms: u64, _call: &Self::Call) -> Option<Self::Reply> {
+        None
+    }
+
+    /// The caller of a held call went away.
+    fn abandon(&mut self, _now_ms: u64, _call: &Self::Call) {}
 
     /// Whether the state may be written to storage after a call. A state that may not is
     /// kept in memory only (and so is forgotten when the object is evicted).

@@ -22,7 +22,7 @@ const IDLE_SLACK_MS: u64 = 1_000;
 /// object keeps its state in memory only, and writes it to storage once a settlement says
 /// the upstream accepted the key (`confirms`). Anyone can make up an `sk-ant-…` string; none
 /// of them should leave a stored object behind.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LimiterCall {
     Admit {

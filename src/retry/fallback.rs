@@ -73,7 +73,7 @@ pub fn why_leave(stop: Stop, last_cause: Option<Cause>) -> Option<Why> {
 pub fn why_leave_wait(reason: WaitReason) -> Option<Why> {
     match reason {
         WaitReason::Overloaded => Some(Why::Outage),
-        WaitReason::Cooldown | WaitReason::Recovering => None,
+        WaitReason::Cooldown | WaitReason::Recovering | WaitReason::Queued => None,
     }
 }
 

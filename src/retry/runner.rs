@@ -139,6 +139,7 @@ impl fmt::Display for WaitCause {
             WaitCause::Shared(WaitReason::Cooldown) => f.write_str("upstream_cooldown"),
             WaitCause::Shared(WaitReason::Overloaded) => f.write_str("model_overloaded"),
             WaitCause::Shared(WaitReason::Recovering) => f.write_str("model_recovering"),
+            WaitCause::Shared(WaitReason::Queued) => f.write_str("fair_turn"),
             WaitCause::Paced(PaceReason::KeyLimit(dimension)) => {
                 write!(f, "paced_{}", dimension.as_str())
             }

@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use super::draw::{self, Purpose};
 use super::pace::Pace;
 use super::policy::OutagePolicy;
+use super::share::Share;
 use super::state::stored;
 use crate::retry::{ceiling_ms, MIN_RETRY_AFTER_MS};
 
@@ -32,6 +33,9 @@ pub(super) struct ModelHealth {
     /// The key's known limits and the upstream's sustainable rate for this pool.
     #[serde(default)]
     pub(super) pace: Pace,
+    /// The requests waiting their fair turn: memory only, as their held calls are.
+    #[serde(skip)]
+    pub(super) share: Share,
 }
 
 /// Where a model stands.
@@ -210,6 +214,7 @@ impl ModelHealth {
             waits: WaitTally::starting(now_ms),
             cooldown_until_ms: 0,
             pace: Pace::default(),
+            share: Share::default(),
         }
     }
 
@@ -250,6 +255,7 @@ impl ModelHealth {
         let shift = |t: &mut u64| *t = t.saturating_sub(back);
         shift(&mut self.cooldown_until_ms);
         self.pace.shift_back(back);
+        self.share.shift_back(back);
         shift(&mut self.last_used_ms);
         shift(&mut self.streak_started_ms);
         shift(&mut self.waits.period_started_ms);
@@ -298,6 +304,7 @@ impl ModelHealth {
             && self.streak == 0
             && self.cooldown_until_ms <= now_ms
             && self.pace.is_idle(now_ms)
+            && self.share.is_empty()
     }
 
     /// The model's answer to a request with `deadline_ms`, at `now_ms` (after

@@ -42,6 +42,7 @@ mod object;
 mod pace;
 mod policy;
 mod pool;
+mod share;
 mod state;
 mod status;
 
@@ -62,6 +63,9 @@ pub use pace::{
 };
 pub use policy::OutagePolicy;
 pub use pool::{family, pool_of};
+pub use share::{
+    CallerShare, Claimant, Priority, HORIZON_MS, MAX_HOLD_MS, MAX_WAITING, MAX_WEIGHT,
+};
 pub use state::{
     AttemptReport, Change, Gate, ModelPhase, ModelSnapshot, ProbeTicket, RefuseReason, Reply,
     Snapshot, UpstreamState, WaitReason, MAX_CLOCK_LEAD_MS, MAX_STORED_MS,

@@ -4,7 +4,8 @@ use serde::{Deserialize, Serialize};
 
 use super::pace::{Cost, KeyLimits};
 use super::policy::OutagePolicy;
-use super::state::{AttemptReport, Change, Gate, UpstreamState};
+use super::share::Claimant;
+use super::state::{AttemptReport, Change, Gate, UpstreamState, WaitReason};
 use super::status::KeyStatus;
 use crate::durable::ObjectState;
 use crate::retry::runner::{Ask, Tell};
@@ -15,7 +16,7 @@ const IDLE_CHECK_MS: u64 = 60_000;
 /// One call from the Worker to the upstream key's object, about one pool (`model`: a route,
 /// or a model family of `/v1/messages`, as Anthropic pools its limits). Each carries the first
 /// attempts the edge sent unasked since its last call (for the retry budget).
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum UpstreamCall {
     Before {
@@ -30,6 +31,9 @@ pub enum UpstreamCall {
         /// What the request costs the key's buckets.
         #[serde(default)]
         cost: Cost,
+        /// Who asks, for the fair order when the pool is scarce.
+        #[serde(default)]
+        claimant: Claimant,
     },
     After {
         model: String,
@@ -48,9 +52,9 @@ pub enum UpstreamCall {
 }
 
 impl UpstreamCall {
-    /// The call for the runner's question before an attempt, about `pool`.
+    /// The call for the runner's question before an attempt, about `pool`, from `claimant`.
     #[must_use]
-    pub fn before(pool: &str, ask: Ask) -> UpstreamCall {
+    pub fn before(pool: &str, ask: Ask, claimant: &Claimant) -> UpstreamCall {
         UpstreamCall::Before {
             model: pool.to_string(),
             is_retry: ask.is_retry,
@@ -59,6 +63,7 @@ impl UpstreamCall {
             unreported: ask.unreported,
             served: ask.unreported_served,
             cost: ask.cost,
+            claimant: claimant.clone(),
         }
     }
 
@@ -102,6 +107,7 @@ impl ObjectState for UpstreamState {
                 unreported,
                 served,
                 cost,
+                claimant,
             } => {
                 self.record_requests(&policy, now_ms, unreported);
                 self.record_served(&policy, now_ms, &model, served);
@@ -113,6 +119,7 @@ impl ObjectState for UpstreamState {
                     deadline_ms,
                     request_seed,
                     cost,
+                    &claimant,
                 ))
             }
             UpstreamCall::After {
@@ -134,6 +141,45 @@ impl ObjectState for UpstreamState {
 
     fn reads_only(call: &UpstreamCall) -> bool {
         matches!(call, UpstreamCall::Status {})
+    }
+
+    /// A request waiting its fair turn is held, not told to come back: one call per request
+    /// however long it waits (up to [`crate::upstream::MAX_HOLD_MS`] a call).
+    fn hold_until(reply: &UpstreamReply) -> Option<u64> {
+        match reply {
+            UpstreamReply::Gate(Gate::Wait {
+                until_ms,
+                reason: WaitReason::Queued,
+            }) => Some(*until_ms),
+            _ => None,
+        }
+    }
+
+    fn poll(&mut self, now_ms: u64, call: &UpstreamCall) -> Option<UpstreamReply> {
+        match call {
+            UpstreamCall::Before {
+                model,
+                request_seed,
+                ..
+            } => Some(UpstreamReply::Gate(self.poll_turn(
+                &OutagePolicy::default(),
+                now_ms,
+                model,
+                *request_seed,
+            ))),
+            _ => None,
+        }
+    }
+
+    fn abandon(&mut self, now_ms: u64, call: &UpstreamCall) {
+        if let UpstreamCall::Before {
+            model,
+            request_seed,
+            ..
+        } = call
+        {
+            self.leave_queue(&OutagePolicy::default(), now_ms, model, *request_seed);
+        }
     }
 
     fn is_idle(&self, now_ms: u64) -> bool {
@@ -162,6 +208,7 @@ mod tests {
             unreported: 0,
             served: 0,
             cost: Cost::default(),
+            claimant: Claimant::default(),
         };
         let reply = serde_json::to_value(state.decide(t0, before(1))).unwrap();
         assert_eq!(
@@ -230,6 +277,7 @@ mod tests {
             unreported: 0,
             served: 0,
             cost: Cost::default(),
+            claimant: Claimant::default(),
         };
         assert!(!<UpstreamState as ObjectState>::reads_only(&before_call));
     }

@@ -572,6 +572,34 @@ impl Pace {
         }
     }
 
+    /// The lane time `cost` takes in the pool's tightest dimension (µs): the cost the fair
+    /// order charges a caller, so that requests, input and output tokens weigh by how scarce
+    /// each is (a dominant-resource share). At least 1.
+    #[must_use]
+    pub fn lane_time_us(&self, now_ms: u64, cost: Cost) -> u64 {
+        let lanes = LimitDimension::ALL.iter().filter_map(|d| {
+            let lane = self.lanes.get(d.index())?.as_ref()?;
+            Some(lane.charged(lane.span_us(d.units(cost))))
+        });
+        let rate = (self.rate_mrps(now_ms) > 0).then(|| self.rate.interval_us());
+        lanes.chain(rate).max().unwrap_or(0).max(1)
+    }
+
+    /// A copy of the lanes and the rate without their history: what a projection of the
+    /// queue reserves on (cheap to copy, and its reservations are never stored).
+    #[must_use]
+    pub fn sketch(&self) -> Pace {
+        let mut lanes = self.lanes.clone();
+        for lane in lanes.iter_mut().flatten() {
+            lane.pending = Vec::new();
+        }
+        Pace {
+            lanes,
+            rate: self.rate,
+            served: Served::default(),
+        }
+    }
+
     /// Reserves `cost` for a request that goes at `at_ms` (decided at `now_ms`). A request that had to wait for the rate keeps the pacing in
     /// force: pacing that works sheds nothing, and must not end for want of shedding while
     /// requests still queue.

@@ -355,6 +355,8 @@ struct SimShared {
     asked_first: Rc<RefCell<bool>>,
     /// With a fallback: its model and this edge's memory of its pool.
     fallback_memory: Option<(&'static str, Rc<RefCell<EdgeMemory>>)>,
+    /// Who the request is, for the fair order.
+    claimant: Claimant,
 }
 
 impl SharedState for SimShared {
@@ -367,9 +369,24 @@ impl SharedState for SimShared {
         if !ask.is_retry {
             *self.asked_first.borrow_mut() = true;
         }
-        let call = UpstreamCall::before(self.model, ask);
-        // The object's own decision, as the Durable Object makes it.
-        let UpstreamReply::Gate(gate) = self.state.borrow_mut().decide(now, call) else {
+        let call = UpstreamCall::before(self.model, ask, &self.claimant);
+        // The object's own decision, as the Durable Object makes it...
+        let mut reply = self.state.borrow_mut().decide(now, call.clone());
+        // ...and held as it holds it: looked at again when it says, with no call from the edge.
+        while let Some(wake) = UpstreamState::hold_until(&reply) {
+            if wake <= self.time.now_ms() {
+                break;
+            }
+            self.time.until(wake).await;
+            let now = self.time.now_ms();
+            reply = self
+                .state
+                .borrow_mut()
+                .poll(now, &call)
+                .expect("a held call is polled");
+        }
+        let now = self.time.now_ms();
+        let UpstreamReply::Gate(gate) = reply else {
             panic!("a gate answers a before-call");
         };
         if let Gate::Scheduled { at_ms, .. } = gate {
@@ -379,9 +396,11 @@ impl SharedState for SimShared {
             );
             self.log.borrow_mut().scheduled += 1;
         }
-        if let Gate::Wait { until_ms, .. } = gate {
+        if let Gate::Wait { until_ms, reason } = gate {
+            // A queued request whose hold ended asks again at once.
+            let now_is_fine = reason == WaitReason::Queued && until_ms == now;
             assert!(
-                until_ms > now && until_ms <= ask.deadline_ms,
+                (until_ms > now || now_is_fine) && until_ms <= ask.deadline_ms,
                 "waits fit the budget"
             );
         }
@@ -428,6 +447,7 @@ impl SharedState for SimShared {
                 probe: self.probe.clone(),
                 asked_first: Rc::new(RefCell::new(false)),
                 fallback_memory: None,
+                claimant: self.claimant.clone(),
             },
             memory.clone(),
         ))
@@ -494,6 +514,7 @@ fn simulate_with(scenario: Scenario, fallback: bool) -> Run {
             seed,
             log: log.clone(),
             probe: probe.clone(),
+            claimant: Claimant::default(),
         };
         let mut upstream = SimUpstream {
             time: time.clone(),

@@ -9,6 +9,7 @@ use super::draw::{self, Purpose};
 use super::health::{model_key, ModelChange, ModelGate, ModelHealth, Phase};
 use super::pace::{Cost, KeyLimits, PaceOutlook, PaceReason, SendTime};
 use super::policy::OutagePolicy;
+use super::share::{CallerShare, Claimant, Place, Turn};
 use crate::retry::{Outcome, MAX_UPSTREAM_WAIT_MS, MIN_RETRY_AFTER_MS};
 
 /// The largest time or count ever stored (a JavaScript number holds it exactly).
@@ -50,6 +51,9 @@ pub enum WaitReason {
     Overloaded,
     /// A probe got through: the request goes out at its release slot.
     Recovering,
+    /// The key is scarce and the request waits its fair turn in the pool's queue: its place
+    /// is kept; ask again then (the object holds the call meanwhile when it can).
+    Queued,
 }
 
 /// Why a request is answered at once instead of reaching the upstream.
@@ -244,6 +248,7 @@ impl UpstreamState {
             deadline_ms,
             request_seed,
             Cost::default(),
+            &Claimant::default(),
         )
     }
 
@@ -261,9 +266,10 @@ impl UpstreamState {
         deadline_ms: u64,
         request_seed: u64,
         cost: Cost,
+        claimant: &Claimant,
     ) -> Gate {
         let now = self.advance(now_ms);
-        let (cooldown_until, gate, send_time, rate_paced, measuring_until) =
+        let (cooldown_until, gate, send_time, rate_paced, measuring_until, queue_empty) =
             match self.entry(policy, pool, now, false) {
                 Some(health) => (
                     health.cooldown_until_ms,
@@ -271,8 +277,9 @@ impl UpstreamState {
                     health.pace.send_time(&policy.pace, now, cost),
                     health.pace.rate_mrps(now) > 0,
                     health.finding_out_until(policy, now),
+                    health.share.is_empty(),
                 ),
-                None => (0, ModelGate::Open, SendTime::Now, false, None),
+                None => (0, ModelGate::Open, SendTime::Now, false, None, true),
             };
         // A retry paced at the upstream's sustainable rate adds nothing beyond what the
         // upstream takes: the retry budget, a guard against retry storms, does not hold it.
@@ -327,25 +334,26 @@ impl UpstreamState {
                 }
             }
             ModelGate::Open => match send_time {
-                SendTime::At { at_ms, reason } if at_ms > deadline_ms => Gate::Refuse {
-                    retry_after_ms: at_ms.saturating_sub(now).max(MIN_RETRY_AFTER_MS),
-                    reason: RefuseReason::Paced(reason),
-                },
-                SendTime::At { at_ms, reason } => match self.go(policy, now, pool, budgeted, false)
-                {
-                    Gate::Go { .. } => {
-                        self.reserve(policy, pool, now, at_ms, cost);
-                        Gate::Scheduled { at_ms, reason }
-                    }
-                    refused => refused,
-                },
-                SendTime::Now => {
+                SendTime::Now if queue_empty => {
                     let gate = self.go(policy, now, pool, budgeted, false);
                     if let Gate::Go { .. } = gate {
                         self.reserve(policy, pool, now, now, cost);
                     }
                     gate
                 }
+                // The pool is scarce: the request takes its fair turn.
+                _ => self.queue_turn(
+                    policy,
+                    now,
+                    pool,
+                    budgeted,
+                    Claim {
+                        seed: request_seed,
+                        claimant,
+                        cost,
+                        deadline_ms,
+                    },
+                ),
             },
         };
         self.forget_idle(policy, now);
@@ -356,7 +364,91 @@ impl UpstreamState {
     fn reserve(&mut self, policy: &OutagePolicy, pool: &str, now: u64, at_ms: u64, cost: Cost) {
         if let Some(health) = self.entry(policy, pool, now, false) {
             health.pace.reserve(&policy.pace, now, at_ms, cost);
+            health.share.touch();
         }
+    }
+
+    /// A request of a scarce pool joins its fair queue (or finds its place again when it asks
+    /// again); the queue commits the turns due; the request's own turn, or a wait for it.
+    /// A request counts for the retry budget once, when it joins.
+    fn queue_turn(
+        &mut self,
+        policy: &OutagePolicy,
+        now: u64,
+        pool: &str,
+        budgeted: bool,
+        claim: Claim<'_>,
+    ) -> Gate {
+        let queued = self
+            .entry(policy, pool, now, false)
+            .is_some_and(|health| health.share.contains(claim.seed));
+        if !queued {
+            if let refused @ Gate::Refuse { .. } = self.go(policy, now, pool, budgeted, false) {
+                return refused;
+            }
+        }
+        let Some(health) = self.entry(policy, pool, now, true) else {
+            return Gate::Go { probe: None };
+        };
+        health.share.join(
+            &health.pace,
+            now,
+            claim.seed,
+            claim.claimant,
+            claim.cost,
+            claim.deadline_ms,
+        );
+        let not_before = health.cooldown_until_ms;
+        health
+            .share
+            .release(&mut health.pace, &policy.pace, now, not_before);
+        gate_of(health.share.place(now, claim.seed), now)
+    }
+
+    /// Where the queued request of `request_seed` stands in `pool` at `now_ms`: its turn,
+    /// or a wait (the object holds the call until then). Turns that came due meanwhile are
+    /// committed in fair order first.
+    pub fn poll_turn(
+        &mut self,
+        policy: &OutagePolicy,
+        now_ms: u64,
+        pool: &str,
+        request_seed: u64,
+    ) -> Gate {
+        let now = self.advance(now_ms);
+        let gate = match self.entry(policy, pool, now, false) {
+            // An outage began while it waited: the request leaves the queue and asks again, to
+            // wait for the probes as every request does.
+            Some(health) if matches!(health.phase, Phase::Overloaded { .. }) => {
+                health.share.leave(request_seed);
+                gate_of(Place::Unknown, now)
+            }
+            Some(health) => {
+                let not_before = health.cooldown_until_ms;
+                health
+                    .share
+                    .release(&mut health.pace, &policy.pace, now, not_before);
+                gate_of(health.share.place(now, request_seed), now)
+            }
+            None => gate_of(Place::Unknown, now),
+        };
+        self.forget_idle(policy, now);
+        gate
+    }
+
+    /// The request of `request_seed` went away while queued in `pool`: its place goes.
+    pub fn leave_queue(
+        &mut self,
+        policy: &OutagePolicy,
+        now_ms: u64,
+        pool: &str,
+        request_seed: u64,
+    ) {
+        let now = self.advance(now_ms);
+        if let Some(health) = self.entry(policy, pool, now, false) {
+            health.share.leave(request_seed);
+        }
+        self.forget_idle(policy, now);
     }
 
     /// Counts `count` successes for `pool` that an edge did not report one by one (its happy
@@ -368,6 +460,7 @@ impl UpstreamState {
         let now = self.advance(now_ms);
         if let Some(health) = self.entry(policy, pool, now, true) {
             health.pace.count_served(now, count.min(100_000));
+            health.share.touch();
             // The upstream serves: not an outage (an edge reports its successes with its
             // first call after trouble, so a real outage is marked a call later per edge).
             if health.phase == Phase::Healthy {
@@ -391,6 +484,7 @@ impl UpstreamState {
         let now = self.advance(now_ms);
         if let Some(health) = self.entry(policy, pool, now, true) {
             health.pace.observe(now, limits);
+            health.share.touch();
         }
         self.forget_idle(policy, now);
     }
@@ -459,6 +553,9 @@ impl UpstreamState {
                 Change::Nothing
             }
         };
+        if let Some(health) = self.entry(policy, model, now, false) {
+            health.share.touch();
+        }
         self.forget_idle(policy, now);
         change
     }
@@ -508,7 +605,11 @@ impl UpstreamState {
     /// what its pacing holds; unlike [`UpstreamState::snapshot`] it keeps healthy pools (their
     /// known limits are news to an operator). Does not change the state.
     #[must_use]
-    pub fn pools(&self, policy: &OutagePolicy, now_ms: u64) -> Vec<(ModelSnapshot, PaceOutlook)> {
+    pub fn pools(
+        &self,
+        policy: &OutagePolicy,
+        now_ms: u64,
+    ) -> Vec<(ModelSnapshot, PaceOutlook, Vec<CallerShare>)> {
         let now = stored(now_ms).max(self.clock_ms);
         let mut models: Vec<&ModelHealth> = self.models.iter().collect();
         models.sort_by_key(|health| Reverse(health.last_used_ms));
@@ -520,6 +621,7 @@ impl UpstreamState {
                 (
                     model_snapshot(&health, policy, now),
                     health.pace.outlook(now),
+                    health.share.callers(),
                 )
             })
             .collect()
@@ -627,6 +729,43 @@ impl UpstreamState {
             health.settle(policy, now);
         }
         self.models.retain(|health| !health.is_idle(now));
+    }
+}
+
+/// A request asking for its fair turn.
+struct Claim<'a> {
+    seed: u64,
+    claimant: &'a Claimant,
+    cost: Cost,
+    deadline_ms: u64,
+}
+
+/// The answer for a request's place in the queue.
+fn gate_of(place: Place, now: u64) -> Gate {
+    match place {
+        Place::Decided(Turn::Go) => Gate::Go { probe: None },
+        Place::Decided(Turn::At { at_ms, reason }) if at_ms > now => {
+            Gate::Scheduled { at_ms, reason }
+        }
+        // Committed while its call napped, for a time that has come.
+        Place::Decided(Turn::At { .. }) => Gate::Go { probe: None },
+        Place::Decided(Turn::Refused {
+            retry_after_ms,
+            reason,
+        }) => Gate::Refuse {
+            retry_after_ms: retry_after_ms.max(MIN_RETRY_AFTER_MS),
+            reason: RefuseReason::Paced(reason),
+        },
+        Place::Waiting { wake_ms } => Gate::Wait {
+            until_ms: wake_ms.max(now),
+            reason: WaitReason::Queued,
+        },
+        // Asked again after its hold, or its place was given up: ask again at once (a place
+        // kept is found again; a lost one is taken anew).
+        Place::AskAgain | Place::Unknown => Gate::Wait {
+            until_ms: now,
+            reason: WaitReason::Queued,
+        },
     }
 }
 

@@ -8,6 +8,7 @@ use serde::Serialize;
 use super::budget::BudgetWindow;
 use super::pace::{LimitOutlook, PaceOutlook};
 use super::policy::OutagePolicy;
+use super::share::CallerShare;
 use super::state::{ModelPhase, ModelSnapshot, UpstreamState};
 
 /// One upstream key, as its object knows it at `at_ms`.
@@ -35,6 +36,9 @@ pub struct PoolStatus {
     /// The key's own Anthropic limits for the pool, as its answers reported them.
     pub limits: Vec<LimitOutlook>,
     pub waiting: Waiting,
+    /// While the pool is scarce: the callers waiting their fair turn, with their weights,
+    /// how many requests each has waiting, and the share of the pool each gets.
+    pub callers: Vec<CallerShare>,
     /// The pool is rate-limited upstream for this long.
     pub cooldown_remaining_ms: u64,
     pub probe: ProbeStatus,
@@ -51,6 +55,8 @@ pub struct Waiting {
     pub overloaded: u32,
     /// Holding a send time that has not come yet (paced by the key's limits or the rate).
     pub scheduled: u64,
+    /// Waiting their fair turn in the pool's queue (no send time yet).
+    pub queued: u32,
 }
 
 /// The pool's probes while it is overloaded.
@@ -64,7 +70,7 @@ pub struct ProbeStatus {
 }
 
 impl PoolStatus {
-    fn of(model: ModelSnapshot, pace: PaceOutlook) -> PoolStatus {
+    fn of(model: ModelSnapshot, pace: PaceOutlook, callers: Vec<CallerShare>) -> PoolStatus {
         PoolStatus {
             learned_rate_rps: (pace.rate_mrps > 0).then(|| pace.rate_mrps as f64 / 1000.0),
             served_last_s: pace.served_per_s,
@@ -72,7 +78,9 @@ impl PoolStatus {
             waiting: Waiting {
                 overloaded: model.waiters,
                 scheduled: pace.scheduled,
+                queued: callers.iter().map(|c| c.waiting).sum(),
             },
+            callers,
             cooldown_remaining_ms: model.cooldown_remaining_ms,
             probe: ProbeStatus {
                 in_flight: model.probe.is_some(),
@@ -95,7 +103,7 @@ impl UpstreamState {
         let pools = self
             .pools(policy, now_ms)
             .into_iter()
-            .map(|(model, pace)| PoolStatus::of(model, pace))
+            .map(|(model, pace, callers)| PoolStatus::of(model, pace, callers))
             .collect::<Vec<_>>();
         KeyStatus {
             at_ms: snapshot.at_ms,
@@ -118,14 +126,20 @@ mod tests {
     const T0: u64 = 1_764_000_000_000;
 
     fn go(state: &mut UpstreamState, at: u64, cost: Cost) -> Gate {
+        thread_local!(static SEED: std::cell::Cell<u64> = const { std::cell::Cell::new(0) });
+        let seed = SEED.with(|s| {
+            s.set(s.get() + 1);
+            s.get()
+        });
         state.before_paced_attempt(
             &OutagePolicy::default(),
             at,
             "claude-sonnet",
             false,
             at + 30_000,
-            7,
+            seed,
             cost,
+            &crate::upstream::Claimant::default(),
         )
     }
 
@@ -165,22 +179,32 @@ mod tests {
         assert_eq!(pool.limits[0].remaining, 3);
         assert_eq!(pool.limits[0].full_in_ms, 57_000);
         assert_eq!(pool.waiting.scheduled, 0);
-        // Three go at once, the next five get send times one second apart.
+        // Three go at once, the next one gets a send time a second later (within the horizon),
+        // the other four wait their turn in the queue.
         let gates: Vec<Gate> = (0..8)
             .map(|_| go(&mut state, T0, Cost::default()))
             .collect();
         assert!(gates[..3].iter().all(|g| matches!(g, Gate::Go { .. })));
-        assert!(gates[3..]
-            .iter()
-            .all(|g| matches!(g, Gate::Scheduled { .. })));
+        assert!(matches!(gates[3], Gate::Scheduled { .. }), "{gates:?}");
+        assert!(gates[4..].iter().all(|g| matches!(
+            g,
+            Gate::Wait {
+                reason: crate::upstream::WaitReason::Queued,
+                ..
+            }
+        )));
         let before = state.clone();
         let status = state.status(&policy, T0);
         assert_eq!(state, before, "looking changes nothing");
         let pool = &status.pools[0];
         assert_eq!(pool.limits[0].remaining, 0);
-        assert_eq!(pool.waiting.scheduled, 5);
-        // As time passes the scheduled ones go and the bucket fills again.
-        let later = state.status(&policy, T0 + 5_500);
+        assert_eq!(pool.waiting.scheduled, 1);
+        assert_eq!(pool.waiting.queued, 4);
+        assert_eq!(pool.callers.len(), 1);
+        assert_eq!(pool.callers[0].waiting, 4);
+        assert!((pool.callers[0].share - 1.0).abs() < 1e-9);
+        // As time passes the scheduled one goes and the bucket fills again.
+        let later = state.status(&policy, T0 + 1_500);
         assert_eq!(later.pools[0].waiting.scheduled, 0);
         let much_later = state.status(&policy, T0 + 120_000);
         assert_eq!(much_later.pools[0].limits[0].remaining, 60);

@@ -1,0 +1,484 @@
+//! Fair share of a scarce pool: when the key's limits or the upstream's capacity bind, send
+//! times go to callers in weighted fair order, not in order of arrival, so one caller's
+//! backlog cannot make every other caller wait or fail.
+//!
+//! A request that cannot go at once joins the pool's queue. The queue is ordered by priority
+//! (interactive before background), then by start-time fair queuing over *lane time*: what a
+//! request takes of the pool's tightest dimension (requests, input or output tokens, or the
+//! learned rate), a dominant-resource share. A caller's request gets the start tag
+//! `max(V, the caller's last finish tag)` and the finish tag `start + lane time / weight`; V
+//! is the start tag of the last request sent. A caller asking less than its share finds its
+//! tag at V and goes next, as if it were alone; backlogged callers split the rest by weight; a
+//! caller alone gets everything (the order only decides who goes first, never whether the
+//! key's room is used).
+//!
+//! Send times are committed only within [`HORIZON_MS`]: a time handed out cannot be taken
+//! back, so handing them out minutes ahead would let a backlog own the key's next minutes.
+//! The rest wait in the queue while their call to the object is held, and are answered when
+//! their turn comes within the horizon, or refused as soon as their projected turn falls
+//! after their deadline (with that turn as the honest `Retry-After`). A held call is answered
+//! "ask again" after [`MAX_HOLD_MS`] and keeps its place when it does; a place whose call
+//! neither waits nor asks again is given up. The queue is memory only (held calls die with
+//! the object) and bounded ([`MAX_WAITING`] per pool: beyond it the last in the fair order is
+//! refused).
+
+use super::pace::{Cost, LimitDimension, Pace, PacePolicy, PaceReason, SendTime};
+
+/// Send times are committed this far ahead at most.
+pub const HORIZON_MS: u64 = 1_000;
+
+/// A call is held at most this long, then answered "ask again" (its place is kept).
+pub const MAX_HOLD_MS: u64 = 20_000;
+
+/// A held call looks again at least this often: a turn can come earlier than projected (a
+/// place given up, an answer showing room), and it is committed by whichever call comes
+/// first.
+const MAX_NAP_MS: u64 = 250;
+
+/// A place whose hold lapsed is kept this long for the request to ask again.
+const REASK_GRACE_MS: u64 = 2_000;
+
+/// Requests waiting per pool, at most.
+pub const MAX_WAITING: usize = 256;
+
+/// Callers whose finish tags a pool remembers; beyond it those with no credit go first.
+const MAX_FLOWS: usize = 512;
+
+/// The largest weight a tier may set.
+pub const MAX_WEIGHT: u32 = 1_000;
+
+/// Caller ids longer than this are cut (at a character boundary) in the queue.
+const MAX_CALLER_BYTES: usize = 64;
+
+/// Whether a request is waited on by a person or by a job.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Priority {
+    /// Someone waits for the answer: goes before background requests.
+    #[default]
+    Interactive,
+    /// A job: uses what interactive requests leave, all of it.
+    Background,
+}
+
+impl Priority {
+    fn index(self) -> usize {
+        match self {
+            Priority::Interactive => 0,
+            Priority::Background => 1,
+        }
+    }
+
+    /// Parses `interactive` or `background`.
+    #[must_use]
+    pub fn parse(text: &str) -> Option<Priority> {
+        match text.trim() {
+            t if t.eq_ignore_ascii_case("interactive") => Some(Priority::Interactive),
+            t if t.eq_ignore_ascii_case("background") => Some(Priority::Background),
+            _ => None,
+        }
+    }
+
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Priority::Interactive => "interactive",
+            Priority::Background => "background",
+        }
+    }
+}
+
+/// Who asks for a send time, as the fair order knows them: the caller's identity (never a
+/// key), its tier's weight and the request's priority.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct Claimant {
+    pub caller: String,
+    pub weight: u32,
+    pub priority: Priority,
+}
+
+impl Default for Claimant {
+    fn default() -> Self {
+        Claimant {
+            caller: String::new(),
+            weight: 1,
+            priority: Priority::Interactive,
+        }
+    }
+}
+
+/// A request's turn, once the queue has decided it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Turn {
+    /// Send now.
+    Go,
+    /// Send at `at_ms` (reserved).
+    At { at_ms: u64, reason: PaceReason },
+    /// Its turn falls after its deadline: answer now, retry after this long.
+    Refused {
+        retry_after_ms: u64,
+        reason: PaceReason,
+    },
+}
+
+/// Where a request stands in the queue after a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Place {
+    /// Decided: the request leaves the queue.
+    Decided(Turn),
+    /// Still waiting: look again at `wake_ms` (its projected turn, or the end of its hold).
+    Waiting { wake_ms: u64 },
+    /// Its hold is over: the call is answered "ask again"; the place is kept.
+    AskAgain,
+    /// Not in the queue (given up, or never joined).
+    Unknown,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Entry {
+    seed: u64,
+    caller: String,
+    priority: Priority,
+    weight: u32,
+    cost: Cost,
+    start: u64,
+    seq: u64,
+    deadline_ms: u64,
+    hold_until_ms: u64,
+    /// Its turn as last projected (0: not yet).
+    projected_ms: u64,
+    turn: Option<Turn>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Flow {
+    caller: String,
+    priority: Priority,
+    finish: u64,
+}
+
+/// The fair queue of one pool.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Share {
+    /// V per priority: the start tag of the last request of that priority sent.
+    vtime: [u64; 2],
+    flows: Vec<Flow>,
+    queue: Vec<Entry>,
+    seq: u64,
+    /// Nothing changes before then unless the queue or the pace does (a memo of the last
+    /// release: its first uncommitted turn, less the horizon).
+    clean_until_ms: Option<u64>,
+}
+
+/// `caller` cut to [`MAX_CALLER_BYTES`] at a character boundary.
+fn caller_key(caller: &str) -> &str {
+    if caller.len() <= MAX_CALLER_BYTES {
+        return caller;
+    }
+    let end = caller
+        .char_indices()
+        .map(|(i, _)| i)
+        .take_while(|&i| i <= MAX_CALLER_BYTES)
+        .last()
+        .unwrap_or(0);
+    caller.get(..end).unwrap_or("")
+}
+
+/// When `cost` could go on `pace` at `now`, and why it waits (the requests limit when it
+/// does not).
+fn send_time(pace: &Pace, policy: &PacePolicy, now: u64, cost: Cost) -> (u64, PaceReason) {
+    match pace.send_time(policy, now, cost) {
+        SendTime::Now => (now, PaceReason::KeyLimit(LimitDimension::Requests)),
+        SendTime::At { at_ms, reason } => (at_ms.max(now), reason),
+    }
+}
+
+impl Share {
+    /// No request waits.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+
+    /// Whether the request of `seed` holds a place.
+    #[must_use]
+    pub fn contains(&self, seed: u64) -> bool {
+        self.queue.iter().any(|e| e.seed == seed)
+    }
+
+    /// Something the queue's projection depends on changed (a reservation, an observation).
+    pub fn touch(&mut self) {
+        self.clean_until_ms = None;
+    }
+
+    /// Requests waiting (undecided).
+    #[must_use]
+    pub fn waiting(&self) -> usize {
+        self.queue.iter().filter(|e| e.turn.is_none()).count()
+    }
+
+    /// Joins the queue at `now` (the request's fair place is fixed here), or finds the place
+    /// of a request already in it that asks again after its hold.
+    pub fn join(
+        &mut self,
+        pace: &Pace,
+        now: u64,
+        seed: u64,
+        claimant: &Claimant,
+        cost: Cost,
+        deadline_ms: u64,
+    ) {
+        self.touch();
+        if let Some(entry) = self.queue.iter_mut().find(|e| e.seed == seed) {
+            entry.hold_until_ms = now.saturating_add(MAX_HOLD_MS);
+            return;
+        }
+        let priority = claimant.priority;
+        let weight = u64::from(claimant.weight.clamp(1, MAX_WEIGHT));
+        let caller = caller_key(&claimant.caller);
+        let span = pace.lane_time_us(now, cost);
+        let v = self.vtime.get(priority.index()).copied().unwrap_or(0);
+        let index = self.flow_index(caller, priority, v);
+        let start = self.flows.get(index).map_or(v, |f| f.finish).max(v);
+        if let Some(flow) = self.flows.get_mut(index) {
+            flow.finish = super::state::stored(start.saturating_add(span.div_ceil(weight)));
+        }
+        self.seq = self.seq.wrapping_add(1);
+        self.queue.push(Entry {
+            seed,
+            caller: caller.to_string(),
+            priority,
+            weight: claimant.weight.clamp(1, MAX_WEIGHT),
+            cost,
+            start,
+            seq: self.seq,
+            deadline_ms,
+            hold_until_ms: now.saturating_add(MAX_HOLD_MS),
+            projected_ms: 0,
+            turn: None,
+        });
+    }
+
+    /// The index of the flow of `caller` at `priority`, created if new (when full, one
+    /// without credit makes room, else the oldest).
+    fn flow_index(&mut self, caller: &str, priority: Priority, v: u64) -> usize {
+        if let Some(index) = self
+            .flows
+            .iter()
+            .position(|f| f.caller == caller && f.priority == priority)
+        {
+            return index;
+        }
+        if self.flows.len() >= MAX_FLOWS {
+            let vtime = self.vtime;
+            let spent = self
+                .flows
+                .iter()
+                .position(|f| f.finish <= vtime.get(f.priority.index()).copied().unwrap_or(0));
+            self.flows.remove(spent.unwrap_or(0));
+        }
+        self.flows.push(Flow {
+            caller: caller.to_string(),
+            priority,
+            finish: v,
+        });
+        self.flows.len().saturating_sub(1)
+    }
+
+    /// The undecided entries in fair order: priority, then start tag, then arrival.
+    fn order(&self) -> Vec<usize> {
+        let mut order: Vec<usize> = (0..self.queue.len())
+            .filter(|&i| self.queue.get(i).is_some_and(|e| e.turn.is_none()))
+            .collect();
+        order.sort_by_key(|&i| {
+            self.queue
+                .get(i)
+                .map(|e| (e.priority, e.start, e.seq))
+                .unwrap_or_default()
+        });
+        order
+    }
+
+    /// Commits, in fair order, the turns that fall within the horizon at `now`, reserving
+    /// them on `pace`; projects the rest on a sketch of it, refusing those whose turn falls
+    /// after their deadline, and the last in order beyond [`MAX_WAITING`]; gives up the
+    /// places whose call neither waits nor asks again.
+    ///
+    /// No turn is given before `not_before` (a cooldown of the pool).
+    pub fn release(&mut self, pace: &mut Pace, policy: &PacePolicy, now: u64, not_before: u64) {
+        let before = self.queue.len();
+        self.queue
+            .retain(|e| now <= e.hold_until_ms.saturating_add(REASK_GRACE_MS));
+        if self.queue.len() != before {
+            self.touch();
+        }
+        if self.clean_until_ms.is_some_and(|until| now < until) {
+            return;
+        }
+        let order = self.order();
+        let mut sketch: Option<Pace> = None;
+        let mut clean_until = u64::MAX;
+        let mut waiting = 0usize;
+        for i in order {
+            let Some(entry) = self.queue.get_mut(i) else {
+                continue;
+            };
+            if sketch.is_none() {
+                let (at, reason) = send_time(pace, policy, now, entry.cost);
+                let at = at.max(not_before);
+                if at <= now.saturating_add(HORIZON_MS) {
+                    if at > entry.deadline_ms {
+                        entry.turn = Some(Turn::Refused {
+                            retry_after_ms: at.saturating_sub(now),
+                            reason,
+                        });
+                        continue;
+                    }
+                    pace.reserve(policy, now, at, entry.cost);
+                    if let Some(v) = self.vtime.get_mut(entry.priority.index()) {
+                        *v = (*v).max(entry.start);
+                    }
+                    entry.turn = Some(if at <= now {
+                        Turn::Go
+                    } else {
+                        Turn::At { at_ms: at, reason }
+                    });
+                    continue;
+                }
+                clean_until = at.saturating_sub(HORIZON_MS);
+                sketch = Some(pace.sketch());
+            }
+            let Some(projection) = sketch.as_mut() else {
+                continue;
+            };
+            let (at, reason) = send_time(projection, policy, now, entry.cost);
+            let at = at.max(not_before);
+            if at > entry.deadline_ms || waiting >= MAX_WAITING {
+                entry.turn = Some(Turn::Refused {
+                    retry_after_ms: at.saturating_sub(now),
+                    reason,
+                });
+                continue;
+            }
+            projection.reserve(policy, now, at, entry.cost);
+            entry.projected_ms = at;
+            waiting += 1;
+        }
+        self.clean_until_ms = Some(clean_until);
+    }
+
+    /// Where the request of `seed` stands at `now` (after [`Share::release`]); a decided
+    /// one leaves the queue.
+    pub fn place(&mut self, now: u64, seed: u64) -> Place {
+        let Some(index) = self.queue.iter().position(|e| e.seed == seed) else {
+            return Place::Unknown;
+        };
+        let Some(entry) = self.queue.get(index) else {
+            return Place::Unknown;
+        };
+        if let Some(turn) = entry.turn {
+            self.queue.remove(index);
+            return Place::Decided(turn);
+        }
+        if now >= entry.hold_until_ms {
+            return Place::AskAgain;
+        }
+        let turn_due = entry.projected_ms.saturating_sub(HORIZON_MS);
+        Place::Waiting {
+            wake_ms: turn_due
+                .min(entry.hold_until_ms)
+                .min(now.saturating_add(MAX_NAP_MS))
+                .max(now.saturating_add(1)),
+        }
+    }
+
+    /// The request of `seed` went away: its place is given up at once.
+    pub fn leave(&mut self, seed: u64) {
+        let before = self.queue.len();
+        self.queue.retain(|e| e.seed != seed);
+        if self.queue.len() != before {
+            self.touch();
+        }
+    }
+
+    /// Moves every stored time back by `back` ms (a clock jump).
+    pub fn shift_back(&mut self, back: u64) {
+        for entry in &mut self.queue {
+            entry.deadline_ms = entry.deadline_ms.saturating_sub(back);
+            entry.hold_until_ms = entry.hold_until_ms.saturating_sub(back);
+            entry.projected_ms = entry.projected_ms.saturating_sub(back);
+            if let Some(Turn::At { at_ms, .. }) = &mut entry.turn {
+                *at_ms = at_ms.saturating_sub(back);
+            }
+        }
+        self.touch();
+    }
+
+    /// Per caller: its weight, requests waiting, and the share of the pool the fair order
+    /// gives it while every caller waiting stays backlogged (its weight over the weights
+    /// waiting at the first priority that waits; 0 below it).
+    #[must_use]
+    pub fn callers(&self) -> Vec<CallerShare> {
+        let mut out: Vec<CallerShare> = Vec::new();
+        for entry in self.queue.iter().filter(|e| e.turn.is_none()) {
+            match out
+                .iter_mut()
+                .find(|c| c.caller == entry.caller && c.priority == entry.priority)
+            {
+                Some(c) => c.waiting = c.waiting.saturating_add(1),
+                None => out.push(CallerShare {
+                    caller: entry.caller.clone(),
+                    priority: entry.priority,
+                    weight: entry.weight,
+                    waiting: 1,
+                    share: 0.0,
+                }),
+            }
+        }
+        let first = out.iter().map(|c| c.priority).min();
+        let total: u64 = out
+            .iter()
+            .filter(|c| Some(c.priority) == first)
+            .map(|c| u64::from(c.weight))
+            .sum();
+        for c in &mut out {
+            if Some(c.priority) == first && total > 0 {
+                c.share = f64::from(c.weight) / total as f64;
+            }
+        }
+        out
+    }
+
+    /// Drops what no longer matters: flows without credit when nothing waits.
+    pub fn tidy(&mut self) {
+        if self.queue.is_empty() {
+            let vtime = self.vtime;
+            self.flows
+                .retain(|f| f.finish > vtime.get(f.priority.index()).copied().unwrap_or(0));
+        }
+    }
+}
+
+/// One caller's place in a pool's queue (the operator's view).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct CallerShare {
+    pub caller: String,
+    pub priority: Priority,
+    pub weight: u32,
+    pub waiting: u32,
+    /// Its share of the pool while backlogged (0 to 1).
+    pub share: f64,
+}
