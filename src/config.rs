@@ -6,11 +6,12 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::num::NonZeroU32;
+use std::num::{NonZeroU32, NonZeroU64};
 
 use serde::{Deserialize, Serialize};
 
 use crate::identity::{Secret, RESERVED_ID_PREFIXES};
+use crate::upstream::{Priority, MAX_WEIGHT};
 
 /// Every variable the proxy reads, as wrangler.toml and `wrangler secret put` name them.
 pub const VARIABLES: &[&str] = &[
@@ -142,7 +143,35 @@ struct TierSpec {
     output_tpm: Option<NonZeroU32>,
     concurrency: Option<NonZeroU32>,
     betas: Option<Vec<String>>,
+    weight: Option<NonZeroU32>,
+    priority: Option<String>,
+    budget_ms: Option<NonZeroU64>,
 }
+
+/// How a tier's callers share a scarce upstream key with the others (`RATE_LIMITS` options
+/// `weight`, `priority`, `budget_ms`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TierShare {
+    /// Its callers' weight in the fair order (1 to [`crate::upstream::MAX_WEIGHT`]).
+    pub weight: u32,
+    /// Interactive callers go before background ones.
+    pub priority: Priority,
+    /// The tier's own request budget (a job may wait minutes); `None`: `REQUEST_BUDGET_MS`.
+    pub budget_ms: Option<u64>,
+}
+
+impl Default for TierShare {
+    fn default() -> Self {
+        TierShare {
+            weight: 1,
+            priority: Priority::Interactive,
+            budget_ms: None,
+        }
+    }
+}
+
+/// The longest budget a tier may set: an hour.
+const MAX_TIER_BUDGET_MS: u64 = 3_600_000;
 
 /// `MAX_INFLIGHT_BODY_BYTES` when unset: 64 MiB, or `MAX_BODY_BYTES` if that is larger (one
 /// body of the largest size always fits).
@@ -179,6 +208,8 @@ pub struct Config {
     pub rate_limits: BTreeMap<String, TierLimits>,
     /// Tiers whose `betas` list restricts `anthropic-beta`; a tier not here allows every beta.
     pub tier_betas: BTreeMap<String, Vec<String>>,
+    /// How each tier shares a scarce upstream key (a tier not here: the defaults).
+    pub tier_shares: BTreeMap<String, TierShare>,
     /// Client keys (as secrets) and what they stand for.
     pub client_keys: Vec<(Secret, ClientEntry)>,
     pub jwt_secret: Option<Secret>,
@@ -241,6 +272,7 @@ impl fmt::Debug for Config {
             .field("allowed_origins", &self.allowed_origins)
             .field("rate_limits", &self.rate_limits)
             .field("tier_betas", &self.tier_betas)
+            .field("tier_shares", &self.tier_shares)
             .field("client_keys", &self.client_keys.len())
             .field("jwt_secret", &self.jwt_secret.as_ref().map(|_| "<set>"))
             .field("jwt_audience", &self.jwt_audience)
@@ -309,7 +341,7 @@ impl Config {
             ));
         }
         let allowed_origins = parse_origins(get("ALLOWED_ORIGINS"))?;
-        let (rate_limits, tier_betas) = parse_rate_limits(get("RATE_LIMITS"))?;
+        let (rate_limits, tier_betas, tier_shares) = parse_rate_limits(get("RATE_LIMITS"))?;
         let client_keys = parse_client_keys(get("CLIENT_KEYS"), &rate_limits)?;
         let jwt_secret = match get("JWT_SECRET") {
             None => None,
@@ -399,6 +431,7 @@ impl Config {
             allowed_origins,
             rate_limits,
             tier_betas,
+            tier_shares,
             client_keys,
             jwt_secret,
             jwt_audience,
@@ -429,6 +462,16 @@ impl Config {
             .or_else(|| self.rate_limits.get(DEFAULT_TIER))
             .copied()
             .unwrap_or_default()
+    }
+
+    /// How a tier's callers share a scarce key (an unknown tier: the default tier's).
+    pub fn tier_share(&self, tier: &str) -> TierShare {
+        let tier = if self.rate_limits.contains_key(tier) {
+            tier
+        } else {
+            DEFAULT_TIER
+        };
+        self.tier_shares.get(tier).copied().unwrap_or_default()
     }
 
     /// The `anthropic-beta` values a tier's callers may send; `None` allows every beta. An
@@ -581,8 +624,13 @@ fn parse_origins(raw: Option<String>) -> Result<AllowedOrigins, ConfigError> {
     })
 }
 
-/// Tier name → limits, and tier name → allowed betas (only tiers that list them).
-type Tiers = (BTreeMap<String, TierLimits>, BTreeMap<String, Vec<String>>);
+/// Tier name → limits, tier name → allowed betas (only tiers that list them), and tier name →
+/// its share of a scarce key (only tiers that set one of its options).
+type Tiers = (
+    BTreeMap<String, TierLimits>,
+    BTreeMap<String, Vec<String>>,
+    BTreeMap<String, TierShare>,
+);
 
 fn parse_rate_limits(raw: Option<String>) -> Result<Tiers, ConfigError> {
     let raw = raw.unwrap_or_else(|| DEFAULT_RATE_LIMITS.to_string());
@@ -591,14 +639,51 @@ fn parse_rate_limits(raw: Option<String>) -> Result<Tiers, ConfigError> {
             "RATE_LIMITS",
             format!(
                 "expected JSON like {{\"default\": {{\"rpm\": 50, \"input_tpm\": 40000}}}} \
-                 with positive integers for rpm, input_tpm, output_tpm, concurrency and an \
-                 optional list of beta names for betas ({e})"
+                 with positive integers for rpm, input_tpm, output_tpm, concurrency, weight and \
+                 budget_ms, \"interactive\" or \"background\" for priority, and an optional \
+                 list of beta names for betas ({e})"
             ),
         )
     })?;
     let mut tiers = BTreeMap::new();
     let mut betas = BTreeMap::new();
+    let mut shares = BTreeMap::new();
     for (name, spec) in specs {
+        if spec.weight.is_some() || spec.priority.is_some() || spec.budget_ms.is_some() {
+            let weight = spec.weight.map_or(1, NonZeroU32::get);
+            if weight > MAX_WEIGHT {
+                return Err(invalid(
+                    "RATE_LIMITS",
+                    format!("tier {name:?}: weight must be 1 to {MAX_WEIGHT}, not {weight}"),
+                ));
+            }
+            let priority = match spec.priority.as_deref() {
+                None => Priority::Interactive,
+                Some(text) => Priority::parse(text).ok_or_else(|| {
+                    invalid(
+                        "RATE_LIMITS",
+                        format!(
+                            "tier {name:?}: priority must be \"interactive\" or \"background\""
+                        ),
+                    )
+                })?,
+            };
+            let budget_ms = spec.budget_ms.map(NonZeroU64::get);
+            if budget_ms.is_some_and(|ms| ms > MAX_TIER_BUDGET_MS) {
+                return Err(invalid(
+                    "RATE_LIMITS",
+                    format!("tier {name:?}: budget_ms must be at most {MAX_TIER_BUDGET_MS}"),
+                ));
+            }
+            shares.insert(
+                name.clone(),
+                TierShare {
+                    weight,
+                    priority,
+                    budget_ms,
+                },
+            );
+        }
         if let Some(list) = spec.betas {
             if let Some(bad) = list
                 .iter()
@@ -632,7 +717,7 @@ fn parse_rate_limits(raw: Option<String>) -> Result<Tiers, ConfigError> {
             "must define the \"default\" tier (write {\"default\": {}} for unlimited default callers)",
         ));
     }
-    Ok((tiers, betas))
+    Ok((tiers, betas, shares))
 }
 
 /// Parses `MODEL_FALLBACKS`: `{"claude-opus-4-5": ["claude-sonnet-4-5", "claude-haiku-4-5"]}`.
@@ -1128,6 +1213,31 @@ mod tests {
     fn upstream_url_loses_its_trailing_slash() {
         let c = config(&[("UPSTREAM_URL", "http://127.0.0.1:8080/")]).unwrap();
         assert_eq!(c.upstream_url, "http://127.0.0.1:8080");
+    }
+
+    #[test]
+    fn tiers_may_set_how_their_callers_share_a_scarce_key() {
+        let c = config(&[(
+            "RATE_LIMITS",
+            r#"{"default": {"rpm": 5}, "paid": {"weight": 3},
+                "batch": {"priority": "background", "budget_ms": 300000}}"#,
+        )])
+        .unwrap();
+        assert_eq!(c.tier_share(DEFAULT_TIER), TierShare::default());
+        assert_eq!(c.tier_share("paid").weight, 3);
+        let batch = c.tier_share("batch");
+        assert_eq!(batch.priority, Priority::Background);
+        assert_eq!(batch.budget_ms, Some(300_000));
+        // An unknown tier shares as the default one.
+        assert_eq!(c.tier_share("nope"), TierShare::default());
+        for bad in [
+            r#"{"default": {"weight": 0}}"#,
+            r#"{"default": {"weight": 1001}}"#,
+            r#"{"default": {"priority": "urgent"}}"#,
+            r#"{"default": {"budget_ms": 3600001}}"#,
+        ] {
+            assert!(config(&[("RATE_LIMITS", bad)]).is_err(), "{bad}");
+        }
     }
 
     #[test]

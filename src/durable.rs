@@ -44,9 +44,6 @@ pub trait ObjectState: Default + Serialize + DeserializeOwned {
         None
     }
 
-    /// The caller of a held call went away.
-    fn abandon(&mut self, _now_ms: u64, _call: &Self::Call) {}
-
     /// Whether the state may be written to storage after a call. A state that may not is
     /// kept in memory only (and so is forgotten when the object is evicted).
     fn should_store(&self) -> bool {

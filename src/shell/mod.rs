@@ -34,7 +34,7 @@ use crate::request::cors::Cors;
 use crate::retry::fallback::{self, Fallbacks, OPT_OUT_HEADER};
 use crate::retry::runner::{self, Run};
 use crate::retry::RetryPolicy;
-use crate::upstream::{pool_of, Cost};
+use crate::upstream::{pool_of, Claimant, Cost, Priority};
 use objects::{limiter, upstream::KeyState};
 use respond::Exchange;
 use runtime::Platform;
@@ -114,7 +114,19 @@ async fn handle(
         .is_some_and(|a| a.limits.settles_on_the_answer())
         || metrics::bound(env);
 
-    let policy = RetryPolicy::from_config(&config, headers.value("x-proxy-budget-ms"));
+    // How the caller shares a scarce key: its tier's weight, priority and budget (a request
+    // may lower its priority and shorten its budget, never the reverse).
+    let share = config.tier_share(&caller.tier);
+    let claimant = Claimant {
+        caller: caller.identity.clone(),
+        weight: share.weight,
+        priority: Priority::requested(share.priority, headers.value("x-proxy-priority")),
+    };
+    let policy = RetryPolicy {
+        budget_ms: share.budget_ms.unwrap_or(config.request_budget_ms),
+        ..RetryPolicy::from_config(&config, None)
+    }
+    .with_client_budget(headers.value("x-proxy-budget-ms"));
     let path = route.upstream_path().ok_or(ProxyError::NotFound)?;
     let mut upstream = Upstream::new(
         upstream_url(&config.upstream_url, &path, query_of(raw_url)),
@@ -138,7 +150,7 @@ async fn handle(
         env,
         &route,
         fallbacks,
-        &upstream_key,
+        (&upstream_key, claimant),
         &facts,
         policy,
         &mut upstream,
@@ -222,7 +234,7 @@ async fn forward_holding(
     env: &Env,
     route: &Route,
     fallbacks: Fallbacks,
-    upstream_key: &crate::identity::Secret,
+    key: (&crate::identity::Secret, Claimant),
     facts: &BodyFacts,
     policy: RetryPolicy,
     upstream: &mut Upstream<'_>,
@@ -230,14 +242,7 @@ async fn forward_holding(
     exchange: &mut Exchange,
 ) -> Result<transport::UpstreamAnswer, ProxyError> {
     let attempts = forward(
-        env,
-        route,
-        fallbacks,
-        upstream_key,
-        facts,
-        policy,
-        upstream,
-        exchange,
+        env, route, fallbacks, key, facts, policy, upstream, exchange,
     );
     let Some(a) = admitted else {
         return attempts.await;
@@ -302,7 +307,7 @@ async fn forward(
     env: &Env,
     route: &Route,
     fallbacks: Fallbacks,
-    upstream_key: &crate::identity::Secret,
+    (upstream_key, claimant): (&crate::identity::Secret, Claimant),
     facts: &BodyFacts,
     policy: RetryPolicy,
     upstream: &mut Upstream<'_>,
@@ -315,7 +320,7 @@ async fn forward(
     };
     let (shared, memory) = if route.carries_body() {
         let pool = pool_of(route, facts.model.as_deref());
-        let (shared, memory) = KeyState::new(env, upstream_key, pool);
+        let (shared, memory) = KeyState::new(env, upstream_key, pool, claimant);
         (Some(shared), memory)
     } else {
         (None, std::rc::Rc::default())

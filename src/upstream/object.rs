@@ -171,17 +171,6 @@ impl ObjectState for UpstreamState {
         }
     }
 
-    fn abandon(&mut self, now_ms: u64, call: &UpstreamCall) {
-        if let UpstreamCall::Before {
-            model,
-            request_seed,
-            ..
-        } = call
-        {
-            self.leave_queue(&OutagePolicy::default(), now_ms, model, *request_seed);
-        }
-    }
-
     fn is_idle(&self, now_ms: u64) -> bool {
         UpstreamState::is_idle(self, &OutagePolicy::default(), now_ms)
     }

@@ -165,6 +165,11 @@ impl KeyLimits {
     }
 }
 
+/// A key's known limits are kept this long after its bucket was last seen full again: a
+/// burst that arrives at a quiet key is paced from its first request instead of learning the
+/// limits again from the upstream's `429`s.
+const KNOWN_LIMITS_KEPT_US: u64 = 5 * MINUTE_US;
+
 /// Below this share of a limit left (in percent), an edge asks before sending.
 pub const NEAR_PERCENT: u64 = 25;
 
@@ -822,7 +827,7 @@ impl Pace {
                 .lanes
                 .iter()
                 .flatten()
-                .all(|lane| lane.tat_us <= now_us)
+                .all(|lane| lane.tat_us.saturating_add(KNOWN_LIMITS_KEPT_US) <= now_us)
     }
 
     /// What the pool's pacing holds at `now_ms`, without changing it (the operator's view).

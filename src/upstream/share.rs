@@ -25,15 +25,15 @@
 use super::pace::{Cost, LimitDimension, Pace, PacePolicy, PaceReason, SendTime};
 
 /// Send times are committed this far ahead at most.
-pub const HORIZON_MS: u64 = 1_000;
+pub const HORIZON_MS: u64 = 150;
 
 /// A call is held at most this long, then answered "ask again" (its place is kept).
-pub const MAX_HOLD_MS: u64 = 20_000;
+pub const MAX_HOLD_MS: u64 = 25_000;
 
 /// A held call looks again at least this often: a turn can come earlier than projected (a
 /// place given up, an answer showing room), and it is committed by whichever call comes
 /// first.
-const MAX_NAP_MS: u64 = 250;
+const MAX_NAP_MS: u64 = 50;
 
 /// A place whose hold lapsed is kept this long for the request to ask again.
 const REASK_GRACE_MS: u64 = 2_000;
@@ -43,6 +43,9 @@ pub const MAX_WAITING: usize = 256;
 
 /// Callers whose finish tags a pool remembers; beyond it those with no credit go first.
 const MAX_FLOWS: usize = 512;
+
+/// Virtual time starts here, so that a caller with no credit can be placed just before it.
+const TAG_BASE: u64 = 1 << 32;
 
 /// The largest weight a tier may set.
 pub const MAX_WEIGHT: u32 = 1_000;
@@ -91,11 +94,13 @@ impl Priority {
         }
     }
 
+    /// A request's priority: its tier's, lowered (never raised) by its
+    /// `x-proxy-priority: background`.
     #[must_use]
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Priority::Interactive => "interactive",
-            Priority::Background => "background",
+    pub fn requested(tier: Priority, header: Option<&str>) -> Priority {
+        match header.and_then(Priority::parse) {
+            Some(Priority::Background) => Priority::Background,
+            _ => tier,
         }
     }
 }
@@ -224,12 +229,6 @@ impl Share {
         self.clean_until_ms = None;
     }
 
-    /// Requests waiting (undecided).
-    #[must_use]
-    pub fn waiting(&self) -> usize {
-        self.queue.iter().filter(|e| e.turn.is_none()).count()
-    }
-
     /// Joins the queue at `now` (the request's fair place is fixed here), or finds the place
     /// of a request already in it that asks again after its hold.
     pub fn join(
@@ -250,9 +249,29 @@ impl Share {
         let weight = u64::from(claimant.weight.clamp(1, MAX_WEIGHT));
         let caller = caller_key(&claimant.caller);
         let span = pace.lane_time_us(now, cost);
-        let v = self.vtime.get(priority.index()).copied().unwrap_or(0);
+        let v = self
+            .vtime
+            .get(priority.index())
+            .copied()
+            .unwrap_or(0)
+            .max(TAG_BASE);
         let index = self.flow_index(caller, priority, v);
-        let start = self.flows.get(index).map_or(v, |f| f.finish).max(v);
+        // A caller with nothing sent in the current round (its last finish tag at or before
+        // V) asks no more than its share: its request goes before the round's backlogged
+        // ones, as if it were alone (new flows first, as fq_codel serves sparse flows).
+        let finish = self.flows.get(index).map_or(0, |f| f.finish);
+        let start = if finish <= v {
+            self.queue
+                .iter()
+                .filter(|e| e.turn.is_none() && e.priority == priority)
+                .map(|e| e.start)
+                .min()
+                .unwrap_or(v)
+                .min(v)
+                .saturating_sub(1)
+        } else {
+            finish
+        };
         if let Some(flow) = self.flows.get_mut(index) {
             flow.finish = super::state::stored(start.saturating_add(span.div_ceil(weight)));
         }
@@ -461,15 +480,6 @@ impl Share {
         }
         out
     }
-
-    /// Drops what no longer matters: flows without credit when nothing waits.
-    pub fn tidy(&mut self) {
-        if self.queue.is_empty() {
-            let vtime = self.vtime;
-            self.flows
-                .retain(|f| f.finish > vtime.get(f.priority.index()).copied().unwrap_or(0));
-        }
-    }
 }
 
 /// One caller's place in a pool's queue (the operator's view).
@@ -481,4 +491,174 @@ pub struct CallerShare {
     pub waiting: u32,
     /// Its share of the pool while backlogged (0 to 1).
     pub share: f64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::upstream::{KeyLimits, Observed};
+
+    const T0: u64 = 1_764_000_000_000;
+
+    fn claimant(caller: &str, weight: u32, priority: Priority) -> Claimant {
+        Claimant {
+            caller: caller.to_string(),
+            weight,
+            priority,
+        }
+    }
+
+    /// A pool of `rpm` requests a minute with an empty bucket.
+    fn scarce(rpm: u64) -> Pace {
+        let mut pace = Pace::default();
+        pace.observe(
+            T0,
+            &KeyLimits {
+                requests: Some(Observed {
+                    limit: rpm,
+                    remaining: 0,
+                }),
+                age_ms: Some(0),
+                ..KeyLimits::default()
+            },
+        );
+        pace
+    }
+
+    /// Releases every turn from `T0` on, in time; the callers in the order they went.
+    fn drain(share: &mut Share, pace: &mut Pace, seeds: &[(u64, &str)]) -> Vec<String> {
+        let policy = PacePolicy::default();
+        let mut went = Vec::new();
+        let mut now = T0;
+        while went.len() < seeds.len() && now < T0 + 3_600_000 {
+            share.release(pace, &policy, now, 0);
+            for &(seed, caller) in seeds {
+                if let Place::Decided(Turn::Go | Turn::At { .. }) = share.place(now, seed) {
+                    went.push(caller.to_string());
+                }
+            }
+            now += 50;
+        }
+        went
+    }
+
+    #[test]
+    fn backlogged_callers_alternate_by_weight_and_a_light_one_goes_first() {
+        let mut pace = scarce(60);
+        let mut share = Share::default();
+        let mut seeds = Vec::new();
+        let (heavy, double, light) = (
+            claimant("heavy", 1, Priority::Interactive),
+            claimant("double", 2, Priority::Interactive),
+            claimant("light", 1, Priority::Interactive),
+        );
+        for i in 0..6 {
+            share.join(&pace, T0, i, &heavy, Cost::default(), T0 + 600_000);
+            seeds.push((i, "heavy"));
+        }
+        for i in 10..16 {
+            share.join(&pace, T0, i, &double, Cost::default(), T0 + 600_000);
+            seeds.push((i, "double"));
+        }
+        share.join(&pace, T0, 99, &light, Cost::default(), T0 + 600_000);
+        seeds.push((99, "light"));
+        let went = drain(&mut share, &mut pace, &seeds);
+        // The light caller arrived last and goes first; then two of `double` for each of
+        // `heavy` while both are backlogged.
+        assert_eq!(went[0], "light", "{went:?}");
+        let first_six = &went[1..7];
+        let doubles = first_six.iter().filter(|c| *c == "double").count();
+        assert_eq!(doubles, 4, "{went:?}");
+    }
+
+    #[test]
+    fn interactive_goes_before_background_and_background_takes_the_rest() {
+        let mut pace = scarce(60);
+        let mut share = Share::default();
+        let job = claimant("job", 1, Priority::Background);
+        let chat = claimant("chat", 1, Priority::Interactive);
+        let mut seeds = Vec::new();
+        for i in 0..5 {
+            share.join(&pace, T0, i, &job, Cost::default(), T0 + 600_000);
+            seeds.push((i, "job"));
+        }
+        share.join(&pace, T0, 50, &chat, Cost::default(), T0 + 600_000);
+        share.join(&pace, T0, 51, &chat, Cost::default(), T0 + 600_000);
+        seeds.push((50, "chat"));
+        seeds.push((51, "chat"));
+        let went = drain(&mut share, &mut pace, &seeds);
+        assert_eq!(went, ["chat", "chat", "job", "job", "job", "job", "job"]);
+    }
+
+    #[test]
+    fn a_turn_after_the_deadline_is_refused_with_that_turn_as_its_wait() {
+        let mut pace = scarce(60);
+        let mut share = Share::default();
+        let job = claimant("job", 1, Priority::Interactive);
+        for i in 0..3 {
+            share.join(&pace, T0, i, &job, Cost::default(), T0 + 2_500);
+        }
+        share.release(&mut pace, &PacePolicy::default(), T0, 0);
+        // One a second: the third's turn is at 3 s, after its deadline.
+        match share.place(T0, 2) {
+            Place::Decided(Turn::Refused { retry_after_ms, .. }) => {
+                assert!(
+                    (2_900..=3_100).contains(&retry_after_ms),
+                    "{retry_after_ms}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(share.place(T0, 1), Place::Waiting { .. }));
+    }
+
+    #[test]
+    fn a_place_is_kept_across_asking_again_and_given_up_without() {
+        let mut pace = scarce(1);
+        let mut share = Share::default();
+        let job = claimant("job", 1, Priority::Interactive);
+        share.join(&pace, T0, 1, &job, Cost::default(), T0 + 3_600_000);
+        share.join(&pace, T0, 2, &job, Cost::default(), T0 + 3_600_000);
+        let policy = PacePolicy::default();
+        share.release(&mut pace, &policy, T0 + MAX_HOLD_MS, 0);
+        assert_eq!(share.place(T0 + MAX_HOLD_MS, 1), Place::AskAgain);
+        // The first asks again and keeps its place; the second never does and loses it.
+        share.join(&pace, T0 + MAX_HOLD_MS, 1, &job, Cost::default(), 0);
+        share.release(&mut pace, &policy, T0 + MAX_HOLD_MS + REASK_GRACE_MS + 1, 0);
+        assert!(share.contains(1));
+        assert!(!share.contains(2));
+    }
+
+    #[test]
+    fn the_queue_is_bounded_and_the_last_in_order_is_refused() {
+        let mut pace = scarce(60);
+        let mut share = Share::default();
+        let job = claimant("job", 1, Priority::Interactive);
+        for i in 0..(MAX_WAITING as u64 + 10) {
+            share.join(&pace, T0, i, &job, Cost::default(), u64::MAX / 4);
+        }
+        share.release(&mut pace, &PacePolicy::default(), T0, 0);
+        let refused = (0..(MAX_WAITING as u64 + 10))
+            .filter(|&i| matches!(share.place(T0, i), Place::Decided(Turn::Refused { .. })))
+            .count();
+        assert_eq!(refused, 10);
+    }
+
+    #[test]
+    fn a_request_may_lower_its_priority_never_raise_it() {
+        use Priority::{Background, Interactive};
+        assert_eq!(
+            Priority::requested(Interactive, Some("background")),
+            Background
+        );
+        assert_eq!(
+            Priority::requested(Background, Some("interactive")),
+            Background
+        );
+        assert_eq!(
+            Priority::requested(Interactive, Some("urgent")),
+            Interactive
+        );
+        assert_eq!(Priority::requested(Background, None), Background);
+    }
 }

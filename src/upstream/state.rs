@@ -436,21 +436,6 @@ impl UpstreamState {
         gate
     }
 
-    /// The request of `request_seed` went away while queued in `pool`: its place goes.
-    pub fn leave_queue(
-        &mut self,
-        policy: &OutagePolicy,
-        now_ms: u64,
-        pool: &str,
-        request_seed: u64,
-    ) {
-        let now = self.advance(now_ms);
-        if let Some(health) = self.entry(policy, pool, now, false) {
-            health.share.leave(request_seed);
-        }
-        self.forget_idle(policy, now);
-    }
-
     /// Counts `count` successes for `pool` that an edge did not report one by one (its happy
     /// path), into what the pool served this second.
     pub fn record_served(&mut self, policy: &OutagePolicy, now_ms: u64, pool: &str, count: u32) {

@@ -25,8 +25,10 @@ pub mod limiter;
 pub mod upstream;
 
 /// How long a call to an object may take before the request gives up on it (`503`). Calls
-/// decide in memory and answer in milliseconds; this only bounds one the runtime lost.
-const OBJECT_CALL_TIMEOUT_MS: u64 = 10_000;
+/// decide in memory and answer in milliseconds, or are held while their request waits its
+/// fair turn (at most [`crate::upstream::MAX_HOLD_MS`]); this only bounds one the runtime
+/// lost.
+const OBJECT_CALL_TIMEOUT_MS: u64 = crate::upstream::MAX_HOLD_MS + 5_000;
 
 /// One object's state in memory, loaded once per object lifetime.
 pub struct Object<S> {
@@ -54,14 +56,36 @@ impl<S: ObjectState> Object<S> {
         if let Err(why) = self.load().await {
             return unavailable(S::STORAGE_KEY, &why);
         }
-        let now = now_ms();
+        let mut now = now_ms();
         let reads_only = S::reads_only(&call);
+        let kept = call.clone();
+        let first = {
+            let mut slot = self.slot.borrow_mut();
+            let Some(state) = slot.as_mut() else {
+                return unavailable(S::STORAGE_KEY, "state not loaded");
+            };
+            state.decide(now, call)
+        };
+        // A held call (a request waiting its fair turn) is answered when its turn comes: the
+        // object looks again when the state says, with no call from the edge.
+        let mut reply = first;
+        while let Some(wake) = S::hold_until(&reply).filter(|&wake| wake > now) {
+            Timer::after_ms(wake - now).await;
+            now = now_ms();
+            let polled = match self.slot.borrow_mut().as_mut() {
+                Some(state) => state.poll(now, &kept),
+                None => None,
+            };
+            match polled {
+                Some(next) => reply = next,
+                None => break,
+            }
+        }
         let decided = {
             let mut slot = self.slot.borrow_mut();
             let Some(state) = slot.as_mut() else {
                 return unavailable(S::STORAGE_KEY, "state not loaded");
             };
-            let reply = state.decide(now, call);
             // A state that may not be stored yet stays in memory only: no write, no alarm;
             // nor after a call that only read it.
             let stored =

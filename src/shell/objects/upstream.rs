@@ -15,7 +15,7 @@ use crate::request::route::Route;
 use crate::retry::runner::{Ask, SharedState, Tell, Unreachable};
 use crate::shell::runtime::{now_ms, random_u64};
 use crate::upstream::{
-    pool_of, Change, EdgeMemories, EdgeMemory, Gate, UpstreamCall, UpstreamState,
+    pool_of, Change, Claimant, EdgeMemories, EdgeMemory, Gate, UpstreamCall, UpstreamState,
 };
 
 pub const BINDING: &str = "UPSTREAM";
@@ -52,15 +52,18 @@ pub struct KeyState<'a> {
     /// The object's name: a fingerprint of the upstream key.
     object: String,
     model: String,
+    /// Who the request is, for the fair order when the key is scarce.
+    claimant: Claimant,
 }
 
 impl<'a> KeyState<'a> {
-    /// The shared state of `upstream_key` for one `pool` (see [`crate::upstream::pool_of`]),
-    /// and this isolate's memory of that pool of the key.
+    /// The shared state of `upstream_key` for one `pool` (see [`crate::upstream::pool_of`])
+    /// as `claimant` sees it, and this isolate's memory of that pool of the key.
     pub fn new(
         env: &'a Env,
         upstream_key: &Secret,
         pool: String,
+        claimant: Claimant,
     ) -> (KeyState<'a>, Rc<RefCell<EdgeMemory>>) {
         let object = upstream_key.fingerprint("upstream");
         let memory = EDGE.with(|edge| edge.borrow_mut().of(&format!("{object}/{pool}"), now_ms()));
@@ -69,6 +72,7 @@ impl<'a> KeyState<'a> {
                 env,
                 object,
                 model: pool,
+                claimant,
             },
             memory,
         )
@@ -86,7 +90,7 @@ impl<'a> KeyState<'a> {
 
 impl SharedState for KeyState<'_> {
     async fn before(&mut self, ask: Ask) -> Result<Gate, Unreachable> {
-        let call = UpstreamCall::before(&self.model, ask);
+        let call = UpstreamCall::before(&self.model, ask, &self.claimant);
         self.call(&call).await
     }
 
@@ -110,6 +114,7 @@ impl SharedState for KeyState<'_> {
                 env: self.env,
                 object: self.object.clone(),
                 model: pool,
+                claimant: self.claimant.clone(),
             },
             memory,
         ))
