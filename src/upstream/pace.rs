@@ -225,12 +225,14 @@ const MIN_CHARGE_PM: u64 = 250;
 /// The upstream reports tokens remaining rounded to this many.
 const TOKEN_ROUNDING: u64 = 1_000;
 
-/// One reservation of a lane: when it goes and the lane time it takes at the proxy's
-/// estimate (before the learned charge).
+/// One reservation of a lane: when it goes and the units it reserved at the proxy's estimate
+/// (before the learned charge). Kept in units, not lane time, so that a limit the upstream
+/// reports anew (a tier upgrade) re-prices what it has not seen yet at once.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 struct Pending {
     at_us: u64,
-    span_us: u64,
+    units: u64,
 }
 
 /// A reservation sent this recently may not be in the upstream's figures yet, when the
@@ -272,10 +274,11 @@ impl Lane {
     fn reserve(&mut self, at_us: u64, units: u64) {
         let span_us = self.span_us(units);
         self.tat_us = stored(self.tat_us.max(at_us).saturating_add(self.charged(span_us)));
+        let units = units.min(self.limit.max(1));
         if self.pending.len() >= MAX_PENDING {
             self.pending.remove(0);
         }
-        self.pending.push(Pending { at_us, span_us });
+        self.pending.push(Pending { at_us, units });
     }
 
     /// The upstream's figures at `now_us`: what it counts, plus the reservations it may not
@@ -310,7 +313,7 @@ impl Lane {
             .pending
             .iter()
             .filter(|p| p.at_us > counted_until_us)
-            .fold(0u64, |sum, p| sum.saturating_add(p.span_us));
+            .fold(0u64, |sum, p| sum.saturating_add(self.span_us(p.units)));
         self.tat_us = stored(implied.saturating_add(self.charged(unseen)));
     }
 
@@ -336,7 +339,7 @@ impl Lane {
                 .pending
                 .iter()
                 .filter(|p| p.at_us > c.seen_at_us && p.at_us <= now_us)
-                .fold(0u64, |sum, p| sum.saturating_add(p.span_us));
+                .fold(0u64, |sum, p| sum.saturating_add(self.span_us(p.units)));
             let charged = level_us
                 .saturating_add(now_us - c.seen_at_us)
                 .saturating_sub(c.seen_level_us);

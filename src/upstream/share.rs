@@ -38,6 +38,13 @@ const MAX_NAP_MS: u64 = 50;
 /// A place whose hold lapsed is kept this long for the request to ask again.
 const REASK_GRACE_MS: u64 = 2_000;
 
+/// A request whose projected turn falls after its deadline waits this long (at most half its
+/// budget) before it is refused: the key's next answer may show more room than the lane
+/// believes (a tier upgrade, reservations that never reached the upstream), and a request
+/// the upstream had room for is not refused. At the lowest limits the next answer comes a
+/// send interval later; this covers two seconds of one plus its answer.
+const REFUSE_AFTER_MS: u64 = 3_000;
+
 /// Requests waiting per pool, at most.
 pub const MAX_WAITING: usize = 256;
 
@@ -163,6 +170,9 @@ struct Entry {
     seq: u64,
     deadline_ms: u64,
     hold_until_ms: u64,
+    /// A turn projected after its deadline is refused no earlier than this (see
+    /// [`REFUSE_AFTER_MS`]).
+    refuse_after_ms: u64,
     /// Its turn as last projected (0: not yet).
     projected_ms: u64,
     turn: Option<Turn>,
@@ -286,6 +296,8 @@ impl Share {
             seq: self.seq,
             deadline_ms,
             hold_until_ms: now.saturating_add(MAX_HOLD_MS),
+            refuse_after_ms: now
+                .saturating_add(REFUSE_AFTER_MS.min(deadline_ms.saturating_sub(now) / 2)),
             projected_ms: 0,
             turn: None,
         });
@@ -385,11 +397,19 @@ impl Share {
             };
             let (at, reason) = send_time(projection, policy, now, entry.cost);
             let at = at.max(not_before);
-            if at > entry.deadline_ms || waiting >= MAX_WAITING {
+            let late = at > entry.deadline_ms;
+            if waiting >= MAX_WAITING || (late && now >= entry.refuse_after_ms) {
                 entry.turn = Some(Turn::Refused {
                     retry_after_ms: at.saturating_sub(now),
                     reason,
                 });
+                continue;
+            }
+            if late {
+                // Not yet: it looks again when it may be refused, holding no place in the
+                // projection.
+                entry.projected_ms = entry.refuse_after_ms.saturating_add(HORIZON_MS);
+                clean_until = clean_until.min(entry.refuse_after_ms);
                 continue;
             }
             projection.reserve(policy, now, at, entry.cost);
@@ -598,18 +618,24 @@ mod tests {
         for i in 0..3 {
             share.join(&pace, T0, i, &job, Cost::default(), T0 + 2_500);
         }
-        share.release(&mut pace, &PacePolicy::default(), T0, 0);
-        // One a second: the third's turn is at 3 s, after its deadline.
-        match share.place(T0, 2) {
+        let policy = PacePolicy::default();
+        share.release(&mut pace, &policy, T0, 0);
+        // One a second: the third's turn is at 3 s, after its deadline. It is refused only
+        // after half its budget (an answer could show more room meanwhile)...
+        assert!(matches!(share.place(T0, 2), Place::Waiting { .. }));
+        // ...and then with its turn as its wait.
+        let later = T0 + 1_250;
+        share.release(&mut pace, &policy, later, 0);
+        match share.place(later, 2) {
             Place::Decided(Turn::Refused { retry_after_ms, .. }) => {
                 assert!(
-                    (2_900..=3_100).contains(&retry_after_ms),
+                    (1_700..=2_100).contains(&retry_after_ms),
                     "{retry_after_ms}"
                 );
             }
             other => panic!("{other:?}"),
         }
-        assert!(matches!(share.place(T0, 1), Place::Waiting { .. }));
+        assert!(matches!(share.place(later, 1), Place::Waiting { .. }));
     }
 
     #[test]

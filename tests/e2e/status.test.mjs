@@ -120,14 +120,15 @@ test('the shape: each configured upstream key by fingerprint, its pools, and thi
     const pool = poolOf(near);
     assert.ok(pool, JSON.stringify(near.upstream_keys[0].state));
     assert.deepEqual(Object.keys(pool).sort(), [
-      'cooldown_remaining_ms', 'learned_rate_rps', 'limits', 'overload_streak', 'phase', 'pool', 'probe',
+      'callers', 'cooldown_remaining_ms', 'learned_rate_rps', 'limits', 'overload_streak', 'phase', 'pool', 'probe',
       'release_ends_in_ms', 'served_last_s', 'waiting',
     ]);
+    assert.deepEqual(pool.callers, [], 'nobody waits a turn');
     assert.equal(pool.phase, 'healthy');
     const rpm = pool.limits.find((l) => l.dimension === 'requests');
     assert.equal(rpm.limit, 120);
     assert.ok(rpm.remaining < 30, JSON.stringify(rpm));
-    assert.deepEqual(Object.keys(pool.waiting).sort(), ['overloaded', 'scheduled']);
+    assert.deepEqual(Object.keys(pool.waiting).sort(), ['overloaded', 'queued', 'scheduled']);
     assert.deepEqual(Object.keys(pool.probe).sort(), ['failed', 'in_flight', 'next_in_ms']);
   } finally {
     await worker.stop();
