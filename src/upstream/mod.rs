@@ -68,6 +68,6 @@ pub use share::{
 };
 pub use state::{
     AttemptReport, Change, Gate, ModelPhase, ModelSnapshot, ProbeTicket, RefuseReason, Reply,
-    Snapshot, UpstreamState, WaitReason, MAX_CLOCK_LEAD_MS, MAX_STORED_MS,
+    Snapshot, UpstreamState, WaitReason, MAX_CLOCK_LEAD_MS, MAX_COOLDOWN_MS, MAX_STORED_MS,
 };
 pub use status::{KeyStatus, PoolStatus, ProbeStatus, Waiting};

@@ -133,7 +133,9 @@ impl ObjectState for UpstreamState {
                 self.record_requests(&policy, now_ms, unreported);
                 self.record_served(&policy, now_ms, &model, served);
                 self.observe_limits(&policy, now_ms, &model, &limits);
-                UpstreamReply::Change(self.after_attempt(&policy, now_ms, &model, report, rng_seed))
+                UpstreamReply::Change(
+                    self.after_answer(&policy, now_ms, &model, report, rng_seed, &limits),
+                )
             }
             UpstreamCall::Status {} => UpstreamReply::Status(self.status(&policy, now_ms)),
         }

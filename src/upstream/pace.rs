@@ -108,9 +108,24 @@ pub struct KeyLimits {
     /// not known; a second is assumed).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub age_ms: Option<u64>,
+    /// The latest `anthropic-ratelimit-*-reset` (ms since the epoch) of a dimension the
+    /// answer reported empty: until then the upstream itself says the key has no room.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub empty_until_ms: Option<u64>,
 }
 
 impl KeyLimits {
+    /// Whether every dimension the answer reported has room left (a `429` with such figures
+    /// refused the request for its own size, not for want of room on the key).
+    #[must_use]
+    pub fn shows_room(&self) -> bool {
+        !self.is_empty()
+            && LimitDimension::ALL
+                .iter()
+                .filter_map(|d| self.get(*d))
+                .all(|o| o.remaining > 0)
+    }
+
     #[must_use]
     pub fn get(&self, dimension: LimitDimension) -> Option<Observed> {
         match dimension {
@@ -151,11 +166,23 @@ impl KeyLimits {
                 remaining: value("remaining")?,
             })
         };
+        let empty_until_ms = LimitDimension::ALL
+            .iter()
+            .filter(|d| read(**d).is_some_and(|o| o.remaining == 0))
+            .filter_map(|d| {
+                let name = format!("anthropic-ratelimit-{}-reset", d.header_name());
+                headers
+                    .clone()
+                    .find(|(k, _)| k.eq_ignore_ascii_case(&name))
+                    .and_then(|(_, v)| rfc3339_ms(v.trim()))
+            })
+            .max();
         KeyLimits {
             requests: read(LimitDimension::Requests),
             input_tokens: read(LimitDimension::InputTokens),
             output_tokens: read(LimitDimension::OutputTokens),
             age_ms: None,
+            empty_until_ms,
         }
     }
 
@@ -169,6 +196,49 @@ impl KeyLimits {
 /// burst that arrives at a quiet key is paced from its first request instead of learning the
 /// limits again from the upstream's `429`s.
 const KNOWN_LIMITS_KEPT_US: u64 = 5 * MINUTE_US;
+
+/// An RFC 3339 time in UTC as Anthropic writes its resets (`2026-12-01T21:00:00Z`, fractions
+/// of a second allowed), in ms since the Unix epoch; `None` for anything else.
+fn rfc3339_ms(text: &str) -> Option<u64> {
+    let text = text
+        .strip_suffix('Z')
+        .or_else(|| text.strip_suffix("+00:00"))?;
+    let (date, time) = text.split_once('T')?;
+    let mut date = date.splitn(3, '-').map(|p| p.parse::<u64>().ok());
+    let (year, month, day) = (date.next()??, date.next()??, date.next()??);
+    let (clock, fraction) = time.split_once('.').unwrap_or((time, ""));
+    let mut clock = clock.splitn(3, ':').map(|p| p.parse::<u64>().ok());
+    let (hour, minute, second) = (clock.next()??, clock.next()??, clock.next()??);
+    if !(1970..=9999).contains(&year)
+        || !(1..=12).contains(&month)
+        || !(1..=31).contains(&day)
+        || hour > 23
+        || minute > 59
+        || second > 60
+        || !fraction.bytes().all(|b| b.is_ascii_digit())
+    {
+        return None;
+    }
+    let millis = fraction
+        .bytes()
+        .take(3)
+        .chain(std::iter::repeat(b'0'))
+        .take(3)
+        .fold(0u64, |ms, b| ms * 10 + u64::from(b - b'0'));
+    // Days since the epoch of a civil date (Howard Hinnant's algorithm).
+    let (y, m) = if month <= 2 {
+        (year - 1, month + 9)
+    } else {
+        (year, month - 3)
+    };
+    let era = y / 400;
+    let yoe = y - era * 400;
+    let doy = (153 * m + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = (era * 146_097 + doe).checked_sub(719_468)?;
+    let seconds = days * 86_400 + hour * 3_600 + minute * 60 + second;
+    Some(seconds * 1_000 + millis)
+}
 
 /// Below this share of a limit left (in percent), an edge asks before sending.
 pub const NEAR_PERCENT: u64 = 25;
@@ -271,9 +341,14 @@ impl Lane {
         new_tat.saturating_sub(MINUTE_US).max(now_us)
     }
 
+    /// The lane time a cost takes in full, beyond a whole minute for one larger than the
+    /// bucket: the debt the upstream's bucket runs into when it serves it.
+    fn debt_us(&self, units: u64) -> u64 {
+        self.charged(units.saturating_mul(self.interval_us()))
+    }
+
     fn reserve(&mut self, at_us: u64, units: u64) {
-        let span_us = self.span_us(units);
-        self.tat_us = stored(self.tat_us.max(at_us).saturating_add(self.charged(span_us)));
+        self.tat_us = stored(self.tat_us.max(at_us).saturating_add(self.debt_us(units)));
         let units = units.min(self.limit.max(1));
         if self.pending.len() >= MAX_PENDING {
             self.pending.remove(0);
@@ -314,7 +389,15 @@ impl Lane {
             .iter()
             .filter(|p| p.at_us > counted_until_us)
             .fold(0u64, |sum, p| sum.saturating_add(self.span_us(p.units)));
-        self.tat_us = stored(implied.saturating_add(self.charged(unseen)));
+        let seen = implied.saturating_add(self.charged(unseen));
+        // An empty bucket says nothing of how deep it is in debt (a request larger than the
+        // bucket, served with it full): the lane keeps the later time then. Any room shown is
+        // news the lane takes at once.
+        self.tat_us = stored(if observed.remaining == 0 {
+            seen.max(self.tat_us)
+        } else {
+            seen
+        });
     }
 
     /// See [`Charge`].
@@ -582,12 +665,13 @@ impl Pace {
 
     /// The lane time `cost` takes in the pool's tightest dimension (µs): the cost the fair
     /// order charges a caller, so that requests, input and output tokens weigh by how scarce
-    /// each is (a dominant-resource share). At least 1.
+    /// each is (a dominant-resource share). A request larger than the bucket is charged in
+    /// full: its caller's share pays the debt. At least 1.
     #[must_use]
     pub fn lane_time_us(&self, now_ms: u64, cost: Cost) -> u64 {
         let lanes = LimitDimension::ALL.iter().filter_map(|d| {
             let lane = self.lanes.get(d.index())?.as_ref()?;
-            Some(lane.charged(lane.span_us(d.units(cost))))
+            Some(lane.debt_us(d.units(cost)))
         });
         let rate = (self.rate_mrps(now_ms) > 0).then(|| self.rate.interval_us());
         lanes.chain(rate).max().unwrap_or(0).max(1)
@@ -1000,6 +1084,7 @@ mod tests {
             input_tokens: Some(observed(60_000, 60_000)),
             output_tokens: Some(observed(8_000, 8_000)),
             age_ms: None,
+            empty_until_ms: None,
         };
         pace.observe(T0, &limits);
         // 3,000-token prompts: of the 60,000 the bucket says it holds, up to 500 may be gone
@@ -1249,6 +1334,108 @@ mod tests {
         assert!(limits.near(), "12 of 50 is under a quarter");
         assert!(!requests_only(50, 13).near());
         assert!(KeyLimits::from_headers([("content-type", "x")].iter().copied()).is_empty());
+    }
+
+    #[test]
+    fn a_request_larger_than_the_bucket_goes_with_it_full_and_the_lane_runs_in_debt() {
+        let policy = PacePolicy::default();
+        let mut pace = Pace::default();
+        pace.observe(
+            T0,
+            &KeyLimits {
+                input_tokens: Some(observed(30_000, 30_000)),
+                age_ms: Some(0),
+                ..KeyLimits::default()
+            },
+        );
+        // 57,000 tokens on a key of 30,000 a minute: never refused for its size, it goes when
+        // the bucket is full (a second on, as up to 500 tokens of the figure may be gone)...
+        let huge = Cost {
+            input_tokens: 57_000,
+            output_tokens: 0,
+        };
+        assert_eq!(
+            pace.send_time(&policy, T0, huge),
+            SendTime::At {
+                at_ms: T0 + 1_000,
+                reason: PaceReason::KeyLimit(LimitDimension::InputTokens)
+            }
+        );
+        pace.reserve(&policy, T0, T0 + 1_000, huge);
+        // ...and the bucket owes 27,000 tokens: a prompt of 3,000 waits until it is back at
+        // 3,000, 54 s to repay the debt and 6 s more.
+        let small = Cost {
+            input_tokens: 3_000,
+            output_tokens: 0,
+        };
+        let at = |pace: &Pace| match pace.send_time(&policy, T0, small) {
+            SendTime::At { at_ms, .. } => at_ms,
+            SendTime::Now => T0,
+        };
+        assert_eq!(at(&pace), T0 + 1_000 + 54_000 + 6_000);
+        // The upstream's answer says the bucket is empty: it cannot say how deep, so the debt
+        // is kept.
+        pace.observe(
+            T0 + 1_500,
+            &KeyLimits {
+                input_tokens: Some(observed(30_000, 0)),
+                age_ms: Some(500),
+                ..KeyLimits::default()
+            },
+        );
+        assert_eq!(at(&pace), T0 + 1_000 + 54_000 + 6_000);
+        // An answer that shows room is taken at once.
+        pace.observe(
+            T0 + 2_000,
+            &KeyLimits {
+                input_tokens: Some(observed(30_000, 20_000)),
+                age_ms: Some(0),
+                ..KeyLimits::default()
+            },
+        );
+        assert_eq!(pace.send_time(&policy, T0 + 2_000, small), SendTime::Now);
+        // The fair order charges the whole request to its caller.
+        assert_eq!(pace.lane_time_us(T0, huge), 114_000_000);
+    }
+
+    #[test]
+    fn resets_are_read_as_rfc3339_times() {
+        assert_eq!(rfc3339_ms("1970-01-01T00:00:00Z"), Some(0));
+        assert_eq!(rfc3339_ms("2026-12-01T21:00:00Z"), Some(1_796_158_800_000));
+        assert_eq!(
+            rfc3339_ms("2026-12-01T21:00:00.25Z"),
+            Some(1_796_158_800_250)
+        );
+        assert_eq!(
+            rfc3339_ms("2026-12-01T21:00:00+00:00"),
+            Some(1_796_158_800_000)
+        );
+        for bad in [
+            "",
+            "2026-12-01",
+            "2026-13-01T00:00:00Z",
+            "2026-12-01T24:00:00Z",
+            "2026-12-01T21:00:00+02:00",
+            "2026-12-01T21:00:00.x5Z",
+            "1969-12-31T23:59:59Z",
+        ] {
+            assert_eq!(rfc3339_ms(bad), None, "{bad}");
+        }
+        let headers = [
+            ("anthropic-ratelimit-requests-limit", "50"),
+            ("anthropic-ratelimit-requests-remaining", "0"),
+            ("anthropic-ratelimit-requests-reset", "2026-12-01T21:00:00Z"),
+            ("anthropic-ratelimit-input-tokens-limit", "40000"),
+            ("anthropic-ratelimit-input-tokens-remaining", "1000"),
+            (
+                "anthropic-ratelimit-input-tokens-reset",
+                "2026-12-01T22:00:00Z",
+            ),
+        ];
+        let limits = KeyLimits::from_headers(headers.iter().copied());
+        // Only an empty dimension's reset says the key has no room until then.
+        assert_eq!(limits.empty_until_ms, Some(1_796_158_800_000));
+        assert!(!limits.shows_room());
     }
 
     proptest! {

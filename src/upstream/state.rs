@@ -15,6 +15,10 @@ use crate::retry::{Outcome, MAX_UPSTREAM_WAIT_MS, MIN_RETRY_AFTER_MS};
 /// The largest time or count ever stored (a JavaScript number holds it exactly).
 pub const MAX_STORED_MS: u64 = crate::durable::MAX_EXACT;
 
+/// One `429` cools its pool down for at most this long, unless the upstream's own reset of
+/// an empty dimension is later: a retry-after of hours on one answer must not stop a pool.
+pub const MAX_COOLDOWN_MS: u64 = 60_000;
+
 /// Retries held while the object finds out what shedding is go again spread over this much
 /// after it knows.
 const MEASURE_SPREAD_MS: u64 = 250;
@@ -500,6 +504,30 @@ impl UpstreamState {
         report: AttemptReport,
         rng_seed: u64,
     ) -> Change {
+        self.after_answer(
+            policy,
+            now_ms,
+            model,
+            report,
+            rng_seed,
+            &KeyLimits::default(),
+        )
+    }
+
+    /// [`UpstreamState::after_attempt`] for an answer that reported the key's `limits`: a
+    /// `429` whose figures show room in every dimension refused the request for its own size
+    /// (a prompt above what the bucket holds now), so the pool is not cooled down for it; a
+    /// cooldown lasts at most [`MAX_COOLDOWN_MS`] unless the upstream's own reset of an empty
+    /// dimension is later.
+    pub fn after_answer(
+        &mut self,
+        policy: &OutagePolicy,
+        now_ms: u64,
+        model: &str,
+        report: AttemptReport,
+        rng_seed: u64,
+        limits: &KeyLimits,
+    ) -> Change {
         let now = self.advance(now_ms);
         let ticket = report.probe.map(ProbeTicket::id);
         let change = match report.reply {
@@ -511,10 +539,20 @@ impl UpstreamState {
                 Some(health) => change_of(health.overloaded(policy, now, ticket, rng_seed)),
                 None => Change::Nothing,
             },
+            Reply::RateLimited { .. } if limits.shows_room() => {
+                if let Some(health) = self.entry(policy, model, now, false) {
+                    health.other(policy, now, ticket, rng_seed);
+                }
+                Change::Nothing
+            }
             Reply::RateLimited { retry_after_ms } => {
+                let reset_ms = limits
+                    .empty_until_ms
+                    .map_or(0, |until| until.saturating_sub(now));
                 let wait = retry_after_ms
                     .unwrap_or(policy.default_cooldown_ms)
-                    .min(MAX_UPSTREAM_WAIT_MS);
+                    .min(MAX_UPSTREAM_WAIT_MS)
+                    .min(MAX_COOLDOWN_MS.max(reset_ms));
                 let until = stored(now.saturating_add(wait));
                 match self.entry(policy, model, now, true) {
                     Some(health) => {

@@ -156,7 +156,8 @@ fn cooldown_without_retry_after_uses_the_default_and_never_shortens() {
         refuse(ask(&mut state, T0 + 19_700, MODEL, T0 + 19_800, 1)),
         (MIN_RETRY_AFTER_MS, RefuseReason::Cooldown)
     );
-    // A retry-after of a week is capped at a day.
+    // A retry-after of a week cools the pool for a minute: one answer must not stop it for
+    // a day...
     let absurd = Reply::RateLimited {
         retry_after_ms: Some(7 * 86_400_000),
     };
@@ -164,9 +165,53 @@ fn cooldown_without_retry_after_uses_the_default_and_never_shortens() {
     assert_eq!(
         change,
         Change::Cooldown {
-            until_ms: T0 + 19_700 + 86_400_000
+            until_ms: T0 + 19_700 + MAX_COOLDOWN_MS
         }
     );
+    // ...unless the upstream's own reset of an empty dimension is later (then up to a day).
+    let empty = KeyLimits {
+        requests: Some(Observed {
+            limit: 50,
+            remaining: 0,
+        }),
+        empty_until_ms: Some(T0 + 19_700 + 300_000),
+        ..KeyLimits::default()
+    };
+    let change = state.after_answer(&p, T0 + 19_700, MODEL, report(absurd, None), 1, &empty);
+    assert_eq!(
+        change,
+        Change::Cooldown {
+            until_ms: T0 + 19_700 + 300_000
+        }
+    );
+}
+
+#[test]
+fn a_429_whose_figures_show_room_refused_one_request_not_the_pool() {
+    // A prompt larger than what the input bucket holds now: the upstream refuses it, and its
+    // figures say every dimension still has room. The pool is not cooled down for everyone.
+    let p = policy();
+    let mut state = UpstreamState::new();
+    let room = KeyLimits {
+        requests: Some(Observed {
+            limit: 50,
+            remaining: 40,
+        }),
+        input_tokens: Some(Observed {
+            limit: 30_000,
+            remaining: 12_000,
+        }),
+        ..KeyLimits::default()
+    };
+    let limited = Reply::RateLimited {
+        retry_after_ms: Some(30_000),
+    };
+    let change = state.after_answer(&p, T0, MODEL, report(limited, None), 1, &room);
+    assert_eq!(change, Change::Nothing);
+    assert!(matches!(
+        ask(&mut state, T0 + 10, MODEL, T0 + 30_000, 2),
+        Gate::Go { .. }
+    ));
 }
 
 #[test]
