@@ -8,7 +8,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, HashMap};
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
@@ -25,7 +25,8 @@ pub struct VirtualTime {
     now: Cell<u64>,
     order: Cell<u64>,
     timers: RefCell<BinaryHeap<Reverse<(u64, u64)>>>,
-    wakers: RefCell<Vec<(u64, Waker)>>,
+    /// The waker of each pending timer, by its order (a fleet holds thousands).
+    wakers: RefCell<HashMap<u64, Waker>>,
 }
 
 impl VirtualTime {
@@ -58,9 +59,9 @@ impl VirtualTime {
                 return;
             };
             self.now.set(self.now.get().max(at));
-            let mut wakers = self.wakers.borrow_mut();
-            if let Some(i) = wakers.iter().position(|(o, _)| *o == order) {
-                wakers.swap_remove(i).1.wake();
+            let waker = self.wakers.borrow_mut().remove(&order);
+            if let Some(waker) = waker {
+                waker.wake();
             }
         }
     }
@@ -105,9 +106,10 @@ impl Future for Sleeping {
                 order
             }
         };
-        let mut wakers = self.time.wakers.borrow_mut();
-        wakers.retain(|(o, _)| *o != order);
-        wakers.push((order, cx.waker().clone()));
+        self.time
+            .wakers
+            .borrow_mut()
+            .insert(order, cx.waker().clone());
         Poll::Pending
     }
 }

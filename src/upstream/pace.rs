@@ -692,6 +692,24 @@ impl Pace {
         }
     }
 
+    /// Reserves `cost` at `at_ms` on a [`Pace::sketch`]: only the lanes' and the rate's times
+    /// move (no history is kept), so a projection of a long queue stays cheap.
+    pub fn reserve_projected(&mut self, at_ms: u64, cost: Cost) {
+        let at_us = at_ms.saturating_mul(1000);
+        for dimension in LimitDimension::ALL {
+            if let Some(Some(lane)) = self.lanes.get_mut(dimension.index()) {
+                lane.tat_us = stored(
+                    lane.tat_us
+                        .max(at_us)
+                        .saturating_add(lane.debt_us(dimension.units(cost))),
+                );
+            }
+        }
+        if self.rate.mrps > 0 {
+            self.rate.reserve(at_us);
+        }
+    }
+
     /// Reserves `cost` for a request that goes at `at_ms` (decided at `now_ms`). A request that had to wait for the rate keeps the pacing in
     /// force: pacing that works sheds nothing, and must not end for want of shedding while
     /// requests still queue.

@@ -22,6 +22,8 @@
 //! the object) and bounded ([`MAX_WAITING`] per pool: beyond it the last in the fair order is
 //! refused).
 
+use std::collections::{BTreeMap, BTreeSet};
+
 use super::pace::{Cost, LimitDimension, Pace, PacePolicy, PaceReason, SendTime};
 
 /// Send times are committed this far ahead at most.
@@ -30,10 +32,8 @@ pub const HORIZON_MS: u64 = 150;
 /// A call is held at most this long, then answered "ask again" (its place is kept).
 pub const MAX_HOLD_MS: u64 = 25_000;
 
-/// A held call looks again at least this often: a turn can come earlier than projected (a
-/// place given up, an answer showing room), and it is committed by whichever call comes
-/// first.
-const MAX_NAP_MS: u64 = 50;
+/// A held call naps at least this long between looks at its place.
+const MIN_NAP_MS: u64 = 50;
 
 /// A place whose hold lapsed is kept this long for the request to ask again.
 const REASK_GRACE_MS: u64 = 2_000;
@@ -45,8 +45,17 @@ const REASK_GRACE_MS: u64 = 2_000;
 /// send interval later; this covers two seconds of one plus its answer.
 const REFUSE_AFTER_MS: u64 = 3_000;
 
+/// A turn projected less than this past its deadline is refused only at the deadline: the
+/// projection counts what the upstream may not have seen yet, and its rounding.
+const PROJECTION_SLACK_MS: u64 = 2_000;
+
+/// A queue longer than this is projected at most every [`PROJECTION_EVERY_MS`]: a projection
+/// walks the whole queue, and requests join a busy pool many times a second.
+const EXACT_PROJECTION_UP_TO: usize = 64;
+const PROJECTION_EVERY_MS: u64 = 100;
+
 /// Requests waiting per pool, at most.
-pub const MAX_WAITING: usize = 256;
+pub const MAX_WAITING: usize = 4_096;
 
 /// Callers whose finish tags a pool remembers; beyond it those with no credit go first.
 const MAX_FLOWS: usize = 512;
@@ -185,17 +194,27 @@ struct Flow {
     finish: u64,
 }
 
+/// A place in the fair order: priority, start tag, arrival, and the request's seed.
+type Order = (Priority, u64, u64, u64);
+
 /// The fair queue of one pool.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Share {
     /// V per priority: the start tag of the last request of that priority sent.
     vtime: [u64; 2],
     flows: Vec<Flow>,
-    queue: Vec<Entry>,
+    /// The requests in the queue, by seed (decided ones until their call reads the turn).
+    entries: BTreeMap<u64, Entry>,
+    /// The undecided ones in fair order.
+    order: BTreeSet<Order>,
     seq: u64,
     /// Nothing changes before then unless the queue or the pace does (a memo of the last
     /// release: its first uncommitted turn, less the horizon).
     clean_until_ms: Option<u64>,
+    /// No place is given up before then (the earliest end of a hold and its grace).
+    expires_ms: u64,
+    /// A long queue is projected again no earlier than then.
+    next_projection_ms: u64,
 }
 
 /// `caller` cut to [`MAX_CALLER_BYTES`] at a character boundary.
@@ -221,17 +240,23 @@ fn send_time(pace: &Pace, policy: &PacePolicy, now: u64, cost: Cost) -> (u64, Pa
     }
 }
 
+impl Entry {
+    fn order(&self) -> Order {
+        (self.priority, self.start, self.seq, self.seed)
+    }
+}
+
 impl Share {
     /// No request waits.
     #[must_use]
     pub fn is_empty(&self) -> bool {
-        self.queue.is_empty()
+        self.entries.is_empty()
     }
 
     /// Whether the request of `seed` holds a place.
     #[must_use]
     pub fn contains(&self, seed: u64) -> bool {
-        self.queue.iter().any(|e| e.seed == seed)
+        self.entries.contains_key(&seed)
     }
 
     /// Something the queue's projection depends on changed (a reservation, an observation).
@@ -251,12 +276,12 @@ impl Share {
         deadline_ms: u64,
     ) {
         self.touch();
-        if let Some(entry) = self.queue.iter_mut().find(|e| e.seed == seed) {
+        if let Some(entry) = self.entries.get_mut(&seed) {
             entry.hold_until_ms = now.saturating_add(MAX_HOLD_MS);
             return;
         }
         let priority = claimant.priority;
-        let weight = u64::from(claimant.weight.clamp(1, MAX_WEIGHT));
+        let weight = claimant.weight.clamp(1, MAX_WEIGHT);
         let caller = caller_key(&claimant.caller);
         let span = pace.lane_time_us(now, cost);
         let v = self
@@ -271,26 +296,26 @@ impl Share {
         // ones, as if it were alone (new flows first, as fq_codel serves sparse flows).
         let finish = self.flows.get(index).map_or(0, |f| f.finish);
         let start = if finish <= v {
-            self.queue
-                .iter()
-                .filter(|e| e.turn.is_none() && e.priority == priority)
-                .map(|e| e.start)
-                .min()
-                .unwrap_or(v)
-                .min(v)
-                .saturating_sub(1)
+            let first = self
+                .order
+                .range((priority, 0, 0, 0)..)
+                .next()
+                .filter(|o| o.0 == priority)
+                .map_or(v, |o| o.1);
+            first.min(v).saturating_sub(1)
         } else {
             finish
         };
         if let Some(flow) = self.flows.get_mut(index) {
-            flow.finish = super::state::stored(start.saturating_add(span.div_ceil(weight)));
+            flow.finish =
+                super::state::stored(start.saturating_add(span.div_ceil(u64::from(weight))));
         }
         self.seq = self.seq.wrapping_add(1);
-        self.queue.push(Entry {
+        let entry = Entry {
             seed,
             caller: caller.to_string(),
             priority,
-            weight: claimant.weight.clamp(1, MAX_WEIGHT),
+            weight,
             cost,
             start,
             seq: self.seq,
@@ -300,7 +325,12 @@ impl Share {
                 .saturating_add(REFUSE_AFTER_MS.min(deadline_ms.saturating_sub(now) / 2)),
             projected_ms: 0,
             turn: None,
-        });
+        };
+        self.expires_ms = self
+            .expires_ms
+            .min(entry.hold_until_ms.saturating_add(REASK_GRACE_MS));
+        self.order.insert(entry.order());
+        self.entries.insert(seed, entry);
     }
 
     /// The index of the flow of `caller` at `priority`, created if new (when full, one
@@ -329,92 +359,126 @@ impl Share {
         self.flows.len().saturating_sub(1)
     }
 
-    /// The undecided entries in fair order: priority, then start tag, then arrival.
-    fn order(&self) -> Vec<usize> {
-        let mut order: Vec<usize> = (0..self.queue.len())
-            .filter(|&i| self.queue.get(i).is_some_and(|e| e.turn.is_none()))
-            .collect();
-        order.sort_by_key(|&i| {
-            self.queue
-                .get(i)
-                .map(|e| (e.priority, e.start, e.seq))
-                .unwrap_or_default()
-        });
-        order
+    /// Decides the turn of the entry at `order`: it leaves the fair order.
+    fn decide(&mut self, order: Order, turn: Turn) {
+        self.order.remove(&order);
+        if let Some(entry) = self.entries.get_mut(&order.3) {
+            entry.turn = Some(turn);
+        }
     }
 
     /// Commits, in fair order, the turns that fall within the horizon at `now`, reserving
     /// them on `pace`; projects the rest on a sketch of it, refusing those whose turn falls
-    /// after their deadline, and the last in order beyond [`MAX_WAITING`]; gives up the
-    /// places whose call neither waits nor asks again.
+    /// after their deadline (once they may be refused), and the last in order beyond
+    /// [`MAX_WAITING`]; gives up the places whose call neither waits nor asks again.
     ///
     /// No turn is given before `not_before` (a cooldown of the pool).
     pub fn release(&mut self, pace: &mut Pace, policy: &PacePolicy, now: u64, not_before: u64) {
-        let before = self.queue.len();
-        self.queue
-            .retain(|e| now <= e.hold_until_ms.saturating_add(REASK_GRACE_MS));
-        if self.queue.len() != before {
-            self.touch();
+        if now > self.expires_ms {
+            let gone: Vec<u64> = self
+                .entries
+                .values()
+                .filter(|e| now > e.hold_until_ms.saturating_add(REASK_GRACE_MS))
+                .map(|e| e.seed)
+                .collect();
+            for seed in gone {
+                self.leave(seed);
+            }
+            self.expires_ms = self
+                .entries
+                .values()
+                .map(|e| e.hold_until_ms.saturating_add(REASK_GRACE_MS))
+                .min()
+                .unwrap_or(u64::MAX);
         }
         if self.clean_until_ms.is_some_and(|until| now < until) {
             return;
         }
-        let order = self.order();
-        let mut sketch: Option<Pace> = None;
+        // Commit from the head while turns fall within the horizon.
         let mut clean_until = u64::MAX;
-        let mut waiting = 0usize;
-        for i in order {
-            let Some(entry) = self.queue.get_mut(i) else {
+        while let Some(&head) = self.order.first() {
+            let Some(entry) = self.entries.get(&head.3) else {
+                self.order.remove(&head);
                 continue;
             };
-            if sketch.is_none() {
-                let (at, reason) = send_time(pace, policy, now, entry.cost);
-                let at = at.max(not_before);
-                if at <= now.saturating_add(HORIZON_MS) {
-                    if at > entry.deadline_ms {
-                        entry.turn = Some(Turn::Refused {
-                            retry_after_ms: at.saturating_sub(now),
-                            reason,
-                        });
-                        continue;
-                    }
-                    pace.reserve(policy, now, at, entry.cost);
-                    if let Some(v) = self.vtime.get_mut(entry.priority.index()) {
-                        *v = (*v).max(entry.start);
-                    }
-                    entry.turn = Some(if at <= now {
-                        Turn::Go
-                    } else {
-                        Turn::At { at_ms: at, reason }
-                    });
-                    continue;
-                }
+            let (at, reason) = send_time(pace, policy, now, entry.cost);
+            let at = at.max(not_before);
+            if at > now.saturating_add(HORIZON_MS) {
                 clean_until = at.saturating_sub(HORIZON_MS);
-                sketch = Some(pace.sketch());
+                break;
             }
-            let Some(projection) = sketch.as_mut() else {
+            if at > entry.deadline_ms {
+                let retry_after_ms = at.saturating_sub(now);
+                self.decide(
+                    head,
+                    Turn::Refused {
+                        retry_after_ms,
+                        reason,
+                    },
+                );
+                continue;
+            }
+            pace.reserve(policy, now, at, entry.cost);
+            if let Some(v) = self.vtime.get_mut(head.0.index()) {
+                *v = (*v).max(head.1);
+            }
+            let turn = if at <= now {
+                Turn::Go
+            } else {
+                Turn::At { at_ms: at, reason }
+            };
+            self.decide(head, turn);
+        }
+        // Project the rest, in order, on the lanes' times alone: for a long queue at most
+        // every [`PROJECTION_EVERY_MS`] (a request that joined meanwhile looks again then).
+        if self.order.len() > EXACT_PROJECTION_UP_TO && now < self.next_projection_ms {
+            self.clean_until_ms = Some(clean_until.min(self.next_projection_ms));
+            return;
+        }
+        self.next_projection_ms = now.saturating_add(PROJECTION_EVERY_MS);
+        let mut sketch = pace.sketch();
+        let mut waiting = 0usize;
+        let mut refused = Vec::new();
+        for &place in &self.order {
+            let Some(entry) = self.entries.get_mut(&place.3) else {
                 continue;
             };
-            let (at, reason) = send_time(projection, policy, now, entry.cost);
+            let (at, reason) = send_time(&sketch, policy, now, entry.cost);
             let at = at.max(not_before);
             let late = at > entry.deadline_ms;
-            if waiting >= MAX_WAITING || (late && now >= entry.refuse_after_ms) {
-                entry.turn = Some(Turn::Refused {
-                    retry_after_ms: at.saturating_sub(now),
-                    reason,
-                });
+            // A projection errs on the side of caution (what the upstream may not have
+            // counted yet, its rounding): a turn just past the deadline is certain only near
+            // the deadline itself.
+            let certain = at > entry.deadline_ms.saturating_add(PROJECTION_SLACK_MS)
+                || now.saturating_add(HORIZON_MS) >= entry.deadline_ms;
+            if waiting >= MAX_WAITING || (late && certain && now >= entry.refuse_after_ms) {
+                refused.push((place, at.saturating_sub(now), reason));
                 continue;
             }
             if late {
                 // Not yet: it looks again when it may be refused, holding no place in the
                 // projection.
-                entry.projected_ms = entry.refuse_after_ms.saturating_add(HORIZON_MS);
-                clean_until = clean_until.min(entry.refuse_after_ms);
+                let look_again = if certain {
+                    entry.refuse_after_ms
+                } else {
+                    entry.deadline_ms.saturating_sub(HORIZON_MS)
+                };
+                entry.projected_ms = look_again.saturating_add(HORIZON_MS);
+                clean_until = clean_until.min(look_again);
                 continue;
             }
-            projection.reserve(policy, now, at, entry.cost);
+            sketch.reserve_projected(at, entry.cost);
             entry.projected_ms = at;
             waiting += 1;
+        }
+        for (place, retry_after_ms, reason) in refused {
+            self.decide(
+                place,
+                Turn::Refused {
+                    retry_after_ms,
+                    reason,
+                },
+            );
         }
         self.clean_until_ms = Some(clean_until);
     }
@@ -422,42 +486,49 @@ impl Share {
     /// Where the request of `seed` stands at `now` (after [`Share::release`]); a decided
     /// one leaves the queue.
     pub fn place(&mut self, now: u64, seed: u64) -> Place {
-        let Some(index) = self.queue.iter().position(|e| e.seed == seed) else {
-            return Place::Unknown;
-        };
-        let Some(entry) = self.queue.get(index) else {
+        let Some(entry) = self.entries.get(&seed) else {
             return Place::Unknown;
         };
         if let Some(turn) = entry.turn {
-            self.queue.remove(index);
+            self.entries.remove(&seed);
             return Place::Decided(turn);
         }
         if now >= entry.hold_until_ms {
             return Place::AskAgain;
         }
+        // Wake when its turn is due, and on the way a few times (a quarter of the way each
+        // time, at least [`MIN_NAP_MS`]): a turn can come earlier than projected (a place
+        // given up, an answer showing room), committed by whichever call comes first. Not
+        // projected yet: when it will be.
+        if entry.projected_ms == 0 {
+            return Place::Waiting {
+                wake_ms: self.next_projection_ms.max(now.saturating_add(1)),
+            };
+        }
         let turn_due = entry.projected_ms.saturating_sub(HORIZON_MS);
+        let nap = (turn_due.saturating_sub(now) / 4).max(MIN_NAP_MS);
         Place::Waiting {
             wake_ms: turn_due
                 .min(entry.hold_until_ms)
-                .min(now.saturating_add(MAX_NAP_MS))
+                .min(now.saturating_add(nap))
                 .max(now.saturating_add(1)),
         }
     }
 
     /// The request of `seed` went away: its place is given up at once.
     pub fn leave(&mut self, seed: u64) {
-        let before = self.queue.len();
-        self.queue.retain(|e| e.seed != seed);
-        if self.queue.len() != before {
+        if let Some(entry) = self.entries.remove(&seed) {
+            self.order.remove(&entry.order());
             self.touch();
         }
     }
 
     /// Moves every stored time back by `back` ms (a clock jump).
     pub fn shift_back(&mut self, back: u64) {
-        for entry in &mut self.queue {
+        for entry in self.entries.values_mut() {
             entry.deadline_ms = entry.deadline_ms.saturating_sub(back);
             entry.hold_until_ms = entry.hold_until_ms.saturating_sub(back);
+            entry.refuse_after_ms = entry.refuse_after_ms.saturating_sub(back);
             entry.projected_ms = entry.projected_ms.saturating_sub(back);
             if let Some(Turn::At { at_ms, .. }) = &mut entry.turn {
                 *at_ms = at_ms.saturating_sub(back);
@@ -472,7 +543,7 @@ impl Share {
     #[must_use]
     pub fn callers(&self) -> Vec<CallerShare> {
         let mut out: Vec<CallerShare> = Vec::new();
-        for entry in self.queue.iter().filter(|e| e.turn.is_none()) {
+        for entry in self.entries.values().filter(|e| e.turn.is_none()) {
             match out
                 .iter_mut()
                 .find(|c| c.caller == entry.caller && c.priority == entry.priority)
@@ -615,27 +686,42 @@ mod tests {
         let mut pace = scarce(60);
         let mut share = Share::default();
         let job = claimant("job", 1, Priority::Interactive);
+        // One a second: the third's turn is at 3 s, and so is the fourth's (a late one holds
+        // no place in the projection).
         for i in 0..3 {
             share.join(&pace, T0, i, &job, Cost::default(), T0 + 2_500);
         }
+        share.join(&pace, T0, 3, &job, Cost::default(), T0 + 900);
         let policy = PacePolicy::default();
         share.release(&mut pace, &policy, T0, 0);
-        // One a second: the third's turn is at 3 s, after its deadline. It is refused only
-        // after half its budget (an answer could show more room meanwhile)...
+        // Neither is refused at once (an answer could show more room meanwhile)...
         assert!(matches!(share.place(T0, 2), Place::Waiting { .. }));
-        // ...and then with its turn as its wait.
-        let later = T0 + 1_250;
-        share.release(&mut pace, &policy, later, 0);
-        match share.place(later, 2) {
+        assert!(matches!(share.place(T0, 3), Place::Waiting { .. }));
+        // ...the fourth, far past its deadline, after half its budget, with its turn as its
+        // wait...
+        let half = T0 + 750;
+        share.release(&mut pace, &policy, half, 0);
+        match share.place(half, 3) {
             Place::Decided(Turn::Refused { retry_after_ms, .. }) => {
                 assert!(
-                    (1_700..=2_100).contains(&retry_after_ms),
+                    (2_000..=3_300).contains(&retry_after_ms),
                     "{retry_after_ms}"
                 );
             }
             other => panic!("{other:?}"),
         }
-        assert!(matches!(share.place(later, 1), Place::Waiting { .. }));
+        // ...the third, just past it (within what a projection may overstate), only at its
+        // deadline.
+        share.release(&mut pace, &policy, T0 + 1_250, 0);
+        assert!(matches!(share.place(T0 + 1_250, 2), Place::Waiting { .. }));
+        let near = T0 + 2_400;
+        share.release(&mut pace, &policy, near, 0);
+        match share.place(near, 2) {
+            Place::Decided(Turn::Refused { retry_after_ms, .. }) => {
+                assert!((300..=800).contains(&retry_after_ms), "{retry_after_ms}");
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

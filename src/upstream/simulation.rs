@@ -252,6 +252,7 @@ impl Capacity {
 }
 
 /// One of the key's own limits: a continuous bucket of `per_minute` units (as Anthropic's).
+#[derive(Clone)]
 struct KeyBucket {
     per_minute: u64,
     /// Units × 60 000 (one unit refills in 60 000 / per_minute ms).
@@ -289,6 +290,7 @@ impl KeyBucket {
 }
 
 /// The key's own limits: requests and input tokens per minute.
+#[derive(Clone)]
 struct Key {
     /// The request limit rises to `.1` a minute at `.0` (ms).
     raise: Option<(u64, u64)>,
@@ -1042,12 +1044,16 @@ fn oracle_key_limit(scenario: &Scenario, run: &Run) -> u64 {
     let mut free_at = 0;
     let mut served = 0;
     for arrival in arrivals {
+        // Found on a copy: looking ahead for a request that is then dropped must not move
+        // the bucket's clock past the next one's send time.
+        let mut ahead = key.clone();
         let mut at = free_at.max(arrival);
-        while let Some(wait) = key.wait(at) {
+        while let Some(wait) = ahead.wait(at) {
             at += wait;
         }
         if at <= arrival + scenario.budget_ms {
-            key.take();
+            ahead.take();
+            key = ahead;
             served += 1;
             free_at = at;
         }
@@ -1788,5 +1794,51 @@ fn a_raised_limit_is_used_at_once_and_no_request_is_refused_that_the_key_had_roo
         // bound is 1 % of the requests across the change).
         assert_eq!(refused_after, 0);
         assert_eq!(served_after, after.len());
+    }
+}
+
+/// A busy key at fleet scale: 4,000 requests and 400,000 input tokens a minute (100 tokens a
+/// request, estimated at 133), demand at about twice both for two minutes (one request every
+/// 7 ms, 17,143 requests), arrivals at random on `edges` edges, 30 s budgets.
+fn fleet_at_twice(edges: u64, seed: u64) -> Scenario {
+    Scenario {
+        clients: 17_143,
+        spacing_ms: 7,
+        edges,
+        key_rpm: Some(4_000),
+        key_input: Some(InputLimit {
+            tpm: 400_000,
+            tokens: 100,
+            estimate: 133,
+        }),
+        ..twice_the_key_limit(seed)
+    }
+}
+
+#[test]
+fn a_fleet_of_256_edges_is_paced_like_8() {
+    for edges in [8, 256] {
+        let scenario = fleet_at_twice(edges, 1);
+        let run = simulate(scenario);
+        let oracle = oracle_key_limit(&scenario, &run);
+        let served = run.served();
+        let share = served as f64 / oracle as f64;
+        let calls = run.calls_per_request();
+        let limited = run.limited as f64 / run.calls.len() as f64;
+        eprintln!(
+            "{edges} edges: {served} of the oracle's {oracle} ({share:.3}), {calls:.3} calls per \
+             request, {:.2} % of calls met an empty bucket, {:.2} object calls per request",
+            limited * 100.0,
+            run.shared_calls as f64 / run.clients.len() as f64
+        );
+        // Every edge learns from its own answers when the key nears its limits, and from
+        // then on asks the key's object: at 256 edges as at 8.
+        assert!(share >= 0.99, "{edges} edges: {share:.3} of the oracle");
+        assert!(calls <= 1.05, "{edges} edges: {calls:.3} calls per request");
+        assert!(
+            limited <= 0.01,
+            "{edges} edges: {:.2} % 429s",
+            limited * 100.0
+        );
     }
 }
