@@ -85,6 +85,8 @@ pub struct Tell {
     pub unreported_served: u32,
     /// The key's limits as the answer reported them.
     pub limits: KeyLimits,
+    /// What the request costs the key's buckets.
+    pub cost: Cost,
 }
 
 /// The upstream key's shared state, as one request sees it (for one model).
@@ -651,6 +653,7 @@ impl<C: Clock, S: Sleep> Gatekeeper<'_, C, S> {
                 unreported,
                 unreported_served,
                 limits,
+                cost: self.cost,
             })
             .await;
     }

@@ -45,6 +45,9 @@ pub enum UpstreamCall {
         /// The key's limits as the answer's headers reported them.
         #[serde(default)]
         limits: KeyLimits,
+        /// What the request costs the key's buckets.
+        #[serde(default)]
+        cost: Cost,
     },
     /// The operator's view of the key ([`UpstreamState::status`]): read only, nothing is
     /// counted, reserved or stored.
@@ -78,6 +81,7 @@ impl UpstreamCall {
             unreported: tell.unreported,
             served: tell.unreported_served,
             limits: tell.limits,
+            cost: tell.cost,
         }
     }
 }
@@ -129,13 +133,19 @@ impl ObjectState for UpstreamState {
                 unreported,
                 served,
                 limits,
+                cost,
             } => {
                 self.record_requests(&policy, now_ms, unreported);
                 self.record_served(&policy, now_ms, &model, served);
                 self.observe_limits(&policy, now_ms, &model, &limits);
-                UpstreamReply::Change(
-                    self.after_answer(&policy, now_ms, &model, report, rng_seed, &limits),
-                )
+                UpstreamReply::Change(self.after_answer(
+                    &policy,
+                    now_ms,
+                    &model,
+                    report,
+                    rng_seed,
+                    (&limits, cost),
+                ))
             }
             UpstreamCall::Status {} => UpstreamReply::Status(self.status(&policy, now_ms)),
         }
@@ -218,6 +228,7 @@ mod tests {
             unreported: 3,
             served: 0,
             limits: KeyLimits::default(),
+            cost: Cost::default(),
         };
         let UpstreamReply::Change(change) = state.decide(t0 + 100, after) else {
             panic!("a change")

@@ -115,15 +115,17 @@ pub struct KeyLimits {
 }
 
 impl KeyLimits {
-    /// Whether every dimension the answer reported has room left (a `429` with such figures
-    /// refused the request for its own size, not for want of room on the key).
+    /// Whether a `429` with these figures refused a request of `cost` for its own size, not
+    /// for want of room on the key: in some dimension the request is larger than the whole
+    /// bucket, or than what it still holds while it is not empty.
     #[must_use]
-    pub fn shows_room(&self) -> bool {
-        !self.is_empty()
-            && LimitDimension::ALL
-                .iter()
-                .filter_map(|d| self.get(*d))
-                .all(|o| o.remaining > 0)
+    pub fn refused_for_size(&self, cost: Cost) -> bool {
+        LimitDimension::ALL.iter().any(|d| {
+            self.get(*d).is_some_and(|o| {
+                let units = d.units(cost);
+                units > o.limit || (o.remaining > 0 && units > o.remaining)
+            })
+        })
     }
 
     #[must_use]
@@ -1453,7 +1455,16 @@ mod tests {
         let limits = KeyLimits::from_headers(headers.iter().copied());
         // Only an empty dimension's reset says the key has no room until then.
         assert_eq!(limits.empty_until_ms, Some(1_796_158_800_000));
-        assert!(!limits.shows_room());
+        let small = Cost {
+            input_tokens: 500,
+            output_tokens: 0,
+        };
+        assert!(!limits.refused_for_size(small));
+        let large = Cost {
+            input_tokens: 2_000,
+            output_tokens: 0,
+        };
+        assert!(limits.refused_for_size(large));
     }
 
     proptest! {

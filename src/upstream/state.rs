@@ -510,15 +510,15 @@ impl UpstreamState {
             model,
             report,
             rng_seed,
-            &KeyLimits::default(),
+            (&KeyLimits::default(), Cost::default()),
         )
     }
 
-    /// [`UpstreamState::after_attempt`] for an answer that reported the key's `limits`: a
-    /// `429` whose figures show room in every dimension refused the request for its own size
-    /// (a prompt above what the bucket holds now), so the pool is not cooled down for it; a
-    /// cooldown lasts at most [`MAX_COOLDOWN_MS`] unless the upstream's own reset of an empty
-    /// dimension is later.
+    /// [`UpstreamState::after_attempt`] for an answer that reported the key's `limits`, to a
+    /// request of `cost`: a `429` that refused the request for its own size (larger than the
+    /// bucket, or than what it holds while not empty) cools nothing down; a cooldown lasts at
+    /// most [`MAX_COOLDOWN_MS`] unless the upstream's own reset of an empty dimension is
+    /// later.
     pub fn after_answer(
         &mut self,
         policy: &OutagePolicy,
@@ -526,7 +526,7 @@ impl UpstreamState {
         model: &str,
         report: AttemptReport,
         rng_seed: u64,
-        limits: &KeyLimits,
+        (limits, cost): (&KeyLimits, Cost),
     ) -> Change {
         let now = self.advance(now_ms);
         let ticket = report.probe.map(ProbeTicket::id);
@@ -539,7 +539,7 @@ impl UpstreamState {
                 Some(health) => change_of(health.overloaded(policy, now, ticket, rng_seed)),
                 None => Change::Nothing,
             },
-            Reply::RateLimited { .. } if limits.shows_room() => {
+            Reply::RateLimited { .. } if limits.refused_for_size(cost) => {
                 if let Some(health) = self.entry(policy, model, now, false) {
                     health.other(policy, now, ticket, rng_seed);
                 }

@@ -177,7 +177,14 @@ fn cooldown_without_retry_after_uses_the_default_and_never_shortens() {
         empty_until_ms: Some(T0 + 19_700 + 300_000),
         ..KeyLimits::default()
     };
-    let change = state.after_answer(&p, T0 + 19_700, MODEL, report(absurd, None), 1, &empty);
+    let change = state.after_answer(
+        &p,
+        T0 + 19_700,
+        MODEL,
+        report(absurd, None),
+        1,
+        (&empty, Cost::default()),
+    );
     assert_eq!(
         change,
         Change::Cooldown {
@@ -187,9 +194,9 @@ fn cooldown_without_retry_after_uses_the_default_and_never_shortens() {
 }
 
 #[test]
-fn a_429_whose_figures_show_room_refused_one_request_not_the_pool() {
+fn a_429_for_a_request_larger_than_the_room_left_cools_nothing_down() {
     // A prompt larger than what the input bucket holds now: the upstream refuses it, and its
-    // figures say every dimension still has room. The pool is not cooled down for everyone.
+    // figures say the bucket still holds some. The pool is not cooled down for everyone...
     let p = policy();
     let mut state = UpstreamState::new();
     let room = KeyLimits {
@@ -206,12 +213,43 @@ fn a_429_whose_figures_show_room_refused_one_request_not_the_pool() {
     let limited = Reply::RateLimited {
         retry_after_ms: Some(30_000),
     };
-    let change = state.after_answer(&p, T0, MODEL, report(limited, None), 1, &room);
+    let prompt = |tokens| Cost {
+        input_tokens: tokens,
+        output_tokens: 0,
+    };
+    let change = state.after_answer(
+        &p,
+        T0,
+        MODEL,
+        report(limited, None),
+        1,
+        (&room, prompt(20_000)),
+    );
+    assert_eq!(change, Change::Nothing);
+    // ...nor for one larger than the whole bucket...
+    let change = state.after_answer(
+        &p,
+        T0,
+        MODEL,
+        report(limited, None),
+        1,
+        (&room, prompt(57_000)),
+    );
     assert_eq!(change, Change::Nothing);
     assert!(matches!(
         ask(&mut state, T0 + 10, MODEL, T0 + 30_000, 2),
         Gate::Go { .. }
     ));
+    // ...but a 429 to a request that fitted is the key's (an acceleration limit, say).
+    let change = state.after_answer(
+        &p,
+        T0 + 20,
+        MODEL,
+        report(limited, None),
+        1,
+        (&room, prompt(1_000)),
+    );
+    assert!(matches!(change, Change::Cooldown { .. }), "{change:?}");
 }
 
 #[test]
