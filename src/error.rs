@@ -60,8 +60,6 @@ impl LimitInfo {
 pub enum ProxyError {
     /// The body or a parameter is unusable.
     InvalidRequest(String),
-    /// A request that can never fit the caller's limits (e.g. `max_tokens` above `output_tpm`).
-    NeverFits(String),
     /// No credential, or one the proxy does not accept.
     Unauthenticated(String),
     /// A browser origin that is not in `ALLOWED_ORIGINS`.
@@ -138,7 +136,7 @@ impl std::error::Error for ProxyError {}
 impl ProxyError {
     pub fn status(&self) -> u16 {
         match self {
-            ProxyError::InvalidRequest(_) | ProxyError::NeverFits(_) => 400,
+            ProxyError::InvalidRequest(_) => 400,
             ProxyError::Unauthenticated(_) => 401,
             ProxyError::OriginNotAllowed => 403,
             ProxyError::NotFound => 404,
@@ -158,7 +156,7 @@ impl ProxyError {
     /// The Anthropic `error.type`.
     pub fn error_type(&self) -> &'static str {
         match self {
-            ProxyError::InvalidRequest(_) | ProxyError::NeverFits(_) => "invalid_request_error",
+            ProxyError::InvalidRequest(_) => "invalid_request_error",
             ProxyError::MethodNotAllowed(_) => "invalid_request_error",
             ProxyError::Unauthenticated(_) => "authentication_error",
             ProxyError::OriginNotAllowed => "permission_error",
@@ -179,7 +177,6 @@ impl ProxyError {
     pub fn source(&self) -> Source {
         match self {
             ProxyError::InvalidRequest(_)
-            | ProxyError::NeverFits(_)
             | ProxyError::Unauthenticated(_)
             | ProxyError::OriginNotAllowed
             | ProxyError::NotFound
@@ -221,9 +218,7 @@ impl ProxyError {
 
     pub fn message(&self) -> String {
         match self {
-            ProxyError::InvalidRequest(m)
-            | ProxyError::NeverFits(m)
-            | ProxyError::Unauthenticated(m) => m.clone(),
+            ProxyError::InvalidRequest(m) | ProxyError::Unauthenticated(m) => m.clone(),
             ProxyError::OriginNotAllowed => {
                 "this origin is not allowed to call the proxy (see ALLOWED_ORIGINS)".to_string()
             }
@@ -326,7 +321,6 @@ mod tests {
     fn every_variant_has_an_envelope_the_sdks_parse() {
         let all = [
             ProxyError::InvalidRequest("x".into()),
-            ProxyError::NeverFits("x".into()),
             ProxyError::Unauthenticated("x".into()),
             ProxyError::OriginNotAllowed,
             ProxyError::NotFound,
@@ -399,8 +393,9 @@ mod tests {
     }
 
     #[test]
-    fn never_fits_says_do_not_retry() {
-        let a = ProxyError::NeverFits("too big".into()).answer("r");
+    fn a_bad_request_says_do_not_retry() {
+        let a =
+            ProxyError::InvalidRequest("max_tokens: must be a positive integer".into()).answer("r");
         assert!(a.headers.contains(&("x-should-retry", "false".to_string())));
         assert!(!a.headers.iter().any(|(k, _)| *k == "retry-after"));
     }

@@ -8,6 +8,10 @@
 //! in [`Level::wait_ms`], which rounds up to the next whole millisecond — so a retry-after is
 //! exact: at that instant the request fits, one millisecond earlier it does not.
 //!
+//! A level may exceed the capacity: a request larger than the whole bucket is charged the whole
+//! bucket at admission and its real usage at settlement, which can leave the bucket in *debt*
+//! (as Anthropic's own buckets run into debt). A debt is waited out like any other use.
+//!
 //! The bucket is stored as the *used* amount (its [`Level`]) rather than as GCRA's
 //! "theoretical arrival time": the same thing, `level = (TAT − now) · Q`, but independent of
 //! `Q`, so a tier whose quota changes keeps what its caller has already spent.
@@ -32,6 +36,13 @@ pub(crate) struct Level(u64);
 /// Everything a bucket of this quota can hold, in units.
 pub(crate) fn capacity(quota: NonZeroU32) -> u64 {
     u64::from(quota.get()).saturating_mul(UNITS_PER_TOKEN)
+}
+
+/// What a request asking `tokens` reserves in a bucket of this quota: all of it, up to the
+/// whole bucket. A larger request is served once the bucket is full, as Anthropic serves it,
+/// and its settlement charges what it really used, debt and all.
+pub(crate) fn fitting(quota: NonZeroU32, tokens: u64) -> u64 {
+    tokens.min(u64::from(quota.get()))
 }
 
 fn units(tokens: u64) -> u64 {
@@ -76,12 +87,15 @@ impl Level {
         Level(self.0.min(other.0))
     }
 
-    /// Milliseconds until `tokens` fit (0: they fit now), or `None` when they never can
-    /// (`tokens` above the quota). The wait is the smallest `w` with
-    /// `level − w·Q ≤ capacity − cost`, that is `⌈(level + cost − capacity) / Q⌉`.
-    pub(crate) fn wait_ms(self, quota: NonZeroU32, tokens: u64) -> Option<u64> {
-        let room = capacity(quota).checked_sub(tokens.checked_mul(UNITS_PER_TOKEN)?)?;
-        Some(self.0.saturating_sub(room).div_ceil(u64::from(quota.get())))
+    /// Milliseconds until `tokens` fit (0: they fit now). The wait is the smallest `w` with
+    /// `level − w·Q ≤ capacity − cost`, that is `⌈(level + cost − capacity) / Q⌉`, a debt
+    /// included. More than the whole bucket is asked as the whole bucket: it fits once the
+    /// bucket is full (callers charge it [`fitting`] tokens, so no charge leaves a level above
+    /// capacity).
+    pub(crate) fn wait_ms(self, quota: NonZeroU32, tokens: u64) -> u64 {
+        let cost = units(fitting(quota, tokens));
+        let room = capacity(quota).saturating_sub(cost);
+        self.0.saturating_sub(room).div_ceil(u64::from(quota.get()))
     }
 
     /// Whole tokens that fit now: a request of at most this much passes this dimension.
@@ -107,8 +121,10 @@ mod tests {
     fn a_full_bucket_holds_one_minute() {
         let level = Level::EMPTY;
         assert_eq!(level.remaining(q(50)), 50);
-        assert_eq!(level.wait_ms(q(50), 50), Some(0));
-        assert_eq!(level.wait_ms(q(50), 51), None);
+        assert_eq!(level.wait_ms(q(50), 50), 0);
+        // More than a bucket fits a full one, and waits for it.
+        assert_eq!(level.wait_ms(q(50), 51), 0);
+        assert_eq!(level.charged(1).wait_ms(q(50), 51), 1_200);
         assert_eq!(level.full_in_ms(q(50)), 0);
     }
 
@@ -117,7 +133,7 @@ mod tests {
         // 7 per minute: one token every 8571.43 ms, never a rounding drift.
         let level = Level::EMPTY.charged(7);
         assert_eq!(level.remaining(q(7)), 0);
-        assert_eq!(level.wait_ms(q(7), 1), Some(8572)); // ⌈60000 / 7⌉
+        assert_eq!(level.wait_ms(q(7), 1), 8572); // ⌈60000 / 7⌉
         assert_eq!(level.drained(q(7), 8571).remaining(q(7)), 0);
         assert_eq!(level.drained(q(7), 8572).remaining(q(7)), 1);
         // Seven steps of 8571 ms fall 21 units short of a full minute's refill; no drift.
@@ -133,15 +149,25 @@ mod tests {
     #[test]
     fn waits_are_exact_to_the_millisecond() {
         let level = Level::EMPTY.charged(40_000);
-        let wait = level.wait_ms(q(40_000), 1234).unwrap();
-        assert_eq!(
-            level.drained(q(40_000), wait).wait_ms(q(40_000), 1234),
-            Some(0)
-        );
+        let wait = level.wait_ms(q(40_000), 1234);
+        assert_eq!(level.drained(q(40_000), wait).wait_ms(q(40_000), 1234), 0);
         assert_eq!(
             level.drained(q(40_000), wait - 1).wait_ms(q(40_000), 1234),
-            Some(1)
+            1
         );
+    }
+
+    #[test]
+    fn a_debt_is_waited_out_before_anything_fits() {
+        // 8 000 a minute, 10 000 used: 2 000 of debt, 15 s, then 7.5 ms per token.
+        let level = Level::EMPTY.charged(10_000);
+        assert_eq!(level.remaining(q(8_000)), 0);
+        assert_eq!(level.wait_ms(q(8_000), 0), 15_000);
+        assert_eq!(level.wait_ms(q(8_000), 1), 15_008);
+        assert_eq!(level.full_in_ms(q(8_000)), 75_000);
+        // A request larger than the bucket waits until it is full again.
+        assert_eq!(level.wait_ms(q(8_000), 32_000), 75_000);
+        assert_eq!(level.drained(q(8_000), 75_000).wait_ms(q(8_000), 32_000), 0);
     }
 
     #[test]
@@ -153,8 +179,8 @@ mod tests {
             Level::EMPTY.charged(u64::MAX).drained(max, u64::MAX),
             Level::EMPTY
         );
-        assert_eq!(Level::EMPTY.wait_ms(max, u64::MAX), None);
-        assert!(Level::EMPTY.charged(u64::MAX).wait_ms(q(1), 1).is_some());
+        assert_eq!(Level::EMPTY.wait_ms(max, u64::MAX), 0);
+        assert_eq!(Level::EMPTY.charged(u64::MAX).wait_ms(q(1), 1), MAX_LEVEL);
         assert_eq!(
             Level::EMPTY.charged(5).refunded(u64::MAX, Level::EMPTY),
             Level::EMPTY

@@ -26,8 +26,8 @@ use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
 
 use super::state::{
-    Admission, AdmissionRequest, Dimension, DimensionStatus, LimiterState, Reservation, Usage,
-    MIN_LEASE_RECORDS,
+    exceeds_a_bucket, reserved_tokens, Admission, AdmissionRequest, Dimension, DimensionStatus,
+    LimiterState, Reservation, Usage, MIN_LEASE_RECORDS,
 };
 use crate::config::TierLimits;
 
@@ -124,10 +124,7 @@ impl Returns {
 fn ticket_cost(limits: &TierLimits, request: &AdmissionRequest, dimension: Dimension) -> u64 {
     match dimension {
         Dimension::Rpm | Dimension::Concurrency => 1,
-        Dimension::InputTpm => limits
-            .input_tpm
-            .map_or(0, |quota| request.input_tokens.min(u64::from(quota.get()))),
-        Dimension::OutputTpm => limits.output_tpm.map_or(0, |_| request.output_tokens),
+        Dimension::InputTpm | Dimension::OutputTpm => reserved_tokens(limits, request, dimension),
     }
 }
 
@@ -186,7 +183,7 @@ impl LimiterState {
                     reservation,
                     requests,
                 }),
-                Admission::Denied(_) | Admission::NeverFits(_) => break,
+                Admission::Denied(_) => break,
             }
         }
         tickets
@@ -467,7 +464,14 @@ impl Credit {
 
     /// Admits `request` from a ticket that covers it, if one is usable at `now_ms`. When few
     /// tickets are left, the answer asks for a refill (and counts it as on its way).
+    ///
+    /// A request larger than a whole bucket never goes on credit: it may settle into debt, and
+    /// only its object knows whether the bucket is full, so it always asks (a grant never
+    /// holds a ticket that size anyway, see [`MIN_CREDIT_ROOM`]).
     pub fn take(&mut self, request: &AdmissionRequest, now_ms: u64) -> Option<LocalAdmission> {
+        if exceeds_a_bucket(&self.limits, request) {
+            return None;
+        }
         let input = ticket_cost(&self.limits, request, Dimension::InputTpm);
         let output = ticket_cost(&self.limits, request, Dimension::OutputTpm);
         let index = self.held.iter().position(|held| {
@@ -835,6 +839,35 @@ mod tests {
         }));
         spent.stop_admitting();
         assert!(spent.take(&request(0, 0), T0).is_none());
+    }
+
+    /// A request larger than a bucket may settle into debt: it always asks its object, which
+    /// admits it only with a full bucket, never grants tickets its size, and so sees its
+    /// settlement before anything else is admitted on what it reserved.
+    #[test]
+    fn a_request_larger_than_a_bucket_never_goes_on_credit() {
+        let limits = TierLimits {
+            output_tpm: NonZeroU32::new(64_000),
+            ..roomy()
+        };
+        assert!(LimiterState::new()
+            .grant(&limits, T0, &request(10, 200_000), 16)
+            .is_empty());
+        // Even a ticket of the whole bucket (which no grant makes) admits only what it covers.
+        let mut state = LimiterState::new();
+        let Admission::Admitted(whole) = state.admit(&limits, T0, &request(10, 200_000)) else {
+            panic!("a full bucket admits a request larger than itself");
+        };
+        assert_eq!(whole.output_tokens, 64_000);
+        let ticket = Ticket {
+            reservation: whole,
+            requests: 1,
+        };
+        let mut credit = Credit::new(limits);
+        credit.arrive(limits, T0);
+        credit.granted(&[ticket], Vec::new(), T0, T0);
+        assert!(credit.take(&request(10, 64_001), T0).is_none());
+        assert!(credit.take(&request(10, 64_000), T0).is_some());
     }
 
     #[test]

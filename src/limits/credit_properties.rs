@@ -430,7 +430,9 @@ impl World {
         let input = limits
             .input_tpm
             .map_or(0, |q| request.input_tokens.min(u64::from(q.get())));
-        let output = limits.output_tpm.map_or(0, |_| request.output_tokens);
+        let output = limits
+            .output_tpm
+            .map_or(0, |q| request.output_tokens.min(u64::from(q.get())));
         prop_assert!(reservation.input_tokens >= input && reservation.output_tokens >= output);
         let used = [
             reservation.input_tokens * used_permille[0] / 1000,

@@ -11,9 +11,11 @@
 //! - [`LimiterState::admit`] charges one request against `rpm`, the input estimate against
 //!   `input_tpm`, `max_tokens` against `output_tpm` and a leased slot against `concurrency`,
 //!   all or nothing. A denial is data ([`Denial`]) with an exact retry-after, as in
-//!   governor's GCRA; a request that could never fit is [`Admission::NeverFits`].
+//!   governor's GCRA. No request is refused for its size: one larger than a whole bucket
+//!   waits for a full bucket and reserves all of it, as Anthropic serves it.
 //! - [`LimiterState::settle`] returns what was reserved and not used, charges what was used
-//!   beyond it, and frees the slot — and never creates capacity.
+//!   beyond it (which may put a bucket in debt, waited out by the next requests), and frees
+//!   the slot — and never creates capacity.
 //! - [`LimiterState::snapshot`] and the [`headers`](rate_limit_headers) functions tell the
 //!   caller where it stands; [`LimiterState::idle_in_ms`] says when a quiet caller's state is
 //!   as good as a fresh one ([`LimiterState::is_idle`]), so the shell can delete it.
@@ -38,9 +40,9 @@ pub use headers::{anthropic_headers, limit_headers, rate_limit_headers, rfc3339_
 pub use object::{AdmitReply, CallerUsage, LimiterCall, LimiterObject, LimiterReply, RefillReply};
 pub use settle::{settlement_usage, Answered};
 pub use state::{
-    Admission, AdmissionRequest, Denial, Dimension, DimensionStatus, LimiterState, NeverFits,
-    Reservation, Settlement, Usage, CONCURRENCY_RETRY_CAP_MS, LEASE_MEMORY_MS, MAX_CLOCK_LEAD_MS,
-    MAX_LEASE_MS, MIN_LEASE_RECORDS,
+    Admission, AdmissionRequest, Denial, Dimension, DimensionStatus, LimiterState, Reservation,
+    Settlement, Usage, CONCURRENCY_RETRY_CAP_MS, LEASE_MEMORY_MS, MAX_CLOCK_LEAD_MS, MAX_LEASE_MS,
+    MIN_LEASE_RECORDS,
 };
 
 use crate::error::{whole_seconds, LimitInfo, ProxyError, Scope};
@@ -76,26 +78,6 @@ impl Denial {
     }
 }
 
-impl NeverFits {
-    /// The message of the 400, e.g. `max_tokens of 9000 exceeds this key's output_tpm limit
-    /// of 8000 per minute; lower max_tokens`.
-    #[must_use]
-    pub fn message(&self) -> String {
-        match self.dimension {
-            Dimension::OutputTpm => format!(
-                "max_tokens of {} exceeds this key's output_tpm limit of {} per minute; \
-                 lower max_tokens",
-                self.requested, self.limit
-            ),
-            dimension => format!(
-                "this request needs {} against this key's {dimension} limit of {}, \
-                 so it can never be admitted",
-                self.requested, self.limit
-            ),
-        }
-    }
-}
-
 impl From<&Denial> for ProxyError {
     fn from(denial: &Denial) -> ProxyError {
         ProxyError::RateLimited {
@@ -119,12 +101,6 @@ impl From<&crate::stream::sse::Usage> for Usage {
             input_tokens: seen.input_tokens,
             output_tokens: seen.output_tokens,
         }
-    }
-}
-
-impl From<&NeverFits> for ProxyError {
-    fn from(never: &NeverFits) -> ProxyError {
-        ProxyError::NeverFits(never.message())
     }
 }
 
@@ -154,22 +130,6 @@ mod tests {
             "{}",
             answer.body
         );
-    }
-
-    #[test]
-    fn never_fits_is_a_400_that_says_do_not_retry() {
-        let never = NeverFits {
-            dimension: Dimension::OutputTpm,
-            limit: 8_000,
-            requested: 9_000,
-        };
-        assert_eq!(
-            never.message(),
-            "max_tokens of 9000 exceeds this key's output_tpm limit of 8000 per minute; lower max_tokens"
-        );
-        let error = ProxyError::from(&never);
-        assert_eq!(error.status(), 400);
-        assert!(!error.should_retry());
     }
 
     fn tier(input_tpm: u32) -> crate::config::TierLimits {

@@ -5,8 +5,12 @@
 //! of those. The state is a few numbers per dimension plus the records of leases not yet
 //! settled, so it stays small enough to rewrite on every request.
 //!
-//! Three rules keep it honest:
+//! Four rules keep it honest:
 //! - Admission is all-or-nothing: a request is charged in every dimension or in none.
+//! - No request is refused for its size alone, as Anthropic refuses none: one that asks more
+//!   than a whole bucket (a prompt above `input_tpm`, a `max_tokens` above `output_tpm`) is
+//!   admitted once that bucket is full and reserves all of it; its settlement charges what it
+//!   really used, which may leave the bucket in debt that the next requests wait out.
 //! - Settlement never creates capacity. A refund needs the lease record (so it happens at
 //!   most once), and it never lowers a bucket below what the charges admitted *after* the
 //!   reservation would have left on their own (each record tracks that floor); without it, a
@@ -23,7 +27,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::durable::advance_clock;
 
-use super::bucket::Level;
+use super::bucket::{self, Level};
 use super::credit::Ticket;
 use crate::config::TierLimits;
 
@@ -105,10 +109,10 @@ impl fmt::Display for Dimension {
 /// What a request asks to reserve before it is forwarded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AdmissionRequest {
-    /// Estimated input tokens. Deliberately high; an estimate above `input_tpm` reserves the
-    /// whole quota instead of being refused.
+    /// Estimated input tokens. Deliberately high; an estimate above `input_tpm` waits for a
+    /// full bucket and reserves the whole quota instead of being refused.
     pub input_tokens: u64,
-    /// The request's `max_tokens`.
+    /// The request's `max_tokens`; above `output_tpm`, the same as for input.
     pub output_tokens: u64,
     /// How long the concurrency slot is held if no settlement comes, from 1 ms to
     /// [`MAX_LEASE_MS`] (values outside are clamped).
@@ -123,7 +127,7 @@ pub struct Reservation {
     pub lease_id: u64,
     /// Input tokens charged: the estimate, capped at `input_tpm`; 0 when unlimited.
     pub input_tokens: u64,
-    /// Output tokens charged: `max_tokens`; 0 when unlimited.
+    /// Output tokens charged: `max_tokens`, capped at `output_tpm`; 0 when unlimited.
     pub output_tokens: u64,
     /// When the concurrency slot frees by itself, in ms since the Unix epoch.
     pub lease_expires_ms: u64,
@@ -171,14 +175,6 @@ pub struct Denial {
     pub remaining: u64,
 }
 
-/// A request that no amount of waiting admits: it asks for more than a full bucket.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NeverFits {
-    pub dimension: Dimension,
-    pub limit: u64,
-    pub requested: u64,
-}
-
 /// The answer to [`LimiterState::admit`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -187,8 +183,6 @@ pub enum Admission {
     Admitted(Reservation),
     /// Nothing charged; retry later.
     Denied(Denial),
-    /// Nothing charged; the request must change (a 400 with `x-should-retry: false`).
-    NeverFits(NeverFits),
 }
 
 impl Admission {
@@ -197,7 +191,7 @@ impl Admission {
     pub fn reservation(&self) -> Option<&Reservation> {
         match self {
             Admission::Admitted(reservation) => Some(reservation),
-            Admission::Denied(_) | Admission::NeverFits(_) => None,
+            Admission::Denied(_) => None,
         }
     }
 }
@@ -260,6 +254,31 @@ pub struct LimiterState {
     /// In admission order.
     leases: Vec<Lease>,
     next_lease_id: u64,
+}
+
+/// What an admission of `request` reserves in a token `dimension` of these limits (0 for
+/// `rpm` and `concurrency`, which count requests, and for an unlimited dimension): the input
+/// estimate or `max_tokens`, capped at the whole bucket.
+pub(crate) fn reserved_tokens(
+    limits: &TierLimits,
+    request: &AdmissionRequest,
+    dimension: Dimension,
+) -> u64 {
+    let (quota, tokens) = match dimension {
+        Dimension::InputTpm => (limits.input_tpm, request.input_tokens),
+        Dimension::OutputTpm => (limits.output_tpm, request.output_tokens),
+        Dimension::Rpm | Dimension::Concurrency => (None, 0),
+    };
+    quota.map_or(0, |quota| bucket::fitting(quota, tokens))
+}
+
+/// Whether `request` asks more than a whole bucket of input or output tokens: it then reserves
+/// a full bucket and may settle into debt.
+pub(crate) fn exceeds_a_bucket(limits: &TierLimits, request: &AdmissionRequest) -> bool {
+    let over = |quota: Option<NonZeroU32>, tokens: u64| {
+        quota.is_some_and(|quota| tokens > u64::from(quota.get()))
+    };
+    over(limits.input_tpm, request.input_tokens) || over(limits.output_tpm, request.output_tokens)
 }
 
 fn refilled(level: Level, quota: Option<NonZeroU32>, elapsed_ms: u64) -> Level {
@@ -375,10 +394,11 @@ impl LimiterState {
 
     /// Decides whether a request may go now, and charges it if so.
     ///
-    /// One request counts against `rpm`, the input estimate (capped at `input_tpm`) against
-    /// `input_tpm`, `max_tokens` against `output_tpm` and one slot against `concurrency`.
-    /// `max_tokens` above `output_tpm` is [`Admission::NeverFits`]. Otherwise, if any
-    /// dimension lacks room, nothing is charged and the [`Denial`] names the longest wait.
+    /// One request counts against `rpm`, the input estimate against `input_tpm`, `max_tokens`
+    /// against `output_tpm` and one slot against `concurrency`. A token count above its
+    /// quota reserves the whole bucket, so it is admitted once that bucket is full (a debt
+    /// waited out first). If any dimension lacks room, nothing is charged and the [`Denial`]
+    /// names the longest wait.
     #[must_use]
     pub fn admit(
         &mut self,
@@ -387,10 +407,8 @@ impl LimiterState {
         request: &AdmissionRequest,
     ) -> Admission {
         let now = self.advance(limits, now_ms);
-        let input_cost = limits
-            .input_tpm
-            .map_or(0, |quota| request.input_tokens.min(u64::from(quota.get())));
-        let output_cost = limits.output_tpm.map_or(0, |_| request.output_tokens);
+        let input_cost = reserved_tokens(limits, request, Dimension::InputTpm);
+        let output_cost = reserved_tokens(limits, request, Dimension::OutputTpm);
         let buckets = [
             (Dimension::Rpm, limits.rpm, self.requests, 1),
             (
@@ -411,13 +429,7 @@ impl LimiterState {
         for (dimension, quota, level, cost) in buckets {
             let Some(quota) = quota else { continue };
             let limit = u64::from(quota.get());
-            let Some(wait) = level.wait_ms(quota, cost) else {
-                return Admission::NeverFits(NeverFits {
-                    dimension,
-                    limit,
-                    requested: cost,
-                });
-            };
+            let wait = level.wait_ms(quota, cost);
             let remaining = level.remaining(quota);
             bind(
                 &mut binding,
@@ -496,8 +508,7 @@ impl LimiterState {
     pub fn admit_request_only(&mut self, limits: &TierLimits, now_ms: u64) -> Option<Denial> {
         let now = self.advance(limits, now_ms);
         let quota = limits.rpm?;
-        // One request always fits a full bucket (a quota is at least 1).
-        let wait = self.requests.wait_ms(quota, 1).unwrap_or(0);
+        let wait = self.requests.wait_ms(quota, 1);
         if wait > 0 {
             return Some(Denial {
                 // The state's clock may be ahead of the caller's; the wait counts from the latter.
@@ -963,24 +974,105 @@ mod tests {
         assert_eq!(state.snapshot(&l, T0), before.snapshot(&l, T0));
     }
 
+    /// Claude Code asks for 32 000 (64 000 on Opus) output tokens; a tier of 8 000 a minute
+    /// serves it as Anthropic does: once the bucket is full, reserving all of it.
     #[test]
-    fn max_tokens_above_output_tpm_never_fits_and_charges_nothing() {
-        let l = limits(1, 1_000, 8_000, 1);
+    fn max_tokens_above_output_tpm_waits_for_a_full_bucket_and_reserves_it() {
+        let l = limits(50, 40_000, 8_000, 4);
         let mut state = LimiterState::new();
-        let fresh = state.clone();
-        let answer = state.admit(&l, T0, &request(10, 8_001));
-        let expected = NeverFits {
-            dimension: Dimension::OutputTpm,
-            limit: 8_000,
-            requested: 8_001,
-        };
-        assert_eq!(answer, Admission::NeverFits(expected));
-        assert_eq!(state.levels(), fresh.levels());
-        // It wins over a denial: waiting would not help.
-        admitted(state.admit(&l, T0, &request(10, 8_000)));
+        let big = request(10, 32_000);
+        let first = admitted(state.admit(&l, T0, &big));
+        assert_eq!((first.input_tokens, first.output_tokens), (10, 8_000));
+        assert_eq!(status(&state, &l, T0, Dimension::OutputTpm).remaining, 0);
+        // Nothing else gets output tokens until the bucket refills (7.5 ms a token).
+        let denial = denied(state.admit(&l, T0, &request(10, 1)));
         assert_eq!(
-            state.admit(&l, T0, &request(10, 8_001)),
-            Admission::NeverFits(expected)
+            (denial.dimension, denial.retry_after_ms, denial.remaining),
+            (Dimension::OutputTpm, 8, 0)
+        );
+        // The answer used 100 tokens: 7 900 come back.
+        let used = Usage {
+            input_tokens: Some(10),
+            output_tokens: Some(100),
+        };
+        let settlement = state.settle(&l, T0, &first, used);
+        assert_eq!(
+            (
+                settlement.returned_output_tokens,
+                settlement.extra_output_tokens
+            ),
+            (7_900, 0)
+        );
+        // The next large request waits for a full bucket: 100 tokens, 750 ms. No longer.
+        let denial = denied(state.admit(&l, T0, &request(10, 64_000)));
+        assert_eq!(
+            (denial.dimension, denial.retry_after_ms),
+            (Dimension::OutputTpm, 750)
+        );
+        denied(state.clone().admit(&l, T0 + 749, &request(10, 64_000)));
+        let second = admitted(state.admit(&l, T0 + 750, &request(10, 64_000)));
+        assert_eq!(second.output_tokens, 8_000);
+    }
+
+    #[test]
+    fn output_beyond_the_bucket_settles_into_debt_and_the_retry_after_says_so() {
+        let l = limits(50, 40_000, 8_000, 4);
+        let mut state = LimiterState::new();
+        let big = admitted(state.admit(&l, T0, &request(10, 32_000)));
+        // Ten seconds later the answer ends with 10 000 tokens: 2 000 more than reserved.
+        let at = T0 + 10_000;
+        let used = Usage {
+            input_tokens: Some(10),
+            output_tokens: Some(10_000),
+        };
+        let settlement = state.settle(&l, at, &big, used);
+        assert_eq!(
+            (
+                settlement.returned_output_tokens,
+                settlement.extra_output_tokens
+            ),
+            (0, 2_000)
+        );
+        // 10 000 used, 1 333⅓ refilled: 666⅔ tokens of debt, 5 s at 8 000 a minute.
+        let output = status(&state, &l, at, Dimension::OutputTpm);
+        assert_eq!((output.remaining, output.reset_ms), (0, 65_000));
+        let one = request(10, 1);
+        let denial = denied(state.admit(&l, at, &one));
+        assert_eq!(
+            denial,
+            Denial {
+                retry_after_ms: 5_008,
+                dimension: Dimension::OutputTpm,
+                limit: 8_000,
+                remaining: 0
+            }
+        );
+        denied(state.clone().admit(&l, at + 5_007, &one));
+        admitted(state.clone().admit(&l, at + 5_008, &one));
+        // Another large request waits for the whole bucket: the debt, then a full minute.
+        let denial = denied(state.admit(&l, at, &request(10, 32_000)));
+        assert_eq!(denial.retry_after_ms, 65_000);
+        admitted(state.admit(&l, at + 65_000, &request(10, 32_000)));
+    }
+
+    /// A broken stream (no usage) keeps what was reserved, the whole bucket: not `max_tokens`,
+    /// which it may never have produced.
+    #[test]
+    fn unknown_usage_of_a_large_request_keeps_the_whole_bucket_and_no_more() {
+        let l = limits(0, 0, 8_000, 0);
+        let mut state = LimiterState::new();
+        let big = admitted(state.admit(&l, T0, &request(0, 64_000)));
+        let settlement = state.settle(&l, T0, &big, Usage::UNKNOWN);
+        assert_eq!(
+            (
+                settlement.returned_output_tokens,
+                settlement.extra_output_tokens
+            ),
+            (0, 0)
+        );
+        assert_eq!(
+            status(&state, &l, T0, Dimension::OutputTpm).reset_ms,
+            60_000
         );
     }
 

@@ -12,6 +12,7 @@ import {
 } from './harness.mjs';
 
 const BOB = 'ck_test_bob_a81f2c93d4e5';
+const ADMIN_KEY = 'adm_limits_e2e_91b3c7d5e2';
 
 let sim;
 before(async () => { sim = await startSim(); });
@@ -28,6 +29,24 @@ function limitedWorker(limits, extra = {}, options = {}) {
 async function settleSoon() {
   // Settlement runs under waitUntil once the body has been read; give it a moment.
   await sleep(150);
+}
+
+/** The caller's figures as its object holds them now (GET /proxy/status, which charges nothing). */
+async function callerUsage(w, id = 'alice') {
+  const res = await fetch(`${w.url}/proxy/status?caller=${id}`, { headers: { authorization: `Bearer ${ADMIN_KEY}` } });
+  assert.equal(res.status, 200, await res.clone().text());
+  const { usage } = (await res.json()).caller;
+  return Object.fromEntries(usage.dimensions.map((d) => [d.dimension, d]));
+}
+
+/** Waits until every concurrency slot of the caller is back: its requests have settled. */
+async function settled(w, id = 'alice') {
+  for (let i = 0; i < 100; i += 1) {
+    const { concurrency } = await callerUsage(w, id);
+    if (concurrency.remaining === concurrency.limit) return;
+    await sleep(50);
+  }
+  assert.fail(`${id}: the slots did not come back, so the requests never settled`);
 }
 
 test('parallel requests on one key: exactly the quota is admitted, the rest get an honest 429', async () => {
@@ -81,15 +100,108 @@ test('keys have their own limits, and see their own limit headers', async () => 
   }
 });
 
-test('max_tokens above output_tpm can never fit: 400 with x-should-retry false', async () => {
-  const w = await limitedWorker({ output_tpm: 1000 });
+// The README's default tier, as a deployment without RATE_LIMITS gets it: 50 rpm, 40 000 input
+// and 8 000 output tokens a minute, 4 at once.
+function defaultWorker() {
+  const vars = workerVars(sim, { ADMIN_KEY });
+  delete vars.RATE_LIMITS;
+  return startWorker(vars);
+}
+
+// Claude Code asks for max_tokens 32 000 (64 000 on Opus). Anthropic serves that on a key whose
+// output limit is 8 000 a minute: the request reserves the whole (full) bucket and settles to
+// what it produced. So does the proxy, and a request that used little leaves room for the next.
+test('the default tier serves Claude Code: max_tokens 32 000 and 64 000 above output_tpm 8 000', async () => {
+  const w = await defaultWorker();
   try {
-    const res = await postMessage(w, messageBody({ max_tokens: 1001 }));
-    assert.equal(res.status, 400);
-    assert.equal(res.headers.get('x-should-retry'), 'false');
-    const body = await res.json();
-    assert.equal(body.error.type, 'invalid_request_error');
-    assert.match(body.error.message, /output_tpm/);
+    await sim.reset();
+    const first = await postMessage(w, messageBody({ max_tokens: 32_000, stream: true }));
+    assert.equal(first.status, 200, await first.clone().text());
+    // Reserved: the whole bucket, not 32 000 tokens of debt.
+    assert.equal(first.headers.get('anthropic-ratelimit-output-tokens-limit'), '8000');
+    assert.equal(first.headers.get('anthropic-ratelimit-output-tokens-remaining'), '0');
+    const events = await readEvents(first);
+    assert.equal(events.at(-1).name, 'message_stop');
+    assert.match(events.find((e) => e.name === 'message_delta').data, /"output_tokens":12\b/);
+    await settled(w);
+    // Settled to the 12 tokens produced: the rest of the bucket is back.
+    const output = (await callerUsage(w)).output_tpm;
+    assert.ok(output.remaining >= 8000 - 12 && output.remaining <= 8000, JSON.stringify(output));
+
+    // A small request (Claude Code's side requests) goes at once.
+    const small = await postMessage(w, messageBody({ max_tokens: 1024 }));
+    assert.equal(small.status, 200);
+    await small.arrayBuffer();
+    await settled(w);
+
+    // The next large one needs the bucket full again: at most the 24 tokens used so far, 7.5 ms
+    // each, are still refilling. It goes at once, or is told that short wait and then goes.
+    let opus = await postMessage(w, messageBody({ model: 'claude-opus-5', max_tokens: 64_000 }));
+    console.log(`# max_tokens 64 000 after 24 tokens used: ${opus.status}${opus.status === 429 ? `, retry after ${opus.headers.get('retry-after-ms')} ms` : ''}`);
+    if (opus.status === 429) {
+      const body = await opus.json();
+      assert.equal(body.limit.dimension, 'output_tpm');
+      const ms = Number(opus.headers.get('retry-after-ms'));
+      assert.ok(ms >= 1 && ms <= Math.ceil(24 * 7.5), `a wait of ${ms} ms for 24 tokens at 8 000 a minute`);
+      await sleep(ms);
+      opus = await postMessage(w, messageBody({ model: 'claude-opus-5', max_tokens: 64_000 }));
+    }
+    assert.equal(opus.status, 200, await opus.clone().text());
+    assert.equal((await opus.json()).usage.output_tokens, 12);
+    // The upstream saw the requests as sent, max_tokens and all.
+    const sent = (await sim.log()).map((entry) => JSON.parse(entry.body).max_tokens);
+    assert.deepEqual(sent, [32_000, 1024, 64_000]);
+  } finally {
+    await w.stop();
+  }
+});
+
+// An answer longer than the whole bucket (10 000 tokens of 8 000 a minute) is charged in full
+// when it settles: the caller is in debt, and the next request is told exactly how long to wait.
+test('output beyond the bucket puts the caller in debt, and the next 429 says how long it lasts', async () => {
+  const w = await defaultWorker();
+  try {
+    const long = { 'x-sim-fault': JSON.stringify({ tokens: 10_000 }) };
+    const sentAt = Date.now();
+    const res = await postMessage(w, messageBody({ max_tokens: 32_000, stream: true }), long);
+    assert.equal(res.status, 200);
+    const events = await readEvents(res);
+    assert.match(events.find((e) => e.name === 'message_delta').data, /"output_tokens":10000\b/);
+    await settled(w);
+
+    const small = messageBody({ max_tokens: 1 });
+    const denied = await postMessage(w, small);
+    const deniedAt = Date.now();
+    assert.equal(denied.status, 429);
+    assert.equal(denied.headers.get('x-should-retry'), 'true');
+    const body = await denied.json();
+    assert.equal(body.error.type, 'rate_limit_error');
+    assert.match(body.error.message, /^output_tpm limit of 8000 reached for this key; retry in \d+ s$/);
+    assert.deepEqual({ ...body.limit }, { scope: 'key', dimension: 'output_tpm', limit: 8000, remaining: 0 });
+    // 10 000 tokens charged when the stream was admitted (8 000) and settled (2 000 more): the
+    // next token fits once 2 001 tokens have refilled, 15 007.5 ms at 8 000 a minute, counted
+    // from the admission. The margin: the time from sending the first request to this answer,
+    // during which the bucket refilled, and 1 ms of rounding.
+    const ms = Number(denied.headers.get('retry-after-ms'));
+    const elapsed = deniedAt - sentAt;
+    console.log(`# in debt: retry after ${ms} ms, expected ${15_008 - elapsed - 1}..15008`);
+    assert.equal(body.retry_after_ms, ms);
+    assert.ok(ms <= 15_008 && ms >= 15_008 - elapsed - 1, `retry after ${ms} ms, ${elapsed} ms after the first request`);
+    assert.equal(Number(denied.headers.get('retry-after')), Math.ceil(ms / 1000));
+    assert.match(denied.headers.get('ratelimit'), /"output_tpm";r=0;t=\d+/);
+
+    // A request larger than the bucket waits for all of it: the debt and a whole minute more.
+    const big = await postMessage(w, messageBody({ max_tokens: 32_000 }));
+    const bigAt = Date.now();
+    assert.equal(big.status, 429);
+    const bigMs = Number(big.headers.get('retry-after-ms'));
+    assert.ok(bigMs <= 75_000 && bigMs >= 75_000 - (bigAt - sentAt) - 1, `retry after ${bigMs} ms`);
+    await big.arrayBuffer();
+
+    // The operator sees the same debt: nothing left, full again when the 429s said.
+    const output = (await callerUsage(w)).output_tpm;
+    assert.equal(output.remaining, 0);
+    assert.ok(output.reset_ms <= 75_000 && output.reset_ms >= 75_000 - (Date.now() - sentAt) - 1, JSON.stringify(output));
   } finally {
     await w.stop();
   }
@@ -124,7 +236,7 @@ test('settlement gives unused output tokens back (JSON and stream)', async () =>
 // back, and `rpm` shows the requests made and nothing for the tickets left unused.
 test('a hot caller is admitted on credit, and the ledger is exact once the returns are in', async () => {
   const rpm = 3000;
-  const w = await limitedWorker({ rpm, output_tpm: 600_000, concurrency: 640 });
+  const w = await limitedWorker({ rpm, output_tpm: 600_000, concurrency: 640 }, { ADMIN_KEY });
   try {
     await sim.reset();
     const remaining = [];
@@ -148,18 +260,16 @@ test('a hot caller is admitted on credit, and the ledger is exact once the retur
     assert.ok(shared > 160, `only ${shared} of 320 answers were admitted on credit`);
 
     await sleep(2500);
-    // Refused before anything is charged (max_tokens above output_tpm), the probe shows the ledger.
-    const probe = await postMessage(w, messageBody({ max_tokens: 600_001 }));
+    // The operator's view charges nothing: it shows the ledger.
+    const ledger = await callerUsage(w);
     const probeAt = performance.now();
-    assert.equal(probe.status, 400);
-    await probe.arrayBuffer();
-    assert.match(probe.headers.get('ratelimit'), /"concurrency";r=640\b/, 'a slot was not given back');
-    assert.match(probe.headers.get('ratelimit'), /"output_tpm";r=600000;t=0/, 'output tokens were not given back');
+    assert.equal(ledger.concurrency.remaining, 640, 'a slot was not given back');
+    assert.deepEqual([ledger.output_tpm.remaining, ledger.output_tpm.reset_ms], [600_000, 0], 'output tokens were not given back');
     // 320 requests charged, the bucket refilling at rpm/60 a second from the first charge on (it
     // never ran dry): what is left is known to the time between the first charge (just after the
     // first send) and the probe's (just before its answer). Tickets left unused and not given
     // back would fall below this.
-    const left = Number(probe.headers.get('anthropic-ratelimit-requests-remaining'));
+    const left = ledger.rpm.remaining;
     const refill = (ms) => (rpm / 60_000) * ms;
     const low = Math.floor(rpm - 320 + refill(probeAt - 150 - (firstAt + 150)));
     const high = Math.ceil(rpm - 320 + refill(probeAt - firstAt));

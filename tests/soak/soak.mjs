@@ -431,22 +431,22 @@ function level(events, quota, t) {
   return Math.max(0, used - (t - last) * quota);
 }
 
-const probeBody = (limits) => ({ model: MODEL, max_tokens: limits.output_tpm + 1, messages: [{ role: 'user', content: 'x' }] });
 const failures = [];
 /** Probes every caller's figures and compares them with the replay. */
 async function checkLedger(when) {
 const ledger = [];
 for (const c of CALLERS) {
   const evs = records.filter((r) => r.caller === c.id).flatMap((r) => charges(r, c.limits));
-  // The probe asks for more output than a whole bucket: refused with 400 before anything is
-  // charged, carrying the caller's figures as of the object's decision.
+  // The probe is the operator's view of the caller, which charges nothing: its figures as of
+  // the object's answer.
   const sent = Date.now();
-  const res = await fetch(`${worker.url}/v1/messages`, { method: 'POST', headers: headersFor(c, 0, null), body: JSON.stringify(probeBody(c.limits)) });
-  await res.arrayBuffer();
+  const res = await fetch(`${worker.url}/proxy/status?caller=${encodeURIComponent(c.id)}`, { headers: { authorization: `Bearer ${SOAK_ADMIN_KEY}` } });
+  const doc = res.status === 200 ? await res.json() : null;
   const back = Date.now();
-  if (res.status !== 400) failures.push(`${c.id}: the probe got ${res.status}, not 400`);
+  if (!doc) failures.push(`${c.id}: the probe got ${res.status}, not 200`);
+  const dims = Object.fromEntries((doc?.caller?.usage?.dimensions ?? []).map((d) => [d.dimension, d]));
   const row = { caller: c.id, tier: c.tier };
-  for (const [dim, header] of [['rpm', 'requests'], ['input_tpm', 'input-tokens'], ['output_tpm', 'output-tokens']]) {
+  for (const dim of ['rpm', 'input_tpm', 'output_tpm']) {
     const quota = c.limits[dim];
     const mine = evs.filter((e) => e.dim === dim);
     const usedMin = level(mine.map((e) => ({ t: e.lo, a: e.a[0] })), quota, back);
@@ -454,8 +454,8 @@ for (const c of CALLERS) {
     const cap = quota * UNITS;
     const hi = Math.floor(Math.max(0, cap - usedMin) / UNITS) + 1; // +1: whole-ms clocks
     const lo = Math.max(0, Math.floor(Math.max(0, cap - usedMax) / UNITS) - 1);
-    const seen = Number(res.headers.get(`anthropic-ratelimit-${header}-remaining`));
-    const diff = seen < lo ? seen - lo : seen > hi ? seen - hi : 0;
+    const seen = dims[dim]?.remaining ?? NaN;
+    const diff = !Number.isFinite(seen) ? NaN : seen < lo ? seen - lo : seen > hi ? seen - hi : 0;
     row[dim] = { seen, lo, hi, diff, charged: mine.reduce((s, e) => s + e.a[1], 0) };
     if (diff !== 0) failures.push(`${when}: ${c.id} ${dim}: the object shows ${seen} remaining, the replay ${lo}..${hi}`);
   }

@@ -389,7 +389,6 @@ fn answer(
     match reply.admission {
         Admission::Admitted(reservation) => Ok(reservation),
         Admission::Denied(denial) => Err(ProxyError::from(&denial)),
-        Admission::NeverFits(never) => Err(ProxyError::from(&never)),
     }
 }
 
