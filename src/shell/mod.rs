@@ -138,7 +138,8 @@ async fn handle(
         facts.stream,
     )
     .with_model_span(facts.model_span.clone())
-    .reading_json_whole(tap);
+    .reading_json_whole(tap)
+    .reading_errors_within(config.attempt_timeout_ms);
     let fallbacks = match (&route, facts.model.as_deref()) {
         (Route::Messages, Some(model)) => Fallbacks::new(
             model,
