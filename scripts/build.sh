@@ -1,16 +1,45 @@
 #!/usr/bin/env bash
-# Builds the Worker into build/ with worker-build, offline: wasm-bindgen, wasm-opt and esbuild
-# come from scripts/setup.sh, never from a download. Skips the build when build/ is newer than
-# every source file, so `wrangler dev` (whose [build] step calls this) starts fast.
+# Builds the Worker into build/ with worker-build: the [build] step of `wrangler deploy` and
+# `wrangler dev`, and of the tests. Installs only the build's own tools when missing
+# (scripts/toolchain.sh); wasm-bindgen, wasm-opt and esbuild come from there and from
+# node_modules, never from a download. Skips the build when build/ is newer than every source
+# file, so `wrangler dev` starts fast. Portable (bash 3.2, no flock): it runs on macOS too.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-./scripts/setup.sh
-# One build at a time: wrangler dev's watcher may start several.
+
+# One build at a time (wrangler dev's watcher may start several), with a lock that is a
+# directory: mkdir is atomic everywhere. A lock whose holder has died is taken over.
 mkdir -p target
-exec 9>target/.build.lock
-flock 9
+lock=target/.build.lock.d
+waited=0
+until mkdir "$lock" 2> /dev/null; do
+  holder=$(cat "$lock/pid" 2> /dev/null || true)
+  if { [ -n "$holder" ] && ! kill -0 "$holder" 2> /dev/null; } || { [ -z "$holder" ] && [ "$waited" -ge 50 ]; }; then
+    echo "build: taking over a stale lock ($lock)" >&2
+    rm -rf "$lock"
+    continue
+  fi
+  [ "$waited" = 0 ] && echo "build: waiting for another build to finish" >&2
+  waited=$((waited + 1))
+  sleep 0.2
+done
+echo $$ > "$lock/pid"
+trap 'rm -rf "$lock"' EXIT
+
+./scripts/toolchain.sh
+
+for tool in wasm-opt esbuild; do
+  if [ ! -x "node_modules/.bin/$tool" ]; then
+    echo "build: node_modules/.bin/$tool is missing; run \`npm ci\` first" >&2
+    exit 1
+  fi
+done
+if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+  echo "build: package-lock.json changed since the last \`npm ci\`; run it again to build with the pinned tools" >&2
+fi
+
 if [ -f build/index.js ] && [ -f build/index_bg.wasm ] && \
-   [ -z "$(find src Cargo.toml Cargo.lock wrangler.toml -newer build/index_bg.wasm -print -quit)" ]; then
+   [ -z "$(find src Cargo.toml Cargo.lock wrangler.toml -newer build/index_bg.wasm -print | head -n 1)" ]; then
   echo "build: build/ is up to date"
   exit 0
 fi

@@ -12,7 +12,7 @@ MODEL="${MODEL:-claude-sonnet-4-6}"
 DEV_KEY="${DEV_CLIENT_KEY:-ck_local_dev_key_0001}"
 DEV_ADMIN="${DEV_ADMIN_KEY:-adm_local_dev_key_0001}"
 
-./scripts/setup.sh
+./scripts/setup.sh --no-browser
 ./scripts/build.sh
 
 export WRANGLER_SEND_METRICS=false CLOUDFLARE_CF_FETCH_ENABLED=false WRANGLER_HIDE_BANNER=true CI=true

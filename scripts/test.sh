@@ -28,6 +28,9 @@ echo "== build"
 cargo build --release -p breakwater-sim --quiet
 ./scripts/build.sh
 
+echo "== deployable (wrangler deploy --dry-run, offline: the configuration as a deploy takes it)"
+./scripts/check-deploy.sh
+
 echo "== end-to-end (workerd + simulator)"
 node --test --test-concurrency=1 tests/e2e/
 

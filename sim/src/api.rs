@@ -23,8 +23,8 @@ use crate::respond::{
 };
 use crate::script::{Fault, Malformed, ResetKind, MAX_DELAY_MS};
 use crate::sse::{
-    event_stream, malformed_stream, stream_body, truncate_then_reset, MessageOut, StreamPlan,
-    TextBlock,
+    event_stream, malformed_stream, stream_body, truncate_then_reset, truncate_then_stall,
+    MessageOut, StreamPlan, TextBlock,
 };
 use crate::state::{request_id, Arrival, Settlement, State, Ticket};
 use crate::text::{delta_text, input_tokens, last_user_text, Words};
@@ -418,6 +418,7 @@ fn deliver(ctx: &Ctx, answer: Answer) -> Response<Body> {
         .filter(|s| *s < 400)
         .and_then(|s| StatusCode::from_u16(s).ok());
     let reset = spec.and_then(|s| s.reset);
+    let stall = spec.and_then(|s| s.stall_after_bytes);
     let resp = match answer {
         Answer::Raw(resp) => resp,
         Answer::Json { status, bytes } => {
@@ -426,12 +427,17 @@ fn deliver(ctx: &Ctx, answer: Answer) -> Response<Body> {
                 Some(ResetKind::AfterBodyBytes) => spec.and_then(|s| s.bytes),
                 _ => None,
             };
-            match limit {
-                None => json_bytes_response(status, bytes),
-                Some(limit) => {
+            match (limit, stall) {
+                (None, None) => json_bytes_response(status, bytes),
+                (limit, stall) => {
                     let len = bytes.len();
                     let inner = stream::once(async move { bytes }).boxed();
-                    let body = stream_body(truncate_then_reset(inner, limit, ctx.ctl.clone()));
+                    let body = match limit {
+                        Some(limit) => {
+                            stream_body(truncate_then_reset(inner, limit, ctx.ctl.clone()))
+                        }
+                        None => stream_body(truncate_then_stall(inner, stall.unwrap_or(0))),
+                    };
                     let mut resp = response(status, body);
                     set_header(&mut resp, CONTENT_TYPE, "application/json");
                     set_header(&mut resp, CONTENT_LENGTH, &len.to_string());
@@ -444,6 +450,10 @@ fn deliver(ctx: &Ctx, answer: Answer) -> Response<Body> {
                 (Some(ResetKind::AfterBodyBytes), Some(limit)) => {
                     let inner = event_stream(plan, ctx.ctl.clone()).boxed();
                     stream_body(truncate_then_reset(inner, limit, ctx.ctl.clone()))
+                }
+                _ if stall.is_some() => {
+                    let inner = event_stream(plan, ctx.ctl.clone()).boxed();
+                    stream_body(truncate_then_stall(inner, stall.unwrap_or(0)))
                 }
                 _ => {
                     if reset == Some(ResetKind::AfterHeaders) {

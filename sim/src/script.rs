@@ -54,6 +54,9 @@ pub struct FaultSpec {
     pub bytes: Option<u64>,
     pub error_event_after: Option<u64>,
     pub stall_after_events: Option<u64>,
+    /// Any answer (an error envelope, a JSON message, a stream): the first N body bytes, then
+    /// nothing more, the connection held open until the client goes away.
+    pub stall_after_bytes: Option<u64>,
     pub tokens: Option<u64>,
     pub token_delay_ms: Option<u64>,
     pub pad_bytes: Option<u64>,
@@ -136,6 +139,7 @@ impl Fault {
             || s.malformed.is_some()
             || s.error_event_after.is_some()
             || s.stall_after_events.is_some()
+            || s.stall_after_bytes.is_some()
     }
 
     /// Whether the answer this fault shapes is broken (not a clean success).
@@ -146,6 +150,7 @@ impl Fault {
             || s.malformed.is_some()
             || s.error_event_after.is_some()
             || s.stall_after_events.is_some()
+            || s.stall_after_bytes.is_some()
     }
 
     pub fn delay_ms(&self) -> u64 {

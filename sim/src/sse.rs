@@ -328,6 +328,30 @@ pub fn truncate_then_reset(
     })
 }
 
+/// Passes through the first `limit` bytes of `inner`, then sends nothing more and keeps the
+/// connection open (until the client goes away and the connection is dropped).
+pub fn truncate_then_stall(
+    inner: BoxStream<'static, Bytes>,
+    limit: u64,
+) -> impl Stream<Item = Bytes> + Send {
+    stream::unfold((inner, limit), |(mut inner, left)| async move {
+        if left == 0 {
+            std::future::pending::<()>().await;
+        }
+        match inner.next().await {
+            Some(chunk) => {
+                let take = usize::try_from(left).unwrap_or(usize::MAX).min(chunk.len());
+                let piece = chunk.slice(..take);
+                Some((piece, (inner, left - take as u64)))
+            }
+            None => {
+                std::future::pending::<()>().await;
+                None
+            }
+        }
+    })
+}
+
 /// A syntactically broken event stream: data lines without an event name
 /// or blank line, invalid UTF-8, unparsable JSON and a cut-off last event.
 pub fn malformed_stream() -> impl Stream<Item = Bytes> + Send {

@@ -13,6 +13,8 @@
 //!   [`Step`]: deliver, wait, or give up when the attempts are used up or the next wait would
 //!   end past the budget deadline. A wait that does not fit is never slept: the client gets
 //!   an answer at once.
+//! - [`Awaited`] sets how long one attempt may run: a stream until its first event
+//!   (`ATTEMPT_TIMEOUT_MS`), a non-streaming message as long as the official SDKs wait for it.
 //!
 //! When retries stop, [`GiveUp::passes_through`] says whether the upstream's last answer goes
 //! to the client as is; otherwise `ProxyError::from(&give_up)` is the structured error (503
@@ -28,6 +30,7 @@ pub mod fallback;
 mod policy;
 mod retry_after;
 pub mod runner;
+mod timeout;
 
 pub use backoff::{ceiling_ms, Backoff};
 pub use classify::{
@@ -38,3 +41,4 @@ pub use policy::{
     AttemptTicket, GiveUp, Retrier, RetryPolicy, Step, StopReason, WaitRecord, MIN_RETRY_AFTER_MS,
 };
 pub use retry_after::{should_retry_header, upstream_wait_ms, MAX_UPSTREAM_WAIT_MS};
+pub use timeout::{whole_message_ms, Awaited, MAX_WHOLE_MESSAGE_MS, SDK_TIMEOUT_MS};

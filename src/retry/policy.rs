@@ -9,6 +9,7 @@ use std::num::NonZeroU32;
 
 use super::backoff::Backoff;
 use super::classify::{Cause, Verdict};
+use super::timeout::Awaited;
 use crate::config::Config;
 use crate::error::{LimitInfo, ProxyError};
 
@@ -28,7 +29,9 @@ pub struct RetryPolicy {
     pub backoff_max_ms: u64,
     /// No retry starts and no backoff sleep ends after this long since the request arrived.
     pub budget_ms: u64,
-    /// Time allowed per attempt until response headers (streaming: the first SSE event).
+    /// Time allowed per attempt until something of it can reach the client: the configured
+    /// `ATTEMPT_TIMEOUT_MS` (for a stream, until its first SSE event), or longer for a whole
+    /// non-streaming message (see [`RetryPolicy::awaiting`]).
     pub attempt_timeout_ms: u64,
 }
 
@@ -74,6 +77,17 @@ impl RetryPolicy {
             }
         });
         requested.map_or(self.budget_ms, |ms| ms.min(self.budget_ms))
+    }
+
+    /// This policy with the attempt timeout for what the request's attempts wait for (see
+    /// [`Awaited::timeout_ms`]). The budget is unchanged: it bounds when a retry may start,
+    /// not how long an attempt may run.
+    #[must_use]
+    pub fn awaiting(self, awaited: Awaited) -> Self {
+        Self {
+            attempt_timeout_ms: awaited.timeout_ms(self.attempt_timeout_ms),
+            ..self
+        }
     }
 
     /// This policy with the budget shortened by the client's `x-proxy-budget-ms` header, see

@@ -52,6 +52,9 @@ export function abort(sent) {
 export function timed_out(error) {
   return error instanceof DOMException && error.name === 'TimeoutError';
 }
+export function cancel_body(body) {
+  try { body.cancel().catch(() => {}); } catch (_) {}
+}
 export function answer_head(response) {
   return response.status + '\n' + linesOf(response.headers);
 }
@@ -71,6 +74,8 @@ extern "C" {
     ) -> Result<js_sys::Promise, JsValue>;
     fn abort(sent: &js_sys::Promise);
     fn timed_out(error: &JsValue) -> bool;
+    #[wasm_bindgen(js_name = cancel_body)]
+    fn cancel_stream(body: &web_sys::ReadableStream);
     fn answer_head(response: &web_sys::Response) -> String;
     #[wasm_bindgen(catch)]
     fn answer(status: u16, lines: &str, body: &JsValue) -> Result<web_sys::Response, JsValue>;
@@ -171,6 +176,12 @@ pub fn head_of(response: &web_sys::Response) -> (u16, HeaderList) {
     let head = answer_head(response);
     let (status, lines) = head.split_once('\n').unwrap_or((&head, ""));
     (status.parse().unwrap_or(0), HeaderList::of_lines(lines))
+}
+
+/// Cancels a body that will not be read, so its connection is closed now; never throws (the
+/// runtime refuses the call outside a request, and a body already locked or ended needs none).
+pub fn cancel_body(body: &web_sys::ReadableStream) {
+    cancel_stream(body);
 }
 
 /// One attempt on its way: `fetch` under the attempt's timeout.

@@ -33,7 +33,7 @@ use crate::limits::{settlement_usage, Answered, Usage, WAITING_LEASE_MS};
 use crate::request::cors::Cors;
 use crate::retry::fallback::{self, Fallbacks, OPT_OUT_HEADER};
 use crate::retry::runner::{self, Run};
-use crate::retry::RetryPolicy;
+use crate::retry::{Awaited, RetryPolicy};
 use crate::upstream::{pool_of, Claimant, Cost, Priority};
 use objects::{limiter, upstream::KeyState};
 use respond::Exchange;
@@ -126,7 +126,8 @@ async fn handle(
         budget_ms: share.budget_ms.unwrap_or(config.request_budget_ms),
         ..RetryPolicy::from_config(&config, None)
     }
-    .with_client_budget(headers.value("x-proxy-budget-ms"));
+    .with_client_budget(headers.value("x-proxy-budget-ms"))
+    .awaiting(Awaited::of(&route, &facts));
     let path = route.upstream_path().ok_or(ProxyError::NotFound)?;
     let mut upstream = Upstream::new(
         upstream_url(&config.upstream_url, &path, query_of(raw_url)),
@@ -137,7 +138,8 @@ async fn handle(
         facts.stream,
     )
     .with_model_span(facts.model_span.clone())
-    .reading_json_whole(tap);
+    .reading_json_whole(tap)
+    .reading_errors_within(config.attempt_timeout_ms);
     let fallbacks = match (&route, facts.model.as_deref()) {
         (Route::Messages, Some(model)) => Fallbacks::new(
             model,
@@ -159,7 +161,8 @@ async fn handle(
     )
     .await;
     exchange.upstream_request_id = upstream.request_id.take();
-    let mut delivered = answer.and_then(|a| transport::deliver(a, tap, policy.attempt_timeout_ms));
+    // A stream that goes silent for as long as its first event may take is cut.
+    let mut delivered = answer.and_then(|a| transport::deliver(a, tap, config.attempt_timeout_ms));
     if let Some(admitted) = admitted {
         let (usage_to, usage) = oneshot::channel();
         exchange.usage = Some(Box::pin(

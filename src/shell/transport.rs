@@ -46,13 +46,47 @@ pub struct UpstreamAnswer {
 
 enum UpstreamBody {
     /// Not looked into: handed to the client as the runtime's own stream.
-    Untouched(Option<worker::web_sys::ReadableStream>),
+    Untouched(Unread),
     /// An SSE stream whose first event was read: those bytes, then the rest as it comes.
     Sse { head: Vec<u8>, rest: BodyReader },
     /// A small error body read whole (a `429`, to tell a spend limit), as it came.
     Read(Vec<u8>),
     /// A JSON answer of known length read whole in its attempt, in the runtime's buffer.
     Whole(js_sys::ArrayBuffer),
+}
+
+/// A body nobody has read yet. Dropped undelivered (the answer of an attempt that is retried,
+/// or one a fallback leaves behind), it is cancelled at once: its connection would otherwise
+/// stay open until the runtime collects it, and a Worker may hold only six at a time.
+struct Unread(Option<web_sys::ReadableStream>);
+
+impl Unread {
+    /// The body, for the client; it is no longer cancelled.
+    fn deliver(mut self) -> Option<web_sys::ReadableStream> {
+        self.0.take()
+    }
+}
+
+impl Drop for Unread {
+    fn drop(&mut self) {
+        if let Some(body) = self.0.take() {
+            boundary::cancel_body(&body);
+        }
+    }
+}
+
+/// How an attempt reads its answer before the runner decides on it.
+#[derive(Clone, Copy)]
+struct Reading {
+    /// A streaming request: a `200` event stream is held until its first event.
+    streaming: bool,
+    /// A successful JSON answer of known length (at most [`MAX_JSON_BYTES`]) is read whole in
+    /// its attempt, for its usage.
+    json_whole: bool,
+    /// How long an error body the proxy reads (a `429`'s) may take after its head, within the
+    /// attempt's own timeout: such a body comes with its head, and one that stalls must not
+    /// hold a non-streaming attempt for its whole (long) timeout.
+    error_body_ms: u64,
 }
 
 /// One request's way to the upstream: the same URL, headers and body for every attempt.
@@ -67,10 +101,7 @@ pub struct Upstream<'a> {
     fallback_body: Option<worker::web_sys::Blob>,
     /// Where the body's top-level `model` value lies, for a fallback to rewrite it.
     model_span: Option<std::ops::Range<usize>>,
-    streaming: bool,
-    /// A successful JSON answer of known length (at most [`MAX_JSON_BYTES`]) is read whole in
-    /// its attempt, for its usage.
-    read_json_whole: bool,
+    reading: Reading,
     /// The upstream's `request-id` of the last attempt that had one.
     pub request_id: Option<String>,
     /// The key's limits as the last answer's `anthropic-ratelimit-*` headers reported them.
@@ -102,8 +133,11 @@ impl<'a> Upstream<'a> {
             body,
             fallback_body: None,
             model_span: None,
-            streaming,
-            read_json_whole: false,
+            reading: Reading {
+                streaming,
+                json_whole: false,
+                error_body_ms: u64::MAX,
+            },
             request_id: None,
             key_limits: KeyLimits::default(),
         }
@@ -113,7 +147,13 @@ impl<'a> Upstream<'a> {
     /// watched): its usage is then read without a pipe, and a body cut before its end is
     /// retried like a lost connection, since nothing of it has reached the client.
     pub fn reading_json_whole(mut self, whole: bool) -> Upstream<'a> {
-        self.read_json_whole = whole;
+        self.reading.json_whole = whole;
+        self
+    }
+
+    /// Bounds the reading of an error body to `ms` after its head (see `error_body_ms`).
+    pub fn reading_errors_within(mut self, ms: u64) -> Upstream<'a> {
+        self.reading.error_body_ms = ms;
         self
     }
 
@@ -158,8 +198,7 @@ impl Transport for Upstream<'_> {
                 .map(AsRef::as_ref)
                 .or(self.body.map(Upload::body)),
             timeout_ms,
-            self.streaming,
-            self.read_json_whole,
+            self.reading,
         )
         .await;
         if let Some(id) = answer.as_ref().and_then(|a| a.headers.value("request-id")) {
@@ -208,7 +247,20 @@ pub fn deliver(answer: UpstreamAnswer, tap: bool, idle_ms: u64) -> Result<Delive
         || ProxyError::Internal("the answer's body could not be passed on".to_string());
     let tap = tap && (200..300).contains(&status);
     let (body, seen) = match answer.body {
-        UpstreamBody::Untouched(None) => (AnswerBody::Empty, None),
+        UpstreamBody::Untouched(unread) => match unread.deliver() {
+            None => (AnswerBody::Empty, None),
+            Some(body) if !tap => (AnswerBody::Stream(body), None),
+            Some(body) => {
+                let how = Passing {
+                    idle_ms: 0,
+                    cut: None,
+                    length: exact_length(answer.headers.pairs()),
+                    watch: true,
+                };
+                let passed = pass(None, &body, None, how).ok_or_else(not_passed)?;
+                (AnswerBody::Stream(passed.stream), passed.seen)
+            }
+        },
         UpstreamBody::Read(bytes) => (AnswerBody::Bytes(bytes), None),
         UpstreamBody::Whole(buffer) if !tap => (AnswerBody::Buffer(buffer), None),
         UpstreamBody::Whole(buffer) => {
@@ -216,17 +268,6 @@ pub fn deliver(answer: UpstreamAnswer, tap: bool, idle_ms: u64) -> Result<Delive
             watcher.observe(&js_sys::Uint8Array::new(&buffer).to_vec());
             watcher.finish(true, true);
             (AnswerBody::Buffer(buffer), Some((report, progress)))
-        }
-        UpstreamBody::Untouched(Some(body)) if !tap => (AnswerBody::Stream(body), None),
-        UpstreamBody::Untouched(Some(body)) => {
-            let how = Passing {
-                idle_ms: 0,
-                cut: None,
-                length: exact_length(answer.headers.pairs()),
-                watch: true,
-            };
-            let passed = pass(None, &body, None, how).ok_or_else(not_passed)?;
-            (AnswerBody::Stream(passed.stream), passed.seen)
         }
         UpstreamBody::Sse { head, rest } => {
             // The runtime pipes the rest; a cut stream ends with the incomplete event, which
@@ -269,8 +310,7 @@ async fn attempt(
     headers: &str,
     body: Option<&JsValue>,
     timeout_ms: u64,
-    streaming: bool,
-    read_json_whole: bool,
+    reading: Reading,
 ) -> (Outcome, Option<UpstreamAnswer>) {
     let deadline = now_ms().saturating_add(timeout_ms);
     let Some(sent) = Sent::new(url, method, headers, body, timeout_ms) else {
@@ -290,19 +330,25 @@ async fn attempt(
     );
     let is_sse = is_event_stream(upstream_headers.pairs());
 
-    if !(streaming && status == 200 && is_sse) {
+    if !(reading.streaming && status == 200 && is_sse) {
         let body = if status == 429 && !is_sse {
             // A spend limit is never retried: read the (small) body to tell it from a rate
-            // limit.
-            let Some(bytes) = read_error_body(&response).await else {
-                return (Outcome::ConnectFailure, None);
+            // limit, in bounded time.
+            let by = deadline.min(now_ms().saturating_add(reading.error_body_ms));
+            let bytes = match read_error_body(&response, by).await {
+                ErrorBody::Read(bytes) => bytes,
+                ErrorBody::TimedOut => {
+                    sent.abort();
+                    return (Outcome::AttemptTimeout, None);
+                }
+                ErrorBody::Broken => return (Outcome::ConnectFailure, None),
             };
             if is_spend_limit(&bytes) {
                 should_retry = Some(false);
                 upstream_headers.set("x-should-retry", "false");
             }
             UpstreamBody::Read(bytes)
-        } else if read_json_whole
+        } else if reading.json_whole
             && (200..300).contains(&status)
             && exact_length(upstream_headers.pairs())
                 .is_some_and(|length| length <= MAX_JSON_BYTES as u64)
@@ -315,7 +361,7 @@ async fn attempt(
             };
             UpstreamBody::Whole(buffer)
         } else {
-            UpstreamBody::Untouched(response.body())
+            UpstreamBody::Untouched(Unread(response.body()))
         };
         let answer = UpstreamAnswer {
             status,
@@ -369,21 +415,40 @@ fn body_of(response: &web_sys::Response) -> Option<BodyReader> {
     BodyReader::new(&response.body()?)
 }
 
-/// Reads an error body up to [`MAX_ERROR_BODY_BYTES`] (the rest, if any, is dropped: the API's
-/// error bodies are far smaller). `None` when the body fails mid-way.
-async fn read_error_body(response: &web_sys::Response) -> Option<Vec<u8>> {
+/// How reading an error body ended.
+enum ErrorBody {
+    Read(Vec<u8>),
+    /// The body failed mid-way.
+    Broken,
+    /// The attempt's deadline came first: a body that stalls must not hold the request.
+    TimedOut,
+}
+
+/// Reads an error body up to [`MAX_ERROR_BODY_BYTES`] (the rest, if any, is cancelled: the
+/// API's error bodies are far smaller), until `deadline_ms` at the latest.
+async fn read_error_body(response: &web_sys::Response, deadline_ms: u64) -> ErrorBody {
     let Some(mut stream) = body_of(response) else {
-        return Some(Vec::new());
+        return ErrorBody::Read(Vec::new());
     };
     let mut bytes = Vec::new();
-    while let Some(chunk) = stream.next().await {
-        bytes.extend_from_slice(&chunk.ok()?);
+    loop {
+        let remaining = deadline_ms.saturating_sub(now_ms());
+        if remaining == 0 {
+            return ErrorBody::TimedOut;
+        }
+        let next = pin!(stream.next());
+        let timer = pin!(Timer::after_ms(remaining));
+        match select(next, timer).await {
+            Either::Left((Some(Ok(chunk)), _)) => bytes.extend_from_slice(&chunk),
+            Either::Left((None, _)) => return ErrorBody::Read(bytes),
+            Either::Left((Some(Err(_)), _)) => return ErrorBody::Broken,
+            Either::Right(_) => return ErrorBody::TimedOut,
+        }
         if bytes.len() > MAX_ERROR_BODY_BYTES {
             bytes.truncate(MAX_ERROR_BODY_BYTES);
-            break;
+            return ErrorBody::Read(bytes);
         }
     }
-    Some(bytes)
 }
 
 enum FirstEvent {

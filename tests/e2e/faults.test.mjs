@@ -236,20 +236,32 @@ row('429 outlasting the budget', '`429` with `retry-after: 2`, request budget 80
 
 // ---------------------------------------------------------------- timeouts and stalls
 
-row('hang before headers', 'accepts the request, never answers', async ({ key, body }) => {
+row('hang before headers (stream)', 'accepts the request, never answers', async ({ key, body }) => {
   await sim.script([{ hang: true }]);
+  const t0 = performance.now();
+  const res = await send(key, body({ stream: true }));
+  assert.equal(res.status, 200);
+  const events = await eventsOf(res, t0);
+  assert.equal(events.at(-1).name, 'message_stop');
+  assert.ok(performance.now() - t0 >= ATTEMPT_TIMEOUT_MS);
+  assert.equal(res.headers.get('x-proxy-attempts'), '2');
+  return { client: `\`200\` stream, after the ${ATTEMPT_TIMEOUT_MS} ms attempt timeout`, usage: 12 };
+});
+
+row('slow message (JSON)', 'answers once the message is written, after 3 × the attempt timeout', async ({ key, body }) => {
+  await sim.script([{ delay_ms: 3 * ATTEMPT_TIMEOUT_MS }]);
   const t0 = performance.now();
   const res = await send(key, body());
   assert.equal(res.status, 200);
-  await res.arrayBuffer();
-  assert.ok(performance.now() - t0 >= ATTEMPT_TIMEOUT_MS);
-  assert.equal(res.headers.get('x-proxy-attempts'), '2');
-  return { client: `\`200\` message, after the ${ATTEMPT_TIMEOUT_MS} ms attempt timeout`, usage: 12 };
+  assert.equal((await res.json()).usage.output_tokens, 12);
+  assert.ok(performance.now() - t0 >= 3 * ATTEMPT_TIMEOUT_MS);
+  assert.equal(res.headers.get('x-proxy-attempts'), '1');
+  return { client: '`200` message: a non-streaming answer is waited for as long as the SDKs wait', usage: 12 };
 });
 
-row('hang on every attempt', 'never answers, every attempt', async ({ key, body }) => {
+row('hang on every attempt (stream)', 'never answers, every attempt', async ({ key, body }) => {
   await sim.script([{ hang: true, times: 10 }]);
-  const res = await send(key, body());
+  const res = await send(key, body({ stream: true }));
   assert.equal(res.status, 504);
   assert.equal((await res.json()).error.type, 'timeout_error');
   assert.equal(res.headers.get('x-proxy-attempts'), String(MAX_ATTEMPTS));

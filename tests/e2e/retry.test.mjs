@@ -144,13 +144,23 @@ test('x-should-retry: true makes a 400 retryable', async () => {
   assert.equal(await upstreamCalls(), 2);
 });
 
-test('a hang times out the attempt, and the retry succeeds', async () => {
+test('a hang times out a streaming attempt, and the retry succeeds', async () => {
   await scripted([{ hang: true }]);
   const t0 = performance.now();
-  const res = await postMessage(worker);
+  const res = await postMessage(worker, messageBody({ stream: true }));
   assert.equal(res.status, 200);
+  assert.equal((await readEvents(res)).at(-1).name, 'message_stop');
   assert.ok(performance.now() - t0 >= 400);
   assert.equal(res.headers.get('x-proxy-attempts'), '2');
+});
+
+test('a non-streaming answer is waited for past the attempt timeout (headers come when it is written)', async () => {
+  await scripted([{ delay_ms: 1200 }]);
+  const res = await postMessage(worker);
+  assert.equal(res.status, 200);
+  assert.equal((await res.json()).type, 'message');
+  assert.equal(res.headers.get('x-proxy-attempts'), '1');
+  assert.equal(await upstreamCalls(), 1);
 });
 
 test('a stream that stalls before its first event times out and is retried', async () => {
@@ -164,7 +174,7 @@ test('a stream that stalls before its first event times out and is retried', asy
 
 test('every attempt timing out is a 504 timeout_error', async () => {
   await scripted([{ hang: true, times: 10 }]);
-  const res = await postMessage(worker);
+  const res = await postMessage(worker, messageBody({ stream: true }));
   assert.equal(res.status, 504);
   assert.equal((await res.json()).error.type, 'timeout_error');
   assert.ok(Number(res.headers.get('retry-after')) >= 1);

@@ -130,7 +130,7 @@ test('every path, with every kind of credential', async () => {
     await expect(400, '/v1/messages', { headers: fault({ status: 400 }) });
     await expect(500, '/v1/messages', { headers: fault({ status: 500 }) });
     await expect(503, '/v1/messages', { body: messageBody({ model: `overloaded-${kind}` }), headers: fault({ status: 529 }) });
-    await expect(504, '/v1/messages', { headers: fault({ hang: true }) });
+    await expect(504, '/v1/messages', { body: messageBody({ stream: true }), headers: fault({ hang: true }) });
     const cut = await expect(200, '/v1/messages', { body: messageBody({ stream: true }), headers: fault({ reset: 'after_headers', after_events: 2 }) });
     assert.match(cut.text, /api_error/);
     const stalled = await expect(200, '/v1/messages', { body: messageBody({ stream: true }), headers: fault({ stall_after_events: 3 }) });

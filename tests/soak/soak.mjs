@@ -70,7 +70,9 @@ const JSON_FAULTS = {
   'none': [null, 30],
   '529 every attempt': [{ status: 529 }, 3],
   '429 retry-after-ms every attempt': [{ status: 429, headers: { 'retry-after-ms': '300' } }, 2],
-  'hang every attempt': [{ hang: true }, 2],
+  // A non-streaming answer is waited for as long as the SDKs wait: slower than the attempt
+  // timeout, it still arrives in one attempt.
+  'slow headers past the attempt timeout': [{ delay_ms: 2 * ATTEMPT_TIMEOUT_MS }, 2],
   'reset before headers every attempt': [{ reset: 'before_headers' }, 2],
   'reset mid-JSON': [{ reset: 'after_headers' }, 4],
   'truncated JSON': [{ malformed: 'json' }, 4],
@@ -83,7 +85,8 @@ const JSON_FAULTS = {
 const QUEUE_FAULTS = {
   '529 burst (queue)': { path: '/v1/messages', status: 529, times: 3 },
   '429 retry-after 1 s (queue)': { path: '/v1/messages', status: 429, headers: { 'retry-after': '1' } },
-  'hang, then an answer (queue)': { path: '/v1/messages', hang: true, times: 2 },
+  // A stream times out on these and retries; a JSON request waits for its answer.
+  'slow headers, then an answer (queue)': { path: '/v1/messages', delay_ms: 2 * ATTEMPT_TIMEOUT_MS, times: 2 },
   'reset before headers (queue)': { path: '/v1/messages', reset: 'before_headers', times: 2 },
   '500 on count_tokens (queue)': { path: '/v1/messages/count_tokens', status: 500, times: 2 },
 };
@@ -220,7 +223,9 @@ async function one(caller) {
     if (roll < 0.04) {
       // The client gives up while the request waits for its first byte.
       r.fault = 'client leaves before headers';
-      fault = { hang: true };
+      // A stream's attempt times out on a hang; a JSON one would be waited for (as long as
+      // the SDKs wait), so its answer comes late instead, after the client has gone.
+      fault = r.stream ? { hang: true } : { delay_ms: 3 * ATTEMPT_TIMEOUT_MS };
       abort = 'before';
     } else if (r.stream && roll < 0.09) {
       r.fault = 'client leaves mid-stream';

@@ -355,6 +355,64 @@ async fn stall_and_hang_end_when_the_client_leaves() {
 }
 
 #[tokio::test]
+async fn a_stalled_body_sends_its_first_bytes_and_holds_the_connection() {
+    let sim = Sim::start().await;
+    let mut buf = [0u8; 4096];
+    // An error envelope: its head and the first 10 bytes of the body, then nothing.
+    let mut stream = raw_request(
+        sim.addr,
+        &msg(json!({})),
+        &json!({"status": 529, "stall_after_bytes": 10}),
+    )
+    .await;
+    let seen = read_until(&mut stream, "\r\n\r\n").await;
+    assert!(seen.starts_with("HTTP/1.1 529"), "{seen}");
+    assert!(seen.contains("content-length:"), "{seen}");
+    let mut body = seen.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+    while body.len() < 10 {
+        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
+            .await
+            .expect("the first bytes come")
+            .unwrap();
+        assert!(n > 0, "the connection stays open");
+        body.push_str(std::str::from_utf8(&buf[..n]).unwrap());
+    }
+    assert_eq!(body, r#"{"type":"e"#);
+    let more = tokio::time::timeout(Duration::from_millis(300), stream.read(&mut buf)).await;
+    assert!(more.is_err(), "a stalled body must send nothing more");
+    assert!(sim.handle.connections_open() >= 1);
+    drop(stream);
+    sim.wait_connections_at_most(0).await;
+
+    // A stream stalls the same way, mid-event.
+    let mut stream = raw_request(
+        sim.addr,
+        &msg(json!({"stream": true})),
+        &json!({"stall_after_bytes": 30}),
+    )
+    .await;
+    let seen = read_until(&mut stream, "event: message_start").await;
+    assert!(seen.starts_with("HTTP/1.1 200"), "{seen}");
+    let more = tokio::time::timeout(Duration::from_millis(300), async {
+        let mut all = seen.clone();
+        loop {
+            let n = stream.read(&mut buf).await.unwrap();
+            all.push_str(&String::from_utf8_lossy(&buf[..n]));
+            if n == 0 || all.contains("content_block_start") {
+                return all;
+            }
+        }
+    })
+    .await;
+    assert!(more.is_err(), "nothing past the first 30 bytes: {more:?}");
+    drop(stream);
+    sim.wait_connections_at_most(0).await;
+    let log = sim.log().await;
+    assert_eq!(log[0]["status"], 529);
+    assert_eq!(log[0]["fault"]["stall_after_bytes"], 10);
+}
+
+#[tokio::test]
 async fn malformed_bodies() {
     let sim = Sim::start().await;
     let r = sim
