@@ -49,6 +49,8 @@ mod status;
 #[cfg(test)]
 mod properties;
 #[cfg(test)]
+mod share_properties;
+#[cfg(test)]
 mod simulation;
 #[cfg(test)]
 mod tests;
