@@ -71,9 +71,25 @@ pub fn advance_clock(clock_ms: &mut u64, now_ms: u64) -> Option<u64> {
     jumped
 }
 
+/// Whether a failed call to an object goes again: once, at once, when the runtime marks the
+/// error retryable (every deploy resets the objects, and the calls in flight then fail) and
+/// not overloaded (calling again would add to the overload).
+#[must_use]
+pub fn call_again(retryable: bool, overloaded: bool, tries: u32) -> bool {
+    retryable && !overloaded && tries == 0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_call_reset_by_a_deploy_goes_again_once_and_an_overloaded_one_never() {
+        assert!(call_again(true, false, 0));
+        assert!(!call_again(true, false, 1));
+        assert!(!call_again(true, true, 0));
+        assert!(!call_again(false, false, 0));
+    }
 
     #[test]
     fn a_clock_never_goes_back_unless_it_jumped() {

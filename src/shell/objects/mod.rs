@@ -18,7 +18,7 @@ use worker::{Env, Method, Request, RequestInit, Response, ResponseBuilder, State
 
 use super::runtime::now_ms;
 use super::timer::Timer;
-use crate::durable::ObjectState;
+use crate::durable::{self, ObjectState};
 use crate::error::ProxyError;
 
 pub mod limiter;
@@ -205,15 +205,25 @@ pub async fn call<C: Serialize, T: DeserializeOwned>(
         .and_then(|id| id.get_stub())
         .map_err(|e| unavailable("not reachable", &e))?;
     let body = serde_json::to_string(call).map_err(|e| unavailable("call not encodable", &e))?;
-    let mut init = RequestInit::new();
-    init.with_method(Method::Post).with_body(Some(body.into()));
-    let request = Request::new_with_init("https://object/call", &init)
-        .map_err(|e| unavailable("call not built", &e))?;
     let answer = async {
-        let response = stub
-            .fetch_with_request(request)
-            .await
-            .map_err(|e| unavailable("did not answer", &e))?;
+        let mut tries = 0;
+        let response = loop {
+            let mut init = RequestInit::new();
+            init.with_method(Method::Post)
+                .with_body(Some(body.as_str().into()));
+            let request = Request::new_with_init("https://object/call", &init)
+                .map_err(|e| unavailable("call not built", &e))?;
+            match stub.fetch_with_request(request).await {
+                Ok(response) => break response,
+                Err(e) => {
+                    let (retryable, overloaded) = marked(&e);
+                    if !durable::call_again(retryable, overloaded, tries) {
+                        return Err(unavailable("did not answer", &e));
+                    }
+                    tries += 1;
+                }
+            }
+        };
         if response.status_code() != 200 {
             let status = response.status_code();
             return Err(unavailable(
@@ -236,6 +246,19 @@ pub async fn call<C: Serialize, T: DeserializeOwned>(
         )),
     };
     outcome
+}
+
+/// What the runtime says of a failed object call: whether it may be retried (the object was
+/// reset, by a deploy for one), and whether the object is overloaded.
+fn marked(error: &worker::Error) -> (bool, bool) {
+    let value = error.to_js_value();
+    let flag = |name: &str| {
+        js_sys::Reflect::get(&value, &name.into())
+            .ok()
+            .and_then(|v| v.as_bool())
+            .unwrap_or(false)
+    };
+    (flag("retryable"), flag("overloaded"))
 }
 
 /// An object's answer as text, read by the runtime in one call (reading it chunk by chunk
