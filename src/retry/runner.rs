@@ -652,7 +652,10 @@ impl<C: Clock, S: Sleep> Gatekeeper<'_, C, S> {
                 report: AttemptReport { reply, probe },
                 unreported,
                 unreported_served,
-                limits,
+                limits: KeyLimits {
+                    answered: Some(self.seed),
+                    ..limits
+                },
                 cost: self.cost,
             })
             .await;

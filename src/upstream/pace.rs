@@ -112,6 +112,10 @@ pub struct KeyLimits {
     /// answer reported empty: until then the upstream itself says the key has no room.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub empty_until_ms: Option<u64>,
+    /// The seed of the request the answer was to: the upstream counted its reservation and
+    /// those made before it, not those made after.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub answered: Option<u64>,
 }
 
 impl KeyLimits {
@@ -185,6 +189,7 @@ impl KeyLimits {
             output_tokens: read(LimitDimension::OutputTokens),
             age_ms: None,
             empty_until_ms,
+            answered: None,
         }
     }
 
@@ -305,6 +310,9 @@ const TOKEN_ROUNDING: u64 = 1_000;
 struct Pending {
     at_us: u64,
     units: u64,
+    /// The request's seed (0: not known), so that its own answer's figures can tell which
+    /// reservations the upstream had counted: it and those made before it.
+    seed: u64,
 }
 
 /// A reservation sent this recently may not be in the upstream's figures yet, when the
@@ -349,26 +357,27 @@ impl Lane {
         self.charged(units.saturating_mul(self.interval_us()))
     }
 
-    fn reserve(&mut self, at_us: u64, units: u64) {
+    fn reserve(&mut self, at_us: u64, units: u64, seed: u64) {
         self.tat_us = stored(self.tat_us.max(at_us).saturating_add(self.debt_us(units)));
         let units = units.min(self.limit.max(1));
         if self.pending.len() >= MAX_PENDING {
             self.pending.remove(0);
         }
-        self.pending.push(Pending { at_us, units });
+        self.pending.push(Pending { at_us, units, seed });
     }
 
     /// The upstream's figures at `now_us`: what it counts, plus the reservations it may not
     /// have counted yet. This may free what the proxy over-reserved (an input estimate above
     /// the real count) as well as take in traffic the proxy did not pace. With `learn`, the
     /// figures also teach what the upstream charges for what the proxy reserves.
-    /// Reservations after `counted_until_us` are taken as not counted in the figures, and
-    /// the bucket as holding `rounding` units less than it says.
+    /// Reservations made after the answered request's own (`answered`, its seed), or when it
+    /// is not among them after `counted_until_us`, are taken as not counted in the figures,
+    /// and the bucket as holding `rounding` units less than it says.
     fn observe(
         &mut self,
         now_us: u64,
         observed: Observed,
-        counted_until_us: u64,
+        (answered, counted_until_us): (Option<u64>, u64),
         rounding: u64,
         learn: bool,
     ) {
@@ -382,15 +391,27 @@ impl Lane {
         let implied = now_us
             .saturating_add(level_us)
             .saturating_add(self.span_us(rounding));
-        // ...and what it has not seen yet.
-        self.pending.retain(|p| {
-            p.at_us.saturating_add(IN_FLIGHT_US) > now_us || p.at_us > counted_until_us
-        });
-        let unseen = self
-            .pending
-            .iter()
-            .filter(|p| p.at_us > counted_until_us)
-            .fold(0u64, |sum, p| sum.saturating_add(self.span_us(p.units)));
+        // ...and what it has not seen yet: the reservations after the answered one (several
+        // made at one instant reach the upstream one after the other), or after the time.
+        let through = answered
+            .filter(|&seed| seed != 0)
+            .and_then(|seed| self.pending.iter().position(|p| p.seed == seed));
+        let after = |i: usize, p: &Pending| match through {
+            Some(t) => i > t,
+            None => p.at_us > counted_until_us,
+        };
+        let mut unseen = 0u64;
+        let mut kept = Vec::with_capacity(self.pending.len());
+        for (i, p) in self.pending.iter().enumerate() {
+            let not_counted = after(i, p);
+            if not_counted {
+                unseen = unseen.saturating_add(self.span_us(p.units));
+            }
+            if not_counted || p.at_us.saturating_add(IN_FLIGHT_US) > now_us {
+                kept.push(*p);
+            }
+        }
+        self.pending = kept;
         let seen = implied.saturating_add(self.charged(unseen));
         // An empty bucket says nothing of how deep it is in debt (a request larger than the
         // bucket, served with it full): the lane keeps the later time then. Any room shown is
@@ -716,10 +737,22 @@ impl Pace {
     /// force: pacing that works sheds nothing, and must not end for want of shedding while
     /// requests still queue.
     pub fn reserve(&mut self, policy: &PacePolicy, now_ms: u64, at_ms: u64, cost: Cost) {
+        self.reserve_for(policy, now_ms, at_ms, cost, 0);
+    }
+
+    /// [`Pace::reserve`] for the request of `seed`, which its answer's figures name.
+    pub fn reserve_for(
+        &mut self,
+        policy: &PacePolicy,
+        now_ms: u64,
+        at_ms: u64,
+        cost: Cost,
+        seed: u64,
+    ) {
         let at_us = at_ms.saturating_mul(1000);
         for dimension in LimitDimension::ALL {
             if let Some(Some(lane)) = self.lanes.get_mut(dimension.index()) {
-                lane.reserve(at_us, dimension.units(cost));
+                lane.reserve(at_us, dimension.units(cost), seed);
             }
         }
         if self.rate_mrps(now_ms) > 0 {
@@ -764,7 +797,7 @@ impl Pace {
                 slot.get_or_insert_with(Lane::default).observe(
                     now_us,
                     observed,
-                    counted_until_us,
+                    (limits.answered, counted_until_us),
                     rounding,
                     learn,
                 );
@@ -1105,6 +1138,7 @@ mod tests {
             output_tokens: Some(observed(8_000, 8_000)),
             age_ms: None,
             empty_until_ms: None,
+            answered: None,
         };
         pace.observe(T0, &limits);
         // 3,000-token prompts: of the 60,000 the bucket says it holds, up to 500 may be gone

@@ -418,7 +418,7 @@ impl Share {
                 );
                 continue;
             }
-            pace.reserve(policy, now, at, entry.cost);
+            pace.reserve_for(policy, now, at, entry.cost, entry.seed);
             if let Some(v) = self.vtime.get_mut(head.0.index()) {
                 *v = (*v).max(head.1);
             }

@@ -341,7 +341,7 @@ impl UpstreamState {
                 SendTime::Now if queue_empty => {
                     let gate = self.go(policy, now, pool, budgeted, false);
                     if let Gate::Go { .. } = gate {
-                        self.reserve(policy, pool, now, now, cost);
+                        self.reserve(policy, pool, (now, now), cost, request_seed);
                     }
                     gate
                 }
@@ -364,10 +364,20 @@ impl UpstreamState {
         gate
     }
 
-    /// Reserves `cost` in the pool's lanes for a request that goes at `at_ms`.
-    fn reserve(&mut self, policy: &OutagePolicy, pool: &str, now: u64, at_ms: u64, cost: Cost) {
+    /// Reserves `cost` in the pool's lanes for the request of `seed` that goes at `at_ms`
+    /// (decided at `now`).
+    fn reserve(
+        &mut self,
+        policy: &OutagePolicy,
+        pool: &str,
+        (now, at_ms): (u64, u64),
+        cost: Cost,
+        seed: u64,
+    ) {
         if let Some(health) = self.entry(policy, pool, now, false) {
-            health.pace.reserve(&policy.pace, now, at_ms, cost);
+            health
+                .pace
+                .reserve_for(&policy.pace, now, at_ms, cost, seed);
             health.share.touch();
         }
     }
