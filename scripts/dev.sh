@@ -10,6 +10,8 @@ SIM_PORT="${SIM_PORT:-8788}"
 WEB_PORT="${WEB_PORT:-8789}"
 MODEL="${MODEL:-claude-sonnet-4-6}"
 DEV_KEY="${DEV_CLIENT_KEY:-ck_local_dev_key_0001}"
+# A second local caller, of a background tier: the demo page's "noisy neighbour".
+NEIGHBOUR_KEY="${DEV_NEIGHBOUR_KEY:-ck_local_dev_key_0002}"
 DEV_ADMIN="${DEV_ADMIN_KEY:-adm_local_dev_key_0001}"
 
 ./scripts/setup.sh --no-browser
@@ -53,9 +55,27 @@ else
   if [ -n "${ANTHROPIC_API_KEY:-}" ]; then args+=(--var "ANTHROPIC_API_KEY:$ANTHROPIC_API_KEY"); fi
   upstream="https://api.anthropic.com"
 fi
+configured() { [ -n "${!1:-}" ] || { [ -f .dev.vars ] && grep -q "^$1=" .dev.vars; }; }
 page_key="${DEV_CLIENT_KEY:-}"
-if [ -z "${CLIENT_KEYS:-}" ] && ! { [ -f .dev.vars ] && grep -q '^CLIENT_KEYS=' .dev.vars; }; then
-  args+=(--var "CLIENT_KEYS:{\"$DEV_KEY\": {\"id\": \"local-dev\"}}")
+neighbour_key=""
+if ! configured CLIENT_KEYS; then
+  rate_limits=""
+  if ! configured RATE_LIMITS; then
+    # wrangler.toml's tiers plus one for the neighbour: background, with a job's long budget
+    # and no caller limits of its own, so only the upstream key's room holds it back.
+    rate_limits="$(node -e '
+      const toml = require("fs").readFileSync("wrangler.toml", "utf8");
+      const m = toml.match(/^RATE_LIMITS = '"'"'(.*)'"'"'$/m);
+      if (m) process.stdout.write(JSON.stringify({ ...JSON.parse(m[1]),
+        neighbour: { priority: "background", budget_ms: 120000 } }));')"
+  fi
+  if [ -n "$rate_limits" ]; then
+    args+=(--var "RATE_LIMITS:$rate_limits")
+    args+=(--var "CLIENT_KEYS:{\"$DEV_KEY\": {\"id\": \"local-dev\"}, \"$NEIGHBOUR_KEY\": {\"id\": \"local-neighbour\", \"tier\": \"neighbour\"}}")
+    neighbour_key="$NEIGHBOUR_KEY"
+  else
+    args+=(--var "CLIENT_KEYS:{\"$DEV_KEY\": {\"id\": \"local-dev\"}}")
+  fi
   page_key="$DEV_KEY"
 fi
 
@@ -80,16 +100,16 @@ if [ "$origins" != "*" ]; then
 fi
 args+=(--var "ALLOWED_ORIGINS:$origins")
 
-if [ -z "$real_key" ]; then sim_url="http://127.0.0.1:$SIM_PORT"; else sim_url=""; fi
+if [ -z "$real_key" ]; then sim_url="http://127.0.0.1:$SIM_PORT"; else sim_url=""; neighbour_key=""; fi
 MODEL="$MODEL" PROXY_URL="http://127.0.0.1:$PORT" PAGE_KEY="$page_key" SIM_URL="$sim_url" UPSTREAM="$upstream" \
-  PAGE_ADMIN="$page_admin" \
+  PAGE_ADMIN="$page_admin" NEIGHBOUR_KEY="$neighbour_key" \
   node --input-type=module -e '
     import { writeFileSync } from "node:fs";
     import { configModule } from "./web/serve.mjs";
     const e = process.env;
     writeFileSync("web/config.js", configModule({
       proxyURL: e.PROXY_URL, apiKey: e.PAGE_KEY, simURL: e.SIM_URL || null, model: e.MODEL, upstream: e.UPSTREAM,
-      adminKey: e.PAGE_ADMIN || "",
+      adminKey: e.PAGE_ADMIN || "", neighbourKey: e.NEIGHBOUR_KEY || "",
     }));'
 node web/serve.mjs --host 127.0.0.1 --port "$WEB_PORT" > /dev/null &
 pids+=($!)

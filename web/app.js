@@ -5,6 +5,7 @@
 //   ?proxy=http://127.0.0.1:8787&key=ck_…&sim=http://127.0.0.1:8788&model=claude-sonnet-4-6
 // `sim=` (empty) hides the simulator controls. `admin=<ADMIN_KEY>` shows the fleet panel, which
 // polls the proxy's /proxy/status (scripts/dev.sh sets a local ADMIN_KEY and passes it on).
+// `neighbour_key=ck_…` (a second client key, of a background tier) shows the noisy neighbour.
 import { streamChat } from './breakwater-client.js';
 
 const params = new URLSearchParams(location.search);
@@ -19,6 +20,10 @@ const config = {
   adminKey: params.get('admin') ?? fileConfig.adminKey ?? '',
   /** How long the "Overload" button keeps the simulator overloaded. */
   overloadSeconds: Number(params.get('overload_s') ?? fileConfig.overloadSeconds ?? 6),
+  /** The noisy neighbour's client key: another caller, whose tier is background. */
+  neighbourKey: params.get('neighbour_key') ?? fileConfig.neighbourKey ?? '',
+  /** How many requests the noisy neighbour's job sends. */
+  neighbourRequests: Number(params.get('neighbour_n') ?? fileConfig.neighbourRequests ?? 60),
 };
 
 const $ = (id) => document.getElementById(id);
@@ -237,6 +242,8 @@ if (config.simURL) {
       const action = SIM_ACTIONS[button.dataset.sim];
       clearTimeout(restoreTimer);
       try {
+        // Back to normal clears the key limit too: the neighbour has nothing left to show.
+        if (action.reset) neighbour?.stop();
         if (action.reset) await simControl('reset');
         else await simControl('mode', action.mode);
         simState.textContent = `mode: ${action.label}`;
@@ -253,6 +260,142 @@ if (config.simURL) {
       }
     });
   }
+}
+
+// ---- noisy neighbour -------------------------------------------------------------------------
+// Another caller floods a small key while you chat, to show the proxy's fair share: its job's
+// requests are background (its tier says so, and each request says it again with
+// `x-proxy-priority: background`) with a long budget, so they wait for the room your chat
+// leaves instead of making it wait out their backlog. The job runs in this page with its own
+// dev client key. A browser opens at most six connections to one host, so the job keeps
+// NEIGHBOUR_IN_FLIGHT requests open at a time (enough to keep the key's queue full) and leaves
+// the other connections to the chat and the fleet panel.
+const NEIGHBOUR_KEY_LIMITS = { rpm: 20, initial_fill: 0.25 };
+const NEIGHBOUR_IN_FLIGHT = 4;
+
+/** One run of the neighbour's job: `total` requests, counters, and a way to stop it. */
+class NeighbourJob {
+  constructor(total, onChange) {
+    this.total = total;
+    this.sent = 0;
+    this.served = 0;
+    this.refused = 0;
+    this.state = 'running';
+    this.controller = new AbortController();
+    this.onChange = onChange;
+  }
+
+  get waiting() {
+    return this.sent - this.served - this.refused;
+  }
+
+  async run() {
+    const lane = async () => {
+      while (this.sent < this.total && this.state === 'running') {
+        this.sent += 1;
+        const n = this.sent;
+        this.onChange(this);
+        const ok = await this.send(n);
+        if (this.state !== 'running') return;
+        if (ok) this.served += 1;
+        else this.refused += 1;
+        this.onChange(this);
+      }
+    };
+    await Promise.all(Array.from({ length: NEIGHBOUR_IN_FLIGHT }, lane));
+    if (this.state === 'running') {
+      this.state = 'done';
+      this.onChange(this);
+    }
+  }
+
+  /** Sends request `n`; true when it was served. Any other answer, or none, is a refusal. */
+  async send(n) {
+    try {
+      const res = await fetch(`${config.proxyURL}/v1/messages`, {
+        method: 'POST',
+        headers: {
+          'content-type': 'application/json',
+          'anthropic-version': '2023-06-01',
+          'x-api-key': config.neighbourKey,
+          'x-proxy-priority': 'background',
+        },
+        body: JSON.stringify({
+          model: config.model,
+          max_tokens: 64,
+          messages: [{ role: 'user', content: `Noisy neighbour, batch item ${n}` }],
+        }),
+        signal: this.controller.signal,
+      });
+      await res.arrayBuffer();
+      return res.ok;
+    } catch {
+      return false;
+    }
+  }
+
+  stop() {
+    if (this.state !== 'running') return;
+    this.state = 'stopped';
+    this.controller.abort();
+    this.onChange(this);
+  }
+}
+
+let neighbour = null;
+
+function showNeighbour(job) {
+  const button = $('neighbour');
+  const line = $('neighbour-state');
+  const running = job.state === 'running';
+  button.dataset.running = String(running);
+  button.textContent = running ? 'Calm the neighbour' : 'Noisy neighbour';
+  const counts = `sent ${job.sent}/${job.total} · served ${job.served} · refused ${job.refused}`;
+  const tail = running ? ` · waiting ${job.waiting}` : job.state === 'stopped' ? ` · ${job.waiting} cancelled` : '';
+  line.textContent = `neighbour ${job.state}: ${counts}${tail}`;
+  Object.assign(line.dataset, { state: job.state, sent: job.sent, served: job.served, refused: job.refused });
+}
+
+async function startNeighbour() {
+  const simState = $('sim-state');
+  await simControl('mode', { key_limits: NEIGHBOUR_KEY_LIMITS });
+  simState.textContent = `mode: a small key, ${NEIGHBOUR_KEY_LIMITS.rpm} requests/min, shared with a noisy neighbour`;
+  simState.dataset.mode = 'neighbour';
+  const job = new NeighbourJob(config.neighbourRequests, showNeighbour);
+  neighbour = job;
+  showNeighbour(job);
+  // A job that ran to its end gives the key back as the calm control would.
+  job.run().then(() => {
+    if (job.state === 'done' && neighbour === job) simControl('mode', { key_limits: null }).then(showCalm, () => {});
+  });
+}
+
+function showCalm() {
+  const simState = $('sim-state');
+  simState.textContent = 'mode: normal';
+  simState.dataset.mode = 'normal';
+}
+
+async function calmNeighbour() {
+  neighbour?.stop();
+  await simControl('mode', { key_limits: null });
+  showCalm();
+}
+
+if (config.simURL && config.neighbourKey) {
+  $('neighbour-box').hidden = false;
+  const button = $('neighbour');
+  button.addEventListener('click', async () => {
+    button.disabled = true;
+    try {
+      if (neighbour?.state === 'running') await calmNeighbour();
+      else await startNeighbour();
+    } catch (e) {
+      $('neighbour-state').textContent = `simulator: ${e.message}`;
+    } finally {
+      button.disabled = false;
+    }
+  });
 }
 
 // ---- fleet panel -----------------------------------------------------------------------------

@@ -354,15 +354,7 @@ fn refused(ctx: &Ctx, refusal: &Refusal) -> Response<Body> {
         }
         Refusal::KeyLimited(limited) => {
             let mut resp = ctx.error(429, "rate_limit_error", &limited.message);
-            match limited.retry_after_ms {
-                Some(ms) => set_retry_after(&mut resp, ms),
-                // Larger than the bucket: waiting will not help.
-                None => set_header(
-                    &mut resp,
-                    HeaderName::from_static("x-should-retry"),
-                    "false",
-                ),
-            }
+            set_retry_after(&mut resp, limited.retry_after_ms);
             resp
         }
         _ => ctx.error(529, "overloaded_error", "Overloaded"),

@@ -2,8 +2,10 @@
 //! them. Three continuous token buckets (requests, input tokens, output
 //! tokens), each holding one minute's quota and refilling at quota/60 per
 //! second; a request is charged at arrival (1 request, its input tokens, its
-//! `max_tokens`) and the output bucket gets `max_tokens - actual output` back
-//! when the answer completes. Pure arithmetic on the clock passed in.
+//! `max_tokens`) and the output bucket is corrected to the actual output when
+//! the answer completes. A request larger than a whole bucket is served once
+//! that bucket is full and leaves it in debt, as Anthropic serves it: no
+//! request is refused for its size alone. Pure arithmetic on the clock passed in.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -12,6 +14,8 @@ use serde_json::{json, Map, Value};
 use crate::respond::rfc3339;
 
 /// A continuous token bucket: `capacity` tokens, refilled at `capacity / 60 s`.
+/// The level goes negative when a request larger than the bucket is charged:
+/// that debt is refilled like any other shortfall before anything else fits.
 #[derive(Clone, Debug)]
 pub struct Bucket {
     pub capacity: f64,
@@ -49,21 +53,27 @@ impl Bucket {
         }
     }
 
-    /// Milliseconds until the bucket holds `cost` (0 if it does now;
-    /// infinite if it never can).
+    /// What the bucket must hold before a request of `cost` is admitted: the
+    /// cost, or the whole bucket for a request larger than it.
+    pub fn need(&self, cost: f64) -> f64 {
+        cost.min(self.capacity).max(0.0)
+    }
+
+    /// Milliseconds until the bucket holds what a request of `cost` needs (0
+    /// if it does now): the debt, if any, and then the need itself.
     pub fn wait_ms(&self, now_unix_ms: f64, cost: f64) -> f64 {
         let level = self.level(now_unix_ms);
-        if level >= cost {
+        let need = self.need(cost);
+        if level >= need {
             0.0
-        } else if cost > self.capacity || self.per_ms() <= 0.0 {
-            f64::INFINITY
         } else {
             let from = now_unix_ms.max(self.last_unix_ms);
-            (from - now_unix_ms) + (cost - level) / self.per_ms()
+            (from - now_unix_ms) + (need - level) / self.per_ms()
         }
     }
 
-    /// Takes `cost` (the caller checked it fits).
+    /// Takes `cost` (the caller checked the bucket holds its need); the level
+    /// goes below zero when the cost is larger than the bucket.
     pub fn take(&mut self, now_unix_ms: f64, cost: f64) {
         self.settle(now_unix_ms);
         self.level -= cost;
@@ -159,11 +169,12 @@ pub struct Cost {
 }
 
 /// A refusal: the dimension that binds longest, how long until every bucket
-/// holds the request (`None`: never, the request is larger than a bucket).
+/// holds the request (a debt included). Always finite: any request fits a
+/// full bucket.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Limited {
     pub dimension: Dimension,
-    pub retry_after_ms: Option<u64>,
+    pub retry_after_ms: u64,
     pub message: String,
 }
 
@@ -272,8 +283,9 @@ impl KeyLimits {
         }
     }
 
-    /// Charges the request to every bucket, or (when one cannot hold it)
-    /// charges nothing and says how long until all of them can.
+    /// Charges the request to every bucket, or (when one does not hold its
+    /// need, see [`Bucket::need`]) charges nothing and says how long until all
+    /// of them do. A bucket in debt holds nothing: every request waits it out.
     pub fn admit(&mut self, now_unix_ms: f64, cost: &Cost) -> Result<Charge, Limited> {
         let mut worst: Option<(Dimension, f64)> = None;
         for d in Dimension::ALL {
@@ -293,7 +305,7 @@ impl KeyLimits {
             let limit = self.limits[d.index()].unwrap_or(0);
             return Err(Limited {
                 dimension: d,
-                retry_after_ms: wait.is_finite().then(|| wait.ceil().max(1.0) as u64),
+                retry_after_ms: wait.ceil().max(1.0) as u64,
                 message: d.message(limit),
             });
         }
@@ -317,13 +329,23 @@ impl KeyLimits {
         })
     }
 
-    /// Puts back output tokens that were reserved but not produced.
-    pub fn refund_output(&mut self, now_unix_ms: f64, tokens: u64) {
+    /// Corrects the output charge from the `reserved` estimate (`max_tokens`)
+    /// to what the answer `produced`: the unused part goes back, an answer
+    /// that reports more than it reserved (a fault's `usage`) is charged the
+    /// rest, possibly into debt.
+    pub fn settle_output(&mut self, now_unix_ms: f64, reserved: u64, produced: u64) {
         let i = Dimension::OutputTokens.index();
         if let Some(bucket) = self.buckets[i].as_mut() {
-            bucket.give(now_unix_ms, tokens as f64);
-            self.refunded_output_tokens += tokens;
-            self.counters[i].charged -= tokens as f64;
+            if reserved >= produced {
+                let unused = reserved - produced;
+                bucket.give(now_unix_ms, unused as f64);
+                self.refunded_output_tokens += unused;
+                self.counters[i].charged -= unused as f64;
+            } else {
+                let extra = produced - reserved;
+                bucket.take(now_unix_ms, extra as f64);
+                self.counters[i].charged += extra as f64;
+            }
         }
     }
 
@@ -346,7 +368,8 @@ impl KeyLimits {
     }
 
     /// `(limit, remaining, reset unix seconds)` for a limited dimension:
-    /// remaining is the whole tokens in the bucket now (requests exact; tokens
+    /// remaining is the whole tokens in the bucket now, 0 while it is in debt
+    /// (never negative, as Anthropic shows it; requests exact; tokens
     /// rounded to the nearest thousand, as Anthropic documents, unless
     /// `exact_remaining`), reset the second by which the bucket is full again.
     pub fn header_values(&self, d: Dimension, now_unix_ms: f64) -> Option<(u64, u64, u64)> {
@@ -417,6 +440,11 @@ mod tests {
         KeyLimits::from_json(&v, 0.0).unwrap()
     }
 
+    /// Within a millisecond (the wait is rounded up from float arithmetic).
+    fn near(ms: u64, expected: u64) -> bool {
+        ms.abs_diff(expected) <= 1
+    }
+
     #[test]
     fn bucket_refills_continuously() {
         let mut b = Bucket::new(60.0, 1.0, 0.0);
@@ -426,7 +454,8 @@ mod tests {
         assert!((b.level(30_000.0) - 30.0).abs() < 1e-9);
         assert_eq!(b.level(120_000.0), 60.0);
         assert!((b.wait_ms(0.0, 1.0) - 1000.0).abs() < 1e-6);
-        assert_eq!(b.wait_ms(0.0, 61.0), f64::INFINITY);
+        // More than the bucket needs the whole bucket.
+        assert!((b.wait_ms(0.0, 61.0) - 60_000.0).abs() < 1e-6);
         assert!((b.full_at_unix_ms(0.0) - 60_000.0).abs() < 1e-6);
     }
 
@@ -441,7 +470,7 @@ mod tests {
         let err = k.admit(0.0, &cost).unwrap_err();
         assert_eq!(err.dimension, Dimension::InputTokens);
         // 20 tokens short at 100/60 s: 12 s.
-        assert_eq!(err.retry_after_ms, Some(12_000));
+        assert_eq!(err.retry_after_ms, 12_000);
         // Nothing was taken: a smaller request still fits.
         let small = Cost {
             input_tokens: 40,
@@ -454,18 +483,98 @@ mod tests {
     }
 
     #[test]
-    fn too_large_never_fits() {
-        let mut k = limits(json!({"output_tpm": 1000}));
-        let err = k
+    fn larger_than_the_bucket_is_served_full_and_leaves_a_debt() {
+        let mut k = limits(json!({"output_tpm": 1000, "exact_remaining": true}));
+        let big = Cost {
+            input_tokens: 1,
+            max_tokens: 3000,
+        };
+        let small = Cost {
+            input_tokens: 1,
+            max_tokens: 10,
+        };
+        // A full bucket admits it and goes 2,000 below zero.
+        assert!(k.admit(0.0, &big).is_ok());
+        let (_, remaining, reset) = k.header_values(Dimension::OutputTokens, 0.0).unwrap();
+        assert_eq!(remaining, 0);
+        // 3,000 tokens at 1,000 a minute: full again after three minutes.
+        assert_eq!(reset, 180);
+        // In debt every request waits: the debt, then its own cost.
+        let err = k.admit(0.0, &small).unwrap_err();
+        assert_eq!(err.dimension, Dimension::OutputTokens);
+        assert!(near(err.retry_after_ms, 120_600), "{err:?}");
+        assert!(k.admit(120_000.0, &small).is_err());
+        assert!(k.admit(121_000.0, &small).is_ok());
+        // Another large one waits for the whole bucket (6.67 tokens are left
+        // there), not for its own size.
+        let err = k.admit(121_000.0, &big).unwrap_err();
+        assert!(near(err.retry_after_ms, 59_600), "{err:?}");
+        assert!(k.admit(181_000.0, &big).is_ok());
+        assert_eq!(k.admitted, 3);
+        assert_eq!(k.limited, 3);
+    }
+
+    #[test]
+    fn settling_corrects_a_debt_to_the_real_output() {
+        let mut k = limits(json!({"output_tpm": 1000, "exact_remaining": true}));
+        let c = k
             .admit(
                 0.0,
                 &Cost {
                     input_tokens: 1,
-                    max_tokens: 1001,
+                    max_tokens: 3000,
                 },
             )
-            .unwrap_err();
-        assert_eq!(err.retry_after_ms, None);
+            .unwrap();
+        assert_eq!(c.output_reserved, 3000);
+        // 1,200 produced: 1,800 come back, 200 of debt remain.
+        k.settle_output(0.0, 3000, 1200);
+        assert_eq!(k.refunded_output_tokens, 1800);
+        // 200 of debt at 1,000 a minute: 12 s until even a free request fits.
+        let err = k.admit(0.0, &Cost::default()).unwrap_err();
+        assert!(near(err.retry_after_ms, 12_000), "{err:?}");
+        // An answer that reports more than it reserved is charged the rest.
+        let mut k = limits(json!({"output_tpm": 1000, "exact_remaining": true}));
+        k.admit(
+            0.0,
+            &Cost {
+                input_tokens: 1,
+                max_tokens: 100,
+            },
+        )
+        .unwrap();
+        k.settle_output(0.0, 100, 1500);
+        assert_eq!(k.header_values(Dimension::OutputTokens, 0.0).unwrap().1, 0);
+        assert!(k
+            .admit(
+                29_000.0,
+                &Cost {
+                    input_tokens: 0,
+                    max_tokens: 1
+                }
+            )
+            .is_err());
+        assert!(k
+            .admit(
+                30_100.0,
+                &Cost {
+                    input_tokens: 0,
+                    max_tokens: 1
+                }
+            )
+            .is_ok());
+    }
+
+    #[test]
+    fn overload_undo_restores_a_full_bucket() {
+        let mut k = limits(json!({"input_tpm": 100}));
+        let big = Cost {
+            input_tokens: 250,
+            max_tokens: 1,
+        };
+        assert!(k.admit(0.0, &big).is_ok());
+        k.undo(0.0, &big);
+        assert!(k.admit(0.0, &big).is_ok());
     }
 
     #[test]
@@ -485,7 +594,7 @@ mod tests {
             k.header_values(Dimension::OutputTokens, 0.0).unwrap().1,
             200
         );
-        k.refund_output(0.0, 790);
+        k.settle_output(0.0, 800, 10);
         assert_eq!(
             k.header_values(Dimension::OutputTokens, 0.0).unwrap().1,
             990
@@ -515,7 +624,7 @@ mod tests {
         .unwrap();
         let cost = Cost::default();
         let err = k.admit(5_000.0, &cost).unwrap_err();
-        assert_eq!(err.retry_after_ms, Some(6_000));
+        assert_eq!(err.retry_after_ms, 6_000);
         assert!(k.admit(11_000.0, &cost).is_ok());
         assert!(k.admit(11_500.0, &cost).is_err());
     }

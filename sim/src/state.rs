@@ -317,16 +317,17 @@ impl State {
         Ok(charge)
     }
 
-    /// Gives back output tokens reserved by `charge` but not produced, if the
-    /// same `key_limits` setting is still in force.
-    pub fn refund_output(&self, charge: &Charge, unused: u64, now_unix_ms: f64) {
-        if unused == 0 {
+    /// Corrects the output `charge` reserved to what the answer `produced`,
+    /// if the same `key_limits` setting is still in force.
+    pub fn settle_output(&self, charge: &Charge, produced: u64, now_unix_ms: f64) {
+        // Nothing reserved: the output is unlimited.
+        if charge.output_reserved == 0 || produced == charge.output_reserved {
             return;
         }
         let mut inner = self.lock();
         if let Some(kl) = inner.mode.key_limits.as_mut() {
             if kl.generation == charge.generation {
-                kl.refund_output(now_unix_ms, unused);
+                kl.settle_output(now_unix_ms, charge.output_reserved, produced);
             }
         }
     }
@@ -536,9 +537,9 @@ fn key_limit_headers(
     out
 }
 
-/// The output tokens a charged request reserved, settled once: whatever was
-/// not produced goes back to the key's output bucket when this is dropped
-/// (the answer completed, or the client went away mid-stream).
+/// The output tokens a charged request reserved, settled once: when this is
+/// dropped (the answer completed, or the client went away mid-stream) the
+/// key's output bucket is corrected to what was produced.
 pub struct Settlement {
     state: Arc<State>,
     charge: Charge,
@@ -562,8 +563,7 @@ impl Settlement {
 
 impl Drop for Settlement {
     fn drop(&mut self) {
-        let unused = self.charge.output_reserved.saturating_sub(self.produced);
         self.state
-            .refund_output(&self.charge, unused, crate::respond::unix_ms());
+            .settle_output(&self.charge, self.produced, crate::respond::unix_ms());
     }
 }

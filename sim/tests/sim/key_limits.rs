@@ -197,12 +197,124 @@ async fn retry_after_is_the_time_until_the_bucket_holds_the_request() {
     // A fault's usage.input_tokens is what gets charged.
     sim.mode(json!({"key_limits": {"input_tpm": 600}})).await;
     let r = sim
-        .messages_with_fault(&msg(json!({})), &json!({"usage": {"input_tokens": 700}}))
+        .messages_with_fault(&msg(json!({})), &json!({"usage": {"input_tokens": 500}}))
         .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(stats_charged(&sim, "input_tokens").await, 500);
+}
+
+async fn stats_charged(sim: &Sim, dim: &str) -> i64 {
+    sim.stats().await["key_limits"]["dimensions"][dim]["charged"]
+        .as_i64()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_request_larger_than_a_bucket_is_served_and_leaves_a_debt() {
+    let sim = Sim::start().await;
+    // 600 input tokens a minute (10/s): a 700-token prompt is served by the
+    // full bucket, which goes 100 below zero.
+    sim.mode(json!({"key_limits": {"input_tpm": 600, "exact_remaining": true}}))
+        .await;
+    let r = sim.messages(&prompt_of(700, json!({}))).await;
+    assert_eq!(r.status, 200);
+    assert!(r.header("x-should-retry").is_none());
+    // Remaining shows 0, never negative; the reset counts the debt: 700 to
+    // refill at 10/s.
+    assert_eq!(num(&r, "anthropic-ratelimit-input-tokens-remaining"), 0);
+    let reset = reset_in_s(&r, "input-tokens");
+    assert!((68.0..=71.0).contains(&reset), "{reset}");
+    let lvl = level(&sim, "input_tokens").await;
+    assert!((-100.0..-99.0).contains(&lvl), "{lvl}");
+    // While in debt every request is refused, with a retry-after that counts
+    // the debt: 100 + 10 tokens at 10/s.
+    let r = sim.messages(&prompt_of(10, json!({}))).await;
     assert_eq!(r.status, 429);
-    // More than a whole minute's quota can never fit: no retry-after, don't retry.
-    assert!(r.header("retry-after").is_none());
-    assert_eq!(r.header("x-should-retry"), Some("false"));
+    assert_eq!(r.json()["error"]["type"], "rate_limit_error");
+    let ms = num(&r, "retry-after-ms");
+    assert!((10_500..=11_000).contains(&ms), "{ms}");
+    assert_eq!(num(&r, "retry-after"), ms.div_ceil(1000));
+    assert!(r.header("x-should-retry").is_none());
+    assert_eq!(num(&r, "anthropic-ratelimit-input-tokens-remaining"), 0);
+    // Another large one waits for the whole bucket: the debt and a full minute.
+    let r = sim.messages(&prompt_of(700, json!({}))).await;
+    assert_eq!(r.status, 429);
+    let ms = num(&r, "retry-after-ms");
+    assert!((69_500..=70_000).contains(&ms), "{ms}");
+    let stats = sim.stats().await["key_limits"].clone();
+    assert_eq!(stats["admitted"], 1);
+    assert_eq!(stats["limited"], 2);
+    assert_eq!(stats["dimensions"]["input_tokens"]["charged"], 700);
+
+    // A key whose bucket is not full does not serve it: it waits until the
+    // bucket is full, not forever.
+    sim.mode(json!({"key_limits": {"input_tpm": 600, "initial_fill": 0.5}}))
+        .await;
+    let r = sim.messages(&prompt_of(700, json!({}))).await;
+    assert_eq!(r.status, 429);
+    let ms = num(&r, "retry-after-ms");
+    assert!((29_500..=30_000).contains(&ms), "{ms}");
+}
+
+#[tokio::test]
+async fn output_above_the_bucket_is_charged_at_max_tokens_then_corrected() {
+    let sim = Sim::start().await;
+    // 6,000 output tokens a minute (100/s); max_tokens 9,000 is charged at the
+    // start, 3,000 below zero while the stream runs.
+    sim.mode(json!({"key_limits": {"output_tpm": 6_000, "exact_remaining": true}}))
+        .await;
+    let body = msg(json!({"stream": true, "max_tokens": 9_000}));
+    let fault = json!({"tokens": 5, "token_delay_ms": 200});
+    let resp = sim
+        .send(
+            Method::POST,
+            "/v1/messages",
+            &[("x-sim-fault", &fault.to_string())],
+            body.to_string(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let remaining = &resp.headers()["anthropic-ratelimit-output-tokens-remaining"];
+    assert_eq!(remaining.to_str().unwrap(), "0");
+    // During the stream: refused, the retry-after counting the debt (3,000 +
+    // 100 at 100/s, ~31 s).
+    let r = sim.messages(&msg(json!({}))).await;
+    assert_eq!(r.status, 429);
+    let ms = num(&r, "retry-after-ms");
+    assert!((30_000..=31_000).contains(&ms), "{ms}");
+    // At the end the charge is corrected to the 5 tokens produced: the key
+    // serves again at once.
+    let text = within(10, resp.into_body().collect()).await.unwrap();
+    assert!(String::from_utf8_lossy(&text.to_bytes()).contains("message_stop"));
+    let after = level(&sim, "output_tokens").await;
+    assert!(after > 5_990.0, "{after}");
+    assert_eq!(sim.messages(&msg(json!({}))).await.status, 200);
+    let stats = sim.stats().await["key_limits"].clone();
+    assert_eq!(stats["refunded_output_tokens"], 8_995 + 88);
+
+    // A JSON answer is settled before it is sent: its headers already show
+    // the correction.
+    sim.mode(json!({"key_limits": {"output_tpm": 6_000, "exact_remaining": true}}))
+        .await;
+    let r = sim.messages(&msg(json!({"max_tokens": 9_000}))).await;
+    assert_eq!(r.status, 200);
+    assert!(num(&r, "anthropic-ratelimit-output-tokens-remaining") >= 5_988);
+
+    // An answer that reports more output than it reserved (a fault's usage)
+    // is charged the difference, into debt.
+    sim.mode(json!({"key_limits": {"output_tpm": 6_000, "exact_remaining": true}}))
+        .await;
+    let r = sim
+        .messages_with_fault(
+            &msg(json!({"max_tokens": 100})),
+            &json!({"usage": {"output_tokens": 7_000}}),
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(num(&r, "anthropic-ratelimit-output-tokens-remaining"), 0);
+    assert_eq!(stats_charged(&sim, "output_tokens").await, 7_000);
+    assert_eq!(sim.messages(&msg(json!({}))).await.status, 429);
 }
 
 #[tokio::test]
