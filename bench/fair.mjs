@@ -208,6 +208,11 @@ async function runScenario(scenario, sim) {
       // The wait: from the client's send to the upstream's receipt of the attempt that answered.
       waitMs: ok && sentOk ? sentOk.atMs - (c.sentAt - origin) : null,
       headersMs: c.headersAt === null ? null : c.headersAt - c.sentAt,
+      // A 2xx after the budget: how far past it the answer came, and when its attempt reached
+      // the upstream, both from the client's deadline.
+      late: c.status >= 200 && c.status < 300 && !ok
+        ? { id: r.id, answer_after_deadline_ms: round(c.endAt - c.sentAt - r.budgetMs, 1), upstream_at_ms: round(attempts.at(-1) ? attempts.at(-1).atMs - (c.sentAt - origin) - r.budgetMs : null, 1) }
+        : null,
       upstreamAttempts: attempts.length,
       upstream429: attempts.filter((a) => a.status === 429).length,
       stopped: wl ? `${wl.status} ${wl.stopped ?? (wl.status === 200 ? 'delivered' : '')}`.trim() : null,
@@ -237,6 +242,7 @@ async function runScenario(scenario, sim) {
       worker_stopped: stopped,
       headers_ms: hs && { p50: round(hs.p50, 1), p95: round(percentile95(mine.filter((r) => r.ok).map((r) => r.headersMs)), 1), max: round(hs.max, 1) },
       upstream_calls: mine.reduce((n, r) => n + r.upstreamAttempts, 0),
+      answered_after_budget: mine.filter((r) => r.late).map((r) => r.late),
       vs_oracle: oracle[cls].successes ? round(byClass[cls].successes / oracle[cls].successes, 3) : null,
     });
   }
@@ -304,7 +310,11 @@ export async function sectionFair(plan, only = []) {
   const sim = await startSim();
   const scenarios = [];
   try {
-    for (const scenario of chosen) scenarios.push(await runScenario(scenario, sim));
+    for (const scenario of chosen) {
+      const started = Date.now();
+      const result = await runScenario(scenario, sim);
+      scenarios.push({ ...result, seconds: round((Date.now() - started) / 1000, 1) });
+    }
   } finally {
     await sim.stop();
   }

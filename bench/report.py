@@ -482,7 +482,8 @@ def fair_md(sec, plots):
                 f"Key: {sc['keyLimits']['rpm']} requests/minute. Job: {job['requests']} requests at once, "
                 f"{job['budgetMs'] / 1000:g} s budgets, tier {tier}. Light: {users['count']} callers, one request every "
                 f"{users['intervalMs'] / 1000:g} s for {users['durationMs'] / 1000:g} s, {users['budgetMs'] / 1000:g} s budgets. "
-                f"Sends were at most {fmt(sc.get('max_dispatch_lateness_ms'))} ms late; other processes on the machine used "
+                + (f"The scenario took {sc['seconds']:.0f} s (Worker start to last answer). " if sc.get("seconds") else "")
+                + f"Sends were at most {fmt(sc.get('max_dispatch_lateness_ms'))} ms late; other processes on the machine used "
                 f"{fmt(sc.get('foreign_load_cores'), 2)} cores on average meanwhile.", ""]
         ratio = lambda a, b: "–" if not b else f"{a / b:.2f}"
         rows = [
@@ -501,10 +502,14 @@ def fair_md(sec, plots):
         stopped = lambda c: ", ".join(f"{k}: {v}" for k, v in sorted(u[c]["worker_stopped"].items(), key=lambda kv: -kv[1])) or "–"
         waits = ", ".join(f"{k.replace('heavy ', 'job ')}: {v['waits']} ({v['ms'] / 1000:.1f} s in all)"
                           for k, v in sorted(u.get("worker_waits", {}).items()))
-        out += ["", f"Final answers: light {finals('light')}; job {finals('heavy')}. The Worker's log, status and why it "
+        late = [f"{x['id']} answered {x['answer_after_deadline_ms'] / 1000:.2f} s after the client's deadline, its attempt "
+                f"having reached the upstream {x['upstream_at_ms'] / 1000:+.2f} s from it"
+                for c in ("light", "heavy") for x in u[c].get("answered_after_budget", []) if x.get("upstream_at_ms") is not None]
+        out += ["", f"Final answers: light {finals('light')}; job {finals('heavy')}"
+                + (f" ({'; '.join(late)})" if late else "") + ". The Worker's log, status and why it "
                 f"stopped: light {stopped('light')}; job {stopped('heavy')}; waits by class and cause: {waits or 'none'}."]
         if f"fair_{sc['id']}" in plots:
-            out += ["", f"![({sc['id']}) upstream sends per second, ours and the oracle's]({plots['fair_' + sc['id']]})"]
+            out += ["", f"![({sc['id']}) answered upstream sends by class, ours and the oracle's]({plots['fair_' + sc['id']]})"]
     return "\n".join(out)
 
 
@@ -645,24 +650,22 @@ def plot_overload(sc, path):
 
 def plot_fair(sc, path):
     t = sc["series"]["t"]
-    fig, axes = plt.subplots(2, 1, figsize=(10, 4.6), sharex=True, sharey=True)
-    for ax, who in zip(axes, ["ours", "oracle"]):
-        light, heavy = sc["series"][f"{who}_light"], sc["series"][f"{who}_heavy"]
-        ax.bar(t, light, width=1.0, align="edge", color="#1f77b4", label="light (people)")
-        ax.bar(t, heavy, width=1.0, align="edge", bottom=light, color="#bbbbbb", label="job")
-        ax.axhline(sc["keyLimits"]["rpm"] / 60, color="#999999", lw=0.8, ls="--", label="key's refill")
-        w = (sc[who]["light"].get("wait_ms") or {}).get("p95")
-        ax.set_title(f"{who}: light {sc[who]['light']['successes']}/{sc[who]['light']['requests']}, p95 wait "
-                     f"{'–' if w is None else f'{w / 1000:.2f} s'}; job {sc[who]['heavy']['successes']}/{sc[who]['heavy']['requests']}",
-                     fontsize=9, loc="left")
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7, ncol=3, loc="upper right")
-    axes[-1].set_xlabel("seconds since the job's backlog arrived")
-    axes[0].set_ylabel("sends/s")
-    axes[1].set_ylabel("sends/s")
+    cum = lambda xs: [sum(xs[: i + 1]) for i in range(len(xs))]
+    fig, ax = plt.subplots(figsize=(10, 4))
+    for cls, color, label in (("light", "#1f77b4", "light (people)"), ("heavy", "#555555", "job")):
+        for who, ls in (("ours", "-"), ("oracle", "--")):
+            ax.step(t, cum(sc["series"][f"{who}_{cls}"]), where="post", color=color, ls=ls, lw=2 if who == "ours" else 1.2,
+                    label=f"{label}, {who}")
     last = max([i for i, v in enumerate(zip(*[sc["series"][k] for k in sc["series"] if k != "t"])) if any(v)] + [0])
-    axes[-1].set_xlim(0, last + 2)
-    fig.suptitle(f"({sc['id']}) upstream sends per second that were answered, by class", fontsize=10)
+    ax.set_xlim(0, last + 2)
+    ax.set_xlabel("seconds since the job's backlog arrived")
+    ax.set_ylabel("answered upstream sends, cumulative")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left")
+    o, u = sc["oracle"], sc["ours"]
+    fig.suptitle(f"({sc['id']}) key at {sc['keyLimits']['rpm']} rpm: light {u['light']['successes']}/{u['light']['requests']} "
+                 f"(oracle {o['light']['successes']}), job {u['heavy']['successes']}/{u['heavy']['requests']} (oracle {o['heavy']['successes']})",
+                 fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
