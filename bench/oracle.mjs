@@ -84,3 +84,59 @@ export function oracle({ arrivalsMs, budgetMs, buckets = [], outages = [] }) {
     starts,
   };
 }
+
+/**
+ * The oracle for the fair-share scenarios: requests from several callers, each with its own
+ * arrival, budget and priority, share the key's buckets. At each moment the buckets hold a
+ * request it serves one of those waiting: interactive before background, then the caller with
+ * the fewest served so far (equal weights), then the oldest. A request whose deadline has passed
+ * is dropped without an upstream call. `requests` are `{arrivalMs, budgetMs, caller, priority}`
+ * (`priority` `"interactive"` unless `"background"`); returns, per request in the order given,
+ * its start time or null (dropped), and the totals.
+ */
+export function fairOracle({ requests, buckets = [] }) {
+  const state = buckets.map((b) => ({ ...b, at: 0 }));
+  const levelAt = (b, t) => Math.min(b.capacity, b.level + Math.max(0, t - b.at) * b.perMs);
+  /** The earliest time from `t` at which every bucket holds its request (Infinity: never). */
+  const readyAt = (t) => {
+    let ready = t;
+    for (const b of state) {
+      if (b.need > b.capacity || (b.perMs <= 0 && levelAt(b, t) < b.need)) return Infinity;
+      const short = b.need - levelAt(b, ready);
+      if (short > 0) ready = Math.max(ready, b.at) + short / b.perMs;
+    }
+    return ready;
+  };
+  const order = requests.map((r, i) => ({ ...r, i, deadline: r.arrivalMs + r.budgetMs, background: r.priority === 'background' }))
+    .sort((x, y) => x.arrivalMs - y.arrivalMs || x.i - y.i);
+  const starts = new Array(requests.length).fill(null);
+  const served = new Map();
+  let waiting = [];
+  let next = 0;
+  let t = 0;
+  while (next < order.length || waiting.length) {
+    if (!waiting.length) t = Math.max(t, order[next].arrivalMs);
+    // Everything that arrived by the moment the buckets hold a request competes for it.
+    t = readyAt(t);
+    if (t === Infinity) break;
+    while (next < order.length && order[next].arrivalMs <= t) waiting.push(order[next++]);
+    waiting = waiting.filter((r) => r.deadline >= t);
+    if (!waiting.length) continue;
+    let best = waiting[0];
+    for (const r of waiting) {
+      const key = (x) => [x.background ? 1 : 0, served.get(x.caller) ?? 0, x.arrivalMs, x.i];
+      const [a, b] = [key(r), key(best)];
+      const k = a.findIndex((v, j) => v !== b[j]);
+      if (k >= 0 && a[k] < b[k]) best = r;
+    }
+    waiting = waiting.filter((r) => r !== best);
+    for (const b of state) {
+      b.level = levelAt(b, t) - b.cost;
+      b.at = Math.max(b.at, t);
+    }
+    served.set(best.caller, (served.get(best.caller) ?? 0) + 1);
+    starts[best.i] = t;
+  }
+  const successes = starts.filter((s) => s !== null).length;
+  return { requests: requests.length, successes, upstream_calls: successes, starts };
+}

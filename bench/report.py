@@ -446,6 +446,94 @@ def overload_summary_md(sec):
     return table(["scenario", "oracle success"] + [f"{n}: success (vs oracle), calls/request" for n in policies], rows)
 
 
+FAIR_TEXT = (
+    "One upstream key whose own request limit binds (the simulator's `key_limits` mode, requests only), its "
+    "bucket empty at the start: a warm-up request takes the last room, so its answer tells the Worker the key is "
+    "at its limit. Each caller has its own client key. A job (its tier's `budget_ms` as long as the job's "
+    "`x-proxy-budget-ms`) sends its backlog at once; *light* callers, people, each send one request at a fixed "
+    "interval with a 15 s budget, the first a second after the backlog and the callers spread over one interval. "
+    "A success is a 2xx within the budget. *Wait* is from the client's send to the simulator's receipt of the "
+    "attempt that answered (each request carries a header the Worker passes on; the simulator logs arrivals), "
+    "over successes. *Refused with room* counts requests the Worker refused although the key had room for them: "
+    "replaying the key's bucket from the simulator's log, one more request at some moment between the refused "
+    "one's arrival and its deadline would have left every request the upstream admitted its room (each such "
+    "room counted once).")
+
+FAIR_ORACLE_TEXT = (
+    "The **oracle** is computed, not measured (`fairOracle` in `bench/oracle.mjs`): it knows the key's bucket and, "
+    "each time the bucket holds a request, serves one of those waiting: interactive before background, then the "
+    "caller with the fewest served so far (equal weights), then the oldest; a request whose deadline has passed is "
+    "dropped without an upstream call. So one upstream call per success, no 429.")
+
+
+def fair_ms(w, key):
+    return "–" if not w or w.get(key) is None else f"{w[key] / 1000:.2f} s"
+
+
+def fair_md(sec, plots):
+    if not sec or sec.get("error"):
+        return f"_Not measured: {sec.get('error') if sec else 'section not run'}._"
+    out = [FAIR_TEXT, "", FAIR_ORACLE_TEXT]
+    for sc in sec["scenarios"]:
+        o, u = sc["oracle"], sc["ours"]
+        job, users = sc["job"], sc["users"]
+        tier = ", ".join(f"`{k}` {v}" for k, v in job["tier"].items())
+        out += ["", f"#### ({sc['id']}) {sc['title']}", "",
+                f"Key: {sc['keyLimits']['rpm']} requests/minute. Job: {job['requests']} requests at once, "
+                f"{job['budgetMs'] / 1000:g} s budgets, tier {tier}. Light: {users['count']} callers, one request every "
+                f"{users['intervalMs'] / 1000:g} s for {users['durationMs'] / 1000:g} s, {users['budgetMs'] / 1000:g} s budgets. "
+                + (f"The scenario took {sc['seconds']:.0f} s (Worker start to last answer). " if sc.get("seconds") else "")
+                + f"Sends were at most {fmt(sc.get('max_dispatch_lateness_ms'))} ms late; other processes on the machine used "
+                f"{fmt(sc.get('foreign_load_cores'), 2)} cores on average meanwhile.", ""]
+        ratio = lambda a, b: "–" if not b else f"{a / b:.2f}"
+        rows = [
+            [f"light successes (of {u['light']['requests']})", u["light"]["successes"], o["light"]["successes"], ratio(u["light"]["successes"], o["light"]["successes"])],
+            ["light wait p50", fair_ms(u["light"]["wait_ms"], "p50"), fair_ms(o["light"]["wait_ms"], "p50"), ""],
+            ["light wait p95", fair_ms(u["light"]["wait_ms"], "p95"), fair_ms(o["light"]["wait_ms"], "p95"), ""],
+            ["light wait max", fair_ms(u["light"]["wait_ms"], "max"), fair_ms(o["light"]["wait_ms"], "max"), ""],
+            [f"job goodput: successes (of {u['heavy']['requests']})", u["heavy"]["successes"], o["heavy"]["successes"], ratio(u["heavy"]["successes"], o["heavy"]["successes"])],
+            ["job wait p50", fair_ms(u["heavy"]["wait_ms"], "p50"), fair_ms(o["heavy"]["wait_ms"], "p50"), ""],
+            ["upstream calls per success", fmt(u["calls_per_success"], 3), "1.000", ""],
+            ["upstream 429s", u["upstream_429"], 0, ""],
+            [f"refused with room (of {u['refused']} refused)", u["refused_with_room"], 0, ""],
+        ]
+        out.append(table(["", "ours", "oracle", "ours / oracle"], rows))
+        finals = lambda c: ", ".join(f"{k}: {v}" for k, v in sorted(u[c]["final_answers"].items(), key=lambda kv: -kv[1]))
+        stopped = lambda c: ", ".join(f"{k}: {v}" for k, v in sorted(u[c]["worker_stopped"].items(), key=lambda kv: -kv[1])) or "–"
+        waits = ", ".join(f"{k.replace('heavy ', 'job ')}: {v['waits']} ({v['ms'] / 1000:.1f} s in all)"
+                          for k, v in sorted(u.get("worker_waits", {}).items()))
+        late = [f"{x['id']} answered {x['answer_after_deadline_ms'] / 1000:.2f} s after the client's deadline, its attempt "
+                f"having reached the upstream {x['upstream_at_ms'] / 1000:+.2f} s from it"
+                for c in ("light", "heavy") for x in u[c].get("answered_after_budget", []) if x.get("upstream_at_ms") is not None]
+        out += ["", f"Final answers: light {finals('light')}; job {finals('heavy')}"
+                + (f" ({'; '.join(late)})" if late else "") + ". The Worker's log, status and why it "
+                f"stopped: light {stopped('light')}; job {stopped('heavy')}; waits by class and cause: {waits or 'none'}."]
+        if f"fair_{sc['id']}" in plots:
+            out += ["", f"![({sc['id']}) answered upstream sends by class, ours and the oracle's]({plots['fair_' + sc['id']]})"]
+    return "\n".join(out)
+
+
+def fair_targets(sec):
+    rows = []
+    for sc in (sec or {}).get("scenarios", []):
+        o, u = sc["oracle"], sc["ours"]
+        light = "interactive" if sc["job"]["tier"].get("priority") == "background" else "light"
+        heavy = "background" if light == "interactive" else "job"
+        ol, ul = o["light"], u["light"]
+        rows.append([f"({sc['id']}) {light} successes", "≥ 99 % of the oracle's",
+                     f"{ul['successes']} of {ul['requests']} vs {ol['successes']}",
+                     verdict(ul["successes"] >= 0.99 * ol["successes"])])
+        up95, op95 = (ul.get("wait_ms") or {}).get("p95"), (ol.get("wait_ms") or {}).get("p95")
+        rows.append([f"({sc['id']}) {light} p95 wait", "≤ the oracle's + 1 s",
+                     f"{fair_ms(ul.get('wait_ms'), 'p95')} vs {fair_ms(ol.get('wait_ms'), 'p95')}",
+                     verdict(up95 is not None and op95 is not None and up95 <= op95 + 1000)])
+        oh, uh = o["heavy"], u["heavy"]
+        rows.append([f"({sc['id']}) {heavy} goodput", "≥ 95 % of the oracle's",
+                     f"{uh['successes']} of {uh['requests']} vs {oh['successes']}",
+                     verdict(uh["successes"] >= 0.95 * oh["successes"])])
+    return rows
+
+
 def micro_md(sec):
     if not sec or sec.get("error"):
         return f"_Not measured: {sec.get('error') if sec else 'section not run'}._"
@@ -516,6 +604,7 @@ def targets_md(res):
         elif sc["id"] == "c":
             rows.append(["(c) outage longer than the budget", "≤ 1.25 upstream calls/request",
                          f"{ours['calls_per_request']:.2f}", verdict(ours["calls_per_request"] <= 1.25)])
+    rows += fair_targets(s.get("fair"))
     sz = s.get("size") or {}
     if sz.get("wasm_gzip_bytes"):
         rows.append(["wasm size", "≤ 300 KB gzip", f"{sz['wasm_gzip_bytes'] / 1000:.0f} KB ({kib(sz['wasm_gzip_bytes'])})",
@@ -554,6 +643,29 @@ def plot_overload(sc, path):
     axes[-1].set_xlabel("seconds since the start of traffic (red: outage, blue: arrivals)")
     what = f"capacity {sc['capacity']} req/s" if sc.get("capacity") else f"key sustains {sc.get('sustainable_rps')} req/s"
     fig.suptitle(f"({sc['id']}) {sc['title']}: {what}, budget {sc['budget_ms'] / 1000:g} s", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_fair(sc, path):
+    t = sc["series"]["t"]
+    cum = lambda xs: [sum(xs[: i + 1]) for i in range(len(xs))]
+    fig, ax = plt.subplots(figsize=(10, 4))
+    for cls, color, label in (("light", "#1f77b4", "light (people)"), ("heavy", "#555555", "job")):
+        for who, ls in (("ours", "-"), ("oracle", "--")):
+            ax.step(t, cum(sc["series"][f"{who}_{cls}"]), where="post", color=color, ls=ls, lw=2 if who == "ours" else 1.2,
+                    label=f"{label}, {who}")
+    last = max([i for i, v in enumerate(zip(*[sc["series"][k] for k in sc["series"] if k != "t"])) if any(v)] + [0])
+    ax.set_xlim(0, last + 2)
+    ax.set_xlabel("seconds since the job's backlog arrived")
+    ax.set_ylabel("answered upstream sends, cumulative")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left")
+    o, u = sc["oracle"], sc["ours"]
+    fig.suptitle(f"({sc['id']}) key at {sc['keyLimits']['rpm']} rpm: light {u['light']['successes']}/{u['light']['requests']} "
+                 f"(oracle {o['light']['successes']}), job {u['heavy']['successes']}/{u['heavy']['requests']} (oracle {o['heavy']['successes']})",
+                 fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -622,6 +734,10 @@ def main():
             name = f"overload_{sc['id']}.png"
             plot_overload(sc, os.path.join(outdir, name))
             plots[sc["id"]] = name
+        for sc in (s.get("fair") or {}).get("scenarios", []):
+            name = f"fair_{sc['id']}.png"
+            plot_fair(sc, os.path.join(outdir, name))
+            plots[f"fair_{sc['id']}"] = name
         if (s.get("overhead") or {}).get("points"):
             plot_overhead(s["overhead"], os.path.join(outdir, "overhead_latency.png"))
             plots["overhead"] = "overhead_latency.png"
@@ -688,6 +804,10 @@ def main():
         md += ["Summary (the table for the README; details per scenario below):", "", summary, "", ORACLE_TEXT, ""]
     md += [
         overload_md(s.get("overload"), plots),
+        "",
+        "## Fair share of a scarce key",
+        "",
+        fair_md(s.get("fair"), plots),
         "",
         "## Micro-benchmarks of the pure core",
         "",

@@ -2,8 +2,9 @@
 // Miniflare) on loopback, drives them with the load generator, and writes every figure to
 // bench/results/results.json. bench/report.py turns that into RESULTS.md and the plots.
 //
-//   node bench/run.mjs [--quick] [--only size,overhead,floors,streaming,overload,micro] [--out DIR]
+//   node bench/run.mjs [--quick] [--only size,overhead,floors,streaming,overload,fair,micro] [--out DIR]
 //   node bench/run.mjs --quick --only d,e       # some overload scenarios (a–e) only
+//   node bench/run.mjs --only f,g               # the fair-share scenarios (f, g; bench/fair.mjs)
 //
 // ./scripts/bench.sh installs and builds what this needs, then runs it and the report.
 import { spawn, execFileSync } from 'node:child_process';
@@ -19,8 +20,9 @@ import {
   machineBusySeconds, startRustFloor, RUST_FLOOR_BUILD,
 } from './lib.mjs';
 import { oracle, uniformArrivalsMs, capacityBucket, keyBuckets } from './oracle.mjs';
+import { sectionFair as runFair } from './fair.mjs';
 
-const SECTIONS = ['size', 'overhead', 'floors', 'streaming', 'overload', 'micro'];
+const SECTIONS = ['size', 'overhead', 'floors', 'streaming', 'overload', 'fair', 'micro'];
 
 
 // ------------------------------------------------------------------ options
@@ -33,24 +35,54 @@ const option = (name, fallback) => {
 };
 const QUICK = flag('--quick');
 const SCENARIO_IDS = ['a', 'b', 'c', 'd', 'e'];
-// `--only` takes sections and overload scenarios (`d`, or `overload:d`): naming scenarios runs
-// the overload section with those only, and keeps the other scenarios of results.json.
+const FAIR_IDS = ['f', 'g'];
+// `--only` takes sections and scenarios (`d`, or `overload:d`; `f`, or `fair:f`): naming
+// scenarios runs their section with those only, and keeps the other scenarios of results.json.
 const ONLY_ITEMS = option('--only', SECTIONS.join(',')).split(',').map((s) => s.trim()).filter(Boolean);
 const ONLY_SCENARIOS = [];
+const ONLY_FAIR = [];
 const ONLY = [];
 for (const item of ONLY_ITEMS) {
-  const id = item.replace(/^overload:/, '');
+  const id = item.replace(/^(overload|fair):/, '');
   if (SCENARIO_IDS.includes(id)) {
     ONLY_SCENARIOS.push(id);
     if (!ONLY.includes('overload')) ONLY.push('overload');
+  } else if (FAIR_IDS.includes(id)) {
+    ONLY_FAIR.push(id);
+    if (!ONLY.includes('fair')) ONLY.push('fair');
   } else if (SECTIONS.includes(item)) {
     if (!ONLY.includes(item)) ONLY.push(item);
   } else {
-    throw new Error(`unknown section or scenario ${item}; one of ${SECTIONS} or scenarios ${SCENARIO_IDS}`);
+    throw new Error(`unknown section or scenario ${item}; one of ${SECTIONS} or scenarios ${SCENARIO_IDS} ${FAIR_IDS}`);
   }
 }
 if (ONLY_ITEMS.includes('overload')) ONLY_SCENARIOS.length = 0;
+if (ONLY_ITEMS.includes('fair')) ONLY_FAIR.length = 0;
 const OUT = path.resolve(option('--out', path.join(ROOT, 'bench/results')));
+
+/**
+ * The fair-share scenarios (bench/fair.mjs): one upstream key whose request limit binds, its
+ * bucket empty at the start; a job's backlog at once (its tier's budget as long as the job's)
+ * beside people sending one request at a time with 15 s budgets. --quick halves the job and
+ * the people's minute.
+ */
+const fairScenarios = (half) => {
+  const k = half ? 0.5 : 1;
+  return {
+    scenarios: [
+      { id: 'f', title: `noisy neighbour: a job's ${90 * k} requests at once beside 3 chat users, key at 30 rpm`,
+        keyLimits: { rpm: 30 },
+        job: { requests: 90 * k, budgetMs: 90_000 * k, tier: { budget_ms: 90_000 * k } },
+        users: { count: 3, intervalMs: 10_000, durationMs: 60_000 * k, budgetMs: 15_000 } },
+      { id: 'g', title: `interactive over background: a background job's ${132 * k} at once beside 4 interactive users, key at 60 rpm`,
+        keyLimits: { rpm: 60 },
+        job: { requests: 132 * k, budgetMs: 240_000 * k, tier: { priority: 'background', budget_ms: 240_000 * k } },
+        users: { count: 4, intervalMs: 5_000, durationMs: 60_000 * k, budgetMs: 15_000 } },
+    ],
+  };
+};
+const FAIR_FULL = fairScenarios(false);
+const FAIR_QUICK = fairScenarios(true);
 
 /** How long and how much, for a full run and for --quick. */
 const PLAN = QUICK
@@ -74,6 +106,7 @@ const PLAN = QUICK
             keyLimits: { rpm: 4_000, input_tpm: 360_000, output_tpm: 80_000, initial_fill: 0 }, promptTokens: 3_000 },
         ],
       },
+      fair: FAIR_QUICK,
       micro: ['--max-time', '0.3'],
     }
   : {
@@ -96,6 +129,7 @@ const PLAN = QUICK
             keyLimits: { rpm: 4_000, input_tpm: 360_000, output_tpm: 80_000, initial_fill: 0 }, promptTokens: 3_000 },
         ],
       },
+      fair: FAIR_FULL,
       micro: [],
     };
 
@@ -973,7 +1007,7 @@ async function main() {
   for (const name of ONLY) {
     const started = Date.now();
     const busy0 = machineBusySeconds();
-    const run = { size: sectionSize, overhead: sectionOverhead, floors: sectionFloors, streaming: sectionStreaming, overload: sectionOverload, micro: sectionMicro }[name];
+    const run = { size: sectionSize, overhead: sectionOverhead, floors: sectionFloors, streaming: sectionStreaming, overload: sectionOverload, fair: () => runFair(PLAN.fair, ONLY_FAIR), micro: sectionMicro }[name];
     try {
       const value = await run();
       const seconds = (Date.now() - started) / 1000;
@@ -991,6 +1025,11 @@ async function main() {
         }
         value.scenarios = [...kept, ...value.scenarios].sort((x, y) => x.id.localeCompare(y.id));
         value.partial_rerun = { scenarios: ONLY_SCENARIOS, seconds: round(seconds, 1) };
+      }
+      if (name === 'fair' && ONLY_FAIR.length && previous?.scenarios) {
+        const fresh = new Set(value.scenarios.map((x) => x.id));
+        value.scenarios = [...previous.scenarios.filter((x) => !fresh.has(x.id)), ...value.scenarios].sort((x, y) => x.id.localeCompare(y.id));
+        value.partial_rerun = { scenarios: ONLY_FAIR, seconds: round(seconds, 1) };
       }
       results.sections[name] = {
         ...value,

@@ -5,8 +5,9 @@
 #
 #   ./scripts/bench.sh                 # everything, several minutes
 #   ./scripts/bench.sh --quick         # shorter points and scenarios, ~6 minutes
-#   ./scripts/bench.sh --only overload # some of: size, overhead, floors, streaming, overload, micro
+#   ./scripts/bench.sh --only overload # some of: size, overhead, floors, streaming, overload, fair, micro
 #   ./scripts/bench.sh --quick --only d,e  # some overload scenarios only (a–e)
+#   ./scripts/bench.sh --only f,g      # the fair-share scenarios only (f, g)
 #   ./scripts/bench.sh --out DIR       # write results.json, RESULTS.md and the plots to DIR
 #   ./scripts/bench.sh --fallback [--quick]  # only the model-fallback scenario (bench/fallback.mjs)
 #
