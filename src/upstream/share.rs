@@ -456,8 +456,8 @@ impl Share {
                 continue;
             }
             if late {
-                // Not yet: it looks again when it may be refused, holding no place in the
-                // projection.
+                // Not yet: it looks again when it may be refused, and keeps its place in the
+                // projection meanwhile (it may still go), so those behind it project behind it.
                 let look_again = if certain {
                     entry.refuse_after_ms
                 } else {
@@ -465,6 +465,7 @@ impl Share {
                 };
                 entry.projected_ms = look_again.saturating_add(HORIZON_MS);
                 clean_until = clean_until.min(look_again);
+                sketch.reserve_projected(at, entry.cost);
                 continue;
             }
             sketch.reserve_projected(at, entry.cost);

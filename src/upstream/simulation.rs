@@ -1638,19 +1638,18 @@ fn send_waits(run: &Run) -> Vec<Option<u64>> {
         .collect()
 }
 
-#[test]
-fn a_noisy_neighbour_takes_only_what_the_chat_users_leave() {
-    let scenario = mix_scenario(Mix::NoisyNeighbour, 1, 1);
-    let run = simulate(scenario);
-    let oracle = oracle_mix(&scenario, &run);
-    let oracle_waits: Vec<Option<u64>> = oracle
+/// The oracle's time from arrival to sending, per client (`None`: dropped).
+fn oracle_waits(scenario: &Scenario, run: &Run) -> Vec<Option<u64>> {
+    oracle_mix(scenario, run)
         .iter()
         .zip(&run.clients)
         .map(|(sent, c)| sent.map(|t| t - c.arrival))
-        .collect();
-    let waits = send_waits(&run);
-    let chat = |c: &Client| c.claimant.caller.starts_with("chat");
-    let of = |waits: &[Option<u64>], pick: &dyn Fn(&Client) -> bool| {
+        .collect()
+}
+
+/// What the clients `light` picks got, and what the others got ([`got`]), from their waits.
+fn classes(run: &Run, waits: &[Option<u64>], light: &dyn Fn(&Client) -> bool) -> [(usize, u64); 2] {
+    let of = |pick: &dyn Fn(&Client) -> bool| {
         got(run
             .clients
             .iter()
@@ -1658,10 +1657,17 @@ fn a_noisy_neighbour_takes_only_what_the_chat_users_leave() {
             .filter(|(c, _)| pick(c))
             .map(|(_, w)| *w))
     };
-    let (chat_served, chat_p95) = of(&waits, &chat);
-    let (oracle_chat, oracle_chat_p95) = of(&oracle_waits, &chat);
-    let (jobs_served, _) = of(&waits, &|c: &Client| !chat(c));
-    let (oracle_jobs, _) = of(&oracle_waits, &|c: &Client| !chat(c));
+    [of(light), of(&|c: &Client| !light(c))]
+}
+
+#[test]
+fn a_noisy_neighbour_takes_only_what_the_chat_users_leave() {
+    let scenario = mix_scenario(Mix::NoisyNeighbour, 1, 1);
+    let run = simulate(scenario);
+    let chat = |c: &Client| c.claimant.caller.starts_with("chat");
+    let [(chat_served, chat_p95), (jobs_served, _)] = classes(&run, &send_waits(&run), &chat);
+    let [(oracle_chat, oracle_chat_p95), (oracle_jobs, _)] =
+        classes(&run, &oracle_waits(&scenario, &run), &chat);
     let calls = run.calls_per_request();
     eprintln!(
         "(f) chat users {chat_served}/18 (oracle {oracle_chat}), p95 wait {chat_p95} ms \
@@ -1714,26 +1720,10 @@ fn backlogged_callers_split_the_key_by_weight() {
 fn background_uses_what_interactive_leaves() {
     let scenario = mix_scenario(Mix::InteractiveOverBackground, 1, 1);
     let run = simulate(scenario);
-    let oracle = oracle_mix(&scenario, &run);
-    let oracle_waits: Vec<Option<u64>> = oracle
-        .iter()
-        .zip(&run.clients)
-        .map(|(sent, c)| sent.map(|t| t - c.arrival))
-        .collect();
-    let waits = send_waits(&run);
     let interactive = |c: &Client| c.claimant.priority == Priority::Interactive;
-    let of = |waits: &[Option<u64>], pick: &dyn Fn(&Client) -> bool| {
-        got(run
-            .clients
-            .iter()
-            .zip(waits)
-            .filter(|(c, _)| pick(c))
-            .map(|(_, w)| *w))
-    };
-    let (served, p95) = of(&waits, &interactive);
-    let (oracle_served, oracle_p95) = of(&oracle_waits, &interactive);
-    let (background, _) = of(&waits, &|c: &Client| !interactive(c));
-    let (oracle_background, _) = of(&oracle_waits, &|c: &Client| !interactive(c));
+    let [(served, p95), (background, _)] = classes(&run, &send_waits(&run), &interactive);
+    let [(oracle_served, oracle_p95), (oracle_background, _)] =
+        classes(&run, &oracle_waits(&scenario, &run), &interactive);
     let calls = run.calls_per_request();
     eprintln!(
         "(g) interactive {served} (oracle {oracle_served}), p95 wait {p95} ms (oracle \
