@@ -452,6 +452,25 @@ impl Config {
         self.model_fallbacks.get(model).map_or(&[], Vec::as_slice)
     }
 
+    /// What the configuration asks that a plan may not allow: warnings, not errors, since the
+    /// Worker cannot tell which plan it runs on. `MAX_ATTEMPTS` above 50 is valid on a paid
+    /// plan (10,000 subrequests an invocation), so it is not refused; on the Free plan an
+    /// attempt past the 50th subrequest fails.
+    #[must_use]
+    pub fn plan_warnings(&self) -> Vec<ConfigError> {
+        let mut warnings = Vec::new();
+        if self.max_attempts.get() > crate::plan::FREE_EXTERNAL_SUBREQUESTS {
+            warnings.push(invalid(
+                "MAX_ATTEMPTS",
+                format!(
+                    "more attempts than the {} subrequests a Workers Free invocation may make; there the attempts past them fail",
+                    crate::plan::FREE_EXTERNAL_SUBREQUESTS
+                ),
+            ));
+        }
+        warnings
+    }
+
     /// The limits of a tier. Every tier a caller can carry is checked against `RATE_LIMITS`
     /// (when the configuration is read, or when a token is verified), so a tier missing here
     /// is a mistake: it gets the default tier's limits (which `RATE_LIMITS` must define),
@@ -941,6 +960,26 @@ mod tests {
         let default = c.tier_limits(DEFAULT_TIER);
         assert_eq!(default.rpm.map(|n| n.get()), Some(50));
         assert_eq!(default.output_tpm.map(|n| n.get()), Some(8000));
+    }
+
+    #[test]
+    fn more_attempts_than_a_free_invocation_may_make_are_a_warning() {
+        let with = |n: &str| {
+            Config::from_lookup(|name| (name == "MAX_ATTEMPTS").then(|| n.to_string())).unwrap()
+        };
+        assert!(with("50").plan_warnings().is_empty());
+        assert!(Config::from_lookup(|_| None)
+            .unwrap()
+            .plan_warnings()
+            .is_empty());
+        let warnings = with("51").plan_warnings();
+        assert_eq!(warnings.len(), 1);
+        assert_eq!(warnings[0].variable, "MAX_ATTEMPTS");
+        assert!(
+            warnings[0].problem.contains("50"),
+            "{}",
+            warnings[0].problem
+        );
     }
 
     #[test]

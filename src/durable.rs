@@ -49,6 +49,21 @@ pub trait ObjectState: Default + Serialize + DeserializeOwned {
     fn should_store(&self) -> bool {
         true
     }
+
+    /// Whether what `call` changes needs to last only as long as the object stays in memory:
+    /// then nothing is written after it (it is stored with the next call that is). A restart
+    /// forgets it and the state reads as it was stored before the call.
+    fn memory_only(_call: &Self::Call) -> bool {
+        false
+    }
+
+    /// Counts a write of the state to storage (the shell calls it after each one).
+    fn stored(&mut self) {}
+}
+
+/// Whether the shell writes `state` to storage after `call` has been decided on it.
+pub fn stored_after<S: ObjectState>(state: &S, call: &S::Call) -> bool {
+    state.should_store() && !S::reads_only(call) && !S::memory_only(call)
 }
 
 /// The largest time or count a stored state holds: 2^53 − 1, so a state survives a round trip

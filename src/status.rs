@@ -439,6 +439,7 @@ mod tests {
             }],
             idle: false,
             now_ms: 7,
+            object: Default::default(),
         };
         let doc = StatusDocument {
             version: "0.0.0",

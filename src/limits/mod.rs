@@ -24,6 +24,7 @@ mod bucket;
 mod credit;
 mod headers;
 mod object;
+mod renewal;
 mod settle;
 mod state;
 
@@ -37,7 +38,13 @@ pub use credit::{
     FLUSHER_LIFE_MS, MAX_CREDIT_TICKETS, SETTLE_DELAY_MS,
 };
 pub use headers::{anthropic_headers, limit_headers, rate_limit_headers, rfc3339_utc};
-pub use object::{AdmitReply, CallerUsage, LimiterCall, LimiterObject, LimiterReply, RefillReply};
+pub use object::{
+    AdmitReply, CallerUsage, LimiterCall, LimiterObject, LimiterReply, ObjectCalls, RefillReply,
+};
+pub use renewal::{
+    Renewals, Step, FIRST_RENEWAL_MS, RENEW_EVERY_MS, SLOT_BACK_WITHIN_MS, STALLED_BODY_MS,
+    STREAM_LEASE_MS, WATCH_TICK_MS,
+};
 pub use settle::{settlement_usage, Answered};
 pub use state::{
     Admission, AdmissionRequest, Denial, Dimension, DimensionStatus, LimiterState, Reservation,
@@ -46,15 +53,6 @@ pub use state::{
 };
 
 use crate::error::{whole_seconds, LimitInfo, ProxyError, Scope};
-
-/// While an answer's body moves, its slot is renewed for this long, every
-/// [`RENEW_EVERY_MS`]: a client that goes away (a closed tab) gets its slot back within
-/// `RENEW_EVERY_MS + STREAM_LEASE_MS` (6.5 s) whatever the runtime does with the abandoned
-/// request, settlement included.
-pub const STREAM_LEASE_MS: u64 = 5_000;
-
-/// How often a moving answer renews its slot.
-pub const RENEW_EVERY_MS: u64 = 1_500;
 
 /// Until its first byte, a request holds its slot for this long, renewed every
 /// [`WAITING_RENEW_EVERY_MS`] while it waits or tries (backoff, pacing, a slow attempt): a

@@ -127,6 +127,19 @@ pub struct CallerUsage {
     /// Every bucket is full and no slot is held: the caller has not been seen lately.
     pub idle: bool,
     pub now_ms: u64,
+    /// What the caller's object did since it was last loaded.
+    #[serde(default)]
+    pub object: ObjectCalls,
+}
+
+/// What a caller's object did since it was loaded into memory (a restart starts over at
+/// zero): the calls it decided (the operator's view not counted), how many of them were
+/// renewals, and how often it wrote its state. Each call is a request the plan counts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectCalls {
+    pub calls: u64,
+    pub renewals: u64,
+    pub writes: u64,
 }
 
 /// What a caller's object stores: its buckets and leases, and the limits it was last used
@@ -140,6 +153,9 @@ pub struct LimiterObject {
     /// one stored before this field existed reads as such).
     #[serde(default = "yes")]
     confirmed: bool,
+    /// Counted in memory only.
+    #[serde(skip)]
+    seen: ObjectCalls,
 }
 
 impl LimiterObject {
@@ -156,6 +172,12 @@ impl ObjectState for LimiterObject {
     const STORAGE_KEY: &'static str = "limiter";
 
     fn decide(&mut self, now_ms: u64, call: LimiterCall) -> LimiterReply {
+        if !Self::reads_only(&call) {
+            self.seen.calls += 1;
+        }
+        if Self::memory_only(&call) {
+            self.seen.renewals += 1;
+        }
         match call {
             LimiterCall::Admit {
                 limits,
@@ -240,6 +262,7 @@ impl ObjectState for LimiterObject {
                     dimensions: self.limiter.snapshot(&limits, now_ms),
                     idle: self.limiter.is_idle(&limits, now_ms),
                     now_ms,
+                    object: self.seen,
                 })
             }
         }
@@ -251,6 +274,20 @@ impl ObjectState for LimiterObject {
 
     fn should_store(&self) -> bool {
         self.confirmed
+    }
+
+    /// A renewal lasts as long as the object stays in memory; it is stored with the next
+    /// write (an admission, a settlement). Renewals come from moving answers, which call at
+    /// least every `RENEW_EVERY_MS`, so the object stays in memory while they need it. If
+    /// it restarts anyway, the lease ends at its stored end, sooner than renewed: the slot
+    /// comes back early, never late, and the lease record (kept `LEASE_MEMORY_MS`) still
+    /// settles the tokens exactly. Writing every renewal cost a storage write per call.
+    fn memory_only(call: &LimiterCall) -> bool {
+        matches!(call, LimiterCall::Renew { .. })
+    }
+
+    fn stored(&mut self) {
+        self.seen.writes += 1;
     }
 
     fn is_idle(&self, now_ms: u64) -> bool {
@@ -350,6 +387,175 @@ mod tests {
         ))
         .unwrap();
         assert!(matches!(old, LimiterCall::Settle { confirms: true, .. }));
+    }
+
+    /// The object as the shell keeps it: decides in memory, and what it would read after a
+    /// restart is the text of its last write.
+    struct Shelled {
+        memory: LimiterObject,
+        stored: Option<String>,
+    }
+
+    impl Shelled {
+        fn call(&mut self, now_ms: u64, call: LimiterCall) -> LimiterReply {
+            let kept = call.clone();
+            let reply = self.memory.decide(now_ms, call);
+            if crate::durable::stored_after(&self.memory, &kept) {
+                self.stored = Some(serde_json::to_string(&self.memory).unwrap());
+                self.memory.stored();
+            }
+            reply
+        }
+
+        fn restart(&mut self) {
+            self.memory = self
+                .stored
+                .as_deref()
+                .map(|text| serde_json::from_str(text).unwrap())
+                .unwrap_or_default();
+        }
+    }
+
+    fn one_slot() -> TierLimits {
+        TierLimits {
+            concurrency: NonZeroU32::new(1),
+            output_tpm: NonZeroU32::new(1_000),
+            ..TierLimits::default()
+        }
+    }
+
+    fn admit_for(limits: TierLimits, lease_ms: u64) -> LimiterCall {
+        LimiterCall::Admit {
+            limits,
+            request: AdmissionRequest {
+                input_tokens: 10,
+                output_tokens: 100,
+                lease_ms,
+            },
+            provisional: false,
+            credit: 0,
+            returns: Returns::default(),
+        }
+    }
+
+    fn admitted(reply: &LimiterReply) -> bool {
+        matches!(
+            reply,
+            LimiterReply::Admitted(AdmitReply {
+                admission: Admission::Admitted(_),
+                ..
+            })
+        )
+    }
+
+    #[test]
+    fn regression_every_renewal_was_a_storage_write() {
+        // A streamed answer renewed its slot every 1.5 s, each renewal one object request
+        // and one write of the whole state: a minute of streaming was 40 writes.
+        let limits = one_slot();
+        let t0 = 1_764_000_000_000;
+        let mut object = Shelled {
+            memory: LimiterObject::default(),
+            stored: None,
+        };
+        let reservation = reservation_of(object.call(t0, admit_for(limits, 15_000)));
+        let after_admission = object.stored.clone();
+        assert!(after_admission.is_some());
+        for i in 1..=10 {
+            let renew = LimiterCall::Renew {
+                limits,
+                lease_id: reservation.lease_id,
+                lease_ms: 60_000,
+            };
+            assert!(!crate::durable::stored_after(&object.memory, &renew));
+            let reply = object.call(t0 + i * 10_000, renew);
+            assert!(matches!(reply, LimiterReply::Renewed(true)));
+        }
+        assert_eq!(object.stored, after_admission, "no renewal was written");
+        let settle = LimiterCall::Settle {
+            limits,
+            reservation,
+            usage: Usage::UNKNOWN,
+            confirms: true,
+        };
+        object.call(t0 + 101_000, settle);
+        let LimiterReply::Status(usage) =
+            object.call(t0 + 102_000, LimiterCall::Status { limits: None })
+        else {
+            panic!("a status call answers with usage");
+        };
+        assert_eq!(
+            usage.object,
+            ObjectCalls {
+                calls: 12,
+                renewals: 10,
+                writes: 2
+            }
+        );
+    }
+
+    #[test]
+    fn a_restart_forgets_renewals_and_the_slot_comes_back_at_the_stored_end() {
+        let limits = one_slot();
+        let t0 = 1_764_000_000_000;
+        let mut object = Shelled {
+            memory: LimiterObject::default(),
+            stored: None,
+        };
+        let reservation = reservation_of(object.call(t0, admit_for(limits, 15_000)));
+        let renew = LimiterCall::Renew {
+            limits,
+            lease_id: reservation.lease_id,
+            lease_ms: 60_000,
+        };
+        assert!(matches!(
+            object.call(t0 + 10_000, renew.clone()),
+            LimiterReply::Renewed(true)
+        ));
+        // In memory the slot is held past its stored end.
+        let mut kept = object.memory.clone();
+        assert!(!admitted(
+            &kept.decide(t0 + 20_000, admit_for(limits, 15_000))
+        ));
+        // Restarted: the lease ends at its stored end; the slot is free, not held longer.
+        object.restart();
+        assert!(!admitted(
+            &object
+                .memory
+                .clone()
+                .decide(t0 + 14_000, admit_for(limits, 15_000))
+        ));
+        assert!(admitted(
+            &object
+                .memory
+                .clone()
+                .decide(t0 + 16_000, admit_for(limits, 15_000))
+        ));
+        // A lapsed lease is not renewed back to life.
+        assert!(matches!(
+            object.call(t0 + 20_000, renew),
+            LimiterReply::Renewed(false)
+        ));
+        // Its record still settles the tokens: what was not used comes back, once.
+        let settle = LimiterCall::Settle {
+            limits,
+            reservation,
+            usage: Usage {
+                input_tokens: Some(10),
+                output_tokens: Some(40),
+            },
+            confirms: true,
+        };
+        let LimiterReply::Settled(settled) = object.call(t0 + 30_000, settle.clone()) else {
+            panic!("a settlement answers with a settlement");
+        };
+        assert!(settled.lease_found);
+        assert_eq!(settled.returned_output_tokens, 60);
+        let LimiterReply::Settled(again) = object.call(t0 + 31_000, settle) else {
+            panic!("a settlement answers with a settlement");
+        };
+        assert!(!again.lease_found);
+        assert_eq!(again.returned_output_tokens, 0);
     }
 
     #[test]

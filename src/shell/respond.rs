@@ -231,6 +231,12 @@ pub fn config_log_line(e: &ConfigError) -> String {
         .to_string()
 }
 
+/// The log line for what the configuration asks that a plan may not allow.
+pub fn config_warning_line(w: &ConfigError) -> String {
+    serde_json::json!({"event": "config_warning", "variable": w.variable, "problem": w.problem})
+        .to_string()
+}
+
 /// CORS headers, `vary` added to what the answer varies on already.
 fn add_cors(headers: &mut HeaderList, cors: impl IntoIterator<Item = (&'static str, String)>) {
     for (name, value) in cors {

@@ -143,6 +143,10 @@ fn config_from_values(env: &Env) -> Result<Rc<Config>, ConfigError> {
             .position(|v| *v == name)
             .and_then(|i| raw.get(i).cloned().flatten())
     })?);
+    // Once per parse: what a plan may not allow is said, not refused (see `plan_warnings`).
+    for warning in config.plan_warnings() {
+        worker::console_warn!("{}", super::respond::config_warning_line(&warning));
+    }
     CONFIG.with(|c| *c.borrow_mut() = Some((key, config.clone())));
     Ok(config)
 }

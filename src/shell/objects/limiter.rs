@@ -21,9 +21,9 @@ use crate::config::TierLimits;
 use crate::error::ProxyError;
 use crate::limits::{
     limit_headers, settlement_usage, Admission, AdmissionRequest, AdmitReply, Answered, Carry,
-    Credit, Credits, LimiterCall, LimiterObject, OwnerStep, RefillReply, Reservation, Settled,
-    Usage, CREDIT_VALID_MS, FLUSHER_LIFE_MS, RENEW_EVERY_MS, SETTLE_DELAY_MS, STREAM_LEASE_MS,
-    WAITING_LEASE_MS, WAITING_RENEW_EVERY_MS,
+    Credit, Credits, LimiterCall, LimiterObject, OwnerStep, RefillReply, Renewals, Reservation,
+    Settled, Step, Usage, CREDIT_VALID_MS, FLUSHER_LIFE_MS, SETTLE_DELAY_MS, WAITING_LEASE_MS,
+    WAITING_RENEW_EVERY_MS, WATCH_TICK_MS,
 };
 use crate::request::body::BodyFacts;
 use crate::shell::runtime::now_ms;
@@ -32,11 +32,6 @@ use crate::stream::tap::{Progress, Report, Seen};
 
 /// The binding name in wrangler.toml.
 pub const BINDING: &str = "LIMITER";
-
-/// How long a tapped body may stand still before its settlement stops waiting for it. A
-/// client that goes away mid-stream does not always get its stream dropped by the runtime (a
-/// read from the upstream can be left pending forever); the slot must come back anyway.
-const STALLED_BODY_MS: u64 = 20_000;
 
 #[durable_object]
 pub struct Limiter {
@@ -249,8 +244,13 @@ async fn expire_later(env: Env, identity: String, limits: TierLimits, grant: u64
 const OWNER_TICK_MS: u64 = 250;
 
 /// How long the owner of returns tries before it gives up on them (the lease of a slot ends
-/// by itself; a settlement given up keeps its reservation).
-const OWNER_GIVES_UP_MS: u64 = 30_000;
+/// by itself; a settlement given up keeps its reservation). It runs under `waitUntil`, which
+/// the runtime cuts 30 s after the response: it gives up (and says so) before that.
+const OWNER_GIVES_UP_MS: u64 = 25_000;
+
+// The owner waits out its grant first, and may be one tick and a call late on its clock.
+const _: () =
+    assert!(CREDIT_VALID_MS + OWNER_GIVES_UP_MS + 4 * OWNER_TICK_MS < crate::plan::WAIT_UNTIL_MS);
 
 /// Sees the returns `ids` delivered: after `wait_ms`, and then every [`OWNER_TICK_MS`], sends
 /// whatever waits in the outbox if they are still waiting (another call may have carried
@@ -393,19 +393,20 @@ fn answer(
 }
 
 // `watch` relies on it: the lease a request holds when its answer starts outlasts the
-// first renewal tick, also when the lease is a ticket's, granted up to `CREDIT_VALID_MS`
-// before the request began.
+// first renewal (or the cut of a still body's lease, which comes sooner), also when the lease
+// is a ticket's, granted up to `CREDIT_VALID_MS` before the request began.
 const _: () = assert!(
     crate::limits::WAITING_LEASE_MS
         - crate::limits::WAITING_RENEW_EVERY_MS
         - crate::limits::CREDIT_VALID_MS
-        > 2 * crate::limits::RENEW_EVERY_MS
+        > crate::limits::FIRST_RENEWAL_MS + WATCH_TICK_MS
 );
 
-/// Waits for the tap's report, or until the body has not moved for [`STALLED_BODY_MS`]. While
-/// it moves, the slot is renewed for [`STREAM_LEASE_MS`] every [`RENEW_EVERY_MS`]; once it
-/// stops, the renewals stop too, so the slot frees itself even if this never returns. A
-/// report left by a dropped body wakes nothing (see `stream::tap`); each tick looks for one.
+/// Waits for the tap's report, looking every [`WATCH_TICK_MS`], or until the body has not
+/// moved for `STALLED_BODY_MS`. The slot is renewed as [`Renewals`] says: rarely while the
+/// body moves, for a few seconds only once it stands still, so the slot frees itself soon
+/// even if this never returns. A report left by a dropped body wakes nothing (see
+/// `stream::tap`); each tick looks for one.
 async fn watch(
     env: &Env,
     identity_hash: &str,
@@ -414,29 +415,19 @@ async fn watch(
     report: &Report,
     progress: &Progress,
 ) -> Option<Seen> {
-    let mut chunks = progress.chunks();
-    let mut still_ms = 0;
-    // No renewal up front: the lease the request holds (renewed every
-    // `WAITING_RENEW_EVERY_MS` for `WAITING_LEASE_MS` while the attempts ran) outlasts the
-    // first tick by far, and most answers end before it, so they cost no call here.
+    let mut renewals = Renewals::new(progress.chunks());
     loop {
-        let tick = pin!(sleep_ms(RENEW_EVERY_MS));
+        let tick = pin!(sleep_ms(WATCH_TICK_MS));
         match select(pin!(report.ended()), tick).await {
             Either::Left((seen, _)) => return Some(seen),
             Either::Right(_) if report.seen().is_some() => return report.seen(),
-            Either::Right(_) => {
-                let now = progress.chunks();
-                if now == chunks {
-                    still_ms += RENEW_EVERY_MS;
-                    if still_ms >= STALLED_BODY_MS {
-                        return None;
-                    }
-                } else {
-                    still_ms = 0;
-                    chunks = now;
-                    renew(env, identity_hash, limits, lease_id).await;
+            Either::Right(_) => match renewals.tick(progress.chunks()) {
+                Step::Wait => {}
+                Step::Stalled => return None,
+                Step::Renew(lease_ms) => {
+                    renew_for(env, identity_hash, limits, lease_id, lease_ms).await;
                 }
-            }
+            },
         }
     }
 }
@@ -445,7 +436,7 @@ async fn watch(
 /// next tick when a drop made it (see `stream::tap`).
 pub async fn reported(report: &Report) -> Seen {
     loop {
-        let tick = pin!(sleep_ms(RENEW_EVERY_MS));
+        let tick = pin!(sleep_ms(WATCH_TICK_MS));
         match select(pin!(report.ended()), tick).await {
             Either::Left((seen, _)) => return seen,
             Either::Right(_) => {
@@ -465,11 +456,6 @@ pub async fn hold(env: &Env, identity_hash: &str, limits: TierLimits, lease_id: 
         sleep_ms(WAITING_RENEW_EVERY_MS).await;
         renew_for(env, identity_hash, limits, lease_id, WAITING_LEASE_MS).await;
     }
-}
-
-/// Holds a moving answer's slot for another [`STREAM_LEASE_MS`].
-async fn renew(env: &Env, identity_hash: &str, limits: TierLimits, lease_id: u64) {
-    renew_for(env, identity_hash, limits, lease_id, STREAM_LEASE_MS).await;
 }
 
 async fn renew_for(

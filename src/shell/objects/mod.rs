@@ -57,7 +57,6 @@ impl<S: ObjectState> Object<S> {
             return unavailable(S::STORAGE_KEY, &why);
         }
         let mut now = now_ms();
-        let reads_only = S::reads_only(&call);
         let kept = call.clone();
         let first = {
             let mut slot = self.slot.borrow_mut();
@@ -87,9 +86,9 @@ impl<S: ObjectState> Object<S> {
                 return unavailable(S::STORAGE_KEY, "state not loaded");
             };
             // A state that may not be stored yet stays in memory only: no write, no alarm;
-            // nor after a call that only read it.
+            // nor after a call that only read it or whose change lasts in memory only.
             let stored =
-                (state.should_store() && !reads_only).then(|| serde_json::to_string(&*state));
+                durable::stored_after(&*state, &kept).then(|| serde_json::to_string(&*state));
             (
                 serde_json::to_string(&reply),
                 stored.transpose(),
@@ -101,6 +100,9 @@ impl<S: ObjectState> Object<S> {
         };
         if let Some(stored) = stored {
             self.state.storage().put(S::STORAGE_KEY, stored).await?;
+            if let Some(state) = self.slot.borrow_mut().as_mut() {
+                state.stored();
+            }
             if !self.alarm_set.get() {
                 self.arm(now.saturating_add(check_in)).await;
             }
