@@ -7,20 +7,22 @@
 //! request takes of the pool's tightest dimension (requests, input or output tokens, or the
 //! learned rate), a dominant-resource share. A caller's request gets the start tag
 //! `max(V, the caller's last finish tag)` and the finish tag `start + lane time / weight`; V
-//! is the start tag of the last request sent. A caller asking less than its share finds its
-//! tag at V and goes next, as if it were alone; backlogged callers split the rest by weight; a
+//! is the start tag of the last request sent. A caller with nothing sent in the current round
+//! (asking no more than its share) goes before the round's backlogged requests, as if it were
+//! alone (as fq_codel serves sparse flows); backlogged callers split the rest by weight; a
 //! caller alone gets everything (the order only decides who goes first, never whether the
 //! key's room is used).
 //!
 //! Send times are committed only within [`HORIZON_MS`]: a time handed out cannot be taken
 //! back, so handing them out minutes ahead would let a backlog own the key's next minutes.
 //! The rest wait in the queue while their call to the object is held, and are answered when
-//! their turn comes within the horizon, or refused as soon as their projected turn falls
-//! after their deadline (with that turn as the honest `Retry-After`). A held call is answered
-//! "ask again" after [`MAX_HOLD_MS`] and keeps its place when it does; a place whose call
-//! neither waits nor asks again is given up. The queue is memory only (held calls die with
-//! the object) and bounded ([`MAX_WAITING`] per pool: beyond it the last in the fair order is
-//! refused).
+//! their turn comes within the horizon. A request whose projected turn falls after its
+//! deadline is refused with that turn as its honest `Retry-After`, once the next answers could
+//! not have shown more room (see [`REFUSE_AFTER_MS`], [`PROJECTION_SLACK_MS`]). A held call is
+//! answered "ask again" after [`MAX_HOLD_MS`] and keeps its place when it does; a place whose
+//! call neither waits nor asks again is given up. The queue is memory only (held calls die
+//! with the object) and bounded ([`MAX_WAITING`] per pool: beyond it the last in the fair
+//! order is refused).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -67,7 +69,7 @@ const TAG_BASE: u64 = 1 << 32;
 pub const MAX_WEIGHT: u32 = 1_000;
 
 /// Caller ids longer than this are cut (at a character boundary) in the queue.
-const MAX_CALLER_BYTES: usize = 64;
+const MAX_CALLER_BYTES: usize = 128;
 
 /// Whether a request is waited on by a person or by a job.
 #[derive(
