@@ -18,6 +18,7 @@
 
 pub mod api;
 pub mod capacity;
+pub mod chat;
 pub mod conn;
 pub mod control;
 pub mod keylimits;
@@ -26,6 +27,7 @@ pub mod respond;
 pub mod script;
 pub mod sse;
 pub mod state;
+pub mod store;
 pub mod text;
 
 use std::convert::Infallible;
