@@ -226,3 +226,33 @@ test('nothing reaches another upstream path: traversal, encoded slashes, odd ids
   }
   assert.equal((await sim.log()).length, 0, 'no request reached the upstream');
 });
+
+test("a chat completion settles the caller's reservation to the usage it reports", async () => {
+  // 100 output tokens a minute: a reservation of 90 left standing would refuse the next 80
+  // (the bucket refills far slower than the budget allows); settled to what was produced, it
+  // leaves room at once.
+  const limited = await startWorker(workerVars(sim, {
+    RATE_LIMITS: JSON.stringify({ default: { output_tpm: 100 } }),
+  }));
+  try {
+    const stream = await openai(limited).chat.completions.create(
+      chat({ max_completion_tokens: 90, stream: true, stream_options: { include_usage: true } }),
+    );
+    let usage;
+    for await (const chunk of stream) usage = chunk.usage ?? usage;
+    assert.equal(usage.completion_tokens, 12);
+    await sleep(300);
+    const json = await openai(limited).chat.completions.create(chat({ max_completion_tokens: 80 }));
+    assert.equal(json.usage.completion_tokens, 12);
+    await sleep(300);
+    const third = await openai(limited).chat.completions.create(chat({ max_completion_tokens: 70 }));
+    assert.equal(third.usage.completion_tokens, 12);
+    // Without settlement the bucket holds less than a fourth asks: refused, as the SDK sees it.
+    const refused = await openai(limited)
+      .chat.completions.create(chat({ max_completion_tokens: 99 }))
+      .catch((e) => e);
+    assert.ok(refused instanceof RateLimitError, refused?.constructor?.name);
+  } finally {
+    await limited.stop();
+  }
+});
