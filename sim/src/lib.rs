@@ -1,7 +1,8 @@
 //! `breakwater-sim`: a simulated Anthropic Messages API upstream.
 //!
-//! It answers `/v1/messages` (JSON and SSE), `/v1/messages/count_tokens` and
-//! `/v1/models` the way the real API does, and lets a control API under
+//! It answers `/v1/messages` (JSON and SSE), `/v1/messages/count_tokens`,
+//! `/v1/models`, the OpenAI-compatible `/v1/chat/completions`, the Files API and
+//! Message Batches the way the real API does, and lets a control API under
 //! `/_sim/` script faults (error statuses, delays, hangs, TCP resets,
 //! mid-stream errors, stalls, malformed bodies) and global modes (seeded
 //! overload, finite capacity with outages, per-minute limits, one key's

@@ -134,9 +134,10 @@ async fn handle(
     };
     // A streamed body goes once: a second attempt would have nothing to send.
     let policy = RetryPolicy {
-        max_attempts: match route.streams_body() {
-            true => std::num::NonZeroU32::MIN,
-            false => policy.max_attempts,
+        max_attempts: if route.streams_body() {
+            std::num::NonZeroU32::MIN
+        } else {
+            policy.max_attempts
         },
         ..policy
     }
