@@ -3,7 +3,9 @@
 //! Each variant knows its status, its Anthropic `error.type`, who caused it and whether a
 //! retry can help, so the official SDKs parse our answers exactly like the API's own errors.
 //! Denials carry their retry-after as data; [`ProxyError::answer`] turns them into the
-//! structured response of the contract.
+//! structured response of the contract. On the OpenAI-compatible route the same answer wears
+//! the OpenAI envelope ([`ProxyError::openai_answer`]), so the `openai` SDKs raise the right
+//! exception from it: status and headers are the same, only the body's shape differs.
 
 use serde::Serialize;
 
@@ -117,6 +119,27 @@ struct Envelope<'a> {
     limit: Option<&'a LimitInfo>,
 }
 
+/// The OpenAI error envelope: `{"error": {"message", "type", "param", "code"}}`, with the
+/// proxy's retry-after and limit beside it as in the Anthropic one.
+#[derive(Serialize)]
+struct OpenAiEnvelope<'a> {
+    error: OpenAiError<'a>,
+    request_id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    retry_after_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    limit: Option<&'a LimitInfo>,
+}
+
+#[derive(Serialize)]
+struct OpenAiError<'a> {
+    message: &'a str,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    param: Option<&'static str>,
+    code: &'static str,
+}
+
 #[derive(Serialize)]
 struct EnvelopeError<'a> {
     #[serde(rename = "type")]
@@ -223,7 +246,8 @@ impl ProxyError {
                 "this origin is not allowed to call the proxy (see ALLOWED_ORIGINS)".to_string()
             }
             ProxyError::NotFound => "not found: this proxy serves /v1/messages, \
-                /v1/messages/count_tokens, /v1/models and /healthz"
+                /v1/messages/count_tokens, /v1/messages/batches, /v1/models, /v1/files, \
+                /v1/chat/completions and /healthz"
                 .to_string(),
             ProxyError::MethodNotAllowed(allowed) => {
                 format!("method not allowed on this route; use {allowed}")
@@ -258,6 +282,57 @@ impl ProxyError {
             ProxyError::Unavailable(m) => format!("{m}; retry in 1 s"),
             ProxyError::Internal(m) => format!("internal proxy error: {m}"),
         }
+    }
+
+    /// The OpenAI `error.type` and `error.code` of this error, as OpenAI's own API names the
+    /// same failures (the SDKs pick the exception by status; these are for the caller's code).
+    pub fn openai_type_and_code(&self) -> (&'static str, &'static str) {
+        match self {
+            ProxyError::InvalidRequest(_) => ("invalid_request_error", "invalid_request"),
+            ProxyError::MethodNotAllowed(_) => ("invalid_request_error", "method_not_allowed"),
+            ProxyError::Unauthenticated(_) => ("invalid_request_error", "invalid_api_key"),
+            ProxyError::OriginNotAllowed => ("invalid_request_error", "origin_not_allowed"),
+            ProxyError::NotFound => ("invalid_request_error", "not_found"),
+            ProxyError::TooLarge { .. } => ("invalid_request_error", "request_too_large"),
+            ProxyError::RateLimited { .. } => ("requests", "rate_limit_exceeded"),
+            ProxyError::Overloaded { .. } | ProxyError::Busy { .. } => {
+                ("server_error", "overloaded")
+            }
+            ProxyError::UpstreamTimeout { .. } => ("server_error", "timeout"),
+            ProxyError::UpstreamUnreachable { .. }
+            | ProxyError::UpstreamRedirected(_)
+            | ProxyError::Unavailable(_)
+            | ProxyError::Misconfigured(_)
+            | ProxyError::MissingSecret(_)
+            | ProxyError::Internal(_) => ("server_error", "server_error"),
+        }
+    }
+
+    /// The complete answer in the OpenAI envelope: the same status and headers as
+    /// [`ProxyError::answer`] (`Retry-After` on a 429, so the `openai` SDKs raise
+    /// `RateLimitError` and honour the wait).
+    pub fn openai_answer(&self, request_id: &str) -> ErrorAnswer {
+        let mut answer = self.answer(request_id);
+        let message = self.message();
+        let (kind, code) = self.openai_type_and_code();
+        let envelope = OpenAiEnvelope {
+            error: OpenAiError {
+                message: &message,
+                kind,
+                param: None,
+                code,
+            },
+            request_id,
+            retry_after_ms: self.retry_after_ms(),
+            limit: match self {
+                ProxyError::RateLimited { limit, .. } => Some(limit),
+                _ => None,
+            },
+        };
+        if let Ok(body) = serde_json::to_string(&envelope) {
+            answer.body = body;
+        }
+        answer
     }
 
     /// The complete answer: status, headers and the Anthropic envelope.
@@ -423,6 +498,51 @@ mod tests {
         assert!(answer
             .headers
             .contains(&("x-should-retry", "true".to_string())));
+    }
+
+    #[test]
+    fn the_openai_envelope_keeps_status_and_headers() {
+        let limited = ProxyError::RateLimited {
+            retry_after_ms: 11_734,
+            message: "rpm limit of 50 reached for this key; retry in 12 s".to_string(),
+            limit: LimitInfo {
+                scope: Scope::Key,
+                dimension: Some("rpm".to_string()),
+                limit: Some(50),
+                remaining: Some(0),
+            },
+        };
+        for e in [
+            limited,
+            ProxyError::InvalidRequest("model: field required".to_string()),
+            ProxyError::Unauthenticated("no".to_string()),
+            ProxyError::Overloaded {
+                retry_after_ms: 2_000,
+            },
+            ProxyError::NotFound,
+        ] {
+            let anthropic = e.answer("req_1");
+            let openai = e.openai_answer("req_1");
+            assert_eq!(openai.status, anthropic.status);
+            assert_eq!(openai.headers, anthropic.headers);
+            let body: serde_json::Value = serde_json::from_str(&openai.body).unwrap();
+            let error = &body["error"];
+            assert_eq!(error["message"], e.message());
+            assert_eq!(error["type"], e.openai_type_and_code().0);
+            assert_eq!(error["code"], e.openai_type_and_code().1);
+            assert!(error["param"].is_null());
+            assert!(body.get("type").is_none(), "not the Anthropic envelope");
+        }
+        let limited = ProxyError::RateLimited {
+            retry_after_ms: 11_734,
+            message: String::new(),
+            limit: LimitInfo::upstream(),
+        }
+        .openai_answer("req_1");
+        assert!(limited.headers.contains(&("retry-after", "12".to_string())));
+        let body: serde_json::Value = serde_json::from_str(&limited.body).unwrap();
+        assert_eq!(body["error"]["code"], "rate_limit_exceeded");
+        assert_eq!(body["retry_after_ms"], 11_734);
     }
 
     #[test]

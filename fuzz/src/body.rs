@@ -60,10 +60,10 @@ pub fn check(data: &[u8]) {
     let Some((&selector, body)) = data.split_first() else {
         return;
     };
-    let route = if selector & 1 == 0 {
-        Route::Messages
-    } else {
-        Route::CountTokens
+    let route = match selector & 0x81 {
+        0 => Route::Messages,
+        0x80 => Route::ChatCompletions,
+        _ => Route::CountTokens,
     };
     let owned;
     let body = if selector & 2 != 0 {
@@ -117,10 +117,15 @@ pub fn check(data: &[u8]) {
                     facts.model.as_deref(),
                     map.get("model").and_then(|m| m.as_str())
                 );
-                assert_eq!(
-                    facts.max_tokens,
-                    map.get("max_tokens").and_then(serde_json::Value::as_u64)
-                );
+                let cap = |name: &str| map.get(name).and_then(serde_json::Value::as_u64);
+                let max_tokens = match route {
+                    // The OpenAI-compatible route reads either name of the output cap.
+                    Route::ChatCompletions => {
+                        cap("max_tokens").or_else(|| cap("max_completion_tokens"))
+                    }
+                    _ => cap("max_tokens"),
+                };
+                assert_eq!(facts.max_tokens, max_tokens);
                 assert_eq!(
                     facts.stream,
                     map.get("stream")

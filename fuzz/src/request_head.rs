@@ -41,15 +41,29 @@ pub fn check(data: &[u8]) {
             assert!(method == "GET" || method == "HEAD");
         }
         Ok(r) => {
-            let expected = match r {
-                Route::Messages => "/v1/messages",
-                Route::CountTokens => "/v1/messages/count_tokens",
-                Route::Models => "/v1/models",
-                Route::Health => "/healthz",
-                Route::Status => "/proxy/status",
-                Route::Preflight | Route::Model(_) => unreachable!(),
+            // A proxied route goes to exactly the path the client asked for, never another.
+            let expected = match &r {
+                Route::Health => "/healthz".to_string(),
+                Route::Status => "/proxy/status".to_string(),
+                other => other
+                    .upstream_path()
+                    .expect("a proxied route has an upstream path"),
             };
             assert_eq!(path, expected);
+            if let Route::File(id)
+            | Route::FileContent(id)
+            | Route::Batch(id)
+            | Route::BatchCancel(id)
+            | Route::BatchResults(id) = &r
+            {
+                assert!(
+                    !id.is_empty()
+                        && id
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-')),
+                    "object id {id:?}"
+                );
+            }
         }
         Err(e) => {
             assert!(

@@ -38,6 +38,7 @@ pub const DEFAULT_TOKENS: u64 = 12;
 
 pub const MESSAGES_PATH: &str = "/v1/messages";
 pub const COUNT_TOKENS_PATH: &str = "/v1/messages/count_tokens";
+pub const CHAT_PATH: &str = "/v1/chat/completions";
 
 /// The models `GET /v1/models` lists: (id, display name, created_at).
 pub const MODELS: &[(&str, &str, &str)] = &[
@@ -56,7 +57,15 @@ pub const MODELS: &[(&str, &str, &str)] = &[
 
 /// The endpoints that take scripted faults from the queue and global modes.
 fn is_work_path(path: &str) -> bool {
-    path == MESSAGES_PATH || path == COUNT_TOKENS_PATH
+    path == MESSAGES_PATH || path == COUNT_TOKENS_PATH || path == CHAT_PATH
+}
+
+/// The Files API and Message Batches paths, answered from the in-memory store.
+fn is_store_path(path: &str) -> bool {
+    path == "/v1/files"
+        || path.starts_with("/v1/files/")
+        || path == "/v1/messages/batches"
+        || path.starts_with("/v1/messages/batches/")
 }
 
 /// Per-request context: who to record the outcome for and how to decorate.
@@ -278,7 +287,23 @@ pub async fn handle(
             }
         }
         (Method::POST, COUNT_TOKENS_PATH) => count_tokens(&mut ctx, &body),
-        (_, MESSAGES_PATH) | (_, COUNT_TOKENS_PATH) => {
+        (Method::POST, CHAT_PATH) => chat_completions(&mut ctx, &body).await,
+        (method, p) if is_store_path(p) => {
+            let origin = parts
+                .headers
+                .get(hyper::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(|h| format!("http://{h}"))
+                .unwrap_or_default();
+            let content_type = parts
+                .headers
+                .get(CONTENT_TYPE)
+                .and_then(|h| h.to_str().ok())
+                .unwrap_or_default()
+                .to_string();
+            store_route(&ctx, &method, p, &content_type, &origin, &body)
+        }
+        (_, MESSAGES_PATH) | (_, COUNT_TOKENS_PATH) | (_, CHAT_PATH) => {
             return ctx.error(405, "invalid_request_error", "Method not allowed: use POST");
         }
         (Method::GET, "/v1/models") => Ok(list_models()),
@@ -666,6 +691,185 @@ async fn messages(ctx: &mut Ctx, parsed: Parsed) -> Result<Answer, ApiError> {
         status: StatusCode::OK,
         bytes,
     })
+}
+
+/// `POST /v1/chat/completions`: the answer in OpenAI's shapes (see `chat`), with the
+/// scripted `tokens` and `token_delay_ms` as for messages.
+async fn chat_completions(ctx: &mut Ctx, body: &[u8]) -> Result<Answer, ApiError> {
+    let request = crate::chat::parse(body).map_err(invalid)?;
+    let (mode_delay, mode_tokens, _) = ctx.state.answer_defaults();
+    let spec = ctx
+        .fault
+        .as_ref()
+        .map(|f| f.spec.clone())
+        .unwrap_or_default();
+    let wanted = spec.tokens.or(mode_tokens).unwrap_or(DEFAULT_TOKENS);
+    let delay_ms = spec
+        .token_delay_ms
+        .or(mode_delay)
+        .unwrap_or(0)
+        .min(MAX_DELAY_MS);
+    let stream = request.stream;
+    let plan = crate::chat::ChatPlan::new(
+        ctx.state.seed,
+        ctx.request_number,
+        request,
+        wanted,
+        Duration::from_millis(delay_ms),
+    );
+    ctx.input_tokens = plan.request.prompt_tokens;
+    ctx.output_tokens = plan.completion_tokens;
+    let mut usage = Map::new();
+    usage.insert("input_tokens".into(), json!(plan.request.prompt_tokens));
+    usage.insert("output_tokens".into(), json!(plan.completion_tokens));
+    ctx.state.record_usage(ctx.ticket, usage);
+    if let Some(mut s) = ctx.settlement.take() {
+        s.produced(plan.completion_tokens);
+    }
+    if stream {
+        return Ok(Answer::Raw(sse_response(
+            StatusCode::OK,
+            stream_body(plan.events()),
+        )));
+    }
+    let total_ms = delay_ms
+        .saturating_mul(plan.completion_tokens)
+        .min(MAX_DELAY_MS);
+    if total_ms > 0 {
+        tokio::time::sleep(Duration::from_millis(total_ms)).await;
+    }
+    Ok(Answer::Json {
+        status: StatusCode::OK,
+        bytes: plan.completion(),
+    })
+}
+
+/// The Files API and Message Batches, from the in-memory store.
+fn store_route(
+    ctx: &Ctx,
+    method: &Method,
+    path: &str,
+    content_type: &str,
+    origin: &str,
+    body: &Bytes,
+) -> Result<Answer, ApiError> {
+    let now = unix_ms();
+    let seed = ctx.state.seed;
+    let mut store = ctx
+        .state
+        .store
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let not_found =
+        |what: &str, id: &str| (404, "not_found_error", format!("{what} {id} not found"));
+    let wrong_method = || {
+        (
+            405,
+            "invalid_request_error",
+            "Method not allowed".to_string(),
+        )
+    };
+    let ok = |v: Value| Ok(json_answer(StatusCode::OK, &v));
+    let segments: Vec<&str> = path.trim_start_matches("/v1/").split('/').collect();
+    match (method, segments.as_slice()) {
+        (&Method::POST, ["files"]) => {
+            let boundary = content_type
+                .split(';')
+                .find_map(|p| p.trim().strip_prefix("boundary="))
+                .map(|b| b.trim_matches('"').to_string())
+                .ok_or_else(|| {
+                    invalid("Content-Type must be multipart/form-data with a boundary")
+                })?;
+            let part = crate::store::multipart(body, &boundary)
+                .into_iter()
+                .find(|p| p.name == "file")
+                .ok_or_else(|| invalid("file: field required"))?;
+            ok(store.add_file(seed, now, part))
+        }
+        (&Method::GET, ["files"]) => ok(store.list_files()),
+        (&Method::GET, ["files", id]) => match store.files.get(*id) {
+            Some(f) => ok(f.meta.clone()),
+            None => Err(not_found("file", id)),
+        },
+        (&Method::DELETE, ["files", id]) => match store.files.remove(*id) {
+            Some(_) => ok(json!({"id": id, "type": "file_deleted"})),
+            None => Err(not_found("file", id)),
+        },
+        (&Method::GET, ["files", id, "content"]) => match store.files.get(*id) {
+            Some(f) => {
+                let mime = f.meta["mime_type"]
+                    .as_str()
+                    .unwrap_or("application/octet-stream");
+                let mut resp = response(StatusCode::OK, crate::respond::full(f.bytes.clone()));
+                set_header(&mut resp, CONTENT_TYPE, mime);
+                set_header(&mut resp, CONTENT_LENGTH, &f.bytes.len().to_string());
+                Ok(Answer::Raw(resp))
+            }
+            None => Err(not_found("file", id)),
+        },
+        (&Method::POST, ["messages", "batches"]) => {
+            let value: Value = serde_json::from_slice(body)
+                .map_err(|e| invalid(format!("invalid JSON body: {e}")))?;
+            let requests = value
+                .get("requests")
+                .and_then(Value::as_array)
+                .filter(|r| !r.is_empty())
+                .ok_or_else(|| invalid("requests: a non-empty list is required"))?;
+            let mut list = Vec::new();
+            for r in requests {
+                let custom_id = r.get("custom_id").and_then(Value::as_str);
+                let params = r.get("params").filter(|p| p.is_object());
+                match (custom_id, params) {
+                    (Some(c), Some(p)) => list.push((c.to_string(), p.clone())),
+                    _ => return Err(invalid("requests: each needs custom_id and params")),
+                }
+            }
+            ok(store.add_batch(seed, now, list, origin.to_string()))
+        }
+        (&Method::GET, ["messages", "batches"]) => ok(store.list_batches(now)),
+        (&Method::GET, ["messages", "batches", id]) => match store.batches.get(*id) {
+            Some(b) => ok(b.object(now)),
+            None => Err(not_found("batch", id)),
+        },
+        (&Method::DELETE, ["messages", "batches", id]) => match store.batches.get(*id) {
+            Some(b) if !b.ended(now) => Err(invalid(
+                "Batch must be ended or canceled before it can be deleted",
+            )),
+            Some(_) => {
+                store.batches.remove(*id);
+                ok(json!({"id": id, "type": "message_batch_deleted"}))
+            }
+            None => Err(not_found("batch", id)),
+        },
+        (&Method::POST, ["messages", "batches", id, "cancel"]) => {
+            match store.batches.get_mut(*id) {
+                Some(b) => {
+                    if !b.ended(now) && b.canceled_ms.is_none() {
+                        b.canceled_ms = Some(now);
+                    }
+                    ok(b.object(now))
+                }
+                None => Err(not_found("batch", id)),
+            }
+        }
+        (&Method::GET, ["messages", "batches", id, "results"]) => match store.batches.get(*id) {
+            Some(b) if !b.ended(now) => Err(invalid(
+                "Batch is still processing; results are not yet available",
+            )),
+            Some(b) => {
+                let bytes = b.results(seed);
+                let mut resp = response(StatusCode::OK, crate::respond::full(bytes.clone()));
+                set_header(&mut resp, CONTENT_TYPE, "application/binary");
+                set_header(&mut resp, CONTENT_LENGTH, &bytes.len().to_string());
+                Ok(Answer::Raw(resp))
+            }
+            None => Err(not_found("batch", id)),
+        },
+        (_, ["files"] | ["files", _] | ["files", _, "content"] | ["messages", "batches", ..]) => {
+            Err(wrong_method())
+        }
+        _ => Err((404, "not_found_error", format!("Not found: {path}"))),
+    }
 }
 
 /// The complete non-streaming message; its text is the concatenation of

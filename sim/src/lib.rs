@@ -1,7 +1,8 @@
 //! `breakwater-sim`: a simulated Anthropic Messages API upstream.
 //!
-//! It answers `/v1/messages` (JSON and SSE), `/v1/messages/count_tokens` and
-//! `/v1/models` the way the real API does, and lets a control API under
+//! It answers `/v1/messages` (JSON and SSE), `/v1/messages/count_tokens`,
+//! `/v1/models`, the OpenAI-compatible `/v1/chat/completions`, the Files API and
+//! Message Batches the way the real API does, and lets a control API under
 //! `/_sim/` script faults (error statuses, delays, hangs, TCP resets,
 //! mid-stream errors, stalls, malformed bodies) and global modes (seeded
 //! overload, finite capacity with outages, per-minute limits, one key's
@@ -18,6 +19,7 @@
 
 pub mod api;
 pub mod capacity;
+pub mod chat;
 pub mod conn;
 pub mod control;
 pub mod keylimits;
@@ -26,6 +28,7 @@ pub mod respond;
 pub mod script;
 pub mod sse;
 pub mod state;
+pub mod store;
 pub mod text;
 
 use std::convert::Infallible;

@@ -168,6 +168,8 @@ pub struct State {
     pub connections_open: AtomicU64,
     pub connections_total: AtomicU64,
     inner: Mutex<Inner>,
+    /// Files and batches (see `store`).
+    pub store: Mutex<crate::store::Store>,
 }
 
 /// The facts a request brings, for the log.
@@ -197,6 +199,7 @@ impl State {
                 mode: Mode::default(),
                 default_window: Window::new(DEFAULT_REQUESTS_LIMIT, crate::respond::unix_ms()),
             }),
+            store: Mutex::new(crate::store::Store::default()),
         }
     }
 

@@ -36,6 +36,8 @@ struct Peek<'a> {
     #[serde(borrow)]
     model: Option<&'a RawValue>,
     max_tokens: Option<serde_json::Value>,
+    /// The OpenAI-compatible name of the output cap (`max_tokens` is its older name).
+    max_completion_tokens: Option<serde_json::Value>,
     stream: Option<serde_json::Value>,
     // What the input estimate reads, measured in the same pass (see `request::estimate`).
     #[serde(default)]
@@ -88,21 +90,12 @@ pub fn inspect(route: &Route, body: &[u8]) -> Result<BodyFacts, ProxyError> {
             ))
         }
     };
-    let max_tokens = match peek.max_tokens {
-        None | Some(serde_json::Value::Null) => None,
-        Some(serde_json::Value::Number(n)) => match n.as_u64() {
-            Some(v) if v >= 1 => Some(v),
-            _ => {
-                return Err(ProxyError::InvalidRequest(
-                    "max_tokens: expected a positive integer".to_string(),
-                ))
-            }
-        },
-        Some(_) => {
-            return Err(ProxyError::InvalidRequest(
-                "max_tokens: expected a positive integer".to_string(),
-            ))
+    let max_tokens = match positive("max_tokens", peek.max_tokens)? {
+        Some(n) => Some(n),
+        None if *route == Route::ChatCompletions => {
+            positive("max_completion_tokens", peek.max_completion_tokens)?
         }
+        None => None,
     };
     let stream = match peek.stream {
         None | Some(serde_json::Value::Null) => false,
@@ -113,6 +106,11 @@ pub fn inspect(route: &Route, body: &[u8]) -> Result<BodyFacts, ProxyError> {
             ))
         }
     };
+    if *route == Route::ChatCompletions && model.is_none() {
+        return Err(ProxyError::InvalidRequest(
+            "model: field required".to_string(),
+        ));
+    }
     if *route == Route::Messages {
         if model.is_none() {
             return Err(ProxyError::InvalidRequest(
@@ -132,6 +130,19 @@ pub fn inspect(route: &Route, body: &[u8]) -> Result<BodyFacts, ProxyError> {
         model_span: model.as_ref().and(model_span),
         model,
     })
+}
+
+/// An output cap: absent, or a positive integer.
+fn positive(name: &str, value: Option<serde_json::Value>) -> Result<Option<u64>, ProxyError> {
+    let refused = || ProxyError::InvalidRequest(format!("{name}: expected a positive integer"));
+    match value {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(serde_json::Value::Number(n)) => match n.as_u64() {
+            Some(v) if v >= 1 => Ok(Some(v)),
+            _ => Err(refused()),
+        },
+        Some(_) => Err(refused()),
+    }
 }
 
 /// Where `part`, a slice borrowed from `whole`, lies in it.
@@ -226,6 +237,29 @@ mod tests {
         let e = inspect(&Route::Messages, body).unwrap_err();
         assert_eq!(e.status(), 400);
         e.message()
+    }
+
+    #[test]
+    fn chat_completions_read_either_output_cap_and_need_a_model() {
+        let chat = |body: &str| inspect(&Route::ChatCompletions, body.as_bytes());
+        let body = r#"{"model":"claude-x","max_completion_tokens":40,"stream":true,
+            "messages":[{"role":"system","content":"be brief"},{"role":"user","content":"hi"}]}"#;
+        let facts = chat(body).unwrap();
+        assert_eq!(facts.max_tokens, Some(40));
+        assert!(facts.stream);
+        assert!(facts.input_tokens_estimate >= 2);
+        let both = r#"{"model":"m","max_tokens":7,"max_completion_tokens":40,"messages":[]}"#;
+        assert_eq!(chat(both).unwrap().max_tokens, Some(7));
+        assert_eq!(
+            chat(r#"{"model":"m","messages":[]}"#).unwrap().max_tokens,
+            None
+        );
+        assert_eq!(chat(r#"{"messages":[]}"#).unwrap_err().status(), 400);
+        let zero = chat(r#"{"model":"m","max_completion_tokens":0}"#).unwrap_err();
+        assert!(zero.message().contains("max_completion_tokens"));
+        // Only chat completions read the OpenAI name.
+        let messages = r#"{"model":"m","max_completion_tokens":5,"messages":[]}"#;
+        assert!(inspect(&Route::Messages, messages.as_bytes()).is_err());
     }
 
     #[test]

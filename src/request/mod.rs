@@ -6,6 +6,7 @@ pub mod body;
 pub mod cors;
 pub mod estimate;
 pub mod headers;
+pub mod results_url;
 pub mod route;
 
 use crate::error::ProxyError;

@@ -29,6 +29,9 @@ pub enum Awaited {
         /// The request's `max_tokens`: how long the message may be.
         max_tokens: u64,
     },
+    /// An upload streamed through: its head comes once the whole body has gone up, which
+    /// for a large file takes minutes; waited for as long as the SDKs wait.
+    Upload,
     /// Any other route (a token count, a model listing): an answer the upstream gives at once.
     Head,
 }
@@ -38,10 +41,11 @@ impl Awaited {
     #[must_use]
     pub fn of(route: &Route, facts: &BodyFacts) -> Awaited {
         match route {
-            Route::Messages if facts.stream => Awaited::FirstEvent,
-            Route::Messages => Awaited::WholeMessage {
+            Route::Messages | Route::ChatCompletions if facts.stream => Awaited::FirstEvent,
+            Route::Messages | Route::ChatCompletions => Awaited::WholeMessage {
                 max_tokens: facts.max_tokens.unwrap_or(0),
             },
+            Route::FileUpload | Route::BatchCreate => Awaited::Upload,
             _ => Awaited::Head,
         }
     }
@@ -53,6 +57,7 @@ impl Awaited {
     pub fn timeout_ms(self, configured_ms: u64) -> u64 {
         match self {
             Awaited::FirstEvent | Awaited::Head => configured_ms,
+            Awaited::Upload => SDK_TIMEOUT_MS.max(configured_ms),
             Awaited::WholeMessage { max_tokens } => whole_message_ms(max_tokens).max(configured_ms),
         }
     }

@@ -27,6 +27,7 @@ use crate::error::ProxyError;
 use crate::identity::{authenticate, credential, Caller, UpstreamKey};
 use crate::request::body::BodyFacts;
 use crate::request::headers::check_betas;
+use crate::request::results_url::{origin_of, point_at_proxy};
 use crate::request::route::{path_of, query_of, route, upstream_url, Metering, Route};
 
 use crate::limits::{settlement_usage, Answered, Usage, WAITING_LEASE_MS};
@@ -100,6 +101,11 @@ async fn handle(
             .await?
             .inspect(&route)?;
         (Some(body), facts)
+    } else if route.streams_body() {
+        (
+            Some(runtime::streamed_upload(incoming)?),
+            BodyFacts::default(),
+        )
     } else {
         (None, BodyFacts::default())
     };
@@ -125,6 +131,15 @@ async fn handle(
     let policy = RetryPolicy {
         budget_ms: share.budget_ms.unwrap_or(config.request_budget_ms),
         ..RetryPolicy::from_config(&config, None)
+    };
+    // A streamed body goes once: a second attempt would have nothing to send.
+    let policy = RetryPolicy {
+        max_attempts: if route.streams_body() {
+            std::num::NonZeroU32::MIN
+        } else {
+            policy.max_attempts
+        },
+        ..policy
     }
     .with_client_budget(headers.value("x-proxy-budget-ms"))
     .awaiting(Awaited::of(&route, &facts));
@@ -138,7 +153,7 @@ async fn handle(
         facts.stream,
     )
     .with_model_span(facts.model_span.clone())
-    .reading_json_whole(tap)
+    .reading_json_whole(tap || route.carries_results_url())
     .reading_errors_within(config.attempt_timeout_ms);
     let fallbacks = match (&route, facts.model.as_deref()) {
         (Route::Messages, Some(model)) => Fallbacks::new(
@@ -161,6 +176,13 @@ async fn handle(
     )
     .await;
     exchange.upstream_request_id = upstream.request_id.take();
+    let answer = match answer {
+        Ok(a) if route.carries_results_url() => {
+            let origin = origin_of(raw_url).to_string();
+            a.rewritten(move |body| point_at_proxy(body, &origin)).await
+        }
+        other => other,
+    };
     // A stream that goes silent for as long as its first event may take is cut.
     let mut delivered = answer.and_then(|a| transport::deliver(a, tap, config.attempt_timeout_ms));
     if let Some(admitted) = admitted {
@@ -322,7 +344,7 @@ async fn forward(
         output_tokens: facts.max_tokens.unwrap_or(0),
     };
     let (shared, memory) = if route.carries_body() {
-        let pool = pool_of(route, facts.model.as_deref());
+        let pool = pool_of(route.paced_as(), facts.model.as_deref());
         let (shared, memory) = KeyState::new(env, upstream_key, pool, claimant);
         (Some(shared), memory)
     } else {

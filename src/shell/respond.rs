@@ -85,7 +85,11 @@ impl Exchange {
     ) -> Answer {
         let (mut answer, error) = match outcome {
             Ok(answer) => (answer, None),
-            Err(error) => (error_answer(&error, self.answer_request_id()), Some(error)),
+            Err(error) => {
+                let openai = self.route.as_ref().is_some_and(Route::speaks_openai);
+                let answer = error_answer(&error, self.answer_request_id(), openai);
+                (answer, Some(error))
+            }
         };
         let headers = &mut answer.headers;
         if self.route.as_ref().is_some_and(Route::is_proxied) {
@@ -93,7 +97,7 @@ impl Exchange {
         }
         if let Some(model) = self
             .answering_model()
-            .filter(|_| self.route == Some(Route::Messages))
+            .filter(|_| self.route.as_ref().is_some_and(Route::generates))
         {
             headers.set("x-proxy-model", model);
         }
@@ -249,8 +253,12 @@ fn add_cors(headers: &mut HeaderList, cors: impl IntoIterator<Item = (&'static s
 }
 
 /// An error as an answer with the Anthropic envelope and the contract's headers.
-pub fn error_answer(error: &ProxyError, request_id: &str) -> Answer {
-    let answer = error.answer(request_id);
+pub fn error_answer(error: &ProxyError, request_id: &str, openai: bool) -> Answer {
+    let answer = if openai {
+        error.openai_answer(request_id)
+    } else {
+        error.answer(request_id)
+    };
     let mut headers = HeaderList::default();
     for (name, value) in &answer.headers {
         headers.set(name, value);

@@ -242,6 +242,15 @@ impl Body {
     }
 }
 
+/// An upload streamed through: the client's body stream goes upstream as it arrives, so an
+/// isolate never holds it (a file may be hundreds of megabytes; the platform's own request
+/// limit bounds it). It can be sent once only.
+pub fn streamed_upload(incoming: &super::boundary::Incoming) -> Result<Upload, ProxyError> {
+    let held = BODIES.with(|b| b.try_reserve(0, u64::MAX))?;
+    let body = incoming.request.body().map_or(JsValue::NULL, JsValue::from);
+    Ok(Upload { body, _held: held })
+}
+
 /// Reads the request body into one JavaScript buffer, refusing it as soon as it passes
 /// `limit` bytes, and holding its size against the isolate's `cap` for bodies in flight.
 pub async fn read_body(

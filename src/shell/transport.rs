@@ -55,6 +55,65 @@ enum UpstreamBody {
     Whole(js_sys::ArrayBuffer),
 }
 
+impl UpstreamAnswer {
+    /// A successful JSON answer with its body rewritten by `rewrite` (which returns `None` to
+    /// keep it as it came); any other answer untouched. A body of unknown length is read here,
+    /// up to [`MAX_JSON_BYTES`]: the answers rewritten are small JSON objects.
+    pub async fn rewritten(
+        self,
+        rewrite: impl FnOnce(&[u8]) -> Option<Vec<u8>>,
+    ) -> Result<UpstreamAnswer, ProxyError> {
+        if !(200..300).contains(&self.status) {
+            return Ok(self);
+        }
+        let UpstreamAnswer {
+            status,
+            headers,
+            body,
+        } = self;
+        let bytes = match body {
+            UpstreamBody::Whole(buffer) => js_sys::Uint8Array::new(&buffer).to_vec(),
+            UpstreamBody::Read(bytes) => bytes,
+            UpstreamBody::Untouched(unread) => match unread.deliver() {
+                None => Vec::new(),
+                Some(stream) => read_json(&stream).await?,
+            },
+            sse @ UpstreamBody::Sse { .. } => {
+                return Ok(UpstreamAnswer {
+                    status,
+                    headers,
+                    body: sse,
+                })
+            }
+        };
+        let bytes = rewrite(&bytes).unwrap_or(bytes);
+        Ok(UpstreamAnswer {
+            status,
+            headers,
+            body: UpstreamBody::Read(bytes),
+        })
+    }
+}
+
+/// A JSON body read whole, refused above [`MAX_JSON_BYTES`].
+async fn read_json(stream: &web_sys::ReadableStream) -> Result<Vec<u8>, ProxyError> {
+    let broken = || ProxyError::UpstreamUnreachable {
+        retry_after_ms: 1_000,
+    };
+    let mut reader = BodyReader::new(stream).ok_or_else(broken)?;
+    let mut bytes = Vec::new();
+    while let Some(chunk) = reader.next().await {
+        bytes.extend_from_slice(&chunk.map_err(|_| broken())?);
+        if bytes.len() > MAX_JSON_BYTES {
+            return Err(ProxyError::Internal(
+                "the upstream's answer is too large to point its results_url at the proxy"
+                    .to_string(),
+            ));
+        }
+    }
+    Ok(bytes)
+}
+
 /// A body nobody has read yet. Dropped undelivered (the answer of an attempt that is retried,
 /// or one a fallback leaves behind), it is cancelled at once: its connection would otherwise
 /// stay open until the runtime collects it, and a Worker may hold only six at a time.

@@ -8,8 +8,9 @@
 
 use serde::Deserialize;
 
-/// The events of a Messages stream that carry its usage.
-pub const USAGE_EVENTS: &[&str] = &["message_start", "message_delta"];
+/// The events that carry a stream's usage: a Messages stream's `message_start` and
+/// `message_delta`, and a chat completion stream's unnamed chunks (`message`).
+pub const USAGE_EVENTS: &[&str] = &["message_start", "message_delta", "message"];
 
 /// One parsed event: its `event:` name (or `message` when absent) and its joined `data:`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -238,10 +239,14 @@ impl Reported {
     }
 }
 
-/// A `usage` object of the Messages API, in a JSON answer, `message_start` or `message_delta`.
+/// A `usage` object of the Messages API, in a JSON answer, `message_start` or `message_delta`;
+/// or of the OpenAI-compatible chat completions, whose names for the same two counts are
+/// `prompt_tokens` and `completion_tokens`.
 #[derive(Deserialize)]
 pub(crate) struct Counts {
+    #[serde(alias = "prompt_tokens")]
     input_tokens: Option<u64>,
+    #[serde(alias = "completion_tokens")]
     output_tokens: Option<u64>,
     cache_creation_input_tokens: Option<u64>,
     cache_read_input_tokens: Option<u64>,
@@ -282,7 +287,9 @@ impl Usage {
                     self.input_tokens = self.input_tokens.or(Some(0));
                 }
             }
-            "message_delta" => {
+            // A chat completion chunk (an unnamed event) carries `usage` at its top level,
+            // in the last chunk; the Messages API never sends unnamed events.
+            "message_delta" | "message" => {
                 if let Some(c) = serde_json::from_str::<Body>(&event.data)
                     .ok()
                     .and_then(|b| b.usage)

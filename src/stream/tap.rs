@@ -295,6 +295,32 @@ mod tests {
     }
 
     #[test]
+    fn a_chat_completion_reports_its_usage_by_the_openai_names() {
+        let stream = "data: {\"id\":\"c\",\"choices\":[{\"delta\":{\"content\":\"hi\"}}]}\n\n\
+            data: {\"id\":\"c\",\"choices\":[],\"usage\":{\"prompt_tokens\":21,\"completion_tokens\":4,\"total_tokens\":25}}\n\n\
+            data: [DONE]\n\n";
+        let chunks: Vec<Chunk> = stream
+            .as_bytes()
+            .chunks(5)
+            .map(|c| Ok(c.to_vec()))
+            .collect();
+        let (_, seen) = run(chunks, true);
+        let usage = seen.unwrap().usage;
+        assert_eq!(
+            (usage.input_tokens, usage.output_tokens),
+            (Some(21), Some(4))
+        );
+        let body =
+            br#"{"object":"chat.completion","usage":{"prompt_tokens":9,"completion_tokens":3}}"#;
+        let (_, seen) = run(vec![Ok(body.to_vec())], false);
+        let usage = seen.unwrap().usage;
+        assert_eq!(
+            (usage.input_tokens, usage.output_tokens),
+            (Some(9), Some(3))
+        );
+    }
+
+    #[test]
     fn a_json_answer_counts_cache_writes_but_not_cache_reads() {
         let body = br#"{"type":"message","usage":{"input_tokens":10,"cache_read_input_tokens":5,"cache_creation_input_tokens":7,"output_tokens":3}}"#;
         let (_, seen) = run(
