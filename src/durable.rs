@@ -94,6 +94,47 @@ pub fn call_again(retryable: bool, overloaded: bool, tries: u32) -> bool {
     retryable && !overloaded && tries == 0
 }
 
+/// How the runtime marked a failed call: `(retryable, overloaded)`.
+pub type Marks = (bool, bool);
+
+/// Sends a call through `send` and sends it again per [`call_again`], reading each failure's
+/// marks with `marks`. The shell's one loop around an object call, generic so a host test can
+/// drive it through a simulated failure.
+pub async fn send_with_retry<T, E, F, Fut>(mut send: F, marks: impl Fn(&E) -> Marks) -> Result<T, E>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let mut tries = 0;
+    loop {
+        match send().await {
+            Ok(answer) => return Ok(answer),
+            Err(failure) => {
+                let (retryable, overloaded) = marks(&failure);
+                if !call_again(retryable, overloaded, tries) {
+                    return Err(failure);
+                }
+                tries += 1;
+            }
+        }
+    }
+}
+
+/// The marks the Workers runtime sets on a failed Durable Object call (`.retryable` when the
+/// object was reset, as by a deploy; `.overloaded` when it cannot keep up). Anything else,
+/// an error thrown by the object's own code included, carries neither.
+#[cfg(target_arch = "wasm32")]
+#[must_use]
+pub fn runtime_marks(error: &wasm_bindgen::JsValue) -> Marks {
+    let flag = |name: &str| {
+        js_sys::Reflect::get(error, &name.into())
+            .ok()
+            .and_then(|v| v.as_bool())
+            .unwrap_or(false)
+    };
+    (flag("retryable"), flag("overloaded"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -104,6 +145,42 @@ mod tests {
         assert!(!call_again(true, false, 1));
         assert!(!call_again(true, true, 0));
         assert!(!call_again(false, false, 0));
+    }
+
+    /// A call whose first `failures` sends fail with `marks`, then answers; counts the sends.
+    fn through_failures(failures: u32, marks: Marks) -> (Result<&'static str, Marks>, u32) {
+        let sends = std::cell::Cell::new(0);
+        let send = || {
+            sends.set(sends.get() + 1);
+            let n = sends.get();
+            async move {
+                if n <= failures {
+                    Err(marks)
+                } else {
+                    Ok("answer")
+                }
+            }
+        };
+        let answer = futures_executor::block_on(send_with_retry(send, |m: &Marks| *m));
+        (answer, sends.get())
+    }
+
+    #[test]
+    fn an_object_reset_under_a_call_costs_one_more_send_and_the_call_succeeds() {
+        assert_eq!(through_failures(1, (true, false)), (Ok("answer"), 2));
+        // Reset twice in a row: the second failure is the caller's answer.
+        assert_eq!(through_failures(2, (true, false)), (Err((true, false)), 2));
+    }
+
+    #[test]
+    fn an_overloaded_or_unmarked_failure_is_never_sent_again() {
+        assert_eq!(through_failures(1, (true, true)), (Err((true, true)), 1));
+        assert_eq!(through_failures(1, (false, true)), (Err((false, true)), 1));
+        assert_eq!(
+            through_failures(1, (false, false)),
+            (Err((false, false)), 1)
+        );
+        assert_eq!(through_failures(0, (false, false)), (Ok("answer"), 1));
     }
 
     #[test]

@@ -136,3 +136,31 @@ fn full_width_seeds_need_serde_json_not_json_parse() {
     assert!(serde_wasm_bindgen::from_value::<Call>(parsed).is_err());
     assert_eq!(serde_json::from_str::<Call>(&text).unwrap().seed, seed);
 }
+
+/// A failed object call reaches the shell as a `worker::Error` made from the runtime's JS
+/// error; the marks that decide whether it goes again must survive that conversion.
+#[wasm_bindgen_test]
+fn the_runtime_marks_on_a_failed_object_call_survive_the_error_conversion() {
+    use breakwater::durable::runtime_marks;
+    let marked = |retryable: bool, overloaded: bool| {
+        let error = js_sys::Error::new("Durable Object reset because its code was updated.");
+        js_sys::Reflect::set(&error, &"retryable".into(), &retryable.into()).unwrap();
+        js_sys::Reflect::set(&error, &"overloaded".into(), &overloaded.into()).unwrap();
+        worker::Error::from(wasm_bindgen::JsValue::from(error))
+    };
+    assert_eq!(
+        runtime_marks(&marked(true, false).to_js_value()),
+        (true, false)
+    );
+    assert_eq!(
+        runtime_marks(&marked(true, true).to_js_value()),
+        (true, true)
+    );
+    // An error the object's own code threw carries no marks: never sent again.
+    let thrown = worker::Error::from(wasm_bindgen::JsValue::from(js_sys::Error::new("boom")));
+    assert_eq!(runtime_marks(&thrown.to_js_value()), (false, false));
+    assert_eq!(
+        runtime_marks(&wasm_bindgen::JsValue::from_str("text")),
+        (false, false)
+    );
+}

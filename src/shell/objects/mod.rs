@@ -208,24 +208,18 @@ pub async fn call<C: Serialize, T: DeserializeOwned>(
         .map_err(|e| unavailable("not reachable", &e))?;
     let body = serde_json::to_string(call).map_err(|e| unavailable("call not encodable", &e))?;
     let answer = async {
-        let mut tries = 0;
-        let response = loop {
+        let send = || async {
             let mut init = RequestInit::new();
             init.with_method(Method::Post)
                 .with_body(Some(body.as_str().into()));
-            let request = Request::new_with_init("https://object/call", &init)
-                .map_err(|e| unavailable("call not built", &e))?;
-            match stub.fetch_with_request(request).await {
-                Ok(response) => break response,
-                Err(e) => {
-                    let (retryable, overloaded) = marked(&e);
-                    if !durable::call_again(retryable, overloaded, tries) {
-                        return Err(unavailable("did not answer", &e));
-                    }
-                    tries += 1;
-                }
-            }
+            let request = Request::new_with_init("https://object/call", &init)?;
+            stub.fetch_with_request(request).await
         };
+        let response = durable::send_with_retry(send, |e: &worker::Error| {
+            durable::runtime_marks(&e.to_js_value())
+        })
+        .await
+        .map_err(|e| unavailable("did not answer", &e))?;
         if response.status_code() != 200 {
             let status = response.status_code();
             return Err(unavailable(
@@ -248,19 +242,6 @@ pub async fn call<C: Serialize, T: DeserializeOwned>(
         )),
     };
     outcome
-}
-
-/// What the runtime says of a failed object call: whether it may be retried (the object was
-/// reset, by a deploy for one), and whether the object is overloaded.
-fn marked(error: &worker::Error) -> (bool, bool) {
-    let value = error.to_js_value();
-    let flag = |name: &str| {
-        js_sys::Reflect::get(&value, &name.into())
-            .ok()
-            .and_then(|v| v.as_bool())
-            .unwrap_or(false)
-    };
-    (flag("retryable"), flag("overloaded"))
 }
 
 /// An object's answer as text, read by the runtime in one call (reading it chunk by chunk
