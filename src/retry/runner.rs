@@ -75,6 +75,9 @@ pub struct Ask {
     pub unreported_served: u32,
     /// What the request costs the key's buckets.
     pub cost: Cost,
+    /// When the edge asked (its clock): the object takes the call's way there as the way
+    /// back, to know when the edge sends what it answers.
+    pub asked_ms: u64,
 }
 
 /// What the shared state is told after an attempt.
@@ -334,6 +337,7 @@ where
                 let mut limits = transport.key_limits();
                 if !limits.is_empty() {
                     limits.age_ms = Some(clock.now_ms().saturating_sub(sent_ms));
+                    limits.sent_ms = Some(sent_ms);
                 }
                 gate.after(&mut shared, &outcome, probe, consulted, limits)
                     .await;
@@ -546,6 +550,7 @@ impl<C: Clock, S: Sleep> Gatekeeper<'_, C, S> {
                 unreported,
                 unreported_served,
                 cost: self.cost,
+                asked_ms: self.clock.now_ms(),
             };
             let Ok(gate) = shared.before(ask).await else {
                 return Cleared::Go(None);
@@ -571,6 +576,29 @@ impl<C: Clock, S: Sleep> Gatekeeper<'_, C, S> {
                         return Cleared::Leave {
                             error: ProxyError::from(&refusal),
                             why,
+                        };
+                    }
+                    // Past the budget (the last wait ended at it, and the call took its round
+                    // trip): answered now, not asked once more. A queued request asks: its
+                    // turn may have come.
+                    let refused = match reason {
+                        WaitReason::Cooldown => Some(RefuseReason::Cooldown),
+                        WaitReason::Overloaded | WaitReason::Recovering => {
+                            Some(RefuseReason::Overloaded)
+                        }
+                        WaitReason::Queued => None,
+                    };
+                    if let Some(reason) = refused.filter(|_| now >= self.deadline_ms) {
+                        let refusal = Refusal {
+                            reason,
+                            retry_after_ms: until_ms
+                                .saturating_sub(now)
+                                .max(crate::retry::MIN_RETRY_AFTER_MS),
+                            last_cause,
+                        };
+                        return Cleared::Stopped {
+                            error: ProxyError::from(&refusal),
+                            stop: Stop::Refused(reason),
                         };
                     }
                     let ms = until_ms.min(self.deadline_ms).saturating_sub(now).max(1);

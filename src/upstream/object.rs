@@ -13,6 +13,16 @@ use crate::retry::runner::{Ask, Tell};
 /// The alarm looks again this often whether the key's state can be forgotten.
 const IDLE_CHECK_MS: u64 = 60_000;
 
+/// A call's way from the edge, taken as its answer's way back: from the edge's clock when it
+/// asked to the object's now. Clocks a little apart, or a call that waited in the runtime,
+/// are bounded: at most a second, and nothing when the edge did not say.
+fn one_way_ms(asked_ms: u64, now_ms: u64) -> u64 {
+    if asked_ms == 0 {
+        return 0;
+    }
+    now_ms.saturating_sub(asked_ms).min(1_000)
+}
+
 /// One call from the Worker to the upstream key's object, about one pool (`model`: a route,
 /// or a model family of `/v1/messages`, as Anthropic pools its limits). Each carries the first
 /// attempts the edge sent unasked since its last call (for the retry budget).
@@ -34,6 +44,9 @@ pub enum UpstreamCall {
         /// Who asks, for the fair order when the pool is scarce.
         #[serde(default)]
         claimant: Claimant,
+        /// When the edge asked, by its clock (0: not known).
+        #[serde(default)]
+        asked_ms: u64,
     },
     After {
         model: String,
@@ -67,6 +80,7 @@ impl UpstreamCall {
             served: ask.unreported_served,
             cost: ask.cost,
             claimant: claimant.clone(),
+            asked_ms: ask.asked_ms,
         }
     }
 
@@ -112,9 +126,11 @@ impl ObjectState for UpstreamState {
                 served,
                 cost,
                 claimant,
+                asked_ms,
             } => {
                 self.record_requests(&policy, now_ms, unreported);
                 self.record_served(&policy, now_ms, &model, served);
+                let way_ms = one_way_ms(asked_ms, now_ms);
                 UpstreamReply::Gate(self.before_paced_attempt(
                     &policy,
                     now_ms,
@@ -122,7 +138,7 @@ impl ObjectState for UpstreamState {
                     is_retry,
                     deadline_ms,
                     request_seed,
-                    cost,
+                    (cost, way_ms),
                     &claimant,
                 ))
             }
@@ -210,6 +226,7 @@ mod tests {
             served: 0,
             cost: Cost::default(),
             claimant: Claimant::default(),
+            asked_ms: 0,
         };
         let reply = serde_json::to_value(state.decide(t0, before(1))).unwrap();
         assert_eq!(
@@ -280,6 +297,7 @@ mod tests {
             served: 0,
             cost: Cost::default(),
             claimant: Claimant::default(),
+            asked_ms: 0,
         };
         assert!(!<UpstreamState as ObjectState>::reads_only(&before_call));
     }

@@ -108,6 +108,10 @@ pub struct KeyLimits {
     /// not known; a second is assumed).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub age_ms: Option<u64>,
+    /// When that attempt was sent, by the edge's clock: the upstream counted what was sent
+    /// before it. Exact where `age_ms` is not: the report's own way to the object is not in it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sent_ms: Option<u64>,
     /// The latest `anthropic-ratelimit-*-reset` (ms since the epoch) of a dimension the
     /// answer reported empty: until then the upstream itself says the key has no room.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -188,6 +192,7 @@ impl KeyLimits {
             input_tokens: read(LimitDimension::InputTokens),
             output_tokens: read(LimitDimension::OutputTokens),
             age_ms: None,
+            sent_ms: None,
             empty_until_ms,
             answered: None,
         }
@@ -266,6 +271,11 @@ struct Lane {
     charge_pm: u64,
     #[serde(default)]
     charge: Charge,
+    /// The latest time an observation counted up to: an answer counted earlier (a slow one,
+    /// overtaken by the answers of attempts sent after it) is older news than what the lane
+    /// already took in.
+    #[serde(default)]
+    counted_us: u64,
 }
 
 /// Learning what the upstream really charges for what the proxy reserved. The input estimate
@@ -313,6 +323,16 @@ struct Pending {
     /// The request's seed (0: not known), so that its own answer's figures can tell which
     /// reservations the upstream had counted: it and those made before it.
     seed: u64,
+    /// When its edge sends it: the send time, or when the answer reaches the edge if that
+    /// is later (0: not known, taken as `at_us`).
+    #[serde(default)]
+    sent_us: u64,
+}
+
+impl Pending {
+    fn sent_us(&self) -> u64 {
+        self.sent_us.max(self.at_us)
+    }
 }
 
 /// A reservation sent this recently may not be in the upstream's figures yet, when the
@@ -357,13 +377,18 @@ impl Lane {
         self.charged(units.saturating_mul(self.interval_us()))
     }
 
-    fn reserve(&mut self, at_us: u64, units: u64, seed: u64) {
+    fn reserve(&mut self, at_us: u64, units: u64, (seed, sent_us): (u64, u64)) {
         self.tat_us = stored(self.tat_us.max(at_us).saturating_add(self.debt_us(units)));
         let units = units.min(self.limit.max(1));
         if self.pending.len() >= MAX_PENDING {
             self.pending.remove(0);
         }
-        self.pending.push(Pending { at_us, units, seed });
+        self.pending.push(Pending {
+            at_us,
+            units,
+            seed,
+            sent_us,
+        });
     }
 
     /// The upstream's figures at `now_us`: what it counts, plus the reservations it may not
@@ -377,28 +402,42 @@ impl Lane {
         &mut self,
         now_us: u64,
         observed: Observed,
-        (answered, counted_until_us): (Option<u64>, u64),
+        (answered, counted_until_us, exact): (Option<u64>, u64, bool),
         rounding: u64,
         learn: bool,
     ) {
         self.limit = observed.limit;
         let used = observed.limit.saturating_sub(observed.remaining);
         let level_us = self.span_us(used);
-        if learn {
+        // Reservations counted by a newer answer are let go after a second, so an older one
+        // cannot see them all: it may only show less room, never more, and teaches no charge.
+        let stale = counted_until_us < self.counted_us;
+        self.counted_us = self.counted_us.max(counted_until_us);
+        if learn && !stale {
             self.learn_charge(now_us, level_us);
         }
-        // When the bucket would be full again given what the upstream counts...
-        let implied = now_us
+        // When the bucket would be full again given what the upstream counts (from when it
+        // counted, when the answer says; otherwise from now, which only errs late)...
+        let counted_at_us = if exact { counted_until_us } else { now_us };
+        let implied = counted_at_us
             .saturating_add(level_us)
             .saturating_add(self.span_us(rounding));
-        // ...and what it has not seen yet: the reservations after the answered one (several
-        // made at one instant reach the upstream one after the other), or after the time.
+        // ...and what it has not seen yet: what its edges sent after the answered attempt
+        // (several sent at one instant reach the upstream in the order they were reserved).
+        // Without the send time, the reservations after the answered one: the order in which
+        // the object handed out turns, which the edges' ways back can shuffle.
         let through = answered
             .filter(|&seed| seed != 0)
             .and_then(|seed| self.pending.iter().position(|p| p.seed == seed));
-        let after = |i: usize, p: &Pending| match through {
-            Some(t) => i > t,
-            None => p.at_us > counted_until_us,
+        let after = |i: usize, p: &Pending| {
+            let later = through.is_some_and(|t| i > t);
+            match (exact, through) {
+                (true, _) => {
+                    p.sent_us() > counted_until_us || (p.sent_us() == counted_until_us && later)
+                }
+                (false, Some(_)) => later,
+                (false, None) => p.at_us > counted_until_us,
+            }
         };
         let mut unseen = 0u64;
         let mut kept = Vec::with_capacity(self.pending.len());
@@ -407,7 +446,7 @@ impl Lane {
             if not_counted {
                 unseen = unseen.saturating_add(self.span_us(p.units));
             }
-            if not_counted || p.at_us.saturating_add(IN_FLIGHT_US) > now_us {
+            if not_counted || p.sent_us().saturating_add(IN_FLIGHT_US) > now_us {
                 kept.push(*p);
             }
         }
@@ -418,6 +457,8 @@ impl Lane {
         // news the lane takes at once.
         self.tat_us = stored(if observed.remaining == 0 {
             seen.max(self.tat_us)
+        } else if stale {
+            self.tat_us
         } else {
             seen
         });
@@ -737,22 +778,24 @@ impl Pace {
     /// force: pacing that works sheds nothing, and must not end for want of shedding while
     /// requests still queue.
     pub fn reserve(&mut self, policy: &PacePolicy, now_ms: u64, at_ms: u64, cost: Cost) {
-        self.reserve_for(policy, now_ms, at_ms, cost, 0);
+        self.reserve_for(policy, (now_ms, at_ms, at_ms), cost, 0);
     }
 
-    /// [`Pace::reserve`] for the request of `seed`, which its answer's figures name.
+    /// [`Pace::reserve`] for the request of `seed`, which its answer's figures name, decided
+    /// at `now_ms` to go at `at_ms`, and sent by its edge at `lands_ms` (when the answer
+    /// reaches it, if later).
     pub fn reserve_for(
         &mut self,
         policy: &PacePolicy,
-        now_ms: u64,
-        at_ms: u64,
+        (now_ms, at_ms, lands_ms): (u64, u64, u64),
         cost: Cost,
         seed: u64,
     ) {
         let at_us = at_ms.saturating_mul(1000);
+        let sent_us = lands_ms.max(at_ms).saturating_mul(1000);
         for dimension in LimitDimension::ALL {
             if let Some(Some(lane)) = self.lanes.get_mut(dimension.index()) {
-                lane.reserve(at_us, dimension.units(cost), seed);
+                lane.reserve(at_us, dimension.units(cost), (seed, sent_us));
             }
         }
         if self.rate_mrps(now_ms) > 0 {
@@ -772,10 +815,12 @@ impl Pace {
         // The figures count what the upstream admitted before the attempt they answer (sent
         // `age_ms` ago, its own reservation included: the proxy reserves a request at the
         // send time it then waits for).
-        let counted_until_us = match limits.age_ms {
-            Some(age) => now_us.saturating_sub(age.saturating_mul(1000)),
-            None => now_us.saturating_sub(IN_FLIGHT_US),
+        let counted_until_us = match (limits.sent_ms, limits.age_ms) {
+            (Some(sent), _) => sent.saturating_mul(1000).min(now_us),
+            (None, Some(age)) => now_us.saturating_sub(age.saturating_mul(1000)),
+            (None, None) => now_us.saturating_sub(IN_FLIGHT_US),
         };
+        let exact = limits.sent_ms.is_some() || limits.age_ms.is_some();
         for dimension in LimitDimension::ALL {
             if let (Some(observed), Some(slot)) =
                 (limits.get(dimension), self.lanes.get_mut(dimension.index()))
@@ -797,7 +842,7 @@ impl Pace {
                 slot.get_or_insert_with(Lane::default).observe(
                     now_us,
                     observed,
-                    (limits.answered, counted_until_us),
+                    (limits.answered, counted_until_us, exact),
                     rounding,
                     learn,
                 );
@@ -1109,8 +1154,9 @@ mod tests {
             );
             pace
         };
-        // Sent 300 ms before: it is in the figures, and the next goes when one unit is back.
-        assert_eq!(at(&answered(Some(300)), T0 + 300), T0 + 1_300);
+        // Sent 300 ms before: it is in the figures, which the upstream counted when it came
+        // in; the next goes when one unit is back from then.
+        assert_eq!(at(&answered(Some(300)), T0 + 300), T0 + 1_000);
         // Not said: a reservation of the last second may not be in them, and counts again.
         assert_eq!(at(&answered(None), T0 + 300), T0 + 2_300);
         // What was sent after the answered attempt is not in its figures: of two sent with
@@ -1126,7 +1172,73 @@ mod tests {
                 ..requests_only(60, 1)
             },
         );
-        assert_eq!(at(&pace, T0 + 300), T0 + 1_300);
+        assert_eq!(at(&pace, T0 + 300), T0 + 1_000);
+        // The edge's own send time says the same when the report took its time to arrive:
+        // what went after that time is not in the figures.
+        let mut pace = Pace::default();
+        pace.observe(T0, &requests_only(60, 2));
+        pace.reserve(&policy, T0, T0, Cost::default());
+        pace.reserve(&policy, T0 + 100, T0 + 100, Cost::default());
+        pace.observe(
+            T0 + 450,
+            &KeyLimits {
+                sent_ms: Some(T0),
+                age_ms: Some(300),
+                ..requests_only(60, 1)
+            },
+        );
+        assert_eq!(at(&pace, T0 + 450), T0 + 1_000);
+    }
+
+    #[test]
+    fn an_answer_older_than_what_the_lane_knows_never_shows_more_room() {
+        let policy = PacePolicy::default();
+        // Six a minute, two left: two go, 100 ms apart.
+        let mut pace = Pace::default();
+        pace.observe(T0, &requests_only(6, 2));
+        pace.reserve_for(&policy, (T0, T0, T0), Cost::default(), 1);
+        pace.reserve_for(&policy, (T0, T0 + 100, T0 + 100), Cost::default(), 2);
+        let answer = |sent_ms: u64, seed, remaining| KeyLimits {
+            sent_ms: Some(sent_ms),
+            age_ms: Some(300),
+            answered: Some(seed),
+            ..requests_only(6, remaining)
+        };
+        // The second one's answer comes first: none left, the next one in 10 s...
+        pace.observe(T0 + 400, &answer(T0 + 100, 2, 0));
+        let known = pace.send_time(&policy, T0 + 2_500, Cost::default());
+        assert!(matches!(known, SendTime::At { at_ms, .. } if at_ms == T0 + 10_100));
+        // ...then the first one's, slow, with figures counted before the second went (one
+        // left): its reservation is long let go, and what it shows is old news.
+        pace.observe(T0 + 2_500, &answer(T0, 1, 1));
+        assert_eq!(pace.send_time(&policy, T0 + 2_500, Cost::default()), known);
+    }
+
+    #[test]
+    fn a_turn_whose_answer_reaches_its_edge_late_counts_as_sent_then() {
+        let policy = PacePolicy::default();
+        let at = |pace: &Pace, now: u64| match pace.send_time(&policy, now, Cost::default()) {
+            SendTime::At { at_ms, .. } => at_ms,
+            SendTime::Now => now,
+        };
+        // Two requests cleared at once with two left; the second's edge is far and sends it
+        // 90 ms later, after the first (near) edge sent its own at once.
+        let mut pace = Pace::default();
+        pace.observe(T0, &requests_only(60, 2));
+        pace.reserve_for(&policy, (T0, T0, T0 + 90), Cost::default(), 2);
+        pace.reserve_for(&policy, (T0, T0, T0 + 5), Cost::default(), 1);
+        // The first one's answer counted what came before it: one left, which the far
+        // request took after.
+        pace.observe(
+            T0 + 300,
+            &KeyLimits {
+                sent_ms: Some(T0 + 5),
+                age_ms: Some(295),
+                answered: Some(1),
+                ..requests_only(60, 1)
+            },
+        );
+        assert_eq!(at(&pace, T0 + 300), T0 + 1_005);
     }
 
     #[test]
@@ -1137,6 +1249,7 @@ mod tests {
             input_tokens: Some(observed(60_000, 60_000)),
             output_tokens: Some(observed(8_000, 8_000)),
             age_ms: None,
+            sent_ms: None,
             empty_until_ms: None,
             answered: None,
         };

@@ -180,6 +180,8 @@ struct Entry {
     start: u64,
     seq: u64,
     deadline_ms: u64,
+    /// The way from its edge: its turn's answer reaches the edge this much later.
+    way_ms: u64,
     hold_until_ms: u64,
     /// A turn projected after its deadline is refused no earlier than this (see
     /// [`REFUSE_AFTER_MS`]).
@@ -275,7 +277,7 @@ impl Share {
         seed: u64,
         claimant: &Claimant,
         cost: Cost,
-        deadline_ms: u64,
+        (deadline_ms, way_ms): (u64, u64),
     ) {
         self.touch();
         if let Some(entry) = self.entries.get_mut(&seed) {
@@ -322,6 +324,7 @@ impl Share {
             start,
             seq: self.seq,
             deadline_ms,
+            way_ms,
             hold_until_ms: now.saturating_add(MAX_HOLD_MS),
             refuse_after_ms: now
                 .saturating_add(REFUSE_AFTER_MS.min(deadline_ms.saturating_sub(now) / 2)),
@@ -420,7 +423,8 @@ impl Share {
                 );
                 continue;
             }
-            pace.reserve_for(policy, now, at, entry.cost, entry.seed);
+            let lands = at.max(now.saturating_add(entry.way_ms));
+            pace.reserve_for(policy, (now, at, lands), entry.cost, entry.seed);
             if let Some(v) = self.vtime.get_mut(head.0.index()) {
                 *v = (*v).max(head.1);
             }
@@ -647,14 +651,14 @@ mod tests {
             claimant("light", 1, Priority::Interactive),
         );
         for i in 0..6 {
-            share.join(&pace, T0, i, &heavy, Cost::default(), T0 + 600_000);
+            share.join(&pace, T0, i, &heavy, Cost::default(), (T0 + 600_000, 0));
             seeds.push((i, "heavy"));
         }
         for i in 10..16 {
-            share.join(&pace, T0, i, &double, Cost::default(), T0 + 600_000);
+            share.join(&pace, T0, i, &double, Cost::default(), (T0 + 600_000, 0));
             seeds.push((i, "double"));
         }
-        share.join(&pace, T0, 99, &light, Cost::default(), T0 + 600_000);
+        share.join(&pace, T0, 99, &light, Cost::default(), (T0 + 600_000, 0));
         seeds.push((99, "light"));
         let went = drain(&mut share, &mut pace, &seeds);
         // The light caller arrived last and goes first; then two of `double` for each of
@@ -673,11 +677,11 @@ mod tests {
         let chat = claimant("chat", 1, Priority::Interactive);
         let mut seeds = Vec::new();
         for i in 0..5 {
-            share.join(&pace, T0, i, &job, Cost::default(), T0 + 600_000);
+            share.join(&pace, T0, i, &job, Cost::default(), (T0 + 600_000, 0));
             seeds.push((i, "job"));
         }
-        share.join(&pace, T0, 50, &chat, Cost::default(), T0 + 600_000);
-        share.join(&pace, T0, 51, &chat, Cost::default(), T0 + 600_000);
+        share.join(&pace, T0, 50, &chat, Cost::default(), (T0 + 600_000, 0));
+        share.join(&pace, T0, 51, &chat, Cost::default(), (T0 + 600_000, 0));
         seeds.push((50, "chat"));
         seeds.push((51, "chat"));
         let went = drain(&mut share, &mut pace, &seeds);
@@ -692,9 +696,9 @@ mod tests {
         // One a second: the third's turn is at 3 s, and so is the fourth's (a late one holds
         // no place in the projection).
         for i in 0..3 {
-            share.join(&pace, T0, i, &job, Cost::default(), T0 + 2_500);
+            share.join(&pace, T0, i, &job, Cost::default(), (T0 + 2_500, 0));
         }
-        share.join(&pace, T0, 3, &job, Cost::default(), T0 + 900);
+        share.join(&pace, T0, 3, &job, Cost::default(), (T0 + 900, 0));
         let policy = PacePolicy::default();
         share.release(&mut pace, &policy, T0, 0);
         // Neither is refused at once (an answer could show more room meanwhile)...
@@ -732,13 +736,13 @@ mod tests {
         let mut pace = scarce(1);
         let mut share = Share::default();
         let job = claimant("job", 1, Priority::Interactive);
-        share.join(&pace, T0, 1, &job, Cost::default(), T0 + 3_600_000);
-        share.join(&pace, T0, 2, &job, Cost::default(), T0 + 3_600_000);
+        share.join(&pace, T0, 1, &job, Cost::default(), (T0 + 3_600_000, 0));
+        share.join(&pace, T0, 2, &job, Cost::default(), (T0 + 3_600_000, 0));
         let policy = PacePolicy::default();
         share.release(&mut pace, &policy, T0 + MAX_HOLD_MS, 0);
         assert_eq!(share.place(T0 + MAX_HOLD_MS, 1), Place::AskAgain);
         // The first asks again and keeps its place; the second never does and loses it.
-        share.join(&pace, T0 + MAX_HOLD_MS, 1, &job, Cost::default(), 0);
+        share.join(&pace, T0 + MAX_HOLD_MS, 1, &job, Cost::default(), (0, 0));
         share.release(&mut pace, &policy, T0 + MAX_HOLD_MS + REASK_GRACE_MS + 1, 0);
         assert!(share.contains(1));
         assert!(!share.contains(2));
@@ -750,7 +754,7 @@ mod tests {
         let mut share = Share::default();
         let job = claimant("job", 1, Priority::Interactive);
         for i in 0..(MAX_WAITING as u64 + 10) {
-            share.join(&pace, T0, i, &job, Cost::default(), u64::MAX / 4);
+            share.join(&pace, T0, i, &job, Cost::default(), (u64::MAX / 4, 0));
         }
         share.release(&mut pace, &PacePolicy::default(), T0, 0);
         let refused = (0..(MAX_WAITING as u64 + 10))

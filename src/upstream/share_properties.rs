@@ -35,7 +35,14 @@ fn tokens(n: u64) -> Cost {
 
 /// The request of `seed` asks again after its hold: it keeps its place.
 fn ask_again(share: &mut Share, pace: &Pace, now: u64, seed: u64) {
-    share.join(pace, now, seed, &Claimant::default(), Cost::default(), 0);
+    share.join(
+        pace,
+        now,
+        seed,
+        &Claimant::default(),
+        Cost::default(),
+        (0, 0),
+    );
 }
 
 /// Releases every 50 ms from `from` to `until`, reading each seed's place; the turns given,
@@ -87,7 +94,7 @@ proptest! {
             let claimant = Claimant { caller: format!("c{c}"), weight, priority: Priority::Interactive };
             for i in 0..40u64 {
                 let seed = (c as u64) * 1_000 + i;
-                share.join(&pace, T0, seed, &claimant, tokens(size), T0 + 3_600_000);
+                share.join(&pace, T0, seed, &claimant, tokens(size), (T0 + 3_600_000, 0));
                 seeds.push(seed);
                 owner.insert(seed, c);
             }
@@ -147,7 +154,7 @@ proptest! {
                     priority: if background { Priority::Background } else { Priority::Interactive },
                 };
                 let size = size.min(limit);
-                share.join(&pace, now, seed, &claimant, tokens(size), now + 120_000);
+                share.join(&pace, now, seed, &claimant, tokens(size), (now + 120_000, 0));
                 cost_of.insert(seed, size);
                 pending.push(seed);
                 next += 1;
@@ -213,7 +220,7 @@ proptest! {
                     weight: 1 + caller as u32,
                     priority: if background { Priority::Background } else { Priority::Interactive },
                 };
-                share.join(&pace, now, next as u64, &claimant, tokens(1_000), now + 90_000);
+                share.join(&pace, now, next as u64, &claimant, tokens(1_000), (now + 90_000, 0));
                 seeds.push(next as u64);
                 next += 1;
             }

@@ -2,6 +2,13 @@
 //! ([`crate::retry::runner::run`]) on a virtual clock, spread over edges that each keep their
 //! own [`EdgeMemory`], sharing one [`UpstreamState`] in front of a simulated upstream that
 //! answers `529` during an outage.
+//!
+//! The platform's conditions are part of every run ([`PLATFORM`]): a call to the object takes
+//! a round trip drawn per edge (2–180 ms) during which other edges' calls are decided, a
+//! stored change is confirmed before its answer leaves, the object restarts (its memory lost,
+//! its held calls failed as the runtime fails them, and sent again once as production does)
+//! and runs its idle alarm; answers take a drawn time; `429`s carry whole-second
+//! `retry-after`s; prompts vary in size and their estimates in how far they overcount.
 
 use std::cell::RefCell;
 use std::future::Future;
@@ -10,6 +17,7 @@ use std::rc::Rc;
 
 use super::*;
 use crate::durable::ObjectState;
+use crate::request::route::Route;
 use crate::retry::fallback::Fallbacks;
 use crate::retry::runner::{
     self, Ask, Clock, Journal, SharedState, Sleep, Stop, Tell, Transport, Unreachable, WaitCause,
@@ -21,9 +29,45 @@ use crate::upstream::{KeyLimits, Observed};
 const MODEL: &str = "claude-opus-4-1";
 /// The model requests fall back to, in scenarios with a fallback.
 const FALLBACK_MODEL: &str = "claude-sonnet-4-5";
-/// How long the upstream takes to shed a request, and to answer one (headers).
-const SHED_MS: u64 = 40;
-const SERVE_MS: u64 = 300;
+/// Every request's `max_tokens`: what it reserves of the key's output lane.
+const MAX_TOKENS: u64 = 1_024;
+
+/// What the platform adds to every call (each a range a value is drawn from, log-uniformly).
+struct Platform {
+    /// An object call's round trip from one edge (drawn once per edge: near the object or
+    /// across the world), jittered by a quarter each call.
+    object_rtt_ms: (u64, u64),
+    /// How long a stored change takes to be confirmed (the answer waits for it).
+    storage_write_ms: (u64, u64),
+    /// How long the upstream takes to answer (headers), and to shed or refuse.
+    serve_ms: (u64, u64),
+    shed_ms: (u64, u64),
+    /// The object restarts this often, at a phase drawn per run (a run of a minute or two
+    /// meets one now and then): its memory is lost and its held calls fail as a deploy fails
+    /// them. [`a_restart_under_twice_the_key_limit_costs_little`] puts one in every run.
+    restart_every_ms: u64,
+}
+
+const PLATFORM: Platform = Platform {
+    object_rtt_ms: (2, 180),
+    storage_write_ms: (1, 10),
+    serve_ms: (150, 2_000),
+    shed_ms: (20, 120),
+    restart_every_ms: 600_000,
+};
+/// The longest call to the object: the longest round trip, jittered up by a quarter, and a
+/// write confirmed.
+const OBJECT_CALL_MAX_MS: u64 = PLATFORM.object_rtt_ms.1 * 5 / 4 + PLATFORM.storage_write_ms.1;
+
+/// The longest an answer or a refusal takes ([`PLATFORM`]).
+const SERVE_MS: u64 = PLATFORM.serve_ms.1;
+const SHED_MS: u64 = PLATFORM.shed_ms.1;
+
+/// A value drawn log-uniformly from `range` (a latency: most near the low end, a long tail).
+fn draw(rng: &mut fastrand::Rng, (low, high): (u64, u64)) -> u64 {
+    let (low, high) = (low.max(1) as f64, high.max(low.max(1)) as f64);
+    (low * (high / low).powf(rng.f64())).round() as u64
+}
 
 #[derive(Debug, Clone, Copy)]
 struct Scenario {
@@ -57,6 +101,8 @@ struct Scenario {
     random_arrivals: bool,
     /// The key's request limit becomes this many a minute from this time on (a tier upgrade).
     key_raise: Option<(u64, u64)>,
+    /// The object restarts at this time (besides the platform's own restarts).
+    restart_at_ms: Option<u64>,
     /// Several callers sharing a scarce key (then `clients`, `spacing_ms` and `budget_ms`
     /// come from the mix); the key's limits are known and every edge asks from the start.
     mix: Option<Mix>,
@@ -103,6 +149,11 @@ struct Client {
     journal: Journal,
     /// The shared state was asked before the first attempt.
     asked_first: bool,
+    /// What its prompt really counts, and what the proxy estimated.
+    input_tokens: u64,
+    estimate: u64,
+    /// When its served attempt was sent.
+    sent_at: Option<u64>,
 }
 
 /// What the whole fleet saw.
@@ -115,6 +166,8 @@ struct Log {
     scheduled: usize,
     /// Answers the key's own limit refused (`429`).
     limited: usize,
+    /// When the first answer that was not a success came back.
+    first_trouble: Option<u64>,
 
     /// When the model was marked overloaded, if it was.
     marked_at: Option<u64>,
@@ -128,6 +181,9 @@ struct Run {
     shared_calls: usize,
     scheduled: usize,
     limited: usize,
+    first_trouble: Option<u64>,
+    /// How often the object restarted during the run.
+    restarts: u64,
     marked_at: Option<u64>,
     recovered: Option<(u64, u64)>,
     max_wait_answers: usize,
@@ -149,6 +205,11 @@ struct SimUpstream {
     /// outage of every model).
     model: &'static str,
     outage_model: Option<&'static str>,
+    /// What this request's prompt counts.
+    input_tokens: u64,
+    /// When the last attempt was sent.
+    last_sent: u64,
+    rng: Rc<RefCell<fastrand::Rng>>,
 }
 
 impl Transport for SimUpstream {
@@ -156,6 +217,7 @@ impl Transport for SimUpstream {
 
     async fn attempt(&mut self, _timeout_ms: u64) -> (Outcome, Option<()>) {
         let sent_at = self.time.now_ms();
+        self.last_sent = sent_at;
         let probe = std::mem::take(&mut *self.probe.borrow_mut());
         self.log.borrow_mut().calls.push(Call {
             at: sent_at,
@@ -171,7 +233,7 @@ impl Transport for SimUpstream {
         let shed = ((self.outage_from_ms..self.outage_ms).contains(&sent_at) && in_outage) || over;
         let limited = match self.key.borrow_mut().as_mut() {
             Some(key) if !shed => {
-                let wait = key.admit(sent_at);
+                let wait = key.admit(sent_at, self.input_tokens);
                 self.limits = key.limits();
                 wait
             }
@@ -180,23 +242,30 @@ impl Transport for SimUpstream {
         if limited.is_some() {
             self.log.borrow_mut().limited += 1;
         }
-        self.time
-            .sleep(if shed || limited.is_some() {
-                SHED_MS
+        let takes = draw(
+            &mut self.rng.borrow_mut(),
+            if shed || limited.is_some() {
+                PLATFORM.shed_ms
             } else {
-                SERVE_MS
-            })
-            .await;
+                PLATFORM.serve_ms
+            },
+        );
+        self.time.sleep(takes).await;
         let status = match (shed, limited) {
             (true, _) => 529,
             (false, Some(_)) => 429,
             (false, None) => 200,
         };
+        if status != 200 {
+            let now = self.time.now_ms();
+            self.log.borrow_mut().first_trouble.get_or_insert(now);
+        }
         (
             Outcome::Response {
                 status,
                 should_retry: None,
-                wait_floor_ms: limited,
+                // Anthropic's `retry-after` is in whole seconds.
+                wait_floor_ms: limited.map(|wait| wait.div_ceil(1_000).max(1) * 1_000),
             },
             Some(()),
         )
@@ -296,8 +365,6 @@ struct Key {
     raise: Option<(u64, u64)>,
     requests: Option<KeyBucket>,
     input: Option<KeyBucket>,
-    /// What one request charges the input bucket.
-    input_tokens: u64,
 }
 
 impl Key {
@@ -307,39 +374,37 @@ impl Key {
             raise: scenario.key_raise,
             requests: scenario.key_rpm.map(|rpm| KeyBucket::new(rpm, full)),
             input: scenario.key_input.map(|i| KeyBucket::new(i.tpm, full)),
-            input_tokens: scenario.key_input.map_or(0, |i| i.tokens),
         };
         (key.requests.is_some() || key.input.is_some()).then_some(key)
     }
 
-    /// How long until every bucket holds the request (`None`: they do now).
-    fn wait(&mut self, now_ms: u64) -> Option<u64> {
+    /// How long until every bucket holds a request of `tokens` (`None`: they do now).
+    fn wait(&mut self, now_ms: u64, tokens: u64) -> Option<u64> {
         if let (Some((from, rpm)), Some(bucket)) = (self.raise, self.requests.as_mut()) {
             if now_ms >= from && bucket.per_minute != rpm {
                 bucket.refill(from);
                 bucket.per_minute = rpm;
             }
         }
-        let tokens = self.input_tokens;
         let requests = self.requests.as_mut().and_then(|b| b.wait(now_ms, 1));
         let input = self.input.as_mut().and_then(|b| b.wait(now_ms, tokens));
         requests.max(input)
     }
 
-    fn take(&mut self) {
+    fn take(&mut self, tokens: u64) {
         if let Some(b) = self.requests.as_mut() {
             b.level -= KeyBucket::UNIT;
         }
         if let Some(b) = self.input.as_mut() {
-            b.level -= self.input_tokens * KeyBucket::UNIT;
+            b.level -= tokens * KeyBucket::UNIT;
         }
     }
 
-    /// Charges one request, or says how long until the buckets hold one.
-    fn admit(&mut self, now_ms: u64) -> Option<u64> {
-        let wait = self.wait(now_ms);
+    /// Charges one request of `tokens`, or says how long until the buckets hold it.
+    fn admit(&mut self, now_ms: u64, tokens: u64) -> Option<u64> {
+        let wait = self.wait(now_ms, tokens);
         if wait.is_none() {
-            self.take();
+            self.take(tokens);
         }
         wait
     }
@@ -361,12 +426,97 @@ impl Key {
     }
 }
 
-/// The key's shared state in memory, called at virtual time.
+/// The key's Durable Object as the platform runs it: the state in memory (loaded from what
+/// was last stored), restarts that lose the memory and fail held calls, the idle alarm.
+struct SimObject {
+    state: Option<UpstreamState>,
+    /// What storage holds.
+    stored: Option<String>,
+    alarm_at: Option<u64>,
+    /// When the object restarts next.
+    restart_at: u64,
+    /// Restarts so far: a call held across one fails.
+    generation: u64,
+    restarts: u64,
+}
+
+impl SimObject {
+    fn new(seed: u64, restart_at_ms: Option<u64>) -> SimObject {
+        let phase = fastrand::Rng::with_seed(seed ^ 0x0b1ec7).u64(0..PLATFORM.restart_every_ms);
+        let phase = restart_at_ms.unwrap_or(phase);
+        SimObject {
+            state: None,
+            stored: None,
+            alarm_at: None,
+            restart_at: phase,
+            generation: 0,
+            restarts: 0,
+        }
+    }
+
+    /// Applies the restarts and alarms due by `now_ms`, in time order.
+    fn catch_up(&mut self, now_ms: u64) {
+        loop {
+            let alarm = self
+                .alarm_at
+                .filter(|&at| at <= now_ms && at < self.restart_at);
+            if let Some(at) = alarm {
+                let state = self.loaded();
+                if ObjectState::is_idle(state, at) {
+                    self.state = None;
+                    self.stored = None;
+                    self.alarm_at = None;
+                } else {
+                    self.alarm_at = Some(at + state.check_idle_in_ms(at));
+                }
+            } else if self.restart_at <= now_ms {
+                self.state = None;
+                self.generation += 1;
+                self.restarts += 1;
+                self.restart_at += PLATFORM.restart_every_ms;
+            } else {
+                return;
+            }
+        }
+    }
+
+    /// The state in memory, loaded from storage when the object has just started.
+    fn loaded(&mut self) -> &mut UpstreamState {
+        let stored = &self.stored;
+        self.state.get_or_insert_with(|| {
+            stored
+                .as_deref()
+                .map(|text| serde_json::from_str(text).expect("a stored state decodes"))
+                .unwrap_or_default()
+        })
+    }
+
+    /// After a call is answered: stores the state when the shell would (then the alarm is
+    /// set if it is not); whether it wrote.
+    fn store_after(&mut self, now_ms: u64, call: &UpstreamCall) -> bool {
+        let state = self.loaded();
+        if !crate::durable::stored_after(&*state, call) {
+            return false;
+        }
+        state.stored();
+        let check_in = state.check_idle_in_ms(now_ms);
+        self.stored = Some(serde_json::to_string(&*state).expect("a state encodes"));
+        self.alarm_at.get_or_insert(now_ms + check_in);
+        true
+    }
+}
+
+/// A call that failed because the object restarted under it (the runtime marks it retryable).
+#[derive(Debug)]
+struct Reset;
+
+/// The key's shared state as one edge reaches it, at virtual time.
 struct SimShared {
-    /// The pool this view asks for.
+    /// The model this view asks for, and its pool (the object's key for it).
     model: &'static str,
+    pool: String,
     time: Rc<VirtualTime>,
-    state: Rc<RefCell<UpstreamState>>,
+    object: Rc<RefCell<SimObject>>,
     enabled: bool,
     seed: u64,
     log: Rc<RefCell<Log>>,
@@ -376,6 +526,61 @@ struct SimShared {
     fallback_memory: Option<(&'static str, Rc<RefCell<EdgeMemory>>)>,
     /// Who the request is, for the fair order.
     claimant: Claimant,
+    /// This edge's round trip to the object.
+    rtt_ms: u64,
+    rng: Rc<RefCell<fastrand::Rng>>,
+}
+
+impl SimShared {
+    /// One call as the platform carries it: half a round trip there, decided (and held) by
+    /// the object as the shell does, the write confirmed, half a round trip back. Sent again
+    /// once when the object restarts under it, as [`crate::durable::send_with_retry`] does.
+    async fn call(&self, call: &UpstreamCall) -> Result<UpstreamReply, Reset> {
+        let send = || self.send(call);
+        crate::durable::send_with_retry(send, |_: &Reset| (true, false)).await
+    }
+
+    async fn send(&self, call: &UpstreamCall) -> Result<UpstreamReply, Reset> {
+        self.log.borrow_mut().shared_calls += 1;
+        let (there, back, write) = {
+            let mut rng = self.rng.borrow_mut();
+            let rtt = self.rtt_ms * rng.u64(75..=125) / 100;
+            (
+                rtt / 2,
+                rtt - rtt / 2,
+                draw(&mut rng, PLATFORM.storage_write_ms),
+            )
+        };
+        self.time.sleep(there).await;
+        let mut now = self.time.now_ms();
+        let (mut reply, generation) = {
+            let mut object = self.object.borrow_mut();
+            object.catch_up(now);
+            (object.loaded().decide(now, call.clone()), object.generation)
+        };
+        while let Some(wake) = UpstreamState::hold_until(&reply).filter(|&wake| wake > now) {
+            let restart = self.object.borrow().restart_at;
+            self.time.until(wake.min(restart)).await;
+            now = self.time.now_ms();
+            let polled = {
+                let mut object = self.object.borrow_mut();
+                object.catch_up(now);
+                (object.generation == generation).then(|| object.loaded().poll(now, call))
+            };
+            match polled {
+                // The object restarted under the held call: it fails as the runtime fails it.
+                None => {
+                    self.time.sleep(back).await;
+                    return Err(Reset);
+                }
+                Some(Some(next)) => reply = next,
+                Some(None) => break,
+            }
+        }
+        let wrote = self.object.borrow_mut().store_after(now, call);
+        self.time.sleep(back + if wrote { write } else { 0 }).await;
+        Ok(reply)
+    }
 }
 
 impl SharedState for SimShared {
@@ -383,45 +588,25 @@ impl SharedState for SimShared {
         if !self.enabled {
             return Ok(Gate::Go { probe: None });
         }
-        let now = self.time.now_ms();
-        self.log.borrow_mut().shared_calls += 1;
         if !ask.is_retry {
             *self.asked_first.borrow_mut() = true;
         }
-        let call = UpstreamCall::before(self.model, ask, &self.claimant);
-        // The object's own decision, as the Durable Object makes it...
-        let mut reply = self.state.borrow_mut().decide(now, call.clone());
-        // ...and held as it holds it: looked at again when it says, with no call from the edge.
-        while let Some(wake) = UpstreamState::hold_until(&reply) {
-            if wake <= self.time.now_ms() {
-                break;
-            }
-            self.time.until(wake).await;
-            let now = self.time.now_ms();
-            reply = self
-                .state
-                .borrow_mut()
-                .poll(now, &call)
-                .expect("a held call is polled");
-        }
-        let now = self.time.now_ms();
+        let call = UpstreamCall::before(&self.pool, ask, &self.claimant);
+        let reply = self
+            .call(&call)
+            .await
+            .map_err(|_| Unreachable("the object restarted twice".to_string()))?;
         let UpstreamReply::Gate(gate) = reply else {
             panic!("a gate answers a before-call");
         };
+        // A send time or a wait may have passed while the answer travelled back; both fit
+        // the budget.
         if let Gate::Scheduled { at_ms, .. } = gate {
-            assert!(
-                at_ms >= now && at_ms <= ask.deadline_ms,
-                "send times fit the budget"
-            );
+            assert!(at_ms <= ask.deadline_ms, "send times fit the budget");
             self.log.borrow_mut().scheduled += 1;
         }
-        if let Gate::Wait { until_ms, reason } = gate {
-            // A queued request whose hold ended asks again at once.
-            let now_is_fine = reason == WaitReason::Queued && until_ms == now;
-            assert!(
-                (until_ms > now || now_is_fine) && until_ms <= ask.deadline_ms,
-                "waits fit the budget"
-            );
+        if let Gate::Wait { until_ms, .. } = gate {
+            assert!(until_ms <= ask.deadline_ms, "waits fit the budget");
         }
         *self.probe.borrow_mut() = matches!(gate, Gate::Go { probe: Some(_) });
         Ok(gate)
@@ -431,13 +616,15 @@ impl SharedState for SimShared {
         if !self.enabled {
             return;
         }
-        let now = self.time.now_ms();
-        let mut log = self.log.borrow_mut();
-        log.shared_calls += 1;
-        let call = UpstreamCall::after(self.model, tell, self.seed ^ now);
-        let UpstreamReply::Change(change) = self.state.borrow_mut().decide(now, call) else {
+        let call = UpstreamCall::after(&self.pool, tell, self.seed ^ self.time.now_ms());
+        let Ok(reply) = self.call(&call).await else {
+            return;
+        };
+        let UpstreamReply::Change(change) = reply else {
             panic!("a change answers an after-call");
         };
+        let now = self.time.now_ms();
+        let mut log = self.log.borrow_mut();
         match change {
             Change::MarkedOverloaded { .. } if self.model == MODEL => {
                 log.marked_at.get_or_insert(now);
@@ -458,8 +645,9 @@ impl SharedState for SimShared {
         Some((
             SimShared {
                 model,
+                pool: pool_of(&Route::Messages, Some(model)),
                 time: self.time.clone(),
-                state: self.state.clone(),
+                object: self.object.clone(),
                 enabled: self.enabled,
                 seed: self.seed,
                 log: self.log.clone(),
@@ -467,6 +655,8 @@ impl SharedState for SimShared {
                 asked_first: Rc::new(RefCell::new(false)),
                 fallback_memory: None,
                 claimant: self.claimant.clone(),
+                rtt_ms: self.rtt_ms,
+                rng: self.rng.clone(),
             },
             memory.clone(),
         ))
@@ -485,7 +675,13 @@ fn simulate_with(scenario: Scenario, fallback: bool) -> Run {
         ..RetryPolicy::default()
     };
     let time = VirtualTime::starting_at(0);
-    let state = Rc::new(RefCell::new(UpstreamState::new()));
+    let object = Rc::new(RefCell::new(SimObject::new(
+        scenario.seed,
+        scenario.restart_at_ms,
+    )));
+    let rng = Rc::new(RefCell::new(fastrand::Rng::with_seed(
+        scenario.seed ^ 0x91a7,
+    )));
     let log = Rc::new(RefCell::new(Log::default()));
     let capacity = Rc::new(RefCell::new(scenario.capacity_rps.map(Capacity::new)));
     let key = Rc::new(RefCell::new(Key::new(&scenario)));
@@ -497,6 +693,11 @@ fn simulate_with(scenario: Scenario, fallback: bool) -> Run {
         .collect();
     let mut seeds = fastrand::Rng::with_seed(scenario.seed);
     let mut placement = fastrand::Rng::with_seed(scenario.seed ^ 0x5eed);
+    // Each edge's distance to the object, and each prompt's size and estimate.
+    let rtts: Vec<u64> = (0..edges.len())
+        .map(|_| draw(&mut placement, PLATFORM.object_rtt_ms))
+        .collect();
+    let mut prompts = fastrand::Rng::with_seed(scenario.seed ^ 0x7015);
     let mut edge_of = Vec::new();
     let demands: Vec<Demand> = match scenario.mix {
         Some(mix) => mix.demands(),
@@ -510,10 +711,12 @@ fn simulate_with(scenario: Scenario, fallback: bool) -> Run {
     };
     if let Some(mix) = scenario.mix {
         // The key's limits are known (a full bucket), and every edge has seen it near them.
-        state.borrow_mut().observe_limits(
+        let mut object = object.borrow_mut();
+        let state = object.loaded();
+        state.observe_limits(
             &OutagePolicy::default(),
             0,
-            MODEL,
+            &pool_of(&Route::Messages, Some(MODEL)),
             &KeyLimits {
                 requests: Some(Observed {
                     limit: mix.key_rpm(),
@@ -522,6 +725,7 @@ fn simulate_with(scenario: Scenario, fallback: bool) -> Run {
                 ..KeyLimits::default()
             },
         );
+        object.stored = Some(serde_json::to_string(&*state).expect("a state encodes"));
         for edge in &edges {
             edge.borrow_mut().mark_trouble(0);
         }
@@ -537,6 +741,16 @@ fn simulate_with(scenario: Scenario, fallback: bool) -> Run {
                 edge = placement.usize(0..edges.len());
             }
             edge_of.push(edge);
+            // A prompt counts half to one and a half times the scenario's size; the proxy's
+            // estimate overcounts it by its ratio, give or take a tenth (never under).
+            let (input_tokens, estimate) = match scenario.key_input {
+                Some(i) => {
+                    let count = i.tokens * prompts.u64(50..=150) / 100;
+                    let over = (i.estimate * prompts.u64(90..=110) / 100).max(i.tokens);
+                    (count, count * over / i.tokens.max(1))
+                }
+                None => (0, 0),
+            };
             Rc::new(RefCell::new(Client {
                 arrival,
                 deadline: arrival + demand.budget_ms,
@@ -544,6 +758,9 @@ fn simulate_with(scenario: Scenario, fallback: bool) -> Run {
                 end: None,
                 journal: Journal::default(),
                 asked_first: false,
+                input_tokens,
+                estimate,
+                sent_at: None,
             }))
         })
         .collect();
@@ -556,15 +773,22 @@ fn simulate_with(scenario: Scenario, fallback: bool) -> Run {
         let asked_first = Rc::new(RefCell::new(false));
         let shared = SimShared {
             model: MODEL,
+            pool: pool_of(&Route::Messages, Some(MODEL)),
             fallback_memory: fallback.then(|| (FALLBACK_MODEL, fallback_edges[edge_of[i]].clone())),
             asked_first: asked_first.clone(),
             time: time.clone(),
-            state: state.clone(),
+            object: object.clone(),
             enabled: scenario.shared,
             seed,
             log: log.clone(),
             probe: probe.clone(),
             claimant: client.borrow().claimant.clone(),
+            rtt_ms: rtts[edge_of[i]],
+            rng: rng.clone(),
+        };
+        let (input_tokens, estimate) = {
+            let client = client.borrow();
+            (client.input_tokens, client.estimate)
         };
         let mut upstream = SimUpstream {
             time: time.clone(),
@@ -577,6 +801,9 @@ fn simulate_with(scenario: Scenario, fallback: bool) -> Run {
             probe,
             model: MODEL,
             outage_model: fallback.then_some(MODEL),
+            input_tokens,
+            last_sent: 0,
+            rng: rng.clone(),
         };
         tasks.push(Box::pin(async move {
             let arrival = client.borrow().arrival;
@@ -592,8 +819,8 @@ fn simulate_with(scenario: Scenario, fallback: bool) -> Run {
                 started_ms: arrival,
                 seed,
                 cost: Cost {
-                    input_tokens: scenario.key_input.map_or(0, |i| i.estimate),
-                    output_tokens: 0,
+                    input_tokens: estimate,
+                    output_tokens: MAX_TOKENS,
                 },
                 shared,
                 memory,
@@ -609,7 +836,10 @@ fn simulate_with(scenario: Scenario, fallback: bool) -> Run {
             let at = time.now_ms();
             let mut client = client.borrow_mut();
             client.end = Some(match (result, journal.stopped) {
-                (Ok(()), _) => End::Served { at },
+                (Ok(()), _) => {
+                    client.sent_at = Some(upstream.last_sent);
+                    End::Served { at }
+                }
                 (Err(e), Some(Stop::Refused(reason))) => End::Refused {
                     at,
                     retry_after_ms: e.retry_after_ms().unwrap_or(0),
@@ -625,6 +855,7 @@ fn simulate_with(scenario: Scenario, fallback: bool) -> Run {
         }));
     }
     time.run(tasks);
+    let restarts = object.borrow().restarts;
     let log = Rc::try_unwrap(log)
         .ok()
         .map(RefCell::into_inner)
@@ -650,6 +881,8 @@ fn simulate_with(scenario: Scenario, fallback: bool) -> Run {
         shared_calls: log.shared_calls,
         scheduled: log.scheduled,
         limited: log.limited,
+        first_trouble: log.first_trouble,
+        restarts,
         marked_at: log.marked_at,
         recovered: log.recovered,
         max_wait_answers,
@@ -689,6 +922,7 @@ fn short_outage(seed: u64, shared: bool) -> Scenario {
         random_arrivals: false,
         mix: None,
         key_raise: None,
+        restart_at_ms: None,
     }
 }
 
@@ -711,6 +945,7 @@ fn long_outage(seed: u64, shared: bool) -> Scenario {
         random_arrivals: false,
         mix: None,
         key_raise: None,
+        restart_at_ms: None,
     }
 }
 
@@ -816,12 +1051,23 @@ fn long_outage_each_request_costs_the_upstream_at_most_a_quarter_call_extra() {
                     retry_after_ms,
                     reason,
                 }) => {
-                    assert!(at <= client.deadline, "answered within the budget");
+                    // Asked within the budget; the answer takes the call's round trip.
+                    assert!(
+                        at <= client.deadline + OBJECT_CALL_MAX_MS,
+                        "answered {} ms after the budget",
+                        at.saturating_sub(client.deadline)
+                    );
                     assert!(retry_after_ms >= MIN_RETRY_AFTER_MS);
                     assert_eq!(reason, RefuseReason::Overloaded);
                 }
-                // Its last attempt started within the budget; the 529 came back after it.
-                Some(End::GaveUp { at, .. }) => assert!(at <= client.deadline + SHED_MS),
+                // Its last attempt was cleared by a call asked within the budget (sent when
+                // the answer came back, at most two calls' round trips late when the object
+                // held it); the 529 came back after it.
+                Some(End::GaveUp { at, .. }) => assert!(
+                    at <= client.deadline + 2 * OBJECT_CALL_MAX_MS + SHED_MS,
+                    "gave up {} ms after the budget",
+                    at - client.deadline,
+                ),
                 other => panic!(
                     "seed {seed}: client from {} ended {other:?}",
                     client.arrival
@@ -889,7 +1135,7 @@ fn an_edge_asks_before_first_attempts_only_after_it_saw_trouble() {
         edges: 1,
         ..short_outage(3, true)
     });
-    let first_shed = SHED_MS;
+    let first_shed = run.first_trouble.expect("the outage sheds");
     for client in &run.clients {
         assert_eq!(
             client.asked_first,
@@ -920,6 +1166,7 @@ fn twice_capacity(seed: u64) -> Scenario {
         random_arrivals: true,
         mix: None,
         key_raise: None,
+        restart_at_ms: None,
     }
 }
 
@@ -1030,6 +1277,7 @@ fn twice_the_key_limit(seed: u64) -> Scenario {
         random_arrivals: true,
         mix: None,
         key_raise: None,
+        restart_at_ms: None,
     }
 }
 
@@ -1039,20 +1287,24 @@ fn oracle_key_limit(scenario: &Scenario, run: &Run) -> u64 {
     let Some(mut key) = Key::new(scenario) else {
         return run.clients.len() as u64;
     };
-    let mut arrivals: Vec<u64> = run.clients.iter().map(|c| c.arrival).collect();
+    let mut arrivals: Vec<(u64, u64)> = run
+        .clients
+        .iter()
+        .map(|c| (c.arrival, c.input_tokens))
+        .collect();
     arrivals.sort_unstable();
     let mut free_at = 0;
     let mut served = 0;
-    for arrival in arrivals {
+    for (arrival, tokens) in arrivals {
         // Found on a copy: looking ahead for a request that is then dropped must not move
         // the bucket's clock past the next one's send time.
         let mut ahead = key.clone();
         let mut at = free_at.max(arrival);
-        while let Some(wait) = ahead.wait(at) {
+        while let Some(wait) = ahead.wait(at, tokens) {
             at += wait;
         }
         if at <= arrival + scenario.budget_ms {
-            ahead.take();
+            ahead.take(tokens);
             key = ahead;
             served += 1;
             free_at = at;
@@ -1071,16 +1323,20 @@ fn twice_the_key_limit_is_paced_to_it_with_almost_no_429() {
         let calls = run.calls.len() as u64;
         eprintln!(
             "seed {seed}: {served}/{} served (oracle {oracle}, {:.3} of it), {:.3} calls/request, \
-             {} upstream 429s ({:.1} % of calls), {} send times",
+             {} upstream 429s ({:.1} % of calls), {} send times, {} object restarts",
             scenario.clients,
             served as f64 / oracle as f64,
             run.calls_per_request(),
             run.limited,
             100.0 * run.limited as f64 / calls as f64,
             run.scheduled,
+            run.restarts,
         );
+        // A restart loses the queue: its requests ask again and wait their turn anew
+        // (see the next test).
+        let floor = if run.restarts == 0 { 99 } else { 98 };
         assert!(
-            served * 100 >= oracle * 99,
+            served * 100 >= oracle * floor,
             "seed {seed}: {served} of {oracle}"
         );
         assert!(
@@ -1094,6 +1350,34 @@ fn twice_the_key_limit_is_paced_to_it_with_almost_no_429() {
             run.limited
         );
     }
+}
+
+#[test]
+fn a_restart_under_twice_the_key_limit_costs_little() {
+    // The object restarts 45 s in, with its queue full: every held call fails, is sent again
+    // once (as the shell does) and finds a fresh queue; what was stored (the lanes, their
+    // reservations) is loaded again.
+    let seeds: u32 = 10;
+    let (mut share, mut limited, mut calls) = (0.0, 0, 0);
+    for seed in 0..u64::from(seeds) {
+        let scenario = Scenario {
+            restart_at_ms: Some(45_000),
+            ..twice_the_key_limit(seed)
+        };
+        let run = simulate(scenario);
+        assert!(run.restarts >= 1, "seed {seed}: the object restarted");
+        share += run.served() as f64 / oracle_key_limit(&scenario, &run) as f64;
+        limited += run.limited;
+        calls += run.calls.len();
+    }
+    let share = share / f64::from(seeds);
+    let limited = limited as f64 / calls as f64;
+    eprintln!(
+        "a restart at 45 s: {share:.3} of the oracle, {:.2} % of calls got 429",
+        100.0 * limited
+    );
+    assert!(share >= 0.99, "{share:.3} of the oracle");
+    assert!(limited <= 0.01, "{:.2} % of calls got 429", 100.0 * limited);
 }
 
 #[test]
@@ -1156,6 +1440,7 @@ fn one_model_outage(seed: u64) -> Scenario {
         random_arrivals: true,
         mix: None,
         key_raise: None,
+        restart_at_ms: None,
     }
 }
 
@@ -1185,6 +1470,7 @@ fn twice_the_input_limit(seed: u64) -> Scenario {
         random_arrivals: true,
         mix: None,
         key_raise: None,
+        restart_at_ms: None,
     }
 }
 
@@ -1323,34 +1609,23 @@ fn twice_a_small_capacity_is_paced_to_it_whenever_the_traffic_starts() {
                     ..twice_capacity(seed)
                 };
                 let run = simulate(scenario);
-                if seed == 0 && std::env::var("NOASSERT").is_ok() {
-                    let mut per = vec![(0, 0); 20];
-                    for c in &run.calls {
-                        per[(c.at / 1000) as usize].0 += 1;
-                    }
-                    for c in &run.clients {
-                        if let Some(End::Served { at }) = c.end {
-                            per[((at - 300) / 1000) as usize].1 += 1;
-                        }
-                    }
-                    eprintln!("  calls/served per s: {per:?}");
-                }
                 let oracle = oracle_successes(&scenario, &run);
                 share += run.served() as f64 / oracle as f64;
                 calls += run.calls_per_request();
             }
             let (share, calls) = (share / f64::from(seeds), calls / f64::from(seeds));
             eprintln!("{edges} edges, from {offset_ms} ms: {share:.3} of the oracle, {calls:.3} calls/request");
-            if std::env::var("NOASSERT").is_err() {
-                assert!(
-                    share >= 0.97,
-                    "{edges} edges, from {offset_ms} ms: {share:.3} of the oracle"
-                );
-                assert!(
-                    calls <= 1.3,
-                    "{edges} edges, from {offset_ms} ms: {calls:.3} calls/request"
-                );
-            }
+            // 1.19-1.27 calls per request with answers of a fixed 300 ms; more with
+            // answers of 150 ms to 2 s (1.24-1.38), as the rate is learnt from answers that
+            // come later.
+            assert!(
+                share >= 0.97,
+                "{edges} edges, from {offset_ms} ms: {share:.3} of the oracle"
+            );
+            assert!(
+                calls <= 1.4,
+                "{edges} edges, from {offset_ms} ms: {calls:.3} calls/request"
+            );
         }
     }
 }
@@ -1377,6 +1652,7 @@ fn outage_beyond_the_budget(seed: u64) -> Scenario {
         random_arrivals: true,
         mix: None,
         key_raise: None,
+        restart_at_ms: None,
     }
 }
 
@@ -1388,11 +1664,12 @@ fn an_outage_beyond_the_budget_serves_what_can_wait_for_its_end() {
         let scenario = outage_beyond_the_budget(seed);
         let run = simulate(scenario);
         let oracle = oracle_successes(&scenario, &run);
-        // What a client sees: an answer within its budget.
+        // Served by an attempt sent within the budget (as the oracle counts: the answer's
+        // own time is the upstream's).
         let in_time = run
             .clients
             .iter()
-            .filter(|c| matches!(c.end, Some(End::Served { at }) if at <= c.deadline))
+            .filter(|c| c.sent_at.is_some_and(|sent| sent <= c.deadline))
             .count() as u64;
         eprintln!(
             "seed {seed}: {} served, {in_time} within the budget (oracle {oracle}, {:.3} of it), {:.3} calls/request",
@@ -1565,10 +1842,6 @@ fn oracle_mix(scenario: &Scenario, run: &Run) -> Vec<Option<u64>> {
                 None => break,
             }
         }
-        if let Some(wait) = key.wait(now) {
-            now += wait.max(1);
-            continue;
-        }
         let pick = waiting
             .into_iter()
             .min_by_key(|&i| {
@@ -1580,7 +1853,12 @@ fn oracle_mix(scenario: &Scenario, run: &Run) -> Vec<Option<u64>> {
                 )
             })
             .expect("a request waits");
-        key.take();
+        let tokens = run.clients[pick].input_tokens;
+        if let Some(wait) = key.wait(now, tokens) {
+            now += wait.max(1);
+            continue;
+        }
+        key.take(tokens);
         done[pick] = true;
         sent[pick] = Some(now);
         *per_caller
@@ -1626,15 +1904,12 @@ fn mix_scenario(mix: Mix, edges: u64, seed: u64) -> Scenario {
     }
 }
 
-/// Each client's time from arrival to its attempt's send (the answer takes [`SERVE_MS`]),
-/// `None` if it was not served.
+/// Each client's time from arrival to its served attempt's send, `None` if it was not
+/// served.
 fn send_waits(run: &Run) -> Vec<Option<u64>> {
     run.clients
         .iter()
-        .map(|c| match c.end {
-            Some(End::Served { at }) => Some(at.saturating_sub(SERVE_MS).saturating_sub(c.arrival)),
-            _ => None,
-        })
+        .map(|c| c.sent_at.map(|sent| sent.saturating_sub(c.arrival)))
         .collect()
 }
 
@@ -1754,6 +2029,7 @@ fn limit_raised(seed: u64) -> Scenario {
         key_rpm: Some(30),
         key_empty: true,
         key_raise: Some((10_000, 4_000)),
+        restart_at_ms: None,
         budget_ms: 15_000,
         random_arrivals: false,
         ..twice_the_key_limit(seed)

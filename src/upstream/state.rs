@@ -251,7 +251,7 @@ impl UpstreamState {
             is_retry,
             deadline_ms,
             request_seed,
-            Cost::default(),
+            (Cost::default(), 0),
             &Claimant::default(),
         )
     }
@@ -269,7 +269,7 @@ impl UpstreamState {
         is_retry: bool,
         deadline_ms: u64,
         request_seed: u64,
-        cost: Cost,
+        (cost, way_ms): (Cost, u64),
         claimant: &Claimant,
     ) -> Gate {
         let now = self.advance(now_ms);
@@ -341,7 +341,8 @@ impl UpstreamState {
                 SendTime::Now if queue_empty => {
                     let gate = self.go(policy, now, pool, budgeted, false);
                     if let Gate::Go { .. } = gate {
-                        self.reserve(policy, pool, (now, now), cost, request_seed);
+                        let lands = now.saturating_add(way_ms);
+                        self.reserve(policy, pool, (now, now, lands), cost, request_seed);
                     }
                     gate
                 }
@@ -356,6 +357,7 @@ impl UpstreamState {
                         claimant,
                         cost,
                         deadline_ms,
+                        way_ms,
                     },
                 ),
             },
@@ -365,19 +367,19 @@ impl UpstreamState {
     }
 
     /// Reserves `cost` in the pool's lanes for the request of `seed` that goes at `at_ms`
-    /// (decided at `now`).
+    /// (decided at `now`; sent by its edge at `lands_ms`).
     fn reserve(
         &mut self,
         policy: &OutagePolicy,
         pool: &str,
-        (now, at_ms): (u64, u64),
+        (now, at_ms, lands_ms): (u64, u64, u64),
         cost: Cost,
         seed: u64,
     ) {
         if let Some(health) = self.entry(policy, pool, now, false) {
             health
                 .pace
-                .reserve_for(&policy.pace, now, at_ms, cost, seed);
+                .reserve_for(&policy.pace, (now, at_ms, lands_ms), cost, seed);
             health.share.touch();
         }
     }
@@ -410,7 +412,7 @@ impl UpstreamState {
             claim.seed,
             claim.claimant,
             claim.cost,
-            claim.deadline_ms,
+            (claim.deadline_ms, claim.way_ms),
         );
         let not_before = health.cooldown_until_ms;
         health
@@ -771,6 +773,8 @@ struct Claim<'a> {
     claimant: &'a Claimant,
     cost: Cost,
     deadline_ms: u64,
+    /// The way from the edge (and back): its answer reaches the edge this much later.
+    way_ms: u64,
 }
 
 /// The answer for a request's place in the queue.

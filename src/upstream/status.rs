@@ -138,7 +138,7 @@ mod tests {
             false,
             at + 30_000,
             seed,
-            cost,
+            (cost, 0),
             &crate::upstream::Claimant::default(),
         )
     }
