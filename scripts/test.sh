@@ -1,10 +1,9 @@
 #!/usr/bin/env bash
 # Runs every test: host unit and property tests of the pure core and the simulator, the
-# benchmarks' oracle, lints, a
-# brief fuzz run of the parsers, the end-to-end suite (the real Worker in workerd against the
-# simulator on loopback), then the browser suite (the demo page in headless Chromium, on
-# another origin than the Worker), then a one-minute soak run (./scripts/soak.sh runs the
-# long one).
+# benchmarks' oracle, lints, a brief fuzz run of the parsers, the end-to-end suite (the real
+# Worker in workerd against the simulator on loopback), then the browser suite (the demo page
+# in headless Chromium, on another origin than the Worker), then a one-minute soak run
+# (./scripts/soak.sh runs the long one).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
