@@ -59,10 +59,10 @@ test('twice the upstream capacity is served at that capacity, not refused and no
   console.log(`# upstream calls (served/shed) per second: ${perSecond(calls)}`);
   // Retries alone: about half are refused by the retry budget or run out of attempts.
   assert.equal(ok, N, `only ${ok} of ${N} served: ${statuses.filter((s) => s !== 200)}`);
-  // Brute-force retrying serves them at 2–3 calls a request. README: 1.14–1.16 calls per
-  // request (the first second's sheds, before the capacity is learned); asserted at 1.16 with
+  // Brute-force retrying serves them at 2–3 calls a request. README: 1.13–1.18 calls per
+  // request (the first second's sheds, before the capacity is learned); asserted at 1.18 with
   // a margin of three calls.
-  assert.ok(calls.length <= 1.16 * N + 3, `${(calls.length / N).toFixed(3)} upstream calls per request (1.14–1.16 quoted)`);
+  assert.ok(calls.length <= 1.18 * N + 3, `${(calls.length / N).toFixed(3)} upstream calls per request (1.13–1.18 quoted)`);
 });
 
 test("twice the key's own request limit is sent at the limit: upstream 429s stay rare", async () => {
