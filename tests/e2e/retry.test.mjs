@@ -4,7 +4,7 @@ import { test, before, after, beforeEach, afterEach } from 'node:test';
 import assert from 'node:assert/strict';
 import Anthropic from '@anthropic-ai/sdk';
 import {
-  startSim, startWorker, workerVars, postMessage, messageBody, readEvents, sleep, CLIENT_KEY,
+  startSim, startWorker, workerVars, postMessage, messageBody, readEvents, sleep, logLineOf, CLIENT_KEY,
 } from './harness.mjs';
 
 let sim;
@@ -75,8 +75,8 @@ test('529 forever: a structured 503 inside the budget, attempts capped', async (
   assert.equal(body.retry_after_ms, retryAfterMs);
   assert.match(body.request_id, /^req_/);
   // Three backoff waits, each within its cap (50, 100, 200 ms); besides them only the key's
-  // shared state may hold the request (four overloads in a row can mark the model), and all
-  // of it was slept between the attempts the simulator saw, inside the 30 s budget.
+  // shared state may hold the request (it has seen the model overloaded), and all of it was
+  // slept between the attempts the simulator saw.
   const line = await logLine(res);
   const backoffs = line.waits.filter((w) => w.cause === 'overloaded').map((w) => w.ms);
   assert.equal(backoffs.length, 3, JSON.stringify(line.waits));
@@ -87,7 +87,6 @@ test('529 forever: a structured 503 inside the budget, attempts capped', async (
   const arrivals = (await sim.log()).map((r) => r.received_at_ms);
   const span = arrivals.at(-1) - arrivals[0];
   assert.ok(span >= slept - 1, `four attempts within ${span} ms, less than the ${slept} ms slept between them`);
-  assert.ok(slept <= 30_000);
 });
 
 test('429 with a retry-after beyond the budget: answered at once, upstream asked once', async () => {
@@ -221,9 +220,7 @@ test('x-proxy-budget-ms shortens the budget: no sleep ends past it', async () =>
     assert.ok(attempts >= 1 && attempts < 10);
     // The waits slept fit the 500 ms budget (with 400 ms waits and 10 attempts, the configured
     // 30 s budget would have let all nine run), and it stopped because the next would not.
-    await sleep(50);
-    const id = res.headers.get('request-id');
-    const line = w.logs.filter((l) => l.startsWith('{')).map((l) => JSON.parse(l)).find((l) => l.request_id === id || l.upstream_request_id === id);
+    const line = await logLineOf(w, res);
     const slept = line.waits.reduce((sum, x) => sum + x.ms, 0);
     assert.ok(slept <= 500, `slept ${slept} ms in a 500 ms budget: ${JSON.stringify(line.waits)}`);
     assert.equal(line.waits.length, attempts - 1);
