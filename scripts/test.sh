@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
-# Runs every test: host unit and property tests of the pure core and the simulator, lints, a
-# brief fuzz run of the parsers, the end-to-end suite (the real Worker in workerd against the
-# simulator on loopback), then the browser suite (the demo page in headless Chromium, on
-# another origin than the Worker), then a one-minute soak run (./scripts/soak.sh runs the
-# long one).
+# Runs every test: host unit and property tests of the pure core and the simulator, the
+# benchmarks' oracle, lints, a brief fuzz run of the parsers, the end-to-end suite (the real
+# Worker in workerd against the simulator on loopback), then the browser suite (the demo page
+# in headless Chromium, on another origin than the Worker), then a one-minute soak run
+# (./scripts/soak.sh runs the long one).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
 
 echo "== host tests (pure core, simulator)"
 cargo test --workspace --quiet
+
+echo "== benchmark oracle (the ceiling the overload benchmarks are scored against)"
+node --test bench/oracle.test.mjs
 
 echo "== wasm tests (JS interop, in Node)"
 cargo test --target wasm32-unknown-unknown --test wasm_storage

@@ -16,7 +16,7 @@ use serde_json::{json, Map, Value};
 use crate::capacity::Refusal;
 use crate::conn::ConnCtl;
 use crate::keylimits::Cost;
-use crate::log::logged_body;
+use crate::log::{body_digest, logged_body};
 use crate::respond::{
     default_error, default_error_message, default_error_type, error_envelope, error_response,
     json_bytes_response, mix64, response, set_header, unix_ms, Body,
@@ -193,6 +193,7 @@ pub async fn handle(
         } else {
             body.len()
         },
+        body_sha256: (!too_large).then(|| body_digest(&body)),
         received_at_ms,
     });
     let mut ctx = Ctx {

@@ -1,12 +1,14 @@
 //! What the simulator remembers about the traffic it saw: the request log
 //! behind `GET /_sim/log` (so tests can assert what the proxy sent upstream)
 //! and the counters behind `GET /_sim/stats` (so benchmarks can plot
-//! upstream calls over time).
+//! upstream calls over time). A body is kept up to 64 KiB, and its SHA-256 in
+//! full, so a test can tell the whole of what arrived from what was sent.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
 use serde_json::{json, Map, Value};
+use sha2::{Digest, Sha256};
 
 use crate::script::Fault;
 
@@ -27,6 +29,9 @@ pub struct LogEntry {
     pub headers: Arc<Map<String, Value>>,
     pub body: Arc<str>,
     pub body_len: usize,
+    /// The SHA-256 of the whole body, lowercase hex; `None` when the body was
+    /// refused for its size and never read.
+    pub body_sha256: Option<Arc<str>>,
     pub received_at_ms: f64,
     pub status: Option<u16>,
     pub fault: Option<Arc<Fault>>,
@@ -47,6 +52,7 @@ impl LogEntry {
             "headers": &*self.headers,
             "body": &*self.body,
             "body_len": self.body_len,
+            "body_sha256": self.body_sha256.as_deref(),
             "received_at_ms": self.received_at_ms,
             "status": self.status,
             "fault": self.fault.as_ref().map(|f| f.raw.clone()),
@@ -60,6 +66,16 @@ impl LogEntry {
 pub fn logged_body(body: &[u8]) -> Arc<str> {
     let cut = &body[..body.len().min(MAX_LOGGED_BODY)];
     Arc::from(String::from_utf8_lossy(cut).as_ref())
+}
+
+/// The SHA-256 of a whole request body, lowercase hex.
+pub fn body_digest(body: &[u8]) -> Arc<str> {
+    use std::fmt::Write;
+    let mut hex = String::with_capacity(64);
+    for byte in Sha256::digest(body) {
+        let _ = write!(hex, "{byte:02x}");
+    }
+    Arc::from(hex)
 }
 
 /// The bounded, ordered request log.
@@ -174,6 +190,7 @@ mod tests {
             headers: Arc::new(Map::new()),
             body: Arc::from(""),
             body_len: 0,
+            body_sha256: None,
             received_at_ms: 0.0,
             status: None,
             fault: None,
@@ -192,6 +209,22 @@ mod tests {
         assert!(log.get_mut(3).is_none());
         log.get_mut(10).unwrap().status = Some(200);
         assert_eq!(log.snapshot(9)[0].status, Some(200));
+    }
+
+    #[test]
+    fn the_digest_covers_the_whole_body_where_the_kept_text_stops() {
+        // The known SHA-256 of the empty string.
+        assert_eq!(
+            &*body_digest(b""),
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+        let mut a = vec![b'x'; MAX_LOGGED_BODY + 10];
+        let mut b = a.clone();
+        b[MAX_LOGGED_BODY + 5] = b'y';
+        assert_eq!(logged_body(&a), logged_body(&b));
+        assert_ne!(body_digest(&a), body_digest(&b));
+        a[MAX_LOGGED_BODY + 5] = b'y';
+        assert_eq!(body_digest(&a), body_digest(&b));
     }
 
     #[test]

@@ -180,6 +180,7 @@ pub struct Arrival {
     pub headers: Map<String, Value>,
     pub body: Arc<str>,
     pub body_len: usize,
+    pub body_sha256: Option<Arc<str>>,
     pub received_at_ms: f64,
 }
 
@@ -230,6 +231,7 @@ impl State {
             headers: Arc::new(a.headers),
             body: a.body,
             body_len: a.body_len,
+            body_sha256: a.body_sha256,
             received_at_ms: a.received_at_ms,
             status: None,
             fault: None,

@@ -426,14 +426,48 @@ mod tests {
             prop_assert_eq!(classify(&outcome), Verdict::Deliver);
         }
 
+        /// Every status, header and hint against the retry table stated independently: a
+        /// success is delivered; otherwise `x-should-retry` decides, else the status list;
+        /// 529 is overload, 429 a rate limit, the rest transient; the hint is the floor.
         #[test]
-        fn classify_is_total(
-            status in any::<u16>(),
+        fn responses_follow_the_table(
+            status in prop_oneof![any::<u16>(), proptest::sample::select(RETRYABLE_STATUSES.to_vec())],
             should_retry in proptest::option::of(any::<bool>()),
-            error_type in ".{0,20}",
+            floor in proptest::option::of(any::<u64>()),
         ) {
-            let _ = classify(&Outcome::Response { status, should_retry, wait_floor_ms: None });
-            let _ = classify(&Outcome::StreamError { error_type, should_retry, wait_floor_ms: None });
+            let retried = !(200..300).contains(&status)
+                && should_retry.unwrap_or(matches!(status, 408 | 409 | 429 | 500 | 502 | 503 | 504 | 529));
+            let expected = if retried {
+                let cause = match status {
+                    529 => Cause::Overloaded,
+                    429 => Cause::RateLimited,
+                    other => Cause::Transient(other),
+                };
+                Verdict::Retry { cause, floor_ms: floor }
+            } else {
+                Verdict::Deliver
+            };
+            let outcome = Outcome::Response { status, should_retry, wait_floor_ms: floor };
+            prop_assert_eq!(classify(&outcome), expected);
+        }
+
+        /// A stream opening with an error: `x-should-retry` decides, else only overload and
+        /// `api_error` are retried; overload keeps its own cause; the hint is the floor.
+        #[test]
+        fn stream_errors_follow_the_table(
+            error_type in prop_oneof![Just("overloaded_error".to_string()), Just("api_error".to_string()), ".{0,20}"],
+            should_retry in proptest::option::of(any::<bool>()),
+            floor in proptest::option::of(any::<u64>()),
+        ) {
+            let retried = should_retry.unwrap_or(error_type == "overloaded_error" || error_type == "api_error");
+            let expected = if retried {
+                let cause = if error_type == "overloaded_error" { Cause::Overloaded } else { Cause::StreamError };
+                Verdict::Retry { cause, floor_ms: floor }
+            } else {
+                Verdict::Deliver
+            };
+            let outcome = Outcome::StreamError { error_type, should_retry, wait_floor_ms: floor };
+            prop_assert_eq!(classify(&outcome), expected);
         }
     }
 }

@@ -4,7 +4,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import {
-  startSim, startWorker, workerVars, postMessage, messageBody, sleep, mintToken, CLIENT_KEY,
+  startSim, startWorker, workerVars, postMessage, messageBody, sleep, mintToken, CLIENT_KEY, UPSTREAM_KEY,
 } from './harness.mjs';
 
 // 32 bytes, the shortest JWT_SECRET accepted.
@@ -156,11 +156,22 @@ test('upstream response headers: an allow-list', async () => {
     'x-envoy-upstream-service-time': '12',
     'cache-control': 'no-cache',
   };
-  const res = await postMessage(worker, messageBody(), { 'x-sim-fault': JSON.stringify({ headers: upstreamHeaders }) });
+  const fault = { 'x-sim-fault': JSON.stringify({ headers: upstreamHeaders }) };
+  // The upstream does send every one of them: the same request straight to the simulator.
+  const direct = await fetch(`${sim.url}/v1/messages`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json', 'x-api-key': UPSTREAM_KEY, 'anthropic-version': '2023-06-01', ...fault },
+    body: JSON.stringify(messageBody()),
+  });
+  assert.equal(direct.status, 200);
+  await direct.text();
+  for (const [name, value] of Object.entries(upstreamHeaders)) {
+    assert.equal(direct.headers.get(name), value, `the simulator did not send ${name}`);
+  }
+  const res = await postMessage(worker, messageBody(), fault);
   assert.equal(res.status, 200);
   await res.text();
-  // The upstream did send them.
-  assert.ok((await sim.log()).at(-1).headers['x-sim-fault'].includes('org-SENTINEL'));
+  assert.ok((await sim.log()).at(-1).headers['x-sim-fault'].includes('org-SENTINEL'), 'the fault did not reach the simulator');
   for (const name of ['anthropic-organization-id', 'anthropic-priority-input-tokens-limit', 'anthropic-ratelimit-requests-remaining', 'x-internal-debug', 'set-cookie', 'x-envoy-upstream-service-time']) {
     assert.equal(res.headers.get(name), null, `${name} reached the client`);
   }

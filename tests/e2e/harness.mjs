@@ -139,6 +139,18 @@ export async function readEvents(res, t0 = performance.now()) {
 
 export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
+/** The Worker's log line for the request that answered `res` (by its `request-id`). */
+export async function logLineOf(worker, res) {
+  const id = res.headers.get('request-id');
+  for (let i = 0; i < 20; i += 1) {
+    const line = worker.logs.filter((l) => l.startsWith('{')).map((l) => JSON.parse(l))
+      .findLast((l) => l.request_id === id || l.upstream_request_id === id);
+    if (line) return line;
+    await sleep(25);
+  }
+  throw new Error(`no log line for ${id}`);
+}
+
 /** Mints an HS256 token the way a site's backend would (node:crypto only). */
 export async function mintToken(secret, claims) {
   const { createHmac } = await import('node:crypto');

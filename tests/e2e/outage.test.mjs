@@ -4,7 +4,9 @@
 // budget costs the upstream.
 import { test, before, after, beforeEach, afterEach } from 'node:test';
 import assert from 'node:assert/strict';
-import { startSim, startWorker, workerVars, postMessage, messageBody, sleep } from './harness.mjs';
+import {
+  startSim, startWorker, workerVars, postMessage, messageBody, sleep, logLineOf,
+} from './harness.mjs';
 
 let sim;
 let worker;
@@ -39,11 +41,13 @@ test('an upstream 429 becomes a cooldown every request on the key waits out', as
   await sim.reset();
   await sim.script([{ status: 429, headers: { 'retry-after': '20' } }]);
   assert.equal((await postMessage(worker, messageBody(), { 'x-proxy-budget-ms': '1000' })).status, 429);
-  const t1 = performance.now();
   const refused = await postMessage(worker, messageBody(), { 'x-proxy-budget-ms': '1000' });
-  assert.ok(performance.now() - t1 < 500);
   assert.equal(refused.status, 429);
   assert.equal(refused.headers.get('x-proxy-attempts'), '0');
+  // At once: refused by the shared state, nothing slept.
+  const line = await logLineOf(worker, refused);
+  assert.deepEqual(line.waits, [], JSON.stringify(line));
+  assert.equal(line.stopped, 'refused_cooldown', JSON.stringify(line));
   const body = await refused.json();
   assert.equal(body.limit.scope, 'upstream');
   assert.ok(body.retry_after_ms > 15_000);
@@ -63,18 +67,19 @@ test('a 5 s outage: the upstream sees almost only probes, and the caught request
   const results = await Promise.all(pending);
   const ok = results.filter((r) => r.status === 200);
   const failed = results.filter((r) => r.status !== 200);
-  // The object marks the model after half a second of uninterrupted overload (so an upstream
-  // merely at capacity is not taken for a dead one); a request that arrived in that half
-  // second may run out of attempts first, and then gets the structured 503.
-  assert.ok(ok.length >= N - 2, `failed: ${failed.map((r) => `${r.status}@${r.at}`)}`);
-  for (const r of failed) assert.equal(r.status, 503);
-  assert.ok(ok.every((r) => r.at >= OUTAGE - 200), 'a request succeeded during the outage');
   const calls = await messageCalls();
   const duringOutage = calls.filter((c) => c.received_at_ms - t0 < OUTAGE);
   const last = Math.max(...results.map((r) => r.at));
-  console.log(`# ${N} requests, ${calls.length} upstream calls (${duringOutage.length} during the ${OUTAGE} ms outage), last answer ${last - OUTAGE} ms after it ended`);
-  assert.ok(duringOutage.length <= 20, `${duringOutage.length} upstream calls during the outage`);
-  assert.ok(calls.length / N <= 1.5, `${calls.length / N} upstream calls per request`);
+  console.log(`# ${ok.length}/${N} served, ${calls.length} upstream calls (${(calls.length / N).toFixed(3)} per request, ${duringOutage.length} during the ${OUTAGE} ms outage), last answer ${last - OUTAGE} ms after it ended`);
+  // README: all 40 succeed after the outage ends, with 8–10 upstream calls during it and
+  // 1.20–1.25 calls per request in all. Asserted at those figures with a margin of two calls.
+  assert.equal(ok.length, N, `failed: ${failed.map((r) => `${r.status}@${r.at}`)}`);
+  // Each success is one answered upstream call, and none of them came during the outage.
+  const answered = calls.filter((c) => c.status === 200);
+  assert.equal(answered.length, N);
+  assert.ok(answered.every((c) => !duringOutage.includes(c)), 'a request succeeded during the outage');
+  assert.ok(duringOutage.length <= 10 + 2, `${duringOutage.length} upstream calls during the outage (8–10 quoted)`);
+  assert.ok(calls.length <= 1.25 * N + 2, `${(calls.length / N).toFixed(3)} upstream calls per request (1.20–1.25 quoted)`);
 });
 
 test('an outage longer than the budget: structured 503s, and the upstream is spared', async () => {
@@ -94,5 +99,8 @@ test('an outage longer than the budget: structured 503s, and the upstream is spa
   }
   const calls = (await messageCalls()).length;
   console.log(`# ${N} requests in a long outage: ${calls} upstream calls (${(calls / N).toFixed(2)} per request)`);
-  assert.ok(calls / N <= 1.25, `${calls / N} upstream calls per request`);
+  // README: 0.30–0.37 calls per request (the marking and two or three probes); asserted at
+  // 0.37 with a margin of one call. A proxy sending every first attempt into the outage
+  // spends 1.0 or more.
+  assert.ok(calls <= 0.37 * N + 1, `${(calls / N).toFixed(2)} upstream calls per request (0.30–0.37 quoted)`);
 });
