@@ -46,6 +46,7 @@ fi
 features="${BUILD_FEATURES:-}"
 out="${BUILD_DIR:-build}"
 out="${out%/}"
+out="${out#./}"
 extra=()
 if [ -n "$features" ]; then
   if [ "$out" = build ]; then
