@@ -4,6 +4,11 @@
 # (scripts/toolchain.sh); wasm-bindgen, wasm-opt and esbuild come from there and from
 # node_modules, never from a download. Skips the build when build/ is newer than every source
 # file, so `wrangler dev` starts fast. Portable (bash 3.2, no flock): it runs on macOS too.
+#
+# A test build goes elsewhere: BUILD_FEATURES (cargo features of the worker crate, e.g.
+# `fault-drop-settlement`) and BUILD_DIR (default build/, which a feature build may never use)
+# build into their own directory and target/features/, leaving build/ and its artifacts alone.
+# scripts/mutants.sh builds build-mutant/ this way.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -38,12 +43,28 @@ if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modu
   echo "build: package-lock.json changed since the last \`npm ci\`; run it again to build with the pinned tools" >&2
 fi
 
-if [ -f build/index.js ] && [ -f build/index_bg.wasm ] && \
-   [ -z "$(find src Cargo.toml Cargo.lock wrangler.toml -newer build/index_bg.wasm -print | head -n 1)" ]; then
-  echo "build: build/ is up to date"
+features="${BUILD_FEATURES:-}"
+out="${BUILD_DIR:-build}"
+out="${out%/}"
+out="${out#./}"
+extra=()
+if [ -n "$features" ]; then
+  if [ "$out" = build ]; then
+    echo "build: BUILD_FEATURES=$features is a test build; give it its own BUILD_DIR (build/ is what deploys)" >&2
+    exit 1
+  fi
+  extra=(--features "$features" --target-dir target/features)
+fi
+# The features a directory was built with, so a change of them rebuilds it.
+stamp="$out/.features"
+if [ -f "$out/index.js" ] && [ -f "$out/index_bg.wasm" ] && \
+   [ "$(cat "$stamp" 2> /dev/null || true)" = "$features" ] && \
+   [ -z "$(find src Cargo.toml Cargo.lock wrangler.toml -newer "$out/index_bg.wasm" -print | head -n 1)" ]; then
+  echo "build: $out/ is up to date"
   exit 0
 fi
 export WASM_BINDGEN_BIN="${WASM_BINDGEN_BIN:-$(command -v wasm-bindgen)}"
 export WASM_OPT_BIN="${WASM_OPT_BIN:-$PWD/node_modules/.bin/wasm-opt}"
 export ESBUILD_BIN="${ESBUILD_BIN:-$PWD/node_modules/.bin/esbuild}"
-worker-build --release "$@"
+worker-build --release --out-dir "$out" "$@" ${extra[@]+"${extra[@]}"}
+printf '%s' "$features" > "$stamp"

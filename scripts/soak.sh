@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Soak and chaos run with a ledger check (tests/soak/soak.mjs): six callers at and above their
 # limits, every upstream fault the simulator has, clients that go away, a Worker restart in the
-# middle; then each caller's buckets are compared with a replay of the simulator's log, every
-# concurrency slot must come back, no settlement may fail and workerd's memory must stay flat.
+# middle; each caller's buckets are compared with a replay of the simulator's log every 15 s,
+# across the restart and after the traffic, every concurrency slot must come back, no
+# settlement may fail and workerd's memory must stay flat.
 # Figures go to stdout and artifacts/soak/summary.json.
 #
 #   ./scripts/soak.sh [seconds]     (default 600)

@@ -1,9 +1,13 @@
 // The fault matrix end to end: every way the upstream can fail, scripted in the simulator,
 // each answered as the contract says — and nothing lost. Every row runs as its own caller
-// (per-caller limits: concurrency 2, output_tpm 100000, rpm 1000), so after the row the
-// caller's own figures show that the request was settled (its unused output tokens came back,
-// or were kept when the answer was cut short) and that both concurrency slots are free again.
-// Last, the upstream key's cooldown is shown to survive a restart.
+// (per-caller limits: concurrency 2, output_tpm 100000, rpm 1000), and after the row the
+// caller's object (read through the operator's view, which charges nothing) must show the
+// settlement itself, well before anything else could make its figures look settled: the
+// settlement call counted by the object, both slots free before the request's lease could
+// lapse (15 s from its admission), and the output tokens refunded to the real usage (beyond
+// what the bucket's refill could explain) or, when the answer was cut short or unreadable,
+// kept. The table's "settled?" column is what was observed. Last, the upstream key's
+// cooldown is shown to survive a restart.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -17,6 +21,11 @@ const LIMIT = 100_000;
 const RESERVE = 30_000; // max_tokens of every row's request: a lost settlement stands out
 const ATTEMPT_TIMEOUT_MS = 500;
 const MAX_ATTEMPTS = 3;
+const ADMIN_KEY = 'adm_fault_matrix_6c0d2e91';
+// A request's slot is leased for at least 15 s from its admission (renewed while it waits or
+// streams), and a kept reservation of RESERVE comes back by refill only after RESERVE / LIMIT
+// minutes (18 s). Seen before this, a free slot and a refund can only be the settlement's doing.
+const PROOF_WITHIN_MS = 12_000;
 
 let sim;
 let worker;
@@ -35,6 +44,7 @@ before(async () => {
     ATTEMPT_TIMEOUT_MS: String(ATTEMPT_TIMEOUT_MS),
     MAX_ATTEMPTS: String(MAX_ATTEMPTS),
     REQUEST_BUDGET_MS: '10000',
+    ADMIN_KEY,
     BACKOFF_BASE_MS: '50',
     BACKOFF_MAX_MS: '400',
   }));
@@ -70,40 +80,48 @@ const upstreamCalls = async (model) =>
 /** Events of a stream, without the empty blocks an extra blank line makes. */
 const eventsOf = async (res, t0) => (await readEvents(res, t0)).filter((e) => e.name !== 'message' || e.data);
 
+/** The caller's figures as its object holds them now, by dimension, and its call counts. */
+async function callerFigures(id) {
+  const res = await fetch(`${worker.url}/proxy/status?caller=${encodeURIComponent(id)}`, { headers: { authorization: `Bearer ${ADMIN_KEY}` } });
+  assert.equal(res.status, 200, `status: ${res.status}`);
+  const { usage } = (await res.json()).caller;
+  return { ...Object.fromEntries(usage.dimensions.map((d) => [d.dimension, d.remaining])), object: usage.object };
+}
+
 /**
- * After a row: the caller's reservation was settled and its slots came back. `usage` is the
- * output the answer really used (refunded rows), or `kept` when the answer was cut short or
- * unreadable and its reservation stands.
+ * After a row: the caller's object shows the request settled, before `PROOF_WITHIN_MS` from
+ * its admission (so before its lease or the refill could fake it). `usage` is the output the
+ * answer really used (refunded rows), or `kept` when the answer was cut short or unreadable and
+ * its output reservation stands. Returns what was seen, for the table.
  */
-async function assertNothingLost(key, { admittedAt, usage = 0, kept = false }) {
-  const deadline = performance.now() + 25_000;
-  const probe = { model: 'probe-model', max_tokens: 1, messages: [{ role: 'user', content: 'probe' }] };
-  // Tokens: refunded down to the real usage (settlement done), or still charged.
-  let remaining;
+async function assertSettled(id, { admittedAt, endedAt, usage = 0, kept = false }) {
+  const deadline = admittedAt + PROOF_WITHIN_MS;
+  const refill = (t) => ((t - admittedAt) / 60_000) * LIMIT;
+  let seen;
+  let at;
   for (;;) {
-    const res = await send(key, probe);
-    assert.equal(res.status, 200, `probe refused: ${res.status}`);
-    remaining = Number(res.headers.get('anthropic-ratelimit-output-tokens-remaining'));
-    await res.arrayBuffer();
-    if (kept || remaining >= LIMIT - 1 - usage - 50) break;
-    assert.ok(performance.now() < deadline, `the reservation never came back: ${remaining} of ${LIMIT} left`);
+    seen = await callerFigures(id);
+    at = performance.now();
+    const slotsFree = seen.concurrency === 2;
+    // Admission is one call; the settlement another (renewals counted apart).
+    const settleCall = seen.object.calls - seen.object.renewals >= 2;
+    const refunded = kept || seen.output_tpm >= LIMIT - usage - 1;
+    if (slotsFree && settleCall && refunded) break;
+    assert.ok(at < deadline,
+      `no settlement ${Math.round((at - admittedAt) / 1000)} s after admission: slots free ${seen.concurrency} of 2, ` +
+      `object calls ${JSON.stringify(seen.object)}, output ${seen.output_tpm} of ${LIMIT} left` +
+      (kept ? '' : ` (settled: ≥ ${LIMIT - usage - 1})`));
     await sleep(100);
   }
+  // A lost settlement would show the whole reservation, refilled since the admission at most.
+  const unsettled = Math.floor(LIMIT - RESERVE + refill(at));
   if (kept) {
-    const refill = ((performance.now() - admittedAt) / 60_000) * LIMIT;
-    assert.ok(remaining <= LIMIT - RESERVE + refill + 100,
-      `an incomplete answer was refunded: ${remaining} left, expected about ${Math.round(LIMIT - RESERVE + refill)}`);
+    assert.ok(seen.output_tpm <= unsettled + 100,
+      `an incomplete answer was refunded: ${seen.output_tpm} left, expected about ${unsettled}`);
+  } else {
+    assert.ok(seen.output_tpm > unsettled + 100, `the refund (${seen.output_tpm} left) cannot be told from the refill (${unsettled})`);
   }
-  // Slots: two overlapping requests are both admitted once the row's slot is free.
-  const slow = { 'x-sim-fault': JSON.stringify({ tokens: 2, token_delay_ms: 150 }) };
-  for (;;) {
-    const pair = await Promise.all([send(key, probe, slow), send(key, probe, slow)]);
-    await Promise.all(pair.map((r) => r.arrayBuffer()));
-    if (pair.every((r) => r.status === 200)) break;
-    assert.ok(performance.now() < deadline, `a concurrency slot never came back: ${pair.map((r) => r.status)}`);
-    await sleep(200);
-  }
-  return remaining;
+  return { afterMs: Math.round(at - endedAt), sinceAdmissionMs: Math.round(at - admittedAt), remaining: seen.output_tpm, unsettled, calls: seen.object };
 }
 
 /**
@@ -119,18 +137,19 @@ function row(name, upstream, run) {
     const model = `fault-model-${i}`;
     const admittedAt = performance.now();
     const got = await run({ key, model, body: (extra = {}) => messageBody({ model, max_tokens: RESERVE, ...extra }) });
+    const endedAt = performance.now();
     const calls = (await upstreamCalls(model)).length;
     await sim.reset(); // faults left in the queue must not reach the checks below
-    const remaining = await assertNothingLost(key, { admittedAt, usage: got.usage ?? 0, kept: got.kept });
+    const seen = await assertSettled(`fault-row-${i}`, { admittedAt, endedAt, usage: got.usage ?? 0, kept: got.kept });
+    const when = `${(seen.afterMs / 1000).toFixed(1)} s after the answer (${(seen.sinceAdmissionMs / 1000).toFixed(1)} s after admission)`;
     matrix.push({
       name,
       upstream,
       client: got.client,
       retried: calls > 1 ? `yes (${calls} upstream attempts)` : 'no',
       settled: got.kept
-        ? 'yes: slot freed; output reservation kept (answer cut short or unreadable)'
-        : `yes: slot freed; output refunded to the ${got.usage ?? 0} tokens used`,
-      remaining,
+        ? `yes, ${when}: settlement call, slots free; output reservation kept (${seen.remaining} left, unsettled ≤ ${seen.unsettled})`
+        : `yes, ${when}: settlement call, slots free; output refunded to the ${got.usage ?? 0} used (${seen.remaining} left, unsettled ≤ ${seen.unsettled})`,
     });
   });
 }

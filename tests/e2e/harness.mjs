@@ -8,6 +8,9 @@ import { Miniflare } from 'miniflare';
 
 export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 export const SIM_BIN = process.env.BREAKWATER_SIM_BIN || path.join(ROOT, 'target/release/breakwater-sim');
+/** The built Worker the tests run: build/, or another build (BREAKWATER_BUILD_DIR, e.g. the
+ * test build of scripts/mutants.sh, which must make the tests fail). */
+export const BUILD_DIR = path.resolve(ROOT, process.env.BREAKWATER_BUILD_DIR || 'build');
 
 /** A client key the tests use, and the upstream key the Worker holds. */
 export const CLIENT_KEY = 'ck_test_alice_4f1c2a9b7e';
@@ -53,14 +56,14 @@ export async function startSim(args = []) {
   };
 }
 
-/** Starts the built Worker (build/) in workerd with the given variables. */
+/** Starts the built Worker (BUILD_DIR, normally build/) in workerd with the given variables. */
 export async function startWorker(vars = {}, { persistDir } = {}) {
   const logs = [];
   const collect = (stream) => {
     createInterface({ input: stream }).on('line', (line) => logs.push(line));
   };
   const mf = new Miniflare({
-    scriptPath: path.join(ROOT, 'build/index.js'),
+    scriptPath: path.join(BUILD_DIR, 'index.js'),
     modules: true,
     modulesRules: [{ type: 'CompiledWasm', include: ['**/*.wasm'], fallthrough: true }],
     compatibilityDate: '2026-04-20',

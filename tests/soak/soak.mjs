@@ -1,9 +1,13 @@
-// Soak and chaos run with a ledger check: six callers at and above their limits send JSON and
-// SSE messages and token counts through the real Worker (workerd via Miniflare) while the
-// simulator injects every kind of upstream fault, clients go away before and during answers,
-// and the Worker is restarted in the middle on the same Durable Object storage. Afterwards:
-// - the ledger: each caller's buckets (rpm, input_tpm, output_tpm) as its object reports them
-//   equal a replay of what it should have charged, computed from the simulator's log;
+// Soak and chaos run with a ledger check: six callers at and above their limits and two that
+// keep their buckets about half drained send JSON and SSE messages and token counts through the
+// real Worker (workerd via Miniflare) while the simulator injects every kind of upstream fault,
+// clients go away before and during answers, and the Worker is restarted in the middle on the
+// same Durable Object storage. Checked:
+// - the ledger, every 15 s through the run, just before and just after the restart, and after
+//   the traffic: each caller's buckets (rpm, input_tpm, output_tpm) as its object reports them
+//   lie inside a replay of what it should have charged, computed from the simulator's log. A
+//   bucket forgets what is older than its refill only when it fills up; the steady callers'
+//   buckets never do, so their probes hold the whole history, the restart included;
 // - every concurrency slot came back; no settlement failed; workerd's memory stayed flat.
 //
 // Usage: node tests/soak/soak.mjs [seconds]   (default 600; scripts/soak.sh wraps it)
@@ -15,7 +19,10 @@
 // time T is monotone in each charge's time and amount, so bounding each admission time
 // (between the client's send and the first upstream attempt or the answer's headers) and each
 // amount (exact, or, for an answer whose fate the client cannot know, between "settled" and
-// "reservation kept") bounds the level. The check is that the object's figure lies inside.
+// "reservation kept"; for one not certainly settled by T, between its settlement and its
+// reservation) bounds the level. The check is that the object's figure lies inside. The
+// reservations are read from the request as the simulator logged it: `max_tokens`, and the
+// input estimate by the documented rule (a token per three bytes of text, 4 per message, 1).
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -23,6 +30,16 @@ import { startSim, startWorker, workerVars, ROOT } from '../e2e/harness.mjs';
 
 const SECONDS = Number(process.argv[2] ?? process.env.SOAK_SECONDS ?? 600);
 const QUIET_MS = 22_000; // longer than a waiting request's 15 s lease and a stream's 5 s one
+const PROBE_EVERY_MS = 15_000;
+// After its body ends, an answer is settled within this long (on credit, the settlement waits
+// 250 ms for a ride); a request that ended longer ago than this is settled.
+const SETTLE_SLACK_MS = 2_000;
+// workerd's RSS (it also holds the JavaScript heap, collected when the runtime sees fit) may
+// grow by this much from an instance's first third to its last: what runs measured, with room.
+// Runs of 60 s and 120 s grew at most 25 MiB; 600 s runs 98–138 MiB, in the JavaScript heap
+// (the WebAssembly memory stayed flat), which one run cannot tell from garbage not yet
+// collected. See README, Hardening → Soak.
+const RSS_GROWTH_MIB = SECONDS <= 120 ? 64 : 192;
 const UNITS = 60_000; // the limiter counts 1/60 000 of a token
 const ATTEMPT_TIMEOUT_MS = 800;
 const MAX_ATTEMPTS = 3;
@@ -33,9 +50,14 @@ const TIERS = {
   small: { rpm: 40, input_tpm: 4_000, output_tpm: 1_500, concurrency: 2 },
   medium: { rpm: 80, input_tpm: 9_000, output_tpm: 3_000, concurrency: 3 },
   large: { rpm: 140, input_tpm: 20_000, output_tpm: 6_000, concurrency: 4 },
+  // Sized so that one request drains each dimension by about the same share.
+  steady: { rpm: 30, input_tpm: 5_000, output_tpm: 1_200, concurrency: 2 },
   calibrate: { input_tpm: 1_000_000 },
 };
-// Callers: two per tier; the "pushy" ones retry a denial after 200 ms whatever it said.
+// Callers: two per tier; the "pushy" ones retry a denial after 200 ms whatever it said. The
+// "steady" ones send only while every bucket of theirs is at least half full, never leave an
+// answer, and pause for each probe of the ledger, so their buckets stay partly drained and
+// every charge of theirs is known: their probes are the exact ones.
 const CALLERS = [
   { id: 'soak-small-a', tier: 'small', pushy: false },
   { id: 'soak-small-b', tier: 'small', pushy: true },
@@ -43,12 +65,23 @@ const CALLERS = [
   { id: 'soak-medium-b', tier: 'medium', pushy: true },
   { id: 'soak-large-a', tier: 'large', pushy: false },
   { id: 'soak-large-b', tier: 'large', pushy: true },
+  { id: 'soak-steady-a', tier: 'steady', steady: true },
+  { id: 'soak-steady-b', tier: 'steady', steady: true },
 ].map((c) => ({ ...c, key: `ck_${c.id.replace(/-/g, '_')}_9d2f61`, limits: TIERS[c.tier] }));
 
 const WORDS = 'the proxy keeps every caller inside its limits while the upstream fails in every way it can'.split(' ');
 const prompt = (n) => Array.from({ length: n }, (_, i) => WORDS[(i * 7 + n) % WORDS.length]).join(' ');
 const PROMPTS = [prompt(30), prompt(110), prompt(260)];
 const CALIBRATE_KEYS = PROMPTS.map((_, i) => `ck_soak_calibrate_${i}_44e0b7`);
+
+/** The input a body is reserved, by the rule the README documents (Accounting → input
+ * estimate): a token per three bytes of text, 4 per message, 1. The soak's bodies are text. */
+function ruleEstimate(body) {
+  const text = (c) => (typeof c === 'string' ? Buffer.byteLength(c) : Array.isArray(c) ? c.reduce((n, b) => n + text(b?.text ?? ''), 0) : 0);
+  const messages = body.messages ?? [];
+  const bytes = text(body.system ?? '') + messages.reduce((n, m) => n + text(m.content), 0);
+  return Math.floor(bytes / 3) + 4 * messages.length + 1;
+}
 
 // Faults sent with a request (every attempt of it gets the same one), by kind.
 const STREAM_FAULTS = {
@@ -189,6 +222,7 @@ async function pollLog() {
 const records = [];
 let nextId = 0;
 let paused = null; // a promise while the Worker restarts
+let steadyHeld = null; // a promise while the steady callers pause for a probe
 const inflight = new Set();
 
 function headersFor(caller, id, fault) {
@@ -203,7 +237,7 @@ function headersFor(caller, id, fault) {
 
 /** One request, recorded with what the ledger needs. */
 async function one(caller) {
-  while (paused) await paused;
+  while (paused || (caller.steady && steadyHeld)) await (paused ?? steadyHeld);
   const id = ++nextId;
   const r = { id, caller: caller.id, instance: worker.instance };
   records.push(r);
@@ -219,7 +253,11 @@ async function one(caller) {
     body.max_tokens = r.maxTokens;
     if (r.stream) body.stream = true;
     [r.fault, fault] = pick(r.stream ? STREAM_FAULTS : JSON_FAULTS);
-    const roll = rand();
+    const roll = caller.steady ? 1 : rand();
+    if (caller.steady && (!fault || fault.usage)) {
+      // Answers long enough to drain the output bucket as much as the others.
+      fault = { ...fault, tokens: 10 + Math.floor(rand() * 90) };
+    }
     if (roll < 0.04) {
       // The client gives up while the request waits for its first byte.
       r.fault = 'client leaves before headers';
@@ -284,6 +322,30 @@ async function one(caller) {
   return r;
 }
 
+/** The caller's figures as its object holds them now (the operator's view charges nothing). */
+async function figures(caller) {
+  const res = await fetch(`${worker.url}/proxy/status?caller=${encodeURIComponent(caller.id)}`, { headers: { authorization: `Bearer ${SOAK_ADMIN_KEY}` } });
+  const doc = res.status === 200 ? await res.json() : null;
+  return doc && Object.fromEntries((doc.caller?.usage?.dimensions ?? []).map((d) => [d.dimension, d.remaining]));
+}
+
+/** A steady caller's lanes: send while every bucket is at least half full, else wait. */
+async function driveSteady(caller, until) {
+  const lanes = Array.from({ length: caller.limits.concurrency }, async () => {
+    while (Date.now() < until) {
+      while (paused || steadyHeld) await (paused ?? steadyHeld);
+      const seen = await figures(caller).catch(() => null);
+      if (!seen || ['rpm', 'input_tpm', 'output_tpm'].some((d) => !(seen[d] >= caller.limits[d] / 2))) {
+        await sleep(250);
+        continue;
+      }
+      await one(caller);
+      await sleep(rand() * 150);
+    }
+  });
+  await Promise.all(lanes);
+}
+
 /** A caller's workers: one more than its concurrency, back to back. */
 async function drive(caller, until) {
   const lanes = Array.from({ length: caller.limits.concurrency + 1 }, async () => {
@@ -299,7 +361,8 @@ async function drive(caller, until) {
   await Promise.all(lanes);
 }
 
-// Calibration: the proxy's input estimate for each prompt (a fresh bucket, charged once).
+// The proxy's own input estimate for each prompt (a fresh bucket, charged once), set beside
+// the documented rule the replay reserves with: a drift of either shows here first.
 const estimates = [];
 for (let i = 0; i < PROMPTS.length; i++) {
   const body = { model: MODEL, max_tokens: 1, messages: [{ role: 'user', content: PROMPTS[i] }] };
@@ -307,7 +370,10 @@ for (let i = 0; i < PROMPTS.length; i++) {
   await res.arrayBuffer();
   estimates.push(TIERS.calibrate.input_tpm - Number(res.headers.get('anthropic-ratelimit-input-tokens-remaining')));
 }
-say(`input estimates of the prompts: ${estimates.join(', ')}; run of ${SECONDS} s`);
+const ruled = PROMPTS.map((p) => ruleEstimate({ messages: [{ role: 'user', content: p }] }));
+say(`input estimates of the prompts: ${estimates.join(', ')} (the rule: ${ruled.join(', ')}); run of ${SECONDS} s`);
+const failures = [];
+if (estimates.some((e, i) => e !== ruled[i])) failures.push(`the proxy reserves ${estimates.join(', ')} input tokens for the prompts; the documented rule ${ruled.join(', ')}`);
 
 const t0 = Date.now();
 const until = t0 + SECONDS * 1000;
@@ -335,34 +401,95 @@ const chaos = (async () => {
     await sim.script([QUEUE_FAULTS[name]]).catch(() => {});
   }
 })();
+
+// Probes of the ledger: every caller's figures with the instants they are known between. The
+// replay they are compared with is computed after the run, when every request's fate is known.
+const probes = [];
+let probing = Promise.resolve(); // probes and the restart take turns
+function serially(fn) {
+  const next = probing.then(fn, fn);
+  probing = next.catch(() => {});
+  return next;
+}
+/** Pauses the steady callers until their answers are all over and settled. */
+async function holdSteady() {
+  let release;
+  steadyHeld = new Promise((r) => { release = r; });
+  const steadyIds = new Set(CALLERS.filter((c) => c.steady).map((c) => c.id));
+  while (records.some((r) => steadyIds.has(r.caller) && r.endedAt === undefined)) await sleep(50);
+  await sleep(SETTLE_SLACK_MS);
+  return () => { steadyHeld = null; release(); };
+}
+async function probe(label) {
+  const p = { label, t: Date.now() - t0, instance: worker.instance, callers: {} };
+  await Promise.all(CALLERS.map(async (c) => {
+    const sent = Date.now();
+    const seen = await figures(c).catch(() => null);
+    p.callers[c.id] = { sent, back: Date.now(), seen };
+  }));
+  probes.push(p);
+  return p;
+}
+const probesDuringRun = (async () => {
+  for (let k = 1; ; k += 1) {
+    const at = t0 + k * PROBE_EVERY_MS;
+    if (at > until) return;
+    await sleep(at - Date.now());
+    await serially(async () => {
+      const release = await holdSteady();
+      try {
+        await probe(`${Math.round((Date.now() - t0) / 1000)} s`);
+      } finally {
+        release();
+      }
+    });
+  }
+})();
+
 let restartedAt = null;
 let killedInFlight = 0;
 const restart = (async () => {
   await sleep(SECONDS * 1000 * 0.45);
-  let release;
-  paused = new Promise((r) => { release = r; });
-  killedInFlight = inflight.size;
-  say(`restarting the Worker with ${killedInFlight} requests in flight`);
-  const old = worker;
-  workerLogs.push(...old.logs);
-  await old.stop();
-  await launchWorker();
-  restartedAt = Date.now() - t0;
-  paused = null;
-  release();
+  await serially(async () => {
+    // The steady callers finish first, so that their ledger across the restart stays exact.
+    const releaseSteady = await holdSteady();
+    await probe('before the restart');
+    let release;
+    paused = new Promise((r) => { release = r; });
+    killedInFlight = inflight.size;
+    say(`restarting the Worker with ${killedInFlight} requests in flight`);
+    const old = worker;
+    workerLogs.push(...old.logs);
+    await old.stop();
+    await launchWorker();
+    restartedAt = Date.now() - t0;
+    await probe('after the restart');
+    paused = null;
+    release();
+    releaseSteady();
+  });
 })();
 
-await Promise.all([...CALLERS.map((c) => drive(c, until)), chaos, restart]);
+await Promise.all([...CALLERS.map((c) => (c.steady ? driveSteady(c, until) : drive(c, until))), chaos, restart, probesDuringRun]);
 await Promise.all([...inflight]);
 const stoppedAt = Date.now();
 say(`traffic over after ${((stoppedAt - t0) / 1000).toFixed(0)} s: ${records.length} requests`);
 clearInterval(poller);
+
+// After the traffic: 3 s (every complete answer has settled by then; an answer whose fate is
+// unknown is allowed either state), then after the quiet period the slots need.
+await sleep(3000);
+await probe('3 s after the traffic');
+say(`quiet for ${QUIET_MS / 1000} s`);
+await sleep(QUIET_MS);
+await probe(`${QUIET_MS / 1000 + 3} s after the traffic`);
 
 /** Reads the log's tail again (answers are over, so every entry is final). */
 async function finalLog() {
   const entries = await (await fetch(`${sim.url}/_sim/log?after=${settledSeq}`)).json();
   for (const e of entries) simLog.set(e.seq, e);
 }
+await finalLog();
 
 // ------------------------------------------------------------------ the ledger
 
@@ -376,8 +503,27 @@ function indexLog() {
     attemptsOf.get(id).push(e);
   }
 }
+indexLog();
 
-/** What a request should have been charged: per dimension, {lo, hi} admission times and amount ranges. */
+/** The reservation of a request, read from its body as the simulator logged it (the client's
+ * own body when no attempt reached the upstream): `max_tokens`, and the input by the rule. */
+function reservationOf(r) {
+  const logged = attemptsOf.get(r.id)?.[0];
+  let body;
+  try {
+    body = logged ? JSON.parse(logged.body) : null;
+  } catch {
+    body = null;
+  }
+  body ??= { max_tokens: r.maxTokens, messages: [{ role: 'user', content: PROMPTS[r.prompt] }] };
+  return { input: ruleEstimate(body), output: body.max_tokens ?? 0 };
+}
+
+/**
+ * What a request should have been charged, per dimension: its admission window {lo, hi}, the
+ * amount range once settled `a`, the amount while not yet settled `pending`, and `doneBy`, the
+ * instant by which it was certainly settled.
+ */
 function charges(r, limits) {
   const out = [];
   if (r.status === 429 && r.scope === 'key') return out; // denied: nothing charged
@@ -388,22 +534,26 @@ function charges(r, limits) {
   const admitLo = r.sentAt;
   const admitHi = Math.min(reached ? attempts[0].received_at_ms : Infinity, r.headersAt ?? Infinity, r.endedAt);
   const at = { lo: admitLo, hi: admitHi };
-  out.push({ dim: 'rpm', ...at, a: [admitted, 1] });
+  out.push({ dim: 'rpm', ...at, a: [admitted, 1], pending: [admitted, 1], doneBy: -Infinity });
   if (r.route === 'count') return out;
-  const resIn = Math.min(estimates[r.prompt], limits.input_tpm);
-  const resOut = r.maxTokens;
+  const reserved = reservationOf(r);
+  const resIn = Math.min(reserved.input, limits.input_tpm);
+  const resOut = reserved.output;
   const final = attempts.at(-1);
   const u = final?.usage;
   const usedIn = u ? u.input_tokens + u.cache_creation_input_tokens : null;
   const f = final?.fault ?? {};
   let settled; // [[inLo, inHi], [outLo, outHi]]
   let extraAt = null;
+  // The fate of an answer the client left, or lost with the Worker, is never certain.
+  let doneBy = r.endedAt + SETTLE_SLACK_MS;
   if (!known || r.outcome !== 'answered') {
     // The client went away, or lost the Worker: settled as cut short (or as no answer), or
     // dropped by the runtime with the reservation kept. Either is allowed.
     const cut = r.outcome === 'left mid-stream' && usedIn !== null;
     settled = [[cut ? usedIn : 0, resIn], [cut ? resOut : 0, resOut]];
     if (!admitted) settled = [[0, resIn], [0, resOut]];
+    doneBy = Infinity;
   } else if (r.status !== 200) {
     settled = [[0, 0], [0, 0]];
   } else if (u === null || u === undefined || (f.reset === 'after_headers' && !r.stream)) {
@@ -414,14 +564,23 @@ function charges(r, limits) {
     settled = [[usedIn, usedIn], [1, 1]]; // ended by the upstream's error: the output so far
   } else {
     settled = [[usedIn, usedIn], [u.output_tokens, u.output_tokens]];
-    extraAt = { lo: final.received_at_ms, hi: r.endedAt + 250 };
+    extraAt = { lo: final.received_at_ms, hi: r.endedAt + SETTLE_SLACK_MS };
   }
   for (const [dim, [lo, hi], res] of [['input_tpm', settled[0], resIn], ['output_tpm', settled[1], resOut]]) {
     const adm = admitted ? 1 : 0;
-    out.push({ dim, ...at, a: [Math.min(lo, res) * adm, Math.min(hi, res)] });
-    if (hi > res) out.push({ dim, ...(extraAt ?? at), a: [Math.max(0, lo - res), hi - res], extra: true });
+    out.push({ dim, ...at, a: [Math.min(lo, res) * adm, Math.min(hi, res)], pending: [res * adm, res], doneBy });
+    if (hi > res) out.push({ dim, ...(extraAt ?? at), a: [Math.max(0, lo - res), hi - res], pending: [0, 0], doneBy, extra: true });
   }
   return out;
+}
+
+/** A charge as of instant `T`: times and amounts for the lower and the upper bound of the level. */
+function asOf(e, T) {
+  if (e.lo > T) return null; // not made yet
+  const settled = e.doneBy <= T;
+  const a = settled ? e.a : [Math.min(e.a[0], e.pending[0]), Math.max(e.a[1], e.pending[1])];
+  // Made for sure only once its window is over.
+  return { min: { t: e.lo, a: e.hi <= T ? a[0] : 0 }, max: { t: Math.min(e.hi, T), a: a[1] } };
 }
 
 /** The bucket's used level (units) at `t` after these charges (time ms, amount tokens). */
@@ -436,50 +595,36 @@ function level(events, quota, t) {
   return Math.max(0, used - (t - last) * quota);
 }
 
-const failures = [];
-/** Probes every caller's figures and compares them with the replay. */
-async function checkLedger(when) {
-const ledger = [];
-for (const c of CALLERS) {
-  const evs = records.filter((r) => r.caller === c.id).flatMap((r) => charges(r, c.limits));
-  // The probe is the operator's view of the caller, which charges nothing: its figures as of
-  // the object's answer.
-  const sent = Date.now();
-  const res = await fetch(`${worker.url}/proxy/status?caller=${encodeURIComponent(c.id)}`, { headers: { authorization: `Bearer ${SOAK_ADMIN_KEY}` } });
-  const doc = res.status === 200 ? await res.json() : null;
-  const back = Date.now();
-  if (!doc) failures.push(`${c.id}: the probe got ${res.status}, not 200`);
-  const dims = Object.fromEntries((doc?.caller?.usage?.dimensions ?? []).map((d) => [d.dimension, d]));
-  const row = { caller: c.id, tier: c.tier };
-  for (const dim of ['rpm', 'input_tpm', 'output_tpm']) {
-    const quota = c.limits[dim];
-    const mine = evs.filter((e) => e.dim === dim);
-    const usedMin = level(mine.map((e) => ({ t: e.lo, a: e.a[0] })), quota, back);
-    const usedMax = level(mine.map((e) => ({ t: e.hi, a: e.a[1] })), quota, sent);
-    const cap = quota * UNITS;
-    const hi = Math.floor(Math.max(0, cap - usedMin) / UNITS) + 1; // +1: whole-ms clocks
-    const lo = Math.max(0, Math.floor(Math.max(0, cap - usedMax) / UNITS) - 1);
-    const seen = dims[dim]?.remaining ?? NaN;
-    const diff = !Number.isFinite(seen) ? NaN : seen < lo ? seen - lo : seen > hi ? seen - hi : 0;
-    row[dim] = { seen, lo, hi, diff, charged: mine.reduce((s, e) => s + e.a[1], 0) };
-    if (diff !== 0) failures.push(`${when}: ${c.id} ${dim}: the object shows ${seen} remaining, the replay ${lo}..${hi}`);
+/** Compares one probe with the replay as of its instants. */
+function checkProbe(p) {
+  const rows = [];
+  for (const c of CALLERS) {
+    const { sent, back, seen } = p.callers[c.id];
+    const evs = records.filter((r) => r.caller === c.id).flatMap((r) => charges(r, c.limits));
+    if (!seen) failures.push(`${p.label}: ${c.id}: the probe got no figures`);
+    const row = { caller: c.id, tier: c.tier, steady: !!c.steady };
+    for (const dim of ['rpm', 'input_tpm', 'output_tpm']) {
+      const quota = c.limits[dim];
+      const mine = evs.filter((e) => e.dim === dim);
+      // The lower bound of the level as of the probe's answer, the upper as of its sending.
+      const atBack = mine.map((e) => asOf(e, back)).filter(Boolean);
+      const atSent = mine.map((e) => asOf(e, sent)).filter(Boolean);
+      const usedMin = level(atBack.map((x) => x.min), quota, back);
+      const usedMax = level(atSent.map((x) => x.max), quota, sent);
+      const cap = quota * UNITS;
+      const hi = Math.floor(Math.max(0, cap - usedMin) / UNITS) + 1; // +1: whole-ms clocks
+      const lo = Math.max(0, Math.floor(Math.max(0, cap - usedMax) / UNITS) - 1);
+      const s = seen?.[dim] ?? NaN;
+      const diff = !Number.isFinite(s) ? NaN : s < lo ? s - lo : s > hi ? s - hi : 0;
+      // Informative: the figure is neither a full bucket (any history matches one) nor empty.
+      row[dim] = { seen: s, lo, hi, width: hi - lo, diff, informative: s > 0 && s < quota };
+      if (diff !== 0) failures.push(`${p.label}: ${c.id} ${dim}: the object shows ${s} remaining, the replay ${lo}..${hi}`);
+    }
+    rows.push(row);
   }
-  ledger.push(row);
+  return rows;
 }
-return ledger;
-}
-
-// First 3 s after the traffic (every complete answer has settled by then; an answer whose
-// fate is unknown is allowed either state), then after the quiet period the slots need.
-await sleep(3000);
-await finalLog();
-indexLog();
-const ledgerEarly = await checkLedger('3 s after');
-say(`quiet for ${QUIET_MS / 1000} s`);
-await sleep(QUIET_MS);
-await finalLog();
-indexLog();
-const ledger = await checkLedger(`${QUIET_MS / 1000 + 3} s after`);
+const ledgers = probes.map((p) => ({ label: p.label, t: p.t, rows: checkProbe(p) }));
 
 // Slots: every caller runs `concurrency` overlapping requests.
 const slotResults = await Promise.all(CALLERS.flatMap((c) => Array.from({ length: c.limits.concurrency }, async () => {
@@ -536,7 +681,7 @@ for (const i of [1, 2]) {
   // must stay flat. workerd's RSS also holds the JavaScript heap, which the runtime collects
   // when it sees fit; it only has to stay within a generous bound.
   if (row.wasm_warm !== undefined && row.wasm_end - row.wasm_warm > 2) failures.push(`instance ${i}: WebAssembly memory grew from ${row.wasm_warm} to ${row.wasm_end} MiB`);
-  if (row.growth > 192) failures.push(`workerd instance ${i} grew ${row.growth} MiB from its first third to its last`);
+  if (row.growth > RSS_GROWTH_MIB) failures.push(`workerd instance ${i} grew ${row.growth} MiB from its first third to its last (bound ${RSS_GROWTH_MIB} MiB)`);
 }
 
 await worker.stop();
@@ -553,6 +698,30 @@ for (const r of records) {
   const k = r.status === 429 && r.scope === 'key' ? '429 (caller limit)' : r.status ?? r.outcome;
   statuses[k] = (statuses[k] ?? 0) + 1;
 }
+// The ranges' widths (tokens, and as a share of the bucket), for the steady callers and the
+// others, over the probes during the run and over all of them.
+const widthsOf = (pick) => {
+  const cells = ledgers.filter((l) => pick.probe(l)).flatMap((l) => l.rows.filter(pick.row).flatMap((row) =>
+    ['rpm', 'input_tpm', 'output_tpm'].map((dim) => ({ dim, width: row[dim].width, share: row[dim].width / TIERS[row.tier][dim], informative: row[dim].informative }))));
+  const sorted = (xs) => [...xs].sort((a, b) => a - b);
+  const shares = sorted(cells.map((c) => c.share));
+  const pct = (x) => (x === undefined ? null : Math.round(x * 1000) / 10);
+  return {
+    cells: cells.length,
+    informative: cells.filter((c) => c.informative).length,
+    max_width: Math.max(0, ...cells.map((c) => c.width)),
+    median_share_pct: pct(shares[Math.floor(shares.length / 2)]),
+    max_share_pct: pct(shares.at(-1)),
+  };
+};
+const during = (l) => !l.label.includes('after the traffic');
+const widthSummary = {
+  steady_during_run: widthsOf({ probe: during, row: (r) => r.steady }),
+  others_during_run: widthsOf({ probe: during, row: (r) => !r.steady }),
+  steady_all: widthsOf({ probe: () => true, row: (r) => r.steady }),
+  others_all: widthsOf({ probe: () => true, row: (r) => !r.steady }),
+};
+
 const summary = {
   seconds: SECONDS,
   wall_s: Math.round((Date.now() - t0) / 1000),
@@ -569,8 +738,8 @@ const summary = {
   in_flight_at_restart: killedInFlight,
   statuses,
   faults: byKind,
-  ledger_3s_after: ledgerEarly,
-  ledger_after_quiet: ledger,
+  ledger_probes: ledgers,
+  ledger_widths: widthSummary,
   memory_mib: mem,
   settle_failed: settleFailed.length,
   critical_errors: critical.length,
@@ -589,16 +758,20 @@ console.log(`soak: ${summary.requests} requests in ${SECONDS} s (${summary.upstr
   `1 restart at ${summary.restarted_at_s} s with ${killedInFlight} in flight`);
 console.log(`statuses: ${Object.entries(statuses).map(([k, n]) => `${k}: ${n}`).join(', ')}`);
 console.log(`faults: ${Object.entries(byKind).map(([k, n]) => `${k}: ${n}`).join(', ')}`);
-console.log(`ledger, 3 s after the traffic | after ${QUIET_MS / 1000 + 3} s: remaining as the object reports it, the replay's range, difference`);
-console.log('| caller | dimension | charged (replay, at most) | remaining | replay | difference | remaining later | replay | difference |');
-console.log('|---|---|---|---|---|---|---|---|---|');
-ledgerEarly.forEach((row, i) => {
-  for (const dim of ['rpm', 'input_tpm', 'output_tpm']) {
-    const d = row[dim];
-    const l = ledger[i][dim];
-    console.log(`| ${row.caller} | ${dim} | ${d.charged} | ${d.seen} | ${d.lo}..${d.hi} | ${d.diff} | ${l.seen} | ${l.lo}..${l.hi} | ${l.diff} |`);
+console.log(`ledger: ${ledgers.length} probes (every ${PROBE_EVERY_MS / 1000} s, around the restart, after the traffic); remaining as the object reports it, the replay's range [width]`);
+console.log('| probe | caller | rpm | input_tpm | output_tpm |');
+console.log('|---|---|---|---|---|');
+for (const l of ledgers) {
+  for (const row of l.rows) {
+    const cell = (d) => `${d.seen} in ${d.lo}..${d.hi} [${d.width}]${d.diff ? ` OUTSIDE by ${d.diff}` : ''}`;
+    console.log(`| ${l.label} | ${row.caller} | ${cell(row.rpm)} | ${cell(row.input_tpm)} | ${cell(row.output_tpm)} |`);
   }
-});
+}
+console.log('| ranges | cells | partly drained | widest (tokens) | median width, % of bucket | widest, % of bucket |');
+console.log('|---|---|---|---|---|---|');
+for (const [name, w] of Object.entries(widthSummary)) {
+  console.log(`| ${name.replace(/_/g, ' ')} | ${w.cells} | ${w.informative} | ${w.max_width} | ${w.median_share_pct} | ${w.max_share_pct} |`);
+}
 console.log('| workerd instance | at start | warm (first third) | peak | last third | at end | growth | wasm memory, first third → end |');
 console.log('|---|---|---|---|---|---|---|---|');
 for (const m of mem) console.log(`| ${m.instance} | ${m.first} MiB | ${m.warm} MiB | ${m.peak} MiB | ${m.late} MiB | ${m.end} MiB | ${m.growth} MiB | ${m.wasm_warm ?? '?'} → ${m.wasm_end ?? '?'} MiB |`);
