@@ -300,8 +300,9 @@ pub const MIN_JWT_SECRET_BYTES: usize = 32;
 /// key must be.
 pub const MIN_ADMIN_KEY_BYTES: usize = 16;
 
-/// `JWT_MAX_LIFETIME_S` when unset: one day.
-pub const DEFAULT_JWT_MAX_LIFETIME_S: u64 = 86_400;
+/// `JWT_MAX_LIFETIME_S` when unset: one hour. A token is a bearer credential handed to a
+/// browser; a short life bounds what a leaked one is worth, and a backend mints a new one cheaply.
+pub const DEFAULT_JWT_MAX_LIFETIME_S: u64 = 3_600;
 
 /// Longest `JWT_MAX_LIFETIME_S` accepted: one year.
 const MAX_JWT_LIFETIME_S: u64 = 31_536_000;
@@ -466,6 +467,12 @@ impl Config {
                     "more attempts than the {} subrequests a Workers Free invocation may make; there the attempts past them fail",
                     crate::plan::FREE_EXTERNAL_SUBREQUESTS
                 ),
+            ));
+        }
+        if self.jwt_secret.is_some() && self.jwt_audience.is_none() {
+            warnings.push(invalid(
+                "JWT_AUDIENCE",
+                "unset while JWT_SECRET is set: a token signed with the same secret for another service is accepted here too; set JWT_AUDIENCE (and have tokens carry it) unless the secret is this proxy's alone",
             ));
         }
         warnings
@@ -963,6 +970,26 @@ mod tests {
     }
 
     #[test]
+    fn a_jwt_secret_without_an_audience_is_a_warning() {
+        let secret = "s".repeat(32);
+        let warned = |vars: &[(&str, &str)]| {
+            config(vars)
+                .unwrap()
+                .plan_warnings()
+                .iter()
+                .any(|w| w.variable == "JWT_AUDIENCE")
+        };
+        assert!(warned(&[("JWT_SECRET", &secret)]));
+        assert!(!warned(&[
+            ("JWT_SECRET", &secret),
+            ("JWT_AUDIENCE", "chat")
+        ]));
+        assert!(!warned(&[]));
+        let line = config(&[("JWT_SECRET", &secret)]).unwrap().plan_warnings();
+        assert!(!format!("{line:?}").contains(&secret));
+    }
+
+    #[test]
     fn more_attempts_than_a_free_invocation_may_make_are_a_warning() {
         let with = |n: &str| {
             Config::from_lookup(|name| (name == "MAX_ATTEMPTS").then(|| n.to_string())).unwrap()
@@ -1068,7 +1095,7 @@ mod tests {
             (c.jwt_audience.as_deref(), c.jwt_issuer.as_deref()),
             (None, None)
         );
-        assert_eq!(c.jwt_max_lifetime_ms, 86_400_000);
+        assert_eq!(c.jwt_max_lifetime_ms, 3_600_000);
         let c = config(&[
             ("JWT_AUDIENCE", " https://chat.example "),
             ("JWT_ISSUER", "https://auth.example"),
