@@ -12,7 +12,7 @@ echo "== host tests (pure core, simulator)"
 cargo test --workspace --quiet
 
 echo "== wasm tests (JS interop, in Node)"
-cargo test --target wasm32-unknown-unknown --test wasm_storage
+cargo test --target wasm32-unknown-unknown --test wasm_storage --test wasm_context
 
 echo "== lints"
 cargo fmt --all --check

@@ -6,6 +6,7 @@
 
 mod boundary;
 use boundary::{Answer, HeaderList, Incoming};
+pub mod keep_alive;
 mod metrics;
 mod objects;
 mod pass;

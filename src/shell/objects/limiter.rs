@@ -88,7 +88,10 @@ pub async fn admit(
             headers.extend(limit_headers(&local.status, None, local.status_ms));
             if let Some(wanted) = local.refill {
                 let identity = identity_hash.to_string();
-                ctx.wait_until(refill(env.clone(), identity, limits, wanted));
+                crate::shell::keep_alive::wait_until(
+                    ctx,
+                    refill(env.clone(), identity, limits, wanted),
+                );
             }
             return Ok((local.reservation, true));
         }
@@ -112,7 +115,10 @@ pub async fn admit(
         });
         if let Some(grant) = granted {
             let identity = identity_hash.to_string();
-            ctx.wait_until(expire_later(env.clone(), identity, limits, grant));
+            crate::shell::keep_alive::wait_until(
+                ctx,
+                expire_later(env.clone(), identity, limits, grant),
+            );
         }
     }
     Ok((answer(reply, headers)?, on_credit))
@@ -495,19 +501,34 @@ pub fn settle_later(
     usage_to: oneshot::Sender<Usage>,
 ) {
     let env = env.clone();
-    ctx.wait_until(async move {
+    crate::shell::keep_alive::wait_until(ctx, async move {
         let answered = match watched {
             // A tapped answer reports what it saw when its body ends or is dropped.
             Some((seen, progress)) => {
-                let seen = watch(&env, &identity_hash, limits, reservation.lease_id, &seen, &progress).await;
-                Answered::Watched { seen, so_far: progress.usage() }
+                let seen = watch(
+                    &env,
+                    &identity_hash,
+                    limits,
+                    reservation.lease_id,
+                    &seen,
+                    &progress,
+                )
+                .await;
+                Answered::Watched {
+                    seen,
+                    so_far: progress.usage(),
+                }
             }
             None => Answered::Unwatched { delivered_ok },
         };
         let usage: Usage = settlement_usage(answered);
         // Metrics hear the usage too (nobody listens when they are not kept).
         let _ = usage_to.send(usage);
-        let settled = Settled { reservation, usage, confirms };
+        let settled = Settled {
+            reservation,
+            usage,
+            confirms,
+        };
         if settled.charges_extra(&limits) {
             // The caller may be in debt now: no more admissions here on what was granted.
             with_existing(&identity_hash, Credit::stop_admitting);
@@ -519,7 +540,12 @@ pub fn settle_later(
                 None => {}
             }
         }
-        let call = LimiterCall::Settle { limits, reservation, usage, confirms };
+        let call = LimiterCall::Settle {
+            limits,
+            reservation,
+            usage,
+            confirms,
+        };
         let settled: Result<serde_json::Value, ProxyError> =
             super::call(&env, BINDING, &identity_hash, &call, "rate limiter").await;
         if let Err(e) = settled {
