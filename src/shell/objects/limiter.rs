@@ -246,6 +246,14 @@ async fn expire_later(env: Env, identity: String, limits: TierLimits, grant: u64
     }
 }
 
+/// The caller as log lines name it: its tag (see `Config::caller_tag`), as in the request's
+/// own line; empty when the configuration cannot be read.
+fn logged_caller(env: &Env, identity_hash: &str) -> String {
+    crate::shell::runtime::config(env)
+        .map(|config| config.caller_tag(identity_hash))
+        .unwrap_or_default()
+}
+
 /// How often the owner of returns looks whether they are delivered.
 const OWNER_TICK_MS: u64 = 250;
 
@@ -269,7 +277,7 @@ async fn deliver(env: &Env, identity: &str, limits: TierLimits, ids: &[u64], wai
         if lost > 0 {
             worker::console_error!(
                 "{}",
-                serde_json::json!({"event": "settle_failed", "identity": identity, "error": "returns not delivered", "items": lost})
+                serde_json::json!({"event": "settle_failed", "identity": logged_caller(env, identity), "error": "returns not delivered", "items": lost})
             );
         }
     }
@@ -335,7 +343,7 @@ async fn flush(env: &Env, identity: &str, limits: TierLimits) {
     if send_until_done(env, identity, limits, FLUSHER_LIFE_MS, step).await == Sent::GaveUp {
         worker::console_error!(
             "{}",
-            serde_json::json!({"event": "settle_failed", "identity": identity, "error": "settlements not delivered; left for the next flusher"})
+            serde_json::json!({"event": "settle_failed", "identity": logged_caller(env, identity), "error": "settlements not delivered; left for the next flusher"})
         );
     }
 }
@@ -551,7 +559,7 @@ pub fn settle_later(
         if let Err(e) = settled {
             worker::console_error!(
                 "{}",
-                serde_json::json!({"event": "settle_failed", "identity": identity_hash, "error": e.message()})
+                serde_json::json!({"event": "settle_failed", "identity": logged_caller(&env, &identity_hash), "error": e.message()})
             );
         }
     });
