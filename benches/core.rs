@@ -240,7 +240,7 @@ mod limits {
     use std::num::NonZeroU32;
 
     use breakwater::config::TierLimits;
-    use breakwater::limits::{Admission, AdmissionRequest, LimiterState, Usage};
+    use breakwater::limits::{Admission, AdmissionRequest, Credits, LimiterState, Usage};
     use divan::black_box;
 
     fn limits(all: bool) -> TierLimits {
@@ -295,6 +295,32 @@ mod limits {
                     output_tokens: Some(100),
                 };
                 let _ = state.settle(&limits, now, &reservation, usage);
+            }
+        });
+    }
+
+    /// A caller new to the isolate takes its place in a full table of local credit (1,024
+    /// callers seen within the minute, none holding anything), as when a site mints a token
+    /// per anonymous visitor: a sweep now and then makes room for a quarter of the table.
+    /// Includes naming the caller.
+    #[divan::bench(sample_count = 4_000)]
+    fn new_caller_in_a_full_credit_table(bencher: divan::Bencher) {
+        let limits = limits(true);
+        let mut credits = Credits::default();
+        let mut now = 1_764_000_000_000u64;
+        let mut visitor = 0u64;
+        while credits.len() < 1_024 {
+            visitor += 1;
+            if let Some(credit) = credits.of(&format!("visitor-{visitor}"), limits, now) {
+                credit.arrive(limits, now);
+            }
+        }
+        bencher.bench_local(|| {
+            now += 1;
+            visitor += 1;
+            let identity = format!("visitor-{visitor}");
+            if let Some(credit) = credits.of(black_box(&identity), limits, now) {
+                credit.arrive(limits, now);
             }
         });
     }

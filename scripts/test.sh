@@ -16,7 +16,7 @@ echo "== benchmark oracle (the ceiling the overload benchmarks are scored agains
 node --test bench/oracle.test.mjs
 
 echo "== wasm tests (JS interop, in Node)"
-cargo test --target wasm32-unknown-unknown --test wasm_storage
+cargo test --target wasm32-unknown-unknown --test wasm_storage --test wasm_context
 
 echo "== lints"
 cargo fmt --all --check

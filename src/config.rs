@@ -10,7 +10,7 @@ use std::num::{NonZeroU32, NonZeroU64};
 
 use serde::{Deserialize, Serialize};
 
-use crate::identity::{Secret, RESERVED_ID_PREFIXES};
+use crate::identity::{FingerprintKey, Secret, RESERVED_ID_PREFIXES};
 use crate::upstream::{Priority, MAX_WEIGHT};
 
 /// Every variable the proxy reads, as wrangler.toml and `wrangler secret put` name them.
@@ -35,6 +35,7 @@ pub const VARIABLES: &[&str] = &[
     "MODEL_FALLBACKS",
     "ADMIN_KEY",
     "REQUEST_LOG",
+    "FINGERPRINT_KEY",
 ];
 
 /// The tier every caller falls into unless a key or token names another.
@@ -229,6 +230,9 @@ pub struct Config {
     pub admin_key: Option<Secret>,
     /// `REQUEST_LOG`: which requests write their log line.
     pub request_log: RequestLog,
+    /// The key of the callers' tags in logs and metrics: `FINGERPRINT_KEY`, or derived from
+    /// another secret (see [`fingerprint_key`]).
+    pub fingerprint_key: FingerprintKey,
 }
 
 /// `REQUEST_LOG`: which requests write their one log line. Every line is a log event that
@@ -284,6 +288,7 @@ impl fmt::Debug for Config {
             .field("model_fallbacks", &self.model_fallbacks)
             .field("admin_key", &self.admin_key.as_ref().map(|_| "<set>"))
             .field("request_log", &self.request_log)
+            .field("fingerprint_key", &self.fingerprint_key)
             .finish()
     }
 }
@@ -300,8 +305,12 @@ pub const MIN_JWT_SECRET_BYTES: usize = 32;
 /// key must be.
 pub const MIN_ADMIN_KEY_BYTES: usize = 16;
 
-/// `JWT_MAX_LIFETIME_S` when unset: one day.
-pub const DEFAULT_JWT_MAX_LIFETIME_S: u64 = 86_400;
+/// `JWT_MAX_LIFETIME_S` when unset: one hour. A token is a bearer credential handed to a
+/// browser; a short life bounds what a leaked one is worth, and a backend mints a new one cheaply.
+pub const DEFAULT_JWT_MAX_LIFETIME_S: u64 = 3_600;
+
+/// Shortest `FINGERPRINT_KEY`, in bytes: as long as the HMAC-SHA256 output, as for `JWT_SECRET`.
+pub const MIN_FINGERPRINT_KEY_BYTES: usize = 32;
 
 /// Longest `JWT_MAX_LIFETIME_S` accepted: one year.
 const MAX_JWT_LIFETIME_S: u64 = 31_536_000;
@@ -412,6 +421,7 @@ impl Config {
             }
             Some(raw) => Some(Secret::new(raw)),
         };
+        let fingerprint_key = fingerprint_key(&get)?;
         let request_log = match get("REQUEST_LOG").as_deref().map(str::to_ascii_lowercase) {
             None => RequestLog::All,
             Some(v) if v == "all" => RequestLog::All,
@@ -443,7 +453,17 @@ impl Config {
             model_fallbacks,
             admin_key,
             request_log,
+            fingerprint_key,
         })
+    }
+
+    /// The caller's tag in logs and metrics: a keyed hash of its object's name
+    /// (`identity_hash`), so every place that knows the name (the request, the settlement
+    /// that runs after it) tags the caller alike, and nobody without the key can tell which
+    /// identity it stands for.
+    #[must_use]
+    pub fn caller_tag(&self, identity_hash: &str) -> String {
+        self.fingerprint_key.tag("caller", identity_hash)
     }
 
     /// The models a request for `model` may be answered with when `model` is overloaded, in
@@ -466,6 +486,12 @@ impl Config {
                     "more attempts than the {} subrequests a Workers Free invocation may make; there the attempts past them fail",
                     crate::plan::FREE_EXTERNAL_SUBREQUESTS
                 ),
+            ));
+        }
+        if self.jwt_secret.is_some() && self.jwt_audience.is_none() {
+            warnings.push(invalid(
+                "JWT_AUDIENCE",
+                "unset while JWT_SECRET is set: a token signed with the same secret for another service is accepted here too; set JWT_AUDIENCE (and have tokens carry it) unless the secret is this proxy's alone",
             ));
         }
         warnings
@@ -512,6 +538,38 @@ impl Config {
         let has_managed_callers = !self.client_keys.is_empty() || self.jwt_secret.is_some();
         (has_managed_callers && self.upstream_key.is_none()).then_some("ANTHROPIC_API_KEY")
     }
+}
+
+/// `FINGERPRINT_KEY` (at least [`MIN_FINGERPRINT_KEY_BYTES`]), or when unset a key derived
+/// from the first secret set among `ANTHROPIC_API_KEY`, `ADMIN_KEY`, `CLIENT_KEYS` and
+/// `JWT_SECRET` (see [`FingerprintKey::derived_from`]). `ANTHROPIC_API_KEY` comes first: every
+/// deployment with named callers has it, it is long and random, and it is shared with no
+/// caller and no other service (`JWT_SECRET` comes last: a backend that mints tokens, perhaps
+/// another service too, holds it). Rotating the secret a key is derived from changes every
+/// tag; setting `FINGERPRINT_KEY` keeps them across rotations. With none of them set the only
+/// callers are passthrough keys, whose identities are fingerprints of long random keys that no
+/// dictionary holds; the key is then empty (public).
+fn fingerprint_key(get: &impl Fn(&str) -> Option<String>) -> Result<FingerprintKey, ConfigError> {
+    if let Some(raw) = get("FINGERPRINT_KEY") {
+        if raw.len() < MIN_FINGERPRINT_KEY_BYTES {
+            return Err(invalid(
+                "FINGERPRINT_KEY",
+                format!("must be at least {MIN_FINGERPRINT_KEY_BYTES} bytes"),
+            ));
+        }
+        return Ok(FingerprintKey::new(raw.as_bytes()));
+    }
+    let source = [
+        "ANTHROPIC_API_KEY",
+        "ADMIN_KEY",
+        "CLIENT_KEYS",
+        "JWT_SECRET",
+    ]
+    .into_iter()
+    .find_map(get);
+    Ok(FingerprintKey::derived_from(
+        source.as_deref().unwrap_or("").as_bytes(),
+    ))
 }
 
 fn parse_upstream_url(raw: Option<String>) -> Result<String, ConfigError> {
@@ -963,6 +1021,62 @@ mod tests {
     }
 
     #[test]
+    fn callers_are_tagged_with_a_keyed_hash() {
+        let object = crate::identity::fingerprint("identity", "alice@example.com");
+        let tag = |vars: &[(&str, &str)]| config(vars).unwrap().caller_tag(&object);
+        let key = "k".repeat(MIN_FINGERPRINT_KEY_BYTES);
+        let upstream = ("ANTHROPIC_API_KEY", "sk-ant-upstream-key");
+        let set = tag(&[upstream, ("FINGERPRINT_KEY", &key)]);
+        assert_eq!(
+            set,
+            FingerprintKey::new(key.as_bytes()).tag("caller", &object)
+        );
+        // Unset: derived from the upstream key, else the next secret that is set.
+        let derived = tag(&[upstream]);
+        assert_eq!(
+            derived,
+            FingerprintKey::derived_from(b"sk-ant-upstream-key").tag("caller", &object)
+        );
+        assert_ne!(derived, set);
+        assert_ne!(derived, tag(&[("ANTHROPIC_API_KEY", "sk-ant-another-key")]));
+        let admin = ("ADMIN_KEY", "an-admin-key-0123456789");
+        assert_eq!(
+            tag(&[admin, ("JWT_SECRET", &"j".repeat(32))]),
+            FingerprintKey::derived_from(admin.1.as_bytes()).tag("caller", &object)
+        );
+        // Never the plain fingerprint of the object's name, which anyone can compute.
+        for t in [&set, &derived] {
+            assert_ne!(t, &crate::identity::fingerprint("caller", &object));
+            assert_ne!(t, &object);
+        }
+        // A short key is refused, and not quoted.
+        let err = config(&[("FINGERPRINT_KEY", "short-key")]).unwrap_err();
+        assert_eq!(err.variable, "FINGERPRINT_KEY");
+        assert!(!err.problem.contains("short-key"));
+        assert!(!format!("{:?}", config(&[("FINGERPRINT_KEY", &key)]).unwrap()).contains(&key));
+    }
+
+    #[test]
+    fn a_jwt_secret_without_an_audience_is_a_warning() {
+        let secret = "s".repeat(32);
+        let warned = |vars: &[(&str, &str)]| {
+            config(vars)
+                .unwrap()
+                .plan_warnings()
+                .iter()
+                .any(|w| w.variable == "JWT_AUDIENCE")
+        };
+        assert!(warned(&[("JWT_SECRET", &secret)]));
+        assert!(!warned(&[
+            ("JWT_SECRET", &secret),
+            ("JWT_AUDIENCE", "chat")
+        ]));
+        assert!(!warned(&[]));
+        let line = config(&[("JWT_SECRET", &secret)]).unwrap().plan_warnings();
+        assert!(!format!("{line:?}").contains(&secret));
+    }
+
+    #[test]
     fn more_attempts_than_a_free_invocation_may_make_are_a_warning() {
         let with = |n: &str| {
             Config::from_lookup(|name| (name == "MAX_ATTEMPTS").then(|| n.to_string())).unwrap()
@@ -1068,7 +1182,7 @@ mod tests {
             (c.jwt_audience.as_deref(), c.jwt_issuer.as_deref()),
             (None, None)
         );
-        assert_eq!(c.jwt_max_lifetime_ms, 86_400_000);
+        assert_eq!(c.jwt_max_lifetime_ms, 3_600_000);
         let c = config(&[
             ("JWT_AUDIENCE", " https://chat.example "),
             ("JWT_ISSUER", "https://auth.example"),

@@ -33,3 +33,5 @@ mod testing;
 
 #[cfg(target_arch = "wasm32")]
 mod shell;
+#[cfg(target_arch = "wasm32")]
+pub use shell::keep_alive;

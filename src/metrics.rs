@@ -4,8 +4,8 @@
 //! an operator runs count the same things.
 //!
 //! The data point's layout is a contract with the operator's queries (see the README):
-//! `index1` the caller's fingerprint; `blob1`…`blob7` route, model asked, model served,
-//! answer kind, error type, tier, caller fingerprint; `double1`…`double9` status, attempts,
+//! `index1` the caller's keyed tag (`Config::caller_tag`); `blob1`…`blob7` route, model
+//! asked, model served, answer kind, error type, tier, caller's tag; `double1`…`double9` status, attempts,
 //! wait ms, total ms, input tokens, output tokens, upstream `529`s, upstream `429`s, stream.
 //! Nothing in it is a key or a token.
 

@@ -9,7 +9,7 @@ pub use auth::{
     authenticate, credential, Caller, UpstreamKey, PASSTHROUGH_PREFIX, RESERVED_ID_PREFIXES,
     TOKEN_PREFIX,
 };
-pub use secret::{fingerprint, Secret};
+pub use secret::{fingerprint, FingerprintKey, Secret};
 
 impl Caller {
     /// The key the caller's requests go upstream with: its own (passthrough), or the

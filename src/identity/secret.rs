@@ -2,10 +2,13 @@
 //!
 //! Keys, tokens and signing secrets live in [`Secret`], whose `Debug` prints nothing of the
 //! value, whose comparison takes the same time whatever the input, and whose only printable
-//! form is a one-way fingerprint. Logs, errors and Durable Object names use fingerprints.
+//! form is a one-way fingerprint. Durable Object names use plain SHA-256 fingerprints; logs and
+//! metrics use [`FingerprintKey`] tags, keyed, since an identity may be an e-mail address that
+//! a dictionary would find behind a plain hash.
 
 use std::fmt::{self, Write as _};
 
+use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
@@ -64,7 +67,11 @@ pub fn fingerprint(label: &str, value: &str) -> String {
     hasher.update(label.as_bytes());
     hasher.update([0u8]);
     hasher.update(value.as_bytes());
-    let digest = hasher.finalize();
+    hex16(&hasher.finalize())
+}
+
+/// The first 16 bytes as 32 hex digits.
+fn hex16(digest: &[u8]) -> String {
     digest
         .iter()
         .take(16)
@@ -72,6 +79,53 @@ pub fn fingerprint(label: &str, value: &str) -> String {
             let _ = write!(out, "{byte:02x}");
             out
         })
+}
+
+/// The key of the fingerprints that go into logs and metrics (`FINGERPRINT_KEY`, or derived
+/// from another secret): HMAC-SHA256, so that without the key nobody can tell which identity
+/// a tag stands for by hashing guesses. Prints nothing of itself.
+#[derive(Clone)]
+pub struct FingerprintKey {
+    mac: Hmac<Sha256>,
+}
+
+/// What a derived [`FingerprintKey`] is the HMAC of, under the secret it is derived from: the
+/// key is never the secret itself, and a tag says nothing usable about that secret.
+const DERIVATION_LABEL: &[u8] = b"breakwater fingerprint key";
+
+impl FingerprintKey {
+    /// The key `key` itself (any length; `FINGERPRINT_KEY` asks for at least 32 bytes).
+    #[must_use]
+    pub fn new(key: &[u8]) -> FingerprintKey {
+        // HMAC takes a key of any length: longer ones are hashed, shorter ones padded.
+        let mac = <Hmac<Sha256> as Mac>::new_from_slice(key)
+            .unwrap_or_else(|_| <Hmac<Sha256> as hmac::digest::KeyInit>::new(&Default::default()));
+        FingerprintKey { mac }
+    }
+
+    /// A key derived from `secret`: HMAC-SHA256(`secret`, [`DERIVATION_LABEL`]).
+    #[must_use]
+    pub fn derived_from(secret: &[u8]) -> FingerprintKey {
+        let mut mac = FingerprintKey::new(secret).mac;
+        mac.update(DERIVATION_LABEL);
+        FingerprintKey::new(&mac.finalize().into_bytes())
+    }
+
+    /// Hex HMAC-SHA256 of `label ‖ 0 ‖ value`, truncated to 32 hex digits like [`fingerprint`].
+    #[must_use]
+    pub fn tag(&self, label: &str, value: &str) -> String {
+        let mut mac = self.mac.clone();
+        mac.update(label.as_bytes());
+        mac.update(&[0u8]);
+        mac.update(value.as_bytes());
+        hex16(&mac.finalize().into_bytes())
+    }
+}
+
+impl fmt::Debug for FingerprintKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("FingerprintKey(<redacted>)")
+    }
 }
 
 #[cfg(test)]
@@ -90,6 +144,37 @@ mod tests {
         assert!(s.matches("ck_live_0123456789"));
         assert!(!s.matches("ck_live_012345678"));
         assert!(!s.matches(""));
+    }
+
+    #[test]
+    fn tags_are_keyed_stable_and_labelled() {
+        let key = FingerprintKey::new(b"a fingerprint key of 32 bytes...");
+        let tag = key.tag("caller", "alice@example.com");
+        assert_eq!(tag, key.tag("caller", "alice@example.com"));
+        assert_ne!(tag, key.tag("other", "alice@example.com"));
+        assert_eq!(tag.len(), 32);
+        // Not the plain fingerprint anyone could compute, nor another key's tag.
+        assert_ne!(tag, fingerprint("caller", "alice@example.com"));
+        let other = FingerprintKey::new(b"another fingerprint key, 32 byte");
+        assert_ne!(tag, other.tag("caller", "alice@example.com"));
+        // HMAC-SHA256 as RFC 4231 test case 2 has it (key "Jefe").
+        let mut mac = FingerprintKey::new(b"Jefe").mac;
+        mac.update(b"what do ya want for nothing?");
+        assert_eq!(
+            hex16(&mac.finalize().into_bytes()),
+            "5bdcc146bf60754e6a042426089575c7"
+        );
+        // A derived key is neither the secret nor the same as another secret's.
+        let derived = FingerprintKey::derived_from(b"sk-ant-upstream");
+        assert_ne!(
+            derived.tag("caller", "x"),
+            FingerprintKey::new(b"sk-ant-upstream").tag("caller", "x")
+        );
+        assert_ne!(
+            derived.tag("caller", "x"),
+            FingerprintKey::derived_from(b"sk-ant-other").tag("caller", "x")
+        );
+        assert!(!format!("{derived:?}").contains("sk-ant"));
     }
 
     #[test]

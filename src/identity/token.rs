@@ -31,8 +31,8 @@ pub const MAX_SUB_CHARS: usize = 256;
 /// Longest `tier`, in characters.
 pub const MAX_TIER_CHARS: usize = 64;
 
-/// The longest lifetime accepted when nothing else is asked: one day (`JWT_MAX_LIFETIME_S`).
-pub const DEFAULT_MAX_LIFETIME_MS: u64 = 86_400_000;
+/// The longest lifetime accepted when nothing else is asked: one hour (`JWT_MAX_LIFETIME_S`).
+pub const DEFAULT_MAX_LIFETIME_MS: u64 = crate::config::DEFAULT_JWT_MAX_LIFETIME_S * 1000;
 
 /// What a token must satisfy beyond its signature and its time claims.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -876,11 +876,11 @@ mod tests {
 
     #[test]
     fn lifetime_is_capped() {
-        // The default cap is a day, give or take the leeway.
-        let day = 86_400;
-        let within = mint(&format!(r#"{{"sub":"u","exp":{}}}"#, exp_in(day + 20)));
+        // The default cap is an hour, give or take the leeway.
+        let (hour, day) = (3_600, 86_400);
+        let within = mint(&format!(r#"{{"sub":"u","exp":{}}}"#, exp_in(hour + 20)));
         assert!(verify(&within, SECRET, NOW_MS).is_ok());
-        for seconds in [day + 31, 2 * day, 365 * day] {
+        for seconds in [hour + 31, day, 365 * day] {
             let token = mint(&format!(r#"{{"sub":"u","exp":{}}}"#, exp_in(seconds)));
             assert_eq!(
                 verify(&token, SECRET, NOW_MS),

@@ -64,7 +64,7 @@ pub const FLUSHER_LIFE_MS: u64 = 10_000;
 /// returns are sent again (the object's call timeout is 10 s).
 pub const CARRY_TIMEOUT_MS: u64 = 12_000;
 
-/// Callers with credit state kept at most per isolate; idle ones are forgotten first.
+/// Callers with credit state kept at most per isolate (a hard cap, see [`Credits`]).
 pub const MAX_CREDIT_CALLERS: usize = 1_024;
 
 /// One ticket: an admission made in advance, and whether it charged a request against `rpm`
@@ -591,11 +591,14 @@ impl Credit {
     /// Nothing held, nothing to send, and not seen for a minute.
     #[must_use]
     pub fn is_idle(&self, now_ms: u64) -> bool {
-        self.held.is_empty()
-            && self.outbox.is_empty()
-            && !self.asking
-            && !self.flusher
-            && now_ms.saturating_sub(self.last_seen_ms) >= 60_000
+        self.holds_nothing() && now_ms.saturating_sub(self.last_seen_ms) >= 60_000
+    }
+
+    /// Nothing that must reach the object is held here: no ticket, no return, no call that may
+    /// bring tickets, no flusher. Forgetting the credit then loses only how busy the caller is.
+    #[must_use]
+    pub fn holds_nothing(&self) -> bool {
+        self.held.is_empty() && self.outbox.is_empty() && !self.asking && !self.flusher
     }
 
     /// Unused tickets held, usable or not.
@@ -605,24 +608,71 @@ impl Credit {
     }
 }
 
-/// Every caller's credit in one isolate, by identity fingerprint.
+/// Every caller's credit in one isolate, by identity fingerprint: at most
+/// [`MAX_CREDIT_CALLERS`] of them, however many callers an isolate sees (a site that mints a
+/// token per anonymous visitor brings a new identity per visitor).
+///
+/// A caller that holds nothing (no ticket, nothing to send back, no call or flusher on its
+/// way) can be forgotten at any time: it only loses its arrival count, and so asks its object
+/// for a while without credit. A caller that holds something is never forgotten while it
+/// does: its tickets and returns would be lost. When the table is full, one sweep forgets the
+/// least recently seen callers that hold nothing, down to three quarters of the cap, so a
+/// sweep's cost is shared by the quarter of new callers it makes room for; when it frees less
+/// than that, no sweep runs for [`SWEEP_PAUSE_MS`], and meanwhile a new caller that finds no
+/// room gets no credit (it asks its object, as without credit).
 #[derive(Debug, Default)]
 pub struct Credits {
     by_caller: HashMap<String, Credit>,
+    /// No sweep before this instant: the last one found too little to forget.
+    next_sweep_ms: u64,
 }
 
+/// After a sweep that found less than a quarter of the table to forget, the next one waits this
+/// long (the tickets of a grant go back within [`CREDIT_VALID_MS`] and a bit).
+pub const SWEEP_PAUSE_MS: u64 = 1_000;
+
 impl Credits {
-    /// The credit of `identity`, made when missing (always `Some`). Past
-    /// [`MAX_CREDIT_CALLERS`], idle callers are forgotten first.
+    /// The credit of `identity`, made when missing; `None` when it is missing and the table is
+    /// full of callers that hold something (see [`Credits`]).
     pub fn of(&mut self, identity: &str, limits: TierLimits, now_ms: u64) -> Option<&mut Credit> {
         if !self.by_caller.contains_key(identity) {
             if self.by_caller.len() >= MAX_CREDIT_CALLERS {
-                self.by_caller.retain(|_, credit| !credit.is_idle(now_ms));
+                self.sweep(now_ms);
+            }
+            if self.by_caller.len() >= MAX_CREDIT_CALLERS {
+                return None;
             }
             self.by_caller
                 .insert(identity.to_string(), Credit::new(limits));
         }
         self.by_caller.get_mut(identity)
+    }
+
+    /// Forgets the least recently seen callers that hold nothing, down to three quarters of
+    /// [`MAX_CREDIT_CALLERS`] (one linear pass and a linear selection).
+    fn sweep(&mut self, now_ms: u64) {
+        if now_ms < self.next_sweep_ms {
+            return;
+        }
+        let keep = MAX_CREDIT_CALLERS - MAX_CREDIT_CALLERS / 4;
+        let excess = self.by_caller.len().saturating_sub(keep);
+        let mut free: Vec<(u64, &String)> = self
+            .by_caller
+            .iter()
+            .filter(|(_, credit)| credit.holds_nothing())
+            .map(|(identity, credit)| (credit.last_seen_ms, identity))
+            .collect();
+        if free.len() > excess {
+            free.select_nth_unstable(excess);
+            free.truncate(excess);
+        }
+        if free.len() < excess {
+            self.next_sweep_ms = now_ms.saturating_add(SWEEP_PAUSE_MS);
+        }
+        let forget: Vec<String> = free.into_iter().map(|(_, id)| id.clone()).collect();
+        for identity in forget {
+            self.by_caller.remove(&identity);
+        }
     }
 
     /// The credit of `identity`, if any.
@@ -663,6 +713,60 @@ mod tests {
             input_tpm: NonZeroU32::new(1_000_000),
             output_tpm: NonZeroU32::new(1_000_000),
             concurrency: NonZeroU32::new(1_000),
+        }
+    }
+
+    fn one_ticket(lease_id: u64) -> Ticket {
+        Ticket {
+            reservation: Reservation {
+                lease_id,
+                input_tokens: 10,
+                output_tokens: 10,
+                lease_expires_ms: T0 + 15_000,
+            },
+            requests: 1,
+        }
+    }
+
+    #[test]
+    fn callers_seen_lately_that_hold_nothing_make_room_oldest_first() {
+        let mut credits = Credits::default();
+        for i in 0..MAX_CREDIT_CALLERS as u64 {
+            let credit = credits.of(&format!("visitor-{i}"), roomy(), T0 + i);
+            credit.unwrap().arrive(roomy(), T0 + i);
+        }
+        assert!(credits.of("one-more", roomy(), T0 + 2_000).is_some());
+        assert_eq!(credits.len(), MAX_CREDIT_CALLERS * 3 / 4 + 1);
+        assert!(credits.get("visitor-0").is_none());
+        assert!(credits
+            .get(&format!("visitor-{}", MAX_CREDIT_CALLERS - 1))
+            .is_some());
+    }
+
+    #[test]
+    fn a_full_table_of_callers_holding_tickets_refuses_new_callers() {
+        let mut credits = Credits::default();
+        for i in 0..MAX_CREDIT_CALLERS as u64 {
+            let credit = credits.of(&format!("visitor-{i}"), roomy(), T0).unwrap();
+            credit.granted(&[one_ticket(i)], Vec::new(), T0, T0);
+        }
+        // No room and nobody to forget: the new caller goes without credit.
+        assert!(credits.of("one-more", roomy(), T0 + 10).is_none());
+        assert_eq!(credits.len(), MAX_CREDIT_CALLERS);
+        // One caller uses its ticket; the table looks again once the pause is over.
+        let used = credits.get("visitor-7").unwrap();
+        assert!(used.take(&request(1, 1), T0 + 20).is_some());
+        assert!(used.holds_nothing());
+        assert!(credits.of("one-more", roomy(), T0 + 30).is_none());
+        let later = T0 + 10 + SWEEP_PAUSE_MS;
+        assert!(credits.of("one-more", roomy(), later).is_some());
+        assert!(credits.get("visitor-7").is_none());
+        assert_eq!(credits.len(), MAX_CREDIT_CALLERS);
+        for i in (0..MAX_CREDIT_CALLERS as u64).filter(|&i| i != 7) {
+            let kept = credits
+                .get(&format!("visitor-{i}"))
+                .map(|c| c.tickets_held());
+            assert_eq!(kept, Some(1));
         }
     }
 

@@ -25,7 +25,7 @@ use std::num::NonZeroU32;
 use proptest::prelude::*;
 
 use super::bucket::{Level, UNITS_PER_TOKEN};
-use super::credit::{Carry, OwnerStep};
+use super::credit::{Carry, OwnerStep, MAX_CREDIT_CALLERS, SWEEP_PAUSE_MS};
 use super::*;
 use crate::config::TierLimits;
 use crate::durable::ObjectState;
@@ -909,4 +909,143 @@ fn near_its_limits_a_caller_gets_no_credit() {
         "{} tickets granted",
         world.tickets.len()
     );
+}
+
+/// What one isolate's table of callers does to a caller, in the table-of-callers property.
+#[derive(Debug, Clone, Copy)]
+enum CallerOp {
+    /// A request arrives (the caller is looked up, made when missing).
+    Arrive,
+    /// A grant of this many tickets comes back for it.
+    Grant(u8),
+    /// A request takes one of its tickets.
+    Take,
+    /// Its grants' time is up and their returns are delivered: it holds nothing any more.
+    GiveBack,
+}
+
+fn caller_op() -> impl Strategy<Value = CallerOp> {
+    prop_oneof![
+        3 => Just(CallerOp::Arrive),
+        3 => (1..=3_u8).prop_map(CallerOp::Grant),
+        1 => Just(CallerOp::Take),
+        2 => Just(CallerOp::GiveBack),
+    ]
+}
+
+/// One caller's holdings as the table-of-callers property expects them.
+#[derive(Debug, Default)]
+struct Holding {
+    tickets: usize,
+    grants: Vec<u64>,
+}
+
+fn ticket(lease_id: u64, now_ms: u64) -> Ticket {
+    Ticket {
+        reservation: Reservation {
+            lease_id,
+            input_tokens: 10,
+            output_tokens: 10,
+            lease_expires_ms: now_ms + 15_000,
+        },
+        requests: 1,
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, failure_persistence: None, ..ProptestConfig::default() })]
+
+    /// More callers than an isolate keeps, some holding tickets and returns: the table never
+    /// grows past [`MAX_CREDIT_CALLERS`], never forgets a caller that holds something, refuses
+    /// a new caller only when it is full, and once everything is given back makes room again.
+    #[test]
+    fn the_callers_table_is_capped_and_keeps_what_callers_hold(
+        steps in prop::collection::vec((0..1_400_u32, caller_op(), 0..40_u64), 1_500..3_000),
+    ) {
+        let limits = TierLimits {
+            rpm: NonZeroU32::new(100_000),
+            input_tpm: NonZeroU32::new(10_000_000),
+            output_tpm: NonZeroU32::new(10_000_000),
+            concurrency: NonZeroU32::new(10_000),
+        };
+        let small = AdmissionRequest { input_tokens: 1, output_tokens: 1, lease_ms: 15_000 };
+        let mut credits = Credits::default();
+        let mut holdings: HashMap<String, Holding> = HashMap::new();
+        let (mut now, mut lease) = (T0, 0_u64);
+        for (index, &(who, op, gap)) in steps.iter().enumerate() {
+            now += gap;
+            let identity = format!("visitor-{who}");
+            match op {
+                CallerOp::Arrive | CallerOp::Grant(_) => {
+                    let full = credits.len() >= MAX_CREDIT_CALLERS;
+                    match credits.of(&identity, limits, now) {
+                        None => prop_assert!(full, "refused a caller with room in the table"),
+                        Some(credit) => {
+                            credit.arrive(limits, now);
+                            if let CallerOp::Grant(count) = op {
+                                let tickets: Vec<Ticket> = (0..count)
+                                    .map(|_| { lease += 1; ticket(lease, now) })
+                                    .collect();
+                                let grant = credit.granted(&tickets, Vec::new(), now, now);
+                                let holding = holdings.entry(identity.clone()).or_default();
+                                holding.tickets += tickets.len();
+                                holding.grants.push(grant);
+                            }
+                        }
+                    }
+                }
+                CallerOp::Take => {
+                    if let Some(credit) = credits.get(&identity) {
+                        if let Some(local) = credit.take(&small, now) {
+                            if local.refill.is_some() {
+                                // The refill came back empty.
+                                credit.answered();
+                            }
+                            if let Some(holding) = holdings.get_mut(&identity) {
+                                holding.tickets -= 1;
+                            }
+                        }
+                    }
+                }
+                CallerOp::GiveBack => {
+                    if let (Some(credit), Some(holding)) =
+                        (credits.get(&identity), holdings.remove(&identity))
+                    {
+                        for grant in holding.grants {
+                            credit.expire(grant);
+                        }
+                        if let Some(carry) = credit.outbox.take(now) {
+                            credit.outbox.delivered(carry.call);
+                        }
+                        prop_assert!(credit.holds_nothing());
+                    }
+                }
+            }
+            prop_assert!(credits.len() <= MAX_CREDIT_CALLERS);
+            if index % 97 == 0 || index + 1 == steps.len() {
+                // A caller whose tickets were all used holds nothing, and may go.
+                for (identity, holding) in holdings.iter().filter(|(_, h)| h.tickets > 0) {
+                    prop_assert_eq!(
+                        credits.get(identity).map(|c| c.tickets_held()),
+                        Some(holding.tickets),
+                        "{} was forgotten or lost tickets", identity
+                    );
+                }
+            }
+        }
+        // Everything given back: a new caller finds room once sweeps may run again.
+        for (identity, holding) in holdings.drain() {
+            if let Some(credit) = credits.get(&identity) {
+                for grant in holding.grants {
+                    credit.expire(grant);
+                }
+                if let Some(carry) = credit.outbox.take(now) {
+                    credit.outbox.delivered(carry.call);
+                }
+            }
+        }
+        let later = now + SWEEP_PAUSE_MS;
+        prop_assert!(credits.of("a-new-visitor", limits, later).is_some());
+        prop_assert!(credits.len() <= MAX_CREDIT_CALLERS);
+    }
 }

@@ -667,6 +667,9 @@ impl<C: Clock, S: Sleep> Gatekeeper<'_, C, S> {
             if trouble {
                 memory.mark_trouble(now);
             }
+            if reply == Reply::Success {
+                memory.note_success();
+            }
             if !(trouble || probe.is_some() || consulted || memory.troubled(now)) {
                 if reply == Reply::Success {
                     memory.count_served(now);
@@ -810,6 +813,20 @@ mod tests {
         }
         assert!(shared.asks.is_empty() && shared.tells.is_empty());
         assert_eq!(memory.borrow().unreported(), 3);
+    }
+
+    #[test]
+    fn only_a_2xx_shows_the_pool_is_served() {
+        let time = FakeTime(Cell::new(T0));
+        let mut shared = Recorder::default();
+        let memory = Rc::new(RefCell::new(EdgeMemory::default()));
+        assert_eq!(go(&time, &mut shared, &memory, vec![status(404)]).0, Ok(1));
+        assert!(!memory.borrow().has_served());
+        // A 2xx after asking (the edge saw trouble) counts as much as one on the happy path.
+        memory.borrow_mut().mark_trouble(time.now_ms());
+        assert_eq!(go(&time, &mut shared, &memory, vec![status(200)]).0, Ok(1));
+        assert!(!shared.asks.is_empty());
+        assert!(memory.borrow().has_served());
     }
 
     #[test]

@@ -116,11 +116,13 @@ pub fn record(
     };
     match usage {
         None => write(&facts),
-        Some(usage) => ctx.wait_until(async move {
-            let usage = usage.await;
-            facts.input_tokens = usage.input_tokens;
-            facts.output_tokens = usage.output_tokens;
-            write(&facts);
-        }),
+        Some(usage) => {
+            crate::shell::keep_alive::wait_until(ctx, async move {
+                let usage = usage.await;
+                facts.input_tokens = usage.input_tokens;
+                facts.output_tokens = usage.output_tokens;
+                write(&facts);
+            });
+        }
     }
 }

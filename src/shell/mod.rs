@@ -6,6 +6,7 @@
 
 mod boundary;
 use boundary::{Answer, HeaderList, Incoming};
+pub mod keep_alive;
 mod metrics;
 mod objects;
 mod pass;
@@ -89,7 +90,9 @@ async fn handle(
     }
 
     let caller = authenticate_request(headers, &config)?;
-    exchange.identity_hash = Some(caller.identity_hash());
+    let identity_hash = caller.identity_hash();
+    exchange.caller_tag = Some(config.caller_tag(&identity_hash));
+    exchange.identity_hash = Some(identity_hash);
     exchange.tier = Some(caller.tier.clone());
     let upstream_key = caller.upstream_key(&config)?;
     let betas = headers.value("anthropic-beta");

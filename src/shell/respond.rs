@@ -31,7 +31,10 @@ pub struct Exchange {
     pub origin: Option<String>,
     pub cors: Cors,
     pub route: Option<Route>,
+    /// The name of the caller's object (a plain fingerprint of its identity).
     pub identity_hash: Option<String>,
+    /// The caller in the log line and metrics: a keyed hash (see `Config::caller_tag`).
+    pub caller_tag: Option<String>,
     pub stream: bool,
     /// The model the body names (`/v1/messages`).
     pub model: Option<String>,
@@ -57,6 +60,7 @@ impl Exchange {
             cors: Cors::NotBrowser,
             route: None,
             identity_hash: None,
+            caller_tag: None,
             stream: false,
             model: None,
             journal: Journal::default(),
@@ -141,7 +145,7 @@ impl Exchange {
             kind: AnswerKind::of(status, error),
             error_type: error.map(ProxyError::error_type),
             tier: self.tier.clone(),
-            caller: self.identity_hash.clone(),
+            caller: self.caller_tag.clone(),
             stream: self.stream,
             attempts: self.journal.attempts,
             wait_ms: self.journal.wait_ms(),
@@ -194,7 +198,7 @@ impl Exchange {
             request_id: &self.request_id,
             upstream_request_id: self.upstream_request_id.as_deref(),
             route: self.route.as_ref().map_or("unrouted", Route::name),
-            identity: self.identity_hash.as_deref(),
+            identity: self.caller_tag.as_deref(),
             status,
             error_type: error.map(ProxyError::error_type),
             stream: self.stream,

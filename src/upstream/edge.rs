@@ -5,7 +5,8 @@
 //! the attempts it sent unasked and reports them with its next call (the retry budget needs
 //! them). Once it sees trouble (a retryable failure, a wait, a refusal) it asks before every
 //! attempt for [`EdgeMemory::TROUBLE_MEMORY_MS`]. The memory is a value owned by the isolate,
-//! one per upstream key, so passthrough keys never count into the managed key's budget.
+//! one per pool of an upstream key, so passthrough keys never count into the managed key's
+//! budget; how many the isolate keeps, and which it forgets, see [`EdgeMemories`].
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -28,6 +29,8 @@ pub struct EdgeMemory {
     /// ones would inflate what it thinks the upstream serves now.
     unreported_served: u32,
     served_second: u64,
+    /// The pool answered a `2xx` at this edge: a pool the upstream serves for this key.
+    served: bool,
 }
 
 impl EdgeMemory {
@@ -65,6 +68,39 @@ impl EdgeMemory {
         self.unreported
     }
 
+    /// A memory kept by no table (see [`EdgeMemories`]): every first attempt asks.
+    fn always_asking() -> EdgeMemory {
+        EdgeMemory {
+            trouble_until_ms: u64::MAX,
+            ..EdgeMemory::default()
+        }
+    }
+
+    /// The pool answered a `2xx`.
+    pub fn note_success(&mut self) {
+        self.served = true;
+    }
+
+    /// Whether the pool has answered a `2xx` at this edge.
+    #[must_use]
+    pub fn has_served(&self) -> bool {
+        self.served
+    }
+
+    /// How readily the memory is forgotten at `now_ms` to make room (lowest first); `None`
+    /// while it is in trouble.
+    fn forget_rank(&self, now_ms: u64) -> Option<u8> {
+        if self.troubled(now_ms) {
+            None
+        } else if !self.served {
+            Some(0)
+        } else if self.unreported == 0 && self.unreported_served == 0 {
+            Some(1)
+        } else {
+            Some(2)
+        }
+    }
+
     /// A success at `now_ms` the shared state was not told of.
     pub fn count_served(&mut self, now_ms: u64) {
         let second = now_ms / 1000;
@@ -73,6 +109,7 @@ impl EdgeMemory {
             self.unreported_served = 0;
         }
         self.unreported_served = self.unreported_served.saturating_add(1);
+        self.served = true;
     }
 
     /// The untold successes to report with a call at `now_ms` (those of the last second or
@@ -87,43 +124,81 @@ impl EdgeMemory {
     }
 }
 
-/// An isolate's memories, one per upstream key (by fingerprint), at most
-/// [`EdgeMemories::MAX_KEYS`]: passthrough callers bring keys of their own, and an isolate
-/// must not grow with them. When full, a key with nothing to remember at `now_ms` is forgotten
-/// first (else the oldest entry).
+/// An isolate's memories, one per pool of an upstream key, at most
+/// [`EdgeMemories::MAX_ENTRIES`] in all and [`EdgeMemories::MAX_POOLS_PER_KEY`] per key:
+/// passthrough callers bring keys of their own, and clients name models of their own, and an
+/// isolate must not grow with them.
+///
+/// A memory in trouble is never forgotten: the isolate would send its next first attempts
+/// unasked into the trouble it saw. Room is made by forgetting, least recently used first,
+/// a pool that never answered a `2xx` here (a made-up model or key comes and goes there), else
+/// one with nothing to report, else one whose unreported first attempts are lost with it. With
+/// nothing to forget, the pool's memory is not kept: it asks the shared state before every
+/// attempt, as an edge in trouble does.
 #[derive(Debug, Default)]
 pub struct EdgeMemories {
-    keys: Vec<(String, Rc<RefCell<EdgeMemory>>)>,
+    entries: Vec<Entry>,
+}
+
+#[derive(Debug)]
+struct Entry {
+    key: String,
+    pool: String,
+    last_used_ms: u64,
+    memory: Rc<RefCell<EdgeMemory>>,
 }
 
 impl EdgeMemories {
-    pub const MAX_KEYS: usize = 64;
+    pub const MAX_ENTRIES: usize = 64;
+    /// Anthropic's pools of one key: `count_tokens`, `models` and a few model families.
+    pub const MAX_POOLS_PER_KEY: usize = 16;
 
-    /// The memory of the key with this fingerprint.
-    pub fn of(&mut self, fingerprint: &str, now_ms: u64) -> Rc<RefCell<EdgeMemory>> {
-        if let Some((_, memory)) = self.keys.iter().find(|(k, _)| k == fingerprint) {
-            return memory.clone();
+    /// The memory of `pool` of the key with this fingerprint.
+    pub fn of(&mut self, key: &str, pool: &str, now_ms: u64) -> Rc<RefCell<EdgeMemory>> {
+        if let Some(entry) = self
+            .entries
+            .iter_mut()
+            .find(|e| e.key == key && e.pool == pool)
+        {
+            entry.last_used_ms = now_ms;
+            return entry.memory.clone();
         }
-        if self.keys.len() >= Self::MAX_KEYS {
-            let quiet = self.keys.iter().position(|(_, m)| {
-                let m = m.borrow();
-                !m.troubled(now_ms) && m.unreported() == 0 && m.unreported_served == 0
-            });
-            self.keys.remove(quiet.unwrap_or(0));
+        let key_full =
+            self.entries.iter().filter(|e| e.key == key).count() >= Self::MAX_POOLS_PER_KEY;
+        if key_full || self.entries.len() >= Self::MAX_ENTRIES {
+            let forget = self
+                .entries
+                .iter()
+                .enumerate()
+                .filter(|(_, e)| !key_full || e.key == key)
+                .filter_map(|(index, e)| Some((e.memory.borrow().forget_rank(now_ms)?, e, index)))
+                .min_by_key(|(rank, e, _)| (*rank, e.last_used_ms))
+                .map(|(_, _, index)| index);
+            match forget {
+                Some(index) => {
+                    self.entries.remove(index);
+                }
+                None => return Rc::new(RefCell::new(EdgeMemory::always_asking())),
+            }
         }
         let memory = Rc::new(RefCell::new(EdgeMemory::default()));
-        self.keys.push((fingerprint.to_string(), memory.clone()));
+        self.entries.push(Entry {
+            key: key.to_string(),
+            pool: pool.to_string(),
+            last_used_ms: now_ms,
+            memory: memory.clone(),
+        });
         memory
     }
 
     #[must_use]
     pub fn len(&self) -> usize {
-        self.keys.len()
+        self.entries.len()
     }
 
     #[must_use]
     pub fn is_empty(&self) -> bool {
-        self.keys.is_empty()
+        self.entries.is_empty()
     }
 }
 
@@ -212,20 +287,78 @@ mod tests {
         assert_eq!(m.take_unreported_served(t0 + 8_000), 0);
     }
 
+    const SONNET: &str = "messages:claude-sonnet-4";
+
     #[test]
-    fn memories_are_per_key_and_bounded() {
+    fn memories_are_per_pool_of_a_key() {
         let mut memories = EdgeMemories::default();
-        let managed = memories.of("managed", 0);
+        let managed = memories.of("managed", SONNET, 0);
         managed.borrow_mut().mark_trouble(0);
-        assert!(memories.of("passthrough", 0).borrow_mut().send_unasked(0));
-        assert!(memories.of("managed", 0).borrow().troubled(0));
-        assert_eq!(memories.of("managed", 0).borrow().unreported(), 0);
+        assert!(memories
+            .of("passthrough", SONNET, 0)
+            .borrow_mut()
+            .send_unasked(0));
+        assert!(!memories
+            .of("managed", "count_tokens", 0)
+            .borrow()
+            .troubled(0));
+        assert!(memories.of("managed", SONNET, 0).borrow().troubled(0));
+        assert_eq!(memories.of("managed", SONNET, 0).borrow().unreported(), 0);
+        assert_eq!(memories.len(), 3);
+    }
+
+    #[test]
+    fn made_up_models_never_push_out_a_pool_in_trouble_or_one_that_served() {
+        let mut memories = EdgeMemories::default();
+        let troubled = memories.of("managed", SONNET, 0);
+        troubled.borrow_mut().mark_trouble(0);
+        let served = memories.of("managed", "messages:claude-haiku-4", 0);
+        served.borrow_mut().count_served(0);
+        let _ = served.borrow_mut().take_unreported_served(0);
+        // Each made-up model is sent once unasked and answered 404: its count stays unreported.
         for i in 0..200 {
-            memories.of(&format!("key{i}"), 1);
+            let made_up = memories.of("managed", &format!("messages:made-up-{i}"), 1);
+            assert!(made_up.borrow_mut().send_unasked(1));
         }
-        assert_eq!(memories.len(), EdgeMemories::MAX_KEYS);
-        // The troubled key is kept while quiet ones come and go.
-        assert!(memories.of("managed", 1).borrow().troubled(1));
+        assert!(memories.len() <= EdgeMemories::MAX_ENTRIES);
+        assert!(Rc::ptr_eq(&memories.of("managed", SONNET, 2), &troubled));
+        assert!(troubled.borrow().troubled(2));
+        let haiku = memories.of("managed", "messages:claude-haiku-4", 2);
+        assert!(Rc::ptr_eq(&haiku, &served));
+    }
+
+    #[test]
+    fn one_key_holds_at_most_its_share_of_the_memories() {
+        let mut memories = EdgeMemories::default();
+        // A caller's own key, rate limited upstream on every made-up pool it names.
+        for i in 0..100 {
+            let memory = memories.of("passthrough", &format!("messages:made-up-{i}"), 0);
+            memory.borrow_mut().mark_trouble(0);
+        }
+        assert_eq!(memories.len(), EdgeMemories::MAX_POOLS_PER_KEY);
+        // The managed key's pools are still remembered.
+        let managed = memories.of("managed", SONNET, 1);
+        managed.borrow_mut().mark_trouble(1);
+        assert!(Rc::ptr_eq(&memories.of("managed", SONNET, 2), &managed));
+    }
+
+    #[test]
+    fn with_every_memory_in_trouble_a_new_pool_asks_before_each_attempt() {
+        let mut memories = EdgeMemories::default();
+        for key in 0..EdgeMemories::MAX_ENTRIES {
+            let memory = memories.of(&format!("key-{key}"), SONNET, 0);
+            memory.borrow_mut().mark_trouble(0);
+        }
+        let newcomer = memories.of("managed", SONNET, 1);
+        assert!(!newcomer.borrow_mut().send_unasked(1));
+        assert_eq!(memories.len(), EdgeMemories::MAX_ENTRIES);
+        // Once the trouble has passed, room is made again.
+        let later = EdgeMemory::TROUBLE_MEMORY_MS + 1;
+        assert!(memories
+            .of("managed", SONNET, later)
+            .borrow_mut()
+            .send_unasked(later));
+        assert_eq!(memories.len(), EdgeMemories::MAX_ENTRIES);
     }
 
     #[test]

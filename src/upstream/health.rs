@@ -36,6 +36,10 @@ pub(super) struct ModelHealth {
     /// The requests waiting their fair turn: memory only, as their held calls are.
     #[serde(skip)]
     pub(super) share: Share,
+    /// The pool has answered a `2xx` since it was remembered: a model the upstream serves, not
+    /// a name a client made up. Pools that have not are forgotten first to make room.
+    #[serde(default)]
+    pub(super) served: bool,
 }
 
 /// Where a model stands.
@@ -215,7 +219,17 @@ impl ModelHealth {
             cooldown_until_ms: 0,
             pace: Pace::default(),
             share: Share::default(),
+            served: false,
         }
+    }
+
+    /// Whether forgetting the pool at `now_ms` would lose trouble other requests must see: an
+    /// overload (or its streak), a recovery, a cooldown, requests waiting their turn.
+    pub(super) fn in_trouble(&self, now_ms: u64) -> bool {
+        self.phase != Phase::Healthy
+            || self.streak > 0
+            || self.cooldown_until_ms > now_ms
+            || !self.share.is_empty()
     }
 
     /// Applies what time alone changes: a release window that ended, a probe lease that
@@ -432,6 +446,7 @@ impl ModelHealth {
         now_ms: u64,
         ticket: Option<u64>,
     ) -> ModelChange {
+        self.served = true;
         self.end_probe(ticket);
         self.streak = 0;
         self.pace.served(&policy.pace, now_ms);

@@ -31,8 +31,10 @@
 //!
 //! Nothing in the state names a request: waiters are counts and timestamps that expire, so a
 //! client that goes away simply stops calling and nothing leaks or blocks for ever. The state
-//! is bounded (at most [`OutagePolicy::max_models`] models, least recently used forgotten)
-//! and every stored number stays below 2^53 ([`MAX_STORED_MS`]).
+//! is bounded (at most [`OutagePolicy::max_models`] pools; a pool in trouble is never forgotten
+//! to make room, pools that never answered a `2xx` are forgotten first, and only the pool's own
+//! answers make it remembered, so made-up model names cannot push real pools out) and every
+//! stored number stays below 2^53 ([`MAX_STORED_MS`]).
 
 mod budget;
 mod draw;

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use super::pace::{Cost, KeyLimits};
 use super::policy::OutagePolicy;
 use super::share::Claimant;
-use super::state::{AttemptReport, Change, Gate, UpstreamState, WaitReason};
+use super::state::{AttemptReport, Change, Gate, Reply, UpstreamState, WaitReason};
 use super::status::KeyStatus;
 use crate::durable::ObjectState;
 use crate::retry::runner::{Ask, Tell};
@@ -153,7 +153,11 @@ impl ObjectState for UpstreamState {
             } => {
                 self.record_requests(&policy, now_ms, unreported);
                 self.record_served(&policy, now_ms, &model, served);
-                self.observe_limits(&policy, now_ms, &model, &limits);
+                // Only an answer of the pool itself (not a 404 for a made-up model, nor a 401
+                // for a made-up key) teaches its limits, and so makes the pool remembered.
+                if report.reply != Reply::OtherFailure {
+                    self.observe_limits(&policy, now_ms, &model, &limits);
+                }
                 UpstreamReply::Change(self.after_answer(
                     &policy,
                     now_ms,
@@ -266,6 +270,33 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn only_answers_of_the_pool_itself_make_it_remembered() {
+        let t0 = 1_764_000_000_000;
+        let limits = KeyLimits {
+            requests: Some(crate::upstream::Observed {
+                limit: 50,
+                remaining: 10,
+            }),
+            ..KeyLimits::default()
+        };
+        let after = |reply| UpstreamCall::After {
+            model: "messages:claude-made-up-9".to_string(),
+            report: AttemptReport { reply, probe: None },
+            rng_seed: 1,
+            unreported: 0,
+            served: 0,
+            limits,
+            cost: Cost::default(),
+        };
+        let mut state = UpstreamState::new();
+        // A 404 for a made-up model (or a 401 for a made-up key), limits headers or not.
+        state.decide(t0, after(Reply::OtherFailure));
+        assert!(state.pools(&OutagePolicy::default(), t0).is_empty());
+        state.decide(t0, after(Reply::Success));
+        assert_eq!(state.pools(&OutagePolicy::default(), t0).len(), 1);
     }
 
     #[test]

@@ -462,6 +462,7 @@ impl UpstreamState {
         if let Some(health) = self.entry(policy, pool, now, true) {
             health.pace.count_served(now, count.min(100_000));
             health.share.touch();
+            health.served = true;
             // The upstream serves: not an outage (an edge reports its successes with its
             // first call after trouble, so a real outage is marked a call later per edge).
             if health.phase == Phase::Healthy {
@@ -690,9 +691,9 @@ impl UpstreamState {
         self.clock_ms
     }
 
-    /// The entry of `model` (settled to `now`, marked as used), created if `create` (the
-    /// least recently used entry makes room). `None` when the model has nothing to remember
-    /// and `create` is false.
+    /// The entry of `model` (settled to `now`, marked as used), created if `create` (an entry
+    /// not in trouble makes room, see below). `None` when the model has nothing to remember
+    /// and `create` is false, or when every entry is in trouble and the state is full.
     fn entry(
         &mut self,
         policy: &OutagePolicy,
@@ -704,11 +705,19 @@ impl UpstreamState {
         let index = match self.models.iter().position(|health| health.model == key) {
             Some(index) => index,
             None if create => {
-                let room = policy.max_models.get().saturating_sub(1);
-                if self.models.len() > room {
-                    self.models
-                        .sort_by_key(|health| Reverse(health.last_used_ms));
-                    self.models.truncate(room);
+                if self.models.len() >= policy.max_models.get() {
+                    // Room is made by forgetting a pool not in trouble: one that never
+                    // answered a 2xx first (made-up model names come and go there), else the
+                    // least recently used. A pool in trouble is never forgotten for another:
+                    // with none to forget, the new pool is not remembered.
+                    let forget = self
+                        .models
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, health)| !health.in_trouble(now))
+                        .min_by_key(|(_, health)| (health.served, health.last_used_ms))
+                        .map(|(index, _)| index)?;
+                    self.models.remove(forget);
                 }
                 self.models.push(ModelHealth::new(key, now));
                 self.models.len().saturating_sub(1)

@@ -681,19 +681,32 @@ fn relapse_during_recovery_keeps_the_probe_spacing() {
 }
 
 #[test]
-fn model_entries_are_bounded_least_recently_used_first() {
+fn model_entries_are_bounded_and_trouble_is_never_forgotten_for_another() {
     let p = policy();
     let mut state = UpstreamState::new();
-    for i in 0..100u64 {
+    for i in 0..64u64 {
         mark(&mut state, &format!("model-{i}"), T0 + i);
     }
-    // The 64 most recently used are kept; model-0 was forgotten, so it simply goes.
+    // Full of pools in trouble: a new one is not remembered (it simply goes), and none of
+    // those in trouble is forgotten for it.
+    for i in 64..100u64 {
+        for _ in 0..3 {
+            let overloaded = report(Reply::Overloaded, None);
+            let change = state.after_attempt(&p, T0 + i, &format!("model-{i}"), overloaded, 1);
+            assert_eq!(change, Change::Nothing);
+        }
+    }
     let snapshot = state.snapshot(&p, T0 + 100);
     assert_eq!(snapshot.models.len(), 64);
-    assert_eq!(snapshot.models[0].model, "model-99");
-    assert_eq!(snapshot.models[63].model, "model-36");
-    assert_eq!(go(ask(&mut state, T0 + 100, "model-0", LONG, 1)), None);
+    assert_eq!(snapshot.models[0].model, "model-63");
+    assert_eq!(snapshot.models[63].model, "model-0");
+    assert!(matches!(
+        ask(&mut state, T0 + 100, "model-0", LONG, 1),
+        Gate::Wait { .. }
+    ));
+    assert_eq!(go(ask(&mut state, T0 + 100, "model-99", LONG, 1)), None);
     // A very long name is remembered cut.
+    let mut state = UpstreamState::new();
     let long = "x".repeat(10_000);
     mark(&mut state, &long, T0 + 200);
     let snapshot = state.snapshot(&p, T0 + 200);
@@ -701,6 +714,40 @@ fn model_entries_are_bounded_least_recently_used_first() {
     assert!(matches!(
         ask(&mut state, T0 + 201, &long, LONG, 1),
         Gate::Wait { .. }
+    ));
+}
+
+#[test]
+fn pools_that_never_served_make_room_and_never_push_out_trouble_or_a_serving_pool() {
+    let p = policy();
+    let mut state = UpstreamState::new();
+    let limits = KeyLimits {
+        requests: Some(Observed {
+            limit: 50,
+            remaining: 40,
+        }),
+        ..KeyLimits::default()
+    };
+    // A pool that serves (its limits known, a 2xx), and one in a cooldown.
+    state.observe_limits(&p, T0, OTHER, &limits);
+    state.after_attempt(&p, T0, OTHER, report(Reply::Success, None), 1);
+    let limited = Reply::RateLimited {
+        retry_after_ms: Some(30_000),
+    };
+    state.after_attempt(&p, T0, MODEL, report(limited, None), 1);
+    // Two hundred pools that never answered a 2xx come and go.
+    for i in 0..200u64 {
+        state.observe_limits(&p, T0 + 1 + i, &format!("made-up-{i}"), &limits);
+    }
+    let pools = state.pools(&p, T0 + 300);
+    assert_eq!(pools.len(), p.max_models.get());
+    assert!(pools.iter().any(|(pool, ..)| pool.model == OTHER));
+    assert!(matches!(
+        ask(&mut state, T0 + 300, MODEL, LONG, 1),
+        Gate::Wait {
+            reason: WaitReason::Cooldown,
+            ..
+        }
     ));
 }
 

@@ -1,10 +1,13 @@
 // Hardening, end to end: configurations that used to be accepted and are now refused (naming
 // only the variable to the public), the limits on signed tokens (audience, issuer,
-// lifetime), the length of a model id, and the allow-list of upstream response headers.
+// lifetime), the length of a model id, the allow-list of upstream response headers, and the
+// keyed tag that names a caller in the log.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
+import { createHash, createHmac } from 'node:crypto';
 import {
-  startSim, startWorker, workerVars, postMessage, messageBody, sleep, mintToken, CLIENT_KEY, UPSTREAM_KEY,
+  startSim, startWorker, workerVars, postMessage, messageBody, sleep, mintToken, CLIENT_KEY,
+  UPSTREAM_KEY,
 } from './harness.mjs';
 
 // 32 bytes, the shortest JWT_SECRET accepted.
@@ -180,4 +183,34 @@ test('upstream response headers: an allow-list', async () => {
   assert.match(res.headers.get('content-type'), /application\/json/);
   assert.equal(res.headers.get('cache-control'), 'no-cache');
   assert.equal(res.headers.get('anthropic-newly-added'), 'kept');
+});
+
+test('the log names a caller by a keyed tag, never by a hash of its identity', async () => {
+  const EMAIL = 'alice@example.com';
+  const FINGERPRINT_KEY = 'hardening-fingerprint-key-0123456789';
+  const CLIENT = 'ck_hardening_email_caller_01';
+  // The object's name: plain SHA-256 of `identity ‖ 0 ‖ id`, 32 hex digits.
+  const plain = createHash('sha256').update(`identity\0${EMAIL}`).digest('hex').slice(0, 32);
+  const tagWith = (key) => createHmac('sha256', key).update(`caller\0${plain}`).digest('hex').slice(0, 32);
+  const derived = createHmac('sha256', UPSTREAM_KEY).update('breakwater fingerprint key').digest();
+  for (const [fingerprintKey, expected] of [[FINGERPRINT_KEY, tagWith(FINGERPRINT_KEY)], [undefined, tagWith(derived)]]) {
+    const vars = workerVars(sim, { CLIENT_KEYS: JSON.stringify({ [CLIENT]: { id: EMAIL } }) });
+    if (fingerprintKey) vars.FINGERPRINT_KEY = fingerprintKey;
+    const w = await startWorker(vars);
+    try {
+      assert.equal((await postMessage(w, messageBody(), { 'x-api-key': CLIENT })).status, 200);
+      let line;
+      for (let i = 0; i < 50 && !line; i++) {
+        line = w.logs.map((l) => l.slice(l.indexOf('{'))).find((l) => l.includes('"identity"'));
+        if (!line) await sleep(20);
+      }
+      assert.ok(line, 'no request log line');
+      const { identity } = JSON.parse(line);
+      assert.notEqual(identity, plain, 'the log carries the unkeyed fingerprint');
+      assert.equal(identity, expected);
+      assert.ok(!w.logs.join('\n').includes(plain));
+    } finally {
+      await w.stop();
+    }
+  }
 });

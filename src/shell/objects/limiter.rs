@@ -88,7 +88,10 @@ pub async fn admit(
             headers.extend(limit_headers(&local.status, None, local.status_ms));
             if let Some(wanted) = local.refill {
                 let identity = identity_hash.to_string();
-                ctx.wait_until(refill(env.clone(), identity, limits, wanted));
+                crate::shell::keep_alive::wait_until(
+                    ctx,
+                    refill(env.clone(), identity, limits, wanted),
+                );
             }
             return Ok((local.reservation, true));
         }
@@ -112,7 +115,10 @@ pub async fn admit(
         });
         if let Some(grant) = granted {
             let identity = identity_hash.to_string();
-            ctx.wait_until(expire_later(env.clone(), identity, limits, grant));
+            crate::shell::keep_alive::wait_until(
+                ctx,
+                expire_later(env.clone(), identity, limits, grant),
+            );
         }
     }
     Ok((answer(reply, headers)?, on_credit))
@@ -240,6 +246,14 @@ async fn expire_later(env: Env, identity: String, limits: TierLimits, grant: u64
     }
 }
 
+/// The caller as log lines name it: its tag (see `Config::caller_tag`), as in the request's
+/// own line; empty when the configuration cannot be read.
+fn logged_caller(env: &Env, identity_hash: &str) -> String {
+    crate::shell::runtime::config(env)
+        .map(|config| config.caller_tag(identity_hash))
+        .unwrap_or_default()
+}
+
 /// How often the owner of returns looks whether they are delivered.
 const OWNER_TICK_MS: u64 = 250;
 
@@ -263,7 +277,7 @@ async fn deliver(env: &Env, identity: &str, limits: TierLimits, ids: &[u64], wai
         if lost > 0 {
             worker::console_error!(
                 "{}",
-                serde_json::json!({"event": "settle_failed", "identity": identity, "error": "returns not delivered", "items": lost})
+                serde_json::json!({"event": "settle_failed", "identity": logged_caller(env, identity), "error": "returns not delivered", "items": lost})
             );
         }
     }
@@ -329,7 +343,7 @@ async fn flush(env: &Env, identity: &str, limits: TierLimits) {
     if send_until_done(env, identity, limits, FLUSHER_LIFE_MS, step).await == Sent::GaveUp {
         worker::console_error!(
             "{}",
-            serde_json::json!({"event": "settle_failed", "identity": identity, "error": "settlements not delivered; left for the next flusher"})
+            serde_json::json!({"event": "settle_failed", "identity": logged_caller(env, identity), "error": "settlements not delivered; left for the next flusher"})
         );
     }
 }
@@ -495,12 +509,23 @@ pub fn settle_later(
     usage_to: oneshot::Sender<Usage>,
 ) {
     let env = env.clone();
-    ctx.wait_until(async move {
+    crate::shell::keep_alive::wait_until(ctx, async move {
         let answered = match watched {
             // A tapped answer reports what it saw when its body ends or is dropped.
             Some((seen, progress)) => {
-                let seen = watch(&env, &identity_hash, limits, reservation.lease_id, &seen, &progress).await;
-                Answered::Watched { seen, so_far: progress.usage() }
+                let seen = watch(
+                    &env,
+                    &identity_hash,
+                    limits,
+                    reservation.lease_id,
+                    &seen,
+                    &progress,
+                )
+                .await;
+                Answered::Watched {
+                    seen,
+                    so_far: progress.usage(),
+                }
             }
             None => Answered::Unwatched { delivered_ok },
         };
@@ -511,7 +536,11 @@ pub fn settle_later(
             // The test build that loses every settlement (see Cargo.toml).
             return;
         }
-        let settled = Settled { reservation, usage, confirms };
+        let settled = Settled {
+            reservation,
+            usage,
+            confirms,
+        };
         if settled.charges_extra(&limits) {
             // The caller may be in debt now: no more admissions here on what was granted.
             with_existing(&identity_hash, Credit::stop_admitting);
@@ -523,13 +552,18 @@ pub fn settle_later(
                 None => {}
             }
         }
-        let call = LimiterCall::Settle { limits, reservation, usage, confirms };
+        let call = LimiterCall::Settle {
+            limits,
+            reservation,
+            usage,
+            confirms,
+        };
         let settled: Result<serde_json::Value, ProxyError> =
             super::call(&env, BINDING, &identity_hash, &call, "rate limiter").await;
         if let Err(e) = settled {
             worker::console_error!(
                 "{}",
-                serde_json::json!({"event": "settle_failed", "identity": identity_hash, "error": e.message()})
+                serde_json::json!({"event": "settle_failed", "identity": logged_caller(&env, &identity_hash), "error": e.message()})
             );
         }
     });

@@ -66,7 +66,7 @@ impl<'a> KeyState<'a> {
         claimant: Claimant,
     ) -> (KeyState<'a>, Rc<RefCell<EdgeMemory>>) {
         let object = upstream_key.fingerprint("upstream");
-        let memory = EDGE.with(|edge| edge.borrow_mut().of(&format!("{object}/{pool}"), now_ms()));
+        let memory = EDGE.with(|edge| edge.borrow_mut().of(&object, &pool, now_ms()));
         (
             KeyState {
                 env,
@@ -105,10 +105,7 @@ impl SharedState for KeyState<'_> {
     /// The same key's object for a fallback model's pool, and this isolate's memory of it.
     fn for_model(&self, model: &str) -> Option<(Self, Rc<RefCell<EdgeMemory>>)> {
         let pool = pool_of(&Route::Messages, Some(model));
-        let memory = EDGE.with(|edge| {
-            edge.borrow_mut()
-                .of(&format!("{}/{pool}", self.object), now_ms())
-        });
+        let memory = EDGE.with(|edge| edge.borrow_mut().of(&self.object, &pool, now_ms()));
         Some((
             KeyState {
                 env: self.env,
