@@ -1,8 +1,8 @@
 // Peak memory of the Worker's workerd process while large request bodies pass through:
 // rounds of N concurrent posts of ~30 MB each to /v1/messages, with and without a retry
-// (the first attempt of every request answered 529), VmRSS sampled every 5 ms.
+// (the first `--retries` attempts of every request answered 529), VmRSS sampled every 5 ms.
 //
-//   node bench/bodies.mjs [--concurrency 4] [--mb 30] [--rounds 3]
+//   node bench/bodies.mjs [--concurrency 4] [--mb 30] [--rounds 3] [--retries 1]
 //   BREAKWATER_BUILD_DIR=/some/other/build node bench/bodies.mjs   # compare two builds
 //   MAX_INFLIGHT_BODY_BYTES=268435456 node bench/bodies.mjs         # the Worker's cap on bodies held
 import {
@@ -16,6 +16,7 @@ const arg = (name, fallback) => {
 const CONCURRENCY = arg('concurrency', 4);
 const MB = arg('mb', 30);
 const ROUNDS = arg('rounds', 3);
+const RETRIES = arg('retries', 1);
 
 function bigBody(mb) {
   const text = 'lorem ipsum '.repeat(Math.ceil((mb * 1_000_000) / 12)).slice(0, mb * 1_000_000 - 200);
@@ -33,7 +34,7 @@ log(`build ${build.wasm_sha256.slice(0, 12)}, body ${(body.length / 1e6).toFixed
 
 async function round(retry) {
   await sim.reset();
-  if (retry) await sim.script([{ status: 529, times: CONCURRENCY }]);
+  if (retry) await sim.script([{ status: 529, times: CONCURRENCY * RETRIES }]);
   const start = rssKib(pids);
   let peak = start;
   let sampling = true;
@@ -73,7 +74,7 @@ for (let i = 0; i < ROUNDS; i++) {
 }
 const peak = Math.max(...rows.map((r) => r.peak_mib));
 log(`peak RSS over the run ${peak} MiB (idle ${(idle / 1024).toFixed(1)} MiB)`);
-console.log(JSON.stringify({ build: build.wasm_sha256.slice(0, 12), peak_mib: peak, idle_mib: +(idle / 1024).toFixed(1), concurrency: CONCURRENCY, mb: MB, rows }, null, 1));
+console.log(JSON.stringify({ build: build.wasm_sha256.slice(0, 12), peak_mib: peak, idle_mib: +(idle / 1024).toFixed(1), concurrency: CONCURRENCY, mb: MB, retries: RETRIES, rows }, null, 1));
 await worker.stop();
 await sim.stop();
 cleanup();
