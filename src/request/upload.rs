@@ -212,12 +212,19 @@ impl ReadPace {
 
 /// How much of a body refused for its declared length is read and dropped before the `413` is
 /// sent, so a client still sending reads the answer rather than a reset connection: the whole
-/// of what it declared, up to twice the limit (beyond that, sending it would cost more than
-/// the client gains; the connection is closed after the answer).
+/// of what it declared, up to four times the limit or [`DRAIN_FLOOR_BYTES`], whichever is more
+/// (the platform's own limit on request bodies comes first for the default limit; beyond the
+/// allowance the connection is closed after the answer). Drained bytes are never held: they
+/// cost bandwidth and time, within the read's pace.
 #[must_use]
 pub fn drain_allowance(declared: u64, limit: u64) -> u64 {
-    declared.min(limit.saturating_mul(2))
+    declared.min(limit.saturating_mul(4).max(DRAIN_FLOOR_BYTES))
 }
+
+/// What is always drained of a refused body, however small the limit: a few megabytes pass a
+/// connection's buffers, and a client still sending them would read a reset instead of the
+/// answer.
+pub const DRAIN_FLOOR_BYTES: u64 = 8 * 1024 * 1024;
 
 #[cfg(test)]
 mod tests {
@@ -370,7 +377,10 @@ mod tests {
     #[test]
     fn a_refused_declared_length_is_drained_only_so_far() {
         assert_eq!(drain_allowance(150, 100), 150);
-        assert_eq!(drain_allowance(10_000, 100), 200);
+        assert_eq!(drain_allowance(u64::MAX, 100), DRAIN_FLOOR_BYTES);
+        let limit = 32 * 1024 * 1024;
+        assert_eq!(drain_allowance(limit + 1, limit), limit + 1);
+        assert_eq!(drain_allowance(u64::MAX, limit), 4 * limit);
         assert_eq!(drain_allowance(u64::MAX, u64::MAX), u64::MAX);
     }
 }

@@ -53,14 +53,14 @@ export async function startSim(args = []) {
   };
 }
 
-/** Starts the built Worker (build/) in workerd with the given variables. */
+/** Starts the built Worker (build/, or BREAKWATER_BUILD_DIR) in workerd with the given variables. */
 export async function startWorker(vars = {}, { persistDir } = {}) {
   const logs = [];
   const collect = (stream) => {
     createInterface({ input: stream }).on('line', (line) => logs.push(line));
   };
   const mf = new Miniflare({
-    scriptPath: path.join(ROOT, 'build/index.js'),
+    scriptPath: path.join(process.env.BREAKWATER_BUILD_DIR || path.join(ROOT, 'build'), 'index.js'),
     modules: true,
     modulesRules: [{ type: 'CompiledWasm', include: ['**/*.wasm'], fallthrough: true }],
     compatibilityDate: '2026-04-20',
