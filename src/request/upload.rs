@@ -124,15 +124,20 @@ impl BodyGuard {
         let total = held.bytes.checked_add(more);
         let holding = held.callers.get(&self.caller).copied().unwrap_or_default();
         let of_caller = holding.bytes.checked_add(more);
-        if of_caller.is_none_or(|bytes| bytes > self.caps.caller) {
+        // The caller's own share bites only where it is less than the whole isolate's.
+        if self.caps.caller < self.caps.isolate
+            && of_caller.is_none_or(|bytes| bytes > self.caps.caller)
+        {
             return Err(caller_refused(
                 "inflight_body_bytes",
                 Some(self.caps.caller),
                 "this caller is already sending as many request body bytes as it may at once",
             ));
         }
-        let (Some(total), Some(of_caller)) = (total.filter(|t| *t <= self.caps.isolate), of_caller)
-        else {
+        let (Some(total), Some(of_caller)) = (
+            total.filter(|t| *t <= self.caps.isolate),
+            of_caller.filter(|bytes| *bytes <= self.caps.caller),
+        ) else {
             return Err(ProxyError::Busy {
                 retry_after_ms: BUSY_RETRY_AFTER_MS,
             });

@@ -97,16 +97,19 @@ async fn handle(
     check_betas(config.allowed_betas(&caller.tier), betas)?;
 
     let (body, facts) = if route.carries_body() {
-        // Charged to the caller before a byte is read: one of its tier's concurrency in
-        // bodies being sent, and its share of the isolate's budget as the bytes arrive.
+        // Charged to the caller before a byte is read: where the route takes one of its
+        // tier's concurrency slots, one of them in bodies being sent; and its share of the
+        // isolate's budget as the bytes arrive.
+        let limits = config.tier_limits(&caller.tier);
+        let takes_a_slot = matches!(route.metering(&limits), Metering::Full);
         let reading = runtime::Reading {
             limit: config.max_body_bytes,
             caps: BodyCaps {
                 isolate: config.max_inflight_body_bytes,
                 caller: config.max_inflight_body_bytes_per_caller,
-                bodies: config
-                    .tier_limits(&caller.tier)
+                bodies: limits
                     .concurrency
+                    .filter(|_| takes_a_slot)
                     .map(std::num::NonZeroU32::get),
             },
             pace: ReadPace {
