@@ -204,7 +204,10 @@ async fn handle(
     let answer = match answer {
         Ok(a) if route.carries_results_url() => {
             let origin = origin_of(raw_url).to_string();
-            a.rewritten(move |body| point_at_proxy(body, &origin)).await
+            a.rewritten(config.attempt_timeout_ms, move |body| {
+                point_at_proxy(body, &origin)
+            })
+            .await
         }
         other => other,
     };

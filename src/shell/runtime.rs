@@ -229,6 +229,11 @@ impl Body {
                 log_body_failure("could not hold the request body", &cause_of(&cause));
                 ProxyError::Internal("could not hold the request body".into())
             })?;
+        // The `Blob` has its own copy: the chunks' memory goes now, not at the next
+        // collection, so a body is held once, not twice until then.
+        for part in self.parts.iter() {
+            release(&js_sys::Uint8Array::from(part).buffer());
+        }
         Ok((
             Upload {
                 body: blob.into(),
@@ -236,6 +241,17 @@ impl Body {
             },
             facts,
         ))
+    }
+}
+
+/// Frees a buffer's memory at once by detaching it (`ArrayBuffer.prototype.transfer(0)`),
+/// where the runtime has it; otherwise the collector frees it later.
+fn release(buffer: &js_sys::ArrayBuffer) {
+    let transfer = js_sys::Reflect::get(buffer, &JsValue::from_str("transfer"))
+        .ok()
+        .and_then(|f| f.dyn_into::<js_sys::Function>().ok());
+    if let Some(transfer) = transfer {
+        let _ = transfer.call1(buffer, &JsValue::from_f64(0.0));
     }
 }
 

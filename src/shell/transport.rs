@@ -58,9 +58,11 @@ enum UpstreamBody {
 impl UpstreamAnswer {
     /// A successful JSON answer with its body rewritten by `rewrite` (which returns `None` to
     /// keep it as it came); any other answer untouched. A body of unknown length is read here,
-    /// up to [`MAX_JSON_BYTES`]: the answers rewritten are small JSON objects.
+    /// up to [`MAX_JSON_BYTES`] and within `within_ms`: the answers rewritten are small JSON
+    /// objects, which come with their head.
     pub async fn rewritten(
         self,
+        within_ms: u64,
         rewrite: impl FnOnce(&[u8]) -> Option<Vec<u8>>,
     ) -> Result<UpstreamAnswer, ProxyError> {
         if !(200..300).contains(&self.status) {
@@ -76,7 +78,17 @@ impl UpstreamAnswer {
             UpstreamBody::Read(bytes) => bytes,
             UpstreamBody::Untouched(unread) => match unread.deliver() {
                 None => Vec::new(),
-                Some(stream) => read_json(&stream).await?,
+                Some(stream) => {
+                    let timer = pin!(Timer::after_ms(within_ms));
+                    match select(pin!(read_json(&stream)), timer).await {
+                        Either::Left((read, _)) => read?,
+                        Either::Right(((), _)) => {
+                            return Err(ProxyError::UpstreamTimeout {
+                                retry_after_ms: 1_000,
+                            })
+                        }
+                    }
+                }
             },
             sse @ UpstreamBody::Sse { .. } => {
                 return Ok(UpstreamAnswer {
