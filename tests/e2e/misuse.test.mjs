@@ -356,3 +356,26 @@ test('slow or unmetered uploads cannot fill an isolate: bodies charged as they a
     await w.stop();
   }
 });
+
+test('a body the client abandons mid-way: the log line keeps the runtime\'s cause', async () => {
+  const w = await startWorker(workerVars(sim, { MAX_BODY_BYTES: '1000000' }));
+  try {
+    const cut = trickle(w, CLIENT_KEY, 1_000_000, 200_000);
+    cut.answer.catch(() => {});
+    await sleep(300);
+    cut.socket.destroy();
+    const deadline = performance.now() + 5000;
+    let line;
+    while (!line && performance.now() < deadline) {
+      line = w.logs.map((l) => { try { return JSON.parse(l); } catch { return null; } })
+        .find((l) => l?.event === 'request_body_failed');
+      await sleep(100);
+    }
+    assert.ok(line, `no request_body_failed line in ${w.logs.length} log lines`);
+    assert.equal(line.error, 'the request body could not be read');
+    assert.ok(typeof line.cause === 'string' && line.cause.length > 0 && line.cause !== 'no message', `cause: ${line.cause}`);
+    assert.equal((await postMessage(w)).status, 200, 'the Worker stopped serving');
+  } finally {
+    await w.stop();
+  }
+});
