@@ -231,9 +231,7 @@ impl Body {
             })?;
         // The `Blob` has its own copy: the chunks' memory goes now, not at the next
         // collection, so a body is held once, not twice until then.
-        for part in self.parts.iter() {
-            release(&js_sys::Uint8Array::from(part).buffer());
-        }
+        release_all(&self.parts);
         Ok((
             Upload {
                 body: blob.into(),
@@ -241,6 +239,13 @@ impl Body {
             },
             facts,
         ))
+    }
+}
+
+/// Frees the memory of every chunk in `parts` at once (see [`release`]).
+fn release_all(parts: &js_sys::Array) {
+    for part in parts.iter() {
+        release(&js_sys::Uint8Array::from(part).buffer());
     }
 }
 
@@ -382,6 +387,8 @@ pub async fn read_body(
             held.try_grow(more).err()
         };
         if let Some(refused) = refused {
+            // Nothing of a refused body is kept while the rest is drained.
+            release_all(&parts);
             drop(held);
             return refuse(body, drain_most, refused).await;
         }
