@@ -32,6 +32,9 @@ pub const VARIABLES: &[&str] = &[
     "ALLOW_PASSTHROUGH_KEYS",
     "MAX_BODY_BYTES",
     "MAX_INFLIGHT_BODY_BYTES",
+    "MAX_INFLIGHT_BODY_BYTES_PER_CALLER",
+    "BODY_READ_TIMEOUT_MS",
+    "MIN_BODY_BYTES_PER_S",
     "MODEL_FALLBACKS",
     "ADMIN_KEY",
     "REQUEST_LOG",
@@ -178,6 +181,14 @@ const MAX_TIER_BUDGET_MS: u64 = 3_600_000;
 /// body of the largest size always fits).
 pub const DEFAULT_MAX_INFLIGHT_BODY_BYTES: u64 = 64 * 1024 * 1024;
 
+/// `BODY_READ_TIMEOUT_MS` when unset: a request body has 10 s to arrive, plus what it earns
+/// at `MIN_BODY_BYTES_PER_S` (see `request::upload::ReadPace`).
+pub const DEFAULT_BODY_READ_TIMEOUT_MS: u64 = 10_000;
+
+/// `MIN_BODY_BYTES_PER_S` when unset: 64 KiB a second (half a megabit), slower than any
+/// working uplink; the largest body may then take its 32 MiB over about nine minutes.
+pub const DEFAULT_MIN_BODY_BYTES_PER_S: u64 = 64 * 1024;
+
 /// Longest beta name accepted in a tier's `betas`.
 const MAX_BETA_BYTES: usize = 128;
 
@@ -224,6 +235,14 @@ pub struct Config {
     pub max_body_bytes: u64,
     /// Request bodies one isolate holds at once, in bytes; never below `max_body_bytes`.
     pub max_inflight_body_bytes: u64,
+    /// Request bodies one caller holds at once in an isolate, in bytes; between
+    /// `max_body_bytes` and `max_inflight_body_bytes`.
+    pub max_inflight_body_bytes_per_caller: u64,
+    /// `BODY_READ_TIMEOUT_MS`: how long a request body has to arrive, beyond what it earns
+    /// by arriving at `min_body_bytes_per_s`.
+    pub body_read_timeout_ms: u64,
+    /// `MIN_BODY_BYTES_PER_S`: the slowest a request body may arrive, after its grace period.
+    pub min_body_bytes_per_s: u64,
     /// `MODEL_FALLBACKS`: model → the models to answer with, in order, when it is overloaded.
     pub model_fallbacks: BTreeMap<String, Vec<String>>,
     /// `ADMIN_KEY`: whoever presents it may read `GET /proxy/status`; unset, the route is a 404.
@@ -285,6 +304,12 @@ impl fmt::Debug for Config {
             .field("allow_passthrough_keys", &self.allow_passthrough_keys)
             .field("max_body_bytes", &self.max_body_bytes)
             .field("max_inflight_body_bytes", &self.max_inflight_body_bytes)
+            .field(
+                "max_inflight_body_bytes_per_caller",
+                &self.max_inflight_body_bytes_per_caller,
+            )
+            .field("body_read_timeout_ms", &self.body_read_timeout_ms)
+            .field("min_body_bytes_per_s", &self.min_body_bytes_per_s)
             .field("model_fallbacks", &self.model_fallbacks)
             .field("admin_key", &self.admin_key.as_ref().map(|_| "<set>"))
             .field("request_log", &self.request_log)
@@ -409,6 +434,42 @@ impl Config {
                     )
                 })?,
         };
+        let max_inflight_body_bytes_per_caller = match get("MAX_INFLIGHT_BODY_BYTES_PER_CALLER") {
+            None => crate::request::upload::default_caller_share(
+                max_inflight_body_bytes,
+                max_body_bytes,
+            ),
+            Some(raw) => raw
+                .parse::<u64>()
+                .ok()
+                .filter(|n| (max_body_bytes..=max_inflight_body_bytes).contains(n))
+                .ok_or_else(|| {
+                    invalid(
+                        "MAX_INFLIGHT_BODY_BYTES_PER_CALLER",
+                        "expected an integer between MAX_BODY_BYTES and MAX_INFLIGHT_BODY_BYTES",
+                    )
+                })?,
+        };
+        let body_read_timeout_ms = match get("BODY_READ_TIMEOUT_MS") {
+            None => DEFAULT_BODY_READ_TIMEOUT_MS,
+            Some(raw) => raw
+                .parse::<u64>()
+                .ok()
+                .filter(|n| (1..=MAX_DURATION_MS).contains(n))
+                .ok_or_else(|| {
+                    invalid(
+                        "BODY_READ_TIMEOUT_MS",
+                        "expected a positive integer of milliseconds, at most an hour",
+                    )
+                })?,
+        };
+        let min_body_bytes_per_s =
+            match get("MIN_BODY_BYTES_PER_S") {
+                None => DEFAULT_MIN_BODY_BYTES_PER_S,
+                Some(raw) => raw.parse::<u64>().ok().filter(|n| *n > 0).ok_or_else(|| {
+                    invalid("MIN_BODY_BYTES_PER_S", "expected a positive integer")
+                })?,
+            };
         let model_fallbacks = parse_model_fallbacks(get("MODEL_FALLBACKS"))?;
         let admin_key = match get("ADMIN_KEY") {
             None => None,
@@ -450,6 +511,9 @@ impl Config {
             allow_passthrough_keys,
             max_body_bytes,
             max_inflight_body_bytes,
+            max_inflight_body_bytes_per_caller,
+            body_read_timeout_ms,
+            min_body_bytes_per_s,
             model_fallbacks,
             admin_key,
             request_log,
@@ -1434,6 +1498,46 @@ mod tests {
         for bad in ["1000", "0", "-5", "lots"] {
             let e = config(&[("MAX_INFLIGHT_BODY_BYTES", bad)]).unwrap_err();
             assert_eq!(e.variable, "MAX_INFLIGHT_BODY_BYTES", "{bad}");
+        }
+    }
+
+    #[test]
+    fn body_read_limits_default_and_bounds() {
+        let c = config(&[]).unwrap();
+        assert_eq!(c.max_inflight_body_bytes_per_caller, 32 * 1024 * 1024);
+        assert_eq!(c.body_read_timeout_ms, 10_000);
+        assert_eq!(c.min_body_bytes_per_s, 65_536);
+        let c = config(&[
+            ("MAX_INFLIGHT_BODY_BYTES", "100000000"),
+            ("MAX_INFLIGHT_BODY_BYTES_PER_CALLER", "40000000"),
+            ("BODY_READ_TIMEOUT_MS", "2000"),
+            ("MIN_BODY_BYTES_PER_S", "1000"),
+        ])
+        .unwrap();
+        assert_eq!(
+            (
+                c.max_inflight_body_bytes_per_caller,
+                c.body_read_timeout_ms,
+                c.min_body_bytes_per_s
+            ),
+            (40_000_000, 2_000, 1_000)
+        );
+        // A caller's share holds one body of the largest size and no more than the isolate.
+        for bad in ["1000", "100000001", "0", "lots"] {
+            let e = config(&[
+                ("MAX_INFLIGHT_BODY_BYTES", "100000000"),
+                ("MAX_INFLIGHT_BODY_BYTES_PER_CALLER", bad),
+            ])
+            .unwrap_err();
+            assert_eq!(e.variable, "MAX_INFLIGHT_BODY_BYTES_PER_CALLER", "{bad}");
+        }
+        for (name, bad) in [
+            ("BODY_READ_TIMEOUT_MS", "0"),
+            ("BODY_READ_TIMEOUT_MS", "3600001"),
+            ("MIN_BODY_BYTES_PER_S", "0"),
+            ("MIN_BODY_BYTES_PER_S", "-1"),
+        ] {
+            assert_eq!(config(&[(name, bad)]).unwrap_err().variable, name, "{bad}");
         }
     }
 

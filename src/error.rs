@@ -72,6 +72,9 @@ pub enum ProxyError {
     MethodNotAllowed(&'static str),
     /// A body above `MAX_BODY_BYTES`.
     TooLarge { limit: u64 },
+    /// A body that stopped arriving, or came slower than `MIN_BODY_BYTES_PER_S` once
+    /// `BODY_READ_TIMEOUT_MS` had passed.
+    BodyTimeout,
     /// A rate limit, the caller's own or the upstream's, that outlasts the request's budget.
     RateLimited {
         retry_after_ms: u64,
@@ -165,6 +168,7 @@ impl ProxyError {
             ProxyError::NotFound => 404,
             ProxyError::MethodNotAllowed(_) => 405,
             ProxyError::TooLarge { .. } => 413,
+            ProxyError::BodyTimeout => 408,
             ProxyError::RateLimited { .. } => 429,
             ProxyError::Misconfigured(_)
             | ProxyError::MissingSecret(_)
@@ -185,6 +189,7 @@ impl ProxyError {
             ProxyError::OriginNotAllowed => "permission_error",
             ProxyError::NotFound => "not_found_error",
             ProxyError::TooLarge { .. } => "request_too_large",
+            ProxyError::BodyTimeout => "request_timeout",
             ProxyError::RateLimited { .. } => "rate_limit_error",
             ProxyError::Overloaded { .. } | ProxyError::Busy { .. } => "overloaded_error",
             ProxyError::UpstreamTimeout { .. } => "timeout_error",
@@ -204,7 +209,8 @@ impl ProxyError {
             | ProxyError::OriginNotAllowed
             | ProxyError::NotFound
             | ProxyError::MethodNotAllowed(_)
-            | ProxyError::TooLarge { .. } => Source::Client,
+            | ProxyError::TooLarge { .. }
+            | ProxyError::BodyTimeout => Source::Client,
             ProxyError::RateLimited { limit, .. } => match limit.scope {
                 Scope::Key => Source::Client,
                 Scope::Upstream => Source::Upstream,
@@ -255,6 +261,9 @@ impl ProxyError {
             ProxyError::TooLarge { limit } => {
                 format!("request body is larger than the proxy's limit of {limit} bytes")
             }
+            ProxyError::BodyTimeout => "the request body did not arrive in time (see \
+                BODY_READ_TIMEOUT_MS and MIN_BODY_BYTES_PER_S)"
+                .to_string(),
             ProxyError::RateLimited { message, .. } => message.clone(),
             ProxyError::Overloaded { retry_after_ms } => format!(
                 "the upstream is overloaded; retry in {} s",
@@ -294,6 +303,7 @@ impl ProxyError {
             ProxyError::OriginNotAllowed => ("invalid_request_error", "origin_not_allowed"),
             ProxyError::NotFound => ("invalid_request_error", "not_found"),
             ProxyError::TooLarge { .. } => ("invalid_request_error", "request_too_large"),
+            ProxyError::BodyTimeout => ("invalid_request_error", "request_timeout"),
             ProxyError::RateLimited { .. } => ("requests", "rate_limit_exceeded"),
             ProxyError::Overloaded { .. } | ProxyError::Busy { .. } => {
                 ("server_error", "overloaded")
@@ -393,6 +403,18 @@ mod tests {
     }
 
     #[test]
+    fn a_body_that_stops_arriving_is_a_408_of_the_client() {
+        let e = ProxyError::BodyTimeout;
+        assert_eq!((e.status(), e.error_type()), (408, "request_timeout"));
+        assert_eq!(e.source(), Source::Client);
+        let v = body(&e);
+        assert_eq!(v["error"]["type"], "request_timeout");
+        assert!(v["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("MIN_BODY_BYTES_PER_S")));
+    }
+
+    #[test]
     fn every_variant_has_an_envelope_the_sdks_parse() {
         let all = [
             ProxyError::InvalidRequest("x".into()),
@@ -401,6 +423,7 @@ mod tests {
             ProxyError::NotFound,
             ProxyError::MethodNotAllowed("POST"),
             ProxyError::TooLarge { limit: 10 },
+            ProxyError::BodyTimeout,
             ProxyError::RateLimited {
                 retry_after_ms: 11_734,
                 message: "m".into(),

@@ -103,6 +103,13 @@ pub fn check(data: &[u8]) {
                 c.max_inflight_body_bytes >= c.max_body_bytes,
                 "a body of the largest size could never fit"
             );
+            assert!(
+                (c.max_body_bytes..=c.max_inflight_body_bytes)
+                    .contains(&c.max_inflight_body_bytes_per_caller),
+                "a caller's share must hold one largest body and no more than the isolate"
+            );
+            assert!((1..=3_600_000).contains(&c.body_read_timeout_ms));
+            assert!(c.min_body_bytes_per_s > 0);
             for (tier, betas) in &c.tier_betas {
                 assert!(c.rate_limits.contains_key(tier));
                 assert!(

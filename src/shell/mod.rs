@@ -30,6 +30,7 @@ use crate::request::body::BodyFacts;
 use crate::request::headers::check_betas;
 use crate::request::results_url::{origin_of, point_at_proxy};
 use crate::request::route::{path_of, query_of, route, upstream_url, Metering, Route};
+use crate::request::upload::{BodyCaps, ReadPace};
 
 use crate::limits::{settlement_usage, Answered, Usage, WAITING_LEASE_MS};
 use crate::request::cors::Cors;
@@ -99,14 +100,38 @@ async fn handle(
     check_betas(config.allowed_betas(&caller.tier), betas)?;
 
     let (body, facts) = if route.carries_body() {
-        let (limit, cap) = (config.max_body_bytes, config.max_inflight_body_bytes);
-        let (body, facts) = runtime::read_body(incoming, limit, cap)
+        // Charged to the caller before a byte is read: where the route takes one of its
+        // tier's concurrency slots, one of them in bodies being sent; and its share of the
+        // isolate's budget as the bytes arrive.
+        let limits = config.tier_limits(&caller.tier);
+        let takes_a_slot = matches!(route.metering(&limits), Metering::Full);
+        let reading = runtime::Reading {
+            limit: config.max_body_bytes,
+            caps: BodyCaps {
+                isolate: config.max_inflight_body_bytes,
+                caller: config.max_inflight_body_bytes_per_caller,
+                bodies: limits
+                    .concurrency
+                    .filter(|_| takes_a_slot)
+                    .map(std::num::NonZeroU32::get),
+            },
+            pace: ReadPace {
+                started_ms: exchange.started_ms,
+                grace_ms: config.body_read_timeout_ms,
+                min_bytes_per_s: config.min_body_bytes_per_s,
+            },
+        };
+        let identity = exchange
+            .identity_hash
+            .clone()
+            .unwrap_or_else(|| caller.identity_hash());
+        let (body, facts) = runtime::read_body(incoming, &identity, reading)
             .await?
             .inspect(&route)?;
         (Some(body), facts)
     } else if route.streams_body() {
         (
-            Some(runtime::streamed_upload(incoming)?),
+            Some(runtime::streamed_upload(incoming)),
             BodyFacts::default(),
         )
     } else {
@@ -182,7 +207,10 @@ async fn handle(
     let answer = match answer {
         Ok(a) if route.carries_results_url() => {
             let origin = origin_of(raw_url).to_string();
-            a.rewritten(move |body| point_at_proxy(body, &origin)).await
+            a.rewritten(config.attempt_timeout_ms, move |body| {
+                point_at_proxy(body, &origin)
+            })
+            .await
         }
         other => other,
     };

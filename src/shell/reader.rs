@@ -70,24 +70,45 @@ impl BodyReader {
     }
 }
 
-fn failed(why: &str) -> worker::Error {
-    worker::Error::RustError(why.to_string())
+/// The runtime's words for a JavaScript error, for a log line: its `message` (or the value
+/// itself when it is a string), at most 200 characters. These are the runtime's messages
+/// about what failed (a stream, a buffer), never the content of a request or a credential.
+pub fn cause_of(value: &JsValue) -> String {
+    let message = if value.is_object() {
+        Reflect::get(value, &JsValue::from_str("message"))
+            .ok()
+            .and_then(|m| m.as_string())
+    } else {
+        value.as_string()
+    };
+    message
+        .unwrap_or_else(|| "no message".to_string())
+        .chars()
+        .take(200)
+        .collect()
 }
 
-impl Stream for BodyReader {
-    type Item = worker::Result<Vec<u8>>;
+fn failed(why: &str, cause: &JsValue) -> worker::Error {
+    worker::Error::RustError(format!("{why}: {}", cause_of(cause)))
+}
 
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let this = &mut *self;
+impl BodyReader {
+    /// The next chunk as the runtime made it, never copied into Wasm memory.
+    pub async fn next_chunk(&mut self) -> Option<worker::Result<Uint8Array>> {
+        futures_util::future::poll_fn(|cx| self.poll_chunk(cx)).await
+    }
+
+    fn poll_chunk(&mut self, cx: &mut Context<'_>) -> Poll<Option<worker::Result<Uint8Array>>> {
+        let this = self;
         let Some(reader) = this.reader.as_ref() else {
             return Poll::Ready(None);
         };
         if this.pending.is_none() {
             match reader.read() {
                 Ok(promise) => this.pending = Some(JsFuture::from(promise)),
-                Err(_) => {
+                Err(cause) => {
                     this.reader = None;
-                    return Poll::Ready(Some(Err(failed("the body could not be read"))));
+                    return Poll::Ready(Some(Err(failed("the body could not be read", &cause))));
                 }
             }
         }
@@ -99,19 +120,21 @@ impl Stream for BodyReader {
             Poll::Ready(result) => result,
         };
         this.pending = None;
-        let chunk = result.map_err(worker::Error::from).and_then(|r| {
-            let done = Reflect::get(&r, &JsValue::from_str("done"))
-                .map_err(|_| failed("unreadable chunk"))?;
-            if done.is_truthy() {
-                return Ok(None);
-            }
-            let value = Reflect::get(&r, &JsValue::from_str("value"))
-                .map_err(|_| failed("unreadable chunk"))?;
-            let bytes = value
-                .dyn_into::<Uint8Array>()
-                .map_err(|_| failed("a chunk that is not bytes"))?;
-            Ok(Some(bytes.to_vec()))
-        });
+        let chunk = result
+            .map_err(|cause| failed("the body failed", &cause))
+            .and_then(|r| {
+                let done = Reflect::get(&r, &JsValue::from_str("done"))
+                    .map_err(|cause| failed("unreadable chunk", &cause))?;
+                if done.is_truthy() {
+                    return Ok(None);
+                }
+                let value = Reflect::get(&r, &JsValue::from_str("value"))
+                    .map_err(|cause| failed("unreadable chunk", &cause))?;
+                let bytes = value
+                    .dyn_into::<Uint8Array>()
+                    .map_err(|value| failed("a chunk that is not bytes", &value.js_typeof()))?;
+                Ok(Some(bytes))
+            });
         match chunk {
             Ok(Some(bytes)) => Poll::Ready(Some(Ok(bytes))),
             Ok(None) => {
@@ -123,6 +146,15 @@ impl Stream for BodyReader {
                 Poll::Ready(Some(Err(e)))
             }
         }
+    }
+}
+
+impl Stream for BodyReader {
+    type Item = worker::Result<Vec<u8>>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.poll_chunk(cx)
+            .map(|chunk| chunk.map(|chunk| chunk.map(|bytes| bytes.to_vec())))
     }
 }
 

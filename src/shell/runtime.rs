@@ -1,7 +1,9 @@
 //! The runtime's clock, randomness, sleep, configuration and request body, behind small
 //! functions so the rest of the shell reads like the core it drives.
 
-use futures_util::StreamExt;
+use std::pin::pin;
+
+use futures_util::future::{select, Either};
 use worker::Env;
 
 use std::cell::RefCell;
@@ -10,12 +12,14 @@ use std::fmt::Write;
 use std::hash::{Hash, Hasher};
 use std::rc::Rc;
 
-use super::reader::{whole, BodyReader};
+use super::reader::{cause_of, BodyReader};
+use super::timer::Timer;
 use crate::config::{Config, ConfigError, VARIABLES};
 use crate::error::ProxyError;
 use crate::request::body::{inspect, BodyFacts};
+use crate::request::declared_body_length;
 use crate::request::route::Route;
-use crate::request::{declared_body_length, over_limit, BodyGuard, InflightBodies};
+use crate::request::upload::{drain_allowance, BodyCaps, BodyGuard, InflightBodies, ReadPace};
 use wasm_bindgen::{JsCast, JsValue};
 
 /// Milliseconds since the Unix epoch. In Workers the clock advances on I/O, which is what the
@@ -160,32 +164,32 @@ pub fn variable(env: &Env, name: &str) -> Option<String> {
 }
 
 thread_local! {
-    /// The request bodies this isolate holds at once (see `MAX_INFLIGHT_BODY_BYTES`).
+    /// The request bodies this isolate holds at once (see `request::upload`).
     static BODIES: InflightBodies = InflightBodies::default();
 }
 
-/// A request body as read, in JavaScript buffers, and its hold on the isolate's budget for
-/// bodies in flight.
+/// What a request body is read under: `MAX_BODY_BYTES`, the isolate's and the caller's
+/// budgets for bodies, and how slowly it may arrive.
+pub struct Reading {
+    pub limit: u64,
+    pub caps: BodyCaps,
+    pub pace: ReadPace,
+}
+
+/// A request body as read: the chunks as the runtime made them (never joined, never in Wasm
+/// memory), and its hold on the budget for bodies in flight.
 pub struct Body {
-    read: Read,
+    parts: js_sys::Array,
     length: usize,
     held: BodyGuard,
 }
 
-enum Read {
-    /// A declared length, read in one call.
-    Whole(js_sys::ArrayBuffer),
-    /// The chunks as they came.
-    Chunks(js_sys::Array),
-}
-
-/// A body ready to go upstream, which every attempt sends as it is: the one buffer a body of
-/// declared length was read into (the runtime copies it into each attempt; a body is sent
-/// again only on a retry), or a `Blob` of the chunks of one without (never joined into one
-/// more copy). Released from the isolate's budget when dropped.
+/// A body ready to go upstream: one immutable `Blob`, made once from the chunks as they came,
+/// that every attempt and every fallback sends (a fallback sends slices of it around a new
+/// `model`), so no attempt copies the body. Released from the budget when dropped.
 pub struct Upload {
     body: JsValue,
-    _held: BodyGuard,
+    _held: Option<BodyGuard>,
 }
 
 impl Upload {
@@ -194,12 +198,10 @@ impl Upload {
         &self.body
     }
 
-    /// The body as a `Blob`, to be cut where a fallback rewrites its `model`.
+    /// The body as a `Blob`, to be cut where a fallback rewrites its `model`; `None` for a
+    /// body streamed through.
     pub fn blob(&self) -> Option<worker::web_sys::Blob> {
-        if let Some(blob) = self.body.dyn_ref::<worker::web_sys::Blob>() {
-            return Some(blob.clone());
-        }
-        worker::web_sys::Blob::new_with_buffer_source_sequence(&js_sys::Array::of1(&self.body)).ok()
+        self.body.dyn_ref::<worker::web_sys::Blob>().cloned()
     }
 }
 
@@ -212,111 +214,190 @@ impl Body {
     pub fn inspect(self, route: &Route) -> Result<(Upload, BodyFacts), ProxyError> {
         let unreadable = || ProxyError::Internal("could not read the request body".to_string());
         let mut copy = vec![0u8; self.length];
-        let body: JsValue = match self.read {
-            Read::Whole(buffer) => {
-                js_sys::Uint8Array::new(&buffer).copy_to(copy.as_mut_slice());
-                buffer.into()
-            }
-            Read::Chunks(parts) => {
-                let mut offset: usize = 0;
-                for part in parts.iter() {
-                    let part = js_sys::Uint8Array::from(part);
-                    let end = offset.saturating_add(part.length() as usize);
-                    // Straight into place: one copy in Wasm memory, never a second.
-                    part.copy_to(copy.get_mut(offset..end).ok_or_else(unreadable)?);
-                    offset = end;
-                }
-                worker::web_sys::Blob::new_with_u8_array_sequence(&parts)
-                    .map_err(|_| ProxyError::Internal("could not hold the request body".into()))?
-                    .into()
-            }
-        };
+        let mut offset: usize = 0;
+        for part in self.parts.iter() {
+            let part = js_sys::Uint8Array::from(part);
+            let end = offset.saturating_add(part.length() as usize);
+            // Straight into place: one copy in Wasm memory, never a second.
+            part.copy_to(copy.get_mut(offset..end).ok_or_else(unreadable)?);
+            offset = end;
+        }
         let facts = inspect(route, &copy)?;
+        drop(copy);
+        let blob =
+            worker::web_sys::Blob::new_with_u8_array_sequence(&self.parts).map_err(|cause| {
+                log_body_failure("could not hold the request body", &cause_of(&cause));
+                ProxyError::Internal("could not hold the request body".into())
+            })?;
+        // The `Blob` has its own copy: the chunks' memory goes now, not at the next
+        // collection, so a body is held once, not twice until then.
+        release_all(&self.parts);
         Ok((
             Upload {
-                body,
-                _held: self.held,
+                body: blob.into(),
+                _held: Some(self.held),
             },
             facts,
         ))
     }
 }
 
+/// Frees the memory of every chunk in `parts` at once (see [`release`]).
+fn release_all(parts: &js_sys::Array) {
+    for part in parts.iter() {
+        release(&js_sys::Uint8Array::from(part).buffer());
+    }
+}
+
+/// Frees a buffer's memory at once by detaching it (`ArrayBuffer.prototype.transfer(0)`),
+/// where the runtime has it; otherwise the collector frees it later.
+fn release(buffer: &js_sys::ArrayBuffer) {
+    let transfer = js_sys::Reflect::get(buffer, &JsValue::from_str("transfer"))
+        .ok()
+        .and_then(|f| f.dyn_into::<js_sys::Function>().ok());
+    if let Some(transfer) = transfer {
+        let _ = transfer.call1(buffer, &JsValue::from_f64(0.0));
+    }
+}
+
 /// An upload streamed through: the client's body stream goes upstream as it arrives, so an
 /// isolate never holds it (a file may be hundreds of megabytes; the platform's own request
 /// limit bounds it). It can be sent once only.
-pub fn streamed_upload(incoming: &super::boundary::Incoming) -> Result<Upload, ProxyError> {
-    let held = BODIES.with(|b| b.try_reserve(0, u64::MAX))?;
+pub fn streamed_upload(incoming: &super::boundary::Incoming) -> Upload {
     let body = incoming.request.body().map_or(JsValue::NULL, JsValue::from);
-    Ok(Upload { body, _held: held })
+    Upload { body, _held: None }
 }
 
-/// Reads the request body into one JavaScript buffer, refusing it as soon as it passes
-/// `limit` bytes, and holding its size against the isolate's `cap` for bodies in flight.
+/// The log line for a body the runtime failed to read or hold: what failed, and the
+/// runtime's words for it (never the body).
+fn log_body_failure(what: &str, cause: &dyn std::fmt::Display) {
+    worker::console_warn!(
+        "{}",
+        serde_json::json!({"event": "request_body_failed", "error": what, "cause": cause.to_string()})
+    );
+}
+
+/// A request body read chunk by chunk under its [`ReadPace`]: one timer at a time, set again
+/// only when it fires before the deadline (which each chunk moves on).
+struct PacedBody {
+    stream: BodyReader,
+    pace: ReadPace,
+    received: u64,
+    timer: Timer,
+}
+
+impl PacedBody {
+    fn new(stream: BodyReader, pace: ReadPace) -> PacedBody {
+        let timer = Timer::after_ms(pace.wait_ms(0, now_ms()).unwrap_or(0));
+        PacedBody {
+            stream,
+            pace,
+            received: 0,
+            timer,
+        }
+    }
+
+    /// The next chunk; `Ok(None)` at the end; [`ProxyError::BodyTimeout`] once the body has
+    /// fallen behind its pace.
+    async fn next(&mut self) -> Result<Option<js_sys::Uint8Array>, ProxyError> {
+        loop {
+            let chunk = pin!(self.stream.next_chunk());
+            match select(chunk, &mut self.timer).await {
+                Either::Left((None, _)) => return Ok(None),
+                Either::Left((Some(Ok(chunk)), _)) => {
+                    self.received = self.received.saturating_add(u64::from(chunk.length()));
+                    return Ok(Some(chunk));
+                }
+                Either::Left((Some(Err(cause)), _)) => {
+                    log_body_failure("the request body could not be read", &cause);
+                    return Err(ProxyError::InvalidRequest(
+                        "the request body could not be read".to_string(),
+                    ));
+                }
+                Either::Right(((), _)) => match self.pace.wait_ms(self.received, now_ms()) {
+                    Some(wait_ms) => self.timer = Timer::after_ms(wait_ms),
+                    None => return Err(ProxyError::BodyTimeout),
+                },
+            }
+        }
+    }
+
+    /// Reads and drops the rest, up to `most` bytes in all and within the pace, so a client
+    /// still sending reads the answer instead of a reset connection. Chunks never enter Wasm
+    /// memory.
+    async fn drain(&mut self, most: u64) {
+        while self.received < most {
+            if !matches!(self.next().await, Ok(Some(_))) {
+                return;
+            }
+        }
+    }
+}
+
+/// Reads the request body chunk by chunk, holding each chunk against the isolate's and the
+/// caller's budgets as it arrives (a declared length is never held before its bytes come),
+/// refusing it as soon as it passes `limit` bytes, and giving it up when it falls behind its
+/// pace. A refused body is read on and dropped, a bounded amount, so the client still
+/// sending reads the answer.
 pub async fn read_body(
     incoming: &super::boundary::Incoming,
-    limit: u64,
-    cap: u64,
+    caller: &str,
+    reading: Reading,
 ) -> Result<Body, ProxyError> {
-    let unreadable =
-        || ProxyError::InvalidRequest("the request body could not be read".to_string());
+    let Reading { limit, caps, pace } = reading;
     let req = &incoming.request;
+    let stream = req.body().as_ref().and_then(BodyReader::new);
     let declared = incoming.headers.value("content-length");
-    if let Some(length) = declared_body_length(declared, limit)? {
-        // A declared length within the limit (the runtime holds the body to it): held before
-        // a byte is read, then read in one call, staying on the JavaScript side.
-        let held = match BODIES.with(|b| b.try_reserve(length, cap)) {
-            Ok(held) => held,
-            Err(busy) => {
-                drain(req).await;
-                return Err(busy);
-            }
-        };
-        let promise = req.array_buffer().map_err(|_| unreadable())?;
-        let buffer = whole(promise).await.ok_or_else(unreadable)?;
-        if u64::from(buffer.byte_length()) > length {
-            return Err(ProxyError::TooLarge { limit });
+    let refuse = |mut body: Option<PacedBody>, most: u64, refused: ProxyError| async move {
+        if let Some(body) = body.as_mut() {
+            body.drain(most).await;
         }
+        Err(refused)
+    };
+    let mut body = stream.map(|stream| PacedBody::new(stream, pace));
+    let declared = match declared_body_length(declared, limit) {
+        Ok(declared) => declared,
+        Err(too_large) => {
+            let length = declared
+                .and_then(|d| d.trim().parse().ok())
+                .unwrap_or(u64::MAX);
+            return refuse(body, drain_allowance(length, limit), too_large).await;
+        }
+    };
+    let drain_most = drain_allowance(declared.unwrap_or(u64::MAX), limit);
+    let mut held = match BODIES.with(|b| b.begin(caller, caps)) {
+        Ok(held) => held,
+        Err(refused) => return refuse(body, drain_most, refused).await,
+    };
+    let parts = js_sys::Array::new();
+    let Some(paced) = body.as_mut() else {
         return Ok(Body {
-            length: buffer.byte_length() as usize,
-            read: Read::Whole(buffer),
+            parts,
+            length: 0,
             held,
         });
-    }
-    let mut held = BODIES.with(|b| b.try_reserve(0, cap))?;
-    let parts = js_sys::Array::new();
-    let mut length: usize = 0;
-    if let Some(mut stream) = req.body().as_ref().and_then(BodyReader::new) {
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|_| unreadable())?;
-            if over_limit(length, chunk.len(), limit) {
-                return Err(ProxyError::TooLarge { limit });
-            }
-            if let Err(busy) = held.try_grow(chunk.len() as u64) {
-                drain_stream(&mut stream).await;
-                return Err(busy);
-            }
-            length = length.saturating_add(chunk.len());
-            // Each chunk leaves Wasm memory as soon as it arrives; the upload's `Blob` is made
-            // of these parts, so they are never joined into one more copy.
-            parts.push(&js_sys::Uint8Array::from(chunk.as_slice()));
+    };
+    let mut length: u64 = 0;
+    while let Some(chunk) = paced.next().await? {
+        let more = u64::from(chunk.length());
+        let grown = length.saturating_add(more);
+        let refused = if grown > limit || declared.is_some_and(|d| grown > d) {
+            Some(ProxyError::TooLarge { limit })
+        } else {
+            held.try_grow(more).err()
+        };
+        if let Some(refused) = refused {
+            // Nothing of a refused body is kept while the rest is drained.
+            release_all(&parts);
+            drop(held);
+            return refuse(body, drain_most, refused).await;
         }
+        length = grown;
+        parts.push(&chunk);
     }
     Ok(Body {
-        read: Read::Chunks(parts),
-        length,
+        parts,
+        length: usize::try_from(length).unwrap_or(usize::MAX),
         held,
     })
-}
-
-/// Reads a refused body to its end without keeping it, so the client (still sending) gets
-/// the answer instead of a reset connection. Chunks pass through Wasm memory one at a time.
-async fn drain(req: &worker::web_sys::Request) {
-    if let Some(mut stream) = req.body().as_ref().and_then(BodyReader::new) {
-        drain_stream(&mut stream).await;
-    }
-}
-
-async fn drain_stream(stream: &mut BodyReader) {
-    while let Some(Ok(_)) = stream.next().await {}
 }

@@ -58,9 +58,11 @@ enum UpstreamBody {
 impl UpstreamAnswer {
     /// A successful JSON answer with its body rewritten by `rewrite` (which returns `None` to
     /// keep it as it came); any other answer untouched. A body of unknown length is read here,
-    /// up to [`MAX_JSON_BYTES`]: the answers rewritten are small JSON objects.
+    /// up to [`MAX_JSON_BYTES`] and within `within_ms`: the answers rewritten are small JSON
+    /// objects, which come with their head.
     pub async fn rewritten(
         self,
+        within_ms: u64,
         rewrite: impl FnOnce(&[u8]) -> Option<Vec<u8>>,
     ) -> Result<UpstreamAnswer, ProxyError> {
         if !(200..300).contains(&self.status) {
@@ -76,7 +78,17 @@ impl UpstreamAnswer {
             UpstreamBody::Read(bytes) => bytes,
             UpstreamBody::Untouched(unread) => match unread.deliver() {
                 None => Vec::new(),
-                Some(stream) => read_json(&stream).await?,
+                Some(stream) => {
+                    let timer = pin!(Timer::after_ms(within_ms));
+                    match select(pin!(read_json(&stream)), timer).await {
+                        Either::Left((read, _)) => read?,
+                        Either::Right(((), _)) => {
+                            return Err(ProxyError::UpstreamTimeout {
+                                retry_after_ms: 1_000,
+                            })
+                        }
+                    }
+                }
             },
             sse @ UpstreamBody::Sse { .. } => {
                 return Ok(UpstreamAnswer {
@@ -142,10 +154,10 @@ struct Reading {
     /// A successful JSON answer of known length (at most [`MAX_JSON_BYTES`]) is read whole in
     /// its attempt, for its usage.
     json_whole: bool,
-    /// How long an error body the proxy reads (a `429`'s) may take after its head, within the
-    /// attempt's own timeout: such a body comes with its head, and one that stalls must not
-    /// hold a non-streaming attempt for its whole (long) timeout.
-    error_body_ms: u64,
+    /// How long a body the proxy reads whole (a `429`'s, a watched JSON answer's) may take
+    /// after its head, within the attempt's own timeout: such a body comes with its head, and
+    /// one that stalls must not hold a non-streaming attempt for its whole (long) timeout.
+    body_ms: u64,
 }
 
 /// One request's way to the upstream: the same URL, headers and body for every attempt.
@@ -195,7 +207,7 @@ impl<'a> Upstream<'a> {
             reading: Reading {
                 streaming,
                 json_whole: false,
-                error_body_ms: u64::MAX,
+                body_ms: u64::MAX,
             },
             request_id: None,
             key_limits: KeyLimits::default(),
@@ -210,9 +222,9 @@ impl<'a> Upstream<'a> {
         self
     }
 
-    /// Bounds the reading of an error body to `ms` after its head (see `error_body_ms`).
+    /// Bounds the reading of a body read whole to `ms` after its head (see `body_ms`).
     pub fn reading_errors_within(mut self, ms: u64) -> Upstream<'a> {
-        self.reading.error_body_ms = ms;
+        self.reading.body_ms = ms;
         self
     }
 
@@ -393,7 +405,7 @@ async fn attempt(
         let body = if status == 429 && !is_sse {
             // A spend limit is never retried: read the (small) body to tell it from a rate
             // limit, in bounded time.
-            let by = deadline.min(now_ms().saturating_add(reading.error_body_ms));
+            let by = deadline.min(now_ms().saturating_add(reading.body_ms));
             let bytes = match read_error_body(&response, by).await {
                 ErrorBody::Read(bytes) => bytes,
                 ErrorBody::TimedOut => {
@@ -412,13 +424,21 @@ async fn attempt(
             && exact_length(upstream_headers.pairs())
                 .is_some_and(|length| length <= MAX_JSON_BYTES as u64)
         {
+            // Read in bounded time, like an error body: an answer whose body stalls after
+            // its head is an attempt that timed out, and is retried.
+            let by = deadline.min(now_ms().saturating_add(reading.body_ms));
             let Ok(read) = response.array_buffer() else {
                 return (Outcome::ConnectFailure, None);
             };
-            let Some(buffer) = whole(read).await else {
-                return (Outcome::ConnectFailure, None);
-            };
-            UpstreamBody::Whole(buffer)
+            let timer = pin!(Timer::after_ms(by.saturating_sub(now_ms())));
+            match select(pin!(whole(read)), timer).await {
+                Either::Left((Some(buffer), _)) => UpstreamBody::Whole(buffer),
+                Either::Left((None, _)) => return (Outcome::ConnectFailure, None),
+                Either::Right(((), _)) => {
+                    sent.abort();
+                    return (Outcome::AttemptTimeout, None);
+                }
+            }
         } else {
             UpstreamBody::Untouched(Unread(response.body()))
         };

@@ -277,6 +277,25 @@ row('slow message (JSON)', 'answers once the message is written, after 3 × the 
   return { client: '`200` message: a non-streaming answer is waited for as long as the SDKs wait', usage: 12 };
 });
 
+row('stall mid-JSON', '`200` JSON headers and 20 bytes, then silence, connection open', async ({ key, body }) => {
+  await sim.script([{ stall_after_bytes: 20 }]);
+  // A watched JSON answer is read whole within the attempt's time for a body: the stalled one
+  // is an attempt timeout, retried, instead of a request that hangs while its slot is renewed.
+  const t0 = performance.now();
+  const res = await fetch(`${worker.url}/v1/messages`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json', 'x-api-key': key, 'anthropic-version': '2023-06-01', 'accept-encoding': 'identity' },
+    body: JSON.stringify(body()),
+    signal: AbortSignal.timeout(15_000),
+  });
+  assert.equal(res.status, 200);
+  const answer = await res.json();
+  assert.equal(answer.type, 'message');
+  assert.equal(res.headers.get('x-proxy-attempts'), '2');
+  assert.ok(performance.now() - t0 >= ATTEMPT_TIMEOUT_MS);
+  return { client: `\`200\` message after the ${ATTEMPT_TIMEOUT_MS} ms attempt timeout`, usage: answer.usage.output_tokens };
+});
+
 row('hang on every attempt (stream)', 'never answers, every attempt', async ({ key, body }) => {
   await sim.script([{ hang: true, times: 10 }]);
   const res = await send(key, body({ stream: true }));

@@ -297,3 +297,20 @@ test('after all of it the Worker still serves, and never panicked', async () => 
   const trouble = worker.logs.filter((l) => /panic|Critical|Reinitializing|Uncaught/i.test(l));
   assert.deepEqual(trouble, [], 'the Worker logged a crash');
 });
+
+test('a body over MAX_BODY_BYTES by its declared length: the client still sending reads the 413', async () => {
+  // Forty times the limit behind its content-length: the answer is due before the body has
+  // been read, and the client (fetch, as the SDKs use) must read it, not a reset connection.
+  for (let i = 0; i < 5; i++) {
+    let res;
+    try {
+      res = await fetch(`${worker.url}/v1/messages`, { method: 'POST', headers: JSON_HEADERS, body: Buffer.alloc(40 * MAX_BODY, 'x') });
+    } catch (e) {
+      assert.fail(`attempt ${i + 1}: ${e.cause?.code ?? e.message} instead of the 413`);
+    }
+    const body = await res.json();
+    assert.equal(res.status, 413, `attempt ${i + 1}`);
+    assert.equal(body.error.type, 'request_too_large');
+  }
+  assert.equal((await postMessage(worker, GOOD)).status, 200, 'the Worker stopped serving');
+});

@@ -7,6 +7,7 @@ import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import { existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import { execFileSync } from 'node:child_process';
+import net from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import {
@@ -208,7 +209,7 @@ test('passthrough keys: a made-up key leaves no stored object; an accepted one i
 });
 
 test('request bodies held at once are capped per isolate: 503 with Retry-After, then served', async () => {
-  const w = await startWorker(workerVars(sim, { MAX_BODY_BYTES: '1000000', MAX_INFLIGHT_BODY_BYTES: '1500000' }));
+  const w = await startWorker(workerVars(sim, { MAX_BODY_BYTES: '1000000', MAX_INFLIGHT_BODY_BYTES: '1500000', MAX_INFLIGHT_BODY_BYTES_PER_CALLER: '1500000' }));
   try {
     await sim.reset();
     const big = JSON.stringify(messageBody({ messages: [{ role: 'user', content: 'x'.repeat(900_000) }] }));
@@ -265,6 +266,120 @@ test('request bodies held at once are capped per isolate: 503 with Retry-After, 
     assert.equal(over.status, 503, 'a chunked body did not count against the isolate\'s budget');
     assert.equal((await over.json()).error.type, 'overloaded_error');
     assert.equal((await held).status, 200);
+  } finally {
+    await w.stop();
+  }
+});
+
+/**
+ * A POST written on a raw socket that declares `declared` bytes and sends only `first`, then
+ * waits: `answer` resolves to the status, the envelope and when it came.
+ */
+function trickle(w, key, declared, first) {
+  const url = new URL(w.url);
+  const t0 = performance.now();
+  const socket = net.connect(Number(url.port), url.hostname);
+  const answer = new Promise((resolve, reject) => {
+    let got = Buffer.alloc(0);
+    socket.on('data', (d) => {
+      got = Buffer.concat([got, d]);
+      const split = got.indexOf('\r\n\r\n');
+      if (split < 0) return;
+      const head = got.subarray(0, split).toString('latin1');
+      const length = Number(/content-length: *(\d+)/i.exec(head)?.[1] ?? NaN);
+      if (got.length - split - 4 < length) return;
+      socket.destroy();
+      resolve({ status: Number(head.split(' ')[1]), body: JSON.parse(got.subarray(split + 4, split + 4 + length)), ms: performance.now() - t0 });
+    });
+    socket.on('error', reject);
+    socket.on('close', () => reject(new Error('closed without an answer')));
+  });
+  socket.write(`POST /v1/messages HTTP/1.1\r\nhost: proxy.test\r\nx-api-key: ${key}\r\ncontent-type: application/json\r\nanthropic-version: 2023-06-01\r\ncontent-length: ${declared}\r\n\r\n`);
+  socket.write(Buffer.alloc(first, 'x'));
+  return { answer, socket };
+}
+
+test('slow or unmetered uploads cannot fill an isolate: bodies charged as they arrive, per caller, cut with 408', async () => {
+  const GRACE_MS = 3000;
+  const w = await startWorker(workerVars(sim, {
+    MAX_BODY_BYTES: '1000000',
+    MAX_INFLIGHT_BODY_BYTES: '2000000',
+    BODY_READ_TIMEOUT_MS: String(GRACE_MS),
+    MIN_BODY_BYTES_PER_S: '1000000',
+    RATE_LIMITS: JSON.stringify({ default: {}, trickler: { concurrency: 2 } }),
+    CLIENT_KEYS: twoCallers({ tier: 'trickler' }),
+  }));
+  const post = (key, body) => fetch(`${w.url}/v1/messages`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json', 'x-api-key': key, 'anthropic-version': '2023-06-01' },
+    body,
+  });
+  const big = (n) => JSON.stringify(messageBody({ messages: [{ role: 'user', content: 'x'.repeat(n) }] }));
+  const opened = [];
+  try {
+    await sim.reset();
+    // Bob declares the largest body twice and sends a little of each: nothing is held for
+    // what is declared, only for what came.
+    const first = trickle(w, BOB, 1_000_000, 600_000);
+    const second = trickle(w, BOB, 1_000_000, 100);
+    opened.push(first, second);
+    await sleep(500);
+    // His tier's concurrency (2) is taken by the bodies he is sending: a third is refused at
+    // once, before it is read.
+    const third = await post(BOB, big(100_000));
+    assert.equal(third.status, 429, 'a third body of the caller was read beside the two it is sending');
+    const refused = await third.json();
+    assert.equal(refused.error.type, 'rate_limit_error');
+    assert.deepEqual([refused.limit.scope, refused.limit.dimension], ['key', 'concurrency']);
+    // Alice is served meanwhile: the isolate holds only the 600 KB that came.
+    const alice = await post(CLIENT_KEY, big(900_000));
+    assert.equal(alice.status, 200, 'the declared lengths took the isolate\'s budget');
+    await alice.arrayBuffer();
+    // Both stalled bodies end with a 408 in the envelope, once behind their pace.
+    for (const [name, { answer }, earned] of [['first', first, 600], ['second', second, 0]]) {
+      const got = await answer;
+      assert.equal(got.status, 408, name);
+      assert.equal(got.body.type, 'error');
+      assert.equal(got.body.error.type, 'request_timeout', name);
+      assert.ok(got.ms >= GRACE_MS + earned - 300, `${name}: cut after ${Math.round(got.ms)} ms`);
+    }
+    // One caller holds at most its share of the isolate (by default half of it, here one
+    // largest body): 600 KB arriving, and 600 KB more is his own 429, while Alice still fits.
+    const held = trickle(w, BOB, 1_000_000, 600_000);
+    opened.push(held);
+    await sleep(500);
+    const over = await post(BOB, big(600_000));
+    assert.equal(over.status, 429);
+    const overBody = await over.json();
+    assert.deepEqual([overBody.limit.scope, overBody.limit.dimension], ['key', 'inflight_body_bytes']);
+    assert.equal((await post(CLIENT_KEY, big(900_000))).status, 200);
+    assert.equal((await held.answer).status, 408);
+    // Nothing stays held: Bob's own bodies go through again.
+    assert.equal((await post(BOB, big(900_000))).status, 200);
+  } finally {
+    for (const { socket } of opened) socket.destroy();
+    await w.stop();
+  }
+});
+
+test('a body the client abandons mid-way: the log line keeps the runtime\'s cause', async () => {
+  const w = await startWorker(workerVars(sim, { MAX_BODY_BYTES: '1000000' }));
+  try {
+    const cut = trickle(w, CLIENT_KEY, 1_000_000, 200_000);
+    cut.answer.catch(() => {});
+    await sleep(300);
+    cut.socket.destroy();
+    const deadline = performance.now() + 5000;
+    let line;
+    while (!line && performance.now() < deadline) {
+      line = w.logs.map((l) => { try { return JSON.parse(l); } catch { return null; } })
+        .find((l) => l?.event === 'request_body_failed');
+      await sleep(100);
+    }
+    assert.ok(line, `no request_body_failed line in ${w.logs.length} log lines`);
+    assert.equal(line.error, 'the request body could not be read');
+    assert.ok(typeof line.cause === 'string' && line.cause.length > 0 && line.cause !== 'no message', `cause: ${line.cause}`);
+    assert.equal((await postMessage(w)).status, 200, 'the Worker stopped serving');
   } finally {
     await w.stop();
   }
