@@ -717,13 +717,55 @@ def plot_rss(sec, path):
 # --------------------------------------------------------------------------- main
 
 
+README_BEGIN = "<!-- benchmark figures: written by bench/report.py --readme from bench/results/results.json -->"
+README_END = "<!-- end of benchmark figures -->"
+
+
+def readme_md(res):
+    """The figures the README quotes, from one committed run: never typed by hand."""
+    m = res.get("machine", {})
+    s = res.get("sections", {})
+    out = [f"From the run in `bench/results/results.json` ({m.get('date', '?')}, {m.get('cpu', '?')}, "
+           f"{m.get('cores', '?')} cores); every figure and its details in "
+           "[`bench/results/RESULTS.md`](bench/results/RESULTS.md).", "", targets_md(res)]
+    summary = overload_summary_md(s.get("overload"))
+    if summary:
+        out += ["", "Goodput under overload, beside an oracle that knows the capacity, the limits and the "
+                "outage's end:", "", summary]
+    return "\n".join(out)
+
+
+def readme_with_figures(text, res):
+    """`text` with the block between the README markers replaced by [`readme_md`]."""
+    begin, end = text.find(README_BEGIN), text.find(README_END)
+    if begin < 0 or end < begin:
+        raise SystemExit(f"the README has no block between {README_BEGIN!r} and {README_END!r}")
+    return text[: begin + len(README_BEGIN)] + "\n" + readme_md(res) + "\n" + text[end:]
+
+
 def main():
     here = os.path.dirname(os.path.abspath(__file__))
     ap = argparse.ArgumentParser()
     ap.add_argument("--results", default=os.path.join(here, "results", "results.json"))
+    ap.add_argument("--readme", help="write the README's block of figures from the results")
+    ap.add_argument("--check-readme", help="fail unless the README's block of figures is what the results give")
     args = ap.parse_args()
     with open(args.results) as f:
         res = json.load(f)
+    for path, write in ((args.readme, True), (args.check_readme, False)):
+        if not path:
+            continue
+        with open(path) as f:
+            text = f.read()
+        wanted = readme_with_figures(text, res)
+        if write:
+            with open(path, "w") as f:
+                f.write(wanted)
+        elif wanted != text:
+            print(f"{path}: the benchmark figures differ from {os.path.relpath(args.results)}; "
+                  f"run python3 bench/report.py --readme {path}", file=sys.stderr)
+            sys.exit(1)
+        return
     outdir = os.path.dirname(os.path.abspath(args.results))
     s = res.get("sections", {})
     plots = {}

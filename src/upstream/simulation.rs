@@ -1038,12 +1038,15 @@ fn short_outage_the_upstream_sees_only_probes_and_every_request_completes_after_
 }
 
 #[test]
-fn long_outage_each_request_costs_the_upstream_at_most_a_quarter_call_extra() {
+fn long_outage_each_request_costs_the_upstream_about_half_a_call() {
     for seed in 0..30 {
         let scenario = long_outage(seed, true);
         let run = simulate(scenario);
         let per_request = run.calls_per_request();
-        assert!(per_request <= 1.25, "seed {seed}: {per_request}");
+        // Most requests never reach the upstream: the probes are most of the calls (0.44-0.49
+        // per request over these seeds). A proxy that sent each first attempt into the outage
+        // would spend at least one.
+        assert!(per_request <= 0.55, "seed {seed}: {per_request}");
         for client in &run.clients {
             match client.end {
                 Some(End::Refused {
@@ -1398,13 +1401,14 @@ fn goodput_at_the_key_limit_holds_as_edges_are_added() {
             let served = run.served();
             eprintln!("{edges} edges, seed {seed}: {served} (one edge {alone}) of oracle {oracle}, {} upstream 429s", run.limited);
             // As many served as by one edge, give or take 2 % of the oracle (the 429s of edges
-            // that had not learned yet cost a few requests their budget), and at least 97 %.
+            // that had not learned yet cost a few requests their budget), and at least 98 %
+            // (353-359 of 359 measured).
             assert!(
                 served * 100 + 2 * oracle >= alone * 100,
                 "{edges} edges, seed {seed}: {served} vs {alone} alone"
             );
             assert!(
-                served * 100 >= oracle * 97,
+                served * 100 >= oracle * 98,
                 "{edges} edges, seed {seed}: {served} of {oracle}"
             );
             // Each edge learns the key is near its limit from its own answers: with more
@@ -1585,8 +1589,9 @@ fn an_input_estimate_above_the_real_count_is_learned_not_kept_in_reserve() {
     }
     let (share, per_request) = (share / seeds as f64, per_request / seeds as f64);
     eprintln!("mean over {seeds} seeds: {share:.3} of the oracle, {per_request:.3} calls/request");
-    assert!(share >= 0.95, "{share:.3} of the oracle");
-    assert!(per_request <= 1.10, "{per_request:.3} calls/request");
+    // 0.996 of the oracle at 1.03 calls per request measured.
+    assert!(share >= 0.98, "{share:.3} of the oracle");
+    assert!(per_request <= 1.06, "{per_request:.3} calls/request");
 }
 
 #[test]
@@ -1684,10 +1689,9 @@ fn an_outage_beyond_the_budget_serves_what_can_wait_for_its_end() {
     eprintln!("mean over {seeds} seeds: {share:.3} of the oracle, {per_request:.3} calls/request");
     // Those arriving in the outage's first 2 s cannot be served; the next probe after the
     // end (0.5-1 s apart while so many wait) and the release in deadline order lose a few of
-    // those arriving a little later (0.92 with probes up to 4 s apart and the release at
-    // seeded slots).
-    assert!(share >= 0.92, "{share:.3} of the oracle");
-    assert!(per_request <= 1.15, "{per_request:.3} calls/request");
+    // those arriving a little later: 0.939 of the oracle at 1.11 calls per request measured.
+    assert!(share >= 0.93, "{share:.3} of the oracle");
+    assert!(per_request <= 1.13, "{per_request:.3} calls/request");
 }
 
 /// A 5 s total outage at half capacity: 10 requests a second for 12 s on 8 edges against an

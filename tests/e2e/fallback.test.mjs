@@ -212,9 +212,12 @@ test('once the model is known to be in an outage, requests go to the fallback at
   await res.arrayBuffer();
   const sent = (await messagesSent()).map((r) => JSON.parse(r.body).model);
   assert.ok(sent.filter((m) => m === OPUS).length <= 1, `at most a probe for the overloaded model: ${sent}`);
-  // At once: left for the outage the shared state knows of, nothing slept on the way.
+  // At once: left for the outage the shared state knows of, nothing slept on the way, unless
+  // this request carried the model's probe: then one backoff after the probe's 529.
   const line = await logLine(res);
   assert.equal(line.fallback.to, SONNET);
   assert.equal(line.fallback.why, 'outage', JSON.stringify(line));
-  assert.deepEqual(line.waits, [], JSON.stringify(line));
+  const probed = sent.filter((m) => m === OPUS).length;
+  assert.equal(line.waits.length, probed, JSON.stringify(line));
+  assert.ok(line.waits.every((w) => w.cause === 'overloaded'), JSON.stringify(line));
 });
