@@ -16,6 +16,8 @@ echo "== benchmark oracle (the ceiling the overload benchmarks are scored agains
 node --test bench/oracle.test.mjs
 # The README's benchmark figures are the committed run's, written by bench/report.py.
 python3 bench/report.py --check-readme README.md
+# Every relative link of the Markdown resolves.
+node scripts/check-links.mjs
 
 echo "== wasm tests (JS interop, in Node)"
 cargo test --target wasm32-unknown-unknown --test wasm_storage --test wasm_context

@@ -3,7 +3,7 @@
 //! operator's view shows. Both come from the same [`RequestFacts`], so the panel and the SQL
 //! an operator runs count the same things.
 //!
-//! The data point's layout is a contract with the operator's queries (see the README):
+//! The data point's layout is a contract with the operator's queries (see docs/operating.md):
 //! `index1` the caller's keyed tag (`Config::caller_tag`); `blob1`…`blob7` route, model
 //! asked, model served, answer kind, error type, tier, caller's tag; `double1`…`double9` status, attempts,
 //! wait ms, total ms, input tokens, output tokens, upstream `529`s, upstream `429`s, stream.

@@ -151,7 +151,7 @@ pub fn upstream_keys(config: &Config) -> Vec<(KeySource, String)> {
         .collect()
 }
 
-/// The whole answer of `GET /proxy/status`. Its shape is documented in the README
+/// The whole answer of `GET /proxy/status`. Its shape is documented in docs/operating.md
 /// ("Operating it") and kept stable: fields are added, never renamed or removed.
 #[derive(Debug, Clone, Serialize)]
 pub struct StatusDocument {

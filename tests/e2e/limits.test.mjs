@@ -100,7 +100,7 @@ test('keys have their own limits, and see their own limit headers', async () => 
   }
 });
 
-// The README's default tier, as a deployment without RATE_LIMITS gets it: 50 rpm, 40 000 input
+// The documented default tier, as a deployment without RATE_LIMITS gets it: 50 rpm, 40 000 input
 // and 8 000 output tokens a minute, 4 at once.
 function defaultWorker() {
   const vars = workerVars(sim, { ADMIN_KEY });

@@ -71,7 +71,7 @@ test('a 5 s outage: the upstream sees almost only probes, and the caught request
   const duringOutage = calls.filter((c) => c.received_at_ms - t0 < OUTAGE);
   const last = Math.max(...results.map((r) => r.at));
   console.log(`# ${ok.length}/${N} served, ${calls.length} upstream calls (${(calls.length / N).toFixed(3)} per request, ${duringOutage.length} during the ${OUTAGE} ms outage), last answer ${last - OUTAGE} ms after it ended`);
-  // README: all 40 succeed after the outage ends, with 8–10 upstream calls during it and
+  // docs/behaviour.md: all 40 succeed after the outage ends, with 8–10 upstream calls during it and
   // 1.20–1.25 calls per request in all. Asserted at those figures with a margin of two calls.
   assert.equal(ok.length, N, `failed: ${failed.map((r) => `${r.status}@${r.at}`)}`);
   // Each success is one answered upstream call, and none of them came during the outage.
@@ -99,7 +99,7 @@ test('an outage longer than the budget: structured 503s, and the upstream is spa
   }
   const calls = (await messageCalls()).length;
   console.log(`# ${N} requests in a long outage: ${calls} upstream calls (${(calls / N).toFixed(2)} per request)`);
-  // README: 0.30–0.37 calls per request (the marking and two or three probes); asserted at
+  // docs/behaviour.md: 0.30–0.37 calls per request (the marking and two or three probes); asserted at
   // 0.37 with a margin of one call. A proxy sending every first attempt into the outage
   // spends 1.0 or more.
   assert.ok(calls <= 0.37 * N + 1, `${(calls / N).toFixed(2)} upstream calls per request (0.30–0.37 quoted)`);

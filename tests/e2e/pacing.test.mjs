@@ -59,7 +59,7 @@ test('twice the upstream capacity is served at that capacity, not refused and no
   console.log(`# upstream calls (served/shed) per second: ${perSecond(calls)}`);
   // Retries alone: about half are refused by the retry budget or run out of attempts.
   assert.equal(ok, N, `only ${ok} of ${N} served: ${statuses.filter((s) => s !== 200)}`);
-  // Brute-force retrying serves them at 2–3 calls a request. README: 1.13–1.18 calls per
+  // Brute-force retrying serves them at 2–3 calls a request. docs/behaviour.md: 1.13–1.18 calls per
   // request (the first second's sheds, before the capacity is learned); asserted at 1.18 with
   // a margin of three calls.
   assert.ok(calls.length <= 1.18 * N + 3, `${(calls.length / N).toFixed(3)} upstream calls per request (1.13–1.18 quoted)`);
@@ -77,7 +77,7 @@ test("twice the key's own request limit is sent at the limit: upstream 429s stay
   console.log(`# ${ok}/${N} served; ${calls.length} upstream calls (${(calls.length / N).toFixed(2)} per request), ${limited} got 429`);
   assert.equal(ok, N, `not served: ${statuses.filter((s) => s !== 200)}`);
   // A shared cooldown alone: every release sends a herd that meets an empty bucket again
-  // (about one 429 per five calls); an SDK's retries most of its calls. README: 1.03 calls per
+  // (about one 429 per five calls); an SDK's retries most of its calls. docs/behaviour.md: 1.03 calls per
   // request, one upstream 429; asserted with a margin of one call.
   assert.ok(calls.length <= N + 2, `${(calls.length / N).toFixed(3)} upstream calls per request (1.03 quoted)`);
   assert.ok(limited <= 2, `${limited} of ${calls.length} upstream calls got 429 (1 quoted)`);

@@ -12,7 +12,7 @@
 //
 // Usage: node tests/soak/soak.mjs [seconds]   (default 600; scripts/soak.sh wraps it)
 //
-// The replay (see README, Hardening → Soak): a bucket of quota Q drains Q units per ms (a
+// The replay (see docs/hardening.md, Soak): a bucket of quota Q drains Q units per ms (a
 // unit is 1/60 000 token) and never below empty; every admitted request is charged, at its
 // admission, what it settles to (capped at its reservation: a refund is retroactive), and any
 // usage beyond the reservation at its settlement. With every charge positive, the level at
@@ -38,7 +38,7 @@ const SETTLE_SLACK_MS = 2_000;
 // grow by this much from an instance's first third to its last: what runs measured, with room.
 // Runs of 60 s and 120 s grew at most 25 MiB; 600 s runs 98–138 MiB, in the JavaScript heap
 // (the WebAssembly memory stayed flat), which one run cannot tell from garbage not yet
-// collected. See README, Hardening → Soak.
+// collected. See docs/hardening.md, Soak.
 const RSS_GROWTH_MIB = SECONDS <= 120 ? 64 : 192;
 const UNITS = 60_000; // the limiter counts 1/60 000 of a token
 const ATTEMPT_TIMEOUT_MS = 800;
@@ -74,7 +74,7 @@ const prompt = (n) => Array.from({ length: n }, (_, i) => WORDS[(i * 7 + n) % WO
 const PROMPTS = [prompt(30), prompt(110), prompt(260)];
 const CALIBRATE_KEYS = PROMPTS.map((_, i) => `ck_soak_calibrate_${i}_44e0b7`);
 
-/** The input a body is reserved, by the rule the README documents (Accounting → input
+/** The input a body is reserved, by the rule docs/behaviour.md documents (Accounting → input
  * estimate): a token per three bytes of text, 4 per message, 1. The soak's bodies are text. */
 function ruleEstimate(body) {
   const text = (c) => (typeof c === 'string' ? Buffer.byteLength(c) : Array.isArray(c) ? c.reduce((n, b) => n + text(b?.text ?? ''), 0) : 0);
