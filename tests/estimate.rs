@@ -365,8 +365,9 @@ fn check(body: &Value) -> Result<(), TestCaseError> {
 }
 
 proptest! {
+    // 64 cases a corpus in the suite; PROPTEST_CASES=N searches longer.
     #![proptest_config(ProptestConfig {
-        cases: 64,
+        cases: std::env::var("PROPTEST_CASES").ok().and_then(|n| n.parse().ok()).unwrap_or(64),
         failure_persistence: None,
         ..ProptestConfig::default()
     })]

@@ -23,27 +23,29 @@ use std::fmt;
 /// Text weights are in sixteenths of a token.
 pub const UNITS_PER_TOKEN: u64 = 16;
 /// An ASCII letter.
-const LETTER_UNITS: u64 = 6;
+const LETTER_UNITS: u64 = 5;
 /// An ASCII digit.
 const DIGIT_UNITS: u64 = 8;
 /// ASCII punctuation and symbols.
-const PUNCT_UNITS: u64 = 11;
+const PUNCT_UNITS: u64 = 9;
 /// A space, tab or line end.
-const SPACE_UNITS: u64 = 4;
+const SPACE_UNITS: u64 = 3;
 /// Any other ASCII control character.
-const CONTROL_UNITS: u64 = 8;
+const CONTROL_UNITS: u64 = 16;
 /// Each byte of a character outside ASCII: a byte-pair tokenizer spells an unknown
 /// character byte by byte.
 const NON_ASCII_BYTE_UNITS: u64 = UNITS_PER_TOKEN;
 /// Where one kind of character (letter, digit, punctuation, space, control, non-ASCII) gives
-/// way to another: tokenizers split text there first.
-const RUN_UNITS: u64 = 11;
+/// way to another: tokenizers split text there first, keeping a single space with the word
+/// after it.
+const RUN_UNITS: u64 = 14;
 /// A letter whose case differs from the letter before it (`aZbQ`, base64).
-const CASE_FLIP_UNITS: u64 = 9;
+const CASE_FLIP_UNITS: u64 = 8;
 /// A consonant after a consonant (`xkcdq`): letters that make no common word.
-const CONSONANT_PAIR_UNITS: u64 = 6;
-/// The fewest text bytes a token is estimated at (a run of spaces).
-pub const MAX_TEXT_BYTES_PER_TOKEN: u64 = UNITS_PER_TOKEN / SPACE_UNITS;
+const CONSONANT_PAIR_UNITS: u64 = 8;
+/// The most text bytes one estimated token stands for (a run of spaces): every text byte
+/// weighs at least a sixth of a token.
+pub const MAX_TEXT_BYTES_PER_TOKEN: u64 = UNITS_PER_TOKEN.div_ceil(SPACE_UNITS);
 /// The most tokens one byte of text is estimated at (a character that normalization spells
 /// out in 18, such as U+FDFA, at the start of a run).
 pub const MAX_TOKENS_PER_TEXT_BYTE: u64 = 6;
@@ -128,6 +130,9 @@ pub fn text_units(text: &str) -> u64 {
     // The case and the consonant-ness of the letter before, while in a run of letters.
     let mut upper = false;
     let mut consonant = false;
+    // Whether the run before this one was a single space, which goes with the next word.
+    let mut lone_space = false;
+    let mut spaces = 0u64;
     let mut at = 0usize;
     for &b in bytes {
         at += 1;
@@ -154,6 +159,8 @@ pub fn text_units(text: &str) -> u64 {
             }
             b' ' | b'\n' | b'\t' | b'\r' => {
                 units += SPACE_UNITS;
+                spaces = if run == Run::Space { spaces + 1 } else { 1 };
+                lone_space = spaces == 1 && b == b' ';
                 Run::Space
             }
             0..=0x1f | 0x7f => {
@@ -176,7 +183,9 @@ pub fn text_units(text: &str) -> u64 {
             }
         };
         if kind != run {
-            units += RUN_UNITS;
+            if !(run == Run::Space && lone_space) {
+                units += RUN_UNITS;
+            }
             run = kind;
         }
     }
@@ -710,6 +719,52 @@ impl<'de> Visitor<'de> for SourceSeed {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn tokens(text: &str) -> u64 {
+        text_units(text).div_ceil(UNITS_PER_TOKEN)
+    }
+
+    #[test]
+    fn text_is_weighed_by_its_kind() {
+        assert_eq!(text_units(""), 0);
+        // A word, and a single space that goes with the next word (no boundary of its own).
+        assert_eq!(
+            text_units("the"),
+            3 * LETTER_UNITS + CONSONANT_PAIR_UNITS + RUN_UNITS
+        );
+        assert_eq!(
+            text_units("the cat") - text_units("the") - text_units("cat"),
+            SPACE_UNITS
+        );
+        // Two line ends do not go with the word after them.
+        assert_eq!(
+            text_units("the\n\ncat") - text_units("the") - text_units("cat"),
+            2 * SPACE_UNITS + RUN_UNITS
+        );
+        // Letters in no language weigh more than a word of the same length.
+        assert!(text_units("xQzKvB") > text_units("people"));
+        // Every kind of boundary: letter, digit, punctuation, control.
+        assert_eq!(
+            text_units("a1!\u{1}"),
+            LETTER_UNITS + DIGIT_UNITS + PUNCT_UNITS + CONTROL_UNITS + 4 * RUN_UNITS
+        );
+        // A character outside ASCII: a token a byte, more where normalization spells it out.
+        assert_eq!(text_units("é"), 2 * NON_ASCII_BYTE_UNITS + RUN_UNITS);
+        assert_eq!(tokens("東京"), 7);
+        assert_eq!(tokens("ﷺ"), 3 + 12 + 1);
+        // No byte weighs more than the bound the fuzz targets check.
+        for text in ["ﷺﷺﷺ", "\u{1}!\u{1}!", "aZaZaZ", "𝐀𝐁", "\u{f44}"] {
+            assert!(
+                tokens(text) <= MAX_TOKENS_PER_TEXT_BYTE * text.len() as u64,
+                "{text}"
+            );
+            assert!(
+                tokens(text) >= text.len() as u64 / MAX_TEXT_BYTES_PER_TOKEN,
+                "{text}"
+            );
+        }
+        assert!(tokens(&" ".repeat(600)) >= 600 / MAX_TEXT_BYTES_PER_TOKEN);
+    }
 
     #[test]
     fn pdf_pages_from_length() {
