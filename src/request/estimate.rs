@@ -22,30 +22,46 @@ use std::fmt;
 
 /// Text weights are in sixteenths of a token.
 pub const UNITS_PER_TOKEN: u64 = 16;
-/// An ASCII letter.
-const LETTER_UNITS: u64 = 5;
+/// An ASCII letter: a word of English is about one token, most of it carried by where the
+/// word starts ([`LETTER_RUN_UNITS`]) rather than by its length.
+const LETTER_UNITS: u64 = 2;
 /// An ASCII digit.
 const DIGIT_UNITS: u64 = 8;
 /// ASCII punctuation and symbols.
-const PUNCT_UNITS: u64 = 9;
+const PUNCT_UNITS: u64 = 10;
 /// A space, tab or line end.
-const SPACE_UNITS: u64 = 3;
+const SPACE_UNITS: u64 = 2;
 /// Any other ASCII control character.
 const CONTROL_UNITS: u64 = 16;
-/// Each byte of a character outside ASCII: a byte-pair tokenizer spells an unknown
-/// character byte by byte.
-const NON_ASCII_BYTE_UNITS: u64 = UNITS_PER_TOKEN;
-/// Where one kind of character (letter, digit, punctuation, space, control, non-ASCII) gives
-/// way to another: tokenizers split text there first, keeping a single space with the word
-/// after it.
-const RUN_UNITS: u64 = 14;
-/// A letter whose case differs from the letter before it (`aZbQ`, base64).
+/// Each byte of a character outside ASCII: a byte-pair tokenizer spells a rare character
+/// byte by byte, and merges a common one into a token or two.
+const NON_ASCII_BYTE_UNITS: u64 = 14;
+/// Where a run of letters starts (a word): tokenizers split text where one kind of
+/// character (letter, digit, punctuation, space, control, non-ASCII) gives way to another,
+/// keeping a single space with the word after it.
+const LETTER_RUN_UNITS: u64 = 29;
+/// Where a run of digits starts (the digits themselves carry it).
+const DIGIT_RUN_UNITS: u64 = 0;
+/// Where a run of punctuation starts.
+const PUNCT_RUN_UNITS: u64 = 14;
+/// Where a run of spaces or line ends starts.
+const SPACE_RUN_UNITS: u64 = 0;
+/// Where any run starts right after a single space, which the tokenizer keeps with what
+/// follows (` the` is one token): what keeps a run of short words from being short.
+const LONE_SPACE_RUN_UNITS: u64 = 5;
+/// Where a run of control characters or of characters outside ASCII starts.
+const OTHER_RUN_UNITS: u64 = 13;
+/// A letter whose case differs from the letter before it (`aZbQ`, base64, camelCase).
 const CASE_FLIP_UNITS: u64 = 8;
 /// A consonant after a consonant (`xkcdq`): letters that make no common word.
-const CONSONANT_PAIR_UNITS: u64 = 8;
-/// The most text bytes one estimated token stands for (a run of spaces): every text byte
-/// weighs at least a sixth of a token.
-pub const MAX_TEXT_BYTES_PER_TOKEN: u64 = UNITS_PER_TOKEN.div_ceil(SPACE_UNITS);
+const CONSONANT_PAIR_UNITS: u64 = 5;
+/// The most text bytes one estimated token stands for (a run of spaces or of one letter):
+/// every text byte weighs at least this fraction of a token.
+pub const MAX_TEXT_BYTES_PER_TOKEN: u64 = UNITS_PER_TOKEN.div_ceil(if LETTER_UNITS < SPACE_UNITS {
+    LETTER_UNITS
+} else {
+    SPACE_UNITS
+});
 /// The most tokens one byte of text is estimated at (a character that normalization spells
 /// out in 18, such as U+FDFA, at the start of a run).
 pub const MAX_TOKENS_PER_TEXT_BYTE: u64 = 6;
@@ -82,6 +98,20 @@ enum Run {
     Space,
     Control,
     NonAscii,
+}
+
+impl Run {
+    /// What the start of a run of this kind weighs.
+    fn start_units(self) -> u64 {
+        match self {
+            Run::None => 0,
+            Run::Letter => LETTER_RUN_UNITS,
+            Run::Digit => DIGIT_RUN_UNITS,
+            Run::Punct => PUNCT_RUN_UNITS,
+            Run::Space => SPACE_RUN_UNITS,
+            Run::Control | Run::NonAscii => OTHER_RUN_UNITS,
+        }
+    }
 }
 
 /// Tokens beyond one per byte that a character outside ASCII may cost once compatibility
@@ -183,9 +213,11 @@ pub fn text_units(text: &str) -> u64 {
             }
         };
         if kind != run {
-            if !(run == Run::Space && lone_space) {
-                units += RUN_UNITS;
-            }
+            units += if run == Run::Space && lone_space {
+                LONE_SPACE_RUN_UNITS
+            } else {
+                kind.start_units()
+            };
             run = kind;
         }
     }
@@ -727,33 +759,46 @@ mod tests {
     #[test]
     fn text_is_weighed_by_its_kind() {
         assert_eq!(text_units(""), 0);
-        // A word, and a single space that goes with the next word (no boundary of its own).
+        // A word, and a single space that goes with the next word (a lighter boundary).
         assert_eq!(
             text_units("the"),
-            3 * LETTER_UNITS + CONSONANT_PAIR_UNITS + RUN_UNITS
+            3 * LETTER_UNITS + CONSONANT_PAIR_UNITS + LETTER_RUN_UNITS
         );
         assert_eq!(
-            text_units("the cat") - text_units("the") - text_units("cat"),
-            SPACE_UNITS
+            text_units("the cat") + LETTER_RUN_UNITS - text_units("the") - text_units("cat"),
+            SPACE_UNITS + LONE_SPACE_RUN_UNITS
         );
         // Two line ends do not go with the word after them.
         assert_eq!(
             text_units("the\n\ncat") - text_units("the") - text_units("cat"),
-            2 * SPACE_UNITS + RUN_UNITS
+            2 * SPACE_UNITS + SPACE_RUN_UNITS
         );
         // Letters in no language weigh more than a word of the same length.
         assert!(text_units("xQzKvB") > text_units("people"));
+        // camelCase and base64 flip case.
+        assert_eq!(text_units("aZ") - text_units("az"), CASE_FLIP_UNITS);
         // Every kind of boundary: letter, digit, punctuation, control.
         assert_eq!(
             text_units("a1!\u{1}"),
-            LETTER_UNITS + DIGIT_UNITS + PUNCT_UNITS + CONTROL_UNITS + 4 * RUN_UNITS
+            LETTER_UNITS
+                + DIGIT_UNITS
+                + PUNCT_UNITS
+                + CONTROL_UNITS
+                + LETTER_RUN_UNITS
+                + DIGIT_RUN_UNITS
+                + PUNCT_RUN_UNITS
+                + OTHER_RUN_UNITS
         );
-        // A character outside ASCII: a token a byte, more where normalization spells it out.
-        assert_eq!(text_units("é"), 2 * NON_ASCII_BYTE_UNITS + RUN_UNITS);
+        // A character outside ASCII: nearly a token a byte, more where normalization spells
+        // it out.
+        assert_eq!(text_units("é"), 2 * NON_ASCII_BYTE_UNITS + OTHER_RUN_UNITS);
         assert_eq!(tokens("東京"), 7);
-        assert_eq!(tokens("ﷺ"), 3 + 12 + 1);
+        assert_eq!(
+            text_units("ﷺ"),
+            3 * NON_ASCII_BYTE_UNITS + 12 * UNITS_PER_TOKEN + OTHER_RUN_UNITS
+        );
         // No byte weighs more than the bound the fuzz targets check.
-        for text in ["ﷺﷺﷺ", "\u{1}!\u{1}!", "aZaZaZ", "𝐀𝐁", "\u{f44}"] {
+        for text in ["ﷺﷺﷺ", "\u{1}!\u{1}!", "aZaZaZ", "𝐀𝐁", "\u{f44}", "aaaaaaaa"] {
             assert!(
                 tokens(text) <= MAX_TOKENS_PER_TEXT_BYTE * text.len() as u64,
                 "{text}"
