@@ -98,13 +98,15 @@ enum Run {
     Space,
     Control,
     NonAscii,
+    /// A UTF-8 continuation byte: part of the character its lead byte began.
+    Continuation,
 }
 
 impl Run {
     /// What the start of a run of this kind weighs.
-    fn start_units(self) -> u64 {
+    const fn start_units(self) -> u64 {
         match self {
-            Run::None => 0,
+            Run::None | Run::Continuation => 0,
             Run::Letter => LETTER_RUN_UNITS,
             Run::Digit => DIGIT_RUN_UNITS,
             Run::Punct => PUNCT_RUN_UNITS,
@@ -113,6 +115,47 @@ impl Run {
         }
     }
 }
+
+/// What the weighing knows of a byte value.
+#[derive(Clone, Copy)]
+struct ByteClass {
+    run: Run,
+    units: u64,
+    /// What the start of a run of this kind weighs.
+    start: u64,
+    /// A consonant letter.
+    consonant: bool,
+}
+
+const fn byte_class(b: u8) -> ByteClass {
+    let (run, units) = match b {
+        b'a'..=b'z' | b'A'..=b'Z' => (Run::Letter, LETTER_UNITS),
+        b'0'..=b'9' => (Run::Digit, DIGIT_UNITS),
+        b' ' | b'\n' | b'\t' | b'\r' => (Run::Space, SPACE_UNITS),
+        0..=0x1f | 0x7f => (Run::Control, CONTROL_UNITS),
+        0x21..=0x7e => (Run::Punct, PUNCT_UNITS),
+        0x80..=0xbf => (Run::Continuation, NON_ASCII_BYTE_UNITS),
+        _ => (Run::NonAscii, NON_ASCII_BYTE_UNITS),
+    };
+    ByteClass {
+        run,
+        units,
+        start: run.start_units(),
+        consonant: b.is_ascii_alphabetic()
+            && !matches!(b | 0x20, b'a' | b'e' | b'i' | b'o' | b'u' | b'y'),
+    }
+}
+
+/// Every byte value's class, so that weighing a byte is one load.
+static BYTE_CLASSES: [ByteClass; 256] = {
+    let mut table = [byte_class(0); 256];
+    let mut b = 0;
+    while b < 256 {
+        table[b] = byte_class(b as u8);
+        b += 1;
+    }
+    table
+};
 
 /// Tokens beyond one per byte that a character outside ASCII may cost once compatibility
 /// normalization (NFKC) has spelled it out: the most any character of the 64 that share its
@@ -157,68 +200,39 @@ pub fn text_units(text: &str) -> u64 {
     let bytes = text.as_bytes();
     let mut units = 0u64;
     let mut run = Run::None;
-    // The case and the consonant-ness of the letter before, while in a run of letters.
-    let mut upper = false;
+    // The byte before, and whether it was a consonant (read while in a run of letters).
+    let mut before = 0u8;
     let mut consonant = false;
-    // Whether the run before this one was a single space, which goes with the next word.
+    // Whether the run before this one is a single space, which goes with the next word.
     let mut lone_space = false;
-    let mut spaces = 0u64;
-    let mut at = 0usize;
-    for &b in bytes {
-        at += 1;
-        let kind = match b {
-            b'a'..=b'z' | b'A'..=b'Z' => {
-                let is_upper = b.is_ascii_uppercase();
-                let is_consonant = !matches!(b | 0x20, b'a' | b'e' | b'i' | b'o' | b'u' | b'y');
-                if run == Run::Letter {
-                    if is_upper != upper {
-                        units += CASE_FLIP_UNITS;
-                    }
-                    if is_consonant && consonant {
-                        units += CONSONANT_PAIR_UNITS;
-                    }
-                }
-                upper = is_upper;
-                consonant = is_consonant;
-                units += LETTER_UNITS;
-                Run::Letter
-            }
-            b'0'..=b'9' => {
-                units += DIGIT_UNITS;
-                Run::Digit
-            }
-            b' ' | b'\n' | b'\t' | b'\r' => {
-                units += SPACE_UNITS;
-                spaces = if run == Run::Space { spaces + 1 } else { 1 };
-                lone_space = spaces == 1 && b == b' ';
-                Run::Space
-            }
-            0..=0x1f | 0x7f => {
-                units += CONTROL_UNITS;
-                Run::Control
-            }
-            0x21..=0x7e => {
-                units += PUNCT_UNITS;
-                Run::Punct
-            }
-            0x80..=0xbf => {
-                // A continuation byte: part of the character its lead byte began.
-                units += NON_ASCII_BYTE_UNITS;
-                continue;
-            }
-            _ => {
-                let second = bytes.get(at).copied().unwrap_or(0);
-                units += NON_ASCII_BYTE_UNITS + expansion_tokens(b, second) * UNITS_PER_TOKEN;
-                Run::NonAscii
-            }
+    for (at, &b) in bytes.iter().enumerate() {
+        let Some(class) = BYTE_CLASSES.get(usize::from(b)) else {
+            continue;
         };
-        if kind != run {
+        units += class.units;
+        match class.run {
+            Run::Letter if run == Run::Letter => {
+                // A case flip shows in the bit that tells upper from lower case.
+                units += CASE_FLIP_UNITS * u64::from(((b ^ before) >> 5) & 1);
+                units += CONSONANT_PAIR_UNITS * u64::from(class.consonant && consonant);
+            }
+            Run::Space => lone_space = run != Run::Space && b == b' ',
+            Run::Continuation => continue,
+            Run::NonAscii => {
+                let second = bytes.get(at + 1).copied().unwrap_or(0);
+                units += expansion_tokens(b, second) * UNITS_PER_TOKEN;
+            }
+            _ => {}
+        }
+        before = b;
+        consonant = class.consonant;
+        if class.run != run {
             units += if run == Run::Space && lone_space {
                 LONE_SPACE_RUN_UNITS
             } else {
-                kind.start_units()
+                class.start
             };
-            run = kind;
+            run = class.run;
         }
     }
     units
