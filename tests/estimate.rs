@@ -385,7 +385,7 @@ fn check_floor(body: &Value, floor: f64) -> Result<(), TestCaseError> {
 /// 2,000 requests was 1.00, less a margin.
 const RANDOM_WORDS_FLOOR: f64 = 0.9;
 /// The least estimate / count allowed for lowercase gibberish: the least measured over
-/// 2,000 requests was 0.64, less a margin.
+/// 2,000 requests was 0.65, less a margin.
 const GIBBERISH_FLOOR: f64 = 0.6;
 
 proptest! {

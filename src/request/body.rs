@@ -193,11 +193,11 @@ impl ModelRewrite {
 }
 
 /// An estimate of a body's input tokens made before the upstream counts them, from its
-/// `system`, `messages` and `tools`: text weighed byte by byte so that no kind of text falls
-/// short of a byte-pair tokenizer's count, an image block at 1,600, a PDF by its pages, plus a
-/// few tokens per message and the tool prompt (the figures are in
-/// [`crate::request::estimate`]). On English this over-reserves about threefold; settlement
-/// returns the difference. Should it ever under-reserve, settlement charges the real count,
+/// `system`, `messages` and `tools`: text weighed byte by byte so that no kind of text but
+/// letters in no language falls short of a byte-pair tokenizer's count, an image block at
+/// 1,600, a PDF by its pages, plus a few tokens per message and the tool prompt (the figures
+/// are in [`crate::request::estimate`]). On English this over-reserves about 1.3–1.5×;
+/// settlement returns the difference. Should it ever under-reserve, settlement charges the real count,
 /// so the limit still holds over time.
 pub fn estimate_input_tokens(system: &System, messages: &Messages, tools: &Tools) -> u64 {
     let mut all = Tally::default();

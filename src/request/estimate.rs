@@ -1,19 +1,22 @@
 //! The input estimate a request is admitted with, read from its content blocks.
 //!
 //! A caller's `input_tpm` is charged this estimate before the answer and the real count after
-//! it, so the estimate must not fall short on any text, yet must not charge a base64 image or
-//! PDF byte by byte: a 1 MB photo is at most about 1,600 tokens to Anthropic, not 450,000. The
+//! it, so the estimate must not fall short on what people and programs send, yet must not run
+//! far over on English (a caller near its limit would wait for nothing) nor charge a base64
+//! image or PDF byte by byte: a 1 MB photo is at most about 1,600 tokens to Anthropic, not 450,000. The
 //! estimate is read while [`super::body::inspect`] parses the body, in the same pass: strings
 //! are measured where they lie (never copied when they carry no escapes), and every value
 //! whose shape is not a known one is skipped by serde_json's iterative skipper, so hostile
 //! nesting costs neither a copy nor stack.
 //!
 //! Text is weighed byte by byte ([`text_units`]), by what a byte-pair tokenizer makes of it:
-//! a word of English is about one token, but letters in no language, punctuation runs, digits
-//! and base64 come close to a token per byte or two, and a character outside ASCII can be a
-//! token per byte (more where compatibility normalization spells it out in several). The
-//! weights were fitted against the Claude tokenizer on the corpora of `tests/estimate.rs`, so
-//! that no text there is estimated below its count; `docs/estimate.md` has the figures.
+//! a word of English is about one token however long, so a word weighs mostly where it
+//! starts; punctuation runs, digits and base64 come close to a token per byte or two, and a
+//! character outside ASCII can be a token per byte (more where compatibility normalization
+//! spells it out in several). The weights were fitted against the Claude tokenizer on the
+//! corpora of `tests/estimate.rs`, so that no text there is estimated below its count but
+//! letters in no language (random-letter words, gibberish), which may come to 0.6 of it;
+//! `docs/estimate.md` has the figures.
 
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
@@ -147,6 +150,8 @@ const fn byte_class(b: u8) -> ByteClass {
 }
 
 /// Every byte value's class, so that weighing a byte is one load.
+// Built at compile time, where an index out of bounds fails the build, never a request.
+#[allow(clippy::indexing_slicing)]
 static BYTE_CLASSES: [ByteClass; 256] = {
     let mut table = [byte_class(0); 256];
     let mut b = 0;
