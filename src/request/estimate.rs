@@ -15,7 +15,8 @@
 //! character outside ASCII can be a token per byte (more where compatibility normalization
 //! spells it out in several). The weights were fitted against the Claude tokenizer on the
 //! corpora of `tests/estimate.rs`, so that no text there is estimated below its count but
-//! letters in no language (random-letter words, gibberish), which may come to 0.6 of it;
+//! letters in no language (random-letter words, gibberish) and runs of one- and two-letter
+//! words, which may come to about 0.6 of it;
 //! `docs/estimate.md` has the figures.
 
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
@@ -828,6 +829,16 @@ mod tests {
             );
         }
         assert!(tokens(&" ".repeat(600)) >= 600 / MAX_TEXT_BYTES_PER_TOKEN);
+    }
+
+    #[test]
+    fn runs_of_short_words() {
+        // The tokenizer counts each of these 1,000 words as one token: the shortest words are
+        // estimated short (`docs/estimate.md`), from four letters on they are not.
+        assert_eq!(tokens(&" a".repeat(1000)), 563);
+        assert_eq!(tokens(&" of".repeat(1000)), 688);
+        assert_eq!(tokens(&" the".repeat(1000)), 1125);
+        assert_eq!(tokens(&"word ".repeat(1000)), 1252);
     }
 
     #[test]
