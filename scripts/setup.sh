@@ -9,7 +9,8 @@ cd "$(dirname "$0")/.."
 
 ./scripts/toolchain.sh
 
-# npm packages: reinstall only when the lock file changed since the last install.
+# npm packages: reinstall only when the lock file changed since the last install. They include
+# the Claude tokenizer's ranks (@anthropic-ai/tokenizer), which the simulator reads at start.
 if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
   npm ci --no-audit --no-fund
 fi

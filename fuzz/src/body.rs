@@ -8,16 +8,16 @@
 //! - a body is accepted only if it is UTF-8 and one JSON object (after whitespace or a BOM);
 //! - an accepted `/v1/messages` body has a non-empty `model` of at most 256 bytes and
 //!   `max_tokens` ≥ 1, agreeing with what a full JSON parse of those fields reads;
-//! - the input estimate is at least a third of the text it reads (strings of `system`,
-//!   message `content`, `text` fields) and at most a third of the body plus the fixed
-//!   figures of its image and document blocks, messages and tools: base64 data is never
-//!   what makes it large;
+//! - the input estimate weighs every byte of the text it reads (strings of `system`, message
+//!   `content`, `text` fields) at least as the lightest kind of text, and is at most the
+//!   heaviest weight a byte can have times the body's length, plus the fixed figures of its
+//!   image and document blocks, messages, tools and the request;
 //! - a refusal is a 400 `invalid_request_error` with a message.
 
 use breakwater::request::body::inspect;
 use breakwater::request::estimate::{
-    IMAGE_TOKENS, MESSAGE_TOKENS, PDF_MAX_PAGES, PDF_PAGE_TOKENS, TOOLS_PROMPT_TOKENS,
-    UNSEEN_DOCUMENT_TOKENS,
+    IMAGE_TOKENS, MAX_TEXT_BYTES_PER_TOKEN, MAX_TOKENS_PER_TEXT_BYTE, MESSAGE_TOKENS,
+    PDF_MAX_PAGES, PDF_PAGE_TOKENS, REQUEST_TOKENS, TOOLS_PROMPT_TOKENS, UNSEEN_DOCUMENT_TOKENS,
 };
 use breakwater::request::route::Route;
 use serde_json::Value;
@@ -142,13 +142,13 @@ pub fn check(data: &[u8]) {
                     .sum::<u64>()
                     + map.get("system").map_or(0, |s| text_bytes(s, 0));
                 assert!(
-                    estimate >= text / 3,
-                    "estimate {estimate} below a third of {text} text bytes"
+                    estimate >= text / MAX_TEXT_BYTES_PER_TOKEN,
+                    "estimate {estimate} below the lightest weight of {text} text bytes"
                 );
                 let (images, documents) = blocks(&Value::Object(map.clone()));
                 let per_document = (PDF_MAX_PAGES * PDF_PAGE_TOKENS).max(UNSEEN_DOCUMENT_TOKENS);
-                let ceiling = body.len() as u64 / 3
-                    + 1
+                let ceiling = body.len() as u64 * MAX_TOKENS_PER_TEXT_BYTE
+                    + REQUEST_TOKENS
                     + messages.len() as u64 * MESSAGE_TOKENS
                     + TOOLS_PROMPT_TOKENS
                     + images * IMAGE_TOKENS

@@ -11,6 +11,7 @@ use serde_json::{json, Value};
 
 use crate::respond::mix64;
 use crate::text::{delta_text, Words};
+use crate::tokens::text_tokens;
 
 /// A validated chat completion request.
 pub struct ChatRequest {
@@ -65,9 +66,9 @@ pub fn parse(body: &[u8]) -> Result<ChatRequest, String> {
     if max_tokens == Some(0) {
         return Err("max_tokens: must be at least 1".to_string());
     }
-    let chars: usize = messages
+    let prompt_tokens: u64 = messages
         .iter()
-        .map(|m| m.get("content").map_or(0, |c| text_of(c).chars().count()))
+        .map(|m| m.get("content").map_or(0, |c| text_tokens(&text_of(c))))
         .sum();
     let prompt = messages
         .iter()
@@ -84,7 +85,7 @@ pub fn parse(body: &[u8]) -> Result<ChatRequest, String> {
             .pointer("/stream_options/include_usage")
             .and_then(Value::as_bool)
             == Some(true),
-        prompt_tokens: (chars as u64).div_ceil(4).max(1),
+        prompt_tokens: prompt_tokens.max(1),
         prompt,
     })
 }

@@ -30,6 +30,7 @@ pub mod sse;
 pub mod state;
 pub mod store;
 pub mod text;
+pub mod tokens;
 
 use std::convert::Infallible;
 use std::io;
@@ -112,6 +113,8 @@ impl Drop for ServerHandle {
 
 /// Binds and starts the simulator in the current Tokio runtime.
 pub async fn serve(config: Config) -> io::Result<(SocketAddr, ServerHandle)> {
+    // Every answer counts tokens: without the tokenizer the simulator does not start.
+    tokens::tokenizer().map_err(|e| io::Error::new(io::ErrorKind::NotFound, e))?;
     let listener = bind(&config.host, config.port).await?;
     let addr = listener.local_addr()?;
     let state = Arc::new(State::new(&config));

@@ -19,6 +19,10 @@ A simulated Anthropic Messages API upstream.
   -h, --help      show this help
   -V, --version   show the version
 
+Input tokens are counted with the Claude tokenizer's ranks, read from
+node_modules/@anthropic-ai/tokenizer/claude.json (`npm ci`) or the file named by
+BREAKWATER_SIM_VOCAB.
+
 Prints `listening on http://HOST:PORT` once ready. Control API: /_sim/*.";
 
 fn parse_args(args: impl Iterator<Item = String>) -> Result<Option<Config>, String> {
@@ -79,7 +83,7 @@ async fn main() -> ExitCode {
     let (addr, handle) = match serve(config).await {
         Ok(x) => x,
         Err(e) => {
-            eprintln!("breakwater-sim: cannot listen: {e}");
+            eprintln!("breakwater-sim: cannot start: {e}");
             return ExitCode::from(1);
         }
     };

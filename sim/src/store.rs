@@ -268,7 +268,7 @@ impl Batch {
                     "content": [{"type": "text", "text": text}],
                     "stop_reason": if tokens < crate::api::DEFAULT_TOKENS { "max_tokens" } else { "end_turn" },
                     "stop_sequence": null,
-                    "usage": {"input_tokens": (prompt.chars().count() as u64).div_ceil(4).max(1), "output_tokens": tokens},
+                    "usage": {"input_tokens": crate::tokens::text_tokens(&prompt).max(1), "output_tokens": tokens},
                 }})
             };
             let line = json!({"custom_id": custom_id, "result": result});

@@ -1,11 +1,11 @@
-//! Deterministic answer text and token arithmetic: one word is one output
-//! token, and input tokens are characters / 4 of the text, plus a fixed figure
-//! per image and per PDF page, so every answer is reproducible from the request
-//! (and `--seed`).
+//! Deterministic answer text and the input count: one word is one output token, and input
+//! tokens are what [`crate::tokens`] counts in the request's text, images and documents, so
+//! every answer is reproducible from the request (and `--seed`).
 
 use serde_json::Value;
 
 use crate::respond::{fnv1a, mix64};
+use crate::tokens::{image_block_tokens, text_tokens, MAX_IMAGE_TOKENS};
 
 pub const WORDS: &[&str] = &[
     "the", "quick", "brown", "fox", "jumps", "over", "a", "lazy", "dog", "while", "river",
@@ -46,75 +46,69 @@ pub fn delta_text(word: &str, pad: &str) -> String {
     s
 }
 
-/// Tokens of one image block, whatever its source: Anthropic charges about
-/// width x height / 750, at most about 1,600 for an image scaled to fit, and the
-/// simulator does not decode images, so it charges the ceiling.
-pub const IMAGE_TOKENS: u64 = 1_600;
-/// Tokens of one PDF page (its text and the image of the page).
-pub const PDF_PAGE_TOKENS: u64 = 3_000;
 /// The system prompt Anthropic adds to a request that defines tools.
 pub const TOOLS_PROMPT_TOKENS: u64 = 346;
+/// What marks a user's turn, counted with the tokenizer (the prompt form the Claude
+/// tokenizer was made for).
+pub const USER_TURN: &str = "\n\nHuman:";
+/// What marks the assistant's turn, and closes the prompt.
+pub const ASSISTANT_TURN: &str = "\n\nAssistant:";
 
-/// What a request's input is made of: text characters (4 to a token) and
-/// tokens charged per block (images, PDF pages).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Tally {
-    pub chars: u64,
-    pub tokens: u64,
-}
-
-/// Adds every piece of text in a system prompt or a message `content`
-/// (strings, text blocks, tool results, tool inputs), every image and every
-/// document to the tally.
-pub fn tally(v: &Value, t: &mut Tally) {
+/// Adds the tokens of every piece of text in a system prompt or a message `content`
+/// (strings, text blocks, tool results, tool inputs), every image and every document.
+pub fn tally(v: &Value) -> u64 {
     match v {
-        Value::String(s) => t.chars += s.chars().count() as u64,
-        Value::Array(items) => items.iter().for_each(|item| tally(item, t)),
+        Value::String(s) => text_tokens(s),
+        Value::Array(items) => items.iter().map(tally).sum(),
         Value::Object(obj) => match obj.get("type").and_then(Value::as_str) {
-            Some("image") => t.tokens += IMAGE_TOKENS,
-            Some("document") => document(obj.get("source"), t),
+            Some("image") => image_block_tokens(obj.get("source")),
+            Some("document") => document(obj.get("source")),
             _ => {
+                let mut n = 0;
                 if let Some(Value::String(text)) = obj.get("text") {
-                    t.chars += text.chars().count() as u64;
+                    n += text_tokens(text);
                 }
                 if let Some(c) = obj.get("content") {
-                    tally(c, t);
+                    n += tally(c);
                 }
                 if let Some(input) = obj.get("input") {
-                    t.chars += input.to_string().chars().count() as u64;
+                    n += text_tokens(&input.to_string());
                 }
+                n
             }
         },
-        _ => {}
+        _ => 0,
     }
 }
 
-/// A document block: plain text by its characters, a content source by its
-/// blocks, a base64 PDF by its pages; one the simulator cannot see (a URL, a
-/// file id) as one page.
-fn document(source: Option<&Value>, t: &mut Tally) {
+/// A document block: plain text by its tokens, a content source by its blocks, a base64
+/// PDF by its pages; one the simulator cannot see (a URL, a file id) as one page.
+fn document(source: Option<&Value>) -> u64 {
     let source = source.and_then(Value::as_object);
     let kind = source.and_then(|s| s.get("type")).and_then(Value::as_str);
     let data = source.and_then(|s| s.get("data")).and_then(Value::as_str);
     match (kind, data) {
-        (Some("text"), Some(text)) => t.chars += text.chars().count() as u64,
-        (Some("content"), _) => {
-            if let Some(c) = source.and_then(|s| s.get("content")) {
-                tally(c, t);
-            }
-        }
-        (Some("base64"), Some(data)) => t.tokens += pdf_pages(data) * PDF_PAGE_TOKENS,
-        _ => t.tokens += PDF_PAGE_TOKENS,
+        (Some("text"), Some(text)) => text_tokens(text),
+        (Some("content"), _) => source.and_then(|s| s.get("content")).map_or(0, tally),
+        (Some("base64"), Some(data)) => pdf_tokens(data),
+        _ => MAX_IMAGE_TOKENS,
     }
 }
 
-/// The pages of a base64 PDF: its `/Type /Page` objects (not `/Pages`), at
-/// least one.
-pub fn pdf_pages(base64_data: &str) -> u64 {
+/// A base64 PDF: every page as an image (at [`MAX_IMAGE_TOKENS`], a page rendered at any
+/// usual resolution is scaled to the cap), plus the tokens of its text. The text is what
+/// the text-showing operators of its uncompressed content streams hold; text inside
+/// compressed streams is not seen.
+pub fn pdf_tokens(base64_data: &str) -> u64 {
     use base64::Engine as _;
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(base64_data.trim())
         .unwrap_or_default();
+    pdf_pages(&bytes) * MAX_IMAGE_TOKENS + text_tokens(&pdf_text(&bytes))
+}
+
+/// The pages of a PDF: its `/Type /Page` objects (not `/Pages`), at least one.
+pub fn pdf_pages(bytes: &[u8]) -> u64 {
     let mut pages = 0u64;
     for marker in [&b"/Type /Page"[..], &b"/Type/Page"[..]] {
         pages += bytes
@@ -125,30 +119,91 @@ pub fn pdf_pages(base64_data: &str) -> u64 {
     pages.max(1)
 }
 
-/// Input tokens of a request: `ceil(chars / 4)` of all text in `system` and
-/// the messages, plus the blocks' tokens, plus the tool definitions (their JSON
-/// at 4 characters a token, and the tool prompt); at least 1.
-pub fn input_tokens(system: Option<&Value>, messages: &[Value], tools: Option<&Value>) -> u64 {
-    let mut t = Tally::default();
-    if let Some(s) = system {
-        tally(s, &mut t);
-    }
-    for m in messages {
-        if let Some(c) = m.get("content") {
-            tally(c, &mut t);
+/// The literal strings between `BT` and `ET` (a text object), with their escapes undone,
+/// one text object to a line.
+pub fn pdf_text(bytes: &[u8]) -> String {
+    let mut out = Vec::new();
+    let mut in_text = false;
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        let word = |w: &[u8]| {
+            bytes.get(i..i + 2) == Some(w)
+                && i.checked_sub(1)
+                    .and_then(|p| bytes.get(p))
+                    .is_none_or(|c| !c.is_ascii_alphanumeric())
+                && bytes.get(i + 2).is_none_or(|c| !c.is_ascii_alphanumeric())
+        };
+        if !in_text && word(b"BT") {
+            in_text = true;
+            i += 2;
+        } else if in_text && word(b"ET") {
+            in_text = false;
+            out.push(b'\n');
+            i += 2;
+        } else if in_text && b == b'(' {
+            // A literal string: balanced parentheses, backslash escapes.
+            let mut depth = 1;
+            i += 1;
+            while let Some(&c) = bytes.get(i) {
+                i += 1;
+                match c {
+                    b'\\' => {
+                        if let Some(&e) = bytes.get(i) {
+                            i += 1;
+                            out.push(match e {
+                                b'n' => b'\n',
+                                b'r' => b'\r',
+                                b't' => b'\t',
+                                other => other,
+                            });
+                        }
+                    }
+                    b'(' => {
+                        depth += 1;
+                        out.push(c);
+                    }
+                    b')' => {
+                        depth -= 1;
+                        if depth == 0 {
+                            break;
+                        }
+                        out.push(c);
+                    }
+                    _ => out.push(c),
+                }
+            }
+        } else {
+            i += 1;
         }
     }
-    let mut tool_tokens = 0;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Input tokens of a request: the tokens of all text in `system` and the messages, each
+/// turn's marker and the closing assistant marker, the blocks' tokens, and the tool
+/// definitions (their JSON, and the tool prompt); at least 1.
+pub fn input_tokens(system: Option<&Value>, messages: &[Value], tools: Option<&Value>) -> u64 {
+    let mut n = system.map_or(0, tally);
+    for m in messages {
+        let marker = match m.get("role").and_then(Value::as_str) {
+            Some("assistant") => ASSISTANT_TURN,
+            _ => USER_TURN,
+        };
+        n += text_tokens(marker) + m.get("content").map_or(0, tally);
+    }
+    if !messages.is_empty() {
+        n += text_tokens(ASSISTANT_TURN);
+    }
     if let Some(Value::Array(defs)) = tools {
         if !defs.is_empty() {
-            let chars: u64 = defs
+            n += defs
                 .iter()
-                .map(|d| d.to_string().chars().count() as u64)
-                .sum();
-            tool_tokens = chars.div_ceil(4) + TOOLS_PROMPT_TOKENS;
+                .map(|d| text_tokens(&d.to_string()))
+                .sum::<u64>()
+                + TOOLS_PROMPT_TOKENS;
         }
     }
-    (t.chars.div_ceil(4) + t.tokens + tool_tokens).max(1)
+    n.max(1)
 }
 
 /// The text of the last user message (seeds the answer's words).
@@ -170,41 +225,61 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    fn turn_markers() -> u64 {
+        text_tokens(USER_TURN) + text_tokens(ASSISTANT_TURN)
+    }
+
     #[test]
-    fn token_estimate() {
-        let msgs = vec![json!({"role": "user", "content": "abcde"})];
-        assert_eq!(input_tokens(None, &msgs, None), 2);
-        assert_eq!(input_tokens(Some(&json!("abc")), &msgs, None), 2);
-        let blocks =
-            vec![json!({"role": "user", "content": [{"type": "text", "text": "abcdefghi"}]})];
-        assert_eq!(input_tokens(None, &blocks, None), 3);
+    fn text_through_the_tokenizer() {
+        let msgs = vec![json!({"role": "user", "content": "hello world"})];
+        assert_eq!(input_tokens(None, &msgs, None), 2 + turn_markers());
         assert_eq!(
-            input_tokens(None, &[json!({"role": "user", "content": ""})], None),
-            1
+            input_tokens(Some(&json!("hello world")), &msgs, None),
+            4 + turn_markers()
         );
+        let blocks = vec![
+            json!({"role": "user", "content": [{"type": "text", "text": "12345678901234567890"}]}),
+        ];
+        assert_eq!(input_tokens(None, &blocks, None), 3 + turn_markers());
+        assert_eq!(input_tokens(None, &[], None), 1);
     }
 
     #[test]
     fn images_documents_and_tools() {
-        let image = json!({"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "A".repeat(100_000)}});
-        let msgs =
-            vec![json!({"role": "user", "content": [image, {"type": "text", "text": "abcd"}]})];
-        assert_eq!(input_tokens(None, &msgs, None), 1 + IMAGE_TOKENS);
         use base64::Engine as _;
-        let pdf = "%PDF-1.4 1 0 obj << /Type /Pages /Count 2 >> 2 0 obj << /Type /Page >> 3 0 obj <</Type/Page>>";
-        let data = base64::engine::general_purpose::STANDARD.encode(pdf);
-        assert_eq!(pdf_pages(&data), 2);
-        let doc = json!({"type": "document", "source": {"type": "base64", "media_type": "application/pdf", "data": data}});
-        let text_doc = json!({"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": "abcdefgh"}});
+        let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+        // Data that is no image it can read: the most a scaled image costs.
+        let unknown = json!({"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "A".repeat(100_000)}});
+        let by_url =
+            json!({"type": "image", "source": {"type": "url", "url": "https://example.com/a.png"}});
+        let mut gif = b"GIF89a".to_vec();
+        gif.extend_from_slice(&[200, 0, 200, 0]);
+        let small = json!({"type": "image", "source": {"type": "base64", "media_type": "image/gif", "data": b64(&gif)}});
+        let msgs = vec![json!({"role": "user", "content": [unknown, by_url, small]})];
+        assert_eq!(
+            input_tokens(None, &msgs, None),
+            2 * MAX_IMAGE_TOKENS + 54 + turn_markers()
+        );
+        let pdf = "%PDF-1.4 1 0 obj << /Type /Pages /Count 2 >> 2 0 obj << /Type /Page >> 3 0 obj <</Type/Page>> stream BT /F1 12 Tf (hello \\(world\\)) Tj ET endstream";
+        assert_eq!(pdf_pages(pdf.as_bytes()), 2);
+        assert_eq!(pdf_text(pdf.as_bytes()), "hello (world)\n");
+        let doc = json!({"type": "document", "source": {"type": "base64", "media_type": "application/pdf", "data": b64(pdf.as_bytes())}});
+        let text_doc = json!({"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": "hello world"}});
         let msgs = vec![json!({"role": "user", "content": [doc, text_doc]})];
-        assert_eq!(input_tokens(None, &msgs, None), 2 * PDF_PAGE_TOKENS + 2);
+        assert_eq!(
+            input_tokens(None, &msgs, None),
+            2 * MAX_IMAGE_TOKENS + text_tokens("hello (world)\n") + 2 + turn_markers()
+        );
         let tools = json!([{"name": "x", "input_schema": {}}]);
-        let plain = vec![json!({"role": "user", "content": "abcd"})];
+        let plain = vec![json!({"role": "user", "content": "hello world"})];
         assert_eq!(
             input_tokens(None, &plain, Some(&tools)),
-            1 + 8 + TOOLS_PROMPT_TOKENS
+            2 + turn_markers() + text_tokens(&tools[0].to_string()) + TOOLS_PROMPT_TOKENS
         );
-        assert_eq!(input_tokens(None, &plain, Some(&json!([]))), 1);
+        assert_eq!(
+            input_tokens(None, &plain, Some(&json!([]))),
+            2 + turn_markers()
+        );
     }
 
     #[test]

@@ -1,21 +1,74 @@
 //! The input estimate a request is admitted with, read from its content blocks.
 //!
 //! A caller's `input_tpm` is charged this estimate before the answer and the real count after
-//! it, so the estimate must not fall short on text, yet must not charge a base64 image or PDF
-//! byte by byte: a 1 MB photo is about 1,600 tokens to Anthropic, not 450,000. The estimate is
-//! read while [`super::body::inspect`] parses the body, in the same pass: strings are measured
-//! where they lie (never copied when they carry no escapes), and every value whose shape is
-//! not a known one is skipped by serde_json's iterative skipper, so hostile nesting costs
-//! neither a copy nor stack.
+//! it, so the estimate must not fall short on what people and programs send, yet must not run
+//! far over on English (a caller near its limit would wait for nothing) nor charge a base64
+//! image or PDF byte by byte: a 1 MB photo is at most about 1,600 tokens to Anthropic, not 450,000. The
+//! estimate is read while [`super::body::inspect`] parses the body, in the same pass: strings
+//! are measured where they lie (never copied when they carry no escapes), and every value
+//! whose shape is not a known one is skipped by serde_json's iterative skipper, so hostile
+//! nesting costs neither a copy nor stack.
+//!
+//! Text is weighed byte by byte ([`text_units`]), by what a byte-pair tokenizer makes of it:
+//! a word of English is about one token however long, so a word weighs mostly where it
+//! starts; punctuation runs, digits and base64 come close to a token per byte or two, and a
+//! character outside ASCII can be a token per byte (more where compatibility normalization
+//! spells it out in several). The weights were fitted against the Claude tokenizer on the
+//! corpora of `tests/estimate.rs`, so that no text there is estimated below its count but
+//! letters in no language (random-letter words, gibberish) and runs of one- and two-letter
+//! words, which may come to about 0.6 of it;
+//! `docs/estimate.md` has the figures.
 
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use std::fmt;
 
-/// Text: one token per three bytes. Tokenizers average about four bytes per token for English
-/// and code and more for most other scripts, so this does not fall short on text.
-pub const TEXT_BYTES_PER_TOKEN: u64 = 3;
+/// Text weights are in sixteenths of a token.
+pub const UNITS_PER_TOKEN: u64 = 16;
+/// An ASCII letter: a word of English is about one token, most of it carried by where the
+/// word starts ([`LETTER_RUN_UNITS`]) rather than by its length.
+const LETTER_UNITS: u64 = 2;
+/// An ASCII digit.
+const DIGIT_UNITS: u64 = 8;
+/// ASCII punctuation and symbols.
+const PUNCT_UNITS: u64 = 10;
+/// A space, tab or line end.
+const SPACE_UNITS: u64 = 2;
+/// Any other ASCII control character.
+const CONTROL_UNITS: u64 = 16;
+/// Each byte of a character outside ASCII: a byte-pair tokenizer spells a rare character
+/// byte by byte, and merges a common one into a token or two.
+const NON_ASCII_BYTE_UNITS: u64 = 14;
+/// Where a run of letters starts (a word): tokenizers split text where one kind of
+/// character (letter, digit, punctuation, space, control, non-ASCII) gives way to another,
+/// keeping a single space with the word after it.
+const LETTER_RUN_UNITS: u64 = 29;
+/// Where a run of digits starts (the digits themselves carry it).
+const DIGIT_RUN_UNITS: u64 = 0;
+/// Where a run of punctuation starts.
+const PUNCT_RUN_UNITS: u64 = 14;
+/// Where a run of spaces or line ends starts.
+const SPACE_RUN_UNITS: u64 = 0;
+/// Where any run starts right after a single space, which the tokenizer keeps with what
+/// follows (` the` is one token): what keeps a run of short words from being short.
+const LONE_SPACE_RUN_UNITS: u64 = 5;
+/// Where a run of control characters or of characters outside ASCII starts.
+const OTHER_RUN_UNITS: u64 = 13;
+/// A letter whose case differs from the letter before it (`aZbQ`, base64, camelCase).
+const CASE_FLIP_UNITS: u64 = 8;
+/// A consonant after a consonant (`xkcdq`): letters that make no common word.
+const CONSONANT_PAIR_UNITS: u64 = 5;
+/// The most text bytes one estimated token stands for (a run of spaces or of one letter):
+/// every text byte weighs at least this fraction of a token.
+pub const MAX_TEXT_BYTES_PER_TOKEN: u64 = UNITS_PER_TOKEN.div_ceil(if LETTER_UNITS < SPACE_UNITS {
+    LETTER_UNITS
+} else {
+    SPACE_UNITS
+});
+/// The most tokens one byte of text is estimated at (a character that normalization spells
+/// out in 18, such as U+FDFA, at the start of a run).
+pub const MAX_TOKENS_PER_TEXT_BYTE: u64 = 6;
 /// An image block, whatever its source: Anthropic charges about width·height/750 tokens, at
 /// most about 1,600 once the image is scaled to fit. The proxy does not decode images.
 pub const IMAGE_TOKENS: u64 = 1_600;
@@ -32,43 +85,202 @@ pub const UNSEEN_DOCUMENT_TOKENS: u64 = 10 * PDF_PAGE_TOKENS;
 pub const TOOLS_PROMPT_TOKENS: u64 = 350;
 /// Per message: the turn's role and the markers around it.
 pub const MESSAGE_TOKENS: u64 = 4;
+/// Per request: the marker of the assistant's turn that closes the prompt, and one for
+/// rounding.
+pub const REQUEST_TOKENS: u64 = 5;
 /// How deep content blocks are followed through `content` (a tool result's blocks, a
 /// document's content source); deeper ones are counted as text.
 const MAX_BLOCK_DEPTH: u32 = 3;
 
-/// What a part of the body costs: text bytes and tokens charged per block.
+/// The kinds of character whose boundaries a tokenizer splits at.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Run {
+    None,
+    Letter,
+    Digit,
+    Punct,
+    Space,
+    Control,
+    NonAscii,
+    /// A UTF-8 continuation byte: part of the character its lead byte began.
+    Continuation,
+}
+
+impl Run {
+    /// What the start of a run of this kind weighs.
+    const fn start_units(self) -> u64 {
+        match self {
+            Run::None | Run::Continuation => 0,
+            Run::Letter => LETTER_RUN_UNITS,
+            Run::Digit => DIGIT_RUN_UNITS,
+            Run::Punct => PUNCT_RUN_UNITS,
+            Run::Space => SPACE_RUN_UNITS,
+            Run::Control | Run::NonAscii => OTHER_RUN_UNITS,
+        }
+    }
+}
+
+/// What the weighing knows of a byte value.
+#[derive(Clone, Copy)]
+struct ByteClass {
+    run: Run,
+    units: u64,
+    /// What the start of a run of this kind weighs.
+    start: u64,
+    /// A consonant letter.
+    consonant: bool,
+}
+
+const fn byte_class(b: u8) -> ByteClass {
+    let (run, units) = match b {
+        b'a'..=b'z' | b'A'..=b'Z' => (Run::Letter, LETTER_UNITS),
+        b'0'..=b'9' => (Run::Digit, DIGIT_UNITS),
+        b' ' | b'\n' | b'\t' | b'\r' => (Run::Space, SPACE_UNITS),
+        0..=0x1f | 0x7f => (Run::Control, CONTROL_UNITS),
+        0x21..=0x7e => (Run::Punct, PUNCT_UNITS),
+        0x80..=0xbf => (Run::Continuation, NON_ASCII_BYTE_UNITS),
+        _ => (Run::NonAscii, NON_ASCII_BYTE_UNITS),
+    };
+    ByteClass {
+        run,
+        units,
+        start: run.start_units(),
+        consonant: b.is_ascii_alphabetic()
+            && !matches!(b | 0x20, b'a' | b'e' | b'i' | b'o' | b'u' | b'y'),
+    }
+}
+
+/// Every byte value's class, so that weighing a byte is one load.
+// Built at compile time, where an index out of bounds fails the build, never a request.
+#[allow(clippy::indexing_slicing)]
+static BYTE_CLASSES: [ByteClass; 256] = {
+    let mut table = [byte_class(0); 256];
+    let mut b = 0;
+    while b < 256 {
+        table[b] = byte_class(b as u8);
+        b += 1;
+    }
+    table
+};
+
+/// Tokens beyond one per byte that a character outside ASCII may cost once compatibility
+/// normalization (NFKC) has spelled it out: the most any character of the 64 that share its
+/// first two UTF-8 bytes costs to the Claude tokenizer (`ﷺ`, U+FDFA, is 15 tokens in 3
+/// bytes). Every other character costs at most one token per byte.
+fn expansion_tokens(lead: u8, second: u8) -> u64 {
+    match (lead, second) {
+        (0xef, 0xb7) => 12,
+        (0xe0, 0xbd) => 6,
+        (0xe2, 0xa8) | (0xf0, 0x9d) => 5,
+        (0xe3, 0x8d) => 4,
+        (0xe0, 0xa8 | 0xa9 | 0xad | 0xba | 0xbb | 0xbe)
+        | (0xe2, 0x80 | 0x88)
+        | (0xe3, 0x88 | 0x8c)
+        | (0xef, 0xb3) => 3,
+        (0xcd, 0x84)
+        | (0xce, 0x85)
+        | (0xd6, 0x87)
+        | (0xd9, 0xb7)
+        | (0xe2, 0xab)
+        | (0xe3, 0x8e)
+        | (0xef, 0xac | 0xb1)
+        | (0xf0, 0x9f) => 2,
+        (0xc2, 0xbc..=0xbe)
+        | (0xc5, 0x89)
+        | (0xc7, 0x84)
+        | (0xcd, 0xba)
+        | (0xd9, 0xb5 | 0xb6 | 0xb8)
+        | (0xe0, 0xa5 | 0xa7)
+        | (0xe1, 0xbf)
+        | (0xe3, 0x89 | 0x8f)
+        | (0xef, 0xad | 0xaf | 0xb5 | 0xb6 | 0xb9) => 1,
+        _ => 0,
+    }
+}
+
+/// The weight of a piece of text, in [`UNITS_PER_TOKEN`]ths of a token: one pass over its
+/// bytes, each weighed by its kind, plus the boundaries between kinds, case flips and
+/// consonant pairs that mark letters in no language.
+#[must_use]
+pub fn text_units(text: &str) -> u64 {
+    let bytes = text.as_bytes();
+    let mut units = 0u64;
+    let mut run = Run::None;
+    // The byte before, and whether it was a consonant (read while in a run of letters).
+    let mut before = 0u8;
+    let mut consonant = false;
+    // Whether the run before this one is a single space, which goes with the next word.
+    let mut lone_space = false;
+    for (at, &b) in bytes.iter().enumerate() {
+        let Some(class) = BYTE_CLASSES.get(usize::from(b)) else {
+            continue;
+        };
+        units += class.units;
+        match class.run {
+            Run::Letter if run == Run::Letter => {
+                // A case flip shows in the bit that tells upper from lower case.
+                units += CASE_FLIP_UNITS * u64::from(((b ^ before) >> 5) & 1);
+                units += CONSONANT_PAIR_UNITS * u64::from(class.consonant && consonant);
+            }
+            Run::Space => lone_space = run != Run::Space && b == b' ',
+            Run::Continuation => continue,
+            Run::NonAscii => {
+                let second = bytes.get(at + 1).copied().unwrap_or(0);
+                units += expansion_tokens(b, second) * UNITS_PER_TOKEN;
+            }
+            _ => {}
+        }
+        before = b;
+        consonant = class.consonant;
+        if class.run != run {
+            units += if run == Run::Space && lone_space {
+                LONE_SPACE_RUN_UNITS
+            } else {
+                class.start
+            };
+            run = class.run;
+        }
+    }
+    units
+}
+
+/// What a part of the body costs: text (in [`UNITS_PER_TOKEN`]ths of a token) and tokens
+/// charged per block.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Tally {
-    pub text_bytes: u64,
+    pub text_units: u64,
     pub block_tokens: u64,
 }
 
 impl Tally {
-    fn text(bytes: usize) -> Tally {
+    fn text(text: &str) -> Tally {
         Tally {
-            text_bytes: bytes as u64,
+            text_units: text_units(text),
             block_tokens: 0,
         }
     }
 
     fn tokens(tokens: u64) -> Tally {
         Tally {
-            text_bytes: 0,
+            text_units: 0,
             block_tokens: tokens,
         }
     }
 
-    fn add(&mut self, other: Tally) {
-        self.text_bytes = self.text_bytes.saturating_add(other.text_bytes);
+    /// Adds another part.
+    pub fn add(&mut self, other: Tally) {
+        self.text_units = self.text_units.saturating_add(other.text_units);
         self.block_tokens = self.block_tokens.saturating_add(other.block_tokens);
     }
 
-    /// The estimate for this much: text at [`TEXT_BYTES_PER_TOKEN`], blocks at their figure.
+    /// The estimate for this much: text by its weight, blocks at their figure, and the
+    /// request's own [`REQUEST_TOKENS`].
     #[must_use]
     pub fn estimate(&self) -> u64 {
-        (self.text_bytes / TEXT_BYTES_PER_TOKEN)
+        self.text_units
+            .div_ceil(UNITS_PER_TOKEN)
             .saturating_add(self.block_tokens)
-            .saturating_add(1)
+            .saturating_add(REQUEST_TOKENS)
     }
 }
 
@@ -81,18 +293,18 @@ pub fn pdf_tokens(base64_len: u64) -> u64 {
     pages.saturating_mul(PDF_PAGE_TOKENS)
 }
 
-/// The length of any JSON value as it stands in the body, skipped without recursion.
-struct RawLen(usize);
+/// Any JSON value as it stands in the body, skipped without recursion.
+struct Raw<'a>(&'a str);
 
-impl<'de> Deserialize<'de> for RawLen {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<RawLen, D::Error> {
+impl<'de> Deserialize<'de> for Raw<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Raw<'de>, D::Error> {
         let raw: &'de RawValue = Deserialize::deserialize(d)?;
-        Ok(RawLen(raw.get().len()))
+        Ok(Raw(raw.get()))
     }
 }
 
 /// Values of a shape the estimate does not know: strings, arrays and objects count as text
-/// by their length in the body; numbers, booleans and null cost nothing.
+/// as they stand in the body; numbers, booleans and null cost nothing.
 macro_rules! other_shapes {
     () => {
         fn visit_bool<E: de::Error>(self, _: bool) -> Result<Tally, E> {
@@ -114,23 +326,24 @@ macro_rules! other_shapes {
             Ok(Tally::default())
         }
         fn visit_str<E: de::Error>(self, s: &str) -> Result<Tally, E> {
-            Ok(Tally::text(s.len()))
+            Ok(Tally::text(s))
         }
     };
 }
 
 fn raw_seq<'de, A: SeqAccess<'de>>(mut seq: A) -> Result<Tally, A::Error> {
     let mut tally = Tally::default();
-    while let Some(RawLen(n)) = seq.next_element()? {
-        tally.add(Tally::text(n));
+    while let Some(Raw(text)) = seq.next_element()? {
+        tally.add(Tally::text(text));
     }
     Ok(tally)
 }
 
 fn raw_map<'de, A: MapAccess<'de>>(mut map: A) -> Result<Tally, A::Error> {
     let mut tally = Tally::default();
-    while let Some((RawLen(k), RawLen(v))) = map.next_entry()? {
-        tally.add(Tally::text(k.saturating_add(v)));
+    while let Some((Raw(k), Raw(v))) = map.next_entry()? {
+        tally.add(Tally::text(k));
+        tally.add(Tally::text(v));
     }
     Ok(tally)
 }
@@ -199,11 +412,11 @@ impl<'de> Visitor<'de> for Message {
                 Key::Content => tally.add(map.next_value_seed(Content { depth: 0 })?),
                 // The role is in the per-message figure.
                 Key::Other(false) => {
-                    let _: RawLen = map.next_value()?;
+                    let _: Raw = map.next_value()?;
                 }
                 _ => {
-                    let RawLen(n) = map.next_value()?;
-                    tally.add(Tally::text(n));
+                    let Raw(text) = map.next_value()?;
+                    tally.add(Tally::text(text));
                 }
             }
         }
@@ -226,7 +439,7 @@ impl<'de> Deserialize<'de> for Tools {
             other_shapes!();
             fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Tally, A::Error> {
                 let mut tally = raw_seq(seq)?;
-                if tally.text_bytes > 0 {
+                if tally.text_units > 0 {
                     tally.add(Tally::tokens(TOOLS_PROMPT_TOKENS));
                 }
                 Ok(tally)
@@ -337,8 +550,8 @@ impl<'de> DeserializeSeed<'de> for Content {
     type Value = Tally;
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Tally, D::Error> {
         if self.depth >= MAX_BLOCK_DEPTH {
-            let RawLen(n) = RawLen::deserialize(d)?;
-            return Ok(Tally::text(n));
+            let Raw(text) = Raw::deserialize(d)?;
+            return Ok(Tally::text(text));
         }
         d.deserialize_any(self)
     }
@@ -399,8 +612,8 @@ impl<'de> Visitor<'de> for Block {
                 })?),
                 Key::Source => source.add(map.next_value_seed(SourceSeed { depth: self.depth })?),
                 Key::Data | Key::Other(_) => {
-                    let RawLen(n) = map.next_value()?;
-                    fields.add(Tally::text(n));
+                    let Raw(text) = map.next_value()?;
+                    fields.add(Tally::text(text));
                 }
             }
         }
@@ -417,10 +630,13 @@ impl<'de> Visitor<'de> for Block {
 
 /// What a block's `source` held.
 #[derive(Debug, Clone, Copy, Default)]
-struct Source {
+struct Source<'a> {
     kind: Option<KindSeen>,
     /// Length of `data` in the body (base64 characters, or a text document's text).
     data_len: u64,
+    /// `data` as it stands in the body, without its quotes: weighed as text only when the
+    /// source turns out to be text, never when it is an image's or a PDF's base64.
+    data: &'a str,
     /// A `content` source's blocks, and any other field.
     rest: Tally,
 }
@@ -433,11 +649,19 @@ enum KindSeen {
     Other,
 }
 
-impl Source {
-    fn add(&mut self, other: Source) {
+impl<'a> Source<'a> {
+    fn add(&mut self, other: Source<'a>) {
         self.kind = other.kind.or(self.kind);
         self.data_len = self.data_len.saturating_add(other.data_len);
         self.rest.add(other.rest);
+        // The text of each `data` the block held.
+        self.rest.add(Tally::text(self.data));
+        self.data = other.data;
+    }
+
+    /// `data` weighed as text.
+    fn data_as_text(&self) -> Tally {
+        Tally::text(self.data)
     }
 
     /// A document: a PDF by its pages, a text or content source by what it holds, a
@@ -446,10 +670,7 @@ impl Source {
         let mut tally = self.rest;
         match self.kind {
             Some(KindSeen::Base64) => tally.add(Tally::tokens(pdf_tokens(self.data_len))),
-            Some(KindSeen::Text) | Some(KindSeen::Content) => tally.add(Tally {
-                text_bytes: self.data_len,
-                block_tokens: 0,
-            }),
+            Some(KindSeen::Text) | Some(KindSeen::Content) => tally.add(self.data_as_text()),
             Some(KindSeen::Other) | None if self.data_len > 0 => {
                 tally.add(Tally::tokens(pdf_tokens(self.data_len)));
             }
@@ -461,10 +682,7 @@ impl Source {
     /// The source of a block that is neither an image nor a document: all of it as text.
     fn as_text(&self) -> Tally {
         let mut tally = self.rest;
-        tally.add(Tally {
-            text_bytes: self.data_len,
-            block_tokens: 0,
-        });
+        tally.add(self.data_as_text());
         tally
     }
 }
@@ -474,46 +692,46 @@ struct SourceSeed {
 }
 
 impl<'de> DeserializeSeed<'de> for SourceSeed {
-    type Value = Source;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Source, D::Error> {
+    type Value = Source<'de>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Source<'de>, D::Error> {
         d.deserialize_any(self)
     }
 }
 
 impl<'de> Visitor<'de> for SourceSeed {
-    type Value = Source;
+    type Value = Source<'de>;
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("a source")
     }
-    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Source, E> {
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Source<'de>, E> {
         Ok(Source::default())
     }
-    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Source, E> {
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Source<'de>, E> {
         Ok(Source::default())
     }
-    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Source, E> {
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Source<'de>, E> {
         Ok(Source::default())
     }
-    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Source, E> {
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Source<'de>, E> {
         Ok(Source::default())
     }
-    fn visit_unit<E: de::Error>(self) -> Result<Source, E> {
+    fn visit_unit<E: de::Error>(self) -> Result<Source<'de>, E> {
         Ok(Source::default())
     }
-    fn visit_str<E: de::Error>(self, s: &str) -> Result<Source, E> {
+    fn visit_str<E: de::Error>(self, s: &str) -> Result<Source<'de>, E> {
         // A search result's source is its URL.
         Ok(Source {
-            rest: Tally::text(s.len()),
+            rest: Tally::text(s),
             ..Source::default()
         })
     }
-    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Source, A::Error> {
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Source<'de>, A::Error> {
         Ok(Source {
             rest: raw_seq(seq)?,
             ..Source::default()
         })
     }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Source, A::Error> {
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Source<'de>, A::Error> {
         let mut source = Source::default();
         while let Some(key) = map.next_key::<Key>()? {
             match key {
@@ -526,17 +744,23 @@ impl<'de> Visitor<'de> for SourceSeed {
                     });
                 }
                 Key::Data => {
-                    let RawLen(n) = map.next_value()?;
-                    // Without the quotes.
-                    source.data_len = source.data_len.saturating_add(n.saturating_sub(2) as u64);
+                    let Raw(data) = map.next_value()?;
+                    // A string without its quotes; any other value as it stands.
+                    let inner = data
+                        .strip_prefix('"')
+                        .and_then(|d| d.strip_suffix('"'))
+                        .unwrap_or(data);
+                    source.rest.add(Tally::text(source.data));
+                    source.data = inner;
+                    source.data_len = source.data_len.saturating_add(inner.len() as u64);
                 }
                 Key::Content => source.rest.add(map.next_value_seed(Content {
                     depth: self.depth.saturating_add(1),
                 })?),
                 Key::Source | Key::Other(_) => {
                     // media_type, url, file_id: small; counted as text.
-                    let RawLen(n) = map.next_value()?;
-                    source.rest.add(Tally::text(n));
+                    let Raw(text) = map.next_value()?;
+                    source.rest.add(Tally::text(text));
                 }
             }
         }
@@ -547,6 +771,75 @@ impl<'de> Visitor<'de> for SourceSeed {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn tokens(text: &str) -> u64 {
+        text_units(text).div_ceil(UNITS_PER_TOKEN)
+    }
+
+    #[test]
+    fn text_is_weighed_by_its_kind() {
+        assert_eq!(text_units(""), 0);
+        // A word, and a single space that goes with the next word (a lighter boundary).
+        assert_eq!(
+            text_units("the"),
+            3 * LETTER_UNITS + CONSONANT_PAIR_UNITS + LETTER_RUN_UNITS
+        );
+        assert_eq!(
+            text_units("the cat") + LETTER_RUN_UNITS - text_units("the") - text_units("cat"),
+            SPACE_UNITS + LONE_SPACE_RUN_UNITS
+        );
+        // Two line ends do not go with the word after them.
+        assert_eq!(
+            text_units("the\n\ncat") - text_units("the") - text_units("cat"),
+            2 * SPACE_UNITS + SPACE_RUN_UNITS
+        );
+        // Letters in no language weigh more than a word of the same length.
+        assert!(text_units("xQzKvB") > text_units("people"));
+        // camelCase and base64 flip case.
+        assert_eq!(text_units("aZ") - text_units("az"), CASE_FLIP_UNITS);
+        // Every kind of boundary: letter, digit, punctuation, control.
+        assert_eq!(
+            text_units("a1!\u{1}"),
+            LETTER_UNITS
+                + DIGIT_UNITS
+                + PUNCT_UNITS
+                + CONTROL_UNITS
+                + LETTER_RUN_UNITS
+                + DIGIT_RUN_UNITS
+                + PUNCT_RUN_UNITS
+                + OTHER_RUN_UNITS
+        );
+        // A character outside ASCII: nearly a token a byte, more where normalization spells
+        // it out.
+        assert_eq!(text_units("é"), 2 * NON_ASCII_BYTE_UNITS + OTHER_RUN_UNITS);
+        assert_eq!(tokens("東京"), 7);
+        assert_eq!(
+            text_units("ﷺ"),
+            3 * NON_ASCII_BYTE_UNITS + 12 * UNITS_PER_TOKEN + OTHER_RUN_UNITS
+        );
+        // No byte weighs more than the bound the fuzz targets check.
+        for text in ["ﷺﷺﷺ", "\u{1}!\u{1}!", "aZaZaZ", "𝐀𝐁", "\u{f44}", "aaaaaaaa"] {
+            assert!(
+                tokens(text) <= MAX_TOKENS_PER_TEXT_BYTE * text.len() as u64,
+                "{text}"
+            );
+            assert!(
+                tokens(text) >= text.len() as u64 / MAX_TEXT_BYTES_PER_TOKEN,
+                "{text}"
+            );
+        }
+        assert!(tokens(&" ".repeat(600)) >= 600 / MAX_TEXT_BYTES_PER_TOKEN);
+    }
+
+    #[test]
+    fn runs_of_short_words() {
+        // The tokenizer counts each of these 1,000 words as one token: the shortest words are
+        // estimated short (`docs/estimate.md`), from four letters on they are not.
+        assert_eq!(tokens(&" a".repeat(1000)), 563);
+        assert_eq!(tokens(&" of".repeat(1000)), 688);
+        assert_eq!(tokens(&" the".repeat(1000)), 1125);
+        assert_eq!(tokens(&"word ".repeat(1000)), 1252);
+    }
 
     #[test]
     fn pdf_pages_from_length() {

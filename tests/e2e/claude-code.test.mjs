@@ -68,6 +68,7 @@ test('Claude Code runs headless through the proxy on the default configuration, 
     // What reached the upstream: Messages requests, each answered 200.
     const messages = (await sim.log()).filter((entry) => entry.path === '/v1/messages');
     assert.ok(messages.length >= 2, `${messages.length} Messages requests`);
+    console.log(`# input tokens the simulator counted: ${messages.map((entry) => entry.usage?.input_tokens).join(', ')}`);
     assert.ok(messages.every((entry) => entry.status === 200), JSON.stringify(messages.map((e) => e.status)));
     // A refusal, if any, was the caller's own limit with a wait to honour, never a 400.
     const answers = w.logs.filter((line) => line.includes('"route":"messages"')).map((line) => JSON.parse(line.slice(line.indexOf('{'))));

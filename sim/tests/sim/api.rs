@@ -48,10 +48,10 @@ async fn json_message_has_the_api_shape() {
     assert_eq!(v["content"][0]["type"], "text");
     let text = v["content"][0]["text"].as_str().unwrap();
     assert_eq!(text.split_whitespace().count(), 12);
-    // "Hello there, simulator!" is 23 characters: ceil(23 / 4) = 6.
+    // "Hello there, simulator!" is 5 tokens, and the user and assistant markers 4 each.
     assert_eq!(
         v["usage"],
-        json!({"input_tokens": 6, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0, "output_tokens": 12})
+        json!({"input_tokens": 13, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0, "output_tokens": 12})
     );
     // Field order follows the real API.
     let raw = r.text();
@@ -59,14 +59,24 @@ async fn json_message_has_the_api_shape() {
 }
 
 #[tokio::test]
-async fn images_count_a_fixed_figure_not_their_bytes() {
+async fn images_count_by_their_size_not_their_bytes() {
+    use base64::Engine as _;
     let sim = Sim::start().await;
-    let image = json!({"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "QUFB".repeat(250_000)}});
+    // Data that is no image the simulator can read: the most a scaled image costs.
+    let unknown = json!({"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "QUFB".repeat(250_000)}});
+    // A 400×300 PNG (its header, then 750 KB): 400 * 300 / 750 = 160 tokens.
+    let mut png = b"\x89PNG\r\n\x1a\n\0\0\0\x0dIHDR".to_vec();
+    png.extend_from_slice(&400u32.to_be_bytes());
+    png.extend_from_slice(&300u32.to_be_bytes());
+    png.resize(750_000, 7);
+    let data = base64::engine::general_purpose::STANDARD.encode(&png);
+    let known = json!({"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": data}});
+    // "abcdefgh" is 1 token, and the markers 8.
     let body = msg(json!({
-        "messages": [{"role": "user", "content": [image, {"type": "text", "text": "abcdefgh"}]}],
+        "messages": [{"role": "user", "content": [unknown, known, {"type": "text", "text": "abcdefgh"}]}],
     }));
     let v = sim.messages(&body).await.json();
-    assert_eq!(v["usage"]["input_tokens"], 1_600 + 2);
+    assert_eq!(v["usage"]["input_tokens"], 1_600 + 160 + 1 + 8);
 }
 
 #[tokio::test]
@@ -81,15 +91,16 @@ async fn max_tokens_caps_the_answer_and_system_counts() {
             {"role": "user", "content": "a"},
         ],
     }));
+    // One token of text each, three turn markers and the closing one at 4 each.
     let v = sim.messages(&body).await.json();
     assert_eq!(v["stop_reason"], "max_tokens");
     assert_eq!(
         v["usage"],
-        json!({"input_tokens": 4, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0, "output_tokens": 5})
+        json!({"input_tokens": 20, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0, "output_tokens": 5})
     );
     let count = sim.post("/v1/messages/count_tokens", &[], &body).await;
     assert_eq!(count.status, 200);
-    assert_eq!(count.json(), json!({"input_tokens": 4}));
+    assert_eq!(count.json(), json!({"input_tokens": 20}));
 }
 
 #[tokio::test]
@@ -239,7 +250,7 @@ async fn sse_event_sequence_is_exact() {
     assert_eq!(start["message"]["stop_reason"], Value::Null);
     assert_eq!(
         start["message"]["usage"],
-        json!({"input_tokens": 6, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0, "output_tokens": 1})
+        json!({"input_tokens": 13, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0, "output_tokens": 1})
     );
     assert_eq!(
         events[1].1,
@@ -258,7 +269,7 @@ async fn sse_event_sequence_is_exact() {
     );
     assert_eq!(
         events[7].1,
-        json!({"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": null}, "usage": {"input_tokens": 6, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0, "output_tokens": 3}})
+        json!({"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": null}, "usage": {"input_tokens": 13, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0, "output_tokens": 3}})
     );
     assert_eq!(events[8].1, json!({"type": "message_stop"}));
 }

@@ -45,9 +45,16 @@ fn reset_in_s(r: &Reply, dim: &str) -> f64 {
 }
 
 /// A body whose input is exactly `tokens` tokens (4 characters each).
+/// A request of exactly `tokens` input tokens: the two turn markers, then " the" (one token
+/// each) for the rest.
 fn prompt_of(tokens: usize, extra: Value) -> Value {
+    use breakwater_sim::text::{input_tokens, ASSISTANT_TURN, USER_TURN};
+    use breakwater_sim::tokens::text_tokens;
+    let markers = (text_tokens(USER_TURN) + text_tokens(ASSISTANT_TURN)) as usize;
     let mut body = msg(extra);
-    body["messages"] = json!([{"role": "user", "content": "abcd".repeat(tokens)}]);
+    body["messages"] = json!([{"role": "user", "content": " the".repeat(tokens - markers)}]);
+    let messages = body["messages"].as_array().unwrap();
+    assert_eq!(input_tokens(None, messages, None), tokens as u64);
     body
 }
 
