@@ -279,9 +279,9 @@ struct Lane {
 }
 
 /// Learning what the upstream really charges for what the proxy reserved. The input estimate
-/// is made before the answer and meant never to undercount (a token per three bytes of text),
-/// so a queue reserved at the estimate would hold back a quarter or more of the key's input
-/// tokens for ever. Between two observations of a bucket that never filled up, the upstream
+/// is made before the answer and meant never to undercount (about 1.3-1.5 times the count on
+/// English, more on JSON and other scripts: `docs/estimate.md`), so a queue reserved at the
+/// estimate would hold back a quarter or more of the key's input tokens for ever. Between two observations of a bucket that never filled up, the upstream
 /// charged what its level says (`level₂ − level₁ + elapsed`, in lane time), and the proxy sent
 /// the reservations whose send times fell between them; over a window of at least
 /// [`CHARGE_WINDOW_US`] of reserved lane time (or [`CHARGE_WINDOW_UNITS`]) the ratio of the two is one sample, and the

@@ -1448,8 +1448,8 @@ fn one_model_outage(seed: u64) -> Scenario {
     }
 }
 
-/// Prompts of 3,000 tokens (estimated at 4,000: a token per three bytes, as the proxy's
-/// estimate counts text) at twice the key's input-token limit for 30 s: 120 requests at 4 a
+/// Prompts of 3,000 tokens on average (estimated a third over, about what the proxy's
+/// estimate reserves for English) at twice the key's input-token limit for 30 s: 120 requests at 4 a
 /// second on 8 edges, a key of 360,000 input tokens a minute whose bucket starts empty (it
 /// refills two such requests a second), 30 s budgets.
 fn twice_the_input_limit(seed: u64) -> Scenario {

@@ -22,7 +22,7 @@
 // "reservation kept"; for one not certainly settled by T, between its settlement and its
 // reservation) bounds the level. The check is that the object's figure lies inside. The
 // reservations are read from the request as the simulator logged it: `max_tokens`, and the
-// input estimate by the documented rule (a token per three bytes of text, 4 per message, 1).
+// input estimate by the documented rule (docs/estimate.md: the text's weight, 4 per message, 5).
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -74,13 +74,46 @@ const prompt = (n) => Array.from({ length: n }, (_, i) => WORDS[(i * 7 + n) % WO
 const PROMPTS = [prompt(30), prompt(110), prompt(260)];
 const CALIBRATE_KEYS = PROMPTS.map((_, i) => `ck_soak_calibrate_${i}_44e0b7`);
 
-/** The input a body is reserved, by the rule docs/behaviour.md documents (Accounting → input
- * estimate): a token per three bytes of text, 4 per message, 1. The soak's bodies are text. */
+/** The weight of a text, in sixteenths of a token, by the rule `docs/estimate.md` documents
+ * (`text_units` in `src/request/estimate.rs`), for ASCII text: the soak's bodies are. */
+function textUnits(text) {
+  const kind = (b) => {
+    if ((b >= 97 && b <= 122) || (b >= 65 && b <= 90)) return ['letter', 2, 29];
+    if (b >= 48 && b <= 57) return ['digit', 8, 0];
+    if (b === 32 || b === 10 || b === 9 || b === 13) return ['space', 2, 0];
+    if (b <= 0x1f || b === 0x7f) return ['control', 16, 13];
+    if (b <= 0x7e) return ['punct', 10, 14];
+    throw new Error('the soak weighs ASCII text only');
+  };
+  const consonant = (b) => /[a-z]/i.test(String.fromCharCode(b)) && !'aeiouy'.includes(String.fromCharCode(b | 0x20));
+  let units = 0;
+  let run = null;
+  let before = 0;
+  let lone = false;
+  for (const b of Buffer.from(text)) {
+    const [k, weight, start] = kind(b);
+    units += weight;
+    if (k === 'letter' && run === 'letter') {
+      units += 8 * (((b ^ before) >> 5) & 1);
+      units += 5 * Number(consonant(b) && consonant(before));
+    }
+    if (k === 'space') lone = run !== 'space' && b === 32;
+    if (k !== run) {
+      units += run === 'space' && lone ? 5 : start;
+      run = k;
+    }
+    before = b;
+  }
+  return units;
+}
+
+/** The input a body is reserved, by the rule `docs/estimate.md` documents: the text's weight
+ * in whole tokens, 4 per message, 5 per request. The soak's bodies are text. */
 function ruleEstimate(body) {
-  const text = (c) => (typeof c === 'string' ? Buffer.byteLength(c) : Array.isArray(c) ? c.reduce((n, b) => n + text(b?.text ?? ''), 0) : 0);
+  const units = (c) => (typeof c === 'string' ? textUnits(c) : Array.isArray(c) ? c.reduce((n, b) => n + textUnits(b?.text ?? ''), 0) : 0);
   const messages = body.messages ?? [];
-  const bytes = text(body.system ?? '') + messages.reduce((n, m) => n + text(m.content), 0);
-  return Math.floor(bytes / 3) + 4 * messages.length + 1;
+  const text = units(body.system ?? '') + messages.reduce((n, m) => n + units(m.content), 0);
+  return Math.ceil(text / 16) + 4 * messages.length + 5;
 }
 
 // Faults sent with a request (every attempt of it gets the same one), by kind.
