@@ -26,7 +26,7 @@ mod fixtures {
         let mut s = String::new();
         s.push_str(
             "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_01XFDUDYJgAACzvnptvVoYEL\",\
-             \"type\":\"message\",\"role\":\"assistant\",\"content\":[],\"model\":\"claude-sonnet-4-5\",\
+             \"type\":\"message\",\"role\":\"assistant\",\"content\":[],\"model\":\"claude-sonnet-4-6\",\
              \"stop_reason\":null,\"stop_sequence\":null,\"usage\":{\"input_tokens\":472,\"output_tokens\":1}}}\n\n",
         );
         s.push_str(
@@ -68,7 +68,7 @@ mod fixtures {
         };
         let build = |share: usize| {
             serde_json::json!({
-                "model": "claude-sonnet-4-5",
+                "model": "claude-sonnet-4-6",
                 "max_tokens": 1024,
                 "stream": true,
                 "system": text(share),

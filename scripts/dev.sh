@@ -47,7 +47,7 @@ if [ -z "$real_key" ]; then
   # shows an answer from a fallback model.
   if [ -z "${MODEL_FALLBACKS:-}" ] && ! { [ -f .dev.vars ] && grep -q '^MODEL_FALLBACKS=' .dev.vars; }; then
     fallback_model=claude-haiku-4-5
-    [ "$MODEL" = "$fallback_model" ] && fallback_model=claude-sonnet-4-5
+    [ "$MODEL" = "$fallback_model" ] && fallback_model=claude-sonnet-4-6
     args+=(--var "MODEL_FALLBACKS:{\"$MODEL\": [\"$fallback_model\"]}")
   fi
   upstream="the simulated upstream on http://127.0.0.1:$SIM_PORT"

@@ -861,7 +861,7 @@ fn parse_rate_limits(raw: Option<String>) -> Result<Tiers, ConfigError> {
     Ok((tiers, betas, shares))
 }
 
-/// Parses `MODEL_FALLBACKS`: `{"claude-opus-4-5": ["claude-sonnet-4-5", "claude-haiku-4-5"]}`.
+/// Parses `MODEL_FALLBACKS`: `{"claude-opus-4-7": ["claude-sonnet-4-6", "claude-haiku-4-5"]}`.
 /// Every list is non-empty, names each model once and never the model itself, and no model
 /// leads back to itself through the lists (a cycle would make "the model that answered" and
 /// "the model that was asked for" trade places depending on which one the client named).
@@ -876,7 +876,7 @@ fn parse_model_fallbacks(
         invalid(
             VARIABLE,
             format!(
-                "expected JSON like {{\"claude-opus-4-5\": [\"claude-sonnet-4-5\", \"claude-haiku-4-5\"]}}: \
+                "expected JSON like {{\"claude-opus-4-7\": [\"claude-sonnet-4-6\", \"claude-haiku-4-5\"]}}: \
                  a model and the list of models to fall back to, in order ({e})"
             ),
         )
@@ -1545,18 +1545,18 @@ mod tests {
     fn model_fallbacks_parse_in_order() {
         let c = config(&[]).unwrap();
         assert!(c.model_fallbacks.is_empty());
-        assert!(c.fallbacks_of("claude-opus-4-5").is_empty());
+        assert!(c.fallbacks_of("claude-opus-4-7").is_empty());
         let c = config(&[(
             "MODEL_FALLBACKS",
-            r#"{"claude-opus-4-5": ["claude-sonnet-4-5", "claude-haiku-4-5"],
-                "claude-sonnet-4-5": ["claude-haiku-4-5"]}"#,
+            r#"{"claude-opus-4-7": ["claude-sonnet-4-6", "claude-haiku-4-5"],
+                "claude-sonnet-4-6": ["claude-haiku-4-5"]}"#,
         )])
         .unwrap();
         assert_eq!(
-            c.fallbacks_of("claude-opus-4-5"),
-            ["claude-sonnet-4-5", "claude-haiku-4-5"]
+            c.fallbacks_of("claude-opus-4-7"),
+            ["claude-sonnet-4-6", "claude-haiku-4-5"]
         );
-        assert_eq!(c.fallbacks_of("claude-sonnet-4-5"), ["claude-haiku-4-5"]);
+        assert_eq!(c.fallbacks_of("claude-sonnet-4-6"), ["claude-haiku-4-5"]);
         assert!(c.fallbacks_of("claude-haiku-4-5").is_empty());
         // A chain that meets itself again further down is fine, as long as it never loops.
         assert!(config(&[(

@@ -285,8 +285,8 @@ mod tests {
     fn facts() -> RequestFacts {
         RequestFacts {
             route: "messages",
-            model_asked: Some("claude-sonnet-4-5".into()),
-            model_served: Some("claude-sonnet-4-5".into()),
+            model_asked: Some("claude-sonnet-4-6".into()),
+            model_served: Some("claude-sonnet-4-6".into()),
             status: 200,
             kind: AnswerKind::Success,
             error_type: None,
@@ -311,8 +311,8 @@ mod tests {
             point.blobs,
             [
                 "messages",
-                "claude-sonnet-4-5",
-                "claude-sonnet-4-5",
+                "claude-sonnet-4-6",
+                "claude-sonnet-4-6",
                 "success",
                 "",
                 "default",

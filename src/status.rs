@@ -290,7 +290,7 @@ mod tests {
         let mut vars: HashMap<&str, String> = HashMap::new();
         vars.insert(
             "MODEL_FALLBACKS",
-            r#"{"claude-opus-4-5": ["claude-sonnet-4-5"], "claude-haiku-4-5": ["claude-sonnet-4-5"]}"#
+            r#"{"claude-opus-4-7": ["claude-sonnet-4-6"], "claude-haiku-4-5": ["claude-sonnet-4-6"]}"#
                 .to_string(),
         );
         let config = Config::from_lookup(|name| vars.get(name).cloned()).unwrap();
@@ -312,11 +312,11 @@ mod tests {
         let listed = fallbacks(&config, &[key("healthy"), key("recovering"), unread]);
         let opus = listed
             .iter()
-            .find(|f| f.model == "claude-opus-4-5")
+            .find(|f| f.model == "claude-opus-4-7")
             .unwrap();
         assert!(opus.in_force);
         assert_eq!(opus.phase, "recovering");
-        assert_eq!(opus.to, vec!["claude-sonnet-4-5".to_string()]);
+        assert_eq!(opus.to, vec!["claude-sonnet-4-6".to_string()]);
         // Haiku's pool is known to no key; the overloaded sonnet is nobody's source.
         let haiku = listed
             .iter()

@@ -271,7 +271,7 @@ fn plausible(name: &str, u: &mut Unstructured<'_>) -> Result<String> {
             cut(serde_json::Value::Object(keys).to_string(), u)?
         }
         "MODEL_FALLBACKS" => {
-            const MODELS: [&str; 5] = ["a", "b", "c", "claude-opus-4-5", ""];
+            const MODELS: [&str; 5] = ["a", "b", "c", "claude-opus-4-7", ""];
             let mut map = serde_json::Map::new();
             for _ in 0..u.int_in_range(0..=3)? {
                 let model = u.choose(&MODELS)?.to_string();

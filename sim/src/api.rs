@@ -43,7 +43,7 @@ pub const CHAT_PATH: &str = "/v1/chat/completions";
 /// The models `GET /v1/models` lists: (id, display name, created_at).
 pub const MODELS: &[(&str, &str, &str)] = &[
     (
-        "claude-sonnet-4-5",
+        "claude-sonnet-4-6",
         "Claude Sonnet 4.5",
         "2025-09-29T00:00:00Z",
     ),

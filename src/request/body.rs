@@ -352,19 +352,19 @@ mod tests {
     fn only_the_top_level_model_is_rewritten_and_every_other_byte_stays() {
         // Odd spacing, a BOM, escapes, nested "model" keys and the name inside strings: a
         // string search would find the wrong one.
-        let body = "\u{feff} {\"system\":\"say \\\"model\\\": \\\"claude-opus-4-5\\\"\",\r\n\
+        let body = "\u{feff} {\"system\":\"say \\\"model\\\": \\\"claude-opus-4-7\\\"\",\r\n\
                     \"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"text\",\"text\":\"hi\",\
-                    \"model\":\"claude-opus-4-5\"}]}],\"metadata\":{\"model\":\"claude-opus-4-5\"},\
+                    \"model\":\"claude-opus-4-7\"}]}],\"metadata\":{\"model\":\"claude-opus-4-7\"},\
                     \"model\" :\t\"claude-opus\\u002d4-5\" , \"max_tokens\":64, \"é\":\"ü\"}";
         let facts = ok(body);
-        assert_eq!(facts.model.as_deref(), Some("claude-opus-4-5"));
+        assert_eq!(facts.model.as_deref(), Some("claude-opus-4-7"));
         let span = facts.model_span.clone().unwrap();
         assert_eq!(&body[span.clone()], "\"claude-opus\\u002d4-5\"");
-        let rewrite = ModelRewrite::new(&span, body.len(), "claude-sonnet-4-5").unwrap();
+        let rewrite = ModelRewrite::new(&span, body.len(), "claude-sonnet-4-6").unwrap();
         let out = rewrite.apply(body.as_bytes()).unwrap();
         let expected = body.replace(
             "\"model\" :\t\"claude-opus\\u002d4-5\"",
-            "\"model\" :\t\"claude-sonnet-4-5\"",
+            "\"model\" :\t\"claude-sonnet-4-6\"",
         );
         assert_eq!(out, expected.as_bytes());
         // Everything but the value, byte for byte.
@@ -375,7 +375,7 @@ mod tests {
         );
         // The result reads as the same request for another model.
         let again = ok(std::str::from_utf8(&out).unwrap());
-        assert_eq!(again.model.as_deref(), Some("claude-sonnet-4-5"));
+        assert_eq!(again.model.as_deref(), Some("claude-sonnet-4-6"));
         assert_eq!(
             (again.max_tokens, again.input_tokens_estimate),
             (facts.max_tokens, facts.input_tokens_estimate)

@@ -325,8 +325,8 @@ mod tests {
         );
         assert_eq!(route("GET", "/v1/models").unwrap(), Route::Models);
         assert_eq!(
-            route("GET", "/v1/models/claude-sonnet-4-5").unwrap(),
-            Route::Model("claude-sonnet-4-5".into())
+            route("GET", "/v1/models/claude-sonnet-4-6").unwrap(),
+            Route::Model("claude-sonnet-4-6".into())
         );
         assert_eq!(route("GET", "/healthz").unwrap(), Route::Health);
         assert_eq!(route("OPTIONS", "/anything").unwrap(), Route::Preflight);
@@ -384,7 +384,7 @@ mod tests {
         };
         let tokens_only = TierLimits { rpm: None, ..all };
         let unlimited = TierLimits::default();
-        let model = Route::Model("claude-sonnet-4-5".into());
+        let model = Route::Model("claude-sonnet-4-6".into());
         assert_eq!(Route::Messages.metering(&all), Metering::Full);
         assert_eq!(Route::Messages.metering(&tokens_only), Metering::Full);
         assert_eq!(Route::Messages.metering(&unlimited), Metering::None);

@@ -131,7 +131,7 @@ mod tests {
         for route in [
             Route::CountTokens,
             Route::Models,
-            Route::Model("claude-sonnet-4-5".to_string()),
+            Route::Model("claude-sonnet-4-6".to_string()),
         ] {
             let awaited = Awaited::of(&route, &facts(false, Some(64_000)));
             assert_eq!(awaited, Awaited::Head);

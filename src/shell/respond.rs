@@ -180,7 +180,7 @@ impl Exchange {
             fallback: Option<LoggedFallback<'a>>,
             total_ms: u64,
         }
-        /// Both models and why: `{"from": "claude-opus-4-5", "to": "claude-sonnet-4-5",
+        /// Both models and why: `{"from": "claude-opus-4-7", "to": "claude-sonnet-4-6",
         /// "why": "overloaded", "tried": []}` (`to` is null when no fallback answered).
         #[derive(Serialize)]
         struct LoggedFallback<'a> {

@@ -550,7 +550,7 @@ mod tests {
 
     #[test]
     fn long_model_names_are_cut_at_a_character_boundary() {
-        assert_eq!(model_key("claude-sonnet-4-5"), "claude-sonnet-4-5");
+        assert_eq!(model_key("claude-sonnet-4-6"), "claude-sonnet-4-6");
         let long = "é".repeat(100);
         let key = model_key(&long);
         assert!(key.len() <= MAX_MODEL_NAME_BYTES && key.len() >= MAX_MODEL_NAME_BYTES - 1);

@@ -50,10 +50,10 @@ mod tests {
     fn families_pool_the_minor_versions_and_dates() {
         for (model, family_of) in [
             ("claude-sonnet-4-5-20250929", "claude-sonnet-4"),
-            ("claude-sonnet-4-5", "claude-sonnet-4"),
+            ("claude-sonnet-4-6", "claude-sonnet-4"),
             ("claude-sonnet-4-20250514", "claude-sonnet-4"),
             ("claude-opus-4-1", "claude-opus-4"),
-            ("claude-opus-4-5", "claude-opus-4"),
+            ("claude-opus-4-7", "claude-opus-4"),
             ("claude-haiku-4-5", "claude-haiku-4"),
             ("claude-sonnet-5", "claude-sonnet-5"),
             ("claude-3-5-haiku-20241022", "claude-3-haiku"),
@@ -67,18 +67,18 @@ mod tests {
 
     #[test]
     fn routes_are_pools_of_their_own() {
-        let messages = pool_of(&Route::Messages, Some("claude-opus-4-5"));
+        let messages = pool_of(&Route::Messages, Some("claude-opus-4-7"));
         assert_eq!(messages, "messages:claude-opus-4");
         assert_eq!(
             pool_of(&Route::Messages, Some("claude-opus-4-1-20250805")),
             messages
         );
         assert_ne!(
-            pool_of(&Route::Messages, Some("claude-sonnet-4-5")),
+            pool_of(&Route::Messages, Some("claude-sonnet-4-6")),
             messages
         );
         assert_eq!(
-            pool_of(&Route::CountTokens, Some("claude-opus-4-5")),
+            pool_of(&Route::CountTokens, Some("claude-opus-4-7")),
             "count_tokens"
         );
         assert_eq!(pool_of(&Route::Models, None), "models");

@@ -28,7 +28,7 @@ use crate::upstream::{KeyLimits, Observed};
 
 const MODEL: &str = "claude-opus-4-1";
 /// The model requests fall back to, in scenarios with a fallback.
-const FALLBACK_MODEL: &str = "claude-sonnet-4-5";
+const FALLBACK_MODEL: &str = "claude-sonnet-4-6";
 /// Every request's `max_tokens`: what it reserves of the key's output lane.
 const MAX_TOKENS: u64 = 1_024;
 

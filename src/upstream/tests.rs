@@ -4,7 +4,7 @@ use super::*;
 use crate::retry::{Outcome, MIN_RETRY_AFTER_MS};
 
 const T0: u64 = 1_764_000_000_000;
-const MODEL: &str = "claude-sonnet-4-5";
+const MODEL: &str = "claude-sonnet-4-6";
 const OTHER: &str = "claude-haiku-4-5";
 const LONG: u64 = T0 + 600_000;
 

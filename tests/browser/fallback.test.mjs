@@ -7,8 +7,8 @@ import { startWorker, workerVars, CLIENT_KEY } from '../e2e/harness.mjs';
 import {
   pageURL, openPage, sendMessage, waitForState, lastAnswer, screenshot, startAll, stopAll } from './browser.mjs';
 
-const OPUS = 'claude-opus-4-5';
-const SONNET = 'claude-sonnet-4-5';
+const OPUS = 'claude-opus-4-7';
+const SONNET = 'claude-sonnet-4-6';
 
 let sim;
 let site;

@@ -8,8 +8,8 @@ import {
   startSim, startWorker, workerVars, postMessage, messageBody, readEvents, sleep, CLIENT_KEY,
 } from './harness.mjs';
 
-const OPUS = 'claude-opus-4-5';
-const SONNET = 'claude-sonnet-4-5';
+const OPUS = 'claude-opus-4-7';
+const SONNET = 'claude-sonnet-4-6';
 const HAIKU = 'claude-haiku-4-5';
 const ORIGIN = 'https://chat.example.com';
 

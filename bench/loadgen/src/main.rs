@@ -30,7 +30,7 @@ use serde_json::{json, Value};
 
 type HttpClient = Client<HttpConnector, Full<Bytes>>;
 
-const DEFAULT_BODY: &str = r#"{"model":"claude-sonnet-4-5","max_tokens":64,"messages":[{"role":"user","content":"Hello there"}]}"#;
+const DEFAULT_BODY: &str = r#"{"model":"claude-sonnet-4-6","max_tokens":64,"messages":[{"role":"user","content":"Hello there"}]}"#;
 
 fn usage() -> &'static str {
     "usage: breakwater-loadgen <closed|ttfb|stream|open> [--option value]...
