@@ -355,15 +355,15 @@ mod tests {
         let body = "\u{feff} {\"system\":\"say \\\"model\\\": \\\"claude-opus-4-7\\\"\",\r\n\
                     \"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"text\",\"text\":\"hi\",\
                     \"model\":\"claude-opus-4-7\"}]}],\"metadata\":{\"model\":\"claude-opus-4-7\"},\
-                    \"model\" :\t\"claude-opus\\u002d4-5\" , \"max_tokens\":64, \"é\":\"ü\"}";
+                    \"model\" :\t\"claude-opus\\u002d4-7\" , \"max_tokens\":64, \"é\":\"ü\"}";
         let facts = ok(body);
         assert_eq!(facts.model.as_deref(), Some("claude-opus-4-7"));
         let span = facts.model_span.clone().unwrap();
-        assert_eq!(&body[span.clone()], "\"claude-opus\\u002d4-5\"");
+        assert_eq!(&body[span.clone()], "\"claude-opus\\u002d4-7\"");
         let rewrite = ModelRewrite::new(&span, body.len(), "claude-sonnet-4-6").unwrap();
         let out = rewrite.apply(body.as_bytes()).unwrap();
         let expected = body.replace(
-            "\"model\" :\t\"claude-opus\\u002d4-5\"",
+            "\"model\" :\t\"claude-opus\\u002d4-7\"",
             "\"model\" :\t\"claude-sonnet-4-6\"",
         );
         assert_eq!(out, expected.as_bytes());
