@@ -336,7 +336,6 @@ where
                 journal.count_reply(Reply::of(&outcome));
                 let mut limits = transport.key_limits();
                 if !limits.is_empty() {
-                    limits.age_ms = Some(clock.now_ms().saturating_sub(sent_ms));
                     limits.sent_ms = Some(sent_ms);
                 }
                 gate.after(&mut shared, &outcome, probe, consulted, limits)

@@ -103,13 +103,9 @@ pub struct KeyLimits {
     pub requests: Option<Observed>,
     pub input_tokens: Option<Observed>,
     pub output_tokens: Option<Observed>,
-    /// How long before the figures were reported the answered attempt was sent: the upstream
-    /// counted what it admitted before that attempt, not what the proxy sent since (`None`:
-    /// not known; a second is assumed).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub age_ms: Option<u64>,
-    /// When that attempt was sent, by the edge's clock: the upstream counted what was sent
-    /// before it. Exact where `age_ms` is not: the report's own way to the object is not in it.
+    /// When the answered attempt was sent, by the edge's clock: the upstream counted what it
+    /// admitted before that attempt, not what the proxy sent since (`None`: not known; the
+    /// last second is assumed).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sent_ms: Option<u64>,
     /// The latest `anthropic-ratelimit-*-reset` (ms since the epoch) of a dimension the
@@ -191,7 +187,6 @@ impl KeyLimits {
             requests: read(LimitDimension::Requests),
             input_tokens: read(LimitDimension::InputTokens),
             output_tokens: read(LimitDimension::OutputTokens),
-            age_ms: None,
             sent_ms: None,
             empty_until_ms,
             answered: None,
@@ -813,14 +808,13 @@ impl Pace {
     pub fn observe(&mut self, now_ms: u64, limits: &KeyLimits) {
         let now_us = now_ms.saturating_mul(1000);
         // The figures count what the upstream admitted before the attempt they answer (sent
-        // `age_ms` ago, its own reservation included: the proxy reserves a request at the
+        // at `sent_ms`, its own reservation included: the proxy reserves a request at the
         // send time it then waits for).
-        let counted_until_us = match (limits.sent_ms, limits.age_ms) {
-            (Some(sent), _) => sent.saturating_mul(1000).min(now_us),
-            (None, Some(age)) => now_us.saturating_sub(age.saturating_mul(1000)),
-            (None, None) => now_us.saturating_sub(IN_FLIGHT_US),
+        let counted_until_us = match limits.sent_ms {
+            Some(sent) => sent.saturating_mul(1000).min(now_us),
+            None => now_us.saturating_sub(IN_FLIGHT_US),
         };
-        let exact = limits.sent_ms.is_some() || limits.age_ms.is_some();
+        let exact = limits.sent_ms.is_some();
         for dimension in LimitDimension::ALL {
             if let (Some(observed), Some(slot)) =
                 (limits.get(dimension), self.lanes.get_mut(dimension.index()))
@@ -1141,14 +1135,14 @@ mod tests {
         };
         // One request of 60 a minute left: it goes at once, and its answer 300 ms later says
         // none is left, the upstream having counted it.
-        let answered = |age_ms| {
+        let answered = |sent_ms| {
             let mut pace = Pace::default();
             pace.observe(T0, &requests_only(60, 1));
             pace.reserve(&policy, T0, T0, Cost::default());
             pace.observe(
                 T0 + 300,
                 &KeyLimits {
-                    age_ms,
+                    sent_ms,
                     ..requests_only(60, 0)
                 },
             );
@@ -1156,7 +1150,7 @@ mod tests {
         };
         // Sent 300 ms before: it is in the figures, which the upstream counted when it came
         // in; the next goes when one unit is back from then.
-        assert_eq!(at(&answered(Some(300)), T0 + 300), T0 + 1_000);
+        assert_eq!(at(&answered(Some(T0)), T0 + 300), T0 + 1_000);
         // Not said: a reservation of the last second may not be in them, and counts again.
         assert_eq!(at(&answered(None), T0 + 300), T0 + 2_300);
         // What was sent after the answered attempt is not in its figures: of two sent with
@@ -1165,25 +1159,12 @@ mod tests {
         pace.observe(T0, &requests_only(60, 2));
         pace.reserve(&policy, T0, T0, Cost::default());
         pace.reserve(&policy, T0 + 100, T0 + 100, Cost::default());
-        pace.observe(
-            T0 + 300,
-            &KeyLimits {
-                age_ms: Some(300),
-                ..requests_only(60, 1)
-            },
-        );
-        assert_eq!(at(&pace, T0 + 300), T0 + 1_000);
-        // The edge's own send time says the same when the report took its time to arrive:
-        // what went after that time is not in the figures.
-        let mut pace = Pace::default();
-        pace.observe(T0, &requests_only(60, 2));
-        pace.reserve(&policy, T0, T0, Cost::default());
-        pace.reserve(&policy, T0 + 100, T0 + 100, Cost::default());
+        // The report takes its time to reach the object; the edge's send time says what went
+        // after it, which is not in the figures.
         pace.observe(
             T0 + 450,
             &KeyLimits {
                 sent_ms: Some(T0),
-                age_ms: Some(300),
                 ..requests_only(60, 1)
             },
         );
@@ -1200,7 +1181,6 @@ mod tests {
         pace.reserve_for(&policy, (T0, T0 + 100, T0 + 100), Cost::default(), 2);
         let answer = |sent_ms: u64, seed, remaining| KeyLimits {
             sent_ms: Some(sent_ms),
-            age_ms: Some(300),
             answered: Some(seed),
             ..requests_only(6, remaining)
         };
@@ -1233,7 +1213,6 @@ mod tests {
             T0 + 300,
             &KeyLimits {
                 sent_ms: Some(T0 + 5),
-                age_ms: Some(295),
                 answered: Some(1),
                 ..requests_only(60, 1)
             },
@@ -1248,7 +1227,6 @@ mod tests {
             requests: Some(observed(1_000, 1_000)),
             input_tokens: Some(observed(60_000, 60_000)),
             output_tokens: Some(observed(8_000, 8_000)),
-            age_ms: None,
             sent_ms: None,
             empty_until_ms: None,
             answered: None,
@@ -1511,7 +1489,7 @@ mod tests {
             T0,
             &KeyLimits {
                 input_tokens: Some(observed(30_000, 30_000)),
-                age_ms: Some(0),
+                sent_ms: Some(T0),
                 ..KeyLimits::default()
             },
         );
@@ -1546,7 +1524,7 @@ mod tests {
             T0 + 1_500,
             &KeyLimits {
                 input_tokens: Some(observed(30_000, 0)),
-                age_ms: Some(500),
+                sent_ms: Some(T0 + 1_000),
                 ..KeyLimits::default()
             },
         );
@@ -1556,7 +1534,7 @@ mod tests {
             T0 + 2_000,
             &KeyLimits {
                 input_tokens: Some(observed(30_000, 20_000)),
-                age_ms: Some(0),
+                sent_ms: Some(T0 + 2_000),
                 ..KeyLimits::default()
             },
         );

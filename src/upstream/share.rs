@@ -616,7 +616,7 @@ mod tests {
                     limit: rpm,
                     remaining: 0,
                 }),
-                age_ms: Some(0),
+                sent_ms: Some(T0),
                 ..KeyLimits::default()
             },
         );

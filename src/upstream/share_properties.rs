@@ -19,7 +19,7 @@ fn pool(limit: u64, remaining: u64) -> Pace {
                 limit,
                 remaining: remaining.min(limit),
             }),
-            age_ms: Some(0),
+            sent_ms: Some(T0),
             ..KeyLimits::default()
         },
     );
