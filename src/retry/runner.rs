@@ -886,6 +886,40 @@ mod tests {
     }
 
     #[test]
+    fn a_wait_answered_at_the_deadline_is_a_refusal_without_asking_again() {
+        let time = FakeTime(Cell::new(T0));
+        let memory = Rc::new(RefCell::new(EdgeMemory::default()));
+        memory.borrow_mut().mark_trouble(T0);
+        let far = T0 + 10 * 60_000;
+        let overloaded = || {
+            Ok(Gate::Wait {
+                until_ms: far,
+                reason: WaitReason::Overloaded,
+            })
+        };
+        // Waited to the deadline, the request asks once more and is told to wait again: it
+        // is answered then (asking again would only cost a call; a third answer would let
+        // it go).
+        let mut shared = Recorder {
+            gates: vec![overloaded(), overloaded()].into(),
+            ..Recorder::default()
+        };
+        let (result, journal) = go(&time, &mut shared, &memory, vec![status(200)]);
+        let error = result.unwrap_err();
+        assert_eq!(
+            (error.status(), error.error_type()),
+            (503, "overloaded_error")
+        );
+        assert_eq!(journal.attempts, 0);
+        assert_eq!(
+            journal.stopped,
+            Some(Stop::Refused(RefuseReason::Overloaded))
+        );
+        assert_eq!(shared.asks.len(), 2);
+        assert_eq!(time.now_ms(), T0 + 30_000);
+    }
+
+    #[test]
     fn waits_of_the_shared_state_never_pass_the_deadline_and_are_not_attempts() {
         let time = FakeTime(Cell::new(T0));
         let memory = Rc::new(RefCell::new(EdgeMemory::default()));
