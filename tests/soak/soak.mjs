@@ -639,11 +639,15 @@ function checkProbe(p) {
     for (const dim of ['rpm', 'input_tpm', 'output_tpm']) {
       const quota = c.limits[dim];
       const mine = evs.filter((e) => e.dim === dim);
-      // The lower bound of the level as of the probe's answer, the upper as of its sending.
+      // The object read its figures somewhere between the probe's sending and its answer:
+      // the lower bound of the level is as of the answer; the upper is the highest the level
+      // stood at any instant of the probe's flight (at its sending, or as a charge made
+      // during the flight landed: admissions go on while the probe travels).
       const atBack = mine.map((e) => asOf(e, back)).filter(Boolean);
-      const atSent = mine.map((e) => asOf(e, sent)).filter(Boolean);
       const usedMin = level(atBack.map((x) => x.min), quota, back);
-      const usedMax = level(atSent.map((x) => x.max), quota, sent);
+      const highs = atBack.map((x) => x.max);
+      const instants = [sent, ...highs.map((x) => x.t).filter((t) => t > sent && t <= back)];
+      const usedMax = Math.max(...instants.map((t) => level(highs, quota, t)));
       const cap = quota * UNITS;
       const hi = Math.floor(Math.max(0, cap - usedMin) / UNITS) + 1; // +1: whole-ms clocks
       const lo = Math.max(0, Math.floor(Math.max(0, cap - usedMax) / UNITS) - 1);
