@@ -400,6 +400,7 @@ impl World {
             provisional: false,
             credit: wanted,
             returns,
+            counted: false,
         };
         self.send(
             isolate,

@@ -37,6 +37,10 @@ pub enum LimiterCall {
         /// Settlements and unused tickets handed back on the way, taken before the decision.
         #[serde(default, skip_serializing_if = "Returns::is_empty")]
         returns: Returns,
+        /// The request was counted against `rpm` while its body was arriving
+        /// ([`LimiterCall::AdmitRequestOnly`]): not again.
+        #[serde(default, skip_serializing_if = "is_false")]
+        counted: bool,
     },
     /// No request of its own: hands back `returns`, then grants up to `credit` tickets the
     /// size of `ticket`.
@@ -80,6 +84,11 @@ pub enum LimiterCall {
 
 fn yes() -> bool {
     true
+}
+
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde's `skip_serializing_if` passes a reference
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -185,11 +194,16 @@ impl ObjectState for LimiterObject {
                 provisional,
                 credit,
                 returns,
+                counted,
             } => {
                 self.confirmed |= self.limiter.take_back(&limits, now_ms, &returns);
                 self.confirmed |= !provisional;
                 self.limits = limits;
-                let admission = self.limiter.admit(&limits, now_ms, &request);
+                let admission = if counted {
+                    self.limiter.admit_counted(&limits, now_ms, &request)
+                } else {
+                    self.limiter.admit(&limits, now_ms, &request)
+                };
                 let tickets = match admission {
                     Admission::Admitted(_) if !provisional => {
                         self.limiter.grant(&limits, now_ms, &request, credit)
@@ -319,6 +333,7 @@ mod tests {
             provisional,
             credit: 0,
             returns: Returns::default(),
+            counted: false,
         }
     }
 
@@ -435,6 +450,7 @@ mod tests {
             provisional: false,
             credit: 0,
             returns: Returns::default(),
+            counted: false,
         }
     }
 
@@ -607,6 +623,7 @@ mod tests {
                 provisional: false,
                 credit: 0,
                 returns: Returns::default(),
+                counted: false,
             },
         ) else {
             panic!("an admission answers with an admission");

@@ -106,6 +106,13 @@ impl fmt::Display for Dimension {
     }
 }
 
+/// Whether an admission counts its request against `rpm`, or it was counted already.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Arrival {
+    New,
+    Counted,
+}
+
 /// What a request asks to reserve before it is forwarded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AdmissionRequest {
@@ -406,11 +413,34 @@ impl LimiterState {
         now_ms: u64,
         request: &AdmissionRequest,
     ) -> Admission {
+        self.admit_as(limits, now_ms, request, Arrival::New)
+    }
+
+    /// [`LimiterState::admit`] for a request already counted against `rpm` while its body
+    /// was arriving ([`LimiterState::admit_request_only`]): it is not counted twice.
+    #[must_use]
+    pub fn admit_counted(
+        &mut self,
+        limits: &TierLimits,
+        now_ms: u64,
+        request: &AdmissionRequest,
+    ) -> Admission {
+        self.admit_as(limits, now_ms, request, Arrival::Counted)
+    }
+
+    fn admit_as(
+        &mut self,
+        limits: &TierLimits,
+        now_ms: u64,
+        request: &AdmissionRequest,
+        arrival: Arrival,
+    ) -> Admission {
+        let request_cost = u64::from(limits.rpm.is_some() && arrival == Arrival::New);
         let now = self.advance(limits, now_ms);
         let input_cost = reserved_tokens(limits, request, Dimension::InputTpm);
         let output_cost = reserved_tokens(limits, request, Dimension::OutputTpm);
         let buckets = [
-            (Dimension::Rpm, limits.rpm, self.requests, 1),
+            (Dimension::Rpm, limits.rpm, self.requests, request_cost),
             (
                 Dimension::InputTpm,
                 limits.input_tpm,
@@ -467,7 +497,6 @@ impl LimiterState {
             return Admission::Denied(denial);
         }
 
-        let request_cost = u64::from(limits.rpm.is_some());
         self.requests = self.requests.charged(request_cost);
         self.input = self.input.charged(input_cost);
         self.output = self.output.charged(output_cost);
@@ -1511,6 +1540,33 @@ mod tests {
             assert_eq!(state.admit_request_only(&no_rpm, T0 + 20_000), None);
         }
         assert_eq!(state.lease_records(), before.lease_records());
+    }
+
+    #[test]
+    fn a_request_counted_while_its_body_arrived_is_not_counted_again() {
+        let l = limits(2, 1_000, 1_000, 2);
+        let mut state = LimiterState::new();
+        // Counted as its body began arriving; the admission that follows the body charges
+        // its tokens and its slot, and no second request.
+        assert_eq!(state.admit_request_only(&l, T0), None);
+        let requests = state.levels()[0];
+        admitted(state.admit_counted(&l, T0, &request(100, 100)));
+        assert_eq!(state.levels()[0], requests);
+        // rpm now full: a counted request still goes (its count was taken), a new one waits.
+        assert_eq!(state.admit_request_only(&l, T0), None);
+        admitted(state.admit_counted(&l, T0, &request(100, 100)));
+        assert_eq!(
+            denied(state.admit(&l, T0, &request(0, 0))).dimension,
+            Dimension::Rpm
+        );
+        // Its other dimensions bind as for any request.
+        let mut other = LimiterState::new();
+        admitted(other.admit(&l, T0, &request(800, 0)));
+        assert_eq!(other.admit_request_only(&l, T0), None);
+        assert_eq!(
+            denied(other.admit_counted(&l, T0, &request(500, 0))).dimension,
+            Dimension::InputTpm
+        );
     }
 
     #[test]

@@ -5,12 +5,17 @@
 //! its bytes arrive (never for the length it declares), a caller may hold only its share and
 //! read only as many bodies at once as its tier's `concurrency`, and a body that stops
 //! coming ends with `408` instead of holding its share for as long as the client likes.
+//! A body still arriving after [`COUNT_WHILE_ARRIVING_AFTER_MS`] has its request counted
+//! against the caller's `rpm` then, while it goes on arriving: a caller out of requests is
+//! refused there, and cannot keep uploads open by never finishing them.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
 
+use crate::config::TierLimits;
 use crate::error::{LimitInfo, ProxyError, Scope};
+use crate::request::route::Metering;
 
 use super::BUSY_RETRY_AFTER_MS;
 
@@ -215,6 +220,27 @@ impl ReadPace {
     }
 }
 
+/// How long a body may take to arrive before its request is counted against the caller's
+/// `rpm` while the rest arrives. Most bodies arrive sooner, with their head, and cost no
+/// second call to the caller's object; a slow one is counted then and refused at once when
+/// the caller has no requests left.
+pub const COUNT_WHILE_ARRIVING_AFTER_MS: u64 = 200;
+
+/// When a body still arriving has its request counted against `rpm` (see
+/// [`COUNT_WHILE_ARRIVING_AFTER_MS`]); `None` when the request is not counted against `rpm`
+/// at all.
+#[must_use]
+pub fn count_while_arriving(
+    metering: Metering,
+    limits: &TierLimits,
+    pace: &ReadPace,
+) -> Option<u64> {
+    (!matches!(metering, Metering::None) && limits.rpm.is_some()).then(|| {
+        pace.started_ms
+            .saturating_add(COUNT_WHILE_ARRIVING_AFTER_MS)
+    })
+}
+
 /// How much of a body refused for its declared length is read and dropped before the `413` is
 /// sent, so a client still sending reads the answer rather than a reset connection: the whole
 /// of what it declared, up to four times the limit or [`DRAIN_FLOOR_BYTES`], whichever is more
@@ -387,5 +413,31 @@ mod tests {
         assert_eq!(drain_allowance(limit + 1, limit), limit + 1);
         assert_eq!(drain_allowance(u64::MAX, limit), 4 * limit);
         assert_eq!(drain_allowance(u64::MAX, u64::MAX), u64::MAX);
+    }
+
+    #[test]
+    fn a_body_still_arriving_is_counted_against_rpm_only_where_rpm_counts() {
+        let pace = ReadPace {
+            started_ms: 1_000,
+            grace_ms: 10_000,
+            min_bytes_per_s: 1,
+        };
+        let rpm = TierLimits {
+            rpm: std::num::NonZeroU32::new(10),
+            ..TierLimits::default()
+        };
+        let due = Some(1_000 + COUNT_WHILE_ARRIVING_AFTER_MS);
+        assert_eq!(count_while_arriving(Metering::Full, &rpm, &pace), due);
+        assert_eq!(
+            count_while_arriving(Metering::RequestOnly, &rpm, &pace),
+            due
+        );
+        // Nothing to count: no rpm, or a route not metered.
+        assert_eq!(count_while_arriving(Metering::None, &rpm, &pace), None);
+        let no_rpm = TierLimits {
+            concurrency: std::num::NonZeroU32::new(2),
+            ..TierLimits::default()
+        };
+        assert_eq!(count_while_arriving(Metering::Full, &no_rpm, &pace), None);
     }
 }

@@ -30,7 +30,7 @@ use crate::request::body::BodyFacts;
 use crate::request::headers::check_betas;
 use crate::request::results_url::{origin_of, point_at_proxy};
 use crate::request::route::{path_of, query_of, route, upstream_url, Metering, Route};
-use crate::request::upload::{BodyCaps, ReadPace};
+use crate::request::upload::{count_while_arriving, BodyCaps, ReadPace};
 
 use crate::limits::{settlement_usage, Answered, Usage, WAITING_LEASE_MS};
 use crate::request::cors::Cors;
@@ -99,48 +99,29 @@ async fn handle(
     let betas = headers.value("anthropic-beta");
     check_betas(config.allowed_betas(&caller.tier), betas)?;
 
-    let (body, facts) = if route.carries_body() {
-        // Charged to the caller before a byte is read: where the route takes one of its
-        // tier's concurrency slots, one of them in bodies being sent; and its share of the
-        // isolate's budget as the bytes arrive.
-        let limits = config.tier_limits(&caller.tier);
-        let takes_a_slot = matches!(route.metering(&limits), Metering::Full);
-        let reading = runtime::Reading {
-            limit: config.max_body_bytes,
-            caps: BodyCaps {
-                isolate: config.max_inflight_body_bytes,
-                caller: config.max_inflight_body_bytes_per_caller,
-                bodies: limits
-                    .concurrency
-                    .filter(|_| takes_a_slot)
-                    .map(std::num::NonZeroU32::get),
-            },
-            pace: ReadPace {
-                started_ms: exchange.started_ms,
-                grace_ms: config.body_read_timeout_ms,
-                min_bytes_per_s: config.min_body_bytes_per_s,
-            },
-        };
-        let identity = exchange
-            .identity_hash
-            .clone()
-            .unwrap_or_else(|| caller.identity_hash());
-        let (body, facts) = runtime::read_body(incoming, &identity, reading)
-            .await?
-            .inspect(&route)?;
-        (Some(body), facts)
+    let (body, facts, counted) = if route.carries_body() {
+        let (body, counted) = read_body(env, incoming, &route, &config, &caller, exchange).await?;
+        let (body, facts) = body.inspect(&route)?;
+        (Some(body), facts, counted)
     } else if route.streams_body() {
-        (
-            Some(runtime::streamed_upload(incoming)),
-            BodyFacts::default(),
-        )
+        let streamed = runtime::streamed_upload(incoming);
+        (Some(streamed), BodyFacts::default(), None)
     } else {
-        (None, BodyFacts::default())
+        (None, BodyFacts::default(), None)
     };
     exchange.stream = facts.stream;
     exchange.model.clone_from(&facts.model);
 
-    let admitted = admit(env, ctx, &config, &route, &caller, &facts, exchange).await?;
+    let admitted = admit(
+        env,
+        ctx,
+        &config,
+        &route,
+        &caller,
+        (&facts, counted),
+        exchange,
+    )
+    .await?;
     // The answer's usage is watched for the settlement (unless nothing it settles depends on
     // the answer), and for metrics when they are kept.
     let tap = admitted
@@ -234,6 +215,66 @@ async fn handle(
     delivered.map(|d| d.response)
 }
 
+/// Reads the request body, charged to the caller before a byte is read: where the route takes
+/// one of its tier's concurrency slots, one of them in bodies being sent; its share of the
+/// isolate's budget as the bytes arrive; and, for a body still arriving after a moment, its
+/// request against `rpm` then (see `request::upload::count_while_arriving`). When the
+/// request was counted so, the headers of that count, for an admission that does not count
+/// it again.
+async fn read_body(
+    env: &Env,
+    incoming: &Incoming,
+    route: &Route,
+    config: &Config,
+    caller: &Caller,
+    exchange: &mut Exchange,
+) -> Result<(runtime::Body, Option<Vec<(&'static str, String)>>), ProxyError> {
+    let limits = config.tier_limits(&caller.tier);
+    let metering = route.metering(&limits);
+    let reading = runtime::Reading {
+        limit: config.max_body_bytes,
+        caps: BodyCaps {
+            isolate: config.max_inflight_body_bytes,
+            caller: config.max_inflight_body_bytes_per_caller,
+            bodies: limits
+                .concurrency
+                .filter(|_| matches!(metering, Metering::Full))
+                .map(std::num::NonZeroU32::get),
+        },
+        pace: ReadPace {
+            started_ms: exchange.started_ms,
+            grace_ms: config.body_read_timeout_ms,
+            min_bytes_per_s: config.min_body_bytes_per_s,
+        },
+    };
+    let identity = exchange
+        .identity_hash
+        .clone()
+        .unwrap_or_else(|| caller.identity_hash());
+    let provisional = matches!(caller.upstream_key, UpstreamKey::Passthrough(_));
+    let count_headers = std::cell::RefCell::new(Vec::new());
+    let counting = runtime::Counting::at(
+        count_while_arriving(metering, &limits, &reading.pace),
+        || async {
+            let mut headers = Vec::new();
+            let counted =
+                limiter::admit_request_only(env, &identity, limits, provisional, &mut headers)
+                    .await;
+            count_headers.borrow_mut().extend(headers);
+            counted
+        },
+    );
+    let read = runtime::read_body(incoming, &identity, reading, counting).await;
+    let count_headers = count_headers.into_inner();
+    match read {
+        Ok((body, counted)) => Ok((body, counted.then_some(count_headers))),
+        Err(refused) => {
+            exchange.extra_headers.extend(count_headers);
+            Err(refused)
+        }
+    }
+}
+
 /// The caller's own limits: at most one round trip to its object before anything goes upstream
 /// (none when the isolate holds credit for the caller, see `limits::credit`). A
 /// passthrough caller is provisional until the upstream accepts its key.
@@ -243,7 +284,7 @@ async fn admit(
     config: &Config,
     route: &Route,
     caller: &Caller,
-    facts: &BodyFacts,
+    (facts, counted): (&BodyFacts, Option<Vec<(&'static str, String)>>),
     exchange: &mut Exchange,
 ) -> Result<Option<Admitted>, ProxyError> {
     let limits = config.tier_limits(&caller.tier);
@@ -263,7 +304,7 @@ async fn admit(
                 limits,
                 facts,
                 WAITING_LEASE_MS,
-                provisional,
+                (provisional, counted.is_some()),
                 headers,
             )
             .await?;
@@ -276,7 +317,14 @@ async fn admit(
             })
         }
         Metering::RequestOnly => {
-            limiter::admit_request_only(env, &identity_hash, limits, provisional, headers).await?;
+            match counted {
+                // Counted while its body arrived: that was its admission.
+                Some(count_headers) => headers.extend(count_headers),
+                None => {
+                    limiter::admit_request_only(env, &identity_hash, limits, provisional, headers)
+                        .await?;
+                }
+            }
             None
         }
         Metering::None => None,

@@ -1,7 +1,7 @@
 //! The runtime's clock, randomness, sleep, configuration and request body, behind small
 //! functions so the rest of the shell reads like the core it drives.
 
-use std::pin::pin;
+use std::pin::{pin, Pin};
 
 use futures_util::future::{select, Either};
 use worker::Env;
@@ -334,16 +334,82 @@ impl PacedBody {
     }
 }
 
+/// Counting a request against `rpm` while its body arrives (see
+/// `request::upload::count_while_arriving`): due at a time, then on its way, then done.
+pub enum Counting<S, F> {
+    /// Not counted while it arrives.
+    Off,
+    Due(Timer, S),
+    Sent(Pin<Box<F>>),
+    Done,
+}
+
+impl<S, F> Counting<S, F> {
+    /// Counts with `send` at `due_ms`; `None`: the request is not counted while it arrives.
+    pub fn at(due_ms: Option<u64>, send: S) -> Counting<S, F> {
+        match due_ms {
+            Some(due) => Counting::Due(Timer::after_ms(due.saturating_sub(now_ms())), send),
+            None => Counting::Off,
+        }
+    }
+}
+
+/// How reading a body stopped early.
+enum Stopped {
+    /// The body failed or fell behind its pace.
+    Body(ProxyError),
+    /// The request was refused while its body arrived: the rest is drained.
+    Refused(ProxyError),
+}
+
+/// The body's next chunk, counting the request on the way when it is due.
+async fn next_counting<S, F>(
+    body: &mut PacedBody,
+    counting: &mut Counting<S, F>,
+) -> Result<Option<js_sys::Uint8Array>, Stopped>
+where
+    S: FnOnce() -> F,
+    F: std::future::Future<Output = Result<(), ProxyError>>,
+{
+    loop {
+        match counting {
+            Counting::Off | Counting::Done => return body.next().await.map_err(Stopped::Body),
+            Counting::Due(timer, _) => match select(pin!(body.next()), timer).await {
+                Either::Left((next, _)) => return next.map_err(Stopped::Body),
+                Either::Right(((), _)) => {
+                    if let Counting::Due(_, send) = std::mem::replace(counting, Counting::Done) {
+                        *counting = Counting::Sent(Box::pin(send()));
+                    }
+                }
+            },
+            Counting::Sent(count) => match select(pin!(body.next()), count.as_mut()).await {
+                Either::Left((next, _)) => return next.map_err(Stopped::Body),
+                Either::Right((counted, _)) => {
+                    *counting = Counting::Done;
+                    counted.map_err(Stopped::Refused)?;
+                }
+            },
+        }
+    }
+}
+
 /// Reads the request body chunk by chunk, holding each chunk against the isolate's and the
 /// caller's budgets as it arrives (a declared length is never held before its bytes come),
 /// refusing it as soon as it passes `limit` bytes, and giving it up when it falls behind its
-/// pace. A refused body is read on and dropped, a bounded amount, so the client still
-/// sending reads the answer.
-pub async fn read_body(
+/// pace. A body still arriving when `counting` is due has its request counted then, and is
+/// refused if the caller has none left. A refused body is read on and dropped, a bounded
+/// amount, so the client still sending reads the answer. Also says whether the request was
+/// counted on the way.
+pub async fn read_body<S, F>(
     incoming: &super::boundary::Incoming,
     caller: &str,
     reading: Reading,
-) -> Result<Body, ProxyError> {
+    mut counting: Counting<S, F>,
+) -> Result<(Body, bool), ProxyError>
+where
+    S: FnOnce() -> F,
+    F: std::future::Future<Output = Result<(), ProxyError>>,
+{
     let Reading { limit, caps, pace } = reading;
     let req = &incoming.request;
     let stream = req.body().as_ref().and_then(BodyReader::new);
@@ -371,14 +437,25 @@ pub async fn read_body(
     };
     let parts = js_sys::Array::new();
     let Some(paced) = body.as_mut() else {
-        return Ok(Body {
+        let body = Body {
             parts,
             length: 0,
             held,
-        });
+        };
+        return Ok((body, false));
     };
     let mut length: u64 = 0;
-    while let Some(chunk) = paced.next().await? {
+    loop {
+        let chunk = match next_counting(paced, &mut counting).await {
+            Ok(Some(chunk)) => chunk,
+            Ok(None) => break,
+            Err(Stopped::Body(failed)) => return Err(failed),
+            Err(Stopped::Refused(refused)) => {
+                release_all(&parts);
+                drop(held);
+                return refuse(body, drain_most, refused).await;
+            }
+        };
         let more = u64::from(chunk.length());
         let grown = length.saturating_add(more);
         let refused = if grown > limit || declared.is_some_and(|d| grown > d) {
@@ -395,9 +472,19 @@ pub async fn read_body(
         length = grown;
         parts.push(&chunk);
     }
-    Ok(Body {
+    // A count on its way when the body ended is waited for: it may have been counted.
+    let counted = match counting {
+        Counting::Off | Counting::Due(..) => false,
+        Counting::Done => true,
+        Counting::Sent(count) => {
+            count.await?;
+            true
+        }
+    };
+    let body = Body {
         parts,
         length: usize::try_from(length).unwrap_or(usize::MAX),
         held,
-    })
+    };
+    Ok((body, counted))
 }

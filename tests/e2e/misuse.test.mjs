@@ -362,6 +362,91 @@ test('slow or unmetered uploads cannot fill an isolate: bodies charged as they a
   }
 });
 
+/**
+ * A POST of `body` written on a raw socket in pieces: each `[bytes, pause_ms]` step sends the
+ * next `bytes` of it and then waits. `answer` resolves to the status, the headers and the
+ * envelope, and `sent` to whether the whole body had been sent when the answer came.
+ */
+function sendInPieces(w, key, body, steps) {
+  const url = new URL(w.url);
+  const bytes = Buffer.from(body);
+  const socket = net.connect(Number(url.port), url.hostname);
+  let offset = 0;
+  let answered = false;
+  const answer = new Promise((resolve, reject) => {
+    let got = Buffer.alloc(0);
+    socket.on('data', (d) => {
+      got = Buffer.concat([got, d]);
+      const split = got.indexOf('\r\n\r\n');
+      if (split < 0) return;
+      const head = got.subarray(0, split).toString('latin1');
+      const length = Number(/content-length: *(\d+)/i.exec(head)?.[1] ?? NaN);
+      if (got.length - split - 4 < length) return;
+      answered = true;
+      const headers = Object.fromEntries(head.split('\r\n').slice(1).map((l) => {
+        const i = l.indexOf(':');
+        return [l.slice(0, i).trim().toLowerCase(), l.slice(i + 1).trim()];
+      }));
+      resolve({
+        status: Number(head.split(' ')[1]),
+        headers,
+        body: JSON.parse(got.subarray(split + 4, split + 4 + length)),
+        sent: offset >= bytes.length,
+      });
+      socket.destroy();
+    });
+    socket.on('error', reject);
+    socket.on('close', () => { if (!answered) reject(new Error('closed without an answer')); });
+  });
+  socket.write(`POST /v1/messages HTTP/1.1\r\nhost: proxy.test\r\nx-api-key: ${key}\r\ncontent-type: application/json\r\nanthropic-version: 2023-06-01\r\ncontent-length: ${bytes.length}\r\n\r\n`);
+  (async () => {
+    for (const [n, pause] of steps) {
+      if (answered || socket.destroyed) return;
+      socket.write(bytes.subarray(offset, offset + n));
+      offset += n;
+      await sleep(pause);
+    }
+  })().catch(() => {});
+  return { answer, socket };
+}
+
+test('a body still arriving is counted against rpm on its way: a caller out of requests is refused before its body ends, and a counted request is not counted twice', async () => {
+  const w = await startWorker(workerVars(sim, {
+    RATE_LIMITS: JSON.stringify({ default: {}, counted: { rpm: 2 } }),
+    CLIENT_KEYS: twoCallers({ tier: 'counted' }),
+  }));
+  const body = JSON.stringify(messageBody({ messages: [{ role: 'user', content: 'x'.repeat(20_000) }] }));
+  const opened = [];
+  try {
+    await sim.reset();
+    // Half now, the rest after 800 ms: counted while it arrives, and served.
+    const slow = sendInPieces(w, BOB, body, [[10_000, 800], [body.length - 10_000, 0]]);
+    opened.push(slow);
+    const served = await slow.answer;
+    assert.equal(served.status, 200, JSON.stringify(served.body));
+    assert.equal(served.headers['ratelimit-policy']?.includes('2;w=60'), true, served.headers['ratelimit-policy']);
+    // It was counted once: Bob's second request of the minute goes.
+    const second = await postMessage(w, body, { 'x-api-key': BOB });
+    assert.equal(second.status, 200, 'a request counted while its body arrived was counted again at its admission');
+    await second.arrayBuffer();
+    // His third trickles: refused on its way, while he is still sending, with the contract's
+    // refusal (not a 408 when the body falls behind, not after it ends).
+    const third = sendInPieces(w, BOB, body, Array.from({ length: 100 }, () => [100, 100]));
+    opened.push(third);
+    const refused = await third.answer;
+    assert.equal(refused.status, 429, JSON.stringify(refused.body));
+    assert.equal(refused.sent, false, 'the refusal waited for the body');
+    assert.equal(refused.body.error.type, 'rate_limit_error');
+    assert.deepEqual([refused.body.limit.scope, refused.body.limit.dimension], ['key', 'rpm']);
+    assert.ok(Number(refused.headers['retry-after']) >= 1, `retry-after: ${refused.headers['retry-after']}`);
+    // Alice, untouched, is served meanwhile.
+    assert.equal((await postMessage(w, body)).status, 200);
+  } finally {
+    for (const { socket } of opened) socket.destroy();
+    await w.stop();
+  }
+});
+
 test('a body the client abandons mid-way: the log line keeps the runtime\'s cause', async () => {
   const w = await startWorker(workerVars(sim, { MAX_BODY_BYTES: '1000000' }));
   try {

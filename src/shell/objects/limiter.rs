@@ -59,6 +59,8 @@ impl DurableObject for Limiter {
 /// `limits::credit`). The caller's own limits go into `headers` (for the answer) whatever the
 /// decision: on credit, as of the grant. `provisional`: a caller the upstream has not accepted
 /// yet (a passthrough key), whose object must not store anything yet; it gets no credit.
+/// `counted`: the request was counted against `rpm` while its body arrived; it is not
+/// counted again, so it is not taken from a ticket either (a ticket counts one).
 /// Whether the request was admitted on credit (its settlement may then wait for a ride).
 #[allow(clippy::too_many_arguments)]
 pub async fn admit(
@@ -68,7 +70,7 @@ pub async fn admit(
     limits: TierLimits,
     facts: &BodyFacts,
     lease_ms: u64,
-    provisional: bool,
+    (provisional, counted): (bool, bool),
     headers: &mut Vec<(&'static str, String)>,
 ) -> Result<(Reservation, bool), ProxyError> {
     let request = AdmissionRequest {
@@ -82,7 +84,11 @@ pub async fn admit(
     } else {
         let local = with_credit(identity_hash, limits, |c| {
             c.arrive(limits, now);
-            c.take(&request, now)
+            if counted {
+                None
+            } else {
+                c.take(&request, now)
+            }
         });
         if let Some(Some(local)) = local {
             headers.extend(limit_headers(&local.status, None, local.status_ms));
@@ -104,6 +110,7 @@ pub async fn admit(
         provisional,
         credit,
         returns: carry.map(|c| c.returns).unwrap_or_default(),
+        counted,
     };
     let reply: AdmitReply = super::call(env, BINDING, identity_hash, &call, "rate limiter").await?;
     on_its_way.arrived();
