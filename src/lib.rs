@@ -21,6 +21,7 @@ pub mod error;
 pub mod identity;
 pub mod limits;
 pub mod metrics;
+pub mod pipeline;
 pub mod plan;
 pub mod request;
 pub mod retry;

@@ -21,9 +21,11 @@
 //!   as good as a fresh one ([`LimiterState::is_idle`]), so the shell can delete it.
 
 mod bucket;
+pub mod calendar;
 mod credit;
 mod headers;
 mod object;
+pub mod prices;
 mod renewal;
 mod settle;
 mod state;

@@ -190,6 +190,15 @@ pub fn default_caller_share(isolate: u64, max_body: u64) -> u64 {
     (isolate / 2).max(max_body).min(isolate)
 }
 
+/// What a request body is read under: `MAX_BODY_BYTES`, the isolate's and the caller's
+/// budgets for bodies, and how slowly it may arrive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadRules {
+    pub limit: u64,
+    pub caps: BodyCaps,
+    pub pace: ReadPace,
+}
+
 /// How slowly a body may arrive: within `grace_ms` of the request's start, plus one second
 /// for every `min_bytes_per_s` bytes that have arrived. A client sending at least that fast
 /// is never cut; one that stalls, or trickles, falls behind and is answered `408`.

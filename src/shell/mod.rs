@@ -25,19 +25,15 @@ use worker::{event, web_sys, Context, Env};
 
 use crate::config::Config;
 use crate::error::ProxyError;
-use crate::identity::{authenticate, credential, Caller, UpstreamKey};
+use crate::identity::{authenticate, credential, Caller};
+use crate::limits::{settlement_usage, Answered, Usage, WAITING_LEASE_MS};
+use crate::pipeline::{ClientAsks, Forwarding, Intake};
 use crate::request::body::BodyFacts;
+use crate::request::cors::Cors;
 use crate::request::headers::check_betas;
 use crate::request::results_url::{origin_of, point_at_proxy};
-use crate::request::route::{path_of, query_of, route, upstream_url, Metering, Route};
-use crate::request::upload::{count_while_arriving, BodyCaps, ReadPace};
-
-use crate::limits::{settlement_usage, Answered, Usage, WAITING_LEASE_MS};
-use crate::request::cors::Cors;
-use crate::retry::fallback::{self, Fallbacks, OPT_OUT_HEADER};
+use crate::request::route::{path_of, route, Metering, Route};
 use crate::retry::runner::{self, Run};
-use crate::retry::{Awaited, RetryPolicy};
-use crate::upstream::{pool_of, Claimant, Cost, Priority};
 use objects::{limiter, upstream::KeyState};
 use respond::Exchange;
 use runtime::Platform;
@@ -56,7 +52,8 @@ async fn fetch(req: web_sys::Request, env: Env, ctx: Context) -> worker::Result<
     answer.into_response().map_err(worker::Error::from)
 }
 
-/// Runs one request; every error is an answer, never a panic or an `Err` to the runtime.
+/// Runs one request, phase by phase (see [`crate::pipeline`]); every error is an answer,
+/// never a panic or an `Err` to the runtime.
 async fn handle(
     incoming: &Incoming,
     env: &Env,
@@ -67,41 +64,98 @@ async fn handle(
         worker::console_error!("{}", respond::config_log_line(&e));
         ProxyError::Misconfigured(e)
     })?;
+    let route = match route_request(incoming, env, &config, exchange).await? {
+        Routed::Answered(answer) => return Ok(answer),
+        Routed::Upstream(route) => route,
+    };
+    let (caller, upstream_key) = authenticate_request(&incoming.headers, &config, exchange)?;
+    let intake = Intake::of(&config, &route, &caller, exchange.started_ms);
+    let (body, facts, counted) = inspect(env, incoming, &route, &intake, &caller, exchange).await?;
+    let admitted = admit(env, ctx, &intake, &caller, (&facts, counted), exchange).await?;
+    let watches_usage = intake.watches_usage(metrics::bound(env));
+    let forwarding = Forwarding::of(
+        &config,
+        &route,
+        &caller,
+        &facts,
+        ClientAsks::from_headers(|name| incoming.headers.value(name)),
+        (&incoming.url, watches_usage),
+    )?;
+    let mut upstream = Upstream::new(
+        forwarding.url.clone(),
+        &incoming.method,
+        &incoming.headers,
+        &upstream_key,
+        body.as_ref(),
+        facts.stream,
+    )
+    .with_model_span(facts.model_span.clone())
+    .reading_json_whole(forwarding.json_whole)
+    .reading_errors_within(config.attempt_timeout_ms);
+    let answer = forward_holding(
+        env,
+        forwarding,
+        &upstream_key,
+        &mut upstream,
+        admitted.as_ref(),
+        exchange,
+    )
+    .await;
+    exchange.upstream_request_id = upstream.request_id.take();
+    let mut delivered = deliver(answer, incoming, &route, &config, watches_usage).await;
+    settle(env, ctx, admitted, delivered.as_mut().ok(), exchange);
+    delivered.map(|d| d.response)
+}
 
+/// What the route phase found: an answer of the proxy's own, or a route that goes upstream.
+enum Routed {
+    Answered(Answer),
+    Upstream(Route),
+}
+
+/// The route phase: the route, the origin's grant, and the proxy's own routes answered here
+/// (preflight, health, the operator's status).
+async fn route_request(
+    incoming: &Incoming,
+    env: &Env,
+    config: &Config,
+    exchange: &mut Exchange,
+) -> Result<Routed, ProxyError> {
     exchange.cors = Cors::decide(&config.allowed_origins, exchange.origin.as_deref());
     exchange.log = config.request_log;
-    let (method, raw_url, headers) = (&incoming.method, &incoming.url, &incoming.headers);
-    let route = route(method, path_of(raw_url))?;
+    let route = route(&incoming.method, path_of(&incoming.url))?;
     exchange.route = Some(route.clone());
     if matches!(exchange.cors, Cors::Denied) {
         return Err(ProxyError::OriginNotAllowed);
     }
-
-    match route {
-        Route::Preflight => return respond::preflight(headers, &exchange.cors),
+    let answer = match route {
+        Route::Preflight => respond::preflight(&incoming.headers, &exchange.cors)?,
         Route::Health => {
             // A deployment whose managed callers cannot be served is not healthy.
             if let Some(name) = config.missing_for_managed_callers() {
                 return Err(ProxyError::MissingSecret(name));
             }
-            return respond::health(VERSION);
+            respond::health(VERSION)?
         }
-        Route::Status => return status::handle_status(incoming, env, &config, VERSION).await,
-        _ => {}
-    }
+        Route::Status => status::handle_status(incoming, env, config, VERSION).await?,
+        route => return Ok(Routed::Upstream(route)),
+    };
+    Ok(Routed::Answered(answer))
+}
 
-    let caller = authenticate_request(headers, &config)?;
-    let identity_hash = caller.identity_hash();
-    exchange.caller_tag = Some(config.caller_tag(&identity_hash));
-    exchange.identity_hash = Some(identity_hash);
-    exchange.tier = Some(caller.tier.clone());
-    let upstream_key = caller.upstream_key(&config)?;
-    let betas = headers.value("anthropic-beta");
-    check_betas(config.allowed_betas(&caller.tier), betas)?;
-
-    let (body, facts, counted) = if route.carries_body() {
-        let (body, counted) = read_body(env, incoming, &route, &config, &caller, exchange).await?;
-        let (body, facts) = body.inspect(&route)?;
+/// The inspect phase: the body read (or streamed through) and what the proxy needs of it; and
+/// whether the request was counted while its body arrived, with that count's headers.
+async fn inspect(
+    env: &Env,
+    incoming: &Incoming,
+    route: &Route,
+    intake: &Intake,
+    caller: &Caller,
+    exchange: &mut Exchange,
+) -> Result<Inspected, ProxyError> {
+    let inspected = if route.carries_body() {
+        let (body, counted) = read_body(env, incoming, intake, caller, exchange).await?;
+        let (body, facts) = body.inspect(route)?;
         (Some(body), facts, counted)
     } else if route.streams_body() {
         let streamed = runtime::streamed_upload(incoming);
@@ -109,85 +163,31 @@ async fn handle(
     } else {
         (None, BodyFacts::default(), None)
     };
-    exchange.stream = facts.stream;
-    exchange.model.clone_from(&facts.model);
+    exchange.stream = inspected.1.stream;
+    exchange.model.clone_from(&inspected.1.model);
+    Ok(inspected)
+}
 
-    let admitted = admit(
-        env,
-        ctx,
-        &config,
-        &route,
-        &caller,
-        (&facts, counted),
-        exchange,
-    )
-    .await?;
-    // The answer's usage is watched for the settlement (unless nothing it settles depends on
-    // the answer), and for metrics when they are kept.
-    let tap = admitted
-        .as_ref()
-        .is_some_and(|a| a.limits.settles_on_the_answer())
-        || metrics::bound(env);
+/// What [`inspect`] gives: the upload, its facts, and the headers of a count made while it
+/// arrived.
+type Inspected = (
+    Option<runtime::Upload>,
+    BodyFacts,
+    Option<Vec<(&'static str, String)>>,
+);
 
-    // How the caller shares a scarce key: its tier's weight, priority and budget (a request
-    // may lower its priority and shorten its budget, never the reverse).
-    let share = config.tier_share(&caller.tier);
-    let claimant = Claimant {
-        caller: caller.identity.clone(),
-        weight: share.weight,
-        priority: Priority::requested(share.priority, headers.value("x-proxy-priority")),
-    };
-    let policy = RetryPolicy {
-        budget_ms: share.budget_ms.unwrap_or(config.request_budget_ms),
-        ..RetryPolicy::from_config(&config, None)
-    };
-    // A streamed body goes once: a second attempt would have nothing to send.
-    let policy = RetryPolicy {
-        max_attempts: if route.streams_body() {
-            std::num::NonZeroU32::MIN
-        } else {
-            policy.max_attempts
-        },
-        ..policy
-    }
-    .with_client_budget(headers.value("x-proxy-budget-ms"))
-    .awaiting(Awaited::of(&route, &facts));
-    let path = route.upstream_path().ok_or(ProxyError::NotFound)?;
-    let mut upstream = Upstream::new(
-        upstream_url(&config.upstream_url, &path, query_of(raw_url)),
-        method,
-        headers,
-        &upstream_key,
-        body.as_ref(),
-        facts.stream,
-    )
-    .with_model_span(facts.model_span.clone())
-    .reading_json_whole(tap || route.carries_results_url())
-    .reading_errors_within(config.attempt_timeout_ms);
-    let fallbacks = match (&route, facts.model.as_deref()) {
-        (Route::Messages, Some(model)) => Fallbacks::new(
-            model,
-            config.fallbacks_of(model),
-            fallback::allowed_by_header(headers.value(OPT_OUT_HEADER)),
-        ),
-        _ => Fallbacks::none(),
-    };
-    let answer = forward_holding(
-        env,
-        &route,
-        fallbacks,
-        (&upstream_key, claimant),
-        &facts,
-        policy,
-        &mut upstream,
-        admitted.as_ref(),
-        exchange,
-    )
-    .await;
-    exchange.upstream_request_id = upstream.request_id.take();
+/// The deliver phase: a `results_url` pointed at the proxy, then the answer handed to the
+/// client (a stream that goes silent for as long as its first event may take is cut).
+async fn deliver(
+    answer: Result<transport::UpstreamAnswer, ProxyError>,
+    incoming: &Incoming,
+    route: &Route,
+    config: &Config,
+    watches_usage: bool,
+) -> Result<Delivered, ProxyError> {
     let answer = match answer {
         Ok(a) if route.carries_results_url() => {
-            let origin = origin_of(raw_url).to_string();
+            let origin = origin_of(&incoming.url).to_string();
             a.rewritten(config.attempt_timeout_ms, move |body| {
                 point_at_proxy(body, &origin)
             })
@@ -195,15 +195,25 @@ async fn handle(
         }
         other => other,
     };
-    // A stream that goes silent for as long as its first event may take is cut.
-    let mut delivered = answer.and_then(|a| transport::deliver(a, tap, config.attempt_timeout_ms));
+    answer.and_then(|a| transport::deliver(a, watches_usage, config.attempt_timeout_ms))
+}
+
+/// The settle phase, after the answer is handed over: an admitted request settles once its
+/// body has passed (under `waitUntil`); the usage it reports goes to the record.
+fn settle(
+    env: &Env,
+    ctx: &Context,
+    admitted: Option<Admitted>,
+    delivered: Option<&mut Delivered>,
+    exchange: &mut Exchange,
+) {
     if let Some(admitted) = admitted {
         let (usage_to, usage) = oneshot::channel();
         exchange.usage = Some(Box::pin(
             async move { usage.await.unwrap_or(Usage::UNKNOWN) },
         ));
-        admitted.settle_later(env, ctx, delivered.as_mut().ok(), usage_to);
-    } else if let Some((seen, progress)) = delivered.as_mut().ok().and_then(|d| d.seen.take()) {
+        admitted.settle_later(env, ctx, delivered, usage_to);
+    } else if let Some((seen, progress)) = delivered.and_then(|d| d.seen.take()) {
         exchange.usage = Some(Box::pin(async move {
             let seen = Some(limiter::reported(&seen).await);
             settlement_usage(Answered::Watched {
@@ -212,7 +222,6 @@ async fn handle(
             })
         }));
     }
-    delivered.map(|d| d.response)
 }
 
 /// Reads the request body, charged to the caller before a byte is read: where the route takes
@@ -224,47 +233,28 @@ async fn handle(
 async fn read_body(
     env: &Env,
     incoming: &Incoming,
-    route: &Route,
-    config: &Config,
+    intake: &Intake,
     caller: &Caller,
     exchange: &mut Exchange,
 ) -> Result<(runtime::Body, Option<Vec<(&'static str, String)>>), ProxyError> {
-    let limits = config.tier_limits(&caller.tier);
-    let metering = route.metering(&limits);
-    let reading = runtime::Reading {
-        limit: config.max_body_bytes,
-        caps: BodyCaps {
-            isolate: config.max_inflight_body_bytes,
-            caller: config.max_inflight_body_bytes_per_caller,
-            bodies: limits
-                .concurrency
-                .filter(|_| matches!(metering, Metering::Full))
-                .map(std::num::NonZeroU32::get),
-        },
-        pace: ReadPace {
-            started_ms: exchange.started_ms,
-            grace_ms: config.body_read_timeout_ms,
-            min_bytes_per_s: config.min_body_bytes_per_s,
-        },
-    };
     let identity = exchange
         .identity_hash
         .clone()
         .unwrap_or_else(|| caller.identity_hash());
-    let provisional = matches!(caller.upstream_key, UpstreamKey::Passthrough(_));
+    let Intake {
+        limits,
+        provisional,
+        ..
+    } = *intake;
     let count_headers = std::cell::RefCell::new(Vec::new());
-    let counting = runtime::Counting::at(
-        count_while_arriving(metering, &limits, &reading.pace),
-        || async {
-            let mut headers = Vec::new();
-            let counted =
-                limiter::admit_request_only(env, &identity, limits, provisional, &mut headers)
-                    .await;
-            count_headers.borrow_mut().extend(headers);
-            counted
-        },
-    );
-    let read = runtime::read_body(incoming, &identity, reading, counting).await;
+    let counting = runtime::Counting::at(intake.count_due_ms, || async {
+        let mut headers = Vec::new();
+        let counted =
+            limiter::admit_request_only(env, &identity, limits, provisional, &mut headers).await;
+        count_headers.borrow_mut().extend(headers);
+        counted
+    });
+    let read = runtime::read_body(incoming, &identity, intake.rules, counting).await;
     let count_headers = count_headers.into_inner();
     match read {
         Ok((body, counted)) => Ok((body, counted.then_some(count_headers))),
@@ -281,21 +271,23 @@ async fn read_body(
 async fn admit(
     env: &Env,
     ctx: &Context,
-    config: &Config,
-    route: &Route,
+    intake: &Intake,
     caller: &Caller,
     (facts, counted): (&BodyFacts, Option<Vec<(&'static str, String)>>),
     exchange: &mut Exchange,
 ) -> Result<Option<Admitted>, ProxyError> {
-    let limits = config.tier_limits(&caller.tier);
-    let provisional = matches!(caller.upstream_key, UpstreamKey::Passthrough(_));
+    let Intake {
+        limits,
+        provisional,
+        ..
+    } = *intake;
     // Fingerprinted once per request, when the caller was authenticated.
     let identity_hash = exchange
         .identity_hash
         .clone()
         .unwrap_or_else(|| caller.identity_hash());
     let headers = &mut exchange.extra_headers;
-    Ok(match route.metering(&limits) {
+    Ok(match intake.metering {
         Metering::Full => {
             let (reservation, on_credit) = limiter::admit(
                 env,
@@ -333,21 +325,15 @@ async fn admit(
 
 /// [`forward`], with an admitted request's slot held (in short renewed leases) for as long as
 /// the attempts run.
-#[allow(clippy::too_many_arguments)]
 async fn forward_holding(
     env: &Env,
-    route: &Route,
-    fallbacks: Fallbacks,
-    key: (&crate::identity::Secret, Claimant),
-    facts: &BodyFacts,
-    policy: RetryPolicy,
+    forwarding: Forwarding,
+    upstream_key: &crate::identity::Secret,
     upstream: &mut Upstream<'_>,
     admitted: Option<&Admitted>,
     exchange: &mut Exchange,
 ) -> Result<transport::UpstreamAnswer, ProxyError> {
-    let attempts = forward(
-        env, route, fallbacks, key, facts, policy, upstream, exchange,
-    );
+    let attempts = forward(env, forwarding, upstream_key, upstream, exchange);
     let Some(a) = admitted else {
         return attempts.await;
     };
@@ -403,38 +389,37 @@ impl Admitted {
     }
 }
 
-/// Runs the request's attempts through the core's runner; messages and token counts answer to
-/// the upstream key's shared state for their pool (paced by what it costs), model listings to
-/// none. A message may fall back to other models (see [`crate::retry::fallback`]).
-#[allow(clippy::too_many_arguments)]
+/// Runs the request's attempts through the core's runner; a request with a pool answers to
+/// the upstream key's shared state for it (paced by what it costs), others (model listings,
+/// files) to none. A message may fall back to other models (see [`crate::retry::fallback`]).
 async fn forward(
     env: &Env,
-    route: &Route,
-    fallbacks: Fallbacks,
-    (upstream_key, claimant): (&crate::identity::Secret, Claimant),
-    facts: &BodyFacts,
-    policy: RetryPolicy,
+    forwarding: Forwarding,
+    upstream_key: &crate::identity::Secret,
     upstream: &mut Upstream<'_>,
     exchange: &mut Exchange,
 ) -> Result<transport::UpstreamAnswer, ProxyError> {
-    let (started_ms, seed) = (exchange.started_ms, runtime::random_u64());
-    let cost = Cost {
-        input_tokens: facts.input_tokens_estimate,
-        output_tokens: facts.max_tokens.unwrap_or(0),
-    };
-    let (shared, memory) = if route.carries_body() {
-        let pool = pool_of(route.paced_as(), facts.model.as_deref());
-        let (shared, memory) = KeyState::new(env, upstream_key, pool, claimant);
-        (Some(shared), memory)
-    } else {
-        (None, std::rc::Rc::default())
+    let Forwarding {
+        policy,
+        claimant,
+        cost,
+        pool,
+        fallbacks,
+        ..
+    } = forwarding;
+    let (shared, memory) = match pool {
+        Some(pool) => {
+            let (shared, memory) = KeyState::new(env, upstream_key, pool, claimant);
+            (Some(shared), memory)
+        }
+        None => (None, std::rc::Rc::default()),
     };
     let run = Run {
         clock: &Platform,
         sleep: &Platform,
         policy,
-        started_ms,
-        seed,
+        started_ms: exchange.started_ms,
+        seed: runtime::random_u64(),
         cost,
         shared,
         memory,
@@ -442,7 +427,23 @@ async fn forward(
     runner::run_with_fallbacks(run, fallbacks, upstream, &mut exchange.journal).await
 }
 
-fn authenticate_request(headers: &HeaderList, config: &Config) -> Result<Caller, ProxyError> {
+/// The authenticate phase: the caller, its fingerprints in the record, the upstream key it is
+/// served with, and the betas its tier may use.
+fn authenticate_request(
+    headers: &HeaderList,
+    config: &Config,
+    exchange: &mut Exchange,
+) -> Result<(Caller, crate::identity::Secret), ProxyError> {
     let presented = credential(headers.value("x-api-key"), headers.value("authorization"))?;
-    authenticate(config, presented, runtime::now_ms())
+    let caller = authenticate(config, presented, runtime::now_ms())?;
+    let identity_hash = caller.identity_hash();
+    exchange.caller_tag = Some(config.caller_tag(&identity_hash));
+    exchange.identity_hash = Some(identity_hash);
+    exchange.tier = Some(caller.tier.clone());
+    let upstream_key = caller.upstream_key(config)?;
+    check_betas(
+        config.allowed_betas(&caller.tier),
+        headers.value("anthropic-beta"),
+    )?;
+    Ok((caller, upstream_key))
 }

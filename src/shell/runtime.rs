@@ -19,7 +19,7 @@ use crate::error::ProxyError;
 use crate::request::body::{inspect, BodyFacts};
 use crate::request::declared_body_length;
 use crate::request::route::Route;
-use crate::request::upload::{drain_allowance, BodyCaps, BodyGuard, InflightBodies, ReadPace};
+use crate::request::upload::{drain_allowance, BodyGuard, InflightBodies, ReadPace, ReadRules};
 use wasm_bindgen::{JsCast, JsValue};
 
 /// Milliseconds since the Unix epoch. In Workers the clock advances on I/O, which is what the
@@ -166,14 +166,6 @@ pub fn variable(env: &Env, name: &str) -> Option<String> {
 thread_local! {
     /// The request bodies this isolate holds at once (see `request::upload`).
     static BODIES: InflightBodies = InflightBodies::default();
-}
-
-/// What a request body is read under: `MAX_BODY_BYTES`, the isolate's and the caller's
-/// budgets for bodies, and how slowly it may arrive.
-pub struct Reading {
-    pub limit: u64,
-    pub caps: BodyCaps,
-    pub pace: ReadPace,
 }
 
 /// A request body as read: the chunks as the runtime made them (never joined, never in Wasm
@@ -403,14 +395,14 @@ where
 pub async fn read_body<S, F>(
     incoming: &super::boundary::Incoming,
     caller: &str,
-    reading: Reading,
+    rules: ReadRules,
     mut counting: Counting<S, F>,
 ) -> Result<(Body, bool), ProxyError>
 where
     S: FnOnce() -> F,
     F: std::future::Future<Output = Result<(), ProxyError>>,
 {
-    let Reading { limit, caps, pace } = reading;
+    let ReadRules { limit, caps, pace } = rules;
     let req = &incoming.request;
     let stream = req.body().as_ref().and_then(BodyReader::new);
     let declared = incoming.headers.value("content-length");

@@ -1,0 +1,343 @@
+//! One request, phase by phase: **route** → **authenticate** → **inspect** (read the body) →
+//! **admit** → **run** (attempts and fallbacks) → **deliver** → **settle** → **record**.
+//!
+//! What each phase decides lives here, pure and tested on the host: how a body is read and
+//! charged while it arrives ([`Intake`]), and how the request goes upstream ([`Forwarding`]).
+//! The shell performs the phases in that order (reads, object calls, fetches, streams) and
+//! decides nothing of its own.
+
+use std::num::NonZeroU32;
+
+use crate::config::{Config, TierLimits};
+use crate::error::ProxyError;
+use crate::identity::{Caller, UpstreamKey};
+use crate::request::body::BodyFacts;
+use crate::request::route::{query_of, upstream_url, Metering, Route};
+use crate::request::upload::{count_while_arriving, BodyCaps, ReadPace, ReadRules};
+use crate::retry::fallback::{self, Fallbacks, OPT_OUT_HEADER};
+use crate::retry::{Awaited, RetryPolicy};
+use crate::upstream::{pool_of, Claimant, Cost, Priority};
+
+/// The request headers by which a client asks the proxy for something: each may lower what
+/// its tier allows, never raise it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ClientAsks<'a> {
+    /// `x-proxy-priority`: `background` lowers an interactive tier's request.
+    pub priority: Option<&'a str>,
+    /// `x-proxy-budget-ms`: a shorter budget than the tier's.
+    pub budget_ms: Option<&'a str>,
+    /// `x-proxy-fallback`: `off` keeps the model the client named.
+    pub fallback: Option<&'a str>,
+}
+
+impl<'a> ClientAsks<'a> {
+    /// The asks among a request's headers, looked up by `value`.
+    pub fn from_headers(value: impl Fn(&str) -> Option<&'a str>) -> ClientAsks<'a> {
+        ClientAsks {
+            priority: value("x-proxy-priority"),
+            budget_ms: value("x-proxy-budget-ms"),
+            fallback: value(OPT_OUT_HEADER),
+        }
+    }
+}
+
+/// The inspect phase: what the request is charged against its caller's limits, and how its
+/// body is read: charged to the caller before a byte is read (where the route takes one of
+/// its tier's concurrency slots, one of them in bodies being sent), held against the
+/// isolate's and the caller's budgets as it arrives, and, still arriving after a moment,
+/// counted against `rpm` then.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Intake {
+    pub limits: TierLimits,
+    pub metering: Metering,
+    /// A passthrough caller: its object stores nothing until the upstream accepts its key.
+    pub provisional: bool,
+    pub rules: ReadRules,
+    /// When a body still arriving has its request counted against `rpm`, if ever.
+    pub count_due_ms: Option<u64>,
+}
+
+impl Intake {
+    /// The intake of `route` for `caller`, for a request that began at `started_ms`.
+    #[must_use]
+    pub fn of(config: &Config, route: &Route, caller: &Caller, started_ms: u64) -> Intake {
+        let limits = config.tier_limits(&caller.tier);
+        let metering = route.metering(&limits);
+        let rules = ReadRules {
+            limit: config.max_body_bytes,
+            caps: BodyCaps {
+                isolate: config.max_inflight_body_bytes,
+                caller: config.max_inflight_body_bytes_per_caller,
+                bodies: limits
+                    .concurrency
+                    .filter(|_| metering == Metering::Full)
+                    .map(NonZeroU32::get),
+            },
+            pace: ReadPace {
+                started_ms,
+                grace_ms: config.body_read_timeout_ms,
+                min_bytes_per_s: config.min_body_bytes_per_s,
+            },
+        };
+        Intake {
+            limits,
+            metering,
+            provisional: matches!(caller.upstream_key, UpstreamKey::Passthrough(_)),
+            rules,
+            count_due_ms: count_while_arriving(metering, &limits, &rules.pace),
+        }
+    }
+
+    /// Whether the answer's usage must be watched: to settle the admission (unless nothing
+    /// it settles depends on the answer), or for metrics when they are kept.
+    #[must_use]
+    pub fn watches_usage(&self, metrics_kept: bool) -> bool {
+        (self.metering == Metering::Full && self.limits.settles_on_the_answer()) || metrics_kept
+    }
+}
+
+/// The run phase: how the request goes upstream, attempt after attempt.
+#[derive(Debug)]
+pub struct Forwarding {
+    pub url: String,
+    pub policy: RetryPolicy,
+    /// Who claims the upstream key's capacity, in the fair order.
+    pub claimant: Claimant,
+    /// What one attempt costs the key, for its pacing.
+    pub cost: Cost,
+    /// The key's pool this request answers to; `None`: none (model listings, files).
+    pub pool: Option<String>,
+    pub fallbacks: Fallbacks,
+    /// A successful JSON answer of known length is read whole in its attempt: its usage is
+    /// watched, or its `results_url` is pointed at the proxy.
+    pub json_whole: bool,
+}
+
+impl Forwarding {
+    /// How `route` goes upstream for `caller`, once its body was read (`facts`); `raw_url` is
+    /// the client's URL, whose query goes along.
+    pub fn of(
+        config: &Config,
+        route: &Route,
+        caller: &Caller,
+        facts: &BodyFacts,
+        asks: ClientAsks<'_>,
+        (raw_url, watches_usage): (&str, bool),
+    ) -> Result<Forwarding, ProxyError> {
+        let path = route.upstream_path().ok_or(ProxyError::NotFound)?;
+        // How the caller shares a scarce key: its tier's weight, priority and budget.
+        let share = config.tier_share(&caller.tier);
+        let claimant = Claimant {
+            caller: caller.identity.clone(),
+            weight: share.weight,
+            priority: Priority::requested(share.priority, asks.priority),
+        };
+        let policy = RetryPolicy {
+            budget_ms: share.budget_ms.unwrap_or(config.request_budget_ms),
+            // A streamed body goes once: a second attempt would have nothing to send.
+            max_attempts: if route.streams_body() {
+                NonZeroU32::MIN
+            } else {
+                config.max_attempts
+            },
+            ..RetryPolicy::from_config(config, None)
+        }
+        .with_client_budget(asks.budget_ms)
+        .awaiting(Awaited::of(route, facts));
+        let fallbacks = match (route, facts.model.as_deref()) {
+            (Route::Messages, Some(model)) => Fallbacks::new(
+                model,
+                config.fallbacks_of(model),
+                fallback::allowed_by_header(asks.fallback),
+            ),
+            _ => Fallbacks::none(),
+        };
+        Ok(Forwarding {
+            url: upstream_url(&config.upstream_url, &path, query_of(raw_url)),
+            policy,
+            claimant,
+            cost: Cost {
+                input_tokens: facts.input_tokens_estimate,
+                output_tokens: facts.max_tokens.unwrap_or(0),
+            },
+            pool: route
+                .carries_body()
+                .then(|| pool_of(route.paced_as(), facts.model.as_deref())),
+            fallbacks,
+            json_whole: watches_usage || route.carries_results_url(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::Secret;
+
+    fn config(vars: &[(&str, &str)]) -> Config {
+        let vars: Vec<(String, String)> = vars
+            .iter()
+            .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
+            .collect();
+        let lookup = move |name: &str| {
+            vars.iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+                .or_else(|| (name == "ANTHROPIC_API_KEY").then(|| "sk-ant-test".to_string()))
+        };
+        Config::from_lookup(lookup).unwrap()
+    }
+
+    fn caller(tier: &str, passthrough: bool) -> Caller {
+        Caller {
+            identity: "client:alice".to_string(),
+            tier: tier.to_string(),
+            upstream_key: if passthrough {
+                UpstreamKey::Passthrough(Secret::new("sk-ant-made-up".to_string()))
+            } else {
+                UpstreamKey::Managed
+            },
+        }
+    }
+
+    fn message(model: &str) -> BodyFacts {
+        BodyFacts {
+            model: Some(model.to_string()),
+            max_tokens: Some(300),
+            input_tokens_estimate: 120,
+            ..BodyFacts::default()
+        }
+    }
+
+    const TIERS: &str = r#"{"default": {"rpm": 10, "concurrency": 2},
+        "jobs": {"rpm": 5, "weight": 3, "priority": "background", "budget_ms": 120000},
+        "open": {}}"#;
+
+    #[test]
+    fn the_intake_charges_what_the_route_is_metered_by() {
+        let config = config(&[("RATE_LIMITS", TIERS)]);
+        let intake = Intake::of(&config, &Route::Messages, &caller("default", false), 1_000);
+        assert_eq!(intake.metering, Metering::Full);
+        assert!(!intake.provisional);
+        // The tier's concurrency bounds its bodies in flight; its rpm counts a slow body.
+        assert_eq!(intake.rules.caps.bodies, Some(2));
+        assert_eq!(intake.rules.pace.started_ms, 1_000);
+        assert_eq!(intake.count_due_ms, Some(1_200));
+        assert!(intake.watches_usage(false));
+        // A token count takes no slot, so its body none of the bodies in flight.
+        let count = Intake::of(
+            &config,
+            &Route::CountTokens,
+            &caller("default", true),
+            1_000,
+        );
+        assert_eq!(count.metering, Metering::RequestOnly);
+        assert!(count.provisional);
+        assert_eq!(count.rules.caps.bodies, None);
+        assert_eq!(count.count_due_ms, Some(1_200));
+        // Only rpm: nothing settles on the answer, unless metrics are kept.
+        let jobs = Intake::of(&config, &Route::Messages, &caller("jobs", false), 1_000);
+        assert!(!jobs.watches_usage(false));
+        assert!(jobs.watches_usage(true));
+        // An unlimited tier: nothing counted while the body arrives.
+        let open = Intake::of(&config, &Route::Messages, &caller("open", false), 1_000);
+        assert_eq!(open.count_due_ms, None);
+        assert_eq!(open.rules.caps.bodies, None);
+    }
+
+    #[test]
+    fn forwarding_takes_the_tier_and_what_the_client_may_lower() {
+        let config = config(&[
+            ("RATE_LIMITS", TIERS),
+            (
+                "MODEL_FALLBACKS",
+                r#"{"claude-opus-4-7": ["claude-sonnet-4-6"]}"#,
+            ),
+        ]);
+        let url = "https://proxy.example/v1/messages?beta=true";
+        let plain = Forwarding::of(
+            &config,
+            &Route::Messages,
+            &caller("default", false),
+            &message("claude-opus-4-7"),
+            ClientAsks::default(),
+            (url, true),
+        )
+        .unwrap();
+        assert!(
+            plain.url.ends_with("/v1/messages?beta=true"),
+            "{}",
+            plain.url
+        );
+        assert_eq!(plain.claimant.priority, Priority::Interactive);
+        assert_eq!(plain.policy.budget_ms, config.request_budget_ms);
+        assert_eq!(
+            plain.cost,
+            Cost {
+                input_tokens: 120,
+                output_tokens: 300
+            }
+        );
+        assert!(plain.pool.is_some());
+        assert!(plain.json_whole);
+        assert!(plain.fallbacks.has_next());
+        // The client lowers its priority, shortens its budget and keeps its model.
+        let asked = Forwarding::of(
+            &config,
+            &Route::Messages,
+            &caller("default", false),
+            &message("claude-opus-4-7"),
+            ClientAsks {
+                priority: Some("background"),
+                budget_ms: Some("5000"),
+                fallback: Some("off"),
+            },
+            (url, false),
+        )
+        .unwrap();
+        assert_eq!(asked.claimant.priority, Priority::Background);
+        assert_eq!(asked.policy.budget_ms, 5_000);
+        assert!(!asked.fallbacks.has_next());
+        assert!(!asked.json_whole);
+        // A background tier stays background whatever the client asks; its budget is its own.
+        let jobs = Forwarding::of(
+            &config,
+            &Route::Messages,
+            &caller("jobs", false),
+            &message("claude-sonnet-4-6"),
+            ClientAsks {
+                priority: Some("interactive"),
+                ..ClientAsks::default()
+            },
+            (url, false),
+        )
+        .unwrap();
+        assert_eq!(jobs.claimant.priority, Priority::Background);
+        assert_eq!(jobs.claimant.weight, 3);
+        assert_eq!(jobs.policy.budget_ms, 120_000);
+        // A streamed upload goes once, to no pool.
+        let upload = Forwarding::of(
+            &config,
+            &Route::FileUpload,
+            &caller("default", false),
+            &BodyFacts::default(),
+            ClientAsks::default(),
+            ("https://proxy.example/v1/files", false),
+        )
+        .unwrap();
+        assert_eq!(upload.policy.max_attempts, NonZeroU32::MIN);
+        assert_eq!(upload.pool, None);
+        // A route with no upstream path is not forwarded.
+        assert!(matches!(
+            Forwarding::of(
+                &config,
+                &Route::Health,
+                &caller("default", false),
+                &BodyFacts::default(),
+                ClientAsks::default(),
+                (url, false),
+            ),
+            Err(ProxyError::NotFound)
+        ));
+    }
+}
