@@ -26,6 +26,7 @@ mod credit;
 mod headers;
 mod object;
 pub mod prices;
+pub mod quota;
 mod renewal;
 mod settle;
 mod state;
