@@ -52,7 +52,7 @@ pub use state::{
     MIN_LEASE_RECORDS,
 };
 
-use crate::error::{whole_seconds, LimitInfo, ProxyError, Scope};
+use crate::error::{retry_in, LimitInfo, ProxyError, Scope};
 
 /// Until its first byte, a request holds its slot for this long, renewed every
 /// [`WAITING_RENEW_EVERY_MS`] while it waits or tries (backoff, pacing, a slow attempt): a
@@ -68,10 +68,10 @@ impl Denial {
     #[must_use]
     pub fn message(&self) -> String {
         format!(
-            "{} limit of {} reached for this key; retry in {} s",
+            "{} limit of {} reached for this key; {}",
             self.dimension,
             self.limit,
-            whole_seconds(self.retry_after_ms)
+            retry_in(self.retry_after_ms)
         )
     }
 }
