@@ -22,8 +22,8 @@ use crate::error::ProxyError;
 use crate::limits::{
     limit_headers, settlement_usage, Admission, AdmissionRequest, AdmitReply, Answered, Carry,
     Credit, Credits, LimiterCall, LimiterObject, OwnerStep, RefillReply, Renewals, Reservation,
-    Settled, Step, Usage, CREDIT_VALID_MS, FLUSHER_LIFE_MS, SETTLE_DELAY_MS, WAITING_LEASE_MS,
-    WAITING_RENEW_EVERY_MS, WATCH_TICK_MS,
+    Sent, Settled, Step, Usage, CREDIT_VALID_MS, FLUSHER_LIFE_MS, OWNER_TICK_MS, SETTLE_DELAY_MS,
+    WAITING_LEASE_MS, WAITING_RENEW_EVERY_MS, WATCH_TICK_MS,
 };
 use crate::request::body::BodyFacts;
 use crate::shell::runtime::now_ms;
@@ -254,9 +254,6 @@ fn logged_caller(env: &Env, identity_hash: &str) -> String {
         .unwrap_or_default()
 }
 
-/// How often the owner of returns looks whether they are delivered.
-const OWNER_TICK_MS: u64 = 250;
-
 /// How long the owner of returns tries before it gives up on them (the lease of a slot ends
 /// by itself; a settlement given up keeps its reservation). It runs under `waitUntil`, which
 /// the runtime cuts 30 s after the response: it gives up (and says so) before that.
@@ -283,19 +280,8 @@ async fn deliver(env: &Env, identity: &str, limits: TierLimits, ids: &[u64], wai
     }
 }
 
-/// How [`send_until_done`] ended.
-#[derive(Debug, PartialEq, Eq)]
-enum Sent {
-    /// Nothing is left to send.
-    Done,
-    /// Time ran out while something was left to send.
-    TimeUp,
-    /// Three calls failed.
-    GaveUp,
-}
-
-/// Sends what `step` says, every [`OWNER_TICK_MS`] while it says to wait, for at most
-/// `life_ms` or until three calls failed.
+/// Sends what `step` says (see [`crate::limits::send_until_done`]), one call to the caller's
+/// object at a time, on the runtime's clock.
 async fn send_until_done(
     env: &Env,
     identity: &str,
@@ -303,33 +289,30 @@ async fn send_until_done(
     life_ms: u64,
     step: impl Fn(u64) -> Option<OwnerStep>,
 ) -> Sent {
-    let started = now_ms();
-    let mut failures = 0;
-    loop {
-        match step(now_ms()) {
-            None | Some(OwnerStep::Done) => return Sent::Done,
-            Some(OwnerStep::Wait) => {}
-            Some(OwnerStep::Send(carry)) => {
-                if send_returns(env, identity, limits, carry).await {
-                    continue;
-                }
-                failures += 1;
-            }
-        }
-        if failures >= 3 {
-            return Sent::GaveUp;
-        }
-        if now_ms().saturating_sub(started) >= life_ms {
-            return Sent::TimeUp;
-        }
-        sleep_ms(OWNER_TICK_MS).await;
+    let send = |carry| send_returns(env, identity, limits, carry);
+    crate::limits::send_until_done(&OffPath, &OffPath, life_ms, step, send).await
+}
+
+/// The runtime's clock and sleep for the work done off the request's path: its waits are
+/// not a request's (they are not counted among the requests waiting).
+struct OffPath;
+
+impl crate::retry::runner::Clock for OffPath {
+    fn now_ms(&self) -> u64 {
+        now_ms()
+    }
+}
+
+impl crate::retry::runner::Sleep for OffPath {
+    async fn sleep(&self, ms: u64) {
+        sleep_ms(ms).await;
     }
 }
 
 /// The caller's flusher: after [`SETTLE_DELAY_MS`], and then every [`OWNER_TICK_MS`], sends
 /// the settlements that no other call has carried, until none is left. It hands over after
-/// [`FLUSHER_LIFE_MS`] (or three failed calls): the next settlement deferred becomes the
-/// flusher, and finds what is left.
+/// [`FLUSHER_LIFE_MS`] (or [`OWNER_MAX_FAILURES`](crate::limits::OWNER_MAX_FAILURES) failed
+/// calls): the next settlement deferred becomes the flusher, and finds what is left.
 async fn flush(env: &Env, identity: &str, limits: TierLimits) {
     struct Flusher<'a>(&'a str);
     impl Drop for Flusher<'_> {
