@@ -42,7 +42,10 @@ pub use headers::{anthropic_headers, limit_headers, rate_limit_headers, rfc3339_
 pub use object::{
     AdmitReply, CallerUsage, LimiterCall, LimiterObject, LimiterReply, ObjectCalls, RefillReply,
 };
-pub use owner::{send_until_done, Sent, OWNER_MAX_FAILURES, OWNER_TICK_MS};
+pub use owner::{
+    own, send_until_done, CallerCredit, Ending, Owner, Sent, OWNER_GIVES_UP_MS, OWNER_MAX_FAILURES,
+    OWNER_TICK_MS,
+};
 pub use renewal::{
     Renewals, Step, FIRST_RENEWAL_MS, RENEW_EVERY_MS, SLOT_BACK_WITHIN_MS, STALLED_BODY_MS,
     STREAM_LEASE_MS, WATCH_TICK_MS,

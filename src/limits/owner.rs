@@ -3,11 +3,12 @@
 //!
 //! The loop (look, send, wait a tick, give up after a while or a few failed calls) runs off
 //! the request's path with nobody to see it fail, so it is core code over the runner's
-//! [`Clock`] and [`Sleep`], tested on a fake clock; the shell feeds it the one call it sends.
+//! [`Clock`] and [`Sleep`], tested on a fake clock; the shell feeds it the isolate's credit and
+//! the one call it sends, and logs how it ended.
 
 use std::future::Future;
 
-use super::credit::{Carry, OwnerStep};
+use super::credit::{Carry, Credit, OwnerStep, CREDIT_VALID_MS, FLUSHER_LIFE_MS, SETTLE_DELAY_MS};
 use crate::retry::runner::{Clock, Sleep};
 
 /// How often the owner of returns looks whether they are delivered.
@@ -16,6 +17,16 @@ pub const OWNER_TICK_MS: u64 = 250;
 /// How many failed calls an owner takes before it stops: the object is then not answering, and
 /// what is left waits for the next call (a settlement) or the end of its lease (a slot).
 pub const OWNER_MAX_FAILURES: u32 = 3;
+
+/// How long the owner of a grant's returns tries before it gives up on them (the lease of a
+/// slot ends by itself). It runs under `waitUntil`, which the runtime cuts
+/// [`WAIT_UNTIL_MS`](crate::plan::WAIT_UNTIL_MS) after the response: it gives up (and says so)
+/// before that.
+pub const OWNER_GIVES_UP_MS: u64 = 25_000;
+
+// The owner waits out its grant first, and may be one tick and a call late on its clock.
+const _: () =
+    assert!(CREDIT_VALID_MS + OWNER_GIVES_UP_MS + 4 * OWNER_TICK_MS < crate::plan::WAIT_UNTIL_MS);
 
 /// How an owner's sending ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,6 +74,92 @@ where
         }
         sleep.sleep(OWNER_TICK_MS).await;
     }
+}
+
+/// The isolate's credit of one caller, as an owner reaches it between its looks.
+pub trait CallerCredit {
+    /// Runs `f` on the caller's credit; `None` when there is none any more.
+    fn with<R>(&self, f: impl FnOnce(&mut Credit) -> R) -> Option<R>;
+}
+
+/// Whose items an owner sees delivered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Owner {
+    /// A grant whose time is up: the returns of its unused tickets, by their ids.
+    Grant(Vec<u64>),
+    /// The caller's flusher: every settlement deferred, which it first leaves
+    /// [`SETTLE_DELAY_MS`] for another call to carry.
+    Flusher,
+}
+
+/// How an owner's work ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    /// Nothing of the owner's is left to send (or the caller's credit is gone).
+    Delivered,
+    /// The flusher's life is over with settlements left: the next settlement deferred becomes
+    /// the flusher, and finds them.
+    HandedOver,
+    /// The flusher's calls failed: the settlements left wait for the next flusher.
+    Left,
+    /// The grant's returns were not delivered in time: `items` of them are given up (each
+    /// slot ends with its lease).
+    Abandoned { items: usize },
+}
+
+impl Owner {
+    fn first_wait_ms(&self) -> u64 {
+        match self {
+            Owner::Grant(_) => 0,
+            Owner::Flusher => SETTLE_DELAY_MS,
+        }
+    }
+
+    fn life_ms(&self) -> u64 {
+        match self {
+            Owner::Grant(_) => OWNER_GIVES_UP_MS,
+            Owner::Flusher => FLUSHER_LIFE_MS,
+        }
+    }
+
+    fn step(&self, credit: &mut Credit, now_ms: u64) -> OwnerStep {
+        match self {
+            Owner::Grant(ids) => credit.outbox.owner_step(ids, now_ms),
+            Owner::Flusher => credit.flush_step(now_ms),
+        }
+    }
+
+    fn ended(&self, credit: &impl CallerCredit, sent: Sent) -> Ending {
+        match (self, sent) {
+            (_, Sent::Done) => Ending::Delivered,
+            (Owner::Grant(ids), _) => match credit.with(|c| c.outbox.abandon(ids)) {
+                Some(items) if items > 0 => Ending::Abandoned { items },
+                _ => Ending::Delivered,
+            },
+            (Owner::Flusher, Sent::TimeUp) => Ending::HandedOver,
+            (Owner::Flusher, Sent::GaveUp) => Ending::Left,
+        }
+    }
+}
+
+/// The owner's whole work: its first wait, then [`send_until_done`] over the caller's
+/// `credit` for the owner's life, then what is given up. `send` makes one call with what it
+/// is given, marks its items in the outbox delivered or failed, and says whether the object
+/// took it.
+pub async fn own<Fut>(
+    clock: &impl Clock,
+    sleep: &impl Sleep,
+    owner: &Owner,
+    credit: &impl CallerCredit,
+    send: impl FnMut(Carry) -> Fut,
+) -> Ending
+where
+    Fut: Future<Output = bool>,
+{
+    sleep.sleep(owner.first_wait_ms()).await;
+    let step = |now| credit.with(|c| owner.step(c, now));
+    let sent = send_until_done(clock, sleep, owner.life_ms(), step, send).await;
+    owner.ended(credit, sent)
 }
 
 #[cfg(test)]
@@ -198,5 +295,147 @@ mod tests {
         // Time spent in failed calls counts too.
         let (ended, _, sent, _) = run(1_000, &[send(1), send(2)], &[false, false], 1_000);
         assert_eq!((ended, sent), (Sent::TimeUp, vec![1]));
+    }
+
+    struct Isolate(RefCell<Option<Credit>>);
+
+    impl CallerCredit for Isolate {
+        fn with<R>(&self, f: impl FnOnce(&mut Credit) -> R) -> Option<R> {
+            self.0.borrow_mut().as_mut().map(f)
+        }
+    }
+
+    fn roomy() -> crate::config::TierLimits {
+        let n = std::num::NonZeroU32::new;
+        crate::config::TierLimits {
+            rpm: n(10_000),
+            input_tpm: n(1_000_000),
+            output_tpm: n(1_000_000),
+            concurrency: n(1_000),
+        }
+    }
+
+    fn reservation(lease_id: u64) -> crate::limits::Reservation {
+        crate::limits::Reservation {
+            lease_id,
+            ..crate::limits::Reservation::NOTHING
+        }
+    }
+
+    fn settled(lease_id: u64) -> crate::limits::Settled {
+        crate::limits::Settled {
+            reservation: reservation(lease_id),
+            usage: crate::limits::Usage::UNKNOWN,
+            confirms: true,
+        }
+    }
+
+    /// A credit whose grant of `tickets` tickets has expired unused; the returns' ids.
+    fn expired_grant(tickets: u64) -> (Isolate, Vec<u64>) {
+        let mut credit = Credit::new(roomy());
+        let held: Vec<crate::limits::Ticket> = (0..tickets)
+            .map(|id| crate::limits::Ticket {
+                reservation: reservation(id),
+                requests: 1,
+            })
+            .collect();
+        let grant = credit.granted(&held, Vec::new(), T0, T0);
+        let ids = credit.expire(grant);
+        (Isolate(RefCell::new(Some(credit))), ids)
+    }
+
+    /// Runs `owner` on `isolate`, its calls taken or failing as `takes` says (then taken), as
+    /// the shell marks them; how it ended, and when and with how many items each call went.
+    fn own_with(owner: &Owner, isolate: &Isolate, takes: &[bool]) -> (Ending, Vec<(u64, usize)>) {
+        let time = FakeTime::new();
+        let takes = RefCell::new(takes.iter().copied().collect::<VecDeque<_>>());
+        let calls = RefCell::new(Vec::new());
+        let send = |carry: Carry| {
+            let items = carry.returns.settle.len() + carry.returns.release.len();
+            calls.borrow_mut().push((time.now_ms() - T0, items));
+            let took = takes.borrow_mut().pop_front().unwrap_or(true);
+            isolate.with(|c| {
+                if took {
+                    c.outbox.delivered(carry.call);
+                } else {
+                    c.outbox.failed(carry.call);
+                }
+            });
+            async move { took }
+        };
+        let ended = block_on(own(&time, &time, owner, isolate, send));
+        (ended, calls.take())
+    }
+
+    #[test]
+    fn a_grants_unused_tickets_go_back_at_once_in_one_call() {
+        let (isolate, ids) = expired_grant(3);
+        let (ended, calls) = own_with(&Owner::Grant(ids), &isolate, &[]);
+        assert_eq!(ended, Ending::Delivered);
+        assert_eq!(calls, vec![(0, 3)]);
+        assert_eq!(isolate.with(|c| c.outbox.take(T0 + 1)), Some(None));
+    }
+
+    #[test]
+    fn a_grants_returns_that_cannot_be_delivered_are_given_up_and_counted() {
+        let (isolate, ids) = expired_grant(2);
+        let (ended, calls) = own_with(&Owner::Grant(ids), &isolate, &[false; 3]);
+        assert_eq!(ended, Ending::Abandoned { items: 2 });
+        assert_eq!(calls, vec![(0, 2), (250, 2), (500, 2)]);
+        // Nothing of them is left to ride on a later call.
+        assert_eq!(isolate.with(|c| c.outbox.take(T0 + 1_000)), Some(None));
+    }
+
+    #[test]
+    fn the_flusher_leaves_other_calls_their_chance_first_then_sends_what_waits() {
+        let mut credit = Credit::new(roomy());
+        assert!(credit.defer(settled(1)));
+        assert!(!credit.defer(settled(2)));
+        let isolate = Isolate(RefCell::new(Some(credit)));
+        let (ended, calls) = own_with(&Owner::Flusher, &isolate, &[]);
+        assert_eq!(ended, Ending::Delivered);
+        assert_eq!(calls, vec![(SETTLE_DELAY_MS, 2)]);
+        // Done: the next settlement deferred becomes the flusher.
+        assert_eq!(isolate.with(|c| c.defer(settled(3))), Some(true));
+    }
+
+    #[test]
+    fn a_flusher_whose_settlements_ride_a_call_that_never_returns_hands_over() {
+        use crate::limits::credit::CARRY_TIMEOUT_MS;
+        // Its life ends before such a call is taken for lost.
+        const { assert!(SETTLE_DELAY_MS + FLUSHER_LIFE_MS < CARRY_TIMEOUT_MS) };
+        let mut credit = Credit::new(roomy());
+        credit.defer(settled(1));
+        assert!(credit.outbox.take(T0).is_some());
+        let isolate = Isolate(RefCell::new(Some(credit)));
+        let (ended, calls) = own_with(&Owner::Flusher, &isolate, &[]);
+        assert_eq!(ended, Ending::HandedOver);
+        assert!(calls.is_empty());
+    }
+
+    #[test]
+    fn a_flusher_whose_calls_fail_leaves_the_settlements_for_the_next() {
+        let mut credit = Credit::new(roomy());
+        credit.defer(settled(1));
+        let isolate = Isolate(RefCell::new(Some(credit)));
+        let (ended, calls) = own_with(&Owner::Flusher, &isolate, &[false; 3]);
+        assert_eq!(ended, Ending::Left);
+        assert_eq!(calls.len(), 3);
+        let left = isolate.with(|c| c.outbox.take(T0 + 1_000)).flatten();
+        assert_eq!(
+            left.map(|carry| carry.returns.settle),
+            Some(vec![settled(1)])
+        );
+    }
+
+    #[test]
+    fn an_owner_whose_credit_is_gone_has_nothing_to_send() {
+        let gone = Isolate(RefCell::new(None));
+        for owner in [Owner::Grant(vec![0, 1]), Owner::Flusher] {
+            assert_eq!(
+                own_with(&owner, &gone, &[]),
+                (Ending::Delivered, Vec::new())
+            );
+        }
     }
 }
