@@ -102,6 +102,9 @@ pub enum ProxyError {
     Internal(String),
 }
 
+/// How soon a part of the proxy that did not answer is worth asking again.
+const UNAVAILABLE_RETRY_AFTER_MS: u64 = 1_000;
+
 /// A finished error answer: what the shell turns into a `Response`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ErrorAnswer {
@@ -235,7 +238,7 @@ impl ProxyError {
             | ProxyError::UpstreamTimeout { retry_after_ms }
             | ProxyError::UpstreamUnreachable { retry_after_ms }
             | ProxyError::Busy { retry_after_ms } => Some(*retry_after_ms),
-            ProxyError::Unavailable(_) => Some(1000),
+            ProxyError::Unavailable(_) => Some(UNAVAILABLE_RETRY_AFTER_MS),
             _ => None,
         }
     }
@@ -265,30 +268,29 @@ impl ProxyError {
                 BODY_READ_TIMEOUT_MS and MIN_BODY_BYTES_PER_S)"
                 .to_string(),
             ProxyError::RateLimited { message, .. } => message.clone(),
-            ProxyError::Overloaded { retry_after_ms } => format!(
-                "the upstream is overloaded; retry in {} s",
-                whole_seconds(*retry_after_ms)
-            ),
+            ProxyError::Overloaded { retry_after_ms } => {
+                format!("the upstream is overloaded; {}", retry_in(*retry_after_ms))
+            }
             ProxyError::UpstreamTimeout { retry_after_ms } => format!(
-                "the upstream did not answer in time; retry in {} s",
-                whole_seconds(*retry_after_ms)
+                "the upstream did not answer in time; {}",
+                retry_in(*retry_after_ms)
             ),
             ProxyError::UpstreamUnreachable { retry_after_ms } => format!(
-                "the upstream could not be reached; retry in {} s",
-                whole_seconds(*retry_after_ms)
+                "the upstream could not be reached; {}",
+                retry_in(*retry_after_ms)
             ),
             ProxyError::UpstreamRedirected(status) => format!(
                 "the upstream answered with a redirect ({status}), which the proxy does not follow"
             ),
             ProxyError::Busy { retry_after_ms } => format!(
-                "the proxy is holding too many request bodies at once; retry in {} s",
-                whole_seconds(*retry_after_ms)
+                "the proxy is holding too many request bodies at once; {}",
+                retry_in(*retry_after_ms)
             ),
             ProxyError::Misconfigured(e) => e.public_message(),
             ProxyError::MissingSecret(name) => {
                 format!("the proxy is misconfigured: {name} is not set")
             }
-            ProxyError::Unavailable(m) => format!("{m}; retry in 1 s"),
+            ProxyError::Unavailable(m) => format!("{m}; {}", retry_in(UNAVAILABLE_RETRY_AFTER_MS)),
             ProxyError::Internal(m) => format!("internal proxy error: {m}"),
         }
     }
@@ -392,6 +394,43 @@ impl ProxyError {
 /// that long never comes back early.
 pub fn whole_seconds(ms: u64) -> u64 {
     ms.div_ceil(1000).max(1)
+}
+
+/// The wait as a message says it, e.g. `retry in 12 s`: the [`whole_seconds`] of the answer's
+/// `Retry-After`, so the text and the header never disagree.
+#[must_use]
+pub fn retry_in(ms: u64) -> String {
+    format!("retry in {} s", whole_seconds(ms))
+}
+
+/// The body of an SSE `error` event, as the API ends a stream that failed.
+#[derive(Serialize)]
+struct StreamErrorEvent<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    error: EnvelopeError<'a>,
+}
+
+/// The event that ends a stream the proxy has to cut, because `why`: the client reads an
+/// `error` event of type `api_error` (the SDKs raise it) instead of a stream that hangs or
+/// just stops. It begins with a blank line, so it is an event of its own whatever the cut
+/// stream's last bytes were.
+#[must_use]
+pub fn incomplete_stream_event(why: &str) -> Vec<u8> {
+    let message = format!("{why}; the answer is incomplete");
+    let event = StreamErrorEvent {
+        kind: "error",
+        error: EnvelopeError {
+            kind: "api_error",
+            message: &message,
+        },
+    };
+    // Serializing plain strings cannot fail; keep a fixed event regardless.
+    let data = serde_json::to_string(&event).unwrap_or_else(|_| {
+        r#"{"type":"error","error":{"type":"api_error","message":"the answer is incomplete"}}"#
+            .to_string()
+    });
+    format!("\n\nevent: error\ndata: {data}\n\n").into_bytes()
 }
 
 #[cfg(test)]
@@ -566,6 +605,59 @@ mod tests {
         let body: serde_json::Value = serde_json::from_str(&limited.body).unwrap();
         assert_eq!(body["error"]["code"], "rate_limit_exceeded");
         assert_eq!(body["retry_after_ms"], 11_734);
+    }
+
+    #[test]
+    fn a_cut_streams_last_event_is_an_api_error_the_sdks_parse() {
+        let event = incomplete_stream_event("the upstream stream went silent");
+        let text = String::from_utf8(event).unwrap();
+        let data = text
+            .strip_prefix("\n\nevent: error\ndata: ")
+            .and_then(|rest| rest.strip_suffix("\n\n"))
+            .unwrap();
+        assert!(!data.contains('\n'), "{data}");
+        let body: serde_json::Value = serde_json::from_str(data).unwrap();
+        assert_eq!(
+            body,
+            serde_json::json!({"type": "error", "error": {"type": "api_error",
+                "message": "the upstream stream went silent; the answer is incomplete"}})
+        );
+        // Whatever the reason says, the event stays one line of JSON.
+        let odd = incomplete_stream_event("a \"quoted\"\nreason");
+        let text = String::from_utf8(odd).unwrap();
+        assert_eq!(text.matches('\n').count(), 5, "{text:?}");
+        assert!(
+            text.contains(r#"a \"quoted\"\nreason; the answer"#),
+            "{text:?}"
+        );
+    }
+
+    #[test]
+    fn every_wait_text_says_the_retry_after_in_whole_seconds() {
+        assert_eq!(retry_in(0), "retry in 1 s");
+        assert_eq!(retry_in(12_000), "retry in 12 s");
+        assert_eq!(retry_in(12_001), "retry in 13 s");
+        for error in [
+            ProxyError::Overloaded {
+                retry_after_ms: 2_500,
+            },
+            ProxyError::UpstreamTimeout {
+                retry_after_ms: 2_500,
+            },
+            ProxyError::UpstreamUnreachable {
+                retry_after_ms: 2_500,
+            },
+            ProxyError::Busy {
+                retry_after_ms: 2_500,
+            },
+        ] {
+            assert!(error.message().ends_with("; retry in 3 s"), "{error:?}");
+        }
+        let unavailable = ProxyError::Unavailable("the rate limiter did not answer".into());
+        let seconds = whole_seconds(unavailable.retry_after_ms().unwrap());
+        assert!(unavailable
+            .message()
+            .ends_with(&format!("; retry in {seconds} s")));
     }
 
     #[test]

@@ -32,7 +32,6 @@ use crate::durable::ObjectState;
 
 const T0: u64 = 1_764_000_000_000;
 const CALLER: &str = "caller";
-const OWNER_TICK_MS: u64 = 250;
 /// The shell gives up on a call to the object after this long.
 const CALL_TIMEOUT_MS: u64 = 10_000;
 

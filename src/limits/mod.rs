@@ -25,6 +25,7 @@ pub mod calendar;
 mod credit;
 mod headers;
 mod object;
+mod owner;
 pub mod prices;
 pub mod quota;
 mod renewal;
@@ -44,6 +45,10 @@ pub use headers::{anthropic_headers, limit_headers, rate_limit_headers, rfc3339_
 pub use object::{
     AdmitReply, CallerUsage, LimiterCall, LimiterObject, LimiterReply, ObjectCalls, RefillReply,
 };
+pub use owner::{
+    own, send_until_done, CallerCredit, Ending, Owner, Sent, OWNER_GIVES_UP_MS, OWNER_MAX_FAILURES,
+    OWNER_TICK_MS,
+};
 pub use renewal::{
     Renewals, Step, FIRST_RENEWAL_MS, RENEW_EVERY_MS, SLOT_BACK_WITHIN_MS, STALLED_BODY_MS,
     STREAM_LEASE_MS, WATCH_TICK_MS,
@@ -55,7 +60,7 @@ pub use state::{
     MIN_LEASE_RECORDS,
 };
 
-use crate::error::{whole_seconds, LimitInfo, ProxyError, Scope};
+use crate::error::{retry_in, LimitInfo, ProxyError, Scope};
 
 /// Until its first byte, a request holds its slot for this long, renewed every
 /// [`WAITING_RENEW_EVERY_MS`] while it waits or tries (backoff, pacing, a slow attempt): a
@@ -71,10 +76,10 @@ impl Denial {
     #[must_use]
     pub fn message(&self) -> String {
         format!(
-            "{} limit of {} reached for this key; retry in {} s",
+            "{} limit of {} reached for this key; {}",
             self.dimension,
             self.limit,
-            whole_seconds(self.retry_after_ms)
+            retry_in(self.retry_after_ms)
         )
     }
 }

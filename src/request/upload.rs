@@ -110,7 +110,7 @@ impl InflightBodies {
 fn caller_refused(dimension: &str, limit: Option<u64>, why: &str) -> ProxyError {
     ProxyError::RateLimited {
         retry_after_ms: BUSY_RETRY_AFTER_MS,
-        message: format!("{why}; retry in 1 s"),
+        message: format!("{why}; {}", crate::error::retry_in(BUSY_RETRY_AFTER_MS)),
         limit: LimitInfo {
             scope: Scope::Key,
             dimension: Some(dimension.to_string()),

@@ -8,8 +8,11 @@ use std::fmt;
 /// HTTP statuses retried when the upstream does not say otherwise with `x-should-retry`.
 pub const RETRYABLE_STATUSES: [u16; 8] = [529, 429, 408, 409, 500, 502, 503, 504];
 
+/// The Anthropic error type of an overloaded upstream, in a stream's first event.
+pub const OVERLOADED_ERROR: &str = "overloaded_error";
+
 /// Anthropic error types that make a stream whose first SSE event is an `error` retryable.
-pub const RETRYABLE_STREAM_ERRORS: [&str; 2] = ["overloaded_error", "api_error"];
+pub const RETRYABLE_STREAM_ERRORS: [&str; 2] = [OVERLOADED_ERROR, "api_error"];
 
 /// What one attempt against the upstream produced, as far as retrying is concerned.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,6 +39,105 @@ pub enum Outcome {
     ConnectFailure,
     /// No response headers (streaming: no first event) within the attempt timeout.
     AttemptTimeout,
+}
+
+/// What an upstream answer's head says about retrying it: its status and hints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Head {
+    /// The upstream's HTTP status.
+    pub status: u16,
+    /// The upstream's `x-should-retry`, see [`super::should_retry_header`].
+    pub should_retry: Option<bool>,
+    /// The upstream's `retry-after-ms` / `retry-after` at `now_ms`, see
+    /// [`super::upstream_wait_ms`].
+    pub wait_floor_ms: Option<u64>,
+}
+
+impl Head {
+    /// The head of an answer with `status` and `headers`, read at `now_ms`.
+    #[must_use]
+    pub fn of(status: u16, headers: &[(String, String)], now_ms: u64) -> Head {
+        let value = |name| crate::stream::header(headers, name);
+        Head {
+            status,
+            should_retry: super::should_retry_header(value("x-should-retry")),
+            wait_floor_ms: super::upstream_wait_ms(
+                value("retry-after-ms"),
+                value("retry-after"),
+                now_ms,
+            ),
+        }
+    }
+
+    /// The outcome of the answer, given its body when it was read whole before the decision
+    /// (`None` when it was not). A spend limit (see [`is_spend_limit`]) is never retried,
+    /// whatever the upstream's headers say.
+    #[must_use]
+    pub fn outcome(self, read_body: Option<&[u8]>) -> Outcome {
+        Outcome::Response {
+            status: self.status,
+            should_retry: if is_spend_limited(self.status, read_body) {
+                Some(false)
+            } else {
+                self.should_retry
+            },
+            wait_floor_ms: self.wait_floor_ms,
+        }
+    }
+
+    /// The outcome of an event stream whose first event has been read: an `error` event of
+    /// type `error_type`, or (`None`) any other.
+    #[must_use]
+    pub fn first_event_outcome(self, error_type: Option<String>) -> Outcome {
+        match error_type {
+            Some(error_type) => Outcome::StreamError {
+                error_type,
+                should_retry: self.should_retry,
+                wait_floor_ms: self.wait_floor_ms,
+            },
+            None => self.outcome(None),
+        }
+    }
+}
+
+/// Whether an answer is the API's spend-limit refusal: a `429` whose body, read whole, says so.
+fn is_spend_limited(status: u16, read_body: Option<&[u8]>) -> bool {
+    status == 429 && read_body.is_some_and(is_spend_limit)
+}
+
+/// The headers the client receives with an upstream answer handed on as it came: those that
+/// may cross ([`forward_downstream`](crate::request::headers::forward_downstream)), and on a
+/// spend limit `x-should-retry: false` in place of the upstream's, so that the SDKs do not
+/// retry what nothing will change for hours. `read_body` is the body when it was read whole
+/// before the decision.
+#[must_use]
+pub fn delivered_headers(
+    status: u16,
+    headers: &[(String, String)],
+    read_body: Option<&[u8]>,
+) -> Vec<(String, String)> {
+    let spend_limited = is_spend_limited(status, read_body);
+    let mut delivered: Vec<(String, String)> = headers
+        .iter()
+        .filter(|(name, _)| crate::request::headers::forward_downstream(name))
+        .filter(|(name, _)| !(spend_limited && name.eq_ignore_ascii_case("x-should-retry")))
+        .cloned()
+        .collect();
+    if spend_limited {
+        delivered.push(("x-should-retry".to_string(), "false".to_string()));
+    }
+    delivered
+}
+
+/// Whether an outcome says the upstream is overloaded: a `529`, or a stream opening with
+/// [`OVERLOADED_ERROR`]. The one reading of overload, for retrying and for the shared state.
+#[must_use]
+pub fn is_overloaded(outcome: &Outcome) -> bool {
+    match outcome {
+        Outcome::Response { status, .. } => *status == 529,
+        Outcome::StreamError { error_type, .. } => error_type == OVERLOADED_ERROR,
+        Outcome::ConnectFailure | Outcome::AttemptTimeout => false,
+    }
 }
 
 /// Why an attempt is retried; the last cause decides the answer when retries stop.
@@ -154,7 +256,7 @@ pub fn classify(outcome: &Outcome) -> Verdict {
                 return Verdict::Deliver;
             }
             let cause = match status {
-                529 => Cause::Overloaded,
+                _ if is_overloaded(outcome) => Cause::Overloaded,
                 429 => Cause::RateLimited,
                 other => Cause::Transient(other),
             };
@@ -174,7 +276,7 @@ pub fn classify(outcome: &Outcome) -> Verdict {
             if !retryable {
                 return Verdict::Deliver;
             }
-            let cause = if error_type == "overloaded_error" {
+            let cause = if is_overloaded(outcome) {
                 Cause::Overloaded
             } else {
                 Cause::StreamError
@@ -213,13 +315,156 @@ mod spend_limit_tests {
         ] {
             assert!(!is_spend_limit(other), "{}", String::from_utf8_lossy(other));
         }
-        // Not retried: the transport reports it as `x-should-retry: false`.
-        let outcome = Outcome::Response {
-            status: 429,
-            should_retry: Some(false),
-            wait_floor_ms: None,
+    }
+
+    const SPEND: &[u8] = br#"{"type":"error","error":{"type":"rate_limit_error","message":"spend limit","details":{"error_code":"enforced_spend_limit_reached"}}}"#;
+    const RATE: &[u8] = br#"{"type":"error","error":{"type":"rate_limit_error","message":"rpm"}}"#;
+
+    fn head(status: u16, should_retry: Option<bool>) -> Head {
+        Head {
+            status,
+            should_retry,
+            wait_floor_ms: Some(3_000),
+        }
+    }
+
+    #[test]
+    fn a_spend_limit_is_never_retried_whatever_the_upstream_says() {
+        for said in [None, Some(true), Some(false)] {
+            let outcome = head(429, said).outcome(Some(SPEND));
+            assert_eq!(
+                classify(&outcome),
+                Verdict::Deliver,
+                "x-should-retry {said:?}"
+            );
+        }
+        // A rate limit's body, or a body not read, leaves the upstream's word and the table.
+        let limited = Verdict::Retry {
+            cause: Cause::RateLimited,
+            floor_ms: Some(3_000),
         };
-        assert_eq!(classify(&outcome), Verdict::Deliver);
+        assert_eq!(classify(&head(429, None).outcome(Some(RATE))), limited);
+        assert_eq!(classify(&head(429, Some(true)).outcome(None)), limited);
+        assert_eq!(
+            classify(&head(429, Some(false)).outcome(Some(RATE))),
+            Verdict::Deliver
+        );
+        // Only a `429` is a spend limit.
+        assert_eq!(
+            classify(&head(529, None).outcome(Some(SPEND))),
+            Verdict::Retry {
+                cause: Cause::Overloaded,
+                floor_ms: Some(3_000)
+            }
+        );
+    }
+
+    fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
+        list.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn a_spend_limit_reaches_the_client_with_x_should_retry_false_and_nothing_else_changes() {
+        let upstream = pairs(&[
+            ("content-type", "application/json"),
+            ("X-Should-Retry", "true"),
+            ("anthropic-ratelimit-requests-remaining", "0"),
+            ("request-id", "req_1"),
+        ]);
+        let spend = delivered_headers(429, &upstream, Some(SPEND));
+        assert_eq!(
+            spend,
+            pairs(&[
+                ("content-type", "application/json"),
+                ("request-id", "req_1"),
+                ("x-should-retry", "false"),
+            ])
+        );
+        // Without a `x-should-retry` from the upstream, the proxy's is added.
+        let spend = delivered_headers(429, &upstream[..1], Some(SPEND));
+        assert_eq!(
+            spend,
+            pairs(&[
+                ("content-type", "application/json"),
+                ("x-should-retry", "false")
+            ])
+        );
+        // A rate limit, a body not read, another status: the upstream's headers as they may
+        // cross.
+        let crossing = pairs(&[
+            ("content-type", "application/json"),
+            ("X-Should-Retry", "true"),
+            ("request-id", "req_1"),
+        ]);
+        assert_eq!(delivered_headers(429, &upstream, Some(RATE)), crossing);
+        assert_eq!(delivered_headers(429, &upstream, None), crossing);
+        assert_eq!(delivered_headers(200, &upstream, Some(SPEND)), crossing);
+    }
+
+    #[test]
+    fn a_head_reads_its_hints_in_any_case() {
+        let headers = pairs(&[("X-Should-Retry", "FALSE"), ("Retry-After", "2")]);
+        assert_eq!(
+            Head::of(503, &headers, 0),
+            Head {
+                status: 503,
+                should_retry: Some(false),
+                wait_floor_ms: Some(2_000)
+            }
+        );
+        let headers = pairs(&[("retry-after-ms", "150"), ("retry-after", "2")]);
+        assert_eq!(Head::of(429, &headers, 0).wait_floor_ms, Some(150));
+        assert_eq!(Head::of(200, &[], 0), head(200, None).no_floor());
+    }
+
+    impl Head {
+        fn no_floor(self) -> Head {
+            Head {
+                wait_floor_ms: None,
+                ..self
+            }
+        }
+    }
+
+    #[test]
+    fn a_first_event_is_an_error_outcome_or_the_answer_itself() {
+        assert_eq!(
+            head(200, Some(true)).first_event_outcome(Some("overloaded_error".into())),
+            Outcome::StreamError {
+                error_type: "overloaded_error".into(),
+                should_retry: Some(true),
+                wait_floor_ms: Some(3_000)
+            }
+        );
+        assert_eq!(
+            head(200, None).first_event_outcome(None),
+            Outcome::Response {
+                status: 200,
+                should_retry: None,
+                wait_floor_ms: Some(3_000)
+            }
+        );
+    }
+
+    #[test]
+    fn overload_is_a_529_or_a_stream_opening_with_overloaded_error() {
+        assert!(is_overloaded(&head(529, Some(false)).outcome(None)));
+        assert!(is_overloaded(
+            &head(200, None).first_event_outcome(Some(OVERLOADED_ERROR.into()))
+        ));
+        for not in [
+            head(429, None).outcome(None),
+            head(503, None).outcome(None),
+            head(200, None).outcome(None),
+            head(200, None).first_event_outcome(Some("api_error".into())),
+            head(200, None).first_event_outcome(Some("Overloaded_Error".into())),
+            Outcome::ConnectFailure,
+            Outcome::AttemptTimeout,
+        ] {
+            assert!(!is_overloaded(&not), "{not:?}");
+        }
     }
 }
 

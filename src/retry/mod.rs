@@ -9,6 +9,8 @@
 //! - [`classify`](fn@classify) turns one attempt's [`Outcome`] into a [`Verdict`]: deliver, or retry for a
 //!   [`Cause`] with the upstream's retry-after as a floor ([`upstream_wait_ms`],
 //!   [`should_retry_header`]).
+//! - [`ReadPlan`] says what an attempt reads of an answer before that decision (a `429`'s
+//!   body, a stream's first event), and [`Head`] makes the outcome of what was read.
 //! - [`Retrier`] counts attempts, draws full-jitter waits ([`Backoff`]) and answers with a
 //!   [`Step`]: deliver, wait, or give up when the attempts are used up or the next wait would
 //!   end past the budget deadline. A wait that does not fit is never slept: the client gets
@@ -28,17 +30,19 @@ mod backoff;
 mod classify;
 pub mod fallback;
 mod policy;
+mod read_plan;
 mod retry_after;
 pub mod runner;
 mod timeout;
 
 pub use backoff::{ceiling_ms, Backoff};
 pub use classify::{
-    classify, is_spend_limit, Cause, Outcome, Verdict, MAX_ERROR_BODY_BYTES, RETRYABLE_STATUSES,
-    RETRYABLE_STREAM_ERRORS,
+    classify, delivered_headers, is_overloaded, is_spend_limit, Cause, Head, Outcome, Verdict,
+    MAX_ERROR_BODY_BYTES, OVERLOADED_ERROR, RETRYABLE_STATUSES, RETRYABLE_STREAM_ERRORS,
 };
 pub use policy::{
     AttemptTicket, GiveUp, Retrier, RetryPolicy, Step, StopReason, WaitRecord, MIN_RETRY_AFTER_MS,
 };
+pub use read_plan::{Read, ReadPlan, Reading};
 pub use retry_after::{should_retry_header, upstream_wait_ms, MAX_UPSTREAM_WAIT_MS};
 pub use timeout::{whole_message_ms, Awaited, MAX_WHOLE_MESSAGE_MS, SDK_TIMEOUT_MS};

@@ -167,8 +167,8 @@ impl From<&GiveUp> for ProxyError {
             Cause::RateLimited => ProxyError::RateLimited {
                 retry_after_ms,
                 message: format!(
-                    "the upstream rate limit outlasts this request's time budget; retry in {} s",
-                    crate::error::whole_seconds(retry_after_ms)
+                    "the upstream rate limit outlasts this request's time budget; {}",
+                    crate::error::retry_in(retry_after_ms)
                 ),
                 limit: LimitInfo::upstream(),
             },

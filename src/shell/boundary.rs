@@ -111,10 +111,7 @@ impl HeaderList {
     }
 
     pub fn value(&self, name: &str) -> Option<&str> {
-        self.0
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        crate::stream::header(&self.0, name)
     }
 
     pub fn iter(&self) -> std::slice::Iter<'_, (String, String)> {

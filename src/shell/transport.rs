@@ -18,16 +18,14 @@ use super::reader::{whole, BodyReader};
 use super::runtime::now_ms;
 use super::runtime::Upload;
 use super::timer::Timer;
-use crate::error::ProxyError;
+use crate::error::{incomplete_stream_event, ProxyError};
 use crate::request::body::ModelRewrite;
-use crate::request::headers::{forward_downstream, forward_upstream};
+use crate::request::headers::forward_upstream;
 use crate::retry::runner::Transport;
-use crate::retry::{
-    is_spend_limit, should_retry_header, upstream_wait_ms, Outcome, MAX_ERROR_BODY_BYTES,
-};
+use crate::retry::{delivered_headers, Outcome, Read, ReadPlan, Reading, MAX_ERROR_BODY_BYTES};
+use crate::stream::exact_length;
 use crate::stream::sse::{EventScanner, SseEvent};
 use crate::stream::tap::{Progress, Report, Watcher, MAX_JSON_BYTES};
-use crate::stream::{exact_length, is_event_stream};
 use crate::upstream::KeyLimits;
 
 /// A delivered upstream answer, and (when tapped) where its usage will be reported.
@@ -146,20 +144,6 @@ impl Drop for Unread {
     }
 }
 
-/// How an attempt reads its answer before the runner decides on it.
-#[derive(Clone, Copy)]
-struct Reading {
-    /// A streaming request: a `200` event stream is held until its first event.
-    streaming: bool,
-    /// A successful JSON answer of known length (at most [`MAX_JSON_BYTES`]) is read whole in
-    /// its attempt, for its usage.
-    json_whole: bool,
-    /// How long a body the proxy reads whole (a `429`'s, a watched JSON answer's) may take
-    /// after its head, within the attempt's own timeout: such a body comes with its head, and
-    /// one that stalls must not hold a non-streaming attempt for its whole (long) timeout.
-    body_ms: u64,
-}
-
 /// One request's way to the upstream: the same URL, headers and body for every attempt.
 pub struct Upstream<'a> {
     url: String,
@@ -222,7 +206,8 @@ impl<'a> Upstream<'a> {
         self
     }
 
-    /// Bounds the reading of a body read whole to `ms` after its head (see `body_ms`).
+    /// Bounds the reading of a body read whole to `ms` after its head (see
+    /// [`Reading::body_ms`]).
     pub fn reading_errors_within(mut self, ms: u64) -> Upstream<'a> {
         self.reading.body_ms = ms;
         self
@@ -308,11 +293,12 @@ pub fn deliver(answer: UpstreamAnswer, tap: bool, idle_ms: u64) -> Result<Delive
     if let Some(refused) = crate::stream::refused_answer(status) {
         return Err(refused);
     }
-    let headers: HeaderList = answer
-        .headers
-        .iter()
-        .filter(|(name, _)| forward_downstream(name))
-        .cloned()
+    let read_body = match &answer.body {
+        UpstreamBody::Read(bytes) => Some(bytes.as_slice()),
+        _ => None,
+    };
+    let headers: HeaderList = delivered_headers(status, answer.headers.pairs(), read_body)
+        .into_iter()
         .collect();
     let not_passed =
         || ProxyError::Internal("the answer's body could not be passed on".to_string());
@@ -347,8 +333,8 @@ pub fn deliver(answer: UpstreamAnswer, tap: bool, idle_ms: u64) -> Result<Delive
             let how = Passing {
                 idle_ms,
                 cut: Some(CutEvents {
-                    silent: &incomplete_event("the upstream stream went silent"),
-                    lost: &incomplete_event("the upstream connection was lost mid-stream"),
+                    silent: &incomplete_stream_event("the upstream stream went silent"),
+                    lost: &incomplete_stream_event("the upstream connection was lost mid-stream"),
                 }),
                 length: None,
                 watch: tap,
@@ -362,16 +348,6 @@ pub fn deliver(answer: UpstreamAnswer, tap: bool, idle_ms: u64) -> Result<Delive
         status,
         seen,
     })
-}
-
-/// The event that ends a stream the proxy has to cut: the client reads an `error` event
-/// (the SDKs raise it) instead of a stream that hangs or just stops.
-fn incomplete_event(why: &str) -> Vec<u8> {
-    format!(
-        "\n\nevent: error\ndata: {{\"type\":\"error\",\"error\":{{\"type\":\"api_error\",\
-         \"message\":\"{why}; the answer is incomplete\"}}}}\n\n"
-    )
-    .into_bytes()
 }
 
 /// One attempt: the request, its timeout, and for a stream the wait for its first event.
@@ -392,100 +368,70 @@ async fn attempt(
         Sending::TimedOut => return (Outcome::AttemptTimeout, None),
         Sending::Failed => return (Outcome::ConnectFailure, None),
     };
-    let (status, mut upstream_headers) = boundary::head_of(&response);
-    let mut should_retry = should_retry_header(upstream_headers.value("x-should-retry"));
-    let wait_floor_ms = upstream_wait_ms(
-        upstream_headers.value("retry-after-ms"),
-        upstream_headers.value("retry-after"),
-        now_ms(),
-    );
-    let is_sse = is_event_stream(upstream_headers.pairs());
-
-    if !(reading.streaming && status == 200 && is_sse) {
-        let body = if status == 429 && !is_sse {
-            // A spend limit is never retried: read the (small) body to tell it from a rate
-            // limit, in bounded time.
-            let by = deadline.min(now_ms().saturating_add(reading.body_ms));
-            let bytes = match read_error_body(&response, by).await {
-                ErrorBody::Read(bytes) => bytes,
+    let (status, upstream_headers) = boundary::head_of(&response);
+    let plan = ReadPlan::of(status, upstream_headers.pairs(), reading, now_ms());
+    let head = plan.head;
+    let answer = |body| UpstreamAnswer {
+        status,
+        headers: upstream_headers,
+        body,
+    };
+    match plan.read {
+        Read::Untouched => (
+            head.outcome(None),
+            Some(answer(UpstreamBody::Untouched(Unread(response.body())))),
+        ),
+        Read::ErrorBody => {
+            // Read in bounded time: a body that stalls must not hold the request.
+            let by = ReadPlan::body_deadline_ms(reading, deadline, now_ms());
+            match read_error_body(&response, by).await {
+                ErrorBody::Read(bytes) => (
+                    head.outcome(Some(&bytes)),
+                    Some(answer(UpstreamBody::Read(bytes))),
+                ),
                 ErrorBody::TimedOut => {
                     sent.abort();
-                    return (Outcome::AttemptTimeout, None);
+                    (Outcome::AttemptTimeout, None)
                 }
-                ErrorBody::Broken => return (Outcome::ConnectFailure, None),
-            };
-            if is_spend_limit(&bytes) {
-                should_retry = Some(false);
-                upstream_headers.set("x-should-retry", "false");
+                ErrorBody::Broken => (Outcome::ConnectFailure, None),
             }
-            UpstreamBody::Read(bytes)
-        } else if reading.json_whole
-            && (200..300).contains(&status)
-            && exact_length(upstream_headers.pairs())
-                .is_some_and(|length| length <= MAX_JSON_BYTES as u64)
-        {
+        }
+        Read::WholeJson => {
             // Read in bounded time, like an error body: an answer whose body stalls after
             // its head is an attempt that timed out, and is retried.
-            let by = deadline.min(now_ms().saturating_add(reading.body_ms));
+            let by = ReadPlan::body_deadline_ms(reading, deadline, now_ms());
             let Ok(read) = response.array_buffer() else {
                 return (Outcome::ConnectFailure, None);
             };
             let timer = pin!(Timer::after_ms(by.saturating_sub(now_ms())));
             match select(pin!(whole(read)), timer).await {
-                Either::Left((Some(buffer), _)) => UpstreamBody::Whole(buffer),
-                Either::Left((None, _)) => return (Outcome::ConnectFailure, None),
+                Either::Left((Some(buffer), _)) => (
+                    head.outcome(None),
+                    Some(answer(UpstreamBody::Whole(buffer))),
+                ),
+                Either::Left((None, _)) => (Outcome::ConnectFailure, None),
                 Either::Right(((), _)) => {
                     sent.abort();
-                    return (Outcome::AttemptTimeout, None);
+                    (Outcome::AttemptTimeout, None)
                 }
             }
-        } else {
-            UpstreamBody::Untouched(Unread(response.body()))
-        };
-        let answer = UpstreamAnswer {
-            status,
-            headers: upstream_headers,
-            body,
-        };
-        return (
-            Outcome::Response {
-                status,
-                should_retry,
-                wait_floor_ms,
-            },
-            Some(answer),
-        );
-    }
-
-    let Some(mut rest) = body_of(&response) else {
-        return (Outcome::ConnectFailure, None);
-    };
-    match first_event(&mut rest, deadline).await {
-        FirstEvent::Event { head, event } => {
-            let outcome = match event.error_type() {
-                Some(error_type) => Outcome::StreamError {
-                    error_type,
-                    should_retry,
-                    wait_floor_ms,
-                },
-                None => Outcome::Response {
-                    status,
-                    should_retry,
-                    wait_floor_ms,
-                },
-            };
-            let answer = UpstreamAnswer {
-                status,
-                headers: upstream_headers,
-                body: UpstreamBody::Sse { head, rest },
-            };
-            (outcome, Some(answer))
         }
-        FirstEvent::TimedOut => {
-            sent.abort();
-            (Outcome::AttemptTimeout, None)
+        Read::FirstEvent => {
+            let Some(mut rest) = body_of(&response) else {
+                return (Outcome::ConnectFailure, None);
+            };
+            match first_event(&mut rest, deadline).await {
+                FirstEvent::Event { head: bytes, event } => (
+                    head.first_event_outcome(event.error_type()),
+                    Some(answer(UpstreamBody::Sse { head: bytes, rest })),
+                ),
+                FirstEvent::TimedOut => {
+                    sent.abort();
+                    (Outcome::AttemptTimeout, None)
+                }
+                FirstEvent::Broken => (Outcome::ConnectFailure, None),
+            }
         }
-        FirstEvent::Broken => (Outcome::ConnectFailure, None),
     }
 }
 

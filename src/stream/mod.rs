@@ -7,10 +7,20 @@ pub mod tap;
 /// A header's value in a list of `(name, value)` pairs, by case-insensitive name.
 #[must_use]
 pub fn header<'h>(headers: &'h [(String, String)], name: &str) -> Option<&'h str> {
+    header_in(headers.iter().map(|(k, v)| (k.as_str(), v.as_str())), name)
+}
+
+/// The first value of the header `name` (any case) among `headers`: the one lookup by name
+/// for every list of headers the proxy reads.
+#[must_use]
+pub fn header_in<'h>(
+    headers: impl IntoIterator<Item = (&'h str, &'h str)>,
+    name: &str,
+) -> Option<&'h str> {
     headers
-        .iter()
+        .into_iter()
         .find(|(k, _)| k.eq_ignore_ascii_case(name))
-        .map(|(_, v)| v.as_str())
+        .map(|(_, v)| v)
 }
 
 /// Whether an answer with these headers is an event stream (`text/event-stream`, any case,
@@ -66,6 +76,21 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn a_header_is_found_by_name_in_any_case_and_the_first_one_wins() {
+        let headers = h(&[
+            ("Retry-After", "3"),
+            ("x-should-retry", "true"),
+            ("retry-after", "9"),
+        ]);
+        assert_eq!(header(&headers, "retry-after"), Some("3"));
+        assert_eq!(header(&headers, "X-SHOULD-RETRY"), Some("true"));
+        assert_eq!(header(&headers, "retry-after-ms"), None);
+        assert_eq!(header(&headers, "retry"), None);
+        let pairs = [("Content-Length", "7")];
+        assert_eq!(header_in(pairs, "content-length"), Some("7"));
     }
 
     #[test]

@@ -221,8 +221,8 @@ impl From<&Refusal> for ProxyError {
                 ProxyError::RateLimited {
                     retry_after_ms,
                     message: format!(
-                        "the upstream key is rate limited; retry in {} s",
-                        crate::error::whole_seconds(retry_after_ms)
+                        "the upstream key is rate limited; {}",
+                        crate::error::retry_in(retry_after_ms)
                     ),
                     limit: LimitInfo::upstream(),
                 }
@@ -236,11 +236,14 @@ impl From<&Refusal> for ProxyError {
             (RefuseReason::Paced(PaceReason::KeyLimit(dimension)), _) => ProxyError::RateLimited {
                 retry_after_ms,
                 message: format!(
-                    "the upstream key's {} limit is reached for this request's time budget; retry in {} s",
+                    "the upstream key's {} limit is reached for this request's time budget; {}",
                     dimension.as_str(),
-                    crate::error::whole_seconds(retry_after_ms)
+                    crate::error::retry_in(retry_after_ms)
                 ),
-                limit: LimitInfo { dimension: Some(dimension.as_str().to_string()), ..LimitInfo::upstream() },
+                limit: LimitInfo {
+                    dimension: Some(dimension.as_str().to_string()),
+                    ..LimitInfo::upstream()
+                },
             },
             _ => ProxyError::Overloaded { retry_after_ms },
         }

@@ -162,10 +162,8 @@ impl KeyLimits {
         let read = |dimension: LimitDimension| {
             let value = |suffix: &str| {
                 let name = format!("anthropic-ratelimit-{}-{suffix}", dimension.header_name());
-                headers
-                    .clone()
-                    .find(|(k, _)| k.eq_ignore_ascii_case(&name))
-                    .and_then(|(_, v)| v.trim().parse::<u64>().ok())
+                crate::stream::header_in(headers.clone(), &name)
+                    .and_then(|v| v.trim().parse::<u64>().ok())
             };
             Some(Observed {
                 limit: value("limit")?,
@@ -177,10 +175,7 @@ impl KeyLimits {
             .filter(|d| read(**d).is_some_and(|o| o.remaining == 0))
             .filter_map(|d| {
                 let name = format!("anthropic-ratelimit-{}-reset", d.header_name());
-                headers
-                    .clone()
-                    .find(|(k, _)| k.eq_ignore_ascii_case(&name))
-                    .and_then(|(_, v)| rfc3339_ms(v.trim()))
+                crate::stream::header_in(headers.clone(), &name).and_then(|v| rfc3339_ms(v.trim()))
             })
             .max();
         KeyLimits {

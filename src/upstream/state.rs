@@ -118,7 +118,7 @@ impl Reply {
     pub fn of(outcome: &Outcome) -> Reply {
         match outcome {
             Outcome::Response { status, .. } if (200..300).contains(status) => Reply::Success,
-            Outcome::Response { status: 529, .. } => Reply::Overloaded,
+            overloaded if crate::retry::is_overloaded(overloaded) => Reply::Overloaded,
             Outcome::Response {
                 status: 429,
                 wait_floor_ms,
@@ -126,9 +126,6 @@ impl Reply {
             } => Reply::RateLimited {
                 retry_after_ms: *wait_floor_ms,
             },
-            Outcome::StreamError { error_type, .. } if error_type == "overloaded_error" => {
-                Reply::Overloaded
-            }
             _ => Reply::OtherFailure,
         }
     }

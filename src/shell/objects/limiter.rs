@@ -20,9 +20,9 @@ use super::Object;
 use crate::config::TierLimits;
 use crate::error::ProxyError;
 use crate::limits::{
-    limit_headers, settlement_usage, Admission, AdmissionRequest, AdmitReply, Answered, Carry,
-    Credit, Credits, LimiterCall, LimiterObject, OwnerStep, RefillReply, Renewals, Reservation,
-    Settled, Step, Usage, CREDIT_VALID_MS, FLUSHER_LIFE_MS, SETTLE_DELAY_MS, WAITING_LEASE_MS,
+    limit_headers, settlement_usage, Admission, AdmissionRequest, AdmitReply, Answered,
+    CallerCredit, Carry, Credit, Credits, Ending, LimiterCall, LimiterObject, Owner, RefillReply,
+    Renewals, Reservation, Settled, Step, Usage, CREDIT_VALID_MS, WAITING_LEASE_MS,
     WAITING_RENEW_EVERY_MS, WATCH_TICK_MS,
 };
 use crate::request::body::BodyFacts;
@@ -249,7 +249,7 @@ async fn expire_later(env: Env, identity: String, limits: TierLimits, grant: u64
         return;
     };
     if !ids.is_empty() {
-        deliver(&env, &identity, limits, &ids, 0).await;
+        deliver(&env, &identity, limits, ids).await;
     }
 }
 
@@ -261,82 +261,21 @@ fn logged_caller(env: &Env, identity_hash: &str) -> String {
         .unwrap_or_default()
 }
 
-/// How often the owner of returns looks whether they are delivered.
-const OWNER_TICK_MS: u64 = 250;
-
-/// How long the owner of returns tries before it gives up on them (the lease of a slot ends
-/// by itself; a settlement given up keeps its reservation). It runs under `waitUntil`, which
-/// the runtime cuts 30 s after the response: it gives up (and says so) before that.
-const OWNER_GIVES_UP_MS: u64 = 25_000;
-
-// The owner waits out its grant first, and may be one tick and a call late on its clock.
-const _: () =
-    assert!(CREDIT_VALID_MS + OWNER_GIVES_UP_MS + 4 * OWNER_TICK_MS < crate::plan::WAIT_UNTIL_MS);
-
-/// Sees the returns `ids` delivered: after `wait_ms`, and then every [`OWNER_TICK_MS`], sends
-/// whatever waits in the outbox if they are still waiting (another call may have carried
-/// them meanwhile).
-async fn deliver(env: &Env, identity: &str, limits: TierLimits, ids: &[u64], wait_ms: u64) {
-    sleep_ms(wait_ms).await;
-    let step = |now| with_existing(identity, |c| c.outbox.owner_step(ids, now));
-    if send_until_done(env, identity, limits, OWNER_GIVES_UP_MS, step).await != Sent::Done {
-        let lost = with_existing(identity, |c| c.outbox.abandon(ids)).unwrap_or(0);
-        if lost > 0 {
-            worker::console_error!(
-                "{}",
-                serde_json::json!({"event": "settle_failed", "identity": logged_caller(env, identity), "error": "returns not delivered", "items": lost})
-            );
-        }
+/// Sees the returns `ids` of an expired grant delivered (see [`Owner::Grant`]), and logs
+/// those given up.
+async fn deliver(env: &Env, identity: &str, limits: TierLimits, ids: Vec<u64>) {
+    let ending = own(env, identity, limits, &Owner::Grant(ids)).await;
+    if let Ending::Abandoned { items } = ending {
+        worker::console_error!(
+            "{}",
+            serde_json::json!({"event": "settle_failed", "identity": logged_caller(env, identity), "error": "returns not delivered", "items": items})
+        );
     }
 }
 
-/// How [`send_until_done`] ended.
-#[derive(Debug, PartialEq, Eq)]
-enum Sent {
-    /// Nothing is left to send.
-    Done,
-    /// Time ran out while something was left to send.
-    TimeUp,
-    /// Three calls failed.
-    GaveUp,
-}
-
-/// Sends what `step` says, every [`OWNER_TICK_MS`] while it says to wait, for at most
-/// `life_ms` or until three calls failed.
-async fn send_until_done(
-    env: &Env,
-    identity: &str,
-    limits: TierLimits,
-    life_ms: u64,
-    step: impl Fn(u64) -> Option<OwnerStep>,
-) -> Sent {
-    let started = now_ms();
-    let mut failures = 0;
-    loop {
-        match step(now_ms()) {
-            None | Some(OwnerStep::Done) => return Sent::Done,
-            Some(OwnerStep::Wait) => {}
-            Some(OwnerStep::Send(carry)) => {
-                if send_returns(env, identity, limits, carry).await {
-                    continue;
-                }
-                failures += 1;
-            }
-        }
-        if failures >= 3 {
-            return Sent::GaveUp;
-        }
-        if now_ms().saturating_sub(started) >= life_ms {
-            return Sent::TimeUp;
-        }
-        sleep_ms(OWNER_TICK_MS).await;
-    }
-}
-
-/// The caller's flusher: after [`SETTLE_DELAY_MS`], and then every [`OWNER_TICK_MS`], sends
-/// the settlements that no other call has carried, until none is left. It hands over after
-/// [`FLUSHER_LIFE_MS`] (or three failed calls): the next settlement deferred becomes the
-/// flusher, and finds what is left.
+/// The caller's flusher (see [`Owner::Flusher`]): sends the settlements no other call has
+/// carried until none is left or it hands over, and logs those its failed calls left for the
+/// next flusher. Whenever it stops, the next settlement deferred becomes the flusher.
 async fn flush(env: &Env, identity: &str, limits: TierLimits) {
     struct Flusher<'a>(&'a str);
     impl Drop for Flusher<'_> {
@@ -345,13 +284,43 @@ async fn flush(env: &Env, identity: &str, limits: TierLimits) {
         }
     }
     let _flusher = Flusher(identity);
-    sleep_ms(SETTLE_DELAY_MS).await;
-    let step = |now| with_existing(identity, |c| c.flush_step(now));
-    if send_until_done(env, identity, limits, FLUSHER_LIFE_MS, step).await == Sent::GaveUp {
+    if own(env, identity, limits, &Owner::Flusher).await == Ending::Left {
         worker::console_error!(
             "{}",
             serde_json::json!({"event": "settle_failed", "identity": logged_caller(env, identity), "error": "settlements not delivered; left for the next flusher"})
         );
+    }
+}
+
+/// The owner's work (see [`crate::limits::own`]) on the runtime's clock, over this isolate's
+/// credit of the caller, one call to its object at a time.
+async fn own(env: &Env, identity: &str, limits: TierLimits, owner: &Owner) -> Ending {
+    let send = |carry| send_returns(env, identity, limits, carry);
+    crate::limits::own(&OffPath, &OffPath, owner, &Existing(identity), send).await
+}
+
+/// The caller's credit in this isolate, if there is one.
+struct Existing<'a>(&'a str);
+
+impl CallerCredit for Existing<'_> {
+    fn with<R>(&self, f: impl FnOnce(&mut Credit) -> R) -> Option<R> {
+        with_existing(self.0, f)
+    }
+}
+
+/// The runtime's clock and sleep for the work done off the request's path: its waits are
+/// not a request's (they are not counted among the requests waiting).
+struct OffPath;
+
+impl crate::retry::runner::Clock for OffPath {
+    fn now_ms(&self) -> u64 {
+        now_ms()
+    }
+}
+
+impl crate::retry::runner::Sleep for OffPath {
+    async fn sleep(&self, ms: u64) {
+        sleep_ms(ms).await;
     }
 }
 
@@ -500,7 +469,7 @@ async fn renew_for(
 /// caller is known to the upstream (managed, or its key was just accepted), so its object
 /// may store its state. A request admitted `on_credit` leaves its settlement for the next
 /// call to the object to carry; the caller's flusher (see [`flush`]) sends it after
-/// [`SETTLE_DELAY_MS`] if none did.
+/// [`SETTLE_DELAY_MS`](crate::limits::SETTLE_DELAY_MS) if none did.
 /// The usage settled with also goes to `usage_to`.
 #[allow(clippy::too_many_arguments)]
 pub fn settle_later(
