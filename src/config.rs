@@ -10,7 +10,8 @@ use std::num::{NonZeroU32, NonZeroU64};
 
 use serde::{Deserialize, Serialize};
 
-use crate::identity::{FingerprintKey, Secret, RESERVED_ID_PREFIXES};
+use crate::identity::prefixes::RESERVED_ID_PREFIXES;
+use crate::identity::secret::{FingerprintKey, Secret};
 use crate::upstream::{Priority, MAX_WEIGHT};
 
 /// Every variable the proxy reads, as wrangler.toml and `wrangler secret put` name them.
@@ -180,6 +181,19 @@ const MAX_TIER_BUDGET_MS: u64 = 3_600_000;
 /// `MAX_INFLIGHT_BODY_BYTES` when unset: 64 MiB, or `MAX_BODY_BYTES` if that is larger (one
 /// body of the largest size always fits).
 pub const DEFAULT_MAX_INFLIGHT_BODY_BYTES: u64 = 64 * 1024 * 1024;
+
+/// `MAX_INFLIGHT_BODY_BYTES_PER_CALLER` when unset: half the isolate's budget, or one body of
+/// the largest size if that is more (so every caller can always send one), never more than
+/// the isolate's whole budget.
+#[must_use]
+pub fn default_caller_share(isolate: u64, max_body: u64) -> u64 {
+    (isolate / 2).max(max_body).min(isolate)
+}
+
+/// Longest `model` accepted, in bytes, in a request body or in `MODEL_FALLBACKS`. Model ids are
+/// a few dozen characters; the model names Durable Object state, log lines and fallback
+/// lookups, so an unbounded one is refused.
+pub const MAX_MODEL_BYTES: usize = 256;
 
 /// `BODY_READ_TIMEOUT_MS` when unset: a request body has 10 s to arrive, plus what it earns
 /// at `MIN_BODY_BYTES_PER_S` (see `request::upload::ReadPace`).
@@ -435,10 +449,7 @@ impl Config {
                 })?,
         };
         let max_inflight_body_bytes_per_caller = match get("MAX_INFLIGHT_BODY_BYTES_PER_CALLER") {
-            None => crate::request::upload::default_caller_share(
-                max_inflight_body_bytes,
-                max_body_bytes,
-            ),
+            None => default_caller_share(max_inflight_body_bytes, max_body_bytes),
             Some(raw) => raw
                 .parse::<u64>()
                 .ok()
@@ -881,7 +892,7 @@ fn parse_model_fallbacks(
             ),
         )
     })?;
-    let max = crate::request::body::MAX_MODEL_BYTES;
+    let max = MAX_MODEL_BYTES;
     let shown = |m: &str| m.chars().take(max).collect::<String>();
     for (model, list) in &map {
         if model.is_empty() || model.len() > max {
@@ -1066,6 +1077,16 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         Config::from_lookup(|name| map.get(name).cloned())
+    }
+
+    #[test]
+    fn the_caller_share_defaults_to_half_the_isolate_or_one_largest_body() {
+        let mib = 1024 * 1024;
+        assert_eq!(default_caller_share(64 * mib, 32 * mib), 32 * mib);
+        assert_eq!(default_caller_share(64 * mib, mib), 32 * mib);
+        assert_eq!(default_caller_share(100 * mib, 100 * mib), 100 * mib);
+        assert_eq!(default_caller_share(300 * mib, 100 * mib), 150 * mib);
+        assert_eq!(default_caller_share(1, 1), 1);
     }
 
     #[test]

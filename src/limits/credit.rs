@@ -138,7 +138,7 @@ impl LimiterState {
             self.settle(limits, now_ms, &settled.reservation, settled.usage);
         }
         for ticket in &returns.release {
-            self.release(limits, now_ms, ticket);
+            self.release(limits, now_ms, &ticket.reservation, ticket.requests);
         }
         confirms
     }

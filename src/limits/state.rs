@@ -28,7 +28,6 @@ use serde::{Deserialize, Serialize};
 use crate::durable::advance_clock;
 
 use super::bucket::{self, Level};
-use super::credit::Ticket;
 use crate::config::TierLimits;
 
 /// The longest lease a request can hold: one hour. Longer `lease_ms` values are cut to this,
@@ -538,22 +537,27 @@ impl LimiterState {
         LimiterState::lease_cap(limits).saturating_sub(self.leases.len())
     }
 
-    /// Gives back a ticket that admitted nothing: its request (when it took one), its tokens
-    /// and its slot, as if it had never been granted (never below what later charges hold,
-    /// as for any refund). Needs the lease record, so it happens at most once; whether it
-    /// was found.
-    pub fn release(&mut self, limits: &TierLimits, now_ms: u64, ticket: &Ticket) -> bool {
+    /// Gives back a ticket that admitted nothing (its `reservation`, and the `requests` it
+    /// charged against `rpm`): its request (when it took one), its tokens and its slot, as if
+    /// it had never been granted (never below what later charges hold, as for any refund).
+    /// Needs the lease record, so it happens at most once; whether it was found.
+    pub fn release(
+        &mut self,
+        limits: &TierLimits,
+        now_ms: u64,
+        reservation: &Reservation,
+        requests: u64,
+    ) -> bool {
         self.advance(limits, now_ms);
         let found = self
             .leases
             .iter()
-            .position(|lease| lease.id == ticket.reservation.lease_id);
+            .position(|lease| lease.id == reservation.lease_id);
         let Some(record) = take(&mut self.leases, found) else {
             return false;
         };
         let earlier = found.unwrap_or(0);
         let unused = Some(0);
-        let reservation = &ticket.reservation;
         if limits.rpm.is_some() {
             settle_dimension(
                 &mut self.requests,
@@ -561,7 +565,7 @@ impl LimiterState {
                 earlier,
                 |lease| &mut lease.requests_after,
                 Some(record.requests_after),
-                ticket.requests,
+                requests,
                 unused,
             );
         }

@@ -9,13 +9,10 @@ use std::ops::Range;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
+pub use crate::config::MAX_MODEL_BYTES;
 use crate::error::ProxyError;
 use crate::request::estimate::{Messages, System, Tally, Tools};
 use crate::request::route::Route;
-
-/// Longest `model` accepted, in bytes. Model ids are a few dozen characters; the model names
-/// Durable Object state, log lines and fallback lookups, so an unbounded one is refused here.
-pub const MAX_MODEL_BYTES: usize = 256;
 
 /// The facts about a request body that admission and forwarding need.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]

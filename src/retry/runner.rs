@@ -17,6 +17,7 @@ use std::rc::Rc;
 
 use super::classify::{classify, Cause, Outcome};
 use super::fallback::{self, FallbackRecord, Fallbacks, Tried, Why};
+pub use super::policy::Stop;
 use super::policy::{Retrier, RetryPolicy, Step, StopReason};
 use crate::error::ProxyError;
 use crate::upstream::{
@@ -158,32 +159,6 @@ impl fmt::Display for WaitCause {
 pub struct Wait {
     pub ms: u64,
     pub cause: WaitCause,
-}
-
-/// Why a request stopped before the upstream gave a final answer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Stop {
-    /// Retries ran out (attempts or budget).
-    Retries(StopReason),
-    /// The shared state answered for the upstream.
-    Refused(RefuseReason),
-}
-
-impl fmt::Display for Stop {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Stop::Retries(reason) => reason.fmt(f),
-            Stop::Refused(RefuseReason::Cooldown) => f.write_str("refused_cooldown"),
-            Stop::Refused(RefuseReason::Overloaded) => f.write_str("refused_overloaded"),
-            Stop::Refused(RefuseReason::RetryBudget) => f.write_str("refused_retry_budget"),
-            Stop::Refused(RefuseReason::Paced(PaceReason::KeyLimit(dimension))) => {
-                write!(f, "refused_paced_{}", dimension.as_str())
-            }
-            Stop::Refused(RefuseReason::Paced(PaceReason::Capacity)) => {
-                f.write_str("refused_paced_capacity")
-            }
-        }
-    }
 }
 
 /// What happened to one request on its way, for its log line and for simulations.

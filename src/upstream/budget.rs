@@ -8,7 +8,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::policy::OutagePolicy;
-use super::state::stored;
+use super::stored::stored;
 
 /// Buckets per window.
 pub(super) const BUCKETS: u64 = 10;

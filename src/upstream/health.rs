@@ -7,7 +7,7 @@ use super::draw::{self, Purpose};
 use super::pace::Pace;
 use super::policy::OutagePolicy;
 use super::share::Share;
-use super::state::stored;
+use super::stored::stored;
 use crate::retry::{ceiling_ms, MIN_RETRY_AFTER_MS};
 
 /// Model names longer than this are cut (at a character boundary) before being remembered.

@@ -47,6 +47,7 @@ mod pool;
 mod share;
 mod state;
 mod status;
+mod stored;
 
 #[cfg(test)]
 mod properties;
@@ -72,6 +73,7 @@ pub use share::{
 };
 pub use state::{
     AttemptReport, Change, Gate, ModelPhase, ModelSnapshot, ProbeTicket, RefuseReason, Reply,
-    Snapshot, UpstreamState, WaitReason, MAX_CLOCK_LEAD_MS, MAX_COOLDOWN_MS, MAX_STORED_MS,
+    Snapshot, UpstreamState, WaitReason, MAX_CLOCK_LEAD_MS, MAX_COOLDOWN_MS,
 };
 pub use status::{KeyStatus, PoolStatus, ProbeStatus, Waiting};
+pub use stored::MAX_STORED_MS;

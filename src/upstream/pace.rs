@@ -22,7 +22,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::state::stored;
+use super::stored::stored;
 
 /// One minute, in microseconds: the window of Anthropic's per-minute limits.
 const MINUTE_US: u64 = 60_000_000;

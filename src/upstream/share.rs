@@ -312,7 +312,7 @@ impl Share {
         };
         if let Some(flow) = self.flows.get_mut(index) {
             flow.finish =
-                super::state::stored(start.saturating_add(span.div_ceil(u64::from(weight))));
+                super::stored::stored(start.saturating_add(span.div_ceil(u64::from(weight))));
         }
         self.seq = self.seq.wrapping_add(1);
         let entry = Entry {

@@ -10,10 +10,8 @@ use super::health::{model_key, ModelChange, ModelGate, ModelHealth, Phase};
 use super::pace::{Cost, KeyLimits, PaceOutlook, PaceReason, SendTime};
 use super::policy::OutagePolicy;
 use super::share::{CallerShare, Claimant, Place, Turn};
+use super::stored::stored;
 use crate::retry::{Outcome, MAX_UPSTREAM_WAIT_MS, MIN_RETRY_AFTER_MS};
-
-/// The largest time or count ever stored (a JavaScript number holds it exactly).
-pub const MAX_STORED_MS: u64 = crate::durable::MAX_EXACT;
 
 /// One `429` cools its pool down for at most this long, unless the upstream's own reset of
 /// an empty dimension is later: a retry-after of hours on one answer must not stop a pool.
@@ -24,11 +22,6 @@ pub const MAX_COOLDOWN_MS: u64 = 60_000;
 const MEASURE_SPREAD_MS: u64 = 250;
 
 pub use crate::durable::MAX_CLOCK_LEAD_MS;
-
-/// `t` capped at [`MAX_STORED_MS`].
-pub(super) fn stored(t: u64) -> u64 {
-    t.min(MAX_STORED_MS)
-}
 
 /// Identifies a probe; hand it back in the attempt's [`AttemptReport`]. Only the probe in
 /// flight frees the probe slot, so a late report of an expired probe cannot free its
