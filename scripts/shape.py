@@ -108,7 +108,7 @@ def blank_tests(text):
 
 
 def modules():
-    """Every production source file, by module path ("crate::upstream::state")."""
+    """Every production source file, by module path ("crate::upstream::key_state")."""
     found = {}
 
     def visit(path, name, directory):

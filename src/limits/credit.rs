@@ -25,7 +25,7 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::state::{
+use super::limiter_state::{
     exceeds_a_bucket, reserved_tokens, Admission, AdmissionRequest, Dimension, DimensionStatus,
     LimiterState, Reservation, Usage, MIN_LEASE_RECORDS,
 };

@@ -7,7 +7,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::credit::{Returns, Ticket};
-use super::state::{
+use super::limiter_state::{
     Admission, AdmissionRequest, DimensionStatus, LimiterState, Reservation, Settlement, Usage,
 };
 use crate::config::TierLimits;

@@ -324,7 +324,7 @@ where
                             Outcome::Response { status, .. } => format!("status_{status}"),
                             _ => "refused".to_string(),
                         };
-                        (None, None, Ended::Refused(ended))
+                        (None, None, Unanswered::Refused(ended))
                     }
                     Step::Wait { ms, cause } => {
                         last_cause = Some(cause);
@@ -353,7 +353,7 @@ where
                         (
                             Some(ProxyError::from(&give_up)),
                             Some(stop),
-                            why.map_or(Ended::Refused(ended), Ended::Left),
+                            why.map_or(Unanswered::Refused(ended), Unanswered::Left),
                         )
                     }
                 }
@@ -361,8 +361,8 @@ where
             Cleared::Stopped { error, stop } => {
                 let why = fallback::why_leave(stop, last_cause);
                 let ended = match why {
-                    Some(why) if on_fallback || fallbacks.has_next() => Ended::Left(why),
-                    _ if on_fallback => Ended::Refused(stop.to_string()),
+                    Some(why) if on_fallback || fallbacks.has_next() => Unanswered::Left(why),
+                    _ if on_fallback => Unanswered::Refused(stop.to_string()),
                     _ => {
                         journal.stopped = Some(stop);
                         return Err(error);
@@ -373,12 +373,12 @@ where
             Cleared::Leave { error, why } => (
                 Some(error),
                 Some(Stop::Refused(RefuseReason::Overloaded)),
-                Ended::Left(why),
+                Unanswered::Left(why),
             ),
             Cleared::CannotServe => (
                 None,
                 None,
-                Ended::Refused("cannot_serve_in_time".to_string()),
+                Unanswered::Refused("cannot_serve_in_time".to_string()),
             ),
         };
 
@@ -392,7 +392,7 @@ where
                 });
             }
             _ => {
-                let Ended::Left(leave) = why else {
+                let Unanswered::Left(leave) = why else {
                     // The requested model refused for its own reasons (not reached: those
                     // return above); answer for it.
                     return Err(error.unwrap_or_else(no_answer));
@@ -441,18 +441,18 @@ where
 }
 
 /// How a model's way ended when it did not answer.
-enum Ended {
+enum Unanswered {
     /// It is overloaded past the deadline: fall back.
     Left(Why),
     /// A fallback that refused the request or could not serve it, for the log line.
     Refused(String),
 }
 
-impl Ended {
+impl Unanswered {
     fn ended(&self) -> String {
         match self {
-            Ended::Left(why) => why.to_string(),
-            Ended::Refused(ended) => ended.clone(),
+            Unanswered::Left(why) => why.to_string(),
+            Unanswered::Refused(ended) => ended.clone(),
         }
     }
 }

@@ -7,7 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::policy::OutagePolicy;
+use super::outage_policy::OutagePolicy;
 use super::stored::stored;
 
 /// Buckets per window.

@@ -4,8 +4,8 @@
 use serde::{Deserialize, Serialize};
 
 use super::draw::{self, Purpose};
+use super::outage_policy::OutagePolicy;
 use super::pace::Pace;
-use super::policy::OutagePolicy;
 use super::share::Share;
 use super::stored::stored;
 use crate::retry::{ceiling_ms, MIN_RETRY_AFTER_MS};

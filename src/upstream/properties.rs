@@ -191,7 +191,7 @@ fn fleet_step() -> impl Strategy<Value = (u64, Step)> {
 
 /// An attempt sent and not yet reported.
 #[derive(Debug, Clone, Copy)]
-struct Sent {
+struct Outstanding {
     model: usize,
     /// Its probe ticket, with the overload episode it probes.
     probe: Option<(ProbeTicket, u32)>,
@@ -258,7 +258,7 @@ proptest! {
         let mut now = T0;
         // Overloads ended per model, by a success.
         let mut episode = [0u32; MODELS.len()];
-        let mut outstanding: Vec<Sent> = Vec::new();
+        let mut outstanding: Vec<Outstanding> = Vec::new();
         for (gap, step) in steps {
             now += gap;
             match step {
@@ -272,12 +272,12 @@ proptest! {
                             }).count();
                             prop_assert_eq!(live, 0, "a second probe in flight");
                         }
-                        outstanding.push(Sent { model, probe: probe.map(|t| (t, episode[model])), at: now });
+                        outstanding.push(Outstanding { model, probe: probe.map(|t| (t, episode[model])), at: now });
                     }
                 }
                 Step::Report { n, reply, seed } => {
                     if !outstanding.is_empty() {
-                        let Sent { model, probe, .. } = outstanding.remove(n % outstanding.len());
+                        let Outstanding { model, probe, .. } = outstanding.remove(n % outstanding.len());
                         let report = AttemptReport { reply, probe: probe.map(|(t, _)| t) };
                         state.after_attempt(&policy, now, MODELS[model], report, seed);
                         if reply == Reply::Success {
