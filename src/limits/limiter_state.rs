@@ -408,6 +408,33 @@ impl LimiterState {
         let now = self.advance(limits, now_ms);
         let input_cost = reserved_tokens(limits, request, Dimension::InputTpm);
         let output_cost = reserved_tokens(limits, request, Dimension::OutputTpm);
+        if let Some(mut denial) = self.binding_denial(limits, now, input_cost, output_cost) {
+            // The state's clock may be ahead of the caller's; the wait counts from the latter.
+            denial.retry_after_ms = denial
+                .retry_after_ms
+                .saturating_add(now.saturating_sub(now_ms));
+            return Admission::Denied(denial);
+        }
+        self.charge(limits, input_cost, output_cost);
+        self.make_room_for_a_lease(limits, now);
+        let (lease_id, lease_expires_ms) = self.open_lease(now, request.lease_ms);
+        Admission::Admitted(Reservation {
+            lease_id,
+            input_tokens: input_cost,
+            output_tokens: output_cost,
+            lease_expires_ms,
+        })
+    }
+
+    /// The dimension that holds a request of these costs back longest at `now`, if any lacks
+    /// room.
+    fn binding_denial(
+        &self,
+        limits: &TierLimits,
+        now: u64,
+        input_cost: u64,
+        output_cost: u64,
+    ) -> Option<Denial> {
         let buckets = [
             (Dimension::Rpm, limits.rpm, self.requests, 1),
             (
@@ -423,7 +450,6 @@ impl LimiterState {
                 output_cost,
             ),
         ];
-
         let mut binding = None;
         for (dimension, quota, level, cost) in buckets {
             let Some(quota) = quota else { continue };
@@ -458,14 +484,12 @@ impl LimiterState {
                 );
             }
         }
-        if let Some(mut denial) = binding {
-            // The state's clock may be ahead of the caller's; the wait counts from the latter.
-            denial.retry_after_ms = denial
-                .retry_after_ms
-                .saturating_add(now.saturating_sub(now_ms));
-            return Admission::Denied(denial);
-        }
+        binding
+    }
 
+    /// Charges an admitted request in every dimension the tier counts, and the same charge
+    /// into every open lease's floor.
+    fn charge(&mut self, limits: &TierLimits, input_cost: u64, output_cost: u64) {
         let request_cost = u64::from(limits.rpm.is_some());
         self.requests = self.requests.charged(request_cost);
         self.input = self.input.charged(input_cost);
@@ -478,12 +502,15 @@ impl LimiterState {
                 .charged(request_cost)
                 .at_most(self.requests);
         }
-        self.make_room_for_a_lease(limits, now);
+    }
+
+    /// Records a new lease of `lease_ms` (clamped) from `now`: its id and when it expires.
+    fn open_lease(&mut self, now: u64, lease_ms: u64) -> (u64, u64) {
         // Ids grow with time, so a state that is lost and started over does not reuse the
         // ids of reservations still out there (until the year 2255, below 2^53).
         let lease_id = self.next_lease_id.max(now.saturating_mul(1000));
         self.next_lease_id = lease_id.saturating_add(1);
-        let lease_expires_ms = now.saturating_add(request.lease_ms.clamp(1, MAX_LEASE_MS));
+        let lease_expires_ms = now.saturating_add(lease_ms.clamp(1, MAX_LEASE_MS));
         self.leases.push(Lease {
             id: lease_id,
             expires_ms: lease_expires_ms,
@@ -491,12 +518,7 @@ impl LimiterState {
             output_after: Level::EMPTY,
             requests_after: Level::EMPTY,
         });
-        Admission::Admitted(Reservation {
-            lease_id,
-            input_tokens: input_cost,
-            output_tokens: output_cost,
-            lease_expires_ms,
-        })
+        (lease_id, lease_expires_ms)
     }
 
     /// Charges one request against `rpm` and nothing else: no tokens, no concurrency slot,
