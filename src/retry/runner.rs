@@ -577,6 +577,9 @@ fn note_miss(
     Ok(())
 }
 
+/// A fallback's name, its shared state and this edge's memory of it.
+type NextModel<G> = (String, (G, Rc<RefCell<EdgeMemory>>));
+
 /// The next fallback to try, with its shared state and this edge's memory of it: the first
 /// left whose state can be had and that the transport can send for, before the deadline.
 /// Those passed over are noted in `record`.
@@ -586,7 +589,7 @@ fn next_model<C: Clock, S, G: SharedState, T: Transport>(
     shared: &G,
     record: &mut FallbackRecord,
     transport: &mut T,
-) -> Option<(String, (G, Rc<RefCell<EdgeMemory>>))> {
+) -> Option<NextModel<G>> {
     while let Some(model) = fallbacks.take_next() {
         match shared.for_model(&model) {
             Some(next)
