@@ -9,9 +9,9 @@
 //! - [`classify`](fn@classify) turns one attempt's [`Outcome`] into a [`Verdict`]: deliver, or retry for a
 //!   [`Cause`] with the upstream's retry-after as a floor ([`upstream_wait_ms`],
 //!   [`should_retry_header`]).
-//! - [`Retrier`] counts attempts, draws full-jitter waits ([`Backoff`]) and answers with a
-//!   [`Step`]: deliver, wait, or give up when the attempts are used up or the next wait would
-//!   end past the budget deadline. A wait that does not fit is never slept: the client gets
+//! - [`Retrier`] counts attempts, draws full-jitter waits ([`Backoff`]) and answers with what
+//!   comes [`AfterAttempt`]: deliver, wait, or give up when the attempts are used up or the
+//!   next wait would end past the budget deadline. A wait that does not fit is never slept: the client gets
 //!   an answer at once.
 //! - [`Awaited`] sets how long one attempt may run: a stream until its first event
 //!   (`ATTEMPT_TIMEOUT_MS`), a non-streaming message as long as the official SDKs wait for it.
@@ -38,7 +38,8 @@ pub use classify::{
     RETRYABLE_STREAM_ERRORS,
 };
 pub use policy::{
-    AttemptTicket, GiveUp, Retrier, RetryPolicy, Step, StopReason, WaitRecord, MIN_RETRY_AFTER_MS,
+    AfterAttempt, AttemptTicket, GiveUp, Retrier, RetryPolicy, StopReason, WaitRecord,
+    MIN_RETRY_AFTER_MS,
 };
 pub use retry_after::{should_retry_header, upstream_wait_ms, MAX_UPSTREAM_WAIT_MS};
 pub use timeout::{whole_message_ms, Awaited, MAX_WHOLE_MESSAGE_MS, SDK_TIMEOUT_MS};

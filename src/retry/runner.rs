@@ -18,7 +18,7 @@ use std::rc::Rc;
 use super::classify::{classify, Cause, Outcome};
 use super::fallback::{self, FallbackRecord, Fallbacks, Tried, Why};
 pub use super::policy::Stop;
-use super::policy::{GiveUp, Retrier, RetryPolicy, Step, StopReason};
+use super::policy::{AfterAttempt, GiveUp, Retrier, RetryPolicy, StopReason};
 use crate::error::ProxyError;
 use crate::upstream::{
     AttemptReport, Cost, EdgeMemory, Gate, KeyLimits, PaceReason, ProbeTicket, Refusal,
@@ -466,10 +466,10 @@ impl<G: SharedState> OnModel<G> {
             .retrier
             .after_attempt(gate.clock.now_ms(), classify(&outcome))
         {
-            Step::Deliver if !ways.on_fallback || fallback::delivers(&outcome) => {
+            AfterAttempt::Deliver if !ways.on_fallback || fallback::delivers(&outcome) => {
                 Round::Done(answer.ok_or_else(no_answer))
             }
-            Step::Deliver => {
+            AfterAttempt::Deliver => {
                 let ended = match outcome {
                     Outcome::Response { status, .. } => format!("status_{status}"),
                     _ => "refused".to_string(),
@@ -480,7 +480,7 @@ impl<G: SharedState> OnModel<G> {
                     ended: Unanswered::Refused(ended),
                 })
             }
-            Step::Wait { ms, cause } => {
+            AfterAttempt::Wait { ms, cause } => {
                 self.last_cause = Some(cause);
                 journal.waits.push(Wait {
                     ms,
@@ -490,7 +490,7 @@ impl<G: SharedState> OnModel<G> {
                 gate.sleep.sleep(ms).await;
                 Round::Again
             }
-            Step::GiveUp(give_up) => gave_up(&give_up, answer, ways, journal),
+            AfterAttempt::GiveUp(give_up) => gave_up(&give_up, answer, ways, journal),
         }
     }
 }
