@@ -8,8 +8,8 @@ cycles between modules.
 
 Test code is left out: files declared `#[cfg(test)] mod x;` and any item under `#[cfg(test)]`
 or `#[test]`. A module's imports are the `crate::` and `super::` paths its production code
-names, each resolved to the longest module path that exists; a cycle is a strongly connected
-set of two or more files.
+names, each resolved to the file that defines the name (through `pub use` re-exports); a
+cycle is a strongly connected set of two or more files.
 """
 
 import argparse
@@ -157,30 +157,60 @@ def long_functions(found):
     return rows
 
 
+def reexports(found):
+    """(module, name) -> the module a `pub use` of it points at, for names a module passes on."""
+    table = {}
+    for name, (_, text) in found.items():
+        for use in re.finditer(r"\bpub(?:\([^)]*\))?\s+use\s+([^;]+);", text):
+            for p in expand(use.group(1)):
+                parts = p.split("::")
+                if parts[0] == "crate":
+                    full = parts
+                elif parts[0] == "self":
+                    full = name.split("::") + parts[1:]
+                elif parts[0] == "super":
+                    full = name.split("::")[:-1] + parts[1:]
+                else:
+                    full = name.split("::") + parts
+                table[(name, parts[-1])] = "::".join(full)
+    return table
+
+
+def resolve(path, found, table, depth=0):
+    """The file that defines what `path` names: the longest module prefix, followed through
+    re-exports."""
+    parts = path.split("::")
+    for k in range(len(parts), 0, -1):
+        target = "::".join(parts[:k])
+        if target in found:
+            if k < len(parts) and depth < 8:
+                via = table.get((target, parts[k]))
+                if via and via != path:
+                    return resolve(via, found, table, depth + 1)
+            return target
+    return None
+
+
 def imports(found):
+    table = reexports(found)
     edges = {name: set() for name in found}
     for name, (_, text) in found.items():
-        here = name if name == "crate" or os.path.basename(found[name][0]) in ("mod.rs", "lib.rs") else name
         # the module `super` names: the parent of this file's module
         parent = name.rsplit("::", 1)[0] if "::" in name else name
         paths = []
-        for use in re.finditer(r"\buse\s+([^;]+);", text):
+        for use in re.finditer(r"(?<!pub )\buse\s+([^;]+);", text):
             paths += expand(use.group(1))
         paths += re.findall(r"\b(?:crate|super)(?:::\w+)+", text)
         for p in paths:
             if p.startswith("super"):
                 p = parent + p[len("super") :]
             elif p.startswith("self::"):
-                p = here + p[len("self") :]
+                p = name + p[len("self") :]
             elif not p.startswith("crate"):
                 continue
-            parts = p.split("::")
-            for k in range(len(parts), 0, -1):
-                target = "::".join(parts[:k])
-                if target in found:
-                    if target != name and not name.startswith(target + "::") and target != "crate":
-                        edges[name].add(target)
-                    break
+            target = resolve(p, found, table)
+            if target and target != name and not name.startswith(target + "::") and target != "crate":
+                edges[name].add(target)
     return edges
 
 

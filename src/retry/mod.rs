@@ -30,6 +30,7 @@ pub mod fallback;
 mod policy;
 mod retry_after;
 pub mod runner;
+mod stop;
 mod timeout;
 
 pub use backoff::{ceiling_ms, Backoff};

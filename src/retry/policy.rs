@@ -12,7 +12,6 @@ use super::classify::{Cause, Verdict};
 use super::timeout::Awaited;
 use crate::config::Config;
 use crate::error::{LimitInfo, ProxyError};
-use crate::upstream::{PaceReason, RefuseReason};
 
 /// The shortest `retry_after_ms` a structured answer carries: `Retry-After` is whole seconds,
 /// at least 1.
@@ -126,32 +125,6 @@ impl fmt::Display for StopReason {
             StopReason::AttemptsExhausted => "attempts_exhausted",
             StopReason::BudgetExhausted => "budget_exhausted",
         })
-    }
-}
-
-/// Why a request stopped before the upstream gave a final answer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Stop {
-    /// Retries ran out (attempts or budget).
-    Retries(StopReason),
-    /// The shared state answered for the upstream.
-    Refused(RefuseReason),
-}
-
-impl fmt::Display for Stop {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Stop::Retries(reason) => reason.fmt(f),
-            Stop::Refused(RefuseReason::Cooldown) => f.write_str("refused_cooldown"),
-            Stop::Refused(RefuseReason::Overloaded) => f.write_str("refused_overloaded"),
-            Stop::Refused(RefuseReason::RetryBudget) => f.write_str("refused_retry_budget"),
-            Stop::Refused(RefuseReason::Paced(PaceReason::KeyLimit(dimension))) => {
-                write!(f, "refused_paced_{}", dimension.as_str())
-            }
-            Stop::Refused(RefuseReason::Paced(PaceReason::Capacity)) => {
-                f.write_str("refused_paced_capacity")
-            }
-        }
     }
 }
 

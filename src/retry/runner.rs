@@ -17,8 +17,8 @@ use std::rc::Rc;
 
 use super::classify::{classify, Cause, Outcome};
 use super::fallback::{self, FallbackRecord, Fallbacks, Tried, Why};
-pub use super::policy::Stop;
 use super::policy::{AfterAttempt, GiveUp, Retrier, RetryPolicy, StopReason};
+pub use super::stop::Stop;
 use crate::error::ProxyError;
 use crate::upstream::{
     AttemptReport, Cost, EdgeMemory, Gate, KeyLimits, PaceReason, ProbeTicket, Refusal,
