@@ -21,8 +21,8 @@
 //!   as good as a fresh one ([`LimiterState::is_idle`]), so the shell can delete it.
 
 mod bucket;
+mod caller_headers;
 mod credit;
-mod headers;
 mod limiter_state;
 mod object;
 mod renewal;
@@ -33,11 +33,11 @@ mod credit_properties;
 #[cfg(test)]
 mod properties;
 
+pub use caller_headers::{anthropic_headers, limit_headers, rate_limit_headers, rfc3339_utc};
 pub use credit::{
     Carry, Credit, Credits, LocalAdmission, OwnerStep, Returns, Settled, Ticket, CREDIT_VALID_MS,
     FLUSHER_LIFE_MS, MAX_CREDIT_TICKETS, SETTLE_DELAY_MS,
 };
-pub use headers::{anthropic_headers, limit_headers, rate_limit_headers, rfc3339_utc};
 pub use limiter_state::{
     Admission, AdmissionRequest, Denial, Dimension, DimensionStatus, LimiterState, Reservation,
     Settlement, Usage, CONCURRENCY_RETRY_CAP_MS, LEASE_MEMORY_MS, MAX_CLOCK_LEAD_MS, MAX_LEASE_MS,
