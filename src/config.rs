@@ -10,7 +10,8 @@ use std::num::{NonZeroU32, NonZeroU64};
 
 use serde::{Deserialize, Serialize};
 
-use crate::identity::{FingerprintKey, Secret, RESERVED_ID_PREFIXES};
+use crate::identity::prefixes::RESERVED_ID_PREFIXES;
+use crate::identity::secret::{FingerprintKey, Secret};
 use crate::upstream::{Priority, MAX_WEIGHT};
 
 /// Every variable the proxy reads, as wrangler.toml and `wrangler secret put` name them.
@@ -180,6 +181,19 @@ const MAX_TIER_BUDGET_MS: u64 = 3_600_000;
 /// `MAX_INFLIGHT_BODY_BYTES` when unset: 64 MiB, or `MAX_BODY_BYTES` if that is larger (one
 /// body of the largest size always fits).
 pub const DEFAULT_MAX_INFLIGHT_BODY_BYTES: u64 = 64 * 1024 * 1024;
+
+/// `MAX_INFLIGHT_BODY_BYTES_PER_CALLER` when unset: half the isolate's budget, or one body of
+/// the largest size if that is more (so every caller can always send one), never more than
+/// the isolate's whole budget.
+#[must_use]
+pub fn default_caller_share(isolate: u64, max_body: u64) -> u64 {
+    (isolate / 2).max(max_body).min(isolate)
+}
+
+/// Longest `model` accepted, in bytes, in a request body or in `MODEL_FALLBACKS`. Model ids are
+/// a few dozen characters; the model names Durable Object state, log lines and fallback
+/// lookups, so an unbounded one is refused.
+pub const MAX_MODEL_BYTES: usize = 256;
 
 /// `BODY_READ_TIMEOUT_MS` when unset: a request body has 10 s to arrive, plus what it earns
 /// at `MIN_BODY_BYTES_PER_S` (see `request::upload::ReadPace`).
@@ -355,165 +369,44 @@ impl Config {
 
         let upstream_url = parse_upstream_url(get("UPSTREAM_URL"))?;
         let upstream_key = get("ANTHROPIC_API_KEY").map(Secret::new);
-        let request_budget_ms = parse_ms("REQUEST_BUDGET_MS", get("REQUEST_BUDGET_MS"), 30_000)?;
-        let attempt_timeout_ms = parse_ms("ATTEMPT_TIMEOUT_MS", get("ATTEMPT_TIMEOUT_MS"), 60_000)?;
-        let max_attempts = match get("MAX_ATTEMPTS") {
-            None => NonZeroU32::MIN.saturating_add(3),
-            Some(raw) => raw
-                .parse::<u32>()
-                .ok()
-                .and_then(NonZeroU32::new)
-                .filter(|n| n.get() <= 100)
-                .ok_or_else(|| invalid("MAX_ATTEMPTS", "expected an integer from 1 to 100"))?,
-        };
-        let backoff_base_ms = parse_ms("BACKOFF_BASE_MS", get("BACKOFF_BASE_MS"), 500)?;
-        let backoff_max_ms = parse_ms("BACKOFF_MAX_MS", get("BACKOFF_MAX_MS"), 8_000)?;
-        if backoff_max_ms < backoff_base_ms {
-            return Err(invalid(
-                "BACKOFF_MAX_MS",
-                "must not be smaller than BACKOFF_BASE_MS",
-            ));
-        }
+        let retries = Retries::parse(&get)?;
         let allowed_origins = parse_origins(get("ALLOWED_ORIGINS"))?;
         let (rate_limits, tier_betas, tier_shares) = parse_rate_limits(get("RATE_LIMITS"))?;
         let client_keys = parse_client_keys(get("CLIENT_KEYS"), &rate_limits)?;
-        let jwt_secret = match get("JWT_SECRET") {
-            None => None,
-            // Only the length is named: the value is a secret.
-            Some(raw) if raw.len() < MIN_JWT_SECRET_BYTES => {
-                return Err(invalid(
-                    "JWT_SECRET",
-                    format!(
-                        "must be at least {MIN_JWT_SECRET_BYTES} bytes (RFC 7518 section 3.2: an \
-                         HS256 key is at least as long as its 256-bit hash)"
-                    ),
-                ))
-            }
-            Some(raw) => Some(Secret::new(raw)),
-        };
-        let jwt_audience = parse_jwt_name("JWT_AUDIENCE", get("JWT_AUDIENCE"))?;
-        let jwt_issuer = parse_jwt_name("JWT_ISSUER", get("JWT_ISSUER"))?;
-        let jwt_max_lifetime_ms = match get("JWT_MAX_LIFETIME_S") {
-            None => DEFAULT_JWT_MAX_LIFETIME_S,
-            Some(raw) => raw
-                .parse::<u64>()
-                .ok()
-                .filter(|n| (1..=MAX_JWT_LIFETIME_S).contains(n))
-                .ok_or_else(|| {
-                    invalid(
-                        "JWT_MAX_LIFETIME_S",
-                        format!("expected seconds from 1 to {MAX_JWT_LIFETIME_S}"),
-                    )
-                })?,
-        }
-        .saturating_mul(1000);
-        let allow_passthrough_keys = match get("ALLOW_PASSTHROUGH_KEYS").as_deref() {
-            None => false,
-            Some(v) if v.eq_ignore_ascii_case("true") || v == "1" => true,
-            Some(v) if v.eq_ignore_ascii_case("false") || v == "0" => false,
-            Some(_) => return Err(invalid("ALLOW_PASSTHROUGH_KEYS", "expected true or false")),
-        };
-        let max_body_bytes = match get("MAX_BODY_BYTES") {
-            None => 33_554_432,
-            Some(raw) => raw
-                .parse::<u64>()
-                .ok()
-                .filter(|n| *n > 0)
-                .ok_or_else(|| invalid("MAX_BODY_BYTES", "expected a positive integer"))?,
-        };
-        let max_inflight_body_bytes = match get("MAX_INFLIGHT_BODY_BYTES") {
-            None => DEFAULT_MAX_INFLIGHT_BODY_BYTES.max(max_body_bytes),
-            Some(raw) => raw
-                .parse::<u64>()
-                .ok()
-                .filter(|n| *n >= max_body_bytes)
-                .ok_or_else(|| {
-                    invalid(
-                        "MAX_INFLIGHT_BODY_BYTES",
-                        "expected an integer no smaller than MAX_BODY_BYTES",
-                    )
-                })?,
-        };
-        let max_inflight_body_bytes_per_caller = match get("MAX_INFLIGHT_BODY_BYTES_PER_CALLER") {
-            None => crate::request::upload::default_caller_share(
-                max_inflight_body_bytes,
-                max_body_bytes,
-            ),
-            Some(raw) => raw
-                .parse::<u64>()
-                .ok()
-                .filter(|n| (max_body_bytes..=max_inflight_body_bytes).contains(n))
-                .ok_or_else(|| {
-                    invalid(
-                        "MAX_INFLIGHT_BODY_BYTES_PER_CALLER",
-                        "expected an integer between MAX_BODY_BYTES and MAX_INFLIGHT_BODY_BYTES",
-                    )
-                })?,
-        };
-        let body_read_timeout_ms = match get("BODY_READ_TIMEOUT_MS") {
-            None => DEFAULT_BODY_READ_TIMEOUT_MS,
-            Some(raw) => raw
-                .parse::<u64>()
-                .ok()
-                .filter(|n| (1..=MAX_DURATION_MS).contains(n))
-                .ok_or_else(|| {
-                    invalid(
-                        "BODY_READ_TIMEOUT_MS",
-                        "expected a positive integer of milliseconds, at most an hour",
-                    )
-                })?,
-        };
-        let min_body_bytes_per_s =
-            match get("MIN_BODY_BYTES_PER_S") {
-                None => DEFAULT_MIN_BODY_BYTES_PER_S,
-                Some(raw) => raw.parse::<u64>().ok().filter(|n| *n > 0).ok_or_else(|| {
-                    invalid("MIN_BODY_BYTES_PER_S", "expected a positive integer")
-                })?,
-            };
+        let tokens = Tokens::parse(&get)?;
+        let allow_passthrough_keys = parse_switch(
+            "ALLOW_PASSTHROUGH_KEYS",
+            get("ALLOW_PASSTHROUGH_KEYS").as_deref(),
+        )?;
+        let bodies = Bodies::parse(&get)?;
         let model_fallbacks = parse_model_fallbacks(get("MODEL_FALLBACKS"))?;
-        let admin_key = match get("ADMIN_KEY") {
-            None => None,
-            // Only the length is named: the value is a secret.
-            Some(raw) if raw.len() < MIN_ADMIN_KEY_BYTES => {
-                return Err(invalid(
-                    "ADMIN_KEY",
-                    format!("must be at least {MIN_ADMIN_KEY_BYTES} characters"),
-                ))
-            }
-            Some(raw) => Some(Secret::new(raw)),
-        };
+        let admin_key = parse_admin_key(get("ADMIN_KEY"))?;
         let fingerprint_key = fingerprint_key(&get)?;
-        let request_log = match get("REQUEST_LOG").as_deref().map(str::to_ascii_lowercase) {
-            None => RequestLog::All,
-            Some(v) if v == "all" => RequestLog::All,
-            Some(v) if v == "problems" => RequestLog::Problems,
-            Some(v) if v == "off" => RequestLog::Off,
-            Some(_) => return Err(invalid("REQUEST_LOG", "expected all, problems or off")),
-        };
+        let request_log = parse_request_log(get("REQUEST_LOG"))?;
 
         Ok(Config {
             upstream_url,
             upstream_key,
-            request_budget_ms,
-            attempt_timeout_ms,
-            max_attempts,
-            backoff_base_ms,
-            backoff_max_ms,
+            request_budget_ms: retries.request_budget_ms,
+            attempt_timeout_ms: retries.attempt_timeout_ms,
+            max_attempts: retries.max_attempts,
+            backoff_base_ms: retries.backoff_base_ms,
+            backoff_max_ms: retries.backoff_max_ms,
             allowed_origins,
             rate_limits,
             tier_betas,
             tier_shares,
             client_keys,
-            jwt_secret,
-            jwt_audience,
-            jwt_issuer,
-            jwt_max_lifetime_ms,
+            jwt_secret: tokens.secret,
+            jwt_audience: tokens.audience,
+            jwt_issuer: tokens.issuer,
+            jwt_max_lifetime_ms: tokens.max_lifetime_ms,
             allow_passthrough_keys,
-            max_body_bytes,
-            max_inflight_body_bytes,
-            max_inflight_body_bytes_per_caller,
-            body_read_timeout_ms,
-            min_body_bytes_per_s,
+            max_body_bytes: bodies.max_body_bytes,
+            max_inflight_body_bytes: bodies.max_inflight_body_bytes,
+            max_inflight_body_bytes_per_caller: bodies.max_inflight_body_bytes_per_caller,
+            body_read_timeout_ms: bodies.body_read_timeout_ms,
+            min_body_bytes_per_s: bodies.min_body_bytes_per_s,
             model_fallbacks,
             admin_key,
             request_log,
@@ -601,6 +494,208 @@ impl Config {
     pub fn missing_for_managed_callers(&self) -> Option<&'static str> {
         let has_managed_callers = !self.client_keys.is_empty() || self.jwt_secret.is_some();
         (has_managed_callers && self.upstream_key.is_none()).then_some("ANTHROPIC_API_KEY")
+    }
+}
+
+/// The request's budget and its retries: `REQUEST_BUDGET_MS`, `ATTEMPT_TIMEOUT_MS`,
+/// `MAX_ATTEMPTS`, `BACKOFF_BASE_MS`, `BACKOFF_MAX_MS`.
+struct Retries {
+    request_budget_ms: u64,
+    attempt_timeout_ms: u64,
+    max_attempts: NonZeroU32,
+    backoff_base_ms: u64,
+    backoff_max_ms: u64,
+}
+
+impl Retries {
+    fn parse(get: &impl Fn(&str) -> Option<String>) -> Result<Retries, ConfigError> {
+        let request_budget_ms = parse_ms("REQUEST_BUDGET_MS", get("REQUEST_BUDGET_MS"), 30_000)?;
+        let attempt_timeout_ms = parse_ms("ATTEMPT_TIMEOUT_MS", get("ATTEMPT_TIMEOUT_MS"), 60_000)?;
+        let max_attempts = match get("MAX_ATTEMPTS") {
+            None => NonZeroU32::MIN.saturating_add(3),
+            Some(raw) => raw
+                .parse::<u32>()
+                .ok()
+                .and_then(NonZeroU32::new)
+                .filter(|n| n.get() <= 100)
+                .ok_or_else(|| invalid("MAX_ATTEMPTS", "expected an integer from 1 to 100"))?,
+        };
+        let backoff_base_ms = parse_ms("BACKOFF_BASE_MS", get("BACKOFF_BASE_MS"), 500)?;
+        let backoff_max_ms = parse_ms("BACKOFF_MAX_MS", get("BACKOFF_MAX_MS"), 8_000)?;
+        if backoff_max_ms < backoff_base_ms {
+            return Err(invalid(
+                "BACKOFF_MAX_MS",
+                "must not be smaller than BACKOFF_BASE_MS",
+            ));
+        }
+        Ok(Retries {
+            request_budget_ms,
+            attempt_timeout_ms,
+            max_attempts,
+            backoff_base_ms,
+            backoff_max_ms,
+        })
+    }
+}
+
+/// What signed browser tokens must be: `JWT_SECRET`, `JWT_AUDIENCE`, `JWT_ISSUER`,
+/// `JWT_MAX_LIFETIME_S`.
+struct Tokens {
+    secret: Option<Secret>,
+    audience: Option<String>,
+    issuer: Option<String>,
+    max_lifetime_ms: u64,
+}
+
+impl Tokens {
+    fn parse(get: &impl Fn(&str) -> Option<String>) -> Result<Tokens, ConfigError> {
+        let secret = match get("JWT_SECRET") {
+            None => None,
+            // Only the length is named: the value is a secret.
+            Some(raw) if raw.len() < MIN_JWT_SECRET_BYTES => {
+                return Err(invalid(
+                    "JWT_SECRET",
+                    format!(
+                        "must be at least {MIN_JWT_SECRET_BYTES} bytes (RFC 7518 section 3.2: an \
+                         HS256 key is at least as long as its 256-bit hash)"
+                    ),
+                ))
+            }
+            Some(raw) => Some(Secret::new(raw)),
+        };
+        let audience = parse_jwt_name("JWT_AUDIENCE", get("JWT_AUDIENCE"))?;
+        let issuer = parse_jwt_name("JWT_ISSUER", get("JWT_ISSUER"))?;
+        let max_lifetime_ms = match get("JWT_MAX_LIFETIME_S") {
+            None => DEFAULT_JWT_MAX_LIFETIME_S,
+            Some(raw) => raw
+                .parse::<u64>()
+                .ok()
+                .filter(|n| (1..=MAX_JWT_LIFETIME_S).contains(n))
+                .ok_or_else(|| {
+                    invalid(
+                        "JWT_MAX_LIFETIME_S",
+                        format!("expected seconds from 1 to {MAX_JWT_LIFETIME_S}"),
+                    )
+                })?,
+        }
+        .saturating_mul(1000);
+        Ok(Tokens {
+            secret,
+            audience,
+            issuer,
+            max_lifetime_ms,
+        })
+    }
+}
+
+/// How large request bodies may be, how many bytes of them an isolate and a caller may hold,
+/// and how fast they must arrive: `MAX_BODY_BYTES`, `MAX_INFLIGHT_BODY_BYTES`,
+/// `MAX_INFLIGHT_BODY_BYTES_PER_CALLER`, `BODY_READ_TIMEOUT_MS`, `MIN_BODY_BYTES_PER_S`.
+struct Bodies {
+    max_body_bytes: u64,
+    max_inflight_body_bytes: u64,
+    max_inflight_body_bytes_per_caller: u64,
+    body_read_timeout_ms: u64,
+    min_body_bytes_per_s: u64,
+}
+
+impl Bodies {
+    fn parse(get: &impl Fn(&str) -> Option<String>) -> Result<Bodies, ConfigError> {
+        let max_body_bytes = match get("MAX_BODY_BYTES") {
+            None => 33_554_432,
+            Some(raw) => raw
+                .parse::<u64>()
+                .ok()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| invalid("MAX_BODY_BYTES", "expected a positive integer"))?,
+        };
+        let max_inflight_body_bytes = match get("MAX_INFLIGHT_BODY_BYTES") {
+            None => DEFAULT_MAX_INFLIGHT_BODY_BYTES.max(max_body_bytes),
+            Some(raw) => raw
+                .parse::<u64>()
+                .ok()
+                .filter(|n| *n >= max_body_bytes)
+                .ok_or_else(|| {
+                    invalid(
+                        "MAX_INFLIGHT_BODY_BYTES",
+                        "expected an integer no smaller than MAX_BODY_BYTES",
+                    )
+                })?,
+        };
+        let max_inflight_body_bytes_per_caller = match get("MAX_INFLIGHT_BODY_BYTES_PER_CALLER") {
+            None => default_caller_share(max_inflight_body_bytes, max_body_bytes),
+            Some(raw) => raw
+                .parse::<u64>()
+                .ok()
+                .filter(|n| (max_body_bytes..=max_inflight_body_bytes).contains(n))
+                .ok_or_else(|| {
+                    invalid(
+                        "MAX_INFLIGHT_BODY_BYTES_PER_CALLER",
+                        "expected an integer between MAX_BODY_BYTES and MAX_INFLIGHT_BODY_BYTES",
+                    )
+                })?,
+        };
+        let body_read_timeout_ms = match get("BODY_READ_TIMEOUT_MS") {
+            None => DEFAULT_BODY_READ_TIMEOUT_MS,
+            Some(raw) => raw
+                .parse::<u64>()
+                .ok()
+                .filter(|n| (1..=MAX_DURATION_MS).contains(n))
+                .ok_or_else(|| {
+                    invalid(
+                        "BODY_READ_TIMEOUT_MS",
+                        "expected a positive integer of milliseconds, at most an hour",
+                    )
+                })?,
+        };
+        let min_body_bytes_per_s =
+            match get("MIN_BODY_BYTES_PER_S") {
+                None => DEFAULT_MIN_BODY_BYTES_PER_S,
+                Some(raw) => raw.parse::<u64>().ok().filter(|n| *n > 0).ok_or_else(|| {
+                    invalid("MIN_BODY_BYTES_PER_S", "expected a positive integer")
+                })?,
+            };
+        Ok(Bodies {
+            max_body_bytes,
+            max_inflight_body_bytes,
+            max_inflight_body_bytes_per_caller,
+            body_read_timeout_ms,
+            min_body_bytes_per_s,
+        })
+    }
+}
+
+/// A yes-or-no variable: `true`/`1` or `false`/`0` (any case), off when unset.
+fn parse_switch(variable: &'static str, raw: Option<&str>) -> Result<bool, ConfigError> {
+    match raw {
+        None => Ok(false),
+        Some(v) if v.eq_ignore_ascii_case("true") || v == "1" => Ok(true),
+        Some(v) if v.eq_ignore_ascii_case("false") || v == "0" => Ok(false),
+        Some(_) => Err(invalid(variable, "expected true or false")),
+    }
+}
+
+/// `ADMIN_KEY`: unset, or long enough not to be guessed.
+fn parse_admin_key(raw: Option<String>) -> Result<Option<Secret>, ConfigError> {
+    match raw {
+        None => Ok(None),
+        // Only the length is named: the value is a secret.
+        Some(raw) if raw.len() < MIN_ADMIN_KEY_BYTES => Err(invalid(
+            "ADMIN_KEY",
+            format!("must be at least {MIN_ADMIN_KEY_BYTES} characters"),
+        )),
+        Some(raw) => Ok(Some(Secret::new(raw))),
+    }
+}
+
+/// `REQUEST_LOG`: `all` (the default), `problems` or `off`, in any case.
+fn parse_request_log(raw: Option<String>) -> Result<RequestLog, ConfigError> {
+    match raw.as_deref().map(str::to_ascii_lowercase) {
+        None => Ok(RequestLog::All),
+        Some(v) if v == "all" => Ok(RequestLog::All),
+        Some(v) if v == "problems" => Ok(RequestLog::Problems),
+        Some(v) if v == "off" => Ok(RequestLog::Off),
+        Some(_) => Err(invalid("REQUEST_LOG", "expected all, problems or off")),
     }
 }
 
@@ -790,56 +885,11 @@ fn parse_rate_limits(raw: Option<String>) -> Result<Tiers, ConfigError> {
     let mut betas = BTreeMap::new();
     let mut shares = BTreeMap::new();
     for (name, spec) in specs {
-        if spec.weight.is_some() || spec.priority.is_some() || spec.budget_ms.is_some() {
-            let weight = spec.weight.map_or(1, NonZeroU32::get);
-            if weight > MAX_WEIGHT {
-                return Err(invalid(
-                    "RATE_LIMITS",
-                    format!("tier {name:?}: weight must be 1 to {MAX_WEIGHT}, not {weight}"),
-                ));
-            }
-            let priority = match spec.priority.as_deref() {
-                None => Priority::Interactive,
-                Some(text) => Priority::parse(text).ok_or_else(|| {
-                    invalid(
-                        "RATE_LIMITS",
-                        format!(
-                            "tier {name:?}: priority must be \"interactive\" or \"background\""
-                        ),
-                    )
-                })?,
-            };
-            let budget_ms = spec.budget_ms.map(NonZeroU64::get);
-            if budget_ms.is_some_and(|ms| ms > MAX_TIER_BUDGET_MS) {
-                return Err(invalid(
-                    "RATE_LIMITS",
-                    format!("tier {name:?}: budget_ms must be at most {MAX_TIER_BUDGET_MS}"),
-                ));
-            }
-            shares.insert(
-                name.clone(),
-                TierShare {
-                    weight,
-                    priority,
-                    budget_ms,
-                },
-            );
+        if let Some(share) = tier_share(&name, &spec)? {
+            shares.insert(name.clone(), share);
         }
         if let Some(list) = spec.betas {
-            if let Some(bad) = list
-                .iter()
-                .find(|b| b.is_empty() || b.len() > MAX_BETA_BYTES || !is_beta_name(b))
-            {
-                let shown: String = bad.chars().take(MAX_BETA_BYTES).collect();
-                return Err(invalid(
-                    "RATE_LIMITS",
-                    format!(
-                        "tier {name:?}: betas must be names like \"prompt-caching-2024-07-31\" \
-                         (letters, digits, '-', '_', '.'; at most {MAX_BETA_BYTES} bytes), \
-                         not {shown:?}"
-                    ),
-                ));
-            }
+            check_betas(&name, &list)?;
             betas.insert(name.clone(), list);
         }
         let limits = TierLimits {
@@ -859,6 +909,61 @@ fn parse_rate_limits(raw: Option<String>) -> Result<Tiers, ConfigError> {
         ));
     }
     Ok((tiers, betas, shares))
+}
+
+/// A tier's fair share of a scarce upstream, when its spec sets any of `weight`, `priority`
+/// or `budget_ms`.
+fn tier_share(name: &str, spec: &TierSpec) -> Result<Option<TierShare>, ConfigError> {
+    if spec.weight.is_none() && spec.priority.is_none() && spec.budget_ms.is_none() {
+        return Ok(None);
+    }
+    let weight = spec.weight.map_or(1, NonZeroU32::get);
+    if weight > MAX_WEIGHT {
+        return Err(invalid(
+            "RATE_LIMITS",
+            format!("tier {name:?}: weight must be 1 to {MAX_WEIGHT}, not {weight}"),
+        ));
+    }
+    let priority = match spec.priority.as_deref() {
+        None => Priority::Interactive,
+        Some(text) => Priority::parse(text).ok_or_else(|| {
+            invalid(
+                "RATE_LIMITS",
+                format!("tier {name:?}: priority must be \"interactive\" or \"background\""),
+            )
+        })?,
+    };
+    let budget_ms = spec.budget_ms.map(NonZeroU64::get);
+    if budget_ms.is_some_and(|ms| ms > MAX_TIER_BUDGET_MS) {
+        return Err(invalid(
+            "RATE_LIMITS",
+            format!("tier {name:?}: budget_ms must be at most {MAX_TIER_BUDGET_MS}"),
+        ));
+    }
+    Ok(Some(TierShare {
+        weight,
+        priority,
+        budget_ms,
+    }))
+}
+
+/// A tier's `betas`: every one a plausible beta name.
+fn check_betas(name: &str, list: &[String]) -> Result<(), ConfigError> {
+    let Some(bad) = list
+        .iter()
+        .find(|b| b.is_empty() || b.len() > MAX_BETA_BYTES || !is_beta_name(b))
+    else {
+        return Ok(());
+    };
+    let shown: String = bad.chars().take(MAX_BETA_BYTES).collect();
+    Err(invalid(
+        "RATE_LIMITS",
+        format!(
+            "tier {name:?}: betas must be names like \"prompt-caching-2024-07-31\" \
+             (letters, digits, '-', '_', '.'; at most {MAX_BETA_BYTES} bytes), \
+             not {shown:?}"
+        ),
+    ))
 }
 
 /// Parses `MODEL_FALLBACKS`: `{"claude-opus-4-7": ["claude-sonnet-4-6", "claude-haiku-4-5"]}`.
@@ -881,7 +986,7 @@ fn parse_model_fallbacks(
             ),
         )
     })?;
-    let max = crate::request::body::MAX_MODEL_BYTES;
+    let max = MAX_MODEL_BYTES;
     let shown = |m: &str| m.chars().take(max).collect::<String>();
     for (model, list) in &map {
         if model.is_empty() || model.len() > max {
@@ -1066,6 +1171,16 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         Config::from_lookup(|name| map.get(name).cloned())
+    }
+
+    #[test]
+    fn the_caller_share_defaults_to_half_the_isolate_or_one_largest_body() {
+        let mib = 1024 * 1024;
+        assert_eq!(default_caller_share(64 * mib, 32 * mib), 32 * mib);
+        assert_eq!(default_caller_share(64 * mib, mib), 32 * mib);
+        assert_eq!(default_caller_share(100 * mib, 100 * mib), 100 * mib);
+        assert_eq!(default_caller_share(300 * mib, 100 * mib), 150 * mib);
+        assert_eq!(default_caller_share(1, 1), 1);
     }
 
     #[test]

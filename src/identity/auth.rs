@@ -7,17 +7,9 @@
 
 use crate::config::{Config, DEFAULT_TIER};
 use crate::error::ProxyError;
+use crate::identity::prefixes::{PASSTHROUGH_PREFIX, TOKEN_PREFIX};
+use crate::identity::secret::{self, fingerprint, Secret};
 use crate::identity::token;
-use crate::identity::{fingerprint, Secret};
-
-/// The prefix of a signed token's identity (`token:<sub>`).
-pub const TOKEN_PREFIX: &str = "token:";
-
-/// The prefix of a passthrough caller's identity (`passthrough:<fingerprint>`).
-pub const PASSTHROUGH_PREFIX: &str = "passthrough:";
-
-/// Prefixes no client id in `CLIENT_KEYS` may start with (compared without regard to case).
-pub const RESERVED_ID_PREFIXES: &[&str] = &[TOKEN_PREFIX, PASSTHROUGH_PREFIX];
 
 /// What token verification requires beyond a good signature, from the configuration.
 fn token_requirements(config: &Config) -> token::Requirements<'_> {
@@ -50,6 +42,18 @@ impl Caller {
     /// The name of the caller's Durable Object and its log field: a fingerprint of the identity.
     pub fn identity_hash(&self) -> String {
         fingerprint("identity", &self.identity)
+    }
+
+    /// The key the caller's requests go upstream with: its own (passthrough), or the
+    /// deployment's `ANTHROPIC_API_KEY`, which must then be set.
+    pub fn upstream_key(&self, config: &Config) -> Result<Secret, ProxyError> {
+        match &self.upstream_key {
+            UpstreamKey::Passthrough(key) => Ok(key.clone()),
+            UpstreamKey::Managed => config
+                .upstream_key
+                .clone()
+                .ok_or(ProxyError::MissingSecret("ANTHROPIC_API_KEY")),
+        }
     }
 }
 
@@ -121,7 +125,7 @@ pub fn authenticate(config: &Config, presented: &str, now_ms: u64) -> Result<Cal
     }
     // Every configured key is compared, so the time taken does not tell which one matched.
     let mut matched = None;
-    let presented_digest = crate::identity::secret::digest(presented);
+    let presented_digest = secret::digest(presented);
     for (key, entry) in &config.client_keys {
         if key.matches_digest(&presented_digest) && matched.is_none() {
             matched = Some(entry);

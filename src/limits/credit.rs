@@ -25,7 +25,7 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::state::{
+use super::limiter_state::{
     exceeds_a_bucket, reserved_tokens, Admission, AdmissionRequest, Dimension, DimensionStatus,
     LimiterState, Reservation, Usage, MIN_LEASE_RECORDS,
 };
@@ -138,7 +138,7 @@ impl LimiterState {
             self.settle(limits, now_ms, &settled.reservation, settled.usage);
         }
         for ticket in &returns.release {
-            self.release(limits, now_ms, ticket);
+            self.release(limits, now_ms, &ticket.reservation, ticket.requests);
         }
         confirms
     }

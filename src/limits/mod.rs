@@ -22,26 +22,31 @@
 
 mod bucket;
 pub mod calendar;
+mod caller_headers;
 mod credit;
-mod headers;
+mod limiter_state;
 mod object;
 mod owner;
 pub mod prices;
 pub mod quota;
 mod renewal;
 mod settle;
-mod state;
 
 #[cfg(test)]
 mod credit_properties;
 #[cfg(test)]
 mod properties;
 
+pub use caller_headers::{anthropic_headers, limit_headers, rate_limit_headers, rfc3339_utc};
 pub use credit::{
     Carry, Credit, Credits, LocalAdmission, OwnerStep, Returns, Settled, Ticket, CREDIT_VALID_MS,
     FLUSHER_LIFE_MS, MAX_CREDIT_TICKETS, SETTLE_DELAY_MS,
 };
-pub use headers::{anthropic_headers, limit_headers, rate_limit_headers, rfc3339_utc};
+pub use limiter_state::{
+    Admission, AdmissionRequest, Denial, Dimension, DimensionStatus, LimiterState, Reservation,
+    Settlement, Usage, CONCURRENCY_RETRY_CAP_MS, LEASE_MEMORY_MS, MAX_CLOCK_LEAD_MS, MAX_LEASE_MS,
+    MIN_LEASE_RECORDS,
+};
 pub use object::{
     AdmitReply, CallerUsage, LimiterCall, LimiterObject, LimiterReply, ObjectCalls, RefillReply,
 };
@@ -54,11 +59,6 @@ pub use renewal::{
     STREAM_LEASE_MS, WATCH_TICK_MS,
 };
 pub use settle::{settlement_usage, Answered};
-pub use state::{
-    Admission, AdmissionRequest, Denial, Dimension, DimensionStatus, LimiterState, Reservation,
-    Settlement, Usage, CONCURRENCY_RETRY_CAP_MS, LEASE_MEMORY_MS, MAX_CLOCK_LEAD_MS, MAX_LEASE_MS,
-    MIN_LEASE_RECORDS,
-};
 
 use crate::error::{retry_in, LimitInfo, ProxyError, Scope};
 

@@ -7,7 +7,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::credit::{Returns, Ticket};
-use super::state::{
+use super::limiter_state::{
     Admission, AdmissionRequest, DimensionStatus, LimiterState, Reservation, Settlement, Usage,
 };
 use crate::config::TierLimits;
@@ -173,6 +173,98 @@ impl LimiterObject {
     pub(crate) fn limiter(&self) -> &LimiterState {
         &self.limiter
     }
+
+    /// An admission, after taking back what the isolate returns; a request admitted for a
+    /// confirmed caller also brings tickets for the isolate to admit on credit.
+    fn admit(
+        &mut self,
+        now_ms: u64,
+        (limits, request): (TierLimits, AdmissionRequest),
+        (provisional, counted): (bool, bool),
+        credit: u32,
+        returns: &Returns,
+    ) -> LimiterReply {
+        self.confirmed |= self.limiter.take_back(&limits, now_ms, returns);
+        self.confirmed |= !provisional;
+        self.limits = limits;
+        // A request counted while its body arrived is not counted again.
+        let admission = if counted {
+            self.limiter.admit_counted(&limits, now_ms, &request)
+        } else {
+            self.limiter.admit(&limits, now_ms, &request)
+        };
+        let tickets = match admission {
+            Admission::Admitted(_) if !provisional => {
+                self.limiter.grant(&limits, now_ms, &request, credit)
+            }
+            _ => Vec::new(),
+        };
+        let status = self.limiter.snapshot(&limits, now_ms);
+        LimiterReply::Admitted(AdmitReply {
+            admission,
+            status,
+            now_ms,
+            tickets,
+        })
+    }
+
+    /// New tickets for an isolate admitting on credit (a confirmed caller only), after taking
+    /// back what it returns.
+    fn refill(
+        &mut self,
+        now_ms: u64,
+        limits: TierLimits,
+        ticket: Option<AdmissionRequest>,
+        credit: u32,
+        returns: &Returns,
+    ) -> LimiterReply {
+        self.confirmed |= self.limiter.take_back(&limits, now_ms, returns);
+        self.limits = limits;
+        let tickets = match (ticket, self.confirmed) {
+            (Some(ticket), true) => self.limiter.grant(&limits, now_ms, &ticket, credit),
+            _ => Vec::new(),
+        };
+        let status = self.limiter.snapshot(&limits, now_ms);
+        LimiterReply::Refilled(RefillReply {
+            tickets,
+            status,
+            now_ms,
+        })
+    }
+
+    /// An admission that counts the request alone (no tokens, no slot).
+    fn admit_request_only(
+        &mut self,
+        now_ms: u64,
+        limits: TierLimits,
+        provisional: bool,
+    ) -> LimiterReply {
+        self.confirmed |= !provisional;
+        self.limits = limits;
+        let admission = match self.limiter.admit_request_only(&limits, now_ms) {
+            None => Admission::Admitted(Reservation::NOTHING),
+            Some(denial) => Admission::Denied(denial),
+        };
+        let status = self.limiter.snapshot(&limits, now_ms);
+        LimiterReply::Admitted(AdmitReply {
+            admission,
+            status,
+            now_ms,
+            tickets: Vec::new(),
+        })
+    }
+
+    /// Where the caller stands, under `limits` or those it was last used with.
+    fn status(&self, now_ms: u64, limits: Option<TierLimits>) -> LimiterReply {
+        let limits = limits.unwrap_or(self.limits);
+        LimiterReply::Status(CallerUsage {
+            limits,
+            dimensions: self.limiter.snapshot(&limits, now_ms),
+            idle: self.limiter.is_idle(&limits, now_ms),
+            now_ms,
+            object: self.seen,
+        })
+    }
 }
 
 impl ObjectState for LimiterObject {
@@ -195,66 +287,23 @@ impl ObjectState for LimiterObject {
                 credit,
                 returns,
                 counted,
-            } => {
-                self.confirmed |= self.limiter.take_back(&limits, now_ms, &returns);
-                self.confirmed |= !provisional;
-                self.limits = limits;
-                let admission = if counted {
-                    self.limiter.admit_counted(&limits, now_ms, &request)
-                } else {
-                    self.limiter.admit(&limits, now_ms, &request)
-                };
-                let tickets = match admission {
-                    Admission::Admitted(_) if !provisional => {
-                        self.limiter.grant(&limits, now_ms, &request, credit)
-                    }
-                    _ => Vec::new(),
-                };
-                let status = self.limiter.snapshot(&limits, now_ms);
-                LimiterReply::Admitted(AdmitReply {
-                    admission,
-                    status,
-                    now_ms,
-                    tickets,
-                })
-            }
+            } => self.admit(
+                now_ms,
+                (limits, request),
+                (provisional, counted),
+                credit,
+                &returns,
+            ),
             LimiterCall::Refill {
                 limits,
                 ticket,
                 credit,
                 returns,
-            } => {
-                self.confirmed |= self.limiter.take_back(&limits, now_ms, &returns);
-                self.limits = limits;
-                let tickets = match (ticket, self.confirmed) {
-                    (Some(ticket), true) => self.limiter.grant(&limits, now_ms, &ticket, credit),
-                    _ => Vec::new(),
-                };
-                let status = self.limiter.snapshot(&limits, now_ms);
-                LimiterReply::Refilled(RefillReply {
-                    tickets,
-                    status,
-                    now_ms,
-                })
-            }
+            } => self.refill(now_ms, limits, ticket, credit, &returns),
             LimiterCall::AdmitRequestOnly {
                 limits,
                 provisional,
-            } => {
-                self.confirmed |= !provisional;
-                self.limits = limits;
-                let admission = match self.limiter.admit_request_only(&limits, now_ms) {
-                    None => Admission::Admitted(Reservation::NOTHING),
-                    Some(denial) => Admission::Denied(denial),
-                };
-                let status = self.limiter.snapshot(&limits, now_ms);
-                LimiterReply::Admitted(AdmitReply {
-                    admission,
-                    status,
-                    now_ms,
-                    tickets: Vec::new(),
-                })
-            }
+            } => self.admit_request_only(now_ms, limits, provisional),
             LimiterCall::Settle {
                 limits,
                 reservation,
@@ -269,16 +318,7 @@ impl ObjectState for LimiterObject {
                 lease_id,
                 lease_ms,
             } => LimiterReply::Renewed(self.limiter.renew(&limits, now_ms, lease_id, lease_ms)),
-            LimiterCall::Status { limits } => {
-                let limits = limits.unwrap_or(self.limits);
-                LimiterReply::Status(CallerUsage {
-                    limits,
-                    dimensions: self.limiter.snapshot(&limits, now_ms),
-                    idle: self.limiter.is_idle(&limits, now_ms),
-                    now_ms,
-                    object: self.seen,
-                })
-            }
+            LimiterCall::Status { limits } => self.status(now_ms, limits),
         }
     }
 

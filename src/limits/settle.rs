@@ -3,7 +3,7 @@
 //! Where an answer was cut short the proxy cannot know how much the upstream generated, so it
 //! keeps the output reservation (the input is settled); it never refunds on a guess.
 
-use super::state::Usage;
+use super::limiter_state::Usage;
 use crate::stream::sse;
 use crate::stream::tap::Seen;
 

@@ -9,13 +9,10 @@ use std::ops::Range;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
+pub use crate::config::MAX_MODEL_BYTES;
 use crate::error::ProxyError;
 use crate::request::estimate::{Messages, System, Tally, Tools};
 use crate::request::route::Route;
-
-/// Longest `model` accepted, in bytes. Model ids are a few dozen characters; the model names
-/// Durable Object state, log lines and fallback lookups, so an unbounded one is refused here.
-pub const MAX_MODEL_BYTES: usize = 256;
 
 /// The facts about a request body that admission and forwarding need.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -53,43 +50,9 @@ struct Peek<'a> {
 pub fn inspect(route: &Route, body: &[u8]) -> Result<BodyFacts, ProxyError> {
     let text = std::str::from_utf8(body)
         .map_err(|_| ProxyError::InvalidRequest("request body is not valid UTF-8".to_string()))?;
-    let trimmed = text.trim_start_matches([' ', '\t', '\r', '\n', '\u{feff}']);
-    if !trimmed.starts_with('{') {
-        return Err(ProxyError::InvalidRequest(
-            "request body must be a JSON object".to_string(),
-        ));
-    }
-    let peek: Peek<'_> = serde_json::from_str(trimmed).map_err(|e| {
-        ProxyError::InvalidRequest(format!(
-            "request body is not valid JSON: {} at line {}, column {}",
-            classify_json_error(&e),
-            e.line(),
-            e.column()
-        ))
-    })?;
-    let model_value = match peek.model {
-        None => None,
-        Some(raw) => Some(
-            serde_json::from_str::<serde_json::Value>(raw.get()).map_err(|e| {
-                ProxyError::InvalidRequest(format!("model: {}", classify_json_error(&e)))
-            })?,
-        ),
-    };
+    let peek = peek(text)?;
+    let model = model_of(peek.model)?;
     let model_span = peek.model.and_then(|raw| span_in(text, raw.get()));
-    let model = match model_value {
-        None | Some(serde_json::Value::Null) => None,
-        Some(serde_json::Value::String(s)) if s.len() > MAX_MODEL_BYTES => {
-            return Err(ProxyError::InvalidRequest(format!(
-                "model: longer than {MAX_MODEL_BYTES} bytes"
-            )))
-        }
-        Some(serde_json::Value::String(s)) if !s.is_empty() => Some(s),
-        Some(_) => {
-            return Err(ProxyError::InvalidRequest(
-                "model: expected a non-empty string".to_string(),
-            ))
-        }
-    };
     let max_tokens = match positive("max_tokens", peek.max_tokens)? {
         Some(n) => Some(n),
         None if *route == Route::ChatCompletions => {
@@ -106,23 +69,7 @@ pub fn inspect(route: &Route, body: &[u8]) -> Result<BodyFacts, ProxyError> {
             ))
         }
     };
-    if *route == Route::ChatCompletions && model.is_none() {
-        return Err(ProxyError::InvalidRequest(
-            "model: field required".to_string(),
-        ));
-    }
-    if *route == Route::Messages {
-        if model.is_none() {
-            return Err(ProxyError::InvalidRequest(
-                "model: field required".to_string(),
-            ));
-        }
-        if max_tokens.is_none() {
-            return Err(ProxyError::InvalidRequest(
-                "max_tokens: field required".to_string(),
-            ));
-        }
-    }
+    require_fields(route, model.is_some(), max_tokens.is_some())?;
     Ok(BodyFacts {
         max_tokens,
         stream,
@@ -130,6 +77,70 @@ pub fn inspect(route: &Route, body: &[u8]) -> Result<BodyFacts, ProxyError> {
         model_span: model.as_ref().and(model_span),
         model,
     })
+}
+
+/// The fields the proxy reads, from a body that must be one JSON object.
+fn peek(text: &str) -> Result<Peek<'_>, ProxyError> {
+    let trimmed = text.trim_start_matches([' ', '\t', '\r', '\n', '\u{feff}']);
+    if !trimmed.starts_with('{') {
+        return Err(ProxyError::InvalidRequest(
+            "request body must be a JSON object".to_string(),
+        ));
+    }
+    serde_json::from_str(trimmed).map_err(|e| {
+        ProxyError::InvalidRequest(format!(
+            "request body is not valid JSON: {} at line {}, column {}",
+            classify_json_error(&e),
+            e.line(),
+            e.column()
+        ))
+    })
+}
+
+/// The `model` named, if any: a non-empty string of at most [`MAX_MODEL_BYTES`] (`null`
+/// names none).
+fn model_of(raw: Option<&RawValue>) -> Result<Option<String>, ProxyError> {
+    let value = match raw {
+        None => None,
+        Some(raw) => Some(
+            serde_json::from_str::<serde_json::Value>(raw.get()).map_err(|e| {
+                ProxyError::InvalidRequest(format!("model: {}", classify_json_error(&e)))
+            })?,
+        ),
+    };
+    match value {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(serde_json::Value::String(s)) if s.len() > MAX_MODEL_BYTES => Err(
+            ProxyError::InvalidRequest(format!("model: longer than {MAX_MODEL_BYTES} bytes")),
+        ),
+        Some(serde_json::Value::String(s)) if !s.is_empty() => Ok(Some(s)),
+        Some(_) => Err(ProxyError::InvalidRequest(
+            "model: expected a non-empty string".to_string(),
+        )),
+    }
+}
+
+/// The fields a route cannot do without: `model` (Messages and chat completions) and
+/// `max_tokens` (Messages).
+fn require_fields(route: &Route, has_model: bool, has_max_tokens: bool) -> Result<(), ProxyError> {
+    if *route == Route::ChatCompletions && !has_model {
+        return Err(ProxyError::InvalidRequest(
+            "model: field required".to_string(),
+        ));
+    }
+    if *route == Route::Messages {
+        if !has_model {
+            return Err(ProxyError::InvalidRequest(
+                "model: field required".to_string(),
+            ));
+        }
+        if !has_max_tokens {
+            return Err(ProxyError::InvalidRequest(
+                "max_tokens: field required".to_string(),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// An output cap: absent, or a positive integer.

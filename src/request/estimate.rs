@@ -94,7 +94,7 @@ const MAX_BLOCK_DEPTH: u32 = 3;
 
 /// The kinds of character whose boundaries a tokenizer splits at.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Run {
+enum RunKind {
     None,
     Letter,
     Digit,
@@ -106,16 +106,16 @@ enum Run {
     Continuation,
 }
 
-impl Run {
+impl RunKind {
     /// What the start of a run of this kind weighs.
     const fn start_units(self) -> u64 {
         match self {
-            Run::None | Run::Continuation => 0,
-            Run::Letter => LETTER_RUN_UNITS,
-            Run::Digit => DIGIT_RUN_UNITS,
-            Run::Punct => PUNCT_RUN_UNITS,
-            Run::Space => SPACE_RUN_UNITS,
-            Run::Control | Run::NonAscii => OTHER_RUN_UNITS,
+            RunKind::None | RunKind::Continuation => 0,
+            RunKind::Letter => LETTER_RUN_UNITS,
+            RunKind::Digit => DIGIT_RUN_UNITS,
+            RunKind::Punct => PUNCT_RUN_UNITS,
+            RunKind::Space => SPACE_RUN_UNITS,
+            RunKind::Control | RunKind::NonAscii => OTHER_RUN_UNITS,
         }
     }
 }
@@ -123,7 +123,7 @@ impl Run {
 /// What the weighing knows of a byte value.
 #[derive(Clone, Copy)]
 struct ByteClass {
-    run: Run,
+    run: RunKind,
     units: u64,
     /// What the start of a run of this kind weighs.
     start: u64,
@@ -133,13 +133,13 @@ struct ByteClass {
 
 const fn byte_class(b: u8) -> ByteClass {
     let (run, units) = match b {
-        b'a'..=b'z' | b'A'..=b'Z' => (Run::Letter, LETTER_UNITS),
-        b'0'..=b'9' => (Run::Digit, DIGIT_UNITS),
-        b' ' | b'\n' | b'\t' | b'\r' => (Run::Space, SPACE_UNITS),
-        0..=0x1f | 0x7f => (Run::Control, CONTROL_UNITS),
-        0x21..=0x7e => (Run::Punct, PUNCT_UNITS),
-        0x80..=0xbf => (Run::Continuation, NON_ASCII_BYTE_UNITS),
-        _ => (Run::NonAscii, NON_ASCII_BYTE_UNITS),
+        b'a'..=b'z' | b'A'..=b'Z' => (RunKind::Letter, LETTER_UNITS),
+        b'0'..=b'9' => (RunKind::Digit, DIGIT_UNITS),
+        b' ' | b'\n' | b'\t' | b'\r' => (RunKind::Space, SPACE_UNITS),
+        0..=0x1f | 0x7f => (RunKind::Control, CONTROL_UNITS),
+        0x21..=0x7e => (RunKind::Punct, PUNCT_UNITS),
+        0x80..=0xbf => (RunKind::Continuation, NON_ASCII_BYTE_UNITS),
+        _ => (RunKind::NonAscii, NON_ASCII_BYTE_UNITS),
     };
     ByteClass {
         run,
@@ -205,7 +205,7 @@ fn expansion_tokens(lead: u8, second: u8) -> u64 {
 pub fn text_units(text: &str) -> u64 {
     let bytes = text.as_bytes();
     let mut units = 0u64;
-    let mut run = Run::None;
+    let mut run = RunKind::None;
     // The byte before, and whether it was a consonant (read while in a run of letters).
     let mut before = 0u8;
     let mut consonant = false;
@@ -217,14 +217,14 @@ pub fn text_units(text: &str) -> u64 {
         };
         units += class.units;
         match class.run {
-            Run::Letter if run == Run::Letter => {
+            RunKind::Letter if run == RunKind::Letter => {
                 // A case flip shows in the bit that tells upper from lower case.
                 units += CASE_FLIP_UNITS * u64::from(((b ^ before) >> 5) & 1);
                 units += CONSONANT_PAIR_UNITS * u64::from(class.consonant && consonant);
             }
-            Run::Space => lone_space = run != Run::Space && b == b' ',
-            Run::Continuation => continue,
-            Run::NonAscii => {
+            RunKind::Space => lone_space = run != RunKind::Space && b == b' ',
+            RunKind::Continuation => continue,
+            RunKind::NonAscii => {
                 let second = bytes.get(at + 1).copied().unwrap_or(0);
                 units += expansion_tokens(b, second) * UNITS_PER_TOKEN;
             }
@@ -233,7 +233,7 @@ pub fn text_units(text: &str) -> u64 {
         before = b;
         consonant = class.consonant;
         if class.run != run {
-            units += if run == Run::Space && lone_space {
+            units += if run == RunKind::Space && lone_space {
                 LONE_SPACE_RUN_UNITS
             } else {
                 class.start
@@ -603,7 +603,7 @@ impl<'de> Visitor<'de> for Block {
         // The type may come after the source: gather first, decide at the end.
         let mut kind = Kind::Other;
         let mut fields = Tally::default();
-        let mut source = Source::default();
+        let mut source = BlockSource::default();
         while let Some(key) = map.next_key::<Key>()? {
             match key {
                 Key::Type => kind = map.next_value()?,
@@ -630,7 +630,7 @@ impl<'de> Visitor<'de> for Block {
 
 /// What a block's `source` held.
 #[derive(Debug, Clone, Copy, Default)]
-struct Source<'a> {
+struct BlockSource<'a> {
     kind: Option<KindSeen>,
     /// Length of `data` in the body (base64 characters, or a text document's text).
     data_len: u64,
@@ -649,8 +649,8 @@ enum KindSeen {
     Other,
 }
 
-impl<'a> Source<'a> {
-    fn add(&mut self, other: Source<'a>) {
+impl<'a> BlockSource<'a> {
+    fn add(&mut self, other: BlockSource<'a>) {
         self.kind = other.kind.or(self.kind);
         self.data_len = self.data_len.saturating_add(other.data_len);
         self.rest.add(other.rest);
@@ -692,47 +692,47 @@ struct SourceSeed {
 }
 
 impl<'de> DeserializeSeed<'de> for SourceSeed {
-    type Value = Source<'de>;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Source<'de>, D::Error> {
+    type Value = BlockSource<'de>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<BlockSource<'de>, D::Error> {
         d.deserialize_any(self)
     }
 }
 
 impl<'de> Visitor<'de> for SourceSeed {
-    type Value = Source<'de>;
+    type Value = BlockSource<'de>;
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("a source")
     }
-    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Source<'de>, E> {
-        Ok(Source::default())
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<BlockSource<'de>, E> {
+        Ok(BlockSource::default())
     }
-    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Source<'de>, E> {
-        Ok(Source::default())
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<BlockSource<'de>, E> {
+        Ok(BlockSource::default())
     }
-    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Source<'de>, E> {
-        Ok(Source::default())
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<BlockSource<'de>, E> {
+        Ok(BlockSource::default())
     }
-    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Source<'de>, E> {
-        Ok(Source::default())
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<BlockSource<'de>, E> {
+        Ok(BlockSource::default())
     }
-    fn visit_unit<E: de::Error>(self) -> Result<Source<'de>, E> {
-        Ok(Source::default())
+    fn visit_unit<E: de::Error>(self) -> Result<BlockSource<'de>, E> {
+        Ok(BlockSource::default())
     }
-    fn visit_str<E: de::Error>(self, s: &str) -> Result<Source<'de>, E> {
+    fn visit_str<E: de::Error>(self, s: &str) -> Result<BlockSource<'de>, E> {
         // A search result's source is its URL.
-        Ok(Source {
+        Ok(BlockSource {
             rest: Tally::text(s),
-            ..Source::default()
+            ..BlockSource::default()
         })
     }
-    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Source<'de>, A::Error> {
-        Ok(Source {
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<BlockSource<'de>, A::Error> {
+        Ok(BlockSource {
             rest: raw_seq(seq)?,
-            ..Source::default()
+            ..BlockSource::default()
         })
     }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Source<'de>, A::Error> {
-        let mut source = Source::default();
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<BlockSource<'de>, A::Error> {
+        let mut source = BlockSource::default();
         while let Some(key) = map.next_key::<Key>()? {
             match key {
                 Key::Type => {

@@ -182,14 +182,6 @@ impl Drop for BodyGuard {
     }
 }
 
-/// `MAX_INFLIGHT_BODY_BYTES_PER_CALLER` when unset: half the isolate's budget, or one body of
-/// the largest size if that is more (so every caller can always send one), never more than
-/// the isolate's whole budget.
-#[must_use]
-pub fn default_caller_share(isolate: u64, max_body: u64) -> u64 {
-    (isolate / 2).max(max_body).min(isolate)
-}
-
 /// What a request body is read under: `MAX_BODY_BYTES`, the isolate's and the caller's
 /// budgets for bodies, and how slowly it may arrive.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -374,16 +366,6 @@ mod tests {
         drop(one);
         let _three = bodies.begin("a", caps).unwrap();
         drop(two);
-    }
-
-    #[test]
-    fn the_caller_share_defaults_to_half_the_isolate_or_one_largest_body() {
-        let mib = 1024 * 1024;
-        assert_eq!(default_caller_share(64 * mib, 32 * mib), 32 * mib);
-        assert_eq!(default_caller_share(64 * mib, mib), 32 * mib);
-        assert_eq!(default_caller_share(100 * mib, 100 * mib), 100 * mib);
-        assert_eq!(default_caller_share(300 * mib, 100 * mib), 150 * mib);
-        assert_eq!(default_caller_share(1, 1), 1);
     }
 
     #[test]

@@ -12,7 +12,7 @@
 use std::fmt;
 
 use super::classify::{Cause, Outcome};
-use super::runner::Stop;
+use super::stop::Stop;
 use crate::upstream::{Gate, PaceReason, RefuseReason, WaitReason};
 
 /// The request header that turns fallback off for one request (`x-proxy-fallback: off`).

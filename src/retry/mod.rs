@@ -11,9 +11,9 @@
 //!   [`should_retry_header`]).
 //! - [`ReadPlan`] says what an attempt reads of an answer before that decision (a `429`'s
 //!   body, a stream's first event), and [`Head`] makes the outcome of what was read.
-//! - [`Retrier`] counts attempts, draws full-jitter waits ([`Backoff`]) and answers with a
-//!   [`Step`]: deliver, wait, or give up when the attempts are used up or the next wait would
-//!   end past the budget deadline. A wait that does not fit is never slept: the client gets
+//! - [`Retrier`] counts attempts, draws full-jitter waits ([`Backoff`]) and answers with what
+//!   comes [`AfterAttempt`]: deliver, wait, or give up when the attempts are used up or the
+//!   next wait would end past the budget deadline. A wait that does not fit is never slept: the client gets
 //!   an answer at once.
 //! - [`Awaited`] sets how long one attempt may run: a stream until its first event
 //!   (`ATTEMPT_TIMEOUT_MS`), a non-streaming message as long as the official SDKs wait for it.
@@ -33,6 +33,7 @@ mod policy;
 mod read_plan;
 mod retry_after;
 pub mod runner;
+mod stop;
 mod timeout;
 
 pub use backoff::{ceiling_ms, Backoff};
@@ -41,7 +42,8 @@ pub use classify::{
     MAX_ERROR_BODY_BYTES, OVERLOADED_ERROR, RETRYABLE_STATUSES, RETRYABLE_STREAM_ERRORS,
 };
 pub use policy::{
-    AttemptTicket, GiveUp, Retrier, RetryPolicy, Step, StopReason, WaitRecord, MIN_RETRY_AFTER_MS,
+    AfterAttempt, AttemptTicket, GiveUp, Retrier, RetryPolicy, StopReason, WaitRecord,
+    MIN_RETRY_AFTER_MS,
 };
 pub use read_plan::{Read, ReadPlan, Reading};
 pub use retry_after::{should_retry_header, upstream_wait_ms, MAX_UPSTREAM_WAIT_MS};

@@ -183,7 +183,7 @@ impl From<&GiveUp> for ProxyError {
 
 /// The shell's next move after an attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Step {
+pub enum AfterAttempt {
     /// The answer is final: deliver it as is.
     Deliver,
     /// Sleep `ms`, then start the next attempt.
@@ -215,7 +215,7 @@ pub struct WaitRecord {
 /// The retry state of one request: counts attempts, draws waits, enforces the budget.
 ///
 /// Drive it as: [`Retrier::attempt_started`], run the attempt, [`classify`](fn@super::classify) its
-/// outcome, [`Retrier::after_attempt`]; on [`Step::Wait`] sleep and start over.
+/// outcome, [`Retrier::after_attempt`]; on [`AfterAttempt::Wait`] sleep and start over.
 #[derive(Debug, Clone)]
 pub struct Retrier {
     policy: RetryPolicy,
@@ -255,9 +255,9 @@ impl Retrier {
     /// A retryable failure gets a wait of `max(jitter draw, upstream floor)`, unless the
     /// attempts are used up or the wait would end past the budget deadline; then it gives up
     /// without sleeping.
-    pub fn after_attempt(&mut self, now_ms: u64, verdict: Verdict) -> Step {
+    pub fn after_attempt(&mut self, now_ms: u64, verdict: Verdict) -> AfterAttempt {
         let (cause, floor_ms) = match verdict {
-            Verdict::Deliver => return Step::Deliver,
+            Verdict::Deliver => return AfterAttempt::Deliver,
             Verdict::Retry { cause, floor_ms } => (cause, floor_ms),
         };
         let draw = self.backoff.draw_ms();
@@ -275,7 +275,7 @@ impl Retrier {
                 (Cause::RateLimited, Some(floor)) => floor,
                 _ => wait_ms,
             };
-            return Step::GiveUp(GiveUp {
+            return AfterAttempt::GiveUp(GiveUp {
                 cause,
                 reason,
                 retry_after_ms: retry_after_ms.max(MIN_RETRY_AFTER_MS),
@@ -290,7 +290,7 @@ impl Retrier {
             ms: wait_ms,
             floor_ms,
         });
-        Step::Wait { ms: wait_ms, cause }
+        AfterAttempt::Wait { ms: wait_ms, cause }
     }
 
     /// Attempts started so far.
@@ -349,31 +349,31 @@ mod tests {
         Verdict::Retry { cause, floor_ms }
     }
 
-    fn give_up(step: Step) -> GiveUp {
+    fn give_up(step: AfterAttempt) -> GiveUp {
         match step {
-            Step::GiveUp(give_up) => give_up,
+            AfterAttempt::GiveUp(give_up) => give_up,
             other => panic!("expected a give-up, got {other:?}"),
         }
     }
 
-    fn wait_ms(step: Step) -> u64 {
+    fn wait_ms(step: AfterAttempt) -> u64 {
         match step {
-            Step::Wait { ms, .. } => ms,
+            AfterAttempt::Wait { ms, .. } => ms,
             other => panic!("expected a wait, got {other:?}"),
         }
     }
 
     /// Runs `verdicts` back to back, each attempt taking `attempt_ms`, and returns the last
     /// step.
-    fn run(retrier: &mut Retrier, attempt_ms: u64, verdicts: &[Verdict]) -> Step {
+    fn run(retrier: &mut Retrier, attempt_ms: u64, verdicts: &[Verdict]) -> AfterAttempt {
         let mut now = retrier.started_at_ms();
-        let mut step = Step::Deliver;
+        let mut step = AfterAttempt::Deliver;
         for verdict in verdicts {
             retrier.attempt_started();
             now += attempt_ms;
             step = retrier.after_attempt(now, *verdict);
             match step {
-                Step::Wait { ms, .. } => now += ms,
+                AfterAttempt::Wait { ms, .. } => now += ms,
                 _ => return step,
             }
         }
@@ -424,7 +424,7 @@ mod tests {
         retrier.attempt_started();
         assert_eq!(
             retrier.after_attempt(T0 + 100, Verdict::Deliver),
-            Step::Deliver
+            AfterAttempt::Deliver
         );
         assert!(retrier.waits().is_empty());
     }
@@ -502,7 +502,7 @@ mod tests {
         let step = retrier.after_attempt(T0 + 100, retry(Cause::RateLimited, Some(2000)));
         assert_eq!(
             step,
-            Step::Wait {
+            AfterAttempt::Wait {
                 ms: 2000,
                 cause: Cause::RateLimited
             }
@@ -582,7 +582,7 @@ mod tests {
     fn success_after_retries_is_delivered() {
         let mut retrier = Retrier::new(RetryPolicy::default(), T0, 1);
         let verdicts = [retry(Cause::Overloaded, None), Verdict::Deliver];
-        assert_eq!(run(&mut retrier, 5, &verdicts), Step::Deliver);
+        assert_eq!(run(&mut retrier, 5, &verdicts), AfterAttempt::Deliver);
         assert_eq!(retrier.attempts(), 2);
         assert_eq!(retrier.waits().len(), 1);
     }
@@ -745,11 +745,11 @@ mod tests {
                     Verdict::Deliver => None,
                 };
                 match retrier.after_attempt(now, verdict) {
-                    Step::Deliver => {
+                    AfterAttempt::Deliver => {
                         prop_assert_eq!(verdict, Verdict::Deliver);
                         break;
                     }
-                    Step::Wait { ms, cause } => {
+                    AfterAttempt::Wait { ms, cause } => {
                         let (expected, floor) = expected_wait.unwrap_or((u64::MAX, None));
                         prop_assert_eq!(ms, expected);
                         let ceiling = ceiling_ms(policy.backoff_base_ms, policy.backoff_max_ms, retry_index);
@@ -767,7 +767,7 @@ mod tests {
                         now += ms;
                         retry_index += 1;
                     }
-                    Step::GiveUp(stop) => {
+                    AfterAttempt::GiveUp(stop) => {
                         let (expected, floor) = expected_wait.unwrap_or((0, None));
                         prop_assert!(stop.retry_after_ms >= MIN_RETRY_AFTER_MS);
                         prop_assert!(stop.retry_after_secs() >= 1);

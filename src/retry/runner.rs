@@ -17,7 +17,8 @@ use std::rc::Rc;
 
 use super::classify::{classify, Cause, Outcome};
 use super::fallback::{self, FallbackRecord, Fallbacks, Tried, Why};
-use super::policy::{Retrier, RetryPolicy, Step, StopReason};
+use super::policy::{AfterAttempt, GiveUp, Retrier, RetryPolicy, StopReason};
+pub use super::stop::Stop;
 use crate::error::ProxyError;
 use crate::upstream::{
     AttemptReport, Cost, EdgeMemory, Gate, KeyLimits, PaceReason, ProbeTicket, Refusal,
@@ -160,32 +161,6 @@ pub struct Wait {
     pub cause: WaitCause,
 }
 
-/// Why a request stopped before the upstream gave a final answer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Stop {
-    /// Retries ran out (attempts or budget).
-    Retries(StopReason),
-    /// The shared state answered for the upstream.
-    Refused(RefuseReason),
-}
-
-impl fmt::Display for Stop {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Stop::Retries(reason) => reason.fmt(f),
-            Stop::Refused(RefuseReason::Cooldown) => f.write_str("refused_cooldown"),
-            Stop::Refused(RefuseReason::Overloaded) => f.write_str("refused_overloaded"),
-            Stop::Refused(RefuseReason::RetryBudget) => f.write_str("refused_retry_budget"),
-            Stop::Refused(RefuseReason::Paced(PaceReason::KeyLimit(dimension))) => {
-                write!(f, "refused_paced_{}", dimension.as_str())
-            }
-            Stop::Refused(RefuseReason::Paced(PaceReason::Capacity)) => {
-                f.write_str("refused_paced_capacity")
-            }
-        }
-    }
-}
-
 /// What happened to one request on its way, for its log line and for simulations.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Journal {
@@ -270,6 +245,10 @@ where
 /// its deadline ([`super::fallback`]). Each model gets its own attempts (`MAX_ATTEMPTS`)
 /// within the request's one deadline; when no fallback answers, the client gets the
 /// requested model's answer.
+///
+/// Each turn clears an attempt with the shared state and sends it; a model that does not
+/// answer is noted in the journal, and the request moves on to the next fallback that can be
+/// tried, if any.
 pub async fn run_with_fallbacks<C, S, G, T>(
     run: Run<'_, C, S, G>,
     mut fallbacks: Fallbacks,
@@ -289,195 +268,358 @@ where
         started_ms,
         seed,
         cost,
-        mut shared,
-        mut memory,
+        shared,
+        memory,
     } = run;
-    let mut retrier = Retrier::new(policy, started_ms, seed);
-    let deadline_ms = retrier.deadline_ms();
-    let mut last_cause = None;
-    // Attempts made on models left behind.
-    let mut earlier_attempts: u32 = 0;
-    // The shared state was asked for the model the request is on now.
-    let mut consulted = false;
+    let mut model = OnModel::new(shared, memory, Retrier::new(policy, started_ms, seed), 0);
+    let request = Request {
+        clock,
+        sleep,
+        seed,
+        deadline_ms: model.retrier.deadline_ms(),
+        cost,
+    };
     // Once on a fallback: the requested model's own answer, for when no fallback answers.
     let mut requested_answer: Option<ProxyError> = None;
     loop {
-        let is_retry = retrier.attempts() > 0;
-        let gate = Gatekeeper {
-            clock,
-            sleep,
-            memory: &memory,
-            seed,
-            deadline_ms,
-            cost,
+        let ways = Ways {
+            on_fallback: requested_answer.is_some(),
+            has_next: fallbacks.has_next(),
         };
-        let on_fallback = requested_answer.is_some();
-        let cleared = gate
-            .before(
-                &mut shared,
-                is_retry,
-                last_cause,
-                GateRules {
-                    leave_outage: fallbacks.has_next(),
-                    judge_first: on_fallback && !is_retry,
-                },
-                &mut consulted,
-                journal,
-            )
-            .await;
-        journal.consulted |= consulted;
-        // Where this model's way ended, when it did not answer.
-        let (error, stop, why) = match cleared {
-            Cleared::Go(probe) => {
-                let ticket = retrier.attempt_started();
-                journal.attempts = earlier_attempts.saturating_add(ticket.number);
-                let sent_ms = clock.now_ms();
-                let (outcome, answer) = transport.attempt(ticket.timeout_ms).await;
-                journal.count_reply(Reply::of(&outcome));
-                let mut limits = transport.key_limits();
-                if !limits.is_empty() {
-                    limits.sent_ms = Some(sent_ms);
-                }
-                gate.after(&mut shared, &outcome, probe, consulted, limits)
-                    .await;
-                match retrier.after_attempt(clock.now_ms(), classify(&outcome)) {
-                    Step::Deliver if !on_fallback || fallback::delivers(&outcome) => {
-                        return answer.ok_or_else(no_answer);
-                    }
-                    Step::Deliver => {
-                        let ended = match outcome {
-                            Outcome::Response { status, .. } => format!("status_{status}"),
-                            _ => "refused".to_string(),
-                        };
-                        (None, None, Ended::Refused(ended))
-                    }
-                    Step::Wait { ms, cause } => {
-                        last_cause = Some(cause);
-                        journal.waits.push(Wait {
-                            ms,
-                            cause: WaitCause::Backoff(cause),
-                        });
-                        drop(answer);
-                        sleep.sleep(ms).await;
-                        continue;
-                    }
-                    Step::GiveUp(give_up) => {
-                        let stop = Stop::Retries(give_up.reason);
-                        let why = fallback::why_leave(stop, Some(give_up.cause));
-                        let leave = why.is_some() && (on_fallback || fallbacks.has_next());
-                        if !leave && !on_fallback {
-                            journal.stopped = Some(stop);
-                            return if give_up.passes_through() {
-                                answer.ok_or_else(no_answer)
-                            } else {
-                                Err(ProxyError::from(&give_up))
-                            };
-                        }
-                        let ended =
-                            why.map_or_else(|| give_up.reason.to_string(), |w| w.to_string());
-                        (
-                            Some(ProxyError::from(&give_up)),
-                            Some(stop),
-                            why.map_or(Ended::Refused(ended), Ended::Left),
-                        )
-                    }
-                }
-            }
-            Cleared::Stopped { error, stop } => {
-                let why = fallback::why_leave(stop, last_cause);
-                let ended = match why {
-                    Some(why) if on_fallback || fallbacks.has_next() => Ended::Left(why),
-                    _ if on_fallback => Ended::Refused(stop.to_string()),
-                    _ => {
-                        journal.stopped = Some(stop);
-                        return Err(error);
-                    }
-                };
-                (Some(error), Some(stop), ended)
-            }
-            Cleared::Leave { error, why } => (
-                Some(error),
-                Some(Stop::Refused(RefuseReason::Overloaded)),
-                Ended::Left(why),
-            ),
-            Cleared::CannotServe => (
-                None,
-                None,
-                Ended::Refused("cannot_serve_in_time".to_string()),
-            ),
+        let miss = match model.turn(&request, transport, journal, ways).await {
+            Round::Done(result) => return result,
+            Round::Again => continue,
+            Round::Missed(miss) => miss,
         };
-
-        // This model did not answer: on to the next fallback, or the requested model's answer.
-        match (&mut journal.fallback, requested_answer.is_some()) {
-            (Some(record), true) => {
-                let model = record.to.take().unwrap_or_default();
-                record.tried.push(Tried {
-                    model,
-                    ended: why.ended(),
-                });
-            }
-            _ => {
-                let Ended::Left(leave) = why else {
-                    // The requested model refused for its own reasons (not reached: those
-                    // return above); answer for it.
-                    return Err(error.unwrap_or_else(no_answer));
-                };
-                journal.stopped = stop;
-                journal.fallback = Some(FallbackRecord {
-                    from: fallbacks.requested().to_string(),
-                    why: leave,
-                    to: None,
-                    tried: Vec::new(),
-                });
-                requested_answer = Some(error.unwrap_or_else(no_answer));
-            }
-        }
+        note_miss(journal, &fallbacks, &mut requested_answer, miss)?;
         let Some(record) = journal.fallback.as_mut() else {
             return Err(requested_answer.unwrap_or_else(no_answer));
         };
-        let mut switched = None;
-        while let Some(model) = fallbacks.take_next() {
-            match shared.for_model(&model) {
-                Some(next) if clock.now_ms() < deadline_ms && transport.switch_model(&model) => {
-                    switched = Some((model, next));
-                    break;
-                }
-                _ => record.tried.push(Tried {
-                    model,
-                    ended: "cannot_serve_in_time".to_string(),
-                }),
-            }
-        }
-        let Some((model, (next_shared, next_memory))) = switched else {
+        let Some((name, (shared, memory))) =
+            next_model(&request, &mut fallbacks, &model.shared, record, transport)
+        else {
             return Err(requested_answer.unwrap_or_else(no_answer));
         };
-        record.to = Some(model);
-        shared = next_shared;
-        memory = next_memory;
-        earlier_attempts = journal.attempts;
-        retrier = Retrier::new(
+        record.to = Some(name);
+        let earlier_attempts = journal.attempts;
+        let retrier = Retrier::new(
             policy,
             started_ms,
             seed.rotate_left(17) ^ u64::from(earlier_attempts),
         );
-        last_cause = None;
-        consulted = false;
+        model = OnModel::new(shared, memory, retrier, earlier_attempts);
     }
 }
 
+/// What one request brings to every model it tries.
+struct Request<'r, C, S> {
+    clock: &'r C,
+    sleep: &'r S,
+    seed: u64,
+    deadline_ms: u64,
+    cost: Cost,
+}
+
+impl<C, S> Request<'_, C, S> {
+    fn gatekeeper(&self, memory: &Rc<RefCell<EdgeMemory>>) -> Gatekeeper<'_, C, S> {
+        Gatekeeper {
+            clock: self.clock,
+            sleep: self.sleep,
+            memory: Rc::clone(memory),
+            seed: self.seed,
+            deadline_ms: self.deadline_ms,
+            cost: self.cost,
+        }
+    }
+}
+
+/// Where the request stands among its models, for one turn.
+#[derive(Debug, Clone, Copy)]
+struct Ways {
+    /// The request is on a fallback (the requested model did not answer).
+    on_fallback: bool,
+    /// A model to fall back to is left.
+    has_next: bool,
+}
+
+impl Ways {
+    /// A model that stopped for `why` is left: there is somewhere to go, or the request is
+    /// already on a fallback (whose end is noted before the next one).
+    fn leaves(self, why: Option<Why>) -> bool {
+        why.is_some() && (self.on_fallback || self.has_next)
+    }
+}
+
+/// The model a request is on now: its shared state, this edge's memory of it, its retries.
+struct OnModel<G> {
+    shared: G,
+    memory: Rc<RefCell<EdgeMemory>>,
+    retrier: Retrier,
+    last_cause: Option<Cause>,
+    /// The shared state was asked for this model.
+    consulted: bool,
+    /// Attempts made on models left behind.
+    earlier_attempts: u32,
+}
+
+/// What one turn on a model came to.
+enum Round<A> {
+    /// The request's end: deliver this.
+    Done(Result<A, ProxyError>),
+    /// Backed off: try the model again.
+    Again,
+    /// The model did not answer.
+    Missed(Miss),
+}
+
 /// How a model's way ended when it did not answer.
-enum Ended {
+struct Miss {
+    /// The answer the model's end would give the client.
+    error: Option<ProxyError>,
+    stop: Option<Stop>,
+    ended: Unanswered,
+}
+
+impl<G: SharedState> OnModel<G> {
+    fn new(
+        shared: G,
+        memory: Rc<RefCell<EdgeMemory>>,
+        retrier: Retrier,
+        earlier_attempts: u32,
+    ) -> Self {
+        OnModel {
+            shared,
+            memory,
+            retrier,
+            last_cause: None,
+            consulted: false,
+            earlier_attempts,
+        }
+    }
+
+    /// One turn: the shared state clears an attempt (or stops the model), and the attempt
+    /// goes.
+    async fn turn<C: Clock, S: Sleep, T: Transport>(
+        &mut self,
+        request: &Request<'_, C, S>,
+        transport: &mut T,
+        journal: &mut Journal,
+        ways: Ways,
+    ) -> Round<T::Answer> {
+        let is_retry = self.retrier.attempts() > 0;
+        let gate = request.gatekeeper(&self.memory);
+        let rules = GateRules {
+            leave_outage: ways.has_next,
+            judge_first: ways.on_fallback && !is_retry,
+        };
+        let cleared = gate
+            .before(
+                &mut self.shared,
+                is_retry,
+                self.last_cause,
+                rules,
+                &mut self.consulted,
+                journal,
+            )
+            .await;
+        journal.consulted |= self.consulted;
+        match cleared {
+            Cleared::Go(probe) => self.attempt(&gate, probe, transport, journal, ways).await,
+            Cleared::Stopped { error, stop } => {
+                stopped(error, stop, self.last_cause, ways, journal)
+            }
+            Cleared::Leave { error, why } => Round::Missed(Miss {
+                error: Some(error),
+                stop: Some(Stop::Refused(RefuseReason::Overloaded)),
+                ended: Unanswered::Left(why),
+            }),
+            Cleared::CannotServe => Round::Missed(Miss {
+                error: None,
+                stop: None,
+                ended: Unanswered::Refused("cannot_serve_in_time".to_string()),
+            }),
+        }
+    }
+
+    /// Sends one attempt, tells the shared state how it went, and judges it: delivered,
+    /// backed off (after the sleep), or the model's end.
+    async fn attempt<C: Clock, S: Sleep, T: Transport>(
+        &mut self,
+        gate: &Gatekeeper<'_, C, S>,
+        probe: Option<ProbeTicket>,
+        transport: &mut T,
+        journal: &mut Journal,
+        ways: Ways,
+    ) -> Round<T::Answer> {
+        let ticket = self.retrier.attempt_started();
+        journal.attempts = self.earlier_attempts.saturating_add(ticket.number);
+        let sent_ms = gate.clock.now_ms();
+        let (outcome, answer) = transport.attempt(ticket.timeout_ms).await;
+        journal.count_reply(Reply::of(&outcome));
+        let mut limits = transport.key_limits();
+        if !limits.is_empty() {
+            limits.sent_ms = Some(sent_ms);
+        }
+        gate.after(&mut self.shared, &outcome, probe, self.consulted, limits)
+            .await;
+        match self
+            .retrier
+            .after_attempt(gate.clock.now_ms(), classify(&outcome))
+        {
+            AfterAttempt::Deliver if !ways.on_fallback || fallback::delivers(&outcome) => {
+                Round::Done(answer.ok_or_else(no_answer))
+            }
+            AfterAttempt::Deliver => {
+                let ended = match outcome {
+                    Outcome::Response { status, .. } => format!("status_{status}"),
+                    _ => "refused".to_string(),
+                };
+                Round::Missed(Miss {
+                    error: None,
+                    stop: None,
+                    ended: Unanswered::Refused(ended),
+                })
+            }
+            AfterAttempt::Wait { ms, cause } => {
+                self.last_cause = Some(cause);
+                journal.waits.push(Wait {
+                    ms,
+                    cause: WaitCause::Backoff(cause),
+                });
+                drop(answer);
+                gate.sleep.sleep(ms).await;
+                Round::Again
+            }
+            AfterAttempt::GiveUp(give_up) => gave_up(&give_up, answer, ways, journal),
+        }
+    }
+}
+
+/// Retries ran out on a retryable failure: the requested model's answer (its last one when
+/// that passes through), unless the model is left for a fallback.
+fn gave_up<A>(give_up: &GiveUp, answer: Option<A>, ways: Ways, journal: &mut Journal) -> Round<A> {
+    let stop = Stop::Retries(give_up.reason);
+    let why = fallback::why_leave(stop, Some(give_up.cause));
+    if !ways.leaves(why) && !ways.on_fallback {
+        journal.stopped = Some(stop);
+        return Round::Done(if give_up.passes_through() {
+            answer.ok_or_else(no_answer)
+        } else {
+            Err(ProxyError::from(give_up))
+        });
+    }
+    let ended = why.map_or_else(|| give_up.reason.to_string(), |w| w.to_string());
+    Round::Missed(Miss {
+        error: Some(ProxyError::from(give_up)),
+        stop: Some(stop),
+        ended: why.map_or(Unanswered::Refused(ended), Unanswered::Left),
+    })
+}
+
+/// The shared state answered for the upstream: the requested model's answer, unless the
+/// model is left for a fallback.
+fn stopped<A>(
+    error: ProxyError,
+    stop: Stop,
+    last_cause: Option<Cause>,
+    ways: Ways,
+    journal: &mut Journal,
+) -> Round<A> {
+    let why = fallback::why_leave(stop, last_cause);
+    let ended = match why {
+        Some(why) if ways.leaves(Some(why)) => Unanswered::Left(why),
+        _ if ways.on_fallback => Unanswered::Refused(stop.to_string()),
+        _ => {
+            journal.stopped = Some(stop);
+            return Round::Done(Err(error));
+        }
+    };
+    Round::Missed(Miss {
+        error: Some(error),
+        stop: Some(stop),
+        ended,
+    })
+}
+
+/// Notes a model that did not answer: a fallback's end among the models tried, or, for the
+/// requested model, the fallback record it opens and its answer, kept for when no fallback
+/// answers. `Err` is the requested model's own answer when it did not leave.
+fn note_miss(
+    journal: &mut Journal,
+    fallbacks: &Fallbacks,
+    requested_answer: &mut Option<ProxyError>,
+    miss: Miss,
+) -> Result<(), ProxyError> {
+    match (&mut journal.fallback, requested_answer.is_some()) {
+        (Some(record), true) => {
+            let model = record.to.take().unwrap_or_default();
+            record.tried.push(Tried {
+                model,
+                ended: miss.ended.ended(),
+            });
+        }
+        _ => {
+            let Unanswered::Left(leave) = miss.ended else {
+                // The requested model refused for its own reasons (not reached: those end the
+                // request before); answer for it.
+                return Err(miss.error.unwrap_or_else(no_answer));
+            };
+            journal.stopped = miss.stop;
+            journal.fallback = Some(FallbackRecord {
+                from: fallbacks.requested().to_string(),
+                why: leave,
+                to: None,
+                tried: Vec::new(),
+            });
+            *requested_answer = Some(miss.error.unwrap_or_else(no_answer));
+        }
+    }
+    Ok(())
+}
+
+/// A fallback's name, its shared state and this edge's memory of it.
+type NextModel<G> = (String, (G, Rc<RefCell<EdgeMemory>>));
+
+/// The next fallback to try, with its shared state and this edge's memory of it: the first
+/// left whose state can be had and that the transport can send for, before the deadline.
+/// Those passed over are noted in `record`.
+fn next_model<C: Clock, S, G: SharedState, T: Transport>(
+    request: &Request<'_, C, S>,
+    fallbacks: &mut Fallbacks,
+    shared: &G,
+    record: &mut FallbackRecord,
+    transport: &mut T,
+) -> Option<NextModel<G>> {
+    while let Some(model) = fallbacks.take_next() {
+        match shared.for_model(&model) {
+            Some(next)
+                if request.clock.now_ms() < request.deadline_ms
+                    && transport.switch_model(&model) =>
+            {
+                return Some((model, next));
+            }
+            _ => record.tried.push(Tried {
+                model,
+                ended: "cannot_serve_in_time".to_string(),
+            }),
+        }
+    }
+    None
+}
+
+/// How a model's way ended when it did not answer.
+enum Unanswered {
     /// It is overloaded past the deadline: fall back.
     Left(Why),
     /// A fallback that refused the request or could not serve it, for the log line.
     Refused(String),
 }
 
-impl Ended {
+impl Unanswered {
     fn ended(&self) -> String {
         match self {
-            Ended::Left(why) => why.to_string(),
-            Ended::Refused(ended) => ended.clone(),
+            Unanswered::Left(why) => why.to_string(),
+            Unanswered::Refused(ended) => ended.clone(),
         }
     }
 }
@@ -512,7 +654,7 @@ fn no_answer() -> ProxyError {
 struct Gatekeeper<'r, C, S> {
     clock: &'r C,
     sleep: &'r S,
-    memory: &'r Rc<RefCell<EdgeMemory>>,
+    memory: Rc<RefCell<EdgeMemory>>,
     seed: u64,
     deadline_ms: u64,
     cost: Cost,
@@ -537,21 +679,7 @@ impl<C: Clock, S: Sleep> Gatekeeper<'_, C, S> {
         }
         *consulted = true;
         for call in 0..MAX_GATE_CALLS {
-            let (unreported, unreported_served) = {
-                let mut memory = self.memory.borrow_mut();
-                let now = self.clock.now_ms();
-                (memory.take_unreported(), memory.take_unreported_served(now))
-            };
-            let ask = Ask {
-                is_retry,
-                deadline_ms: self.deadline_ms,
-                request_seed: self.seed,
-                unreported,
-                unreported_served,
-                cost: self.cost,
-                asked_ms: self.clock.now_ms(),
-            };
-            let Ok(gate) = shared.before(ask).await else {
+            let Ok(gate) = shared.before(self.ask(is_retry)).await else {
                 return Cleared::Go(None);
             };
             if call == 0 && rules.judge_first && !fallback::can_serve(&gate, self.deadline_ms) {
@@ -562,65 +690,13 @@ impl<C: Clock, S: Sleep> Gatekeeper<'_, C, S> {
             match gate {
                 Gate::Go { probe } => return Cleared::Go(probe),
                 Gate::Wait { until_ms, reason } => {
-                    let now = self.clock.now_ms();
-                    self.memory.borrow_mut().mark_trouble(now);
-                    if let Some(why) =
-                        fallback::why_leave_wait(reason).filter(|_| rules.leave_outage)
-                    {
-                        let refusal = Refusal {
-                            reason: RefuseReason::Overloaded,
-                            retry_after_ms: until_ms.saturating_sub(now),
-                            last_cause,
-                        };
-                        return Cleared::Leave {
-                            error: ProxyError::from(&refusal),
-                            why,
-                        };
+                    let waited = self.wait(until_ms, reason, last_cause, rules, journal);
+                    if let Some(cleared) = waited.await {
+                        return cleared;
                     }
-                    // Past the budget (the last wait ended at it, and the call took its round
-                    // trip): answered now, not asked once more. A queued request asks: its
-                    // turn may have come.
-                    let refused = match reason {
-                        WaitReason::Cooldown => Some(RefuseReason::Cooldown),
-                        WaitReason::Overloaded | WaitReason::Recovering => {
-                            Some(RefuseReason::Overloaded)
-                        }
-                        WaitReason::Queued => None,
-                    };
-                    if let Some(reason) = refused.filter(|_| now >= self.deadline_ms) {
-                        let refusal = Refusal {
-                            reason,
-                            retry_after_ms: until_ms
-                                .saturating_sub(now)
-                                .max(crate::retry::MIN_RETRY_AFTER_MS),
-                            last_cause,
-                        };
-                        return Cleared::Stopped {
-                            error: ProxyError::from(&refusal),
-                            stop: Stop::Refused(reason),
-                        };
-                    }
-                    let ms = until_ms.min(self.deadline_ms).saturating_sub(now).max(1);
-                    journal.waits.push(Wait {
-                        ms,
-                        cause: WaitCause::Shared(reason),
-                    });
-                    self.sleep.sleep(ms).await;
                 }
                 Gate::Scheduled { at_ms, reason } => {
-                    // Paced: the place is reserved, so the request goes at its time without
-                    // asking again.
-                    let now = self.clock.now_ms();
-                    self.memory.borrow_mut().mark_trouble(now);
-                    let ms = at_ms.min(self.deadline_ms).saturating_sub(now);
-                    if ms > 0 {
-                        journal.waits.push(Wait {
-                            ms,
-                            cause: WaitCause::Paced(reason),
-                        });
-                        self.sleep.sleep(ms).await;
-                    }
-                    return Cleared::Go(None);
+                    return self.scheduled(at_ms, reason, journal).await;
                 }
                 Gate::Refuse {
                     retry_after_ms,
@@ -644,6 +720,91 @@ impl<C: Clock, S: Sleep> Gatekeeper<'_, C, S> {
             },
             stop: Stop::Retries(StopReason::BudgetExhausted),
         }
+    }
+
+    /// The question to the shared state, with what this edge has not told it yet.
+    fn ask(&self, is_retry: bool) -> Ask {
+        let (unreported, unreported_served) = {
+            let mut memory = self.memory.borrow_mut();
+            let now = self.clock.now_ms();
+            (memory.take_unreported(), memory.take_unreported_served(now))
+        };
+        Ask {
+            is_retry,
+            deadline_ms: self.deadline_ms,
+            request_seed: self.seed,
+            unreported,
+            unreported_served,
+            cost: self.cost,
+            asked_ms: self.clock.now_ms(),
+        }
+    }
+
+    /// The shared state said wait until `until_ms`: leave the model (an outage, with a
+    /// fallback to go to), answer now (past the deadline), or sleep and ask again (`None`).
+    async fn wait(
+        &self,
+        until_ms: u64,
+        reason: WaitReason,
+        last_cause: Option<Cause>,
+        rules: GateRules,
+        journal: &mut Journal,
+    ) -> Option<Cleared> {
+        let now = self.clock.now_ms();
+        self.memory.borrow_mut().mark_trouble(now);
+        if let Some(why) = fallback::why_leave_wait(reason).filter(|_| rules.leave_outage) {
+            let refusal = Refusal {
+                reason: RefuseReason::Overloaded,
+                retry_after_ms: until_ms.saturating_sub(now),
+                last_cause,
+            };
+            return Some(Cleared::Leave {
+                error: ProxyError::from(&refusal),
+                why,
+            });
+        }
+        // Past the budget (the last wait ended at it, and the call took its round trip):
+        // answered now, not asked once more. A queued request asks: its turn may have come.
+        let refused = match reason {
+            WaitReason::Cooldown => Some(RefuseReason::Cooldown),
+            WaitReason::Overloaded | WaitReason::Recovering => Some(RefuseReason::Overloaded),
+            WaitReason::Queued => None,
+        };
+        if let Some(reason) = refused.filter(|_| now >= self.deadline_ms) {
+            let refusal = Refusal {
+                reason,
+                retry_after_ms: until_ms
+                    .saturating_sub(now)
+                    .max(crate::retry::MIN_RETRY_AFTER_MS),
+                last_cause,
+            };
+            return Some(Cleared::Stopped {
+                error: ProxyError::from(&refusal),
+                stop: Stop::Refused(reason),
+            });
+        }
+        let ms = until_ms.min(self.deadline_ms).saturating_sub(now).max(1);
+        journal.waits.push(Wait {
+            ms,
+            cause: WaitCause::Shared(reason),
+        });
+        self.sleep.sleep(ms).await;
+        None
+    }
+
+    /// Paced: the place is reserved, so the request goes at its time without asking again.
+    async fn scheduled(&self, at_ms: u64, reason: PaceReason, journal: &mut Journal) -> Cleared {
+        let now = self.clock.now_ms();
+        self.memory.borrow_mut().mark_trouble(now);
+        let ms = at_ms.min(self.deadline_ms).saturating_sub(now);
+        if ms > 0 {
+            journal.waits.push(Wait {
+                ms,
+                cause: WaitCause::Paced(reason),
+            });
+            self.sleep.sleep(ms).await;
+        }
+        Cleared::Go(None)
     }
 
     /// After an attempt: tells the shared state how it ended, when that is news to it.

@@ -1,26 +1,16 @@
 //! What comes back: Server-Sent Events and JSON answers read as they pass through, for the
 //! first event that decides a retry and the usage that settles the caller's limits.
 
+pub mod header;
 pub mod sse;
 pub mod tap;
+
+pub use header::header_in;
 
 /// A header's value in a list of `(name, value)` pairs, by case-insensitive name.
 #[must_use]
 pub fn header<'h>(headers: &'h [(String, String)], name: &str) -> Option<&'h str> {
     header_in(headers.iter().map(|(k, v)| (k.as_str(), v.as_str())), name)
-}
-
-/// The first value of the header `name` (any case) among `headers`: the one lookup by name
-/// for every list of headers the proxy reads.
-#[must_use]
-pub fn header_in<'h>(
-    headers: impl IntoIterator<Item = (&'h str, &'h str)>,
-    name: &str,
-) -> Option<&'h str> {
-    headers
-        .into_iter()
-        .find(|(k, _)| k.eq_ignore_ascii_case(name))
-        .map(|(_, v)| v)
 }
 
 /// Whether an answer with these headers is an event stream (`text/event-stream`, any case,

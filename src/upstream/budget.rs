@@ -7,8 +7,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::policy::OutagePolicy;
-use super::state::stored;
+use super::outage_policy::OutagePolicy;
+use super::stored::stored;
 
 /// Buckets per window.
 pub(super) const BUCKETS: u64 = 10;

@@ -11,8 +11,8 @@
 use std::cell::RefCell;
 use std::rc::Rc;
 
+use super::key_state::RefuseReason;
 use super::pace::PaceReason;
-use super::state::RefuseReason;
 use crate::error::{LimitInfo, ProxyError};
 use crate::retry::Cause;
 

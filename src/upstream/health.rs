@@ -4,10 +4,10 @@
 use serde::{Deserialize, Serialize};
 
 use super::draw::{self, Purpose};
+use super::outage_policy::OutagePolicy;
 use super::pace::Pace;
-use super::policy::OutagePolicy;
 use super::share::Share;
-use super::state::stored;
+use super::stored::stored;
 use crate::retry::{ceiling_ms, MIN_RETRY_AFTER_MS};
 
 /// Model names longer than this are cut (at a character boundary) before being remembered.
@@ -367,40 +367,57 @@ impl ModelHealth {
                 next_probe_ms,
                 probe,
                 ..
-            } => {
-                let slot_free = probe.is_none();
-                if slot_free && now_ms >= next_probe_ms {
-                    return ModelGate::ProbeDue;
-                }
-                // Released only after a probe succeeds, which cannot happen before the next
-                // probe when none is in flight.
-                if now_ms >= deadline_ms || (slot_free && next_probe_ms > deadline_ms) {
-                    let mut rng = draw::rng(seed, now_ms, Purpose::RetryAfter);
-                    let spacing = ceiling_ms(
-                        policy.probe_interval_base_ms,
-                        policy.probe_interval_cap_ms,
-                        self.failed_probes,
-                    );
-                    let retry_after = next_probe_ms
-                        .saturating_sub(now_ms)
-                        .saturating_add(rng.u64(0..=spacing));
-                    return ModelGate::Refuse {
-                        retry_after_ms: retry_after.max(MIN_RETRY_AFTER_MS),
-                    };
-                }
-                let mut rng = draw::rng(seed, now_ms, Purpose::WaitPoll);
-                let poll = policy.wait_poll_ms.get();
-                let mut until = now_ms.saturating_add(draw::half_jitter(&mut rng, poll).max(1));
-                if slot_free {
-                    // Be there when the next probe is due, spread a little.
-                    until = until.min(next_probe_ms.saturating_add(rng.u64(0..=poll / 4)));
-                }
-                self.waits.count(now_ms, poll, deadline_ms);
-                ModelGate::Wait {
-                    until_ms: until.min(deadline_ms),
-                    recovering: false,
-                }
-            }
+            } => self.overloaded_gate(
+                policy,
+                now_ms,
+                deadline_ms,
+                seed,
+                (next_probe_ms, probe.is_none()),
+            ),
+        }
+    }
+
+    /// [`ModelHealth::gate`] while overloaded: the probe when it is due and its slot free;
+    /// otherwise a refusal near the next probe when the deadline cannot be met, or a wait of
+    /// about a poll period (counted for the waiter estimate).
+    fn overloaded_gate(
+        &mut self,
+        policy: &OutagePolicy,
+        now_ms: u64,
+        deadline_ms: u64,
+        seed: u64,
+        (next_probe_ms, slot_free): (u64, bool),
+    ) -> ModelGate {
+        if slot_free && now_ms >= next_probe_ms {
+            return ModelGate::ProbeDue;
+        }
+        // Released only after a probe succeeds, which cannot happen before the next
+        // probe when none is in flight.
+        if now_ms >= deadline_ms || (slot_free && next_probe_ms > deadline_ms) {
+            let mut rng = draw::rng(seed, now_ms, Purpose::RetryAfter);
+            let spacing = ceiling_ms(
+                policy.probe_interval_base_ms,
+                policy.probe_interval_cap_ms,
+                self.failed_probes,
+            );
+            let retry_after = next_probe_ms
+                .saturating_sub(now_ms)
+                .saturating_add(rng.u64(0..=spacing));
+            return ModelGate::Refuse {
+                retry_after_ms: retry_after.max(MIN_RETRY_AFTER_MS),
+            };
+        }
+        let mut rng = draw::rng(seed, now_ms, Purpose::WaitPoll);
+        let poll = policy.wait_poll_ms.get();
+        let mut until = now_ms.saturating_add(draw::half_jitter(&mut rng, poll).max(1));
+        if slot_free {
+            // Be there when the next probe is due, spread a little.
+            until = until.min(next_probe_ms.saturating_add(rng.u64(0..=poll / 4)));
+        }
+        self.waits.count(now_ms, poll, deadline_ms);
+        ModelGate::Wait {
+            until_ms: until.min(deadline_ms),
+            recovering: false,
         }
     }
 

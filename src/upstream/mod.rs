@@ -40,13 +40,14 @@ mod budget;
 mod draw;
 mod edge;
 mod health;
+mod key_state;
+mod key_status;
 mod object;
+mod outage_policy;
 mod pace;
-mod policy;
 mod pool;
 mod share;
-mod state;
-mod status;
+mod stored;
 
 #[cfg(test)]
 mod properties;
@@ -60,18 +61,19 @@ mod tests;
 pub use budget::BudgetWindow;
 pub use edge::{EdgeMemories, EdgeMemory, Refusal};
 pub use health::MAX_MODEL_NAME_BYTES;
+pub use key_state::{
+    AttemptReport, Change, Gate, ModelPhase, ModelSnapshot, ProbeTicket, RefuseReason, Reply,
+    Snapshot, UpstreamState, WaitReason, MAX_CLOCK_LEAD_MS, MAX_COOLDOWN_MS,
+};
+pub use key_status::{HeldBack, KeyStatus, PoolStatus, ProbeStatus};
 pub use object::{UpstreamCall, UpstreamReply};
+pub use outage_policy::OutagePolicy;
 pub use pace::{
     Cost, KeyLimits, LimitDimension, LimitOutlook, Observed, Pace, PaceOutlook, PacePolicy,
     PaceReason, SendTime, NEAR_PERCENT,
 };
-pub use policy::OutagePolicy;
 pub use pool::{family, pool_of};
 pub use share::{
     CallerShare, Claimant, Priority, HORIZON_MS, MAX_HOLD_MS, MAX_WAITING, MAX_WEIGHT,
 };
-pub use state::{
-    AttemptReport, Change, Gate, ModelPhase, ModelSnapshot, ProbeTicket, RefuseReason, Reply,
-    Snapshot, UpstreamState, WaitReason, MAX_CLOCK_LEAD_MS, MAX_COOLDOWN_MS, MAX_STORED_MS,
-};
-pub use status::{KeyStatus, PoolStatus, ProbeStatus, Waiting};
+pub use stored::MAX_STORED_MS;

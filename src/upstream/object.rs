@@ -2,11 +2,11 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::key_state::{AttemptReport, Change, Gate, Reply, UpstreamState, WaitReason};
+use super::key_status::KeyStatus;
+use super::outage_policy::OutagePolicy;
 use super::pace::{Cost, KeyLimits};
-use super::policy::OutagePolicy;
 use super::share::Claimant;
-use super::state::{AttemptReport, Change, Gate, Reply, UpstreamState, WaitReason};
-use super::status::KeyStatus;
 use crate::durable::ObjectState;
 use crate::retry::runner::{Ask, Tell};
 

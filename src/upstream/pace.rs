@@ -22,7 +22,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::state::stored;
+use super::stored::stored;
 
 /// One minute, in microseconds: the window of Anthropic's per-minute limits.
 const MINUTE_US: u64 = 60_000_000;
@@ -162,7 +162,7 @@ impl KeyLimits {
         let read = |dimension: LimitDimension| {
             let value = |suffix: &str| {
                 let name = format!("anthropic-ratelimit-{}-{suffix}", dimension.header_name());
-                crate::stream::header_in(headers.clone(), &name)
+                crate::stream::header::header_in(headers.clone(), &name)
                     .and_then(|v| v.trim().parse::<u64>().ok())
             };
             Some(Observed {
@@ -175,7 +175,8 @@ impl KeyLimits {
             .filter(|d| read(**d).is_some_and(|o| o.remaining == 0))
             .filter_map(|d| {
                 let name = format!("anthropic-ratelimit-{}-reset", d.header_name());
-                crate::stream::header_in(headers.clone(), &name).and_then(|v| rfc3339_ms(v.trim()))
+                crate::stream::header::header_in(headers.clone(), &name)
+                    .and_then(|v| rfc3339_ms(v.trim()))
             })
             .max();
         KeyLimits {

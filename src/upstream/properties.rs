@@ -150,7 +150,7 @@ fn js_safe(value: &serde_json::Value) -> bool {
 
 /// One step of traffic for the fleet tests: a gap on a forward clock, then a call.
 #[derive(Debug, Clone)]
-enum Step {
+enum FleetStep {
     Ask {
         model: usize,
         is_retry: bool,
@@ -171,27 +171,26 @@ fn fleet_reply() -> impl Strategy<Value = Reply> {
     ]
 }
 
-fn fleet_step() -> impl Strategy<Value = (u64, Step)> {
+fn fleet_step() -> impl Strategy<Value = (u64, FleetStep)> {
     let gap = prop_oneof![4 => Just(0u64), 4 => 0..100u64, 4 => 0..1_500u64, 1 => 0..70_000u64];
-    let step =
-        prop_oneof![
-            (0..MODELS.len(), any::<bool>(), 0..40_000u64, any::<u64>()).prop_map(
-                |(model, is_retry, budget, seed)| Step::Ask {
-                    model,
-                    is_retry,
-                    budget,
-                    seed
-                }
-            ),
-            (any::<usize>(), fleet_reply(), any::<u64>())
-                .prop_map(|(n, reply, seed)| Step::Report { n, reply, seed }),
-        ];
+    let step = prop_oneof![
+        (0..MODELS.len(), any::<bool>(), 0..40_000u64, any::<u64>()).prop_map(
+            |(model, is_retry, budget, seed)| FleetStep::Ask {
+                model,
+                is_retry,
+                budget,
+                seed
+            }
+        ),
+        (any::<usize>(), fleet_reply(), any::<u64>())
+            .prop_map(|(n, reply, seed)| FleetStep::Report { n, reply, seed }),
+    ];
     (gap, step)
 }
 
 /// An attempt sent and not yet reported.
 #[derive(Debug, Clone, Copy)]
-struct Sent {
+struct Outstanding {
     model: usize,
     /// Its probe ticket, with the overload episode it probes.
     probe: Option<(ProbeTicket, u32)>,
@@ -258,11 +257,11 @@ proptest! {
         let mut now = T0;
         // Overloads ended per model, by a success.
         let mut episode = [0u32; MODELS.len()];
-        let mut outstanding: Vec<Sent> = Vec::new();
+        let mut outstanding: Vec<Outstanding> = Vec::new();
         for (gap, step) in steps {
             now += gap;
             match step {
-                Step::Ask { model, is_retry, budget, seed } => {
+                FleetStep::Ask { model, is_retry, budget, seed } => {
                     if let Gate::Go { probe } = state.before_attempt(&policy, now, MODELS[model], is_retry, now + budget, seed) {
                         if probe.is_some() {
                             let live = outstanding.iter().filter(|sent| {
@@ -272,12 +271,12 @@ proptest! {
                             }).count();
                             prop_assert_eq!(live, 0, "a second probe in flight");
                         }
-                        outstanding.push(Sent { model, probe: probe.map(|t| (t, episode[model])), at: now });
+                        outstanding.push(Outstanding { model, probe: probe.map(|t| (t, episode[model])), at: now });
                     }
                 }
-                Step::Report { n, reply, seed } => {
+                FleetStep::Report { n, reply, seed } => {
                     if !outstanding.is_empty() {
-                        let Sent { model, probe, .. } = outstanding.remove(n % outstanding.len());
+                        let Outstanding { model, probe, .. } = outstanding.remove(n % outstanding.len());
                         let report = AttemptReport { reply, probe: probe.map(|(t, _)| t) };
                         state.after_attempt(&policy, now, MODELS[model], report, seed);
                         if reply == Reply::Success {

@@ -312,7 +312,7 @@ impl Share {
         };
         if let Some(flow) = self.flows.get_mut(index) {
             flow.finish =
-                super::state::stored(start.saturating_add(span.div_ceil(u64::from(weight))));
+                super::stored::stored(start.saturating_add(span.div_ceil(u64::from(weight))));
         }
         self.seq = self.seq.wrapping_add(1);
         let entry = Entry {
@@ -380,26 +380,52 @@ impl Share {
     /// No turn is given before `not_before` (a cooldown of the pool).
     pub fn release(&mut self, pace: &mut Pace, policy: &PacePolicy, now: u64, not_before: u64) {
         if now > self.expires_ms {
-            let gone: Vec<u64> = self
-                .entries
-                .values()
-                .filter(|e| now > e.hold_until_ms.saturating_add(REASK_GRACE_MS))
-                .map(|e| e.seed)
-                .collect();
-            for seed in gone {
-                self.leave(seed);
-            }
-            self.expires_ms = self
-                .entries
-                .values()
-                .map(|e| e.hold_until_ms.saturating_add(REASK_GRACE_MS))
-                .min()
-                .unwrap_or(u64::MAX);
+            self.forget_gone(now);
         }
         if self.clean_until_ms.is_some_and(|until| now < until) {
             return;
         }
-        // Commit from the head while turns fall within the horizon.
+        let clean_until = self.commit_head(pace, policy, now, not_before);
+        // Project the rest, in order, on the lanes' times alone: for a long queue at most
+        // every [`PROJECTION_EVERY_MS`] (a request that joined meanwhile looks again then).
+        if self.order.len() > EXACT_PROJECTION_UP_TO && now < self.next_projection_ms {
+            self.clean_until_ms = Some(clean_until.min(self.next_projection_ms));
+            return;
+        }
+        self.next_projection_ms = now.saturating_add(PROJECTION_EVERY_MS);
+        let clean_until = self.project_rest(pace, policy, (now, not_before), clean_until);
+        self.clean_until_ms = Some(clean_until);
+    }
+
+    /// Gives up the places whose call neither waits nor asks again.
+    fn forget_gone(&mut self, now: u64) {
+        let gone: Vec<u64> = self
+            .entries
+            .values()
+            .filter(|e| now > e.hold_until_ms.saturating_add(REASK_GRACE_MS))
+            .map(|e| e.seed)
+            .collect();
+        for seed in gone {
+            self.leave(seed);
+        }
+        self.expires_ms = self
+            .entries
+            .values()
+            .map(|e| e.hold_until_ms.saturating_add(REASK_GRACE_MS))
+            .min()
+            .unwrap_or(u64::MAX);
+    }
+
+    /// Commits turns from the head while they fall within the horizon, reserving them on
+    /// `pace` (or refusing those past their deadline); until when the rest need not be looked
+    /// at again.
+    fn commit_head(
+        &mut self,
+        pace: &mut Pace,
+        policy: &PacePolicy,
+        now: u64,
+        not_before: u64,
+    ) -> u64 {
         let mut clean_until = u64::MAX;
         while let Some(&head) = self.order.first() {
             let Some(entry) = self.entries.get(&head.3) else {
@@ -435,13 +461,19 @@ impl Share {
             };
             self.decide(head, turn);
         }
-        // Project the rest, in order, on the lanes' times alone: for a long queue at most
-        // every [`PROJECTION_EVERY_MS`] (a request that joined meanwhile looks again then).
-        if self.order.len() > EXACT_PROJECTION_UP_TO && now < self.next_projection_ms {
-            self.clean_until_ms = Some(clean_until.min(self.next_projection_ms));
-            return;
-        }
-        self.next_projection_ms = now.saturating_add(PROJECTION_EVERY_MS);
+        clean_until
+    }
+
+    /// Projects the places behind the head, in order, on a sketch of `pace`, refusing those
+    /// whose turn certainly falls after their deadline (once they may be refused) and the
+    /// last beyond [`MAX_WAITING`]; until when the queue need not be looked at again.
+    fn project_rest(
+        &mut self,
+        pace: &Pace,
+        policy: &PacePolicy,
+        (now, not_before): (u64, u64),
+        mut clean_until: u64,
+    ) -> u64 {
         let mut sketch = pace.sketch();
         let mut waiting = 0usize;
         let mut refused = Vec::new();
@@ -487,7 +519,7 @@ impl Share {
                 },
             );
         }
-        self.clean_until_ms = Some(clean_until);
+        clean_until
     }
 
     /// Where the request of `seed` stands at `now` (after [`Share::release`]); a decided

@@ -28,7 +28,6 @@ use serde::{Deserialize, Serialize};
 use crate::durable::advance_clock;
 
 use super::bucket::{self, Level};
-use super::credit::Ticket;
 use crate::config::TierLimits;
 
 /// The longest lease a request can hold: one hour. Longer `lease_ms` values are cut to this,
@@ -439,6 +438,33 @@ impl LimiterState {
         let now = self.advance(limits, now_ms);
         let input_cost = reserved_tokens(limits, request, Dimension::InputTpm);
         let output_cost = reserved_tokens(limits, request, Dimension::OutputTpm);
+        let costs = (request_cost, input_cost, output_cost);
+        if let Some(mut denial) = self.binding_denial(limits, now, costs) {
+            // The state's clock may be ahead of the caller's; the wait counts from the latter.
+            denial.retry_after_ms = denial
+                .retry_after_ms
+                .saturating_add(now.saturating_sub(now_ms));
+            return Admission::Denied(denial);
+        }
+        self.charge(request_cost, input_cost, output_cost);
+        self.make_room_for_a_lease(limits, now);
+        let (lease_id, lease_expires_ms) = self.open_lease(now, request.lease_ms);
+        Admission::Admitted(Reservation {
+            lease_id,
+            input_tokens: input_cost,
+            output_tokens: output_cost,
+            lease_expires_ms,
+        })
+    }
+
+    /// The dimension that holds a request of these costs back longest at `now`, if any lacks
+    /// room.
+    fn binding_denial(
+        &self,
+        limits: &TierLimits,
+        now: u64,
+        (request_cost, input_cost, output_cost): (u64, u64, u64),
+    ) -> Option<Denial> {
         let buckets = [
             (Dimension::Rpm, limits.rpm, self.requests, request_cost),
             (
@@ -454,7 +480,6 @@ impl LimiterState {
                 output_cost,
             ),
         ];
-
         let mut binding = None;
         for (dimension, quota, level, cost) in buckets {
             let Some(quota) = quota else { continue };
@@ -489,14 +514,13 @@ impl LimiterState {
                 );
             }
         }
-        if let Some(mut denial) = binding {
-            // The state's clock may be ahead of the caller's; the wait counts from the latter.
-            denial.retry_after_ms = denial
-                .retry_after_ms
-                .saturating_add(now.saturating_sub(now_ms));
-            return Admission::Denied(denial);
-        }
+        binding
+    }
 
+    /// Charges an admitted request in every dimension the tier counts (`request_cost` is 0
+    /// for a request counted while its body arrived), and the same charge into every open
+    /// lease's floor.
+    fn charge(&mut self, request_cost: u64, input_cost: u64, output_cost: u64) {
         self.requests = self.requests.charged(request_cost);
         self.input = self.input.charged(input_cost);
         self.output = self.output.charged(output_cost);
@@ -508,12 +532,15 @@ impl LimiterState {
                 .charged(request_cost)
                 .at_most(self.requests);
         }
-        self.make_room_for_a_lease(limits, now);
+    }
+
+    /// Records a new lease of `lease_ms` (clamped) from `now`: its id and when it expires.
+    fn open_lease(&mut self, now: u64, lease_ms: u64) -> (u64, u64) {
         // Ids grow with time, so a state that is lost and started over does not reuse the
         // ids of reservations still out there (until the year 2255, below 2^53).
         let lease_id = self.next_lease_id.max(now.saturating_mul(1000));
         self.next_lease_id = lease_id.saturating_add(1);
-        let lease_expires_ms = now.saturating_add(request.lease_ms.clamp(1, MAX_LEASE_MS));
+        let lease_expires_ms = now.saturating_add(lease_ms.clamp(1, MAX_LEASE_MS));
         self.leases.push(Lease {
             id: lease_id,
             expires_ms: lease_expires_ms,
@@ -521,12 +548,7 @@ impl LimiterState {
             output_after: Level::EMPTY,
             requests_after: Level::EMPTY,
         });
-        Admission::Admitted(Reservation {
-            lease_id,
-            input_tokens: input_cost,
-            output_tokens: output_cost,
-            lease_expires_ms,
-        })
+        (lease_id, lease_expires_ms)
     }
 
     /// Charges one request against `rpm` and nothing else: no tokens, no concurrency slot,
@@ -567,22 +589,27 @@ impl LimiterState {
         LimiterState::lease_cap(limits).saturating_sub(self.leases.len())
     }
 
-    /// Gives back a ticket that admitted nothing: its request (when it took one), its tokens
-    /// and its slot, as if it had never been granted (never below what later charges hold,
-    /// as for any refund). Needs the lease record, so it happens at most once; whether it
-    /// was found.
-    pub fn release(&mut self, limits: &TierLimits, now_ms: u64, ticket: &Ticket) -> bool {
+    /// Gives back a ticket that admitted nothing (its `reservation`, and the `requests` it
+    /// charged against `rpm`): its request (when it took one), its tokens and its slot, as if
+    /// it had never been granted (never below what later charges hold, as for any refund).
+    /// Needs the lease record, so it happens at most once; whether it was found.
+    pub fn release(
+        &mut self,
+        limits: &TierLimits,
+        now_ms: u64,
+        reservation: &Reservation,
+        requests: u64,
+    ) -> bool {
         self.advance(limits, now_ms);
         let found = self
             .leases
             .iter()
-            .position(|lease| lease.id == ticket.reservation.lease_id);
+            .position(|lease| lease.id == reservation.lease_id);
         let Some(record) = take(&mut self.leases, found) else {
             return false;
         };
         let earlier = found.unwrap_or(0);
         let unused = Some(0);
-        let reservation = &ticket.reservation;
         if limits.rpm.is_some() {
             settle_dimension(
                 &mut self.requests,
@@ -590,7 +617,7 @@ impl LimiterState {
                 earlier,
                 |lease| &mut lease.requests_after,
                 Some(record.requests_after),
-                ticket.requests,
+                requests,
                 unused,
             );
         }

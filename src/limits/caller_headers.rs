@@ -18,7 +18,7 @@
 
 use std::fmt::Write as _;
 
-use super::state::{Denial, Dimension, DimensionStatus};
+use super::limiter_state::{Denial, Dimension, DimensionStatus};
 use crate::error::whole_seconds;
 
 /// `ratelimit-policy` and `ratelimit` for these statuses (none when nothing is limited).

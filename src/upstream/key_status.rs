@@ -6,10 +6,10 @@
 use serde::Serialize;
 
 use super::budget::BudgetWindow;
+use super::key_state::{ModelPhase, ModelSnapshot, UpstreamState};
+use super::outage_policy::OutagePolicy;
 use super::pace::{LimitOutlook, PaceOutlook};
-use super::policy::OutagePolicy;
 use super::share::CallerShare;
-use super::state::{ModelPhase, ModelSnapshot, UpstreamState};
 
 /// One upstream key, as its object knows it at `at_ms`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -35,7 +35,7 @@ pub struct PoolStatus {
     pub served_last_s: u64,
     /// The key's own Anthropic limits for the pool, as its answers reported them.
     pub limits: Vec<LimitOutlook>,
-    pub waiting: Waiting,
+    pub waiting: HeldBack,
     /// While the pool is scarce: the callers waiting their fair turn, with their weights,
     /// how many requests each has waiting, and the share of the pool each gets.
     pub callers: Vec<CallerShare>,
@@ -50,7 +50,7 @@ pub struct PoolStatus {
 
 /// Requests held back for the pool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
-pub struct Waiting {
+pub struct HeldBack {
     /// Waiting out an overload (estimated from how often they ask).
     pub overloaded: u32,
     /// Holding a send time that has not come yet (paced by the key's limits or the rate).
@@ -75,7 +75,7 @@ impl PoolStatus {
             learned_rate_rps: (pace.rate_mrps > 0).then(|| pace.rate_mrps as f64 / 1000.0),
             served_last_s: pace.served_per_s,
             limits: pace.limits,
-            waiting: Waiting {
+            waiting: HeldBack {
                 overloaded: model.waiters,
                 scheduled: pace.scheduled,
                 queued: callers.iter().map(|c| c.waiting).sum(),

@@ -7,13 +7,11 @@ use serde::{Deserialize, Serialize};
 use super::budget::{BudgetWindow, RetryBudget};
 use super::draw::{self, Purpose};
 use super::health::{model_key, ModelChange, ModelGate, ModelHealth, Phase};
+use super::outage_policy::OutagePolicy;
 use super::pace::{Cost, KeyLimits, PaceOutlook, PaceReason, SendTime};
-use super::policy::OutagePolicy;
 use super::share::{CallerShare, Claimant, Place, Turn};
+use super::stored::stored;
 use crate::retry::{Outcome, MAX_UPSTREAM_WAIT_MS, MIN_RETRY_AFTER_MS};
-
-/// The largest time or count ever stored (a JavaScript number holds it exactly).
-pub const MAX_STORED_MS: u64 = crate::durable::MAX_EXACT;
 
 /// One `429` cools its pool down for at most this long, unless the upstream's own reset of
 /// an empty dimension is later: a retry-after of hours on one answer must not stop a pool.
@@ -24,11 +22,6 @@ pub const MAX_COOLDOWN_MS: u64 = 60_000;
 const MEASURE_SPREAD_MS: u64 = 250;
 
 pub use crate::durable::MAX_CLOCK_LEAD_MS;
-
-/// `t` capped at [`MAX_STORED_MS`].
-pub(super) fn stored(t: u64) -> u64 {
-    t.min(MAX_STORED_MS)
-}
 
 /// Identifies a probe; hand it back in the attempt's [`AttemptReport`]. Only the probe in
 /// flight frees the probe slot, so a late report of an expired probe cannot free its
@@ -270,40 +263,18 @@ impl UpstreamState {
         claimant: &Claimant,
     ) -> Gate {
         let now = self.advance(now_ms);
-        let (cooldown_until, gate, send_time, rate_paced, measuring_until, queue_empty) =
-            match self.entry(policy, pool, now, false) {
-                Some(health) => (
-                    health.cooldown_until_ms,
-                    health.gate(policy, now, deadline_ms, request_seed),
-                    health.pace.send_time(&policy.pace, now, cost),
-                    health.pace.rate_mrps(now) > 0,
-                    health.finding_out_until(policy, now),
-                    health.share.is_empty(),
-                ),
-                None => (0, ModelGate::Open, SendTime::Now, false, None, true),
-            };
+        let view = self.view(policy, pool, now, (deadline_ms, request_seed), cost);
         // A retry paced at the upstream's sustainable rate adds nothing beyond what the
         // upstream takes: the retry budget, a guard against retry storms, does not hold it.
-        let budgeted = is_retry && !rate_paced;
-        let hold_until = measuring_until.filter(|&end| is_retry && end <= deadline_ms);
-        if now < cooldown_until {
-            if cooldown_until <= deadline_ms {
-                let mut rng = draw::rng(request_seed, now, Purpose::CooldownSpread);
-                let spread = rng.u64(0..=policy.cooldown_spread_ms);
-                let until_ms = cooldown_until.saturating_add(spread).min(deadline_ms);
-                return Gate::Wait {
-                    until_ms,
-                    reason: WaitReason::Cooldown,
-                };
-            }
-            let retry_after_ms = cooldown_until.saturating_sub(now).max(MIN_RETRY_AFTER_MS);
-            return Gate::Refuse {
-                retry_after_ms,
-                reason: RefuseReason::Cooldown,
-            };
+        let budgeted = is_retry && !view.rate_paced;
+        let hold_until = view
+            .measuring_until
+            .filter(|&end| is_retry && end <= deadline_ms);
+        if now < view.cooldown_until {
+            return cooled_down(policy, now, view.cooldown_until, deadline_ms, request_seed);
         }
 
-        let gate = match gate {
+        let gate = match view.gate {
             ModelGate::Wait {
                 until_ms,
                 recovering,
@@ -334,33 +305,74 @@ impl UpstreamState {
                     reason: WaitReason::Overloaded,
                 }
             }
-            ModelGate::Open => match send_time {
-                SendTime::Now if queue_empty => {
-                    let gate = self.go(policy, now, pool, budgeted, false);
-                    if let Gate::Go { .. } = gate {
-                        let lands = now.saturating_add(way_ms);
-                        self.reserve(policy, pool, (now, now, lands), cost, request_seed);
-                    }
-                    gate
-                }
-                // The pool is scarce: the request takes its fair turn.
-                _ => self.queue_turn(
-                    policy,
-                    now,
-                    pool,
-                    budgeted,
-                    Claim {
-                        seed: request_seed,
-                        claimant,
-                        cost,
-                        deadline_ms,
-                        way_ms,
-                    },
-                ),
-            },
+            ModelGate::Open => {
+                let claim = Claim {
+                    seed: request_seed,
+                    claimant,
+                    cost,
+                    deadline_ms,
+                    way_ms,
+                };
+                self.open_gate(policy, now, pool, budgeted, &view, claim)
+            }
         };
         self.forget_idle(policy, now);
         gate
+    }
+
+    /// What the pool says of a request at `now`, before anything is decided (the defaults of
+    /// a healthy, unpaced, empty pool when the state has no room to remember it).
+    fn view(
+        &mut self,
+        policy: &OutagePolicy,
+        pool: &str,
+        now: u64,
+        (deadline_ms, request_seed): (u64, u64),
+        cost: Cost,
+    ) -> PoolView {
+        match self.entry(policy, pool, now, false) {
+            Some(health) => PoolView {
+                cooldown_until: health.cooldown_until_ms,
+                gate: health.gate(policy, now, deadline_ms, request_seed),
+                send_time: health.pace.send_time(&policy.pace, now, cost),
+                rate_paced: health.pace.rate_mrps(now) > 0,
+                measuring_until: health.finding_out_until(policy, now),
+                queue_empty: health.share.is_empty(),
+            },
+            None => PoolView {
+                cooldown_until: 0,
+                gate: ModelGate::Open,
+                send_time: SendTime::Now,
+                rate_paced: false,
+                measuring_until: None,
+                queue_empty: true,
+            },
+        }
+    }
+
+    /// An open pool: the request goes now when nothing is ahead of it and its limits allow
+    /// (its place reserved), and takes its fair turn otherwise.
+    fn open_gate(
+        &mut self,
+        policy: &OutagePolicy,
+        now: u64,
+        pool: &str,
+        budgeted: bool,
+        view: &PoolView,
+        claim: Claim<'_>,
+    ) -> Gate {
+        match view.send_time {
+            SendTime::Now if view.queue_empty => {
+                let gate = self.go(policy, now, pool, budgeted, false);
+                if let Gate::Go { .. } = gate {
+                    let lands = now.saturating_add(claim.way_ms);
+                    self.reserve(policy, pool, (now, now, lands), claim.cost, claim.seed);
+                }
+                gate
+            }
+            // The pool is scarce: the request takes its fair turn.
+            _ => self.queue_turn(policy, now, pool, budgeted, claim),
+        }
     }
 
     /// Reserves `cost` in the pool's lanes for the request of `seed` that goes at `at_ms`
@@ -770,6 +782,43 @@ impl UpstreamState {
             health.settle(policy, now);
         }
         self.models.retain(|health| !health.is_idle(now));
+    }
+}
+
+/// What a pool says of a request before anything is decided.
+struct PoolView {
+    cooldown_until: u64,
+    gate: ModelGate,
+    send_time: SendTime,
+    /// The pool is paced at the upstream's sustainable rate.
+    rate_paced: bool,
+    /// The object is finding out what the upstream's shedding means, until then.
+    measuring_until: Option<u64>,
+    queue_empty: bool,
+}
+
+/// A pool in cooldown: wait it out, spread over a short jitter, when it ends by the deadline;
+/// refuse with the time left otherwise.
+fn cooled_down(
+    policy: &OutagePolicy,
+    now: u64,
+    cooldown_until: u64,
+    deadline_ms: u64,
+    request_seed: u64,
+) -> Gate {
+    if cooldown_until <= deadline_ms {
+        let mut rng = draw::rng(request_seed, now, Purpose::CooldownSpread);
+        let spread = rng.u64(0..=policy.cooldown_spread_ms);
+        let until_ms = cooldown_until.saturating_add(spread).min(deadline_ms);
+        return Gate::Wait {
+            until_ms,
+            reason: WaitReason::Cooldown,
+        };
+    }
+    let retry_after_ms = cooldown_until.saturating_sub(now).max(MIN_RETRY_AFTER_MS);
+    Gate::Refuse {
+        retry_after_ms,
+        reason: RefuseReason::Cooldown,
     }
 }
 
