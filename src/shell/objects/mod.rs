@@ -21,6 +21,7 @@ use super::runtime::now_ms;
 use super::timer::Timer;
 use crate::durable::{self, ObjectState};
 use crate::error::ProxyError;
+use crate::metrics::event_line;
 
 pub mod limiter;
 pub mod upstream;
@@ -173,7 +174,10 @@ impl<S: ObjectState> Object<S> {
 fn log_unreadable(object: &str, why: &str) {
     worker::console_error!(
         "{}",
-        serde_json::json!({"event": "object_state_unreadable", "object": object, "error": why})
+        event_line(
+            "object_state_unreadable",
+            &[("object", object), ("error", why)]
+        )
     );
 }
 
@@ -203,7 +207,14 @@ pub async fn call<C: Serialize, T: DeserializeOwned>(
 fn call_failed(what: &str, why: &str, cause: &dyn std::fmt::Display) -> ProxyError {
     worker::console_error!(
         "{}",
-        serde_json::json!({"event": "object_call_failed", "object": what, "error": why, "cause": cause.to_string()})
+        event_line(
+            "object_call_failed",
+            &[
+                ("object", what),
+                ("error", why),
+                ("cause", &cause.to_string())
+            ]
+        )
     );
     ProxyError::Unavailable(format!("{what} {why}"))
 }
