@@ -8,10 +8,15 @@
 //! asked, model served, answer kind, error type, tier, caller's tag; `double1`…`double9` status, attempts,
 //! wait ms, total ms, input tokens, output tokens, upstream `529`s, upstream `429`s, stream.
 //! Nothing in it is a key or a token.
+//!
+//! The request's log line ([`log_line`]) is made here too, from the same facts and the retry
+//! journal: pure functions of a finished request, tested on the host, that the shell only
+//! writes out.
 
 use serde::Serialize;
 
 use crate::error::{ProxyError, Scope, Source};
+use crate::retry::runner::Journal;
 use crate::upstream::Reply;
 
 /// How a request was answered, in the words an operator counts by.
@@ -161,6 +166,139 @@ pub fn data_point(facts: &RequestFacts) -> DataPoint {
             if facts.stream { 1.0 } else { 0.0 },
         ],
     }
+}
+
+/// A request once its answer is known: what its log line says. The same [`RequestFacts`] as
+/// its metrics, so a log line and a data point never disagree.
+#[derive(Debug, Clone, Copy)]
+pub struct FinishedRequest<'a> {
+    /// The proxy's id for the request.
+    pub request_id: &'a str,
+    /// The upstream's `request-id`, when an attempt was answered.
+    pub upstream_request_id: Option<&'a str>,
+    pub facts: &'a RequestFacts,
+    /// Attempts, waits, why retries stopped and what fallback did.
+    pub journal: &'a Journal,
+}
+
+/// The request's log line, one JSON object (its fields are documented in docs/operating.md):
+/// `request_id`, `upstream_request_id`?, `route`, `identity`? (the caller's keyed tag),
+/// `status`, `error_type`?, `stream`, `attempts`, `waits` (`[{"ms", "cause"}]`), `stopped`?,
+/// `model`? (the one that answered), `fallback`? (`{"from", "to", "why", "tried": [{"model",
+/// "ended"}]}`, `to` null when no fallback answered), `total_ms`. Fields marked `?` are left
+/// out when unknown.
+#[must_use]
+pub fn log_line(request: &FinishedRequest<'_>) -> String {
+    #[derive(Serialize)]
+    struct Line<'a> {
+        request_id: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        upstream_request_id: Option<&'a str>,
+        route: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        identity: Option<&'a str>,
+        status: u16,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        error_type: Option<&'a str>,
+        stream: bool,
+        attempts: u32,
+        waits: Vec<LoggedWait>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        stopped: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        model: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        fallback: Option<LoggedFallback<'a>>,
+        total_ms: u64,
+    }
+    #[derive(Serialize)]
+    struct LoggedWait {
+        ms: u64,
+        cause: String,
+    }
+    #[derive(Serialize)]
+    struct LoggedFallback<'a> {
+        from: &'a str,
+        to: Option<&'a str>,
+        why: String,
+        tried: Vec<LoggedTry<'a>>,
+    }
+    #[derive(Serialize)]
+    struct LoggedTry<'a> {
+        model: &'a str,
+        ended: &'a str,
+    }
+    let (facts, journal) = (request.facts, request.journal);
+    let line = Line {
+        request_id: request.request_id,
+        upstream_request_id: request.upstream_request_id,
+        route: facts.route,
+        identity: facts.caller.as_deref(),
+        status: facts.status,
+        error_type: facts.error_type,
+        stream: facts.stream,
+        attempts: journal.attempts,
+        waits: journal
+            .waits
+            .iter()
+            .map(|w| LoggedWait {
+                ms: w.ms,
+                cause: w.cause.to_string(),
+            })
+            .collect(),
+        stopped: journal.stopped.map(|s| s.to_string()),
+        model: facts.model_served.as_deref(),
+        fallback: journal.fallback.as_ref().map(|f| LoggedFallback {
+            from: &f.from,
+            to: f.to.as_deref(),
+            why: f.why.to_string(),
+            tried: f
+                .tried
+                .iter()
+                .map(|t| LoggedTry {
+                    model: &t.model,
+                    ended: &t.ended,
+                })
+                .collect(),
+        }),
+        total_ms: facts.total_ms,
+    };
+    // Strings, integers and booleans only: encoding cannot fail.
+    serde_json::to_string(&line).unwrap_or_default()
+}
+
+/// A one-line JSON event for the log, `{"event": <event>, ...}` with string fields, keys in
+/// alphabetical order (the order these lines have always had). Written without building a
+/// JSON tree: the module carries no code for one.
+#[must_use]
+pub fn event_line(event: &str, fields: &[(&str, &str)]) -> String {
+    // A handful of fields: placed in order as they come (a general sort is kilobytes of
+    // module for nothing).
+    let mut pairs: Vec<(&str, &str)> = Vec::with_capacity(fields.len() + 1);
+    for pair in std::iter::once(("event", event)).chain(fields.iter().copied()) {
+        let at = pairs
+            .iter()
+            .position(|placed| placed.0 > pair.0)
+            .unwrap_or(pairs.len());
+        pairs.insert(at, pair);
+    }
+    let mut line = String::from("{");
+    for (i, (key, value)) in pairs.iter().enumerate() {
+        if i > 0 {
+            line.push(',');
+        }
+        push_json_string(&mut line, key);
+        line.push(':');
+        push_json_string(&mut line, value);
+    }
+    line.push('}');
+    line
+}
+
+/// `text` as a JSON string, escaped as `serde_json` escapes it.
+fn push_json_string(out: &mut String, text: &str) {
+    // A string always encodes.
+    out.push_str(&serde_json::to_string(text).unwrap_or_default());
 }
 
 /// Answers by kind, counted since the isolate started.
@@ -353,6 +491,137 @@ mod tests {
         assert_eq!(point.blobs[4], "not_found_error");
         assert_eq!(&point.doubles[4..6], &[0.0, 0.0]);
         assert_eq!(point.doubles[8], 0.0);
+    }
+
+    /// A request that waited, retried, left its model and was answered by a fallback.
+    fn journey() -> Journal {
+        use crate::retry::fallback::{FallbackRecord, Tried, Why};
+        use crate::retry::runner::{Stop, Wait, WaitCause};
+        use crate::retry::{Cause, StopReason};
+        use crate::upstream::WaitReason;
+        Journal {
+            attempts: 3,
+            waits: vec![
+                Wait {
+                    ms: 300,
+                    cause: WaitCause::Backoff(Cause::Overloaded),
+                },
+                Wait {
+                    ms: 40,
+                    cause: WaitCause::Shared(WaitReason::Queued),
+                },
+            ],
+            stopped: Some(Stop::Retries(StopReason::AttemptsExhausted)),
+            consulted: true,
+            fallback: Some(FallbackRecord {
+                from: "claude-opus-4-7".into(),
+                why: Why::Overloaded,
+                to: Some("claude-sonnet-4-6".into()),
+                tried: vec![Tried {
+                    model: "claude-opus-4-7".into(),
+                    ended: "attempts_exhausted".into(),
+                }],
+            }),
+            upstream_overloaded: 2,
+            upstream_rate_limited: 0,
+        }
+    }
+
+    #[test]
+    fn the_log_line_says_the_whole_journey_with_its_documented_names() {
+        let journal = journey();
+        let line = log_line(&FinishedRequest {
+            request_id: "req_proxy_1",
+            upstream_request_id: Some("req_upstream_1"),
+            facts: &facts(),
+            journal: &journal,
+        });
+        let expected = concat!(
+            r#"{"request_id":"req_proxy_1","upstream_request_id":"req_upstream_1","#,
+            r#""route":"messages","identity":"0123456789abcdef0123456789abcdef","#,
+            r#""status":200,"stream":true,"attempts":3,"#,
+            r#""waits":[{"ms":300,"cause":"overloaded"},{"ms":40,"cause":"fair_turn"}],"#,
+            r#""stopped":"attempts_exhausted","model":"claude-sonnet-4-6","#,
+            r#""fallback":{"from":"claude-opus-4-7","to":"claude-sonnet-4-6","why":"overloaded","#,
+            r#""tried":[{"model":"claude-opus-4-7","ended":"attempts_exhausted"}]},"#,
+            r#""total_ms":1250}"#
+        );
+        assert_eq!(line, expected);
+    }
+
+    #[test]
+    fn the_log_line_leaves_out_what_is_unknown_but_always_lists_the_waits() {
+        let refused = RequestFacts {
+            route: "unrouted",
+            model_asked: None,
+            model_served: None,
+            status: 401,
+            kind: AnswerKind::ClientError,
+            error_type: Some("authentication_error"),
+            tier: None,
+            caller: None,
+            stream: false,
+            attempts: 0,
+            wait_ms: 0,
+            total_ms: 2,
+            input_tokens: None,
+            output_tokens: None,
+            upstream_overloaded: 0,
+            upstream_rate_limited: 0,
+        };
+        let line = log_line(&FinishedRequest {
+            request_id: "req_proxy_2",
+            upstream_request_id: None,
+            facts: &refused,
+            journal: &Journal::default(),
+        });
+        assert_eq!(
+            line,
+            concat!(
+                r#"{"request_id":"req_proxy_2","route":"unrouted","status":401,"#,
+                r#""error_type":"authentication_error","stream":false,"attempts":0,"#,
+                r#""waits":[],"total_ms":2}"#
+            )
+        );
+        // A fallback that found no model says so with a null `to`.
+        let mut journal = journey();
+        if let Some(fallback) = journal.fallback.as_mut() {
+            fallback.to = None;
+        }
+        let line = log_line(&FinishedRequest {
+            request_id: "r",
+            upstream_request_id: None,
+            facts: &refused,
+            journal: &journal,
+        });
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert!(v["fallback"]["to"].is_null());
+        assert_eq!(v["fallback"]["from"], "claude-opus-4-7");
+    }
+
+    #[test]
+    fn an_event_line_is_the_json_it_always_was() {
+        let line = event_line(
+            "object_call_failed",
+            &[
+                ("object", "rate limiter"),
+                ("error", "did not answer"),
+                ("cause", "reset \"mid-call\"\n"),
+            ],
+        );
+        assert_eq!(
+            line,
+            r#"{"cause":"reset \"mid-call\"\n","error":"did not answer","event":"object_call_failed","object":"rate limiter"}"#
+        );
+        // The same text as the JSON tree these lines were built from before.
+        let tree = serde_json::json!({
+            "event": "object_call_failed",
+            "object": "rate limiter",
+            "error": "did not answer",
+            "cause": "reset \"mid-call\"\n",
+        });
+        assert_eq!(line, tree.to_string());
+        assert_eq!(event_line("e", &[]), r#"{"event":"e"}"#);
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! secret: upstream keys and callers appear by fingerprint only.
 
 use serde::Serialize;
+use serde_json::value::RawValue;
 
 use crate::config::{Config, TierLimits, DEFAULT_TIER};
 use crate::error::ProxyError;
@@ -188,15 +189,23 @@ pub fn fallbacks(config: &Config, keys: &[UpstreamKeyStatus]) -> Vec<FallbackSta
         "recovering" => 1,
         _ => 0,
     };
+    // Each key's pools and their phases, read from the state its object answered. Read as a
+    // plain JSON value: the module parses request bodies that way already, where a typed view
+    // of these two fields would add its own decoder.
+    let states: Vec<serde_json::Value> = keys
+        .iter()
+        .filter_map(|k| k.state.as_deref())
+        .filter_map(|state| serde_json::from_str(state.get()).ok())
+        .collect();
     config
         .model_fallbacks
         .iter()
         .map(|(model, to)| {
             let pool =
                 crate::upstream::pool_of(&crate::request::route::Route::Messages, Some(model));
-            let phase = keys
+            let phase = states
                 .iter()
-                .filter_map(|k| k.state.as_ref()?.get("pools")?.as_array())
+                .filter_map(|state| state.get("pools")?.as_array())
                 .flatten()
                 .filter(|p| p.get("pool").and_then(serde_json::Value::as_str) == Some(&pool))
                 .filter_map(|p| p.get("phase").and_then(serde_json::Value::as_str))
@@ -218,9 +227,10 @@ pub struct UpstreamKeyStatus {
     /// A one-way fingerprint of the key (its object's name), never the key.
     pub key: String,
     pub source: KeySource,
-    /// The object's [`crate::upstream::KeyStatus`], as it answered.
+    /// The object's [`crate::upstream::KeyStatus`], passed on as it answered (its JSON is
+    /// not taken apart and put together again).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub state: Option<serde_json::Value>,
+    pub state: Option<Box<RawValue>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
@@ -230,7 +240,7 @@ impl UpstreamKeyStatus {
     pub fn of(
         source: KeySource,
         key: String,
-        answer: Result<serde_json::Value, ProxyError>,
+        answer: Result<Box<RawValue>, ProxyError>,
     ) -> UpstreamKeyStatus {
         let (state, error) = match answer {
             Ok(state) => (Some(state), None),
@@ -285,6 +295,11 @@ impl CallerStatus {
 mod tests {
     use std::collections::HashMap;
 
+    /// A key's state as its object would answer it.
+    fn raw(state: serde_json::Value) -> Box<serde_json::value::RawValue> {
+        serde_json::value::RawValue::from_string(state.to_string()).unwrap()
+    }
+
     #[test]
     fn a_fallback_is_in_force_while_its_model_is_overloaded_on_a_key() {
         let mut vars: HashMap<&str, String> = HashMap::new();
@@ -297,10 +312,10 @@ mod tests {
         let key = |phase: &str| UpstreamKeyStatus {
             key: "k".to_string(),
             source: KeySource::AnthropicApiKey,
-            state: Some(serde_json::json!({"pools": [
+            state: Some(raw(serde_json::json!({"pools": [
                 {"pool": "messages:claude-opus-4", "phase": phase},
                 {"pool": "messages:claude-sonnet-4", "phase": "overloaded"},
-            ]})),
+            ]}))),
             error: None,
         };
         let unread = UpstreamKeyStatus {
@@ -447,7 +462,7 @@ mod tests {
             upstream_keys: keys
                 .into_iter()
                 .map(|(source, key)| {
-                    UpstreamKeyStatus::of(source, key, Ok(serde_json::json!({"pools": []})))
+                    UpstreamKeyStatus::of(source, key, Ok(raw(serde_json::json!({"pools": []}))))
                 })
                 .collect(),
             edge: EdgeTally::starting(1),
@@ -466,6 +481,15 @@ mod tests {
         assert_eq!(v["caller"]["tier"], "pro");
         assert_eq!(v["caller"]["usage"]["dimensions"][0]["remaining"], 49);
         assert_eq!(v["edge"]["answers"]["success"], 0);
+        // A key's state is passed on as its object answered it, byte for byte.
+        let answered = r#"{"at_ms":7,"pools":[{"pool":"messages:claude-opus-4","phase":"healthy","learned_rate_rps":1.5}]}"#;
+        let passed = UpstreamKeyStatus::of(
+            KeySource::AnthropicApiKey,
+            "k".into(),
+            Ok(serde_json::value::RawValue::from_string(answered.to_string()).unwrap()),
+        );
+        let text = serde_json::to_string(&passed).unwrap();
+        assert!(text.contains(&format!(r#""state":{answered}"#)), "{text}");
         // An object that did not answer is said so, by name.
         let failed = UpstreamKeyStatus::of(
             KeySource::AnthropicApiKey,

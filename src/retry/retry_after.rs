@@ -23,7 +23,7 @@ pub fn upstream_wait_ms(
     now_ms: u64,
 ) -> Option<u64> {
     retry_after_ms
-        .and_then(|value| parse_decimal(value).map(clamp_ms))
+        .and_then(|value| decimal_ms(value, Unit::Milliseconds))
         .or_else(|| retry_after.and_then(|value| parse_retry_after(value, now_ms)))
 }
 
@@ -42,33 +42,94 @@ pub fn should_retry_header(value: Option<&str>) -> Option<bool> {
 }
 
 fn parse_retry_after(value: &str, now_ms: u64) -> Option<u64> {
-    if let Some(seconds) = parse_decimal(value) {
-        return Some(clamp_ms(seconds * 1000.0));
+    if let Some(ms) = decimal_ms(value, Unit::Seconds) {
+        return Some(ms);
     }
     let date = httpdate::parse_http_date(value.trim()).ok()?;
     let date_ms = millis_since_epoch(date);
     Some(date_ms.saturating_sub(now_ms).min(MAX_UPSTREAM_WAIT_MS))
 }
 
-/// A non-negative decimal number: ASCII digits with at most one `.`, at least one digit,
-/// surrounding whitespace allowed. Signs, exponents, `inf` and `NaN` are refused, so the
-/// result is finite unless the digit string is astronomically long (then it is `inf`, which
-/// [`clamp_ms`] caps).
-fn parse_decimal(value: &str) -> Option<f64> {
+/// What a decimal hint counts.
+#[derive(Clone, Copy)]
+enum Unit {
+    Seconds,
+    Milliseconds,
+}
+
+/// Powers of ten a double holds exactly.
+const EXACT_POWERS_OF_TEN: [f64; 23] = [
+    1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16,
+    1e17, 1e18, 1e19, 1e20, 1e21, 1e22,
+];
+
+/// A non-negative decimal number of `unit` as whole milliseconds (rounded up, capped): ASCII
+/// digits with at most one `.`, at least one digit, surrounding whitespace allowed. Signs,
+/// exponents, `inf` and `NaN` are refused.
+///
+/// The value is what reading it as a double gives (`clamp_ms(x)`, `clamp_ms(x * 1000.0)`), to
+/// the bit, without the standard library's decimal-to-float reader (a quarter of the
+/// module's numeric code and tables, for a header): a number of at most 2^53 units over a
+/// power of ten up to 10^22 is `units / 10^k` as a double, which the division rounds
+/// correctly, as that reader does. Longer digit strings, which no server sends, are read
+/// exactly and rounded up; the double reading of one could differ by a millisecond.
+fn decimal_ms(value: &str, unit: Unit) -> Option<u64> {
     let value = value.trim();
-    let mut digits = 0usize;
-    let mut dots = 0usize;
-    for byte in value.bytes() {
-        match byte {
-            b'0'..=b'9' => digits = digits.saturating_add(1),
-            b'.' => dots = dots.saturating_add(1),
-            _ => return None,
-        }
-    }
-    if digits == 0 || dots > 1 {
+    let (whole, fraction) = value.split_once('.').unwrap_or((value, ""));
+    let digits = |part: &str| part.bytes().all(|b| b.is_ascii_digit());
+    if whole.len() + fraction.len() == 0 || !digits(whole) || !digits(fraction) {
         return None;
     }
-    value.parse::<f64>().ok()
+    let whole = whole.trim_start_matches('0');
+    let fraction = fraction.trim_end_matches('0');
+    let shift: u32 = match unit {
+        Unit::Seconds => 3,
+        Unit::Milliseconds => 0,
+    };
+    // At or past the cap whatever the fraction (the double of such a value is too).
+    let cap_whole = MAX_UPSTREAM_WAIT_MS / 10u64.pow(shift);
+    let whole_value = if whole.len() > 8 {
+        None
+    } else {
+        Some(value_of(whole.bytes()))
+    };
+    let Some(whole_value) = whole_value.filter(|&w| w < cap_whole) else {
+        return Some(MAX_UPSTREAM_WAIT_MS);
+    };
+    let units = whole
+        .bytes()
+        .chain(fraction.bytes())
+        .try_fold(0u64, |n, b| {
+            n.checked_mul(10)?
+                .checked_add(u64::from(b.wrapping_sub(b'0')))
+        })
+        .filter(|&n| n <= 1 << 53);
+    if let (Some(units), Some(power)) = (units, EXACT_POWERS_OF_TEN.get(fraction.len())) {
+        #[allow(clippy::cast_precision_loss)] // at most 2^53: exact
+        let number = units as f64 / power;
+        return Some(match unit {
+            Unit::Seconds => clamp_ms(number * 1000.0),
+            Unit::Milliseconds => clamp_ms(number),
+        });
+    }
+    // Exact: the whole part and `shift` digits of the fraction, plus one for any rest.
+    let shifted = fraction
+        .bytes()
+        .chain(std::iter::repeat(b'0'))
+        .take(shift as usize);
+    let ms = whole_value
+        .saturating_mul(10u64.pow(shift))
+        .saturating_add(value_of(shifted));
+    let rest = fraction.bytes().skip(shift as usize).any(|b| b != b'0');
+    Some(ms.saturating_add(u64::from(rest)).min(MAX_UPSTREAM_WAIT_MS))
+}
+
+/// The number a short run of ASCII digits spells.
+fn value_of(digits: impl Iterator<Item = u8>) -> u64 {
+    digits.fold(0u64, |n, b| {
+        n.saturating_mul(10)
+            .saturating_add(u64::from(b.wrapping_sub(b'0')))
+    })
 }
 
 /// Rounds a non-negative millisecond count up to a whole `u64`, capped at
@@ -279,6 +340,51 @@ mod tests {
         assert_eq!(should_retry_header(None), None);
     }
 
+    /// The reading this module used to make: the standard library's float parser.
+    fn by_double(value: &str) -> Option<f64> {
+        let value = value.trim();
+        let valid = value.bytes().filter(u8::is_ascii_digit).count() > 0
+            && value.bytes().filter(|&b| b == b'.').count() <= 1
+            && value.bytes().all(|b| b.is_ascii_digit() || b == b'.');
+        valid.then(|| value.parse::<f64>().unwrap())
+    }
+
+    #[test]
+    fn decimals_at_the_edges_read_as_their_double_would() {
+        for text in [
+            "0",
+            "0.",
+            ".5",
+            "5.",
+            "00.000",
+            "0.07",
+            "0.0011",
+            "1.005",
+            "0.001",
+            "86399.9995",
+            "86399.99949999999",
+            "86400",
+            "86400.0001",
+            "86399999.9999",
+            "86400000",
+            "1e3",
+            "9007199254740993",
+            "0.0000000000000000000001",
+            "4.9e-324",
+            ".",
+            "",
+            " 2.5 ",
+        ] {
+            let double = |scale: f64| by_double(text).map(|x| clamp_ms(x * scale));
+            assert_eq!(decimal_ms(text, Unit::Seconds), double(1000.0), "{text} s");
+            assert_eq!(
+                decimal_ms(text, Unit::Milliseconds),
+                double(1.0),
+                "{text} ms"
+            );
+        }
+    }
+
     proptest! {
         #[test]
         fn parsers_never_panic_on_arbitrary_strings(
@@ -302,6 +408,48 @@ mod tests {
         ) {
             if let Some(ms) = upstream_wait_ms(Some(&a), Some(&a), now) {
                 prop_assert!(ms <= MAX_UPSTREAM_WAIT_MS);
+            }
+        }
+
+        /// The reading without a float parser is the double reading, to the bit, for every
+        /// number of up to 15 significant digits (and whatever the zeros around them).
+        #[test]
+        fn decimals_read_as_their_double_would(
+            zeros in "0{0,3}",
+            whole in "[0-9]{0,8}",
+            fraction in proptest::option::of("[0-9]{0,10}"),
+            tail in "0{0,3}",
+        ) {
+            let text = match &fraction {
+                Some(fraction) => format!("{zeros}{whole}.{fraction}{tail}"),
+                None => format!("{zeros}{whole}"),
+            };
+            let significant = whole.len() + fraction.as_ref().map_or(0, String::len);
+            prop_assume!(significant <= 15);
+            prop_assert_eq!(
+                decimal_ms(&text, Unit::Seconds),
+                by_double(&text).map(|s| clamp_ms(s * 1000.0)),
+                "{} s", text
+            );
+            prop_assert_eq!(
+                decimal_ms(&text, Unit::Milliseconds),
+                by_double(&text).map(clamp_ms),
+                "{} ms", text
+            );
+        }
+
+        /// Longer digit strings are read exactly: never more than a millisecond from the
+        /// double reading.
+        #[test]
+        fn long_decimals_are_within_a_millisecond_of_their_double(
+            whole in "[0-9]{0,6}",
+            fraction in "[0-9]{10,40}",
+        ) {
+            let text = format!("{whole}.{fraction}");
+            for (unit, scale) in [(Unit::Seconds, 1000.0), (Unit::Milliseconds, 1.0)] {
+                let exact = decimal_ms(&text, unit).unwrap();
+                let double = by_double(&text).map(|x| clamp_ms(x * scale)).unwrap();
+                prop_assert!(exact.abs_diff(double) <= 1, "{} {} {}", text, exact, double);
             }
         }
 

@@ -9,7 +9,7 @@ use worker::{AnalyticsEngineDataPointBuilder, Context, Env};
 
 use super::runtime::{now_ms, SeenEnv};
 use crate::limits::Usage;
-use crate::metrics::{data_point, EdgeTally, RequestFacts};
+use crate::metrics::{data_point, event_line, EdgeTally, RequestFacts};
 use crate::upstream::Reply;
 
 /// The binding name in wrangler.toml (`[[analytics_engine_datasets]]`).
@@ -108,9 +108,10 @@ pub fn record(
             .doubles(point.doubles)
             .write_to(&dataset);
         if let Err(e) = written {
+            let error = e.to_string();
             worker::console_error!(
                 "{}",
-                serde_json::json!({"event": "metrics_write_failed", "error": e.to_string()})
+                event_line("metrics_write_failed", &[("error", &error)])
             );
         }
     };

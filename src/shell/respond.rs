@@ -12,17 +12,10 @@ use super::{metrics, runtime};
 use crate::config::{ConfigError, RequestLog};
 use crate::error::ProxyError;
 use crate::limits::Usage;
-use crate::metrics::{AnswerKind, RequestFacts};
+use crate::metrics::{event_line, log_line, AnswerKind, FinishedRequest, RequestFacts};
 use crate::request::cors::Cors;
 use crate::request::route::Route;
 use crate::retry::runner::Journal;
-
-/// A wait between attempts, for the log line.
-#[derive(Debug, Clone, Serialize)]
-struct LoggedWait {
-    ms: u64,
-    cause: String,
-}
 
 /// One request's journey through the proxy: what the log line and the final headers need.
 pub struct Exchange {
@@ -110,19 +103,26 @@ impl Exchange {
         }
         add_cors(headers, self.cors.answer_headers());
         let status = answer.status;
+        let facts = self.facts(status, error.as_ref());
         let waited = !self.journal.waits.is_empty();
         let fell_back = self.journal.fallback.is_some();
         if self
             .log
             .wants(status, self.journal.attempts, waited, fell_back)
         {
-            worker::console_log!("{}", self.log_line(status, error.as_ref()));
+            let line = log_line(&FinishedRequest {
+                request_id: &self.request_id,
+                upstream_request_id: self.upstream_request_id.as_deref(),
+                facts: &facts,
+                journal: &self.journal,
+            });
+            worker::console_log!("{}", line);
         }
         if self.route == Some(Route::Status) {
             metrics::end_uncounted();
         } else {
             let usage = self.usage.take();
-            metrics::record(env, ctx, self.facts(status, error.as_ref()), usage);
+            metrics::record(env, ctx, facts, usage);
         }
         answer
     }
@@ -135,7 +135,8 @@ impl Exchange {
             .or(self.model.as_deref())
     }
 
-    /// What the request was, for metrics (tokens come later, with the usage).
+    /// What the request was, for its log line and metrics (tokens come later, with the
+    /// usage).
     fn facts(&self, status: u16, error: Option<&ProxyError>) -> RequestFacts {
         RequestFacts {
             route: self.route.as_ref().map_or("unrouted", Route::name),
@@ -156,93 +157,22 @@ impl Exchange {
             upstream_rate_limited: self.journal.upstream_rate_limited,
         }
     }
-
-    fn log_line(&self, status: u16, error: Option<&ProxyError>) -> String {
-        #[derive(Serialize)]
-        struct Line<'a> {
-            request_id: &'a str,
-            #[serde(skip_serializing_if = "Option::is_none")]
-            upstream_request_id: Option<&'a str>,
-            route: &'a str,
-            #[serde(skip_serializing_if = "Option::is_none")]
-            identity: Option<&'a str>,
-            status: u16,
-            #[serde(skip_serializing_if = "Option::is_none")]
-            error_type: Option<&'static str>,
-            stream: bool,
-            attempts: u32,
-            waits: Vec<LoggedWait>,
-            #[serde(skip_serializing_if = "Option::is_none")]
-            stopped: Option<String>,
-            #[serde(skip_serializing_if = "Option::is_none")]
-            model: Option<&'a str>,
-            #[serde(skip_serializing_if = "Option::is_none")]
-            fallback: Option<LoggedFallback<'a>>,
-            total_ms: u64,
-        }
-        /// Both models and why: `{"from": "claude-opus-4-7", "to": "claude-sonnet-4-6",
-        /// "why": "overloaded", "tried": []}` (`to` is null when no fallback answered).
-        #[derive(Serialize)]
-        struct LoggedFallback<'a> {
-            from: &'a str,
-            to: Option<&'a str>,
-            why: String,
-            tried: Vec<LoggedTry<'a>>,
-        }
-        #[derive(Serialize)]
-        struct LoggedTry<'a> {
-            model: &'a str,
-            ended: &'a str,
-        }
-        let line = Line {
-            request_id: &self.request_id,
-            upstream_request_id: self.upstream_request_id.as_deref(),
-            route: self.route.as_ref().map_or("unrouted", Route::name),
-            identity: self.caller_tag.as_deref(),
-            status,
-            error_type: error.map(ProxyError::error_type),
-            stream: self.stream,
-            attempts: self.journal.attempts,
-            waits: self
-                .journal
-                .waits
-                .iter()
-                .map(|w| LoggedWait {
-                    ms: w.ms,
-                    cause: w.cause.to_string(),
-                })
-                .collect(),
-            stopped: self.journal.stopped.map(|s| s.to_string()),
-            model: self.answering_model(),
-            fallback: self.journal.fallback.as_ref().map(|f| LoggedFallback {
-                from: &f.from,
-                to: f.to.as_deref(),
-                why: f.why.to_string(),
-                tried: f
-                    .tried
-                    .iter()
-                    .map(|t| LoggedTry {
-                        model: &t.model,
-                        ended: &t.ended,
-                    })
-                    .collect(),
-            }),
-            total_ms: runtime::now_ms().saturating_sub(self.started_ms),
-        };
-        serde_json::to_string(&line).unwrap_or_default()
-    }
 }
 
 /// The log line for a configuration error: names the variable, never its value.
 pub fn config_log_line(e: &ConfigError) -> String {
-    serde_json::json!({"event": "config_error", "variable": e.variable, "problem": e.problem})
-        .to_string()
+    event_line(
+        "config_error",
+        &[("variable", e.variable), ("problem", &e.problem)],
+    )
 }
 
 /// The log line for what the configuration asks that a plan may not allow.
 pub fn config_warning_line(w: &ConfigError) -> String {
-    serde_json::json!({"event": "config_warning", "variable": w.variable, "problem": w.problem})
-        .to_string()
+    event_line(
+        "config_warning",
+        &[("variable", w.variable), ("problem", &w.problem)],
+    )
 }
 
 /// CORS headers, `vary` added to what the answer varies on already.
@@ -276,14 +206,17 @@ pub fn error_answer(error: &ProxyError, request_id: &str, openai: bool) -> Answe
 
 /// `GET /healthz`.
 pub fn health(version: &str) -> Result<Answer, ProxyError> {
-    json_response(
-        200,
-        &serde_json::json!({"status": "ok", "version": version}),
-    )
-}
-
-pub fn json_response(status: u16, value: &serde_json::Value) -> Result<Answer, ProxyError> {
-    Ok(Answer::json(status, value.to_string().into_bytes()))
+    #[derive(Serialize)]
+    struct Health<'a> {
+        status: &'a str,
+        version: &'a str,
+    }
+    let body = serde_json::to_vec(&Health {
+        status: "ok",
+        version,
+    })
+    .unwrap_or_default();
+    Ok(Answer::json(200, body))
 }
 
 /// A CORS preflight: `204`, granting the requested method and headers to an allowed origin.

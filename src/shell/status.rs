@@ -2,6 +2,7 @@
 //! when `?caller=` names one, with their read-only status calls, and answers the core's
 //! [`StatusDocument`]. Who may read it and what it says are the core's ([`crate::status`]).
 
+use serde_json::value::RawValue;
 use worker::Env;
 
 use super::boundary::{Answer, Incoming};
@@ -29,7 +30,7 @@ pub async fn handle_status(
 
     let mut keys = Vec::new();
     for (source, key) in upstream_keys(config) {
-        let answer: Result<serde_json::Value, ProxyError> = objects::call(
+        let answer: Result<Box<RawValue>, ProxyError> = objects::call(
             env,
             upstream::BINDING,
             &key,

@@ -14,12 +14,14 @@ use futures_util::future::{select, Either};
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use worker::{Env, Method, Request, RequestInit, Response, ResponseBuilder, State};
+use worker::wasm_bindgen::JsValue;
+use worker::{web_sys, Env, Request, Response, ResponseBuilder, State};
 
 use super::runtime::now_ms;
 use super::timer::Timer;
 use crate::durable::{self, ObjectState};
 use crate::error::ProxyError;
+use crate::metrics::event_line;
 
 pub mod limiter;
 pub mod upstream;
@@ -172,7 +174,10 @@ impl<S: ObjectState> Object<S> {
 fn log_unreadable(object: &str, why: &str) {
     worker::console_error!(
         "{}",
-        serde_json::json!({"event": "object_state_unreadable", "object": object, "error": why})
+        event_line(
+            "object_state_unreadable",
+            &[("object", object), ("error", why)]
+        )
     );
 }
 
@@ -191,14 +196,39 @@ pub async fn call<C: Serialize, T: DeserializeOwned>(
     call: &C,
     what: &str,
 ) -> Result<T, ProxyError> {
-    // The answer names what failed; the cause (the runtime's words) goes to the log line.
-    let unavailable = |why: &str, cause: &dyn std::fmt::Display| {
-        worker::console_error!(
-            "{}",
-            serde_json::json!({"event": "object_call_failed", "object": what, "error": why, "cause": cause.to_string()})
-        );
-        ProxyError::Unavailable(format!("{what} {why}"))
-    };
+    let body =
+        serde_json::to_string(call).map_err(|e| call_failed(what, "call not encodable", &e))?;
+    let text = send_call(env, binding, name, body, what).await?;
+    serde_json::from_str::<T>(&text).map_err(|e| call_failed(what, "answer unreadable", &e))
+}
+
+/// An object call that failed: the answer names what failed; the cause (the runtime's words)
+/// goes to the log line.
+fn call_failed(what: &str, why: &str, cause: &dyn std::fmt::Display) -> ProxyError {
+    worker::console_error!(
+        "{}",
+        event_line(
+            "object_call_failed",
+            &[
+                ("object", what),
+                ("error", why),
+                ("cause", &cause.to_string())
+            ]
+        )
+    );
+    ProxyError::Unavailable(format!("{what} {why}"))
+}
+
+/// The part of [`call`] that does not depend on the call's types, once in the module rather
+/// than once per kind of call: sends the encoded call and answers the object's text.
+async fn send_call(
+    env: &Env,
+    binding: &str,
+    name: &str,
+    body: String,
+    what: &str,
+) -> Result<String, ProxyError> {
+    let unavailable = |why: &str, cause: &dyn std::fmt::Display| call_failed(what, why, cause);
     let namespace = env
         .durable_object(binding)
         .map_err(|e| unavailable("not bound", &e))?;
@@ -206,14 +236,16 @@ pub async fn call<C: Serialize, T: DeserializeOwned>(
         .id_from_name(name)
         .and_then(|id| id.get_stub())
         .map_err(|e| unavailable("not reachable", &e))?;
-    let body = serde_json::to_string(call).map_err(|e| unavailable("call not encodable", &e))?;
     let answer = async {
         let send = || async {
-            let mut init = RequestInit::new();
-            init.with_method(Method::Post)
-                .with_body(Some(body.as_str().into()));
-            let request = Request::new_with_init("https://object/call", &init)?;
-            stub.fetch_with_request(request).await
+            // Built with the runtime's own types: worker's `RequestInit` conversion carries
+            // every `cf` option (image resizing and more) into the module for a plain POST.
+            let init = web_sys::RequestInit::new();
+            init.set_method("POST");
+            init.set_body(&JsValue::from_str(&body));
+            let request = web_sys::Request::new_with_str_and_init("https://object/call", &init)
+                .map_err(worker::Error::from)?;
+            stub.fetch_with_request(Request::from(request)).await
         };
         let response = durable::send_with_retry(send, |e: &worker::Error| {
             durable::runtime_marks(&e.to_js_value())
@@ -227,10 +259,9 @@ pub async fn call<C: Serialize, T: DeserializeOwned>(
                 &status,
             ));
         }
-        let text = answer_text(&response)
+        answer_text(&response)
             .await
-            .ok_or_else(|| unavailable("answer unreadable", &"no text"))?;
-        serde_json::from_str::<T>(&text).map_err(|e| unavailable("answer unreadable", &e))
+            .ok_or_else(|| unavailable("answer unreadable", &"no text"))
     };
     // A call the runtime lost must not hold the request forever.
     let timer = Timer::after_ms(OBJECT_CALL_TIMEOUT_MS);
