@@ -62,7 +62,7 @@ const RETRIES = arg('retries', 1);
 
 function bigBody(mb) {
   const text = 'lorem ipsum '.repeat(Math.ceil((mb * 1_000_000) / 12)).slice(0, mb * 1_000_000 - 200);
-  return JSON.stringify({ model: 'claude-sonnet-4-6', max_tokens: 16, messages: [{ role: 'user', content: text }] });
+  return JSON.stringify({ model: 'claude-sonnet-5-5', max_tokens: 16, messages: [{ role: 'user', content: text }] });
 }
 
 const build = snapshotBuild();

@@ -1,7 +1,7 @@
 // Model fallback under an outage of one model: the simulator refuses every request for
-// claude-opus-4-7 for 20 s (529) while claude-sonnet-4-6 serves. Open-loop arrivals of opus
+// claude-opus-5-5 for 20 s (529) while claude-sonnet-5-5 serves. Open-loop arrivals of opus
 // requests, side by side through two Workers on two simulators (same schedule, same seed):
-// one without MODEL_FALLBACKS, one with {"claude-opus-4-7": ["claude-sonnet-4-6"]}.
+// one without MODEL_FALLBACKS, one with {"claude-opus-5-5": ["claude-sonnet-5-5"]}.
 // Success within the budget, latency, upstream calls per request, and which model answered.
 //
 //   node bench/fallback.mjs [--quick] [--out DIR]   (needs build/, the simulator and loadgen)
@@ -16,8 +16,8 @@ const QUICK = argv.includes('--quick');
 const outAt = argv.indexOf('--out');
 const OUT = path.resolve(outAt >= 0 ? argv[outAt + 1] : path.join(ROOT, 'bench/results'));
 
-const OPUS = 'claude-opus-4-7';
-const SONNET = 'claude-sonnet-4-6';
+const OPUS = 'claude-opus-5-5';
+const SONNET = 'claude-sonnet-5-5';
 const OUTAGE_MS = 20_000;
 const DURATION_MS = QUICK ? 30_000 : 40_000;
 const RATE = QUICK ? 5 : 10;

@@ -72,7 +72,7 @@ export const RATE_LIMITS = {
   hot_rpm: { rpm: 1_000_000_000 },
   hot_all: { rpm: 1_000_000_000, input_tpm: 4_000_000_000, output_tpm: 4_000_000_000, concurrency: 1_000_000 },
 };
-export const MESSAGE = { model: 'claude-sonnet-4-6', max_tokens: 64, messages: [{ role: 'user', content: 'Hello there' }] };
+export const MESSAGE = { model: 'claude-sonnet-5-5', max_tokens: 64, messages: [{ role: 'user', content: 'Hello there' }] };
 
 export const log = (...a) => console.error(`[bench ${new Date().toISOString().slice(11, 19)}]`, ...a);
 export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));

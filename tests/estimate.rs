@@ -98,7 +98,7 @@ fn request(system: Option<String>, turns: Vec<(Vec<String>, bool)>, images: Vec<
             json!({"role": if i % 2 == 0 { "user" } else { "assistant" }, "content": content})
         })
         .collect();
-    let mut body = json!({"model": "claude-sonnet-4-6", "max_tokens": 64, "messages": messages});
+    let mut body = json!({"model": "claude-sonnet-5-5", "max_tokens": 64, "messages": messages});
     if let Some(s) = system {
         body["system"] = Value::String(s);
     }

@@ -2,7 +2,7 @@
 // out, and (when the upstream is the simulator) buttons that make the upstream misbehave.
 //
 // Configuration: `config.js` (written by scripts/dev.sh), overridden by query parameters:
-//   ?proxy=http://127.0.0.1:8787&key=ck_…&sim=http://127.0.0.1:8788&model=claude-sonnet-4-6
+//   ?proxy=http://127.0.0.1:8787&key=ck_…&sim=http://127.0.0.1:8788&model=claude-sonnet-5-5
 // `sim=` (empty) hides the simulator controls. `admin=<ADMIN_KEY>` shows the fleet panel, which
 // polls the proxy's /proxy/status (scripts/dev.sh sets a local ADMIN_KEY and passes it on).
 // `neighbour_key=ck_…` (a second client key, of a background tier) shows the noisy neighbour.
@@ -14,7 +14,7 @@ const config = {
   proxyURL: params.get('proxy') ?? fileConfig.proxyURL ?? 'http://127.0.0.1:8787',
   apiKey: params.get('key') ?? fileConfig.apiKey ?? '',
   simURL: (params.has('sim') ? params.get('sim') : fileConfig.simURL) || null,
-  model: params.get('model') ?? fileConfig.model ?? 'claude-sonnet-4-6',
+  model: params.get('model') ?? fileConfig.model ?? 'claude-sonnet-5-5',
   maxTokens: Number(params.get('max_tokens') ?? fileConfig.maxTokens ?? 1024),
   upstream: fileConfig.upstream ?? null,
   adminKey: params.get('admin') ?? fileConfig.adminKey ?? '',

@@ -43,16 +43,16 @@ pub const CHAT_PATH: &str = "/v1/chat/completions";
 /// The models `GET /v1/models` lists: (id, display name, created_at).
 pub const MODELS: &[(&str, &str, &str)] = &[
     (
-        "claude-sonnet-4-6",
-        "Claude Sonnet 4.5",
-        "2025-09-29T00:00:00Z",
+        "claude-sonnet-5-5",
+        "Claude Sonnet 5.5",
+        "2026-09-01T00:00:00Z",
     ),
     (
-        "claude-haiku-4-5",
-        "Claude Haiku 4.5",
-        "2025-10-15T00:00:00Z",
+        "claude-haiku-5-5",
+        "Claude Haiku 5.5",
+        "2026-10-07T00:00:00Z",
     ),
-    ("claude-opus-4-1", "Claude Opus 4.1", "2025-08-05T00:00:00Z"),
+    ("claude-opus-5-5", "Claude Opus 5.5", "2026-09-01T00:00:00Z"),
 ];
 
 /// The endpoints that take scripted faults from the queue and global modes.

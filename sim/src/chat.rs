@@ -191,7 +191,7 @@ mod tests {
 
     #[test]
     fn a_completion_and_its_stream_tell_the_same_text_and_usage() {
-        let body = br#"{"model":"claude-sonnet-4-6","max_completion_tokens":3,"stream":true,
+        let body = br#"{"model":"claude-sonnet-5-5","max_completion_tokens":3,"stream":true,
             "stream_options":{"include_usage":true},
             "messages":[{"role":"system","content":"be brief"},{"role":"user","content":"hello there"}]}"#;
         let request = parse(body).unwrap();

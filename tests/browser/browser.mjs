@@ -57,7 +57,7 @@ export function servePage() {
 }
 
 /** The demo page's URL with its configuration in the query string. */
-export function pageURL(site, { proxy, key, sim = '', model = 'claude-sonnet-5', ...rest }) {
+export function pageURL(site, { proxy, key, sim = '', model = 'claude-sonnet-5-5', ...rest }) {
   const q = new URLSearchParams({ proxy, key, sim, model, ...rest });
   return `${site.url}/?${q}`;
 }

@@ -221,10 +221,10 @@ test('the answering model comes from x-proxy-model; a fallback is flagged; optin
   const answeredBy = (model) => new Response(STREAM, {
     status: 200, headers: { 'content-type': 'text/event-stream', 'x-proxy-model': model },
   });
-  const { fetch, calls } = scripted([answeredBy('claude-sonnet-4-6'), answeredBy('m'), sse()]);
-  const asked = { ...body, model: 'claude-opus-4-7' };
+  const { fetch, calls } = scripted([answeredBy('claude-sonnet-5-5'), answeredBy('m'), sse()]);
+  const asked = { ...body, model: 'claude-opus-5-5' };
   const fellBack = await streamChat({ baseURL: 'http://p', apiKey: 'k', body: asked, fetch });
-  assert.equal(fellBack.model, 'claude-sonnet-4-6');
+  assert.equal(fellBack.model, 'claude-sonnet-5-5');
   assert.equal(fellBack.fallback, true);
   assert.equal(calls[0].init.headers['x-proxy-fallback'], undefined);
   const own = await streamChat({ baseURL: 'http://p', apiKey: 'k', body, fetch, fallback: false });

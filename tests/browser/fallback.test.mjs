@@ -7,8 +7,8 @@ import { startWorker, workerVars, CLIENT_KEY } from '../e2e/harness.mjs';
 import {
   pageURL, openPage, sendMessage, waitForState, lastAnswer, screenshot, startAll, stopAll } from './browser.mjs';
 
-const OPUS = 'claude-opus-4-7';
-const SONNET = 'claude-sonnet-4-6';
+const OPUS = 'claude-opus-5-5';
+const SONNET = 'claude-sonnet-5-5';
 
 let sim;
 let site;

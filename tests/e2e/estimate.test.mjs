@@ -70,7 +70,7 @@ async function estimateAndCount(body) {
 }
 
 function message(content) {
-  return { model: 'claude-sonnet-4-6', max_tokens: 16, messages: [{ role: 'user', content }] };
+  return { model: 'claude-sonnet-5-5', max_tokens: 16, messages: [{ role: 'user', content }] };
 }
 
 test('the simulator counts text as the tokenizer package does', async () => {

@@ -8,9 +8,9 @@ import {
   startSim, startWorker, workerVars, postMessage, messageBody, readEvents, sleep, CLIENT_KEY,
 } from './harness.mjs';
 
-const OPUS = 'claude-opus-4-7';
-const SONNET = 'claude-sonnet-4-6';
-const HAIKU = 'claude-haiku-4-5';
+const OPUS = 'claude-opus-5-5';
+const SONNET = 'claude-sonnet-5-5';
+const HAIKU = 'claude-haiku-5-5';
 const ORIGIN = 'https://chat.example.com';
 
 let sim;

@@ -100,7 +100,7 @@ export function workerVars(sim, overrides = {}) {
 
 export function messageBody(extra = {}) {
   return {
-    model: 'claude-sonnet-5',
+    model: 'claude-sonnet-5-5',
     max_tokens: 64,
     messages: [{ role: 'user', content: 'Hello there' }],
     ...extra,

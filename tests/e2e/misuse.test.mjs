@@ -29,7 +29,7 @@ function countTokens(w, key = CLIENT_KEY, headers = {}) {
   return fetch(`${w.url}/v1/messages/count_tokens`, {
     method: 'POST',
     headers: { 'content-type': 'application/json', 'x-api-key': key, 'anthropic-version': '2023-06-01', ...headers },
-    body: JSON.stringify({ model: 'claude-sonnet-5', messages: [{ role: 'user', content: 'Hello there' }] }),
+    body: JSON.stringify({ model: 'claude-sonnet-5-5', messages: [{ role: 'user', content: 'Hello there' }] }),
   });
 }
 
@@ -272,13 +272,15 @@ test('request bodies held at once are capped per isolate: 503 with Retry-After, 
 });
 
 /**
- * A POST written on a raw socket that declares `declared` bytes and sends only `first`, then
- * waits: `answer` resolves to the status, the envelope and when it came.
+ * A POST to /v1/messages opened on a raw socket, declaring `length` bytes of body: `answer`
+ * resolves to the status, the headers, the envelope and when it came (ms after the opening),
+ * once the whole answer has arrived; `sent()` is called then, to note how much had been sent.
  */
-function trickle(w, key, declared, first) {
+function openPost(w, key, length, sent = () => undefined) {
   const url = new URL(w.url);
   const t0 = performance.now();
   const socket = net.connect(Number(url.port), url.hostname);
+  let answered = false;
   const answer = new Promise((resolve, reject) => {
     let got = Buffer.alloc(0);
     socket.on('data', (d) => {
@@ -286,17 +288,34 @@ function trickle(w, key, declared, first) {
       const split = got.indexOf('\r\n\r\n');
       if (split < 0) return;
       const head = got.subarray(0, split).toString('latin1');
-      const length = Number(/content-length: *(\d+)/i.exec(head)?.[1] ?? NaN);
-      if (got.length - split - 4 < length) return;
+      const size = Number(/content-length: *(\d+)/i.exec(head)?.[1] ?? NaN);
+      if (got.length - split - 4 < size) return;
+      answered = true;
+      const headers = Object.fromEntries(head.split('\r\n').slice(1).map((l) => {
+        const i = l.indexOf(':');
+        return [l.slice(0, i).trim().toLowerCase(), l.slice(i + 1).trim()];
+      }));
+      resolve({
+        status: Number(head.split(' ')[1]),
+        headers,
+        body: JSON.parse(got.subarray(split + 4, split + 4 + size)),
+        ms: performance.now() - t0,
+        sent: sent(),
+      });
       socket.destroy();
-      resolve({ status: Number(head.split(' ')[1]), body: JSON.parse(got.subarray(split + 4, split + 4 + length)), ms: performance.now() - t0 });
     });
     socket.on('error', reject);
-    socket.on('close', () => reject(new Error('closed without an answer')));
+    socket.on('close', () => { if (!answered) reject(new Error('closed without an answer')); });
   });
-  socket.write(`POST /v1/messages HTTP/1.1\r\nhost: proxy.test\r\nx-api-key: ${key}\r\ncontent-type: application/json\r\nanthropic-version: 2023-06-01\r\ncontent-length: ${declared}\r\n\r\n`);
-  socket.write(Buffer.alloc(first, 'x'));
-  return { answer, socket };
+  socket.write(`POST /v1/messages HTTP/1.1\r\nhost: proxy.test\r\nx-api-key: ${key}\r\ncontent-type: application/json\r\nanthropic-version: 2023-06-01\r\ncontent-length: ${length}\r\n\r\n`);
+  return { answer, socket, answered: () => answered };
+}
+
+/** A POST that declares `declared` bytes and sends only `first` of them, then waits. */
+function trickle(w, key, declared, first) {
+  const post = openPost(w, key, declared);
+  post.socket.write(Buffer.alloc(first, 'x'));
+  return post;
 }
 
 test('slow or unmetered uploads cannot fill an isolate: bodies charged as they arrive, per caller, cut with 408', async () => {
@@ -363,51 +382,22 @@ test('slow or unmetered uploads cannot fill an isolate: bodies charged as they a
 });
 
 /**
- * A POST of `body` written on a raw socket in pieces: each `[bytes, pause_ms]` step sends the
- * next `bytes` of it and then waits. `answer` resolves to the status, the headers and the
- * envelope, and `sent` to whether the whole body had been sent when the answer came.
+ * A POST of `body` sent in pieces: each `[bytes, pause_ms]` step sends the next `bytes` of it
+ * and then waits. The answer's `sent` says whether the whole body had been sent when it came.
  */
 function sendInPieces(w, key, body, steps) {
-  const url = new URL(w.url);
   const bytes = Buffer.from(body);
-  const socket = net.connect(Number(url.port), url.hostname);
   let offset = 0;
-  let answered = false;
-  const answer = new Promise((resolve, reject) => {
-    let got = Buffer.alloc(0);
-    socket.on('data', (d) => {
-      got = Buffer.concat([got, d]);
-      const split = got.indexOf('\r\n\r\n');
-      if (split < 0) return;
-      const head = got.subarray(0, split).toString('latin1');
-      const length = Number(/content-length: *(\d+)/i.exec(head)?.[1] ?? NaN);
-      if (got.length - split - 4 < length) return;
-      answered = true;
-      const headers = Object.fromEntries(head.split('\r\n').slice(1).map((l) => {
-        const i = l.indexOf(':');
-        return [l.slice(0, i).trim().toLowerCase(), l.slice(i + 1).trim()];
-      }));
-      resolve({
-        status: Number(head.split(' ')[1]),
-        headers,
-        body: JSON.parse(got.subarray(split + 4, split + 4 + length)),
-        sent: offset >= bytes.length,
-      });
-      socket.destroy();
-    });
-    socket.on('error', reject);
-    socket.on('close', () => { if (!answered) reject(new Error('closed without an answer')); });
-  });
-  socket.write(`POST /v1/messages HTTP/1.1\r\nhost: proxy.test\r\nx-api-key: ${key}\r\ncontent-type: application/json\r\nanthropic-version: 2023-06-01\r\ncontent-length: ${bytes.length}\r\n\r\n`);
+  const post = openPost(w, key, bytes.length, () => offset >= bytes.length);
   (async () => {
     for (const [n, pause] of steps) {
-      if (answered || socket.destroyed) return;
-      socket.write(bytes.subarray(offset, offset + n));
+      if (post.answered() || post.socket.destroyed) return;
+      post.socket.write(bytes.subarray(offset, offset + n));
       offset += n;
       await sleep(pause);
     }
   })().catch(() => {});
-  return { answer, socket };
+  return post;
 }
 
 test('a body still arriving is counted against rpm on its way: a caller out of requests is refused before its body ends, and a counted request is not counted twice', async () => {

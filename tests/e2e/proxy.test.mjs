@@ -75,7 +75,7 @@ test('query strings, count_tokens and models are forwarded', async () => {
   const count = await fetch(`${worker.url}/v1/messages/count_tokens?beta=true`, {
     method: 'POST',
     headers: { 'x-api-key': CLIENT_KEY, 'content-type': 'application/json', 'anthropic-version': '2023-06-01' },
-    body: JSON.stringify({ model: 'claude-sonnet-5', messages: [{ role: 'user', content: 'count me' }] }),
+    body: JSON.stringify({ model: 'claude-sonnet-5-5', messages: [{ role: 'user', content: 'count me' }] }),
   });
   assert.equal(count.status, 200);
   assert.ok((await count.json()).input_tokens > 0);
@@ -133,7 +133,7 @@ test('the official SDK creates, streams event by event, and gets typed errors', 
 
   const stranger = new Anthropic({ apiKey: 'ck_not_a_known_key_000', baseURL: worker.url, maxRetries: 0 });
   await assert.rejects(stranger.messages.create(messageBody()), Anthropic.AuthenticationError);
-  await assert.rejects(client.messages.create({ model: 'claude-sonnet-5', messages: [] }), Anthropic.BadRequestError);
+  await assert.rejects(client.messages.create({ model: 'claude-sonnet-5-5', messages: [] }), Anthropic.BadRequestError);
   await assert.rejects(client.models.retrieve('no-such-model'), Anthropic.NotFoundError);
 });
 

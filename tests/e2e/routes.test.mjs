@@ -30,7 +30,7 @@ after(async () => {
 const openai = (w = worker) => new OpenAI({ apiKey: CLIENT_KEY, baseURL: `${w.url}/v1`, maxRetries: 0 });
 const anthropic = () => new Anthropic({ apiKey: CLIENT_KEY, baseURL: worker.url, maxRetries: 0 });
 const chat = (extra = {}) => ({
-  model: 'claude-sonnet-4-6',
+  model: 'claude-sonnet-5-5',
   max_completion_tokens: 5,
   messages: [
     { role: 'system', content: 'Be brief.' },
@@ -163,7 +163,7 @@ test('Anthropic SDK: a batch is created, ends, and its results come through the 
   const created = await client.messages.batches.create({
     requests: ['a', 'b', 'c'].map((id) => ({
       custom_id: id,
-      params: { model: 'claude-sonnet-4-6', max_tokens: 4, messages: [{ role: 'user', content: `hi ${id}` }] },
+      params: { model: 'claude-sonnet-5-5', max_tokens: 4, messages: [{ role: 'user', content: `hi ${id}` }] },
     })),
   });
   assert.equal(created.processing_status, 'in_progress');
@@ -192,7 +192,7 @@ test('Anthropic SDK: a batch is created, ends, and its results come through the 
 test('Anthropic SDK: a batch is canceled; ?beta=true forms reach the upstream with their query', async () => {
   const client = anthropic();
   const created = await client.messages.batches.create({
-    requests: [{ custom_id: 'x', params: { model: 'claude-sonnet-4-6', max_tokens: 4, messages: [{ role: 'user', content: 'hi' }] } }],
+    requests: [{ custom_id: 'x', params: { model: 'claude-sonnet-5-5', max_tokens: 4, messages: [{ role: 'user', content: 'hi' }] } }],
   });
   const canceled = await client.messages.batches.cancel(created.id);
   assert.equal(canceled.processing_status, 'canceling');

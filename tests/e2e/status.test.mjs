@@ -143,7 +143,7 @@ test('after a scripted overload the status shows it, and then the recovery', { t
   // claude-sonnet-5 and never fall back), to see it in force while the pool is overloaded.
   const worker = await startWorker(workerVars(sim, {
     ADMIN_KEY, MAX_ATTEMPTS: '6', REQUEST_BUDGET_MS: '6000', BACKOFF_BASE_MS: '200', BACKOFF_MAX_MS: '1000',
-    MODEL_FALLBACKS: JSON.stringify({ 'claude-sonnet-5-1': ['claude-haiku-4-5'] }),
+    MODEL_FALLBACKS: JSON.stringify({ 'claude-sonnet-5-1': ['claude-haiku-5-5'] }),
   }));
   try {
     await sim.mode({ overload_probability: 1, seed: 3 });
@@ -161,7 +161,7 @@ test('after a scripted overload the status shows it, and then the recovery', { t
     }
     assert.ok(during, 'the status never showed the overload');
     assert.deepEqual(during.fallbacks, [
-      { model: 'claude-sonnet-5-1', to: ['claude-haiku-4-5'], in_force: true, phase: 'overloaded' },
+      { model: 'claude-sonnet-5-1', to: ['claude-haiku-5-5'], in_force: true, phase: 'overloaded' },
     ]);
     const pool = poolOf(during);
     assert.equal(pool.overload_streak, 0, 'marked: the streak is spent');
@@ -356,7 +356,7 @@ test('METRICS: one data point per request, in the documented layout, tokens incl
     const plain = await postMessage(worker);
     assert.equal(plain.status, 200);
     await plain.arrayBuffer();
-    const streamed = await postMessage(worker, messageBody({ stream: true, model: 'claude-haiku-4-5' }));
+    const streamed = await postMessage(worker, messageBody({ stream: true, model: 'claude-haiku-5-5' }));
     await readEvents(streamed);
     // The first 529 asks for 25 ms, so the wait between the attempts is never a jitter of 0.
     await sim.script([{ status: 529, headers: { 'retry-after-ms': '25' } }, { status: 529 }]);
@@ -383,22 +383,22 @@ test('METRICS: one data point per request, in the documented layout, tokens incl
       assert.equal(p.blobs[6], alice);
       assert.ok(p.doubles[3] >= 0, 'total ms');
     }
-    const ok = byKind['claude-sonnet-5:success'];
+    const ok = byKind['claude-sonnet-5-5:success'];
     assert.ok(ok, JSON.stringify(points.map((p) => p.blobs)));
-    assert.equal(ok.blobs[2], 'claude-sonnet-5', 'served by the model asked');
+    assert.equal(ok.blobs[2], 'claude-sonnet-5-5', 'served by the model asked');
     assert.deepEqual(ok.doubles.slice(0, 2), [200, 1]);
     assert.equal(ok.doubles[5], 12, 'the output tokens the upstream reported');
     assert.ok(ok.doubles[4] > 0, 'input tokens');
     assert.equal(ok.doubles[8], 0);
-    const sse = byKind['claude-haiku-4-5:success'];
+    const sse = byKind['claude-haiku-5-5:success'];
     assert.equal(sse.doubles[8], 1, 'a stream');
     assert.equal(sse.doubles[5], 12, 'output tokens read from the stream');
-    const shed = byKind['claude-sonnet-5:overloaded'];
+    const shed = byKind['claude-sonnet-5-5:overloaded'];
     assert.equal(shed.blobs[4], 'overloaded_error');
     assert.deepEqual([shed.doubles[0], shed.doubles[1], shed.doubles[6]], [503, 2, 2], 'two attempts, two 529s');
     assert.ok(shed.doubles[2] > 0, 'it waited between them');
     assert.equal(shed.doubles[5], 0, 'no tokens');
-    const refused = byKind['claude-sonnet-5:caller_limit'];
+    const refused = byKind['claude-sonnet-5-5:caller_limit'];
     assert.equal(refused.blobs[4], 'rate_limit_error');
     assert.deepEqual([refused.doubles[0], refused.doubles[1]], [429, 0]);
     const text = JSON.stringify(points);

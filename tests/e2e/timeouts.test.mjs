@@ -112,7 +112,7 @@ test('count_tokens keeps the configured timeout for its headers', async () => {
   const res = await fetch(`${worker.url}/v1/messages/count_tokens`, {
     method: 'POST',
     headers: { 'content-type': 'application/json', 'x-api-key': CLIENT_KEY, 'anthropic-version': '2023-06-01' },
-    body: JSON.stringify({ model: 'claude-sonnet-5', messages: [{ role: 'user', content: 'hi' }] }),
+    body: JSON.stringify({ model: 'claude-sonnet-5-5', messages: [{ role: 'user', content: 'hi' }] }),
   });
   assert.equal(res.status, 504);
   assert.equal((await res.json()).error.type, 'timeout_error');

@@ -43,7 +43,7 @@ const RSS_GROWTH_MIB = SECONDS <= 120 ? 64 : 192;
 const UNITS = 60_000; // the limiter counts 1/60 000 of a token
 const ATTEMPT_TIMEOUT_MS = 800;
 const MAX_ATTEMPTS = 3;
-const MODEL = 'claude-sonnet-4-6';
+const MODEL = 'claude-sonnet-5-5';
 
 const TIERS = {
   default: {},

@@ -42,7 +42,7 @@ async fn json_message_has_the_api_shape() {
     assert!(v["id"].as_str().unwrap().starts_with("msg_"));
     assert_eq!(v["type"], "message");
     assert_eq!(v["role"], "assistant");
-    assert_eq!(v["model"], "claude-sonnet-4-6");
+    assert_eq!(v["model"], "claude-sonnet-5-5");
     assert_eq!(v["stop_reason"], "end_turn");
     assert_eq!(v["stop_sequence"], Value::Null);
     assert_eq!(v["content"][0]["type"], "text");
@@ -349,14 +349,14 @@ async fn models_endpoints() {
     assert!(data.len() >= 2);
     assert_eq!(
         data[0],
-        json!({"type": "model", "id": "claude-sonnet-4-6", "display_name": "Claude Sonnet 4.5", "created_at": "2025-09-29T00:00:00Z"})
+        json!({"type": "model", "id": "claude-sonnet-5-5", "display_name": "Claude Sonnet 5.5", "created_at": "2026-09-01T00:00:00Z"})
     );
     assert_eq!(v["has_more"], false);
     assert_eq!(v["first_id"], data[0]["id"]);
     assert_eq!(v["last_id"], data[data.len() - 1]["id"]);
-    let one = sim.get("/v1/models/claude-sonnet-4-6").await;
+    let one = sim.get("/v1/models/claude-sonnet-5-5").await;
     assert_eq!(one.status, 200);
-    assert_eq!(one.json()["display_name"], "Claude Sonnet 4.5");
+    assert_eq!(one.json()["display_name"], "Claude Sonnet 5.5");
     let missing = sim.get("/v1/models/claude-nope").await;
     assert_eq!(missing.status, 404);
     assert_eq!(missing.json()["error"]["type"], "not_found_error");

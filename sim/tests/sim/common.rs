@@ -47,7 +47,7 @@ impl Reply {
 /// A small Messages request body.
 pub fn msg(extra: Value) -> Value {
     let mut body = json!({
-        "model": "claude-sonnet-4-6",
+        "model": "claude-sonnet-5-5",
         "max_tokens": 100,
         "messages": [{"role": "user", "content": "Hello there, simulator!"}],
     });

@@ -125,10 +125,10 @@ async fn capacity_refuses_above_the_rate_and_during_outages() {
 #[tokio::test]
 async fn a_capacity_or_a_fault_may_overload_one_model_only() {
     let sim = Sim::start().await;
-    let opus = msg(json!({"model": "claude-opus-4-7"}));
-    let sonnet = msg(json!({"model": "claude-sonnet-4-6"}));
+    let opus = msg(json!({"model": "claude-opus-5-5"}));
+    let sonnet = msg(json!({"model": "claude-sonnet-5-5"}));
     sim.mode(
-        json!({"capacity": {"rps": 1000, "models": ["claude-opus-4-7"],
+        json!({"capacity": {"rps": 1000, "models": ["claude-opus-5-5"],
                                   "outages": [{"start_ms": 0, "duration_ms": 60000}]}}),
     )
     .await;
@@ -139,7 +139,7 @@ async fn a_capacity_or_a_fault_may_overload_one_model_only() {
     assert_eq!(sim.stats().await["capacity"]["rejected_outage"], 3);
     sim.mode(json!({"capacity": null})).await;
     // A queued fault with a model is taken only by requests for that model.
-    sim.script(json!([{"model": "claude-opus-4-7", "status": 529, "times": 2}]))
+    sim.script(json!([{"model": "claude-opus-5-5", "status": 529, "times": 2}]))
         .await;
     assert_eq!(sim.messages(&sonnet).await.status, 200);
     assert_eq!(sim.messages(&opus).await.status, 529);
