@@ -251,7 +251,7 @@ mod tests {
             ("RATE_LIMITS", TIERS),
             (
                 "MODEL_FALLBACKS",
-                r#"{"claude-opus-4-7": ["claude-sonnet-4-6"]}"#,
+                r#"{"claude-opus-5-5": ["claude-sonnet-5-5"]}"#,
             ),
         ]);
         let url = "https://proxy.example/v1/messages?beta=true";
@@ -259,7 +259,7 @@ mod tests {
             &config,
             &Route::Messages,
             &caller("default", false),
-            &message("claude-opus-4-7"),
+            &message("claude-opus-5-5"),
             ClientAsks::default(),
             (url, true),
         )
@@ -286,7 +286,7 @@ mod tests {
             &config,
             &Route::Messages,
             &caller("default", false),
-            &message("claude-opus-4-7"),
+            &message("claude-opus-5-5"),
             ClientAsks {
                 priority: Some("background"),
                 budget_ms: Some("5000"),
@@ -304,7 +304,7 @@ mod tests {
             &config,
             &Route::Messages,
             &caller("jobs", false),
-            &message("claude-sonnet-4-6"),
+            &message("claude-sonnet-5-5"),
             ClientAsks {
                 priority: Some("interactive"),
                 ..ClientAsks::default()
