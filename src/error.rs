@@ -80,6 +80,9 @@ pub enum ProxyError {
         retry_after_ms: u64,
         message: String,
         limit: LimitInfo,
+        /// The caller's own `RateLimit` headers as its object answered the refusal (none for
+        /// the upstream's limits): a refusal carries its headers itself.
+        limit_headers: Vec<(&'static str, String)>,
     },
     /// The upstream stayed overloaded until attempts or budget ran out.
     Overloaded { retry_after_ms: u64 },
@@ -382,6 +385,9 @@ impl ProxyError {
         if let ProxyError::MethodNotAllowed(allowed) = self {
             headers.push(("allow", (*allowed).to_string()));
         }
+        if let ProxyError::RateLimited { limit_headers, .. } = self {
+            headers.extend(limit_headers.iter().cloned());
+        }
         ErrorAnswer {
             status: self.status(),
             headers,
@@ -472,6 +478,7 @@ mod tests {
                     limit: Some(50),
                     remaining: Some(0),
                 },
+                limit_headers: Vec::new(),
             },
             ProxyError::Overloaded { retry_after_ms: 1 },
             ProxyError::UpstreamTimeout { retry_after_ms: 1 },
@@ -510,6 +517,7 @@ mod tests {
                 limit: Some(50),
                 remaining: Some(0),
             },
+            limit_headers: Vec::new(),
         };
         let a = e.answer("req_1");
         assert_eq!(a.status, 429);
@@ -573,7 +581,13 @@ mod tests {
                 limit: Some(50),
                 remaining: Some(0),
             },
+            limit_headers: vec![("ratelimit-policy", "\"rpm\";q=50;w=60".to_string())],
         };
+        // The caller's own headers travel with the refusal, in both envelopes.
+        assert!(limited
+            .answer("req_1")
+            .headers
+            .contains(&("ratelimit-policy", "\"rpm\";q=50;w=60".to_string())));
         for e in [
             limited,
             ProxyError::InvalidRequest("model: field required".to_string()),
@@ -599,6 +613,7 @@ mod tests {
             retry_after_ms: 11_734,
             message: String::new(),
             limit: LimitInfo::upstream(),
+            limit_headers: Vec::new(),
         }
         .openai_answer("req_1");
         assert!(limited.headers.contains(&("retry-after", "12".to_string())));

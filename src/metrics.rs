@@ -635,6 +635,7 @@ mod tests {
                 limit: None,
                 remaining: None,
             },
+            limit_headers: Vec::new(),
         };
         let kind = |status, e: &ProxyError| AnswerKind::of(status, Some(e));
         assert_eq!(AnswerKind::of(200, None), AnswerKind::Success);

@@ -95,6 +95,7 @@ impl From<&Denial> for ProxyError {
                 limit: Some(denial.limit),
                 remaining: Some(denial.remaining),
             },
+            limit_headers: Vec::new(),
         }
     }
 }

@@ -117,6 +117,7 @@ fn caller_refused(dimension: &str, limit: Option<u64>, why: &str) -> ProxyError 
             limit,
             remaining: Some(0),
         },
+        limit_headers: Vec::new(),
     }
 }
 

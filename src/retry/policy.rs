@@ -171,6 +171,7 @@ impl From<&GiveUp> for ProxyError {
                     crate::error::retry_in(retry_after_ms)
                 ),
                 limit: LimitInfo::upstream(),
+                limit_headers: Vec::new(),
             },
             Cause::Timeout => ProxyError::UpstreamTimeout { retry_after_ms },
             Cause::Unreachable => ProxyError::UpstreamUnreachable { retry_after_ms },

@@ -256,13 +256,10 @@ async fn read_body(
     });
     let read = runtime::read_body(incoming, &identity, intake.rules, counting).await;
     let count_headers = count_headers.into_inner();
-    match read {
-        Ok((body, counted)) => Ok((body, counted.then_some(count_headers))),
-        Err(refused) => {
-            exchange.extra_headers.extend(count_headers);
-            Err(refused)
-        }
-    }
+    // A refusal of the count carries its own headers; any other failure of the read answers
+    // without the caller's limits, as a body refused before its admission always has.
+    let (body, counted) = read?;
+    Ok((body, counted.then_some(count_headers)))
 }
 
 /// The caller's own limits: at most one round trip to its object before anything goes upstream

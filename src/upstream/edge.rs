@@ -225,6 +225,7 @@ impl From<&Refusal> for ProxyError {
                         crate::error::retry_in(retry_after_ms)
                     ),
                     limit: LimitInfo::upstream(),
+                    limit_headers: Vec::new(),
                 }
             }
             (RefuseReason::RetryBudget, Some(Cause::Timeout)) => {
@@ -244,6 +245,7 @@ impl From<&Refusal> for ProxyError {
                     dimension: Some(dimension.as_str().to_string()),
                     ..LimitInfo::upstream()
                 },
+                limit_headers: Vec::new(),
             },
             _ => ProxyError::Overloaded { retry_after_ms },
         }

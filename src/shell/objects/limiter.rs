@@ -366,19 +366,27 @@ async fn ask(
     answer(reply, headers)
 }
 
-/// The object's answer to an admission: the headers, then the reservation or the error.
+/// The object's answer to an admission: the reservation, with the caller's limits for the
+/// answer's headers; or the refusal, which carries those headers itself.
 fn answer(
     reply: AdmitReply,
     headers: &mut Vec<(&'static str, String)>,
 ) -> Result<Reservation, ProxyError> {
-    let denial = match &reply.admission {
-        Admission::Denied(denial) => Some(denial),
-        _ => None,
-    };
-    headers.extend(limit_headers(&reply.status, denial, reply.now_ms));
     match reply.admission {
-        Admission::Admitted(reservation) => Ok(reservation),
-        Admission::Denied(denial) => Err(ProxyError::from(&denial)),
+        Admission::Admitted(reservation) => {
+            headers.extend(limit_headers(&reply.status, None, reply.now_ms));
+            Ok(reservation)
+        }
+        Admission::Denied(denial) => {
+            let mut refused = ProxyError::from(&denial);
+            if let ProxyError::RateLimited {
+                limit_headers: own, ..
+            } = &mut refused
+            {
+                *own = limit_headers(&reply.status, Some(&denial), reply.now_ms);
+            }
+            Err(refused)
+        }
     }
 }
 
