@@ -7,7 +7,8 @@ use std::cell::RefCell;
 use futures_util::future::LocalBoxFuture;
 use worker::{AnalyticsEngineDataPointBuilder, Context, Env};
 
-use super::runtime::{now_ms, SeenEnv};
+use super::clock::now_ms;
+use super::seen_env::SeenEnv;
 use crate::limits::Usage;
 use crate::metrics::{data_point, event_line, EdgeTally, RequestFacts};
 use crate::upstream::Reply;

@@ -5,6 +5,7 @@
 //! panics on input: every failure becomes the core's error envelope.
 
 mod boundary;
+mod clock;
 use boundary::{Answer, HeaderList, Incoming};
 pub mod keep_alive;
 mod metrics;
@@ -13,6 +14,7 @@ mod pass;
 mod reader;
 mod respond;
 mod runtime;
+mod seen_env;
 mod status;
 mod timer;
 mod transport;
@@ -419,7 +421,7 @@ async fn forward(
         sleep: &Platform,
         policy,
         started_ms: exchange.started_ms,
-        seed: runtime::random_u64(),
+        seed: clock::random_u64(),
         cost,
         shared,
         memory,
@@ -435,7 +437,7 @@ fn authenticate_request(
     exchange: &mut Exchange,
 ) -> Result<(Caller, crate::identity::Secret), ProxyError> {
     let presented = credential(headers.value("x-api-key"), headers.value("authorization"))?;
-    let caller = authenticate(config, presented, runtime::now_ms())?;
+    let caller = authenticate(config, presented, clock::now_ms())?;
     let identity_hash = caller.identity_hash();
     exchange.caller_tag = Some(config.caller_tag(&identity_hash));
     exchange.identity_hash = Some(identity_hash);

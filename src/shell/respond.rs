@@ -8,7 +8,7 @@ use serde::Serialize;
 use worker::{Context, Env};
 
 use super::boundary::{Answer, AnswerBody, HeaderList, Incoming};
-use super::{metrics, runtime};
+use super::{clock, metrics};
 use crate::config::{ConfigError, RequestLog};
 use crate::error::ProxyError;
 use crate::limits::Usage;
@@ -47,8 +47,8 @@ pub struct Exchange {
 impl Exchange {
     pub fn begin(incoming: &Incoming) -> Exchange {
         Exchange {
-            request_id: runtime::new_request_id(),
-            started_ms: runtime::now_ms(),
+            request_id: clock::new_request_id(),
+            started_ms: clock::now_ms(),
             origin: incoming.headers.get("origin"),
             cors: Cors::NotBrowser,
             route: None,
@@ -150,7 +150,7 @@ impl Exchange {
             stream: self.stream,
             attempts: self.journal.attempts,
             wait_ms: self.journal.wait_ms(),
-            total_ms: runtime::now_ms().saturating_sub(self.started_ms),
+            total_ms: clock::now_ms().saturating_sub(self.started_ms),
             input_tokens: None,
             output_tokens: None,
             upstream_overloaded: self.journal.upstream_overloaded,

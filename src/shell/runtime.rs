@@ -1,5 +1,6 @@
-//! The runtime's clock, randomness, sleep, configuration and request body, behind small
-//! functions so the rest of the shell reads like the core it drives.
+//! The runtime's sleep, configuration and request body, behind small functions so the rest
+//! of the shell reads like the core it drives (its clock and randomness are in
+//! [`super::clock`], a leaf).
 
 use std::pin::{pin, Pin};
 
@@ -8,11 +9,12 @@ use worker::Env;
 
 use std::cell::RefCell;
 use std::collections::hash_map::DefaultHasher;
-use std::fmt::Write;
 use std::hash::{Hash, Hasher};
 use std::rc::Rc;
 
+pub use super::clock::now_ms;
 use super::reader::{cause_of, BodyReader};
+use super::seen_env::SeenEnv;
 use super::timer::Timer;
 use crate::config::{Config, ConfigError, VARIABLES};
 use crate::error::ProxyError;
@@ -21,13 +23,6 @@ use crate::request::declared_body_length;
 use crate::request::route::Route;
 use crate::request::upload::{drain_allowance, BodyGuard, InflightBodies, ReadPace, ReadRules};
 use wasm_bindgen::{JsCast, JsValue};
-
-/// Milliseconds since the Unix epoch. In Workers the clock advances on I/O, which is what the
-/// budget arithmetic needs: time spent waiting on the upstream or sleeping.
-pub fn now_ms() -> u64 {
-    // The static `Date.now()`: no `Date` object is made for it.
-    js_sys::Date::now() as u64
-}
 
 /// The runtime's clock and sleep, as the request runner takes them.
 pub struct Platform;
@@ -50,60 +45,6 @@ impl crate::retry::runner::Sleep for Platform {
 pub async fn sleep_ms(ms: u64) {
     if ms > 0 {
         super::timer::Timer::after_ms(ms).await;
-    }
-}
-
-/// A random 64-bit seed from the platform's CSPRNG (for backoff jitter).
-pub fn random_u64() -> u64 {
-    u64::from_le_bytes(random_bytes())
-}
-
-/// `N` bytes from the platform's CSPRNG, in one call.
-fn random_bytes<const N: usize>() -> [u8; N] {
-    let mut bytes = [0u8; N];
-    if getrandom::fill(&mut bytes).is_err() {
-        // No randomness: fall back to the clock so jitter and ids still differ between
-        // requests.
-        let clock = now_ms().wrapping_mul(0x9E37_79B9_7F4A_7C15).to_le_bytes();
-        for (byte, from) in bytes.iter_mut().zip(clock.iter().cycle()) {
-            *byte = *from;
-        }
-    }
-    bytes
-}
-
-/// A fresh request id for answers the proxy makes itself, shaped like the API's own.
-pub fn new_request_id() -> String {
-    let mut id = String::with_capacity(31);
-    id.push_str("req_bw_");
-    for byte in random_bytes::<12>() {
-        let _ = write!(id, "{byte:02x}");
-    }
-    id
-}
-
-/// One `env` object remembered, to tell whether the runtime hands the same one again: it hands
-/// every request of an isolate the same object, so the same object means the same bindings and
-/// values (a new secret or variable comes with a new version, hence a new isolate).
-pub struct SeenEnv(RefCell<Option<worker::wasm_bindgen::JsValue>>);
-
-impl SeenEnv {
-    pub const fn new() -> SeenEnv {
-        SeenEnv(RefCell::new(None))
-    }
-
-    /// Whether `env` is the object remembered last.
-    pub fn is(&self, env: &Env) -> bool {
-        let env_object: &worker::wasm_bindgen::JsValue = env.as_ref();
-        self.0
-            .borrow()
-            .as_ref()
-            .is_some_and(|seen| js_sys::Object::is(seen, env_object))
-    }
-
-    pub fn remember(&self, env: &Env) {
-        let env_object: &worker::wasm_bindgen::JsValue = env.as_ref();
-        *self.0.borrow_mut() = Some(env_object.clone());
     }
 }
 

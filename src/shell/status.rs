@@ -7,7 +7,7 @@ use worker::Env;
 
 use super::boundary::{Answer, Incoming};
 use super::objects::{self, limiter, upstream};
-use super::{metrics, runtime};
+use super::{clock, metrics};
 use crate::config::Config;
 use crate::error::ProxyError;
 use crate::limits::{CallerUsage, LimiterCall};
@@ -65,7 +65,7 @@ pub async fn handle_status(
     let fallbacks = crate::status::fallbacks(config, &keys);
     let document = StatusDocument {
         version,
-        at_ms: runtime::now_ms(),
+        at_ms: clock::now_ms(),
         upstream_keys: keys,
         edge,
         caller,

@@ -13,9 +13,9 @@ use wasm_bindgen::prelude::*;
 use worker::web_sys;
 
 use super::boundary::{self, Answer, AnswerBody, HeaderList, Sending, Sent};
+use super::clock::now_ms;
 use super::pass::{pass, CutEvents, Passing};
 use super::reader::{whole, BodyReader};
-use super::runtime::now_ms;
 use super::runtime::Upload;
 use super::timer::Timer;
 use crate::error::{incomplete_stream_event, ProxyError};

@@ -26,7 +26,7 @@ use crate::limits::{
     WAITING_RENEW_EVERY_MS, WATCH_TICK_MS,
 };
 use crate::request::body::BodyFacts;
-use crate::shell::runtime::now_ms;
+use crate::shell::clock::now_ms;
 use crate::shell::runtime::sleep_ms;
 use crate::stream::tap::{Progress, Report, Seen};
 

@@ -13,7 +13,7 @@ use super::Object;
 use crate::identity::Secret;
 use crate::request::route::Route;
 use crate::retry::runner::{Ask, SharedState, Tell, Unreachable};
-use crate::shell::runtime::{now_ms, random_u64};
+use crate::shell::clock::{now_ms, random_u64};
 use crate::upstream::{
     pool_of, Change, Claimant, EdgeMemories, EdgeMemory, Gate, UpstreamCall, UpstreamState,
 };
