@@ -21,7 +21,9 @@ use crate::error::ProxyError;
 use crate::request::body::{inspect, BodyFacts};
 use crate::request::declared_body_length;
 use crate::request::route::Route;
-use crate::request::upload::{drain_allowance, BodyGuard, InflightBodies, ReadPace, ReadRules};
+use crate::request::upload::{
+    drain_allowance, grown_length, BodyGuard, InflightBodies, ReadPace, ReadRules,
+};
 use wasm_bindgen::{JsCast, JsValue};
 
 /// The runtime's clock and sleep, as the request runner takes them.
@@ -291,7 +293,7 @@ impl<S, F> Counting<S, F> {
 enum Stopped {
     /// The body failed or fell behind its pace.
     Body(ProxyError),
-    /// The request was refused while its body arrived: the rest is drained.
+    /// The body or its request was refused while the body arrived: the rest is drained.
     Refused(ProxyError),
 }
 
@@ -326,6 +328,24 @@ where
     }
 }
 
+impl<S, F> Counting<S, F>
+where
+    F: std::future::Future<Output = Result<(), ProxyError>>,
+{
+    /// Whether the request was counted while its body arrived. A count on its way when the
+    /// body ended is waited for: it may have been counted.
+    async fn counted(self) -> Result<bool, ProxyError> {
+        match self {
+            Counting::Off | Counting::Due(..) => Ok(false),
+            Counting::Done => Ok(true),
+            Counting::Sent(count) => {
+                count.await?;
+                Ok(true)
+            }
+        }
+    }
+}
+
 /// Reads the request body chunk by chunk, holding each chunk against the isolate's and the
 /// caller's budgets as it arrives (a declared length is never held before its bytes come),
 /// refusing it as soon as it passes `limit` bytes, and giving it up when it falls behind its
@@ -344,80 +364,94 @@ where
     F: std::future::Future<Output = Result<(), ProxyError>>,
 {
     let ReadRules { limit, caps, pace } = rules;
-    let req = &incoming.request;
-    let stream = req.body().as_ref().and_then(BodyReader::new);
-    let declared = incoming.headers.value("content-length");
-    let refuse = |mut body: Option<PacedBody>, most: u64, refused: ProxyError| async move {
-        if let Some(body) = body.as_mut() {
-            body.drain(most).await;
-        }
-        Err(refused)
-    };
+    let stream = incoming.request.body().as_ref().and_then(BodyReader::new);
     let mut body = stream.map(|stream| PacedBody::new(stream, pace));
-    let declared = match declared_body_length(declared, limit) {
+    let content_length = incoming.headers.value("content-length");
+    let declared = match declared_body_length(content_length, limit) {
         Ok(declared) => declared,
         Err(too_large) => {
-            let length = declared
+            let length = content_length
                 .and_then(|d| d.trim().parse().ok())
                 .unwrap_or(u64::MAX);
             return refuse(body, drain_allowance(length, limit), too_large).await;
         }
     };
     let drain_most = drain_allowance(declared.unwrap_or(u64::MAX), limit);
-    let mut held = match BODIES.with(|b| b.begin(caller, caps)) {
+    let held = match BODIES.with(|b| b.begin(caller, caps)) {
         Ok(held) => held,
         Err(refused) => return refuse(body, drain_most, refused).await,
     };
-    let parts = js_sys::Array::new();
     let Some(paced) = body.as_mut() else {
         let body = Body {
-            parts,
+            parts: js_sys::Array::new(),
             length: 0,
             held,
         };
         return Ok((body, false));
     };
+    let read = match read_chunks(paced, &mut counting, held, limit, declared).await {
+        Ok(read) => read,
+        Err(Stopped::Body(failed)) => return Err(failed),
+        Err(Stopped::Refused(refused)) => return refuse(body, drain_most, refused).await,
+    };
+    Ok((read, counting.counted().await?))
+}
+
+/// Reads the chunks of a body into a [`Body`] held by `held`, each held as it comes and
+/// counting the request on the way when `counting` is due. A body refused on the way (too
+/// large, over a budget, or its request refused) keeps nothing while the rest is drained.
+async fn read_chunks<S, F>(
+    paced: &mut PacedBody,
+    counting: &mut Counting<S, F>,
+    mut held: BodyGuard,
+    limit: u64,
+    declared: Option<u64>,
+) -> Result<Body, Stopped>
+where
+    S: FnOnce() -> F,
+    F: std::future::Future<Output = Result<(), ProxyError>>,
+{
+    let parts = js_sys::Array::new();
     let mut length: u64 = 0;
     loop {
-        let chunk = match next_counting(paced, &mut counting).await {
+        let chunk = match next_counting(paced, counting).await {
             Ok(Some(chunk)) => chunk,
             Ok(None) => break,
-            Err(Stopped::Body(failed)) => return Err(failed),
+            Err(Stopped::Body(failed)) => return Err(Stopped::Body(failed)),
             Err(Stopped::Refused(refused)) => {
                 release_all(&parts);
-                drop(held);
-                return refuse(body, drain_most, refused).await;
+                return Err(Stopped::Refused(refused));
             }
         };
         let more = u64::from(chunk.length());
-        let grown = length.saturating_add(more);
-        let refused = if grown > limit || declared.is_some_and(|d| grown > d) {
-            Some(ProxyError::TooLarge { limit })
-        } else {
-            held.try_grow(more).err()
-        };
-        if let Some(refused) = refused {
-            // Nothing of a refused body is kept while the rest is drained.
-            release_all(&parts);
-            drop(held);
-            return refuse(body, drain_most, refused).await;
+        let grown = grown_length(length, more, limit, declared)
+            .and_then(|grown| held.try_grow(more).map(|()| grown));
+        match grown {
+            Ok(grown) => length = grown,
+            Err(refused) => {
+                // Nothing of a refused body is kept while the rest is drained.
+                release_all(&parts);
+                return Err(Stopped::Refused(refused));
+            }
         }
-        length = grown;
         parts.push(&chunk);
     }
-    // A count on its way when the body ended is waited for: it may have been counted.
-    let counted = match counting {
-        Counting::Off | Counting::Due(..) => false,
-        Counting::Done => true,
-        Counting::Sent(count) => {
-            count.await?;
-            true
-        }
-    };
-    let body = Body {
+    Ok(Body {
         parts,
         length: usize::try_from(length).unwrap_or(usize::MAX),
         held,
-    };
-    Ok((body, counted))
+    })
+}
+
+/// Refuses a body with `refused` once the rest of it, up to `most` bytes in all, has been
+/// read and dropped.
+async fn refuse<T>(
+    mut body: Option<PacedBody>,
+    most: u64,
+    refused: ProxyError,
+) -> Result<T, ProxyError> {
+    if let Some(body) = body.as_mut() {
+        body.drain(most).await;
+    }
+    Err(refused)
 }
