@@ -8,14 +8,14 @@ mod boundary;
 mod clock;
 use boundary::{Answer, HeaderList, Incoming};
 pub mod keep_alive;
-mod metrics;
 mod objects;
 mod pass;
 mod reader;
+mod recorder;
 mod respond;
 mod runtime;
 mod seen_env;
-mod status;
+mod status_route;
 mod timer;
 mod transport;
 
@@ -48,7 +48,7 @@ const VERSION: &str = env!("CARGO_PKG_VERSION");
 async fn fetch(req: web_sys::Request, env: Env, ctx: Context) -> worker::Result<web_sys::Response> {
     let incoming = Incoming::read(req);
     let mut exchange = Exchange::begin(&incoming);
-    metrics::begin();
+    recorder::begin();
     let outcome = handle(&incoming, &env, &ctx, &mut exchange).await;
     let answer = exchange.finish(outcome, &env, &ctx);
     answer.into_response().map_err(worker::Error::from)
@@ -74,7 +74,7 @@ async fn handle(
     let intake = Intake::of(&config, &route, &caller, exchange.started_ms);
     let (body, facts, counted) = inspect(env, incoming, &route, &intake, &caller, exchange).await?;
     let admitted = admit(env, ctx, &intake, &caller, (&facts, counted), exchange).await?;
-    let watches_usage = intake.watches_usage(metrics::bound(env));
+    let watches_usage = intake.watches_usage(recorder::bound(env));
     let forwarding = Forwarding::of(
         &config,
         &route,
@@ -139,7 +139,7 @@ async fn route_request(
             }
             respond::health(VERSION)?
         }
-        Route::Status => status::handle_status(incoming, env, config, VERSION).await?,
+        Route::Status => status_route::handle_status(incoming, env, config, VERSION).await?,
         route => return Ok(Routed::Upstream(route)),
     };
     Ok(Routed::Answered(answer))

@@ -8,7 +8,7 @@ use serde::Serialize;
 use worker::{Context, Env};
 
 use super::boundary::{Answer, AnswerBody, HeaderList, Incoming};
-use super::{clock, metrics};
+use super::{clock, recorder};
 use crate::config::{ConfigError, RequestLog};
 use crate::error::ProxyError;
 use crate::limits::Usage;
@@ -119,10 +119,10 @@ impl Exchange {
             worker::console_log!("{}", line);
         }
         if self.route == Some(Route::Status) {
-            metrics::end_uncounted();
+            recorder::end_uncounted();
         } else {
             let usage = self.usage.take();
-            metrics::record(env, ctx, facts, usage);
+            recorder::record(env, ctx, facts, usage);
         }
         answer
     }

@@ -39,7 +39,7 @@ impl crate::retry::runner::Sleep for Platform {
     /// A request's wait (a backoff, a cooldown, an overload, its send time), counted in this
     /// isolate's tally while it lasts.
     async fn sleep(&self, ms: u64) {
-        let _waiting = super::metrics::waiting();
+        let _waiting = super::recorder::waiting();
         sleep_ms(ms).await;
     }
 }

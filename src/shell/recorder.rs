@@ -1,4 +1,4 @@
-//! Writing a request's metrics: the data point to the `METRICS` Analytics Engine dataset when
+//! Recording a request's metrics: the data point to the `METRICS` Analytics Engine dataset when
 //! it is bound, and this isolate's tally for the operator's view. What the point holds is the
 //! core's ([`crate::metrics`]); this only writes it.
 
