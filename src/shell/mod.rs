@@ -28,7 +28,7 @@ use worker::{event, web_sys, Context, Env};
 use crate::config::Config;
 use crate::error::ProxyError;
 use crate::identity::{authenticate, credential, Caller};
-use crate::limits::{settlement_usage, Answered, Usage, WAITING_LEASE_MS};
+use crate::limits::{settlement_usage, Answered, Used, WAITING_LEASE_MS};
 use crate::pipeline::{ClientAsks, Forwarding, Intake};
 use crate::request::body::BodyFacts;
 use crate::request::cors::Cors;
@@ -39,7 +39,7 @@ use crate::retry::runner::{self, Run};
 use objects::{limiter, upstream::KeyState};
 use respond::Exchange;
 use runtime::Platform;
-use transport::{Delivered, Upstream};
+use transport::{Delivered, UpstreamRequest};
 
 /// The version reported by `/healthz`.
 const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -83,7 +83,7 @@ async fn handle(
         ClientAsks::from_headers(|name| incoming.headers.value(name)),
         (&incoming.url, watches_usage),
     )?;
-    let mut upstream = Upstream::new(
+    let mut upstream = UpstreamRequest::new(
         forwarding.url.clone(),
         &incoming.method,
         &incoming.headers,
@@ -212,7 +212,7 @@ fn settle(
     if let Some(admitted) = admitted {
         let (usage_to, usage) = oneshot::channel();
         exchange.usage = Some(Box::pin(
-            async move { usage.await.unwrap_or(Usage::UNKNOWN) },
+            async move { usage.await.unwrap_or(Used::UNKNOWN) },
         ));
         admitted.settle_later(env, ctx, delivered, usage_to);
     } else if let Some((seen, progress)) = delivered.and_then(|d| d.seen.take()) {
@@ -331,7 +331,7 @@ async fn forward_holding(
     env: &Env,
     forwarding: Forwarding,
     upstream_key: &crate::identity::Secret,
-    upstream: &mut Upstream<'_>,
+    upstream: &mut UpstreamRequest<'_>,
     admitted: Option<&Admitted>,
     exchange: &mut Exchange,
 ) -> Result<transport::UpstreamAnswer, ProxyError> {
@@ -363,7 +363,7 @@ impl Admitted {
         env: &Env,
         ctx: &Context,
         delivered: Option<&mut Delivered>,
-        usage_to: oneshot::Sender<Usage>,
+        usage_to: oneshot::Sender<Used>,
     ) {
         let (watched, delivered_ok) = match delivered {
             Some(d) => (d.seen.take(), (200..300).contains(&d.status)),
@@ -398,7 +398,7 @@ async fn forward(
     env: &Env,
     forwarding: Forwarding,
     upstream_key: &crate::identity::Secret,
-    upstream: &mut Upstream<'_>,
+    upstream: &mut UpstreamRequest<'_>,
     exchange: &mut Exchange,
 ) -> Result<transport::UpstreamAnswer, ProxyError> {
     let Forwarding {

@@ -9,7 +9,7 @@ use worker::{AnalyticsEngineDataPointBuilder, Context, Env};
 
 use super::clock::now_ms;
 use super::seen_env::SeenEnv;
-use crate::limits::Usage;
+use crate::limits::Used;
 use crate::metrics::{data_point, event_line, EdgeTally, RequestFacts};
 use crate::upstream::Reply;
 
@@ -95,7 +95,7 @@ pub fn record(
     env: &Env,
     ctx: &Context,
     mut facts: RequestFacts,
-    usage: Option<LocalBoxFuture<'static, Usage>>,
+    usage: Option<LocalBoxFuture<'static, Used>>,
 ) {
     with_tally(|tally| tally.record(&facts));
     let Some(dataset) = dataset(env) else {

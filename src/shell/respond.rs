@@ -11,7 +11,7 @@ use super::boundary::{Answer, AnswerBody, HeaderList, Incoming};
 use super::{clock, recorder};
 use crate::config::{ConfigError, RequestLog};
 use crate::error::ProxyError;
-use crate::limits::Usage;
+use crate::limits::Used;
 use crate::metrics::{event_line, log_line, AnswerKind, FinishedRequest, RequestFacts};
 use crate::request::cors::Cors;
 use crate::request::route::Route;
@@ -39,7 +39,7 @@ pub struct Exchange {
     /// The caller's tier, for metrics.
     pub tier: Option<String>,
     /// The tokens the answer reports, known once its body has passed (for metrics).
-    pub usage: Option<LocalBoxFuture<'static, Usage>>,
+    pub usage: Option<LocalBoxFuture<'static, Used>>,
     /// Which requests write their log line (`REQUEST_LOG`; every one until it is read).
     pub log: RequestLog,
 }

@@ -12,7 +12,7 @@ use futures_util::StreamExt;
 use wasm_bindgen::prelude::*;
 use worker::web_sys;
 
-use super::boundary::{self, Answer, AnswerBody, HeaderList, Sending, Sent};
+use super::boundary::{self, Answer, AnswerBody, Arrival, HeaderList, InFlight};
 use super::clock::now_ms;
 use super::pass::{pass, CutEvents, Passing};
 use super::reader::{whole, BodyReader};
@@ -145,7 +145,7 @@ impl Drop for Unread {
 }
 
 /// One request's way to the upstream: the same URL, headers and body for every attempt.
-pub struct Upstream<'a> {
+pub struct UpstreamRequest<'a> {
     url: String,
     method: String,
     /// The headers every attempt sends, as the lines they cross the boundary in.
@@ -163,7 +163,7 @@ pub struct Upstream<'a> {
     key_limits: KeyLimits,
 }
 
-impl<'a> Upstream<'a> {
+impl<'a> UpstreamRequest<'a> {
     /// The request to send to `url`: the client's headers that may cross (never its
     /// credential), the upstream key, and the body byte for byte.
     pub fn new(
@@ -173,7 +173,7 @@ impl<'a> Upstream<'a> {
         upstream_key: &crate::identity::Secret,
         body: Option<&'a Upload>,
         streaming: bool,
-    ) -> Upstream<'a> {
+    ) -> UpstreamRequest<'a> {
         let headers = boundary::lines_of(
             client_headers
                 .iter()
@@ -181,7 +181,7 @@ impl<'a> Upstream<'a> {
                 .map(|(name, value)| (name.as_str(), value.as_str()))
                 .chain(std::iter::once(("x-api-key", upstream_key.expose()))),
         );
-        Upstream {
+        UpstreamRequest {
             url,
             method: method.to_string(),
             headers,
@@ -201,20 +201,20 @@ impl<'a> Upstream<'a> {
     /// Reads a successful JSON answer of known length whole in its attempt (when its usage is
     /// watched): its usage is then read without a pipe, and a body cut before its end is
     /// retried like a lost connection, since nothing of it has reached the client.
-    pub fn reading_json_whole(mut self, whole: bool) -> Upstream<'a> {
+    pub fn reading_json_whole(mut self, whole: bool) -> UpstreamRequest<'a> {
         self.reading.json_whole = whole;
         self
     }
 
     /// Bounds the reading of a body read whole to `ms` after its head (see
     /// [`Reading::body_ms`]).
-    pub fn reading_errors_within(mut self, ms: u64) -> Upstream<'a> {
+    pub fn reading_errors_within(mut self, ms: u64) -> UpstreamRequest<'a> {
         self.reading.body_ms = ms;
         self
     }
 
     /// Lets a fallback rewrite the body's `model`, which lies at `span`.
-    pub fn with_model_span(mut self, span: Option<std::ops::Range<usize>>) -> Upstream<'a> {
+    pub fn with_model_span(mut self, span: Option<std::ops::Range<usize>>) -> UpstreamRequest<'a> {
         self.model_span = span;
         self
     }
@@ -241,7 +241,7 @@ fn body_for_model(
     worker::web_sys::Blob::new_with_blob_sequence(&parts).ok()
 }
 
-impl Transport for Upstream<'_> {
+impl Transport for UpstreamRequest<'_> {
     type Answer = UpstreamAnswer;
 
     async fn attempt(&mut self, timeout_ms: u64) -> (Outcome, Option<UpstreamAnswer>) {
@@ -361,13 +361,13 @@ async fn attempt(
     reading: Reading,
 ) -> (Outcome, Option<UpstreamAnswer>) {
     let deadline = now_ms().saturating_add(timeout_ms);
-    let Some(sent) = Sent::new(url, method, headers, body, timeout_ms) else {
+    let Some(in_flight) = InFlight::new(url, method, headers, body, timeout_ms) else {
         return (Outcome::ConnectFailure, None);
     };
-    let response = match sent.answer().await {
-        Sending::Answered(response) => response,
-        Sending::TimedOut => return (Outcome::AttemptTimeout, None),
-        Sending::Failed => return (Outcome::ConnectFailure, None),
+    let response = match in_flight.answer().await {
+        Arrival::Answered(response) => response,
+        Arrival::TimedOut => return (Outcome::AttemptTimeout, None),
+        Arrival::Failed => return (Outcome::ConnectFailure, None),
     };
     let (status, upstream_headers) = boundary::head_of(&response);
     let plan = ReadPlan::of(status, upstream_headers.pairs(), reading, now_ms());
@@ -400,7 +400,7 @@ async fn attempt(
             (outcome, Some(answer))
         }
         Err(ReadFailed::TimedOut) => {
-            sent.abort();
+            in_flight.abort();
             (Outcome::AttemptTimeout, None)
         }
         Err(ReadFailed::Broken) => (Outcome::ConnectFailure, None),

@@ -22,7 +22,7 @@ use crate::error::ProxyError;
 use crate::limits::{
     limit_headers, settlement_usage, Admission, AdmissionRequest, AdmitReply, Answered,
     CallerCredit, Carry, Credit, Credits, Ending, LimiterCall, LimiterObject, Owner, RefillReply,
-    Renewals, Reservation, Settled, Step, Usage, CREDIT_VALID_MS, WAITING_LEASE_MS,
+    Renewals, Reservation, Settled, Step, Used, CREDIT_VALID_MS, WAITING_LEASE_MS,
     WAITING_RENEW_EVERY_MS, WATCH_TICK_MS,
 };
 use crate::request::body::BodyFacts;
@@ -482,7 +482,7 @@ pub fn settle_later(
     delivered_ok: bool,
     confirms: bool,
     on_credit: bool,
-    usage_to: oneshot::Sender<Usage>,
+    usage_to: oneshot::Sender<Used>,
 ) {
     let env = env.clone();
     crate::shell::keep_alive::wait_until(ctx, async move {
@@ -495,7 +495,7 @@ pub fn settle_later(
             watched,
             delivered_ok,
         );
-        let usage: Usage = settlement_usage(answered.await);
+        let usage: Used = settlement_usage(answered.await);
         // Metrics hear the usage too (nobody listens when they are not kept).
         let _ = usage_to.send(usage);
         if cfg!(feature = "fault-drop-settlement") {
