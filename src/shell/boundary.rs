@@ -185,7 +185,7 @@ pub fn cancel_body(body: &web_sys::ReadableStream) {
 pub struct InFlight(js_sys::Promise);
 
 /// How an attempt's wait for its answer's head ended.
-pub enum Arrival {
+pub enum HeadWait {
     Answered(web_sys::Response),
     TimedOut,
     /// No answer: the connection failed, or the runtime refused the request.
@@ -217,14 +217,14 @@ impl InFlight {
         .map(InFlight)
     }
 
-    pub async fn answer(&self) -> Arrival {
+    pub async fn answer(&self) -> HeadWait {
         match worker::wasm_bindgen_futures::JsFuture::from(self.0.clone()).await {
             Ok(response) => match response.dyn_into() {
-                Ok(response) => Arrival::Answered(response),
-                Err(_) => Arrival::Failed,
+                Ok(response) => HeadWait::Answered(response),
+                Err(_) => HeadWait::Failed,
             },
-            Err(error) if timed_out(&error) => Arrival::TimedOut,
-            Err(_) => Arrival::Failed,
+            Err(error) if timed_out(&error) => HeadWait::TimedOut,
+            Err(_) => HeadWait::Failed,
         }
     }
 

@@ -38,7 +38,7 @@ use crate::request::route::{path_of, route, Metering, Route};
 use crate::retry::runner::{self, Run};
 use objects::{limiter, upstream::KeyState};
 use respond::Exchange;
-use runtime::Platform;
+use runtime::WorkersTime;
 use transport::{Delivered, UpstreamRequest};
 
 /// The version reported by `/healthz`.
@@ -417,8 +417,8 @@ async fn forward(
         None => (None, std::rc::Rc::default()),
     };
     let run = Run {
-        clock: &Platform,
-        sleep: &Platform,
+        clock: &WorkersTime,
+        sleep: &WorkersTime,
         policy,
         started_ms: exchange.started_ms,
         seed: clock::random_u64(),

@@ -27,15 +27,15 @@ use crate::request::upload::{
 use wasm_bindgen::{JsCast, JsValue};
 
 /// The runtime's clock and sleep, as the request runner takes them.
-pub struct Platform;
+pub struct WorkersTime;
 
-impl crate::retry::runner::Clock for Platform {
+impl crate::retry::runner::Clock for WorkersTime {
     fn now_ms(&self) -> u64 {
         now_ms()
     }
 }
 
-impl crate::retry::runner::Sleep for Platform {
+impl crate::retry::runner::Sleep for WorkersTime {
     /// A request's wait (a backoff, a cooldown, an overload, its send time), counted in this
     /// isolate's tally while it lasts.
     async fn sleep(&self, ms: u64) {

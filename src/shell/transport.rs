@@ -12,7 +12,7 @@ use futures_util::StreamExt;
 use wasm_bindgen::prelude::*;
 use worker::web_sys;
 
-use super::boundary::{self, Answer, AnswerBody, Arrival, HeaderList, InFlight};
+use super::boundary::{self, Answer, AnswerBody, HeadWait, HeaderList, InFlight};
 use super::clock::now_ms;
 use super::pass::{pass, CutEvents, Passing};
 use super::reader::{whole, BodyReader};
@@ -365,9 +365,9 @@ async fn attempt(
         return (Outcome::ConnectFailure, None);
     };
     let response = match in_flight.answer().await {
-        Arrival::Answered(response) => response,
-        Arrival::TimedOut => return (Outcome::AttemptTimeout, None),
-        Arrival::Failed => return (Outcome::ConnectFailure, None),
+        HeadWait::Answered(response) => response,
+        HeadWait::TimedOut => return (Outcome::AttemptTimeout, None),
+        HeadWait::Failed => return (Outcome::ConnectFailure, None),
     };
     let (status, upstream_headers) = boundary::head_of(&response);
     let plan = ReadPlan::of(status, upstream_headers.pairs(), reading, now_ms());
