@@ -240,7 +240,7 @@ mod limits {
     use std::num::NonZeroU32;
 
     use breakwater::config::TierLimits;
-    use breakwater::limits::{Admission, AdmissionRequest, Credits, LimiterState, Usage};
+    use breakwater::limits::{Admission, AdmissionRequest, Credits, LimiterState, Used};
     use divan::black_box;
 
     fn limits(all: bool) -> TierLimits {
@@ -290,7 +290,7 @@ mod limits {
             now += 1;
             let admission = state.admit(&limits, black_box(now), &REQUEST);
             if let Admission::Admitted(reservation) = admission {
-                let usage = Usage {
+                let usage = Used {
                     input_tokens: Some(250),
                     output_tokens: Some(100),
                 };

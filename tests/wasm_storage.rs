@@ -14,7 +14,7 @@
 use std::num::NonZeroU32;
 
 use breakwater::config::TierLimits;
-use breakwater::limits::{AdmissionRequest, LimiterState, Usage};
+use breakwater::limits::{AdmissionRequest, LimiterState, Used};
 use breakwater::upstream::{AttemptReport, OutagePolicy, Reply, UpstreamState};
 use wasm_bindgen_test::wasm_bindgen_test;
 
@@ -43,7 +43,7 @@ fn busy_limiter() -> (LimiterState, TierLimits) {
                     &limits,
                     FAR + i * 7 + 5,
                     &r,
-                    Usage {
+                    Used {
                         input_tokens: Some(12),
                         output_tokens: Some(7_000),
                     },

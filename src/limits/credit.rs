@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 
 use super::limiter_state::{
     exceeds_a_bucket, reserved_tokens, Admission, AdmissionRequest, Dimension, DimensionStatus,
-    LimiterState, Reservation, Usage, MIN_LEASE_RECORDS,
+    LimiterState, Reservation, Used, MIN_LEASE_RECORDS,
 };
 use crate::config::TierLimits;
 
@@ -80,7 +80,7 @@ pub struct Ticket {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Settled {
     pub reservation: Reservation,
-    pub usage: Usage,
+    pub usage: Used,
     /// As in `LimiterCall::Settle`: the caller is known to the upstream.
     #[serde(default = "yes")]
     pub confirms: bool,
@@ -930,7 +930,7 @@ mod tests {
         spent.granted(&tickets, Vec::new(), T0, T0);
         let extra = Settled {
             reservation: tickets[0].reservation,
-            usage: Usage {
+            usage: Used {
                 input_tokens: Some(5_000),
                 output_tokens: Some(1),
             },
@@ -1011,7 +1011,7 @@ mod tests {
                 lease_id: id,
                 ..Reservation::NOTHING
             },
-            usage: Usage::UNKNOWN,
+            usage: Used::UNKNOWN,
             confirms: true,
         };
         assert!(credit.defer(settled(1)), "the first becomes the flusher");

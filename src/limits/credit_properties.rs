@@ -143,7 +143,7 @@ struct Request {
     isolate: usize,
     reservation: Reservation,
     on_credit: bool,
-    used: Usage,
+    used: Used,
     renewed_ms: u64,
 }
 
@@ -448,7 +448,7 @@ impl World {
             isolate,
             reservation,
             on_credit,
-            used: Usage {
+            used: Used {
                 input_tokens: Some(used[0]),
                 output_tokens: Some(used[1]),
             },

@@ -149,17 +149,18 @@ impl Reservation {
     };
 }
 
-/// The real usage of a finished request. `None` is unknown (the stream broke before the
-/// usage arrived): the reservation is kept as charged, which is the safe side.
+/// The tokens a finished request used, as its settlement charges them (what an answer
+/// reports as it passes is [`crate::stream::sse::Usage`]). `None` is unknown (the stream broke
+/// before the usage arrived): the reservation is kept as charged, which is the safe side.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-pub struct Usage {
+pub struct Used {
     pub input_tokens: Option<u64>,
     pub output_tokens: Option<u64>,
 }
 
-impl Usage {
+impl Used {
     /// Nothing known: keep the reservation as charged.
-    pub const UNKNOWN: Usage = Usage {
+    pub const UNKNOWN: Used = Used {
         input_tokens: None,
         output_tokens: None,
     };
@@ -675,7 +676,7 @@ impl LimiterState {
         limits: &TierLimits,
         now_ms: u64,
         reservation: &Reservation,
-        actual: Usage,
+        actual: Used,
     ) -> Settlement {
         self.advance(limits, now_ms);
         let found = self
@@ -1047,7 +1048,7 @@ mod tests {
             (Dimension::OutputTpm, 8, 0)
         );
         // The answer used 100 tokens: 7 900 come back.
-        let used = Usage {
+        let used = Used {
             input_tokens: Some(10),
             output_tokens: Some(100),
         };
@@ -1077,7 +1078,7 @@ mod tests {
         let big = admitted(state.admit(&l, T0, &request(10, 32_000)));
         // Ten seconds later the answer ends with 10 000 tokens: 2 000 more than reserved.
         let at = T0 + 10_000;
-        let used = Usage {
+        let used = Used {
             input_tokens: Some(10),
             output_tokens: Some(10_000),
         };
@@ -1118,7 +1119,7 @@ mod tests {
         let l = limits(0, 0, 8_000, 0);
         let mut state = LimiterState::new();
         let big = admitted(state.admit(&l, T0, &request(0, 64_000)));
-        let settlement = state.settle(&l, T0, &big, Usage::UNKNOWN);
+        let settlement = state.settle(&l, T0, &big, Used::UNKNOWN);
         assert_eq!(
             (
                 settlement.returned_output_tokens,
@@ -1148,7 +1149,7 @@ mod tests {
         );
         let reservation = admitted(state.admit(&l, T0 + 2, &request(100_000, 0)));
         // Settlement charges the real count: 70 000 tokens is 30 000 of debt, 45 s more.
-        let actual = Usage {
+        let actual = Used {
             input_tokens: Some(70_000),
             output_tokens: None,
         };
@@ -1186,7 +1187,7 @@ mod tests {
         );
         // Settling frees the slot at once.
         let mut settled = state.clone();
-        settled.settle(&l, T0 + 150, &first, Usage::UNKNOWN);
+        settled.settle(&l, T0 + 150, &first, Used::UNKNOWN);
         admitted(settled.admit(&l, T0 + 150, &request(0, 0)));
         // Without settlement it frees at expiry, not a millisecond before.
         denied(state.admit(&l, T0 + 299, &request(0, 0)));
@@ -1205,7 +1206,7 @@ mod tests {
         let l = limits(0, 1_000, 1_000, 1);
         let mut state = LimiterState::new();
         let reservation = admitted(state.admit(&l, T0, &request(800, 900)));
-        let actual = Usage {
+        let actual = Used {
             input_tokens: Some(100),
             output_tokens: Some(100),
         };
@@ -1234,7 +1235,7 @@ mod tests {
         let mut state = LimiterState::new();
         let reservation = admitted(state.admit(&l, T0, &request(800, 900)));
         let before = state.levels();
-        let settlement = state.settle(&l, T0 + 1, &reservation, Usage::UNKNOWN);
+        let settlement = state.settle(&l, T0 + 1, &reservation, Used::UNKNOWN);
         assert!(settlement.lease_found);
         assert_eq!(
             (
@@ -1268,7 +1269,7 @@ mod tests {
             status(&state, &l, T0 + 1_000, Dimension::Concurrency).remaining,
             1
         );
-        let actual = Usage {
+        let actual = Used {
             input_tokens: None,
             output_tokens: Some(100),
         };
@@ -1295,7 +1296,7 @@ mod tests {
         let l = limits(0, 1_000, 0, 0);
         let mut state = LimiterState::new();
         let reservation = admitted(state.admit(&l, T0, &request(100, 0)));
-        let actual = Usage {
+        let actual = Used {
             input_tokens: Some(400),
             output_tokens: None,
         };
@@ -1317,7 +1318,7 @@ mod tests {
         // A minute later the bucket is full again; a new request takes 1 token.
         admitted(state.admit(&l, T0 + 60_000, &request(0, 1)));
         // The long request used 1 of its 10: the 9 returned had already refilled.
-        let actual = Usage {
+        let actual = Used {
             input_tokens: None,
             output_tokens: Some(1),
         };
@@ -1343,7 +1344,7 @@ mod tests {
         let second = admitted(state.admit(&l, T0, &request(10, 0)));
         // 12 s later both charges have refilled; the first turns out to have used 30.
         let t1 = T0 + 12_000;
-        let used = |n| Usage {
+        let used = |n| Used {
             input_tokens: Some(n),
             output_tokens: None,
         };
@@ -1369,7 +1370,7 @@ mod tests {
         admitted(reserved_actual.admit(&l, T0, &request(100, 100)));
         let big = admitted(reserved_more.admit(&l, T0 + 10, &request(700, 800)));
         admitted(reserved_actual.admit(&l, T0 + 10, &request(300, 250)));
-        let actual = Usage {
+        let actual = Used {
             input_tokens: Some(300),
             output_tokens: Some(250),
         };
@@ -1394,7 +1395,7 @@ mod tests {
         );
         // Now input is unlimited, output newly limited and smaller quotas elsewhere.
         let after = limits(1, 0, 100, 1);
-        let actual = Usage {
+        let actual = Used {
             input_tokens: Some(10),
             output_tokens: Some(300),
         };
@@ -1507,7 +1508,7 @@ mod tests {
         let json = serde_json::to_string(&state).unwrap();
         let mut restored: LimiterState = serde_json::from_str(&json).unwrap();
         assert_eq!(restored, state);
-        let actual = Usage {
+        let actual = Used {
             input_tokens: Some(1),
             output_tokens: Some(1),
         };

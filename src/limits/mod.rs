@@ -44,7 +44,7 @@ pub use credit::{
 };
 pub use limiter_state::{
     Admission, AdmissionRequest, Denial, Dimension, DimensionStatus, LimiterState, Reservation,
-    Settlement, Usage, CONCURRENCY_RETRY_CAP_MS, LEASE_MEMORY_MS, MAX_CLOCK_LEAD_MS, MAX_LEASE_MS,
+    Settlement, Used, CONCURRENCY_RETRY_CAP_MS, LEASE_MEMORY_MS, MAX_CLOCK_LEAD_MS, MAX_LEASE_MS,
     MIN_LEASE_RECORDS,
 };
 pub use object::{
@@ -102,9 +102,9 @@ impl From<&Denial> for ProxyError {
 
 /// What an answer's usage settles: the input as the limits count it (cache writes in, cache
 /// reads out, see [`crate::stream::sse::Usage`]) and the output.
-impl From<&crate::stream::sse::Usage> for Usage {
-    fn from(seen: &crate::stream::sse::Usage) -> Usage {
-        Usage {
+impl From<&crate::stream::sse::Usage> for Used {
+    fn from(seen: &crate::stream::sse::Usage) -> Used {
+        Used {
             input_tokens: seen.input_tokens,
             output_tokens: seen.output_tokens,
         }
@@ -161,7 +161,7 @@ mod tests {
             panic!("a fresh key is admitted");
         };
         let seen = crate::stream::tap::json_usage(answer);
-        state.settle(&limits, now, &reservation, Usage::from(&seen));
+        state.settle(&limits, now, &reservation, Used::from(&seen));
         (state, now)
     }
 

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::credit::{Returns, Ticket};
 use super::limiter_state::{
-    Admission, AdmissionRequest, DimensionStatus, LimiterState, Reservation, Settlement, Usage,
+    Admission, AdmissionRequest, DimensionStatus, LimiterState, Reservation, Settlement, Used,
 };
 use crate::config::TierLimits;
 use crate::durable::ObjectState;
@@ -62,7 +62,7 @@ pub enum LimiterCall {
     Settle {
         limits: TierLimits,
         reservation: Reservation,
-        usage: Usage,
+        usage: Used,
         /// The caller is known to the upstream: a managed caller, or a passthrough caller
         /// whose request the upstream answered with a 2xx.
         #[serde(default = "yes")]
@@ -397,7 +397,7 @@ mod tests {
         let settle = |reservation, confirms| LimiterCall::Settle {
             limits,
             reservation,
-            usage: Usage::UNKNOWN,
+            usage: Used::UNKNOWN,
             confirms,
         };
         // A made-up key: admitted, limited in memory, refused upstream, never stored.
@@ -531,7 +531,7 @@ mod tests {
         let settle = LimiterCall::Settle {
             limits,
             reservation,
-            usage: Usage::UNKNOWN,
+            usage: Used::UNKNOWN,
             confirms: true,
         };
         object.call(t0 + 101_000, settle);
@@ -596,7 +596,7 @@ mod tests {
         let settle = LimiterCall::Settle {
             limits,
             reservation,
-            usage: Usage {
+            usage: Used {
                 input_tokens: Some(10),
                 output_tokens: Some(40),
             },
@@ -680,7 +680,7 @@ mod tests {
             LimiterCall::Settle {
                 limits,
                 reservation,
-                usage: Usage::UNKNOWN,
+                usage: Used::UNKNOWN,
                 confirms: true,
             },
         );

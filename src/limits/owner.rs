@@ -325,7 +325,7 @@ mod tests {
     fn settled(lease_id: u64) -> crate::limits::Settled {
         crate::limits::Settled {
             reservation: reservation(lease_id),
-            usage: crate::limits::Usage::UNKNOWN,
+            usage: crate::limits::Used::UNKNOWN,
             confirms: true,
         }
     }

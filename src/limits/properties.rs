@@ -123,7 +123,7 @@ struct Record {
     reservation: Reservation,
     /// Usage counted at admission in the reference ledger: rpm, input, output.
     actual: [u64; 3],
-    usage: Usage,
+    usage: Used,
     /// Usage beyond the reservation, charged to the ledger at the first settlement: nobody
     /// can know it before.
     extra: Option<[u64; 3]>,
@@ -269,12 +269,12 @@ impl Sim {
                         actual[2].saturating_sub(reserved[2]),
                     ];
                     let usage = if known {
-                        Usage {
+                        Used {
                             input_tokens: Some(actual[1]),
                             output_tokens: Some(actual[2]),
                         }
                     } else {
-                        Usage::UNKNOWN
+                        Used::UNKNOWN
                     };
                     self.admitted.push(Record {
                         at: self.now,
@@ -297,9 +297,9 @@ impl Sim {
                     output_tokens: 0,
                     lease_expires_ms: 0,
                 };
-                let settlement =
-                    self.state
-                        .settle(&self.limits, self.now, &unknown, Usage::UNKNOWN);
+                let settlement = self
+                    .state
+                    .settle(&self.limits, self.now, &unknown, Used::UNKNOWN);
                 prop_assert_eq!(settlement, Settlement::default());
             }
             Event::Settle(pick) => {
@@ -630,7 +630,7 @@ proptest! {
                 }
                 Event::Settle(_) => {
                     let unknown = Reservation { lease_id: 7, input_tokens: 0, output_tokens: 0, lease_expires_ms: 0 };
-                    stored.settle(&limits, now, &unknown, Usage::UNKNOWN);
+                    stored.settle(&limits, now, &unknown, Used::UNKNOWN);
                 }
             }
             sim.step(*gap, event)?;

@@ -3,7 +3,7 @@
 //! Where an answer was cut short the proxy cannot know how much the upstream generated, so it
 //! keeps the output reservation (the input is settled); it never refunds on a guess.
 
-use super::limiter_state::Usage;
+use super::limiter_state::Used;
 use crate::stream::sse;
 use crate::stream::tap::Seen;
 
@@ -24,28 +24,28 @@ pub enum Answered {
 
 /// The usage to settle with.
 #[must_use]
-pub fn settlement_usage(answered: Answered) -> Usage {
+pub fn settlement_usage(answered: Answered) -> Used {
     match answered {
         Answered::Watched {
             seen: Some(seen), ..
-        } if seen.complete => Usage::from(&seen.usage),
+        } if seen.complete => Used::from(&seen.usage),
         // Cut short: the input was used, the output so far is not known for sure.
         Answered::Watched {
             seen: Some(seen), ..
-        } => Usage {
+        } => Used {
             input_tokens: seen.usage.input_tokens,
             output_tokens: None,
         },
-        Answered::Watched { seen: None, so_far } => Usage {
+        Answered::Watched { seen: None, so_far } => Used {
             input_tokens: so_far.input_tokens,
             output_tokens: None,
         },
         // A successful answer that could not be watched: keep the reservation.
-        Answered::Unwatched { delivered_ok: true } => Usage::UNKNOWN,
+        Answered::Unwatched { delivered_ok: true } => Used::UNKNOWN,
         // No answer came from the upstream, or an error did: no tokens were used.
         Answered::Unwatched {
             delivered_ok: false,
-        } => Usage {
+        } => Used {
             input_tokens: Some(0),
             output_tokens: Some(0),
         },
@@ -75,7 +75,7 @@ mod tests {
         };
         assert_eq!(
             settlement_usage(complete),
-            Usage {
+            Used {
                 input_tokens: Some(10),
                 output_tokens: Some(20)
             }
@@ -89,7 +89,7 @@ mod tests {
         };
         assert_eq!(
             settlement_usage(cut),
-            Usage {
+            Used {
                 input_tokens: Some(10),
                 output_tokens: None
             }
@@ -100,20 +100,20 @@ mod tests {
         };
         assert_eq!(
             settlement_usage(stalled),
-            Usage {
+            Used {
                 input_tokens: Some(7),
                 output_tokens: None
             }
         );
         assert_eq!(
             settlement_usage(Answered::Unwatched { delivered_ok: true }),
-            Usage::UNKNOWN
+            Used::UNKNOWN
         );
         assert_eq!(
             settlement_usage(Answered::Unwatched {
                 delivered_ok: false
             }),
-            Usage {
+            Used {
                 input_tokens: Some(0),
                 output_tokens: Some(0)
             }

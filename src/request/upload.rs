@@ -243,6 +243,22 @@ pub fn count_while_arriving(
     })
 }
 
+/// The length of a body read in chunks once `more` bytes have come: refused as too large
+/// when it passes `limit`, or passes the length it `declared` (a body may not bring more
+/// than it said it would).
+pub fn grown_length(
+    length: u64,
+    more: u64,
+    limit: u64,
+    declared: Option<u64>,
+) -> Result<u64, ProxyError> {
+    let grown = length.saturating_add(more);
+    if grown > limit || declared.is_some_and(|d| grown > d) {
+        return Err(ProxyError::TooLarge { limit });
+    }
+    Ok(grown)
+}
+
 /// How much of a body refused for its declared length is read and dropped before the `413` is
 /// sent, so a client still sending reads the answer rather than a reset connection: the whole
 /// of what it declared, up to four times the limit or [`DRAIN_FLOOR_BYTES`], whichever is more
@@ -431,5 +447,23 @@ mod tests {
             ..TierLimits::default()
         };
         assert_eq!(count_while_arriving(Metering::Full, &no_rpm, &pace), None);
+    }
+
+    #[test]
+    fn a_body_grows_until_it_passes_its_limit_or_what_it_declared() {
+        assert_eq!(grown_length(6, 4, 10, None).unwrap(), 10);
+        assert_eq!(grown_length(6, 4, 10, Some(10)).unwrap(), 10);
+        let too_large = grown_length(6, 5, 10, None).unwrap_err();
+        assert_eq!(too_large.status(), 413);
+        // More than it declared is refused, though under the limit.
+        let more_than_declared = grown_length(6, 3, 100, Some(8)).unwrap_err();
+        assert_eq!(more_than_declared.status(), 413);
+        assert!(matches!(
+            more_than_declared,
+            ProxyError::TooLarge { limit: 100 }
+        ));
+        // No wrap at the edge.
+        assert!(grown_length(u64::MAX, 1, u64::MAX, None).is_ok());
+        assert!(grown_length(u64::MAX, 1, u64::MAX - 1, None).is_err());
     }
 }

@@ -182,17 +182,17 @@ pub fn cancel_body(body: &web_sys::ReadableStream) {
 }
 
 /// One attempt on its way: `fetch` under the attempt's timeout.
-pub struct Sent(js_sys::Promise);
+pub struct InFlight(js_sys::Promise);
 
 /// How an attempt's wait for its answer's head ended.
-pub enum Sending {
+pub enum HeadWait {
     Answered(web_sys::Response),
     TimedOut,
     /// No answer: the connection failed, or the runtime refused the request.
     Failed,
 }
 
-impl Sent {
+impl InFlight {
     /// Sends one attempt with `headers` (lines), never following a redirect: a `3xx` comes
     /// back as the answer (and is refused, see `stream::refused_answer`), so the upstream key
     /// never travels to whatever host a `Location` names. Aborted if its answer's head has
@@ -203,7 +203,7 @@ impl Sent {
         headers: &str,
         body: Option<&JsValue>,
         timeout_ms: u64,
-    ) -> Option<Sent> {
+    ) -> Option<InFlight> {
         let none = JsValue::UNDEFINED;
         // Milliseconds as a JavaScript number; no timeout here is near 2^53.
         send(
@@ -214,17 +214,17 @@ impl Sent {
             timeout_ms as f64,
         )
         .ok()
-        .map(Sent)
+        .map(InFlight)
     }
 
-    pub async fn answer(&self) -> Sending {
+    pub async fn answer(&self) -> HeadWait {
         match worker::wasm_bindgen_futures::JsFuture::from(self.0.clone()).await {
             Ok(response) => match response.dyn_into() {
-                Ok(response) => Sending::Answered(response),
-                Err(_) => Sending::Failed,
+                Ok(response) => HeadWait::Answered(response),
+                Err(_) => HeadWait::Failed,
             },
-            Err(error) if timed_out(&error) => Sending::TimedOut,
-            Err(_) => Sending::Failed,
+            Err(error) if timed_out(&error) => HeadWait::TimedOut,
+            Err(_) => HeadWait::Failed,
         }
     }
 

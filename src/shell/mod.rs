@@ -5,15 +5,17 @@
 //! panics on input: every failure becomes the core's error envelope.
 
 mod boundary;
+mod clock;
 use boundary::{Answer, HeaderList, Incoming};
 pub mod keep_alive;
-mod metrics;
 mod objects;
 mod pass;
 mod reader;
+mod recorder;
 mod respond;
 mod runtime;
-mod status;
+mod seen_env;
+mod status_route;
 mod timer;
 mod transport;
 
@@ -26,7 +28,7 @@ use worker::{event, web_sys, Context, Env};
 use crate::config::Config;
 use crate::error::ProxyError;
 use crate::identity::{authenticate, credential, Caller};
-use crate::limits::{settlement_usage, Answered, Usage, WAITING_LEASE_MS};
+use crate::limits::{settlement_usage, Answered, Used, WAITING_LEASE_MS};
 use crate::pipeline::{ClientAsks, Forwarding, Intake};
 use crate::request::body::BodyFacts;
 use crate::request::cors::Cors;
@@ -36,8 +38,8 @@ use crate::request::route::{path_of, route, Metering, Route};
 use crate::retry::runner::{self, Run};
 use objects::{limiter, upstream::KeyState};
 use respond::Exchange;
-use runtime::Platform;
-use transport::{Delivered, Upstream};
+use runtime::WorkersTime;
+use transport::{Delivered, UpstreamRequest};
 
 /// The version reported by `/healthz`.
 const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -46,7 +48,7 @@ const VERSION: &str = env!("CARGO_PKG_VERSION");
 async fn fetch(req: web_sys::Request, env: Env, ctx: Context) -> worker::Result<web_sys::Response> {
     let incoming = Incoming::read(req);
     let mut exchange = Exchange::begin(&incoming);
-    metrics::begin();
+    recorder::begin();
     let outcome = handle(&incoming, &env, &ctx, &mut exchange).await;
     let answer = exchange.finish(outcome, &env, &ctx);
     answer.into_response().map_err(worker::Error::from)
@@ -72,7 +74,7 @@ async fn handle(
     let intake = Intake::of(&config, &route, &caller, exchange.started_ms);
     let (body, facts, counted) = inspect(env, incoming, &route, &intake, &caller, exchange).await?;
     let admitted = admit(env, ctx, &intake, &caller, (&facts, counted), exchange).await?;
-    let watches_usage = intake.watches_usage(metrics::bound(env));
+    let watches_usage = intake.watches_usage(recorder::bound(env));
     let forwarding = Forwarding::of(
         &config,
         &route,
@@ -81,7 +83,7 @@ async fn handle(
         ClientAsks::from_headers(|name| incoming.headers.value(name)),
         (&incoming.url, watches_usage),
     )?;
-    let mut upstream = Upstream::new(
+    let mut upstream = UpstreamRequest::new(
         forwarding.url.clone(),
         &incoming.method,
         &incoming.headers,
@@ -137,7 +139,7 @@ async fn route_request(
             }
             respond::health(VERSION)?
         }
-        Route::Status => status::handle_status(incoming, env, config, VERSION).await?,
+        Route::Status => status_route::handle_status(incoming, env, config, VERSION).await?,
         route => return Ok(Routed::Upstream(route)),
     };
     Ok(Routed::Answered(answer))
@@ -210,7 +212,7 @@ fn settle(
     if let Some(admitted) = admitted {
         let (usage_to, usage) = oneshot::channel();
         exchange.usage = Some(Box::pin(
-            async move { usage.await.unwrap_or(Usage::UNKNOWN) },
+            async move { usage.await.unwrap_or(Used::UNKNOWN) },
         ));
         admitted.settle_later(env, ctx, delivered, usage_to);
     } else if let Some((seen, progress)) = delivered.and_then(|d| d.seen.take()) {
@@ -326,7 +328,7 @@ async fn forward_holding(
     env: &Env,
     forwarding: Forwarding,
     upstream_key: &crate::identity::Secret,
-    upstream: &mut Upstream<'_>,
+    upstream: &mut UpstreamRequest<'_>,
     admitted: Option<&Admitted>,
     exchange: &mut Exchange,
 ) -> Result<transport::UpstreamAnswer, ProxyError> {
@@ -358,7 +360,7 @@ impl Admitted {
         env: &Env,
         ctx: &Context,
         delivered: Option<&mut Delivered>,
-        usage_to: oneshot::Sender<Usage>,
+        usage_to: oneshot::Sender<Used>,
     ) {
         let (watched, delivered_ok) = match delivered {
             Some(d) => (d.seen.take(), (200..300).contains(&d.status)),
@@ -393,7 +395,7 @@ async fn forward(
     env: &Env,
     forwarding: Forwarding,
     upstream_key: &crate::identity::Secret,
-    upstream: &mut Upstream<'_>,
+    upstream: &mut UpstreamRequest<'_>,
     exchange: &mut Exchange,
 ) -> Result<transport::UpstreamAnswer, ProxyError> {
     let Forwarding {
@@ -412,11 +414,11 @@ async fn forward(
         None => (None, std::rc::Rc::default()),
     };
     let run = Run {
-        clock: &Platform,
-        sleep: &Platform,
+        clock: &WorkersTime,
+        sleep: &WorkersTime,
         policy,
         started_ms: exchange.started_ms,
-        seed: runtime::random_u64(),
+        seed: clock::random_u64(),
         cost,
         shared,
         memory,
@@ -432,7 +434,7 @@ fn authenticate_request(
     exchange: &mut Exchange,
 ) -> Result<(Caller, crate::identity::Secret), ProxyError> {
     let presented = credential(headers.value("x-api-key"), headers.value("authorization"))?;
-    let caller = authenticate(config, presented, runtime::now_ms())?;
+    let caller = authenticate(config, presented, clock::now_ms())?;
     let identity_hash = caller.identity_hash();
     exchange.caller_tag = Some(config.caller_tag(&identity_hash));
     exchange.identity_hash = Some(identity_hash);

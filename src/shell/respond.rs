@@ -8,10 +8,10 @@ use serde::Serialize;
 use worker::{Context, Env};
 
 use super::boundary::{Answer, AnswerBody, HeaderList, Incoming};
-use super::{metrics, runtime};
+use super::{clock, recorder};
 use crate::config::{ConfigError, RequestLog};
 use crate::error::ProxyError;
-use crate::limits::Usage;
+use crate::limits::Used;
 use crate::metrics::{event_line, log_line, AnswerKind, FinishedRequest, RequestFacts};
 use crate::request::cors::Cors;
 use crate::request::route::Route;
@@ -39,7 +39,7 @@ pub struct Exchange {
     /// The caller's tier, for metrics.
     pub tier: Option<String>,
     /// The tokens the answer reports, known once its body has passed (for metrics).
-    pub usage: Option<LocalBoxFuture<'static, Usage>>,
+    pub usage: Option<LocalBoxFuture<'static, Used>>,
     /// Which requests write their log line (`REQUEST_LOG`; every one until it is read).
     pub log: RequestLog,
 }
@@ -47,8 +47,8 @@ pub struct Exchange {
 impl Exchange {
     pub fn begin(incoming: &Incoming) -> Exchange {
         Exchange {
-            request_id: runtime::new_request_id(),
-            started_ms: runtime::now_ms(),
+            request_id: clock::new_request_id(),
+            started_ms: clock::now_ms(),
             origin: incoming.headers.get("origin"),
             cors: Cors::NotBrowser,
             route: None,
@@ -119,10 +119,10 @@ impl Exchange {
             worker::console_log!("{}", line);
         }
         if self.route == Some(Route::Status) {
-            metrics::end_uncounted();
+            recorder::end_uncounted();
         } else {
             let usage = self.usage.take();
-            metrics::record(env, ctx, facts, usage);
+            recorder::record(env, ctx, facts, usage);
         }
         answer
     }
@@ -150,7 +150,7 @@ impl Exchange {
             stream: self.stream,
             attempts: self.journal.attempts,
             wait_ms: self.journal.wait_ms(),
-            total_ms: runtime::now_ms().saturating_sub(self.started_ms),
+            total_ms: clock::now_ms().saturating_sub(self.started_ms),
             input_tokens: None,
             output_tokens: None,
             upstream_overloaded: self.journal.upstream_overloaded,

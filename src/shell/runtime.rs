@@ -1,5 +1,6 @@
-//! The runtime's clock, randomness, sleep, configuration and request body, behind small
-//! functions so the rest of the shell reads like the core it drives.
+//! The runtime's sleep, configuration and request body, behind small functions so the rest
+//! of the shell reads like the core it drives (its clock and randomness are in
+//! [`super::clock`], a leaf).
 
 use std::pin::{pin, Pin};
 
@@ -8,41 +9,37 @@ use worker::Env;
 
 use std::cell::RefCell;
 use std::collections::hash_map::DefaultHasher;
-use std::fmt::Write;
 use std::hash::{Hash, Hasher};
 use std::rc::Rc;
 
+pub use super::clock::now_ms;
 use super::reader::{cause_of, BodyReader};
+use super::seen_env::SeenEnv;
 use super::timer::Timer;
 use crate::config::{Config, ConfigError, VARIABLES};
 use crate::error::ProxyError;
 use crate::request::body::{inspect, BodyFacts};
 use crate::request::declared_body_length;
 use crate::request::route::Route;
-use crate::request::upload::{drain_allowance, BodyGuard, InflightBodies, ReadPace, ReadRules};
+use crate::request::upload::{
+    drain_allowance, grown_length, BodyGuard, InflightBodies, ReadPace, ReadRules,
+};
 use wasm_bindgen::{JsCast, JsValue};
 
-/// Milliseconds since the Unix epoch. In Workers the clock advances on I/O, which is what the
-/// budget arithmetic needs: time spent waiting on the upstream or sleeping.
-pub fn now_ms() -> u64 {
-    // The static `Date.now()`: no `Date` object is made for it.
-    js_sys::Date::now() as u64
-}
-
 /// The runtime's clock and sleep, as the request runner takes them.
-pub struct Platform;
+pub struct WorkersTime;
 
-impl crate::retry::runner::Clock for Platform {
+impl crate::retry::runner::Clock for WorkersTime {
     fn now_ms(&self) -> u64 {
         now_ms()
     }
 }
 
-impl crate::retry::runner::Sleep for Platform {
+impl crate::retry::runner::Sleep for WorkersTime {
     /// A request's wait (a backoff, a cooldown, an overload, its send time), counted in this
     /// isolate's tally while it lasts.
     async fn sleep(&self, ms: u64) {
-        let _waiting = super::metrics::waiting();
+        let _waiting = super::recorder::waiting();
         sleep_ms(ms).await;
     }
 }
@@ -50,60 +47,6 @@ impl crate::retry::runner::Sleep for Platform {
 pub async fn sleep_ms(ms: u64) {
     if ms > 0 {
         super::timer::Timer::after_ms(ms).await;
-    }
-}
-
-/// A random 64-bit seed from the platform's CSPRNG (for backoff jitter).
-pub fn random_u64() -> u64 {
-    u64::from_le_bytes(random_bytes())
-}
-
-/// `N` bytes from the platform's CSPRNG, in one call.
-fn random_bytes<const N: usize>() -> [u8; N] {
-    let mut bytes = [0u8; N];
-    if getrandom::fill(&mut bytes).is_err() {
-        // No randomness: fall back to the clock so jitter and ids still differ between
-        // requests.
-        let clock = now_ms().wrapping_mul(0x9E37_79B9_7F4A_7C15).to_le_bytes();
-        for (byte, from) in bytes.iter_mut().zip(clock.iter().cycle()) {
-            *byte = *from;
-        }
-    }
-    bytes
-}
-
-/// A fresh request id for answers the proxy makes itself, shaped like the API's own.
-pub fn new_request_id() -> String {
-    let mut id = String::with_capacity(31);
-    id.push_str("req_bw_");
-    for byte in random_bytes::<12>() {
-        let _ = write!(id, "{byte:02x}");
-    }
-    id
-}
-
-/// One `env` object remembered, to tell whether the runtime hands the same one again: it hands
-/// every request of an isolate the same object, so the same object means the same bindings and
-/// values (a new secret or variable comes with a new version, hence a new isolate).
-pub struct SeenEnv(RefCell<Option<worker::wasm_bindgen::JsValue>>);
-
-impl SeenEnv {
-    pub const fn new() -> SeenEnv {
-        SeenEnv(RefCell::new(None))
-    }
-
-    /// Whether `env` is the object remembered last.
-    pub fn is(&self, env: &Env) -> bool {
-        let env_object: &worker::wasm_bindgen::JsValue = env.as_ref();
-        self.0
-            .borrow()
-            .as_ref()
-            .is_some_and(|seen| js_sys::Object::is(seen, env_object))
-    }
-
-    pub fn remember(&self, env: &Env) {
-        let env_object: &worker::wasm_bindgen::JsValue = env.as_ref();
-        *self.0.borrow_mut() = Some(env_object.clone());
     }
 }
 
@@ -350,7 +293,7 @@ impl<S, F> Counting<S, F> {
 enum Stopped {
     /// The body failed or fell behind its pace.
     Body(ProxyError),
-    /// The request was refused while its body arrived: the rest is drained.
+    /// The body or its request was refused while the body arrived: the rest is drained.
     Refused(ProxyError),
 }
 
@@ -385,6 +328,24 @@ where
     }
 }
 
+impl<S, F> Counting<S, F>
+where
+    F: std::future::Future<Output = Result<(), ProxyError>>,
+{
+    /// Whether the request was counted while its body arrived. A count on its way when the
+    /// body ended is waited for: it may have been counted.
+    async fn counted(self) -> Result<bool, ProxyError> {
+        match self {
+            Counting::Off | Counting::Due(..) => Ok(false),
+            Counting::Done => Ok(true),
+            Counting::Sent(count) => {
+                count.await?;
+                Ok(true)
+            }
+        }
+    }
+}
+
 /// Reads the request body chunk by chunk, holding each chunk against the isolate's and the
 /// caller's budgets as it arrives (a declared length is never held before its bytes come),
 /// refusing it as soon as it passes `limit` bytes, and giving it up when it falls behind its
@@ -403,80 +364,94 @@ where
     F: std::future::Future<Output = Result<(), ProxyError>>,
 {
     let ReadRules { limit, caps, pace } = rules;
-    let req = &incoming.request;
-    let stream = req.body().as_ref().and_then(BodyReader::new);
-    let declared = incoming.headers.value("content-length");
-    let refuse = |mut body: Option<PacedBody>, most: u64, refused: ProxyError| async move {
-        if let Some(body) = body.as_mut() {
-            body.drain(most).await;
-        }
-        Err(refused)
-    };
+    let stream = incoming.request.body().as_ref().and_then(BodyReader::new);
     let mut body = stream.map(|stream| PacedBody::new(stream, pace));
-    let declared = match declared_body_length(declared, limit) {
+    let content_length = incoming.headers.value("content-length");
+    let declared = match declared_body_length(content_length, limit) {
         Ok(declared) => declared,
         Err(too_large) => {
-            let length = declared
+            let length = content_length
                 .and_then(|d| d.trim().parse().ok())
                 .unwrap_or(u64::MAX);
             return refuse(body, drain_allowance(length, limit), too_large).await;
         }
     };
     let drain_most = drain_allowance(declared.unwrap_or(u64::MAX), limit);
-    let mut held = match BODIES.with(|b| b.begin(caller, caps)) {
+    let held = match BODIES.with(|b| b.begin(caller, caps)) {
         Ok(held) => held,
         Err(refused) => return refuse(body, drain_most, refused).await,
     };
-    let parts = js_sys::Array::new();
     let Some(paced) = body.as_mut() else {
         let body = Body {
-            parts,
+            parts: js_sys::Array::new(),
             length: 0,
             held,
         };
         return Ok((body, false));
     };
+    let read = match read_chunks(paced, &mut counting, held, limit, declared).await {
+        Ok(read) => read,
+        Err(Stopped::Body(failed)) => return Err(failed),
+        Err(Stopped::Refused(refused)) => return refuse(body, drain_most, refused).await,
+    };
+    Ok((read, counting.counted().await?))
+}
+
+/// Reads the chunks of a body into a [`Body`] held by `held`, each held as it comes and
+/// counting the request on the way when `counting` is due. A body refused on the way (too
+/// large, over a budget, or its request refused) keeps nothing while the rest is drained.
+async fn read_chunks<S, F>(
+    paced: &mut PacedBody,
+    counting: &mut Counting<S, F>,
+    mut held: BodyGuard,
+    limit: u64,
+    declared: Option<u64>,
+) -> Result<Body, Stopped>
+where
+    S: FnOnce() -> F,
+    F: std::future::Future<Output = Result<(), ProxyError>>,
+{
+    let parts = js_sys::Array::new();
     let mut length: u64 = 0;
     loop {
-        let chunk = match next_counting(paced, &mut counting).await {
+        let chunk = match next_counting(paced, counting).await {
             Ok(Some(chunk)) => chunk,
             Ok(None) => break,
-            Err(Stopped::Body(failed)) => return Err(failed),
+            Err(Stopped::Body(failed)) => return Err(Stopped::Body(failed)),
             Err(Stopped::Refused(refused)) => {
                 release_all(&parts);
-                drop(held);
-                return refuse(body, drain_most, refused).await;
+                return Err(Stopped::Refused(refused));
             }
         };
         let more = u64::from(chunk.length());
-        let grown = length.saturating_add(more);
-        let refused = if grown > limit || declared.is_some_and(|d| grown > d) {
-            Some(ProxyError::TooLarge { limit })
-        } else {
-            held.try_grow(more).err()
-        };
-        if let Some(refused) = refused {
-            // Nothing of a refused body is kept while the rest is drained.
-            release_all(&parts);
-            drop(held);
-            return refuse(body, drain_most, refused).await;
+        let grown = grown_length(length, more, limit, declared)
+            .and_then(|grown| held.try_grow(more).map(|()| grown));
+        match grown {
+            Ok(grown) => length = grown,
+            Err(refused) => {
+                // Nothing of a refused body is kept while the rest is drained.
+                release_all(&parts);
+                return Err(Stopped::Refused(refused));
+            }
         }
-        length = grown;
         parts.push(&chunk);
     }
-    // A count on its way when the body ended is waited for: it may have been counted.
-    let counted = match counting {
-        Counting::Off | Counting::Due(..) => false,
-        Counting::Done => true,
-        Counting::Sent(count) => {
-            count.await?;
-            true
-        }
-    };
-    let body = Body {
+    Ok(Body {
         parts,
         length: usize::try_from(length).unwrap_or(usize::MAX),
         held,
-    };
-    Ok((body, counted))
+    })
+}
+
+/// Refuses a body with `refused` once the rest of it, up to `most` bytes in all, has been
+/// read and dropped.
+async fn refuse<T>(
+    mut body: Option<PacedBody>,
+    most: u64,
+    refused: ProxyError,
+) -> Result<T, ProxyError> {
+    if let Some(body) = body.as_mut() {
+        body.drain(most).await;
+    }
+    Err(refused)
 }

@@ -25,7 +25,7 @@ use std::task::{Context, Poll, Waker};
 use wasm_bindgen::closure::Closure;
 use wasm_bindgen::{JsCast, JsValue};
 
-use super::runtime::now_ms;
+use super::clock::now_ms;
 
 #[derive(Default)]
 struct Shared {

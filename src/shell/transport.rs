@@ -12,10 +12,10 @@ use futures_util::StreamExt;
 use wasm_bindgen::prelude::*;
 use worker::web_sys;
 
-use super::boundary::{self, Answer, AnswerBody, HeaderList, Sending, Sent};
+use super::boundary::{self, Answer, AnswerBody, HeadWait, HeaderList, InFlight};
+use super::clock::now_ms;
 use super::pass::{pass, CutEvents, Passing};
 use super::reader::{whole, BodyReader};
-use super::runtime::now_ms;
 use super::runtime::Upload;
 use super::timer::Timer;
 use crate::error::{incomplete_stream_event, ProxyError};
@@ -145,7 +145,7 @@ impl Drop for Unread {
 }
 
 /// One request's way to the upstream: the same URL, headers and body for every attempt.
-pub struct Upstream<'a> {
+pub struct UpstreamRequest<'a> {
     url: String,
     method: String,
     /// The headers every attempt sends, as the lines they cross the boundary in.
@@ -163,7 +163,7 @@ pub struct Upstream<'a> {
     key_limits: KeyLimits,
 }
 
-impl<'a> Upstream<'a> {
+impl<'a> UpstreamRequest<'a> {
     /// The request to send to `url`: the client's headers that may cross (never its
     /// credential), the upstream key, and the body byte for byte.
     pub fn new(
@@ -173,7 +173,7 @@ impl<'a> Upstream<'a> {
         upstream_key: &crate::identity::Secret,
         body: Option<&'a Upload>,
         streaming: bool,
-    ) -> Upstream<'a> {
+    ) -> UpstreamRequest<'a> {
         let headers = boundary::lines_of(
             client_headers
                 .iter()
@@ -181,7 +181,7 @@ impl<'a> Upstream<'a> {
                 .map(|(name, value)| (name.as_str(), value.as_str()))
                 .chain(std::iter::once(("x-api-key", upstream_key.expose()))),
         );
-        Upstream {
+        UpstreamRequest {
             url,
             method: method.to_string(),
             headers,
@@ -201,20 +201,20 @@ impl<'a> Upstream<'a> {
     /// Reads a successful JSON answer of known length whole in its attempt (when its usage is
     /// watched): its usage is then read without a pipe, and a body cut before its end is
     /// retried like a lost connection, since nothing of it has reached the client.
-    pub fn reading_json_whole(mut self, whole: bool) -> Upstream<'a> {
+    pub fn reading_json_whole(mut self, whole: bool) -> UpstreamRequest<'a> {
         self.reading.json_whole = whole;
         self
     }
 
     /// Bounds the reading of a body read whole to `ms` after its head (see
     /// [`Reading::body_ms`]).
-    pub fn reading_errors_within(mut self, ms: u64) -> Upstream<'a> {
+    pub fn reading_errors_within(mut self, ms: u64) -> UpstreamRequest<'a> {
         self.reading.body_ms = ms;
         self
     }
 
     /// Lets a fallback rewrite the body's `model`, which lies at `span`.
-    pub fn with_model_span(mut self, span: Option<std::ops::Range<usize>>) -> Upstream<'a> {
+    pub fn with_model_span(mut self, span: Option<std::ops::Range<usize>>) -> UpstreamRequest<'a> {
         self.model_span = span;
         self
     }
@@ -241,7 +241,7 @@ fn body_for_model(
     worker::web_sys::Blob::new_with_blob_sequence(&parts).ok()
 }
 
-impl Transport for Upstream<'_> {
+impl Transport for UpstreamRequest<'_> {
     type Answer = UpstreamAnswer;
 
     async fn attempt(&mut self, timeout_ms: u64) -> (Outcome, Option<UpstreamAnswer>) {
@@ -350,7 +350,8 @@ pub fn deliver(answer: UpstreamAnswer, tap: bool, idle_ms: u64) -> Result<Delive
     })
 }
 
-/// One attempt: the request, its timeout, and for a stream the wait for its first event.
+/// One attempt: the request and its timeout, then what the answer's [`ReadPlan`] reads of its
+/// body before the runner decides (an error body, a JSON answer, a stream's first event).
 async fn attempt(
     url: &str,
     method: &str,
@@ -360,78 +361,49 @@ async fn attempt(
     reading: Reading,
 ) -> (Outcome, Option<UpstreamAnswer>) {
     let deadline = now_ms().saturating_add(timeout_ms);
-    let Some(sent) = Sent::new(url, method, headers, body, timeout_ms) else {
+    let Some(in_flight) = InFlight::new(url, method, headers, body, timeout_ms) else {
         return (Outcome::ConnectFailure, None);
     };
-    let response = match sent.answer().await {
-        Sending::Answered(response) => response,
-        Sending::TimedOut => return (Outcome::AttemptTimeout, None),
-        Sending::Failed => return (Outcome::ConnectFailure, None),
+    let response = match in_flight.answer().await {
+        HeadWait::Answered(response) => response,
+        HeadWait::TimedOut => return (Outcome::AttemptTimeout, None),
+        HeadWait::Failed => return (Outcome::ConnectFailure, None),
     };
     let (status, upstream_headers) = boundary::head_of(&response);
     let plan = ReadPlan::of(status, upstream_headers.pairs(), reading, now_ms());
     let head = plan.head;
-    let answer = |body| UpstreamAnswer {
-        status,
-        headers: upstream_headers,
-        body,
-    };
-    match plan.read {
-        Read::Untouched => (
+    // An error body or a JSON answer is read in bounded time: a body that stalls after its
+    // head is an attempt that timed out, and is retried.
+    let body_by = || ReadPlan::body_deadline_ms(reading, deadline, now_ms());
+    let read = match plan.read {
+        Read::Untouched => Ok((
             head.outcome(None),
-            Some(answer(UpstreamBody::Untouched(Unread(response.body())))),
-        ),
-        Read::ErrorBody => {
-            // Read in bounded time: a body that stalls must not hold the request.
-            let by = ReadPlan::body_deadline_ms(reading, deadline, now_ms());
-            match read_error_body(&response, by).await {
-                ErrorBody::Read(bytes) => (
-                    head.outcome(Some(&bytes)),
-                    Some(answer(UpstreamBody::Read(bytes))),
-                ),
-                ErrorBody::TimedOut => {
-                    sent.abort();
-                    (Outcome::AttemptTimeout, None)
-                }
-                ErrorBody::Broken => (Outcome::ConnectFailure, None),
-            }
-        }
-        Read::WholeJson => {
-            // Read in bounded time, like an error body: an answer whose body stalls after
-            // its head is an attempt that timed out, and is retried.
-            let by = ReadPlan::body_deadline_ms(reading, deadline, now_ms());
-            let Ok(read) = response.array_buffer() else {
-                return (Outcome::ConnectFailure, None);
+            UpstreamBody::Untouched(Unread(response.body())),
+        )),
+        Read::ErrorBody => read_error_body(&response, body_by())
+            .await
+            .map(|bytes| (head.outcome(Some(&bytes)), UpstreamBody::Read(bytes))),
+        Read::WholeJson => read_whole_json(&response, body_by())
+            .await
+            .map(|buffer| (head.outcome(None), UpstreamBody::Whole(buffer))),
+        Read::FirstEvent => read_first_event(&response, deadline)
+            .await
+            .map(|(event, body)| (head.first_event_outcome(event.error_type()), body)),
+    };
+    match read {
+        Ok((outcome, body)) => {
+            let answer = UpstreamAnswer {
+                status,
+                headers: upstream_headers,
+                body,
             };
-            let timer = pin!(Timer::after_ms(by.saturating_sub(now_ms())));
-            match select(pin!(whole(read)), timer).await {
-                Either::Left((Some(buffer), _)) => (
-                    head.outcome(None),
-                    Some(answer(UpstreamBody::Whole(buffer))),
-                ),
-                Either::Left((None, _)) => (Outcome::ConnectFailure, None),
-                Either::Right(((), _)) => {
-                    sent.abort();
-                    (Outcome::AttemptTimeout, None)
-                }
-            }
+            (outcome, Some(answer))
         }
-        Read::FirstEvent => {
-            let Some(mut rest) = body_of(&response) else {
-                return (Outcome::ConnectFailure, None);
-            };
-            match first_event(&mut rest, deadline).await {
-                FirstEvent::Event { head: bytes, event } => (
-                    head.first_event_outcome(event.error_type()),
-                    Some(answer(UpstreamBody::Sse { head: bytes, rest })),
-                ),
-                FirstEvent::TimedOut => {
-                    sent.abort();
-                    (Outcome::AttemptTimeout, None)
-                }
-                FirstEvent::Broken => (Outcome::ConnectFailure, None),
-            }
+        Err(ReadFailed::TimedOut) => {
+            in_flight.abort();
+            (Outcome::AttemptTimeout, None)
         }
+        Err(ReadFailed::Broken) => (Outcome::ConnectFailure, None),
     }
 }
 
@@ -440,10 +412,10 @@ fn body_of(response: &web_sys::Response) -> Option<BodyReader> {
     BodyReader::new(&response.body()?)
 }
 
-/// How reading an error body ended.
-enum ErrorBody {
-    Read(Vec<u8>),
-    /// The body failed mid-way.
+/// How reading what an attempt needed of an answer's body failed.
+enum ReadFailed {
+    /// The body failed, or ended before what was needed of it: nothing reached the client
+    /// yet, so this is retried like a connection failure.
     Broken,
     /// The attempt's deadline came first: a body that stalls must not hold the request.
     TimedOut,
@@ -451,57 +423,77 @@ enum ErrorBody {
 
 /// Reads an error body up to [`MAX_ERROR_BODY_BYTES`] (the rest, if any, is cancelled: the
 /// API's error bodies are far smaller), until `deadline_ms` at the latest.
-async fn read_error_body(response: &web_sys::Response, deadline_ms: u64) -> ErrorBody {
+async fn read_error_body(
+    response: &web_sys::Response,
+    deadline_ms: u64,
+) -> Result<Vec<u8>, ReadFailed> {
     let Some(mut stream) = body_of(response) else {
-        return ErrorBody::Read(Vec::new());
+        return Ok(Vec::new());
     };
     let mut bytes = Vec::new();
     loop {
         let remaining = deadline_ms.saturating_sub(now_ms());
         if remaining == 0 {
-            return ErrorBody::TimedOut;
+            return Err(ReadFailed::TimedOut);
         }
         let next = pin!(stream.next());
         let timer = pin!(Timer::after_ms(remaining));
         match select(next, timer).await {
             Either::Left((Some(Ok(chunk)), _)) => bytes.extend_from_slice(&chunk),
-            Either::Left((None, _)) => return ErrorBody::Read(bytes),
-            Either::Left((Some(Err(_)), _)) => return ErrorBody::Broken,
-            Either::Right(_) => return ErrorBody::TimedOut,
+            Either::Left((None, _)) => return Ok(bytes),
+            Either::Left((Some(Err(_)), _)) => return Err(ReadFailed::Broken),
+            Either::Right(_) => return Err(ReadFailed::TimedOut),
         }
         if bytes.len() > MAX_ERROR_BODY_BYTES {
             bytes.truncate(MAX_ERROR_BODY_BYTES);
-            return ErrorBody::Read(bytes);
+            return Ok(bytes);
         }
     }
 }
 
-enum FirstEvent {
-    Event {
-        head: Vec<u8>,
-        event: SseEvent,
-    },
-    TimedOut,
-    /// The stream failed or ended before a complete event: nothing reached the client yet,
-    /// so this is retried like a connection failure.
-    Broken,
+/// Reads a JSON answer whole, in the runtime's buffer, until `deadline_ms` at the latest.
+async fn read_whole_json(
+    response: &web_sys::Response,
+    deadline_ms: u64,
+) -> Result<js_sys::ArrayBuffer, ReadFailed> {
+    let read = response.array_buffer().map_err(|_| ReadFailed::Broken)?;
+    let timer = pin!(Timer::after_ms(deadline_ms.saturating_sub(now_ms())));
+    match select(pin!(whole(read)), timer).await {
+        Either::Left((Some(buffer), _)) => Ok(buffer),
+        Either::Left((None, _)) => Err(ReadFailed::Broken),
+        Either::Right(((), _)) => Err(ReadFailed::TimedOut),
+    }
+}
+
+/// Reads a stream's first complete event, until `deadline_ms` at the latest: the event, and
+/// the body as it goes on (those bytes, then the rest).
+async fn read_first_event(
+    response: &web_sys::Response,
+    deadline_ms: u64,
+) -> Result<(SseEvent, UpstreamBody), ReadFailed> {
+    let mut rest = body_of(response).ok_or(ReadFailed::Broken)?;
+    let (head, event) = first_event(&mut rest, deadline_ms).await?;
+    Ok((event, UpstreamBody::Sse { head, rest }))
 }
 
 /// Reads until the first complete SSE event, or the attempt's deadline.
-async fn first_event(stream: &mut BodyReader, deadline_ms: u64) -> FirstEvent {
+async fn first_event(
+    stream: &mut BodyReader,
+    deadline_ms: u64,
+) -> Result<(Vec<u8>, SseEvent), ReadFailed> {
     let mut scanner = EventScanner::new();
     let mut head = Vec::new();
     loop {
         let remaining = deadline_ms.saturating_sub(now_ms());
         if remaining == 0 {
-            return FirstEvent::TimedOut;
+            return Err(ReadFailed::TimedOut);
         }
         let next = pin!(stream.next());
         let timer = pin!(Timer::after_ms(remaining));
         let chunk = match select(next, timer).await {
             Either::Left((Some(Ok(chunk)), _)) => chunk,
-            Either::Left((Some(Err(_)) | None, _)) => return FirstEvent::Broken,
-            Either::Right(_) => return FirstEvent::TimedOut,
+            Either::Left((Some(Err(_)) | None, _)) => return Err(ReadFailed::Broken),
+            Either::Right(_) => return Err(ReadFailed::TimedOut),
         };
         let mut found = None;
         scanner.push(&chunk, |event| {
@@ -511,17 +503,15 @@ async fn first_event(stream: &mut BodyReader, deadline_ms: u64) -> FirstEvent {
         });
         head.extend_from_slice(&chunk);
         if let Some(event) = found {
-            return FirstEvent::Event { head, event };
+            return Ok((head, event));
         }
         if head.len() > crate::stream::sse::MAX_EVENT_BYTES {
             // Not an event stream the proxy can read; treat it as delivered content.
-            return FirstEvent::Event {
-                head,
-                event: SseEvent {
-                    name: "message".to_string(),
-                    data: String::new(),
-                },
+            let event = SseEvent {
+                name: "message".to_string(),
+                data: String::new(),
             };
+            return Ok((head, event));
         }
     }
 }

@@ -22,11 +22,11 @@ use crate::error::ProxyError;
 use crate::limits::{
     limit_headers, settlement_usage, Admission, AdmissionRequest, AdmitReply, Answered,
     CallerCredit, Carry, Credit, Credits, Ending, LimiterCall, LimiterObject, Owner, RefillReply,
-    Renewals, Reservation, Settled, Step, Usage, CREDIT_VALID_MS, WAITING_LEASE_MS,
+    Renewals, Reservation, Settled, Step, Used, CREDIT_VALID_MS, WAITING_LEASE_MS,
     WAITING_RENEW_EVERY_MS, WATCH_TICK_MS,
 };
 use crate::request::body::BodyFacts;
-use crate::shell::runtime::now_ms;
+use crate::shell::clock::now_ms;
 use crate::shell::runtime::sleep_ms;
 use crate::stream::tap::{Progress, Report, Seen};
 
@@ -490,30 +490,20 @@ pub fn settle_later(
     delivered_ok: bool,
     confirms: bool,
     on_credit: bool,
-    usage_to: oneshot::Sender<Usage>,
+    usage_to: oneshot::Sender<Used>,
 ) {
     let env = env.clone();
     crate::shell::keep_alive::wait_until(ctx, async move {
-        let answered = match watched {
-            // A tapped answer reports what it saw when its body ends or is dropped.
-            Some((seen, progress)) => {
-                let seen = watch(
-                    &env,
-                    &identity_hash,
-                    limits,
-                    reservation.lease_id,
-                    &seen,
-                    &progress,
-                )
-                .await;
-                Answered::Watched {
-                    seen,
-                    so_far: progress.usage(),
-                }
-            }
-            None => Answered::Unwatched { delivered_ok },
-        };
-        let usage: Usage = settlement_usage(answered);
+        let lease_id = reservation.lease_id;
+        let answered = answered(
+            &env,
+            &identity_hash,
+            limits,
+            lease_id,
+            watched,
+            delivered_ok,
+        );
+        let usage: Used = settlement_usage(answered.await);
         // Metrics hear the usage too (nobody listens when they are not kept).
         let _ = usage_to.send(usage);
         if cfg!(feature = "fault-drop-settlement") {
@@ -525,30 +515,70 @@ pub fn settle_later(
             usage,
             confirms,
         };
-        if settled.charges_extra(&limits) {
-            // The caller may be in debt now: no more admissions here on what was granted.
-            with_existing(&identity_hash, Credit::stop_admitting);
-        } else if on_credit {
-            match with_credit(&identity_hash, limits, |c| c.defer(settled)) {
-                Some(true) => return flush(&env, &identity_hash, limits).await,
-                // The caller's flusher will see to it.
-                Some(false) => return,
-                None => {}
+        settle(&env, &identity_hash, limits, settled, on_credit).await;
+    });
+}
+
+/// How the answer went, for its settlement: a tapped answer reports what it saw when its body
+/// ends or is dropped, its slot renewed meanwhile (see [`watch`]).
+async fn answered(
+    env: &Env,
+    identity_hash: &str,
+    limits: TierLimits,
+    lease_id: u64,
+    watched: Option<(Report, Progress)>,
+    delivered_ok: bool,
+) -> Answered {
+    match watched {
+        Some((seen, progress)) => {
+            let seen = watch(env, identity_hash, limits, lease_id, &seen, &progress).await;
+            Answered::Watched {
+                seen,
+                so_far: progress.usage(),
             }
         }
-        let call = LimiterCall::Settle {
-            limits,
-            reservation,
-            usage,
-            confirms,
-        };
-        let settled: Result<serde_json::Value, ProxyError> =
-            super::call(&env, BINDING, &identity_hash, &call, "rate limiter").await;
-        if let Err(e) = settled {
-            worker::console_error!(
-                "{}",
-                serde_json::json!({"event": "settle_failed", "identity": logged_caller(&env, &identity_hash), "error": e.message()})
-            );
+        None => Answered::Unwatched { delivered_ok },
+    }
+}
+
+/// Settles with the caller's object: at once, or, for a request admitted `on_credit`, left
+/// for the next call to carry (flushed now when the credit says so). A settlement that
+/// charges more than was reserved stops admissions on what was granted, and goes at once.
+async fn settle(
+    env: &Env,
+    identity_hash: &str,
+    limits: TierLimits,
+    settled: Settled,
+    on_credit: bool,
+) {
+    if settled.charges_extra(&limits) {
+        // The caller may be in debt now: no more admissions here on what was granted.
+        with_existing(identity_hash, Credit::stop_admitting);
+    } else if on_credit {
+        match with_credit(identity_hash, limits, |c| c.defer(settled)) {
+            Some(true) => return flush(env, identity_hash, limits).await,
+            // The caller's flusher will see to it.
+            Some(false) => return,
+            None => {}
         }
-    });
+    }
+    let Settled {
+        reservation,
+        usage,
+        confirms,
+    } = settled;
+    let call = LimiterCall::Settle {
+        limits,
+        reservation,
+        usage,
+        confirms,
+    };
+    let settled: Result<serde_json::Value, ProxyError> =
+        super::call(env, BINDING, identity_hash, &call, "rate limiter").await;
+    if let Err(e) = settled {
+        worker::console_error!(
+            "{}",
+            serde_json::json!({"event": "settle_failed", "identity": logged_caller(env, identity_hash), "error": e.message()})
+        );
+    }
 }

@@ -13,7 +13,7 @@ use super::Object;
 use crate::identity::Secret;
 use crate::request::route::Route;
 use crate::retry::runner::{Ask, SharedState, Tell, Unreachable};
-use crate::shell::runtime::{now_ms, random_u64};
+use crate::shell::clock::{now_ms, random_u64};
 use crate::upstream::{
     pool_of, Change, Claimant, EdgeMemories, EdgeMemory, Gate, UpstreamCall, UpstreamState,
 };
@@ -96,7 +96,7 @@ impl SharedState for KeyState<'_> {
 
     async fn after(&mut self, tell: Tell) {
         // Every overload and rate limit is told (they are trouble), so the tally sees each.
-        crate::shell::metrics::upstream_reply(tell.report.reply);
+        crate::shell::recorder::upstream_reply(tell.report.reply);
         let call = UpstreamCall::after(&self.model, tell, random_u64());
         // A report that cannot be delivered is logged by the call; the request goes on.
         let _: Result<Change, Unreachable> = self.call(&call).await;

@@ -7,7 +7,7 @@ use worker::Env;
 
 use super::boundary::{Answer, Incoming};
 use super::objects::{self, limiter, upstream};
-use super::{metrics, runtime};
+use super::{clock, recorder};
 use crate::config::Config;
 use crate::error::ProxyError;
 use crate::limits::{CallerUsage, LimiterCall};
@@ -59,13 +59,13 @@ pub async fn handle_status(
         }
     };
     // This request is not traffic: it is no longer counted in flight.
-    let mut edge = metrics::tally();
+    let mut edge = recorder::tally();
     edge.end_uncounted();
     edge.wasm_memory_bytes = (core::arch::wasm32::memory_size(0) as u64).saturating_mul(65_536);
     let fallbacks = crate::status::fallbacks(config, &keys);
     let document = StatusDocument {
         version,
-        at_ms: runtime::now_ms(),
+        at_ms: clock::now_ms(),
         upstream_keys: keys,
         edge,
         caller,

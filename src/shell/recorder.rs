@@ -1,4 +1,4 @@
-//! Writing a request's metrics: the data point to the `METRICS` Analytics Engine dataset when
+//! Recording a request's metrics: the data point to the `METRICS` Analytics Engine dataset when
 //! it is bound, and this isolate's tally for the operator's view. What the point holds is the
 //! core's ([`crate::metrics`]); this only writes it.
 
@@ -7,8 +7,9 @@ use std::cell::RefCell;
 use futures_util::future::LocalBoxFuture;
 use worker::{AnalyticsEngineDataPointBuilder, Context, Env};
 
-use super::runtime::{now_ms, SeenEnv};
-use crate::limits::Usage;
+use super::clock::now_ms;
+use super::seen_env::SeenEnv;
+use crate::limits::Used;
 use crate::metrics::{data_point, event_line, EdgeTally, RequestFacts};
 use crate::upstream::Reply;
 
@@ -94,7 +95,7 @@ pub fn record(
     env: &Env,
     ctx: &Context,
     mut facts: RequestFacts,
-    usage: Option<LocalBoxFuture<'static, Usage>>,
+    usage: Option<LocalBoxFuture<'static, Used>>,
 ) {
     with_tally(|tally| tally.record(&facts));
     let Some(dataset) = dataset(env) else {
