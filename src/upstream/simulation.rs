@@ -30,6 +30,9 @@ use crate::retry::{Outcome, RetryPolicy, MIN_RETRY_AFTER_MS};
 use crate::testing::VirtualTime;
 use crate::upstream::{KeyLimits, Observed};
 
+mod callers;
+use callers::Callers;
+
 const MODEL: &str = "claude-opus-4-1";
 /// The model requests fall back to, in scenarios with a fallback.
 const FALLBACK_MODEL: &str = "claude-sonnet-4-6";
@@ -132,6 +135,11 @@ enum End {
         reason: RefuseReason,
     },
     GaveUp {
+        at: u64,
+        retry_after_ms: u64,
+    },
+    /// The caller's own limits refused it (`429`), before any attempt.
+    Limited {
         at: u64,
         retry_after_ms: u64,
     },
@@ -439,6 +447,8 @@ struct SimObject<S> {
     /// When the object restarts next.
     restart_at: u64,
     restarts: u64,
+    /// When it restarted.
+    restarted_at: Vec<u64>,
 }
 
 impl<S: ObjectState> SimObject<S> {
@@ -450,6 +460,7 @@ impl<S: ObjectState> SimObject<S> {
             store: Rc::new(SimStore::default()),
             restart_at: phase,
             restarts: 0,
+            restarted_at: Vec::new(),
         }
     }
 
@@ -469,6 +480,7 @@ impl<S: ObjectState> SimObject<S> {
             } else if self.restart_at <= now_ms {
                 self.host = Rc::new(Host::default());
                 self.restarts += 1;
+                self.restarted_at.push(self.restart_at);
                 self.restart_at += PLATFORM.restart_every_ms;
             } else {
                 return;
@@ -492,6 +504,8 @@ impl Clock for At {
 struct SimStore {
     stored: RefCell<Option<String>>,
     alarm_at: Cell<Option<u64>>,
+    /// The calls the object has answered (restarts included).
+    answered: Cell<u64>,
 }
 
 impl Storage for SimStore {
@@ -564,15 +578,22 @@ impl Trip {
     }
 }
 
+/// When an object answered a call: on its clock, and its place among the object's answers.
+#[derive(Debug, Clone, Copy)]
+struct Decided {
+    at: u64,
+    order: u64,
+}
+
 /// One call as the platform carries it: half a round trip there, decided (and held) by the
-/// object's loop, the write confirmed, half a round trip back. A restart of the object fails
-/// the call as the runtime fails it.
+/// object's loop, the write confirmed, half a round trip back: when it was answered, and the
+/// reply. A restart of the object fails the call as the runtime fails it.
 async fn carry<S: ObjectState>(
     time: &Rc<VirtualTime>,
     object: &RefCell<SimObject<S>>,
     call: S::Call,
     trip: Trip,
-) -> Result<S::Reply, Reset> {
+) -> Result<(Decided, S::Reply), Reset> {
     time.sleep(trip.there).await;
     let (host, store, restart_at) = {
         let mut object = object.borrow_mut();
@@ -585,7 +606,17 @@ async fn carry<S: ObjectState>(
     };
     // The restart first: at the same instant as a held call's wake, it wins.
     let restart = pin!(time.until(restart_at));
-    let decided = pin!(host.call((time, time), &store, call, Some));
+    let decided = pin!(host.call((time, time), &store, call, |reply| {
+        let order = store.store.answered.get();
+        store.store.answered.set(order + 1);
+        Some((
+            Decided {
+                at: time.now_ms(),
+                order,
+            },
+            reply,
+        ))
+    }));
     match select(restart, decided).await {
         Either::Left(_) => {
             time.sleep(trip.back).await;
@@ -633,7 +664,8 @@ impl SimShared {
     async fn send(&self, call: &UpstreamCall) -> Result<UpstreamReply, Reset> {
         self.log.borrow_mut().shared_calls += 1;
         let trip = Trip::draw(&self.rng, self.rtt_ms);
-        carry(&self.time, &self.object, call.clone(), trip).await
+        let (_, reply) = carry(&self.time, &self.object, call.clone(), trip).await?;
+        Ok(reply)
     }
 }
 
@@ -724,6 +756,12 @@ fn simulate(scenario: Scenario) -> Run {
 /// [`simulate`]; with `fallback`, the outage is of [`MODEL`] only and its requests may fall
 /// back to [`FALLBACK_MODEL`], which serves.
 fn simulate_with(scenario: Scenario, fallback: bool) -> Run {
+    simulate_callers(scenario, fallback, None)
+}
+
+/// [`simulate_with`]; with `callers`, each request is first admitted by its caller's limiter
+/// object and settles with its real usage after its answer ([`callers`]).
+fn simulate_callers(scenario: Scenario, fallback: bool, callers: Option<Rc<Callers>>) -> Run {
     let retry = RetryPolicy {
         budget_ms: scenario.budget_ms,
         ..RetryPolicy::default()
@@ -859,12 +897,26 @@ fn simulate_with(scenario: Scenario, fallback: bool) -> Run {
             last_sent: 0,
             rng: rng.clone(),
         };
+        let caller = callers
+            .as_ref()
+            .map(|c| c.for_request(i, &time, rtts[edge_of[i]], &rng));
         tasks.push(Box::pin(async move {
             let arrival = client.borrow().arrival;
             time.until(arrival).await;
             let budget_ms = {
                 let client = client.borrow();
                 client.deadline - client.arrival
+            };
+            // The caller's admission comes first, as the shell asks it before forwarding.
+            let reservation = match &caller {
+                Some(caller) => match caller.admit(estimate, MAX_TOKENS).await {
+                    Ok(reservation) => Some(reservation),
+                    Err(end) => {
+                        client.borrow_mut().end = Some(end);
+                        return;
+                    }
+                },
+                None => None,
             };
             let run = runner::Run {
                 clock: &time,
@@ -885,27 +937,41 @@ fn simulate_with(scenario: Scenario, fallback: bool) -> Run {
             } else {
                 Fallbacks::none()
             };
-            let result =
-                runner::run_with_fallbacks(run, fallbacks, &mut upstream, &mut journal).await;
-            let at = time.now_ms();
-            let mut client = client.borrow_mut();
-            client.end = Some(match (result, journal.stopped) {
-                (Ok(()), _) => {
-                    client.sent_at = Some(upstream.last_sent);
-                    End::Served { at }
+            let attempts = runner::run_with_fallbacks(run, fallbacks, &mut upstream, &mut journal);
+            // An admitted request's slot is held, in renewed leases, while the attempts run.
+            let result = match (&caller, reservation) {
+                (Some(caller), Some(reservation)) => {
+                    caller.holding(reservation.lease_id, attempts).await
                 }
-                (Err(e), Some(Stop::Refused(reason))) => End::Refused {
-                    at,
-                    retry_after_ms: e.retry_after_ms().unwrap_or(0),
-                    reason,
-                },
-                (Err(e), _) => End::GaveUp {
-                    at,
-                    retry_after_ms: e.retry_after_ms().unwrap_or(0),
-                },
-            });
-            client.journal = journal;
-            client.asked_first = *asked_first.borrow();
+                _ => attempts.await,
+            };
+            let at = time.now_ms();
+            let served = result.is_ok();
+            let input_tokens = {
+                let mut client = client.borrow_mut();
+                client.end = Some(match (result, journal.stopped) {
+                    (Ok(()), _) => {
+                        client.sent_at = Some(upstream.last_sent);
+                        End::Served { at }
+                    }
+                    (Err(e), Some(Stop::Refused(reason))) => End::Refused {
+                        at,
+                        retry_after_ms: e.retry_after_ms().unwrap_or(0),
+                        reason,
+                    },
+                    (Err(e), _) => End::GaveUp {
+                        at,
+                        retry_after_ms: e.retry_after_ms().unwrap_or(0),
+                    },
+                });
+                client.journal = journal;
+                client.asked_first = *asked_first.borrow();
+                client.input_tokens
+            };
+            // Settled once the answer is over, with what it really used.
+            if let (Some(caller), Some(reservation)) = (&caller, reservation) {
+                caller.settle(reservation, served, input_tokens).await;
+            }
         }));
     }
     time.run(tasks);
@@ -1283,7 +1349,12 @@ fn twice_the_capacity_is_paced_to_it_not_refused() {
         assert_eq!(oracle, scenario.clients, "every request fits at capacity");
         for client in &run.clients {
             let at = match client.end {
-                Some(End::Served { at } | End::Refused { at, .. } | End::GaveUp { at, .. }) => at,
+                Some(
+                    End::Served { at }
+                    | End::Refused { at, .. }
+                    | End::GaveUp { at, .. }
+                    | End::Limited { at, .. },
+                ) => at,
                 None => panic!("seed {seed}: a request never ended"),
             };
             assert!(
