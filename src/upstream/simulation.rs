@@ -9,6 +9,10 @@
 //! its held calls failed as the runtime fails them, and sent again once as production does)
 //! and runs its idle alarm; answers take a drawn time; `429`s carry whole-second
 //! `retry-after`s; prompts vary in size and their estimates in how far they overcount.
+//!
+//! Objects run the core's own loop ([`crate::durable::host`]) over an in-memory store, as the
+//! shell runs it over the runtime's. With callers ([`callers`]), each request is also admitted
+//! by its caller's limiter object first and settled after its answer.
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;
