@@ -13,24 +13,30 @@ use std::future::Future;
 
 use super::{stored_after, Clock, ObjectState, Sleep};
 
-/// An object's storage: one string per key, and the alarm. Failures are the storage's own
-/// words, for the log.
+/// An object's storage: one string per key, and the alarm.
 pub trait Storage {
-    fn get(&self, key: &'static str) -> impl Future<Output = Result<Option<String>, String>>;
-    fn put(&self, key: &'static str, value: String) -> impl Future<Output = Result<(), String>>;
-    fn delete_all(&self) -> impl Future<Output = Result<(), String>>;
+    /// The storage's own error (the runtime's, handed back to it as it came).
+    type Error: std::fmt::Display;
+
+    fn get(&self, key: &'static str) -> impl Future<Output = Result<Option<String>, Self::Error>>;
+    fn put(
+        &self,
+        key: &'static str,
+        value: String,
+    ) -> impl Future<Output = Result<(), Self::Error>>;
+    fn delete_all(&self) -> impl Future<Output = Result<(), Self::Error>>;
     /// Sets the alarm for `at_ms` (replacing one set before); whether it was set.
     fn set_alarm(&self, at_ms: u64) -> impl Future<Output = bool>;
 }
 
 /// Why a call or an alarm was not carried through.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Trouble {
+pub enum Trouble<E> {
     /// The state cannot be read (storage failed, or what it holds does not decode) or
     /// encoded: the call is answered `503` and nothing is stored.
     Unreadable(String),
-    /// Storage refused a write or a delete: the event fails as the runtime's call did.
-    Storage(String),
+    /// Storage refused a write or a delete: the event fails with the storage's error.
+    Storage(E),
 }
 
 /// One object's state in memory, loaded once per object lifetime, and whether its alarm is
@@ -53,13 +59,13 @@ impl<S: ObjectState> Host<S> {
     /// One call: decided synchronously on the loaded state (no other event can interleave
     /// between reading and updating), held while the reply says, stored, answered. `answer`
     /// turns the reply into what is sent back (`None`: it cannot be, then nothing is stored).
-    pub async fn call<T>(
+    pub async fn call<T, St: Storage>(
         &self,
         (clock, sleep): (&impl Clock, &impl Sleep),
-        storage: &impl Storage,
+        storage: &St,
         call: S::Call,
         answer: impl FnOnce(S::Reply) -> Option<T>,
-    ) -> Result<T, Trouble> {
+    ) -> Result<T, Trouble<St::Error>> {
         self.load(storage).await?;
         let mut now = clock.now_ms();
         let kept = call.clone();
@@ -69,7 +75,7 @@ impl<S: ObjectState> Host<S> {
         while let Some(wake) = S::hold_until(&reply).filter(|&wake| wake > now) {
             sleep.sleep(wake - now).await;
             now = clock.now_ms();
-            match self.with_state(|state| state.poll(now, &kept)) {
+            match self.with_state::<_, St::Error>(|state| state.poll(now, &kept)) {
                 Ok(Some(next)) => reply = next,
                 _ => break,
             }
@@ -100,7 +106,11 @@ impl<S: ObjectState> Host<S> {
 
     /// The alarm: forgets the state once it is idle (storage included); otherwise looks again
     /// later. A state that cannot be read is left as it is (nothing deleted or overwritten).
-    pub async fn alarm(&self, clock: &impl Clock, storage: &impl Storage) -> Result<(), Trouble> {
+    pub async fn alarm<St: Storage>(
+        &self,
+        clock: &impl Clock,
+        storage: &St,
+    ) -> Result<(), Trouble<St::Error>> {
         self.alarm_set.set(false);
         self.load(storage).await?;
         let now = clock.now_ms();
@@ -128,7 +138,7 @@ impl<S: ObjectState> Host<S> {
         }
     }
 
-    fn with_state<R>(&self, f: impl FnOnce(&mut S) -> R) -> Result<R, Trouble> {
+    fn with_state<R, E>(&self, f: impl FnOnce(&mut S) -> R) -> Result<R, Trouble<E>> {
         let mut slot = self.slot.borrow_mut();
         let state = slot
             .as_mut()
@@ -138,7 +148,7 @@ impl<S: ObjectState> Host<S> {
 
     /// Loads the state once per object lifetime (a fresh one when nothing is stored); it
     /// stays in memory afterwards, so every later event decides without a read.
-    async fn load(&self, storage: &impl Storage) -> Result<(), Trouble> {
+    async fn load<St: Storage>(&self, storage: &St) -> Result<(), Trouble<St::Error>> {
         if self.slot.borrow().is_some() {
             return Ok(());
         }

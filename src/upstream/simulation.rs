@@ -513,6 +513,8 @@ struct SimStore {
 }
 
 impl Storage for SimStore {
+    type Error = String;
+
     async fn get(&self, _key: &'static str) -> Result<Option<String>, String> {
         Ok(self.stored.borrow().clone())
     }
@@ -540,6 +542,8 @@ struct CallStore<'a> {
 }
 
 impl Storage for CallStore<'_> {
+    type Error = String;
+
     async fn get(&self, key: &'static str) -> Result<Option<String>, String> {
         self.store.get(key).await
     }

@@ -86,6 +86,8 @@ struct Store {
 }
 
 impl Storage for Store {
+    type Error = String;
+
     async fn get(&self, key: &'static str) -> Result<Option<String>, String> {
         if self.fail_reads.get() {
             return Err("read refused".to_string());
@@ -126,7 +128,7 @@ fn call(
     time: &Rc<VirtualTime>,
     store: &Store,
     call: TallyCall,
-) -> Result<Option<u64>, Trouble> {
+) -> Result<Option<u64>, Trouble<String>> {
     futures_executor::block_on(host.call((time, time), store, call, |r| Some(count(r))))
 }
 

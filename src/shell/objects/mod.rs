@@ -62,7 +62,7 @@ impl<S: ObjectState> Object<S> {
         let reply = match answered {
             Ok(reply) => reply,
             Err(Trouble::Unreadable(why)) => return unavailable(S::STORAGE_KEY, &why),
-            Err(Trouble::Storage(why)) => return Err(worker::Error::RustError(why)),
+            Err(Trouble::Storage(error)) => return Err(error),
         };
         let headers = worker::Headers::new();
         let _ = headers.set("content-type", "application/json");
@@ -77,7 +77,7 @@ impl<S: ObjectState> Object<S> {
         match self.host.alarm(&ObjectTime, &storage).await {
             // Nothing is deleted or overwritten; the next call answers 503 the same way.
             Err(Trouble::Unreadable(why)) => log_unreadable(S::STORAGE_KEY, &why),
-            Err(Trouble::Storage(why)) => return Err(worker::Error::RustError(why)),
+            Err(Trouble::Storage(error)) => return Err(error),
             Ok(()) => {}
         }
         Response::ok("")
@@ -104,16 +104,18 @@ impl crate::durable::Sleep for ObjectTime {
 struct RuntimeStorage(worker::Storage);
 
 impl Storage for RuntimeStorage {
-    async fn get(&self, key: &'static str) -> Result<Option<String>, String> {
-        self.0.get::<String>(key).await.map_err(|e| e.to_string())
+    type Error = worker::Error;
+
+    async fn get(&self, key: &'static str) -> worker::Result<Option<String>> {
+        self.0.get::<String>(key).await
     }
 
-    async fn put(&self, key: &'static str, value: String) -> Result<(), String> {
-        self.0.put(key, value).await.map_err(|e| e.to_string())
+    async fn put(&self, key: &'static str, value: String) -> worker::Result<()> {
+        self.0.put(key, value).await
     }
 
-    async fn delete_all(&self) -> Result<(), String> {
-        self.0.delete_all().await.map_err(|e| e.to_string())
+    async fn delete_all(&self) -> worker::Result<()> {
+        self.0.delete_all().await
     }
 
     async fn set_alarm(&self, at_ms: u64) -> bool {
