@@ -2,11 +2,26 @@
 //!
 //! Each object is load → `decide(state, now, call)` → store, and an alarm that forgets the
 //! state once it is as good as a fresh one. The state, its calls, its replies and its idle
-//! rule are pure core; `shell::objects` does the storage, the alarm and the JSON in between,
-//! and fails closed: a state it cannot read is never replaced by a default one.
+//! rule are pure core, and so is the loop around them ([`host`]): the shell gives it the
+//! runtime's storage and timers, the fleet simulation a virtual clock and an in-memory store.
+//! It fails closed: a state it cannot read is never replaced by a default one.
+
+use std::future::Future;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+
+pub mod host;
+
+/// Milliseconds since the Unix epoch, as the platform sees them.
+pub trait Clock {
+    fn now_ms(&self) -> u64;
+}
+
+/// Sleeping for a while; a wait is not an attempt.
+pub trait Sleep {
+    fn sleep(&self, ms: u64) -> impl Future<Output = ()>;
+}
 
 /// The state of one kind of Durable Object.
 pub trait ObjectState: Default + Serialize + DeserializeOwned {

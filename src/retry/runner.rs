@@ -25,15 +25,8 @@ use crate::upstream::{
     RefuseReason, Reply, WaitReason,
 };
 
-/// Milliseconds since the Unix epoch, as the platform sees them.
-pub trait Clock {
-    fn now_ms(&self) -> u64;
-}
-
-/// Sleeping for a while; a wait is not an attempt.
-pub trait Sleep {
-    fn sleep(&self, ms: u64) -> impl Future<Output = ()>;
-}
+/// The platform's time, shared with the object loop ([`crate::durable::host`]).
+pub use crate::durable::{Clock, Sleep};
 
 /// One attempt against the upstream.
 pub trait Transport {

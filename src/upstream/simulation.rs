@@ -9,13 +9,21 @@
 //! its held calls failed as the runtime fails them, and sent again once as production does)
 //! and runs its idle alarm; answers take a drawn time; `429`s carry whole-second
 //! `retry-after`s; prompts vary in size and their estimates in how far they overcount.
+//!
+//! Objects run the core's own loop ([`crate::durable::host`]) over an in-memory store, as the
+//! shell runs it over the runtime's. With callers ([`callers`]), each request is also admitted
+//! by its caller's limiter object first and settled after its answer.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::future::Future;
-use std::pin::Pin;
+use std::pin::{pin, Pin};
 use std::rc::Rc;
 
+use futures_util::future::{select, Either};
+use futures_util::FutureExt;
+
 use super::*;
+use crate::durable::host::{Host, Storage};
 use crate::durable::ObjectState;
 use crate::request::route::Route;
 use crate::retry::fallback::Fallbacks;
@@ -25,6 +33,9 @@ use crate::retry::runner::{
 use crate::retry::{Outcome, RetryPolicy, MIN_RETRY_AFTER_MS};
 use crate::testing::VirtualTime;
 use crate::upstream::{KeyLimits, Observed};
+
+mod callers;
+use callers::Callers;
 
 const MODEL: &str = "claude-opus-4-1";
 /// The model requests fall back to, in scenarios with a fallback.
@@ -128,6 +139,11 @@ enum End {
         reason: RefuseReason,
     },
     GaveUp {
+        at: u64,
+        retry_after_ms: u64,
+    },
+    /// The caller's own limits refused it (`429`), before any attempt.
+    Limited {
         at: u64,
         retry_after_ms: u64,
     },
@@ -426,31 +442,29 @@ impl Key {
     }
 }
 
-/// The key's Durable Object as the platform runs it: the state in memory (loaded from what
-/// was last stored), restarts that lose the memory and fail held calls, the idle alarm.
-struct SimObject {
-    state: Option<UpstreamState>,
-    /// What storage holds.
-    stored: Option<String>,
-    alarm_at: Option<u64>,
+/// A Durable Object as the platform runs it: the core's loop ([`Host`], as the shell runs it)
+/// over an in-memory store, restarts that lose the memory and fail held calls, the idle
+/// alarm.
+struct SimObject<S> {
+    host: Rc<Host<S>>,
+    store: Rc<SimStore>,
     /// When the object restarts next.
     restart_at: u64,
-    /// Restarts so far: a call held across one fails.
-    generation: u64,
     restarts: u64,
+    /// When it restarted.
+    restarted_at: Vec<u64>,
 }
 
-impl SimObject {
-    fn new(seed: u64, restart_at_ms: Option<u64>) -> SimObject {
+impl<S: ObjectState> SimObject<S> {
+    fn new(seed: u64, restart_at_ms: Option<u64>) -> SimObject<S> {
         let phase = fastrand::Rng::with_seed(seed ^ 0x0b1ec7).u64(0..PLATFORM.restart_every_ms);
         let phase = restart_at_ms.unwrap_or(phase);
         SimObject {
-            state: None,
-            stored: None,
-            alarm_at: None,
+            host: Rc::new(Host::default()),
+            store: Rc::new(SimStore::default()),
             restart_at: phase,
-            generation: 0,
             restarts: 0,
+            restarted_at: Vec::new(),
         }
     }
 
@@ -458,51 +472,93 @@ impl SimObject {
     fn catch_up(&mut self, now_ms: u64) {
         loop {
             let alarm = self
+                .store
                 .alarm_at
+                .get()
                 .filter(|&at| at <= now_ms && at < self.restart_at);
             if let Some(at) = alarm {
-                let state = self.loaded();
-                if ObjectState::is_idle(state, at) {
-                    self.state = None;
-                    self.stored = None;
-                    self.alarm_at = None;
-                } else {
-                    self.alarm_at = Some(at + state.check_idle_in_ms(at));
-                }
+                self.store.alarm_at.set(None);
+                // The store answers at once, so the alarm runs to its end in one poll.
+                let ran = self.host.alarm(&At(at), &*self.store).now_or_never();
+                assert_eq!(ran, Some(Ok(())), "the alarm runs on a readable state");
             } else if self.restart_at <= now_ms {
-                self.state = None;
-                self.generation += 1;
+                self.host = Rc::new(Host::default());
                 self.restarts += 1;
+                self.restarted_at.push(self.restart_at);
                 self.restart_at += PLATFORM.restart_every_ms;
             } else {
                 return;
             }
         }
     }
+}
 
-    /// The state in memory, loaded from storage when the object has just started.
-    fn loaded(&mut self) -> &mut UpstreamState {
-        let stored = &self.stored;
-        self.state.get_or_insert_with(|| {
-            stored
-                .as_deref()
-                .map(|text| serde_json::from_str(text).expect("a stored state decodes"))
-                .unwrap_or_default()
-        })
+/// A fixed time (an alarm's, run when the simulation catches up with it).
+struct At(u64);
+
+impl Clock for At {
+    fn now_ms(&self) -> u64 {
+        self.0
+    }
+}
+
+/// An object's storage in memory: its one state and its alarm. A write lands at once; its
+/// confirmation (what the platform takes to write) delays the answer ([`carry`]).
+#[derive(Default)]
+struct SimStore {
+    stored: RefCell<Option<String>>,
+    alarm_at: Cell<Option<u64>>,
+    /// The calls the object has answered (restarts included).
+    answered: Cell<u64>,
+}
+
+impl Storage for SimStore {
+    type Error = String;
+
+    async fn get(&self, _key: &'static str) -> Result<Option<String>, String> {
+        Ok(self.stored.borrow().clone())
     }
 
-    /// After a call is answered: stores the state when the shell would (then the alarm is
-    /// set if it is not); whether it wrote.
-    fn store_after(&mut self, now_ms: u64, call: &UpstreamCall) -> bool {
-        let state = self.loaded();
-        if !crate::durable::stored_after(&*state, call) {
-            return false;
-        }
-        state.stored();
-        let check_in = state.check_idle_in_ms(now_ms);
-        self.stored = Some(serde_json::to_string(&*state).expect("a state encodes"));
-        self.alarm_at.get_or_insert(now_ms + check_in);
+    async fn put(&self, _key: &'static str, value: String) -> Result<(), String> {
+        *self.stored.borrow_mut() = Some(value);
+        Ok(())
+    }
+
+    async fn delete_all(&self) -> Result<(), String> {
+        *self.stored.borrow_mut() = None;
+        Ok(())
+    }
+
+    async fn set_alarm(&self, at_ms: u64) -> bool {
+        self.alarm_at.set(Some(at_ms));
         true
+    }
+}
+
+/// The store as one call writes to it: whether it wrote (then its answer waits for the write).
+struct CallStore<'a> {
+    store: &'a SimStore,
+    wrote: Cell<bool>,
+}
+
+impl Storage for CallStore<'_> {
+    type Error = String;
+
+    async fn get(&self, key: &'static str) -> Result<Option<String>, String> {
+        self.store.get(key).await
+    }
+
+    async fn put(&self, key: &'static str, value: String) -> Result<(), String> {
+        self.wrote.set(true);
+        self.store.put(key, value).await
+    }
+
+    async fn delete_all(&self) -> Result<(), String> {
+        self.store.delete_all().await
+    }
+
+    async fn set_alarm(&self, at_ms: u64) -> bool {
+        self.store.set_alarm(at_ms).await
     }
 }
 
@@ -510,13 +566,86 @@ impl SimObject {
 #[derive(Debug)]
 struct Reset;
 
+/// How long one call takes to travel: there, back, and to confirm a write.
+struct Trip {
+    there: u64,
+    back: u64,
+    write: u64,
+}
+
+impl Trip {
+    /// A trip over an edge's round trip of `rtt_ms`, jittered by a quarter.
+    fn draw(rng: &RefCell<fastrand::Rng>, rtt_ms: u64) -> Trip {
+        let mut rng = rng.borrow_mut();
+        let rtt = rtt_ms * rng.u64(75..=125) / 100;
+        Trip {
+            there: rtt / 2,
+            back: rtt - rtt / 2,
+            write: draw(&mut rng, PLATFORM.storage_write_ms),
+        }
+    }
+}
+
+/// When an object answered a call: on its clock, and its place among the object's answers.
+#[derive(Debug, Clone, Copy)]
+struct Decided {
+    at: u64,
+    order: u64,
+}
+
+/// One call as the platform carries it: half a round trip there, decided (and held) by the
+/// object's loop, the write confirmed, half a round trip back: when it was answered, and the
+/// reply. A restart of the object fails the call as the runtime fails it.
+async fn carry<S: ObjectState>(
+    time: &Rc<VirtualTime>,
+    object: &RefCell<SimObject<S>>,
+    call: S::Call,
+    trip: Trip,
+) -> Result<(Decided, S::Reply), Reset> {
+    time.sleep(trip.there).await;
+    let (host, store, restart_at) = {
+        let mut object = object.borrow_mut();
+        object.catch_up(time.now_ms());
+        (object.host.clone(), object.store.clone(), object.restart_at)
+    };
+    let store = CallStore {
+        store: &store,
+        wrote: Cell::new(false),
+    };
+    // The restart first: at the same instant as a held call's wake, it wins.
+    let restart = pin!(time.until(restart_at));
+    let decided = pin!(host.call((time, time), &store, call, |reply| {
+        let order = store.store.answered.get();
+        store.store.answered.set(order + 1);
+        Some((
+            Decided {
+                at: time.now_ms(),
+                order,
+            },
+            reply,
+        ))
+    }));
+    match select(restart, decided).await {
+        Either::Left(_) => {
+            time.sleep(trip.back).await;
+            Err(Reset)
+        }
+        Either::Right((Ok(reply), _)) => {
+            let write = if store.wrote.get() { trip.write } else { 0 };
+            time.sleep(trip.back + write).await;
+            Ok(reply)
+        }
+        Either::Right((Err(trouble), _)) => panic!("the state reads and encodes: {trouble:?}"),
+    }
+}
+
 /// The key's shared state as one edge reaches it, at virtual time.
 struct SimShared {
     /// The model this view asks for, and its pool (the object's key for it).
     model: &'static str,
     pool: String,
     time: Rc<VirtualTime>,
-    object: Rc<RefCell<SimObject>>,
+    object: Rc<RefCell<SimObject<UpstreamState>>>,
     enabled: bool,
     seed: u64,
     log: Rc<RefCell<Log>>,
@@ -542,43 +671,8 @@ impl SimShared {
 
     async fn send(&self, call: &UpstreamCall) -> Result<UpstreamReply, Reset> {
         self.log.borrow_mut().shared_calls += 1;
-        let (there, back, write) = {
-            let mut rng = self.rng.borrow_mut();
-            let rtt = self.rtt_ms * rng.u64(75..=125) / 100;
-            (
-                rtt / 2,
-                rtt - rtt / 2,
-                draw(&mut rng, PLATFORM.storage_write_ms),
-            )
-        };
-        self.time.sleep(there).await;
-        let mut now = self.time.now_ms();
-        let (mut reply, generation) = {
-            let mut object = self.object.borrow_mut();
-            object.catch_up(now);
-            (object.loaded().decide(now, call.clone()), object.generation)
-        };
-        while let Some(wake) = UpstreamState::hold_until(&reply).filter(|&wake| wake > now) {
-            let restart = self.object.borrow().restart_at;
-            self.time.until(wake.min(restart)).await;
-            now = self.time.now_ms();
-            let polled = {
-                let mut object = self.object.borrow_mut();
-                object.catch_up(now);
-                (object.generation == generation).then(|| object.loaded().poll(now, call))
-            };
-            match polled {
-                // The object restarted under the held call: it fails as the runtime fails it.
-                None => {
-                    self.time.sleep(back).await;
-                    return Err(Reset);
-                }
-                Some(Some(next)) => reply = next,
-                Some(None) => break,
-            }
-        }
-        let wrote = self.object.borrow_mut().store_after(now, call);
-        self.time.sleep(back + if wrote { write } else { 0 }).await;
+        let trip = Trip::draw(&self.rng, self.rtt_ms);
+        let (_, reply) = carry(&self.time, &self.object, call.clone(), trip).await?;
         Ok(reply)
     }
 }
@@ -670,12 +764,18 @@ fn simulate(scenario: Scenario) -> Run {
 /// [`simulate`]; with `fallback`, the outage is of [`MODEL`] only and its requests may fall
 /// back to [`FALLBACK_MODEL`], which serves.
 fn simulate_with(scenario: Scenario, fallback: bool) -> Run {
+    simulate_callers(scenario, fallback, None)
+}
+
+/// [`simulate_with`]; with `callers`, each request is first admitted by its caller's limiter
+/// object and settles with its real usage after its answer ([`callers`]).
+fn simulate_callers(scenario: Scenario, fallback: bool, callers: Option<Rc<Callers>>) -> Run {
     let retry = RetryPolicy {
         budget_ms: scenario.budget_ms,
         ..RetryPolicy::default()
     };
     let time = VirtualTime::starting_at(0);
-    let object = Rc::new(RefCell::new(SimObject::new(
+    let object = Rc::new(RefCell::new(SimObject::<UpstreamState>::new(
         scenario.seed,
         scenario.restart_at_ms,
     )));
@@ -711,8 +811,7 @@ fn simulate_with(scenario: Scenario, fallback: bool) -> Run {
     };
     if let Some(mix) = scenario.mix {
         // The key's limits are known (a full bucket), and every edge has seen it near them.
-        let mut object = object.borrow_mut();
-        let state = object.loaded();
+        let mut state = UpstreamState::default();
         state.observe_limits(
             &OutagePolicy::default(),
             0,
@@ -725,7 +824,8 @@ fn simulate_with(scenario: Scenario, fallback: bool) -> Run {
                 ..KeyLimits::default()
             },
         );
-        object.stored = Some(serde_json::to_string(&*state).expect("a state encodes"));
+        *object.borrow().store.stored.borrow_mut() =
+            Some(serde_json::to_string(&state).expect("a state encodes"));
         for edge in &edges {
             edge.borrow_mut().mark_trouble(0);
         }
@@ -805,12 +905,26 @@ fn simulate_with(scenario: Scenario, fallback: bool) -> Run {
             last_sent: 0,
             rng: rng.clone(),
         };
+        let caller = callers
+            .as_ref()
+            .map(|c| c.for_request(i, &time, rtts[edge_of[i]], &rng));
         tasks.push(Box::pin(async move {
             let arrival = client.borrow().arrival;
             time.until(arrival).await;
             let budget_ms = {
                 let client = client.borrow();
                 client.deadline - client.arrival
+            };
+            // The caller's admission comes first, as the shell asks it before forwarding.
+            let reservation = match &caller {
+                Some(caller) => match caller.admit(estimate, MAX_TOKENS).await {
+                    Ok(reservation) => Some(reservation),
+                    Err(end) => {
+                        client.borrow_mut().end = Some(end);
+                        return;
+                    }
+                },
+                None => None,
             };
             let run = runner::Run {
                 clock: &time,
@@ -831,27 +945,41 @@ fn simulate_with(scenario: Scenario, fallback: bool) -> Run {
             } else {
                 Fallbacks::none()
             };
-            let result =
-                runner::run_with_fallbacks(run, fallbacks, &mut upstream, &mut journal).await;
-            let at = time.now_ms();
-            let mut client = client.borrow_mut();
-            client.end = Some(match (result, journal.stopped) {
-                (Ok(()), _) => {
-                    client.sent_at = Some(upstream.last_sent);
-                    End::Served { at }
+            let attempts = runner::run_with_fallbacks(run, fallbacks, &mut upstream, &mut journal);
+            // An admitted request's slot is held, in renewed leases, while the attempts run.
+            let result = match (&caller, reservation) {
+                (Some(caller), Some(reservation)) => {
+                    caller.holding(reservation.lease_id, attempts).await
                 }
-                (Err(e), Some(Stop::Refused(reason))) => End::Refused {
-                    at,
-                    retry_after_ms: e.retry_after_ms().unwrap_or(0),
-                    reason,
-                },
-                (Err(e), _) => End::GaveUp {
-                    at,
-                    retry_after_ms: e.retry_after_ms().unwrap_or(0),
-                },
-            });
-            client.journal = journal;
-            client.asked_first = *asked_first.borrow();
+                _ => attempts.await,
+            };
+            let at = time.now_ms();
+            let served = result.is_ok();
+            let input_tokens = {
+                let mut client = client.borrow_mut();
+                client.end = Some(match (result, journal.stopped) {
+                    (Ok(()), _) => {
+                        client.sent_at = Some(upstream.last_sent);
+                        End::Served { at }
+                    }
+                    (Err(e), Some(Stop::Refused(reason))) => End::Refused {
+                        at,
+                        retry_after_ms: e.retry_after_ms().unwrap_or(0),
+                        reason,
+                    },
+                    (Err(e), _) => End::GaveUp {
+                        at,
+                        retry_after_ms: e.retry_after_ms().unwrap_or(0),
+                    },
+                });
+                client.journal = journal;
+                client.asked_first = *asked_first.borrow();
+                client.input_tokens
+            };
+            // Settled once the answer is over, with what it really used.
+            if let (Some(caller), Some(reservation)) = (&caller, reservation) {
+                caller.settle(reservation, served, input_tokens).await;
+            }
         }));
     }
     time.run(tasks);
@@ -1229,7 +1357,12 @@ fn twice_the_capacity_is_paced_to_it_not_refused() {
         assert_eq!(oracle, scenario.clients, "every request fits at capacity");
         for client in &run.clients {
             let at = match client.end {
-                Some(End::Served { at } | End::Refused { at, .. } | End::GaveUp { at, .. }) => at,
+                Some(
+                    End::Served { at }
+                    | End::Refused { at, .. }
+                    | End::GaveUp { at, .. }
+                    | End::Limited { at, .. },
+                ) => at,
                 None => panic!("seed {seed}: a request never ended"),
             };
             assert!(

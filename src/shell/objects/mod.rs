@@ -1,5 +1,6 @@
-//! The Durable Object shell, one for both objects: load → `decide` → store, an alarm that
-//! forgets an idle state, and the JSON calls in between.
+//! The Durable Object shell, one for both objects: the core's loop ([`crate::durable::host`]:
+//! load → `decide` → store, an alarm that forgets an idle state) on the runtime's storage and
+//! timers, and the JSON calls in between.
 //!
 //! Calls are read with `serde_json` rather than `JSON.parse` (seeds are full 64-bit integers
 //! that a JS number would round), and state goes through the JS boundary as one string rather
@@ -7,7 +8,6 @@
 //! closed: a read that fails or a stored state that does not decode answers `503` and never
 //! lets a default state overwrite the real one.
 
-use std::cell::{Cell, RefCell};
 use std::pin::pin;
 
 use futures_util::future::{select, Either};
@@ -17,8 +17,9 @@ use serde::Serialize;
 use worker::wasm_bindgen::JsValue;
 use worker::{web_sys, Env, Request, Response, ResponseBuilder, State};
 
-use super::runtime::now_ms;
+use super::runtime::{now_ms, sleep_ms};
 use super::timer::Timer;
+use crate::durable::host::{Host, Storage, Trouble};
 use crate::durable::{self, ObjectState};
 use crate::error::ProxyError;
 use crate::metrics::event_line;
@@ -32,83 +33,37 @@ pub mod upstream;
 /// lost.
 const OBJECT_CALL_TIMEOUT_MS: u64 = crate::upstream::MAX_HOLD_MS + 5_000;
 
-/// One object's state in memory, loaded once per object lifetime.
+/// One object: the core's loop ([`Host`]) over the runtime's storage and timers.
 pub struct Object<S> {
     state: State,
-    slot: RefCell<Option<S>>,
-    /// An alarm is scheduled (so calls need not look for one each time).
-    alarm_set: Cell<bool>,
+    host: Host<S>,
 }
 
 impl<S: ObjectState> Object<S> {
     pub fn new(state: State) -> Self {
         Object {
             state,
-            slot: RefCell::new(None),
-            alarm_set: Cell::new(false),
+            host: Host::default(),
         }
     }
 
-    /// One call: decided synchronously on the loaded state (no other event can interleave
-    /// between reading and updating), stored, answered.
+    /// One call, read from the request and answered as JSON.
     pub async fn fetch(&self, mut req: Request) -> worker::Result<Response> {
         let Some(call) = read_call::<S::Call>(&mut req).await else {
             return Response::error("unreadable call", 400);
         };
-        if let Err(why) = self.load().await {
-            return unavailable(S::STORAGE_KEY, &why);
-        }
-        let mut now = now_ms();
-        let kept = call.clone();
-        let first = {
-            let mut slot = self.slot.borrow_mut();
-            let Some(state) = slot.as_mut() else {
-                return unavailable(S::STORAGE_KEY, "state not loaded");
-            };
-            state.decide(now, call)
+        let storage = RuntimeStorage(self.state.storage());
+        let answered = self
+            .host
+            .call((&ObjectTime, &ObjectTime), &storage, call, |reply| {
+                serde_json::to_string(&reply).ok()
+            })
+            .await;
+        let reply = match answered {
+            Ok(reply) => reply,
+            Err(Trouble::Unreadable(why)) => return unavailable(S::STORAGE_KEY, &why),
+            Err(Trouble::Storage(error)) => return Err(error),
         };
-        // A held call (a request waiting its fair turn) is answered when its turn comes: the
-        // object looks again when the state says, with no call from the edge.
-        let mut reply = first;
-        while let Some(wake) = S::hold_until(&reply).filter(|&wake| wake > now) {
-            Timer::after_ms(wake - now).await;
-            now = now_ms();
-            let polled = match self.slot.borrow_mut().as_mut() {
-                Some(state) => state.poll(now, &kept),
-                None => None,
-            };
-            match polled {
-                Some(next) => reply = next,
-                None => break,
-            }
-        }
-        let decided = {
-            let mut slot = self.slot.borrow_mut();
-            let Some(state) = slot.as_mut() else {
-                return unavailable(S::STORAGE_KEY, "state not loaded");
-            };
-            // A state that may not be stored yet stays in memory only: no write, no alarm;
-            // nor after a call that only read it or whose change lasts in memory only.
-            let stored =
-                durable::stored_after(&*state, &kept).then(|| serde_json::to_string(&*state));
-            (
-                serde_json::to_string(&reply),
-                stored.transpose(),
-                state.check_idle_in_ms(now),
-            )
-        };
-        let (Ok(reply), Ok(stored), check_in) = decided else {
-            return unavailable(S::STORAGE_KEY, "state not encodable");
-        };
-        if let Some(stored) = stored {
-            self.state.storage().put(S::STORAGE_KEY, stored).await?;
-            if let Some(state) = self.slot.borrow_mut().as_mut() {
-                state.stored();
-            }
-            if !self.alarm_set.get() {
-                self.arm(now.saturating_add(check_in)).await;
-            }
-        }
         let headers = worker::Headers::new();
         let _ = headers.set("content-type", "application/json");
         Ok(ResponseBuilder::new()
@@ -118,56 +73,54 @@ impl<S: ObjectState> Object<S> {
 
     /// Forgets the state once it is idle; otherwise looks again later.
     pub async fn alarm(&self) -> worker::Result<Response> {
-        self.alarm_set.set(false);
-        if let Err(why) = self.load().await {
+        let storage = RuntimeStorage(self.state.storage());
+        match self.host.alarm(&ObjectTime, &storage).await {
             // Nothing is deleted or overwritten; the next call answers 503 the same way.
-            log_unreadable(S::STORAGE_KEY, &why);
-            return Response::ok("");
-        }
-        let now = now_ms();
-        let (idle, check_in) = match self.slot.borrow().as_ref() {
-            Some(state) => (state.is_idle(now), state.check_idle_in_ms(now)),
-            None => (true, 0),
-        };
-        if idle {
-            self.state.storage().delete_all().await?;
-            *self.slot.borrow_mut() = None;
-        } else {
-            self.arm(now.saturating_add(check_in)).await;
+            Err(Trouble::Unreadable(why)) => log_unreadable(S::STORAGE_KEY, &why),
+            Err(Trouble::Storage(error)) => return Err(error),
+            Ok(()) => {}
         }
         Response::ok("")
     }
+}
 
-    async fn arm(&self, at_ms: u64) {
-        // Times stay below 2^53 (the clock), so the cast is exact.
-        if self.state.storage().set_alarm(at_ms as i64).await.is_ok() {
-            self.alarm_set.set(true);
-        }
+/// The runtime's clock and timers inside an object: a held call's wait is not a request's
+/// (it is not counted among the requests waiting).
+struct ObjectTime;
+
+impl crate::durable::Clock for ObjectTime {
+    fn now_ms(&self) -> u64 {
+        now_ms()
+    }
+}
+
+impl crate::durable::Sleep for ObjectTime {
+    async fn sleep(&self, ms: u64) {
+        sleep_ms(ms).await;
+    }
+}
+
+/// The runtime's storage of one object, as the core's loop takes it.
+struct RuntimeStorage(worker::Storage);
+
+impl Storage for RuntimeStorage {
+    type Error = worker::Error;
+
+    async fn get(&self, key: &'static str) -> worker::Result<Option<String>> {
+        self.0.get::<String>(key).await
     }
 
-    /// Loads the state once per object lifetime (a fresh one when nothing is stored); it
-    /// stays in memory afterwards, so every later event decides without a read.
-    async fn load(&self) -> Result<(), String> {
-        if self.slot.borrow().is_some() {
-            return Ok(());
-        }
-        let stored = self
-            .state
-            .storage()
-            .get::<String>(S::STORAGE_KEY)
-            .await
-            .map_err(|e| format!("storage read failed: {e}"))?;
-        let state = match stored {
-            Some(text) => serde_json::from_str::<S>(&text)
-                .map_err(|e| format!("stored state does not decode: {e}"))?,
-            None => S::default(),
-        };
-        let mut slot = self.slot.borrow_mut();
-        // Another event may have loaded it while this one awaited storage.
-        if slot.is_none() {
-            *slot = Some(state);
-        }
-        Ok(())
+    async fn put(&self, key: &'static str, value: String) -> worker::Result<()> {
+        self.0.put(key, value).await
+    }
+
+    async fn delete_all(&self) -> worker::Result<()> {
+        self.0.delete_all().await
+    }
+
+    async fn set_alarm(&self, at_ms: u64) -> bool {
+        // Times stay below 2^53 (the clock), so the cast is exact.
+        self.0.set_alarm(at_ms as i64).await.is_ok()
     }
 }
 
