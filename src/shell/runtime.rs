@@ -12,7 +12,7 @@ use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 use std::rc::Rc;
 
-pub use super::clock::now_ms;
+use super::clock::now_ms;
 use super::reader::{cause_of, BodyReader};
 use super::seen_env::SeenEnv;
 use super::timer::Timer;

@@ -17,7 +17,8 @@ use serde::Serialize;
 use worker::wasm_bindgen::JsValue;
 use worker::{web_sys, Env, Request, Response, ResponseBuilder, State};
 
-use super::runtime::{now_ms, sleep_ms};
+use super::clock::now_ms;
+use super::runtime::sleep_ms;
 use super::timer::Timer;
 use crate::durable::host::{Host, Storage, Trouble};
 use crate::durable::{self, ObjectState};
