@@ -18,6 +18,8 @@ node --test bench/oracle.test.mjs
 python3 bench/report.py --check-readme README.md
 # Every relative link of the Markdown resolves.
 node scripts/check-links.mjs
+# No production function over 80 lines, no import cycle between the crate's modules.
+python3 scripts/shape.py --check
 
 echo "== wasm tests (JS interop, in Node)"
 cargo test --target wasm32-unknown-unknown --test wasm_storage --test wasm_context
