@@ -461,7 +461,7 @@ async fn renew_for(
         lease_ms,
     };
     // A renewal that fails is logged by the call; the lease then ends on its own.
-    let _: Result<serde_json::Value, ProxyError> =
+    let _: Result<crate::json::Json, ProxyError> =
         super::call(env, BINDING, identity_hash, &call, "rate limiter").await;
 }
 
@@ -534,7 +534,7 @@ pub fn settle_later(
             usage,
             confirms,
         };
-        let settled: Result<serde_json::Value, ProxyError> =
+        let settled: Result<crate::json::Json, ProxyError> =
             super::call(&env, BINDING, &identity_hash, &call, "rate limiter").await;
         if let Err(e) = settled {
             worker::console_error!(

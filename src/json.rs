@@ -1,0 +1,238 @@
+//! A JSON value as far as the proxy looks at one: the fields of a request body, a token's
+//! claims and an object's status that are checked, not decoded into a type of their own.
+//!
+//! Read as `serde_json::Value` reads it (same parse, same depth limit, same errors), but
+//! without `Value`'s sorted map and number kinds, which the module would carry only for this.
+//! `null` and an absent field read alike ([`Json::Null`], the default), as `Option<Value>`
+//! read them.
+
+use std::fmt;
+
+use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+
+/// One JSON value.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub enum Json {
+    /// `null`, or a field that is absent.
+    #[default]
+    Null,
+    Bool(bool),
+    /// A non-negative integer that fits in 64 bits.
+    Unsigned(u64),
+    /// A negative integer.
+    Negative,
+    /// Any other number (a fraction, an exponent, or an integer beyond 64 bits).
+    Float(f64),
+    Text(String),
+    List(Vec<Json>),
+    /// An object's fields in the order written (a repeated key is found at its last place).
+    Object(Vec<(String, Json)>),
+}
+
+impl Json {
+    /// The string, if this is one.
+    #[must_use]
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            Json::Text(text) => Some(text),
+            _ => None,
+        }
+    }
+
+    /// The value of an object's field `key` (the last, if repeated).
+    #[must_use]
+    pub fn get(&self, key: &str) -> Option<&Json> {
+        match self {
+            Json::Object(fields) => fields.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v),
+            _ => None,
+        }
+    }
+
+    /// The items, if this is a list.
+    #[must_use]
+    pub fn as_list(&self) -> Option<&[Json]> {
+        match self {
+            Json::List(items) => Some(items),
+            _ => None,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Json {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Json, D::Error> {
+        deserializer.deserialize_any(JsonVisitor)
+    }
+}
+
+struct JsonVisitor;
+
+impl<'de> Visitor<'de> for JsonVisitor {
+    type Value = Json;
+
+    fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str("any valid JSON value")
+    }
+
+    fn visit_bool<E>(self, value: bool) -> Result<Json, E> {
+        Ok(Json::Bool(value))
+    }
+
+    fn visit_i64<E>(self, value: i64) -> Result<Json, E> {
+        Ok(u64::try_from(value).map_or(Json::Negative, Json::Unsigned))
+    }
+
+    fn visit_u64<E>(self, value: u64) -> Result<Json, E> {
+        Ok(Json::Unsigned(value))
+    }
+
+    fn visit_f64<E>(self, value: f64) -> Result<Json, E> {
+        // As `Value` reads a number that is not finite (JSON text has none).
+        Ok(if value.is_finite() {
+            Json::Float(value)
+        } else {
+            Json::Null
+        })
+    }
+
+    fn visit_str<E>(self, value: &str) -> Result<Json, E> {
+        Ok(Json::Text(value.to_owned()))
+    }
+
+    fn visit_string<E>(self, value: String) -> Result<Json, E> {
+        Ok(Json::Text(value))
+    }
+
+    fn visit_none<E>(self) -> Result<Json, E> {
+        Ok(Json::Null)
+    }
+
+    fn visit_some<D: Deserializer<'de>>(self, deserializer: D) -> Result<Json, D::Error> {
+        Json::deserialize(deserializer)
+    }
+
+    fn visit_unit<E>(self) -> Result<Json, E> {
+        Ok(Json::Null)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Json, A::Error> {
+        let mut items = Vec::new();
+        while let Some(item) = seq.next_element()? {
+            items.push(item);
+        }
+        Ok(Json::List(items))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Json, A::Error> {
+        let mut fields = Vec::new();
+        while let Some(key) = map.next_key::<String>()? {
+            let value = map.next_value()?;
+            fields.push((key, value));
+        }
+        Ok(Json::Object(fields))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read(text: &str) -> Result<Json, String> {
+        serde_json::from_str(text).map_err(|e| e.to_string())
+    }
+
+    fn value(text: &str) -> Result<serde_json::Value, String> {
+        serde_json::from_str(text).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn reads_each_kind_as_value_reads_it() {
+        assert_eq!(read("null"), Ok(Json::Null));
+        assert_eq!(read("true"), Ok(Json::Bool(true)));
+        assert_eq!(read("7"), Ok(Json::Unsigned(7)));
+        assert_eq!(read("-7"), Ok(Json::Negative));
+        assert_eq!(read("1.5"), Ok(Json::Float(1.5)));
+        assert_eq!(read("1e3"), Ok(Json::Float(1000.0)));
+        assert_eq!(read("-0"), Ok(Json::Float(-0.0)));
+        assert_eq!(
+            read("18446744073709551616"),
+            Ok(Json::Float(18_446_744_073_709_551_616.0))
+        );
+        assert_eq!(read(r#""a\u00e9""#), Ok(Json::Text("aé".to_string())));
+        assert_eq!(
+            read(r#"[1, "x", []]"#),
+            Ok(Json::List(vec![
+                Json::Unsigned(1),
+                Json::Text("x".to_string()),
+                Json::List(Vec::new())
+            ]))
+        );
+        let object = read(r#"{"a": 1, "b": {"c": null}, "a": 2}"#).unwrap();
+        assert_eq!(object.get("a"), Some(&Json::Unsigned(2)));
+        assert_eq!(object.get("b").and_then(|b| b.get("c")), Some(&Json::Null));
+        assert_eq!(object.get("z"), None);
+        assert_eq!(Json::Unsigned(1).get("a"), None);
+    }
+
+    #[test]
+    fn numbers_agree_with_value() {
+        for text in [
+            "0",
+            "1",
+            "-1",
+            "-0",
+            "0.0",
+            "1.0",
+            "2.5e2",
+            "-2.5",
+            "1e-400",
+            "9007199254740993",
+            "18446744073709551615",
+            "18446744073709551616",
+            "-9223372036854775808",
+            "-9223372036854775809",
+        ] {
+            let json = read(text).unwrap();
+            let value = value(text).unwrap();
+            let number = value.as_number().unwrap();
+            match json {
+                Json::Unsigned(n) => assert_eq!(number.as_u64(), Some(n), "{text}"),
+                Json::Negative => assert!(number.as_i64().is_some_and(|n| n < 0), "{text}"),
+                Json::Float(f) => {
+                    assert!(
+                        number.as_u64().is_none() && number.as_i64().is_none(),
+                        "{text}"
+                    );
+                    assert_eq!(
+                        number.as_f64().map(f64::to_bits),
+                        Some(f.to_bits()),
+                        "{text}"
+                    );
+                }
+                other => panic!("{text}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn refuses_what_value_refuses_with_the_same_words() {
+        let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+        let deep_object = format!("{}1{}", r#"{"a":"#.repeat(200), "}".repeat(200));
+        for text in [
+            "",
+            "[1,",
+            r#"{"a" 1}"#,
+            "1.",
+            "1e400",
+            r#""\ud800""#,
+            r#"{"\ud800": 1}"#,
+            r#""\x""#,
+            "nul",
+            "[1] 2",
+            &deep,
+            &deep_object,
+        ] {
+            let refused = read(text).unwrap_err();
+            assert_eq!(Err(refused), value(text).map(|_| ()), "{text}");
+        }
+    }
+}
