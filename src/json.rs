@@ -8,7 +8,7 @@
 
 use std::fmt;
 
-use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::de::{Deserialize, Deserializer, Error, MapAccess, SeqAccess, Visitor};
 
 /// One JSON value.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -132,6 +132,54 @@ impl<'de> Visitor<'de> for JsonVisitor {
     }
 }
 
+/// The place in `names` of the variant name a unit-only enum was written as: one decoder
+/// for every such enum (see [`deserialize_by_name`]), where serde's derive builds one each.
+///
+/// # Errors
+/// A value that is not a string, or a name not in `names` (in serde's words).
+pub fn variant_index<'de, D: Deserializer<'de>>(
+    deserializer: D,
+    names: &'static [&'static str],
+) -> Result<usize, D::Error> {
+    deserializer.deserialize_str(VariantName(names))
+}
+
+struct VariantName(&'static [&'static str]);
+
+impl Visitor<'_> for VariantName {
+    type Value = usize;
+
+    fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str("a variant name")
+    }
+
+    fn visit_str<E: Error>(self, name: &str) -> Result<usize, E> {
+        self.0
+            .iter()
+            .position(|known| *known == name)
+            .ok_or_else(|| E::unknown_variant(name, self.0))
+    }
+}
+
+/// `Deserialize` for an enum of unit variants from the names its derived `Serialize` writes,
+/// through [`variant_index`]. Only the string form is read: the `{"name": null}` form the
+/// derive also reads is one nothing writes.
+macro_rules! deserialize_by_name {
+    ($enum:ident { $($variant:ident = $name:literal),+ $(,)? }) => {
+        impl<'de> serde::Deserialize<'de> for $enum {
+            fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                const NAMES: &[&str] = &[$($name),+];
+                const ALL: &[$enum] = &[$($enum::$variant),+];
+                let at = $crate::json::variant_index(deserializer, NAMES)?;
+                ALL.get(at)
+                    .copied()
+                    .ok_or_else(|| serde::de::Error::unknown_variant("", NAMES))
+            }
+        }
+    };
+}
+pub(crate) use deserialize_by_name;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -234,5 +282,46 @@ mod tests {
             let refused = read(text).unwrap_err();
             assert_eq!(Err(refused), value(text).map(|_| ()), "{text}");
         }
+    }
+
+    #[test]
+    fn a_variant_name_reads_as_its_place() {
+        const NAMES: &[&str] = &["day", "month"];
+        let read = |text: &str| {
+            variant_index(&mut serde_json::Deserializer::from_str(text), NAMES)
+                .map_err(|e| e.to_string())
+        };
+        assert_eq!(read(r#""month""#), Ok(1));
+        assert_eq!(
+            read(r#""week""#),
+            Err("unknown variant `week`, expected `day` or `month` at line 1 column 6".to_string())
+        );
+        assert!(read("1").is_err());
+        assert!(read(r#"{"day": null}"#).is_err());
+    }
+
+    fn reads_what_it_writes<T>(all: &[T])
+    where
+        T: serde::Serialize + serde::de::DeserializeOwned + PartialEq + std::fmt::Debug,
+    {
+        for variant in all {
+            let text = serde_json::to_string(variant).unwrap();
+            assert_eq!(&serde_json::from_str::<T>(&text).unwrap(), variant, "{text}");
+        }
+    }
+
+    #[test]
+    fn enums_read_by_name_read_every_name_they_write() {
+        use crate::limits::Dimension;
+        use crate::upstream::{LimitDimension, Priority, WaitReason};
+        reads_what_it_writes(&Dimension::ALL);
+        reads_what_it_writes(&LimitDimension::ALL);
+        reads_what_it_writes(&[Priority::Interactive, Priority::Background]);
+        reads_what_it_writes(&[
+            WaitReason::Cooldown,
+            WaitReason::Overloaded,
+            WaitReason::Recovering,
+            WaitReason::Queued,
+        ]);
     }
 }

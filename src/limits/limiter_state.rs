@@ -54,7 +54,7 @@ pub const MIN_LEASE_RECORDS: usize = 256;
 pub use crate::durable::MAX_CLOCK_LEAD_MS;
 
 /// One limited quantity of a tier.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Dimension {
     /// Requests per minute.
@@ -66,6 +66,13 @@ pub enum Dimension {
     /// Requests in flight at once.
     Concurrency,
 }
+
+crate::json::deserialize_by_name!(Dimension {
+    Rpm = "rpm",
+    InputTpm = "input_tpm",
+    OutputTpm = "output_tpm",
+    Concurrency = "concurrency",
+});
 
 impl Dimension {
     /// Every dimension, in the order of headers and snapshots.

@@ -39,7 +39,7 @@ impl ProbeTicket {
 }
 
 /// Why a request is told to wait.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum WaitReason {
     /// The key is rate-limited upstream until the cooldown ends.
@@ -52,6 +52,13 @@ pub enum WaitReason {
     /// is kept; ask again then (the object holds the call meanwhile when it can).
     Queued,
 }
+
+crate::json::deserialize_by_name!(WaitReason {
+    Cooldown = "cooldown",
+    Overloaded = "overloaded",
+    Recovering = "recovering",
+    Queued = "queued",
+});
 
 /// Why a request is answered at once instead of reaching the upstream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

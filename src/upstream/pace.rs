@@ -37,13 +37,19 @@ pub struct Cost {
 }
 
 /// A dimension of the key's own limits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LimitDimension {
     Requests,
     InputTokens,
     OutputTokens,
 }
+
+crate::json::deserialize_by_name!(LimitDimension {
+    Requests = "requests",
+    InputTokens = "input_tokens",
+    OutputTokens = "output_tokens",
+});
 
 impl LimitDimension {
     pub const ALL: [LimitDimension; 3] = [
