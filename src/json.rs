@@ -306,7 +306,11 @@ mod tests {
     {
         for variant in all {
             let text = serde_json::to_string(variant).unwrap();
-            assert_eq!(&serde_json::from_str::<T>(&text).unwrap(), variant, "{text}");
+            assert_eq!(
+                &serde_json::from_str::<T>(&text).unwrap(),
+                variant,
+                "{text}"
+            );
         }
     }
 
