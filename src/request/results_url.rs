@@ -10,6 +10,19 @@ use crate::request::route::{path_of, query_of, route, Route};
 
 const KEY: &[u8] = b"\"results_url\"";
 
+/// Where [`KEY`] first begins in `bytes`. It begins with a quote, so only quotes are tried:
+/// the same answer as a general substring search, without its kilobytes of module.
+fn find_key(bytes: &[u8]) -> Option<usize> {
+    let mut from = 0;
+    loop {
+        let at = from + memchr::memchr(b'"', bytes.get(from..)?)?;
+        if bytes.get(at..)?.starts_with(KEY) {
+            return Some(at);
+        }
+        from = at + 1;
+    }
+}
+
 /// The answer with every `"results_url": "…"` value moved to `origin` (`https://host[:port]`),
 /// or `None` when there was nothing to rewrite.
 #[must_use]
@@ -17,7 +30,7 @@ pub fn point_at_proxy(body: &[u8], origin: &str) -> Option<Vec<u8>> {
     let mut out = Vec::with_capacity(body.len().saturating_add(64));
     let mut rest = body;
     let mut changed = false;
-    while let Some(at) = memchr::memmem::find(rest, KEY) {
+    while let Some(at) = find_key(rest) {
         let after_key = at.saturating_add(KEY.len());
         // A key in a JSON string would be escaped (`\"results_url\"`): not a key.
         let escaped = at > 0 && rest.get(at.saturating_sub(1)) == Some(&b'\\');
@@ -87,6 +100,26 @@ pub fn origin_of(url: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn the_key_is_found_where_a_substring_search_finds_it(
+            bytes in proptest::collection::vec(
+                prop_oneof![Just(b'"'), Just(b'r'), Just(b'_'), Just(b'x'), Just(b'l')],
+                0..40,
+            ),
+            at in 0usize..40,
+        ) {
+            let mut bytes = bytes;
+            let at = at.min(bytes.len());
+            bytes.splice(at..at, KEY.iter().copied());
+            for cut in [0, at, bytes.len()] {
+                let hay = bytes.get(cut..).unwrap_or_default();
+                prop_assert_eq!(find_key(hay), memchr::memmem::find(hay, KEY));
+            }
+        }
+    }
 
     const ORIGIN: &str = "https://proxy.example";
 
