@@ -6,6 +6,7 @@
 //! `null` and an absent field read alike ([`Json::Null`], the default), as `Option<Value>`
 //! read them.
 
+use std::borrow::Cow;
 use std::fmt;
 
 use serde::de::{Deserialize, Deserializer, Error, MapAccess, SeqAccess, Visitor};
@@ -130,6 +131,54 @@ impl<'de> Visitor<'de> for JsonVisitor {
         }
         Ok(Json::Object(fields))
     }
+}
+
+/// `bytes` as text for `serde_json::from_str`, read as `serde_json::from_slice` reads the
+/// bytes, so one JSON reader serves both (each reader is a copy of the whole parser).
+///
+/// Bytes that are UTF-8 are the text as they are. Otherwise each invalid sequence is mended
+/// to fail where `from_slice` fails and pass where it passes: in a string, as an escape that
+/// fails only when the string is decoded (`from_slice` checks a string's UTF-8 only then, not
+/// in a value it skips); right after a backslash, as an invalid escape; elsewhere, as a
+/// character that is not JSON there.
+#[must_use]
+pub fn as_text(bytes: &[u8]) -> Cow<'_, str> {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => Cow::Borrowed(text),
+        Err(_) => Cow::Owned(mended(bytes)),
+    }
+}
+
+fn mended(bytes: &[u8]) -> String {
+    let mut text = String::with_capacity(bytes.len().saturating_add(16));
+    let (mut in_string, mut escaped) = (false, false);
+    for chunk in bytes.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            text.push(c);
+            if !in_string {
+                in_string = c == '"';
+            } else if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == '"' {
+                in_string = false;
+            }
+        }
+        if chunk.invalid().is_empty() {
+            continue;
+        }
+        if !in_string {
+            text.push(char::REPLACEMENT_CHARACTER);
+        } else if escaped {
+            text.push('x');
+            escaped = false;
+        } else {
+            // A lone low surrogate: skipped as any escape, refused when decoded.
+            text.push_str("\\udc00");
+        }
+    }
+    text
 }
 
 /// The place in `names` of the variant name a unit-only enum was written as: one decoder
@@ -327,5 +376,86 @@ mod tests {
             WaitReason::Recovering,
             WaitReason::Queued,
         ]);
+    }
+
+    /// A shape like the upstream answers read from bytes: typed strings and numbers, nested.
+    #[derive(Debug, PartialEq, serde::Deserialize)]
+    struct Answer {
+        key: Option<String>,
+        n: Option<u64>,
+        inner: Option<Box<Answer>>,
+    }
+
+    fn piece() -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
+        use proptest::prelude::*;
+        prop_oneof![
+            Just(b"a".to_vec()),
+            Just(b"\"".to_vec()),
+            Just(b"\\".to_vec()),
+            Just(b"\\\"".to_vec()),
+            Just(b"\\u".to_vec()),
+            Just(b"dc00".to_vec()),
+            Just(b"\\ud83d\\ude00".to_vec()),
+            Just(vec![0xff]),
+            Just(vec![0xc3]),
+            Just(vec![0xc3, 0xa9]),
+            Just(vec![0xed, 0xa0, 0x80]),
+            Just(b"{".to_vec()),
+            Just(b"}".to_vec()),
+            Just(b":".to_vec()),
+            Just(b",".to_vec()),
+            Just(b"1".to_vec()),
+            Just(b"\"key\"".to_vec()),
+            Just(b"\"inner\"".to_vec()),
+        ]
+    }
+
+    fn text(pieces: &[Vec<u8>]) -> Vec<u8> {
+        pieces.concat()
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn bytes_read_as_text_read_as_from_slice_reads_them(
+            key in proptest::collection::vec(piece(), 0..4),
+            skipped in proptest::collection::vec(piece(), 0..4),
+            field in proptest::collection::vec(piece(), 0..3),
+            inner in proptest::collection::vec(piece(), 0..4),
+            loose in proptest::collection::vec(piece(), 0..12),
+        ) {
+            let shaped = [
+                b"{\"key\": \"".to_vec(), text(&key),
+                b"\", \"skipped\": [\"".to_vec(), text(&skipped),
+                b"\"], \"".to_vec(), text(&field),
+                b"\": 1, \"inner\": {\"key\": \"".to_vec(), text(&inner),
+                b"\"}}".to_vec(),
+            ]
+            .concat();
+            for bytes in [shaped, text(&loose)] {
+                let by_slice = serde_json::from_slice::<Answer>(&bytes).ok();
+                let by_text = serde_json::from_str::<Answer>(&as_text(&bytes)).ok();
+                proptest::prop_assert_eq!(by_text, by_slice, "{:?}", String::from_utf8_lossy(&bytes));
+            }
+        }
+    }
+
+    #[test]
+    fn bytes_that_are_not_utf8_pass_only_where_they_are_skipped() {
+        let read = |bytes: &[u8]| serde_json::from_str::<Answer>(&as_text(bytes)).ok();
+        let skipped = b"{\"key\": \"k\", \"other\": \"\xff\"}";
+        assert_eq!(
+            read(skipped),
+            serde_json::from_slice::<Answer>(skipped).ok()
+        );
+        assert_eq!(read(skipped).and_then(|a| a.key).as_deref(), Some("k"));
+        for refused in [
+            &b"{\"key\": \"\xff\"}"[..],
+            b"{\"k\xffey\": 1}",
+            b"{\"key\": \"\\\xff\"}",
+            b"{\"n\": 1\xff}",
+        ] {
+            assert!(serde_json::from_slice::<Answer>(refused).is_err());
+            assert_eq!(read(refused), None);
+        }
     }
 }

@@ -40,8 +40,15 @@ pub fn point_at_proxy(body: &[u8], origin: &str) -> Option<Vec<u8>> {
             rest = rest.get(after_key..)?;
             continue;
         };
-        let mut strings =
-            serde_json::Deserializer::from_slice(rest.get(start..)?).into_iter::<String>();
+        // The value is read from the text before the first byte that is not UTF-8, if any:
+        // a string that reaches it is refused there, as it would be read from the bytes.
+        let value = rest.get(start..)?;
+        let text = match std::str::from_utf8(value) {
+            Ok(text) => text,
+            Err(e) => std::str::from_utf8(value.get(..e.valid_up_to()).unwrap_or_default())
+                .unwrap_or_default(),
+        };
+        let mut strings = serde_json::Deserializer::from_str(text).into_iter::<String>();
         let url = strings.next().and_then(Result::ok);
         let end = start.saturating_add(strings.byte_offset());
         match url.and_then(|url| at_proxy(&url, origin)) {
@@ -131,6 +138,34 @@ mod tests {
             .unwrap()
             .replace("https://api.anthropic.com/v1/", "https://proxy.example/v1/");
         assert_eq!(moved, expected);
+    }
+
+    #[test]
+    fn bytes_that_are_not_utf8_stop_only_a_value_they_are_in() {
+        let url = b"https://api.anthropic.com/v1/messages/batches/b/results";
+        let after = [
+            &b"{\"results_url\": \""[..],
+            url,
+            b"\", \"note\": \"\xff\xfe\"}",
+        ]
+        .concat();
+        let moved = point_at_proxy(&after, ORIGIN).unwrap();
+        assert_eq!(
+            moved,
+            after
+                .iter()
+                .copied()
+                .take(16)
+                .chain(
+                    b"\"https://proxy.example/v1/messages/batches/b/results\""
+                        .iter()
+                        .copied()
+                )
+                .chain(b", \"note\": \"\xff\xfe\"}".iter().copied())
+                .collect::<Vec<u8>>()
+        );
+        let inside = [&b"{\"results_url\": \""[..], url, b"\xff\"}"].concat();
+        assert_eq!(point_at_proxy(&inside, ORIGIN), None);
     }
 
     #[test]
