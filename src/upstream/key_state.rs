@@ -1,7 +1,5 @@
 //! The shared state of one upstream key and the calls that change it.
 
-use std::cmp::Reverse;
-
 use serde::{Deserialize, Serialize};
 
 use super::budget::{BudgetWindow, RetryBudget};
@@ -625,8 +623,7 @@ impl UpstreamState {
     #[must_use]
     pub fn snapshot(&self, policy: &OutagePolicy, now_ms: u64) -> Snapshot {
         let now = stored(now_ms).max(self.clock_ms);
-        let mut models: Vec<&ModelHealth> = self.models.iter().collect();
-        models.sort_by_key(|health| Reverse(health.last_used_ms));
+        let models = by_recent_use(&self.models);
         let models = models
             .into_iter()
             .map(|health| {
@@ -663,8 +660,7 @@ impl UpstreamState {
         now_ms: u64,
     ) -> Vec<(ModelSnapshot, PaceOutlook, Vec<CallerShare>)> {
         let now = stored(now_ms).max(self.clock_ms);
-        let mut models: Vec<&ModelHealth> = self.models.iter().collect();
-        models.sort_by_key(|health| Reverse(health.last_used_ms));
+        let models = by_recent_use(&self.models);
         models
             .into_iter()
             .map(|health| {
@@ -877,6 +873,21 @@ fn change_of(change: ModelChange) -> Change {
     }
 }
 
+/// The models most recently used first, those used at the same time in their stored order (a
+/// stable sort). By insertion: a state holds a few dozen at most (`OutagePolicy::max_models`),
+/// where the standard library's sort is kilobytes of module.
+fn by_recent_use(models: &[ModelHealth]) -> Vec<&ModelHealth> {
+    let mut sorted: Vec<&ModelHealth> = Vec::with_capacity(models.len());
+    for health in models {
+        let at = sorted
+            .iter()
+            .position(|placed| placed.last_used_ms < health.last_used_ms)
+            .unwrap_or(sorted.len());
+        sorted.insert(at, health);
+    }
+    sorted
+}
+
 fn model_snapshot(health: &ModelHealth, policy: &OutagePolicy, now: u64) -> ModelSnapshot {
     let mut snapshot = ModelSnapshot {
         model: health.model.clone(),
@@ -915,4 +926,26 @@ fn model_snapshot(health: &ModelHealth, policy: &OutagePolicy, now: u64) -> Mode
         }
     }
     snapshot
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn models_by_recent_use_are_ordered_as_a_stable_sort_orders_them(
+            used in proptest::collection::vec(0u64..5, 0..40),
+        ) {
+            let models: Vec<ModelHealth> = used
+                .iter()
+                .enumerate()
+                .map(|(i, at)| ModelHealth::new(&format!("m{i}"), *at))
+                .collect();
+            let mut expected: Vec<&ModelHealth> = models.iter().collect();
+            expected.sort_by_key(|health| std::cmp::Reverse(health.last_used_ms));
+            prop_assert_eq!(by_recent_use(&models), expected);
+        }
+    }
 }
