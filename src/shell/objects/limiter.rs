@@ -268,7 +268,14 @@ async fn deliver(env: &Env, identity: &str, limits: TierLimits, ids: Vec<u64>) {
     if let Ending::Abandoned { items } = ending {
         worker::console_error!(
             "{}",
-            serde_json::json!({"event": "settle_failed", "identity": logged_caller(env, identity), "error": "returns not delivered", "items": items})
+            crate::metrics::event_line_counting(
+                "settle_failed",
+                &[
+                    ("identity", &logged_caller(env, identity)),
+                    ("error", "returns not delivered")
+                ],
+                ("items", u64::try_from(items).unwrap_or(u64::MAX))
+            )
         );
     }
 }
@@ -287,7 +294,16 @@ async fn flush(env: &Env, identity: &str, limits: TierLimits) {
     if own(env, identity, limits, &Owner::Flusher).await == Ending::Left {
         worker::console_error!(
             "{}",
-            serde_json::json!({"event": "settle_failed", "identity": logged_caller(env, identity), "error": "settlements not delivered; left for the next flusher"})
+            crate::metrics::event_line(
+                "settle_failed",
+                &[
+                    ("identity", &logged_caller(env, identity)),
+                    (
+                        "error",
+                        "settlements not delivered; left for the next flusher"
+                    )
+                ]
+            )
         );
     }
 }
@@ -539,7 +555,13 @@ pub fn settle_later(
         if let Err(e) = settled {
             worker::console_error!(
                 "{}",
-                serde_json::json!({"event": "settle_failed", "identity": logged_caller(&env, &identity_hash), "error": e.message()})
+                crate::metrics::event_line(
+                    "settle_failed",
+                    &[
+                        ("identity", &logged_caller(&env, &identity_hash)),
+                        ("error", &e.message())
+                    ]
+                )
             );
         }
     });
