@@ -210,6 +210,19 @@ impl Visitor<'_> for VariantName {
     }
 }
 
+/// Reads an externally tagged enum's variant name (`"name"` or `{"name": ...}`) as its place
+/// in `names`, through the same decoder as [`variant_index`]: for enums whose decoder is
+/// written out (see `upstream::PaceReason`), where serde's derive builds a name decoder each.
+pub struct VariantSeed(pub &'static [&'static str]);
+
+impl<'de> serde::de::DeserializeSeed<'de> for VariantSeed {
+    type Value = usize;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<usize, D::Error> {
+        variant_index(deserializer, self.0)
+    }
+}
+
 /// `Deserialize` for an enum of unit variants from the names its derived `Serialize` writes,
 /// through [`variant_index`]. Only the string form is read: the `{"name": null}` form the
 /// derive also reads is one nothing writes.
@@ -370,6 +383,36 @@ mod tests {
         reads_what_it_writes(&Dimension::ALL);
         reads_what_it_writes(&LimitDimension::ALL);
         reads_what_it_writes(&[Priority::Interactive, Priority::Background]);
+        use crate::upstream::{PaceReason, RefuseReason};
+        let paced = [
+            PaceReason::Capacity,
+            PaceReason::KeyLimit(LimitDimension::Requests),
+            PaceReason::KeyLimit(LimitDimension::OutputTokens),
+        ];
+        reads_what_it_writes(&paced);
+        reads_what_it_writes(&[
+            RefuseReason::Cooldown,
+            RefuseReason::Overloaded,
+            RefuseReason::RetryBudget,
+            RefuseReason::Paced(paced[0]),
+            RefuseReason::Paced(paced[2]),
+        ]);
+        // The other forms the derive read, and its words for what it refused.
+        let read =
+            |text: &str| serde_json::from_str::<RefuseReason>(text).map_err(|e| e.to_string());
+        assert_eq!(read(r#"{"cooldown": null}"#), Ok(RefuseReason::Cooldown));
+        assert_eq!(
+            read(r#"{"paced": {"key_limit": "input_tokens"}}"#),
+            Ok(RefuseReason::Paced(PaceReason::KeyLimit(
+                LimitDimension::InputTokens
+            )))
+        );
+        assert_eq!(
+            read(r#""later""#),
+            Err("unknown variant `later`, expected one of `cooldown`, `overloaded`, `retry_budget`, `paced` at line 1 column 7".to_string())
+        );
+        assert!(read(r#""paced""#).is_err());
+        assert!(read(r#"{"cooldown": 1}"#).is_err());
         reads_what_it_writes(&[
             WaitReason::Cooldown,
             WaitReason::Overloaded,

@@ -59,7 +59,7 @@ crate::json::deserialize_by_name!(WaitReason {
 });
 
 /// Why a request is answered at once instead of reaching the upstream.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RefuseReason {
     /// The key's cooldown outlasts the request's deadline: 429, scope upstream.
@@ -71,6 +71,38 @@ pub enum RefuseReason {
     /// Its send time falls after its deadline: the key's own limit (429, scope upstream) or
     /// the upstream's capacity (503), with that time as the retry-after.
     Paced(PaceReason),
+}
+
+// Read as the derive reads it (the same forms, the same errors), with the variant's name read
+// by the one shared decoder (`json::VariantSeed`).
+impl<'de> Deserialize<'de> for RefuseReason {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        const NAMES: &[&str] = &["cooldown", "overloaded", "retry_budget", "paced"];
+        struct Reading;
+        impl<'de> serde::de::Visitor<'de> for Reading {
+            type Value = RefuseReason;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("enum RefuseReason")
+            }
+            fn visit_enum<A: serde::de::EnumAccess<'de>>(
+                self,
+                data: A,
+            ) -> Result<RefuseReason, A::Error> {
+                use serde::de::VariantAccess;
+                let (at, variant) = data.variant_seed(crate::json::VariantSeed(NAMES))?;
+                if at == 3 {
+                    return variant.newtype_variant().map(RefuseReason::Paced);
+                }
+                variant.unit_variant()?;
+                Ok(match at {
+                    0 => RefuseReason::Cooldown,
+                    1 => RefuseReason::Overloaded,
+                    _ => RefuseReason::RetryBudget,
+                })
+            }
+        }
+        deserializer.deserialize_enum("RefuseReason", NAMES, Reading)
+    }
 }
 
 /// The object's answer before an attempt.
