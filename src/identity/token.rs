@@ -310,9 +310,7 @@ fn numeric_date_ms(value: &Json) -> Option<u64> {
 }
 
 fn valid_sub(sub: &str) -> bool {
-    // Characters counted as the bytes that begin one (the standard count is a kilobyte of
-    // module for this one use).
-    let chars = sub.bytes().filter(|b| !(0x80..0xC0).contains(b)).count();
+    let chars = sub.chars().count();
     (1..=MAX_SUB_CHARS).contains(&chars) && !sub.chars().any(char::is_control)
 }
 

@@ -96,7 +96,12 @@ fn at_proxy(url: &str, origin: &str) -> Option<String> {
 /// The origin (`scheme://host[:port]`) of a serialized URL.
 #[must_use]
 pub fn origin_of(url: &str) -> &str {
-    let after_scheme = url.find("://").map_or(0, |i| i.saturating_add(3));
+    // A byte search: a `str` pattern brings the standard library's substring searcher.
+    let after_scheme = url
+        .as_bytes()
+        .windows(3)
+        .position(|w| w == b"://")
+        .map_or(0, |i| i.saturating_add(3));
     let end = url
         .get(after_scheme..)
         .and_then(|rest| rest.find(['/', '?', '#']))
