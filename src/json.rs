@@ -223,6 +223,87 @@ impl<'de> serde::de::DeserializeSeed<'de> for VariantSeed {
     }
 }
 
+/// Reads the fields of a struct variant written as an object (the form `serde_json` writes):
+/// each field of `names` at most once, refused in the derive's words when repeated; any other
+/// skipped, as the derive skips it. `read` takes the value of the field at a place in `names`.
+///
+/// # Errors
+/// What the map's reader refuses, a repeated field, or what `read` refuses.
+pub fn read_fields<'de, A: MapAccess<'de>>(
+    mut map: A,
+    names: &'static [&'static str],
+    mut read: impl FnMut(usize, &mut A) -> Result<(), A::Error>,
+) -> Result<(), A::Error> {
+    let mut seen = 0u64;
+    while let Some(field) = map.next_key_seed(FieldSeed(names))? {
+        match field {
+            Some(at) => {
+                if seen & (1 << at) != 0 {
+                    let name = names.get(at).copied().unwrap_or_default();
+                    return Err(A::Error::duplicate_field(name));
+                }
+                seen |= 1 << at;
+                read(at, &mut map)?;
+            }
+            None => {
+                map.next_value::<serde::de::IgnoredAny>()?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A field's name as its place in the names looked at, `None` for another.
+struct FieldSeed(&'static [&'static str]);
+
+impl<'de> serde::de::DeserializeSeed<'de> for FieldSeed {
+    type Value = Option<usize>;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Option<usize>, D::Error> {
+        deserializer.deserialize_str(self)
+    }
+}
+
+impl Visitor<'_> for FieldSeed {
+    type Value = Option<usize>;
+
+    fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str("field identifier")
+    }
+
+    fn visit_str<E: Error>(self, name: &str) -> Result<Option<usize>, E> {
+        Ok(self.0.iter().position(|known| *known == name))
+    }
+}
+
+/// A required field's value, or serde's words for its absence.
+///
+/// # Errors
+/// The field was not given.
+pub fn required<T, E: Error>(value: Option<T>, name: &'static str) -> Result<T, E> {
+    value.ok_or_else(|| E::missing_field(name))
+}
+
+/// Reads a struct variant of one required number field (`{"until_ms": 5}`).
+pub struct OneNumber(pub &'static [&'static str]);
+
+impl<'de> Visitor<'de> for OneNumber {
+    type Value = u64;
+
+    fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str("struct variant")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<u64, A::Error> {
+        let mut value = None;
+        read_fields(map, self.0, |_, map| {
+            value = Some(map.next_value()?);
+            Ok(())
+        })?;
+        required(value, self.0.first().copied().unwrap_or_default())
+    }
+}
+
 /// `Deserialize` for an enum of unit variants from the names its derived `Serialize` writes,
 /// through [`variant_index`]. Only the string form is read: the `{"name": null}` form the
 /// derive also reads is one nothing writes.
@@ -413,6 +494,93 @@ mod tests {
         );
         assert!(read(r#""paced""#).is_err());
         assert!(read(r#"{"cooldown": 1}"#).is_err());
+        use crate::upstream::{Change, Gate, ProbeTicket, Reply};
+        reads_what_it_writes(&[
+            Gate::Go { probe: None },
+            Gate::Go {
+                probe: Some(ProbeTicket(7)),
+            },
+            Gate::Wait {
+                until_ms: 5,
+                reason: WaitReason::Queued,
+            },
+            Gate::Scheduled {
+                at_ms: 6,
+                reason: paced[1],
+            },
+            Gate::Refuse {
+                retry_after_ms: 9,
+                reason: RefuseReason::Paced(paced[0]),
+            },
+        ]);
+        reads_what_it_writes(&[
+            Reply::Success,
+            Reply::Overloaded,
+            Reply::RateLimited {
+                retry_after_ms: None,
+            },
+            Reply::RateLimited {
+                retry_after_ms: Some(3),
+            },
+            Reply::OtherFailure,
+        ]);
+        reads_what_it_writes(&[
+            Change::Nothing,
+            Change::Cooldown { until_ms: 1 },
+            Change::MarkedOverloaded { next_probe_ms: 2 },
+            Change::ProbeFailed { next_probe_ms: 3 },
+            Change::Recovering { window_ms: 4 },
+        ]);
+        // Fields as the derive read them: others skipped, a repeat or a missing one refused.
+        let gate = |text: &str| serde_json::from_str::<Gate>(text).map_err(|e| e.to_string());
+        assert_eq!(
+            gate(r#"{"wait": {"later": [1], "reason": "queued", "until_ms": 4}}"#),
+            Ok(Gate::Wait {
+                until_ms: 4,
+                reason: WaitReason::Queued
+            })
+        );
+        assert_eq!(gate(r#"{"go": {}}"#), Ok(Gate::Go { probe: None }));
+        // The same words, at the same place, as the derive's.
+        #[derive(Debug, serde::Deserialize)]
+        #[serde(rename_all = "snake_case")]
+        #[allow(dead_code)]
+        enum Derived {
+            Go {
+                probe: Option<ProbeTicket>,
+            },
+            Wait {
+                until_ms: u64,
+                reason: WaitReason,
+            },
+            Scheduled {
+                at_ms: u64,
+                reason: PaceReason,
+            },
+            Refuse {
+                retry_after_ms: u64,
+                reason: RefuseReason,
+            },
+        }
+        for text in [
+            r#"{"wait": {"until_ms": 4}}"#,
+            r#"{"wait": {"until_ms": 4, "until_ms": 5, "reason": "queued"}}"#,
+            r#"{"refuse": {"reason": "cooldown"}}"#,
+            r#"{"later": {}}"#,
+            r#"{"go": {"probe": 1, "probe": 2}}"#,
+            r#"{"scheduled": {"at_ms": 1, "reason": "capacity"} "#,
+        ] {
+            let derived = serde_json::from_str::<Derived>(text).map_err(|e| e.to_string());
+            assert_eq!(gate(text).unwrap_err(), derived.unwrap_err(), "{text}");
+        }
+        assert!(gate(r#""go""#).is_err());
+        assert_eq!(
+            serde_json::from_str::<Reply>(r#"{"rate_limited": {}}"#).ok(),
+            Some(Reply::RateLimited {
+                retry_after_ms: None
+            })
+        );
+        assert!(serde_json::from_str::<Change>(r#"{"cooldown": {}}"#).is_err());
         reads_what_it_writes(&[
             WaitReason::Cooldown,
             WaitReason::Overloaded,

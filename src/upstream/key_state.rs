@@ -106,7 +106,7 @@ impl<'de> Deserialize<'de> for RefuseReason {
 }
 
 /// The object's answer before an attempt.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Gate {
     /// Send the attempt. With a ticket it is the model's probe: report it with the ticket.
@@ -125,8 +125,75 @@ pub enum Gate {
     },
 }
 
+// Read as the derive reads it from what `serde_json` writes, the variant's name and fields by
+// the shared decoders (`json::VariantSeed`, `json::read_fields`); a struct variant from its
+// object form only (the derive also read an array form nothing writes).
+impl<'de> Deserialize<'de> for Gate {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        const NAMES: &[&str] = &["go", "wait", "scheduled", "refuse"];
+        const FIELDS: [&[&str]; 4] = [
+            &["probe"],
+            &["until_ms", "reason"],
+            &["at_ms", "reason"],
+            &["retry_after_ms", "reason"],
+        ];
+        struct Reading;
+        impl<'de> serde::de::Visitor<'de> for Reading {
+            type Value = Gate;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("enum Gate")
+            }
+            fn visit_enum<A: serde::de::EnumAccess<'de>>(self, data: A) -> Result<Gate, A::Error> {
+                use serde::de::VariantAccess;
+                let (at, variant) = data.variant_seed(crate::json::VariantSeed(NAMES))?;
+                let fields = FIELDS.get(at).copied().unwrap_or_default();
+                variant.struct_variant(fields, Fields(at))
+            }
+        }
+        struct Fields(usize);
+        impl<'de> serde::de::Visitor<'de> for Fields {
+            type Value = Gate;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("struct variant of Gate")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Gate, A::Error> {
+                use crate::json::required;
+                let fields = FIELDS.get(self.0).copied().unwrap_or_default();
+                let (mut probe, mut ms) = (None, None);
+                let (mut wait, mut paced, mut refused) = (None, None, None);
+                crate::json::read_fields(map, fields, |field, map| {
+                    match (self.0, field) {
+                        (0, _) => probe = map.next_value()?,
+                        (_, 0) => ms = Some(map.next_value()?),
+                        (1, _) => wait = Some(map.next_value()?),
+                        (2, _) => paced = Some(map.next_value()?),
+                        _ => refused = Some(map.next_value()?),
+                    }
+                    Ok(())
+                })?;
+                Ok(match self.0 {
+                    0 => Gate::Go { probe },
+                    1 => Gate::Wait {
+                        until_ms: required(ms, "until_ms")?,
+                        reason: required(wait, "reason")?,
+                    },
+                    2 => Gate::Scheduled {
+                        at_ms: required(ms, "at_ms")?,
+                        reason: required(paced, "reason")?,
+                    },
+                    _ => Gate::Refuse {
+                        retry_after_ms: required(ms, "retry_after_ms")?,
+                        reason: required(refused, "reason")?,
+                    },
+                })
+            }
+        }
+        deserializer.deserialize_enum("Gate", NAMES, Reading)
+    }
+}
+
 /// What the upstream answered, as far as the shared state cares.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Reply {
     /// A `2xx`: the model serves.
@@ -138,6 +205,52 @@ pub enum Reply {
     /// Anything else (another status, a timeout, no connection): says nothing about
     /// overload.
     OtherFailure,
+}
+
+// Read as the derive reads it from what `serde_json` writes, the variant's name and fields by
+// the shared decoders (`json::VariantSeed`, `json::read_fields`); a struct variant from its
+// object form only (the derive also read an array form nothing writes).
+impl<'de> Deserialize<'de> for Reply {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        const NAMES: &[&str] = &["success", "overloaded", "rate_limited", "other_failure"];
+        const FIELDS: &[&str] = &["retry_after_ms"];
+        struct Reading;
+        impl<'de> serde::de::Visitor<'de> for Reading {
+            type Value = Reply;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("enum Reply")
+            }
+            fn visit_enum<A: serde::de::EnumAccess<'de>>(self, data: A) -> Result<Reply, A::Error> {
+                use serde::de::VariantAccess;
+                let (at, variant) = data.variant_seed(crate::json::VariantSeed(NAMES))?;
+                if at == 2 {
+                    return variant.struct_variant(FIELDS, RateLimited);
+                }
+                variant.unit_variant()?;
+                Ok(match at {
+                    0 => Reply::Success,
+                    1 => Reply::Overloaded,
+                    _ => Reply::OtherFailure,
+                })
+            }
+        }
+        struct RateLimited;
+        impl<'de> serde::de::Visitor<'de> for RateLimited {
+            type Value = Reply;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("struct variant Reply::RateLimited")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Reply, A::Error> {
+                let mut retry_after_ms = None;
+                crate::json::read_fields(map, FIELDS, |_, map| {
+                    retry_after_ms = map.next_value()?;
+                    Ok(())
+                })?;
+                Ok(Reply::RateLimited { retry_after_ms })
+            }
+        }
+        deserializer.deserialize_enum("Reply", NAMES, Reading)
+    }
 }
 
 impl Reply {
@@ -169,7 +282,7 @@ pub struct AttemptReport {
 }
 
 /// What a report changed, for the log line.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Change {
     /// Nothing the other requests will notice.
@@ -182,6 +295,55 @@ pub enum Change {
     ProbeFailed { next_probe_ms: u64 },
     /// A request got through: waiters are released over `window_ms`.
     Recovering { window_ms: u64 },
+}
+
+// Read as the derive reads it from what `serde_json` writes, the variant's name and fields by
+// the shared decoders (`json::VariantSeed`, `json::read_fields`); a struct variant from its
+// object form only (the derive also read an array form nothing writes).
+impl<'de> Deserialize<'de> for Change {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        const NAMES: &[&str] = &[
+            "nothing",
+            "cooldown",
+            "marked_overloaded",
+            "probe_failed",
+            "recovering",
+        ];
+        const FIELDS: [&[&str]; 5] = [
+            &[],
+            &["until_ms"],
+            &["next_probe_ms"],
+            &["next_probe_ms"],
+            &["window_ms"],
+        ];
+        struct Reading;
+        impl<'de> serde::de::Visitor<'de> for Reading {
+            type Value = Change;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("enum Change")
+            }
+            fn visit_enum<A: serde::de::EnumAccess<'de>>(
+                self,
+                data: A,
+            ) -> Result<Change, A::Error> {
+                use serde::de::VariantAccess;
+                let (at, variant) = data.variant_seed(crate::json::VariantSeed(NAMES))?;
+                if at == 0 {
+                    variant.unit_variant()?;
+                    return Ok(Change::Nothing);
+                }
+                let fields = FIELDS.get(at).copied().unwrap_or_default();
+                let ms = variant.struct_variant(fields, crate::json::OneNumber(fields))?;
+                Ok(match at {
+                    1 => Change::Cooldown { until_ms: ms },
+                    2 => Change::MarkedOverloaded { next_probe_ms: ms },
+                    3 => Change::ProbeFailed { next_probe_ms: ms },
+                    _ => Change::Recovering { window_ms: ms },
+                })
+            }
+        }
+        deserializer.deserialize_enum("Change", NAMES, Reading)
+    }
 }
 
 /// Where one model stands, for the snapshot.
