@@ -649,9 +649,12 @@ impl ModelHealth {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
 
-    /// The phase as serde's derive read it, to check the written-out reader against.
+    /// The phase as serde's derive read it, to check the written-out reader against (its
+    /// fields are compared through `Debug`).
     #[derive(Debug, serde::Deserialize)]
+    #[allow(dead_code)]
     #[serde(rename_all = "snake_case")]
     enum DerivedPhase {
         Healthy,
@@ -736,7 +739,6 @@ mod tests {
             }
         }
     }
-    use super::*;
 
     #[test]
     fn long_model_names_are_cut_at_a_character_boundary() {
