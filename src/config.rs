@@ -1033,10 +1033,16 @@ fn parse_model_fallbacks(
         }
     }
     if let Some(cycle) = fallback_cycle(&map) {
-        let shown: Vec<String> = cycle.iter().map(|m| format!("{:?}", shown(m))).collect();
+        let mut shown_cycle = String::new();
+        for (i, model) in cycle.iter().enumerate() {
+            if i > 0 {
+                shown_cycle.push_str(" -> ");
+            }
+            shown_cycle.push_str(&format!("{:?}", shown(model)));
+        }
         return Err(invalid(
             VARIABLE,
-            format!("the fallbacks form a cycle: {}", shown.join(" -> ")),
+            format!("the fallbacks form a cycle: {shown_cycle}"),
         ));
     }
     Ok(map)
@@ -1142,7 +1148,14 @@ fn parse_client_keys(
                 format!(
                     "id {:?} starts with a prefix reserved for other kinds of callers ({})",
                     entry.id,
-                    RESERVED_ID_PREFIXES.join(", ")
+                    RESERVED_ID_PREFIXES.iter().enumerate().fold(
+                        String::new(),
+                        |all, (i, prefix)| if i > 0 {
+                            all + ", " + prefix
+                        } else {
+                            all + prefix
+                        }
+                    )
                 ),
             ));
         }
@@ -1422,7 +1435,12 @@ mod tests {
             let keys = format!(r#"{{"ck_0123456789abcdef": {{"id": "{id}"}}}}"#);
             let err = config(&[("CLIENT_KEYS", &keys)]).unwrap_err();
             assert_eq!(err.variable, "CLIENT_KEYS", "{id}");
-            assert!(err.problem.contains("reserved"), "{}", err.problem);
+            assert!(
+                err.problem
+                    .contains("reserved for other kinds of callers (token:, passthrough:)"),
+                "{}",
+                err.problem
+            );
             assert!(!err.problem.contains("ck_0123456789abcdef"));
         }
         // The prefixes only matter at the start.

@@ -19,6 +19,7 @@ pub mod config;
 pub mod durable;
 pub mod error;
 pub mod identity;
+pub mod json;
 pub mod limits;
 pub mod metrics;
 pub mod pipeline;

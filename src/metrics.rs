@@ -272,10 +272,25 @@ pub fn log_line(request: &FinishedRequest<'_>) -> String {
 /// JSON tree: the module carries no code for one.
 #[must_use]
 pub fn event_line(event: &str, fields: &[(&str, &str)]) -> String {
+    written_line(event, fields, None)
+}
+
+/// [`event_line`] with one field more whose value is a count, written as a JSON number.
+#[must_use]
+pub fn event_line_counting(event: &str, fields: &[(&str, &str)], count: (&str, u64)) -> String {
+    written_line(event, fields, Some(count))
+}
+
+fn written_line(event: &str, fields: &[(&str, &str)], count: Option<(&str, u64)>) -> String {
     // A handful of fields: placed in order as they come (a general sort is kilobytes of
-    // module for nothing).
-    let mut pairs: Vec<(&str, &str)> = Vec::with_capacity(fields.len() + 1);
-    for pair in std::iter::once(("event", event)).chain(fields.iter().copied()) {
+    // module for nothing). A count's value is kept as text, and written unquoted.
+    let counted = count.map(|(key, n)| (key, n.to_string()));
+    let mut pairs: Vec<(&str, &str, bool)> = Vec::with_capacity(fields.len() + 2);
+    let text = std::iter::once(("event", event)).chain(fields.iter().copied());
+    let all = text
+        .map(|(key, value)| (key, value, true))
+        .chain(counted.iter().map(|(key, n)| (*key, n.as_str(), false)));
+    for pair in all {
         let at = pairs
             .iter()
             .position(|placed| placed.0 > pair.0)
@@ -283,13 +298,17 @@ pub fn event_line(event: &str, fields: &[(&str, &str)]) -> String {
         pairs.insert(at, pair);
     }
     let mut line = String::from("{");
-    for (i, (key, value)) in pairs.iter().enumerate() {
+    for (i, (key, value, quoted)) in pairs.iter().enumerate() {
         if i > 0 {
             line.push(',');
         }
         push_json_string(&mut line, key);
         line.push(':');
-        push_json_string(&mut line, value);
+        if *quoted {
+            push_json_string(&mut line, value);
+        } else {
+            line.push_str(value);
+        }
     }
     line.push('}');
     line
@@ -622,6 +641,26 @@ mod tests {
         });
         assert_eq!(line, tree.to_string());
         assert_eq!(event_line("e", &[]), r#"{"event":"e"}"#);
+    }
+
+    #[test]
+    fn a_counted_event_line_is_the_json_it_always_was() {
+        let line = event_line_counting(
+            "settle_failed",
+            &[("identity", "c_1"), ("error", "returns not delivered")],
+            ("items", 12),
+        );
+        assert_eq!(
+            line,
+            r#"{"error":"returns not delivered","event":"settle_failed","identity":"c_1","items":12}"#
+        );
+        let tree = serde_json::json!({
+            "event": "settle_failed",
+            "identity": "c_1",
+            "error": "returns not delivered",
+            "items": 12,
+        });
+        assert_eq!(line, tree.to_string());
     }
 
     #[test]

@@ -12,6 +12,7 @@ use serde_json::value::RawValue;
 use crate::config::{Config, TierLimits, DEFAULT_TIER};
 use crate::error::ProxyError;
 use crate::identity::{fingerprint, Secret, PASSTHROUGH_PREFIX, TOKEN_PREFIX};
+use crate::json::Json;
 use crate::limits::CallerUsage;
 use crate::metrics::EdgeTally;
 
@@ -192,7 +193,7 @@ pub fn fallbacks(config: &Config, keys: &[UpstreamKeyStatus]) -> Vec<FallbackSta
     // Each key's pools and their phases, read from the state its object answered. Read as a
     // plain JSON value: the module parses request bodies that way already, where a typed view
     // of these two fields would add its own decoder.
-    let states: Vec<serde_json::Value> = keys
+    let states: Vec<Json> = keys
         .iter()
         .filter_map(|k| k.state.as_deref())
         .filter_map(|state| serde_json::from_str(state.get()).ok())
@@ -205,10 +206,10 @@ pub fn fallbacks(config: &Config, keys: &[UpstreamKeyStatus]) -> Vec<FallbackSta
                 crate::upstream::pool_of(&crate::request::route::Route::Messages, Some(model));
             let phase = states
                 .iter()
-                .filter_map(|state| state.get("pools")?.as_array())
+                .filter_map(|state| state.get("pools")?.as_list())
                 .flatten()
-                .filter(|p| p.get("pool").and_then(serde_json::Value::as_str) == Some(&pool))
-                .filter_map(|p| p.get("phase").and_then(serde_json::Value::as_str))
+                .filter(|p| p.get("pool").and_then(Json::as_str) == Some(&pool))
+                .filter_map(|p| p.get("phase").and_then(Json::as_str))
                 .max_by_key(|phase| rank(phase))
                 .unwrap_or("healthy");
             FallbackStatus {

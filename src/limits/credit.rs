@@ -21,7 +21,7 @@
 //! most [`CREDIT_VALID_MS`] after its grant. An isolate that dies loses its tickets: their
 //! slots end with their leases and their charges stay, which never admits more.
 
-use std::collections::HashMap;
+use std::collections::{BinaryHeap, HashMap};
 
 use serde::{Deserialize, Serialize};
 
@@ -649,27 +649,31 @@ impl Credits {
     }
 
     /// Forgets the least recently seen callers that hold nothing, down to three quarters of
-    /// [`MAX_CREDIT_CALLERS`] (one linear pass and a linear selection).
+    /// [`MAX_CREDIT_CALLERS`] (one pass that keeps the oldest in a heap: n log n at most, for
+    /// at most [`MAX_CREDIT_CALLERS`]; the standard library's selection is kilobytes of module).
     fn sweep(&mut self, now_ms: u64) {
         if now_ms < self.next_sweep_ms {
             return;
         }
         let keep = MAX_CREDIT_CALLERS - MAX_CREDIT_CALLERS / 4;
         let excess = self.by_caller.len().saturating_sub(keep);
-        let mut free: Vec<(u64, &String)> = self
+        // The `excess` least recently seen (ties by identity) of those that hold nothing.
+        let mut oldest: BinaryHeap<(u64, &String)> = BinaryHeap::with_capacity(excess + 1);
+        let free = self
             .by_caller
             .iter()
             .filter(|(_, credit)| credit.holds_nothing())
-            .map(|(identity, credit)| (credit.last_seen_ms, identity))
-            .collect();
-        if free.len() > excess {
-            free.select_nth_unstable(excess);
-            free.truncate(excess);
+            .map(|(identity, credit)| (credit.last_seen_ms, identity));
+        for caller in free {
+            oldest.push(caller);
+            if oldest.len() > excess {
+                oldest.pop();
+            }
         }
-        if free.len() < excess {
+        if oldest.len() < excess {
             self.next_sweep_ms = now_ms.saturating_add(SWEEP_PAUSE_MS);
         }
-        let forget: Vec<String> = free.into_iter().map(|(_, id)| id.clone()).collect();
+        let forget: Vec<String> = oldest.into_iter().map(|(_, id)| id.clone()).collect();
         for identity in forget {
             self.by_caller.remove(&identity);
         }
@@ -741,6 +745,31 @@ mod tests {
         assert!(credits
             .get(&format!("visitor-{}", MAX_CREDIT_CALLERS - 1))
             .is_some());
+    }
+
+    #[test]
+    fn a_sweep_forgets_exactly_the_least_recently_seen_ties_by_identity() {
+        let callers = MAX_CREDIT_CALLERS as u64;
+        // Seen two at a time, in an order unlike their names.
+        let seen = |i: u64| T0 + (i * 7_919 % callers) / 2;
+        let mut credits = Credits::default();
+        for i in 0..callers {
+            let credit = credits.of(&format!("visitor-{i}"), roomy(), seen(i));
+            credit.unwrap().arrive(roomy(), seen(i));
+        }
+        let mut by_age: Vec<(u64, String)> = (0..callers)
+            .map(|i| (seen(i), format!("visitor-{i}")))
+            .collect();
+        by_age.sort();
+        assert!(credits.of("one-more", roomy(), T0 + 10_000).is_some());
+        let forgotten = MAX_CREDIT_CALLERS / 4;
+        for (place, (_, identity)) in by_age.iter().enumerate() {
+            assert_eq!(
+                credits.get(identity).is_none(),
+                place < forgotten,
+                "{identity}"
+            );
+        }
     }
 
     #[test]

@@ -54,7 +54,7 @@ pub const MIN_LEASE_RECORDS: usize = 256;
 pub use crate::durable::MAX_CLOCK_LEAD_MS;
 
 /// One limited quantity of a tier.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Dimension {
     /// Requests per minute.
@@ -66,6 +66,13 @@ pub enum Dimension {
     /// Requests in flight at once.
     Concurrency,
 }
+
+crate::json::deserialize_by_name!(Dimension {
+    Rpm = "rpm",
+    InputTpm = "input_tpm",
+    OutputTpm = "output_tpm",
+    Concurrency = "concurrency",
+});
 
 impl Dimension {
     /// Every dimension, in the order of headers and snapshots.
@@ -183,13 +190,39 @@ pub struct Denial {
 }
 
 /// The answer to [`LimiterState::admit`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Admission {
     /// Charged in every dimension; forward the request, then settle this reservation.
     Admitted(Reservation),
     /// Nothing charged; retry later.
     Denied(Denial),
+}
+
+// Read as the derive reads it (the same forms, the same errors), with the variant's name read
+// by the one shared decoder (`json::VariantSeed`).
+impl<'de> Deserialize<'de> for Admission {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        const NAMES: &[&str] = &["admitted", "denied"];
+        struct Reading;
+        impl<'de> serde::de::Visitor<'de> for Reading {
+            type Value = Admission;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("enum Admission")
+            }
+            fn visit_enum<A: serde::de::EnumAccess<'de>>(
+                self,
+                data: A,
+            ) -> Result<Admission, A::Error> {
+                use serde::de::VariantAccess;
+                match data.variant_seed(crate::json::VariantSeed(NAMES))? {
+                    (0, variant) => variant.newtype_variant().map(Admission::Admitted),
+                    (_, variant) => variant.newtype_variant().map(Admission::Denied),
+                }
+            }
+        }
+        deserializer.deserialize_enum("Admission", NAMES, Reading)
+    }
 }
 
 impl Admission {

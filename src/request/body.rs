@@ -11,6 +11,7 @@ use serde_json::value::RawValue;
 
 pub use crate::config::MAX_MODEL_BYTES;
 use crate::error::ProxyError;
+use crate::json::Json;
 use crate::request::estimate::{Messages, System, Tally, Tools};
 use crate::request::route::Route;
 
@@ -32,10 +33,13 @@ struct Peek<'a> {
     // Borrowed as it stands in the body, so its place is known to the byte.
     #[serde(borrow)]
     model: Option<&'a RawValue>,
-    max_tokens: Option<serde_json::Value>,
+    #[serde(default)]
+    max_tokens: Json,
     /// The OpenAI-compatible name of the output cap (`max_tokens` is its older name).
-    max_completion_tokens: Option<serde_json::Value>,
-    stream: Option<serde_json::Value>,
+    #[serde(default)]
+    max_completion_tokens: Json,
+    #[serde(default)]
+    stream: Json,
     // What the input estimate reads, measured in the same pass (see `request::estimate`).
     #[serde(default)]
     system: System,
@@ -61,9 +65,9 @@ pub fn inspect(route: &Route, body: &[u8]) -> Result<BodyFacts, ProxyError> {
         None => None,
     };
     let stream = match peek.stream {
-        None | Some(serde_json::Value::Null) => false,
-        Some(serde_json::Value::Bool(b)) => b,
-        Some(_) => {
+        Json::Null => false,
+        Json::Bool(b) => b,
+        _ => {
             return Err(ProxyError::InvalidRequest(
                 "stream: expected a boolean".to_string(),
             ))
@@ -102,18 +106,16 @@ fn peek(text: &str) -> Result<Peek<'_>, ProxyError> {
 fn model_of(raw: Option<&RawValue>) -> Result<Option<String>, ProxyError> {
     let value = match raw {
         None => None,
-        Some(raw) => Some(
-            serde_json::from_str::<serde_json::Value>(raw.get()).map_err(|e| {
-                ProxyError::InvalidRequest(format!("model: {}", classify_json_error(&e)))
-            })?,
-        ),
+        Some(raw) => Some(serde_json::from_str::<Json>(raw.get()).map_err(|e| {
+            ProxyError::InvalidRequest(format!("model: {}", classify_json_error(&e)))
+        })?),
     };
     match value {
-        None | Some(serde_json::Value::Null) => Ok(None),
-        Some(serde_json::Value::String(s)) if s.len() > MAX_MODEL_BYTES => Err(
-            ProxyError::InvalidRequest(format!("model: longer than {MAX_MODEL_BYTES} bytes")),
-        ),
-        Some(serde_json::Value::String(s)) if !s.is_empty() => Ok(Some(s)),
+        None | Some(Json::Null) => Ok(None),
+        Some(Json::Text(s)) if s.len() > MAX_MODEL_BYTES => Err(ProxyError::InvalidRequest(
+            format!("model: longer than {MAX_MODEL_BYTES} bytes"),
+        )),
+        Some(Json::Text(s)) if !s.is_empty() => Ok(Some(s)),
         Some(_) => Err(ProxyError::InvalidRequest(
             "model: expected a non-empty string".to_string(),
         )),
@@ -144,15 +146,13 @@ fn require_fields(route: &Route, has_model: bool, has_max_tokens: bool) -> Resul
 }
 
 /// An output cap: absent, or a positive integer.
-fn positive(name: &str, value: Option<serde_json::Value>) -> Result<Option<u64>, ProxyError> {
-    let refused = || ProxyError::InvalidRequest(format!("{name}: expected a positive integer"));
+fn positive(name: &str, value: Json) -> Result<Option<u64>, ProxyError> {
     match value {
-        None | Some(serde_json::Value::Null) => Ok(None),
-        Some(serde_json::Value::Number(n)) => match n.as_u64() {
-            Some(v) if v >= 1 => Ok(Some(v)),
-            _ => Err(refused()),
-        },
-        Some(_) => Err(refused()),
+        Json::Null => Ok(None),
+        Json::Unsigned(v) if v >= 1 => Ok(Some(v)),
+        _ => Err(ProxyError::InvalidRequest(format!(
+            "{name}: expected a positive integer"
+        ))),
     }
 }
 

@@ -10,6 +10,19 @@ use crate::request::route::{path_of, query_of, route, Route};
 
 const KEY: &[u8] = b"\"results_url\"";
 
+/// Where [`KEY`] first begins in `bytes`. It begins with a quote, so only quotes are tried:
+/// the same answer as a general substring search, without its kilobytes of module.
+fn find_key(bytes: &[u8]) -> Option<usize> {
+    let mut from = 0;
+    loop {
+        let at = from + memchr::memchr(b'"', bytes.get(from..)?)?;
+        if bytes.get(at..)?.starts_with(KEY) {
+            return Some(at);
+        }
+        from = at + 1;
+    }
+}
+
 /// The answer with every `"results_url": "…"` value moved to `origin` (`https://host[:port]`),
 /// or `None` when there was nothing to rewrite.
 #[must_use]
@@ -17,7 +30,7 @@ pub fn point_at_proxy(body: &[u8], origin: &str) -> Option<Vec<u8>> {
     let mut out = Vec::with_capacity(body.len().saturating_add(64));
     let mut rest = body;
     let mut changed = false;
-    while let Some(at) = memchr::memmem::find(rest, KEY) {
+    while let Some(at) = find_key(rest) {
         let after_key = at.saturating_add(KEY.len());
         // A key in a JSON string would be escaped (`\"results_url\"`): not a key.
         let escaped = at > 0 && rest.get(at.saturating_sub(1)) == Some(&b'\\');
@@ -27,8 +40,15 @@ pub fn point_at_proxy(body: &[u8], origin: &str) -> Option<Vec<u8>> {
             rest = rest.get(after_key..)?;
             continue;
         };
-        let mut strings =
-            serde_json::Deserializer::from_slice(rest.get(start..)?).into_iter::<String>();
+        // The value is read from the text before the first byte that is not UTF-8, if any:
+        // a string that reaches it is refused there, as it would be read from the bytes.
+        let value = rest.get(start..)?;
+        let text = match std::str::from_utf8(value) {
+            Ok(text) => text,
+            Err(e) => std::str::from_utf8(value.get(..e.valid_up_to()).unwrap_or_default())
+                .unwrap_or_default(),
+        };
+        let mut strings = serde_json::Deserializer::from_str(text).into_iter::<String>();
         let url = strings.next().and_then(Result::ok);
         let end = start.saturating_add(strings.byte_offset());
         match url.and_then(|url| at_proxy(&url, origin)) {
@@ -76,7 +96,12 @@ fn at_proxy(url: &str, origin: &str) -> Option<String> {
 /// The origin (`scheme://host[:port]`) of a serialized URL.
 #[must_use]
 pub fn origin_of(url: &str) -> &str {
-    let after_scheme = url.find("://").map_or(0, |i| i.saturating_add(3));
+    // A byte search: a `str` pattern brings the standard library's substring searcher.
+    let after_scheme = url
+        .as_bytes()
+        .windows(3)
+        .position(|w| w == b"://")
+        .map_or(0, |i| i.saturating_add(3));
     let end = url
         .get(after_scheme..)
         .and_then(|rest| rest.find(['/', '?', '#']))
@@ -87,6 +112,26 @@ pub fn origin_of(url: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn the_key_is_found_where_a_substring_search_finds_it(
+            bytes in proptest::collection::vec(
+                prop_oneof![Just(b'"'), Just(b'r'), Just(b'_'), Just(b'x'), Just(b'l')],
+                0..40,
+            ),
+            at in 0usize..40,
+        ) {
+            let mut bytes = bytes;
+            let at = at.min(bytes.len());
+            bytes.splice(at..at, KEY.iter().copied());
+            for cut in [0, at, bytes.len()] {
+                let hay = bytes.get(cut..).unwrap_or_default();
+                prop_assert_eq!(find_key(hay), memchr::memmem::find(hay, KEY));
+            }
+        }
+    }
 
     const ORIGIN: &str = "https://proxy.example";
 
@@ -98,6 +143,34 @@ mod tests {
             .unwrap()
             .replace("https://api.anthropic.com/v1/", "https://proxy.example/v1/");
         assert_eq!(moved, expected);
+    }
+
+    #[test]
+    fn bytes_that_are_not_utf8_stop_only_a_value_they_are_in() {
+        let url = b"https://api.anthropic.com/v1/messages/batches/b/results";
+        let after = [
+            &b"{\"results_url\": \""[..],
+            url,
+            b"\", \"note\": \"\xff\xfe\"}",
+        ]
+        .concat();
+        let moved = point_at_proxy(&after, ORIGIN).unwrap();
+        assert_eq!(
+            moved,
+            after
+                .iter()
+                .copied()
+                .take(16)
+                .chain(
+                    b"\"https://proxy.example/v1/messages/batches/b/results\""
+                        .iter()
+                        .copied()
+                )
+                .chain(b", \"note\": \"\xff\xfe\"}".iter().copied())
+                .collect::<Vec<u8>>()
+        );
+        let inside = [&b"{\"results_url\": \""[..], url, b"\xff\"}"].concat();
+        assert_eq!(point_at_proxy(&inside, ORIGIN), None);
     }
 
     #[test]

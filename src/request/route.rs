@@ -244,7 +244,12 @@ fn only(method_ok: bool, route: Route, allowed: &'static str) -> Result<Route, P
 /// The path of a serialized URL (as the runtime hands it over): from the first `/` after the
 /// host to the query or the fragment. A serialized `http(s)` URL always has one; `/` otherwise.
 pub fn path_of(url: &str) -> &str {
-    let after_scheme = url.find("://").map_or(0, |i| i.saturating_add(3));
+    // A byte search: a `str` pattern brings the standard library's substring searcher.
+    let after_scheme = url
+        .as_bytes()
+        .windows(3)
+        .position(|w| w == b"://")
+        .map_or(0, |i| i.saturating_add(3));
     let rest = url.get(after_scheme..).unwrap_or_default();
     let Some(path) = rest.find('/').and_then(|i| rest.get(i..)) else {
         return "/";

@@ -227,7 +227,7 @@ pub fn is_spend_limit(body: &[u8]) -> bool {
     struct Details {
         error_code: Option<String>,
     }
-    serde_json::from_slice::<Body>(body).is_ok_and(|b| {
+    serde_json::from_str::<Body>(&crate::json::as_text(body)).is_ok_and(|b| {
         b.error.details.and_then(|d| d.error_code).as_deref()
             == Some("enforced_spend_limit_reached")
     })

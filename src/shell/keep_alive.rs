@@ -26,7 +26,7 @@ pub fn wait_until(ctx: &Context, work: impl Future<Output = ()> + 'static) -> bo
         Err(thrown) => {
             worker::console_error!(
                 "{}",
-                serde_json::json!({"event": "wait_until_failed", "error": message_of(&thrown)})
+                crate::metrics::event_line("wait_until_failed", &[("error", &message_of(&thrown))])
             );
             false
         }

@@ -208,7 +208,10 @@ pub fn streamed_upload(incoming: &super::boundary::Incoming) -> Upload {
 fn log_body_failure(what: &str, cause: &dyn std::fmt::Display) {
     worker::console_warn!(
         "{}",
-        serde_json::json!({"event": "request_body_failed", "error": what, "cause": cause.to_string()})
+        crate::metrics::event_line(
+            "request_body_failed",
+            &[("error", what), ("cause", &cause.to_string())]
+        )
     );
 }
 

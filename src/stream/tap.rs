@@ -254,7 +254,7 @@ pub fn json_usage(body: &[u8]) -> Usage {
         usage: Option<Counts>,
     }
     let mut usage = Usage::default();
-    if let Some(c) = serde_json::from_slice::<Answer>(body)
+    if let Some(c) = serde_json::from_str::<Answer>(&crate::json::as_text(body))
         .ok()
         .and_then(|a| a.usage)
     {

@@ -43,7 +43,7 @@ pub(super) struct ModelHealth {
 }
 
 /// Where a model stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub(super) enum Phase {
     /// Requests go out.
@@ -71,6 +71,92 @@ pub(super) enum Phase {
         #[serde(default)]
         lead_ms: u64,
     },
+}
+
+// Read as the derive reads it from what `serde_json` writes (stored states included), the
+// variant's name and fields by the shared decoders (`json::VariantSeed`, `json::read_fields`);
+// a struct variant from its object form only (the derive also read an array form nothing
+// writes). `upstream::health` tests it against the derive.
+impl<'de> Deserialize<'de> for Phase {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_enum("Phase", PHASE_NAMES, ReadPhase)
+    }
+}
+
+const PHASE_NAMES: &[&str] = &["healthy", "overloaded", "recovering"];
+const OVERLOADED_FIELDS: &[&str] = &["since_ms", "next_probe_ms", "probe"];
+const RECOVERING_FIELDS: &[&str] = &[
+    "since_ms",
+    "window_ms",
+    "first_deadline_ms",
+    "deadline_span_ms",
+    "lead_ms",
+];
+
+struct ReadPhase;
+
+impl<'de> serde::de::Visitor<'de> for ReadPhase {
+    type Value = Phase;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("enum Phase")
+    }
+
+    fn visit_enum<A: serde::de::EnumAccess<'de>>(self, data: A) -> Result<Phase, A::Error> {
+        use serde::de::VariantAccess;
+        match data.variant_seed(crate::json::VariantSeed(PHASE_NAMES))? {
+            (0, variant) => variant.unit_variant().map(|()| Phase::Healthy),
+            (1, variant) => variant.struct_variant(OVERLOADED_FIELDS, PhaseFields(1)),
+            (_, variant) => variant.struct_variant(RECOVERING_FIELDS, PhaseFields(2)),
+        }
+    }
+}
+
+/// The fields of the struct variant at a place in [`PHASE_NAMES`].
+struct PhaseFields(usize);
+
+impl<'de> serde::de::Visitor<'de> for PhaseFields {
+    type Value = Phase;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("struct variant of Phase")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Phase, A::Error> {
+        use crate::json::required;
+        let overloaded = self.0 == 1;
+        let names = if overloaded {
+            OVERLOADED_FIELDS
+        } else {
+            RECOVERING_FIELDS
+        };
+        let mut numbers: [Option<u64>; 5] = [None; 5];
+        let mut probe = None;
+        crate::json::read_fields(map, names, |field, map| {
+            if overloaded && field == 2 {
+                probe = map.next_value()?;
+            } else if let Some(slot) = numbers.get_mut(field) {
+                *slot = Some(map.next_value()?);
+            }
+            Ok(())
+        })?;
+        let [since, second, third, fourth, fifth] = numbers;
+        Ok(if overloaded {
+            Phase::Overloaded {
+                since_ms: required(since, "since_ms")?,
+                next_probe_ms: required(second, "next_probe_ms")?,
+                probe,
+            }
+        } else {
+            Phase::Recovering {
+                since_ms: required(since, "since_ms")?,
+                window_ms: required(second, "window_ms")?,
+                first_deadline_ms: third.unwrap_or_default(),
+                deadline_span_ms: fourth.unwrap_or_default(),
+                lead_ms: fifth.unwrap_or_default(),
+            }
+        })
+    }
 }
 
 /// The probe in flight: its ticket, and when it started (its lease ends a lease later).
@@ -564,6 +650,95 @@ impl ModelHealth {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The phase as serde's derive read it, to check the written-out reader against (its
+    /// fields are compared through `Debug`).
+    #[derive(Debug, serde::Deserialize)]
+    #[allow(dead_code)]
+    #[serde(rename_all = "snake_case")]
+    enum DerivedPhase {
+        Healthy,
+        Overloaded {
+            since_ms: u64,
+            next_probe_ms: u64,
+            probe: Option<ProbeLease>,
+        },
+        Recovering {
+            since_ms: u64,
+            window_ms: u64,
+            #[serde(default)]
+            first_deadline_ms: u64,
+            #[serde(default)]
+            deadline_span_ms: u64,
+            #[serde(default)]
+            lead_ms: u64,
+        },
+    }
+
+    #[test]
+    fn a_phase_reads_as_the_derive_read_it() {
+        let lease = ProbeLease {
+            id: 3,
+            started_ms: 4,
+        };
+        for phase in [
+            Phase::Healthy,
+            Phase::Overloaded {
+                since_ms: 1,
+                next_probe_ms: 2,
+                probe: None,
+            },
+            Phase::Overloaded {
+                since_ms: 1,
+                next_probe_ms: 2,
+                probe: Some(lease),
+            },
+            Phase::Recovering {
+                since_ms: 5,
+                window_ms: 6,
+                first_deadline_ms: 7,
+                deadline_span_ms: 8,
+                lead_ms: 9,
+            },
+        ] {
+            let text = serde_json::to_string(&phase).unwrap();
+            assert_eq!(
+                serde_json::from_str::<Phase>(&text).unwrap(),
+                phase,
+                "{text}"
+            );
+        }
+        for text in [
+            r#""healthy""#,
+            r#"{"healthy": null}"#,
+            r#"{"overloaded": {"since_ms": 1, "next_probe_ms": 2}}"#,
+            r#"{"overloaded": {"next_probe_ms": 2, "since_ms": 1, "probe": null, "old": [1]}}"#,
+            r#"{"overloaded": {"since_ms": 1, "next_probe_ms": 2, "probe": {"id": 1, "started_ms": 2}}}"#,
+            r#"{"overloaded": {"since_ms": 1}}"#,
+            r#"{"overloaded": {"since_ms": 1, "since_ms": 1, "next_probe_ms": 2}}"#,
+            r#"{"overloaded": {"since_ms": 1, "next_probe_ms": 2, "probe": {"id": 1}}}"#,
+            r#"{"recovering": {"since_ms": 5, "window_ms": 6}}"#,
+            r#"{"recovering": {"window_ms": 6, "lead_ms": 2, "since_ms": 5}}"#,
+            r#"{"recovering": {"since_ms": 5}}"#,
+            r#"{"recovering": {"since_ms": 5, "window_ms": 6, "lead_ms": 1, "lead_ms": 2}}"#,
+            r#"{"recovering": {"since_ms": -5, "window_ms": 6}}"#,
+            r#"{"waiting": {}}"#,
+            r#""overloaded""#,
+        ] {
+            let ours = serde_json::from_str::<Phase>(text).map(|p| format!("{p:?}"));
+            let derived = serde_json::from_str::<DerivedPhase>(text).map(|p| format!("{p:?}"));
+            match (ours, derived) {
+                (Ok(ours), Ok(derived)) => assert_eq!(ours, derived, "{text}"),
+                (Err(ours), Err(derived)) => {
+                    // The words agree except where they name the variant's own reader.
+                    if !derived.to_string().contains("struct variant") {
+                        assert_eq!(ours.to_string(), derived.to_string(), "{text}");
+                    }
+                }
+                (ours, derived) => panic!("{text}: {ours:?} against {derived:?}"),
+            }
+        }
+    }
 
     #[test]
     fn long_model_names_are_cut_at_a_character_boundary() {

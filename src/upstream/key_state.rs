@@ -1,7 +1,5 @@
 //! The shared state of one upstream key and the calls that change it.
 
-use std::cmp::Reverse;
-
 use serde::{Deserialize, Serialize};
 
 use super::budget::{BudgetWindow, RetryBudget};
@@ -39,7 +37,7 @@ impl ProbeTicket {
 }
 
 /// Why a request is told to wait.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum WaitReason {
     /// The key is rate-limited upstream until the cooldown ends.
@@ -53,8 +51,15 @@ pub enum WaitReason {
     Queued,
 }
 
+crate::json::deserialize_by_name!(WaitReason {
+    Cooldown = "cooldown",
+    Overloaded = "overloaded",
+    Recovering = "recovering",
+    Queued = "queued",
+});
+
 /// Why a request is answered at once instead of reaching the upstream.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RefuseReason {
     /// The key's cooldown outlasts the request's deadline: 429, scope upstream.
@@ -68,8 +73,40 @@ pub enum RefuseReason {
     Paced(PaceReason),
 }
 
+// Read as the derive reads it (the same forms, the same errors), with the variant's name read
+// by the one shared decoder (`json::VariantSeed`).
+impl<'de> Deserialize<'de> for RefuseReason {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        const NAMES: &[&str] = &["cooldown", "overloaded", "retry_budget", "paced"];
+        struct Reading;
+        impl<'de> serde::de::Visitor<'de> for Reading {
+            type Value = RefuseReason;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("enum RefuseReason")
+            }
+            fn visit_enum<A: serde::de::EnumAccess<'de>>(
+                self,
+                data: A,
+            ) -> Result<RefuseReason, A::Error> {
+                use serde::de::VariantAccess;
+                let (at, variant) = data.variant_seed(crate::json::VariantSeed(NAMES))?;
+                if at == 3 {
+                    return variant.newtype_variant().map(RefuseReason::Paced);
+                }
+                variant.unit_variant()?;
+                Ok(match at {
+                    0 => RefuseReason::Cooldown,
+                    1 => RefuseReason::Overloaded,
+                    _ => RefuseReason::RetryBudget,
+                })
+            }
+        }
+        deserializer.deserialize_enum("RefuseReason", NAMES, Reading)
+    }
+}
+
 /// The object's answer before an attempt.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Gate {
     /// Send the attempt. With a ticket it is the model's probe: report it with the ticket.
@@ -88,8 +125,75 @@ pub enum Gate {
     },
 }
 
+// Read as the derive reads it from what `serde_json` writes, the variant's name and fields by
+// the shared decoders (`json::VariantSeed`, `json::read_fields`); a struct variant from its
+// object form only (the derive also read an array form nothing writes).
+impl<'de> Deserialize<'de> for Gate {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        const NAMES: &[&str] = &["go", "wait", "scheduled", "refuse"];
+        const FIELDS: [&[&str]; 4] = [
+            &["probe"],
+            &["until_ms", "reason"],
+            &["at_ms", "reason"],
+            &["retry_after_ms", "reason"],
+        ];
+        struct Reading;
+        impl<'de> serde::de::Visitor<'de> for Reading {
+            type Value = Gate;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("enum Gate")
+            }
+            fn visit_enum<A: serde::de::EnumAccess<'de>>(self, data: A) -> Result<Gate, A::Error> {
+                use serde::de::VariantAccess;
+                let (at, variant) = data.variant_seed(crate::json::VariantSeed(NAMES))?;
+                let fields = FIELDS.get(at).copied().unwrap_or_default();
+                variant.struct_variant(fields, Fields(at))
+            }
+        }
+        struct Fields(usize);
+        impl<'de> serde::de::Visitor<'de> for Fields {
+            type Value = Gate;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("struct variant of Gate")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Gate, A::Error> {
+                use crate::json::required;
+                let fields = FIELDS.get(self.0).copied().unwrap_or_default();
+                let (mut probe, mut ms) = (None, None);
+                let (mut wait, mut paced, mut refused) = (None, None, None);
+                crate::json::read_fields(map, fields, |field, map| {
+                    match (self.0, field) {
+                        (0, _) => probe = map.next_value()?,
+                        (_, 0) => ms = Some(map.next_value()?),
+                        (1, _) => wait = Some(map.next_value()?),
+                        (2, _) => paced = Some(map.next_value()?),
+                        _ => refused = Some(map.next_value()?),
+                    }
+                    Ok(())
+                })?;
+                Ok(match self.0 {
+                    0 => Gate::Go { probe },
+                    1 => Gate::Wait {
+                        until_ms: required(ms, "until_ms")?,
+                        reason: required(wait, "reason")?,
+                    },
+                    2 => Gate::Scheduled {
+                        at_ms: required(ms, "at_ms")?,
+                        reason: required(paced, "reason")?,
+                    },
+                    _ => Gate::Refuse {
+                        retry_after_ms: required(ms, "retry_after_ms")?,
+                        reason: required(refused, "reason")?,
+                    },
+                })
+            }
+        }
+        deserializer.deserialize_enum("Gate", NAMES, Reading)
+    }
+}
+
 /// What the upstream answered, as far as the shared state cares.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Reply {
     /// A `2xx`: the model serves.
@@ -101,6 +205,52 @@ pub enum Reply {
     /// Anything else (another status, a timeout, no connection): says nothing about
     /// overload.
     OtherFailure,
+}
+
+// Read as the derive reads it from what `serde_json` writes, the variant's name and fields by
+// the shared decoders (`json::VariantSeed`, `json::read_fields`); a struct variant from its
+// object form only (the derive also read an array form nothing writes).
+impl<'de> Deserialize<'de> for Reply {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        const NAMES: &[&str] = &["success", "overloaded", "rate_limited", "other_failure"];
+        const FIELDS: &[&str] = &["retry_after_ms"];
+        struct Reading;
+        impl<'de> serde::de::Visitor<'de> for Reading {
+            type Value = Reply;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("enum Reply")
+            }
+            fn visit_enum<A: serde::de::EnumAccess<'de>>(self, data: A) -> Result<Reply, A::Error> {
+                use serde::de::VariantAccess;
+                let (at, variant) = data.variant_seed(crate::json::VariantSeed(NAMES))?;
+                if at == 2 {
+                    return variant.struct_variant(FIELDS, RateLimited);
+                }
+                variant.unit_variant()?;
+                Ok(match at {
+                    0 => Reply::Success,
+                    1 => Reply::Overloaded,
+                    _ => Reply::OtherFailure,
+                })
+            }
+        }
+        struct RateLimited;
+        impl<'de> serde::de::Visitor<'de> for RateLimited {
+            type Value = Reply;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("struct variant Reply::RateLimited")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Reply, A::Error> {
+                let mut retry_after_ms = None;
+                crate::json::read_fields(map, FIELDS, |_, map| {
+                    retry_after_ms = map.next_value()?;
+                    Ok(())
+                })?;
+                Ok(Reply::RateLimited { retry_after_ms })
+            }
+        }
+        deserializer.deserialize_enum("Reply", NAMES, Reading)
+    }
 }
 
 impl Reply {
@@ -132,7 +282,7 @@ pub struct AttemptReport {
 }
 
 /// What a report changed, for the log line.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Change {
     /// Nothing the other requests will notice.
@@ -145,6 +295,55 @@ pub enum Change {
     ProbeFailed { next_probe_ms: u64 },
     /// A request got through: waiters are released over `window_ms`.
     Recovering { window_ms: u64 },
+}
+
+// Read as the derive reads it from what `serde_json` writes, the variant's name and fields by
+// the shared decoders (`json::VariantSeed`, `json::read_fields`); a struct variant from its
+// object form only (the derive also read an array form nothing writes).
+impl<'de> Deserialize<'de> for Change {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        const NAMES: &[&str] = &[
+            "nothing",
+            "cooldown",
+            "marked_overloaded",
+            "probe_failed",
+            "recovering",
+        ];
+        const FIELDS: [&[&str]; 5] = [
+            &[],
+            &["until_ms"],
+            &["next_probe_ms"],
+            &["next_probe_ms"],
+            &["window_ms"],
+        ];
+        struct Reading;
+        impl<'de> serde::de::Visitor<'de> for Reading {
+            type Value = Change;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("enum Change")
+            }
+            fn visit_enum<A: serde::de::EnumAccess<'de>>(
+                self,
+                data: A,
+            ) -> Result<Change, A::Error> {
+                use serde::de::VariantAccess;
+                let (at, variant) = data.variant_seed(crate::json::VariantSeed(NAMES))?;
+                if at == 0 {
+                    variant.unit_variant()?;
+                    return Ok(Change::Nothing);
+                }
+                let fields = FIELDS.get(at).copied().unwrap_or_default();
+                let ms = variant.struct_variant(fields, crate::json::OneNumber(fields))?;
+                Ok(match at {
+                    1 => Change::Cooldown { until_ms: ms },
+                    2 => Change::MarkedOverloaded { next_probe_ms: ms },
+                    3 => Change::ProbeFailed { next_probe_ms: ms },
+                    _ => Change::Recovering { window_ms: ms },
+                })
+            }
+        }
+        deserializer.deserialize_enum("Change", NAMES, Reading)
+    }
 }
 
 /// Where one model stands, for the snapshot.
@@ -618,8 +817,7 @@ impl UpstreamState {
     #[must_use]
     pub fn snapshot(&self, policy: &OutagePolicy, now_ms: u64) -> Snapshot {
         let now = stored(now_ms).max(self.clock_ms);
-        let mut models: Vec<&ModelHealth> = self.models.iter().collect();
-        models.sort_by_key(|health| Reverse(health.last_used_ms));
+        let models = by_recent_use(&self.models);
         let models = models
             .into_iter()
             .map(|health| {
@@ -656,8 +854,7 @@ impl UpstreamState {
         now_ms: u64,
     ) -> Vec<(ModelSnapshot, PaceOutlook, Vec<CallerShare>)> {
         let now = stored(now_ms).max(self.clock_ms);
-        let mut models: Vec<&ModelHealth> = self.models.iter().collect();
-        models.sort_by_key(|health| Reverse(health.last_used_ms));
+        let models = by_recent_use(&self.models);
         models
             .into_iter()
             .map(|health| {
@@ -870,6 +1067,21 @@ fn change_of(change: ModelChange) -> Change {
     }
 }
 
+/// The models most recently used first, those used at the same time in their stored order (a
+/// stable sort). By insertion: a state holds a few dozen at most (`OutagePolicy::max_models`),
+/// where the standard library's sort is kilobytes of module.
+fn by_recent_use(models: &[ModelHealth]) -> Vec<&ModelHealth> {
+    let mut sorted: Vec<&ModelHealth> = Vec::with_capacity(models.len());
+    for health in models {
+        let at = sorted
+            .iter()
+            .position(|placed| placed.last_used_ms < health.last_used_ms)
+            .unwrap_or(sorted.len());
+        sorted.insert(at, health);
+    }
+    sorted
+}
+
 fn model_snapshot(health: &ModelHealth, policy: &OutagePolicy, now: u64) -> ModelSnapshot {
     let mut snapshot = ModelSnapshot {
         model: health.model.clone(),
@@ -908,4 +1120,26 @@ fn model_snapshot(health: &ModelHealth, policy: &OutagePolicy, now: u64) -> Mode
         }
     }
     snapshot
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn models_by_recent_use_are_ordered_as_a_stable_sort_orders_them(
+            used in proptest::collection::vec(0u64..5, 0..40),
+        ) {
+            let models: Vec<ModelHealth> = used
+                .iter()
+                .enumerate()
+                .map(|(i, at)| ModelHealth::new(&format!("m{i}"), *at))
+                .collect();
+            let mut expected: Vec<&ModelHealth> = models.iter().collect();
+            expected.sort_by_key(|health| std::cmp::Reverse(health.last_used_ms));
+            prop_assert_eq!(by_recent_use(&models), expected);
+        }
+    }
 }

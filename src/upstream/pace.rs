@@ -37,13 +37,19 @@ pub struct Cost {
 }
 
 /// A dimension of the key's own limits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LimitDimension {
     Requests,
     InputTokens,
     OutputTokens,
 }
+
+crate::json::deserialize_by_name!(LimitDimension {
+    Requests = "requests",
+    InputTokens = "input_tokens",
+    OutputTokens = "output_tokens",
+});
 
 impl LimitDimension {
     pub const ALL: [LimitDimension; 3] = [
@@ -499,13 +505,39 @@ impl Lane {
 }
 
 /// Why a request is paced.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PaceReason {
     /// The key's own limit in this dimension.
     KeyLimit(LimitDimension),
     /// The upstream's sustainable rate.
     Capacity,
+}
+
+// Read as the derive reads it (the same forms, the same errors), with the variant's name read
+// by the one shared decoder (`json::VariantSeed`).
+impl<'de> Deserialize<'de> for PaceReason {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        const NAMES: &[&str] = &["key_limit", "capacity"];
+        struct Reading;
+        impl<'de> serde::de::Visitor<'de> for Reading {
+            type Value = PaceReason;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("enum PaceReason")
+            }
+            fn visit_enum<A: serde::de::EnumAccess<'de>>(
+                self,
+                data: A,
+            ) -> Result<PaceReason, A::Error> {
+                use serde::de::VariantAccess;
+                match data.variant_seed(crate::json::VariantSeed(NAMES))? {
+                    (0, variant) => variant.newtype_variant().map(PaceReason::KeyLimit),
+                    (_, variant) => variant.unit_variant().map(|()| PaceReason::Capacity),
+                }
+            }
+        }
+        deserializer.deserialize_enum("PaceReason", NAMES, Reading)
+    }
 }
 
 /// The upstream's sustainable rate for the pool, while it sheds load.

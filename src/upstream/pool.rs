@@ -38,7 +38,17 @@ pub fn family(model: &str) -> String {
         ["claude", major, minor, name] if numeric(major) && numeric(minor) && alpha(name) => {
             format!("claude-{major}-{name}")
         }
-        _ => parts.join("-"),
+        // Joined by hand: `join` is a kilobyte of module for this and two error messages.
+        _ => {
+            let mut joined = String::with_capacity(model.len());
+            for (i, part) in parts.iter().enumerate() {
+                if i > 0 {
+                    joined.push('-');
+                }
+                joined.push_str(part);
+            }
+            joined
+        }
     }
 }
 

@@ -72,19 +72,7 @@ pub const MAX_WEIGHT: u32 = 1_000;
 const MAX_CALLER_BYTES: usize = 128;
 
 /// Whether a request is waited on by a person or by a job.
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    Default,
-    PartialEq,
-    Eq,
-    Hash,
-    PartialOrd,
-    Ord,
-    serde::Serialize,
-    serde::Deserialize,
-)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Priority {
     /// Someone waits for the answer: goes before background requests.
@@ -93,6 +81,11 @@ pub enum Priority {
     /// A job: uses what interactive requests leave, all of it.
     Background,
 }
+
+crate::json::deserialize_by_name!(Priority {
+    Interactive = "interactive",
+    Background = "background",
+});
 
 impl Priority {
     fn index(self) -> usize {

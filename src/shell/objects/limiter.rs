@@ -268,7 +268,14 @@ async fn deliver(env: &Env, identity: &str, limits: TierLimits, ids: Vec<u64>) {
     if let Ending::Abandoned { items } = ending {
         worker::console_error!(
             "{}",
-            serde_json::json!({"event": "settle_failed", "identity": logged_caller(env, identity), "error": "returns not delivered", "items": items})
+            crate::metrics::event_line_counting(
+                "settle_failed",
+                &[
+                    ("identity", &logged_caller(env, identity)),
+                    ("error", "returns not delivered")
+                ],
+                ("items", u64::try_from(items).unwrap_or(u64::MAX))
+            )
         );
     }
 }
@@ -287,7 +294,16 @@ async fn flush(env: &Env, identity: &str, limits: TierLimits) {
     if own(env, identity, limits, &Owner::Flusher).await == Ending::Left {
         worker::console_error!(
             "{}",
-            serde_json::json!({"event": "settle_failed", "identity": logged_caller(env, identity), "error": "settlements not delivered; left for the next flusher"})
+            crate::metrics::event_line(
+                "settle_failed",
+                &[
+                    ("identity", &logged_caller(env, identity)),
+                    (
+                        "error",
+                        "settlements not delivered; left for the next flusher"
+                    )
+                ]
+            )
         );
     }
 }
@@ -469,7 +485,7 @@ async fn renew_for(
         lease_ms,
     };
     // A renewal that fails is logged by the call; the lease then ends on its own.
-    let _: Result<serde_json::Value, ProxyError> =
+    let _: Result<crate::json::Json, ProxyError> =
         super::call(env, BINDING, identity_hash, &call, "rate limiter").await;
 }
 
@@ -573,12 +589,18 @@ async fn settle(
         usage,
         confirms,
     };
-    let settled: Result<serde_json::Value, ProxyError> =
+    let settled: Result<crate::json::Json, ProxyError> =
         super::call(env, BINDING, identity_hash, &call, "rate limiter").await;
     if let Err(e) = settled {
         worker::console_error!(
             "{}",
-            serde_json::json!({"event": "settle_failed", "identity": logged_caller(env, identity_hash), "error": e.message()})
+            crate::metrics::event_line(
+                "settle_failed",
+                &[
+                    ("identity", &logged_caller(env, identity_hash)),
+                    ("error", &e.message())
+                ]
+            )
         );
     }
 }
