@@ -567,7 +567,7 @@ mod tests {
             r#"{"before": {"model": 1, "is_retry": false, "deadline_ms": 1, "request_seed": 2, "unreported": 0}}"#.to_string(),
             r#"{"before": {"model": "m", "is_retry": false, "deadline_ms": 1, "request_seed": 2, "unreported": 5000000000}}"#.to_string(),
             r#"{"before": {"model": "m", "is_retry": false, "deadline_ms": 1, "request_seed": 2, "unreported": 0, "asked_ms": null}}"#.to_string(),
-            format!(r#"{{"after": {{"model": "m", "rng_seed": 1, "unreported": 0}}}}"#),
+            r#"{"after": {"model": "m", "rng_seed": 1, "unreported": 0}}"#.to_string(),
             format!(r#"{{"after": {{"model": "m", "report": {report}, "unreported": 0}}}}"#),
             format!(r#"{{"after": {{"model": "m", "report": {report}, "rng_seed": 1}}}}"#),
             format!(r#"{{"after": {{"model": "m", "report": {report}, "rng_seed": 1, "unreported": 0, "limits": 1}}}}"#),
