@@ -22,7 +22,7 @@ const IDLE_SLACK_MS: u64 = 1_000;
 /// object keeps its state in memory only, and writes it to storage once a settlement says
 /// the upstream accepted the key (`confirms`). Anyone can make up an `sk-ant-…` string; none
 /// of them should leave a stored object behind.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LimiterCall {
     Admit {
@@ -93,6 +93,138 @@ fn is_false(b: &bool) -> bool {
 
 fn is_zero(n: &u32) -> bool {
     *n == 0
+}
+
+// Read as the derive reads it from what `serde_json` writes, the variant's name and fields by
+// the shared decoders (`json::VariantSeed`, `json::read_fields`), the same defaults and the
+// same errors; a struct variant from its object form only (the derive also read an array
+// form nothing writes).
+impl<'de> Deserialize<'de> for LimiterCall {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        const NAMES: &[&str] = &[
+            "admit",
+            "refill",
+            "admit_request_only",
+            "settle",
+            "renew",
+            "status",
+        ];
+        const FIELDS: [&[&str]; 6] = [
+            &[
+                "limits",
+                "request",
+                "provisional",
+                "credit",
+                "returns",
+                "counted",
+            ],
+            &["limits", "ticket", "credit", "returns"],
+            &["limits", "provisional"],
+            &["limits", "reservation", "usage", "confirms"],
+            &["limits", "lease_id", "lease_ms"],
+            &["limits"],
+        ];
+        const EXPECTING: [&str; 6] = [
+            "struct variant LimiterCall::Admit",
+            "struct variant LimiterCall::Refill",
+            "struct variant LimiterCall::AdmitRequestOnly",
+            "struct variant LimiterCall::Settle",
+            "struct variant LimiterCall::Renew",
+            "struct variant LimiterCall::Status",
+        ];
+        struct Reading;
+        impl<'de> serde::de::Visitor<'de> for Reading {
+            type Value = LimiterCall;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("enum LimiterCall")
+            }
+            fn visit_enum<A: serde::de::EnumAccess<'de>>(
+                self,
+                data: A,
+            ) -> Result<LimiterCall, A::Error> {
+                use serde::de::VariantAccess;
+                let (at, variant) = data.variant_seed(crate::json::VariantSeed(NAMES))?;
+                let fields = FIELDS.get(at).copied().unwrap_or_default();
+                variant.struct_variant(fields, Fields(at))
+            }
+        }
+        struct Fields(usize);
+        impl<'de> serde::de::Visitor<'de> for Fields {
+            type Value = LimiterCall;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(EXPECTING.get(self.0).copied().unwrap_or_default())
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<LimiterCall, A::Error> {
+                use crate::json::required;
+                let fields = FIELDS.get(self.0).copied().unwrap_or_default();
+                let (mut limits, mut status_limits) = (None, None);
+                let (mut request, mut ticket) = (None, None);
+                let (mut provisional, mut counted, mut confirms) = (None, None, None);
+                let (mut credit, mut returns) = (None, None);
+                let (mut reservation, mut usage) = (None, None);
+                let (mut lease_id, mut lease_ms) = (None, None);
+                crate::json::read_fields(map, fields, |field, map| {
+                    match (self.0, field) {
+                        (5, _) => status_limits = map.next_value()?,
+                        (_, 0) => limits = Some(map.next_value()?),
+                        (0, 1) => request = Some(map.next_value()?),
+                        (1, 1) => ticket = map.next_value()?,
+                        (0, 2) | (2, 1) => provisional = Some(map.next_value()?),
+                        (0, 3) | (1, 2) => credit = Some(map.next_value()?),
+                        (0, 4) | (1, 3) => returns = Some(map.next_value()?),
+                        (0, _) => counted = Some(map.next_value()?),
+                        (3, 1) => reservation = Some(map.next_value()?),
+                        (3, 2) => usage = Some(map.next_value()?),
+                        (3, _) => confirms = Some(map.next_value()?),
+                        (_, 1) => lease_id = Some(map.next_value()?),
+                        _ => lease_ms = Some(map.next_value()?),
+                    }
+                    Ok(())
+                })?;
+                if self.0 == 5 {
+                    return Ok(LimiterCall::Status {
+                        limits: status_limits,
+                    });
+                }
+                let limits = required(limits, "limits")?;
+                Ok(match self.0 {
+                    0 => LimiterCall::Admit {
+                        limits,
+                        request: required(request, "request")?,
+                        provisional: provisional.unwrap_or_default(),
+                        credit: credit.unwrap_or_default(),
+                        returns: returns.unwrap_or_default(),
+                        counted: counted.unwrap_or_default(),
+                    },
+                    1 => LimiterCall::Refill {
+                        limits,
+                        ticket,
+                        credit: credit.unwrap_or_default(),
+                        returns: returns.unwrap_or_default(),
+                    },
+                    2 => LimiterCall::AdmitRequestOnly {
+                        limits,
+                        provisional: provisional.unwrap_or_default(),
+                    },
+                    3 => LimiterCall::Settle {
+                        limits,
+                        reservation: required(reservation, "reservation")?,
+                        usage: required(usage, "usage")?,
+                        confirms: confirms.unwrap_or(true),
+                    },
+                    _ => LimiterCall::Renew {
+                        limits,
+                        lease_id: required(lease_id, "lease_id")?,
+                        lease_ms: required(lease_ms, "lease_ms")?,
+                    },
+                })
+            }
+        }
+        deserializer.deserialize_enum("LimiterCall", NAMES, Reading)
+    }
 }
 
 /// The object's answer to an admission: the decision and the caller's limits as of now.
@@ -739,5 +871,191 @@ mod tests {
             .find(|d| d.dimension == crate::limits::Dimension::Concurrency)
             .unwrap();
         assert_eq!(slots.remaining, 0);
+    }
+
+    /// `LimiterCall` as serde's derive read it, to hold the written-out decoder to.
+    mod derived {
+        use super::super::{is_false, is_zero, yes};
+        use super::*;
+
+        #[derive(Debug, Serialize, Deserialize)]
+        #[serde(rename_all = "snake_case")]
+        pub(super) enum LimiterCall {
+            Admit {
+                limits: TierLimits,
+                request: AdmissionRequest,
+                #[serde(default)]
+                provisional: bool,
+                #[serde(default, skip_serializing_if = "is_zero")]
+                credit: u32,
+                #[serde(default, skip_serializing_if = "Returns::is_empty")]
+                returns: Returns,
+                #[serde(default, skip_serializing_if = "is_false")]
+                counted: bool,
+            },
+            Refill {
+                limits: TierLimits,
+                #[serde(default)]
+                ticket: Option<AdmissionRequest>,
+                #[serde(default)]
+                credit: u32,
+                #[serde(default)]
+                returns: Returns,
+            },
+            AdmitRequestOnly {
+                limits: TierLimits,
+                #[serde(default)]
+                provisional: bool,
+            },
+            Settle {
+                limits: TierLimits,
+                reservation: Reservation,
+                usage: Used,
+                #[serde(default = "yes")]
+                confirms: bool,
+            },
+            Renew {
+                limits: TierLimits,
+                lease_id: u64,
+                lease_ms: u64,
+            },
+            Status {
+                #[serde(default)]
+                limits: Option<TierLimits>,
+            },
+        }
+    }
+
+    /// What each decoder reads from `text`, written back (or its error's words).
+    fn both_read(text: &str) -> (Result<String, String>, Result<String, String>) {
+        let hand = serde_json::from_str::<LimiterCall>(text)
+            .map(|call| serde_json::to_string(&call).unwrap())
+            .map_err(|e| e.to_string());
+        let derived = serde_json::from_str::<derived::LimiterCall>(text)
+            .map(|call| serde_json::to_string(&call).unwrap())
+            .map_err(|e| e.to_string());
+        (hand, derived)
+    }
+
+    #[test]
+    fn a_call_reads_as_the_derive_read_it() {
+        let limits = TierLimits {
+            rpm: NonZeroU32::new(2),
+            output_tpm: NonZeroU32::new(900),
+            ..TierLimits::default()
+        };
+        let request = AdmissionRequest {
+            input_tokens: 3,
+            output_tokens: 4,
+            lease_ms: 5,
+        };
+        let reservation = Reservation {
+            lease_id: 6,
+            input_tokens: 7,
+            output_tokens: 8,
+            lease_expires_ms: 9,
+        };
+        let returns = Returns {
+            settle: Vec::new(),
+            release: vec![Ticket {
+                reservation,
+                requests: 1,
+            }],
+        };
+        let written = [
+            admit_call(limits, true),
+            LimiterCall::Admit {
+                limits,
+                request,
+                provisional: false,
+                credit: 3,
+                returns: returns.clone(),
+                counted: true,
+            },
+            LimiterCall::Refill {
+                limits,
+                ticket: Some(request),
+                credit: 2,
+                returns,
+            },
+            LimiterCall::Refill {
+                limits,
+                ticket: None,
+                credit: 0,
+                returns: Returns::default(),
+            },
+            LimiterCall::AdmitRequestOnly {
+                limits,
+                provisional: true,
+            },
+            LimiterCall::Settle {
+                limits,
+                reservation,
+                usage: Used {
+                    input_tokens: Some(1),
+                    output_tokens: None,
+                },
+                confirms: false,
+            },
+            LimiterCall::Renew {
+                limits,
+                lease_id: 6,
+                lease_ms: 7,
+            },
+            LimiterCall::Status {
+                limits: Some(limits),
+            },
+            LimiterCall::Status { limits: None },
+        ];
+        for call in &written {
+            let text = serde_json::to_string(call).unwrap();
+            let (hand, derived) = both_read(&text);
+            assert_eq!(hand.as_ref(), Ok(&text));
+            assert_eq!(hand, derived, "{text}");
+        }
+        let request = serde_json::to_string(&request).unwrap();
+        let reservation = serde_json::to_string(&reservation).unwrap();
+        // Defaults, fields skipped, and every refusal in the same words at the same place.
+        for text in [
+            format!(r#"{{"admit": {{"limits": {{}}, "request": {request}}}}}"#),
+            format!(r#"{{"admit": {{"request": {request}, "later": [1], "limits": {{}}}}}}"#),
+            r#"{"refill": {"limits": {}}}"#.to_string(),
+            r#"{"refill": {"limits": {}, "ticket": null}}"#.to_string(),
+            r#"{"admit_request_only": {"limits": {}}}"#.to_string(),
+            format!(
+                r#"{{"settle": {{"limits": {{}}, "reservation": {reservation}, "usage": {{}}}}}}"#
+            ),
+            r#"{"status": {}}"#.to_string(),
+            r#"{"status": {"limits": null}}"#.to_string(),
+            r#"{"status": {"limits": {"rpm": 1}, "x": 2}}"#.to_string(),
+            r#"{"admit": {"limits": {}}}"#.to_string(),
+            format!(r#"{{"admit": {{"request": {request}}}}}"#),
+            format!(r#"{{"admit": {{"limits": null, "request": {request}}}}}"#),
+            format!(r#"{{"admit": {{"limits": {{}}, "limits": {{}}, "request": {request}}}}}"#),
+            format!(r#"{{"admit": {{"limits": {{}}, "request": {request}, "credit": -1}}}}"#),
+            format!(r#"{{"admit": {{"limits": {{}}, "request": {request}, "counted": 1}}}}"#),
+            r#"{"refill": {"limits": {}, "credit": 1, "credit": 2}}"#.to_string(),
+            r#"{"admit_request_only": {"limits": {}, "provisional": "yes"}}"#.to_string(),
+            format!(r#"{{"settle": {{"limits": {{}}, "reservation": {reservation}}}}}"#),
+            r#"{"settle": {"limits": {}, "usage": {}}}"#.to_string(),
+            format!(
+                r#"{{"settle": {{"limits": {{}}, "reservation": {reservation}, "usage": {{}}, "confirms": null}}}}"#
+            ),
+            r#"{"renew": {"limits": {}, "lease_id": 1}}"#.to_string(),
+            r#"{"renew": {"lease_ms": 1, "lease_id": 1}}"#.to_string(),
+            r#"{"renew": {"limits": {}, "lease_id": 1, "lease_ms": 2.5}}"#.to_string(),
+            r#"{"status": {"limits": {}, "limits": {}}}"#.to_string(),
+            r#"{"status": 1}"#.to_string(),
+            r#"{"status": null}"#.to_string(),
+            r#""status""#.to_string(),
+            r#"{"later": {}}"#.to_string(),
+            r#"{"renew": {"limits": {}, "lease_id": 1, "lease_ms": 2}"#.to_string(),
+            r#"{"renew": {"limits": {}, "lease_id": 1, "lease_ms": 2}} 1"#.to_string(),
+            "[]".to_string(),
+            "7".to_string(),
+        ] {
+            let (hand, derived) = both_read(&text);
+            assert_eq!(hand, derived, "{text}");
+        }
     }
 }

@@ -26,7 +26,7 @@ fn one_way_ms(asked_ms: u64, now_ms: u64) -> u64 {
 /// One call from the Worker to the upstream key's object, about one pool (`model`: a route,
 /// or a model family of `/v1/messages`, as Anthropic pools its limits). Each carries the first
 /// attempts the edge sent unasked since its last call (for the retry budget).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum UpstreamCall {
     Before {
@@ -65,6 +65,120 @@ pub enum UpstreamCall {
     /// The operator's view of the key ([`UpstreamState::status`]): read only, nothing is
     /// counted, reserved or stored.
     Status {},
+}
+
+// Read as the derive reads it from what `serde_json` writes, the variant's name and fields by
+// the shared decoders (`json::VariantSeed`, `json::read_fields`), the same defaults and the
+// same errors; a struct variant from its object form only (the derive also read an array
+// form nothing writes).
+impl<'de> Deserialize<'de> for UpstreamCall {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        const NAMES: &[&str] = &["before", "after", "status"];
+        const FIELDS: [&[&str]; 3] = [
+            &[
+                "model",
+                "is_retry",
+                "deadline_ms",
+                "request_seed",
+                "unreported",
+                "served",
+                "cost",
+                "claimant",
+                "asked_ms",
+            ],
+            &[
+                "model",
+                "report",
+                "rng_seed",
+                "unreported",
+                "served",
+                "limits",
+                "cost",
+            ],
+            &[],
+        ];
+        const EXPECTING: [&str; 3] = [
+            "struct variant UpstreamCall::Before",
+            "struct variant UpstreamCall::After",
+            "struct variant UpstreamCall::Status",
+        ];
+        struct Reading;
+        impl<'de> serde::de::Visitor<'de> for Reading {
+            type Value = UpstreamCall;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("enum UpstreamCall")
+            }
+            fn visit_enum<A: serde::de::EnumAccess<'de>>(
+                self,
+                data: A,
+            ) -> Result<UpstreamCall, A::Error> {
+                use serde::de::VariantAccess;
+                let (at, variant) = data.variant_seed(crate::json::VariantSeed(NAMES))?;
+                let fields = FIELDS.get(at).copied().unwrap_or_default();
+                variant.struct_variant(fields, Fields(at))
+            }
+        }
+        struct Fields(usize);
+        impl<'de> serde::de::Visitor<'de> for Fields {
+            type Value = UpstreamCall;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(EXPECTING.get(self.0).copied().unwrap_or_default())
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<UpstreamCall, A::Error> {
+                use crate::json::required;
+                let fields = FIELDS.get(self.0).copied().unwrap_or_default();
+                let (mut model, mut is_retry, mut deadline_ms) = (None, None, None);
+                let (mut request_seed, mut asked_ms, mut rng_seed) = (None, None, None);
+                let (mut unreported, mut served) = (None, None);
+                let (mut cost, mut claimant) = (None, None);
+                let (mut report, mut limits) = (None, None);
+                crate::json::read_fields(map, fields, |field, map| {
+                    match (self.0, field) {
+                        (_, 0) => model = Some(map.next_value()?),
+                        (0, 1) => is_retry = Some(map.next_value()?),
+                        (0, 2) => deadline_ms = Some(map.next_value()?),
+                        (0, 3) => request_seed = Some(map.next_value()?),
+                        (0, 4) | (1, 3) => unreported = Some(map.next_value()?),
+                        (0, 5) | (1, 4) => served = Some(map.next_value()?),
+                        (0, 6) | (1, 6) => cost = Some(map.next_value()?),
+                        (0, 7) => claimant = Some(map.next_value()?),
+                        (0, _) => asked_ms = Some(map.next_value()?),
+                        (_, 1) => report = Some(map.next_value()?),
+                        (_, 2) => rng_seed = Some(map.next_value()?),
+                        _ => limits = Some(map.next_value()?),
+                    }
+                    Ok(())
+                })?;
+                Ok(match self.0 {
+                    0 => UpstreamCall::Before {
+                        model: required(model, "model")?,
+                        is_retry: required(is_retry, "is_retry")?,
+                        deadline_ms: required(deadline_ms, "deadline_ms")?,
+                        request_seed: required(request_seed, "request_seed")?,
+                        unreported: required(unreported, "unreported")?,
+                        served: served.unwrap_or_default(),
+                        cost: cost.unwrap_or_default(),
+                        claimant: claimant.unwrap_or_default(),
+                        asked_ms: asked_ms.unwrap_or_default(),
+                    },
+                    1 => UpstreamCall::After {
+                        model: required(model, "model")?,
+                        report: required(report, "report")?,
+                        rng_seed: required(rng_seed, "rng_seed")?,
+                        unreported: required(unreported, "unreported")?,
+                        served: served.unwrap_or_default(),
+                        limits: limits.unwrap_or_default(),
+                        cost: cost.unwrap_or_default(),
+                    },
+                    _ => UpstreamCall::Status {},
+                })
+            }
+        }
+        deserializer.deserialize_enum("UpstreamCall", NAMES, Reading)
+    }
 }
 
 impl UpstreamCall {
@@ -331,5 +445,142 @@ mod tests {
             asked_ms: 0,
         };
         assert!(!<UpstreamState as ObjectState>::reads_only(&before_call));
+    }
+
+    /// `UpstreamCall` as serde's derive read it, to hold the written-out decoder to.
+    mod derived {
+        use super::*;
+
+        #[derive(Debug, Serialize, Deserialize)]
+        #[serde(rename_all = "snake_case")]
+        pub(super) enum UpstreamCall {
+            Before {
+                model: String,
+                is_retry: bool,
+                deadline_ms: u64,
+                request_seed: u64,
+                unreported: u32,
+                #[serde(default)]
+                served: u32,
+                #[serde(default)]
+                cost: Cost,
+                #[serde(default)]
+                claimant: Claimant,
+                #[serde(default)]
+                asked_ms: u64,
+            },
+            After {
+                model: String,
+                report: AttemptReport,
+                rng_seed: u64,
+                unreported: u32,
+                #[serde(default)]
+                served: u32,
+                #[serde(default)]
+                limits: KeyLimits,
+                #[serde(default)]
+                cost: Cost,
+            },
+            Status {},
+        }
+    }
+
+    /// What each decoder reads from `text`, written back (or its error's words).
+    fn both_read(text: &str) -> (Result<String, String>, Result<String, String>) {
+        let hand = serde_json::from_str::<UpstreamCall>(text)
+            .map(|call| serde_json::to_string(&call).unwrap())
+            .map_err(|e| e.to_string());
+        let derived = serde_json::from_str::<derived::UpstreamCall>(text)
+            .map(|call| serde_json::to_string(&call).unwrap())
+            .map_err(|e| e.to_string());
+        (hand, derived)
+    }
+
+    #[test]
+    fn a_call_reads_as_the_derive_read_it() {
+        let cost = Cost {
+            input_tokens: 11,
+            output_tokens: 12,
+        };
+        let claimant = Claimant {
+            caller: "caller-1".to_string(),
+            weight: 3,
+            priority: crate::upstream::Priority::Background,
+        };
+        let limits = KeyLimits {
+            requests: Some(crate::upstream::Observed {
+                limit: 50,
+                remaining: 10,
+            }),
+            sent_ms: Some(4),
+            answered: Some(5),
+            ..KeyLimits::default()
+        };
+        let written = [
+            UpstreamCall::Before {
+                model: "m".to_string(),
+                is_retry: true,
+                deadline_ms: 1,
+                request_seed: 2,
+                unreported: 3,
+                served: 4,
+                cost,
+                claimant,
+                asked_ms: 5,
+            },
+            UpstreamCall::After {
+                model: "messages:claude-x".to_string(),
+                report: AttemptReport {
+                    reply: Reply::RateLimited {
+                        retry_after_ms: Some(7),
+                    },
+                    probe: None,
+                },
+                rng_seed: 8,
+                unreported: 9,
+                served: 10,
+                limits,
+                cost,
+            },
+            UpstreamCall::Status {},
+        ];
+        for call in &written {
+            let text = serde_json::to_string(call).unwrap();
+            let (hand, derived) = both_read(&text);
+            assert_eq!(hand.as_ref(), Ok(&text));
+            assert_eq!(hand, derived, "{text}");
+        }
+        let report = r#"{"reply": "success", "probe": null}"#;
+        // Defaults, fields skipped, and every refusal in the same words at the same place.
+        for text in [
+            r#"{"before": {"model": "m", "is_retry": false, "deadline_ms": 1, "request_seed": 2, "unreported": 0}}"#.to_string(),
+            r#"{"before": {"later": {}, "model": "m", "is_retry": false, "deadline_ms": 1, "request_seed": 2, "unreported": 0, "claimant": {}}}"#.to_string(),
+            format!(r#"{{"after": {{"model": "m", "report": {report}, "rng_seed": 1, "unreported": 0}}}}"#),
+            r#"{"status": {}}"#.to_string(),
+            r#"{"status": {"model": "m"}}"#.to_string(),
+            r#"{"before": {"model": "m", "deadline_ms": 1, "request_seed": 2, "unreported": 0}}"#.to_string(),
+            r#"{"before": {"is_retry": false, "deadline_ms": 1, "request_seed": 2, "unreported": 0}}"#.to_string(),
+            r#"{"before": {"model": "m", "is_retry": false, "request_seed": 2, "unreported": 0}}"#.to_string(),
+            r#"{"before": {"model": "m", "is_retry": false, "deadline_ms": 1, "unreported": 0}}"#.to_string(),
+            r#"{"before": {"model": "m", "is_retry": false, "deadline_ms": 1, "request_seed": 2}}"#.to_string(),
+            r#"{"before": {"model": "m", "model": "n", "is_retry": false, "deadline_ms": 1, "request_seed": 2, "unreported": 0}}"#.to_string(),
+            r#"{"before": {"model": 1, "is_retry": false, "deadline_ms": 1, "request_seed": 2, "unreported": 0}}"#.to_string(),
+            r#"{"before": {"model": "m", "is_retry": false, "deadline_ms": 1, "request_seed": 2, "unreported": 5000000000}}"#.to_string(),
+            r#"{"before": {"model": "m", "is_retry": false, "deadline_ms": 1, "request_seed": 2, "unreported": 0, "asked_ms": null}}"#.to_string(),
+            r#"{"after": {"model": "m", "rng_seed": 1, "unreported": 0}}"#.to_string(),
+            format!(r#"{{"after": {{"model": "m", "report": {report}, "unreported": 0}}}}"#),
+            format!(r#"{{"after": {{"model": "m", "report": {report}, "rng_seed": 1}}}}"#),
+            format!(r#"{{"after": {{"model": "m", "report": {report}, "rng_seed": 1, "unreported": 0, "limits": 1}}}}"#),
+            format!(r#"{{"after": {{"model": "m", "report": {report}, "rng_seed": 1, "unreported": 0, "cost": {{}}, "cost": {{}}}}}}"#),
+            r#"{"status": 1}"#.to_string(),
+            r#"{"status": null}"#.to_string(),
+            r#""status""#.to_string(),
+            r#"{"later": {}}"#.to_string(),
+            r#"{"status": {}"#.to_string(),
+            "[]".to_string(),
+        ] {
+            let (hand, derived) = both_read(&text);
+            assert_eq!(hand, derived, "{text}");
+        }
     }
 }
