@@ -101,129 +101,161 @@ fn is_zero(n: &u32) -> bool {
 // form nothing writes).
 impl<'de> Deserialize<'de> for LimiterCall {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        const NAMES: &[&str] = &[
-            "admit",
-            "refill",
-            "admit_request_only",
-            "settle",
-            "renew",
-            "status",
-        ];
-        const FIELDS: [&[&str]; 6] = [
-            &[
-                "limits",
-                "request",
-                "provisional",
-                "credit",
-                "returns",
-                "counted",
-            ],
-            &["limits", "ticket", "credit", "returns"],
-            &["limits", "provisional"],
-            &["limits", "reservation", "usage", "confirms"],
-            &["limits", "lease_id", "lease_ms"],
-            &["limits"],
-        ];
-        const EXPECTING: [&str; 6] = [
-            "struct variant LimiterCall::Admit",
-            "struct variant LimiterCall::Refill",
-            "struct variant LimiterCall::AdmitRequestOnly",
-            "struct variant LimiterCall::Settle",
-            "struct variant LimiterCall::Renew",
-            "struct variant LimiterCall::Status",
-        ];
-        struct Reading;
-        impl<'de> serde::de::Visitor<'de> for Reading {
-            type Value = LimiterCall;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("enum LimiterCall")
+        deserializer.deserialize_enum("LimiterCall", CALL_NAMES, CallReading)
+    }
+}
+
+const CALL_NAMES: &[&str] = &[
+    "admit",
+    "refill",
+    "admit_request_only",
+    "settle",
+    "renew",
+    "status",
+];
+const CALL_FIELDS: [&[&str]; 6] = [
+    &[
+        "limits",
+        "request",
+        "provisional",
+        "credit",
+        "returns",
+        "counted",
+    ],
+    &["limits", "ticket", "credit", "returns"],
+    &["limits", "provisional"],
+    &["limits", "reservation", "usage", "confirms"],
+    &["limits", "lease_id", "lease_ms"],
+    &["limits"],
+];
+const CALL_EXPECTING: [&str; 6] = [
+    "struct variant LimiterCall::Admit",
+    "struct variant LimiterCall::Refill",
+    "struct variant LimiterCall::AdmitRequestOnly",
+    "struct variant LimiterCall::Settle",
+    "struct variant LimiterCall::Renew",
+    "struct variant LimiterCall::Status",
+];
+
+/// The call's variant by name, then its fields.
+struct CallReading;
+
+impl<'de> serde::de::Visitor<'de> for CallReading {
+    type Value = LimiterCall;
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("enum LimiterCall")
+    }
+    fn visit_enum<A: serde::de::EnumAccess<'de>>(self, data: A) -> Result<LimiterCall, A::Error> {
+        use serde::de::VariantAccess;
+        let (at, variant) = data.variant_seed(crate::json::VariantSeed(CALL_NAMES))?;
+        let fields = CALL_FIELDS.get(at).copied().unwrap_or_default();
+        variant.struct_variant(fields, CallVariant(at))
+    }
+}
+
+/// The fields of the variant at this index.
+struct CallVariant(usize);
+
+impl<'de> serde::de::Visitor<'de> for CallVariant {
+    type Value = LimiterCall;
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(CALL_EXPECTING.get(self.0).copied().unwrap_or_default())
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<LimiterCall, A::Error> {
+        CallFields::read(self.0, map)?.into_call()
+    }
+}
+
+/// A call's fields as read, before they make its variant.
+#[derive(Default)]
+struct CallFields {
+    variant: usize,
+    limits: Option<TierLimits>,
+    status_limits: Option<TierLimits>,
+    request: Option<AdmissionRequest>,
+    ticket: Option<AdmissionRequest>,
+    provisional: Option<bool>,
+    counted: Option<bool>,
+    confirms: Option<bool>,
+    credit: Option<u32>,
+    returns: Option<Returns>,
+    reservation: Option<Reservation>,
+    usage: Option<Used>,
+    lease_id: Option<u64>,
+    lease_ms: Option<u64>,
+}
+
+impl CallFields {
+    fn read<'de, A: serde::de::MapAccess<'de>>(
+        variant: usize,
+        map: A,
+    ) -> Result<CallFields, A::Error> {
+        let mut read = CallFields {
+            variant,
+            ..CallFields::default()
+        };
+        let fields = CALL_FIELDS.get(variant).copied().unwrap_or_default();
+        crate::json::read_fields(map, fields, |field, map| {
+            match (variant, field) {
+                (5, _) => read.status_limits = map.next_value()?,
+                (_, 0) => read.limits = Some(map.next_value()?),
+                (0, 1) => read.request = Some(map.next_value()?),
+                (1, 1) => read.ticket = map.next_value()?,
+                (0, 2) | (2, 1) => read.provisional = Some(map.next_value()?),
+                (0, 3) | (1, 2) => read.credit = Some(map.next_value()?),
+                (0, 4) | (1, 3) => read.returns = Some(map.next_value()?),
+                (0, _) => read.counted = Some(map.next_value()?),
+                (3, 1) => read.reservation = Some(map.next_value()?),
+                (3, 2) => read.usage = Some(map.next_value()?),
+                (3, _) => read.confirms = Some(map.next_value()?),
+                (_, 1) => read.lease_id = Some(map.next_value()?),
+                _ => read.lease_ms = Some(map.next_value()?),
             }
-            fn visit_enum<A: serde::de::EnumAccess<'de>>(
-                self,
-                data: A,
-            ) -> Result<LimiterCall, A::Error> {
-                use serde::de::VariantAccess;
-                let (at, variant) = data.variant_seed(crate::json::VariantSeed(NAMES))?;
-                let fields = FIELDS.get(at).copied().unwrap_or_default();
-                variant.struct_variant(fields, Fields(at))
-            }
+            Ok(())
+        })?;
+        Ok(read)
+    }
+
+    /// The variant, with the derive's defaults and its errors for what is missing.
+    fn into_call<E: serde::de::Error>(self) -> Result<LimiterCall, E> {
+        use crate::json::required;
+        if self.variant == 5 {
+            return Ok(LimiterCall::Status {
+                limits: self.status_limits,
+            });
         }
-        struct Fields(usize);
-        impl<'de> serde::de::Visitor<'de> for Fields {
-            type Value = LimiterCall;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str(EXPECTING.get(self.0).copied().unwrap_or_default())
-            }
-            fn visit_map<A: serde::de::MapAccess<'de>>(
-                self,
-                map: A,
-            ) -> Result<LimiterCall, A::Error> {
-                use crate::json::required;
-                let fields = FIELDS.get(self.0).copied().unwrap_or_default();
-                let (mut limits, mut status_limits) = (None, None);
-                let (mut request, mut ticket) = (None, None);
-                let (mut provisional, mut counted, mut confirms) = (None, None, None);
-                let (mut credit, mut returns) = (None, None);
-                let (mut reservation, mut usage) = (None, None);
-                let (mut lease_id, mut lease_ms) = (None, None);
-                crate::json::read_fields(map, fields, |field, map| {
-                    match (self.0, field) {
-                        (5, _) => status_limits = map.next_value()?,
-                        (_, 0) => limits = Some(map.next_value()?),
-                        (0, 1) => request = Some(map.next_value()?),
-                        (1, 1) => ticket = map.next_value()?,
-                        (0, 2) | (2, 1) => provisional = Some(map.next_value()?),
-                        (0, 3) | (1, 2) => credit = Some(map.next_value()?),
-                        (0, 4) | (1, 3) => returns = Some(map.next_value()?),
-                        (0, _) => counted = Some(map.next_value()?),
-                        (3, 1) => reservation = Some(map.next_value()?),
-                        (3, 2) => usage = Some(map.next_value()?),
-                        (3, _) => confirms = Some(map.next_value()?),
-                        (_, 1) => lease_id = Some(map.next_value()?),
-                        _ => lease_ms = Some(map.next_value()?),
-                    }
-                    Ok(())
-                })?;
-                if self.0 == 5 {
-                    return Ok(LimiterCall::Status {
-                        limits: status_limits,
-                    });
-                }
-                let limits = required(limits, "limits")?;
-                Ok(match self.0 {
-                    0 => LimiterCall::Admit {
-                        limits,
-                        request: required(request, "request")?,
-                        provisional: provisional.unwrap_or_default(),
-                        credit: credit.unwrap_or_default(),
-                        returns: returns.unwrap_or_default(),
-                        counted: counted.unwrap_or_default(),
-                    },
-                    1 => LimiterCall::Refill {
-                        limits,
-                        ticket,
-                        credit: credit.unwrap_or_default(),
-                        returns: returns.unwrap_or_default(),
-                    },
-                    2 => LimiterCall::AdmitRequestOnly {
-                        limits,
-                        provisional: provisional.unwrap_or_default(),
-                    },
-                    3 => LimiterCall::Settle {
-                        limits,
-                        reservation: required(reservation, "reservation")?,
-                        usage: required(usage, "usage")?,
-                        confirms: confirms.unwrap_or(true),
-                    },
-                    _ => LimiterCall::Renew {
-                        limits,
-                        lease_id: required(lease_id, "lease_id")?,
-                        lease_ms: required(lease_ms, "lease_ms")?,
-                    },
-                })
-            }
-        }
-        deserializer.deserialize_enum("LimiterCall", NAMES, Reading)
+        let limits = required(self.limits, "limits")?;
+        Ok(match self.variant {
+            0 => LimiterCall::Admit {
+                limits,
+                request: required(self.request, "request")?,
+                provisional: self.provisional.unwrap_or_default(),
+                credit: self.credit.unwrap_or_default(),
+                returns: self.returns.unwrap_or_default(),
+                counted: self.counted.unwrap_or_default(),
+            },
+            1 => LimiterCall::Refill {
+                limits,
+                ticket: self.ticket,
+                credit: self.credit.unwrap_or_default(),
+                returns: self.returns.unwrap_or_default(),
+            },
+            2 => LimiterCall::AdmitRequestOnly {
+                limits,
+                provisional: self.provisional.unwrap_or_default(),
+            },
+            3 => LimiterCall::Settle {
+                limits,
+                reservation: required(self.reservation, "reservation")?,
+                usage: required(self.usage, "usage")?,
+                confirms: self.confirms.unwrap_or(true),
+            },
+            _ => LimiterCall::Renew {
+                limits,
+                lease_id: required(self.lease_id, "lease_id")?,
+                lease_ms: required(self.lease_ms, "lease_ms")?,
+            },
+        })
     }
 }
 

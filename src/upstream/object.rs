@@ -73,111 +73,143 @@ pub enum UpstreamCall {
 // form nothing writes).
 impl<'de> Deserialize<'de> for UpstreamCall {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        const NAMES: &[&str] = &["before", "after", "status"];
-        const FIELDS: [&[&str]; 3] = [
-            &[
-                "model",
-                "is_retry",
-                "deadline_ms",
-                "request_seed",
-                "unreported",
-                "served",
-                "cost",
-                "claimant",
-                "asked_ms",
-            ],
-            &[
-                "model",
-                "report",
-                "rng_seed",
-                "unreported",
-                "served",
-                "limits",
-                "cost",
-            ],
-            &[],
-        ];
-        const EXPECTING: [&str; 3] = [
-            "struct variant UpstreamCall::Before",
-            "struct variant UpstreamCall::After",
-            "struct variant UpstreamCall::Status",
-        ];
-        struct Reading;
-        impl<'de> serde::de::Visitor<'de> for Reading {
-            type Value = UpstreamCall;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("enum UpstreamCall")
+        deserializer.deserialize_enum("UpstreamCall", CALL_NAMES, CallReading)
+    }
+}
+
+const CALL_NAMES: &[&str] = &["before", "after", "status"];
+const CALL_FIELDS: [&[&str]; 3] = [
+    &[
+        "model",
+        "is_retry",
+        "deadline_ms",
+        "request_seed",
+        "unreported",
+        "served",
+        "cost",
+        "claimant",
+        "asked_ms",
+    ],
+    &[
+        "model",
+        "report",
+        "rng_seed",
+        "unreported",
+        "served",
+        "limits",
+        "cost",
+    ],
+    &[],
+];
+const CALL_EXPECTING: [&str; 3] = [
+    "struct variant UpstreamCall::Before",
+    "struct variant UpstreamCall::After",
+    "struct variant UpstreamCall::Status",
+];
+
+/// The call's variant by name, then its fields.
+struct CallReading;
+
+impl<'de> serde::de::Visitor<'de> for CallReading {
+    type Value = UpstreamCall;
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("enum UpstreamCall")
+    }
+    fn visit_enum<A: serde::de::EnumAccess<'de>>(self, data: A) -> Result<UpstreamCall, A::Error> {
+        use serde::de::VariantAccess;
+        let (at, variant) = data.variant_seed(crate::json::VariantSeed(CALL_NAMES))?;
+        let fields = CALL_FIELDS.get(at).copied().unwrap_or_default();
+        variant.struct_variant(fields, CallVariant(at))
+    }
+}
+
+/// The fields of the variant at this index.
+struct CallVariant(usize);
+
+impl<'de> serde::de::Visitor<'de> for CallVariant {
+    type Value = UpstreamCall;
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(CALL_EXPECTING.get(self.0).copied().unwrap_or_default())
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<UpstreamCall, A::Error> {
+        CallFields::read(self.0, map)?.into_call()
+    }
+}
+
+/// A call's fields as read, before they make its variant.
+#[derive(Default)]
+struct CallFields {
+    variant: usize,
+    model: Option<String>,
+    is_retry: Option<bool>,
+    deadline_ms: Option<u64>,
+    request_seed: Option<u64>,
+    asked_ms: Option<u64>,
+    rng_seed: Option<u64>,
+    unreported: Option<u32>,
+    served: Option<u32>,
+    cost: Option<Cost>,
+    claimant: Option<Claimant>,
+    report: Option<AttemptReport>,
+    limits: Option<KeyLimits>,
+}
+
+impl CallFields {
+    fn read<'de, A: serde::de::MapAccess<'de>>(
+        variant: usize,
+        map: A,
+    ) -> Result<CallFields, A::Error> {
+        let mut read = CallFields {
+            variant,
+            ..CallFields::default()
+        };
+        let fields = CALL_FIELDS.get(variant).copied().unwrap_or_default();
+        crate::json::read_fields(map, fields, |field, map| {
+            match (variant, field) {
+                (_, 0) => read.model = Some(map.next_value()?),
+                (0, 1) => read.is_retry = Some(map.next_value()?),
+                (0, 2) => read.deadline_ms = Some(map.next_value()?),
+                (0, 3) => read.request_seed = Some(map.next_value()?),
+                (0, 4) | (1, 3) => read.unreported = Some(map.next_value()?),
+                (0, 5) | (1, 4) => read.served = Some(map.next_value()?),
+                (0, 6) | (1, 6) => read.cost = Some(map.next_value()?),
+                (0, 7) => read.claimant = Some(map.next_value()?),
+                (0, _) => read.asked_ms = Some(map.next_value()?),
+                (_, 1) => read.report = Some(map.next_value()?),
+                (_, 2) => read.rng_seed = Some(map.next_value()?),
+                _ => read.limits = Some(map.next_value()?),
             }
-            fn visit_enum<A: serde::de::EnumAccess<'de>>(
-                self,
-                data: A,
-            ) -> Result<UpstreamCall, A::Error> {
-                use serde::de::VariantAccess;
-                let (at, variant) = data.variant_seed(crate::json::VariantSeed(NAMES))?;
-                let fields = FIELDS.get(at).copied().unwrap_or_default();
-                variant.struct_variant(fields, Fields(at))
-            }
-        }
-        struct Fields(usize);
-        impl<'de> serde::de::Visitor<'de> for Fields {
-            type Value = UpstreamCall;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str(EXPECTING.get(self.0).copied().unwrap_or_default())
-            }
-            fn visit_map<A: serde::de::MapAccess<'de>>(
-                self,
-                map: A,
-            ) -> Result<UpstreamCall, A::Error> {
-                use crate::json::required;
-                let fields = FIELDS.get(self.0).copied().unwrap_or_default();
-                let (mut model, mut is_retry, mut deadline_ms) = (None, None, None);
-                let (mut request_seed, mut asked_ms, mut rng_seed) = (None, None, None);
-                let (mut unreported, mut served) = (None, None);
-                let (mut cost, mut claimant) = (None, None);
-                let (mut report, mut limits) = (None, None);
-                crate::json::read_fields(map, fields, |field, map| {
-                    match (self.0, field) {
-                        (_, 0) => model = Some(map.next_value()?),
-                        (0, 1) => is_retry = Some(map.next_value()?),
-                        (0, 2) => deadline_ms = Some(map.next_value()?),
-                        (0, 3) => request_seed = Some(map.next_value()?),
-                        (0, 4) | (1, 3) => unreported = Some(map.next_value()?),
-                        (0, 5) | (1, 4) => served = Some(map.next_value()?),
-                        (0, 6) | (1, 6) => cost = Some(map.next_value()?),
-                        (0, 7) => claimant = Some(map.next_value()?),
-                        (0, _) => asked_ms = Some(map.next_value()?),
-                        (_, 1) => report = Some(map.next_value()?),
-                        (_, 2) => rng_seed = Some(map.next_value()?),
-                        _ => limits = Some(map.next_value()?),
-                    }
-                    Ok(())
-                })?;
-                Ok(match self.0 {
-                    0 => UpstreamCall::Before {
-                        model: required(model, "model")?,
-                        is_retry: required(is_retry, "is_retry")?,
-                        deadline_ms: required(deadline_ms, "deadline_ms")?,
-                        request_seed: required(request_seed, "request_seed")?,
-                        unreported: required(unreported, "unreported")?,
-                        served: served.unwrap_or_default(),
-                        cost: cost.unwrap_or_default(),
-                        claimant: claimant.unwrap_or_default(),
-                        asked_ms: asked_ms.unwrap_or_default(),
-                    },
-                    1 => UpstreamCall::After {
-                        model: required(model, "model")?,
-                        report: required(report, "report")?,
-                        rng_seed: required(rng_seed, "rng_seed")?,
-                        unreported: required(unreported, "unreported")?,
-                        served: served.unwrap_or_default(),
-                        limits: limits.unwrap_or_default(),
-                        cost: cost.unwrap_or_default(),
-                    },
-                    _ => UpstreamCall::Status {},
-                })
-            }
-        }
-        deserializer.deserialize_enum("UpstreamCall", NAMES, Reading)
+            Ok(())
+        })?;
+        Ok(read)
+    }
+
+    /// The variant, with the derive's defaults and its errors for what is missing.
+    fn into_call<E: serde::de::Error>(self) -> Result<UpstreamCall, E> {
+        use crate::json::required;
+        Ok(match self.variant {
+            0 => UpstreamCall::Before {
+                model: required(self.model, "model")?,
+                is_retry: required(self.is_retry, "is_retry")?,
+                deadline_ms: required(self.deadline_ms, "deadline_ms")?,
+                request_seed: required(self.request_seed, "request_seed")?,
+                unreported: required(self.unreported, "unreported")?,
+                served: self.served.unwrap_or_default(),
+                cost: self.cost.unwrap_or_default(),
+                claimant: self.claimant.unwrap_or_default(),
+                asked_ms: self.asked_ms.unwrap_or_default(),
+            },
+            1 => UpstreamCall::After {
+                model: required(self.model, "model")?,
+                report: required(self.report, "report")?,
+                rng_seed: required(self.rng_seed, "rng_seed")?,
+                unreported: required(self.unreported, "unreported")?,
+                served: self.served.unwrap_or_default(),
+                limits: self.limits.unwrap_or_default(),
+                cost: self.cost.unwrap_or_default(),
+            },
+            _ => UpstreamCall::Status {},
+        })
     }
 }
 
