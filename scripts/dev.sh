@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 PORT="${PORT:-8787}"
 SIM_PORT="${SIM_PORT:-8788}"
 WEB_PORT="${WEB_PORT:-8789}"
-MODEL="${MODEL:-claude-sonnet-4-6}"
+MODEL="${MODEL:-claude-sonnet-5-5}"
 DEV_KEY="${DEV_CLIENT_KEY:-ck_local_dev_key_0001}"
 # A second local caller, of a background tier: the demo page's "noisy neighbour".
 NEIGHBOUR_KEY="${DEV_NEIGHBOUR_KEY:-ck_local_dev_key_0002}"
@@ -46,8 +46,8 @@ if [ -z "$real_key" ]; then
   # On the simulator the page's model falls back to another, so "Overload only this model"
   # shows an answer from a fallback model.
   if [ -z "${MODEL_FALLBACKS:-}" ] && ! { [ -f .dev.vars ] && grep -q '^MODEL_FALLBACKS=' .dev.vars; }; then
-    fallback_model=claude-haiku-4-5
-    [ "$MODEL" = "$fallback_model" ] && fallback_model=claude-sonnet-4-6
+    fallback_model=claude-haiku-5-5
+    [ "$MODEL" = "$fallback_model" ] && fallback_model=claude-sonnet-5-5
     args+=(--var "MODEL_FALLBACKS:{\"$MODEL\": [\"$fallback_model\"]}")
   fi
   upstream="the simulated upstream on http://127.0.0.1:$SIM_PORT"
@@ -119,7 +119,7 @@ breakwater on http://127.0.0.1:$PORT  ->  $upstream
 try:
   curl http://127.0.0.1:$PORT/v1/messages -H 'x-api-key: $DEV_KEY' -H 'anthropic-version: 2023-06-01' \\
        -H 'content-type: application/json' \\
-       -d '{"model":"claude-sonnet-4-6","max_tokens":64,"messages":[{"role":"user","content":"Hello"}]}'
+       -d '{"model":"claude-sonnet-5-5","max_tokens":64,"messages":[{"role":"user","content":"Hello"}]}'
 demo chat page: $page_url/
 operator's view: curl http://127.0.0.1:$PORT/proxy/status -H 'authorization: Bearer ${page_admin:-<ADMIN_KEY>}'
 MSG
