@@ -304,6 +304,70 @@ impl<'de> Visitor<'de> for OneNumber {
     }
 }
 
+/// An enum of struct variants read as its derive reads what `serde_json` writes: the variant
+/// by name ([`VariantSeed`]), then its fields from the object form (the derive also read an
+/// array form nothing writes). The enum says its names, each variant's fields and how a
+/// variant is made of what was read.
+pub trait StructVariants: Sized {
+    /// The enum's name, for the errors.
+    const ENUM: &'static str;
+    /// The variants' names, as `Serialize` writes them.
+    const NAMES: &'static [&'static str];
+    /// Each variant's field names, in the order of [`StructVariants::NAMES`].
+    const FIELDS: &'static [&'static [&'static str]];
+    /// What each variant is called in an error (`struct variant E::V`).
+    const EXPECTING: &'static [&'static str];
+
+    /// The variant at `variant`, from its fields.
+    ///
+    /// # Errors
+    /// A field is missing, repeated, unknown or of the wrong type.
+    fn read_variant<'de, A: MapAccess<'de>>(variant: usize, map: A) -> Result<Self, A::Error>;
+}
+
+/// Reads `T` through [`StructVariants`].
+///
+/// # Errors
+/// The variant's name is unknown, or its fields do not read.
+pub fn deserialize_struct_variants<'de, T: StructVariants, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<T, D::Error> {
+    deserializer.deserialize_enum(T::ENUM, T::NAMES, EnumOf(std::marker::PhantomData::<T>))
+}
+
+/// The variant by name, then its fields.
+struct EnumOf<T>(std::marker::PhantomData<T>);
+
+impl<'de, T: StructVariants> Visitor<'de> for EnumOf<T> {
+    type Value = T;
+
+    fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(formatter, "enum {}", T::ENUM)
+    }
+
+    fn visit_enum<A: serde::de::EnumAccess<'de>>(self, data: A) -> Result<T, A::Error> {
+        use serde::de::VariantAccess;
+        let (at, variant) = data.variant_seed(VariantSeed(T::NAMES))?;
+        let fields = T::FIELDS.get(at).copied().unwrap_or_default();
+        variant.struct_variant(fields, FieldsOf(at, std::marker::PhantomData::<T>))
+    }
+}
+
+/// The fields of the variant at this index.
+struct FieldsOf<T>(usize, std::marker::PhantomData<T>);
+
+impl<'de, T: StructVariants> Visitor<'de> for FieldsOf<T> {
+    type Value = T;
+
+    fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str(T::EXPECTING.get(self.0).copied().unwrap_or_default())
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+        T::read_variant(self.0, map)
+    }
+}
+
 /// `Deserialize` for an enum of unit variants from the names its derived `Serialize` writes,
 /// through [`variant_index`]. Only the string form is read: the `{"name": null}` form the
 /// derive also reads is one nothing writes.

@@ -96,73 +96,54 @@ fn is_zero(n: &u32) -> bool {
 }
 
 // Read as the derive reads it from what `serde_json` writes, the variant's name and fields by
-// the shared decoders (`json::VariantSeed`, `json::read_fields`), the same defaults and the
+// the shared decoders (`json::StructVariants`, `json::read_fields`), the same defaults and the
 // same errors; a struct variant from its object form only (the derive also read an array
 // form nothing writes).
 impl<'de> Deserialize<'de> for LimiterCall {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_enum("LimiterCall", CALL_NAMES, CallReading)
+        crate::json::deserialize_struct_variants(deserializer)
     }
 }
 
-const CALL_NAMES: &[&str] = &[
-    "admit",
-    "refill",
-    "admit_request_only",
-    "settle",
-    "renew",
-    "status",
-];
-const CALL_FIELDS: [&[&str]; 6] = [
-    &[
-        "limits",
-        "request",
-        "provisional",
-        "credit",
-        "returns",
-        "counted",
-    ],
-    &["limits", "ticket", "credit", "returns"],
-    &["limits", "provisional"],
-    &["limits", "reservation", "usage", "confirms"],
-    &["limits", "lease_id", "lease_ms"],
-    &["limits"],
-];
-const CALL_EXPECTING: [&str; 6] = [
-    "struct variant LimiterCall::Admit",
-    "struct variant LimiterCall::Refill",
-    "struct variant LimiterCall::AdmitRequestOnly",
-    "struct variant LimiterCall::Settle",
-    "struct variant LimiterCall::Renew",
-    "struct variant LimiterCall::Status",
-];
+impl crate::json::StructVariants for LimiterCall {
+    const ENUM: &'static str = "LimiterCall";
+    const NAMES: &'static [&'static str] = &[
+        "admit",
+        "refill",
+        "admit_request_only",
+        "settle",
+        "renew",
+        "status",
+    ];
+    const FIELDS: &'static [&'static [&'static str]] = &[
+        &[
+            "limits",
+            "request",
+            "provisional",
+            "credit",
+            "returns",
+            "counted",
+        ],
+        &["limits", "ticket", "credit", "returns"],
+        &["limits", "provisional"],
+        &["limits", "reservation", "usage", "confirms"],
+        &["limits", "lease_id", "lease_ms"],
+        &["limits"],
+    ];
+    const EXPECTING: &'static [&'static str] = &[
+        "struct variant LimiterCall::Admit",
+        "struct variant LimiterCall::Refill",
+        "struct variant LimiterCall::AdmitRequestOnly",
+        "struct variant LimiterCall::Settle",
+        "struct variant LimiterCall::Renew",
+        "struct variant LimiterCall::Status",
+    ];
 
-/// The call's variant by name, then its fields.
-struct CallReading;
-
-impl<'de> serde::de::Visitor<'de> for CallReading {
-    type Value = LimiterCall;
-    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("enum LimiterCall")
-    }
-    fn visit_enum<A: serde::de::EnumAccess<'de>>(self, data: A) -> Result<LimiterCall, A::Error> {
-        use serde::de::VariantAccess;
-        let (at, variant) = data.variant_seed(crate::json::VariantSeed(CALL_NAMES))?;
-        let fields = CALL_FIELDS.get(at).copied().unwrap_or_default();
-        variant.struct_variant(fields, CallVariant(at))
-    }
-}
-
-/// The fields of the variant at this index.
-struct CallVariant(usize);
-
-impl<'de> serde::de::Visitor<'de> for CallVariant {
-    type Value = LimiterCall;
-    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(CALL_EXPECTING.get(self.0).copied().unwrap_or_default())
-    }
-    fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<LimiterCall, A::Error> {
-        CallFields::read(self.0, map)?.into_call()
+    fn read_variant<'de, A: serde::de::MapAccess<'de>>(
+        variant: usize,
+        map: A,
+    ) -> Result<LimiterCall, A::Error> {
+        CallFields::read(variant, map)?.into_call()
     }
 }
 
@@ -194,7 +175,10 @@ impl CallFields {
             variant,
             ..CallFields::default()
         };
-        let fields = CALL_FIELDS.get(variant).copied().unwrap_or_default();
+        let fields = <LimiterCall as crate::json::StructVariants>::FIELDS
+            .get(variant)
+            .copied()
+            .unwrap_or_default();
         crate::json::read_fields(map, fields, |field, map| {
             match (variant, field) {
                 (5, _) => read.status_limits = map.next_value()?,

@@ -68,71 +68,52 @@ pub enum UpstreamCall {
 }
 
 // Read as the derive reads it from what `serde_json` writes, the variant's name and fields by
-// the shared decoders (`json::VariantSeed`, `json::read_fields`), the same defaults and the
+// the shared decoders (`json::StructVariants`, `json::read_fields`), the same defaults and the
 // same errors; a struct variant from its object form only (the derive also read an array
 // form nothing writes).
 impl<'de> Deserialize<'de> for UpstreamCall {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_enum("UpstreamCall", CALL_NAMES, CallReading)
+        crate::json::deserialize_struct_variants(deserializer)
     }
 }
 
-const CALL_NAMES: &[&str] = &["before", "after", "status"];
-const CALL_FIELDS: [&[&str]; 3] = [
-    &[
-        "model",
-        "is_retry",
-        "deadline_ms",
-        "request_seed",
-        "unreported",
-        "served",
-        "cost",
-        "claimant",
-        "asked_ms",
-    ],
-    &[
-        "model",
-        "report",
-        "rng_seed",
-        "unreported",
-        "served",
-        "limits",
-        "cost",
-    ],
-    &[],
-];
-const CALL_EXPECTING: [&str; 3] = [
-    "struct variant UpstreamCall::Before",
-    "struct variant UpstreamCall::After",
-    "struct variant UpstreamCall::Status",
-];
+impl crate::json::StructVariants for UpstreamCall {
+    const ENUM: &'static str = "UpstreamCall";
+    const NAMES: &'static [&'static str] = &["before", "after", "status"];
+    const FIELDS: &'static [&'static [&'static str]] = &[
+        &[
+            "model",
+            "is_retry",
+            "deadline_ms",
+            "request_seed",
+            "unreported",
+            "served",
+            "cost",
+            "claimant",
+            "asked_ms",
+        ],
+        &[
+            "model",
+            "report",
+            "rng_seed",
+            "unreported",
+            "served",
+            "limits",
+            "cost",
+        ],
+        &[],
+    ];
+    const EXPECTING: &'static [&'static str] = &[
+        "struct variant UpstreamCall::Before",
+        "struct variant UpstreamCall::After",
+        "struct variant UpstreamCall::Status",
+    ];
 
-/// The call's variant by name, then its fields.
-struct CallReading;
-
-impl<'de> serde::de::Visitor<'de> for CallReading {
-    type Value = UpstreamCall;
-    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("enum UpstreamCall")
-    }
-    fn visit_enum<A: serde::de::EnumAccess<'de>>(self, data: A) -> Result<UpstreamCall, A::Error> {
-        use serde::de::VariantAccess;
-        let (at, variant) = data.variant_seed(crate::json::VariantSeed(CALL_NAMES))?;
-        let fields = CALL_FIELDS.get(at).copied().unwrap_or_default();
-        variant.struct_variant(fields, CallVariant(at))
-    }
-}
-
-/// The fields of the variant at this index.
-struct CallVariant(usize);
-
-impl<'de> serde::de::Visitor<'de> for CallVariant {
-    type Value = UpstreamCall;
-    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(CALL_EXPECTING.get(self.0).copied().unwrap_or_default())
-    }
-    fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<UpstreamCall, A::Error> {
-        CallFields::read(self.0, map)?.into_call()
+    fn read_variant<'de, A: serde::de::MapAccess<'de>>(
+        variant: usize,
+        map: A,
+    ) -> Result<UpstreamCall, A::Error> {
+        CallFields::read(variant, map)?.into_call()
     }
 }
 
@@ -163,7 +144,10 @@ impl CallFields {
             variant,
             ..CallFields::default()
         };
-        let fields = CALL_FIELDS.get(variant).copied().unwrap_or_default();
+        let fields = <UpstreamCall as crate::json::StructVariants>::FIELDS
+            .get(variant)
+            .copied()
+            .unwrap_or_default();
         crate::json::read_fields(map, fields, |field, map| {
             match (variant, field) {
                 (_, 0) => read.model = Some(map.next_value()?),
