@@ -3,8 +3,20 @@
 //!
 //! What each phase decides lives here, pure and tested on the host: how a body is read and
 //! charged while it arrives ([`Intake`]), and how the request goes upstream ([`Forwarding`]).
-//! The shell performs the phases in that order (reads, object calls, fetches, streams) and
+//! From the admission on, the phases themselves are one function of the core, [`serve`],
+//! generic over [ports](ports) (the caller's limiter, the key's shared state, the client's
+//! side of the answer, the runtime's "after the answer") besides the runner's own: the shell
+//! routes, authenticates and reads the body, implements the ports with the runtime, and
 //! decides nothing of its own.
+
+mod ports;
+mod serve;
+mod settle;
+#[cfg(test)]
+mod tests;
+
+pub use ports::{Admitted, AfterAnswer, Deliver, Delivered, KeyStates, Limiter, Terms};
+pub use serve::{serve, Ports, Ready, Served, UsageToCome};
 
 use std::num::NonZeroU32;
 
@@ -170,7 +182,7 @@ impl Forwarding {
 }
 
 #[cfg(test)]
-mod tests {
+mod decisions {
     use super::*;
     use crate::identity::Secret;
 
