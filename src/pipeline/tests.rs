@@ -91,7 +91,10 @@ impl Limiter for FakeLimiter {
             }
             Admission::Denied(denial) => {
                 let mut refused = ProxyError::from(&denial);
-                if let ProxyError::RateLimited { limit_headers: own, .. } = &mut refused {
+                if let ProxyError::RateLimited {
+                    limit_headers: own, ..
+                } = &mut refused
+                {
                     *own = limit_headers(&status, Some(&denial), now);
                 }
                 Err(refused)
@@ -215,7 +218,8 @@ impl AfterAnswer for After {
 }
 
 fn config() -> Config {
-    let tiers = r#"{"default": {"rpm": 10, "input_tpm": 100000, "output_tpm": 10000, "concurrency": 1}}"#;
+    let tiers =
+        r#"{"default": {"rpm": 10, "input_tpm": 100000, "output_tpm": 10000, "concurrency": 1}}"#;
     Config::from_lookup(|name| match name {
         "ANTHROPIC_API_KEY" => Some("sk-ant-test".to_string()),
         "RATE_LIMITS" => Some(tiers.to_string()),
@@ -338,8 +342,12 @@ fn go(case: Case) -> Seen {
     let seen = Rc::new(RefCell::new(None));
     let key_asked = Rc::new(RefCell::new(0));
     let task = {
-        let (time, seen, limiter, key_asked) =
-            (time.clone(), seen.clone(), limiter.clone(), key_asked.clone());
+        let (time, seen, limiter, key_asked) = (
+            time.clone(),
+            seen.clone(),
+            limiter.clone(),
+            key_asked.clone(),
+        );
         let (script, body, ends_after_ms) = (case.script, case.body, case.ends_after_ms);
         async move {
             let mut upstream = Upstream {
@@ -456,7 +464,9 @@ fn an_admitted_request_is_answered_and_settled_once_with_the_usage_it_reported()
     );
     // The caller's limits go on the answer.
     assert!(
-        seen.headers.iter().any(|(name, _)| name.contains("ratelimit")),
+        seen.headers
+            .iter()
+            .any(|(name, _)| name.contains("ratelimit")),
         "{:?}",
         seen.headers
     );
@@ -470,7 +480,11 @@ fn an_admitted_request_is_answered_and_settled_once_with_the_usage_it_reported()
     assert_eq!(settled.usage, reported);
     assert!(settled.confirms);
     assert!(settlement.lease_found);
-    assert_eq!(seen.usage, Some(reported), "the record hears the same usage");
+    assert_eq!(
+        seen.usage,
+        Some(reported),
+        "the record hears the same usage"
+    );
     assert_eq!(seen.leases_left, 0, "the slot is free again");
 }
 
@@ -490,10 +504,15 @@ fn a_refused_request_gets_the_refusal_and_nothing_goes_upstream() {
     };
     assert!(*retry_after_ms > 0);
     assert!(
-        limit_headers.iter().any(|(_, value)| value.contains("concurrent")),
+        limit_headers
+            .iter()
+            .any(|(_, value)| value.contains("concurrent")),
         "the refusal's own headers: {limit_headers:?}"
     );
-    assert_eq!(seen.answer.as_ref().err().map(ProxyError::status), Some(429));
+    assert_eq!(
+        seen.answer.as_ref().err().map(ProxyError::status),
+        Some(429)
+    );
     assert_eq!(seen.sent, 0, "nothing was sent upstream");
     assert_eq!(seen.pools, 0, "nor was the key's state reached");
     assert_eq!(seen.calls.len(), 1, "{:?}", seen.calls);
