@@ -1,5 +1,5 @@
-//! Fleet simulations: many requests, each run by the production request runner
-//! ([`crate::retry::runner::run`]) on a virtual clock, spread over edges that each keep their
+//! Fleet simulations: many requests, each run as the Worker runs one
+//! ([`crate::pipeline::serve`], over the production request runner) on a virtual clock, spread over edges that each keep their
 //! own [`EdgeMemory`], sharing one [`UpstreamState`] in front of a simulated upstream that
 //! answers `529` during an outage.
 //!
