@@ -4,10 +4,10 @@
 //! What each phase decides lives here, pure and tested on the host: how a body is read and
 //! charged while it arrives ([`Intake`]), and how the request goes upstream ([`Forwarding`]).
 //! From the admission on, the phases themselves are one function of the core, [`serve`],
-//! generic over [ports](ports) (the caller's limiter, the key's shared state, the client's
-//! side of the answer, the runtime's "after the answer") besides the runner's own: the shell
-//! routes, authenticates and reads the body, implements the ports with the runtime, and
-//! decides nothing of its own.
+//! generic over ports besides the runner's own: the caller's [`Limiter`], the key's
+//! [`KeyStates`], the client's side of the answer ([`Deliver`]) and the runtime's "after the
+//! answer" ([`AfterAnswer`]). The shell routes, authenticates and reads the body, implements
+//! the ports with the runtime, and decides nothing of its own.
 
 mod ports;
 mod serve;

@@ -1,8 +1,10 @@
 //! The WebAssembly shell: the only code that touches the Workers runtime.
 //!
-//! It reads the request, asks the pure core what to do (route, credential, body, retries),
-//! performs the I/O (upstream fetches, sleeps, streams) and writes the answer. It never
-//! panics on input: every failure becomes the core's error envelope.
+//! It reads the request, asks the pure core what to do (route, credential, body), and hands
+//! the rest of the request to the core's [`serve`] over ports it implements with the runtime
+//! (the caller's object, the key's object, `fetch`, timers, streams, `waitUntil`); then it
+//! writes the answer. It never panics on input: every failure becomes the core's error
+//! envelope.
 
 mod boundary;
 mod clock;
