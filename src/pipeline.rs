@@ -15,7 +15,7 @@ mod settle;
 #[cfg(test)]
 mod tests;
 
-pub use ports::{Admitted, AfterAnswer, Deliver, Delivered, KeyStates, Limiter, Terms};
+pub use ports::{Admitted, AfterAnswer, Deliver, Delivered, KeyStates, Lease, Limiter, Terms};
 pub use serve::{serve, Ports, Ready, Served, UsageToCome};
 
 use std::num::NonZeroU32;

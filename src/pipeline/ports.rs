@@ -20,7 +20,10 @@ use crate::upstream::{Claimant, EdgeMemory};
 /// it). The admission request goes through as a value: what it carries is the object's to
 /// read. A refusal is the error the client gets (a `429` carrying the caller's limit
 /// headers); the headers of an admission go into `headers`, for the answer.
-pub trait Limiter {
+pub trait Limiter: Lease {
+    /// What the settlement holds: the same limits, owned, since it outlives the request.
+    type Settling: Lease + 'static;
+
     /// Reserves what `request` may use and takes a slot, leased for `request.lease_ms`.
     fn admit(
         &self,
@@ -36,6 +39,12 @@ pub trait Limiter {
         headers: &mut Vec<(&'static str, String)>,
     ) -> impl Future<Output = Result<(), ProxyError>>;
 
+    /// The limiter for an admitted request's settlement (made only for one).
+    fn settling(self) -> Self::Settling;
+}
+
+/// An admitted request's slot and reservation, at its caller's limits.
+pub trait Lease {
     /// Extends the slot of `lease_id` for `lease_ms` from now. A renewal that fails leaves
     /// the lease to end on its own.
     fn renew(&self, lease_id: u64, lease_ms: u64) -> impl Future<Output = ()>;

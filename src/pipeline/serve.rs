@@ -12,7 +12,7 @@ use std::pin::pin;
 use futures_channel::oneshot;
 use futures_util::future::{select, Either};
 
-use super::ports::{Admitted, AfterAnswer, Deliver, Delivered, KeyStates, Limiter, Terms};
+use super::ports::{Admitted, AfterAnswer, Deliver, Delivered, KeyStates, Lease, Limiter, Terms};
 use super::settle::{reported, settle_admitted, Ending};
 use super::{Forwarding, Intake};
 use crate::error::ProxyError;
@@ -25,7 +25,7 @@ use crate::stream::tap::{Progress, Report};
 use crate::upstream::Cost;
 
 /// The ports one request runs over. The limiter and its time go by value: they go on into the
-/// settlement, which outlives the answer.
+/// settlement, which outlives the answer (the limiter as its [`Limiter::settling`]).
 pub struct Ports<'p, C, S, L, K, D, A, W> {
     /// The runner's clock and sleep (a request's waits: backoff, pacing, cooldowns).
     pub clock: &'p C,
@@ -72,7 +72,7 @@ pub async fn serve<C, S, L, K, D, A, W, T>(
 where
     C: Clock,
     S: Sleep,
-    L: Limiter + 'static,
+    L: Limiter,
     K: KeyStates,
     D: Deliver,
     A: AfterAnswer,
@@ -201,7 +201,7 @@ async fn holding<C, S, L, K, D, A, W, R>(
     attempts: impl std::future::Future<Output = Result<R, ProxyError>>,
 ) -> Result<R, ProxyError>
 where
-    L: Limiter,
+    L: Lease,
     W: Sleep,
 {
     let hold = async {
@@ -226,7 +226,7 @@ fn settle<C, S, L, K, D, A, W, R>(
     delivered: Option<&mut Delivered<R>>,
 ) -> Option<UsageToCome<W>>
 where
-    L: Limiter + 'static,
+    L: Limiter,
     A: AfterAnswer,
     W: Sleep + 'static,
 {
@@ -247,9 +247,9 @@ where
     let Ports {
         limiter, off_path, ..
     } = ports;
-    ports.after.spawn(settle_admitted(
-        limiter, off_path, admitted, ending, usage_to,
-    ));
+    let limiter = limiter.settling();
+    let settlement = settle_admitted(limiter, off_path, admitted, ending, usage_to);
+    ports.after.spawn(settlement);
     Some(UsageToCome::Settling(usage))
 }
 

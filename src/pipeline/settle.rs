@@ -2,7 +2,7 @@
 //! report of the answer's body (renewing the slot as [`Renewals`] says meanwhile), settles the
 //! reservation exactly once with the usage that report gives, and tells the record.
 //!
-//! It runs off the client's path (the Worker under `waitUntil`), over the limiter port, on the
+//! It runs off the client's path (the Worker under `waitUntil`), over the [`Lease`] port, on the
 //! limiter's own time, so it is tested on the host with a virtual clock.
 
 use std::pin::pin;
@@ -10,7 +10,7 @@ use std::pin::pin;
 use futures_channel::oneshot;
 use futures_util::future::{select, Either};
 
-use super::ports::{Admitted, Limiter};
+use super::ports::{Admitted, Lease};
 use crate::limits::{
     settlement_usage, Answered, Renewals, Settled, Step, Used, CREDIT_VALID_MS, FIRST_RENEWAL_MS,
     WAITING_LEASE_MS, WAITING_RENEW_EVERY_MS, WATCH_TICK_MS,
@@ -31,7 +31,7 @@ pub(super) struct Ending {
 
 /// Settles `admitted` once its answer is over; the usage settled with also goes to
 /// `usage_to` (nobody listens when metrics are not kept).
-pub(super) async fn settle_admitted<L: Limiter, W: Sleep>(
+pub(super) async fn settle_admitted<L: Lease, W: Sleep>(
     limiter: L,
     time: W,
     admitted: Admitted,
@@ -77,7 +77,7 @@ const _: () = assert!(
 /// body moves, for a few seconds only once it stands still, so the slot frees itself soon
 /// even if this never returns. A report left by a dropped body wakes nothing (see
 /// `stream::tap`); each tick looks for one.
-async fn watch<L: Limiter, W: Sleep>(
+async fn watch<L: Lease, W: Sleep>(
     limiter: &L,
     time: &W,
     lease_id: u64,

@@ -66,6 +66,8 @@ impl FakeLimiter {
 }
 
 impl Limiter for FakeLimiter {
+    type Settling = FakeLimiter;
+
     async fn admit(
         &self,
         request: AdmissionRequest,
@@ -119,6 +121,12 @@ impl Limiter for FakeLimiter {
         }
     }
 
+    fn settling(self) -> FakeLimiter {
+        self
+    }
+}
+
+impl Lease for FakeLimiter {
     async fn renew(&self, lease_id: u64, lease_ms: u64) {
         self.note(Call::Renew { lease_id, lease_ms });
         let mut book = self.0.borrow_mut();

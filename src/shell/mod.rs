@@ -174,7 +174,7 @@ async fn inspect(
     incoming: &Incoming,
     route: &Route,
     intake: &Intake,
-    limiter: &CallerObject,
+    limiter: &CallerObject<'_>,
     exchange: &mut Exchange,
 ) -> Result<Inspected, ProxyError> {
     let inspected = if route.carries_body() {
@@ -240,7 +240,7 @@ impl crate::pipeline::Deliver for Delivery<'_> {
 async fn read_body(
     incoming: &Incoming,
     intake: &Intake,
-    limiter: &CallerObject,
+    limiter: &CallerObject<'_>,
 ) -> Result<(runtime::Body, Option<Vec<(&'static str, String)>>), ProxyError> {
     let count_headers = std::cell::RefCell::new(Vec::new());
     let counting = runtime::Counting::at(intake.count_due_ms, || async {

@@ -1,6 +1,7 @@
 //! The caller's rate limits: its Durable Object (one per identity, named by a fingerprint of
-//! the identity, never by a key), and the request's [`Limiter`] port over it ([`CallerObject`]:
-//! admit, count, renew, settle; when each is called is `pipeline::serve`'s).
+//! the identity, never by a key), and the request's limiter port over it ([`CallerObject`]:
+//! admit, count, renew, settle; [`Settling`] after the answer; when each is called is
+//! `pipeline::serve`'s).
 //!
 //! Admission is on the request's path (one round trip, or none when the isolate holds credit
 //! for the caller: `limits::credit`); settlement is not: it runs under `wait_until` once the
@@ -10,7 +11,6 @@
 
 use std::cell::RefCell;
 
-use worker::wasm_bindgen::{JsCast, JsValue};
 use worker::{durable_object, Context, DurableObject, Env, Request, Response, State};
 
 use super::Object;
@@ -20,7 +20,7 @@ use crate::limits::{
     limit_headers, Admission, AdmissionRequest, AdmitReply, CallerCredit, Carry, Credit, Credits,
     Ending, LimiterCall, LimiterObject, Owner, RefillReply, Reservation, Settled, CREDIT_VALID_MS,
 };
-use crate::pipeline::{Admitted, Limiter as LimiterPort, Terms};
+use crate::pipeline::{Admitted, Lease, Limiter as LimiterPort, Terms};
 use crate::shell::clock::now_ms;
 use crate::shell::runtime::sleep_ms;
 
@@ -49,21 +49,24 @@ impl DurableObject for Limiter {
 }
 
 /// The caller's limits as the Worker reaches them: its object (named by `identity_hash`, the
-/// fingerprint made when the caller was authenticated) and this isolate's credit of it. It
-/// goes on into the settlement, under the request's `waitUntil`.
-pub struct CallerObject {
-    env: Env,
-    ctx: Context,
+/// fingerprint made when the caller was authenticated) and this isolate's credit of it.
+pub struct CallerObject<'r> {
+    env: &'r Env,
+    ctx: &'r Context,
     identity_hash: String,
     limits: TierLimits,
 }
 
-impl CallerObject {
-    pub fn new(env: &Env, ctx: &Context, identity_hash: String, limits: TierLimits) -> Self {
+impl<'r> CallerObject<'r> {
+    pub fn new(
+        env: &'r Env,
+        ctx: &'r Context,
+        identity_hash: String,
+        limits: TierLimits,
+    ) -> CallerObject<'r> {
         CallerObject {
-            env: env.clone(),
-            // The runtime's context is a JavaScript object: this is one more handle to it.
-            ctx: Context::new(JsValue::from(ctx.as_ref()).unchecked_into()),
+            env,
+            ctx,
             identity_hash,
             limits,
         }
@@ -75,7 +78,9 @@ impl CallerObject {
     }
 }
 
-impl LimiterPort for CallerObject {
+impl LimiterPort for CallerObject<'_> {
+    type Settling = Settling;
+
     async fn admit(
         &self,
         request: AdmissionRequest,
@@ -98,11 +103,52 @@ impl LimiterPort for CallerObject {
             limits: self.limits,
             provisional,
         };
-        ask(&self.env, &self.identity_hash, &call, headers)
+        ask(self.env, &self.identity_hash, &call, headers)
             .await
             .map(|_| ())
     }
 
+    fn settling(self) -> Settling {
+        Settling {
+            env: self.env.clone(),
+            identity_hash: self.identity_hash,
+            limits: self.limits,
+        }
+    }
+}
+
+impl Lease for CallerObject<'_> {
+    async fn renew(&self, lease_id: u64, lease_ms: u64) {
+        renew_for(
+            self.env,
+            &self.identity_hash,
+            self.limits,
+            lease_id,
+            lease_ms,
+        )
+        .await;
+    }
+
+    async fn settle(&self, settled: Settled, on_credit: bool) {
+        settle_or_lose(
+            self.env,
+            &self.identity_hash,
+            self.limits,
+            settled,
+            on_credit,
+        )
+        .await;
+    }
+}
+
+/// The caller's limits for a settlement, under the request's `waitUntil`.
+pub struct Settling {
+    env: Env,
+    identity_hash: String,
+    limits: TierLimits,
+}
+
+impl Lease for Settling {
     async fn renew(&self, lease_id: u64, lease_ms: u64) {
         renew_for(
             &self.env,
@@ -115,11 +161,7 @@ impl LimiterPort for CallerObject {
     }
 
     async fn settle(&self, settled: Settled, on_credit: bool) {
-        if cfg!(feature = "fault-drop-settlement") {
-            // The test build that loses every settlement (see Cargo.toml).
-            return;
-        }
-        settle(
+        settle_or_lose(
             &self.env,
             &self.identity_hash,
             self.limits,
@@ -128,6 +170,20 @@ impl LimiterPort for CallerObject {
         )
         .await;
     }
+}
+
+/// [`settle`], except in the test build that loses every settlement (see Cargo.toml).
+async fn settle_or_lose(
+    env: &Env,
+    identity_hash: &str,
+    limits: TierLimits,
+    settled: Settled,
+    on_credit: bool,
+) {
+    if cfg!(feature = "fault-drop-settlement") {
+        return;
+    }
+    settle(env, identity_hash, limits, settled, on_credit).await;
 }
 
 /// Admits the request: from the isolate's credit when a ticket covers it (no call), else by
@@ -139,7 +195,7 @@ impl LimiterPort for CallerObject {
 /// from a ticket either (a ticket counts one).
 /// Whether the request was admitted on credit (its settlement may then wait for a ride).
 async fn admit(
-    caller: &CallerObject,
+    caller: &CallerObject<'_>,
     request: AdmissionRequest,
     Terms {
         provisional,
@@ -153,7 +209,7 @@ async fn admit(
         identity_hash,
         limits,
     } = caller;
-    let (identity_hash, limits) = (identity_hash.as_str(), *limits);
+    let (env, ctx, identity_hash, limits) = (*env, *ctx, identity_hash.as_str(), *limits);
     let now = now_ms();
     let (credit, carry) = if provisional {
         (0, None)

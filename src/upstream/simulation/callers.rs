@@ -15,7 +15,7 @@ use crate::limits::{
     Admission, AdmissionRequest, AdmitReply, LimiterCall, LimiterObject, LimiterReply, Reservation,
     Returns, Settled, Settlement,
 };
-use crate::pipeline::{Admitted, Limiter, Terms};
+use crate::pipeline::{Admitted, Lease, Limiter, Terms};
 
 use super::*;
 
@@ -187,6 +187,8 @@ pub(super) struct CallerPort {
 }
 
 impl Limiter for CallerPort {
+    type Settling = CallerPort;
+
     async fn admit(
         &self,
         request: AdmissionRequest,
@@ -217,6 +219,12 @@ impl Limiter for CallerPort {
         unreachable!("a message is metered in full")
     }
 
+    fn settling(self) -> CallerPort {
+        self
+    }
+}
+
+impl Lease for CallerPort {
     async fn renew(&self, lease_id: u64, lease_ms: u64) {
         let Some(caller) = &self.caller else { return };
         let renew = LimiterCall::Renew {
