@@ -181,7 +181,9 @@ mod tests {
 
     #[test]
     fn hex_digits_are_the_first_sixteen_bytes_two_lowercase_digits_each() {
-        let bytes: Vec<u8> = (0..20u8).map(|i| i.wrapping_mul(37).wrapping_add(9)).collect();
+        let bytes: Vec<u8> = (0..20u8)
+            .map(|i| i.wrapping_mul(37).wrapping_add(9))
+            .collect();
         let expected: String = bytes.iter().take(16).map(|b| format!("{b:02x}")).collect();
         assert_eq!(hex16(&bytes), expected);
         assert_eq!(hex16(&[0x00, 0x0f, 0xa0, 0xff]), "000fa0ff");

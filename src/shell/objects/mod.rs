@@ -107,10 +107,15 @@ struct RuntimeStorage(worker::Storage);
 impl Storage for RuntimeStorage {
     type Error = worker::Error;
 
-    /// The stored string as the runtime holds it, without `serde_wasm_bindgen` (`Storage::get`
-    /// decodes through it, and its error messages bring the float formatter into the module).
+    /// The stored string as the runtime holds it, not decoded through `serde_wasm_bindgen` as
+    /// `Storage::get` does (its deserializer and error messages were in the module for this
+    /// one string). A value that is not a string is an error, as it was.
     async fn get(&self, key: &'static str) -> worker::Result<Option<String>> {
-        let found = self.0.get_multiple(vec![key]).await?.get(&JsValue::from_str(key));
+        let found = self
+            .0
+            .get_multiple(vec![key])
+            .await?
+            .get(&JsValue::from_str(key));
         if found.is_undefined() {
             return Ok(None);
         }
