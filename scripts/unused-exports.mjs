@@ -10,8 +10,9 @@
 // and the build stops here.
 //   node scripts/unused-exports.mjs build/index_bg.wasm
 import fs from 'node:fs';
+import { fileURLToPath } from 'node:url';
 
-const UNUSED_CLASSES = [
+export const UNUSED_CLASSES = [
   'containerstartupoptions',
   'minifyconfig',
   'r2range',
@@ -25,20 +26,6 @@ const classOf = (name) => {
   return m && UNUSED_CLASSES.includes(m[1]) ? m[1] : null;
 };
 
-const [file] = process.argv.slice(2);
-const wasm = fs.readFileSync(file);
-if (wasm.readUInt32LE(0) !== 0x6d736100) throw new Error(`${file} is not a Wasm module`);
-const leb = (at) => {
-  let value = 0;
-  let shift = 0;
-  let i = at;
-  for (;;) {
-    const byte = wasm[i++];
-    value += (byte & 0x7f) * 2 ** shift;
-    shift += 7;
-    if (byte < 0x80) return [value, i];
-  }
-};
 const uleb = (n) => {
   const out = [];
   do {
@@ -49,52 +36,81 @@ const uleb = (n) => {
   } while (n > 0);
   return Buffer.from(out);
 };
-const nameAt = (at) => {
-  const [length, start] = leb(at);
-  return [wasm.subarray(start, start + length).toString('utf8'), start + length];
-};
 
-const parts = [wasm.subarray(0, 8)];
-const dropped = [];
-for (let i = 8; i < wasm.length;) {
-  const start = i;
-  const id = wasm[i];
-  const [size, body] = leb(i + 1);
-  const end = body + size;
-  if (id === 2) {
-    // Imports: a class in use has its constructor imported.
-    let [count, at] = leb(body);
-    for (; count > 0; count -= 1) {
-      const [, afterModule] = nameAt(at);
-      const [name, afterName] = nameAt(afterModule);
-      const used = UNUSED_CLASSES.find((c) => name.startsWith(`__wbg_${c}_`));
-      if (used) throw new Error(`${file}: class ${used} is made (import ${name}); take it off UNUSED_CLASSES`);
-      at = afterName;
-      const kind = wasm[at++];
-      if (kind === 0) [, at] = leb(at); // function: type index
-      else if (kind === 1) { at += 1; const flags = wasm[at++]; [, at] = leb(at); if (flags & 1) [, at] = leb(at); } // table
-      else if (kind === 2) { const flags = wasm[at++]; [, at] = leb(at); if (flags & 1) [, at] = leb(at); } // memory
-      else if (kind === 3) at += 2; // global: type, mutability
-      else if (kind === 4) { at += 1; [, at] = leb(at); } // tag
-      else throw new Error(`${file}: import of unknown kind ${kind}`);
+/** `wasm` without the exports of [`UNUSED_CLASSES`]: the new module's bytes and the names
+ * dropped. Throws if the module imports a constructor of one of them (`what` names it). */
+export function dropUnusedExports(wasm, what = 'module') {
+  if (wasm.readUInt32LE(0) !== 0x6d736100) throw new Error(`${what} is not a Wasm module`);
+  const leb = (at) => {
+    let value = 0;
+    let shift = 0;
+    let i = at;
+    for (;;) {
+      const byte = wasm[i++];
+      value += (byte & 0x7f) * 2 ** shift;
+      shift += 7;
+      if (byte < 0x80) return [value, i];
     }
-    parts.push(wasm.subarray(start, end));
-  } else if (id === 7) {
-    let [count, at] = leb(body);
-    const kept = [];
-    for (; count > 0; count -= 1) {
-      const entry = at;
-      const [name, afterName] = nameAt(at);
-      [, at] = leb(afterName + 1);
-      if (classOf(name)) dropped.push(name);
-      else kept.push(wasm.subarray(entry, at));
+  };
+  const nameAt = (at) => {
+    const [length, start] = leb(at);
+    return [wasm.subarray(start, start + length).toString('utf8'), start + length];
+  };
+  const limits = (at) => {
+    const flags = wasm[at];
+    let [, next] = leb(at + 1);
+    if (flags & 1) [, next] = leb(next);
+    return next;
+  };
+
+  const parts = [wasm.subarray(0, 8)];
+  const dropped = [];
+  for (let i = 8; i < wasm.length;) {
+    const start = i;
+    const id = wasm[i];
+    const [size, body] = leb(i + 1);
+    const end = body + size;
+    if (id === 2) {
+      // Imports: a class in use has its constructor imported.
+      let [count, at] = leb(body);
+      for (; count > 0; count -= 1) {
+        const [, afterModule] = nameAt(at);
+        const [name, afterName] = nameAt(afterModule);
+        const used = UNUSED_CLASSES.find((c) => name.startsWith(`__wbg_${c}_`));
+        if (used) throw new Error(`${what}: class ${used} is made (import ${name}); take it off UNUSED_CLASSES`);
+        const kind = wasm[afterName];
+        at = afterName + 1;
+        if (kind === 0) [, at] = leb(at); // function: its type
+        else if (kind === 1) at = limits(at + 1); // table: element type, limits
+        else if (kind === 2) at = limits(at); // memory: limits
+        else if (kind === 3) at += 2; // global: value type, mutability
+        else if (kind === 4) [, at] = leb(at + 1); // tag: attribute, type
+        else throw new Error(`${what}: import of unknown kind ${kind}`);
+      }
+      parts.push(wasm.subarray(start, end));
+    } else if (id === 7) {
+      let [count, at] = leb(body);
+      const kept = [];
+      for (; count > 0; count -= 1) {
+        const entry = at;
+        const [name, afterName] = nameAt(at);
+        [, at] = leb(afterName + 1);
+        if (classOf(name)) dropped.push(name);
+        else kept.push(wasm.subarray(entry, at));
+      }
+      const section = Buffer.concat([uleb(kept.length), ...kept]);
+      parts.push(Buffer.from([7]), uleb(section.length), section);
+    } else {
+      parts.push(wasm.subarray(start, end));
     }
-    const section = Buffer.concat([uleb(kept.length), ...kept]);
-    parts.push(Buffer.from([7]), uleb(section.length), section);
-  } else {
-    parts.push(wasm.subarray(start, end));
+    i = end;
   }
-  i = end;
+  return { wasm: Buffer.concat(parts), dropped };
 }
-fs.writeFileSync(file, Buffer.concat(parts));
-console.log(`unused-exports: ${file}: ${dropped.length} exports of unused classes dropped`);
+
+if (process.argv[1] === fileURLToPath(import.meta.url)) {
+  const [file] = process.argv.slice(2);
+  const { wasm, dropped } = dropUnusedExports(fs.readFileSync(file), file);
+  fs.writeFileSync(file, wasm);
+  console.log(`unused-exports: ${file}: ${dropped.length} exports of unused classes dropped`);
+}
