@@ -113,7 +113,9 @@ impl Exchange {
                 facts: &facts,
                 journal: &self.journal,
             });
-            worker::console_log!("{}", line);
+            // The line as made, to `console.log` as one string: no second copy through the
+            // formatter, as `console_log!` makes.
+            worker::web_sys::console::log_1(&worker::wasm_bindgen::JsValue::from_str(&line));
         }
         if self.route == Some(Route::Status) {
             recorder::end_uncounted();

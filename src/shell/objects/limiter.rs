@@ -27,7 +27,9 @@ use crate::shell::runtime::sleep_ms;
 /// The binding name in wrangler.toml.
 pub const BINDING: &str = "LIMITER";
 
-#[durable_object]
+// `alarm`: the runtime is handed `fetch` and `alarm` only. The object takes no WebSockets
+// and no sockets, so their handlers (and their code) stay out of the module.
+#[durable_object(alarm)]
 pub struct Limiter {
     object: Object<LimiterObject>,
 }

@@ -107,12 +107,28 @@ struct RuntimeStorage(worker::Storage);
 impl Storage for RuntimeStorage {
     type Error = worker::Error;
 
+    /// The stored string as the runtime holds it, not decoded through `serde_wasm_bindgen` as
+    /// `Storage::get` does (its deserializer and error messages were in the module for this
+    /// one string). A value that is not a string is an error, as it was.
     async fn get(&self, key: &'static str) -> worker::Result<Option<String>> {
-        self.0.get::<String>(key).await
+        let found = self
+            .0
+            .get_multiple(vec![key])
+            .await?
+            .get(&JsValue::from_str(key));
+        if found.is_undefined() {
+            return Ok(None);
+        }
+        match found.as_string() {
+            Some(text) => Ok(Some(text)),
+            None => Err(worker::Error::RustError(format!(
+                "stored {key} is not a string"
+            ))),
+        }
     }
 
     async fn put(&self, key: &'static str, value: String) -> worker::Result<()> {
-        self.0.put(key, value).await
+        self.0.put_raw(key, value).await
     }
 
     async fn delete_all(&self) -> worker::Result<()> {

@@ -26,7 +26,9 @@ thread_local! {
     static EDGE: RefCell<EdgeMemories> = RefCell::new(EdgeMemories::default());
 }
 
-#[durable_object]
+// `alarm`: the runtime is handed `fetch` and `alarm` only. The object takes no WebSockets
+// and no sockets, so their handlers (and their code) stay out of the module.
+#[durable_object(alarm)]
 pub struct Upstream {
     object: Object<UpstreamState>,
 }
