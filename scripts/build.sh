@@ -59,7 +59,7 @@ fi
 stamp="$out/.features"
 if [ -f "$out/index.js" ] && [ -f "$out/index_bg.wasm" ] && \
    [ "$(cat "$stamp" 2> /dev/null || true)" = "$features" ] && \
-   [ -z "$(find src Cargo.toml Cargo.lock wrangler.toml scripts/unused-exports.mjs -newer "$out/index_bg.wasm" -print | head -n 1)" ]; then
+   [ -z "$(find src Cargo.toml Cargo.lock wrangler.toml scripts/unused-exports.mjs scripts/float-printer.mjs -newer "$out/index_bg.wasm" -print | head -n 1)" ]; then
   echo "build: $out/ is up to date"
   exit 0
 fi
@@ -69,6 +69,9 @@ export ESBUILD_BIN="${ESBUILD_BIN:-$PWD/node_modules/.bin/esbuild}"
 worker-build --release --out-dir "$out" "$@" ${extra[@]+"${extra[@]}"}
 # Exports of classes the Worker never makes go first, so that wasm-opt drops their code.
 node scripts/unused-exports.mjs "$out/index_bg.wasm"
+# The float printer, which nothing can reach with a float, writes a placeholder, so that wasm-opt
+# drops its code and tables; the script stops the build if anything else could print a float.
+node scripts/float-printer.mjs "$out/index_bg.wasm"
 # wasm-opt (Cargo.toml leaves it out of worker-build): `-O` with whole-program type flow
 # (`--gufa`), repeated until nothing changes, which measured smaller than `-Oz` once
 # compressed; then the functions in order of their names, so that the instances of one
