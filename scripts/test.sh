@@ -15,8 +15,8 @@ cargo test --workspace --quiet
 echo "== benchmark oracle (the ceiling the overload benchmarks are scored against)"
 node --test bench/oracle.test.mjs
 
-echo "== the build's export filter (scripts/unused-exports.mjs)"
-node --test scripts/unused-exports.test.mjs
+echo "== the build's export filter and float printer (scripts/unused-exports.mjs, scripts/float-printer.mjs)"
+node --test scripts/unused-exports.test.mjs scripts/float-printer.test.mjs
 # The README's benchmark figures are the committed run's, written by bench/report.py.
 python3 bench/report.py --check-readme README.md
 # Every relative link of the Markdown resolves.
