@@ -26,6 +26,7 @@ pub mod pipeline;
 pub mod plan;
 pub mod request;
 pub mod retry;
+pub mod sorted_map;
 pub mod status;
 pub mod stream;
 pub mod upstream;

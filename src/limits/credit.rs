@@ -21,7 +21,9 @@
 //! most [`CREDIT_VALID_MS`] after its grant. An isolate that dies loses its tickets: their
 //! slots end with their leases and their charges stay, which never admits more.
 
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::BinaryHeap;
+
+use crate::sorted_map::SortedMap;
 
 use serde::{Deserialize, Serialize};
 
@@ -622,7 +624,7 @@ impl Credit {
 /// room gets no credit (it asks its object, as without credit).
 #[derive(Debug, Default)]
 pub struct Credits {
-    by_caller: HashMap<String, Credit>,
+    by_caller: SortedMap<String, Credit>,
     /// No sweep before this instant: the last one found too little to forget.
     next_sweep_ms: u64,
 }

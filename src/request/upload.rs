@@ -9,8 +9,8 @@
 //! against the caller's `rpm` then, while it goes on arriving: a caller out of requests is
 //! refused there, and cannot keep uploads open by never finishing them.
 
+use crate::sorted_map::SortedMap;
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::rc::Rc;
 
 use crate::config::TierLimits;
@@ -46,7 +46,7 @@ pub struct InflightBodies {
 #[derive(Debug, Default)]
 struct Held {
     bytes: u64,
-    callers: HashMap<String, Holding>,
+    callers: SortedMap<String, Holding>,
 }
 
 /// What one caller holds.
@@ -87,15 +87,19 @@ impl InflightBodies {
     /// when the caller is already sending as many bodies as `caps.bodies` allows.
     pub fn begin(&self, caller: &str, caps: BodyCaps) -> Result<BodyGuard, ProxyError> {
         let mut held = self.held.borrow_mut();
-        let holding = held.callers.entry(caller.to_string()).or_default();
-        if caps.bodies.is_some_and(|most| holding.bodies >= most) {
+        let bodies = held.callers.get(caller).map_or(0, |h| h.bodies);
+        if caps.bodies.is_some_and(|most| bodies >= most) {
             return Err(caller_refused(
                 "concurrency",
                 caps.bodies.map(u64::from),
                 "this caller is already sending as many request bodies as its concurrency allows",
             ));
         }
-        holding.bodies = holding.bodies.saturating_add(1);
+        held.callers.update_or_default(
+            caller,
+            || caller.to_string(),
+            |holding| holding.bodies = holding.bodies.saturating_add(1),
+        );
         Ok(BodyGuard {
             caller: caller.to_string(),
             bytes: 0,

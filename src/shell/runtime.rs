@@ -8,8 +8,6 @@ use futures_util::future::{select, Either};
 use worker::Env;
 
 use std::cell::RefCell;
-use std::collections::hash_map::DefaultHasher;
-use std::hash::{Hash, Hasher};
 use std::rc::Rc;
 
 use super::clock::now_ms;
@@ -50,16 +48,20 @@ pub async fn sleep_ms(ms: u64) {
     }
 }
 
+/// The configuration's variables as the runtime gave them, in the order of [`VARIABLES`].
+type RawValues = Vec<Option<String>>;
+
 thread_local! {
-    /// The configuration parsed last, and a hash of the raw values it was parsed from.
-    static CONFIG: RefCell<Option<(u64, Rc<Config>)>> = const { RefCell::new(None) };
+    /// The configuration parsed last, and the raw values it was parsed from (compared, not
+    /// hashed: a hasher is kilobytes of module, and this runs only when `env` changes).
+    static CONFIG: RefCell<Option<(RawValues, Rc<Config>)>> = const { RefCell::new(None) };
     /// The `env` object that configuration was read from.
     static CONFIG_ENV: SeenEnv = const { SeenEnv::new() };
 }
 
 /// The validated configuration. Parsed once per isolate: while the runtime hands the same
 /// `env` object, nothing is read again; a different `env` has its raw values read and
-/// hashed, and they are parsed again only when they changed.
+/// compared, and they are parsed again only when they changed.
 pub fn config(env: &Env) -> Result<Rc<Config>, ConfigError> {
     if CONFIG_ENV.with(|e| e.is(env)) {
         if let Some(config) = CONFIG.with(|c| c.borrow().as_ref().map(|(_, c)| c.clone())) {
@@ -73,13 +75,10 @@ pub fn config(env: &Env) -> Result<Rc<Config>, ConfigError> {
 
 fn config_from_values(env: &Env) -> Result<Rc<Config>, ConfigError> {
     let raw: Vec<Option<String>> = VARIABLES.iter().map(|name| variable(env, name)).collect();
-    let mut hasher = DefaultHasher::new();
-    raw.hash(&mut hasher);
-    let key = hasher.finish();
     if let Some(config) = CONFIG.with(|c| {
         c.borrow()
             .as_ref()
-            .filter(|(k, _)| *k == key)
+            .filter(|(seen, _)| *seen == raw)
             .map(|(_, c)| c.clone())
     }) {
         return Ok(config);
@@ -94,7 +93,7 @@ fn config_from_values(env: &Env) -> Result<Rc<Config>, ConfigError> {
     for warning in config.plan_warnings() {
         worker::console_warn!("{}", super::respond::config_warning_line(&warning));
     }
-    CONFIG.with(|c| *c.borrow_mut() = Some((key, config.clone())));
+    CONFIG.with(|c| *c.borrow_mut() = Some((raw, config.clone())));
     Ok(config)
 }
 

@@ -16,7 +16,6 @@
 //! nothing behind. A poll also completes the timer once its deadline has passed.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::{Rc, Weak};
@@ -26,6 +25,7 @@ use wasm_bindgen::closure::Closure;
 use wasm_bindgen::{JsCast, JsValue};
 
 use super::clock::now_ms;
+use crate::sorted_map::SortedMap;
 
 #[derive(Default)]
 struct Shared {
@@ -35,7 +35,7 @@ struct Shared {
 
 thread_local! {
     /// The timers waiting for their timeout, by number.
-    static WAITING: RefCell<HashMap<u32, Weak<Shared>>> = RefCell::new(HashMap::new());
+    static WAITING: RefCell<SortedMap<u32, Weak<Shared>>> = const { RefCell::new(SortedMap::new()) };
     static NEXT: Cell<u32> = const { Cell::new(0) };
     /// The one callback of every timeout: told the timer's number.
     static CALLBACK: Closure<dyn FnMut(JsValue)> = Closure::new(fire);
