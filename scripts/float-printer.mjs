@@ -6,16 +6,21 @@
 // Display>::fmt`, its `Float` case), which the module reaches only from serde_json's own
 // message (`JsonUnexpected`), and that prints a float itself and hands serde the other kinds.
 //
-// The build stops unless the module shows that chain: every instruction of every function is
-// read, and a function refers to another by calling it, by `ref.func`, or by the number of a
-// table slot that holds it (`i32.const`: how a `{}` hands a formatter to `fmt::Arguments`);
-// so is a slot's number at an aligned place in the data (a vtable's entry, for a `&dyn
-// Display`). The printer may only be referred to by `WithDecimalPoint`, that
-// only by `Unexpected`, and that only by `JsonUnexpected`. What this cannot see: which case
-// of `Unexpected` a caller builds (that `JsonUnexpected` never passes a float on is read in
-// serde_json's source; tests/e2e/hardening.test.mjs reads its message from the Worker); and a
-// constant or a word of data that merely equals a slot's number counts as a reference, which
-// can stop a build but never let one through.
+// The build stops unless the module shows that chain. Every instruction of every function is
+// read; a function refers to another by calling it, by `ref.func`, or by the number of a table
+// slot that holds it: an `i32.const` of that number stored to memory (how a `{}` puts its
+// formatter in `fmt::Arguments`), kept in a local or a global, returned or called through the
+// table. In the data, that number as an aligned word after a vtable's alignment (a `&dyn
+// Display`) or next to an address of the data (arguments made at compile time) counts too.
+// The printer may only be referred to by `WithDecimalPoint`, that only by `Unexpected`, and
+// that only by `JsonUnexpected`.
+//
+// What this does not see: which case of `Unexpected` a caller builds (that `JsonUnexpected`
+// never passes a float on is read in serde_json's source; tests/e2e/hardening.test.mjs reads
+// its message from the Worker); a slot's number handed on in another way (as a call's
+// argument, or two words stored as one `i64`; a `{}` of a float put in the crate to try this
+// compiled to the stored form); and the number in the data in another shape. A constant or a word that merely equals a slot's
+// number and is used as one of these can stop a build, never let one through.
 //   node scripts/float-printer.mjs build/index_bg.wasm
 import fs from 'node:fs';
 import { fileURLToPath } from 'node:url';
@@ -198,6 +203,11 @@ function read(wasm, what) {
   return m;
 }
 
+/** Whether an instruction right after an `i32.const` takes it as a function's table slot
+ * may be taken: stored to memory (how a `{}` puts its formatter in `fmt::Arguments`), kept in
+ * a local or a global, returned, or called through the table. */
+const asSlot = (op) => op === 0x36 || op === 0x11 || op === 0x13 || op === 0x21 || op === 0x22 || op === 0x24 || op === 0x0f;
+
 /** Every function each function refers to, by a call, `ref.func`, or an `i32.const` that is
  * the number of a slot of the table: a map from the referred function to its referrers. */
 function referrers(m, what) {
@@ -219,7 +229,7 @@ function referrers(m, what) {
         at = next;
       } else if (op === 0x41) {
         const [value, next] = sleb32(at);
-        if (m.slots.has(value)) note(m.slots.get(value), self);
+        if (m.slots.has(value) && asSlot(wasm[next])) note(m.slots.get(value), self);
         at = next;
       } else if (op === 0x42) at = skipLeb(at);
       else if (op === 0x43) at += 4;
@@ -263,14 +273,23 @@ function referrers(m, what) {
   return refs;
 }
 
-/** The data's addresses that hold `slot`'s number as a 4-aligned `u32`: a vtable's entry (a
- * `&dyn Display`), or a format's arguments made at compile time. */
+/** The data's addresses that hold `slot`'s number as a 4-aligned word that reads as a
+ * function pointer: after a power-of-two alignment of at most 16 (a vtable's method, for a
+ * `&dyn Display`), or next to an address within the data (a format's argument made at compile
+ * time: a pointer to the value and its formatter). */
 function dataMentions(m, slot) {
+  const placed = m.data.filter((d) => d.offset !== null);
+  const low = Math.min(...placed.map((d) => d.offset));
+  const high = Math.max(...placed.map((d) => d.offset + d.bytes.length));
+  const inData = (word) => word >= low && word < high;
   const found = [];
-  for (const { offset, bytes } of m.data) {
-    if (offset === null) continue;
+  for (const { offset, bytes } of placed) {
     for (let k = (4 - (offset % 4)) % 4; k + 4 <= bytes.length; k += 4) {
-      if (bytes.readUInt32LE(k) === slot) found.push(offset + k);
+      if (bytes.readUInt32LE(k) !== slot) continue;
+      const before = k >= 4 ? bytes.readUInt32LE(k - 4) : null;
+      const after = k + 8 <= bytes.length ? bytes.readUInt32LE(k + 4) : null;
+      const align = before !== null && before >= 1 && before <= 16 && (before & (before - 1)) === 0;
+      if (align || (before !== null && inData(before)) || (after !== null && inData(after))) found.push(offset + k);
     }
   }
   return found;

@@ -25,7 +25,10 @@ const WRITE_STR = '<core[c5930c85a12de822]::fmt::Formatter>::write_str';
 // `WithDecimalPoint` (functions 1 and 2), the slot numbers a `{}` of them would use.
 const PRINTER_SLOT = 1;
 const call = (f) => [0x20, 0, 0x20, 1, 0x10, f, 0x0b]; // local 0, local 1, call f, end
-const refersBySlot = (slot) => [0x41, slot, 0x1a, 0x41, 0, 0x0b]; // i32.const slot, drop, i32.const 0, end
+// local 0, i32.const slot, i32.store (as a `{}` puts a formatter in its arguments), i32.const 0, end
+const refersBySlot = (slot) => [0x20, 0, 0x41, slot, 0x36, 2, 0, 0x41, 0, 0x0b];
+// i32.const slot, i32.const 1, i32.add: the same number as a number
+const countsTo = (slot) => [0x41, slot, 0x41, 1, 0x6a, 0x0b];
 
 /** The chain (printer ← WithDecimalPoint ← Unexpected ← JsonUnexpected), each function with
  * its name, plus `others` ([name, body]) after them, and `data` at address 16. */
@@ -113,6 +116,11 @@ test('anything else that refers to the chain stops the build, naming it', () => 
   }
 });
 
+test("a slot's number taken as a number is no reference", () => {
+  const { replaced } = replaceFloatPrinter(module({ others: [['alloc::raw_vec::grow', countsTo(PRINTER_SLOT)]] }));
+  assert.equal(replaced, true);
+});
+
 test("the printer's slot in the data (a vtable, a format's arguments made at compile time) stops the build", () => {
   // At 16: the placeholder's text, then at 32 a vtable: drop, size 8, align 8, fmt.
   const data = Buffer.alloc(32);
@@ -122,7 +130,14 @@ test("the printer's slot in the data (a vtable, a format's arguments made at com
   data.writeUInt32LE(8, 24);
   data.writeUInt32LE(PRINTER_SLOT, 28);
   assert.throws(() => replaceFloatPrinter(module({ data })), /<f64 as Display>::fmt's table slot 1 is in the data at 44/);
-  // The same number off the 4-byte alignment of a pointer is not a reference.
+  // A format's argument made at compile time: the value's address (in the data), its formatter.
+  data.writeUInt32LE(0, 20);
+  data.writeUInt32LE(40, 24);
+  assert.throws(() => replaceFloatPrinter(module({ data })), /<f64 as Display>::fmt's table slot 1 is in the data at 44/);
+  // The same number after a count, or off the 4-byte alignment of a pointer, is no reference.
+  data.writeUInt32LE(3, 24);
+  assert.equal(replaceFloatPrinter(module({ data })).replaced, true);
+  data.writeUInt32LE(8, 24);
   data.writeUInt32LE(0x0100, 28);
   assert.equal(replaceFloatPrinter(module({ data })).replaced, true);
 });
