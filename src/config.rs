@@ -4,7 +4,7 @@
 //! secrets in production, a map in tests). A bad value becomes a [`ConfigError`] naming the
 //! variable, which the shell answers with one clear error response instead of panicking.
 
-use std::collections::BTreeMap;
+use crate::sorted_map::SortedMap;
 use std::fmt;
 use std::num::{NonZeroU32, NonZeroU64};
 
@@ -231,11 +231,11 @@ pub struct Config {
     pub backoff_base_ms: u64,
     pub backoff_max_ms: u64,
     pub allowed_origins: AllowedOrigins,
-    pub rate_limits: BTreeMap<String, TierLimits>,
+    pub rate_limits: SortedMap<String, TierLimits>,
     /// Tiers whose `betas` list restricts `anthropic-beta`; a tier not here allows every beta.
-    pub tier_betas: BTreeMap<String, Vec<String>>,
+    pub tier_betas: SortedMap<String, Vec<String>>,
     /// How each tier shares a scarce upstream key (a tier not here: the defaults).
-    pub tier_shares: BTreeMap<String, TierShare>,
+    pub tier_shares: SortedMap<String, TierShare>,
     /// Client keys (as secrets) and what they stand for.
     pub client_keys: Vec<(Secret, ClientEntry)>,
     pub jwt_secret: Option<Secret>,
@@ -258,7 +258,7 @@ pub struct Config {
     /// `MIN_BODY_BYTES_PER_S`: the slowest a request body may arrive, after its grace period.
     pub min_body_bytes_per_s: u64,
     /// `MODEL_FALLBACKS`: model → the models to answer with, in order, when it is overloaded.
-    pub model_fallbacks: BTreeMap<String, Vec<String>>,
+    pub model_fallbacks: SortedMap<String, Vec<String>>,
     /// `ADMIN_KEY`: whoever presents it may read `GET /proxy/status`; unset, the route is a 404.
     pub admin_key: Option<Secret>,
     /// `REQUEST_LOG`: which requests write their log line.
@@ -863,14 +863,14 @@ fn parse_origins(raw: Option<String>) -> Result<AllowedOrigins, ConfigError> {
 /// Tier name → limits, tier name → allowed betas (only tiers that list them), and tier name →
 /// its share of a scarce key (only tiers that set one of its options).
 type Tiers = (
-    BTreeMap<String, TierLimits>,
-    BTreeMap<String, Vec<String>>,
-    BTreeMap<String, TierShare>,
+    SortedMap<String, TierLimits>,
+    SortedMap<String, Vec<String>>,
+    SortedMap<String, TierShare>,
 );
 
 fn parse_rate_limits(raw: Option<String>) -> Result<Tiers, ConfigError> {
     let raw = raw.unwrap_or_else(|| DEFAULT_RATE_LIMITS.to_string());
-    let specs: BTreeMap<String, TierSpec> = serde_json::from_str(&raw).map_err(|e| {
+    let specs: SortedMap<String, TierSpec> = serde_json::from_str(&raw).map_err(|e| {
         invalid(
             "RATE_LIMITS",
             format!(
@@ -881,9 +881,9 @@ fn parse_rate_limits(raw: Option<String>) -> Result<Tiers, ConfigError> {
             ),
         )
     })?;
-    let mut tiers = BTreeMap::new();
-    let mut betas = BTreeMap::new();
-    let mut shares = BTreeMap::new();
+    let mut tiers = SortedMap::new();
+    let mut betas = SortedMap::new();
+    let mut shares = SortedMap::new();
     for (name, spec) in specs {
         if let Some(share) = tier_share(&name, &spec)? {
             shares.insert(name.clone(), share);
@@ -972,12 +972,12 @@ fn check_betas(name: &str, list: &[String]) -> Result<(), ConfigError> {
 /// "the model that was asked for" trade places depending on which one the client named).
 fn parse_model_fallbacks(
     raw: Option<String>,
-) -> Result<BTreeMap<String, Vec<String>>, ConfigError> {
+) -> Result<SortedMap<String, Vec<String>>, ConfigError> {
     const VARIABLE: &str = "MODEL_FALLBACKS";
     let Some(raw) = raw else {
-        return Ok(BTreeMap::new());
+        return Ok(SortedMap::new());
     };
-    let map: BTreeMap<String, Vec<String>> = serde_json::from_str(&raw).map_err(|e| {
+    let map: SortedMap<String, Vec<String>> = serde_json::from_str(&raw).map_err(|e| {
         invalid(
             VARIABLE,
             format!(
@@ -988,7 +988,7 @@ fn parse_model_fallbacks(
     })?;
     let max = MAX_MODEL_BYTES;
     let shown = |m: &str| m.chars().take(max).collect::<String>();
-    for (model, list) in &map {
+    for (model, list) in map.iter() {
         if model.is_empty() || model.len() > max {
             return Err(invalid(
                 VARIABLE,
@@ -1051,13 +1051,13 @@ fn parse_model_fallbacks(
 /// A cycle through the fallback lists, as the models along it (the first repeated at the
 /// end), if there is one. Depth-first with an explicit stack: the configuration is small,
 /// but its shape is the operator's.
-fn fallback_cycle(map: &BTreeMap<String, Vec<String>>) -> Option<Vec<String>> {
+fn fallback_cycle(map: &SortedMap<String, Vec<String>>) -> Option<Vec<String>> {
     #[derive(Clone, Copy, PartialEq, Eq)]
     enum Mark {
         Open,
         Done,
     }
-    let mut marks: BTreeMap<&str, Mark> = BTreeMap::new();
+    let mut marks: SortedMap<&str, Mark> = SortedMap::new();
     for start in map.keys() {
         if marks.contains_key(start.as_str()) {
             continue;
@@ -1104,13 +1104,13 @@ fn is_beta_name(beta: &str) -> bool {
 
 fn parse_client_keys(
     raw: Option<String>,
-    tiers: &BTreeMap<String, TierLimits>,
+    tiers: &SortedMap<String, TierLimits>,
 ) -> Result<Vec<(Secret, ClientEntry)>, ConfigError> {
     let Some(raw) = raw else {
         return Ok(Vec::new());
     };
     // The error from serde_json would quote the offending input, which may be a key.
-    let map: BTreeMap<String, ClientEntry> = serde_json::from_str(&raw).map_err(|e| {
+    let map: SortedMap<String, ClientEntry> = serde_json::from_str(&raw).map_err(|e| {
         invalid(
             "CLIENT_KEYS",
             format!(

@@ -6,10 +6,21 @@
 //! tables is a copy of a few kilobytes at most.
 
 use std::borrow::Borrow;
+use std::fmt;
+use std::marker::PhantomData;
 
-#[derive(Debug, Clone)]
+use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
+
+#[derive(Clone, PartialEq, Eq)]
 pub struct SortedMap<K, V> {
     entries: Vec<(K, V)>,
+}
+
+/// As a `BTreeMap` shows itself: `{key: value, …}`.
+impl<K: fmt::Debug, V: fmt::Debug> fmt::Debug for SortedMap<K, V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map().entries(self.iter()).finish()
+    }
 }
 
 impl<K, V> Default for SortedMap<K, V> {
@@ -39,6 +50,60 @@ impl<K, V> SortedMap<K, V> {
     /// The entries in the order of their keys.
     pub fn iter(&self) -> impl Iterator<Item = (&K, &V)> {
         self.entries.iter().map(|(k, v)| (k, v))
+    }
+
+    /// The keys in order.
+    pub fn keys(&self) -> impl Iterator<Item = &K> {
+        self.entries.iter().map(|(k, _)| k)
+    }
+
+    /// The values in the order of their keys.
+    pub fn values(&self) -> impl Iterator<Item = &V> {
+        self.entries.iter().map(|(_, v)| v)
+    }
+}
+
+impl<K, V> IntoIterator for SortedMap<K, V> {
+    type Item = (K, V);
+    type IntoIter = std::vec::IntoIter<(K, V)>;
+
+    /// The entries in the order of their keys.
+    fn into_iter(self) -> Self::IntoIter {
+        self.entries.into_iter()
+    }
+}
+
+/// Read from a JSON object as a `BTreeMap` is: a repeated key keeps its last value, and
+/// anything else than an object is "expected a map".
+impl<'de, K, V> Deserialize<'de> for SortedMap<K, V>
+where
+    K: Deserialize<'de> + Ord,
+    V: Deserialize<'de>,
+{
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Entries<K, V>(PhantomData<(K, V)>);
+
+        impl<'de, K, V> Visitor<'de> for Entries<K, V>
+        where
+            K: Deserialize<'de> + Ord,
+            V: Deserialize<'de>,
+        {
+            type Value = SortedMap<K, V>;
+
+            fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+                formatter.write_str("a map")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<Self::Value, A::Error> {
+                let mut map = SortedMap::new();
+                while let Some((key, value)) = access.next_entry()? {
+                    map.insert(key, value);
+                }
+                Ok(map)
+            }
+        }
+
+        deserializer.deserialize_map(Entries(PhantomData))
     }
 }
 
@@ -144,6 +209,27 @@ mod tests {
         ]
     }
 
+    #[test]
+    fn it_reads_json_as_a_btree_map_does() {
+        for text in [
+            r#"{"b": 2, "a": 1, "c": 3}"#,
+            r#"{"a": 1, "a": 2}"#,
+            "{}",
+            r#"{"a": "one"}"#,
+            r#"["a", 1]"#,
+            "1.5",
+            r#"{"a": 1"#,
+        ] {
+            let ours = serde_json::from_str::<SortedMap<String, u32>>(text)
+                .map(|m| format!("{m:?}"))
+                .map_err(|e| e.to_string());
+            let theirs = serde_json::from_str::<BTreeMap<String, u32>>(text)
+                .map(|m| format!("{m:?}"))
+                .map_err(|e| e.to_string());
+            assert_eq!(ours, theirs, "{text}");
+        }
+    }
+
     proptest! {
         /// Every step gives what a `BTreeMap` gives, and the entries stay in the same order.
         #[test]
@@ -171,6 +257,9 @@ mod tests {
                 prop_assert_eq!(ours.len(), theirs.len());
                 prop_assert_eq!(ours.is_empty(), theirs.is_empty());
                 prop_assert!(ours.iter().eq(theirs.iter()));
+                prop_assert!(ours.keys().eq(theirs.keys()));
+                prop_assert!(ours.values().eq(theirs.values()));
+                prop_assert_eq!(format!("{ours:?}"), format!("{theirs:?}"));
             }
         }
     }

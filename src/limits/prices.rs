@@ -6,7 +6,7 @@
 //! `docs/configuration.md` for its date); `MODEL_PRICES` adds or replaces models, for new ones
 //! or negotiated rates. A model with no price is never admitted for free under a dollar quota.
 
-use std::collections::BTreeMap;
+use crate::sorted_map::SortedMap;
 
 use serde::Deserialize;
 
@@ -218,7 +218,7 @@ const fn flat(rates: Rates) -> ModelPrice {
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct PriceTable {
     /// Models given in `MODEL_PRICES`, which win over the built-in ones.
-    overrides: BTreeMap<String, ModelPrice>,
+    overrides: SortedMap<String, ModelPrice>,
 }
 
 /// One model in `MODEL_PRICES`: dollars per million tokens. Cache rates left out follow
@@ -284,9 +284,9 @@ impl PriceTable {
         let Some(json) = json.map(str::trim).filter(|j| !j.is_empty()) else {
             return Ok(PriceTable::default());
         };
-        let given: BTreeMap<String, GivenPrice> = serde_json::from_str(json)
+        let given: SortedMap<String, GivenPrice> = serde_json::from_str(json)
             .map_err(|e| format!("MODEL_PRICES is not a JSON object of model prices: {e}"))?;
-        let mut overrides = BTreeMap::new();
+        let mut overrides = SortedMap::new();
         for (model, price) in given {
             let rates = rates_of(
                 &model,
