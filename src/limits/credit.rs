@@ -624,7 +624,8 @@ impl Credit {
 /// room gets no credit (it asks its object, as without credit).
 #[derive(Debug, Default)]
 pub struct Credits {
-    by_caller: SortedMap<String, Credit>,
+    /// Boxed: a caller new to the table moves the entries after its place, a pointer each.
+    by_caller: SortedMap<String, Box<Credit>>,
     /// No sweep before this instant: the last one found too little to forget.
     next_sweep_ms: u64,
 }
@@ -645,9 +646,9 @@ impl Credits {
                 return None;
             }
             self.by_caller
-                .insert(identity.to_string(), Credit::new(limits));
+                .insert(identity.to_string(), Box::new(Credit::new(limits)));
         }
-        self.by_caller.get_mut(identity)
+        self.by_caller.get_mut(identity).map(|credit| &mut **credit)
     }
 
     /// Forgets the least recently seen callers that hold nothing, down to three quarters of
@@ -683,7 +684,7 @@ impl Credits {
 
     /// The credit of `identity`, if any.
     pub fn get(&mut self, identity: &str) -> Option<&mut Credit> {
-        self.by_caller.get_mut(identity)
+        self.by_caller.get_mut(identity).map(|credit| &mut **credit)
     }
 
     #[must_use]
