@@ -11,6 +11,7 @@ use std::num::NonZeroU32;
 use crate::config::{Config, TierLimits};
 use crate::error::ProxyError;
 use crate::identity::{Caller, UpstreamKey};
+use crate::limits::quota::QuotaCharge;
 use crate::request::body::BodyFacts;
 use crate::request::route::{query_of, upstream_url, Metering, Route};
 use crate::request::upload::{count_while_arriving, BodyCaps, ReadPace, ReadRules};
@@ -86,6 +87,50 @@ impl Intake {
             rules,
             count_due_ms: count_while_arriving(metering, &limits, &rules.pace),
         }
+    }
+
+    /// What the request reserves against its tier's daily and monthly quotas: one request,
+    /// its input estimate, its `max_tokens`, and its worst-case cost at the dearest of its
+    /// model and the models it may fall back to. `None` when the tier sets no quota or the
+    /// route is not metered by tokens. Under a dollar quota a model without a price is
+    /// refused here, before anything is charged.
+    pub fn quota_charge(
+        &self,
+        config: &Config,
+        facts: &BodyFacts,
+    ) -> Result<Option<QuotaCharge>, ProxyError> {
+        let quotas = &self.limits.quotas;
+        if self.metering != Metering::Full || !quotas.any() {
+            return Ok(None);
+        }
+        let max_tokens = facts.max_tokens.unwrap_or(0);
+        let mut micros = 0;
+        if quotas.prices_matter() {
+            let Some(model) = facts.model.as_deref() else {
+                return Err(ProxyError::InvalidRequest(
+                    "this key has a dollar quota: the request must name its model".to_string(),
+                ));
+            };
+            let candidates =
+                std::iter::once(model).chain(config.fallbacks_of(model).iter().map(String::as_str));
+            for candidate in candidates {
+                let price = config.prices.of(candidate).ok_or_else(|| {
+                    ProxyError::InvalidRequest(format!(
+                        "model {candidate:?} has no price, and this key has a dollar quota: \
+                         the proxy's operator can add it to MODEL_PRICES"
+                    ))
+                })?;
+                micros = price
+                    .worst_case_micros(facts.input_tokens_estimate, max_tokens)
+                    .max(micros);
+            }
+        }
+        Ok(Some(QuotaCharge {
+            requests: 1,
+            input_tokens: facts.input_tokens_estimate,
+            output_tokens: max_tokens,
+            micros,
+        }))
     }
 
     /// Whether the answer's usage must be watched: to settle the admission (unless nothing

@@ -456,6 +456,7 @@ mod tests {
             idle: false,
             now_ms: 7,
             object: Default::default(),
+            quotas: Vec::new(),
         };
         let doc = StatusDocument {
             version: "0.0.0",

@@ -155,7 +155,9 @@ impl LimiterState {
         ticket: &AdmissionRequest,
         wanted: u32,
     ) -> Vec<Ticket> {
-        if wanted == 0 {
+        // A quota is exact only if every request asks the object: an isolate's ticket could
+        // not be priced (its model is not known when it is granted).
+        if wanted == 0 || limits.quotas.any() {
             return Vec::new();
         }
         let mut count = u64::from(wanted.min(MAX_CREDIT_TICKETS));
@@ -183,7 +185,7 @@ impl LimiterState {
                     reservation,
                     requests,
                 }),
-                Admission::Denied(_) => break,
+                Admission::Denied(_) | Admission::Exhausted(_) => break,
             }
         }
         tickets
@@ -455,7 +457,7 @@ impl Credit {
     #[must_use]
     pub fn wanted(&self, now_ms: u64) -> u32 {
         let expected = self.arrivals.expected(now_ms).min(MAX_CREDIT_TICKETS);
-        if self.asking || expected < MIN_CREDIT_TICKETS {
+        if self.asking || expected < MIN_CREDIT_TICKETS || self.limits.quotas.any() {
             0
         } else {
             expected
@@ -708,6 +710,7 @@ mod tests {
             input_tokens: input,
             output_tokens: output,
             lease_ms: 15_000,
+            quota: None,
         }
     }
 
@@ -717,6 +720,7 @@ mod tests {
             input_tpm: NonZeroU32::new(1_000_000),
             output_tpm: NonZeroU32::new(1_000_000),
             concurrency: NonZeroU32::new(1_000),
+            quotas: Default::default(),
         }
     }
 
@@ -727,6 +731,7 @@ mod tests {
                 input_tokens: 10,
                 output_tokens: 10,
                 lease_expires_ms: T0 + 15_000,
+                quota: None,
             },
             requests: 1,
         }

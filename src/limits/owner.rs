@@ -312,6 +312,7 @@ mod tests {
             input_tpm: n(1_000_000),
             output_tpm: n(1_000_000),
             concurrency: n(1_000),
+            quotas: Default::default(),
         }
     }
 

@@ -39,6 +39,19 @@ impl Quotas {
             || self.prices_matter()
     }
 
+    /// Whether nothing is limited (the form a tier's limits leave out).
+    #[must_use]
+    pub fn is_none(&self) -> bool {
+        !self.any() && self.zone == Zone::UTC
+    }
+
+    /// Whether a settlement needs the answer's usage: a token or dollar quota (`rpd` counts
+    /// the request alone).
+    #[must_use]
+    pub fn settles_on_the_answer(&self) -> bool {
+        self.input_tpd.is_some() || self.output_tpd.is_some() || self.prices_matter()
+    }
+
     /// Whether a dollar quota is set, so every request must have a price.
     #[must_use]
     pub fn prices_matter(&self) -> bool {
@@ -105,6 +118,12 @@ impl QuotaDimension {
     }
 }
 
+/// Whether `name` is one of the quotas' dimensions (a refusal by one is not worth retrying).
+#[must_use]
+pub fn is_quota_dimension(name: &str) -> bool {
+    QuotaDimension::ALL.iter().any(|d| d.as_str() == name)
+}
+
 /// What a request takes from its caller's windows: reserved, or used.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct QuotaCharge {
@@ -169,7 +188,8 @@ pub struct QuotaStanding {
     pub limit: u64,
     pub used: u64,
     pub remaining: u64,
-    /// When the window resets, in ms since the Unix epoch.
+    /// When the window began and when it resets, in ms since the Unix epoch.
+    pub starts_ms: u64,
     pub resets_ms: u64,
 }
 
@@ -181,6 +201,24 @@ pub struct QuotaState {
 }
 
 impl QuotaState {
+    /// Nothing spent in any window (the form a stored state leaves out).
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        *self == QuotaState::default()
+    }
+
+    /// Until when the spending in a limited window at `now_ms` must be kept: the end of the
+    /// latest such window with something charged; `None` when nothing limited is spent (the
+    /// state is then as good as a fresh one).
+    #[must_use]
+    pub fn spent_until(&self, quotas: &Quotas, now_ms: u64) -> Option<u64> {
+        self.standing(quotas, now_ms)
+            .iter()
+            .filter(|standing| standing.used > 0)
+            .map(|standing| standing.resets_ms)
+            .max()
+    }
+
     fn spent(&mut self, dimension: QuotaDimension, windows: (Window, Window)) -> &mut QuotaCharge {
         match dimension.period() {
             Period::Day => self.day.at(windows.0),
@@ -270,6 +308,7 @@ impl QuotaState {
                     limit,
                     used,
                     remaining: limit.saturating_sub(used),
+                    starts_ms: window.start_ms,
                     resets_ms: window.end_ms,
                 })
             })

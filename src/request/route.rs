@@ -386,6 +386,7 @@ mod tests {
             input_tpm: NonZeroU32::new(1_000),
             output_tpm: NonZeroU32::new(1_000),
             concurrency: NonZeroU32::new(1),
+            quotas: Default::default(),
         };
         let tokens_only = TierLimits { rpm: None, ..all };
         let unlimited = TierLimits::default();
@@ -560,6 +561,7 @@ mod tests {
             input_tpm: NonZeroU32::new(1_000),
             output_tpm: NonZeroU32::new(1_000),
             concurrency: NonZeroU32::new(1),
+            quotas: Default::default(),
         };
         assert_eq!(Route::ChatCompletions.metering(&all), Metering::Full);
         assert_eq!(Route::ChatCompletions.paced_as(), &Route::Messages);

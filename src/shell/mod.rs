@@ -73,7 +73,17 @@ async fn handle(
     let (caller, upstream_key) = authenticate_request(&incoming.headers, &config, exchange)?;
     let intake = Intake::of(&config, &route, &caller, exchange.started_ms);
     let (body, facts, counted) = inspect(env, incoming, &route, &intake, &caller, exchange).await?;
-    let admitted = admit(env, ctx, &intake, &caller, (&facts, counted), exchange).await?;
+    let quota = intake.quota_charge(&config, &facts)?;
+    let admitted = admit(
+        env,
+        ctx,
+        &intake,
+        &caller,
+        (&facts, counted),
+        quota,
+        exchange,
+    )
+    .await?;
     let watches_usage = intake.watches_usage(recorder::bound(env));
     let forwarding = Forwarding::of(
         &config,
@@ -105,7 +115,13 @@ async fn handle(
     .await;
     exchange.upstream_request_id = upstream.request_id.take();
     let mut delivered = deliver(answer, incoming, &route, &config, watches_usage).await;
-    settle(env, ctx, admitted, delivered.as_mut().ok(), exchange);
+    settle(
+        env,
+        ctx,
+        (admitted, &config),
+        delivered.as_mut().ok(),
+        exchange,
+    );
     delivered.map(|d| d.response)
 }
 
@@ -205,11 +221,13 @@ async fn deliver(
 fn settle(
     env: &Env,
     ctx: &Context,
-    admitted: Option<Admitted>,
+    (admitted, config): (Option<Admitted>, &Config),
     delivered: Option<&mut Delivered>,
     exchange: &mut Exchange,
 ) {
-    if let Some(admitted) = admitted {
+    if let Some(mut admitted) = admitted {
+        // Priced at the model that answered (a fallback's, when one did).
+        admitted.price = exchange.answering_model().and_then(|m| config.prices.of(m));
         let (usage_to, usage) = oneshot::channel();
         exchange.usage = Some(Box::pin(
             async move { usage.await.unwrap_or(Used::UNKNOWN) },
@@ -273,6 +291,7 @@ async fn admit(
     intake: &Intake,
     caller: &Caller,
     (facts, counted): (&BodyFacts, Option<Vec<(&'static str, String)>>),
+    quota: Option<crate::limits::quota::QuotaCharge>,
     exchange: &mut Exchange,
 ) -> Result<Option<Admitted>, ProxyError> {
     let Intake {
@@ -294,7 +313,7 @@ async fn admit(
                 &identity_hash,
                 limits,
                 facts,
-                WAITING_LEASE_MS,
+                (WAITING_LEASE_MS, quota),
                 (provisional, counted.is_some()),
                 headers,
             )
@@ -305,6 +324,7 @@ async fn admit(
                 reservation,
                 provisional,
                 on_credit,
+                price: None,
             })
         }
         Metering::RequestOnly => {
@@ -352,6 +372,8 @@ struct Admitted {
     provisional: bool,
     /// Admitted from the isolate's credit, or with a grant of it: the settlement may wait.
     on_credit: bool,
+    /// The price of the model that answered, for the dollar quotas.
+    price: Option<crate::limits::prices::ModelPrice>,
 }
 
 impl Admitted {
@@ -372,6 +394,7 @@ impl Admitted {
             reservation,
             provisional,
             on_credit,
+            price,
         } = self;
         limiter::settle_later(
             env,
@@ -382,7 +405,7 @@ impl Admitted {
             watched,
             delivered_ok,
             !provisional || delivered_ok,
-            on_credit,
+            (on_credit, price),
             usage_to,
         );
     }

@@ -19,11 +19,13 @@ use worker::{durable_object, Context, DurableObject, Env, Request, Response, Sta
 use super::Object;
 use crate::config::TierLimits;
 use crate::error::ProxyError;
+use crate::limits::prices::ModelPrice;
+use crate::limits::quota::QuotaCharge;
 use crate::limits::{
-    limit_headers, settlement_usage, Admission, AdmissionRequest, AdmitReply, Answered,
-    CallerCredit, Carry, Credit, Credits, Ending, LimiterCall, LimiterObject, Owner, RefillReply,
-    Renewals, Reservation, Settled, Step, Used, CREDIT_VALID_MS, WAITING_LEASE_MS,
-    WAITING_RENEW_EVERY_MS, WATCH_TICK_MS,
+    limit_headers, quota_headers, settlement_cost, settlement_usage, Admission, AdmissionRequest,
+    AdmitReply, Answered, CallerCredit, Carry, Credit, Credits, Ending, LimiterCall, LimiterObject,
+    Owner, RefillReply, Renewals, Reservation, Settled, Step, Used, CREDIT_VALID_MS,
+    WAITING_LEASE_MS, WAITING_RENEW_EVERY_MS, WATCH_TICK_MS,
 };
 use crate::request::body::BodyFacts;
 use crate::shell::clock::now_ms;
@@ -69,7 +71,7 @@ pub async fn admit(
     identity_hash: &str,
     limits: TierLimits,
     facts: &BodyFacts,
-    lease_ms: u64,
+    (lease_ms, quota): (u64, Option<QuotaCharge>),
     (provisional, counted): (bool, bool),
     headers: &mut Vec<(&'static str, String)>,
 ) -> Result<(Reservation, bool), ProxyError> {
@@ -77,6 +79,7 @@ pub async fn admit(
         input_tokens: facts.input_tokens_estimate,
         output_tokens: facts.max_tokens.unwrap_or(0),
         lease_ms,
+        quota,
     };
     let now = now_ms();
     let (credit, carry) = if provisional {
@@ -391,7 +394,19 @@ fn answer(
     match reply.admission {
         Admission::Admitted(reservation) => {
             headers.extend(limit_headers(&reply.status, None, reply.now_ms));
+            quota_headers(headers, &reply.quotas, None, reply.now_ms);
             Ok(reservation)
+        }
+        Admission::Exhausted(refusal) => {
+            let mut refused = ProxyError::from(&refusal);
+            if let ProxyError::RateLimited {
+                limit_headers: own, ..
+            } = &mut refused
+            {
+                *own = limit_headers(&reply.status, None, reply.now_ms);
+                quota_headers(own, &reply.quotas, Some(&refusal), reply.now_ms);
+            }
+            Err(refused)
         }
         Admission::Denied(denial) => {
             let mut refused = ProxyError::from(&denial);
@@ -400,6 +415,7 @@ fn answer(
             } = &mut refused
             {
                 *own = limit_headers(&reply.status, Some(&denial), reply.now_ms);
+                quota_headers(own, &reply.quotas, None, reply.now_ms);
             }
             Err(refused)
         }
@@ -505,7 +521,7 @@ pub fn settle_later(
     watched: Option<(Report, Progress)>,
     delivered_ok: bool,
     confirms: bool,
-    on_credit: bool,
+    (on_credit, price): (bool, Option<ModelPrice>),
     usage_to: oneshot::Sender<Used>,
 ) {
     let env = env.clone();
@@ -519,7 +535,9 @@ pub fn settle_later(
             watched,
             delivered_ok,
         );
-        let usage: Used = settlement_usage(answered.await);
+        let answered = answered.await;
+        let cost_micros = settlement_cost(answered, price.as_ref());
+        let usage: Used = settlement_usage(answered);
         // Metrics hear the usage too (nobody listens when they are not kept).
         let _ = usage_to.send(usage);
         if cfg!(feature = "fault-drop-settlement") {
@@ -531,7 +549,14 @@ pub fn settle_later(
             usage,
             confirms,
         };
-        settle(&env, &identity_hash, limits, settled, on_credit).await;
+        settle(
+            &env,
+            &identity_hash,
+            limits,
+            (settled, cost_micros),
+            on_credit,
+        )
+        .await;
     });
 }
 
@@ -564,7 +589,7 @@ async fn settle(
     env: &Env,
     identity_hash: &str,
     limits: TierLimits,
-    settled: Settled,
+    (settled, cost_micros): (Settled, Option<u64>),
     on_credit: bool,
 ) {
     if settled.charges_extra(&limits) {
@@ -588,6 +613,7 @@ async fn settle(
         reservation,
         usage,
         confirms,
+        cost_micros,
     };
     let settled: Result<crate::json::Json, ProxyError> =
         super::call(env, BINDING, identity_hash, &call, "rate limiter").await;

@@ -142,6 +142,7 @@ impl Caller {
                 input_tokens,
                 output_tokens: max_tokens,
                 lease_ms: WAITING_LEASE_MS,
+                quota: None,
             },
             provisional: false,
             credit: 0,
@@ -163,6 +164,13 @@ impl Caller {
                         Err(End::Limited {
                             at,
                             retry_after_ms: denial.retry_after_ms,
+                        })
+                    }
+                    Admission::Exhausted(refusal) => {
+                        ledger.denied += 1;
+                        Err(End::Limited {
+                            at,
+                            retry_after_ms: refusal.retry_after_ms,
                         })
                     }
                 }
@@ -225,6 +233,7 @@ impl Caller {
             reservation,
             usage: settlement_usage(answered),
             confirms: true,
+            cost_micros: None,
         };
         let replied = self.call(call).await;
         let mut ledger = self.ledger.borrow_mut();
@@ -318,6 +327,7 @@ fn no_caller_is_admitted_past_its_tier_and_every_admission_is_settled_across_res
         input_tpm: quota(100_000),
         output_tpm: quota(30_000),
         concurrency: None,
+        quotas: Default::default(),
     };
     let quotas = [60, 100_000, 30_000];
     for seed in 0..4 {
