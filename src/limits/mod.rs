@@ -36,6 +36,8 @@ mod settle;
 mod credit_properties;
 #[cfg(test)]
 mod properties;
+#[cfg(test)]
+mod quota_properties;
 
 pub use caller_headers::{
     anthropic_headers, limit_headers, quota_headers, rate_limit_headers, rfc3339_utc,
