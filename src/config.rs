@@ -1657,6 +1657,61 @@ mod tests {
     }
 
     #[test]
+    fn tiers_may_set_daily_and_monthly_quotas_and_model_prices_may_be_given() {
+        let c = config(&[
+            (
+                "RATE_LIMITS",
+                r#"{"default": {"rpm": 5}, "free": {"rpd": 50, "usd_per_day": 0.2},
+                    "paid": {"usd_per_month": 20, "input_tpd": 1000000, "output_tpd": 200000,
+                        "quota_tz": "+05:30"},
+                    "odd": {"usd_per_day": 0.0000014}}"#,
+            ),
+            ("MODEL_PRICES", r#"{"claude-next": {"input": 2, "output": 8}}"#),
+        ])
+        .unwrap();
+        assert_eq!(c.tier_limits(DEFAULT_TIER).quotas, Quotas::default());
+        let free = c.tier_limits("free").quotas;
+        assert_eq!(free.rpd, NonZeroU64::new(50));
+        assert_eq!(free.usd_per_day, NonZeroU64::new(200_000));
+        assert!(!c.tier_limits("free").is_unlimited());
+        let paid = c.tier_limits("paid").quotas;
+        assert_eq!(paid.usd_per_month, NonZeroU64::new(20_000_000));
+        assert_eq!(paid.input_tpd, NonZeroU64::new(1_000_000));
+        assert_eq!(paid.output_tpd, NonZeroU64::new(200_000));
+        assert_eq!(paid.zone.offset_minutes, 330);
+        // Rounded to the micro-dollar.
+        assert_eq!(c.tier_limits("odd").quotas.usd_per_day, NonZeroU64::new(1));
+        assert_eq!(
+            c.prices.of("claude-next").map(|p| p.rates.input),
+            Some(2_000_000)
+        );
+        // The tier's limits travel to its object with their quotas, and without when none.
+        let json = serde_json::to_string(&c.tier_limits("paid")).unwrap();
+        let back: TierLimits = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, c.tier_limits("paid"));
+        assert!(!serde_json::to_string(&c.tier_limits(DEFAULT_TIER))
+            .unwrap()
+            .contains("quotas"));
+        for bad in [
+            r#"{"default": {"usd_per_day": 0}}"#,
+            r#"{"default": {"usd_per_day": -1}}"#,
+            r#"{"default": {"usd_per_month": "20"}}"#,
+            r#"{"default": {"rpd": 0}}"#,
+            r#"{"default": {"rpd": 2.5}}"#,
+            r#"{"default": {"quota_tz": "Europe/Paris"}}"#,
+            r#"{"default": {"quota_tz": "+15:00"}}"#,
+        ] {
+            let e = config(&[("RATE_LIMITS", bad)]).unwrap_err();
+            assert_eq!(e.variable, "RATE_LIMITS", "{bad}");
+        }
+        let named = config(&[("RATE_LIMITS", r#"{"default": {"quota_tz": "Asia/Tokyo"}}"#)])
+            .unwrap_err();
+        assert!(named.problem.contains("IANA"), "{}", named.problem);
+        let e = config(&[("MODEL_PRICES", r#"{"m": {"input": 1}}"#)]).unwrap_err();
+        assert_eq!(e.variable, "MODEL_PRICES");
+    }
+
+    #[test]
     fn tiers_may_list_the_betas_their_callers_may_send() {
         let c = config(&[(
             "RATE_LIMITS",

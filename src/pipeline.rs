@@ -291,6 +291,62 @@ mod tests {
     }
 
     #[test]
+    fn a_quota_reserves_the_worst_case_of_the_dearest_model_that_may_answer() {
+        let config = config(&[
+            (
+                "RATE_LIMITS",
+                r#"{"default": {"rpd": 50, "usd_per_day": 0.2}, "count": {"rpd": 5},
+                    "minute": {"rpm": 5}}"#,
+            ),
+            (
+                "MODEL_FALLBACKS",
+                r#"{"claude-haiku-4-5": ["claude-opus-4-1"], "claude-sonnet-4-6": ["claude-unpriced"]}"#,
+            ),
+        ]);
+        let intake = |tier: &str, route: &Route| {
+            Intake::of(&config, route, &caller(tier, false), 1_000)
+        };
+        let messages = intake("default", &Route::Messages);
+        // Haiku may fall back to Opus 4.1, which is dearer: its worst case is reserved.
+        let charge = messages
+            .quota_charge(&config, &message("claude-haiku-4-5"))
+            .unwrap()
+            .unwrap();
+        let opus = config.prices.of("claude-opus-4-1").unwrap();
+        assert_eq!(charge.micros, opus.worst_case_micros(120, 300));
+        assert_eq!(
+            (charge.requests, charge.input_tokens, charge.output_tokens),
+            (1, 120, 300)
+        );
+        // A model without a price, or a fallback without one, is refused, named.
+        for (model, named) in [
+            ("claude-unknown-9", "claude-unknown-9"),
+            ("claude-sonnet-4-6", "claude-unpriced"),
+        ] {
+            let Err(ProxyError::InvalidRequest(why)) =
+                messages.quota_charge(&config, &message(model))
+            else {
+                panic!("{model} must be refused");
+            };
+            assert!(why.contains(named), "{why}");
+        }
+        // Without a dollar quota, no price is needed; without a quota, nothing is reserved.
+        let count_only = intake("count", &Route::Messages)
+            .quota_charge(&config, &message("claude-unknown-9"))
+            .unwrap();
+        assert_eq!(count_only.map(|c| c.micros), Some(0));
+        let minute = intake("minute", &Route::Messages)
+            .quota_charge(&config, &message("claude-unknown-9"))
+            .unwrap();
+        assert_eq!(minute, None);
+        // A route charged by the request alone reserves nothing here (its object counts rpd).
+        let listing = intake("default", &Route::CountTokens)
+            .quota_charge(&config, &message("claude-unknown-9"))
+            .unwrap();
+        assert_eq!(listing, None);
+    }
+
+    #[test]
     fn forwarding_takes_the_tier_and_what_the_client_may_lower() {
         let config = config(&[
             ("RATE_LIMITS", TIERS),

@@ -424,6 +424,42 @@ mod tests {
     }
 
     #[test]
+    fn cache_writes_are_priced_by_lifetime_and_reads_apart() {
+        // The split by lifetime, as current API versions report it.
+        let split = tally(&[(
+            "message_start",
+            r#"{"message":{"usage":{"input_tokens":12,"cache_creation_input_tokens":3000,"cache_read_input_tokens":500,"cache_creation":{"ephemeral_5m_input_tokens":1000,"ephemeral_1h_input_tokens":2000},"output_tokens":1}}}"#,
+        ), ("message_delta", r#"{"usage":{"output_tokens":40}}"#)]);
+        // The per-minute count is unchanged: input and every cache write.
+        assert_eq!(split.input_tokens, Some(3_012));
+        assert_eq!(
+            split.reported.priced(40),
+            PricedTokens {
+                input: 12,
+                output: 40,
+                cache_write_5m: 1_000,
+                cache_write_1h: 2_000,
+                cache_read: 500,
+            }
+        );
+        // Without the split, every write is a five-minute one.
+        let plain = tally(&[(
+            "message_start",
+            r#"{"message":{"usage":{"input_tokens":12,"cache_creation_input_tokens":3000,"output_tokens":1}}}"#,
+        )]);
+        assert_eq!(
+            plain.reported.priced(1),
+            PricedTokens {
+                input: 12,
+                output: 1,
+                cache_write_5m: 3_000,
+                cache_write_1h: 0,
+                cache_read: 0,
+            }
+        );
+    }
+
+    #[test]
     fn regression_cache_reads_counted_against_the_input_limit() {
         // 20 000 tokens read from the cache cost nothing against Anthropic's input limit.
         let usage = tally(&[(
