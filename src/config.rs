@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::identity::prefixes::RESERVED_ID_PREFIXES;
 use crate::identity::secret::{FingerprintKey, Secret};
+use crate::json::Json;
 use crate::limits::calendar::Zone;
 use crate::limits::prices::PriceTable;
 use crate::limits::quota::Quotas;
@@ -165,9 +166,14 @@ struct TierSpec {
     rpd: Option<NonZeroU64>,
     input_tpd: Option<NonZeroU64>,
     output_tpd: Option<NonZeroU64>,
-    usd_per_day: Option<f64>,
-    usd_per_month: Option<f64>,
-    quota_tz: Option<String>,
+    // Read as a JSON value, checked in `tier_quotas` (one reader the Worker has already, not
+    // one more for each type).
+    #[serde(default)]
+    usd_per_day: Json,
+    #[serde(default)]
+    usd_per_month: Json,
+    #[serde(default)]
+    quota_tz: Json,
 }
 
 /// How a tier's callers share a scarce upstream key with the others (`RATE_LIMITS` options
@@ -975,9 +981,13 @@ fn tier_share(name: &str, spec: &TierSpec) -> Result<Option<TierShare>, ConfigEr
 /// A tier's daily and monthly quotas: dollars become whole micro-dollars (exact for up to six
 /// decimals), `quota_tz` a fixed offset.
 fn tier_quotas(name: &str, spec: &TierSpec) -> Result<Quotas, ConfigError> {
-    let dollars = |field: &str, given: Option<f64>| -> Result<Option<NonZeroU64>, ConfigError> {
-        let Some(dollars) = given else {
-            return Ok(None);
+    let dollars = |field: &str, given: &Json| -> Result<Option<NonZeroU64>, ConfigError> {
+        #[allow(clippy::cast_precision_loss)] // a whole number of dollars far below 2^53
+        let dollars = match given {
+            Json::Null => return Ok(None),
+            Json::Unsigned(n) => *n as f64,
+            Json::Float(f) => *f,
+            _ => f64::NAN,
         };
         // At most a billion dollars: far above any quota, far below where micro-dollars
         // stop being exact in a double.
@@ -991,9 +1001,9 @@ fn tier_quotas(name: &str, spec: &TierSpec) -> Result<Quotas, ConfigError> {
         let micros = (dollars * 1e6).round() as u64;
         Ok(NonZeroU64::new(micros.max(1)))
     };
-    let zone = match spec.quota_tz.as_deref() {
-        None => Zone::UTC,
-        Some(text) => Zone::parse(text).map_err(|e| {
+    let zone = match &spec.quota_tz {
+        Json::Null => Zone::UTC,
+        given => Zone::parse(given.as_str().unwrap_or("?")).map_err(|e| {
             invalid(
                 "RATE_LIMITS",
                 format!(
@@ -1007,8 +1017,8 @@ fn tier_quotas(name: &str, spec: &TierSpec) -> Result<Quotas, ConfigError> {
         rpd: spec.rpd,
         input_tpd: spec.input_tpd,
         output_tpd: spec.output_tpd,
-        usd_per_day: dollars("usd_per_day", spec.usd_per_day)?,
-        usd_per_month: dollars("usd_per_month", spec.usd_per_month)?,
+        usd_per_day: dollars("usd_per_day", &spec.usd_per_day)?,
+        usd_per_month: dollars("usd_per_month", &spec.usd_per_month)?,
         zone,
     })
 }
@@ -1666,7 +1676,10 @@ mod tests {
                         "quota_tz": "+05:30"},
                     "odd": {"usd_per_day": 0.0000014}}"#,
             ),
-            ("MODEL_PRICES", r#"{"claude-next": {"input": 2, "output": 8}}"#),
+            (
+                "MODEL_PRICES",
+                r#"{"claude-next": {"input": 2, "output": 8}}"#,
+            ),
         ])
         .unwrap();
         assert_eq!(c.tier_limits(DEFAULT_TIER).quotas, Quotas::default());
@@ -1704,8 +1717,8 @@ mod tests {
             let e = config(&[("RATE_LIMITS", bad)]).unwrap_err();
             assert_eq!(e.variable, "RATE_LIMITS", "{bad}");
         }
-        let named = config(&[("RATE_LIMITS", r#"{"default": {"quota_tz": "Asia/Tokyo"}}"#)])
-            .unwrap_err();
+        let named =
+            config(&[("RATE_LIMITS", r#"{"default": {"quota_tz": "Asia/Tokyo"}}"#)]).unwrap_err();
         assert!(named.problem.contains("IANA"), "{}", named.problem);
         let e = config(&[("MODEL_PRICES", r#"{"m": {"input": 1}}"#)]).unwrap_err();
         assert_eq!(e.variable, "MODEL_PRICES");

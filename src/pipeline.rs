@@ -303,9 +303,8 @@ mod tests {
                 r#"{"claude-haiku-4-5": ["claude-opus-4-1"], "claude-sonnet-4-6": ["claude-unpriced"]}"#,
             ),
         ]);
-        let intake = |tier: &str, route: &Route| {
-            Intake::of(&config, route, &caller(tier, false), 1_000)
-        };
+        let intake =
+            |tier: &str, route: &Route| Intake::of(&config, route, &caller(tier, false), 1_000);
         let messages = intake("default", &Route::Messages);
         // Haiku may fall back to Opus 4.1, which is dearer: its worst case is reserved.
         let charge = messages

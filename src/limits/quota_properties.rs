@@ -277,14 +277,18 @@ fn a_tier_with_quotas_takes_no_credit() {
         ..TierLimits::default()
     };
     let mut state = LimiterState::new();
-    assert!(!state.grant(&minute_only, T0, &message(10, 10), 20).is_empty());
+    assert!(!state
+        .grant(&minute_only, T0, &message(10, 10), 20)
+        .is_empty());
     // ...is granted none once it has a quota: every request must ask its object.
     let with_quota = TierLimits {
         quotas: dollars_a_day(50_000_000),
         ..minute_only
     };
     let mut state = LimiterState::new();
-    assert!(state.grant(&with_quota, T0, &message(10, 10), 20).is_empty());
+    assert!(state
+        .grant(&with_quota, T0, &message(10, 10), 20)
+        .is_empty());
 }
 
 /// One step of the random traffic: admit a request (its prompt, its `max_tokens`, what part

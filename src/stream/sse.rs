@@ -426,10 +426,13 @@ mod tests {
     #[test]
     fn cache_writes_are_priced_by_lifetime_and_reads_apart() {
         // The split by lifetime, as current API versions report it.
-        let split = tally(&[(
-            "message_start",
-            r#"{"message":{"usage":{"input_tokens":12,"cache_creation_input_tokens":3000,"cache_read_input_tokens":500,"cache_creation":{"ephemeral_5m_input_tokens":1000,"ephemeral_1h_input_tokens":2000},"output_tokens":1}}}"#,
-        ), ("message_delta", r#"{"usage":{"output_tokens":40}}"#)]);
+        let split = tally(&[
+            (
+                "message_start",
+                r#"{"message":{"usage":{"input_tokens":12,"cache_creation_input_tokens":3000,"cache_read_input_tokens":500,"cache_creation":{"ephemeral_5m_input_tokens":1000,"ephemeral_1h_input_tokens":2000},"output_tokens":1}}}"#,
+            ),
+            ("message_delta", r#"{"usage":{"output_tokens":40}}"#),
+        ]);
         // The per-minute count is unchanged: input and every cache write.
         assert_eq!(split.input_tokens, Some(3_012));
         assert_eq!(
