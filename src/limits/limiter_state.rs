@@ -491,15 +491,21 @@ impl LimiterState {
         // Reserved on a copy, kept only if every per-minute bucket admits too.
         let mut quota = self.quota;
         let hold = match request.quota.filter(|_| limits.quotas.any()) {
-            Some(charge) => match quota.reserve(&limits.quotas, now, charge) {
-                Ok(hold) => Some(hold),
-                Err(mut refusal) => {
-                    refusal.retry_after_ms = refusal
-                        .retry_after_ms
-                        .saturating_add(now.saturating_sub(now_ms));
-                    return Admission::Exhausted(refusal);
+            Some(mut charge) => {
+                // Counted against `rpd` with `rpm` while its body arrived: not again.
+                if arrival == Arrival::Counted {
+                    charge.requests = 0;
                 }
-            },
+                match quota.reserve(&limits.quotas, now, charge) {
+                    Ok(hold) => Some(hold),
+                    Err(mut refusal) => {
+                        refusal.retry_after_ms = refusal
+                            .retry_after_ms
+                            .saturating_add(now.saturating_sub(now_ms));
+                        return Admission::Exhausted(refusal);
+                    }
+                }
+            }
             None => None,
         };
         if let Some(mut denial) = self.binding_denial(limits, now, costs) {

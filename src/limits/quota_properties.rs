@@ -236,6 +236,24 @@ fn request_only_routes_count_against_rpd_as_against_rpm() {
         Admission::Denied(_)
     ));
     assert_eq!(used(&state, &tight, T0, QuotaDimension::Rpd), 1);
+    // A message counted while its body arrived is not counted against rpd again.
+    let mut state = LimiterState::new();
+    assert!(matches!(
+        state.admit_request(&limits, T0),
+        Admission::Admitted(_)
+    ));
+    let counted = state.admit_counted(&limits, T0, &message(10, 10));
+    assert!(matches!(counted, Admission::Admitted(_)), "{counted:?}");
+    assert_eq!(used(&state, &limits, T0, QuotaDimension::Rpd), 1);
+    // A tier with rpd alone meters the request-only routes too.
+    let rpd_only = TierLimits {
+        quotas: limits.quotas,
+        ..TierLimits::default()
+    };
+    assert_eq!(
+        crate::request::route::Route::CountTokens.metering(&rpd_only),
+        crate::request::route::Metering::RequestOnly
+    );
 }
 
 #[test]
