@@ -28,7 +28,7 @@ use worker::{event, web_sys, Context, Env};
 use crate::config::Config;
 use crate::error::ProxyError;
 use crate::identity::{authenticate, credential, Caller};
-use crate::limits::{settlement_usage, Answered, Used, WAITING_LEASE_MS};
+use crate::limits::{settlement_cost, settlement_usage, Answered, Used, WAITING_LEASE_MS};
 use crate::pipeline::{ClientAsks, Forwarding, Intake};
 use crate::request::body::BodyFacts;
 use crate::request::cors::Cors;
@@ -225,21 +225,26 @@ fn settle(
     delivered: Option<&mut Delivered>,
     exchange: &mut Exchange,
 ) {
+    // Priced at the model that answered (a fallback's, when one did).
+    let price = exchange.answering_model().and_then(|m| config.prices.of(m));
     if let Some(mut admitted) = admitted {
-        // Priced at the model that answered (a fallback's, when one did).
-        admitted.price = exchange.answering_model().and_then(|m| config.prices.of(m));
+        admitted.price = price;
         let (usage_to, usage) = oneshot::channel();
-        exchange.usage = Some(Box::pin(
-            async move { usage.await.unwrap_or(Used::UNKNOWN) },
-        ));
+        exchange.usage = Some(Box::pin(async move {
+            usage.await.unwrap_or((Used::UNKNOWN, None))
+        }));
         admitted.settle_later(env, ctx, delivered, usage_to);
     } else if let Some((seen, progress)) = delivered.and_then(|d| d.seen.take()) {
         exchange.usage = Some(Box::pin(async move {
             let seen = Some(limiter::reported(&seen).await);
-            settlement_usage(Answered::Watched {
+            let answered = Answered::Watched {
                 seen,
                 so_far: progress.usage(),
-            })
+            };
+            (
+                settlement_usage(answered),
+                settlement_cost(answered, price.as_ref()),
+            )
         }));
     }
 }
@@ -382,7 +387,7 @@ impl Admitted {
         env: &Env,
         ctx: &Context,
         delivered: Option<&mut Delivered>,
-        usage_to: oneshot::Sender<Used>,
+        usage_to: oneshot::Sender<(Used, Option<u64>)>,
     ) {
         let (watched, delivered_ok) = match delivered {
             Some(d) => (d.seen.take(), (200..300).contains(&d.status)),

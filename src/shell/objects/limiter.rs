@@ -522,7 +522,7 @@ pub fn settle_later(
     delivered_ok: bool,
     confirms: bool,
     (on_credit, price): (bool, Option<ModelPrice>),
-    usage_to: oneshot::Sender<Used>,
+    usage_to: oneshot::Sender<(Used, Option<u64>)>,
 ) {
     let env = env.clone();
     crate::shell::keep_alive::wait_until(ctx, async move {
@@ -539,7 +539,7 @@ pub fn settle_later(
         let cost_micros = settlement_cost(answered, price.as_ref());
         let usage: Used = settlement_usage(answered);
         // Metrics hear the usage too (nobody listens when they are not kept).
-        let _ = usage_to.send(usage);
+        let _ = usage_to.send((usage, cost_micros));
         if cfg!(feature = "fault-drop-settlement") {
             // The test build that loses every settlement (see Cargo.toml).
             return;
