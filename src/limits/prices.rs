@@ -341,8 +341,12 @@ fn base_id(model: &str) -> &str {
     if let Some(base) = model.strip_suffix("-latest") {
         return base;
     }
-    match model.rsplit_once('-') {
-        Some((base, date)) if date.len() == 8 && date.bytes().all(|b| b.is_ascii_digit()) => base,
+    // The last nine bytes: `-` and eight digits (ASCII, so the cut is a character boundary).
+    let cut = model.len().saturating_sub(9);
+    match model.as_bytes().get(cut..) {
+        Some([b'-', date @ ..]) if cut > 0 && date.iter().all(u8::is_ascii_digit) => {
+            model.get(..cut).unwrap_or(model)
+        }
         _ => model,
     }
 }

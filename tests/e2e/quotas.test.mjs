@@ -12,6 +12,7 @@ let sim;
 before(async () => { sim = await startSim(); });
 after(async () => { await sim?.stop(); });
 
+const ADMIN_KEY = 'adm_quotas_e2e_5c81d2f3a9';
 const MINUTE_MS = 60_000;
 const DAY_MINUTES = 1440;
 
@@ -44,6 +45,7 @@ test('a daily dollar quota: remaining shown, refused at the cap until the day en
   const w = await startWorker(workerVars(sim, {
     RATE_LIMITS: JSON.stringify({ default: { rpm: 1000, usd_per_day: usdPerDay, quota_tz } }),
     ALLOWED_ORIGINS: 'https://chat.example',
+    ADMIN_KEY,
   }));
   try {
     await sim.reset();
@@ -98,6 +100,13 @@ test('a daily dollar quota: remaining shown, refused at the cap until the day en
     assert.equal(refusedLeft.t, Math.ceil(retryMs / 1000));
     const sent = (await sim.log()).length;
     assert.equal(sent, admitted, 'a refused request reached the upstream');
+    // The operator's view: the day's spend, what is left, and when it resets.
+    const status = await fetch(`${w.url}/proxy/status?caller=alice`, { headers: { authorization: `Bearer ${ADMIN_KEY}` } });
+    const [day] = (await status.json()).caller.quotas;
+    assert.equal(day.dimension, 'usd_per_day');
+    assert.equal(day.used + day.remaining, day.limit);
+    assert.equal(day.remaining, body.limit.remaining);
+    assert.equal(Date.parse(day.resets), dayEndsAt);
 
     // The day ends: the quota is whole again.
     await sleep(Math.max(0, dayEndsAt - Date.now()) + 500);
