@@ -3,14 +3,28 @@
 //!
 //! What each phase decides lives here, pure and tested on the host: how a body is read and
 //! charged while it arrives ([`Intake`]), and how the request goes upstream ([`Forwarding`]).
-//! The shell performs the phases in that order (reads, object calls, fetches, streams) and
-//! decides nothing of its own.
+//! From the admission on, the phases themselves are one function of the core, [`serve`],
+//! generic over ports besides the runner's own: the caller's [`Limiter`], the key's
+//! [`KeyStates`], the client's side of the answer ([`Deliver`]) and the runtime's "after the
+//! answer" ([`AfterAnswer`]). The shell routes, authenticates and reads the body, implements
+//! the ports with the runtime, and decides nothing of its own.
+
+mod ports;
+mod serve;
+mod settle;
+#[cfg(test)]
+mod tests;
+
+pub use ports::{Admitted, AfterAnswer, Deliver, Delivered, KeyStates, Lease, Limiter, Terms};
+pub use serve::{serve, Ports, Ready, Served, UsageToCome};
+pub use settle::Spent;
 
 use std::num::NonZeroU32;
 
 use crate::config::{Config, TierLimits};
 use crate::error::ProxyError;
 use crate::identity::{Caller, UpstreamKey};
+use crate::limits::prices::ModelPrice;
 use crate::limits::quota::QuotaCharge;
 use crate::request::body::BodyFacts;
 use crate::request::route::{query_of, upstream_url, Metering, Route};
@@ -141,15 +155,21 @@ impl Intake {
     }
 }
 
-/// The run phase: how the request goes upstream, attempt after attempt.
+/// The run phase: how the request goes upstream, attempt after attempt, and what it is
+/// charged for it.
 #[derive(Debug)]
 pub struct Forwarding {
     pub url: String,
     pub policy: RetryPolicy,
     /// Who claims the upstream key's capacity, in the fair order.
     pub claimant: Claimant,
-    /// What one attempt costs the key, for its pacing.
+    /// What one attempt costs the key, for its pacing (and the caller's per-minute limits).
     pub cost: Cost,
+    /// What the admission reserves against the tier's daily and monthly quotas (see
+    /// [`Intake::quota_charge`]).
+    pub quota: Option<QuotaCharge>,
+    /// The prices of the models that may answer, to price the answer at the one that did.
+    pub prices: AnswerPrices,
     /// The key's pool this request answers to; `None`: none (model listings, files).
     pub pool: Option<String>,
     pub fallbacks: Fallbacks,
@@ -160,16 +180,19 @@ pub struct Forwarding {
 
 impl Forwarding {
     /// How `route` goes upstream for `caller`, once its body was read (`facts`); `raw_url` is
-    /// the client's URL, whose query goes along.
+    /// the client's URL, whose query goes along. A request its tier's dollar quota cannot
+    /// price is refused here (see [`Intake::quota_charge`]).
     pub fn of(
         config: &Config,
         route: &Route,
         caller: &Caller,
+        intake: &Intake,
         facts: &BodyFacts,
         asks: ClientAsks<'_>,
         (raw_url, watches_usage): (&str, bool),
     ) -> Result<Forwarding, ProxyError> {
         let path = route.upstream_path().ok_or(ProxyError::NotFound)?;
+        let quota = intake.quota_charge(config, facts)?;
         // How the caller shares a scarce key: its tier's weight, priority and budget.
         let share = config.tier_share(&caller.tier);
         let claimant = Claimant {
@@ -197,6 +220,7 @@ impl Forwarding {
             ),
             _ => Fallbacks::none(),
         };
+        let prices = AnswerPrices::of(config, route, facts.model.as_deref());
         Ok(Forwarding {
             url: upstream_url(&config.upstream_url, &path, query_of(raw_url)),
             policy,
@@ -205,6 +229,8 @@ impl Forwarding {
                 input_tokens: facts.input_tokens_estimate,
                 output_tokens: facts.max_tokens.unwrap_or(0),
             },
+            quota,
+            prices,
             pool: route
                 .carries_body()
                 .then(|| pool_of(route.paced_as(), facts.model.as_deref())),
@@ -214,8 +240,52 @@ impl Forwarding {
     }
 }
 
+/// The prices of the models that may answer a request: the one it names, and (a message)
+/// those it may fall back to; a model without a price is left out.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AnswerPrices {
+    model: Option<ModelPrice>,
+    fallbacks: Vec<(String, ModelPrice)>,
+}
+
+impl AnswerPrices {
+    /// The prices, from `config`'s table, of `model` and of its fallbacks on `route`.
+    #[must_use]
+    pub fn of(config: &Config, route: &Route, model: Option<&str>) -> AnswerPrices {
+        let Some(model) = model else {
+            return AnswerPrices::default();
+        };
+        let fallbacks = match route {
+            Route::Messages => config
+                .fallbacks_of(model)
+                .iter()
+                .filter_map(|m| Some((m.clone(), config.prices.of(m)?)))
+                .collect(),
+            _ => Vec::new(),
+        };
+        AnswerPrices {
+            model: config.prices.of(model),
+            fallbacks,
+        }
+    }
+
+    /// The price of the model that answered: the fallback `answered_by`, or else the
+    /// request's own.
+    #[must_use]
+    pub fn answering(&self, answered_by: Option<&str>) -> Option<ModelPrice> {
+        match answered_by {
+            None => self.model,
+            Some(to) => self
+                .fallbacks
+                .iter()
+                .find(|(model, _)| model == to)
+                .map(|(_, price)| *price),
+        }
+    }
+}
+
 #[cfg(test)]
-mod tests {
+mod decisions {
     use super::*;
     use crate::identity::Secret;
 
@@ -343,6 +413,52 @@ mod tests {
             .quota_charge(&config, &message("claude-unknown-9"))
             .unwrap();
         assert_eq!(listing, None);
+        // The forwarding carries the charge, and is refused (a 400) for an unpriced model
+        // before anything is admitted.
+        let forward = |model: &str| {
+            Forwarding::of(
+                &config,
+                &Route::Messages,
+                &caller("default", false),
+                &messages,
+                &message(model),
+                ClientAsks::default(),
+                ("https://proxy.example/v1/messages", true),
+            )
+        };
+        assert_eq!(
+            forward("claude-haiku-4-5").map(|f| f.quota).ok(),
+            Some(Some(charge))
+        );
+        let refused = forward("claude-unknown-9").map(|f| f.quota);
+        assert_eq!(refused.map_err(|e| e.status()), Err(400));
+    }
+
+    #[test]
+    fn an_answer_is_priced_at_the_model_that_answered_it() {
+        let config = config(&[(
+            "MODEL_FALLBACKS",
+            r#"{"claude-haiku-4-5": ["claude-unpriced", "claude-opus-4-1"]}"#,
+        )]);
+        let prices = AnswerPrices::of(&config, &Route::Messages, Some("claude-haiku-4-5"));
+        let price = |model: &str| config.prices.of(model);
+        assert!(price("claude-haiku-4-5").is_some());
+        assert_ne!(price("claude-haiku-4-5"), price("claude-opus-4-1"));
+        assert_eq!(prices.answering(None), price("claude-haiku-4-5"));
+        assert_eq!(
+            prices.answering(Some("claude-opus-4-1")),
+            price("claude-opus-4-1")
+        );
+        // A fallback without a price prices nothing; nor does a model it may not fall back to.
+        assert_eq!(prices.answering(Some("claude-unpriced")), None);
+        assert_eq!(prices.answering(Some("claude-sonnet-4-6")), None);
+        // Only a message falls back: a token count is priced at its own model alone.
+        let count = AnswerPrices::of(&config, &Route::CountTokens, Some("claude-haiku-4-5"));
+        assert_eq!(count.answering(Some("claude-opus-4-1")), None);
+        assert_eq!(
+            AnswerPrices::of(&config, &Route::Messages, None),
+            AnswerPrices::default()
+        );
     }
 
     #[test]
@@ -359,6 +475,7 @@ mod tests {
             &config,
             &Route::Messages,
             &caller("default", false),
+            &Intake::of(&config, &Route::Messages, &caller("default", false), 0),
             &message("claude-opus-5-5"),
             ClientAsks::default(),
             (url, true),
@@ -386,6 +503,7 @@ mod tests {
             &config,
             &Route::Messages,
             &caller("default", false),
+            &Intake::of(&config, &Route::Messages, &caller("default", false), 0),
             &message("claude-opus-5-5"),
             ClientAsks {
                 priority: Some("background"),
@@ -404,6 +522,7 @@ mod tests {
             &config,
             &Route::Messages,
             &caller("jobs", false),
+            &Intake::of(&config, &Route::Messages, &caller("jobs", false), 0),
             &message("claude-sonnet-5-5"),
             ClientAsks {
                 priority: Some("interactive"),
@@ -420,6 +539,7 @@ mod tests {
             &config,
             &Route::FileUpload,
             &caller("default", false),
+            &Intake::of(&config, &Route::FileUpload, &caller("default", false), 0),
             &BodyFacts::default(),
             ClientAsks::default(),
             ("https://proxy.example/v1/files", false),
@@ -433,6 +553,7 @@ mod tests {
                 &config,
                 &Route::Health,
                 &caller("default", false),
+                &Intake::of(&config, &Route::Health, &caller("default", false), 0),
                 &BodyFacts::default(),
                 ClientAsks::default(),
                 (url, false),

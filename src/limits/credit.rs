@@ -84,6 +84,10 @@ pub struct Settled {
     /// As in `LimiterCall::Settle`: the caller is known to the upstream.
     #[serde(default = "yes")]
     pub confirms: bool,
+    /// What the answer cost in micro-dollars at the answering model's price, for the dollar
+    /// quotas; `None`: unknown (the reservation's worst case stays charged).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost_micros: Option<u64>,
 }
 
 fn yes() -> bool {
@@ -135,7 +139,13 @@ impl LimiterState {
         let mut confirms = false;
         for settled in &returns.settle {
             confirms |= settled.confirms;
-            self.settle(limits, now_ms, &settled.reservation, settled.usage);
+            self.settle_priced(
+                limits,
+                now_ms,
+                &settled.reservation,
+                settled.usage,
+                settled.cost_micros,
+            );
         }
         for ticket in &returns.release {
             self.release(limits, now_ms, &ticket.reservation, ticket.requests);
@@ -969,6 +979,7 @@ mod tests {
                 output_tokens: Some(1),
             },
             confirms: true,
+            cost_micros: None,
         };
         assert!(extra.charges_extra(&limits));
         assert!(!extra.charges_extra(&TierLimits {
@@ -1047,6 +1058,7 @@ mod tests {
             },
             usage: Used::UNKNOWN,
             confirms: true,
+            cost_micros: None,
         };
         assert!(credit.defer(settled(1)), "the first becomes the flusher");
         assert!(!credit.defer(settled(2)));

@@ -547,6 +547,7 @@ impl World {
             reservation: request.reservation,
             usage: request.used,
             confirms: true,
+            cost_micros: None,
         };
         if settled.charges_extra(&self.limits) {
             self.credit(request.isolate).stop_admitting();

@@ -6,6 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::caller_headers::{limit_headers, quota_headers};
 use super::credit::{Returns, Ticket};
 use super::limiter_state::{
     Admission, AdmissionRequest, DimensionStatus, LimiterState, Reservation, Settlement, Used,
@@ -13,6 +14,7 @@ use super::limiter_state::{
 use super::quota::QuotaStanding;
 use crate::config::TierLimits;
 use crate::durable::ObjectState;
+use crate::error::ProxyError;
 
 /// The alarm looks again this long after the caller may be idle.
 const IDLE_SLACK_MS: u64 = 1_000;
@@ -263,6 +265,45 @@ pub struct AdmitReply {
     /// The daily and monthly quotas as of now (none when the tier sets none).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub quotas: Vec<QuotaStanding>,
+}
+
+impl AdmitReply {
+    /// The reservation, with the caller's limits (per minute, and its quotas) for the
+    /// answer's headers; or the refusal, a `429` that carries those headers itself.
+    pub fn answer(
+        self,
+        headers: &mut Vec<(&'static str, String)>,
+    ) -> Result<Reservation, ProxyError> {
+        match self.admission {
+            Admission::Admitted(reservation) => {
+                headers.extend(limit_headers(&self.status, None, self.now_ms));
+                quota_headers(headers, &self.quotas, None, self.now_ms);
+                Ok(reservation)
+            }
+            Admission::Exhausted(refusal) => {
+                let mut refused = ProxyError::from(&refusal);
+                if let ProxyError::RateLimited {
+                    limit_headers: own, ..
+                } = &mut refused
+                {
+                    *own = limit_headers(&self.status, None, self.now_ms);
+                    quota_headers(own, &self.quotas, Some(&refusal), self.now_ms);
+                }
+                Err(refused)
+            }
+            Admission::Denied(denial) => {
+                let mut refused = ProxyError::from(&denial);
+                if let ProxyError::RateLimited {
+                    limit_headers: own, ..
+                } = &mut refused
+                {
+                    *own = limit_headers(&self.status, Some(&denial), self.now_ms);
+                    quota_headers(own, &self.quotas, None, self.now_ms);
+                }
+                Err(refused)
+            }
+        }
+    }
 }
 
 /// The object's answer to a refill.

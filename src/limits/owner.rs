@@ -328,6 +328,7 @@ mod tests {
             reservation: reservation(lease_id),
             usage: crate::limits::Used::UNKNOWN,
             confirms: true,
+            cost_micros: None,
         }
     }
 

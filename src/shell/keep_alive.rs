@@ -33,6 +33,13 @@ pub fn wait_until(ctx: &Context, work: impl Future<Output = ()> + 'static) -> bo
     }
 }
 
+/// The runtime's "after the answer", as the request's port: its `waitUntil`.
+impl crate::pipeline::AfterAnswer for Context {
+    fn spawn(&self, work: impl Future<Output = ()> + 'static) {
+        wait_until(self, work);
+    }
+}
+
 /// What a throw says: an `Error`'s message, a thrown string, or its type.
 fn message_of(thrown: &JsValue) -> String {
     let message = match thrown.dyn_ref::<js_sys::Error>() {

@@ -24,8 +24,6 @@ pub struct Exchange {
     pub origin: Option<String>,
     pub cors: Cors,
     pub route: Option<Route>,
-    /// The name of the caller's object (a plain fingerprint of its identity).
-    pub identity_hash: Option<String>,
     /// The caller in the log line and metrics: a keyed hash (see `Config::caller_tag`).
     pub caller_tag: Option<String>,
     pub stream: bool,
@@ -53,7 +51,6 @@ impl Exchange {
             origin: incoming.headers.get("origin"),
             cors: Cors::NotBrowser,
             route: None,
-            identity_hash: None,
             caller_tag: None,
             stream: false,
             model: None,

@@ -25,15 +25,11 @@ use crate::retry::runner::Transport;
 use crate::retry::{delivered_headers, Outcome, Read, ReadPlan, Reading, MAX_ERROR_BODY_BYTES};
 use crate::stream::exact_length;
 use crate::stream::sse::{EventScanner, SseEvent};
-use crate::stream::tap::{Progress, Report, Watcher, MAX_JSON_BYTES};
+use crate::stream::tap::{Watcher, MAX_JSON_BYTES};
 use crate::upstream::KeyLimits;
 
 /// A delivered upstream answer, and (when tapped) where its usage will be reported.
-pub struct Delivered {
-    pub response: Answer,
-    pub status: u16,
-    pub seen: Option<(Report, Progress)>,
-}
+pub type Delivered = crate::pipeline::Delivered<Answer>;
 
 /// What one attempt brought back, kept until the runner decides whether to deliver it.
 pub struct UpstreamAnswer {

@@ -1,5 +1,5 @@
-//! Fleet simulations: many requests, each run by the production request runner
-//! ([`crate::retry::runner::run`]) on a virtual clock, spread over edges that each keep their
+//! Fleet simulations: many requests, each run as the Worker runs one
+//! ([`crate::pipeline::serve`], over the production request runner) on a virtual clock, spread over edges that each keep their
 //! own [`EdgeMemory`], sharing one [`UpstreamState`] in front of a simulated upstream that
 //! answers `529` during an outage.
 //!
@@ -28,14 +28,23 @@ use crate::durable::ObjectState;
 use crate::request::route::Route;
 use crate::retry::fallback::Fallbacks;
 use crate::retry::runner::{
-    self, Ask, Clock, Journal, SharedState, Sleep, Stop, Tell, Transport, Unreachable, WaitCause,
+    Ask, Clock, Journal, SharedState, Sleep, Stop, Tell, Transport, Unreachable, WaitCause,
 };
 use crate::retry::{Outcome, RetryPolicy, MIN_RETRY_AFTER_MS};
 use crate::testing::VirtualTime;
 use crate::upstream::{KeyLimits, Observed};
 
 mod callers;
-use callers::Callers;
+use crate::config::TierLimits;
+use crate::error::ProxyError;
+use crate::pipeline::{
+    serve, AfterAnswer, AnswerPrices, Deliver, Delivered, Forwarding, Intake, KeyStates, Ports,
+    Ready,
+};
+use crate::request::route::Metering;
+use crate::request::upload::{BodyCaps, ReadPace, ReadRules};
+use crate::stream::tap::Watcher;
+use callers::{CallerPort, Callers};
 
 const MODEL: &str = "claude-opus-4-1";
 /// The model requests fall back to, in scenarios with a fallback.
@@ -767,6 +776,127 @@ fn simulate_with(scenario: Scenario, fallback: bool) -> Run {
     simulate_callers(scenario, fallback, None)
 }
 
+/// A simulated request as the Worker's phases before its admission would make it ready: a
+/// message of `estimate` input tokens and up to [`MAX_TOKENS`] out, metered in full when
+/// `metered` (a run with callers), its usage then watched.
+fn sim_request(
+    (arrival, seed, metered): (u64, u64, bool),
+    policy: RetryPolicy,
+    (estimate, claimant): (u64, Claimant),
+    fallbacks: Fallbacks,
+) -> Ready {
+    let pace = ReadPace {
+        started_ms: arrival,
+        grace_ms: 0,
+        min_bytes_per_s: 1,
+    };
+    let caps = BodyCaps {
+        isolate: 0,
+        caller: 0,
+        bodies: None,
+    };
+    let limits = TierLimits {
+        rpm: None,
+        input_tpm: None,
+        output_tpm: None,
+        concurrency: None,
+        quotas: Default::default(),
+    };
+    Ready {
+        intake: Intake {
+            limits,
+            metering: if metered {
+                Metering::Full
+            } else {
+                Metering::None
+            },
+            provisional: false,
+            rules: ReadRules {
+                limit: 0,
+                caps,
+                pace,
+            },
+            count_due_ms: None,
+        },
+        counted: None,
+        forwarding: Forwarding {
+            url: String::new(),
+            policy,
+            claimant,
+            cost: Cost {
+                input_tokens: estimate,
+                output_tokens: MAX_TOKENS,
+            },
+            quota: None,
+            prices: AnswerPrices::default(),
+            pool: Some(pool_of(&Route::Messages, Some(MODEL))),
+            fallbacks,
+            json_whole: false,
+        },
+        watches_usage: metered,
+        started_ms: arrival,
+        seed,
+    }
+}
+
+/// The key's state for the one pool a simulated request draws on, made for it beforehand.
+struct SimKeys(RefCell<Option<(SimShared, Rc<RefCell<EdgeMemory>>)>>);
+
+impl KeyStates for SimKeys {
+    type Shared = SimShared;
+    fn of_pool(&self, _pool: String, _claimant: Claimant) -> (SimShared, Rc<RefCell<EdgeMemory>>) {
+        self.0
+            .borrow_mut()
+            .take()
+            .expect("a request draws on its pool once")
+    }
+}
+
+/// The client's side of a simulated answer: a watched answer's body passes at once, saying
+/// what its prompt counted and what it generated.
+struct SimClient {
+    watched: Option<(u64, u64)>,
+}
+
+impl Deliver for SimClient {
+    type Answer = ();
+    type Response = ();
+    async fn deliver(&self, (): (), tap: bool) -> Result<Delivered<()>, ProxyError> {
+        let seen = self.watched.filter(|_| tap).map(|(input, output)| {
+            let (mut watcher, report, progress) = Watcher::new(true);
+            watcher.observe(
+                format!(
+                    "event: message_start\ndata: {{\"type\":\"message_start\",\"message\":{{\"usage\":{{\"input_tokens\":{input},\"output_tokens\":1}}}}}}\n\n"
+                )
+                .as_bytes(),
+            );
+            watcher.observe(
+                format!(
+                    "event: message_delta\ndata: {{\"type\":\"message_delta\",\"usage\":{{\"output_tokens\":{output}}}}}\n\n"
+                )
+                .as_bytes(),
+            );
+            watcher.finish(true, true);
+            (report, progress)
+        });
+        Ok(Delivered {
+            response: (),
+            status: 200,
+            seen,
+        })
+    }
+}
+
+/// Work after a simulated answer, run by its request's task once the answer is over.
+#[derive(Default)]
+struct Later(RefCell<Vec<Pin<Box<dyn Future<Output = ()>>>>>);
+
+impl AfterAnswer for Later {
+    fn spawn(&self, work: impl Future<Output = ()> + 'static) {
+        self.0.borrow_mut().push(Box::pin(work));
+    }
+}
+
 /// [`simulate_with`]; with `callers`, each request is first admitted by its caller's limiter
 /// object and settles with its real usage after its answer ([`callers`]).
 fn simulate_callers(scenario: Scenario, fallback: bool, callers: Option<Rc<Callers>>) -> Run {
@@ -908,56 +1038,58 @@ fn simulate_callers(scenario: Scenario, fallback: bool, callers: Option<Rc<Calle
         let caller = callers
             .as_ref()
             .map(|c| c.for_request(i, &time, rtts[edge_of[i]], &rng));
+        let fallbacks = if fallback {
+            Fallbacks::new(MODEL, &[FALLBACK_MODEL.to_string()], true)
+        } else {
+            Fallbacks::none()
+        };
         tasks.push(Box::pin(async move {
             let arrival = client.borrow().arrival;
             time.until(arrival).await;
-            let budget_ms = {
+            let (budget_ms, claimant) = {
                 let client = client.borrow();
-                client.deadline - client.arrival
+                (client.deadline - client.arrival, client.claimant.clone())
             };
-            // The caller's admission comes first, as the shell asks it before forwarding.
-            let reservation = match &caller {
-                Some(caller) => match caller.admit(estimate, MAX_TOKENS).await {
-                    Ok(reservation) => Some(reservation),
-                    Err(end) => {
-                        client.borrow_mut().end = Some(end);
-                        return;
-                    }
-                },
-                None => None,
+            // Every request goes the Worker's way: admitted by its caller's limits first (when
+            // the run has callers), its slot held while its attempts run, and settled with its
+            // real usage once its answer is over.
+            let watched = caller.as_ref().map(|c| (input_tokens, c.output_tokens()));
+            let not_admitted = Rc::new(Cell::new(None));
+            let limiter = CallerPort {
+                caller,
+                not_admitted: not_admitted.clone(),
             };
-            let run = runner::Run {
+            let metered = limiter.caller.is_some();
+            let ready = sim_request(
+                (arrival, seed, metered),
+                RetryPolicy { budget_ms, ..retry },
+                (estimate, claimant),
+                fallbacks,
+            );
+            let (keys, client_side, after) = (
+                SimKeys(RefCell::new(Some((shared, memory)))),
+                SimClient { watched },
+                Later::default(),
+            );
+            let ports = Ports {
                 clock: &time,
                 sleep: &time,
-                policy: RetryPolicy { budget_ms, ..retry },
-                started_ms: arrival,
-                seed,
-                cost: Cost {
-                    input_tokens: estimate,
-                    output_tokens: MAX_TOKENS,
-                },
-                shared,
-                memory,
+                limiter,
+                keys: &keys,
+                delivery: &client_side,
+                after: &after,
+                off_path: time.clone(),
             };
             let mut journal = Journal::default();
-            let fallbacks = if fallback {
-                Fallbacks::new(MODEL, &[FALLBACK_MODEL.to_string()], true)
-            } else {
-                Fallbacks::none()
-            };
-            let attempts = runner::run_with_fallbacks(run, fallbacks, &mut upstream, &mut journal);
-            // An admitted request's slot is held, in renewed leases, while the attempts run.
-            let result = match (&caller, reservation) {
-                (Some(caller), Some(reservation)) => {
-                    caller.holding(reservation.lease_id, attempts).await
-                }
-                _ => attempts.await,
-            };
+            let served = serve(ports, ready, &mut upstream, &mut journal, &mut Vec::new()).await;
+            if let Some(end) = not_admitted.take() {
+                client.borrow_mut().end = Some(end);
+                return;
+            }
             let at = time.now_ms();
-            let served = result.is_ok();
-            let input_tokens = {
+            {
                 let mut client = client.borrow_mut();
-                client.end = Some(match (result, journal.stopped) {
+                client.end = Some(match (served.answer, journal.stopped) {
                     (Ok(()), _) => {
                         client.sent_at = Some(upstream.last_sent);
                         End::Served { at }
@@ -974,12 +1106,9 @@ fn simulate_callers(scenario: Scenario, fallback: bool, callers: Option<Rc<Calle
                 });
                 client.journal = journal;
                 client.asked_first = *asked_first.borrow();
-                client.input_tokens
-            };
-            // Settled once the answer is over, with what it really used.
-            if let (Some(caller), Some(reservation)) = (&caller, reservation) {
-                caller.settle(reservation, served, input_tokens).await;
             }
+            // The settlement, after the answer (the Worker's `waitUntil`).
+            futures_util::future::join_all(after.0.take()).await;
         }));
     }
     time.run(tasks);

@@ -1,36 +1,28 @@
 //! The caller's rate limits: its Durable Object (one per identity, named by a fingerprint of
-//! the identity, never by a key), admission before forwarding and settlement after the answer.
+//! the identity, never by a key), and the request's limiter port over it ([`CallerObject`]:
+//! admit, count, renew, settle; [`Settling`] after the answer; when each is called is
+//! `pipeline::serve`'s).
 //!
 //! Admission is on the request's path (one round trip, or none when the isolate holds credit
 //! for the caller: `limits::credit`); settlement is not: it runs under `wait_until` once the
-//! answer's body has passed through, so the client never waits for it, and exactly once
-//! whether the body ended, failed or the client went away. On credit, the settlement and the
+//! answer's body has passed through, so the client never waits for it. On credit, the settlement and the
 //! unused tickets wait for the next call to carry them; every call here is made by the request
 //! (or its `wait_until`) that needs it, and nothing is ever woken from another request's call.
 
 use std::cell::RefCell;
-use std::pin::pin;
 
-use futures_channel::oneshot;
-
-use futures_util::future::{select, Either};
 use worker::{durable_object, Context, DurableObject, Env, Request, Response, State};
 
 use super::Object;
 use crate::config::TierLimits;
 use crate::error::ProxyError;
-use crate::limits::prices::ModelPrice;
-use crate::limits::quota::QuotaCharge;
 use crate::limits::{
-    limit_headers, quota_headers, settlement_cost, settlement_usage, Admission, AdmissionRequest,
-    AdmitReply, Answered, CallerCredit, Carry, Credit, Credits, Ending, LimiterCall, LimiterObject,
-    Owner, RefillReply, Renewals, Reservation, Settled, Step, Used, CREDIT_VALID_MS,
-    WAITING_LEASE_MS, WAITING_RENEW_EVERY_MS, WATCH_TICK_MS,
+    limit_headers, AdmissionRequest, AdmitReply, CallerCredit, Carry, Credit, Credits, Ending,
+    LimiterCall, LimiterObject, Owner, RefillReply, Reservation, Settled, CREDIT_VALID_MS,
 };
-use crate::request::body::BodyFacts;
+use crate::pipeline::{Admitted, Lease, Limiter as LimiterPort, Terms};
 use crate::shell::clock::now_ms;
 use crate::shell::runtime::sleep_ms;
-use crate::stream::tap::{Progress, Report, Seen};
 
 /// The binding name in wrangler.toml.
 pub const BINDING: &str = "LIMITER";
@@ -56,31 +48,168 @@ impl DurableObject for Limiter {
     }
 }
 
+/// The caller's limits as the Worker reaches them: its object (named by `identity_hash`, the
+/// fingerprint made when the caller was authenticated) and this isolate's credit of it.
+pub struct CallerObject<'r> {
+    env: &'r Env,
+    ctx: &'r Context,
+    identity_hash: String,
+    limits: TierLimits,
+}
+
+impl<'r> CallerObject<'r> {
+    pub fn new(
+        env: &'r Env,
+        ctx: &'r Context,
+        identity_hash: String,
+        limits: TierLimits,
+    ) -> CallerObject<'r> {
+        CallerObject {
+            env,
+            ctx,
+            identity_hash,
+            limits,
+        }
+    }
+
+    /// The fingerprint that names the caller's object.
+    pub fn identity_hash(&self) -> &str {
+        &self.identity_hash
+    }
+}
+
+impl LimiterPort for CallerObject<'_> {
+    type Settling = Settling;
+
+    async fn admit(
+        &self,
+        request: AdmissionRequest,
+        terms: Terms,
+        headers: &mut Vec<(&'static str, String)>,
+    ) -> Result<Admitted, ProxyError> {
+        let (reservation, on_credit) = admit(self, request, terms, headers).await?;
+        Ok(Admitted {
+            reservation,
+            on_credit,
+        })
+    }
+
+    async fn admit_request_only(
+        &self,
+        provisional: bool,
+        headers: &mut Vec<(&'static str, String)>,
+    ) -> Result<(), ProxyError> {
+        let call = LimiterCall::AdmitRequestOnly {
+            limits: self.limits,
+            provisional,
+        };
+        ask(self.env, &self.identity_hash, &call, headers)
+            .await
+            .map(|_| ())
+    }
+
+    fn settling(self) -> Settling {
+        Settling {
+            env: self.env.clone(),
+            identity_hash: self.identity_hash,
+            limits: self.limits,
+        }
+    }
+}
+
+impl Lease for CallerObject<'_> {
+    async fn renew(&self, lease_id: u64, lease_ms: u64) {
+        renew_for(
+            self.env,
+            &self.identity_hash,
+            self.limits,
+            lease_id,
+            lease_ms,
+        )
+        .await;
+    }
+
+    async fn settle(&self, settled: Settled, on_credit: bool) {
+        settle_or_lose(
+            self.env,
+            &self.identity_hash,
+            self.limits,
+            settled,
+            on_credit,
+        )
+        .await;
+    }
+}
+
+/// The caller's limits for a settlement, under the request's `waitUntil`.
+pub struct Settling {
+    env: Env,
+    identity_hash: String,
+    limits: TierLimits,
+}
+
+impl Lease for Settling {
+    async fn renew(&self, lease_id: u64, lease_ms: u64) {
+        renew_for(
+            &self.env,
+            &self.identity_hash,
+            self.limits,
+            lease_id,
+            lease_ms,
+        )
+        .await;
+    }
+
+    async fn settle(&self, settled: Settled, on_credit: bool) {
+        settle_or_lose(
+            &self.env,
+            &self.identity_hash,
+            self.limits,
+            settled,
+            on_credit,
+        )
+        .await;
+    }
+}
+
+/// [`settle`], except in the test build that loses every settlement (see Cargo.toml).
+async fn settle_or_lose(
+    env: &Env,
+    identity_hash: &str,
+    limits: TierLimits,
+    settled: Settled,
+    on_credit: bool,
+) {
+    if cfg!(feature = "fault-drop-settlement") {
+        return;
+    }
+    settle(env, identity_hash, limits, settled, on_credit).await;
+}
+
 /// Admits the request: from the isolate's credit when a ticket covers it (no call), else by
 /// asking the caller's object, which may grant tickets with the answer (see
 /// `limits::credit`). The caller's own limits go into `headers` (for the answer) whatever the
-/// decision: on credit, as of the grant. `provisional`: a caller the upstream has not accepted
-/// yet (a passthrough key), whose object must not store anything yet; it gets no credit.
-/// `counted`: the request was counted against `rpm` while its body arrived; it is not
-/// counted again, so it is not taken from a ticket either (a ticket counts one).
+/// decision: on credit, as of the grant. A provisional caller (a passthrough key the upstream
+/// has not accepted yet) gets no credit: its object must not store anything yet. A request
+/// counted against `rpm` while its body arrived is not counted again, so it is not taken
+/// from a ticket either (a ticket counts one).
 /// Whether the request was admitted on credit (its settlement may then wait for a ride).
-#[allow(clippy::too_many_arguments)]
-pub async fn admit(
-    env: &Env,
-    ctx: &Context,
-    identity_hash: &str,
-    limits: TierLimits,
-    facts: &BodyFacts,
-    (lease_ms, quota): (u64, Option<QuotaCharge>),
-    (provisional, counted): (bool, bool),
+async fn admit(
+    caller: &CallerObject<'_>,
+    request: AdmissionRequest,
+    Terms {
+        provisional,
+        counted,
+    }: Terms,
     headers: &mut Vec<(&'static str, String)>,
 ) -> Result<(Reservation, bool), ProxyError> {
-    let request = AdmissionRequest {
-        input_tokens: facts.input_tokens_estimate,
-        output_tokens: facts.max_tokens.unwrap_or(0),
-        lease_ms,
-        quota,
-    };
+    let CallerObject {
+        env,
+        ctx,
+        identity_hash,
+        limits,
+    } = caller;
+    let (env, ctx, identity_hash, limits) = (*env, *ctx, identity_hash.as_str(), *limits);
     let now = now_ms();
     let (credit, carry) = if provisional {
         (0, None)
@@ -131,7 +260,7 @@ pub async fn admit(
             );
         }
     }
-    Ok((answer(reply, headers)?, on_credit))
+    Ok((reply.answer(headers)?, on_credit))
 }
 
 thread_local! {
@@ -329,7 +458,7 @@ impl CallerCredit for Existing<'_> {
 
 /// The runtime's clock and sleep for the work done off the request's path: its waits are
 /// not a request's (they are not counted among the requests waiting).
-struct OffPath;
+pub struct OffPath;
 
 impl crate::retry::runner::Clock for OffPath {
     fn now_ms(&self) -> u64 {
@@ -359,22 +488,6 @@ async fn send_returns(env: &Env, identity: &str, limits: TierLimits, carry: Carr
     sent.is_ok()
 }
 
-/// Asks the caller's object to count one request against `rpm` only (token counts, model
-/// listings): nothing is reserved, so nothing is settled afterwards.
-pub async fn admit_request_only(
-    env: &Env,
-    identity_hash: &str,
-    limits: TierLimits,
-    provisional: bool,
-    headers: &mut Vec<(&'static str, String)>,
-) -> Result<(), ProxyError> {
-    let call = LimiterCall::AdmitRequestOnly {
-        limits,
-        provisional,
-    };
-    ask(env, identity_hash, &call, headers).await.map(|_| ())
-}
-
 async fn ask(
     env: &Env,
     identity_hash: &str,
@@ -382,110 +495,7 @@ async fn ask(
     headers: &mut Vec<(&'static str, String)>,
 ) -> Result<Reservation, ProxyError> {
     let reply: AdmitReply = super::call(env, BINDING, identity_hash, call, "rate limiter").await?;
-    answer(reply, headers)
-}
-
-/// The object's answer to an admission: the reservation, with the caller's limits for the
-/// answer's headers; or the refusal, which carries those headers itself.
-fn answer(
-    reply: AdmitReply,
-    headers: &mut Vec<(&'static str, String)>,
-) -> Result<Reservation, ProxyError> {
-    match reply.admission {
-        Admission::Admitted(reservation) => {
-            headers.extend(limit_headers(&reply.status, None, reply.now_ms));
-            quota_headers(headers, &reply.quotas, None, reply.now_ms);
-            Ok(reservation)
-        }
-        Admission::Exhausted(refusal) => {
-            let mut refused = ProxyError::from(&refusal);
-            if let ProxyError::RateLimited {
-                limit_headers: own, ..
-            } = &mut refused
-            {
-                *own = limit_headers(&reply.status, None, reply.now_ms);
-                quota_headers(own, &reply.quotas, Some(&refusal), reply.now_ms);
-            }
-            Err(refused)
-        }
-        Admission::Denied(denial) => {
-            let mut refused = ProxyError::from(&denial);
-            if let ProxyError::RateLimited {
-                limit_headers: own, ..
-            } = &mut refused
-            {
-                *own = limit_headers(&reply.status, Some(&denial), reply.now_ms);
-                quota_headers(own, &reply.quotas, None, reply.now_ms);
-            }
-            Err(refused)
-        }
-    }
-}
-
-// `watch` relies on it: the lease a request holds when its answer starts outlasts the
-// first renewal (or the cut of a still body's lease, which comes sooner), also when the lease
-// is a ticket's, granted up to `CREDIT_VALID_MS` before the request began.
-const _: () = assert!(
-    crate::limits::WAITING_LEASE_MS
-        - crate::limits::WAITING_RENEW_EVERY_MS
-        - crate::limits::CREDIT_VALID_MS
-        > crate::limits::FIRST_RENEWAL_MS + WATCH_TICK_MS
-);
-
-/// Waits for the tap's report, looking every [`WATCH_TICK_MS`], or until the body has not
-/// moved for `STALLED_BODY_MS`. The slot is renewed as [`Renewals`] says: rarely while the
-/// body moves, for a few seconds only once it stands still, so the slot frees itself soon
-/// even if this never returns. A report left by a dropped body wakes nothing (see
-/// `stream::tap`); each tick looks for one.
-async fn watch(
-    env: &Env,
-    identity_hash: &str,
-    limits: TierLimits,
-    lease_id: u64,
-    report: &Report,
-    progress: &Progress,
-) -> Option<Seen> {
-    let mut renewals = Renewals::new(progress.chunks());
-    loop {
-        let tick = pin!(sleep_ms(WATCH_TICK_MS));
-        match select(pin!(report.ended()), tick).await {
-            Either::Left((seen, _)) => return Some(seen),
-            Either::Right(_) if report.seen().is_some() => return report.seen(),
-            Either::Right(_) => match renewals.tick(progress.chunks()) {
-                Step::Wait => {}
-                Step::Stalled => return None,
-                Step::Renew(lease_ms) => {
-                    renew_for(env, identity_hash, limits, lease_id, lease_ms).await;
-                }
-            },
-        }
-    }
-}
-
-/// The tap's report, whenever it is made: at once when the body ends as it is read, or by the
-/// next tick when a drop made it (see `stream::tap`).
-pub async fn reported(report: &Report) -> Seen {
-    loop {
-        let tick = pin!(sleep_ms(WATCH_TICK_MS));
-        match select(pin!(report.ended()), tick).await {
-            Either::Left((seen, _)) => return seen,
-            Either::Right(_) => {
-                if let Some(seen) = report.seen() {
-                    return seen;
-                }
-            }
-        }
-    }
-}
-
-/// Holds the slot of a request that has no answer yet, for as long as this runs: renewed
-/// for [`WAITING_LEASE_MS`] every [`WAITING_RENEW_EVERY_MS`]. Run it beside the attempts and
-/// drop it when they end; if the runtime drops the request, the lease soon ends by itself.
-pub async fn hold(env: &Env, identity_hash: &str, limits: TierLimits, lease_id: u64) {
-    loop {
-        sleep_ms(WAITING_RENEW_EVERY_MS).await;
-        renew_for(env, identity_hash, limits, lease_id, WAITING_LEASE_MS).await;
-    }
+    reply.answer(headers)
 }
 
 async fn renew_for(
@@ -505,83 +515,6 @@ async fn renew_for(
         super::call(env, BINDING, identity_hash, &call, "rate limiter").await;
 }
 
-/// Settles the reservation once the answer is over, off the client's path. `confirms`: the
-/// caller is known to the upstream (managed, or its key was just accepted), so its object
-/// may store its state. A request admitted `on_credit` leaves its settlement for the next
-/// call to the object to carry; the caller's flusher (see [`flush`]) sends it after
-/// [`SETTLE_DELAY_MS`](crate::limits::SETTLE_DELAY_MS) if none did.
-/// The usage settled with also goes to `usage_to`.
-#[allow(clippy::too_many_arguments)]
-pub fn settle_later(
-    env: &Env,
-    ctx: &Context,
-    identity_hash: String,
-    limits: TierLimits,
-    reservation: Reservation,
-    watched: Option<(Report, Progress)>,
-    delivered_ok: bool,
-    confirms: bool,
-    (on_credit, price): (bool, Option<ModelPrice>),
-    usage_to: oneshot::Sender<(Used, Option<u64>)>,
-) {
-    let env = env.clone();
-    crate::shell::keep_alive::wait_until(ctx, async move {
-        let lease_id = reservation.lease_id;
-        let answered = answered(
-            &env,
-            &identity_hash,
-            limits,
-            lease_id,
-            watched,
-            delivered_ok,
-        );
-        let answered = answered.await;
-        let cost_micros = settlement_cost(answered, price.as_ref());
-        let usage: Used = settlement_usage(answered);
-        // Metrics hear the usage too (nobody listens when they are not kept).
-        let _ = usage_to.send((usage, cost_micros));
-        if cfg!(feature = "fault-drop-settlement") {
-            // The test build that loses every settlement (see Cargo.toml).
-            return;
-        }
-        let settled = Settled {
-            reservation,
-            usage,
-            confirms,
-        };
-        settle(
-            &env,
-            &identity_hash,
-            limits,
-            (settled, cost_micros),
-            on_credit,
-        )
-        .await;
-    });
-}
-
-/// How the answer went, for its settlement: a tapped answer reports what it saw when its body
-/// ends or is dropped, its slot renewed meanwhile (see [`watch`]).
-async fn answered(
-    env: &Env,
-    identity_hash: &str,
-    limits: TierLimits,
-    lease_id: u64,
-    watched: Option<(Report, Progress)>,
-    delivered_ok: bool,
-) -> Answered {
-    match watched {
-        Some((seen, progress)) => {
-            let seen = watch(env, identity_hash, limits, lease_id, &seen, &progress).await;
-            Answered::Watched {
-                seen,
-                so_far: progress.usage(),
-            }
-        }
-        None => Answered::Unwatched { delivered_ok },
-    }
-}
-
 /// Settles with the caller's object: at once, or, for a request admitted `on_credit`, left
 /// for the next call to carry (flushed now when the credit says so). A settlement that
 /// charges more than was reserved stops admissions on what was granted, and goes at once.
@@ -589,7 +522,7 @@ async fn settle(
     env: &Env,
     identity_hash: &str,
     limits: TierLimits,
-    (settled, cost_micros): (Settled, Option<u64>),
+    settled: Settled,
     on_credit: bool,
 ) {
     if settled.charges_extra(&limits) {
@@ -607,6 +540,7 @@ async fn settle(
         reservation,
         usage,
         confirms,
+        cost_micros,
     } = settled;
     let call = LimiterCall::Settle {
         limits,

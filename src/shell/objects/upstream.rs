@@ -11,6 +11,7 @@ use worker::{durable_object, DurableObject, Env, Request, Response, State};
 
 use super::Object;
 use crate::identity::Secret;
+use crate::pipeline::KeyStates;
 use crate::request::route::Route;
 use crate::retry::runner::{Ask, SharedState, Tell, Unreachable};
 use crate::shell::clock::{now_ms, random_u64};
@@ -43,6 +44,26 @@ impl DurableObject for Upstream {
 
     async fn alarm(&self) -> worker::Result<Response> {
         self.object.alarm().await
+    }
+}
+
+/// The upstream key's objects, one per pool, as the request's [`KeyStates`] port.
+pub struct UpstreamKeys<'a> {
+    env: &'a Env,
+    upstream_key: &'a Secret,
+}
+
+impl<'a> UpstreamKeys<'a> {
+    pub fn new(env: &'a Env, upstream_key: &'a Secret) -> UpstreamKeys<'a> {
+        UpstreamKeys { env, upstream_key }
+    }
+}
+
+impl<'a> KeyStates for UpstreamKeys<'a> {
+    type Shared = KeyState<'a>;
+
+    fn of_pool(&self, pool: String, claimant: Claimant) -> (KeyState<'a>, Rc<RefCell<EdgeMemory>>) {
+        KeyState::new(self.env, self.upstream_key, pool, claimant)
     }
 }
 

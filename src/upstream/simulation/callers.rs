@@ -1,22 +1,21 @@
-//! The callers' own limits in the fleet simulation: each request is admitted by its caller's
-//! limiter object ([`LimiterObject`], run by the same object loop and over the same round
-//! trips, write confirmations and restarts as the key's), holds its slot in renewed leases
-//! while its attempts run, and settles with what its answer really used once it is over, as
-//! the shell does (`shell::objects::limiter`: `admit`, `hold`, `settle_later`, on the path
-//! without credit).
+//! The callers' own limits in the fleet simulation: each request goes through
+//! [`crate::pipeline::serve`], as the Worker's do, over a [`Limiter`] port that reaches its
+//! caller's limiter object ([`LimiterObject`], run by the same object loop and over the same
+//! round trips, write confirmations and restarts as the key's) on the path without credit:
+//! admitted, its slot held in renewed leases while its attempts run, and settled with what
+//! its answer really used once it is over.
 //!
 //! Every decision the objects make goes into a ledger, in the order they made them, so a run
 //! can be checked against the tier exactly: in any stretch of time that ends with an
 //! admission, a caller was charged no more than its bucket holds plus what it refilled.
 
 use crate::config::TierLimits;
+use crate::error::ProxyError;
 use crate::limits::{
-    settlement_usage, Admission, AdmissionRequest, AdmitReply, Answered, LimiterCall,
-    LimiterObject, LimiterReply, Reservation, Returns, Settlement, WAITING_LEASE_MS,
-    WAITING_RENEW_EVERY_MS,
+    Admission, AdmissionRequest, AdmitReply, LimiterCall, LimiterObject, LimiterReply, Reservation,
+    Returns, Settled, Settlement,
 };
-use crate::stream::sse;
-use crate::stream::tap::Seen;
+use crate::pipeline::{Admitted, Lease, Limiter, Terms};
 
 use super::*;
 
@@ -133,17 +132,17 @@ impl Caller {
         crate::durable::send_with_retry(send, |_: &Reset| (true, false)).await
     }
 
-    /// Admits a request estimated at `input_tokens` with `max_tokens`: its reservation, or
-    /// how it ended (refused by the caller's limits, or the object out of reach).
-    pub async fn admit(&self, input_tokens: u64, max_tokens: u64) -> Result<Reservation, End> {
+    /// What the answer generates if it is served.
+    pub fn output_tokens(&self) -> u64 {
+        self.output_tokens
+    }
+
+    /// Admits `request`: its reservation, or how it ended (refused by the caller's limits,
+    /// or the object out of reach).
+    async fn admit(&self, request: AdmissionRequest) -> Result<Reservation, End> {
         let call = LimiterCall::Admit {
             limits: self.limits,
-            request: AdmissionRequest {
-                input_tokens,
-                output_tokens: max_tokens,
-                lease_ms: WAITING_LEASE_MS,
-                quota: None,
-            },
+            request,
             provisional: false,
             credit: 0,
             returns: Returns::default(),
@@ -185,58 +184,77 @@ impl Caller {
             }
         }
     }
+}
 
-    /// Runs `attempts` while the slot of `lease_id` is held: renewed for
-    /// [`WAITING_LEASE_MS`] every [`WAITING_RENEW_EVERY_MS`].
-    pub async fn holding<T>(&self, lease_id: u64, attempts: impl Future<Output = T>) -> T {
-        let hold = async {
-            loop {
-                self.time.sleep(WAITING_RENEW_EVERY_MS).await;
-                let renew = LimiterCall::Renew {
-                    limits: self.limits,
-                    lease_id,
-                    lease_ms: WAITING_LEASE_MS,
-                };
-                // A renewal that fails leaves the lease to end on its own.
-                let _ = self.call(renew).await;
+/// A request's way to its caller's limits (none when the run has no callers), and how its
+/// admission ended when it was not admitted, for the client's end.
+pub(super) struct CallerPort {
+    pub caller: Option<Caller>,
+    pub not_admitted: Rc<Cell<Option<End>>>,
+}
+
+impl Limiter for CallerPort {
+    type Settling = CallerPort;
+
+    async fn admit(
+        &self,
+        request: AdmissionRequest,
+        _terms: Terms,
+        _headers: &mut Vec<(&'static str, String)>,
+    ) -> Result<Admitted, ProxyError> {
+        let caller = self
+            .caller
+            .as_ref()
+            .expect("only a run with callers admits");
+        match caller.admit(request).await {
+            Ok(reservation) => Ok(Admitted {
+                reservation,
+                on_credit: false,
+            }),
+            Err(end) => {
+                self.not_admitted.set(Some(end));
+                Err(ProxyError::Internal("not admitted".to_string()))
             }
-        };
-        match select(pin!(attempts), pin!(hold)).await {
-            Either::Left((answer, _)) => answer,
-            Either::Right(((), _)) => unreachable!("the holder renews until the attempts end"),
         }
     }
 
-    /// Settles `reservation` with what the answer used: a served answer read to its end
-    /// reports its prompt's `input_tokens` and what it generated; no answer used nothing.
-    pub async fn settle(&self, reservation: Reservation, served: bool, input_tokens: u64) {
-        let answered = if served {
-            let usage = sse::Usage {
-                input_tokens: Some(input_tokens),
-                output_tokens: Some(self.output_tokens),
-                ..sse::Usage::default()
-            };
-            Answered::Watched {
-                seen: Some(Seen {
-                    usage,
-                    complete: true,
-                }),
-                so_far: usage,
-            }
-        } else {
-            Answered::Unwatched {
-                delivered_ok: false,
-            }
+    async fn admit_request_only(
+        &self,
+        _provisional: bool,
+        _headers: &mut Vec<(&'static str, String)>,
+    ) -> Result<(), ProxyError> {
+        unreachable!("a message is metered in full")
+    }
+
+    fn settling(self) -> CallerPort {
+        self
+    }
+}
+
+impl Lease for CallerPort {
+    async fn renew(&self, lease_id: u64, lease_ms: u64) {
+        let Some(caller) = &self.caller else { return };
+        let renew = LimiterCall::Renew {
+            limits: caller.limits,
+            lease_id,
+            lease_ms,
         };
+        // A renewal that fails leaves the lease to end on its own.
+        let _ = caller.call(renew).await;
+    }
+
+    async fn settle(&self, settled: Settled, _on_credit: bool) {
+        let Some(caller) = &self.caller else { return };
+        let reservation = settled.reservation;
         let call = LimiterCall::Settle {
-            limits: self.limits,
+            limits: caller.limits,
             reservation,
-            usage: settlement_usage(answered),
-            confirms: true,
-            cost_micros: None,
+            usage: settled.usage,
+            confirms: settled.confirms,
+            cost_micros: settled.cost_micros,
         };
-        let replied = self.call(call).await;
-        let mut ledger = self.ledger.borrow_mut();
+        let replied = caller.call(call).await;
+        let mut ledger = caller.ledger.borrow_mut();
         match replied {
             Ok((decided, LimiterReply::Settled(settlement))) => {
                 let entry = Entry::Settled(reservation.lease_id, settlement);
