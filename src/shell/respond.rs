@@ -127,7 +127,7 @@ impl Exchange {
 
     /// The model that answered a `/v1/messages` request: a fallback's when one answered,
     /// otherwise the one the body names (its own answer, or the proxy's answer for it).
-    pub(crate) fn answering_model(&self) -> Option<&str> {
+    fn answering_model(&self) -> Option<&str> {
         self.journal
             .answered_by_fallback()
             .or(self.model.as_deref())
