@@ -251,6 +251,7 @@ mod limits {
                 input_tpm: n(4_000_000_000),
                 output_tpm: n(4_000_000_000),
                 concurrency: n(100_000),
+                ..TierLimits::default()
             }
         } else {
             TierLimits {
@@ -264,6 +265,7 @@ mod limits {
         input_tokens: 300,
         output_tokens: 1024,
         lease_ms: 900_000,
+        quota: None,
     };
 
     /// One admission decision and its settlement (a request every millisecond) with `in_flight`

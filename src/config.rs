@@ -12,6 +12,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::identity::prefixes::RESERVED_ID_PREFIXES;
 use crate::identity::secret::{FingerprintKey, Secret};
+use crate::json::Json;
+use crate::limits::calendar::Zone;
+use crate::limits::prices::PriceTable;
+use crate::limits::quota::Quotas;
 use crate::upstream::{Priority, MAX_WEIGHT};
 
 /// Every variable the proxy reads, as wrangler.toml and `wrangler secret put` name them.
@@ -109,12 +113,16 @@ impl TierLimits {
             && self.input_tpm.is_none()
             && self.output_tpm.is_none()
             && self.concurrency.is_none()
+            && !self.quotas.any()
     }
 
     /// Whether a settlement needs to see the answer: its usage (token limits) or its end
     /// (a concurrency slot is held until the body has passed). With `rpm` alone, neither.
     pub fn settles_on_the_answer(&self) -> bool {
-        self.input_tpm.is_some() || self.output_tpm.is_some() || self.concurrency.is_some()
+        self.input_tpm.is_some()
+            || self.output_tpm.is_some()
+            || self.concurrency.is_some()
+            || self.quotas.settles_on_the_answer()
     }
 }
 
@@ -136,6 +144,10 @@ pub struct TierLimits {
     pub input_tpm: Option<NonZeroU32>,
     pub output_tpm: Option<NonZeroU32>,
     pub concurrency: Option<NonZeroU32>,
+    /// Daily and monthly quotas (`rpd`, `input_tpd`, `output_tpd`, `usd_per_day`,
+    /// `usd_per_month`, `quota_tz`); left out when none is set.
+    #[serde(default, skip_serializing_if = "Quotas::is_none")]
+    pub quotas: Quotas,
 }
 
 /// A tier as `RATE_LIMITS` writes it: its limits, and optionally the `anthropic-beta` values
@@ -151,6 +163,17 @@ struct TierSpec {
     weight: Option<NonZeroU32>,
     priority: Option<String>,
     budget_ms: Option<NonZeroU64>,
+    rpd: Option<NonZeroU64>,
+    input_tpd: Option<NonZeroU64>,
+    output_tpd: Option<NonZeroU64>,
+    // Read as a JSON value, checked in `tier_quotas` (one reader the Worker has already, not
+    // one more for each type).
+    #[serde(default)]
+    usd_per_day: Json,
+    #[serde(default)]
+    usd_per_month: Json,
+    #[serde(default)]
+    quota_tz: Json,
 }
 
 /// How a tier's callers share a scarce upstream key with the others (`RATE_LIMITS` options
@@ -266,6 +289,8 @@ pub struct Config {
     /// The key of the callers' tags in logs and metrics: `FINGERPRINT_KEY`, or derived from
     /// another secret (see [`fingerprint_key`]).
     pub fingerprint_key: FingerprintKey,
+    /// `MODEL_PRICES` over the built-in price table, for dollar quotas.
+    pub prices: PriceTable,
 }
 
 /// `REQUEST_LOG`: which requests write their one log line. Every line is a log event that
@@ -383,6 +408,8 @@ impl Config {
         let admin_key = parse_admin_key(get("ADMIN_KEY"))?;
         let fingerprint_key = fingerprint_key(&get)?;
         let request_log = parse_request_log(get("REQUEST_LOG"))?;
+        let prices = PriceTable::with_overrides(get("MODEL_PRICES").as_deref())
+            .map_err(|e| invalid("MODEL_PRICES", e))?;
 
         Ok(Config {
             upstream_url,
@@ -411,6 +438,7 @@ impl Config {
             admin_key,
             request_log,
             fingerprint_key,
+            prices,
         })
     }
 
@@ -875,8 +903,9 @@ fn parse_rate_limits(raw: Option<String>) -> Result<Tiers, ConfigError> {
             "RATE_LIMITS",
             format!(
                 "expected JSON like {{\"default\": {{\"rpm\": 50, \"input_tpm\": 40000}}}} \
-                 with positive integers for rpm, input_tpm, output_tpm, concurrency, weight and \
-                 budget_ms, \"interactive\" or \"background\" for priority, and an optional \
+                 with positive integers for rpm, input_tpm, output_tpm, concurrency, rpd, input_tpd, \
+                 output_tpd, weight and budget_ms, dollars for usd_per_day and usd_per_month, \
+                 a fixed offset like \"+05:30\" for quota_tz, \"interactive\" or \"background\" for priority, and an optional \
                  list of beta names for betas ({e})"
             ),
         )
@@ -888,6 +917,7 @@ fn parse_rate_limits(raw: Option<String>) -> Result<Tiers, ConfigError> {
         if let Some(share) = tier_share(&name, &spec)? {
             shares.insert(name.clone(), share);
         }
+        let quotas = tier_quotas(&name, &spec)?;
         if let Some(list) = spec.betas {
             check_betas(&name, &list)?;
             betas.insert(name.clone(), list);
@@ -897,6 +927,7 @@ fn parse_rate_limits(raw: Option<String>) -> Result<Tiers, ConfigError> {
             input_tpm: spec.input_tpm,
             output_tpm: spec.output_tpm,
             concurrency: spec.concurrency,
+            quotas,
         };
         tiers.insert(name, limits);
     }
@@ -945,6 +976,51 @@ fn tier_share(name: &str, spec: &TierSpec) -> Result<Option<TierShare>, ConfigEr
         priority,
         budget_ms,
     }))
+}
+
+/// A tier's daily and monthly quotas: dollars become whole micro-dollars (exact for up to six
+/// decimals), `quota_tz` a fixed offset.
+fn tier_quotas(name: &str, spec: &TierSpec) -> Result<Quotas, ConfigError> {
+    let dollars = |field: &str, given: &Json| -> Result<Option<NonZeroU64>, ConfigError> {
+        #[allow(clippy::cast_precision_loss)] // a whole number of dollars far below 2^53
+        let dollars = match given {
+            Json::Null => return Ok(None),
+            Json::Unsigned(n) => *n as f64,
+            Json::Float(f) => *f,
+            _ => f64::NAN,
+        };
+        // At most a billion dollars: far above any quota, far below where micro-dollars
+        // stop being exact in a double.
+        if !(dollars > 0.0 && dollars <= 1e9) {
+            return Err(invalid(
+                "RATE_LIMITS",
+                format!("tier {name:?}: {field} must be a positive number of dollars, at most 1e9"),
+            ));
+        }
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        let micros = (dollars * 1e6).round() as u64;
+        Ok(NonZeroU64::new(micros.max(1)))
+    };
+    let zone = match &spec.quota_tz {
+        Json::Null => Zone::UTC,
+        given => Zone::parse(given.as_str().unwrap_or("?")).map_err(|e| {
+            invalid(
+                "RATE_LIMITS",
+                format!(
+                    "tier {name:?}: quota_tz {e}; named zones (IANA) are not supported, \
+                     see docs/limits.md"
+                ),
+            )
+        })?,
+    };
+    Ok(Quotas {
+        rpd: spec.rpd,
+        input_tpd: spec.input_tpd,
+        output_tpd: spec.output_tpd,
+        usd_per_day: dollars("usd_per_day", &spec.usd_per_day)?,
+        usd_per_month: dollars("usd_per_month", &spec.usd_per_month)?,
+        zone,
+    })
 }
 
 /// A tier's `betas`: every one a plausible beta name.
@@ -1588,6 +1664,64 @@ mod tests {
         ] {
             assert!(config(&[("RATE_LIMITS", bad)]).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn tiers_may_set_daily_and_monthly_quotas_and_model_prices_may_be_given() {
+        let c = config(&[
+            (
+                "RATE_LIMITS",
+                r#"{"default": {"rpm": 5}, "free": {"rpd": 50, "usd_per_day": 0.2},
+                    "paid": {"usd_per_month": 20, "input_tpd": 1000000, "output_tpd": 200000,
+                        "quota_tz": "+05:30"},
+                    "odd": {"usd_per_day": 0.0000014}}"#,
+            ),
+            (
+                "MODEL_PRICES",
+                r#"{"claude-next": {"input": 2, "output": 8}}"#,
+            ),
+        ])
+        .unwrap();
+        assert_eq!(c.tier_limits(DEFAULT_TIER).quotas, Quotas::default());
+        let free = c.tier_limits("free").quotas;
+        assert_eq!(free.rpd, NonZeroU64::new(50));
+        assert_eq!(free.usd_per_day, NonZeroU64::new(200_000));
+        assert!(!c.tier_limits("free").is_unlimited());
+        let paid = c.tier_limits("paid").quotas;
+        assert_eq!(paid.usd_per_month, NonZeroU64::new(20_000_000));
+        assert_eq!(paid.input_tpd, NonZeroU64::new(1_000_000));
+        assert_eq!(paid.output_tpd, NonZeroU64::new(200_000));
+        assert_eq!(paid.zone.offset_minutes, 330);
+        // Rounded to the micro-dollar.
+        assert_eq!(c.tier_limits("odd").quotas.usd_per_day, NonZeroU64::new(1));
+        assert_eq!(
+            c.prices.of("claude-next").map(|p| p.rates.input),
+            Some(2_000_000)
+        );
+        // The tier's limits travel to its object with their quotas, and without when none.
+        let json = serde_json::to_string(&c.tier_limits("paid")).unwrap();
+        let back: TierLimits = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, c.tier_limits("paid"));
+        assert!(!serde_json::to_string(&c.tier_limits(DEFAULT_TIER))
+            .unwrap()
+            .contains("quotas"));
+        for bad in [
+            r#"{"default": {"usd_per_day": 0}}"#,
+            r#"{"default": {"usd_per_day": -1}}"#,
+            r#"{"default": {"usd_per_month": "20"}}"#,
+            r#"{"default": {"rpd": 0}}"#,
+            r#"{"default": {"rpd": 2.5}}"#,
+            r#"{"default": {"quota_tz": "Europe/Paris"}}"#,
+            r#"{"default": {"quota_tz": "+15:00"}}"#,
+        ] {
+            let e = config(&[("RATE_LIMITS", bad)]).unwrap_err();
+            assert_eq!(e.variable, "RATE_LIMITS", "{bad}");
+        }
+        let named =
+            config(&[("RATE_LIMITS", r#"{"default": {"quota_tz": "Asia/Tokyo"}}"#)]).unwrap_err();
+        assert!(named.problem.contains("IANA"), "{}", named.problem);
+        let e = config(&[("MODEL_PRICES", r#"{"m": {"input": 1}}"#)]).unwrap_err();
+        assert_eq!(e.variable, "MODEL_PRICES");
     }
 
     #[test]

@@ -248,7 +248,15 @@ impl ProxyError {
 
     /// The `x-should-retry` the SDKs obey: true exactly when waiting can change the answer.
     pub fn should_retry(&self) -> bool {
-        self.retry_after_ms().is_some()
+        self.retry_after_ms().is_some() && !self.is_exhausted_quota()
+    }
+
+    /// A daily or monthly quota of the caller's refused it: its `Retry-After` is the window's
+    /// end, hours or days away, which no client should sit out.
+    fn is_exhausted_quota(&self) -> bool {
+        matches!(self, ProxyError::RateLimited { limit, .. }
+            if limit.scope == Scope::Key
+                && limit.dimension.as_deref().is_some_and(crate::limits::quota::is_quota_dimension))
     }
 
     pub fn message(&self) -> String {

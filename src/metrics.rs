@@ -113,6 +113,9 @@ pub struct RequestFacts {
     pub output_tokens: Option<u64>,
     pub upstream_overloaded: u32,
     pub upstream_rate_limited: u32,
+    /// What the answer cost in micro-dollars, at the answering model's price (unknown: no
+    /// price, or no usage).
+    pub cost_micros: Option<u64>,
 }
 
 /// One Analytics Engine data point: one index, blobs and doubles in the documented order.
@@ -164,6 +167,7 @@ pub fn data_point(facts: &RequestFacts) -> DataPoint {
             f64::from(facts.upstream_overloaded),
             f64::from(facts.upstream_rate_limited),
             if facts.stream { 1.0 } else { 0.0 },
+            n(facts.cost_micros.unwrap_or(0)),
         ],
     }
 }
@@ -457,6 +461,7 @@ mod tests {
             output_tokens: Some(64),
             upstream_overloaded: 1,
             upstream_rate_limited: 0,
+            cost_micros: Some(4_560),
         }
     }
 
@@ -478,7 +483,7 @@ mod tests {
         );
         assert_eq!(
             point.doubles,
-            [200.0, 2.0, 340.0, 1_250.0, 1_200.0, 64.0, 1.0, 0.0, 1.0]
+            [200.0, 2.0, 340.0, 1_250.0, 1_200.0, 64.0, 1.0, 0.0, 1.0, 4_560.0]
         );
     }
 
@@ -502,6 +507,7 @@ mod tests {
             output_tokens: None,
             upstream_overloaded: 0,
             upstream_rate_limited: 0,
+            cost_micros: None,
         });
         assert_eq!(point.index, "");
         assert_eq!(point.blobs[1], "m".repeat(MAX_BLOB_BYTES - 1));
@@ -510,6 +516,7 @@ mod tests {
         assert_eq!(point.blobs[4], "not_found_error");
         assert_eq!(&point.doubles[4..6], &[0.0, 0.0]);
         assert_eq!(point.doubles[8], 0.0);
+        assert_eq!(point.doubles[9], 0.0);
     }
 
     /// A request that waited, retried, left its model and was answered by a fallback.
@@ -587,6 +594,7 @@ mod tests {
             output_tokens: None,
             upstream_overloaded: 0,
             upstream_rate_limited: 0,
+            cost_micros: None,
         };
         let line = log_line(&FinishedRequest {
             request_id: "req_proxy_2",

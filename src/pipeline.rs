@@ -17,12 +17,15 @@ mod tests;
 
 pub use ports::{Admitted, AfterAnswer, Deliver, Delivered, KeyStates, Lease, Limiter, Terms};
 pub use serve::{serve, Ports, Ready, Served, UsageToCome};
+pub use settle::Spent;
 
 use std::num::NonZeroU32;
 
 use crate::config::{Config, TierLimits};
 use crate::error::ProxyError;
 use crate::identity::{Caller, UpstreamKey};
+use crate::limits::prices::ModelPrice;
+use crate::limits::quota::QuotaCharge;
 use crate::request::body::BodyFacts;
 use crate::request::route::{query_of, upstream_url, Metering, Route};
 use crate::request::upload::{count_while_arriving, BodyCaps, ReadPace, ReadRules};
@@ -100,6 +103,50 @@ impl Intake {
         }
     }
 
+    /// What the request reserves against its tier's daily and monthly quotas: one request,
+    /// its input estimate, its `max_tokens`, and its worst-case cost at the dearest of its
+    /// model and the models it may fall back to. `None` when the tier sets no quota or the
+    /// route is not metered by tokens. Under a dollar quota a model without a price is
+    /// refused here, before anything is charged.
+    pub fn quota_charge(
+        &self,
+        config: &Config,
+        facts: &BodyFacts,
+    ) -> Result<Option<QuotaCharge>, ProxyError> {
+        let quotas = &self.limits.quotas;
+        if self.metering != Metering::Full || !quotas.any() {
+            return Ok(None);
+        }
+        let max_tokens = facts.max_tokens.unwrap_or(0);
+        let mut micros = 0;
+        if quotas.prices_matter() {
+            let Some(model) = facts.model.as_deref() else {
+                return Err(ProxyError::InvalidRequest(
+                    "this key has a dollar quota: the request must name its model".to_string(),
+                ));
+            };
+            let candidates =
+                std::iter::once(model).chain(config.fallbacks_of(model).iter().map(String::as_str));
+            for candidate in candidates {
+                let price = config.prices.of(candidate).ok_or_else(|| {
+                    ProxyError::InvalidRequest(format!(
+                        "model {candidate:?} has no price, and this key has a dollar quota: \
+                         the proxy's operator can add it to MODEL_PRICES"
+                    ))
+                })?;
+                micros = price
+                    .worst_case_micros(facts.input_tokens_estimate, max_tokens)
+                    .max(micros);
+            }
+        }
+        Ok(Some(QuotaCharge {
+            requests: 1,
+            input_tokens: facts.input_tokens_estimate,
+            output_tokens: max_tokens,
+            micros,
+        }))
+    }
+
     /// Whether the answer's usage must be watched: to settle the admission (unless nothing
     /// it settles depends on the answer), or for metrics when they are kept.
     #[must_use]
@@ -108,15 +155,21 @@ impl Intake {
     }
 }
 
-/// The run phase: how the request goes upstream, attempt after attempt.
+/// The run phase: how the request goes upstream, attempt after attempt, and what it is
+/// charged for it.
 #[derive(Debug)]
 pub struct Forwarding {
     pub url: String,
     pub policy: RetryPolicy,
     /// Who claims the upstream key's capacity, in the fair order.
     pub claimant: Claimant,
-    /// What one attempt costs the key, for its pacing.
+    /// What one attempt costs the key, for its pacing (and the caller's per-minute limits).
     pub cost: Cost,
+    /// What the admission reserves against the tier's daily and monthly quotas (see
+    /// [`Intake::quota_charge`]).
+    pub quota: Option<QuotaCharge>,
+    /// The prices of the models that may answer, to price the answer at the one that did.
+    pub prices: AnswerPrices,
     /// The key's pool this request answers to; `None`: none (model listings, files).
     pub pool: Option<String>,
     pub fallbacks: Fallbacks,
@@ -127,16 +180,19 @@ pub struct Forwarding {
 
 impl Forwarding {
     /// How `route` goes upstream for `caller`, once its body was read (`facts`); `raw_url` is
-    /// the client's URL, whose query goes along.
+    /// the client's URL, whose query goes along. A request its tier's dollar quota cannot
+    /// price is refused here (see [`Intake::quota_charge`]).
     pub fn of(
         config: &Config,
         route: &Route,
         caller: &Caller,
+        intake: &Intake,
         facts: &BodyFacts,
         asks: ClientAsks<'_>,
         (raw_url, watches_usage): (&str, bool),
     ) -> Result<Forwarding, ProxyError> {
         let path = route.upstream_path().ok_or(ProxyError::NotFound)?;
+        let quota = intake.quota_charge(config, facts)?;
         // How the caller shares a scarce key: its tier's weight, priority and budget.
         let share = config.tier_share(&caller.tier);
         let claimant = Claimant {
@@ -164,6 +220,7 @@ impl Forwarding {
             ),
             _ => Fallbacks::none(),
         };
+        let prices = AnswerPrices::of(config, route, facts.model.as_deref());
         Ok(Forwarding {
             url: upstream_url(&config.upstream_url, &path, query_of(raw_url)),
             policy,
@@ -172,12 +229,58 @@ impl Forwarding {
                 input_tokens: facts.input_tokens_estimate,
                 output_tokens: facts.max_tokens.unwrap_or(0),
             },
+            quota,
+            prices,
             pool: route
                 .carries_body()
                 .then(|| pool_of(route.paced_as(), facts.model.as_deref())),
             fallbacks,
             json_whole: watches_usage || route.carries_results_url(),
         })
+    }
+}
+
+/// The prices of the models that may answer a request: the one it names, and (a message)
+/// those it may fall back to; a model without a price is left out.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AnswerPrices {
+    model: Option<ModelPrice>,
+    fallbacks: Vec<(String, ModelPrice)>,
+}
+
+impl AnswerPrices {
+    /// The prices, from `config`'s table, of `model` and of its fallbacks on `route`.
+    #[must_use]
+    pub fn of(config: &Config, route: &Route, model: Option<&str>) -> AnswerPrices {
+        let Some(model) = model else {
+            return AnswerPrices::default();
+        };
+        let fallbacks = match route {
+            Route::Messages => config
+                .fallbacks_of(model)
+                .iter()
+                .filter_map(|m| Some((m.clone(), config.prices.of(m)?)))
+                .collect(),
+            _ => Vec::new(),
+        };
+        AnswerPrices {
+            model: config.prices.of(model),
+            fallbacks,
+        }
+    }
+
+    /// The price of the model that answered: the fallback `answered_by`, or else the
+    /// request's own.
+    #[must_use]
+    pub fn answering(&self, answered_by: Option<&str>) -> Option<ModelPrice> {
+        match answered_by {
+            None => self.model,
+            Some(to) => self
+                .fallbacks
+                .iter()
+                .find(|(model, _)| model == to)
+                .map(|(_, price)| *price),
+        }
     }
 }
 
@@ -258,6 +361,107 @@ mod decisions {
     }
 
     #[test]
+    fn a_quota_reserves_the_worst_case_of_the_dearest_model_that_may_answer() {
+        let config = config(&[
+            (
+                "RATE_LIMITS",
+                r#"{"default": {"rpd": 50, "usd_per_day": 0.2}, "count": {"rpd": 5},
+                    "minute": {"rpm": 5}}"#,
+            ),
+            (
+                "MODEL_FALLBACKS",
+                r#"{"claude-haiku-4-5": ["claude-opus-4-1"], "claude-sonnet-4-6": ["claude-unpriced"]}"#,
+            ),
+        ]);
+        let intake =
+            |tier: &str, route: &Route| Intake::of(&config, route, &caller(tier, false), 1_000);
+        let messages = intake("default", &Route::Messages);
+        // Haiku may fall back to Opus 4.1, which is dearer: its worst case is reserved.
+        let charge = messages
+            .quota_charge(&config, &message("claude-haiku-4-5"))
+            .unwrap()
+            .unwrap();
+        let opus = config.prices.of("claude-opus-4-1").unwrap();
+        assert_eq!(charge.micros, opus.worst_case_micros(120, 300));
+        assert_eq!(
+            (charge.requests, charge.input_tokens, charge.output_tokens),
+            (1, 120, 300)
+        );
+        // A model without a price, or a fallback without one, is refused, named.
+        for (model, named) in [
+            ("claude-unknown-9", "claude-unknown-9"),
+            ("claude-sonnet-4-6", "claude-unpriced"),
+        ] {
+            let Err(ProxyError::InvalidRequest(why)) =
+                messages.quota_charge(&config, &message(model))
+            else {
+                panic!("{model} must be refused");
+            };
+            assert!(why.contains(named), "{why}");
+        }
+        // Without a dollar quota, no price is needed; without a quota, nothing is reserved.
+        let count_only = intake("count", &Route::Messages)
+            .quota_charge(&config, &message("claude-unknown-9"))
+            .unwrap();
+        assert_eq!(count_only.map(|c| c.micros), Some(0));
+        let minute = intake("minute", &Route::Messages)
+            .quota_charge(&config, &message("claude-unknown-9"))
+            .unwrap();
+        assert_eq!(minute, None);
+        // A route charged by the request alone reserves nothing here (its object counts rpd).
+        let listing = intake("default", &Route::CountTokens)
+            .quota_charge(&config, &message("claude-unknown-9"))
+            .unwrap();
+        assert_eq!(listing, None);
+        // The forwarding carries the charge, and is refused (a 400) for an unpriced model
+        // before anything is admitted.
+        let forward = |model: &str| {
+            Forwarding::of(
+                &config,
+                &Route::Messages,
+                &caller("default", false),
+                &messages,
+                &message(model),
+                ClientAsks::default(),
+                ("https://proxy.example/v1/messages", true),
+            )
+        };
+        assert_eq!(
+            forward("claude-haiku-4-5").map(|f| f.quota).ok(),
+            Some(Some(charge))
+        );
+        let refused = forward("claude-unknown-9").map(|f| f.quota);
+        assert_eq!(refused.map_err(|e| e.status()), Err(400));
+    }
+
+    #[test]
+    fn an_answer_is_priced_at_the_model_that_answered_it() {
+        let config = config(&[(
+            "MODEL_FALLBACKS",
+            r#"{"claude-haiku-4-5": ["claude-unpriced", "claude-opus-4-1"]}"#,
+        )]);
+        let prices = AnswerPrices::of(&config, &Route::Messages, Some("claude-haiku-4-5"));
+        let price = |model: &str| config.prices.of(model);
+        assert!(price("claude-haiku-4-5").is_some());
+        assert_ne!(price("claude-haiku-4-5"), price("claude-opus-4-1"));
+        assert_eq!(prices.answering(None), price("claude-haiku-4-5"));
+        assert_eq!(
+            prices.answering(Some("claude-opus-4-1")),
+            price("claude-opus-4-1")
+        );
+        // A fallback without a price prices nothing; nor does a model it may not fall back to.
+        assert_eq!(prices.answering(Some("claude-unpriced")), None);
+        assert_eq!(prices.answering(Some("claude-sonnet-4-6")), None);
+        // Only a message falls back: a token count is priced at its own model alone.
+        let count = AnswerPrices::of(&config, &Route::CountTokens, Some("claude-haiku-4-5"));
+        assert_eq!(count.answering(Some("claude-opus-4-1")), None);
+        assert_eq!(
+            AnswerPrices::of(&config, &Route::Messages, None),
+            AnswerPrices::default()
+        );
+    }
+
+    #[test]
     fn forwarding_takes_the_tier_and_what_the_client_may_lower() {
         let config = config(&[
             ("RATE_LIMITS", TIERS),
@@ -271,6 +475,7 @@ mod decisions {
             &config,
             &Route::Messages,
             &caller("default", false),
+            &Intake::of(&config, &Route::Messages, &caller("default", false), 0),
             &message("claude-opus-5-5"),
             ClientAsks::default(),
             (url, true),
@@ -298,6 +503,7 @@ mod decisions {
             &config,
             &Route::Messages,
             &caller("default", false),
+            &Intake::of(&config, &Route::Messages, &caller("default", false), 0),
             &message("claude-opus-5-5"),
             ClientAsks {
                 priority: Some("background"),
@@ -316,6 +522,7 @@ mod decisions {
             &config,
             &Route::Messages,
             &caller("jobs", false),
+            &Intake::of(&config, &Route::Messages, &caller("jobs", false), 0),
             &message("claude-sonnet-5-5"),
             ClientAsks {
                 priority: Some("interactive"),
@@ -332,6 +539,7 @@ mod decisions {
             &config,
             &Route::FileUpload,
             &caller("default", false),
+            &Intake::of(&config, &Route::FileUpload, &caller("default", false), 0),
             &BodyFacts::default(),
             ClientAsks::default(),
             ("https://proxy.example/v1/files", false),
@@ -345,6 +553,7 @@ mod decisions {
                 &config,
                 &Route::Health,
                 &caller("default", false),
+                &Intake::of(&config, &Route::Health, &caller("default", false), 0),
                 &BodyFacts::default(),
                 ClientAsks::default(),
                 (url, false),

@@ -13,7 +13,7 @@ use crate::config::{Config, TierLimits, DEFAULT_TIER};
 use crate::error::ProxyError;
 use crate::identity::{fingerprint, Secret, PASSTHROUGH_PREFIX, TOKEN_PREFIX};
 use crate::json::Json;
-use crate::limits::CallerUsage;
+use crate::limits::{rfc3339_utc, CallerUsage};
 use crate::metrics::EdgeTally;
 
 /// Checks the `Authorization: Bearer <ADMIN_KEY>` of a status request, in constant time.
@@ -270,23 +270,53 @@ pub struct CallerStatus {
     pub tier: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub usage: Option<CallerUsage>,
+    /// The daily and monthly quotas: spent and remaining in each window.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub quotas: Vec<QuotaView>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+}
+
+/// One quota window as the operator reads it (dollar quotas in micro-dollars).
+#[derive(Debug, Clone, Serialize)]
+pub struct QuotaView {
+    pub dimension: &'static str,
+    pub limit: u64,
+    pub used: u64,
+    pub remaining: u64,
+    /// When the window began and when it resets, RFC 3339 UTC.
+    pub since: String,
+    pub resets: String,
 }
 
 impl CallerStatus {
     #[must_use]
     pub fn of(query: CallerQuery, usage: Result<CallerUsage, ProxyError>) -> CallerStatus {
-        let (usage, error) = match usage {
+        let (mut usage, error) = match usage {
             Ok(usage) => (Some(usage), None),
             Err(e) => (None, Some(e.message())),
         };
+        let quotas = usage
+            .as_mut()
+            .map(|u| std::mem::take(&mut u.quotas))
+            .unwrap_or_default()
+            .into_iter()
+            .map(|q| QuotaView {
+                dimension: q.dimension.as_str(),
+                limit: q.limit,
+                used: q.used,
+                remaining: q.remaining,
+                since: rfc3339_utc(q.starts_ms / 1000),
+                resets: rfc3339_utc(q.resets_ms / 1000),
+            })
+            .collect();
         CallerStatus {
             id: (query.kind != CallerKind::Unknown).then_some(query.id),
             kind: query.kind,
             identity: query.identity,
             tier: query.tier,
             usage,
+            quotas,
             error,
         }
     }
@@ -456,6 +486,14 @@ mod tests {
             idle: false,
             now_ms: 7,
             object: Default::default(),
+            quotas: vec![crate::limits::quota::QuotaStanding {
+                dimension: crate::limits::quota::QuotaDimension::UsdPerDay,
+                limit: 200_000,
+                used: 1_234,
+                remaining: 198_766,
+                starts_ms: 1_796_601_600_000,
+                resets_ms: 1_796_688_000_000,
+            }],
         };
         let doc = StatusDocument {
             version: "0.0.0",
@@ -481,6 +519,13 @@ mod tests {
         assert_eq!(v["caller"]["id"], "alice");
         assert_eq!(v["caller"]["tier"], "pro");
         assert_eq!(v["caller"]["usage"]["dimensions"][0]["remaining"], 49);
+        // The quotas read as the operator reads them, once.
+        assert_eq!(v["caller"]["quotas"][0]["dimension"], "usd_per_day");
+        assert_eq!(v["caller"]["quotas"][0]["used"], 1_234);
+        assert_eq!(v["caller"]["quotas"][0]["remaining"], 198_766);
+        assert_eq!(v["caller"]["quotas"][0]["since"], "2026-12-07T00:00:00Z");
+        assert_eq!(v["caller"]["quotas"][0]["resets"], "2026-12-08T00:00:00Z");
+        assert!(v["caller"]["usage"].get("quotas").is_none());
         assert_eq!(v["edge"]["answers"]["success"], 0);
         // A key's state is passed on as its object answered it, byte for byte.
         let answered = r#"{"at_ms":7,"pools":[{"pool":"messages:claude-opus-4","phase":"healthy","learned_rate_rps":1.5}]}"#;

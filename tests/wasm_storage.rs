@@ -27,6 +27,7 @@ fn busy_limiter() -> (LimiterState, TierLimits) {
         input_tpm: NonZeroU32::new(u32::MAX),
         output_tpm: NonZeroU32::new(1_000_000),
         concurrency: NonZeroU32::new(64),
+        ..TierLimits::default()
     };
     let mut state = LimiterState::new();
     for i in 0..200u64 {
@@ -34,6 +35,7 @@ fn busy_limiter() -> (LimiterState, TierLimits) {
             input_tokens: u64::from(u32::MAX),
             output_tokens: 900,
             lease_ms: 3_600_000,
+            quota: None,
         };
         if let breakwater::limits::Admission::Admitted(r) =
             state.admit(&limits, FAR + i * 7, &request)
@@ -69,6 +71,7 @@ fn limiter_state_survives_durable_object_storage() {
         input_tokens: 10,
         output_tokens: 10,
         lease_ms: 1000,
+        quota: None,
     };
     let (mut a, mut b) = (state.clone(), loaded);
     assert_eq!(

@@ -64,6 +64,16 @@ const WAIT_WORDING = {
   unavailable: () => 'Upstream unavailable',
 };
 
+/** What is left of the caller's daily quotas, as a person reads it: "3 messages, $0.12 left today". */
+function quotaLeft(quotas) {
+  const daily = quotas.filter((q) => q.windowS === 86_400);
+  const said = daily.map((q) => (
+    q.name === 'rpd' ? `${q.remaining} ${q.remaining === 1 ? 'message' : 'messages'}`
+    : q.name === 'usd_per_day' ? `$${(q.remaining / 1e6).toFixed(2)}`
+    : `${q.remaining} ${q.name === 'input_tpd' ? 'input' : 'output'} tokens`));
+  return said.length ? `${said.join(', ')} left today` : '';
+}
+
 function setStatus(state, text, detail = '') {
   statusBox.dataset.state = state;
   statusText.textContent = text;
@@ -160,7 +170,7 @@ async function send(text) {
     setStatus(
       'done',
       (waits ? `Answered after ${waits} ${waits === 1 ? 'wait' : 'waits'} (${Math.ceil(waitedMs / 1000)} s)` : 'Answered') + by,
-      result.requestId ? `request ${result.requestId}` : '',
+      [quotaLeft(result.quotas), result.requestId && `request ${result.requestId}`].filter(Boolean).join(' · '),
     );
   } catch (error) {
     stopCountdown();
@@ -172,7 +182,7 @@ async function send(text) {
         error.type === 'cors_error' ? 'Refused: this page\'s origin is not allowed by the proxy'
         : error.type === 'network_error' ? 'Proxy unreachable'
         : `Error ${error.status || ''} ${error.type ?? ''}`.trim();
-      setStatus('error', what, [error.message, error.requestId && `request ${error.requestId}`].filter(Boolean).join(' · '));
+      setStatus('error', what, [error.message, quotaLeft(error.quotas ?? []), error.requestId && `request ${error.requestId}`].filter(Boolean).join(' · '));
       answer.body.textContent ||= error.message;
     }
   } finally {

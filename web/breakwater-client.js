@@ -29,8 +29,9 @@ export class BreakwaterError extends Error {
    * @param {number|null} [init.retryAfterMs] the wait the answer asked for, if any
    * @param {boolean|null} [init.shouldRetry] the answer's `x-should-retry`, if any
    * @param {object|null} [init.body] the parsed envelope
+   * @param {Array<object>} [init.quotas] the caller's quotas as the answer stated them
    */
-  constructor({ status, type, message, requestId = null, retryAfterMs = null, shouldRetry = null, body = null, cause }) {
+  constructor({ status, type, message, requestId = null, retryAfterMs = null, shouldRetry = null, body = null, quotas = [], cause }) {
     super(message, cause === undefined ? undefined : { cause });
     this.name = 'BreakwaterError';
     this.status = status;
@@ -39,6 +40,8 @@ export class BreakwaterError extends Error {
     this.retryAfterMs = retryAfterMs;
     this.shouldRetry = shouldRetry;
     this.body = body;
+    /** The caller's daily and monthly quotas as the answer stated them (see `quotas`). */
+    this.quotas = quotas;
     /** `key` (the caller's own limit) or `upstream`, for rate limits that say so. */
     this.scope = body?.limit?.scope ?? null;
   }
@@ -102,6 +105,26 @@ export function createSSEParser(onEvent) {
 }
 
 /**
+ * The caller's daily and monthly quotas as an answer's `RateLimit-Policy` and `RateLimit`
+ * headers carry them (read through CORS): one entry per quota, e.g. `{ name: 'rpd', limit: 50,
+ * remaining: 3, windowS: 86400, resetS: 3600 }`; dollar quotas (`usd_per_day`,
+ * `usd_per_month`) count micro-dollars. Empty when the caller has no quota.
+ */
+export function quotas(headers) {
+  const items = (value) => new Map((value ?? '').split(',').map((item) => {
+    const [name, ...params] = item.trim().split(';');
+    return [name.replace(/"/g, ''), Object.fromEntries(params.map((p) => p.split('=')).map(([k, v]) => [k, Number(v)]))];
+  }));
+  const policy = items(headers.get('ratelimit-policy'));
+  const now = items(headers.get('ratelimit'));
+  return [...policy].filter(([name, p]) => QUOTA_NAMES.has(name) && now.has(name)).map(([name, p]) => ({
+    name, limit: p.q, remaining: now.get(name).r, windowS: p.w, resetS: now.get(name).t,
+  }));
+}
+
+const QUOTA_NAMES = new Set(['rpd', 'input_tpd', 'output_tpd', 'usd_per_day', 'usd_per_month']);
+
+/**
  * The wait an error answer asks for, in ms: `retry-after-ms`, else `Retry-After` (seconds or
  * an HTTP date), else the envelope's `retry_after_ms`; null when it names none.
  */
@@ -154,11 +177,12 @@ export function waitReason(status, type) {
  *   comes from the model asked for or not at all
  * @param {typeof fetch} [options.fetch] a `fetch` to use instead of the global one
  * @returns {Promise<{message: object, text: string, requestId: string|null, attempts: number,
- *   waits: Array<object>, model: string|null, fallback: boolean}>} the assembled message
+ *   waits: Array<object>, model: string|null, fallback: boolean, quotas: Array<object>}>}
+ *   the assembled message
  *   (content, stop_reason, usage); `model` is the model that answered (the proxy's
  *   `x-proxy-model`), and `fallback` is true when that is not the model asked for (the proxy
  *   answered with a model of its `MODEL_FALLBACKS` list because the one asked for was
- *   overloaded)
+ *   overloaded); `quotas` the caller's daily and monthly quotas left (see `quotas`)
  * @throws {BreakwaterError} for an answer that is not retried (or retries given up), a stream
  *   error event, a refused origin (`type: "cors_error"`) or an unreachable proxy
  *   (`type: "network_error"`); the signal's reason (an `AbortError`) when `signal` aborts
@@ -210,7 +234,7 @@ export async function streamChat(options) {
     const requestId = res.headers.get('request-id');
     if (res.ok) {
       const model = res.headers.get('x-proxy-model');
-      const answered = { model, fallback: model !== null && model !== body.model };
+      const answered = { model, fallback: model !== null && model !== body.model, quotas: quotas(res.headers) };
       const result = await readStream(res, { requestId, attempts: attempt, waits, onText, onEvent, signal });
       return { ...result, ...answered, model: model ?? result.message.model ?? null };
     }
@@ -293,6 +317,7 @@ async function errorFromResponse(res) {
     retryAfterMs: retryAfterMs(res.headers, body),
     shouldRetry: shouldRetryHeader === 'true' ? true : shouldRetryHeader === 'false' ? false : null,
     body,
+    quotas: quotas(res.headers),
   });
 }
 

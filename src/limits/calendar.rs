@@ -54,8 +54,9 @@ impl Zone {
         if !two_digits(hours) || !two_digits(minutes) {
             return Err(bad());
         }
-        let hours: i32 = hours.parse().map_err(|_| bad())?;
-        let minutes: i32 = minutes.parse().map_err(|_| bad())?;
+        // One or two ASCII digits each (checked above).
+        let number = |s: &str| s.bytes().fold(0, |n, b| n * 10 + i32::from(b - b'0'));
+        let (hours, minutes) = (number(hours), number(minutes));
         let offset = hours * 60 + minutes;
         if minutes >= 60 || offset > MAX_OFFSET_MINUTES {
             return Err(bad());

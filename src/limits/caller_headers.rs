@@ -19,6 +19,7 @@
 use std::fmt::Write as _;
 
 use super::limiter_state::{Denial, Dimension, DimensionStatus};
+use super::quota::{QuotaDenial, QuotaStanding};
 use crate::error::whole_seconds;
 
 /// `ratelimit-policy` and `ratelimit` for these statuses (none when nothing is limited).
@@ -101,6 +102,39 @@ pub fn limit_headers(
     let mut headers = rate_limit_headers(statuses, denial);
     headers.extend(anthropic_headers(statuses, now_ms));
     headers
+}
+
+/// Adds the daily and monthly quotas to the `ratelimit-policy` and `ratelimit` in `headers`
+/// (made when nothing per-minute is limited): `"rpd";q=50;w=86400` and `"rpd";r=3;t=…`, `w`
+/// the window's length and `t` the seconds until it resets (the `Retry-After` for the quota
+/// that refused). Dollar quotas count micro-dollars (`"usd_per_day";q=200000` is $0.20).
+pub fn quota_headers(
+    headers: &mut Vec<(&'static str, String)>,
+    standings: &[QuotaStanding],
+    denial: Option<&QuotaDenial>,
+    now_ms: u64,
+) {
+    if standings.is_empty() {
+        return;
+    }
+    let mut policy = String::new();
+    let mut current = String::new();
+    for standing in standings {
+        let name = standing.dimension.as_str();
+        let window_s = standing.resets_ms.saturating_sub(standing.starts_ms) / 1000;
+        let seconds = match denial.filter(|d| d.dimension == standing.dimension) {
+            Some(denial) => whole_seconds(denial.retry_after_ms),
+            None => standing.resets_ms.saturating_sub(now_ms).div_ceil(1000),
+        };
+        let _ = write!(policy, ", \"{name}\";q={};w={window_s}", standing.limit);
+        let _ = write!(current, ", \"{name}\";r={};t={seconds}", standing.remaining);
+    }
+    for (header, items) in [("ratelimit-policy", policy), ("ratelimit", current)] {
+        match headers.iter_mut().find(|(name, _)| *name == header) {
+            Some((_, value)) => value.push_str(&items),
+            None => headers.push((header, items.trim_start_matches(", ").to_string())),
+        }
+    }
 }
 
 /// The last second RFC 3339 can write with a four-digit year: 9999-12-31T23:59:59Z.

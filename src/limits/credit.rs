@@ -86,6 +86,10 @@ pub struct Settled {
     /// As in `LimiterCall::Settle`: the caller is known to the upstream.
     #[serde(default = "yes")]
     pub confirms: bool,
+    /// What the answer cost in micro-dollars at the answering model's price, for the dollar
+    /// quotas; `None`: unknown (the reservation's worst case stays charged).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost_micros: Option<u64>,
 }
 
 fn yes() -> bool {
@@ -137,7 +141,13 @@ impl LimiterState {
         let mut confirms = false;
         for settled in &returns.settle {
             confirms |= settled.confirms;
-            self.settle(limits, now_ms, &settled.reservation, settled.usage);
+            self.settle_priced(
+                limits,
+                now_ms,
+                &settled.reservation,
+                settled.usage,
+                settled.cost_micros,
+            );
         }
         for ticket in &returns.release {
             self.release(limits, now_ms, &ticket.reservation, ticket.requests);
@@ -157,7 +167,9 @@ impl LimiterState {
         ticket: &AdmissionRequest,
         wanted: u32,
     ) -> Vec<Ticket> {
-        if wanted == 0 {
+        // A quota is exact only if every request asks the object: an isolate's ticket could
+        // not be priced (its model is not known when it is granted).
+        if wanted == 0 || limits.quotas.any() {
             return Vec::new();
         }
         let mut count = u64::from(wanted.min(MAX_CREDIT_TICKETS));
@@ -185,7 +197,7 @@ impl LimiterState {
                     reservation,
                     requests,
                 }),
-                Admission::Denied(_) => break,
+                Admission::Denied(_) | Admission::Exhausted(_) => break,
             }
         }
         tickets
@@ -457,7 +469,7 @@ impl Credit {
     #[must_use]
     pub fn wanted(&self, now_ms: u64) -> u32 {
         let expected = self.arrivals.expected(now_ms).min(MAX_CREDIT_TICKETS);
-        if self.asking || expected < MIN_CREDIT_TICKETS {
+        if self.asking || expected < MIN_CREDIT_TICKETS || self.limits.quotas.any() {
             0
         } else {
             expected
@@ -711,6 +723,7 @@ mod tests {
             input_tokens: input,
             output_tokens: output,
             lease_ms: 15_000,
+            quota: None,
         }
     }
 
@@ -720,6 +733,7 @@ mod tests {
             input_tpm: NonZeroU32::new(1_000_000),
             output_tpm: NonZeroU32::new(1_000_000),
             concurrency: NonZeroU32::new(1_000),
+            quotas: Default::default(),
         }
     }
 
@@ -730,6 +744,7 @@ mod tests {
                 input_tokens: 10,
                 output_tokens: 10,
                 lease_expires_ms: T0 + 15_000,
+                quota: None,
             },
             requests: 1,
         }
@@ -967,6 +982,7 @@ mod tests {
                 output_tokens: Some(1),
             },
             confirms: true,
+            cost_micros: None,
         };
         assert!(extra.charges_extra(&limits));
         assert!(!extra.charges_extra(&TierLimits {
@@ -1045,6 +1061,7 @@ mod tests {
             },
             usage: Used::UNKNOWN,
             confirms: true,
+            cost_micros: None,
         };
         assert!(credit.defer(settled(1)), "the first becomes the flusher");
         assert!(!credit.defer(settled(2)));

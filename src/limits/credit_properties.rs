@@ -52,6 +52,7 @@ fn tier() -> impl Strategy<Value = TierLimits> {
             input_tpm,
             output_tpm,
             concurrency,
+            quotas: Default::default(),
         })
         .prop_filter("a tier with a limit", |l| !l.is_unlimited())
 }
@@ -347,6 +348,7 @@ impl World {
             input_tokens: input,
             output_tokens: output,
             lease_ms: WAITING_LEASE_MS,
+            quota: None,
         };
         let credit = self.credit(isolate);
         credit.arrive(limits, now);
@@ -545,6 +547,7 @@ impl World {
             reservation: request.reservation,
             usage: request.used,
             confirms: true,
+            cost_micros: None,
         };
         if settled.charges_extra(&self.limits) {
             self.credit(request.isolate).stop_admitting();
@@ -563,6 +566,7 @@ impl World {
                 reservation: settled.reservation,
                 usage: settled.usage,
                 confirms: true,
+                cost_micros: None,
             };
             self.send(request.isolate, call, None, false, Purpose::Settle);
         }
@@ -865,6 +869,7 @@ fn a_hot_key_costs_a_call_per_several_requests() {
         input_tpm: NonZeroU32::new(4_000_000_000),
         output_tpm: NonZeroU32::new(4_000_000_000),
         concurrency: NonZeroU32::new(1_000_000),
+        quotas: Default::default(),
     };
     for limits in [rpm_only, all] {
         let (calls, requests) = hot_key_calls(limits);
@@ -947,6 +952,7 @@ fn ticket(lease_id: u64, now_ms: u64) -> Ticket {
             input_tokens: 10,
             output_tokens: 10,
             lease_expires_ms: now_ms + 15_000,
+            quota: None,
         },
         requests: 1,
     }
@@ -967,8 +973,9 @@ proptest! {
             input_tpm: NonZeroU32::new(10_000_000),
             output_tpm: NonZeroU32::new(10_000_000),
             concurrency: NonZeroU32::new(10_000),
+            quotas: Default::default(),
         };
-        let small = AdmissionRequest { input_tokens: 1, output_tokens: 1, lease_ms: 15_000 };
+        let small = AdmissionRequest { input_tokens: 1, output_tokens: 1, lease_ms: 15_000, quota: None };
         let mut credits = Credits::default();
         let mut holdings: HashMap<String, Holding> = HashMap::new();
         let (mut now, mut lease) = (T0, 0_u64);

@@ -28,6 +28,7 @@ use serde::{Deserialize, Serialize};
 use crate::durable::advance_clock;
 
 use super::bucket::{self, Level};
+use super::quota::{QuotaCharge, QuotaDenial, QuotaHold, QuotaStanding, QuotaState};
 use crate::config::TierLimits;
 
 /// The longest lease a request can hold: one hour. Longer `lease_ms` values are cut to this,
@@ -130,6 +131,10 @@ pub struct AdmissionRequest {
     /// How long the concurrency slot is held if no settlement comes, from 1 ms to
     /// [`MAX_LEASE_MS`] (values outside are clamped).
     pub lease_ms: u64,
+    /// The worst case against the daily and monthly quotas (see `limits::quota`); `None`
+    /// when the tier sets none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota: Option<QuotaCharge>,
 }
 
 /// What an admitted request was charged. The shell keeps it and hands it back to
@@ -144,6 +149,9 @@ pub struct Reservation {
     pub output_tokens: u64,
     /// When the concurrency slot frees by itself, in ms since the Unix epoch.
     pub lease_expires_ms: u64,
+    /// What the quotas reserved, settled with the lease record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota: Option<QuotaHold>,
 }
 
 impl Reservation {
@@ -153,6 +161,7 @@ impl Reservation {
         input_tokens: 0,
         output_tokens: 0,
         lease_expires_ms: 0,
+        quota: None,
     };
 }
 
@@ -197,13 +206,15 @@ pub enum Admission {
     Admitted(Reservation),
     /// Nothing charged; retry later.
     Denied(Denial),
+    /// Nothing charged: a daily or monthly quota has no room until its window resets.
+    Exhausted(QuotaDenial),
 }
 
 // Read as the derive reads it (the same forms, the same errors), with the variant's name read
 // by the one shared decoder (`json::VariantSeed`).
 impl<'de> Deserialize<'de> for Admission {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        const NAMES: &[&str] = &["admitted", "denied"];
+        const NAMES: &[&str] = &["admitted", "denied", "exhausted"];
         struct Reading;
         impl<'de> serde::de::Visitor<'de> for Reading {
             type Value = Admission;
@@ -217,7 +228,8 @@ impl<'de> Deserialize<'de> for Admission {
                 use serde::de::VariantAccess;
                 match data.variant_seed(crate::json::VariantSeed(NAMES))? {
                     (0, variant) => variant.newtype_variant().map(Admission::Admitted),
-                    (_, variant) => variant.newtype_variant().map(Admission::Denied),
+                    (1, variant) => variant.newtype_variant().map(Admission::Denied),
+                    (_, variant) => variant.newtype_variant().map(Admission::Exhausted),
                 }
             }
         }
@@ -231,7 +243,7 @@ impl Admission {
     pub fn reservation(&self) -> Option<&Reservation> {
         match self {
             Admission::Admitted(reservation) => Some(reservation),
-            Admission::Denied(_) => None,
+            Admission::Denied(_) | Admission::Exhausted(_) => None,
         }
     }
 }
@@ -294,6 +306,9 @@ pub struct LimiterState {
     /// In admission order.
     leases: Vec<Lease>,
     next_lease_id: u64,
+    /// The daily and monthly quotas' spending (absent from states stored before them).
+    #[serde(skip_serializing_if = "QuotaState::is_empty")]
+    quota: QuotaState,
 }
 
 /// What an admission of `request` reserves in a token `dimension` of these limits (0 for
@@ -473,6 +488,26 @@ impl LimiterState {
         let input_cost = reserved_tokens(limits, request, Dimension::InputTpm);
         let output_cost = reserved_tokens(limits, request, Dimension::OutputTpm);
         let costs = (request_cost, input_cost, output_cost);
+        // Reserved on a copy, kept only if every per-minute bucket admits too.
+        let mut quota = self.quota;
+        let hold = match request.quota.filter(|_| limits.quotas.any()) {
+            Some(mut charge) => {
+                // Counted against `rpd` with `rpm` while its body arrived: not again.
+                if arrival == Arrival::Counted {
+                    charge.requests = 0;
+                }
+                match quota.reserve(&limits.quotas, now, charge) {
+                    Ok(hold) => Some(hold),
+                    Err(mut refusal) => {
+                        refusal.retry_after_ms = refusal
+                            .retry_after_ms
+                            .saturating_add(now.saturating_sub(now_ms));
+                        return Admission::Exhausted(refusal);
+                    }
+                }
+            }
+            None => None,
+        };
         if let Some(mut denial) = self.binding_denial(limits, now, costs) {
             // The state's clock may be ahead of the caller's; the wait counts from the latter.
             denial.retry_after_ms = denial
@@ -480,6 +515,7 @@ impl LimiterState {
                 .saturating_add(now.saturating_sub(now_ms));
             return Admission::Denied(denial);
         }
+        self.quota = quota;
         self.charge(request_cost, input_cost, output_cost);
         self.make_room_for_a_lease(limits, now);
         let (lease_id, lease_expires_ms) = self.open_lease(now, request.lease_ms);
@@ -488,6 +524,7 @@ impl LimiterState {
             input_tokens: input_cost,
             output_tokens: output_cost,
             lease_expires_ms,
+            quota: hold,
         })
     }
 
@@ -610,6 +647,41 @@ impl LimiterState {
         None
     }
 
+    /// [`LimiterState::admit_request_only`] with the request counted against `rpd` too, in the
+    /// same decision: refused by either, charged in neither. Nothing is settled afterwards.
+    #[must_use]
+    pub fn admit_request(&mut self, limits: &TierLimits, now_ms: u64) -> Admission {
+        let mut quota = self.quota;
+        if limits.quotas.rpd.is_some() {
+            let one = QuotaCharge {
+                requests: 1,
+                ..QuotaCharge::default()
+            };
+            let at = now_ms.max(self.clock_ms);
+            if let Err(mut refusal) = quota.reserve(&limits.quotas, at, one) {
+                refusal.retry_after_ms = refusal
+                    .retry_after_ms
+                    .saturating_add(at.saturating_sub(now_ms));
+                return Admission::Exhausted(refusal);
+            }
+        }
+        match self.admit_request_only(limits, now_ms) {
+            Some(denial) => Admission::Denied(denial),
+            None => {
+                self.quota = quota;
+                Admission::Admitted(Reservation::NOTHING)
+            }
+        }
+    }
+
+    /// The quotas' standing at `now_ms`, every limited dimension (none when the tier sets no
+    /// quota).
+    #[must_use]
+    pub fn quota_standing(&self, limits: &TierLimits, now_ms: u64) -> Vec<QuotaStanding> {
+        self.quota
+            .standing(&limits.quotas, now_ms.max(self.clock_ms))
+    }
+
     /// The most lease records kept for these limits.
     fn lease_cap(limits: &TierLimits) -> usize {
         let slots = limits.concurrency.map_or(0, NonZeroU32::get);
@@ -711,6 +783,21 @@ impl LimiterState {
         reservation: &Reservation,
         actual: Used,
     ) -> Settlement {
+        self.settle_priced(limits, now_ms, reservation, actual, None)
+    }
+
+    /// [`LimiterState::settle`], with what the answer cost in micro-dollars (`None`:
+    /// unknown, the reservation's worst case stays charged). The quotas' hold is settled
+    /// once, with its lease record: a second settlement, or one whose record was dropped,
+    /// leaves the quotas as they are (charged at least what was used).
+    pub fn settle_priced(
+        &mut self,
+        limits: &TierLimits,
+        now_ms: u64,
+        reservation: &Reservation,
+        actual: Used,
+        cost_micros: Option<u64>,
+    ) -> Settlement {
         self.advance(limits, now_ms);
         let found = self
             .leases
@@ -723,6 +810,16 @@ impl LimiterState {
             lease_found: record.is_some(),
             ..Settlement::default()
         };
+        if let Some(hold) = reservation.quota.filter(|_| record.is_some()) {
+            let reserved = hold.reserved;
+            let used = QuotaCharge {
+                requests: reserved.requests,
+                input_tokens: actual.input_tokens.unwrap_or(reserved.input_tokens),
+                output_tokens: actual.output_tokens.unwrap_or(reserved.output_tokens),
+                micros: cost_micros.unwrap_or(reserved.micros),
+            };
+            self.quota.settle(&hold, used);
+        }
         if limits.input_tpm.is_some() {
             (
                 settlement.returned_input_tokens,
@@ -825,6 +922,7 @@ impl LimiterState {
             && state.input == Level::EMPTY
             && state.output == Level::EMPTY
             && state.leases.is_empty()
+            && state.quota.spent_until(&limits.quotas, now_ms).is_none()
     }
 
     /// Milliseconds from `now_ms` until [`is_idle`](Self::is_idle) becomes true if nothing
@@ -850,8 +948,10 @@ impl LimiterState {
             .map(|lease| lease.expires_ms.saturating_add(LEASE_MEMORY_MS))
             .max()
             .unwrap_or(now);
+        let spent_until = state.quota.spent_until(&limits.quotas, now).unwrap_or(now);
         now.saturating_add(full_in)
             .max(forgotten_at)
+            .max(spent_until)
             .saturating_sub(now_ms)
     }
 
@@ -893,6 +993,7 @@ mod renew_tests {
             input_tokens: 0,
             output_tokens: 0,
             lease_ms: 100_000,
+            quota: None,
         };
         let Admission::Admitted(held) = state.admit(&limits, t0, &ask) else {
             panic!("admitted")
@@ -932,6 +1033,7 @@ mod tests {
             input_tpm: NonZeroU32::new(input_tpm),
             output_tpm: NonZeroU32::new(output_tpm),
             concurrency: NonZeroU32::new(concurrency),
+            quotas: Default::default(),
         }
     }
 
@@ -940,6 +1042,7 @@ mod tests {
             input_tokens,
             output_tokens,
             lease_ms: 600_000,
+            quota: None,
         }
     }
 
@@ -1204,6 +1307,7 @@ mod tests {
             input_tokens: 0,
             output_tokens: 0,
             lease_ms: 300,
+            quota: None,
         };
         let first = admitted(state.admit(&l, T0, &short));
         admitted(state.admit(&l, T0 + 100, &request(0, 0)));
@@ -1295,6 +1399,7 @@ mod tests {
             input_tokens: 0,
             output_tokens: 1_000,
             lease_ms: 1_000,
+            quota: None,
         };
         let reservation = admitted(state.admit(&l, T0, &short));
         // The lease expired (the slot is free again) but the record remains.
@@ -1476,6 +1581,7 @@ mod tests {
             input_tokens: 0,
             output_tokens: 0,
             lease_ms: 1,
+            quota: None,
         };
         for i in 0..1_000 {
             admitted(state.admit(&l, T0 + i, &short));
@@ -1509,6 +1615,7 @@ mod tests {
             input_tokens: 0,
             output_tokens: 0,
             lease_ms: 0,
+            quota: None,
         };
         let reservation = admitted(state.admit(&l, T0, &zero));
         assert_eq!(reservation.lease_expires_ms, T0 + 1);
@@ -1517,6 +1624,7 @@ mod tests {
             input_tokens: 0,
             output_tokens: 0,
             lease_ms: u64::MAX,
+            quota: None,
         };
         let reservation = admitted(state.admit(&l, T0, &huge));
         assert_eq!(reservation.lease_expires_ms, T0 + MAX_LEASE_MS);

@@ -36,8 +36,12 @@ mod settle;
 mod credit_properties;
 #[cfg(test)]
 mod properties;
+#[cfg(test)]
+mod quota_properties;
 
-pub use caller_headers::{anthropic_headers, limit_headers, rate_limit_headers, rfc3339_utc};
+pub use caller_headers::{
+    anthropic_headers, limit_headers, quota_headers, rate_limit_headers, rfc3339_utc,
+};
 pub use credit::{
     Carry, Credit, Credits, LocalAdmission, OwnerStep, Returns, Settled, Ticket, CREDIT_VALID_MS,
     FLUSHER_LIFE_MS, MAX_CREDIT_TICKETS, SETTLE_DELAY_MS,
@@ -58,9 +62,10 @@ pub use renewal::{
     Renewals, Step, FIRST_RENEWAL_MS, RENEW_EVERY_MS, SLOT_BACK_WITHIN_MS, STALLED_BODY_MS,
     STREAM_LEASE_MS, WATCH_TICK_MS,
 };
-pub use settle::{settlement_usage, Answered};
+pub use settle::{settlement_cost, settlement_usage, Answered};
 
 use crate::error::{retry_in, LimitInfo, ProxyError, Scope};
+use quota::QuotaDenial;
 
 /// Until its first byte, a request holds its slot for this long, renewed every
 /// [`WAITING_RENEW_EVERY_MS`] while it waits or tries (backoff, pacing, a slow attempt): a
@@ -86,6 +91,51 @@ impl Denial {
 
 impl From<&Denial> for ProxyError {
     fn from(denial: &Denial) -> ProxyError {
+        ProxyError::RateLimited {
+            retry_after_ms: denial.retry_after_ms,
+            message: denial.message(),
+            limit: LimitInfo {
+                scope: Scope::Key,
+                dimension: Some(denial.dimension.as_str().to_string()),
+                limit: Some(denial.limit),
+                remaining: Some(denial.remaining),
+            },
+            limit_headers: Vec::new(),
+        }
+    }
+}
+
+impl QuotaDenial {
+    /// The message of the 429, e.g. `usd_per_day quota of 200000 reached for this key (0
+    /// left); it resets in 3600 s`. Dollars are in micro-dollars, as in the headers.
+    #[must_use]
+    pub fn message(&self) -> String {
+        let name = self.dimension.as_str();
+        let unit = if name.starts_with("usd_") {
+            " micro-dollars"
+        } else {
+            ""
+        };
+        let resets = crate::error::whole_seconds(self.retry_after_ms);
+        if self.never_fits {
+            format!(
+                "this request alone could use more than the whole {name} quota of {}{unit} \
+                 for this key: it cannot be admitted in any window (lower max_tokens or the \
+                 prompt); the window resets in {resets} s",
+                self.limit
+            )
+        } else {
+            format!(
+                "{name} quota of {}{unit} reached for this key ({} left, not enough for this \
+                 request's worst case); it resets in {resets} s",
+                self.limit, self.remaining
+            )
+        }
+    }
+}
+
+impl From<&QuotaDenial> for ProxyError {
+    fn from(denial: &QuotaDenial) -> ProxyError {
         ProxyError::RateLimited {
             retry_after_ms: denial.retry_after_ms,
             message: denial.message(),
@@ -145,6 +195,7 @@ mod tests {
             input_tpm: std::num::NonZeroU32::new(input_tpm),
             output_tpm: None,
             concurrency: None,
+            quotas: Default::default(),
         }
     }
 
@@ -156,6 +207,7 @@ mod tests {
             input_tokens: 30,
             output_tokens: 0,
             lease_ms: 60_000,
+            quota: None,
         };
         let Admission::Admitted(reservation) = state.admit(&limits, now, &request) else {
             panic!("a fresh key is admitted");
@@ -175,6 +227,7 @@ mod tests {
             input_tokens: 30,
             output_tokens: 0,
             lease_ms: 60_000,
+            quota: None,
         };
         assert!(matches!(
             state.admit(&tier(2_000), now, &next),
@@ -190,6 +243,7 @@ mod tests {
             input_tokens: 30,
             output_tokens: 0,
             lease_ms: 60_000,
+            quota: None,
         };
         let Admission::Denied(denial) = state.admit(&tier(2_000), now, &next) else {
             panic!("5 025 input tokens on a 2 000 bucket must be waited for");

@@ -6,12 +6,15 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::caller_headers::{limit_headers, quota_headers};
 use super::credit::{Returns, Ticket};
 use super::limiter_state::{
     Admission, AdmissionRequest, DimensionStatus, LimiterState, Reservation, Settlement, Used,
 };
+use super::quota::QuotaStanding;
 use crate::config::TierLimits;
 use crate::durable::ObjectState;
+use crate::error::ProxyError;
 
 /// The alarm looks again this long after the caller may be idle.
 const IDLE_SLACK_MS: u64 = 1_000;
@@ -67,6 +70,9 @@ pub enum LimiterCall {
         /// whose request the upstream answered with a 2xx.
         #[serde(default = "yes")]
         confirms: bool,
+        /// What the answer cost in micro-dollars, for the dollar quotas; `None`: unknown.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cost_micros: Option<u64>,
     },
     /// The answer is still moving: hold its slot for another `lease_ms`.
     Renew {
@@ -126,7 +132,7 @@ impl crate::json::StructVariants for LimiterCall {
         ],
         &["limits", "ticket", "credit", "returns"],
         &["limits", "provisional"],
-        &["limits", "reservation", "usage", "confirms"],
+        &["limits", "reservation", "usage", "confirms", "cost_micros"],
         &["limits", "lease_id", "lease_ms"],
         &["limits"],
     ];
@@ -164,6 +170,7 @@ struct CallFields {
     usage: Option<Used>,
     lease_id: Option<u64>,
     lease_ms: Option<u64>,
+    cost_micros: Option<u64>,
 }
 
 impl CallFields {
@@ -191,7 +198,8 @@ impl CallFields {
                 (0, _) => read.counted = Some(map.next_value()?),
                 (3, 1) => read.reservation = Some(map.next_value()?),
                 (3, 2) => read.usage = Some(map.next_value()?),
-                (3, _) => read.confirms = Some(map.next_value()?),
+                (3, 3) => read.confirms = Some(map.next_value()?),
+                (3, _) => read.cost_micros = map.next_value()?,
                 (_, 1) => read.lease_id = Some(map.next_value()?),
                 _ => read.lease_ms = Some(map.next_value()?),
             }
@@ -233,6 +241,7 @@ impl CallFields {
                 reservation: required(self.reservation, "reservation")?,
                 usage: required(self.usage, "usage")?,
                 confirms: self.confirms.unwrap_or(true),
+                cost_micros: self.cost_micros,
             },
             _ => LimiterCall::Renew {
                 limits,
@@ -253,6 +262,48 @@ pub struct AdmitReply {
     /// The tickets granted with the admission (the status counts them as used).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tickets: Vec<Ticket>,
+    /// The daily and monthly quotas as of now (none when the tier sets none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub quotas: Vec<QuotaStanding>,
+}
+
+impl AdmitReply {
+    /// The reservation, with the caller's limits (per minute, and its quotas) for the
+    /// answer's headers; or the refusal, a `429` that carries those headers itself.
+    pub fn answer(
+        self,
+        headers: &mut Vec<(&'static str, String)>,
+    ) -> Result<Reservation, ProxyError> {
+        match self.admission {
+            Admission::Admitted(reservation) => {
+                headers.extend(limit_headers(&self.status, None, self.now_ms));
+                quota_headers(headers, &self.quotas, None, self.now_ms);
+                Ok(reservation)
+            }
+            Admission::Exhausted(refusal) => {
+                let mut refused = ProxyError::from(&refusal);
+                if let ProxyError::RateLimited {
+                    limit_headers: own, ..
+                } = &mut refused
+                {
+                    *own = limit_headers(&self.status, None, self.now_ms);
+                    quota_headers(own, &self.quotas, Some(&refusal), self.now_ms);
+                }
+                Err(refused)
+            }
+            Admission::Denied(denial) => {
+                let mut refused = ProxyError::from(&denial);
+                if let ProxyError::RateLimited {
+                    limit_headers: own, ..
+                } = &mut refused
+                {
+                    *own = limit_headers(&self.status, Some(&denial), self.now_ms);
+                    quota_headers(own, &self.quotas, None, self.now_ms);
+                }
+                Err(refused)
+            }
+        }
+    }
 }
 
 /// The object's answer to a refill.
@@ -281,6 +332,9 @@ pub struct CallerUsage {
     pub limits: TierLimits,
     /// Every limited dimension: its limit, what remains now and when it is full again.
     pub dimensions: Vec<DimensionStatus>,
+    /// Every limited quota window: its limit, what was spent, what remains and when it resets.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub quotas: Vec<QuotaStanding>,
     /// Every bucket is full and no slot is held: the caller has not been seen lately.
     pub idle: bool,
     pub now_ms: u64,
@@ -353,6 +407,7 @@ impl LimiterObject {
             status,
             now_ms,
             tickets,
+            quotas: self.limiter.quota_standing(&limits, now_ms),
         })
     }
 
@@ -389,16 +444,14 @@ impl LimiterObject {
     ) -> LimiterReply {
         self.confirmed |= !provisional;
         self.limits = limits;
-        let admission = match self.limiter.admit_request_only(&limits, now_ms) {
-            None => Admission::Admitted(Reservation::NOTHING),
-            Some(denial) => Admission::Denied(denial),
-        };
+        let admission = self.limiter.admit_request(&limits, now_ms);
         let status = self.limiter.snapshot(&limits, now_ms);
         LimiterReply::Admitted(AdmitReply {
             admission,
             status,
             now_ms,
             tickets: Vec::new(),
+            quotas: self.limiter.quota_standing(&limits, now_ms),
         })
     }
 
@@ -408,6 +461,7 @@ impl LimiterObject {
         LimiterReply::Status(CallerUsage {
             limits,
             dimensions: self.limiter.snapshot(&limits, now_ms),
+            quotas: self.limiter.quota_standing(&limits, now_ms),
             idle: self.limiter.is_idle(&limits, now_ms),
             now_ms,
             object: self.seen,
@@ -457,9 +511,16 @@ impl ObjectState for LimiterObject {
                 reservation,
                 usage,
                 confirms,
+                cost_micros,
             } => {
                 self.confirmed |= confirms;
-                LimiterReply::Settled(self.limiter.settle(&limits, now_ms, &reservation, usage))
+                LimiterReply::Settled(self.limiter.settle_priced(
+                    &limits,
+                    now_ms,
+                    &reservation,
+                    usage,
+                    cost_micros,
+                ))
             }
             LimiterCall::Renew {
                 limits,
@@ -514,6 +575,7 @@ mod tests {
             input_tokens: 10,
             output_tokens: 10,
             lease_ms: 60_000,
+            quota: None,
         };
         LimiterCall::Admit {
             limits,
@@ -547,6 +609,7 @@ mod tests {
             reservation,
             usage: Used::UNKNOWN,
             confirms,
+            cost_micros: None,
         };
         // A made-up key: admitted, limited in memory, refused upstream, never stored.
         let mut object = LimiterObject::default();
@@ -634,6 +697,7 @@ mod tests {
                 input_tokens: 10,
                 output_tokens: 100,
                 lease_ms,
+                quota: None,
             },
             provisional: false,
             credit: 0,
@@ -681,6 +745,7 @@ mod tests {
             reservation,
             usage: Used::UNKNOWN,
             confirms: true,
+            cost_micros: None,
         };
         object.call(t0 + 101_000, settle);
         let LimiterReply::Status(usage) =
@@ -749,6 +814,7 @@ mod tests {
                 output_tokens: Some(40),
             },
             confirms: true,
+            cost_micros: None,
         };
         let LimiterReply::Settled(settled) = object.call(t0 + 30_000, settle.clone()) else {
             panic!("a settlement answers with a settlement");
@@ -802,6 +868,7 @@ mod tests {
             input_tokens: 0,
             output_tokens: 0,
             lease_ms: 60_000,
+            quota: None,
         };
         let LimiterReply::Admitted(reply) = object.decide(
             t0,
@@ -830,6 +897,7 @@ mod tests {
                 reservation,
                 usage: Used::UNKNOWN,
                 confirms: true,
+                cost_micros: None,
             },
         );
         assert!(matches!(settled, LimiterReply::Settled(_)));
@@ -964,12 +1032,14 @@ mod tests {
             input_tokens: 3,
             output_tokens: 4,
             lease_ms: 5,
+            quota: None,
         };
         let reservation = Reservation {
             lease_id: 6,
             input_tokens: 7,
             output_tokens: 8,
             lease_expires_ms: 9,
+            quota: None,
         };
         let returns = Returns {
             settle: Vec::new(),
@@ -1012,6 +1082,7 @@ mod tests {
                     output_tokens: None,
                 },
                 confirms: false,
+                cost_micros: None,
             },
             LimiterCall::Renew {
                 limits,

@@ -312,6 +312,7 @@ mod tests {
             input_tpm: n(1_000_000),
             output_tpm: n(1_000_000),
             concurrency: n(1_000),
+            quotas: Default::default(),
         }
     }
 
@@ -327,6 +328,7 @@ mod tests {
             reservation: reservation(lease_id),
             usage: crate::limits::Used::UNKNOWN,
             confirms: true,
+            cost_micros: None,
         }
     }
 

@@ -6,9 +6,7 @@
 //! `docs/configuration.md` for its date); `MODEL_PRICES` adds or replaces models, for new ones
 //! or negotiated rates. A model with no price is never admitted for free under a dollar quota.
 
-use crate::sorted_map::SortedMap;
-
-use serde::Deserialize;
+use crate::json::Json;
 
 /// Micro-dollars in a dollar.
 const MICROS: u64 = 1_000_000;
@@ -217,32 +215,9 @@ const fn flat(rates: Rates) -> ModelPrice {
 /// The prices the proxy knows: the built-in table with `MODEL_PRICES` over it.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct PriceTable {
-    /// Models given in `MODEL_PRICES`, which win over the built-in ones.
-    overrides: SortedMap<String, ModelPrice>,
-}
-
-/// One model in `MODEL_PRICES`: dollars per million tokens. Cache rates left out follow
-/// Anthropic's multipliers of `input`.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct GivenPrice {
-    input: f64,
-    output: f64,
-    cache_write_5m: Option<f64>,
-    cache_write_1h: Option<f64>,
-    cache_read: Option<f64>,
-    long_prompt: Option<GivenLongPrompt>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct GivenLongPrompt {
-    above_tokens: u64,
-    input: f64,
-    output: f64,
-    cache_write_5m: Option<f64>,
-    cache_write_1h: Option<f64>,
-    cache_read: Option<f64>,
+    /// Models given in `MODEL_PRICES`, which win over the built-in ones (a few: a list is
+    /// all they need).
+    overrides: Vec<(String, ModelPrice)>,
 }
 
 /// The dearest rate accepted, in dollars per million tokens: far above any model's, low
@@ -260,21 +235,48 @@ fn micros(model: &str, field: &str, dollars: f64) -> Result<u64, String> {
     Ok((dollars * MICROS as f64).round() as u64)
 }
 
-fn rates_of(
-    model: &str,
-    (input, output): (f64, f64),
-    cache: (Option<f64>, Option<f64>, Option<f64>),
-) -> Result<Rates, String> {
-    let input = micros(model, "input", input)?;
-    let or = |given: Option<f64>, field: &str, default: u64| {
-        given.map_or(Ok(default), |d| micros(model, field, d))
+/// One set of rates as `MODEL_PRICES` gives them, in dollars per million tokens: `input` and
+/// `output`, and the cache rates, which follow Anthropic's multipliers of `input` when left
+/// out. `also` is the one other field the object may have.
+fn rates_of(model: &str, given: &Json, also: &str) -> Result<Rates, String> {
+    const FIELDS: [&str; 5] = [
+        "input",
+        "output",
+        "cache_write_5m",
+        "cache_write_1h",
+        "cache_read",
+    ];
+    let Json::Object(fields) = given else {
+        return Err(format!(
+            "MODEL_PRICES: {model:?} must be an object of prices"
+        ));
     };
+    if let Some((unknown, _)) = fields
+        .iter()
+        .find(|(name, _)| name != also && !FIELDS.contains(&name.as_str()))
+    {
+        return Err(format!(
+            "MODEL_PRICES: {model:?} has an unknown field {unknown:?}"
+        ));
+    }
+    let field = |name: &str| -> Result<Option<u64>, String> {
+        match given.get(name) {
+            None | Some(Json::Null) => Ok(None),
+            #[allow(clippy::cast_precision_loss)] // prices far below 2^53
+            Some(Json::Unsigned(n)) => micros(model, name, *n as f64).map(Some),
+            Some(Json::Float(dollars)) => micros(model, name, *dollars).map(Some),
+            Some(_) => micros(model, name, -1.0).map(Some),
+        }
+    };
+    let required =
+        |name: &str| field(name)?.ok_or_else(|| format!("MODEL_PRICES: {model:?} needs {name}"));
+    let input = required("input")?;
     Ok(Rates {
         input,
-        output: micros(model, "output", output)?,
-        cache_write_5m: or(cache.0, "cache_write_5m", input / 4 * 5)?,
-        cache_write_1h: or(cache.1, "cache_write_1h", input * 2)?,
-        cache_read: or(cache.2, "cache_read", input / 10)?,
+        output: required("output")?,
+        cache_write_5m: field("cache_write_5m")?.unwrap_or(input / 4 * 5),
+        cache_write_1h: field("cache_write_1h")?.unwrap_or(input * 2),
+        cache_read: field("cache_read")?.unwrap_or(input / 10),
     })
 }
 
@@ -284,27 +286,31 @@ impl PriceTable {
         let Some(json) = json.map(str::trim).filter(|j| !j.is_empty()) else {
             return Ok(PriceTable::default());
         };
-        let given: SortedMap<String, GivenPrice> = serde_json::from_str(json)
+        let given: Json = serde_json::from_str(json)
             .map_err(|e| format!("MODEL_PRICES is not a JSON object of model prices: {e}"))?;
-        let mut overrides = SortedMap::new();
-        for (model, price) in given {
-            let rates = rates_of(
-                &model,
-                (price.input, price.output),
-                (price.cache_write_5m, price.cache_write_1h, price.cache_read),
-            )?;
-            let long_prompt = match price.long_prompt {
-                None => None,
+        let Json::Object(models) = given else {
+            return Err("MODEL_PRICES is not a JSON object of model prices".to_string());
+        };
+        let mut overrides = Vec::with_capacity(models.len());
+        for (model, price) in &models {
+            let rates = rates_of(model, price, "long_prompt")?;
+            let long_prompt = match price.get("long_prompt") {
+                None | Some(Json::Null) => None,
                 Some(long) => Some(LongPrompt {
-                    above_tokens: long.above_tokens,
-                    rates: rates_of(
-                        &model,
-                        (long.input, long.output),
-                        (long.cache_write_5m, long.cache_write_1h, long.cache_read),
-                    )?,
+                    above_tokens: match long.get("above_tokens") {
+                        Some(Json::Unsigned(n)) => *n,
+                        _ => {
+                            return Err(format!(
+                                "MODEL_PRICES: {model:?} long_prompt needs above_tokens, a whole number"
+                            ))
+                        }
+                    },
+                    rates: rates_of(model, long, "above_tokens")?,
                 }),
             };
-            overrides.insert(model, ModelPrice { rates, long_prompt });
+            // A model given twice: the last one counts, as for any JSON object.
+            overrides.retain(|(given, _)| given != model);
+            overrides.push((model.clone(), ModelPrice { rates, long_prompt }));
         }
         Ok(PriceTable { overrides })
     }
@@ -315,16 +321,18 @@ impl PriceTable {
     #[must_use]
     pub fn of(&self, model: &str) -> Option<ModelPrice> {
         let base = base_id(model);
-        self.overrides
-            .get(model)
-            .or_else(|| self.overrides.get(base))
-            .copied()
-            .or_else(|| {
-                BUILT_IN
-                    .iter()
-                    .find(|(id, _)| *id == model || *id == base)
-                    .map(|(_, price)| *price)
-            })
+        let given = |id: &str| {
+            self.overrides
+                .iter()
+                .find(|(given, _)| given == id)
+                .map(|(_, price)| *price)
+        };
+        given(model).or_else(|| given(base)).or_else(|| {
+            BUILT_IN
+                .iter()
+                .find(|(id, _)| *id == model || *id == base)
+                .map(|(_, price)| *price)
+        })
     }
 }
 
@@ -333,8 +341,12 @@ fn base_id(model: &str) -> &str {
     if let Some(base) = model.strip_suffix("-latest") {
         return base;
     }
-    match model.rsplit_once('-') {
-        Some((base, date)) if date.len() == 8 && date.bytes().all(|b| b.is_ascii_digit()) => base,
+    // The last nine bytes: `-` and eight digits (ASCII, so the cut is a character boundary).
+    let cut = model.len().saturating_sub(9);
+    match model.as_bytes().get(cut..) {
+        Some([b'-', date @ ..]) if cut > 0 && date.iter().all(u8::is_ascii_digit) => {
+            model.get(..cut).unwrap_or(model)
+        }
         _ => model,
     }
 }

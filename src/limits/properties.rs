@@ -48,6 +48,7 @@ fn tier(with_concurrency: bool) -> impl Strategy<Value = TierLimits> {
             input_tpm,
             output_tpm,
             concurrency,
+            quotas: Default::default(),
         },
     )
 }
@@ -205,6 +206,7 @@ impl Sim {
                     input_tokens: input,
                     output_tokens: output,
                     lease_ms,
+                    quota: None,
                 };
                 if let Admission::Admitted(reservation) =
                     self.state.admit(&self.limits, self.now, &request)
@@ -296,6 +298,7 @@ impl Sim {
                     input_tokens: 0,
                     output_tokens: 0,
                     lease_expires_ms: 0,
+                    quota: None,
                 };
                 let settlement = self
                     .state
@@ -555,6 +558,7 @@ proptest! {
             input_tokens: quota_of(limits.input_tpm) * ask.0 + 1,
             output_tokens: quota_of(limits.output_tpm) * ask.1 + 1,
             lease_ms: 1_000,
+            quota: None,
         };
         let mut state = sim.state.clone();
         match state.admit(&limits, now, &request) {
@@ -562,6 +566,7 @@ proptest! {
                 prop_assert_eq!(reservation.input_tokens, limits.input_tpm.map_or(0, |q| u64::from(q.get())));
                 prop_assert_eq!(reservation.output_tokens, limits.output_tpm.map_or(0, |q| u64::from(q.get())));
             }
+            Admission::Exhausted(refusal) => prop_assert!(false, "no quota set: {refusal:?}"),
             Admission::Denied(denial) => {
                 replay_is_exact(&state, &limits, now, &request, &denial)?;
                 // When a token bucket binds, the wait ends the moment it is full.
@@ -593,7 +598,7 @@ proptest! {
         }
         for (gap, input, output) in probes {
             let now = sim.now.saturating_add_signed(gap);
-            let request = AdmissionRequest { input_tokens: input, output_tokens: output, lease_ms: 1_000 };
+            let request = AdmissionRequest { input_tokens: input, output_tokens: output, lease_ms: 1_000, quota: None };
             let mut state = sim.state.clone();
             if let Admission::Denied(denial) = state.admit(&limits, now, &request) {
                 prop_assert_ne!(denial.dimension, Dimension::Concurrency);
@@ -617,7 +622,7 @@ proptest! {
             let now = sim.now.saturating_add_signed(*gap);
             match event {
                 Event::Admit { input, output, lease_ms, .. } => {
-                    let request = AdmissionRequest { input_tokens: *input, output_tokens: *output, lease_ms: *lease_ms };
+                    let request = AdmissionRequest { input_tokens: *input, output_tokens: *output, lease_ms: *lease_ms, quota: None };
                     prop_assert_eq!(stored.admit(&limits, now, &request), sim.state.clone().admit(&limits, now, &request));
                 }
                 Event::Settle(pick) if !sim.admitted.is_empty() => {
@@ -629,7 +634,7 @@ proptest! {
                     );
                 }
                 Event::Settle(_) => {
-                    let unknown = Reservation { lease_id: 7, input_tokens: 0, output_tokens: 0, lease_expires_ms: 0 };
+                    let unknown = Reservation { lease_id: 7, input_tokens: 0, output_tokens: 0, lease_expires_ms: 0, quota: None };
                     stored.settle(&limits, now, &unknown, Used::UNKNOWN);
                 }
             }
@@ -662,8 +667,8 @@ proptest! {
             };
             let l = only(status.dimension);
             let ask = |tokens: u64| match status.dimension {
-                Dimension::InputTpm => AdmissionRequest { input_tokens: tokens, output_tokens: 0, lease_ms: 1 },
-                _ => AdmissionRequest { input_tokens: 0, output_tokens: tokens, lease_ms: 1 },
+                Dimension::InputTpm => AdmissionRequest { input_tokens: tokens, output_tokens: 0, lease_ms: 1, quota: None },
+                _ => AdmissionRequest { input_tokens: 0, output_tokens: tokens, lease_ms: 1, quota: None },
             };
             if status.dimension != Dimension::Rpm {
                 let fits = sim.state.clone().admit(&l, sim.now, &ask(status.remaining));

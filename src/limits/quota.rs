@@ -12,10 +12,11 @@ use std::num::NonZeroU64;
 
 use serde::{Deserialize, Serialize};
 
-use super::calendar::{Period, Window, Zone};
+use super::calendar::{Period, Window, Zone, MAX_OFFSET_MINUTES};
 
 /// A tier's quotas; `None` leaves a dimension unlimited.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "Vec<u64>", into = "Vec<u64>")]
 pub struct Quotas {
     pub rpd: Option<NonZeroU64>,
     pub input_tpd: Option<NonZeroU64>,
@@ -25,7 +26,6 @@ pub struct Quotas {
     /// Micro-dollars a month.
     pub usd_per_month: Option<NonZeroU64>,
     /// Where the tier's days begin.
-    #[serde(default)]
     pub zone: Zone,
 }
 
@@ -39,6 +39,19 @@ impl Quotas {
             || self.prices_matter()
     }
 
+    /// Whether nothing is limited (the form a tier's limits leave out).
+    #[must_use]
+    pub fn is_none(&self) -> bool {
+        !self.any() && self.zone == Zone::UTC
+    }
+
+    /// Whether a settlement needs the answer's usage: a token or dollar quota (`rpd` counts
+    /// the request alone).
+    #[must_use]
+    pub fn settles_on_the_answer(&self) -> bool {
+        self.input_tpd.is_some() || self.output_tpd.is_some() || self.prices_matter()
+    }
+
     /// Whether a dollar quota is set, so every request must have a price.
     #[must_use]
     pub fn prices_matter(&self) -> bool {
@@ -47,8 +60,7 @@ impl Quotas {
 }
 
 /// A quota's dimension, named as in answers, headers and the status.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum QuotaDimension {
     Rpd,
     InputTpd,
@@ -105,8 +117,15 @@ impl QuotaDimension {
     }
 }
 
+/// Whether `name` is one of the quotas' dimensions (a refusal by one is not worth retrying).
+#[must_use]
+pub fn is_quota_dimension(name: &str) -> bool {
+    QuotaDimension::ALL.iter().any(|d| d.as_str() == name)
+}
+
 /// What a request takes from its caller's windows: reserved, or used.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "Vec<u64>", into = "Vec<u64>")]
 pub struct QuotaCharge {
     pub requests: u64,
     pub input_tokens: u64,
@@ -115,7 +134,7 @@ pub struct QuotaCharge {
 }
 
 /// What one window has taken so far.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 struct Spent {
     /// The window's start; a charge made in an earlier one is not counted here.
     start_ms: u64,
@@ -144,6 +163,7 @@ impl Spent {
 
 /// A reservation against the quotas, to hand back at the settlement.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "Vec<u64>", into = "Vec<u64>")]
 pub struct QuotaHold {
     day_start_ms: u64,
     month_start_ms: u64,
@@ -152,6 +172,7 @@ pub struct QuotaHold {
 
 /// A request the quotas refuse, and until when.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "Vec<u64>", into = "Vec<u64>")]
 pub struct QuotaDenial {
     pub dimension: QuotaDimension,
     pub limit: u64,
@@ -164,23 +185,44 @@ pub struct QuotaDenial {
 
 /// One dimension's standing, for the answer's headers and the status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "Vec<u64>", into = "Vec<u64>")]
 pub struct QuotaStanding {
     pub dimension: QuotaDimension,
     pub limit: u64,
     pub used: u64,
     pub remaining: u64,
-    /// When the window resets, in ms since the Unix epoch.
+    /// When the window began and when it resets, in ms since the Unix epoch.
+    pub starts_ms: u64,
     pub resets_ms: u64,
 }
 
 /// A caller's spending in its current day and month.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "Vec<u64>", into = "Vec<u64>")]
 pub struct QuotaState {
     day: Spent,
     month: Spent,
 }
 
 impl QuotaState {
+    /// Nothing spent in any window (the form a stored state leaves out).
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        *self == QuotaState::default()
+    }
+
+    /// Until when the spending in a limited window at `now_ms` must be kept: the end of the
+    /// latest such window with something charged; `None` when nothing limited is spent (the
+    /// state is then as good as a fresh one).
+    #[must_use]
+    pub fn spent_until(&self, quotas: &Quotas, now_ms: u64) -> Option<u64> {
+        self.standing(quotas, now_ms)
+            .iter()
+            .filter(|standing| standing.used > 0)
+            .map(|standing| standing.resets_ms)
+            .max()
+    }
+
     fn spent(&mut self, dimension: QuotaDimension, windows: (Window, Window)) -> &mut QuotaCharge {
         match dimension.period() {
             Period::Day => self.day.at(windows.0),
@@ -270,10 +312,205 @@ impl QuotaState {
                     limit,
                     used,
                     remaining: limit.saturating_sub(used),
+                    starts_ms: window.start_ms,
                     resets_ms: window.end_ms,
                 })
             })
             .collect()
+    }
+}
+
+// On the wire (between the Worker and the caller's object, and in its storage) every quota
+// type is a list of numbers: one shared reader of `Vec<u64>` instead of one per struct, which
+// the Worker's size cannot afford. A missing number reads as 0 (none, or nothing spent), so
+// a shorter list from an older Worker still reads.
+
+/// The `i`th number of a packed list, 0 when absent.
+fn at(packed: &[u64], i: usize) -> u64 {
+    packed.get(i).copied().unwrap_or(0)
+}
+
+impl QuotaDimension {
+    fn packed(self) -> u64 {
+        match self {
+            QuotaDimension::Rpd => 0,
+            QuotaDimension::InputTpd => 1,
+            QuotaDimension::OutputTpd => 2,
+            QuotaDimension::UsdPerDay => 3,
+            QuotaDimension::UsdPerMonth => 4,
+        }
+    }
+
+    fn unpacked(n: u64) -> QuotaDimension {
+        usize::try_from(n)
+            .ok()
+            .and_then(|i| QuotaDimension::ALL.get(i).copied())
+            .unwrap_or(QuotaDimension::UsdPerMonth)
+    }
+}
+
+/// A zone's offset as a number: minutes east of UTC, plus 14 hours (never negative).
+fn zone_packed(zone: Zone) -> u64 {
+    u64::try_from(zone.offset_minutes.saturating_add(MAX_OFFSET_MINUTES)).unwrap_or(0)
+}
+
+fn zone_unpacked(n: u64) -> Zone {
+    let offset = i32::try_from(n.min(2 * MAX_OFFSET_MINUTES as u64)).unwrap_or(MAX_OFFSET_MINUTES);
+    Zone {
+        offset_minutes: offset - MAX_OFFSET_MINUTES,
+    }
+}
+
+impl From<Quotas> for Vec<u64> {
+    fn from(q: Quotas) -> Vec<u64> {
+        let n = |v: Option<NonZeroU64>| v.map_or(0, NonZeroU64::get);
+        vec![
+            n(q.rpd),
+            n(q.input_tpd),
+            n(q.output_tpd),
+            n(q.usd_per_day),
+            n(q.usd_per_month),
+            zone_packed(q.zone),
+        ]
+    }
+}
+
+impl From<Vec<u64>> for Quotas {
+    fn from(p: Vec<u64>) -> Quotas {
+        Quotas {
+            rpd: NonZeroU64::new(at(&p, 0)),
+            input_tpd: NonZeroU64::new(at(&p, 1)),
+            output_tpd: NonZeroU64::new(at(&p, 2)),
+            usd_per_day: NonZeroU64::new(at(&p, 3)),
+            usd_per_month: NonZeroU64::new(at(&p, 4)),
+            zone: p.get(5).map_or(Zone::UTC, |z| zone_unpacked(*z)),
+        }
+    }
+}
+
+impl QuotaCharge {
+    fn pack_into(self, packed: &mut Vec<u64>) {
+        packed.extend([
+            self.requests,
+            self.input_tokens,
+            self.output_tokens,
+            self.micros,
+        ]);
+    }
+
+    fn unpack(p: &[u64], from: usize) -> QuotaCharge {
+        QuotaCharge {
+            requests: at(p, from),
+            input_tokens: at(p, from + 1),
+            output_tokens: at(p, from + 2),
+            micros: at(p, from + 3),
+        }
+    }
+}
+
+impl From<QuotaCharge> for Vec<u64> {
+    fn from(c: QuotaCharge) -> Vec<u64> {
+        let mut packed = Vec::with_capacity(4);
+        c.pack_into(&mut packed);
+        packed
+    }
+}
+
+impl From<Vec<u64>> for QuotaCharge {
+    fn from(p: Vec<u64>) -> QuotaCharge {
+        QuotaCharge::unpack(&p, 0)
+    }
+}
+
+impl From<QuotaHold> for Vec<u64> {
+    fn from(h: QuotaHold) -> Vec<u64> {
+        let mut packed = vec![h.day_start_ms, h.month_start_ms];
+        h.reserved.pack_into(&mut packed);
+        packed
+    }
+}
+
+impl From<Vec<u64>> for QuotaHold {
+    fn from(p: Vec<u64>) -> QuotaHold {
+        QuotaHold {
+            day_start_ms: at(&p, 0),
+            month_start_ms: at(&p, 1),
+            reserved: QuotaCharge::unpack(&p, 2),
+        }
+    }
+}
+
+impl From<QuotaState> for Vec<u64> {
+    fn from(s: QuotaState) -> Vec<u64> {
+        let mut packed = Vec::with_capacity(10);
+        for spent in [s.day, s.month] {
+            packed.push(spent.start_ms);
+            spent.charged.pack_into(&mut packed);
+        }
+        packed
+    }
+}
+
+impl From<Vec<u64>> for QuotaState {
+    fn from(p: Vec<u64>) -> QuotaState {
+        let spent = |from: usize| Spent {
+            start_ms: at(&p, from),
+            charged: QuotaCharge::unpack(&p, from + 1),
+        };
+        QuotaState {
+            day: spent(0),
+            month: spent(5),
+        }
+    }
+}
+
+impl From<QuotaDenial> for Vec<u64> {
+    fn from(d: QuotaDenial) -> Vec<u64> {
+        vec![
+            d.dimension.packed(),
+            d.limit,
+            d.remaining,
+            d.retry_after_ms,
+            u64::from(d.never_fits),
+        ]
+    }
+}
+
+impl From<Vec<u64>> for QuotaDenial {
+    fn from(p: Vec<u64>) -> QuotaDenial {
+        QuotaDenial {
+            dimension: QuotaDimension::unpacked(at(&p, 0)),
+            limit: at(&p, 1),
+            remaining: at(&p, 2),
+            retry_after_ms: at(&p, 3),
+            never_fits: at(&p, 4) != 0,
+        }
+    }
+}
+
+impl From<QuotaStanding> for Vec<u64> {
+    fn from(s: QuotaStanding) -> Vec<u64> {
+        vec![
+            s.dimension.packed(),
+            s.limit,
+            s.used,
+            s.remaining,
+            s.starts_ms,
+            s.resets_ms,
+        ]
+    }
+}
+
+impl From<Vec<u64>> for QuotaStanding {
+    fn from(p: Vec<u64>) -> QuotaStanding {
+        QuotaStanding {
+            dimension: QuotaDimension::unpacked(at(&p, 0)),
+            limit: at(&p, 1),
+            used: at(&p, 2),
+            remaining: at(&p, 3),
+            starts_ms: at(&p, 4),
+            resets_ms: at(&p, 5),
+        }
     }
 }
 
@@ -387,6 +624,50 @@ mod tests {
         assert_eq!(
             (never.dimension, never.never_fits),
             (QuotaDimension::UsdPerDay, true)
+        );
+    }
+
+    #[test]
+    fn every_quota_type_travels_as_a_list_of_numbers_and_back() {
+        let quotas = Quotas {
+            rpd: NonZeroU64::new(50),
+            usd_per_month: NonZeroU64::new(20_000_000),
+            zone: Zone::parse("-09:30").unwrap(),
+            ..Quotas::default()
+        };
+        let json = serde_json::to_string(&quotas).unwrap();
+        assert_eq!(json, "[50,0,0,0,20000000,270]");
+        assert_eq!(serde_json::from_str::<Quotas>(&json).unwrap(), quotas);
+        let mut state = QuotaState::default();
+        let hold = state.reserve(&quotas, NOW, charge(7)).unwrap();
+        let denial = state
+            .reserve(
+                &Quotas {
+                    rpd: NonZeroU64::new(1),
+                    ..quotas
+                },
+                NOW,
+                charge(1),
+            )
+            .unwrap_err();
+        let standing = state.standing(&quotas, NOW)[0];
+        fn round_trip<T: Serialize + for<'de> Deserialize<'de>>(value: &T) -> T {
+            serde_json::from_str(&serde_json::to_string(value).unwrap()).unwrap()
+        }
+        assert_eq!(round_trip(&hold), hold);
+        assert_eq!(round_trip(&denial), denial);
+        assert_eq!(round_trip(&standing), standing);
+        assert_eq!(round_trip(&state), state);
+        for dimension in QuotaDimension::ALL {
+            assert_eq!(QuotaDimension::unpacked(dimension.packed()), dimension);
+        }
+        // A shorter list (nothing spent in the month) reads with zeros.
+        assert_eq!(
+            serde_json::from_str::<QuotaCharge>("[1]").unwrap(),
+            QuotaCharge {
+                requests: 1,
+                ..QuotaCharge::default()
+            }
         );
     }
 

@@ -4,10 +4,13 @@
 //! keeps the output reservation (the input is settled); it never refunds on a guess.
 
 use super::limiter_state::Used;
+use super::prices::ModelPrice;
 use crate::stream::sse;
 use crate::stream::tap::Seen;
 
-/// How the answer a reservation was made for ended.
+/// How the answer a reservation was made for ended. Made once per request and read at once,
+/// so the size of its watched variant costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Answered {
     /// The body was watched: what the tap reported when it ended, failed or was dropped
@@ -49,6 +52,25 @@ pub fn settlement_usage(answered: Answered) -> Used {
             input_tokens: Some(0),
             output_tokens: Some(0),
         },
+    }
+}
+
+/// What the answer cost at `price` (the model that answered), in micro-dollars, for the
+/// dollar quotas: known only where the usage is (a complete answer, or none at all, which
+/// costs nothing); `None` otherwise, and the reservation's worst case stays charged.
+#[must_use]
+pub fn settlement_cost(answered: Answered, price: Option<&ModelPrice>) -> Option<u64> {
+    match answered {
+        Answered::Watched {
+            seen: Some(seen), ..
+        } if seen.complete => {
+            let output = seen.usage.output_tokens?;
+            Some(price?.cost_micros(&seen.usage.reported.priced(output)))
+        }
+        Answered::Unwatched {
+            delivered_ok: false,
+        } => Some(0),
+        _ => None,
     }
 }
 

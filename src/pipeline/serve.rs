@@ -13,11 +13,13 @@ use futures_channel::oneshot;
 use futures_util::future::{select, Either};
 
 use super::ports::{Admitted, AfterAnswer, Deliver, Delivered, KeyStates, Lease, Limiter, Terms};
-use super::settle::{reported, settle_admitted, Ending};
+use super::settle::{reported, settle_admitted, Ending, Spent};
 use super::{Forwarding, Intake};
 use crate::error::ProxyError;
+use crate::limits::prices::ModelPrice;
 use crate::limits::{
-    settlement_usage, AdmissionRequest, Answered, Used, WAITING_LEASE_MS, WAITING_RENEW_EVERY_MS,
+    settlement_cost, settlement_usage, AdmissionRequest, Answered, Used, WAITING_LEASE_MS,
+    WAITING_RENEW_EVERY_MS,
 };
 use crate::request::route::Metering;
 use crate::retry::runner::{self, Clock, Journal, Run, Sleep, Transport};
@@ -82,12 +84,12 @@ where
     let Ready {
         intake,
         counted,
-        forwarding,
+        mut forwarding,
         watches_usage,
         started_ms,
         seed,
     } = ready;
-    let admitted = match admit(&ports.limiter, &intake, forwarding.cost, counted, headers).await {
+    let admitted = match admit(&ports.limiter, &intake, &forwarding, counted, headers).await {
         Ok(admitted) => admitted,
         Err(refused) => {
             return Served {
@@ -96,6 +98,7 @@ where
             }
         }
     };
+    let prices = std::mem::take(&mut forwarding.prices);
     let attempts = run(&ports, forwarding, (started_ms, seed), transport, journal);
     let answer = match admitted {
         Some(a) => holding(&ports, a.reservation.lease_id, attempts).await,
@@ -105,7 +108,14 @@ where
         Ok(answer) => ports.delivery.deliver(answer, watches_usage).await,
         Err(e) => Err(e),
     };
-    let usage = settle(ports, admitted, intake.provisional, delivered.as_mut().ok());
+    // The answer is priced at the model that answered it: a fallback's, when one did.
+    let price = prices.answering(journal.answered_by_fallback());
+    let usage = settle(
+        ports,
+        admitted,
+        (intake.provisional, price),
+        delivered.as_mut().ok(),
+    );
     Served {
         answer: delivered.map(|d| d.response),
         usage,
@@ -113,23 +123,29 @@ where
 }
 
 /// The admit phase: the caller's own limits, at most one call before anything goes upstream.
-/// A request the route meters fully is reserved what it may use and takes a slot; one
+/// A request the route meters fully is reserved what it may use (per minute, and against
+/// its daily and monthly quotas) and takes a slot; one
 /// metered by request only is counted (once: a count made while its body arrived was its
 /// admission), and nothing of it is settled.
 async fn admit<L: Limiter>(
     limiter: &L,
     intake: &Intake,
-    cost: Cost,
+    forwarding: &Forwarding,
     counted: Option<Vec<(&'static str, String)>>,
     headers: &mut Vec<(&'static str, String)>,
 ) -> Result<Option<Admitted>, ProxyError> {
     let provisional = intake.provisional;
     match intake.metering {
         Metering::Full => {
+            let Cost {
+                input_tokens,
+                output_tokens,
+            } = forwarding.cost;
             let request = AdmissionRequest {
-                input_tokens: cost.input_tokens,
-                output_tokens: cost.output_tokens,
+                input_tokens,
+                output_tokens,
                 lease_ms: WAITING_LEASE_MS,
+                quota: forwarding.quota,
             };
             let terms = Terms {
                 provisional,
@@ -217,12 +233,13 @@ where
 }
 
 /// The settle phase, once the answer is handed over: an admitted request settles after its
-/// body has passed (handed to [`AfterAnswer`]); a caller the upstream has not accepted yet
-/// confirms itself only with a successful answer. The usage reported goes to the record.
+/// body has passed (handed to [`AfterAnswer`]), its cost at `price` (the answering model's);
+/// a caller the upstream has not accepted yet confirms itself only with a successful answer.
+/// The usage reported, and its cost, go to the record.
 fn settle<C, S, L, K, D, A, W, R>(
     ports: Ports<'_, C, S, L, K, D, A, W>,
     admitted: Option<Admitted>,
-    provisional: bool,
+    (provisional, price): (bool, Option<ModelPrice>),
     delivered: Option<&mut Delivered<R>>,
 ) -> Option<UsageToCome<W>>
 where
@@ -232,7 +249,7 @@ where
 {
     let Some(admitted) = admitted else {
         let (seen, progress) = delivered.and_then(|d| d.seen.take())?;
-        return Some(UsageToCome::Watched(ports.off_path, seen, progress));
+        return Some(UsageToCome::Watched(ports.off_path, seen, progress, price));
     };
     let (watched, delivered_ok) = match delivered {
         Some(d) => (d.seen.take(), (200..300).contains(&d.status)),
@@ -242,6 +259,7 @@ where
         watched,
         delivered_ok,
         confirms: !provisional || delivered_ok,
+        price,
     };
     let (usage_to, usage) = oneshot::channel();
     let Ports {
@@ -253,25 +271,30 @@ where
     Some(UsageToCome::Settling(usage))
 }
 
-/// The usage an answer reports, once its body has passed.
+/// The usage an answer reports, and its cost, once its body has passed.
 pub enum UsageToCome<W> {
     /// An admitted request's: told by its settlement.
-    Settling(oneshot::Receiver<Used>),
-    /// A request with nothing to settle whose answer is watched (for metrics).
-    Watched(W, Report, Progress),
+    Settling(oneshot::Receiver<Spent>),
+    /// A request with nothing to settle whose answer is watched (for metrics), priced at the
+    /// answering model.
+    Watched(W, Report, Progress, Option<ModelPrice>),
 }
 
 impl<W: Sleep> UsageToCome<W> {
-    /// The usage, when it is known.
-    pub async fn arrived(self) -> Used {
+    /// The usage and its cost, when they are known.
+    pub async fn arrived(self) -> Spent {
         match self {
-            UsageToCome::Settling(usage) => usage.await.unwrap_or(Used::UNKNOWN),
-            UsageToCome::Watched(time, report, progress) => {
+            UsageToCome::Settling(usage) => usage.await.unwrap_or((Used::UNKNOWN, None)),
+            UsageToCome::Watched(time, report, progress, price) => {
                 let seen = Some(reported(&time, &report).await);
-                settlement_usage(Answered::Watched {
+                let answered = Answered::Watched {
                     seen,
                     so_far: progress.usage(),
-                })
+                };
+                (
+                    settlement_usage(answered),
+                    settlement_cost(answered, price.as_ref()),
+                )
             }
         }
     }

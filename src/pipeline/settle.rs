@@ -11,12 +11,17 @@ use futures_channel::oneshot;
 use futures_util::future::{select, Either};
 
 use super::ports::{Admitted, Lease};
+use crate::limits::prices::ModelPrice;
 use crate::limits::{
-    settlement_usage, Answered, Renewals, Settled, Step, Used, CREDIT_VALID_MS, FIRST_RENEWAL_MS,
-    WAITING_LEASE_MS, WAITING_RENEW_EVERY_MS, WATCH_TICK_MS,
+    settlement_cost, settlement_usage, Answered, Renewals, Settled, Step, Used, CREDIT_VALID_MS,
+    FIRST_RENEWAL_MS, WAITING_LEASE_MS, WAITING_RENEW_EVERY_MS, WATCH_TICK_MS,
 };
 use crate::retry::runner::Sleep;
 use crate::stream::tap::{Progress, Report, Seen};
+
+/// The usage an answer reports once its body has passed, and what it cost in micro-dollars
+/// (`None`: unknown, see [`settlement_cost`]).
+pub type Spent = (Used, Option<u64>);
 
 /// How an admitted request's answer ended, as its settlement needs it.
 pub(super) struct Ending {
@@ -27,16 +32,18 @@ pub(super) struct Ending {
     /// The caller is known to the upstream (managed, or its key was just accepted): its
     /// object may store its state.
     pub confirms: bool,
+    /// The price of the model that answered (`None`: it has none).
+    pub price: Option<ModelPrice>,
 }
 
-/// Settles `admitted` once its answer is over; the usage settled with also goes to
-/// `usage_to` (nobody listens when metrics are not kept).
+/// Settles `admitted` once its answer is over, with the usage and the cost at the answering
+/// model's price; both also go to `usage_to` (nobody listens when metrics are not kept).
 pub(super) async fn settle_admitted<L: Lease, W: Sleep>(
     limiter: L,
     time: W,
     admitted: Admitted,
     ending: Ending,
-    usage_to: oneshot::Sender<Used>,
+    usage_to: oneshot::Sender<Spent>,
 ) {
     let Admitted {
         reservation,
@@ -56,11 +63,13 @@ pub(super) async fn settle_admitted<L: Lease, W: Sleep>(
         },
     };
     let usage = settlement_usage(answered);
-    let _ = usage_to.send(usage);
+    let cost_micros = settlement_cost(answered, ending.price.as_ref());
+    let _ = usage_to.send((usage, cost_micros));
     let settled = Settled {
         reservation,
         usage,
         confirms: ending.confirms,
+        cost_micros,
     };
     limiter.settle(settled, on_credit).await;
 }

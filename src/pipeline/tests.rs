@@ -14,9 +14,10 @@ use super::*;
 use crate::config::{Config, TierLimits};
 use crate::error::ProxyError;
 use crate::identity::{Caller, Secret, UpstreamKey};
+use crate::limits::quota::{QuotaCharge, QuotaDimension, QuotaStanding};
 use crate::limits::{
-    limit_headers, Admission, AdmissionRequest, LimiterState, Settled, Settlement, Used,
-    WAITING_LEASE_MS,
+    limit_headers, Admission, AdmissionRequest, AdmitReply, LimiterState, Settled, Settlement,
+    Used, WAITING_LEASE_MS,
 };
 use crate::request::body::BodyFacts;
 use crate::request::route::Route;
@@ -82,26 +83,19 @@ impl Limiter for FakeLimiter {
         } else {
             book.state.admit(&limits, now, &request)
         };
-        let status = book.state.snapshot(&limits, now);
-        match admission {
-            Admission::Admitted(reservation) => {
-                headers.extend(limit_headers(&status, None, now));
-                Ok(Admitted {
-                    reservation,
-                    on_credit: false,
-                })
-            }
-            Admission::Denied(denial) => {
-                let mut refused = ProxyError::from(&denial);
-                if let ProxyError::RateLimited {
-                    limit_headers: own, ..
-                } = &mut refused
-                {
-                    *own = limit_headers(&status, Some(&denial), now);
-                }
-                Err(refused)
-            }
-        }
+        // The object's reply, read as the Worker reads it.
+        let reply = AdmitReply {
+            admission,
+            status: book.state.snapshot(&limits, now),
+            now_ms: now,
+            tickets: Vec::new(),
+            quotas: book.state.quota_standing(&limits, now),
+        };
+        let reservation = reply.answer(headers)?;
+        Ok(Admitted {
+            reservation,
+            on_credit: false,
+        })
     }
 
     async fn admit_request_only(
@@ -138,8 +132,13 @@ impl Lease for FakeLimiter {
         let settlement = {
             let mut book = self.0.borrow_mut();
             let (limits, now) = (book.limits, book.time.now_ms());
-            book.state
-                .settle(&limits, now, &settled.reservation, settled.usage)
+            book.state.settle_priced(
+                &limits,
+                now,
+                &settled.reservation,
+                settled.usage,
+                settled.cost_micros,
+            )
         };
         self.note(Call::Settle(settled, on_credit, settlement));
     }
@@ -226,8 +225,9 @@ impl AfterAnswer for After {
 }
 
 fn config() -> Config {
-    let tiers =
-        r#"{"default": {"rpm": 10, "input_tpm": 100000, "output_tpm": 10000, "concurrency": 1}}"#;
+    // `quota`: 1 cent a day, and at most 3 requests.
+    let tiers = r#"{"default": {"rpm": 10, "input_tpm": 100000, "output_tpm": 10000, "concurrency": 1},
+        "quota": {"rpm": 10, "rpd": 3, "usd_per_day": 0.01}}"#;
     Config::from_lookup(|name| match name {
         "ANTHROPIC_API_KEY" => Some("sk-ant-test".to_string()),
         "RATE_LIMITS" => Some(tiers.to_string()),
@@ -236,10 +236,10 @@ fn config() -> Config {
     .unwrap()
 }
 
-fn caller(passthrough: bool) -> Caller {
+fn caller(tier: &str, passthrough: bool) -> Caller {
     Caller {
         identity: "client:alice".to_string(),
-        tier: "default".to_string(),
+        tier: tier.to_string(),
         upstream_key: if passthrough {
             UpstreamKey::Passthrough(Secret::new("sk-ant-made-up".to_string()))
         } else {
@@ -258,6 +258,7 @@ fn ok(status: u16) -> Outcome {
 
 /// One request to run.
 struct Case {
+    tier: &'static str,
     route: Route,
     passthrough: bool,
     counted: Option<Vec<(&'static str, String)>>,
@@ -270,11 +271,15 @@ struct Case {
     ends_after_ms: u64,
     /// Held before the request: a slot taken by an earlier request of the caller.
     slot_taken: bool,
+    /// Spent today before the request, in micro-dollars, by an earlier request of the
+    /// caller (settled).
+    spent_before: Option<u64>,
 }
 
 impl Default for Case {
     fn default() -> Case {
         Case {
+            tier: "default",
             route: Route::Messages,
             passthrough: false,
             counted: None,
@@ -283,6 +288,7 @@ impl Default for Case {
             body: Vec::new(),
             ends_after_ms: 0,
             slot_taken: false,
+            spent_before: None,
         }
     }
 }
@@ -297,8 +303,10 @@ struct Seen {
     /// The pools of the key the request drew on.
     pools: u32,
     calls: Vec<(u64, Call)>,
-    usage: Option<Used>,
+    usage: Option<Spent>,
     leases_left: usize,
+    /// The caller's daily and monthly quotas after the request.
+    quotas: Vec<QuotaStanding>,
 }
 
 fn facts() -> BodyFacts {
@@ -313,7 +321,7 @@ fn facts() -> BodyFacts {
 fn go(case: Case) -> Seen {
     let config = config();
     let time = VirtualTime::starting_at(T0);
-    let caller = caller(case.passthrough);
+    let caller = caller(case.tier, case.passthrough);
     let intake = Intake::of(&config, &case.route, &caller, T0);
     let limiter = FakeLimiter::new(&time, intake.limits);
     if case.slot_taken {
@@ -323,16 +331,43 @@ fn go(case: Case) -> Seen {
             input_tokens: 10,
             output_tokens: 10,
             lease_ms: 60_000,
+            quota: None,
         };
         assert!(matches!(
             book.state.admit(&limits, T0 - 1_000, &earlier),
             Admission::Admitted(_)
         ));
     }
+    if let Some(micros) = case.spent_before {
+        let mut book = limiter.0.borrow_mut();
+        let limits = book.limits;
+        let earlier = AdmissionRequest {
+            input_tokens: 10,
+            output_tokens: 10,
+            lease_ms: 60_000,
+            quota: Some(QuotaCharge {
+                requests: 1,
+                input_tokens: 10,
+                output_tokens: 10,
+                micros,
+            }),
+        };
+        let Admission::Admitted(reservation) = book.state.admit(&limits, T0 - 2_000, &earlier)
+        else {
+            panic!("the earlier request is admitted");
+        };
+        let used = Used {
+            input_tokens: Some(10),
+            output_tokens: Some(10),
+        };
+        book.state
+            .settle_priced(&limits, T0 - 1_000, &reservation, used, Some(micros));
+    }
     let mut forwarding = Forwarding::of(
         &config,
         &case.route,
         &caller,
+        &intake,
         &facts(),
         ClientAsks::default(),
         ("https://proxy.example/v1/messages", case.watches_usage),
@@ -405,6 +440,7 @@ fn go(case: Case) -> Seen {
                 calls: Vec::new(),
                 usage,
                 leases_left: 0,
+                quotas: Vec::new(),
             });
         }
     };
@@ -413,6 +449,7 @@ fn go(case: Case) -> Seen {
     let book = limiter.0.borrow();
     seen.calls.clone_from(&book.calls);
     seen.leases_left = book.state.lease_records();
+    seen.quotas = book.state.quota_standing(&book.limits, book.time.now_ms());
     seen.pools = *key_asked.borrow();
     seen
 }
@@ -460,7 +497,8 @@ fn an_admitted_request_is_answered_and_settled_once_with_the_usage_it_reported()
         AdmissionRequest {
             input_tokens: 120,
             output_tokens: 300,
-            lease_ms: WAITING_LEASE_MS
+            lease_ms: WAITING_LEASE_MS,
+            quota: None,
         }
     );
     assert_eq!(
@@ -488,12 +526,124 @@ fn an_admitted_request_is_answered_and_settled_once_with_the_usage_it_reported()
     assert_eq!(settled.usage, reported);
     assert!(settled.confirms);
     assert!(settlement.lease_found);
+    // Claude Sonnet 5.5: $2 and $10 per million tokens in and out.
+    assert_eq!(settled.cost_micros, Some(90 * 2 + 240 * 10));
     assert_eq!(
         seen.usage,
-        Some(reported),
-        "the record hears the same usage"
+        Some((reported, Some(2_580))),
+        "the record hears the same usage, and its cost"
     );
     assert_eq!(seen.leases_left, 0, "the slot is free again");
+}
+
+/// The caller's standing in one of its quotas after the request: what it used, what remains.
+fn standing(seen: &Seen, dimension: QuotaDimension) -> (u64, u64) {
+    let standing = seen
+        .quotas
+        .iter()
+        .find(|q| q.dimension == dimension)
+        .unwrap_or_else(|| panic!("{dimension:?} is limited: {:?}", seen.quotas));
+    (standing.used, standing.remaining)
+}
+
+#[test]
+fn a_quota_tier_reserves_the_worst_case_and_is_charged_the_answer_at_its_price() {
+    let seen = go(Case {
+        tier: "quota",
+        watches_usage: true,
+        body: vec![(0, MESSAGE_START), (400, MESSAGE_DELTA)],
+        ends_after_ms: 500,
+        ..Case::default()
+    });
+    assert_eq!(seen.answer.as_ref().ok(), Some(&200));
+    assert_eq!(seen.sent, 1);
+    let Some((0, Call::Admit(request, _))) = seen.calls.first().cloned() else {
+        panic!("admitted first: {:?}", seen.calls);
+    };
+    // Claude Sonnet 5.5: a prompt token costs at most $4 per million (written to the cache
+    // for an hour), an output token $10; the request may send 120 and ask for 300.
+    assert_eq!(
+        request.quota,
+        Some(QuotaCharge {
+            requests: 1,
+            input_tokens: 120,
+            output_tokens: 300,
+            micros: 120 * 4 + 300 * 10,
+        })
+    );
+    // The answer carries what is left of the quotas as of the admission.
+    assert!(
+        seen.headers
+            .iter()
+            .any(|(name, value)| *name == "ratelimit" && value.contains("\"usd_per_day\";r=6520")),
+        "{:?}",
+        seen.headers
+    );
+    // Settled once, at what the answer used priced at $2 and $10 per million tokens.
+    let settled = settlements(&seen);
+    assert_eq!(settled.len(), 1, "{:?}", seen.calls);
+    let (_, settled, settlement) = settled[0];
+    assert!(settlement.lease_found);
+    assert_eq!(settled.cost_micros, Some(90 * 2 + 240 * 10));
+    let reported = Used {
+        input_tokens: Some(90),
+        output_tokens: Some(240),
+    };
+    assert_eq!(
+        seen.usage,
+        Some((reported, Some(2_580))),
+        "the record hears the usage and its cost"
+    );
+    // The day is charged the answer's cost, not its worst case; one request of three.
+    assert_eq!(
+        standing(&seen, QuotaDimension::UsdPerDay),
+        (2_580, 10_000 - 2_580)
+    );
+    assert_eq!(standing(&seen, QuotaDimension::Rpd), (1, 2));
+    assert_eq!(seen.leases_left, 0);
+}
+
+#[test]
+fn a_quota_tier_at_its_cap_is_refused_with_the_quotas_429_and_nothing_goes_upstream() {
+    // 8 000 of the day's 10 000 micro-dollars spent: the request's worst case (3 480) does
+    // not fit in what is left.
+    let seen = go(Case {
+        tier: "quota",
+        spent_before: Some(8_000),
+        ..Case::default()
+    });
+    let Err(
+        refused @ ProxyError::RateLimited {
+            limit,
+            limit_headers,
+            retry_after_ms,
+            ..
+        },
+    ) = &seen.answer
+    else {
+        panic!("a 429 of the caller's quota: {:?}", seen.answer);
+    };
+    assert_eq!(refused.status(), 429);
+    assert_eq!(limit.dimension.as_deref(), Some("usd_per_day"));
+    assert_eq!((limit.limit, limit.remaining), (Some(10_000), Some(2_000)));
+    // Not before the day ends (UTC), which no client should wait for.
+    let day_ends = (T0 / 86_400_000 + 1) * 86_400_000;
+    assert_eq!(*retry_after_ms, day_ends - T0);
+    assert!(!refused.should_retry());
+    assert!(
+        limit_headers
+            .iter()
+            .any(|(name, value)| *name == "ratelimit" && value.contains("\"usd_per_day\";r=2000")),
+        "the refusal's own headers: {limit_headers:?}"
+    );
+    assert_eq!(seen.sent, 0, "nothing was sent upstream");
+    assert_eq!(seen.pools, 0, "nor was the key's state reached");
+    assert_eq!(seen.calls.len(), 1, "{:?}", seen.calls);
+    assert!(seen.usage.is_none());
+    // Nothing of the refused request was charged.
+    assert_eq!(standing(&seen, QuotaDimension::UsdPerDay), (8_000, 2_000));
+    assert_eq!(standing(&seen, QuotaDimension::Rpd), (1, 2));
+    assert_eq!(seen.leases_left, 0);
 }
 
 #[test]

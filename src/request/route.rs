@@ -110,7 +110,7 @@ impl Route {
 
     /// How a request on this route is admitted against the caller's limits, given its tier's
     /// limits: a message reserves in every dimension (and settles afterwards); a token count
-    /// or a model listing is one request against `rpm` (no tokens, no concurrency slot,
+    /// or a model listing is one request against `rpm` and `rpd` (no tokens, no concurrency slot,
     /// nothing to settle: they are cheap and short, but one caller must not be able to flood
     /// them). `Metering::None` when nothing would be charged, so the caller's object is not
     /// asked at all.
@@ -122,7 +122,7 @@ impl Route {
             Route::Health | Route::Preflight | Route::Status => Metering::None,
             // Token counts, model listings, files and batches (not real-time: a batch's
             // messages are the upstream's to schedule) are one request against `rpm`.
-            _ if limits.rpm.is_some() => Metering::RequestOnly,
+            _ if limits.rpm.is_some() || limits.quotas.rpd.is_some() => Metering::RequestOnly,
             _ => Metering::None,
         }
     }
@@ -386,6 +386,7 @@ mod tests {
             input_tpm: NonZeroU32::new(1_000),
             output_tpm: NonZeroU32::new(1_000),
             concurrency: NonZeroU32::new(1),
+            quotas: Default::default(),
         };
         let tokens_only = TierLimits { rpm: None, ..all };
         let unlimited = TierLimits::default();
@@ -560,6 +561,7 @@ mod tests {
             input_tpm: NonZeroU32::new(1_000),
             output_tpm: NonZeroU32::new(1_000),
             concurrency: NonZeroU32::new(1),
+            quotas: Default::default(),
         };
         assert_eq!(Route::ChatCompletions.metering(&all), Metering::Full);
         assert_eq!(Route::ChatCompletions.paced_as(), &Route::Messages);

@@ -78,6 +78,7 @@ async fn handle(
         &config,
         &route,
         &caller,
+        &intake,
         &facts,
         ClientAsks::from_headers(|name| incoming.headers.value(name)),
         (&incoming.url, watches_usage),

@@ -95,7 +95,7 @@ pub fn record(
     env: &Env,
     ctx: &Context,
     mut facts: RequestFacts,
-    usage: Option<LocalBoxFuture<'static, Used>>,
+    usage: Option<LocalBoxFuture<'static, (Used, Option<u64>)>>,
 ) {
     with_tally(|tally| tally.record(&facts));
     let Some(dataset) = dataset(env) else {
@@ -120,7 +120,8 @@ pub fn record(
         None => write(&facts),
         Some(usage) => {
             crate::shell::keep_alive::wait_until(ctx, async move {
-                let usage = usage.await;
+                let (usage, cost_micros) = usage.await;
+                facts.cost_micros = cost_micros;
                 facts.input_tokens = usage.input_tokens;
                 facts.output_tokens = usage.output_tokens;
                 write(&facts);

@@ -37,7 +37,8 @@ pub struct Exchange {
     /// The caller's tier, for metrics.
     pub tier: Option<String>,
     /// The tokens the answer reports, known once its body has passed (for metrics).
-    pub usage: Option<LocalBoxFuture<'static, Used>>,
+    /// The answer's usage and what it cost (micro-dollars, when its model has a price).
+    pub usage: Option<LocalBoxFuture<'static, (Used, Option<u64>)>>,
     /// Which requests write their log line (`REQUEST_LOG`; every one until it is read).
     pub log: RequestLog,
 }
@@ -154,6 +155,7 @@ impl Exchange {
             output_tokens: None,
             upstream_overloaded: self.journal.upstream_overloaded,
             upstream_rate_limited: self.journal.upstream_rate_limited,
+            cost_micros: None,
         }
     }
 }

@@ -8,6 +8,8 @@
 
 use serde::Deserialize;
 
+use crate::limits::prices::PricedTokens;
+
 /// The events that carry a stream's usage: a Messages stream's `message_start` and
 /// `message_delta`, and a chat completion stream's unnamed chunks (`message`).
 pub const USAGE_EVENTS: &[&str] = &["message_start", "message_delta", "message"];
@@ -226,6 +228,10 @@ pub struct Reported {
     pub input_tokens: Option<u64>,
     pub cache_creation_input_tokens: Option<u64>,
     pub cache_read_input_tokens: Option<u64>,
+    /// `cache_creation.ephemeral_5m_input_tokens` and `ephemeral_1h_input_tokens`: how the
+    /// cache writes split by lifetime, which their price depends on.
+    pub cache_write_5m: Option<u64>,
+    pub cache_write_1h: Option<u64>,
 }
 
 impl Reported {
@@ -235,6 +241,23 @@ impl Reported {
         match (self.input_tokens, self.cache_creation_input_tokens) {
             (None, None) => None,
             (input, creation) => Some(input.unwrap_or(0).saturating_add(creation.unwrap_or(0))),
+        }
+    }
+
+    /// The tokens as they are priced: cache writes by lifetime (all five-minute writes when
+    /// the answer does not split them), cache reads apart.
+    #[must_use]
+    pub fn priced(&self, output_tokens: u64) -> PricedTokens {
+        let (cache_write_5m, cache_write_1h) = match (self.cache_write_5m, self.cache_write_1h) {
+            (None, None) => (self.cache_creation_input_tokens.unwrap_or(0), 0),
+            (five, hour) => (five.unwrap_or(0), hour.unwrap_or(0)),
+        };
+        PricedTokens {
+            input: self.input_tokens.unwrap_or(0),
+            output: output_tokens,
+            cache_write_5m,
+            cache_write_1h,
+            cache_read: self.cache_read_input_tokens.unwrap_or(0),
         }
     }
 }
@@ -250,6 +273,14 @@ pub(crate) struct Counts {
     output_tokens: Option<u64>,
     cache_creation_input_tokens: Option<u64>,
     cache_read_input_tokens: Option<u64>,
+    cache_creation: Option<CacheCreation>,
+}
+
+/// The split of an answer's cache writes by lifetime.
+#[derive(Deserialize)]
+pub(crate) struct CacheCreation {
+    ephemeral_5m_input_tokens: Option<u64>,
+    ephemeral_1h_input_tokens: Option<u64>,
 }
 
 impl Usage {
@@ -261,6 +292,10 @@ impl Usage {
             .cache_creation_input_tokens
             .or(r.cache_creation_input_tokens);
         r.cache_read_input_tokens = counts.cache_read_input_tokens.or(r.cache_read_input_tokens);
+        if let Some(split) = &counts.cache_creation {
+            r.cache_write_5m = split.ephemeral_5m_input_tokens.or(r.cache_write_5m);
+            r.cache_write_1h = split.ephemeral_1h_input_tokens.or(r.cache_write_1h);
+        }
         self.input_tokens = r.counted_input().or(self.input_tokens);
         self.output_tokens = counts.output_tokens.or(self.output_tokens);
     }
@@ -386,6 +421,45 @@ mod tests {
             });
         }
         usage
+    }
+
+    #[test]
+    fn cache_writes_are_priced_by_lifetime_and_reads_apart() {
+        // The split by lifetime, as current API versions report it.
+        let split = tally(&[
+            (
+                "message_start",
+                r#"{"message":{"usage":{"input_tokens":12,"cache_creation_input_tokens":3000,"cache_read_input_tokens":500,"cache_creation":{"ephemeral_5m_input_tokens":1000,"ephemeral_1h_input_tokens":2000},"output_tokens":1}}}"#,
+            ),
+            ("message_delta", r#"{"usage":{"output_tokens":40}}"#),
+        ]);
+        // The per-minute count is unchanged: input and every cache write.
+        assert_eq!(split.input_tokens, Some(3_012));
+        assert_eq!(
+            split.reported.priced(40),
+            PricedTokens {
+                input: 12,
+                output: 40,
+                cache_write_5m: 1_000,
+                cache_write_1h: 2_000,
+                cache_read: 500,
+            }
+        );
+        // Without the split, every write is a five-minute one.
+        let plain = tally(&[(
+            "message_start",
+            r#"{"message":{"usage":{"input_tokens":12,"cache_creation_input_tokens":3000,"output_tokens":1}}}"#,
+        )]);
+        assert_eq!(
+            plain.reported.priced(1),
+            PricedTokens {
+                input: 12,
+                output: 1,
+                cache_write_5m: 3_000,
+                cache_write_1h: 0,
+                cache_read: 0,
+            }
+        );
     }
 
     #[test]

@@ -38,7 +38,8 @@ mod callers;
 use crate::config::TierLimits;
 use crate::error::ProxyError;
 use crate::pipeline::{
-    serve, AfterAnswer, Deliver, Delivered, Forwarding, Intake, KeyStates, Ports, Ready,
+    serve, AfterAnswer, AnswerPrices, Deliver, Delivered, Forwarding, Intake, KeyStates, Ports,
+    Ready,
 };
 use crate::request::route::Metering;
 use crate::request::upload::{BodyCaps, ReadPace, ReadRules};
@@ -799,6 +800,7 @@ fn sim_request(
         input_tpm: None,
         output_tpm: None,
         concurrency: None,
+        quotas: Default::default(),
     };
     Ready {
         intake: Intake {
@@ -825,6 +827,8 @@ fn sim_request(
                 input_tokens: estimate,
                 output_tokens: MAX_TOKENS,
             },
+            quota: None,
+            prices: AnswerPrices::default(),
             pool: Some(pool_of(&Route::Messages, Some(MODEL))),
             fallbacks,
             json_whole: false,

@@ -3,7 +3,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import {
-  createSSEParser, retryAfterMs, streamChat, createChatClient, BreakwaterError,
+  createSSEParser, retryAfterMs, streamChat, createChatClient, BreakwaterError, quotas,
 } from '../../web/breakwater-client.js';
 
 const STREAM = [
@@ -167,6 +167,29 @@ test('x-should-retry: false is thrown at once with the envelope\'s message', asy
   );
   assert.equal(waited, false);
   assert.equal(calls.length, 1);
+});
+
+test('daily and monthly quotas are read from the RateLimit headers, on answers and refusals', async () => {
+  const headers = new Headers({
+    'ratelimit-policy': '"rpm";q=30;w=60, "rpd";q=50;w=86400, "usd_per_month";q=20000000;w=2678400',
+    ratelimit: '"rpm";r=29;t=2, "rpd";r=3;t=3600, "usd_per_month";r=19990000;t=86400',
+  });
+  assert.deepEqual(quotas(headers), [
+    { name: 'rpd', limit: 50, remaining: 3, windowS: 86_400, resetS: 3600 },
+    { name: 'usd_per_month', limit: 20_000_000, remaining: 19_990_000, windowS: 2_678_400, resetS: 86_400 },
+  ]);
+  assert.deepEqual(quotas(new Headers({ ratelimit: '"rpm";r=1;t=1' })), []);
+  const ok = new Response(STREAM, { status: 200, headers: { 'content-type': 'text/event-stream', ...Object.fromEntries(headers) } });
+  const result = await streamChat({ baseURL: 'http://p', apiKey: 'k', body, fetch: scripted([ok]).fetch });
+  assert.equal(result.quotas[0].remaining, 3);
+  const spent = envelope(429, 'rate_limit_error', 'rpd quota of 50 reached', {
+    'retry-after': '3600', 'x-should-retry': 'false',
+    'ratelimit-policy': '"rpd";q=50;w=86400', ratelimit: '"rpd";r=0;t=3600',
+  });
+  await assert.rejects(
+    streamChat({ baseURL: 'http://p', apiKey: 'k', body, fetch: scripted([spent]).fetch }),
+    (e) => e.shouldRetry === false && e.quotas.length === 1 && e.quotas[0].remaining === 0,
+  );
 });
 
 test('other errors are thrown typed; retries stop after maxWaits or a wait over maxWaitMs', async () => {

@@ -377,7 +377,7 @@ test('METRICS: one data point per request, in the documented layout, tokens incl
     for (const p of points) {
       assert.deepEqual(p.indexes, [alice]);
       assert.equal(p.blobs.length, 7);
-      assert.equal(p.doubles.length, 9);
+      assert.equal(p.doubles.length, 10);
       assert.equal(p.blobs[0], 'messages');
       assert.equal(p.blobs[5], 'pro');
       assert.equal(p.blobs[6], alice);
@@ -390,14 +390,19 @@ test('METRICS: one data point per request, in the documented layout, tokens incl
     assert.equal(ok.doubles[5], 12, 'the output tokens the upstream reported');
     assert.ok(ok.doubles[4] > 0, 'input tokens');
     assert.equal(ok.doubles[8], 0);
+    // Its cost at claude-sonnet-5-5's price, $2 in and $10 out per MTok: micro-dollars per token.
+    assert.equal(ok.doubles[9], ok.doubles[4] * 2 + 12 * 10, 'the cost in micro-dollars');
     const sse = byKind['claude-haiku-5-5:success'];
     assert.equal(sse.doubles[8], 1, 'a stream');
     assert.equal(sse.doubles[5], 12, 'output tokens read from the stream');
+    // claude-haiku-5-5: $0.10 in and $0.50 out per MTok, rounded up once.
+    assert.equal(sse.doubles[9], Math.ceil((sse.doubles[4] * 100_000 + 12 * 500_000) / 1e6), 'the stream\'s cost');
     const shed = byKind['claude-sonnet-5-5:overloaded'];
     assert.equal(shed.blobs[4], 'overloaded_error');
     assert.deepEqual([shed.doubles[0], shed.doubles[1], shed.doubles[6]], [503, 2, 2], 'two attempts, two 529s');
     assert.ok(shed.doubles[2] > 0, 'it waited between them');
     assert.equal(shed.doubles[5], 0, 'no tokens');
+    assert.equal(shed.doubles[9], 0, 'no cost');
     const refused = byKind['claude-sonnet-5-5:caller_limit'];
     assert.equal(refused.blobs[4], 'rate_limit_error');
     assert.deepEqual([refused.doubles[0], refused.doubles[1]], [429, 0]);

@@ -50,8 +50,9 @@ const TIERS = {
   small: { rpm: 40, input_tpm: 4_000, output_tpm: 1_500, concurrency: 2 },
   medium: { rpm: 80, input_tpm: 9_000, output_tpm: 3_000, concurrency: 3 },
   large: { rpm: 140, input_tpm: 20_000, output_tpm: 6_000, concurrency: 4 },
-  // Sized so that one request drains each dimension by about the same share.
-  steady: { rpm: 30, input_tpm: 5_000, output_tpm: 1_200, concurrency: 2 },
+  // Sized so that one request drains each dimension by about the same share. Its dollar quota
+  // never binds: it is there for the money ledger (every charge of a steady caller is known).
+  steady: { rpm: 30, input_tpm: 5_000, output_tpm: 1_200, concurrency: 2, usd_per_day: 1000 },
   calibrate: { input_tpm: 1_000_000 },
 };
 // Callers: two per tier; the "pushy" ones retry a denial after 200 ms whatever it said. The
@@ -663,6 +664,42 @@ function checkProbe(p) {
 }
 const ledgers = probes.map((p) => ({ label: p.label, t: p.t, rows: checkProbe(p) }));
 
+// The money ledger: what a steady caller's object settled against its dollar quota equals,
+// to the micro-dollar, the usage the simulator reported, priced as the built-in table prices
+// MODEL ($ per MTok, so micro-dollars per token), each answer rounded up once; an answer whose
+// usage could not be read keeps its worst case (its estimate written to the cache for an hour,
+// and max_tokens out), one that failed costs nothing.
+const PRICE = { input: 2, output: 10, cacheWrite5m: 2.5, cacheWrite1h: 4, cacheRead: 0.1 };
+function moneyOf(r) {
+  if ((r.status === 429 && r.scope === 'key') || r.route === 'count') return 0;
+  if (r.outcome !== 'answered') return null; // its fate is not known
+  if (r.status !== 200) return 0;
+  const final = (attemptsOf.get(r.id) ?? []).at(-1);
+  const u = final?.usage;
+  const f = final?.fault ?? {};
+  const reserved = reservationOf(r);
+  const worst = reserved.input * PRICE.cacheWrite1h + reserved.output * PRICE.output;
+  if (!u || f.reset === 'after_headers' || f.stall_after_events !== undefined) return worst;
+  const output = f.error_event_after !== undefined ? 1 : u.output_tokens;
+  const millionths = u.input_tokens * PRICE.input * 1e6 + output * PRICE.output * 1e6
+    + (u.cache_creation_input_tokens ?? 0) * PRICE.cacheWrite5m * 1e6
+    + (u.cache_read_input_tokens ?? 0) * PRICE.cacheRead * 1e6;
+  return Math.ceil(millionths / 1e6);
+}
+const money = [];
+const sameDay = Math.floor(t0 / 86_400_000) === Math.floor(Date.now() / 86_400_000);
+for (const c of CALLERS.filter((x) => x.limits.usd_per_day)) {
+  const costs = records.filter((r) => r.caller === c.id).map(moneyOf);
+  const res = await fetch(`${worker.url}/proxy/status?caller=${encodeURIComponent(c.id)}`, { headers: { authorization: `Bearer ${SOAK_ADMIN_KEY}` } });
+  const doc = res.status === 200 ? await res.json() : null;
+  const settledMicros = doc?.caller?.quotas?.find((q) => q.dimension === 'usd_per_day')?.used;
+  const expected = costs.every((x) => x !== null) ? costs.reduce((a, b) => a + b, 0) : null;
+  money.push({ caller: c.id, requests: costs.length, settled_micros: settledMicros, priced_micros: expected });
+  if (!sameDay) continue; // the day changed during the run: the window holds only its part
+  if (expected === null) failures.push(`${c.id}: a request's fate is unknown, so its money cannot be checked`);
+  else if (settledMicros !== expected) failures.push(`${c.id}: usd_per_day settled ${settledMicros} µ$, the usage priced ${expected} µ$`);
+}
+
 // Slots: every caller runs `concurrency` overlapping requests.
 const slotResults = await Promise.all(CALLERS.flatMap((c) => Array.from({ length: c.limits.concurrency }, async () => {
   const body = { model: MODEL, max_tokens: 1, stream: true, messages: [{ role: 'user', content: 'slot' }] };
@@ -777,6 +814,7 @@ const summary = {
   faults: byKind,
   ledger_probes: ledgers,
   ledger_widths: widthSummary,
+  money_ledger: money,
   memory_mib: mem,
   settle_failed: settleFailed.length,
   critical_errors: critical.length,
@@ -812,6 +850,7 @@ for (const [name, w] of Object.entries(widthSummary)) {
 console.log('| workerd instance | at start | warm (first third) | peak | last third | at end | growth | wasm memory, first third → end |');
 console.log('|---|---|---|---|---|---|---|---|');
 for (const m of mem) console.log(`| ${m.instance} | ${m.first} MiB | ${m.warm} MiB | ${m.peak} MiB | ${m.late} MiB | ${m.end} MiB | ${m.growth} MiB | ${m.wasm_warm ?? '?'} → ${m.wasm_end ?? '?'} MiB |`);
+for (const m of money) console.log(`money: ${m.caller}: ${m.requests} requests, settled ${m.settled_micros} µ$, usage priced ${m.priced_micros} µ$`);
 console.log(`settle_failed lines: ${settleFailed.length}; slots held at the end: ${slotResults.filter((s) => s.status !== 200).length}`);
 if (failures.length) {
   console.log(`FAILED:\n  ${failures.join('\n  ')}`);

@@ -290,3 +290,99 @@ fn the_alarm_forgets_an_idle_state_and_looks_again_at_a_busy_one() {
     assert!(store.values.borrow().is_empty());
     assert!(fresh.in_memory().is_none());
 }
+
+/// A caller's object whose tier has a dollar quota, hosted as the runtime hosts it.
+mod quotas {
+    use std::num::{NonZeroU32, NonZeroU64};
+
+    use super::*;
+    use crate::config::TierLimits;
+    use crate::limits::quota::{QuotaCharge, Quotas};
+    use crate::limits::{
+        Admission, AdmissionRequest, LimiterCall, LimiterObject, LimiterReply, Returns,
+    };
+
+    /// 2026-12-07T13:45:00Z.
+    const T0: u64 = 1_796_651_100_000;
+
+    fn limits() -> TierLimits {
+        TierLimits {
+            rpm: NonZeroU32::new(100),
+            quotas: Quotas {
+                usd_per_day: NonZeroU64::new(1_000),
+                ..Quotas::default()
+            },
+            ..TierLimits::default()
+        }
+    }
+
+    fn admit(micros: u64) -> LimiterCall {
+        LimiterCall::Admit {
+            limits: limits(),
+            request: AdmissionRequest {
+                input_tokens: 10,
+                output_tokens: 10,
+                lease_ms: 60_000,
+                quota: Some(QuotaCharge {
+                    requests: 1,
+                    micros,
+                    ..QuotaCharge::default()
+                }),
+            },
+            provisional: false,
+            credit: 0,
+            returns: Returns::default(),
+            counted: false,
+        }
+    }
+
+    /// Whether the object admitted the call: `Ok(true)`, refused it: `Ok(false)`, or could
+    /// not answer.
+    fn ask(
+        host: &Host<LimiterObject>,
+        time: &Rc<VirtualTime>,
+        store: &Store,
+        call: LimiterCall,
+    ) -> Result<bool, Trouble<String>> {
+        futures_executor::block_on(host.call((time, time), store, call, |reply| match reply {
+            LimiterReply::Admitted(reply) => {
+                Some(matches!(reply.admission, Admission::Admitted(_)))
+            }
+            _ => None,
+        }))
+    }
+
+    #[test]
+    fn a_restart_keeps_the_spending_and_storage_trouble_admits_nothing() {
+        let (host, store, time) = (
+            Host::<LimiterObject>::default(),
+            Store::default(),
+            VirtualTime::starting_at(T0),
+        );
+        assert_eq!(ask(&host, &time, &store, admit(600)), Ok(true));
+        // After a restart the day's spending is still there: 600 of 1 000 spent.
+        let restarted = Host::<LimiterObject>::default();
+        assert_eq!(ask(&restarted, &time, &store, admit(600)), Ok(false));
+        assert_eq!(ask(&restarted, &time, &store, admit(400)), Ok(true));
+        // A state that cannot be read is never taken for a fresh one with nothing spent.
+        store.fail_reads.set(true);
+        let unreadable = Host::<LimiterObject>::default();
+        assert!(matches!(
+            ask(&unreadable, &time, &store, admit(1)),
+            Err(Trouble::Unreadable(_))
+        ));
+        store.fail_reads.set(false);
+        assert_eq!(ask(&unreadable, &time, &store, admit(1)), Ok(false));
+        // A write refused: the admission is not answered, and what it reserved stays
+        // charged (in memory, stored with the next write): refused, never free.
+        let fresh_day = Host::<LimiterObject>::default();
+        let tomorrow = VirtualTime::starting_at(T0 + 86_400_000);
+        store.fail_writes.set(true);
+        assert!(matches!(
+            ask(&fresh_day, &tomorrow, &store, admit(700)),
+            Err(Trouble::Storage(_))
+        ));
+        store.fail_writes.set(false);
+        assert_eq!(ask(&fresh_day, &tomorrow, &store, admit(700)), Ok(false));
+    }
+}

@@ -17,8 +17,8 @@ use super::Object;
 use crate::config::TierLimits;
 use crate::error::ProxyError;
 use crate::limits::{
-    limit_headers, Admission, AdmissionRequest, AdmitReply, CallerCredit, Carry, Credit, Credits,
-    Ending, LimiterCall, LimiterObject, Owner, RefillReply, Reservation, Settled, CREDIT_VALID_MS,
+    limit_headers, AdmissionRequest, AdmitReply, CallerCredit, Carry, Credit, Credits, Ending,
+    LimiterCall, LimiterObject, Owner, RefillReply, Reservation, Settled, CREDIT_VALID_MS,
 };
 use crate::pipeline::{Admitted, Lease, Limiter as LimiterPort, Terms};
 use crate::shell::clock::now_ms;
@@ -262,7 +262,7 @@ async fn admit(
             );
         }
     }
-    Ok((answer(reply, headers)?, on_credit))
+    Ok((reply.answer(headers)?, on_credit))
 }
 
 thread_local! {
@@ -497,31 +497,7 @@ async fn ask(
     headers: &mut Vec<(&'static str, String)>,
 ) -> Result<Reservation, ProxyError> {
     let reply: AdmitReply = super::call(env, BINDING, identity_hash, call, "rate limiter").await?;
-    answer(reply, headers)
-}
-
-/// The object's answer to an admission: the reservation, with the caller's limits for the
-/// answer's headers; or the refusal, which carries those headers itself.
-fn answer(
-    reply: AdmitReply,
-    headers: &mut Vec<(&'static str, String)>,
-) -> Result<Reservation, ProxyError> {
-    match reply.admission {
-        Admission::Admitted(reservation) => {
-            headers.extend(limit_headers(&reply.status, None, reply.now_ms));
-            Ok(reservation)
-        }
-        Admission::Denied(denial) => {
-            let mut refused = ProxyError::from(&denial);
-            if let ProxyError::RateLimited {
-                limit_headers: own, ..
-            } = &mut refused
-            {
-                *own = limit_headers(&reply.status, Some(&denial), reply.now_ms);
-            }
-            Err(refused)
-        }
-    }
+    reply.answer(headers)
 }
 
 async fn renew_for(
@@ -566,12 +542,14 @@ async fn settle(
         reservation,
         usage,
         confirms,
+        cost_micros,
     } = settled;
     let call = LimiterCall::Settle {
         limits,
         reservation,
         usage,
         confirms,
+        cost_micros,
     };
     let settled: Result<crate::json::Json, ProxyError> =
         super::call(env, BINDING, identity_hash, &call, "rate limiter").await;

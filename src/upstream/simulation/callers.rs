@@ -165,6 +165,13 @@ impl Caller {
                             retry_after_ms: denial.retry_after_ms,
                         })
                     }
+                    Admission::Exhausted(refusal) => {
+                        ledger.denied += 1;
+                        Err(End::Limited {
+                            at,
+                            retry_after_ms: refusal.retry_after_ms,
+                        })
+                    }
                 }
             }
             Ok((_, other)) => panic!("an admission answers an admission: {other:?}"),
@@ -244,6 +251,7 @@ impl Lease for CallerPort {
             reservation,
             usage: settled.usage,
             confirms: settled.confirms,
+            cost_micros: settled.cost_micros,
         };
         let replied = caller.call(call).await;
         let mut ledger = caller.ledger.borrow_mut();
@@ -337,6 +345,7 @@ fn no_caller_is_admitted_past_its_tier_and_every_admission_is_settled_across_res
         input_tpm: quota(100_000),
         output_tpm: quota(30_000),
         concurrency: None,
+        quotas: Default::default(),
     };
     let quotas = [60, 100_000, 30_000];
     for seed in 0..4 {
