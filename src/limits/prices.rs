@@ -221,13 +221,16 @@ pub struct PriceTable {
 }
 
 /// The dearest rate accepted, in dollars per million tokens: far above any model's, low
-/// enough that no sum overflows.
-const MAX_DOLLARS_PER_MTOK: f64 = 100_000.0;
+/// enough that no sum overflows. Its messages write it as a whole number: the module has no
+/// float printer (docs/dependencies.md).
+const MAX_WHOLE_DOLLARS_PER_MTOK: u32 = 100_000;
+#[allow(clippy::cast_lossless)] // `f64::from` is not const
+const MAX_DOLLARS_PER_MTOK: f64 = MAX_WHOLE_DOLLARS_PER_MTOK as f64;
 
 fn micros(model: &str, field: &str, dollars: f64) -> Result<u64, String> {
     if !dollars.is_finite() || !(0.0..=MAX_DOLLARS_PER_MTOK).contains(&dollars) {
         return Err(format!(
-            "MODEL_PRICES: {model:?} {field} must be dollars per million tokens, 0 to {MAX_DOLLARS_PER_MTOK}"
+            "MODEL_PRICES: {model:?} {field} must be dollars per million tokens, 0 to {MAX_WHOLE_DOLLARS_PER_MTOK}"
         ));
     }
     // In range, so the cast neither truncates nor wraps.
@@ -472,6 +475,15 @@ mod tests {
             let error = PriceTable::with_overrides(Some(bad)).unwrap_err();
             assert!(error.contains("MODEL_PRICES"), "{bad}: {error}");
         }
+        // The dearest rate written as a whole number, as before the module lost its float
+        // printer.
+        assert_eq!(
+            PriceTable::with_overrides(Some(r#"{"m": {"input": 1, "output": 1e9}}"#)),
+            Err(
+                r#"MODEL_PRICES: "m" output must be dollars per million tokens, 0 to 100000"#
+                    .to_string()
+            )
+        );
     }
 
     proptest! {
