@@ -73,6 +73,16 @@ impl<K, V> IntoIterator for SortedMap<K, V> {
     }
 }
 
+impl<'a, K, V> IntoIterator for &'a SortedMap<K, V> {
+    type Item = (&'a K, &'a V);
+    type IntoIter = std::iter::Map<std::slice::Iter<'a, (K, V)>, fn(&'a (K, V)) -> (&'a K, &'a V)>;
+
+    /// The entries in the order of their keys, borrowed (`for (k, v) in &map`).
+    fn into_iter(self) -> Self::IntoIter {
+        self.entries.iter().map(|(k, v)| (k, v))
+    }
+}
+
 /// Read from a JSON object as a `BTreeMap` is: a repeated key keeps its last value, and
 /// anything else than an object is "expected a map".
 impl<'de, K, V> Deserialize<'de> for SortedMap<K, V>
