@@ -105,13 +105,15 @@ impl Intake {
 
     /// What the request reserves against its tier's daily and monthly quotas: one request,
     /// its input estimate, its `max_tokens`, and its worst-case cost at the dearest of its
-    /// model and the models it may fall back to. `None` when the tier sets no quota or the
-    /// route is not metered by tokens. Under a dollar quota a model without a price is
+    /// model and the models it may fall back to (`fallbacks`: none when the route does not
+    /// fall back or the client turned fallback off). `None` when the tier sets no quota or
+    /// the route is not metered by tokens. Under a dollar quota a model without a price is
     /// refused here, before anything is charged.
     pub fn quota_charge(
         &self,
         config: &Config,
         facts: &BodyFacts,
+        fallbacks: &[String],
     ) -> Result<Option<QuotaCharge>, ProxyError> {
         let quotas = &self.limits.quotas;
         if self.metering != Metering::Full || !quotas.any() {
@@ -125,8 +127,7 @@ impl Intake {
                     "this key has a dollar quota: the request must name its model".to_string(),
                 ));
             };
-            let candidates =
-                std::iter::once(model).chain(config.fallbacks_of(model).iter().map(String::as_str));
+            let candidates = std::iter::once(model).chain(fallbacks.iter().map(String::as_str));
             for candidate in candidates {
                 let price = config.prices.of(candidate).ok_or_else(|| {
                     ProxyError::InvalidRequest(format!(
@@ -192,7 +193,6 @@ impl Forwarding {
         (raw_url, watches_usage): (&str, bool),
     ) -> Result<Forwarding, ProxyError> {
         let path = route.upstream_path().ok_or(ProxyError::NotFound)?;
-        let quota = intake.quota_charge(config, facts)?;
         // How the caller shares a scarce key: its tier's weight, priority and budget.
         let share = config.tier_share(&caller.tier);
         let claimant = Claimant {
@@ -220,6 +220,7 @@ impl Forwarding {
             ),
             _ => Fallbacks::none(),
         };
+        let quota = intake.quota_charge(config, facts, fallbacks.candidates())?;
         let prices = AnswerPrices::of(config, route, facts.model.as_deref());
         Ok(Forwarding {
             url: upstream_url(&config.upstream_url, &path, query_of(raw_url)),
@@ -376,9 +377,14 @@ mod decisions {
         let intake =
             |tier: &str, route: &Route| Intake::of(&config, route, &caller(tier, false), 1_000);
         let messages = intake("default", &Route::Messages);
+        let fallbacks = |model: &str| config.fallbacks_of(model);
         // Haiku may fall back to Opus 4.1, which is dearer: its worst case is reserved.
         let charge = messages
-            .quota_charge(&config, &message("claude-haiku-4-5"))
+            .quota_charge(
+                &config,
+                &message("claude-haiku-4-5"),
+                fallbacks("claude-haiku-4-5"),
+            )
             .unwrap()
             .unwrap();
         let opus = config.prices.of("claude-opus-4-1").unwrap();
@@ -393,7 +399,7 @@ mod decisions {
             ("claude-sonnet-4-6", "claude-unpriced"),
         ] {
             let Err(ProxyError::InvalidRequest(why)) =
-                messages.quota_charge(&config, &message(model))
+                messages.quota_charge(&config, &message(model), fallbacks(model))
             else {
                 panic!("{model} must be refused");
             };
@@ -401,16 +407,16 @@ mod decisions {
         }
         // Without a dollar quota, no price is needed; without a quota, nothing is reserved.
         let count_only = intake("count", &Route::Messages)
-            .quota_charge(&config, &message("claude-unknown-9"))
+            .quota_charge(&config, &message("claude-unknown-9"), &[])
             .unwrap();
         assert_eq!(count_only.map(|c| c.micros), Some(0));
         let minute = intake("minute", &Route::Messages)
-            .quota_charge(&config, &message("claude-unknown-9"))
+            .quota_charge(&config, &message("claude-unknown-9"), &[])
             .unwrap();
         assert_eq!(minute, None);
         // A route charged by the request alone reserves nothing here (its object counts rpd).
         let listing = intake("default", &Route::CountTokens)
-            .quota_charge(&config, &message("claude-unknown-9"))
+            .quota_charge(&config, &message("claude-unknown-9"), &[])
             .unwrap();
         assert_eq!(listing, None);
         // The forwarding carries the charge, and is refused (a 400) for an unpriced model
@@ -432,6 +438,34 @@ mod decisions {
         );
         let refused = forward("claude-unknown-9").map(|f| f.quota);
         assert_eq!(refused.map_err(|e| e.status()), Err(400));
+        // With fallback turned off (`x-proxy-fallback: off`) only its own model may answer:
+        // Haiku's own worst case is reserved, and Sonnet's unpriced fallback refuses nothing.
+        let own = |model: &str| {
+            Forwarding::of(
+                &config,
+                &Route::Messages,
+                &caller("default", false),
+                &messages,
+                &message(model),
+                ClientAsks {
+                    fallback: Some("off"),
+                    ..ClientAsks::default()
+                },
+                ("https://proxy.example/v1/messages", true),
+            )
+            .map(|f| f.quota.map(|q| q.micros))
+        };
+        let haiku = config.prices.of("claude-haiku-4-5").unwrap();
+        assert_eq!(
+            own("claude-haiku-4-5").ok(),
+            Some(Some(haiku.worst_case_micros(120, 300)))
+        );
+        assert!(haiku.worst_case_micros(120, 300) < charge.micros);
+        let sonnet = config.prices.of("claude-sonnet-4-6").unwrap();
+        assert_eq!(
+            own("claude-sonnet-4-6").ok(),
+            Some(Some(sonnet.worst_case_micros(120, 300)))
+        );
     }
 
     #[test]

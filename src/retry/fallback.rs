@@ -132,6 +132,12 @@ impl Fallbacks {
         &self.requested
     }
 
+    /// The models this request may fall back to, in order (none when fallback is off).
+    #[must_use]
+    pub fn candidates(&self) -> &[String] {
+        &self.candidates
+    }
+
     /// Whether a model is left to fall back to.
     #[must_use]
     pub fn has_next(&self) -> bool {
