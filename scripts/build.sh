@@ -59,7 +59,7 @@ fi
 stamp="$out/.features"
 if [ -f "$out/index.js" ] && [ -f "$out/index_bg.wasm" ] && \
    [ "$(cat "$stamp" 2> /dev/null || true)" = "$features" ] && \
-   [ -z "$(find src Cargo.toml Cargo.lock wrangler.toml scripts/unused-exports.mjs scripts/float-printer.mjs -newer "$out/index_bg.wasm" -print | head -n 1)" ]; then
+   [ -z "$(find src Cargo.toml Cargo.lock wrangler.toml scripts/unused-exports.mjs scripts/float-printer.mjs scripts/wasm-leb.mjs -newer "$out/index_bg.wasm" -print | head -n 1)" ]; then
   echo "build: $out/ is up to date"
   exit 0
 fi

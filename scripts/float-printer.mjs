@@ -24,6 +24,7 @@
 //   node scripts/float-printer.mjs build/index_bg.wasm
 import fs from 'node:fs';
 import { fileURLToPath } from 'node:url';
+import { lebReader, sleb, uleb } from './wasm-leb.mjs';
 
 export const PLACEHOLDER = 'a number';
 const PRINTER = /^<f64 as core(\[[0-9a-f]+\])?::fmt::Display>::fmt(::h[0-9a-f]+)?$/;
@@ -34,44 +35,10 @@ const WRITE_STR = /^<core(\[[0-9a-f]+\])?::fmt::Formatter>::write_str(::h[0-9a-f
 
 const I32 = 0x7f;
 
-const uleb = (n) => {
-  const out = [];
-  do {
-    let byte = n % 128;
-    n = Math.floor(n / 128);
-    if (n > 0) byte |= 0x80;
-    out.push(byte);
-  } while (n > 0);
-  return Buffer.from(out);
-};
-const sleb = (n) => {
-  const out = [];
-  for (;;) {
-    const byte = n & 0x7f;
-    n >>= 7;
-    if ((n === 0 && !(byte & 0x40)) || (n === -1 && byte & 0x40)) {
-      out.push(byte);
-      return Buffer.from(out);
-    }
-    out.push(byte | 0x80);
-  }
-};
-
 /** The module read: its sections, function types, names, table slots and data. */
 function read(wasm, what) {
   if (wasm.length < 8 || wasm.readUInt32LE(0) !== 0x6d736100) throw new Error(`${what} is not a Wasm module`);
-  const leb = (at) => {
-    let value = 0;
-    let shift = 0;
-    let i = at;
-    for (;;) {
-      const byte = wasm[i++];
-      if (byte === undefined) throw new Error(`${what}: truncated`);
-      value += (byte & 0x7f) * 2 ** shift;
-      shift += 7;
-      if (byte < 0x80) return [value, i];
-    }
-  };
+  const leb = lebReader(wasm, what);
   const sleb32 = (at) => {
     let value = 0;
     let shift = 0;

@@ -6,21 +6,12 @@
 //   node scripts/strip-wasm.mjs build/index_bg.wasm [KEEP]
 import fs from 'node:fs';
 import path from 'node:path';
+import { lebReader } from './wasm-leb.mjs';
 
 const [file, keep] = process.argv.slice(2);
 const wasm = fs.readFileSync(file);
 if (wasm.readUInt32LE(0) !== 0x6d736100) throw new Error(`${file} is not a Wasm module`);
-const leb = (at) => {
-  let value = 0;
-  let shift = 0;
-  let i = at;
-  for (;;) {
-    const byte = wasm[i++];
-    value += (byte & 0x7f) * 2 ** shift;
-    shift += 7;
-    if (byte < 0x80) return [value, i];
-  }
-};
+const leb = lebReader(wasm, file);
 const kept = [wasm.subarray(0, 8)];
 let dropped = 0;
 for (let i = 8; i < wasm.length;) {

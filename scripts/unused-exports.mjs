@@ -11,6 +11,7 @@
 //   node scripts/unused-exports.mjs build/index_bg.wasm
 import fs from 'node:fs';
 import { fileURLToPath } from 'node:url';
+import { lebReader, uleb } from './wasm-leb.mjs';
 
 export const UNUSED_CLASSES = [
   'containerstartupoptions',
@@ -26,32 +27,11 @@ const classOf = (name) => {
   return m && UNUSED_CLASSES.includes(m[1]) ? m[1] : null;
 };
 
-const uleb = (n) => {
-  const out = [];
-  do {
-    let byte = n % 128;
-    n = Math.floor(n / 128);
-    if (n > 0) byte |= 0x80;
-    out.push(byte);
-  } while (n > 0);
-  return Buffer.from(out);
-};
-
 /** `wasm` without the exports of [`UNUSED_CLASSES`]: the new module's bytes and the names
  * dropped. Throws if the module imports a constructor of one of them (`what` names it). */
 export function dropUnusedExports(wasm, what = 'module') {
   if (wasm.readUInt32LE(0) !== 0x6d736100) throw new Error(`${what} is not a Wasm module`);
-  const leb = (at) => {
-    let value = 0;
-    let shift = 0;
-    let i = at;
-    for (;;) {
-      const byte = wasm[i++];
-      value += (byte & 0x7f) * 2 ** shift;
-      shift += 7;
-      if (byte < 0x80) return [value, i];
-    }
-  };
+  const leb = lebReader(wasm, what);
   const nameAt = (at) => {
     const [length, start] = leb(at);
     return [wasm.subarray(start, start + length).toString('utf8'), start + length];

@@ -421,17 +421,18 @@ mod decisions {
         assert_eq!(listing, None);
         // The forwarding carries the charge, and is refused (a 400) for an unpriced model
         // before anything is admitted.
-        let forward = |model: &str| {
+        let forward_asking = |model: &str, asks: ClientAsks<'_>| {
             Forwarding::of(
                 &config,
                 &Route::Messages,
                 &caller("default", false),
                 &messages,
                 &message(model),
-                ClientAsks::default(),
+                asks,
                 ("https://proxy.example/v1/messages", true),
             )
         };
+        let forward = |model: &str| forward_asking(model, ClientAsks::default());
         assert_eq!(
             forward("claude-haiku-4-5").map(|f| f.quota).ok(),
             Some(Some(charge))
@@ -440,21 +441,11 @@ mod decisions {
         assert_eq!(refused.map_err(|e| e.status()), Err(400));
         // With fallback turned off (`x-proxy-fallback: off`) only its own model may answer:
         // Haiku's own worst case is reserved, and Sonnet's unpriced fallback refuses nothing.
-        let own = |model: &str| {
-            Forwarding::of(
-                &config,
-                &Route::Messages,
-                &caller("default", false),
-                &messages,
-                &message(model),
-                ClientAsks {
-                    fallback: Some("off"),
-                    ..ClientAsks::default()
-                },
-                ("https://proxy.example/v1/messages", true),
-            )
-            .map(|f| f.quota.map(|q| q.micros))
+        let off = ClientAsks {
+            fallback: Some("off"),
+            ..ClientAsks::default()
         };
+        let own = |model: &str| forward_asking(model, off).map(|f| f.quota.map(|q| q.micros));
         let haiku = config.prices.of("claude-haiku-4-5").unwrap();
         assert_eq!(
             own("claude-haiku-4-5").ok(),
