@@ -89,19 +89,35 @@ impl Denial {
     }
 }
 
+/// The 429 of a refusal by the caller's own limits or quotas (`limit.scope: "key"`); its
+/// headers are added by whoever holds them.
+fn key_refusal(
+    retry_after_ms: u64,
+    message: String,
+    dimension: &str,
+    (limit, remaining): (u64, u64),
+) -> ProxyError {
+    ProxyError::RateLimited {
+        retry_after_ms,
+        message,
+        limit: LimitInfo {
+            scope: Scope::Key,
+            dimension: Some(dimension.to_string()),
+            limit: Some(limit),
+            remaining: Some(remaining),
+        },
+        limit_headers: Vec::new(),
+    }
+}
+
 impl From<&Denial> for ProxyError {
     fn from(denial: &Denial) -> ProxyError {
-        ProxyError::RateLimited {
-            retry_after_ms: denial.retry_after_ms,
-            message: denial.message(),
-            limit: LimitInfo {
-                scope: Scope::Key,
-                dimension: Some(denial.dimension.as_str().to_string()),
-                limit: Some(denial.limit),
-                remaining: Some(denial.remaining),
-            },
-            limit_headers: Vec::new(),
-        }
+        key_refusal(
+            denial.retry_after_ms,
+            denial.message(),
+            denial.dimension.as_str(),
+            (denial.limit, denial.remaining),
+        )
     }
 }
 
@@ -136,17 +152,12 @@ impl QuotaDenial {
 
 impl From<&QuotaDenial> for ProxyError {
     fn from(denial: &QuotaDenial) -> ProxyError {
-        ProxyError::RateLimited {
-            retry_after_ms: denial.retry_after_ms,
-            message: denial.message(),
-            limit: LimitInfo {
-                scope: Scope::Key,
-                dimension: Some(denial.dimension.as_str().to_string()),
-                limit: Some(denial.limit),
-                remaining: Some(denial.remaining),
-            },
-            limit_headers: Vec::new(),
-        }
+        key_refusal(
+            denial.retry_after_ms,
+            denial.message(),
+            denial.dimension.as_str(),
+            (denial.limit, denial.remaining),
+        )
     }
 }
 
